@@ -1,0 +1,239 @@
+/*
+ * finch.h: the public interface of libfinch, a fine-tuning engine for decoder-only
+ * language models.
+ *
+ * finch reads a model as people already have it (a GGUF file), keeps its weights in
+ * their storage type (memory-mapped, dequantized tile by tile inside the matmul), and
+ * runs it: tokenization, forward pass, generation with a KV cache.
+ *
+ * A short working example (error handling shortened):
+ *
+ *     finch_err err;
+ *     finch_model *m;
+ *     if (finch_model_load("model.gguf", &m, &err)) { puts(err.msg); return 1; }
+ *     finch_gen_options opt = finch_gen_defaults();
+ *     opt.max_tokens = 32;
+ *     finch_generate(m, "The capital of France is", &opt, print_piece, NULL, &err);
+ *     finch_model_free(m);
+ *
+ * Conventions: every function that can fail returns a finch_status (FINCH_OK is 0) and
+ * takes a caller-owned finch_err as its last argument, filled with a one-line message on
+ * failure. Whoever calls _load/_new owns the result and calls the matching _free, which
+ * accepts NULL. The library never prints and never exits; diagnostics go to the log
+ * callback set with finch_log_set.
+ */
+#ifndef FINCH_H
+#define FINCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(FINCH_BUILD) && defined(__GNUC__)
+#define FINCH_API __attribute__((visibility("default")))
+#else
+#define FINCH_API
+#endif
+
+/* ---------------------------------------------------------------------------------- */
+/* Status and errors                                                                    */
+/* ---------------------------------------------------------------------------------- */
+
+typedef enum {
+    FINCH_OK = 0,
+    FINCH_E_IO,          /* a file could not be opened, read, written or mapped */
+    FINCH_E_FORMAT,      /* a file or text is malformed */
+    FINCH_E_RANGE,       /* a value is outside its allowed range */
+    FINCH_E_UNSUPPORTED, /* well-formed, but a feature finch does not implement */
+    FINCH_E_NOMEM,       /* an allocation failed */
+    FINCH_E_USAGE,       /* the caller passed an invalid option or argument */
+    FINCH_E_INTERRUPTED, /* stopped on request (a callback or a signal) */
+    FINCH_STATUS_COUNT
+} finch_status;
+
+/* A failure: its status and a one-line message saying where, what, and what to do. */
+typedef struct {
+    finch_status code;
+    char msg[512];
+} finch_err;
+
+/* The name of a status code ("io", "format", ...); never NULL. */
+FINCH_API const char *finch_status_str(finch_status code);
+
+typedef enum { FINCH_LOG_DEBUG, FINCH_LOG_INFO, FINCH_LOG_WARN } finch_log_level;
+typedef void (*finch_log_fn)(finch_log_level level, const char *msg, void *user);
+
+/* Installs the process-wide log callback (NULL silences the library). Not thread-safe:
+ * call it once at start-up, before other threads use the library. */
+FINCH_API void finch_log_set(finch_log_fn fn, void *user);
+
+/* ---------------------------------------------------------------------------------- */
+/* Model                                                                                */
+/* ---------------------------------------------------------------------------------- */
+
+typedef struct finch_model finch_model;
+typedef struct finch_tokenizer finch_tokenizer;
+
+/* The hyperparameters of a loaded model (plain data, filled by finch_model_config). */
+typedef struct {
+    char arch[32];        /* general.architecture, e.g. "llama" */
+    char name[128];       /* general.name, or "" */
+    int n_layer;          /* transformer blocks */
+    int n_embd;           /* hidden size C */
+    int n_ff;             /* FFN inner width F */
+    int n_head;           /* query heads H */
+    int n_head_kv;        /* key/value heads KVH (GQA when < n_head) */
+    int head_dim;         /* D */
+    int n_vocab;          /* V */
+    int n_ctx_train;      /* context length the model was trained for */
+    float rope_theta;     /* RoPE frequency base */
+    float rms_eps;        /* RMSNorm epsilon */
+    int tied_output;      /* 1 when the output head reuses the token embeddings */
+    int64_t n_params;     /* total parameter count */
+    int64_t weight_bytes; /* bytes of all weights in their storage types */
+} finch_model_config;
+
+/* Loads a model from a GGUF file: maps it read-only, validates every header field and
+ * tensor against the file, and builds the tokenizer when the file carries one. The
+ * weights stay in the file's storage types. On failure *out is untouched and err says
+ * which file and what is wrong. The caller owns *out. */
+FINCH_API finch_status finch_model_load(const char *path, finch_model **out, finch_err *err);
+
+/* Releases a model and unmaps its file; NULL is allowed. */
+FINCH_API void finch_model_free(finch_model *model);
+
+/* Fills *cfg with the model's hyperparameters. */
+FINCH_API void finch_model_config_get(const finch_model *model, finch_model_config *cfg);
+
+/* The model's tokenizer, or NULL when the file has none. Borrowed: valid until the
+ * model is freed. */
+FINCH_API const finch_tokenizer *finch_model_tokenizer(const finch_model *model);
+
+/* Writes a human-readable description (architecture, hyperparameters, parameter count,
+ * tensor types, tokenizer, chat template family) with the given line printer. */
+FINCH_API void finch_model_describe(const finch_model *model,
+                                    void (*print)(const char *line, void *user), void *user);
+
+/* Sets how many threads kernels use (at least 1). Applies to all models. */
+FINCH_API void finch_threads_set(int n);
+
+/* ---------------------------------------------------------------------------------- */
+/* Tokenizer                                                                            */
+/* ---------------------------------------------------------------------------------- */
+
+enum {
+    FINCH_TOK_ADD_SPECIAL = 1,   /* add BOS/EOS as the model's metadata asks */
+    FINCH_TOK_PARSE_SPECIAL = 2, /* match control tokens written in the text */
+};
+
+/* Tokenizes len bytes of UTF-8 text. *ids is allocated with malloc and owned by the
+ * caller (free it), *n_ids is its length. Invalid UTF-8 is tokenized byte by byte, as
+ * llama.cpp does. Thread-safe. */
+FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *text, size_t len,
+                                      int flags, int32_t **ids, int64_t *n_ids, finch_err *err);
+
+/* Decodes ids back to text; *text is NUL-terminated, malloc'd and owned by the caller,
+ * *len its length without the NUL. Control tokens decode to nothing unless
+ * FINCH_TOK_PARSE_SPECIAL is in flags. An id out of range is FINCH_E_RANGE. */
+FINCH_API finch_status finch_detokenize(const finch_tokenizer *tok, const int32_t *ids,
+                                        int64_t n_ids, int flags, char **text, size_t *len,
+                                        finch_err *err);
+
+/* Vocabulary size. */
+FINCH_API int32_t finch_tokenizer_n_vocab(const finch_tokenizer *tok);
+
+/* The token's text as stored in the model (byte-level BPE alphabet); borrowed. */
+FINCH_API const char *finch_tokenizer_token_text(const finch_tokenizer *tok, int32_t id);
+
+/* 1 when id ends generation (end-of-sequence, end-of-turn, ...). */
+FINCH_API int finch_tokenizer_is_eog(const finch_tokenizer *tok, int32_t id);
+
+/* ---------------------------------------------------------------------------------- */
+/* Chat templates                                                                       */
+/* ---------------------------------------------------------------------------------- */
+
+/* One message of a conversation. */
+typedef struct {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* UTF-8 text */
+} finch_chat_msg;
+
+/* Formats a conversation with the model's chat template, ending with the opening of an
+ * assistant turn when add_assistant is 1. Templates are recognised by family (ChatML,
+ * Llama 2, Llama 3, Gemma, ...); no template code is executed, and an unknown template
+ * is FINCH_E_UNSUPPORTED. *text is malloc'd and owned by the caller. */
+FINCH_API finch_status finch_chat_format(const finch_model *model, const finch_chat_msg *msgs,
+                                         int n_msgs, int add_assistant, char **text,
+                                         finch_err *err);
+
+/* The name of the model's chat template family ("chatml", "llama3", ...), "none" when
+ * the model has no template, or "unknown". */
+FINCH_API const char *finch_chat_family(const finch_model *model);
+
+/* ---------------------------------------------------------------------------------- */
+/* Inference                                                                            */
+/* ---------------------------------------------------------------------------------- */
+
+typedef struct finch_session finch_session;
+
+/* Creates an inference session over a model with a KV cache for n_ctx positions. The
+ * model must outlive the session. */
+FINCH_API finch_status finch_session_new(const finch_model *model, int n_ctx,
+                                         finch_session **out, finch_err *err);
+FINCH_API void finch_session_free(finch_session *s);
+
+/* Number of positions already in the session's KV cache. */
+FINCH_API int finch_session_pos(const finch_session *s);
+
+/* Forgets the cached positions (the next decode starts at position 0). */
+FINCH_API void finch_session_reset(finch_session *s);
+
+/* Runs n_ids tokens through the model at the next positions, appending their keys and
+ * values to the cache. When logits is not NULL it receives the logits of every one of
+ * the n_ids positions (n_ids x n_vocab floats, row-major); when last_logits is not NULL
+ * it receives those of the last position only. FINCH_E_RANGE when the cache is full or
+ * an id is out of range. */
+FINCH_API finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_ids,
+                                            float *logits, float *last_logits,
+                                            finch_err *err);
+
+/* Generation settings (plain data). Start from finch_gen_defaults(). */
+typedef struct {
+    int max_tokens;           /* tokens to generate at most (>= 0) */
+    float temperature;        /* 0 = greedy */
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off */
+    uint64_t seed;            /* sampler seed */
+    int n_ctx;                /* KV cache size; 0 = prompt + max_tokens */
+    const char *const *stop;  /* stop strings, NULL-terminated list, or NULL */
+} finch_gen_options;
+
+FINCH_API finch_gen_options finch_gen_defaults(void);
+
+/* Receives each piece of generated text as soon as it is decoded (UTF-8 sequences are
+ * never split across calls). Return non-zero to stop generation. */
+typedef int (*finch_piece_fn)(const char *piece, size_t len, void *user);
+
+/* Tokenizes the prompt (special tokens in it are parsed, BOS added as the model asks),
+ * then generates until max_tokens, an end-of-generation token or a stop string. The
+ * stop string itself is not passed to on_piece. */
+FINCH_API finch_status finch_generate(const finch_model *model, const char *prompt,
+                                      const finch_gen_options *opt, finch_piece_fn on_piece,
+                                      void *user, finch_err *err);
+
+/* ---------------------------------------------------------------------------------- */
+/* Default model                                                                        */
+/* ---------------------------------------------------------------------------------- */
+
+/* Writes the path of the default model (SmolLM2-135M-Instruct Q4_1) in the cache
+ * directory ($FINCH_CACHE, else ~/.cache/finch) to buf. FINCH_E_RANGE when buf is too
+ * small; the file may not exist yet (scripts/setup.sh fetches it). */
+FINCH_API finch_status finch_default_model_path(char *buf, size_t size, finch_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FINCH_H */

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: sets up (scripts/setup.sh), runs the suite on the release build, then
+# again on a build with AddressSanitizer and UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== tests (release build)"
+ctest --test-dir build --output-on-failure -j2
+
+echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFINCH_SANITIZE=ON -DFINCH_WERROR=ON >/dev/null
+if ! cmake --build build-asan -j"$(nproc)" >build-asan.log 2>&1; then
+  cat build-asan.log >&2
+  exit 1
+fi
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -j2

@@ -1,0 +1,38 @@
+/*
+ * cli.h: shared pieces of the finch command line: flag parsing with range checks, the
+ * model path resolution, error reporting. The CLI sees only include/finch.h.
+ */
+#ifndef FINCH_CLI_H
+#define FINCH_CLI_H
+
+#include "finch.h"
+
+#include <stdbool.h>
+
+/* Exit codes: 2 for usage errors, 1 for everything else. */
+enum { EXIT_USAGE = 2, EXIT_FAIL = 1 };
+
+/* Prints "finch: error: <msg>" on stderr and returns the exit code for code. */
+int cli_fail(const finch_err *err);
+/* Prints a usage error ("finch <cmd>: ...") and returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Strict number parsing: the whole string, in [lo, hi]. false on anything else. */
+bool cli_parse_int(const char *s, long lo, long hi, long *out);
+bool cli_parse_float(const char *s, double lo, double hi, double *out);
+
+/* The value of flag argv[*i] (advancing *i), or NULL with a usage message printed. */
+const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i);
+
+/* Loads the model at path, or the default model when path is NULL. On failure prints
+ * the error (with what to do for a missing default model) and returns NULL. */
+finch_model *cli_load_model(const char *path);
+
+/* Applies --threads (or FINCH_THREADS, else 2... the machine's cores). */
+void cli_set_threads(long n);
+
+int cmd_info(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+
+#endif /* FINCH_CLI_H */

@@ -1,0 +1,88 @@
+/*
+ * flags.c: strict flag values, model loading and error reporting shared by subcommands.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+int cli_fail(const finch_err *err) {
+    fprintf(stderr, "finch: error: %s\n", err->msg);
+    return err->code == FINCH_E_USAGE ? EXIT_USAGE : EXIT_FAIL;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "finch %s: error: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+bool cli_parse_int(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_float(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        cli_usage_error(cmd, "%s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+finch_model *cli_load_model(const char *path) {
+    char def[4096];
+    finch_err err;
+    if (!path) {
+        if (finch_default_model_path(def, sizeof def, &err)) {
+            cli_fail(&err);
+            return NULL;
+        }
+        if (access(def, R_OK) != 0) {
+            fprintf(stderr,
+                    "finch: error: no model given and the default model is not at %s: run "
+                    "scripts/setup.sh to fetch it, or pass -m MODEL.gguf\n",
+                    def);
+            return NULL;
+        }
+        path = def;
+    }
+    finch_model *m;
+    if (finch_model_load(path, &m, &err)) {
+        cli_fail(&err);
+        return NULL;
+    }
+    return m;
+}
+
+void cli_set_threads(long n) {
+    if (n <= 0) {
+        const char *env = getenv("FINCH_THREADS");
+        long v;
+        if (env && cli_parse_int(env, 1, 1024, &v)) n = v;
+        else n = sysconf(_SC_NPROCESSORS_ONLN);
+        if (n < 1) n = 1;
+    }
+    finch_threads_set((int)n);
+}

@@ -1,0 +1,47 @@
+/*
+ * main.c: the finch command: dispatches to one subcommand per file (cmd_*.c).
+ */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void log_to_stderr(finch_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level == FINCH_LOG_DEBUG) return;
+    fprintf(stderr, "finch: %s%s\n", level == FINCH_LOG_WARN ? "warning: " : "", msg);
+}
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} commands[] = {
+    {"info", cmd_info, "describe a model: architecture, sizes, tensor types, tokenizer"},
+    {"generate", cmd_generate, "generate text from a prompt (streams tokens)"},
+    {"tokenize", cmd_tokenize, "text on stdin to token ids on stdout (--decode: reverse)"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: finch <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\n'finch <command> --help' shows a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    finch_log_set(log_to_stderr, NULL);
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "finch: error: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return EXIT_USAGE;
+}

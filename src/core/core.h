@@ -1,0 +1,170 @@
+/*
+ * core.h: what every module of finch rests on: errors and assertions, logging,
+ * overflow-checked sizes, allocation, half-precision conversion, the storage-type table,
+ * read-only file mapping, atomic file writes, and the random generator.
+ *
+ * Bugs (broken internal contracts) abort through FINCH_ASSERT; bad input returns a
+ * finch_status with a message in the caller's finch_err (see STYLE.md, section 3).
+ */
+#ifndef FINCH_CORE_H
+#define FINCH_CORE_H
+
+#include "finch.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- assertions and errors ---------------------------------------------------------- */
+
+/* Aborts with file, line and condition when cond is false, in every build. For internal
+ * contracts only, never for anything that came from a file, a flag or a dataset. */
+#define FINCH_ASSERT(cond)                                                                 \
+    do {                                                                                   \
+        if (!(cond)) finch_assert_fail(__FILE__, __LINE__, #cond);                         \
+    } while (0)
+
+_Noreturn void finch_assert_fail(const char *file, int line, const char *cond);
+
+/* Fills err (which may be NULL) with code and the formatted message; returns code, so a
+ * failure is one line: return finch_err_set(err, FINCH_E_FORMAT, "...", ...). */
+finch_status finch_err_set(finch_err *err, finch_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prepends "<context>: " to err's message, keeping the code. Returns err->code. */
+finch_status finch_err_prefix(finch_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Sends a message to the installed log callback, if any. */
+void finch_log(finch_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- sizes and allocation ----------------------------------------------------------- */
+
+/* *out = a * b (or a + b); false on overflow, *out untouched then. */
+static inline bool finch_size_mul(size_t a, size_t b, size_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool finch_size_add(size_t a, size_t b, size_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* malloc/calloc that report failure as FINCH_E_NOMEM with what was being allocated.
+ * Return NULL on failure (err filled). Memory is released with free(). */
+void *finch_alloc(size_t bytes, const char *what, finch_err *err);
+void *finch_calloc(size_t n, size_t size, const char *what, finch_err *err);
+
+/* 64-byte aligned allocation for kernel buffers; release with finch_afree. */
+void *finch_aalloc(size_t bytes, const char *what, finch_err *err);
+void finch_afree(void *p);
+
+/* ---- half precision ----------------------------------------------------------------- */
+
+/* IEEE binary16 <-> binary32, exact both ways for representable values; f32->f16
+ * rounds to nearest even. */
+float finch_f16_to_f32(uint16_t h);
+uint16_t finch_f32_to_f16(float f);
+
+/* bfloat16 is the top half of a float32; to bf16 rounds to nearest even, NaN quieted. */
+static inline float finch_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+uint16_t finch_f32_to_bf16(float f);
+
+/* ---- storage types ------------------------------------------------------------------ */
+
+/* Storage types. The values are ggml's type ids, as stored in GGUF files; types finch
+ * does not implement have no entry in finch_dtype_info (name == NULL). */
+typedef enum {
+    FINCH_DTYPE_F32 = 0,
+    FINCH_DTYPE_F16 = 1,
+    FINCH_DTYPE_Q4_0 = 2,
+    FINCH_DTYPE_Q4_1 = 3,
+    FINCH_DTYPE_Q5_0 = 6,
+    FINCH_DTYPE_Q5_1 = 7,
+    FINCH_DTYPE_Q8_0 = 8,
+    FINCH_DTYPE_Q2_K = 10,
+    FINCH_DTYPE_Q3_K = 11,
+    FINCH_DTYPE_Q4_K = 12,
+    FINCH_DTYPE_Q5_K = 13,
+    FINCH_DTYPE_Q6_K = 14,
+    FINCH_DTYPE_Q8_K = 15,
+    FINCH_DTYPE_I8 = 24,
+    FINCH_DTYPE_I16 = 25,
+    FINCH_DTYPE_I32 = 26,
+    FINCH_DTYPE_I64 = 27,
+    FINCH_DTYPE_F64 = 28,
+    FINCH_DTYPE_BF16 = 30,
+    FINCH_DTYPE_COUNT = 43 /* ggml's GGML_TYPE_COUNT in the build FORMATS.md describes */
+} finch_dtype;
+
+/* Converts n elements (a multiple of block_elems) from storage to f32. */
+typedef void (*finch_dequant_fn)(float *dst, const void *src, int64_t n);
+/* Converts n f32 elements (a multiple of block_elems) to storage, with the reference
+ * (llama.cpp-compatible) quantizer. */
+typedef void (*finch_quant_fn)(void *dst, const float *src, int64_t n);
+
+typedef struct {
+    const char *name;         /* "q4_1"; NULL for a type finch does not know */
+    int block_elems;          /* elements per block (1 for plain types) */
+    int block_bytes;          /* bytes per block */
+    finch_dequant_fn dequant; /* NULL when finch cannot read this type as weights */
+    finch_quant_fn quant;     /* NULL when finch cannot write it */
+} finch_dtype_traits;
+
+extern const finch_dtype_traits finch_dtype_info[FINCH_DTYPE_COUNT];
+
+/* The traits of a type id read from a file, or NULL when the id is unknown or retired. */
+const finch_dtype_traits *finch_dtype_get(uint32_t id);
+
+/* Bytes of one row of n elements; false when n is not a whole number of blocks or the
+ * size overflows. */
+bool finch_dtype_row_bytes(finch_dtype t, int64_t n, size_t *out);
+
+/* ---- files -------------------------------------------------------------------------- */
+
+/* A whole file mapped read-only. */
+typedef struct {
+    const uint8_t *data; /* the bytes, NULL when size is 0 */
+    size_t size;         /* file size */
+    char *path;          /* copy of the path, for messages */
+} finch_mapped_file;
+
+/* Maps path read-only. Directories, missing files and unreadable files are FINCH_E_IO
+ * with the path and the reason. The caller owns *out's contents (finch_file_unmap). */
+finch_status finch_file_map(const char *path, finch_mapped_file *out, finch_err *err);
+void finch_file_unmap(finch_mapped_file *f);
+
+/* Writes a file atomically: the writer callback fills a temp file in the same directory,
+ * which is flushed, fsync'ed, renamed over path, and the directory fsync'ed. On any
+ * failure the temp file is removed and path keeps its previous contents. */
+typedef finch_status (*finch_write_fn)(FILE *f, void *user, finch_err *err);
+finch_status finch_file_commit(const char *path, finch_write_fn write, void *user,
+                               finch_err *err);
+
+/* Writes n bytes to f, FINCH_E_IO with path on a short write. */
+finch_status finch_fwrite(FILE *f, const void *p, size_t n, const char *path, finch_err *err);
+
+/* ---- random numbers ----------------------------------------------------------------- */
+
+/* xoshiro256** seeded through splitmix64: explicit state, no globals. */
+typedef struct {
+    uint64_t s[4];
+} finch_rng;
+
+void finch_rng_seed(finch_rng *r, uint64_t seed);
+uint64_t finch_rng_u64(finch_rng *r);
+/* Uniform in [0, 1) with 24 bits of precision. */
+float finch_rng_float(finch_rng *r);
+
+/* ---- threads ------------------------------------------------------------------------ */
+
+/* The thread count kernels use (finch_threads_set). */
+int finch_threads_get(void);
+
+#endif /* FINCH_CORE_H */

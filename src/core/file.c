@@ -1,0 +1,138 @@
+/*
+ * file.c: read-only mapping of whole files and atomic file writes (temp file in the same
+ * directory, write, fflush, fsync, rename, fsync of the directory), so a crash never leaves
+ * a half-written file under the destination name.
+ */
+#define _GNU_SOURCE
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+finch_status finch_file_map(const char *path, finch_mapped_file *out, finch_err *err) {
+    finch_mapped_file f = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return finch_err_set(err, FINCH_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return finch_err_set(err, FINCH_E_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return finch_err_set(err, FINCH_E_IO, "%s: is a directory, expected a file", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return finch_err_set(err, FINCH_E_IO, "%s: not a regular file", path);
+    }
+    f.size = (size_t)st.st_size;
+    if (f.size > 0) {
+        void *p = mmap(NULL, f.size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            return finch_err_set(err, FINCH_E_IO, "%s: cannot map %zu bytes: %s", path, f.size,
+                                 strerror(e));
+        }
+        f.data = p;
+    }
+    close(fd);
+    f.path = strdup(path);
+    if (!f.path) {
+        if (f.data) munmap((void *)f.data, f.size);
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    }
+    *out = f;
+    return FINCH_OK;
+}
+
+void finch_file_unmap(finch_mapped_file *f) {
+    if (!f) return;
+    if (f->data) munmap((void *)f->data, f->size);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+finch_status finch_fwrite(FILE *f, const void *p, size_t n, const char *path, finch_err *err) {
+    if (n && fwrite(p, 1, n, f) != n)
+        return finch_err_set(err, FINCH_E_IO, "%s: write failed: %s", path, strerror(errno));
+    return FINCH_OK;
+}
+
+static void fsync_dir_of(const char *path) {
+    char *dir = strdup(path);
+    if (!dir) return;
+    char *slash = strrchr(dir, '/');
+    const char *d = ".";
+    if (slash) {
+        if (slash == dir) slash[1] = 0;
+        else *slash = 0;
+        d = dir;
+    }
+    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
+finch_status finch_file_commit(const char *path, finch_write_fn write, void *user,
+                               finch_err *err) {
+    size_t n = strlen(path);
+    char *tmp = malloc(n + 16);
+    if (!tmp) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        finch_status st = finch_err_set(err, FINCH_E_IO, "%s: cannot create a temp file: %s",
+                                        path, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    fchmod(fd, 0644);
+    FILE *f = fdopen(fd, "wb");
+    if (!f) {
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        return finch_err_set(err, FINCH_E_IO, "%s: fdopen failed", path);
+    }
+    finch_status st = write(f, user, err);
+    if (st == FINCH_OK && fflush(f) != 0)
+        st = finch_err_set(err, FINCH_E_IO, "%s: write failed: %s", path, strerror(errno));
+    if (st == FINCH_OK && fsync(fileno(f)) != 0)
+        st = finch_err_set(err, FINCH_E_IO, "%s: fsync failed: %s", path, strerror(errno));
+    if (fclose(f) != 0 && st == FINCH_OK)
+        st = finch_err_set(err, FINCH_E_IO, "%s: close failed: %s", path, strerror(errno));
+    if (st == FINCH_OK && rename(tmp, path) != 0)
+        st = finch_err_set(err, FINCH_E_IO, "%s: rename failed: %s", path, strerror(errno));
+    if (st != FINCH_OK) unlink(tmp);
+    else fsync_dir_of(path);
+    free(tmp);
+    return st;
+}
+
+finch_status finch_default_model_path(char *buf, size_t size, finch_err *err) {
+    const char *cache = getenv("FINCH_CACHE");
+    int n;
+    if (cache && *cache) {
+        n = snprintf(buf, size, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
+    } else {
+        const char *home = getenv("HOME");
+        if (!home || !*home)
+            return finch_err_set(err, FINCH_E_USAGE,
+                                 "neither FINCH_CACHE nor HOME is set: cannot find the default model");
+        n = snprintf(buf, size, "%s/.cache/finch/SmolLM2-135M-Instruct.Q4_1.gguf", home);
+    }
+    if (n < 0 || (size_t)n >= size)
+        return finch_err_set(err, FINCH_E_RANGE, "default model path is too long");
+    return FINCH_OK;
+}

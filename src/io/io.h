@@ -1,0 +1,170 @@
+/*
+ * io.h: model file formats. GGUF v3 (read through a read-only mapping, every field
+ * bounds-checked before use; written atomically, laid out as llama.cpp requires).
+ *
+ * Facts: ../shared/FORMATS.md sections 1 and 8 (GGUF layout, value types, tensor infos,
+ * alignment, what llama.cpp requires of a file it loads).
+ *
+ * Knows nothing of models: a GGUF here is keys, values and typed tensors.
+ */
+#ifndef FINCH_IO_H
+#define FINCH_IO_H
+
+#include "core/core.h"
+
+/* Limits applied to every file before anything is allocated or indexed. */
+#define FINCH_GGUF_MAX_DIMS 4
+#define FINCH_GGUF_MAX_NAME 63          /* tensor name bytes (ggml's GGML_MAX_NAME - 1) */
+#define FINCH_GGUF_MAX_KEY 65535        /* key bytes */
+#define FINCH_GGUF_MAX_STRING (1u << 30) /* string bytes and array elements (as ggml) */
+
+/* GGUF metadata value types, numbered as in the file. */
+typedef enum {
+    FINCH_GGUF_UINT8 = 0,
+    FINCH_GGUF_INT8 = 1,
+    FINCH_GGUF_UINT16 = 2,
+    FINCH_GGUF_INT16 = 3,
+    FINCH_GGUF_UINT32 = 4,
+    FINCH_GGUF_INT32 = 5,
+    FINCH_GGUF_FLOAT32 = 6,
+    FINCH_GGUF_BOOL = 7,
+    FINCH_GGUF_STRING = 8,
+    FINCH_GGUF_ARRAY = 9,
+    FINCH_GGUF_UINT64 = 10,
+    FINCH_GGUF_INT64 = 11,
+    FINCH_GGUF_FLOAT64 = 12,
+    FINCH_GGUF_TYPE_COUNT
+} finch_gguf_type;
+
+/* A string inside the mapped file: not NUL-terminated. */
+typedef struct {
+    const char *ptr;
+    uint64_t len;
+} finch_str;
+
+/* One metadata key/value pair. Scalars are decoded into the union; arrays point into the
+ * mapping (arr_data, elements little-endian, back to back) except string arrays, which
+ * are decoded into arr_str. */
+typedef struct {
+    char *key;                /* NUL-terminated copy of the key */
+    finch_gguf_type type;     /* value type */
+    finch_gguf_type arr_type; /* element type when type is FINCH_GGUF_ARRAY */
+    uint64_t arr_n;           /* element count when type is FINCH_GGUF_ARRAY */
+    const uint8_t *arr_data;  /* elements of a non-string array, in the mapping */
+    finch_str *arr_str;       /* elements of a string array (owned array of views) */
+    union {
+        uint64_t u;    /* UINT8..UINT64 widened */
+        int64_t i;     /* INT8..INT64 widened */
+        double f;      /* FLOAT32, FLOAT64 widened */
+        bool b;        /* BOOL */
+        finch_str str; /* STRING, in the mapping */
+    } v;
+    uint64_t file_offset; /* where the key starts in the file, for messages */
+} finch_gguf_kv;
+
+/* One tensor: its info and a pointer to its bytes in the mapping. */
+typedef struct {
+    char *name;         /* NUL-terminated copy */
+    finch_dtype type;   /* storage type (a known ggml type id) */
+    int n_dims;         /* 1..4 as stored */
+    int64_t ne[4];      /* dims, ne[0] fastest (contiguous); missing dims are 1 */
+    uint64_t offset;    /* relative to the data section */
+    size_t nbytes;      /* bytes of tensor data */
+    const uint8_t *data; /* the bytes, inside the mapping */
+} finch_gguf_tensor;
+
+typedef struct finch_gguf finch_gguf;
+
+/* Maps and parses a GGUF file (version 2 or 3). Validates magic, version, counts against
+ * the file size, every string and array length, value and tensor types, dims (<= 4, each
+ * >= 0, products overflow-checked), block-size divisibility, alignment, and that every tensor's
+ * data lies inside the file without overlapping another. Errors name the path, the byte
+ * offset and the field. The caller owns *out (finch_gguf_close). */
+finch_status finch_gguf_open(const char *path, finch_gguf **out, finch_err *err);
+
+/* The same over a buffer the caller keeps alive until finch_gguf_close (used by fuzzing
+ * and tests). name is used in messages. */
+finch_status finch_gguf_open_memory(const void *data, size_t size, const char *name,
+                                    finch_gguf **out, finch_err *err);
+
+/* Releases everything, unmapping the file when finch_gguf_open mapped it. NULL-safe. */
+void finch_gguf_close(finch_gguf *g);
+
+/* The file's name as given to open, for messages. Borrowed. */
+const char *finch_gguf_path(const finch_gguf *g);
+uint32_t finch_gguf_version(const finch_gguf *g);
+uint32_t finch_gguf_alignment(const finch_gguf *g);
+
+/* Key/value pairs in file order; borrowed, valid until close. */
+int64_t finch_gguf_n_kv(const finch_gguf *g);
+const finch_gguf_kv *finch_gguf_kv_at(const finch_gguf *g, int64_t i);
+/* The pair with this key, or NULL. */
+const finch_gguf_kv *finch_gguf_find_kv(const finch_gguf *g, const char *key);
+
+/* Tensors in file order; borrowed, valid until close. */
+int64_t finch_gguf_n_tensors(const finch_gguf *g);
+const finch_gguf_tensor *finch_gguf_tensor_at(const finch_gguf *g, int64_t i);
+/* The tensor with this name, or NULL. */
+const finch_gguf_tensor *finch_gguf_find_tensor(const finch_gguf *g, const char *name);
+
+/* Typed getters. Each returns FINCH_OK and writes *out when the key is present with a
+ * compatible type; when it is absent it returns FINCH_OK leaving *out untouched if
+ * required is false, else FINCH_E_FORMAT ("<path>: missing required key 'x'"). A wrong
+ * type or an out-of-range value is FINCH_E_FORMAT naming the key, its type and the
+ * expected one. _u32/_i64 accept any integer type (files in the wild use u32 where the
+ * spec says u64); _f32 accepts FLOAT32 and FLOAT64. */
+finch_status finch_gguf_get_u32(const finch_gguf *g, const char *key, bool required,
+                                uint32_t *out, finch_err *err);
+finch_status finch_gguf_get_i64(const finch_gguf *g, const char *key, bool required,
+                                int64_t *out, finch_err *err);
+finch_status finch_gguf_get_f32(const finch_gguf *g, const char *key, bool required,
+                                float *out, finch_err *err);
+finch_status finch_gguf_get_bool(const finch_gguf *g, const char *key, bool required,
+                                 bool *out, finch_err *err);
+finch_status finch_gguf_get_str(const finch_gguf *g, const char *key, bool required,
+                                finch_str *out, finch_err *err);
+/* An array whose elements have type elem; *out is the pair itself (borrowed). */
+finch_status finch_gguf_get_arr(const finch_gguf *g, const char *key, finch_gguf_type elem,
+                                bool required, const finch_gguf_kv **out, finch_err *err);
+
+/* Name of a value type ("uint32", ...), or "unknown". */
+const char *finch_gguf_type_name(uint32_t type);
+
+/* ---- writer ------------------------------------------------------------------------- */
+
+typedef struct finch_gguf_writer finch_gguf_writer;
+
+/* An empty GGUF v3 document; NULL on out-of-memory (err filled). */
+finch_gguf_writer *finch_gguf_writer_new(finch_err *err);
+void finch_gguf_writer_free(finch_gguf_writer *w);
+
+/* Metadata setters, in the types llama.cpp expects (FORMATS.md 1.8). Keys are copied and
+ * must be unique and non-empty (FINCH_E_USAGE otherwise). */
+finch_status finch_gguf_set_u32(finch_gguf_writer *w, const char *key, uint32_t v, finch_err *err);
+finch_status finch_gguf_set_i32(finch_gguf_writer *w, const char *key, int32_t v, finch_err *err);
+finch_status finch_gguf_set_u64(finch_gguf_writer *w, const char *key, uint64_t v, finch_err *err);
+finch_status finch_gguf_set_f32(finch_gguf_writer *w, const char *key, float v, finch_err *err);
+finch_status finch_gguf_set_bool(finch_gguf_writer *w, const char *key, bool v, finch_err *err);
+finch_status finch_gguf_set_str(finch_gguf_writer *w, const char *key, const char *v, finch_err *err);
+/* Arrays: elements are copied. */
+finch_status finch_gguf_set_arr_str(finch_gguf_writer *w, const char *key,
+                                    const char *const *v, int64_t n, finch_err *err);
+finch_status finch_gguf_set_arr_i32(finch_gguf_writer *w, const char *key, const int32_t *v,
+                                    int64_t n, finch_err *err);
+finch_status finch_gguf_set_arr_f32(finch_gguf_writer *w, const char *key, const float *v,
+                                    int64_t n, finch_err *err);
+/* Copies a key/value pair read from another file (any type, arrays included). */
+finch_status finch_gguf_set_kv(finch_gguf_writer *w, const finch_gguf_kv *kv, finch_err *err);
+
+/* Adds a tensor. ne has n_dims entries, ne[0] fastest; data (nbytes as the dtype implies)
+ * is borrowed and must stay valid until finch_gguf_writer_save returns. Names longer than
+ * 63 bytes, duplicates, ne[0] not a multiple of the block size: FINCH_E_USAGE. */
+finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch_dtype type,
+                                   int n_dims, const int64_t *ne, const void *data,
+                                   finch_err *err);
+
+/* Writes the document atomically (finch_file_commit): tensors in the order added, data
+ * offsets contiguous with 32-byte alignment, padding after the last tensor. */
+finch_status finch_gguf_writer_save(const finch_gguf_writer *w, const char *path, finch_err *err);
+
+#endif /* FINCH_IO_H */

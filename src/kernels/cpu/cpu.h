@@ -1,0 +1,23 @@
+/*
+ * cpu.h: the CPU backend's ops, gathered into finch_backend_cpu by backend.c. Contracts
+ * are those of the matching finch_backend members (kernels/kernels.h).
+ */
+#ifndef FINCH_KERNELS_CPU_H
+#define FINCH_KERNELS_CPU_H
+
+#include "kernels/kernels.h"
+
+void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
+                      finch_workspace *ws);
+void finch_cpu_embed(float *x, const int32_t *ids, int64_t T, const finch_weight *emb);
+void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w,
+                               int64_t T, int64_t C, float eps);
+void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
+                            float theta);
+void finch_cpu_attention_forward(float *out, const float *q, const float *k, const float *v,
+                                 int64_t T, int64_t pos0, int H, int KVH, int D,
+                                 finch_workspace *ws);
+void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
+void finch_cpu_add(float *y, const float *x, int64_t n);
+
+#endif /* FINCH_KERNELS_CPU_H */

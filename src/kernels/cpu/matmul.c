@@ -1,0 +1,241 @@
+/*
+ * matmul.c: y (T, rows) = x (T, cols) . W^T with W in its storage type.
+ *
+ * Two paths, chosen by T:
+ *  - few tokens (generation): a fused dot product per (row, token) that expands each
+ *    quantized block in registers and multiplies it with x in f32; W is read once per
+ *    call, rows are split across threads;
+ *  - many tokens (prompt, training): each thread dequantizes a tile of TILE_ROWS rows
+ *    into its workspace slice and multiplies it with all of x through a single-threaded
+ *    OpenBLAS sgemm, so the base never exists in f32 beyond one tile per thread.
+ * Each output element is computed by one thread in a fixed order, so results do not
+ * depend on the thread count.
+ *
+ * Block layouts: core/quant.h (FORMATS.md 2).
+ */
+#include "kernels/cpu/cpu.h"
+#include "core/quant.h" /* block structs, finch_dtype_info dequantizers */
+
+#include <cblas.h>
+#include <immintrin.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+enum { TILE_ROWS = 64, GEMV_MAX_T = 3 };
+
+/* ---- fused dot products: one stored row with one f32 vector ------------------------ */
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static float dot_f32(const void *row, const float *x, int64_t n) {
+    const float *w = row;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    }
+    float s = hsum(_mm256_add_ps(a0, a1));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static float dot_f16(const void *row, const float *x, int64_t n) {
+    const uint16_t *w = row;
+    __m256 a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
+        a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
+    }
+    float s = hsum(a);
+    for (; i < n; i++) s += finch_f16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static float dot_bf16(const void *row, const float *x, int64_t n) {
+    const uint16_t *w = row;
+    __m256 a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i)));
+        __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
+    }
+    float s = hsum(a);
+    for (; i < n; i++) s += finch_bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+/* 8 unsigned bytes -> 8 floats */
+static inline __m256 u8x8_ps(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
+static inline __m256 i8x8_ps(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
+
+/* sum over the block of q_j * x_j, q from 16 packed nibble bytes (weight j low nibble of
+ * byte j, weight j+16 high nibble); also returns sum of x over the block in *xs. */
+static inline __m256 nib_dot(const uint8_t *qs, const float *x, __m256 *xs) {
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+    __m256 x2 = _mm256_loadu_ps(x + 16), x3 = _mm256_loadu_ps(x + 24);
+    __m256 acc = _mm256_mul_ps(u8x8_ps(lo), x0);
+    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(lo, 8)), x1, acc);
+    acc = _mm256_fmadd_ps(u8x8_ps(hi), x2, acc);
+    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(hi, 8)), x3, acc);
+    *xs = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
+    return acc;
+}
+
+static float dot_q4_0(const void *row, const float *x, int64_t n) {
+    const finch_block_q4_0 *b = row;
+    __m256 total = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK; i++, x += QK) {
+        __m256 xs, qx = nib_dot(b[i].qs, x, &xs);
+        /* sum (q - 8) x d = d (sum q x - 8 sum x) */
+        __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), xs, qx);
+        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), v, total);
+    }
+    return hsum(total);
+}
+
+static float dot_q4_1(const void *row, const float *x, int64_t n) {
+    const finch_block_q4_1 *b = row;
+    __m256 total = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK; i++, x += QK) {
+        __m256 xs, qx = nib_dot(b[i].qs, x, &xs);
+        /* sum (q d + m) x = d sum q x + m sum x */
+        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, total);
+        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, total);
+    }
+    return hsum(total);
+}
+
+static float dot_q8_0(const void *row, const float *x, int64_t n) {
+    const finch_block_q8_0 *b = row;
+    __m256 total = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK; i++, x += QK) {
+        __m128i q0 = _mm_loadu_si128((const __m128i *)b[i].qs);
+        __m128i q1 = _mm_loadu_si128((const __m128i *)(b[i].qs + 16));
+        __m256 acc = _mm256_mul_ps(i8x8_ps(q0), _mm256_loadu_ps(x));
+        acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q0, 8)), _mm256_loadu_ps(x + 8), acc);
+        acc = _mm256_fmadd_ps(i8x8_ps(q1), _mm256_loadu_ps(x + 16), acc);
+        acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), acc);
+        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), acc, total);
+    }
+    return hsum(total);
+}
+#else
+static float dot_f32(const void *row, const float *x, int64_t n) {
+    const float *w = row;
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+#define dot_f16 NULL
+#define dot_bf16 NULL
+#define dot_q4_0 NULL
+#define dot_q4_1 NULL
+#define dot_q8_0 NULL
+#endif
+
+typedef float (*dot_fn)(const void *row, const float *x, int64_t n);
+
+/* Types without a fused dot use dot_generic: dequantize one block, then dot in f32. */
+static const dot_fn dot_table[FINCH_DTYPE_COUNT] = {
+    [FINCH_DTYPE_F32] = dot_f32,   [FINCH_DTYPE_F16] = dot_f16,
+    [FINCH_DTYPE_BF16] = dot_bf16, [FINCH_DTYPE_Q4_0] = dot_q4_0,
+    [FINCH_DTYPE_Q4_1] = dot_q4_1, [FINCH_DTYPE_Q8_0] = dot_q8_0,
+};
+
+static float dot_generic(const finch_dtype_traits *tr, const void *row, const float *x,
+                         int64_t n) {
+    float blk[QK_K];
+    const uint8_t *p = row;
+    float s = 0;
+    for (int64_t i = 0; i < n; i += tr->block_elems, p += tr->block_bytes) {
+        tr->dequant(blk, p, tr->block_elems);
+        s += dot_f32(blk, x + i, tr->block_elems);
+    }
+    return s;
+}
+
+static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t T) {
+    const finch_dtype_traits *tr = &finch_dtype_info[w->type];
+    dot_fn dot = dot_table[w->type];
+    const int64_t R = w->rows, K = w->cols;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+        for (int64_t t = 0; t < T; t++)
+            y[t * R + r] = dot ? dot(row, x + t * K, K) : dot_generic(tr, row, x + t * K, K);
+    }
+}
+
+static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_t T,
+                         finch_workspace *ws) {
+    const finch_dtype_traits *tr = &finch_dtype_info[w->type];
+    const int64_t R = w->rows, K = w->cols;
+    const int64_t n_tiles = (R + TILE_ROWS - 1) / TILE_ROWS;
+    FINCH_ASSERT(ws && ws->per_thread >= (size_t)(TILE_ROWS * K));
+#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *wt = ws->buf + (size_t)tid * ws->per_thread;
+        int64_t r0 = tile * TILE_ROWS, nr = R - r0 < TILE_ROWS ? R - r0 : TILE_ROWS;
+        const float *wf;
+        if (w->type == FINCH_DTYPE_F32) {
+            wf = (const float *)((const uint8_t *)w->data + (size_t)r0 * w->row_bytes);
+        } else {
+            for (int64_t r = 0; r < nr; r++)
+                tr->dequant(wt + r * K, (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes, K);
+            wf = wt;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)nr, (int)K, 1.0f, x,
+                    (int)K, wf, (int)K, 0.0f, y + r0, (int)R);
+    }
+}
+
+void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
+                      finch_workspace *ws) {
+    FINCH_ASSERT(finch_dtype_info[w->type].dequant);
+    if (T <= GEMV_MAX_T || !ws) matmul_gemv(y, x, w, T);
+    else matmul_tiled(y, x, w, T, ws);
+}
+
+size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
+    size_t tile = (size_t)TILE_ROWS * (size_t)max_cols;
+    size_t att = (size_t)n_ctx;
+    size_t need = tile > att ? tile : att;
+    return (need + 15) & ~(size_t)15;
+}
+
+finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_threads,
+                                  finch_err *err) {
+    size_t n;
+    per_thread = (per_thread + 15) & ~(size_t)15;
+    if (!finch_size_mul(per_thread, (size_t)n_threads, &n) || !finch_size_mul(n, 4, &n))
+        return finch_err_set(err, FINCH_E_NOMEM, "workspace size overflows");
+    float *buf = finch_aalloc(n, "kernel workspace", err);
+    if (!buf) return FINCH_E_NOMEM;
+    ws->buf = buf;
+    ws->per_thread = per_thread;
+    ws->n_threads = n_threads;
+    return FINCH_OK;
+}
+
+void finch_workspace_free(finch_workspace *ws) {
+    if (!ws) return;
+    finch_afree(ws->buf);
+    ws->buf = NULL;
+}

@@ -1,0 +1,27 @@
+/*
+ * rope.c: rotary position embedding on adjacent pairs (llama.cpp's NORM mode):
+ *   a' = a cos(p θ_i) - b sin(p θ_i),  b' = a sin(p θ_i) + b cos(p θ_i),
+ *   (a, b) = (x[2i], x[2i+1]),  θ_i = theta^(-2i/D).
+ * Angles are computed in double, so the rotation is exact to f32 rounding (llama.cpp
+ * builds θ_i by repeated f32 multiplication; the difference is in the last bits).
+ */
+#include "kernels/cpu/cpu.h"
+
+#include <math.h>
+
+void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
+                            float theta) {
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; t++) {
+        for (int i = 0; i < D / 2; i++) {
+            double ang = (double)pos[t] * pow((double)theta, -2.0 * i / D);
+            float c = (float)cos(ang), s = (float)sin(ang);
+            for (int h = 0; h < nh; h++) {
+                float *p = x + (t * nh + h) * D + 2 * i;
+                float a = p[0], b = p[1];
+                p[0] = a * c - b * s;
+                p[1] = a * s + b * c;
+            }
+        }
+    }
+}

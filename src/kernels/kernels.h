@@ -1,0 +1,93 @@
+/*
+ * kernels.h: the math, behind a backend table so a CUDA backend can replace the CPU one.
+ *
+ * Shapes use the shared letters: T tokens, C hidden, H query heads, KVH key/value heads,
+ * D head dim, F FFN width, V vocabulary. Matrices are row-major. A weight is stored as
+ * [rows = out features][cols = in features] in its storage type (FORMATS.md 1.5) and is
+ * never converted whole: matmuls dequantize a tile at a time.
+ *
+ * kernels/ref/ holds naive double-accumulating versions of every op; tests compare each
+ * backend against them.
+ */
+#ifndef FINCH_KERNELS_H
+#define FINCH_KERNELS_H
+
+#include "core/core.h"
+
+/* A weight matrix in its storage type (a view: data is borrowed, usually the mapping). */
+typedef struct {
+    finch_dtype type;  /* storage type */
+    int64_t rows;      /* output features */
+    int64_t cols;      /* input features (a multiple of the type's block size) */
+    size_t row_bytes;  /* bytes of one stored row */
+    const void *data;  /* rows * row_bytes bytes */
+} finch_weight;
+
+/* Per-thread scratch, allocated once per session or run and reused by every op. */
+typedef struct {
+    float *buf;           /* n_threads * per_thread floats, 64-byte aligned */
+    size_t per_thread;    /* floats per thread (a multiple of 16) */
+    int n_threads;        /* threads it was sized for */
+} finch_workspace;
+
+/* Floats of scratch per thread that the ops need for weights up to max_cols wide and
+ * attention over up to n_ctx positions. */
+size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx);
+
+/* Allocates n_threads slices of per_thread floats. */
+finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_threads,
+                                  finch_err *err);
+void finch_workspace_free(finch_workspace *ws);
+
+/* The op table. Every member is a pure function of its arguments; outputs never alias
+ * inputs unless stated. All ops run on finch_threads_get() threads and give the same bits
+ * for the same thread count. */
+typedef struct {
+    const char *name;
+
+    /* y (T, w->rows) = x (T, w->cols) . W^T. */
+    void (*matmul)(float *y, const float *x, const finch_weight *w, int64_t T,
+                   finch_workspace *ws);
+
+    /* x (T, C) = rows ids (T) of the embedding table emb (V rows of C), dequantized. */
+    void (*embed)(float *x, const int32_t *ids, int64_t T, const finch_weight *emb);
+
+    /* y (T, C) = x / sqrt(mean(x^2) + eps) * w (C); rstd (T) receives the 1/sqrt(...)
+     * factors when not NULL. y may alias x. */
+    void (*rmsnorm_forward)(float *y, float *rstd, const float *x, const float *w, int64_t T,
+                            int64_t C, float eps);
+
+    /* In-place rotary embedding of x (T, nh, D) at positions pos (T), rotating adjacent
+     * pairs (x[2i], x[2i+1]) by pos * theta^(-2i/D) (llama.cpp's NORM mode; weights read
+     * from GGUF are in the matching row order, FORMATS.md 4). */
+    void (*rope_forward)(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
+
+    /* Causal grouped-query attention over a cache. q (T, H*D) holds queries at positions
+     * pos0 .. pos0+T-1; k, v (pos0+T, KVH*D) hold keys and values of positions 0 ..
+     * pos0+T-1. out (T, H*D) = softmax(q k^T / sqrt(D)) v per head, query head h using
+     * KV head h / (H/KVH). */
+    void (*attention_forward)(float *out, const float *q, const float *k, const float *v,
+                              int64_t T, int64_t pos0, int H, int KVH, int D,
+                              finch_workspace *ws);
+
+    /* h (n) = silu(gate) * up, elementwise. h may alias gate. */
+    void (*swiglu_forward)(float *h, const float *gate, const float *up, int64_t n);
+
+    /* y (n) += x (n). */
+    void (*add)(float *y, const float *x, int64_t n);
+} finch_backend;
+
+extern const finch_backend finch_backend_cpu;
+
+/* Naive references (kernels/ref/ref.c): same contracts as the table, double accumulation,
+ * single-threaded, no workspace. */
+void finch_ref_matmul(float *y, const float *x, const finch_weight *w, int64_t T);
+void finch_ref_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w,
+                               int64_t T, int64_t C, float eps);
+void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
+                            float theta);
+void finch_ref_attention_forward(float *out, const float *q, const float *k, const float *v,
+                                 int64_t T, int64_t pos0, int H, int KVH, int D);
+void finch_ref_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
+
+#endif /* FINCH_KERNELS_H */

@@ -1,0 +1,82 @@
+/*
+ * describe.c: the human-readable summary behind `finch info`: architecture,
+ * hyperparameters, parameter count, tensor storage types, tokenizer and chat template.
+ */
+#include "model/model.h"
+#include "tokenizer/tokenizer.h" /* tokenizer names, finch_chat_detect */
+
+#include <stdio.h>
+
+typedef void (*line_fn)(const char *line, void *user);
+
+static void out(line_fn print, void *user, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void out(line_fn print, void *user, const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    print(buf, user);
+}
+
+void finch_model_describe(const finch_model *m, line_fn print, void *user) {
+    const finch_model_config *c = &m->cfg;
+    out(print, user, "file:            %s", finch_gguf_path(m->gguf));
+    out(print, user, "format:          GGUF v%u, %lld tensors, %lld metadata keys",
+        finch_gguf_version(m->gguf), (long long)finch_gguf_n_tensors(m->gguf),
+        (long long)finch_gguf_n_kv(m->gguf));
+    out(print, user, "name:            %s", c->name[0] ? c->name : "(none)");
+    out(print, user, "architecture:    %s", c->arch);
+    out(print, user, "layers:          %d", c->n_layer);
+    out(print, user, "hidden:          %d", c->n_embd);
+    out(print, user, "ffn:             %d", c->n_ff);
+    out(print, user, "heads:           %d query, %d key/value, head dim %d", c->n_head,
+        c->n_head_kv, c->head_dim);
+    out(print, user, "vocabulary:      %d", c->n_vocab);
+    out(print, user, "context:         %d (trained)", c->n_ctx_train);
+    out(print, user, "rope theta:      %g", c->rope_theta);
+    out(print, user, "rms eps:         %g", c->rms_eps);
+    out(print, user, "output head:     %s", c->tied_output ? "tied to token embeddings" : "separate");
+    out(print, user, "parameters:      %lld (%.1f M)", (long long)c->n_params, c->n_params / 1e6);
+    out(print, user, "weights:         %.1f MiB in storage types", c->weight_bytes / 1048576.0);
+
+    /* tensor count and bytes by storage type */
+    int64_t count[FINCH_DTYPE_COUNT] = {0}, bytes[FINCH_DTYPE_COUNT] = {0};
+    for (int64_t i = 0; i < finch_gguf_n_tensors(m->gguf); i++) {
+        const finch_gguf_tensor *t = finch_gguf_tensor_at(m->gguf, i);
+        count[t->type]++;
+        bytes[t->type] += (int64_t)t->nbytes;
+    }
+    for (int t = 0; t < FINCH_DTYPE_COUNT; t++)
+        if (count[t])
+            out(print, user, "tensor type:     %-5s %4lld tensors, %8.1f MiB",
+                finch_dtype_info[t].name, (long long)count[t], bytes[t] / 1048576.0);
+
+    if (m->tok) {
+        out(print, user, "tokenizer:       %s, pre-tokenizer '%s', %d tokens, %lld merges",
+            finch_tokenizer_model_name(m->tok), finch_tokenizer_pre_name(m->tok),
+            finch_tokenizer_n_vocab(m->tok), (long long)finch_tokenizer_n_merges(m->tok));
+        out(print, user, "special tokens:  bos %d, eos %d", finch_tokenizer_bos(m->tok),
+            finch_tokenizer_eos(m->tok));
+    } else {
+        out(print, user, "tokenizer:       (none)");
+    }
+    out(print, user, "chat template:   %s", finch_chat_family(m));
+}
+
+const char *finch_chat_family(const finch_model *m) {
+    const char *t = m->tok ? finch_tokenizer_chat_template(m->tok) : NULL;
+    return finch_chat_family_name(finch_chat_detect(t, t ? strlen(t) : 0));
+}
+
+finch_status finch_chat_format(const finch_model *m, const finch_chat_msg *msgs, int n_msgs,
+                               int add_assistant, char **text, finch_err *err) {
+    const char *t = m->tok ? finch_tokenizer_chat_template(m->tok) : NULL;
+    finch_chat_family_id fam = finch_chat_detect(t, t ? strlen(t) : 0);
+    if (fam == FINCH_CHAT_NONE)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: the model has no chat template (tokenizer.chat_template)",
+                             finch_gguf_path(m->gguf));
+    return finch_chat_render(fam, t, msgs, n_msgs, add_assistant, text, err);
+}

@@ -1,0 +1,107 @@
+/*
+ * llama.c: the LLaMA-family forward pass for inference over a key/value cache.
+ *
+ *   x = tok_embd[ids]
+ *   per block:  xn = rmsnorm(x) * attn_norm
+ *               q, k, v = xn Wq^T, xn Wk^T, xn Wv^T;  rope(q), rope(k);  append k, v
+ *               x += attention(q, K, V) Wo^T
+ *               xn = rmsnorm(x) * ffn_norm
+ *               x += (silu(xn Wgate^T) * (xn Wup^T)) Wdown^T
+ *   logits = (rmsnorm(x) * output_norm) Wout^T
+ *
+ * Facts: FORMATS.md 3.1 (graph), 4 (RoPE on interleaved pairs for GGUF row order).
+ * Shapes: T tokens, C hidden, H/KVH heads, D head dim, F FFN width, V vocabulary.
+ */
+#include "model/model.h"
+
+#include <stdlib.h>
+
+finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, int n_ctx,
+                                   int n_batch, finch_err *err) {
+    const finch_model_config *c = &m->cfg;
+    memset(s, 0, sizeof *s);
+    s->n_ctx = n_ctx;
+    s->n_batch = n_batch;
+    const size_t C = (size_t)c->n_embd, KD = (size_t)c->n_head_kv * c->head_dim,
+                 HD = (size_t)c->n_head * c->head_dim, F = (size_t)c->n_ff,
+                 V = (size_t)c->n_vocab, B = (size_t)n_batch;
+    size_t cache;
+    if (!finch_size_mul((size_t)c->n_layer * (size_t)n_ctx, KD, &cache))
+        return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
+    struct {
+        float **p;
+        size_t n;
+        const char *what;
+    } bufs[] = {
+        {&s->k, cache, "key cache"},   {&s->v, cache, "value cache"},
+        {&s->x, B * C, "activations"}, {&s->xn, B * C, "activations"},
+        {&s->q, B * HD, "queries"},    {&s->kk, B * KD, "keys"},
+        {&s->vv, B * KD, "values"},    {&s->att, B * HD, "attention output"},
+        {&s->gate, B * F, "ffn"},      {&s->up, B * F, "ffn"},
+        {&s->logits, B * V, "logits"},
+    };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i].p = finch_aalloc(bufs[i].n * sizeof(float), bufs[i].what, err);
+        if (!*bufs[i].p) goto fail;
+    }
+    s->pos_ids = finch_alloc(B * sizeof(int32_t), "positions", err);
+    if (!s->pos_ids) goto fail;
+    int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    if (finch_workspace_init(&s->ws, finch_workspace_need(max_cols, n_ctx), finch_threads_get(),
+                             err))
+        goto fail;
+    return FINCH_OK;
+fail:
+    finch_kv_session_release(s);
+    return err ? err->code : FINCH_E_NOMEM;
+}
+
+void finch_kv_session_release(finch_kv_session *s) {
+    float *bufs[] = {s->k, s->v, s->x, s->xn, s->q, s->kk, s->vv, s->att, s->gate, s->up, s->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) finch_afree(bufs[i]);
+    free(s->pos_ids);
+    finch_workspace_free(&s->ws);
+    memset(s, 0, sizeof *s);
+}
+
+void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
+                         bool all_logits) {
+    const finch_model_config *c = &m->cfg;
+    const finch_backend *be = m->be;
+    const int C = c->n_embd, H = c->n_head, KVH = c->n_head_kv, D = c->head_dim;
+    const int64_t KD = (int64_t)KVH * D, F = c->n_ff, pos0 = s->pos;
+    finch_workspace *ws = &s->ws;
+    FINCH_ASSERT(T >= 1 && T <= s->n_batch && pos0 + T <= s->n_ctx);
+
+    for (int t = 0; t < T; t++) s->pos_ids[t] = (int32_t)(pos0 + t);
+    be->embed(s->x, ids, T, &m->tok_embd);
+
+    for (int l = 0; l < c->n_layer; l++) {
+        const finch_layer *ly = &m->layers[l];
+        float *kc = s->k + (size_t)l * s->n_ctx * KD, *vc = s->v + (size_t)l * s->n_ctx * KD;
+        /* attention */
+        be->rmsnorm_forward(s->xn, NULL, s->x, ly->attn_norm, T, C, c->rms_eps);
+        finch_linear_forward(be, s->q, s->xn, &ly->wq, T, ws);
+        finch_linear_forward(be, kc + pos0 * KD, s->xn, &ly->wk, T, ws);
+        finch_linear_forward(be, vc + pos0 * KD, s->xn, &ly->wv, T, ws);
+        be->rope_forward(s->q, s->pos_ids, T, H, D, c->rope_theta);
+        be->rope_forward(kc + pos0 * KD, s->pos_ids, T, KVH, D, c->rope_theta);
+        be->attention_forward(s->att, s->q, kc, vc, T, pos0, H, KVH, D, ws);
+        finch_linear_forward(be, s->xn, s->att, &ly->wo, T, ws);
+        be->add(s->x, s->xn, (int64_t)T * C);
+        /* feed-forward */
+        be->rmsnorm_forward(s->xn, NULL, s->x, ly->ffn_norm, T, C, c->rms_eps);
+        finch_linear_forward(be, s->gate, s->xn, &ly->w_gate, T, ws);
+        finch_linear_forward(be, s->up, s->xn, &ly->w_up, T, ws);
+        be->swiglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+        finch_linear_forward(be, s->xn, s->gate, &ly->w_down, T, ws);
+        be->add(s->x, s->xn, (int64_t)T * C);
+    }
+    s->pos += T;
+
+    /* head: only the rows whose logits are wanted */
+    const float *xl = all_logits ? s->x : s->x + (size_t)(T - 1) * C;
+    int n_out = all_logits ? T : 1;
+    be->rmsnorm_forward(s->xn, NULL, xl, m->output_norm, n_out, C, c->rms_eps);
+    finch_linear_forward(be, s->logits, s->xn, &m->output, n_out, ws);
+}

@@ -1,0 +1,260 @@
+/*
+ * load.c: builds a finch_model from a GGUF file: reads and validates the LLaMA
+ * hyperparameters (FORMATS.md 3.1), binds every tensor by name with its exact shape
+ * (FORMATS.md 3.2), and builds the tokenizer. Weights are views into the mapping; only
+ * norm vectors stored in a 16-bit type are converted (they are tiny).
+ *
+ * Does not handle Hugging Face folders (io/ will normalise those to the same layout).
+ */
+#include "model/model.h"
+#include "tokenizer/tokenizer.h" /* finch_tokenizer_from_gguf, finch_chat_detect */
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Limits on hyperparameters read from a file, far above any real model. */
+#define MAX_LAYERS 1024
+#define MAX_EMBD 65536
+#define MAX_FF (1 << 20)
+#define MAX_HEADS 1024
+#define MAX_VOCAB (1 << 24)
+
+typedef struct {
+    const finch_gguf *g;
+    const char *path;
+    finch_err *err;
+} loader;
+
+static finch_status get_dim(loader *L, const char *arch, const char *key, bool required,
+                            uint32_t lo, uint32_t hi, int *out) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    uint32_t v = (uint32_t)*out;
+    finch_status st = finch_gguf_get_u32(L->g, full, required, &v, L->err);
+    if (st) return st;
+    if (v < lo || v > hi)
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: key '%s' is %u, must be in %u..%u",
+                             L->path, full, v, lo, hi);
+    *out = (int)v;
+    return FINCH_OK;
+}
+
+/* Binds a 2-D weight (rows, cols) = GGUF ne [cols, rows]. */
+static finch_status bind_weight(loader *L, const char *name, int64_t rows, int64_t cols,
+                                bool required, finch_weight *out, bool *found) {
+    const finch_gguf_tensor *t = finch_gguf_find_tensor(L->g, name);
+    if (found) *found = t != NULL;
+    if (!t) {
+        if (!required) return FINCH_OK;
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: missing tensor '%s'", L->path, name);
+    }
+    if (t->n_dims != 2 || t->ne[0] != cols || t->ne[1] != rows)
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected "
+                             "[%lld, %lld]",
+                             L->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                             (long long)t->ne[2], (long long)t->ne[3], (long long)cols,
+                             (long long)rows);
+    if (!finch_dtype_info[t->type].dequant)
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
+                             "%s: tensor '%s' has type %s, which finch cannot compute with",
+                             L->path, name, finch_dtype_info[t->type].name);
+    out->type = t->type;
+    out->rows = rows;
+    out->cols = cols;
+    out->row_bytes = t->nbytes / (size_t)rows;
+    out->data = t->data;
+    return FINCH_OK;
+}
+
+/* Binds a norm vector (C); 16-bit types are converted into the slot at *owned. */
+static finch_status bind_vector(loader *L, const char *name, int64_t n, float **owned,
+                                const float **out) {
+    const finch_gguf_tensor *t = finch_gguf_find_tensor(L->g, name);
+    if (!t) return finch_err_set(L->err, FINCH_E_FORMAT, "%s: missing tensor '%s'", L->path, name);
+    if (t->n_dims != 1 || t->ne[0] != n)
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: tensor '%s' has %d dims with ne[0] = %lld, expected [%lld]",
+                             L->path, name, t->n_dims, (long long)t->ne[0], (long long)n);
+    if (t->type == FINCH_DTYPE_F32) {
+        *out = (const float *)t->data;
+        return FINCH_OK;
+    }
+    if (!finch_dtype_info[t->type].dequant)
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED, "%s: tensor '%s' has type %s",
+                             L->path, name, finch_dtype_info[t->type].name);
+    finch_dtype_info[t->type].dequant(*owned, t->data, n);
+    *out = *owned;
+    *owned += n;
+    return FINCH_OK;
+}
+
+static finch_status read_config(loader *L, finch_model_config *c) {
+    finch_str arch;
+    finch_status st = finch_gguf_get_str(L->g, "general.architecture", true, &arch, L->err);
+    if (st) return st;
+    if (arch.len >= sizeof c->arch) arch.len = sizeof c->arch - 1;
+    memcpy(c->arch, arch.ptr, arch.len);
+    c->arch[arch.len] = 0;
+    if (strcmp(c->arch, "llama") != 0)
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
+                             "%s: architecture '%s' is not supported (finch runs 'llama')",
+                             L->path, c->arch);
+    finch_str name = {0};
+    if ((st = finch_gguf_get_str(L->g, "general.name", false, &name, L->err))) return st;
+    snprintf(c->name, sizeof c->name, "%.*s", (int)(name.len < 127 ? name.len : 127),
+             name.ptr ? name.ptr : "");
+
+    const char *a = c->arch;
+    c->n_ctx_train = 2048;
+    if ((st = get_dim(L, a, "context_length", true, 1, 1u << 24, &c->n_ctx_train)) ||
+        (st = get_dim(L, a, "embedding_length", true, 1, MAX_EMBD, &c->n_embd)) ||
+        (st = get_dim(L, a, "block_count", true, 1, MAX_LAYERS, &c->n_layer)) ||
+        (st = get_dim(L, a, "feed_forward_length", true, 1, MAX_FF, &c->n_ff)) ||
+        (st = get_dim(L, a, "attention.head_count", true, 1, MAX_HEADS, &c->n_head)))
+        return st;
+    c->n_head_kv = c->n_head;
+    if ((st = get_dim(L, a, "attention.head_count_kv", false, 1, MAX_HEADS, &c->n_head_kv)))
+        return st;
+    if (c->n_embd % c->n_head)
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: embedding_length %d is not a multiple of head_count %d",
+                             L->path, c->n_embd, c->n_head);
+    if (c->n_head % c->n_head_kv)
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: head_count %d is not a multiple of head_count_kv %d", L->path,
+                             c->n_head, c->n_head_kv);
+    c->head_dim = c->n_embd / c->n_head;
+    int key_len = c->head_dim, rot = c->head_dim;
+    if ((st = get_dim(L, a, "attention.key_length", false, 1, MAX_EMBD, &key_len)) ||
+        (st = get_dim(L, a, "rope.dimension_count", false, 1, MAX_EMBD, &rot)))
+        return st;
+    if (key_len != c->head_dim || rot != c->head_dim)
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
+                             "%s: key_length %d / rope.dimension_count %d differ from head dim "
+                             "%d (embedding_length / head_count)",
+                             L->path, key_len, rot, c->head_dim);
+    if (c->head_dim % 2)
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: head dim %d is odd", L->path,
+                             c->head_dim);
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", a);
+    if ((st = finch_gguf_get_f32(L->g, key, true, &c->rms_eps, L->err))) return st;
+    if (!(c->rms_eps > 0 && c->rms_eps < 1))
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: %s = %g, must be in (0, 1)", L->path,
+                             key, c->rms_eps);
+    c->rope_theta = 10000.0f;
+    snprintf(key, sizeof key, "%s.rope.freq_base", a);
+    if ((st = finch_gguf_get_f32(L->g, key, false, &c->rope_theta, L->err))) return st;
+    if (!(c->rope_theta > 1))
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: %s = %g, must be > 1", L->path, key,
+                             c->rope_theta);
+    finch_str scaling = {0};
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if ((st = finch_gguf_get_str(L->g, key, false, &scaling, L->err))) return st;
+    float factor = 1.0f;
+    snprintf(key, sizeof key, "%s.rope.scaling.factor", a);
+    if ((st = finch_gguf_get_f32(L->g, key, false, &factor, L->err))) return st;
+    bool plain = !scaling.ptr || (scaling.len == 4 && !memcmp(scaling.ptr, "none", 4));
+    if (!plain && !(factor == 1.0f || factor == 0.0f))
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
+                             "%s: rope scaling '%.*s' with factor %g is not implemented",
+                             L->path, (int)scaling.len, scaling.ptr, factor);
+    return FINCH_OK;
+}
+
+static finch_status bind_tensors(loader *L, finch_model *m) {
+    finch_model_config *c = &m->cfg;
+    const finch_gguf_tensor *emb = finch_gguf_find_tensor(L->g, "token_embd.weight");
+    if (!emb)
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: missing tensor 'token_embd.weight'",
+                             L->path);
+    if (emb->ne[1] < 1 || emb->ne[1] > MAX_VOCAB)
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: token_embd.weight has %lld rows",
+                             L->path, (long long)emb->ne[1]);
+    c->n_vocab = (int)emb->ne[1];
+    int vocab_key = c->n_vocab;
+    finch_status st = get_dim(L, c->arch, "vocab_size", false, 1, MAX_VOCAB, &vocab_key);
+    if (st) return st;
+    if (vocab_key != c->n_vocab)
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: %s.vocab_size is %d but token_embd.weight has %d rows",
+                             L->path, c->arch, vocab_key, c->n_vocab);
+    const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
+    const int64_t HD = (int64_t)c->n_head * c->head_dim, KD = (int64_t)c->n_head_kv * c->head_dim;
+    if ((st = bind_weight(L, "token_embd.weight", V, C, true, &m->tok_embd, NULL))) return st;
+    float *owned = m->owned_f32;
+    if ((st = bind_vector(L, "output_norm.weight", C, &owned, &m->output_norm))) return st;
+    bool has_out;
+    if ((st = bind_weight(L, "output.weight", V, C, false, &m->output.w, &has_out))) return st;
+    c->tied_output = !has_out;
+    if (!has_out) m->output.w = m->tok_embd;
+
+    m->layers = finch_calloc((size_t)c->n_layer, sizeof *m->layers, "layers", L->err);
+    if (!m->layers) return FINCH_E_NOMEM;
+    for (int l = 0; l < c->n_layer; l++) {
+        finch_layer *ly = &m->layers[l];
+        char n[FINCH_GGUF_MAX_NAME + 1];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", l, s), n)
+        if ((st = bind_vector(L, NAME("attn_norm.weight"), C, &owned, &ly->attn_norm)) ||
+            (st = bind_vector(L, NAME("ffn_norm.weight"), C, &owned, &ly->ffn_norm)) ||
+            (st = bind_weight(L, NAME("attn_q.weight"), HD, C, true, &ly->wq.w, NULL)) ||
+            (st = bind_weight(L, NAME("attn_k.weight"), KD, C, true, &ly->wk.w, NULL)) ||
+            (st = bind_weight(L, NAME("attn_v.weight"), KD, C, true, &ly->wv.w, NULL)) ||
+            (st = bind_weight(L, NAME("attn_output.weight"), C, HD, true, &ly->wo.w, NULL)) ||
+            (st = bind_weight(L, NAME("ffn_gate.weight"), F, C, true, &ly->w_gate.w, NULL)) ||
+            (st = bind_weight(L, NAME("ffn_up.weight"), F, C, true, &ly->w_up.w, NULL)) ||
+            (st = bind_weight(L, NAME("ffn_down.weight"), C, F, true, &ly->w_down.w, NULL)))
+            return st;
+#undef NAME
+    }
+    return FINCH_OK;
+}
+
+finch_status finch_model_load(const char *path, finch_model **out, finch_err *err) {
+    finch_model *m = finch_calloc(1, sizeof *m, "model", err);
+    if (!m) return FINCH_E_NOMEM;
+    finch_status st = finch_gguf_open(path, &m->gguf, err);
+    if (st) goto fail;
+    loader L = {m->gguf, path, err};
+    if ((st = read_config(&L, &m->cfg))) goto fail;
+    /* room for every norm vector in case all are stored in a 16-bit type */
+    m->owned_f32 = finch_calloc((size_t)(2 * m->cfg.n_layer + 1), (size_t)m->cfg.n_embd * 4,
+                                "norm weights", err);
+    if (!m->owned_f32) {
+        st = FINCH_E_NOMEM;
+        goto fail;
+    }
+    if ((st = bind_tensors(&L, m))) goto fail;
+    if ((st = finch_tokenizer_from_gguf(m->gguf, &m->tok, err))) goto fail;
+    if (m->tok && finch_tokenizer_n_vocab(m->tok) > m->cfg.n_vocab) {
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: tokenizer has %d tokens but the model only %d embeddings", path,
+                           finch_tokenizer_n_vocab(m->tok), m->cfg.n_vocab);
+        goto fail;
+    }
+    for (int64_t i = 0; i < finch_gguf_n_tensors(m->gguf); i++) {
+        const finch_gguf_tensor *t = finch_gguf_tensor_at(m->gguf, i);
+        m->cfg.n_params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        m->cfg.weight_bytes += (int64_t)t->nbytes;
+    }
+    m->be = &finch_backend_cpu;
+    *out = m;
+    return FINCH_OK;
+fail:
+    finch_model_free(m);
+    return st;
+}
+
+void finch_model_free(finch_model *m) {
+    if (!m) return;
+    finch_tokenizer_free(m->tok);
+    free(m->layers);
+    free(m->owned_f32);
+    finch_gguf_close(m->gguf);
+    free(m);
+}
+
+void finch_model_config_get(const finch_model *m, finch_model_config *cfg) { *cfg = m->cfg; }
+
+const finch_tokenizer *finch_model_tokenizer(const finch_model *m) { return m->tok; }

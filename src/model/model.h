@@ -1,0 +1,62 @@
+/*
+ * model.h: the loaded model (LLaMA family) and its forward pass.
+ *
+ * A finch_model keeps its GGUF mapped and points into it: base weights stay in their
+ * storage types (finch_weight views) and are dequantized tile by tile by the kernels.
+ * Every projection is a finch_linear (model/linear.h). The layout of Q/K rows and the
+ * RoPE convention are normalised at load to llama.cpp's (interleaved pairs), which is
+ * what GGUF llama files store (FORMATS.md 4).
+ *
+ * Shapes: T tokens, C hidden, H heads, KVH KV heads, D head dim, F FFN width, V vocab.
+ */
+#ifndef FINCH_MODEL_H
+#define FINCH_MODEL_H
+
+#include "core/core.h"
+#include "io/io.h"           /* finch_gguf */
+#include "kernels/kernels.h" /* finch_weight, finch_backend, finch_workspace */
+#include "model/linear.h"    /* finch_linear */
+
+/* One transformer block. Norm weights are f32 (C). */
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    finch_linear wq, wk, wv, wo;      /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
+    finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F) */
+} finch_layer;
+
+struct finch_model {
+    finch_gguf *gguf;          /* the mapped file all weights point into */
+    finch_model_config cfg;    /* hyperparameters */
+    finch_tokenizer *tok;      /* NULL when the file has none */
+    finch_weight tok_embd;     /* (V, C) */
+    const float *output_norm;  /* (C) */
+    finch_linear output;       /* (V, C); a view of tok_embd when tied */
+    finch_layer *layers;       /* n_layer blocks */
+    float *owned_f32;          /* norm weights converted from f16/bf16, if any */
+    const finch_backend *be;   /* the backend every op goes through */
+};
+
+/* The key/value cache and activation buffers of one inference session, sized for n_ctx
+ * positions and chunks of up to n_batch tokens. */
+typedef struct {
+    int n_ctx, n_batch;
+    int pos;                   /* positions filled */
+    float *k, *v;              /* per layer: (n_ctx, KVH*D), layer-major */
+    float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* (n_batch, ...) activations */
+    float *logits;             /* (n_batch, V) */
+    int32_t *pos_ids;          /* (n_batch) */
+    finch_workspace ws;
+} finch_kv_session;
+
+/* Allocates a session's cache and buffers. */
+finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, int n_ctx,
+                                   int n_batch, finch_err *err);
+void finch_kv_session_release(finch_kv_session *s);
+
+/* Runs T <= n_batch tokens at positions s->pos.., appending to the cache. Writes the
+ * logits of all T positions to s->logits when all_logits is true, else only the last
+ * position's (to s->logits row 0). The caller has checked ids and capacity. */
+void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
+                         bool all_logits);
+
+#endif /* FINCH_MODEL_H */

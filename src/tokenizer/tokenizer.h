@@ -1,0 +1,81 @@
+/*
+ * tokenizer.h: text to token ids and back, and chat templates.
+ *
+ * Byte-level BPE (GPT-2 style, tokenizer.ggml.model "gpt2") as stored in GGUF metadata:
+ * special tokens split out first, then the pre-tokenizer regexes named by
+ * tokenizer.ggml.pre (PCRE2, applied in sequence), the GPT-2 byte-to-unicode map, merges
+ * by rank. Token ids match llama.cpp's tokenizer for the same file.
+ * Facts: ../shared/FORMATS.md section 5.
+ *
+ * The public calls (finch_tokenize, finch_detokenize, finch_tokenizer_*) are declared in
+ * include/finch.h; this header adds what other modules need. Rests on core and io (it
+ * reads its vocabulary from GGUF metadata); knows nothing of weights.
+ */
+#ifndef FINCH_TOKENIZER_H
+#define FINCH_TOKENIZER_H
+
+#include "core/core.h"
+#include "io/io.h" /* finch_gguf, finch_gguf_get_* */
+
+/* Builds the tokenizer described by a GGUF's tokenizer.* keys. An unknown
+ * tokenizer.ggml.model or tokenizer.ggml.pre, inconsistent array lengths, merges naming
+ * tokens that do not exist, or special-token ids out of range are FINCH_E_FORMAT or
+ * FINCH_E_UNSUPPORTED naming the key. *out is NULL (and FINCH_OK returned) when the file
+ * has no tokenizer.ggml.model key. The tokenizer copies what it keeps; the GGUF may be
+ * closed afterwards. The caller owns *out. */
+finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out,
+                                       finch_err *err);
+void finch_tokenizer_free(finch_tokenizer *tok);
+
+/* Special token ids, -1 when the model has none. */
+int32_t finch_tokenizer_bos(const finch_tokenizer *tok);
+int32_t finch_tokenizer_eos(const finch_tokenizer *tok);
+
+/* Short descriptions for finch info: the model type ("gpt2"), the pre-tokenizer name, and
+ * the number of merges. Borrowed. */
+const char *finch_tokenizer_model_name(const finch_tokenizer *tok);
+const char *finch_tokenizer_pre_name(const finch_tokenizer *tok);
+int64_t finch_tokenizer_n_merges(const finch_tokenizer *tok);
+
+/* Decodes one token to the bytes it stands for (byte-level BPE alphabet reversed);
+ * control tokens give "" unless special is true. Writes at most cap bytes to buf and
+ * returns the full length (like snprintf, without a NUL), or -1 for an id out of range. */
+int64_t finch_tokenizer_piece(const finch_tokenizer *tok, int32_t id, bool special, char *buf,
+                              size_t cap);
+
+/* ---- chat templates ----------------------------------------------------------------- */
+
+/* Known chat template families. Recognised from the template text by markers that only
+ * that family writes; the template code is never executed. */
+typedef enum {
+    FINCH_CHAT_NONE = 0, /* the model has no template */
+    FINCH_CHAT_UNKNOWN,  /* a template finch does not recognise */
+    FINCH_CHAT_CHATML,   /* <|im_start|>role\n...<|im_end|>\n (SmolLM2, Qwen) */
+    FINCH_CHAT_LLAMA2,   /* [INST] ... [/INST] with <<SYS>> */
+    FINCH_CHAT_LLAMA3,   /* <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|> */
+    FINCH_CHAT_GEMMA,    /* <start_of_turn>user\n...<end_of_turn>\n */
+    FINCH_CHAT_PHI3,     /* <|user|>\n...<|end|>\n */
+    FINCH_CHAT_ZEPHYR,   /* <|user|>\n...</s>\n */
+    FINCH_CHAT_FAMILY_COUNT
+} finch_chat_family_id;
+
+/* The family of a template text (NULL or empty text is FINCH_CHAT_NONE). */
+finch_chat_family_id finch_chat_detect(const char *tmpl, size_t len);
+
+/* The family's name ("chatml", ...). */
+const char *finch_chat_family_name(finch_chat_family_id fam);
+
+/* The template text the tokenizer read from tokenizer.chat_template, or NULL. Borrowed. */
+const char *finch_tokenizer_chat_template(const finch_tokenizer *tok);
+
+/* Renders messages in a family's format, as the family's reference template would,
+ * including its default system prompt when the template adds one (SmolLM2's ChatML adds
+ * "You are a helpful AI assistant named SmolLM, trained by Hugging Face" when the first
+ * message is not a system message: the default is taken from the template text).
+ * Unknown roles and FINCH_CHAT_UNKNOWN/NONE are FINCH_E_UNSUPPORTED with a message
+ * saying which. *out is malloc'd and owned by the caller. */
+finch_status finch_chat_render(finch_chat_family_id fam, const char *tmpl,
+                               const finch_chat_msg *msgs, int n_msgs, int add_assistant,
+                               char **out, finch_err *err);
+
+#endif /* FINCH_TOKENIZER_H */

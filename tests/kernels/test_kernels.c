@@ -1,0 +1,256 @@
+/*
+ * test_kernels.c: every CPU op against the naive double-accumulating reference
+ * (kernels/ref/), on random inputs and awkward shapes: one row, odd row counts, token
+ * counts on both sides of the matmul's gemv/tiled switch, every weight storage type.
+ *
+ * Tolerance: the CPU kernels accumulate in f32, so the error bound of a dot product of
+ * length K is about K * eps_f32 * sum|w_i x_i|; we allow 4e-6 * sum|w_i x_i| (plus 1e-6
+ * absolute), which is far below the quantization step of any storage type.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/quant.h"
+#include "kernels/kernels.h"
+
+static float randn(finch_rng *r) {
+    float u1 = finch_rng_float(r) + 1e-7f, u2 = finch_rng_float(r);
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+
+static float *rand_vec(finch_rng *r, int64_t n, float scale) {
+    float *v = malloc((size_t)n * sizeof *v);
+    assert_non_null(v);
+    for (int64_t i = 0; i < n; i++) v[i] = scale * randn(r);
+    return v;
+}
+
+/* A weight of the given type with random content: quantized from random floats where a
+ * quantizer exists; random blocks with small finite scales for the K-quants. */
+static void *make_weight(finch_rng *r, finch_dtype t, int64_t rows, int64_t cols, finch_weight *w) {
+    const finch_dtype_traits *tr = &finch_dtype_info[t];
+    size_t rb;
+    assert_true(finch_dtype_row_bytes(t, cols, &rb));
+    uint8_t *data = malloc(rb * (size_t)rows);
+    assert_non_null(data);
+    if (tr->quant) {
+        float *f = rand_vec(r, cols, 0.5f);
+        for (int64_t i = 0; i < rows; i++) {
+            for (int64_t c = 0; c < cols; c++) f[c] = 0.5f * randn(r);
+            tr->quant(data + i * rb, f, cols);
+        }
+        free(f);
+    } else {
+        for (size_t i = 0; i < rb * (size_t)rows; i++) data[i] = (uint8_t)finch_rng_u64(r);
+        /* every fp16 field of a K-quant block sits at a known offset: make them sane */
+        for (int64_t b = 0; b < (int64_t)(rb * (size_t)rows) / tr->block_bytes; b++) {
+            uint8_t *blk = data + b * tr->block_bytes;
+            uint16_t d = finch_f32_to_f16(0.001f + 0.01f * finch_rng_float(r));
+            uint16_t m = finch_f32_to_f16(0.001f + 0.01f * finch_rng_float(r));
+            switch (t) {
+            case FINCH_DTYPE_Q4_K: case FINCH_DTYPE_Q5_K:
+                memcpy(blk, &d, 2); memcpy(blk + 2, &m, 2); break;
+            case FINCH_DTYPE_Q2_K:
+                memcpy(blk + 80, &d, 2); memcpy(blk + 82, &m, 2); break;
+            case FINCH_DTYPE_Q3_K: memcpy(blk + 108, &d, 2); break;
+            case FINCH_DTYPE_Q6_K: memcpy(blk + 208, &d, 2); break;
+            default: fail_msg("no K-quant layout for %s", tr->name);
+            }
+        }
+    }
+    *w = (finch_weight){.type = t, .rows = rows, .cols = cols, .row_bytes = rb, .data = data};
+    return data;
+}
+
+/* max over elements of |y - ref| / (4e-6 * bound + 1e-6), where bound = sum |w||x|. */
+static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T, finch_rng *r) {
+    finch_weight w;
+    void *data = make_weight(r, t, rows, cols, &w);
+    float *x = rand_vec(r, T * cols, 1.0f);
+    float *y = malloc((size_t)(T * rows) * sizeof *y), *yr = malloc((size_t)(T * rows) * sizeof *yr);
+    float *wf = malloc((size_t)cols * sizeof *wf);
+    finch_workspace ws;
+    finch_err err;
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2, &err), FINCH_OK);
+    finch_backend_cpu.matmul(y, x, &w, T, &ws);
+    finch_ref_matmul(yr, x, &w, T);
+    for (int64_t i = 0; i < rows; i++) {
+        finch_dtype_info[t].dequant(wf, (const uint8_t *)data + i * w.row_bytes, cols);
+        for (int64_t k = 0; k < T; k++) {
+            double bound = 0;
+            for (int64_t c = 0; c < cols; c++) bound += fabs((double)wf[c] * x[k * cols + c]);
+            double e = fabs((double)y[k * rows + i] - yr[k * rows + i]);
+            if (e > 4e-6 * bound + 1e-6)
+                fail_msg("matmul %s %lldx%lld T=%lld: y[%lld,%lld] = %.9g, reference %.9g",
+                         finch_dtype_info[t].name, (long long)rows, (long long)cols, (long long)T,
+                         (long long)k, (long long)i, y[k * rows + i], yr[k * rows + i]);
+        }
+    }
+    finch_workspace_free(&ws);
+    free(wf);
+    free(y);
+    free(yr);
+    free(x);
+    free(data);
+}
+
+static void test_matmul_all_types(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 1);
+    const finch_dtype types[] = {FINCH_DTYPE_F32,  FINCH_DTYPE_F16,  FINCH_DTYPE_BF16,
+                                 FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q5_0,
+                                 FINCH_DTYPE_Q5_1, FINCH_DTYPE_Q8_0};
+    const int64_t shapes[][2] = {{1, 32}, {7, 64}, {65, 96}, {130, 160}};
+    const int64_t Ts[] = {1, 2, 3, 4, 17};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++)
+                check_matmul(types[i], shapes[s][0], shapes[s][1], Ts[k], &r);
+}
+
+static void test_matmul_kquants(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 2);
+    const finch_dtype types[] = {FINCH_DTYPE_Q2_K, FINCH_DTYPE_Q3_K, FINCH_DTYPE_Q4_K,
+                                 FINCH_DTYPE_Q5_K, FINCH_DTYPE_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        check_matmul(types[i], 3, 256, 1, &r);
+        check_matmul(types[i], 67, 512, 5, &r);
+    }
+}
+
+/* The same bits whatever the thread count (reductions have a fixed order). */
+static void test_matmul_thread_invariant(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 3);
+    finch_weight w;
+    void *data = make_weight(&r, FINCH_DTYPE_Q4_1, 200, 576, &w);
+    float *x = rand_vec(&r, 9 * 576, 1.0f);
+    float *y1 = malloc(9 * 200 * sizeof(float)), *y2 = malloc(9 * 200 * sizeof(float));
+    finch_workspace ws;
+    finch_err err;
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(576, 1), 2, &err), FINCH_OK);
+    for (int64_t T = 1; T <= 9; T += 8) {
+        finch_threads_set(1);
+        finch_backend_cpu.matmul(y1, x, &w, T, &ws);
+        finch_threads_set(2);
+        finch_backend_cpu.matmul(y2, x, &w, T, &ws);
+        assert_memory_equal(y1, y2, (size_t)T * 200 * sizeof(float));
+    }
+    finch_workspace_free(&ws);
+    free(y1);
+    free(y2);
+    free(x);
+    free(data);
+}
+
+/* |a - b| <= rel * (|b| + floor): floor is the scale below which an output is the result
+ * of cancellation (attention outputs are weighted sums of O(1) values: floor 1). */
+static void assert_close(const float *a, const float *b, int64_t n, double rel, double floor,
+                         const char *what) {
+    for (int64_t i = 0; i < n; i++)
+        if (fabs((double)a[i] - b[i]) > rel * (fabs((double)b[i]) + floor))
+            fail_msg("%s: element %lld = %.9g, reference %.9g", what, (long long)i, a[i], b[i]);
+}
+
+static void test_rmsnorm(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 4);
+    const int64_t T = 5, C = 77;
+    float *x = rand_vec(&r, T * C, 3.0f), *w = rand_vec(&r, C, 1.0f);
+    float y[5 * 77], yr[5 * 77], rs[5], rsr[5];
+    finch_backend_cpu.rmsnorm_forward(y, rs, x, w, T, C, 1e-5f);
+    finch_ref_rmsnorm_forward(yr, rsr, x, w, T, C, 1e-5f);
+    assert_close(y, yr, T * C, 1e-6, 1e-3, "rmsnorm y");
+    assert_close(rs, rsr, T, 1e-6, 1e-3, "rmsnorm rstd");
+    free(x);
+    free(w);
+}
+
+static void test_rope(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 5);
+    const int64_t T = 6;
+    const int nh = 3, D = 16;
+    float *x = rand_vec(&r, T * nh * D, 1.0f);
+    float *xr = malloc(T * nh * D * sizeof(float));
+    memcpy(xr, x, T * nh * D * sizeof(float));
+    int32_t pos[6] = {0, 1, 2, 100, 4095, 8191};
+    finch_backend_cpu.rope_forward(x, pos, T, nh, D, 100000.0f);
+    finch_ref_rope_forward(xr, pos, T, nh, D, 100000.0f);
+    assert_close(x, xr, T * nh * D, 1e-5, 1e-3, "rope");
+    /* position 0 leaves the vector unchanged; rotation preserves each pair's norm */
+    float *z = rand_vec(&r, nh * D, 1.0f), z0[48];
+    memcpy(z0, z, sizeof z0);
+    int32_t p0 = 0, p1 = 37;
+    finch_backend_cpu.rope_forward(z, &p0, 1, nh, D, 10000.0f);
+    assert_memory_equal(z, z0, sizeof z0);
+    finch_backend_cpu.rope_forward(z, &p1, 1, nh, D, 10000.0f);
+    for (int i = 0; i < nh * D; i += 2) {
+        double n0 = hypot(z0[i], z0[i + 1]), n1 = hypot(z[i], z[i + 1]);
+        assert_true(fabs(n0 - n1) < 1e-5 * (n0 + 1));
+    }
+    free(z);
+    free(x);
+    free(xr);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 6);
+    const int H = 6, KVH = 2, D = 8;
+    const int64_t cases[][2] = {{1, 0}, {5, 0}, {1, 9}, {4, 3}}; /* (T, pos0) */
+    finch_workspace ws;
+    finch_err err;
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(1, 64), 2, &err), FINCH_OK);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int64_t T = cases[c][0], pos0 = cases[c][1], n = pos0 + T;
+        float *q = rand_vec(&r, T * H * D, 1.0f), *k = rand_vec(&r, n * KVH * D, 1.0f);
+        float *v = rand_vec(&r, n * KVH * D, 1.0f);
+        float *o = malloc(T * H * D * sizeof(float)), *orf = malloc(T * H * D * sizeof(float));
+        finch_backend_cpu.attention_forward(o, q, k, v, T, pos0, H, KVH, D, &ws);
+        finch_ref_attention_forward(orf, q, k, v, T, pos0, H, KVH, D);
+        assert_close(o, orf, T * H * D, 1e-5, 1.0, "attention");
+        free(q);
+        free(k);
+        free(v);
+        free(o);
+        free(orf);
+    }
+    finch_workspace_free(&ws);
+}
+
+static void test_swiglu(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 7);
+    float *g = rand_vec(&r, 1000, 4.0f), *u = rand_vec(&r, 1000, 1.0f), h[1000], hr[1000];
+    finch_backend_cpu.swiglu_forward(h, g, u, 1000);
+    finch_ref_swiglu_forward(hr, g, u, 1000);
+    assert_close(h, hr, 1000, 1e-6, 1e-3, "swiglu");
+    free(g);
+    free(u);
+}
+
+int main(void) {
+    finch_threads_set(2);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul_all_types), cmocka_unit_test(test_matmul_kquants),
+        cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_swiglu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -179,10 +179,18 @@ FINCH_API const char *finch_chat_family(const finch_model *model);
 
 typedef struct finch_session finch_session;
 
+/* How inference computes. */
+typedef enum {
+    FINCH_NUMERICS_FAST = 0, /* as llama.cpp: quantized weights meet 8-bit quantized
+                                activations in integer dot products; f16 KV cache */
+    FINCH_NUMERICS_EXACT,    /* weights dequantized exactly, f32 activations and KV cache */
+} finch_numerics;
+
 /* Creates an inference session over a model with a KV cache for n_ctx positions. The
  * model must outlive the session. */
 FINCH_API finch_status finch_session_new(const finch_model *model, int n_ctx,
-                                         finch_session **out, finch_err *err);
+                                         finch_numerics numerics, finch_session **out,
+                                         finch_err *err);
 FINCH_API void finch_session_free(finch_session *s);
 
 /* Number of positions already in the session's KV cache. */
@@ -208,6 +216,7 @@ typedef struct {
     float top_p;              /* 1 = off */
     uint64_t seed;            /* sampler seed */
     int n_ctx;                /* KV cache size; 0 = prompt + max_tokens */
+    finch_numerics numerics;  /* FINCH_NUMERICS_FAST by default */
     const char *const *stop;  /* stop strings, NULL-terminated list, or NULL */
 } finch_gen_options;
 

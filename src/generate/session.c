@@ -18,8 +18,8 @@ struct finch_session {
     finch_kv_session kv;
 };
 
-finch_status finch_session_new(const finch_model *m, int n_ctx, finch_session **out,
-                               finch_err *err) {
+finch_status finch_session_new(const finch_model *m, int n_ctx, finch_numerics numerics,
+                               finch_session **out, finch_err *err) {
     if (n_ctx < 1 || n_ctx > m->cfg.n_ctx_train)
         return finch_err_set(err, FINCH_E_RANGE,
                              "context of %d positions: must be between 1 and %d (the model's "
@@ -28,7 +28,12 @@ finch_status finch_session_new(const finch_model *m, int n_ctx, finch_session **
     finch_session *s = finch_calloc(1, sizeof *s, "session", err);
     if (!s) return FINCH_E_NOMEM;
     s->m = m;
-    finch_status st = finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < N_BATCH ? n_ctx : N_BATCH, err);
+    if (numerics != FINCH_NUMERICS_FAST && numerics != FINCH_NUMERICS_EXACT) {
+        free(s);
+        return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
+    }
+    finch_status st = finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < N_BATCH ? n_ctx : N_BATCH,
+                                            numerics, err);
     if (st) {
         free(s);
         return st;
@@ -178,7 +183,7 @@ finch_status finch_generate(const finch_model *m, const char *prompt,
                            m->cfg.n_ctx_train);
         goto done;
     }
-    if ((st = finch_session_new(m, (int)n_ctx, &s, err))) goto done;
+    if ((st = finch_session_new(m, (int)n_ctx, opt->numerics, &s, err))) goto done;
     logits = finch_alloc((size_t)V * sizeof(float), "logits", err);
     probs = finch_alloc((size_t)V * sizeof(float), "sampler", err);
     idx = finch_alloc((size_t)V * sizeof(int32_t), "sampler", err);

@@ -23,20 +23,26 @@ typedef struct {
     const void *data;  /* rows * row_bytes bytes */
 } finch_weight;
 
-/* Per-thread scratch, allocated once per session or run and reused by every op. */
+/* Scratch, allocated once per session or run and reused by every op: a slice per thread
+ * and one shared buffer for activations quantized by matmul_q8. */
 typedef struct {
     float *buf;           /* n_threads * per_thread floats, 64-byte aligned */
     size_t per_thread;    /* floats per thread (a multiple of 16) */
     int n_threads;        /* threads it was sized for */
+    void *act;            /* shared: quantized rows of x for matmul_q8 (may be NULL) */
+    size_t act_bytes;     /* its size */
 } finch_workspace;
 
 /* Floats of scratch per thread that the ops need for weights up to max_cols wide and
  * attention over up to n_ctx positions. */
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx);
 
-/* Allocates n_threads slices of per_thread floats. */
+/* Bytes of the shared buffer matmul_q8 needs for T rows up to max_cols wide. */
+size_t finch_workspace_act_need(int64_t T, int64_t max_cols);
+
+/* Allocates n_threads slices of per_thread floats and an act_bytes shared buffer. */
 finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_threads,
-                                  finch_err *err);
+                                  size_t act_bytes, finch_err *err);
 void finch_workspace_free(finch_workspace *ws);
 
 /* The op table. Every member is a pure function of its arguments; outputs never alias
@@ -48,6 +54,12 @@ typedef struct {
     /* y (T, w->rows) = x (T, w->cols) . W^T. */
     void (*matmul)(float *y, const float *x, const finch_weight *w, int64_t T,
                    finch_workspace *ws);
+
+    /* As matmul, with llama.cpp's inference numerics: rows of x are quantized to 8 bits
+     * per block (Q8_0/Q8_1) and multiplied with quantized weights by integer dot
+     * products; types without such a kernel fall back to matmul. Needs ws->act. */
+    void (*matmul_q8)(float *y, const float *x, const finch_weight *w, int64_t T,
+                      finch_workspace *ws);
 
     /* x (T, C) = rows ids (T) of the embedding table emb (V rows of C), dequantized. */
     void (*embed)(float *x, const int32_t *ids, int64_t T, const finch_weight *emb);
@@ -69,6 +81,16 @@ typedef struct {
     void (*attention_forward)(float *out, const float *q, const float *k, const float *v,
                               int64_t T, int64_t pos0, int H, int KVH, int D,
                               finch_workspace *ws);
+
+    /* attention_forward over an f16 cache, with llama.cpp's rounding: queries and the
+     * softmax probabilities are rounded to f16 before their dot products, which
+     * accumulate in f32. k, v are (pos0+T, KVH*D) IEEE half floats. */
+    void (*attention_forward_f16)(float *out, const float *q, const uint16_t *k,
+                                  const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
+                                  int D, finch_workspace *ws);
+
+    /* dst (n) = src rounded to IEEE half (nearest even). */
+    void (*to_f16)(uint16_t *dst, const float *src, int64_t n);
 
     /* h (n) = silu(gate) * up, elementwise. h may alias gate. */
     void (*swiglu_forward)(float *h, const float *gate, const float *up, int64_t n);

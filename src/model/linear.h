@@ -13,8 +13,12 @@ typedef struct {
     const float *bias; /* (out) or NULL */
 } finch_linear;
 
-/* y (T, out) = x (T, in) . W^T + b through the backend. */
-void finch_linear_forward(const finch_backend *be, float *y, const float *x,
-                          const finch_linear *lin, int64_t T, finch_workspace *ws);
+/* The base product: a backend's matmul or matmul_q8. */
+typedef void (*finch_matmul_fn)(float *y, const float *x, const finch_weight *w, int64_t T,
+                                finch_workspace *ws);
+
+/* y (T, out) = x (T, in) . W^T + b, the base product computed by mm. */
+void finch_linear_forward(finch_matmul_fn mm, float *y, const float *x, const finch_linear *lin,
+                          int64_t T, const finch_backend *be, finch_workspace *ws);
 
 #endif /* FINCH_LINEAR_H */

@@ -17,23 +17,29 @@
 #include <stdlib.h>
 
 finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, int n_ctx,
-                                   int n_batch, finch_err *err) {
+                                   int n_batch, finch_numerics numerics, finch_err *err) {
     const finch_model_config *c = &m->cfg;
     memset(s, 0, sizeof *s);
     s->n_ctx = n_ctx;
     s->n_batch = n_batch;
+    s->numerics = numerics;
+    const size_t kv_elem = numerics == FINCH_NUMERICS_FAST ? 2 : 4;
     const size_t C = (size_t)c->n_embd, KD = (size_t)c->n_head_kv * c->head_dim,
                  HD = (size_t)c->n_head * c->head_dim, F = (size_t)c->n_ff,
                  V = (size_t)c->n_vocab, B = (size_t)n_batch;
     size_t cache;
     if (!finch_size_mul((size_t)c->n_layer * (size_t)n_ctx, KD, &cache))
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
+    if (!finch_size_mul(cache, kv_elem, &cache))
+        return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
+    s->k = finch_aalloc(cache, "key cache", err);
+    s->v = s->k ? finch_aalloc(cache, "value cache", err) : NULL;
+    if (!s->v) goto fail;
     struct {
         float **p;
         size_t n;
         const char *what;
     } bufs[] = {
-        {&s->k, cache, "key cache"},   {&s->v, cache, "value cache"},
         {&s->x, B * C, "activations"}, {&s->xn, B * C, "activations"},
         {&s->q, B * HD, "queries"},    {&s->kk, B * KD, "keys"},
         {&s->vv, B * KD, "values"},    {&s->att, B * HD, "attention output"},
@@ -47,8 +53,9 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     s->pos_ids = finch_alloc(B * sizeof(int32_t), "positions", err);
     if (!s->pos_ids) goto fail;
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    size_t act = numerics == FINCH_NUMERICS_FAST ? finch_workspace_act_need(n_batch, max_cols) : 0;
     if (finch_workspace_init(&s->ws, finch_workspace_need(max_cols, n_ctx), finch_threads_get(),
-                             err))
+                             act, err))
         goto fail;
     return FINCH_OK;
 fail:
@@ -57,7 +64,9 @@ fail:
 }
 
 void finch_kv_session_release(finch_kv_session *s) {
-    float *bufs[] = {s->k, s->v, s->x, s->xn, s->q, s->kk, s->vv, s->att, s->gate, s->up, s->logits};
+    finch_afree(s->k);
+    finch_afree(s->v);
+    float *bufs[] = {s->x, s->xn, s->q, s->kk, s->vv, s->att, s->gate, s->up, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) finch_afree(bufs[i]);
     free(s->pos_ids);
     finch_workspace_free(&s->ws);
@@ -71,6 +80,8 @@ void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_
     const int C = c->n_embd, H = c->n_head, KVH = c->n_head_kv, D = c->head_dim;
     const int64_t KD = (int64_t)KVH * D, F = c->n_ff, pos0 = s->pos;
     finch_workspace *ws = &s->ws;
+    const bool fast = s->numerics == FINCH_NUMERICS_FAST;
+    const finch_matmul_fn mm = fast ? be->matmul_q8 : be->matmul;
     FINCH_ASSERT(T >= 1 && T <= s->n_batch && pos0 + T <= s->n_ctx);
 
     for (int t = 0; t < T; t++) s->pos_ids[t] = (int32_t)(pos0 + t);
@@ -78,23 +89,33 @@ void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_
 
     for (int l = 0; l < c->n_layer; l++) {
         const finch_layer *ly = &m->layers[l];
-        float *kc = s->k + (size_t)l * s->n_ctx * KD, *vc = s->v + (size_t)l * s->n_ctx * KD;
+        const size_t layer_off = (size_t)l * s->n_ctx * KD;
         /* attention */
         be->rmsnorm_forward(s->xn, NULL, s->x, ly->attn_norm, T, C, c->rms_eps);
-        finch_linear_forward(be, s->q, s->xn, &ly->wq, T, ws);
-        finch_linear_forward(be, kc + pos0 * KD, s->xn, &ly->wk, T, ws);
-        finch_linear_forward(be, vc + pos0 * KD, s->xn, &ly->wv, T, ws);
+        finch_linear_forward(mm, s->q, s->xn, &ly->wq, T, be, ws);
+        finch_linear_forward(mm, s->kk, s->xn, &ly->wk, T, be, ws);
+        finch_linear_forward(mm, s->vv, s->xn, &ly->wv, T, be, ws);
         be->rope_forward(s->q, s->pos_ids, T, H, D, c->rope_theta);
-        be->rope_forward(kc + pos0 * KD, s->pos_ids, T, KVH, D, c->rope_theta);
-        be->attention_forward(s->att, s->q, kc, vc, T, pos0, H, KVH, D, ws);
-        finch_linear_forward(be, s->xn, s->att, &ly->wo, T, ws);
+        be->rope_forward(s->kk, s->pos_ids, T, KVH, D, c->rope_theta);
+        if (fast) {
+            uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
+            be->to_f16(kc + pos0 * KD, s->kk, T * KD);
+            be->to_f16(vc + pos0 * KD, s->vv, T * KD);
+            be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, ws);
+        } else {
+            float *kc = (float *)s->k + layer_off, *vc = (float *)s->v + layer_off;
+            memcpy(kc + pos0 * KD, s->kk, (size_t)(T * KD) * sizeof(float));
+            memcpy(vc + pos0 * KD, s->vv, (size_t)(T * KD) * sizeof(float));
+            be->attention_forward(s->att, s->q, kc, vc, T, pos0, H, KVH, D, ws);
+        }
+        finch_linear_forward(mm, s->xn, s->att, &ly->wo, T, be, ws);
         be->add(s->x, s->xn, (int64_t)T * C);
         /* feed-forward */
         be->rmsnorm_forward(s->xn, NULL, s->x, ly->ffn_norm, T, C, c->rms_eps);
-        finch_linear_forward(be, s->gate, s->xn, &ly->w_gate, T, ws);
-        finch_linear_forward(be, s->up, s->xn, &ly->w_up, T, ws);
+        finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
+        finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
         be->swiglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
-        finch_linear_forward(be, s->xn, s->gate, &ly->w_down, T, ws);
+        finch_linear_forward(mm, s->xn, s->gate, &ly->w_down, T, be, ws);
         be->add(s->x, s->xn, (int64_t)T * C);
     }
     s->pos += T;
@@ -103,5 +124,5 @@ void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_
     const float *xl = all_logits ? s->x : s->x + (size_t)(T - 1) * C;
     int n_out = all_logits ? T : 1;
     be->rmsnorm_forward(s->xn, NULL, xl, m->output_norm, n_out, C, c->rms_eps);
-    finch_linear_forward(be, s->logits, s->xn, &m->output, n_out, ws);
+    finch_linear_forward(mm, s->logits, s->xn, &m->output, n_out, be, ws);
 }

@@ -41,7 +41,8 @@ struct finch_model {
 typedef struct {
     int n_ctx, n_batch;
     int pos;                   /* positions filled */
-    float *k, *v;              /* per layer: (n_ctx, KVH*D), layer-major */
+    finch_numerics numerics;
+    void *k, *v;               /* per layer: (n_ctx, KVH*D), layer-major; f16 when FAST */
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* (n_batch, ...) activations */
     float *logits;             /* (n_batch, V) */
     int32_t *pos_ids;          /* (n_batch) */
@@ -50,7 +51,7 @@ typedef struct {
 
 /* Allocates a session's cache and buffers. */
 finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, int n_ctx,
-                                   int n_batch, finch_err *err);
+                                   int n_batch, finch_numerics numerics, finch_err *err);
 void finch_kv_session_release(finch_kv_session *s);
 
 /* Runs T <= n_batch tokens at positions s->pos.., appending to the cache. Writes the

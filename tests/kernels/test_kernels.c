@@ -77,7 +77,8 @@ static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T, f
     float *wf = malloc((size_t)cols * sizeof *wf);
     finch_workspace ws;
     finch_err err;
-    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2, &err), FINCH_OK);
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2,
+                                          finch_workspace_act_need(T, cols), &err), FINCH_OK);
     finch_backend_cpu.matmul(y, x, &w, T, &ws);
     finch_ref_matmul(yr, x, &w, T);
     for (int64_t i = 0; i < rows; i++) {
@@ -115,6 +116,83 @@ static void test_matmul_all_types(void **state) {
                 check_matmul(types[i], shapes[s][0], shapes[s][1], Ts[k], &r);
 }
 
+/* The activation quantization of matmul_q8, written from its specification: per block of
+ * 32, scale 127/max|x|, round half to even; d and d*sum(q) stored as fp16. Returns the
+ * dequantized activations d*q and, per block, |s| (for the rounding bound of s). */
+static void quantize_act_spec(float *xhat, float *s_abs, const float *x, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        float d = finch_f16_to_f32(finch_f32_to_f16(amax / 127.0f));
+        float id = amax ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            float q = nearbyintf(x[b * 32 + j] * id);
+            xhat[b * 32 + j] = d * q;
+            sum += (int)q;
+        }
+        s_abs[b] = fabsf(amax / 127.0f * (float)sum);
+    }
+}
+
+static void check_matmul_q8(finch_dtype t, int64_t rows, int64_t cols, int64_t T, finch_rng *r) {
+    finch_weight w;
+    void *data = make_weight(r, t, rows, cols, &w);
+    float *x = rand_vec(r, T * cols, 1.0f), *xhat = malloc((size_t)(T * cols) * sizeof(float));
+    float *s_abs = malloc((size_t)(T * cols / 32) * sizeof(float));
+    float *y = malloc((size_t)(T * rows) * sizeof *y), *yr = malloc((size_t)(T * rows) * sizeof *yr);
+    float *wf = malloc((size_t)cols * sizeof *wf);
+    finch_workspace ws;
+    finch_err err;
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2,
+                                          finch_workspace_act_need(T, cols), &err),
+                     FINCH_OK);
+    for (int64_t k = 0; k < T; k++) quantize_act_spec(xhat + k * cols, s_abs + k * cols / 32, x + k * cols, cols);
+    finch_backend_cpu.matmul_q8(y, x, &w, T, &ws);
+    finch_ref_matmul(yr, xhat, &w, T);
+    for (int64_t i = 0; i < rows; i++) {
+        finch_dtype_info[t].dequant(wf, (const uint8_t *)data + i * w.row_bytes, cols);
+        for (int64_t k = 0; k < T; k++) {
+            double bound = 1e-6;
+            for (int64_t b = 0; b < cols / 32; b++) {
+                double wmax = 0, wx = 0;
+                for (int j = 0; j < 32; j++) {
+                    wmax = fmax(wmax, fabs(wf[b * 32 + j]));
+                    wx += fabs((double)wf[b * 32 + j] * xhat[k * cols + b * 32 + j]);
+                }
+                bound += 4e-6 * wx + wmax * s_abs[k * cols / 32 + b] / 1024.0;
+            }
+            double e = fabs((double)y[k * rows + i] - yr[k * rows + i]);
+            if (e > bound)
+                fail_msg("matmul_q8 %s %lldx%lld T=%lld: y[%lld,%lld] = %.9g, reference %.9g",
+                         finch_dtype_info[t].name, (long long)rows, (long long)cols, (long long)T,
+                         (long long)k, (long long)i, y[k * rows + i], yr[k * rows + i]);
+        }
+    }
+    finch_workspace_free(&ws);
+    free(wf);
+    free(y);
+    free(yr);
+    free(x);
+    free(xhat);
+    free(s_abs);
+    free(data);
+}
+
+static void test_matmul_q8(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 8);
+    const finch_dtype types[] = {FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q5_0,
+                                 FINCH_DTYPE_Q5_1, FINCH_DTYPE_Q8_0};
+    const int64_t shapes[][2] = {{1, 32}, {7, 64}, {65, 576}};
+    const int64_t Ts[] = {1, 2, 17};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++)
+                check_matmul_q8(types[i], shapes[s][0], shapes[s][1], Ts[k], &r);
+}
+
 static void test_matmul_kquants(void **state) {
     (void)state;
     finch_rng r;
@@ -138,7 +216,7 @@ static void test_matmul_thread_invariant(void **state) {
     float *y1 = malloc(9 * 200 * sizeof(float)), *y2 = malloc(9 * 200 * sizeof(float));
     finch_workspace ws;
     finch_err err;
-    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(576, 1), 2, &err), FINCH_OK);
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(576, 1), 2, 0, &err), FINCH_OK);
     for (int64_t T = 1; T <= 9; T += 8) {
         finch_threads_set(1);
         finch_backend_cpu.matmul(y1, x, &w, T, &ws);
@@ -214,7 +292,7 @@ static void test_attention(void **state) {
     const int64_t cases[][2] = {{1, 0}, {5, 0}, {1, 9}, {4, 3}}; /* (T, pos0) */
     finch_workspace ws;
     finch_err err;
-    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(1, 64), 2, &err), FINCH_OK);
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(1, 64), 2, 0, &err), FINCH_OK);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int64_t T = cases[c][0], pos0 = cases[c][1], n = pos0 + T;
         float *q = rand_vec(&r, T * H * D, 1.0f), *k = rand_vec(&r, n * KVH * D, 1.0f);
@@ -248,7 +326,7 @@ int main(void) {
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_all_types), cmocka_unit_test(test_matmul_kquants),
-        cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_swiglu),
     };

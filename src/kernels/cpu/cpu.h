@@ -9,6 +9,12 @@
 
 void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
                       finch_workspace *ws);
+void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
+                         finch_workspace *ws);
+void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
+                                     const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
+                                     int D, finch_workspace *ws);
+void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n);
 void finch_cpu_embed(float *x, const int32_t *ids, int64_t T, const finch_weight *emb);
 void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w,
                                int64_t T, int64_t C, float eps);

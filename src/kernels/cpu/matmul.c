@@ -215,27 +215,32 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
 
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
     size_t tile = (size_t)TILE_ROWS * (size_t)max_cols;
-    size_t att = (size_t)n_ctx;
+    size_t att = (size_t)n_ctx + (size_t)max_cols; /* scores + one f16-rounded query */
     size_t need = tile > att ? tile : att;
     return (need + 15) & ~(size_t)15;
 }
 
 finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_threads,
-                                  finch_err *err) {
+                                  size_t act_bytes, finch_err *err) {
     size_t n;
     per_thread = (per_thread + 15) & ~(size_t)15;
     if (!finch_size_mul(per_thread, (size_t)n_threads, &n) || !finch_size_mul(n, 4, &n))
         return finch_err_set(err, FINCH_E_NOMEM, "workspace size overflows");
     float *buf = finch_aalloc(n, "kernel workspace", err);
     if (!buf) return FINCH_E_NOMEM;
-    ws->buf = buf;
-    ws->per_thread = per_thread;
-    ws->n_threads = n_threads;
+    void *act = NULL;
+    if (act_bytes && !(act = finch_aalloc(act_bytes, "quantized activations", err))) {
+        finch_afree(buf);
+        return FINCH_E_NOMEM;
+    }
+    *ws = (finch_workspace){.buf = buf, .per_thread = per_thread, .n_threads = n_threads,
+                            .act = act, .act_bytes = act_bytes};
     return FINCH_OK;
 }
 
 void finch_workspace_free(finch_workspace *ws) {
     if (!ws) return;
     finch_afree(ws->buf);
-    ws->buf = NULL;
+    finch_afree(ws->act);
+    memset(ws, 0, sizeof *ws);
 }

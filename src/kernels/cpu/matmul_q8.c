@@ -1,0 +1,212 @@
+/*
+ * matmul_q8.c: y (T, rows) = x (T, cols) . W^T computed as llama.cpp computes it on the
+ * CPU: each row of x is first quantized to 8 bits in blocks of 32 (Q8_0, or Q8_1 which
+ * also keeps d * sum(q)), then every block product is an integer dot product scaled by
+ * the two block scales:
+ *
+ *   Q4_0 x Q8_0:  sum_b  d_w d_x  sum_j (q_w - 8) q_x
+ *   Q4_1 x Q8_1:  sum_b  d_w d_x  sum_j q_w q_x  +  m_w s_x
+ *   Q5_0 x Q8_0, Q5_1 x Q8_1: as Q4_0, Q4_1 with 5-bit q_w
+ *   Q8_0 x Q8_0:  sum_b  d_w d_x  sum_j q_w q_x
+ *
+ * This is the inference path ("fast" numerics): it reproduces llama.cpp's logits up to
+ * float summation order, and integer dot products are several times cheaper than
+ * expanding blocks to f32. Other storage types use the exact matmul. Training never uses
+ * it (its gradients need the exact product).
+ *
+ * The quantized rows of x live in the workspace's shared buffer (finch_workspace.act).
+ */
+#include "kernels/cpu/cpu.h"
+#include "core/quant.h" /* block structs */
+
+#include <immintrin.h>
+#include <math.h>
+
+/* An activation block: Q8_0 plus s = d * sum(q) (Q8_1 when s is used). */
+typedef struct {
+    float d;     /* scale, already rounded through fp16 as llama.cpp stores it */
+    float s;     /* d * sum(qs), rounded through fp16 */
+    int8_t qs[QK];
+} act_block;
+
+enum { ROW_CHUNK = 16 };
+
+/* llama.cpp's x86 quantize_row_q8_0/q8_1: scale 127 / max|x|, round half to even. */
+static void quantize_act_row(act_block *y, const float *x, int64_t n) {
+    for (int64_t b = 0; b < n / QK; b++, x += QK) {
+        float amax = 0;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            int q = (int)nearbyintf(x[j] * id);
+            y[b].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        y[b].d = finch_f16_to_f32(finch_f32_to_f16(d));
+        y[b].s = finch_f16_to_f32(finch_f32_to_f16(d * (float)sum));
+    }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 32 unsigned 4-bit values from 16 packed bytes (weight j low nibble, j+16 high). */
+static inline __m256i unpack_nibbles(const uint8_t *qs) {
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+}
+
+/* sum of a_j * b_j as 8 int32 lanes, a unsigned (0..127 safe), b signed */
+static inline __m256 dot_u8_i8(__m256i a, __m256i b) {
+    __m256i p16 = _mm256_maddubs_epi16(a, b);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* sum of a_j * b_j, both signed: |a| * sign(b, a) */
+static inline __m256 dot_i8_i8(__m256i a, __m256i b) {
+    return dot_u8_i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+static float vdot_q4_0(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q4_0 *w = row;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i q = _mm256_sub_epi8(unpack_nibbles(w[b].qs), _mm256_set1_epi8(8));
+        __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
+        acc = _mm256_fmadd_ps(d, dot_i8_i8(q, y), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float vdot_q4_1(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q4_1 *w = row;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
+        acc = _mm256_fmadd_ps(d, dot_u8_i8(unpack_nibbles(w[b].qs), y), acc);
+        summs += finch_f16_to_f32(w[b].m) * x[b].s;
+    }
+    return hsum_ps(acc) + summs;
+}
+
+static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q8_0 *w = row;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
+        acc = _mm256_fmadd_ps(d, dot_i8_i8(q, y), acc);
+    }
+    return hsum_ps(acc);
+}
+#else
+static float vdot_q4_0(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q4_0 *w = row;
+    float s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int acc = 0;
+        for (int j = 0; j < QK / 2; j++)
+            acc += ((w[b].qs[j] & 15) - 8) * x[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + 16];
+        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc;
+    }
+    return s;
+}
+static float vdot_q4_1(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q4_1 *w = row;
+    float s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int acc = 0;
+        for (int j = 0; j < QK / 2; j++)
+            acc += (w[b].qs[j] & 15) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + 16];
+        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc + finch_f16_to_f32(w[b].m) * x[b].s;
+    }
+    return s;
+}
+static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q8_0 *w = row;
+    float s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int acc = 0;
+        for (int j = 0; j < QK; j++) acc += w[b].qs[j] * x[b].qs[j];
+        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc;
+    }
+    return s;
+}
+#endif
+
+/* Q5_0 / Q5_1: scalar integer code (no model finch ships uses them on a hot path). */
+static inline int q5_at(const uint8_t *qs, uint32_t qh, int j) {
+    int lo = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
+    return lo | (int)(((qh >> j) & 1) << 4);
+}
+
+static float vdot_q5_0(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q5_0 *w = row;
+    float s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        int acc = 0;
+        for (int j = 0; j < QK; j++) acc += (q5_at(w[b].qs, qh, j) - 16) * x[b].qs[j];
+        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc;
+    }
+    return s;
+}
+
+static float vdot_q5_1(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q5_1 *w = row;
+    float s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        int acc = 0;
+        for (int j = 0; j < QK; j++) acc += q5_at(w[b].qs, qh, j) * x[b].qs[j];
+        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc + finch_f16_to_f32(w[b].m) * x[b].s;
+    }
+    return s;
+}
+
+typedef float (*vdot_fn)(const void *row, const act_block *x, int64_t nb);
+
+static const vdot_fn vdot_table[FINCH_DTYPE_COUNT] = {
+    [FINCH_DTYPE_Q4_0] = vdot_q4_0, [FINCH_DTYPE_Q4_1] = vdot_q4_1,
+    [FINCH_DTYPE_Q5_0] = vdot_q5_0, [FINCH_DTYPE_Q5_1] = vdot_q5_1,
+    [FINCH_DTYPE_Q8_0] = vdot_q8_0,
+};
+
+size_t finch_workspace_act_need(int64_t T, int64_t max_cols) {
+    return (size_t)T * (size_t)(max_cols / QK + 1) * sizeof(act_block);
+}
+
+void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
+                         finch_workspace *ws) {
+    vdot_fn dot = vdot_table[w->type];
+    if (!dot) {
+        finch_cpu_matmul(y, x, w, T, ws);
+        return;
+    }
+    const int64_t R = w->rows, K = w->cols, nb = K / QK;
+    FINCH_ASSERT(ws && ws->act_bytes >= (size_t)T * (size_t)nb * sizeof(act_block));
+    act_block *xq = ws->act;
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; t++) quantize_act_row(xq + t * nb, x + t * K, K);
+    const int64_t n_chunks = (R + ROW_CHUNK - 1) / ROW_CHUNK;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        int64_t r1 = (c + 1) * ROW_CHUNK < R ? (c + 1) * ROW_CHUNK : R;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t r = c * ROW_CHUNK; r < r1; r++)
+                y[t * R + r] = dot((const uint8_t *)w->data + (size_t)r * w->row_bytes, xq + t * nb, nb);
+    }
+}

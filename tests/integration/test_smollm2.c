@@ -1,0 +1,236 @@
+/*
+ * test_smollm2.c: the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against two
+ * independent references, both made by tests/reference/make_llamacpp_fixtures.py:
+ *  - llama.cpp (llama-cpp-python, logits for every position, greedy generation), which
+ *    finch's fast numerics reproduce: same argmax at every position of five prompts,
+ *    logits within FAST_TOL, and the same 64 greedy tokens;
+ *  - an exact float64 forward of the dequantized weights (tests/reference/
+ *    gguf_llama_exact.py), which finch's exact numerics reproduce within EXACT_TOL.
+ * Logits are compared on a fixed subset of 512 vocabulary ids (ids 0..255 and 256 drawn
+ * with a seed) to keep the fixture small; argmax over the full vocabulary.
+ *
+ * The model comes from $FINCH_MODEL, else the cache scripts/setup.sh fills. Without it
+ * the test fails, saying how to fetch it (FINCH_ALLOW_NO_MODEL=1 skips instead).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "finch.h"
+
+#define DIR FINCH_FIXTURES "/model/"
+#define N_SUBSET 512
+#define FAST_TOL 0.05  /* llama.cpp's own logits move by ~1e-2 between thread counts */
+#define EXACT_TOL 2e-3 /* f32 accumulation over 30 layers vs float64 */
+
+static json_t *fx;
+static finch_model *model;
+static float *bin_llamacpp, *bin_exact;
+
+static float *read_rows(const char *name, size_t rows) {
+    char path[1024];
+    snprintf(path, sizeof path, DIR "%s", name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    float *v = malloc(rows * N_SUBSET * sizeof *v);
+    size_t got = v ? fread(v, sizeof *v, rows * N_SUBSET, f) : 0;
+    fclose(f);
+    if (got != rows * N_SUBSET) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+static int setup(void **state) {
+    (void)state;
+    char path[4096];
+    finch_err err;
+    const char *env = getenv("FINCH_MODEL");
+    if (env) snprintf(path, sizeof path, "%s", env);
+    else if (finch_default_model_path(path, sizeof path, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
+    if (access(path, R_OK) != 0) {
+        fprintf(stderr, "the default model is missing at %s: run scripts/setup.sh\n", path);
+        return -1;
+    }
+    if (finch_model_load(path, &model, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
+    json_error_t je;
+    fx = json_load_file(DIR "smollm2_llamacpp.json", 0, &je);
+    if (!fx) return fprintf(stderr, "smollm2_llamacpp.json: line %d: %s\n", je.line, je.text), -1;
+    size_t rows = (size_t)json_integer_value(json_array_get(
+        json_object_get(json_object_get(fx, "subset"), "shape"), 0));
+    bin_llamacpp = read_rows("smollm2_llamacpp.bin", rows);
+    bin_exact = read_rows("smollm2_exact.bin", rows);
+    return bin_llamacpp && bin_exact ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    free(bin_llamacpp);
+    free(bin_exact);
+    json_decref(fx);
+    finch_model_free(model);
+    return 0;
+}
+
+static int32_t *ids_of(json_t *arr, int *n) {
+    *n = (int)json_array_size(arr);
+    int32_t *ids = malloc((size_t)*n * sizeof *ids);
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, i));
+    return ids;
+}
+
+/* Every prompt: argmax at every position equals the reference's, and the subset logits
+ * are within tol of it. */
+static void check_prompts(finch_numerics numerics, const char *ref_key, const float *ref_bin,
+                          double tol) {
+    const int V = 49152;
+    json_t *subset = json_object_get(fx, "subset_ids"), *p;
+    size_t i;
+    double worst_all = 0;
+    json_array_foreach(json_object_get(fx, "prompts"), i, p) {
+        int n;
+        int32_t *ids = ids_of(json_object_get(p, "ids"), &n);
+        float *logits = malloc((size_t)n * V * sizeof *logits);
+        finch_session *s;
+        finch_err err;
+        if (finch_session_new(model, n, numerics, &s, &err)) fail_msg("%s", err.msg);
+        if (finch_session_decode(s, ids, n, logits, NULL, &err)) fail_msg("%s", err.msg);
+        json_t *argmax = json_object_get(json_object_get(p, ref_key), "argmax");
+        size_t row0 = (size_t)json_integer_value(json_object_get(p, "bin_row_offset"));
+        double worst = 0;
+        for (int t = 0; t < n; t++) {
+            const float *l = logits + (size_t)t * V;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (l[v] > l[best]) best = v;
+            int want = (int)json_integer_value(json_array_get(argmax, (size_t)t));
+            if (best != want)
+                fail_msg("%s, %s numerics: position %d: argmax %d (logit %.4f), %s says %d "
+                         "(finch's logit for it %.4f)",
+                         json_string_value(json_object_get(p, "name")),
+                         numerics == FINCH_NUMERICS_FAST ? "fast" : "exact", t, best, l[best],
+                         ref_key, want, l[want]);
+            for (int j = 0; j < N_SUBSET; j++) {
+                int v = (int)json_integer_value(json_array_get(subset, (size_t)j));
+                double e = fabs((double)l[v] - ref_bin[(row0 + (size_t)t) * N_SUBSET + (size_t)j]);
+                if (e > worst) worst = e;
+            }
+        }
+        printf("  %-10s %2d tokens: argmax equal at every position, max |finch - %s| = %.4f\n",
+               json_string_value(json_object_get(p, "name")), n, ref_key, worst);
+        if (worst > worst_all) worst_all = worst;
+        finch_session_free(s);
+        free(logits);
+        free(ids);
+    }
+    if (worst_all > tol) fail_msg("max |finch - %s| = %.4f exceeds %g", ref_key, worst_all, tol);
+}
+
+static void test_fast_matches_llamacpp(void **state) {
+    (void)state;
+    check_prompts(FINCH_NUMERICS_FAST, "llamacpp", bin_llamacpp, FAST_TOL);
+}
+
+static void test_exact_matches_float64(void **state) {
+    (void)state;
+    check_prompts(FINCH_NUMERICS_EXACT, "exact", bin_exact, EXACT_TOL);
+}
+
+/* Greedy decoding token by token through the KV cache gives llama.cpp's 64 tokens. */
+static void test_greedy_matches_llamacpp(void **state) {
+    (void)state;
+    const int V = 49152;
+    json_t *run;
+    size_t i;
+    json_array_foreach(json_object_get(json_object_get(fx, "generation"), "runs"), i, run) {
+        int n, n_gen;
+        int32_t *ids = ids_of(json_object_get(run, "prompt_ids"), &n);
+        int32_t *want = ids_of(json_object_get(json_object_get(run, "llamacpp"), "generated_ids"), &n_gen);
+        float *logits = malloc((size_t)V * sizeof *logits);
+        finch_session *s;
+        finch_err err;
+        if (finch_session_new(model, n + n_gen, FINCH_NUMERICS_FAST, &s, &err)) fail_msg("%s", err.msg);
+        if (finch_session_decode(s, ids, n, NULL, logits, &err)) fail_msg("%s", err.msg);
+        for (int k = 0; k < n_gen; k++) {
+            int32_t best = 0;
+            for (int v = 1; v < V; v++)
+                if (logits[v] > logits[best]) best = v;
+            if (best != want[k])
+                fail_msg("%s: generated token %d is %d, llama.cpp's is %d",
+                         json_string_value(json_object_get(run, "name")), k, best, want[k]);
+            if (k + 1 < n_gen && finch_session_decode(s, &best, 1, NULL, logits, &err))
+                fail_msg("%s", err.msg);
+        }
+        printf("  %s: %d greedy tokens equal to llama.cpp's\n",
+               json_string_value(json_object_get(run, "name")), n_gen);
+        finch_session_free(s);
+        free(logits);
+        free(want);
+        free(ids);
+    }
+}
+
+typedef struct {
+    char buf[4096];
+    size_t len;
+} text_buf;
+
+static int collect(const char *piece, size_t len, void *user) {
+    text_buf *t = user;
+    if (t->len + len < sizeof t->buf) memcpy(t->buf + t->len, piece, len), t->len += len;
+    t->buf[t->len] = 0;
+    return 0;
+}
+
+/* finch_generate end to end (tokenizer, sampler, streaming): llama.cpp's greedy text. */
+static void test_generate_text(void **state) {
+    (void)state;
+    json_t *run = json_array_get(json_object_get(json_object_get(fx, "generation"), "runs"), 0);
+    const char *want = json_string_value(json_object_get(json_object_get(run, "llamacpp"), "generated_text"));
+    finch_gen_options opt = finch_gen_defaults();
+    opt.max_tokens = (int)json_array_size(json_object_get(json_object_get(run, "llamacpp"), "generated_ids"));
+    text_buf t = {.len = 0};
+    finch_err err;
+    if (finch_generate(model, json_string_value(json_object_get(run, "prompt")), &opt, collect, &t, &err))
+        fail_msg("%s", err.msg);
+    assert_string_equal(t.buf, want);
+    /* a stop string ends the text before it */
+    const char *stops[] = {"United", NULL};
+    opt.stop = stops;
+    t.len = 0;
+    if (finch_generate(model, json_string_value(json_object_get(run, "prompt")), &opt, collect, &t, &err))
+        fail_msg("%s", err.msg);
+    const char *cut = strstr(want, "United");
+    assert_non_null(cut);
+    assert_int_equal(t.len, (size_t)(cut - want));
+    assert_memory_equal(t.buf, want, t.len);
+}
+
+int main(void) {
+    finch_threads_set(2);
+    if (getenv("FINCH_ALLOW_NO_MODEL")) {
+        char path[4096];
+        finch_err err;
+        if (!finch_default_model_path(path, sizeof path, &err) && access(path, R_OK) != 0 &&
+            !getenv("FINCH_MODEL")) {
+            printf("skipped: no model (FINCH_ALLOW_NO_MODEL set)\n");
+            return 0;
+        }
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fast_matches_llamacpp),
+        cmocka_unit_test(test_exact_matches_float64),
+        cmocka_unit_test(test_greedy_matches_llamacpp),
+        cmocka_unit_test(test_generate_text),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

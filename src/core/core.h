@@ -45,10 +45,16 @@ void finch_log(finch_log_level level, const char *fmt, ...) __attribute__((forma
 
 /* *out = a * b (or a + b); false on overflow, *out untouched then. */
 static inline bool finch_size_mul(size_t a, size_t b, size_t *out) {
-    return !__builtin_mul_overflow(a, b, out);
+    size_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return false;
+    *out = r;
+    return true;
 }
 static inline bool finch_size_add(size_t a, size_t b, size_t *out) {
-    return !__builtin_add_overflow(a, b, out);
+    size_t r;
+    if (__builtin_add_overflow(a, b, &r)) return false;
+    *out = r;
+    return true;
 }
 
 /* malloc/calloc that report failure as FINCH_E_NOMEM with what was being allocated.
@@ -63,9 +69,21 @@ void finch_afree(void *p);
 /* ---- half precision ----------------------------------------------------------------- */
 
 /* IEEE binary16 <-> binary32, exact both ways for representable values; f32->f16
- * rounds to nearest even. */
-float finch_f16_to_f32(uint16_t h);
-uint16_t finch_f32_to_f16(float f);
+ * rounds to nearest even. The _soft versions are portable bit manipulation; the inline
+ * ones use the CPU's F16C instructions when the build targets them (same results, which
+ * tests/core checks for every half value). */
+float finch_f16_to_f32_soft(uint16_t h);
+uint16_t finch_f32_to_f16_soft(float f);
+#if defined(__F16C__)
+#include <immintrin.h>
+static inline float finch_f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t finch_f32_to_f16(float f) {
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+#else
+static inline float finch_f16_to_f32(uint16_t h) { return finch_f16_to_f32_soft(h); }
+static inline uint16_t finch_f32_to_f16(float f) { return finch_f32_to_f16_soft(f); }
+#endif
 
 /* bfloat16 is the top half of a float32; to bf16 rounds to nearest even, NaN quieted. */
 static inline float finch_bf16_to_f32(uint16_t h) {

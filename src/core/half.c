@@ -1,6 +1,7 @@
 /*
  * half.c: IEEE binary16 and bfloat16 conversions (bit manipulation, no hardware
- * dependence, so results are identical on every machine).
+ * dependence, so results are identical on every machine); core.h maps finch_f16_to_f32 and
+ * finch_f32_to_f16 to F16C instructions when the build has them.
  */
 #include "core.h"
 
@@ -16,7 +17,7 @@ static inline float bits_f32(uint32_t u) {
     return f;
 }
 
-float finch_f16_to_f32(uint16_t h) {
+float finch_f16_to_f32_soft(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f;
     uint32_t man = h & 0x3ff;
@@ -29,7 +30,7 @@ float finch_f16_to_f32(uint16_t h) {
     return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
 }
 
-uint16_t finch_f32_to_f16(float f) {
+uint16_t finch_f32_to_f16_soft(float f) {
     uint32_t u = f32_bits(f);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
     uint32_t abs = u & 0x7fffffffu;

@@ -1,13 +1,26 @@
 /*
  * test_smollm2.c: the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against two
  * independent references, both made by tests/reference/make_llamacpp_fixtures.py:
- *  - llama.cpp (llama-cpp-python, logits for every position, greedy generation), which
- *    finch's fast numerics reproduce: same argmax at every position of five prompts,
- *    logits within FAST_TOL, and the same 64 greedy tokens;
+ *  - llama.cpp (llama-cpp-python, logits for every position, greedy generation), whose
+ *    numerics finch's fast mode reproduces: the same 8-bit activation quantization (the
+ *    logits of each prompt's first position are bit-identical), f16 KV cache;
  *  - an exact float64 forward of the dequantized weights (tests/reference/
  *    gguf_llama_exact.py), which finch's exact numerics reproduce within EXACT_TOL.
  * Logits are compared on a fixed subset of 512 vocabulary ids (ids 0..255 and 256 drawn
  * with a seed) to keep the fixture small; argmax over the full vocabulary.
+ *
+ * Near ties. 8-bit activation quantization makes llama.cpp's logits chaotic at the scale
+ * of its own quantization noise: any change in rounding (summation order, exp
+ * approximation) flips some activation codes and moves logits by up to ~2. llama.cpp
+ * itself, run with flash attention on and off, picks a different argmax at 12 of these
+ * 239 positions, at top1-top2 margins up to 0.29, and its logits differ by up to 2.19
+ * (tests/reference/
+ * compare_llamacpp_attention.py). So against llama.cpp: where its margin is at least
+ * NEAR_TIE finch's argmax must be the same; below it finch's argmax must be one of
+ * llama.cpp's top 3. Greedy generation must equal llama.cpp's token for token and may
+ * part from it only at a step whose llama.cpp margin is below NEAR_TIE; the plain prompt
+ * must give all 64 tokens. Against the exact float64 reference there is no such slack:
+ * same argmax everywhere.
  *
  * The model comes from $FINCH_MODEL, else the cache scripts/setup.sh fills. Without it
  * the test fails, saying how to fetch it (FINCH_ALLOW_NO_MODEL=1 skips instead).
@@ -19,6 +32,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +42,9 @@
 
 #define DIR FINCH_FIXTURES "/model/"
 #define N_SUBSET 512
-#define FAST_TOL 0.05  /* llama.cpp's own logits move by ~1e-2 between thread counts */
-#define EXACT_TOL 2e-3 /* f32 accumulation over 30 layers vs float64 */
+#define FAST_TOL 2.2   /* llama.cpp's flash-attention and default paths differ by up to 2.19 */
+#define NEAR_TIE 0.3   /* above the largest margin where llama.cpp's two paths disagree */
+#define EXACT_TOL 5e-4 /* f32 accumulation over 30 layers vs float64 (measured 1e-4) */
 
 static json_t *fx;
 static finch_model *model;
@@ -88,10 +103,11 @@ static int32_t *ids_of(json_t *arr, int *n) {
     return ids;
 }
 
-/* Every prompt: argmax at every position equals the reference's, and the subset logits
- * are within tol of it. */
+/* Every prompt: argmax at every position equals the reference's (near_tie > 0: where the
+ * reference's own top1-top2 margin is at least near_tie; below it, one of its top 3), and
+ * the subset logits are within tol of it. */
 static void check_prompts(finch_numerics numerics, const char *ref_key, const float *ref_bin,
-                          double tol) {
+                          double tol, double near_tie) {
     const int V = 49152;
     json_t *subset = json_object_get(fx, "subset_ids"), *p;
     size_t i;
@@ -104,16 +120,30 @@ static void check_prompts(finch_numerics numerics, const char *ref_key, const fl
         finch_err err;
         if (finch_session_new(model, n, numerics, &s, &err)) fail_msg("%s", err.msg);
         if (finch_session_decode(s, ids, n, logits, NULL, &err)) fail_msg("%s", err.msg);
-        json_t *argmax = json_object_get(json_object_get(p, ref_key), "argmax");
+        json_t *ref = json_object_get(p, ref_key), *argmax = json_object_get(ref, "argmax");
         size_t row0 = (size_t)json_integer_value(json_object_get(p, "bin_row_offset"));
         double worst = 0;
+        int near_ties = 0;
         for (int t = 0; t < n; t++) {
             const float *l = logits + (size_t)t * V;
             int best = 0;
             for (int v = 1; v < V; v++)
                 if (l[v] > l[best]) best = v;
             int want = (int)json_integer_value(json_array_get(argmax, (size_t)t));
-            if (best != want)
+            json_t *top_l = json_array_get(json_object_get(ref, "top_logits"), (size_t)t);
+            json_t *top_i = json_array_get(json_object_get(ref, "top_ids"), (size_t)t);
+            double margin = json_real_value(json_array_get(top_l, 0)) -
+                            json_real_value(json_array_get(top_l, 1));
+            if (best != want && near_tie > 0 && margin < near_tie) {
+                near_ties++;
+                bool in_top3 = false;
+                for (size_t r = 0; r < 3; r++)
+                    in_top3 |= json_integer_value(json_array_get(top_i, r)) == best;
+                if (!in_top3)
+                    fail_msg("%s: position %d: argmax %d is not in %s's top 3 (margin %.4f)",
+                             json_string_value(json_object_get(p, "name")), t, best, ref_key,
+                             margin);
+            } else if (best != want)
                 fail_msg("%s, %s numerics: position %d: argmax %d (logit %.4f), %s says %d "
                          "(finch's logit for it %.4f)",
                          json_string_value(json_object_get(p, "name")),
@@ -125,8 +155,10 @@ static void check_prompts(finch_numerics numerics, const char *ref_key, const fl
                 if (e > worst) worst = e;
             }
         }
-        printf("  %-10s %2d tokens: argmax equal at every position, max |finch - %s| = %.4f\n",
-               json_string_value(json_object_get(p, "name")), n, ref_key, worst);
+        printf("  %-10s %2d tokens: argmax equal at %d positions (%d near ties in %s's top 3), "
+               "max |finch - %s| = %.4f\n",
+               json_string_value(json_object_get(p, "name")), n, n - near_ties, near_ties,
+               ref_key, ref_key, worst);
         if (worst > worst_all) worst_all = worst;
         finch_session_free(s);
         free(logits);
@@ -137,15 +169,16 @@ static void check_prompts(finch_numerics numerics, const char *ref_key, const fl
 
 static void test_fast_matches_llamacpp(void **state) {
     (void)state;
-    check_prompts(FINCH_NUMERICS_FAST, "llamacpp", bin_llamacpp, FAST_TOL);
+    check_prompts(FINCH_NUMERICS_FAST, "llamacpp", bin_llamacpp, FAST_TOL, NEAR_TIE);
 }
 
 static void test_exact_matches_float64(void **state) {
     (void)state;
-    check_prompts(FINCH_NUMERICS_EXACT, "exact", bin_exact, EXACT_TOL);
+    check_prompts(FINCH_NUMERICS_EXACT, "exact", bin_exact, EXACT_TOL, 0);
 }
 
-/* Greedy decoding token by token through the KV cache gives llama.cpp's 64 tokens. */
+/* Greedy decoding token by token through the KV cache gives llama.cpp's tokens, parting
+ * only at a near tie; the plain prompt gives all 64. */
 static void test_greedy_matches_llamacpp(void **state) {
     (void)state;
     const int V = 49152;
@@ -160,18 +193,26 @@ static void test_greedy_matches_llamacpp(void **state) {
         finch_err err;
         if (finch_session_new(model, n + n_gen, FINCH_NUMERICS_FAST, &s, &err)) fail_msg("%s", err.msg);
         if (finch_session_decode(s, ids, n, NULL, logits, &err)) fail_msg("%s", err.msg);
-        for (int k = 0; k < n_gen; k++) {
+        const char *name = json_string_value(json_object_get(run, "name"));
+        json_t *gaps = json_object_get(json_object_get(run, "llamacpp"), "top1_top2_gap");
+        int k = 0;
+        for (; k < n_gen; k++) {
             int32_t best = 0;
             for (int v = 1; v < V; v++)
                 if (logits[v] > logits[best]) best = v;
-            if (best != want[k])
-                fail_msg("%s: generated token %d is %d, llama.cpp's is %d",
-                         json_string_value(json_object_get(run, "name")), k, best, want[k]);
+            if (best != want[k]) {
+                double gap = json_real_value(json_array_get(gaps, (size_t)k));
+                if (gap >= NEAR_TIE || !strcmp(name, "plain"))
+                    fail_msg("%s: generated token %d is %d, llama.cpp's is %d (its margin %.4f)",
+                             name, k, best, want[k], gap);
+                printf("  %s: parts from llama.cpp at token %d, a near tie (margin %.4f)\n",
+                       name, k, gap);
+                break;
+            }
             if (k + 1 < n_gen && finch_session_decode(s, &best, 1, NULL, logits, &err))
                 fail_msg("%s", err.msg);
         }
-        printf("  %s: %d greedy tokens equal to llama.cpp's\n",
-               json_string_value(json_object_get(run, "name")), n_gen);
+        printf("  %s: %d greedy tokens equal to llama.cpp's\n", name, k);
         finch_session_free(s);
         free(logits);
         free(want);

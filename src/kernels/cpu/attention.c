@@ -54,15 +54,8 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
     }
 }
 
-/* f16 helpers: F16C when the CPU has it (same rounding as the portable code). */
-#if defined(__F16C__)
-#include <immintrin.h>
-static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-static inline uint16_t f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
-#else
-static inline float h2f(uint16_t h) { return finch_f16_to_f32(h); }
-static inline uint16_t f2h(float f) { return finch_f32_to_f16(f); }
-#endif
+#define h2f finch_f16_to_f32
+#define f2h finch_f32_to_f16
 
 void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = f2h(src[i]);

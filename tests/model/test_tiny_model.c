@@ -141,10 +141,16 @@ static void test_session_limits(void **state) {
     assert_int_equal(finch_session_decode(s, ids, 1, NULL, NULL, &err), FINCH_E_RANGE);
     assert_non_null(strstr(err.msg, "4 of 4 context positions"));
     finch_session_free(s);
-    /* no tokenizer in this file: generation says so */
+    /* prompt + new tokens beyond the training context (128) */
     finch_gen_options opt = finch_gen_defaults();
-    assert_int_equal(finch_generate(model, "hi", &opt, NULL, NULL, &err), FINCH_E_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "no tokenizer"));
+    opt.max_tokens = 128;
+    assert_int_equal(finch_generate(model, "hi", &opt, NULL, NULL, &err), FINCH_E_RANGE);
+    assert_non_null(strstr(err.msg, "exceeds the context"));
+    opt.max_tokens = -1;
+    assert_int_equal(finch_generate(model, "hi", &opt, NULL, NULL, &err), FINCH_E_USAGE);
+    opt.max_tokens = 4;
+    assert_int_equal(finch_generate(model, "", &opt, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "prompt is empty"));
     finch_model_free(model);
 }
 

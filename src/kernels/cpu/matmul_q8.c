@@ -110,6 +110,51 @@ static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
     }
     return hsum_ps(acc);
 }
+/* Four rows at once: the same per-row arithmetic in the same order (so the same bits as
+ * the one-row kernels), with four independent accumulation chains to hide latency. */
+static void vdot4_q4_0(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        for (int r = 0; r < 4; r++) {
+            const finch_block_q4_0 *w = (const finch_block_q4_0 *)(row + r * rb) + b;
+            __m256i q = _mm256_sub_epi8(unpack_nibbles(w->qs), _mm256_set1_epi8(8));
+            __m256 d = _mm256_set1_ps(finch_f16_to_f32(w->d) * x[b].d);
+            acc[r] = _mm256_fmadd_ps(d, dot_i8_i8(q, yq), acc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]);
+}
+
+static void vdot4_q4_1(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float summs[4] = {0, 0, 0, 0};
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        for (int r = 0; r < 4; r++) {
+            const finch_block_q4_1 *w = (const finch_block_q4_1 *)(row + r * rb) + b;
+            __m256 d = _mm256_set1_ps(finch_f16_to_f32(w->d) * x[b].d);
+            acc[r] = _mm256_fmadd_ps(d, dot_u8_i8(unpack_nibbles(w->qs), yq), acc[r]);
+            summs[r] += finch_f16_to_f32(w->m) * x[b].s;
+        }
+    }
+    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]) + summs[r];
+}
+
+static void vdot4_q8_0(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        for (int r = 0; r < 4; r++) {
+            const finch_block_q8_0 *w = (const finch_block_q8_0 *)(row + r * rb) + b;
+            __m256i q = _mm256_loadu_si256((const __m256i *)w->qs);
+            __m256 d = _mm256_set1_ps(finch_f16_to_f32(w->d) * x[b].d);
+            acc[r] = _mm256_fmadd_ps(d, dot_i8_i8(q, yq), acc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]);
+}
+#define HAVE_VDOT4 1
 #else
 static float vdot_q4_0(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q4_0 *w = row;
@@ -178,6 +223,16 @@ static float vdot_q5_1(const void *row, const act_block *x, int64_t nb) {
 }
 
 typedef float (*vdot_fn)(const void *row, const act_block *x, int64_t nb);
+typedef void (*vdot4_fn)(const uint8_t *row, size_t row_bytes, const act_block *x, int64_t nb,
+                         float *y);
+
+#ifdef HAVE_VDOT4
+static const vdot4_fn vdot4_table[FINCH_DTYPE_COUNT] = {
+    [FINCH_DTYPE_Q4_0] = vdot4_q4_0, [FINCH_DTYPE_Q4_1] = vdot4_q4_1, [FINCH_DTYPE_Q8_0] = vdot4_q8_0,
+};
+#else
+static const vdot4_fn vdot4_table[FINCH_DTYPE_COUNT];
+#endif
 
 static const vdot_fn vdot_table[FINCH_DTYPE_COUNT] = {
     [FINCH_DTYPE_Q4_0] = vdot_q4_0, [FINCH_DTYPE_Q4_1] = vdot_q4_1,
@@ -201,12 +256,20 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
     act_block *xq = ws->act;
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; t++) quantize_act_row(xq + t * nb, x + t * K, K);
+    vdot4_fn dot4 = vdot4_table[w->type];
+    const uint8_t *W = w->data;
     const int64_t n_chunks = (R + ROW_CHUNK - 1) / ROW_CHUNK;
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < n_chunks; c++) {
         int64_t r1 = (c + 1) * ROW_CHUNK < R ? (c + 1) * ROW_CHUNK : R;
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t r = c * ROW_CHUNK; r < r1; r++)
-                y[t * R + r] = dot((const uint8_t *)w->data + (size_t)r * w->row_bytes, xq + t * nb, nb);
+        for (int64_t t = 0; t < T; t++) {
+            int64_t r = c * ROW_CHUNK;
+            float y4[4];
+            for (; dot4 && r + 4 <= r1; r += 4) {
+                dot4(W + (size_t)r * w->row_bytes, w->row_bytes, xq + t * nb, nb, y4);
+                for (int k = 0; k < 4; k++) y[t * R + r + k] = y4[k];
+            }
+            for (; r < r1; r++) y[t * R + r] = dot(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
+        }
     }
 }

@@ -1,0 +1,191 @@
+/*
+ * test_cli.c: the finch command as a user meets it: every flag's bad values, bad model
+ * files, and the happy paths, checking exit codes (2 usage, 1 failure, 0 success) and a
+ * fragment of what is printed. Runs the built binary through /bin/sh.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "io/io.h" /* to write a copy of the tiny model without its tokenizer */
+
+static char tmpdir[] = "/tmp/finch_cli_XXXXXX";
+static char out[1 << 16];
+
+/* Runs `finch ARGS` (a shell fragment) with stdin from in_text; returns the exit code and
+ * leaves stdout+stderr in out. */
+static int run(const char *args, const char *in_text) {
+    char cmd[4096], inpath[512], outpath[512];
+    snprintf(inpath, sizeof inpath, "%s/stdin", tmpdir);
+    snprintf(outpath, sizeof outpath, "%s/out", tmpdir);
+    FILE *f = fopen(inpath, "w");
+    assert_non_null(f);
+    if (in_text) fputs(in_text, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "FINCH_CACHE=%s/cache %s %s <%s >%s 2>&1", tmpdir, FINCH_CLI, args,
+             inpath, outpath);
+    int st = system(cmd);
+    f = fopen(outpath, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = 0;
+    fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+#define EXPECT(args, in, code, fragment)                                                   \
+    do {                                                                                   \
+        int rc_ = run(args, in);                                                           \
+        if (rc_ != (code) || !strstr(out, fragment))                                       \
+            fail_msg("finch %s: exit %d (want %d), output:\n%s\n(want '%s')", args, rc_,    \
+                     code, out, fragment);                                                 \
+    } while (0)
+
+#define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
+
+static void test_usage_errors(void **state) {
+    (void)state;
+    EXPECT("", NULL, 2, "usage: finch <command>");
+    EXPECT("frobnicate", NULL, 2, "unknown command 'frobnicate'");
+    EXPECT("--help", NULL, 0, "generate");
+    EXPECT("generate -m " TINY, NULL, 2, "no prompt");
+    EXPECT("generate -m " TINY " -p ''", NULL, 2, "the prompt is empty");
+    EXPECT("generate -m " TINY " -p hi -n -1", NULL, 2, "-n -1: must be an integer");
+    EXPECT("generate -m " TINY " -p hi -n 12x", NULL, 2, "-n 12x");
+    EXPECT("generate -m " TINY " -p hi --temp abc", NULL, 2, "--temp abc");
+    EXPECT("generate -m " TINY " -p hi --temp -1", NULL, 2, "--temp -1");
+    EXPECT("generate -m " TINY " -p hi --top-p 0", NULL, 2, "--top-p 0: must be in (0, 1]");
+    EXPECT("generate -m " TINY " -p hi --top-p 1.5", NULL, 2, "--top-p 1.5");
+    EXPECT("generate -m " TINY " -p hi --top-k -3", NULL, 2, "--top-k -3");
+    EXPECT("generate -m " TINY " -p hi --seed x", NULL, 2, "--seed x");
+    EXPECT("generate -m " TINY " -p hi --threads 0", NULL, 2, "--threads 0");
+    EXPECT("generate -m " TINY " -p hi --system x", NULL, 2, "--system needs --chat");
+    EXPECT("generate -m " TINY " -p hi --stop ''", NULL, 2, "stop text is empty");
+    EXPECT("generate -m " TINY " -p hi --bogus", NULL, 2, "unknown option '--bogus'");
+    EXPECT("generate -m " TINY " -p", NULL, 2, "-p needs a value");
+    EXPECT("generate -m " TINY " -p hi --numerics approx", NULL, 2, "--numerics approx");
+    EXPECT("info a.gguf b.gguf", NULL, 2, "more than one model");
+    EXPECT("tokenize --bogus", NULL, 2, "unknown option");
+}
+
+static void test_bad_models(void **state) {
+    (void)state;
+    char args[1024], path[512];
+    EXPECT("info /nonexistent/model.gguf", NULL, 1, "/nonexistent/model.gguf: cannot open");
+    snprintf(args, sizeof args, "info %s", tmpdir);
+    EXPECT(args, NULL, 1, "is a directory");
+    /* not a GGUF */
+    snprintf(path, sizeof path, "%s/text.gguf", tmpdir);
+    FILE *f = fopen(path, "w");
+    fputs("hello, this is not a model file at all", f);
+    fclose(f);
+    snprintf(args, sizeof args, "info %s", path);
+    EXPECT(args, NULL, 1, "text.gguf");
+    /* a real model cut in half: the tensor data runs past the end */
+    snprintf(path, sizeof path, "%s/cut.gguf", tmpdir);
+    snprintf(args, sizeof args, "head -c 150000 %s > %s", TINY, path);
+    assert_int_equal(system(args), 0);
+    snprintf(args, sizeof args, "generate -m %s -p hi", path);
+    EXPECT(args, NULL, 1, "cut.gguf");
+    /* no model given and none in the cache */
+    EXPECT("info", NULL, 1, "run scripts/setup.sh");
+    /* a model without a tokenizer: the tiny model copied without its tokenizer.* keys */
+    finch_gguf *g;
+    finch_gguf_writer *w;
+    finch_err err;
+    assert_int_equal(finch_gguf_open(TINY, &g, &err), FINCH_OK);
+    assert_non_null(w = finch_gguf_writer_new(&err));
+    for (int64_t i = 0; i < finch_gguf_n_kv(g); i++) {
+        const finch_gguf_kv *kv = finch_gguf_kv_at(g, i);
+        if (strncmp(kv->key, "tokenizer.", 10)) assert_int_equal(finch_gguf_set_kv(w, kv, &err), FINCH_OK);
+    }
+    for (int64_t i = 0; i < finch_gguf_n_tensors(g); i++) {
+        const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
+        assert_int_equal(finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err), FINCH_OK);
+    }
+    snprintf(path, sizeof path, "%s/notok.gguf", tmpdir);
+    assert_int_equal(finch_gguf_writer_save(w, path, &err), FINCH_OK);
+    finch_gguf_writer_free(w);
+    finch_gguf_close(g);
+    snprintf(args, sizeof args, "generate -m %s -p hi -n 3", path);
+    EXPECT(args, NULL, 1, "no tokenizer");
+    snprintf(args, sizeof args, "tokenize -m %s", path);
+    EXPECT(args, "hello\n", 1, "no tokenizer");
+    snprintf(args, sizeof args, "info %s", path);
+    EXPECT(args, NULL, 0, "tokenizer:       (none)");
+    /* prompt longer than the context the model was trained for */
+    EXPECT("generate -m " TINY " -p hi -n 200", NULL, 1, "exceeds the context");
+}
+
+static void test_info_tiny(void **state) {
+    (void)state;
+    EXPECT("info " TINY, NULL, 0, "layers:          2");
+    assert_non_null(strstr(out, "4 query, 2 key/value, head dim 16"));
+    assert_non_null(strstr(out, "f32"));
+}
+
+/* The real model, when present (scripts/setup.sh puts it in the cache). */
+static const char *real_model(void) {
+    static char path[4096];
+    finch_err err;
+    const char *env = getenv("FINCH_MODEL");
+    if (env) return env;
+    unsetenv("FINCH_CACHE");
+    if (finch_default_model_path(path, sizeof path, &err)) return NULL;
+    return access(path, R_OK) == 0 ? path : NULL;
+}
+
+static void test_real_model(void **state) {
+    (void)state;
+    const char *m = real_model();
+    if (!m) {
+        if (getenv("FINCH_ALLOW_NO_MODEL")) skip();
+        fail_msg("the default model is missing: run scripts/setup.sh");
+    }
+    char args[4600];
+    snprintf(args, sizeof args, "info %s", m);
+    EXPECT(args, NULL, 0, "parameters:      134515008");
+    assert_non_null(strstr(out, "q4_1"));
+    assert_non_null(strstr(out, "chat template:   chatml"));
+    assert_non_null(strstr(out, "pre-tokenizer 'smollm'"));
+    snprintf(args, sizeof args, "generate -m %s -p 'The capital of France is' -n 2", m);
+    EXPECT(args, NULL, 0, " Paris.");
+    snprintf(args, sizeof args, "tokenize -m %s", m);
+    EXPECT(args, "The capital of France is\nhello world\n", 0, "504 3575 282 4649 314\n");
+    snprintf(args, sizeof args, "tokenize -m %s --decode", m);
+    EXPECT(args, "504 3575 282 4649 314\n", 0, "The capital of France is\n");
+    EXPECT(args, "504 x 314\n", 1, "line 1: 'x' is not a token id");
+    EXPECT(args, "1\n99999999\n", 1, "line 2");
+    snprintf(args, sizeof args, "generate -m %s --chat -p 'What is the capital of France?' -n 24 --numerics exact", m);
+    EXPECT(args, NULL, 0, "Paris");
+}
+
+static int setup(void **state) {
+    (void)state;
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    return system(cmd);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_usage_errors),
+        cmocka_unit_test(test_bad_models),
+        cmocka_unit_test(test_info_tiny),
+        cmocka_unit_test(test_real_model),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -193,6 +193,33 @@ static void test_matmul_q8(void **state) {
                 check_matmul_q8(types[i], shapes[s][0], shapes[s][1], Ts[k], &r);
 }
 
+/* matmul_q8 gives each token the same bits whether it comes alone or in a batch (the
+ * batched path unpacks weights once, the single path reads them in place). */
+static void test_matmul_q8_batch_invariant(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 9);
+    const finch_dtype types[] = {FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q8_0};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        const int64_t R = 70, K = 96, T = 9;
+        finch_weight w;
+        void *data = make_weight(&r, types[i], R, K, &w);
+        float *x = rand_vec(&r, T * K, 1.0f), yb[9 * 70], y1[70];
+        finch_workspace ws;
+        finch_err err;
+        assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
+                                              finch_workspace_act_need(T, K), &err), FINCH_OK);
+        finch_backend_cpu.matmul_q8(yb, x, &w, T, &ws);
+        for (int64_t t = 0; t < T; t++) {
+            finch_backend_cpu.matmul_q8(y1, x + t * K, &w, 1, &ws);
+            assert_memory_equal(y1, yb + t * R, sizeof y1);
+        }
+        finch_workspace_free(&ws);
+        free(x);
+        free(data);
+    }
+}
+
 static void test_matmul_kquants(void **state) {
     (void)state;
     finch_rng r;
@@ -326,7 +353,8 @@ int main(void) {
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_all_types), cmocka_unit_test(test_matmul_kquants),
-        cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8), cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),
+        cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_swiglu),
     };

@@ -21,6 +21,9 @@
 
 #include <immintrin.h>
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* An activation block: Q8_0 plus s = d * sum(q) (Q8_1 when s is used). */
 typedef struct {
@@ -63,10 +66,18 @@ static inline __m256i unpack_nibbles(const uint8_t *qs) {
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
 }
 
-/* sum of a_j * b_j as 8 int32 lanes, a unsigned (0..127 safe), b signed */
+/* sum of a_j * b_j as 8 int32 lanes, a unsigned, b signed. The products of our operands
+ * (|a| <= 128, |b| <= 127) never saturate maddubs' 16-bit pairs, so the VNNI instruction
+ * gives the same integers in one step. */
 static inline __m256 dot_u8_i8(__m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b));
+#elif defined(__AVXVNNI__)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b));
+#else
     __m256i p16 = _mm256_maddubs_epi16(a, b);
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+#endif
 }
 
 /* sum of a_j * b_j, both signed: |a| * sign(b, a) */
@@ -153,6 +164,61 @@ static void vdot4_q8_0(const uint8_t *row, size_t rb, const act_block *x, int64_
         }
     }
     for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]);
+}
+
+/* Many tokens: four rows are unpacked once into 8-bit values and f32 scales, then meet
+ * every token's activations. Per (row, token) the arithmetic and its order are those of
+ * vdot4_*, so results do not depend on T. */
+typedef struct {
+    int8_t *q;     /* (4, K) unpacked weights: q - 8 (Q4_0), q (Q4_1, unsigned), q (Q8_0) */
+    float *d, *m;  /* (4, nb) block scales and mins (m only for Q4_1) */
+    bool is_signed;
+    bool has_min;
+} unpacked4;
+
+static void unpack4(finch_dtype t, const uint8_t *row, size_t rb, int64_t nb, unpacked4 *u) {
+    for (int r = 0; r < 4; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t *q = u->q + (r * nb + b) * QK;
+            const uint8_t *blk = row + r * rb;
+            if (t == FINCH_DTYPE_Q8_0) {
+                const finch_block_q8_0 *w = (const finch_block_q8_0 *)blk + b;
+                memcpy(q, w->qs, QK);
+                u->d[r * nb + b] = finch_f16_to_f32(w->d);
+            } else {
+                /* Q4_0 and Q4_1 share the nibble layout; Q4_0 is offset by 8 */
+                const uint8_t *qs = t == FINCH_DTYPE_Q4_0 ? ((const finch_block_q4_0 *)blk)[b].qs
+                                                          : ((const finch_block_q4_1 *)blk)[b].qs;
+                int off = t == FINCH_DTYPE_Q4_0 ? 8 : 0;
+                for (int j = 0; j < QK / 2; j++) {
+                    q[j] = (int8_t)((qs[j] & 15) - off);
+                    q[j + QK / 2] = (int8_t)((qs[j] >> 4) - off);
+                }
+                if (t == FINCH_DTYPE_Q4_0) {
+                    u->d[r * nb + b] = finch_f16_to_f32(((const finch_block_q4_0 *)blk)[b].d);
+                } else {
+                    u->d[r * nb + b] = finch_f16_to_f32(((const finch_block_q4_1 *)blk)[b].d);
+                    u->m[r * nb + b] = finch_f16_to_f32(((const finch_block_q4_1 *)blk)[b].m);
+                }
+            }
+        }
+    u->is_signed = t != FINCH_DTYPE_Q4_1;
+    u->has_min = t == FINCH_DTYPE_Q4_1;
+}
+
+static void vdot4_unpacked(const unpacked4 *u, const act_block *x, int64_t nb, float *y) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float summs[4] = {0, 0, 0, 0};
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        for (int r = 0; r < 4; r++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(u->q + (r * nb + b) * QK));
+            __m256 d = _mm256_set1_ps(u->d[r * nb + b] * x[b].d);
+            acc[r] = _mm256_fmadd_ps(d, u->is_signed ? dot_i8_i8(q, yq) : dot_u8_i8(q, yq), acc[r]);
+            if (u->has_min) summs[r] += u->m[r * nb + b] * x[b].s;
+        }
+    }
+    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]) + summs[r];
 }
 #define HAVE_VDOT4 1
 #else
@@ -259,6 +325,30 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
     vdot4_fn dot4 = vdot4_table[w->type];
     const uint8_t *W = w->data;
     const int64_t n_chunks = (R + ROW_CHUNK - 1) / ROW_CHUNK;
+#ifdef HAVE_VDOT4
+    if (dot4 && T >= 4) {
+        FINCH_ASSERT(ws->per_thread * sizeof(float) >= 4 * (size_t)K + 8 * (size_t)nb * sizeof(float));
+        const int64_t n_groups = R / 4;
+#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
+        for (int64_t g = 0; g < n_groups; g++) {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            float *scratch = ws->buf + (size_t)tid * ws->per_thread;
+            unpacked4 u = {.d = scratch, .m = scratch + 4 * nb, .q = (int8_t *)(scratch + 8 * nb)};
+            unpack4(w->type, W + (size_t)(4 * g) * w->row_bytes, w->row_bytes, nb, &u);
+            float y4[4];
+            for (int64_t t = 0; t < T; t++) {
+                vdot4_unpacked(&u, xq + t * nb, nb, y4);
+                for (int k = 0; k < 4; k++) y[t * R + 4 * g + k] = y4[k];
+            }
+        }
+        for (int64_t r = 4 * n_groups; r < R; r++)
+            for (int64_t t = 0; t < T; t++) y[t * R + r] = dot(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < n_chunks; c++) {
         int64_t r1 = (c + 1) * ROW_CHUNK < R ? (c + 1) * ROW_CHUNK : R;

@@ -130,8 +130,8 @@ enum {
 };
 
 /* Tokenizes len bytes of UTF-8 text. *ids is allocated with malloc and owned by the
- * caller (free it), *n_ids is its length. Invalid UTF-8 is tokenized byte by byte, as
- * llama.cpp does. Thread-safe. */
+ * caller (free it), *n_ids is its length. Each invalid UTF-8 byte becomes U+FFFD, as in
+ * llama.cpp (so such text does not decode back to the same bytes). Thread-safe. */
 FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *text, size_t len,
                                       int flags, int32_t **ids, int64_t *n_ids, finch_err *err);
 

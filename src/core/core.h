@@ -70,8 +70,8 @@ void finch_afree(void *p);
 
 /* IEEE binary16 <-> binary32, exact both ways for representable values; f32->f16
  * rounds to nearest even. The _soft versions are portable bit manipulation; the inline
- * ones use the CPU's F16C instructions when the build targets them (same results, which
- * tests/core checks for every half value). */
+ * ones use the CPU's F16C instructions when the build targets them (same results for every
+ * non-NaN value, which tests/core checks; NaN payloads may differ, NaN stays NaN). */
 float finch_f16_to_f32_soft(uint16_t h);
 uint16_t finch_f32_to_f16_soft(float f);
 #if defined(__F16C__)

@@ -83,7 +83,8 @@ typedef struct finch_gguf finch_gguf;
 finch_status finch_gguf_open(const char *path, finch_gguf **out, finch_err *err);
 
 /* The same over a buffer the caller keeps alive until finch_gguf_close (used by fuzzing
- * and tests). name is used in messages. */
+ * and tests). name is used in messages. The buffer must be 8-byte aligned (malloc's is),
+ * so that every tensor's data is: the reader accepts alignments of 8 and more only. */
 finch_status finch_gguf_open_memory(const void *data, size_t size, const char *name,
                                     finch_gguf **out, finch_err *err);
 

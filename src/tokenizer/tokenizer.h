@@ -17,12 +17,15 @@
 #include "core/core.h"
 #include "io/io.h" /* finch_gguf, finch_gguf_get_* */
 
-/* Builds the tokenizer described by a GGUF's tokenizer.* keys. An unknown
- * tokenizer.ggml.model or tokenizer.ggml.pre, inconsistent array lengths, merges naming
- * tokens that do not exist, or special-token ids out of range are FINCH_E_FORMAT or
- * FINCH_E_UNSUPPORTED naming the key. *out is NULL (and FINCH_OK returned) when the file
- * has no tokenizer.ggml.model key. The tokenizer copies what it keeps; the GGUF may be
- * closed afterwards. The caller owns *out. */
+/* Builds the tokenizer described by a GGUF's tokenizer.* keys. A tokenizer.ggml.model other
+ * than "gpt2" or an unknown tokenizer.ggml.pre is FINCH_E_UNSUPPORTED; inconsistent array
+ * lengths, arrays of the wrong element type, merges without a space or naming tokens that
+ * do not exist, special-token ids out of range, and add_bos/add_eos without the id to add
+ * are FINCH_E_FORMAT; every message names the file and the key. *out is NULL (and FINCH_OK
+ * returned) when the file has no tokenizer.ggml.model key, or it is "none"/"no_vocab". A
+ * missing tokenizer.ggml.pre means "default", as in llama.cpp (logged as a warning). The
+ * tokenizer copies what it keeps; the GGUF may be closed afterwards. The caller owns *out;
+ * the tokenizer is immutable, so concurrent finch_tokenize calls on it are safe. */
 finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out,
                                        finch_err *err);
 void finch_tokenizer_free(finch_tokenizer *tok);
@@ -38,8 +41,9 @@ const char *finch_tokenizer_pre_name(const finch_tokenizer *tok);
 int64_t finch_tokenizer_n_merges(const finch_tokenizer *tok);
 
 /* Decodes one token to the bytes it stands for (byte-level BPE alphabet reversed);
- * control tokens give "" unless special is true. Writes at most cap bytes to buf and
- * returns the full length (like snprintf, without a NUL), or -1 for an id out of range. */
+ * control and unknown tokens give "" unless special is true, user-defined tokens their
+ * text. Writes at most cap bytes to buf and returns the full length (like snprintf,
+ * without a NUL), or -1 for an id out of range. */
 int64_t finch_tokenizer_piece(const finch_tokenizer *tok, int32_t id, bool special, char *buf,
                               size_t cap);
 

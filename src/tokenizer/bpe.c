@@ -1,0 +1,371 @@
+/*
+ * bpe.c: byte-level BPE (GPT-2 style), the public finch_tokenize / finch_detokenize.
+ *
+ * Encoding, for each run of text between special tokens (special.c):
+ *   1. pretok.c makes the llama.cpp view of the bytes (invalid UTF-8 -> U+FFFD) and
+ *      splits it into pieces with the pre-tokenizer regexes;
+ *   2. each byte of a piece is one symbol: the token of the character the GPT-2
+ *      byte-to-unicode table assigns to it;
+ *   3. merges by rank: a min-heap of adjacent pairs keyed by (rank, position of the left
+ *      symbol), symbols in a linked list; the lowest rank merges first, the leftmost among
+ *      equal ranks; a popped pair whose symbols changed since it was pushed is stale and
+ *      skipped. O(n log n) per piece, no strings rebuilt;
+ *   4. each remaining symbol is its token. A symbol that is not a token (its character or
+ *      a merge result missing from the vocabulary) falls back, as in llama.cpp, to the
+ *      tokens whose text is one byte of its encoded text, and bytes with no such token are
+ *      dropped.
+ * For the llama3 family (ignore_merges) a piece whose encoded text is a token is emitted
+ * whole.
+ *
+ * This reproduces llama.cpp's llm_tokenizer_bpe_session (same queue order and the same
+ * stale-pair rule), so ids match llama.cpp for the same file; tests/tokenizer checks it on
+ * the real SmolLM2 vocabulary against ids made by llama.cpp itself.
+ *
+ * Decoding maps each character of a normal token back through the reversed byte table
+ * (pieces are decoded once at load, vocab.c); control and unknown tokens give their text
+ * only when asked for, user-defined tokens always; byte, unused and undefined tokens give
+ * nothing. Not done: clean_up_tokenization_spaces (llama_detokenize's clean_spaces).
+ *
+ * Thread safety: the tokenizer is read-only here; each call has its own scratch memory.
+ */
+#include "internal.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+
+/* ---- the GPT-2 byte-to-unicode table ------------------------------------------------ */
+
+/* Printable bytes (33..126, 161..172, 174..255) stand for themselves; the other 68, in
+ * increasing order, for U+0100 onwards: 0..32 -> U+0100..U+0120 (space is U+0120 'Ġ'),
+ * 127..160 -> U+0121..U+0142, 173 -> U+0143. */
+uint32_t bpe_byte_to_cpt(uint8_t b) {
+    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) return b;
+    if (b <= 32) return 256u + b;
+    if (b <= 160) return 256u + 33 + (b - 127u);
+    return 256u + 67; /* 173, the soft hyphen */
+}
+
+/* The byte a code point of the table stands for, or -1. */
+static int bpe_cpt_to_byte(uint32_t c) {
+    if ((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255)) return (int)c;
+    if (c < 256 || c > 256 + 67) return -1;
+    uint32_t n = c - 256;
+    if (n <= 32) return (int)n;
+    if (n <= 66) return (int)(127 + n - 33);
+    return 173;
+}
+
+size_t bpe_decode_text(const char *s, size_t len, char *out) {
+    size_t o = 0, i = 0;
+    while (i < len) {
+        size_t used;
+        uint32_t c = utf8_get_lenient(s + i, len - i, &used);
+        if (c > 0x10ffff) {
+            c = 0xfffd;
+            used = 1;
+        }
+        i += used;
+        int b = bpe_cpt_to_byte(c);
+        if (b >= 0) {
+            if (out) out[o] = (char)b;
+            o++;
+            continue;
+        }
+        /* llama.cpp writes what it cannot map as "[UNK_BYTE_0x<hex of the char><text>]" */
+        char enc[4], tmp[32];
+        int n = utf8_put(c, enc);
+        int k = snprintf(tmp, sizeof tmp, "[UNK_BYTE_0x");
+        for (int j = 0; j < n; j++) k += snprintf(tmp + k, sizeof tmp - (size_t)k, "%02x",
+                                                   (uint8_t)enc[j]);
+        if (out) {
+            memcpy(out + o, tmp, (size_t)k);
+            memcpy(out + o + k, s, len);
+            out[o + (size_t)k + len] = ']';
+        }
+        o += (size_t)k + len + 1;
+    }
+    return o;
+}
+
+/* ---- per-call scratch --------------------------------------------------------------- */
+
+typedef struct {
+    int32_t id;          /* token, or -1 when the symbol's text is not a token */
+    int32_t prev, next;  /* neighbours in the piece, -1 at the ends */
+    uint32_t start, len; /* bytes of the piece; len 0 once merged into the left neighbour */
+} symbol;
+
+typedef struct {
+    int32_t rank;        /* merge rank: lower merges first */
+    int32_t left, right; /* symbol indices */
+    int32_t result;      /* the merged token */
+    uint32_t size;       /* left.len + right.len when pushed: changed means stale */
+} pair;
+
+typedef struct {
+    symbol *sym;
+    size_t sym_cap;
+    pair *heap;
+    size_t heap_n, heap_cap;
+    char *enc; /* the encoded piece, for ignore_merges */
+    size_t enc_cap;
+    int32_t *ids; /* the output */
+    size_t n_ids, ids_cap;
+} scratch;
+
+static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return true;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) {
+        if (c > SIZE_MAX / 2 / elem) return false;
+        c *= 2;
+    }
+    void *q = realloc(*p, c * elem);
+    if (!q) return false;
+    *p = q;
+    *cap = c;
+    return true;
+}
+
+static bool emit(scratch *sc, int32_t id) {
+    if (!grow((void **)&sc->ids, &sc->ids_cap, sc->n_ids + 1, sizeof *sc->ids)) return false;
+    sc->ids[sc->n_ids++] = id;
+    return true;
+}
+
+static bool pair_less(const pair *a, const pair *b) {
+    return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
+}
+
+static bool heap_push(scratch *sc, pair p) {
+    if (!grow((void **)&sc->heap, &sc->heap_cap, sc->heap_n + 1, sizeof *sc->heap)) return false;
+    size_t i = sc->heap_n++;
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (!pair_less(&p, &sc->heap[up])) break;
+        sc->heap[i] = sc->heap[up];
+        i = up;
+    }
+    sc->heap[i] = p;
+    return true;
+}
+
+static pair heap_pop(scratch *sc) {
+    pair top = sc->heap[0], last = sc->heap[--sc->heap_n];
+    size_t i = 0, n = sc->heap_n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && pair_less(&sc->heap[c + 1], &sc->heap[c])) c++;
+        if (!pair_less(&sc->heap[c], &last)) break;
+        sc->heap[i] = sc->heap[c];
+        i = c;
+    }
+    if (n) sc->heap[i] = last;
+    return top;
+}
+
+/* ---- encoding ----------------------------------------------------------------------- */
+
+/* Queues the merge of symbols left and right if the vocabulary has one. */
+static bool try_pair(const finch_tokenizer *tok, scratch *sc, int32_t left, int32_t right) {
+    if (left < 0 || right < 0) return true;
+    const symbol *l = &sc->sym[left], *r = &sc->sym[right];
+    if (l->id < 0 || r->id < 0) return true;
+    int32_t result;
+    int32_t rank = tok_merge_rank(tok, l->id, r->id, &result);
+    if (rank < 0) return true;
+    return heap_push(sc, (pair){rank, left, right, result, l->len + r->len});
+}
+
+/* Emits the tokens of a symbol that is not a token: those of the single bytes of its
+ * encoded text, as llama.cpp does. */
+static bool emit_fallback(const finch_tokenizer *tok, scratch *sc, const uint8_t *p,
+                          size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char enc[4];
+        int k = utf8_put(bpe_byte_to_cpt(p[i]), enc);
+        for (int j = 0; j < k; j++) {
+            int32_t id = tok->single_tok[(uint8_t)enc[j]];
+            if (id >= 0 && !emit(sc, id)) return false;
+        }
+    }
+    return true;
+}
+
+/* Encodes one piece of n bytes. Returns false on out-of-memory. */
+static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t *p, size_t n) {
+    if (tok->ignore_merges) {
+        if (!grow((void **)&sc->enc, &sc->enc_cap, 2 * n, 1)) return false;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) k += (size_t)utf8_put(bpe_byte_to_cpt(p[i]), sc->enc + k);
+        int32_t id = tok_find(tok, sc->enc, k);
+        if (id >= 0) return emit(sc, id);
+    }
+    if (n == 1) {
+        int32_t id = tok->byte_tok[p[0]];
+        return id >= 0 ? emit(sc, id) : emit_fallback(tok, sc, p, 1);
+    }
+    if (!grow((void **)&sc->sym, &sc->sym_cap, n, sizeof *sc->sym)) return false;
+    symbol *sym = sc->sym;
+    for (size_t i = 0; i < n; i++)
+        sym[i] = (symbol){tok->byte_tok[p[i]], (int32_t)i - 1,
+                          i + 1 < n ? (int32_t)i + 1 : -1, (uint32_t)i, 1};
+    sc->heap_n = 0;
+    for (size_t i = 1; i < n; i++)
+        if (!try_pair(tok, sc, (int32_t)i - 1, (int32_t)i)) return false;
+
+    while (sc->heap_n) {
+        pair b = heap_pop(sc);
+        symbol *l = &sc->sym[b.left], *r = &sc->sym[b.right];
+        if (l->len == 0 || r->len == 0 || l->len + r->len != b.size) continue; /* stale */
+        l->len += r->len;
+        l->id = b.result;
+        r->len = 0;
+        l->next = r->next;
+        if (r->next >= 0) sc->sym[r->next].prev = b.left;
+        if (!try_pair(tok, sc, l->prev, b.left) || !try_pair(tok, sc, b.left, l->next))
+            return false;
+    }
+    for (int32_t i = 0; i >= 0; i = sc->sym[i].next) {
+        const symbol *s = &sc->sym[i];
+        bool ok = s->id >= 0 ? emit(sc, s->id) : emit_fallback(tok, sc, p + s->start, s->len);
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* Pre-tokenizes and encodes one run of text that holds no special token. */
+static finch_status encode_text(const finch_tokenizer *tok, scratch *sc, const char *text,
+                                size_t len, finch_err *err) {
+    const char *subject, *bytes;
+    size_t n, *pieces = NULL, n_pieces = 0;
+    char *owned;
+    finch_status st = pretok_normalize(text, len, &subject, &bytes, &n, &owned, err);
+    if (st) return st;
+    if ((st = pretok_split(&tok->pre, subject, n, &pieces, &n_pieces, err))) goto done;
+    size_t at = 0;
+    for (size_t i = 0; i < n_pieces; i++) {
+        if (pieces[i] > (size_t)INT32_MAX) {
+            st = finch_err_set(err, FINCH_E_RANGE, "a pre-tokenizer piece of %zu bytes: at "
+                               "most %d", pieces[i], INT32_MAX);
+            goto done;
+        }
+        if (pieces[i] && !encode_piece(tok, sc, (const uint8_t *)bytes + at, pieces[i])) {
+            st = finch_err_set(err, FINCH_E_NOMEM, "out of memory encoding a piece of %zu "
+                               "bytes", pieces[i]);
+            goto done;
+        }
+        at += pieces[i];
+    }
+done:
+    free(pieces);
+    free(owned);
+    return st;
+}
+
+FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *text, size_t len,
+                                      int flags, int32_t **ids, int64_t *n_ids,
+                                      finch_err *err) {
+    FINCH_ASSERT(tok && ids && n_ids);
+    if (!text && len)
+        return finch_err_set(err, FINCH_E_USAGE, "finch_tokenize: text is NULL with length %zu",
+                             len);
+    if (flags & ~(FINCH_TOK_ADD_SPECIAL | FINCH_TOK_PARSE_SPECIAL))
+        return finch_err_set(err, FINCH_E_USAGE, "finch_tokenize: unknown flags 0x%x", flags);
+    if (!text) text = "";
+    scratch sc = {0};
+    tok_frag *frags = NULL;
+    size_t n_frags = 0;
+    finch_status st;
+    bool add = flags & FINCH_TOK_ADD_SPECIAL;
+    /* reserve about one id per four bytes, and at least something to return */
+    if (!grow((void **)&sc.ids, &sc.ids_cap, len / 4 + 4, sizeof *sc.ids)) goto nomem;
+    if (add && tok->add_bos && !emit(&sc, tok->special[SP_BOS])) goto nomem;
+    if ((st = tok_partition(tok, text, len, flags & FINCH_TOK_PARSE_SPECIAL, &frags, &n_frags,
+                            err)))
+        goto fail;
+    for (size_t f = 0; f < n_frags; f++) {
+        if (frags[f].id >= 0) {
+            if (!emit(&sc, frags[f].id)) goto nomem;
+        } else if ((st = encode_text(tok, &sc, text + frags[f].start, frags[f].len, err))) {
+            goto fail;
+        }
+    }
+    if (add && tok->add_eos && !emit(&sc, tok->special[SP_EOS])) goto nomem;
+    free(frags);
+    free(sc.sym);
+    free(sc.heap);
+    free(sc.enc);
+    *ids = sc.ids;
+    *n_ids = (int64_t)sc.n_ids;
+    return FINCH_OK;
+
+nomem:
+    st = finch_err_set(err, FINCH_E_NOMEM, "out of memory tokenizing %zu bytes", len);
+fail:
+    free(frags);
+    free(sc.sym);
+    free(sc.heap);
+    free(sc.enc);
+    free(sc.ids);
+    return st;
+}
+
+/* ---- decoding ----------------------------------------------------------------------- */
+
+/* The bytes token id stands for (empty for control/unknown ones unless special). */
+static const char *piece_of(const finch_tokenizer *tok, int32_t id, bool special, size_t *len) {
+    if (!special && (tok->attr[id] & (TOK_CONTROL | TOK_UNKNOWN))) {
+        *len = 0;
+        return "";
+    }
+    *len = tok->piece_off[id + 1] - tok->piece_off[id];
+    return tok->piece_blob + tok->piece_off[id];
+}
+
+int64_t finch_tokenizer_piece(const finch_tokenizer *tok, int32_t id, bool special, char *buf,
+                              size_t cap) {
+    if (id < 0 || id >= tok->n_vocab) return -1;
+    size_t n;
+    const char *p = piece_of(tok, id, special, &n);
+    if (buf) memcpy(buf, p, n < cap ? n : cap);
+    return (int64_t)n;
+}
+
+FINCH_API finch_status finch_detokenize(const finch_tokenizer *tok, const int32_t *ids,
+                                        int64_t n_ids, int flags, char **text, size_t *len,
+                                        finch_err *err) {
+    FINCH_ASSERT(tok && text && len);
+    if (n_ids < 0 || (n_ids > 0 && !ids))
+        return finch_err_set(err, FINCH_E_USAGE, "finch_detokenize: %" PRId64 " ids at %p",
+                             n_ids, (const void *)ids);
+    bool special = flags & FINCH_TOK_PARSE_SPECIAL;
+    size_t total = 0;
+    for (int64_t i = 0; i < n_ids; i++) {
+        if (ids[i] < 0 || ids[i] >= tok->n_vocab)
+            return finch_err_set(err, FINCH_E_RANGE, "token %" PRId64 " of %" PRId64 " is id %d, "
+                                 "outside the vocabulary of %d tokens", i, n_ids, ids[i],
+                                 tok->n_vocab);
+        size_t n;
+        piece_of(tok, ids[i], special, &n);
+        if (!finch_size_add(total, n, &total))
+            return finch_err_set(err, FINCH_E_RANGE, "decoded text overflows size_t");
+    }
+    size_t bytes;
+    if (!finch_size_add(total, 1, &bytes))
+        return finch_err_set(err, FINCH_E_RANGE, "decoded text overflows size_t");
+    char *out = finch_alloc(bytes, "decoded text", err);
+    if (!out) return FINCH_E_NOMEM;
+    size_t o = 0;
+    for (int64_t i = 0; i < n_ids; i++) {
+        size_t n;
+        const char *p = piece_of(tok, ids[i], special, &n);
+        memcpy(out + o, p, n);
+        o += n;
+    }
+    out[o] = 0;
+    *text = out;
+    *len = o;
+    return FINCH_OK;
+}

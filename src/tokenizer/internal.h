@@ -1,0 +1,163 @@
+/*
+ * internal.h: what the files of src/tokenizer/ share with each other, and nothing else
+ * includes. The tokenizer object itself, the token attribute bits, the lookup tables
+ * (token text -> id, merge pair -> rank) and the entry points each file offers the others:
+ *
+ *   vocab.c          loads a tokenizer from GGUF metadata, owns the lookup tables
+ *   special.c        special-token roles (EOG, auto-detected EOT/FIM), and the split of a
+ *                    text at special tokens before BPE
+ *   pretok.c         the pre-tokenizer regex lists (PCRE2) and the llama.cpp-compatible
+ *                    view of invalid UTF-8
+ *   bpe.c            the GPT-2 byte map, merges by rank, finch_tokenize/detokenize
+ *   chat_template.c  chat template families
+ *
+ * The object is immutable once finch_tokenizer_from_gguf returns, which is what makes
+ * concurrent finch_tokenize calls safe: every call keeps its scratch memory to itself.
+ */
+#ifndef FINCH_TOKENIZER_INTERNAL_H
+#define FINCH_TOKENIZER_INTERNAL_H
+
+#include "tokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+/* Token attributes, one bit each, as llama.cpp derives them from tokenizer.ggml.token_type
+ * (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte, other undefined). */
+enum {
+    TOK_UNDEFINED = 1 << 0,
+    TOK_NORMAL = 1 << 1,
+    TOK_UNKNOWN = 1 << 2,
+    TOK_CONTROL = 1 << 3,
+    TOK_USER_DEFINED = 1 << 4,
+    TOK_UNUSED = 1 << 5,
+    TOK_BYTE = 1 << 6,
+    TOK_EOG = 1 << 7, /* not a type: the token ends generation */
+};
+#define TOK_TYPE_MASK 0x7f
+
+/* The pre-tokenizer regexes for one tokenizer.ggml.pre family, compiled once. */
+#define PRETOK_MAX_REGEX 4
+typedef struct {
+    int n;                              /* regexes, applied in sequence */
+    pcre2_code *re[PRETOK_MAX_REGEX];   /* compiled (JIT-compiled when PCRE2 has a JIT) */
+} pretok;
+
+/* Roles of special tokens; -1 when the model has none. */
+typedef enum {
+    SP_BOS, SP_EOS, SP_EOT, SP_EOM, SP_UNK, SP_SEP, SP_PAD, SP_MASK,
+    SP_FIM_PRE, SP_FIM_SUF, SP_FIM_MID, SP_FIM_PAD, SP_FIM_REP, SP_FIM_SEP,
+    SP_COUNT
+} special_role;
+
+/* One slot of the merge table: the pair (left id, right id) packed in key. */
+typedef struct {
+    uint64_t key;   /* left << 32 | right; EMPTY_KEY when the slot is free */
+    int32_t rank;   /* position in tokenizer.ggml.merges */
+    int32_t result; /* id of the merged text, -1 when that text is not a token */
+} merge_slot;
+
+struct finch_tokenizer {
+    int32_t n_vocab;        /* V */
+    char *text_blob;        /* every token's text, NUL-terminated, back to back */
+    size_t *text_off;       /* (V) where token i's text starts in text_blob */
+    uint32_t *text_len;     /* (V) its length in bytes */
+    uint8_t *attr;          /* (V) TOK_* bits */
+    char *piece_blob;       /* every token's decoded bytes (control text included) */
+    size_t *piece_off;      /* (V + 1) token i's piece is [piece_off[i], piece_off[i + 1]) */
+
+    int32_t *index;         /* open-addressing table text -> id, -1 free; index_mask + 1 */
+    uint64_t index_mask;
+    merge_slot *merges;     /* open-addressing table pair -> rank; merge_mask + 1 slots */
+    uint64_t merge_mask;
+    int64_t n_merges;       /* entries of tokenizer.ggml.merges */
+
+    int32_t byte_tok[256];  /* id of the one-character token that stands for each byte */
+    int32_t single_tok[256]; /* id of the token whose text is this one byte (fallback) */
+
+    pretok pre;             /* regexes for the pre-tokenizer */
+    bool ignore_merges;     /* a whole piece that is a token is emitted as is (llama3) */
+    int32_t *specials;      /* ids of control, user-defined and unknown tokens, longest first */
+    int32_t n_specials;
+    int32_t special[SP_COUNT]; /* ids by role, -1 when absent */
+    bool add_bos, add_eos;  /* what FINCH_TOK_ADD_SPECIAL adds */
+
+    char model_name[16];    /* tokenizer.ggml.model */
+    char *pre_name;         /* tokenizer.ggml.pre as written ("default" when absent) */
+    char *chat_template;    /* tokenizer.chat_template, or NULL */
+};
+
+/* ---- vocab.c ------------------------------------------------------------------------ */
+
+/* The id of the token whose text is s[0..len), or -1. */
+int32_t tok_find(const finch_tokenizer *tok, const char *s, size_t len);
+
+/* The merge of the pair (left, right): its rank, and the merged token in *result (-1 when
+ * the merged text is not a token). Returns -1 when the pair has no merge. */
+int32_t tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
+                       int32_t *result);
+
+/* ---- special.c ---------------------------------------------------------------------- */
+
+/* Fills in what llama.cpp infers from token texts once the vocabulary is loaded: EOT, EOM
+ * and FIM tokens found by name (marked control), the end-of-generation set, and the list
+ * of special tokens, longest first, that tok_partition looks for. */
+finch_status tok_special_setup(finch_tokenizer *tok, finch_err *err);
+
+/* A run of the input: raw text (id -1) or one special token. */
+typedef struct {
+    size_t start, len; /* bytes of the input */
+    int32_t id;        /* the special token, or -1 for text still to be tokenized */
+} tok_frag;
+
+/* Splits text at every occurrence of a special token, trying tokens longest first as
+ * llama.cpp does (each token splits the text runs the longer ones left). Control and
+ * unknown tokens count only when parse_special is true; user-defined ones always.
+ * *frags is malloc'd (free it); FINCH_E_NOMEM on allocation failure. Thread-safe. */
+finch_status tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
+                           bool parse_special, tok_frag **frags, size_t *n_frags,
+                           finch_err *err);
+
+/* ---- pretok.c ----------------------------------------------------------------------- */
+
+/* Compiles the regex list for a tokenizer.ggml.pre name and says how the family sets the
+ * defaults llama.cpp ties to it (ignore_merges, add_bos). An unknown name is
+ * FINCH_E_UNSUPPORTED. */
+finch_status pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
+                         finch_err *err);
+void pretok_free(pretok *p);
+
+/* The text as llama.cpp's regex stage sees it. When text is valid UTF-8 both *subject and
+ * *bytes are text itself and nothing is allocated. Otherwise one malloc'd buffer holds two
+ * views of equal length (free *owned): *subject, valid UTF-8 for PCRE2, and *bytes, what
+ * BPE then encodes: each invalid byte becomes U+FFFD, overlong forms their code point, and
+ * an encoded surrogate stays as it is in *bytes but is U+FFFD in *subject. */
+finch_status pretok_normalize(const char *text, size_t len, const char **subject,
+                              const char **bytes, size_t *out_len, char **owned,
+                              finch_err *err);
+
+/* Splits subject[0..len) (valid UTF-8) into pieces by applying each regex of the list to
+ * each piece of the previous one; matches and the text between them are pieces. The
+ * lengths go to *pieces (malloc'd, free it). Thread-safe. */
+finch_status pretok_split(const pretok *p, const char *subject, size_t len,
+                          size_t **pieces, size_t *n_pieces, finch_err *err);
+
+/* Writes the UTF-8 encoding of code point c (at most 0x10FFFF) to out; returns 1 to 4. */
+int utf8_put(uint32_t c, char *out);
+
+/* Decodes one code point the way llama.cpp does (lenient: overlong forms and surrogates
+ * are accepted, anything else invalid is one byte of U+FFFD). *used gets the bytes read;
+ * returns 0xFFFD for an invalid byte and values up to 0x1FFFFF otherwise. */
+uint32_t utf8_get_lenient(const char *s, size_t len, size_t *used);
+
+/* ---- bpe.c -------------------------------------------------------------------------- */
+
+/* The code point the GPT-2 byte-to-unicode table assigns to byte b. */
+uint32_t bpe_byte_to_cpt(uint8_t b);
+
+/* Writes token text s[0..len) decoded through the reversed byte map to out and returns
+ * the bytes written; with out NULL it only counts them. A character outside the byte
+ * alphabet becomes "[UNK_BYTE_0x<its hex><the whole text>]", as in llama.cpp. */
+size_t bpe_decode_text(const char *s, size_t len, char *out);
+
+#endif /* FINCH_TOKENIZER_INTERNAL_H */

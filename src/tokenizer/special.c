@@ -1,0 +1,231 @@
+/*
+ * special.c: special tokens. Two jobs:
+ *
+ *  1. At load time, what llama.cpp infers from token texts because converters do not
+ *     always write it: the end-of-turn, end-of-message and fill-in-the-middle tokens are
+ *     found by name when their *_token_id key is absent; tokens with a known
+ *     end-of-generation name join the end-of-generation (EOG) set together with eos, eot
+ *     and eom; each token found this way becomes a control token. The names are data,
+ *     listed below as llama.cpp lists them.
+ *  2. At tokenization time, the split of a text at special tokens before the
+ *     pre-tokenizer sees it. llama.cpp takes the special tokens longest first and lets
+ *     each one split the text runs left by the longer ones (leftmost occurrence first),
+ *     which is not the same as a leftmost-longest scan when two special texts overlap;
+ *     this file does exactly the same.
+ *
+ * Where llama.cpp's choice depends on the iteration order of a hash map (which of two
+ * candidate names becomes the EOT id) or on an unstable sort (the order of special tokens
+ * of equal length), finch picks the first name in the list below and the lower id. The
+ * EOG set does not depend on either choice.
+ *
+ * Not done: the LSTRIP/RSTRIP attributes llama.cpp gives some tokens of Phi-3 and Jina
+ * models (spaces beside a special token are kept here).
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+
+/* Names that identify a role when the role's key is absent, in the order tried. */
+static const char *const eot_names[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>", "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>", NULL};
+static const char *const eom_names[] = {"<|eom_id|>", NULL};
+static const char *const fim_pre_names[] = {
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+    "<|code_prefix|>", NULL};
+static const char *const fim_suf_names[] = {
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+    "<|code_suffix|>", NULL};
+static const char *const fim_mid_names[] = {
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+    "<|code_middle|>", NULL};
+static const char *const fim_pad_names[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
+                                            NULL};
+static const char *const fim_rep_names[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
+                                            "<REPO>", "<reponame>", NULL};
+static const char *const fim_sep_names[] = {"<|file_sep|>", NULL};
+
+/* Token texts that end generation wherever they are in the vocabulary. */
+static const char *const eog_names[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
+    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+    NULL};
+
+/* gpt-oss tokens llama.cpp always renders (user-defined rather than control). */
+static const char *const rendered_names[] = {"<|channel|>", "<|message|>", "<|start|>",
+                                             "<|constrain|>", NULL};
+
+static int32_t find_name(const finch_tokenizer *tok, const char *name) {
+    return tok_find(tok, name, strlen(name));
+}
+
+static void make_type(finch_tokenizer *tok, int32_t id, uint8_t type) {
+    tok->attr[id] = (uint8_t)((tok->attr[id] & ~TOK_TYPE_MASK) | type);
+}
+
+static void detect_role(finch_tokenizer *tok, special_role role, const char *const *names) {
+    if (tok->special[role] >= 0) return;
+    for (int i = 0; names[i]; i++) {
+        int32_t id = find_name(tok, names[i]);
+        if (id < 0) continue;
+        tok->special[role] = id;
+        if (!(tok->attr[id] & TOK_CONTROL)) make_type(tok, id, TOK_CONTROL);
+        return;
+    }
+}
+
+static uint32_t text_len(const finch_tokenizer *tok, int32_t id) { return tok->text_len[id]; }
+
+/* Sorts special ids by text length, longest first, then by id (a stable order). */
+static int cmp_special(const void *a, const void *b, void *ctx) {
+    const finch_tokenizer *tok = ctx;
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    uint32_t lx = text_len(tok, x), ly = text_len(tok, y);
+    if (lx != ly) return lx > ly ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+/* Insertion sort would be quadratic for vocabularies with thousands of added tokens and
+ * qsort has no context argument in C11: a plain merge sort. */
+static void sort_specials(int32_t *v, int32_t *tmp, int32_t n, const finch_tokenizer *tok) {
+    if (n < 2) return;
+    int32_t h = n / 2;
+    sort_specials(v, tmp, h, tok);
+    sort_specials(v + h, tmp, n - h, tok);
+    int32_t i = 0, j = h, k = 0;
+    while (i < h && j < n)
+        tmp[k++] = cmp_special(&v[j], &v[i], (void *)tok) < 0 ? v[j++] : v[i++];
+    while (i < h) tmp[k++] = v[i++];
+    while (j < n) tmp[k++] = v[j++];
+    memcpy(v, tmp, (size_t)n * sizeof *v);
+}
+
+finch_status tok_special_setup(finch_tokenizer *tok, finch_err *err) {
+    detect_role(tok, SP_EOT, eot_names);
+    detect_role(tok, SP_EOM, eom_names);
+    detect_role(tok, SP_FIM_PRE, fim_pre_names);
+    detect_role(tok, SP_FIM_SUF, fim_suf_names);
+    detect_role(tok, SP_FIM_MID, fim_mid_names);
+    detect_role(tok, SP_FIM_PAD, fim_pad_names);
+    detect_role(tok, SP_FIM_REP, fim_rep_names);
+    detect_role(tok, SP_FIM_SEP, fim_sep_names);
+
+    static const special_role eog_roles[] = {SP_FIM_PAD, SP_FIM_REP, SP_FIM_SEP,
+                                             SP_EOS,     SP_EOT,     SP_EOM};
+    for (size_t i = 0; i < sizeof eog_roles / sizeof eog_roles[0]; i++)
+        if (tok->special[eog_roles[i]] >= 0) tok->attr[tok->special[eog_roles[i]]] |= TOK_EOG;
+    for (int i = 0; eog_names[i]; i++) {
+        int32_t id = find_name(tok, eog_names[i]);
+        if (id < 0) continue;
+        tok->attr[id] |= TOK_EOG;
+        if (!(tok->attr[id] & TOK_CONTROL)) make_type(tok, id, TOK_CONTROL);
+    }
+    for (int i = 0; rendered_names[i]; i++) {
+        int32_t id = find_name(tok, rendered_names[i]);
+        if (id >= 0) make_type(tok, id, TOK_USER_DEFINED);
+    }
+    /* o200k_harmony: with <|return|> and <|call|> ending generation, <|end|> only ends a
+     * message, and is rendered */
+    int32_t ret = find_name(tok, "<|return|>"), call = find_name(tok, "<|call|>");
+    int32_t end = find_name(tok, "<|end|>");
+    if (ret >= 0 && call >= 0 && end >= 0 && (tok->attr[ret] & tok->attr[call] & TOK_EOG) &&
+        (tok->attr[end] & TOK_EOG)) {
+        tok->attr[end] &= (uint8_t)~TOK_EOG;
+        make_type(tok, end, TOK_USER_DEFINED);
+    }
+
+    int32_t n = 0;
+    for (int32_t id = 0; id < tok->n_vocab; id++)
+        if (tok->attr[id] & (TOK_CONTROL | TOK_USER_DEFINED | TOK_UNKNOWN)) n++;
+    tok->specials = finch_calloc((size_t)n + 1, sizeof *tok->specials, "special tokens", err);
+    int32_t *tmp = finch_calloc((size_t)n + 1, sizeof *tmp, "special tokens", err);
+    if (!tok->specials || !tmp) {
+        free(tmp);
+        return FINCH_E_NOMEM;
+    }
+    n = 0;
+    for (int32_t id = 0; id < tok->n_vocab; id++)
+        if (tok->attr[id] & (TOK_CONTROL | TOK_USER_DEFINED | TOK_UNKNOWN)) tok->specials[n++] = id;
+    sort_specials(tok->specials, tmp, n, tok);
+    free(tmp);
+    tok->n_specials = n;
+    return FINCH_OK;
+}
+
+/* ---- partition ---------------------------------------------------------------------- */
+
+typedef struct {
+    tok_frag *v;
+    size_t n, cap;
+} fragvec;
+
+static bool frag_push(fragvec *a, size_t start, size_t len, int32_t id) {
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 16;
+        tok_frag *v = realloc(a->v, cap * sizeof *v);
+        if (!v) return false;
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = (tok_frag){start, len, id};
+    return true;
+}
+
+/* The first occurrence of needle (n >= 1 bytes) in hay[0..len), or NULL. */
+static const char *find_bytes(const char *hay, size_t len, const char *needle, size_t n) {
+    if (n > len) return NULL;
+    const char *end = hay + (len - n) + 1; /* last possible start + 1 */
+    const char *p = hay;
+    while (p < end) {
+        p = memchr(p, needle[0], (size_t)(end - p));
+        if (!p) return NULL;
+        if (memcmp(p, needle, n) == 0) return p;
+        p++;
+    }
+    return NULL;
+}
+
+finch_status tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
+                           bool parse_special, tok_frag **frags, size_t *n_frags,
+                           finch_err *err) {
+    fragvec cur = {0}, next = {0};
+    if (!frag_push(&cur, 0, len, -1)) goto nomem;
+    for (int32_t k = 0; k < tok->n_specials; k++) {
+        int32_t id = tok->specials[k];
+        if (!parse_special && (tok->attr[id] & (TOK_CONTROL | TOK_UNKNOWN))) continue;
+        size_t n = tok->text_len[id];
+        const char *s = tok->text_blob + tok->text_off[id];
+        /* most special tokens appear nowhere: one scan of the whole text settles it */
+        if (!find_bytes(text, len, s, n)) continue;
+        next.n = 0;
+        for (size_t f = 0; f < cur.n; f++) {
+            tok_frag fr = cur.v[f];
+            if (fr.id >= 0) {
+                if (!frag_push(&next, fr.start, fr.len, fr.id)) goto nomem;
+                continue;
+            }
+            size_t pos = fr.start, end = fr.start + fr.len;
+            const char *hit;
+            while ((hit = find_bytes(text + pos, end - pos, s, n))) {
+                size_t h = (size_t)(hit - text);
+                if (h > pos && !frag_push(&next, pos, h - pos, -1)) goto nomem;
+                if (!frag_push(&next, h, n, id)) goto nomem;
+                pos = h + n;
+            }
+            if (pos < end && !frag_push(&next, pos, end - pos, -1)) goto nomem;
+        }
+        fragvec t = cur;
+        cur = next;
+        next = t;
+    }
+    free(next.v);
+    *frags = cur.v;
+    *n_frags = cur.n;
+    return FINCH_OK;
+
+nomem:
+    free(cur.v);
+    free(next.v);
+    return finch_err_set(err, FINCH_E_NOMEM, "out of memory splitting %zu bytes at special "
+                         "tokens", len);
+}

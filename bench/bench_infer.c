@@ -18,10 +18,10 @@
  * until it is n_prompt ids long, or the ids listed in a file (-P) so that a peer can be
  * given exactly the same ids.
  *
- * The session numerics default to FINCH_NUMERICS_FAST, the same arithmetic llama.cpp uses
- * (8-bit quantized activations, f16 KV cache); -N exact times the dequantizing path.
+ * The session numerics default to FINCH_NUMERICS_EXACT, as finch generate does; -N llamacpp
+ * times the path that reproduces llama.cpp's arithmetic (8-bit activations, f16 KV cache).
  *
- * Usage: bench_infer -m MODEL [-t THREADS] [-p 512] [-n 128] [-r REPEATS] [-N fast|exact]
+ * Usage: bench_infer -m MODEL [-t THREADS] [-p 512] [-n 128] [-r REPEATS] [-N exact|llamacpp]
  *                    [-P IDS_FILE]
  */
 #include <errno.h>
@@ -79,10 +79,10 @@ static int32_t argmax(const float *v, int n) {
 static void usage(const char *prog) {
     fprintf(stderr,
             "usage: %s -m MODEL [-t THREADS] [-p N_PROMPT] [-n N_GEN] [-r REPEATS] "
-            "[-N fast|exact] [-P IDS_FILE]\n"
+            "[-N exact|llamacpp] [-P IDS_FILE]\n"
             "  -t threads (default 2), -p prompt tokens (default 512), -n generated tokens\n"
             "  (default 128), -r repeats, median reported (default 3), -N session numerics\n"
-            "  (default fast), -P whitespace-separated token ids to use as the prompt\n"
+            "  (default exact), -P whitespace-separated token ids to use as the prompt\n"
             "  (repeated to N_PROMPT)\n",
             prog);
 }
@@ -97,7 +97,7 @@ static int parse_int(const char *s, int lo, int *out) {
 }
 
 static int parse_args(int argc, char **argv, bench_args *a) {
-    *a = (bench_args){NULL, NULL, 2, 512, 128, 3, FINCH_NUMERICS_FAST};
+    *a = (bench_args){NULL, NULL, 2, 512, 128, 3, FINCH_NUMERICS_EXACT};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (i + 1 >= argc) {
@@ -112,7 +112,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         else if (!strcmp(f, "-p")) bad = parse_int(v, 1, &a->n_prompt);
         else if (!strcmp(f, "-n")) bad = parse_int(v, 1, &a->n_gen);
         else if (!strcmp(f, "-r")) bad = parse_int(v, 1, &a->repeats);
-        else if (!strcmp(f, "-N") && !strcmp(v, "fast")) a->numerics = FINCH_NUMERICS_FAST;
+        else if (!strcmp(f, "-N") && !strcmp(v, "llamacpp")) a->numerics = FINCH_NUMERICS_LLAMACPP;
         else if (!strcmp(f, "-N") && !strcmp(v, "exact")) a->numerics = FINCH_NUMERICS_EXACT;
         else if (!strcmp(f, "-N")) bad = 1;
         else {
@@ -242,7 +242,7 @@ static void print_result(const bench_args *a, const double *pp, const double *tg
            "\"threads\": %d, \"repeats\": %d, \"numerics\": \"%s\"",
            median(sorted, a->repeats), median(sorted + a->repeats, a->repeats), a->n_prompt,
            a->n_gen, a->threads, a->repeats,
-           a->numerics == FINCH_NUMERICS_EXACT ? "exact" : "fast");
+           a->numerics == FINCH_NUMERICS_EXACT ? "exact" : "llamacpp");
     print_runs("pp_runs", pp, a->repeats);
     print_runs("tg_runs", tg, a->repeats);
     printf("}\n");

@@ -27,11 +27,11 @@ spinning OpenMP threads most of all, so benchmark on an idle machine.
 Usage (from the repository root, after building bench_infer):
     python3 bench/infer_vs_llamacpp.py [--bench ./build/bench/bench_infer] [--model M]
         [--threads 2] [--prompt 512] [--gen 128] [--rounds 3] [--repeats 3]
-        [--numerics fast|exact] [--finch-env KEY=VALUE] [--llamacpp-only] [--json]
+        [--numerics exact|llamacpp] [--finch-env KEY=VALUE] [--llamacpp-only] [--json]
 
-finch's session numerics default to "fast", the arithmetic llama.cpp itself uses (8-bit
-quantized activations in the quantized matmuls, f16 KV cache), so the ratio compares like
-with like; "exact" times finch's dequantizing path instead.
+finch's session numerics default to "exact" (dequantized weights, f32 throughout), as
+`finch generate` does; "llamacpp" times the path that reproduces llama.cpp's own arithmetic
+(8-bit quantized activations in the quantized matmuls, f16 KV cache).
 """
 import argparse
 import json
@@ -144,8 +144,8 @@ def main():
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per engine")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs inside each process")
-    ap.add_argument("--numerics", choices=("fast", "exact"), default="fast",
-                    help="finch session numerics (default fast, as llama.cpp)")
+    ap.add_argument("--numerics", choices=("exact", "llamacpp"), default="exact",
+                    help="finch session numerics (default exact; llamacpp = llama.cpp's own arithmetic)")
     ap.add_argument("--peer-wait-policy", choices=("ACTIVE", "PASSIVE"),
                     help="OMP_WAIT_POLICY for llama.cpp (default: unset, libgomp's default)")
     ap.add_argument("--llamacpp-only", action="store_true", help="skip finch")

@@ -181,9 +181,9 @@ typedef struct finch_session finch_session;
 
 /* How inference computes. */
 typedef enum {
-    FINCH_NUMERICS_FAST = 0, /* as llama.cpp: quantized weights meet 8-bit quantized
-                                activations in integer dot products; f16 KV cache */
-    FINCH_NUMERICS_EXACT,    /* weights dequantized exactly, f32 activations and KV cache */
+    FINCH_NUMERICS_EXACT = 0, /* weights dequantized exactly, f32 activations and KV cache */
+    FINCH_NUMERICS_LLAMACPP,  /* llama.cpp's CPU arithmetic: quantized weights meet 8-bit
+                                 quantized activations in integer dot products; f16 KV cache */
 } finch_numerics;
 
 /* Creates an inference session over a model with a KV cache for n_ctx positions. The
@@ -216,7 +216,7 @@ typedef struct {
     float top_p;              /* 1 = off */
     uint64_t seed;            /* sampler seed */
     int n_ctx;                /* KV cache size; 0 = prompt + max_tokens */
-    finch_numerics numerics;  /* FINCH_NUMERICS_FAST by default */
+    finch_numerics numerics;  /* FINCH_NUMERICS_EXACT by default */
     const char *const *stop;  /* stop strings, NULL-terminated list, or NULL */
 } finch_gen_options;
 

@@ -20,8 +20,8 @@ static const char usage_text[] =
     "  --chat              format the prompt as a user turn with the model's chat template\n"
     "  --system TEXT       system message for --chat\n"
     "  --stop TEXT         stop when TEXT is generated (repeatable)\n"
-    "  --numerics MODE     fast: llama.cpp's arithmetic (8-bit activations, f16 KV cache);\n"
-    "                      exact: dequantized weights, f32 throughout (default fast)\n"
+    "  --numerics MODE     exact: dequantized weights, f32 throughout (default);\n"
+    "                      llamacpp: llama.cpp's arithmetic (8-bit activations, f16 KV cache)\n"
     "  -t, --threads N     threads (default: FINCH_THREADS or all cores)\n";
 
 static int print_piece(const char *piece, size_t len, void *user) {
@@ -89,9 +89,9 @@ int cmd_generate(int argc, char **argv) {
             stops[n_stops++] = v;
         } else if (!strcmp(a, "--numerics")) {
             VALUE();
-            if (!strcmp(v, "fast")) opt.numerics = FINCH_NUMERICS_FAST;
+            if (!strcmp(v, "llamacpp")) opt.numerics = FINCH_NUMERICS_LLAMACPP;
             else if (!strcmp(v, "exact")) opt.numerics = FINCH_NUMERICS_EXACT;
-            else return cli_usage_error("generate", "--numerics %s: must be 'fast' or 'exact'", v);
+            else return cli_usage_error("generate", "--numerics %s: must be 'exact' or 'llamacpp'", v);
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             VALUE();
             if (!cli_parse_int(v, 1, 1024, &threads))

@@ -23,7 +23,7 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     s->n_ctx = n_ctx;
     s->n_batch = n_batch;
     s->numerics = numerics;
-    const size_t kv_elem = numerics == FINCH_NUMERICS_FAST ? 2 : 4;
+    const size_t kv_elem = numerics == FINCH_NUMERICS_LLAMACPP ? 2 : 4;
     const size_t C = (size_t)c->n_embd, KD = (size_t)c->n_head_kv * c->head_dim,
                  HD = (size_t)c->n_head * c->head_dim, F = (size_t)c->n_ff,
                  V = (size_t)c->n_vocab, B = (size_t)n_batch;
@@ -53,7 +53,7 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     s->pos_ids = finch_alloc(B * sizeof(int32_t), "positions", err);
     if (!s->pos_ids) goto fail;
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
-    size_t act = numerics == FINCH_NUMERICS_FAST ? finch_workspace_act_need(n_batch, max_cols) : 0;
+    size_t act = numerics == FINCH_NUMERICS_LLAMACPP ? finch_workspace_act_need(n_batch, max_cols) : 0;
     if (finch_workspace_init(&s->ws, finch_workspace_need(max_cols, n_ctx), finch_threads_get(),
                              act, err))
         goto fail;
@@ -80,8 +80,8 @@ void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_
     const int C = c->n_embd, H = c->n_head, KVH = c->n_head_kv, D = c->head_dim;
     const int64_t KD = (int64_t)KVH * D, F = c->n_ff, pos0 = s->pos;
     finch_workspace *ws = &s->ws;
-    const bool fast = s->numerics == FINCH_NUMERICS_FAST;
-    const finch_matmul_fn mm = fast ? be->matmul_q8 : be->matmul;
+    const bool llamacpp = s->numerics == FINCH_NUMERICS_LLAMACPP;
+    const finch_matmul_fn mm = llamacpp ? be->matmul_q8 : be->matmul;
     FINCH_ASSERT(T >= 1 && T <= s->n_batch && pos0 + T <= s->n_ctx);
 
     for (int t = 0; t < T; t++) s->pos_ids[t] = (int32_t)(pos0 + t);
@@ -97,7 +97,7 @@ void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_
         finch_linear_forward(mm, s->vv, s->xn, &ly->wv, T, be, ws);
         be->rope_forward(s->q, s->pos_ids, T, H, D, c->rope_theta);
         be->rope_forward(s->kk, s->pos_ids, T, KVH, D, c->rope_theta);
-        if (fast) {
+        if (llamacpp) {
             uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
             be->to_f16(kc + pos0 * KD, s->kk, T * KD);
             be->to_f16(vc + pos0 * KD, s->vv, T * KD);

@@ -42,7 +42,7 @@ typedef struct {
     int n_ctx, n_batch;
     int pos;                   /* positions filled */
     finch_numerics numerics;
-    void *k, *v;               /* per layer: (n_ctx, KVH*D), layer-major; f16 when FAST */
+    void *k, *v;               /* per layer: (n_ctx, KVH*D), layer-major; f16 in llamacpp numerics */
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* (n_batch, ...) activations */
     float *logits;             /* (n_batch, V) */
     int32_t *pos_ids;          /* (n_batch) */

@@ -2,7 +2,7 @@
  * test_smollm2.c: the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against two
  * independent references, both made by tests/reference/make_llamacpp_fixtures.py:
  *  - llama.cpp (llama-cpp-python, logits for every position, greedy generation), whose
- *    numerics finch's fast mode reproduces: the same 8-bit activation quantization (the
+ *    numerics finch's llamacpp mode reproduces: the same 8-bit activation quantization (the
  *    logits of each prompt's first position are bit-identical), f16 KV cache;
  *  - an exact float64 forward of the dequantized weights (tests/reference/
  *    gguf_llama_exact.py), which finch's exact numerics reproduce within EXACT_TOL.
@@ -42,7 +42,7 @@
 
 #define DIR FINCH_FIXTURES "/model/"
 #define N_SUBSET 512
-#define FAST_TOL 2.2   /* llama.cpp's flash-attention and default paths differ by up to 2.19 */
+#define LLAMACPP_TOL 2.2   /* llama.cpp's flash-attention and default paths differ by up to 2.19 */
 #define NEAR_TIE 0.3   /* above the largest margin where llama.cpp's two paths disagree */
 #define EXACT_TOL 5e-4 /* f32 accumulation over 30 layers vs float64 (measured 1e-4) */
 
@@ -147,7 +147,7 @@ static void check_prompts(finch_numerics numerics, const char *ref_key, const fl
                 fail_msg("%s, %s numerics: position %d: argmax %d (logit %.4f), %s says %d "
                          "(finch's logit for it %.4f)",
                          json_string_value(json_object_get(p, "name")),
-                         numerics == FINCH_NUMERICS_FAST ? "fast" : "exact", t, best, l[best],
+                         numerics == FINCH_NUMERICS_LLAMACPP ? "llamacpp" : "exact", t, best, l[best],
                          ref_key, want, l[want]);
             for (int j = 0; j < N_SUBSET; j++) {
                 int v = (int)json_integer_value(json_array_get(subset, (size_t)j));
@@ -167,9 +167,9 @@ static void check_prompts(finch_numerics numerics, const char *ref_key, const fl
     if (worst_all > tol) fail_msg("max |finch - %s| = %.4f exceeds %g", ref_key, worst_all, tol);
 }
 
-static void test_fast_matches_llamacpp(void **state) {
+static void test_llamacpp_numerics_match_llamacpp(void **state) {
     (void)state;
-    check_prompts(FINCH_NUMERICS_FAST, "llamacpp", bin_llamacpp, FAST_TOL, NEAR_TIE);
+    check_prompts(FINCH_NUMERICS_LLAMACPP, "llamacpp", bin_llamacpp, LLAMACPP_TOL, NEAR_TIE);
 }
 
 static void test_exact_matches_float64(void **state) {
@@ -191,7 +191,7 @@ static void test_greedy_matches_llamacpp(void **state) {
         float *logits = malloc((size_t)V * sizeof *logits);
         finch_session *s;
         finch_err err;
-        if (finch_session_new(model, n + n_gen, FINCH_NUMERICS_FAST, &s, &err)) fail_msg("%s", err.msg);
+        if (finch_session_new(model, n + n_gen, FINCH_NUMERICS_LLAMACPP, &s, &err)) fail_msg("%s", err.msg);
         if (finch_session_decode(s, ids, n, NULL, logits, &err)) fail_msg("%s", err.msg);
         const char *name = json_string_value(json_object_get(run, "name"));
         json_t *gaps = json_object_get(json_object_get(run, "llamacpp"), "top1_top2_gap");
@@ -232,24 +232,46 @@ static int collect(const char *piece, size_t len, void *user) {
     return 0;
 }
 
-/* finch_generate end to end (tokenizer, sampler, streaming): llama.cpp's greedy text. */
+static void generate_text(const char *prompt, finch_numerics numerics, int max_tokens,
+                          const char *const *stops, text_buf *t) {
+    finch_gen_options opt = finch_gen_defaults();
+    opt.max_tokens = max_tokens;
+    opt.numerics = numerics;
+    opt.stop = stops;
+    t->len = 0;
+    t->buf[0] = 0;
+    finch_err err;
+    if (finch_generate(model, prompt, &opt, collect, t, &err)) fail_msg("%s", err.msg);
+}
+
+/* finch_generate end to end (tokenizer with special tokens, sampler, streaming, stop at
+ * end of generation): each numerics mode gives its reference's greedy text. */
 static void test_generate_text(void **state) {
     (void)state;
-    json_t *run = json_array_get(json_object_get(json_object_get(fx, "generation"), "runs"), 0);
-    const char *want = json_string_value(json_object_get(json_object_get(run, "llamacpp"), "generated_text"));
-    finch_gen_options opt = finch_gen_defaults();
-    opt.max_tokens = (int)json_array_size(json_object_get(json_object_get(run, "llamacpp"), "generated_ids"));
-    text_buf t = {.len = 0};
-    finch_err err;
-    if (finch_generate(model, json_string_value(json_object_get(run, "prompt")), &opt, collect, &t, &err))
-        fail_msg("%s", err.msg);
+    json_t *runs = json_object_get(json_object_get(fx, "generation"), "runs"), *run;
+    size_t i;
+    text_buf t;
+    json_array_foreach(runs, i, run) {
+        const char *prompt = json_string_value(json_object_get(run, "prompt"));
+        /* exact numerics: the float64 reference's text, which ends at <|im_end|> */
+        const char *want = json_string_value(json_object_get(json_object_get(run, "exact"), "generated_text"));
+        size_t n = strlen(want), eos = strlen("<|im_end|>");
+        assert_true(n >= eos && !strcmp(want + n - eos, "<|im_end|>"));
+        generate_text(prompt, FINCH_NUMERICS_EXACT, 64, NULL, &t);
+        if (t.len != n - eos || memcmp(t.buf, want, n - eos))
+            fail_msg("%s, exact numerics: got '%s', want '%.*s'", json_string_value(json_object_get(run, "name")),
+                     t.buf, (int)(n - eos), want);
+    }
+    /* llamacpp numerics on the plain prompt: llama.cpp's 64-token text */
+    run = json_array_get(runs, 0);
+    json_t *lc = json_object_get(run, "llamacpp");
+    const char *want = json_string_value(json_object_get(lc, "generated_text"));
+    const char *prompt = json_string_value(json_object_get(run, "prompt"));
+    generate_text(prompt, FINCH_NUMERICS_LLAMACPP, (int)json_array_size(json_object_get(lc, "generated_ids")), NULL, &t);
     assert_string_equal(t.buf, want);
     /* a stop string ends the text before it */
     const char *stops[] = {"United", NULL};
-    opt.stop = stops;
-    t.len = 0;
-    if (finch_generate(model, json_string_value(json_object_get(run, "prompt")), &opt, collect, &t, &err))
-        fail_msg("%s", err.msg);
+    generate_text(prompt, FINCH_NUMERICS_LLAMACPP, 64, stops, &t);
     const char *cut = strstr(want, "United");
     assert_non_null(cut);
     assert_int_equal(t.len, (size_t)(cut - want));
@@ -268,7 +290,7 @@ int main(void) {
         }
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fast_matches_llamacpp),
+        cmocka_unit_test(test_llamacpp_numerics_match_llamacpp),
         cmocka_unit_test(test_exact_matches_float64),
         cmocka_unit_test(test_greedy_matches_llamacpp),
         cmocka_unit_test(test_generate_text),

@@ -10,7 +10,7 @@
  * decoding with the KV cache is checked against the full-sequence reference.
  *
  * Tolerances: exact numerics, 1e-5 absolute on logits of magnitude <= ~3 (f32 rounding
- * through two layers); fast numerics (f16 KV cache, f16-rounded queries and attention
+ * through two layers); llamacpp numerics (f16 KV cache, f16-rounded queries and attention
  * probabilities) 5e-3.
  */
 #include <setjmp.h>
@@ -81,7 +81,7 @@ static void check_model(json_t *m, finch_numerics numerics, double tol) {
         }
         printf("  %s %s (%s numerics): max |finch - torch| = %.3g at position %zu, id %zu\n", name,
                json_string_value(json_object_get(seq, "tag")),
-               numerics == FINCH_NUMERICS_EXACT ? "exact" : "fast", worst, at / V, at % V);
+               numerics == FINCH_NUMERICS_EXACT ? "exact" : "llamacpp", worst, at / V, at % V);
         if (worst > tol)
             fail_msg("%s: logit [%zu, %zu] = %.7g, reference %.7g (tolerance %g)", name, at / V,
                      at % V, got[at], ref[at], tol);
@@ -116,11 +116,11 @@ static void test_exact_matches_torch(void **state) {
     json_array_foreach(json_object_get(manifest, "models"), i, m) check_model(m, FINCH_NUMERICS_EXACT, 1e-5);
 }
 
-static void test_fast_close_to_torch(void **state) {
+static void test_llamacpp_numerics_close_to_torch(void **state) {
     (void)state;
     size_t i;
     json_t *m;
-    json_array_foreach(json_object_get(manifest, "models"), i, m) check_model(m, FINCH_NUMERICS_FAST, 5e-3);
+    json_array_foreach(json_object_get(manifest, "models"), i, m) check_model(m, FINCH_NUMERICS_LLAMACPP, 5e-3);
 }
 
 static void test_session_limits(void **state) {
@@ -158,7 +158,7 @@ int main(void) {
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_matches_torch),
-        cmocka_unit_test(test_fast_close_to_torch),
+        cmocka_unit_test(test_llamacpp_numerics_close_to_torch),
         cmocka_unit_test(test_session_limits),
     };
     return cmocka_run_group_tests(tests, load_manifest, free_manifest);

@@ -9,9 +9,9 @@
  *   Q5_0 x Q8_0, Q5_1 x Q8_1: as Q4_0, Q4_1 with 5-bit q_w
  *   Q8_0 x Q8_0:  sum_b  d_w d_x  sum_j q_w q_x
  *
- * This is the inference path ("fast" numerics): it reproduces llama.cpp's logits up to
- * float summation order, and integer dot products are several times cheaper than
- * expanding blocks to f32. Other storage types use the exact matmul. Training never uses
+ * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP): it reproduces llama.cpp's logits up to
+ * float summation order; integer dot products are cheaper than expanding blocks to f32
+ * when the weights are in cache. Other storage types use the exact matmul. Training never uses
  * it (its gradients need the exact product).
  *
  * The quantized rows of x live in the workspace's shared buffer (finch_workspace.act).

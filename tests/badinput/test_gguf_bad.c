@@ -17,6 +17,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h" /* read_file */
+
 #include "io/io.h"
 
 #define NAME "bad.gguf"
@@ -587,20 +589,6 @@ static void test_truncate_built_file(void **state) {
     assert_true(valid_data_end < b.n); /* the file has trailing padding */
     check_truncations(b.p, b.n, valid_data_end);
     free(b.p);
-}
-
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return p;
 }
 
 /* The gguf package's file: 25 pairs of every type and 16 tensors; its last tensor's data

@@ -18,24 +18,12 @@
 
 #include <cmocka.h>
 
+#include "test_util.h" /* read_file */
+
 #include "core/quant.h" /* finch_dtype_info */
 #include "io/io.h"
 
 #define FIXTURE_DIR FINCH_FIXTURES "/gguf/"
-
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return p;
-}
 
 static finch_gguf *open_fixture(const char *name) {
     char path[512];

@@ -16,23 +16,11 @@
 
 #include <cmocka.h>
 
+#include "test_util.h" /* read_file */
+
 #include "core/quant.h" /* finch_dtype_info, finch_quantize_*, finch_f32_to_f16/bf16 */
 
 #define FIXTURE_DIR FINCH_FIXTURES "/gguf/"
-
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return p;
-}
 
 static float *read_f32(const char *name, size_t *n) {
     char path[512];

@@ -38,7 +38,7 @@
 /* Printable bytes (33..126, 161..172, 174..255) stand for themselves; the other 68, in
  * increasing order, for U+0100 onwards: 0..32 -> U+0100..U+0120 (space is U+0120 'Ġ'),
  * 127..160 -> U+0121..U+0142, 173 -> U+0143. */
-uint32_t bpe_byte_to_cpt(uint8_t b) {
+uint32_t finch_bpe_byte_to_cpt(uint8_t b) {
     if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) return b;
     if (b <= 32) return 256u + b;
     if (b <= 160) return 256u + 33 + (b - 127u);
@@ -55,11 +55,11 @@ static int bpe_cpt_to_byte(uint32_t c) {
     return 173;
 }
 
-size_t bpe_decode_text(const char *s, size_t len, char *out) {
+size_t finch_bpe_decode_text(const char *s, size_t len, char *out) {
     size_t o = 0, i = 0;
     while (i < len) {
         size_t used;
-        uint32_t c = utf8_get_lenient(s + i, len - i, &used);
+        uint32_t c = finch_utf8_get_lenient(s + i, len - i, &used);
         if (c > 0x10ffff) {
             c = 0xfffd;
             used = 1;
@@ -73,7 +73,7 @@ size_t bpe_decode_text(const char *s, size_t len, char *out) {
         }
         /* llama.cpp writes what it cannot map as "[UNK_BYTE_0x<hex of the char><text>]" */
         char enc[4], tmp[32];
-        int n = utf8_put(c, enc);
+        int n = finch_utf8_put(c, enc);
         int k = snprintf(tmp, sizeof tmp, "[UNK_BYTE_0x");
         for (int j = 0; j < n; j++) k += snprintf(tmp + k, sizeof tmp - (size_t)k, "%02x",
                                                    (uint8_t)enc[j]);
@@ -173,7 +173,7 @@ static bool try_pair(const finch_tokenizer *tok, scratch *sc, int32_t left, int3
     const symbol *l = &sc->sym[left], *r = &sc->sym[right];
     if (l->id < 0 || r->id < 0) return true;
     int32_t result;
-    int32_t rank = tok_merge_rank(tok, l->id, r->id, &result);
+    int32_t rank = finch_tok_merge_rank(tok, l->id, r->id, &result);
     if (rank < 0) return true;
     return heap_push(sc, (pair){rank, left, right, result, l->len + r->len});
 }
@@ -184,7 +184,7 @@ static bool emit_fallback(const finch_tokenizer *tok, scratch *sc, const uint8_t
                           size_t n) {
     for (size_t i = 0; i < n; i++) {
         char enc[4];
-        int k = utf8_put(bpe_byte_to_cpt(p[i]), enc);
+        int k = finch_utf8_put(finch_bpe_byte_to_cpt(p[i]), enc);
         for (int j = 0; j < k; j++) {
             int32_t id = tok->single_tok[(uint8_t)enc[j]];
             if (id >= 0 && !emit(sc, id)) return false;
@@ -198,8 +198,8 @@ static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t 
     if (tok->ignore_merges) {
         if (!grow((void **)&sc->enc, &sc->enc_cap, 2 * n, 1)) return false;
         size_t k = 0;
-        for (size_t i = 0; i < n; i++) k += (size_t)utf8_put(bpe_byte_to_cpt(p[i]), sc->enc + k);
-        int32_t id = tok_find(tok, sc->enc, k);
+        for (size_t i = 0; i < n; i++) k += (size_t)finch_utf8_put(finch_bpe_byte_to_cpt(p[i]), sc->enc + k);
+        int32_t id = finch_tok_find(tok, sc->enc, k);
         if (id >= 0) return emit(sc, id);
     }
     if (n == 1) {
@@ -241,9 +241,9 @@ static finch_status encode_text(const finch_tokenizer *tok, scratch *sc, const c
     const char *subject, *bytes;
     size_t n, *pieces = NULL, n_pieces = 0;
     char *owned;
-    finch_status st = pretok_normalize(text, len, &subject, &bytes, &n, &owned, err);
+    finch_status st = finch_pretok_normalize(text, len, &subject, &bytes, &n, &owned, err);
     if (st) return st;
-    if ((st = pretok_split(&tok->pre, subject, n, &pieces, &n_pieces, err))) goto done;
+    if ((st = finch_pretok_split(&tok->pre, subject, n, &pieces, &n_pieces, err))) goto done;
     size_t at = 0;
     for (size_t i = 0; i < n_pieces; i++) {
         if (pieces[i] > (size_t)INT32_MAX) {
@@ -282,7 +282,7 @@ FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *te
     /* reserve about one id per four bytes, and at least something to return */
     if (!grow((void **)&sc.ids, &sc.ids_cap, len / 4 + 4, sizeof *sc.ids)) goto nomem;
     if (add && tok->add_bos && !emit(&sc, tok->special[SP_BOS])) goto nomem;
-    if ((st = tok_partition(tok, text, len, flags & FINCH_TOK_PARSE_SPECIAL, &frags, &n_frags,
+    if ((st = finch_tok_partition(tok, text, len, flags & FINCH_TOK_PARSE_SPECIAL, &frags, &n_frags,
                             err)))
         goto fail;
     for (size_t f = 0; f < n_frags; f++) {

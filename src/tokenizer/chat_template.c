@@ -109,7 +109,7 @@ static void put_stripped(sbuf *b, const char *s) {
     size_t len = strlen(s), i = 0, first = SIZE_MAX, end = 0;
     while (i < len) {
         size_t used;
-        uint32_t c = utf8_get_lenient(s + i, len - i, &used);
+        uint32_t c = finch_utf8_get_lenient(s + i, len - i, &used);
         if (!py_space(c)) {
             if (first == SIZE_MAX) first = i;
             end = i + used;

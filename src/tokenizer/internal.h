@@ -90,19 +90,19 @@ struct finch_tokenizer {
 /* ---- vocab.c ------------------------------------------------------------------------ */
 
 /* The id of the token whose text is s[0..len), or -1. */
-int32_t tok_find(const finch_tokenizer *tok, const char *s, size_t len);
+int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len);
 
 /* The merge of the pair (left, right): its rank, and the merged token in *result (-1 when
  * the merged text is not a token). Returns -1 when the pair has no merge. */
-int32_t tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
+int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
                        int32_t *result);
 
 /* ---- special.c ---------------------------------------------------------------------- */
 
 /* Fills in what llama.cpp infers from token texts once the vocabulary is loaded: EOT, EOM
  * and FIM tokens found by name (marked control), the end-of-generation set, and the list
- * of special tokens, longest first, that tok_partition looks for. */
-finch_status tok_special_setup(finch_tokenizer *tok, finch_err *err);
+ * of special tokens, longest first, that finch_tok_partition looks for. */
+finch_status finch_tok_special_setup(finch_tokenizer *tok, finch_err *err);
 
 /* A run of the input: raw text (id -1) or one special token. */
 typedef struct {
@@ -114,7 +114,7 @@ typedef struct {
  * llama.cpp does (each token splits the text runs the longer ones left). Control and
  * unknown tokens count only when parse_special is true; user-defined ones always.
  * *frags is malloc'd (free it); FINCH_E_NOMEM on allocation failure. Thread-safe. */
-finch_status tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
+finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
                            bool parse_special, tok_frag **frags, size_t *n_frags,
                            finch_err *err);
 
@@ -123,41 +123,41 @@ finch_status tok_partition(const finch_tokenizer *tok, const char *text, size_t 
 /* Compiles the regex list for a tokenizer.ggml.pre name and says how the family sets the
  * defaults llama.cpp ties to it (ignore_merges, add_bos). An unknown name is
  * FINCH_E_UNSUPPORTED. */
-finch_status pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
+finch_status finch_pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
                          finch_err *err);
-void pretok_free(pretok *p);
+void finch_pretok_free(pretok *p);
 
 /* The text as llama.cpp's regex stage sees it. When text is valid UTF-8 both *subject and
  * *bytes are text itself and nothing is allocated. Otherwise one malloc'd buffer holds two
  * views of equal length (free *owned): *subject, valid UTF-8 for PCRE2, and *bytes, what
  * BPE then encodes: each invalid byte becomes U+FFFD, overlong forms their code point, and
  * an encoded surrogate stays as it is in *bytes but is U+FFFD in *subject. */
-finch_status pretok_normalize(const char *text, size_t len, const char **subject,
+finch_status finch_pretok_normalize(const char *text, size_t len, const char **subject,
                               const char **bytes, size_t *out_len, char **owned,
                               finch_err *err);
 
 /* Splits subject[0..len) (valid UTF-8) into pieces by applying each regex of the list to
  * each piece of the previous one; matches and the text between them are pieces. The
  * lengths go to *pieces (malloc'd, free it). Thread-safe. */
-finch_status pretok_split(const pretok *p, const char *subject, size_t len,
+finch_status finch_pretok_split(const pretok *p, const char *subject, size_t len,
                           size_t **pieces, size_t *n_pieces, finch_err *err);
 
 /* Writes the UTF-8 encoding of code point c (at most 0x10FFFF) to out; returns 1 to 4. */
-int utf8_put(uint32_t c, char *out);
+int finch_utf8_put(uint32_t c, char *out);
 
 /* Decodes one code point the way llama.cpp does (lenient: overlong forms and surrogates
  * are accepted, anything else invalid is one byte of U+FFFD). *used gets the bytes read;
  * returns 0xFFFD for an invalid byte and values up to 0x1FFFFF otherwise. */
-uint32_t utf8_get_lenient(const char *s, size_t len, size_t *used);
+uint32_t finch_utf8_get_lenient(const char *s, size_t len, size_t *used);
 
 /* ---- bpe.c -------------------------------------------------------------------------- */
 
 /* The code point the GPT-2 byte-to-unicode table assigns to byte b. */
-uint32_t bpe_byte_to_cpt(uint8_t b);
+uint32_t finch_bpe_byte_to_cpt(uint8_t b);
 
 /* Writes token text s[0..len) decoded through the reversed byte map to out and returns
  * the bytes written; with out NULL it only counts them. A character outside the byte
  * alphabet becomes "[UNK_BYTE_0x<its hex><the whole text>]", as in llama.cpp. */
-size_t bpe_decode_text(const char *s, size_t len, char *out);
+size_t finch_bpe_decode_text(const char *s, size_t len, char *out);
 
 #endif /* FINCH_TOKENIZER_INTERNAL_H */

@@ -12,7 +12,7 @@
  * piece is its own subject string, so a lookahead such as `\s+(?!\S)` stops at the end of
  * the piece, as in llama.cpp.
  *
- * Invalid UTF-8 is handled the way llama.cpp's decoder does it (pretok_normalize): each
+ * Invalid UTF-8 is handled the way llama.cpp's decoder does it (finch_pretok_normalize): each
  * invalid byte becomes U+FFFD, overlong forms decode to their code point, and an encoded
  * surrogate is kept as bytes (a symbol to the regexes). Sequences that decode above
  * U+10FFFF make llama.cpp abort; here their lead byte is one U+FFFD.
@@ -85,7 +85,7 @@ static const struct {
     {"falcon", &fam_falcon},
 };
 
-finch_status pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
+finch_status finch_pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
                          finch_err *err) {
     const family *f = NULL;
     for (size_t i = 0; i < sizeof pre_names / sizeof pre_names[0]; i++)
@@ -105,7 +105,7 @@ finch_status pretok_init(pretok *p, const char *name, bool *ignore_merges, bool 
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(code, msg, sizeof msg);
             FINCH_ASSERT(code == PCRE2_ERROR_HEAPLIMIT || code == PCRE2_ERROR_NOMEMORY);
-            pretok_free(p);
+            finch_pretok_free(p);
             return finch_err_set(err, FINCH_E_NOMEM, "compiling the %s pre-tokenizer: %s",
                                  f->family, (const char *)msg);
         }
@@ -118,14 +118,14 @@ finch_status pretok_init(pretok *p, const char *name, bool *ignore_merges, bool 
     return FINCH_OK;
 }
 
-void pretok_free(pretok *p) {
+void finch_pretok_free(pretok *p) {
     for (int i = 0; i < p->n; i++) pcre2_code_free(p->re[i]);
     p->n = 0;
 }
 
 /* ---- UTF-8 -------------------------------------------------------------------------- */
 
-int utf8_put(uint32_t c, char *out) {
+int finch_utf8_put(uint32_t c, char *out) {
     if (c < 0x80) {
         out[0] = (char)c;
         return 1;
@@ -151,7 +151,7 @@ int utf8_put(uint32_t c, char *out) {
 
 static bool is_cont(uint8_t b) { return (b & 0xc0) == 0x80; }
 
-uint32_t utf8_get_lenient(const char *str, size_t len, size_t *used) {
+uint32_t finch_utf8_get_lenient(const char *str, size_t len, size_t *used) {
     const uint8_t *s = (const uint8_t *)str;
     uint8_t b = s[0];
     if (b < 0x80) {
@@ -217,7 +217,7 @@ static size_t utf8_valid_prefix(const uint8_t *s, size_t len) {
     return len;
 }
 
-finch_status pretok_normalize(const char *text, size_t len, const char **subject,
+finch_status finch_pretok_normalize(const char *text, size_t len, const char **subject,
                               const char **bytes, size_t *out_len, char **owned,
                               finch_err *err) {
     *owned = NULL;
@@ -236,13 +236,13 @@ finch_status pretok_normalize(const char *text, size_t len, const char **subject
     size_t i = 0, o = 0;
     while (i < len) {
         size_t used;
-        uint32_t c = utf8_get_lenient(text + i, len - i, &used);
+        uint32_t c = finch_utf8_get_lenient(text + i, len - i, &used);
         if (c > 0x10ffff) {
             c = 0xfffd;
             used = 1;
         }
-        int n = utf8_put(c, byt + o);
-        if (c >= 0xd800 && c <= 0xdfff) utf8_put(0xfffd, subj + o);
+        int n = finch_utf8_put(c, byt + o);
+        if (c >= 0xd800 && c <= 0xdfff) finch_utf8_put(0xfffd, subj + o);
         else memcpy(subj + o, byt + o, (size_t)n);
         o += (size_t)n;
         i += used;
@@ -289,7 +289,7 @@ static int next_match(const pcre2_code *re, const char *s, size_t len, size_t of
     return 1;
 }
 
-finch_status pretok_split(const pretok *p, const char *subject, size_t len,
+finch_status finch_pretok_split(const pretok *p, const char *subject, size_t len,
                           size_t **pieces, size_t *n_pieces, finch_err *err) {
     lenvec cur = {0}, next = {0};
     finch_status st = FINCH_OK;

@@ -56,7 +56,7 @@ static const char *const rendered_names[] = {"<|channel|>", "<|message|>", "<|st
                                              "<|constrain|>", NULL};
 
 static int32_t find_name(const finch_tokenizer *tok, const char *name) {
-    return tok_find(tok, name, strlen(name));
+    return finch_tok_find(tok, name, strlen(name));
 }
 
 static void make_type(finch_tokenizer *tok, int32_t id, uint8_t type) {
@@ -100,7 +100,7 @@ static void sort_specials(int32_t *v, int32_t *tmp, int32_t n, const finch_token
     memcpy(v, tmp, (size_t)n * sizeof *v);
 }
 
-finch_status tok_special_setup(finch_tokenizer *tok, finch_err *err) {
+finch_status finch_tok_special_setup(finch_tokenizer *tok, finch_err *err) {
     detect_role(tok, SP_EOT, eot_names);
     detect_role(tok, SP_EOM, eom_names);
     detect_role(tok, SP_FIM_PRE, fim_pre_names);
@@ -185,7 +185,7 @@ static const char *find_bytes(const char *hay, size_t len, const char *needle, s
     return NULL;
 }
 
-finch_status tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
+finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
                            bool parse_special, tok_frag **frags, size_t *n_frags,
                            finch_err *err) {
     fragvec cur = {0}, next = {0};

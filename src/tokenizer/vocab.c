@@ -60,7 +60,7 @@ static const char *text_of(const finch_tokenizer *tok, int32_t id, uint32_t *len
     return tok->text_blob + tok->text_off[id];
 }
 
-int32_t tok_find(const finch_tokenizer *tok, const char *s, size_t len) {
+int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len) {
     uint64_t i = hash_bytes(s, len) & tok->index_mask;
     for (;;) {
         int32_t id = tok->index[i];
@@ -94,7 +94,7 @@ static void index_put(finch_tokenizer *tok, int32_t id) {
     }
 }
 
-int32_t tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
+int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
                        int32_t *result) {
     uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
     uint64_t i = hash_u64(key) & tok->merge_mask;
@@ -243,8 +243,8 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
                                  "%" PRId64 " '%.*s' has no space between its two parts",
                                  path, r, (int)(m.len < 64 ? m.len : 64), m.ptr);
         size_t ln = (size_t)(sp - m.ptr), rn = (size_t)m.len - ln - 1;
-        int32_t left = tok_find(tok, m.ptr, ln);
-        int32_t right = tok_find(tok, sp + 1, rn);
+        int32_t left = finch_tok_find(tok, m.ptr, ln);
+        int32_t right = finch_tok_find(tok, sp + 1, rn);
         if (left < 0 || right < 0) {
             const char *bad = left < 0 ? m.ptr : sp + 1;
             size_t bn = left < 0 ? ln : rn;
@@ -263,7 +263,7 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
         }
         memcpy(joined, m.ptr, ln);
         memcpy(joined + ln, sp + 1, rn);
-        int32_t result = tok_find(tok, joined, ln + rn);
+        int32_t result = finch_tok_find(tok, joined, ln + rn);
         if (joined != small) free(joined);
         merge_put(tok, left, right, (int32_t)r, result);
     }
@@ -275,10 +275,10 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
 static void load_byte_tables(finch_tokenizer *tok) {
     for (int b = 0; b < 256; b++) {
         char enc[4];
-        int n = utf8_put(bpe_byte_to_cpt((uint8_t)b), enc);
-        tok->byte_tok[b] = tok_find(tok, enc, (size_t)n);
+        int n = finch_utf8_put(finch_bpe_byte_to_cpt((uint8_t)b), enc);
+        tok->byte_tok[b] = finch_tok_find(tok, enc, (size_t)n);
         char c = (char)b;
-        tok->single_tok[b] = tok_find(tok, &c, 1);
+        tok->single_tok[b] = finch_tok_find(tok, &c, 1);
     }
 }
 
@@ -296,7 +296,7 @@ static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
         size_t k = 0;
         uint8_t a = tok->attr[i];
         if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) k = n;
-        else if (a & TOK_NORMAL) k = bpe_decode_text(t, n, NULL);
+        else if (a & TOK_NORMAL) k = finch_bpe_decode_text(t, n, NULL);
         tok->piece_off[i] = total;
         if (!finch_size_add(total, k, &total))
             return finch_err_set(err, FINCH_E_NOMEM, "decoded tokens overflow the address space");
@@ -310,7 +310,7 @@ static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
         char *dst = tok->piece_blob + tok->piece_off[i];
         uint8_t a = tok->attr[i];
         if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) memcpy(dst, t, n);
-        else if (a & TOK_NORMAL) bpe_decode_text(t, n, dst);
+        else if (a & TOK_NORMAL) finch_bpe_decode_text(t, n, dst);
     }
     return FINCH_OK;
 }
@@ -350,7 +350,7 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
         goto fail;
     }
     bool add_bos = false, add_eos = false;
-    if ((st = pretok_init(&tok->pre, tok->pre_name, &tok->ignore_merges, &add_bos, err))) {
+    if ((st = finch_pretok_init(&tok->pre, tok->pre_name, &tok->ignore_merges, &add_bos, err))) {
         finch_err_prefix(err, "%s: key 'tokenizer.ggml.pre'", path);
         goto fail;
     }
@@ -419,7 +419,7 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
     if ((st = load_tokens(tok, g, tokens, types, err))) goto fail;
     if ((st = load_merges(tok, g, merges, err))) goto fail;
     load_byte_tables(tok);
-    if ((st = tok_special_setup(tok, err))) goto fail;
+    if ((st = finch_tok_special_setup(tok, err))) goto fail;
     if ((st = load_pieces(tok, err))) goto fail;
     *out = tok;
     return FINCH_OK;
@@ -431,7 +431,7 @@ fail:
 
 void finch_tokenizer_free(finch_tokenizer *tok) {
     if (!tok) return;
-    pretok_free(&tok->pre);
+    finch_pretok_free(&tok->pre);
     free(tok->text_blob);
     free(tok->text_off);
     free(tok->text_len);

@@ -145,7 +145,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per engine")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs inside each process")
     ap.add_argument("--numerics", choices=("exact", "llamacpp"), default="exact",
-                    help="finch session numerics (default exact; llamacpp = llama.cpp's own arithmetic)")
+                    help="finch session numerics (default exact; llamacpp = llama.cpp's "
+                         "own arithmetic)")
     ap.add_argument("--peer-wait-policy", choices=("ACTIVE", "PASSIVE"),
                     help="OMP_WAIT_POLICY for llama.cpp (default: unset, libgomp's default)")
     ap.add_argument("--llamacpp-only", action="store_true", help="skip finch")

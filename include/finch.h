@@ -242,6 +242,82 @@ FINCH_API finch_status finch_generate(const finch_model *model, const char *prom
  * small; the file may not exist yet (scripts/setup.sh fetches it). */
 FINCH_API finch_status finch_default_model_path(char *buf, size_t size, finch_err *err);
 
+/* ---------------------------------------------------------------------------------- */
+/* Evaluation metrics                                                                   */
+/* ---------------------------------------------------------------------------------- */
+
+/* Precision, recall and their harmonic mean, each in [0, 1]. */
+typedef struct {
+    double precision;
+    double recall;
+    double f1;
+} finch_prf;
+
+enum { FINCH_ROUGE_1, FINCH_ROUGE_2, FINCH_ROUGE_L, FINCH_ROUGE_LSUM, FINCH_ROUGE_COUNT };
+
+/* ROUGE-1, -2, -L and -Lsum of a prediction against n_refs >= 1 references, equal to
+ * Google's rouge-score (its tokenizer: lowercase, [a-z0-9] runs only; with stem, nltk's
+ * Porter stemmer on tokens longer than 3 bytes; Lsum splits sentences on newlines). Each
+ * type takes the reference with the best F1, as rouge-score's score_multi does. */
+FINCH_API finch_status finch_rouge(const char *pred, const char *const *refs, int n_refs,
+                                   int stem, finch_prf out[FINCH_ROUGE_COUNT], finch_err *err);
+
+/* A BLEU score with its statistics, as sacrebleu reports them. */
+typedef struct {
+    double score;          /* 0..100 */
+    double precisions[4];  /* n-gram precisions, 0..100 */
+    double bp;             /* brevity penalty */
+    int64_t sys_len;       /* prediction tokens */
+    int64_t ref_len;       /* closest reference lengths, summed */
+    int64_t correct[4];    /* clipped n-gram matches per order */
+    int64_t total[4];      /* prediction n-grams per order */
+} finch_bleu;
+
+/* Corpus BLEU equal to sacrebleu's default: 13a tokenization, 4-grams, counts clipped by
+ * the most generous reference, closest reference length, no smoothing. Example i has
+ * n_refs[i] references refs[i][0..n_refs[i]). */
+FINCH_API finch_status finch_bleu_corpus(const char *const *preds,
+                                         const char *const *const *refs, const int *n_refs,
+                                         size_t n, finch_bleu *out, finch_err *err);
+
+/* Sentence BLEU equal to sacrebleu.sentence_bleu: 'exp' smoothing, effective order. */
+FINCH_API finch_status finch_bleu_sentence(const char *pred, const char *const *refs,
+                                           int n_refs, finch_bleu *out, finch_err *err);
+
+/* SQuAD-style exact match (0 or 1) and token F1 of a prediction, best over references:
+ * both texts are normalised by lowercasing ASCII letters, removing ASCII punctuation and
+ * the words a/an/the, and splitting on whitespace. Two empty answers match (F1 1). */
+FINCH_API finch_status finch_exact_match(const char *pred, const char *const *refs, int n_refs,
+                                         double *em, double *f1, finch_err *err);
+
+/* A set of (prediction, references) pairs to score, read from files. */
+typedef struct finch_score_set finch_score_set;
+
+/* Reads one text per line from pred_path and from each of the n_ref_paths reference
+ * files (the same number of lines in each; a trailing \r is dropped). */
+FINCH_API finch_status finch_score_set_load_lines(const char *pred_path,
+                                                  const char *const *ref_paths, int n_ref_paths,
+                                                  finch_score_set **out, finch_err *err);
+
+/* Reads JSON Lines with fields "prediction" (a string) and "reference" (a string or a
+ * non-empty list of strings); blank lines are skipped. */
+FINCH_API finch_status finch_score_set_load_jsonl(const char *path, finch_score_set **out,
+                                                  finch_err *err);
+FINCH_API void finch_score_set_free(finch_score_set *s);
+FINCH_API size_t finch_score_set_size(const finch_score_set *s);
+
+/* Scores over a whole set: ROUGE, exact match and F1 are means over examples; BLEU is
+ * corpus BLEU. */
+typedef struct {
+    finch_prf rouge[FINCH_ROUGE_COUNT];
+    finch_bleu bleu;
+    double exact_match; /* 0..1 */
+    double token_f1;    /* 0..1 */
+} finch_scores;
+
+FINCH_API finch_status finch_score_set_compute(const finch_score_set *s, int stem,
+                                               finch_scores *out, finch_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -34,5 +34,6 @@ void cli_set_threads(long n);
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_score(int argc, char **argv);
 
 #endif /* FINCH_CLI_H */

@@ -318,6 +318,45 @@ typedef struct {
 FINCH_API finch_status finch_score_set_compute(const finch_score_set *s, int stem,
                                                finch_scores *out, finch_err *err);
 
+/* ---------------------------------------------------------------------------------- */
+/* Datasets and loss                                                                    */
+/* ---------------------------------------------------------------------------------- */
+
+/* Where examples come from and how they become token sequences (plain data). */
+typedef struct {
+    const char *path;                /* JSONL file */
+    const char *format;              /* "auto" (NULL), "completion", "alpaca", "dolly", "chat" */
+    const char *const *templates;    /* prompt templates with {field} placeholders, or NULL */
+    int n_templates;
+    int chat;                        /* wrap prompts in the model's chat template */
+    int max_seq_len;                 /* tokens per example at most (cut beyond, counted);
+                                        0 = 256 or the model's context if shorter */
+    int64_t max_examples;            /* 0 = all */
+    int train_on_prompt;             /* loss on prompt tokens too */
+    int skip_bad;                    /* skip malformed lines (counted) instead of failing */
+    uint64_t seed;                   /* template sampling */
+} finch_data_spec;
+
+/* Mean loss over a dataset's target tokens. */
+typedef struct {
+    double loss;          /* mean cross-entropy (nats) over target tokens */
+    double perplexity;    /* exp(loss) */
+    int64_t n_examples;   /* examples scored */
+    int64_t n_targets;    /* target tokens */
+    int64_t n_truncated;  /* examples cut to max_seq_len */
+    int64_t n_dropped;    /* examples with no target left after the cut */
+    int64_t n_skipped;    /* malformed lines skipped */
+} finch_loss_report;
+
+/* Reads the dataset, tokenizes it (loss on completions unless train_on_prompt) and
+ * returns the mean cross-entropy of the model's next-token predictions over all target
+ * tokens. Errors name the file and line. progress (may be NULL) is called after each
+ * example with (done, total). */
+FINCH_API finch_status finch_eval_loss(const finch_model *model, const finch_data_spec *spec,
+                                       finch_numerics numerics,
+                                       void (*progress)(int64_t done, int64_t total, void *user),
+                                       void *user, finch_loss_report *out, finch_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -35,5 +35,6 @@ int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_score(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif /* FINCH_CLI_H */

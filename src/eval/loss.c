@@ -1,0 +1,83 @@
+/*
+ * loss.c: validation loss and perplexity of a model on an instruction dataset: each
+ * example runs through an inference session with the logits of every position kept, and
+ * the cross-entropy -log softmax(logits)[target] is summed in double over the target
+ * positions (those data/ marks for loss: completion and end-of-sequence by default).
+ */
+#include "data/data.h"   /* finch_dataset_load, finch_tokenize_dataset */
+#include "model/model.h" /* struct finch_model: its tokenizer */
+
+#include <math.h>
+#include <stdlib.h>
+
+/* -log softmax(l)[target] over V logits, in double. */
+static double xent(const float *l, int V, int32_t target) {
+    double mx = l[0], sum = 0;
+    for (int v = 1; v < V; v++)
+        if (l[v] > mx) mx = l[v];
+    for (int v = 0; v < V; v++) sum += exp((double)l[v] - mx);
+    return mx + log(sum) - (double)l[target];
+}
+
+finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
+                             finch_numerics numerics,
+                             void (*progress)(int64_t done, int64_t total, void *user),
+                             void *user, finch_loss_report *out, finch_err *err) {
+    if (!m->tok)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
+                             finch_gguf_path(m->gguf));
+    int max_len = spec->max_seq_len;
+    if (max_len == 0) max_len = m->cfg.n_ctx_train < 256 ? m->cfg.n_ctx_train : 256;
+    if (max_len < 2 || max_len > m->cfg.n_ctx_train)
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "max sequence length %d: must be from 2 to %d (the model's context)",
+                             max_len, m->cfg.n_ctx_train);
+    finch_data_options opt = {.skip_bad = spec->skip_bad != 0, .seed = spec->seed, .tok = m->tok,
+                              .templates = {spec->templates, spec->n_templates, spec->chat != 0}};
+    finch_status st = finch_shape_parse(spec->format ? spec->format : "auto", &opt.shape, err);
+    if (st) return st;
+    finch_dataset *d = NULL;
+    int64_t n_read = 0;
+    finch_token_set ts = {0};
+    finch_session *s = NULL;
+    float *logits = NULL;
+    if ((st = finch_dataset_load(spec->path, &opt, &d, err))) return st;
+    n_read = d->n; /* all are freed at the end; only the first max_examples are scored */
+    if (spec->max_examples > 0 && d->n > spec->max_examples) d->n = spec->max_examples;
+    if ((st = finch_tokenize_dataset(m->tok, d, max_len, spec->train_on_prompt != 0, &ts, err)))
+        goto done;
+    const int V = m->cfg.n_vocab;
+    if ((st = finch_session_new(m, max_len, numerics, &s, err))) goto done;
+    if (!(logits = finch_alloc((size_t)max_len * V * sizeof(float), "logits", err))) {
+        st = FINCH_E_NOMEM;
+        goto done;
+    }
+    double total = 0;
+    int64_t n_targets = 0;
+    for (int64_t i = 0; i < ts.n; i++) {
+        const finch_token_example *e = &ts.ex[i];
+        finch_session_reset(s);
+        /* the last id is never an input whose prediction counts */
+        if ((st = finch_session_decode(s, e->ids, e->n - 1, logits, NULL, err))) goto done;
+        for (int32_t k = 0; k + 1 < e->n; k++)
+            if (e->mask[k + 1]) {
+                total += xent(logits + (size_t)k * V, V, e->ids[k + 1]);
+                n_targets++;
+            }
+        if (progress) progress(i + 1, ts.n, user);
+    }
+    *out = (finch_loss_report){.loss = total / (double)n_targets,
+                               .perplexity = exp(total / (double)n_targets),
+                               .n_examples = ts.n,
+                               .n_targets = n_targets,
+                               .n_truncated = ts.n_truncated,
+                               .n_dropped = ts.n_dropped,
+                               .n_skipped = d->n_skipped};
+done:
+    free(logits);
+    finch_session_free(s);
+    finch_token_set_release(&ts);
+    if (d) d->n = n_read;
+    finch_dataset_free(d);
+    return st;
+}

@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char usage_text[] =
     "usage: finch eval [-m MODEL] --data FILE [--task loss] [options]\n"
@@ -103,7 +104,7 @@ int cmd_eval(int argc, char **argv) {
     finch_loss_report r;
     finch_err err;
     int rc = 0;
-    if (finch_eval_loss(m, &spec, numerics, progress, NULL, &r, &err)) {
+    if (finch_eval_loss(m, &spec, numerics, isatty(2) ? progress : NULL, NULL, &r, &err)) {
         rc = cli_fail(&err);
     } else {
         printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,

@@ -1,0 +1,55 @@
+/*
+ * clip.c: the global gradient norm and clipping as torch.nn.utils.clip_grad_norm_
+ * (norm type 2, error_if_nonfinite off), and the accumulation helpers.
+ *
+ * torch sums per-tensor float32 norms; finch sums squares in double over the whole flat
+ * array, which is at least as accurate, so the two agree to float rounding. The sum is
+ * split into a fixed number of chunks whose boundaries depend on n alone, each summed in
+ * order by one thread and then added in chunk order: the same bits for any thread count.
+ * Unlike torch, a non-finite norm leaves the gradients untouched (torch would multiply
+ * them by 0 or NaN); the caller sees the returned value and decides.
+ */
+#include "optim.h"
+
+#include <math.h>
+
+enum { NORM_CHUNKS = 64 };
+
+double finch_grad_norm(const float *g, size_t n) {
+    FINCH_ASSERT(g || n == 0);
+    double part[NORM_CHUNKS];
+    size_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
+#pragma omp parallel for schedule(static) num_threads(finch_threads_get()) if (n > 65536)
+    for (int c = 0; c < NORM_CHUNKS; c++) {
+        size_t lo = (size_t)c * chunk, hi = lo + chunk;
+        if (lo > n) lo = n;
+        if (hi > n) hi = n;
+        double s = 0;
+        for (size_t i = lo; i < hi; i++) s += (double)g[i] * (double)g[i];
+        part[c] = s;
+    }
+    double total = 0;
+    for (int c = 0; c < NORM_CHUNKS; c++) total += part[c];
+    return sqrt(total);
+}
+
+double finch_grad_clip(float *g, size_t n, double max_norm) {
+    FINCH_ASSERT(max_norm > 0);
+    double norm = finch_grad_norm(g, n);
+    if (!isfinite(norm)) return norm;
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) finch_grad_scale(g, n, (float)coef);
+    return norm;
+}
+
+void finch_grad_zero(float *g, size_t n) {
+    FINCH_ASSERT(g || n == 0);
+    if (n) memset(g, 0, n * sizeof *g);
+}
+
+void finch_grad_scale(float *g, size_t n, float scale) {
+    FINCH_ASSERT(g || n == 0);
+    int64_t N = (int64_t)n;
+#pragma omp parallel for schedule(static) num_threads(finch_threads_get()) if (N > 32768)
+    for (int64_t i = 0; i < N; i++) g[i] *= scale;
+}

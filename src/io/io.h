@@ -168,4 +168,122 @@ finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch
  * offsets contiguous with 32-byte alignment, padding after the last tensor. */
 finch_status finch_gguf_writer_save(const finch_gguf_writer *w, const char *path, finch_err *err);
 
+/* ---- safetensors -------------------------------------------------------------------- */
+/*
+ * Facts: ../shared/FORMATS.md section 2.3 (layout, dtype strings, what the reference
+ * reader validates and how the reference writer lays a file out); 2.1b for PEFT adapters.
+ */
+
+#define FINCH_ST_MAX_HEADER 100000000u /* header bytes, as the reference reader and writer */
+#define FINCH_ST_MAX_DIMS 8            /* dims of one tensor (the format has no limit) */
+
+/* safetensors element types, in the reference implementation's order, which is also the
+ * order of increasing alignment its writer sorts by. Sub-byte types (F4, F6_*) are not
+ * read (FINCH_E_UNSUPPORTED). */
+typedef enum {
+    FINCH_ST_BOOL,
+    FINCH_ST_U8,
+    FINCH_ST_I8,
+    FINCH_ST_F8_E5M2,
+    FINCH_ST_F8_E4M3,
+    FINCH_ST_F8_E8M0,
+    FINCH_ST_F8_E4M3FNUZ,
+    FINCH_ST_F8_E5M2FNUZ,
+    FINCH_ST_I16,
+    FINCH_ST_U16,
+    FINCH_ST_F16,
+    FINCH_ST_BF16,
+    FINCH_ST_I32,
+    FINCH_ST_U32,
+    FINCH_ST_F32,
+    FINCH_ST_C64,
+    FINCH_ST_F64,
+    FINCH_ST_I64,
+    FINCH_ST_U64,
+    FINCH_ST_DTYPE_COUNT
+} finch_st_dtype;
+
+/* The dtype's name in the file ("BF16"), or "unknown". */
+const char *finch_st_dtype_name(finch_st_dtype t);
+/* Bytes of one element (1, 2, 4 or 8); 0 for a value outside the enum. */
+int finch_st_dtype_size(finch_st_dtype t);
+/* The finch storage type with the same bytes (F32, F16, BF16, F64, I8..I64), or
+ * FINCH_DTYPE_COUNT when there is none (BOOL, U8, U16..U64, F8_*, C64). */
+finch_dtype finch_st_dtype_to_finch(finch_st_dtype t);
+
+/* One tensor of an open file. The data lies inside the mapping, little-endian, C order;
+ * it is aligned to the element size when the header length is a multiple of 8 and the
+ * tensors are sorted by alignment (files from the reference writer and from
+ * finch_st_writer_save are), not otherwise: read it with memcpy unless you checked. */
+typedef struct {
+    const char *name;         /* NUL-terminated, owned by the file */
+    finch_st_dtype dtype;     /* element type as stored */
+    finch_dtype type;         /* finch_st_dtype_to_finch(dtype) */
+    int n_dims;               /* 0 (a scalar) .. FINCH_ST_MAX_DIMS */
+    int64_t shape[FINCH_ST_MAX_DIMS]; /* torch order, outermost first; unused dims are 1 */
+    uint64_t n_elems;         /* product of shape (1 for a scalar, 0 for an empty tensor) */
+    uint64_t offset;          /* begin, relative to the data section */
+    size_t nbytes;            /* n_elems * element size */
+    const uint8_t *data;      /* the bytes, inside the mapping; never NULL, even when
+                                 nbytes is 0 */
+} finch_st_tensor;
+
+typedef struct finch_st finch_st;
+
+/* Maps and parses a safetensors file. Validates: the 8-byte header length (at most
+ * FINCH_ST_MAX_HEADER and within the file), the header being UTF-8 JSON (an object, no
+ * duplicate keys), each entry's dtype (known), shape (non-negative integers, at most
+ * FINCH_ST_MAX_DIMS, products overflow-checked), data_offsets (two integers, begin <= end,
+ * end within the data section, end - begin == elements * element size), that no two
+ * tensors overlap and that the tensors cover the data section exactly (no holes, no
+ * trailing bytes), and "__metadata__" being an object of string values. Errors are
+ * FINCH_E_FORMAT naming the path, the byte offset, the tensor and the field (FINCH_E_IO
+ * for the file itself, FINCH_E_UNSUPPORTED for a sub-byte dtype). The caller owns *out. */
+finch_status finch_st_open(const char *path, finch_st **out, finch_err *err);
+/* The same over a buffer the caller keeps alive until finch_st_close; name is used in
+ * messages. */
+finch_status finch_st_open_memory(const void *data, size_t size, const char *name,
+                                  finch_st **out, finch_err *err);
+/* Releases everything, unmapping the file when finch_st_open mapped it. NULL-safe. */
+void finch_st_close(finch_st *st);
+
+/* The name given to open. Borrowed. */
+const char *finch_st_path(const finch_st *st);
+/* Tensors sorted by name (strcmp); borrowed, valid until close. */
+int64_t finch_st_n_tensors(const finch_st *st);
+const finch_st_tensor *finch_st_tensor_at(const finch_st *st, int64_t i);
+/* The tensor with this name, or NULL (binary search). */
+const finch_st_tensor *finch_st_find(const finch_st *st, const char *name);
+/* "__metadata__" pairs sorted by key; borrowed, NUL-terminated, valid until close. */
+int64_t finch_st_n_meta(const finch_st *st);
+void finch_st_meta_at(const finch_st *st, int64_t i, const char **key, const char **value);
+/* The metadata value for key, or NULL. */
+const char *finch_st_get_meta(const finch_st *st, const char *key);
+
+/* ---- safetensors writer --------------------------------------------------------------- */
+
+typedef struct finch_st_writer finch_st_writer;
+
+/* An empty document; NULL on out-of-memory (err filled). */
+finch_st_writer *finch_st_writer_new(finch_err *err);
+void finch_st_writer_free(finch_st_writer *w);
+
+/* Adds a tensor. shape has n_dims (0..FINCH_ST_MAX_DIMS) entries, outermost first, each
+ * >= 0; data (elements * element size bytes, little-endian, C order) is borrowed and must
+ * stay valid until finch_st_writer_save returns; it may be NULL for an empty tensor. The
+ * name is copied. Empty or duplicate names, names "__metadata__" or not valid UTF-8, bad
+ * shapes: FINCH_E_USAGE. */
+finch_status finch_st_writer_add(finch_st_writer *w, const char *name, finch_st_dtype dtype,
+                                 int n_dims, const int64_t *shape, const void *data,
+                                 finch_err *err);
+/* Sets a "__metadata__" pair (copied; a second set of a key replaces its value). Keys and
+ * values must be valid UTF-8 (FINCH_E_USAGE otherwise). */
+finch_status finch_st_writer_set_meta(finch_st_writer *w, const char *key, const char *value,
+                                      finch_err *err);
+/* Writes the file atomically (finch_file_commit) as the reference writer lays it out:
+ * tensors sorted by descending dtype alignment then name, back to back; compact header
+ * JSON with "__metadata__" first (keys sorted) and the tensors in data order, padded with
+ * spaces to a multiple of 8 bytes, so every tensor is aligned to its element size. */
+finch_status finch_st_writer_save(const finch_st_writer *w, const char *path, finch_err *err);
+
 #endif /* FINCH_IO_H */

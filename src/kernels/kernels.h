@@ -97,6 +97,58 @@ typedef struct {
 
     /* y (n) += x (n). */
     void (*add)(float *y, const float *x, int64_t n);
+
+    /* ---- training: backward ops, each the gradient of the forward of the same name.
+     * Parameter gradients accumulate (+=); activation gradients are written (=). ---- */
+
+    /* dx (T, w->cols) = dy (T, w->rows) . W, W in any storage type matmul reads, never
+     * converted whole: each thread dequantizes chunks of rows of its band of columns into
+     * its workspace slice. Needs ws sized as for matmul (finch_workspace_need(w->cols, _)). */
+    void (*matmul_backward_input)(float *dx, const float *dy, const finch_weight *w, int64_t T,
+                                  finch_workspace *ws);
+
+    /* dw (rows, cols) += dy (T, rows)^T . x (T, cols): the gradient of an f32 weight. */
+    void (*matmul_backward_weight)(float *dw, const float *dy, const float *x, int64_t T,
+                                   int64_t rows, int64_t cols);
+
+    /* Rows ids (T) of demb (V, C) += the matching rows of dx (T, C) (f32 table). */
+    void (*embed_backward)(float *demb, const float *dx, const int32_t *ids, int64_t T, int64_t C);
+
+    /* dx (T, C) = and dw (C) += the gradients of rmsnorm_forward, given dy (T, C), the
+     * rstd (T) forward saved, x (T, C) and w (C). dx may alias dy. */
+    void (*rmsnorm_backward)(float *dx, float *dw, const float *dy, const float *rstd,
+                             const float *x, const float *w, int64_t T, int64_t C);
+
+    /* In-place gradient of rope_forward on dx (T, nh, D): the inverse rotation (by
+     * -pos * theta^(-2i/D)) of the same adjacent pairs. */
+    void (*rope_backward)(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta);
+
+    /* Causal grouped-query attention for training, without a cache: B sequences of T
+     * tokens; q (B*T, H*D), k, v (B*T, KVH*D), out (B*T, H*D). att (B, H, T, T) receives
+     * the softmax probabilities (row t, column j; zero above the diagonal) for backward. */
+    void (*attention_forward_train)(float *out, float *att, const float *q, const float *k,
+                                    const float *v, int64_t B, int64_t T, int H, int KVH, int D,
+                                    finch_workspace *ws);
+
+    /* dq (B*T, H*D), dk, dv (B*T, KVH*D) = the gradients of attention_forward_train given
+     * dout (B*T, H*D), the att it saved and its inputs; dk and dv sum over the query heads
+     * of each group. Needs ws slices of at least T floats (finch_workspace_need(_, T)). */
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                               const float *q, const float *k, const float *v, int64_t B, int64_t T,
+                               int H, int KVH, int D, finch_workspace *ws);
+
+    /* dgate (n), dup (n) = the gradients of swiglu_forward given dh (n), gate, up.
+     * dgate may alias dh. */
+    void (*swiglu_backward)(float *dgate, float *dup, const float *dh, const float *gate,
+                            const float *up, int64_t n);
+
+    /* Fused softmax + cross-entropy over logits (N, V) with targets (N), -1 meaning
+     * masked. Returns the mean of -log softmax(logits)[target] over unmasked rows (0 when
+     * all are masked). When dlogits (N, V) is not NULL it receives (=) grad_scale *
+     * (softmax - onehot(target)), zero on masked rows; grad_scale 0 means 1/unmasked.
+     * dlogits may alias logits. */
+    double (*softmax_xent)(float *dlogits, const float *logits, const int32_t *targets, int64_t N,
+                           int64_t V, float grad_scale);
 } finch_backend;
 
 extern const finch_backend finch_backend_cpu;
@@ -111,5 +163,22 @@ void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int
 void finch_ref_attention_forward(float *out, const float *q, const float *k, const float *v,
                                  int64_t T, int64_t pos0, int H, int KVH, int D);
 void finch_ref_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
+void finch_ref_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T);
+void finch_ref_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
+                                      int64_t rows, int64_t cols);
+void finch_ref_embed_backward(float *demb, const float *dx, const int32_t *ids, int64_t T,
+                              int64_t C);
+void finch_ref_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *rstd,
+                                const float *x, const float *w, int64_t T, int64_t C);
+void finch_ref_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta);
+void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
+                                       const float *v, int64_t B, int64_t T, int H, int KVH, int D);
+void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                  const float *att, const float *q, const float *k, const float *v,
+                                  int64_t B, int64_t T, int H, int KVH, int D);
+void finch_ref_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                               const float *up, int64_t n);
+double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
+                              int64_t N, int64_t V, float grad_scale);
 
 #endif /* FINCH_KERNELS_H */

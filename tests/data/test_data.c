@@ -136,6 +136,7 @@ static void test_split(void **state) {
     assert_int_equal(finch_dataset_split(v, 0.01, 1, &d, &err), FINCH_E_RANGE);
     assert_int_equal(finch_dataset_split(v, 1.5, 1, &d, &err), FINCH_E_USAGE);
     finch_dataset_free(v);
+    finch_dataset_free(d);
 }
 
 /* ids and mask: prompt masked, completion and EOS targets; truncation; dropping. */

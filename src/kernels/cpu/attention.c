@@ -81,6 +81,93 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
     }
 }
 
+/* Training attention: B sequences of T tokens, causal within each, no cache. Each
+ * (sequence, head, token) row writes its probabilities straight into att, which backward
+ * reads; no workspace is needed. */
+void finch_cpu_attention_forward_train(float *out, float *att, const float *q, const float *k,
+                                       const float *v, int64_t B, int64_t T, int H, int KVH, int D,
+                                       finch_workspace *ws) {
+    const int group = H / KVH;
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    const int n_threads = ws ? ws->n_threads : 1;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (B * H * T > 1)
+    for (int64_t bht = 0; bht < B * H * T; bht++) {
+        int64_t b = bht / (H * T), t = bht % T;
+        int h = (int)(bht / T % H), g = h / group;
+        const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
+        const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
+        float *at = att + bht * T;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j <= t; j++) {
+            float s = dot_f32(qt, kb + j * kvs, D) * scale;
+            at[j] = s;
+            if (s > mx) mx = s;
+        }
+        float sum = 0;
+        for (int64_t j = 0; j <= t; j++) {
+            at[j] = expf(at[j] - mx);
+            sum += at[j];
+        }
+        float inv = 1.0f / sum;
+        for (int64_t j = 0; j <= t; j++) at[j] *= inv;
+        for (int64_t j = t + 1; j < T; j++) at[j] = 0.0f;
+        float *ot = out + (b * T + t) * qs + (int64_t)h * D;
+        for (int d = 0; d < D; d++) ot[d] = 0;
+        for (int64_t j = 0; j <= t; j++) axpy_f32(ot, at[j], vb + j * kvs, D);
+    }
+}
+
+/* With P a row of probabilities and S = q k^T / sqrt(D) its scores:
+ *   dv_j += P_j dout,  dP_j = dout . v_j,  dS_j = P_j (dP_j - sum_i P_i dP_i),
+ *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D).
+ * One task per (sequence, KV head) owns that head's dk and dv and the dq of its query
+ * heads, so nothing is shared between threads and each sum runs in a fixed order. dS of
+ * the current row lives in the thread's workspace slice. */
+void finch_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                  const float *att, const float *q, const float *k, const float *v,
+                                  int64_t B, int64_t T, int H, int KVH, int D,
+                                  finch_workspace *ws) {
+    const int group = H / KVH;
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    FINCH_ASSERT(ws && ws->per_thread >= (size_t)T);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ws->n_threads) if (B * KVH > 1)
+    for (int64_t bg = 0; bg < B * KVH; bg++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *ds = ws->buf + (size_t)tid * ws->per_thread;
+        int64_t b = bg / KVH;
+        int g = (int)(bg % KVH);
+        const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
+        float *dkb = dk + b * T * kvs + (int64_t)g * D, *dvb = dv + b * T * kvs + (int64_t)g * D;
+        for (int64_t j = 0; j < T; j++)
+            for (int d = 0; d < D; d++) dkb[j * kvs + d] = dvb[j * kvs + d] = 0.0f;
+        for (int h = g * group; h < (g + 1) * group; h++)
+            for (int64_t t = 0; t < T; t++) {
+                const float *at = att + ((b * H + h) * T + t) * T;
+                const float *dot = dout + (b * T + t) * qs + (int64_t)h * D;
+                const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
+                float *dqt = dq + (b * T + t) * qs + (int64_t)h * D;
+                double sp = 0;
+                for (int64_t j = 0; j <= t; j++) {
+                    ds[j] = dot_f32(dot, vb + j * kvs, D);
+                    sp += (double)at[j] * ds[j];
+                }
+                float spf = (float)sp;
+                for (int64_t j = 0; j <= t; j++) ds[j] = at[j] * (ds[j] - spf) * scale;
+                for (int d = 0; d < D; d++) dqt[d] = 0.0f;
+                for (int64_t j = 0; j <= t; j++) {
+                    axpy_f32(dqt, ds[j], kb + j * kvs, D);
+                    axpy_f32(dkb + j * kvs, ds[j], qt, D);
+                    axpy_f32(dvb + j * kvs, at[j], dot, D);
+                }
+            }
+    }
+}
+
 #define h2f finch_f16_to_f32
 #define f2h finch_f32_to_f16
 

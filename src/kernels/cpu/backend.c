@@ -15,4 +15,13 @@ const finch_backend finch_backend_cpu = {
     .to_f16 = finch_cpu_to_f16,
     .swiglu_forward = finch_cpu_swiglu_forward,
     .add = finch_cpu_add,
+    .matmul_backward_input = finch_cpu_matmul_backward_input,
+    .matmul_backward_weight = finch_cpu_matmul_backward_weight,
+    .embed_backward = finch_cpu_embed_backward,
+    .rmsnorm_backward = finch_cpu_rmsnorm_backward,
+    .rope_backward = finch_cpu_rope_backward,
+    .attention_forward_train = finch_cpu_attention_forward_train,
+    .attention_backward = finch_cpu_attention_backward,
+    .swiglu_backward = finch_cpu_swiglu_backward,
+    .softmax_xent = finch_cpu_softmax_xent,
 };

@@ -25,5 +25,24 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
                                  finch_workspace *ws);
 void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_add(float *y, const float *x, int64_t n);
+void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
+                                     finch_workspace *ws);
+void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
+                                      int64_t rows, int64_t cols);
+void finch_cpu_embed_backward(float *demb, const float *dx, const int32_t *ids, int64_t T,
+                              int64_t C);
+void finch_cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *rstd,
+                                const float *x, const float *w, int64_t T, int64_t C);
+void finch_cpu_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta);
+void finch_cpu_attention_forward_train(float *out, float *att, const float *q, const float *k,
+                                       const float *v, int64_t B, int64_t T, int H, int KVH, int D,
+                                       finch_workspace *ws);
+void finch_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                  const float *att, const float *q, const float *k, const float *v,
+                                  int64_t B, int64_t T, int H, int KVH, int D, finch_workspace *ws);
+void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                               const float *up, int64_t n);
+double finch_cpu_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
+                              int64_t N, int64_t V, float grad_scale);
 
 #endif /* FINCH_KERNELS_CPU_H */

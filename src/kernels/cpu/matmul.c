@@ -213,6 +213,62 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
     else matmul_tiled(y, x, w, T, ws);
 }
 
+/* dx (T, K) = dy (T, R) . W. The sum runs over rows of W, so splitting rows across threads
+ * would make them add into the same dx; the threads split the columns instead, in whole
+ * blocks of the storage type, so each owns a band of dx. A thread walks down W in chunks
+ * of as many rows as its workspace slice holds for its band, dequantizes the chunk's band
+ * (blocks are self-contained, so a row can be expanded from any block on) and adds
+ * dy[:, chunk] . chunk into its band with one sgemm. Each dx element is summed by one
+ * thread in a fixed order, and W is dequantized once per call. An f32 W is read in place:
+ * one sgemm per band. */
+void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
+                                     finch_workspace *ws) {
+    const finch_dtype_traits *tr = &finch_dtype_info[w->type];
+    const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems;
+    FINCH_ASSERT(tr->dequant && ws && ws->per_thread >= (size_t)(TILE_ROWS * K));
+#pragma omp parallel num_threads(ws->n_threads)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
+        const int64_t c0 = b0 * tr->block_elems, cw = (b1 - b0) * tr->block_elems;
+        if (cw > 0 && w->type == FINCH_DTYPE_F32) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)cw, (int)R, 1.0f,
+                        dy, (int)R, (const float *)w->data + c0,
+                        (int)(w->row_bytes / sizeof(float)), 0.0f, dx + c0, (int)K);
+        } else if (cw > 0) {
+            float *wt = ws->buf + (size_t)tid * ws->per_thread;
+            const int64_t chunk = (int64_t)(ws->per_thread / (size_t)cw); /* >= TILE_ROWS */
+            const size_t off = (size_t)b0 * tr->block_bytes;
+            for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+                int64_t nr = R - r0 < chunk ? R - r0 : chunk;
+                for (int64_t r = 0; r < nr; r++)
+                    tr->dequant(wt + r * cw,
+                                (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off,
+                                cw);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)cw, (int)nr,
+                            1.0f, dy + r0, (int)R, wt, (int)cw, r0 == 0 ? 0.0f : 1.0f, dx + c0,
+                            (int)K);
+            }
+        }
+    }
+}
+
+/* dW (R, K) += dy^T (R, T) . x (T, K): tiles of TILE_ROWS rows of dW, one thread each. */
+void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
+                                      int64_t rows, int64_t cols) {
+    const int64_t n_tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
+#pragma omp parallel for schedule(static) if (n_tiles > 1)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int64_t r0 = tile * TILE_ROWS, nr = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nr, (int)cols, (int)T, 1.0f,
+                    dy + r0, (int)rows, x, (int)cols, 1.0f, dw + r0 * cols, (int)cols);
+    }
+}
+
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
     size_t tile = (size_t)TILE_ROWS * (size_t)max_cols;
     size_t att = (size_t)n_ctx + (size_t)max_cols; /* scores + one f16-rounded query */

@@ -20,11 +20,55 @@ void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const floa
     }
 }
 
+/* With r = rstd[t] (dr/dx_i = -r^3 x_i / C):
+ *   dx_i = r w_i dy_i - r^3 / C x_i sum_j dy_j w_j x_j,   dw_i += sum_t dy_i x_i r.
+ * dx is split by token; dw by blocks of columns, each summing over tokens in a fixed
+ * order, so no two threads add into the same element. */
+void finch_cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *rstd,
+                                const float *x, const float *w, int64_t T, int64_t C) {
+    enum { CB = 64 };
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t cb = 0; cb < C; cb += CB) {
+            int64_t n = C - cb < CB ? C - cb : CB;
+            float acc[CB] = {0};
+            for (int64_t t = 0; t < T; t++) {
+                const float *dyt = dy + t * C + cb, *xt = x + t * C + cb;
+                float r = rstd[t];
+                for (int64_t c = 0; c < n; c++) acc[c] += dyt[c] * xt[c] * r;
+            }
+            for (int64_t c = 0; c < n; c++) dw[cb + c] += acc[c];
+        }
+        /* the implicit barrier above: dw has read dy before dx (which may alias it) is
+         * written */
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) {
+            const float *xt = x + t * C, *dyt = dy + t * C;
+            float *dxt = dx + t * C;
+            double s = 0;
+            for (int64_t c = 0; c < C; c++) s += (double)(dyt[c] * w[c]) * xt[c];
+            float r = rstd[t], k = (float)((double)r * r * r / (double)C * s);
+            for (int64_t c = 0; c < C; c++) dxt[c] = r * w[c] * dyt[c] - k * xt[c];
+        }
+    }
+}
+
 void finch_cpu_embed(float *x, const int32_t *ids, int64_t T, const finch_weight *emb) {
     finch_dequant_fn dq = finch_dtype_info[emb->type].dequant;
     for (int64_t t = 0; t < T; t++) {
         FINCH_ASSERT(ids[t] >= 0 && ids[t] < emb->rows);
         dq(x + t * emb->cols, (const uint8_t *)emb->data + (size_t)ids[t] * emb->row_bytes,
            emb->cols);
+    }
+}
+
+/* Tokens may repeat, so rows are added one token after another, in order. */
+void finch_cpu_embed_backward(float *demb, const float *dx, const int32_t *ids, int64_t T,
+                              int64_t C) {
+    for (int64_t t = 0; t < T; t++) {
+        float *row = demb + (int64_t)ids[t] * C;
+        const float *g = dx + t * C;
+        for (int64_t c = 0; c < C; c++) row[c] += g[c];
     }
 }

@@ -25,3 +25,21 @@ void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int
         }
     }
 }
+
+/* The forward is a rotation by +angle, an orthogonal map, so its gradient is the rotation
+ * by -angle:  da = a' c + b' s,  db = -a' s + b' c. */
+void finch_cpu_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta) {
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; t++) {
+        for (int i = 0; i < D / 2; i++) {
+            double ang = (double)pos[t] * pow((double)theta, -2.0 * i / D);
+            float c = (float)cos(ang), s = (float)sin(ang);
+            for (int h = 0; h < nh; h++) {
+                float *p = dx + (t * nh + h) * D + 2 * i;
+                float a = p[0], b = p[1];
+                p[0] = a * c + b * s;
+                p[1] = b * c - a * s;
+            }
+        }
+    }
+}

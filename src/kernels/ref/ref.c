@@ -79,3 +79,184 @@ void finch_ref_swiglu_forward(float *h, const float *gate, const float *up, int6
         h[i] = (float)(g / (1.0 + exp(-g)) * up[i]);
     }
 }
+
+/* ---- backward ops ------------------------------------------------------------------- */
+
+void finch_ref_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T) {
+    const int64_t R = w->rows, K = w->cols;
+    float *row = malloc((size_t)K * sizeof(float));
+    double *acc = calloc((size_t)(T * K), sizeof(double));
+    FINCH_ASSERT(row && acc);
+    for (int64_t r = 0; r < R; r++) {
+        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)r * w->row_bytes,
+                                          K);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t c = 0; c < K; c++) acc[t * K + c] += (double)dy[t * R + r] * row[c];
+    }
+    for (int64_t i = 0; i < T * K; i++) dx[i] = (float)acc[i];
+    free(acc);
+    free(row);
+}
+
+void finch_ref_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
+                                      int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            double s = 0;
+            for (int64_t t = 0; t < T; t++) s += (double)dy[t * rows + r] * x[t * cols + c];
+            dw[r * cols + c] = (float)(dw[r * cols + c] + s);
+        }
+}
+
+void finch_ref_embed_backward(float *demb, const float *dx, const int32_t *ids, int64_t T,
+                              int64_t C) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < C; c++) demb[(int64_t)ids[t] * C + c] += dx[t * C + c];
+}
+
+/* y = x r w with r = (mean(x^2) + eps)^(-1/2), so dr/dx_i = -r^3 x_i / C and
+ *   dx_i = r w_i dy_i - r^3 / C x_i sum_j dy_j w_j x_j,   dw_i += dy_i x_i r. */
+void finch_ref_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *rstd,
+                                const float *x, const float *w, int64_t T, int64_t C) {
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C, *dyt = dy + t * C;
+        double r = rstd[t], s = 0;
+        for (int64_t c = 0; c < C; c++) s += (double)dyt[c] * w[c] * xt[c];
+        for (int64_t c = 0; c < C; c++) {
+            double g = dyt[c];
+            dw[c] = (float)(dw[c] + g * xt[c] * r);
+            dx[t * C + c] = (float)(r * w[c] * g - r * r * r / (double)C * xt[c] * s);
+        }
+    }
+}
+
+void finch_ref_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta) {
+    for (int64_t t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < D / 2; i++) {
+                double ang = (double)pos[t] * pow((double)theta, -2.0 * i / D);
+                float *p = dx + (t * nh + h) * D + 2 * i;
+                double a = p[0], b = p[1];
+                p[0] = (float)(a * cos(ang) + b * sin(ang));
+                p[1] = (float)(-a * sin(ang) + b * cos(ang));
+            }
+}
+
+void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
+                                       const float *v, int64_t B, int64_t T, int H, int KVH,
+                                       int D) {
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
+    double *p = malloc((size_t)T * sizeof(double));
+    FINCH_ASSERT(p);
+    for (int64_t b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                int g = h / (H / KVH);
+                const float *qt = q + (b * T + t) * qs + h * D;
+                double mx = -INFINITY, sum = 0;
+                for (int64_t j = 0; j <= t; j++) {
+                    double s = 0;
+                    for (int d = 0; d < D; d++)
+                        s += (double)qt[d] * k[(b * T + j) * kvs + g * D + d];
+                    p[j] = s / sqrt((double)D);
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int64_t j = 0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
+                float *at = att + ((b * H + h) * T + t) * T;
+                for (int64_t j = 0; j < T; j++) at[j] = j <= t ? (float)(p[j] / sum) : 0.0f;
+                for (int d = 0; d < D; d++) {
+                    double o = 0;
+                    for (int64_t j = 0; j <= t; j++)
+                        o += p[j] / sum * v[(b * T + j) * kvs + g * D + d];
+                    out[(b * T + t) * qs + h * D + d] = (float)o;
+                }
+            }
+    free(p);
+}
+
+/* With P the probabilities and S = q k^T / sqrt(D) the scores of one row:
+ *   dv_j += P_j dout,  dP_j = dout . v_j,  dS_j = P_j (dP_j - sum_i P_i dP_i),
+ *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D). */
+void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                  const float *att, const float *q, const float *k, const float *v,
+                                  int64_t B, int64_t T, int H, int KVH, int D) {
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nkv = B * T * kvs;
+    const double scale = 1.0 / sqrt((double)D);
+    double *acc = calloc((size_t)(2 * nkv), sizeof(double)),
+           *ds = malloc((size_t)T * sizeof(double));
+    FINCH_ASSERT(acc && ds);
+    double *dka = acc, *dva = acc + nkv;
+    for (int64_t b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                int g = h / (H / KVH);
+                const float *at = att + ((b * H + h) * T + t) * T;
+                const float *dot = dout + (b * T + t) * qs + h * D,
+                            *qt = q + (b * T + t) * qs + h * D;
+                double sp = 0;
+                for (int64_t j = 0; j <= t; j++) {
+                    double dp = 0;
+                    for (int d = 0; d < D; d++)
+                        dp += (double)dot[d] * v[(b * T + j) * kvs + g * D + d];
+                    ds[j] = dp;
+                    sp += at[j] * dp;
+                }
+                for (int64_t j = 0; j <= t; j++) ds[j] = at[j] * (ds[j] - sp);
+                for (int d = 0; d < D; d++) {
+                    double s = 0;
+                    for (int64_t j = 0; j <= t; j++) s += ds[j] * k[(b * T + j) * kvs + g * D + d];
+                    dq[(b * T + t) * qs + h * D + d] = (float)(s * scale);
+                }
+                for (int64_t j = 0; j <= t; j++)
+                    for (int d = 0; d < D; d++) {
+                        dka[(b * T + j) * kvs + g * D + d] += ds[j] * scale * qt[d];
+                        dva[(b * T + j) * kvs + g * D + d] += (double)at[j] * dot[d];
+                    }
+            }
+    for (int64_t i = 0; i < nkv; i++) {
+        dk[i] = (float)dka[i];
+        dv[i] = (float)dva[i];
+    }
+    free(ds);
+    free(acc);
+}
+
+/* h = silu(g) u, silu(g) = g s(g) with s the logistic function, silu' = s (1 + g (1 - s)). */
+void finch_ref_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                               const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double g = gate[i], s = 1.0 / (1.0 + exp(-g)), d = dh[i];
+        dup[i] = (float)(d * g * s);
+        dgate[i] = (float)(d * up[i] * s * (1.0 + g * (1.0 - s)));
+    }
+}
+
+double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
+                              int64_t N, int64_t V, float grad_scale) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < N; i++) n += targets[i] >= 0;
+    double scale = grad_scale != 0.0f ? grad_scale : (n ? 1.0 / (double)n : 0.0), loss = 0;
+    for (int64_t i = 0; i < N; i++) {
+        const float *l = logits + i * V;
+        int32_t tg = targets[i];
+        if (tg < 0) {
+            if (dlogits)
+                for (int64_t j = 0; j < V; j++) dlogits[i * V + j] = 0.0f;
+            continue;
+        }
+        FINCH_ASSERT(tg < V);
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        for (int64_t j = 0; j < V; j++) sum += exp(l[j] - mx);
+        loss += log(sum) - (l[tg] - mx);
+        if (dlogits) {
+            double lt = l[tg];
+            for (int64_t j = 0; j < V; j++) {
+                double p = exp(l[j] - mx) / sum;
+                dlogits[i * V + j] = (float)(scale * p);
+            }
+            dlogits[i * V + tg] = (float)(scale * (exp(lt - mx) / sum - 1.0));
+        }
+    }
+    return n ? loss / (double)n : 0.0;
+}

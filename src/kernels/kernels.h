@@ -98,6 +98,12 @@ typedef struct {
     /* y (n) += x (n). */
     void (*add)(float *y, const float *x, int64_t n);
 
+    /* General f32 product C (M, N) = alpha op(A) op(B) + beta C, row-major, op(X) = X or
+     * X^T as ta/tb say; lda/ldb/ldc are row strides. For small adapter matrices. */
+    void (*gemm)(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                 int64_t ldc);
+
     /* ---- training: backward ops, each the gradient of the forward of the same name.
      * Parameter gradients accumulate (+=); activation gradients are written (=). ---- */
 

@@ -15,6 +15,7 @@ const finch_backend finch_backend_cpu = {
     .to_f16 = finch_cpu_to_f16,
     .swiglu_forward = finch_cpu_swiglu_forward,
     .add = finch_cpu_add,
+    .gemm = finch_cpu_gemm,
     .matmul_backward_input = finch_cpu_matmul_backward_input,
     .matmul_backward_weight = finch_cpu_matmul_backward_weight,
     .embed_backward = finch_cpu_embed_backward,

@@ -25,6 +25,9 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
                                  finch_workspace *ws);
 void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_add(float *y, const float *x, int64_t n);
+void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                    int64_t ldc);
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                      finch_workspace *ws);
 void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,

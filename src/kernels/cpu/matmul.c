@@ -300,3 +300,10 @@ void finch_workspace_free(finch_workspace *ws) {
     finch_afree(ws->act);
     memset(ws, 0, sizeof *ws);
 }
+
+void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                    int64_t ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}

@@ -1,0 +1,183 @@
+/*
+ * train.c: the LLaMA forward pass for training, keeping what backward needs, and its
+ * backward, for B rows of T tokens (N = B*T rows in every (N, ...) buffer):
+ *
+ *   forward, per layer l                         kept for backward
+ *     xn1 = rmsnorm(x_l) * attn_norm             x_l, xn1, rstd1
+ *     q, k, v = linears(xn1); rope(q), rope(k)   q, k (rotated), v
+ *     ao = attention(q, k, v)                    att (B, H, T, T), ao
+ *     xm = x_l + o(ao)                           xm
+ *     xn2 = rmsnorm(xm) * ffn_norm               xn2, rstd2
+ *     h = silu(gate(xn2)) * up(xn2)              gate, up, h
+ *     x_{l+1} = xm + down(h)
+ *   logits = head(rmsnorm(x_L) * output_norm)    x_L, xnf, rstdf
+ *
+ * Backward runs the same list in reverse, each line commented with the forward line it
+ * undoes. Residual gradients (dx) accumulate over the two consumers of x; everything else
+ * is written. The base weights are frozen: only the linears' attachments (LoRA, ...)
+ * receive gradients, through finch_linear_backward.
+ */
+#include "model/model.h"
+
+#include <stdlib.h>
+
+struct finch_train_acts {
+    int B, T;
+    /* per layer, (N, ...) each */
+    float **x, **xn1, **rstd1, **q, **k, **v, **att, **ao, **xm, **xn2, **rstd2, **gate, **up, **h;
+    float *xf, *xnf, *rstdf; /* final norm: x_L (N, C) is x[L]; xnf (N, C), rstdf (N) */
+    float *logits;           /* (N, V), turned into its gradient in place */
+    /* gradients and scratch */
+    float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup, *dnorm;
+    int32_t *pos;            /* (N) */
+    float *arena;
+    finch_workspace ws;
+};
+
+finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_train_acts **out,
+                                  finch_err *err) {
+    const finch_model_config *c = &m->cfg;
+    if (B < 1 || T < 2 || T > c->n_ctx_train)
+        return finch_err_set(err, FINCH_E_USAGE, "batch %d x %d: need B >= 1 and 2 <= T <= %d", B,
+                             T, c->n_ctx_train);
+    const size_t N = (size_t)B * T, C = c->n_embd, HD = (size_t)c->n_head * c->head_dim,
+                 KD = (size_t)c->n_head_kv * c->head_dim, F = c->n_ff, V = c->n_vocab,
+                 L = c->n_layer, ATT = (size_t)B * c->n_head * T * T;
+    finch_train_acts *a = finch_calloc(1, sizeof *a, "training activations", err);
+    if (!a) return FINCH_E_NOMEM;
+    a->B = B;
+    a->T = T;
+    struct {
+        float ***p;
+        size_t n;
+    } per_layer[] = {{&a->x, N * C},   {&a->xn1, N * C}, {&a->rstd1, N},   {&a->q, N * HD},
+                     {&a->k, N * KD},  {&a->v, N * KD},  {&a->att, ATT},   {&a->ao, N * HD},
+                     {&a->xm, N * C},  {&a->xn2, N * C}, {&a->rstd2, N},   {&a->gate, N * F},
+                     {&a->up, N * F},  {&a->h, N * F}};
+    struct {
+        float **p;
+        size_t n;
+    } single[] = {{&a->xnf, N * C}, {&a->rstdf, N}, {&a->logits, N * V}, {&a->dx, N * C},
+                  {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},  {&a->dq, N * HD},
+                  {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},    {&a->dup, N * F},
+                  {&a->dnorm, C},   {&a->xf, N * C}};
+    const size_t n_pl = sizeof per_layer / sizeof per_layer[0], n_s = sizeof single / sizeof single[0];
+    /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
+    size_t total = 0, sz;
+    bool ok = true;
+    for (size_t i = 0; i < n_pl && ok; i++)
+        ok = finch_size_mul((per_layer[i].n + 15) & ~(size_t)15, L, &sz) && finch_size_add(total, sz, &total);
+    for (size_t i = 0; i < n_s && ok; i++) ok = finch_size_add(total, (single[i].n + 15) & ~(size_t)15, &total);
+    if (!ok || !finch_size_mul(total, sizeof(float), &sz)) {
+        free(a);
+        return finch_err_set(err, FINCH_E_RANGE, "activations for a %d x %d batch overflow", B, T);
+    }
+    a->arena = finch_aalloc(sz, "training activations", err);
+    float *p = a->arena;
+    for (size_t i = 0; i < n_pl && p; i++) {
+        *per_layer[i].p = finch_calloc(L + 1, sizeof(float *), "activation table", err);
+        if (!*per_layer[i].p) p = NULL;
+        for (size_t l = 0; l < L && p; l++, p += (per_layer[i].n + 15) & ~(size_t)15)
+            (*per_layer[i].p)[l] = p;
+    }
+    for (size_t i = 0; i < n_s && p; i++) {
+        *single[i].p = p;
+        p += (single[i].n + 15) & ~(size_t)15;
+    }
+    a->pos = p ? finch_alloc(N * sizeof(int32_t), "positions", err) : NULL;
+    int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    if (!a->pos || finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T),
+                                        finch_threads_get(), 0, err)) {
+        finch_train_acts_free(a);
+        return err ? err->code : FINCH_E_NOMEM;
+    }
+    *out = a;
+    return FINCH_OK;
+}
+
+void finch_train_acts_free(finch_train_acts *a) {
+    if (!a) return;
+    float **tables[] = {a->x, a->xn1, a->rstd1, a->q, a->k, a->v, a->att,
+                        a->ao, a->xm, a->xn2, a->rstd2, a->gate, a->up, a->h};
+    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) free(tables[i]);
+    finch_afree(a->arena);
+    free(a->pos);
+    finch_workspace_free(&a->ws);
+    free(a);
+}
+
+double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
+                              const int32_t *targets, const int32_t *pos, float grad_scale,
+                              uint64_t dropout_seed) {
+    const finch_model_config *c = &m->cfg;
+    const finch_backend *be = m->be;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff, V = c->n_vocab;
+    const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
+    const float eps = c->rms_eps, theta = c->rope_theta;
+    finch_linear_ctx ctx = {.be = be, .ws = &a->ws, .training = true, .dropout_seed = dropout_seed};
+    memcpy(a->pos, pos, (size_t)N * sizeof(int32_t));
+
+    /* ---- forward ---- */
+    be->embed(a->x[0], ids, N, &m->tok_embd);
+    for (int l = 0; l < L; l++) {
+        const finch_layer *ly = &m->layers[l];
+        float *x = a->x[l];
+        be->rmsnorm_forward(a->xn1[l], a->rstd1[l], x, ly->attn_norm, N, C, eps);
+        finch_linear_forward_train(a->q[l], a->xn1[l], &ly->wq, N, &ctx);
+        finch_linear_forward_train(a->k[l], a->xn1[l], &ly->wk, N, &ctx);
+        finch_linear_forward_train(a->v[l], a->xn1[l], &ly->wv, N, &ctx);
+        be->rope_forward(a->q[l], a->pos, N, H, D, theta);
+        be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
+        be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], B, T, H, KVH, D, &a->ws);
+        finch_linear_forward_train(a->xm[l], a->ao[l], &ly->wo, N, &ctx);
+        be->add(a->xm[l], x, N * C);
+        be->rmsnorm_forward(a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, N, C, eps);
+        finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
+        finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
+        be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+        float *next = l + 1 < L ? a->x[l + 1] : a->xf;
+        finch_linear_forward_train(next, a->h[l], &ly->w_down, N, &ctx);
+        be->add(next, a->xm[l], N * C);
+    }
+    be->rmsnorm_forward(a->xnf, a->rstdf, a->xf, m->output_norm, N, C, eps);
+    finch_linear_forward_train(a->logits, a->xnf, &m->output, N, &ctx);
+    double loss = be->softmax_xent(a->logits, a->logits, targets, N, V, grad_scale);
+
+    /* ---- backward (dx: the gradient of the residual stream) ---- */
+    /* logits = head(xnf) */
+    finch_linear_backward(a->dxn, a->logits, a->xnf, &m->output, N, &ctx);
+    /* xnf = rmsnorm(x_L) */
+    be->rmsnorm_backward(a->dx, a->dnorm, a->dxn, a->rstdf, a->xf, m->output_norm, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const finch_layer *ly = &m->layers[l];
+        /* x_{l+1} = xm + down(h): dxm = dx (kept in dx), dh from down */
+        finch_linear_backward(a->dh, a->dx, a->h[l], &ly->w_down, N, &ctx);
+        /* h = silu(gate) * up */
+        be->swiglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
+        /* gate = linear(xn2), up = linear(xn2): dxn2 sums both */
+        finch_linear_backward(a->dxn, a->dh, a->xn2[l], &ly->w_gate, N, &ctx);
+        finch_linear_backward(a->dt, a->dup, a->xn2[l], &ly->w_up, N, &ctx);
+        be->add(a->dxn, a->dt, N * C);
+        /* xn2 = rmsnorm(xm): dxm = dx + norm's gradient */
+        be->rmsnorm_backward(a->dt, a->dnorm, a->dxn, a->rstd2[l], a->xm[l], ly->ffn_norm, N, C);
+        be->add(a->dx, a->dt, N * C);
+        /* xm = x_l + o(ao): dx_l gets dxm (already in dx), dao from o */
+        finch_linear_backward(a->dao, a->dx, a->ao[l], &ly->wo, N, &ctx);
+        /* ao = attention(q, k, v) */
+        be->attention_backward(a->dq, a->dk, a->dv, a->dao, a->att[l], a->q[l], a->k[l], a->v[l], B, T,
+                               H, KVH, D, &a->ws);
+        /* rope(q), rope(k) */
+        be->rope_backward(a->dq, a->pos, N, H, D, theta);
+        be->rope_backward(a->dk, a->pos, N, KVH, D, theta);
+        /* q, k, v = linears(xn1): dxn1 sums the three */
+        finch_linear_backward(a->dxn, a->dq, a->xn1[l], &ly->wq, N, &ctx);
+        finch_linear_backward(a->dt, a->dk, a->xn1[l], &ly->wk, N, &ctx);
+        be->add(a->dxn, a->dt, N * C);
+        finch_linear_backward(a->dt, a->dv, a->xn1[l], &ly->wv, N, &ctx);
+        be->add(a->dxn, a->dt, N * C);
+        /* xn1 = rmsnorm(x_l): dx_l = dxm + norm's gradient */
+        be->rmsnorm_backward(a->dt, a->dnorm, a->dxn, a->rstd1[l], a->x[l], ly->attn_norm, N, C);
+        be->add(a->dx, a->dt, N * C);
+    }
+    return loss;
+}

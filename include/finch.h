@@ -357,6 +357,66 @@ FINCH_API finch_status finch_eval_loss(const finch_model *model, const finch_dat
                                        void (*progress)(int64_t done, int64_t total, void *user),
                                        void *user, finch_loss_report *out, finch_err *err);
 
+/* ---------------------------------------------------------------------------------- */
+/* Training                                                                             */
+/* ---------------------------------------------------------------------------------- */
+
+/* A fine-tuning run (plain data; start from finch_train_defaults()). Names follow the
+ * Hugging Face flags they mirror. */
+typedef struct {
+    finch_data_spec data;       /* training set (and how it becomes tokens) */
+    const char *val_path;       /* validation JSONL, or NULL */
+    double val_fraction;        /* without val_path: hold out this fraction of data (0: none) */
+    int64_t val_max_examples;   /* validation examples scored at each evaluation (0: all) */
+    const char *method;         /* "lora" */
+    int lora_r;                 /* rank (8) */
+    float lora_alpha;           /* scale numerator (16) */
+    float lora_dropout;         /* on the LoRA input (0.05) */
+    const char *target_modules; /* "q,v" (default), any of q,k,v,o,gate,up,down, or all-linear */
+    int use_rslora;             /* alpha / sqrt(r) */
+    double learning_rate;       /* peak (2e-4) */
+    int batch_size;             /* examples per micro-batch (4) */
+    int grad_accum;             /* micro-batches per optimizer step (1) */
+    int64_t max_steps;          /* optimizer steps; 0: from epochs */
+    double epochs;              /* passes over the training set when max_steps is 0 (1) */
+    int64_t warmup_steps;       /* linear warmup (0) */
+    const char *lr_scheduler;   /* "linear" (default), "cosine", "constant" */
+    double weight_decay;        /* AdamW decoupled decay (0) */
+    double max_grad_norm;       /* global clipping; 0: off (1.0) */
+    uint64_t seed;              /* data order, dropout, LoRA init (42) */
+    int64_t save_steps;         /* checkpoint every N steps; 0: only at the end */
+    int64_t eval_steps;         /* validation loss every N steps; 0: only at the end */
+    int64_t log_steps;          /* a metrics line every N steps (10) */
+    const char *out_dir;        /* where the adapter, checkpoints and metrics.jsonl go */
+    const char *resume_dir;     /* continue from this checkpoint (or run directory), or NULL */
+} finch_train_options;
+
+FINCH_API finch_train_options finch_train_defaults(void);
+
+/* What the run reports after every optimizer step (and at evaluations). */
+typedef struct {
+    int64_t step, total_steps;
+    double loss;            /* this step's mean training loss */
+    double loss_smooth;     /* exponential moving average of the loss */
+    double lr;              /* learning rate used by this step */
+    double grad_norm;       /* before clipping */
+    double tokens_per_s;    /* training tokens (all positions) per second, smoothed */
+    double eta_s;           /* seconds left */
+    double val_loss;        /* NaN unless this step evaluated */
+    int64_t n_trainable, n_total; /* parameters */
+} finch_train_progress;
+
+/* Fine-tunes model with the options: reads and tokenizes the data (counting truncated
+ * and skipped examples), attaches the method, runs the steps, evaluates, writes
+ * checkpoints (atomically) and the final adapter to out_dir, and metrics.jsonl there.
+ * on_progress (may be NULL) sees each step; should_stop (may be NULL) is polled between
+ * steps: when it returns non-zero a checkpoint is written and FINCH_E_INTERRUPTED
+ * returned. A non-finite loss stops the run with FINCH_E_RANGE, keeping the last good
+ * checkpoint. The model is left without the adapter attached. */
+FINCH_API finch_status finch_train(finch_model *model, const finch_train_options *opt,
+                                   void (*on_progress)(const finch_train_progress *p, void *user),
+                                   int (*should_stop)(void *user), void *user, finch_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -70,13 +70,14 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
                                   finch_err *err);
 void finch_train_acts_free(finch_train_acts *a);
 
-/* One forward and backward pass over a batch: ids (B, T), targets (B, T) (-1: no loss),
- * pos (B, T) positions (restarting per row). Returns the mean cross-entropy over the
- * targets; the gradients of every trainable parameter attached to the model's linears
- * accumulate (+=) scaled by grad_scale (0: 1 / number of targets, the mean's gradient).
- * The base model is frozen. Rows may not be packed (one example per row). */
+/* One forward and (when backward) backward pass over a batch: ids (B, T), targets (B, T)
+ * (-1: no loss), pos (B, T) positions (restarting per row). Returns the mean
+ * cross-entropy over the targets; with backward, the gradients of every trainable
+ * parameter attached to the model's linears accumulate (+=) scaled by grad_scale (0:
+ * 1 / number of targets, the mean's gradient) and dropout is active. The base model is
+ * frozen. Rows may not be packed (one example per row). */
 double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
                               const int32_t *targets, const int32_t *pos, float grad_scale,
-                              uint64_t dropout_seed);
+                              uint64_t dropout_seed, bool backward);
 
 #endif /* FINCH_MODEL_H */

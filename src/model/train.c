@@ -108,13 +108,13 @@ void finch_train_acts_free(finch_train_acts *a) {
 
 double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
                               const int32_t *targets, const int32_t *pos, float grad_scale,
-                              uint64_t dropout_seed) {
+                              uint64_t dropout_seed, bool backward) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
     const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff, V = c->n_vocab;
     const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
     const float eps = c->rms_eps, theta = c->rope_theta;
-    finch_linear_ctx ctx = {.be = be, .ws = &a->ws, .training = true, .dropout_seed = dropout_seed};
+    finch_linear_ctx ctx = {.be = be, .ws = &a->ws, .training = backward, .dropout_seed = dropout_seed};
     memcpy(a->pos, pos, (size_t)N * sizeof(int32_t));
 
     /* ---- forward ---- */
@@ -141,7 +141,8 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     }
     be->rmsnorm_forward(a->xnf, a->rstdf, a->xf, m->output_norm, N, C, eps);
     finch_linear_forward_train(a->logits, a->xnf, &m->output, N, &ctx);
-    double loss = be->softmax_xent(a->logits, a->logits, targets, N, V, grad_scale);
+    double loss = be->softmax_xent(backward ? a->logits : NULL, a->logits, targets, N, V, grad_scale);
+    if (!backward) return loss;
 
     /* ---- backward (dx: the gradient of the residual stream) ---- */
     /* logits = head(xnf) */

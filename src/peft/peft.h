@@ -96,4 +96,33 @@ void finch_lora_detach(finch_lora *l, finch_model *m);
 /* The attachment operations (model/linear.h) that LoRA implements. */
 extern const finch_peft_ops finch_lora_ops;
 
+/* ---- adapter files (adapter_io.c) ------------------------------------------------------ */
+
+/* Writes the adapter as a Hugging Face PEFT folder, created if missing: dir/
+ * adapter_model.safetensors (keys base_model.model.model.layers.{L}.self_attn.q_proj.lora_A.weight
+ * ..., A (r, in) and B (out, r) in F32, the B rows of q_proj/k_proj un-permuted to HF order)
+ * and then dir/adapter_config.json (PEFT's LoraConfig fields, keys sorted, target_modules a
+ * sorted list of PEFT names, base_model_name_or_path the model's general.name). Each file is
+ * written atomically; the config last, so a folder with a config has its weights. */
+finch_status finch_lora_save_peft(const finch_lora *l, const finch_model *m, const char *dir,
+                                  finch_err *err);
+
+/* Loads a PEFT LoRA folder made for model m (without gradients): validates the config
+ * (peft_type LORA, r, lora_alpha, lora_dropout, use_rslora, target_modules a list of known
+ * names or "all-linear"; fields finch does not implement, such as use_dora or
+ * rank_pattern, are FINCH_E_UNSUPPORTED) and the weights (every expected key present with
+ * this model's shape, F32/F16/BF16 converted to f32, no other tensors, layers in range),
+ * and permutes the B rows of q/k from HF to GGUF order. Errors name the file and, for
+ * shapes, the projection, the layer, the shape found and the one needed. */
+finch_status finch_lora_load_peft(const char *dir, const finch_model *m, finch_lora **out,
+                                  finch_err *err);
+
+/* Writes the adapter as a GGUF LoRA adapter for llama.cpp's --lora (FORMATS.md 6):
+ * general.architecture of the model, general.type "adapter", adapter.type "lora",
+ * adapter.lora.alpha (for rsLoRA alpha * sqrt(r), as llama.cpp scales by alpha / r),
+ * tensors blk.{L}.{attn_q,...}.weight.lora_a ne [in, r] and .lora_b ne [r, out] in F32,
+ * B in GGUF row order. Written atomically. */
+finch_status finch_lora_save_gguf(const finch_lora *l, const finch_model *m, const char *path,
+                                  finch_err *err);
+
 #endif /* FINCH_PEFT_H */

@@ -16,6 +16,7 @@
 
 #include "core/core.h"
 #include "io/io.h" /* to write a copy of the tiny model without its tokenizer */
+#include "test_util.h" /* read_file */
 
 static char tmpdir[] = "/tmp/finch_cli_XXXXXX";
 static char out[1 << 16];
@@ -168,6 +169,76 @@ static void test_real_model(void **state) {
     EXPECT(args, NULL, 0, "Paris");
 }
 
+static void test_train_flags(void **state) {
+    (void)state;
+    char args[2048], data[512], cfg[512], outdir[512];
+    snprintf(data, sizeof data, "%s/train.jsonl", tmpdir);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; i < 8; i++) fprintf(f, "{\"prompt\": \"n %d:\", \"completion\": \" %d\"}\n", i, i * 2);
+    fclose(f);
+    snprintf(outdir, sizeof outdir, "%s/run", tmpdir);
+    EXPECT("train -m " TINY " --out x", NULL, 2, "no training data");
+    snprintf(args, sizeof args, "train -m " TINY " --data %s", data);
+    EXPECT(args, NULL, 2, "no output directory");
+    const struct {
+        const char *flag, *fragment;
+    } bad[] = {
+        {"--lora-r 0", "--lora-r 0"},           {"--lora-r x", "--lora-r x"},
+        {"--learning-rate 0", "--learning-rate 0"}, {"--learning-rate -1", "--learning-rate -1"},
+        {"--batch-size 0", "--batch-size 0"},   {"--grad-accum 0", "--grad-accum 0"},
+        {"--lora-dropout 1.5", "--lora-dropout 1.5"}, {"--epochs 0", "--epochs 0"},
+        {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown setting 'bogus'"},
+        {"--max-seq-len 1", "--max-seq-len 1"}, {"--target-modules q,attention", "'attention'"},
+        {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method prefix", "--method prefix"},
+        {"--seed", "--seed needs a value"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s %s", data, outdir, bad[i].flag);
+        EXPECT(args, NULL, 2, bad[i].fragment);
+    }
+    /* a config file: bad JSON, bad types, unknown keys; then a run it configures, with a
+     * flag overriding one of its settings */
+    snprintf(cfg, sizeof cfg, "%s/run.json", tmpdir);
+    const struct {
+        const char *json, *fragment;
+        int code;
+    } cfgs[] = {
+        {"{\"lora_r\": 4,", "run.json: line", 1},
+        {"[1, 2]", "must be a JSON object", 1},
+        {"{\"lora_r\": [4]}", "\"lora_r\" must be a string, a number or a boolean", 1},
+        {"{\"chat\": 1}", "\"chat\" must be true or false", 1},
+        {"{\"lora_rank\": 4}", "unknown setting 'lora_rank'", 2},
+        {"{\"lora_r\": 0}", "run.json: --lora-r 0", 2},
+    };
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
+        f = fopen(cfg, "w");
+        fputs(cfgs[i].json, f);
+        fclose(f);
+        snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s --config %s", data, outdir, cfg);
+        EXPECT(args, NULL, cfgs[i].code, cfgs[i].fragment);
+    }
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"lora_r\": 2, \"max_steps\": 50, \"batch-size\": 2, \"target_modules\": \"all-linear\", "
+               "\"learning_rate\": 0.01, \"log_steps\": 1, \"train_on_prompt\": false}");
+    fclose(f);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s --config %s --max-steps 3", data, outdir, cfg);
+    EXPECT(args, NULL, 0, "adapter written to");
+    snprintf(args, sizeof args, "%s/metrics.jsonl", outdir);
+    size_t n;
+    char *m = (char *)read_file(args, &n);
+    m = realloc(m, n + 1);
+    m[n] = 0;
+    assert_non_null(strstr(m, "\"step\": 3,"));
+    assert_null(strstr(m, "\"step\": 4,")); /* --max-steps 3 overrode the file's 50 */
+    free(m);
+    snprintf(args, sizeof args, "%s/adapter_config.json", outdir);
+    m = (char *)read_file(args, &n);
+    m = realloc(m, n + 1);
+    m[n] = 0;
+    assert_non_null(strstr(m, "\"r\": 2")); /* the file's lora_r */
+    free(m);
+}
+
 static int setup(void **state) {
     (void)state;
     return mkdtemp(tmpdir) ? 0 : -1;
@@ -186,6 +257,7 @@ int main(void) {
         cmocka_unit_test(test_bad_models),
         cmocka_unit_test(test_info_tiny),
         cmocka_unit_test(test_real_model),
+        cmocka_unit_test(test_train_flags),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

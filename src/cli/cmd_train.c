@@ -1,0 +1,268 @@
+/*
+ * cmd_train.c: `finch train`: fine-tunes a model on a JSONL dataset and writes the
+ * adapter. Flags are named as the Hugging Face world names them; --config FILE reads the
+ * same settings from a JSON object (keys as the flags without "--", '-' or '_'), and flags
+ * given on the command line override it. Ctrl-C saves a checkpoint and exits.
+ */
+#include "cli.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage_text[] =
+    "usage: finch train [-m MODEL] --data FILE --out DIR [options]\n"
+    "data:\n"
+    "  --data FILE            training JSONL (prompt/completion, Alpaca, Dolly or chat lines)\n"
+    "  --val FILE             validation JSONL (or --val-fraction F of the training data)\n"
+    "  --format NAME          auto (default), completion, alpaca, dolly, chat\n"
+    "  --template TEXT        prompt template with {field} placeholders (repeatable: sampled)\n"
+    "  --chat                 wrap prompts in the model's chat template\n"
+    "  --max-seq-len N        tokens per example at most (default 256 or the context)\n"
+    "  --max-examples N       use the first N training examples\n"
+    "  --train-on-prompt      loss on prompt tokens too (default: completion only)\n"
+    "  --skip-bad             skip malformed lines (counted) instead of stopping\n"
+    "method:\n"
+    "  --method lora          (default)\n"
+    "  --lora-r N (8)  --lora-alpha A (16)  --lora-dropout P (0.05)  --use-rslora\n"
+    "  --target-modules LIST  q,k,v,o,gate,up,down or all-linear (default q,v)\n"
+    "optimisation:\n"
+    "  --learning-rate LR (2e-4)  --lr-scheduler linear|cosine|constant  --warmup-steps N\n"
+    "  --batch-size N (4)  --grad-accum N (1)  --max-steps N  --epochs E (1)\n"
+    "  --weight-decay W (0)  --max-grad-norm G (1, 0 = off)  --seed S (42)\n"
+    "run:\n"
+    "  --out DIR              adapter, checkpoints and metrics.jsonl go here\n"
+    "  --save-steps N  --eval-steps N  --log-steps N (10)  --val-max-examples N\n"
+    "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
+    "  --config FILE          settings as a JSON object; flags override it\n"
+    "  -t, --threads N\n";
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+static int should_stop(void *user) {
+    (void)user;
+    return interrupted;
+}
+
+static void fmt_time(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
+    else if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
+}
+
+static void progress(const finch_train_progress *p, void *user) {
+    bool tty = *(bool *)user;
+    char eta[32];
+    fmt_time(eta, sizeof eta, p->eta_s);
+    if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 || !isnan(p->val_loss))
+        fprintf(stderr, "%sstep %lld/%lld | loss %.4f (avg %.4f) | lr %.2e | %.0f tok/s | ETA %s%s",
+                tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
+                p->loss_smooth, p->lr, p->tokens_per_s, eta, tty ? "" : "\n");
+    if (!isnan(p->val_loss)) fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "",
+                                     (long long)p->step, p->val_loss);
+    if (tty && p->step == p->total_steps) fputc('\n', stderr);
+}
+
+/* Settings are applied as (name, value) pairs, from the config file first, then argv. */
+typedef struct {
+    finch_train_options o;
+    const char *model;
+    long threads;
+    const char *templates[16];
+    char *owned[256]; /* strings copied out of the config file */
+    int n_owned;
+} settings;
+
+static int set(settings *s, const char *name, const char *v, const char *where) {
+    finch_train_options *o = &s->o;
+    long n;
+    double f;
+    char key[64];
+    snprintf(key, sizeof key, "%s", name);
+    for (char *c = key; *c; c++)
+        if (*c == '_') *c = '-';
+#define NEED() if (!v) return cli_usage_error("train", "%s--%s needs a value", where, key)
+#define INT(field, lo, hi) do { NEED(); if (!cli_parse_int(v, lo, hi, &n)) return cli_usage_error("train", "%s--%s %s: must be an integer from %ld to %ld", where, key, v, (long)(lo), (long)(hi)); field = n; } while (0)
+#define NUM(field, lo, hi) do { NEED(); if (!cli_parse_float(v, lo, hi, &f)) return cli_usage_error("train", "%s--%s %s: must be a number from %g to %g", where, key, v, (double)(lo), (double)(hi)); field = f; } while (0)
+#define STR(field) do { NEED(); field = v; } while (0)
+    if (!strcmp(key, "model") || !strcmp(key, "m")) STR(s->model);
+    else if (!strcmp(key, "data")) STR(o->data.path);
+    else if (!strcmp(key, "val")) STR(o->val_path);
+    else if (!strcmp(key, "val-fraction")) NUM(o->val_fraction, 0, 0.99);
+    else if (!strcmp(key, "val-max-examples")) INT(o->val_max_examples, 1, __LONG_MAX__);
+    else if (!strcmp(key, "format")) STR(o->data.format);
+    else if (!strcmp(key, "template")) {
+        NEED();
+        if (o->data.n_templates == 16) return cli_usage_error("train", "--template: at most 16");
+        s->templates[o->data.n_templates++] = v;
+        o->data.templates = s->templates;
+    } else if (!strcmp(key, "chat")) o->data.chat = 1;
+    else if (!strcmp(key, "max-seq-len")) INT(o->data.max_seq_len, 2, 1 << 20);
+    else if (!strcmp(key, "max-examples")) INT(o->data.max_examples, 1, __LONG_MAX__);
+    else if (!strcmp(key, "train-on-prompt")) o->data.train_on_prompt = 1;
+    else if (!strcmp(key, "skip-bad")) o->data.skip_bad = 1;
+    else if (!strcmp(key, "method")) STR(o->method);
+    else if (!strcmp(key, "lora-r")) INT(o->lora_r, 1, 4096);
+    else if (!strcmp(key, "lora-alpha")) NUM(o->lora_alpha, 1e-6, 1e6);
+    else if (!strcmp(key, "lora-dropout")) NUM(o->lora_dropout, 0, 0.99);
+    else if (!strcmp(key, "target-modules")) STR(o->target_modules);
+    else if (!strcmp(key, "use-rslora")) o->use_rslora = 1;
+    else if (!strcmp(key, "learning-rate") || !strcmp(key, "lr")) NUM(o->learning_rate, 1e-12, 0.99);
+    else if (!strcmp(key, "lr-scheduler")) STR(o->lr_scheduler);
+    else if (!strcmp(key, "warmup-steps")) INT(o->warmup_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "batch-size")) INT(o->batch_size, 1, 4096);
+    else if (!strcmp(key, "grad-accum")) INT(o->grad_accum, 1, 65536);
+    else if (!strcmp(key, "max-steps")) INT(o->max_steps, 1, __LONG_MAX__);
+    else if (!strcmp(key, "epochs")) NUM(o->epochs, 1e-6, 1e6);
+    else if (!strcmp(key, "weight-decay")) NUM(o->weight_decay, 0, 0.99);
+    else if (!strcmp(key, "max-grad-norm")) NUM(o->max_grad_norm, 0, 1e9);
+    else if (!strcmp(key, "seed")) { INT(n, 0, __LONG_MAX__); o->seed = (uint64_t)n; }
+    else if (!strcmp(key, "save-steps")) INT(o->save_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "eval-steps")) INT(o->eval_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "log-steps")) INT(o->log_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "out")) STR(o->out_dir);
+    else if (!strcmp(key, "resume")) STR(o->resume_dir);
+    else if (!strcmp(key, "threads") || !strcmp(key, "t")) INT(s->threads, 1, 1024);
+    else return cli_usage_error("train", "%sunknown setting '%s' (see finch train --help)", where, name);
+    return 0;
+#undef NEED
+#undef INT
+#undef NUM
+#undef STR
+}
+
+static bool is_switch(const char *key) {
+    static const char *const sw[] = {"chat", "train-on-prompt", "skip-bad", "use-rslora",
+                                     "chat", "train_on_prompt", "skip_bad", "use_rslora"};
+    for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
+        if (!strcmp(key, sw[i])) return true;
+    return false;
+}
+
+static int read_config(settings *s, const char *path) {
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root) {
+        fprintf(stderr, "finch: error: %s: line %d, column %d: %s\n", path, je.line, je.column, je.text);
+        return EXIT_FAIL;
+    }
+    int rc = 0;
+    if (!json_is_object(root)) {
+        fprintf(stderr, "finch: error: %s: the config must be a JSON object of settings\n", path);
+        rc = EXIT_FAIL;
+    }
+    const char *key;
+    json_t *val;
+    char where[600];
+    snprintf(where, sizeof where, "%s: ", path);
+    json_object_foreach(root, key, val) {
+        if (rc) break;
+        char buf[64];
+        const char *v = NULL;
+        if (is_switch(key)) {
+            if (!json_is_boolean(val)) {
+                fprintf(stderr, "finch: error: %s: \"%s\" must be true or false\n", path, key);
+                rc = EXIT_FAIL;
+                break;
+            }
+            if (!json_is_true(val)) continue;
+        } else if (json_is_string(val)) {
+            v = json_string_value(val);
+        } else if (json_is_integer(val)) {
+            snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
+            v = buf;
+        } else if (json_is_real(val)) {
+            snprintf(buf, sizeof buf, "%.17g", json_real_value(val));
+            v = buf;
+        } else {
+            fprintf(stderr, "finch: error: %s: \"%s\" must be a string, a number or a boolean\n", path, key);
+            rc = EXIT_FAIL;
+            break;
+        }
+        if (v) {
+            if (s->n_owned == 256 || !(v = s->owned[s->n_owned++] = strdup(v))) {
+                rc = EXIT_FAIL;
+                break;
+            }
+        }
+        if (set(s, key, v, where)) rc = EXIT_USAGE;
+    }
+    json_decref(root);
+    return rc;
+}
+
+int cmd_train(int argc, char **argv) {
+    settings s = {.o = finch_train_defaults()};
+    int rc = 0;
+    /* the config file first, so flags override it */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) return cli_usage_error("train", "--config needs a value");
+            if ((rc = read_config(&s, argv[i + 1]))) goto done;
+        }
+    }
+    for (int i = 1; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--", 2) && strcmp(a, "-m") && strcmp(a, "-t")) {
+            rc = cli_usage_error("train", "unexpected argument '%s' (see finch train --help)", a);
+            break;
+        }
+        const char *name = a[1] == '-' ? a + 2 : a + 1;
+        const char *v = NULL;
+        if (!is_switch(name)) {
+            if (i + 1 >= argc) {
+                rc = cli_usage_error("train", "%s needs a value", a);
+                break;
+            }
+            v = argv[++i];
+        }
+        rc = set(&s, name, v, "");
+    }
+    if (rc) goto done;
+    if (!s.o.data.path) {
+        rc = cli_usage_error("train", "no training data: give --data FILE");
+        goto done;
+    }
+    if (!s.o.out_dir) {
+        rc = cli_usage_error("train", "no output directory: give --out DIR");
+        goto done;
+    }
+    cli_set_threads(s.threads);
+    finch_model *m = cli_load_model(s.model);
+    if (!m) {
+        rc = EXIT_FAIL;
+        goto done;
+    }
+    signal(SIGINT, on_sigint);
+    bool tty = isatty(2);
+    finch_err err;
+    if (finch_train(m, &s.o, progress, should_stop, &tty, &err)) {
+        if (tty) fputc('\n', stderr);
+        rc = cli_fail(&err);
+    } else {
+        fprintf(stderr, "finch train: adapter written to %s (adapter_config.json, "
+                        "adapter_model.safetensors); metrics in %s/metrics.jsonl\n",
+                s.o.out_dir, s.o.out_dir);
+    }
+    signal(SIGINT, SIG_DFL);
+    finch_model_free(m);
+done:
+    for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
+    return rc;
+}

@@ -1,0 +1,156 @@
+/*
+ * checkpoint.c: checkpoints that resume a run exactly.
+ *
+ * trainer_state.bin, little-endian:
+ *   | "FINCHCKP" | u32 version (1) | u32 0 | i64 step | i64 next | i64 epoch | u64 seed |
+ *   | i64 n_params | f32 params[n_params] | AdamW state record (optim/state_io.c) |
+ * The PEFT files beside it carry the same parameters for other tools; resuming reads the
+ * exact f32 values from trainer_state.bin.
+ */
+#define _GNU_SOURCE /* mkdtemp */
+#include "train/train.h"
+#include "optim/optim.h" /* finch_optim_state_save/load */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char magic[8] = {'F', 'I', 'N', 'C', 'H', 'C', 'K', 'P'};
+enum { VERSION = 1, HEADER = 8 + 4 + 4 + 5 * 8 };
+
+typedef struct {
+    const finch_lora *l;
+    const float *m, *v;
+    const finch_train_pos *pos;
+    const char *path;
+} state_out;
+
+static finch_status write_state(FILE *f, void *user, finch_err *err) {
+    const state_out *s = user;
+    uint32_t ver[2] = {VERSION, 0};
+    int64_t head[5] = {s->pos->step, s->pos->next, s->pos->epoch, (int64_t)s->pos->seed, s->l->n_params};
+    finch_status st;
+    if ((st = finch_fwrite(f, magic, 8, s->path, err)) || (st = finch_fwrite(f, ver, 8, s->path, err)) ||
+        (st = finch_fwrite(f, head, sizeof head, s->path, err)) ||
+        (st = finch_fwrite(f, s->l->params, (size_t)s->l->n_params * sizeof(float), s->path, err)))
+        return st;
+    return finch_optim_state_save(f, s->path, s->m, s->v, (size_t)s->l->n_params, s->pos->step, err);
+}
+
+static void fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+static finch_status remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? FINCH_OK : FINCH_E_IO;
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    return rmdir(dir) == 0 ? FINCH_OK : FINCH_E_IO;
+}
+
+finch_status finch_checkpoint_save(const char *out_dir, const finch_lora *l, const finch_model *model,
+                                   const float *m, const float *v, const finch_train_pos *pos,
+                                   finch_err *err) {
+    char tmp[4096], final[4096], file[4200];
+    snprintf(final, sizeof final, "%s/checkpoint-%lld", out_dir, (long long)pos->step);
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s/.checkpoint-%lld.XXXXXX", out_dir, (long long)pos->step) >= sizeof tmp)
+        return finch_err_set(err, FINCH_E_RANGE, "%s: path too long", out_dir);
+    if (!mkdtemp(tmp))
+        return finch_err_set(err, FINCH_E_IO, "%s: cannot create a checkpoint directory: %s", out_dir,
+                             strerror(errno));
+    snprintf(file, sizeof file, "%s/trainer_state.bin", tmp);
+    state_out s = {l, m, v, pos, file};
+    finch_status st = finch_file_commit(file, write_state, &s, err);
+    if (!st) st = finch_lora_save_peft(l, model, tmp, err);
+    if (!st && remove_tree(final) != FINCH_OK)
+        st = finch_err_set(err, FINCH_E_IO, "%s: cannot replace the old checkpoint", final);
+    if (!st && rename(tmp, final) != 0)
+        st = finch_err_set(err, FINCH_E_IO, "%s: rename failed: %s", final, strerror(errno));
+    if (st) {
+        remove_tree(tmp);
+        return st;
+    }
+    fsync_path(out_dir);
+    return FINCH_OK;
+}
+
+/* The checkpoint-<n> directory with the highest n inside dir, into best. */
+static bool latest_checkpoint(const char *dir, char *best, size_t cap) {
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    long long top = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        if (strncmp(e->d_name, "checkpoint-", 11)) continue;
+        long long n = strtoll(e->d_name + 11, &end, 10);
+        if (*end || n < 0 || n <= top) continue;
+        top = n;
+        snprintf(best, cap, "%s/%s", dir, e->d_name);
+    }
+    closedir(d);
+    return top >= 0;
+}
+
+finch_status finch_checkpoint_load(const char *path, finch_lora *l, float *m, float *v,
+                                   finch_train_pos *pos, finch_err *err) {
+    char dir[4096], file[4200];
+    snprintf(file, sizeof file, "%s/trainer_state.bin", path);
+    if (access(file, F_OK) == 0) snprintf(dir, sizeof dir, "%s", path);
+    else if (!latest_checkpoint(path, dir, sizeof dir))
+        return finch_err_set(err, FINCH_E_IO, "%s: no checkpoint here (no trainer_state.bin, no "
+                                              "checkpoint-<step> directory)", path);
+    snprintf(file, sizeof file, "%s/trainer_state.bin", dir);
+    FILE *f = fopen(file, "rb");
+    if (!f) return finch_err_set(err, FINCH_E_IO, "%s: cannot open: %s", file, strerror(errno));
+    char mg[8];
+    uint32_t ver[2];
+    int64_t head[5];
+    finch_status st = FINCH_OK;
+    if (fread(mg, 1, 8, f) != 8 || fread(ver, 4, 2, f) != 2 || fread(head, 8, 5, f) != 5)
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: truncated header (%d bytes expected)", file, HEADER);
+    else if (memcmp(mg, magic, 8))
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x0: not a finch checkpoint (bad magic)", file);
+    else if (ver[0] != VERSION)
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x8: version %u, this finch reads %d", file,
+                           ver[0], VERSION);
+    else if (head[0] < 0 || head[1] < 0 || head[2] < 0)
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x10: negative step or position", file);
+    else if (head[4] != l->n_params)
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: holds %lld adapter parameters, this run's adapter has %lld: it was "
+                           "made with another model or LoRA configuration",
+                           file, (long long)head[4], (long long)l->n_params);
+    else if (fread(l->params, sizeof(float), (size_t)l->n_params, f) != (size_t)l->n_params)
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: truncated in the parameters", file);
+    int64_t step = 0;
+    if (!st) st = finch_optim_state_load(f, file, m, v, (size_t)l->n_params, &step, err);
+    if (!st && step != head[0])
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: optimizer state is at step %lld, the run at %lld",
+                           file, (long long)step, (long long)head[0]);
+    if (!st && fgetc(f) != EOF)
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: trailing bytes after the optimizer state", file);
+    fclose(f);
+    if (st) return st;
+    for (int64_t i = 0; i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: parameter %lld is not finite", file, (long long)i);
+    *pos = (finch_train_pos){head[0], head[1], head[2], (uint64_t)head[3]};
+    return FINCH_OK;
+}

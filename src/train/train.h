@@ -1,0 +1,34 @@
+/*
+ * train.h: what the training loop (loop.c, public finch_train) uses of its own files:
+ * checkpoints. A checkpoint is a directory checkpoint-<step>/ holding the adapter in the
+ * PEFT layout and trainer_state.bin (the exact f32 parameters, AdamW's m and v, the step
+ * and the data position), written into a temporary directory that is renamed into place,
+ * so a crash never leaves a half-written checkpoint under its final name.
+ */
+#ifndef FINCH_TRAIN_H
+#define FINCH_TRAIN_H
+
+#include "core/core.h"
+#include "peft/peft.h" /* finch_lora */
+
+/* Where a run is: enough to continue it exactly. */
+typedef struct {
+    int64_t step;  /* optimizer steps done */
+    int64_t next;  /* index into the epoch's example order of the next example */
+    int64_t epoch; /* passes over the training set completed */
+    uint64_t seed; /* the run's seed (data order, dropout) */
+} finch_train_pos;
+
+/* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's
+ * moments, l->n_params each. */
+finch_status finch_checkpoint_save(const char *out_dir, const finch_lora *l, const finch_model *model,
+                                   const float *m, const float *v, const finch_train_pos *pos,
+                                   finch_err *err);
+
+/* Reads a checkpoint into an adapter of the same configuration (l->n_params must match),
+ * m, v and *pos. path is a checkpoint directory, or a run directory whose checkpoint with
+ * the highest step is taken. Errors name the file and what does not match. */
+finch_status finch_checkpoint_load(const char *path, finch_lora *l, float *m, float *v,
+                                   finch_train_pos *pos, finch_err *err);
+
+#endif /* FINCH_TRAIN_H */

@@ -358,6 +358,30 @@ FINCH_API finch_status finch_eval_loss(const finch_model *model, const finch_dat
                                        void *user, finch_loss_report *out, finch_err *err);
 
 /* ---------------------------------------------------------------------------------- */
+/* Adapters                                                                             */
+/* ---------------------------------------------------------------------------------- */
+
+typedef struct finch_adapter finch_adapter;
+
+/* Loads a LoRA adapter in the Hugging Face PEFT layout (adapter_config.json +
+ * adapter_model.safetensors) made for this model; errors name the file and what does
+ * not match (shapes of another model, unsupported PEFT options). The caller owns it. */
+FINCH_API finch_status finch_adapter_load(const finch_model *model, const char *dir,
+                                          finch_adapter **out, finch_err *err);
+FINCH_API void finch_adapter_free(finch_adapter *a);
+
+/* Attaches the adapter to the model with a weight on its contribution: generation and
+ * evaluation then run base + adapter. Several adapters can be attached at once (their
+ * contributions add) and detached again, over one loaded base. */
+FINCH_API finch_status finch_adapter_attach(finch_model *model, finch_adapter *a, float weight,
+                                            finch_err *err);
+FINCH_API void finch_adapter_detach(finch_model *model, finch_adapter *a);
+
+/* Writes the adapter as a GGUF LoRA adapter for llama.cpp's --lora. */
+FINCH_API finch_status finch_adapter_export_gguf(const finch_model *model, const finch_adapter *a,
+                                                 const char *path, finch_err *err);
+
+/* ---------------------------------------------------------------------------------- */
 /* Training                                                                             */
 /* ---------------------------------------------------------------------------------- */
 

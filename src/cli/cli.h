@@ -28,6 +28,20 @@ const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i);
  * the error (with what to do for a missing default model) and returns NULL. */
 finch_model *cli_load_model(const char *path);
 
+/* Adapters given as --adapter DIR[:WEIGHT] (weight 1 when absent), at most 8. */
+typedef struct {
+    const char *spec[8];
+    int n;
+    finch_adapter *loaded[8];
+} cli_adapters;
+
+/* Records one --adapter value; a usage error (printed) returns false. */
+bool cli_adapter_add(cli_adapters *a, const char *cmd, const char *value);
+/* Loads and attaches them all; prints the error and returns false on failure. */
+bool cli_adapters_attach(cli_adapters *a, finch_model *m);
+/* Detaches and frees them. */
+void cli_adapters_release(cli_adapters *a, finch_model *m);
+
 /* Applies --threads (or FINCH_THREADS, else 2... the machine's cores). */
 void cli_set_threads(long n);
 

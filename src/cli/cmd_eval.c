@@ -21,6 +21,7 @@ static const char usage_text[] =
     "  --train-on-prompt    count prompt tokens in the loss too\n"
     "  --skip-bad           skip malformed lines (counted) instead of stopping\n"
     "  --numerics MODE      exact (default) or llamacpp\n"
+    "  --adapter DIR[:W]    a PEFT LoRA adapter (repeatable; W weights it, default 1)\n"
     "  --seed S             template sampling seed (default 0)\n"
     "  -t, --threads N      threads\n";
 
@@ -37,6 +38,7 @@ int cmd_eval(int argc, char **argv) {
     long threads = 0, n;
     finch_data_spec spec = {.max_seq_len = 0};
     finch_numerics numerics = FINCH_NUMERICS_EXACT;
+    cli_adapters adapters = {.n = 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
 #define VALUE() if (!(v = cli_flag_value("eval", argc, argv, &i))) return EXIT_USAGE
@@ -76,6 +78,9 @@ int cmd_eval(int argc, char **argv) {
             spec.train_on_prompt = 1;
         } else if (!strcmp(a, "--skip-bad")) {
             spec.skip_bad = 1;
+        } else if (!strcmp(a, "--adapter")) {
+            VALUE();
+            if (!cli_adapter_add(&adapters, "eval", v)) return EXIT_USAGE;
         } else if (!strcmp(a, "--numerics")) {
             VALUE();
             if (!strcmp(v, "exact")) numerics = FINCH_NUMERICS_EXACT;
@@ -104,7 +109,8 @@ int cmd_eval(int argc, char **argv) {
     finch_loss_report r;
     finch_err err;
     int rc = 0;
-    if (finch_eval_loss(m, &spec, numerics, isatty(2) ? progress : NULL, NULL, &r, &err)) {
+    if (!cli_adapters_attach(&adapters, m)) rc = EXIT_FAIL;
+    else if (finch_eval_loss(m, &spec, numerics, isatty(2) ? progress : NULL, NULL, &r, &err)) {
         rc = cli_fail(&err);
     } else {
         printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
@@ -116,6 +122,7 @@ int cmd_eval(int argc, char **argv) {
                    "left to score), %lld malformed lines skipped\n",
                    (long long)r.n_truncated, (long long)r.n_dropped, (long long)r.n_skipped);
     }
+    cli_adapters_release(&adapters, m);
     finch_model_free(m);
     return rc;
 }

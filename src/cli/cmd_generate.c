@@ -20,6 +20,7 @@ static const char usage_text[] =
     "  --chat              format the prompt as a user turn with the model's chat template\n"
     "  --system TEXT       system message for --chat\n"
     "  --stop TEXT         stop when TEXT is generated (repeatable)\n"
+    "  --adapter DIR[:W]   a PEFT LoRA adapter (repeatable; W weights it, default 1)\n"
     "  --numerics MODE     exact: dequantized weights, f32 throughout (default);\n"
     "                      llamacpp: llama.cpp's arithmetic (8-bit activations, f16 KV cache)\n"
     "  -t, --threads N     threads (default: FINCH_THREADS or all cores)\n";
@@ -36,6 +37,7 @@ int cmd_generate(int argc, char **argv) {
     const char *stops[17] = {0};
     int n_stops = 0;
     bool chat = false;
+    cli_adapters adapters = {.n = 0};
     long threads = 0;
     finch_gen_options opt = finch_gen_defaults();
     for (int i = 1; i < argc; i++) {
@@ -87,6 +89,9 @@ int cmd_generate(int argc, char **argv) {
             if (!*v) return cli_usage_error("generate", "--stop: the stop text is empty");
             if (n_stops == 16) return cli_usage_error("generate", "--stop: at most 16 stop strings");
             stops[n_stops++] = v;
+        } else if (!strcmp(a, "--adapter")) {
+            VALUE();
+            if (!cli_adapter_add(&adapters, "generate", v)) return EXIT_USAGE;
         } else if (!strcmp(a, "--numerics")) {
             VALUE();
             if (!strcmp(v, "llamacpp")) opt.numerics = FINCH_NUMERICS_LLAMACPP;
@@ -112,6 +117,10 @@ int cmd_generate(int argc, char **argv) {
     finch_err err;
     char *text = NULL;
     int rc = 0;
+    if (!cli_adapters_attach(&adapters, m)) {
+        rc = EXIT_FAIL;
+        goto done;
+    }
     if (chat) {
         finch_chat_msg msgs[2];
         int n = 0;
@@ -130,6 +139,7 @@ int cmd_generate(int argc, char **argv) {
     fputc('\n', stdout);
 done:
     free(text);
+    cli_adapters_release(&adapters, m);
     finch_model_free(m);
     return rc;
 }

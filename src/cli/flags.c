@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 int cli_fail(const finch_err *err) {
@@ -85,4 +86,40 @@ void cli_set_threads(long n) {
         if (n < 1) n = 1;
     }
     finch_threads_set((int)n);
+}
+
+bool cli_adapter_add(cli_adapters *a, const char *cmd, const char *value) {
+    if (a->n == 8) {
+        cli_usage_error(cmd, "--adapter: at most 8 adapters");
+        return false;
+    }
+    a->spec[a->n++] = value;
+    return true;
+}
+
+bool cli_adapters_attach(cli_adapters *a, finch_model *m) {
+    for (int i = 0; i < a->n; i++) {
+        char dir[4096];
+        double w = 1.0;
+        snprintf(dir, sizeof dir, "%s", a->spec[i]);
+        char *colon = strrchr(dir, ':');
+        if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
+        else w = 1.0;
+        finch_err err;
+        if (finch_adapter_load(m, dir, &a->loaded[i], &err) ||
+            finch_adapter_attach(m, a->loaded[i], (float)w, &err)) {
+            cli_fail(&err);
+            return false;
+        }
+    }
+    return true;
+}
+
+void cli_adapters_release(cli_adapters *a, finch_model *m) {
+    for (int i = 0; i < a->n; i++)
+        if (a->loaded[i]) {
+            finch_adapter_detach(m, a->loaded[i]);
+            finch_adapter_free(a->loaded[i]);
+            a->loaded[i] = NULL;
+        }
 }

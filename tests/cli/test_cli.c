@@ -237,6 +237,20 @@ static void test_train_flags(void **state) {
     m[n] = 0;
     assert_non_null(strstr(m, "\"r\": 2")); /* the file's lora_r */
     free(m);
+    /* the adapter in generate and eval; bad adapters */
+    snprintf(args, sizeof args, "generate -m " TINY " -p 'n 3:' -n 4 --adapter %s", outdir);
+    EXPECT(args, NULL, 0, "");
+    snprintf(args, sizeof args, "generate -m " TINY " -p 'n 3:' -n 4 --adapter %s:0.5 --adapter %s", outdir, outdir);
+    EXPECT(args, NULL, 0, "");
+    snprintf(args, sizeof args, "eval -m " TINY " --data %s --adapter %s", data, outdir);
+    EXPECT(args, NULL, 0, "loss:");
+    snprintf(args, sizeof args, "generate -m " TINY " -p hi --adapter %s/nowhere", tmpdir);
+    EXPECT(args, NULL, 1, "nowhere/adapter_config.json: cannot open");
+    const char *real = real_model();
+    if (real) {
+        snprintf(args, sizeof args, "generate -m %s -p hi --adapter %s", real, outdir);
+        EXPECT(args, NULL, 1, "adapter made for another model?");
+    }
 }
 
 static int setup(void **state) {

@@ -171,7 +171,7 @@ static void test_real_model(void **state) {
 
 static void test_train_flags(void **state) {
     (void)state;
-    char args[2048], data[512], cfg[512], outdir[512];
+    char args[8192], data[512], cfg[512], outdir[512];
     snprintf(data, sizeof data, "%s/train.jsonl", tmpdir);
     FILE *f = fopen(data, "w");
     for (int i = 0; i < 8; i++) fprintf(f, "{\"prompt\": \"n %d:\", \"completion\": \" %d\"}\n", i, i * 2);

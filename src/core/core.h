@@ -165,6 +165,10 @@ typedef finch_status (*finch_write_fn)(FILE *f, void *user, finch_err *err);
 finch_status finch_file_commit(const char *path, finch_write_fn write, void *user,
                                finch_err *err);
 
+/* Creates directory path and its missing parents (like mkdir -p); FINCH_E_IO naming the
+ * part that could not be made. An existing directory is fine. */
+finch_status finch_mkdir_p(const char *path, finch_err *err);
+
 /* Writes n bytes to f, FINCH_E_IO with path on a short write. */
 finch_status finch_fwrite(FILE *f, const void *p, size_t n, const char *path, finch_err *err);
 

@@ -60,6 +60,25 @@ void finch_file_unmap(finch_mapped_file *f) {
     memset(f, 0, sizeof *f);
 }
 
+finch_status finch_mkdir_p(const char *path, finch_err *err) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) return finch_err_set(err, FINCH_E_IO, "%s: bad directory path", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != 0) continue;
+        char c = buf[i];
+        buf[i] = 0;
+        struct stat st;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return finch_err_set(err, FINCH_E_IO, "%s: cannot create %s: %s", path, buf, strerror(errno));
+        if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+            return finch_err_set(err, FINCH_E_IO, "%s: %s exists and is not a directory", path, buf);
+        buf[i] = c;
+    }
+    return FINCH_OK;
+}
+
 finch_status finch_fwrite(FILE *f, const void *p, size_t n, const char *path, finch_err *err) {
     if (n && fwrite(p, 1, n, f) != n)
         return finch_err_set(err, FINCH_E_IO, "%s: write failed: %s", path, strerror(errno));

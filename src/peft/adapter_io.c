@@ -90,16 +90,6 @@ static finch_status write_text(FILE *f, void *user, finch_err *err) {
     return finch_fwrite(f, ctx[0], strlen(ctx[0]), ctx[1], err);
 }
 
-/* Creates dir unless it exists as a directory. */
-static finch_status ensure_dir(const char *dir, finch_err *err) {
-    struct stat sb;
-    if (mkdir(dir, 0777) == 0) return FINCH_OK;
-    if (errno == EEXIST && stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode)) return FINCH_OK;
-    if (errno == EEXIST)
-        return finch_err_set(err, FINCH_E_IO, "%s: exists and is not a directory", dir);
-    return finch_err_set(err, FINCH_E_IO, "%s: cannot create directory: %s", dir, strerror(errno));
-}
-
 static json_t *make_config(const finch_lora *l, const finch_model *m) {
     const finch_lora_config *c = &l->cfg;
     json_t *j = json_object(), *targets = json_array();
@@ -155,7 +145,7 @@ finch_status finch_lora_save_peft(const finch_lora *l, const finch_model *m, con
     finch_st_writer *w = NULL;
     if (strlen(dir) + sizeof CONFIG_NAME + sizeof WEIGHTS_NAME + 2 > sizeof path)
         return finch_err_set(err, FINCH_E_USAGE, "adapter folder '%.200s...': path too long", dir);
-    if ((st = ensure_dir(dir, err))) return st;
+    if ((st = finch_mkdir_p(dir, err))) return st;
 
     if (!(hf = finch_alloc((size_t)l->n_params * sizeof(float), "adapter copy", err)))
         return FINCH_E_NOMEM;

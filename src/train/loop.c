@@ -176,10 +176,7 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     FILE *metrics = NULL;
     bool attached = false;
 
-    if (mkdir(o->out_dir, 0755) != 0 && errno != EEXIST) {
-        st = finch_err_set(err, FINCH_E_IO, "%s: cannot create the output directory: %s", o->out_dir, strerror(errno));
-        goto done;
-    }
+    if ((st = finch_mkdir_p(o->out_dir, err))) goto done;
     if ((st = load_tokens(m, &o->data, o->data.path, max_len, &dtrain, &ts, err))) goto done;
     if (o->val_path) {
         finch_data_spec vspec = o->data;

@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # The main job: sets up (scripts/setup.sh fetches the default model and builds finch),
-# describes the model, measures it on the bundled task (WordNet definitions, held-out
-# validation set) and generates from it with its chat template.
+# fine-tunes the default model with LoRA on the bundled task (WordNet definitions) for a
+# few minutes, then compares the base model and the tuned one on held-out examples:
+# validation loss, and generations beside their references.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+TRAIN=datasets/wordnet/train.jsonl
 VAL=datasets/wordnet/val.jsonl
+RUN=${FINCH_RUN_DIR:-out/wordnet-lora}
+STEPS=${FINCH_STEPS:-60}
 
-echo "== finch info"
-build/finch info
+echo "== the base model"
+build/finch info | head -n 12
 echo
-echo "== finch eval: validation loss on the bundled task (WordNet definitions, chat format)"
-build/finch eval --data "$VAL" --chat --max-examples 100
+echo "== fine-tuning: LoRA r16 on all linear layers, $STEPS steps of 8 examples"
+build/finch train --data "$TRAIN" --val "$VAL" --val-max-examples 100 --chat \
+  --target-modules all-linear --lora-r 16 --lora-alpha 32 --learning-rate 1e-3 \
+  --batch-size 8 --max-steps "$STEPS" --warmup-steps 5 --eval-steps 20 --log-steps 5 \
+  --out "$RUN"
 echo
-echo "== finch generate --chat (greedy): held-out prompts and their references"
-head -n 3 "$VAL" | while IFS= read -r line; do
+echo "== validation loss (100 held-out examples), base and tuned"
+printf 'base:  '; build/finch eval --data "$VAL" --chat --max-examples 100 | grep '^loss'
+printf 'tuned: '; build/finch eval --data "$VAL" --chat --max-examples 100 --adapter "$RUN" | grep '^loss'
+echo
+echo "== held-out prompts: reference, base, tuned (greedy)"
+head -n 4 "$VAL" | while IFS= read -r line; do
   prompt=$(printf '%s' "$line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prompt"])')
   ref=$(printf '%s' "$line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["completion"])')
   echo "prompt:    $prompt"
   echo "reference: $ref"
-  printf 'finch:     '
-  build/finch generate --chat -p "$prompt" -n 48
+  printf 'base:      '; build/finch generate --chat -p "$prompt" -n 40
+  printf 'tuned:     '; build/finch generate --chat -p "$prompt" -n 40 --adapter "$RUN"
   echo
 done
-echo "== finch generate (sampled, plain text)"
-build/finch generate -p "Once upon a time, in a small village by the sea," -n 64 --temp 0.8 --top-k 40 --top-p 0.95 --seed 42

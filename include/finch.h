@@ -381,6 +381,14 @@ FINCH_API void finch_adapter_detach(finch_model *model, finch_adapter *a);
 FINCH_API finch_status finch_adapter_export_gguf(const finch_model *model, const finch_adapter *a,
                                                  const char *path, finch_err *err);
 
+/* Writes the model with the adapters merged into its weights (W + weight * s B A each) as
+ * a GGUF at path, atomically: the merged projections in type_name ("f32", "f16", "bf16",
+ * "q8_0", "q4_0", "q4_1", ...), everything else copied unchanged. weights may be NULL
+ * (all 1). The result loads in finch and llama.cpp like any model. */
+FINCH_API finch_status finch_merge(const finch_model *model, finch_adapter *const *adapters,
+                                   const float *weights, int n_adapters, const char *type_name,
+                                   const char *path, finch_err *err);
+
 /* ---------------------------------------------------------------------------------- */
 /* Training                                                                             */
 /* ---------------------------------------------------------------------------------- */

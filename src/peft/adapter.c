@@ -53,3 +53,5 @@ finch_status finch_adapter_export_gguf(const finch_model *m, const finch_adapter
                                        const char *path, finch_err *err) {
     return finch_lora_save_gguf(a->lora, m, path, err);
 }
+
+finch_lora *finch_adapter_lora(finch_adapter *a) { return a->lora; }

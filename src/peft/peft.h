@@ -125,4 +125,7 @@ finch_status finch_lora_load_peft(const char *dir, const finch_model *m, finch_l
 finch_status finch_lora_save_gguf(const finch_lora *l, const finch_model *m, const char *path,
                                   finch_err *err);
 
+/* The LoRA inside a public adapter handle (borrowed). */
+finch_lora *finch_adapter_lora(finch_adapter *a);
+
 #endif /* FINCH_PEFT_H */

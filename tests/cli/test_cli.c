@@ -246,6 +246,16 @@ static void test_train_flags(void **state) {
     EXPECT(args, NULL, 0, "loss:");
     snprintf(args, sizeof args, "generate -m " TINY " -p hi --adapter %s/nowhere", tmpdir);
     EXPECT(args, NULL, 1, "nowhere/adapter_config.json: cannot open");
+    snprintf(args, sizeof args, "export -m " TINY " --adapter %s --format gguf -o %s/lora.gguf", outdir, tmpdir);
+    EXPECT(args, NULL, 0, "lora.gguf");
+    snprintf(args, sizeof args, "export -m " TINY " --adapter %s --format onnx -o %s/x", outdir, tmpdir);
+    EXPECT(args, NULL, 2, "--format onnx");
+    snprintf(args, sizeof args, "merge -m " TINY " --adapter %s -o %s/merged.gguf --type q4_1", outdir, tmpdir);
+    EXPECT(args, NULL, 0, "merged.gguf");
+    snprintf(args, sizeof args, "info %s/merged.gguf", tmpdir);
+    EXPECT(args, NULL, 0, "q4_1");
+    snprintf(args, sizeof args, "merge -m " TINY " --adapter %s", outdir);
+    EXPECT(args, NULL, 2, "no output");
     const char *real = real_model();
     if (real) {
         snprintf(args, sizeof args, "generate -m %s -p hi --adapter %s", real, outdir);

@@ -185,8 +185,10 @@ static const float *lora_input(const finch_lora_site *s, const float *x, int64_t
                                const finch_linear_ctx *ctx) {
     if (!ctx->training || s->dropout <= 0) return x;
     drop_mask m = mask_of(s, ctx->dropout_seed);
-    for (int64_t i = 0; i < T * s->in; i++) s->xd[i] = kept(&m, i) ? x[i] * m.scale : 0.0f;
-    return s->xd;
+    float *xd = s->xd;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < T * s->in; i++) xd[i] = kept(&m, i) ? x[i] * m.scale : 0.0f;
+    return xd;
 }
 
 static void lora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
@@ -221,6 +223,7 @@ static void lora_backward(const finch_attachment *a, float *dx, const float *dy,
         float *dxd = s->xd;
         be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 0.0f, dxd, s->in);
         drop_mask m = mask_of(s, ctx->dropout_seed);
+#pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < T * s->in; i++)
             if (kept(&m, i)) dx[i] += dxd[i] * m.scale;
     }

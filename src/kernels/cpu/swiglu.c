@@ -27,5 +27,6 @@ void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const 
 }
 
 void finch_cpu_add(float *y, const float *x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""finch vs PyTorch LoRA training speed and peak memory on SmolLM2-135M's shape.
+
+What it does: for each configuration (batch x seq; default 4x128 and 1x512) and each of
+several rounds it starts, one after the other and never at the same time,
+  - finch:   bench/bench_train -m MODEL -b B -T T -n STEPS -t THREADS
+             (LoRA r 16, alpha 32, dropout 0.05, all linear layers, AdamW, over the
+             model's own Q4_1 base; synthetic English text, loss on every position)
+  - PyTorch: this script in worker mode: a plain PyTorch LLaMA of exactly SmolLM2-135M's
+             shape (30 layers, hidden 576, 9 query / 3 KV heads of 64, FFN 1536 SwiGLU,
+             vocab 49152, tied embeddings, RMSNorm eps 1e-5, rotate-half RoPE theta 1e5,
+             causal GQA attention) with LoRA wrappers as PEFT builds them (r 16, alpha 32,
+             dropout 0.05 on the LoRA input, A Kaiming-uniform, B zero, on q,k,v,o,gate,
+             up,down; everything else frozen), random float32 base weights, AdamW over the
+             LoRA parameters, cross-entropy loss on the next token;
+each in a fresh process, so that the peak RSS (getrusage ru_maxrss of the process, which
+each side reports about itself) belongs to that configuration alone. Tokens/s is
+B*T / step time, the median over the steps after 2 warm-up steps; the table shows the
+median over the rounds' medians, and the ratios finch / PyTorch (speed above 1 means
+finch is faster; memory below 1 means finch uses less).
+
+The peer gets its best plain CPU setting (see DESIGN.md, Benchmarks):
+torch.set_num_threads(THREADS) set explicitly and OMP_WAIT_POLICY=PASSIVE in its
+environment (as installed, PyTorch otherwise spins idle OpenMP threads beside OpenBLAS's
+pool and runs 2-2.7x slower here); OMP_NUM_THREADS = THREADS. Attention is written out
+(matmul, mask, softmax, matmul) because Debian's torch 1.13 has no
+scaled_dot_product_attention. The peer's base is float32 while finch trains over the
+4-bit Q4_1 base: the arithmetic differs, the shapes and the trainable set do not.
+
+Usage (from the repository root, after building bench_train):
+    python3 bench/train_vs_pytorch.py [--bench ./build/bench/bench_train] [--model M]
+        [--threads 2] [--configs 4x128,1x512] [--steps 8] [--rounds 1]
+        [--peer-only] [--finch-only] [--json]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_MODEL = os.path.join(os.environ.get("FINCH_CACHE", os.path.expanduser("~/.cache/finch")),
+                             "SmolLM2-135M-Instruct.Q4_1.gguf")
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+WARMUP = 2
+
+# SmolLM2-135M
+N_LAYER, DIM, N_HEAD, N_KV, HEAD_DIM, FFN, VOCAB = 30, 576, 9, 3, 64, 1536, 49152
+EPS, THETA = 1e-5, 100000.0
+LORA_R, LORA_ALPHA, LORA_DROPOUT, LR = 16, 32.0, 0.05, 1e-4
+
+
+def peak_rss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+# ---------------------------------------------------------------- PyTorch worker
+
+def peer_worker(args):
+    """Runs in its own process: trains the PyTorch model and prints one JSON line."""
+    import math
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rss_import = peak_rss_mb()
+
+    class LoraLinear(nn.Module):
+        """PEFT's lora.Linear: base(x) + lora_B(lora_A(dropout(x))) * alpha / r."""
+
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.base_layer = nn.Linear(n_in, n_out, bias=False)
+            self.base_layer.weight.requires_grad_(False)
+            self.lora_dropout = nn.Dropout(LORA_DROPOUT)
+            self.lora_A = nn.Linear(n_in, LORA_R, bias=False)
+            self.lora_B = nn.Linear(LORA_R, n_out, bias=False)
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B.weight)
+            self.scaling = LORA_ALPHA / LORA_R
+
+        def forward(self, x):
+            return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+
+    class RMSNorm(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * self.weight
+
+    def rotate_half(x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+        return torch.cat((-x2, x1), dim=-1)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_layernorm = RMSNorm(DIM)
+            self.q_proj = LoraLinear(DIM, N_HEAD * HEAD_DIM)
+            self.k_proj = LoraLinear(DIM, N_KV * HEAD_DIM)
+            self.v_proj = LoraLinear(DIM, N_KV * HEAD_DIM)
+            self.o_proj = LoraLinear(N_HEAD * HEAD_DIM, DIM)
+            self.post_attention_layernorm = RMSNorm(DIM)
+            self.gate_proj = LoraLinear(DIM, FFN)
+            self.up_proj = LoraLinear(DIM, FFN)
+            self.down_proj = LoraLinear(FFN, DIM)
+
+        def forward(self, x, cos, sin, mask):
+            b, t, _ = x.shape
+            h = self.input_layernorm(x)
+            q = self.q_proj(h).view(b, t, N_HEAD, HEAD_DIM).transpose(1, 2)
+            k = self.k_proj(h).view(b, t, N_KV, HEAD_DIM).transpose(1, 2)
+            v = self.v_proj(h).view(b, t, N_KV, HEAD_DIM).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            k = k.repeat_interleave(N_HEAD // N_KV, dim=1)  # HF repeat_kv
+            v = v.repeat_interleave(N_HEAD // N_KV, dim=1)
+            s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(HEAD_DIM) + mask
+            a = torch.matmul(F.softmax(s, dim=-1), v)
+            x = x + self.o_proj(a.transpose(1, 2).reshape(b, t, N_HEAD * HEAD_DIM))
+            h = self.post_attention_layernorm(x)
+            return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+    class Llama(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = nn.Embedding(VOCAB, DIM)
+            self.embed_tokens.weight.requires_grad_(False)
+            self.layers = nn.ModuleList(Block() for _ in range(N_LAYER))
+            self.norm = RMSNorm(DIM)
+
+        def forward(self, ids, labels):
+            b, t = ids.shape
+            inv = 1.0 / (THETA ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM))
+            ang = torch.outer(torch.arange(t, dtype=torch.float32), inv)
+            ang = torch.cat((ang, ang), dim=-1)
+            cos, sin = ang.cos(), ang.sin()
+            mask = torch.full((t, t), float("-inf")).triu(1)
+            x = self.embed_tokens(ids)
+            for layer in self.layers:
+                x = layer(x, cos, sin, mask)
+            logits = F.linear(self.norm(x), self.embed_tokens.weight)  # tied head
+            return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+
+    model = Llama()
+    with torch.no_grad():  # random base, the scale of a trained model's weights
+        for name, p in model.named_parameters():
+            if not p.requires_grad and "layernorm" not in name and "norm." not in name:
+                p.normal_(0.0, 0.02)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (args.batch, args.seq), generator=g)
+
+    times, losses = [], []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss = model(ids, ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    tok = args.batch * args.seq
+    runs = [tok / dt for dt in times[WARMUP:]]
+    print(json.dumps({"tok_s": statistics.median(runs), "peak_rss_mb": peak_rss_mb(),
+                      "batch": args.batch, "seq": args.seq, "steps": args.steps,
+                      "threads": torch.get_num_threads(), "runs": runs,
+                      "rss_after_import_mb": rss_import, "n_trainable": n_train,
+                      "n_total": n_total, "loss_first": losses[0], "loss_last": losses[-1],
+                      "torch_version": torch.__version__,
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
+
+
+# ---------------------------------------------------------------- driver
+
+def run_json(cmd, env):
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr)
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}")
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        raise SystemExit(f"no JSON line from: {' '.join(cmd)}\n{p.stdout}{p.stderr}")
+    return json.loads(lines[-1])
+
+
+def parse_configs(s):
+    out = []
+    for c in s.split(","):
+        b, t = c.lower().split("x")
+        out.append((int(b), int(t)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bench", default=os.path.join(ROOT, "build", "bench", "bench_train"))
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configs", default="4x128,1x512", help="BATCHxSEQ,... (default 4x128,1x512)")
+    ap.add_argument("--steps", type=int, default=8, help="steps per process, the first 2 untimed")
+    ap.add_argument("--rounds", type=int, default=1, help="fresh processes per engine and config")
+    ap.add_argument("--peer-only", action="store_true", help="skip finch")
+    ap.add_argument("--finch-only", action="store_true", help="skip PyTorch")
+    ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker_peer:
+        peer_worker(args)
+        return
+    if args.steps <= WARMUP:
+        raise SystemExit(f"--steps must be above {WARMUP} (the warm-up steps)")
+    if not args.peer_only and not os.access(args.bench, os.X_OK):
+        raise SystemExit(f"{args.bench} not found: build it (cmake --build build --target "
+                         "bench_train) or pass --bench, or use --peer-only")
+
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    base["OMP_NUM_THREADS"] = str(args.threads)
+    base["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    peer_env = dict(base, OMP_WAIT_POLICY="PASSIVE")
+    finch_env = dict(base)
+    if "OMP_WAIT_POLICY" in os.environ:
+        finch_env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
+    configs = parse_configs(args.configs)
+    engines = [e for e, skip in (("finch", args.peer_only), ("pytorch", args.finch_only)) if not skip]
+    res = {(e, c): [] for e in engines for c in configs}
+    for r in range(args.rounds):
+        for (b, t) in configs:
+            for e in engines:
+                if e == "finch":
+                    cmd = [args.bench, "-m", args.model, "-b", str(b), "-T", str(t),
+                           "-n", str(args.steps), "-t", str(args.threads)]
+                    env = finch_env
+                else:
+                    cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer",
+                           "--batch", str(b), "--seq", str(t), "--steps", str(args.steps),
+                           "--threads", str(args.threads)]
+                    env = peer_env
+                x = run_json(cmd, env)
+                res[(e, (b, t))].append(x)
+                print(f"round {r + 1}/{args.rounds} {b}x{t} {e}: {x['tok_s']:.1f} tok/s, "
+                      f"peak RSS {x['peak_rss_mb']:.0f} MB", file=sys.stderr)
+
+    med = {k: {"tok_s": statistics.median(x["tok_s"] for x in v),
+               "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in v)}
+           for k, v in res.items()}
+    load = os.getloadavg()
+    print(f"LoRA r {LORA_R} alpha {LORA_ALPHA:g} dropout {LORA_DROPOUT}, all linear, AdamW; "
+          f"{args.threads} threads; median of {args.rounds} process(es) per engine and config, "
+          f"each the median of {args.steps - WARMUP} steps after {WARMUP} warm-up; "
+          f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"finch: {os.path.basename(args.model)} (trains over the Q4_1 base); PyTorch peer: "
+          f"random float32 base, OMP_WAIT_POLICY=PASSIVE, set_num_threads({args.threads})")
+    hdr = (f"{'B x T':>8s} {'finch tok/s':>12s} {'torch tok/s':>12s} {'speed f/t':>10s} "
+           f"{'finch MB':>9s} {'torch MB':>9s} {'mem f/t':>8s}")
+    print(hdr)
+    for c in configs:
+        f = med.get(("finch", c))
+        p = med.get(("pytorch", c))
+        cell = lambda d, k, w, fmt: (format(d[k], fmt) if d else "-").rjust(w)
+        sp = f"{f['tok_s'] / p['tok_s']:.2f}x" if f and p else "-"
+        mm = f"{f['peak_rss_mb'] / p['peak_rss_mb']:.2f}" if f and p else "-"
+        print(f"{f'{c[0]}x{c[1]}':>8s} {cell(f, 'tok_s', 12, '.1f')} {cell(p, 'tok_s', 12, '.1f')} "
+              f"{sp:>10s} {cell(f, 'peak_rss_mb', 9, '.0f')} {cell(p, 'peak_rss_mb', 9, '.0f')} "
+              f"{mm:>8s}")
+    if args.json:
+        print(json.dumps({"threads": args.threads, "steps": args.steps, "rounds": args.rounds,
+                          "loadavg": load,
+                          "results": [{"engine": e, "batch": c[0], "seq": c[1], **med[(e, c)],
+                                       "processes": res[(e, c)]} for (e, c) in res]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,9 @@
  *     x_{l+1} = xm + down(h)
  *   logits = head(rmsnorm(x_L) * output_norm)    x_L, xnf, rstdf
  *
+ * The head runs only on the rows that have a target (xg, gathered from xnf): the others
+ * contribute neither loss nor gradient, and with completion-only loss they are most rows.
+ *
  * Backward runs the same list in reverse, each line commented with the forward line it
  * undoes. Residual gradients (dx) accumulate over the two consumers of x; everything else
  * is written. The base weights are frozen: only the linears' attachments (LoRA, ...)
@@ -26,7 +29,9 @@ struct finch_train_acts {
     /* per layer, (N, ...) each */
     float **x, **xn1, **rstd1, **q, **k, **v, **att, **ao, **xm, **xn2, **rstd2, **gate, **up, **h;
     float *xf, *xnf, *rstdf; /* final norm: x_L (N, C) is x[L]; xnf (N, C), rstdf (N) */
-    float *logits;           /* (N, V), turned into its gradient in place */
+    float *logits;           /* (Nt, V) for the Nt rows with a target, then their gradient */
+    float *xg;               /* (Nt, C) the rows of xnf with a target */
+    int32_t *tg, *rows;      /* (Nt) their targets and row indices */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup, *dnorm;
     int32_t *pos;            /* (N) */
@@ -60,7 +65,7 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     } single[] = {{&a->xnf, N * C}, {&a->rstdf, N}, {&a->logits, N * V}, {&a->dx, N * C},
                   {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},  {&a->dq, N * HD},
                   {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},    {&a->dup, N * F},
-                  {&a->dnorm, C},   {&a->xf, N * C}};
+                  {&a->dnorm, C},   {&a->xf, N * C}, {&a->xg, N * C}};
     const size_t n_pl = sizeof per_layer / sizeof per_layer[0], n_s = sizeof single / sizeof single[0];
     /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
     size_t total = 0, sz;
@@ -85,8 +90,10 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
         p += (single[i].n + 15) & ~(size_t)15;
     }
     a->pos = p ? finch_alloc(N * sizeof(int32_t), "positions", err) : NULL;
+    a->tg = a->pos ? finch_alloc(N * sizeof(int32_t), "targets", err) : NULL;
+    a->rows = a->tg ? finch_alloc(N * sizeof(int32_t), "target rows", err) : NULL;
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
-    if (!a->pos || finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T),
+    if (!a->rows || finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T),
                                         finch_threads_get(), 0, err)) {
         finch_train_acts_free(a);
         return err ? err->code : FINCH_E_NOMEM;
@@ -102,6 +109,8 @@ void finch_train_acts_free(finch_train_acts *a) {
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) free(tables[i]);
     finch_afree(a->arena);
     free(a->pos);
+    free(a->tg);
+    free(a->rows);
     finch_workspace_free(&a->ws);
     free(a);
 }
@@ -140,13 +149,24 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         be->add(next, a->xm[l], N * C);
     }
     be->rmsnorm_forward(a->xnf, a->rstdf, a->xf, m->output_norm, N, C, eps);
-    finch_linear_forward_train(a->logits, a->xnf, &m->output, N, &ctx);
-    double loss = be->softmax_xent(backward ? a->logits : NULL, a->logits, targets, N, V, grad_scale);
+    int64_t Nt = 0;
+    for (int64_t i = 0; i < N; i++)
+        if (targets[i] >= 0) {
+            memcpy(a->xg + Nt * C, a->xnf + i * C, (size_t)C * sizeof(float));
+            a->tg[Nt] = targets[i];
+            a->rows[Nt++] = (int32_t)i;
+        }
+    if (Nt == 0) return 0.0;
+    finch_linear_forward_train(a->logits, a->xg, &m->output, Nt, &ctx);
+    double loss = be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg, Nt, V, grad_scale);
     if (!backward) return loss;
 
     /* ---- backward (dx: the gradient of the residual stream) ---- */
-    /* logits = head(xnf) */
-    finch_linear_backward(a->dxn, a->logits, a->xnf, &m->output, N, &ctx);
+    /* logits = head(xg), xg = the target rows of xnf: the other rows get no gradient */
+    finch_linear_backward(a->dt, a->logits, a->xg, &m->output, Nt, &ctx);
+    memset(a->dxn, 0, (size_t)(N * C) * sizeof(float));
+    for (int64_t k = 0; k < Nt; k++)
+        memcpy(a->dxn + (int64_t)a->rows[k] * C, a->dt + k * C, (size_t)C * sizeof(float));
     /* xnf = rmsnorm(x_L) */
     be->rmsnorm_backward(a->dx, a->dnorm, a->dxn, a->rstdf, a->xf, m->output_norm, N, C);
     for (int l = L - 1; l >= 0; l--) {

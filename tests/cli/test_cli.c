@@ -256,6 +256,32 @@ static void test_train_flags(void **state) {
     EXPECT(args, NULL, 0, "q4_1");
     snprintf(args, sizeof args, "merge -m " TINY " --adapter %s", outdir);
     EXPECT(args, NULL, 2, "no output");
+    /* Ctrl-C: the run stops after its current step with a checkpoint, and resumes */
+    char cmd[9000], outfile[600];
+    snprintf(outfile, sizeof outfile, "%s/sigint.txt", tmpdir);
+    snprintf(cmd, sizeof cmd,
+             "%s train -m " TINY " --data %s --out %s/int --max-steps 1000000 --batch-size 1 "
+             ">%s 2>&1 & pid=$!; "
+             "for i in $(seq 300); do [ -e %s/int/metrics.jsonl ] && break; sleep 0.1; done; "
+             "sleep 0.5; kill -INT $pid; wait $pid; echo \"exit $?\" >>%s",
+             FINCH_CLI, data, tmpdir, outfile, tmpdir, outfile);
+    assert_int_equal(system(cmd), 0);
+    size_t len;
+    char *txt = (char *)read_file(outfile, &len);
+    txt = realloc(txt, len + 1);
+    txt[len] = 0;
+    if (!strstr(txt, "interrupted at step") || !strstr(txt, "exit 1")) fail_msg("Ctrl-C run printed:\n%s", txt);
+    const char *at = strstr(txt, "checkpoint saved in ");
+    assert_non_null(at);
+    char ckpt[600];
+    snprintf(ckpt, sizeof ckpt, "%.*s/trainer_state.bin", (int)strcspn(at + 20, " "), at + 20);
+    assert_int_equal(access(ckpt, R_OK), 0);
+    long step = atol(strstr(ckpt, "checkpoint-") + 11);
+    free(txt);
+    assert_true(step >= 1);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/int --batch-size 1 --max-steps %ld --resume %s/int",
+             data, tmpdir, step + 2, tmpdir);
+    EXPECT(args, NULL, 0, "adapter written to");
     const char *real = real_model();
     if (real) {
         snprintf(args, sizeof args, "generate -m %s -p hi --adapter %s", real, outdir);

@@ -42,6 +42,11 @@ bool cli_adapters_attach(cli_adapters *a, finch_model *m);
 /* Detaches and frees them. */
 void cli_adapters_release(cli_adapters *a, finch_model *m);
 
+/* --numerics MODE and --threads N, shared by the commands that run a model: false (a
+ * usage error printed) on a bad value. */
+bool cli_parse_numerics(const char *cmd, const char *v, finch_numerics *out);
+bool cli_parse_threads(const char *cmd, const char *v, long *out);
+
 /* Applies --threads (or FINCH_THREADS, else 2... the machine's cores). */
 void cli_set_threads(long n);
 

@@ -83,9 +83,7 @@ int cmd_eval(int argc, char **argv) {
             if (!cli_adapter_add(&adapters, "eval", v)) return EXIT_USAGE;
         } else if (!strcmp(a, "--numerics")) {
             VALUE();
-            if (!strcmp(v, "exact")) numerics = FINCH_NUMERICS_EXACT;
-            else if (!strcmp(v, "llamacpp")) numerics = FINCH_NUMERICS_LLAMACPP;
-            else return cli_usage_error("eval", "--numerics %s: must be 'exact' or 'llamacpp'", v);
+            if (!cli_parse_numerics("eval", v, &numerics)) return EXIT_USAGE;
         } else if (!strcmp(a, "--seed")) {
             VALUE();
             if (!cli_parse_int(v, 0, __LONG_MAX__, &n))
@@ -93,8 +91,7 @@ int cmd_eval(int argc, char **argv) {
             spec.seed = (uint64_t)n;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             VALUE();
-            if (!cli_parse_int(v, 1, 1024, &threads))
-                return cli_usage_error("eval", "--threads %s: must be from 1 to 1024", v);
+            if (!cli_parse_threads("eval", v, &threads)) return EXIT_USAGE;
         } else {
             return cli_usage_error("eval", "unknown option '%s' (see finch eval --help)", a);
         }

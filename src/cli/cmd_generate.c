@@ -94,13 +94,10 @@ int cmd_generate(int argc, char **argv) {
             if (!cli_adapter_add(&adapters, "generate", v)) return EXIT_USAGE;
         } else if (!strcmp(a, "--numerics")) {
             VALUE();
-            if (!strcmp(v, "llamacpp")) opt.numerics = FINCH_NUMERICS_LLAMACPP;
-            else if (!strcmp(v, "exact")) opt.numerics = FINCH_NUMERICS_EXACT;
-            else return cli_usage_error("generate", "--numerics %s: must be 'exact' or 'llamacpp'", v);
+            if (!cli_parse_numerics("generate", v, &opt.numerics)) return EXIT_USAGE;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             VALUE();
-            if (!cli_parse_int(v, 1, 1024, &threads))
-                return cli_usage_error("generate", "--threads %s: must be from 1 to 1024", v);
+            if (!cli_parse_threads("generate", v, &threads)) return EXIT_USAGE;
         } else {
             return cli_usage_error("generate", "unknown option '%s' (see finch generate --help)", a);
         }

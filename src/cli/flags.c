@@ -123,3 +123,16 @@ void cli_adapters_release(cli_adapters *a, finch_model *m) {
             a->loaded[i] = NULL;
         }
 }
+
+bool cli_parse_numerics(const char *cmd, const char *v, finch_numerics *out) {
+    if (!strcmp(v, "exact")) *out = FINCH_NUMERICS_EXACT;
+    else if (!strcmp(v, "llamacpp")) *out = FINCH_NUMERICS_LLAMACPP;
+    else return cli_usage_error(cmd, "--numerics %s: must be 'exact' or 'llamacpp'", v), false;
+    return true;
+}
+
+bool cli_parse_threads(const char *cmd, const char *v, long *out) {
+    if (!cli_parse_int(v, 1, 1024, out))
+        return cli_usage_error(cmd, "--threads %s: must be from 1 to 1024", v), false;
+    return true;
+}

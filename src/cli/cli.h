@@ -33,6 +33,7 @@ typedef struct {
     const char *spec[8];
     int n;
     finch_adapter *loaded[8];
+    float weight[8]; /* parsed from the specs by cli_adapters_attach */
 } cli_adapters;
 
 /* Records one --adapter value; a usage error (printed) returns false. */

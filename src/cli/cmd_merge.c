@@ -46,17 +46,11 @@ int cmd_merge(int argc, char **argv) {
     if (!m) return EXIT_FAIL;
     int rc = 0;
     finch_err err;
-    float weights[8];
     /* load (attaching is how cli_adapters loads; merging reads the adapters only) */
     if (!cli_adapters_attach(&adapters, m)) {
         rc = EXIT_FAIL;
     } else {
-        for (int i = 0; i < adapters.n; i++) {
-            const char *colon = strrchr(adapters.spec[i], ':');
-            double w = 1;
-            weights[i] = colon && cli_parse_float(colon + 1, -100, 100, &w) ? (float)w : 1.0f;
-        }
-        if (finch_merge(m, adapters.loaded, weights, adapters.n, type, out, &err)) rc = cli_fail(&err);
+        if (finch_merge(m, adapters.loaded, adapters.weight, adapters.n, type, out, &err)) rc = cli_fail(&err);
         else fprintf(stderr, "finch merge: wrote %s\n", out);
     }
     cli_adapters_release(&adapters, m);

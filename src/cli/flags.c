@@ -105,6 +105,7 @@ bool cli_adapters_attach(cli_adapters *a, finch_model *m) {
         char *colon = strrchr(dir, ':');
         if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
         else w = 1.0;
+        a->weight[i] = (float)w;
         finch_err err;
         if (finch_adapter_load(m, dir, &a->loaded[i], &err) ||
             finch_adapter_attach(m, a->loaded[i], (float)w, &err)) {

@@ -181,6 +181,14 @@ typedef struct {
 
 void finch_rng_seed(finch_rng *r, uint64_t seed);
 uint64_t finch_rng_u64(finch_rng *r);
+/* splitmix64's finalizer: a stateless 64-bit mix, for seeds and hashed random masks
+ * derived from (seed, step, index) without keeping generator state. */
+static inline uint64_t finch_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* Uniform in [0, 1) with 24 bits of precision. */
 float finch_rng_float(finch_rng *r);
 

@@ -1,8 +1,9 @@
 /*
  * loss.c: validation loss and perplexity of a model on an instruction dataset: each
  * example runs through an inference session with the logits of every position kept, and
- * the cross-entropy -log softmax(logits)[target] is summed in double over the target
- * positions (those data/ marks for loss: completion and end-of-sequence by default).
+ * the cross-entropy -log softmax(logits)[target] (the backend's fused softmax_xent) is
+ * summed in double over the target positions (those data/ marks for loss: completion and
+ * end-of-sequence by default).
  */
 #include "data/data.h"   /* finch_dataset_load, finch_tokenize_dataset */
 #include "model/model.h" /* struct finch_model: its tokenizer */
@@ -10,14 +11,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* -log softmax(l)[target] over V logits, in double. */
-static double xent(const float *l, int V, int32_t target) {
-    double mx = l[0], sum = 0;
-    for (int v = 1; v < V; v++)
-        if (l[v] > mx) mx = l[v];
-    for (int v = 0; v < V; v++) sum += exp((double)l[v] - mx);
-    return mx + log(sum) - (double)l[target];
-}
 
 finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
                              finch_numerics numerics,
@@ -41,6 +34,7 @@ finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
     finch_token_set ts = {0};
     finch_session *s = NULL;
     float *logits = NULL;
+    int32_t *targets = NULL;
     if ((st = finch_dataset_load(spec->path, &opt, &d, err))) return st;
     n_read = d->n; /* all are freed at the end; only the first max_examples are scored */
     if (spec->max_examples > 0 && d->n > spec->max_examples) d->n = spec->max_examples;
@@ -48,7 +42,9 @@ finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
         goto done;
     const int V = m->cfg.n_vocab;
     if ((st = finch_session_new(m, max_len, numerics, &s, err))) goto done;
-    if (!(logits = finch_alloc((size_t)max_len * V * sizeof(float), "logits", err))) {
+    logits = finch_alloc((size_t)max_len * V * sizeof(float), "logits", err);
+    targets = logits ? finch_alloc((size_t)max_len * sizeof(int32_t), "targets", err) : NULL;
+    if (!targets) {
         st = FINCH_E_NOMEM;
         goto done;
     }
@@ -59,11 +55,13 @@ finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
         finch_session_reset(s);
         /* the last id is never an input whose prediction counts */
         if ((st = finch_session_decode(s, e->ids, e->n - 1, logits, NULL, err))) goto done;
-        for (int32_t k = 0; k + 1 < e->n; k++)
-            if (e->mask[k + 1]) {
-                total += xent(logits + (size_t)k * V, V, e->ids[k + 1]);
-                n_targets++;
-            }
+        int64_t n = 0;
+        for (int32_t k = 0; k + 1 < e->n; k++) {
+            targets[k] = e->mask[k + 1] ? e->ids[k + 1] : -1;
+            n += targets[k] >= 0;
+        }
+        total += m->be->softmax_xent(NULL, logits, targets, e->n - 1, V, 0.0f) * (double)n;
+        n_targets += n;
         if (progress) progress(i + 1, ts.n, user);
     }
     *out = (finch_loss_report){.loss = total / (double)n_targets,
@@ -74,6 +72,7 @@ finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
                                .n_dropped = ts.n_dropped,
                                .n_skipped = d->n_skipped};
 done:
+    free(targets);
     free(logits);
     finch_session_free(s);
     finch_token_set_release(&ts);

@@ -157,11 +157,6 @@ void finch_lora_detach(finch_lora *l, finch_model *m) {
 
 /* ---- dropout -------------------------------------------------------------------------- */
 
-static inline uint64_t mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 /* The keep mask of a site for one step: element i is kept when kept(&m, i). */
 typedef struct {
@@ -170,13 +165,13 @@ typedef struct {
 } drop_mask;
 
 static drop_mask mask_of(const finch_lora_site *s, uint64_t seed) {
-    return (drop_mask){mix(seed ^ mix((uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1)),
+    return (drop_mask){finch_mix64(seed ^ finch_mix64((uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1)),
                        (uint64_t)((double)s->dropout * 18446744073709551616.0),
                        1.0f / (1.0f - s->dropout)};
 }
 
 static inline bool kept(const drop_mask *m, int64_t i) {
-    return mix(m->base + (uint64_t)i) >= m->threshold;
+    return finch_mix64(m->base + (uint64_t)i) >= m->threshold;
 }
 
 /* ---- the attachment -------------------------------------------------------------------- */

@@ -44,12 +44,8 @@ static double now_s(void) {
     return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static uint64_t mix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+/* One splitmix64 step from z: seeds derived from (seed, epoch) and (seed, step). */
+static uint64_t mix64(uint64_t z) { return finch_mix64(z + 0x9e3779b97f4a7c15ull); }
 
 /* order (n) = the example order of epoch e. */
 static void epoch_order(int64_t *order, int64_t n, uint64_t seed, int64_t e) {

@@ -264,6 +264,9 @@ def main():
           f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"finch: {os.path.basename(args.model)} (trains over the Q4_1 base); PyTorch peer: "
           f"random float32 base, OMP_WAIT_POLICY=PASSIVE, set_num_threads({args.threads})")
+    # The peer's matmuls are OpenBLAS's, and OPENBLAS_CORETYPE picks their kernels (an
+    # AVX2 core type on an AVX-512 CPU halves them); finch's tiled matmuls are its own.
+    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset: detected)')}")
     hdr = (f"{'B x T':>8s} {'finch tok/s':>12s} {'torch tok/s':>12s} {'speed f/t':>10s} "
            f"{'finch MB':>9s} {'torch MB':>9s} {'mem f/t':>8s}")
     print(hdr)
@@ -279,6 +282,7 @@ def main():
     if args.json:
         print(json.dumps({"threads": args.threads, "steps": args.steps, "rounds": args.rounds,
                           "loadavg": load,
+                          "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                           "results": [{"engine": e, "batch": c[0], "seq": c[1], **med[(e, c)],
                                        "processes": res[(e, c)]} for (e, c) in res]}))
 

@@ -32,6 +32,9 @@
 extern "C" {
 #endif
 
+/* The library version (finch train records it in run.json). */
+#define FINCH_VERSION "0.1.0"
+
 #if defined(FINCH_BUILD) && defined(__GNUC__)
 #define FINCH_API __attribute__((visibility("default")))
 #else
@@ -96,10 +99,15 @@ typedef struct {
     int64_t weight_bytes; /* bytes of all weights in their storage types */
 } finch_model_config;
 
-/* Loads a model from a GGUF file: maps it read-only, validates every header field and
- * tensor against the file, and builds the tokenizer when the file carries one. The
- * weights stay in the file's storage types. On failure *out is untouched and err says
- * which file and what is wrong. The caller owns *out. */
+/* Loads a model from a GGUF file or a Hugging Face model folder (LLaMA, SmolLM, Mistral or
+ * Qwen2: config.json, model.safetensors or model.safetensors.index.json with its shards,
+ * and tokenizer.json + tokenizer_config.json when present). Maps the weights read-only,
+ * validates every header field, config field and tensor shape, and builds the tokenizer
+ * when there is one. The weights stay in their storage types (a folder's f32, f16 or
+ * bf16; only its q/k projections are copied, to reorder their rows). Configurations finch
+ * cannot compute exactly (rope_scaling, biases other than Qwen2's q/k/v, ...) are refused.
+ * On failure *out is untouched and err says which file and what is wrong. The caller owns
+ * *out. */
 FINCH_API finch_status finch_model_load(const char *path, finch_model **out, finch_err *err);
 
 /* Releases a model and unmaps its file; NULL is allowed. */
@@ -318,6 +326,17 @@ typedef struct {
 FINCH_API finch_status finch_score_set_compute(const finch_score_set *s, int stem,
                                                finch_scores *out, finch_err *err);
 
+/* Writes an HTML report of a training run directory to out_path (atomically): a header
+ * (model, method, final training and validation loss, tokens/s, run time), loss (raw and
+ * smoothed), validation-loss, learning-rate and gradient-norm charts from metrics.jsonl,
+ * metric tables and sample generations from every eval*.json in run_dir and the n_eval
+ * files eval_paths (the schema finch eval --json writes), and the settings in run.json and
+ * adapter_config.json. The page is self-contained (inline CSS and SVG, no scripts) and
+ * escapes all text. Missing files are named on the page; a directory with neither
+ * metrics.jsonl nor an evaluation file, and malformed files (file:line), are errors. */
+FINCH_API finch_status finch_report_write(const char *run_dir, const char *const *eval_paths,
+                                          int n_eval, const char *out_path, finch_err *err);
+
 /* ---------------------------------------------------------------------------------- */
 /* Datasets and loss                                                                    */
 /* ---------------------------------------------------------------------------------- */
@@ -356,6 +375,90 @@ FINCH_API finch_status finch_eval_loss(const finch_model *model, const finch_dat
                                        finch_numerics numerics,
                                        void (*progress)(int64_t done, int64_t total, void *user),
                                        void *user, finch_loss_report *out, finch_err *err);
+
+/* Called after each example with (done, total); may be NULL. */
+typedef void (*finch_progress_fn)(int64_t done, int64_t total, void *user);
+
+/* Generations for a dataset: per example the prompt as the model saw it (template and
+ * chat template applied), the dataset's completion and the model's output, both without
+ * surrounding whitespace. Owned arrays; release with finch_gen_results_release. */
+typedef struct {
+    int64_t n;           /* examples */
+    char **prompts;      /* n */
+    char **references;   /* n */
+    char **outputs;      /* n */
+    int64_t n_tokens;    /* tokens generated, over all examples */
+    int64_t n_cut;       /* generations cut short by the model's context */
+    int64_t n_skipped;   /* malformed lines skipped */
+} finch_gen_results;
+
+/* Generates a completion for every example of the dataset (spec: shape, templates, chat,
+ * max_examples, skip_bad; max_seq_len is not used) with one KV cache reused across
+ * examples: gen's max_tokens, temperature, top-k, top-p and numerics; sampling draws from
+ * a generator seeded with gen->seed and the example's index, so outputs do not depend on
+ * which other examples run. Generation stops at an end-of-generation token, max_tokens,
+ * or a stop string (cut away). An empty reference is FINCH_E_FORMAT naming the line. */
+FINCH_API finch_status finch_eval_generate(const finch_model *model, const finch_data_spec *spec,
+                                           const finch_gen_options *gen, finch_progress_fn progress,
+                                           void *user, finch_gen_results *out, finch_err *err);
+FINCH_API void finch_gen_results_release(finch_gen_results *r);
+
+/* Scores of n predictions against one reference each, as finch_score_set_compute. */
+FINCH_API finch_status finch_scores_compute(const char *const *preds, const char *const *refs,
+                                            size_t n, int stem, finch_scores *out,
+                                            finch_err *err);
+
+/* Log-likelihoods of labels as continuations of a prompt: out[j] is the sum over label j's
+ * tokens of log p(token | prompt, earlier label tokens). The prompt is tokenized with BOS
+ * as the model asks and special tokens parsed, each label as plain text; the prompt runs
+ * through the model once and its KV cache is shared by all labels. A label that
+ * tokenizes to nothing is FINCH_E_USAGE. */
+FINCH_API finch_status finch_label_logprobs(const finch_model *model, finch_numerics numerics,
+                                            const char *prompt, const char *const *labels,
+                                            int n_labels, double *out, finch_err *err);
+
+/* How finch_eval_classify builds prompts and chooses among labels (plain data). */
+typedef struct {
+    const char *const *labels; /* the label set, or NULL: the distinct completions of the file */
+    int n_labels;
+    int k_shot;                /* solved examples put before each prompt (0: zero-shot) */
+    const char *shots_path;    /* JSONL the shots are drawn from (needed when k_shot > 0) */
+} finch_classify_options;
+
+/* The outcome of a classification run. */
+typedef struct {
+    int n_labels;
+    char **labels;      /* n_labels, without surrounding whitespace */
+    int64_t n;          /* examples */
+    int32_t *gold;      /* n: index of the example's label */
+    int32_t *pred;      /* n: index of the most likely label */
+    double *logprob;    /* n x n_labels: summed log-probabilities of the label tokens */
+    double *prob;       /* n x n_labels: exp(logprob) normalised over the label set */
+    double accuracy;    /* fraction of examples with pred == gold */
+    int64_t n_skipped;  /* malformed lines skipped */
+} finch_classify_results;
+
+/* Zero- or few-shot classification by label likelihood. Each example's prompt comes from
+ * its shape's template or the spec's templates, where a template may end with a {label}
+ * slot (the prompt is the text before it); with spec->chat the prompt is a user turn and
+ * the label the assistant's reply. Spaces that end a prompt are moved onto the label, so
+ * that it tokenizes as in running text. The example's completion names its label
+ * (compared without surrounding whitespace). With k_shot > 0, k examples of shots_path
+ * drawn with spec->seed and the example's index (never one equal to the example) precede
+ * the prompt, each as prompt + completion and a blank line (or as earlier chat turns).
+ * Fewer than two labels, duplicates, a label that tokenizes to nothing, or a completion
+ * that is not a label are errors naming the label or file:line. */
+FINCH_API finch_status finch_eval_classify(const finch_model *model, const finch_data_spec *spec,
+                                           const finch_classify_options *opt,
+                                           finch_numerics numerics, finch_progress_fn progress,
+                                           void *user, finch_classify_results *out,
+                                           finch_err *err);
+FINCH_API void finch_classify_results_release(finch_classify_results *r);
+
+/* Writes len bytes of text to path atomically (a temp file flushed, synced and renamed),
+ * as evaluation results are written. */
+FINCH_API finch_status finch_eval_write_file(const char *path, const char *text, size_t len,
+                                             finch_err *err);
 
 /* ---------------------------------------------------------------------------------- */
 /* Adapters                                                                             */
@@ -409,6 +512,8 @@ typedef struct {
     double learning_rate;       /* peak (2e-4) */
     int batch_size;             /* examples per micro-batch (4) */
     int grad_accum;             /* micro-batches per optimizer step (1) */
+    int packing;                /* pack whole examples into rows of max_seq_len tokens, attention
+                                   kept within each example (0: one example per row) */
     int64_t max_steps;          /* optimizer steps; 0: from epochs */
     double epochs;              /* passes over the training set when max_steps is 0 (1) */
     int64_t warmup_steps;       /* linear warmup (0) */

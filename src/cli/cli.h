@@ -51,6 +51,21 @@ bool cli_parse_threads(const char *cmd, const char *v, long *out);
 /* Applies --threads (or FINCH_THREADS, else 2... the machine's cores). */
 void cli_set_threads(long n);
 
+/* A progress line on stderr for a loop over `total` items: on a terminal a bar redrawn in
+ * place (done/total, rate, time left) at most ten times a second; otherwise nothing until
+ * cli_progress_end prints one plain summary line. */
+typedef struct {
+    const char *label; /* what runs, e.g. "eval base" */
+    int64_t total, done;
+    double t0, last_draw; /* seconds (monotonic clock) */
+    bool tty;
+} cli_progress;
+
+void cli_progress_begin(cli_progress *p, const char *label, int64_t total);
+void cli_progress_update(cli_progress *p, int64_t done);
+/* Ends the line (terminal) or prints "label: N items in T s (R/s)" (otherwise). */
+void cli_progress_end(cli_progress *p);
+
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
@@ -59,5 +74,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 #endif /* FINCH_CLI_H */

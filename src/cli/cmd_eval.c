@@ -1,47 +1,331 @@
 /*
- * cmd_eval.c: `finch eval`: measures a model on a dataset. --task loss reports the mean
- * cross-entropy and perplexity over the completion tokens.
+ * cmd_eval.c: `finch eval`: measures a model, with or without adapters, on a dataset.
+ *   --task loss      mean cross-entropy and perplexity over the completion tokens
+ *   --task generate  a completion per example, scored against the dataset's (ROUGE, BLEU,
+ *                    exact match, token F1)
+ *   --task classify  the most likely of a set of labels per example: accuracy, per-label
+ *                    mean probabilities, confusion counts
+ * Systems: the base model with all adapters attached, or with --compare the base model
+ * alone and each adapter alone, side by side with deltas against the base. --general
+ * runs a second dataset on the same systems (to see what fine-tuning cost elsewhere).
+ * --json writes everything in the evaluation schema `finch report` reads.
  */
 #include "cli.h"
 
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static const char usage_text[] =
-    "usage: finch eval [-m MODEL] --data FILE [--task loss] [options]\n"
-    "  -m, --model FILE     GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
-    "  --data FILE          JSONL dataset (prompt/completion, Alpaca, Dolly or chat lines)\n"
-    "  --task loss          mean cross-entropy and perplexity over completion tokens\n"
-    "  --format NAME        auto (default), completion, alpaca, dolly, chat\n"
-    "  --template TEXT      prompt template with {field} placeholders (repeatable: sampled)\n"
-    "  --chat               wrap prompts in the model's chat template\n"
-    "  --max-seq-len N      tokens per example at most, 2..context (default 256 or the context)\n"
-    "  --max-examples N     score only the first N examples\n"
-    "  --train-on-prompt    count prompt tokens in the loss too\n"
-    "  --skip-bad           skip malformed lines (counted) instead of stopping\n"
-    "  --numerics MODE      exact (default) or llamacpp\n"
-    "  --adapter DIR[:W]    a PEFT LoRA adapter (repeatable; W weights it, default 1)\n"
-    "  --seed S             template sampling seed (default 0)\n"
-    "  -t, --threads N      threads\n";
+    "usage: finch eval [-m MODEL] --data FILE [--task loss|generate|classify] [options]\n"
+    "  -m, --model FILE       GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
+    "  --data FILE            JSONL dataset (prompt/completion, Alpaca, Dolly or chat lines)\n"
+    "  --task NAME            loss (default): cross-entropy and perplexity of the completions\n"
+    "                         generate: generate and score against the completions\n"
+    "                         classify: pick the most likely label per example\n"
+    "  --format NAME          auto (default), completion, alpaca, dolly, chat\n"
+    "  --template TEXT        prompt template with {field} placeholders (repeatable: sampled);\n"
+    "                         for classify it may end with {label}\n"
+    "  --chat                 wrap prompts in the model's chat template\n"
+    "  --max-examples N       evaluate only the first N examples\n"
+    "  --seed S               template sampling, sampling and shot choice (default 0)\n"
+    "  --adapter DIR[:W]      a PEFT LoRA adapter (repeatable; W weights it, default 1)\n"
+    "  --compare              base and each adapter as separate systems, side by side\n"
+    "  --json FILE            write the results as JSON (for finch report)\n"
+    "  --numerics MODE        exact (default) or llamacpp\n"
+    "  -t, --threads N        threads\n"
+    "loss:\n"
+    "  --max-seq-len N        tokens per example at most (default 256 or the context)\n"
+    "  --train-on-prompt      count prompt tokens in the loss too\n"
+    "  --skip-bad             skip malformed lines (counted) instead of stopping\n"
+    "generate:\n"
+    "  --metrics LIST         rouge,bleu,em,f1 (default rouge,bleu)\n"
+    "  --max-new-tokens N     tokens to generate per example at most (default 64)\n"
+    "  --temperature T        0 = greedy (default)\n"
+    "  --top-k K, --top-p P   sampling filters (default off)\n"
+    "  --samples N            examples shown in the JSON with every system's output (3)\n"
+    "classify:\n"
+    "  --labels A,B,...       the label set (default: the dataset's distinct completions)\n"
+    "  --k-shot K             solved examples put before each prompt (default 0)\n"
+    "  --shots-from FILE      JSONL the shots are drawn from (never the example itself)\n"
+    "general dataset:\n"
+    "  --general FILE         also evaluate this dataset on the same systems\n"
+    "  --general-task NAME    its task: loss (default), generate or classify\n"
+    "  --general-max-examples N   its examples (default 100)\n";
 
-static void progress(int64_t done, int64_t total, void *user) {
-    (void)user;
-    if (done == total || done % 10 == 0) {
-        fprintf(stderr, "\rfinch eval: %lld/%lld examples", (long long)done, (long long)total);
-        if (done == total) fputc('\n', stderr);
+enum { M_ROUGE = 1, M_BLEU = 2, M_EM = 4, M_F1 = 8 };
+enum { MAX_SYSTEMS = 9, MAX_ROWS = 16 };
+
+typedef struct {
+    char name[256];
+    int adapters[8]; /* indices into the loaded adapters */
+    int n_adapters;
+} sys_t;
+
+/* One dataset's results: metric rows x systems, for the table. */
+typedef struct {
+    const char *path, *task;
+    const char *key[MAX_ROWS];
+    double val[MAX_ROWS][MAX_SYSTEMS];
+    int n_rows;
+    int64_t n_examples;
+} table_t;
+
+typedef struct {
+    finch_model *m;
+    cli_adapters *ad;
+    sys_t sys[MAX_SYSTEMS];
+    int n_sys;
+    finch_numerics numerics;
+    int metrics, n_samples;
+    finch_gen_options gen;
+    finch_classify_options cls;
+    json_t *j_metrics, *j_samples; /* NULL without --json */
+} ctx_t;
+
+static void progress_cb(int64_t done, int64_t total, void *user) {
+    cli_progress *p = user;
+    p->total = total;
+    cli_progress_update(p, done);
+}
+
+static void put(table_t *t, json_t *obj, int s, const char *key, double v) {
+    int r = 0;
+    while (r < t->n_rows && strcmp(t->key[r], key)) r++;
+    if (r == t->n_rows) {
+        if (r == MAX_ROWS) return;
+        t->key[t->n_rows++] = key;
+        for (int k = 0; k < MAX_SYSTEMS; k++) t->val[r][k] = NAN;
+    }
+    t->val[r][s] = v;
+    if (obj) json_object_set_new(obj, key, json_real(v));
+}
+
+static bool valid_task(const char *t) {
+    return !strcmp(t, "loss") || !strcmp(t, "generate") || !strcmp(t, "classify");
+}
+
+/* Runs task on spec for system s; fills its column of t and its JSON metrics object. */
+static int run_one(ctx_t *c, const finch_data_spec *spec, const char *task, int s, table_t *t,
+                   json_t *obj, bool main_set) {
+    char label[320];
+    const char *base = strrchr(spec->path, '/');
+    snprintf(label, sizeof label, "eval %s on %s", c->sys[s].name, base ? base + 1 : spec->path);
+    cli_progress p;
+    cli_progress_begin(&p, label, spec->max_examples > 0 ? spec->max_examples : 0);
+    finch_err err;
+    int rc = 0;
+    if (!strcmp(task, "loss")) {
+        finch_loss_report r;
+        if (finch_eval_loss(c->m, spec, c->numerics, progress_cb, &p, &r, &err))
+            return cli_fail(&err);
+        cli_progress_end(&p);
+        t->n_examples = r.n_examples;
+        printf("%s on %s:\n", c->sys[s].name, spec->path);
+        printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
+               (long long)r.n_targets);
+        printf("loss:         %.4f\n", r.loss);
+        printf("perplexity:   %.3f\n", r.perplexity);
+        if (r.n_truncated || r.n_dropped || r.n_skipped)
+            printf("warnings:     %lld truncated to the maximum length, %lld dropped (nothing "
+                   "left to score), %lld malformed lines skipped\n",
+                   (long long)r.n_truncated, (long long)r.n_dropped, (long long)r.n_skipped);
+        put(t, obj, s, "loss", r.loss);
+        put(t, obj, s, "ppl", r.perplexity);
+    } else if (!strcmp(task, "generate")) {
+        finch_gen_results g;
+        finch_gen_options gen = c->gen;
+        gen.numerics = c->numerics;
+        if (finch_eval_generate(c->m, spec, &gen, progress_cb, &p, &g, &err)) return cli_fail(&err);
+        cli_progress_end(&p);
+        finch_scores sc;
+        if (finch_scores_compute((const char *const *)g.outputs, (const char *const *)g.references,
+                                 (size_t)g.n, 0, &sc, &err)) {
+            finch_gen_results_release(&g);
+            return cli_fail(&err);
+        }
+        t->n_examples = g.n;
+        if (c->metrics & M_ROUGE) {
+            put(t, obj, s, "rouge1", sc.rouge[FINCH_ROUGE_1].f1);
+            put(t, obj, s, "rouge2", sc.rouge[FINCH_ROUGE_2].f1);
+            put(t, obj, s, "rougeL", sc.rouge[FINCH_ROUGE_L].f1);
+            put(t, obj, s, "rougeLsum", sc.rouge[FINCH_ROUGE_LSUM].f1);
+        }
+        if (c->metrics & M_BLEU) put(t, obj, s, "bleu", sc.bleu.score);
+        if (c->metrics & M_EM) put(t, obj, s, "em", sc.exact_match);
+        if (c->metrics & M_F1) put(t, obj, s, "f1", sc.token_f1);
+        /* the first examples with every system's output */
+        for (int64_t i = 0; main_set && c->j_samples && i < g.n && i < c->n_samples; i++) {
+            json_t *smp = json_array_get(c->j_samples, (size_t)i);
+            if (!smp) {
+                smp = json_pack("{s:s, s:s, s:{}}", "prompt", g.prompts[i], "reference",
+                                g.references[i], "outputs");
+                json_array_append_new(c->j_samples, smp);
+            }
+            json_object_set_new(json_object_get(smp, "outputs"), c->sys[s].name,
+                                json_string(g.outputs[i]));
+        }
+        finch_gen_results_release(&g);
+    } else {
+        finch_classify_results r;
+        if (finch_eval_classify(c->m, spec, &c->cls, c->numerics, progress_cb, &p, &r, &err))
+            return cli_fail(&err);
+        cli_progress_end(&p);
+        t->n_examples = r.n;
+        put(t, obj, s, "accuracy", r.accuracy);
+        /* per label: examples, recall, mean probability; confusion gold x predicted */
+        const int L = r.n_labels;
+        int64_t *conf = calloc((size_t)L * L, sizeof *conf);
+        double *mean = calloc((size_t)L, sizeof *mean);
+        if (!conf || !mean) {
+            free(conf);
+            free(mean);
+            finch_classify_results_release(&r);
+            fprintf(stderr, "finch: error: out of memory\n");
+            return EXIT_FAIL;
+        }
+        for (int64_t i = 0; i < r.n; i++) {
+            conf[(size_t)r.gold[i] * L + r.pred[i]]++;
+            for (int j = 0; j < L; j++) mean[j] += r.prob[(size_t)i * L + j] / (double)r.n;
+        }
+        printf("%s on %s: accuracy %.4f over %lld examples\n", c->sys[s].name, spec->path,
+               r.accuracy, (long long)r.n);
+        printf("  %-20s %8s %8s %10s   predicted:", "label", "examples", "recall", "mean p");
+        for (int j = 0; j < L && j < 12; j++) printf(" %6.6s", r.labels[j]);
+        printf("\n");
+        json_t *pl = json_array(), *mat = json_array(), *names = json_array();
+        for (int g = 0; g < L; g++) {
+            int64_t ng = 0;
+            for (int j = 0; j < L; j++) ng += conf[(size_t)g * L + j];
+            double recall = ng ? (double)conf[(size_t)g * L + g] / (double)ng : NAN;
+            printf("  %-20.20s %8lld %8.4f %10.4f              ", r.labels[g], (long long)ng,
+                   recall, mean[g]);
+            json_t *row = json_array();
+            for (int j = 0; j < L; j++) {
+                if (j < 12) printf(" %6lld", (long long)conf[(size_t)g * L + j]);
+                json_array_append_new(row, json_integer(conf[(size_t)g * L + j]));
+            }
+            printf("\n");
+            json_array_append_new(mat, row);
+            json_array_append_new(names, json_string(r.labels[g]));
+            json_array_append_new(pl, json_pack("{s:s, s:I, s:o, s:f}", "label", r.labels[g], "n",
+                                                (json_int_t)ng, "recall",
+                                                isnan(recall) ? json_null() : json_real(recall),
+                                                "mean_prob", mean[g]));
+        }
+        if (obj) {
+            json_object_set_new(obj, "per_label", pl);
+            json_object_set_new(obj, "confusion",
+                                json_pack("{s:o, s:o}", "labels", names, "matrix", mat));
+        } else {
+            json_decref(pl);
+            json_decref(mat);
+            json_decref(names);
+        }
+        free(conf);
+        free(mean);
+        finch_classify_results_release(&r);
+    }
+    return rc;
+}
+
+/* Attaches system s's adapters (and only those). */
+static int select_system(ctx_t *c, int s) {
+    for (int i = 0; i < c->ad->n; i++) finch_adapter_detach(c->m, c->ad->loaded[i]);
+    for (int k = 0; k < c->sys[s].n_adapters; k++) {
+        int i = c->sys[s].adapters[k];
+        finch_err err;
+        if (finch_adapter_attach(c->m, c->ad->loaded[i], c->ad->weight[i], &err))
+            return cli_fail(&err);
+    }
+    return 0;
+}
+
+static void print_table(const ctx_t *c, const table_t *t) {
+    bool delta = c->n_sys > 1 && c->sys[0].n_adapters == 0;
+    printf("\n%s (%s, %lld examples)\n", t->path, t->task, (long long)t->n_examples);
+    printf("%-10s", "metric");
+    for (int s = 0; s < c->n_sys; s++) printf(" %14.14s", c->sys[s].name);
+    for (int s = 1; delta && s < c->n_sys; s++) printf(" %14.14s", "delta");
+    printf("\n");
+    for (int r = 0; r < t->n_rows; r++) {
+        printf("%-10s", t->key[r]);
+        for (int s = 0; s < c->n_sys; s++) printf(" %14.4f", t->val[r][s]);
+        for (int s = 1; delta && s < c->n_sys; s++) printf(" %+14.4f", t->val[r][s] - t->val[r][0]);
+        printf("\n");
     }
 }
 
+/* The name of a system: the last path component of its first adapter directory. */
+static void system_name(char *buf, size_t n, const char *spec) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", spec);
+    char *colon = strrchr(dir, ':');
+    double w;
+    if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/') dir[--len] = 0;
+    const char *slash = strrchr(dir, '/');
+    snprintf(buf, n, "%s", slash && slash[1] ? slash + 1 : dir);
+}
+
+static bool parse_metrics(const char *v, int *out) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", v);
+    *out = 0;
+    for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(tok, "rouge"))
+            *out |= M_ROUGE;
+        else if (!strcmp(tok, "bleu"))
+            *out |= M_BLEU;
+        else if (!strcmp(tok, "em"))
+            *out |= M_EM;
+        else if (!strcmp(tok, "f1"))
+            *out |= M_F1;
+        else
+            return cli_usage_error("eval",
+                                   "--metrics: unknown metric '%s' (use rouge, bleu, em, f1)", tok),
+                   false;
+    }
+    if (!*out) return cli_usage_error("eval", "--metrics '%s' names no metric", v), false;
+    return true;
+}
+
+/* Splits --labels A,B,C in place; false (printed) on an empty entry or too many. */
+static bool parse_labels(char *v, const char **labels, int *n) {
+    *n = 0;
+    for (char *p = v;;) {
+        char *comma = strchr(p, ',');
+        if (comma) *comma = 0;
+        if (!*p) return cli_usage_error("eval", "--labels: label %d is empty", *n + 1), false;
+        if (*n == 256) return cli_usage_error("eval", "--labels: at most 256 labels"), false;
+        labels[(*n)++] = p;
+        if (!comma) break;
+        p = comma + 1;
+    }
+    return true;
+}
+
 int cmd_eval(int argc, char **argv) {
-    const char *path = NULL, *task = "loss", *templates[16];
-    long threads = 0, n;
+    const char *path = NULL, *task = "loss", *templates[16], *json_out = NULL;
+    const char *general = NULL, *general_task = "loss", *labels[256];
+    char labels_buf[8192];
+    long threads = 0, n, general_max = 100;
+    double f;
+    bool compare = false, metrics_given = false;
     finch_data_spec spec = {.max_seq_len = 0};
-    finch_numerics numerics = FINCH_NUMERICS_EXACT;
     cli_adapters adapters = {.n = 0};
+    ctx_t c = {.numerics = FINCH_NUMERICS_EXACT,
+               .metrics = M_ROUGE | M_BLEU,
+               .n_samples = 3,
+               .gen = finch_gen_defaults()};
+    c.gen.max_tokens = 64;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-#define VALUE() if (!(v = cli_flag_value("eval", argc, argv, &i))) return EXIT_USAGE
+#define VALUE()                                                                                    \
+    if (!(v = cli_flag_value("eval", argc, argv, &i))) return EXIT_USAGE
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return 0;
@@ -81,44 +365,206 @@ int cmd_eval(int argc, char **argv) {
         } else if (!strcmp(a, "--adapter")) {
             VALUE();
             if (!cli_adapter_add(&adapters, "eval", v)) return EXIT_USAGE;
+        } else if (!strcmp(a, "--compare")) {
+            compare = true;
+        } else if (!strcmp(a, "--json")) {
+            VALUE();
+            json_out = v;
         } else if (!strcmp(a, "--numerics")) {
             VALUE();
-            if (!cli_parse_numerics("eval", v, &numerics)) return EXIT_USAGE;
+            if (!cli_parse_numerics("eval", v, &c.numerics)) return EXIT_USAGE;
         } else if (!strcmp(a, "--seed")) {
             VALUE();
             if (!cli_parse_int(v, 0, __LONG_MAX__, &n))
                 return cli_usage_error("eval", "--seed %s: must be an integer >= 0", v);
-            spec.seed = (uint64_t)n;
+            spec.seed = c.gen.seed = (uint64_t)n;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             VALUE();
             if (!cli_parse_threads("eval", v, &threads)) return EXIT_USAGE;
+        } else if (!strcmp(a, "--metrics")) {
+            VALUE();
+            if (!parse_metrics(v, &c.metrics)) return EXIT_USAGE;
+            metrics_given = true;
+        } else if (!strcmp(a, "--max-new-tokens")) {
+            VALUE();
+            if (!cli_parse_int(v, 1, 1 << 20, &n))
+                return cli_usage_error("eval", "--max-new-tokens %s: must be an integer >= 1", v);
+            c.gen.max_tokens = (int)n;
+        } else if (!strcmp(a, "--temperature") || !strcmp(a, "--temp")) {
+            VALUE();
+            if (!cli_parse_float(v, 0, 100, &f))
+                return cli_usage_error("eval", "%s %s: must be a number from 0 to 100", a, v);
+            c.gen.temperature = (float)f;
+        } else if (!strcmp(a, "--top-k")) {
+            VALUE();
+            if (!cli_parse_int(v, 0, 1 << 30, &n))
+                return cli_usage_error("eval", "--top-k %s: must be an integer >= 0", v);
+            c.gen.top_k = (int)n;
+        } else if (!strcmp(a, "--top-p")) {
+            VALUE();
+            if (!cli_parse_float(v, 0, 1, &f) || f <= 0)
+                return cli_usage_error("eval", "--top-p %s: must be in (0, 1]", v);
+            c.gen.top_p = (float)f;
+        } else if (!strcmp(a, "--samples")) {
+            VALUE();
+            if (!cli_parse_int(v, 0, 1000, &n))
+                return cli_usage_error("eval", "--samples %s: must be from 0 to 1000", v);
+            c.n_samples = (int)n;
+        } else if (!strcmp(a, "--labels")) {
+            VALUE();
+            if (strlen(v) >= sizeof labels_buf)
+                return cli_usage_error("eval", "--labels: the list is too long");
+            strcpy(labels_buf, v);
+            if (!parse_labels(labels_buf, labels, &c.cls.n_labels)) return EXIT_USAGE;
+            c.cls.labels = labels;
+        } else if (!strcmp(a, "--k-shot")) {
+            VALUE();
+            if (!cli_parse_int(v, 0, 64, &n))
+                return cli_usage_error("eval", "--k-shot %s: must be an integer from 0 to 64", v);
+            c.cls.k_shot = (int)n;
+        } else if (!strcmp(a, "--shots-from")) {
+            VALUE();
+            c.cls.shots_path = v;
+        } else if (!strcmp(a, "--general")) {
+            VALUE();
+            general = v;
+        } else if (!strcmp(a, "--general-task")) {
+            VALUE();
+            general_task = v;
+        } else if (!strcmp(a, "--general-max-examples")) {
+            VALUE();
+            if (!cli_parse_int(v, 1, __LONG_MAX__, &general_max))
+                return cli_usage_error("eval", "--general-max-examples %s: must be an integer >= 1",
+                                       v);
         } else {
             return cli_usage_error("eval", "unknown option '%s' (see finch eval --help)", a);
         }
 #undef VALUE
     }
     if (!spec.path) return cli_usage_error("eval", "no dataset: give one with --data FILE");
-    if (strcmp(task, "loss"))
-        return cli_usage_error("eval", "--task %s: this build evaluates 'loss'", task);
+    if (!valid_task(task))
+        return cli_usage_error("eval", "--task %s: unknown task (use loss, generate or classify)",
+                               task);
+    if (!valid_task(general_task))
+        return cli_usage_error("eval",
+                               "--general-task %s: unknown task (use loss, generate or classify)",
+                               general_task);
+    if (metrics_given && strcmp(task, "generate") && strcmp(general_task, "generate"))
+        return cli_usage_error("eval", "--metrics applies to --task generate only");
+    if (c.cls.k_shot > 0 && !c.cls.shots_path)
+        return cli_usage_error("eval", "--k-shot %d needs --shots-from FILE to draw the shots from",
+                               c.cls.k_shot);
+    if (compare && adapters.n == 0)
+        return cli_usage_error(
+            "eval", "--compare needs at least one --adapter to compare with the base model");
+    if (compare && adapters.n + 1 > MAX_SYSTEMS)
+        return cli_usage_error("eval", "--compare: at most %d adapters", MAX_SYSTEMS - 1);
+
+    /* the systems */
+    if (compare || adapters.n == 0) {
+        snprintf(c.sys[c.n_sys++].name, sizeof c.sys[0].name, "base");
+        for (int i = 0; compare && i < adapters.n; i++, c.n_sys++) {
+            system_name(c.sys[c.n_sys].name, sizeof c.sys[0].name, adapters.spec[i]);
+            c.sys[c.n_sys].adapters[0] = i;
+            c.sys[c.n_sys].n_adapters = 1;
+        }
+    } else {
+        system_name(c.sys[0].name, sizeof c.sys[0].name, adapters.spec[0]);
+        for (int i = 0; i < adapters.n; i++) c.sys[0].adapters[i] = i;
+        c.sys[0].n_adapters = adapters.n;
+        c.n_sys = 1;
+    }
+    for (int s = 1; s < c.n_sys; s++) /* names must differ to be JSON keys */
+        for (int k = 0; k < s; k++)
+            if (!strcmp(c.sys[s].name, c.sys[k].name)) {
+                size_t len = strlen(c.sys[s].name);
+                if (len > sizeof c.sys[s].name - 8) len = sizeof c.sys[s].name - 8;
+                snprintf(c.sys[s].name + len, 8, "#%d", s % 10);
+                break;
+            }
+
     cli_set_threads(threads);
     finch_model *m = cli_load_model(path);
     if (!m) return EXIT_FAIL;
-    finch_loss_report r;
-    finch_err err;
+    c.m = m;
+    c.ad = &adapters;
     int rc = 0;
-    if (!cli_adapters_attach(&adapters, m)) rc = EXIT_FAIL;
-    else if (finch_eval_loss(m, &spec, numerics, isatty(2) ? progress : NULL, NULL, &r, &err)) {
-        rc = cli_fail(&err);
-    } else {
-        printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
-               (long long)r.n_targets);
-        printf("loss:         %.4f\n", r.loss);
-        printf("perplexity:   %.3f\n", r.perplexity);
-        if (r.n_truncated || r.n_dropped || r.n_skipped)
-            printf("warnings:     %lld truncated to the maximum length, %lld dropped (nothing "
-                   "left to score), %lld malformed lines skipped\n",
-                   (long long)r.n_truncated, (long long)r.n_dropped, (long long)r.n_skipped);
+    json_t *root = NULL, *j_sys = NULL;
+    table_t tables[2] = {{.path = spec.path, .task = task},
+                         {.path = general, .task = general_task}};
+    finch_data_spec gspec = {.path = general,
+                             .chat = spec.chat,
+                             .max_examples = general_max,
+                             .seed = spec.seed,
+                             .max_seq_len = spec.max_seq_len};
+    if (!cli_adapters_attach(&adapters, m)) {
+        rc = EXIT_FAIL;
+        goto done;
     }
+    if (json_out) {
+        c.j_metrics = json_array();
+        c.j_samples = json_array();
+        j_sys = json_array();
+        for (int s = 0; s < c.n_sys; s++) {
+            json_t *list = json_array();
+            for (int k = 0; k < c.sys[s].n_adapters; k++) {
+                char dir[4096];
+                int i = c.sys[s].adapters[k];
+                snprintf(dir, sizeof dir, "%s", adapters.spec[i]);
+                char *colon = strrchr(dir, ':');
+                double w;
+                if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
+                json_array_append_new(list, json_pack("{s:s, s:f}", "path", dir, "weight",
+                                                      (double)adapters.weight[i]));
+            }
+            json_array_append_new(j_sys,
+                                  json_pack("{s:s, s:o}", "name", c.sys[s].name, "adapters", list));
+        }
+    }
+    for (int s = 0; s < c.n_sys && !rc; s++) {
+        if ((rc = select_system(&c, s))) break;
+        for (int d = 0; d < (general ? 2 : 1) && !rc; d++) {
+            json_t *obj = NULL;
+            if (c.j_metrics) {
+                obj = json_pack("{s:s, s:s, s:s}", "system", c.sys[s].name, "data", tables[d].path,
+                                "task", tables[d].task);
+                json_array_append_new(c.j_metrics, obj);
+            }
+            rc = run_one(&c, d ? &gspec : &spec, tables[d].task, s, &tables[d], obj, d == 0);
+        }
+    }
+    if (rc) goto done;
+    for (int d = 0; d < (general ? 2 : 1); d++) print_table(&c, &tables[d]);
+    if (json_out) {
+        char model_path[4096];
+        finch_err err;
+        if (path)
+            snprintf(model_path, sizeof model_path, "%s", path);
+        else if (finch_default_model_path(model_path, sizeof model_path, &err))
+            model_path[0] = 0;
+        root = json_pack("{s:s, s:s, s:s, s:I, s:I, s:O, s:O, s:O}", "task", task, "model",
+                         model_path, "data", spec.path, "n_examples",
+                         (json_int_t)tables[0].n_examples, "seed", (json_int_t)spec.seed, "systems",
+                         j_sys, "metrics", c.j_metrics, "samples", c.j_samples);
+        char *text = root ? json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
+        if (!text) {
+            fprintf(stderr, "finch: error: out of memory writing %s\n", json_out);
+            rc = EXIT_FAIL;
+        } else {
+            size_t len = strlen(text);
+            text[len] = '\n'; /* json_dumps leaves no final newline: replace the NUL */
+            if (finch_eval_write_file(json_out, text, len + 1, &err))
+                rc = cli_fail(&err);
+            else
+                printf("\nwrote %s\n", json_out);
+            free(text);
+        }
+    }
+done:
+    json_decref(root);
+    json_decref(j_sys);
+    json_decref(c.j_metrics);
+    json_decref(c.j_samples);
     cli_adapters_release(&adapters, m);
     finch_model_free(m);
     return rc;

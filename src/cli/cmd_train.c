@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char usage_text[] =
@@ -26,6 +28,7 @@ static const char usage_text[] =
     "  --max-examples N       use the first N training examples\n"
     "  --train-on-prompt      loss on prompt tokens too (default: completion only)\n"
     "  --skip-bad             skip malformed lines (counted) instead of stopping\n"
+    "  --packing              pack several examples into each row of --max-seq-len tokens\n"
     "method:\n"
     "  --method lora          (default)\n"
     "  --lora-r N (8)  --lora-alpha A (16)  --lora-dropout P (0.05)  --use-rslora\n"
@@ -109,6 +112,7 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
     else if (!strcmp(key, "max-examples")) INT(o->data.max_examples, 1, __LONG_MAX__);
     else if (!strcmp(key, "train-on-prompt")) o->data.train_on_prompt = 1;
     else if (!strcmp(key, "skip-bad")) o->data.skip_bad = 1;
+    else if (!strcmp(key, "packing")) o->packing = 1;
     else if (!strcmp(key, "method")) STR(o->method);
     else if (!strcmp(key, "lora-r")) INT(o->lora_r, 1, 4096);
     else if (!strcmp(key, "lora-alpha")) NUM(o->lora_alpha, 1e-6, 1e6);
@@ -141,7 +145,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
 
 static bool is_switch(const char *key) {
     static const char *const sw[] = {"chat", "train-on-prompt", "skip-bad", "use-rslora",
-                                     "chat", "train_on_prompt", "skip_bad", "use_rslora"};
+                                     "chat", "train_on_prompt", "skip_bad", "use_rslora",
+                                     "packing"};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
         if (!strcmp(key, sw[i])) return true;
     return false;
@@ -199,6 +204,101 @@ static int read_config(settings *s, const char *path) {
     return rc;
 }
 
+/* A float option as the decimal it was given as (0.05, not 0.0500000007). */
+static double float_setting(float x) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.7g", (double)x);
+    return strtod(buf, NULL);
+}
+
+static json_t *json_string_or_null(const char *v) {
+    return v ? json_string(v) : json_null();
+}
+
+/* Writes OUT/run.json: the model, the data and every training option with the value the
+ * run uses (defaults resolved), the finch version and the start time, for finch report.
+ * Written atomically; a failure is a warning, the run goes on. */
+static void save_run_json(const settings *s, const finch_model *m) {
+    const finch_train_options *o = &s->o;
+    const finch_data_spec *d = &o->data;
+    char model[4096], path[4200], date[32];
+    finch_err err;
+    if (s->model) snprintf(model, sizeof model, "%s", s->model);
+    else if (finch_default_model_path(model, sizeof model, &err))
+        snprintf(model, sizeof model, "?");
+    finch_model_config cfg;
+    finch_model_config_get(m, &cfg);
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    json_t *j = json_object(), *tpl = json_array();
+    for (int i = 0; i < d->n_templates; i++)
+        json_array_append_new(tpl, json_string(d->templates[i]));
+#define S(k, v) json_object_set_new(j, k, json_string_or_null(v))
+#define I(k, v) json_object_set_new(j, k, json_integer((json_int_t)(v)))
+#define F(k, v) json_object_set_new(j, k, json_real(v))
+#define B(k, v) json_object_set_new(j, k, json_boolean(v))
+    S("finch_version", FINCH_VERSION);
+    S("date", date);
+    I("started_unix", now);
+    S("model", model);
+    S("data", d->path);
+    S("val", o->val_path);
+    F("val_fraction", o->val_fraction);
+    I("val_max_examples", o->val_max_examples);
+    S("format", d->format ? d->format : "auto");
+    json_object_set_new(j, "templates", tpl);
+    B("chat", d->chat);
+    /* 0 means 256, or the model's context when shorter (as finch_train resolves it) */
+    I("max_seq_len", d->max_seq_len          ? d->max_seq_len
+                     : cfg.n_ctx_train < 256 ? cfg.n_ctx_train
+                                             : 256);
+    I("max_examples", d->max_examples);
+    B("train_on_prompt", d->train_on_prompt);
+    B("skip_bad", d->skip_bad);
+    S("method", o->method ? o->method : "lora");
+    I("lora_r", o->lora_r);
+    F("lora_alpha", float_setting(o->lora_alpha));
+    F("lora_dropout", float_setting(o->lora_dropout));
+    S("target_modules", o->target_modules ? o->target_modules : "q,v");
+    B("use_rslora", o->use_rslora);
+    F("learning_rate", o->learning_rate);
+    I("batch_size", o->batch_size);
+    I("grad_accum", o->grad_accum);
+    B("packing", o->packing);
+    I("max_steps", o->max_steps);
+    F("epochs", o->epochs);
+    I("warmup_steps", o->warmup_steps);
+    S("lr_scheduler", o->lr_scheduler ? o->lr_scheduler : "linear");
+    F("weight_decay", o->weight_decay);
+    F("max_grad_norm", o->max_grad_norm);
+    I("seed", o->seed);
+    I("save_steps", o->save_steps);
+    I("eval_steps", o->eval_steps);
+    I("log_steps", o->log_steps);
+    S("out", o->out_dir);
+    S("resume", o->resume_dir);
+#undef S
+#undef I
+#undef F
+#undef B
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    json_decref(j);
+    /* mkdir -p OUT: finch_train makes it too, but only after this */
+    snprintf(path, sizeof path, "%s", o->out_dir);
+    for (size_t i = 1, n = strlen(path); i <= n; i++)
+        if (path[i] == '/' || !path[i]) {
+            char was = path[i];
+            path[i] = 0;
+            mkdir(path, 0777);
+            path[i] = was;
+        }
+    snprintf(path, sizeof path, "%s/run.json", o->out_dir);
+    if (!text) fprintf(stderr, "finch: warning: %s: out of memory\n", path);
+    else if (finch_eval_write_file(path, text, strlen(text), &err))
+        fprintf(stderr, "finch: warning: %s\n", err.msg);
+    free(text);
+}
+
 int cmd_train(int argc, char **argv) {
     settings s = {.o = finch_train_defaults()};
     int rc = 0;
@@ -249,6 +349,7 @@ int cmd_train(int argc, char **argv) {
         rc = EXIT_FAIL;
         goto done;
     }
+    save_run_json(&s, m);
     signal(SIGINT, on_sigint);
     bool tty = isatty(2);
     finch_err err;

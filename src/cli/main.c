@@ -25,6 +25,7 @@ static const struct {
     {"eval", cmd_eval, "measure a model on a dataset (--task loss: loss and perplexity)"},
     {"score", cmd_score, "ROUGE, BLEU, exact match, F1 of predictions against references"},
     {"tokenize", cmd_tokenize, "text on stdin to token ids on stdout (--decode: reverse)"},
+    {"report", cmd_report, "an HTML report of a training run: curves, metrics, samples"},
 };
 
 static void usage(FILE *f) {

@@ -116,6 +116,7 @@ typedef struct {
     int32_t B, T;
     int32_t *ids, *targets, *pos, *seg; /* (B, T) each */
     int64_t n_targets;                   /* entries of targets >= 0 */
+    int64_t n_tokens;                    /* tokens of examples (not padding) */
 } finch_batch;
 
 finch_status finch_batch_init(finch_batch *b, int32_t B, int32_t T, finch_err *err);

@@ -127,13 +127,14 @@ static void place(finch_batch *b, int32_t r, int32_t at, const finch_token_examp
         tg[at + k] = (k + 1 < e->n && e->mask[k + 1]) ? e->ids[k + 1] : -1;
         b->n_targets += tg[at + k] >= 0;
     }
+    b->n_tokens += e->n;
 }
 
 void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *order,
                       int64_t *next, int64_t *epoch, bool pack, int32_t pad_id) {
     const size_t n = (size_t)b->B * b->T;
     for (size_t i = 0; i < n; i++) b->ids[i] = pad_id, b->targets[i] = -1, b->pos[i] = 0, b->seg[i] = 0;
-    b->n_targets = 0;
+    b->n_targets = b->n_tokens = 0;
     for (int32_t r = 0; r < b->B; r++) {
         int32_t at = 0, seg = 0;
         for (;;) {

@@ -6,7 +6,8 @@
 #ifndef FINCH_EVAL_H
 #define FINCH_EVAL_H
 
-#include "core/core.h" /* finch_err_set, finch_alloc, finch_size_* */
+#include "core/core.h"   /* finch_err_set, finch_alloc, finch_size_* */
+#include "model/model.h" /* finch_kv_session, for the model-running helpers */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -49,5 +50,74 @@ static inline size_t finch_toks_len(const finch_toks *t, size_t k) {
  * next with ids of order-grams (-1 where the sequence ends too soon); *n_ids the count. */
 finch_status finch_toks_ngrams(const finch_toks *t, const int32_t *prev, int order, int32_t *next,
                                int32_t *n_ids, finch_err *err);
+
+/* ---- the HTML report (report.c, svg.c) ---------------------------------------------- */
+
+/* A growing text buffer. Appends never fail: running out of memory sets oom (and stops
+ * appending), checked once at the end. */
+typedef struct {
+    char *p;  /* NUL-terminated text (NULL while empty) */
+    size_t n; /* bytes, without the NUL */
+    size_t cap;
+    bool oom;
+} finch_buf;
+
+void finch_buf_put(finch_buf *b, const char *s, size_t n);
+void finch_buf_puts(finch_buf *b, const char *s);
+void finch_buf_printf(finch_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s with &, <, >, " and ' as HTML entities and control characters other than
+ * tab, newline and carriage return as U+FFFD, so any text is safe in an element or a
+ * quoted attribute. */
+void finch_buf_html(finch_buf *b, const char *s);
+void finch_buf_free(finch_buf *b);
+
+/* One line of a plot: n points (x[i], y[i]); points with a non-finite coordinate are left
+ * out. Borrowed by the plot. */
+typedef struct {
+    const double *x, *y;
+    size_t n;
+    const char *label;  /* legend text */
+    const char *color;  /* CSS colour */
+    double stroke;      /* line width in px; 0: markers only */
+    double opacity;     /* of the line, 0..1 */
+    bool markers;       /* a dot at every point */
+} finch_svg_series;
+
+/* Pixel margins of the plot area inside the SVG (axes, tick labels, title, legend). */
+enum { FINCH_SVG_LEFT = 72, FINCH_SVG_RIGHT = 18, FINCH_SVG_TOP = 40, FINCH_SVG_BOTTOM = 46 };
+
+typedef struct {
+    const char *title, *x_label, *y_label;
+    int width, height; /* of the SVG, px */
+    const finch_svg_series *series;
+    int n_series;
+} finch_svg_plot;
+
+/* Appends an inline <svg> line chart: axes with "nice" ticks (1, 2 or 5 times a power of
+ * ten) whose outer ticks bound the data, grid lines, axis labels, a legend, and one
+ * <polyline> per series with one point per finite (x, y). The plot area is the SVG less
+ * the FINCH_SVG_* margins; x maps linearly from [x0, x1] to [LEFT, width - RIGHT] and y
+ * from [y0, y1] to [height - BOTTOM, TOP], with the domain written on the plot's <g> as
+ * data-x0, data-x1, data-y0, data-y1. A plot with no finite point says so instead. */
+void finch_svg_plot_render(finch_buf *b, const finch_svg_plot *p);
+
+/* Renders the report of run_dir (see finch_report_write) into out, which the caller
+ * frees with finch_buf_free. */
+finch_status finch_report_render(const char *run_dir, const char *const *eval_paths, int n_eval,
+                                 finch_buf *out, finch_err *err);
+
+/* ---- running the model (labels.c, generate_eval.c) ---------------------------------- */
+
+/* Runs ids[0..n) through the model at the session's next positions in chunks of its batch
+ * size (n >= 1, capacity checked by the caller). all (n x V) receives every position's
+ * logits, last (V) the last position's; either may be NULL. */
+void finch_eval_decode(const finch_model *m, finch_kv_session *kv, const int32_t *ids, int n,
+                       float *all, float *last);
+
+/* log softmax(row)[id] over V logits, in double. */
+double finch_eval_logprob(const float *row, int V, int32_t id);
+
+/* Text without leading and trailing ASCII whitespace, malloc'd (NULL when out of memory). */
+char *finch_eval_strip(const char *s);
 
 #endif /* FINCH_EVAL_H */

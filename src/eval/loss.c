@@ -18,7 +18,7 @@ finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
                              void *user, finch_loss_report *out, finch_err *err) {
     if (!m->tok)
         return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
-                             finch_gguf_path(m->gguf));
+                             m->path);
     int max_len = spec->max_seq_len;
     if (max_len == 0) max_len = m->cfg.n_ctx_train < 256 ? m->cfg.n_ctx_train : 256;
     if (max_len < 2 || max_len > m->cfg.n_ctx_train)

@@ -16,6 +16,11 @@ typedef struct {
 
 finch_status finch_merge_save(const finch_model *m, finch_lora *const *adapters, const float *weights,
                               int n_adapters, finch_dtype out_type, const char *path, finch_err *err) {
+    if (!m->gguf)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: merging writes a GGUF from a GGUF base model; this one was "
+                             "loaded from a Hugging Face folder",
+                             m->path);
     const finch_dtype_traits *ot = finch_dtype_get((uint32_t)out_type);
     if (!ot || !ot->quant)
         return finch_err_set(err, FINCH_E_USAGE, "merge: finch cannot write type %s",

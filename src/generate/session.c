@@ -151,7 +151,7 @@ finch_status finch_generate(const finch_model *m, const char *prompt,
                             finch_err *err) {
     if (!m->tok)
         return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
-                             finch_gguf_path(m->gguf));
+                             m->path);
     if (opt->max_tokens < 0)
         return finch_err_set(err, FINCH_E_USAGE, "max tokens %d: must be >= 0", opt->max_tokens);
     if (!(opt->temperature >= 0) || opt->top_k < 0 || !(opt->top_p > 0 && opt->top_p <= 1))

@@ -286,4 +286,57 @@ finch_status finch_st_writer_set_meta(finch_st_writer *w, const char *key, const
  * spaces to a multiple of 8 bytes, so every tensor is aligned to its element size. */
 finch_status finch_st_writer_save(const finch_st_writer *w, const char *path, finch_err *err);
 
+/* ---- Hugging Face model folders ------------------------------------------------------ */
+/*
+ * Facts: ../shared/FORMATS.md section 2.4 (config.json fields, weight names). io/ reads
+ * the two JSON files of a folder; model/load_hf.c binds the tensors.
+ */
+
+/* What finch takes from a LLaMA-family config.json (llama, SmolLM, mistral, qwen2). */
+typedef struct {
+    char model_type[16];         /* "llama", "mistral" or "qwen2" */
+    char architecture[64];       /* architectures[0], or "" when absent */
+    int hidden_size;             /* C */
+    int intermediate_size;       /* F */
+    int num_hidden_layers;
+    int num_attention_heads;     /* H */
+    int num_key_value_heads;     /* KVH (H when absent or null) */
+    int head_dim;                /* D (hidden_size / H when absent or null) */
+    int vocab_size;              /* V */
+    int max_position_embeddings;
+    int context;                 /* positions finch may use: max_position_embeddings, or the
+                                    sliding window when one is active and smaller (attention
+                                    within the window is plain causal attention) */
+    float rms_norm_eps;
+    float rope_theta;            /* 10000 when absent */
+    bool tie_word_embeddings;    /* false when absent */
+    bool qkv_bias;               /* q/k/v projections carry biases (qwen2) */
+    int bos_token_id, eos_token_id; /* -1 when absent or null; the first of a list */
+    char torch_dtype[16];        /* torch_dtype (or transformers v5's dtype), "" when absent */
+} finch_hf_config;
+
+/* Reads and validates a config.json. Missing required fields, wrong JSON types and absurd
+ * values are FINCH_E_FORMAT; fields finch does not implement (rope_scaling other than
+ * null/default, hidden_act other than silu, attention_bias or mlp_bias true on llama or
+ * mistral, quantization_config, an unknown model_type) are FINCH_E_UNSUPPORTED. Every
+ * message names the path and the field. */
+finch_status finch_hf_config_load(const char *path, finch_hf_config *out, finch_err *err);
+
+/* The weight_map of a sharded checkpoint's model.safetensors.index.json. */
+typedef struct {
+    int64_t n;        /* entries */
+    char **tensor;    /* tensor names, sorted (strcmp) */
+    int *file;        /* per entry: index into files */
+    int n_files;
+    char **files;     /* distinct shard file names, in first-seen order */
+} finch_hf_index;
+
+/* Reads an index file. Shard names must be plain file names (no '/', not "." or "..").
+ * FINCH_E_FORMAT naming the path and the entry otherwise. The caller owns *out
+ * (finch_hf_index_free). */
+finch_status finch_hf_index_load(const char *path, finch_hf_index *out, finch_err *err);
+/* The shard file index holding tensor, or -1 (binary search). */
+int finch_hf_index_find(const finch_hf_index *ix, const char *tensor);
+void finch_hf_index_free(finch_hf_index *ix);
+
 #endif /* FINCH_IO_H */

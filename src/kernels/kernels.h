@@ -129,19 +129,24 @@ typedef struct {
      * -pos * theta^(-2i/D)) of the same adjacent pairs. */
     void (*rope_backward)(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta);
 
-    /* Causal grouped-query attention for training, without a cache: B sequences of T
-     * tokens; q (B*T, H*D), k, v (B*T, KVH*D), out (B*T, H*D). att (B, H, T, T) receives
-     * the softmax probabilities (row t, column j; zero above the diagonal) for backward. */
+    /* Causal grouped-query attention for training, without a cache: B rows of T tokens;
+     * q (B*T, H*D), k, v (B*T, KVH*D), out (B*T, H*D). seg (B*T) numbers the segments of
+     * each row (packed examples): token t attends to the tokens j <= t of the run of
+     * equal seg values holding t, and only those (work outside that range is skipped);
+     * NULL is one segment per row. att (B, H, T, T) receives the softmax probabilities
+     * (row t, column j; zero outside the attended range) for backward. */
     void (*attention_forward_train)(float *out, float *att, const float *q, const float *k,
-                                    const float *v, int64_t B, int64_t T, int H, int KVH, int D,
-                                    finch_workspace *ws);
+                                    const float *v, const int32_t *seg, int64_t B, int64_t T,
+                                    int H, int KVH, int D, finch_workspace *ws);
 
     /* dq (B*T, H*D), dk, dv (B*T, KVH*D) = the gradients of attention_forward_train given
-     * dout (B*T, H*D), the att it saved and its inputs; dk and dv sum over the query heads
-     * of each group. Needs ws slices of at least T floats (finch_workspace_need(_, T)). */
-    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *att,
-                               const float *q, const float *k, const float *v, int64_t B, int64_t T,
-                               int H, int KVH, int D, finch_workspace *ws);
+     * dout (B*T, H*D), the att it saved, its inputs and the same seg; dk and dv sum over
+     * the query heads of each group. ds (B, H, T, T) is scratch (the scores' gradient);
+     * only its attended range is written. ws gives the thread count. */
+    void (*attention_backward)(float *dq, float *dk, float *dv, float *ds, const float *dout,
+                               const float *att, const float *q, const float *k, const float *v,
+                               const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D,
+                               finch_workspace *ws);
 
     /* dgate (n), dup (n) = the gradients of swiglu_forward given dh (n), gate, up.
      * dgate may alias dh. */
@@ -178,10 +183,11 @@ void finch_ref_rmsnorm_backward(float *dx, float *dw, const float *dy, const flo
                                 const float *x, const float *w, int64_t T, int64_t C);
 void finch_ref_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta);
 void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
-                                       const float *v, int64_t B, int64_t T, int H, int KVH, int D);
+                                       const float *v, const int32_t *seg, int64_t B, int64_t T,
+                                       int H, int KVH, int D);
 void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
-                                  int64_t B, int64_t T, int H, int KVH, int D);
+                                  const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D);
 void finch_ref_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n);
 double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,

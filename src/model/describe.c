@@ -22,19 +22,36 @@ static void out(line_fn print, void *user, const char *fmt, ...) {
 
 void finch_model_describe(const finch_model *m, line_fn print, void *user) {
     const finch_model_config *c = &m->cfg;
-    out(print, user, "file:            %s", finch_gguf_path(m->gguf));
-    out(print, user, "format:          GGUF v%u, %lld tensors, %lld metadata keys",
-        finch_gguf_version(m->gguf), (long long)finch_gguf_n_tensors(m->gguf),
-        (long long)finch_gguf_n_kv(m->gguf));
+    out(print, user, "file:            %s", m->path);
+    if (m->gguf) {
+        out(print, user, "format:          GGUF v%u, %lld tensors, %lld metadata keys",
+            finch_gguf_version(m->gguf), (long long)finch_gguf_n_tensors(m->gguf),
+            (long long)finch_gguf_n_kv(m->gguf));
+    } else {
+        int64_t n = 0;
+        for (int i = 0; i < m->n_shards; i++) n += finch_st_n_tensors(m->shards[i]);
+        out(print, user, "format:          Hugging Face folder, %d safetensors file%s, %lld tensors%s%s",
+            m->n_shards, m->n_shards == 1 ? "" : "s", (long long)n,
+            m->hf->torch_dtype[0] ? ", torch_dtype " : "", m->hf->torch_dtype);
+    }
     out(print, user, "name:            %s", c->name[0] ? c->name : "(none)");
-    out(print, user, "architecture:    %s", c->arch);
+    if (m->hf)
+        out(print, user, "architecture:    %s (model_type %s%s%s%s)", c->arch, m->hf->model_type,
+            m->hf->architecture[0] ? ", " : "", m->hf->architecture,
+            m->hf->qkv_bias ? ", q/k/v biases" : "");
+    else
+        out(print, user, "architecture:    %s", c->arch);
     out(print, user, "layers:          %d", c->n_layer);
     out(print, user, "hidden:          %d", c->n_embd);
     out(print, user, "ffn:             %d", c->n_ff);
     out(print, user, "heads:           %d query, %d key/value, head dim %d", c->n_head,
         c->n_head_kv, c->head_dim);
     out(print, user, "vocabulary:      %d", c->n_vocab);
-    out(print, user, "context:         %d (trained)", c->n_ctx_train);
+    if (m->hf && c->n_ctx_train < m->hf->max_position_embeddings)
+        out(print, user, "context:         %d (sliding window; max_position_embeddings %d)",
+            c->n_ctx_train, m->hf->max_position_embeddings);
+    else
+        out(print, user, "context:         %d (trained)", c->n_ctx_train);
     out(print, user, "rope theta:      %g", c->rope_theta);
     out(print, user, "rms eps:         %g", c->rms_eps);
     out(print, user, "output head:     %s", c->tied_output ? "tied to token embeddings" : "separate");
@@ -43,11 +60,18 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
 
     /* tensor count and bytes by storage type */
     int64_t count[FINCH_DTYPE_COUNT] = {0}, bytes[FINCH_DTYPE_COUNT] = {0};
-    for (int64_t i = 0; i < finch_gguf_n_tensors(m->gguf); i++) {
+    for (int64_t i = 0; m->gguf && i < finch_gguf_n_tensors(m->gguf); i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(m->gguf, i);
         count[t->type]++;
         bytes[t->type] += (int64_t)t->nbytes;
     }
+    for (int k = 0; k < m->n_shards; k++)
+        for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
+            const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
+            if (t->type == FINCH_DTYPE_COUNT) continue; /* skipped buffers of other types */
+            count[t->type]++;
+            bytes[t->type] += (int64_t)t->nbytes;
+        }
     for (int t = 0; t < FINCH_DTYPE_COUNT; t++)
         if (count[t])
             out(print, user, "tensor type:     %-5s %4lld tensors, %8.1f MiB",
@@ -76,7 +100,7 @@ finch_status finch_chat_format(const finch_model *m, const finch_chat_msg *msgs,
     finch_chat_family_id fam = finch_chat_detect(t, t ? strlen(t) : 0);
     if (fam == FINCH_CHAT_NONE)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "%s: the model has no chat template (tokenizer.chat_template)",
-                             finch_gguf_path(m->gguf));
+                             "%s: the model has no chat template (%s)", m->path,
+                             m->gguf ? "tokenizer.chat_template" : "tokenizer_config.json's chat_template");
     return finch_chat_render(fam, t, msgs, n_msgs, add_assistant, text, err);
 }

@@ -3,13 +3,16 @@
  *
  *   x = tok_embd[ids]
  *   per block:  xn = rmsnorm(x) * attn_norm
- *               q, k, v = xn Wq^T, xn Wk^T, xn Wv^T;  rope(q), rope(k);  append k, v
+ *               q, k, v = xn Wq^T (+ bq), xn Wk^T (+ bk), xn Wv^T (+ bv)   (biases: Qwen2)
+ *               rope(q), rope(k);  append k, v
  *               x += attention(q, K, V) Wo^T
  *               xn = rmsnorm(x) * ffn_norm
  *               x += (silu(xn Wgate^T) * (xn Wup^T)) Wdown^T
  *   logits = (rmsnorm(x) * output_norm) Wout^T
  *
- * Facts: FORMATS.md 3.1 (graph), 4 (RoPE on interleaved pairs for GGUF row order).
+ * Facts: FORMATS.md 3.1 (graph), 4 (RoPE on interleaved pairs for GGUF row order; a
+ * Hugging Face folder's Q/K rows and biases are put in that order at load, model.h).
+ * Biases are added inside finch_linear_forward (model/linear.c), so training gets them too.
  * Shapes: T tokens, C hidden, H/KVH heads, D head dim, F FFN width, V vocabulary.
  */
 #include "model/model.h"

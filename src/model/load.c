@@ -4,13 +4,15 @@
  * (FORMATS.md 3.2), and builds the tokenizer. Weights are views into the mapping; only
  * norm vectors stored in a 16-bit type are converted (they are tiny).
  *
- * Does not handle Hugging Face folders (io/ will normalise those to the same layout).
+ * A path that is a folder is a Hugging Face model folder: load_hf.c builds the same
+ * model from it.
  */
 #include "model/model.h"
 #include "tokenizer/tokenizer.h" /* finch_tokenizer_from_gguf, finch_chat_detect */
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 /* Limits on hyperparameters read from a file, far above any real model. */
 #define MAX_LAYERS 1024
@@ -214,7 +216,18 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
 finch_status finch_model_load(const char *path, finch_model **out, finch_err *err) {
     finch_model *m = finch_calloc(1, sizeof *m, "model", err);
     if (!m) return FINCH_E_NOMEM;
-    finch_status st = finch_gguf_open(path, &m->gguf, err);
+    finch_status st = FINCH_E_NOMEM;
+    m->path = finch_alloc(strlen(path) + 1, "model path", err);
+    if (!m->path) goto fail;
+    memcpy(m->path, path, strlen(path) + 1);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        if ((st = finch_model_load_hf(m, err))) goto fail;
+        m->be = &finch_backend_cpu;
+        *out = m;
+        return FINCH_OK;
+    }
+    st = finch_gguf_open(path, &m->gguf, err);
     if (st) goto fail;
     loader L = {m->gguf, path, err};
     if ((st = read_config(&L, &m->cfg))) goto fail;
@@ -251,7 +264,12 @@ void finch_model_free(finch_model *m) {
     finch_tokenizer_free(m->tok);
     free(m->layers);
     free(m->owned_f32);
+    finch_afree(m->owned_rows);
     finch_gguf_close(m->gguf);
+    for (int i = 0; i < m->n_shards; i++) finch_st_close(m->shards[i]);
+    free(m->shards);
+    free(m->hf);
+    free(m->path);
     free(m);
 }
 

@@ -1,11 +1,23 @@
 /*
  * model.h: the loaded model (LLaMA family) and its forward pass.
  *
- * A finch_model keeps its GGUF mapped and points into it: base weights stay in their
- * storage types (finch_weight views) and are dequantized tile by tile by the kernels.
- * Every projection is a finch_linear (model/linear.h). The layout of Q/K rows and the
- * RoPE convention are normalised at load to llama.cpp's (interleaved pairs), which is
- * what GGUF llama files store (FORMATS.md 4).
+ * A finch_model keeps its files mapped and points into them: a GGUF file, or the
+ * safetensors shards of a Hugging Face folder (model/load_hf.c). Base weights stay in
+ * their storage types (finch_weight views) and are dequantized tile by tile by the
+ * kernels. Every projection is a finch_linear (model/linear.h).
+ *
+ * Q/K row order: the forward pass applies RoPE to interleaved pairs (x[2i], x[2i+1]),
+ * llama.cpp's convention, which is what GGUF llama files store (FORMATS.md 4). Hugging
+ * Face checkpoints store q_proj/k_proj rows in rotate-half order (pairs (x[i], x[i+D/2])),
+ * so load_hf.c permutes the rows of each head of Q (per query head) and K (per KV head),
+ * and of their biases, into GGUF order at load:
+ *
+ *     GGUF row h*D + 2i = HF row h*D + i,   GGUF row h*D + 2i + 1 = HF row h*D + D/2 + i
+ *
+ * A row permutation is exact in any storage type. Those rows live in owned memory
+ * (owned_rows); everything else stays mapped. So the forward pass, training, adapter
+ * files (which permute LoRA B rows of q/k to HF order on write) and export see one layout
+ * whatever the model was loaded from.
  *
  * Shapes: T tokens, C hidden, H heads, KVH KV heads, D head dim, F FFN width, V vocab.
  */
@@ -25,16 +37,28 @@ typedef struct {
 } finch_layer;
 
 struct finch_model {
-    finch_gguf *gguf;          /* the mapped file all weights point into */
+    char *path;                /* what was loaded (a GGUF file or a folder), for messages */
+    finch_gguf *gguf;          /* the mapped GGUF file; NULL for a Hugging Face folder */
+    finch_st **shards;         /* a Hugging Face folder's mapped safetensors files */
+    int n_shards;
+    finch_hf_config *hf;       /* its config.json; NULL for a GGUF file */
+    void *owned_rows;          /* Q/K weights permuted to GGUF row order (Hugging Face) */
     finch_model_config cfg;    /* hyperparameters */
     finch_tokenizer *tok;      /* NULL when the file has none */
     finch_weight tok_embd;     /* (V, C) */
     const float *output_norm;  /* (C) */
     finch_linear output;       /* (V, C); a view of tok_embd when tied */
     finch_layer *layers;       /* n_layer blocks */
-    float *owned_f32;          /* norm weights converted from f16/bf16, if any */
+    float *owned_f32;          /* norm weights converted from f16/bf16, if any, and
+                                  biases (f32, q/k permuted) */
     const finch_backend *be;   /* the backend every op goes through */
 };
+
+/* Fills m (zeroed, m->path set) from the Hugging Face folder m->path: config.json,
+ * model.safetensors or model.safetensors.index.json and its shards, tokenizer.json (with
+ * tokenizer_config.json) when present. On failure m holds what was opened so far, for
+ * finch_model_free. */
+finch_status finch_model_load_hf(finch_model *m, finch_err *err);
 
 /* The key/value cache and activation buffers of one inference session, sized for n_ctx
  * positions and chunks of up to n_batch tokens. */
@@ -71,13 +95,15 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
 void finch_train_acts_free(finch_train_acts *a);
 
 /* One forward and (when backward) backward pass over a batch: ids (B, T), targets (B, T)
- * (-1: no loss), pos (B, T) positions (restarting per row). Returns the mean
+ * (-1: no loss), pos (B, T) positions (restarting per row, or per example when packed),
+ * seg (B, T) the example each token belongs to (NULL: one per row; attention stays within
+ * a run of equal values, as the batcher numbers packed examples). Returns the mean
  * cross-entropy over the targets; with backward, the gradients of every trainable
  * parameter attached to the model's linears accumulate (+=) scaled by grad_scale (0:
  * 1 / number of targets, the mean's gradient) and dropout is active. The base model is
- * frozen. Rows may not be packed (one example per row). */
+ * frozen. */
 double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
-                              const int32_t *targets, const int32_t *pos, float grad_scale,
-                              uint64_t dropout_seed, bool backward);
+                              const int32_t *targets, const int32_t *pos, const int32_t *seg,
+                              float grad_scale, uint64_t dropout_seed, bool backward);
 
 #endif /* FINCH_MODEL_H */

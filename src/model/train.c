@@ -5,12 +5,15 @@
  *   forward, per layer l                         kept for backward
  *     xn1 = rmsnorm(x_l) * attn_norm             x_l, xn1, rstd1
  *     q, k, v = linears(xn1); rope(q), rope(k)   q, k (rotated), v
- *     ao = attention(q, k, v)                    att (B, H, T, T), ao
+ *     ao = attention(q, k, v | seg)              att (B, H, T, T), ao
  *     xm = x_l + o(ao)                           xm
  *     xn2 = rmsnorm(xm) * ffn_norm               xn2, rstd2
  *     h = silu(gate(xn2)) * up(xn2)              gate, up, h
  *     x_{l+1} = xm + down(h)
  *   logits = head(rmsnorm(x_L) * output_norm)    x_L, xnf, rstdf
+ *
+ * With packed rows, seg keeps attention within each example and pos restarts per example,
+ * so a packed row computes what its examples would alone.
  *
  * The head runs only on the rows that have a target (xg, gathered from xnf): the others
  * contribute neither loss nor gradient, and with completion-only loss they are most rows.
@@ -34,6 +37,7 @@ struct finch_train_acts {
     int32_t *tg, *rows;      /* (Nt) their targets and row indices */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup, *dnorm;
+    float *ds;               /* (B, H, T, T) attention backward's scratch */
     int32_t *pos;            /* (N) */
     float *arena;
     finch_workspace ws;
@@ -65,7 +69,7 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     } single[] = {{&a->xnf, N * C}, {&a->rstdf, N}, {&a->logits, N * V}, {&a->dx, N * C},
                   {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},  {&a->dq, N * HD},
                   {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},    {&a->dup, N * F},
-                  {&a->dnorm, C},   {&a->xf, N * C}, {&a->xg, N * C}};
+                  {&a->dnorm, C},   {&a->xf, N * C}, {&a->xg, N * C},    {&a->ds, ATT}};
     const size_t n_pl = sizeof per_layer / sizeof per_layer[0], n_s = sizeof single / sizeof single[0];
     /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
     size_t total = 0, sz;
@@ -116,8 +120,8 @@ void finch_train_acts_free(finch_train_acts *a) {
 }
 
 double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
-                              const int32_t *targets, const int32_t *pos, float grad_scale,
-                              uint64_t dropout_seed, bool backward) {
+                              const int32_t *targets, const int32_t *pos, const int32_t *seg,
+                              float grad_scale, uint64_t dropout_seed, bool backward) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
     const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff, V = c->n_vocab;
@@ -137,7 +141,8 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         finch_linear_forward_train(a->v[l], a->xn1[l], &ly->wv, N, &ctx);
         be->rope_forward(a->q[l], a->pos, N, H, D, theta);
         be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
-        be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], B, T, H, KVH, D, &a->ws);
+        be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg, B, T, H,
+                                    KVH, D, &a->ws);
         finch_linear_forward_train(a->xm[l], a->ao[l], &ly->wo, N, &ctx);
         be->add(a->xm[l], x, N * C);
         be->rmsnorm_forward(a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, N, C, eps);
@@ -185,8 +190,8 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         /* xm = x_l + o(ao): dx_l gets dxm (already in dx), dao from o */
         finch_linear_backward(a->dao, a->dx, a->ao[l], &ly->wo, N, &ctx);
         /* ao = attention(q, k, v) */
-        be->attention_backward(a->dq, a->dk, a->dv, a->dao, a->att[l], a->q[l], a->k[l], a->v[l], B, T,
-                               H, KVH, D, &a->ws);
+        be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l], a->v[l],
+                               seg, B, T, H, KVH, D, &a->ws);
         /* rope(q), rope(k) */
         be->rope_backward(a->dq, a->pos, N, H, D, theta);
         be->rope_backward(a->dk, a->pos, N, KVH, D, theta);

@@ -506,6 +506,7 @@ finch_status finch_lora_save_gguf(const finch_lora *l, const finch_model *m, con
                                   finch_err *err) {
     finch_status st;
     char name[64];
+    float **tmp = NULL;
     finch_gguf_writer *w = finch_gguf_writer_new(err);
     if (!w) return FINCH_E_NOMEM;
     /* llama.cpp scales by alpha / r with r read from lora_b; for rsLoRA (scale
@@ -518,18 +519,40 @@ finch_status finch_lora_save_gguf(const finch_lora *l, const finch_model *m, con
         (st = finch_gguf_set_f32(w, "adapter.lora.alpha", alpha, err)))
         goto done;
     if (m->cfg.name[0] && (st = finch_gguf_set_str(w, "general.name", m->cfg.name, err))) goto done;
+    /* llama.cpp's llama arch keeps q/k rows in interleaved (GGUF) order, as finch does;
+     * qwen2 uses rotate-half RoPE on rows in Hugging Face order, so there B of q and k
+     * goes out un-permuted. The writer keeps pointers: the copies live until the save. */
+    const bool hf_rows = strcmp(m->cfg.arch, "llama") != 0;
+    tmp = calloc((size_t)l->n_sites, sizeof *tmp);
+    if (!tmp) {
+        st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        goto done;
+    }
     for (int i = 0; i < l->n_sites; i++) {
         const finch_lora_site *s = &l->sites[i];
         int64_t ne_a[2] = {s->in, s->r}, ne_b[2] = {s->r, s->out};
+        const float *B = s->B;
+        int heads = hf_rows ? permuted_heads(m, s->target) : 0;
+        if (heads) {
+            if (!(tmp[i] = malloc((size_t)s->out * (size_t)s->r * sizeof(float)))) {
+                st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+                goto done;
+            }
+            permute_rows(tmp[i], s->B, s->out, s->r, heads, true);
+            B = tmp[i];
+        }
         snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer,
                  finch_target_gguf_name(s->target));
         if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_a, s->A, err))) goto done;
         snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer,
                  finch_target_gguf_name(s->target));
-        if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_b, s->B, err))) goto done;
+        if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_b, B, err))) goto done;
     }
     st = finch_gguf_writer_save(w, path, err);
 done:
+    if (tmp)
+        for (int i = 0; i < l->n_sites; i++) free(tmp[i]);
+    free(tmp);
     finch_gguf_writer_free(w);
     return st;
 }

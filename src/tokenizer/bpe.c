@@ -1,7 +1,8 @@
 /*
  * bpe.c: byte-level BPE (GPT-2 style), the public finch_tokenize / finch_detokenize.
  *
- * Encoding, for each run of text between special tokens (special.c):
+ * Encoding, for each run of text between special tokens (special.c), after the NFC
+ * normalizer and the prefix space of a tokenizer.json that asks for them:
  *   1. pretok.c makes the llama.cpp view of the bytes (invalid UTF-8 -> U+FFFD) and
  *      splits it into pieces with the pre-tokenizer regexes;
  *   2. each byte of a piece is one symbol: the token of the character the GPT-2
@@ -15,7 +16,9 @@
  *      tokens whose text is one byte of its encoded text, and bytes with no such token are
  *      dropped.
  * For the llama3 family (ignore_merges) a piece whose encoded text is a token is emitted
- * whole.
+ * whole. A tokenizer from a tokenizer.json (unk_missing) gives instead the unknown token
+ * for a symbol that is not a token, one for a run of them with fuse_unk, as the tokenizers
+ * library does.
  *
  * This reproduces llama.cpp's llm_tokenizer_bpe_session (same queue order and the same
  * stale-pair rule), so ids match llama.cpp for the same file; tests/tokenizer checks it on
@@ -193,6 +196,18 @@ static bool emit_fallback(const finch_tokenizer *tok, scratch *sc, const uint8_t
     return true;
 }
 
+/* Emits a symbol that is not a token: llama.cpp's byte fallback, or for a tokenizer.json
+ * the unknown token (none when the file names none; one for a run of them when fuse_unk,
+ * *prev_unk saying whether the symbol before was one). */
+static bool emit_missing(const finch_tokenizer *tok, scratch *sc, const uint8_t *p, size_t n,
+                         bool *prev_unk) {
+    if (!tok->unk_missing) return emit_fallback(tok, sc, p, n);
+    int32_t unk = tok->unk_model;
+    bool fused = tok->fuse_unk && *prev_unk;
+    *prev_unk = true;
+    return unk < 0 || fused || emit(sc, unk);
+}
+
 /* Encodes one piece of n bytes. Returns false on out-of-memory. */
 static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t *p, size_t n) {
     if (tok->ignore_merges) {
@@ -204,7 +219,8 @@ static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t 
     }
     if (n == 1) {
         int32_t id = tok->byte_tok[p[0]];
-        return id >= 0 ? emit(sc, id) : emit_fallback(tok, sc, p, 1);
+        bool prev_unk = false;
+        return id >= 0 ? emit(sc, id) : emit_missing(tok, sc, p, 1, &prev_unk);
     }
     if (!grow((void **)&sc->sym, &sc->sym_cap, n, sizeof *sc->sym)) return false;
     symbol *sym = sc->sym;
@@ -227,9 +243,16 @@ static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t 
         if (!try_pair(tok, sc, l->prev, b.left) || !try_pair(tok, sc, b.left, l->next))
             return false;
     }
+    bool prev_unk = false;
     for (int32_t i = 0; i >= 0; i = sc->sym[i].next) {
         const symbol *s = &sc->sym[i];
-        bool ok = s->id >= 0 ? emit(sc, s->id) : emit_fallback(tok, sc, p + s->start, s->len);
+        bool ok;
+        if (s->id >= 0) {
+            ok = emit(sc, s->id);
+            prev_unk = false;
+        } else {
+            ok = emit_missing(tok, sc, p + s->start, s->len, &prev_unk);
+        }
         if (!ok) return false;
     }
     return true;
@@ -240,9 +263,34 @@ static finch_status encode_text(const finch_tokenizer *tok, scratch *sc, const c
                                 size_t len, finch_err *err) {
     const char *subject, *bytes;
     size_t n, *pieces = NULL, n_pieces = 0;
-    char *owned;
+    char *owned, *prefixed = NULL, *normalized = NULL;
+    if (tok->nfc) {
+        size_t nlen;
+        finch_status st = finch_nfc(text, len, &normalized, &nlen, err);
+        if (st) return st;
+        if (normalized) {
+            text = normalized;
+            len = nlen;
+        }
+    }
+    if (tok->add_prefix_space && len > 0 && text[0] != ' ') {
+        /* tokenizer.json ByteLevel add_prefix_space: each run starts with a space */
+        prefixed = finch_alloc(len + 1, "text with a prefix space", err);
+        if (!prefixed) {
+            free(normalized);
+            return FINCH_E_NOMEM;
+        }
+        prefixed[0] = ' ';
+        memcpy(prefixed + 1, text, len);
+        text = prefixed;
+        len++;
+    }
     finch_status st = finch_pretok_normalize(text, len, &subject, &bytes, &n, &owned, err);
-    if (st) return st;
+    if (st) {
+        free(prefixed);
+        free(normalized);
+        return st;
+    }
     if ((st = finch_pretok_split(&tok->pre, subject, n, &pieces, &n_pieces, err))) goto done;
     size_t at = 0;
     for (size_t i = 0; i < n_pieces; i++) {
@@ -261,6 +309,8 @@ static finch_status encode_text(const finch_tokenizer *tok, scratch *sc, const c
 done:
     free(pieces);
     free(owned);
+    free(prefixed);
+    free(normalized);
     return st;
 }
 

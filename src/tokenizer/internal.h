@@ -6,8 +6,10 @@
  *   vocab.c          loads a tokenizer from GGUF metadata, owns the lookup tables
  *   special.c        special-token roles (EOG, auto-detected EOT/FIM), and the split of a
  *                    text at special tokens before BPE
+ *   hf_json.c        loads a tokenizer from a Hugging Face tokenizer.json
  *   pretok.c         the pre-tokenizer regex lists (PCRE2) and the llama.cpp-compatible
  *                    view of invalid UTF-8
+ *   nfc.c            Unicode NFC (the tokenizer.json NFC normalizer)
  *   bpe.c            the GPT-2 byte map, merges by rank, finch_tokenize/detokenize
  *   chat_template.c  chat template families
  *
@@ -36,8 +38,13 @@ enum {
 };
 #define TOK_TYPE_MASK 0x7f
 
-/* The pre-tokenizer regexes for one tokenizer.ggml.pre family, compiled once. */
-#define PRETOK_MAX_REGEX 4
+/* Whitespace a special token swallows when it is split out (tokenizer.json added tokens'
+ * lstrip/rstrip): the whitespace before it, after it. */
+enum { STRIP_LEFT = 1, STRIP_RIGHT = 2 };
+
+/* The pre-tokenizer regexes (those of a tokenizer.ggml.pre family, or of a tokenizer.json
+ * pre_tokenizer), compiled once. */
+#define PRETOK_MAX_REGEX 8
 typedef struct {
     int n;                              /* regexes, applied in sequence */
     pcre2_code *re[PRETOK_MAX_REGEX];   /* compiled (JIT-compiled when PCRE2 has a JIT) */
@@ -81,6 +88,14 @@ struct finch_tokenizer {
     int32_t n_specials;
     int32_t special[SP_COUNT]; /* ids by role, -1 when absent */
     bool add_bos, add_eos;  /* what FINCH_TOK_ADD_SPECIAL adds */
+    bool add_prefix_space;  /* a space goes before each text run that lacks one (HF ByteLevel) */
+    bool nfc;               /* each text run is put in Unicode NFC first (HF normalizer) */
+    bool unk_missing;       /* a symbol that is not a token gives unk_model (or nothing
+                             * when it is -1) as in the tokenizers library, not llama.cpp's
+                             * byte fallback */
+    bool fuse_unk;          /* with unk_missing: adjacent unknown symbols give one token */
+    int32_t unk_model;      /* with unk_missing: tokenizer.json's model.unk_token, or -1 */
+    uint8_t *strip;         /* (V) STRIP_* bits of special tokens, or NULL when none has any */
 
     char model_name[16];    /* tokenizer.ggml.model */
     char *pre_name;         /* tokenizer.ggml.pre as written ("default" when absent) */
@@ -88,6 +103,23 @@ struct finch_tokenizer {
 };
 
 /* ---- vocab.c ------------------------------------------------------------------------ */
+
+/* Copies tok->n_vocab token texts into the tokenizer, builds the text index (a later id
+ * with the same text as an earlier one is the one found) and marks every token normal. An
+ * empty text becomes "[EMPTY_<id>]", as in llama.cpp. path and what name the source in
+ * messages. */
+finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts,
+                                  const char *path, const char *what, finch_err *err);
+
+/* Makes the merge table for n merges, then fills it one merge at a time; a pair that
+ * already has a merge keeps its first rank. result is the merged token, or -1. */
+finch_status finch_tok_alloc_merges(finch_tokenizer *tok, int64_t n, finch_err *err);
+void finch_tok_add_merge(finch_tokenizer *tok, int32_t left, int32_t right, int32_t rank,
+                         int32_t result);
+
+/* Completes a tokenizer whose texts, attributes, merges and special ids are set: the byte
+ * tables, the special-token setup (special.c) and the decoded pieces. */
+finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err);
 
 /* The id of the token whose text is s[0..len), or -1. */
 int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len);
@@ -127,6 +159,12 @@ finch_status finch_pretok_init(pretok *p, const char *name, bool *ignore_merges,
                          finch_err *err);
 void finch_pretok_free(pretok *p);
 
+/* Compiles n regexes (PCRE2 syntax, UTF + UCP) into p, applied in sequence. A pattern
+ * that does not compile is FINCH_E_FORMAT with its number and the offset of the error;
+ * more than PRETOK_MAX_REGEX is FINCH_E_UNSUPPORTED. */
+finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n,
+                                  finch_err *err);
+
 /* The text as llama.cpp's regex stage sees it. When text is valid UTF-8 both *subject and
  * *bytes are text itself and nothing is allocated. Otherwise one malloc'd buffer holds two
  * views of equal length (free *owned): *subject, valid UTF-8 for PCRE2, and *bytes, what
@@ -149,6 +187,14 @@ int finch_utf8_put(uint32_t c, char *out);
  * are accepted, anything else invalid is one byte of U+FFFD). *used gets the bytes read;
  * returns 0xFFFD for an invalid byte and values up to 0x1FFFFF otherwise. */
 uint32_t finch_utf8_get_lenient(const char *s, size_t len, size_t *used);
+
+/* ---- nfc.c -------------------------------------------------------------------------- */
+
+/* Puts text in Unicode NFC as the tokenizers library does. *out is NULL when the text is
+ * already normalized (nothing is copied); otherwise a malloc'd buffer (free it) of
+ * *out_len bytes. Invalid UTF-8 bytes are kept as they are. */
+finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len,
+                       finch_err *err);
 
 /* ---- bpe.c -------------------------------------------------------------------------- */
 

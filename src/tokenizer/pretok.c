@@ -85,6 +85,35 @@ static const struct {
     {"falcon", &fam_falcon},
 };
 
+finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n,
+                                  finch_err *err) {
+    memset(p, 0, sizeof *p);
+    if (n > PRETOK_MAX_REGEX)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%d pre-tokenizer regexes: finch "
+                             "applies at most %d", n, PRETOK_MAX_REGEX);
+    for (int i = 0; i < n; i++) {
+        int code;
+        PCRE2_SIZE at;
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)patterns[i], PCRE2_ZERO_TERMINATED,
+                                       PCRE2_UTF | PCRE2_UCP, &code, &at, NULL);
+        if (!re) {
+            PCRE2_UCHAR msg[128];
+            pcre2_get_error_message(code, msg, sizeof msg);
+            finch_pretok_free(p);
+            if (code == PCRE2_ERROR_HEAPLIMIT || code == PCRE2_ERROR_NOMEMORY)
+                return finch_err_set(err, FINCH_E_NOMEM, "compiling pre-tokenizer regex %d: "
+                                     "%s", i + 1, (const char *)msg);
+            return finch_err_set(err, FINCH_E_FORMAT, "pre-tokenizer regex %d does not "
+                                 "compile at offset %zu: %s", i + 1, (size_t)at,
+                                 (const char *)msg);
+        }
+        /* without a JIT (or when it fails) pcre2_match interprets the pattern */
+        pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+        p->re[p->n++] = re;
+    }
+    return FINCH_OK;
+}
+
 finch_status finch_pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
                          finch_err *err) {
     const family *f = NULL;
@@ -94,25 +123,12 @@ finch_status finch_pretok_init(pretok *p, const char *name, bool *ignore_merges,
         return finch_err_set(err, FINCH_E_UNSUPPORTED, "unknown pre-tokenizer '%s' (finch "
                              "knows the smollm, gpt-2, llama3, qwen2, falcon and default "
                              "families and their aliases)", name);
-    memset(p, 0, sizeof *p);
-    for (int i = 0; i < PRETOK_MAX_REGEX && f->re[i]; i++) {
-        int code;
-        PCRE2_SIZE at;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)f->re[i], PCRE2_ZERO_TERMINATED,
-                                       PCRE2_UTF | PCRE2_UCP, &code, &at, NULL);
-        if (!re) {
-            /* the patterns are ours: failing to compile one is a bug, unless memory ran out */
-            PCRE2_UCHAR msg[128];
-            pcre2_get_error_message(code, msg, sizeof msg);
-            FINCH_ASSERT(code == PCRE2_ERROR_HEAPLIMIT || code == PCRE2_ERROR_NOMEMORY);
-            finch_pretok_free(p);
-            return finch_err_set(err, FINCH_E_NOMEM, "compiling the %s pre-tokenizer: %s",
-                                 f->family, (const char *)msg);
-        }
-        /* without a JIT (or when it fails) pcre2_match interprets the pattern */
-        pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
-        p->re[p->n++] = re;
-    }
+    int n = 0;
+    while (n < PRETOK_MAX_REGEX && f->re[n]) n++;
+    /* the patterns are ours: one that does not compile is a bug, unless memory ran out */
+    finch_status st = finch_pretok_compile(p, f->re, n, err);
+    FINCH_ASSERT(st == FINCH_OK || st == FINCH_E_NOMEM);
+    if (st) return finch_err_prefix(err, "the %s pre-tokenizer", f->family);
     *ignore_merges = f->ignore_merges;
     *add_bos = f->add_bos;
     return FINCH_OK;

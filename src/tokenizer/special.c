@@ -18,8 +18,11 @@
  * of equal length), finch picks the first name in the list below and the lower id. The
  * EOG set does not depend on either choice.
  *
+ * A token may swallow the whitespace beside it (tok->strip, from the lstrip/rstrip of a
+ * tokenizer.json added token), within the text run it was found in.
+ *
  * Not done: the LSTRIP/RSTRIP attributes llama.cpp gives some tokens of Phi-3 and Jina
- * models (spaces beside a special token are kept here).
+ * GGUF models (spaces beside such a token are kept there).
  */
 #include "internal.h"
 
@@ -185,6 +188,37 @@ static const char *find_bytes(const char *hay, size_t len, const char *needle, s
     return NULL;
 }
 
+/* Unicode White_Space, what lstrip/rstrip of a tokenizer.json added token remove. */
+static bool is_space_cpt(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+           c == 0x205f || c == 0x3000;
+}
+
+/* Bytes of whitespace at the start of s[0..len). */
+static size_t space_after(const char *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        size_t used;
+        if (!is_space_cpt(finch_utf8_get_lenient(s + i, len - i, &used))) break;
+        i += used;
+    }
+    return i;
+}
+
+/* Bytes of whitespace at the end of s[0..len). */
+static size_t space_before(const char *s, size_t len) {
+    size_t i = len;
+    while (i > 0) {
+        size_t st = i - 1, used;
+        while (st > 0 && i - st < 4 && ((uint8_t)s[st] & 0xc0) == 0x80) st--;
+        uint32_t c = finch_utf8_get_lenient(s + st, i - st, &used);
+        if (st + used != i || !is_space_cpt(c)) break;
+        i = st;
+    }
+    return len - i;
+}
+
 finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
                            bool parse_special, tok_frag **frags, size_t *n_frags,
                            finch_err *err) {
@@ -206,11 +240,14 @@ finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, s
             }
             size_t pos = fr.start, end = fr.start + fr.len;
             const char *hit;
+            uint8_t strip = tok->strip ? tok->strip[id] : 0;
             while ((hit = find_bytes(text + pos, end - pos, s, n))) {
-                size_t h = (size_t)(hit - text);
-                if (h > pos && !frag_push(&next, pos, h - pos, -1)) goto nomem;
+                size_t h = (size_t)(hit - text), gap_end = h;
+                if (strip & STRIP_LEFT) gap_end -= space_before(text + pos, h - pos);
+                if (gap_end > pos && !frag_push(&next, pos, gap_end - pos, -1)) goto nomem;
                 if (!frag_push(&next, h, n, id)) goto nomem;
                 pos = h + n;
+                if (strip & STRIP_RIGHT) pos += space_after(text + pos, end - pos);
             }
             if (pos < end && !frag_push(&next, pos, end - pos, -1)) goto nomem;
         }

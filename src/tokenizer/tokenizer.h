@@ -4,7 +4,9 @@
  * Byte-level BPE (GPT-2 style, tokenizer.ggml.model "gpt2") as stored in GGUF metadata:
  * special tokens split out first, then the pre-tokenizer regexes named by
  * tokenizer.ggml.pre (PCRE2, applied in sequence), the GPT-2 byte-to-unicode map, merges
- * by rank. Token ids match llama.cpp's tokenizer for the same file.
+ * by rank. Token ids match llama.cpp's tokenizer for the same file. The same tokenizer can
+ * be built from a Hugging Face tokenizer.json (its own pre-tokenizer regexes, NFC
+ * normalizer, added tokens); ids then match the tokenizers library.
  * Facts: ../shared/FORMATS.md section 5.
  *
  * The public calls (finch_tokenize, finch_detokenize, finch_tokenizer_*) are declared in
@@ -29,6 +31,16 @@
 finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out,
                                        finch_err *err);
 void finch_tokenizer_free(finch_tokenizer *tok);
+
+/* Builds the tokenizer a Hugging Face tokenizer.json describes (byte-level BPE: vocab,
+ * merges, pre-tokenizer, normalizer, added tokens), with BOS/EOS, add-BOS and the chat
+ * template from tokenizer_config.json when tokenizer_config_json_path is not NULL.
+ * Models, pre-tokenizers or normalizers finch does not implement are FINCH_E_UNSUPPORTED,
+ * malformed or inconsistent files FINCH_E_FORMAT; every message names the file and the
+ * field. The caller owns *out. */
+finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
+                                          const char *tokenizer_config_json_path,
+                                          finch_tokenizer **out, finch_err *err);
 
 /* Special token ids, -1 when the model has none. */
 int32_t finch_tokenizer_bos(const finch_tokenizer *tok);

@@ -171,18 +171,15 @@ static uint8_t attr_of_type(int32_t type) {
     }
 }
 
-/* Copies the token texts into one blob, builds the text index and the attributes. */
-static finch_status load_tokens(finch_tokenizer *tok, const finch_gguf *g,
-                                const finch_gguf_kv *tokens, const finch_gguf_kv *types,
-                                finch_err *err) {
-    const char *path = finch_gguf_path(g);
+finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts,
+                                  const char *path, const char *what, finch_err *err) {
     int32_t V = tok->n_vocab;
     size_t total = 0;
     for (int32_t i = 0; i < V; i++) {
-        size_t n = tokens->arr_str[i].len ? (size_t)tokens->arr_str[i].len : 32;
+        size_t n = texts[i].len ? (size_t)texts[i].len : 32;
         if (!finch_size_add(total, n + 1, &total))
-            return finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.tokens': "
-                                 "token texts overflow the address space", path);
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: %s: token texts overflow the "
+                                 "address space", path, what);
     }
     tok->text_blob = finch_alloc(total, "token texts", err);
     tok->text_off = finch_calloc((size_t)V, sizeof *tok->text_off, "token offsets", err);
@@ -196,7 +193,7 @@ static finch_status load_tokens(finch_tokenizer *tok, const finch_gguf *g,
 
     size_t at = 0;
     for (int32_t i = 0; i < V; i++) {
-        finch_str s = tokens->arr_str[i];
+        finch_str s = texts[i];
         tok->text_off[i] = at;
         if (s.len == 0) {
             /* llama.cpp names an empty token so that it can be looked up and printed */
@@ -209,16 +206,39 @@ static finch_status load_tokens(finch_tokenizer *tok, const finch_gguf *g,
             tok->text_len[i] = (uint32_t)s.len;
             at += (size_t)s.len + 1;
         }
-        int32_t type = 1;
-        if (types) {
-            uint32_t u;
-            memcpy(&u, types->arr_data + 4 * (size_t)i, 4); /* little-endian in the file */
-            type = (int32_t)u;
-        }
-        tok->attr[i] = attr_of_type(type);
+        tok->attr[i] = TOK_NORMAL;
         index_put(tok, i);
     }
     return FINCH_OK;
+}
+
+/* Copies the token texts and their types from the GGUF arrays. */
+static finch_status load_tokens(finch_tokenizer *tok, const finch_gguf *g,
+                                const finch_gguf_kv *tokens, const finch_gguf_kv *types,
+                                finch_err *err) {
+    finch_status st = finch_tok_load_texts(tok, tokens->arr_str, finch_gguf_path(g),
+                                           "key 'tokenizer.ggml.tokens'", err);
+    if (st || !types) return st;
+    for (int32_t i = 0; i < tok->n_vocab; i++) {
+        uint32_t u;
+        memcpy(&u, types->arr_data + 4 * (size_t)i, 4); /* little-endian in the file */
+        tok->attr[i] = attr_of_type((int32_t)u);
+    }
+    return FINCH_OK;
+}
+
+finch_status finch_tok_alloc_merges(finch_tokenizer *tok, int64_t n, finch_err *err) {
+    tok->n_merges = n;
+    tok->merge_mask = table_size((uint64_t)n) - 1;
+    tok->merges = finch_alloc((tok->merge_mask + 1) * sizeof *tok->merges, "merge table", err);
+    if (!tok->merges) return FINCH_E_NOMEM;
+    for (uint64_t i = 0; i <= tok->merge_mask; i++) tok->merges[i].key = EMPTY_KEY;
+    return FINCH_OK;
+}
+
+void finch_tok_add_merge(finch_tokenizer *tok, int32_t left, int32_t right, int32_t rank,
+                         int32_t result) {
+    merge_put(tok, left, right, rank, result);
 }
 
 /* Parses every merge "left right" (split at the first space at position >= 1, as
@@ -229,11 +249,8 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
     if (merges->arr_n > (uint64_t)INT32_MAX)
         return finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.merges' has %" PRIu64
                              " entries, at most %d", path, merges->arr_n, INT32_MAX);
-    tok->n_merges = (int64_t)merges->arr_n;
-    tok->merge_mask = table_size((uint64_t)tok->n_merges) - 1;
-    tok->merges = finch_alloc((tok->merge_mask + 1) * sizeof *tok->merges, "merge table", err);
-    if (!tok->merges) return FINCH_E_NOMEM;
-    for (uint64_t i = 0; i <= tok->merge_mask; i++) tok->merges[i].key = EMPTY_KEY;
+    finch_status st = finch_tok_alloc_merges(tok, (int64_t)merges->arr_n, err);
+    if (st) return st;
 
     for (int64_t r = 0; r < tok->n_merges; r++) {
         finch_str m = merges->arr_str[r];
@@ -313,6 +330,12 @@ static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
         else if (a & TOK_NORMAL) finch_bpe_decode_text(t, n, dst);
     }
     return FINCH_OK;
+}
+
+finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err) {
+    load_byte_tables(tok);
+    finch_status st = finch_tok_special_setup(tok, err);
+    return st ? st : load_pieces(tok, err);
 }
 
 finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out,
@@ -418,9 +441,7 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
 
     if ((st = load_tokens(tok, g, tokens, types, err))) goto fail;
     if ((st = load_merges(tok, g, merges, err))) goto fail;
-    load_byte_tables(tok);
-    if ((st = finch_tok_special_setup(tok, err))) goto fail;
-    if ((st = load_pieces(tok, err))) goto fail;
+    if ((st = finch_tok_finish(tok, err))) goto fail;
     *out = tok;
     return FINCH_OK;
 
@@ -441,6 +462,7 @@ void finch_tokenizer_free(finch_tokenizer *tok) {
     free(tok->index);
     free(tok->merges);
     free(tok->specials);
+    free(tok->strip);
     free(tok->pre_name);
     free(tok->chat_template);
     free(tok);

@@ -115,12 +115,26 @@ static double eval_loss(const finch_model *m, finch_train_acts *acts, finch_batc
         int64_t nt = 0;
         for (int64_t i = 0; i < (int64_t)b->B * b->T; i++) nt += b->targets[i] >= 0;
         if (nt) {
-            sum += finch_model_train_step(m, acts, b->ids, b->targets, b->pos, 0.0f, 0, false) * (double)nt;
+            sum += finch_model_train_step(m, acts, b->ids, b->targets, b->pos, b->seg, 0.0f, 0, false) *
+                   (double)nt;
             count += nt;
         }
     }
     free(order);
     return count ? sum / (double)count : NAN;
+}
+
+/* Rows that packing the examples of one epoch in this order fills (as finch_batch_fill
+ * packs: whole examples in order, one that does not fit starting the next row). */
+static int64_t packed_rows(const finch_token_set *s, const int64_t *order, int T) {
+    int64_t rows = 0;
+    int at = T;
+    for (int64_t i = 0; i < s->n; i++) {
+        int n = s->ex[order[i]].n;
+        if (at + n > T) rows++, at = 0;
+        at += n;
+    }
+    return rows;
 }
 
 static finch_status load_tokens(const finch_model *m, const finch_data_spec *spec, const char *path,
@@ -153,7 +167,7 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     finch_status st = check_options(m, o, err);
     if (st) return st;
     if (!m->tok)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", finch_gguf_path(m->gguf));
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", m->path);
     const int max_len = o->data.max_seq_len ? o->data.max_seq_len
                                             : (m->cfg.n_ctx_train < 256 ? m->cfg.n_ctx_train : 256);
     finch_lora_config lc = {.r = o->lora_r, .alpha = o->lora_alpha, .rslora = o->use_rslora != 0,
@@ -206,14 +220,27 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
         ts.n -= n_val;
     }
 
-    /* the batch is as long as the longest example */
+    /* the batch is as long as the longest example, or max_len when packing fills rows */
     int T = 2;
     for (int64_t i = 0; i < ts.n; i++) T = ts.ex[i].n > T ? ts.ex[i].n : T;
     for (int64_t i = 0; i < vs.n; i++) T = vs.ex[i].n > T ? vs.ex[i].n : T;
+    if (o->packing) T = max_len;
     const int B = o->batch_size;
     const int64_t per_step = (int64_t)B * o->grad_accum;
+    if (!(order = finch_alloc((size_t)ts.n * sizeof *order, "example order", err))) {
+        st = FINCH_E_NOMEM;
+        goto done;
+    }
+    /* an epoch is ts.n rows, or with packing the rows its examples fill (counted in the
+     * first epoch's order: later orders differ by a row or so, and the count must not
+     * depend on where a resumed run starts) */
+    int64_t epoch_rows = ts.n;
+    if (o->packing) {
+        epoch_order(order, ts.n, o->seed, 0);
+        epoch_rows = packed_rows(&ts, order, T);
+    }
     const int64_t total = o->max_steps ? o->max_steps
-                                       : (int64_t)ceil(o->epochs * (double)ts.n / (double)per_step);
+                                       : (int64_t)ceil(o->epochs * (double)epoch_rows / (double)per_step);
     sched.total_steps = total > 0 ? total : 1;
 
     finch_rng rng;
@@ -224,8 +251,7 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     if ((st = finch_train_acts_new(m, B, T, &acts, err)) || (st = finch_batch_init(&batch, B, T, err))) goto done;
     mom = finch_calloc((size_t)l->n_params, sizeof(float), "AdamW m", err);
     vel = finch_calloc((size_t)l->n_params, sizeof(float), "AdamW v", err);
-    order = finch_alloc((size_t)ts.n * sizeof *order, "example order", err);
-    if (!mom || !vel || !order) {
+    if (!mom || !vel) {
         st = FINCH_E_NOMEM;
         goto done;
     }
@@ -254,36 +280,45 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     int64_t n_total = m->cfg.n_params;
     finch_log(FINCH_LOG_INFO, "trainable params: %lld || all params: %lld || trainable%%: %.4f",
               (long long)l->n_params, (long long)n_total, 100.0 * (double)l->n_params / (double)n_total);
-    finch_log(FINCH_LOG_INFO, "%lld training examples, %lld validation; %lld steps of %d x %d x %d tokens",
-              (long long)ts.n, (long long)vs.n, (long long)total, o->grad_accum, B, T);
+    finch_log(FINCH_LOG_INFO, "%lld training examples, %lld validation; %lld steps of %d x %d x %d tokens%s",
+              (long long)ts.n, (long long)vs.n, (long long)total, o->grad_accum, B, T,
+              o->packing ? " (packed)" : "");
 
     finch_adamw_config ac = finch_adamw_config_default();
     ac.weight_decay = o->weight_decay;
     finch_adamw_range all = {0, (size_t)l->n_params, true};
     double smooth = NAN, tps = NAN, t_start = now_s();
     int64_t first_step = pos.step;
+    /* the last good state on disk, for the message if a step goes non-finite */
+    char last_good[4300];
+    if (o->resume_dir) snprintf(last_good, sizeof last_good, "the checkpoint resumed from (%s, step %lld)",
+                                o->resume_dir, (long long)pos.step);
+    else snprintf(last_good, sizeof last_good, "no checkpoint (none was saved yet)");
     for (int64_t step = pos.step + 1; step <= total; step++) {
         double t0 = now_s(), loss = 0;
         int64_t tokens = 0;
         finch_grad_zero(l->grads, (size_t)l->n_params);
         for (int k = 0; k < o->grad_accum; k++) {
             int64_t e0 = pos.epoch;
-            finch_batch_fill(&batch, &ts, order, &pos.next, &pos.epoch, false, finch_tokenizer_eos(m->tok));
+            finch_batch_fill(&batch, &ts, order, &pos.next, &pos.epoch, o->packing != 0,
+                             finch_tokenizer_eos(m->tok));
             if (pos.epoch != e0) epoch_order(order, ts.n, o->seed, pos.epoch);
             float scale = batch.n_targets ? 1.0f / ((float)batch.n_targets * (float)o->grad_accum) : 0.0f;
             uint64_t seed = mix64(o->seed ^ mix64((uint64_t)step * 65536 + (uint64_t)k));
             if (batch.n_targets)
-                loss += finch_model_train_step(m, acts, batch.ids, batch.targets, batch.pos, scale, seed, true) /
-                        o->grad_accum;
-            tokens += (int64_t)B * T;
+                loss += finch_model_train_step(m, acts, batch.ids, batch.targets, batch.pos, batch.seg,
+                                               scale, seed, true) / o->grad_accum;
+            tokens += batch.n_tokens; /* the examples' tokens, not padding */
         }
         double norm = o->max_grad_norm > 0 ? finch_grad_clip(l->grads, (size_t)l->n_params, o->max_grad_norm)
                                            : finch_grad_norm(l->grads, (size_t)l->n_params);
         if (!isfinite(loss) || !isfinite(norm)) {
+            /* nothing of this step is applied or saved: the last checkpoint stays as it was */
             st = finch_err_set(err, FINCH_E_RANGE,
-                               "step %lld: the loss is %g and the gradient norm %g: stopping; the "
-                               "last checkpoint in %s is intact (try a lower --learning-rate)",
-                               (long long)step, loss, norm, o->out_dir);
+                               "step %lld: the loss is %g and the gradient norm %g (not finite): "
+                               "stopping without saving; the last good state is %s (resume from it "
+                               "with a lower --learning-rate or --lora-alpha)",
+                               (long long)step, loss, norm, last_good);
             goto done;
         }
         double lr = finch_lr_at(&sched, step - 1);
@@ -308,8 +343,10 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
         }
         if (on_progress) on_progress(&pr, user);
         bool stop = should_stop && should_stop(user);
-        if ((o->save_steps && step % o->save_steps == 0) || step == total || stop)
+        if ((o->save_steps && step % o->save_steps == 0) || step == total || stop) {
             if ((st = finch_checkpoint_save(o->out_dir, l, m, mom, vel, &pos, err))) goto done;
+            snprintf(last_good, sizeof last_good, "%s/checkpoint-%lld", o->out_dir, (long long)step);
+        }
         if (stop) {
             st = finch_err_set(err, FINCH_E_INTERRUPTED, "interrupted at step %lld: checkpoint saved in "
                                "%s/checkpoint-%lld (continue with --resume %s)", (long long)step,

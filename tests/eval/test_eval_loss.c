@@ -113,7 +113,7 @@ static void test_cli(void **state) {
     assert_non_null(strstr(out, "perplexity:"));
     assert_int_equal(run("", out, sizeof out), 2);
     assert_non_null(strstr(out, "no dataset"));
-    snprintf(args, sizeof args, "--data %s --task classify", data_path);
+    snprintf(args, sizeof args, "--data %s --task summarize", data_path);
     assert_int_equal(run(args, out, sizeof out), 2);
     snprintf(args, sizeof args, "--data %s --max-seq-len 1", data_path);
     assert_int_equal(run(args, out, sizeof out), 2);

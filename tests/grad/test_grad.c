@@ -407,7 +407,16 @@ typedef struct {
     int64_t B, T;
     int H, KVH, D;
     const double *q, *k, *v, *P;
+    const int32_t *seg; /* (B, T) or NULL */
 } att_ctx;
+
+/* Whether query t of row b sees key j: causal, and no change of seg from j to t. */
+static bool att_sees(const att_ctx *c, int64_t b, int64_t t, int64_t j) {
+    if (j > t) return false;
+    for (int64_t i = j; i < t && c->seg; i++)
+        if (c->seg[b * c->T + i] != c->seg[b * c->T + t]) return false;
+    return true;
+}
 
 static double att_loss(const void *p) {
     const att_ctx *c = p;
@@ -420,6 +429,7 @@ static double att_loss(const void *p) {
                 int g = h / (c->H / c->KVH);
                 double mx = -INFINITY, sum = 0;
                 for (int64_t j = 0; j <= t; j++) {
+                    if (!att_sees(c, b, t, j)) continue;
                     double d = 0;
                     for (int e = 0; e < c->D; e++)
                         d += c->q[(b * T + t) * qs + h * c->D + e] *
@@ -427,15 +437,34 @@ static double att_loss(const void *p) {
                     s[j] = d / sqrt((double)c->D);
                     mx = s[j] > mx ? s[j] : mx;
                 }
-                for (int64_t j = 0; j <= t; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int64_t j = 0; j <= t; j++)
+                    if (att_sees(c, b, t, j)) sum += (s[j] = exp(s[j] - mx));
                 for (int e = 0; e < c->D; e++) {
                     double o = 0;
                     for (int64_t j = 0; j <= t; j++)
-                        o += s[j] / sum * c->v[(b * T + j) * kvs + g * c->D + e];
+                        if (att_sees(c, b, t, j)) o += s[j] / sum * c->v[(b * T + j) * kvs + g * c->D + e];
                     L += c->P[(b * T + t) * qs + h * c->D + e] * o;
                 }
             }
     return L;
+}
+
+/* Segments for a (B, T) batch: variant 0 none (NULL); 1 random runs of 1 to 7 tokens
+ * whose ids may repeat a run before the last (1 1 2 1: the last 1 is a run of its own),
+ * so only the change of value separates examples, as the contract says. */
+static int32_t *att_segments(finch_rng *r, int64_t B, int64_t T, int variant) {
+    if (variant == 0) return NULL;
+    int32_t *seg = malloc((size_t)(B * T) * sizeof *seg);
+    assert_non_null(seg);
+    for (int64_t b = 0; b < B; b++) {
+        int32_t id = 1;
+        for (int64_t t = 0; t < T;) {
+            int64_t len = 1 + (int64_t)(finch_rng_u64(r) % 7);
+            for (int64_t i = 0; i < len && t < T; i++, t++) seg[b * T + t] = id;
+            id = id == 1 ? 2 : 1;
+        }
+    }
+    return seg;
 }
 
 static void test_attention_backward(void **state) {
@@ -443,67 +472,97 @@ static void test_attention_backward(void **state) {
     finch_rng r;
     finch_rng_seed(&r, 16);
     /* B, T, H, KVH, D */
-    const int shapes[][5] = {
-        {1, 1, 1, 1, 1}, {2, 5, 4, 2, 3}, {3, 7, 6, 2, 8}, {1, 17, 3, 3, 5}, {2, 33, 9, 3, 12}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        int64_t B = shapes[s][0], T = shapes[s][1];
-        int H = shapes[s][2], KVH = shapes[s][3], D = shapes[s][4];
-        int64_t nq = B * T * H * D, nkv = B * T * KVH * D, na = B * H * T * T;
-        char what[96];
-        float *q = rand_vec(&r, nq, 1.0f), *k = rand_vec(&r, nkv, 1.0f),
-              *v = rand_vec(&r, nkv, 1.0f);
-        float *dout = rand_vec(&r, nq, 1.0f), *out = zeros(nq), *outr = zeros(nq);
-        float *att = zeros(na), *attr = zeros(na), *outc = zeros(nq);
-        float *dq = zeros(nq), *dk = rand_vec(&r, nkv, 1.0f), *dv = rand_vec(&r, nkv, 1.0f);
-        float *dqr = zeros(nq), *dkr = zeros(nkv), *dvr = zeros(nkv);
-        finch_workspace ws;
-        ws_init(&ws, 1, T);
-        finch_backend_cpu.attention_forward_train(out, att, q, k, v, B, T, H, KVH, D, &ws);
-        finch_ref_attention_forward_train(outr, attr, q, k, v, B, T, H, KVH, D);
-        snprintf(what, sizeof what, "attention B=%lld T=%lld H=%d KVH=%d D=%d", (long long)B,
-                 (long long)T, H, KVH, D);
-        check_close(what, out, outr, nq);
-        check_close(what, att, attr, na);
-        /* one sequence at a time equals the cached forward from position 0 */
-        for (int64_t b = 0; b < B; b++)
-            finch_ref_attention_forward(outc + b * T * H * D, q + b * T * H * D,
-                                        k + b * T * KVH * D, v + b * T * KVH * D, T, 0, H, KVH, D);
-        check_close(what, out, outc, nq);
-        finch_backend_cpu.attention_backward(dq, dk, dv, dout, att, q, k, v, B, T, H, KVH, D, &ws);
-        finch_ref_attention_backward(dqr, dkr, dvr, dout, attr, q, k, v, B, T, H, KVH, D);
-        double *qd = to_double(q, nq), *kd = to_double(k, nkv), *vd = to_double(v, nkv);
-        double *Pd = to_double(dout, nq);
-        att_ctx c = {B, T, H, KVH, D, qd, kd, vd, Pd};
-        check_fd(what, qd, nq, dq, att_loss, &c, &r);
-        check_fd(what, kd, nkv, dk, att_loss, &c, &r);
-        check_fd(what, vd, nkv, dv, att_loss, &c, &r);
-        check_fd(what, qd, nq, dqr, att_loss, &c, &r);
-        check_fd(what, kd, nkv, dkr, att_loss, &c, &r);
-        check_fd(what, vd, nkv, dvr, att_loss, &c, &r);
-        check_close(what, dq, dqr, nq);
-        check_close(what, dk, dkr, nkv);
-        check_close(what, dv, dvr, nkv);
-        finch_workspace_free(&ws);
-        free(qd);
-        free(kd);
-        free(vd);
-        free(Pd);
-        free(q);
-        free(k);
-        free(v);
-        free(dout);
-        free(out);
-        free(outr);
-        free(outc);
-        free(att);
-        free(attr);
-        free(dq);
-        free(dk);
-        free(dv);
-        free(dqr);
-        free(dkr);
-        free(dvr);
-    }
+    const int shapes[][5] = {{1, 1, 1, 1, 1},  {2, 5, 4, 2, 3},    {3, 7, 6, 2, 8},
+                             {1, 17, 3, 3, 5}, {2, 33, 9, 3, 12}, {1, 40, 2, 1, 9}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int variant = 0; variant < 2; variant++) {
+            int64_t B = shapes[s][0], T = shapes[s][1];
+            int H = shapes[s][2], KVH = shapes[s][3], D = shapes[s][4];
+            int64_t nq = B * T * H * D, nkv = B * T * KVH * D, na = B * H * T * T;
+            char what[128];
+            int32_t *seg = att_segments(&r, B, T, variant);
+            float *q = rand_vec(&r, nq, 1.0f), *k = rand_vec(&r, nkv, 1.0f),
+                  *v = rand_vec(&r, nkv, 1.0f);
+            float *dout = rand_vec(&r, nq, 1.0f), *out = zeros(nq), *outr = zeros(nq);
+            float *att = zeros(na), *attr = zeros(na), *outc = zeros(nq), *ds = zeros(na);
+            float *dq = zeros(nq), *dk = rand_vec(&r, nkv, 1.0f), *dv = rand_vec(&r, nkv, 1.0f);
+            float *dqr = zeros(nq), *dkr = zeros(nkv), *dvr = zeros(nkv);
+            finch_workspace ws;
+            ws_init(&ws, 1, T);
+            finch_backend_cpu.attention_forward_train(out, att, q, k, v, seg, B, T, H, KVH, D, &ws);
+            finch_ref_attention_forward_train(outr, attr, q, k, v, seg, B, T, H, KVH, D);
+            snprintf(what, sizeof what, "attention B=%lld T=%lld H=%d KVH=%d D=%d%s", (long long)B,
+                     (long long)T, H, KVH, D, seg ? " segmented" : "");
+            check_close(what, out, outr, nq);
+            check_close(what, att, attr, na);
+            /* each sequence (each segment) alone equals the cached forward from position 0 */
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t t0 = 0, t1; t0 < T; t0 = t1) {
+                    for (t1 = t0 + 1; seg && t1 < T && seg[b * T + t1] == seg[b * T + t0];) t1++;
+                    if (!seg) t1 = T;
+                    int64_t o = b * T + t0;
+                    finch_ref_attention_forward(outc + o * H * D, q + o * H * D, k + o * KVH * D,
+                                                v + o * KVH * D, t1 - t0, 0, H, KVH, D);
+                }
+            check_close(what, out, outc, nq);
+            finch_backend_cpu.attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, B, T, H, KVH,
+                                                 D, &ws);
+            finch_ref_attention_backward(dqr, dkr, dvr, dout, attr, q, k, v, seg, B, T, H, KVH, D);
+            double *qd = to_double(q, nq), *kd = to_double(k, nkv), *vd = to_double(v, nkv);
+            double *Pd = to_double(dout, nq);
+            att_ctx c = {B, T, H, KVH, D, qd, kd, vd, Pd, seg};
+            check_fd(what, qd, nq, dq, att_loss, &c, &r);
+            check_fd(what, kd, nkv, dk, att_loss, &c, &r);
+            check_fd(what, vd, nkv, dv, att_loss, &c, &r);
+            check_fd(what, qd, nq, dqr, att_loss, &c, &r);
+            check_fd(what, kd, nkv, dkr, att_loss, &c, &r);
+            check_fd(what, vd, nkv, dvr, att_loss, &c, &r);
+            check_close(what, dq, dqr, nq);
+            check_close(what, dk, dkr, nkv);
+            check_close(what, dv, dvr, nkv);
+            /* every output has one owner summing in a fixed order: one thread gives the
+             * same bits as two */
+            finch_workspace ws1;
+            finch_err err;
+            assert_int_equal(finch_workspace_init(&ws1, finch_workspace_need(1, T), 1, 0, &err), FINCH_OK);
+            float *o1 = zeros(nq), *a1 = zeros(na), *q1 = zeros(nq), *k1 = zeros(nkv), *v1 = zeros(nkv);
+            finch_backend_cpu.attention_forward_train(o1, a1, q, k, v, seg, B, T, H, KVH, D, &ws1);
+            finch_backend_cpu.attention_backward(q1, k1, v1, ds, dout, a1, q, k, v, seg, B, T, H, KVH, D,
+                                                 &ws1);
+            assert_memory_equal(o1, out, (size_t)nq * sizeof(float));
+            assert_memory_equal(a1, att, (size_t)na * sizeof(float));
+            assert_memory_equal(q1, dq, (size_t)nq * sizeof(float));
+            assert_memory_equal(k1, dk, (size_t)nkv * sizeof(float));
+            assert_memory_equal(v1, dv, (size_t)nkv * sizeof(float));
+            finch_workspace_free(&ws1);
+            free(o1);
+            free(a1);
+            free(q1);
+            free(k1);
+            free(v1);
+            finch_workspace_free(&ws);
+            free(seg);
+            free(qd);
+            free(kd);
+            free(vd);
+            free(Pd);
+            free(q);
+            free(k);
+            free(v);
+            free(dout);
+            free(out);
+            free(outr);
+            free(outc);
+            free(att);
+            free(attr);
+            free(ds);
+            free(dq);
+            free(dk);
+            free(dv);
+            free(dqr);
+            free(dkr);
+            free(dvr);
+        }
 }
 
 /* ---- swiglu --------------------------------------------------------------------------- */

@@ -128,7 +128,7 @@ static void test_gradients(void **state) {
     assert_int_equal(finch_lora_attach(l, model, 1.0f, (int64_t)Bn * T, &err), FINCH_OK);
     finch_train_acts *a;
     assert_int_equal(finch_train_acts_new(model, Bn, T, &a, &err), FINCH_OK);
-    double loss = finch_model_train_step(model, a, ids, tg, pos, 0.0f, 0, true);
+    double loss = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, true);
     double want = json_real_value(json_object_get(g, "loss"));
     printf("  loss %.7f, reference %.7f\n", loss, want);
     assert_true(fabs(loss - want) < 1e-5 * want);
@@ -189,7 +189,7 @@ static void test_training_trajectory(void **state) {
         json_t *h = json_array_get(hist, (size_t)k);
         batch_of(h, ids, tg, pos, &Bn, &T);
         finch_grad_zero(l->grads, (size_t)l->n_params);
-        double loss = finch_model_train_step(model, a, ids, tg, pos, 0.0f, 0, true);
+        double loss = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, true);
         double norm = finch_grad_clip(l->grads, (size_t)l->n_params, clip);
         double lr = finch_lr_at(&sched, k);
         finch_adamw_step(l->params, m, v, l->grads, (size_t)l->n_params, &all, 1, &ac, lr, k + 1);

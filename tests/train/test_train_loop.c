@@ -1,7 +1,8 @@
 /*
  * test_train_loop.c: the training run on the tiny model: learning happens on a small
  * memorisable task; a run interrupted and resumed from its checkpoint continues with
- * bit-identical losses (metrics.jsonl lines equal to the uninterrupted run's); a corrupt
+ * bit-identical losses (metrics.jsonl lines equal to the uninterrupted run's), packed or
+ * not; a loss that goes non-finite stops the run keeping the last checkpoint; a corrupt
  * checkpoint is refused and left as it was; bad options are refused with their flag name.
  */
 #include <setjmp.h>
@@ -10,6 +11,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,16 +72,18 @@ static void strip_speed(char *s) {
     }
 }
 
-static void test_resume_exact(void **state) {
-    (void)state;
+/* A run interrupted after step 4 and resumed equals the uninterrupted one. */
+static void resume_exact(bool packing) {
     char a[300], b[300];
-    snprintf(a, sizeof a, "%s/a", dir);
-    snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(a, sizeof a, "%s/a%d", dir, packing);
+    snprintf(b, sizeof b, "%s/b%d", dir, packing);
     finch_err err;
     finch_train_options o = opts(a);
+    o.packing = packing;
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
     /* interrupted after step 4 (a checkpoint is written), then resumed */
     o = opts(b);
+    o.packing = packing;
     stop_at = 4;
     assert_int_equal(finch_train(model, &o, track, stop_now, NULL, &err), FINCH_E_INTERRUPTED);
     assert_non_null(strstr(err.msg, "--resume"));
@@ -103,6 +107,52 @@ static void test_resume_exact(void **state) {
     assert_memory_equal(fa, fb, na);
     free(fa);
     free(fb);
+}
+
+static void test_resume_exact(void **state) {
+    (void)state;
+    resume_exact(false);
+}
+
+/* With packing a step takes several examples a row and crosses epochs within a batch:
+ * the data position (example and epoch) must still round-trip through the checkpoint. */
+static void test_resume_exact_packed(void **state) {
+    (void)state;
+    resume_exact(true);
+    /* and it did pack: 8 steps of 2 rows took more than the 16 examples (1.33 epochs of
+     * 12) they hold unpacked */
+    char a[300];
+    snprintf(a, sizeof a, "%s/a1", dir);
+    char *m = metrics_of(a), *last = strstr(m, "\"step\": 8,");
+    assert_non_null(last);
+    double epoch = atof(strstr(last, "\"epoch\": ") + 9);
+    printf("  packed: epoch %.3f after 8 steps of 2 rows\n", epoch);
+    assert_true(epoch > 1.6);
+    free(m);
+}
+
+/* Packing learns the task as well: the validation loss falls as unpacked. */
+static void test_learns_packed(void **state) {
+    (void)state;
+    char out[300];
+    snprintf(out, sizeof out, "%s/learn_packed", dir);
+    finch_err err;
+    finch_train_options o = opts(out);
+    o.max_steps = 20;
+    o.log_steps = 20;
+    o.lora_dropout = 0;
+    o.packing = 1;
+    o.val_path = data;
+    finch_data_spec spec = {.path = data, .max_seq_len = 32};
+    finch_loss_report before;
+    assert_int_equal(finch_eval_loss(model, &spec, FINCH_NUMERICS_EXACT, NULL, NULL, &before, &err), FINCH_OK);
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    char *m = metrics_of(out), *v = strstr(m, "\"val_loss\": ");
+    assert_non_null(v);
+    double val = atof(v + 12);
+    printf("  packed: validation loss %.4f before, %.4f after 20 steps\n", before.loss, val);
+    assert_true(val < 0.5 * before.loss);
+    free(m);
 }
 
 static void test_learns(void **state) {
@@ -156,6 +206,109 @@ static void test_corrupt_checkpoint(void **state) {
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_FORMAT);
     assert_non_null(strstr(err.msg, "another model or LoRA configuration"));
     free(orig);
+}
+
+/* On the real model (SmolLM2-135M, the default), a short packed run lowers the loss. */
+static void test_packed_real_model(void **state) {
+    (void)state;
+    char path[4096], out[300];
+    finch_err err;
+    const char *env = getenv("FINCH_MODEL");
+    if (env) snprintf(path, sizeof path, "%s", env);
+    else assert_int_equal(finch_default_model_path(path, sizeof path, &err), FINCH_OK);
+    if (access(path, R_OK) != 0) {
+        if (getenv("FINCH_ALLOW_NO_MODEL")) skip();
+        fail_msg("the default model is missing at %s: run scripts/setup.sh", path);
+    }
+    finch_model *real;
+    assert_int_equal(finch_model_load(path, &real, &err), FINCH_OK);
+    snprintf(out, sizeof out, "%s/real_packed", dir);
+    finch_train_options o = opts(out);
+    o.data.max_seq_len = 64; /* about 6 examples a row */
+    o.target_modules = "q,v";
+    o.lora_r = 8;
+    o.lora_alpha = 16;
+    o.lora_dropout = 0;
+    o.learning_rate = 2e-3;
+    o.batch_size = 1;
+    o.max_steps = 3;
+    o.warmup_steps = 0;
+    o.log_steps = 3;
+    o.packing = 1;
+    o.val_path = data;
+    finch_data_spec spec = {.path = data, .max_seq_len = 64};
+    finch_loss_report before;
+    assert_int_equal(finch_eval_loss(real, &spec, FINCH_NUMERICS_EXACT, NULL, NULL, &before, &err), FINCH_OK);
+    assert_int_equal(finch_train(real, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    char *m = metrics_of(out), *v = strstr(m, "\"val_loss\": ");
+    assert_non_null(v);
+    double val = atof(v + 12);
+    printf("  SmolLM2, packed: validation loss %.4f before, %.4f after 3 steps\n", before.loss, val);
+    assert_true(val < 0.8 * before.loss);
+    free(m);
+    finch_model_free(real);
+}
+
+/* Whether two files hold the same bytes. */
+static bool same_file(const char *a, const char *b) {
+    size_t na, nb;
+    uint8_t *fa = read_file(a, &na), *fb = read_file(b, &nb);
+    bool same = fa && fb && na == nb && !memcmp(fa, fb, na);
+    free(fa);
+    free(fb);
+    return same;
+}
+
+/* A run whose loss goes non-finite stops at that step with a clear error, saving nothing:
+ * the last checkpoint stays byte-identical to that of a run that ended cleanly there, no
+ * final adapter appears, and the checkpoint resumes. The blow-up is real: a LoRA scale of
+ * 1e20 (alpha 1e20, r 1) is harmless while B is zero (steps 1 and 2 start from B = 0:
+ * step 1 has learning rate 0 in the warmup), then the first update of B (step 2) drives
+ * step 3's activations past the f32 range. */
+static void test_nonfinite_stops(void **state) {
+    (void)state;
+    char ok[300], bad[300], a[500], b[500];
+    snprintf(ok, sizeof ok, "%s/finite", dir);
+    snprintf(bad, sizeof bad, "%s/nonfinite", dir);
+    finch_err err;
+    finch_train_options o = opts(ok);
+    o.lora_r = 1;
+    o.lora_alpha = 1e20f;
+    o.lora_dropout = 0;
+    o.lr_scheduler = "constant";
+    o.warmup_steps = 2;
+    o.save_steps = 1;
+    o.max_steps = 2;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    o.out_dir = bad;
+    o.max_steps = 6;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_RANGE);
+    printf("  %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "step 3: the loss is"));
+    assert_non_null(strstr(err.msg, "not finite"));
+    snprintf(a, sizeof a, "the last good state is %s/checkpoint-2 ", bad);
+    assert_non_null(strstr(err.msg, a));
+    /* checkpoint-2 is the clean run's, byte for byte; nothing of step 3 was written */
+    const char *files[] = {"adapter_model.safetensors", "adapter_config.json", "trainer_state.bin"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(a, sizeof a, "%s/checkpoint-2/%s", ok, files[i]);
+        snprintf(b, sizeof b, "%s/checkpoint-2/%s", bad, files[i]);
+        if (!same_file(a, b)) fail_msg("%s differs from %s", b, a);
+    }
+    snprintf(b, sizeof b, "%s/checkpoint-3", bad);
+    assert_int_not_equal(access(b, F_OK), 0);
+    snprintf(b, sizeof b, "%s/adapter_model.safetensors", bad);
+    assert_int_not_equal(access(b, F_OK), 0);
+    char *m = metrics_of(bad);
+    assert_non_null(strstr(m, "\"step\": 2,"));
+    assert_null(strstr(m, "\"step\": 3,"));
+    free(m);
+    /* it resumes: with a sane alpha the run continues from step 2 to its end */
+    o.lora_alpha = 8;
+    o.resume_dir = bad;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    snprintf(b, sizeof b, "%s/checkpoint-6", bad);
+    assert_int_equal(access(b, F_OK), 0);
 }
 
 static void test_bad_options(void **state) {
@@ -213,6 +366,10 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_exact), cmocka_unit_test(test_learns),
+                                       cmocka_unit_test(test_resume_exact_packed),
+                                       cmocka_unit_test(test_learns_packed),
+                                       cmocka_unit_test(test_nonfinite_stops),
+                                       cmocka_unit_test(test_packed_real_model),
                                        cmocka_unit_test(test_corrupt_checkpoint),
                                        cmocka_unit_test(test_bad_options)};
     return cmocka_run_group_tests(tests, setup, teardown);

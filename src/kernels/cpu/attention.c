@@ -3,6 +3,8 @@
  *   out[t, h] = sum_j softmax_j(q[t,h] . k[j,g] / sqrt(D)) v[j,g],  j <= pos0 + t,
  *   g = h / (H / KVH).
  * One (token, head) pair per task; its scores live in the thread's workspace slice.
+ * Training attention (no cache, segments for packed rows) and its backward follow the
+ * inference ops; their tasks are (row, head, block of tokens), each output owned by one.
  */
 #include "kernels/cpu/cpu.h"
 
@@ -32,6 +34,69 @@ static inline float dot_f32(const float *a, const float *b, int D) {
 #endif
     for (; d < D; d++) s += a[d] * b[d];
     return s;
+}
+
+#ifdef HAVE_AVX2
+/* e^x in 8 lanes, Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-5
+ * polynomial, 2^n into the exponent bits; within 2 ulp of expf over the clamped range
+ * [-88.38, 88.38] (the softmax only feeds it scores minus their maximum, <= 0). */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-88.3762626647949f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+#endif
+
+/* p[j] = e^(p[j] - mx) for j < n; returns their sum (8 lanes, then the tail). */
+static inline float exp_sum(float *p, int64_t n, float mx) {
+    int64_t j = 0;
+    float sum = 0;
+#ifdef HAVE_AVX2
+    __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), m));
+        _mm256_storeu_ps(p + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    sum = hsum8(acc);
+#endif
+    for (; j < n; j++) sum += (p[j] = expf(p[j] - mx));
+    return sum;
+}
+
+/* s[i] = a . b_i for the n rows b_i = b + i * stride (D elements each): four rows at a
+ * time share the loads of a; each row sums as dot_f32 does (8 lanes, then hsum8). */
+static inline void dots_f32(float *s, const float *a, const float *b, int64_t stride, int64_t n, int D) {
+    int64_t i = 0;
+#ifdef HAVE_AVX2
+    if (D % 8 == 0)
+        for (; i + 4 <= n; i += 4) {
+            const float *b0 = b + i * stride, *b1 = b0 + stride, *b2 = b1 + stride, *b3 = b2 + stride;
+            __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+            for (int d = 0; d < D; d += 8) {
+                __m256 x = _mm256_loadu_ps(a + d);
+                c0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b0 + d), c0);
+                c1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b1 + d), c1);
+                c2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b2 + d), c2);
+                c3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b3 + d), c3);
+            }
+            s[i] = hsum8(c0);
+            s[i + 1] = hsum8(c1);
+            s[i + 2] = hsum8(c2);
+            s[i + 3] = hsum8(c3);
+        }
+#endif
+    for (; i < n; i++) s[i] = dot_f32(a, b + i * stride, D);
 }
 
 /* o (D) += p * v (D) */
@@ -81,90 +146,185 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
     }
 }
 
-/* Training attention: B sequences of T tokens, causal within each, no cache. Each
- * (sequence, head, token) row writes its probabilities straight into att, which backward
- * reads; no workspace is needed. */
+/* Training attention: B rows of T tokens, causal within each row and, with seg, within
+ * each segment: token t attends to tokens j <= t of the run of equal seg values that
+ * holds t, and to nothing before it, so packed examples never see each other. */
+
+/* Query rows per task: small enough that (row, head, block) tasks balance over threads
+ * when B * H is small, large enough that each task's start-up is noise. */
+#define ROWS 16
+
+/* The first index of the segment holding t in a row's seg (NULL: the whole row). */
+static inline int64_t seg_start(const int32_t *sg, int64_t t) {
+    if (!sg) return 0;
+    while (t > 0 && sg[t - 1] == sg[t]) t--;
+    return t;
+}
+
+/* Forward: one task per (row b, query head h, block of ROWS queries); the segment start
+ * is found once per block and then followed along it. Each query row writes its
+ * probabilities straight into att (zero outside its segment's causal range), which
+ * backward reads; no workspace is needed. */
 void finch_cpu_attention_forward_train(float *out, float *att, const float *q, const float *k,
-                                       const float *v, int64_t B, int64_t T, int H, int KVH, int D,
-                                       finch_workspace *ws) {
+                                       const float *v, const int32_t *seg, int64_t B, int64_t T,
+                                       int H, int KVH, int D, finch_workspace *ws) {
     const int group = H / KVH;
-    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + ROWS - 1) / ROWS;
     const float scale = 1.0f / sqrtf((float)D);
     const int n_threads = ws ? ws->n_threads : 1;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (B * H * T > 1)
-    for (int64_t bht = 0; bht < B * H * T; bht++) {
-        int64_t b = bht / (H * T), t = bht % T;
-        int h = (int)(bht / T % H), g = h / group;
-        const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (B * H * nblk > 1)
+    for (int64_t task = 0; task < B * H * nblk; task++) {
+        int64_t b = task / (H * nblk), t0 = task % nblk * ROWS, t1 = t0 + ROWS < T ? t0 + ROWS : T;
+        int h = (int)(task / nblk % H), g = h / group;
+        const int32_t *sg = seg ? seg + b * T : NULL;
         const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
-        float *at = att + bht * T;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j <= t; j++) {
-            float s = dot_f32(qt, kb + j * kvs, D) * scale;
-            at[j] = s;
-            if (s > mx) mx = s;
+        int64_t s0 = seg_start(sg, t0);
+        for (int64_t t = t0; t < t1; t++) {
+            if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
+            const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
+            float *at = att + ((b * H + h) * T + t) * T;
+            float mx = -INFINITY;
+            dots_f32(at + s0, qt, kb + s0 * kvs, kvs, t + 1 - s0, D);
+            for (int64_t j = s0; j <= t; j++) {
+                at[j] *= scale;
+                if (at[j] > mx) mx = at[j];
+            }
+            float inv = 1.0f / exp_sum(at + s0, t + 1 - s0, mx);
+            for (int64_t j = s0; j <= t; j++) at[j] *= inv;
+            memset(at, 0, (size_t)s0 * sizeof(float));
+            memset(at + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+            float *ot = out + (b * T + t) * qs + (int64_t)h * D;
+            memset(ot, 0, (size_t)D * sizeof(float));
+            for (int64_t j = s0; j <= t; j++) axpy_f32(ot, at[j], vb + j * kvs, D);
         }
-        float sum = 0;
-        for (int64_t j = 0; j <= t; j++) {
-            at[j] = expf(at[j] - mx);
-            sum += at[j];
-        }
-        float inv = 1.0f / sum;
-        for (int64_t j = 0; j <= t; j++) at[j] *= inv;
-        for (int64_t j = t + 1; j < T; j++) at[j] = 0.0f;
-        float *ot = out + (b * T + t) * qs + (int64_t)h * D;
-        for (int d = 0; d < D; d++) ot[d] = 0;
-        for (int64_t j = 0; j <= t; j++) axpy_f32(ot, at[j], vb + j * kvs, D);
     }
 }
+
+/* The end (one past the last index) of the segment holding j in a row of T (sg NULL: T). */
+static inline int64_t seg_end(const int32_t *sg, int64_t j, int64_t T) {
+    if (!sg) return T;
+    while (j + 1 < T && sg[j + 1] == sg[j]) j++;
+    return j + 1;
+}
+
+/* dk_j (D) += sum_{i < n} ds[i * T] q_i and dv_j (D) += sum_{i < n} att[i * T] dout_i, where
+ * ds and att point down a column (a key's entries in consecutive query rows) and q_i =
+ * q + i * qs, dout_i likewise: the gradient of one key over a run of queries, summed in
+ * order into accumulators held in registers, 32 features at a time. */
+static void key_grads_add(float *dkj, float *dvj, const float *ds, const float *att, const float *q,
+                          const float *dout, int64_t n, int64_t T, int64_t qs, int D) {
+    int d = 0;
+#ifdef HAVE_AVX2
+    for (; d + 32 <= D; d += 32) {
+        __m256 k0 = _mm256_loadu_ps(dkj + d), k1 = _mm256_loadu_ps(dkj + d + 8),
+               k2 = _mm256_loadu_ps(dkj + d + 16), k3 = _mm256_loadu_ps(dkj + d + 24),
+               v0 = _mm256_loadu_ps(dvj + d), v1 = _mm256_loadu_ps(dvj + d + 8),
+               v2 = _mm256_loadu_ps(dvj + d + 16), v3 = _mm256_loadu_ps(dvj + d + 24);
+        const float *qp = q + d, *dp = dout + d;
+        for (int64_t i = 0; i < n; i++, qp += qs, dp += qs) {
+            __m256 s = _mm256_set1_ps(ds[i * T]), p = _mm256_set1_ps(att[i * T]);
+            k0 = _mm256_fmadd_ps(s, _mm256_loadu_ps(qp), k0);
+            k1 = _mm256_fmadd_ps(s, _mm256_loadu_ps(qp + 8), k1);
+            k2 = _mm256_fmadd_ps(s, _mm256_loadu_ps(qp + 16), k2);
+            k3 = _mm256_fmadd_ps(s, _mm256_loadu_ps(qp + 24), k3);
+            v0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(dp), v0);
+            v1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(dp + 8), v1);
+            v2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(dp + 16), v2);
+            v3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(dp + 24), v3);
+        }
+        _mm256_storeu_ps(dkj + d, k0);
+        _mm256_storeu_ps(dkj + d + 8, k1);
+        _mm256_storeu_ps(dkj + d + 16, k2);
+        _mm256_storeu_ps(dkj + d + 24, k3);
+        _mm256_storeu_ps(dvj + d, v0);
+        _mm256_storeu_ps(dvj + d + 8, v1);
+        _mm256_storeu_ps(dvj + d + 16, v2);
+        _mm256_storeu_ps(dvj + d + 24, v3);
+    }
+#endif
+    /* the rest (all of it without AVX2): one feature at a time, the same order */
+    for (; d < D; d++) {
+        float k = dkj[d], v = dvj[d];
+        for (int64_t i = 0; i < n; i++) {
+            k += ds[i * T] * q[i * qs + d];
+            v += att[i * T] * dout[i * qs + d];
+        }
+        dkj[d] = k;
+        dvj[d] = v;
+    }
+}
+
+/* Queries per sweep of pass 2: the columns of ds and att and the q and dout rows of a
+ * sweep (about 20 KB for D = 64) stay in L1 while each key of the block reads them. */
+#define SWEEP 32
 
 /* With P a row of probabilities and S = q k^T / sqrt(D) its scores:
  *   dv_j += P_j dout,  dP_j = dout . v_j,  dS_j = P_j (dP_j - sum_i P_i dP_i),
  *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D).
- * One task per (sequence, KV head) owns that head's dk and dv and the dq of its query
- * heads, so nothing is shared between threads and each sum runs in a fixed order. dS of
- * the current row lives in the thread's workspace slice. */
-void finch_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+ * Two passes, so that every output has one owner and each sum runs in a fixed order
+ * whatever the thread count (no float atomics):
+ *   1. per (row, query head, block of queries): dS of each query row into ds, and dq;
+ *   2. per (row, KV head, block of keys): dk and dv of those keys (key_grads_add),
+ *      summing over the group's query heads, then over the queries t >= j of the key's
+ *      segment in sweeps of SWEEP rows. */
+void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
-                                  int64_t B, int64_t T, int H, int KVH, int D,
+                                  const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D,
                                   finch_workspace *ws) {
     const int group = H / KVH;
-    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + ROWS - 1) / ROWS;
     const float scale = 1.0f / sqrtf((float)D);
-    FINCH_ASSERT(ws && ws->per_thread >= (size_t)T);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ws->n_threads) if (B * KVH > 1)
-    for (int64_t bg = 0; bg < B * KVH; bg++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float *ds = ws->buf + (size_t)tid * ws->per_thread;
-        int64_t b = bg / KVH;
-        int g = (int)(bg % KVH);
-        const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
-        float *dkb = dk + b * T * kvs + (int64_t)g * D, *dvb = dv + b * T * kvs + (int64_t)g * D;
-        for (int64_t j = 0; j < T; j++)
-            for (int d = 0; d < D; d++) dkb[j * kvs + d] = dvb[j * kvs + d] = 0.0f;
-        for (int h = g * group; h < (g + 1) * group; h++)
-            for (int64_t t = 0; t < T; t++) {
+    const int n_threads = ws ? ws->n_threads : 1;
+#pragma omp parallel num_threads(n_threads) if (B * H * nblk > 1)
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < B * H * nblk; task++) {
+            int64_t b = task / (H * nblk), t0 = task % nblk * ROWS, t1 = t0 + ROWS < T ? t0 + ROWS : T;
+            int h = (int)(task / nblk % H), g = h / group;
+            const int32_t *sg = seg ? seg + b * T : NULL;
+            const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
+            int64_t s0 = seg_start(sg, t0);
+            for (int64_t t = t0; t < t1; t++) {
+                if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
                 const float *at = att + ((b * H + h) * T + t) * T;
+                float *dst = ds + ((b * H + h) * T + t) * T;
                 const float *dot = dout + (b * T + t) * qs + (int64_t)h * D;
-                const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
                 float *dqt = dq + (b * T + t) * qs + (int64_t)h * D;
                 double sp = 0;
-                for (int64_t j = 0; j <= t; j++) {
-                    ds[j] = dot_f32(dot, vb + j * kvs, D);
-                    sp += (double)at[j] * ds[j];
-                }
+                dots_f32(dst + s0, dot, vb + s0 * kvs, kvs, t + 1 - s0, D);
+                for (int64_t j = s0; j <= t; j++) sp += (double)at[j] * dst[j];
                 float spf = (float)sp;
-                for (int64_t j = 0; j <= t; j++) ds[j] = at[j] * (ds[j] - spf) * scale;
-                for (int d = 0; d < D; d++) dqt[d] = 0.0f;
-                for (int64_t j = 0; j <= t; j++) {
-                    axpy_f32(dqt, ds[j], kb + j * kvs, D);
-                    axpy_f32(dkb + j * kvs, ds[j], qt, D);
-                    axpy_f32(dvb + j * kvs, at[j], dot, D);
-                }
+                for (int64_t j = s0; j <= t; j++) dst[j] = at[j] * (dst[j] - spf) * scale;
+                memset(dqt, 0, (size_t)D * sizeof(float));
+                for (int64_t j = s0; j <= t; j++) axpy_f32(dqt, dst[j], kb + j * kvs, D);
             }
+        }
+        /* the implicit barrier: ds is complete */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < B * KVH * nblk; task++) {
+            int64_t b = task / (KVH * nblk), j0 = task % nblk * ROWS, j1 = j0 + ROWS < T ? j0 + ROWS : T;
+            int g = (int)(task / nblk % KVH);
+            const int32_t *sg = seg ? seg + b * T : NULL;
+            float *dkb = dk + b * T * kvs + (int64_t)g * D, *dvb = dv + b * T * kvs + (int64_t)g * D;
+            /* the queries that see key j: t in [j, e[j - j0]), the rest of j's segment */
+            int64_t e[ROWS];
+            for (int64_t j = j0; j < j1; j++) {
+                e[j - j0] = j > j0 && !(sg && sg[j] != sg[j - 1]) ? e[j - j0 - 1] : seg_end(sg, j, T);
+                memset(dkb + j * kvs, 0, (size_t)D * sizeof(float));
+                memset(dvb + j * kvs, 0, (size_t)D * sizeof(float));
+            }
+            for (int h = g * group; h < (g + 1) * group; h++) {
+                const float *dsh = ds + (b * H + h) * T * T, *ath = att + (b * H + h) * T * T;
+                const float *qh = q + b * T * qs + (int64_t)h * D, *dh = dout + b * T * qs + (int64_t)h * D;
+                for (int64_t c0 = j0; c0 < e[j1 - 1 - j0]; c0 += SWEEP)
+                    for (int64_t j = j0; j < j1; j++) {
+                        int64_t lo = c0 > j ? c0 : j, hi = c0 + SWEEP < e[j - j0] ? c0 + SWEEP : e[j - j0];
+                        if (lo < hi)
+                            key_grads_add(dkb + j * kvs, dvb + j * kvs, dsh + lo * T + j, ath + lo * T + j,
+                                          qh + lo * qs, dh + lo * qs, hi - lo, T, qs, D);
+                    }
+            }
+        }
     }
 }
 

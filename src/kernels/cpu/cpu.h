@@ -9,6 +9,10 @@
 
 void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
                       finch_workspace *ws);
+/* C (M, N) = A (M, K) . B (K, N), or += when accumulate; row-major with row strides lda,
+ * ldb, ldc; single-threaded, the same bits every run (gemm.c). */
+void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                        const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate);
 void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws);
 void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
@@ -38,11 +42,12 @@ void finch_cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const flo
                                 const float *x, const float *w, int64_t T, int64_t C);
 void finch_cpu_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta);
 void finch_cpu_attention_forward_train(float *out, float *att, const float *q, const float *k,
-                                       const float *v, int64_t B, int64_t T, int H, int KVH, int D,
-                                       finch_workspace *ws);
-void finch_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                       const float *v, const int32_t *seg, int64_t B, int64_t T,
+                                       int H, int KVH, int D, finch_workspace *ws);
+void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
-                                  int64_t B, int64_t T, int H, int KVH, int D, finch_workspace *ws);
+                                  const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D,
+                                  finch_workspace *ws);
 void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n);
 double finch_cpu_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,

@@ -6,8 +6,9 @@
  *    quantized block in registers and multiplies it with x in f32; W is read once per
  *    call, rows are split across threads;
  *  - many tokens (prompt, training): each thread dequantizes a tile of TILE_ROWS rows
- *    into its workspace slice and multiplies it with all of x through a single-threaded
- *    OpenBLAS sgemm, so the base never exists in f32 beyond one tile per thread.
+ *    into its workspace slice and multiplies it with all of x through the single-threaded
+ *    finch_cpu_sgemm_nn (gemm.c), so the base never exists in f32 beyond one tile per
+ *    thread.
  * Each output element is computed by one thread in a fixed order, so results do not
  * depend on the thread count.
  *
@@ -179,30 +180,42 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
     }
 }
 
+/* Each thread takes an equal band of rows (in multiples of 16, so the kernel's column
+ * panels stay full) and walks it in tiles of TILE_ROWS: equal bands rather than whole tiles
+ * per thread keep both busy when R is not a multiple of n_threads * TILE_ROWS (R 576 is
+ * 9 tiles, R 192 is 3). The tile is stored transposed, (K, nr): column r holds row r0 + r
+ * of W, so the product y[:, r0 : r0 + nr] = x . tile reads the tile's rows contiguously
+ * (finch_cpu_sgemm_nn). Each row is expanded into a K-float staging row first, in cache,
+ * then scattered into its column. An element's sum does not depend on the band or tile
+ * holding its row, so results do not depend on the thread count. */
 static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
-    const int64_t R = w->rows, K = w->cols;
-    const int64_t n_tiles = (R + TILE_ROWS - 1) / TILE_ROWS;
-    FINCH_ASSERT(ws && ws->per_thread >= (size_t)(TILE_ROWS * K));
-#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
-        int tid = 0;
+    const int64_t R = w->rows, K = w->cols, n16 = (R + 15) / 16;
+    FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
+#pragma omp parallel num_threads(ws->n_threads)
+    {
+        int tid = 0, nth = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
 #endif
-        float *wt = ws->buf + (size_t)tid * ws->per_thread;
-        int64_t r0 = tile * TILE_ROWS, nr = R - r0 < TILE_ROWS ? R - r0 : TILE_ROWS;
-        const float *wf;
-        if (w->type == FINCH_DTYPE_F32) {
-            wf = (const float *)((const uint8_t *)w->data + (size_t)r0 * w->row_bytes);
-        } else {
-            for (int64_t r = 0; r < nr; r++)
-                tr->dequant(wt + r * K, (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes, K);
-            wf = wt;
+        float *wt = ws->buf + (size_t)tid * ws->per_thread, *stage = wt + TILE_ROWS * K;
+        int64_t end = n16 * (tid + 1) / nth * 16;
+        if (end > R) end = R;
+        for (int64_t r0 = n16 * tid / nth * 16; r0 < end; r0 += TILE_ROWS) {
+            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS;
+            for (int64_t r = 0; r < nr; r++) {
+                const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes;
+                const float *src = (const float *)row;
+                if (w->type != FINCH_DTYPE_F32) {
+                    tr->dequant(stage, row, K);
+                    src = stage;
+                }
+                for (int64_t k = 0; k < K; k++) wt[k * nr + r] = src[k];
+            }
+            finch_cpu_sgemm_nn(T, nr, K, x, K, wt, nr, y + r0, R, false);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)nr, (int)K, 1.0f, x,
-                    (int)K, wf, (int)K, 0.0f, y + r0, (int)R);
     }
 }
 
@@ -218,9 +231,9 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
  * blocks of the storage type, so each owns a band of dx. A thread walks down W in chunks
  * of as many rows as its workspace slice holds for its band, dequantizes the chunk's band
  * (blocks are self-contained, so a row can be expanded from any block on) and adds
- * dy[:, chunk] . chunk into its band with one sgemm. Each dx element is summed by one
- * thread in a fixed order, and W is dequantized once per call. An f32 W is read in place:
- * one sgemm per band. */
+ * dy[:, chunk] . chunk into its band with one finch_cpu_sgemm_nn. Each dx element is
+ * summed by one thread in a fixed order, and W is dequantized once per call. An f32 W is
+ * read in place: one product per band. */
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                      finch_workspace *ws) {
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
@@ -236,9 +249,8 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
         const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
         const int64_t c0 = b0 * tr->block_elems, cw = (b1 - b0) * tr->block_elems;
         if (cw > 0 && w->type == FINCH_DTYPE_F32) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)cw, (int)R, 1.0f,
-                        dy, (int)R, (const float *)w->data + c0,
-                        (int)(w->row_bytes / sizeof(float)), 0.0f, dx + c0, (int)K);
+            finch_cpu_sgemm_nn(T, cw, R, dy, R, (const float *)w->data + c0,
+                               (int64_t)(w->row_bytes / sizeof(float)), dx + c0, K, false);
         } else if (cw > 0) {
             float *wt = ws->buf + (size_t)tid * ws->per_thread;
             const int64_t chunk = (int64_t)(ws->per_thread / (size_t)cw); /* >= TILE_ROWS */
@@ -249,9 +261,7 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
                     tr->dequant(wt + r * cw,
                                 (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off,
                                 cw);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)cw, (int)nr,
-                            1.0f, dy + r0, (int)R, wt, (int)cw, r0 == 0 ? 0.0f : 1.0f, dx + c0,
-                            (int)K);
+                finch_cpu_sgemm_nn(T, cw, nr, dy + r0, R, wt, cw, dx + c0, K, r0 > 0);
             }
         }
     }
@@ -270,7 +280,7 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
 }
 
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
-    size_t tile = (size_t)TILE_ROWS * (size_t)max_cols;
+    size_t tile = (size_t)(TILE_ROWS + 1) * (size_t)max_cols; /* a tile + a staging row */
     size_t att = (size_t)n_ctx + (size_t)max_cols; /* scores + one f16-rounded query */
     size_t need = tile > att ? tile : att;
     return (need + 15) & ~(size_t)15;

@@ -142,9 +142,16 @@ void finch_ref_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, i
             }
 }
 
+/* The first token of the segment holding token t of row b: scan back while seg repeats. */
+static int64_t ref_seg_start(const int32_t *seg, int64_t b, int64_t T, int64_t t) {
+    if (!seg) return 0;
+    while (t > 0 && seg[b * T + t - 1] == seg[b * T + t]) t--;
+    return t;
+}
+
 void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
-                                       const float *v, int64_t B, int64_t T, int H, int KVH,
-                                       int D) {
+                                       const float *v, const int32_t *seg, int64_t B, int64_t T,
+                                       int H, int KVH, int D) {
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
     double *p = malloc((size_t)T * sizeof(double));
     FINCH_ASSERT(p);
@@ -153,20 +160,21 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
             for (int64_t t = 0; t < T; t++) {
                 int g = h / (H / KVH);
                 const float *qt = q + (b * T + t) * qs + h * D;
+                const int64_t s0 = ref_seg_start(seg, b, T, t);
                 double mx = -INFINITY, sum = 0;
-                for (int64_t j = 0; j <= t; j++) {
+                for (int64_t j = s0; j <= t; j++) {
                     double s = 0;
                     for (int d = 0; d < D; d++)
                         s += (double)qt[d] * k[(b * T + j) * kvs + g * D + d];
                     p[j] = s / sqrt((double)D);
                     if (p[j] > mx) mx = p[j];
                 }
-                for (int64_t j = 0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
+                for (int64_t j = s0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
                 float *at = att + ((b * H + h) * T + t) * T;
-                for (int64_t j = 0; j < T; j++) at[j] = j <= t ? (float)(p[j] / sum) : 0.0f;
+                for (int64_t j = 0; j < T; j++) at[j] = j >= s0 && j <= t ? (float)(p[j] / sum) : 0.0f;
                 for (int d = 0; d < D; d++) {
                     double o = 0;
-                    for (int64_t j = 0; j <= t; j++)
+                    for (int64_t j = s0; j <= t; j++)
                         o += p[j] / sum * v[(b * T + j) * kvs + g * D + d];
                     out[(b * T + t) * qs + h * D + d] = (float)o;
                 }
@@ -179,7 +187,7 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
  *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D). */
 void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
-                                  int64_t B, int64_t T, int H, int KVH, int D) {
+                                  const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D) {
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nkv = B * T * kvs;
     const double scale = 1.0 / sqrt((double)D);
     double *acc = calloc((size_t)(2 * nkv), sizeof(double)),
@@ -193,21 +201,22 @@ void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *
                 const float *at = att + ((b * H + h) * T + t) * T;
                 const float *dot = dout + (b * T + t) * qs + h * D,
                             *qt = q + (b * T + t) * qs + h * D;
+                const int64_t s0 = ref_seg_start(seg, b, T, t);
                 double sp = 0;
-                for (int64_t j = 0; j <= t; j++) {
+                for (int64_t j = s0; j <= t; j++) {
                     double dp = 0;
                     for (int d = 0; d < D; d++)
                         dp += (double)dot[d] * v[(b * T + j) * kvs + g * D + d];
                     ds[j] = dp;
                     sp += at[j] * dp;
                 }
-                for (int64_t j = 0; j <= t; j++) ds[j] = at[j] * (ds[j] - sp);
+                for (int64_t j = s0; j <= t; j++) ds[j] = at[j] * (ds[j] - sp);
                 for (int d = 0; d < D; d++) {
                     double s = 0;
-                    for (int64_t j = 0; j <= t; j++) s += ds[j] * k[(b * T + j) * kvs + g * D + d];
+                    for (int64_t j = s0; j <= t; j++) s += ds[j] * k[(b * T + j) * kvs + g * D + d];
                     dq[(b * T + t) * qs + h * D + d] = (float)(s * scale);
                 }
-                for (int64_t j = 0; j <= t; j++)
+                for (int64_t j = s0; j <= t; j++)
                     for (int d = 0; d < D; d++) {
                         dka[(b * T + j) * kvs + g * D + d] += ds[j] * scale * qt[d];
                         dva[(b * T + j) * kvs + g * D + d] += (double)at[j] * dot[d];

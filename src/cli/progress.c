@@ -1,0 +1,66 @@
+/*
+ * progress.c: the progress line of long-running commands: a bar with done/total, rate
+ * and time left, redrawn in place when stderr is a terminal, a single summary line when
+ * it is not (logs stay readable).
+ */
+#include "cli.h"
+
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Seconds as m:ss or h:mm:ss. */
+static void fmt_time(char *buf, size_t n, double s) {
+    long t = s < 0 ? 0 : (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else
+        snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+static void draw(cli_progress *p, double t) {
+    enum { WIDTH = 24 };
+    double el = t - p->t0, rate = el > 0 ? (double)p->done / el : 0;
+    int fill = p->total > 0 ? (int)(WIDTH * p->done / p->total) : 0;
+    char bar[WIDTH + 1], eta[32], spent[32];
+    for (int i = 0; i < WIDTH; i++) bar[i] = i < fill ? '#' : '.';
+    bar[WIDTH] = 0;
+    fmt_time(spent, sizeof spent, el);
+    if (rate > 0)
+        fmt_time(eta, sizeof eta, (double)(p->total - p->done) / rate);
+    else
+        snprintf(eta, sizeof eta, "?");
+    fprintf(stderr, "\r\033[K%s [%s] %lld/%lld  %.2f/s  %s elapsed, ETA %s", p->label, bar,
+            (long long)p->done, (long long)p->total, rate, spent, eta);
+    fflush(stderr);
+    p->last_draw = t;
+}
+
+void cli_progress_begin(cli_progress *p, const char *label, int64_t total) {
+    *p = (cli_progress){.label = label, .total = total, .t0 = now_s(), .tty = isatty(2) != 0};
+    if (p->tty && total > 0) draw(p, p->t0);
+}
+
+void cli_progress_update(cli_progress *p, int64_t done) {
+    p->done = done;
+    if (!p->tty) return;
+    double t = now_s();
+    if (t - p->last_draw >= 0.1 || done == p->total) draw(p, t);
+}
+
+void cli_progress_end(cli_progress *p) {
+    double t = now_s(), el = t - p->t0;
+    if (p->tty) {
+        draw(p, t);
+        fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "%s: %lld/%lld in %.1f s (%.2f/s)\n", p->label, (long long)p->done,
+                (long long)p->total, el, el > 0 ? (double)p->done / el : 0.0);
+    }
+}

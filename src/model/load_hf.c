@@ -1,0 +1,378 @@
+/*
+ * load_hf.c: builds a finch_model from a Hugging Face LLaMA-family folder (llama, SmolLM,
+ * mistral, qwen2): config.json (io/hf_config.c), the weights in model.safetensors or in
+ * the shards named by model.safetensors.index.json (io/safetensors.c, mapped and
+ * validated), and tokenizer.json when the folder has one.
+ *
+ * Every tensor is bound by its Hugging Face name with its exact shape (FORMATS.md 2.4);
+ * a missing tensor, a tensor nobody asked for, a wrong shape or a storage type other
+ * than f32/f16/bf16 is an error naming the file and the tensor. Weights stay in their
+ * storage types inside the mapping, except q_proj/k_proj, whose rows are permuted into
+ * GGUF order in owned memory (model.h says why), and norm vectors and biases, which are
+ * small and kept as f32.
+ */
+#include "model/model.h"
+#include "tokenizer/tokenizer.h" /* finch_tokenizer_from_hf_json */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+typedef struct {
+    finch_model *m;
+    finch_hf_index ix;   /* weight_map of a sharded checkpoint (n == 0 otherwise) */
+    bool *used;          /* per tensor of all shards, in shard order: bound already */
+    int64_t *first;      /* per shard: index of its first tensor in used */
+    float *owned;        /* next free slot in m->owned_f32 */
+    uint8_t *rows;       /* next free byte in m->owned_rows */
+    finch_err *err;
+} loader;
+
+static bool is_file(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* dir/name into buf; false when it does not fit. */
+static bool join(char *buf, size_t cap, const char *dir, const char *name) {
+    return (size_t)snprintf(buf, cap, "%s/%s", dir, name) < cap;
+}
+
+/* The tensor called name, or NULL when the checkpoint has none. *shard says which file. */
+static const finch_st_tensor *find(loader *L, const char *name, int *shard) {
+    int s = 0;
+    if (L->ix.n) {
+        s = finch_hf_index_find(&L->ix, name);
+        if (s < 0) return NULL;
+    }
+    *shard = s;
+    return finch_st_find(L->m->shards[s], name);
+}
+
+static finch_status missing(loader *L, const char *name) {
+    if (L->ix.n)
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s/model.safetensors.index.json: missing tensor '%s' (not in "
+                             "weight_map)",
+                             L->m->path, name);
+    return finch_err_set(L->err, FINCH_E_FORMAT, "%s: missing tensor '%s'",
+                         finch_st_path(L->m->shards[0]), name);
+}
+
+/* Looks a tensor up, checks its shape (n_dims dims, shape[0..]) and storage type, and
+ * marks it bound. */
+static finch_status lookup(loader *L, const char *name, int n_dims, int64_t d0, int64_t d1,
+                           const finch_st_tensor **out) {
+    int s;
+    const finch_st_tensor *t = find(L, name, &s);
+    if (!t) return missing(L, name);
+    const char *file = finch_st_path(L->m->shards[s]);
+    if (t->n_dims != n_dims || t->shape[0] != d0 || (n_dims == 2 && t->shape[1] != d1)) {
+        char got[96] = "", want[48];
+        for (int k = 0; k < t->n_dims; k++) {
+            size_t len = strlen(got);
+            snprintf(got + len, sizeof got - len, "%s%lld", k ? ", " : "",
+                     (long long)t->shape[k]);
+        }
+        if (n_dims == 2) snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+        else snprintf(want, sizeof want, "[%lld]", (long long)d0);
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: tensor '%s' has shape [%s], expected %s (from config.json)",
+                             file, name, got, want);
+    }
+    if (t->type != FINCH_DTYPE_F32 && t->type != FINCH_DTYPE_F16 && t->type != FINCH_DTYPE_BF16)
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
+                             "%s: tensor '%s' has dtype %s; finch reads F32, F16 and BF16 "
+                             "weights",
+                             file, name, finch_st_dtype_name(t->dtype));
+    if ((uintptr_t)t->data % (uintptr_t)finch_st_dtype_size(t->dtype))
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: tensor '%s' data is not aligned to its %d-byte elements "
+                             "(header length not a multiple of 8?)",
+                             file, name, finch_st_dtype_size(t->dtype));
+    L->used[L->first[s] + (t - finch_st_tensor_at(L->m->shards[s], 0))] = true;
+    *out = t;
+    return FINCH_OK;
+}
+
+/* Binds a 2-D weight (rows, cols) as a view into the mapping. */
+static finch_status bind_weight(loader *L, const char *name, int64_t rows, int64_t cols,
+                                finch_weight *out) {
+    const finch_st_tensor *t;
+    finch_status st = lookup(L, name, 2, rows, cols, &t);
+    if (st) return st;
+    *out = (finch_weight){.type = t->type, .rows = rows, .cols = cols,
+                          .row_bytes = t->nbytes / (size_t)rows, .data = t->data};
+    return FINCH_OK;
+}
+
+/* The HF row that lands at GGUF row r of a Q or K projection with head dim D. */
+static int64_t hf_row(int64_t r, int D) {
+    const int64_t h = r / D, j = r % D;
+    return h * D + (j % 2 ? D / 2 + j / 2 : j / 2);
+}
+
+/* Binds q_proj or k_proj with its rows copied into GGUF order (model.h). */
+static finch_status bind_qk(loader *L, const char *name, int64_t rows, int64_t cols,
+                            finch_weight *out) {
+    finch_status st = bind_weight(L, name, rows, cols, out);
+    if (st) return st;
+    const uint8_t *src = out->data;
+    const int D = L->m->cfg.head_dim;
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(L->rows + (size_t)r * out->row_bytes, src + (size_t)hf_row(r, D) * out->row_bytes,
+               out->row_bytes);
+    out->data = L->rows;
+    L->rows += (size_t)rows * out->row_bytes;
+    return FINCH_OK;
+}
+
+/* Binds a vector (n) as f32: a view when stored as aligned f32, else converted into the
+ * owned slot. permute: a q/k bias, reordered like the rows. */
+static finch_status bind_vector(loader *L, const char *name, int64_t n, bool permute,
+                                const float **out) {
+    const finch_st_tensor *t;
+    finch_status st = lookup(L, name, 1, n, 0, &t);
+    if (st) return st;
+    if (t->type == FINCH_DTYPE_F32 && !permute) {
+        *out = (const float *)t->data;
+        return FINCH_OK;
+    }
+    float *dst = L->owned;
+    L->owned += n;
+    finch_dtype_info[t->type].dequant(dst, t->data, n);
+    if (permute) {
+        float *tmp = L->owned; /* scratch just past the slot, inside the allocation */
+        memcpy(tmp, dst, (size_t)n * sizeof *dst);
+        for (int64_t r = 0; r < n; r++) dst[r] = tmp[hf_row(r, L->m->cfg.head_dim)];
+    }
+    *out = dst;
+    return FINCH_OK;
+}
+
+static finch_status bind_tensors(loader *L) {
+    finch_model *m = L->m;
+    const finch_model_config *c = &m->cfg;
+    const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
+    const int64_t HD = (int64_t)c->n_head * c->head_dim, KD = (int64_t)c->n_head_kv * c->head_dim;
+    finch_status st;
+    if ((st = bind_weight(L, "model.embed_tokens.weight", V, C, &m->tok_embd)) ||
+        (st = bind_vector(L, "model.norm.weight", C, false, &m->output_norm)))
+        return st;
+    if (c->tied_output) {
+        m->output.w = m->tok_embd;
+    } else if ((st = bind_weight(L, "lm_head.weight", V, C, &m->output.w))) {
+        return st;
+    }
+    const bool bias = m->hf->qkv_bias;
+    for (int l = 0; l < c->n_layer; l++) {
+        finch_layer *ly = &m->layers[l];
+        char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "model.layers.%d.%s", l, s), n)
+        if ((st = bind_vector(L, NAME("input_layernorm.weight"), C, false, &ly->attn_norm)) ||
+            (st = bind_vector(L, NAME("post_attention_layernorm.weight"), C, false,
+                              &ly->ffn_norm)) ||
+            (st = bind_qk(L, NAME("self_attn.q_proj.weight"), HD, C, &ly->wq.w)) ||
+            (st = bind_qk(L, NAME("self_attn.k_proj.weight"), KD, C, &ly->wk.w)) ||
+            (st = bind_weight(L, NAME("self_attn.v_proj.weight"), KD, C, &ly->wv.w)) ||
+            (st = bind_weight(L, NAME("self_attn.o_proj.weight"), C, HD, &ly->wo.w)) ||
+            (st = bind_weight(L, NAME("mlp.gate_proj.weight"), F, C, &ly->w_gate.w)) ||
+            (st = bind_weight(L, NAME("mlp.up_proj.weight"), F, C, &ly->w_up.w)) ||
+            (st = bind_weight(L, NAME("mlp.down_proj.weight"), C, F, &ly->w_down.w)))
+            return st;
+        if (bias &&
+            ((st = bind_vector(L, NAME("self_attn.q_proj.bias"), HD, true, &ly->wq.bias)) ||
+             (st = bind_vector(L, NAME("self_attn.k_proj.bias"), KD, true, &ly->wk.bias)) ||
+             (st = bind_vector(L, NAME("self_attn.v_proj.bias"), KD, false, &ly->wv.bias))))
+            return st;
+#undef NAME
+    }
+    return FINCH_OK;
+}
+
+/* After binding: every tensor of every shard must have been asked for. Old checkpoints
+ * carry RoPE's inverse frequencies as buffers (*.rotary_emb.inv_freq); they are
+ * recomputed from rope_theta and skipped. */
+static finch_status check_all_used(loader *L) {
+    static const char skip[] = ".rotary_emb.inv_freq";
+    for (int s = 0; s < L->m->n_shards; s++) {
+        const finch_st *f = L->m->shards[s];
+        for (int64_t i = 0; i < finch_st_n_tensors(f); i++) {
+            const char *name = finch_st_tensor_at(f, i)->name;
+            size_t len = strlen(name);
+            if (L->used[L->first[s] + i]) continue;
+            if (len >= sizeof skip - 1 && !strcmp(name + len - (sizeof skip - 1), skip)) continue;
+            if (L->ix.n && finch_hf_index_find(&L->ix, name) != s)
+                return finch_err_set(L->err, FINCH_E_FORMAT,
+                                     "%s: tensor '%s' is not listed for this file in "
+                                     "model.safetensors.index.json",
+                                     finch_st_path(f), name);
+            return finch_err_set(L->err, FINCH_E_FORMAT,
+                                 "%s: unexpected tensor '%s' (not part of a %s model with "
+                                 "this config.json)",
+                                 finch_st_path(f), name, L->m->hf->model_type);
+        }
+    }
+    return FINCH_OK;
+}
+
+/* Maps model.safetensors, or the shards of model.safetensors.index.json, checking that
+ * every tensor the index names is in the shard it names. */
+static finch_status open_shards(loader *L) {
+    finch_model *m = L->m;
+    char path[4096];
+    finch_status st;
+    if (!join(path, sizeof path, m->path, "model.safetensors"))
+        return finch_err_set(L->err, FINCH_E_IO, "%s: path too long", m->path);
+    if (!is_file(path)) {
+        if (!join(path, sizeof path, m->path, "model.safetensors.index.json"))
+            return finch_err_set(L->err, FINCH_E_IO, "%s: path too long", m->path);
+        if (!is_file(path))
+            return finch_err_set(L->err, FINCH_E_IO,
+                                 "%s: folder has config.json but neither model.safetensors nor "
+                                 "model.safetensors.index.json",
+                                 m->path);
+        if ((st = finch_hf_index_load(path, &L->ix, L->err))) return st;
+    }
+    const int n = L->ix.n ? L->ix.n_files : 1;
+    m->shards = finch_calloc((size_t)n, sizeof *m->shards, "shards", L->err);
+    L->first = finch_calloc((size_t)n + 1, sizeof *L->first, "shards", L->err);
+    if (!m->shards || !L->first) return FINCH_E_NOMEM;
+    for (int s = 0; s < n; s++) {
+        if (L->ix.n) {
+            char shard[4096];
+            if (!join(shard, sizeof shard, m->path, L->ix.files[s]))
+                return finch_err_set(L->err, FINCH_E_IO, "%s: path too long", m->path);
+            if (!is_file(shard))
+                return finch_err_set(L->err, FINCH_E_IO,
+                                     "%s: weight_map names shard '%s', which is not a file in "
+                                     "%s",
+                                     path, L->ix.files[s], m->path);
+            st = finch_st_open(shard, &m->shards[s], L->err);
+        } else {
+            st = finch_st_open(path, &m->shards[s], L->err);
+        }
+        if (st) return st;
+        m->n_shards = s + 1;
+        L->first[s + 1] = L->first[s] + finch_st_n_tensors(m->shards[s]);
+    }
+    for (int64_t i = 0; i < L->ix.n; i++)
+        if (!finch_st_find(m->shards[L->ix.file[i]], L->ix.tensor[i]))
+            return finch_err_set(L->err, FINCH_E_FORMAT,
+                                 "%s: weight_map puts tensor '%s' in '%s', which has no such "
+                                 "tensor",
+                                 path, L->ix.tensor[i], L->ix.files[L->ix.file[i]]);
+    L->used = finch_calloc((size_t)L->first[n] + 1, sizeof *L->used, "tensor flags", L->err);
+    return L->used ? FINCH_OK : FINCH_E_NOMEM;
+}
+
+/* The finch config from config.json; the name is the folder's. */
+static void fill_config(finch_model *m) {
+    const finch_hf_config *h = m->hf;
+    finch_model_config *c = &m->cfg;
+    /* the GGUF architecture llama.cpp would give it: mistral is llama there */
+    snprintf(c->arch, sizeof c->arch, "%s", strcmp(h->model_type, "qwen2") ? "llama" : "qwen2");
+    size_t end = strlen(m->path);
+    while (end > 1 && m->path[end - 1] == '/') end--; /* trailing slashes */
+    size_t start = end;
+    while (start > 0 && m->path[start - 1] != '/') start--;
+    size_t len = end - start < sizeof c->name - 1 ? end - start : sizeof c->name - 1;
+    memcpy(c->name, m->path + start, len);
+    c->name[len] = 0;
+    c->n_layer = h->num_hidden_layers;
+    c->n_embd = h->hidden_size;
+    c->n_ff = h->intermediate_size;
+    c->n_head = h->num_attention_heads;
+    c->n_head_kv = h->num_key_value_heads;
+    c->head_dim = h->head_dim;
+    c->n_vocab = h->vocab_size;
+    c->n_ctx_train = h->context;
+    c->rope_theta = h->rope_theta;
+    c->rms_eps = h->rms_norm_eps;
+    c->tied_output = h->tie_word_embeddings;
+}
+
+static finch_status load_tokenizer(finch_model *m, finch_err *err) {
+    char tj[4096], tc[4096];
+    if (!join(tj, sizeof tj, m->path, "tokenizer.json") ||
+        !join(tc, sizeof tc, m->path, "tokenizer_config.json"))
+        return finch_err_set(err, FINCH_E_IO, "%s: path too long", m->path);
+    if (!is_file(tj)) return FINCH_OK; /* loads without a tokenizer, as a GGUF without one */
+    finch_status st = finch_tokenizer_from_hf_json(tj, is_file(tc) ? tc : NULL, &m->tok, err);
+    if (st) return st;
+    if (finch_tokenizer_n_vocab(m->tok) > m->cfg.n_vocab)
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: tokenizer has %d tokens but config.json's vocab_size is %d",
+                             tj, finch_tokenizer_n_vocab(m->tok), m->cfg.n_vocab);
+    return FINCH_OK;
+}
+
+finch_status finch_model_load_hf(finch_model *m, finch_err *err) {
+    loader L = {.m = m, .err = err};
+    char path[4096];
+    finch_status st;
+    if (!join(path, sizeof path, m->path, "config.json"))
+        return finch_err_set(err, FINCH_E_IO, "%s: path too long", m->path);
+    if (!is_file(path))
+        return finch_err_set(err, FINCH_E_IO,
+                             "%s: is a directory without config.json (finch loads GGUF files and "
+                             "Hugging Face model folders)",
+                             m->path);
+    m->hf = finch_calloc(1, sizeof *m->hf, "config", err);
+    if (!m->hf) return FINCH_E_NOMEM;
+    if ((st = finch_hf_config_load(path, m->hf, err))) return st;
+    fill_config(m);
+    const finch_model_config *c = &m->cfg;
+    if ((st = open_shards(&L))) goto done;
+
+    /* Owned memory is sized from the tensors the files hold, not from config.json, so an
+     * absurd config fails on a missing tensor rather than on a huge allocation. f32: every
+     * norm and bias is a 1-D tensor of the files, plus scratch for one bias permutation. */
+    size_t n_f32 = 0, max_1d = 0;
+    for (int k = 0; k < m->n_shards; k++)
+        for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
+            const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
+            if (t->n_dims != 1) continue;
+            n_f32 += t->n_elems;
+            if (t->n_elems > max_1d) max_1d = t->n_elems;
+        }
+    n_f32 += max_1d + 1;
+    const size_t L_ = (size_t)c->n_layer;
+    m->owned_f32 = finch_calloc(n_f32, sizeof(float), "norm weights and biases", err);
+    m->layers = finch_calloc(L_, sizeof *m->layers, "layers", err);
+    if (!m->owned_f32 || !m->layers) {
+        st = FINCH_E_NOMEM;
+        goto done;
+    }
+    /* Q/K copies: at most the bytes of the q/k tensors present (binding checks them) */
+    size_t rows_bytes = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        for (int k = 0; k < 2; k++) {
+            char n[96];
+            snprintf(n, sizeof n, "model.layers.%d.self_attn.%s_proj.weight", l, k ? "k" : "q");
+            int s;
+            const finch_st_tensor *t = find(&L, n, &s);
+            if (t) rows_bytes += t->nbytes; /* within the mapped files: cannot overflow */
+        }
+    }
+    m->owned_rows = finch_aalloc(rows_bytes ? rows_bytes : 1, "Q/K weights", err);
+    if (!m->owned_rows) {
+        st = FINCH_E_NOMEM;
+        goto done;
+    }
+    L.owned = m->owned_f32;
+    L.rows = m->owned_rows;
+    if ((st = bind_tensors(&L)) || (st = check_all_used(&L))) goto done;
+    if ((st = load_tokenizer(m, err))) goto done;
+    for (int k = 0; k < m->n_shards; k++)
+        for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
+            const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
+            m->cfg.n_params += (int64_t)t->n_elems;
+            m->cfg.weight_bytes += (int64_t)t->nbytes;
+        }
+done:
+    finch_hf_index_free(&L.ix);
+    free(L.used);
+    free(L.first);
+    return st;
+}

@@ -1,0 +1,78 @@
+"""Adapters between finch and Hugging Face peft, both ways, on the default model.
+
+  a. finch -> peft: `finch train` a LoRA (r 8, all seven projections, so the Q/K row
+     permutation of lora_B is exercised) on datasets/wordnet for a few steps; peft loads
+     the folder with PeftModel.from_pretrained over transformers' dequantized base, and its
+     logits must equal finch's with --adapter.
+  b. peft -> finch: peft makes a LoRA (r 8, alpha 16, seven projections) with random
+     non-zero A and B, saves it with save_pretrained; finch loads it and its logits must
+     equal peft's.
+
+Both sides dequantize Q4_1 exactly and compute in float32, so they differ by summation
+order only: TOL is 5e-4 on logits of magnitude ~20 (measured 6e-5 to 1.2e-4). A wrong Q/K row order
+or scale moves logits by O(1). The adapter's own effect (adapter vs base logits) is printed
+too, to show the comparison is not vacuous.
+
+  python check_peft.py --finch build/finch --logits .../finch_interop_logits \
+      --model MODEL.gguf --work DIR [--data datasets/wordnet/train.jsonl]
+"""
+import os
+import sys
+
+import numpy as np
+
+import common
+
+TOL = 5e-4
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def main():
+    args = common.parse_args(__doc__.splitlines()[0], lambda ap: ap.add_argument(
+        "--data", default=os.path.join(os.path.dirname(__file__), "../../datasets/wordnet/train.jsonl")))
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    seqs = [common.tokenize(args.finch, args.model, p) for p in common.PROMPTS]
+    base_hf = common.load_hf_gguf(args.model)
+    base_logits = common.torch_logits(base_hf, seqs)
+    ok = common.compare("base: finch vs transformers", common.finch_logits(
+        args.logits, args.model, seqs, args.work), base_logits, TOL)
+
+    # a. finch-trained adapter in peft.
+    trained = os.path.join(args.work, "finch_trained")
+    common.run([args.finch, "train", "-m", args.model, "--data", args.data, "--chat",
+                "--target-modules", "q,k,v,o,gate,up,down", "--lora-r", "8", "--lora-alpha", "16",
+                "--lora-dropout", "0", "--learning-rate", "5e-3", "--max-steps", "4",
+                "--batch-size", "2", "--max-seq-len", "64", "--seed", "7", "--out", trained])
+    pm = PeftModel.from_pretrained(base_hf, trained)
+    pm.eval()
+    want = common.torch_logits(pm, seqs)
+    got = common.finch_logits(args.logits, args.model, seqs, args.work, [trained])
+    print("  a. finch-trained adapter moves peft's logits by up to %.3g from the base"
+          % max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits)))
+    ok &= common.compare("a. finch-trained adapter: finch vs peft", got, want, TOL)
+    base_hf = pm.unload()  # the base without LoRA layers, for b.
+
+    # b. peft-made adapter in finch.
+    torch.manual_seed(20241123)
+    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
+                     task_type="CAUSAL_LM")
+    pm = get_peft_model(base_hf, cfg)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    pm.eval()
+    made = os.path.join(args.work, "peft_made")
+    pm.save_pretrained(made)
+    want = common.torch_logits(pm, seqs)
+    got = common.finch_logits(args.logits, args.model, seqs, args.work, [made])
+    print("  b. peft-made adapter moves peft's logits by up to %.3g from the base"
+          % max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits)))
+    ok &= common.compare("b. peft-made adapter: finch vs peft", got, want, TOL)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+/*
+ * test_hf_model.c: Hugging Face model folders as finch input. The folders in
+ * tests/fixtures/hf/ were written by transformers' save_pretrained (made by
+ * tests/reference/make_hf_fixtures.py): a sharded f32 llama (3 shards + index) saved from
+ * tests/fixtures/model/tiny_llama.gguf, a tied bf16 llama from tiny_llama_tied.gguf, and a
+ * random f16 qwen2 with q/k/v biases.
+ *
+ * Checks:
+ *  - inference logits equal transformers' (float32 eager forward on the same rounded
+ *    weights) within 1e-5 absolute (logits of magnitude <= ~4; f32 rounding through two
+ *    layers; measured <= 2.1e-6); each sequence is fed in two chunks, so the KV cache is
+ *    exercised too; llamacpp numerics within 5e-3;
+ *  - the f32 folder gives bit-identical logits to the GGUF it was saved from: the Q/K row
+ *    permutation at load reproduces the GGUF's rows exactly;
+ *  - the training forward (model/train.c) gives the cross-entropy of transformers' logits
+ *    (1e-5), so the q/k/v biases reach training too;
+ *  - the configuration finch reports comes from config.json.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "finch.h"
+#include "model/model.h" /* finch_model_train_step */
+
+#define DIR FINCH_FIXTURES "/hf/"
+#define TOL 1e-5
+
+static json_t *manifest;
+
+static float *read_f32(const char *name, size_t n) {
+    char path[1024];
+    snprintf(path, sizeof path, DIR "%s", name);
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot open fixture %s", path);
+    float *v = malloc(n * sizeof *v);
+    assert_non_null(v);
+    if (fread(v, sizeof *v, n, f) != n) fail_msg("fixture %s is shorter than %zu floats", path, n);
+    fclose(f);
+    return v;
+}
+
+static finch_model *load(const char *rel) {
+    char path[1024];
+    snprintf(path, sizeof path, FINCH_FIXTURES "/%s", rel);
+    finch_model *m;
+    finch_err err;
+    if (finch_model_load(path, &m, &err)) fail_msg("%s", err.msg);
+    return m;
+}
+
+static int32_t *seq_ids(json_t *seq, int *n) {
+    json_t *jids = json_object_get(seq, "ids");
+    *n = (int)json_array_size(jids);
+    int32_t *ids = malloc((size_t)*n * sizeof *ids);
+    assert_non_null(ids);
+    for (int k = 0; k < *n; k++) ids[k] = (int32_t)json_integer_value(json_array_get(jids, k));
+    return ids;
+}
+
+/* All logits of ids, fed in two chunks through one session. */
+static float *run_in(finch_model *m, const int32_t *ids, int n, int V, finch_numerics numerics) {
+    float *got = malloc((size_t)n * V * sizeof *got);
+    assert_non_null(got);
+    finch_session *s;
+    finch_err err;
+    if (finch_session_new(m, n, numerics, &s, &err)) fail_msg("%s", err.msg);
+    int half = n / 2;
+    if (half && finch_session_decode(s, ids, half, got, NULL, &err)) fail_msg("%s", err.msg);
+    if (finch_session_decode(s, ids + half, n - half, got + (size_t)half * V, NULL, &err))
+        fail_msg("%s", err.msg);
+    finch_session_free(s);
+    return got;
+}
+
+static float *run(finch_model *m, const int32_t *ids, int n, int V) {
+    return run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+}
+
+static void check_logits(finch_numerics numerics, double tol) {
+    size_t i, j;
+    json_t *e, *seq;
+    json_array_foreach(json_object_get(manifest, "models"), i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        char rel[256];
+        snprintf(rel, sizeof rel, "hf/%s", name);
+        finch_model *m = load(rel);
+        finch_model_config cfg;
+        finch_model_config_get(m, &cfg);
+        const int V = cfg.n_vocab;
+        json_array_foreach(json_object_get(e, "sequences"), j, seq) {
+            int n;
+            int32_t *ids = seq_ids(seq, &n);
+            float *ref = read_f32(json_string_value(json_object_get(seq, "logits")), (size_t)n * V);
+            float *got = run_in(m, ids, n, V, numerics);
+            double worst = 0;
+            size_t at = 0;
+            for (size_t k = 0; k < (size_t)n * V; k++) {
+                double d = fabs((double)got[k] - ref[k]);
+                if (d > worst) worst = d, at = k;
+            }
+            printf("  %s %s (%s numerics): max |finch - transformers| = %.3g (logits up to "
+                   "%.2f)\n",
+                   name, json_string_value(json_object_get(seq, "tag")),
+                   numerics == FINCH_NUMERICS_EXACT ? "exact" : "llamacpp", worst,
+                   json_real_value(json_object_get(seq, "max_abs")));
+            if (worst > tol)
+                fail_msg("%s: logit [%zu, %zu] = %.7g, transformers %.7g (tolerance %g)", name,
+                         at / V, at % V, got[at], ref[at], tol);
+            free(got);
+            free(ref);
+            free(ids);
+        }
+        finch_model_free(m);
+    }
+}
+
+static void test_logits_match_transformers(void **state) {
+    (void)state;
+    check_logits(FINCH_NUMERICS_EXACT, TOL);
+}
+
+/* llamacpp numerics: f16 KV cache and f16-rounded queries and probabilities, as in
+ * test_tiny_model.c (5e-3); f16/bf16/f32 weights go through the exact matmul there. */
+static void test_llamacpp_numerics_close(void **state) {
+    (void)state;
+    check_logits(FINCH_NUMERICS_LLAMACPP, 5e-3);
+}
+
+static void test_f32_folder_equals_its_gguf(void **state) {
+    (void)state;
+    finch_model *hf = load("hf/tiny_llama"), *gg = load("model/tiny_llama.gguf");
+    finch_model_config a, b;
+    finch_model_config_get(hf, &a);
+    finch_model_config_get(gg, &b);
+    assert_int_equal(a.n_layer, b.n_layer);
+    assert_int_equal(a.n_head_kv, b.n_head_kv);
+    assert_int_equal(a.n_params, b.n_params);
+    assert_true(a.rms_eps == b.rms_eps && a.rope_theta == b.rope_theta);
+    int32_t ids[16] = {5, 88, 23, 61, 2, 40, 77, 13, 96, 31, 9, 70, 44, 44, 19, 64};
+    float *x = run(hf, ids, 16, a.n_vocab), *y = run(gg, ids, 16, b.n_vocab);
+    assert_memory_equal(x, y, 16 * (size_t)a.n_vocab * sizeof *x);
+    free(x);
+    free(y);
+    finch_model_free(hf);
+    finch_model_free(gg);
+}
+
+static void test_config_from_json(void **state) {
+    (void)state;
+    finch_model *m = load("hf/tiny_qwen2/");
+    finch_model_config c;
+    finch_model_config_get(m, &c);
+    assert_string_equal(c.arch, "qwen2");
+    assert_string_equal(c.name, "tiny_qwen2");
+    assert_int_equal(c.n_layer, 2);
+    assert_int_equal(c.n_embd, 64);
+    assert_int_equal(c.n_ff, 96);
+    assert_int_equal(c.n_head, 4);
+    assert_int_equal(c.n_head_kv, 2);
+    assert_int_equal(c.head_dim, 16);
+    assert_int_equal(c.n_vocab, 97);
+    assert_int_equal(c.n_ctx_train, 128);
+    assert_true(c.rope_theta == 1e6f && c.rms_eps == 1e-6f);
+    assert_int_equal(c.tied_output, 1);
+    assert_null(finch_model_tokenizer(m)); /* the folder has no tokenizer.json */
+    /* 97*64 embedding + 64 norm + 2 layers of (2 norms, q, k, v, o, biases, mlp) */
+    const int64_t layer = 2 * 64 + 64 * 64 + 2 * 32 * 64 + 64 * 64 + 64 + 2 * 32 + 3 * 96 * 64;
+    assert_int_equal(c.n_params, 97 * 64 + 64 + 2 * layer);
+    assert_int_equal(c.weight_bytes, 2 * c.n_params);
+    finch_model_free(m);
+}
+
+/* The training forward's mean cross-entropy equals the one of transformers' logits. */
+static void test_train_forward_matches(void **state) {
+    (void)state;
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(manifest, "models"), i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        char rel[256];
+        snprintf(rel, sizeof rel, "hf/%s", name);
+        finch_model *m = load(rel);
+        json_t *seq = json_array_get(json_object_get(e, "sequences"), 2);
+        int n;
+        int32_t *ids = seq_ids(seq, &n);
+        const int V = m->cfg.n_vocab;
+        float *ref = read_f32(json_string_value(json_object_get(seq, "logits")), (size_t)n * V);
+        int32_t *tgt = malloc((size_t)n * sizeof *tgt), *pos = malloc((size_t)n * sizeof *pos);
+        assert_non_null(tgt);
+        assert_non_null(pos);
+        double want = 0;
+        for (int t = 0; t < n; t++) {
+            tgt[t] = t + 1 < n ? ids[t + 1] : -1;
+            pos[t] = t;
+            if (t + 1 == n) continue;
+            double mx = -INFINITY, z = 0;
+            for (int v = 0; v < V; v++) mx = fmax(mx, ref[(size_t)t * V + v]);
+            for (int v = 0; v < V; v++) z += exp(ref[(size_t)t * V + v] - mx);
+            want += mx + log(z) - ref[(size_t)t * V + tgt[t]];
+        }
+        want /= n - 1;
+        finch_train_acts *a;
+        finch_err err;
+        if (finch_train_acts_new(m, 1, n, &a, &err)) fail_msg("%s", err.msg);
+        double got = finch_model_train_step(m, a, ids, tgt, pos, NULL, 0, 1, false);
+        printf("  %s: training loss %.7f, from transformers' logits %.7f\n", name, got, want);
+        assert_true(fabs(got - want) < TOL);
+        finch_train_acts_free(a);
+        free(tgt);
+        free(pos);
+        free(ref);
+        free(ids);
+        finch_model_free(m);
+    }
+}
+
+static int load_manifest(void **state) {
+    (void)state;
+    json_error_t e;
+    manifest = json_load_file(DIR "manifest.json", 0, &e);
+    if (!manifest) fprintf(stderr, "manifest.json: line %d: %s\n", e.line, e.text);
+    return manifest ? 0 : -1;
+}
+
+static int free_manifest(void **state) {
+    (void)state;
+    json_decref(manifest);
+    return 0;
+}
+
+int main(void) {
+    finch_threads_set(2);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_match_transformers),
+        cmocka_unit_test(test_llamacpp_numerics_close),
+        cmocka_unit_test(test_f32_folder_equals_its_gguf),
+        cmocka_unit_test(test_config_from_json),
+        cmocka_unit_test(test_train_forward_matches),
+    };
+    return cmocka_run_group_tests(tests, load_manifest, free_manifest);
+}

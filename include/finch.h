@@ -379,9 +379,9 @@ FINCH_API finch_status finch_eval_loss(const finch_model *model, const finch_dat
 /* Called after each example with (done, total); may be NULL. */
 typedef void (*finch_progress_fn)(int64_t done, int64_t total, void *user);
 
-/* Generations for a dataset: per example the prompt as the model saw it (template and
- * chat template applied), the dataset's completion and the model's output, both without
- * surrounding whitespace. Owned arrays; release with finch_gen_results_release. */
+/* Generations for a dataset: per example the prompt (its template applied, the chat
+ * template not, except for chat-shaped data whose prompt is the rendering the model saw),
+ * the dataset's completion and the model's output, both without surrounding whitespace. Owned arrays; release with finch_gen_results_release. */
 typedef struct {
     int64_t n;           /* examples */
     char **prompts;      /* n */

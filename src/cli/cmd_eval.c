@@ -45,7 +45,7 @@ static const char usage_text[] =
     "  --max-new-tokens N     tokens to generate per example at most (default 64)\n"
     "  --temperature T        0 = greedy (default)\n"
     "  --top-k K, --top-p P   sampling filters (default off)\n"
-    "  --samples N            examples shown in the JSON with every system's output (3)\n"
+    "  --samples N            examples shown (and kept in the JSON) with every system's output (3)\n"
     "classify:\n"
     "  --labels A,B,...       the label set (default: the dataset's distinct completions)\n"
     "  --k-shot K             solved examples put before each prompt (default 0)\n"
@@ -241,6 +241,23 @@ static int select_system(ctx_t *c, int s) {
             return cli_fail(&err);
     }
     return 0;
+}
+
+/* The first examples of a generate task: prompt, reference and each system's output. */
+static void print_samples(const ctx_t *c) {
+    size_t n = json_array_size(c->j_samples);
+    for (size_t i = 0; i < n; i++) {
+        json_t *smp = json_array_get(c->j_samples, i), *out = json_object_get(smp, "outputs");
+        printf("\nexample %zu\n  %-14s %s\n  %-14s %s\n", i + 1, "prompt:",
+               json_string_value(json_object_get(smp, "prompt")), "reference:",
+               json_string_value(json_object_get(smp, "reference")));
+        for (int s = 0; s < c->n_sys; s++) {
+            const char *o = json_string_value(json_object_get(out, c->sys[s].name));
+            char label[64];
+            snprintf(label, sizeof label, "%s:", c->sys[s].name);
+            printf("  %-14s %s\n", label, o ? o : "");
+        }
+    }
 }
 
 static void print_table(const ctx_t *c, const table_t *t) {
@@ -501,9 +518,9 @@ int cmd_eval(int argc, char **argv) {
         rc = EXIT_FAIL;
         goto done;
     }
+    c.j_samples = json_array(); /* printed after the tables, and kept in the JSON */
     if (json_out) {
         c.j_metrics = json_array();
-        c.j_samples = json_array();
         j_sys = json_array();
         for (int s = 0; s < c.n_sys; s++) {
             json_t *list = json_array();
@@ -535,6 +552,7 @@ int cmd_eval(int argc, char **argv) {
     }
     if (rc) goto done;
     for (int d = 0; d < (general ? 2 : 1); d++) print_table(&c, &tables[d]);
+    print_samples(&c);
     if (json_out) {
         char model_path[4096];
         finch_err err;

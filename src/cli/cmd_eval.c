@@ -123,11 +123,13 @@ static int run_one(ctx_t *c, const finch_data_spec *spec, const char *task, int 
             return cli_fail(&err);
         cli_progress_end(&p);
         t->n_examples = r.n_examples;
-        printf("%s on %s:\n", c->sys[s].name, spec->path);
-        printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
-               (long long)r.n_targets);
-        printf("loss:         %.4f\n", r.loss);
-        printf("perplexity:   %.3f\n", r.perplexity);
+        if (c->n_sys == 1) { /* several systems: the side-by-side table says it */
+            printf("%s on %s:\n", c->sys[s].name, spec->path);
+            printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
+                   (long long)r.n_targets);
+            printf("loss:         %.4f\n", r.loss);
+            printf("perplexity:   %.3f\n", r.perplexity);
+        }
         if (r.n_truncated || r.n_dropped || r.n_skipped)
             printf("warnings:     %lld truncated to the maximum length, %lld dropped (nothing "
                    "left to score), %lld malformed lines skipped\n",

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 /* The whole file at path, malloc'd (the test fails if it cannot be read); *size its length. */
 static inline uint8_t *read_file(const char *path, size_t *size) {
@@ -22,5 +23,42 @@ static inline uint8_t *read_file(const char *path, size_t *size) {
     *size = (size_t)n;
     return p;
 }
+
+/* Runs the shell command line cmd with stdin from in_text (NULL: empty) and stdout and
+ * stderr captured into out (cap bytes, NUL-terminated), through files in dir. Returns the
+ * exit code, -1 when the command did not exit. */
+static inline int run_capture(const char *dir, const char *cmd, const char *in_text, char *out,
+                              size_t cap) {
+    char line[8192], inpath[512], outpath[512];
+    snprintf(inpath, sizeof inpath, "%s/stdin", dir);
+    snprintf(outpath, sizeof outpath, "%s/out", dir);
+    FILE *f = fopen(inpath, "w");
+    if (!f) fail_msg("cannot write %s", inpath);
+    if (in_text) fputs(in_text, f);
+    fclose(f);
+    if (snprintf(line, sizeof line, "%s <%s >%s 2>&1", cmd, inpath, outpath) >= (int)sizeof line)
+        fail_msg("command line too long: %s", cmd);
+    int st = system(line);
+    f = fopen(outpath, "r");
+    if (!f) fail_msg("cannot read %s", outpath);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = 0;
+    fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+#ifdef FINCH_H
+#include <unistd.h> /* access */
+/* The real default model (FINCH_MODEL, else the cache scripts/setup.sh fills), or NULL
+ * when it is not there. */
+static inline const char *real_model(void) {
+    static char path[4096];
+    finch_err err;
+    const char *env = getenv("FINCH_MODEL");
+    if (env) return env;
+    if (finch_default_model_path(path, sizeof path, &err)) return NULL;
+    return access(path, R_OK) == 0 ? path : NULL;
+}
+#endif
 
 #endif /* FINCH_TEST_UTIL_H */

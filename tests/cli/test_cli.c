@@ -16,7 +16,7 @@
 
 #include "core/core.h"
 #include "io/io.h" /* to write a copy of the tiny model without its tokenizer */
-#include "test_util.h" /* read_file */
+#include "test_util.h" /* read_file, run_capture */
 
 static char tmpdir[] = "/tmp/finch_cli_XXXXXX";
 static char out[1 << 16];
@@ -24,22 +24,9 @@ static char out[1 << 16];
 /* Runs `finch ARGS` (a shell fragment) with stdin from in_text; returns the exit code and
  * leaves stdout+stderr in out. */
 static int run(const char *args, const char *in_text) {
-    char cmd[4096], inpath[512], outpath[512];
-    snprintf(inpath, sizeof inpath, "%s/stdin", tmpdir);
-    snprintf(outpath, sizeof outpath, "%s/out", tmpdir);
-    FILE *f = fopen(inpath, "w");
-    assert_non_null(f);
-    if (in_text) fputs(in_text, f);
-    fclose(f);
-    snprintf(cmd, sizeof cmd, "FINCH_CACHE=%s/cache %s %s <%s >%s 2>&1", tmpdir, FINCH_CLI, args,
-             inpath, outpath);
-    int st = system(cmd);
-    f = fopen(outpath, "r");
-    assert_non_null(f);
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "FINCH_CACHE=%s/cache %s %s", tmpdir, FINCH_CLI, args);
+    return run_capture(tmpdir, cmd, in_text, out, sizeof out);
 }
 
 #define EXPECT(args, in, code, fragment)                                                   \
@@ -131,17 +118,6 @@ static void test_info_tiny(void **state) {
     EXPECT("info " TINY, NULL, 0, "layers:          2");
     assert_non_null(strstr(out, "4 query, 2 key/value, head dim 16"));
     assert_non_null(strstr(out, "f32"));
-}
-
-/* The real model, when present (scripts/setup.sh puts it in the cache). */
-static const char *real_model(void) {
-    static char path[4096];
-    finch_err err;
-    const char *env = getenv("FINCH_MODEL");
-    if (env) return env;
-    unsetenv("FINCH_CACHE");
-    if (finch_default_model_path(path, sizeof path, &err)) return NULL;
-    return access(path, R_OK) == 0 ? path : NULL;
 }
 
 static void test_real_model(void **state) {

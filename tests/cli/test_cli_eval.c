@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "finch.h"
+#include "test_util.h" /* run_capture, real_model */
 
 static char tmpdir[] = "/tmp/finch_cli_eval_XXXXXX";
 static char out[1 << 16];
@@ -25,16 +26,9 @@ static char data[512], cls[512];
 
 /* Runs `finch ARGS`; returns the exit code and leaves stdout+stderr in out. */
 static int run(const char *args) {
-    char cmd[4096], outpath[512];
-    snprintf(outpath, sizeof outpath, "%s/out", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s </dev/null >%s 2>&1", FINCH_CLI, args, outpath);
-    int st = system(cmd);
-    FILE *f = fopen(outpath, "r");
-    assert_non_null(f);
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s", FINCH_CLI, args);
+    return run_capture(tmpdir, cmd, NULL, out, sizeof out);
 }
 
 #define EXPECT(args, code, fragment)                                                               \
@@ -180,16 +174,6 @@ static void test_compare_tiny(void **state) {
     assert_int_equal(json_array_size(json_object_get(json_object_get(m, "confusion"), "matrix")),
                      2);
     json_decref(j);
-}
-
-/* The real model, when present (scripts/setup.sh puts it in the cache). */
-static const char *real_model(void) {
-    static char path[4096];
-    finch_err err;
-    const char *env = getenv("FINCH_MODEL");
-    if (env) return env;
-    if (finch_default_model_path(path, sizeof path, &err)) return NULL;
-    return access(path, R_OK) == 0 ? path : NULL;
 }
 
 static void test_real_model(void **state) {

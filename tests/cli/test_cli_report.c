@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include "test_util.h" /* run_capture */
 
 #define RUN_FIXTURE FINCH_FIXTURES "/report/run"
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
@@ -26,17 +27,9 @@ static char out[1 << 16];
 
 /* Runs `finch CMD ARGS` in tmpdir; returns the exit code, output in out. */
 static int run(const char *cmd_name, const char *args) {
-    char cmd[4096], outpath[512];
-    snprintf(outpath, sizeof outpath, "%s/out", tmpdir);
-    snprintf(cmd, sizeof cmd, "cd %s && %s %s %s </dev/null >%s 2>&1", tmpdir, FINCH_CLI, cmd_name,
-             args, outpath);
-    int st = system(cmd);
-    FILE *f = fopen(outpath, "r");
-    assert_non_null(f);
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cd %s && %s %s %s", tmpdir, FINCH_CLI, cmd_name, args);
+    return run_capture(tmpdir, cmd, NULL, out, sizeof out);
 }
 
 #define EXPECT_CMD(cmd, args, code, fragment)                                                      \

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 
 #include "finch.h"
+#include "test_util.h" /* run_capture */
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
 #define TINY_EOS 2 /* its tokenizer.ggml.eos_token_id (tests/reference/make_tiny_model.py) */
@@ -94,15 +95,9 @@ static void test_loss_by_hand(void **state) {
 }
 
 static int run(const char *args, char *out, size_t cap) {
-    char cmd[2048], path[300];
-    snprintf(path, sizeof path, "%s/out", dir);
-    snprintf(cmd, sizeof cmd, "%s eval -m %s %s >%s 2>&1", FINCH_CLI, TINY, args, path);
-    int st = system(cmd);
-    FILE *f = fopen(path, "r");
-    size_t n = fread(out, 1, cap - 1, f);
-    out[n] = 0;
-    fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s eval -m %s %s", FINCH_CLI, TINY, args);
+    return run_capture(dir, cmd, NULL, out, cap);
 }
 
 static void test_cli(void **state) {

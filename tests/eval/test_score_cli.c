@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "test_util.h" /* run_capture */
 
 static char tmpdir[] = "/tmp/finch_score_XXXXXX";
 static char out[1 << 16];
@@ -31,17 +32,9 @@ static void write_file(const char *name, const char *text) {
 
 /* Runs `finch score ARGS` in tmpdir; returns the exit code, output in out. */
 static int run(const char *args) {
-    char cmd[4096], outpath[512];
-    snprintf(outpath, sizeof outpath, "%s/out", tmpdir);
-    snprintf(cmd, sizeof cmd, "cd %s && %s score %s </dev/null >%s 2>&1", tmpdir, FINCH_CLI, args,
-             outpath);
-    int st = system(cmd);
-    FILE *f = fopen(outpath, "r");
-    assert_non_null(f);
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cd %s && %s score %s", tmpdir, FINCH_CLI, args);
+    return run_capture(tmpdir, cmd, NULL, out, sizeof out);
 }
 
 #define EXPECT(args, code, fragment)                                                               \

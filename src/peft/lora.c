@@ -13,6 +13,9 @@
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#endif
 
 static const char *const peft_names[FINCH_TARGET_COUNT] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -174,6 +177,30 @@ static inline bool kept(const drop_mask *m, int64_t i) {
     return finch_mix64(m->base + (uint64_t)i) >= m->threshold;
 }
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+/* The lanes of 16 elements from i that lie below n. */
+static inline __mmask16 tail16(int64_t i, int64_t n) {
+    return n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+}
+
+/* kept() for elements i .. i+15 (those below n), 8 hashes per vector: the same finch_mix64
+ * in 64-bit lanes. */
+static inline __mmask8 kept8(const drop_mask *m, int64_t i) {
+    __m512i z = _mm512_add_epi64(_mm512_set1_epi64((long long)(m->base + (uint64_t)i)),
+                                 _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
+                           _mm512_set1_epi64((long long)0xbf58476d1ce4e5b9ull));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
+                           _mm512_set1_epi64((long long)0x94d049bb133111ebull));
+    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+    return _mm512_cmpge_epu64_mask(z, _mm512_set1_epi64((long long)m->threshold));
+}
+
+static inline __mmask16 kept16(const drop_mask *m, int64_t i, int64_t n) {
+    return (__mmask16)(((unsigned)kept8(m, i + 8) << 8 | kept8(m, i)) & tail16(i, n));
+}
+#endif
+
 /* ---- the attachment -------------------------------------------------------------------- */
 
 static const float *lora_input(const finch_lora_site *s, const float *x, int64_t T,
@@ -181,8 +208,19 @@ static const float *lora_input(const finch_lora_site *s, const float *x, int64_t
     if (!ctx->training || s->dropout <= 0) return x;
     drop_mask m = mask_of(s, ctx->dropout_seed);
     float *xd = s->xd;
+    const int64_t n = T * s->in;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < T * s->in; i++) xd[i] = kept(&m, i) ? x[i] * m.scale : 0.0f;
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = kept16(&m, i, n);
+        _mm512_mask_storeu_ps(xd + i, tail16(i, n),
+                              _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, x + i),
+                                                  _mm512_set1_ps(m.scale)));
+    }
+#else
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) xd[i] = kept(&m, i) ? x[i] * m.scale : 0.0f;
+#endif
     return xd;
 }
 
@@ -218,9 +256,19 @@ static void lora_backward(const finch_attachment *a, float *dx, const float *dy,
         float *dxd = s->xd;
         be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 0.0f, dxd, s->in);
         drop_mask m = mask_of(s, ctx->dropout_seed);
+        const int64_t n = T * s->in;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < T * s->in; i++)
+        for (int64_t i = 0; i < n; i += 16) {
+            __mmask16 k = kept16(&m, i, n);
+            __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dxd + i), _mm512_set1_ps(m.scale));
+            _mm512_mask_storeu_ps(dx + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, dx + i), g));
+        }
+#else
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++)
             if (kept(&m, i)) dx[i] += dxd[i] * m.scale;
+#endif
     }
 }
 

@@ -9,8 +9,16 @@
  * the machine (its DYNAMIC_ARCH, or OPENBLAS_CORETYPE, may select AVX2 kernels on AVX-512
  * CPUs it does not know, at half the speed). Each C element is summed over k in a fixed
  * order, so results are the same run to run. Without AVX-512 it is OpenBLAS's sgemm.
+ *
+ * The backend's general product (finch_cpu_gemm, the LoRA products) runs on the same
+ * kernel where it wins, split across the kernel threads; the rest goes to OpenBLAS.
  */
 #include "kernels/cpu/cpu.h"
+
+#include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -18,24 +26,33 @@
 enum { MR = 8, NR = 32, KC = 1024 };
 
 /* C[0..mr) x [0..32) (masked to m0/m1 columns) = or += A[0..mr) x [0..kc) . B[0..kc) x
- * [0..32). mr is a constant in every inlined copy, so the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void block(int mr, int64_t kc, const float *A,
-                                                        int64_t lda, const float *B, int64_t ldb,
-                                                        float *C, int64_t ldc, __mmask16 m0,
-                                                        __mmask16 m1, bool acc) {
+ * [0..32). mr and wide (false: only the first 16 columns, m1 is empty) are constants in
+ * every inlined copy, so the accumulators stay in registers and a narrow panel (N <= 16,
+ * the rank of an adapter) runs no FMAs on empty lanes. */
+static inline __attribute__((always_inline)) void block(int mr, bool wide, int64_t kc,
+                                                        const float *A, int64_t lda,
+                                                        const float *B, int64_t ldb, float *C,
+                                                        int64_t ldc, __mmask16 m0, __mmask16 m1,
+                                                        bool acc) {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++)
-        if (i < mr) c0[i] = c1[i] = _mm512_setzero_ps();
+        if (i < mr) {
+            c0[i] = c1[i] = _mm512_setzero_ps();
+            /* C is read back after the k loop: start its lines on the way now (with a short
+             * K, the loop is too brief to hide the misses otherwise) */
+            if (acc) _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+            if (acc && wide) _mm_prefetch((const char *)(C + i * ldc + 16), _MM_HINT_T0);
+        }
     for (int64_t k = 0; k < kc; k++) {
         __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb);
-        __m512 b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + 16);
+        __m512 b1 = wide ? _mm512_maskz_loadu_ps(m1, B + k * ldb + 16) : b0;
 #pragma GCC unroll 8
         for (int i = 0; i < MR; i++)
             if (i < mr) {
                 __m512 a = _mm512_set1_ps(A[i * lda + k]);
                 c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
-                c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+                if (wide) c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
             }
     }
 #pragma GCC unroll 8
@@ -44,29 +61,40 @@ static inline __attribute__((always_inline)) void block(int mr, int64_t kc, cons
             float *c = C + i * ldc;
             if (acc) {
                 c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), c0[i]);
-                c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
+                if (wide) c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
             }
             _mm512_mask_storeu_ps(c, m0, c0[i]);
-            _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
+            if (wide) _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
         }
 }
 
-/* One column panel (up to 32 wide) over all rows of A for one k block. */
-static void panel(int64_t M, int64_t kc, const float *A, int64_t lda, const float *B, int64_t ldb,
-                  float *C, int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
+/* One column panel (up to 32 wide, or 16 when not wide) over all rows of A for one k
+ * block. */
+static inline __attribute__((always_inline)) void panel_rows(bool wide, int64_t M, int64_t kc,
+                                                             const float *A, int64_t lda,
+                                                             const float *B, int64_t ldb, float *C,
+                                                             int64_t ldc, __mmask16 m0,
+                                                             __mmask16 m1, bool acc) {
     int64_t i = 0;
-    for (; i + MR <= M; i += MR) block(MR, kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, m0, m1, acc);
+    for (; i + MR <= M; i += MR)
+        block(MR, wide, kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, m0, m1, acc);
     A += i * lda, C += i * ldc;
     switch (M - i) { /* the last M % 8 rows, each count its own unrolled copy */
-    case 7: block(7, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 6: block(6, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 5: block(5, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 4: block(4, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 3: block(3, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 2: block(2, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 1: block(1, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
+    case 7: block(7, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
+    case 6: block(6, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
+    case 5: block(5, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
+    case 4: block(4, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
+    case 3: block(3, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
+    case 2: block(2, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
+    case 1: block(1, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
     default: break;
     }
+}
+
+static void panel(int64_t M, int64_t kc, const float *A, int64_t lda, const float *B, int64_t ldb,
+                  float *C, int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
+    if (m1) panel_rows(true, M, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+    else panel_rows(false, M, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
 }
 
 void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
@@ -86,8 +114,119 @@ void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t
     }
 }
 
+/* ---- finch_cpu_gemm on the kernel above: the adapter products (rank r, T tokens) ------ */
+
+/* Floats of stack scratch for transposed operands and results; larger products go to
+ * OpenBLAS. An adapter of rank 16 on a 1536-wide layer over 512 tokens needs 32K. */
+enum { GEMM_SCRATCH = 48 * 1024 };
+
+/* dst (rows, cols) = alpha src^T, src (cols, rows) with row stride ld: src is read along
+ * its rows. */
+static void transpose(float *dst, const float *src, int64_t ld, int64_t rows, int64_t cols,
+                      float alpha) {
+    for (int64_t j = 0; j < cols; j++)
+        for (int64_t i = 0; i < rows; i++) dst[i * cols + j] = alpha * src[j * ld + i];
+}
+
+/* C (M, N) = or += A (M, K) . B (K, N) on the kernel threads: N is split in multiples of 32
+ * when wide, else M in multiples of 8. Each element is summed by one thread in the
+ * kernel's fixed order, so the split (and the thread count) does not change results. */
+static void sgemm_par(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, float *C, int64_t ldc, bool acc) {
+    const bool by_cols = N >= 64 && M < 64;
+    const int64_t units = by_cols ? (N + 31) / 32 : (M + 7) / 8;
+#pragma omp parallel if (M * N * K >= 65536)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        int64_t u0 = units * tid / nth, u1 = units * (tid + 1) / nth;
+        if (by_cols) {
+            int64_t j0 = u0 * 32, j1 = u1 * 32 < N ? u1 * 32 : N;
+            finch_cpu_sgemm_nn(M, j1 - j0, K, A, lda, B + j0, ldb, C + j0, ldc, acc);
+        } else {
+            int64_t i0 = u0 * 8, i1 = u1 * 8 < M ? u1 * 8 : M;
+            finch_cpu_sgemm_nn(i1 - i0, N, K, A + i0 * lda, lda, B, ldb, C + i0 * ldc, ldc, acc);
+        }
+    }
+}
+
+/* Two ways to reach the row-major (M, K) . (K, N) form the kernel takes:
+ *  - direct: C = op(A) op(B), copying the operands that are transposed (alpha folded into
+ *    one copy; with no copy and alpha != 1, C is scaled after, which needs beta 0);
+ *  - swapped: C^T = op(B)^T op(A)^T into scratch, then C = alpha (C^T)^T + beta C.
+ * The one copying fewer floats runs. For LoRA: u = x A^T copies A (r rows); dB += s dy^T u
+ * and dA += du^T x copy u or du (r columns); du = s dy B copies nothing. Other betas,
+ * products needing more scratch, and short sums over a wide C go to OpenBLAS. */
+void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                    int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    const bool acc = beta == 1.0f;
+    const int64_t big = INT64_MAX / 4;
+    int64_t direct = (ta ? M * K : 0) + (tb ? K * N : 0);
+    int64_t swapped = (tb ? 0 : K * N) + (ta ? 0 : M * K) + M * N;
+    if (!ta && !tb && alpha != 1.0f && acc) direct = big;
+    /* A short sum over a wide C (y += s u B^T, dx += du A: K = r) is bound by C's memory
+     * traffic, which OpenBLAS streams faster than this kernel does. */
+    const bool short_k = K < 64 && M * N > 64 * 64;
+    if ((beta != 0.0f && !acc) || short_k || (direct > GEMM_SCRATCH && swapped > GEMM_SCRATCH)) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+        return;
+    }
+    const bool swap = swapped < direct;
+    float scratch[swap ? swapped : direct > 0 ? direct : 1];
+    float *p = scratch;
+    if (!swap) {
+        /* op(A) (M, K), op(B) (K, N) */
+        const float *a = A, *b = B;
+        int64_t la = lda, lb = ldb;
+        float fold = alpha; /* alpha goes into the first copy made */
+        if (ta) {
+            transpose(p, A, lda, M, K, fold);
+            a = p, la = K, p += M * K, fold = 1.0f;
+        }
+        if (tb) {
+            transpose(p, B, ldb, K, N, fold);
+            b = p, lb = N, fold = 1.0f;
+        }
+        sgemm_par(M, N, K, a, la, b, lb, C, ldc, acc);
+        if (fold != 1.0f) /* no copy took alpha: beta is 0 here */
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < N; j++) C[i * ldc + j] *= fold;
+        return;
+    }
+    /* op(B)^T (N, K), op(A)^T (K, M), C^T (N, M) */
+    const float *bt = B, *at = A;
+    int64_t lbt = ldb, lat = lda;
+    if (!tb) {
+        transpose(p, B, ldb, N, K, 1.0f);
+        bt = p, lbt = K, p += N * K;
+    }
+    if (!ta) {
+        transpose(p, A, lda, K, M, 1.0f);
+        at = p, lat = M, p += K * M;
+    }
+    float *ct = p;
+    sgemm_par(N, M, K, bt, lbt, at, lat, ct, M, false);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            float v = alpha * ct[j * M + i];
+            C[i * ldc + j] = acc ? C[i * ldc + j] + v : v;
+        }
+}
+
 #else
-#include <cblas.h>
+
+void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                    int64_t ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
 
 void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                         const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate) {

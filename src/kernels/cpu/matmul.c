@@ -23,7 +23,9 @@
 #include <omp.h>
 #endif
 
-enum { TILE_ROWS = 64, GEMV_MAX_T = 3 };
+/* GROUP rows of a tile are expanded into staging rows together, then written out
+ * column-interleaved (each store run fills one cache line of the tile) */
+enum { TILE_ROWS = 64, GEMV_MAX_T = 3, GROUP = 16 };
 
 /* ---- fused dot products: one stored row with one f32 vector ------------------------ */
 
@@ -185,14 +187,17 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
  * per thread keep both busy when R is not a multiple of n_threads * TILE_ROWS (R 576 is
  * 9 tiles, R 192 is 3). The tile is stored transposed, (K, nr): column r holds row r0 + r
  * of W, so the product y[:, r0 : r0 + nr] = x . tile reads the tile's rows contiguously
- * (finch_cpu_sgemm_nn). Each row is expanded into a K-float staging row first, in cache,
- * then scattered into its column. An element's sum does not depend on the band or tile
+ * (finch_cpu_sgemm_nn). Rows are expanded GROUP at a time into K-float staging rows, in
+ * cache, then written into their columns a k at a time, so each run of GROUP stores fills
+ * one cache line of the tile (a single staging row, one row at a time, when the workspace
+ * is sized for no more). An element's sum does not depend on the band or tile
  * holding its row, so results do not depend on the thread count. */
 static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
     const int64_t R = w->rows, K = w->cols, n16 = (R + 15) / 16;
     FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
+    const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + GROUP) * K);
 #pragma omp parallel num_threads(ws->n_threads)
     {
         int tid = 0, nth = 1;
@@ -204,8 +209,22 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
         int64_t end = n16 * (tid + 1) / nth * 16;
         if (end > R) end = R;
         for (int64_t r0 = n16 * tid / nth * 16; r0 < end; r0 += TILE_ROWS) {
-            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS;
-            for (int64_t r = 0; r < nr; r++) {
+            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, r = 0;
+            for (; grouped && r + GROUP <= nr; r += GROUP) {
+                const float *src[GROUP];
+                for (int g = 0; g < GROUP; g++) {
+                    const uint8_t *row =
+                        (const uint8_t *)w->data + (size_t)(r0 + r + g) * w->row_bytes;
+                    src[g] = (const float *)row;
+                    if (w->type != FINCH_DTYPE_F32) {
+                        tr->dequant(stage + g * K, row, K);
+                        src[g] = stage + g * K;
+                    }
+                }
+                for (int64_t k = 0; k < K; k++)
+                    for (int g = 0; g < GROUP; g++) wt[k * nr + r + g] = src[g][k];
+            }
+            for (; r < nr; r++) { /* the rows past the last whole group, one at a time */
                 const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes;
                 const float *src = (const float *)row;
                 if (w->type != FINCH_DTYPE_F32) {
@@ -280,7 +299,7 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
 }
 
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
-    size_t tile = (size_t)(TILE_ROWS + 1) * (size_t)max_cols; /* a tile + a staging row */
+    size_t tile = (size_t)(TILE_ROWS + GROUP) * (size_t)max_cols; /* a tile + staging rows */
     size_t att = (size_t)n_ctx + (size_t)max_cols; /* scores + one f16-rounded query */
     size_t need = tile > att ? tile : att;
     return (need + 15) & ~(size_t)15;
@@ -309,11 +328,4 @@ void finch_workspace_free(finch_workspace *ws) {
     finch_afree(ws->buf);
     finch_afree(ws->act);
     memset(ws, 0, sizeof *ws);
-}
-
-void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
-                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                    int64_t ldc) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }

@@ -9,12 +9,19 @@
 
 #include <math.h>
 
+/* th[i] = theta^(-2i/D), i < D/2: once per call rather than per token. */
+static void freqs(double *th, int D, float theta) {
+    for (int i = 0; i < D / 2; i++) th[i] = pow((double)theta, -2.0 * i / D);
+}
+
 void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
                             float theta) {
+    double th[D / 2 > 0 ? D / 2 : 1];
+    freqs(th, D, theta);
 #pragma omp parallel for schedule(static) if (T > 4)
     for (int64_t t = 0; t < T; t++) {
         for (int i = 0; i < D / 2; i++) {
-            double ang = (double)pos[t] * pow((double)theta, -2.0 * i / D);
+            double ang = (double)pos[t] * th[i];
             float c = (float)cos(ang), s = (float)sin(ang);
             for (int h = 0; h < nh; h++) {
                 float *p = x + (t * nh + h) * D + 2 * i;
@@ -29,10 +36,12 @@ void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int
 /* The forward is a rotation by +angle, an orthogonal map, so its gradient is the rotation
  * by -angle:  da = a' c + b' s,  db = -a' s + b' c. */
 void finch_cpu_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta) {
+    double th[D / 2 > 0 ? D / 2 : 1];
+    freqs(th, D, theta);
 #pragma omp parallel for schedule(static) if (T > 4)
     for (int64_t t = 0; t < T; t++) {
         for (int i = 0; i < D / 2; i++) {
-            double ang = (double)pos[t] * pow((double)theta, -2.0 * i / D);
+            double ang = (double)pos[t] * th[i];
             float c = (float)cos(ang), s = (float)sin(ang);
             for (int h = 0; h < nh; h++) {
                 float *p = dx + (t * nh + h) * D + 2 * i;

@@ -655,6 +655,54 @@ static void test_gguf_adapter(void **state) {
     check_gguf(m, &rs, 32.0f);
 }
 
+/* A qwen2 base (loaded from a Hugging Face folder): llama.cpp's qwen2 applies rotate-half
+ * RoPE to rows in HF order, so lora_b of q and k goes out in HF order, the rest as held. */
+static void test_gguf_adapter_qwen2(void **state) {
+    (void)state;
+    finch_model *m = NULL;
+    finch_err err = {0};
+    if (finch_model_load(FINCH_FIXTURES "/hf/tiny_qwen2", &m, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(m->cfg.arch, "qwen2");
+    char dir[64], path[256], name[64];
+    make_tmpdir(dir, sizeof dir, "gguf_qwen2");
+    join(path, sizeof path, dir, "lora.gguf");
+    finch_lora_config all = {.r = 4, .alpha = 8, .targets = (1u << FINCH_TARGET_COUNT) - 1};
+    finch_lora *l = random_lora(m, &all, 9);
+    if (finch_lora_save_gguf(l, m, path, &err)) fail_msg("%s", err.msg);
+    finch_gguf *g = NULL;
+    if (finch_gguf_open(path, &g, &err)) fail_msg("%s", err.msg);
+    finch_str s;
+    if (finch_gguf_get_str(g, "general.architecture", true, &s, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(s.len, 5);
+    assert_memory_equal(s.ptr, "qwen2", 5);
+    int n_permuted = 0;
+    for (int i = 0; i < l->n_sites; i++) {
+        const finch_lora_site *site = &l->sites[i];
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", site->layer,
+                 finch_target_gguf_name(site->target));
+        const finch_gguf_tensor *t = finch_gguf_find_tensor(g, name);
+        if (!t) fail_msg("missing %s", name);
+        const float *got = (const float *)t->data;
+        int heads = site->target == FINCH_TARGET_Q   ? m->cfg.n_head
+                    : site->target == FINCH_TARGET_K ? m->cfg.n_head_kv
+                                                     : 0;
+        if (!heads) {
+            assert_memory_equal(got, site->B, (size_t)(site->r * site->out) * sizeof(float));
+            continue;
+        }
+        n_permuted++;
+        const int64_t D = site->out / heads;
+        for (int64_t row = 0; row < site->out; row++) /* finch's row `row` is HF row ... */
+            assert_memory_equal(got + hf_row_of_gguf_row(row, D) * site->r,
+                                site->B + row * site->r, (size_t)site->r * sizeof(float));
+    }
+    assert_int_equal(n_permuted, 2 * m->cfg.n_layer);
+    finch_gguf_close(g);
+    finch_lora_free(l);
+    finch_model_free(m);
+    rm_dir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
@@ -662,6 +710,7 @@ int main(void) {
         cmocka_unit_test(test_reference_permutation),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_gguf_adapter),
+        cmocka_unit_test(test_gguf_adapter_qwen2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -6,8 +6,9 @@
     llama.cpp's greedy text must agree with finch's on the merged model (q8_0 and q4_0 are
     requantized, so only their texts are shown).
 
-"Agree" means the first N_ASSERT generated tokens are equal; whether the whole texts are
-equal is printed too. Past a near tie between the top two logits a greedy path may flip on
+"Agree" means the first N_ASSERT generated tokens are equal, or split only where finch's
+exact logits for the two tokens are within NEAR_TIE; whether the whole texts are equal is
+printed too. Past a near tie between the top two logits a greedy path may flip on
 rounding alone: llama.cpp adds the LoRA product in its own order and precision, so with
 the adapter such a flip was seen after 9 tokens on one prompt.
 
@@ -29,6 +30,9 @@ import common
 
 N_PREDICT = 24
 N_ASSERT = 8
+# A split inside the first N_ASSERT tokens passes only where finch's own (exact) logits put
+# the two tokens within NEAR_TIE of each other: a flip on rounding, not a wrong adapter.
+NEAR_TIE = 0.5
 PROMPTS = ["The capital of France is", "Once upon a time"]
 # The adapter's own prompt: the chat-formatted WordNet question it was trained on.
 ADAPTER_PROMPT = ('<|im_start|>user\nDefine the word "finch" (noun).<|im_end|>\n'
@@ -64,7 +68,19 @@ def token_ids(model, text):
     return _VOCAB[model].tokenize(text.encode(), add_bos=False, special=True)
 
 
-def same(name, model, llama, finch_llamacpp, finch_exact, assert_equal=True):
+def tie_gap(tie, model, llama, finch):
+    """finch's exact logit gap between the two texts' tokens where they first split."""
+    args, prompt, adapters = tie
+    a, b = token_ids(model, llama), token_ids(model, finch)
+    k = next(i for i in range(min(len(a), len(b)) + 1) if i == min(len(a), len(b)) or a[i] != b[i])
+    if k >= min(len(a), len(b)):
+        return None
+    row = common.finch_logits(args.logits, model, [token_ids(model, prompt) + a[:k]], args.work,
+                              adapters)[0][-1]
+    return abs(float(row[a[k]]) - float(row[b[k]]))
+
+
+def same(name, model, llama, finch_llamacpp, finch_exact, assert_equal=True, tie=None):
     finch_llamacpp = finch_llamacpp.rstrip("\n")
     eq = llama.rstrip("\n") == finch_llamacpp
     head = token_ids(model, llama)[:N_ASSERT] == token_ids(model, finch_llamacpp)[:N_ASSERT]
@@ -73,6 +89,12 @@ def same(name, model, llama, finch_llamacpp, finch_exact, assert_equal=True):
     verdict = "whole text %s, first %d tokens %s" % ("equal" if eq else "differs", N_ASSERT,
                                                     "equal" if head else "differ")
     if assert_equal:
+        if not head and tie:
+            gap = tie_gap(tie, model, llama, finch_llamacpp)
+            if gap is not None:
+                head = gap < NEAR_TIE
+                verdict += ", at a near tie (finch's exact logits %.3g apart, allowed %g)" % (
+                    gap, NEAR_TIE)
         print("    llama.cpp vs finch (llamacpp mode): %s: %s" % (verdict, "ok" if head else "FAIL"))
         return head
     print("    llama.cpp vs finch (llamacpp mode), not asserted: %s" % verdict)
@@ -95,7 +117,7 @@ def main():
     for p in [ADAPTER_PROMPT] + PROMPTS:
         ok &= same("adapter as GGUF LoRA, prompt %r" % p, args.model, llama_text(args.model, p, lora),
                    finch_text(args, args.model, p, "llamacpp", trained),
-                   finch_text(args, args.model, p, "exact", trained))
+                   finch_text(args, args.model, p, "exact", trained), tie=(args, p, [trained]))
 
     for t in ["f32", "f16", "q8_0", "q4_0"]:
         merged = os.path.join(args.work, "merged-%s.gguf" % t)
@@ -104,7 +126,8 @@ def main():
         for p in [ADAPTER_PROMPT] + PROMPTS[:1]:
             ok &= same("merged %s, prompt %r" % (t, p), merged, llama_text(merged, p),
                        finch_text(args, merged, p, "llamacpp"),
-                       finch_text(args, merged, p, "exact"), assert_equal=t in ("f32", "f16"))
+                       finch_text(args, merged, p, "exact"), assert_equal=t in ("f32", "f16"),
+                       tie=(args, p, []))
         os.remove(merged)
     return 0 if ok else 1
 

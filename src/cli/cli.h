@@ -30,10 +30,10 @@ finch_model *cli_load_model(const char *path);
 
 /* Adapters given as --adapter DIR[:WEIGHT] (weight 1 when absent), at most 8. */
 typedef struct {
-    const char *spec[8];
+    char dir[8][4096]; /* the adapter directories, weights split off */
+    float weight[8];
     int n;
     finch_adapter *loaded[8];
-    float weight[8]; /* parsed from the specs by cli_adapters_attach */
 } cli_adapters;
 
 /* Records one --adapter value; a usage error (printed) returns false. */

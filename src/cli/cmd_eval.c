@@ -278,12 +278,9 @@ static void print_table(const ctx_t *c, const table_t *t) {
 }
 
 /* The name of a system: the last path component of its first adapter directory. */
-static void system_name(char *buf, size_t n, const char *spec) {
+static void system_name(char *buf, size_t n, const char *adapter_dir) {
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s", spec);
-    char *colon = strrchr(dir, ':');
-    double w;
-    if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
+    snprintf(dir, sizeof dir, "%s", adapter_dir);
     size_t len = strlen(dir);
     while (len > 1 && dir[len - 1] == '/') dir[--len] = 0;
     const char *slash = strrchr(dir, '/');
@@ -483,12 +480,12 @@ int cmd_eval(int argc, char **argv) {
     if (compare || adapters.n == 0) {
         snprintf(c.sys[c.n_sys++].name, sizeof c.sys[0].name, "base");
         for (int i = 0; compare && i < adapters.n; i++, c.n_sys++) {
-            system_name(c.sys[c.n_sys].name, sizeof c.sys[0].name, adapters.spec[i]);
+            system_name(c.sys[c.n_sys].name, sizeof c.sys[0].name, adapters.dir[i]);
             c.sys[c.n_sys].adapters[0] = i;
             c.sys[c.n_sys].n_adapters = 1;
         }
     } else {
-        system_name(c.sys[0].name, sizeof c.sys[0].name, adapters.spec[0]);
+        system_name(c.sys[0].name, sizeof c.sys[0].name, adapters.dir[0]);
         for (int i = 0; i < adapters.n; i++) c.sys[0].adapters[i] = i;
         c.sys[0].n_adapters = adapters.n;
         c.n_sys = 1;
@@ -527,13 +524,8 @@ int cmd_eval(int argc, char **argv) {
         for (int s = 0; s < c.n_sys; s++) {
             json_t *list = json_array();
             for (int k = 0; k < c.sys[s].n_adapters; k++) {
-                char dir[4096];
                 int i = c.sys[s].adapters[k];
-                snprintf(dir, sizeof dir, "%s", adapters.spec[i]);
-                char *colon = strrchr(dir, ':');
-                double w;
-                if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
-                json_array_append_new(list, json_pack("{s:s, s:f}", "path", dir, "weight",
+                json_array_append_new(list, json_pack("{s:s, s:f}", "path", adapters.dir[i], "weight",
                                                       (double)adapters.weight[i]));
             }
             json_array_append_new(j_sys,

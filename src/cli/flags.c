@@ -93,22 +93,24 @@ bool cli_adapter_add(cli_adapters *a, const char *cmd, const char *value) {
         cli_usage_error(cmd, "--adapter: at most 8 adapters");
         return false;
     }
-    a->spec[a->n++] = value;
+    char *dir = a->dir[a->n];
+    if (snprintf(dir, sizeof a->dir[0], "%s", value) >= (int)sizeof a->dir[0]) {
+        cli_usage_error(cmd, "--adapter %.64s...: path too long", value);
+        return false;
+    }
+    double w = 1.0;
+    char *colon = strrchr(dir, ':');
+    if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
+    else w = 1.0;
+    a->weight[a->n++] = (float)w;
     return true;
 }
 
 bool cli_adapters_attach(cli_adapters *a, finch_model *m) {
     for (int i = 0; i < a->n; i++) {
-        char dir[4096];
-        double w = 1.0;
-        snprintf(dir, sizeof dir, "%s", a->spec[i]);
-        char *colon = strrchr(dir, ':');
-        if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
-        else w = 1.0;
-        a->weight[i] = (float)w;
         finch_err err;
-        if (finch_adapter_load(m, dir, &a->loaded[i], &err) ||
-            finch_adapter_attach(m, a->loaded[i], (float)w, &err)) {
+        if (finch_adapter_load(m, a->dir[i], &a->loaded[i], &err) ||
+            finch_adapter_attach(m, a->loaded[i], a->weight[i], &err)) {
             cli_fail(&err);
             return false;
         }

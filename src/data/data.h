@@ -34,8 +34,12 @@ finch_status finch_shape_parse(const char *name, finch_shape *out, finch_err *er
 typedef struct {
     char *prompt;
     char *completion;
+    char *user;   /* with the chat template: the prompt before it wrapped it; else NULL */
     int64_t line; /* 1-based line in the source file, for messages */
 } finch_text_example;
+
+/* Frees an example's strings. */
+void finch_text_example_release(finch_text_example *ex);
 
 /* Prompt templates: each prompt text has {field} placeholders naming fields of the line
  * ({{ and }} are literal braces). With several templates one is drawn per example. */

@@ -209,8 +209,11 @@ static finch_status line_example(json_t *obj, finch_shape shape, const finch_dat
     if (opt->templates.chat) {
         finch_chat_msg user = {"user", prompt};
         st = chat_wrap(opt->tok, &user, 1, where, &ex->prompt, err);
-        free(prompt);
-        if (st) return st;
+        if (st) {
+            free(prompt);
+            return st;
+        }
+        ex->user = prompt;
     } else {
         ex->prompt = prompt;
     }
@@ -263,8 +266,7 @@ finch_status finch_dataset_parse(const char *text, size_t len, const char *name,
         }
         json_decref(obj);
         if (ls) {
-            free(ex.prompt);
-            free(ex.completion);
+            finch_text_example_release(&ex);
             if (ls == FINCH_E_FORMAT && opt->skip_bad) {
                 d->n_skipped++;
                 finch_log(FINCH_LOG_DEBUG, "%s", line_err.msg);
@@ -278,8 +280,7 @@ finch_status finch_dataset_parse(const char *text, size_t len, const char *name,
             cap = cap ? cap * 2 : 64;
             finch_text_example *grown = realloc(d->ex, (size_t)cap * sizeof *grown);
             if (!grown) {
-                free(ex.prompt);
-                free(ex.completion);
+                finch_text_example_release(&ex);
                 st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", name);
                 break;
             }
@@ -308,12 +309,15 @@ finch_status finch_dataset_load(const char *path, const finch_data_options *opt,
     return st;
 }
 
+void finch_text_example_release(finch_text_example *ex) {
+    free(ex->prompt);
+    free(ex->completion);
+    free(ex->user);
+}
+
 void finch_dataset_free(finch_dataset *d) {
     if (!d) return;
-    for (int64_t i = 0; i < d->n; i++) {
-        free(d->ex[i].prompt);
-        free(d->ex[i].completion);
-    }
+    for (int64_t i = 0; i < d->n; i++) finch_text_example_release(&d->ex[i]);
     free(d->ex);
     free(d);
 }

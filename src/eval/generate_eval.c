@@ -84,19 +84,6 @@ finch_status finch_eval_generate(const finch_model *m, const finch_data_spec *sp
     if (st) return st;
     finch_dataset *d = NULL;
     if ((st = finch_dataset_load(spec->path, &o, &d, err))) return st;
-    /* The prompts reported are the user's text, before the chat template wraps it (chat-shaped
-     * data has no such text: there it is the rendering the model saw). */
-    finch_dataset *plain = NULL;
-    if (o.templates.chat && d->shape != FINCH_SHAPE_CHAT) {
-        finch_data_options po = o;
-        po.templates.chat = false;
-        po.shape = d->shape;
-        if ((st = finch_dataset_load(spec->path, &po, &plain, err))) {
-            finch_dataset_free(d);
-            return st;
-        }
-        FINCH_ASSERT(plain->n == d->n);
-    }
     const int64_t n_read = d->n;
     if (spec->max_examples > 0 && d->n > spec->max_examples) d->n = spec->max_examples;
     const int64_t n = d->n;
@@ -122,7 +109,8 @@ finch_status finch_eval_generate(const finch_model *m, const finch_data_spec *sp
     int max_prompt = 0;
     for (int64_t i = 0; i < n; i++) {
         const finch_text_example *e = &d->ex[i];
-        res.prompts[i] = strdup(plain ? plain->ex[i].prompt : e->prompt);
+        /* the user's text, before the chat template wrapped it */
+        res.prompts[i] = strdup(e->user ? e->user : e->prompt);
         res.references[i] = finch_eval_strip(e->completion);
         if (!res.prompts[i] || !res.references[i]) {
             st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
@@ -206,7 +194,6 @@ done:
     free(ids);
     free(n_ids);
     d->n = n_read;
-    finch_dataset_free(plain);
     finch_dataset_free(d);
     return st;
 }

@@ -146,7 +146,7 @@ static finch_status load_tokens(const finch_model *m, const finch_data_spec *spe
     if (!st) st = finch_dataset_load(path, &dopt, &d, err);
     if (st) return st;
     if (spec->max_examples > 0 && d->n > spec->max_examples) {
-        for (int64_t i = spec->max_examples; i < d->n; i++) free(d->ex[i].prompt), free(d->ex[i].completion);
+        for (int64_t i = spec->max_examples; i < d->n; i++) finch_text_example_release(&d->ex[i]);
         d->n = spec->max_examples;
     }
     if (d->n_skipped) finch_log(FINCH_LOG_WARN, "%s: %lld malformed lines skipped", path, (long long)d->n_skipped);

@@ -107,6 +107,147 @@ static bool valid_task(const char *t) {
     return !strcmp(t, "loss") || !strcmp(t, "generate") || !strcmp(t, "classify");
 }
 
+/* --task loss: mean loss and perplexity; printed here when only one system runs. */
+static int run_loss(ctx_t *c, const finch_data_spec *spec, int s, table_t *t, json_t *obj,
+                    cli_progress *p) {
+    finch_loss_report r;
+    finch_err err;
+    if (finch_eval_loss(c->m, spec, c->numerics, progress_cb, p, &r, &err)) return cli_fail(&err);
+    cli_progress_end(p);
+    t->n_examples = r.n_examples;
+    if (c->n_sys == 1) { /* several systems: the side-by-side table says it */
+        printf("%s on %s:\n", c->sys[s].name, spec->path);
+        printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
+               (long long)r.n_targets);
+        printf("loss:         %.4f\n", r.loss);
+        printf("perplexity:   %.3f\n", r.perplexity);
+    }
+    if (r.n_truncated || r.n_dropped || r.n_skipped)
+        printf("warnings:     %lld truncated to the maximum length, %lld dropped (nothing "
+               "left to score), %lld malformed lines skipped\n",
+               (long long)r.n_truncated, (long long)r.n_dropped, (long long)r.n_skipped);
+    put(t, obj, s, "loss", r.loss);
+    put(t, obj, s, "ppl", r.perplexity);
+    return 0;
+}
+
+/* Keeps the first examples of a generate task in c->j_samples, adding system s's output
+ * to each (the first system to run adds the example itself). */
+static void keep_samples(ctx_t *c, int s, const finch_gen_results *g) {
+    for (int64_t i = 0; i < g->n && i < c->n_samples; i++) {
+        json_t *smp = json_array_get(c->j_samples, (size_t)i);
+        if (!smp) {
+            smp = json_pack("{s:s, s:s, s:{}}", "prompt", g->prompts[i], "reference",
+                            g->references[i], "outputs");
+            json_array_append_new(c->j_samples, smp);
+        }
+        json_object_set_new(json_object_get(smp, "outputs"), c->sys[s].name,
+                            json_string(g->outputs[i]));
+    }
+}
+
+/* --task generate: generates, scores with the chosen metrics, and on the main dataset
+ * keeps the first examples' outputs. */
+static int run_generate(ctx_t *c, const finch_data_spec *spec, int s, table_t *t, json_t *obj,
+                        bool main_set, cli_progress *p) {
+    finch_gen_results g;
+    finch_gen_options gen = c->gen;
+    gen.numerics = c->numerics;
+    finch_err err;
+    if (finch_eval_generate(c->m, spec, &gen, progress_cb, p, &g, &err)) return cli_fail(&err);
+    cli_progress_end(p);
+    finch_scores sc;
+    if (finch_scores_compute((const char *const *)g.outputs, (const char *const *)g.references,
+                             (size_t)g.n, 0, &sc, &err)) {
+        finch_gen_results_release(&g);
+        return cli_fail(&err);
+    }
+    t->n_examples = g.n;
+    if (c->metrics & M_ROUGE) {
+        put(t, obj, s, "rouge1", sc.rouge[FINCH_ROUGE_1].f1);
+        put(t, obj, s, "rouge2", sc.rouge[FINCH_ROUGE_2].f1);
+        put(t, obj, s, "rougeL", sc.rouge[FINCH_ROUGE_L].f1);
+        put(t, obj, s, "rougeLsum", sc.rouge[FINCH_ROUGE_LSUM].f1);
+    }
+    if (c->metrics & M_BLEU) put(t, obj, s, "bleu", sc.bleu.score);
+    if (c->metrics & M_EM) put(t, obj, s, "em", sc.exact_match);
+    if (c->metrics & M_F1) put(t, obj, s, "f1", sc.token_f1);
+    if (main_set && c->j_samples) keep_samples(c, s, &g);
+    finch_gen_results_release(&g);
+    return 0;
+}
+
+/* Prints and (with obj) records per label: examples, recall, mean probability; and the
+ * confusion counts, gold x predicted. */
+static int report_labels(const ctx_t *c, const finch_data_spec *spec, int s,
+                         const finch_classify_results *r, json_t *obj) {
+    const int L = r->n_labels;
+    int64_t *conf = calloc((size_t)L * L, sizeof *conf);
+    double *mean = calloc((size_t)L, sizeof *mean);
+    if (!conf || !mean) {
+        free(conf);
+        free(mean);
+        fprintf(stderr, "finch: error: out of memory\n");
+        return EXIT_FAIL;
+    }
+    for (int64_t i = 0; i < r->n; i++) {
+        conf[(size_t)r->gold[i] * L + r->pred[i]]++;
+        for (int j = 0; j < L; j++) mean[j] += r->prob[(size_t)i * L + j] / (double)r->n;
+    }
+    printf("%s on %s: accuracy %.4f over %lld examples\n", c->sys[s].name, spec->path, r->accuracy,
+           (long long)r->n);
+    printf("  %-20s %8s %8s %10s   predicted:", "label", "examples", "recall", "mean p");
+    for (int j = 0; j < L && j < 12; j++) printf(" %6.6s", r->labels[j]);
+    printf("\n");
+    json_t *pl = json_array(), *mat = json_array(), *names = json_array();
+    for (int g = 0; g < L; g++) {
+        int64_t ng = 0;
+        for (int j = 0; j < L; j++) ng += conf[(size_t)g * L + j];
+        double recall = ng ? (double)conf[(size_t)g * L + g] / (double)ng : NAN;
+        printf("  %-20.20s %8lld %8.4f %10.4f              ", r->labels[g], (long long)ng, recall,
+               mean[g]);
+        json_t *row = json_array();
+        for (int j = 0; j < L; j++) {
+            if (j < 12) printf(" %6lld", (long long)conf[(size_t)g * L + j]);
+            json_array_append_new(row, json_integer(conf[(size_t)g * L + j]));
+        }
+        printf("\n");
+        json_array_append_new(mat, row);
+        json_array_append_new(names, json_string(r->labels[g]));
+        json_array_append_new(pl, json_pack("{s:s, s:I, s:o, s:f}", "label", r->labels[g], "n",
+                                            (json_int_t)ng, "recall",
+                                            isnan(recall) ? json_null() : json_real(recall),
+                                            "mean_prob", mean[g]));
+    }
+    if (obj) {
+        json_object_set_new(obj, "per_label", pl);
+        json_object_set_new(obj, "confusion",
+                            json_pack("{s:o, s:o}", "labels", names, "matrix", mat));
+    } else {
+        json_decref(pl);
+        json_decref(mat);
+        json_decref(names);
+    }
+    free(conf);
+    free(mean);
+    return 0;
+}
+
+/* --task classify: accuracy, then the per-label report. */
+static int run_classify(ctx_t *c, const finch_data_spec *spec, int s, table_t *t, json_t *obj,
+                        cli_progress *p) {
+    finch_classify_results r;
+    finch_err err;
+    if (finch_eval_classify(c->m, spec, &c->cls, c->numerics, progress_cb, p, &r, &err))
+        return cli_fail(&err);
+    cli_progress_end(p);
+    t->n_examples = r.n;
+    put(t, obj, s, "accuracy", r.accuracy);
+    int rc = report_labels(c, spec, s, &r, obj);
+    finch_classify_results_release(&r);
+    return rc;
+}
+
 /* Runs task on spec for system s; fills its column of t and its JSON metrics object. */
 static int run_one(ctx_t *c, const finch_data_spec *spec, const char *task, int s, table_t *t,
                    json_t *obj, bool main_set) {
@@ -115,122 +256,9 @@ static int run_one(ctx_t *c, const finch_data_spec *spec, const char *task, int 
     snprintf(label, sizeof label, "eval %s on %s", c->sys[s].name, base ? base + 1 : spec->path);
     cli_progress p;
     cli_progress_begin(&p, label, spec->max_examples > 0 ? spec->max_examples : 0);
-    finch_err err;
-    int rc = 0;
-    if (!strcmp(task, "loss")) {
-        finch_loss_report r;
-        if (finch_eval_loss(c->m, spec, c->numerics, progress_cb, &p, &r, &err))
-            return cli_fail(&err);
-        cli_progress_end(&p);
-        t->n_examples = r.n_examples;
-        if (c->n_sys == 1) { /* several systems: the side-by-side table says it */
-            printf("%s on %s:\n", c->sys[s].name, spec->path);
-            printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
-                   (long long)r.n_targets);
-            printf("loss:         %.4f\n", r.loss);
-            printf("perplexity:   %.3f\n", r.perplexity);
-        }
-        if (r.n_truncated || r.n_dropped || r.n_skipped)
-            printf("warnings:     %lld truncated to the maximum length, %lld dropped (nothing "
-                   "left to score), %lld malformed lines skipped\n",
-                   (long long)r.n_truncated, (long long)r.n_dropped, (long long)r.n_skipped);
-        put(t, obj, s, "loss", r.loss);
-        put(t, obj, s, "ppl", r.perplexity);
-    } else if (!strcmp(task, "generate")) {
-        finch_gen_results g;
-        finch_gen_options gen = c->gen;
-        gen.numerics = c->numerics;
-        if (finch_eval_generate(c->m, spec, &gen, progress_cb, &p, &g, &err)) return cli_fail(&err);
-        cli_progress_end(&p);
-        finch_scores sc;
-        if (finch_scores_compute((const char *const *)g.outputs, (const char *const *)g.references,
-                                 (size_t)g.n, 0, &sc, &err)) {
-            finch_gen_results_release(&g);
-            return cli_fail(&err);
-        }
-        t->n_examples = g.n;
-        if (c->metrics & M_ROUGE) {
-            put(t, obj, s, "rouge1", sc.rouge[FINCH_ROUGE_1].f1);
-            put(t, obj, s, "rouge2", sc.rouge[FINCH_ROUGE_2].f1);
-            put(t, obj, s, "rougeL", sc.rouge[FINCH_ROUGE_L].f1);
-            put(t, obj, s, "rougeLsum", sc.rouge[FINCH_ROUGE_LSUM].f1);
-        }
-        if (c->metrics & M_BLEU) put(t, obj, s, "bleu", sc.bleu.score);
-        if (c->metrics & M_EM) put(t, obj, s, "em", sc.exact_match);
-        if (c->metrics & M_F1) put(t, obj, s, "f1", sc.token_f1);
-        /* the first examples with every system's output */
-        for (int64_t i = 0; main_set && c->j_samples && i < g.n && i < c->n_samples; i++) {
-            json_t *smp = json_array_get(c->j_samples, (size_t)i);
-            if (!smp) {
-                smp = json_pack("{s:s, s:s, s:{}}", "prompt", g.prompts[i], "reference",
-                                g.references[i], "outputs");
-                json_array_append_new(c->j_samples, smp);
-            }
-            json_object_set_new(json_object_get(smp, "outputs"), c->sys[s].name,
-                                json_string(g.outputs[i]));
-        }
-        finch_gen_results_release(&g);
-    } else {
-        finch_classify_results r;
-        if (finch_eval_classify(c->m, spec, &c->cls, c->numerics, progress_cb, &p, &r, &err))
-            return cli_fail(&err);
-        cli_progress_end(&p);
-        t->n_examples = r.n;
-        put(t, obj, s, "accuracy", r.accuracy);
-        /* per label: examples, recall, mean probability; confusion gold x predicted */
-        const int L = r.n_labels;
-        int64_t *conf = calloc((size_t)L * L, sizeof *conf);
-        double *mean = calloc((size_t)L, sizeof *mean);
-        if (!conf || !mean) {
-            free(conf);
-            free(mean);
-            finch_classify_results_release(&r);
-            fprintf(stderr, "finch: error: out of memory\n");
-            return EXIT_FAIL;
-        }
-        for (int64_t i = 0; i < r.n; i++) {
-            conf[(size_t)r.gold[i] * L + r.pred[i]]++;
-            for (int j = 0; j < L; j++) mean[j] += r.prob[(size_t)i * L + j] / (double)r.n;
-        }
-        printf("%s on %s: accuracy %.4f over %lld examples\n", c->sys[s].name, spec->path,
-               r.accuracy, (long long)r.n);
-        printf("  %-20s %8s %8s %10s   predicted:", "label", "examples", "recall", "mean p");
-        for (int j = 0; j < L && j < 12; j++) printf(" %6.6s", r.labels[j]);
-        printf("\n");
-        json_t *pl = json_array(), *mat = json_array(), *names = json_array();
-        for (int g = 0; g < L; g++) {
-            int64_t ng = 0;
-            for (int j = 0; j < L; j++) ng += conf[(size_t)g * L + j];
-            double recall = ng ? (double)conf[(size_t)g * L + g] / (double)ng : NAN;
-            printf("  %-20.20s %8lld %8.4f %10.4f              ", r.labels[g], (long long)ng,
-                   recall, mean[g]);
-            json_t *row = json_array();
-            for (int j = 0; j < L; j++) {
-                if (j < 12) printf(" %6lld", (long long)conf[(size_t)g * L + j]);
-                json_array_append_new(row, json_integer(conf[(size_t)g * L + j]));
-            }
-            printf("\n");
-            json_array_append_new(mat, row);
-            json_array_append_new(names, json_string(r.labels[g]));
-            json_array_append_new(pl, json_pack("{s:s, s:I, s:o, s:f}", "label", r.labels[g], "n",
-                                                (json_int_t)ng, "recall",
-                                                isnan(recall) ? json_null() : json_real(recall),
-                                                "mean_prob", mean[g]));
-        }
-        if (obj) {
-            json_object_set_new(obj, "per_label", pl);
-            json_object_set_new(obj, "confusion",
-                                json_pack("{s:o, s:o}", "labels", names, "matrix", mat));
-        } else {
-            json_decref(pl);
-            json_decref(mat);
-            json_decref(names);
-        }
-        free(conf);
-        free(mean);
-        finch_classify_results_release(&r);
-    }
-    return rc;
+    if (!strcmp(task, "loss")) return run_loss(c, spec, s, t, obj, &p);
+    if (!strcmp(task, "generate")) return run_generate(c, spec, s, t, obj, main_set, &p);
+    return run_classify(c, spec, s, t, obj, &p);
 }
 
 /* Attaches system s's adapters (and only those). */
@@ -324,260 +352,359 @@ static bool parse_labels(char *v, const char **labels, int *n) {
     return true;
 }
 
+/* The command line as read, apart from what goes straight into ctx_t. */
+typedef struct {
+    const char *model, *task, *json_out, *general, *general_task;
+    const char *templates[16], *labels[256];
+    char labels_buf[8192]; /* --labels, split in place */
+    long threads, general_max;
+    bool compare, metrics_given;
+    finch_data_spec spec;
+    cli_adapters adapters;
+} args_t;
+
+/* What the flag readers return when the flag at argv[*i] is not one of theirs; otherwise
+ * they return 0, or EXIT_USAGE with the message printed. */
+enum { NOT_MINE = -1 };
+
+/* The value of the flag at argv[*i] into v (advancing *i), or return EXIT_USAGE. */
+#define VALUE()                                                                                    \
+    if (!(v = cli_flag_value("eval", argc, argv, i))) return EXIT_USAGE
+
+/* The dataset, the systems and how they run: flags every task takes. */
+static int read_common_flag(args_t *a, ctx_t *c, int argc, char **argv, int *i) {
+    const char *f = argv[*i], *v;
+    long n;
+    if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
+        VALUE();
+        a->model = v;
+    } else if (!strcmp(f, "--data")) {
+        VALUE();
+        a->spec.path = v;
+    } else if (!strcmp(f, "--task")) {
+        VALUE();
+        a->task = v;
+    } else if (!strcmp(f, "--format")) {
+        VALUE();
+        a->spec.format = v;
+    } else if (!strcmp(f, "--template")) {
+        VALUE();
+        if (a->spec.n_templates == 16) return cli_usage_error("eval", "--template: at most 16");
+        a->templates[a->spec.n_templates++] = v;
+        a->spec.templates = a->templates;
+    } else if (!strcmp(f, "--chat")) {
+        a->spec.chat = 1;
+    } else if (!strcmp(f, "--max-examples")) {
+        VALUE();
+        if (!cli_parse_int(v, 1, __LONG_MAX__, &n))
+            return cli_usage_error("eval", "--max-examples %s: must be an integer >= 1", v);
+        a->spec.max_examples = n;
+    } else if (!strcmp(f, "--adapter")) {
+        VALUE();
+        if (!cli_adapter_add(&a->adapters, "eval", v)) return EXIT_USAGE;
+    } else if (!strcmp(f, "--compare")) {
+        a->compare = true;
+    } else if (!strcmp(f, "--json")) {
+        VALUE();
+        a->json_out = v;
+    } else if (!strcmp(f, "--numerics")) {
+        VALUE();
+        if (!cli_parse_numerics("eval", v, &c->numerics)) return EXIT_USAGE;
+    } else if (!strcmp(f, "--seed")) {
+        VALUE();
+        if (!cli_parse_int(v, 0, __LONG_MAX__, &n))
+            return cli_usage_error("eval", "--seed %s: must be an integer >= 0", v);
+        a->spec.seed = c->gen.seed = (uint64_t)n;
+    } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
+        VALUE();
+        if (!cli_parse_threads("eval", v, &a->threads)) return EXIT_USAGE;
+    } else {
+        return NOT_MINE;
+    }
+    return 0;
+}
+
+/* The flags of --task loss and of the general dataset. */
+static int read_loss_general_flag(args_t *a, int argc, char **argv, int *i) {
+    const char *f = argv[*i], *v;
+    long n;
+    if (!strcmp(f, "--max-seq-len")) {
+        VALUE();
+        if (!cli_parse_int(v, 2, 1 << 20, &n))
+            return cli_usage_error("eval", "--max-seq-len %s: must be an integer >= 2", v);
+        a->spec.max_seq_len = (int)n;
+    } else if (!strcmp(f, "--train-on-prompt")) {
+        a->spec.train_on_prompt = 1;
+    } else if (!strcmp(f, "--skip-bad")) {
+        a->spec.skip_bad = 1;
+    } else if (!strcmp(f, "--general")) {
+        VALUE();
+        a->general = v;
+    } else if (!strcmp(f, "--general-task")) {
+        VALUE();
+        a->general_task = v;
+    } else if (!strcmp(f, "--general-max-examples")) {
+        VALUE();
+        if (!cli_parse_int(v, 1, __LONG_MAX__, &a->general_max))
+            return cli_usage_error("eval", "--general-max-examples %s: must be an integer >= 1", v);
+    } else {
+        return NOT_MINE;
+    }
+    return 0;
+}
+
+/* The flags of --task generate. */
+static int read_generate_flag(args_t *a, ctx_t *c, int argc, char **argv, int *i) {
+    const char *f = argv[*i], *v;
+    long n;
+    double x;
+    if (!strcmp(f, "--metrics")) {
+        VALUE();
+        if (!parse_metrics(v, &c->metrics)) return EXIT_USAGE;
+        a->metrics_given = true;
+    } else if (!strcmp(f, "--max-new-tokens")) {
+        VALUE();
+        if (!cli_parse_int(v, 1, 1 << 20, &n))
+            return cli_usage_error("eval", "--max-new-tokens %s: must be an integer >= 1", v);
+        c->gen.max_tokens = (int)n;
+    } else if (!strcmp(f, "--temperature") || !strcmp(f, "--temp")) {
+        VALUE();
+        if (!cli_parse_float(v, 0, 100, &x))
+            return cli_usage_error("eval", "%s %s: must be a number from 0 to 100", f, v);
+        c->gen.temperature = (float)x;
+    } else if (!strcmp(f, "--top-k")) {
+        VALUE();
+        if (!cli_parse_int(v, 0, 1 << 30, &n))
+            return cli_usage_error("eval", "--top-k %s: must be an integer >= 0", v);
+        c->gen.top_k = (int)n;
+    } else if (!strcmp(f, "--top-p")) {
+        VALUE();
+        if (!cli_parse_float(v, 0, 1, &x) || x <= 0)
+            return cli_usage_error("eval", "--top-p %s: must be in (0, 1]", v);
+        c->gen.top_p = (float)x;
+    } else if (!strcmp(f, "--samples")) {
+        VALUE();
+        if (!cli_parse_int(v, 0, 1000, &n))
+            return cli_usage_error("eval", "--samples %s: must be from 0 to 1000", v);
+        c->n_samples = (int)n;
+    } else {
+        return NOT_MINE;
+    }
+    return 0;
+}
+
+/* The flags of --task classify. */
+static int read_classify_flag(args_t *a, ctx_t *c, int argc, char **argv, int *i) {
+    const char *f = argv[*i], *v;
+    long n;
+    if (!strcmp(f, "--labels")) {
+        VALUE();
+        if (strlen(v) >= sizeof a->labels_buf)
+            return cli_usage_error("eval", "--labels: the list is too long");
+        strcpy(a->labels_buf, v);
+        if (!parse_labels(a->labels_buf, a->labels, &c->cls.n_labels)) return EXIT_USAGE;
+        c->cls.labels = a->labels;
+    } else if (!strcmp(f, "--k-shot")) {
+        VALUE();
+        if (!cli_parse_int(v, 0, 64, &n))
+            return cli_usage_error("eval", "--k-shot %s: must be an integer from 0 to 64", v);
+        c->cls.k_shot = (int)n;
+    } else if (!strcmp(f, "--shots-from")) {
+        VALUE();
+        c->cls.shots_path = v;
+    } else {
+        return NOT_MINE;
+    }
+    return 0;
+}
+
+#undef VALUE
+
+/* Reads the flags in order into a and c. false when the command ends here, with *rc its
+ * exit code: 0 after --help, EXIT_USAGE on a bad flag (printed). */
+static bool read_flags(int argc, char **argv, args_t *a, ctx_t *c, int *rc) {
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
+            fputs(usage_text, stdout);
+            *rc = 0;
+            return false;
+        }
+        int r = read_common_flag(a, c, argc, argv, &i);
+        if (r == NOT_MINE) r = read_loss_general_flag(a, argc, argv, &i);
+        if (r == NOT_MINE) r = read_generate_flag(a, c, argc, argv, &i);
+        if (r == NOT_MINE) r = read_classify_flag(a, c, argc, argv, &i);
+        if (r == NOT_MINE)
+            r = cli_usage_error("eval", "unknown option '%s' (see finch eval --help)", f);
+        if (r) {
+            *rc = r;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The checks that need every flag read: 0, or EXIT_USAGE with the message printed. */
+static int check_flags(const args_t *a, const ctx_t *c) {
+    if (!a->spec.path) return cli_usage_error("eval", "no dataset: give one with --data FILE");
+    if (!valid_task(a->task))
+        return cli_usage_error("eval", "--task %s: unknown task (use loss, generate or classify)",
+                               a->task);
+    if (!valid_task(a->general_task))
+        return cli_usage_error("eval",
+                               "--general-task %s: unknown task (use loss, generate or classify)",
+                               a->general_task);
+    if (a->metrics_given && strcmp(a->task, "generate") && strcmp(a->general_task, "generate"))
+        return cli_usage_error("eval", "--metrics applies to --task generate only");
+    if (c->cls.k_shot > 0 && !c->cls.shots_path)
+        return cli_usage_error("eval", "--k-shot %d needs --shots-from FILE to draw the shots from",
+                               c->cls.k_shot);
+    if (a->compare && a->adapters.n == 0)
+        return cli_usage_error(
+            "eval", "--compare needs at least one --adapter to compare with the base model");
+    if (a->compare && a->adapters.n + 1 > MAX_SYSTEMS)
+        return cli_usage_error("eval", "--compare: at most %d adapters", MAX_SYSTEMS - 1);
+    return 0;
+}
+
+/* The systems: with --compare or no adapter the base model, then (--compare) each adapter
+ * alone; otherwise one system with every adapter. Names are made unique, as JSON keys. */
+static void make_systems(ctx_t *c, const cli_adapters *ad, bool compare) {
+    if (compare || ad->n == 0) {
+        snprintf(c->sys[c->n_sys++].name, sizeof c->sys[0].name, "base");
+        for (int i = 0; compare && i < ad->n; i++, c->n_sys++) {
+            system_name(c->sys[c->n_sys].name, sizeof c->sys[0].name, ad->dir[i]);
+            c->sys[c->n_sys].adapters[0] = i;
+            c->sys[c->n_sys].n_adapters = 1;
+        }
+    } else {
+        system_name(c->sys[0].name, sizeof c->sys[0].name, ad->dir[0]);
+        for (int i = 0; i < ad->n; i++) c->sys[0].adapters[i] = i;
+        c->sys[0].n_adapters = ad->n;
+        c->n_sys = 1;
+    }
+    for (int s = 1; s < c->n_sys; s++)
+        for (int k = 0; k < s; k++)
+            if (!strcmp(c->sys[s].name, c->sys[k].name)) {
+                size_t len = strlen(c->sys[s].name);
+                if (len > sizeof c->sys[s].name - 8) len = sizeof c->sys[s].name - 8;
+                snprintf(c->sys[s].name + len, 8, "#%d", s % 10);
+                break;
+            }
+}
+
+/* The JSON list of systems: each one's name and adapters (path, weight). */
+static json_t *systems_json(const ctx_t *c, const cli_adapters *ad) {
+    json_t *j_sys = json_array();
+    for (int s = 0; s < c->n_sys; s++) {
+        json_t *list = json_array();
+        for (int k = 0; k < c->sys[s].n_adapters; k++) {
+            int i = c->sys[s].adapters[k];
+            json_array_append_new(
+                list, json_pack("{s:s, s:f}", "path", ad->dir[i], "weight", (double)ad->weight[i]));
+        }
+        json_array_append_new(j_sys,
+                              json_pack("{s:s, s:o}", "name", c->sys[s].name, "adapters", list));
+    }
+    return j_sys;
+}
+
+/* Runs every system on each dataset (tables[d] with specs[d]), in order; the first
+ * failure's exit code, or 0. */
+static int run_systems(ctx_t *c, const finch_data_spec *const specs[2], table_t tables[2],
+                       int n_sets) {
+    int rc = 0;
+    for (int s = 0; s < c->n_sys && !rc; s++) {
+        if ((rc = select_system(c, s))) break;
+        for (int d = 0; d < n_sets && !rc; d++) {
+            json_t *obj = NULL;
+            if (c->j_metrics) {
+                obj = json_pack("{s:s, s:s, s:s}", "system", c->sys[s].name, "data", tables[d].path,
+                                "task", tables[d].task);
+                json_array_append_new(c->j_metrics, obj);
+            }
+            rc = run_one(c, specs[d], tables[d].task, s, &tables[d], obj, d == 0);
+        }
+    }
+    return rc;
+}
+
+/* Writes the results to a->json_out in the evaluation schema; 0 or the exit code of the
+ * failure (printed). */
+static int write_json(const args_t *a, const ctx_t *c, const table_t *main_table, json_t *j_sys) {
+    char model_path[4096];
+    finch_err err;
+    int rc = 0;
+    if (a->model)
+        snprintf(model_path, sizeof model_path, "%s", a->model);
+    else if (finch_default_model_path(model_path, sizeof model_path, &err))
+        model_path[0] = 0;
+    json_t *root = json_pack("{s:s, s:s, s:s, s:I, s:I, s:O, s:O, s:O}", "task", a->task, "model",
+                             model_path, "data", a->spec.path, "n_examples",
+                             (json_int_t)main_table->n_examples, "seed", (json_int_t)a->spec.seed,
+                             "systems", j_sys, "metrics", c->j_metrics, "samples", c->j_samples);
+    char *text = root ? json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
+    if (!text) {
+        fprintf(stderr, "finch: error: out of memory writing %s\n", a->json_out);
+        rc = EXIT_FAIL;
+    } else {
+        size_t len = strlen(text);
+        text[len] = '\n'; /* json_dumps leaves no final newline: replace the NUL */
+        if (finch_eval_write_file(a->json_out, text, len + 1, &err))
+            rc = cli_fail(&err);
+        else
+            printf("\nwrote %s\n", a->json_out);
+        free(text);
+    }
+    json_decref(root);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv) {
-    const char *path = NULL, *task = "loss", *templates[16], *json_out = NULL;
-    const char *general = NULL, *general_task = "loss", *labels[256];
-    char labels_buf[8192];
-    long threads = 0, n, general_max = 100;
-    double f;
-    bool compare = false, metrics_given = false;
-    finch_data_spec spec = {.max_seq_len = 0};
-    cli_adapters adapters = {.n = 0};
+    args_t a = {.task = "loss", .general_task = "loss", .general_max = 100};
     ctx_t c = {.numerics = FINCH_NUMERICS_EXACT,
                .metrics = M_ROUGE | M_BLEU,
                .n_samples = 3,
                .gen = finch_gen_defaults()};
     c.gen.max_tokens = 64;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-#define VALUE()                                                                                    \
-    if (!(v = cli_flag_value("eval", argc, argv, &i))) return EXIT_USAGE
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_text, stdout);
-            return 0;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            VALUE();
-            path = v;
-        } else if (!strcmp(a, "--data")) {
-            VALUE();
-            spec.path = v;
-        } else if (!strcmp(a, "--task")) {
-            VALUE();
-            task = v;
-        } else if (!strcmp(a, "--format")) {
-            VALUE();
-            spec.format = v;
-        } else if (!strcmp(a, "--template")) {
-            VALUE();
-            if (spec.n_templates == 16) return cli_usage_error("eval", "--template: at most 16");
-            templates[spec.n_templates++] = v;
-            spec.templates = templates;
-        } else if (!strcmp(a, "--chat")) {
-            spec.chat = 1;
-        } else if (!strcmp(a, "--max-seq-len")) {
-            VALUE();
-            if (!cli_parse_int(v, 2, 1 << 20, &n))
-                return cli_usage_error("eval", "--max-seq-len %s: must be an integer >= 2", v);
-            spec.max_seq_len = (int)n;
-        } else if (!strcmp(a, "--max-examples")) {
-            VALUE();
-            if (!cli_parse_int(v, 1, __LONG_MAX__, &n))
-                return cli_usage_error("eval", "--max-examples %s: must be an integer >= 1", v);
-            spec.max_examples = n;
-        } else if (!strcmp(a, "--train-on-prompt")) {
-            spec.train_on_prompt = 1;
-        } else if (!strcmp(a, "--skip-bad")) {
-            spec.skip_bad = 1;
-        } else if (!strcmp(a, "--adapter")) {
-            VALUE();
-            if (!cli_adapter_add(&adapters, "eval", v)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--compare")) {
-            compare = true;
-        } else if (!strcmp(a, "--json")) {
-            VALUE();
-            json_out = v;
-        } else if (!strcmp(a, "--numerics")) {
-            VALUE();
-            if (!cli_parse_numerics("eval", v, &c.numerics)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--seed")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, __LONG_MAX__, &n))
-                return cli_usage_error("eval", "--seed %s: must be an integer >= 0", v);
-            spec.seed = c.gen.seed = (uint64_t)n;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            VALUE();
-            if (!cli_parse_threads("eval", v, &threads)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--metrics")) {
-            VALUE();
-            if (!parse_metrics(v, &c.metrics)) return EXIT_USAGE;
-            metrics_given = true;
-        } else if (!strcmp(a, "--max-new-tokens")) {
-            VALUE();
-            if (!cli_parse_int(v, 1, 1 << 20, &n))
-                return cli_usage_error("eval", "--max-new-tokens %s: must be an integer >= 1", v);
-            c.gen.max_tokens = (int)n;
-        } else if (!strcmp(a, "--temperature") || !strcmp(a, "--temp")) {
-            VALUE();
-            if (!cli_parse_float(v, 0, 100, &f))
-                return cli_usage_error("eval", "%s %s: must be a number from 0 to 100", a, v);
-            c.gen.temperature = (float)f;
-        } else if (!strcmp(a, "--top-k")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, 1 << 30, &n))
-                return cli_usage_error("eval", "--top-k %s: must be an integer >= 0", v);
-            c.gen.top_k = (int)n;
-        } else if (!strcmp(a, "--top-p")) {
-            VALUE();
-            if (!cli_parse_float(v, 0, 1, &f) || f <= 0)
-                return cli_usage_error("eval", "--top-p %s: must be in (0, 1]", v);
-            c.gen.top_p = (float)f;
-        } else if (!strcmp(a, "--samples")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, 1000, &n))
-                return cli_usage_error("eval", "--samples %s: must be from 0 to 1000", v);
-            c.n_samples = (int)n;
-        } else if (!strcmp(a, "--labels")) {
-            VALUE();
-            if (strlen(v) >= sizeof labels_buf)
-                return cli_usage_error("eval", "--labels: the list is too long");
-            strcpy(labels_buf, v);
-            if (!parse_labels(labels_buf, labels, &c.cls.n_labels)) return EXIT_USAGE;
-            c.cls.labels = labels;
-        } else if (!strcmp(a, "--k-shot")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, 64, &n))
-                return cli_usage_error("eval", "--k-shot %s: must be an integer from 0 to 64", v);
-            c.cls.k_shot = (int)n;
-        } else if (!strcmp(a, "--shots-from")) {
-            VALUE();
-            c.cls.shots_path = v;
-        } else if (!strcmp(a, "--general")) {
-            VALUE();
-            general = v;
-        } else if (!strcmp(a, "--general-task")) {
-            VALUE();
-            general_task = v;
-        } else if (!strcmp(a, "--general-max-examples")) {
-            VALUE();
-            if (!cli_parse_int(v, 1, __LONG_MAX__, &general_max))
-                return cli_usage_error("eval", "--general-max-examples %s: must be an integer >= 1",
-                                       v);
-        } else {
-            return cli_usage_error("eval", "unknown option '%s' (see finch eval --help)", a);
-        }
-#undef VALUE
-    }
-    if (!spec.path) return cli_usage_error("eval", "no dataset: give one with --data FILE");
-    if (!valid_task(task))
-        return cli_usage_error("eval", "--task %s: unknown task (use loss, generate or classify)",
-                               task);
-    if (!valid_task(general_task))
-        return cli_usage_error("eval",
-                               "--general-task %s: unknown task (use loss, generate or classify)",
-                               general_task);
-    if (metrics_given && strcmp(task, "generate") && strcmp(general_task, "generate"))
-        return cli_usage_error("eval", "--metrics applies to --task generate only");
-    if (c.cls.k_shot > 0 && !c.cls.shots_path)
-        return cli_usage_error("eval", "--k-shot %d needs --shots-from FILE to draw the shots from",
-                               c.cls.k_shot);
-    if (compare && adapters.n == 0)
-        return cli_usage_error(
-            "eval", "--compare needs at least one --adapter to compare with the base model");
-    if (compare && adapters.n + 1 > MAX_SYSTEMS)
-        return cli_usage_error("eval", "--compare: at most %d adapters", MAX_SYSTEMS - 1);
+    int rc = 0;
+    if (!read_flags(argc, argv, &a, &c, &rc)) return rc;
+    if ((rc = check_flags(&a, &c))) return rc;
+    make_systems(&c, &a.adapters, a.compare);
 
-    /* the systems */
-    if (compare || adapters.n == 0) {
-        snprintf(c.sys[c.n_sys++].name, sizeof c.sys[0].name, "base");
-        for (int i = 0; compare && i < adapters.n; i++, c.n_sys++) {
-            system_name(c.sys[c.n_sys].name, sizeof c.sys[0].name, adapters.dir[i]);
-            c.sys[c.n_sys].adapters[0] = i;
-            c.sys[c.n_sys].n_adapters = 1;
-        }
-    } else {
-        system_name(c.sys[0].name, sizeof c.sys[0].name, adapters.dir[0]);
-        for (int i = 0; i < adapters.n; i++) c.sys[0].adapters[i] = i;
-        c.sys[0].n_adapters = adapters.n;
-        c.n_sys = 1;
-    }
-    for (int s = 1; s < c.n_sys; s++) /* names must differ to be JSON keys */
-        for (int k = 0; k < s; k++)
-            if (!strcmp(c.sys[s].name, c.sys[k].name)) {
-                size_t len = strlen(c.sys[s].name);
-                if (len > sizeof c.sys[s].name - 8) len = sizeof c.sys[s].name - 8;
-                snprintf(c.sys[s].name + len, 8, "#%d", s % 10);
-                break;
-            }
-
-    cli_set_threads(threads);
-    finch_model *m = cli_load_model(path);
+    cli_set_threads(a.threads);
+    finch_model *m = cli_load_model(a.model);
     if (!m) return EXIT_FAIL;
     c.m = m;
-    c.ad = &adapters;
-    int rc = 0;
-    json_t *root = NULL, *j_sys = NULL;
-    table_t tables[2] = {{.path = spec.path, .task = task},
-                         {.path = general, .task = general_task}};
-    finch_data_spec gspec = {.path = general,
-                             .chat = spec.chat,
-                             .max_examples = general_max,
-                             .seed = spec.seed,
-                             .max_seq_len = spec.max_seq_len};
-    if (!cli_adapters_attach(&adapters, m)) {
+    c.ad = &a.adapters;
+    json_t *j_sys = NULL;
+    const int n_sets = a.general ? 2 : 1;
+    table_t tables[2] = {{.path = a.spec.path, .task = a.task},
+                         {.path = a.general, .task = a.general_task}};
+    finch_data_spec gspec = {.path = a.general,
+                             .chat = a.spec.chat,
+                             .max_examples = a.general_max,
+                             .seed = a.spec.seed,
+                             .max_seq_len = a.spec.max_seq_len};
+    const finch_data_spec *const specs[2] = {&a.spec, &gspec};
+    if (!cli_adapters_attach(&a.adapters, m)) {
         rc = EXIT_FAIL;
         goto done;
     }
     c.j_samples = json_array(); /* printed after the tables, and kept in the JSON */
-    if (json_out) {
+    if (a.json_out) {
         c.j_metrics = json_array();
-        j_sys = json_array();
-        for (int s = 0; s < c.n_sys; s++) {
-            json_t *list = json_array();
-            for (int k = 0; k < c.sys[s].n_adapters; k++) {
-                int i = c.sys[s].adapters[k];
-                json_array_append_new(list, json_pack("{s:s, s:f}", "path", adapters.dir[i], "weight",
-                                                      (double)adapters.weight[i]));
-            }
-            json_array_append_new(j_sys,
-                                  json_pack("{s:s, s:o}", "name", c.sys[s].name, "adapters", list));
-        }
+        j_sys = systems_json(&c, &a.adapters);
     }
-    for (int s = 0; s < c.n_sys && !rc; s++) {
-        if ((rc = select_system(&c, s))) break;
-        for (int d = 0; d < (general ? 2 : 1) && !rc; d++) {
-            json_t *obj = NULL;
-            if (c.j_metrics) {
-                obj = json_pack("{s:s, s:s, s:s}", "system", c.sys[s].name, "data", tables[d].path,
-                                "task", tables[d].task);
-                json_array_append_new(c.j_metrics, obj);
-            }
-            rc = run_one(&c, d ? &gspec : &spec, tables[d].task, s, &tables[d], obj, d == 0);
-        }
-    }
-    if (rc) goto done;
-    for (int d = 0; d < (general ? 2 : 1); d++) print_table(&c, &tables[d]);
+    if ((rc = run_systems(&c, specs, tables, n_sets))) goto done;
+    for (int d = 0; d < n_sets; d++) print_table(&c, &tables[d]);
     print_samples(&c);
-    if (json_out) {
-        char model_path[4096];
-        finch_err err;
-        if (path)
-            snprintf(model_path, sizeof model_path, "%s", path);
-        else if (finch_default_model_path(model_path, sizeof model_path, &err))
-            model_path[0] = 0;
-        root = json_pack("{s:s, s:s, s:s, s:I, s:I, s:O, s:O, s:O}", "task", task, "model",
-                         model_path, "data", spec.path, "n_examples",
-                         (json_int_t)tables[0].n_examples, "seed", (json_int_t)spec.seed, "systems",
-                         j_sys, "metrics", c.j_metrics, "samples", c.j_samples);
-        char *text = root ? json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
-        if (!text) {
-            fprintf(stderr, "finch: error: out of memory writing %s\n", json_out);
-            rc = EXIT_FAIL;
-        } else {
-            size_t len = strlen(text);
-            text[len] = '\n'; /* json_dumps leaves no final newline: replace the NUL */
-            if (finch_eval_write_file(json_out, text, len + 1, &err))
-                rc = cli_fail(&err);
-            else
-                printf("\nwrote %s\n", json_out);
-            free(text);
-        }
-    }
+    if (a.json_out) rc = write_json(&a, &c, &tables[0], j_sys);
 done:
-    json_decref(root);
     json_decref(j_sys);
     json_decref(c.j_metrics);
     json_decref(c.j_samples);
-    cli_adapters_release(&adapters, m);
+    cli_adapters_release(&a.adapters, m);
     finch_model_free(m);
     return rc;
 }

@@ -156,24 +156,6 @@ static finch_status tok13a(const char *s, sbuf *out, finch_err *err) {
     return FINCH_OK;
 }
 
-/* Pushes the whitespace-separated tokens of s as a new sequence. */
-static finch_status push_words(finch_toks *t, const char *s, size_t n, finch_err *err) {
-    if (finch_toks_begin(t, err)) return err->code;
-    const char *end = s + n;
-    for (const char *p = s; p < end;) {
-        size_t k = finch_utf8_space(p, end);
-        if (k) {
-            p += k;
-            continue;
-        }
-        const char *q = p;
-        while (q < end && !finch_utf8_space(q, end)) q++;
-        if (finch_toks_push(t, p, (size_t)(q - p), err)) return err->code;
-        p = q;
-    }
-    return FINCH_OK;
-}
-
 /* Adds one segment's statistics (hyp_len, ref_len, correct, total) to *acc. */
 static finch_status segment_stats(const char *pred, const char *const *refs, int n_refs,
                                   finch_bleu *acc, finch_err *err) {
@@ -186,7 +168,7 @@ static finch_status segment_stats(const char *pred, const char *const *refs, int
     if (!tok) return err->code;
     for (int k = 0; k <= n_refs; k++)
         if ((st = tok13a(k ? refs[k - 1] : pred, &tok[k], err)) ||
-            (st = push_words(&t, tok[k].p, tok[k].n, err)))
+            (st = finch_toks_push_words(&t, tok[k].p, tok[k].n, err)))
             goto done;
     if ((st = finch_toks_intern(&t, err))) goto done;
     int32_t n_ids[MAX_ORDER] = {t.n_ids};

@@ -38,6 +38,9 @@ typedef struct {
 finch_status finch_toks_begin(finch_toks *t, finch_err *err);
 /* Appends a token to the current sequence. */
 finch_status finch_toks_push(finch_toks *t, const char *s, size_t len, finch_err *err);
+/* Starts a new sequence holding the words of s[0..n): the runs between whitespace (as
+ * finch_utf8_space defines it), as Python's str.split() makes them. The tokens borrow s. */
+finch_status finch_toks_push_words(finch_toks *t, const char *s, size_t n, finch_err *err);
 /* Assigns ids to all tokens. */
 finch_status finch_toks_intern(finch_toks *t, finch_err *err);
 void finch_toks_free(finch_toks *t);

@@ -70,23 +70,6 @@ static char *normalize(const char *s, finch_err *err) {
     return b;
 }
 
-static finch_status words(finch_toks *t, const char *s, finch_err *err) {
-    if (finch_toks_begin(t, err)) return err->code;
-    const char *end = s + strlen(s);
-    for (const char *p = s; p < end;) {
-        size_t k = finch_utf8_space(p, end);
-        if (k) {
-            p += k;
-            continue;
-        }
-        const char *q = p;
-        while (q < end && !finch_utf8_space(q, end)) q++;
-        if (finch_toks_push(t, p, (size_t)(q - p), err)) return err->code;
-        p = q;
-    }
-    return FINCH_OK;
-}
-
 finch_status finch_exact_match(const char *pred, const char *const *refs, int n_refs, double *em,
                                double *f1, finch_err *err) {
     FINCH_ASSERT(pred && refs && n_refs >= 1);
@@ -100,7 +83,7 @@ finch_status finch_exact_match(const char *pred, const char *const *refs, int n_
             st = err->code;
             goto done;
         }
-        if ((st = words(&t, norm[k], err))) goto done;
+        if ((st = finch_toks_push_words(&t, norm[k], strlen(norm[k]), err))) goto done;
     }
     if ((st = finch_toks_intern(&t, err))) goto done;
     if (!(cnt = finch_calloc((size_t)t.n_ids + 1, sizeof *cnt, "exact match", err))) {

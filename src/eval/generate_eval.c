@@ -62,12 +62,11 @@ static bool cut_at_stop(char *text, size_t *len, const char *const *stop) {
     return hit;
 }
 
-finch_status finch_eval_generate(const finch_model *m, const finch_data_spec *spec,
-                                 const finch_gen_options *gen, finch_progress_fn progress,
-                                 void *user, finch_gen_results *out, finch_err *err) {
+/* Refuses a model without a tokenizer and generation settings out of range. */
+static finch_status check_options(const finch_model *m, const finch_gen_options *gen,
+                                  finch_err *err) {
     if (!m->tok)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
-                             m->path);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", m->path);
     if (gen->max_tokens < 1)
         return finch_err_set(err, FINCH_E_USAGE, "max new tokens %d: must be >= 1",
                              gen->max_tokens);
@@ -76,27 +75,136 @@ finch_status finch_eval_generate(const finch_model *m, const finch_data_spec *sp
                              "sampling settings: temperature %g must be >= 0, top-k %d >= 0, "
                              "top-p %g in (0, 1]",
                              gen->temperature, gen->top_k, gen->top_p);
+    return FINCH_OK;
+}
+
+/* Reads spec's dataset in its shape, with its templates, for m's tokenizer. */
+static finch_status load_examples(const finch_model *m, const finch_data_spec *spec,
+                                  finch_dataset **d, finch_err *err) {
     finch_data_options o = {.skip_bad = spec->skip_bad != 0,
                             .seed = spec->seed,
                             .tok = m->tok,
                             .templates = {spec->templates, spec->n_templates, spec->chat != 0}};
     finch_status st = finch_shape_parse(spec->format ? spec->format : "auto", &o.shape, err);
     if (st) return st;
+    return finch_dataset_load(spec->path, &o, d, err);
+}
+
+/* Keeps example i's user text and stripped reference in res and tokenizes its prompt into
+ * *ids (*n_ids tokens, from 1 to the model's context less one). A prompt that does not
+ * tokenize or fit, or an empty reference, is an error naming path and the line. */
+static finch_status prepare_example(const finch_model *m, const char *path,
+                                    const finch_text_example *e, int64_t i, finch_gen_results *res,
+                                    int32_t **ids, int *n_ids, finch_err *err) {
+    const int n_ctx_train = m->cfg.n_ctx_train;
+    /* the user's text, before the chat template wrapped it */
+    res->prompts[i] = strdup(e->user ? e->user : e->prompt);
+    res->references[i] = finch_eval_strip(e->completion);
+    if (!res->prompts[i] || !res->references[i])
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    if (!res->references[i][0])
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: line %lld: the reference (completion) is empty: there is "
+                             "nothing to score the generation against",
+                             path, (long long)e->line);
+    int64_t k = 0;
+    finch_status st = finch_tokenize(m->tok, e->prompt, strlen(e->prompt),
+                                     FINCH_TOK_ADD_SPECIAL | FINCH_TOK_PARSE_SPECIAL, ids, &k, err);
+    if (st) {
+        finch_err_prefix(err, "%s: line %lld", path, (long long)e->line);
+        return st;
+    }
+    if (k == 0 || k >= n_ctx_train)
+        return finch_err_set(err, k ? FINCH_E_RANGE : FINCH_E_FORMAT,
+                             "%s: line %lld: the prompt has %lld tokens: need 1 to %d (the "
+                             "model's context less one)",
+                             path, (long long)e->line, (long long)k, n_ctx_train - 1);
+    *n_ids = (int)k;
+    return FINCH_OK;
+}
+
+/* What generating needs across examples: one KV cache for the longest prompt plus the new
+ * tokens, the sampler's buffers and the growing output text. */
+typedef struct {
+    finch_kv_session kv;
+    bool kv_ready; /* kv needs releasing */
+    int n_ctx;     /* positions kv holds */
+    float *logits; /* (V) */
+    float *probs;  /* (V) sampler scratch */
+    int32_t *idx;  /* (V) sampler scratch */
+    char *text;    /* the output so far, NUL-terminated (NULL until the first piece) */
+    size_t len, cap;
+} gen_state;
+
+static finch_status gen_state_init(gen_state *g, const finch_model *m, const finch_gen_options *gen,
+                                   int max_prompt, finch_err *err) {
+    const int V = m->cfg.n_vocab;
+    int n_ctx = max_prompt + gen->max_tokens;
+    if (n_ctx > m->cfg.n_ctx_train) n_ctx = m->cfg.n_ctx_train;
+    finch_status st =
+        finch_kv_session_init(&g->kv, m, n_ctx, n_ctx < 512 ? n_ctx : 512, gen->numerics, err);
+    if (st) return st;
+    g->kv_ready = true;
+    g->n_ctx = n_ctx;
+    g->logits = finch_alloc((size_t)V * sizeof(float), "logits", err);
+    g->probs = g->logits ? finch_alloc((size_t)V * sizeof(float), "sampler", err) : NULL;
+    g->idx = g->probs ? finch_alloc((size_t)V * sizeof(int32_t), "sampler", err) : NULL;
+    return g->idx ? FINCH_OK : FINCH_E_NOMEM;
+}
+
+static void gen_state_release(gen_state *g) {
+    free(g->text);
+    free(g->idx);
+    free(g->probs);
+    free(g->logits);
+    if (g->kv_ready) finch_kv_session_release(&g->kv);
+}
+
+/* Generates example i's output from its prompt ids[0..n_ids) into res->outputs[i]: until
+ * end-of-generation, a stop string, gen->max_tokens or a full cache, sampling with a
+ * generator seeded from gen->seed and i. Counts tokens and cut examples in res. */
+static finch_status generate_one(const finch_model *m, const finch_gen_options *gen, gen_state *g,
+                                 const int32_t *ids, int n_ids, int64_t i, finch_gen_results *res,
+                                 finch_err *err) {
+    const int V = m->cfg.n_vocab;
+    g->kv.pos = 0;
+    g->len = 0;
+    if (g->text) g->text[0] = 0;
+    finch_eval_decode(m, &g->kv, ids, n_ids, NULL, g->logits);
+    finch_rng rng;
+    finch_rng_seed(&rng, finch_mix64(gen->seed ^ finch_mix64((uint64_t)i + 1)));
+    int room = g->n_ctx - n_ids; /* tokens that still fit in the cache */
+    int max_new = gen->max_tokens < room + 1 ? gen->max_tokens : room + 1;
+    res->n_cut += max_new < gen->max_tokens;
+    for (int t = 0; t < max_new; t++) {
+        int32_t tok = finch_sample(g->logits, V, gen->temperature, gen->top_k, gen->top_p, &rng,
+                                   g->probs, g->idx);
+        if (finch_tokenizer_is_eog(m->tok, tok)) break;
+        res->n_tokens++;
+        if (!append_piece(m->tok, tok, &g->text, &g->len, &g->cap))
+            return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        if ((gen->stop && cut_at_stop(g->text, &g->len, gen->stop)) || t + 1 == max_new) break;
+        finch_eval_decode(m, &g->kv, &tok, 1, NULL, g->logits);
+    }
+    if (!(res->outputs[i] = finch_eval_strip(g->text ? g->text : "")))
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    return FINCH_OK;
+}
+
+finch_status finch_eval_generate(const finch_model *m, const finch_data_spec *spec,
+                                 const finch_gen_options *gen, finch_progress_fn progress,
+                                 void *user, finch_gen_results *out, finch_err *err) {
+    finch_status st = check_options(m, gen, err);
+    if (st) return st;
     finch_dataset *d = NULL;
-    if ((st = finch_dataset_load(spec->path, &o, &d, err))) return st;
+    if ((st = load_examples(m, spec, &d, err))) return st;
     const int64_t n_read = d->n;
     if (spec->max_examples > 0 && d->n > spec->max_examples) d->n = spec->max_examples;
     const int64_t n = d->n;
-    const int V = m->cfg.n_vocab, n_ctx_train = m->cfg.n_ctx_train;
     finch_gen_results res = {.n_skipped = d->n_skipped};
     int32_t **ids = finch_calloc((size_t)n, sizeof *ids, "prompts", err);
     int *n_ids = finch_calloc((size_t)n, sizeof *n_ids, "prompts", err);
-    finch_kv_session kv;
-    bool kv_ready = false;
-    float *logits = NULL, *probs = NULL;
-    int32_t *idx = NULL;
-    char *text = NULL;
-    size_t len = 0, cap = 0;
+    gen_state g = {.kv_ready = false};
     res.prompts = finch_calloc((size_t)n, sizeof(char *), "results", err);
     res.references = finch_calloc((size_t)n, sizeof(char *), "results", err);
     res.outputs = finch_calloc((size_t)n, sizeof(char *), "results", err);
@@ -108,76 +216,13 @@ finch_status finch_eval_generate(const finch_model *m, const finch_data_spec *sp
     /* every prompt first, so that one cache fits the longest */
     int max_prompt = 0;
     for (int64_t i = 0; i < n; i++) {
-        const finch_text_example *e = &d->ex[i];
-        /* the user's text, before the chat template wrapped it */
-        res.prompts[i] = strdup(e->user ? e->user : e->prompt);
-        res.references[i] = finch_eval_strip(e->completion);
-        if (!res.prompts[i] || !res.references[i]) {
-            st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        if ((st = prepare_example(m, spec->path, &d->ex[i], i, &res, &ids[i], &n_ids[i], err)))
             goto done;
-        }
-        if (!res.references[i][0]) {
-            st = finch_err_set(err, FINCH_E_FORMAT,
-                               "%s: line %lld: the reference (completion) is empty: there is "
-                               "nothing to score the generation against",
-                               spec->path, (long long)e->line);
-            goto done;
-        }
-        int64_t k = 0;
-        if ((st = finch_tokenize(m->tok, e->prompt, strlen(e->prompt),
-                                 FINCH_TOK_ADD_SPECIAL | FINCH_TOK_PARSE_SPECIAL, &ids[i], &k,
-                                 err))) {
-            finch_err_prefix(err, "%s: line %lld", spec->path, (long long)e->line);
-            goto done;
-        }
-        if (k == 0 || k >= n_ctx_train) {
-            st = finch_err_set(err, k ? FINCH_E_RANGE : FINCH_E_FORMAT,
-                               "%s: line %lld: the prompt has %lld tokens: need 1 to %d (the "
-                               "model's context less one)",
-                               spec->path, (long long)e->line, (long long)k, n_ctx_train - 1);
-            goto done;
-        }
-        n_ids[i] = (int)k;
-        if (k > max_prompt) max_prompt = (int)k;
+        if (n_ids[i] > max_prompt) max_prompt = n_ids[i];
     }
-    int n_ctx = max_prompt + gen->max_tokens;
-    if (n_ctx > n_ctx_train) n_ctx = n_ctx_train;
-    if ((st = finch_kv_session_init(&kv, m, n_ctx, n_ctx < 512 ? n_ctx : 512, gen->numerics, err)))
-        goto done;
-    kv_ready = true;
-    logits = finch_alloc((size_t)V * sizeof(float), "logits", err);
-    probs = logits ? finch_alloc((size_t)V * sizeof(float), "sampler", err) : NULL;
-    idx = probs ? finch_alloc((size_t)V * sizeof(int32_t), "sampler", err) : NULL;
-    if (!idx) {
-        st = FINCH_E_NOMEM;
-        goto done;
-    }
+    if ((st = gen_state_init(&g, m, gen, max_prompt, err))) goto done;
     for (int64_t i = 0; i < n; i++) {
-        kv.pos = 0;
-        len = 0;
-        if (text) text[0] = 0;
-        finch_eval_decode(m, &kv, ids[i], n_ids[i], NULL, logits);
-        finch_rng rng;
-        finch_rng_seed(&rng, finch_mix64(gen->seed ^ finch_mix64((uint64_t)i + 1)));
-        int room = n_ctx - n_ids[i]; /* tokens that still fit in the cache */
-        int max_new = gen->max_tokens < room + 1 ? gen->max_tokens : room + 1;
-        res.n_cut += max_new < gen->max_tokens;
-        for (int t = 0; t < max_new; t++) {
-            int32_t tok =
-                finch_sample(logits, V, gen->temperature, gen->top_k, gen->top_p, &rng, probs, idx);
-            if (finch_tokenizer_is_eog(m->tok, tok)) break;
-            res.n_tokens++;
-            if (!append_piece(m->tok, tok, &text, &len, &cap)) {
-                st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
-                goto done;
-            }
-            if ((gen->stop && cut_at_stop(text, &len, gen->stop)) || t + 1 == max_new) break;
-            finch_eval_decode(m, &kv, &tok, 1, NULL, logits);
-        }
-        if (!(res.outputs[i] = finch_eval_strip(text ? text : ""))) {
-            st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
-            goto done;
-        }
+        if ((st = generate_one(m, gen, &g, ids[i], n_ids[i], i, &res, err))) goto done;
         if (progress) progress(i + 1, n, user);
     }
 done:
@@ -185,11 +230,7 @@ done:
         finch_gen_results_release(&res);
     else
         *out = res;
-    free(text);
-    free(idx);
-    free(probs);
-    free(logits);
-    if (kv_ready) finch_kv_session_release(&kv);
+    gen_state_release(&g);
     for (int64_t i = 0; ids && i < n; i++) free(ids[i]);
     free(ids);
     free(n_ids);

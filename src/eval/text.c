@@ -1,7 +1,8 @@
 /*
- * text.c: the text plumbing of the metrics: Python's whitespace set (the metrics being
- * matched split with str.split()), token sequences and their interning to dense ids, and
- * n-gram ids built order by order from pairs (id of the shorter n-gram, next token).
+ * text.c: the text plumbing of the metrics: Python's whitespace set and the str.split()
+ * that BLEU and exact match apply after their own normalization, token sequences and
+ * their interning to dense ids, and n-gram ids built order by order from pairs (id of the
+ * shorter n-gram, next token).
  *
  * Not here: tokenization rules (rouge.c, bleu.c, exact.c each have their own).
  * Sources: Python's str.isspace (the Unicode White_Space property plus \x1c-\x1f).
@@ -61,6 +62,23 @@ finch_status finch_toks_push(finch_toks *t, const char *s, size_t len, finch_err
     t->len[t->n] = len;
     t->n++;
     t->off[t->n_seq] = t->n;
+    return FINCH_OK;
+}
+
+finch_status finch_toks_push_words(finch_toks *t, const char *s, size_t n, finch_err *err) {
+    if (finch_toks_begin(t, err)) return err->code;
+    const char *end = s + n;
+    for (const char *p = s; p < end;) {
+        size_t k = finch_utf8_space(p, end);
+        if (k) {
+            p += k;
+            continue;
+        }
+        const char *q = p;
+        while (q < end && !finch_utf8_space(q, end)) q++;
+        if (finch_toks_push(t, p, (size_t)(q - p), err)) return err->code;
+        p = q;
+    }
     return FINCH_OK;
 }
 

@@ -25,9 +25,10 @@
  * the real SmolLM2 vocabulary against ids made by llama.cpp itself.
  *
  * Decoding maps each character of a normal token back through the reversed byte table
- * (pieces are decoded once at load, vocab.c); control and unknown tokens give their text
- * only when asked for, user-defined tokens always; byte, unused and undefined tokens give
- * nothing. Not done: clean_up_tokenization_spaces (llama_detokenize's clean_spaces).
+ * (pieces are decoded once at load, finch_bpe_load_tables); control and unknown tokens
+ * give their text only when asked for, user-defined tokens always; byte, unused and
+ * undefined tokens give nothing. Not done: clean_up_tokenization_spaces
+ * (llama_detokenize's clean_spaces).
  *
  * Thread safety: the tokenizer is read-only here; each call has its own scratch memory.
  */
@@ -41,7 +42,7 @@
 /* Printable bytes (33..126, 161..172, 174..255) stand for themselves; the other 68, in
  * increasing order, for U+0100 onwards: 0..32 -> U+0100..U+0120 (space is U+0120 'Ġ'),
  * 127..160 -> U+0121..U+0142, 173 -> U+0143. */
-uint32_t finch_bpe_byte_to_cpt(uint8_t b) {
+static uint32_t bpe_byte_to_cpt(uint8_t b) {
     if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) return b;
     if (b <= 32) return 256u + b;
     if (b <= 160) return 256u + 33 + (b - 127u);
@@ -58,7 +59,10 @@ static int bpe_cpt_to_byte(uint32_t c) {
     return 173;
 }
 
-size_t finch_bpe_decode_text(const char *s, size_t len, char *out) {
+/* Writes token text s[0..len) decoded through the reversed byte map to out and returns
+ * the bytes written; with out NULL it only counts them. A character outside the byte
+ * alphabet becomes "[UNK_BYTE_0x<its hex><the whole text>]", as in llama.cpp. */
+static size_t bpe_decode_text(const char *s, size_t len, char *out) {
     size_t o = 0, i = 0;
     while (i < len) {
         size_t used;
@@ -88,6 +92,58 @@ size_t finch_bpe_decode_text(const char *s, size_t len, char *out) {
         o += (size_t)k + len + 1;
     }
     return o;
+}
+
+/* ---- tables made at load ------------------------------------------------------------ */
+
+/* The one-byte lookups BPE needs: the token of each byte's GPT-2 character, and the token
+ * whose text is the byte itself (llama.cpp's fallback for pieces that are not tokens). */
+static void load_byte_tables(finch_tokenizer *tok) {
+    for (int b = 0; b < 256; b++) {
+        char enc[4];
+        int n = finch_utf8_put(bpe_byte_to_cpt((uint8_t)b), enc);
+        tok->byte_tok[b] = finch_tok_find(tok, enc, (size_t)n);
+        char c = (char)b;
+        tok->single_tok[b] = finch_tok_find(tok, &c, 1);
+    }
+}
+
+/* Decodes every token once, as llama.cpp caches its pieces: control, unknown and
+ * user-defined tokens stand for their own text; normal tokens for their bytes; byte,
+ * unused and undefined tokens for nothing. */
+static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
+    int32_t V = tok->n_vocab;
+    tok->piece_off = finch_calloc((size_t)V + 1, sizeof *tok->piece_off, "token pieces", err);
+    if (!tok->piece_off) return FINCH_E_NOMEM;
+    size_t total = 0;
+    for (int32_t i = 0; i < V; i++) {
+        uint32_t n = tok->text_len[i];
+        const char *t = tok->text_blob + tok->text_off[i];
+        size_t k = 0;
+        uint8_t a = tok->attr[i];
+        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) k = n;
+        else if (a & TOK_NORMAL) k = bpe_decode_text(t, n, NULL);
+        tok->piece_off[i] = total;
+        if (!finch_size_add(total, k, &total))
+            return finch_err_set(err, FINCH_E_NOMEM, "decoded tokens overflow the address space");
+    }
+    tok->piece_off[V] = total;
+    tok->piece_blob = finch_alloc(total, "token pieces", err);
+    if (!tok->piece_blob) return FINCH_E_NOMEM;
+    for (int32_t i = 0; i < V; i++) {
+        uint32_t n = tok->text_len[i];
+        const char *t = tok->text_blob + tok->text_off[i];
+        char *dst = tok->piece_blob + tok->piece_off[i];
+        uint8_t a = tok->attr[i];
+        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) memcpy(dst, t, n);
+        else if (a & TOK_NORMAL) bpe_decode_text(t, n, dst);
+    }
+    return FINCH_OK;
+}
+
+finch_status finch_bpe_load_tables(finch_tokenizer *tok, finch_err *err) {
+    load_byte_tables(tok);
+    return load_pieces(tok, err);
 }
 
 /* ---- per-call scratch --------------------------------------------------------------- */
@@ -187,7 +243,7 @@ static bool emit_fallback(const finch_tokenizer *tok, scratch *sc, const uint8_t
                           size_t n) {
     for (size_t i = 0; i < n; i++) {
         char enc[4];
-        int k = finch_utf8_put(finch_bpe_byte_to_cpt(p[i]), enc);
+        int k = finch_utf8_put(bpe_byte_to_cpt(p[i]), enc);
         for (int j = 0; j < k; j++) {
             int32_t id = tok->single_tok[(uint8_t)enc[j]];
             if (id >= 0 && !emit(sc, id)) return false;
@@ -213,7 +269,8 @@ static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t 
     if (tok->ignore_merges) {
         if (!grow((void **)&sc->enc, &sc->enc_cap, 2 * n, 1)) return false;
         size_t k = 0;
-        for (size_t i = 0; i < n; i++) k += (size_t)finch_utf8_put(finch_bpe_byte_to_cpt(p[i]), sc->enc + k);
+        for (size_t i = 0; i < n; i++)
+            k += (size_t)finch_utf8_put(bpe_byte_to_cpt(p[i]), sc->enc + k);
         int32_t id = finch_tok_find(tok, sc->enc, k);
         if (id >= 0) return emit(sc, id);
     }

@@ -3,15 +3,22 @@
  * includes. The tokenizer object itself, the token attribute bits, the lookup tables
  * (token text -> id, merge pair -> rank) and the entry points each file offers the others:
  *
- *   vocab.c          loads a tokenizer from GGUF metadata, owns the lookup tables
+ *   lookup.c         the lookup tables: token text -> id, merge pair -> rank
  *   special.c        special-token roles (EOG, auto-detected EOT/FIM), and the split of a
  *                    text at special tokens before BPE
+ *   bpe.c            the GPT-2 byte map and the tables made from it at load, merges by
+ *                    rank, finch_tokenize/detokenize
+ *   vocab.c          loads a tokenizer from GGUF metadata, and completes a loaded one
  *   hf_json.c        loads a tokenizer from a Hugging Face tokenizer.json
  *   pretok.c         the pre-tokenizer regex lists (PCRE2) and the llama.cpp-compatible
  *                    view of invalid UTF-8
  *   nfc.c            Unicode NFC (the tokenizer.json NFC normalizer)
- *   bpe.c            the GPT-2 byte map, merges by rank, finch_tokenize/detokenize
  *   chat_template.c  chat template families
+ *
+ * Calls between the files go one way, down this list: the loaders (vocab.c, hf_json.c)
+ * call bpe.c, special.c and lookup.c; bpe.c calls special.c and lookup.c; special.c calls
+ * lookup.c; lookup.c calls none of them. pretok.c and nfc.c call none of these four
+ * (nfc.c only pretok.c's UTF-8 helpers). The sections below take those four lowest first.
  *
  * The object is immutable once finch_tokenizer_from_gguf returns, which is what makes
  * concurrent finch_tokenize calls safe: every call keeps its scratch memory to itself.
@@ -102,7 +109,15 @@ struct finch_tokenizer {
     char *chat_template;    /* tokenizer.chat_template, or NULL */
 };
 
-/* ---- vocab.c ------------------------------------------------------------------------ */
+/* ---- lookup.c ----------------------------------------------------------------------- */
+
+/* The id of the token whose text is s[0..len), or -1. */
+int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len);
+
+/* The merge of the pair (left, right): its rank, and the merged token in *result (-1 when
+ * the merged text is not a token). Returns -1 when the pair has no merge. */
+int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
+                       int32_t *result);
 
 /* Copies tok->n_vocab token texts into the tokenizer, builds the text index (a later id
  * with the same text as an earlier one is the one found) and marks every token normal. An
@@ -116,18 +131,6 @@ finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts,
 finch_status finch_tok_alloc_merges(finch_tokenizer *tok, int64_t n, finch_err *err);
 void finch_tok_add_merge(finch_tokenizer *tok, int32_t left, int32_t right, int32_t rank,
                          int32_t result);
-
-/* Completes a tokenizer whose texts, attributes, merges and special ids are set: the byte
- * tables, the special-token setup (special.c) and the decoded pieces. */
-finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err);
-
-/* The id of the token whose text is s[0..len), or -1. */
-int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len);
-
-/* The merge of the pair (left, right): its rank, and the merged token in *result (-1 when
- * the merged text is not a token). Returns -1 when the pair has no merge. */
-int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
-                       int32_t *result);
 
 /* ---- special.c ---------------------------------------------------------------------- */
 
@@ -149,6 +152,19 @@ typedef struct {
 finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
                            bool parse_special, tok_frag **frags, size_t *n_frags,
                            finch_err *err);
+
+/* ---- bpe.c -------------------------------------------------------------------------- */
+
+/* Makes what BPE reads besides the lookup tables: the token of each byte's GPT-2
+ * character and the token whose text is the byte itself (the fallback), and every token's
+ * decoded piece. Needs the final token attributes (after finch_tok_special_setup). */
+finch_status finch_bpe_load_tables(finch_tokenizer *tok, finch_err *err);
+
+/* ---- vocab.c ------------------------------------------------------------------------ */
+
+/* Completes a tokenizer whose texts, attributes, merges and special ids are set: the
+ * special-token setup (special.c), then the byte tables and decoded pieces (bpe.c). */
+finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err);
 
 /* ---- pretok.c ----------------------------------------------------------------------- */
 
@@ -195,15 +211,5 @@ uint32_t finch_utf8_get_lenient(const char *s, size_t len, size_t *used);
  * *out_len bytes. Invalid UTF-8 bytes are kept as they are. */
 finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len,
                        finch_err *err);
-
-/* ---- bpe.c -------------------------------------------------------------------------- */
-
-/* The code point the GPT-2 byte-to-unicode table assigns to byte b. */
-uint32_t finch_bpe_byte_to_cpt(uint8_t b);
-
-/* Writes token text s[0..len) decoded through the reversed byte map to out and returns
- * the bytes written; with out NULL it only counts them. A character outside the byte
- * alphabet becomes "[UNK_BYTE_0x<its hex><the whole text>]", as in llama.cpp. */
-size_t finch_bpe_decode_text(const char *s, size_t len, char *out);
 
 #endif /* FINCH_TOKENIZER_INTERNAL_H */

@@ -1,6 +1,7 @@
 /*
- * vocab.c: builds a finch_tokenizer from the tokenizer.* keys of a GGUF file, and owns
- * its lookup tables: token text -> id and merge pair -> rank.
+ * vocab.c: builds a finch_tokenizer from the tokenizer.* keys of a GGUF file, filling its
+ * lookup tables (lookup.c), and completes any loaded tokenizer (finch_tok_finish: the
+ * special tokens of special.c, then the byte tables and pieces of bpe.c).
  *
  * What it checks (everything here comes from a file, so every problem is a FINCH_E_FORMAT
  * or FINCH_E_UNSUPPORTED message naming the file and the key): tokenizer.ggml.model is
@@ -24,106 +25,6 @@
 
 #include <inttypes.h>
 #include <stdlib.h>
-
-#define EMPTY_KEY UINT64_MAX
-
-/* ---- hashing ------------------------------------------------------------------------ */
-
-/* FNV-1a over the bytes, then a murmur-style finalizer so the low bits (the slot) mix. */
-static uint64_t hash_bytes(const char *s, size_t len) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)s[i]) * 0x100000001b3ull;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint64_t hash_u64(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
-}
-
-/* The smallest power of two that is at least 2 * n (load factor at most one half). */
-static uint64_t table_size(uint64_t n) {
-    uint64_t s = 16;
-    while (s < 2 * n) s *= 2;
-    return s;
-}
-
-static const char *text_of(const finch_tokenizer *tok, int32_t id, uint32_t *len) {
-    *len = tok->text_len[id];
-    return tok->text_blob + tok->text_off[id];
-}
-
-int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len) {
-    uint64_t i = hash_bytes(s, len) & tok->index_mask;
-    for (;;) {
-        int32_t id = tok->index[i];
-        if (id < 0) return -1;
-        uint32_t n;
-        const char *t = text_of(tok, id, &n);
-        if (n == len && memcmp(t, s, len) == 0) return id;
-        i = (i + 1) & tok->index_mask;
-    }
-}
-
-/* Inserts id under its text; a later id with the same text replaces the earlier one, as
- * llama.cpp's token_to_id map does. */
-static void index_put(finch_tokenizer *tok, int32_t id) {
-    uint32_t len;
-    const char *s = text_of(tok, id, &len);
-    uint64_t i = hash_bytes(s, len) & tok->index_mask;
-    for (;;) {
-        int32_t cur = tok->index[i];
-        if (cur < 0) {
-            tok->index[i] = id;
-            return;
-        }
-        uint32_t n;
-        const char *t = text_of(tok, cur, &n);
-        if (n == len && memcmp(t, s, len) == 0) {
-            tok->index[i] = id;
-            return;
-        }
-        i = (i + 1) & tok->index_mask;
-    }
-}
-
-int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
-                       int32_t *result) {
-    uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
-    uint64_t i = hash_u64(key) & tok->merge_mask;
-    for (;;) {
-        const merge_slot *m = &tok->merges[i];
-        if (m->key == EMPTY_KEY) return -1;
-        if (m->key == key) {
-            *result = m->result;
-            return m->rank;
-        }
-        i = (i + 1) & tok->merge_mask;
-    }
-}
-
-/* Inserts a merge unless the pair already has one: the first rank wins, as in llama.cpp. */
-static void merge_put(finch_tokenizer *tok, int32_t left, int32_t right, int32_t rank,
-                      int32_t result) {
-    uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
-    uint64_t i = hash_u64(key) & tok->merge_mask;
-    for (;;) {
-        merge_slot *m = &tok->merges[i];
-        if (m->key == key) return;
-        if (m->key == EMPTY_KEY) {
-            *m = (merge_slot){key, rank, result};
-            return;
-        }
-        i = (i + 1) & tok->merge_mask;
-    }
-}
 
 /* ---- loading ------------------------------------------------------------------------ */
 
@@ -171,47 +72,6 @@ static uint8_t attr_of_type(int32_t type) {
     }
 }
 
-finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts,
-                                  const char *path, const char *what, finch_err *err) {
-    int32_t V = tok->n_vocab;
-    size_t total = 0;
-    for (int32_t i = 0; i < V; i++) {
-        size_t n = texts[i].len ? (size_t)texts[i].len : 32;
-        if (!finch_size_add(total, n + 1, &total))
-            return finch_err_set(err, FINCH_E_FORMAT, "%s: %s: token texts overflow the "
-                                 "address space", path, what);
-    }
-    tok->text_blob = finch_alloc(total, "token texts", err);
-    tok->text_off = finch_calloc((size_t)V, sizeof *tok->text_off, "token offsets", err);
-    tok->text_len = finch_calloc((size_t)V, sizeof *tok->text_len, "token lengths", err);
-    tok->attr = finch_calloc((size_t)V, 1, "token attributes", err);
-    tok->index_mask = table_size((uint64_t)V) - 1;
-    tok->index = finch_alloc((tok->index_mask + 1) * sizeof *tok->index, "token index", err);
-    if (!tok->text_blob || !tok->text_off || !tok->text_len || !tok->attr || !tok->index)
-        return FINCH_E_NOMEM;
-    memset(tok->index, 0xff, (tok->index_mask + 1) * sizeof *tok->index);
-
-    size_t at = 0;
-    for (int32_t i = 0; i < V; i++) {
-        finch_str s = texts[i];
-        tok->text_off[i] = at;
-        if (s.len == 0) {
-            /* llama.cpp names an empty token so that it can be looked up and printed */
-            int n = snprintf(tok->text_blob + at, 32, "[EMPTY_%d]", (int)i);
-            tok->text_len[i] = (uint32_t)n;
-            at += (size_t)n + 1;
-        } else {
-            memcpy(tok->text_blob + at, s.ptr, (size_t)s.len);
-            tok->text_blob[at + s.len] = 0;
-            tok->text_len[i] = (uint32_t)s.len;
-            at += (size_t)s.len + 1;
-        }
-        tok->attr[i] = TOK_NORMAL;
-        index_put(tok, i);
-    }
-    return FINCH_OK;
-}
-
 /* Copies the token texts and their types from the GGUF arrays. */
 static finch_status load_tokens(finch_tokenizer *tok, const finch_gguf *g,
                                 const finch_gguf_kv *tokens, const finch_gguf_kv *types,
@@ -225,20 +85,6 @@ static finch_status load_tokens(finch_tokenizer *tok, const finch_gguf *g,
         tok->attr[i] = attr_of_type((int32_t)u);
     }
     return FINCH_OK;
-}
-
-finch_status finch_tok_alloc_merges(finch_tokenizer *tok, int64_t n, finch_err *err) {
-    tok->n_merges = n;
-    tok->merge_mask = table_size((uint64_t)n) - 1;
-    tok->merges = finch_alloc((tok->merge_mask + 1) * sizeof *tok->merges, "merge table", err);
-    if (!tok->merges) return FINCH_E_NOMEM;
-    for (uint64_t i = 0; i <= tok->merge_mask; i++) tok->merges[i].key = EMPTY_KEY;
-    return FINCH_OK;
-}
-
-void finch_tok_add_merge(finch_tokenizer *tok, int32_t left, int32_t right, int32_t rank,
-                         int32_t result) {
-    merge_put(tok, left, right, rank, result);
 }
 
 /* Parses every merge "left right" (split at the first space at position >= 1, as
@@ -282,60 +128,14 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
         memcpy(joined + ln, sp + 1, rn);
         int32_t result = finch_tok_find(tok, joined, ln + rn);
         if (joined != small) free(joined);
-        merge_put(tok, left, right, (int32_t)r, result);
-    }
-    return FINCH_OK;
-}
-
-/* The one-byte lookups BPE needs: the token of each byte's GPT-2 character, and the token
- * whose text is the byte itself (llama.cpp's fallback for pieces that are not tokens). */
-static void load_byte_tables(finch_tokenizer *tok) {
-    for (int b = 0; b < 256; b++) {
-        char enc[4];
-        int n = finch_utf8_put(finch_bpe_byte_to_cpt((uint8_t)b), enc);
-        tok->byte_tok[b] = finch_tok_find(tok, enc, (size_t)n);
-        char c = (char)b;
-        tok->single_tok[b] = finch_tok_find(tok, &c, 1);
-    }
-}
-
-/* Decodes every token once, as llama.cpp caches its pieces: control, unknown and
- * user-defined tokens stand for their own text; normal tokens for their bytes; byte,
- * unused and undefined tokens for nothing. */
-static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
-    int32_t V = tok->n_vocab;
-    tok->piece_off = finch_calloc((size_t)V + 1, sizeof *tok->piece_off, "token pieces", err);
-    if (!tok->piece_off) return FINCH_E_NOMEM;
-    size_t total = 0;
-    for (int32_t i = 0; i < V; i++) {
-        uint32_t n;
-        const char *t = text_of(tok, i, &n);
-        size_t k = 0;
-        uint8_t a = tok->attr[i];
-        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) k = n;
-        else if (a & TOK_NORMAL) k = finch_bpe_decode_text(t, n, NULL);
-        tok->piece_off[i] = total;
-        if (!finch_size_add(total, k, &total))
-            return finch_err_set(err, FINCH_E_NOMEM, "decoded tokens overflow the address space");
-    }
-    tok->piece_off[V] = total;
-    tok->piece_blob = finch_alloc(total, "token pieces", err);
-    if (!tok->piece_blob) return FINCH_E_NOMEM;
-    for (int32_t i = 0; i < V; i++) {
-        uint32_t n;
-        const char *t = text_of(tok, i, &n);
-        char *dst = tok->piece_blob + tok->piece_off[i];
-        uint8_t a = tok->attr[i];
-        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) memcpy(dst, t, n);
-        else if (a & TOK_NORMAL) finch_bpe_decode_text(t, n, dst);
+        finch_tok_add_merge(tok, left, right, (int32_t)r, result);
     }
     return FINCH_OK;
 }
 
 finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err) {
-    load_byte_tables(tok);
     finch_status st = finch_tok_special_setup(tok, err);
-    return st ? st : load_pieces(tok, err);
+    return st ? st : finch_bpe_load_tables(tok, err);
 }
 
 finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out,

@@ -243,10 +243,10 @@ int main(int argc, char **argv) {
     o.val_path = NULL;
     o.val_fraction = 0.0;
     o.method = "lora";
-    o.lora_r = 16;
-    o.lora_alpha = 32.0f;
-    o.lora_dropout = 0.05f;
-    o.target_modules = "all-linear";
+    finch_train_set_option(&o, "lora-r", "16", NULL);
+    finch_train_set_option(&o, "lora-alpha", "32", NULL);
+    finch_train_set_option(&o, "lora-dropout", "0.05", NULL);
+    finch_train_set_option(&o, "target-modules", "all-linear", NULL);
     o.learning_rate = 1e-4;
     o.batch_size = a.batch;
     o.grad_accum = 1;

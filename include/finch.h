@@ -496,6 +496,42 @@ FINCH_API finch_status finch_merge(const finch_model *model, finch_adapter *cons
 /* Training                                                                             */
 /* ---------------------------------------------------------------------------------- */
 
+/* A method's option by name, as a flag names it without "--" (lora-r, target-modules,
+ * layers; '_' and '-' are the same) or as PEFT's config names it (r, lora_alpha); value
+ * NULL for a switch (use-rslora). */
+typedef struct {
+    const char *name;
+    const char *value;
+} finch_option;
+
+#define FINCH_MAX_METHOD_OPTIONS 32
+
+/* The fine-tuning methods finch has, in the order of its method table. */
+FINCH_API int finch_method_count(void);
+/* Method i's name ("lora", "dora", "ia3", "bitfit", "freeze", "full") and a one-line
+ * description; NULL when i is out of range. */
+FINCH_API const char *finch_method_name(int i);
+FINCH_API const char *finch_method_description(int i);
+/* Method i's options as --help lines ("  --lora-r N  rank (8)\n..."), into buf (cap
+ * bytes, NUL-terminated, cut when short); returns the length needed. */
+FINCH_API size_t finch_method_usage(int i, char *buf, size_t cap);
+/* What the named method writes: "adapter", or "model" (full fine-tuning, freezing). */
+FINCH_API const char *finch_method_result(const char *name);
+/* Whether some method has an option of this name: 0 none, 1 one that takes a value, 2 a
+ * switch. */
+FINCH_API int finch_method_option_kind(const char *name);
+
+/* Checks a method option without a model: that the method (NULL: "lora") has it and
+ * that its value parses and lies in range. FINCH_E_USAGE naming the flag otherwise. */
+FINCH_API finch_status finch_method_check_option(const char *method, const char *name,
+                                                 const char *value, finch_err *err);
+/* The method's options with the values given options resolve to (the last given of each
+ * name, else the default), as flag names and flag values ("true"/"false" for switches),
+ * plus "layers" when given: up to cap of them into out; returns how many there are. The
+ * strings are the table's or given's. */
+FINCH_API int finch_method_options_resolved(const char *method, const finch_option *given,
+                                            int n_given, finch_option *out, int cap);
+
 /* A fine-tuning run (plain data; start from finch_train_defaults()). Names follow the
  * Hugging Face flags they mirror. */
 typedef struct {
@@ -503,12 +539,9 @@ typedef struct {
     const char *val_path;       /* validation JSONL, or NULL */
     double val_fraction;        /* without val_path: hold out this fraction of data (0: none) */
     int64_t val_max_examples;   /* validation examples scored at each evaluation (0: all) */
-    const char *method;         /* "lora" */
-    int lora_r;                 /* rank (8) */
-    float lora_alpha;           /* scale numerator (16) */
-    float lora_dropout;         /* on the LoRA input (0.05) */
-    const char *target_modules; /* "q,v" (default), any of q,k,v,o,gate,up,down, or all-linear */
-    int use_rslora;             /* alpha / sqrt(r) */
+    const char *method;         /* a method's name (finch_method_name): "lora" (default) */
+    finch_option method_options[FINCH_MAX_METHOD_OPTIONS]; /* the method's options; a later */
+    int n_method_options;       /* one of the same name wins; the rest keep their defaults */
     double learning_rate;       /* peak (2e-4) */
     int batch_size;             /* examples per micro-batch (4) */
     int grad_accum;             /* micro-batches per optimizer step (1) */
@@ -520,15 +553,21 @@ typedef struct {
     const char *lr_scheduler;   /* "linear" (default), "cosine", "constant" */
     double weight_decay;        /* AdamW decoupled decay (0) */
     double max_grad_norm;       /* global clipping; 0: off (1.0) */
-    uint64_t seed;              /* data order, dropout, LoRA init (42) */
+    uint64_t seed;              /* data order, dropout, the method's initialisation (42) */
     int64_t save_steps;         /* checkpoint every N steps; 0: only at the end */
     int64_t eval_steps;         /* validation loss every N steps; 0: only at the end */
     int64_t log_steps;          /* a metrics line every N steps (10) */
-    const char *out_dir;        /* where the adapter, checkpoints and metrics.jsonl go */
+    const char *out_dir;        /* where the adapter (or model), checkpoints and metrics go */
     const char *resume_dir;     /* continue from this checkpoint (or run directory), or NULL */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);
+
+/* Appends a method option (name and value are borrowed). FINCH_E_USAGE when no method has
+ * an option of that name, or the list is full; the value is checked against the method
+ * when the run starts. */
+FINCH_API finch_status finch_train_set_option(finch_train_options *opt, const char *name,
+                                              const char *value, finch_err *err);
 
 /* What the run reports after every optimizer step (and at evaluations). */
 typedef struct {

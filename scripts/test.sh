@@ -5,14 +5,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# a test that leaves files in the source tree fails the run (compared with before)
+tree_state() { git status --porcelain --untracked-files=all 2>/dev/null || true; }
+before=$(tree_state)
+
 echo "== tests (release build)"
 ctest --test-dir build --output-on-failure -j2
 
 echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFINCH_SANITIZE=ON -DFINCH_WERROR=ON >/dev/null
-if ! cmake --build build-asan -j"$(nproc)" >build-asan.log 2>&1; then
-  cat build-asan.log >&2
+if ! cmake --build build-asan -j"$(nproc)" >build-asan/build.log 2>&1; then
+  cat build-asan/build.log >&2
   exit 1
 fi
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j2
+
+after=$(tree_state)
+if [ "$before" != "$after" ]; then
+  echo "error: the tests left files in the source tree:" >&2
+  diff <(echo "$before") <(echo "$after") >&2 || true
+  exit 1
+fi

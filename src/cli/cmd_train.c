@@ -29,10 +29,9 @@ static const char usage_text[] =
     "  --train-on-prompt      loss on prompt tokens too (default: completion only)\n"
     "  --skip-bad             skip malformed lines (counted) instead of stopping\n"
     "  --packing              pack several examples into each row of --max-seq-len tokens\n"
-    "method:\n"
-    "  --method lora          (default)\n"
-    "  --lora-r N (8)  --lora-alpha A (16)  --lora-dropout P (0.05)  --use-rslora\n"
-    "  --target-modules LIST  q,k,v,o,gate,up,down or all-linear (default q,v)\n"
+    "method (--method NAME, default lora; its options follow it below):\n"
+    "@METHODS@"
+    "  --layers LIST          the blocks a method acts on: 20-29 or 0,2,5-7 (default all)\n"
     "optimisation:\n"
     "  --learning-rate LR (2e-4)  --lr-scheduler linear|cosine|constant  --warmup-steps N\n"
     "  --batch-size N (4)  --grad-accum N (1)  --max-steps N  --epochs E (1)\n"
@@ -43,6 +42,23 @@ static const char usage_text[] =
     "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
     "  --config FILE          settings as a JSON object; flags override it\n"
     "  -t, --threads N\n";
+
+/* The usage text with the method table's methods and their options in place of @METHODS@. */
+static void print_usage(void) {
+    const char *at = strstr(usage_text, "@METHODS@");
+    fwrite(usage_text, 1, (size_t)(at - usage_text), stdout);
+    for (int i = 0; i < finch_method_count(); i++) {
+        printf("  %-22s %s\n", finch_method_name(i), finch_method_description(i));
+        size_t n = finch_method_usage(i, NULL, 0);
+        char *buf = malloc(n + 1);
+        if (buf) {
+            finch_method_usage(i, buf, n + 1);
+            fputs(buf, stdout);
+        }
+        free(buf);
+    }
+    fputs(at + strlen("@METHODS@"), stdout);
+}
 
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) {
@@ -81,6 +97,7 @@ typedef struct {
     long threads;
     const char *templates[16];
     char *owned[256]; /* strings copied out of the config file */
+    const char *option_where[FINCH_MAX_METHOD_OPTIONS]; /* "FILE: " or "" per method option */
     int n_owned;
 } settings;
 
@@ -92,10 +109,29 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
     snprintf(key, sizeof key, "%s", name);
     for (char *c = key; *c; c++)
         if (*c == '_') *c = '-';
-#define NEED() if (!v) return cli_usage_error("train", "%s--%s needs a value", where, key)
-#define INT(field, lo, hi) do { NEED(); if (!cli_parse_int(v, lo, hi, &n)) return cli_usage_error("train", "%s--%s %s: must be an integer from %ld to %ld", where, key, v, (long)(lo), (long)(hi)); field = n; } while (0)
-#define NUM(field, lo, hi) do { NEED(); if (!cli_parse_float(v, lo, hi, &f)) return cli_usage_error("train", "%s--%s %s: must be a number from %g to %g", where, key, v, (double)(lo), (double)(hi)); field = f; } while (0)
-#define STR(field) do { NEED(); field = v; } while (0)
+#define NEED()                                                                             \
+    if (!v) return cli_usage_error("train", "%s--%s needs a value", where, key)
+#define INT(field, lo, hi)                                                                 \
+    do {                                                                                   \
+        NEED();                                                                            \
+        if (!cli_parse_int(v, lo, hi, &n))                                                 \
+            return cli_usage_error("train", "%s--%s %s: must be an integer from %ld to %ld", \
+                                   where, key, v, (long)(lo), (long)(hi));                 \
+        field = n;                                                                         \
+    } while (0)
+#define NUM(field, lo, hi)                                                                 \
+    do {                                                                                   \
+        NEED();                                                                            \
+        if (!cli_parse_float(v, lo, hi, &f))                                               \
+            return cli_usage_error("train", "%s--%s %s: must be a number from %g to %g",   \
+                                   where, key, v, (double)(lo), (double)(hi));             \
+        field = f;                                                                         \
+    } while (0)
+#define STR(field)  \
+    do {            \
+        NEED();     \
+        field = v;  \
+    } while (0)
     if (!strcmp(key, "model") || !strcmp(key, "m")) STR(s->model);
     else if (!strcmp(key, "data")) STR(o->data.path);
     else if (!strcmp(key, "val")) STR(o->val_path);
@@ -114,11 +150,6 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
     else if (!strcmp(key, "skip-bad")) o->data.skip_bad = 1;
     else if (!strcmp(key, "packing")) o->packing = 1;
     else if (!strcmp(key, "method")) STR(o->method);
-    else if (!strcmp(key, "lora-r")) INT(o->lora_r, 1, 4096);
-    else if (!strcmp(key, "lora-alpha")) NUM(o->lora_alpha, 1e-6, 1e6);
-    else if (!strcmp(key, "lora-dropout")) NUM(o->lora_dropout, 0, 0.99);
-    else if (!strcmp(key, "target-modules")) STR(o->target_modules);
-    else if (!strcmp(key, "use-rslora")) o->use_rslora = 1;
     else if (!strcmp(key, "learning-rate") || !strcmp(key, "lr")) NUM(o->learning_rate, 1e-12, 0.99);
     else if (!strcmp(key, "lr-scheduler")) STR(o->lr_scheduler);
     else if (!strcmp(key, "warmup-steps")) INT(o->warmup_steps, 0, __LONG_MAX__);
@@ -135,7 +166,18 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
     else if (!strcmp(key, "out")) STR(o->out_dir);
     else if (!strcmp(key, "resume")) STR(o->resume_dir);
     else if (!strcmp(key, "threads") || !strcmp(key, "t")) INT(s->threads, 1, 1024);
-    else return cli_usage_error("train", "%sunknown setting '%s' (see finch train --help)", where, name);
+    else if (finch_method_option_kind(key)) {
+        /* the method's own options are checked by the library against --method */
+        if (finch_method_option_kind(key) == 1) NEED();
+        finch_err err;
+        char *own = s->n_owned < 256 ? strdup(key) : NULL; /* key is this call's buffer */
+        if (!own) return cli_usage_error("train", "%stoo many settings", where);
+        s->owned[s->n_owned++] = own;
+        int k = o->n_method_options;
+        if (finch_train_set_option(o, own, v, &err)) return cli_usage_error("train", "%s%s", where, err.msg);
+        s->option_where[k] = *where ? strdup(where) : NULL;
+    } else
+        return cli_usage_error("train", "%sunknown setting '%s' (see finch train --help)", where, name);
     return 0;
 #undef NEED
 #undef INT
@@ -144,12 +186,11 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
 }
 
 static bool is_switch(const char *key) {
-    static const char *const sw[] = {"chat", "train-on-prompt", "skip-bad", "use-rslora",
-                                     "chat", "train_on_prompt", "skip_bad", "use_rslora",
-                                     "packing"};
+    static const char *const sw[] = {"chat", "train-on-prompt", "skip-bad", "packing",
+                                     "train_on_prompt", "skip_bad"};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
         if (!strcmp(key, sw[i])) return true;
-    return false;
+    return finch_method_option_kind(key) == 2;
 }
 
 static int read_config(settings *s, const char *path) {
@@ -204,13 +245,6 @@ static int read_config(settings *s, const char *path) {
     return rc;
 }
 
-/* A float option as the decimal it was given as (0.05, not 0.0500000007). */
-static double float_setting(float x) {
-    char buf[32];
-    snprintf(buf, sizeof buf, "%.7g", (double)x);
-    return strtod(buf, NULL);
-}
-
 static json_t *json_string_or_null(const char *v) {
     return v ? json_string(v) : json_null();
 }
@@ -255,12 +289,22 @@ static void save_run_json(const settings *s, const finch_model *m) {
     I("max_examples", d->max_examples);
     B("train_on_prompt", d->train_on_prompt);
     B("skip_bad", d->skip_bad);
-    S("method", o->method ? o->method : "lora");
-    I("lora_r", o->lora_r);
-    F("lora_alpha", float_setting(o->lora_alpha));
-    F("lora_dropout", float_setting(o->lora_dropout));
-    S("target_modules", o->target_modules ? o->target_modules : "q,v");
-    B("use_rslora", o->use_rslora);
+    S("method", o->method);
+    /* the method's options, resolved, under their flag names with '_' (lora_r) */
+    finch_option mo[64];
+    int n_mo = finch_method_options_resolved(o->method, o->method_options, o->n_method_options, mo, 64);
+    for (int i = 0; i < n_mo && i < 64; i++) {
+        char key[64], *end;
+        snprintf(key, sizeof key, "%s", mo[i].name);
+        for (char *c = key; *c; c++)
+            if (*c == '-') *c = '_';
+        const char *v = mo[i].value;
+        long long n = strtoll(v, &end, 10);
+        if (!strcmp(v, "true") || !strcmp(v, "false")) B(key, !strcmp(v, "true"));
+        else if (*v && !*end) I(key, n);
+        else if (strtod(v, &end), *v && !*end) F(key, strtod(v, NULL));
+        else S(key, v);
+    }
     F("learning_rate", o->learning_rate);
     I("batch_size", o->batch_size);
     I("grad_accum", o->grad_accum);
@@ -305,7 +349,7 @@ int cmd_train(int argc, char **argv) {
     /* the config file first, so flags override it */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(usage_text, stdout);
+            print_usage();
             return 0;
         }
         if (!strcmp(argv[i], "--config")) {
@@ -335,6 +379,14 @@ int cmd_train(int argc, char **argv) {
         rc = set(&s, name, v, "");
     }
     if (rc) goto done;
+    /* the method's options against --method, before the model loads; errors name the file */
+    for (int i = 0; i < s.o.n_method_options && !rc; i++) {
+        finch_err err;
+        const finch_option *mo = &s.o.method_options[i];
+        if (finch_method_check_option(s.o.method, mo->name, mo->value, &err))
+            rc = cli_usage_error("train", "%s%s", s.option_where[i] ? s.option_where[i] : "", err.msg);
+    }
+    if (rc) goto done;
     if (!s.o.data.path) {
         rc = cli_usage_error("train", "no training data: give --data FILE");
         goto done;
@@ -357,13 +409,13 @@ int cmd_train(int argc, char **argv) {
         if (tty) fputc('\n', stderr);
         rc = cli_fail(&err);
     } else {
-        fprintf(stderr, "finch train: adapter written to %s (adapter_config.json, "
-                        "adapter_model.safetensors); metrics in %s/metrics.jsonl\n",
-                s.o.out_dir, s.o.out_dir);
+        fprintf(stderr, "finch train: %s written to %s; metrics in %s/metrics.jsonl\n",
+                finch_method_result(s.o.method), s.o.out_dir, s.o.out_dir);
     }
     signal(SIGINT, SIG_DFL);
     finch_model_free(m);
 done:
     for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
+    for (int i = 0; i < s.o.n_method_options; i++) free((char *)s.option_where[i]);
     return rc;
 }

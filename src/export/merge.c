@@ -1,20 +1,59 @@
 /*
- * merge.c: LoRA merged into the base weights (W' = W + w s B A per adapter), written as a
- * GGUF that llama.cpp and finch load like any model. Rows stay in GGUF order: finch holds
- * the adapter's B of q and k in that order already. A merged weight is built one row at
- * a time (dequantize, add the low-rank delta in f32, quantize), so the base is never
- * expanded whole.
+ * merge.c: adapters merged into the base weights, written as a GGUF that llama.cpp and
+ * finch load like any model. Each method says what merging does to a row of a weight it
+ * touches (LoRA: W + w s B A; DoRA, (IA)^3: their rescalings); rows stay in GGUF order,
+ * the order finch holds its parameters in. A merged weight is built one row at a time
+ * (dequantize, apply every adapter in f32, quantize), so the base is never expanded whole.
  */
 #include "export/export.h"
 
 #include <stdlib.h>
 
 typedef struct {
-    char *name;
     uint8_t *data;
 } merged;
 
-finch_status finch_merge_save(const finch_model *m, finch_lora *const *adapters, const float *weights,
+/* The buffers of tensors merging adds, kept until the writer saves. */
+typedef struct {
+    float **bufs;
+    int n;
+} new_bufs;
+
+/* Tensors the adapters add that the base lacks (BitFit's biases on a bias-free model),
+ * each weighted, as f32 vectors. */
+static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g, finch_peft *const *adapters,
+                                    const float *weights, int n_adapters, const finch_model *m,
+                                    new_bufs *keep, finch_err *err) {
+    for (int a = 0; a < n_adapters; a++) {
+        int n = finch_peft_new_tensors(adapters[a], m, NULL, 0);
+        finch_new_tensor *nt = calloc((size_t)n + 1, sizeof *nt);
+        float **more = realloc(keep->bufs, (size_t)(keep->n + n + 1) * sizeof *more);
+        if (!nt || !more) {
+            free(nt);
+            return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        }
+        keep->bufs = more;
+        finch_peft_new_tensors(adapters[a], m, nt, n);
+        finch_status st = FINCH_OK;
+        for (int i = 0; i < n && !st; i++) {
+            if (finch_gguf_find_tensor(g, nt[i].name)) continue;
+            float *v = malloc((size_t)nt[i].n * sizeof *v + 1);
+            if (!v) {
+                st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+                break;
+            }
+            keep->bufs[keep->n++] = v;
+            for (int64_t k = 0; k < nt[i].n; k++) v[k] = (weights ? weights[a] : 1.0f) * nt[i].data[k];
+            int64_t ne[1] = {nt[i].n};
+            st = finch_gguf_add_tensor(w, nt[i].name, FINCH_DTYPE_F32, 1, ne, v, err);
+        }
+        free(nt);
+        if (st) return st;
+    }
+    return FINCH_OK;
+}
+
+finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters, const float *weights,
                               int n_adapters, finch_dtype out_type, const char *path, finch_err *err) {
     if (!m->gguf)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
@@ -32,6 +71,7 @@ finch_status finch_merge_save(const finch_model *m, finch_lora *const *adapters,
     int64_t n_t = finch_gguf_n_tensors(g);
     merged *bufs = calloc((size_t)n_t, sizeof *bufs);
     float *row = NULL;
+    new_bufs extra = {0};
     if (!bufs) {
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         goto done;
@@ -43,30 +83,26 @@ finch_status finch_merge_save(const finch_model *m, finch_lora *const *adapters,
     bool quantized = false;
     for (int64_t i = 0; i < n_t && !st; i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
-        /* which adapters touch this tensor? */
-        finch_lora_site *sites[16];
-        float sw[16];
-        int n_s = 0;
-        for (int a = 0; a < n_adapters && a < 16; a++)
-            for (int k = 0; k < adapters[a]->n_sites; k++) {
-                finch_lora_site *s = &adapters[a]->sites[k];
-                char name[FINCH_GGUF_MAX_NAME + 1];
-                snprintf(name, sizeof name, "blk.%d.%s.weight", s->layer, finch_target_gguf_name(s->target));
-                if (!strcmp(name, t->name)) sites[n_s] = s, sw[n_s++] = weights ? weights[a] : 1.0f;
-            }
-        if (!n_s) {
+        /* does an adapter touch this tensor? */
+        bool touched = false;
+        for (int a = 0; a < n_adapters && t->n_dims <= 2 && !touched; a++)
+            touched = finch_peft_merge_row(adapters[a], m, t->name, 0, NULL, t->ne[0], 1.0f);
+        if (!touched) {
             quantized |= t->type != FINCH_DTYPE_F32 && t->type != FINCH_DTYPE_F16 && t->type != FINCH_DTYPE_BF16;
             st = finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, err);
             continue;
         }
         const int64_t cols = t->ne[0], rows = t->ne[1];
+        /* vectors (biases) stay f32, as llama.cpp reads them */
+        const finch_dtype ty = t->n_dims == 1 ? FINCH_DTYPE_F32 : out_type;
+        const finch_dtype_traits *tt = finch_dtype_get((uint32_t)ty);
         size_t rb_in = t->nbytes / (size_t)rows, rb_out;
-        if (!finch_dtype_row_bytes(out_type, cols, &rb_out)) {
+        if (!finch_dtype_row_bytes(ty, cols, &rb_out)) {
             st = finch_err_set(err, FINCH_E_USAGE, "merge: %s rows of %lld are not whole %s blocks", t->name,
                                (long long)cols, ot->name);
             break;
         }
-        quantized |= ot->block_elems > 1;
+        quantized |= tt->block_elems > 1;
         free(row);
         row = malloc((size_t)cols * sizeof *row);
         bufs[i].data = malloc(rb_out * (size_t)rows);
@@ -76,28 +112,25 @@ finch_status finch_merge_save(const finch_model *m, finch_lora *const *adapters,
         }
         for (int64_t r = 0; r < rows; r++) {
             finch_dtype_info[t->type].dequant(row, t->data + (size_t)r * rb_in, cols);
-            for (int k = 0; k < n_s; k++) {
-                const finch_lora_site *s = sites[k];
-                /* row r of s B A: sum_j B[r][j] A[j][:] */
-                for (int j = 0; j < s->r; j++) {
-                    float b = sw[k] * s->scale * s->B[r * s->r + j];
-                    const float *a = s->A + (int64_t)j * s->in;
-                    for (int64_t c = 0; c < cols; c++) row[c] += b * a[c];
-                }
-            }
-            ot->quant(bufs[i].data + (size_t)r * rb_out, row, cols);
+            for (int a = 0; a < n_adapters; a++)
+                finch_peft_merge_row(adapters[a], m, t->name, r, row, cols, weights ? weights[a] : 1.0f);
+            tt->quant(bufs[i].data + (size_t)r * rb_out, row, cols);
         }
-        st = finch_gguf_add_tensor(w, t->name, out_type, t->n_dims, t->ne, bufs[i].data, err);
+        st = finch_gguf_add_tensor(w, t->name, ty, t->n_dims, t->ne, bufs[i].data, err);
     }
+    if (!st) st = add_new_tensors(w, g, adapters, weights, n_adapters, m, &extra, err);
     /* general.file_type is a label: "mostly" the merged projections' type */
     static const uint32_t ftype[FINCH_DTYPE_COUNT] = {
         [FINCH_DTYPE_F32] = 0, [FINCH_DTYPE_F16] = 1, [FINCH_DTYPE_Q4_0] = 2,
-        [FINCH_DTYPE_Q4_1] = 3, [FINCH_DTYPE_Q8_0] = 7, [FINCH_DTYPE_BF16] = 32};
+        [FINCH_DTYPE_Q4_1] = 3, [FINCH_DTYPE_Q8_0] = 7, [FINCH_DTYPE_Q5_0] = 8,
+        [FINCH_DTYPE_Q5_1] = 9, [FINCH_DTYPE_BF16] = 32};
     if (!st) st = finch_gguf_set_u32(w, "general.file_type", ftype[out_type], err);
     if (!st && quantized && !finch_gguf_find_kv(g, "general.quantization_version"))
         st = finch_gguf_set_u32(w, "general.quantization_version", 2, err);
     if (!st) st = finch_gguf_writer_save(w, path, err);
 done:
+    for (int i = 0; i < extra.n; i++) free(extra.bufs[i]);
+    free(extra.bufs);
     for (int64_t i = 0; bufs && i < n_t; i++) free(bufs[i].data);
     free(bufs);
     free(row);
@@ -116,7 +149,12 @@ finch_status finch_merge(const finch_model *m, finch_adapter *const *adapters, c
     if (type == FINCH_DTYPE_COUNT)
         return finch_err_set(err, FINCH_E_USAGE,
                              "merge: --type %s: use f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1", type_name);
-    finch_lora *loras[16];
-    for (int a = 0; a < n_adapters; a++) loras[a] = finch_adapter_lora(adapters[a]);
-    return finch_merge_save(m, loras, weights, n_adapters, type, path, err);
+    finch_peft *pefts[16];
+    for (int a = 0; a < n_adapters; a++) {
+        pefts[a] = finch_adapter_peft(adapters[a]);
+        if (!finch_peft_can_merge(pefts[a]))
+            return finch_err_set(err, FINCH_E_UNSUPPORTED, "merge: %s adapters have no exact merge",
+                                 finch_peft_method(pefts[a]));
+    }
+    return finch_merge_save(m, pefts, weights, n_adapters, type, path, err);
 }

@@ -11,7 +11,6 @@
 
 #include <stdlib.h>
 
-enum { N_BATCH = 512 };
 
 struct finch_session {
     const finch_model *m;
@@ -32,7 +31,7 @@ finch_status finch_session_new(const finch_model *m, int n_ctx, finch_numerics n
         free(s);
         return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
     }
-    finch_status st = finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < N_BATCH ? n_ctx : N_BATCH,
+    finch_status st = finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK,
                                             numerics, err);
     if (st) {
         free(s);

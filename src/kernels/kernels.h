@@ -45,6 +45,17 @@ finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_
                                   size_t act_bytes, finch_err *err);
 void finch_workspace_free(finch_workspace *ws);
 
+/* A dropout keep mask: element i is kept when finch_mix64(base + i) >= threshold, and kept
+ * elements are scaled by scale = 1 / (1 - p). A function of (base + i) alone, so backward
+ * regenerates what forward used without storing it. */
+typedef struct {
+    uint64_t base, threshold;
+    float scale;
+} finch_dropout;
+
+/* The mask of probability p (in [0, 1)) for one step seed and one stream (a site). */
+finch_dropout finch_dropout_make(uint64_t seed, uint64_t stream, float p);
+
 /* The op table. Every member is a pure function of its arguments; outputs never alias
  * inputs unless stated. All ops run on finch_threads_get() threads and give the same bits
  * for the same thread count. */
@@ -104,6 +115,20 @@ typedef struct {
                  const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                  int64_t ldc);
 
+    /* y (T, n) = x (T, n) with column j scaled by s[j]; y may alias x. */
+    void (*scale_cols)(float *y, const float *x, const float *s, int64_t T, int64_t n);
+
+    /* ds (n) += the column sums of a (T, n) * b (T, n), elementwise (of a alone when b is
+     * NULL): bias gradients, gradients of column scales. */
+    void (*col_dot)(float *ds, const float *a, const float *b, int64_t T, int64_t n);
+
+    /* y (n) = x (n) with the mask applied (dropped elements 0, kept ones scaled). y may
+     * alias x. */
+    void (*dropout_forward)(float *y, const float *x, int64_t n, const finch_dropout *d);
+
+    /* dx (n) += g (n) through the same mask. */
+    void (*dropout_backward)(float *dx, const float *g, int64_t n, const finch_dropout *d);
+
     /* ---- training: backward ops, each the gradient of the forward of the same name.
      * Parameter gradients accumulate (+=); activation gradients are written (=). ---- */
 
@@ -121,7 +146,8 @@ typedef struct {
     void (*embed_backward)(float *demb, const float *dx, const int32_t *ids, int64_t T, int64_t C);
 
     /* dx (T, C) = and dw (C) += the gradients of rmsnorm_forward, given dy (T, C), the
-     * rstd (T) forward saved, x (T, C) and w (C). dx may alias dy. */
+     * rstd (T) forward saved, x (T, C) and w (C). dx may alias dy. dw may be NULL (the
+     * norm weight does not train): then only dx is computed. */
     void (*rmsnorm_backward)(float *dx, float *dw, const float *dy, const float *rstd,
                              const float *x, const float *w, int64_t T, int64_t C);
 
@@ -190,6 +216,10 @@ void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *
                                   const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D);
 void finch_ref_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n);
+void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, int64_t n);
+void finch_ref_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
+void finch_ref_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
+void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
 double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
                               int64_t N, int64_t V, float grad_scale);
 

@@ -1,13 +1,18 @@
 /*
- * linear.h: finch_linear, the one abstraction every projection goes through: a frozen
- * base weight in its storage type, an optional bias, and a short list of attached
- * methods (LoRA, ...) that add their part:
+ * linear.h: finch_linear, the one abstraction every projection goes through: a base
+ * weight in its storage type, an optional bias, and a short list of attached methods
+ * (the sites where PEFT methods act). A linear computes
  *
- *   y = x W^T + b + sum_a attachment_a(x)
+ *   x' = input_k(... input_1(x))        input transforms ((IA)^3 on a feed-forward input)
+ *   y  = x' W^T + b                     the base product and bias
+ *   y  = forward_n(... forward_1(y))    output transforms, in attachment order: LoRA adds
+ *                                       to y, (IA)^3 scales it, DoRA renormalises W's rows
  *
- * Backward mirrors it: dx = dy W + sum_a d attachment_a / dx, and each attachment
- * accumulates its own parameter gradients. model/ never asks which method is attached;
- * peft/ implements finch_peft_ops.
+ * Backward runs the output transforms in reverse (each turns the gradient of its output
+ * into that of its input and accumulates its parameters' gradients), then the bias and
+ * weight gradients when they train (BitFit, full fine-tuning), the base product's input
+ * gradient, the attachments' own input-gradient parts, and the input transforms in reverse.
+ * model/ never asks which method is attached; peft/ implements finch_peft_ops.
  */
 #ifndef FINCH_LINEAR_H
 #define FINCH_LINEAR_H
@@ -25,17 +30,30 @@ typedef struct {
 } finch_linear_ctx;
 
 typedef struct finch_attachment finch_attachment;
+typedef struct finch_linear finch_linear;
 
-/* A PEFT method's operations at a linear layer. */
+/* A PEFT method's operations at a linear layer. Every member may be NULL. x is always the
+ * base product's input x' (after the input transforms). */
 typedef struct {
     const char *name;
-    /* y (T, out) += the method's contribution for input x (T, in). */
+    /* The transformed input (T, in) of x: x itself or a buffer of the method's. */
+    const float *(*input)(const finch_attachment *a, const float *x, int64_t T,
+                          const finch_linear_ctx *ctx);
+    /* dx (T, in) holds the gradient of input()'s result: turn it into that of its input x
+     * in place, and accumulate the method's parameter gradients. */
+    void (*input_backward)(const finch_attachment *a, float *dx, const float *x, int64_t T,
+                           const finch_linear_ctx *ctx);
+    /* y (T, out) = the transform of the output so far, in place. */
     void (*forward)(const finch_attachment *a, float *y, const float *x, int64_t T,
-                    const finch_linear_ctx *ctx);
-    /* dx (T, in) += its part of the input gradient (dx may be NULL: not wanted), and its
-     * parameter gradients += from dy (T, out) and the forward's x. NULL: not trainable. */
-    void (*backward)(const finch_attachment *a, float *dx, const float *dy, const float *x,
-                     int64_t T, const finch_linear_ctx *ctx);
+                    const finch_linear *lin, const finch_linear_ctx *ctx);
+    /* g (T, out) is the gradient of forward()'s result: accumulate the parameter
+     * gradients and return the gradient of its input y (g itself when forward adds to y,
+     * otherwise a buffer of the method's, valid until the next call at this site). */
+    const float *(*backward)(const finch_attachment *a, const float *g, const float *x, int64_t T,
+                             const finch_linear *lin, const finch_linear_ctx *ctx);
+    /* dx (T, in) += the method's part of the input gradient, after backward(). */
+    void (*backward_input)(const finch_attachment *a, float *dx, const float *x, int64_t T,
+                           const finch_linear *lin, const finch_linear_ctx *ctx);
 } finch_peft_ops;
 
 struct finch_attachment {
@@ -44,12 +62,14 @@ struct finch_attachment {
     float weight; /* multiplies the contribution (combining several adapters) */
 };
 
-typedef struct {
-    finch_weight w;    /* (out, in) in its storage type */
+struct finch_linear {
+    finch_weight w;    /* (out, in) in its storage type; f32 in the arena when it trains */
     const float *bias; /* (out) or NULL */
+    float *dw;         /* (out, in) gradient when the weight trains, else NULL */
+    float *dbias;      /* (out) gradient when the bias trains, else NULL */
     int n_att;
     finch_attachment att[FINCH_LINEAR_MAX_ATTACH];
-} finch_linear;
+};
 
 /* The base product: a backend's matmul or matmul_q8. */
 typedef void (*finch_matmul_fn)(float *y, const float *x, const finch_weight *w, int64_t T,
@@ -63,8 +83,9 @@ void finch_linear_forward(finch_matmul_fn mm, float *y, const float *x, const fi
 void finch_linear_forward_train(float *y, const float *x, const finch_linear *lin, int64_t T,
                                 const finch_linear_ctx *ctx);
 
-/* dx (T, in) = dy W (+ attachments' parts) when dx is not NULL; attachments' parameter
- * gradients +=. x is the forward's input. */
+/* dx (T, in) = the input gradient when dx is not NULL (it must be when an attachment
+ * transforms the input); the gradients of everything that trains at this linear +=
+ * (attachments' parameters, bias, weight). x is the forward's input. */
 void finch_linear_backward(float *dx, const float *dy, const float *x, const finch_linear *lin,
                            int64_t T, const finch_linear_ctx *ctx);
 

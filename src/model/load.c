@@ -91,6 +91,20 @@ static finch_status bind_vector(loader *L, const char *name, int64_t n, float **
     return FINCH_OK;
 }
 
+/* An optional bias of n f32 values (q/k/v/o and FFN biases, which llama.cpp's llama
+ * architecture reads when present). */
+static finch_status bind_bias(loader *L, const char *name, int64_t n, const float **out) {
+    const finch_gguf_tensor *t = finch_gguf_find_tensor(L->g, name);
+    if (!t) return FINCH_OK;
+    if (t->n_dims != 1 || t->ne[0] != n || t->type != FINCH_DTYPE_F32)
+        return finch_err_set(L->err, FINCH_E_FORMAT,
+                             "%s: bias '%s' must be f32 [%lld] (has %d dims, ne[0] = %lld, type %s)",
+                             L->path, name, (long long)n, t->n_dims, (long long)t->ne[0],
+                             finch_dtype_info[t->type].name ? finch_dtype_info[t->type].name : "?");
+    *out = (const float *)t->data;
+    return FINCH_OK;
+}
+
 static finch_status read_config(loader *L, finch_model_config *c) {
     finch_str arch;
     finch_status st = finch_gguf_get_str(L->g, "general.architecture", true, &arch, L->err);
@@ -208,6 +222,15 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
             (st = bind_weight(L, NAME("ffn_up.weight"), F, C, true, &ly->w_up.w, NULL)) ||
             (st = bind_weight(L, NAME("ffn_down.weight"), C, F, true, &ly->w_down.w, NULL)))
             return st;
+        static const char *const stems[] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                             "ffn_gate", "ffn_up", "ffn_down"};
+        for (int t = 0; t < FINCH_LAYER_LINEARS && !st; t++) {
+            finch_linear *lin = finch_layer_linear(ly, t);
+            char b[FINCH_GGUF_MAX_NAME + 1];
+            snprintf(b, sizeof b, "blk.%d.%s.bias", l, stems[t]);
+            st = bind_bias(L, b, lin->w.rows, &lin->bias);
+        }
+        if (st) return st;
 #undef NAME
     }
     return FINCH_OK;
@@ -276,3 +299,10 @@ void finch_model_free(finch_model *m) {
 void finch_model_config_get(const finch_model *m, finch_model_config *cfg) { *cfg = m->cfg; }
 
 const finch_tokenizer *finch_model_tokenizer(const finch_model *m) { return m->tok; }
+
+finch_linear *finch_layer_linear(finch_layer *ly, int i) {
+    finch_linear *lins[FINCH_LAYER_LINEARS] = {&ly->wq,     &ly->wk,   &ly->wv,    &ly->wo,
+                                               &ly->w_gate, &ly->w_up, &ly->w_down};
+    FINCH_ASSERT(i >= 0 && i < FINCH_LAYER_LINEARS);
+    return lins[i];
+}

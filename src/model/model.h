@@ -29,9 +29,11 @@
 #include "kernels/kernels.h" /* finch_weight, finch_backend, finch_workspace */
 #include "model/linear.h"    /* finch_linear */
 
-/* One transformer block. Norm weights are f32 (C). */
+/* One transformer block. Norm weights are f32 (C); their gradients (C) are set when a
+ * method trains them, else NULL. */
 typedef struct {
     const float *attn_norm, *ffn_norm;
+    float *d_attn_norm, *d_ffn_norm;
     finch_linear wq, wk, wv, wo;      /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
     finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F) */
 } finch_layer;
@@ -47,6 +49,9 @@ struct finch_model {
     finch_tokenizer *tok;      /* NULL when the file has none */
     finch_weight tok_embd;     /* (V, C) */
     const float *output_norm;  /* (C) */
+    float *d_output_norm;      /* its gradient when it trains, else NULL */
+    float *d_tok_embd;         /* (V, C) gradient when the embeddings train (tok_embd is
+                                  then f32), else NULL */
     finch_linear output;       /* (V, C); a view of tok_embd when tied */
     finch_layer *layers;       /* n_layer blocks */
     float *owned_f32;          /* norm weights converted from f16/bf16, if any, and
@@ -59,6 +64,10 @@ struct finch_model {
  * tokenizer_config.json) when present. On failure m holds what was opened so far, for
  * finch_model_free. */
 finch_status finch_model_load_hf(finch_model *m, finch_err *err);
+
+/* The most tokens one inference forward call takes: sessions run prompts in chunks of
+ * this many, and attached adapters size their scratch for it. */
+enum { FINCH_INFER_CHUNK = 512 };
 
 /* The key/value cache and activation buffers of one inference session, sized for n_ctx
  * positions and chunks of up to n_batch tokens. */
@@ -86,6 +95,11 @@ void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_
 
 /* ---- training -------------------------------------------------------------------------- */
 
+/* The linears of block l in a fixed order (q, k, v, o, gate, up, down): the projections
+ * methods target, by index (finch_target in peft/). */
+enum { FINCH_LAYER_LINEARS = 7 };
+finch_linear *finch_layer_linear(finch_layer *ly, int i);
+
 /* What one training step keeps from forward for backward, sized for B rows of T tokens
  * (model/train.c lists each buffer with its shape), and the gradient buffers. */
 typedef struct finch_train_acts finch_train_acts;
@@ -100,8 +114,9 @@ void finch_train_acts_free(finch_train_acts *a);
  * a run of equal values, as the batcher numbers packed examples). Returns the mean
  * cross-entropy over the targets; with backward, the gradients of every trainable
  * parameter attached to the model's linears accumulate (+=) scaled by grad_scale (0:
- * 1 / number of targets, the mean's gradient) and dropout is active. The base model is
- * frozen. */
+ * 1 / number of targets, the mean's gradient) and dropout is active. Gradients go to
+ * what a method made trainable: the linears' attachments, biases and weights, the norm
+ * weights and the embeddings whose gradient pointers are set; the rest is frozen. */
 double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
                               const int32_t *targets, const int32_t *pos, const int32_t *seg,
                               float grad_scale, uint64_t dropout_seed, bool backward);

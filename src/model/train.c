@@ -20,8 +20,9 @@
  *
  * Backward runs the same list in reverse, each line commented with the forward line it
  * undoes. Residual gradients (dx) accumulate over the two consumers of x; everything else
- * is written. The base weights are frozen: only the linears' attachments (LoRA, ...)
- * receive gradients, through finch_linear_backward.
+ * is written. What trains is what a method marked: the linears' attachments, biases and
+ * weights (through finch_linear_backward), the norm weights and the embeddings whose
+ * gradient pointers are set. Nothing else's gradient is computed.
  */
 #include "model/model.h"
 
@@ -36,7 +37,7 @@ struct finch_train_acts {
     float *xg;               /* (Nt, C) the rows of xnf with a target */
     int32_t *tg, *rows;      /* (Nt) their targets and row indices */
     /* gradients and scratch */
-    float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup, *dnorm;
+    float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
     float *ds;               /* (B, H, T, T) attention backward's scratch */
     int32_t *pos;            /* (N) */
     float *arena;
@@ -69,7 +70,7 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     } single[] = {{&a->xnf, N * C}, {&a->rstdf, N}, {&a->logits, N * V}, {&a->dx, N * C},
                   {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},  {&a->dq, N * HD},
                   {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},    {&a->dup, N * F},
-                  {&a->dnorm, C},   {&a->xf, N * C}, {&a->xg, N * C},    {&a->ds, ATT}};
+                  {&a->xf, N * C},  {&a->xg, N * C},  {&a->ds, ATT}};
     const size_t n_pl = sizeof per_layer / sizeof per_layer[0], n_s = sizeof single / sizeof single[0];
     /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
     size_t total = 0, sz;
@@ -173,7 +174,7 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     for (int64_t k = 0; k < Nt; k++)
         memcpy(a->dxn + (int64_t)a->rows[k] * C, a->dt + k * C, (size_t)C * sizeof(float));
     /* xnf = rmsnorm(x_L) */
-    be->rmsnorm_backward(a->dx, a->dnorm, a->dxn, a->rstdf, a->xf, m->output_norm, N, C);
+    be->rmsnorm_backward(a->dx, m->d_output_norm, a->dxn, a->rstdf, a->xf, m->output_norm, N, C);
     for (int l = L - 1; l >= 0; l--) {
         const finch_layer *ly = &m->layers[l];
         /* x_{l+1} = xm + down(h): dxm = dx (kept in dx), dh from down */
@@ -185,7 +186,7 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         finch_linear_backward(a->dt, a->dup, a->xn2[l], &ly->w_up, N, &ctx);
         be->add(a->dxn, a->dt, N * C);
         /* xn2 = rmsnorm(xm): dxm = dx + norm's gradient */
-        be->rmsnorm_backward(a->dt, a->dnorm, a->dxn, a->rstd2[l], a->xm[l], ly->ffn_norm, N, C);
+        be->rmsnorm_backward(a->dt, ly->d_ffn_norm, a->dxn, a->rstd2[l], a->xm[l], ly->ffn_norm, N, C);
         be->add(a->dx, a->dt, N * C);
         /* xm = x_l + o(ao): dx_l gets dxm (already in dx), dao from o */
         finch_linear_backward(a->dao, a->dx, a->ao[l], &ly->wo, N, &ctx);
@@ -202,8 +203,10 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         finch_linear_backward(a->dt, a->dv, a->xn1[l], &ly->wv, N, &ctx);
         be->add(a->dxn, a->dt, N * C);
         /* xn1 = rmsnorm(x_l): dx_l = dxm + norm's gradient */
-        be->rmsnorm_backward(a->dt, a->dnorm, a->dxn, a->rstd1[l], a->x[l], ly->attn_norm, N, C);
+        be->rmsnorm_backward(a->dt, ly->d_attn_norm, a->dxn, a->rstd1[l], a->x[l], ly->attn_norm, N, C);
         be->add(a->dx, a->dt, N * C);
     }
+    /* x_0 = embed(ids) */
+    if (m->d_tok_embd) be->embed_backward(m->d_tok_embd, a->dx, ids, N, C);
     return loss;
 }

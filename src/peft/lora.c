@@ -1,138 +1,103 @@
 /*
- * lora.c: LoRA (Hu et al. 2021) on finch_linear, with PEFT's conventions:
+ * lora.c: LoRA (Hu et al. 2021) with PEFT's conventions, as a method of the table:
  *
  *   forward   u = xd A^T (T, r),  y += w s u B^T            xd = dropout(x), s = alpha/r
  *   backward  du = w s dy B (T, r)
  *             dB += w s dy^T u,   dA += du^T xd,   dx += mask * (du A)
  *
- * Dropout draws its keep mask from a hash of (step seed, layer, target, element), so
- * backward regenerates exactly the mask forward used without storing it; kept elements
- * are scaled by 1/(1-p) as torch.nn.Dropout does. Inference never drops.
+ * Dropout's keep mask is a hash of (step seed, layer, target, element) (kernels.h), so
+ * backward regenerates the mask forward used; kept elements are scaled by 1/(1-p) as
+ * torch.nn.Dropout does. Inference never drops.
  */
-#include "peft/peft.h"
+#include "peft/lora.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-#include <immintrin.h>
-#endif
 
-static const char *const peft_names[FINCH_TARGET_COUNT] = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-static const char *const gguf_names[FINCH_TARGET_COUNT] = {
-    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-static const char *const short_names[FINCH_TARGET_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+#include "io/io.h" /* the GGUF adapter writer */
 
-const char *finch_target_peft_name(finch_target t) { return peft_names[t]; }
-const char *finch_target_gguf_name(finch_target t) { return gguf_names[t]; }
+const finch_method_option finch_lora_options[FINCH_LORA_N_OPTIONS] = {
+    {"lora-r", "r", "r", FINCH_OPT_INT, 1, 4096, "8", "8", offsetof(finch_lora_config, r), "rank", NULL},
+    {"lora-alpha", NULL, "lora_alpha", FINCH_OPT_FLOAT, 1e-12, 1e30, "16", "8",
+     offsetof(finch_lora_config, alpha), "scale numerator: updates are scaled by alpha / r", NULL},
+    {"lora-dropout", NULL, "lora_dropout", FINCH_OPT_FLOAT, 0, 0.99, "0.05", "0",
+     offsetof(finch_lora_config, dropout), "dropout on the adapter's input", NULL},
+    {"target-modules", NULL, "target_modules", FINCH_OPT_TARGETS, 0, 0, "q,v", "q,v",
+     offsetof(finch_lora_config, targets), "q,k,v,o,gate,up,down or all-linear", NULL},
+    {"use-rslora", NULL, "use_rslora", FINCH_OPT_BOOL, 0, 1, "false", "false",
+     offsetof(finch_lora_config, rslora), "scale by alpha / sqrt(r) (rsLoRA)", NULL},
+};
 
-finch_status finch_target_parse(const char *list, uint32_t *mask, finch_err *err) {
-    uint32_t m = 0;
-    const char *p = list;
-    if (!strcmp(list, "all-linear")) {
-        *mask = (1u << FINCH_TARGET_COUNT) - 1;
-        return FINCH_OK;
-    }
-    while (*p) {
-        size_t n = strcspn(p, ",");
-        int found = -1;
-        for (int t = 0; t < FINCH_TARGET_COUNT && found < 0; t++)
-            if ((strlen(short_names[t]) == n && !strncmp(p, short_names[t], n)) ||
-                (strlen(peft_names[t]) == n && !strncmp(p, peft_names[t], n)))
-                found = t;
-        if (found < 0)
-            return finch_err_set(err, FINCH_E_USAGE,
-                                 "target module '%.*s': use q, k, v, o, gate, up, down (or "
-                                 "q_proj, ...), comma-separated, or all-linear",
-                                 (int)n, p);
-        m |= 1u << found;
-        p += n;
-        if (*p == ',') p++;
-    }
-    if (!m) return finch_err_set(err, FINCH_E_USAGE, "target modules: the list is empty");
-    *mask = m;
-    return FINCH_OK;
-}
+/* ---- parameters and sites --------------------------------------------------------------- */
 
-finch_linear *finch_model_target(finch_model *m, int l, finch_target t) {
-    finch_layer *ly = &m->layers[l];
-    finch_linear *lins[FINCH_TARGET_COUNT] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo,
-                                              &ly->w_gate, &ly->w_up, &ly->w_down};
-    return lins[t];
-}
-
-finch_status finch_lora_new(const finch_model *m, const finch_lora_config *cfg, finch_rng *rng,
-                            bool with_grads, finch_lora **out, finch_err *err) {
-    if (cfg->r < 1 || cfg->r > 4096)
-        return finch_err_set(err, FINCH_E_USAGE, "LoRA rank %d: must be between 1 and 4096", cfg->r);
-    if (!(cfg->alpha > 0))
-        return finch_err_set(err, FINCH_E_USAGE, "LoRA alpha %g: must be > 0", cfg->alpha);
-    if (!(cfg->dropout >= 0 && cfg->dropout < 1))
-        return finch_err_set(err, FINCH_E_USAGE, "LoRA dropout %g: must be in [0, 1)", cfg->dropout);
-    if (!cfg->targets || cfg->targets >> FINCH_TARGET_COUNT)
-        return finch_err_set(err, FINCH_E_USAGE, "LoRA targets: none chosen");
-    finch_lora *l = finch_calloc(1, sizeof *l, "LoRA adapter", err);
+finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_magnitude,
+                               finch_err *err) {
+    const finch_lora_config *c = p->cfg;
+    finch_lora *l = finch_calloc(1, sizeof *l, "LoRA", err);
     if (!l) return FINCH_E_NOMEM;
-    l->cfg = *cfg;
-    l->scale = cfg->rslora ? cfg->alpha / sqrtf((float)cfg->r) : cfg->alpha / (float)cfg->r;
-    int n_t = __builtin_popcount(cfg->targets);
-    l->sites = finch_calloc((size_t)m->cfg.n_layer * n_t, sizeof *l->sites, "LoRA sites", err);
-    if (!l->sites) goto nomem;
-    /* one arena: sizes first, then slices */
+    p->state = l;
+    int n_t = __builtin_popcount(c->targets);
+    l->sites = finch_calloc((size_t)m->cfg.n_layer * (size_t)n_t, sizeof *l->sites, "LoRA sites", err);
+    if (!l->sites) return FINCH_E_NOMEM;
+    const float scale = c->rslora ? c->alpha / sqrtf((float)c->r) : c->alpha / (float)c->r;
     for (int ly = 0; ly < m->cfg.n_layer; ly++)
         for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
-            if (!(cfg->targets >> t & 1)) continue;
+            if (!(c->targets >> t & 1) || !finch_peft_layer(p, ly)) continue;
             const finch_linear *lin = finch_model_target((finch_model *)m, ly, (finch_target)t);
             finch_lora_site *s = &l->sites[l->n_sites++];
             *s = (finch_lora_site){.layer = ly, .target = (finch_target)t, .in = lin->w.cols,
-                                   .out = lin->w.rows, .r = cfg->r, .scale = l->scale,
-                                   .dropout = cfg->dropout};
-            l->n_params += (int64_t)cfg->r * (s->in + s->out);
+                                   .out = lin->w.rows, .r = c->r, .scale = scale,
+                                   .dropout = c->dropout};
+            char key[160], name[200];
+            finch_target_key(key, sizeof key, ly, (finch_target)t, false);
+            int64_t sa[2] = {c->r, s->in}, sb[2] = {s->out, c->r};
+            int heads = finch_target_heads(m, (finch_target)t);
+            finch_status st;
+            snprintf(name, sizeof name, "%s.lora_A.weight", key);
+            if ((st = finch_params_add(&p->params, name, 2, sa, 0, true, &s->A, &s->dA, err))) return st;
+            snprintf(name, sizeof name, "%s.lora_B.weight", key);
+            if ((st = finch_params_add(&p->params, name, 2, sb, heads, true, &s->B, &s->dB, err))) return st;
+            if (!with_magnitude) continue;
+            snprintf(name, sizeof name, "%s.lora_magnitude_vector", key);
+            if ((st = finch_params_add(&p->params, name, 1, &s->out, heads, true, &s->mag, &s->dmag, err)))
+                return st;
         }
-    l->params = finch_calloc((size_t)l->n_params, sizeof(float), "LoRA parameters", err);
-    if (!l->params) goto nomem;
-    if (with_grads && !(l->grads = finch_calloc((size_t)l->n_params, sizeof(float), "LoRA gradients", err)))
-        goto nomem;
-    int64_t off = 0;
+    return FINCH_OK;
+}
+
+void finch_lora_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
+    (void)m;
+    finch_lora *l = p->state;
     for (int i = 0; i < l->n_sites; i++) {
         finch_lora_site *s = &l->sites[i];
-        s->A = l->params + off;
-        s->B = s->A + (int64_t)s->r * s->in;
-        if (l->grads) s->dA = l->grads + off, s->dB = s->dA + (int64_t)s->r * s->in;
-        off += (int64_t)s->r * (s->in + s->out);
         float bound = 1.0f / sqrtf((float)s->in);
         for (int64_t k = 0; k < (int64_t)s->r * s->in; k++)
             s->A[k] = (2.0f * finch_rng_float(rng) - 1.0f) * bound;
     }
-    *out = l;
-    return FINCH_OK;
-nomem:
-    finch_lora_free(l);
-    return FINCH_E_NOMEM;
 }
 
-void finch_lora_free(finch_lora *l) {
+void finch_lora_free_state(finch_peft *p) {
+    finch_lora *l = p->state;
     if (!l) return;
     free(l->sites);
-    free(l->params);
-    free(l->grads);
     free(l->scratch);
+    free(l->norms);
+    free(l->vecs);
     free(l);
 }
 
-finch_lora_site *finch_lora_find(finch_lora *l, int layer, finch_target t) {
-    for (int i = 0; i < l->n_sites; i++)
-        if (l->sites[i].layer == layer && l->sites[i].target == t) return &l->sites[i];
-    return NULL;
-}
-
-finch_status finch_lora_attach(finch_lora *l, finch_model *m, float weight, int64_t max_tokens,
-                               finch_err *err) {
+finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_peft_ops *ops,
+                                   float weight, int64_t max_tokens, int extra_per_out,
+                                   finch_err *err) {
+    finch_lora *l = p->state;
     size_t need = 0;
-    for (int i = 0; i < l->n_sites; i++)
-        need += (size_t)max_tokens * (2 * (size_t)l->sites[i].r +
-                                      (l->cfg.dropout > 0 ? (size_t)l->sites[i].in : 0));
-    float *scratch = finch_alloc(need * sizeof(float), "LoRA scratch", err);
+    for (int i = 0; i < l->n_sites; i++) {
+        const finch_lora_site *s = &l->sites[i];
+        need += (size_t)max_tokens * (2 * (size_t)s->r + (s->dropout > 0 ? (size_t)s->in : 0) +
+                                      (size_t)extra_per_out * (size_t)s->out);
+    }
+    float *scratch = finch_alloc(need * sizeof(float) + 1, "adapter scratch", err);
     if (!scratch) return FINCH_E_NOMEM;
     free(l->scratch);
     l->scratch = scratch;
@@ -141,139 +106,283 @@ finch_status finch_lora_attach(finch_lora *l, finch_model *m, float weight, int6
         s->max_tokens = max_tokens;
         s->u = scratch;
         s->du = s->u + max_tokens * s->r;
-        s->xd = l->cfg.dropout > 0 ? s->du + max_tokens * s->r : NULL;
-        scratch += max_tokens * (2 * s->r + (s->xd ? s->in : 0));
-        finch_status st = finch_linear_attach(finch_model_target(m, s->layer, s->target),
-                                              &finch_lora_ops, s, weight, err);
+        scratch = s->du + max_tokens * s->r;
+        s->xd = NULL;
+        if (s->dropout > 0) s->xd = scratch, scratch += max_tokens * s->in;
+        s->zl = s->g = NULL;
+        if (extra_per_out >= 2) {
+            s->zl = scratch;
+            s->g = s->zl + max_tokens * s->out;
+            scratch = s->g + max_tokens * s->out;
+        }
+        finch_status st = finch_linear_attach(finch_model_target(m, s->layer, s->target), ops, s,
+                                              weight, err);
         if (st) {
-            finch_lora_detach(l, m);
+            finch_lora_detach(p, m);
             return st;
         }
     }
     return FINCH_OK;
 }
 
-void finch_lora_detach(finch_lora *l, finch_model *m) {
+void finch_lora_detach(finch_peft *p, finch_model *m) {
+    finch_lora *l = p->state;
     for (int i = 0; i < l->n_sites; i++)
         finch_linear_detach(finch_model_target(m, l->sites[i].layer, l->sites[i].target), &l->sites[i]);
 }
 
-/* ---- dropout -------------------------------------------------------------------------- */
-
-
-/* The keep mask of a site for one step: element i is kept when kept(&m, i). */
-typedef struct {
-    uint64_t base, threshold;
-    float scale; /* 1 / (1 - p) */
-} drop_mask;
-
-static drop_mask mask_of(const finch_lora_site *s, uint64_t seed) {
-    return (drop_mask){finch_mix64(seed ^ finch_mix64((uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1)),
-                       (uint64_t)((double)s->dropout * 18446744073709551616.0),
-                       1.0f / (1.0f - s->dropout)};
-}
-
-static inline bool kept(const drop_mask *m, int64_t i) {
-    return finch_mix64(m->base + (uint64_t)i) >= m->threshold;
-}
-
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-/* The lanes of 16 elements from i that lie below n. */
-static inline __mmask16 tail16(int64_t i, int64_t n) {
-    return n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-}
-
-/* kept() for elements i .. i+15 (those below n), 8 hashes per vector: the same finch_mix64
- * in 64-bit lanes. */
-static inline __mmask8 kept8(const drop_mask *m, int64_t i) {
-    __m512i z = _mm512_add_epi64(_mm512_set1_epi64((long long)(m->base + (uint64_t)i)),
-                                 _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
-                           _mm512_set1_epi64((long long)0xbf58476d1ce4e5b9ull));
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
-                           _mm512_set1_epi64((long long)0x94d049bb133111ebull));
-    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
-    return _mm512_cmpge_epu64_mask(z, _mm512_set1_epi64((long long)m->threshold));
-}
-
-static inline __mmask16 kept16(const drop_mask *m, int64_t i, int64_t n) {
-    return (__mmask16)(((unsigned)kept8(m, i + 8) << 8 | kept8(m, i)) & tail16(i, n));
-}
-#endif
-
-/* ---- the attachment -------------------------------------------------------------------- */
-
-static const float *lora_input(const finch_lora_site *s, const float *x, int64_t T,
-                               const finch_linear_ctx *ctx) {
-    if (!ctx->training || s->dropout <= 0) return x;
-    drop_mask m = mask_of(s, ctx->dropout_seed);
-    float *xd = s->xd;
-    const int64_t n = T * s->in;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = kept16(&m, i, n);
-        _mm512_mask_storeu_ps(xd + i, tail16(i, n),
-                              _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, x + i),
-                                                  _mm512_set1_ps(m.scale)));
+finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name) {
+    const finch_lora *l = p->state;
+    for (int i = 0; i < l->n_sites; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l->sites[i].layer,
+                 finch_target_gguf_name(l->sites[i].target));
+        if (!strcmp(name, gguf_name)) return &l->sites[i];
     }
-#else
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) xd[i] = kept(&m, i) ? x[i] * m.scale : 0.0f;
-#endif
-    return xd;
+    return NULL;
 }
+
+/* ---- the low-rank path ------------------------------------------------------------------ */
+
+static bool drops(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    return ctx->training && s->dropout > 0;
+}
+
+static finch_dropout mask_of(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    return finch_dropout_make(ctx->dropout_seed,
+                              (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1, s->dropout);
+}
+
+const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
+                              const finch_linear_ctx *ctx) {
+    if (!drops(s, ctx)) return x;
+    finch_dropout d = mask_of(s, ctx);
+    ctx->be->dropout_forward(s->xd, x, T * s->in, &d);
+    return s->xd;
+}
+
+void finch_lora_backward_params(const finch_lora_site *s, const float *gs, float alpha,
+                                const float *xd, int64_t T, const finch_linear_ctx *ctx) {
+    const finch_backend *be = ctx->be;
+    FINCH_ASSERT(T <= s->max_tokens && s->dA);
+    /* the forward of this step left u = xd A^T in scratch only if nothing ran between;
+     * recompute it (r is small) so backward never depends on call order */
+    be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    be->gemm(false, false, T, s->r, s->out, alpha, gs, s->out, s->B, s->r, 0.0f, s->du, s->r);
+    be->gemm(true, false, s->out, s->r, T, alpha, gs, s->out, s->u, s->r, 1.0f, s->dB, s->r);
+    be->gemm(true, false, s->r, s->in, T, 1.0f, s->du, s->r, xd, s->in, 1.0f, s->dA, s->in);
+}
+
+void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x, int64_t T,
+                            const finch_linear_ctx *ctx) {
+    (void)x;
+    const finch_backend *be = ctx->be;
+    if (!drops(s, ctx)) {
+        be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, dx, s->in);
+        return;
+    }
+    /* through dropout: the same mask and scale (xd's buffer is free again) */
+    float *dxd = s->xd;
+    be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 0.0f, dxd, s->in);
+    finch_dropout d = mask_of(s, ctx);
+    be->dropout_backward(dx, dxd, T * s->in, &d);
+}
+
+/* ---- the attachment --------------------------------------------------------------------- */
 
 static void lora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
-                         const finch_linear_ctx *ctx) {
+                         const finch_linear *lin, const finch_linear_ctx *ctx) {
+    (void)lin;
     const finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
     FINCH_ASSERT(T <= s->max_tokens);
-    const float *xd = lora_input(s, x, T, ctx);
+    const float *xd = finch_lora_input(s, x, T, ctx);
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
     be->gemm(false, true, T, s->out, s->r, a->weight * s->scale, s->u, s->r, s->B, s->r, 1.0f,
              y, s->out);
 }
 
-static void lora_backward(const finch_attachment *a, float *dx, const float *dy, const float *x,
-                          int64_t T, const finch_linear_ctx *ctx) {
+static const float *lora_backward(const finch_attachment *a, const float *g, const float *x,
+                                  int64_t T, const finch_linear *lin, const finch_linear_ctx *ctx) {
+    (void)lin;
     const finch_lora_site *s = a->state;
-    const finch_backend *be = ctx->be;
-    FINCH_ASSERT(T <= s->max_tokens && s->dA);
-    /* the forward of this step left u = xd A^T in scratch only if nothing ran between;
-     * recompute it (r is small) so backward never depends on call order */
-    const float *xd = lora_input(s, x, T, ctx);
-    const float ws = a->weight * s->scale;
-    be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
-    be->gemm(false, false, T, s->r, s->out, ws, dy, s->out, s->B, s->r, 0.0f, s->du, s->r);
-    be->gemm(true, false, s->out, s->r, T, ws, dy, s->out, s->u, s->r, 1.0f, s->dB, s->r);
-    be->gemm(true, false, s->r, s->in, T, 1.0f, s->du, s->r, xd, s->in, 1.0f, s->dA, s->in);
-    if (!dx) return;
-    if (xd == x) {
-        be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, dx, s->in);
-    } else {
-        /* through dropout: the same mask and scale (xd's buffer is free again) */
-        float *dxd = s->xd;
-        be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 0.0f, dxd, s->in);
-        drop_mask m = mask_of(s, ctx->dropout_seed);
-        const int64_t n = T * s->in;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i += 16) {
-            __mmask16 k = kept16(&m, i, n);
-            __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dxd + i), _mm512_set1_ps(m.scale));
-            _mm512_mask_storeu_ps(dx + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, dx + i), g));
-        }
-#else
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++)
-            if (kept(&m, i)) dx[i] += dxd[i] * m.scale;
-#endif
-    }
+    const float *xd = finch_lora_input(s, x, T, ctx);
+    finch_lora_backward_params(s, g, a->weight * s->scale, xd, T, ctx);
+    return g;
 }
 
-const finch_peft_ops finch_lora_ops = {
+static void lora_backward_input(const finch_attachment *a, float *dx, const float *x, int64_t T,
+                                const finch_linear *lin, const finch_linear_ctx *ctx) {
+    (void)lin;
+    finch_lora_backward_dx(a->state, dx, x, T, ctx);
+}
+
+static const finch_peft_ops lora_ops = {
     .name = "lora",
     .forward = lora_forward,
     .backward = lora_backward,
+    .backward_input = lora_backward_input,
+};
+
+/* ---- the method ------------------------------------------------------------------------- */
+
+static bool lora_claims(const json_t *j) {
+    json_t *d = json_object_get(j, "use_dora");
+    return !d || !json_is_true(d);
+}
+
+/* Fields PEFT allows that finch does not implement: present with a non-default value is
+ * FINCH_E_UNSUPPORTED rather than an adapter that silently computes something else. */
+finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err *err) {
+    static const char *const must_be_false[] = {"lora_bias", "use_qalora", "fan_in_fan_out"};
+    static const char *const must_be_empty[] = {
+        "rank_pattern",      "alpha_pattern",     "modules_to_save",
+        "layer_replication", "exclude_modules",   "target_parameters",
+        "trainable_token_indices", "alora_invocation_tokens"};
+    for (size_t i = 0; i < sizeof must_be_false / sizeof *must_be_false; i++) {
+        json_t *v = json_object_get(j, must_be_false[i]);
+        if (v && !json_is_null(v) && !json_is_false(v))
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: \"%s\" is set; finch loads plain LoRA adapters only", path,
+                                 must_be_false[i]);
+    }
+    for (size_t i = 0; i < sizeof must_be_empty / sizeof *must_be_empty; i++) {
+        json_t *v = json_object_get(j, must_be_empty[i]);
+        if (v && !json_is_null(v) &&
+            !((json_is_object(v) && !json_object_size(v)) || (json_is_array(v) && !json_array_size(v))))
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: \"%s\" is set; finch does not support it (remove it or "
+                                 "merge the adapter in PEFT)",
+                                 path, must_be_empty[i]);
+    }
+    json_t *bias = json_object_get(j, "bias");
+    if (bias && !json_is_null(bias) && !(json_is_string(bias) && !strcmp(json_string_value(bias), "none")))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: \"bias\" must be \"none\" (finch LoRA adapters train no biases)",
+                             path);
+    json_t *pattern = json_object_get(j, "layers_pattern");
+    if (pattern && !json_is_null(pattern) &&
+        !(json_is_string(pattern) && !strcmp(json_string_value(pattern), "layers")))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: \"layers_pattern\" must be \"layers\" for a LLaMA-family model", path);
+    return FINCH_OK;
+}
+
+void finch_lora_write_config(const finch_peft *p, json_t *j) {
+    (void)p;
+    /* LoraConfig's fields as PEFT writes them (FORMATS.md 2.1a); those finch does not set
+     * keep PEFT's defaults, which finch's adapters match */
+    json_object_set_new(j, "alpha_pattern", json_object());
+    json_object_set_new(j, "bias", json_string("none"));
+    json_object_set_new(j, "corda_config", json_null());
+    json_object_set_new(j, "eva_config", json_null());
+    json_object_set_new(j, "exclude_modules", json_null());
+    json_object_set_new(j, "fan_in_fan_out", json_false());
+    json_object_set_new(j, "init_lora_weights", json_true());
+    json_object_set_new(j, "layer_replication", json_null());
+    json_object_set_new(j, "layers_pattern", json_null());
+    json_object_set_new(j, "loftq_config", json_object());
+    json_object_set_new(j, "lora_bias", json_false());
+    json_object_set_new(j, "megatron_config", json_null());
+    json_object_set_new(j, "megatron_core", json_string("megatron.core"));
+    json_object_set_new(j, "modules_to_save", json_null());
+    json_object_set_new(j, "rank_pattern", json_object());
+    json_object_set_new(j, "use_dora", json_false());
+}
+
+static finch_status lora_create(finch_peft *p, const finch_model *m, finch_err *err) {
+    return finch_lora_create(p, m, false, err);
+}
+
+static finch_status lora_attach(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
+                                finch_err *err) {
+    return finch_lora_attach_ops(p, m, &lora_ops, weight, max_tokens, 0, err);
+}
+
+/* W' = W + w s B A, row r: sum_j B[r][j] A[j][:]. */
+static bool lora_merge_row(const finch_peft *p, const finch_model *m, const char *gguf_name,
+                           int64_t r, float *row, int64_t cols, float weight) {
+    (void)m;
+    const finch_lora_site *s = finch_lora_site_of(p, gguf_name);
+    if (!s || !row) return s != NULL;
+    FINCH_ASSERT(cols == s->in && r < s->out);
+    for (int j = 0; j < s->r; j++) {
+        float b = weight * s->scale * s->B[r * s->r + j];
+        const float *a = s->A + (int64_t)j * s->in;
+        for (int64_t c = 0; c < cols; c++) row[c] += b * a[c];
+    }
+    return true;
+}
+
+/* The GGUF adapter llama.cpp loads with --lora (FORMATS.md 6): general.architecture of the
+ * model, general.type "adapter", adapter.type "lora", adapter.lora.alpha (for rsLoRA
+ * alpha * sqrt(r): llama.cpp scales by alpha / r), tensors blk.{L}.{stem}.weight.lora_a
+ * ne [in, r] and .lora_b ne [r, out] in F32. llama.cpp's llama arch keeps q/k rows in
+ * GGUF order, as finch does; qwen2 uses rotate-half RoPE on rows in Hugging Face order, so
+ * there B of q and k goes out un-permuted. */
+static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, const char *path,
+                                   finch_err *err) {
+    const finch_lora_config *c = p->cfg;
+    const finch_lora *l = p->state;
+    finch_status st;
+    char name[96];
+    float **tmp = NULL;
+    finch_gguf_writer *w = finch_gguf_writer_new(err);
+    if (!w) return FINCH_E_NOMEM;
+    float alpha = c->rslora ? (float)((double)c->alpha * sqrt((double)c->r)) : c->alpha;
+    if ((st = finch_gguf_set_str(w, "general.architecture", m->cfg.arch, err)) ||
+        (st = finch_gguf_set_str(w, "general.type", "adapter", err)) ||
+        (st = finch_gguf_set_str(w, "adapter.type", "lora", err)) ||
+        (st = finch_gguf_set_f32(w, "adapter.lora.alpha", alpha, err)))
+        goto done;
+    if (m->cfg.name[0] && (st = finch_gguf_set_str(w, "general.name", m->cfg.name, err))) goto done;
+    const bool hf_rows = strcmp(m->cfg.arch, "llama") != 0;
+    /* the writer keeps pointers: the permuted copies live until the save */
+    if (!(tmp = calloc((size_t)l->n_sites + 1, sizeof *tmp))) {
+        st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < l->n_sites; i++) {
+        const finch_lora_site *s = &l->sites[i];
+        int64_t ne_a[2] = {s->in, s->r}, ne_b[2] = {s->r, s->out};
+        const float *B = s->B;
+        int heads = hf_rows ? finch_target_heads(m, s->target) : 0;
+        if (heads) {
+            if (!(tmp[i] = malloc((size_t)s->out * (size_t)s->r * sizeof(float)))) {
+                st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+                goto done;
+            }
+            finch_rows_permute(tmp[i], s->B, s->out, s->r, heads, true);
+            B = tmp[i];
+        }
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer, finch_target_gguf_name(s->target));
+        if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_a, s->A, err))) goto done;
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer, finch_target_gguf_name(s->target));
+        if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_b, B, err))) goto done;
+    }
+    st = finch_gguf_writer_save(w, path, err);
+done:
+    for (int i = 0; tmp && i < l->n_sites; i++) free(tmp[i]);
+    free(tmp);
+    finch_gguf_writer_free(w);
+    return st;
+}
+
+const finch_method finch_method_lora = {
+    .name = "lora",
+    .description = "low-rank A, B beside frozen projections (Hu et al. 2021)",
+    .opts = finch_lora_options,
+    .n_opts = FINCH_LORA_N_OPTIONS,
+    .config_size = sizeof(finch_lora_config),
+    .peft_type = "LORA",
+    .claims = lora_claims,
+    .check_file = finch_lora_check_file,
+    .write_config = finch_lora_write_config,
+    .create = lora_create,
+    .init = finch_lora_init,
+    .attach = lora_attach,
+    .detach = finch_lora_detach,
+    .free_state = finch_lora_free_state,
+    .merge_row = lora_merge_row,
+    .save_gguf = lora_save_gguf,
 };

@@ -1,29 +1,25 @@
 /*
- * peft.h: parameter-efficient methods attached to a loaded model. LoRA first:
+ * peft.h: the methods that adapt a loaded model (LoRA, DoRA, (IA)^3, BitFit, layer
+ * freezing, full fine-tuning), behind one table (method.h). What the rest of finch sees is
+ * an instance, finch_peft: created from a method name and options, attached to a model,
+ * its trainable parameters in one registry (params.h), saved and loaded, merged.
  *
- *   y = x W^T + s (dropout(x) A^T) B^T,   A (r, in), B (out, r),  s = alpha / r
- *   (rsLoRA: s = alpha / sqrt(r)); A starts Kaiming-uniform as PEFT does, B at zero.
- *
- * The adapter's matrices live in one f32 arena (finch_lora.params) so the optimizer,
- * clipping and checkpoints see one flat array; gradients have the same layout in
- * finch_lora.grads. Row order: finch keeps the model in GGUF order, where the rows of
- * q and k are permuted against Hugging Face's (FORMATS.md 4), so the B of q and k is in
- * GGUF row order here; PEFT files store it in HF order and the adapter I/O converts.
- *
- * Facts: FORMATS.md 2.1 (PEFT config and key names), 4.4 (B rows of q/k), 6 (GGUF LoRA).
+ * Facts: FORMATS.md 2.1 (PEFT config and key names), 4.4 (q/k rows), 6 (GGUF LoRA).
  */
 #ifndef FINCH_PEFT_H
 #define FINCH_PEFT_H
 
 #include "core/core.h"
 #include "model/model.h" /* finch_model, finch_layer, finch_linear */
+#include "peft/params.h"
 
-/* The projections LoRA can target, in PEFT's names. */
+/* The projections methods target, in PEFT's names; the index of each in a block's
+ * linears (finch_layer_linear). */
 typedef enum {
-    FINCH_TARGET_Q, /* q_proj  (GGUF attn_q) */
-    FINCH_TARGET_K, /* k_proj  (attn_k) */
-    FINCH_TARGET_V, /* v_proj  (attn_v) */
-    FINCH_TARGET_O, /* o_proj  (attn_output) */
+    FINCH_TARGET_Q,    /* q_proj  (GGUF attn_q) */
+    FINCH_TARGET_K,    /* k_proj  (attn_k) */
+    FINCH_TARGET_V,    /* v_proj  (attn_v) */
+    FINCH_TARGET_O,    /* o_proj  (attn_output) */
     FINCH_TARGET_GATE, /* gate_proj (ffn_gate) */
     FINCH_TARGET_UP,   /* up_proj   (ffn_up) */
     FINCH_TARGET_DOWN, /* down_proj (ffn_down) */
@@ -41,91 +37,75 @@ finch_status finch_target_parse(const char *list, uint32_t *mask, finch_err *err
 /* The linear layer of block l that target t names (borrowed, inside the model). */
 finch_linear *finch_model_target(finch_model *m, int l, finch_target t);
 
-typedef struct {
-    int r;            /* rank, 1..4096 */
-    float alpha;      /* scale numerator */
-    bool rslora;      /* scale alpha / sqrt(r) instead of alpha / r */
-    float dropout;    /* probability of zeroing an element of the LoRA input (training) */
-    uint32_t targets; /* bit t set: target t in every layer */
-} finch_lora_config;
+typedef struct finch_method finch_method;
+typedef struct finch_peft finch_peft;
 
-/* One adapted projection: views into the adapter's arena. */
-typedef struct {
-    int layer;
-    finch_target target;
-    int64_t in, out;      /* the base weight's columns and rows */
-    int r;
-    float scale;          /* the adapter's scale */
-    float dropout;        /* the adapter's dropout probability */
-    float *A, *B;         /* (r, in), (out, r) */
-    float *dA, *dB;       /* their gradients (same shapes), or NULL when not training */
-    float *u, *du;        /* scratch (max_tokens, r) each: x A^T and its gradient */
-    float *xd;            /* scratch (max_tokens, in): the dropped-out input, when dropout > 0 */
-    int64_t max_tokens;
-} finch_lora_site;
+/* The method of this name, or NULL. */
+const finch_method *finch_method_find(const char *name);
 
-typedef struct {
-    finch_lora_config cfg;
-    float scale;          /* alpha / r or alpha / sqrt(r) */
-    int n_sites;
-    finch_lora_site *sites;
-    float *params;        /* all A and B, site after site, A before B */
-    float *grads;         /* same layout, or NULL */
-    int64_t n_params;
-    float *scratch;       /* the sites' u, du, xd */
-} finch_lora;
+/* Creates an instance of the named method for model m with options (later ones of the
+ * same name win; the rest keep their defaults): parses and checks them (errors name the
+ * flag and the method), registers the parameters and, when rng is not NULL, initialises
+ * them as the method does (else they stay zero, to be loaded). with_grads allocates the
+ * gradient arena. */
+finch_status finch_peft_new(const finch_model *m, const char *method, const finch_option *opts,
+                            int n_opts, finch_rng *rng, bool with_grads, finch_peft **out,
+                            finch_err *err);
+void finch_peft_free(finch_peft *p);
 
-/* Creates LoRA matrices for every targeted projection of the model: A drawn from
- * U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform_(a=sqrt(5)) on an (r, in) matrix)
- * with rng, B zero. with_grads allocates the gradient arena. */
-finch_status finch_lora_new(const finch_model *m, const finch_lora_config *cfg, finch_rng *rng,
-                            bool with_grads, finch_lora **out, finch_err *err);
-void finch_lora_free(finch_lora *l);
-
-/* The site of (layer, target), or NULL. */
-finch_lora_site *finch_lora_find(finch_lora *l, int layer, finch_target t);
-
-/* Attaches the adapter to the model's linears with a weight multiplying its scale (1 for
- * a single adapter; several adapters combine by attaching each with its weight), or
- * detaches it. Calls may pass up to max_tokens rows at once (scratch is sized for that).
- * The adapter must outlive its attachment. */
-finch_status finch_lora_attach(finch_lora *l, finch_model *m, float weight, int64_t max_tokens,
+/* Attaches the instance to the model's sites with a weight on its contribution (1 for a
+ * single adapter; LoRA-style adapters combine by attaching several), for calls of up to
+ * max_tokens rows; or detaches it. The instance must outlive its attachment. */
+finch_status finch_peft_attach(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
                                finch_err *err);
-void finch_lora_detach(finch_lora *l, finch_model *m);
+void finch_peft_detach(finch_peft *p, finch_model *m);
 
-/* The attachment operations (model/linear.h) that LoRA implements. */
-extern const finch_peft_ops finch_lora_ops;
+/* Its trainable parameters (borrowed). */
+finch_params *finch_peft_params(const finch_peft *p);
+/* Its method's name, and whether its result is a whole model rather than an adapter. */
+const char *finch_peft_method(const finch_peft *p);
+bool finch_peft_writes_model(const finch_peft *p);
 
-/* ---- adapter files (adapter_io.c) ------------------------------------------------------ */
+/* Writes the result into dir (created): for adapters adapter_config.json (the method's
+ * options under PEFT's keys, sorted) and adapter_model.safetensors (every parameter under
+ * its name, q/k rows in Hugging Face order), the config last and each file atomically, so
+ * a folder with a config has its weights; a model for full fine-tuning and freezing. */
+finch_status finch_peft_save(const finch_peft *p, const finch_model *m, const char *dir,
+                             finch_err *err);
 
-/* Writes the adapter as a Hugging Face PEFT folder, created if missing: dir/
- * adapter_model.safetensors (keys base_model.model.model.layers.{L}.self_attn.q_proj.lora_A.weight
- * ..., A (r, in) and B (out, r) in F32, the B rows of q_proj/k_proj un-permuted to HF order)
- * and then dir/adapter_config.json (PEFT's LoraConfig fields, keys sorted, target_modules a
- * sorted list of PEFT names, base_model_name_or_path the model's general.name). Each file is
- * written atomically; the config last, so a folder with a config has its weights. */
-finch_status finch_lora_save_peft(const finch_lora *l, const finch_model *m, const char *dir,
+/* Loads an adapter folder made for model m (without gradients): adapter_config.json's
+ * peft_type (and fields such as use_dora) chooses the method, its fields give the options
+ * (fields finch does not implement are FINCH_E_UNSUPPORTED, unknown ones ignored as PEFT
+ * does), and every tensor must be present with this model's shape and nothing else.
+ * Errors name the file and the field or tensor. */
+finch_status finch_peft_load(const char *dir, const finch_model *m, finch_peft **out,
+                             finch_err *err);
+
+/* Writes the GGUF adapter llama.cpp loads with --lora (FINCH_E_UNSUPPORTED for a method
+ * llama.cpp has no adapter format for). */
+finch_status finch_peft_save_gguf(const finch_peft *p, const finch_model *m, const char *path,
                                   finch_err *err);
 
-/* Loads a PEFT LoRA folder made for model m (without gradients): validates the config
- * (peft_type LORA, r, lora_alpha, lora_dropout, use_rslora, target_modules a list of known
- * names or "all-linear"; fields finch does not implement, such as use_dora or
- * rank_pattern, are FINCH_E_UNSUPPORTED) and the weights (every expected key present with
- * this model's shape, F32/F16/BF16 converted to f32, no other tensors, layers in range),
- * and permutes the B rows of q/k from HF to GGUF order. Errors name the file and, for
- * shapes, the projection, the layer, the shape found and the one needed. */
-finch_status finch_lora_load_peft(const char *dir, const finch_model *m, finch_lora **out,
-                                  finch_err *err);
+/* Merging: whether the method merges exactly, and the merged row r (cols f32 values) of
+ * the base tensor gguf_name, changed in place; false when the instance leaves it as is
+ * (row NULL only asks). */
+bool finch_peft_can_merge(const finch_peft *p);
+bool finch_peft_merge_row(const finch_peft *p, const finch_model *m, const char *gguf_name,
+                          int64_t r, float *row, int64_t cols, float weight);
 
-/* Writes the adapter as a GGUF LoRA adapter for llama.cpp's --lora (FORMATS.md 6):
- * general.architecture of the model, general.type "adapter", adapter.type "lora",
- * adapter.lora.alpha (for rsLoRA alpha * sqrt(r), as llama.cpp scales by alpha / r),
- * tensors blk.{L}.{attn_q,...}.weight.lora_a ne [in, r] and .lora_b ne [r, out] in F32,
- * B in GGUF row order. Written atomically. */
-finch_status finch_lora_save_gguf(const finch_lora *l, const finch_model *m, const char *path,
-                                  finch_err *err);
+/* A tensor merging adds to a model that lacks it (BitFit's biases): its GGUF name, length
+ * and f32 values (borrowed from the instance). */
+typedef struct {
+    char name[96];
+    int64_t n;
+    const float *data;
+} finch_new_tensor;
 
-/* The LoRA inside a public adapter handle (borrowed). */
-finch_lora *finch_adapter_lora(finch_adapter *a);
+/* The tensors merging adds, up to cap into out; returns how many there are. */
+int finch_peft_new_tensors(const finch_peft *p, const finch_model *m, finch_new_tensor *out,
+                           int cap);
+
+/* The instance inside a public adapter handle (borrowed). */
+finch_peft *finch_adapter_peft(finch_adapter *a);
 
 #endif /* FINCH_PEFT_H */

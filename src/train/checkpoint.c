@@ -2,9 +2,12 @@
  * checkpoint.c: checkpoints that resume a run exactly.
  *
  * trainer_state.bin, little-endian:
- *   | "FINCHCKP" | u32 version (1) | u32 0 | i64 step | i64 next | i64 epoch | u64 seed |
- *   | i64 n_params | f32 params[n_params] | AdamW state record (optim/state_io.c) |
- * The PEFT files beside it carry the same parameters for other tools; resuming reads the
+ *   | "FINCHCKP" | u32 version (2) | u32 0 | i64 step | i64 next | i64 epoch | u64 seed |
+ *   | i64 n_params | i64 n_tensors | per tensor: u32 name length, name, u32 n_dims,
+ *   i64 shape[2] | f32 params[n_params] | AdamW state record (optim/state_io.c) |
+ * The tensor table lets a resume check that the run's method lays out its parameters the
+ * same way. Version 1 (LoRA only) had no table and is read when the count matches. The
+ * method's files beside it carry the same parameters for other tools; resuming reads the
  * exact f32 values from trainer_state.bin.
  */
 #define _GNU_SOURCE /* mkdtemp */
@@ -21,10 +24,10 @@
 #include <unistd.h>
 
 static const char magic[8] = {'F', 'I', 'N', 'C', 'H', 'C', 'K', 'P'};
-enum { VERSION = 1, HEADER = 8 + 4 + 4 + 5 * 8 };
+enum { VERSION = 2, HEADER = 8 + 4 + 4 + 5 * 8 };
 
 typedef struct {
-    const finch_lora *l;
+    const finch_params *par;
     const float *m, *v;
     const finch_train_pos *pos;
     const char *path;
@@ -32,14 +35,22 @@ typedef struct {
 
 static finch_status write_state(FILE *f, void *user, finch_err *err) {
     const state_out *s = user;
+    const finch_params *r = s->par;
     uint32_t ver[2] = {VERSION, 0};
-    int64_t head[5] = {s->pos->step, s->pos->next, s->pos->epoch, (int64_t)s->pos->seed, s->l->n_params};
+    int64_t head[6] = {s->pos->step, s->pos->next, s->pos->epoch, (int64_t)s->pos->seed, r->total, r->n};
     finch_status st;
     if ((st = finch_fwrite(f, magic, 8, s->path, err)) || (st = finch_fwrite(f, ver, 8, s->path, err)) ||
-        (st = finch_fwrite(f, head, sizeof head, s->path, err)) ||
-        (st = finch_fwrite(f, s->l->params, (size_t)s->l->n_params * sizeof(float), s->path, err)))
+        (st = finch_fwrite(f, head, sizeof head, s->path, err)))
         return st;
-    return finch_optim_state_save(f, s->path, s->m, s->v, (size_t)s->l->n_params, s->pos->step, err);
+    for (int i = 0; i < r->n; i++) {
+        const finch_param *p = &r->p[i];
+        uint32_t len = (uint32_t)strlen(p->name), nd = (uint32_t)p->n_dims;
+        if ((st = finch_fwrite(f, &len, 4, s->path, err)) || (st = finch_fwrite(f, p->name, len, s->path, err)) ||
+            (st = finch_fwrite(f, &nd, 4, s->path, err)) || (st = finch_fwrite(f, p->shape, 16, s->path, err)))
+            return st;
+    }
+    if ((st = finch_fwrite(f, r->data, (size_t)r->total * sizeof(float), s->path, err))) return st;
+    return finch_optim_state_save(f, s->path, s->m, s->v, (size_t)r->total, s->pos->step, err);
 }
 
 static void fsync_path(const char *path) {
@@ -64,7 +75,7 @@ static finch_status remove_tree(const char *dir) {
     return rmdir(dir) == 0 ? FINCH_OK : FINCH_E_IO;
 }
 
-finch_status finch_checkpoint_save(const char *out_dir, const finch_lora *l, const finch_model *model,
+finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p, const finch_model *model,
                                    const float *m, const float *v, const finch_train_pos *pos,
                                    finch_err *err) {
     char tmp[4096], final[4096], file[4200];
@@ -75,9 +86,9 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_lora *l, con
         return finch_err_set(err, FINCH_E_IO, "%s: cannot create a checkpoint directory: %s", out_dir,
                              strerror(errno));
     snprintf(file, sizeof file, "%s/trainer_state.bin", tmp);
-    state_out s = {l, m, v, pos, file};
+    state_out s = {finch_peft_params(p), m, v, pos, file};
     finch_status st = finch_file_commit(file, write_state, &s, err);
-    if (!st) st = finch_lora_save_peft(l, model, tmp, err);
+    if (!st) st = finch_peft_save(p, model, tmp, err);
     if (!st && remove_tree(final) != FINCH_OK)
         st = finch_err_set(err, FINCH_E_IO, "%s: cannot replace the old checkpoint", final);
     if (!st && rename(tmp, final) != 0)
@@ -108,7 +119,37 @@ static bool latest_checkpoint(const char *dir, char *best, size_t cap) {
     return top >= 0;
 }
 
-finch_status finch_checkpoint_load(const char *path, finch_lora *l, float *m, float *v,
+/* Reads version 2's tensor table and checks it against the registry. */
+static finch_status check_table(FILE *f, const char *file, const finch_params *r, finch_err *err) {
+    int64_t n;
+    if (fread(&n, 8, 1, f) != 1) return finch_err_set(err, FINCH_E_FORMAT, "%s: truncated tensor table", file);
+    if (n != r->n)
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: holds %lld trainable tensors, this run's method has %d: it was "
+                             "made with another model or method configuration",
+                             file, (long long)n, r->n);
+    for (int i = 0; i < r->n; i++) {
+        const finch_param *p = &r->p[i];
+        uint32_t len, nd;
+        char name[FINCH_PARAM_MAX_NAME + 1];
+        int64_t shape[2];
+        if (fread(&len, 4, 1, f) != 1 || len > FINCH_PARAM_MAX_NAME || fread(name, 1, len, f) != len ||
+            fread(&nd, 4, 1, f) != 1 || fread(shape, 8, 2, f) != 2)
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: tensor table entry %d is truncated or "
+                                 "malformed", file, i);
+        name[len] = 0;
+        if (strcmp(name, p->name) || nd != (uint32_t)p->n_dims || shape[0] != p->shape[0] ||
+            shape[1] != p->shape[1])
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: tensor %d is '%s' [%lld, %lld], this run's is '%s' [%lld, %lld]: "
+                                 "the checkpoint was made with another model or method configuration",
+                                 file, i, name, (long long)shape[0], (long long)shape[1], p->name,
+                                 (long long)p->shape[0], (long long)p->shape[1]);
+    }
+    return FINCH_OK;
+}
+
+finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, float *v,
                                    finch_train_pos *pos, finch_err *err) {
     char dir[4096], file[4200];
     snprintf(file, sizeof file, "%s/trainer_state.bin", path);
@@ -127,20 +168,22 @@ finch_status finch_checkpoint_load(const char *path, finch_lora *l, float *m, fl
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: truncated header (%d bytes expected)", file, HEADER);
     else if (memcmp(mg, magic, 8))
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x0: not a finch checkpoint (bad magic)", file);
-    else if (ver[0] != VERSION)
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x8: version %u, this finch reads %d", file,
-                           ver[0], VERSION);
+    else if (ver[0] != 1 && ver[0] != VERSION)
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x8: version %u, this finch reads 1 and %d",
+                           file, ver[0], VERSION);
     else if (head[0] < 0 || head[1] < 0 || head[2] < 0)
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x10: negative step or position", file);
-    else if (head[4] != l->n_params)
+    else if (head[4] != r->total)
         st = finch_err_set(err, FINCH_E_FORMAT,
-                           "%s: holds %lld adapter parameters, this run's adapter has %lld: it was "
-                           "made with another model or LoRA configuration",
-                           file, (long long)head[4], (long long)l->n_params);
-    else if (fread(l->params, sizeof(float), (size_t)l->n_params, f) != (size_t)l->n_params)
+                           "%s: holds %lld trainable parameters, this run's method has %lld: it "
+                           "was made with another model or method configuration",
+                           file, (long long)head[4], (long long)r->total);
+    else if (ver[0] == VERSION)
+        st = check_table(f, file, r, err);
+    if (!st && fread(r->data, sizeof(float), (size_t)r->total, f) != (size_t)r->total)
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: truncated in the parameters", file);
     int64_t step = 0;
-    if (!st) st = finch_optim_state_load(f, file, m, v, (size_t)l->n_params, &step, err);
+    if (!st) st = finch_optim_state_load(f, file, m, v, (size_t)r->total, &step, err);
     if (!st && step != head[0])
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: optimizer state is at step %lld, the run at %lld",
                            file, (long long)step, (long long)head[0]);
@@ -148,8 +191,8 @@ finch_status finch_checkpoint_load(const char *path, finch_lora *l, float *m, fl
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: trailing bytes after the optimizer state", file);
     fclose(f);
     if (st) return st;
-    for (int64_t i = 0; i < l->n_params; i++)
-        if (!isfinite(l->params[i]))
+    for (int64_t i = 0; i < r->total; i++)
+        if (!isfinite(r->data[i]))
             return finch_err_set(err, FINCH_E_FORMAT, "%s: parameter %lld is not finite", file, (long long)i);
     *pos = (finch_train_pos){head[0], head[1], head[2], (uint64_t)head[3]};
     return FINCH_OK;

@@ -1,15 +1,16 @@
 /*
  * train.h: what the training loop (loop.c, public finch_train) uses of its own files:
- * checkpoints. A checkpoint is a directory checkpoint-<step>/ holding the adapter in the
- * PEFT layout and trainer_state.bin (the exact f32 parameters, AdamW's m and v, the step
- * and the data position), written into a temporary directory that is renamed into place,
+ * checkpoints. A checkpoint is a directory checkpoint-<step>/ holding the method's result
+ * (an adapter in the PEFT layout, or a model) and trainer_state.bin (the names and shapes
+ * of the trainable tensors, their exact f32 values, AdamW's m and v, the step and the
+ * data position), written into a temporary directory that is renamed into place,
  * so a crash never leaves a half-written checkpoint under its final name.
  */
 #ifndef FINCH_TRAIN_H
 #define FINCH_TRAIN_H
 
 #include "core/core.h"
-#include "peft/peft.h" /* finch_lora */
+#include "peft/peft.h" /* finch_peft, finch_params */
 
 /* Where a run is: enough to continue it exactly. */
 typedef struct {
@@ -20,15 +21,15 @@ typedef struct {
 } finch_train_pos;
 
 /* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's
- * moments, l->n_params each. */
-finch_status finch_checkpoint_save(const char *out_dir, const finch_lora *l, const finch_model *model,
+ * moments, one float per parameter each. */
+finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p, const finch_model *model,
                                    const float *m, const float *v, const finch_train_pos *pos,
                                    finch_err *err);
 
-/* Reads a checkpoint into an adapter of the same configuration (l->n_params must match),
+/* Reads a checkpoint into a registry of the same tensors (names and shapes must match),
  * m, v and *pos. path is a checkpoint directory, or a run directory whose checkpoint with
  * the highest step is taken. Errors name the file and what does not match. */
-finch_status finch_checkpoint_load(const char *path, finch_lora *l, float *m, float *v,
+finch_status finch_checkpoint_load(const char *path, finch_params *params, float *m, float *v,
                                    finch_train_pos *pos, finch_err *err);
 
 #endif /* FINCH_TRAIN_H */

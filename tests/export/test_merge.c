@@ -88,7 +88,7 @@ static int setup(void **state) {
     o.data.path = data;
     o.data.max_seq_len = 16;
     o.out_dir = adapter_dir;
-    o.target_modules = "all-linear";
+    if (finch_train_set_option(&o, "target-modules", "all-linear", &err)) return -1;
     o.learning_rate = 0.05;
     o.max_steps = 5;
     o.log_steps = 0;

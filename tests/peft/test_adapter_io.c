@@ -27,6 +27,7 @@
 
 #include "io/io.h"
 #include "peft/peft.h"
+#include "test_lora.h"
 #include "test_util.h"
 
 #define MODEL FINCH_FIXTURES "/model/tiny_llama.gguf"
@@ -54,8 +55,10 @@ static int teardown(void **state) {
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
+/* A fresh folder under $TMPDIR (or /tmp), never in the working directory. */
 static void make_tmpdir(char *buf, size_t n, const char *tag) {
-    snprintf(buf, n, "peft_%s_XXXXXX", tag);
+    const char *tmp = getenv("TMPDIR");
+    snprintf(buf, n, "%s/peft_%s_XXXXXX", tmp && *tmp ? tmp : "/tmp", tag);
     assert_non_null(mkdtemp(buf));
 }
 
@@ -85,13 +88,13 @@ static bool contains(const char *s, const char *sub) {
     return strstr(s, sub) != NULL;
 }
 
-static finch_lora *random_lora(const finch_model *m, const finch_lora_config *cfg, uint64_t seed) {
+static finch_peft *random_lora(const finch_model *m, const finch_lora_config *cfg, uint64_t seed) {
     finch_rng rng;
     finch_rng_seed(&rng, seed);
-    finch_lora *l = NULL;
+    finch_peft *l = NULL;
     finch_err err = {0};
-    if (finch_lora_new(m, cfg, &rng, false, &l, &err)) fail_msg("%s", err.msg);
-    for (int64_t i = 0; i < l->n_params; i++) l->params[i] = 2.0f * finch_rng_float(&rng) - 1.0f;
+    if (!(l = lora_new(m, cfg, &rng, false))) fail_msg("%s", err.msg);
+    for (int64_t i = 0; i < l->params.total; i++) l->params.data[i] = 2.0f * finch_rng_float(&rng) - 1.0f;
     return l;
 }
 
@@ -115,32 +118,32 @@ static int heads_of(const finch_model *m, finch_target t) {
 /* ---- round trip ------------------------------------------------------------------------ */
 
 static void round_trip(const finch_model *m, const finch_lora_config *cfg, uint64_t seed) {
-    char dir[64];
+    char dir[256];
     finch_err err = {0};
     make_tmpdir(dir, sizeof dir, "rt");
-    finch_lora *a = random_lora(m, cfg, seed), *b = NULL;
+    finch_peft *a = random_lora(m, cfg, seed), *b = NULL;
     /* into a folder that does not exist yet */
-    char sub[128];
+    char sub[512];
     join(sub, sizeof sub, dir, "adapter");
-    if (finch_lora_save_peft(a, m, sub, &err)) fail_msg("%s", err.msg);
-    if (finch_lora_load_peft(sub, m, &b, &err)) fail_msg("%s", err.msg);
-    assert_int_equal(b->cfg.r, cfg->r);
-    assert_true(b->cfg.alpha == cfg->alpha);
-    assert_true(b->cfg.dropout == cfg->dropout);
-    assert_int_equal(b->cfg.rslora, cfg->rslora);
-    assert_int_equal(b->cfg.targets, cfg->targets);
-    assert_true(b->scale == a->scale);
-    assert_int_equal(b->n_sites, a->n_sites);
-    assert_int_equal(b->n_params, a->n_params);
-    for (int i = 0; i < a->n_sites; i++) {
-        assert_int_equal(b->sites[i].layer, a->sites[i].layer);
-        assert_int_equal(b->sites[i].target, a->sites[i].target);
+    if (finch_peft_save(a, m, sub, &err)) fail_msg("%s", err.msg);
+    if (finch_peft_load(sub, m, &b, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(LORA_CFG(b)->r, cfg->r);
+    assert_true(LORA_CFG(b)->alpha == cfg->alpha);
+    assert_true(LORA_CFG(b)->dropout == cfg->dropout);
+    assert_int_equal(LORA_CFG(b)->rslora, cfg->rslora);
+    assert_int_equal(LORA_CFG(b)->targets, cfg->targets);
+    assert_true(LORA(b)->sites[0].scale == LORA(a)->sites[0].scale);
+    assert_int_equal(LORA(b)->n_sites, LORA(a)->n_sites);
+    assert_int_equal(b->params.total, a->params.total);
+    for (int i = 0; i < LORA(a)->n_sites; i++) {
+        assert_int_equal(LORA(b)->sites[i].layer, LORA(a)->sites[i].layer);
+        assert_int_equal(LORA(b)->sites[i].target, LORA(a)->sites[i].target);
     }
-    assert_memory_equal(b->params, a->params, (size_t)a->n_params * sizeof(float));
+    assert_memory_equal(b->params.data, a->params.data, (size_t)a->params.total * sizeof(float));
     /* saving over an existing folder replaces it */
-    if (finch_lora_save_peft(b, m, sub, &err)) fail_msg("%s", err.msg);
-    finch_lora_free(b);
-    finch_lora_free(a);
+    if (finch_peft_save(b, m, sub, &err)) fail_msg("%s", err.msg);
+    finch_peft_free(b);
+    finch_peft_free(a);
     rm_dir(sub);
     rmdir(dir);
 }
@@ -164,7 +167,7 @@ static void test_round_trip(void **state) {
 
 static void test_peft_layout(void **state) {
     const finch_model *m = ((fixture *)*state)->m;
-    char dir[64], path[256], key[256];
+    char dir[256], path[600], key[256];
     finch_err err = {0};
     make_tmpdir(dir, sizeof dir, "layout");
     finch_lora_config cfg = {.r = 4,
@@ -172,8 +175,8 @@ static void test_peft_layout(void **state) {
                              .rslora = true,
                              .targets = 1u << FINCH_TARGET_Q | 1u << FINCH_TARGET_K |
                                         1u << FINCH_TARGET_O | 1u << FINCH_TARGET_DOWN};
-    finch_lora *l = random_lora(m, &cfg, 4);
-    if (finch_lora_save_peft(l, m, dir, &err)) fail_msg("%s", err.msg);
+    finch_peft *l = random_lora(m, &cfg, 4);
+    if (finch_peft_save(l, m, dir, &err)) fail_msg("%s", err.msg);
 
     /* the config */
     join(path, sizeof path, dir, "adapter_config.json");
@@ -222,7 +225,7 @@ static void test_peft_layout(void **state) {
                           : t == FINCH_TARGET_K    ? m->cfg.n_head_kv * D
                           : t == FINCH_TARGET_DOWN ? C
                                                    : C;
-            const finch_lora_site *s = finch_lora_find(l, L, (finch_target)t);
+            const finch_lora_site *s = lora_find(l, L, (finch_target)t);
             assert_non_null(s);
             key_of(key, sizeof key, L, (finch_target)t, 'A');
             const finch_st_tensor *a = finch_st_find(st, key);
@@ -246,7 +249,7 @@ static void test_peft_layout(void **state) {
             }
         }
     finch_st_close(st);
-    finch_lora_free(l);
+    finch_peft_free(l);
     rm_dir(dir);
 }
 
@@ -378,18 +381,18 @@ static void test_reference_permutation(void **state) {
     reference ref;
     reference_load(&ref);
     assert_int_equal(ref.n, m->cfg.n_layer * FINCH_TARGET_COUNT);
-    char dir[64], cfg[1024];
+    char dir[256], cfg[1024];
     finch_err err = {0};
     make_tmpdir(dir, sizeof dir, "ref");
     config_text(cfg, sizeof cfg, "LORA", ref.r, ref.alpha, ALL_TARGETS);
     write_folder(dir, &ref, cfg, NULL);
-    finch_lora *l = NULL;
-    if (finch_lora_load_peft(dir, m, &l, &err)) fail_msg("%s", err.msg);
-    assert_true(l->scale == (float)(ref.alpha / ref.r));
+    finch_peft *l = NULL;
+    if (finch_peft_load(dir, m, &l, &err)) fail_msg("%s", err.msg);
+    assert_true(LORA(l)->sites[0].scale == (float)(ref.alpha / ref.r));
     const int64_t D = m->cfg.head_dim;
     int permuted = 0;
     for (int k = 0; k < ref.n; k++) {
-        const finch_lora_site *s = finch_lora_find(l, ref.layer[k], (finch_target)ref.target[k]);
+        const finch_lora_site *s = lora_find(l, ref.layer[k], (finch_target)ref.target[k]);
         assert_non_null(s);
         assert_int_equal(s->in, ref.in[k]);
         assert_int_equal(s->out, ref.out[k]);
@@ -406,9 +409,9 @@ static void test_reference_permutation(void **state) {
     assert_int_equal(permuted, 2 * m->cfg.n_layer);
 
     /* and back out: finch's PEFT file holds the reference's matrices exactly */
-    char dir2[64], path[256], key[256];
+    char dir2[256], path[600], key[256];
     make_tmpdir(dir2, sizeof dir2, "ref_out");
-    if (finch_lora_save_peft(l, m, dir2, &err)) fail_msg("%s", err.msg);
+    if (finch_peft_save(l, m, dir2, &err)) fail_msg("%s", err.msg);
     join(path, sizeof path, dir2, "adapter_model.safetensors");
     finch_st *st = NULL;
     if (finch_st_open(path, &st, &err)) fail_msg("%s", err.msg);
@@ -426,10 +429,10 @@ static void test_reference_permutation(void **state) {
      * rewrites it) */
     const char *fixture_gguf = FINCH_FIXTURES "/peft/tiny_lora_ref.gguf";
     if (getenv("FINCH_UPDATE_FIXTURES")) {
-        if (finch_lora_save_gguf(l, m, fixture_gguf, &err)) fail_msg("%s", err.msg);
+        if (finch_peft_save_gguf(l, m, fixture_gguf, &err)) fail_msg("%s", err.msg);
     } else {
         join(path, sizeof path, dir, "lora.gguf");
-        if (finch_lora_save_gguf(l, m, path, &err)) fail_msg("%s", err.msg);
+        if (finch_peft_save_gguf(l, m, path, &err)) fail_msg("%s", err.msg);
         size_t n_new, n_old;
         uint8_t *mine = read_file(path, &n_new), *committed = read_file(fixture_gguf, &n_old);
         assert_int_equal(n_new, n_old);
@@ -441,15 +444,15 @@ static void test_reference_permutation(void **state) {
     /* BF16 weights are read and widened */
     spoil bf = {.skip = -1, .reshape = -1, .retype = -1, .bf16 = 1};
     write_folder(dir, &ref, cfg, &bf);
-    finch_lora *h = NULL;
-    if (finch_lora_load_peft(dir, m, &h, &err)) fail_msg("%s", err.msg);
+    finch_peft *h = NULL;
+    if (finch_peft_load(dir, m, &h, &err)) fail_msg("%s", err.msg);
     for (int k = 0; k < ref.n; k++) {
-        const finch_lora_site *s = finch_lora_find(h, ref.layer[k], (finch_target)ref.target[k]);
+        const finch_lora_site *s = lora_find(h, ref.layer[k], (finch_target)ref.target[k]);
         for (int64_t e = 0; e < ref.r * ref.in[k]; e++)
             assert_true(s->A[e] == finch_bf16_to_f32(finch_f32_to_bf16(ref.A[k][e])));
     }
-    finch_lora_free(h);
-    finch_lora_free(l);
+    finch_peft_free(h);
+    finch_peft_free(l);
     rm_dir(dir);
     reference_free(&ref);
 }
@@ -484,20 +487,23 @@ static void test_bad_input(void **state) {
          "adapter_config.json", "object"},
         {"no peft_type", "LORA", 4, ALL_TARGETS, "{\"r\": 4}", ok, 0, FINCH_E_FORMAT,
          "adapter_config.json", "peft_type"},
-        {"wrong peft_type", "IA3", 4, ALL_TARGETS, NULL, ok, 0, FINCH_E_UNSUPPORTED,
-         "adapter_config.json", "'IA3'"},
+        {"unsupported peft_type", "LOHA", 4, ALL_TARGETS, NULL, ok, 0, FINCH_E_UNSUPPORTED,
+         "adapter_config.json", "'LOHA'"},
+        {"IA3 config over LoRA weights", "IA3", 4, ALL_TARGETS, NULL, ok, 0, FINCH_E_FORMAT,
+         "adapter_model.safetensors", "unexpected tensor 'base_model.model.model.layers.0.mlp"},
         {"r 0", "LORA", 0, ALL_TARGETS, NULL, ok, 0, FINCH_E_FORMAT, "adapter_config.json",
-         "\"r\" is 0"},
+         "\"r\" 0: must be an integer"},
         {"r not a number", "LORA", 4, ALL_TARGETS, "{\"peft_type\": \"LORA\", \"r\": \"4\"}", ok, 0,
          FINCH_E_FORMAT, "adapter_config.json", "\"r\" must be a number"},
         {"unknown target module", "LORA", 4, "[\"q_proj\", \"qkv_proj\"]", NULL, ok, 0,
          FINCH_E_FORMAT, "adapter_config.json", "'qkv_proj'"},
         {"regex targets", "LORA", 4, "\".*proj\"", NULL, ok, 0, FINCH_E_UNSUPPORTED,
          "adapter_config.json", "regex"},
-        {"use_dora", "LORA", 4, ALL_TARGETS,
+        {"use_dora without magnitudes", "LORA", 4, ALL_TARGETS,
          "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": \"all-linear\", \"use_dora\": "
          "true}",
-         ok, 0, FINCH_E_UNSUPPORTED, "adapter_config.json", "use_dora"},
+         ok, 0, FINCH_E_FORMAT, "adapter_model.safetensors",
+         "missing tensor 'base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector'"},
         {"missing key",
          "LORA",
          4,
@@ -521,7 +527,7 @@ static void test_bad_input(void **state) {
         {"key for an untargeted module", "LORA", 4,
          "[\"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]", NULL,
          ok, 0, FINCH_E_FORMAT, "adapter_model.safetensors",
-         "q_proj is not in the config's target_modules"},
+         "unexpected tensor 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'"},
         {"layer out of range",
          "LORA",
          4,
@@ -534,7 +540,7 @@ static void test_bad_input(void **state) {
          0,
          FINCH_E_FORMAT,
          "adapter_model.safetensors",
-         "layer 7, this model has 2 layers"},
+         "layer 7, beyond this adapter's layers (0..1)"},
         {"wrong shape (another model)",
          "LORA",
          4,
@@ -544,9 +550,9 @@ static void test_bad_input(void **state) {
          0,
          FINCH_E_FORMAT,
          "adapter_model.safetensors",
-         "q_proj of layer 0: lora_B is [32, 8], this model needs [64, 4]"},
+         "q_proj.lora_B.weight' is [32, 8], this model needs [64, 4]"},
         {"rank differs from config", "LORA", 8, ALL_TARGETS, NULL, ok, 0, FINCH_E_FORMAT,
-         "adapter_model.safetensors", "lora_A is [4, 64], this model needs [8, 64]"},
+         "adapter_model.safetensors", "lora_A.weight' is [4, 64], this model needs [8, 64]"},
         {"wrong dtype",
          "LORA",
          4,
@@ -562,7 +568,7 @@ static void test_bad_input(void **state) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const bad_case *c = &cases[i];
-        char dir[64], cfg[1024], path[256];
+        char dir[256], cfg[1024], path[600];
         make_tmpdir(dir, sizeof dir, "bad");
         if (c->raw_config)
             snprintf(cfg, sizeof cfg, "%s", c->raw_config);
@@ -579,13 +585,13 @@ static void test_bad_input(void **state) {
             fclose(f);
             free(bytes);
         }
-        finch_lora *l = (finch_lora *)&ref; /* must stay untouched */
+        finch_peft *l = (finch_peft *)&ref; /* must stay untouched */
         finch_err err = {0};
-        finch_status st = finch_lora_load_peft(dir, m, &l, &err);
+        finch_status st = finch_peft_load(dir, m, &l, &err);
         if (st != c->code || !contains(err.msg, c->file) || !contains(err.msg, c->msg))
             fail_msg("case '%s': status %d (expected %d), message: %s", c->what, (int)st,
                      (int)c->code, err.msg);
-        assert_ptr_equal(l, (finch_lora *)&ref);
+        assert_ptr_equal(l, (finch_peft *)&ref);
         rm_dir(dir);
     }
     reference_free(&ref);
@@ -594,12 +600,12 @@ static void test_bad_input(void **state) {
 /* ---- GGUF adapter ------------------------------------------------------------------------ */
 
 static void check_gguf(const finch_model *m, const finch_lora_config *cfg, float want_alpha) {
-    char dir[64], path[256], name[64];
+    char dir[256], path[600], name[64];
     finch_err err = {0};
     make_tmpdir(dir, sizeof dir, "gguf");
     join(path, sizeof path, dir, "lora.gguf");
-    finch_lora *l = random_lora(m, cfg, 5);
-    if (finch_lora_save_gguf(l, m, path, &err)) fail_msg("%s", err.msg);
+    finch_peft *l = random_lora(m, cfg, 5);
+    if (finch_peft_save_gguf(l, m, path, &err)) fail_msg("%s", err.msg);
     finch_gguf *g = NULL;
     if (finch_gguf_open(path, &g, &err)) fail_msg("%s", err.msg);
     finch_str s;
@@ -614,9 +620,9 @@ static void check_gguf(const finch_model *m, const finch_lora_config *cfg, float
     assert_non_null(kv);
     assert_int_equal(kv->type, FINCH_GGUF_FLOAT32);
     assert_true((float)kv->v.f == want_alpha);
-    assert_int_equal(finch_gguf_n_tensors(g), 2 * l->n_sites);
-    for (int i = 0; i < l->n_sites; i++) {
-        const finch_lora_site *site = &l->sites[i];
+    assert_int_equal(finch_gguf_n_tensors(g), 2 * LORA(l)->n_sites);
+    for (int i = 0; i < LORA(l)->n_sites; i++) {
+        const finch_lora_site *site = &LORA(l)->sites[i];
         for (int ab = 0; ab < 2; ab++) {
             snprintf(name, sizeof name, "blk.%d.%s.weight.lora_%c", site->layer,
                      finch_target_gguf_name(site->target), ab ? 'b' : 'a');
@@ -639,7 +645,7 @@ static void check_gguf(const finch_model *m, const finch_lora_config *cfg, float
         }
     }
     finch_gguf_close(g);
-    finch_lora_free(l);
+    finch_peft_free(l);
     rm_dir(dir);
 }
 
@@ -663,12 +669,12 @@ static void test_gguf_adapter_qwen2(void **state) {
     finch_err err = {0};
     if (finch_model_load(FINCH_FIXTURES "/hf/tiny_qwen2", &m, &err)) fail_msg("%s", err.msg);
     assert_string_equal(m->cfg.arch, "qwen2");
-    char dir[64], path[256], name[64];
+    char dir[256], path[600], name[64];
     make_tmpdir(dir, sizeof dir, "gguf_qwen2");
     join(path, sizeof path, dir, "lora.gguf");
     finch_lora_config all = {.r = 4, .alpha = 8, .targets = (1u << FINCH_TARGET_COUNT) - 1};
-    finch_lora *l = random_lora(m, &all, 9);
-    if (finch_lora_save_gguf(l, m, path, &err)) fail_msg("%s", err.msg);
+    finch_peft *l = random_lora(m, &all, 9);
+    if (finch_peft_save_gguf(l, m, path, &err)) fail_msg("%s", err.msg);
     finch_gguf *g = NULL;
     if (finch_gguf_open(path, &g, &err)) fail_msg("%s", err.msg);
     finch_str s;
@@ -676,8 +682,8 @@ static void test_gguf_adapter_qwen2(void **state) {
     assert_int_equal(s.len, 5);
     assert_memory_equal(s.ptr, "qwen2", 5);
     int n_permuted = 0;
-    for (int i = 0; i < l->n_sites; i++) {
-        const finch_lora_site *site = &l->sites[i];
+    for (int i = 0; i < LORA(l)->n_sites; i++) {
+        const finch_lora_site *site = &LORA(l)->sites[i];
         snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", site->layer,
                  finch_target_gguf_name(site->target));
         const finch_gguf_tensor *t = finch_gguf_find_tensor(g, name);
@@ -698,7 +704,7 @@ static void test_gguf_adapter_qwen2(void **state) {
     }
     assert_int_equal(n_permuted, 2 * m->cfg.n_layer);
     finch_gguf_close(g);
-    finch_lora_free(l);
+    finch_peft_free(l);
     finch_model_free(m);
     rm_dir(dir);
 }

@@ -7,12 +7,18 @@
  * (tests/reference/make_peft_fixtures.py). Loaded and attached through the public API,
  * finch's logits must equal them; the adapter moves the logits by ~4 (peft_tiny.json), so
  * a wrong key, scale or Q/K row order fails by far more than the tolerance.
+ *
+ * tests/fixtures/methods/peft_made/{dora,ia3}/ are the same for DoRA (r 4, all seven
+ * projections, random A, B and magnitudes) and (IA)^3 (k, v, down with random vectors),
+ * with peft's float64 logits in <method>_logits.json
+ * (tests/reference/make_methods_reference.py): they move the logits by 2.9 and 1.2.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <jansson.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -90,9 +96,68 @@ static void test_peft_made_adapter(void **state) {
     finch_model_free(m);
 }
 
+/* A peft-made adapter of another method: its logits against peft's, and far from the
+ * base's. */
+static void check_method(const char *method) {
+    char path[512];
+    snprintf(path, sizeof path, FINCH_FIXTURES "/methods/peft_made/%s_logits.json", method);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j) fail_msg("%s: %s", path, je.text);
+    json_t *jids = json_object_get(j, "ids"), *jl = json_object_get(j, "logits");
+    int n = (int)json_array_size(jids);
+    int32_t ids[64];
+    assert_true(n > 0 && n <= 64);
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(jids, (size_t)i));
+    finch_err err;
+    finch_model *m = NULL;
+    assert_int_equal(finch_model_load(MODEL, &m, &err), FINCH_OK);
+    float *got = malloc(sizeof(float) * (size_t)n * N_VOCAB), *base = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+    finch_session *sess = NULL;
+    assert_int_equal(finch_session_new(m, n, FINCH_NUMERICS_EXACT, &sess, &err), FINCH_OK);
+    assert_int_equal(finch_session_decode(sess, ids, n, base, NULL, &err), FINCH_OK);
+    finch_session_free(sess);
+    snprintf(path, sizeof path, FINCH_FIXTURES "/methods/peft_made/%s", method);
+    finch_adapter *a = NULL;
+    if (finch_adapter_load(m, path, &a, &err)) fail_msg("%s", err.msg);
+    if (finch_adapter_attach(m, a, 1.0f, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(finch_session_new(m, n, FINCH_NUMERICS_EXACT, &sess, &err), FINCH_OK);
+    assert_int_equal(finch_session_decode(sess, ids, n, got, NULL, &err), FINCH_OK);
+    finch_session_free(sess);
+    float worst = 0, moved = 0;
+    for (int t = 0; t < n; t++)
+        for (int v = 0; v < N_VOCAB; v++) {
+            float want = (float)json_real_value(json_array_get(json_array_get(jl, (size_t)t), (size_t)v));
+            worst = fmaxf(worst, fabsf(got[t * N_VOCAB + v] - want));
+            moved = fmaxf(moved, fabsf(base[t * N_VOCAB + v] - want));
+        }
+    print_message("%s: max |finch - peft| = %.3g (the adapter moves logits by %.3g)\n", method,
+                  (double)worst, (double)moved);
+    assert_true(moved > 0.5f);
+    assert_true(worst <= TOL);
+    finch_adapter_detach(m, a);
+    finch_adapter_free(a);
+    free(got);
+    free(base);
+    finch_model_free(m);
+    json_decref(j);
+}
+
+static void test_peft_made_dora(void **state) {
+    (void)state;
+    check_method("dora");
+}
+
+static void test_peft_made_ia3(void **state) {
+    (void)state;
+    check_method("ia3");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peft_made_adapter),
+        cmocka_unit_test(test_peft_made_dora),
+        cmocka_unit_test(test_peft_made_ia3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,6 +26,7 @@
 
 #include "optim/optim.h"
 #include "peft/peft.h"
+#include "test_lora.h"
 #include "test_util.h" /* read_file */
 
 #define DIR FINCH_FIXTURES "/lora/"
@@ -64,15 +65,15 @@ static void to_gguf_rows(float *dst, const float *src, int64_t out, int r, finch
         memcpy(dst + (perm ? gguf_row(o, cfg.head_dim) : o) * r, src + o * r, (size_t)r * sizeof(float));
 }
 
-static finch_lora *make_lora(void) {
+static finch_peft *make_lora(void) {
     finch_lora_config cfg = {.r = (int)json_integer_value(json_object_get(fx, "r")),
                              .alpha = (float)json_real_value(json_object_get(fx, "alpha")),
                              .targets = (1u << FINCH_TARGET_COUNT) - 1};
     finch_rng rng;
     finch_rng_seed(&rng, 1);
-    finch_lora *l;
+    finch_peft *l;
     finch_err err;
-    if (finch_lora_new(model, &cfg, &rng, true, &l, &err)) fail_msg("%s", err.msg);
+    if (!(l = lora_new(model, &cfg, &rng, true))) fail_msg("%s", err.msg);
     return l;
 }
 
@@ -104,11 +105,11 @@ static void compare(const float *got, const float *want, size_t n, double tol, c
 static void test_gradients(void **state) {
     (void)state;
     json_t *g = json_object_get(fx, "grad");
-    finch_lora *l = make_lora();
+    finch_peft *l = make_lora();
     size_t i;
     json_t *e;
     json_array_foreach(json_object_get(g, "tensors"), i, e) {
-        finch_lora_site *s = finch_lora_find(l, (int)json_integer_value(json_object_get(e, "layer")),
+        finch_lora_site *s = lora_find(l, (int)json_integer_value(json_object_get(e, "layer")),
                                              target_of(json_string_value(json_object_get(e, "target"))));
         const char *pre = json_string_value(json_object_get(e, "prefix"));
         char name[256];
@@ -125,7 +126,7 @@ static void test_gradients(void **state) {
     int32_t ids[256], tg[256], pos[256];
     int Bn, T;
     batch_of(g, ids, tg, pos, &Bn, &T);
-    assert_int_equal(finch_lora_attach(l, model, 1.0f, (int64_t)Bn * T, &err), FINCH_OK);
+    assert_int_equal(finch_peft_attach(l, model, 1.0f, (int64_t)Bn * T, &err), FINCH_OK);
     finch_train_acts *a;
     assert_int_equal(finch_train_acts_new(model, Bn, T, &a, &err), FINCH_OK);
     double loss = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, true);
@@ -133,7 +134,7 @@ static void test_gradients(void **state) {
     printf("  loss %.7f, reference %.7f\n", loss, want);
     assert_true(fabs(loss - want) < 1e-5 * want);
     json_array_foreach(json_object_get(g, "tensors"), i, e) {
-        finch_lora_site *s = finch_lora_find(l, (int)json_integer_value(json_object_get(e, "layer")),
+        finch_lora_site *s = lora_find(l, (int)json_integer_value(json_object_get(e, "layer")),
                                              target_of(json_string_value(json_object_get(e, "target"))));
         const char *pre = json_string_value(json_object_get(e, "prefix"));
         char name[256], what[300];
@@ -150,19 +151,19 @@ static void test_gradients(void **state) {
         free(dB);
         free(dBg);
     }
-    printf("  gradients of %d LoRA sites equal to the reference\n", l->n_sites);
-    finch_lora_detach(l, model);
+    printf("  gradients of %d LoRA sites equal to the reference\n", LORA(l)->n_sites);
+    finch_peft_detach(l, model);
     finch_train_acts_free(a);
-    finch_lora_free(l);
+    finch_peft_free(l);
 }
 
 static void test_training_trajectory(void **state) {
     (void)state;
     json_t *tr = json_object_get(fx, "train");
-    finch_lora *l = make_lora();
+    finch_peft *l = make_lora();
     char name[256];
-    for (int i = 0; i < l->n_sites; i++) {
-        finch_lora_site *s = &l->sites[i];
+    for (int i = 0; i < LORA(l)->n_sites; i++) {
+        finch_lora_site *s = &LORA(l)->sites[i];
         snprintf(name, sizeof name, "train_L%d_%s_A0.f32", s->layer, finch_target_gguf_name(s->target));
         float *A = load_f32(name, (size_t)s->r * s->in);
         memcpy(s->A, A, (size_t)s->r * s->in * sizeof(float));
@@ -174,13 +175,13 @@ static void test_training_trajectory(void **state) {
     int Bn, T;
     batch_of(json_array_get(hist, 0), ids, tg, pos, &Bn, &T);
     finch_err err;
-    assert_int_equal(finch_lora_attach(l, model, 1.0f, (int64_t)Bn * T, &err), FINCH_OK);
+    assert_int_equal(finch_peft_attach(l, model, 1.0f, (int64_t)Bn * T, &err), FINCH_OK);
     finch_train_acts *a;
     assert_int_equal(finch_train_acts_new(model, Bn, T, &a, &err), FINCH_OK);
-    float *m = calloc((size_t)l->n_params, sizeof(float)), *v = calloc((size_t)l->n_params, sizeof(float));
+    float *m = calloc((size_t)l->params.total, sizeof(float)), *v = calloc((size_t)l->params.total, sizeof(float));
     finch_adamw_config ac = finch_adamw_config_default();
     ac.weight_decay = json_real_value(json_object_get(tr, "weight_decay"));
-    finch_adamw_range all = {0, (size_t)l->n_params, true};
+    finch_adamw_range all = {0, (size_t)l->params.total, true};
     int steps = (int)json_integer_value(json_object_get(tr, "steps"));
     finch_lr_schedule sched = {FINCH_LR_LINEAR, json_real_value(json_object_get(tr, "lr")),
                                json_integer_value(json_object_get(tr, "warmup")), steps};
@@ -188,11 +189,11 @@ static void test_training_trajectory(void **state) {
     for (int k = 0; k < steps; k++) {
         json_t *h = json_array_get(hist, (size_t)k);
         batch_of(h, ids, tg, pos, &Bn, &T);
-        finch_grad_zero(l->grads, (size_t)l->n_params);
+        finch_grad_zero(l->params.grad, (size_t)l->params.total);
         double loss = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, true);
-        double norm = finch_grad_clip(l->grads, (size_t)l->n_params, clip);
+        double norm = finch_grad_clip(l->params.grad, (size_t)l->params.total, clip);
         double lr = finch_lr_at(&sched, k);
-        finch_adamw_step(l->params, m, v, l->grads, (size_t)l->n_params, &all, 1, &ac, lr, k + 1);
+        finch_adamw_step(l->params.data, m, v, l->params.grad, (size_t)l->params.total, &all, 1, &ac, lr, k + 1);
         double want = json_real_value(json_object_get(h, "loss"));
         double want_norm = json_real_value(json_object_get(h, "grad_norm"));
         if (fabs(loss - want) > 1e-3 * want || fabs(norm - want_norm) > 1e-3 * want_norm)
@@ -201,8 +202,8 @@ static void test_training_trajectory(void **state) {
         assert_true(fabs(lr - json_real_value(json_object_get(h, "lr"))) < 1e-12);
         if (k == 0 || k == steps - 1) printf("  step %2d: loss %.5f (reference %.5f)\n", k + 1, loss, want);
     }
-    for (int i = 0; i < l->n_sites; i++) {
-        finch_lora_site *s = &l->sites[i];
+    for (int i = 0; i < LORA(l)->n_sites; i++) {
+        finch_lora_site *s = &LORA(l)->sites[i];
         const char *stem = finch_target_gguf_name(s->target);
         snprintf(name, sizeof name, "train_L%d_%s_A.f32", s->layer, stem);
         float *A = load_f32(name, (size_t)s->r * s->in);
@@ -217,9 +218,9 @@ static void test_training_trajectory(void **state) {
     }
     free(m);
     free(v);
-    finch_lora_detach(l, model);
+    finch_peft_detach(l, model);
     finch_train_acts_free(a);
-    finch_lora_free(l);
+    finch_peft_free(l);
 }
 
 static int setup(void **state) {

@@ -23,6 +23,7 @@
 
 #include "optim/optim.h" /* finch_grad_zero */
 #include "peft/peft.h"
+#include "test_lora.h"
 
 #define N_EX 4
 static const int lens[N_EX] = {5, 9, 1, 7}; /* one example of a single token: no target */
@@ -35,23 +36,23 @@ static float *grads_of(int B, int T, const int32_t *ids, const int32_t *tg, cons
     finch_lora_config cfg = {.r = 3, .alpha = 6.0f, .targets = (1u << FINCH_TARGET_COUNT) - 1};
     finch_rng rng;
     finch_rng_seed(&rng, 7);
-    finch_lora *l;
+    finch_peft *l;
     finch_err err;
-    assert_int_equal(finch_lora_new(model, &cfg, &rng, true, &l, &err), FINCH_OK);
+    l = lora_new(model, &cfg, &rng, true);
     finch_rng_seed(&rng, 8);
-    for (int64_t i = 0; i < l->n_params; i++) l->params[i] = (finch_rng_float(&rng) - 0.5f) * 0.4f;
-    assert_int_equal(finch_lora_attach(l, model, 1.0f, (int64_t)B * T, &err), FINCH_OK);
+    for (int64_t i = 0; i < l->params.total; i++) l->params.data[i] = (finch_rng_float(&rng) - 0.5f) * 0.4f;
+    assert_int_equal(finch_peft_attach(l, model, 1.0f, (int64_t)B * T, &err), FINCH_OK);
     finch_train_acts *a;
     assert_int_equal(finch_train_acts_new(model, B, T, &a, &err), FINCH_OK);
-    finch_grad_zero(l->grads, (size_t)l->n_params);
+    finch_grad_zero(l->params.grad, (size_t)l->params.total);
     *loss = finch_model_train_step(model, a, ids, tg, pos, seg, 0.0f, 0, true);
-    float *g = malloc((size_t)l->n_params * sizeof *g);
+    float *g = malloc((size_t)l->params.total * sizeof *g);
     assert_non_null(g);
-    memcpy(g, l->grads, (size_t)l->n_params * sizeof *g);
-    *n_params = l->n_params;
+    memcpy(g, l->params.grad, (size_t)l->params.total * sizeof *g);
+    *n_params = l->params.total;
     finch_train_acts_free(a);
-    finch_lora_detach(l, model);
-    finch_lora_free(l);
+    finch_peft_detach(l, model);
+    finch_peft_free(l);
     return g;
 }
 
@@ -102,13 +103,12 @@ static void test_packed_equals_unpacked(void **state) {
     finch_lora_config cfg = {.r = 3, .alpha = 6.0f, .targets = (1u << FINCH_TARGET_COUNT) - 1};
     finch_rng r0;
     finch_rng_seed(&r0, 7);
-    finch_lora *l;
-    finch_err err;
-    assert_int_equal(finch_lora_new(model, &cfg, &r0, false, &l, &err), FINCH_OK);
+    finch_peft *l;
+    l = lora_new(model, &cfg, &r0, false);
     double worst = 0;
-    for (int s = 0; s < l->n_sites; s++) {
-        const finch_lora_site *st = &l->sites[s];
-        int64_t off[2] = {st->A - l->params, st->B - l->params}, len[2] = {st->r * st->in, st->out * st->r};
+    for (int s = 0; s < LORA(l)->n_sites; s++) {
+        const finch_lora_site *st = &LORA(l)->sites[s];
+        int64_t off[2] = {st->A - l->params.data, st->B - l->params.data}, len[2] = {st->r * st->in, st->out * st->r};
         for (int m = 0; m < 2; m++) {
             double mx = 0, e = 0;
             for (int64_t i = off[m]; i < off[m] + len[m]; i++) {
@@ -123,7 +123,7 @@ static void test_packed_equals_unpacked(void **state) {
         }
     }
     printf("  gradients: largest difference %.3g of the tensor's largest element\n", worst);
-    finch_lora_free(l);
+    finch_peft_free(l);
     /* the same packed row without segments lets attention cross examples: it must differ */
     int32_t *same = calloc(Tp, sizeof *same);
     for (int i = 0; i < Tp; i++) same[i] = 1;

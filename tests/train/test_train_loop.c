@@ -22,6 +22,12 @@
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
 
+/* Sets a method option as --name value would. */
+static void option(finch_train_options *o, const char *name, const char *value) {
+    finch_err err;
+    if (finch_train_set_option(o, name, value, &err)) fail_msg("%s", err.msg);
+}
+
 static char dir[] = "/tmp/finch_train_XXXXXX";
 static char data[300];
 static finch_model *model;
@@ -31,10 +37,10 @@ static finch_train_options opts(const char *out) {
     o.data.path = data;
     o.data.max_seq_len = 32;
     o.out_dir = out;
-    o.target_modules = "all-linear";
-    o.lora_r = 4;
-    o.lora_alpha = 8;
-    o.lora_dropout = 0.1f; /* dropout on: resume must regenerate its masks */
+    option(&o, "target-modules", "all-linear");
+    option(&o, "lora-r", "4");
+    option(&o, "lora-alpha", "8");
+    option(&o, "lora-dropout", "0.1"); /* dropout on: resume must regenerate its masks */
     o.learning_rate = 1e-2;
     o.batch_size = 2;
     o.max_steps = 8;
@@ -114,6 +120,61 @@ static void test_resume_exact(void **state) {
     resume_exact(false);
 }
 
+/* Every other method resumes as exactly: metrics, the final trainer state and the result
+ * files are the same bytes as an uninterrupted run's. */
+static void test_resume_exact_methods(void **state) {
+    (void)state;
+    static const struct {
+        const char *method, *opt, *value, *result;
+    } ms[] = {{"dora", "lora-dropout", "0.1", "adapter_model.safetensors"},
+              {"ia3", NULL, NULL, "adapter_model.safetensors"},
+              {"bitfit", NULL, NULL, "adapter_model.safetensors"},
+              {"freeze", "layers", "1", "model.gguf"},
+              {"full", NULL, NULL, "model.safetensors"}};
+    for (size_t i = 0; i < sizeof ms / sizeof *ms; i++) {
+        char a[300], b[300];
+        snprintf(a, sizeof a, "%s/m%zu_a", dir, i);
+        snprintf(b, sizeof b, "%s/m%zu_b", dir, i);
+        finch_err err;
+        finch_train_options o = finch_train_defaults();
+        o.data.path = data;
+        o.data.max_seq_len = 32;
+        o.method = ms[i].method;
+        if (ms[i].opt) option(&o, ms[i].opt, ms[i].value);
+        o.learning_rate = 1e-2;
+        o.batch_size = 2;
+        o.max_steps = 6;
+        o.log_steps = 1;
+        o.out_dir = a;
+        if (finch_train(model, &o, NULL, NULL, NULL, &err)) fail_msg("%s: %s", ms[i].method, err.msg);
+        o.out_dir = b;
+        stop_at = 3;
+        assert_int_equal(finch_train(model, &o, track, stop_now, NULL, &err), FINCH_E_INTERRUPTED);
+        o.resume_dir = b;
+        stop_at = -1;
+        if (finch_train(model, &o, track, stop_now, NULL, &err)) fail_msg("%s: %s", ms[i].method, err.msg);
+        char *ma = metrics_of(a), *mb = metrics_of(b);
+        strip_speed(ma);
+        strip_speed(mb);
+        assert_string_equal(ma, mb);
+        free(ma);
+        free(mb);
+        const char *files[] = {"checkpoint-6/trainer_state.bin", ms[i].result};
+        for (int f = 0; f < 2; f++) {
+            char pa[400], pb[400];
+            size_t na, nb;
+            snprintf(pa, sizeof pa, "%s/%s", a, files[f]);
+            snprintf(pb, sizeof pb, "%s/%s", b, files[f]);
+            uint8_t *fa = read_file(pa, &na), *fb = read_file(pb, &nb);
+            assert_int_equal(na, nb);
+            assert_memory_equal(fa, fb, na);
+            free(fa);
+            free(fb);
+        }
+        printf("  %s: resumed at step 3, same bytes at step 6\n", ms[i].method);
+    }
+}
+
 /* With packing a step takes several examples a row and crosses epochs within a batch:
  * the data position (example and epoch) must still round-trip through the checkpoint. */
 static void test_resume_exact_packed(void **state) {
@@ -140,7 +201,7 @@ static void test_learns_packed(void **state) {
     finch_train_options o = opts(out);
     o.max_steps = 20;
     o.log_steps = 20;
-    o.lora_dropout = 0;
+    option(&o, "lora-dropout", "0");
     o.packing = 1;
     o.val_path = data;
     finch_data_spec spec = {.path = data, .max_seq_len = 32};
@@ -163,7 +224,7 @@ static void test_learns(void **state) {
     finch_train_options o = opts(out);
     o.max_steps = 40;
     o.log_steps = 40;
-    o.lora_dropout = 0;
+    option(&o, "lora-dropout", "0");
     o.val_path = data;
     finch_data_spec spec = {.path = data, .max_seq_len = 32};
     finch_loss_report before;
@@ -202,9 +263,9 @@ static void test_corrupt_checkpoint(void **state) {
     FILE *f = fopen(path, "wb");
     fwrite(orig, 1, n, f);
     fclose(f);
-    o.lora_r = 8;
+    option(&o, "lora-r", "8");
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_FORMAT);
-    assert_non_null(strstr(err.msg, "another model or LoRA configuration"));
+    assert_non_null(strstr(err.msg, "another model or method configuration"));
     free(orig);
 }
 
@@ -225,10 +286,10 @@ static void test_packed_real_model(void **state) {
     snprintf(out, sizeof out, "%s/real_packed", dir);
     finch_train_options o = opts(out);
     o.data.max_seq_len = 64; /* about 6 examples a row */
-    o.target_modules = "q,v";
-    o.lora_r = 8;
-    o.lora_alpha = 16;
-    o.lora_dropout = 0;
+    option(&o, "target-modules", "q,v");
+    option(&o, "lora-r", "8");
+    option(&o, "lora-alpha", "16");
+    option(&o, "lora-dropout", "0");
     o.learning_rate = 2e-3;
     o.batch_size = 1;
     o.max_steps = 3;
@@ -272,9 +333,9 @@ static void test_nonfinite_stops(void **state) {
     snprintf(bad, sizeof bad, "%s/nonfinite", dir);
     finch_err err;
     finch_train_options o = opts(ok);
-    o.lora_r = 1;
-    o.lora_alpha = 1e20f;
-    o.lora_dropout = 0;
+    option(&o, "lora-r", "1");
+    option(&o, "lora-alpha", "1e20");
+    option(&o, "lora-dropout", "0");
     o.lr_scheduler = "constant";
     o.warmup_steps = 2;
     o.save_steps = 1;
@@ -304,7 +365,7 @@ static void test_nonfinite_stops(void **state) {
     assert_null(strstr(m, "\"step\": 3,"));
     free(m);
     /* it resumes: with a sane alpha the run continues from step 2 to its end */
-    o.lora_alpha = 8;
+    option(&o, "lora-alpha", "8");
     o.resume_dir = bad;
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
     snprintf(b, sizeof b, "%s/checkpoint-6", bad);
@@ -317,15 +378,15 @@ static void test_bad_options(void **state) {
     snprintf(out, sizeof out, "%s/bad", dir);
     finch_err err;
     finch_train_options o = opts(out);
-    o.lora_r = 0;
+    option(&o, "lora-r", "0");
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
-    assert_non_null(strstr(err.msg, "rank 0"));
+    assert_non_null(strstr(err.msg, "--lora-r 0"));
     o = opts(out);
     o.learning_rate = 0;
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
     assert_non_null(strstr(err.msg, "--learning-rate"));
     o = opts(out);
-    o.target_modules = "q,attention";
+    option(&o, "target-modules", "q,attention");
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
     assert_non_null(strstr(err.msg, "'attention'"));
     o = opts(out);
@@ -365,7 +426,8 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_exact), cmocka_unit_test(test_learns),
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_exact), cmocka_unit_test(test_resume_exact_methods),
+                                       cmocka_unit_test(test_learns),
                                        cmocka_unit_test(test_resume_exact_packed),
                                        cmocka_unit_test(test_learns_packed),
                                        cmocka_unit_test(test_nonfinite_stops),

@@ -29,6 +29,10 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
                                  finch_workspace *ws);
 void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_add(float *y, const float *x, int64_t n);
+void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, int64_t n);
+void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
+void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
+void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
 void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                     int64_t ldc);

@@ -55,7 +55,7 @@ void finch_cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const flo
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
-        for (int64_t cb = 0; cb < C; cb += CB) {
+        for (int64_t cb = 0; cb < (dw ? C : 0); cb += CB) {
             int64_t n = C - cb < CB ? C - cb : CB;
             float acc[CB] = {0};
             for (int64_t t = 0; t < T; t++) {

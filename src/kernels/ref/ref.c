@@ -124,7 +124,7 @@ void finch_ref_rmsnorm_backward(float *dx, float *dw, const float *dy, const flo
         for (int64_t c = 0; c < C; c++) s += (double)dyt[c] * w[c] * xt[c];
         for (int64_t c = 0; c < C; c++) {
             double g = dyt[c];
-            dw[c] = (float)(dw[c] + g * xt[c] * r);
+            if (dw) dw[c] = (float)(dw[c] + g * xt[c] * r);
             dx[t * C + c] = (float)(r * w[c] * g - r * r * r / (double)C * xt[c] * s);
         }
     }
@@ -268,4 +268,31 @@ double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t
         }
     }
     return n ? loss / (double)n : 0.0;
+}
+
+void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, int64_t n) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < n; j++) y[t * n + j] = (float)((double)x[t * n + j] * s[j]);
+}
+
+void finch_ref_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        double acc = 0;
+        for (int64_t t = 0; t < T; t++) acc += (double)a[t * n + j] * (b ? b[t * n + j] : 1.0);
+        ds[j] = (float)(ds[j] + acc);
+    }
+}
+
+/* The mask one element at a time, as finch_dropout defines it. */
+static bool ref_kept(const finch_dropout *d, int64_t i) {
+    return finch_mix64(d->base + (uint64_t)i) >= d->threshold;
+}
+
+void finch_ref_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d) {
+    for (int64_t i = 0; i < n; i++) y[i] = ref_kept(d, i) ? x[i] * d->scale : 0.0f;
+}
+
+void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d) {
+    for (int64_t i = 0; i < n; i++)
+        if (ref_kept(d, i)) dx[i] += g[i] * d->scale;
 }

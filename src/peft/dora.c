@@ -1,0 +1,255 @@
+/*
+ * dora.c: DoRA (Liu et al. 2024), LoRA with a learned magnitude per output row, as PEFT
+ * computes it (FORMATS.md 2.1d; PEFT's LoraConfig with use_dora):
+ *
+ *   W' = m * (W + s B A) / ||W + s B A||_row,   norm treated as a constant in backward
+ *
+ * At a linear with input x, xd = dropout(x), bias b, z = x W^T, lora = s (xd A^T) B^T and
+ * mns = m / norm, PEFT adds (mns - 1) * (xd W^T) + mns * lora to the base output, which
+ * without dropout is y = b + mns * (z + lora). Both read
+ *
+ *   zl = (dropping ? xd W^T : z) + lora,   y += lora + (mns - 1) * zl
+ *
+ * Backward, from g = dL/dy:  dm += sum_t g * zl / norm;  the low-rank path gets mns * g;
+ * without dropout the base product's gradient is mns * g, with dropout it is g and the
+ * input gets (mns - 1) * g W through the mask as well.
+ *
+ * The row norms: ||W + s B A||^2 = ||W||^2 + 2 s B (A W^T) + s^2 B (A A^T) B^T per row,
+ * with ||W||^2 of the frozen base computed once and A W^T one product of r rows, so the
+ * base is never expanded. A training instance recomputes them at every forward; a loaded
+ * adapter once, when attached.
+ */
+#include "peft/lora.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* ||W_j||^2 of every row of a site's base weight, dequantized a row at a time. */
+static finch_status base_row_norms(finch_lora_site *s, const finch_linear *lin, finch_err *err) {
+    const finch_weight *w = &lin->w;
+    float *row = finch_alloc((size_t)w->cols * sizeof *row, "DoRA row", err);
+    if (!row) return FINCH_E_NOMEM;
+    for (int64_t j = 0; j < w->rows; j++) {
+        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)j * w->row_bytes, w->cols);
+        double n2 = 0;
+        for (int64_t c = 0; c < w->cols; c++) n2 += (double)row[c] * row[c];
+        s->wnorm2[j] = n2;
+    }
+    free(row);
+    return FINCH_OK;
+}
+
+/* mns, mns - 1 and 1/norm of every row for the current A, B, m (scale sw = weight * s). */
+static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw, const finch_backend *be,
+                       finch_workspace *ws) {
+    const int r = s->r;
+    be->matmul(s->P, s->A, &lin->w, r, ws); /* P (r, out) = A W^T */
+    double G[64 * 64], *Gd = r <= 64 ? G : malloc((size_t)r * r * sizeof *Gd);
+    FINCH_ASSERT(Gd);
+    for (int k = 0; k < r; k++)
+        for (int l = 0; l < r; l++) {
+            double acc = 0;
+            for (int64_t c = 0; c < s->in; c++) acc += (double)s->A[k * s->in + c] * s->A[l * s->in + c];
+            Gd[k * r + l] = acc;
+        }
+    for (int64_t j = 0; j < s->out; j++) {
+        const float *b = s->B + j * r;
+        double cross = 0, quad = 0;
+        for (int k = 0; k < r; k++) {
+            cross += (double)b[k] * s->P[(int64_t)k * s->out + j];
+            double gb = 0;
+            for (int l = 0; l < r; l++) gb += Gd[k * r + l] * b[l];
+            quad += b[k] * gb;
+        }
+        double n2 = s->wnorm2[j] + 2.0 * sw * cross + (double)sw * sw * quad;
+        double norm = sqrt(n2 > 0 ? n2 : 0);
+        s->inv_norm[j] = norm > 0 ? (float)(1.0 / norm) : 0.0f;
+        s->mns[j] = (float)(s->mag[j] * (norm > 0 ? 1.0 / norm : 0.0));
+        s->mns1[j] = s->mns[j] - 1.0f;
+    }
+    if (Gd != G) free(Gd);
+}
+
+static bool dropping(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    return ctx->training && s->dropout > 0;
+}
+
+static void dora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
+                         const finch_linear *lin, const finch_linear_ctx *ctx) {
+    finch_lora_site *s = a->state;
+    const finch_backend *be = ctx->be;
+    FINCH_ASSERT(T <= s->max_tokens);
+    const float sw = a->weight * s->scale;
+    if (s->dA) row_scales(s, lin, sw, be, ctx->ws); /* training: A, B, m change every step */
+    const float *xd = finch_lora_input(s, x, T, ctx);
+    const int64_t n = T * s->out;
+    /* zl = xd W^T with dropout, else z = y - b */
+    if (dropping(s, ctx)) {
+        be->matmul(s->zl, xd, &lin->w, T, ctx->ws);
+    } else {
+        memcpy(s->zl, y, (size_t)n * sizeof *y);
+        if (s->negb)
+            for (int64_t t = 0; t < T; t++) be->add(s->zl + t * s->out, s->negb, s->out);
+    }
+    /* g = lora; zl += lora; y += lora + (mns - 1) zl */
+    be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    be->gemm(false, true, T, s->out, s->r, sw, s->u, s->r, s->B, s->r, 0.0f, s->g, s->out);
+    be->add(s->zl, s->g, n);
+    be->add(y, s->g, n);
+    be->scale_cols(s->g, s->zl, s->mns1, T, s->out);
+    be->add(y, s->g, n);
+}
+
+static const float *dora_backward(const finch_attachment *a, const float *g, const float *x,
+                                  int64_t T, const finch_linear *lin, const finch_linear_ctx *ctx) {
+    (void)lin;
+    finch_lora_site *s = a->state;
+    const finch_backend *be = ctx->be;
+    /* dm += (sum_t g zl) / norm */
+    memset(s->tmpv, 0, (size_t)s->out * sizeof *s->tmpv);
+    be->col_dot(s->tmpv, g, s->zl, T, s->out);
+    be->scale_cols(s->tmpv, s->tmpv, s->inv_norm, 1, s->out);
+    be->add(s->dmag, s->tmpv, s->out);
+    /* the low-rank path sees mns g */
+    be->scale_cols(s->g, g, s->mns, T, s->out);
+    const float *xd = finch_lora_input(s, x, T, ctx);
+    finch_lora_backward_params(s, s->g, a->weight * s->scale, xd, T, ctx);
+    if (!dropping(s, ctx)) return s->g; /* y = b + mns (z + lora): dz = mns g */
+    be->scale_cols(s->g, g, s->mns1, T, s->out); /* for backward_input: (mns - 1) g */
+    return g;
+}
+
+static void dora_backward_input(const finch_attachment *a, float *dx, const float *x, int64_t T,
+                                const finch_linear *lin, const finch_linear_ctx *ctx) {
+    finch_lora_site *s = a->state;
+    const finch_backend *be = ctx->be;
+    if (!dropping(s, ctx)) {
+        finch_lora_backward_dx(s, dx, x, T, ctx);
+        return;
+    }
+    /* through the mask: dxd = (mns - 1) g W + du A */
+    be->matmul_backward_input(s->xd, s->g, &lin->w, T, ctx->ws);
+    be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, s->xd, s->in);
+    finch_dropout d = finch_dropout_make(ctx->dropout_seed,
+                                         (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1,
+                                         s->dropout);
+    be->dropout_backward(dx, s->xd, T * s->in, &d);
+}
+
+static const finch_peft_ops dora_ops = {
+    .name = "dora",
+    .forward = dora_forward,
+    .backward = dora_backward,
+    .backward_input = dora_backward_input,
+};
+
+/* ---- the method ------------------------------------------------------------------------- */
+
+static bool dora_claims(const json_t *j) {
+    json_t *d = json_object_get(j, "use_dora");
+    return d && json_is_true(d);
+}
+
+static void dora_write_config(const finch_peft *p, json_t *j) {
+    finch_lora_write_config(p, j);
+    json_object_set_new(j, "use_dora", json_true());
+}
+
+static finch_status dora_create(finch_peft *p, const finch_model *m, finch_err *err) {
+    finch_status st = finch_lora_create(p, m, true, err);
+    if (st) return st;
+    finch_lora *l = p->state;
+    size_t rows = 0, vecs = 0;
+    for (int i = 0; i < l->n_sites; i++) {
+        rows += (size_t)l->sites[i].out;
+        vecs += (size_t)l->sites[i].out * (5 + (size_t)l->sites[i].r);
+    }
+    l->norms = finch_alloc(rows * sizeof *l->norms + 1, "DoRA norms", err);
+    l->vecs = finch_calloc(vecs + 1, sizeof *l->vecs, "DoRA vectors", err);
+    if (!l->norms || !l->vecs) return FINCH_E_NOMEM;
+    double *nw = l->norms;
+    float *v = l->vecs;
+    for (int i = 0; i < l->n_sites && !st; i++) {
+        finch_lora_site *s = &l->sites[i];
+        const finch_linear *lin = finch_model_target((finch_model *)m, s->layer, s->target);
+        s->wnorm2 = nw;
+        nw += s->out;
+        s->mns = v, s->mns1 = v + s->out, s->inv_norm = v + 2 * s->out, s->tmpv = v + 3 * s->out;
+        s->negb = lin->bias ? v + 4 * s->out : NULL;
+        s->P = v + 5 * s->out;
+        v += s->out * (5 + s->r);
+        for (int64_t j = 0; s->negb && j < s->out; j++) s->negb[j] = -lin->bias[j];
+        st = base_row_norms(s, lin, err);
+    }
+    return st;
+}
+
+/* LoRA's init, and m = ||W + s B A|| = ||W|| (B = 0): the model starts unchanged. */
+static void dora_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
+    finch_lora_init(p, m, rng);
+    finch_lora *l = p->state;
+    for (int i = 0; i < l->n_sites; i++)
+        for (int64_t j = 0; j < l->sites[i].out; j++)
+            l->sites[i].mag[j] = (float)sqrt(l->sites[i].wnorm2[j]);
+}
+
+static finch_status dora_attach(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
+                                finch_err *err) {
+    finch_status st = finch_lora_attach_ops(p, m, &dora_ops, weight, max_tokens, 2, err);
+    if (st) return st;
+    /* a loaded adapter's rows are scaled once, here */
+    finch_lora *l = p->state;
+    int64_t max_cols = 0, max_r = 1;
+    for (int i = 0; i < l->n_sites; i++) {
+        max_cols = l->sites[i].in > max_cols ? l->sites[i].in : max_cols;
+        max_r = l->sites[i].r > max_r ? l->sites[i].r : max_r;
+    }
+    finch_workspace ws;
+    if ((st = finch_workspace_init(&ws, finch_workspace_need(max_cols, max_r), finch_threads_get(), 0, err))) {
+        finch_lora_detach(p, m);
+        return st;
+    }
+    for (int i = 0; i < l->n_sites; i++) {
+        finch_lora_site *s = &l->sites[i];
+        row_scales(s, finch_model_target(m, s->layer, s->target), weight * s->scale, m->be, &ws);
+    }
+    finch_workspace_free(&ws);
+    return FINCH_OK;
+}
+
+/* W' = m (W + w s B A) / ||W + w s B A||, row r. */
+static bool dora_merge_row(const finch_peft *p, const finch_model *m, const char *gguf_name,
+                           int64_t r, float *row, int64_t cols, float weight) {
+    (void)m;
+    const finch_lora_site *s = finch_lora_site_of(p, gguf_name);
+    if (!s || !row) return s != NULL;
+    FINCH_ASSERT(cols == s->in && r < s->out);
+    for (int j = 0; j < s->r; j++) {
+        float b = weight * s->scale * s->B[r * s->r + j];
+        const float *a = s->A + (int64_t)j * s->in;
+        for (int64_t c = 0; c < cols; c++) row[c] += b * a[c];
+    }
+    double n2 = 0;
+    for (int64_t c = 0; c < cols; c++) n2 += (double)row[c] * row[c];
+    float k = n2 > 0 ? (float)(s->mag[r] / sqrt(n2)) : 0.0f;
+    for (int64_t c = 0; c < cols; c++) row[c] *= k;
+    return true;
+}
+
+const finch_method finch_method_dora = {
+    .name = "dora",
+    .description = "LoRA with a learned magnitude per output row (Liu et al. 2024)",
+    .opts = finch_lora_options,
+    .n_opts = FINCH_LORA_N_OPTIONS,
+    .config_size = sizeof(finch_lora_config),
+    .peft_type = "LORA",
+    .claims = dora_claims,
+    .check_file = finch_lora_check_file,
+    .write_config = dora_write_config,
+    .create = dora_create,
+    .init = dora_init,
+    .attach = dora_attach,
+    .detach = finch_lora_detach,
+    .free_state = finch_lora_free_state,
+    .merge_row = dora_merge_row,
+};

@@ -1,0 +1,95 @@
+/*
+ * lora.h: LoRA's sites, shared with the methods built on it (DoRA):
+ *
+ *   y = x W^T + s (dropout(x) A^T) B^T,   A (r, in), B (out, r),  s = alpha / r
+ *   (rsLoRA: s = alpha / sqrt(r)); A starts Kaiming-uniform as PEFT does, B at zero.
+ *
+ * A and B live in the registry (params.h) under PEFT's keys; B of q and k is in GGUF row
+ * order there, and the registry converts it on save and load.
+ */
+#ifndef FINCH_LORA_H
+#define FINCH_LORA_H
+
+#include "peft/method.h"
+
+/* The options LoRA and DoRA share (their option tables point into this struct). */
+typedef struct {
+    int r;            /* rank, 1..4096 */
+    float alpha;      /* scale numerator */
+    float dropout;    /* probability of zeroing an element of the LoRA input (training) */
+    uint32_t targets; /* bit t set: target t in every selected layer */
+    bool rslora;      /* scale alpha / sqrt(r) instead of alpha / r */
+} finch_lora_config;
+
+/* One adapted projection. */
+typedef struct {
+    int layer;
+    finch_target target;
+    int64_t in, out;   /* the base weight's columns and rows */
+    int r;
+    float scale;       /* alpha / r or alpha / sqrt(r) */
+    float dropout;     /* the dropout probability */
+    float *A, *B;      /* (r, in), (out, r), in the registry */
+    float *dA, *dB;    /* their gradients, or NULL when not training */
+    float *u, *du;     /* scratch (max_tokens, r) each: x A^T and its gradient */
+    float *xd;         /* scratch (max_tokens, in): the dropped-out input, when dropout > 0 */
+    int64_t max_tokens;
+    /* DoRA (dora.c) */
+    float *mag, *dmag; /* (out) magnitudes and their gradient */
+    double *wnorm2;    /* (out) squared row norms of the base weight (constant) */
+    float *mns, *mns1; /* (out) mag / ||W + s B A|| per row for this step, and that - 1 */
+    float *inv_norm;   /* (out) 1 / ||W + s B A|| */
+    float *tmpv;       /* (out) scratch */
+    float *negb;       /* (out) minus the base bias, or NULL without one */
+    float *P;          /* (r, out) A W^T, for the norms */
+    float *zl;         /* (max_tokens, out): the renormalised rows' input, kept for backward */
+    float *g;          /* (max_tokens, out): DoRA's gradient buffer */
+} finch_lora_site;
+
+typedef struct {
+    int n_sites;
+    finch_lora_site *sites;
+    float *scratch;    /* the sites' u, du, xd (and DoRA's zl, g) */
+    double *norms;     /* DoRA's wnorm2 of every site */
+    float *vecs;       /* DoRA's per-row vectors and P of every site */
+} finch_lora;
+
+/* The LoRA option table (r, alpha, dropout, targets, rsLoRA), for LoRA and DoRA. */
+#define FINCH_LORA_N_OPTIONS 5
+extern const finch_method_option finch_lora_options[FINCH_LORA_N_OPTIONS];
+
+/* Registers A and B (and, with_magnitude, DoRA's lora_magnitude_vector) for every
+ * targeted projection of every selected layer, and builds the sites. */
+finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_magnitude,
+                               finch_err *err);
+/* PEFT's initialisation: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_(a=sqrt(5)) on
+ * (r, in)) drawn site after site, B = 0. */
+void finch_lora_init(finch_peft *p, const finch_model *m, finch_rng *rng);
+void finch_lora_free_state(finch_peft *p);
+/* Allocates the sites' scratch for max_tokens rows (extra floats per row and output
+ * feature for DoRA) and attaches ops to every site. */
+finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_peft_ops *ops,
+                                   float weight, int64_t max_tokens, int extra_per_out,
+                                   finch_err *err);
+void finch_lora_detach(finch_peft *p, finch_model *m);
+/* adapter_config.json: LoraConfig's fields finch refuses when set, and those it writes. */
+finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err *err);
+void finch_lora_write_config(const finch_peft *p, json_t *j);
+/* The site of a GGUF weight name ("blk.3.attn_q.weight"), or NULL. */
+finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name);
+
+/* The low-rank path at a site, in steps DoRA reuses:
+ *   input:    the dropped-out input xd (x itself without dropout or outside training);
+ *   u:        u = xd A^T into s->u;
+ *   backward: given gs = the gradient of the low-rank output (already multiplied by
+ *             weight * scale and any per-row factor), du = gs B, dB += gs^T u,
+ *             dA += du^T xd;
+ *   input gradient: dx += (du A) through the dropout mask. */
+const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
+                              const finch_linear_ctx *ctx);
+void finch_lora_backward_params(const finch_lora_site *s, const float *gs, float alpha,
+                                const float *xd, int64_t T, const finch_linear_ctx *ctx);
+void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x, int64_t T,
+                            const finch_linear_ctx *ctx);
+
+#endif /* FINCH_LORA_H */

@@ -1,0 +1,207 @@
+/*
+ * params.c: the trainable-parameter registry and its safetensors I/O.
+ */
+#include "peft/params.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "io/io.h" /* finch_st_*, finch_st_writer_* */
+
+finch_status finch_params_add(finch_params *r, const char *name, int n_dims, const int64_t *shape,
+                              int permute_heads, bool decay, float **data_slot, float **grad_slot,
+                              finch_err *err) {
+    FINCH_ASSERT(n_dims == 1 || n_dims == 2);
+    if (strlen(name) > FINCH_PARAM_MAX_NAME)
+        return finch_err_set(err, FINCH_E_RANGE, "parameter name '%.60s...' is too long", name);
+    if (finch_params_find(r, name))
+        return finch_err_set(err, FINCH_E_USAGE, "parameter '%s' is registered twice", name);
+    int64_t n = shape[0] * (n_dims == 2 ? shape[1] : 1);
+    if (r->n == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 64;
+        finch_param *p = realloc(r->p, (size_t)cap * sizeof *p);
+        if (!p) return finch_err_set(err, FINCH_E_NOMEM, "out of memory registering parameters");
+        r->p = p;
+        r->cap = cap;
+    }
+    finch_param *p = &r->p[r->n++];
+    *p = (finch_param){.n_dims = n_dims, .shape = {shape[0], n_dims == 2 ? shape[1] : 1},
+                       .off = r->total, .n = n, .permute_heads = permute_heads, .decay = decay,
+                       .data_slot = data_slot, .grad_slot = grad_slot};
+    snprintf(p->name, sizeof p->name, "%s", name);
+    r->total += n;
+    return FINCH_OK;
+}
+
+finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err) {
+    size_t bytes;
+    if (!finch_size_mul((size_t)r->total, sizeof(float), &bytes))
+        return finch_err_set(err, FINCH_E_RANGE, "%lld parameters overflow", (long long)r->total);
+    r->data = finch_calloc((size_t)r->total + 1, sizeof(float), "trainable parameters", err);
+    if (!r->data) return FINCH_E_NOMEM;
+    if (with_grads &&
+        !(r->grad = finch_calloc((size_t)r->total + 1, sizeof(float), "parameter gradients", err)))
+        return FINCH_E_NOMEM;
+    for (int i = 0; i < r->n; i++) {
+        finch_param *p = &r->p[i];
+        if (p->data_slot) *p->data_slot = r->data + p->off;
+        if (p->grad_slot) *p->grad_slot = r->grad ? r->grad + p->off : NULL;
+    }
+    return FINCH_OK;
+}
+
+void finch_params_release(finch_params *r) {
+    free(r->p);
+    free(r->data);
+    free(r->grad);
+    *r = (finch_params){0};
+}
+
+finch_param *finch_params_find(const finch_params *r, const char *name) {
+    for (int i = 0; i < r->n; i++)
+        if (!strcmp(r->p[i].name, name)) return &r->p[i];
+    return NULL;
+}
+
+void finch_rows_permute(float *dst, const float *src, int64_t rows, int64_t row_len, int heads,
+                        bool to_hf) {
+    int64_t D = rows / heads;
+    FINCH_ASSERT(D * heads == rows && D % 2 == 0);
+    size_t sz = (size_t)row_len * sizeof *dst;
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t i = 0; i < D / 2; i++) {
+            int64_t g0 = h * D + 2 * i, g1 = g0 + 1; /* GGUF rows */
+            int64_t f0 = h * D + i, f1 = f0 + D / 2; /* HF rows */
+            if (to_hf) {
+                memcpy(dst + f0 * row_len, src + g0 * row_len, sz);
+                memcpy(dst + f1 * row_len, src + g1 * row_len, sz);
+            } else {
+                memcpy(dst + g0 * row_len, src + f0 * row_len, sz);
+                memcpy(dst + g1 * row_len, src + f1 * row_len, sz);
+            }
+        }
+}
+
+finch_status finch_params_save_st(const finch_params *r, const char *path, finch_err *err) {
+    finch_status st = FINCH_OK;
+    float *hf = NULL; /* the arena with q/k rows in HF order */
+    finch_st_writer *w = finch_st_writer_new(err);
+    if (!w) return FINCH_E_NOMEM;
+    if (!(hf = finch_alloc((size_t)r->total * sizeof(float) + 1, "parameter copy", err))) {
+        st = FINCH_E_NOMEM;
+        goto done;
+    }
+    memcpy(hf, r->data, (size_t)r->total * sizeof(float));
+    if ((st = finch_st_writer_set_meta(w, "format", "pt", err))) goto done;
+    for (int i = 0; i < r->n && !st; i++) {
+        const finch_param *p = &r->p[i];
+        if (p->permute_heads)
+            finch_rows_permute(hf + p->off, r->data + p->off, p->shape[0], p->shape[1],
+                               p->permute_heads, true);
+        st = finch_st_writer_add(w, p->name, FINCH_ST_F32, p->n_dims, p->shape, hf + p->off, err);
+    }
+    if (!st) st = finch_st_writer_save(w, path, err);
+done:
+    finch_st_writer_free(w);
+    free(hf);
+    return st;
+}
+
+static void shape_text(char *buf, size_t n, int n_dims, const int64_t *shape) {
+    int k = snprintf(buf, n, "[");
+    for (int d = 0; d < n_dims && k < (int)n; d++)
+        k += snprintf(buf + k, n - (size_t)k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (k < (int)n) snprintf(buf + k, n - (size_t)k, "]");
+}
+
+/* Copies tensor te (F32/F16/BF16, n elements) into dst as f32. */
+static void to_f32(float *dst, const finch_st_tensor *te, int64_t n) {
+    if (te->dtype == FINCH_ST_F32) {
+        memcpy(dst, te->data, (size_t)n * sizeof *dst);
+        return;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        uint16_t h;
+        memcpy(&h, te->data + 2 * k, 2);
+        dst[k] = te->dtype == FINCH_ST_F16 ? finch_f16_to_f32(h) : finch_bf16_to_f32(h);
+    }
+}
+
+/* The layer number in a key (".layers.N."), or -1. */
+static long key_layer(const char *name) {
+    const char *p = strstr(name, ".layers.");
+    if (!p && !strncmp(name, "layers.", 7)) p = name - 1;
+    if (!p) return -1;
+    char *end;
+    long L = strtol(p + 8, &end, 10);
+    return end > p + 8 && *end == '.' ? L : -1;
+}
+
+finch_status finch_params_load_st(finch_params *r, const char *path, finch_err *err) {
+    finch_st *f = NULL;
+    finch_status st = finch_st_open(path, &f, err);
+    if (st) return st;
+    float *tmp = NULL;
+    /* every tensor in the file must be one this adapter has */
+    for (int64_t i = 0; i < finch_st_n_tensors(f) && !st; i++) {
+        const char *name = finch_st_tensor_at(f, i)->name;
+        if (finch_params_find(r, name)) continue;
+        long L = key_layer(name);
+        int max_layer = -1;
+        for (int k = 0; k < r->n; k++)
+            if (key_layer(r->p[k].name) > max_layer) max_layer = (int)key_layer(r->p[k].name);
+        if (L > max_layer && max_layer >= 0)
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: tensor '%.200s' is for layer %ld, beyond this adapter's "
+                               "layers (0..%d) on this model: adapter made for another model?",
+                               path, name, L, max_layer);
+        else
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: unexpected tensor '%.200s': not a tensor of this adapter's "
+                               "configuration (another method, targets or model?)",
+                               path, name);
+    }
+    for (int i = 0; i < r->n && !st; i++) {
+        finch_param *p = &r->p[i];
+        const finch_st_tensor *te = finch_st_find(f, p->name);
+        char got[96], want[96];
+        if (!te) {
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: missing tensor '%s' (its config says it is there)", path,
+                               p->name);
+            break;
+        }
+        if (te->dtype != FINCH_ST_F32 && te->dtype != FINCH_ST_F16 && te->dtype != FINCH_ST_BF16) {
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: tensor '%s' has dtype %s; finch reads F32, F16 or BF16", path,
+                               p->name, finch_st_dtype_name(te->dtype));
+            break;
+        }
+        bool same = te->n_dims == p->n_dims;
+        for (int d = 0; d < p->n_dims && same; d++) same = te->shape[d] == p->shape[d];
+        if (!same) {
+            shape_text(got, sizeof got, te->n_dims, te->shape);
+            shape_text(want, sizeof want, p->n_dims, p->shape);
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: adapter made for another model? tensor '%s' is %s, this "
+                               "model needs %s",
+                               path, p->name, got, want);
+            break;
+        }
+        float *dst = r->data + p->off;
+        if (!p->permute_heads) {
+            to_f32(dst, te, p->n);
+            continue;
+        }
+        free(tmp);
+        if (!(tmp = finch_alloc((size_t)p->n * sizeof *tmp, "adapter rows", err))) {
+            st = FINCH_E_NOMEM;
+            break;
+        }
+        to_f32(tmp, te, p->n);
+        finch_rows_permute(dst, tmp, p->shape[0], p->shape[1], p->permute_heads, false);
+    }
+    free(tmp);
+    finch_st_close(f);
+    return st;
+}

@@ -1,0 +1,67 @@
+/*
+ * params.h: the trainable-parameter registry. A method registers named f32 tensors (the
+ * name is the key the tensor is saved under); the registry lays them out back to back in
+ * one arena, with the gradients in a parallel arena of the same layout. The optimizer,
+ * clipping, accumulation, checkpoints and the parameter report work on the two flat
+ * arrays and never see a method's own structures.
+ *
+ * Row order: finch keeps q and k rows in GGUF order (model.h). A tensor whose first
+ * dimension runs over the rows of q or k (LoRA's B, a DoRA magnitude, a bias, a whole
+ * weight) says so with permute_heads, and file I/O converts those rows to Hugging Face
+ * order on save and back on load (FORMATS.md 4.1).
+ */
+#ifndef FINCH_PARAMS_H
+#define FINCH_PARAMS_H
+
+#include "core/core.h"
+
+#define FINCH_PARAM_MAX_NAME 191
+
+typedef struct {
+    char name[FINCH_PARAM_MAX_NAME + 1];
+    int n_dims;           /* 1 or 2 */
+    int64_t shape[2];     /* outermost first, as saved */
+    int64_t off, n;       /* elements: where in the arena, how many */
+    int permute_heads;    /* rows (dim 0) are q/k rows of this many heads; 0: plain rows */
+    bool decay;           /* AdamW's weight decay applies (not to biases and norm weights) */
+    float **data_slot;    /* set to the tensor's place in the arena when allocated */
+    float **grad_slot;    /* the same in the gradient arena (NULL when there is none) */
+} finch_param;
+
+typedef struct {
+    finch_param *p;
+    int n, cap;
+    float *data;    /* total elements */
+    float *grad;    /* total elements, or NULL */
+    int64_t total;
+} finch_params;
+
+/* Registers a tensor of n_dims (1 or 2) with shape; data_slot and grad_slot (either may be
+ * NULL) receive its pointers when the arena is allocated. Names must be unique. */
+finch_status finch_params_add(finch_params *r, const char *name, int n_dims, const int64_t *shape,
+                              int permute_heads, bool decay, float **data_slot, float **grad_slot,
+                              finch_err *err);
+
+/* Allocates the arena (zeroed) and, with_grads, the gradient arena; fills every slot. */
+finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err);
+void finch_params_release(finch_params *r);
+
+/* The tensor registered under name, or NULL. */
+finch_param *finch_params_find(const finch_params *r, const char *name);
+
+/* Writes every tensor to a safetensors file (F32, q/k rows in Hugging Face order),
+ * atomically, with metadata format=pt as PEFT writes. */
+finch_status finch_params_save_st(const finch_params *r, const char *path, finch_err *err);
+
+/* Reads every registered tensor from a safetensors file: each must be present with its
+ * shape (F32, F16 or BF16), and the file may hold nothing else. q/k rows go back to GGUF
+ * order. Errors name the file and the tensor; shape errors say which shape this model
+ * needs. */
+finch_status finch_params_load_st(finch_params *r, const char *path, finch_err *err);
+
+/* Converts rows (dim 0, row_len elements each) of a q/k tensor between GGUF and Hugging
+ * Face order (FORMATS.md 4.1); dst and src distinct. */
+void finch_rows_permute(float *dst, const float *src, int64_t rows, int64_t row_len, int heads,
+                        bool to_hf);
+
+#endif /* FINCH_PARAMS_H */

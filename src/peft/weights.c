@@ -1,0 +1,428 @@
+/*
+ * weights.c: the model's own tensors as trainable parameters (weights.h).
+ */
+#include "peft/weights.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "io/io.h" /* GGUF and safetensors writers */
+
+typedef enum { W_EMBD, W_NORM_ATTN, W_LINEAR, W_BIAS, W_NORM_FFN, W_NORM_OUT, W_HEAD } wkind;
+
+typedef struct {
+    wkind kind;
+    int layer;
+    finch_target target;
+    int64_t rows, cols;     /* cols 1 for vectors */
+    float *data, *grad;     /* in the registry */
+    finch_weight saved_w;   /* what the model held before attaching */
+    const float *saved_v;
+} wsite;
+
+typedef struct {
+    int n_sites;
+    wsite *sites;
+} wstate;
+
+/* ---- names ------------------------------------------------------------------------------ */
+
+/* The Hugging Face key of a site. */
+static void hf_name(char *buf, size_t n, const wsite *s) {
+    char key[160];
+    switch (s->kind) {
+    case W_EMBD: snprintf(buf, n, "model.embed_tokens.weight"); return;
+    case W_NORM_ATTN: snprintf(buf, n, "model.layers.%d.input_layernorm.weight", s->layer); return;
+    case W_NORM_FFN: snprintf(buf, n, "model.layers.%d.post_attention_layernorm.weight", s->layer); return;
+    case W_NORM_OUT: snprintf(buf, n, "model.norm.weight"); return;
+    case W_HEAD: snprintf(buf, n, "lm_head.weight"); return;
+    case W_LINEAR:
+    case W_BIAS:
+        finch_target_key(key, sizeof key, s->layer, s->target, true);
+        snprintf(buf, n, "%s.%s", key, s->kind == W_BIAS ? "bias" : "weight");
+        return;
+    }
+}
+
+/* The GGUF name of a site. */
+static void gguf_name(char *buf, size_t n, const wsite *s) {
+    switch (s->kind) {
+    case W_EMBD: snprintf(buf, n, "token_embd.weight"); return;
+    case W_NORM_ATTN: snprintf(buf, n, "blk.%d.attn_norm.weight", s->layer); return;
+    case W_NORM_FFN: snprintf(buf, n, "blk.%d.ffn_norm.weight", s->layer); return;
+    case W_NORM_OUT: snprintf(buf, n, "output_norm.weight"); return;
+    case W_HEAD: snprintf(buf, n, "output.weight"); return;
+    case W_LINEAR:
+    case W_BIAS:
+        snprintf(buf, n, "blk.%d.%s.%s", s->layer, finch_target_gguf_name(s->target),
+                 s->kind == W_BIAS ? "bias" : "weight");
+        return;
+    }
+}
+
+/* ---- create, init ----------------------------------------------------------------------- */
+
+static finch_status add_site(finch_peft *p, wstate *st, const finch_model *m, wkind kind, int layer,
+                             finch_target t, int64_t rows, int64_t cols, finch_err *err) {
+    wsite *s = &st->sites[st->n_sites++];
+    *s = (wsite){.kind = kind, .layer = layer, .target = t, .rows = rows, .cols = cols};
+    char name[200];
+    hf_name(name, sizeof name, s);
+    int heads = kind == W_LINEAR || kind == W_BIAS ? finch_target_heads(m, t) : 0;
+    bool decay = kind == W_LINEAR || kind == W_EMBD || kind == W_HEAD; /* not norms, biases */
+    int64_t shape[2] = {rows, cols};
+    return finch_params_add(&p->params, name, cols > 1 || kind == W_LINEAR ? 2 : 1, shape, heads,
+                            decay, &s->data, &s->grad, err);
+}
+
+finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err *err) {
+    const finch_weights_config *c = p->cfg;
+    const finch_model_config *mc = &m->cfg;
+    wstate *st = finch_calloc(1, sizeof *st, "trainable weights", err);
+    if (!st) return FINCH_E_NOMEM;
+    p->state = st;
+    st->sites = finch_calloc((size_t)mc->n_layer * 16 + 4, sizeof *st->sites, "weight sites", err);
+    if (!st->sites) return FINCH_E_NOMEM;
+    finch_status e = FINCH_OK;
+    /* a tied head is the embedding table: training either trains that one matrix */
+    if (c->embeddings || (c->head && mc->tied_output))
+        e = add_site(p, st, m, W_EMBD, -1, 0, mc->n_vocab, mc->n_embd, err);
+    for (int l = 0; l < mc->n_layer && !e; l++) {
+        if (!finch_peft_layer(p, l)) continue;
+        e = add_site(p, st, m, W_NORM_ATTN, l, 0, mc->n_embd, 1, err);
+        for (int t = 0; t < FINCH_TARGET_COUNT && !e; t++) {
+            const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
+            if (t == FINCH_TARGET_GATE) e = add_site(p, st, m, W_NORM_FFN, l, 0, mc->n_embd, 1, err);
+            if (!e) e = add_site(p, st, m, W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols, err);
+            if (!e && lin->bias) e = add_site(p, st, m, W_BIAS, l, (finch_target)t, lin->w.rows, 1, err);
+        }
+    }
+    if (!e && c->head) e = add_site(p, st, m, W_NORM_OUT, -1, 0, mc->n_embd, 1, err);
+    if (!e && c->head && !mc->tied_output) e = add_site(p, st, m, W_HEAD, -1, 0, mc->n_vocab, mc->n_embd, err);
+    return e;
+}
+
+/* The model's current tensor of a site: a weight view or a vector. */
+static finch_weight *site_weight(finch_model *m, const wsite *s) {
+    switch (s->kind) {
+    case W_EMBD: return &m->tok_embd;
+    case W_HEAD: return &m->output.w;
+    case W_LINEAR: return &finch_model_target(m, s->layer, s->target)->w;
+    default: return NULL;
+    }
+}
+
+static const float **site_vector(finch_model *m, const wsite *s) {
+    switch (s->kind) {
+    case W_NORM_ATTN: return &m->layers[s->layer].attn_norm;
+    case W_NORM_FFN: return &m->layers[s->layer].ffn_norm;
+    case W_NORM_OUT: return &m->output_norm;
+    case W_BIAS: return &finch_model_target(m, s->layer, s->target)->bias;
+    default: return NULL;
+    }
+}
+
+void finch_weights_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
+    (void)rng;
+    wstate *st = p->state;
+    finch_model *mm = (finch_model *)m;
+    finch_dtype quantized = FINCH_DTYPE_COUNT;
+    for (int i = 0; i < st->n_sites; i++) {
+        const wsite *s = &st->sites[i];
+        const finch_weight *w = site_weight(mm, s);
+        if (!w) {
+            memcpy(s->data, *site_vector(mm, s), (size_t)s->rows * sizeof(float));
+            continue;
+        }
+        if (finch_dtype_info[w->type].block_elems > 1) quantized = w->type;
+        for (int64_t r = 0; r < w->rows; r++)
+            finch_dtype_info[w->type].dequant(s->data + r * w->cols,
+                                              (const uint8_t *)w->data + (size_t)r * w->row_bytes, w->cols);
+    }
+    if (quantized != FINCH_DTYPE_COUNT)
+        finch_log(FINCH_LOG_INFO, "%s: the base stores weights as %s: the trained ones are dequantized "
+                  "to f32 master copies to start", p->method->name, finch_dtype_info[quantized].name);
+}
+
+void finch_weights_free_state(finch_peft *p) {
+    wstate *st = p->state;
+    if (!st) return;
+    free(st->sites);
+    free(st);
+}
+
+/* ---- attach ----------------------------------------------------------------------------- */
+
+finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
+                                  finch_err *err) {
+    (void)max_tokens;
+    if (weight != 1.0f)
+        return finch_err_set(err, FINCH_E_USAGE, "%s trains the model itself: it attaches with weight 1 only",
+                             p->method->name);
+    wstate *st = p->state;
+    for (int i = 0; i < st->n_sites; i++) {
+        wsite *s = &st->sites[i];
+        finch_weight *w = site_weight(m, s);
+        if (w) {
+            s->saved_w = *w;
+            *w = (finch_weight){FINCH_DTYPE_F32, s->rows, s->cols, (size_t)s->cols * sizeof(float), s->data};
+        } else {
+            s->saved_v = *site_vector(m, s);
+            *site_vector(m, s) = s->data;
+        }
+        switch (s->kind) {
+        case W_EMBD:
+            m->d_tok_embd = s->grad;
+            if (m->cfg.tied_output) {
+                m->output.w = m->tok_embd;
+                m->output.dw = s->grad;
+            }
+            break;
+        case W_HEAD: m->output.dw = s->grad; break;
+        case W_LINEAR: finch_model_target(m, s->layer, s->target)->dw = s->grad; break;
+        case W_BIAS: finch_model_target(m, s->layer, s->target)->dbias = s->grad; break;
+        case W_NORM_ATTN: m->layers[s->layer].d_attn_norm = s->grad; break;
+        case W_NORM_FFN: m->layers[s->layer].d_ffn_norm = s->grad; break;
+        case W_NORM_OUT: m->d_output_norm = s->grad; break;
+        }
+    }
+    return FINCH_OK;
+}
+
+void finch_weights_detach(finch_peft *p, finch_model *m) {
+    wstate *st = p->state;
+    for (int i = st->n_sites - 1; i >= 0; i--) {
+        wsite *s = &st->sites[i];
+        finch_weight *w = site_weight(m, s);
+        if (w) *w = s->saved_w;
+        else *site_vector(m, s) = s->saved_v;
+        switch (s->kind) {
+        case W_EMBD:
+            m->d_tok_embd = NULL;
+            if (m->cfg.tied_output) m->output.w = m->tok_embd, m->output.dw = NULL;
+            break;
+        case W_HEAD: m->output.dw = NULL; break;
+        case W_LINEAR: finch_model_target(m, s->layer, s->target)->dw = NULL; break;
+        case W_BIAS: finch_model_target(m, s->layer, s->target)->dbias = NULL; break;
+        case W_NORM_ATTN: m->layers[s->layer].d_attn_norm = NULL; break;
+        case W_NORM_FFN: m->layers[s->layer].d_ffn_norm = NULL; break;
+        case W_NORM_OUT: m->d_output_norm = NULL; break;
+        }
+    }
+}
+
+/* ---- save ------------------------------------------------------------------------------- */
+
+static const wsite *site_by_gguf_name(const wstate *st, const char *name) {
+    for (int i = 0; i < st->n_sites; i++) {
+        char g[96];
+        gguf_name(g, sizeof g, &st->sites[i]);
+        if (!strcmp(g, name)) return &st->sites[i];
+    }
+    return NULL;
+}
+
+/* The base GGUF with the trained tensors replaced: 2-D ones quantized to the save type
+ * where their rows are whole blocks of it, vectors in f32. */
+static finch_status save_gguf(const finch_peft *p, const finch_model *m, const char *path, finch_err *err) {
+    const finch_weights_config *c = p->cfg;
+    const wstate *st = p->state;
+    static const finch_dtype types[] = {FINCH_DTYPE_F32, FINCH_DTYPE_F16, FINCH_DTYPE_BF16,
+                                        FINCH_DTYPE_Q8_0, FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1};
+    static const uint32_t ftypes[] = {0, 1, 32, 7, 2, 3}; /* general.file_type, llama ftype */
+    const finch_dtype out = types[c->save_type];
+    const finch_gguf *g = m->gguf;
+    finch_gguf_writer *w = finch_gguf_writer_new(err);
+    if (!w) return FINCH_E_NOMEM;
+    finch_status e = FINCH_OK;
+    int64_t n_t = finch_gguf_n_tensors(g);
+    uint8_t **bufs = calloc((size_t)n_t + 1, sizeof *bufs);
+    float *tmp = NULL;
+    if (!bufs) {
+        e = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int64_t i = 0; i < finch_gguf_n_kv(g) && !e; i++) {
+        const finch_gguf_kv *kv = finch_gguf_kv_at(g, i);
+        if (strcmp(kv->key, "general.file_type")) e = finch_gguf_set_kv(w, kv, err);
+    }
+    if (!e) e = finch_gguf_set_u32(w, "general.file_type", ftypes[c->save_type], err);
+    const bool hf_rows = strcmp(m->cfg.arch, "llama") != 0; /* qwen2 files keep HF q/k rows */
+    for (int64_t i = 0; i < n_t && !e; i++) {
+        const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
+        const wsite *s = site_by_gguf_name(st, t->name);
+        if (!s) {
+            e = finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, err);
+            continue;
+        }
+        const float *src = s->data;
+        int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
+        if (hf_rows && heads) {
+            free(tmp);
+            if (!(tmp = malloc((size_t)(s->rows * s->cols) * sizeof *tmp))) {
+                e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", t->name);
+                break;
+            }
+            finch_rows_permute(tmp, s->data, s->rows, s->cols, heads, true);
+            src = tmp;
+        }
+        size_t rb;
+        finch_dtype ty = s->cols > 1 && finch_dtype_row_bytes(out, s->cols, &rb) ? out : FINCH_DTYPE_F32;
+        if (ty == FINCH_DTYPE_F32) rb = (size_t)s->cols * sizeof(float);
+        if (!(bufs[i] = malloc(rb * (size_t)s->rows))) {
+            e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", t->name);
+            break;
+        }
+        for (int64_t r = 0; r < s->rows; r++)
+            finch_dtype_info[ty].quant(bufs[i] + (size_t)r * rb, src + r * s->cols, s->cols);
+        e = finch_gguf_add_tensor(w, t->name, ty, t->n_dims, t->ne, bufs[i], err);
+    }
+    if (!e && finch_dtype_info[out].block_elems > 1 && !finch_gguf_find_kv(g, "general.quantization_version"))
+        e = finch_gguf_set_u32(w, "general.quantization_version", 2, err);
+    if (!e) e = finch_gguf_writer_save(w, path, err);
+done:
+    for (int64_t i = 0; bufs && i < n_t; i++) free(bufs[i]);
+    free(bufs);
+    free(tmp);
+    finch_gguf_writer_free(w);
+    return e;
+}
+
+static finch_status write_json_file(json_t *j, const char *path, finch_err *err);
+
+/* config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM for a qwen2 base). */
+static finch_status save_hf_config(const finch_model *m, const char *path, finch_err *err) {
+    const finch_model_config *c = &m->cfg;
+    bool qwen2 = !strcmp(c->arch, "qwen2");
+    json_t *j = json_object(), *arch = json_array();
+    json_array_append_new(arch, json_string(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+    json_object_set_new(j, "architectures", arch);
+    json_object_set_new(j, "model_type", json_string(qwen2 ? "qwen2" : "llama"));
+    json_object_set_new(j, "hidden_size", json_integer(c->n_embd));
+    json_object_set_new(j, "intermediate_size", json_integer(c->n_ff));
+    json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layer));
+    json_object_set_new(j, "num_attention_heads", json_integer(c->n_head));
+    json_object_set_new(j, "num_key_value_heads", json_integer(c->n_head_kv));
+    json_object_set_new(j, "head_dim", json_integer(c->head_dim));
+    json_object_set_new(j, "vocab_size", json_integer(c->n_vocab));
+    json_object_set_new(j, "max_position_embeddings", json_integer(c->n_ctx_train));
+    json_object_set_new(j, "rms_norm_eps", json_real(c->rms_eps));
+    json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tied_output));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "attention_bias", json_false());
+    json_object_set_new(j, "mlp_bias", json_false());
+    json_object_set_new(j, "torch_dtype", json_string("float32"));
+    finch_status e = write_json_file(j, path, err);
+    json_decref(j);
+    return e;
+}
+
+/* model.safetensors: every tensor of the model under its Hugging Face key, f32, q/k rows
+ * in Hugging Face order: the trained copies, the frozen ones dequantized. */
+static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, const char *path,
+                                    finch_err *err) {
+    const wstate *st = p->state;
+    const finch_model_config *mc = &m->cfg;
+    /* every tensor of the model as a site, trained or not */
+    int cap = mc->n_layer * 16 + 4, n = 0;
+    wsite *all = calloc((size_t)cap, sizeof *all);
+    float **bufs = calloc((size_t)cap, sizeof *bufs);
+    finch_st_writer *w = finch_st_writer_new(err);
+    finch_status e = !all || !bufs || !w ? finch_err_set(err, FINCH_E_NOMEM, "out of memory") : FINCH_OK;
+    if (!e) e = finch_st_writer_set_meta(w, "format", "pt", err);
+    if (!e) {
+        all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = mc->n_embd};
+        for (int l = 0; l < mc->n_layer; l++) {
+            all[n++] = (wsite){.kind = W_NORM_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
+            all[n++] = (wsite){.kind = W_NORM_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
+            for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
+                const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
+                all[n++] = (wsite){.kind = W_LINEAR, .layer = l, .target = (finch_target)t,
+                                   .rows = lin->w.rows, .cols = lin->w.cols};
+                if (lin->bias)
+                    all[n++] = (wsite){.kind = W_BIAS, .layer = l, .target = (finch_target)t,
+                                       .rows = lin->w.rows, .cols = 1};
+            }
+        }
+        all[n++] = (wsite){.kind = W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
+        if (!mc->tied_output) all[n++] = (wsite){.kind = W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
+    }
+    for (int i = 0; i < n && !e; i++) {
+        wsite *s = &all[i];
+        char name[200], g[96];
+        hf_name(name, sizeof name, s);
+        gguf_name(g, sizeof g, s);
+        const wsite *trained = site_by_gguf_name(st, g);
+        size_t count = (size_t)(s->rows * s->cols);
+        if (!(bufs[i] = malloc(count * sizeof(float) + 1))) {
+            e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
+            break;
+        }
+        float *src = bufs[i];
+        if (trained) {
+            memcpy(src, trained->data, count * sizeof(float));
+        } else {
+            /* the attached copies are the model's tensors now; frozen ones are as loaded */
+            const finch_weight *wt = site_weight((finch_model *)m, s);
+            if (wt)
+                for (int64_t r = 0; r < wt->rows; r++)
+                    finch_dtype_info[wt->type].dequant(src + r * wt->cols,
+                                                       (const uint8_t *)wt->data + (size_t)r * wt->row_bytes, wt->cols);
+            else
+                memcpy(src, *site_vector((finch_model *)m, s), count * sizeof(float));
+        }
+        int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
+        if (heads) {
+            float *hf = malloc(count * sizeof(float));
+            if (!hf) {
+                e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
+                break;
+            }
+            finch_rows_permute(hf, src, s->rows, s->cols, heads, true);
+            free(bufs[i]);
+            bufs[i] = src = hf;
+        }
+        int64_t shape[2] = {s->rows, s->cols};
+        e = finch_st_writer_add(w, name, FINCH_ST_F32, s->cols > 1 || s->kind == W_LINEAR ? 2 : 1, shape,
+                                src, err);
+    }
+    if (!e) e = finch_st_writer_save(w, path, err);
+    for (int i = 0; bufs && i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(all);
+    finch_st_writer_free(w);
+    return e;
+}
+
+static finch_status write_text(FILE *f, void *user, finch_err *err) {
+    const char **ctx = user; /* {text, path} */
+    return finch_fwrite(f, ctx[0], strlen(ctx[0]), ctx[1], err);
+}
+
+static finch_status write_json_file(json_t *j, const char *path, finch_err *err) {
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+    if (!text) return finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory", path);
+    const char *ctx[2] = {text, path};
+    finch_status e = finch_file_commit(path, write_text, (void *)ctx, err);
+    free(text);
+    return e;
+}
+
+finch_status finch_weights_save(const finch_peft *p, const finch_model *m, const char *dir,
+                                finch_err *err) {
+    char path[4096];
+    if (strlen(dir) + 32 > sizeof path)
+        return finch_err_set(err, FINCH_E_USAGE, "output folder '%.200s...': path too long", dir);
+    finch_status e = finch_mkdir_p(dir, err);
+    if (e) return e;
+    if (m->gguf) {
+        snprintf(path, sizeof path, "%s/model.gguf", dir);
+        if ((e = save_gguf(p, m, path, err))) return e;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if ((e = save_hf_weights(p, m, path, err))) return e;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return save_hf_config(m, path, err);
+}

@@ -303,6 +303,57 @@ static void test_swiglu(void **state) {
     free(u);
 }
 
+/* The site ops: column scaling and column dot products against the double reference and
+ * bit-identical for 1 and 2 threads; dropout's AVX-512 path (where built) gives the bits
+ * of the scalar definition, forward and backward, and drops at the rate asked. */
+static void test_site_ops(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 11);
+    const int64_t T = 37, n = 203;
+    float *x = rand_vec(&r, T * n, 1.0f), *b = rand_vec(&r, T * n, 1.0f), *s = rand_vec(&r, n, 2.0f);
+    float *y = malloc(sizeof(float) * (size_t)(T * n)), *yr = malloc(sizeof(float) * (size_t)(T * n));
+    finch_backend_cpu.scale_cols(y, x, s, T, n);
+    finch_ref_scale_cols(yr, x, s, T, n);
+    assert_memory_equal(y, yr, sizeof(float) * (size_t)(T * n)); /* one product each: exact */
+    float d1[203] = {0}, d2[203] = {0}, dr[203] = {0}, u[203] = {0};
+    finch_threads_set(1);
+    finch_backend_cpu.col_dot(d1, x, b, T, n);
+    finch_threads_set(2);
+    finch_backend_cpu.col_dot(d2, x, b, T, n);
+    finch_ref_col_dot(dr, x, b, T, n);
+    assert_memory_equal(d1, d2, sizeof d1);
+    /* f32 sums of T products of O(1) terms: floor T */
+    assert_close(d2, dr, n, 4e-6, (double)T, "col_dot");
+    finch_backend_cpu.col_dot(u, x, NULL, T, n);
+    memset(dr, 0, sizeof dr);
+    finch_ref_col_dot(dr, x, NULL, T, n);
+    assert_close(u, dr, n, 4e-6, (double)T, "col_dot (sums)");
+
+    const int64_t N = 100003; /* not a multiple of 16: the tail lanes */
+    float *in = rand_vec(&r, N, 1.0f), *o1 = malloc(sizeof(float) * N), *o2 = malloc(sizeof(float) * N);
+    float *g1 = calloc(N, sizeof(float)), *g2 = calloc(N, sizeof(float));
+    for (int k = 0; k < 3; k++) {
+        float p = (float[]){0.05f, 0.5f, 0.9f}[k];
+        finch_dropout d = finch_dropout_make(1234 + (uint64_t)k, 7, p);
+        finch_backend_cpu.dropout_forward(o1, in, N, &d);
+        finch_ref_dropout_forward(o2, in, N, &d);
+        assert_memory_equal(o1, o2, sizeof(float) * N);
+        finch_backend_cpu.dropout_backward(g1, in, N, &d);
+        finch_ref_dropout_backward(g2, in, N, &d);
+        assert_memory_equal(g1, g2, sizeof(float) * N);
+        int64_t dropped = 0;
+        for (int64_t i = 0; i < N; i++) dropped += o1[i] == 0.0f;
+        double rate = (double)dropped / (double)N, sd = sqrt(p * (1 - p) / (double)N);
+        printf("  dropout p %.2f: dropped %.4f (5 sd = %.4f)\n", (double)p, rate, 5 * sd);
+        assert_true(fabs(rate - p) < 5 * sd);
+        /* kept elements are scaled by 1 / (1 - p) */
+        for (int64_t i = 0; i < N; i++)
+            if (o1[i] != 0.0f) assert_true(o1[i] == in[i] * (1.0f / (1.0f - p)));
+    }
+    free(x), free(b), free(s), free(y), free(yr), free(in), free(o1), free(o2), free(g1), free(g2);
+}
+
 int main(void) {
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
@@ -310,7 +361,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_site_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,122 @@
+/*
+ * test_sites.c: the gradients every method's sites produce, against central finite
+ * differences of the whole training loss on the tiny model: LoRA, DoRA's magnitudes, (IA)^3's output and input scales, BitFit's
+ * added biases, and freezing's and full fine-tuning's weights, norms and embeddings.
+ * (DoRA's A and B are not here: PEFT detaches the row norm, so their gradient is by design
+ * not the derivative of the loss; tests/train/test_methods.c checks them against PEFT.)
+ *
+ * The loss is f32 arithmetic summed in double; with h = 1e-3 its rounding (~1e-6 of a
+ * loss near 5) gives differences good to ~1e-3 of the gradients here, far below what a
+ * wrong formula, index or mask misses by. Parameters are moved away from their
+ * initialisation first so no gradient is trivially zero.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "peft/method.h"
+
+#define H 1e-3
+#define TOL 2e-2
+#define SAMPLES 24
+
+static finch_model *model;
+static finch_train_acts *acts;
+enum { B = 2, T = 10 };
+static int32_t ids[B * T], tg[B * T], pos[B * T];
+/* The mean loss; with backward, the parameters' gradients accumulate. (Without dropout:
+ * a forward without backward runs as inference; the dropout masks are checked in
+ * tests/kernels.) */
+static double loss(bool backward) {
+    return finch_model_train_step(model, acts, ids, tg, pos, NULL, 0.0f, 1, backward);
+}
+
+static void check_method(const char *method, const finch_option *opts, int n_opts, const char *only) {
+    finch_peft *p = NULL;
+    finch_err err = {0};
+    finch_rng rng;
+    finch_rng_seed(&rng, 3);
+    if (finch_peft_new(model, method, opts, n_opts, &rng, true, &p, &err)) fail_msg("%s", err.msg);
+    finch_params *r = &p->params;
+    for (int64_t i = 0; i < r->total; i++) r->data[i] += 0.2f * (finch_rng_float(&rng) - 0.5f);
+    assert_int_equal(finch_peft_attach(p, model, 1.0f, B * T, &err), FINCH_OK);
+    /* the gradient is that of the training step, dropout included */
+    memset(r->grad, 0, (size_t)r->total * sizeof(float));
+    loss(true);
+    double mean = 0;
+    int64_t n_in = 0;
+    for (int i = 0; i < r->n; i++)
+        if (!only || strstr(r->p[i].name, only))
+            for (int64_t k = 0; k < r->p[i].n; k++) mean += fabs(r->grad[r->p[i].off + k]), n_in++;
+    mean /= (double)n_in;
+    int checked = 0;
+    for (int s = 0; s < SAMPLES; s++) {
+        int i = (int)(finch_rng_u64(&rng) % (uint64_t)r->n);
+        if (only && !strstr(r->p[i].name, only)) {
+            s--;
+            continue;
+        }
+        int64_t k = r->p[i].off + (int64_t)(finch_rng_u64(&rng) % (uint64_t)r->p[i].n);
+        float x0 = r->data[k];
+        r->data[k] = x0 + (float)H;
+        double up = loss(false);
+        r->data[k] = x0 - (float)H;
+        double dn = loss(false);
+        r->data[k] = x0;
+        double fd = (up - dn) / ((double)(x0 + (float)H) - (double)(x0 - (float)H));
+        double e = fabs(fd - r->grad[k]);
+        if (e > TOL * (fabs(fd) + mean) + 1e-6)
+            fail_msg("%s %s[%lld]: gradient %.7g, finite difference %.7g", method, r->p[i].name,
+                     (long long)(k - r->p[i].off), r->grad[k], fd);
+        checked++;
+    }
+    printf("  %s: %d gradients equal to finite differences (mean |g| %.3g)\n", method, checked, mean);
+    finch_peft_detach(p, model);
+    finch_peft_free(p);
+}
+
+static void test_sites(void **state) {
+    (void)state;
+    const finch_option lora[] = {{"target-modules", "all-linear"}, {"lora-dropout", "0"}, {"lora-r", "3"}};
+    check_method("lora", lora, 3, NULL);
+    const finch_option dora[] = {{"target-modules", "all-linear"}, {"lora-dropout", "0"}};
+    check_method("dora", dora, 2, "magnitude");
+    const finch_option ia3[] = {{"target-modules", "q,k,v,o,down,up"}, {"feedforward-modules", "down,o"}};
+    check_method("ia3", ia3, 2, NULL);
+    check_method("bitfit", NULL, 0, NULL);
+    const finch_option freeze[] = {{"layers", "0"}, {"train-embeddings", NULL}, {"train-head", NULL}};
+    check_method("freeze", freeze, 3, NULL);
+    check_method("full", NULL, 0, NULL);
+}
+
+static int setup(void **state) {
+    (void)state;
+    finch_err err;
+    finch_threads_set(2);
+    if (finch_model_load(FINCH_FIXTURES "/model/tiny_llama.gguf", &model, &err)) return -1;
+    finch_rng r;
+    finch_rng_seed(&r, 9);
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = (int32_t)(finch_rng_u64(&r) % 97);
+        pos[i] = i % T;
+    }
+    for (int i = 0; i < B * T; i++) tg[i] = i % T < 3 || i % T == T - 1 ? -1 : ids[i + 1];
+    return finch_train_acts_new(model, B, T, &acts, &err) ? -1 : 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    finch_train_acts_free(acts);
+    finch_model_free(model);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites)};
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -18,8 +18,11 @@
  * PyTorch peer of the same shape and prints the ratios.
  *
  * Usage: bench_train -m MODEL [-b BATCH] [-T SEQ] [-n STEPS] [-t THREADS] [--out DIR]
+ *                    [--method NAME] [--option NAME=VALUE ...]
  *   defaults: -b 4 -T 128 -n 8 -t 2; --out keeps the run directory (adapter, metrics)
- *   there instead of a temporary one that is removed at the end.
+ *   there instead of a temporary one that is removed at the end. --method trains another
+ *   method of the table with its default options, or those --option gives; for lora and
+ *   dora without --option the options are r 16, alpha 32, dropout 0.05, all linear layers.
  */
 #define _XOPEN_SOURCE 700
 #include <errno.h>
@@ -51,6 +54,9 @@ typedef struct {
     const char *model;
     const char *out;
     int batch, seq, steps, threads;
+    const char *method;
+    char *opts[16]; /* NAME=VALUE */
+    int n_opts;
 } bench_args;
 
 typedef struct {
@@ -91,7 +97,8 @@ static void usage(const char *prog) {
             "usage: %s -m MODEL [-b BATCH] [-T SEQ] [-n STEPS] [-t THREADS] [--out DIR]\n"
             "  -b examples per step (default 4), -T tokens per example (default 128),\n"
             "  -n optimizer steps, the first %d untimed (default 8), -t threads (default 2),\n"
-            "  --out DIR keep the run directory there (default: a temporary one, removed)\n",
+            "  --out DIR keep the run directory there (default: a temporary one, removed)\n"
+            "  --method NAME (default lora), --option NAME=VALUE (repeatable) its options\n",
             prog, WARMUP_STEPS);
 }
 
@@ -105,7 +112,7 @@ static int parse_int(const char *s, int lo, int *out) {
 }
 
 static int parse_args(int argc, char **argv, bench_args *a) {
-    *a = (bench_args){NULL, NULL, 4, 128, 8, 2};
+    *a = (bench_args){.batch = 4, .seq = 128, .steps = 8, .threads = 2, .method = "lora"};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) return -1;
@@ -117,6 +124,8 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         int bad = 0;
         if (!strcmp(f, "-m")) a->model = v;
         else if (!strcmp(f, "--out")) a->out = v;
+        else if (!strcmp(f, "--method")) a->method = v;
+        else if (!strcmp(f, "--option") && a->n_opts < 16 && strchr(v, '=')) a->opts[a->n_opts++] = (char *)v;
         else if (!strcmp(f, "-b")) bad = parse_int(v, 1, &a->batch);
         else if (!strcmp(f, "-T")) bad = parse_int(v, 2, &a->seq);
         else if (!strcmp(f, "-n")) bad = parse_int(v, WARMUP_STEPS + 1, &a->steps);
@@ -242,11 +251,21 @@ int main(int argc, char **argv) {
     o.data.train_on_prompt = 1;
     o.val_path = NULL;
     o.val_fraction = 0.0;
-    o.method = "lora";
-    finch_train_set_option(&o, "lora-r", "16", NULL);
-    finch_train_set_option(&o, "lora-alpha", "32", NULL);
-    finch_train_set_option(&o, "lora-dropout", "0.05", NULL);
-    finch_train_set_option(&o, "target-modules", "all-linear", NULL);
+    o.method = a.method;
+    if (!a.n_opts && (!strcmp(a.method, "lora") || !strcmp(a.method, "dora"))) {
+        finch_train_set_option(&o, "lora-r", "16", NULL);
+        finch_train_set_option(&o, "lora-alpha", "32", NULL);
+        finch_train_set_option(&o, "lora-dropout", "0.05", NULL);
+        finch_train_set_option(&o, "target-modules", "all-linear", NULL);
+    }
+    for (int i = 0; i < a.n_opts; i++) {
+        char *eq = strchr(a.opts[i], '=');
+        *eq = 0;
+        if (finch_train_set_option(&o, a.opts[i], eq + 1, &err)) {
+            fprintf(stderr, "bench_train: --option %s: %s\n", a.opts[i], err.msg);
+            goto done;
+        }
+    }
     o.learning_rate = 1e-4;
     o.batch_size = a.batch;
     o.grad_accum = 1;
@@ -272,10 +291,10 @@ int main(int argc, char **argv) {
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"tok_s\": %.3f, \"peak_rss_mb\": %.1f, \"batch\": %d, \"seq\": %d, "
+    printf("{\"method\": \"%s\", \"tok_s\": %.3f, \"peak_rss_mb\": %.1f, \"batch\": %d, \"seq\": %d, "
            "\"steps\": %d, \"threads\": %d, \"lib_tok_s\": %.3f, \"loss_first\": %.5f, "
            "\"loss_last\": %.5f, \"n_trainable\": %lld, \"n_total\": %lld, \"runs\": [",
-           median(st.tok_s + WARMUP_STEPS, st.n - WARMUP_STEPS), (double)ru.ru_maxrss / 1024.0,
+           a.method, median(st.tok_s + WARMUP_STEPS, st.n - WARMUP_STEPS), (double)ru.ru_maxrss / 1024.0,
            a.batch, a.seq, a.steps, a.threads, st.lib_tok_s, st.loss_first, st.loss_last,
            (long long)st.n_trainable, (long long)st.n_total);
     for (int i = WARMUP_STEPS; i < st.n; i++)

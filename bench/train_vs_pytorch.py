@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""finch vs PyTorch LoRA training speed and peak memory on SmolLM2-135M's shape.
+"""finch vs PyTorch LoRA (or full fine-tuning) speed and peak memory on SmolLM2-135M's shape.
+
+With --method full both sides train every weight instead (finch: bench_train --method
+full, f32 master copies made from the Q4_1 base; the peer: the same model with every
+parameter trainable, float32, AdamW over all of them).
 
 What it does: for each configuration (batch x seq; default 4x128 and 1x512) and each of
 several rounds it starts, one after the other and never at the same time,
@@ -69,6 +73,8 @@ def peer_worker(args):
     torch.manual_seed(0)
     rss_import = peak_rss_mb()
 
+    full = args.method == "full"
+
     class LoraLinear(nn.Module):
         """PEFT's lora.Linear: base(x) + lora_B(lora_A(dropout(x))) * alpha / r."""
 
@@ -86,10 +92,14 @@ def peer_worker(args):
         def forward(self, x):
             return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
+    def Proj(n_in, n_out):
+        """A projection: LoRA-wrapped and frozen, or (full fine-tuning) a trainable Linear."""
+        return nn.Linear(n_in, n_out, bias=False) if full else LoraLinear(n_in, n_out)
+
     class RMSNorm(nn.Module):
         def __init__(self, dim):
             super().__init__()
-            self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+            self.weight = nn.Parameter(torch.ones(dim), requires_grad=full)
 
         def forward(self, x):
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * self.weight
@@ -102,14 +112,14 @@ def peer_worker(args):
         def __init__(self):
             super().__init__()
             self.input_layernorm = RMSNorm(DIM)
-            self.q_proj = LoraLinear(DIM, N_HEAD * HEAD_DIM)
-            self.k_proj = LoraLinear(DIM, N_KV * HEAD_DIM)
-            self.v_proj = LoraLinear(DIM, N_KV * HEAD_DIM)
-            self.o_proj = LoraLinear(N_HEAD * HEAD_DIM, DIM)
+            self.q_proj = Proj(DIM, N_HEAD * HEAD_DIM)
+            self.k_proj = Proj(DIM, N_KV * HEAD_DIM)
+            self.v_proj = Proj(DIM, N_KV * HEAD_DIM)
+            self.o_proj = Proj(N_HEAD * HEAD_DIM, DIM)
             self.post_attention_layernorm = RMSNorm(DIM)
-            self.gate_proj = LoraLinear(DIM, FFN)
-            self.up_proj = LoraLinear(DIM, FFN)
-            self.down_proj = LoraLinear(FFN, DIM)
+            self.gate_proj = Proj(DIM, FFN)
+            self.up_proj = Proj(DIM, FFN)
+            self.down_proj = Proj(FFN, DIM)
 
         def forward(self, x, cos, sin, mask):
             b, t, _ = x.shape
@@ -131,7 +141,7 @@ def peer_worker(args):
         def __init__(self):
             super().__init__()
             self.embed_tokens = nn.Embedding(VOCAB, DIM)
-            self.embed_tokens.weight.requires_grad_(False)
+            self.embed_tokens.weight.requires_grad_(full)
             self.layers = nn.ModuleList(Block() for _ in range(N_LAYER))
             self.norm = RMSNorm(DIM)
 
@@ -151,7 +161,7 @@ def peer_worker(args):
     model = Llama()
     with torch.no_grad():  # random base, the scale of a trained model's weights
         for name, p in model.named_parameters():
-            if not p.requires_grad and "layernorm" not in name and "norm." not in name:
+            if ("lora_" not in name and "layernorm" not in name and "norm." not in name):
                 p.normal_(0.0, 0.02)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,6 +223,8 @@ def main():
     ap.add_argument("--peer-only", action="store_true", help="skip finch")
     ap.add_argument("--finch-only", action="store_true", help="skip PyTorch")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ap.add_argument("--method", choices=["lora", "full"], default="lora",
+                    help="LoRA r 16 on all linear layers (default) or full fine-tuning")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
@@ -242,12 +254,12 @@ def main():
             for e in engines:
                 if e == "finch":
                     cmd = [args.bench, "-m", args.model, "-b", str(b), "-T", str(t),
-                           "-n", str(args.steps), "-t", str(args.threads)]
+                           "-n", str(args.steps), "-t", str(args.threads), "--method", args.method]
                     env = finch_env
                 else:
                     cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer",
                            "--batch", str(b), "--seq", str(t), "--steps", str(args.steps),
-                           "--threads", str(args.threads)]
+                           "--threads", str(args.threads), "--method", args.method]
                     env = peer_env
                 x = run_json(cmd, env)
                 res[(e, (b, t))].append(x)
@@ -258,7 +270,9 @@ def main():
                "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in v)}
            for k, v in res.items()}
     load = os.getloadavg()
-    print(f"LoRA r {LORA_R} alpha {LORA_ALPHA:g} dropout {LORA_DROPOUT}, all linear, AdamW; "
+    what = ("full fine-tuning, every weight, AdamW" if args.method == "full" else
+            f"LoRA r {LORA_R} alpha {LORA_ALPHA:g} dropout {LORA_DROPOUT}, all linear, AdamW")
+    print(f"{what}; "
           f"{args.threads} threads; median of {args.rounds} process(es) per engine and config, "
           f"each the median of {args.steps - WARMUP} steps after {WARMUP} warm-up; "
           f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -78,7 +78,7 @@ static finch_status scorer_init(scorer *s, const finch_model *m, int n_prompt, i
                              "of %d",
                              n_prompt, n_label, m->cfg.n_ctx_train);
     finch_status st =
-        finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < 512 ? n_ctx : 512, numerics, err);
+        finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK, numerics, err);
     if (st) return st;
     s->ready = true;
     const size_t V = (size_t)m->cfg.n_vocab;

@@ -38,6 +38,7 @@ static int run(const char *args, const char *in_text) {
     } while (0)
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
+#define TINY_TIED FINCH_FIXTURES "/model/tiny_llama_tied.gguf"
 
 static void test_usage_errors(void **state) {
     (void)state;
@@ -167,6 +168,15 @@ static void test_train_flags(void **state) {
         {"--max-seq-len 1", "--max-seq-len 1"}, {"--target-modules q,attention", "'attention'"},
         {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method prefix", "--method prefix"},
         {"--seed", "--seed needs a value"},
+        /* methods: another method's option, layers out of range, unknown choices */
+        {"--method ia3 --lora-r 4", "--lora-r is an option of lora, dora, not of ia3"},
+        {"--lora-r 4 --method bitfit", "--lora-r is an option of lora, dora, not of bitfit"},
+        {"--method dora --layers 1-5", "layer 5 is out of range (the model has 2 blocks"},
+        {"--layers 2-1", "--layers 2-1"},
+        {"--method ia3 --feedforward-modules up", "subset of --target-modules"},
+        {"--method freeze --save-type q3_k", "--save-type q3_k: must be one of"},
+        {"--method full --layers 1", "use --method freeze"},
+        {"--method freeze --train-head 1", "unexpected argument '1'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s %s", data, outdir, bad[i].flag);
@@ -213,6 +223,12 @@ static void test_train_flags(void **state) {
     m[n] = 0;
     assert_non_null(strstr(m, "\"r\": 2")); /* the file's lora_r */
     free(m);
+    /* a method that writes a model refuses a folder holding an adapter */
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s --method full --max-steps 1", data, outdir);
+    EXPECT(args, NULL, 2, "holds an adapter; --method full writes a whole model");
+    /* an adapter for the two-layer model on the one-layer one */
+    snprintf(args, sizeof args, "eval -m " TINY_TIED " --data %s --adapter %s", data, outdir);
+    EXPECT(args, NULL, 1, "adapter made for another model?");
     /* the adapter in generate and eval; bad adapters */
     snprintf(args, sizeof args, "generate -m " TINY " -p 'n 3:' -n 4 --adapter %s", outdir);
     EXPECT(args, NULL, 0, "");

@@ -4,7 +4,11 @@
     loads with lora_path, and llama.cpp's greedy text agrees with `finch generate --adapter`;
   - `finch merge` outputs in f32, f16, q8_0 and q4_0 load and generate; for f32 and f16
     llama.cpp's greedy text must agree with finch's on the merged model (q8_0 and q4_0 are
-    requantized, so only their texts are shown).
+    requantized, so only their texts are shown);
+  - the other methods' GGUF outputs: DoRA, (IA)^3 and BitFit adapters merged in f32 (BitFit
+    adds q/k/v/o and FFN bias tensors to a model that has none), and the models full
+    fine-tuning and layer freezing write (model.gguf, --save-type f32): llama.cpp loads each
+    and its greedy text agrees with finch's on the same file.
 
 "Agree" means the first N_ASSERT generated tokens are equal, or split only where finch's
 exact logits for the two tokens are within NEAR_TIE; whether the whole texts are equal is
@@ -129,6 +133,29 @@ def main():
                        finch_text(args, merged, p, "exact"), assert_equal=t in ("f32", "f16"),
                        tie=(args, p, []))
         os.remove(merged)
+
+    # the other methods: merged adapters, and the models full and freeze write
+    others = [("dora", ["--target-modules", "all-linear", "--lora-r", "8", "--lora-dropout", "0",
+                        "--learning-rate", "1e-3"]),
+              ("ia3", ["--learning-rate", "3e-2"]),
+              ("bitfit", ["--learning-rate", "5e-3"]),
+              ("freeze", ["--layers", "27-29", "--learning-rate", "1e-4"]),
+              ("full", ["--learning-rate", "2e-5"])]
+    for name, flags in others:
+        out = os.path.join(args.work, "finch_" + name)
+        common.run([args.finch, "train", "-m", args.model, "--data", args.data, "--chat",
+                    "--method", name, *flags, "--max-steps", "6", "--batch-size", "2",
+                    "--max-seq-len", "64", "--seed", "7", "--save-steps", "0", "--out", out])
+        if name in ("freeze", "full"):
+            model = os.path.join(out, "model.gguf")
+        else:
+            model = os.path.join(args.work, "merged-%s.gguf" % name)
+            common.run([args.finch, "merge", "-m", args.model, "--adapter", out, "--type", "f32",
+                        "-o", model])
+        for p in [ADAPTER_PROMPT] + PROMPTS[:1]:
+            ok &= same("%s as GGUF, prompt %r" % (name, p), model, llama_text(model, p),
+                       finch_text(args, model, p, "llamacpp"), finch_text(args, model, p, "exact"),
+                       tie=(args, p, []))
     return 0 if ok else 1
 
 

@@ -7,6 +7,9 @@
   b. peft -> finch: peft makes a LoRA (r 8, alpha 16, seven projections) with random
      non-zero A and B, saves it with save_pretrained; finch loads it and its logits must
      equal peft's.
+  c. the same both ways for DoRA (use_dora, seven projections) and (IA)^3 (k, v, down):
+     finch trains each for a few steps and peft loads it; peft makes each with random
+     weights (DoRA magnitudes off their row norms, (IA)^3 vectors off one) and finch loads it.
 
 Both sides dequantize Q4_1 exactly and compute in float32, so they differ by summation
 order only: TOL is 5e-4 on logits of magnitude ~20 (measured 6e-5 to 1.2e-4). A wrong Q/K row order
@@ -71,6 +74,50 @@ def main():
     print("  b. peft-made adapter moves peft's logits by up to %.3g from the base"
           % max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits)))
     ok &= common.compare("b. peft-made adapter: finch vs peft", got, want, TOL)
+    base_hf = pm.unload()
+
+    # c. DoRA and (IA)^3, both ways.
+    from peft import IA3Config
+    methods = [("dora", ["--target-modules", "all-linear", "--lora-r", "8", "--lora-alpha", "16",
+                         "--lora-dropout", "0", "--learning-rate", "5e-3"],
+                LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
+                           use_dora=True, task_type="CAUSAL_LM")),
+               ("ia3", ["--learning-rate", "3e-2"],
+                IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                          feedforward_modules=["down_proj"], task_type="CAUSAL_LM"))]
+    for name, flags, cfg in methods:
+        trained = os.path.join(args.work, "finch_" + name)
+        common.run([args.finch, "train", "-m", args.model, "--data", args.data, "--chat",
+                    "--method", name, *flags, "--max-steps", "4", "--batch-size", "2",
+                    "--max-seq-len", "64", "--seed", "7", "--out", trained])
+        pm = PeftModel.from_pretrained(base_hf, trained)
+        pm.eval()
+        want = common.torch_logits(pm, seqs)
+        got = common.finch_logits(args.logits, args.model, seqs, args.work, [trained])
+        print("  c. finch-trained %s moves peft's logits by up to %.3g from the base"
+              % (name, max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits))))
+        ok &= common.compare("c. finch-trained %s: finch vs peft" % name, got, want, TOL)
+        base_hf = pm.unload()
+
+        torch.manual_seed(20241124)
+        pm = get_peft_model(base_hf, cfg)
+        with torch.no_grad():
+            for pname, p in pm.named_parameters():
+                if "lora_A" in pname or "lora_B" in pname:
+                    p.copy_(torch.randn_like(p) * 0.05)
+                elif "lora_magnitude_vector" in pname:
+                    p.mul_(1 + 0.2 * (torch.rand_like(p) - 0.5))
+                elif "ia3_l" in pname:
+                    p.copy_(1 + 0.3 * torch.randn_like(p))
+        pm.eval()
+        made = os.path.join(args.work, "peft_" + name)
+        pm.save_pretrained(made)
+        want = common.torch_logits(pm, seqs)
+        got = common.finch_logits(args.logits, args.model, seqs, args.work, [made])
+        print("  c. peft-made %s moves peft's logits by up to %.3g from the base"
+              % (name, max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits))))
+        ok &= common.compare("c. peft-made %s: finch vs peft" % name, got, want, TOL)
+        base_hf = pm.unload()
     return 0 if ok else 1
 
 

@@ -76,10 +76,7 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         goto done;
     }
-    for (int64_t i = 0; i < finch_gguf_n_kv(g) && !st; i++) {
-        const finch_gguf_kv *kv = finch_gguf_kv_at(g, i);
-        if (strcmp(kv->key, "general.file_type")) st = finch_gguf_set_kv(w, kv, err);
-    }
+    if (!st) st = finch_gguf_set_kvs_from(w, g, "general.file_type", err);
     bool quantized = false;
     for (int64_t i = 0; i < n_t && !st; i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);

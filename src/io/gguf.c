@@ -1157,6 +1157,16 @@ static finch_status write_document(FILE *f, void *user, finch_err *err) {
     return FINCH_OK;
 }
 
+finch_status finch_gguf_set_kvs_from(finch_gguf_writer *w, const finch_gguf *g, const char *except,
+                                     finch_err *err) {
+    finch_status st = FINCH_OK;
+    for (int64_t i = 0; i < finch_gguf_n_kv(g) && !st; i++) {
+        const finch_gguf_kv *kv = finch_gguf_kv_at(g, i);
+        if (!except || strcmp(kv->key, except)) st = finch_gguf_set_kv(w, kv, err);
+    }
+    return st;
+}
+
 finch_status finch_gguf_writer_save(const finch_gguf_writer *w, const char *path,
                                     finch_err *err) {
     FINCH_ASSERT(w && path);

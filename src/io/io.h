@@ -156,6 +156,9 @@ finch_status finch_gguf_set_arr_f32(finch_gguf_writer *w, const char *key, const
                                     int64_t n, finch_err *err);
 /* Copies a key/value pair read from another file (any type, arrays included). */
 finch_status finch_gguf_set_kv(finch_gguf_writer *w, const finch_gguf_kv *kv, finch_err *err);
+/* Copies every metadata pair of g but the one named except (NULL: none). */
+finch_status finch_gguf_set_kvs_from(finch_gguf_writer *w, const finch_gguf *g, const char *except,
+                                     finch_err *err);
 
 /* Adds a tensor. ne has n_dims entries, ne[0] fastest; data (nbytes as the dtype implies)
  * is borrowed and must stay valid until finch_gguf_writer_save returns. Names longer than
@@ -338,5 +341,13 @@ finch_status finch_hf_index_load(const char *path, finch_hf_index *out, finch_er
 /* The shard file index holding tensor, or -1 (binary search). */
 int finch_hf_index_find(const finch_hf_index *ix, const char *tensor);
 void finch_hf_index_free(finch_hf_index *ix);
+
+/* ---- JSON files ---------------------------------------------------------------------- */
+
+typedef struct json_t json_t;
+
+/* Writes j to path atomically, indented by 2 with sorted keys, as PEFT and transformers
+ * write their configs. */
+finch_status finch_json_write_file(const json_t *j, const char *path, finch_err *err);
 
 #endif /* FINCH_IO_H */

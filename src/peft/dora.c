@@ -224,11 +224,7 @@ static bool dora_merge_row(const finch_peft *p, const finch_model *m, const char
     const finch_lora_site *s = finch_lora_site_of(p, gguf_name);
     if (!s || !row) return s != NULL;
     FINCH_ASSERT(cols == s->in && r < s->out);
-    for (int j = 0; j < s->r; j++) {
-        float b = weight * s->scale * s->B[r * s->r + j];
-        const float *a = s->A + (int64_t)j * s->in;
-        for (int64_t c = 0; c < cols; c++) row[c] += b * a[c];
-    }
+    finch_lora_merge_delta(s, r, row, weight);
     double n2 = 0;
     for (int64_t c = 0; c < cols; c++) n2 += (double)row[c] * row[c];
     float k = n2 > 0 ? (float)(s->mag[r] / sqrt(n2)) : 0.0f;

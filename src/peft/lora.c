@@ -306,12 +306,16 @@ static bool lora_merge_row(const finch_peft *p, const finch_model *m, const char
     const finch_lora_site *s = finch_lora_site_of(p, gguf_name);
     if (!s || !row) return s != NULL;
     FINCH_ASSERT(cols == s->in && r < s->out);
+    finch_lora_merge_delta(s, r, row, weight);
+    return true;
+}
+
+void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, float weight) {
     for (int j = 0; j < s->r; j++) {
         float b = weight * s->scale * s->B[r * s->r + j];
         const float *a = s->A + (int64_t)j * s->in;
-        for (int64_t c = 0; c < cols; c++) row[c] += b * a[c];
+        for (int64_t c = 0; c < s->in; c++) row[c] += b * a[c];
     }
-    return true;
 }
 
 /* The GGUF adapter llama.cpp loads with --lora (FORMATS.md 6): general.architecture of the

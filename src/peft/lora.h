@@ -78,6 +78,9 @@ void finch_lora_write_config(const finch_peft *p, json_t *j);
 /* The site of a GGUF weight name ("blk.3.attn_q.weight"), or NULL. */
 finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name);
 
+/* row (in) += weight s (B A)[r]: merging row r of the site's base weight. */
+void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, float weight);
+
 /* The low-rank path at a site, in steps DoRA reuses:
  *   input:    the dropped-out input xd (x itself without dropout or outside training);
  *   u:        u = xd A^T into s->u;

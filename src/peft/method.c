@@ -426,22 +426,6 @@ static json_t *option_json(const finch_method_option *o, const void *cfg) {
     return json_null();
 }
 
-static finch_status write_text(FILE *f, void *user, finch_err *err) {
-    const char **ctx = user; /* {text, path} */
-    return finch_fwrite(f, ctx[0], strlen(ctx[0]), ctx[1], err);
-}
-
-/* Writes a JSON object to path atomically, 2-space indented with sorted keys as PEFT
- * writes its config. */
-static finch_status write_json(json_t *j, const char *path, finch_err *err) {
-    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
-    if (!text) return finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory", path);
-    const char *ctx[2] = {text, path};
-    finch_status st = finch_file_commit(path, write_text, (void *)ctx, err);
-    free(text);
-    return st;
-}
-
 static json_t *make_config(const finch_peft *p, const finch_model *m) {
     const finch_method *me = p->method;
     json_t *j = json_object();
@@ -478,7 +462,7 @@ finch_status finch_peft_save(const finch_peft *p, const finch_model *m, const ch
     /* the config last: a folder with a config has complete weights */
     json_t *cfg = make_config(p, m);
     snprintf(path, sizeof path, "%s/" CONFIG_NAME, dir);
-    st = cfg ? write_json(cfg, path, err) : finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    st = cfg ? finch_json_write_file(cfg, path, err) : finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     json_decref(cfg);
     return st;
 }

@@ -243,10 +243,7 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
         e = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         goto done;
     }
-    for (int64_t i = 0; i < finch_gguf_n_kv(g) && !e; i++) {
-        const finch_gguf_kv *kv = finch_gguf_kv_at(g, i);
-        if (strcmp(kv->key, "general.file_type")) e = finch_gguf_set_kv(w, kv, err);
-    }
+    e = finch_gguf_set_kvs_from(w, g, "general.file_type", err);
     if (!e) e = finch_gguf_set_u32(w, "general.file_type", ftypes[c->save_type], err);
     const bool hf_rows = strcmp(m->cfg.arch, "llama") != 0; /* qwen2 files keep HF q/k rows */
     for (int64_t i = 0; i < n_t && !e; i++) {
@@ -289,8 +286,6 @@ done:
     return e;
 }
 
-static finch_status write_json_file(json_t *j, const char *path, finch_err *err);
-
 /* config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM for a qwen2 base). */
 static finch_status save_hf_config(const finch_model *m, const char *path, finch_err *err) {
     const finch_model_config *c = &m->cfg;
@@ -314,7 +309,7 @@ static finch_status save_hf_config(const finch_model *m, const char *path, finch
     json_object_set_new(j, "attention_bias", json_false());
     json_object_set_new(j, "mlp_bias", json_false());
     json_object_set_new(j, "torch_dtype", json_string("float32"));
-    finch_status e = write_json_file(j, path, err);
+    finch_status e = finch_json_write_file(j, path, err);
     json_decref(j);
     return e;
 }
@@ -393,20 +388,6 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     free(bufs);
     free(all);
     finch_st_writer_free(w);
-    return e;
-}
-
-static finch_status write_text(FILE *f, void *user, finch_err *err) {
-    const char **ctx = user; /* {text, path} */
-    return finch_fwrite(f, ctx[0], strlen(ctx[0]), ctx[1], err);
-}
-
-static finch_status write_json_file(json_t *j, const char *path, finch_err *err) {
-    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
-    if (!text) return finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory", path);
-    const char *ctx[2] = {text, path};
-    finch_status e = finch_file_commit(path, write_text, (void *)ctx, err);
-    free(text);
     return e;
 }
 

@@ -27,12 +27,12 @@
 #include "optim/optim.h"
 #include "peft/peft.h"
 #include "test_lora.h"
+#include "test_train.h"
 #include "test_util.h" /* read_file */
 
 #define DIR FINCH_FIXTURES "/lora/"
 
 static json_t *fx;
-static finch_model *model;
 
 static float *load_f32(const char *name, size_t n) {
     char path[512];
@@ -77,18 +77,6 @@ static finch_peft *make_lora(void) {
     return l;
 }
 
-static void batch_of(json_t *obj, int32_t *ids, int32_t *tg, int32_t *pos, int *B, int *T) {
-    json_t *ji = json_object_get(obj, "ids"), *jt = json_object_get(obj, "targets");
-    *B = (int)json_array_size(ji);
-    *T = (int)json_array_size(json_array_get(ji, 0));
-    for (int b = 0; b < *B; b++)
-        for (int t = 0; t < *T; t++) {
-            ids[b * *T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(ji, b), t));
-            tg[b * *T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(jt, b), t));
-            pos[b * *T + t] = t;
-        }
-}
-
 static void compare(const float *got, const float *want, size_t n, double tol, const char *what) {
     double mx = 0, worst = 0;
     size_t at = 0;
@@ -125,7 +113,7 @@ static void test_gradients(void **state) {
     finch_err err;
     int32_t ids[256], tg[256], pos[256];
     int Bn, T;
-    batch_of(g, ids, tg, pos, &Bn, &T);
+    json_batch(g, ids, tg, pos, &Bn, &T);
     assert_int_equal(finch_peft_attach(l, model, 1.0f, (int64_t)Bn * T, &err), FINCH_OK);
     finch_train_acts *a;
     assert_int_equal(finch_train_acts_new(model, Bn, T, &a, &err), FINCH_OK);
@@ -173,7 +161,7 @@ static void test_training_trajectory(void **state) {
     json_t *hist = json_object_get(tr, "history");
     int32_t ids[256], tg[256], pos[256];
     int Bn, T;
-    batch_of(json_array_get(hist, 0), ids, tg, pos, &Bn, &T);
+    json_batch(json_array_get(hist, 0), ids, tg, pos, &Bn, &T);
     finch_err err;
     assert_int_equal(finch_peft_attach(l, model, 1.0f, (int64_t)Bn * T, &err), FINCH_OK);
     finch_train_acts *a;
@@ -188,7 +176,7 @@ static void test_training_trajectory(void **state) {
     double clip = json_real_value(json_object_get(tr, "max_grad_norm"));
     for (int k = 0; k < steps; k++) {
         json_t *h = json_array_get(hist, (size_t)k);
-        batch_of(h, ids, tg, pos, &Bn, &T);
+        json_batch(h, ids, tg, pos, &Bn, &T);
         finch_grad_zero(l->params.grad, (size_t)l->params.total);
         double loss = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, true);
         double norm = finch_grad_clip(l->params.grad, (size_t)l->params.total, clip);

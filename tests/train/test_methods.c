@@ -29,11 +29,9 @@
 
 #include "optim/optim.h"
 #include "peft/method.h"
-#include "test_util.h"
+#include "test_train.h"
 
 #define DIR FINCH_FIXTURES "/methods/"
-
-static finch_model *model;
 
 typedef struct {
     const char *method;
@@ -75,18 +73,6 @@ static void load(finch_peft *p, const char *method, const char *file) {
     if (finch_params_load_st(&p->params, path, &err)) fail_msg("%s", err.msg);
 }
 
-static void batch_of(json_t *obj, int32_t *ids, int32_t *tg, int32_t *pos, int *B, int *T) {
-    json_t *ji = json_object_get(obj, "ids"), *jt = json_object_get(obj, "targets");
-    *B = (int)json_array_size(ji);
-    *T = (int)json_array_size(json_array_get(ji, 0));
-    for (int b = 0; b < *B; b++)
-        for (int t = 0; t < *T; t++) {
-            ids[b * *T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(ji, b), t));
-            tg[b * *T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(jt, b), t));
-            pos[b * *T + t] = t;
-        }
-}
-
 /* Every tensor of got against want (same registry layout), each within tol of its largest
  * reference element; skip: tensors not to compare (NULL: none). */
 static void compare(const finch_params *r, const float *got, const float *want, double tol,
@@ -114,7 +100,7 @@ static void check_gradients(const method_case *c) {
     load(want, c->method, json_string_value(json_object_get(g, "grads_file")));
     int32_t ids[256], tg[256], pos[256];
     int B, T;
-    batch_of(g, ids, tg, pos, &B, &T);
+    json_batch(g, ids, tg, pos, &B, &T);
     finch_err err;
     assert_int_equal(finch_peft_attach(p, model, 1.0f, (int64_t)B * T, &err), FINCH_OK);
     finch_train_acts *a;
@@ -150,7 +136,7 @@ static void check_training(const method_case *c) {
     json_t *hist = json_object_get(tr, "history");
     int32_t ids[256], tg[256], pos[256];
     int B, T;
-    batch_of(json_array_get(hist, 0), ids, tg, pos, &B, &T);
+    json_batch(json_array_get(hist, 0), ids, tg, pos, &B, &T);
     finch_err err;
     assert_int_equal(finch_peft_attach(p, model, 1.0f, (int64_t)B * T, &err), FINCH_OK);
     finch_train_acts *a;
@@ -168,7 +154,7 @@ static void check_training(const method_case *c) {
     double clip = json_real_value(json_object_get(tr, "max_grad_norm"));
     for (int k = 0; k < steps; k++) {
         json_t *h = json_array_get(hist, (size_t)k);
-        batch_of(h, ids, tg, pos, &B, &T);
+        json_batch(h, ids, tg, pos, &B, &T);
         finch_grad_zero(r->grad, (size_t)r->total);
         double loss = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, true);
         double norm = finch_grad_clip(r->grad, (size_t)r->total, clip);
@@ -209,21 +195,8 @@ static void test_training(void **state) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_training(&cases[i]);
 }
 
-static int setup(void **state) {
-    (void)state;
-    finch_err err;
-    finch_threads_set(2);
-    return finch_model_load(FINCH_FIXTURES "/model/tiny_llama.gguf", &model, &err) ? -1 : 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    finch_model_free(model);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_gradients), cmocka_unit_test(test_init),
                                        cmocka_unit_test(test_training)};
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup_tiny, teardown_tiny);
 }

@@ -24,10 +24,10 @@
 #include "optim/optim.h" /* finch_grad_zero */
 #include "peft/peft.h"
 #include "test_lora.h"
+#include "test_train.h"
 
 #define N_EX 4
 static const int lens[N_EX] = {5, 9, 1, 7}; /* one example of a single token: no target */
-static finch_model *model;
 
 /* A LoRA on every projection with A and B drawn at random; returns its gradients after one
  * train step on (ids, targets, pos, seg) of B rows of T, and the loss in *loss. */
@@ -136,20 +136,7 @@ static void test_packed_equals_unpacked(void **state) {
     free(gp);
 }
 
-static int setup(void **state) {
-    (void)state;
-    finch_err err;
-    finch_threads_set(2);
-    return finch_model_load(FINCH_FIXTURES "/model/tiny_llama.gguf", &model, &err) ? -1 : 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    finch_model_free(model);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_packed_equals_unpacked)};
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup_tiny, teardown_tiny);
 }

@@ -78,6 +78,29 @@ static void strip_speed(char *s) {
     }
 }
 
+/* Runs a and b logged the same metrics (but for their speed) and wrote the same bytes to
+ * each of the n files named (relative to each run). */
+static void same_runs(const char *a, const char *b, const char *const *files, int n) {
+    char *ma = metrics_of(a), *mb = metrics_of(b);
+    /* tokens_per_s differs between runs: compare the lines without it */
+    strip_speed(ma);
+    strip_speed(mb);
+    assert_string_equal(ma, mb);
+    free(ma);
+    free(mb);
+    for (int f = 0; f < n; f++) {
+        char pa[400], pb[400];
+        size_t na, nb;
+        snprintf(pa, sizeof pa, "%s/%s", a, files[f]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[f]);
+        uint8_t *fa = read_file(pa, &na), *fb = read_file(pb, &nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(fa, fb, na);
+        free(fa);
+        free(fb);
+    }
+}
+
 /* A run interrupted after step 4 and resumed equals the uninterrupted one. */
 static void resume_exact(bool packing) {
     char a[300], b[300];
@@ -96,23 +119,9 @@ static void resume_exact(bool packing) {
     o.resume_dir = b;
     stop_at = -1;
     assert_int_equal(finch_train(model, &o, track, stop_now, NULL, &err), FINCH_OK);
-    char *ma = metrics_of(a), *mb = metrics_of(b);
-    /* tokens_per_s differs between runs: compare the lines without it */
-    strip_speed(ma);
-    strip_speed(mb);
-    assert_string_equal(ma, mb);
-    free(ma);
-    free(mb);
     /* the adapters are the same bytes */
-    char pa[400], pb[400];
-    size_t na, nb;
-    snprintf(pa, sizeof pa, "%s/adapter_model.safetensors", a);
-    snprintf(pb, sizeof pb, "%s/adapter_model.safetensors", b);
-    uint8_t *fa = read_file(pa, &na), *fb = read_file(pb, &nb);
-    assert_int_equal(na, nb);
-    assert_memory_equal(fa, fb, na);
-    free(fa);
-    free(fb);
+    const char *files[] = {"adapter_model.safetensors"};
+    same_runs(a, b, files, 1);
 }
 
 static void test_resume_exact(void **state) {
@@ -153,24 +162,8 @@ static void test_resume_exact_methods(void **state) {
         o.resume_dir = b;
         stop_at = -1;
         if (finch_train(model, &o, track, stop_now, NULL, &err)) fail_msg("%s: %s", ms[i].method, err.msg);
-        char *ma = metrics_of(a), *mb = metrics_of(b);
-        strip_speed(ma);
-        strip_speed(mb);
-        assert_string_equal(ma, mb);
-        free(ma);
-        free(mb);
         const char *files[] = {"checkpoint-6/trainer_state.bin", ms[i].result};
-        for (int f = 0; f < 2; f++) {
-            char pa[400], pb[400];
-            size_t na, nb;
-            snprintf(pa, sizeof pa, "%s/%s", a, files[f]);
-            snprintf(pb, sizeof pb, "%s/%s", b, files[f]);
-            uint8_t *fa = read_file(pa, &na), *fb = read_file(pb, &nb);
-            assert_int_equal(na, nb);
-            assert_memory_equal(fa, fb, na);
-            free(fa);
-            free(fb);
-        }
+        same_runs(a, b, files, 2);
         printf("  %s: resumed at step 3, same bytes at step 6\n", ms[i].method);
     }
 }

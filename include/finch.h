@@ -213,19 +213,18 @@ FINCH_API void finch_session_reset(finch_session *s);
  * it receives those of the last position only. FINCH_E_RANGE when the cache is full or
  * an id is out of range. */
 FINCH_API finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_ids,
-                                            float *logits, float *last_logits,
-                                            finch_err *err);
+                                            float *logits, float *last_logits, finch_err *err);
 
 /* Generation settings (plain data). Start from finch_gen_defaults(). */
 typedef struct {
-    int max_tokens;           /* tokens to generate at most (>= 0) */
-    float temperature;        /* 0 = greedy */
-    int top_k;                /* 0 = off */
-    float top_p;              /* 1 = off */
-    uint64_t seed;            /* sampler seed */
-    int n_ctx;                /* KV cache size; 0 = prompt + max_tokens */
-    finch_numerics numerics;  /* FINCH_NUMERICS_EXACT by default */
-    const char *const *stop;  /* stop strings, NULL-terminated list, or NULL */
+    int max_tokens;          /* tokens to generate at most (>= 0) */
+    float temperature;       /* 0 = greedy */
+    int top_k;               /* 0 = off */
+    float top_p;             /* 1 = off */
+    uint64_t seed;           /* sampler seed */
+    int n_ctx;               /* KV cache size; 0 = prompt + max_tokens */
+    finch_numerics numerics; /* FINCH_NUMERICS_EXACT by default */
+    const char *const *stop; /* stop strings, NULL-terminated list, or NULL */
 } finch_gen_options;
 
 FINCH_API finch_gen_options finch_gen_defaults(void);
@@ -267,30 +266,30 @@ enum { FINCH_ROUGE_1, FINCH_ROUGE_2, FINCH_ROUGE_L, FINCH_ROUGE_LSUM, FINCH_ROUG
  * Google's rouge-score (its tokenizer: lowercase, [a-z0-9] runs only; with stem, nltk's
  * Porter stemmer on tokens longer than 3 bytes; Lsum splits sentences on newlines). Each
  * type takes the reference with the best F1, as rouge-score's score_multi does. */
-FINCH_API finch_status finch_rouge(const char *pred, const char *const *refs, int n_refs,
-                                   int stem, finch_prf out[FINCH_ROUGE_COUNT], finch_err *err);
+FINCH_API finch_status finch_rouge(const char *pred, const char *const *refs, int n_refs, int stem,
+                                   finch_prf out[FINCH_ROUGE_COUNT], finch_err *err);
 
 /* A BLEU score with its statistics, as sacrebleu reports them. */
 typedef struct {
-    double score;          /* 0..100 */
-    double precisions[4];  /* n-gram precisions, 0..100 */
-    double bp;             /* brevity penalty */
-    int64_t sys_len;       /* prediction tokens */
-    int64_t ref_len;       /* closest reference lengths, summed */
-    int64_t correct[4];    /* clipped n-gram matches per order */
-    int64_t total[4];      /* prediction n-grams per order */
+    double score;         /* 0..100 */
+    double precisions[4]; /* n-gram precisions, 0..100 */
+    double bp;            /* brevity penalty */
+    int64_t sys_len;      /* prediction tokens */
+    int64_t ref_len;      /* closest reference lengths, summed */
+    int64_t correct[4];   /* clipped n-gram matches per order */
+    int64_t total[4];     /* prediction n-grams per order */
 } finch_bleu;
 
 /* Corpus BLEU equal to sacrebleu's default: 13a tokenization, 4-grams, counts clipped by
  * the most generous reference, closest reference length, no smoothing. Example i has
  * n_refs[i] references refs[i][0..n_refs[i]). */
-FINCH_API finch_status finch_bleu_corpus(const char *const *preds,
-                                         const char *const *const *refs, const int *n_refs,
-                                         size_t n, finch_bleu *out, finch_err *err);
+FINCH_API finch_status finch_bleu_corpus(const char *const *preds, const char *const *const *refs,
+                                         const int *n_refs, size_t n, finch_bleu *out,
+                                         finch_err *err);
 
 /* Sentence BLEU equal to sacrebleu.sentence_bleu: 'exp' smoothing, effective order. */
-FINCH_API finch_status finch_bleu_sentence(const char *pred, const char *const *refs,
-                                           int n_refs, finch_bleu *out, finch_err *err);
+FINCH_API finch_status finch_bleu_sentence(const char *pred, const char *const *refs, int n_refs,
+                                           finch_bleu *out, finch_err *err);
 
 /* SQuAD-style exact match (0 or 1) and token F1 of a prediction, best over references:
  * both texts are normalised by lowercasing ASCII letters, removing ASCII punctuation and
@@ -343,28 +342,28 @@ FINCH_API finch_status finch_report_write(const char *run_dir, const char *const
 
 /* Where examples come from and how they become token sequences (plain data). */
 typedef struct {
-    const char *path;                /* JSONL file */
-    const char *format;              /* "auto" (NULL), "completion", "alpaca", "dolly", "chat" */
-    const char *const *templates;    /* prompt templates with {field} placeholders, or NULL */
+    const char *path;             /* JSONL file */
+    const char *format;           /* "auto" (NULL), "completion", "alpaca", "dolly", "chat" */
+    const char *const *templates; /* prompt templates with {field} placeholders, or NULL */
     int n_templates;
-    int chat;                        /* wrap prompts in the model's chat template */
-    int max_seq_len;                 /* tokens per example at most (cut beyond, counted);
-                                        0 = 256 or the model's context if shorter */
-    int64_t max_examples;            /* 0 = all */
-    int train_on_prompt;             /* loss on prompt tokens too */
-    int skip_bad;                    /* skip malformed lines (counted) instead of failing */
-    uint64_t seed;                   /* template sampling */
+    int chat;             /* wrap prompts in the model's chat template */
+    int max_seq_len;      /* tokens per example at most (cut beyond, counted);
+                             0 = 256 or the model's context if shorter */
+    int64_t max_examples; /* 0 = all */
+    int train_on_prompt;  /* loss on prompt tokens too */
+    int skip_bad;         /* skip malformed lines (counted) instead of failing */
+    uint64_t seed;        /* template sampling */
 } finch_data_spec;
 
 /* Mean loss over a dataset's target tokens. */
 typedef struct {
-    double loss;          /* mean cross-entropy (nats) over target tokens */
-    double perplexity;    /* exp(loss) */
-    int64_t n_examples;   /* examples scored */
-    int64_t n_targets;    /* target tokens */
-    int64_t n_truncated;  /* examples cut to max_seq_len */
-    int64_t n_dropped;    /* examples with no target left after the cut */
-    int64_t n_skipped;    /* malformed lines skipped */
+    double loss;         /* mean cross-entropy (nats) over target tokens */
+    double perplexity;   /* exp(loss) */
+    int64_t n_examples;  /* examples scored */
+    int64_t n_targets;   /* target tokens */
+    int64_t n_truncated; /* examples cut to max_seq_len */
+    int64_t n_dropped;   /* examples with no target left after the cut */
+    int64_t n_skipped;   /* malformed lines skipped */
 } finch_loss_report;
 
 /* Reads the dataset, tokenizes it (loss on completions unless train_on_prompt) and
@@ -381,15 +380,16 @@ typedef void (*finch_progress_fn)(int64_t done, int64_t total, void *user);
 
 /* Generations for a dataset: per example the prompt (its template applied, the chat
  * template not, except for chat-shaped data whose prompt is the rendering the model saw),
- * the dataset's completion and the model's output, both without surrounding whitespace. Owned arrays; release with finch_gen_results_release. */
+ * the dataset's completion and the model's output, both without surrounding whitespace. Owned
+ * arrays; release with finch_gen_results_release. */
 typedef struct {
-    int64_t n;           /* examples */
-    char **prompts;      /* n */
-    char **references;   /* n */
-    char **outputs;      /* n */
-    int64_t n_tokens;    /* tokens generated, over all examples */
-    int64_t n_cut;       /* generations cut short by the model's context */
-    int64_t n_skipped;   /* malformed lines skipped */
+    int64_t n;         /* examples */
+    char **prompts;    /* n */
+    char **references; /* n */
+    char **outputs;    /* n */
+    int64_t n_tokens;  /* tokens generated, over all examples */
+    int64_t n_cut;     /* generations cut short by the model's context */
+    int64_t n_skipped; /* malformed lines skipped */
 } finch_gen_results;
 
 /* Generates a completion for every example of the dataset (spec: shape, templates, chat,
@@ -405,8 +405,7 @@ FINCH_API void finch_gen_results_release(finch_gen_results *r);
 
 /* Scores of n predictions against one reference each, as finch_score_set_compute. */
 FINCH_API finch_status finch_scores_compute(const char *const *preds, const char *const *refs,
-                                            size_t n, int stem, finch_scores *out,
-                                            finch_err *err);
+                                            size_t n, int stem, finch_scores *out, finch_err *err);
 
 /* Log-likelihoods of labels as continuations of a prompt: out[j] is the sum over label j's
  * tokens of log p(token | prompt, earlier label tokens). The prompt is tokenized with BOS
@@ -421,21 +420,21 @@ FINCH_API finch_status finch_label_logprobs(const finch_model *model, finch_nume
 typedef struct {
     const char *const *labels; /* the label set, or NULL: the distinct completions of the file */
     int n_labels;
-    int k_shot;                /* solved examples put before each prompt (0: zero-shot) */
-    const char *shots_path;    /* JSONL the shots are drawn from (needed when k_shot > 0) */
+    int k_shot;             /* solved examples put before each prompt (0: zero-shot) */
+    const char *shots_path; /* JSONL the shots are drawn from (needed when k_shot > 0) */
 } finch_classify_options;
 
 /* The outcome of a classification run. */
 typedef struct {
     int n_labels;
-    char **labels;      /* n_labels, without surrounding whitespace */
-    int64_t n;          /* examples */
-    int32_t *gold;      /* n: index of the example's label */
-    int32_t *pred;      /* n: index of the most likely label */
-    double *logprob;    /* n x n_labels: summed log-probabilities of the label tokens */
-    double *prob;       /* n x n_labels: exp(logprob) normalised over the label set */
-    double accuracy;    /* fraction of examples with pred == gold */
-    int64_t n_skipped;  /* malformed lines skipped */
+    char **labels;     /* n_labels, without surrounding whitespace */
+    int64_t n;         /* examples */
+    int32_t *gold;     /* n: index of the example's label */
+    int32_t *pred;     /* n: index of the most likely label */
+    double *logprob;   /* n x n_labels: summed log-probabilities of the label tokens */
+    double *prob;      /* n x n_labels: exp(logprob) normalised over the label set */
+    double accuracy;   /* fraction of examples with pred == gold */
+    int64_t n_skipped; /* malformed lines skipped */
 } finch_classify_results;
 
 /* Zero- or few-shot classification by label likelihood. Each example's prompt comes from
@@ -451,8 +450,7 @@ typedef struct {
 FINCH_API finch_status finch_eval_classify(const finch_model *model, const finch_data_spec *spec,
                                            const finch_classify_options *opt,
                                            finch_numerics numerics, finch_progress_fn progress,
-                                           void *user, finch_classify_results *out,
-                                           finch_err *err);
+                                           void *user, finch_classify_results *out, finch_err *err);
 FINCH_API void finch_classify_results_release(finch_classify_results *r);
 
 /* Writes len bytes of text to path atomically (a temp file flushed, synced and renamed),
@@ -535,30 +533,30 @@ FINCH_API int finch_method_options_resolved(const char *method, const finch_opti
 /* A fine-tuning run (plain data; start from finch_train_defaults()). Names follow the
  * Hugging Face flags they mirror. */
 typedef struct {
-    finch_data_spec data;       /* training set (and how it becomes tokens) */
-    const char *val_path;       /* validation JSONL, or NULL */
-    double val_fraction;        /* without val_path: hold out this fraction of data (0: none) */
-    int64_t val_max_examples;   /* validation examples scored at each evaluation (0: all) */
-    const char *method;         /* a method's name (finch_method_name): "lora" (default) */
+    finch_data_spec data;     /* training set (and how it becomes tokens) */
+    const char *val_path;     /* validation JSONL, or NULL */
+    double val_fraction;      /* without val_path: hold out this fraction of data (0: none) */
+    int64_t val_max_examples; /* validation examples scored at each evaluation (0: all) */
+    const char *method;       /* a method's name (finch_method_name): "lora" (default) */
     finch_option method_options[FINCH_MAX_METHOD_OPTIONS]; /* the method's options; a later */
-    int n_method_options;       /* one of the same name wins; the rest keep their defaults */
-    double learning_rate;       /* peak (2e-4) */
-    int batch_size;             /* examples per micro-batch (4) */
-    int grad_accum;             /* micro-batches per optimizer step (1) */
-    int packing;                /* pack whole examples into rows of max_seq_len tokens, attention
-                                   kept within each example (0: one example per row) */
-    int64_t max_steps;          /* optimizer steps; 0: from epochs */
-    double epochs;              /* passes over the training set when max_steps is 0 (1) */
-    int64_t warmup_steps;       /* linear warmup (0) */
-    const char *lr_scheduler;   /* "linear" (default), "cosine", "constant" */
-    double weight_decay;        /* AdamW decoupled decay (0) */
-    double max_grad_norm;       /* global clipping; 0: off (1.0) */
-    uint64_t seed;              /* data order, dropout, the method's initialisation (42) */
-    int64_t save_steps;         /* checkpoint every N steps; 0: only at the end */
-    int64_t eval_steps;         /* validation loss every N steps; 0: only at the end */
-    int64_t log_steps;          /* a metrics line every N steps (10) */
-    const char *out_dir;        /* where the adapter (or model), checkpoints and metrics go */
-    const char *resume_dir;     /* continue from this checkpoint (or run directory), or NULL */
+    int n_method_options;     /* one of the same name wins; the rest keep their defaults */
+    double learning_rate;     /* peak (2e-4) */
+    int batch_size;           /* examples per micro-batch (4) */
+    int grad_accum;           /* micro-batches per optimizer step (1) */
+    int packing;              /* pack whole examples into rows of max_seq_len tokens, attention
+                                 kept within each example (0: one example per row) */
+    int64_t max_steps;        /* optimizer steps; 0: from epochs */
+    double epochs;            /* passes over the training set when max_steps is 0 (1) */
+    int64_t warmup_steps;     /* linear warmup (0) */
+    const char *lr_scheduler; /* "linear" (default), "cosine", "constant" */
+    double weight_decay;      /* AdamW decoupled decay (0) */
+    double max_grad_norm;     /* global clipping; 0: off (1.0) */
+    uint64_t seed;            /* data order, dropout, the method's initialisation (42) */
+    int64_t save_steps;       /* checkpoint every N steps; 0: only at the end */
+    int64_t eval_steps;       /* validation loss every N steps; 0: only at the end */
+    int64_t log_steps;        /* a metrics line every N steps (10) */
+    const char *out_dir;      /* where the adapter (or model), checkpoints and metrics go */
+    const char *resume_dir;   /* continue from this checkpoint (or run directory), or NULL */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);
@@ -572,13 +570,13 @@ FINCH_API finch_status finch_train_set_option(finch_train_options *opt, const ch
 /* What the run reports after every optimizer step (and at evaluations). */
 typedef struct {
     int64_t step, total_steps;
-    double loss;            /* this step's mean training loss */
-    double loss_smooth;     /* exponential moving average of the loss */
-    double lr;              /* learning rate used by this step */
-    double grad_norm;       /* before clipping */
-    double tokens_per_s;    /* training tokens (all positions) per second, smoothed */
-    double eta_s;           /* seconds left */
-    double val_loss;        /* NaN unless this step evaluated */
+    double loss;                  /* this step's mean training loss */
+    double loss_smooth;           /* exponential moving average of the loss */
+    double lr;                    /* learning rate used by this step */
+    double grad_norm;             /* before clipping */
+    double tokens_per_s;          /* training tokens (all positions) per second, smoothed */
+    double eta_s;                 /* seconds left */
+    double val_loss;              /* NaN unless this step evaluated */
     int64_t n_trainable, n_total; /* parameters */
 } finch_train_progress;
 

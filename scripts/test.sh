@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test: sets up (scripts/setup.sh), runs the suite on the release build, then
-# again on a build with AddressSanitizer and UndefinedBehaviorSanitizer.
+# Runs every test: sets up (scripts/setup.sh), checks the code's format, runs the suite on
+# the release build, then again on a build with AddressSanitizer and
+# UndefinedBehaviorSanitizer; fails when a test leaves files in the source tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+
+echo "== style: clang-format (.clang-format) over src/ and include/, generated tables aside"
+git ls-files 'src/*.c' 'src/*.h' 'include/*.h' | grep -v '_tables\.h$' |
+  xargs clang-format --dry-run --Werror
 
 # a test that leaves files in the source tree fails the run (compared with before)
 tree_state() { git status --porcelain --untracked-files=all 2>/dev/null || true; }

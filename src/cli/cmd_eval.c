@@ -45,7 +45,8 @@ static const char usage_text[] =
     "  --max-new-tokens N     tokens to generate per example at most (default 64)\n"
     "  --temperature T        0 = greedy (default)\n"
     "  --top-k K, --top-p P   sampling filters (default off)\n"
-    "  --samples N            examples shown (and kept in the JSON) with every system's output (3)\n"
+    "  --samples N            examples shown (and kept in the JSON) with every system's output "
+    "(3)\n"
     "classify:\n"
     "  --labels A,B,...       the label set (default: the dataset's distinct completions)\n"
     "  --k-shot K             solved examples put before each prompt (default 0)\n"
@@ -278,9 +279,9 @@ static void print_samples(const ctx_t *c) {
     size_t n = json_array_size(c->j_samples);
     for (size_t i = 0; i < n; i++) {
         json_t *smp = json_array_get(c->j_samples, i), *out = json_object_get(smp, "outputs");
-        printf("\nexample %zu\n  %-14s %s\n  %-14s %s\n", i + 1, "prompt:",
-               json_string_value(json_object_get(smp, "prompt")), "reference:",
-               json_string_value(json_object_get(smp, "reference")));
+        printf("\nexample %zu\n  %-14s %s\n  %-14s %s\n", i + 1,
+               "prompt:", json_string_value(json_object_get(smp, "prompt")),
+               "reference:", json_string_value(json_object_get(smp, "reference")));
         for (int s = 0; s < c->n_sys; s++) {
             const char *o = json_string_value(json_object_get(out, c->sys[s].name));
             char label[64];

@@ -19,7 +19,8 @@ int cmd_export(int argc, char **argv) {
     const char *path = NULL, *adapter = NULL, *format = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-#define VALUE() if (!(v = cli_flag_value("export", argc, argv, &i))) return EXIT_USAGE
+#define VALUE()                                                                                    \
+    if (!(v = cli_flag_value("export", argc, argv, &i))) return EXIT_USAGE
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return 0;
@@ -43,7 +44,8 @@ int cmd_export(int argc, char **argv) {
     if (!adapter) return cli_usage_error("export", "no adapter: give --adapter DIR");
     if (!out) return cli_usage_error("export", "no output: give -o FILE");
     if (!format || strcmp(format, "gguf"))
-        return cli_usage_error("export", "--format %s: this build exports 'gguf'", format ? format : "(none)");
+        return cli_usage_error("export", "--format %s: this build exports 'gguf'",
+                               format ? format : "(none)");
     finch_model *m = cli_load_model(path);
     if (!m) return EXIT_FAIL;
     finch_adapter *a = NULL;

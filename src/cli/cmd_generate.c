@@ -44,7 +44,8 @@ int cmd_generate(int argc, char **argv) {
         const char *a = argv[i], *v;
         long n;
         double f;
-#define VALUE() if (!(v = cli_flag_value("generate", argc, argv, &i))) return EXIT_USAGE
+#define VALUE()                                                                                    \
+    if (!(v = cli_flag_value("generate", argc, argv, &i))) return EXIT_USAGE
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return 0;
@@ -57,7 +58,8 @@ int cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
             VALUE();
             if (!cli_parse_int(v, 0, 1000000, &n))
-                return cli_usage_error("generate", "-n %s: must be an integer from 0 to 1000000", v);
+                return cli_usage_error("generate", "-n %s: must be an integer from 0 to 1000000",
+                                       v);
             opt.max_tokens = (int)n;
         } else if (!strcmp(a, "--temp")) {
             VALUE();
@@ -87,7 +89,8 @@ int cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--stop")) {
             VALUE();
             if (!*v) return cli_usage_error("generate", "--stop: the stop text is empty");
-            if (n_stops == 16) return cli_usage_error("generate", "--stop: at most 16 stop strings");
+            if (n_stops == 16)
+                return cli_usage_error("generate", "--stop: at most 16 stop strings");
             stops[n_stops++] = v;
         } else if (!strcmp(a, "--adapter")) {
             VALUE();
@@ -99,7 +102,8 @@ int cmd_generate(int argc, char **argv) {
             VALUE();
             if (!cli_parse_threads("generate", v, &threads)) return EXIT_USAGE;
         } else {
-            return cli_usage_error("generate", "unknown option '%s' (see finch generate --help)", a);
+            return cli_usage_error("generate", "unknown option '%s' (see finch generate --help)",
+                                   a);
         }
 #undef VALUE
     }

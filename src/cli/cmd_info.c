@@ -16,7 +16,8 @@ int cmd_info(int argc, char **argv) {
     const char *path = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: finch info [MODEL.gguf]   (default: the cached SmolLM2-135M-Instruct)\n");
+            printf(
+                "usage: finch info [MODEL.gguf]   (default: the cached SmolLM2-135M-Instruct)\n");
             return 0;
         } else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
             if (!(path = cli_flag_value("info", argc, argv, &i))) return EXIT_USAGE;

@@ -19,7 +19,8 @@ int cmd_merge(int argc, char **argv) {
     cli_adapters adapters = {.n = 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-#define VALUE() if (!(v = cli_flag_value("merge", argc, argv, &i))) return EXIT_USAGE
+#define VALUE()                                                                                    \
+    if (!(v = cli_flag_value("merge", argc, argv, &i))) return EXIT_USAGE
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return 0;
@@ -50,8 +51,10 @@ int cmd_merge(int argc, char **argv) {
     if (!cli_adapters_attach(&adapters, m)) {
         rc = EXIT_FAIL;
     } else {
-        if (finch_merge(m, adapters.loaded, adapters.weight, adapters.n, type, out, &err)) rc = cli_fail(&err);
-        else fprintf(stderr, "finch merge: wrote %s\n", out);
+        if (finch_merge(m, adapters.loaded, adapters.weight, adapters.n, type, out, &err))
+            rc = cli_fail(&err);
+        else
+            fprintf(stderr, "finch merge: wrote %s\n", out);
     }
     cli_adapters_release(&adapters, m);
     finch_model_free(m);

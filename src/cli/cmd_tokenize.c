@@ -39,7 +39,8 @@ static int decode_line(const finch_tokenizer *tok, char *line, long lineno, int 
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ' ' && *end != '\t' && *end != '\r')) {
+        if (end == p || errno || v < 0 || v > INT32_MAX ||
+            (*end && *end != ' ' && *end != '\t' && *end != '\r')) {
             fprintf(stderr, "finch: error: stdin: line %ld: '%.*s' is not a token id\n", lineno,
                     (int)strcspn(p, " \t\r"), p);
             free(ids);
@@ -47,7 +48,8 @@ static int decode_line(const finch_tokenizer *tok, char *line, long lineno, int 
         }
         if (n == cap) {
             int32_t *grown = realloc(ids, (size_t)(cap *= 2) * sizeof *ids);
-            if (!grown) return free(ids), fprintf(stderr, "finch: error: out of memory\n"), EXIT_FAIL;
+            if (!grown)
+                return free(ids), fprintf(stderr, "finch: error: out of memory\n"), EXIT_FAIL;
             ids = grown;
         }
         ids[n++] = (int32_t)v;
@@ -86,7 +88,8 @@ int cmd_tokenize(int argc, char **argv) {
         } else if (!strcmp(a, "--no-add-special")) {
             flags &= ~FINCH_TOK_ADD_SPECIAL;
         } else {
-            return cli_usage_error("tokenize", "unknown option '%s' (see finch tokenize --help)", a);
+            return cli_usage_error("tokenize", "unknown option '%s' (see finch tokenize --help)",
+                                   a);
         }
     }
     finch_model *m = cli_load_model(path);

@@ -71,22 +71,28 @@ static int should_stop(void *user) {
 }
 
 static void fmt_time(char *buf, size_t n, double s) {
-    if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
-    else if (s < 60) snprintf(buf, n, "%.0fs", s);
-    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
-    else snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
+    if (!isfinite(s) || s < 0)
+        snprintf(buf, n, "?");
+    else if (s < 60)
+        snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else
+        snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
 }
 
 static void progress(const finch_train_progress *p, void *user) {
     bool tty = *(bool *)user;
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
-    if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 || !isnan(p->val_loss))
+    if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
+        !isnan(p->val_loss))
         fprintf(stderr, "%sstep %lld/%lld | loss %.4f (avg %.4f) | lr %.2e | %.0f tok/s | ETA %s%s",
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
                 p->loss_smooth, p->lr, p->tokens_per_s, eta, tty ? "" : "\n");
-    if (!isnan(p->val_loss)) fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "",
-                                     (long long)p->step, p->val_loss);
+    if (!isnan(p->val_loss))
+        fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)p->step,
+                p->val_loss);
     if (tty && p->step == p->total_steps) fputc('\n', stderr);
 }
 
@@ -96,7 +102,7 @@ typedef struct {
     const char *model;
     long threads;
     const char *templates[16];
-    char *owned[256]; /* strings copied out of the config file */
+    char *owned[256];                                   /* strings copied out of the config file */
     const char *option_where[FINCH_MAX_METHOD_OPTIONS]; /* "FILE: " or "" per method option */
     int n_owned;
 } settings;
@@ -109,63 +115,93 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
     snprintf(key, sizeof key, "%s", name);
     for (char *c = key; *c; c++)
         if (*c == '_') *c = '-';
-#define NEED()                                                                             \
+#define NEED()                                                                                     \
     if (!v) return cli_usage_error("train", "%s--%s needs a value", where, key)
-#define INT(field, lo, hi)                                                                 \
-    do {                                                                                   \
-        NEED();                                                                            \
-        if (!cli_parse_int(v, lo, hi, &n))                                                 \
-            return cli_usage_error("train", "%s--%s %s: must be an integer from %ld to %ld", \
-                                   where, key, v, (long)(lo), (long)(hi));                 \
-        field = n;                                                                         \
+#define INT(field, lo, hi)                                                                         \
+    do {                                                                                           \
+        NEED();                                                                                    \
+        if (!cli_parse_int(v, lo, hi, &n))                                                         \
+            return cli_usage_error("train", "%s--%s %s: must be an integer from %ld to %ld",       \
+                                   where, key, v, (long)(lo), (long)(hi));                         \
+        field = n;                                                                                 \
     } while (0)
-#define NUM(field, lo, hi)                                                                 \
-    do {                                                                                   \
-        NEED();                                                                            \
-        if (!cli_parse_float(v, lo, hi, &f))                                               \
-            return cli_usage_error("train", "%s--%s %s: must be a number from %g to %g",   \
-                                   where, key, v, (double)(lo), (double)(hi));             \
-        field = f;                                                                         \
+#define NUM(field, lo, hi)                                                                         \
+    do {                                                                                           \
+        NEED();                                                                                    \
+        if (!cli_parse_float(v, lo, hi, &f))                                                       \
+            return cli_usage_error("train", "%s--%s %s: must be a number from %g to %g", where,    \
+                                   key, v, (double)(lo), (double)(hi));                            \
+        field = f;                                                                                 \
     } while (0)
-#define STR(field)  \
-    do {            \
-        NEED();     \
-        field = v;  \
+#define STR(field)                                                                                 \
+    do {                                                                                           \
+        NEED();                                                                                    \
+        field = v;                                                                                 \
     } while (0)
-    if (!strcmp(key, "model") || !strcmp(key, "m")) STR(s->model);
-    else if (!strcmp(key, "data")) STR(o->data.path);
-    else if (!strcmp(key, "val")) STR(o->val_path);
-    else if (!strcmp(key, "val-fraction")) NUM(o->val_fraction, 0, 0.99);
-    else if (!strcmp(key, "val-max-examples")) INT(o->val_max_examples, 1, __LONG_MAX__);
-    else if (!strcmp(key, "format")) STR(o->data.format);
+    if (!strcmp(key, "model") || !strcmp(key, "m"))
+        STR(s->model);
+    else if (!strcmp(key, "data"))
+        STR(o->data.path);
+    else if (!strcmp(key, "val"))
+        STR(o->val_path);
+    else if (!strcmp(key, "val-fraction"))
+        NUM(o->val_fraction, 0, 0.99);
+    else if (!strcmp(key, "val-max-examples"))
+        INT(o->val_max_examples, 1, __LONG_MAX__);
+    else if (!strcmp(key, "format"))
+        STR(o->data.format);
     else if (!strcmp(key, "template")) {
         NEED();
         if (o->data.n_templates == 16) return cli_usage_error("train", "--template: at most 16");
         s->templates[o->data.n_templates++] = v;
         o->data.templates = s->templates;
-    } else if (!strcmp(key, "chat")) o->data.chat = 1;
-    else if (!strcmp(key, "max-seq-len")) INT(o->data.max_seq_len, 2, 1 << 20);
-    else if (!strcmp(key, "max-examples")) INT(o->data.max_examples, 1, __LONG_MAX__);
-    else if (!strcmp(key, "train-on-prompt")) o->data.train_on_prompt = 1;
-    else if (!strcmp(key, "skip-bad")) o->data.skip_bad = 1;
-    else if (!strcmp(key, "packing")) o->packing = 1;
-    else if (!strcmp(key, "method")) STR(o->method);
-    else if (!strcmp(key, "learning-rate") || !strcmp(key, "lr")) NUM(o->learning_rate, 1e-12, 0.99);
-    else if (!strcmp(key, "lr-scheduler")) STR(o->lr_scheduler);
-    else if (!strcmp(key, "warmup-steps")) INT(o->warmup_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "batch-size")) INT(o->batch_size, 1, 4096);
-    else if (!strcmp(key, "grad-accum")) INT(o->grad_accum, 1, 65536);
-    else if (!strcmp(key, "max-steps")) INT(o->max_steps, 1, __LONG_MAX__);
-    else if (!strcmp(key, "epochs")) NUM(o->epochs, 1e-6, 1e6);
-    else if (!strcmp(key, "weight-decay")) NUM(o->weight_decay, 0, 0.99);
-    else if (!strcmp(key, "max-grad-norm")) NUM(o->max_grad_norm, 0, 1e9);
-    else if (!strcmp(key, "seed")) { INT(n, 0, __LONG_MAX__); o->seed = (uint64_t)n; }
-    else if (!strcmp(key, "save-steps")) INT(o->save_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "eval-steps")) INT(o->eval_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "log-steps")) INT(o->log_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "out")) STR(o->out_dir);
-    else if (!strcmp(key, "resume")) STR(o->resume_dir);
-    else if (!strcmp(key, "threads") || !strcmp(key, "t")) INT(s->threads, 1, 1024);
+    } else if (!strcmp(key, "chat"))
+        o->data.chat = 1;
+    else if (!strcmp(key, "max-seq-len"))
+        INT(o->data.max_seq_len, 2, 1 << 20);
+    else if (!strcmp(key, "max-examples"))
+        INT(o->data.max_examples, 1, __LONG_MAX__);
+    else if (!strcmp(key, "train-on-prompt"))
+        o->data.train_on_prompt = 1;
+    else if (!strcmp(key, "skip-bad"))
+        o->data.skip_bad = 1;
+    else if (!strcmp(key, "packing"))
+        o->packing = 1;
+    else if (!strcmp(key, "method"))
+        STR(o->method);
+    else if (!strcmp(key, "learning-rate") || !strcmp(key, "lr"))
+        NUM(o->learning_rate, 1e-12, 0.99);
+    else if (!strcmp(key, "lr-scheduler"))
+        STR(o->lr_scheduler);
+    else if (!strcmp(key, "warmup-steps"))
+        INT(o->warmup_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "batch-size"))
+        INT(o->batch_size, 1, 4096);
+    else if (!strcmp(key, "grad-accum"))
+        INT(o->grad_accum, 1, 65536);
+    else if (!strcmp(key, "max-steps"))
+        INT(o->max_steps, 1, __LONG_MAX__);
+    else if (!strcmp(key, "epochs"))
+        NUM(o->epochs, 1e-6, 1e6);
+    else if (!strcmp(key, "weight-decay"))
+        NUM(o->weight_decay, 0, 0.99);
+    else if (!strcmp(key, "max-grad-norm"))
+        NUM(o->max_grad_norm, 0, 1e9);
+    else if (!strcmp(key, "seed")) {
+        INT(n, 0, __LONG_MAX__);
+        o->seed = (uint64_t)n;
+    } else if (!strcmp(key, "save-steps"))
+        INT(o->save_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "eval-steps"))
+        INT(o->eval_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "log-steps"))
+        INT(o->log_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "out"))
+        STR(o->out_dir);
+    else if (!strcmp(key, "resume"))
+        STR(o->resume_dir);
+    else if (!strcmp(key, "threads") || !strcmp(key, "t"))
+        INT(s->threads, 1, 1024);
     else if (finch_method_option_kind(key)) {
         /* the method's own options are checked by the library against --method */
         if (finch_method_option_kind(key) == 1) NEED();
@@ -174,10 +210,12 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         if (!own) return cli_usage_error("train", "%stoo many settings", where);
         s->owned[s->n_owned++] = own;
         int k = o->n_method_options;
-        if (finch_train_set_option(o, own, v, &err)) return cli_usage_error("train", "%s%s", where, err.msg);
+        if (finch_train_set_option(o, own, v, &err))
+            return cli_usage_error("train", "%s%s", where, err.msg);
         s->option_where[k] = *where ? strdup(where) : NULL;
     } else
-        return cli_usage_error("train", "%sunknown setting '%s' (see finch train --help)", where, name);
+        return cli_usage_error("train", "%sunknown setting '%s' (see finch train --help)", where,
+                               name);
     return 0;
 #undef NEED
 #undef INT
@@ -186,8 +224,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
 }
 
 static bool is_switch(const char *key) {
-    static const char *const sw[] = {"chat", "train-on-prompt", "skip-bad", "packing",
-                                     "train_on_prompt", "skip_bad"};
+    static const char *const sw[] = {"chat",    "train-on-prompt", "skip-bad",
+                                     "packing", "train_on_prompt", "skip_bad"};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
         if (!strcmp(key, sw[i])) return true;
     return finch_method_option_kind(key) == 2;
@@ -197,7 +235,8 @@ static int read_config(settings *s, const char *path) {
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
     if (!root) {
-        fprintf(stderr, "finch: error: %s: line %d, column %d: %s\n", path, je.line, je.column, je.text);
+        fprintf(stderr, "finch: error: %s: line %d, column %d: %s\n", path, je.line, je.column,
+                je.text);
         return EXIT_FAIL;
     }
     int rc = 0;
@@ -229,7 +268,8 @@ static int read_config(settings *s, const char *path) {
             snprintf(buf, sizeof buf, "%.17g", json_real_value(val));
             v = buf;
         } else {
-            fprintf(stderr, "finch: error: %s: \"%s\" must be a string, a number or a boolean\n", path, key);
+            fprintf(stderr, "finch: error: %s: \"%s\" must be a string, a number or a boolean\n",
+                    path, key);
             rc = EXIT_FAIL;
             break;
         }
@@ -257,7 +297,8 @@ static void save_run_json(const settings *s, const finch_model *m) {
     const finch_data_spec *d = &o->data;
     char model[4096], path[4200], date[32];
     finch_err err;
-    if (s->model) snprintf(model, sizeof model, "%s", s->model);
+    if (s->model)
+        snprintf(model, sizeof model, "%s", s->model);
     else if (finch_default_model_path(model, sizeof model, &err))
         snprintf(model, sizeof model, "?");
     finch_model_config cfg;
@@ -292,7 +333,8 @@ static void save_run_json(const settings *s, const finch_model *m) {
     S("method", o->method);
     /* the method's options, resolved, under their flag names with '_' (lora_r) */
     finch_option mo[64];
-    int n_mo = finch_method_options_resolved(o->method, o->method_options, o->n_method_options, mo, 64);
+    int n_mo =
+        finch_method_options_resolved(o->method, o->method_options, o->n_method_options, mo, 64);
     for (int i = 0; i < n_mo && i < 64; i++) {
         char key[64], *end;
         snprintf(key, sizeof key, "%s", mo[i].name);
@@ -300,10 +342,14 @@ static void save_run_json(const settings *s, const finch_model *m) {
             if (*c == '-') *c = '_';
         const char *v = mo[i].value;
         long long n = strtoll(v, &end, 10);
-        if (!strcmp(v, "true") || !strcmp(v, "false")) B(key, !strcmp(v, "true"));
-        else if (*v && !*end) I(key, n);
-        else if (strtod(v, &end), *v && !*end) F(key, strtod(v, NULL));
-        else S(key, v);
+        if (!strcmp(v, "true") || !strcmp(v, "false"))
+            B(key, !strcmp(v, "true"));
+        else if (*v && !*end)
+            I(key, n);
+        else if (strtod(v, &end), *v && !*end)
+            F(key, strtod(v, NULL));
+        else
+            S(key, v);
     }
     F("learning_rate", o->learning_rate);
     I("batch_size", o->batch_size);
@@ -337,7 +383,8 @@ static void save_run_json(const settings *s, const finch_model *m) {
             path[i] = was;
         }
     snprintf(path, sizeof path, "%s/run.json", o->out_dir);
-    if (!text) fprintf(stderr, "finch: warning: %s: out of memory\n", path);
+    if (!text)
+        fprintf(stderr, "finch: warning: %s: out of memory\n", path);
     else if (finch_eval_write_file(path, text, strlen(text), &err))
         fprintf(stderr, "finch: warning: %s\n", err.msg);
     free(text);
@@ -384,7 +431,8 @@ int cmd_train(int argc, char **argv) {
         finch_err err;
         const finch_option *mo = &s.o.method_options[i];
         if (finch_method_check_option(s.o.method, mo->name, mo->value, &err))
-            rc = cli_usage_error("train", "%s%s", s.option_where[i] ? s.option_where[i] : "", err.msg);
+            rc = cli_usage_error("train", "%s%s", s.option_where[i] ? s.option_where[i] : "",
+                                 err.msg);
     }
     if (rc) goto done;
     if (!s.o.data.path) {

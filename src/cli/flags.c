@@ -81,8 +81,10 @@ void cli_set_threads(long n) {
     if (n <= 0) {
         const char *env = getenv("FINCH_THREADS");
         long v;
-        if (env && cli_parse_int(env, 1, 1024, &v)) n = v;
-        else n = sysconf(_SC_NPROCESSORS_ONLN);
+        if (env && cli_parse_int(env, 1, 1024, &v))
+            n = v;
+        else
+            n = sysconf(_SC_NPROCESSORS_ONLN);
         if (n < 1) n = 1;
     }
     finch_threads_set((int)n);
@@ -100,8 +102,10 @@ bool cli_adapter_add(cli_adapters *a, const char *cmd, const char *value) {
     }
     double w = 1.0;
     char *colon = strrchr(dir, ':');
-    if (colon && cli_parse_float(colon + 1, -100, 100, &w)) *colon = 0;
-    else w = 1.0;
+    if (colon && cli_parse_float(colon + 1, -100, 100, &w))
+        *colon = 0;
+    else
+        w = 1.0;
     a->weight[a->n++] = (float)w;
     return true;
 }
@@ -128,9 +132,12 @@ void cli_adapters_release(cli_adapters *a, finch_model *m) {
 }
 
 bool cli_parse_numerics(const char *cmd, const char *v, finch_numerics *out) {
-    if (!strcmp(v, "exact")) *out = FINCH_NUMERICS_EXACT;
-    else if (!strcmp(v, "llamacpp")) *out = FINCH_NUMERICS_LLAMACPP;
-    else return cli_usage_error(cmd, "--numerics %s: must be 'exact' or 'llamacpp'", v), false;
+    if (!strcmp(v, "exact"))
+        *out = FINCH_NUMERICS_EXACT;
+    else if (!strcmp(v, "llamacpp"))
+        *out = FINCH_NUMERICS_LLAMACPP;
+    else
+        return cli_usage_error(cmd, "--numerics %s: must be 'exact' or 'llamacpp'", v), false;
     return true;
 }
 

@@ -22,9 +22,9 @@
 
 /* Aborts with file, line and condition when cond is false, in every build. For internal
  * contracts only, never for anything that came from a file, a flag or a dataset. */
-#define FINCH_ASSERT(cond)                                                                 \
-    do {                                                                                   \
-        if (!(cond)) finch_assert_fail(__FILE__, __LINE__, #cond);                         \
+#define FINCH_ASSERT(cond)                                                                         \
+    do {                                                                                           \
+        if (!(cond)) finch_assert_fail(__FILE__, __LINE__, #cond);                                 \
     } while (0)
 
 _Noreturn void finch_assert_fail(const char *file, int line, const char *cond);
@@ -76,13 +76,19 @@ float finch_f16_to_f32_soft(uint16_t h);
 uint16_t finch_f32_to_f16_soft(float f);
 #if defined(__F16C__)
 #include <immintrin.h>
-static inline float finch_f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+static inline float finch_f16_to_f32(uint16_t h) {
+    return _cvtsh_ss(h);
+}
 static inline uint16_t finch_f32_to_f16(float f) {
     return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 #else
-static inline float finch_f16_to_f32(uint16_t h) { return finch_f16_to_f32_soft(h); }
-static inline uint16_t finch_f32_to_f16(float f) { return finch_f32_to_f16_soft(f); }
+static inline float finch_f16_to_f32(uint16_t h) {
+    return finch_f16_to_f32_soft(h);
+}
+static inline uint16_t finch_f32_to_f16(float f) {
+    return finch_f32_to_f16_soft(f);
+}
 #endif
 
 /* bfloat16 is the top half of a float32; to bf16 rounds to nearest even, NaN quieted. */
@@ -162,8 +168,7 @@ void finch_file_unmap(finch_mapped_file *f);
  * which is flushed, fsync'ed, renamed over path, and the directory fsync'ed. On any
  * failure the temp file is removed and path keeps its previous contents. */
 typedef finch_status (*finch_write_fn)(FILE *f, void *user, finch_err *err);
-finch_status finch_file_commit(const char *path, finch_write_fn write, void *user,
-                               finch_err *err);
+finch_status finch_file_commit(const char *path, finch_write_fn write, void *user, finch_err *err);
 
 /* Creates directory path and its missing parents (like mkdir -p); FINCH_E_IO naming the
  * part that could not be made. An existing directory is fine. */

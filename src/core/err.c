@@ -78,7 +78,8 @@ void finch_log(finch_log_level level, const char *fmt, ...) {
 
 void *finch_alloc(size_t bytes, const char *what, finch_err *err) {
     void *p = malloc(bytes ? bytes : 1);
-    if (!p) finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
+    if (!p)
+        finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
     return p;
 }
 
@@ -89,7 +90,8 @@ void *finch_calloc(size_t n, size_t size, const char *what, finch_err *err) {
         return NULL;
     }
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
+    if (!p)
+        finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
     return p;
 }
 
@@ -101,8 +103,11 @@ void *finch_aalloc(size_t bytes, const char *what, finch_err *err) {
     }
     rounded &= ~(size_t)63;
     void *p = aligned_alloc(64, rounded ? rounded : 64);
-    if (!p) finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
+    if (!p)
+        finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
     return p;
 }
 
-void finch_afree(void *p) { free(p); }
+void finch_afree(void *p) {
+    free(p);
+}

@@ -63,7 +63,8 @@ void finch_file_unmap(finch_mapped_file *f) {
 finch_status finch_mkdir_p(const char *path, finch_err *err) {
     char buf[4096];
     size_t n = strlen(path);
-    if (n == 0 || n >= sizeof buf) return finch_err_set(err, FINCH_E_IO, "%s: bad directory path", path);
+    if (n == 0 || n >= sizeof buf)
+        return finch_err_set(err, FINCH_E_IO, "%s: bad directory path", path);
     memcpy(buf, path, n + 1);
     for (size_t i = 1; i <= n; i++) {
         if (buf[i] != '/' && buf[i] != 0) continue;
@@ -71,9 +72,11 @@ finch_status finch_mkdir_p(const char *path, finch_err *err) {
         buf[i] = 0;
         struct stat st;
         if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return finch_err_set(err, FINCH_E_IO, "%s: cannot create %s: %s", path, buf, strerror(errno));
+            return finch_err_set(err, FINCH_E_IO, "%s: cannot create %s: %s", path, buf,
+                                 strerror(errno));
         if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
-            return finch_err_set(err, FINCH_E_IO, "%s: %s exists and is not a directory", path, buf);
+            return finch_err_set(err, FINCH_E_IO, "%s: %s exists and is not a directory", path,
+                                 buf);
         buf[i] = c;
     }
     return FINCH_OK;
@@ -91,8 +94,10 @@ static void fsync_dir_of(const char *path) {
     char *slash = strrchr(dir, '/');
     const char *d = ".";
     if (slash) {
-        if (slash == dir) slash[1] = 0;
-        else *slash = 0;
+        if (slash == dir)
+            slash[1] = 0;
+        else
+            *slash = 0;
         d = dir;
     }
     int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -103,16 +108,15 @@ static void fsync_dir_of(const char *path) {
     free(dir);
 }
 
-finch_status finch_file_commit(const char *path, finch_write_fn write, void *user,
-                               finch_err *err) {
+finch_status finch_file_commit(const char *path, finch_write_fn write, void *user, finch_err *err) {
     size_t n = strlen(path);
     char *tmp = malloc(n + 16);
     if (!tmp) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {
-        finch_status st = finch_err_set(err, FINCH_E_IO, "%s: cannot create a temp file: %s",
-                                        path, strerror(errno));
+        finch_status st = finch_err_set(err, FINCH_E_IO, "%s: cannot create a temp file: %s", path,
+                                        strerror(errno));
         free(tmp);
         return st;
     }
@@ -133,8 +137,10 @@ finch_status finch_file_commit(const char *path, finch_write_fn write, void *use
         st = finch_err_set(err, FINCH_E_IO, "%s: close failed: %s", path, strerror(errno));
     if (st == FINCH_OK && rename(tmp, path) != 0)
         st = finch_err_set(err, FINCH_E_IO, "%s: rename failed: %s", path, strerror(errno));
-    if (st != FINCH_OK) unlink(tmp);
-    else fsync_dir_of(path);
+    if (st != FINCH_OK)
+        unlink(tmp);
+    else
+        fsync_dir_of(path);
     free(tmp);
     return st;
 }
@@ -147,8 +153,9 @@ finch_status finch_default_model_path(char *buf, size_t size, finch_err *err) {
     } else {
         const char *home = getenv("HOME");
         if (!home || !*home)
-            return finch_err_set(err, FINCH_E_USAGE,
-                                 "neither FINCH_CACHE nor HOME is set: cannot find the default model");
+            return finch_err_set(
+                err, FINCH_E_USAGE,
+                "neither FINCH_CACHE nor HOME is set: cannot find the default model");
         n = snprintf(buf, size, "%s/.cache/finch/SmolLM2-135M-Instruct.Q4_1.gguf", home);
     }
     if (n < 0 || (size_t)n >= size)

@@ -11,7 +11,7 @@
 
 #include "core/core.h"
 
-#define QK 32   /* elements per block of the 32-element types */
+#define QK 32    /* elements per block of the 32-element types */
 #define QK_K 256 /* elements per super-block of the K-quants */
 
 /* Q4_0: 18 bytes.  | d fp16 | qs[16]: byte j = weight j (low nibble), weight j+16 (high) | */

@@ -4,13 +4,17 @@
  */
 #include "core.h"
 
-static uint64_t splitmix64(uint64_t *x) { return finch_mix64(*x += 0x9e3779b97f4a7c15ull); }
+static uint64_t splitmix64(uint64_t *x) {
+    return finch_mix64(*x += 0x9e3779b97f4a7c15ull);
+}
 
 void finch_rng_seed(finch_rng *r, uint64_t seed) {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 uint64_t finch_rng_u64(finch_rng *r) {
     uint64_t *s = r->s;
@@ -24,4 +28,6 @@ uint64_t finch_rng_u64(finch_rng *r) {
     return out;
 }
 
-float finch_rng_float(finch_rng *r) { return (float)(finch_rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
+float finch_rng_float(finch_rng *r) {
+    return (float)(finch_rng_u64(r) >> 40) * (1.0f / 16777216.0f);
+}

@@ -18,4 +18,6 @@ void finch_threads_set(int n) {
 #endif
 }
 
-int finch_threads_get(void) { return n_threads; }
+int finch_threads_get(void) {
+    return n_threads;
+}

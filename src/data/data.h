@@ -46,11 +46,11 @@ void finch_text_example_release(finch_text_example *ex);
 typedef struct {
     const char *const *prompts; /* n templates; NULL/0 = the shape's built-in template */
     int n;
-    bool chat;                  /* wrap the rendered prompt as a user turn with the chat template */
+    bool chat; /* wrap the rendered prompt as a user turn with the chat template */
 } finch_templates;
 
 typedef struct {
-    finch_shape shape;          /* FINCH_SHAPE_AUTO to detect */
+    finch_shape shape; /* FINCH_SHAPE_AUTO to detect */
     finch_templates templates;
     bool skip_bad;              /* skip malformed lines (counted) instead of failing */
     uint64_t seed;              /* template sampling */
@@ -60,8 +60,8 @@ typedef struct {
 typedef struct {
     finch_text_example *ex; /* n examples, owned */
     int64_t n;
-    finch_shape shape;      /* the shape used (detected when AUTO) */
-    int64_t n_skipped;      /* malformed lines skipped (skip_bad) */
+    finch_shape shape; /* the shape used (detected when AUTO) */
+    int64_t n_skipped; /* malformed lines skipped (skip_bad) */
 } finch_dataset;
 
 /* Reads a JSONL file. Blank lines are ignored. A line that is not a JSON object, lacks a
@@ -84,8 +84,8 @@ finch_status finch_dataset_split(finch_dataset *d, double fraction, uint64_t see
 
 /* One tokenized example: ids and whether each id is a loss target. */
 typedef struct {
-    int32_t *ids;   /* n ids: prompt (with BOS if the model adds one), completion, EOS */
-    uint8_t *mask;  /* n flags: 1 where the id is predicted with loss */
+    int32_t *ids;  /* n ids: prompt (with BOS if the model adds one), completion, EOS */
+    uint8_t *mask; /* n flags: 1 where the id is predicted with loss */
     int32_t n;
     bool truncated; /* cut to max_len */
 } finch_token_example;
@@ -119,8 +119,8 @@ void finch_token_set_release(finch_token_set *s);
 typedef struct {
     int32_t B, T;
     int32_t *ids, *targets, *pos, *seg; /* (B, T) each */
-    int64_t n_targets;                   /* entries of targets >= 0 */
-    int64_t n_tokens;                    /* tokens of examples (not padding) */
+    int64_t n_targets;                  /* entries of targets >= 0 */
+    int64_t n_tokens;                   /* tokens of examples (not padding) */
 } finch_batch;
 
 finch_status finch_batch_init(finch_batch *b, int32_t B, int32_t T, finch_err *err);
@@ -130,7 +130,7 @@ void finch_batch_release(finch_batch *b);
  * to 0 when it reaches n, *epoch counting the wraps). Without packing each row holds one
  * example, padded with pad_id; with packing rows are filled with whole examples in order
  * (an example that does not fit starts the next row). */
-void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *order,
-                      int64_t *next, int64_t *epoch, bool pack, int32_t pad_id);
+void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *order, int64_t *next,
+                      int64_t *epoch, bool pack, int32_t pad_id);
 
 #endif /* FINCH_DATA_H */

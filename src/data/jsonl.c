@@ -12,19 +12,22 @@
 #include <stdlib.h>
 
 static const char *const shape_names[FINCH_SHAPE_COUNT] = {
-    [FINCH_SHAPE_AUTO] = "auto",   [FINCH_SHAPE_COMPLETION] = "completion",
+    [FINCH_SHAPE_AUTO] = "auto",     [FINCH_SHAPE_COMPLETION] = "completion",
     [FINCH_SHAPE_ALPACA] = "alpaca", [FINCH_SHAPE_DOLLY] = "dolly",
     [FINCH_SHAPE_CHAT] = "chat",
 };
 
 /* The field each shape trains on, and the fields that identify it. */
 static const char *const target_field[FINCH_SHAPE_COUNT] = {
-    [FINCH_SHAPE_COMPLETION] = "completion", [FINCH_SHAPE_ALPACA] = "output",
+    [FINCH_SHAPE_COMPLETION] = "completion",
+    [FINCH_SHAPE_ALPACA] = "output",
     [FINCH_SHAPE_DOLLY] = "response",
 };
 static const char *const key_field[FINCH_SHAPE_COUNT] = {
-    [FINCH_SHAPE_COMPLETION] = "prompt", [FINCH_SHAPE_ALPACA] = "output",
-    [FINCH_SHAPE_DOLLY] = "response", [FINCH_SHAPE_CHAT] = "messages",
+    [FINCH_SHAPE_COMPLETION] = "prompt",
+    [FINCH_SHAPE_ALPACA] = "output",
+    [FINCH_SHAPE_DOLLY] = "response",
+    [FINCH_SHAPE_CHAT] = "messages",
 };
 
 static const char alpaca_input[] =
@@ -96,13 +99,15 @@ static finch_status render(const char *tmpl, json_t *obj, const char *where, cha
             const char *end = strchr(p, '}');
             if (!end) {
                 free(b.p);
-                return finch_err_set(err, FINCH_E_USAGE, "template: '{' without a closing '}': %.40s", p);
+                return finch_err_set(err, FINCH_E_USAGE,
+                                     "template: '{' without a closing '}': %.40s", p);
             }
             char name[128];
             size_t n = (size_t)(end - p - 1);
             if (n == 0 || n >= sizeof name) {
                 free(b.p);
-                return finch_err_set(err, FINCH_E_USAGE, "template: bad placeholder %.*s", (int)(n + 2), p);
+                return finch_err_set(err, FINCH_E_USAGE, "template: bad placeholder %.*s",
+                                     (int)(n + 2), p);
             }
             memcpy(name, p + 1, n);
             name[n] = 0;
@@ -110,8 +115,8 @@ static finch_status render(const char *tmpl, json_t *obj, const char *where, cha
             const char *v = str_field(obj, name, &bad);
             if (!v) {
                 free(b.p);
-                return finch_err_set(err, FINCH_E_FORMAT, "%s: the template's field {%s} is %s", where,
-                                     name, bad ? "not a string" : "missing");
+                return finch_err_set(err, FINCH_E_FORMAT, "%s: the template's field {%s} is %s",
+                                     where, name, bad ? "not a string" : "missing");
             }
             if (!sb_add(&b, v, strlen(v))) goto nomem;
             p = end + 1;
@@ -165,7 +170,8 @@ static finch_status chat_example(json_t *obj, const finch_data_options *opt, con
         json_t *role = json_object_get(e, "role"), *content = json_object_get(e, "content");
         if (!json_is_string(role) || !json_is_string(content))
             st = finch_err_set(err, FINCH_E_FORMAT,
-                               "%s: message %zu needs string \"role\" and \"content\"", where, i + 1);
+                               "%s: message %zu needs string \"role\" and \"content\"", where,
+                               i + 1);
         else
             m[i] = (finch_chat_msg){json_string_value(role), json_string_value(content)};
     }
@@ -188,8 +194,8 @@ static finch_status line_example(json_t *obj, finch_shape shape, const finch_dat
     bool bad;
     const char *target = str_field(obj, target_field[shape], &bad);
     if (!target)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: field \"%s\" is %s, expected a string", where,
-                             target_field[shape], bad ? "not a string" : "missing");
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: field \"%s\" is %s, expected a string",
+                             where, target_field[shape], bad ? "not a string" : "missing");
     const char *tmpl;
     if (opt->templates.n > 0) {
         tmpl = opt->templates.prompts[finch_rng_u64(rng) % (uint64_t)opt->templates.n];
@@ -198,7 +204,9 @@ static finch_status line_example(json_t *obj, finch_shape shape, const finch_dat
     } else {
         const char *extra = shape == FINCH_SHAPE_ALPACA ? "input" : "context";
         const char *v = str_field(obj, extra, &bad);
-        if (bad) return finch_err_set(err, FINCH_E_FORMAT, "%s: field \"%s\" is not a string", where, extra);
+        if (bad)
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: field \"%s\" is not a string", where,
+                                 extra);
         bool has = v && *v;
         tmpl = shape == FINCH_SHAPE_ALPACA ? (has ? alpaca_input : alpaca_plain)
                                            : (has ? dolly_context : alpaca_plain);
@@ -217,7 +225,8 @@ static finch_status line_example(json_t *obj, finch_shape shape, const finch_dat
     } else {
         ex->prompt = prompt;
     }
-    if (!(ex->completion = strdup(target))) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    if (!(ex->completion = strdup(target)))
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     return FINCH_OK;
 }
 
@@ -250,8 +259,8 @@ finch_status finch_dataset_parse(const char *text, size_t len, const char *name,
         finch_err line_err;
         finch_status ls;
         if (!obj) {
-            ls = finch_err_set(&line_err, FINCH_E_FORMAT, "%s: column %d: not valid JSON: %s", where,
-                               je.column, je.text);
+            ls = finch_err_set(&line_err, FINCH_E_FORMAT, "%s: column %d: not valid JSON: %s",
+                               where, je.column, je.text);
         } else if (!json_is_object(obj)) {
             ls = finch_err_set(&line_err, FINCH_E_FORMAT, "%s: expected a JSON object", where);
         } else {
@@ -325,7 +334,8 @@ void finch_dataset_free(finch_dataset *d) {
 finch_status finch_dataset_split(finch_dataset *d, double fraction, uint64_t seed,
                                  finch_dataset **val, finch_err *err) {
     if (!(fraction > 0 && fraction < 1))
-        return finch_err_set(err, FINCH_E_USAGE, "validation fraction %g: must be in (0, 1)", fraction);
+        return finch_err_set(err, FINCH_E_USAGE, "validation fraction %g: must be in (0, 1)",
+                             fraction);
     int64_t n_val = (int64_t)(fraction * (double)d->n + 0.5);
     if (n_val < 1 || n_val >= d->n)
         return finch_err_set(err, FINCH_E_RANGE,

@@ -31,7 +31,8 @@ static finch_status tokenize_one(const finch_tokenizer *tok, const finch_text_ex
         free(out->mask);
         free(p);
         free(c);
-        return finch_err_set(err, FINCH_E_NOMEM, "out of memory tokenizing line %lld", (long long)ex->line);
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory tokenizing line %lld",
+                             (long long)ex->line);
     }
     for (int64_t i = 0; i < n; i++) {
         bool in_prompt = i < np;
@@ -46,7 +47,9 @@ static finch_status tokenize_one(const finch_tokenizer *tok, const finch_text_ex
 finch_status finch_tokenize_dataset(const finch_tokenizer *tok, const finch_dataset *d,
                                     int32_t max_len, bool train_on_prompt, finch_token_set *out,
                                     finch_err *err) {
-    if (max_len < 2) return finch_err_set(err, FINCH_E_USAGE, "max sequence length %d: must be at least 2", max_len);
+    if (max_len < 2)
+        return finch_err_set(err, FINCH_E_USAGE, "max sequence length %d: must be at least 2",
+                             max_len);
     finch_token_set s = {0};
     s.ex = calloc((size_t)(d->n ? d->n : 1), sizeof *s.ex);
     if (!s.ex) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
@@ -93,7 +96,8 @@ void finch_token_set_release(finch_token_set *s) {
 
 finch_status finch_batch_init(finch_batch *b, int32_t B, int32_t T, finch_err *err) {
     memset(b, 0, sizeof *b);
-    if (B < 1 || T < 2) return finch_err_set(err, FINCH_E_USAGE, "batch %d x %d: need at least 1 x 2", B, T);
+    if (B < 1 || T < 2)
+        return finch_err_set(err, FINCH_E_USAGE, "batch %d x %d: need at least 1 x 2", B, T);
     size_t n;
     if (!finch_size_mul((size_t)B, (size_t)T, &n) || !finch_size_mul(n, sizeof(int32_t), &n))
         return finch_err_set(err, FINCH_E_RANGE, "batch %d x %d is too large", B, T);
@@ -117,7 +121,8 @@ void finch_batch_release(finch_batch *b) {
 }
 
 /* Writes example e at row offset `at` of row r as segment seg. */
-static void place(finch_batch *b, int32_t r, int32_t at, const finch_token_example *e, int32_t seg) {
+static void place(finch_batch *b, int32_t r, int32_t at, const finch_token_example *e,
+                  int32_t seg) {
     int32_t *ids = b->ids + (size_t)r * b->T, *tg = b->targets + (size_t)r * b->T;
     for (int32_t k = 0; k < e->n; k++) {
         ids[at + k] = e->ids[k];
@@ -130,10 +135,11 @@ static void place(finch_batch *b, int32_t r, int32_t at, const finch_token_examp
     b->n_tokens += e->n;
 }
 
-void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *order,
-                      int64_t *next, int64_t *epoch, bool pack, int32_t pad_id) {
+void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *order, int64_t *next,
+                      int64_t *epoch, bool pack, int32_t pad_id) {
     const size_t n = (size_t)b->B * b->T;
-    for (size_t i = 0; i < n; i++) b->ids[i] = pad_id, b->targets[i] = -1, b->pos[i] = 0, b->seg[i] = 0;
+    for (size_t i = 0; i < n; i++)
+        b->ids[i] = pad_id, b->targets[i] = -1, b->pos[i] = 0, b->seg[i] = 0;
     b->n_targets = b->n_tokens = 0;
     for (int32_t r = 0; r < b->B; r++) {
         int32_t at = 0, seg = 0;

@@ -79,11 +79,11 @@ void finch_buf_free(finch_buf *b);
 typedef struct {
     const double *x, *y;
     size_t n;
-    const char *label;  /* legend text */
-    const char *color;  /* CSS colour */
-    double stroke;      /* line width in px; 0: markers only */
-    double opacity;     /* of the line, 0..1 */
-    bool markers;       /* a dot at every point */
+    const char *label; /* legend text */
+    const char *color; /* CSS colour */
+    double stroke;     /* line width in px; 0: markers only */
+    double opacity;    /* of the line, 0..1 */
+    bool markers;      /* a dot at every point */
 } finch_svg_series;
 
 /* Pixel margins of the plot area inside the SVG (axes, tick labels, title, legend). */

@@ -141,8 +141,9 @@ static finch_status gen_state_init(gen_state *g, const finch_model *m, const fin
     const int V = m->cfg.n_vocab;
     int n_ctx = max_prompt + gen->max_tokens;
     if (n_ctx > m->cfg.n_ctx_train) n_ctx = m->cfg.n_ctx_train;
-    finch_status st =
-        finch_kv_session_init(&g->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK, gen->numerics, err);
+    finch_status st = finch_kv_session_init(&g->kv, m, n_ctx,
+                                            n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK,
+                                            gen->numerics, err);
     if (st) return st;
     g->kv_ready = true;
     g->n_ctx = n_ctx;

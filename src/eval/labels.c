@@ -77,8 +77,8 @@ static finch_status scorer_init(scorer *s, const finch_model *m, int n_prompt, i
                              "a prompt of %d tokens and a label of %d exceed the model's context "
                              "of %d",
                              n_prompt, n_label, m->cfg.n_ctx_train);
-    finch_status st =
-        finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK, numerics, err);
+    finch_status st = finch_kv_session_init(
+        &s->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK, numerics, err);
     if (st) return st;
     s->ready = true;
     const size_t V = (size_t)m->cfg.n_vocab;
@@ -132,8 +132,7 @@ finch_status finch_label_logprobs(const finch_model *m, finch_numerics numerics,
                                   const char *const *labels, int n_labels, double *out,
                                   finch_err *err) {
     if (!m->tok)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
-                             m->path);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", m->path);
     if (n_labels < 1) return finch_err_set(err, FINCH_E_USAGE, "no labels to score");
     id_list *l = finch_calloc((size_t)n_labels, sizeof *l, "labels", err);
     int32_t *p = NULL;
@@ -417,8 +416,7 @@ finch_status finch_eval_classify(const finch_model *m, const finch_data_spec *sp
                                  finch_progress_fn progress, void *user,
                                  finch_classify_results *out, finch_err *err) {
     if (!m->tok)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
-                             m->path);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", m->path);
     if (opt->k_shot < 0 || opt->k_shot > 64)
         return finch_err_set(err, FINCH_E_USAGE, "%d shots: must be from 0 to 64", opt->k_shot);
     if (opt->k_shot > 0 && !opt->shots_path)

@@ -11,21 +11,21 @@
 #include <math.h>
 #include <stdlib.h>
 
-
 finch_status finch_eval_loss(const finch_model *m, const finch_data_spec *spec,
                              finch_numerics numerics,
-                             void (*progress)(int64_t done, int64_t total, void *user),
-                             void *user, finch_loss_report *out, finch_err *err) {
+                             void (*progress)(int64_t done, int64_t total, void *user), void *user,
+                             finch_loss_report *out, finch_err *err) {
     if (!m->tok)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
-                             m->path);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", m->path);
     int max_len = spec->max_seq_len;
     if (max_len == 0) max_len = m->cfg.n_ctx_train < 256 ? m->cfg.n_ctx_train : 256;
     if (max_len < 2 || max_len > m->cfg.n_ctx_train)
         return finch_err_set(err, FINCH_E_USAGE,
                              "max sequence length %d: must be from 2 to %d (the model's context)",
                              max_len, m->cfg.n_ctx_train);
-    finch_data_options opt = {.skip_bad = spec->skip_bad != 0, .seed = spec->seed, .tok = m->tok,
+    finch_data_options opt = {.skip_bad = spec->skip_bad != 0,
+                              .seed = spec->seed,
+                              .tok = m->tok,
                               .templates = {spec->templates, spec->n_templates, spec->chat != 0}};
     finch_status st = finch_shape_parse(spec->format ? spec->format : "auto", &opt.shape, err);
     if (st) return st;

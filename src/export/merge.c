@@ -21,9 +21,10 @@ typedef struct {
 
 /* Tensors the adapters add that the base lacks (BitFit's biases on a bias-free model),
  * each weighted, as f32 vectors. */
-static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g, finch_peft *const *adapters,
-                                    const float *weights, int n_adapters, const finch_model *m,
-                                    new_bufs *keep, finch_err *err) {
+static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g,
+                                    finch_peft *const *adapters, const float *weights,
+                                    int n_adapters, const finch_model *m, new_bufs *keep,
+                                    finch_err *err) {
     for (int a = 0; a < n_adapters; a++) {
         int n = finch_peft_new_tensors(adapters[a], m, NULL, 0);
         finch_new_tensor *nt = calloc((size_t)n + 1, sizeof *nt);
@@ -43,7 +44,8 @@ static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g, f
                 break;
             }
             keep->bufs[keep->n++] = v;
-            for (int64_t k = 0; k < nt[i].n; k++) v[k] = (weights ? weights[a] : 1.0f) * nt[i].data[k];
+            for (int64_t k = 0; k < nt[i].n; k++)
+                v[k] = (weights ? weights[a] : 1.0f) * nt[i].data[k];
             int64_t ne[1] = {nt[i].n};
             st = finch_gguf_add_tensor(w, nt[i].name, FINCH_DTYPE_F32, 1, ne, v, err);
         }
@@ -53,8 +55,9 @@ static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g, f
     return FINCH_OK;
 }
 
-finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters, const float *weights,
-                              int n_adapters, finch_dtype out_type, const char *path, finch_err *err) {
+finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
+                              const float *weights, int n_adapters, finch_dtype out_type,
+                              const char *path, finch_err *err) {
     if (!m->gguf)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "%s: merging writes a GGUF from a GGUF base model; this one was "
@@ -85,7 +88,8 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
         for (int a = 0; a < n_adapters && t->n_dims <= 2 && !touched; a++)
             touched = finch_peft_merge_row(adapters[a], m, t->name, 0, NULL, t->ne[0], 1.0f);
         if (!touched) {
-            quantized |= t->type != FINCH_DTYPE_F32 && t->type != FINCH_DTYPE_F16 && t->type != FINCH_DTYPE_BF16;
+            quantized |= t->type != FINCH_DTYPE_F32 && t->type != FINCH_DTYPE_F16 &&
+                         t->type != FINCH_DTYPE_BF16;
             st = finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, err);
             continue;
         }
@@ -95,8 +99,8 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
         const finch_dtype_traits *tt = finch_dtype_get((uint32_t)ty);
         size_t rb_in = t->nbytes / (size_t)rows, rb_out;
         if (!finch_dtype_row_bytes(ty, cols, &rb_out)) {
-            st = finch_err_set(err, FINCH_E_USAGE, "merge: %s rows of %lld are not whole %s blocks", t->name,
-                               (long long)cols, ot->name);
+            st = finch_err_set(err, FINCH_E_USAGE, "merge: %s rows of %lld are not whole %s blocks",
+                               t->name, (long long)cols, ot->name);
             break;
         }
         quantized |= tt->block_elems > 1;
@@ -110,7 +114,8 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
         for (int64_t r = 0; r < rows; r++) {
             finch_dtype_info[t->type].dequant(row, t->data + (size_t)r * rb_in, cols);
             for (int a = 0; a < n_adapters; a++)
-                finch_peft_merge_row(adapters[a], m, t->name, r, row, cols, weights ? weights[a] : 1.0f);
+                finch_peft_merge_row(adapters[a], m, t->name, r, row, cols,
+                                     weights ? weights[a] : 1.0f);
             tt->quant(bufs[i].data + (size_t)r * rb_out, row, cols);
         }
         st = finch_gguf_add_tensor(w, t->name, ty, t->n_dims, t->ne, bufs[i].data, err);
@@ -118,7 +123,7 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
     if (!st) st = add_new_tensors(w, g, adapters, weights, n_adapters, m, &extra, err);
     /* general.file_type is a label: "mostly" the merged projections' type */
     static const uint32_t ftype[FINCH_DTYPE_COUNT] = {
-        [FINCH_DTYPE_F32] = 0, [FINCH_DTYPE_F16] = 1, [FINCH_DTYPE_Q4_0] = 2,
+        [FINCH_DTYPE_F32] = 0,  [FINCH_DTYPE_F16] = 1,  [FINCH_DTYPE_Q4_0] = 2,
         [FINCH_DTYPE_Q4_1] = 3, [FINCH_DTYPE_Q8_0] = 7, [FINCH_DTYPE_Q5_0] = 8,
         [FINCH_DTYPE_Q5_1] = 9, [FINCH_DTYPE_BF16] = 32};
     if (!st) st = finch_gguf_set_u32(w, "general.file_type", ftype[out_type], err);
@@ -138,14 +143,17 @@ done:
 finch_status finch_merge(const finch_model *m, finch_adapter *const *adapters, const float *weights,
                          int n_adapters, const char *type_name, const char *path, finch_err *err) {
     if (n_adapters < 1 || n_adapters > 16)
-        return finch_err_set(err, FINCH_E_USAGE, "merge: give 1 to 16 adapters (got %d)", n_adapters);
+        return finch_err_set(err, FINCH_E_USAGE, "merge: give 1 to 16 adapters (got %d)",
+                             n_adapters);
     finch_dtype type = FINCH_DTYPE_COUNT;
     for (int t = 0; t < FINCH_DTYPE_COUNT; t++)
-        if (finch_dtype_info[t].name && finch_dtype_info[t].quant && !strcmp(finch_dtype_info[t].name, type_name))
+        if (finch_dtype_info[t].name && finch_dtype_info[t].quant &&
+            !strcmp(finch_dtype_info[t].name, type_name))
             type = (finch_dtype)t;
     if (type == FINCH_DTYPE_COUNT)
         return finch_err_set(err, FINCH_E_USAGE,
-                             "merge: --type %s: use f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1", type_name);
+                             "merge: --type %s: use f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1",
+                             type_name);
     finch_peft *pefts[16];
     for (int a = 0; a < n_adapters; a++) {
         pefts[a] = finch_adapter_peft(adapters[a]);

@@ -11,7 +11,6 @@
 
 #include <stdlib.h>
 
-
 struct finch_session {
     const finch_model *m;
     finch_kv_session kv;
@@ -31,8 +30,8 @@ finch_status finch_session_new(const finch_model *m, int n_ctx, finch_numerics n
         free(s);
         return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
     }
-    finch_status st = finch_kv_session_init(&s->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK,
-                                            numerics, err);
+    finch_status st = finch_kv_session_init(
+        &s->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK, numerics, err);
     if (st) {
         free(s);
         return st;
@@ -47,18 +46,22 @@ void finch_session_free(finch_session *s) {
     free(s);
 }
 
-int finch_session_pos(const finch_session *s) { return s->kv.pos; }
+int finch_session_pos(const finch_session *s) {
+    return s->kv.pos;
+}
 
-void finch_session_reset(finch_session *s) { s->kv.pos = 0; }
+void finch_session_reset(finch_session *s) {
+    s->kv.pos = 0;
+}
 
-finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_ids,
-                                  float *logits, float *last_logits, finch_err *err) {
+finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_ids, float *logits,
+                                  float *last_logits, finch_err *err) {
     const int V = s->m->cfg.n_vocab;
     if (n_ids < 1) return finch_err_set(err, FINCH_E_USAGE, "decode: no tokens given");
     if (n_ids > s->kv.n_ctx - s->kv.pos)
         return finch_err_set(err, FINCH_E_RANGE,
-                             "decode: %d tokens do not fit: %d of %d context positions used",
-                             n_ids, s->kv.pos, s->kv.n_ctx);
+                             "decode: %d tokens do not fit: %d of %d context positions used", n_ids,
+                             s->kv.pos, s->kv.n_ctx);
     for (int i = 0; i < n_ids; i++)
         if (ids[i] < 0 || ids[i] >= V)
             return finch_err_set(err, FINCH_E_RANGE, "decode: token id %d at %d is outside 0..%d",
@@ -76,9 +79,13 @@ finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_id
 }
 
 finch_gen_options finch_gen_defaults(void) {
-    return (finch_gen_options){
-        .max_tokens = 128, .temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0,
-        .n_ctx = 0, .stop = NULL};
+    return (finch_gen_options){.max_tokens = 128,
+                               .temperature = 0.0f,
+                               .top_k = 0,
+                               .top_p = 1.0f,
+                               .seed = 0,
+                               .n_ctx = 0,
+                               .stop = NULL};
 }
 
 /* ---- streaming text with stop strings ----------------------------------------------- */
@@ -139,18 +146,18 @@ static finch_status stream_push(stream *s, const char *p, size_t n, bool final, 
                 break;
             }
     }
-    if (final) keep_from = s->len;
-    else keep_from = utf8_complete(s->buf, keep_from);
+    if (final)
+        keep_from = s->len;
+    else
+        keep_from = utf8_complete(s->buf, keep_from);
     emit(s, keep_from);
     return FINCH_OK;
 }
 
-finch_status finch_generate(const finch_model *m, const char *prompt,
-                            const finch_gen_options *opt, finch_piece_fn on_piece, void *user,
-                            finch_err *err) {
+finch_status finch_generate(const finch_model *m, const char *prompt, const finch_gen_options *opt,
+                            finch_piece_fn on_piece, void *user, finch_err *err) {
     if (!m->tok)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer",
-                             m->path);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", m->path);
     if (opt->max_tokens < 0)
         return finch_err_set(err, FINCH_E_USAGE, "max tokens %d: must be >= 0", opt->max_tokens);
     if (!(opt->temperature >= 0) || opt->top_k < 0 || !(opt->top_p > 0 && opt->top_p <= 1))
@@ -160,9 +167,9 @@ finch_status finch_generate(const finch_model *m, const char *prompt,
                              opt->temperature, opt->top_k, opt->top_p);
     int32_t *ids = NULL;
     int64_t n_ids = 0;
-    finch_status st = finch_tokenize(m->tok, prompt, strlen(prompt),
-                                     FINCH_TOK_ADD_SPECIAL | FINCH_TOK_PARSE_SPECIAL, &ids,
-                                     &n_ids, err);
+    finch_status st =
+        finch_tokenize(m->tok, prompt, strlen(prompt),
+                       FINCH_TOK_ADD_SPECIAL | FINCH_TOK_PARSE_SPECIAL, &ids, &n_ids, err);
     if (st) return st;
     finch_session *s = NULL;
     float *logits = NULL, *probs = NULL;
@@ -178,8 +185,7 @@ finch_status finch_generate(const finch_model *m, const char *prompt,
         st = finch_err_set(err, FINCH_E_RANGE,
                            "prompt of %lld tokens + %d new tokens exceeds the context (%lld; the "
                            "model was trained for %d)",
-                           (long long)n_ids, opt->max_tokens, (long long)n_ctx,
-                           m->cfg.n_ctx_train);
+                           (long long)n_ids, opt->max_tokens, (long long)n_ctx, m->cfg.n_ctx_train);
         goto done;
     }
     if ((st = finch_session_new(m, (int)n_ctx, opt->numerics, &s, err))) goto done;
@@ -195,8 +201,8 @@ finch_status finch_generate(const finch_model *m, const char *prompt,
     finch_rng_seed(&rng, opt->seed);
     char piece[256];
     for (int i = 0; i < opt->max_tokens && !out.stopped; i++) {
-        int32_t tok = finch_sample(logits, V, opt->temperature, opt->top_k, opt->top_p, &rng,
-                                   probs, idx);
+        int32_t tok =
+            finch_sample(logits, V, opt->temperature, opt->top_k, opt->top_p, &rng, probs, idx);
         if (finch_tokenizer_is_eog(m->tok, tok)) break;
         int64_t n = finch_tokenizer_piece(m->tok, tok, false, piece, sizeof piece);
         if (n > (int64_t)sizeof piece) n = sizeof piece; /* no real token is this long */

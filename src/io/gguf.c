@@ -60,9 +60,9 @@ static const char *const type_names[FINCH_GGUF_TYPE_COUNT] = {
 
 /* Bytes of one scalar of each type; 0 for STRING and ARRAY, whose size is variable. */
 static const uint8_t scalar_bytes[FINCH_GGUF_TYPE_COUNT] = {
-    [FINCH_GGUF_UINT8] = 1,   [FINCH_GGUF_INT8] = 1,   [FINCH_GGUF_UINT16] = 2,
-    [FINCH_GGUF_INT16] = 2,   [FINCH_GGUF_UINT32] = 4, [FINCH_GGUF_INT32] = 4,
-    [FINCH_GGUF_FLOAT32] = 4, [FINCH_GGUF_BOOL] = 1,   [FINCH_GGUF_UINT64] = 8,
+    [FINCH_GGUF_UINT8] = 1,   [FINCH_GGUF_INT8] = 1,    [FINCH_GGUF_UINT16] = 2,
+    [FINCH_GGUF_INT16] = 2,   [FINCH_GGUF_UINT32] = 4,  [FINCH_GGUF_INT32] = 4,
+    [FINCH_GGUF_FLOAT32] = 4, [FINCH_GGUF_BOOL] = 1,    [FINCH_GGUF_UINT64] = 8,
     [FINCH_GGUF_INT64] = 8,   [FINCH_GGUF_FLOAT64] = 8,
 };
 
@@ -98,11 +98,21 @@ static void decode_scalar(finch_gguf_kv *kv, const uint8_t *p) {
     case FINCH_GGUF_UINT8:
     case FINCH_GGUF_UINT16:
     case FINCH_GGUF_UINT32:
-    case FINCH_GGUF_UINT64: kv->v.u = raw; break;
-    case FINCH_GGUF_INT8: kv->v.i = (int8_t)raw; break;
-    case FINCH_GGUF_INT16: kv->v.i = (int16_t)raw; break;
-    case FINCH_GGUF_INT32: kv->v.i = (int32_t)raw; break;
-    case FINCH_GGUF_INT64: kv->v.i = (int64_t)raw; break;
+    case FINCH_GGUF_UINT64:
+        kv->v.u = raw;
+        break;
+    case FINCH_GGUF_INT8:
+        kv->v.i = (int8_t)raw;
+        break;
+    case FINCH_GGUF_INT16:
+        kv->v.i = (int16_t)raw;
+        break;
+    case FINCH_GGUF_INT32:
+        kv->v.i = (int32_t)raw;
+        break;
+    case FINCH_GGUF_INT64:
+        kv->v.i = (int64_t)raw;
+        break;
     case FINCH_GGUF_FLOAT32: {
         uint32_t bits = (uint32_t)raw;
         float f;
@@ -110,9 +120,14 @@ static void decode_scalar(finch_gguf_kv *kv, const uint8_t *p) {
         kv->v.f = f;
         break;
     }
-    case FINCH_GGUF_FLOAT64: memcpy(&kv->v.f, &raw, 8); break;
-    case FINCH_GGUF_BOOL: kv->v.b = raw != 0; break;
-    default: FINCH_ASSERT(!"not a scalar type");
+    case FINCH_GGUF_FLOAT64:
+        memcpy(&kv->v.f, &raw, 8);
+        break;
+    case FINCH_GGUF_BOOL:
+        kv->v.b = raw != 0;
+        break;
+    default:
+        FINCH_ASSERT(!"not a scalar type");
     }
 }
 
@@ -155,8 +170,8 @@ static void index_free(name_index *ix) {
 }
 
 /* The slot where name (n bytes) is, or the empty slot where it would go. */
-static uint64_t *index_probe(const name_index *ix, const void *base, size_t stride,
-                             size_t name_at, const char *name, size_t n) {
+static uint64_t *index_probe(const name_index *ix, const void *base, size_t stride, size_t name_at,
+                             const char *name, size_t n) {
     size_t mask = ix->cap - 1, k = (size_t)hash_name(name, n) & mask;
     for (;; k = (k + 1) & mask) {
         uint64_t s = ix->slot[k];
@@ -167,8 +182,8 @@ static uint64_t *index_probe(const name_index *ix, const void *base, size_t stri
 }
 
 /* The index of name in the array, or -1. */
-static int64_t index_find(const name_index *ix, const void *base, size_t stride,
-                          size_t name_at, const char *name) {
+static int64_t index_find(const name_index *ix, const void *base, size_t stride, size_t name_at,
+                          const char *name) {
     if (!ix->slot) return -1;
     uint64_t s = *index_probe(ix, base, stride, name_at, name, strlen(name));
     return s ? (int64_t)(s - 1) : -1;
@@ -177,19 +192,19 @@ static int64_t index_find(const name_index *ix, const void *base, size_t stride,
 /* ---- reader: the document ----------------------------------------------------------- */
 
 struct finch_gguf {
-    finch_mapped_file map;      /* the mapping when opened from a path, else zeroed */
-    const uint8_t *data;        /* the whole file */
-    size_t size;                /* its size in bytes */
-    char *path;                 /* name for messages */
-    uint32_t version;           /* 2 or 3 */
-    uint32_t alignment;         /* general.alignment or 32 */
-    size_t data_start;          /* file offset of the tensor data section */
-    int64_t n_kv;               /* key/value pairs, in file order */
+    finch_mapped_file map; /* the mapping when opened from a path, else zeroed */
+    const uint8_t *data;   /* the whole file */
+    size_t size;           /* its size in bytes */
+    char *path;            /* name for messages */
+    uint32_t version;      /* 2 or 3 */
+    uint32_t alignment;    /* general.alignment or 32 */
+    size_t data_start;     /* file offset of the tensor data section */
+    int64_t n_kv;          /* key/value pairs, in file order */
     finch_gguf_kv *kv;
-    int64_t n_tensors;          /* tensors, in file order */
+    int64_t n_tensors; /* tensors, in file order */
     finch_gguf_tensor *tensors;
-    name_index kv_index;        /* key -> index in kv */
-    name_index tensor_index;    /* name -> index in tensors */
+    name_index kv_index;     /* key -> index in kv */
+    name_index tensor_index; /* name -> index in tensors */
 };
 
 #define KV_INDEX(g) (g)->kv, sizeof(finch_gguf_kv), offsetof(finch_gguf_kv, key)
@@ -219,7 +234,9 @@ static finch_status fail_at(const cursor *c, size_t at, const char *fmt, ...) {
     return finch_err_set(c->err, FINCH_E_FORMAT, "%s: offset 0x%zx: %s", c->path, at, msg);
 }
 
-static size_t left(const cursor *c) { return c->size - c->off; }
+static size_t left(const cursor *c) {
+    return c->size - c->off;
+}
 
 /* Points *out at the next n bytes and moves past them; what names them in the message. */
 static finch_status take(cursor *c, uint64_t n, const char *what, const uint8_t **out) {
@@ -289,11 +306,12 @@ static finch_status read_array(cursor *c, finch_gguf_kv *kv) {
     if (kv->arr_type == FINCH_GGUF_STRING) {
         /* each string takes at least its 8-byte length: check before allocating */
         if (kv->arr_n > left(c) / 8)
-            return fail_at(c, at, "key '%s': array of %" PRIu64 " strings needs at least %" PRIu64
-                           " bytes, %zu left", kv->key, kv->arr_n, kv->arr_n * 8, left(c));
+            return fail_at(c, at,
+                           "key '%s': array of %" PRIu64 " strings needs at least %" PRIu64
+                           " bytes, %zu left",
+                           kv->key, kv->arr_n, kv->arr_n * 8, left(c));
         if (kv->arr_n) {
-            kv->arr_str = finch_calloc(kv->arr_n, sizeof *kv->arr_str, "gguf string array",
-                                       c->err);
+            kv->arr_str = finch_calloc(kv->arr_n, sizeof *kv->arr_str, "gguf string array", c->err);
             if (!kv->arr_str) return FINCH_E_NOMEM;
         }
         for (uint64_t k = 0; k < kv->arr_n; k++)
@@ -306,8 +324,9 @@ static finch_status read_array(cursor *c, finch_gguf_kv *kv) {
     if (kv->arr_type == FINCH_GGUF_BOOL)
         for (uint64_t k = 0; k < kv->arr_n; k++)
             if (kv->arr_data[k] > 1)
-                return fail_at(c, at + 8 + k, "key '%s': bool array element %" PRIu64
-                               " is %u, expected 0 or 1", kv->key, k, kv->arr_data[k]);
+                return fail_at(c, at + 8 + k,
+                               "key '%s': bool array element %" PRIu64 " is %u, expected 0 or 1",
+                               kv->key, k, kv->arr_data[k]);
     return FINCH_OK;
 }
 
@@ -335,8 +354,7 @@ static finch_status read_kv(cursor *c, finch_gguf *g, finch_gguf_kv *kv) {
         if (type == FINCH_GGUF_ARRAY)
             return fail_at(c, value_at, "key '%s': nested arrays are not supported", kv->key);
         if (type >= FINCH_GGUF_TYPE_COUNT)
-            return fail_at(c, value_at, "key '%s': unknown array element type %u", kv->key,
-                           type);
+            return fail_at(c, value_at, "key '%s': unknown array element type %u", kv->key, type);
         kv->arr_type = (finch_gguf_type)type;
         if ((st = read_array(c, kv))) return st;
     } else if (kv->type == FINCH_GGUF_STRING) {
@@ -345,8 +363,7 @@ static finch_status read_kv(cursor *c, finch_gguf *g, finch_gguf_kv *kv) {
         const uint8_t *p;
         if ((st = take(c, scalar_bytes[kv->type], "value", &p))) return st;
         if (kv->type == FINCH_GGUF_BOOL && p[0] > 1)
-            return fail_at(c, value_at, "key '%s': bool value %u, expected 0 or 1", kv->key,
-                           p[0]);
+            return fail_at(c, value_at, "key '%s': bool value %u, expected 0 or 1", kv->key, p[0]);
         decode_scalar(kv, p);
     }
 
@@ -355,8 +372,10 @@ static finch_status read_kv(cursor *c, finch_gguf *g, finch_gguf_kv *kv) {
             return fail_at(c, type_at, "key '%s' has type %s, expected uint32", kv->key,
                            finch_gguf_type_name(kv->type));
         if (kv->v.u < GGUF_MIN_ALIGNMENT || (kv->v.u & (kv->v.u - 1)))
-            return fail_at(c, value_at, "key '%s' is %" PRIu64 ", expected a power of two "
-                           "of at least %u", kv->key, kv->v.u, GGUF_MIN_ALIGNMENT);
+            return fail_at(c, value_at,
+                           "key '%s' is %" PRIu64 ", expected a power of two "
+                           "of at least %u",
+                           kv->key, kv->v.u, GGUF_MIN_ALIGNMENT);
         g->alignment = (uint32_t)kv->v.u;
     }
     /* the pair is complete: only now may lookups see it */
@@ -392,8 +411,8 @@ static finch_status read_tensor_info(cursor *c, finch_gguf *g, finch_gguf_tensor
     size_t field_at = c->off;
     if ((st = read_u32(c, "tensor dimension count", &n_dims))) return st;
     if (n_dims == 0 || n_dims > FINCH_GGUF_MAX_DIMS)
-        return fail_at(c, field_at, "tensor '%s': %u dimensions, expected 1 to %d", t->name,
-                       n_dims, FINCH_GGUF_MAX_DIMS);
+        return fail_at(c, field_at, "tensor '%s': %u dimensions, expected 1 to %d", t->name, n_dims,
+                       FINCH_GGUF_MAX_DIMS);
     t->n_dims = (int)n_dims;
     int64_t n_elems = 1;
     for (int k = 0; k < FINCH_GGUF_MAX_DIMS; k++) t->ne[k] = 1;
@@ -402,24 +421,28 @@ static finch_status read_tensor_info(cursor *c, finch_gguf *g, finch_gguf_tensor
         field_at = c->off;
         if ((st = read_u64(c, "tensor dimension", &dim))) return st;
         if (dim > INT64_MAX)
-            return fail_at(c, field_at, "tensor '%s': dimension %u is %" PRId64
-                           ", expected >= 0", t->name, k, (int64_t)dim);
+            return fail_at(c, field_at, "tensor '%s': dimension %u is %" PRId64 ", expected >= 0",
+                           t->name, k, (int64_t)dim);
         t->ne[k] = (int64_t)dim;
         if (__builtin_mul_overflow(n_elems, t->ne[k], &n_elems))
-            return fail_at(c, field_at, "tensor '%s': element count overflows int64 at "
-                           "dimension %u (%" PRId64 ")", t->name, k, t->ne[k]);
+            return fail_at(c, field_at,
+                           "tensor '%s': element count overflows int64 at "
+                           "dimension %u (%" PRId64 ")",
+                           t->name, k, t->ne[k]);
     }
 
     field_at = c->off;
     if ((st = read_u32(c, "tensor type", &type))) return st;
     const finch_dtype_traits *tr = finch_dtype_get(type);
     if (!tr)
-        return fail_at(c, field_at, "tensor '%s': unknown or retired tensor type id %u",
-                       t->name, type);
+        return fail_at(c, field_at, "tensor '%s': unknown or retired tensor type id %u", t->name,
+                       type);
     t->type = (finch_dtype)type;
     if (t->ne[0] % tr->block_elems)
-        return fail_at(c, field_at, "tensor '%s': row length %" PRId64 " is not a multiple of "
-                       "the %s block size %d", t->name, t->ne[0], tr->name, tr->block_elems);
+        return fail_at(c, field_at,
+                       "tensor '%s': row length %" PRId64 " is not a multiple of "
+                       "the %s block size %d",
+                       t->name, t->ne[0], tr->name, tr->block_elems);
     size_t nbytes;
     if (!finch_dtype_row_bytes(t->type, t->ne[0], &nbytes) ||
         !finch_size_mul(nbytes, (size_t)t->ne[1], &nbytes) ||
@@ -431,8 +454,10 @@ static finch_status read_tensor_info(cursor *c, finch_gguf *g, finch_gguf_tensor
     field_at = c->off;
     if ((st = read_u64(c, "tensor data offset", &t->offset))) return st;
     if (t->offset % g->alignment)
-        return fail_at(c, field_at, "tensor '%s': data offset 0x%" PRIx64 " is not a multiple "
-                       "of the alignment %u", t->name, t->offset, g->alignment);
+        return fail_at(c, field_at,
+                       "tensor '%s': data offset 0x%" PRIx64 " is not a multiple "
+                       "of the alignment %u",
+                       t->name, t->offset, g->alignment);
     /* overflow of offset + nbytes is caught with the bounds check, after the header */
     sp->begin = t->offset;
     sp->info_at = field_at;
@@ -448,9 +473,11 @@ static finch_status place_tensor_data(cursor *c, finch_gguf *g, span *spans) {
         finch_gguf_tensor *t = &g->tensors[i];
         span *sp = &spans[i];
         if (t->offset > room || t->nbytes > room - t->offset)
-            return fail_at(c, sp->info_at, "tensor '%s': data at 0x%" PRIx64 " + %zu bytes "
+            return fail_at(c, sp->info_at,
+                           "tensor '%s': data at 0x%" PRIx64 " + %zu bytes "
                            "lies past the end of the file (%zu bytes of data follow the header "
-                           "at 0x%zx)", t->name, t->offset, t->nbytes, room, g->data_start);
+                           "at 0x%zx)",
+                           t->name, t->offset, t->nbytes, room, g->data_start);
         sp->end = t->offset + t->nbytes;
         t->data = g->data + g->data_start + t->offset;
     }
@@ -463,9 +490,10 @@ static finch_status place_tensor_data(cursor *c, finch_gguf *g, span *spans) {
         const span *sp = &spans[k];
         if (sp->begin == sp->end) continue;
         if (reach_by >= 0 && sp->begin < reach)
-            return fail_at(c, sp->info_at, "tensor '%s': data at 0x%" PRIx64 " overlaps tensor "
-                           "'%s', which runs to 0x%" PRIx64, g->tensors[sp->index].name,
-                           sp->begin, g->tensors[reach_by].name, reach);
+            return fail_at(c, sp->info_at,
+                           "tensor '%s': data at 0x%" PRIx64 " overlaps tensor "
+                           "'%s', which runs to 0x%" PRIx64,
+                           g->tensors[sp->index].name, sp->begin, g->tensors[reach_by].name, reach);
         if (sp->end > reach) {
             reach = sp->end;
             reach_by = sp->index;
@@ -491,8 +519,10 @@ static finch_status parse(finch_gguf *g, finch_err *err) {
         return fail_at(&c, 4, "GGUF version 1 is no longer supported; convert the file again");
     if (version != 2 && version != 3) {
         if ((version & 0xFFFF) == 0 && version != 0)
-            return fail_at(&c, 4, "GGUF version 0x%08x looks byte-swapped: big-endian files "
-                           "are not supported", version);
+            return fail_at(&c, 4,
+                           "GGUF version 0x%08x looks byte-swapped: big-endian files "
+                           "are not supported",
+                           version);
         return fail_at(&c, 4, "unsupported GGUF version %u, expected 2 or 3", version);
     }
     g->version = version;
@@ -503,9 +533,10 @@ static finch_status parse(finch_gguf *g, finch_err *err) {
     if (!finch_size_mul(n_kv, GGUF_MIN_KV_BYTES, &need_kv) ||
         !finch_size_mul(n_tensors, GGUF_MIN_TENSOR_INFO_BYTES, &need_ti) ||
         !finch_size_add(need_kv, need_ti, &need) || need > left(&c))
-        return fail_at(&c, 8, "header claims %" PRIu64 " tensors and %" PRIu64 " key/value "
-                       "pairs, more than the %zu bytes that follow can hold", n_tensors, n_kv,
-                       left(&c));
+        return fail_at(&c, 8,
+                       "header claims %" PRIu64 " tensors and %" PRIu64 " key/value "
+                       "pairs, more than the %zu bytes that follow can hold",
+                       n_tensors, n_kv, left(&c));
 
     /* counts are now bounded by the file size, so these allocations are too */
     g->n_kv = (int64_t)n_kv;
@@ -529,8 +560,10 @@ static finch_status parse(finch_gguf *g, finch_err *err) {
      * padding may be missing */
     size_t pad = (g->alignment - c.off % g->alignment) % g->alignment;
     if (n_tensors > 0 && pad > left(&c)) {
-        st = fail_at(&c, c.off, "truncated: padding to the data section needs %zu bytes, "
-                     "%zu left", pad, left(&c));
+        st = fail_at(&c, c.off,
+                     "truncated: padding to the data section needs %zu bytes, "
+                     "%zu left",
+                     pad, left(&c));
         goto fail;
     }
     g->data_start = n_tensors > 0 ? c.off + pad : c.off;
@@ -605,13 +638,23 @@ finch_status finch_gguf_open_memory(const void *data, size_t size, const char *n
     return open_buffer(data, size, name ? name : "<memory>", &none, out, err);
 }
 
-void finch_gguf_close(finch_gguf *g) { gguf_free(g); }
+void finch_gguf_close(finch_gguf *g) {
+    gguf_free(g);
+}
 
-const char *finch_gguf_path(const finch_gguf *g) { return g->path; }
-uint32_t finch_gguf_version(const finch_gguf *g) { return g->version; }
-uint32_t finch_gguf_alignment(const finch_gguf *g) { return g->alignment; }
+const char *finch_gguf_path(const finch_gguf *g) {
+    return g->path;
+}
+uint32_t finch_gguf_version(const finch_gguf *g) {
+    return g->version;
+}
+uint32_t finch_gguf_alignment(const finch_gguf *g) {
+    return g->alignment;
+}
 
-int64_t finch_gguf_n_kv(const finch_gguf *g) { return g->n_kv; }
+int64_t finch_gguf_n_kv(const finch_gguf *g) {
+    return g->n_kv;
+}
 
 const finch_gguf_kv *finch_gguf_kv_at(const finch_gguf *g, int64_t i) {
     FINCH_ASSERT(i >= 0 && i < g->n_kv);
@@ -623,7 +666,9 @@ const finch_gguf_kv *finch_gguf_find_kv(const finch_gguf *g, const char *key) {
     return i < 0 ? NULL : &g->kv[i];
 }
 
-int64_t finch_gguf_n_tensors(const finch_gguf *g) { return g->n_tensors; }
+int64_t finch_gguf_n_tensors(const finch_gguf *g) {
+    return g->n_tensors;
+}
 
 const finch_gguf_tensor *finch_gguf_tensor_at(const finch_gguf *g, int64_t i) {
     FINCH_ASSERT(i >= 0 && i < g->n_tensors);
@@ -646,25 +691,32 @@ static finch_status lookup(const finch_gguf *g, const char *key, bool required,
     return FINCH_OK;
 }
 
-static finch_status wrong_type(const finch_gguf *g, const finch_gguf_kv *kv,
-                               const char *expected, finch_err *err) {
-    return finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x%" PRIx64 ": key '%s' has type %s, "
-                         "expected %s", g->path, kv->file_offset, kv->key,
-                         finch_gguf_type_name(kv->type), expected);
+static finch_status wrong_type(const finch_gguf *g, const finch_gguf_kv *kv, const char *expected,
+                               finch_err *err) {
+    return finch_err_set(err, FINCH_E_FORMAT,
+                         "%s: offset 0x%" PRIx64 ": key '%s' has type %s, "
+                         "expected %s",
+                         g->path, kv->file_offset, kv->key, finch_gguf_type_name(kv->type),
+                         expected);
 }
 
-static finch_status out_of_range(const finch_gguf *g, const finch_gguf_kv *kv,
-                                 const char *expected, finch_err *err) {
+static finch_status out_of_range(const finch_gguf *g, const finch_gguf_kv *kv, const char *expected,
+                                 finch_err *err) {
     char value[32];
-    if (type_is_sint(kv->type)) snprintf(value, sizeof value, "%" PRId64, kv->v.i);
-    else if (type_is_uint(kv->type)) snprintf(value, sizeof value, "%" PRIu64, kv->v.u);
-    else snprintf(value, sizeof value, "%g", kv->v.f);
-    return finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x%" PRIx64 ": key '%s' is %s, out of "
-                         "range for %s", g->path, kv->file_offset, kv->key, value, expected);
+    if (type_is_sint(kv->type))
+        snprintf(value, sizeof value, "%" PRId64, kv->v.i);
+    else if (type_is_uint(kv->type))
+        snprintf(value, sizeof value, "%" PRIu64, kv->v.u);
+    else
+        snprintf(value, sizeof value, "%g", kv->v.f);
+    return finch_err_set(err, FINCH_E_FORMAT,
+                         "%s: offset 0x%" PRIx64 ": key '%s' is %s, out of "
+                         "range for %s",
+                         g->path, kv->file_offset, kv->key, value, expected);
 }
 
-finch_status finch_gguf_get_u32(const finch_gguf *g, const char *key, bool required,
-                                uint32_t *out, finch_err *err) {
+finch_status finch_gguf_get_u32(const finch_gguf *g, const char *key, bool required, uint32_t *out,
+                                finch_err *err) {
     const finch_gguf_kv *kv;
     finch_status st = lookup(g, key, required, &kv, err);
     if (st || !kv) return st;
@@ -680,8 +732,8 @@ finch_status finch_gguf_get_u32(const finch_gguf *g, const char *key, bool requi
     return FINCH_OK;
 }
 
-finch_status finch_gguf_get_i64(const finch_gguf *g, const char *key, bool required,
-                                int64_t *out, finch_err *err) {
+finch_status finch_gguf_get_i64(const finch_gguf *g, const char *key, bool required, int64_t *out,
+                                finch_err *err) {
     const finch_gguf_kv *kv;
     finch_status st = lookup(g, key, required, &kv, err);
     if (st || !kv) return st;
@@ -696,8 +748,8 @@ finch_status finch_gguf_get_i64(const finch_gguf *g, const char *key, bool requi
     return FINCH_OK;
 }
 
-finch_status finch_gguf_get_f32(const finch_gguf *g, const char *key, bool required,
-                                float *out, finch_err *err) {
+finch_status finch_gguf_get_f32(const finch_gguf *g, const char *key, bool required, float *out,
+                                finch_err *err) {
     const finch_gguf_kv *kv;
     finch_status st = lookup(g, key, required, &kv, err);
     if (st || !kv) return st;
@@ -709,8 +761,8 @@ finch_status finch_gguf_get_f32(const finch_gguf *g, const char *key, bool requi
     return FINCH_OK;
 }
 
-finch_status finch_gguf_get_bool(const finch_gguf *g, const char *key, bool required,
-                                 bool *out, finch_err *err) {
+finch_status finch_gguf_get_bool(const finch_gguf *g, const char *key, bool required, bool *out,
+                                 finch_err *err) {
     const finch_gguf_kv *kv;
     finch_status st = lookup(g, key, required, &kv, err);
     if (st || !kv) return st;
@@ -719,8 +771,8 @@ finch_status finch_gguf_get_bool(const finch_gguf *g, const char *key, bool requ
     return FINCH_OK;
 }
 
-finch_status finch_gguf_get_str(const finch_gguf *g, const char *key, bool required,
-                                finch_str *out, finch_err *err) {
+finch_status finch_gguf_get_str(const finch_gguf *g, const char *key, bool required, finch_str *out,
+                                finch_err *err) {
     const finch_gguf_kv *kv;
     finch_status st = lookup(g, key, required, &kv, err);
     if (st || !kv) return st;
@@ -738,9 +790,11 @@ finch_status finch_gguf_get_arr(const finch_gguf *g, const char *key, finch_gguf
         char expected[32];
         snprintf(expected, sizeof expected, "array of %s", finch_gguf_type_name(elem));
         if (kv->type != FINCH_GGUF_ARRAY) return wrong_type(g, kv, expected, err);
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x%" PRIx64 ": key '%s' is an "
-                             "array of %s, expected %s", g->path, kv->file_offset, kv->key,
-                             finch_gguf_type_name(kv->arr_type), expected);
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: offset 0x%" PRIx64 ": key '%s' is an "
+                             "array of %s, expected %s",
+                             g->path, kv->file_offset, kv->key, finch_gguf_type_name(kv->arr_type),
+                             expected);
     }
     *out = kv;
     return FINCH_OK;
@@ -840,8 +894,8 @@ void finch_gguf_writer_free(finch_gguf_writer *w) {
 
 /* Makes room for one more element of an array that grows by doubling, and for its name
  * in the index (rebuilt at twice the size when half full). */
-static finch_status grow(void **items, int64_t n, int64_t *cap, size_t item_bytes,
-                         name_index *ix, size_t name_at, const char *what, finch_err *err) {
+static finch_status grow(void **items, int64_t n, int64_t *cap, size_t item_bytes, name_index *ix,
+                         size_t name_at, const char *what, finch_err *err) {
     if (n == *cap) {
         int64_t new_cap = *cap ? *cap * 2 : 16;
         size_t bytes;
@@ -885,21 +939,23 @@ static finch_status add_kv(finch_gguf_writer *w, const char *key, finch_gguf_typ
         goto fail;
     }
     if (n == 0 || n > FINCH_GGUF_MAX_KEY) {
-        st = finch_err_set(err, FINCH_E_USAGE, "gguf writer: key of %zu bytes, expected 1 to %d",
-                           n, FINCH_GGUF_MAX_KEY);
+        st = finch_err_set(err, FINCH_E_USAGE, "gguf writer: key of %zu bytes, expected 1 to %d", n,
+                           FINCH_GGUF_MAX_KEY);
         goto fail;
     }
     if (strcmp(key, GGUF_ALIGNMENT_KEY) == 0) {
         uint64_t a = val->n == 4 ? load_le(val->p, 4) : 0;
         if (type != FINCH_GGUF_UINT32 || a < GGUF_MIN_ALIGNMENT || (a & (a - 1))) {
-            st = finch_err_set(err, FINCH_E_USAGE, "gguf writer: '%s' must be a uint32 power "
-                               "of two of at least %u", key, GGUF_MIN_ALIGNMENT);
+            st = finch_err_set(err, FINCH_E_USAGE,
+                               "gguf writer: '%s' must be a uint32 power "
+                               "of two of at least %u",
+                               key, GGUF_MIN_ALIGNMENT);
             goto fail;
         }
     }
     void *items = w->kv;
-    st = grow(&items, w->n_kv, &w->cap_kv, sizeof *w->kv, &w->kv_index,
-              offsetof(writer_kv, key), "gguf keys", err);
+    st = grow(&items, w->n_kv, &w->cap_kv, sizeof *w->kv, &w->kv_index, offsetof(writer_kv, key),
+              "gguf keys", err);
     w->kv = items;
     if (st) goto fail;
     uint64_t *slot = index_probe(&w->kv_index, WKV_INDEX(w), key, n);
@@ -929,30 +985,25 @@ static finch_status set_scalar(finch_gguf_writer *w, const char *key, finch_gguf
     return add_kv(w, key, type, &b, err);
 }
 
-finch_status finch_gguf_set_u32(finch_gguf_writer *w, const char *key, uint32_t v,
-                                finch_err *err) {
+finch_status finch_gguf_set_u32(finch_gguf_writer *w, const char *key, uint32_t v, finch_err *err) {
     return set_scalar(w, key, FINCH_GGUF_UINT32, v, err);
 }
 
-finch_status finch_gguf_set_i32(finch_gguf_writer *w, const char *key, int32_t v,
-                                finch_err *err) {
+finch_status finch_gguf_set_i32(finch_gguf_writer *w, const char *key, int32_t v, finch_err *err) {
     return set_scalar(w, key, FINCH_GGUF_INT32, (uint32_t)v, err);
 }
 
-finch_status finch_gguf_set_u64(finch_gguf_writer *w, const char *key, uint64_t v,
-                                finch_err *err) {
+finch_status finch_gguf_set_u64(finch_gguf_writer *w, const char *key, uint64_t v, finch_err *err) {
     return set_scalar(w, key, FINCH_GGUF_UINT64, v, err);
 }
 
-finch_status finch_gguf_set_f32(finch_gguf_writer *w, const char *key, float v,
-                                finch_err *err) {
+finch_status finch_gguf_set_f32(finch_gguf_writer *w, const char *key, float v, finch_err *err) {
     uint32_t bits;
     memcpy(&bits, &v, 4);
     return set_scalar(w, key, FINCH_GGUF_FLOAT32, bits, err);
 }
 
-finch_status finch_gguf_set_bool(finch_gguf_writer *w, const char *key, bool v,
-                                 finch_err *err) {
+finch_status finch_gguf_set_bool(finch_gguf_writer *w, const char *key, bool v, finch_err *err) {
     return set_scalar(w, key, FINCH_GGUF_BOOL, v ? 1 : 0, err);
 }
 
@@ -969,8 +1020,8 @@ static void buf_array_head(bytebuf *b, finch_gguf_type elem, int64_t n) {
     buf_le(b, (uint64_t)n, 8);
 }
 
-finch_status finch_gguf_set_arr_str(finch_gguf_writer *w, const char *key,
-                                    const char *const *v, int64_t n, finch_err *err) {
+finch_status finch_gguf_set_arr_str(finch_gguf_writer *w, const char *key, const char *const *v,
+                                    int64_t n, finch_err *err) {
     FINCH_ASSERT(n >= 0 && (v || n == 0));
     bytebuf b = {0};
     buf_array_head(&b, FINCH_GGUF_STRING, n);
@@ -1039,27 +1090,34 @@ finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch
     FINCH_ASSERT(w && name && ne);
     size_t n = strlen(name);
     if (n == 0 || n > FINCH_GGUF_MAX_NAME)
-        return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor name '%.80s' has %zu "
-                             "bytes, expected 1 to %d", name, n, FINCH_GGUF_MAX_NAME);
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "gguf writer: tensor name '%.80s' has %zu "
+                             "bytes, expected 1 to %d",
+                             name, n, FINCH_GGUF_MAX_NAME);
     if (n_dims < 1 || n_dims > FINCH_GGUF_MAX_DIMS)
-        return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s': %d dimensions, "
-                             "expected 1 to %d", name, n_dims, FINCH_GGUF_MAX_DIMS);
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "gguf writer: tensor '%s': %d dimensions, "
+                             "expected 1 to %d",
+                             name, n_dims, FINCH_GGUF_MAX_DIMS);
     const finch_dtype_traits *tr = finch_dtype_get((uint32_t)type);
     if (!tr)
-        return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s': unknown type %d",
-                             name, (int)type);
+        return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s': unknown type %d", name,
+                             (int)type);
     writer_tensor t = {.type = type, .n_dims = n_dims, .data = data};
     int64_t n_elems = 1;
     for (int k = 0; k < FINCH_GGUF_MAX_DIMS; k++) {
         t.ne[k] = k < n_dims ? ne[k] : 1;
         if (t.ne[k] < 0 || __builtin_mul_overflow(n_elems, t.ne[k], &n_elems))
-            return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s': dimension %d "
-                                 "is %" PRId64 ", negative or too large", name, k, t.ne[k]);
+            return finch_err_set(err, FINCH_E_USAGE,
+                                 "gguf writer: tensor '%s': dimension %d "
+                                 "is %" PRId64 ", negative or too large",
+                                 name, k, t.ne[k]);
     }
     if (t.ne[0] % tr->block_elems)
-        return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s': row length %" PRId64
-                             " is not a multiple of the %s block size %d", name, t.ne[0],
-                             tr->name, tr->block_elems);
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "gguf writer: tensor '%s': row length %" PRId64
+                             " is not a multiple of the %s block size %d",
+                             name, t.ne[0], tr->name, tr->block_elems);
     if (!finch_dtype_row_bytes(type, t.ne[0], &t.nbytes) ||
         !finch_size_mul(t.nbytes, (size_t)t.ne[1], &t.nbytes) ||
         !finch_size_mul(t.nbytes, (size_t)t.ne[2], &t.nbytes) ||
@@ -1075,8 +1133,7 @@ finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch
     if (st) return st;
     uint64_t *slot = index_probe(&w->tensor_index, WTENSOR_INDEX(w), name, n);
     if (*slot)
-        return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s' is already added",
-                             name);
+        return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s' is already added", name);
     if (!(t.name = copy_str(name, err))) return FINCH_E_NOMEM;
     w->tensors[w->n_tensors] = t;
     *slot = (uint64_t)w->n_tensors + 1;
@@ -1117,10 +1174,10 @@ static finch_status write_document(FILE *f, void *user, finch_err *err) {
     const char *path = job->path;
     finch_status st;
     size_t written = 0; /* bytes so far, for the padding before the data section */
-#define PUT(expr, bytes)                                                                   \
-    do {                                                                                   \
-        if ((st = (expr))) return st;                                                      \
-        written += (bytes);                                                                \
+#define PUT(expr, bytes)                                                                           \
+    do {                                                                                           \
+        if ((st = (expr))) return st;                                                              \
+        written += (bytes);                                                                        \
     } while (0)
 
     PUT(finch_fwrite(f, GGUF_MAGIC, 4, path, err), 4);
@@ -1167,8 +1224,7 @@ finch_status finch_gguf_set_kvs_from(finch_gguf_writer *w, const finch_gguf *g, 
     return st;
 }
 
-finch_status finch_gguf_writer_save(const finch_gguf_writer *w, const char *path,
-                                    finch_err *err) {
+finch_status finch_gguf_writer_save(const finch_gguf_writer *w, const char *path, finch_err *err) {
     FINCH_ASSERT(w && path);
     save_job job = {w, path};
     return finch_file_commit(path, write_document, &job, err);

@@ -56,14 +56,12 @@ static const json_t *get(reader *R, const char *field) {
 
 /* An integer field in lo..hi; when absent (or null) it is an error if required, else *out
  * keeps its default. */
-static finch_status get_int(reader *R, const char *field, bool required, int lo, int hi,
-                            int *out) {
+static finch_status get_int(reader *R, const char *field, bool required, int lo, int hi, int *out) {
     const json_t *v = get(R, field);
     if (!v) return required ? bad(R, field, "is missing") : FINCH_OK;
     if (!json_is_integer(v)) return bad(R, field, "must be an integer");
     json_int_t i = json_integer_value(v);
-    if (i < lo || i > hi)
-        return bad(R, field, "is %lld, must be in %d..%d", (long long)i, lo, hi);
+    if (i < lo || i > hi) return bad(R, field, "is %lld, must be in %d..%d", (long long)i, lo, hi);
     *out = (int)i;
     return FINCH_OK;
 }
@@ -89,8 +87,7 @@ static finch_status get_bool(reader *R, const char *field, bool *out) {
 }
 
 /* A string field copied into out (cap bytes); absent leaves out as it is. */
-static finch_status get_str(reader *R, const char *field, bool required, char *out,
-                            size_t cap) {
+static finch_status get_str(reader *R, const char *field, bool required, char *out, size_t cap) {
     const json_t *v = get(R, field);
     if (!v) return required ? bad(R, field, "is missing") : FINCH_OK;
     if (!json_is_string(v)) return bad(R, field, "must be a string");
@@ -166,8 +163,9 @@ static finch_status read_config(reader *R, finch_hf_config *c) {
             !json_is_string(json_array_get(archs, 0)))
             return bad(R, "architectures", "must be a non-empty list of strings");
         const char *a = json_string_value(json_array_get(archs, 0));
-        const char *want = llama ? "LlamaForCausalLM" : mistral ? "MistralForCausalLM"
-                                                              : "Qwen2ForCausalLM";
+        const char *want = llama     ? "LlamaForCausalLM"
+                           : mistral ? "MistralForCausalLM"
+                                     : "Qwen2ForCausalLM";
         if (strcmp(a, want) != 0)
             return finch_err_set(R->err, FINCH_E_UNSUPPORTED,
                                  "%s: field 'architectures': '%.60s' is not supported for "
@@ -183,8 +181,7 @@ static finch_status read_config(reader *R, finch_hf_config *c) {
         (st = get_int(R, "num_hidden_layers", true, 1, MAX_LAYERS, &c->num_hidden_layers)) ||
         (st = get_int(R, "num_attention_heads", true, 1, MAX_HEADS, &c->num_attention_heads)) ||
         (st = get_int(R, "vocab_size", true, 1, MAX_VOCAB, &c->vocab_size)) ||
-        (st = get_int(R, "max_position_embeddings", true, 1, MAX_CTX,
-                      &c->max_position_embeddings)))
+        (st = get_int(R, "max_position_embeddings", true, 1, MAX_CTX, &c->max_position_embeddings)))
         return st;
     const int H = c->num_attention_heads;
     c->num_key_value_heads = H;
@@ -197,8 +194,8 @@ static finch_status read_config(reader *R, finch_hf_config *c) {
     if ((st = get_int(R, "head_dim", false, 2, MAX_EMBD, &c->head_dim))) return st;
     if (!c->head_dim) {
         if (c->hidden_size % H)
-            return bad(R, "num_attention_heads", "is %d, which does not divide hidden_size %d",
-                       H, c->hidden_size);
+            return bad(R, "num_attention_heads", "is %d, which does not divide hidden_size %d", H,
+                       c->hidden_size);
         c->head_dim = c->hidden_size / H;
     }
     if (c->head_dim % 2) return bad(R, "head_dim", "is %d; RoPE needs it even", c->head_dim);
@@ -247,8 +244,7 @@ static finch_status load_json(const char *path, json_t **out, finch_err *err) {
     json_error_t je;
     *out = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!*out) {
-        if (je.line < 0)
-            return finch_err_set(err, FINCH_E_IO, "%s: %s", path, je.text);
+        if (je.line < 0) return finch_err_set(err, FINCH_E_IO, "%s: %s", path, je.text);
         return finch_err_set(err, FINCH_E_FORMAT, "%s:%d:%d: invalid JSON: %s", path, je.line,
                              je.column, je.text);
     }
@@ -346,8 +342,10 @@ int finch_hf_index_find(const finch_hf_index *ix, const char *tensor) {
         int64_t mid = lo + (hi - lo) / 2;
         int c = strcmp(ix->tensor[mid], tensor);
         if (c == 0) return ix->file[mid];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return -1;
 }

@@ -14,8 +14,8 @@
 
 /* Limits applied to every file before anything is allocated or indexed. */
 #define FINCH_GGUF_MAX_DIMS 4
-#define FINCH_GGUF_MAX_NAME 63          /* tensor name bytes (ggml's GGML_MAX_NAME - 1) */
-#define FINCH_GGUF_MAX_KEY 65535        /* key bytes */
+#define FINCH_GGUF_MAX_NAME 63           /* tensor name bytes (ggml's GGML_MAX_NAME - 1) */
+#define FINCH_GGUF_MAX_KEY 65535         /* key bytes */
 #define FINCH_GGUF_MAX_STRING (1u << 30) /* string bytes and array elements (as ggml) */
 
 /* GGUF metadata value types, numbered as in the file. */
@@ -64,12 +64,12 @@ typedef struct {
 
 /* One tensor: its info and a pointer to its bytes in the mapping. */
 typedef struct {
-    char *name;         /* NUL-terminated copy */
-    finch_dtype type;   /* storage type (a known ggml type id) */
-    int n_dims;         /* 1..4 as stored */
-    int64_t ne[4];      /* dims, ne[0] fastest (contiguous); missing dims are 1 */
-    uint64_t offset;    /* relative to the data section */
-    size_t nbytes;      /* bytes of tensor data */
+    char *name;          /* NUL-terminated copy */
+    finch_dtype type;    /* storage type (a known ggml type id) */
+    int n_dims;          /* 1..4 as stored */
+    int64_t ne[4];       /* dims, ne[0] fastest (contiguous); missing dims are 1 */
+    uint64_t offset;     /* relative to the data section */
+    size_t nbytes;       /* bytes of tensor data */
     const uint8_t *data; /* the bytes, inside the mapping */
 } finch_gguf_tensor;
 
@@ -114,16 +114,16 @@ const finch_gguf_tensor *finch_gguf_find_tensor(const finch_gguf *g, const char 
  * type or an out-of-range value is FINCH_E_FORMAT naming the key, its type and the
  * expected one. _u32/_i64 accept any integer type (files in the wild use u32 where the
  * spec says u64); _f32 accepts FLOAT32 and FLOAT64. */
-finch_status finch_gguf_get_u32(const finch_gguf *g, const char *key, bool required,
-                                uint32_t *out, finch_err *err);
-finch_status finch_gguf_get_i64(const finch_gguf *g, const char *key, bool required,
-                                int64_t *out, finch_err *err);
-finch_status finch_gguf_get_f32(const finch_gguf *g, const char *key, bool required,
-                                float *out, finch_err *err);
-finch_status finch_gguf_get_bool(const finch_gguf *g, const char *key, bool required,
-                                 bool *out, finch_err *err);
-finch_status finch_gguf_get_str(const finch_gguf *g, const char *key, bool required,
-                                finch_str *out, finch_err *err);
+finch_status finch_gguf_get_u32(const finch_gguf *g, const char *key, bool required, uint32_t *out,
+                                finch_err *err);
+finch_status finch_gguf_get_i64(const finch_gguf *g, const char *key, bool required, int64_t *out,
+                                finch_err *err);
+finch_status finch_gguf_get_f32(const finch_gguf *g, const char *key, bool required, float *out,
+                                finch_err *err);
+finch_status finch_gguf_get_bool(const finch_gguf *g, const char *key, bool required, bool *out,
+                                 finch_err *err);
+finch_status finch_gguf_get_str(const finch_gguf *g, const char *key, bool required, finch_str *out,
+                                finch_err *err);
 /* An array whose elements have type elem; *out is the pair itself (borrowed). */
 finch_status finch_gguf_get_arr(const finch_gguf *g, const char *key, finch_gguf_type elem,
                                 bool required, const finch_gguf_kv **out, finch_err *err);
@@ -146,10 +146,11 @@ finch_status finch_gguf_set_i32(finch_gguf_writer *w, const char *key, int32_t v
 finch_status finch_gguf_set_u64(finch_gguf_writer *w, const char *key, uint64_t v, finch_err *err);
 finch_status finch_gguf_set_f32(finch_gguf_writer *w, const char *key, float v, finch_err *err);
 finch_status finch_gguf_set_bool(finch_gguf_writer *w, const char *key, bool v, finch_err *err);
-finch_status finch_gguf_set_str(finch_gguf_writer *w, const char *key, const char *v, finch_err *err);
+finch_status finch_gguf_set_str(finch_gguf_writer *w, const char *key, const char *v,
+                                finch_err *err);
 /* Arrays: elements are copied. */
-finch_status finch_gguf_set_arr_str(finch_gguf_writer *w, const char *key,
-                                    const char *const *v, int64_t n, finch_err *err);
+finch_status finch_gguf_set_arr_str(finch_gguf_writer *w, const char *key, const char *const *v,
+                                    int64_t n, finch_err *err);
 finch_status finch_gguf_set_arr_i32(finch_gguf_writer *w, const char *key, const int32_t *v,
                                     int64_t n, finch_err *err);
 finch_status finch_gguf_set_arr_f32(finch_gguf_writer *w, const char *key, const float *v,
@@ -164,8 +165,7 @@ finch_status finch_gguf_set_kvs_from(finch_gguf_writer *w, const finch_gguf *g, 
  * is borrowed and must stay valid until finch_gguf_writer_save returns. Names longer than
  * 63 bytes, duplicates, ne[0] not a multiple of the block size: FINCH_E_USAGE. */
 finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch_dtype type,
-                                   int n_dims, const int64_t *ne, const void *data,
-                                   finch_err *err);
+                                   int n_dims, const int64_t *ne, const void *data, finch_err *err);
 
 /* Writes the document atomically (finch_file_commit): tensors in the order added, data
  * offsets contiguous with 32-byte alignment, padding after the last tensor. */
@@ -219,16 +219,16 @@ finch_dtype finch_st_dtype_to_finch(finch_st_dtype t);
  * tensors are sorted by alignment (files from the reference writer and from
  * finch_st_writer_save are), not otherwise: read it with memcpy unless you checked. */
 typedef struct {
-    const char *name;         /* NUL-terminated, owned by the file */
-    finch_st_dtype dtype;     /* element type as stored */
-    finch_dtype type;         /* finch_st_dtype_to_finch(dtype) */
-    int n_dims;               /* 0 (a scalar) .. FINCH_ST_MAX_DIMS */
+    const char *name;                 /* NUL-terminated, owned by the file */
+    finch_st_dtype dtype;             /* element type as stored */
+    finch_dtype type;                 /* finch_st_dtype_to_finch(dtype) */
+    int n_dims;                       /* 0 (a scalar) .. FINCH_ST_MAX_DIMS */
     int64_t shape[FINCH_ST_MAX_DIMS]; /* torch order, outermost first; unused dims are 1 */
-    uint64_t n_elems;         /* product of shape (1 for a scalar, 0 for an empty tensor) */
-    uint64_t offset;          /* begin, relative to the data section */
-    size_t nbytes;            /* n_elems * element size */
-    const uint8_t *data;      /* the bytes, inside the mapping; never NULL, even when
-                                 nbytes is 0 */
+    uint64_t n_elems;                 /* product of shape (1 for a scalar, 0 for an empty tensor) */
+    uint64_t offset;                  /* begin, relative to the data section */
+    size_t nbytes;                    /* n_elems * element size */
+    const uint8_t *data;              /* the bytes, inside the mapping; never NULL, even when
+                                         nbytes is 0 */
 } finch_st_tensor;
 
 typedef struct finch_st finch_st;
@@ -245,8 +245,8 @@ typedef struct finch_st finch_st;
 finch_status finch_st_open(const char *path, finch_st **out, finch_err *err);
 /* The same over a buffer the caller keeps alive until finch_st_close; name is used in
  * messages. */
-finch_status finch_st_open_memory(const void *data, size_t size, const char *name,
-                                  finch_st **out, finch_err *err);
+finch_status finch_st_open_memory(const void *data, size_t size, const char *name, finch_st **out,
+                                  finch_err *err);
 /* Releases everything, unmapping the file when finch_st_open mapped it. NULL-safe. */
 void finch_st_close(finch_st *st);
 
@@ -297,25 +297,25 @@ finch_status finch_st_writer_save(const finch_st_writer *w, const char *path, fi
 
 /* What finch takes from a LLaMA-family config.json (llama, SmolLM, mistral, qwen2). */
 typedef struct {
-    char model_type[16];         /* "llama", "mistral" or "qwen2" */
-    char architecture[64];       /* architectures[0], or "" when absent */
-    int hidden_size;             /* C */
-    int intermediate_size;       /* F */
+    char model_type[16];   /* "llama", "mistral" or "qwen2" */
+    char architecture[64]; /* architectures[0], or "" when absent */
+    int hidden_size;       /* C */
+    int intermediate_size; /* F */
     int num_hidden_layers;
-    int num_attention_heads;     /* H */
-    int num_key_value_heads;     /* KVH (H when absent or null) */
-    int head_dim;                /* D (hidden_size / H when absent or null) */
-    int vocab_size;              /* V */
+    int num_attention_heads; /* H */
+    int num_key_value_heads; /* KVH (H when absent or null) */
+    int head_dim;            /* D (hidden_size / H when absent or null) */
+    int vocab_size;          /* V */
     int max_position_embeddings;
-    int context;                 /* positions finch may use: max_position_embeddings, or the
-                                    sliding window when one is active and smaller (attention
-                                    within the window is plain causal attention) */
+    int context; /* positions finch may use: max_position_embeddings, or the
+                    sliding window when one is active and smaller (attention
+                    within the window is plain causal attention) */
     float rms_norm_eps;
-    float rope_theta;            /* 10000 when absent */
-    bool tie_word_embeddings;    /* false when absent */
-    bool qkv_bias;               /* q/k/v projections carry biases (qwen2) */
+    float rope_theta;               /* 10000 when absent */
+    bool tie_word_embeddings;       /* false when absent */
+    bool qkv_bias;                  /* q/k/v projections carry biases (qwen2) */
     int bos_token_id, eos_token_id; /* -1 when absent or null; the first of a list */
-    char torch_dtype[16];        /* torch_dtype (or transformers v5's dtype), "" when absent */
+    char torch_dtype[16];           /* torch_dtype (or transformers v5's dtype), "" when absent */
 } finch_hf_config;
 
 /* Reads and validates a config.json. Missing required fields, wrong JSON types and absurd
@@ -327,11 +327,11 @@ finch_status finch_hf_config_load(const char *path, finch_hf_config *out, finch_
 
 /* The weight_map of a sharded checkpoint's model.safetensors.index.json. */
 typedef struct {
-    int64_t n;        /* entries */
-    char **tensor;    /* tensor names, sorted (strcmp) */
-    int *file;        /* per entry: index into files */
+    int64_t n;     /* entries */
+    char **tensor; /* tensor names, sorted (strcmp) */
+    int *file;     /* per entry: index into files */
     int n_files;
-    char **files;     /* distinct shard file names, in first-seen order */
+    char **files; /* distinct shard file names, in first-seen order */
 } finch_hf_index;
 
 /* Reads an index file. Shard names must be plain file names (no '/', not "." or "..").

@@ -90,8 +90,8 @@ struct finch_st {
     const uint8_t *data;   /* the whole file */
     size_t size;
     char *path;
-    size_t header_len;       /* N */
-    const uint8_t *section;  /* the data section, data + 8 + N */
+    size_t header_len;      /* N */
+    const uint8_t *section; /* the data section, data + 8 + N */
     size_t section_size;
     finch_st_tensor *tensors; /* sorted by name */
     int64_t n_tensors;
@@ -134,10 +134,9 @@ static size_t key_offset(const finch_st *st, const char *key) {
     return ST_HEADER_AT;
 }
 
-static finch_status fail_at(const finch_st *st, finch_err *err, size_t at, const char *fmt,
-                            ...) __attribute__((format(printf, 4, 5)));
-static finch_status fail_at(const finch_st *st, finch_err *err, size_t at, const char *fmt,
-                            ...) {
+static finch_status fail_at(const finch_st *st, finch_err *err, size_t at, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static finch_status fail_at(const finch_st *st, finch_err *err, size_t at, const char *fmt, ...) {
     char what[400];
     va_list ap;
     va_start(ap, fmt);
@@ -157,8 +156,8 @@ static bool json_uint(const json_t *v, uint64_t *out) {
     return true;
 }
 
-static finch_status parse_dtype(finch_st *st, const char *name, const json_t *v,
-                                finch_st_tensor *t, finch_err *err) {
+static finch_status parse_dtype(finch_st *st, const char *name, const json_t *v, finch_st_tensor *t,
+                                finch_err *err) {
     if (!json_is_string(v))
         return fail_at(st, err, key_offset(st, name), "tensor '%s': field 'dtype' %s", name,
                        v ? "is not a string" : "is missing");
@@ -183,16 +182,16 @@ static finch_status parse_dtype(finch_st *st, const char *name, const json_t *v,
                    name, s);
 }
 
-static finch_status parse_shape(finch_st *st, const char *name, const json_t *v,
-                                finch_st_tensor *t, finch_err *err) {
+static finch_status parse_shape(finch_st *st, const char *name, const json_t *v, finch_st_tensor *t,
+                                finch_err *err) {
     const size_t at = key_offset(st, name);
     if (!json_is_array(v))
         return fail_at(st, err, at, "tensor '%s': field 'shape' %s", name,
                        v ? "is not an array" : "is missing");
     size_t n = json_array_size(v);
     if (n > FINCH_ST_MAX_DIMS)
-        return fail_at(st, err, at, "tensor '%s': field 'shape': %zu dimensions, at most %d",
-                       name, n, FINCH_ST_MAX_DIMS);
+        return fail_at(st, err, at, "tensor '%s': field 'shape': %zu dimensions, at most %d", name,
+                       n, FINCH_ST_MAX_DIMS);
     uint64_t elems = 1;
     t->n_dims = (int)n;
     for (int k = 0; k < FINCH_ST_MAX_DIMS; k++) t->shape[k] = 1;
@@ -232,8 +231,8 @@ static finch_status parse_offsets(finch_st *st, const char *name, const json_t *
                        name, v ? "is malformed" : "is missing");
     if (begin > end)
         return fail_at(st, err, at,
-                       "tensor '%s': field 'data_offsets': begin %" PRIu64 " > end %" PRIu64,
-                       name, begin, end);
+                       "tensor '%s': field 'data_offsets': begin %" PRIu64 " > end %" PRIu64, name,
+                       begin, end);
     if (end > st->section_size)
         return fail_at(st, err, at,
                        "tensor '%s': field 'data_offsets': end %" PRIu64
@@ -242,10 +241,9 @@ static finch_status parse_offsets(finch_st *st, const char *name, const json_t *
                        name, end, st->section_size, ST_HEADER_AT + st->header_len);
     if (end - begin != t->nbytes)
         return fail_at(st, err, at,
-                       "tensor '%s': field 'data_offsets' [%" PRIu64 ", %" PRIu64
-                       "] holds %" PRIu64 " bytes, but %" PRIu64 " elements of %s need %zu",
-                       name, begin, end, end - begin, t->n_elems, dtypes[t->dtype].name,
-                       t->nbytes);
+                       "tensor '%s': field 'data_offsets' [%" PRIu64 ", %" PRIu64 "] holds %" PRIu64
+                       " bytes, but %" PRIu64 " elements of %s need %zu",
+                       name, begin, end, end - begin, t->n_elems, dtypes[t->dtype].name, t->nbytes);
     t->offset = begin;
     t->data = st->section + begin;
     return FINCH_OK;
@@ -254,8 +252,7 @@ static finch_status parse_offsets(finch_st *st, const char *name, const json_t *
 static finch_status parse_tensor(finch_st *st, const char *name, const json_t *v,
                                  finch_st_tensor *t, finch_err *err) {
     if (!json_is_object(v))
-        return fail_at(st, err, key_offset(st, name), "tensor '%s': entry is not an object",
-                       name);
+        return fail_at(st, err, key_offset(st, name), "tensor '%s': entry is not an object", name);
     finch_status s;
     if ((s = parse_dtype(st, name, json_object_get(v, "dtype"), t, err))) return s;
     if ((s = parse_shape(st, name, json_object_get(v, "shape"), t, err))) return s;
@@ -354,8 +351,8 @@ static finch_status parse(finch_st *st, finch_err *err) {
     uint64_t n = 0;
     for (int k = 7; k >= 0; k--) n = (n << 8) | st->data[k];
     if (n > FINCH_ST_MAX_HEADER)
-        return fail_at(st, err, 0, "header length %" PRIu64 " is over the limit of %u bytes",
-                       n, FINCH_ST_MAX_HEADER);
+        return fail_at(st, err, 0, "header length %" PRIu64 " is over the limit of %u bytes", n,
+                       FINCH_ST_MAX_HEADER);
     if (n > st->size - ST_HEADER_AT)
         return fail_at(st, err, 0,
                        "header length %" PRIu64 " is past the end of the file (%zu bytes "
@@ -377,8 +374,8 @@ static finch_status parse(finch_st *st, finch_err *err) {
         goto done;
     }
     size_t n_keys = json_object_size(root);
-    st->tensors = finch_calloc(n_keys ? n_keys : 1, sizeof *st->tensors, "safetensors tensors",
-                               err);
+    st->tensors =
+        finch_calloc(n_keys ? n_keys : 1, sizeof *st->tensors, "safetensors tensors", err);
     if (!st->tensors) {
         s = FINCH_E_NOMEM;
         goto done;
@@ -440,18 +437,24 @@ finch_status finch_st_open(const char *path, finch_st **out, finch_err *err) {
     return open_buffer(map.data, map.size, path, &map, out, err);
 }
 
-finch_status finch_st_open_memory(const void *data, size_t size, const char *name,
-                                  finch_st **out, finch_err *err) {
+finch_status finch_st_open_memory(const void *data, size_t size, const char *name, finch_st **out,
+                                  finch_err *err) {
     FINCH_ASSERT(out && (data || size == 0));
     finch_mapped_file none = {0};
     return open_buffer(data, size, name ? name : "<memory>", &none, out, err);
 }
 
-void finch_st_close(finch_st *st) { st_free(st); }
+void finch_st_close(finch_st *st) {
+    st_free(st);
+}
 
-const char *finch_st_path(const finch_st *st) { return st->path; }
+const char *finch_st_path(const finch_st *st) {
+    return st->path;
+}
 
-int64_t finch_st_n_tensors(const finch_st *st) { return st->n_tensors; }
+int64_t finch_st_n_tensors(const finch_st *st) {
+    return st->n_tensors;
+}
 
 const finch_st_tensor *finch_st_tensor_at(const finch_st *st, int64_t i) {
     FINCH_ASSERT(i >= 0 && i < st->n_tensors);
@@ -465,13 +468,17 @@ const finch_st_tensor *finch_st_find(const finch_st *st, const char *name) {
         int64_t mid = lo + (hi - lo) / 2;
         int c = strcmp(st->tensors[mid].name, name);
         if (c == 0) return &st->tensors[mid];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
 
-int64_t finch_st_n_meta(const finch_st *st) { return st->n_meta; }
+int64_t finch_st_n_meta(const finch_st *st) {
+    return st->n_meta;
+}
 
 void finch_st_meta_at(const finch_st *st, int64_t i, const char **key, const char **value) {
     FINCH_ASSERT(i >= 0 && i < st->n_meta);
@@ -520,8 +527,7 @@ void finch_st_writer_free(finch_st_writer *w) {
     free(w);
 }
 
-static finch_status grow(void **items, int64_t n, int64_t *cap, size_t item_bytes,
-                         finch_err *err) {
+static finch_status grow(void **items, int64_t n, int64_t *cap, size_t item_bytes, finch_err *err) {
     if (n < *cap) return FINCH_OK;
     int64_t c = *cap ? *cap * 2 : 16;
     size_t bytes;
@@ -548,8 +554,8 @@ finch_status finch_st_writer_add(finch_st_writer *w, const char *name, finch_st_
                                  finch_err *err) {
     FINCH_ASSERT(w && name && (shape || n_dims == 0));
     if ((unsigned)dtype >= FINCH_ST_DTYPE_COUNT)
-        return finch_err_set(err, FINCH_E_USAGE, "safetensors writer: tensor '%s': dtype %d",
-                             name, (int)dtype);
+        return finch_err_set(err, FINCH_E_USAGE, "safetensors writer: tensor '%s': dtype %d", name,
+                             (int)dtype);
     if (!name[0] || strcmp(name, ST_META_KEY) == 0 || !valid_utf8(name))
         return finch_err_set(err, FINCH_E_USAGE,
                              "safetensors writer: tensor name '%s' is empty, reserved or not "
@@ -572,14 +578,13 @@ finch_status finch_st_writer_add(finch_st_writer *w, const char *name, finch_st_
         return finch_err_set(err, FINCH_E_USAGE, "safetensors writer: tensor '%s': too large",
                              name);
     if (nbytes && !data)
-        return finch_err_set(err, FINCH_E_USAGE, "safetensors writer: tensor '%s': no data",
-                             name);
+        return finch_err_set(err, FINCH_E_USAGE, "safetensors writer: tensor '%s': no data", name);
     for (int64_t i = 0; i < w->n_tensors; i++)
         if (strcmp(w->tensors[i].name, name) == 0)
-            return finch_err_set(err, FINCH_E_USAGE,
-                                 "safetensors writer: tensor '%s' added twice", name);
-    finch_status s = grow((void **)&w->tensors, w->n_tensors, &w->cap_tensors,
-                          sizeof *w->tensors, err);
+            return finch_err_set(err, FINCH_E_USAGE, "safetensors writer: tensor '%s' added twice",
+                                 name);
+    finch_status s =
+        grow((void **)&w->tensors, w->n_tensors, &w->cap_tensors, sizeof *w->tensors, err);
     if (s) return s;
     writer_tensor *t = &w->tensors[w->n_tensors];
     memset(t, 0, sizeof *t);
@@ -708,8 +713,8 @@ static finch_status build_header(const finch_st_writer *w, const writer_tensor *
     size_t n = strlen(text), padded = n + (8 - n % 8) % 8;
     if (padded > FINCH_ST_MAX_HEADER) {
         s = finch_err_set(err, FINCH_E_USAGE,
-                          "safetensors writer: header of %zu bytes is over the limit of %u",
-                          padded, FINCH_ST_MAX_HEADER);
+                          "safetensors writer: header of %zu bytes is over the limit of %u", padded,
+                          FINCH_ST_MAX_HEADER);
         goto done;
     }
     char *p = realloc(text, padded + 1);

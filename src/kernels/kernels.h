@@ -16,21 +16,21 @@
 
 /* A weight matrix in its storage type (a view: data is borrowed, usually the mapping). */
 typedef struct {
-    finch_dtype type;  /* storage type */
-    int64_t rows;      /* output features */
-    int64_t cols;      /* input features (a multiple of the type's block size) */
-    size_t row_bytes;  /* bytes of one stored row */
-    const void *data;  /* rows * row_bytes bytes */
+    finch_dtype type; /* storage type */
+    int64_t rows;     /* output features */
+    int64_t cols;     /* input features (a multiple of the type's block size) */
+    size_t row_bytes; /* bytes of one stored row */
+    const void *data; /* rows * row_bytes bytes */
 } finch_weight;
 
 /* Scratch, allocated once per session or run and reused by every op: a slice per thread
  * and one shared buffer for activations quantized by matmul_q8. */
 typedef struct {
-    float *buf;           /* n_threads * per_thread floats, 64-byte aligned */
-    size_t per_thread;    /* floats per thread (a multiple of 16) */
-    int n_threads;        /* threads it was sized for */
-    void *act;            /* shared: quantized rows of x for matmul_q8 (may be NULL) */
-    size_t act_bytes;     /* its size */
+    float *buf;        /* n_threads * per_thread floats, 64-byte aligned */
+    size_t per_thread; /* floats per thread (a multiple of 16) */
+    int n_threads;     /* threads it was sized for */
+    void *act;         /* shared: quantized rows of x for matmul_q8 (may be NULL) */
+    size_t act_bytes;  /* its size */
 } finch_workspace;
 
 /* Floats of scratch per thread that the ops need for weights up to max_cols wide and
@@ -63,8 +63,7 @@ typedef struct {
     const char *name;
 
     /* y (T, w->rows) = x (T, w->cols) . W^T. */
-    void (*matmul)(float *y, const float *x, const finch_weight *w, int64_t T,
-                   finch_workspace *ws);
+    void (*matmul)(float *y, const float *x, const finch_weight *w, int64_t T, finch_workspace *ws);
 
     /* As matmul, with llama.cpp's inference numerics: rows of x are quantized to 8 bits
      * per block (Q8_0/Q8_1) and multiplied with quantized weights by integer dot
@@ -89,16 +88,15 @@ typedef struct {
      * pos0 .. pos0+T-1; k, v (pos0+T, KVH*D) hold keys and values of positions 0 ..
      * pos0+T-1. out (T, H*D) = softmax(q k^T / sqrt(D)) v per head, query head h using
      * KV head h / (H/KVH). */
-    void (*attention_forward)(float *out, const float *q, const float *k, const float *v,
-                              int64_t T, int64_t pos0, int H, int KVH, int D,
-                              finch_workspace *ws);
+    void (*attention_forward)(float *out, const float *q, const float *k, const float *v, int64_t T,
+                              int64_t pos0, int H, int KVH, int D, finch_workspace *ws);
 
     /* attention_forward over an f16 cache, with llama.cpp's rounding: queries and the
      * softmax probabilities are rounded to f16 before their dot products, which
      * accumulate in f32. k, v are (pos0+T, KVH*D) IEEE half floats. */
-    void (*attention_forward_f16)(float *out, const float *q, const uint16_t *k,
-                                  const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
-                                  int D, finch_workspace *ws);
+    void (*attention_forward_f16)(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                                  int64_t T, int64_t pos0, int H, int KVH, int D,
+                                  finch_workspace *ws);
 
     /* dst (n) = src rounded to IEEE half (nearest even). */
     void (*to_f16)(uint16_t *dst, const float *src, int64_t n);
@@ -111,9 +109,8 @@ typedef struct {
 
     /* General f32 product C (M, N) = alpha op(A) op(B) + beta C, row-major, op(X) = X or
      * X^T as ta/tb say; lda/ldb/ldc are row strides. For small adapter matrices. */
-    void (*gemm)(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
-                 const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                 int64_t ldc);
+    void (*gemm)(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                 int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
     /* y (T, n) = x (T, n) with column j scaled by s[j]; y may alias x. */
     void (*scale_cols)(float *y, const float *x, const float *s, int64_t T, int64_t n);
@@ -162,8 +159,8 @@ typedef struct {
      * NULL is one segment per row. att (B, H, T, T) receives the softmax probabilities
      * (row t, column j; zero outside the attended range) for backward. */
     void (*attention_forward_train)(float *out, float *att, const float *q, const float *k,
-                                    const float *v, const int32_t *seg, int64_t B, int64_t T,
-                                    int H, int KVH, int D, finch_workspace *ws);
+                                    const float *v, const int32_t *seg, int64_t B, int64_t T, int H,
+                                    int KVH, int D, finch_workspace *ws);
 
     /* dq (B*T, H*D), dk, dv (B*T, KVH*D) = the gradients of attention_forward_train given
      * dout (B*T, H*D), the att it saved, its inputs and the same seg; dk and dv sum over
@@ -193,10 +190,9 @@ extern const finch_backend finch_backend_cpu;
 /* Naive references (kernels/ref/ref.c): same contracts as the table, double accumulation,
  * single-threaded, no workspace. */
 void finch_ref_matmul(float *y, const float *x, const finch_weight *w, int64_t T);
-void finch_ref_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w,
-                               int64_t T, int64_t C, float eps);
-void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
-                            float theta);
+void finch_ref_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t T,
+                               int64_t C, float eps);
+void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
 void finch_ref_attention_forward(float *out, const float *q, const float *k, const float *v,
                                  int64_t T, int64_t pos0, int H, int KVH, int D);
 void finch_ref_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);

@@ -30,7 +30,8 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
     } else {
         int64_t n = 0;
         for (int i = 0; i < m->n_shards; i++) n += finch_st_n_tensors(m->shards[i]);
-        out(print, user, "format:          Hugging Face folder, %d safetensors file%s, %lld tensors%s%s",
+        out(print, user,
+            "format:          Hugging Face folder, %d safetensors file%s, %lld tensors%s%s",
             m->n_shards, m->n_shards == 1 ? "" : "s", (long long)n,
             m->hf->torch_dtype[0] ? ", torch_dtype " : "", m->hf->torch_dtype);
     }
@@ -54,7 +55,8 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
         out(print, user, "context:         %d (trained)", c->n_ctx_train);
     out(print, user, "rope theta:      %g", c->rope_theta);
     out(print, user, "rms eps:         %g", c->rms_eps);
-    out(print, user, "output head:     %s", c->tied_output ? "tied to token embeddings" : "separate");
+    out(print, user, "output head:     %s",
+        c->tied_output ? "tied to token embeddings" : "separate");
     out(print, user, "parameters:      %lld (%.1f M)", (long long)c->n_params, c->n_params / 1e6);
     out(print, user, "weights:         %.1f MiB in storage types", c->weight_bytes / 1048576.0);
 
@@ -99,8 +101,8 @@ finch_status finch_chat_format(const finch_model *m, const finch_chat_msg *msgs,
     const char *t = m->tok ? finch_tokenizer_chat_template(m->tok) : NULL;
     finch_chat_family_id fam = finch_chat_detect(t, t ? strlen(t) : 0);
     if (fam == FINCH_CHAT_NONE)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "%s: the model has no chat template (%s)", m->path,
-                             m->gguf ? "tokenizer.chat_template" : "tokenizer_config.json's chat_template");
+        return finch_err_set(
+            err, FINCH_E_UNSUPPORTED, "%s: the model has no chat template (%s)", m->path,
+            m->gguf ? "tokenizer.chat_template" : "tokenizer_config.json's chat_template");
     return finch_chat_render(fam, t, msgs, n_msgs, add_assistant, text, err);
 }

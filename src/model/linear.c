@@ -52,14 +52,16 @@ void finch_linear_backward(float *dx, const float *dy, const float *x, const fin
     /* output transforms in reverse: g becomes the gradient of x' W^T + b */
     const float *g = dy;
     for (int i = lin->n_att - 1; i >= 0; i--)
-        if (lin->att[i].ops->backward) g = lin->att[i].ops->backward(&lin->att[i], g, xi, T, lin, ctx);
+        if (lin->att[i].ops->backward)
+            g = lin->att[i].ops->backward(&lin->att[i], g, xi, T, lin, ctx);
     if (lin->dbias) be->col_dot(lin->dbias, g, NULL, T, lin->w.rows);
     if (lin->dw) be->matmul_backward_weight(lin->dw, g, xi, T, lin->w.rows, lin->w.cols);
     FINCH_ASSERT(dx || !n_in);
     if (!dx) return;
     be->matmul_backward_input(dx, g, &lin->w, T, ctx->ws);
     for (int i = 0; i < lin->n_att; i++)
-        if (lin->att[i].ops->backward_input) lin->att[i].ops->backward_input(&lin->att[i], dx, xi, T, lin, ctx);
+        if (lin->att[i].ops->backward_input)
+            lin->att[i].ops->backward_input(&lin->att[i], dx, xi, T, lin, ctx);
     /* input transforms in reverse, each given its own input */
     for (int i = lin->n_att - 1, k = n_in; i >= 0; i--)
         if (lin->att[i].ops->input) {

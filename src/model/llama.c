@@ -28,8 +28,8 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     s->numerics = numerics;
     const size_t kv_elem = numerics == FINCH_NUMERICS_LLAMACPP ? 2 : 4;
     const size_t C = (size_t)c->n_embd, KD = (size_t)c->n_head_kv * c->head_dim,
-                 HD = (size_t)c->n_head * c->head_dim, F = (size_t)c->n_ff,
-                 V = (size_t)c->n_vocab, B = (size_t)n_batch;
+                 HD = (size_t)c->n_head * c->head_dim, F = (size_t)c->n_ff, V = (size_t)c->n_vocab,
+                 B = (size_t)n_batch;
     size_t cache;
     if (!finch_size_mul((size_t)c->n_layer * (size_t)n_ctx, KD, &cache))
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
@@ -56,7 +56,8 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     s->pos_ids = finch_alloc(B * sizeof(int32_t), "positions", err);
     if (!s->pos_ids) goto fail;
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
-    size_t act = numerics == FINCH_NUMERICS_LLAMACPP ? finch_workspace_act_need(n_batch, max_cols) : 0;
+    size_t act =
+        numerics == FINCH_NUMERICS_LLAMACPP ? finch_workspace_act_need(n_batch, max_cols) : 0;
     if (finch_workspace_init(&s->ws, finch_workspace_need(max_cols, n_ctx), finch_threads_get(),
                              act, err))
         goto fail;

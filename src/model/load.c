@@ -83,8 +83,8 @@ static finch_status bind_vector(loader *L, const char *name, int64_t n, float **
         return FINCH_OK;
     }
     if (!finch_dtype_info[t->type].dequant)
-        return finch_err_set(L->err, FINCH_E_UNSUPPORTED, "%s: tensor '%s' has type %s",
-                             L->path, name, finch_dtype_info[t->type].name);
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED, "%s: tensor '%s' has type %s", L->path,
+                             name, finch_dtype_info[t->type].name);
     finch_dtype_info[t->type].dequant(*owned, t->data, n);
     *out = *owned;
     *owned += n;
@@ -97,10 +97,11 @@ static finch_status bind_bias(loader *L, const char *name, int64_t n, const floa
     const finch_gguf_tensor *t = finch_gguf_find_tensor(L->g, name);
     if (!t) return FINCH_OK;
     if (t->n_dims != 1 || t->ne[0] != n || t->type != FINCH_DTYPE_F32)
-        return finch_err_set(L->err, FINCH_E_FORMAT,
-                             "%s: bias '%s' must be f32 [%lld] (has %d dims, ne[0] = %lld, type %s)",
-                             L->path, name, (long long)n, t->n_dims, (long long)t->ne[0],
-                             finch_dtype_info[t->type].name ? finch_dtype_info[t->type].name : "?");
+        return finch_err_set(
+            L->err, FINCH_E_FORMAT,
+            "%s: bias '%s' must be f32 [%lld] (has %d dims, ne[0] = %lld, type %s)", L->path, name,
+            (long long)n, t->n_dims, (long long)t->ne[0],
+            finch_dtype_info[t->type].name ? finch_dtype_info[t->type].name : "?");
     *out = (const float *)t->data;
     return FINCH_OK;
 }
@@ -114,8 +115,8 @@ static finch_status read_config(loader *L, finch_model_config *c) {
     c->arch[arch.len] = 0;
     if (strcmp(c->arch, "llama") != 0)
         return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
-                             "%s: architecture '%s' is not supported (finch runs 'llama')",
-                             L->path, c->arch);
+                             "%s: architecture '%s' is not supported (finch runs 'llama')", L->path,
+                             c->arch);
     finch_str name = {0};
     if ((st = finch_gguf_get_str(L->g, "general.name", false, &name, L->err))) return st;
     snprintf(c->name, sizeof c->name, "%.*s", (int)(name.len < 127 ? name.len : 127),
@@ -134,8 +135,8 @@ static finch_status read_config(loader *L, finch_model_config *c) {
         return st;
     if (c->n_embd % c->n_head)
         return finch_err_set(L->err, FINCH_E_FORMAT,
-                             "%s: embedding_length %d is not a multiple of head_count %d",
-                             L->path, c->n_embd, c->n_head);
+                             "%s: embedding_length %d is not a multiple of head_count %d", L->path,
+                             c->n_embd, c->n_head);
     if (c->n_head % c->n_head_kv)
         return finch_err_set(L->err, FINCH_E_FORMAT,
                              "%s: head_count %d is not a multiple of head_count_kv %d", L->path,
@@ -157,8 +158,8 @@ static finch_status read_config(loader *L, finch_model_config *c) {
     snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", a);
     if ((st = finch_gguf_get_f32(L->g, key, true, &c->rms_eps, L->err))) return st;
     if (!(c->rms_eps > 0 && c->rms_eps < 1))
-        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: %s = %g, must be in (0, 1)", L->path,
-                             key, c->rms_eps);
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: %s = %g, must be in (0, 1)", L->path, key,
+                             c->rms_eps);
     c->rope_theta = 10000.0f;
     snprintf(key, sizeof key, "%s.rope.freq_base", a);
     if ((st = finch_gguf_get_f32(L->g, key, false, &c->rope_theta, L->err))) return st;
@@ -174,8 +175,8 @@ static finch_status read_config(loader *L, finch_model_config *c) {
     bool plain = !scaling.ptr || (scaling.len == 4 && !memcmp(scaling.ptr, "none", 4));
     if (!plain && !(factor == 1.0f || factor == 0.0f))
         return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
-                             "%s: rope scaling '%.*s' with factor %g is not implemented",
-                             L->path, (int)scaling.len, scaling.ptr, factor);
+                             "%s: rope scaling '%.*s' with factor %g is not implemented", L->path,
+                             (int)scaling.len, scaling.ptr, factor);
     return FINCH_OK;
 }
 
@@ -186,16 +187,16 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
         return finch_err_set(L->err, FINCH_E_FORMAT, "%s: missing tensor 'token_embd.weight'",
                              L->path);
     if (emb->ne[1] < 1 || emb->ne[1] > MAX_VOCAB)
-        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: token_embd.weight has %lld rows",
-                             L->path, (long long)emb->ne[1]);
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: token_embd.weight has %lld rows", L->path,
+                             (long long)emb->ne[1]);
     c->n_vocab = (int)emb->ne[1];
     int vocab_key = c->n_vocab;
     finch_status st = get_dim(L, c->arch, "vocab_size", false, 1, MAX_VOCAB, &vocab_key);
     if (st) return st;
     if (vocab_key != c->n_vocab)
         return finch_err_set(L->err, FINCH_E_FORMAT,
-                             "%s: %s.vocab_size is %d but token_embd.weight has %d rows",
-                             L->path, c->arch, vocab_key, c->n_vocab);
+                             "%s: %s.vocab_size is %d but token_embd.weight has %d rows", L->path,
+                             c->arch, vocab_key, c->n_vocab);
     const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
     const int64_t HD = (int64_t)c->n_head * c->head_dim, KD = (int64_t)c->n_head_kv * c->head_dim;
     if ((st = bind_weight(L, "token_embd.weight", V, C, true, &m->tok_embd, NULL))) return st;
@@ -222,8 +223,8 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
             (st = bind_weight(L, NAME("ffn_up.weight"), F, C, true, &ly->w_up.w, NULL)) ||
             (st = bind_weight(L, NAME("ffn_down.weight"), C, F, true, &ly->w_down.w, NULL)))
             return st;
-        static const char *const stems[] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                             "ffn_gate", "ffn_up", "ffn_down"};
+        static const char *const stems[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                            "ffn_gate", "ffn_up", "ffn_down"};
         for (int t = 0; t < FINCH_LAYER_LINEARS && !st; t++) {
             finch_linear *lin = finch_layer_linear(ly, t);
             char b[FINCH_GGUF_MAX_NAME + 1];
@@ -296,9 +297,13 @@ void finch_model_free(finch_model *m) {
     free(m);
 }
 
-void finch_model_config_get(const finch_model *m, finch_model_config *cfg) { *cfg = m->cfg; }
+void finch_model_config_get(const finch_model *m, finch_model_config *cfg) {
+    *cfg = m->cfg;
+}
 
-const finch_tokenizer *finch_model_tokenizer(const finch_model *m) { return m->tok; }
+const finch_tokenizer *finch_model_tokenizer(const finch_model *m) {
+    return m->tok;
+}
 
 finch_linear *finch_layer_linear(finch_layer *ly, int i) {
     finch_linear *lins[FINCH_LAYER_LINEARS] = {&ly->wq,     &ly->wk,   &ly->wv,    &ly->wo,

@@ -20,11 +20,11 @@
 
 typedef struct {
     finch_model *m;
-    finch_hf_index ix;   /* weight_map of a sharded checkpoint (n == 0 otherwise) */
-    bool *used;          /* per tensor of all shards, in shard order: bound already */
-    int64_t *first;      /* per shard: index of its first tensor in used */
-    float *owned;        /* next free slot in m->owned_f32 */
-    uint8_t *rows;       /* next free byte in m->owned_rows */
+    finch_hf_index ix; /* weight_map of a sharded checkpoint (n == 0 otherwise) */
+    bool *used;        /* per tensor of all shards, in shard order: bound already */
+    int64_t *first;    /* per shard: index of its first tensor in used */
+    float *owned;      /* next free slot in m->owned_f32 */
+    uint8_t *rows;     /* next free byte in m->owned_rows */
     finch_err *err;
 } loader;
 
@@ -71,14 +71,15 @@ static finch_status lookup(loader *L, const char *name, int n_dims, int64_t d0, 
         char got[96] = "", want[48];
         for (int k = 0; k < t->n_dims; k++) {
             size_t len = strlen(got);
-            snprintf(got + len, sizeof got - len, "%s%lld", k ? ", " : "",
-                     (long long)t->shape[k]);
+            snprintf(got + len, sizeof got - len, "%s%lld", k ? ", " : "", (long long)t->shape[k]);
         }
-        if (n_dims == 2) snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
-        else snprintf(want, sizeof want, "[%lld]", (long long)d0);
+        if (n_dims == 2)
+            snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+        else
+            snprintf(want, sizeof want, "[%lld]", (long long)d0);
         return finch_err_set(L->err, FINCH_E_FORMAT,
-                             "%s: tensor '%s' has shape [%s], expected %s (from config.json)",
-                             file, name, got, want);
+                             "%s: tensor '%s' has shape [%s], expected %s (from config.json)", file,
+                             name, got, want);
     }
     if (t->type != FINCH_DTYPE_F32 && t->type != FINCH_DTYPE_F16 && t->type != FINCH_DTYPE_BF16)
         return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
@@ -101,8 +102,11 @@ static finch_status bind_weight(loader *L, const char *name, int64_t rows, int64
     const finch_st_tensor *t;
     finch_status st = lookup(L, name, 2, rows, cols, &t);
     if (st) return st;
-    *out = (finch_weight){.type = t->type, .rows = rows, .cols = cols,
-                          .row_bytes = t->nbytes / (size_t)rows, .data = t->data};
+    *out = (finch_weight){.type = t->type,
+                          .rows = rows,
+                          .cols = cols,
+                          .row_bytes = t->nbytes / (size_t)rows,
+                          .data = t->data};
     return FINCH_OK;
 }
 
@@ -180,10 +184,9 @@ static finch_status bind_tensors(loader *L) {
             (st = bind_weight(L, NAME("mlp.up_proj.weight"), F, C, &ly->w_up.w)) ||
             (st = bind_weight(L, NAME("mlp.down_proj.weight"), C, F, &ly->w_down.w)))
             return st;
-        if (bias &&
-            ((st = bind_vector(L, NAME("self_attn.q_proj.bias"), HD, true, &ly->wq.bias)) ||
-             (st = bind_vector(L, NAME("self_attn.k_proj.bias"), KD, true, &ly->wk.bias)) ||
-             (st = bind_vector(L, NAME("self_attn.v_proj.bias"), KD, false, &ly->wv.bias))))
+        if (bias && ((st = bind_vector(L, NAME("self_attn.q_proj.bias"), HD, true, &ly->wq.bias)) ||
+                     (st = bind_vector(L, NAME("self_attn.k_proj.bias"), KD, true, &ly->wk.bias)) ||
+                     (st = bind_vector(L, NAME("self_attn.v_proj.bias"), KD, false, &ly->wv.bias))))
             return st;
 #undef NAME
     }
@@ -302,8 +305,8 @@ static finch_status load_tokenizer(finch_model *m, finch_err *err) {
     if (st) return st;
     if (finch_tokenizer_n_vocab(m->tok) > m->cfg.n_vocab)
         return finch_err_set(err, FINCH_E_FORMAT,
-                             "%s: tokenizer has %d tokens but config.json's vocab_size is %d",
-                             tj, finch_tokenizer_n_vocab(m->tok), m->cfg.n_vocab);
+                             "%s: tokenizer has %d tokens but config.json's vocab_size is %d", tj,
+                             finch_tokenizer_n_vocab(m->tok), m->cfg.n_vocab);
     return FINCH_OK;
 }
 

@@ -34,29 +34,29 @@
 typedef struct {
     const float *attn_norm, *ffn_norm;
     float *d_attn_norm, *d_ffn_norm;
-    finch_linear wq, wk, wv, wo;      /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
+    finch_linear wq, wk, wv, wo;       /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
     finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F) */
 } finch_layer;
 
 struct finch_model {
-    char *path;                /* what was loaded (a GGUF file or a folder), for messages */
-    finch_gguf *gguf;          /* the mapped GGUF file; NULL for a Hugging Face folder */
-    finch_st **shards;         /* a Hugging Face folder's mapped safetensors files */
+    char *path;        /* what was loaded (a GGUF file or a folder), for messages */
+    finch_gguf *gguf;  /* the mapped GGUF file; NULL for a Hugging Face folder */
+    finch_st **shards; /* a Hugging Face folder's mapped safetensors files */
     int n_shards;
-    finch_hf_config *hf;       /* its config.json; NULL for a GGUF file */
-    void *owned_rows;          /* Q/K weights permuted to GGUF row order (Hugging Face) */
-    finch_model_config cfg;    /* hyperparameters */
-    finch_tokenizer *tok;      /* NULL when the file has none */
-    finch_weight tok_embd;     /* (V, C) */
-    const float *output_norm;  /* (C) */
-    float *d_output_norm;      /* its gradient when it trains, else NULL */
-    float *d_tok_embd;         /* (V, C) gradient when the embeddings train (tok_embd is
-                                  then f32), else NULL */
-    finch_linear output;       /* (V, C); a view of tok_embd when tied */
-    finch_layer *layers;       /* n_layer blocks */
-    float *owned_f32;          /* norm weights converted from f16/bf16, if any, and
-                                  biases (f32, q/k permuted) */
-    const finch_backend *be;   /* the backend every op goes through */
+    finch_hf_config *hf;      /* its config.json; NULL for a GGUF file */
+    void *owned_rows;         /* Q/K weights permuted to GGUF row order (Hugging Face) */
+    finch_model_config cfg;   /* hyperparameters */
+    finch_tokenizer *tok;     /* NULL when the file has none */
+    finch_weight tok_embd;    /* (V, C) */
+    const float *output_norm; /* (C) */
+    float *d_output_norm;     /* its gradient when it trains, else NULL */
+    float *d_tok_embd;        /* (V, C) gradient when the embeddings train (tok_embd is
+                                 then f32), else NULL */
+    finch_linear output;      /* (V, C); a view of tok_embd when tied */
+    finch_layer *layers;      /* n_layer blocks */
+    float *owned_f32;         /* norm weights converted from f16/bf16, if any, and
+                                 biases (f32, q/k permuted) */
+    const finch_backend *be;  /* the backend every op goes through */
 };
 
 /* Fills m (zeroed, m->path set) from the Hugging Face folder m->path: config.json,
@@ -73,12 +73,12 @@ enum { FINCH_INFER_CHUNK = 512 };
  * positions and chunks of up to n_batch tokens. */
 typedef struct {
     int n_ctx, n_batch;
-    int pos;                   /* positions filled */
+    int pos; /* positions filled */
     finch_numerics numerics;
-    void *k, *v;               /* per layer: (n_ctx, KVH*D), layer-major; f16 in llamacpp numerics */
+    void *k, *v; /* per layer: (n_ctx, KVH*D), layer-major; f16 in llamacpp numerics */
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* (n_batch, ...) activations */
-    float *logits;             /* (n_batch, V) */
-    int32_t *pos_ids;          /* (n_batch) */
+    float *logits;                                 /* (n_batch, V) */
+    int32_t *pos_ids;                              /* (n_batch) */
     finch_workspace ws;
 } finch_kv_session;
 

@@ -38,8 +38,8 @@ struct finch_train_acts {
     int32_t *tg, *rows;      /* (Nt) their targets and row indices */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
-    float *ds;               /* (B, H, T, T) attention backward's scratch */
-    int32_t *pos;            /* (N) */
+    float *ds;    /* (B, H, T, T) attention backward's scratch */
+    int32_t *pos; /* (N) */
     float *arena;
     finch_workspace ws;
 };
@@ -60,24 +60,27 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     struct {
         float ***p;
         size_t n;
-    } per_layer[] = {{&a->x, N * C},   {&a->xn1, N * C}, {&a->rstd1, N},   {&a->q, N * HD},
-                     {&a->k, N * KD},  {&a->v, N * KD},  {&a->att, ATT},   {&a->ao, N * HD},
-                     {&a->xm, N * C},  {&a->xn2, N * C}, {&a->rstd2, N},   {&a->gate, N * F},
-                     {&a->up, N * F},  {&a->h, N * F}};
+    } per_layer[] = {{&a->x, N * C},  {&a->xn1, N * C}, {&a->rstd1, N}, {&a->q, N * HD},
+                     {&a->k, N * KD}, {&a->v, N * KD},  {&a->att, ATT}, {&a->ao, N * HD},
+                     {&a->xm, N * C}, {&a->xn2, N * C}, {&a->rstd2, N}, {&a->gate, N * F},
+                     {&a->up, N * F}, {&a->h, N * F}};
     struct {
         float **p;
         size_t n;
-    } single[] = {{&a->xnf, N * C}, {&a->rstdf, N}, {&a->logits, N * V}, {&a->dx, N * C},
-                  {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},  {&a->dq, N * HD},
-                  {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},    {&a->dup, N * F},
+    } single[] = {{&a->xnf, N * C}, {&a->rstdf, N},   {&a->logits, N * V}, {&a->dx, N * C},
+                  {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},   {&a->dq, N * HD},
+                  {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},     {&a->dup, N * F},
                   {&a->xf, N * C},  {&a->xg, N * C},  {&a->ds, ATT}};
-    const size_t n_pl = sizeof per_layer / sizeof per_layer[0], n_s = sizeof single / sizeof single[0];
+    const size_t n_pl = sizeof per_layer / sizeof per_layer[0],
+                 n_s = sizeof single / sizeof single[0];
     /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
     size_t total = 0, sz;
     bool ok = true;
     for (size_t i = 0; i < n_pl && ok; i++)
-        ok = finch_size_mul((per_layer[i].n + 15) & ~(size_t)15, L, &sz) && finch_size_add(total, sz, &total);
-    for (size_t i = 0; i < n_s && ok; i++) ok = finch_size_add(total, (single[i].n + 15) & ~(size_t)15, &total);
+        ok = finch_size_mul((per_layer[i].n + 15) & ~(size_t)15, L, &sz) &&
+             finch_size_add(total, sz, &total);
+    for (size_t i = 0; i < n_s && ok; i++)
+        ok = finch_size_add(total, (single[i].n + 15) & ~(size_t)15, &total);
     if (!ok || !finch_size_mul(total, sizeof(float), &sz)) {
         free(a);
         return finch_err_set(err, FINCH_E_RANGE, "activations for a %d x %d batch overflow", B, T);
@@ -99,7 +102,7 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     a->rows = a->tg ? finch_alloc(N * sizeof(int32_t), "target rows", err) : NULL;
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
     if (!a->rows || finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T),
-                                        finch_threads_get(), 0, err)) {
+                                         finch_threads_get(), 0, err)) {
         finch_train_acts_free(a);
         return err ? err->code : FINCH_E_NOMEM;
     }
@@ -109,8 +112,8 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
 
 void finch_train_acts_free(finch_train_acts *a) {
     if (!a) return;
-    float **tables[] = {a->x, a->xn1, a->rstd1, a->q, a->k, a->v, a->att,
-                        a->ao, a->xm, a->xn2, a->rstd2, a->gate, a->up, a->h};
+    float **tables[] = {a->x,  a->xn1, a->rstd1, a->q,     a->k,    a->v,  a->att,
+                        a->ao, a->xm,  a->xn2,   a->rstd2, a->gate, a->up, a->h};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) free(tables[i]);
     finch_afree(a->arena);
     free(a->pos);
@@ -128,7 +131,8 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff, V = c->n_vocab;
     const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
     const float eps = c->rms_eps, theta = c->rope_theta;
-    finch_linear_ctx ctx = {.be = be, .ws = &a->ws, .training = backward, .dropout_seed = dropout_seed};
+    finch_linear_ctx ctx = {
+        .be = be, .ws = &a->ws, .training = backward, .dropout_seed = dropout_seed};
     memcpy(a->pos, pos, (size_t)N * sizeof(int32_t));
 
     /* ---- forward ---- */
@@ -164,7 +168,8 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         }
     if (Nt == 0) return 0.0;
     finch_linear_forward_train(a->logits, a->xg, &m->output, Nt, &ctx);
-    double loss = be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg, Nt, V, grad_scale);
+    double loss =
+        be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg, Nt, V, grad_scale);
     if (!backward) return loss;
 
     /* ---- backward (dx: the gradient of the residual stream) ---- */
@@ -186,13 +191,14 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         finch_linear_backward(a->dt, a->dup, a->xn2[l], &ly->w_up, N, &ctx);
         be->add(a->dxn, a->dt, N * C);
         /* xn2 = rmsnorm(xm): dxm = dx + norm's gradient */
-        be->rmsnorm_backward(a->dt, ly->d_ffn_norm, a->dxn, a->rstd2[l], a->xm[l], ly->ffn_norm, N, C);
+        be->rmsnorm_backward(a->dt, ly->d_ffn_norm, a->dxn, a->rstd2[l], a->xm[l], ly->ffn_norm, N,
+                             C);
         be->add(a->dx, a->dt, N * C);
         /* xm = x_l + o(ao): dx_l gets dxm (already in dx), dao from o */
         finch_linear_backward(a->dao, a->dx, a->ao[l], &ly->wo, N, &ctx);
         /* ao = attention(q, k, v) */
-        be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l], a->v[l],
-                               seg, B, T, H, KVH, D, &a->ws);
+        be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l],
+                               a->v[l], seg, B, T, H, KVH, D, &a->ws);
         /* rope(q), rope(k) */
         be->rope_backward(a->dq, a->pos, N, H, D, theta);
         be->rope_backward(a->dk, a->pos, N, KVH, D, theta);
@@ -203,7 +209,8 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         finch_linear_backward(a->dt, a->dv, a->xn1[l], &ly->wv, N, &ctx);
         be->add(a->dxn, a->dt, N * C);
         /* xn1 = rmsnorm(x_l): dx_l = dxm + norm's gradient */
-        be->rmsnorm_backward(a->dt, ly->d_attn_norm, a->dxn, a->rstd1[l], a->x[l], ly->attn_norm, N, C);
+        be->rmsnorm_backward(a->dt, ly->d_attn_norm, a->dxn, a->rstd1[l], a->x[l], ly->attn_norm, N,
+                             C);
         be->add(a->dx, a->dt, N * C);
     }
     /* x_0 = embed(ids) */

@@ -24,8 +24,8 @@ finch_adamw_config finch_adamw_config_default(void) {
 
 /* One range; every element is independent, so any split across threads is exact. */
 static void step_range(float *p, float *m, float *v, const float *g, size_t count, float decay,
-                       float b1, float one_b1, float b2, float one_b2, float bc2_sqrt,
-                       float eps, float neg_step_size) {
+                       float b1, float one_b1, float b2, float one_b2, float bc2_sqrt, float eps,
+                       float neg_step_size) {
     int64_t N = (int64_t)count;
 #pragma omp parallel for schedule(static) num_threads(finch_threads_get()) if (N > 32768)
     for (int64_t i = 0; i < N; i++) {
@@ -41,8 +41,8 @@ static void step_range(float *p, float *m, float *v, const float *g, size_t coun
 }
 
 void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
-                      const finch_adamw_range *ranges, int n_ranges,
-                      const finch_adamw_config *cfg, double lr, int64_t t) {
+                      const finch_adamw_range *ranges, int n_ranges, const finch_adamw_config *cfg,
+                      double lr, int64_t t) {
     FINCH_ASSERT(p && m && v && g && cfg && t >= 1 && n_ranges >= 0);
     FINCH_ASSERT(n_ranges == 0 || ranges);
     FINCH_ASSERT(cfg->beta1 >= 0 && cfg->beta1 < 1 && cfg->beta2 >= 0 && cfg->beta2 < 1);

@@ -51,8 +51,8 @@ typedef struct {
  * Ranges must lie inside [0, n) and not overlap (asserted); indices outside every range
  * are left untouched. p, m, v: (n) updated in place; g: (n) read. */
 void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
-                      const finch_adamw_range *ranges, int n_ranges,
-                      const finch_adamw_config *cfg, double lr, int64_t t);
+                      const finch_adamw_range *ranges, int n_ranges, const finch_adamw_config *cfg,
+                      double lr, int64_t t);
 
 /* ---- learning-rate schedules -------------------------------------------------------- */
 
@@ -66,10 +66,10 @@ typedef enum {
 } finch_lr_kind;
 
 typedef struct {
-    finch_lr_kind kind;    /* the shape after warmup */
-    double lr;             /* peak learning rate, > 0 */
-    int64_t warmup_steps;  /* steps of linear warmup from 0, >= 0 */
-    int64_t total_steps;   /* optimizer steps of the whole run, >= 1 */
+    finch_lr_kind kind;   /* the shape after warmup */
+    double lr;            /* peak learning rate, > 0 */
+    int64_t warmup_steps; /* steps of linear warmup from 0, >= 0 */
+    int64_t total_steps;  /* optimizer steps of the whole run, >= 1 */
 } finch_lr_schedule;
 
 /* Parses a scheduler name: "linear", "cosine", "constant" (also spelt
@@ -131,8 +131,8 @@ size_t finch_optim_state_size(size_t n);
 
 /* Writes the record at f's current position. name labels messages (a path). FINCH_E_IO
  * on a failed write. */
-finch_status finch_optim_state_save(FILE *f, const char *name, const float *m,
-                                    const float *v, size_t n, int64_t step, finch_err *err);
+finch_status finch_optim_state_save(FILE *f, const char *name, const float *m, const float *v,
+                                    size_t n, int64_t step, finch_err *err);
 
 /* Reads a record from f's current position into m and v (n each, the size the caller
  * expects) and *step. A wrong magic, version or element size, another n, a negative

@@ -30,8 +30,8 @@ finch_status finch_lr_kind_parse(const char *name, finch_lr_kind *out, finch_err
         *out = FINCH_LR_CONSTANT;
         return FINCH_OK;
     }
-    return finch_err_set(err, FINCH_E_USAGE, "--lr-scheduler %.200s: use linear, cosine or constant",
-                         name);
+    return finch_err_set(err, FINCH_E_USAGE,
+                         "--lr-scheduler %.200s: use linear, cosine or constant", name);
 }
 
 const char *finch_lr_kind_name(finch_lr_kind kind) {
@@ -41,7 +41,9 @@ const char *finch_lr_kind_name(finch_lr_kind kind) {
 
 static const double PI = 3.14159265358979323846;
 
-static double max1(int64_t x) { return (double)(x > 1 ? x : 1); }
+static double max1(int64_t x) {
+    return (double)(x > 1 ? x : 1);
+}
 
 double finch_lr_at(const finch_lr_schedule *s, int64_t step) {
     FINCH_ASSERT(s && step >= 0 && s->warmup_steps >= 0 && s->total_steps >= 1);

@@ -24,8 +24,8 @@ size_t finch_optim_state_size(size_t n) {
     return data;
 }
 
-finch_status finch_optim_state_save(FILE *f, const char *name, const float *m,
-                                    const float *v, size_t n, int64_t step, finch_err *err) {
+finch_status finch_optim_state_save(FILE *f, const char *name, const float *m, const float *v,
+                                    size_t n, int64_t step, finch_err *err) {
     FINCH_ASSERT(f && name && (n == 0 || (m && v)) && step >= 0);
     uint8_t h[HEADER_BYTES];
     uint32_t version = FINCH_OPTIM_STATE_VERSION, elem = 4;
@@ -77,8 +77,8 @@ finch_status finch_optim_state_load(FILE *f, const char *name, float *m, float *
                              "%s: optimizer state: offset 0: magic is not \"FINCHOPT\"", name);
     if (version != FINCH_OPTIM_STATE_VERSION)
         return finch_err_set(err, FINCH_E_FORMAT,
-                             "%s: optimizer state: offset 8: version %u, this build reads %u",
-                             name, version, FINCH_OPTIM_STATE_VERSION);
+                             "%s: optimizer state: offset 8: version %u, this build reads %u", name,
+                             version, FINCH_OPTIM_STATE_VERSION);
     if (elem != 4)
         return finch_err_set(err, FINCH_E_FORMAT,
                              "%s: optimizer state: offset 12: %u bytes per element, expected 4",
@@ -100,8 +100,8 @@ finch_status finch_optim_state_load(FILE *f, const char *name, float *m, float *
          * turn every later update into NaN. */
         if (!(v[i] >= 0.0f))
             return finch_err_set(err, FINCH_E_FORMAT,
-                                 "%s: optimizer state: offset %zu: v[%zu] = %g, must be >= 0",
-                                 name, HEADER_BYTES + 4 * n + 4 * i, i, (double)v[i]);
+                                 "%s: optimizer state: offset %zu: v[%zu] = %g, must be >= 0", name,
+                                 HEADER_BYTES + 4 * n + 4 * i, i, (double)v[i]);
     }
     *step = s;
     return FINCH_OK;

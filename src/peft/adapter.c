@@ -31,15 +31,20 @@ void finch_adapter_free(finch_adapter *a) {
 }
 
 finch_status finch_adapter_attach(finch_model *m, finch_adapter *a, float weight, finch_err *err) {
-    if (!isfinite(weight)) return finch_err_set(err, FINCH_E_USAGE, "adapter weight %g is not finite", weight);
+    if (!isfinite(weight))
+        return finch_err_set(err, FINCH_E_USAGE, "adapter weight %g is not finite", weight);
     return finch_peft_attach(a->peft, m, weight, FINCH_INFER_CHUNK, err);
 }
 
-void finch_adapter_detach(finch_model *m, finch_adapter *a) { finch_peft_detach(a->peft, m); }
+void finch_adapter_detach(finch_model *m, finch_adapter *a) {
+    finch_peft_detach(a->peft, m);
+}
 
 finch_status finch_adapter_export_gguf(const finch_model *m, const finch_adapter *a,
                                        const char *path, finch_err *err) {
     return finch_peft_save_gguf(a->peft, m, path, err);
 }
 
-finch_peft *finch_adapter_peft(finch_adapter *a) { return a->peft; }
+finch_peft *finch_adapter_peft(finch_adapter *a) {
+    return a->peft;
+}

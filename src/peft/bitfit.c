@@ -17,17 +17,18 @@ typedef struct {
 
 static const finch_method_option bitfit_options[] = {
     {"target-modules", NULL, "target_modules", FINCH_OPT_TARGETS, 0, 0, "all-linear", "all-linear",
-     offsetof(bitfit_config, targets), "projections whose biases train (added where missing)", NULL},
+     offsetof(bitfit_config, targets), "projections whose biases train (added where missing)",
+     NULL},
 };
 
 typedef struct {
     int layer;
     finch_target target;
     int64_t out;
-    float *b, *db;         /* in the registry */
-    const float *base;     /* the model's own bias, or NULL */
-    const float *saved;    /* the linear's bias pointer before attaching */
-    float *eff;            /* base + w (b - base) when attached with w != 1, else NULL */
+    float *b, *db;      /* in the registry */
+    const float *base;  /* the model's own bias, or NULL */
+    const float *saved; /* the linear's bias pointer before attaching */
+    float *eff;         /* base + w (b - base) when attached with w != 1, else NULL */
 } bitfit_site;
 
 typedef struct {
@@ -41,19 +42,22 @@ static finch_status bitfit_create(finch_peft *p, const finch_model *m, finch_err
     bitfit *st = finch_calloc(1, sizeof *st, "BitFit", err);
     if (!st) return FINCH_E_NOMEM;
     p->state = st;
-    st->sites = finch_calloc((size_t)m->cfg.n_layer * FINCH_TARGET_COUNT, sizeof *st->sites, "BitFit sites", err);
+    st->sites = finch_calloc((size_t)m->cfg.n_layer * FINCH_TARGET_COUNT, sizeof *st->sites,
+                             "BitFit sites", err);
     if (!st->sites) return FINCH_E_NOMEM;
     for (int ly = 0; ly < m->cfg.n_layer; ly++)
         for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
             if (!(c->targets >> t & 1) || !finch_peft_layer(p, ly)) continue;
             const finch_linear *lin = finch_model_target((finch_model *)m, ly, (finch_target)t);
             bitfit_site *s = &st->sites[st->n_sites++];
-            *s = (bitfit_site){.layer = ly, .target = (finch_target)t, .out = lin->w.rows, .base = lin->bias};
+            *s = (bitfit_site){
+                .layer = ly, .target = (finch_target)t, .out = lin->w.rows, .base = lin->bias};
             char key[160], name[200];
             finch_target_key(key, sizeof key, ly, (finch_target)t, true);
             snprintf(name, sizeof name, "%s.bias", key);
-            finch_status e = finch_params_add(&p->params, name, 1, &s->out,
-                                              finch_target_heads(m, (finch_target)t), false, &s->b, &s->db, err);
+            finch_status e =
+                finch_params_add(&p->params, name, 1, &s->out,
+                                 finch_target_heads(m, (finch_target)t), false, &s->b, &s->db, err);
             if (e) return e;
         }
     return FINCH_OK;
@@ -65,12 +69,16 @@ static void bitfit_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
     int added = 0;
     for (int i = 0; i < st->n_sites; i++) {
         bitfit_site *s = &st->sites[i];
-        if (s->base) memcpy(s->b, s->base, (size_t)s->out * sizeof *s->b);
-        else added++;
+        if (s->base)
+            memcpy(s->b, s->base, (size_t)s->out * sizeof *s->b);
+        else
+            added++;
     }
     if (added)
-        finch_log(FINCH_LOG_INFO, "bitfit: %s has no bias on %d of the %d targeted projections: "
-                  "adding zero-initialised biases there", m->path, added, st->n_sites);
+        finch_log(FINCH_LOG_INFO,
+                  "bitfit: %s has no bias on %d of the %d targeted projections: "
+                  "adding zero-initialised biases there",
+                  m->path, added, st->n_sites);
 }
 
 static void bitfit_free_state(finch_peft *p) {
@@ -89,15 +97,18 @@ static finch_status bitfit_attach(finch_peft *p, finch_model *m, float weight, i
         size_t need = 0;
         for (int i = 0; i < st->n_sites; i++) need += (size_t)st->sites[i].out;
         free(st->scratch);
-        if (!(st->scratch = finch_alloc(need * sizeof(float) + 1, "BitFit biases", err))) return FINCH_E_NOMEM;
+        if (!(st->scratch = finch_alloc(need * sizeof(float) + 1, "BitFit biases", err)))
+            return FINCH_E_NOMEM;
     }
     float *e = st->scratch;
     for (int i = 0; i < st->n_sites; i++) {
         bitfit_site *s = &st->sites[i];
         finch_linear *lin = finch_model_target(m, s->layer, s->target);
         if (lin->dbias || lin->bias != s->base)
-            return finch_err_set(err, FINCH_E_USAGE, "another method already changes the biases of "
-                                 "layer %d's %s", s->layer, finch_target_peft_name(s->target));
+            return finch_err_set(err, FINCH_E_USAGE,
+                                 "another method already changes the biases of "
+                                 "layer %d's %s",
+                                 s->layer, finch_target_peft_name(s->target));
         s->eff = NULL;
         if (weight != 1.0f) {
             s->eff = e;
@@ -144,7 +155,8 @@ static bool bitfit_merge_row(const finch_peft *p, const finch_model *m, const ch
 }
 
 /* Biases the base model lacks: merging adds them as new f32 tensors. */
-static int bitfit_new_tensors(const finch_peft *p, const finch_model *m, finch_new_tensor *out, int cap) {
+static int bitfit_new_tensors(const finch_peft *p, const finch_model *m, finch_new_tensor *out,
+                              int cap) {
     (void)m;
     const bitfit *st = p->state;
     int n = 0;

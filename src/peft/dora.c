@@ -30,7 +30,8 @@ static finch_status base_row_norms(finch_lora_site *s, const finch_linear *lin, 
     float *row = finch_alloc((size_t)w->cols * sizeof *row, "DoRA row", err);
     if (!row) return FINCH_E_NOMEM;
     for (int64_t j = 0; j < w->rows; j++) {
-        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)j * w->row_bytes, w->cols);
+        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)j * w->row_bytes,
+                                          w->cols);
         double n2 = 0;
         for (int64_t c = 0; c < w->cols; c++) n2 += (double)row[c] * row[c];
         s->wnorm2[j] = n2;
@@ -40,8 +41,8 @@ static finch_status base_row_norms(finch_lora_site *s, const finch_linear *lin, 
 }
 
 /* mns, mns - 1 and 1/norm of every row for the current A, B, m (scale sw = weight * s). */
-static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw, const finch_backend *be,
-                       finch_workspace *ws) {
+static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw,
+                       const finch_backend *be, finch_workspace *ws) {
     const int r = s->r;
     be->matmul(s->P, s->A, &lin->w, r, ws); /* P (r, out) = A W^T */
     double G[64 * 64], *Gd = r <= 64 ? G : malloc((size_t)r * r * sizeof *Gd);
@@ -49,7 +50,8 @@ static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw, co
     for (int k = 0; k < r; k++)
         for (int l = 0; l < r; l++) {
             double acc = 0;
-            for (int64_t c = 0; c < s->in; c++) acc += (double)s->A[k * s->in + c] * s->A[l * s->in + c];
+            for (int64_t c = 0; c < s->in; c++)
+                acc += (double)s->A[k * s->in + c] * s->A[l * s->in + c];
             Gd[k * r + l] = acc;
         }
     for (int64_t j = 0; j < s->out; j++) {
@@ -114,7 +116,7 @@ static const float *dora_backward(const finch_attachment *a, const float *g, con
     be->scale_cols(s->g, g, s->mns, T, s->out);
     const float *xd = finch_lora_input(s, x, T, ctx);
     finch_lora_backward_params(s, s->g, a->weight * s->scale, xd, T, ctx);
-    if (!dropping(s, ctx)) return s->g; /* y = b + mns (z + lora): dz = mns g */
+    if (!dropping(s, ctx)) return s->g;          /* y = b + mns (z + lora): dz = mns g */
     be->scale_cols(s->g, g, s->mns1, T, s->out); /* for backward_input: (mns - 1) g */
     return g;
 }
@@ -130,9 +132,8 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
     /* through the mask: dxd = (mns - 1) g W + du A */
     be->matmul_backward_input(s->xd, s->g, &lin->w, T, ctx->ws);
     be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, s->xd, s->in);
-    finch_dropout d = finch_dropout_make(ctx->dropout_seed,
-                                         (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1,
-                                         s->dropout);
+    finch_dropout d = finch_dropout_make(
+        ctx->dropout_seed, (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1, s->dropout);
     be->dropout_backward(dx, s->xd, T * s->in, &d);
 }
 
@@ -205,7 +206,8 @@ static finch_status dora_attach(finch_peft *p, finch_model *m, float weight, int
         max_r = l->sites[i].r > max_r ? l->sites[i].r : max_r;
     }
     finch_workspace ws;
-    if ((st = finch_workspace_init(&ws, finch_workspace_need(max_cols, max_r), finch_threads_get(), 0, err))) {
+    if ((st = finch_workspace_init(&ws, finch_workspace_need(max_cols, max_r), finch_threads_get(),
+                                   0, err))) {
         finch_lora_detach(p, m);
         return st;
     }

@@ -15,7 +15,8 @@ static const finch_method_option full_options[] = {
 static finch_status full_validate(const finch_peft *p, const finch_model *m, finch_err *err) {
     (void)m;
     if (!p->all_layers)
-        return finch_err_set(err, FINCH_E_USAGE, "--layers: full fine-tuning trains every block; "
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "--layers: full fine-tuning trains every block; "
                              "use --method freeze to train some");
     finch_weights_config *c = p->cfg;
     c->embeddings = c->head = true;

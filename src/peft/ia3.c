@@ -29,13 +29,13 @@ static const finch_method_option ia3_options[] = {
 typedef struct {
     int layer;
     finch_target target;
-    bool ff;               /* input scaled */
-    int64_t n;             /* the vector's length: in (ff) or out */
-    float *l, *dl;         /* in the registry */
-    float *eff;            /* (n) 1 + w (l - 1) when attached with w != 1, else NULL */
-    float *keep;           /* (max_tokens, n): the output before scaling, or the scaled input */
-    float *g;              /* (max_tokens, n): the gradient backward returns (output targets) */
-    float *tmpv;           /* (n) scratch */
+    bool ff;       /* input scaled */
+    int64_t n;     /* the vector's length: in (ff) or out */
+    float *l, *dl; /* in the registry */
+    float *eff;    /* (n) 1 + w (l - 1) when attached with w != 1, else NULL */
+    float *keep;   /* (max_tokens, n): the output before scaling, or the scaled input */
+    float *g;      /* (max_tokens, n): the gradient backward returns (output targets) */
+    float *tmpv;   /* (n) scratch */
     int64_t max_tokens;
 } ia3_site;
 
@@ -45,7 +45,9 @@ typedef struct {
     float *scratch;
 } ia3;
 
-static const float *vec(const ia3_site *s) { return s->eff ? s->eff : s->l; }
+static const float *vec(const ia3_site *s) {
+    return s->eff ? s->eff : s->l;
+}
 
 /* ---- the attachment --------------------------------------------------------------------- */
 
@@ -84,8 +86,10 @@ static const float *ia3_backward(const finch_attachment *a, const float *g, cons
     return s->g;
 }
 
-static const finch_peft_ops ia3_out_ops = {.name = "ia3", .forward = ia3_forward, .backward = ia3_backward};
-static const finch_peft_ops ia3_in_ops = {.name = "ia3", .input = ia3_input, .input_backward = ia3_input_backward};
+static const finch_peft_ops ia3_out_ops = {
+    .name = "ia3", .forward = ia3_forward, .backward = ia3_backward};
+static const finch_peft_ops ia3_in_ops = {
+    .name = "ia3", .input = ia3_input, .input_backward = ia3_input_backward};
 
 /* ---- the method ------------------------------------------------------------------------- */
 
@@ -104,14 +108,18 @@ static finch_status ia3_check_file(const json_t *j, const char *path, finch_err 
     for (size_t i = 0; i < sizeof must_be_empty / sizeof *must_be_empty; i++) {
         json_t *v = json_object_get(j, must_be_empty[i]);
         if (v && !json_is_null(v) &&
-            !((json_is_object(v) && !json_object_size(v)) || (json_is_array(v) && !json_array_size(v))))
-            return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: \"%s\" is set; finch does not support it",
-                                 path, must_be_empty[i]);
+            !((json_is_object(v) && !json_object_size(v)) ||
+              (json_is_array(v) && !json_array_size(v))))
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: \"%s\" is set; finch does not support it", path,
+                                 must_be_empty[i]);
     }
     json_t *f = json_object_get(j, "fan_in_fan_out");
     if (f && json_is_true(f))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: \"fan_in_fan_out\" is true; LLaMA "
-                             "projections are not stored that way", path);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: \"fan_in_fan_out\" is true; LLaMA "
+                             "projections are not stored that way",
+                             path);
     return FINCH_OK;
 }
 
@@ -128,7 +136,8 @@ static finch_status ia3_create(finch_peft *p, const finch_model *m, finch_err *e
     ia3 *st = finch_calloc(1, sizeof *st, "(IA)^3", err);
     if (!st) return FINCH_E_NOMEM;
     p->state = st;
-    st->sites = finch_calloc((size_t)m->cfg.n_layer * FINCH_TARGET_COUNT, sizeof *st->sites, "(IA)^3 sites", err);
+    st->sites = finch_calloc((size_t)m->cfg.n_layer * FINCH_TARGET_COUNT, sizeof *st->sites,
+                             "(IA)^3 sites", err);
     if (!st->sites) return FINCH_E_NOMEM;
     for (int ly = 0; ly < m->cfg.n_layer; ly++)
         for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
@@ -142,7 +151,8 @@ static finch_status ia3_create(finch_peft *p, const finch_model *m, finch_err *e
             snprintf(name, sizeof name, "%s.ia3_l", key);
             int64_t shape[2] = {s->ff ? 1 : s->n, s->ff ? s->n : 1};
             int heads = s->ff ? 0 : finch_target_heads(m, (finch_target)t);
-            finch_status e = finch_params_add(&p->params, name, 2, shape, heads, true, &s->l, &s->dl, err);
+            finch_status e =
+                finch_params_add(&p->params, name, 2, shape, heads, true, &s->l, &s->dl, err);
             if (e) return e;
         }
     return FINCH_OK;
@@ -165,14 +175,16 @@ static void ia3_free_state(finch_peft *p) {
 static void ia3_detach(finch_peft *p, finch_model *m) {
     ia3 *st = p->state;
     for (int i = 0; i < st->n_sites; i++)
-        finch_linear_detach(finch_model_target(m, st->sites[i].layer, st->sites[i].target), &st->sites[i]);
+        finch_linear_detach(finch_model_target(m, st->sites[i].layer, st->sites[i].target),
+                            &st->sites[i]);
 }
 
 static finch_status ia3_attach(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
                                finch_err *err) {
     ia3 *st = p->state;
     size_t need = 0;
-    for (int i = 0; i < st->n_sites; i++) need += (size_t)st->sites[i].n * (2 * (size_t)max_tokens + 2);
+    for (int i = 0; i < st->n_sites; i++)
+        need += (size_t)st->sites[i].n * (2 * (size_t)max_tokens + 2);
     float *scratch = finch_alloc(need * sizeof(float) + 1, "(IA)^3 scratch", err);
     if (!scratch) return FINCH_E_NOMEM;
     free(st->scratch);

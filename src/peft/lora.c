@@ -18,7 +18,8 @@
 #include "io/io.h" /* the GGUF adapter writer */
 
 const finch_method_option finch_lora_options[FINCH_LORA_N_OPTIONS] = {
-    {"lora-r", "r", "r", FINCH_OPT_INT, 1, 4096, "8", "8", offsetof(finch_lora_config, r), "rank", NULL},
+    {"lora-r", "r", "r", FINCH_OPT_INT, 1, 4096, "8", "8", offsetof(finch_lora_config, r), "rank",
+     NULL},
     {"lora-alpha", NULL, "lora_alpha", FINCH_OPT_FLOAT, 1e-12, 1e30, "16", "8",
      offsetof(finch_lora_config, alpha), "scale numerator: updates are scaled by alpha / r", NULL},
     {"lora-dropout", NULL, "lora_dropout", FINCH_OPT_FLOAT, 0, 0.99, "0.05", "0",
@@ -38,7 +39,8 @@ finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_ma
     if (!l) return FINCH_E_NOMEM;
     p->state = l;
     int n_t = __builtin_popcount(c->targets);
-    l->sites = finch_calloc((size_t)m->cfg.n_layer * (size_t)n_t, sizeof *l->sites, "LoRA sites", err);
+    l->sites =
+        finch_calloc((size_t)m->cfg.n_layer * (size_t)n_t, sizeof *l->sites, "LoRA sites", err);
     if (!l->sites) return FINCH_E_NOMEM;
     const float scale = c->rslora ? c->alpha / sqrtf((float)c->r) : c->alpha / (float)c->r;
     for (int ly = 0; ly < m->cfg.n_layer; ly++)
@@ -46,8 +48,12 @@ finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_ma
             if (!(c->targets >> t & 1) || !finch_peft_layer(p, ly)) continue;
             const finch_linear *lin = finch_model_target((finch_model *)m, ly, (finch_target)t);
             finch_lora_site *s = &l->sites[l->n_sites++];
-            *s = (finch_lora_site){.layer = ly, .target = (finch_target)t, .in = lin->w.cols,
-                                   .out = lin->w.rows, .r = c->r, .scale = scale,
+            *s = (finch_lora_site){.layer = ly,
+                                   .target = (finch_target)t,
+                                   .in = lin->w.cols,
+                                   .out = lin->w.rows,
+                                   .r = c->r,
+                                   .scale = scale,
                                    .dropout = c->dropout};
             char key[160], name[200];
             finch_target_key(key, sizeof key, ly, (finch_target)t, false);
@@ -55,12 +61,15 @@ finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_ma
             int heads = finch_target_heads(m, (finch_target)t);
             finch_status st;
             snprintf(name, sizeof name, "%s.lora_A.weight", key);
-            if ((st = finch_params_add(&p->params, name, 2, sa, 0, true, &s->A, &s->dA, err))) return st;
+            if ((st = finch_params_add(&p->params, name, 2, sa, 0, true, &s->A, &s->dA, err)))
+                return st;
             snprintf(name, sizeof name, "%s.lora_B.weight", key);
-            if ((st = finch_params_add(&p->params, name, 2, sb, heads, true, &s->B, &s->dB, err))) return st;
+            if ((st = finch_params_add(&p->params, name, 2, sb, heads, true, &s->B, &s->dB, err)))
+                return st;
             if (!with_magnitude) continue;
             snprintf(name, sizeof name, "%s.lora_magnitude_vector", key);
-            if ((st = finch_params_add(&p->params, name, 1, &s->out, heads, true, &s->mag, &s->dmag, err)))
+            if ((st = finch_params_add(&p->params, name, 1, &s->out, heads, true, &s->mag, &s->dmag,
+                                       err)))
                 return st;
         }
     return FINCH_OK;
@@ -115,8 +124,8 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
             s->g = s->zl + max_tokens * s->out;
             scratch = s->g + max_tokens * s->out;
         }
-        finch_status st = finch_linear_attach(finch_model_target(m, s->layer, s->target), ops, s,
-                                              weight, err);
+        finch_status st =
+            finch_linear_attach(finch_model_target(m, s->layer, s->target), ops, s, weight, err);
         if (st) {
             finch_lora_detach(p, m);
             return st;
@@ -128,7 +137,8 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
 void finch_lora_detach(finch_peft *p, finch_model *m) {
     finch_lora *l = p->state;
     for (int i = 0; i < l->n_sites; i++)
-        finch_linear_detach(finch_model_target(m, l->sites[i].layer, l->sites[i].target), &l->sites[i]);
+        finch_linear_detach(finch_model_target(m, l->sites[i].layer, l->sites[i].target),
+                            &l->sites[i]);
 }
 
 finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name) {
@@ -198,8 +208,8 @@ static void lora_forward(const finch_attachment *a, float *y, const float *x, in
     FINCH_ASSERT(T <= s->max_tokens);
     const float *xd = finch_lora_input(s, x, T, ctx);
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
-    be->gemm(false, true, T, s->out, s->r, a->weight * s->scale, s->u, s->r, s->B, s->r, 1.0f,
-             y, s->out);
+    be->gemm(false, true, T, s->out, s->r, a->weight * s->scale, s->u, s->r, s->B, s->r, 1.0f, y,
+             s->out);
 }
 
 static const float *lora_backward(const finch_attachment *a, const float *g, const float *x,
@@ -235,10 +245,14 @@ static bool lora_claims(const json_t *j) {
  * FINCH_E_UNSUPPORTED rather than an adapter that silently computes something else. */
 finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err *err) {
     static const char *const must_be_false[] = {"lora_bias", "use_qalora", "fan_in_fan_out"};
-    static const char *const must_be_empty[] = {
-        "rank_pattern",      "alpha_pattern",     "modules_to_save",
-        "layer_replication", "exclude_modules",   "target_parameters",
-        "trainable_token_indices", "alora_invocation_tokens"};
+    static const char *const must_be_empty[] = {"rank_pattern",
+                                                "alpha_pattern",
+                                                "modules_to_save",
+                                                "layer_replication",
+                                                "exclude_modules",
+                                                "target_parameters",
+                                                "trainable_token_indices",
+                                                "alora_invocation_tokens"};
     for (size_t i = 0; i < sizeof must_be_false / sizeof *must_be_false; i++) {
         json_t *v = json_object_get(j, must_be_false[i]);
         if (v && !json_is_null(v) && !json_is_false(v))
@@ -249,14 +263,16 @@ finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err 
     for (size_t i = 0; i < sizeof must_be_empty / sizeof *must_be_empty; i++) {
         json_t *v = json_object_get(j, must_be_empty[i]);
         if (v && !json_is_null(v) &&
-            !((json_is_object(v) && !json_object_size(v)) || (json_is_array(v) && !json_array_size(v))))
+            !((json_is_object(v) && !json_object_size(v)) ||
+              (json_is_array(v) && !json_array_size(v))))
             return finch_err_set(err, FINCH_E_UNSUPPORTED,
                                  "%s: \"%s\" is set; finch does not support it (remove it or "
                                  "merge the adapter in PEFT)",
                                  path, must_be_empty[i]);
     }
     json_t *bias = json_object_get(j, "bias");
-    if (bias && !json_is_null(bias) && !(json_is_string(bias) && !strcmp(json_string_value(bias), "none")))
+    if (bias && !json_is_null(bias) &&
+        !(json_is_string(bias) && !strcmp(json_string_value(bias), "none")))
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "%s: \"bias\" must be \"none\" (finch LoRA adapters train no biases)",
                              path);
@@ -264,7 +280,8 @@ finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err 
     if (pattern && !json_is_null(pattern) &&
         !(json_is_string(pattern) && !strcmp(json_string_value(pattern), "layers")))
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "%s: \"layers_pattern\" must be \"layers\" for a LLaMA-family model", path);
+                             "%s: \"layers_pattern\" must be \"layers\" for a LLaMA-family model",
+                             path);
     return FINCH_OK;
 }
 
@@ -359,9 +376,11 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
             finch_rows_permute(tmp[i], s->B, s->out, s->r, heads, true);
             B = tmp[i];
         }
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer, finch_target_gguf_name(s->target));
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer,
+                 finch_target_gguf_name(s->target));
         if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_a, s->A, err))) goto done;
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer, finch_target_gguf_name(s->target));
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer,
+                 finch_target_gguf_name(s->target));
         if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_b, B, err))) goto done;
     }
     st = finch_gguf_writer_save(w, path, err);

@@ -25,14 +25,14 @@ typedef struct {
 typedef struct {
     int layer;
     finch_target target;
-    int64_t in, out;   /* the base weight's columns and rows */
+    int64_t in, out; /* the base weight's columns and rows */
     int r;
-    float scale;       /* alpha / r or alpha / sqrt(r) */
-    float dropout;     /* the dropout probability */
-    float *A, *B;      /* (r, in), (out, r), in the registry */
-    float *dA, *dB;    /* their gradients, or NULL when not training */
-    float *u, *du;     /* scratch (max_tokens, r) each: x A^T and its gradient */
-    float *xd;         /* scratch (max_tokens, in): the dropped-out input, when dropout > 0 */
+    float scale;    /* alpha / r or alpha / sqrt(r) */
+    float dropout;  /* the dropout probability */
+    float *A, *B;   /* (r, in), (out, r), in the registry */
+    float *dA, *dB; /* their gradients, or NULL when not training */
+    float *u, *du;  /* scratch (max_tokens, r) each: x A^T and its gradient */
+    float *xd;      /* scratch (max_tokens, in): the dropped-out input, when dropout > 0 */
     int64_t max_tokens;
     /* DoRA (dora.c) */
     float *mag, *dmag; /* (out) magnitudes and their gradient */
@@ -49,9 +49,9 @@ typedef struct {
 typedef struct {
     int n_sites;
     finch_lora_site *sites;
-    float *scratch;    /* the sites' u, du, xd (and DoRA's zl, g) */
-    double *norms;     /* DoRA's wnorm2 of every site */
-    float *vecs;       /* DoRA's per-row vectors and P of every site */
+    float *scratch; /* the sites' u, du, xd (and DoRA's zl, g) */
+    double *norms;  /* DoRA's wnorm2 of every site */
+    float *vecs;    /* DoRA's per-row vectors and P of every site */
 } finch_lora;
 
 /* The LoRA option table (r, alpha, dropout, targets, rsLoRA), for LoRA and DoRA. */

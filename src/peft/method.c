@@ -27,9 +27,13 @@ enum { N_METHODS = sizeof methods / sizeof methods[0] };
 
 /* ---- the table, publicly ---------------------------------------------------------------- */
 
-int finch_method_count(void) { return N_METHODS; }
+int finch_method_count(void) {
+    return N_METHODS;
+}
 
-const char *finch_method_name(int i) { return i >= 0 && i < N_METHODS ? methods[i]->name : NULL; }
+const char *finch_method_name(int i) {
+    return i >= 0 && i < N_METHODS ? methods[i]->name : NULL;
+}
 
 const char *finch_method_description(int i) {
     return i >= 0 && i < N_METHODS ? methods[i]->description : NULL;
@@ -47,8 +51,11 @@ const char *finch_method_result(const char *name) {
 }
 
 static const char *placeholder(finch_opt_type t) {
-    return t == FINCH_OPT_INT ? " N" : t == FINCH_OPT_FLOAT ? " X" : t == FINCH_OPT_TARGETS ? " LIST"
-         : t == FINCH_OPT_CHOICE ? " NAME" : "";
+    return t == FINCH_OPT_INT       ? " N"
+           : t == FINCH_OPT_FLOAT   ? " X"
+           : t == FINCH_OPT_TARGETS ? " LIST"
+           : t == FINCH_OPT_CHOICE  ? " NAME"
+                                    : "";
 }
 
 size_t finch_method_usage(int i, char *buf, size_t cap) {
@@ -59,12 +66,11 @@ size_t finch_method_usage(int i, char *buf, size_t cap) {
         const finch_method_option *o = &me->opts[k];
         char flag[64];
         snprintf(flag, sizeof flag, "--%s%s", o->name, placeholder(o->type));
-        int n = snprintf(len < cap ? buf + len : NULL, len < cap ? cap - len : 0,
-                         "    %-24s %s%s%s%s%s%s\n", flag, o->help,
-                         o->choices ? ": " : "", o->choices ? o->choices : "",
-                         o->type == FINCH_OPT_BOOL ? "" : " (default ",
-                         o->type == FINCH_OPT_BOOL ? "" : o->def,
-                         o->type == FINCH_OPT_BOOL ? "" : ")");
+        int n =
+            snprintf(len < cap ? buf + len : NULL, len < cap ? cap - len : 0,
+                     "    %-24s %s%s%s%s%s%s\n", flag, o->help, o->choices ? ": " : "",
+                     o->choices ? o->choices : "", o->type == FINCH_OPT_BOOL ? "" : " (default ",
+                     o->type == FINCH_OPT_BOOL ? "" : o->def, o->type == FINCH_OPT_BOOL ? "" : ")");
         len += (size_t)n;
     }
     return len;
@@ -79,7 +85,8 @@ static bool same_name(const char *a, const char *b) {
 
 static const finch_method_option *find_option(const finch_method *me, const char *name) {
     for (int k = 0; k < me->n_opts; k++)
-        if (same_name(me->opts[k].name, name) || (me->opts[k].alias && same_name(me->opts[k].alias, name)))
+        if (same_name(me->opts[k].name, name) ||
+            (me->opts[k].alias && same_name(me->opts[k].alias, name)))
             return &me->opts[k];
     return NULL;
 }
@@ -120,9 +127,12 @@ static finch_status parse_value(const finch_method_option *o, const char *v, voi
         return FINCH_OK;
     }
     case FINCH_OPT_BOOL:
-        if (!v || !strcmp(v, "true") || !strcmp(v, "1")) *(bool *)at = true;
-        else if (!strcmp(v, "false") || !strcmp(v, "0")) *(bool *)at = false;
-        else return finch_err_set(err, code, "%s %s: must be true or false", where, v);
+        if (!v || !strcmp(v, "true") || !strcmp(v, "1"))
+            *(bool *)at = true;
+        else if (!strcmp(v, "false") || !strcmp(v, "0"))
+            *(bool *)at = false;
+        else
+            return finch_err_set(err, code, "%s %s: must be true or false", where, v);
         return FINCH_OK;
     case FINCH_OPT_CHOICE: {
         int k = 0;
@@ -134,7 +144,8 @@ static finch_status parse_value(const finch_method_option *o, const char *v, voi
             }
             c += n + (c[n] == ',');
         }
-        return finch_err_set(err, code, "%s %s: must be one of %s", where, v ? v : "(none)", o->choices);
+        return finch_err_set(err, code, "%s %s: must be one of %s", where, v ? v : "(none)",
+                             o->choices);
     }
     case FINCH_OPT_TARGETS: {
         finch_status st = v ? finch_target_parse(v, (uint32_t *)at, err)
@@ -309,8 +320,9 @@ finch_status finch_peft_new(const finch_model *m, const char *method, const finc
         for (char *c = where; *c; c++)
             if (*c == '_') *c = '-';
         if (same_name(opts[i].name, LAYERS)) {
-            st = opts[i].value ? parse_layers(p, opts[i].value, m->cfg.n_layer, where, FINCH_E_USAGE, err)
-                               : finch_err_set(err, FINCH_E_USAGE, "--layers needs a value");
+            st = opts[i].value
+                     ? parse_layers(p, opts[i].value, m->cfg.n_layer, where, FINCH_E_USAGE, err)
+                     : finch_err_set(err, FINCH_E_USAGE, "--layers needs a value");
             continue;
         }
         const finch_method_option *o = find_option(me, opts[i].name);
@@ -351,17 +363,26 @@ void finch_peft_detach(finch_peft *p, finch_model *m) {
     p->attached = false;
 }
 
-finch_params *finch_peft_params(const finch_peft *p) { return (finch_params *)&p->params; }
-const char *finch_peft_method(const finch_peft *p) { return p->method->name; }
-bool finch_peft_writes_model(const finch_peft *p) { return p->method->writes_model; }
-bool finch_peft_can_merge(const finch_peft *p) { return p->method->merge_row != NULL; }
+finch_params *finch_peft_params(const finch_peft *p) {
+    return (finch_params *)&p->params;
+}
+const char *finch_peft_method(const finch_peft *p) {
+    return p->method->name;
+}
+bool finch_peft_writes_model(const finch_peft *p) {
+    return p->method->writes_model;
+}
+bool finch_peft_can_merge(const finch_peft *p) {
+    return p->method->merge_row != NULL;
+}
 
 bool finch_peft_merge_row(const finch_peft *p, const finch_model *m, const char *gguf_name,
                           int64_t r, float *row, int64_t cols, float weight) {
     return p->method->merge_row && p->method->merge_row(p, m, gguf_name, r, row, cols, weight);
 }
 
-int finch_peft_new_tensors(const finch_peft *p, const finch_model *m, finch_new_tensor *out, int cap) {
+int finch_peft_new_tensors(const finch_peft *p, const finch_model *m, finch_new_tensor *out,
+                           int cap) {
     return p->method->new_tensors ? p->method->new_tensors(p, m, out, cap) : 0;
 }
 
@@ -407,7 +428,8 @@ static json_t *json_targets(uint32_t mask) {
 static json_t *option_json(const finch_method_option *o, const void *cfg) {
     const void *at = (const char *)cfg + o->offset;
     switch (o->type) {
-    case FINCH_OPT_INT: return json_integer(*(const int *)at);
+    case FINCH_OPT_INT:
+        return json_integer(*(const int *)at);
     case FINCH_OPT_FLOAT: {
         /* a whole number whose default is written as one (lora_alpha 16) stays an integer */
         float f = *(const float *)at;
@@ -415,8 +437,10 @@ static json_t *option_json(const finch_method_option *o, const void *cfg) {
             return json_integer((json_int_t)f);
         return json_float(f);
     }
-    case FINCH_OPT_BOOL: return json_boolean(*(const bool *)at);
-    case FINCH_OPT_TARGETS: return json_targets(*(const uint32_t *)at);
+    case FINCH_OPT_BOOL:
+        return json_boolean(*(const bool *)at);
+    case FINCH_OPT_TARGETS:
+        return json_targets(*(const uint32_t *)at);
     case FINCH_OPT_CHOICE: {
         const char *c = o->choices;
         for (int k = *(const int *)at; k > 0 && *c; k--) c += strcspn(c, ",") + 1;
@@ -462,7 +486,8 @@ finch_status finch_peft_save(const finch_peft *p, const finch_model *m, const ch
     /* the config last: a folder with a config has complete weights */
     json_t *cfg = make_config(p, m);
     snprintf(path, sizeof path, "%s/" CONFIG_NAME, dir);
-    st = cfg ? finch_json_write_file(cfg, path, err) : finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    st = cfg ? finch_json_write_file(cfg, path, err)
+             : finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     json_decref(cfg);
     return st;
 }
@@ -489,7 +514,8 @@ static finch_status option_from_json(finch_peft *p, const finch_method_option *o
         text = json_is_true(v) ? "true" : "false";
         break;
     case FINCH_OPT_CHOICE:
-        if (!json_is_string(v)) return finch_err_set(err, FINCH_E_FORMAT, "%s must be a string", where);
+        if (!json_is_string(v))
+            return finch_err_set(err, FINCH_E_FORMAT, "%s must be a string", where);
         text = json_string_value(v);
         break;
     case FINCH_OPT_TARGETS: {
@@ -516,8 +542,7 @@ static finch_status option_from_json(finch_peft *p, const finch_method_option *o
             int found = -1;
             for (int t = 0; s && t < FINCH_TARGET_COUNT && found < 0; t++)
                 if (!strcmp(s, finch_target_peft_name((finch_target)t))) found = t;
-            if (!s)
-                return finch_err_set(err, FINCH_E_FORMAT, "%s[%zu] is not a string", where, i);
+            if (!s) return finch_err_set(err, FINCH_E_FORMAT, "%s[%zu] is not a string", where, i);
             if (found < 0)
                 return finch_err_set(err, FINCH_E_FORMAT,
                                      "%s: target module '%.100s' is not a LLaMA projection "
@@ -541,7 +566,8 @@ static finch_status layers_from_json(finch_peft *p, json_t *v, int n_layer, cons
     json_t *arr = json_is_integer(v) ? one : v;
     if (!json_is_array(arr) || !json_array_size(arr)) {
         json_decref(one);
-        return finch_err_set(err, FINCH_E_FORMAT, "%s must be a layer index or a list of them", where);
+        return finch_err_set(err, FINCH_E_FORMAT, "%s must be a layer index or a list of them",
+                             where);
     }
     size_t i;
     json_t *e;
@@ -551,7 +577,8 @@ static finch_status layers_from_json(finch_peft *p, json_t *v, int n_layer, cons
             return finch_err_set(err, FINCH_E_FORMAT, "%s[%zu] is not a layer index", where, i);
         }
         size_t at = strlen(list);
-        snprintf(list + at, sizeof list - at, "%s%lld", at ? "," : "", (long long)json_integer_value(e));
+        snprintf(list + at, sizeof list - at, "%s%lld", at ? "," : "",
+                 (long long)json_integer_value(e));
     }
     json_decref(one);
     return parse_layers(p, list, n_layer, where, FINCH_E_FORMAT, err);
@@ -594,11 +621,13 @@ static finch_status method_of(json_t *j, const char *path, const finch_method **
         }
     char list[256] = "";
     for (int i = 0; i < N_METHODS; i++)
-        if (methods[i]->peft_type && !methods[i]->writes_model && !strstr(list, methods[i]->peft_type))
+        if (methods[i]->peft_type && !methods[i]->writes_model &&
+            !strstr(list, methods[i]->peft_type))
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
                      methods[i]->peft_type);
-    return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: \"peft_type\" is '%.50s'; finch loads %s adapters",
-                         path, json_string_value(pt), list);
+    return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                         "%s: \"peft_type\" is '%.50s'; finch loads %s adapters", path,
+                         json_string_value(pt), list);
 }
 
 finch_status finch_peft_load(const char *dir, const finch_model *m, finch_peft **out,
@@ -618,11 +647,14 @@ finch_status finch_peft_load(const char *dir, const finch_model *m, finch_peft *
         const finch_method_option *o = &me->opts[k];
         if (!o->peft_key) continue;
         json_t *v = json_object_get(j, o->peft_key);
-        if (v && !json_is_null(v)) st = option_from_json(p, o, v, path, err);
-        else if (o->peft_def) st = parse_value(o, o->peft_def, p->cfg, o->name, FINCH_E_FORMAT, err);
+        if (v && !json_is_null(v))
+            st = option_from_json(p, o, v, path, err);
+        else if (o->peft_def)
+            st = parse_value(o, o->peft_def, p->cfg, o->name, FINCH_E_FORMAT, err);
     }
     json_t *layers = json_object_get(j, LAYERS_KEY);
-    if (!st && layers && !json_is_null(layers)) st = layers_from_json(p, layers, m->cfg.n_layer, path, err);
+    if (!st && layers && !json_is_null(layers))
+        st = layers_from_json(p, layers, m->cfg.n_layer, path, err);
     json_decref(j);
     if (!st) {
         st = instance_build(p, m, NULL, false, err);

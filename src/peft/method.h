@@ -50,9 +50,9 @@ struct finch_method {
     const char *description;
     const finch_method_option *opts;
     int n_opts;
-    size_t config_size;     /* the method's config struct */
-    const char *peft_type;  /* adapter_config.json's "peft_type" */
-    bool writes_model;      /* its result is a model (full, freeze), not an adapter */
+    size_t config_size;    /* the method's config struct */
+    const char *peft_type; /* adapter_config.json's "peft_type" */
+    bool writes_model;     /* its result is a model (full, freeze), not an adapter */
     /* Whether a config of this peft_type is this method's (LORA with use_dora is DoRA's);
      * NULL: every config of the type. */
     bool (*claims)(const json_t *config);
@@ -74,8 +74,8 @@ struct finch_method {
     /* Row r (cols values, f32) of the base tensor named gguf_name, changed in place as
      * merging the method with this weight changes it; false when the method does not
      * touch that tensor. row NULL only asks whether it does. NULL: no exact merge. */
-    bool (*merge_row)(const finch_peft *p, const finch_model *m, const char *gguf_name,
-                      int64_t r, float *row, int64_t cols, float weight);
+    bool (*merge_row)(const finch_peft *p, const finch_model *m, const char *gguf_name, int64_t r,
+                      float *row, int64_t cols, float weight);
     /* Tensors merging adds (up to cap into out); returns how many. May be NULL. */
     int (*new_tensors)(const finch_peft *p, const finch_model *m, finch_new_tensor *out, int cap);
     /* The GGUF adapter llama.cpp loads with --lora; NULL when llama.cpp has none. */
@@ -86,11 +86,11 @@ struct finch_method {
 /* An instance: a method with its options for one model, its parameters and state. */
 struct finch_peft {
     const finch_method *method;
-    void *cfg;             /* the method's config struct, options parsed */
-    uint64_t layers[4];    /* --layers: the blocks it acts on, bit l (all by default) */
-    bool all_layers;       /* no --layers given */
-    finch_params params;   /* what trains */
-    void *state;           /* the method's per-site state */
+    void *cfg;           /* the method's config struct, options parsed */
+    uint64_t layers[4];  /* --layers: the blocks it acts on, bit l (all by default) */
+    bool all_layers;     /* no --layers given */
+    finch_params params; /* what trains */
+    void *state;         /* the method's per-site state */
     bool attached;
 };
 

@@ -25,9 +25,14 @@ finch_status finch_params_add(finch_params *r, const char *name, int n_dims, con
         r->cap = cap;
     }
     finch_param *p = &r->p[r->n++];
-    *p = (finch_param){.n_dims = n_dims, .shape = {shape[0], n_dims == 2 ? shape[1] : 1},
-                       .off = r->total, .n = n, .permute_heads = permute_heads, .decay = decay,
-                       .data_slot = data_slot, .grad_slot = grad_slot};
+    *p = (finch_param){.n_dims = n_dims,
+                       .shape = {shape[0], n_dims == 2 ? shape[1] : 1},
+                       .off = r->total,
+                       .n = n,
+                       .permute_heads = permute_heads,
+                       .decay = decay,
+                       .data_slot = data_slot,
+                       .grad_slot = grad_slot};
     snprintf(p->name, sizeof p->name, "%s", name);
     r->total += n;
     return FINCH_OK;

@@ -19,20 +19,20 @@
 
 typedef struct {
     char name[FINCH_PARAM_MAX_NAME + 1];
-    int n_dims;           /* 1 or 2 */
-    int64_t shape[2];     /* outermost first, as saved */
-    int64_t off, n;       /* elements: where in the arena, how many */
-    int permute_heads;    /* rows (dim 0) are q/k rows of this many heads; 0: plain rows */
-    bool decay;           /* AdamW's weight decay applies (not to biases and norm weights) */
-    float **data_slot;    /* set to the tensor's place in the arena when allocated */
-    float **grad_slot;    /* the same in the gradient arena (NULL when there is none) */
+    int n_dims;        /* 1 or 2 */
+    int64_t shape[2];  /* outermost first, as saved */
+    int64_t off, n;    /* elements: where in the arena, how many */
+    int permute_heads; /* rows (dim 0) are q/k rows of this many heads; 0: plain rows */
+    bool decay;        /* AdamW's weight decay applies (not to biases and norm weights) */
+    float **data_slot; /* set to the tensor's place in the arena when allocated */
+    float **grad_slot; /* the same in the gradient arena (NULL when there is none) */
 } finch_param;
 
 typedef struct {
     finch_param *p;
     int n, cap;
-    float *data;    /* total elements */
-    float *grad;    /* total elements, or NULL */
+    float *data; /* total elements */
+    float *grad; /* total elements, or NULL */
     int64_t total;
 } finch_params;
 

@@ -7,10 +7,15 @@ static const char *const peft_names[FINCH_TARGET_COUNT] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 static const char *const gguf_names[FINCH_TARGET_COUNT] = {
     "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-static const char *const short_names[FINCH_TARGET_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+static const char *const short_names[FINCH_TARGET_COUNT] = {"q",    "k",  "v",   "o",
+                                                            "gate", "up", "down"};
 
-const char *finch_target_peft_name(finch_target t) { return peft_names[t]; }
-const char *finch_target_gguf_name(finch_target t) { return gguf_names[t]; }
+const char *finch_target_peft_name(finch_target t) {
+    return peft_names[t];
+}
+const char *finch_target_gguf_name(finch_target t) {
+    return gguf_names[t];
+}
 
 finch_status finch_target_parse(const char *list, uint32_t *mask, finch_err *err) {
     uint32_t m = 0;

@@ -15,9 +15,9 @@ typedef struct {
     wkind kind;
     int layer;
     finch_target target;
-    int64_t rows, cols;     /* cols 1 for vectors */
-    float *data, *grad;     /* in the registry */
-    finch_weight saved_w;   /* what the model held before attaching */
+    int64_t rows, cols;   /* cols 1 for vectors */
+    float *data, *grad;   /* in the registry */
+    finch_weight saved_w; /* what the model held before attaching */
     const float *saved_v;
 } wsite;
 
@@ -32,11 +32,21 @@ typedef struct {
 static void hf_name(char *buf, size_t n, const wsite *s) {
     char key[160];
     switch (s->kind) {
-    case W_EMBD: snprintf(buf, n, "model.embed_tokens.weight"); return;
-    case W_NORM_ATTN: snprintf(buf, n, "model.layers.%d.input_layernorm.weight", s->layer); return;
-    case W_NORM_FFN: snprintf(buf, n, "model.layers.%d.post_attention_layernorm.weight", s->layer); return;
-    case W_NORM_OUT: snprintf(buf, n, "model.norm.weight"); return;
-    case W_HEAD: snprintf(buf, n, "lm_head.weight"); return;
+    case W_EMBD:
+        snprintf(buf, n, "model.embed_tokens.weight");
+        return;
+    case W_NORM_ATTN:
+        snprintf(buf, n, "model.layers.%d.input_layernorm.weight", s->layer);
+        return;
+    case W_NORM_FFN:
+        snprintf(buf, n, "model.layers.%d.post_attention_layernorm.weight", s->layer);
+        return;
+    case W_NORM_OUT:
+        snprintf(buf, n, "model.norm.weight");
+        return;
+    case W_HEAD:
+        snprintf(buf, n, "lm_head.weight");
+        return;
     case W_LINEAR:
     case W_BIAS:
         finch_target_key(key, sizeof key, s->layer, s->target, true);
@@ -48,11 +58,21 @@ static void hf_name(char *buf, size_t n, const wsite *s) {
 /* The GGUF name of a site. */
 static void gguf_name(char *buf, size_t n, const wsite *s) {
     switch (s->kind) {
-    case W_EMBD: snprintf(buf, n, "token_embd.weight"); return;
-    case W_NORM_ATTN: snprintf(buf, n, "blk.%d.attn_norm.weight", s->layer); return;
-    case W_NORM_FFN: snprintf(buf, n, "blk.%d.ffn_norm.weight", s->layer); return;
-    case W_NORM_OUT: snprintf(buf, n, "output_norm.weight"); return;
-    case W_HEAD: snprintf(buf, n, "output.weight"); return;
+    case W_EMBD:
+        snprintf(buf, n, "token_embd.weight");
+        return;
+    case W_NORM_ATTN:
+        snprintf(buf, n, "blk.%d.attn_norm.weight", s->layer);
+        return;
+    case W_NORM_FFN:
+        snprintf(buf, n, "blk.%d.ffn_norm.weight", s->layer);
+        return;
+    case W_NORM_OUT:
+        snprintf(buf, n, "output_norm.weight");
+        return;
+    case W_HEAD:
+        snprintf(buf, n, "output.weight");
+        return;
     case W_LINEAR:
     case W_BIAS:
         snprintf(buf, n, "blk.%d.%s.%s", s->layer, finch_target_gguf_name(s->target),
@@ -93,33 +113,46 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
         e = add_site(p, st, m, W_NORM_ATTN, l, 0, mc->n_embd, 1, err);
         for (int t = 0; t < FINCH_TARGET_COUNT && !e; t++) {
             const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
-            if (t == FINCH_TARGET_GATE) e = add_site(p, st, m, W_NORM_FFN, l, 0, mc->n_embd, 1, err);
-            if (!e) e = add_site(p, st, m, W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols, err);
-            if (!e && lin->bias) e = add_site(p, st, m, W_BIAS, l, (finch_target)t, lin->w.rows, 1, err);
+            if (t == FINCH_TARGET_GATE)
+                e = add_site(p, st, m, W_NORM_FFN, l, 0, mc->n_embd, 1, err);
+            if (!e)
+                e = add_site(p, st, m, W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols, err);
+            if (!e && lin->bias)
+                e = add_site(p, st, m, W_BIAS, l, (finch_target)t, lin->w.rows, 1, err);
         }
     }
     if (!e && c->head) e = add_site(p, st, m, W_NORM_OUT, -1, 0, mc->n_embd, 1, err);
-    if (!e && c->head && !mc->tied_output) e = add_site(p, st, m, W_HEAD, -1, 0, mc->n_vocab, mc->n_embd, err);
+    if (!e && c->head && !mc->tied_output)
+        e = add_site(p, st, m, W_HEAD, -1, 0, mc->n_vocab, mc->n_embd, err);
     return e;
 }
 
 /* The model's current tensor of a site: a weight view or a vector. */
 static finch_weight *site_weight(finch_model *m, const wsite *s) {
     switch (s->kind) {
-    case W_EMBD: return &m->tok_embd;
-    case W_HEAD: return &m->output.w;
-    case W_LINEAR: return &finch_model_target(m, s->layer, s->target)->w;
-    default: return NULL;
+    case W_EMBD:
+        return &m->tok_embd;
+    case W_HEAD:
+        return &m->output.w;
+    case W_LINEAR:
+        return &finch_model_target(m, s->layer, s->target)->w;
+    default:
+        return NULL;
     }
 }
 
 static const float **site_vector(finch_model *m, const wsite *s) {
     switch (s->kind) {
-    case W_NORM_ATTN: return &m->layers[s->layer].attn_norm;
-    case W_NORM_FFN: return &m->layers[s->layer].ffn_norm;
-    case W_NORM_OUT: return &m->output_norm;
-    case W_BIAS: return &finch_model_target(m, s->layer, s->target)->bias;
-    default: return NULL;
+    case W_NORM_ATTN:
+        return &m->layers[s->layer].attn_norm;
+    case W_NORM_FFN:
+        return &m->layers[s->layer].ffn_norm;
+    case W_NORM_OUT:
+        return &m->output_norm;
+    case W_BIAS:
+        return &finch_model_target(m, s->layer, s->target)->bias;
+    default:
+        return NULL;
     }
 }
 
@@ -138,11 +171,14 @@ void finch_weights_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
         if (finch_dtype_info[w->type].block_elems > 1) quantized = w->type;
         for (int64_t r = 0; r < w->rows; r++)
             finch_dtype_info[w->type].dequant(s->data + r * w->cols,
-                                              (const uint8_t *)w->data + (size_t)r * w->row_bytes, w->cols);
+                                              (const uint8_t *)w->data + (size_t)r * w->row_bytes,
+                                              w->cols);
     }
     if (quantized != FINCH_DTYPE_COUNT)
-        finch_log(FINCH_LOG_INFO, "%s: the base stores weights as %s: the trained ones are dequantized "
-                  "to f32 master copies to start", p->method->name, finch_dtype_info[quantized].name);
+        finch_log(FINCH_LOG_INFO,
+                  "%s: the base stores weights as %s: the trained ones are dequantized "
+                  "to f32 master copies to start",
+                  p->method->name, finch_dtype_info[quantized].name);
 }
 
 void finch_weights_free_state(finch_peft *p) {
@@ -158,7 +194,8 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
                                   finch_err *err) {
     (void)max_tokens;
     if (weight != 1.0f)
-        return finch_err_set(err, FINCH_E_USAGE, "%s trains the model itself: it attaches with weight 1 only",
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "%s trains the model itself: it attaches with weight 1 only",
                              p->method->name);
     wstate *st = p->state;
     for (int i = 0; i < st->n_sites; i++) {
@@ -166,7 +203,8 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
         finch_weight *w = site_weight(m, s);
         if (w) {
             s->saved_w = *w;
-            *w = (finch_weight){FINCH_DTYPE_F32, s->rows, s->cols, (size_t)s->cols * sizeof(float), s->data};
+            *w = (finch_weight){FINCH_DTYPE_F32, s->rows, s->cols, (size_t)s->cols * sizeof(float),
+                                s->data};
         } else {
             s->saved_v = *site_vector(m, s);
             *site_vector(m, s) = s->data;
@@ -179,12 +217,24 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
                 m->output.dw = s->grad;
             }
             break;
-        case W_HEAD: m->output.dw = s->grad; break;
-        case W_LINEAR: finch_model_target(m, s->layer, s->target)->dw = s->grad; break;
-        case W_BIAS: finch_model_target(m, s->layer, s->target)->dbias = s->grad; break;
-        case W_NORM_ATTN: m->layers[s->layer].d_attn_norm = s->grad; break;
-        case W_NORM_FFN: m->layers[s->layer].d_ffn_norm = s->grad; break;
-        case W_NORM_OUT: m->d_output_norm = s->grad; break;
+        case W_HEAD:
+            m->output.dw = s->grad;
+            break;
+        case W_LINEAR:
+            finch_model_target(m, s->layer, s->target)->dw = s->grad;
+            break;
+        case W_BIAS:
+            finch_model_target(m, s->layer, s->target)->dbias = s->grad;
+            break;
+        case W_NORM_ATTN:
+            m->layers[s->layer].d_attn_norm = s->grad;
+            break;
+        case W_NORM_FFN:
+            m->layers[s->layer].d_ffn_norm = s->grad;
+            break;
+        case W_NORM_OUT:
+            m->d_output_norm = s->grad;
+            break;
         }
     }
     return FINCH_OK;
@@ -195,19 +245,33 @@ void finch_weights_detach(finch_peft *p, finch_model *m) {
     for (int i = st->n_sites - 1; i >= 0; i--) {
         wsite *s = &st->sites[i];
         finch_weight *w = site_weight(m, s);
-        if (w) *w = s->saved_w;
-        else *site_vector(m, s) = s->saved_v;
+        if (w)
+            *w = s->saved_w;
+        else
+            *site_vector(m, s) = s->saved_v;
         switch (s->kind) {
         case W_EMBD:
             m->d_tok_embd = NULL;
             if (m->cfg.tied_output) m->output.w = m->tok_embd, m->output.dw = NULL;
             break;
-        case W_HEAD: m->output.dw = NULL; break;
-        case W_LINEAR: finch_model_target(m, s->layer, s->target)->dw = NULL; break;
-        case W_BIAS: finch_model_target(m, s->layer, s->target)->dbias = NULL; break;
-        case W_NORM_ATTN: m->layers[s->layer].d_attn_norm = NULL; break;
-        case W_NORM_FFN: m->layers[s->layer].d_ffn_norm = NULL; break;
-        case W_NORM_OUT: m->d_output_norm = NULL; break;
+        case W_HEAD:
+            m->output.dw = NULL;
+            break;
+        case W_LINEAR:
+            finch_model_target(m, s->layer, s->target)->dw = NULL;
+            break;
+        case W_BIAS:
+            finch_model_target(m, s->layer, s->target)->dbias = NULL;
+            break;
+        case W_NORM_ATTN:
+            m->layers[s->layer].d_attn_norm = NULL;
+            break;
+        case W_NORM_FFN:
+            m->layers[s->layer].d_ffn_norm = NULL;
+            break;
+        case W_NORM_OUT:
+            m->d_output_norm = NULL;
+            break;
         }
     }
 }
@@ -225,10 +289,11 @@ static const wsite *site_by_gguf_name(const wstate *st, const char *name) {
 
 /* The base GGUF with the trained tensors replaced: 2-D ones quantized to the save type
  * where their rows are whole blocks of it, vectors in f32. */
-static finch_status save_gguf(const finch_peft *p, const finch_model *m, const char *path, finch_err *err) {
+static finch_status save_gguf(const finch_peft *p, const finch_model *m, const char *path,
+                              finch_err *err) {
     const finch_weights_config *c = p->cfg;
     const wstate *st = p->state;
-    static const finch_dtype types[] = {FINCH_DTYPE_F32, FINCH_DTYPE_F16, FINCH_DTYPE_BF16,
+    static const finch_dtype types[] = {FINCH_DTYPE_F32,  FINCH_DTYPE_F16,  FINCH_DTYPE_BF16,
                                         FINCH_DTYPE_Q8_0, FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1};
     static const uint32_t ftypes[] = {0, 1, 32, 7, 2, 3}; /* general.file_type, llama ftype */
     const finch_dtype out = types[c->save_type];
@@ -265,7 +330,8 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
             src = tmp;
         }
         size_t rb;
-        finch_dtype ty = s->cols > 1 && finch_dtype_row_bytes(out, s->cols, &rb) ? out : FINCH_DTYPE_F32;
+        finch_dtype ty =
+            s->cols > 1 && finch_dtype_row_bytes(out, s->cols, &rb) ? out : FINCH_DTYPE_F32;
         if (ty == FINCH_DTYPE_F32) rb = (size_t)s->cols * sizeof(float);
         if (!(bufs[i] = malloc(rb * (size_t)s->rows))) {
             e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", t->name);
@@ -275,7 +341,8 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
             finch_dtype_info[ty].quant(bufs[i] + (size_t)r * rb, src + r * s->cols, s->cols);
         e = finch_gguf_add_tensor(w, t->name, ty, t->n_dims, t->ne, bufs[i], err);
     }
-    if (!e && finch_dtype_info[out].block_elems > 1 && !finch_gguf_find_kv(g, "general.quantization_version"))
+    if (!e && finch_dtype_info[out].block_elems > 1 &&
+        !finch_gguf_find_kv(g, "general.quantization_version"))
         e = finch_gguf_set_u32(w, "general.quantization_version", 2, err);
     if (!e) e = finch_gguf_writer_save(w, path, err);
 done:
@@ -325,7 +392,8 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     wsite *all = calloc((size_t)cap, sizeof *all);
     float **bufs = calloc((size_t)cap, sizeof *bufs);
     finch_st_writer *w = finch_st_writer_new(err);
-    finch_status e = !all || !bufs || !w ? finch_err_set(err, FINCH_E_NOMEM, "out of memory") : FINCH_OK;
+    finch_status e =
+        !all || !bufs || !w ? finch_err_set(err, FINCH_E_NOMEM, "out of memory") : FINCH_OK;
     if (!e) e = finch_st_writer_set_meta(w, "format", "pt", err);
     if (!e) {
         all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = mc->n_embd};
@@ -334,15 +402,22 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             all[n++] = (wsite){.kind = W_NORM_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
             for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
                 const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
-                all[n++] = (wsite){.kind = W_LINEAR, .layer = l, .target = (finch_target)t,
-                                   .rows = lin->w.rows, .cols = lin->w.cols};
+                all[n++] = (wsite){.kind = W_LINEAR,
+                                   .layer = l,
+                                   .target = (finch_target)t,
+                                   .rows = lin->w.rows,
+                                   .cols = lin->w.cols};
                 if (lin->bias)
-                    all[n++] = (wsite){.kind = W_BIAS, .layer = l, .target = (finch_target)t,
-                                       .rows = lin->w.rows, .cols = 1};
+                    all[n++] = (wsite){.kind = W_BIAS,
+                                       .layer = l,
+                                       .target = (finch_target)t,
+                                       .rows = lin->w.rows,
+                                       .cols = 1};
             }
         }
         all[n++] = (wsite){.kind = W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
-        if (!mc->tied_output) all[n++] = (wsite){.kind = W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
+        if (!mc->tied_output)
+            all[n++] = (wsite){.kind = W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
     }
     for (int i = 0; i < n && !e; i++) {
         wsite *s = &all[i];
@@ -363,8 +438,9 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             const finch_weight *wt = site_weight((finch_model *)m, s);
             if (wt)
                 for (int64_t r = 0; r < wt->rows; r++)
-                    finch_dtype_info[wt->type].dequant(src + r * wt->cols,
-                                                       (const uint8_t *)wt->data + (size_t)r * wt->row_bytes, wt->cols);
+                    finch_dtype_info[wt->type].dequant(
+                        src + r * wt->cols, (const uint8_t *)wt->data + (size_t)r * wt->row_bytes,
+                        wt->cols);
             else
                 memcpy(src, *site_vector((finch_model *)m, s), count * sizeof(float));
         }
@@ -380,8 +456,8 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             bufs[i] = src = hf;
         }
         int64_t shape[2] = {s->rows, s->cols};
-        e = finch_st_writer_add(w, name, FINCH_ST_F32, s->cols > 1 || s->kind == W_LINEAR ? 2 : 1, shape,
-                                src, err);
+        e = finch_st_writer_add(w, name, FINCH_ST_F32, s->cols > 1 || s->kind == W_LINEAR ? 2 : 1,
+                                shape, src, err);
     }
     if (!e) e = finch_st_writer_save(w, path, err);
     for (int i = 0; bufs && i < n; i++) free(bufs[i]);

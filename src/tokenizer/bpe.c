@@ -82,8 +82,8 @@ static size_t bpe_decode_text(const char *s, size_t len, char *out) {
         char enc[4], tmp[32];
         int n = finch_utf8_put(c, enc);
         int k = snprintf(tmp, sizeof tmp, "[UNK_BYTE_0x");
-        for (int j = 0; j < n; j++) k += snprintf(tmp + k, sizeof tmp - (size_t)k, "%02x",
-                                                   (uint8_t)enc[j]);
+        for (int j = 0; j < n; j++)
+            k += snprintf(tmp + k, sizeof tmp - (size_t)k, "%02x", (uint8_t)enc[j]);
         if (out) {
             memcpy(out + o, tmp, (size_t)k);
             memcpy(out + o + k, s, len);
@@ -121,8 +121,10 @@ static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
         const char *t = tok->text_blob + tok->text_off[i];
         size_t k = 0;
         uint8_t a = tok->attr[i];
-        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) k = n;
-        else if (a & TOK_NORMAL) k = bpe_decode_text(t, n, NULL);
+        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED))
+            k = n;
+        else if (a & TOK_NORMAL)
+            k = bpe_decode_text(t, n, NULL);
         tok->piece_off[i] = total;
         if (!finch_size_add(total, k, &total))
             return finch_err_set(err, FINCH_E_NOMEM, "decoded tokens overflow the address space");
@@ -135,8 +137,10 @@ static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
         const char *t = tok->text_blob + tok->text_off[i];
         char *dst = tok->piece_blob + tok->piece_off[i];
         uint8_t a = tok->attr[i];
-        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) memcpy(dst, t, n);
-        else if (a & TOK_NORMAL) bpe_decode_text(t, n, dst);
+        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED))
+            memcpy(dst, t, n);
+        else if (a & TOK_NORMAL)
+            bpe_decode_text(t, n, dst);
     }
     return FINCH_OK;
 }
@@ -239,8 +243,7 @@ static bool try_pair(const finch_tokenizer *tok, scratch *sc, int32_t left, int3
 
 /* Emits the tokens of a symbol that is not a token: those of the single bytes of its
  * encoded text, as llama.cpp does. */
-static bool emit_fallback(const finch_tokenizer *tok, scratch *sc, const uint8_t *p,
-                          size_t n) {
+static bool emit_fallback(const finch_tokenizer *tok, scratch *sc, const uint8_t *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
         char enc[4];
         int k = finch_utf8_put(bpe_byte_to_cpt(p[i]), enc);
@@ -282,8 +285,8 @@ static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t 
     if (!grow((void **)&sc->sym, &sc->sym_cap, n, sizeof *sc->sym)) return false;
     symbol *sym = sc->sym;
     for (size_t i = 0; i < n; i++)
-        sym[i] = (symbol){tok->byte_tok[p[i]], (int32_t)i - 1,
-                          i + 1 < n ? (int32_t)i + 1 : -1, (uint32_t)i, 1};
+        sym[i] = (symbol){tok->byte_tok[p[i]], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1,
+                          (uint32_t)i, 1};
     sc->heap_n = 0;
     for (size_t i = 1; i < n; i++)
         if (!try_pair(tok, sc, (int32_t)i - 1, (int32_t)i)) return false;
@@ -352,13 +355,17 @@ static finch_status encode_text(const finch_tokenizer *tok, scratch *sc, const c
     size_t at = 0;
     for (size_t i = 0; i < n_pieces; i++) {
         if (pieces[i] > (size_t)INT32_MAX) {
-            st = finch_err_set(err, FINCH_E_RANGE, "a pre-tokenizer piece of %zu bytes: at "
-                               "most %d", pieces[i], INT32_MAX);
+            st = finch_err_set(err, FINCH_E_RANGE,
+                               "a pre-tokenizer piece of %zu bytes: at "
+                               "most %d",
+                               pieces[i], INT32_MAX);
             goto done;
         }
         if (pieces[i] && !encode_piece(tok, sc, (const uint8_t *)bytes + at, pieces[i])) {
-            st = finch_err_set(err, FINCH_E_NOMEM, "out of memory encoding a piece of %zu "
-                               "bytes", pieces[i]);
+            st = finch_err_set(err, FINCH_E_NOMEM,
+                               "out of memory encoding a piece of %zu "
+                               "bytes",
+                               pieces[i]);
             goto done;
         }
         at += pieces[i];
@@ -372,8 +379,7 @@ done:
 }
 
 FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *text, size_t len,
-                                      int flags, int32_t **ids, int64_t *n_ids,
-                                      finch_err *err) {
+                                      int flags, int32_t **ids, int64_t *n_ids, finch_err *err) {
     FINCH_ASSERT(tok && ids && n_ids);
     if (!text && len)
         return finch_err_set(err, FINCH_E_USAGE, "finch_tokenize: text is NULL with length %zu",
@@ -390,7 +396,7 @@ FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *te
     if (!grow((void **)&sc.ids, &sc.ids_cap, len / 4 + 4, sizeof *sc.ids)) goto nomem;
     if (add && tok->add_bos && !emit(&sc, tok->special[SP_BOS])) goto nomem;
     if ((st = finch_tok_partition(tok, text, len, flags & FINCH_TOK_PARSE_SPECIAL, &frags, &n_frags,
-                            err)))
+                                  err)))
         goto fail;
     for (size_t f = 0; f < n_frags; f++) {
         if (frags[f].id >= 0) {
@@ -445,15 +451,16 @@ FINCH_API finch_status finch_detokenize(const finch_tokenizer *tok, const int32_
                                         finch_err *err) {
     FINCH_ASSERT(tok && text && len);
     if (n_ids < 0 || (n_ids > 0 && !ids))
-        return finch_err_set(err, FINCH_E_USAGE, "finch_detokenize: %" PRId64 " ids at %p",
-                             n_ids, (const void *)ids);
+        return finch_err_set(err, FINCH_E_USAGE, "finch_detokenize: %" PRId64 " ids at %p", n_ids,
+                             (const void *)ids);
     bool special = flags & FINCH_TOK_PARSE_SPECIAL;
     size_t total = 0;
     for (int64_t i = 0; i < n_ids; i++) {
         if (ids[i] < 0 || ids[i] >= tok->n_vocab)
-            return finch_err_set(err, FINCH_E_RANGE, "token %" PRId64 " of %" PRId64 " is id %d, "
-                                 "outside the vocabulary of %d tokens", i, n_ids, ids[i],
-                                 tok->n_vocab);
+            return finch_err_set(err, FINCH_E_RANGE,
+                                 "token %" PRId64 " of %" PRId64 " is id %d, "
+                                 "outside the vocabulary of %d tokens",
+                                 i, n_ids, ids[i], tok->n_vocab);
         size_t n;
         piece_of(tok, ids[i], special, &n);
         if (!finch_size_add(total, n, &total))

@@ -95,7 +95,9 @@ static void put(sbuf *b, const char *s, size_t n) {
     b->p[b->n] = 0;
 }
 
-static void puts_(sbuf *b, const char *s) { put(b, s, strlen(s)); }
+static void puts_(sbuf *b, const char *s) {
+    put(b, s, strlen(s));
+}
 
 /* Python's str.isspace() for one code point. */
 static bool py_space(uint32_t c) {
@@ -131,11 +133,24 @@ static bool read_literal(const char *t, size_t len, size_t *i, sbuf *out) {
         if (c == '\\' && k < len) {
             char e = t[k++];
             switch (e) {
-            case 'n': c = '\n'; break;
-            case 't': c = '\t'; break;
-            case 'r': c = '\r'; break;
-            case '\\': case '\'': case '"': c = e; break;
-            default: put(out, "\\", 1); c = e; break; /* Python keeps unknown escapes */
+            case 'n':
+                c = '\n';
+                break;
+            case 't':
+                c = '\t';
+                break;
+            case 'r':
+                c = '\r';
+                break;
+            case '\\':
+            case '\'':
+            case '"':
+                c = e;
+                break;
+            default:
+                put(out, "\\", 1);
+                c = e;
+                break; /* Python keeps unknown escapes */
             }
         }
         put(out, &c, 1);
@@ -188,12 +203,16 @@ static char *chatml_default_system(const char *t, bool *oom) {
 
 /* ---- rendering ---------------------------------------------------------------------- */
 
-static bool is_role(const finch_chat_msg *m, const char *role) { return !strcmp(m->role, role); }
+static bool is_role(const finch_chat_msg *m, const char *role) {
+    return !strcmp(m->role, role);
+}
 
 static finch_status bad_order(const char *fam, int i, const finch_chat_msg *m, finch_err *err) {
-    return finch_err_set(err, FINCH_E_USAGE, "chat message %d: role '%s' out of order: the %s "
+    return finch_err_set(err, FINCH_E_USAGE,
+                         "chat message %d: role '%s' out of order: the %s "
                          "template takes an optional first system message, then user and "
-                         "assistant messages alternating, starting with user", i, m->role, fam);
+                         "assistant messages alternating, starting with user",
+                         i, m->role, fam);
 }
 
 static finch_status render_chatml(sbuf *b, const char *tmpl, const finch_chat_msg *msgs, int n,
@@ -273,7 +292,8 @@ static finch_status render_gemma(sbuf *b, const char *tmpl, const finch_chat_msg
     int first = 0;
     if (n > 0 && is_role(&msgs[0], "system")) {
         if (!tmpl || !has(tmpl, strlen(tmpl), "first_user_prefix"))
-            return finch_err_set(err, FINCH_E_UNSUPPORTED, "chat message 0: this gemma "
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "chat message 0: this gemma "
                                  "template does not accept a system message");
         prefix = msgs[0].content;
         first = 1;
@@ -326,11 +346,14 @@ static void snippet(const char *t, char *out, size_t cap) {
     size_t o = 0;
     for (size_t i = 0; t && t[i] && o + 8 < cap && i < 48; i++) {
         char c = t[i];
-        if (c == '\n') o += (size_t)snprintf(out + o, cap - o, "\\n");
-        else if (c == '\t') o += (size_t)snprintf(out + o, cap - o, "\\t");
-        else if ((unsigned char)c < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\x%02x",
-                                                               (unsigned char)c);
-        else out[o++] = c;
+        if (c == '\n')
+            o += (size_t)snprintf(out + o, cap - o, "\\n");
+        else if (c == '\t')
+            o += (size_t)snprintf(out + o, cap - o, "\\t");
+        else if ((unsigned char)c < 0x20)
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", (unsigned char)c);
+        else
+            out[o++] = c;
     }
     /* do not end inside a UTF-8 sequence */
     while (o > 0 && ((unsigned char)out[o - 1] & 0xc0) == 0x80) o--;
@@ -343,38 +366,55 @@ finch_status finch_chat_render(finch_chat_family_id fam, const char *tmpl,
                                char **out, finch_err *err) {
     FINCH_ASSERT(out);
     if (fam == FINCH_CHAT_NONE)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "the model has no chat template "
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "the model has no chat template "
                              "(tokenizer.chat_template): format the prompt yourself");
     if (fam == FINCH_CHAT_UNKNOWN || (unsigned)fam >= FINCH_CHAT_FAMILY_COUNT) {
         char start[128];
         snippet(tmpl, start, sizeof start);
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "unrecognised chat template (starts "
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "unrecognised chat template (starts "
                              "with '%s'): finch renders only known families (chatml, "
-                             "llama2, llama3, gemma, phi3, zephyr)", start);
+                             "llama2, llama3, gemma, phi3, zephyr)",
+                             start);
     }
     if (n_msgs < 0 || (n_msgs > 0 && !msgs))
         return finch_err_set(err, FINCH_E_USAGE, "finch_chat_render: %d messages at %p", n_msgs,
                              (const void *)msgs);
     for (int i = 0; i < n_msgs; i++) {
         if (!msgs[i].role || !msgs[i].content)
-            return finch_err_set(err, FINCH_E_USAGE, "chat message %d: role or content is NULL",
-                                 i);
+            return finch_err_set(err, FINCH_E_USAGE, "chat message %d: role or content is NULL", i);
         if (!is_role(&msgs[i], "system") && !is_role(&msgs[i], "user") &&
             !is_role(&msgs[i], "assistant"))
-            return finch_err_set(err, FINCH_E_UNSUPPORTED, "chat message %d: role '%s' is not "
-                                 "one of system, user, assistant", i, msgs[i].role);
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "chat message %d: role '%s' is not "
+                                 "one of system, user, assistant",
+                                 i, msgs[i].role);
     }
     sbuf b = {0};
     finch_status st = FINCH_OK;
     put(&b, "", 0);
     switch (fam) {
-    case FINCH_CHAT_CHATML: st = render_chatml(&b, tmpl, msgs, n_msgs, add_assistant, err); break;
-    case FINCH_CHAT_LLAMA2: st = render_llama2(&b, msgs, n_msgs, err); break;
-    case FINCH_CHAT_LLAMA3: render_llama3(&b, msgs, n_msgs, add_assistant); break;
-    case FINCH_CHAT_GEMMA: st = render_gemma(&b, tmpl, msgs, n_msgs, add_assistant, err); break;
-    case FINCH_CHAT_PHI3: render_phi3(&b, tmpl, msgs, n_msgs, add_assistant); break;
-    case FINCH_CHAT_ZEPHYR: render_zephyr(&b, msgs, n_msgs, add_assistant); break;
-    default: FINCH_ASSERT(0);
+    case FINCH_CHAT_CHATML:
+        st = render_chatml(&b, tmpl, msgs, n_msgs, add_assistant, err);
+        break;
+    case FINCH_CHAT_LLAMA2:
+        st = render_llama2(&b, msgs, n_msgs, err);
+        break;
+    case FINCH_CHAT_LLAMA3:
+        render_llama3(&b, msgs, n_msgs, add_assistant);
+        break;
+    case FINCH_CHAT_GEMMA:
+        st = render_gemma(&b, tmpl, msgs, n_msgs, add_assistant, err);
+        break;
+    case FINCH_CHAT_PHI3:
+        render_phi3(&b, tmpl, msgs, n_msgs, add_assistant);
+        break;
+    case FINCH_CHAT_ZEPHYR:
+        render_zephyr(&b, msgs, n_msgs, add_assistant);
+        break;
+    default:
+        FINCH_ASSERT(0);
     }
     if (!st && b.oom) st = finch_err_set(err, FINCH_E_NOMEM, "out of memory rendering a chat");
     if (st) {

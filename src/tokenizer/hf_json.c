@@ -61,7 +61,7 @@ static const char WS_CLASS[] = "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{200
                                "\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}";
 
 typedef struct {
-    const char *path;  /* tokenizer.json, for messages */
+    const char *path; /* tokenizer.json, for messages */
     finch_err *err;
     char *re[PRETOK_MAX_REGEX]; /* translated pre-tokenizer regexes, in order */
     int n_re;
@@ -72,24 +72,32 @@ typedef struct {
 
 static const char *jtype_name(const json_t *v) {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: case JSON_REAL: return "a number";
-    case JSON_TRUE: case JSON_FALSE: return "a boolean";
-    default: return "null";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL:
+        return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
     }
 }
 
-static finch_status bad_type(const char *path, const char *field, const json_t *v,
-                             const char *want, finch_err *err) {
+static finch_status bad_type(const char *path, const char *field, const json_t *v, const char *want,
+                             finch_err *err) {
     return finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is %s, expected %s", path, field,
                          v ? jtype_name(v) : "missing", want);
 }
 
 /* o[key] as a string (NULL when absent or null, an error when another type). */
-static finch_status get_str(const char *path, const json_t *o, const char *key,
-                            const char *field, const char **out, finch_err *err) {
+static finch_status get_str(const char *path, const json_t *o, const char *key, const char *field,
+                            const char **out, finch_err *err) {
     json_t *v = json_object_get(o, key);
     *out = NULL;
     if (!v || json_is_null(v)) return FINCH_OK;
@@ -99,8 +107,8 @@ static finch_status get_str(const char *path, const json_t *o, const char *key,
 }
 
 /* o[key] as a boolean, def when absent or null. */
-static finch_status get_bool(const char *path, const json_t *o, const char *key,
-                             const char *field, bool def, bool *out, finch_err *err) {
+static finch_status get_bool(const char *path, const json_t *o, const char *key, const char *field,
+                             bool def, bool *out, finch_err *err) {
     json_t *v = json_object_get(o, key);
     *out = def;
     if (!v || json_is_null(v)) return FINCH_OK;
@@ -113,12 +121,12 @@ static finch_status load_json(const char *path, json_t **out, finch_err *err) {
     struct stat sb;
     if (stat(path, &sb) != 0)
         return finch_err_set(err, FINCH_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (!S_ISREG(sb.st_mode))
-        return finch_err_set(err, FINCH_E_IO, "%s: not a regular file", path);
+    if (!S_ISREG(sb.st_mode)) return finch_err_set(err, FINCH_E_IO, "%s: not a regular file", path);
     if (sb.st_size > HF_MAX_FILE)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: %lld bytes, more than a tokenizer file "
-                             "can sensibly have (at most %lld)", path, (long long)sb.st_size,
-                             (long long)HF_MAX_FILE);
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: %lld bytes, more than a tokenizer file "
+                             "can sensibly have (at most %lld)",
+                             path, (long long)sb.st_size, (long long)HF_MAX_FILE);
     json_error_t je;
     /* numbers as doubles: tokenizer_config.json files often hold integers beyond 64 bits
      * (model_max_length 1e30), and ids are far below 2^53 */
@@ -154,15 +162,18 @@ static char *translate_regex(const char *src) {
         if (c == '\\' && i + 1 < n) {
             char e = src[++i];
             const char *rep = NULL;
-            if (e == 's') rep = in_class ? "%s" : "[%s]";
-            else if (e == 'S' && !in_class) rep = "[^%s]";
+            if (e == 's')
+                rep = in_class ? "%s" : "[%s]";
+            else if (e == 'S' && !in_class)
+                rep = "[^%s]";
             if (rep) {
                 o += (size_t)snprintf(out + o, cap - o, rep, WS_CLASS);
                 continue;
             }
             if (e == 'h' || (e == 'H' && !in_class)) {
-                const char *hex = e == 'H' ? "[^0-9a-fA-F]" : in_class ? "0-9a-fA-F"
-                                                                       : "[0-9a-fA-F]";
+                const char *hex = e == 'H'   ? "[^0-9a-fA-F]"
+                                  : in_class ? "0-9a-fA-F"
+                                             : "[0-9a-fA-F]";
                 o += (size_t)snprintf(out + o, cap - o, "%s", hex);
                 continue;
             }
@@ -202,8 +213,10 @@ static finch_status push_regex(hf_ctx *c, char *re, const char *field) {
     if (!re) return finch_err_set(c->err, FINCH_E_NOMEM, "out of memory reading %s", c->path);
     if (c->n_re == PRETOK_MAX_REGEX) {
         free(re);
-        return finch_err_set(c->err, FINCH_E_UNSUPPORTED, "%s: field '%s': more than %d "
-                             "pre-tokenizer steps", c->path, field, PRETOK_MAX_REGEX);
+        return finch_err_set(c->err, FINCH_E_UNSUPPORTED,
+                             "%s: field '%s': more than %d "
+                             "pre-tokenizer steps",
+                             c->path, field, PRETOK_MAX_REGEX);
     }
     c->re[c->n_re++] = re;
     return FINCH_OK;
@@ -228,8 +241,10 @@ static finch_status parse_pre(hf_ctx *c, const json_t *o, const char *field, int
         snprintf(sub, sizeof sub, "%s.pretokenizers", field);
         if (!json_is_array(arr)) return bad_type(c->path, sub, arr, "an array", c->err);
         if (depth > 8)
-            return finch_err_set(c->err, FINCH_E_UNSUPPORTED, "%s: field '%s': Sequence "
-                                 "nested more than 8 deep", c->path, field);
+            return finch_err_set(c->err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s': Sequence "
+                                 "nested more than 8 deep",
+                                 c->path, field);
         for (size_t i = 0; i < json_array_size(arr); i++) {
             snprintf(sub, sizeof sub, "%s.pretokenizers[%zu]", field, i);
             if ((st = parse_pre(c, json_array_get(arr, i), sub, depth + 1))) return st;
@@ -237,20 +252,23 @@ static finch_status parse_pre(hf_ctx *c, const json_t *o, const char *field, int
         return FINCH_OK;
     }
     if (c->byte_level)
-        return finch_err_set(c->err, FINCH_E_UNSUPPORTED, "%s: field '%s': a %s step after "
+        return finch_err_set(c->err, FINCH_E_UNSUPPORTED,
+                             "%s: field '%s': a %s step after "
                              "ByteLevel (finch runs every step on the text before its "
-                             "byte-level mapping)", c->path, field, type);
+                             "byte-level mapping)",
+                             c->path, field, type);
     if (strcmp(type, "ByteLevel") == 0) {
         bool prefix, use_regex;
         snprintf(sub, sizeof sub, "%s.add_prefix_space", field);
-        if ((st = get_bool(c->path, o, "add_prefix_space", sub, true, &prefix, c->err)))
-            return st;
+        if ((st = get_bool(c->path, o, "add_prefix_space", sub, true, &prefix, c->err))) return st;
         snprintf(sub, sizeof sub, "%s.use_regex", field);
         if ((st = get_bool(c->path, o, "use_regex", sub, true, &use_regex, c->err))) return st;
         if (prefix && c->n_re > 0)
-            return finch_err_set(c->err, FINCH_E_UNSUPPORTED, "%s: field '%s.add_prefix_space' "
+            return finch_err_set(c->err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s.add_prefix_space' "
                                  "is true after other steps (finch adds the space to each "
-                                 "text run only when ByteLevel comes first)", c->path, field);
+                                 "text run only when ByteLevel comes first)",
+                                 c->path, field);
         c->byte_level = true;
         c->prefix_space = prefix;
         describe(c, "ByteLevel");
@@ -271,32 +289,41 @@ static finch_status parse_pre(hf_ctx *c, const json_t *o, const char *field, int
         snprintf(sub, sizeof sub, "%s.behavior", field);
         if ((st = get_str(c->path, o, "behavior", sub, &behavior, c->err))) return st;
         if (!behavior || strcmp(behavior, "Isolated") != 0)
-            return finch_err_set(c->err, FINCH_E_UNSUPPORTED, "%s: field '%s' is '%s': finch "
-                                 "implements only Isolated", c->path, sub,
-                                 behavior ? behavior : "(missing)");
+            return finch_err_set(c->err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s' is '%s': finch "
+                                 "implements only Isolated",
+                                 c->path, sub, behavior ? behavior : "(missing)");
         snprintf(sub, sizeof sub, "%s.invert", field);
         if ((st = get_bool(c->path, o, "invert", sub, false, &invert, c->err))) return st;
         if (invert)
-            return finch_err_set(c->err, FINCH_E_UNSUPPORTED, "%s: field '%s' is true: finch "
-                                 "implements only invert false", c->path, sub);
+            return finch_err_set(c->err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s' is true: finch "
+                                 "implements only invert false",
+                                 c->path, sub);
         json_t *pat = json_object_get(o, "pattern");
         snprintf(sub, sizeof sub, "%s.pattern", field);
         if (!json_is_object(pat)) return bad_type(c->path, sub, pat, "an object", c->err);
         json_t *rx = json_object_get(pat, "Regex"), *str = json_object_get(pat, "String");
         if (json_is_string(rx) == json_is_string(str))
-            return finch_err_set(c->err, FINCH_E_FORMAT, "%s: field '%s' needs one string "
-                                 "member, Regex or String", c->path, sub);
+            return finch_err_set(c->err, FINCH_E_FORMAT,
+                                 "%s: field '%s' needs one string "
+                                 "member, Regex or String",
+                                 c->path, sub);
         size_t plen = json_string_length(rx ? rx : str);
         if (plen > 65536)
-            return finch_err_set(c->err, FINCH_E_FORMAT, "%s: field '%s' is a pattern of %zu "
-                                 "bytes, more than the 65536 finch accepts", c->path, sub, plen);
+            return finch_err_set(c->err, FINCH_E_FORMAT,
+                                 "%s: field '%s' is a pattern of %zu "
+                                 "bytes, more than the 65536 finch accepts",
+                                 c->path, sub, plen);
         describe(c, "Split");
-        return push_regex(c, rx ? translate_regex(json_string_value(rx))
-                                : quote_regex(json_string_value(str)), field);
+        return push_regex(
+            c, rx ? translate_regex(json_string_value(rx)) : quote_regex(json_string_value(str)),
+            field);
     }
-    return finch_err_set(c->err, FINCH_E_UNSUPPORTED, "%s: field '%s' is '%s': finch reads "
-                         "ByteLevel, Split, Digits and Sequence pre-tokenizers", c->path, sub,
-                         type);
+    return finch_err_set(c->err, FINCH_E_UNSUPPORTED,
+                         "%s: field '%s' is '%s': finch reads "
+                         "ByteLevel, Split, Digits and Sequence pre-tokenizers",
+                         c->path, sub, type);
 }
 
 /* ---- model, added tokens ------------------------------------------------------------ */
@@ -307,24 +334,31 @@ static finch_status check_model(const char *path, const json_t *model, finch_err
     const char *type, *s;
     if ((st = get_str(path, model, "type", "model.type", &type, err))) return st;
     if (!type || strcmp(type, "BPE") != 0)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field 'model.type' is '%s': finch "
-                             "reads only byte-level BPE models", path, type ? type : "(missing)");
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'model.type' is '%s': finch "
+                             "reads only byte-level BPE models",
+                             path, type ? type : "(missing)");
     json_t *d = json_object_get(model, "dropout");
     if (d && !json_is_null(d) && !(json_is_number(d) && json_number_value(d) == 0))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field 'model.dropout' is set: "
-                             "finch implements BPE without dropout", path);
-    if ((st = get_str(path, model, "continuing_subword_prefix",
-                      "model.continuing_subword_prefix", &s, err)))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'model.dropout' is set: "
+                             "finch implements BPE without dropout",
+                             path);
+    if ((st = get_str(path, model, "continuing_subword_prefix", "model.continuing_subword_prefix",
+                      &s, err)))
         return st;
     if (s && *s)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field "
-                             "'model.continuing_subword_prefix' is '%s': not implemented", path,
-                             s);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field "
+                             "'model.continuing_subword_prefix' is '%s': not implemented",
+                             path, s);
     if ((st = get_str(path, model, "end_of_word_suffix", "model.end_of_word_suffix", &s, err)))
         return st;
     if (s && *s)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field 'model.end_of_word_suffix' "
-                             "is '%s': not implemented", path, s);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'model.end_of_word_suffix' "
+                             "is '%s': not implemented",
+                             path, s);
     return FINCH_OK;
 }
 
@@ -334,8 +368,8 @@ static finch_status get_id(const char *path, const json_t *v, const char *field,
     if (!json_is_number(v)) return bad_type(path, field, v, "an integer id", err);
     double x = json_number_value(v);
     if (x != (double)(int64_t)x || x < -1e18 || x > 1e18)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is %g, not an integer id",
-                             path, field, x);
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is %g, not an integer id", path,
+                             field, x);
     if (x < 0 || x >= HF_MAX_VOCAB)
         return finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is %.0f, outside 0..%d", path,
                              field, x, HF_MAX_VOCAB - 1);
@@ -351,8 +385,8 @@ typedef struct {
     uint8_t strip;
 } added_tok;
 
-static finch_status parse_added(const char *path, const json_t *arr, added_tok **out,
-                                size_t *n_out, finch_err *err) {
+static finch_status parse_added(const char *path, const json_t *arr, added_tok **out, size_t *n_out,
+                                finch_err *err) {
     *out = NULL;
     *n_out = 0;
     if (!arr || json_is_null(arr)) return FINCH_OK;
@@ -376,8 +410,7 @@ static finch_status parse_added(const char *path, const json_t *arr, added_tok *
         snprintf(f, sizeof f, "added_tokens[%zu].content", i);
         if ((st = get_str(path, t, "content", f, &a[i].content, err))) break;
         if (!a[i].content || !*a[i].content) {
-            st = finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is missing or empty",
-                               path, f);
+            st = finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is missing or empty", path, f);
             break;
         }
         snprintf(f, sizeof f, "added_tokens[%zu].special", i);
@@ -396,9 +429,10 @@ static finch_status parse_added(const char *path, const json_t *arr, added_tok *
         return st;
     }
     if (n_single)
-        finch_log(FINCH_LOG_WARN, "%s: %zu added tokens (the first '%s') have single_word "
-                  "true: finch splits them out inside words too", path, n_single,
-                  a[first_single].content);
+        finch_log(FINCH_LOG_WARN,
+                  "%s: %zu added tokens (the first '%s') have single_word "
+                  "true: finch splits them out inside words too",
+                  path, n_single, a[first_single].content);
     *out = a;
     *n_out = n;
     return FINCH_OK;
@@ -421,12 +455,13 @@ static finch_status load_vocab(finch_tokenizer *tok, const char *path, const jso
     }
     for (size_t i = 0; i < n_added; i++)
         if (added[i].id >= V) V = added[i].id + 1;
-    if (V == 0)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.vocab' is empty", path);
+    if (V == 0) return finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.vocab' is empty", path);
     size_t n_given = json_object_size(vocab) + n_added;
     if ((size_t)V > 2 * n_given + 1024)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: ids reach %d but only %zu tokens are "
-                             "given (model.vocab and added_tokens)", path, V - 1, n_given);
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: ids reach %d but only %zu tokens are "
+                             "given (model.vocab and added_tokens)",
+                             path, V - 1, n_given);
 
     finch_str *texts = finch_calloc((size_t)V, sizeof *texts, "token texts", err);
     char *holes = finch_alloc((size_t)V * 20, "token placeholders", err);
@@ -439,8 +474,10 @@ static finch_status load_vocab(finch_tokenizer *tok, const char *path, const jso
     json_object_foreach((json_t *)vocab, key, v) {
         int32_t id = (int32_t)json_number_value(v);
         if (texts[id].ptr) {
-            st = finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.vocab': id %d is given "
-                               "to both '%.48s' and '%.48s'", path, id, texts[id].ptr, key);
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: field 'model.vocab': id %d is given "
+                               "to both '%.48s' and '%.48s'",
+                               path, id, texts[id].ptr, key);
             goto done;
         }
         texts[id] = (finch_str){key, strlen(key)};
@@ -454,8 +491,10 @@ static finch_status load_vocab(finch_tokenizer *tok, const char *path, const jso
     }
     for (size_t i = 0; i < n_added; i++) {
         if (seen[added[i].id]++) {
-            st = finch_err_set(err, FINCH_E_FORMAT, "%s: field 'added_tokens[%zu].id': id %d "
-                               "appears twice in added_tokens", path, i, added[i].id);
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: field 'added_tokens[%zu].id': id %d "
+                               "appears twice in added_tokens",
+                               path, i, added[i].id);
             free(seen);
             goto done;
         }
@@ -476,7 +515,8 @@ static finch_status load_vocab(finch_tokenizer *tok, const char *path, const jso
     if ((st = finch_tok_load_texts(tok, texts, path, "field 'model.vocab'", err))) goto done;
     if (n_holes) {
         /* the holes are the ids neither model.vocab nor added_tokens gives */
-        json_object_foreach((json_t *)vocab, key, v) texts[(int32_t)json_number_value(v)].ptr = NULL;
+        json_object_foreach((json_t *)vocab, key, v) texts[(int32_t)json_number_value(v)].ptr =
+            NULL;
         for (size_t i = 0; i < n_added; i++) texts[added[i].id].ptr = NULL;
         for (int32_t id = 0; id < V; id++)
             if (texts[id].ptr) tok->attr[id] = TOK_UNUSED;
@@ -512,8 +552,10 @@ static finch_status load_merges(finch_tokenizer *tok, const char *path, const js
     if (!json_is_array(merges)) return bad_type(path, "model.merges", merges, "an array", err);
     size_t n = json_array_size(merges);
     if (n > (size_t)INT32_MAX)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.merges' has %zu entries, at "
-                             "most %d", path, n, INT32_MAX);
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: field 'model.merges' has %zu entries, at "
+                             "most %d",
+                             path, n, INT32_MAX);
     finch_status st = finch_tok_alloc_merges(tok, (int64_t)n, err);
     if (st) return st;
     char *joined = NULL;
@@ -528,8 +570,10 @@ static finch_status load_merges(finch_tokenizer *tok, const char *path, const js
             size_t len = json_string_length(m);
             const char *sp = len > 1 ? memchr(a + 1, ' ', len - 1) : NULL;
             if (!sp) {
-                st = finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.merges[%zu]' '%.64s' "
-                                   "has no space between its two parts", path, r, a);
+                st = finch_err_set(err, FINCH_E_FORMAT,
+                                   "%s: field 'model.merges[%zu]' '%.64s' "
+                                   "has no space between its two parts",
+                                   path, r, a);
                 break;
             }
             an = (size_t)(sp - a);
@@ -549,10 +593,12 @@ static finch_status load_merges(finch_tokenizer *tok, const char *path, const js
         }
         int32_t left = vocab_id(vocab, a, an), right = vocab_id(vocab, b, bn);
         if (left < 0 || right < 0) {
-            st = finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.merges[%zu]': '%.*s' is "
-                               "not a token of model.vocab", path, r,
-                               (int)((left < 0 ? an : bn) < 64 ? (left < 0 ? an : bn) : 64),
-                               left < 0 ? a : b);
+            st =
+                finch_err_set(err, FINCH_E_FORMAT,
+                              "%s: field 'model.merges[%zu]': '%.*s' is "
+                              "not a token of model.vocab",
+                              path, r, (int)((left < 0 ? an : bn) < 64 ? (left < 0 ? an : bn) : 64),
+                              left < 0 ? a : b);
             break;
         }
         if (an + bn > joined_cap) {
@@ -569,9 +615,10 @@ static finch_status load_merges(finch_tokenizer *tok, const char *path, const js
         int32_t result = vocab_id(vocab, joined, an + bn);
         if (result < 0) {
             /* the tokenizers library refuses such a file too */
-            st = finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.merges[%zu]': the merged "
-                               "text '%.*s' is not a token of model.vocab", path, r,
-                               (int)(an + bn < 64 ? an + bn : 64), joined);
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: field 'model.merges[%zu]': the merged "
+                               "text '%.*s' is not a token of model.vocab",
+                               path, r, (int)(an + bn < 64 ? an + bn : 64), joined);
             break;
         }
         finch_tok_add_merge(tok, left, right, (int32_t)r, result);
@@ -587,18 +634,20 @@ static finch_status load_merges(finch_tokenizer *tok, const char *path, const js
 static finch_status check_byte_fallback(const finch_tokenizer *tok, const char *path,
                                         const json_t *model, finch_err *err) {
     bool on;
-    finch_status st = get_bool(path, model, "byte_fallback", "model.byte_fallback", false, &on,
-                               err);
+    finch_status st =
+        get_bool(path, model, "byte_fallback", "model.byte_fallback", false, &on, err);
     if (st || !on) return st;
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
         int32_t id = finch_tok_find(tok, name, 6);
         if (id >= 0)
-            return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field 'model.byte_fallback' is "
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field 'model.byte_fallback' is "
                                  "true and token %d is the byte token '%s' (SentencePiece-style "
                                  "BPE): finch implements byte-level BPE without byte "
-                                 "fallback", path, id, name);
+                                 "fallback",
+                                 path, id, name);
     }
     return FINCH_OK;
 }
@@ -618,19 +667,20 @@ static int32_t token_containing(const finch_tokenizer *tok, const char *needle, 
 
 /* The id of a TemplateProcessing SpecialToken item: from the special_tokens map, else by
  * its text. */
-static finch_status template_token(const finch_tokenizer *tok, const char *path,
-                                   const json_t *pp, const json_t *item, const char *field,
-                                   int32_t *id, finch_err *err) {
+static finch_status template_token(const finch_tokenizer *tok, const char *path, const json_t *pp,
+                                   const json_t *item, const char *field, int32_t *id,
+                                   finch_err *err) {
     const char *name;
     finch_status st = get_str(path, item, "id", field, &name, err);
     if (st) return st;
     if (!name) return bad_type(path, field, NULL, "a string", err);
-    json_t *ids = json_object_get(json_object_get(json_object_get(pp, "special_tokens"), name),
-                                  "ids");
+    json_t *ids =
+        json_object_get(json_object_get(json_object_get(pp, "special_tokens"), name), "ids");
     if (json_is_array(ids) && json_array_size(ids) != 1)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: post_processor special token '%s' "
-                             "stands for %zu ids: finch adds one", path, name,
-                             json_array_size(ids));
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: post_processor special token '%s' "
+                             "stands for %zu ids: finch adds one",
+                             path, name, json_array_size(ids));
     if (json_is_array(ids)) return get_id(path, json_array_get(ids, 0), field, id, err);
     *id = finch_tok_find(tok, name, strlen(name));
     if (*id < 0)
@@ -658,14 +708,14 @@ static finch_status parse_post(const finch_tokenizer *tok, const char *path, con
         if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
         for (size_t i = 0; i < json_array_size(arr); i++) {
             snprintf(sub, sizeof sub, "%s.processors[%zu]", field, i);
-            if ((st = parse_post(tok, path, json_array_get(arr, i), sub, bos, eos, depth + 1,
-                                 err)))
+            if ((st = parse_post(tok, path, json_array_get(arr, i), sub, bos, eos, depth + 1, err)))
                 return st;
         }
         return FINCH_OK;
     }
     if (strcmp(type, "TemplateProcessing") != 0)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s' is '%s': finch reads "
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field '%s' is '%s': finch reads "
                              "TemplateProcessing, ByteLevel and Sequence post-processors",
                              path, sub, type);
     json_t *single = json_object_get(pp, "single");
@@ -675,15 +725,18 @@ static finch_status parse_post(const finch_tokenizer *tok, const char *path, con
     for (size_t i = 0; i < n; i++)
         if (json_object_get(json_array_get(single, i), "Sequence")) {
             if (seq != n)
-                return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s' holds more "
-                                     "than one sequence", path, sub);
+                return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                     "%s: field '%s' holds more "
+                                     "than one sequence",
+                                     path, sub);
             seq = i;
         }
     if (seq == n)
         return finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' holds no Sequence item", path,
                              sub);
     if (seq > 1 || n - seq > 2)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s' adds more than one "
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field '%s' adds more than one "
                              "token before or after the text: finch adds BOS and EOS only",
                              path, sub);
     for (size_t i = 0; i < n; i++) {
@@ -691,8 +744,7 @@ static finch_status parse_post(const finch_tokenizer *tok, const char *path, con
         json_t *item = json_object_get(json_array_get(single, i), "SpecialToken");
         snprintf(sub, sizeof sub, "%s.single[%zu].SpecialToken.id", field, i);
         if (!json_is_object(item)) return bad_type(path, sub, item, "an object", err);
-        if ((st = template_token(tok, path, pp, item, sub, i < seq ? bos : eos, err)))
-            return st;
+        if ((st = template_token(tok, path, pp, item, sub, i < seq ? bos : eos, err))) return st;
     }
     return FINCH_OK;
 }
@@ -716,22 +768,27 @@ static finch_status check_decoder(const finch_tokenizer *tok, const char *path, 
         for (int32_t id = 0; id < tok->n_vocab; id++) {
             const char *t = tok->text_blob + tok->text_off[id];
             if (tok->text_len[id] == 6 && memcmp(t, "<0x", 3) == 0 && t[5] == '>')
-                return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s' is ByteFallback "
+                return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                     "%s: field '%s' is ByteFallback "
                                      "and token %d is '%s': finch does not decode byte "
-                                     "tokens", path, sub, id, t);
+                                     "tokens",
+                                     path, sub, id, t);
         }
         return FINCH_OK;
     }
     if (type && depth > 0 && strcmp(type, "Replace") == 0) {
         json_t *pat = json_object_get(json_object_get(d, "pattern"), "String");
         if (!json_is_string(pat))
-            return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s.pattern': finch "
-                                 "implements Replace of a String only", path, field);
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s.pattern': finch "
+                                 "implements Replace of a String only",
+                                 path, field);
         int32_t id = token_containing(tok, json_string_value(pat), json_string_length(pat));
         if (id >= 0)
-            return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s' replaces '%s', "
-                                 "which token %d contains: not implemented", path, field,
-                                 json_string_value(pat), id);
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s' replaces '%s', "
+                                 "which token %d contains: not implemented",
+                                 path, field, json_string_value(pat), id);
         return FINCH_OK;
     }
     if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
@@ -745,10 +802,11 @@ static finch_status check_decoder(const finch_tokenizer *tok, const char *path, 
         }
         return FINCH_OK;
     }
-    return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s' is '%s': finch decodes "
+    return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                         "%s: field '%s' is '%s': finch decodes "
                          "byte-level BPE only (ByteLevel, and Sequence of it with Fuse, "
-                         "ByteFallback and Replace where they change nothing)", path, sub,
-                         type ? type : "(missing)");
+                         "ByteFallback and Replace where they change nothing)",
+                         path, sub, type ? type : "(missing)");
 }
 
 static finch_status check_normalizer(const char *path, const json_t *n, const char *field,
@@ -766,8 +824,7 @@ static finch_status check_normalizer(const char *path, const json_t *n, const ch
         if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
         for (size_t i = 0; i < json_array_size(arr); i++) {
             snprintf(sub, sizeof sub, "%s.normalizers[%zu]", field, i);
-            if ((st = check_normalizer(path, json_array_get(arr, i), sub, depth + 1, nfc,
-                                       err)))
+            if ((st = check_normalizer(path, json_array_get(arr, i), sub, depth + 1, nfc, err)))
                 return st;
         }
         return FINCH_OK;
@@ -776,29 +833,33 @@ static finch_status check_normalizer(const char *path, const json_t *n, const ch
         *nfc = true; /* NFC twice is NFC once */
         return FINCH_OK;
     }
-    return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field '%s' is '%s': finch implements "
-                         "the NFC normalizer only (and Sequence of it)", path, sub,
-                         type ? type : "(missing)");
+    return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                         "%s: field '%s' is '%s': finch implements "
+                         "the NFC normalizer only (and Sequence of it)",
+                         path, sub, type ? type : "(missing)");
 }
 
 /* ---- tokenizer_config.json ---------------------------------------------------------- */
 
 /* A special token of the config (a string, or an AddedToken object with "content") as an
  * id: *id stays as it is when the key is absent or null. */
-static finch_status config_token(const finch_tokenizer *tok, const char *path,
-                                 const json_t *cfg, const char *key, int32_t *id,
-                                 finch_err *err) {
+static finch_status config_token(const finch_tokenizer *tok, const char *path, const json_t *cfg,
+                                 const char *key, int32_t *id, finch_err *err) {
     json_t *v = json_object_get(cfg, key);
     if (!v || json_is_null(v)) return FINCH_OK;
     if (json_is_object(v)) v = json_object_get(v, "content");
     if (!json_is_string(v))
-        return bad_type(path, key, json_object_get(cfg, key), "a string or an object with a "
-                        "string 'content'", err);
+        return bad_type(path, key, json_object_get(cfg, key),
+                        "a string or an object with a "
+                        "string 'content'",
+                        err);
     const char *s = json_string_value(v);
     int32_t found = finch_tok_find(tok, s, json_string_length(v));
     if (found < 0)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is '%.64s', which is not a "
-                             "token of the tokenizer", path, key, s);
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: field '%s' is '%.64s', which is not a "
+                             "token of the tokenizer",
+                             path, key, s);
     *id = found;
     return FINCH_OK;
 }
@@ -827,9 +888,9 @@ static finch_status read_jinja(finch_tokenizer *tok, const char *config_path, fi
     if (failed || n > MAX_TEMPLATE || memchr(buf, 0, n)) {
         free(buf);
         return finch_err_set(err, FINCH_E_FORMAT, "%s: %s", path,
-                             failed ? "read error" : n > MAX_TEMPLATE
-                                 ? "more than 1 MiB, too large for a chat template"
-                                 : "holds a NUL byte");
+                             failed             ? "read error"
+                             : n > MAX_TEMPLATE ? "more than 1 MiB, too large for a chat template"
+                                                : "holds a NUL byte");
     }
     buf[n] = 0;
     char *fit = realloc(buf, n + 1);
@@ -911,8 +972,10 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
     for (int i = 0; i < 2; i++) {
         json_t *v = json_object_get(root, ignored[i]);
         if (v && !json_is_null(v))
-            finch_log(FINCH_LOG_WARN, "%s: field '%s' is ignored: finch's callers choose "
-                      "lengths themselves", path, ignored[i]);
+            finch_log(FINCH_LOG_WARN,
+                      "%s: field '%s' is ignored: finch's callers choose "
+                      "lengths themselves",
+                      path, ignored[i]);
     }
     if ((st = check_normalizer(path, json_object_get(root, "normalizer"), "normalizer", 0,
                                &tok->nfc, err)))
@@ -920,8 +983,10 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
     json_t *pre = json_object_get(root, "pre_tokenizer");
     if (pre && !json_is_null(pre) && (st = parse_pre(&c, pre, "pre_tokenizer", 0))) goto fail;
     if (!c.byte_level) {
-        st = finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: field 'pre_tokenizer' has no "
-                           "ByteLevel step: finch reads only byte-level BPE", path);
+        st = finch_err_set(err, FINCH_E_UNSUPPORTED,
+                           "%s: field 'pre_tokenizer' has no "
+                           "ByteLevel step: finch reads only byte-level BPE",
+                           path);
         goto fail;
     }
     if ((st = finch_pretok_compile(&tok->pre, (const char *const *)c.re, c.n_re, err))) {
@@ -946,8 +1011,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
     if ((st = check_byte_fallback(tok, path, model, err)) ||
         (st = check_decoder(tok, path, json_object_get(root, "decoder"), "decoder", 0, err)))
         goto fail;
-    if ((st = config_token(tok, path, model, "unk_token", &tok->special[SP_UNK], err)))
-        goto fail;
+    if ((st = config_token(tok, path, model, "unk_token", &tok->special[SP_UNK], err))) goto fail;
     /* what the model gives for a character that is not a token */
     tok->unk_model = tok->special[SP_UNK];
 
@@ -963,25 +1027,29 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
         goto fail;
     for (int r = 0; r < SP_COUNT; r++)
         if (tok->special[r] >= tok->n_vocab) {
-            st = finch_err_set(err, FINCH_E_FORMAT, "%s: special token id %d is outside the "
-                               "vocabulary of %d tokens", path, tok->special[r], tok->n_vocab);
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: special token id %d is outside the "
+                               "vocabulary of %d tokens",
+                               path, tok->special[r], tok->n_vocab);
             goto fail;
         }
     if ((pp_bos >= 0 && tok->special[SP_BOS] != pp_bos) ||
         (pp_eos >= 0 && tok->special[SP_EOS] != pp_eos)) {
-        st = finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the post_processor adds token %d "
-                           "but the config's %s is token %d", path,
-                           pp_bos >= 0 && tok->special[SP_BOS] != pp_bos ? pp_bos : pp_eos,
-                           pp_bos >= 0 && tok->special[SP_BOS] != pp_bos ? "bos_token"
-                                                                         : "eos_token",
-                           pp_bos >= 0 && tok->special[SP_BOS] != pp_bos
-                               ? tok->special[SP_BOS] : tok->special[SP_EOS]);
+        st =
+            finch_err_set(err, FINCH_E_UNSUPPORTED,
+                          "%s: the post_processor adds token %d "
+                          "but the config's %s is token %d",
+                          path, pp_bos >= 0 && tok->special[SP_BOS] != pp_bos ? pp_bos : pp_eos,
+                          pp_bos >= 0 && tok->special[SP_BOS] != pp_bos ? "bos_token" : "eos_token",
+                          pp_bos >= 0 && tok->special[SP_BOS] != pp_bos ? tok->special[SP_BOS]
+                                                                        : tok->special[SP_EOS]);
         goto fail;
     }
     if ((add_bos && tok->special[SP_BOS] < 0) || (add_eos && tok->special[SP_EOS] < 0)) {
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: %s is to be added but no %s token is "
-                           "named", tokenizer_config_json_path ? tokenizer_config_json_path
-                                                               : path,
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: %s is to be added but no %s token is "
+                           "named",
+                           tokenizer_config_json_path ? tokenizer_config_json_path : path,
                            add_bos && tok->special[SP_BOS] < 0 ? "BOS" : "EOS",
                            add_bos && tok->special[SP_BOS] < 0 ? "bos" : "eos");
         goto fail;

@@ -53,14 +53,26 @@ enum { STRIP_LEFT = 1, STRIP_RIGHT = 2 };
  * pre_tokenizer), compiled once. */
 #define PRETOK_MAX_REGEX 8
 typedef struct {
-    int n;                              /* regexes, applied in sequence */
-    pcre2_code *re[PRETOK_MAX_REGEX];   /* compiled (JIT-compiled when PCRE2 has a JIT) */
+    int n;                            /* regexes, applied in sequence */
+    pcre2_code *re[PRETOK_MAX_REGEX]; /* compiled (JIT-compiled when PCRE2 has a JIT) */
 } pretok;
 
 /* Roles of special tokens; -1 when the model has none. */
 typedef enum {
-    SP_BOS, SP_EOS, SP_EOT, SP_EOM, SP_UNK, SP_SEP, SP_PAD, SP_MASK,
-    SP_FIM_PRE, SP_FIM_SUF, SP_FIM_MID, SP_FIM_PAD, SP_FIM_REP, SP_FIM_SEP,
+    SP_BOS,
+    SP_EOS,
+    SP_EOT,
+    SP_EOM,
+    SP_UNK,
+    SP_SEP,
+    SP_PAD,
+    SP_MASK,
+    SP_FIM_PRE,
+    SP_FIM_SUF,
+    SP_FIM_MID,
+    SP_FIM_PAD,
+    SP_FIM_REP,
+    SP_FIM_SEP,
     SP_COUNT
 } special_role;
 
@@ -72,41 +84,41 @@ typedef struct {
 } merge_slot;
 
 struct finch_tokenizer {
-    int32_t n_vocab;        /* V */
-    char *text_blob;        /* every token's text, NUL-terminated, back to back */
-    size_t *text_off;       /* (V) where token i's text starts in text_blob */
-    uint32_t *text_len;     /* (V) its length in bytes */
-    uint8_t *attr;          /* (V) TOK_* bits */
-    char *piece_blob;       /* every token's decoded bytes (control text included) */
-    size_t *piece_off;      /* (V + 1) token i's piece is [piece_off[i], piece_off[i + 1]) */
+    int32_t n_vocab;    /* V */
+    char *text_blob;    /* every token's text, NUL-terminated, back to back */
+    size_t *text_off;   /* (V) where token i's text starts in text_blob */
+    uint32_t *text_len; /* (V) its length in bytes */
+    uint8_t *attr;      /* (V) TOK_* bits */
+    char *piece_blob;   /* every token's decoded bytes (control text included) */
+    size_t *piece_off;  /* (V + 1) token i's piece is [piece_off[i], piece_off[i + 1]) */
 
-    int32_t *index;         /* open-addressing table text -> id, -1 free; index_mask + 1 */
+    int32_t *index; /* open-addressing table text -> id, -1 free; index_mask + 1 */
     uint64_t index_mask;
-    merge_slot *merges;     /* open-addressing table pair -> rank; merge_mask + 1 slots */
+    merge_slot *merges; /* open-addressing table pair -> rank; merge_mask + 1 slots */
     uint64_t merge_mask;
-    int64_t n_merges;       /* entries of tokenizer.ggml.merges */
+    int64_t n_merges; /* entries of tokenizer.ggml.merges */
 
-    int32_t byte_tok[256];  /* id of the one-character token that stands for each byte */
+    int32_t byte_tok[256];   /* id of the one-character token that stands for each byte */
     int32_t single_tok[256]; /* id of the token whose text is this one byte (fallback) */
 
-    pretok pre;             /* regexes for the pre-tokenizer */
-    bool ignore_merges;     /* a whole piece that is a token is emitted as is (llama3) */
-    int32_t *specials;      /* ids of control, user-defined and unknown tokens, longest first */
+    pretok pre;         /* regexes for the pre-tokenizer */
+    bool ignore_merges; /* a whole piece that is a token is emitted as is (llama3) */
+    int32_t *specials;  /* ids of control, user-defined and unknown tokens, longest first */
     int32_t n_specials;
     int32_t special[SP_COUNT]; /* ids by role, -1 when absent */
-    bool add_bos, add_eos;  /* what FINCH_TOK_ADD_SPECIAL adds */
-    bool add_prefix_space;  /* a space goes before each text run that lacks one (HF ByteLevel) */
-    bool nfc;               /* each text run is put in Unicode NFC first (HF normalizer) */
-    bool unk_missing;       /* a symbol that is not a token gives unk_model (or nothing
-                             * when it is -1) as in the tokenizers library, not llama.cpp's
-                             * byte fallback */
-    bool fuse_unk;          /* with unk_missing: adjacent unknown symbols give one token */
-    int32_t unk_model;      /* with unk_missing: tokenizer.json's model.unk_token, or -1 */
-    uint8_t *strip;         /* (V) STRIP_* bits of special tokens, or NULL when none has any */
+    bool add_bos, add_eos;     /* what FINCH_TOK_ADD_SPECIAL adds */
+    bool add_prefix_space;     /* a space goes before each text run that lacks one (HF ByteLevel) */
+    bool nfc;                  /* each text run is put in Unicode NFC first (HF normalizer) */
+    bool unk_missing;          /* a symbol that is not a token gives unk_model (or nothing
+                                * when it is -1) as in the tokenizers library, not llama.cpp's
+                                * byte fallback */
+    bool fuse_unk;             /* with unk_missing: adjacent unknown symbols give one token */
+    int32_t unk_model;         /* with unk_missing: tokenizer.json's model.unk_token, or -1 */
+    uint8_t *strip;            /* (V) STRIP_* bits of special tokens, or NULL when none has any */
 
-    char model_name[16];    /* tokenizer.ggml.model */
-    char *pre_name;         /* tokenizer.ggml.pre as written ("default" when absent) */
-    char *chat_template;    /* tokenizer.chat_template, or NULL */
+    char model_name[16]; /* tokenizer.ggml.model */
+    char *pre_name;      /* tokenizer.ggml.pre as written ("default" when absent) */
+    char *chat_template; /* tokenizer.chat_template, or NULL */
 };
 
 /* ---- lookup.c ----------------------------------------------------------------------- */
@@ -117,14 +129,14 @@ int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len);
 /* The merge of the pair (left, right): its rank, and the merged token in *result (-1 when
  * the merged text is not a token). Returns -1 when the pair has no merge. */
 int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
-                       int32_t *result);
+                             int32_t *result);
 
 /* Copies tok->n_vocab token texts into the tokenizer, builds the text index (a later id
  * with the same text as an earlier one is the one found) and marks every token normal. An
  * empty text becomes "[EMPTY_<id>]", as in llama.cpp. path and what name the source in
  * messages. */
-finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts,
-                                  const char *path, const char *what, finch_err *err);
+finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts, const char *path,
+                                  const char *what, finch_err *err);
 
 /* Makes the merge table for n merges, then fills it one merge at a time; a pair that
  * already has a merge keeps its first rank. result is the merged token, or -1. */
@@ -150,8 +162,8 @@ typedef struct {
  * unknown tokens count only when parse_special is true; user-defined ones always.
  * *frags is malloc'd (free it); FINCH_E_NOMEM on allocation failure. Thread-safe. */
 finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
-                           bool parse_special, tok_frag **frags, size_t *n_frags,
-                           finch_err *err);
+                                 bool parse_special, tok_frag **frags, size_t *n_frags,
+                                 finch_err *err);
 
 /* ---- bpe.c -------------------------------------------------------------------------- */
 
@@ -172,14 +184,13 @@ finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err);
  * defaults llama.cpp ties to it (ignore_merges, add_bos). An unknown name is
  * FINCH_E_UNSUPPORTED. */
 finch_status finch_pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
-                         finch_err *err);
+                               finch_err *err);
 void finch_pretok_free(pretok *p);
 
 /* Compiles n regexes (PCRE2 syntax, UTF + UCP) into p, applied in sequence. A pattern
  * that does not compile is FINCH_E_FORMAT with its number and the offset of the error;
  * more than PRETOK_MAX_REGEX is FINCH_E_UNSUPPORTED. */
-finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n,
-                                  finch_err *err);
+finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n, finch_err *err);
 
 /* The text as llama.cpp's regex stage sees it. When text is valid UTF-8 both *subject and
  * *bytes are text itself and nothing is allocated. Otherwise one malloc'd buffer holds two
@@ -187,14 +198,14 @@ finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n,
  * BPE then encodes: each invalid byte becomes U+FFFD, overlong forms their code point, and
  * an encoded surrogate stays as it is in *bytes but is U+FFFD in *subject. */
 finch_status finch_pretok_normalize(const char *text, size_t len, const char **subject,
-                              const char **bytes, size_t *out_len, char **owned,
-                              finch_err *err);
+                                    const char **bytes, size_t *out_len, char **owned,
+                                    finch_err *err);
 
 /* Splits subject[0..len) (valid UTF-8) into pieces by applying each regex of the list to
  * each piece of the previous one; matches and the text between them are pieces. The
  * lengths go to *pieces (malloc'd, free it). Thread-safe. */
-finch_status finch_pretok_split(const pretok *p, const char *subject, size_t len,
-                          size_t **pieces, size_t *n_pieces, finch_err *err);
+finch_status finch_pretok_split(const pretok *p, const char *subject, size_t len, size_t **pieces,
+                                size_t *n_pieces, finch_err *err);
 
 /* Writes the UTF-8 encoding of code point c (at most 0x10FFFF) to out; returns 1 to 4. */
 int finch_utf8_put(uint32_t c, char *out);
@@ -209,7 +220,6 @@ uint32_t finch_utf8_get_lenient(const char *s, size_t len, size_t *used);
 /* Puts text in Unicode NFC as the tokenizers library does. *out is NULL when the text is
  * already normalized (nothing is copied); otherwise a malloc'd buffer (free it) of
  * *out_len bytes. Invalid UTF-8 bytes are kept as they are. */
-finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len,
-                       finch_err *err);
+finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len, finch_err *err);
 
 #endif /* FINCH_TOKENIZER_INTERNAL_H */

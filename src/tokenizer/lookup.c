@@ -80,7 +80,7 @@ static void index_put(finch_tokenizer *tok, int32_t id) {
 }
 
 int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t right,
-                       int32_t *result) {
+                             int32_t *result) {
     uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
     uint64_t i = hash_u64(key) & tok->merge_mask;
     for (;;) {
@@ -112,15 +112,17 @@ void finch_tok_add_merge(finch_tokenizer *tok, int32_t left, int32_t right, int3
 
 /* ---- filling ------------------------------------------------------------------------ */
 
-finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts,
-                                  const char *path, const char *what, finch_err *err) {
+finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts, const char *path,
+                                  const char *what, finch_err *err) {
     int32_t V = tok->n_vocab;
     size_t total = 0;
     for (int32_t i = 0; i < V; i++) {
         size_t n = texts[i].len ? (size_t)texts[i].len : 32;
         if (!finch_size_add(total, n + 1, &total))
-            return finch_err_set(err, FINCH_E_FORMAT, "%s: %s: token texts overflow the "
-                                 "address space", path, what);
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: %s: token texts overflow the "
+                                 "address space",
+                                 path, what);
     }
     tok->text_blob = finch_alloc(total, "token texts", err);
     tok->text_off = finch_calloc((size_t)V, sizeof *tok->text_off, "token offsets", err);

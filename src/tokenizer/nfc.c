@@ -20,18 +20,29 @@
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Hangul syllable constants (Unicode chapter 3.12). */
-enum { S_BASE = 0xAC00, L_BASE = 0x1100, V_BASE = 0x1161, T_BASE = 0x11A7,
-       L_COUNT = 19, V_COUNT = 21, T_COUNT = 28, N_COUNT = V_COUNT * T_COUNT,
-       S_COUNT = L_COUNT * N_COUNT };
+enum {
+    S_BASE = 0xAC00,
+    L_BASE = 0x1100,
+    V_BASE = 0x1161,
+    T_BASE = 0x11A7,
+    L_COUNT = 19,
+    V_COUNT = 21,
+    T_COUNT = 28,
+    N_COUNT = V_COUNT * T_COUNT,
+    S_COUNT = L_COUNT * N_COUNT
+};
 
 static uint8_t ccc_of(uint32_t c) {
     if (c < 0x300) return 0;
     size_t lo = 0, hi = N_OF(nfc_ccc);
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (c < nfc_ccc[mid].lo) hi = mid;
-        else if (c > nfc_ccc[mid].hi) lo = mid + 1;
-        else return nfc_ccc[mid].ccc;
+        if (c < nfc_ccc[mid].lo)
+            hi = mid;
+        else if (c > nfc_ccc[mid].hi)
+            lo = mid + 1;
+        else
+            return nfc_ccc[mid].ccc;
     }
     return 0;
 }
@@ -41,8 +52,10 @@ static const uint32_t *decomp_of(uint32_t c, int *n) {
     size_t lo = 0, hi = N_OF(nfc_decomp);
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (c < nfc_decomp[mid].cp) hi = mid;
-        else if (c > nfc_decomp[mid].cp) lo = mid + 1;
+        if (c < nfc_decomp[mid].cp)
+            hi = mid;
+        else if (c > nfc_decomp[mid].cp)
+            lo = mid + 1;
         else {
             *n = nfc_decomp[mid].len;
             return nfc_decomp_pool + nfc_decomp[mid].at;
@@ -56,9 +69,12 @@ static bool is_second(uint32_t c) {
     size_t lo = 0, hi = N_OF(nfc_second);
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (c < nfc_second[mid]) hi = mid;
-        else if (c > nfc_second[mid]) lo = mid + 1;
-        else return true;
+        if (c < nfc_second[mid])
+            hi = mid;
+        else if (c > nfc_second[mid])
+            lo = mid + 1;
+        else
+            return true;
     }
     return false;
 }
@@ -73,9 +89,12 @@ static uint32_t compose(uint32_t a, uint32_t b) {
     size_t lo = 0, hi = N_OF(nfc_comp);
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (a < nfc_comp[mid].a || (a == nfc_comp[mid].a && b < nfc_comp[mid].b)) hi = mid;
-        else if (a > nfc_comp[mid].a || b > nfc_comp[mid].b) lo = mid + 1;
-        else return nfc_comp[mid].c;
+        if (a < nfc_comp[mid].a || (a == nfc_comp[mid].a && b < nfc_comp[mid].b))
+            hi = mid;
+        else if (a > nfc_comp[mid].a || b > nfc_comp[mid].b)
+            lo = mid + 1;
+        else
+            return nfc_comp[mid].c;
     }
     return 0;
 }
@@ -90,10 +109,14 @@ static int utf8_strict(const uint8_t *s, size_t len, uint32_t *c) {
     }
     int n;
     uint32_t v, min;
-    if (b >= 0xc2 && b <= 0xdf) n = 2, v = b & 0x1f, min = 0x80;
-    else if (b >= 0xe0 && b <= 0xef) n = 3, v = b & 0x0f, min = 0x800;
-    else if (b >= 0xf0 && b <= 0xf4) n = 4, v = b & 0x07, min = 0x10000;
-    else return 0;
+    if (b >= 0xc2 && b <= 0xdf)
+        n = 2, v = b & 0x1f, min = 0x80;
+    else if (b >= 0xe0 && b <= 0xef)
+        n = 3, v = b & 0x0f, min = 0x800;
+    else if (b >= 0xf0 && b <= 0xf4)
+        n = 4, v = b & 0x07, min = 0x10000;
+    else
+        return 0;
     if (len < (size_t)n) return 0;
     for (int k = 1; k < n; k++) {
         if ((s[k] & 0xc0) != 0x80) return 0;
@@ -198,8 +221,7 @@ static size_t first_unstable(const char *text, size_t len) {
     return len;
 }
 
-finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len,
-                       finch_err *err) {
+finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len, finch_err *err) {
     *out = NULL;
     size_t first = first_unstable(text, len);
     if (first == len) return FINCH_OK;
@@ -236,8 +258,7 @@ finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len
         if (!decompose_push(&b, c)) {
             free(b.v);
             free(o);
-            return finch_err_set(err, FINCH_E_NOMEM, "out of memory normalizing %zu bytes",
-                                 len);
+            return finch_err_set(err, FINCH_E_NOMEM, "out of memory normalizing %zu bytes", len);
         }
         i += (size_t)used;
     }

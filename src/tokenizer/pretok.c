@@ -28,25 +28,25 @@
 /* ---- regex lists -------------------------------------------------------------------- */
 
 /* Unicode White_Space, the set llama.cpp's `\s` means. */
-#define WS "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}" \
-           "\\x{202F}\\x{205F}\\x{3000}"
+#define WS                                                                                         \
+    "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"               \
+    "\\x{202F}\\x{205F}\\x{3000}"
 
 /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S) */
-#define RE_GPT2                                                                            \
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS \
-    "])"
+#define RE_GPT2                                                                                    \
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])"
 
 /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
  * |\s*[\r\n]+|\s+(?!\S)|\s+ ; NUMS is \p{N}{1,3} (llama3) or \p{N} (qwen2). */
-#define RE_LLAMA3_LIKE(NUMS)                                                               \
-    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" \
-    NUMS "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS   \
+#define RE_LLAMA3_LIKE(NUMS)                                                                       \
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"      \
+    "|" NUMS "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS   \
     "]+"
 
 typedef struct {
-    const char *family;             /* for messages */
-    bool ignore_merges;             /* llama.cpp's tokenizer_ignore_merges default */
-    bool add_bos;                   /* llama.cpp's add_bos default for the family */
+    const char *family;               /* for messages */
+    bool ignore_merges;               /* llama.cpp's tokenizer_ignore_merges default */
+    bool add_bos;                     /* llama.cpp's add_bos default for the family */
     const char *re[PRETOK_MAX_REGEX]; /* the list, NULL-terminated when shorter */
 } family;
 
@@ -55,11 +55,10 @@ static const family fam_gpt2 = {"gpt-2", false, false, {RE_GPT2}};
 static const family fam_llama3 = {"llama3", true, true, {RE_LLAMA3_LIKE("\\p{N}{1,3}")}};
 static const family fam_llama3_plain = {"dbrx", false, false, {RE_LLAMA3_LIKE("\\p{N}{1,3}")}};
 static const family fam_qwen2 = {"qwen2", false, false, {RE_LLAMA3_LIKE("\\p{N}")}};
-static const family fam_falcon = {"falcon", false, false,
-                                  {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}};
-static const family fam_default = {"default", false, false,
-                                   {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+",
-                                    "[0-9][0-9][0-9]"}};
+static const family fam_falcon = {
+    "falcon", false, false, {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}};
+static const family fam_default = {
+    "default", false, false, {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}};
 
 /* tokenizer.ggml.pre names llama.cpp maps to each list. */
 static const struct {
@@ -67,30 +66,58 @@ static const struct {
     const family *fam;
 } pre_names[] = {
     {"default", &fam_default},
-    {"smollm", &fam_smollm},     {"starcoder", &fam_smollm},  {"refact", &fam_smollm},
-    {"command-r", &fam_smollm},  {"codeshell", &fam_smollm},  {"exaone", &fam_smollm},
-    {"minerva-7b", &fam_smollm}, {"mellum2", &fam_smollm},
-    {"gpt-2", &fam_gpt2},        {"phi-2", &fam_gpt2},        {"jina-es", &fam_gpt2},
-    {"jina-de", &fam_gpt2},      {"gigachat", &fam_gpt2},     {"a.x-4.0", &fam_gpt2},
-    {"mellum", &fam_gpt2},       {"modern-bert", &fam_gpt2},  {"exaone4", &fam_gpt2},
-    {"mpt", &fam_gpt2},          {"olmo", &fam_gpt2},         {"jais", &fam_gpt2},
-    {"trillion", &fam_gpt2},     {"granite-docling", &fam_gpt2},
-    {"llama3", &fam_llama3},     {"llama-v3", &fam_llama3},   {"llama-bpe", &fam_llama3},
-    {"falcon3", &fam_llama3},    {"falcon-h1", &fam_llama3},  {"pixtral", &fam_llama3},
-    {"midm-2.0", &fam_llama3},   {"lfm2", &fam_llama3},       {"jina-v5-nano", &fam_llama3},
-    {"dbrx", &fam_llama3_plain}, {"smaug-bpe", &fam_llama3_plain},
-    {"qwen2", &fam_qwen2},       {"deepseek-r1-qwen", &fam_qwen2}, {"kormo", &fam_qwen2},
-    {"f2llmv2", &fam_qwen2},     {"megrez", &fam_qwen2},      {"stablelm2", &fam_qwen2},
-    {"hunyuan", &fam_qwen2},     {"solar-open", &fam_qwen2},  {"grok-2", &fam_qwen2},
+    {"smollm", &fam_smollm},
+    {"starcoder", &fam_smollm},
+    {"refact", &fam_smollm},
+    {"command-r", &fam_smollm},
+    {"codeshell", &fam_smollm},
+    {"exaone", &fam_smollm},
+    {"minerva-7b", &fam_smollm},
+    {"mellum2", &fam_smollm},
+    {"gpt-2", &fam_gpt2},
+    {"phi-2", &fam_gpt2},
+    {"jina-es", &fam_gpt2},
+    {"jina-de", &fam_gpt2},
+    {"gigachat", &fam_gpt2},
+    {"a.x-4.0", &fam_gpt2},
+    {"mellum", &fam_gpt2},
+    {"modern-bert", &fam_gpt2},
+    {"exaone4", &fam_gpt2},
+    {"mpt", &fam_gpt2},
+    {"olmo", &fam_gpt2},
+    {"jais", &fam_gpt2},
+    {"trillion", &fam_gpt2},
+    {"granite-docling", &fam_gpt2},
+    {"llama3", &fam_llama3},
+    {"llama-v3", &fam_llama3},
+    {"llama-bpe", &fam_llama3},
+    {"falcon3", &fam_llama3},
+    {"falcon-h1", &fam_llama3},
+    {"pixtral", &fam_llama3},
+    {"midm-2.0", &fam_llama3},
+    {"lfm2", &fam_llama3},
+    {"jina-v5-nano", &fam_llama3},
+    {"dbrx", &fam_llama3_plain},
+    {"smaug-bpe", &fam_llama3_plain},
+    {"qwen2", &fam_qwen2},
+    {"deepseek-r1-qwen", &fam_qwen2},
+    {"kormo", &fam_qwen2},
+    {"f2llmv2", &fam_qwen2},
+    {"megrez", &fam_qwen2},
+    {"stablelm2", &fam_qwen2},
+    {"hunyuan", &fam_qwen2},
+    {"solar-open", &fam_qwen2},
+    {"grok-2", &fam_qwen2},
     {"falcon", &fam_falcon},
 };
 
-finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n,
-                                  finch_err *err) {
+finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n, finch_err *err) {
     memset(p, 0, sizeof *p);
     if (n > PRETOK_MAX_REGEX)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%d pre-tokenizer regexes: finch "
-                             "applies at most %d", n, PRETOK_MAX_REGEX);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%d pre-tokenizer regexes: finch "
+                             "applies at most %d",
+                             n, PRETOK_MAX_REGEX);
     for (int i = 0; i < n; i++) {
         int code;
         PCRE2_SIZE at;
@@ -101,11 +128,14 @@ finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n,
             pcre2_get_error_message(code, msg, sizeof msg);
             finch_pretok_free(p);
             if (code == PCRE2_ERROR_HEAPLIMIT || code == PCRE2_ERROR_NOMEMORY)
-                return finch_err_set(err, FINCH_E_NOMEM, "compiling pre-tokenizer regex %d: "
-                                     "%s", i + 1, (const char *)msg);
-            return finch_err_set(err, FINCH_E_FORMAT, "pre-tokenizer regex %d does not "
-                                 "compile at offset %zu: %s", i + 1, (size_t)at,
-                                 (const char *)msg);
+                return finch_err_set(err, FINCH_E_NOMEM,
+                                     "compiling pre-tokenizer regex %d: "
+                                     "%s",
+                                     i + 1, (const char *)msg);
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "pre-tokenizer regex %d does not "
+                                 "compile at offset %zu: %s",
+                                 i + 1, (size_t)at, (const char *)msg);
         }
         /* without a JIT (or when it fails) pcre2_match interprets the pattern */
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
@@ -115,14 +145,16 @@ finch_status finch_pretok_compile(pretok *p, const char *const *patterns, int n,
 }
 
 finch_status finch_pretok_init(pretok *p, const char *name, bool *ignore_merges, bool *add_bos,
-                         finch_err *err) {
+                               finch_err *err) {
     const family *f = NULL;
     for (size_t i = 0; i < sizeof pre_names / sizeof pre_names[0]; i++)
         if (strcmp(pre_names[i].name, name) == 0) f = pre_names[i].fam;
     if (!f)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "unknown pre-tokenizer '%s' (finch "
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "unknown pre-tokenizer '%s' (finch "
                              "knows the smollm, gpt-2, llama3, qwen2, falcon and default "
-                             "families and their aliases)", name);
+                             "families and their aliases)",
+                             name);
     int n = 0;
     while (n < PRETOK_MAX_REGEX && f->re[n]) n++;
     /* the patterns are ours: one that does not compile is a bug, unless memory ran out */
@@ -165,7 +197,9 @@ int finch_utf8_put(uint32_t c, char *out) {
     return 4;
 }
 
-static bool is_cont(uint8_t b) { return (b & 0xc0) == 0x80; }
+static bool is_cont(uint8_t b) {
+    return (b & 0xc0) == 0x80;
+}
 
 uint32_t finch_utf8_get_lenient(const char *str, size_t len, size_t *used) {
     const uint8_t *s = (const uint8_t *)str;
@@ -214,7 +248,8 @@ static size_t utf8_valid_prefix(const uint8_t *s, size_t len) {
         }
         size_t n;
         uint8_t lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-        if (b >= 0xc2 && b <= 0xdf) n = 2;
+        if (b >= 0xc2 && b <= 0xdf)
+            n = 2;
         else if (b >= 0xe0 && b <= 0xef) {
             n = 3;
             if (b == 0xe0) lo = 0xa0;
@@ -234,8 +269,8 @@ static size_t utf8_valid_prefix(const uint8_t *s, size_t len) {
 }
 
 finch_status finch_pretok_normalize(const char *text, size_t len, const char **subject,
-                              const char **bytes, size_t *out_len, char **owned,
-                              finch_err *err) {
+                                    const char **bytes, size_t *out_len, char **owned,
+                                    finch_err *err) {
     *owned = NULL;
     if (utf8_valid_prefix((const uint8_t *)text, len) == len) {
         *subject = *bytes = text;
@@ -258,8 +293,10 @@ finch_status finch_pretok_normalize(const char *text, size_t len, const char **s
             used = 1;
         }
         int n = finch_utf8_put(c, byt + o);
-        if (c >= 0xd800 && c <= 0xdfff) finch_utf8_put(0xfffd, subj + o);
-        else memcpy(subj + o, byt + o, (size_t)n);
+        if (c >= 0xd800 && c <= 0xdfff)
+            finch_utf8_put(0xfffd, subj + o);
+        else
+            memcpy(subj + o, byt + o, (size_t)n);
         o += (size_t)n;
         i += used;
     }
@@ -295,8 +332,7 @@ static int next_match(const pcre2_code *re, const char *s, size_t len, size_t of
                       pcre2_match_data *md, size_t *ms, size_t *me) {
     int rc = pcre2_match(re, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, md, NULL);
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* the interpreter keeps its stack on the heap */
-        rc = pcre2_match(re, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md,
-                         NULL);
+        rc = pcre2_match(re, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
     if (rc == PCRE2_ERROR_NOMATCH) return 0;
     if (rc < 0) return rc;
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
@@ -305,8 +341,8 @@ static int next_match(const pcre2_code *re, const char *s, size_t len, size_t of
     return 1;
 }
 
-finch_status finch_pretok_split(const pretok *p, const char *subject, size_t len,
-                          size_t **pieces, size_t *n_pieces, finch_err *err) {
+finch_status finch_pretok_split(const pretok *p, const char *subject, size_t len, size_t **pieces,
+                                size_t *n_pieces, finch_err *err) {
     lenvec cur = {0}, next = {0};
     finch_status st = FINCH_OK;
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
@@ -325,10 +361,10 @@ finch_status finch_pretok_split(const pretok *p, const char *subject, size_t len
                 if (rc < 0) {
                     PCRE2_UCHAR msg[128];
                     pcre2_get_error_message(rc, msg, sizeof msg);
-                    st = finch_err_set(err, rc == PCRE2_ERROR_NOMEMORY ? FINCH_E_NOMEM
-                                                                       : FINCH_E_RANGE,
-                                       "pre-tokenizer regex %d on a piece of %zu bytes: %s",
-                                       r + 1, plen, (const char *)msg);
+                    st = finch_err_set(err,
+                                       rc == PCRE2_ERROR_NOMEMORY ? FINCH_E_NOMEM : FINCH_E_RANGE,
+                                       "pre-tokenizer regex %d on a piece of %zu bytes: %s", r + 1,
+                                       plen, (const char *)msg);
                     goto done;
                 }
                 if (ms > gap && !lenvec_push(&next, ms - gap)) goto nomem;

@@ -29,30 +29,37 @@
 #include <stdlib.h>
 
 /* Names that identify a role when the role's key is absent, in the order tried. */
-static const char *const eot_names[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "<|end_of_text|>", "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>", NULL};
+static const char *const eot_names[] = {"<|eot_id|>",
+                                        "<|im_end|>",
+                                        "<|end|>",
+                                        "<end_of_turn>",
+                                        "<|endoftext|>",
+                                        "<|end_of_text|>",
+                                        "<EOT>",
+                                        "_<EOT>",
+                                        "<｜end▁of▁sentence｜>",
+                                        "<end_of_utterance>",
+                                        NULL};
 static const char *const eom_names[] = {"<|eom_id|>", NULL};
 static const char *const fim_pre_names[] = {
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-    "<|code_prefix|>", NULL};
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>",    "<｜fim▁begin｜>",
+    "<PRE>",          "▁<PRE>",       "<|code_prefix|>", NULL};
 static const char *const fim_suf_names[] = {
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
-    "<|code_suffix|>", NULL};
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",    "<｜fim▁hole｜>",
+    "<SUF>",          "▁<SUF>",       "<|code_suffix|>", NULL};
 static const char *const fim_mid_names[] = {
-    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
-    "<|code_middle|>", NULL};
-static const char *const fim_pad_names[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
-                                            NULL};
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>",    "<｜fim▁end｜>",
+    "<MID>",          "▁<MID>",       "<|code_middle|>", NULL};
+static const char *const fim_pad_names[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", NULL};
 static const char *const fim_rep_names[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-                                            "<REPO>", "<reponame>", NULL};
+                                            "<REPO>",       "<reponame>",    NULL};
 static const char *const fim_sep_names[] = {"<|file_sep|>", NULL};
 
 /* Token texts that end generation wherever they are in the vocabulary. */
 static const char *const eog_names[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
-    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
-    NULL};
+    "<|eot_id|>",      "<|im_end|>",         "<|end|>",    "<|return|>", "<|call|>",
+    "<end_of_turn>",   "<|endoftext|>",      "<|eom_id|>", "<EOT>",      "_<EOT>",
+    "<|end_of_text|>", "<end_of_utterance>", NULL};
 
 /* gpt-oss tokens llama.cpp always renders (user-defined rather than control). */
 static const char *const rendered_names[] = {"<|channel|>", "<|message|>", "<|start|>",
@@ -77,7 +84,9 @@ static void detect_role(finch_tokenizer *tok, special_role role, const char *con
     }
 }
 
-static uint32_t text_len(const finch_tokenizer *tok, int32_t id) { return tok->text_len[id]; }
+static uint32_t text_len(const finch_tokenizer *tok, int32_t id) {
+    return tok->text_len[id];
+}
 
 /* Sorts special ids by text length, longest first, then by id (a stable order). */
 static int cmp_special(const void *a, const void *b, void *ctx) {
@@ -96,8 +105,7 @@ static void sort_specials(int32_t *v, int32_t *tmp, int32_t n, const finch_token
     sort_specials(v, tmp, h, tok);
     sort_specials(v + h, tmp, n - h, tok);
     int32_t i = 0, j = h, k = 0;
-    while (i < h && j < n)
-        tmp[k++] = cmp_special(&v[j], &v[i], (void *)tok) < 0 ? v[j++] : v[i++];
+    while (i < h && j < n) tmp[k++] = cmp_special(&v[j], &v[i], (void *)tok) < 0 ? v[j++] : v[i++];
     while (i < h) tmp[k++] = v[i++];
     while (j < n) tmp[k++] = v[j++];
     memcpy(v, tmp, (size_t)n * sizeof *v);
@@ -220,8 +228,8 @@ static size_t space_before(const char *s, size_t len) {
 }
 
 finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, size_t len,
-                           bool parse_special, tok_frag **frags, size_t *n_frags,
-                           finch_err *err) {
+                                 bool parse_special, tok_frag **frags, size_t *n_frags,
+                                 finch_err *err) {
     fragvec cur = {0}, next = {0};
     if (!frag_push(&cur, 0, len, -1)) goto nomem;
     for (int32_t k = 0; k < tok->n_specials; k++) {
@@ -263,6 +271,8 @@ finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, s
 nomem:
     free(cur.v);
     free(next.v);
-    return finch_err_set(err, FINCH_E_NOMEM, "out of memory splitting %zu bytes at special "
-                         "tokens", len);
+    return finch_err_set(err, FINCH_E_NOMEM,
+                         "out of memory splitting %zu bytes at special "
+                         "tokens",
+                         len);
 }

@@ -28,8 +28,7 @@
  * missing tokenizer.ggml.pre means "default", as in llama.cpp (logged as a warning). The
  * tokenizer copies what it keeps; the GGUF may be closed afterwards. The caller owns *out;
  * the tokenizer is immutable, so concurrent finch_tokenize calls on it are safe. */
-finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out,
-                                       finch_err *err);
+finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out, finch_err *err);
 void finch_tokenizer_free(finch_tokenizer *tok);
 
 /* Builds the tokenizer a Hugging Face tokenizer.json describes (byte-level BPE: vocab,

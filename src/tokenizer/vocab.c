@@ -62,13 +62,20 @@ static const char *const special_keys[SP_COUNT] = {
 /* tokenizer.ggml.token_type values -> attribute bits. */
 static uint8_t attr_of_type(int32_t type) {
     switch (type) {
-    case 1: return TOK_NORMAL;
-    case 2: return TOK_UNKNOWN;
-    case 3: return TOK_CONTROL;
-    case 4: return TOK_USER_DEFINED;
-    case 5: return TOK_UNUSED;
-    case 6: return TOK_BYTE;
-    default: return TOK_UNDEFINED;
+    case 1:
+        return TOK_NORMAL;
+    case 2:
+        return TOK_UNKNOWN;
+    case 3:
+        return TOK_CONTROL;
+    case 4:
+        return TOK_USER_DEFINED;
+    case 5:
+        return TOK_UNUSED;
+    case 6:
+        return TOK_BYTE;
+    default:
+        return TOK_UNDEFINED;
     }
 }
 
@@ -93,8 +100,9 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
                                 const finch_gguf_kv *merges, finch_err *err) {
     const char *path = finch_gguf_path(g);
     if (merges->arr_n > (uint64_t)INT32_MAX)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.merges' has %" PRIu64
-                             " entries, at most %d", path, merges->arr_n, INT32_MAX);
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: key 'tokenizer.ggml.merges' has %" PRIu64 " entries, at most %d",
+                             path, merges->arr_n, INT32_MAX);
     finch_status st = finch_tok_alloc_merges(tok, (int64_t)merges->arr_n, err);
     if (st) return st;
 
@@ -102,7 +110,8 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
         finch_str m = merges->arr_str[r];
         const char *sp = m.len > 1 ? memchr(m.ptr + 1, ' ', (size_t)m.len - 1) : NULL;
         if (!sp)
-            return finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.merges': entry "
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: key 'tokenizer.ggml.merges': entry "
                                  "%" PRId64 " '%.*s' has no space between its two parts",
                                  path, r, (int)(m.len < 64 ? m.len : 64), m.ptr);
         size_t ln = (size_t)(sp - m.ptr), rn = (size_t)m.len - ln - 1;
@@ -111,10 +120,11 @@ static finch_status load_merges(finch_tokenizer *tok, const finch_gguf *g,
         if (left < 0 || right < 0) {
             const char *bad = left < 0 ? m.ptr : sp + 1;
             size_t bn = left < 0 ? ln : rn;
-            return finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.merges': entry "
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: key 'tokenizer.ggml.merges': entry "
                                  "%" PRId64 " '%.*s': '%.*s' is not a token of "
-                                 "tokenizer.ggml.tokens", path, r,
-                                 (int)(m.len < 64 ? m.len : 64), m.ptr,
+                                 "tokenizer.ggml.tokens",
+                                 path, r, (int)(m.len < 64 ? m.len : 64), m.ptr,
                                  (int)(bn < 64 ? bn : 64), bad);
         }
         /* the merged text is looked up in a small stack buffer when it fits */
@@ -138,8 +148,7 @@ finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err) {
     return st ? st : finch_bpe_load_tables(tok, err);
 }
 
-finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out,
-                                       finch_err *err) {
+finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out, finch_err *err) {
     FINCH_ASSERT(g && out);
     const char *path = finch_gguf_path(g);
     finch_str model = {0}, pre = {0}, tmpl = {0};
@@ -150,7 +159,8 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
         return FINCH_OK;
     }
     if (!str_is(model, "gpt2"))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: key 'tokenizer.ggml.model' is "
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: key 'tokenizer.ggml.model' is "
                              "'%.*s': finch reads only byte-level BPE vocabularies ('gpt2')",
                              path, (int)(model.len < 64 ? model.len : 64), model.ptr);
 
@@ -163,9 +173,11 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
     if (pre.ptr) {
         tok->pre_name = dup_str(pre.ptr, (size_t)pre.len, "pre-tokenizer name", err);
     } else {
-        finch_log(FINCH_LOG_WARN, "%s: no tokenizer.ggml.pre key: using the 'default' "
+        finch_log(FINCH_LOG_WARN,
+                  "%s: no tokenizer.ggml.pre key: using the 'default' "
                   "pre-tokenizer as llama.cpp does; tokenization may differ from the "
-                  "model's own tokenizer", path);
+                  "model's own tokenizer",
+                  path);
         tok->pre_name = dup_str("default", 7, "pre-tokenizer name", err);
     }
     if (!tok->pre_name) {
@@ -179,26 +191,29 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
     }
 
     const finch_gguf_kv *tokens, *types = NULL, *merges;
-    if ((st = finch_gguf_get_arr(g, "tokenizer.ggml.tokens", FINCH_GGUF_STRING, true, &tokens,
-                                 err)))
+    if ((st =
+             finch_gguf_get_arr(g, "tokenizer.ggml.tokens", FINCH_GGUF_STRING, true, &tokens, err)))
         goto fail;
     if (tokens->arr_n == 0 || tokens->arr_n > (uint64_t)INT32_MAX) {
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.tokens' has %" PRIu64
-                           " tokens, expected 1 to %d", path, tokens->arr_n, INT32_MAX);
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: key 'tokenizer.ggml.tokens' has %" PRIu64
+                           " tokens, expected 1 to %d",
+                           path, tokens->arr_n, INT32_MAX);
         goto fail;
     }
     tok->n_vocab = (int32_t)tokens->arr_n;
-    if ((st = finch_gguf_get_arr(g, "tokenizer.ggml.token_type", FINCH_GGUF_INT32, false,
-                                 &types, err)))
+    if ((st = finch_gguf_get_arr(g, "tokenizer.ggml.token_type", FINCH_GGUF_INT32, false, &types,
+                                 err)))
         goto fail;
     if (types && types->arr_n != tokens->arr_n) {
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.token_type' has %" PRIu64
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: key 'tokenizer.ggml.token_type' has %" PRIu64
                            " entries, expected %d (one per token of tokenizer.ggml.tokens)",
                            path, types->arr_n, tok->n_vocab);
         goto fail;
     }
-    if ((st = finch_gguf_get_arr(g, "tokenizer.ggml.merges", FINCH_GGUF_STRING, true, &merges,
-                                 err)))
+    if ((st =
+             finch_gguf_get_arr(g, "tokenizer.ggml.merges", FINCH_GGUF_STRING, true, &merges, err)))
         goto fail;
 
     for (int r = 0; r < SP_COUNT; r++) {
@@ -206,8 +221,10 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
         if (!finch_gguf_find_kv(g, special_keys[r])) continue;
         if ((st = finch_gguf_get_u32(g, special_keys[r], true, &id, err))) goto fail;
         if (id >= (uint32_t)tok->n_vocab) {
-            st = finch_err_set(err, FINCH_E_FORMAT, "%s: key '%s' is %u, outside the vocabulary "
-                               "of %d tokens", path, special_keys[r], id, tok->n_vocab);
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: key '%s' is %u, outside the vocabulary "
+                               "of %d tokens",
+                               path, special_keys[r], id, tok->n_vocab);
             goto fail;
         }
         tok->special[r] = (int32_t)id;
@@ -216,15 +233,18 @@ finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **ou
         (st = finch_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", false, &add_eos, err)))
         goto fail;
     if (add_bos && tok->special[SP_BOS] < 0) {
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: BOS is to be added (key "
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: BOS is to be added (key "
                            "'tokenizer.ggml.add_bos_token', or the default of pre-tokenizer "
                            "'%s') but key 'tokenizer.ggml.bos_token_id' is missing",
                            path, tok->pre_name);
         goto fail;
     }
     if (add_eos && tok->special[SP_EOS] < 0) {
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: key 'tokenizer.ggml.add_eos_token' is true "
-                           "but key 'tokenizer.ggml.eos_token_id' is missing", path);
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: key 'tokenizer.ggml.add_eos_token' is true "
+                           "but key 'tokenizer.ggml.eos_token_id' is missing",
+                           path);
         goto fail;
     }
     tok->add_bos = add_bos;
@@ -270,16 +290,28 @@ void finch_tokenizer_free(finch_tokenizer *tok) {
 
 /* ---- accessors ---------------------------------------------------------------------- */
 
-int32_t finch_tokenizer_bos(const finch_tokenizer *tok) { return tok->special[SP_BOS]; }
-int32_t finch_tokenizer_eos(const finch_tokenizer *tok) { return tok->special[SP_EOS]; }
-const char *finch_tokenizer_model_name(const finch_tokenizer *tok) { return tok->model_name; }
-const char *finch_tokenizer_pre_name(const finch_tokenizer *tok) { return tok->pre_name; }
-int64_t finch_tokenizer_n_merges(const finch_tokenizer *tok) { return tok->n_merges; }
+int32_t finch_tokenizer_bos(const finch_tokenizer *tok) {
+    return tok->special[SP_BOS];
+}
+int32_t finch_tokenizer_eos(const finch_tokenizer *tok) {
+    return tok->special[SP_EOS];
+}
+const char *finch_tokenizer_model_name(const finch_tokenizer *tok) {
+    return tok->model_name;
+}
+const char *finch_tokenizer_pre_name(const finch_tokenizer *tok) {
+    return tok->pre_name;
+}
+int64_t finch_tokenizer_n_merges(const finch_tokenizer *tok) {
+    return tok->n_merges;
+}
 const char *finch_tokenizer_chat_template(const finch_tokenizer *tok) {
     return tok->chat_template;
 }
 
-FINCH_API int32_t finch_tokenizer_n_vocab(const finch_tokenizer *tok) { return tok->n_vocab; }
+FINCH_API int32_t finch_tokenizer_n_vocab(const finch_tokenizer *tok) {
+    return tok->n_vocab;
+}
 
 FINCH_API const char *finch_tokenizer_token_text(const finch_tokenizer *tok, int32_t id) {
     if (id < 0 || id >= tok->n_vocab) return NULL;

@@ -37,16 +37,20 @@ static finch_status write_state(FILE *f, void *user, finch_err *err) {
     const state_out *s = user;
     const finch_params *r = s->par;
     uint32_t ver[2] = {VERSION, 0};
-    int64_t head[6] = {s->pos->step, s->pos->next, s->pos->epoch, (int64_t)s->pos->seed, r->total, r->n};
+    int64_t head[6] = {s->pos->step,          s->pos->next, s->pos->epoch,
+                       (int64_t)s->pos->seed, r->total,     r->n};
     finch_status st;
-    if ((st = finch_fwrite(f, magic, 8, s->path, err)) || (st = finch_fwrite(f, ver, 8, s->path, err)) ||
+    if ((st = finch_fwrite(f, magic, 8, s->path, err)) ||
+        (st = finch_fwrite(f, ver, 8, s->path, err)) ||
         (st = finch_fwrite(f, head, sizeof head, s->path, err)))
         return st;
     for (int i = 0; i < r->n; i++) {
         const finch_param *p = &r->p[i];
         uint32_t len = (uint32_t)strlen(p->name), nd = (uint32_t)p->n_dims;
-        if ((st = finch_fwrite(f, &len, 4, s->path, err)) || (st = finch_fwrite(f, p->name, len, s->path, err)) ||
-            (st = finch_fwrite(f, &nd, 4, s->path, err)) || (st = finch_fwrite(f, p->shape, 16, s->path, err)))
+        if ((st = finch_fwrite(f, &len, 4, s->path, err)) ||
+            (st = finch_fwrite(f, p->name, len, s->path, err)) ||
+            (st = finch_fwrite(f, &nd, 4, s->path, err)) ||
+            (st = finch_fwrite(f, p->shape, 16, s->path, err)))
             return st;
     }
     if ((st = finch_fwrite(f, r->data, (size_t)r->total * sizeof(float), s->path, err))) return st;
@@ -75,16 +79,17 @@ static finch_status remove_tree(const char *dir) {
     return rmdir(dir) == 0 ? FINCH_OK : FINCH_E_IO;
 }
 
-finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p, const finch_model *model,
-                                   const float *m, const float *v, const finch_train_pos *pos,
-                                   finch_err *err) {
+finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
+                                   const finch_model *model, const float *m, const float *v,
+                                   const finch_train_pos *pos, finch_err *err) {
     char tmp[4096], final[4096], file[4200];
     snprintf(final, sizeof final, "%s/checkpoint-%lld", out_dir, (long long)pos->step);
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s/.checkpoint-%lld.XXXXXX", out_dir, (long long)pos->step) >= sizeof tmp)
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s/.checkpoint-%lld.XXXXXX", out_dir,
+                         (long long)pos->step) >= sizeof tmp)
         return finch_err_set(err, FINCH_E_RANGE, "%s: path too long", out_dir);
     if (!mkdtemp(tmp))
-        return finch_err_set(err, FINCH_E_IO, "%s: cannot create a checkpoint directory: %s", out_dir,
-                             strerror(errno));
+        return finch_err_set(err, FINCH_E_IO, "%s: cannot create a checkpoint directory: %s",
+                             out_dir, strerror(errno));
     snprintf(file, sizeof file, "%s/trainer_state.bin", tmp);
     state_out s = {finch_peft_params(p), m, v, pos, file};
     finch_status st = finch_file_commit(file, write_state, &s, err);
@@ -122,7 +127,8 @@ static bool latest_checkpoint(const char *dir, char *best, size_t cap) {
 /* Reads version 2's tensor table and checks it against the registry. */
 static finch_status check_table(FILE *f, const char *file, const finch_params *r, finch_err *err) {
     int64_t n;
-    if (fread(&n, 8, 1, f) != 1) return finch_err_set(err, FINCH_E_FORMAT, "%s: truncated tensor table", file);
+    if (fread(&n, 8, 1, f) != 1)
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: truncated tensor table", file);
     if (n != r->n)
         return finch_err_set(err, FINCH_E_FORMAT,
                              "%s: holds %lld trainable tensors, this run's method has %d: it was "
@@ -133,18 +139,21 @@ static finch_status check_table(FILE *f, const char *file, const finch_params *r
         uint32_t len, nd;
         char name[FINCH_PARAM_MAX_NAME + 1];
         int64_t shape[2];
-        if (fread(&len, 4, 1, f) != 1 || len > FINCH_PARAM_MAX_NAME || fread(name, 1, len, f) != len ||
-            fread(&nd, 4, 1, f) != 1 || fread(shape, 8, 2, f) != 2)
-            return finch_err_set(err, FINCH_E_FORMAT, "%s: tensor table entry %d is truncated or "
-                                 "malformed", file, i);
+        if (fread(&len, 4, 1, f) != 1 || len > FINCH_PARAM_MAX_NAME ||
+            fread(name, 1, len, f) != len || fread(&nd, 4, 1, f) != 1 || fread(shape, 8, 2, f) != 2)
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: tensor table entry %d is truncated or "
+                                 "malformed",
+                                 file, i);
         name[len] = 0;
         if (strcmp(name, p->name) || nd != (uint32_t)p->n_dims || shape[0] != p->shape[0] ||
             shape[1] != p->shape[1])
-            return finch_err_set(err, FINCH_E_FORMAT,
-                                 "%s: tensor %d is '%s' [%lld, %lld], this run's is '%s' [%lld, %lld]: "
-                                 "the checkpoint was made with another model or method configuration",
-                                 file, i, name, (long long)shape[0], (long long)shape[1], p->name,
-                                 (long long)p->shape[0], (long long)p->shape[1]);
+            return finch_err_set(
+                err, FINCH_E_FORMAT,
+                "%s: tensor %d is '%s' [%lld, %lld], this run's is '%s' [%lld, %lld]: "
+                "the checkpoint was made with another model or method configuration",
+                file, i, name, (long long)shape[0], (long long)shape[1], p->name,
+                (long long)p->shape[0], (long long)p->shape[1]);
     }
     return FINCH_OK;
 }
@@ -153,10 +162,13 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
                                    finch_train_pos *pos, finch_err *err) {
     char dir[4096], file[4200];
     snprintf(file, sizeof file, "%s/trainer_state.bin", path);
-    if (access(file, F_OK) == 0) snprintf(dir, sizeof dir, "%s", path);
+    if (access(file, F_OK) == 0)
+        snprintf(dir, sizeof dir, "%s", path);
     else if (!latest_checkpoint(path, dir, sizeof dir))
-        return finch_err_set(err, FINCH_E_IO, "%s: no checkpoint here (no trainer_state.bin, no "
-                                              "checkpoint-<step> directory)", path);
+        return finch_err_set(err, FINCH_E_IO,
+                             "%s: no checkpoint here (no trainer_state.bin, no "
+                             "checkpoint-<step> directory)",
+                             path);
     snprintf(file, sizeof file, "%s/trainer_state.bin", dir);
     FILE *f = fopen(file, "rb");
     if (!f) return finch_err_set(err, FINCH_E_IO, "%s: cannot open: %s", file, strerror(errno));
@@ -165,12 +177,15 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
     int64_t head[5];
     finch_status st = FINCH_OK;
     if (fread(mg, 1, 8, f) != 8 || fread(ver, 4, 2, f) != 2 || fread(head, 8, 5, f) != 5)
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: truncated header (%d bytes expected)", file, HEADER);
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: truncated header (%d bytes expected)", file,
+                           HEADER);
     else if (memcmp(mg, magic, 8))
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x0: not a finch checkpoint (bad magic)", file);
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: offset 0x0: not a finch checkpoint (bad magic)", file);
     else if (ver[0] != 1 && ver[0] != VERSION)
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x8: version %u, this finch reads 1 and %d",
-                           file, ver[0], VERSION);
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: offset 0x8: version %u, this finch reads 1 and %d", file, ver[0],
+                           VERSION);
     else if (head[0] < 0 || head[1] < 0 || head[2] < 0)
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x10: negative step or position", file);
     else if (head[4] != r->total)
@@ -185,15 +200,18 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
     int64_t step = 0;
     if (!st) st = finch_optim_state_load(f, file, m, v, (size_t)r->total, &step, err);
     if (!st && step != head[0])
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: optimizer state is at step %lld, the run at %lld",
-                           file, (long long)step, (long long)head[0]);
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: optimizer state is at step %lld, the run at %lld", file,
+                           (long long)step, (long long)head[0]);
     if (!st && fgetc(f) != EOF)
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: trailing bytes after the optimizer state", file);
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: trailing bytes after the optimizer state",
+                           file);
     fclose(f);
     if (st) return st;
     for (int64_t i = 0; i < r->total; i++)
         if (!isfinite(r->data[i]))
-            return finch_err_set(err, FINCH_E_FORMAT, "%s: parameter %lld is not finite", file, (long long)i);
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: parameter %lld is not finite", file,
+                                 (long long)i);
     *pos = (finch_train_pos){head[0], head[1], head[2], (uint64_t)head[3]};
     return FINCH_OK;
 }

@@ -42,7 +42,9 @@ static double now_s(void) {
 }
 
 /* One splitmix64 step from z: seeds derived from (seed, epoch) and (seed, step). */
-static uint64_t mix64(uint64_t z) { return finch_mix64(z + 0x9e3779b97f4a7c15ull); }
+static uint64_t mix64(uint64_t z) {
+    return finch_mix64(z + 0x9e3779b97f4a7c15ull);
+}
 
 /* order (n) = the example order of epoch e. */
 static void epoch_order(int64_t *order, int64_t n, uint64_t seed, int64_t e) {
@@ -56,25 +58,34 @@ static void epoch_order(int64_t *order, int64_t n, uint64_t seed, int64_t e) {
     }
 }
 
-static finch_status check_options(const finch_model *m, const finch_train_options *o, finch_err *err) {
+static finch_status check_options(const finch_model *m, const finch_train_options *o,
+                                  finch_err *err) {
 #define BAD(...) return finch_err_set(err, FINCH_E_USAGE, __VA_ARGS__)
     if (!o->data.path) BAD("no training data: give --data FILE");
     if (!o->out_dir) BAD("no output directory: give --out DIR");
     if (o->n_method_options < 0 || o->n_method_options > FINCH_MAX_METHOD_OPTIONS)
         BAD("%d method options: at most %d", o->n_method_options, FINCH_MAX_METHOD_OPTIONS);
-    if (!(o->learning_rate > 0 && o->learning_rate < 1)) BAD("--learning-rate %g: must be in (0, 1)", o->learning_rate);
-    if (o->batch_size < 1 || o->batch_size > 4096) BAD("--batch-size %d: must be from 1 to 4096", o->batch_size);
-    if (o->grad_accum < 1 || o->grad_accum > 65536) BAD("--grad-accum %d: must be from 1 to 65536", o->grad_accum);
+    if (!(o->learning_rate > 0 && o->learning_rate < 1))
+        BAD("--learning-rate %g: must be in (0, 1)", o->learning_rate);
+    if (o->batch_size < 1 || o->batch_size > 4096)
+        BAD("--batch-size %d: must be from 1 to 4096", o->batch_size);
+    if (o->grad_accum < 1 || o->grad_accum > 65536)
+        BAD("--grad-accum %d: must be from 1 to 65536", o->grad_accum);
     if (o->max_steps < 0) BAD("--max-steps %lld: must be >= 0", (long long)o->max_steps);
-    if (o->max_steps == 0 && !(o->epochs > 0 && o->epochs <= 1e6)) BAD("--epochs %g: must be > 0", o->epochs);
+    if (o->max_steps == 0 && !(o->epochs > 0 && o->epochs <= 1e6))
+        BAD("--epochs %g: must be > 0", o->epochs);
     if (o->warmup_steps < 0) BAD("--warmup-steps %lld: must be >= 0", (long long)o->warmup_steps);
-    if (!(o->weight_decay >= 0 && o->weight_decay < 1)) BAD("--weight-decay %g: must be in [0, 1)", o->weight_decay);
+    if (!(o->weight_decay >= 0 && o->weight_decay < 1))
+        BAD("--weight-decay %g: must be in [0, 1)", o->weight_decay);
     if (!(o->max_grad_norm >= 0)) BAD("--max-grad-norm %g: must be >= 0", o->max_grad_norm);
-    if (o->save_steps < 0 || o->eval_steps < 0 || o->log_steps < 0) BAD("--save-steps, --eval-steps and --log-steps must be >= 0");
-    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) BAD("--val-fraction %g: must be in [0, 1)", o->val_fraction);
+    if (o->save_steps < 0 || o->eval_steps < 0 || o->log_steps < 0)
+        BAD("--save-steps, --eval-steps and --log-steps must be >= 0");
+    if (!(o->val_fraction >= 0 && o->val_fraction < 1))
+        BAD("--val-fraction %g: must be in [0, 1)", o->val_fraction);
     int max_len = o->data.max_seq_len;
     if (max_len != 0 && (max_len < 2 || max_len > m->cfg.n_ctx_train))
-        BAD("--max-seq-len %d: must be from 2 to %d (the model's context)", max_len, m->cfg.n_ctx_train);
+        BAD("--max-seq-len %d: must be from 2 to %d (the model's context)", max_len,
+            m->cfg.n_ctx_train);
 #undef BAD
     return FINCH_OK;
 }
@@ -113,7 +124,8 @@ static double eval_loss(const finch_model *m, finch_train_acts *acts, finch_batc
         int64_t nt = 0;
         for (int64_t i = 0; i < (int64_t)b->B * b->T; i++) nt += b->targets[i] >= 0;
         if (nt) {
-            sum += finch_model_train_step(m, acts, b->ids, b->targets, b->pos, b->seg, 0.0f, 0, false) *
+            sum += finch_model_train_step(m, acts, b->ids, b->targets, b->pos, b->seg, 0.0f, 0,
+                                          false) *
                    (double)nt;
             count += nt;
         }
@@ -136,8 +148,11 @@ static int64_t packed_rows(const finch_token_set *s, const int64_t *order, int T
 }
 
 static finch_status load_tokens(const finch_model *m, const finch_data_spec *spec, const char *path,
-                                int max_len, finch_dataset **keep, finch_token_set *ts, finch_err *err) {
-    finch_data_options dopt = {.skip_bad = spec->skip_bad != 0, .seed = spec->seed, .tok = m->tok,
+                                int max_len, finch_dataset **keep, finch_token_set *ts,
+                                finch_err *err) {
+    finch_data_options dopt = {.skip_bad = spec->skip_bad != 0,
+                               .seed = spec->seed,
+                               .tok = m->tok,
                                .templates = {spec->templates, spec->n_templates, spec->chat != 0}};
     finch_status st = finch_shape_parse(spec->format ? spec->format : "auto", &dopt.shape, err);
     finch_dataset *d = NULL;
@@ -147,13 +162,16 @@ static finch_status load_tokens(const finch_model *m, const finch_data_spec *spe
         for (int64_t i = spec->max_examples; i < d->n; i++) finch_text_example_release(&d->ex[i]);
         d->n = spec->max_examples;
     }
-    if (d->n_skipped) finch_log(FINCH_LOG_WARN, "%s: %lld malformed lines skipped", path, (long long)d->n_skipped);
+    if (d->n_skipped)
+        finch_log(FINCH_LOG_WARN, "%s: %lld malformed lines skipped", path,
+                  (long long)d->n_skipped);
     st = finch_tokenize_dataset(m->tok, d, max_len, spec->train_on_prompt != 0, ts, err);
     if (!st && ts->n_truncated)
         finch_log(FINCH_LOG_WARN, "%s: %lld examples longer than %d tokens were cut", path,
                   (long long)ts->n_truncated, max_len);
     if (!st && ts->n_dropped)
-        finch_log(FINCH_LOG_WARN, "%s: %lld examples had no completion token within %d tokens and were dropped",
+        finch_log(FINCH_LOG_WARN,
+                  "%s: %lld examples had no completion token within %d tokens and were dropped",
                   path, (long long)ts->n_dropped, max_len);
     *keep = d;
     return st;
@@ -162,10 +180,11 @@ static finch_status load_tokens(const finch_model *m, const finch_data_spec *spe
 finch_status finch_train_set_option(finch_train_options *o, const char *name, const char *value,
                                     finch_err *err) {
     if (!finch_method_option_kind(name))
-        return finch_err_set(err, FINCH_E_USAGE, "--%s: no method has this option (see finch train --help)",
-                             name);
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "--%s: no method has this option (see finch train --help)", name);
     if (o->n_method_options >= FINCH_MAX_METHOD_OPTIONS)
-        return finch_err_set(err, FINCH_E_USAGE, "at most %d method options", FINCH_MAX_METHOD_OPTIONS);
+        return finch_err_set(err, FINCH_E_USAGE, "at most %d method options",
+                             FINCH_MAX_METHOD_OPTIONS);
     o->method_options[o->n_method_options++] = (finch_option){name, value};
     return FINCH_OK;
 }
@@ -177,8 +196,8 @@ typedef struct {
     int max_len, B, T;
     finch_dataset *dtrain, *dval;
     finch_token_set ts, vs;
-    int64_t *order;    /* the current epoch's example order */
-    int64_t total;     /* optimizer steps */
+    int64_t *order; /* the current epoch's example order */
+    int64_t total;  /* optimizer steps */
     finch_lr_schedule sched;
     finch_peft *peft;
     finch_params *par; /* its registry */
@@ -189,7 +208,8 @@ typedef struct {
     float *mom, *vel;
     finch_train_pos pos;
     FILE *metrics;
-    char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite */
+    char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
+                           */
 } run;
 
 /* Holds out the last val_fraction of the tokenized examples after a seeded shuffle. */
@@ -197,7 +217,8 @@ static finch_status hold_out(run *r, finch_err *err) {
     finch_token_set *ts = &r->ts, *vs = &r->vs;
     int64_t n_val = (int64_t)(r->o->val_fraction * (double)ts->n + 0.5);
     if (n_val < 1 || n_val >= ts->n)
-        return finch_err_set(err, FINCH_E_RANGE, "--val-fraction %g of %lld examples leaves none on one side",
+        return finch_err_set(err, FINCH_E_RANGE,
+                             "--val-fraction %g of %lld examples leaves none on one side",
                              r->o->val_fraction, (long long)ts->n);
     int64_t *perm = malloc((size_t)ts->n * sizeof *perm);
     vs->ex = malloc((size_t)n_val * sizeof *vs->ex);
@@ -209,8 +230,10 @@ static finch_status hold_out(run *r, finch_err *err) {
     }
     epoch_order(perm, ts->n, r->o->seed ^ 0x5eed, 0);
     for (int64_t i = 0; i < ts->n; i++) {
-        if (i < ts->n - n_val) rest[i] = ts->ex[perm[i]];
-        else vs->ex[vs->n++] = ts->ex[perm[i]];
+        if (i < ts->n - n_val)
+            rest[i] = ts->ex[perm[i]];
+        else
+            vs->ex[vs->n++] = ts->ex[perm[i]];
     }
     free(perm);
     free(ts->ex);
@@ -222,12 +245,14 @@ static finch_status hold_out(run *r, finch_err *err) {
 /* The training and validation sets, the batch shape and the number of steps. */
 static finch_status prepare_data(run *r, finch_err *err) {
     const finch_train_options *o = r->o;
-    finch_status st = load_tokens(r->m, &o->data, o->data.path, r->max_len, &r->dtrain, &r->ts, err);
+    finch_status st =
+        load_tokens(r->m, &o->data, o->data.path, r->max_len, &r->dtrain, &r->ts, err);
     if (st) return st;
     if (o->val_path) {
         finch_data_spec vspec = o->data;
         vspec.max_examples = 0;
-        if ((st = load_tokens(r->m, &vspec, o->val_path, r->max_len, &r->dval, &r->vs, err))) return st;
+        if ((st = load_tokens(r->m, &vspec, o->val_path, r->max_len, &r->dval, &r->vs, err)))
+            return st;
     } else if (o->val_fraction > 0 && (st = hold_out(r, err))) {
         return st;
     }
@@ -248,7 +273,8 @@ static finch_status prepare_data(run *r, finch_err *err) {
         epoch_rows = packed_rows(&r->ts, r->order, r->T);
     }
     const int64_t per_step = (int64_t)r->B * o->grad_accum;
-    r->total = o->max_steps ? o->max_steps : (int64_t)ceil(o->epochs * (double)epoch_rows / (double)per_step);
+    r->total = o->max_steps ? o->max_steps
+                            : (int64_t)ceil(o->epochs * (double)epoch_rows / (double)per_step);
     r->sched.total_steps = r->total > 0 ? r->total : 1;
     return FINCH_OK;
 }
@@ -260,8 +286,10 @@ static finch_status decay_ranges(run *r, finch_err *err) {
     for (int i = 0; i < r->par->n; i++) {
         const finch_param *p = &r->par->p[i];
         finch_adamw_range *last = r->n_ranges ? &r->ranges[r->n_ranges - 1] : NULL;
-        if (last && last->decay == p->decay) last->count += (size_t)p->n;
-        else r->ranges[r->n_ranges++] = (finch_adamw_range){(size_t)p->off, (size_t)p->n, p->decay};
+        if (last && last->decay == p->decay)
+            last->count += (size_t)p->n;
+        else
+            r->ranges[r->n_ranges++] = (finch_adamw_range){(size_t)p->off, (size_t)p->n, p->decay};
     }
     return FINCH_OK;
 }
@@ -295,13 +323,17 @@ static finch_status prepare_method(run *r, finch_err *err) {
     r->pos = (finch_train_pos){.seed = o->seed};
     snprintf(r->last_good, sizeof r->last_good, "no checkpoint (none was saved yet)");
     if (!o->resume_dir) return FINCH_OK;
-    if ((st = finch_checkpoint_load(o->resume_dir, r->par, r->mom, r->vel, &r->pos, err))) return st;
+    if ((st = finch_checkpoint_load(o->resume_dir, r->par, r->mom, r->vel, &r->pos, err)))
+        return st;
     if (r->pos.seed != o->seed)
-        return finch_err_set(err, FINCH_E_USAGE, "%s: the run used --seed %llu, not %llu", o->resume_dir,
-                             (unsigned long long)r->pos.seed, (unsigned long long)o->seed);
+        return finch_err_set(err, FINCH_E_USAGE, "%s: the run used --seed %llu, not %llu",
+                             o->resume_dir, (unsigned long long)r->pos.seed,
+                             (unsigned long long)o->seed);
     if (r->pos.next >= r->ts.n)
-        return finch_err_set(err, FINCH_E_FORMAT, "%s: data position %lld is past the %lld examples: "
-                             "another dataset?", o->resume_dir, (long long)r->pos.next, (long long)r->ts.n);
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: data position %lld is past the %lld examples: "
+                             "another dataset?",
+                             o->resume_dir, (long long)r->pos.next, (long long)r->ts.n);
     snprintf(r->last_good, sizeof r->last_good, "the checkpoint resumed from (%s, step %lld)",
              o->resume_dir, (long long)r->pos.step);
     return FINCH_OK;
@@ -323,8 +355,9 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
         float scale = b->n_targets ? 1.0f / ((float)b->n_targets * (float)o->grad_accum) : 0.0f;
         uint64_t seed = mix64(o->seed ^ mix64((uint64_t)step * 65536 + (uint64_t)k));
         if (b->n_targets)
-            loss += finch_model_train_step(r->m, r->acts, b->ids, b->targets, b->pos, b->seg, scale, seed,
-                                           true) / o->grad_accum;
+            loss += finch_model_train_step(r->m, r->acts, b->ids, b->targets, b->pos, b->seg, scale,
+                                           seed, true) /
+                    o->grad_accum;
         *tokens += b->n_tokens;
     }
     return loss;
@@ -333,31 +366,37 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
 /* What follows a step: metrics, evaluation, progress, checkpoint; FINCH_E_INTERRUPTED
  * when should_stop asked to stop (after the checkpoint). */
 static finch_status after_step(run *r, finch_train_progress *pr, double rate,
-                               int (*should_stop)(void *), void (*on_progress)(const finch_train_progress *, void *),
+                               int (*should_stop)(void *),
+                               void (*on_progress)(const finch_train_progress *, void *),
                                void *user, finch_err *err) {
     const finch_train_options *o = r->o;
     const int64_t step = pr->step;
     if (o->log_steps && (step % o->log_steps == 0 || step == r->total))
-        metric_line(r->metrics, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
+        metric_line(r->metrics,
+                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
                     "\"tokens_per_s\": %.1f, \"epoch\": %.4f}",
                     (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
                     (double)r->pos.epoch + (double)r->pos.next / (double)r->ts.n);
     if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
         pr->val_loss = eval_loss(r->m, r->acts, &r->batch, &r->vs, o->val_max_examples,
                                  finch_tokenizer_eos(r->m->tok));
-        metric_line(r->metrics, "{\"step\": %lld, \"val_loss\": %.6f}", (long long)step, pr->val_loss);
+        metric_line(r->metrics, "{\"step\": %lld, \"val_loss\": %.6f}", (long long)step,
+                    pr->val_loss);
     }
     if (on_progress) on_progress(pr, user);
     bool stop = should_stop && should_stop(user);
     finch_status st;
     if ((o->save_steps && step % o->save_steps == 0) || step == r->total || stop) {
-        if ((st = finch_checkpoint_save(o->out_dir, r->peft, r->m, r->mom, r->vel, &r->pos, err))) return st;
-        snprintf(r->last_good, sizeof r->last_good, "%s/checkpoint-%lld", o->out_dir, (long long)step);
+        if ((st = finch_checkpoint_save(o->out_dir, r->peft, r->m, r->mom, r->vel, &r->pos, err)))
+            return st;
+        snprintf(r->last_good, sizeof r->last_good, "%s/checkpoint-%lld", o->out_dir,
+                 (long long)step);
     }
     if (stop)
-        return finch_err_set(err, FINCH_E_INTERRUPTED, "interrupted at step %lld: checkpoint saved in "
-                             "%s/checkpoint-%lld (continue with --resume %s)", (long long)step,
-                             o->out_dir, (long long)step, o->out_dir);
+        return finch_err_set(err, FINCH_E_INTERRUPTED,
+                             "interrupted at step %lld: checkpoint saved in "
+                             "%s/checkpoint-%lld (continue with --resume %s)",
+                             (long long)step, o->out_dir, (long long)step, o->out_dir);
     return FINCH_OK;
 }
 
@@ -378,24 +417,32 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
                                            : finch_grad_norm(g, (size_t)n_train);
         if (!isfinite(loss) || !isfinite(norm))
             /* nothing of this step is applied or saved: the last checkpoint stays as it was */
-            return finch_err_set(err, FINCH_E_RANGE,
-                                 "step %lld: the loss is %g and the gradient norm %g (not finite): "
-                                 "stopping without saving; the last good state is %s (resume from it "
-                                 "with a lower --learning-rate or the method's scale)",
-                                 (long long)step, loss, norm, r->last_good);
+            return finch_err_set(
+                err, FINCH_E_RANGE,
+                "step %lld: the loss is %g and the gradient norm %g (not finite): "
+                "stopping without saving; the last good state is %s (resume from it "
+                "with a lower --learning-rate or the method's scale)",
+                (long long)step, loss, norm, r->last_good);
         double lr = finch_lr_at(&r->sched, step - 1);
-        finch_adamw_step(r->par->data, r->mom, r->vel, g, (size_t)n_train, r->ranges, r->n_ranges, &ac,
-                         lr, step);
+        finch_adamw_step(r->par->data, r->mom, r->vel, g, (size_t)n_train, r->ranges, r->n_ranges,
+                         &ac, lr, step);
         r->pos.step = step;
         double dt = now_s() - t0, rate = (double)tokens / (dt > 0 ? dt : 1e-9);
         smooth = isnan(smooth) ? loss : 0.9 * smooth + 0.1 * loss;
         tps = isnan(tps) ? rate : 0.8 * tps + 0.2 * rate;
         double elapsed = now_s() - t_start;
-        finch_train_progress pr = {.step = step, .total_steps = r->total, .loss = loss,
-                                   .loss_smooth = smooth, .lr = lr, .grad_norm = norm,
+        finch_train_progress pr = {.step = step,
+                                   .total_steps = r->total,
+                                   .loss = loss,
+                                   .loss_smooth = smooth,
+                                   .lr = lr,
+                                   .grad_norm = norm,
                                    .tokens_per_s = tps,
-                                   .eta_s = elapsed / (double)(step - first_step) * (double)(r->total - step),
-                                   .val_loss = NAN, .n_trainable = n_train, .n_total = n_total};
+                                   .eta_s = elapsed / (double)(step - first_step) *
+                                            (double)(r->total - step),
+                                   .val_loss = NAN,
+                                   .n_trainable = n_train,
+                                   .n_total = n_total};
         finch_status st = after_step(r, &pr, rate, should_stop, on_progress, user, err);
         if (st) return st;
     }
@@ -426,11 +473,13 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     if (st) return st;
     if (!m->tok)
         return finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: the model has no tokenizer", m->path);
-    run r = {.o = o, .m = m,
+    run r = {.o = o,
+             .m = m,
              .max_len = o->data.max_seq_len ? o->data.max_seq_len
-                                             : (m->cfg.n_ctx_train < 256 ? m->cfg.n_ctx_train : 256),
+                                            : (m->cfg.n_ctx_train < 256 ? m->cfg.n_ctx_train : 256),
              .sched = {.lr = o->learning_rate, .warmup_steps = o->warmup_steps}};
-    if ((st = finch_lr_kind_parse(o->lr_scheduler ? o->lr_scheduler : "linear", &r.sched.kind, err)) ||
+    if ((st = finch_lr_kind_parse(o->lr_scheduler ? o->lr_scheduler : "linear", &r.sched.kind,
+                                  err)) ||
         (st = finch_mkdir_p(o->out_dir, err)) || (st = prepare_data(&r, err)) ||
         (st = prepare_method(&r, err)))
         goto done;
@@ -445,7 +494,8 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     finch_log(FINCH_LOG_INFO, "%s: trainable params: %lld || all params: %lld || trainable%%: %.4f",
               finch_peft_method(r.peft), (long long)n_train, (long long)n_total,
               100.0 * (double)n_train / (double)n_total);
-    finch_log(FINCH_LOG_INFO, "%lld training examples, %lld validation; %lld steps of %d x %d x %d tokens%s",
+    finch_log(FINCH_LOG_INFO,
+              "%lld training examples, %lld validation; %lld steps of %d x %d x %d tokens%s",
               (long long)r.ts.n, (long long)r.vs.n, (long long)r.total, o->grad_accum, r.B, r.T,
               o->packing ? " (packed)" : "");
     if ((st = train_steps(&r, on_progress, should_stop, user, err))) goto done;

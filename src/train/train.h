@@ -22,9 +22,9 @@ typedef struct {
 
 /* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's
  * moments, one float per parameter each. */
-finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p, const finch_model *model,
-                                   const float *m, const float *v, const finch_train_pos *pos,
-                                   finch_err *err);
+finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
+                                   const finch_model *model, const float *m, const float *v,
+                                   const finch_train_pos *pos, finch_err *err);
 
 /* Reads a checkpoint into a registry of the same tensors (names and shapes must match),
  * m, v and *pos. path is a checkpoint directory, or a run directory whose checkpoint with

@@ -29,7 +29,8 @@ static inline float dot_f32(const float *a, const float *b, int D) {
     float s = 0;
 #ifdef HAVE_AVX2
     __m256 acc = _mm256_setzero_ps();
-    for (; d + 8 <= D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+    for (; d + 8 <= D; d += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
     s = hsum8(acc);
 #endif
     for (; d < D; d++) s += a[d] * b[d];
@@ -41,8 +42,10 @@ static inline float dot_f32(const float *a, const float *b, int D) {
  * polynomial, 2^n into the exponent bits; within 2 ulp of expf over the clamped range
  * [-88.38, 88.38] (the softmax only feeds it scores minus their maximum, <= 0). */
 static inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-88.3762626647949f));
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)),
+                      _mm256_set1_ps(-88.3762626647949f));
+    __m256 fx = _mm256_floor_ps(
+        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
     __m256 y = _mm256_set1_ps(1.9875691500e-4f);
@@ -52,7 +55,8 @@ static inline __m256 exp8(__m256 x) {
     y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
     y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    __m256i n =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
 }
 #endif
@@ -76,12 +80,14 @@ static inline float exp_sum(float *p, int64_t n, float mx) {
 
 /* s[i] = a . b_i for the n rows b_i = b + i * stride (D elements each): four rows at a
  * time share the loads of a; each row sums as dot_f32 does (8 lanes, then hsum8). */
-static inline void dots_f32(float *s, const float *a, const float *b, int64_t stride, int64_t n, int D) {
+static inline void dots_f32(float *s, const float *a, const float *b, int64_t stride, int64_t n,
+                            int D) {
     int64_t i = 0;
 #ifdef HAVE_AVX2
     if (D % 8 == 0)
         for (; i + 4 <= n; i += 4) {
-            const float *b0 = b + i * stride, *b1 = b0 + stride, *b2 = b1 + stride, *b3 = b2 + stride;
+            const float *b0 = b + i * stride, *b1 = b0 + stride, *b2 = b1 + stride,
+                        *b3 = b2 + stride;
             __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
             for (int d = 0; d < D; d += 8) {
                 __m256 x = _mm256_loadu_ps(a + d);
@@ -105,7 +111,8 @@ static inline void axpy_f32(float *o, float p, const float *v, int D) {
 #ifdef HAVE_AVX2
     __m256 pp = _mm256_set1_ps(p);
     for (; d + 8 <= D; d += 8)
-        _mm256_storeu_ps(o + d, _mm256_fmadd_ps(pp, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+        _mm256_storeu_ps(o + d,
+                         _mm256_fmadd_ps(pp, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
 #endif
     for (; d < D; d++) o[d] += p * v[d];
 }
@@ -142,7 +149,8 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
         float inv = 1.0f / sum;
         float *ot = out + (t * H + h) * D;
         for (int d = 0; d < D; d++) ot[d] = 0;
-        for (int64_t j = 0; j < n_kv; j++) axpy_f32(ot, att[j] * inv, v + j * kv_stride + (int64_t)g * D, D);
+        for (int64_t j = 0; j < n_kv; j++)
+            axpy_f32(ot, att[j] * inv, v + j * kv_stride + (int64_t)g * D, D);
     }
 }
 
@@ -279,10 +287,12 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
     {
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < B * H * nblk; task++) {
-            int64_t b = task / (H * nblk), t0 = task % nblk * ROWS, t1 = t0 + ROWS < T ? t0 + ROWS : T;
+            int64_t b = task / (H * nblk), t0 = task % nblk * ROWS,
+                    t1 = t0 + ROWS < T ? t0 + ROWS : T;
             int h = (int)(task / nblk % H), g = h / group;
             const int32_t *sg = seg ? seg + b * T : NULL;
-            const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
+            const float *kb = k + b * T * kvs + (int64_t)g * D,
+                        *vb = v + b * T * kvs + (int64_t)g * D;
             int64_t s0 = seg_start(sg, t0);
             for (int64_t t = t0; t < t1; t++) {
                 if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
@@ -302,26 +312,32 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
         /* the implicit barrier: ds is complete */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < B * KVH * nblk; task++) {
-            int64_t b = task / (KVH * nblk), j0 = task % nblk * ROWS, j1 = j0 + ROWS < T ? j0 + ROWS : T;
+            int64_t b = task / (KVH * nblk), j0 = task % nblk * ROWS,
+                    j1 = j0 + ROWS < T ? j0 + ROWS : T;
             int g = (int)(task / nblk % KVH);
             const int32_t *sg = seg ? seg + b * T : NULL;
-            float *dkb = dk + b * T * kvs + (int64_t)g * D, *dvb = dv + b * T * kvs + (int64_t)g * D;
+            float *dkb = dk + b * T * kvs + (int64_t)g * D,
+                  *dvb = dv + b * T * kvs + (int64_t)g * D;
             /* the queries that see key j: t in [j, e[j - j0]), the rest of j's segment */
             int64_t e[ROWS];
             for (int64_t j = j0; j < j1; j++) {
-                e[j - j0] = j > j0 && !(sg && sg[j] != sg[j - 1]) ? e[j - j0 - 1] : seg_end(sg, j, T);
+                e[j - j0] =
+                    j > j0 && !(sg && sg[j] != sg[j - 1]) ? e[j - j0 - 1] : seg_end(sg, j, T);
                 memset(dkb + j * kvs, 0, (size_t)D * sizeof(float));
                 memset(dvb + j * kvs, 0, (size_t)D * sizeof(float));
             }
             for (int h = g * group; h < (g + 1) * group; h++) {
                 const float *dsh = ds + (b * H + h) * T * T, *ath = att + (b * H + h) * T * T;
-                const float *qh = q + b * T * qs + (int64_t)h * D, *dh = dout + b * T * qs + (int64_t)h * D;
+                const float *qh = q + b * T * qs + (int64_t)h * D,
+                            *dh = dout + b * T * qs + (int64_t)h * D;
                 for (int64_t c0 = j0; c0 < e[j1 - 1 - j0]; c0 += SWEEP)
                     for (int64_t j = j0; j < j1; j++) {
-                        int64_t lo = c0 > j ? c0 : j, hi = c0 + SWEEP < e[j - j0] ? c0 + SWEEP : e[j - j0];
+                        int64_t lo = c0 > j ? c0 : j,
+                                hi = c0 + SWEEP < e[j - j0] ? c0 + SWEEP : e[j - j0];
                         if (lo < hi)
-                            key_grads_add(dkb + j * kvs, dvb + j * kvs, dsh + lo * T + j, ath + lo * T + j,
-                                          qh + lo * qs, dh + lo * qs, hi - lo, T, qs, D);
+                            key_grads_add(dkb + j * kvs, dvb + j * kvs, dsh + lo * T + j,
+                                          ath + lo * T + j, qh + lo * qs, dh + lo * qs, hi - lo, T,
+                                          qs, D);
                     }
             }
         }

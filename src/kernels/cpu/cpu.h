@@ -20,10 +20,9 @@ void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t 
                                      int D, finch_workspace *ws);
 void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n);
 void finch_cpu_embed(float *x, const int32_t *ids, int64_t T, const finch_weight *emb);
-void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w,
-                               int64_t T, int64_t C, float eps);
-void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
-                            float theta);
+void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t T,
+                               int64_t C, float eps);
+void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
 void finch_cpu_attention_forward(float *out, const float *q, const float *k, const float *v,
                                  int64_t T, int64_t pos0, int H, int KVH, int D,
                                  finch_workspace *ws);
@@ -33,9 +32,8 @@ void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
-void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
-                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                    int64_t ldc);
+void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                      finch_workspace *ws);
 void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,

@@ -30,10 +30,9 @@ enum { MR = 8, NR = 32, KC = 1024 };
  * every inlined copy, so the accumulators stay in registers and a narrow panel (N <= 16,
  * the rank of an adapter) runs no FMAs on empty lanes. */
 static inline __attribute__((always_inline)) void block(int mr, bool wide, int64_t kc,
-                                                        const float *A, int64_t lda,
-                                                        const float *B, int64_t ldb, float *C,
-                                                        int64_t ldc, __mmask16 m0, __mmask16 m1,
-                                                        bool acc) {
+                                                        const float *A, int64_t lda, const float *B,
+                                                        int64_t ldb, float *C, int64_t ldc,
+                                                        __mmask16 m0, __mmask16 m1, bool acc) {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++)
@@ -70,31 +69,46 @@ static inline __attribute__((always_inline)) void block(int mr, bool wide, int64
 
 /* One column panel (up to 32 wide, or 16 when not wide) over all rows of A for one k
  * block. */
-static inline __attribute__((always_inline)) void panel_rows(bool wide, int64_t M, int64_t kc,
-                                                             const float *A, int64_t lda,
-                                                             const float *B, int64_t ldb, float *C,
-                                                             int64_t ldc, __mmask16 m0,
-                                                             __mmask16 m1, bool acc) {
+static inline __attribute__((always_inline)) void
+panel_rows(bool wide, int64_t M, int64_t kc, const float *A, int64_t lda, const float *B,
+           int64_t ldb, float *C, int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
     int64_t i = 0;
     for (; i + MR <= M; i += MR)
         block(MR, wide, kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, m0, m1, acc);
     A += i * lda, C += i * ldc;
     switch (M - i) { /* the last M % 8 rows, each count its own unrolled copy */
-    case 7: block(7, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 6: block(6, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 5: block(5, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 4: block(4, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 3: block(3, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 2: block(2, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    case 1: block(1, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc); break;
-    default: break;
+    case 7:
+        block(7, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+        break;
+    case 6:
+        block(6, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+        break;
+    case 5:
+        block(5, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+        break;
+    case 4:
+        block(4, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+        break;
+    case 3:
+        block(3, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+        break;
+    case 2:
+        block(2, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+        break;
+    case 1:
+        block(1, wide, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+        break;
+    default:
+        break;
     }
 }
 
 static void panel(int64_t M, int64_t kc, const float *A, int64_t lda, const float *B, int64_t ldb,
                   float *C, int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
-    if (m1) panel_rows(true, M, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
-    else panel_rows(false, M, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+    if (m1)
+        panel_rows(true, M, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
+    else
+        panel_rows(false, M, kc, A, lda, B, ldb, C, ldc, m0, m1, acc);
 }
 
 void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
@@ -131,8 +145,8 @@ static void transpose(float *dst, const float *src, int64_t ld, int64_t rows, in
 /* C (M, N) = or += A (M, K) . B (K, N) on the kernel threads: N is split in multiples of 32
  * when wide, else M in multiples of 8. Each element is summed by one thread in the
  * kernel's fixed order, so the split (and the thread count) does not change results. */
-static void sgemm_par(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                      const float *B, int64_t ldb, float *C, int64_t ldc, bool acc) {
+static void sgemm_par(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                      int64_t ldb, float *C, int64_t ldc, bool acc) {
     const bool by_cols = N >= 64 && M < 64;
     const int64_t units = by_cols ? (N + 31) / 32 : (M + 7) / 8;
 #pragma omp parallel if (M * N * K >= 65536)
@@ -160,9 +174,8 @@ static void sgemm_par(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
  * The one copying fewer floats runs. For LoRA: u = x A^T copies A (r rows); dB += s dy^T u
  * and dA += du^T x copy u or du (r columns); du = s dy B copies nothing. Other betas,
  * products needing more scratch, and short sums over a wide C go to OpenBLAS. */
-void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
-                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                    int64_t ldc) {
+void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     const bool acc = beta == 1.0f;
     const int64_t big = INT64_MAX / 4;
@@ -221,9 +234,8 @@ void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
 
 #else
 
-void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
-                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                    int64_t ldc) {
+void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }

@@ -78,8 +78,12 @@ static float dot_bf16(const void *row, const float *x, int64_t n) {
 }
 
 /* 8 unsigned bytes -> 8 floats */
-static inline __m256 u8x8_ps(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
-static inline __m256 i8x8_ps(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
+static inline __m256 u8x8_ps(__m128i b) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+}
+static inline __m256 i8x8_ps(__m128i b) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
 
 /* sum over the block of q_j * x_j, q from 16 packed nibble bytes (weight j low nibble of
  * byte j, weight j+16 high nibble); also returns sum of x over the block in *xs. */
@@ -153,13 +157,11 @@ typedef float (*dot_fn)(const void *row, const float *x, int64_t n);
 
 /* Types without a fused dot use dot_generic: dequantize one block, then dot in f32. */
 static const dot_fn dot_table[FINCH_DTYPE_COUNT] = {
-    [FINCH_DTYPE_F32] = dot_f32,   [FINCH_DTYPE_F16] = dot_f16,
-    [FINCH_DTYPE_BF16] = dot_bf16, [FINCH_DTYPE_Q4_0] = dot_q4_0,
-    [FINCH_DTYPE_Q4_1] = dot_q4_1, [FINCH_DTYPE_Q8_0] = dot_q8_0,
+    [FINCH_DTYPE_F32] = dot_f32,   [FINCH_DTYPE_F16] = dot_f16,   [FINCH_DTYPE_BF16] = dot_bf16,
+    [FINCH_DTYPE_Q4_0] = dot_q4_0, [FINCH_DTYPE_Q4_1] = dot_q4_1, [FINCH_DTYPE_Q8_0] = dot_q8_0,
 };
 
-static float dot_generic(const finch_dtype_traits *tr, const void *row, const float *x,
-                         int64_t n) {
+static float dot_generic(const finch_dtype_traits *tr, const void *row, const float *x, int64_t n) {
     float blk[QK_K];
     const uint8_t *p = row;
     float s = 0;
@@ -241,8 +243,10 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
 void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
                       finch_workspace *ws) {
     FINCH_ASSERT(finch_dtype_info[w->type].dequant);
-    if (T <= GEMV_MAX_T || !ws) matmul_gemv(y, x, w, T);
-    else matmul_tiled(y, x, w, T, ws);
+    if (T <= GEMV_MAX_T || !ws)
+        matmul_gemv(y, x, w, T);
+    else
+        matmul_tiled(y, x, w, T, ws);
 }
 
 /* dx (T, K) = dy (T, R) . W. The sum runs over rows of W, so splitting rows across threads
@@ -318,8 +322,11 @@ finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_
         finch_afree(buf);
         return FINCH_E_NOMEM;
     }
-    *ws = (finch_workspace){.buf = buf, .per_thread = per_thread, .n_threads = n_threads,
-                            .act = act, .act_bytes = act_bytes};
+    *ws = (finch_workspace){.buf = buf,
+                            .per_thread = per_thread,
+                            .n_threads = n_threads,
+                            .act = act,
+                            .act_bytes = act_bytes};
     return FINCH_OK;
 }
 

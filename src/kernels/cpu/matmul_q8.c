@@ -9,10 +9,10 @@
  *   Q5_0 x Q8_0, Q5_1 x Q8_1: as Q4_0, Q4_1 with 5-bit q_w
  *   Q8_0 x Q8_0:  sum_b  d_w d_x  sum_j q_w q_x
  *
- * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP): it reproduces llama.cpp's logits up to
- * float summation order; integer dot products are cheaper than expanding blocks to f32
- * when the weights are in cache. Other storage types use the exact matmul. Training never uses
- * it (its gradients need the exact product).
+ * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP): it reproduces llama.cpp's logits up
+ * to float summation order; integer dot products are cheaper than expanding blocks to f32 when the
+ * weights are in cache. Other storage types use the exact matmul. Training never uses it (its
+ * gradients need the exact product).
  *
  * The quantized rows of x live in the workspace's shared buffer (finch_workspace.act).
  */
@@ -27,8 +27,8 @@
 
 /* An activation block: Q8_0 plus s = d * sum(q) (Q8_1 when s is used). */
 typedef struct {
-    float d;     /* scale, already rounded through fp16 as llama.cpp stores it */
-    float s;     /* d * sum(qs), rounded through fp16 */
+    float d; /* scale, already rounded through fp16 as llama.cpp stores it */
+    float s; /* d * sum(qs), rounded through fp16 */
     int8_t qs[QK];
 } act_block;
 
@@ -124,7 +124,8 @@ static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
 /* Four rows at once: the same per-row arithmetic in the same order (so the same bits as
  * the one-row kernels), with four independent accumulation chains to hide latency. */
 static void vdot4_q4_0(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
         for (int r = 0; r < 4; r++) {
@@ -138,7 +139,8 @@ static void vdot4_q4_0(const uint8_t *row, size_t rb, const act_block *x, int64_
 }
 
 static void vdot4_q4_1(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
     float summs[4] = {0, 0, 0, 0};
     for (int64_t b = 0; b < nb; b++) {
         __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
@@ -153,7 +155,8 @@ static void vdot4_q4_1(const uint8_t *row, size_t rb, const act_block *x, int64_
 }
 
 static void vdot4_q8_0(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
         for (int r = 0; r < 4; r++) {
@@ -170,8 +173,8 @@ static void vdot4_q8_0(const uint8_t *row, size_t rb, const act_block *x, int64_
  * every token's activations. Per (row, token) the arithmetic and its order are those of
  * vdot4_*, so results do not depend on T. */
 typedef struct {
-    int8_t *q;     /* (4, K) unpacked weights: q - 8 (Q4_0), q (Q4_1, unsigned), q (Q8_0) */
-    float *d, *m;  /* (4, nb) block scales and mins (m only for Q4_1) */
+    int8_t *q;    /* (4, K) unpacked weights: q - 8 (Q4_0), q (Q4_1, unsigned), q (Q8_0) */
+    float *d, *m; /* (4, nb) block scales and mins (m only for Q4_1) */
     bool is_signed;
     bool has_min;
 } unpacked4;
@@ -207,7 +210,8 @@ static void unpack4(finch_dtype t, const uint8_t *row, size_t rb, int64_t nb, un
 }
 
 static void vdot4_unpacked(const unpacked4 *u, const act_block *x, int64_t nb, float *y) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
     float summs[4] = {0, 0, 0, 0};
     for (int64_t b = 0; b < nb; b++) {
         __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
@@ -294,16 +298,17 @@ typedef void (*vdot4_fn)(const uint8_t *row, size_t row_bytes, const act_block *
 
 #ifdef HAVE_VDOT4
 static const vdot4_fn vdot4_table[FINCH_DTYPE_COUNT] = {
-    [FINCH_DTYPE_Q4_0] = vdot4_q4_0, [FINCH_DTYPE_Q4_1] = vdot4_q4_1, [FINCH_DTYPE_Q8_0] = vdot4_q8_0,
+    [FINCH_DTYPE_Q4_0] = vdot4_q4_0,
+    [FINCH_DTYPE_Q4_1] = vdot4_q4_1,
+    [FINCH_DTYPE_Q8_0] = vdot4_q8_0,
 };
 #else
 static const vdot4_fn vdot4_table[FINCH_DTYPE_COUNT];
 #endif
 
 static const vdot_fn vdot_table[FINCH_DTYPE_COUNT] = {
-    [FINCH_DTYPE_Q4_0] = vdot_q4_0, [FINCH_DTYPE_Q4_1] = vdot_q4_1,
-    [FINCH_DTYPE_Q5_0] = vdot_q5_0, [FINCH_DTYPE_Q5_1] = vdot_q5_1,
-    [FINCH_DTYPE_Q8_0] = vdot_q8_0,
+    [FINCH_DTYPE_Q4_0] = vdot_q4_0, [FINCH_DTYPE_Q4_1] = vdot_q4_1, [FINCH_DTYPE_Q5_0] = vdot_q5_0,
+    [FINCH_DTYPE_Q5_1] = vdot_q5_1, [FINCH_DTYPE_Q8_0] = vdot_q8_0,
 };
 
 size_t finch_workspace_act_need(int64_t T, int64_t max_cols) {
@@ -327,7 +332,8 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
     const int64_t n_chunks = (R + ROW_CHUNK - 1) / ROW_CHUNK;
 #ifdef HAVE_VDOT4
     if (dot4 && T >= 4) {
-        FINCH_ASSERT(ws->per_thread * sizeof(float) >= 4 * (size_t)K + 8 * (size_t)nb * sizeof(float));
+        FINCH_ASSERT(ws->per_thread * sizeof(float) >=
+                     4 * (size_t)K + 8 * (size_t)nb * sizeof(float));
         const int64_t n_groups = R / 4;
 #pragma omp parallel for schedule(static) num_threads(ws->n_threads)
         for (int64_t g = 0; g < n_groups; g++) {
@@ -345,7 +351,8 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
             }
         }
         for (int64_t r = 4 * n_groups; r < R; r++)
-            for (int64_t t = 0; t < T; t++) y[t * R + r] = dot(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
+            for (int64_t t = 0; t < T; t++)
+                y[t * R + r] = dot(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
         return;
     }
 #endif

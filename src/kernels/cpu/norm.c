@@ -32,8 +32,8 @@ static inline double dot_d(const float *a, const float *b, const float *x, int64
     return s;
 }
 
-void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w,
-                               int64_t T, int64_t C, float eps) {
+void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t T,
+                               int64_t C, float eps) {
 #pragma omp parallel for schedule(static) if (T > 4)
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * C;

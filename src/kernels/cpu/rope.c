@@ -14,8 +14,7 @@ static void freqs(double *th, int D, float theta) {
     for (int i = 0; i < D / 2; i++) th[i] = pow((double)theta, -2.0 * i / D);
 }
 
-void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
-                            float theta) {
+void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta) {
     double th[D / 2 > 0 ? D / 2 : 1];
     freqs(th, D, theta);
 #pragma omp parallel for schedule(static) if (T > 4)

@@ -23,8 +23,8 @@ void finch_ref_matmul(float *y, const float *x, const finch_weight *w, int64_t T
     free(row);
 }
 
-void finch_ref_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w,
-                               int64_t T, int64_t C, float eps) {
+void finch_ref_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t T,
+                               int64_t C, float eps) {
     for (int64_t t = 0; t < T; t++) {
         double ss = 0;
         for (int64_t c = 0; c < C; c++) ss += (double)x[t * C + c] * x[t * C + c];
@@ -34,8 +34,7 @@ void finch_ref_rmsnorm_forward(float *y, float *rstd, const float *x, const floa
     }
 }
 
-void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D,
-                            float theta) {
+void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta) {
     for (int64_t t = 0; t < T; t++)
         for (int h = 0; h < nh; h++)
             for (int i = 0; i < D / 2; i++) {
@@ -59,7 +58,8 @@ void finch_ref_attention_forward(float *out, const float *q, const float *k, con
             double mx = -INFINITY, sum = 0;
             for (int64_t j = 0; j < n; j++) {
                 double s = 0;
-                for (int d = 0; d < D; d++) s += (double)q[(t * H + h) * D + d] * k[j * kvs + g * D + d];
+                for (int d = 0; d < D; d++)
+                    s += (double)q[(t * H + h) * D + d] * k[j * kvs + g * D + d];
                 att[j] = s / sqrt((double)D);
                 if (att[j] > mx) mx = att[j];
             }
@@ -171,7 +171,8 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
                 }
                 for (int64_t j = s0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
                 float *at = att + ((b * H + h) * T + t) * T;
-                for (int64_t j = 0; j < T; j++) at[j] = j >= s0 && j <= t ? (float)(p[j] / sum) : 0.0f;
+                for (int64_t j = 0; j < T; j++)
+                    at[j] = j >= s0 && j <= t ? (float)(p[j] / sum) : 0.0f;
                 for (int d = 0; d < D; d++) {
                     double o = 0;
                     for (int64_t j = s0; j <= t; j++)

@@ -11,7 +11,10 @@ an HF folder (config.json, model.safetensors, tokenizer files) to HF_DIR, once (
   - finch's logits from the folder equal its logits from the GGUF: the folder holds the
     GGUF's weights dequantized exactly, so only the matmul path differs (TOL_SELF 1e-4);
   - finch's logits from the folder equal transformers' from the same folder (TOL 5e-4,
-    float32 both, summation order only).
+    float32 both, summation order only);
+  - full fine-tuning's output folder (finch train --method full, a few steps: config.json
+    and model.safetensors) loads in transformers, whose logits equal finch's on the
+    model.gguf written beside it (TOL).
 
   python check_hf_folder.py --finch build/finch --logits .../finch_interop_logits \
       --model MODEL.gguf --work DIR [--hf-dir DIR]
@@ -69,6 +72,21 @@ def main():
                          got, common.finch_logits(args.logits, args.model, seqs, args.work),
                          TOL_SELF)
     ok &= common.compare("finch folder vs transformers folder", got, want, TOL)
+
+    # full fine-tuning writes the tuned model as a transformers folder and a GGUF
+    full = os.path.join(args.work, "full")
+    common.run([args.finch, "train", "-m", args.model, "--data",
+                os.path.join(os.path.dirname(__file__), "../../datasets/wordnet/train.jsonl"),
+                "--chat", "--method", "full", "--learning-rate", "2e-5", "--max-steps", "3",
+                "--batch-size", "2", "--max-seq-len", "64", "--save-steps", "0", "--out", full])
+    tuned = AutoModelForCausalLM.from_pretrained(full, torch_dtype=torch.float32)
+    tuned.eval()
+    want = common.torch_logits(tuned, seqs)
+    got = common.finch_logits(args.logits, os.path.join(full, "model.gguf"), seqs, args.work)
+    base = common.finch_logits(args.logits, args.model, seqs, args.work)
+    print("  full fine-tuning moved finch's logits by up to %.3g"
+          % max(float(abs(g - b).max()) for g, b in zip(got, base)))
+    ok &= common.compare("full fine-tuning: transformers folder vs finch model.gguf", got, want, TOL)
     return 0 if ok else 1
 
 

@@ -95,6 +95,7 @@ typedef struct {
     float rope_theta;     /* RoPE frequency base */
     float rms_eps;        /* RMSNorm epsilon */
     int tied_output;      /* 1 when the output head reuses the token embeddings */
+    int sliding_window;   /* positions a sliding-window block attends to (0: none) */
     int64_t n_params;     /* total parameter count */
     int64_t weight_bytes; /* bytes of all weights in their storage types */
 } finch_model_config;

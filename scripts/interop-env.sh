@@ -71,6 +71,9 @@ if have_llamacpp "${FINCH_LLAMACPP_PYTHON:-}" || have_llamacpp "$(command -v pyt
   echo "interop-env: llama-cpp-python present"
 else
   echo "interop-env: building $LLAMACPP into $VENV (about 10 minutes)"
-  "$PY" -m pip install --quiet --disable-pip-version-check "$LLAMACPP"
+  # ggml's AMX kernels need the kernel's permission for AMX tile state, which a process
+  # here does not get (they die with SIGILL on CPUs that report AMX): build without them
+  CMAKE_ARGS="-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-cache-dir "$LLAMACPP"
 fi
 echo "interop-env: ready: $VENV"

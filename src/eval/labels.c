@@ -7,7 +7,7 @@
  */
 #include "data/data.h" /* finch_dataset_load */
 #include "eval/eval.h"
-#include "model/model.h" /* finch_kv_session, finch_llama_forward */
+#include "model/model.h" /* finch_kv_session, finch_model_forward */
 
 #include <math.h>
 #include <stdlib.h>
@@ -18,7 +18,7 @@ void finch_eval_decode(const finch_model *m, finch_kv_session *kv, const int32_t
     const size_t V = (size_t)m->cfg.n_vocab;
     for (int done = 0; done < n;) {
         int T = n - done < kv->n_batch ? n - done : kv->n_batch;
-        finch_llama_forward(m, kv, ids + done, T, all != NULL);
+        finch_model_forward(m, kv, ids + done, T, all != NULL);
         if (all) memcpy(all + (size_t)done * V, kv->logits, (size_t)T * V * sizeof(float));
         done += T;
         if (done == n && last)

@@ -6,7 +6,7 @@
  */
 #define _GNU_SOURCE /* memmem */
 #include "generate/generate.h"
-#include "model/model.h"         /* finch_kv_session, finch_llama_forward */
+#include "model/model.h"         /* finch_kv_session, finch_model_forward */
 #include "tokenizer/tokenizer.h" /* finch_tokenizer_piece */
 
 #include <stdlib.h>
@@ -68,7 +68,7 @@ finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_id
                                  ids[i], i, V - 1);
     for (int done = 0; done < n_ids;) {
         int T = n_ids - done < s->kv.n_batch ? n_ids - done : s->kv.n_batch;
-        finch_llama_forward(s->m, &s->kv, ids + done, T, logits != NULL);
+        finch_model_forward(s->m, &s->kv, ids + done, T, logits != NULL);
         if (logits) memcpy(logits + (size_t)done * V, s->kv.logits, (size_t)T * V * sizeof(float));
         done += T;
         if (done == n_ids && last_logits)

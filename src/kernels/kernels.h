@@ -87,15 +87,17 @@ typedef struct {
     /* Causal grouped-query attention over a cache. q (T, H*D) holds queries at positions
      * pos0 .. pos0+T-1; k, v (pos0+T, KVH*D) hold keys and values of positions 0 ..
      * pos0+T-1. out (T, H*D) = softmax(q k^T / sqrt(D)) v per head, query head h using
-     * KV head h / (H/KVH). */
+     * KV head h / (H/KVH). window > 0: a query at position p sees only keys at positions
+     * above p - window (sliding-window attention); 0: all. */
     void (*attention_forward)(float *out, const float *q, const float *k, const float *v, int64_t T,
-                              int64_t pos0, int H, int KVH, int D, finch_workspace *ws);
+                              int64_t pos0, int H, int KVH, int D, int64_t window,
+                              finch_workspace *ws);
 
     /* attention_forward over an f16 cache, with llama.cpp's rounding: queries and the
      * softmax probabilities are rounded to f16 before their dot products, which
      * accumulate in f32. k, v are (pos0+T, KVH*D) IEEE half floats. */
     void (*attention_forward_f16)(float *out, const float *q, const uint16_t *k, const uint16_t *v,
-                                  int64_t T, int64_t pos0, int H, int KVH, int D,
+                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
                                   finch_workspace *ws);
 
     /* dst (n) = src rounded to IEEE half (nearest even). */
@@ -106,6 +108,13 @@ typedef struct {
 
     /* y (n) += x (n). */
     void (*add)(float *y, const float *x, int64_t n);
+
+    /* x (n) *= a. */
+    void (*scale)(float *x, int64_t n, float a);
+
+    /* h (n) = gelu(gate) * up, gelu the tanh approximation (Gemma's GeGLU). h may alias
+     * gate. */
+    void (*geglu_forward)(float *h, const float *gate, const float *up, int64_t n);
 
     /* General f32 product C (M, N) = alpha op(A) op(B) + beta C, row-major, op(X) = X or
      * X^T as ta/tb say; lda/ldb/ldc are row strides. For small adapter matrices. */
@@ -176,6 +185,11 @@ typedef struct {
     void (*swiglu_backward)(float *dgate, float *dup, const float *dh, const float *gate,
                             const float *up, int64_t n);
 
+    /* dgate (n), dup (n) = the gradients of geglu_forward given dh (n), gate, up. dgate may
+     * alias dh. */
+    void (*geglu_backward)(float *dgate, float *dup, const float *dh, const float *gate,
+                           const float *up, int64_t n);
+
     /* Fused softmax + cross-entropy over logits (N, V) with targets (N), -1 meaning
      * masked. Returns the mean of -log softmax(logits)[target] over unmasked rows (0 when
      * all are masked). When dlogits (N, V) is not NULL it receives (=) grad_scale *
@@ -194,7 +208,10 @@ void finch_ref_rmsnorm_forward(float *y, float *rstd, const float *x, const floa
                                int64_t C, float eps);
 void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
 void finch_ref_attention_forward(float *out, const float *q, const float *k, const float *v,
-                                 int64_t T, int64_t pos0, int H, int KVH, int D);
+                                 int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window);
+void finch_ref_geglu_forward(float *h, const float *gate, const float *up, int64_t n);
+void finch_ref_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                              const float *up, int64_t n);
 void finch_ref_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
 void finch_ref_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T);
 void finch_ref_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,

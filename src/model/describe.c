@@ -53,7 +53,20 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
             c->n_ctx_train, m->hf->max_position_embeddings);
     else
         out(print, user, "context:         %d (trained)", c->n_ctx_train);
-    out(print, user, "rope theta:      %g", c->rope_theta);
+    const finch_arch *a = m->arch;
+    if (a->swa_pattern)
+        out(print, user, "rope theta:      %g (global blocks), %g (sliding-window blocks)",
+            c->rope_theta, a->swa_rope_base);
+    else
+        out(print, user, "rope theta:      %g", c->rope_theta);
+    if (a->swa_pattern)
+        out(print, user, "attention:       sliding window of %d in %d of every %d blocks",
+            c->sliding_window, a->swa_pattern - 1, a->swa_pattern);
+    if (a->qk_norm || a->post_norms || a->embed_scale || a->act != FINCH_ACT_SILU)
+        out(print, user, "block:           %s%s%s%s",
+            a->act == FINCH_ACT_GELU_TANH ? "GeGLU" : "SwiGLU", a->qk_norm ? ", q/k norms" : "",
+            a->post_norms ? ", post-attention/FFN norms" : "",
+            a->embed_scale ? ", embeddings scaled by sqrt(hidden)" : "");
     out(print, user, "rms eps:         %g", c->rms_eps);
     out(print, user, "output head:     %s",
         c->tied_output ? "tied to token embeddings" : "separate");

@@ -25,6 +25,7 @@ typedef struct {
     const finch_gguf *g;
     const char *path;
     finch_err *err;
+    const finch_arch *arch;
 } loader;
 
 static finch_status get_dim(loader *L, const char *arch, const char *key, bool required,
@@ -113,10 +114,15 @@ static finch_status read_config(loader *L, finch_model_config *c) {
     if (arch.len >= sizeof c->arch) arch.len = sizeof c->arch - 1;
     memcpy(c->arch, arch.ptr, arch.len);
     c->arch[arch.len] = 0;
-    if (strcmp(c->arch, "llama") != 0)
+    const finch_arch *row = finch_arch_find(c->arch);
+    if (!row || !row->gguf) {
+        char names[256];
+        finch_arch_names(names, sizeof names, true);
         return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
-                             "%s: architecture '%s' is not supported (finch runs 'llama')", L->path,
-                             c->arch);
+                             "%s: architecture '%s' is not supported (finch runs %s)", L->path,
+                             c->arch, names);
+    }
+    L->arch = row;
     finch_str name = {0};
     if ((st = finch_gguf_get_str(L->g, "general.name", false, &name, L->err))) return st;
     snprintf(c->name, sizeof c->name, "%.*s", (int)(name.len < 127 ? name.len : 127),
@@ -141,16 +147,23 @@ static finch_status read_config(loader *L, finch_model_config *c) {
         return finch_err_set(L->err, FINCH_E_FORMAT,
                              "%s: head_count %d is not a multiple of head_count_kv %d", L->path,
                              c->n_head, c->n_head_kv);
+    /* the head dim is key_length when the file says (Gemma 3: 256 for 640 / 4) */
     c->head_dim = c->n_embd / c->n_head;
-    int key_len = c->head_dim, rot = c->head_dim;
-    if ((st = get_dim(L, a, "attention.key_length", false, 1, MAX_EMBD, &key_len)) ||
+    if ((st = get_dim(L, a, "attention.key_length", false, 1, MAX_EMBD, &c->head_dim))) return st;
+    int val_len = c->head_dim, rot = c->head_dim;
+    if ((st = get_dim(L, a, "attention.value_length", false, 1, MAX_EMBD, &val_len)) ||
         (st = get_dim(L, a, "rope.dimension_count", false, 1, MAX_EMBD, &rot)))
         return st;
-    if (key_len != c->head_dim || rot != c->head_dim)
+    if (val_len != c->head_dim || rot != c->head_dim)
         return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
-                             "%s: key_length %d / rope.dimension_count %d differ from head dim "
-                             "%d (embedding_length / head_count)",
-                             L->path, key_len, rot, c->head_dim);
+                             "%s: value_length %d / rope.dimension_count %d differ from the key "
+                             "head dim %d",
+                             L->path, val_len, rot, c->head_dim);
+    if (row->swa_pattern) {
+        c->sliding_window = c->n_ctx_train;
+        if ((st = get_dim(L, a, "attention.sliding_window", true, 1, 1 << 24, &c->sliding_window)))
+            return st;
+    }
     if (c->head_dim % 2)
         return finch_err_set(L->err, FINCH_E_FORMAT, "%s: head dim %d is odd", L->path,
                              c->head_dim);
@@ -177,6 +190,45 @@ static finch_status read_config(loader *L, finch_model_config *c) {
         return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
                              "%s: rope scaling '%.*s' with factor %g is not implemented", L->path,
                              (int)scaling.len, scaling.ptr, factor);
+    return FINCH_OK;
+}
+
+/* A rotate-half (neox) file: q and k rows (and their biases and norm weights, per head)
+ * go to finch's interleaved order (model.h), the weights into owned memory; owned is the
+ * next free float of m->owned_f32. */
+static finch_status permute_qk(loader *L, finch_model *m, float *owned) {
+    const int D = m->cfg.head_dim;
+    size_t bytes = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        bytes += m->layers[l].wq.w.row_bytes * (size_t)m->layers[l].wq.w.rows +
+                 m->layers[l].wk.w.row_bytes * (size_t)m->layers[l].wk.w.rows;
+    uint8_t *dst = m->owned_rows = finch_aalloc(bytes ? bytes : 1, "Q/K weights", L->err);
+    if (!dst) return FINCH_E_NOMEM;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        finch_layer *ly = &m->layers[l];
+        finch_linear *qk[2] = {&ly->wq, &ly->wk};
+        const float **norms[2] = {&ly->q_norm, &ly->k_norm};
+        for (int i = 0; i < 2; i++) {
+            finch_weight *w = &qk[i]->w;
+            const uint8_t *src = w->data;
+            for (int64_t r = 0; r < w->rows; r++)
+                memcpy(dst + (size_t)r * w->row_bytes,
+                       src + (size_t)finch_qk_hf_row(r, D) * w->row_bytes, w->row_bytes);
+            w->data = dst;
+            dst += (size_t)w->rows * w->row_bytes;
+            const float *vecs[2] = {qk[i]->bias, *norms[i]};
+            int64_t lens[2] = {w->rows, D};
+            for (int v = 0; v < 2; v++) {
+                if (!vecs[v]) continue;
+                for (int64_t r = 0; r < lens[v]; r++) owned[r] = vecs[v][finch_qk_hf_row(r, D)];
+                if (v == 0)
+                    qk[i]->bias = owned;
+                else
+                    *norms[i] = owned;
+                owned += lens[v];
+            }
+        }
+    }
     return FINCH_OK;
 }
 
@@ -223,6 +275,15 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
             (st = bind_weight(L, NAME("ffn_up.weight"), F, C, true, &ly->w_up.w, NULL)) ||
             (st = bind_weight(L, NAME("ffn_down.weight"), C, F, true, &ly->w_down.w, NULL)))
             return st;
+        if (L->arch->qk_norm &&
+            ((st = bind_vector(L, NAME("attn_q_norm.weight"), c->head_dim, &owned, &ly->q_norm)) ||
+             (st = bind_vector(L, NAME("attn_k_norm.weight"), c->head_dim, &owned, &ly->k_norm))))
+            return st;
+        if (L->arch->post_norms &&
+            ((st = bind_vector(L, NAME("post_attention_norm.weight"), C, &owned,
+                               &ly->post_attn_norm)) ||
+             (st = bind_vector(L, NAME("post_ffw_norm.weight"), C, &owned, &ly->post_ffn_norm))))
+            return st;
         static const char *const stems[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
                                             "ffn_gate", "ffn_up", "ffn_down"};
         for (int t = 0; t < FINCH_LAYER_LINEARS && !st; t++) {
@@ -234,7 +295,7 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
         if (st) return st;
 #undef NAME
     }
-    return FINCH_OK;
+    return L->arch->neox_rows ? permute_qk(L, m, owned) : FINCH_OK;
 }
 
 finch_status finch_model_load(const char *path, finch_model **out, finch_err *err) {
@@ -253,11 +314,17 @@ finch_status finch_model_load(const char *path, finch_model **out, finch_err *er
     }
     st = finch_gguf_open(path, &m->gguf, err);
     if (st) goto fail;
-    loader L = {m->gguf, path, err};
+    loader L = {.g = m->gguf, .path = path, .err = err};
     if ((st = read_config(&L, &m->cfg))) goto fail;
-    /* room for every norm vector in case all are stored in a 16-bit type */
-    m->owned_f32 = finch_calloc((size_t)(2 * m->cfg.n_layer + 1), (size_t)m->cfg.n_embd * 4,
-                                "norm weights", err);
+    m->arch = L.arch;
+    /* room for every norm vector in case all are stored in a 16-bit type, and for the q/k
+     * biases and norms a rotate-half file has permuted */
+    const finch_model_config *mc = &m->cfg;
+    size_t n_owned =
+        (size_t)(4 * mc->n_layer + 1) * (size_t)mc->n_embd +
+        (size_t)mc->n_layer *
+            (4 * (size_t)mc->head_dim + 2 * (size_t)(mc->n_head + mc->n_head_kv) * mc->head_dim);
+    m->owned_f32 = finch_calloc(n_owned, sizeof(float), "norm weights", err);
     if (!m->owned_f32) {
         st = FINCH_E_NOMEM;
         goto fail;

@@ -275,6 +275,7 @@ static void fill_config(finch_model *m) {
     finch_model_config *c = &m->cfg;
     /* the GGUF architecture llama.cpp would give it: mistral is llama there */
     snprintf(c->arch, sizeof c->arch, "%s", strcmp(h->model_type, "qwen2") ? "llama" : "qwen2");
+    m->arch = finch_arch_find(c->arch);
     size_t end = strlen(m->path);
     while (end > 1 && m->path[end - 1] == '/') end--; /* trailing slashes */
     size_t start = end;

@@ -29,11 +29,40 @@
 #include "kernels/kernels.h" /* finch_weight, finch_backend, finch_workspace */
 #include "model/linear.h"    /* finch_linear */
 
-/* One transformer block. Norm weights are f32 (C); their gradients (C) are set when a
- * method trains them, else NULL. */
+/* ---- the architecture table (arch.c) -------------------------------------------------- */
+
+typedef enum { FINCH_ACT_SILU, FINCH_ACT_GELU_TANH } finch_act;
+
+/* What a family's blocks do beyond LLaMA's pre-norm attention + SwiGLU. */
+typedef struct {
+    const char *name;    /* general.architecture / model_type */
+    bool gguf;           /* read from GGUF files (checked against llama.cpp) */
+    finch_act act;       /* the gated FFN's activation */
+    bool neox_rows;      /* the GGUF keeps q/k rows in rotate-half order: permuted at load */
+    bool qk_norm;        /* RMSNorm over each head of q and k before RoPE */
+    bool post_norms;     /* RMSNorm on the attention and FFN outputs before the residual adds */
+    bool embed_scale;    /* embeddings scaled by sqrt(n_embd) */
+    int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window */
+    float swa_rope_base; /* the RoPE base of those blocks */
+} finch_arch;
+
+/* The row of a family, or NULL; the names (of those read from GGUF), comma-separated. */
+const finch_arch *finch_arch_find(const char *name);
+void finch_arch_names(char *buf, size_t n, bool gguf);
+
+/* The Hugging Face (rotate-half) row that lands at finch's row r of a q or k projection
+ * with head dim D (FORMATS.md 4.1). */
+int64_t finch_qk_hf_row(int64_t r, int D);
+
+/* One transformer block. Norm weights are f32 (C; the q/k norms D); their gradients are
+ * set when a method trains them, else NULL. The q/k and post norms are NULL unless the
+ * architecture has them. */
 typedef struct {
     const float *attn_norm, *ffn_norm;
     float *d_attn_norm, *d_ffn_norm;
+    const float *q_norm, *k_norm;                /* (D) */
+    const float *post_attn_norm, *post_ffn_norm; /* (C) */
+    float *d_q_norm, *d_k_norm, *d_post_attn_norm, *d_post_ffn_norm;
     finch_linear wq, wk, wv, wo;       /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
     finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F) */
 } finch_layer;
@@ -44,7 +73,7 @@ struct finch_model {
     finch_st **shards; /* a Hugging Face folder's mapped safetensors files */
     int n_shards;
     finch_hf_config *hf;      /* its config.json; NULL for a GGUF file */
-    void *owned_rows;         /* Q/K weights permuted to GGUF row order (Hugging Face) */
+    void *owned_rows;         /* Q/K weights permuted to GGUF row order (HF, rotate-half) */
     finch_model_config cfg;   /* hyperparameters */
     finch_tokenizer *tok;     /* NULL when the file has none */
     finch_weight tok_embd;    /* (V, C) */
@@ -57,7 +86,19 @@ struct finch_model {
     float *owned_f32;         /* norm weights converted from f16/bf16, if any, and
                                  biases (f32, q/k permuted) */
     const finch_backend *be;  /* the backend every op goes through */
+    const finch_arch *arch;   /* its family's row */
 };
+
+/* Block l's RoPE base and sliding window (0: attends to every earlier position). */
+static inline float finch_layer_theta(const finch_model *m, int l) {
+    const finch_arch *a = m->arch;
+    return a->swa_pattern && l % a->swa_pattern < a->swa_pattern - 1 ? a->swa_rope_base
+                                                                     : m->cfg.rope_theta;
+}
+static inline int64_t finch_layer_window(const finch_model *m, int l) {
+    const finch_arch *a = m->arch;
+    return a->swa_pattern && l % a->swa_pattern < a->swa_pattern - 1 ? m->cfg.sliding_window : 0;
+}
 
 /* Fills m (zeroed, m->path set) from the Hugging Face folder m->path: config.json,
  * model.safetensors or model.safetensors.index.json and its shards, tokenizer.json (with
@@ -90,7 +131,7 @@ void finch_kv_session_release(finch_kv_session *s);
 /* Runs T <= n_batch tokens at positions s->pos.., appending to the cache. Writes the
  * logits of all T positions to s->logits when all_logits is true, else only the last
  * position's (to s->logits row 0). The caller has checked ids and capacity. */
-void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
+void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
                          bool all_logits);
 
 /* ---- training -------------------------------------------------------------------------- */

@@ -1,16 +1,20 @@
 /*
- * train.c: the LLaMA forward pass for training, keeping what backward needs, and its
- * backward, for B rows of T tokens (N = B*T rows in every (N, ...) buffer):
+ * train.c: the forward pass for training, keeping what backward needs, and its backward,
+ * for B rows of T tokens (N = B*T rows in every (N, ...) buffer), for every family of the
+ * architecture table (arch.c; what a row switches on is marked [field]):
  *
  *   forward, per layer l                         kept for backward
  *     xn1 = rmsnorm(x_l) * attn_norm             x_l, xn1, rstd1
- *     q, k, v = linears(xn1); rope(q), rope(k)   q, k (rotated), v
+ *     q, k, v = linears(xn1)                     (qp, kp before their norms)
+ *     q, k = rmsnorm per head [qk_norm]          rstdq, rstdk
+ *     rope(q), rope(k) (the block's base)        q, k (rotated), v
  *     ao = attention(q, k, v | seg)              att (B, H, T, T), ao
- *     xm = x_l + o(ao)                           xm
+ *     xm = x_l + o(ao)  (+ rmsnorm(o(ao)) [post_norms])  xm (op, rstdo)
  *     xn2 = rmsnorm(xm) * ffn_norm               xn2, rstd2
- *     h = silu(gate(xn2)) * up(xn2)              gate, up, h
- *     x_{l+1} = xm + down(h)
+ *     h = act(gate(xn2)) * up(xn2)               gate, up, h   (act: silu or gelu [act])
+ *     x_{l+1} = xm + down(h)  (+ rmsnorm(down(h)) [post_norms])  (fp, rstdf2)
  *   logits = head(rmsnorm(x_L) * output_norm)    x_L, xnf, rstdf
+ * x_0 is the embeddings, times sqrt(C) [embed_scale].
  *
  * With packed rows, seg keeps attention within each example and pos restarts per example,
  * so a packed row computes what its examples would alone.
@@ -26,12 +30,17 @@
  */
 #include "model/model.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 struct finch_train_acts {
     int B, T;
     /* per layer, (N, ...) each */
     float **x, **xn1, **rstd1, **q, **k, **v, **att, **ao, **xm, **xn2, **rstd2, **gate, **up, **h;
+    /* per layer, only for the families that have them (arch.c): q, k before their
+     * per-head norms and those norms' factors; the attention and FFN outputs before their
+     * post norms and those norms' factors */
+    float **qp, **kp, **rstdq, **rstdk, **op, **rstdo, **fp, **rstdf2;
     float *xf, *xnf, *rstdf; /* final norm: x_L (N, C) is x[L]; xnf (N, C), rstdf (N) */
     float *logits;           /* (Nt, V) for the Nt rows with a target, then their gradient */
     float *xg;               /* (Nt, C) the rows of xnf with a target */
@@ -50,6 +59,12 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     if (B < 1 || T < 2 || T > c->n_ctx_train)
         return finch_err_set(err, FINCH_E_USAGE, "batch %d x %d: need B >= 1 and 2 <= T <= %d", B,
                              T, c->n_ctx_train);
+    if (c->sliding_window && T > c->sliding_window)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "rows of %d tokens: training attention covers the sliding window of "
+                             "%d tokens at most (give --max-seq-len %d or less)",
+                             T, c->sliding_window, c->sliding_window);
+    const bool qkn = m->arch->qk_norm, post = m->arch->post_norms;
     const size_t N = (size_t)B * T, C = c->n_embd, HD = (size_t)c->n_head * c->head_dim,
                  KD = (size_t)c->n_head_kv * c->head_dim, F = c->n_ff, V = c->n_vocab,
                  L = c->n_layer, ATT = (size_t)B * c->n_head * T * T;
@@ -60,10 +75,28 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     struct {
         float ***p;
         size_t n;
-    } per_layer[] = {{&a->x, N * C},  {&a->xn1, N * C}, {&a->rstd1, N}, {&a->q, N * HD},
-                     {&a->k, N * KD}, {&a->v, N * KD},  {&a->att, ATT}, {&a->ao, N * HD},
-                     {&a->xm, N * C}, {&a->xn2, N * C}, {&a->rstd2, N}, {&a->gate, N * F},
-                     {&a->up, N * F}, {&a->h, N * F}};
+    } per_layer[] = {{&a->x, N * C},
+                     {&a->xn1, N * C},
+                     {&a->rstd1, N},
+                     {&a->q, N * HD},
+                     {&a->k, N * KD},
+                     {&a->v, N * KD},
+                     {&a->att, ATT},
+                     {&a->ao, N * HD},
+                     {&a->xm, N * C},
+                     {&a->xn2, N * C},
+                     {&a->rstd2, N},
+                     {&a->gate, N * F},
+                     {&a->up, N * F},
+                     {&a->h, N * F},
+                     {&a->qp, qkn ? N * HD : 0},
+                     {&a->kp, qkn ? N * KD : 0},
+                     {&a->rstdq, qkn ? N * c->n_head : 0},
+                     {&a->rstdk, qkn ? N * c->n_head_kv : 0},
+                     {&a->op, post ? N * C : 0},
+                     {&a->rstdo, post ? N : 0},
+                     {&a->fp, post ? N * C : 0},
+                     {&a->rstdf2, post ? N : 0}};
     struct {
         float **p;
         size_t n;
@@ -112,8 +145,9 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
 
 void finch_train_acts_free(finch_train_acts *a) {
     if (!a) return;
-    float **tables[] = {a->x,  a->xn1, a->rstd1, a->q,     a->k,    a->v,  a->att,
-                        a->ao, a->xm,  a->xn2,   a->rstd2, a->gate, a->up, a->h};
+    float **tables[] = {a->x,     a->xn1,   a->rstd1, a->q,     a->k,  a->v,     a->att, a->ao,
+                        a->xm,    a->xn2,   a->rstd2, a->gate,  a->up, a->h,     a->qp,  a->kp,
+                        a->rstdq, a->rstdk, a->op,    a->rstdo, a->fp, a->rstdf2};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) free(tables[i]);
     finch_afree(a->arena);
     free(a->pos);
@@ -130,32 +164,49 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     const finch_backend *be = m->be;
     const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff, V = c->n_vocab;
     const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
-    const float eps = c->rms_eps, theta = c->rope_theta;
+    const float eps = c->rms_eps;
+    const finch_arch *arch = m->arch;
+    const bool gelu = arch->act == FINCH_ACT_GELU_TANH;
     finch_linear_ctx ctx = {
         .be = be, .ws = &a->ws, .training = backward, .dropout_seed = dropout_seed};
     memcpy(a->pos, pos, (size_t)N * sizeof(int32_t));
 
     /* ---- forward ---- */
     be->embed(a->x[0], ids, N, &m->tok_embd);
+    if (arch->embed_scale) be->scale(a->x[0], N * C, sqrtf((float)C));
     for (int l = 0; l < L; l++) {
         const finch_layer *ly = &m->layers[l];
+        const float theta = finch_layer_theta(m, l);
         float *x = a->x[l];
         be->rmsnorm_forward(a->xn1[l], a->rstd1[l], x, ly->attn_norm, N, C, eps);
-        finch_linear_forward_train(a->q[l], a->xn1[l], &ly->wq, N, &ctx);
-        finch_linear_forward_train(a->k[l], a->xn1[l], &ly->wk, N, &ctx);
+        finch_linear_forward_train(arch->qk_norm ? a->qp[l] : a->q[l], a->xn1[l], &ly->wq, N, &ctx);
+        finch_linear_forward_train(arch->qk_norm ? a->kp[l] : a->k[l], a->xn1[l], &ly->wk, N, &ctx);
         finch_linear_forward_train(a->v[l], a->xn1[l], &ly->wv, N, &ctx);
+        if (arch->qk_norm) {
+            be->rmsnorm_forward(a->q[l], a->rstdq[l], a->qp[l], ly->q_norm, N * H, D, eps);
+            be->rmsnorm_forward(a->k[l], a->rstdk[l], a->kp[l], ly->k_norm, N * KVH, D, eps);
+        }
         be->rope_forward(a->q[l], a->pos, N, H, D, theta);
         be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
         be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg, B, T, H,
                                     KVH, D, &a->ws);
-        finch_linear_forward_train(a->xm[l], a->ao[l], &ly->wo, N, &ctx);
+        finch_linear_forward_train(arch->post_norms ? a->op[l] : a->xm[l], a->ao[l], &ly->wo, N,
+                                   &ctx);
+        if (arch->post_norms)
+            be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);
         be->add(a->xm[l], x, N * C);
         be->rmsnorm_forward(a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, N, C, eps);
         finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
         finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
-        be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+        if (gelu)
+            be->geglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+        else
+            be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
         float *next = l + 1 < L ? a->x[l + 1] : a->xf;
-        finch_linear_forward_train(next, a->h[l], &ly->w_down, N, &ctx);
+        finch_linear_forward_train(arch->post_norms ? a->fp[l] : next, a->h[l], &ly->w_down, N,
+                                   &ctx);
+        if (arch->post_norms)
+            be->rmsnorm_forward(next, a->rstdf2[l], a->fp[l], ly->post_ffn_norm, N, C, eps);
         be->add(next, a->xm[l], N * C);
     }
     be->rmsnorm_forward(a->xnf, a->rstdf, a->xf, m->output_norm, N, C, eps);
@@ -182,10 +233,21 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     be->rmsnorm_backward(a->dx, m->d_output_norm, a->dxn, a->rstdf, a->xf, m->output_norm, N, C);
     for (int l = L - 1; l >= 0; l--) {
         const finch_layer *ly = &m->layers[l];
-        /* x_{l+1} = xm + down(h): dxm = dx (kept in dx), dh from down */
-        finch_linear_backward(a->dh, a->dx, a->h[l], &ly->w_down, N, &ctx);
-        /* h = silu(gate) * up */
-        be->swiglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
+        const float theta = finch_layer_theta(m, l);
+        /* x_{l+1} = xm + down(h) (or + rmsnorm(down(h)) * post_ffn_norm): dxm = dx (kept in
+         * dx), dh from down */
+        const float *df = a->dx;
+        if (arch->post_norms) {
+            be->rmsnorm_backward(a->dt, ly->d_post_ffn_norm, a->dx, a->rstdf2[l], a->fp[l],
+                                 ly->post_ffn_norm, N, C);
+            df = a->dt;
+        }
+        finch_linear_backward(a->dh, df, a->h[l], &ly->w_down, N, &ctx);
+        /* h = act(gate) * up */
+        if (gelu)
+            be->geglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
+        else
+            be->swiglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
         /* gate = linear(xn2), up = linear(xn2): dxn2 sums both */
         finch_linear_backward(a->dxn, a->dh, a->xn2[l], &ly->w_gate, N, &ctx);
         finch_linear_backward(a->dt, a->dup, a->xn2[l], &ly->w_up, N, &ctx);
@@ -194,14 +256,28 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         be->rmsnorm_backward(a->dt, ly->d_ffn_norm, a->dxn, a->rstd2[l], a->xm[l], ly->ffn_norm, N,
                              C);
         be->add(a->dx, a->dt, N * C);
-        /* xm = x_l + o(ao): dx_l gets dxm (already in dx), dao from o */
-        finch_linear_backward(a->dao, a->dx, a->ao[l], &ly->wo, N, &ctx);
+        /* xm = x_l + o(ao) (or + rmsnorm(o(ao)) * post_attn_norm): dx_l gets dxm (already in
+         * dx), dao from o */
+        const float *dout = a->dx;
+        if (arch->post_norms) {
+            be->rmsnorm_backward(a->dt, ly->d_post_attn_norm, a->dx, a->rstdo[l], a->op[l],
+                                 ly->post_attn_norm, N, C);
+            dout = a->dt;
+        }
+        finch_linear_backward(a->dao, dout, a->ao[l], &ly->wo, N, &ctx);
         /* ao = attention(q, k, v) */
         be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l],
                                a->v[l], seg, B, T, H, KVH, D, &a->ws);
         /* rope(q), rope(k) */
         be->rope_backward(a->dq, a->pos, N, H, D, theta);
         be->rope_backward(a->dk, a->pos, N, KVH, D, theta);
+        /* q, k = per-head rmsnorm of the projections' outputs */
+        if (arch->qk_norm) {
+            be->rmsnorm_backward(a->dq, ly->d_q_norm, a->dq, a->rstdq[l], a->qp[l], ly->q_norm,
+                                 N * H, D);
+            be->rmsnorm_backward(a->dk, ly->d_k_norm, a->dk, a->rstdk[l], a->kp[l], ly->k_norm,
+                                 N * KVH, D);
+        }
         /* q, k, v = linears(xn1): dxn1 sums the three */
         finch_linear_backward(a->dxn, a->dq, a->xn1[l], &ly->wq, N, &ctx);
         finch_linear_backward(a->dt, a->dk, a->xn1[l], &ly->wk, N, &ctx);
@@ -213,7 +289,10 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
                              C);
         be->add(a->dx, a->dt, N * C);
     }
-    /* x_0 = embed(ids) */
-    if (m->d_tok_embd) be->embed_backward(m->d_tok_embd, a->dx, ids, N, C);
+    /* x_0 = embed(ids) (* sqrt(C)) */
+    if (m->d_tok_embd) {
+        if (arch->embed_scale) be->scale(a->dx, N * C, sqrtf((float)C));
+        be->embed_backward(m->d_tok_embd, a->dx, ids, N, C);
+    }
     return loss;
 }

@@ -357,7 +357,7 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
         (st = finch_gguf_set_f32(w, "adapter.lora.alpha", alpha, err)))
         goto done;
     if (m->cfg.name[0] && (st = finch_gguf_set_str(w, "general.name", m->cfg.name, err))) goto done;
-    const bool hf_rows = strcmp(m->cfg.arch, "llama") != 0;
+    const bool hf_rows = m->arch->neox_rows; /* the family keeps HF q/k rows in GGUF */
     /* the writer keeps pointers: the permuted copies live until the save */
     if (!(tmp = calloc((size_t)l->n_sites + 1, sizeof *tmp))) {
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");

@@ -9,7 +9,19 @@
 
 #include "io/io.h" /* GGUF and safetensors writers */
 
-typedef enum { W_EMBD, W_NORM_ATTN, W_LINEAR, W_BIAS, W_NORM_FFN, W_NORM_OUT, W_HEAD } wkind;
+typedef enum {
+    W_EMBD,
+    W_NORM_ATTN,
+    W_LINEAR,
+    W_BIAS,
+    W_NORM_Q,         /* per-head q norm [qk_norm] */
+    W_NORM_K,         /* per-head k norm [qk_norm] */
+    W_NORM_POST_ATTN, /* [post_norms] */
+    W_NORM_FFN,
+    W_NORM_POST_FFN, /* [post_norms] */
+    W_NORM_OUT,
+    W_HEAD
+} wkind;
 
 typedef struct {
     wkind kind;
@@ -28,57 +40,47 @@ typedef struct {
 
 /* ---- names ------------------------------------------------------------------------------ */
 
+/* The names of a site's tensor: printf formats taking the block (or nothing), in Hugging
+ * Face files and in GGUF. Families with post norms call the FFN's norm
+ * pre_feedforward_layernorm there, and the attention output's post_attention_layernorm. */
+static const struct {
+    const char *hf, *hf_post, *gguf;
+} names[] = {
+    [W_EMBD] = {"model.embed_tokens.weight", NULL, "token_embd.weight"},
+    [W_NORM_ATTN] = {"model.layers.%d.input_layernorm.weight", NULL, "blk.%d.attn_norm.weight"},
+    [W_NORM_Q] = {"model.layers.%d.self_attn.q_norm.weight", NULL, "blk.%d.attn_q_norm.weight"},
+    [W_NORM_K] = {"model.layers.%d.self_attn.k_norm.weight", NULL, "blk.%d.attn_k_norm.weight"},
+    [W_NORM_POST_ATTN] = {"model.layers.%d.post_attention_layernorm.weight", NULL,
+                          "blk.%d.post_attention_norm.weight"},
+    [W_NORM_FFN] = {"model.layers.%d.post_attention_layernorm.weight",
+                    "model.layers.%d.pre_feedforward_layernorm.weight", "blk.%d.ffn_norm.weight"},
+    [W_NORM_POST_FFN] = {"model.layers.%d.post_feedforward_layernorm.weight", NULL,
+                         "blk.%d.post_ffw_norm.weight"},
+    [W_NORM_OUT] = {"model.norm.weight", NULL, "output_norm.weight"},
+    [W_HEAD] = {"lm_head.weight", NULL, "output.weight"},
+};
+
 /* The Hugging Face key of a site. */
-static void hf_name(char *buf, size_t n, const wsite *s) {
-    char key[160];
-    switch (s->kind) {
-    case W_EMBD:
-        snprintf(buf, n, "model.embed_tokens.weight");
-        return;
-    case W_NORM_ATTN:
-        snprintf(buf, n, "model.layers.%d.input_layernorm.weight", s->layer);
-        return;
-    case W_NORM_FFN:
-        snprintf(buf, n, "model.layers.%d.post_attention_layernorm.weight", s->layer);
-        return;
-    case W_NORM_OUT:
-        snprintf(buf, n, "model.norm.weight");
-        return;
-    case W_HEAD:
-        snprintf(buf, n, "lm_head.weight");
-        return;
-    case W_LINEAR:
-    case W_BIAS:
+static void hf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
+    if (s->kind == W_LINEAR || s->kind == W_BIAS) {
+        char key[160];
         finch_target_key(key, sizeof key, s->layer, s->target, true);
         snprintf(buf, n, "%s.%s", key, s->kind == W_BIAS ? "bias" : "weight");
         return;
     }
+    const char *f =
+        m->arch->post_norms && names[s->kind].hf_post ? names[s->kind].hf_post : names[s->kind].hf;
+    snprintf(buf, n, f, s->layer);
 }
 
 /* The GGUF name of a site. */
 static void gguf_name(char *buf, size_t n, const wsite *s) {
-    switch (s->kind) {
-    case W_EMBD:
-        snprintf(buf, n, "token_embd.weight");
-        return;
-    case W_NORM_ATTN:
-        snprintf(buf, n, "blk.%d.attn_norm.weight", s->layer);
-        return;
-    case W_NORM_FFN:
-        snprintf(buf, n, "blk.%d.ffn_norm.weight", s->layer);
-        return;
-    case W_NORM_OUT:
-        snprintf(buf, n, "output_norm.weight");
-        return;
-    case W_HEAD:
-        snprintf(buf, n, "output.weight");
-        return;
-    case W_LINEAR:
-    case W_BIAS:
+    if (s->kind == W_LINEAR || s->kind == W_BIAS) {
         snprintf(buf, n, "blk.%d.%s.%s", s->layer, finch_target_gguf_name(s->target),
                  s->kind == W_BIAS ? "bias" : "weight");
         return;
     }
+    snprintf(buf, n, names[s->kind].gguf, s->layer);
 }
 
 /* ---- create, init ----------------------------------------------------------------------- */
@@ -88,7 +90,7 @@ static finch_status add_site(finch_peft *p, wstate *st, const finch_model *m, wk
     wsite *s = &st->sites[st->n_sites++];
     *s = (wsite){.kind = kind, .layer = layer, .target = t, .rows = rows, .cols = cols};
     char name[200];
-    hf_name(name, sizeof name, s);
+    hf_name(name, sizeof name, s, m);
     int heads = kind == W_LINEAR || kind == W_BIAS ? finch_target_heads(m, t) : 0;
     bool decay = kind == W_LINEAR || kind == W_EMBD || kind == W_HEAD; /* not norms, biases */
     int64_t shape[2] = {rows, cols};
@@ -110,16 +112,22 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
         e = add_site(p, st, m, W_EMBD, -1, 0, mc->n_vocab, mc->n_embd, err);
     for (int l = 0; l < mc->n_layer && !e; l++) {
         if (!finch_peft_layer(p, l)) continue;
+        const finch_arch *a = m->arch;
         e = add_site(p, st, m, W_NORM_ATTN, l, 0, mc->n_embd, 1, err);
+        if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_Q, l, 0, mc->head_dim, 1, err);
+        if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_K, l, 0, mc->head_dim, 1, err);
         for (int t = 0; t < FINCH_TARGET_COUNT && !e; t++) {
             const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
-            if (t == FINCH_TARGET_GATE)
+            if (t == FINCH_TARGET_GATE && a->post_norms)
+                e = add_site(p, st, m, W_NORM_POST_ATTN, l, 0, mc->n_embd, 1, err);
+            if (!e && t == FINCH_TARGET_GATE)
                 e = add_site(p, st, m, W_NORM_FFN, l, 0, mc->n_embd, 1, err);
             if (!e)
                 e = add_site(p, st, m, W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols, err);
             if (!e && lin->bias)
                 e = add_site(p, st, m, W_BIAS, l, (finch_target)t, lin->w.rows, 1, err);
         }
+        if (!e && a->post_norms) e = add_site(p, st, m, W_NORM_POST_FFN, l, 0, mc->n_embd, 1, err);
     }
     if (!e && c->head) e = add_site(p, st, m, W_NORM_OUT, -1, 0, mc->n_embd, 1, err);
     if (!e && c->head && !mc->tied_output)
@@ -142,11 +150,20 @@ static finch_weight *site_weight(finch_model *m, const wsite *s) {
 }
 
 static const float **site_vector(finch_model *m, const wsite *s) {
+    finch_layer *ly = s->layer >= 0 ? &m->layers[s->layer] : NULL;
     switch (s->kind) {
     case W_NORM_ATTN:
-        return &m->layers[s->layer].attn_norm;
+        return &ly->attn_norm;
+    case W_NORM_Q:
+        return &ly->q_norm;
+    case W_NORM_K:
+        return &ly->k_norm;
+    case W_NORM_POST_ATTN:
+        return &ly->post_attn_norm;
     case W_NORM_FFN:
-        return &m->layers[s->layer].ffn_norm;
+        return &ly->ffn_norm;
+    case W_NORM_POST_FFN:
+        return &ly->post_ffn_norm;
     case W_NORM_OUT:
         return &m->output_norm;
     case W_BIAS:
@@ -154,6 +171,36 @@ static const float **site_vector(finch_model *m, const wsite *s) {
     default:
         return NULL;
     }
+}
+
+/* Where the model looks for a site's gradient. */
+static float **site_grad(finch_model *m, const wsite *s) {
+    finch_layer *ly = s->layer >= 0 ? &m->layers[s->layer] : NULL;
+    switch (s->kind) {
+    case W_EMBD:
+        return &m->d_tok_embd;
+    case W_HEAD:
+        return &m->output.dw;
+    case W_LINEAR:
+        return &finch_model_target(m, s->layer, s->target)->dw;
+    case W_BIAS:
+        return &finch_model_target(m, s->layer, s->target)->dbias;
+    case W_NORM_ATTN:
+        return &ly->d_attn_norm;
+    case W_NORM_Q:
+        return &ly->d_q_norm;
+    case W_NORM_K:
+        return &ly->d_k_norm;
+    case W_NORM_POST_ATTN:
+        return &ly->d_post_attn_norm;
+    case W_NORM_FFN:
+        return &ly->d_ffn_norm;
+    case W_NORM_POST_FFN:
+        return &ly->d_post_ffn_norm;
+    case W_NORM_OUT:
+        return &m->d_output_norm;
+    }
+    return NULL;
 }
 
 void finch_weights_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
@@ -209,32 +256,11 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
             s->saved_v = *site_vector(m, s);
             *site_vector(m, s) = s->data;
         }
-        switch (s->kind) {
-        case W_EMBD:
-            m->d_tok_embd = s->grad;
-            if (m->cfg.tied_output) {
-                m->output.w = m->tok_embd;
-                m->output.dw = s->grad;
-            }
-            break;
-        case W_HEAD:
+        *site_grad(m, s) = s->grad;
+        /* a tied head is the embedding table, trained through both */
+        if (s->kind == W_EMBD && m->cfg.tied_output) {
+            m->output.w = m->tok_embd;
             m->output.dw = s->grad;
-            break;
-        case W_LINEAR:
-            finch_model_target(m, s->layer, s->target)->dw = s->grad;
-            break;
-        case W_BIAS:
-            finch_model_target(m, s->layer, s->target)->dbias = s->grad;
-            break;
-        case W_NORM_ATTN:
-            m->layers[s->layer].d_attn_norm = s->grad;
-            break;
-        case W_NORM_FFN:
-            m->layers[s->layer].d_ffn_norm = s->grad;
-            break;
-        case W_NORM_OUT:
-            m->d_output_norm = s->grad;
-            break;
         }
     }
     return FINCH_OK;
@@ -249,29 +275,10 @@ void finch_weights_detach(finch_peft *p, finch_model *m) {
             *w = s->saved_w;
         else
             *site_vector(m, s) = s->saved_v;
-        switch (s->kind) {
-        case W_EMBD:
-            m->d_tok_embd = NULL;
-            if (m->cfg.tied_output) m->output.w = m->tok_embd, m->output.dw = NULL;
-            break;
-        case W_HEAD:
+        *site_grad(m, s) = NULL;
+        if (s->kind == W_EMBD && m->cfg.tied_output) {
+            m->output.w = m->tok_embd;
             m->output.dw = NULL;
-            break;
-        case W_LINEAR:
-            finch_model_target(m, s->layer, s->target)->dw = NULL;
-            break;
-        case W_BIAS:
-            finch_model_target(m, s->layer, s->target)->dbias = NULL;
-            break;
-        case W_NORM_ATTN:
-            m->layers[s->layer].d_attn_norm = NULL;
-            break;
-        case W_NORM_FFN:
-            m->layers[s->layer].d_ffn_norm = NULL;
-            break;
-        case W_NORM_OUT:
-            m->d_output_norm = NULL;
-            break;
         }
     }
 }
@@ -310,7 +317,7 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
     }
     e = finch_gguf_set_kvs_from(w, g, "general.file_type", err);
     if (!e) e = finch_gguf_set_u32(w, "general.file_type", ftypes[c->save_type], err);
-    const bool hf_rows = strcmp(m->cfg.arch, "llama") != 0; /* qwen2 files keep HF q/k rows */
+    const bool hf_rows = m->arch->neox_rows; /* the family keeps HF q/k rows in GGUF */
     for (int64_t i = 0; i < n_t && !e; i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
         const wsite *s = site_by_gguf_name(st, t->name);
@@ -422,7 +429,7 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     for (int i = 0; i < n && !e; i++) {
         wsite *s = &all[i];
         char name[200], g[96];
-        hf_name(name, sizeof name, s);
+        hf_name(name, sizeof name, s, m);
         gguf_name(g, sizeof g, s);
         const wsite *trained = site_by_gguf_name(st, g);
         size_t count = (size_t)(s->rows * s->cols);
@@ -477,6 +484,17 @@ finch_status finch_weights_save(const finch_peft *p, const finch_model *m, const
     if (m->gguf) {
         snprintf(path, sizeof path, "%s/model.gguf", dir);
         if ((e = save_gguf(p, m, path, err))) return e;
+    }
+    if (m->arch->qk_norm || m->arch->post_norms) {
+        /* transformers stores Gemma's norms as w where GGUF holds 1 + w, under its own names
+         * and config: not written yet */
+        finch_log(FINCH_LOG_INFO,
+                  "%s: the tuned model is %s/model.gguf (a Hugging Face folder "
+                  "is written for LLaMA-family models only)",
+                  p->method->name, dir);
+        return m->gguf ? FINCH_OK
+                       : finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: cannot write this model",
+                                       m->path);
     }
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if ((e = save_hf_weights(p, m, path, err))) return e;

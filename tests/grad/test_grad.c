@@ -502,7 +502,7 @@ static void test_attention_backward(void **state) {
                     if (!seg) t1 = T;
                     int64_t o = b * T + t0;
                     finch_ref_attention_forward(outc + o * H * D, q + o * H * D, k + o * KVH * D,
-                                                v + o * KVH * D, t1 - t0, 0, H, KVH, D);
+                                                v + o * KVH * D, t1 - t0, 0, H, KVH, D, 0);
                 }
             check_close(what, out, outc, nq);
             finch_backend_cpu.attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, B, T, H, KVH,
@@ -620,6 +620,40 @@ static void test_swiglu_backward(void **state) {
     }
 }
 
+/* GeGLU: gelu (tanh form) of the gate times up. */
+static double geglu_loss(const void *p) {
+    const swiglu_ctx *c = p;
+    double L = 0;
+    for (int64_t i = 0; i < c->n; i++) {
+        double g = c->gate[i];
+        L += c->P[i] * 0.5 * g * (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (g + 0.044715 * g * g * g))) * c->up[i];
+    }
+    return L;
+}
+
+static void test_geglu_backward(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 18);
+    const int64_t ns[] = {1, 7, 20001};
+    for (size_t s = 0; s < sizeof ns / sizeof ns[0]; s++) {
+        int64_t n = ns[s];
+        float *gate = rand_vec(&r, n, 3.0f), *up = rand_vec(&r, n, 1.0f), *dh = rand_vec(&r, n, 1.0f);
+        float *dg = zeros(n), *du = zeros(n), *dgr = zeros(n), *dur = zeros(n);
+        finch_backend_cpu.geglu_backward(dg, du, dh, gate, up, n);
+        finch_ref_geglu_backward(dgr, dur, dh, gate, up, n);
+        double *gd = to_double(gate, n), *ud = to_double(up, n), *Pd = to_double(dh, n);
+        swiglu_ctx c = {n, gd, ud, Pd};
+        check_fd("geglu dgate", gd, n, dg, geglu_loss, &c, &r);
+        check_fd("geglu dup", ud, n, du, geglu_loss, &c, &r);
+        check_fd("geglu dgate ref", gd, n, dgr, geglu_loss, &c, &r);
+        check_close("geglu dgate", dg, dgr, n);
+        check_close("geglu dup", du, dur, n);
+        free(gd), free(ud), free(Pd), free(gate), free(up), free(dh);
+        free(dg), free(du), free(dgr), free(dur);
+    }
+}
+
 /* ---- softmax + cross-entropy ---------------------------------------------------------- */
 
 typedef struct {
@@ -722,7 +756,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_backward_input), cmocka_unit_test(test_matmul_backward_weight),
         cmocka_unit_test(test_embed_backward),        cmocka_unit_test(test_rmsnorm_backward),
         cmocka_unit_test(test_rope_backward),         cmocka_unit_test(test_attention_backward),
-        cmocka_unit_test(test_swiglu_backward),       cmocka_unit_test(test_softmax_xent),
+        cmocka_unit_test(test_swiglu_backward), cmocka_unit_test(test_geglu_backward),       cmocka_unit_test(test_softmax_xent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -270,17 +270,18 @@ static void test_attention(void **state) {
     finch_rng r;
     finch_rng_seed(&r, 6);
     const int H = 6, KVH = 2, D = 8;
-    const int64_t cases[][2] = {{1, 0}, {5, 0}, {1, 9}, {4, 3}}; /* (T, pos0) */
+    /* (T, pos0, sliding window: 0 none) */
+    const int64_t cases[][3] = {{1, 0, 0}, {5, 0, 0}, {1, 9, 0}, {4, 3, 0}, {6, 7, 4}, {1, 9, 3}};
     finch_workspace ws;
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(1, 64), 2, 0, &err), FINCH_OK);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        int64_t T = cases[c][0], pos0 = cases[c][1], n = pos0 + T;
+        int64_t T = cases[c][0], pos0 = cases[c][1], window = cases[c][2], n = pos0 + T;
         float *q = rand_vec(&r, T * H * D, 1.0f), *k = rand_vec(&r, n * KVH * D, 1.0f);
         float *v = rand_vec(&r, n * KVH * D, 1.0f);
         float *o = malloc(T * H * D * sizeof(float)), *orf = malloc(T * H * D * sizeof(float));
-        finch_backend_cpu.attention_forward(o, q, k, v, T, pos0, H, KVH, D, &ws);
-        finch_ref_attention_forward(orf, q, k, v, T, pos0, H, KVH, D);
+        finch_backend_cpu.attention_forward(o, q, k, v, T, pos0, H, KVH, D, window, &ws);
+        finch_ref_attention_forward(orf, q, k, v, T, pos0, H, KVH, D, window);
         assert_close(o, orf, T * H * D, 1e-5, 1.0, "attention");
         free(q);
         free(k);
@@ -289,6 +290,18 @@ static void test_attention(void **state) {
         free(orf);
     }
     finch_workspace_free(&ws);
+}
+
+static void test_geglu(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 8);
+    float *g = rand_vec(&r, 1000, 4.0f), *u = rand_vec(&r, 1000, 1.0f), h[1000], hr[1000];
+    finch_backend_cpu.geglu_forward(h, g, u, 1000);
+    finch_ref_geglu_forward(hr, g, u, 1000);
+    assert_close(h, hr, 1000, 1e-6, 1e-3, "geglu");
+    free(g);
+    free(u);
 }
 
 static void test_swiglu(void **state) {
@@ -361,7 +374,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_site_ops),
+        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_geglu), cmocka_unit_test(test_site_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

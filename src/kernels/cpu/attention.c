@@ -1,7 +1,7 @@
 /*
  * attention.c: causal grouped-query attention over a key/value cache.
  *   out[t, h] = sum_j softmax_j(q[t,h] . k[j,g] / sqrt(D)) v[j,g],  j <= pos0 + t,
- *   g = h / (H / KVH).
+ *   g = h / (H / KVH); with a sliding window W only the W latest positions (j > pos0 + t - W).
  * One (token, head) pair per task; its scores live in the thread's workspace slice.
  * Training attention (no cache, segments for packed rows) and its backward follow the
  * inference ops; their tasks are (row, head, block of tokens), each output owned by one.
@@ -118,7 +118,7 @@ static inline void axpy_f32(float *o, float p, const float *v, int D) {
 }
 
 void finch_cpu_attention_forward(float *out, const float *q, const float *k, const float *v,
-                                 int64_t T, int64_t pos0, int H, int KVH, int D,
+                                 int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
                                  finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t kv_stride = (int64_t)KVH * D;
@@ -133,23 +133,23 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
         float *att = ws->buf + (size_t)tid * ws->per_thread;
         int64_t t = th / H;
         int h = (int)(th % H), g = h / group;
-        int64_t n_kv = pos0 + t + 1;
+        int64_t n_kv = pos0 + t + 1, j0 = window > 0 && n_kv > window ? n_kv - window : 0;
         const float *qt = q + (t * H + h) * D;
         float mx = -INFINITY;
-        for (int64_t j = 0; j < n_kv; j++) {
+        for (int64_t j = j0; j < n_kv; j++) {
             float s = dot_f32(qt, k + j * kv_stride + (int64_t)g * D, D) * scale;
             att[j] = s;
             if (s > mx) mx = s;
         }
         float sum = 0;
-        for (int64_t j = 0; j < n_kv; j++) {
+        for (int64_t j = j0; j < n_kv; j++) {
             att[j] = expf(att[j] - mx);
             sum += att[j];
         }
         float inv = 1.0f / sum;
         float *ot = out + (t * H + h) * D;
         for (int d = 0; d < D; d++) ot[d] = 0;
-        for (int64_t j = 0; j < n_kv; j++)
+        for (int64_t j = j0; j < n_kv; j++)
             axpy_f32(ot, att[j] * inv, v + j * kv_stride + (int64_t)g * D, D);
     }
 }
@@ -359,7 +359,7 @@ void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n) {
  * 8-lane sums); tests/integration/test_smollm2.c holds it to that. */
 void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
                                      const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
-                                     int D, finch_workspace *ws) {
+                                     int D, int64_t window, finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t kv_stride = (int64_t)KVH * D;
     const float scale = 1.0f / sqrtf((float)D);
@@ -373,10 +373,10 @@ void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t 
         float *qh = ws->buf + (size_t)tid * ws->per_thread, *att = qh + D;
         int64_t t = th / H;
         int h = (int)(th % H), g = h / group;
-        int64_t n_kv = pos0 + t + 1;
+        int64_t n_kv = pos0 + t + 1, j0 = window > 0 && n_kv > window ? n_kv - window : 0;
         for (int d = 0; d < D; d++) qh[d] = h2f(f2h(q[(t * H + h) * D + d]));
         float mx = -INFINITY;
-        for (int64_t j = 0; j < n_kv; j++) {
+        for (int64_t j = j0; j < n_kv; j++) {
             const uint16_t *kj = k + j * kv_stride + (int64_t)g * D;
             float s = 0;
             for (int d = 0; d < D; d++) s += qh[d] * h2f(kj[d]);
@@ -385,15 +385,15 @@ void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t 
             if (s > mx) mx = s;
         }
         double sum = 0;
-        for (int64_t j = 0; j < n_kv; j++) {
+        for (int64_t j = j0; j < n_kv; j++) {
             att[j] = expf(att[j] - mx);
             sum += att[j];
         }
         float inv = (float)(1.0 / sum);
-        for (int64_t j = 0; j < n_kv; j++) att[j] = h2f(f2h(att[j] * inv));
+        for (int64_t j = j0; j < n_kv; j++) att[j] = h2f(f2h(att[j] * inv));
         float *ot = out + (t * H + h) * D;
         for (int d = 0; d < D; d++) ot[d] = 0;
-        for (int64_t j = 0; j < n_kv; j++) {
+        for (int64_t j = j0; j < n_kv; j++) {
             const uint16_t *vj = v + j * kv_stride + (int64_t)g * D;
             for (int d = 0; d < D; d++) ot[d] += att[j] * h2f(vj[d]);
         }

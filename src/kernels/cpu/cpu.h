@@ -17,17 +17,21 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
                          finch_workspace *ws);
 void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
                                      const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
-                                     int D, finch_workspace *ws);
+                                     int D, int64_t window, finch_workspace *ws);
 void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n);
 void finch_cpu_embed(float *x, const int32_t *ids, int64_t T, const finch_weight *emb);
 void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t T,
                                int64_t C, float eps);
 void finch_cpu_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
 void finch_cpu_attention_forward(float *out, const float *q, const float *k, const float *v,
-                                 int64_t T, int64_t pos0, int H, int KVH, int D,
+                                 int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
                                  finch_workspace *ws);
 void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_add(float *y, const float *x, int64_t n);
+void finch_cpu_scale(float *x, int64_t n, float a);
+void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n);
+void finch_cpu_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                              const float *up, int64_t n);
 void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, int64_t n);
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);

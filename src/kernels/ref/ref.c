@@ -47,26 +47,26 @@ void finch_ref_rope_forward(float *x, const int32_t *pos, int64_t T, int nh, int
 }
 
 void finch_ref_attention_forward(float *out, const float *q, const float *k, const float *v,
-                                 int64_t T, int64_t pos0, int H, int KVH, int D) {
+                                 int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window) {
     int64_t n_all = pos0 + T, kvs = (int64_t)KVH * D;
     double *att = malloc((size_t)n_all * sizeof(double));
     FINCH_ASSERT(att);
     for (int64_t t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
             int g = h / (H / KVH);
-            int64_t n = pos0 + t + 1;
+            int64_t n = pos0 + t + 1, j0 = window > 0 && n > window ? n - window : 0;
             double mx = -INFINITY, sum = 0;
-            for (int64_t j = 0; j < n; j++) {
+            for (int64_t j = j0; j < n; j++) {
                 double s = 0;
                 for (int d = 0; d < D; d++)
                     s += (double)q[(t * H + h) * D + d] * k[j * kvs + g * D + d];
                 att[j] = s / sqrt((double)D);
                 if (att[j] > mx) mx = att[j];
             }
-            for (int64_t j = 0; j < n; j++) sum += (att[j] = exp(att[j] - mx));
+            for (int64_t j = j0; j < n; j++) sum += (att[j] = exp(att[j] - mx));
             for (int d = 0; d < D; d++) {
                 double o = 0;
-                for (int64_t j = 0; j < n; j++) o += att[j] / sum * v[j * kvs + g * D + d];
+                for (int64_t j = j0; j < n; j++) o += att[j] / sum * v[j * kvs + g * D + d];
                 out[(t * H + h) * D + d] = (float)o;
             }
         }
@@ -296,4 +296,27 @@ void finch_ref_dropout_forward(float *y, const float *x, int64_t n, const finch_
 void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d) {
     for (int64_t i = 0; i < n; i++)
         if (ref_kept(d, i)) dx[i] += g[i] * d->scale;
+}
+
+/* gelu(g) = g Phi~(g), the tanh form: 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3). */
+void finch_ref_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+    const double c = sqrt(2.0 / 3.14159265358979323846);
+    for (int64_t i = 0; i < n; i++) {
+        double g = gate[i], u = c * (g + 0.044715 * g * g * g);
+        h[i] = (float)(0.5 * g * (1.0 + tanh(u)) * up[i]);
+    }
+}
+
+void finch_ref_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                              const float *up, int64_t n) {
+    const double c = sqrt(2.0 / 3.14159265358979323846);
+    for (int64_t i = 0; i < n; i++) {
+        double g = gate[i], u = c * (g + 0.044715 * g * g * g), th = tanh(u);
+        double gelu = 0.5 * g * (1.0 + th);
+        double dgelu =
+            0.5 * (1.0 + th) + 0.5 * g * (1.0 - th * th) * c * (1.0 + 3 * 0.044715 * g * g);
+        double d = dh[i];
+        dup[i] = (float)(d * gelu);
+        dgate[i] = (float)(d * up[i] * dgelu);
+    }
 }

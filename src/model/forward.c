@@ -1,22 +1,28 @@
 /*
- * llama.c: the LLaMA-family forward pass for inference over a key/value cache.
+ * forward.c: the forward pass for inference over a key/value cache, for every family of
+ * the architecture table (arch.c); what a row switches on is marked [row field].
  *
- *   x = tok_embd[ids]
+ *   x = tok_embd[ids]  (* sqrt(C) [embed_scale])
  *   per block:  xn = rmsnorm(x) * attn_norm
  *               q, k, v = xn Wq^T (+ bq), xn Wk^T (+ bk), xn Wv^T (+ bv)   (biases: Qwen2)
- *               rope(q), rope(k);  append k, v
- *               x += attention(q, K, V) Wo^T
+ *               q, k = rmsnorm per head * q_norm, k_norm  [qk_norm]
+ *               rope(q), rope(k) (the block's base [swa_pattern]);  append k, v
+ *               a = attention(q, K, V) (within the sliding window [swa_pattern]) Wo^T
+ *               x += a  (x += rmsnorm(a) * post_attn_norm [post_norms])
  *               xn = rmsnorm(x) * ffn_norm
- *               x += (silu(xn Wgate^T) * (xn Wup^T)) Wdown^T
+ *               f = (act(xn Wgate^T) * (xn Wup^T)) Wdown^T  (act: silu or gelu [act])
+ *               x += f  (x += rmsnorm(f) * post_ffn_norm [post_norms])
  *   logits = (rmsnorm(x) * output_norm) Wout^T
  *
  * Facts: FORMATS.md 3.1 (graph), 4 (RoPE on interleaved pairs for GGUF row order; a
- * Hugging Face folder's Q/K rows and biases are put in that order at load, model.h).
- * Biases are added inside finch_linear_forward (model/linear.c), so training gets them too.
+ * Hugging Face folder's and a rotate-half GGUF's Q/K rows, biases and q/k norms are put
+ * in that order at load, model.h). Biases are added inside finch_linear_forward
+ * (model/linear.c), so training gets them too.
  * Shapes: T tokens, C hidden, H/KVH heads, D head dim, F FFN width, V vocabulary.
  */
 #include "model/model.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, int n_ctx,
@@ -77,7 +83,7 @@ void finch_kv_session_release(finch_kv_session *s) {
     memset(s, 0, sizeof *s);
 }
 
-void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
+void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
                          bool all_logits) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
@@ -88,38 +94,53 @@ void finch_llama_forward(const finch_model *m, finch_kv_session *s, const int32_
     const finch_matmul_fn mm = llamacpp ? be->matmul_q8 : be->matmul;
     FINCH_ASSERT(T >= 1 && T <= s->n_batch && pos0 + T <= s->n_ctx);
 
+    const finch_arch *a = m->arch;
     for (int t = 0; t < T; t++) s->pos_ids[t] = (int32_t)(pos0 + t);
     be->embed(s->x, ids, T, &m->tok_embd);
+    if (a->embed_scale) be->scale(s->x, (int64_t)T * C, sqrtf((float)C));
 
     for (int l = 0; l < c->n_layer; l++) {
         const finch_layer *ly = &m->layers[l];
         const size_t layer_off = (size_t)l * s->n_ctx * KD;
+        const float theta = finch_layer_theta(m, l);
+        const int64_t window = finch_layer_window(m, l);
         /* attention */
         be->rmsnorm_forward(s->xn, NULL, s->x, ly->attn_norm, T, C, c->rms_eps);
         finch_linear_forward(mm, s->q, s->xn, &ly->wq, T, be, ws);
         finch_linear_forward(mm, s->kk, s->xn, &ly->wk, T, be, ws);
         finch_linear_forward(mm, s->vv, s->xn, &ly->wv, T, be, ws);
-        be->rope_forward(s->q, s->pos_ids, T, H, D, c->rope_theta);
-        be->rope_forward(s->kk, s->pos_ids, T, KVH, D, c->rope_theta);
+        if (a->qk_norm) {
+            be->rmsnorm_forward(s->q, NULL, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
+            be->rmsnorm_forward(s->kk, NULL, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
+        }
+        be->rope_forward(s->q, s->pos_ids, T, H, D, theta);
+        be->rope_forward(s->kk, s->pos_ids, T, KVH, D, theta);
         if (llamacpp) {
             uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
             be->to_f16(kc + pos0 * KD, s->kk, T * KD);
             be->to_f16(vc + pos0 * KD, s->vv, T * KD);
-            be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, ws);
+            be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, window, ws);
         } else {
             float *kc = (float *)s->k + layer_off, *vc = (float *)s->v + layer_off;
             memcpy(kc + pos0 * KD, s->kk, (size_t)(T * KD) * sizeof(float));
             memcpy(vc + pos0 * KD, s->vv, (size_t)(T * KD) * sizeof(float));
-            be->attention_forward(s->att, s->q, kc, vc, T, pos0, H, KVH, D, ws);
+            be->attention_forward(s->att, s->q, kc, vc, T, pos0, H, KVH, D, window, ws);
         }
         finch_linear_forward(mm, s->xn, s->att, &ly->wo, T, be, ws);
+        if (a->post_norms)
+            be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_attn_norm, T, C, c->rms_eps);
         be->add(s->x, s->xn, (int64_t)T * C);
         /* feed-forward */
         be->rmsnorm_forward(s->xn, NULL, s->x, ly->ffn_norm, T, C, c->rms_eps);
         finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
         finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
-        be->swiglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+        if (a->act == FINCH_ACT_GELU_TANH)
+            be->geglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+        else
+            be->swiglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
         finch_linear_forward(mm, s->xn, s->gate, &ly->w_down, T, be, ws);
+        if (a->post_norms)
+            be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_ffn_norm, T, C, c->rms_eps);
         be->add(s->x, s->xn, (int64_t)T * C);
     }
     s->pos += T;

@@ -1,0 +1,44 @@
+/*
+ * arch.c: the architecture table. A family is a row: what its blocks do differently from
+ * LLaMA's (model.h, finch_arch); the forward passes (llama.c, train.c) read the row and run
+ * the shared kernels. general.architecture (GGUF) or config.json's model_type selects it.
+ *
+ * Gemma 3 (llama.cpp's gemma3 graph): embeddings scaled by sqrt(n_embd); per-head RMSNorm
+ * of q and k before RoPE; RMSNorm on the attention and FFN outputs before each residual
+ * add; GeGLU (tanh GELU); five sliding-window layers (RoPE base 10000) to one global
+ * layer (the file's base); the GGUF's norm weights already hold 1 + w; q/k rows in
+ * rotate-half order, as in Hugging Face files.
+ */
+#include "model/model.h"
+
+static const finch_arch table[] = {
+    {.name = "llama", .gguf = true, .act = FINCH_ACT_SILU},
+    {.name = "qwen2", .act = FINCH_ACT_SILU, .neox_rows = true},
+    {.name = "gemma3",
+     .gguf = true,
+     .act = FINCH_ACT_GELU_TANH,
+     .neox_rows = true,
+     .qk_norm = true,
+     .post_norms = true,
+     .embed_scale = true,
+     .swa_pattern = 6,
+     .swa_rope_base = 10000.0f},
+};
+
+const finch_arch *finch_arch_find(const char *name) {
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(table[i].name, name)) return &table[i];
+    return NULL;
+}
+
+void finch_arch_names(char *buf, size_t n, bool gguf) {
+    buf[0] = 0;
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!gguf || table[i].gguf)
+            snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", buf[0] ? ", " : "", table[i].name);
+}
+
+int64_t finch_qk_hf_row(int64_t r, int D) {
+    const int64_t h = r / D, j = r % D;
+    return h * D + (j % 2 ? D / 2 + j / 2 : j / 2);
+}

@@ -71,9 +71,11 @@ if have_llamacpp "${FINCH_LLAMACPP_PYTHON:-}" || have_llamacpp "$(command -v pyt
   echo "interop-env: llama-cpp-python present"
 else
   echo "interop-env: building $LLAMACPP into $VENV (about 10 minutes)"
-  # ggml's AMX kernels need the kernel's permission for AMX tile state, which a process
-  # here does not get (they die with SIGILL on CPUs that report AMX): build without them
-  CMAKE_ARGS="-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+  # ggml's AMX kernels die with SIGILL on virtual CPUs that report AMX without its tile
+  # state: a native build turns them on, so name the x86 features instead, without AMX
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
     "$PY" -m pip install --quiet --disable-pip-version-check --no-cache-dir "$LLAMACPP"
 fi
 echo "interop-env: ready: $VENV"

@@ -196,7 +196,7 @@ static void dora_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
 
 static finch_status dora_attach(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
                                 finch_err *err) {
-    finch_status st = finch_lora_attach_ops(p, m, &dora_ops, weight, max_tokens, 2, err);
+    finch_status st = finch_lora_attach_ops(p, m, &dora_ops, weight, max_tokens, true, err);
     if (st) return st;
     /* a loaded adapter's rows are scaled once, here */
     finch_lora *l = p->state;

@@ -97,33 +97,41 @@ void finch_lora_free_state(finch_peft *p) {
 }
 
 finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_peft_ops *ops,
-                                   float weight, int64_t max_tokens, int extra_per_out,
-                                   finch_err *err) {
+                                   float weight, int64_t max_tokens, bool dora, finch_err *err) {
     finch_lora *l = p->state;
-    size_t need = 0;
+    /* u, du, the dropped-out input and DoRA's gradient buffer live only within one site's
+     * forward or backward (backward recomputes u and xd), so the sites share them; DoRA's
+     * zl is kept from forward to backward, one per site */
+    int64_t max_r = 1, max_in = 1, max_out = 1, zl = 0;
+    bool drops = false;
     for (int i = 0; i < l->n_sites; i++) {
         const finch_lora_site *s = &l->sites[i];
-        need += (size_t)max_tokens * (2 * (size_t)s->r + (s->dropout > 0 ? (size_t)s->in : 0) +
-                                      (size_t)extra_per_out * (size_t)s->out);
+        max_r = s->r > max_r ? s->r : max_r;
+        max_in = s->in > max_in ? s->in : max_in;
+        max_out = s->out > max_out ? s->out : max_out;
+        drops |= s->dropout > 0;
+        zl += dora ? s->out : 0;
     }
+    size_t need = (size_t)max_tokens * (2 * (size_t)max_r + (drops ? (size_t)max_in : 0) +
+                                        (dora ? (size_t)max_out : 0) + (size_t)zl);
     float *scratch = finch_alloc(need * sizeof(float) + 1, "adapter scratch", err);
     if (!scratch) return FINCH_E_NOMEM;
     free(l->scratch);
     l->scratch = scratch;
+    float *u = scratch, *du = u + max_tokens * max_r, *next = du + max_tokens * max_r;
+    float *xd = drops ? next : NULL;
+    next += drops ? max_tokens * max_in : 0;
+    float *g = dora ? next : NULL;
+    next += dora ? max_tokens * max_out : 0;
     for (int i = 0; i < l->n_sites; i++) {
         finch_lora_site *s = &l->sites[i];
         s->max_tokens = max_tokens;
-        s->u = scratch;
-        s->du = s->u + max_tokens * s->r;
-        scratch = s->du + max_tokens * s->r;
-        s->xd = NULL;
-        if (s->dropout > 0) s->xd = scratch, scratch += max_tokens * s->in;
-        s->zl = s->g = NULL;
-        if (extra_per_out >= 2) {
-            s->zl = scratch;
-            s->g = s->zl + max_tokens * s->out;
-            scratch = s->g + max_tokens * s->out;
-        }
+        s->u = u;
+        s->du = du;
+        s->xd = s->dropout > 0 ? xd : NULL;
+        s->g = g;
+        s->zl = dora ? next : NULL;
+        next += dora ? max_tokens * s->out : 0;
         finch_status st =
             finch_linear_attach(finch_model_target(m, s->layer, s->target), ops, s, weight, err);
         if (st) {
@@ -313,7 +321,7 @@ static finch_status lora_create(finch_peft *p, const finch_model *m, finch_err *
 
 static finch_status lora_attach(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
                                 finch_err *err) {
-    return finch_lora_attach_ops(p, m, &lora_ops, weight, max_tokens, 0, err);
+    return finch_lora_attach_ops(p, m, &lora_ops, weight, max_tokens, false, err);
 }
 
 /* W' = W + w s B A, row r: sum_j B[r][j] A[j][:]. */

@@ -43,7 +43,7 @@ typedef struct {
     float *negb;       /* (out) minus the base bias, or NULL without one */
     float *P;          /* (r, out) A W^T, for the norms */
     float *zl;         /* (max_tokens, out): the renormalised rows' input, kept for backward */
-    float *g;          /* (max_tokens, out): DoRA's gradient buffer */
+    float *g;          /* (max_tokens, out): DoRA's gradient buffer (shared) */
 } finch_lora_site;
 
 typedef struct {
@@ -66,11 +66,10 @@ finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_ma
  * (r, in)) drawn site after site, B = 0. */
 void finch_lora_init(finch_peft *p, const finch_model *m, finch_rng *rng);
 void finch_lora_free_state(finch_peft *p);
-/* Allocates the sites' scratch for max_tokens rows (extra floats per row and output
- * feature for DoRA) and attaches ops to every site. */
+/* Allocates the sites' scratch for max_tokens rows (with DoRA's buffers when dora) and
+ * attaches ops to every site. */
 finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_peft_ops *ops,
-                                   float weight, int64_t max_tokens, int extra_per_out,
-                                   finch_err *err);
+                                   float weight, int64_t max_tokens, bool dora, finch_err *err);
 void finch_lora_detach(finch_peft *p, finch_model *m);
 /* adapter_config.json: LoraConfig's fields finch refuses when set, and those it writes. */
 finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err *err);

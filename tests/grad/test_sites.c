@@ -80,8 +80,8 @@ static void check_method(const char *method, const finch_option *opts, int n_opt
     finch_peft_free(p);
 }
 
-static void test_sites(void **state) {
-    (void)state;
+/* Every method on the loaded model. */
+static void all_methods(void) {
     const finch_option lora[] = {{"target-modules", "all-linear"}, {"lora-dropout", "0"}, {"lora-r", "3"}};
     check_method("lora", lora, 3, NULL);
     const finch_option dora[] = {{"target-modules", "all-linear"}, {"lora-dropout", "0"}};
@@ -89,9 +89,33 @@ static void test_sites(void **state) {
     const finch_option ia3[] = {{"target-modules", "q,k,v,o,down,up"}, {"feedforward-modules", "down,o"}};
     check_method("ia3", ia3, 2, NULL);
     check_method("bitfit", NULL, 0, NULL);
-    const finch_option freeze[] = {{"layers", "0"}, {"train-embeddings", NULL}, {"train-head", NULL}};
+    char layers[32]; /* the first and the last block */
+    snprintf(layers, sizeof layers, "0,%d", model->cfg.n_layer - 1);
+    const finch_option freeze[] = {{"layers", layers}, {"train-embeddings", NULL}, {"train-head", NULL}};
     check_method("freeze", freeze, 3, NULL);
     check_method("full", NULL, 0, NULL);
+}
+
+static void test_sites(void **state) {
+    (void)state;
+    all_methods();
+}
+
+/* The same on a tiny Gemma 3 (tests/reference/make_tiny_gemma3.py): q/k norms, post norms,
+ * GeGLU, scaled embeddings, sliding-window blocks with their own RoPE base, q/k rows
+ * permuted at load. */
+static void test_sites_gemma3(void **state) {
+    (void)state;
+    finch_model *llama = model;
+    finch_train_acts *llama_acts = acts;
+    finch_err err;
+    if (finch_model_load(FINCH_FIXTURES "/model/tiny_gemma3.gguf", &model, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(finch_train_acts_new(model, B, T, &acts, &err), FINCH_OK);
+    all_methods();
+    finch_train_acts_free(acts);
+    finch_model_free(model);
+    model = llama;
+    acts = llama_acts;
 }
 
 static int setup(void **state) {
@@ -117,6 +141,7 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites),
+                                       cmocka_unit_test(test_sites_gemma3)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

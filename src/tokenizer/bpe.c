@@ -1,5 +1,6 @@
 /*
- * bpe.c: byte-level BPE (GPT-2 style), the public finch_tokenize / finch_detokenize.
+ * bpe.c: byte-level BPE (GPT-2 style): the row finch_tok_bpe of the vocabulary-type table,
+ * used for tokenizer.ggml.model "gpt2" and for every tokenizer.json.
  *
  * Encoding, for each run of text between special tokens (special.c), after the NFC
  * normalizer and the prefix space of a tokenizer.json that asks for them:
@@ -24,17 +25,15 @@
  * stale-pair rule), so ids match llama.cpp for the same file; tests/tokenizer checks it on
  * the real SmolLM2 vocabulary against ids made by llama.cpp itself.
  *
- * Decoding maps each character of a normal token back through the reversed byte table
- * (pieces are decoded once at load, finch_bpe_load_tables); control and unknown tokens
- * give their text only when asked for, user-defined tokens always; byte, unused and
- * undefined tokens give nothing. Not done: clean_up_tokenization_spaces
- * (llama_detokenize's clean_spaces).
+ * Decoding (tokenize.c, from the piece table made here at load) maps each character of a
+ * normal token back through the reversed byte table; control and unknown tokens give their
+ * text only when asked for, user-defined tokens always; byte, unused and undefined tokens
+ * give nothing. Not done: clean_up_tokenization_spaces (llama_detokenize's clean_spaces).
  *
  * Thread safety: the tokenizer is read-only here; each call has its own scratch memory.
  */
 #include "internal.h"
 
-#include <inttypes.h>
 #include <stdlib.h>
 
 /* ---- the GPT-2 byte-to-unicode table ------------------------------------------------ */
@@ -108,46 +107,23 @@ static void load_byte_tables(finch_tokenizer *tok) {
     }
 }
 
-/* Decodes every token once, as llama.cpp caches its pieces: control, unknown and
- * user-defined tokens stand for their own text; normal tokens for their bytes; byte,
- * unused and undefined tokens for nothing. */
-static finch_status load_pieces(finch_tokenizer *tok, finch_err *err) {
-    int32_t V = tok->n_vocab;
-    tok->piece_off = finch_calloc((size_t)V + 1, sizeof *tok->piece_off, "token pieces", err);
-    if (!tok->piece_off) return FINCH_E_NOMEM;
-    size_t total = 0;
-    for (int32_t i = 0; i < V; i++) {
-        uint32_t n = tok->text_len[i];
-        const char *t = tok->text_blob + tok->text_off[i];
-        size_t k = 0;
-        uint8_t a = tok->attr[i];
-        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED))
-            k = n;
-        else if (a & TOK_NORMAL)
-            k = bpe_decode_text(t, n, NULL);
-        tok->piece_off[i] = total;
-        if (!finch_size_add(total, k, &total))
-            return finch_err_set(err, FINCH_E_NOMEM, "decoded tokens overflow the address space");
+/* The piece of token id, as llama.cpp caches it: control, unknown and user-defined tokens
+ * stand for their own text; normal tokens for their bytes; byte, unused and undefined
+ * tokens for nothing. */
+static size_t bpe_piece(const finch_tokenizer *tok, int32_t id, char *out) {
+    uint32_t n = tok->text_len[id];
+    const char *t = tok->text_blob + tok->text_off[id];
+    uint8_t a = tok->attr[id];
+    if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED)) {
+        if (out) memcpy(out, t, n);
+        return n;
     }
-    tok->piece_off[V] = total;
-    tok->piece_blob = finch_alloc(total, "token pieces", err);
-    if (!tok->piece_blob) return FINCH_E_NOMEM;
-    for (int32_t i = 0; i < V; i++) {
-        uint32_t n = tok->text_len[i];
-        const char *t = tok->text_blob + tok->text_off[i];
-        char *dst = tok->piece_blob + tok->piece_off[i];
-        uint8_t a = tok->attr[i];
-        if (a & (TOK_CONTROL | TOK_UNKNOWN | TOK_USER_DEFINED))
-            memcpy(dst, t, n);
-        else if (a & TOK_NORMAL)
-            bpe_decode_text(t, n, dst);
-    }
-    return FINCH_OK;
+    return a & TOK_NORMAL ? bpe_decode_text(t, n, out) : 0;
 }
 
-finch_status finch_bpe_load_tables(finch_tokenizer *tok, finch_err *err) {
+static finch_status bpe_load_tables(finch_tokenizer *tok, finch_err *err) {
     load_byte_tables(tok);
-    return load_pieces(tok, err);
+    return finch_tok_set_pieces(tok, bpe_piece, err);
 }
 
 /* ---- per-call scratch --------------------------------------------------------------- */
@@ -172,8 +148,7 @@ typedef struct {
     size_t heap_n, heap_cap;
     char *enc; /* the encoded piece, for ignore_merges */
     size_t enc_cap;
-    int32_t *ids; /* the output */
-    size_t n_ids, ids_cap;
+    tok_ids *out; /* the caller's output */
 } scratch;
 
 static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -191,9 +166,7 @@ static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
 }
 
 static bool emit(scratch *sc, int32_t id) {
-    if (!grow((void **)&sc->ids, &sc->ids_cap, sc->n_ids + 1, sizeof *sc->ids)) return false;
-    sc->ids[sc->n_ids++] = id;
-    return true;
+    return tok_ids_push(sc->out, id);
 }
 
 static bool pair_less(const pair *a, const pair *b) {
@@ -333,7 +306,7 @@ static finch_status encode_text(const finch_tokenizer *tok, scratch *sc, const c
             len = nlen;
         }
     }
-    if (tok->add_prefix_space && len > 0 && text[0] != ' ') {
+    if (tok->hf_prefix_space && len > 0 && text[0] != ' ') {
         /* tokenizer.json ByteLevel add_prefix_space: each run starts with a space */
         prefixed = finch_alloc(len + 1, "text with a prefix space", err);
         if (!prefixed) {
@@ -378,108 +351,20 @@ done:
     return st;
 }
 
-FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *text, size_t len,
-                                      int flags, int32_t **ids, int64_t *n_ids, finch_err *err) {
-    FINCH_ASSERT(tok && ids && n_ids);
-    if (!text && len)
-        return finch_err_set(err, FINCH_E_USAGE, "finch_tokenize: text is NULL with length %zu",
-                             len);
-    if (flags & ~(FINCH_TOK_ADD_SPECIAL | FINCH_TOK_PARSE_SPECIAL))
-        return finch_err_set(err, FINCH_E_USAGE, "finch_tokenize: unknown flags 0x%x", flags);
-    if (!text) text = "";
-    scratch sc = {0};
-    tok_frag *frags = NULL;
-    size_t n_frags = 0;
-    finch_status st;
-    bool add = flags & FINCH_TOK_ADD_SPECIAL;
-    /* reserve about one id per four bytes, and at least something to return */
-    if (!grow((void **)&sc.ids, &sc.ids_cap, len / 4 + 4, sizeof *sc.ids)) goto nomem;
-    if (add && tok->add_bos && !emit(&sc, tok->special[SP_BOS])) goto nomem;
-    if ((st = finch_tok_partition(tok, text, len, flags & FINCH_TOK_PARSE_SPECIAL, &frags, &n_frags,
-                                  err)))
-        goto fail;
-    for (size_t f = 0; f < n_frags; f++) {
-        if (frags[f].id >= 0) {
-            if (!emit(&sc, frags[f].id)) goto nomem;
-        } else if ((st = encode_text(tok, &sc, text + frags[f].start, frags[f].len, err))) {
-            goto fail;
-        }
+static finch_status bpe_encode(const finch_tokenizer *tok, const char *text, const tok_frag *frags,
+                               size_t n_frags, tok_ids *out, finch_err *err) {
+    scratch sc = {.out = out};
+    finch_status st = FINCH_OK;
+    for (size_t f = 0; f < n_frags && !st; f++) {
+        if (frags[f].id < 0)
+            st = encode_text(tok, &sc, text + frags[f].start, frags[f].len, err);
+        else if (!emit(&sc, frags[f].id))
+            st = finch_err_set(err, FINCH_E_NOMEM, "out of memory tokenizing");
     }
-    if (add && tok->add_eos && !emit(&sc, tok->special[SP_EOS])) goto nomem;
-    free(frags);
     free(sc.sym);
     free(sc.heap);
     free(sc.enc);
-    *ids = sc.ids;
-    *n_ids = (int64_t)sc.n_ids;
-    return FINCH_OK;
-
-nomem:
-    st = finch_err_set(err, FINCH_E_NOMEM, "out of memory tokenizing %zu bytes", len);
-fail:
-    free(frags);
-    free(sc.sym);
-    free(sc.heap);
-    free(sc.enc);
-    free(sc.ids);
     return st;
 }
 
-/* ---- decoding ----------------------------------------------------------------------- */
-
-/* The bytes token id stands for (empty for control/unknown ones unless special). */
-static const char *piece_of(const finch_tokenizer *tok, int32_t id, bool special, size_t *len) {
-    if (!special && (tok->attr[id] & (TOK_CONTROL | TOK_UNKNOWN))) {
-        *len = 0;
-        return "";
-    }
-    *len = tok->piece_off[id + 1] - tok->piece_off[id];
-    return tok->piece_blob + tok->piece_off[id];
-}
-
-int64_t finch_tokenizer_piece(const finch_tokenizer *tok, int32_t id, bool special, char *buf,
-                              size_t cap) {
-    if (id < 0 || id >= tok->n_vocab) return -1;
-    size_t n;
-    const char *p = piece_of(tok, id, special, &n);
-    if (buf) memcpy(buf, p, n < cap ? n : cap);
-    return (int64_t)n;
-}
-
-FINCH_API finch_status finch_detokenize(const finch_tokenizer *tok, const int32_t *ids,
-                                        int64_t n_ids, int flags, char **text, size_t *len,
-                                        finch_err *err) {
-    FINCH_ASSERT(tok && text && len);
-    if (n_ids < 0 || (n_ids > 0 && !ids))
-        return finch_err_set(err, FINCH_E_USAGE, "finch_detokenize: %" PRId64 " ids at %p", n_ids,
-                             (const void *)ids);
-    bool special = flags & FINCH_TOK_PARSE_SPECIAL;
-    size_t total = 0;
-    for (int64_t i = 0; i < n_ids; i++) {
-        if (ids[i] < 0 || ids[i] >= tok->n_vocab)
-            return finch_err_set(err, FINCH_E_RANGE,
-                                 "token %" PRId64 " of %" PRId64 " is id %d, "
-                                 "outside the vocabulary of %d tokens",
-                                 i, n_ids, ids[i], tok->n_vocab);
-        size_t n;
-        piece_of(tok, ids[i], special, &n);
-        if (!finch_size_add(total, n, &total))
-            return finch_err_set(err, FINCH_E_RANGE, "decoded text overflows size_t");
-    }
-    size_t bytes;
-    if (!finch_size_add(total, 1, &bytes))
-        return finch_err_set(err, FINCH_E_RANGE, "decoded text overflows size_t");
-    char *out = finch_alloc(bytes, "decoded text", err);
-    if (!out) return FINCH_E_NOMEM;
-    size_t o = 0;
-    for (int64_t i = 0; i < n_ids; i++) {
-        size_t n;
-        const char *p = piece_of(tok, ids[i], special, &n);
-        memcpy(out + o, p, n);
-        o += n;
-    }
-    out[o] = 0;
-    *text = out;
-    *len = o;
-    return FINCH_OK;
-}
+const tok_model finch_tok_bpe = {"gpt2", bpe_load_tables, bpe_encode};

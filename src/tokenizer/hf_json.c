@@ -959,7 +959,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
         json_decref(root);
         return FINCH_E_NOMEM;
     }
-    snprintf(tok->model_name, sizeof tok->model_name, "gpt2");
+    tok->model = &finch_tok_bpe;
     for (int r = 0; r < SP_COUNT; r++) tok->special[r] = -1;
 
     json_t *model = json_object_get(root, "model");
@@ -993,7 +993,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
         finch_err_prefix(err, "%s: field 'pre_tokenizer'", path);
         goto fail;
     }
-    tok->add_prefix_space = c.prefix_space;
+    tok->hf_prefix_space = c.prefix_space;
     if (!(tok->pre_name = strdup(c.desc))) goto nomem;
 
     if ((st = get_bool(path, model, "ignore_merges", "model.ignore_merges", false,

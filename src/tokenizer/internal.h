@@ -1,13 +1,19 @@
 /*
  * internal.h: what the files of src/tokenizer/ share with each other, and nothing else
  * includes. The tokenizer object itself, the token attribute bits, the lookup tables
- * (token text -> id, merge pair -> rank) and the entry points each file offers the others:
+ * (token text -> id, merge pair -> rank, id -> decoded piece), the table of a vocabulary
+ * type's algorithm and the entry points each file offers the others:
  *
- *   lookup.c         the lookup tables: token text -> id, merge pair -> rank
+ *   lookup.c         the lookup tables: token text -> id, merge pair -> rank, the pieces
  *   special.c        special-token roles (EOG, auto-detected EOT/FIM), and the split of a
- *                    text at special tokens before BPE
- *   bpe.c            the GPT-2 byte map and the tables made from it at load, merges by
- *                    rank, finch_tokenize/detokenize
+ *                    text at special tokens before the vocabulary type's algorithm
+ *   bpe.c            byte-level BPE (tokenizer.ggml.model "gpt2"): the GPT-2 byte map,
+ *                    merges by rank; its row of the type table, finch_tok_bpe
+ *   spm.c            SentencePiece (tokenizer.ggml.model "llama"): the space marker, merges
+ *                    by score, byte fallback; its row, finch_tok_spm
+ *   tokenize.c       the public finch_tokenize / finch_detokenize / piece calls: argument
+ *                    checks, the special-token split, BOS/EOS, then the type's encoder;
+ *                    decoding from the piece table
  *   vocab.c          loads a tokenizer from GGUF metadata, and completes a loaded one
  *   hf_json.c        loads a tokenizer from a Hugging Face tokenizer.json
  *   pretok.c         the pre-tokenizer regex lists (PCRE2) and the llama.cpp-compatible
@@ -16,9 +22,11 @@
  *   chat_template.c  chat template families
  *
  * Calls between the files go one way, down this list: the loaders (vocab.c, hf_json.c)
- * call bpe.c, special.c and lookup.c; bpe.c calls special.c and lookup.c; special.c calls
- * lookup.c; lookup.c calls none of them. pretok.c and nfc.c call none of these four
- * (nfc.c only pretok.c's UTF-8 helpers). The sections below take those four lowest first.
+ * pick a type row (bpe.c or spm.c) and call special.c and lookup.c; tokenize.c calls
+ * special.c and, through tok->model, bpe.c or spm.c; bpe.c and spm.c call lookup.c (and
+ * bpe.c pretok.c), never each other; special.c calls lookup.c; lookup.c calls none of
+ * them. pretok.c and nfc.c call none of these (nfc.c only pretok.c's UTF-8 helpers). The
+ * sections below take them lowest first.
  *
  * The object is immutable once finch_tokenizer_from_gguf returns, which is what makes
  * concurrent finch_tokenize calls safe: every call keeps its scratch memory to itself.
@@ -30,6 +38,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <stdlib.h> /* realloc in tok_ids_push */
 
 /* Token attributes, one bit each, as llama.cpp derives them from tokenizer.ggml.token_type
  * (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte, other undefined). */
@@ -76,6 +85,49 @@ typedef enum {
     SP_COUNT
 } special_role;
 
+/* A growable list of token ids: what an encoder appends to. */
+typedef struct {
+    int32_t *v;
+    size_t n, cap;
+} tok_ids;
+
+/* Appends id; false when memory runs out (the list is left as it was). */
+static inline bool tok_ids_push(tok_ids *a, int32_t id) {
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 64;
+        if (cap > SIZE_MAX / 2 / sizeof *a->v) return false;
+        int32_t *v = realloc(a->v, cap * sizeof *v);
+        if (!v) return false;
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = id;
+    return true;
+}
+
+/* A run of the input: raw text (id -1) or one special token. */
+typedef struct {
+    size_t start, len; /* bytes of the input */
+    int32_t id;        /* the special token, or -1 for text still to be tokenized */
+} tok_frag;
+
+/* The algorithm of one vocabulary type (tokenizer.ggml.model): one const row per type,
+ * chosen by the loader; finch_tokenize and finch_tok_finish reach the type only through
+ * it. */
+typedef struct {
+    const char *name; /* the tokenizer.ggml.model value: "gpt2", "llama" */
+    /* Makes what the encoder and decoding read besides the text index: the token of each
+     * byte and every token's decoded piece (finch_tok_set_pieces). Called once by
+     * finch_tok_finish, after the special-token setup has settled the attributes. */
+    finch_status (*load_tables)(finch_tokenizer *tok, finch_err *err);
+    /* Appends to *out the ids of frags[0..n_frags) in order: a special fragment is its
+     * id, a text fragment (bytes of text) what the algorithm makes of it. FINCH_E_NOMEM
+     * (or FINCH_E_RANGE for a piece too long to index) on failure, *out then holding a
+     * partial result the caller frees. Thread-safe: scratch memory is per call. */
+    finch_status (*encode)(const finch_tokenizer *tok, const char *text, const tok_frag *frags,
+                           size_t n_frags, tok_ids *out, finch_err *err);
+} tok_model;
+
 /* One slot of the merge table: the pair (left id, right id) packed in key. */
 typedef struct {
     uint64_t key;   /* left << 32 | right; EMPTY_KEY when the slot is free */
@@ -84,13 +136,14 @@ typedef struct {
 } merge_slot;
 
 struct finch_tokenizer {
-    int32_t n_vocab;    /* V */
-    char *text_blob;    /* every token's text, NUL-terminated, back to back */
-    size_t *text_off;   /* (V) where token i's text starts in text_blob */
-    uint32_t *text_len; /* (V) its length in bytes */
-    uint8_t *attr;      /* (V) TOK_* bits */
-    char *piece_blob;   /* every token's decoded bytes (control text included) */
-    size_t *piece_off;  /* (V + 1) token i's piece is [piece_off[i], piece_off[i + 1]) */
+    const tok_model *model; /* the vocabulary type's algorithm (finch_tok_bpe, finch_tok_spm) */
+    int32_t n_vocab;        /* V */
+    char *text_blob;        /* every token's text, NUL-terminated, back to back */
+    size_t *text_off;       /* (V) where token i's text starts in text_blob */
+    uint32_t *text_len;     /* (V) its length in bytes */
+    uint8_t *attr;          /* (V) TOK_* bits */
+    char *piece_blob;       /* every token's decoded bytes (control text included) */
+    size_t *piece_off;      /* (V + 1) token i's piece is [piece_off[i], piece_off[i + 1]) */
 
     int32_t *index; /* open-addressing table text -> id, -1 free; index_mask + 1 */
     uint64_t index_mask;
@@ -98,8 +151,11 @@ struct finch_tokenizer {
     uint64_t merge_mask;
     int64_t n_merges; /* entries of tokenizer.ggml.merges */
 
-    int32_t byte_tok[256];   /* id of the one-character token that stands for each byte */
-    int32_t single_tok[256]; /* id of the token whose text is this one byte (fallback) */
+    float *scores; /* (V) SentencePiece piece scores (tokenizer.ggml.scores); NULL for BPE */
+
+    int32_t byte_tok[256];   /* id of the token that stands for each byte: BPE its GPT-2
+                              * character, SentencePiece <0xXX> (else the byte itself) */
+    int32_t single_tok[256]; /* id of the token whose text is this one byte (BPE fallback) */
 
     pretok pre;         /* regexes for the pre-tokenizer */
     bool ignore_merges; /* a whole piece that is a token is emitted as is (llama3) */
@@ -107,7 +163,11 @@ struct finch_tokenizer {
     int32_t n_specials;
     int32_t special[SP_COUNT]; /* ids by role, -1 when absent */
     bool add_bos, add_eos;     /* what FINCH_TOK_ADD_SPECIAL adds */
-    bool add_prefix_space;     /* a space goes before each text run that lacks one (HF ByteLevel) */
+    bool add_space_prefix;     /* tokenizer.ggml.add_space_prefix: SentencePiece puts a space
+                                * before a text run that starts the text or follows a special
+                                * token; decoding (either type) drops one leading space of
+                                * the first token */
+    bool hf_prefix_space;      /* a space goes before each text run that lacks one (HF ByteLevel) */
     bool nfc;                  /* each text run is put in Unicode NFC first (HF normalizer) */
     bool unk_missing;          /* a symbol that is not a token gives unk_model (or nothing
                                 * when it is -1) as in the tokenizers library, not llama.cpp's
@@ -116,7 +176,6 @@ struct finch_tokenizer {
     int32_t unk_model;         /* with unk_missing: tokenizer.json's model.unk_token, or -1 */
     uint8_t *strip;            /* (V) STRIP_* bits of special tokens, or NULL when none has any */
 
-    char model_name[16]; /* tokenizer.ggml.model */
     char *pre_name;      /* tokenizer.ggml.pre as written ("default" when absent) */
     char *chat_template; /* tokenizer.chat_template, or NULL */
 };
@@ -138,6 +197,14 @@ int32_t finch_tok_merge_rank(const finch_tokenizer *tok, int32_t left, int32_t r
 finch_status finch_tok_load_texts(finch_tokenizer *tok, const finch_str *texts, const char *path,
                                   const char *what, finch_err *err);
 
+/* Makes the piece table: piece(tok, id, out) writes the bytes token id decodes to into out
+ * and returns their count (with out NULL it only counts). Called by each type's
+ * load_tables. */
+finch_status finch_tok_set_pieces(finch_tokenizer *tok,
+                                  size_t (*piece)(const finch_tokenizer *tok, int32_t id,
+                                                  char *out),
+                                  finch_err *err);
+
 /* Makes the merge table for n merges, then fills it one merge at a time; a pair that
  * already has a merge keeps its first rank. result is the merged token, or -1. */
 finch_status finch_tok_alloc_merges(finch_tokenizer *tok, int64_t n, finch_err *err);
@@ -151,12 +218,6 @@ void finch_tok_add_merge(finch_tokenizer *tok, int32_t left, int32_t right, int3
  * of special tokens, longest first, that finch_tok_partition looks for. */
 finch_status finch_tok_special_setup(finch_tokenizer *tok, finch_err *err);
 
-/* A run of the input: raw text (id -1) or one special token. */
-typedef struct {
-    size_t start, len; /* bytes of the input */
-    int32_t id;        /* the special token, or -1 for text still to be tokenized */
-} tok_frag;
-
 /* Splits text at every occurrence of a special token, trying tokens longest first as
  * llama.cpp does (each token splits the text runs the longer ones left). Control and
  * unknown tokens count only when parse_special is true; user-defined ones always.
@@ -165,17 +226,21 @@ finch_status finch_tok_partition(const finch_tokenizer *tok, const char *text, s
                                  bool parse_special, tok_frag **frags, size_t *n_frags,
                                  finch_err *err);
 
-/* ---- bpe.c -------------------------------------------------------------------------- */
+/* ---- bpe.c, spm.c ------------------------------------------------------------------- */
 
-/* Makes what BPE reads besides the lookup tables: the token of each byte's GPT-2
- * character and the token whose text is the byte itself (the fallback), and every token's
- * decoded piece. Needs the final token attributes (after finch_tok_special_setup). */
-finch_status finch_bpe_load_tables(finch_tokenizer *tok, finch_err *err);
+/* Byte-level BPE, GPT-2 style (tokenizer.ggml.model "gpt2", and tokenizer.json). */
+extern const tok_model finch_tok_bpe;
+
+/* SentencePiece as llama.cpp runs it (tokenizer.ggml.model "llama"). Its load_tables
+ * needs tok->scores and a token for every byte (<0xXX>, else the byte itself), which the
+ * loader checks, and every token of type byte spelled <0xXX>. */
+extern const tok_model finch_tok_spm;
 
 /* ---- vocab.c ------------------------------------------------------------------------ */
 
-/* Completes a tokenizer whose texts, attributes, merges and special ids are set: the
- * special-token setup (special.c), then the byte tables and decoded pieces (bpe.c). */
+/* Completes a tokenizer whose type, texts, attributes, merges or scores and special ids
+ * are set: the special-token setup (special.c), then the type's byte tables and decoded
+ * pieces (tok->model->load_tables). */
 finch_status finch_tok_finish(finch_tokenizer *tok, finch_err *err);
 
 /* ---- pretok.c ----------------------------------------------------------------------- */

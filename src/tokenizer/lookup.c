@@ -1,12 +1,13 @@
 /*
- * lookup.c: the tokenizer's two lookup tables, filled by both loaders (vocab.c from GGUF,
- * hf_json.c from tokenizer.json) and read by special.c and bpe.c: token text -> id and
- * merge pair -> (rank, merged token). Both are open-addressing hash tables with linear
+ * lookup.c: the tokenizer's lookup tables, filled by both loaders (vocab.c from GGUF,
+ * hf_json.c from tokenizer.json) and read by special.c, bpe.c and spm.c: token text -> id
+ * and merge pair -> (rank, merged token), both open-addressing hash tables with linear
  * probing, sized to a power of two at least twice their entries, so a probe always ends
- * at a free slot.
+ * at a free slot; and id -> decoded piece, one blob made at load from a per-type decoder
+ * (llama.cpp's cache_token_to_piece).
  *
  * This file is the bottom of the tokenizer's own layering: it calls no other file of
- * src/tokenizer/, so special.c, bpe.c and the loaders can all rest on it.
+ * src/tokenizer/, so special.c, bpe.c, spm.c and the loaders can all rest on it.
  */
 #include "internal.h"
 
@@ -161,5 +162,25 @@ finch_status finch_tok_alloc_merges(finch_tokenizer *tok, int64_t n, finch_err *
     tok->merges = finch_alloc((tok->merge_mask + 1) * sizeof *tok->merges, "merge table", err);
     if (!tok->merges) return FINCH_E_NOMEM;
     for (uint64_t i = 0; i <= tok->merge_mask; i++) tok->merges[i].key = EMPTY_KEY;
+    return FINCH_OK;
+}
+
+finch_status finch_tok_set_pieces(finch_tokenizer *tok,
+                                  size_t (*piece)(const finch_tokenizer *tok, int32_t id,
+                                                  char *out),
+                                  finch_err *err) {
+    int32_t V = tok->n_vocab;
+    tok->piece_off = finch_calloc((size_t)V + 1, sizeof *tok->piece_off, "token pieces", err);
+    if (!tok->piece_off) return FINCH_E_NOMEM;
+    size_t total = 0;
+    for (int32_t i = 0; i < V; i++) {
+        tok->piece_off[i] = total;
+        if (!finch_size_add(total, piece(tok, i, NULL), &total))
+            return finch_err_set(err, FINCH_E_NOMEM, "decoded tokens overflow the address space");
+    }
+    tok->piece_off[V] = total;
+    tok->piece_blob = finch_alloc(total ? total : 1, "token pieces", err);
+    if (!tok->piece_blob) return FINCH_E_NOMEM;
+    for (int32_t i = 0; i < V; i++) piece(tok, i, tok->piece_blob + tok->piece_off[i]);
     return FINCH_OK;
 }

@@ -6,7 +6,7 @@
  *     found by name when their *_token_id key is absent; tokens with a known
  *     end-of-generation name join the end-of-generation (EOG) set together with eos, eot
  *     and eom; each token found this way becomes a control token. The names are data,
- *     listed below as llama.cpp lists them.
+ *     listed below as llama.cpp lists them (the llama.cpp of llama-cpp-python 0.3.36).
  *  2. At tokenization time, the split of a text at special tokens before the
  *     pre-tokenizer sees it. llama.cpp takes the special tokens longest first and lets
  *     each one split the text runs left by the longer ones (leftmost occurrence first),
@@ -29,37 +29,50 @@
 #include <stdlib.h>
 
 /* Names that identify a role when the role's key is absent, in the order tried. */
-static const char *const eot_names[] = {"<|eot_id|>",
-                                        "<|im_end|>",
-                                        "<|end|>",
-                                        "<end_of_turn>",
-                                        "<|endoftext|>",
-                                        "<|end_of_text|>",
-                                        "<EOT>",
-                                        "_<EOT>",
-                                        "<｜end▁of▁sentence｜>",
-                                        "<end_of_utterance>",
-                                        NULL};
+static const char *const eot_names[] = {
+    "<|eot_id|>",         "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>",    "<EOT>",      "_<EOT>",  "[EOT]",         "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>", NULL};
 static const char *const eom_names[] = {"<|eom_id|>", NULL};
-static const char *const fim_pre_names[] = {
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>",    "<｜fim▁begin｜>",
-    "<PRE>",          "▁<PRE>",       "<|code_prefix|>", NULL};
-static const char *const fim_suf_names[] = {
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",    "<｜fim▁hole｜>",
-    "<SUF>",          "▁<SUF>",       "<|code_suffix|>", NULL};
-static const char *const fim_mid_names[] = {
-    "<|fim_middle|>", "<fim-middle>", "<fim_middle>",    "<｜fim▁end｜>",
-    "<MID>",          "▁<MID>",       "<|code_middle|>", NULL};
-static const char *const fim_pad_names[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", NULL};
+static const char *const fim_pre_names[] = {"<|fim_prefix|>",  "<fim-prefix>", "<fim_prefix>",
+                                            "<｜fim▁begin｜>", "<PRE>",        "▁<PRE>",
+                                            "<|code_prefix|>", "<|prefix|>",   NULL};
+static const char *const fim_suf_names[] = {"<|fim_suffix|>",  "<fim-suffix>", "<fim_suffix>",
+                                            "<｜fim▁hole｜>",  "<SUF>",        "▁<SUF>",
+                                            "<|code_suffix|>", "<|suffix|>",   NULL};
+static const char *const fim_mid_names[] = {"<|fim_middle|>",  "<fim-middle>", "<fim_middle>",
+                                            "<｜fim▁end｜>",   "<MID>",        "▁<MID>",
+                                            "<|code_middle|>", "<|middle|>",   NULL};
+static const char *const fim_pad_names[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>",
+                                            "<PAD>",       "[PAD]",     NULL};
 static const char *const fim_rep_names[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
                                             "<REPO>",       "<reponame>",    NULL};
 static const char *const fim_sep_names[] = {"<|file_sep|>", NULL};
 
 /* Token texts that end generation wherever they are in the vocabulary. */
-static const char *const eog_names[] = {
-    "<|eot_id|>",      "<|im_end|>",         "<|end|>",    "<|return|>", "<|call|>",
-    "<end_of_turn>",   "<|endoftext|>",      "<|eom_id|>", "<EOT>",      "_<EOT>",
-    "<|end_of_text|>", "<end_of_utterance>", NULL};
+static const char *const eog_names[] = {"<|eot_id|>",
+                                        "<|im_end|>",
+                                        "<|end|>",
+                                        "<|return|>",
+                                        "<|call|>",
+                                        "<|flush|>",
+                                        "<|calls|>",
+                                        "<end_of_turn>",
+                                        "<|endoftext|>",
+                                        "</s>",
+                                        "<|eom_id|>",
+                                        "<EOT>",
+                                        "_<EOT>",
+                                        "[EOT]",
+                                        "[EOS]",
+                                        "<|end_of_text|>",
+                                        "<end_of_utterance>",
+                                        "<eos>",
+                                        "<turn|>",
+                                        "<|tool_response>",
+                                        "<｜end▁of▁sentence｜>",
+                                        "[e~[",
+                                        NULL};
 
 /* gpt-oss tokens llama.cpp always renders (user-defined rather than control). */
 static const char *const rendered_names[] = {"<|channel|>", "<|message|>", "<|start|>",
@@ -67,6 +80,12 @@ static const char *const rendered_names[] = {"<|channel|>", "<|message|>", "<|st
 
 static int32_t find_name(const finch_tokenizer *tok, const char *name) {
     return finch_tok_find(tok, name, strlen(name));
+}
+
+/* The id of the token with this text when it ends generation, else -1. */
+static int32_t eog_id(const finch_tokenizer *tok, const char *name) {
+    int32_t id = find_name(tok, name);
+    return id >= 0 && (tok->attr[id] & TOK_EOG) ? id : -1;
 }
 
 static void make_type(finch_tokenizer *tok, int32_t id, uint8_t type) {
@@ -135,14 +154,19 @@ finch_status finch_tok_special_setup(finch_tokenizer *tok, finch_err *err) {
         int32_t id = find_name(tok, rendered_names[i]);
         if (id >= 0) make_type(tok, id, TOK_USER_DEFINED);
     }
-    /* o200k_harmony: with <|return|> and <|call|> ending generation, <|end|> only ends a
-     * message, and is rendered */
-    int32_t ret = find_name(tok, "<|return|>"), call = find_name(tok, "<|call|>");
-    int32_t end = find_name(tok, "<|end|>");
-    if (ret >= 0 && call >= 0 && end >= 0 && (tok->attr[ret] & tok->attr[call] & TOK_EOG) &&
-        (tok->attr[end] & TOK_EOG)) {
+    /* o200k_harmony (<|return|>, <|call|>) and solar-open (<|calls|>, <|flush|>): with those
+     * ending generation, <|end|> only ends a message, and is rendered */
+    int32_t end = eog_id(tok, "<|end|>");
+    bool call = eog_id(tok, "<|call|>") >= 0 || eog_id(tok, "<|calls|>") >= 0;
+    if (end >= 0 && call && (eog_id(tok, "<|return|>") >= 0 || eog_id(tok, "<|flush|>") >= 0)) {
         tok->attr[end] &= (uint8_t)~TOK_EOG;
         make_type(tok, end, TOK_USER_DEFINED);
+    }
+    /* Gemma 4 and PLaMo have a </s> that is plain text (their end marker is another token) */
+    int32_t s_end = eog_id(tok, "</s>");
+    if (s_end >= 0 && (eog_id(tok, "<|tool_response>") >= 0 || eog_id(tok, "<|plamo:eos|>") >= 0)) {
+        tok->attr[s_end] &= (uint8_t)~TOK_EOG;
+        make_type(tok, s_end, TOK_NORMAL);
     }
 
     int32_t n = 0;

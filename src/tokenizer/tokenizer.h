@@ -1,11 +1,15 @@
 /*
  * tokenizer.h: text to token ids and back, and chat templates.
  *
- * Byte-level BPE (GPT-2 style, tokenizer.ggml.model "gpt2") as stored in GGUF metadata:
- * special tokens split out first, then the pre-tokenizer regexes named by
- * tokenizer.ggml.pre (PCRE2, applied in sequence), the GPT-2 byte-to-unicode map, merges
- * by rank. Token ids match llama.cpp's tokenizer for the same file. The same tokenizer can
- * be built from a Hugging Face tokenizer.json (its own pre-tokenizer regexes, NFC
+ * Two vocabulary types, as stored in GGUF metadata and run by llama.cpp:
+ *   - byte-level BPE (GPT-2 style, tokenizer.ggml.model "gpt2"): special tokens split out
+ *     first, then the pre-tokenizer regexes named by tokenizer.ggml.pre (PCRE2, applied in
+ *     sequence), the GPT-2 byte-to-unicode map, merges by rank;
+ *   - SentencePiece (tokenizer.ggml.model "llama": Llama 2, Gemma): special tokens split out
+ *     first, then spaces as U+2581 (and a space prefix when the model asks), merges by
+ *     piece score, byte fallback to <0xXX> tokens.
+ * Token ids match llama.cpp's tokenizer for the same file. A byte-level BPE tokenizer can
+ * also be built from a Hugging Face tokenizer.json (its own pre-tokenizer regexes, NFC
  * normalizer, added tokens); ids then match the tokenizers library.
  * Facts: ../shared/FORMATS.md section 5.
  *
@@ -20,14 +24,17 @@
 #include "io/io.h" /* finch_gguf, finch_gguf_get_* */
 
 /* Builds the tokenizer described by a GGUF's tokenizer.* keys. A tokenizer.ggml.model other
- * than "gpt2" or an unknown tokenizer.ggml.pre is FINCH_E_UNSUPPORTED; inconsistent array
- * lengths, arrays of the wrong element type, merges without a space or naming tokens that
- * do not exist, special-token ids out of range, and add_bos/add_eos without the id to add
- * are FINCH_E_FORMAT; every message names the file and the key. *out is NULL (and FINCH_OK
- * returned) when the file has no tokenizer.ggml.model key, or it is "none"/"no_vocab". A
- * missing tokenizer.ggml.pre means "default", as in llama.cpp (logged as a warning). The
- * tokenizer copies what it keeps; the GGUF may be closed afterwards. The caller owns *out;
- * the tokenizer is immutable, so concurrent finch_tokenize calls on it are safe. */
+ * than "gpt2" or "llama", or an unknown tokenizer.ggml.pre for "gpt2", is
+ * FINCH_E_UNSUPPORTED; inconsistent array lengths, arrays of the wrong element type, merges
+ * without a space or naming tokens that do not exist, special-token ids out of range,
+ * add_bos/add_eos without the id to add, and for "llama" missing or NaN scores, empty token
+ * texts, token types outside 0..6, byte tokens not spelled <0xXX> and bytes without a
+ * fallback token are FINCH_E_FORMAT; every message names the file and the key (and the
+ * token's index). *out is NULL (and FINCH_OK returned) when the file has no
+ * tokenizer.ggml.model key, or it is "none"/"no_vocab". A missing tokenizer.ggml.pre means
+ * "default", as in llama.cpp (logged as a warning for "gpt2"). The tokenizer copies what it
+ * keeps; the GGUF may be closed afterwards. The caller owns *out; the tokenizer is
+ * immutable, so concurrent finch_tokenize calls on it are safe. */
 finch_status finch_tokenizer_from_gguf(const finch_gguf *g, finch_tokenizer **out, finch_err *err);
 void finch_tokenizer_free(finch_tokenizer *tok);
 
@@ -45,16 +52,16 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
 int32_t finch_tokenizer_bos(const finch_tokenizer *tok);
 int32_t finch_tokenizer_eos(const finch_tokenizer *tok);
 
-/* Short descriptions for finch info: the model type ("gpt2"), the pre-tokenizer name, and
- * the number of merges. Borrowed. */
+/* Short descriptions for finch info: the model type ("gpt2", "llama"), the pre-tokenizer
+ * name, and the number of merges (0 for "llama"). Borrowed. */
 const char *finch_tokenizer_model_name(const finch_tokenizer *tok);
 const char *finch_tokenizer_pre_name(const finch_tokenizer *tok);
 int64_t finch_tokenizer_n_merges(const finch_tokenizer *tok);
 
-/* Decodes one token to the bytes it stands for (byte-level BPE alphabet reversed);
- * control and unknown tokens give "" unless special is true, user-defined tokens their
- * text. Writes at most cap bytes to buf and returns the full length (like snprintf,
- * without a NUL), or -1 for an id out of range. */
+/* Decodes one token to the bytes it stands for (byte-level BPE alphabet reversed, or
+ * SentencePiece's U+2581 as a space and <0xXX> as its byte); control and unknown tokens give
+ * "" unless special is true, user-defined tokens their text. Writes at most cap bytes to buf and
+ * returns the full length (like snprintf, without a NUL), or -1 for an id out of range. */
 int64_t finch_tokenizer_piece(const finch_tokenizer *tok, int32_t id, bool special, char *buf,
                               size_t cap);
 

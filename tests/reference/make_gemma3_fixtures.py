@@ -7,7 +7,8 @@ with llama-cpp-python on the CPU, and for each prompt below writes to
 tests/fixtures/model/gemma3_llamacpp.json: llama.cpp's token ids (BOS first, as the file's
 add_bos_token says), at every position the argmax, the 8 largest logits with their ids,
 and the logits of 64 fixed ids (the same for every position: 262,144 logits a position are
-too many to commit), and the 32 tokens greedy decoding continues with. llama.cpp computes
+too many to commit), and the 32 tokens greedy decoding continues with, each with
+llama.cpp's margin between its two best logits (a greedy path may part at a near tie). llama.cpp computes
 with its own CPU arithmetic (8-bit activations in the quantized matmuls, f16 KV cache), so
 finch's exact logits are compared to these within a stated tolerance, argmax by argmax.
 
@@ -48,13 +49,16 @@ def main():
                    top_logits=[[float(logits[i, j]) for j in top[i]] for i in range(len(ids))],
                    probe_logits=logits[:, PROBE].tolist())
         # greedy continuation, one token at a time from the prompt's state
-        gen = []
-        nxt = int(logits[-1].argmax())
+        gen, margins = [], []
+        row = logits[-1]
         for _ in range(N_GREEDY):
-            gen.append(nxt)
-            llm.eval([nxt])
-            nxt = int(np.array(llm.scores[llm.n_tokens - 1]).argmax())
+            top2 = np.sort(row)[-2:]
+            margins.append(float(top2[1] - top2[0]))
+            gen.append(int(row.argmax()))
+            llm.eval([gen[-1]])
+            row = np.array(llm.scores[llm.n_tokens - 1])
         rec["greedy_ids"] = gen
+        rec["greedy_margins"] = margins
         rec["greedy_text"] = llm.detokenize(gen).decode("utf-8", errors="replace")
         out["prompts"].append(rec)
         print("%r -> %r" % (p[:40], rec["greedy_text"][:60]))

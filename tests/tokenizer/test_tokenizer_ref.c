@@ -17,19 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef struct {
-    char *text;     /* the bytes to tokenize */
-    size_t len;
-    char *decoded;  /* what decoding the ids must give */
-    size_t dlen;
-    int flags;      /* FINCH_TOK_PARSE_SPECIAL or 0 */
-    int32_t *ids;   /* llama.cpp's ids */
-    int64_t n_ids;
-    int lineno;     /* line of the fixture file */
-} ref_line;
-
 static finch_tokenizer *tok;
-static ref_line *lines;
+static tt_ref_line *lines;
 static size_t n_lines;
 static size_t n_lossy; /* lines llama.cpp does not decode back to themselves */
 
@@ -46,59 +35,14 @@ static bool model_path(char *buf, size_t cap) {
     return access(buf, R_OK) == 0;
 }
 
-static int load_fixture(void) {
-    FILE *f = fopen(TOK_FIXTURES "smollm2_ids.jsonl", "r");
-    if (!f) return fprintf(stderr, "cannot open smollm2_ids.jsonl\n"), -1;
-    char *buf = NULL;
-    size_t cap = 0, n_cap = 0;
-    ssize_t got;
-    int lineno = 0;
-    while ((got = getline(&buf, &cap, f)) > 0) {
-        lineno++;
-        json_error_t je;
-        json_t *o = json_loadb(buf, (size_t)got, JSON_ALLOW_NUL, &je);
-        if (!o) return fprintf(stderr, "smollm2_ids.jsonl:%d: %s\n", lineno, je.text), -1;
-        if (json_object_get(o, "meta")) {
-            json_decref(o);
-            continue;
-        }
-        if (n_lines == n_cap) {
-            n_cap = n_cap ? 2 * n_cap : 1024;
-            lines = realloc(lines, n_cap * sizeof *lines);
-        }
-        ref_line *l = &lines[n_lines++];
-        memset(l, 0, sizeof *l);
-        l->lineno = lineno;
-        l->flags = json_is_true(json_object_get(o, "special")) ? FINCH_TOK_PARSE_SPECIAL : 0;
-        json_t *text = json_object_get(o, "text"), *dec = json_object_get(o, "decoded_hex");
-        if (text) {
-            l->len = json_string_length(text);
-            l->text = malloc(l->len + 1);
-            memcpy(l->text, json_string_value(text), l->len + 1);
-        } else {
-            l->text = tt_unhex(json_string_value(json_object_get(o, "hex")), &l->len);
-        }
-        if (dec) {
-            l->decoded = tt_unhex(json_string_value(dec), &l->dlen);
-            n_lossy++;
-        } else {
-            l->decoded = l->text;
-            l->dlen = l->len;
-        }
-        l->ids = tt_ids(json_object_get(o, "ids"), &l->n_ids);
-        json_decref(o);
-    }
-    free(buf);
-    fclose(f);
-    return n_lines > 0 ? 0 : -1;
-}
-
 static int setup(void **state) {
     (void)state;
     char path[4096];
     if (!model_path(path, sizeof path)) {
-        fprintf(stderr, "the default model is missing at %s: run scripts/setup.sh (or set "
-                "FINCH_MODEL; FINCH_ALLOW_NO_MODEL=1 skips this test)\n", path);
+        fprintf(stderr,
+                "the default model is missing at %s: run scripts/setup.sh (or set "
+                "FINCH_MODEL; FINCH_ALLOW_NO_MODEL=1 skips this test)\n",
+                path);
         return -1;
     }
     finch_err err;
@@ -112,63 +56,21 @@ static int setup(void **state) {
     if (st) return fprintf(stderr, "%s\n", err.msg), -1;
     printf("tokenizer loaded in %.1f ms\n",
            (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
-    return load_fixture();
+    return tt_ref_load(TOK_FIXTURES "smollm2_ids.jsonl", &lines, &n_lines, &n_lossy, NULL);
 }
 
 static int teardown(void **state) {
     (void)state;
-    for (size_t i = 0; i < n_lines; i++) {
-        if (lines[i].decoded != lines[i].text) free(lines[i].decoded);
-        free(lines[i].text);
-        free(lines[i].ids);
-    }
-    free(lines);
+    tt_ref_free(lines, n_lines);
     finch_tokenizer_free(tok);
     return 0;
 }
 
-/* Tokenizes every line, counting (and printing the first of) the lines whose ids differ
- * from llama.cpp's or that do not decode back. Returns the number of bad lines. */
+/* Checks every line (tt_ref_check), timing it. */
 static int check_all(bool verbose, double *ms) {
-    int bad = 0;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (size_t i = 0; i < n_lines; i++) {
-        const ref_line *l = &lines[i];
-        finch_err err;
-        int32_t *ids;
-        int64_t n;
-        if (finch_tokenize(tok, l->text, l->len, l->flags, &ids, &n, &err)) {
-            if (verbose) fprintf(stderr, "line %d: %s\n", l->lineno, err.msg);
-            bad++;
-            continue;
-        }
-        char *dec = NULL;
-        size_t dlen = 0;
-        bool same = tt_same_ids(ids, n, l->ids, l->n_ids);
-        bool round = !finch_detokenize(tok, ids, n, l->flags, &dec, &dlen, &err) &&
-                     dlen == l->dlen && memcmp(dec, l->decoded, dlen) == 0;
-        if (!same || !round) {
-            if (verbose && bad < 10) {
-                fprintf(stderr, "line %d%s: ", l->lineno,
-                        l->flags ? " (special)" : "");
-                tt_print_bytes(stderr, l->text, l->len, 200);
-                fputc('\n', stderr);
-                if (!same) {
-                    tt_print_ids(stderr, "llama.cpp", l->ids, l->n_ids);
-                    tt_print_ids(stderr, "finch    ", ids, n);
-                }
-                if (!round) {
-                    fprintf(stderr, "    decodes to ");
-                    tt_print_bytes(stderr, dec ? dec : "", dlen, 200);
-                    fputc('\n', stderr);
-                }
-            }
-            bad++;
-        }
-        free(dec);
-        free(ids);
-    }
+    int bad = tt_ref_check(tok, lines, n_lines, verbose, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (ms) *ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
     return bad;
@@ -180,8 +82,8 @@ static void test_ids_match_llamacpp(void **state) {
     double ms;
     int bad = check_all(true, &ms);
     printf("%zu lines (%zu of them invalid UTF-8 or with bytes the vocabulary lacks): %d "
-           "differ from llama.cpp or do not decode as llama.cpp does; %.1f ms\n", n_lines,
-           n_lossy, bad, ms);
+           "differ from llama.cpp or do not decode as llama.cpp does; %.1f ms\n",
+           n_lines, n_lossy, bad, ms);
     assert_true(n_lossy < 50);
     assert_int_equal(bad, 0);
 }
@@ -236,7 +138,8 @@ static void test_add_special_and_pieces(void **state) {
     /* add_bos_token is false and there is no add_eos_token: nothing is added */
     assert_int_equal(finch_tokenize(tok, "Hello world", 11,
                                     FINCH_TOK_ADD_SPECIAL | FINCH_TOK_PARSE_SPECIAL, &ids, &n,
-                                    &err), FINCH_OK);
+                                    &err),
+                     FINCH_OK);
     assert_int_equal(n, 2);
     assert_int_equal(ids[0], 19556);
     assert_int_equal(ids[1], 905);
@@ -310,10 +213,8 @@ int main(void) {
         return 0;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ids_match_llamacpp),
-        cmocka_unit_test(test_concurrent_calls),
-        cmocka_unit_test(test_metadata),
-        cmocka_unit_test(test_add_special_and_pieces),
+        cmocka_unit_test(test_ids_match_llamacpp), cmocka_unit_test(test_concurrent_calls),
+        cmocka_unit_test(test_metadata),           cmocka_unit_test(test_add_special_and_pieces),
         cmocka_unit_test(test_long_inputs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -79,7 +79,8 @@ static void test_tiny_decode(void **state) {
     finch_tokenizer *tok = tt_load(TOK_FIXTURES "tiny_gpt-2.gguf");
     finch_err err;
     static const char *const texts[] = {"hello world", "  \n\t x", "<tool>it's 123",
-                                        "a\xc2\xa0" "b"};
+                                        "a\xc2\xa0"
+                                        "b"};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         int32_t *ids;
         int64_t n;
@@ -170,7 +171,7 @@ static void test_api_checks(void **state) {
 typedef enum {
     BREAK_NOTHING,
     NO_MODEL,
-    MODEL_LLAMA,
+    MODEL_BERT,
     MODEL_NOT_STRING,
     NO_PRE,
     PRE_UNKNOWN,
@@ -189,8 +190,8 @@ typedef enum {
 } breakage;
 
 static finch_status write_vocab(const char *path, breakage b, finch_err *err) {
-    static const char *const tokens[] = {"<|endoftext|>", "h", "e", "l", "o", "he", "ll",
-                                         "hell", "hello", "Ġ"};
+    static const char *const tokens[] = {"<|endoftext|>", "h",     "e", "l", "o", "he", "ll",
+                                         "hell",          "hello", "Ġ"};
     static const int32_t types[] = {3, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     static const char *const merges[] = {"h e", "l l", "he ll", "hell o"};
     static const char *const bad_merge[] = {"h e", "l zz"};
@@ -198,10 +199,10 @@ static finch_status write_vocab(const char *path, breakage b, finch_err *err) {
     finch_gguf_writer *w = finch_gguf_writer_new(err);
     if (!w) return err->code;
     finch_status st = finch_gguf_set_str(w, "general.architecture", "llama", err);
-    if (!st && b == MODEL_NOT_STRING) st = finch_gguf_set_u32(w, "tokenizer.ggml.model", 2, err);
+    if (!st && b == MODEL_NOT_STRING)
+        st = finch_gguf_set_u32(w, "tokenizer.ggml.model", 2, err);
     else if (!st && b != NO_MODEL)
-        st = finch_gguf_set_str(w, "tokenizer.ggml.model", b == MODEL_LLAMA ? "llama" : "gpt2",
-                                err);
+        st = finch_gguf_set_str(w, "tokenizer.ggml.model", b == MODEL_BERT ? "bert" : "gpt2", err);
     if (!st && b != NO_PRE)
         st = finch_gguf_set_str(w, "tokenizer.ggml.pre", b == PRE_UNKNOWN ? "klingon" : "gpt-2",
                                 err);
@@ -257,26 +258,28 @@ static void test_bad_vocabularies(void **state) {
         finch_status status;
         const char *fragments[3]; /* each must be in the message */
     } cases[] = {
-        {MODEL_LLAMA, FINCH_E_UNSUPPORTED, {"tok_vocab.gguf", "tokenizer.ggml.model", "llama"}},
+        {MODEL_BERT, FINCH_E_UNSUPPORTED, {"tok_vocab.gguf", "tokenizer.ggml.model", "bert"}},
         {MODEL_NOT_STRING, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.model", "string"}},
         {PRE_UNKNOWN, FINCH_E_UNSUPPORTED, {"tok_vocab.gguf", "tokenizer.ggml.pre", "klingon"}},
         {NO_TOKENS, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.tokens", "missing"}},
         {TOKENS_NOT_STRINGS, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.tokens", "int32"}},
         {TYPES_TOO_SHORT, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.token_type", "3"}},
-        {TYPES_NOT_INT32, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.token_type",
-                                           "float32"}},
+        {TYPES_NOT_INT32,
+         FINCH_E_FORMAT,
+         {"tok_vocab.gguf", "tokenizer.ggml.token_type", "float32"}},
         {NO_MERGES, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.merges", "missing"}},
-        {MERGE_UNKNOWN_PART, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.merges",
-                                              "'zz' is not a token"}},
+        {MERGE_UNKNOWN_PART,
+         FINCH_E_FORMAT,
+         {"tok_vocab.gguf", "tokenizer.ggml.merges", "'zz' is not a token"}},
         {MERGE_NO_SPACE, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.merges", "'hell'"}},
-        {BOS_OUT_OF_RANGE, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.bos_token_id",
-                                            "10"}},
-        {BOS_NOT_INTEGER, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.bos_token_id",
-                                           "integer"}},
-        {ADD_BOS_WITHOUT_BOS, FINCH_E_FORMAT, {"tok_vocab.gguf", "add_bos_token",
-                                               "bos_token_id"}},
-        {EOT_OUT_OF_RANGE, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.eot_token_id",
-                                            "4000000000"}},
+        {BOS_OUT_OF_RANGE, FINCH_E_FORMAT, {"tok_vocab.gguf", "tokenizer.ggml.bos_token_id", "10"}},
+        {BOS_NOT_INTEGER,
+         FINCH_E_FORMAT,
+         {"tok_vocab.gguf", "tokenizer.ggml.bos_token_id", "integer"}},
+        {ADD_BOS_WITHOUT_BOS, FINCH_E_FORMAT, {"tok_vocab.gguf", "add_bos_token", "bos_token_id"}},
+        {EOT_OUT_OF_RANGE,
+         FINCH_E_FORMAT,
+         {"tok_vocab.gguf", "tokenizer.ggml.eot_token_id", "4000000000"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         finch_err err = {0};
@@ -314,8 +317,9 @@ static void test_lenient_vocabularies(void **state) {
     assert_int_equal(ids[0], 8);
     free(ids);
     /* ... except that an end-of-generation name makes it a control token, as in llama.cpp */
-    assert_int_equal(finch_tokenize(tok, "<|endoftext|>", 13, FINCH_TOK_PARSE_SPECIAL, &ids, &n,
-                                    &err), FINCH_OK);
+    assert_int_equal(
+        finch_tokenize(tok, "<|endoftext|>", 13, FINCH_TOK_PARSE_SPECIAL, &ids, &n, &err),
+        FINCH_OK);
     assert_int_equal(n, 1);
     assert_int_equal(ids[0], 0);
     free(ids);
@@ -325,10 +329,8 @@ static void test_lenient_vocabularies(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny_vocabularies),
-        cmocka_unit_test(test_tiny_decode),
-        cmocka_unit_test(test_api_checks),
-        cmocka_unit_test(test_bad_vocabularies),
+        cmocka_unit_test(test_tiny_vocabularies),    cmocka_unit_test(test_tiny_decode),
+        cmocka_unit_test(test_api_checks),           cmocka_unit_test(test_bad_vocabularies),
         cmocka_unit_test(test_lenient_vocabularies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -51,6 +51,12 @@ int cmd_merge(int argc, char **argv) {
     if (!cli_adapters_attach(&adapters, m)) {
         rc = EXIT_FAIL;
     } else {
+        if (type[0] == 'q')
+            fprintf(stderr,
+                    "finch merge: warning: the merged projections are re-quantized to %s, "
+                    "which is lossy: the merged model computes close to, not exactly, the "
+                    "base with its adapters (f32 or f16 keep them)\n",
+                    type);
         if (finch_merge(m, adapters.loaded, adapters.weight, adapters.n, type, out, &err))
             rc = cli_fail(&err);
         else

@@ -108,7 +108,7 @@ def main():
                 elif "lora_magnitude_vector" in pname:
                     p.mul_(1 + 0.2 * (torch.rand_like(p) - 0.5))
                 elif "ia3_l" in pname:
-                    p.copy_(1 + 0.3 * torch.randn_like(p))
+                    p.copy_(1 + 0.1 * torch.randn_like(p))
         pm.eval()
         made = os.path.join(args.work, "peft_" + name)
         pm.save_pretrained(made)

@@ -554,6 +554,7 @@ typedef struct {
     double max_grad_norm;     /* global clipping; 0: off (1.0) */
     uint64_t seed;            /* data order, dropout, the method's initialisation (42) */
     int64_t save_steps;       /* checkpoint every N steps; 0: only at the end */
+    int64_t save_total_limit; /* keep the newest N checkpoints, deleting older ones (0: all) */
     int64_t eval_steps;       /* validation loss every N steps; 0: only at the end */
     int64_t log_steps;        /* a metrics line every N steps (10) */
     const char *out_dir;      /* where the adapter (or model), checkpoints and metrics go */

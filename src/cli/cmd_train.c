@@ -39,6 +39,7 @@ static const char usage_text[] =
     "run:\n"
     "  --out DIR              adapter, checkpoints and metrics.jsonl go here\n"
     "  --save-steps N  --eval-steps N  --log-steps N (10)  --val-max-examples N\n"
+    "  --save-total-limit N   keep the newest N checkpoints (default: all)\n"
     "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
     "  --config FILE          settings as a JSON object; flags override it\n"
     "  -t, --threads N\n";
@@ -192,6 +193,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         o->seed = (uint64_t)n;
     } else if (!strcmp(key, "save-steps"))
         INT(o->save_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "save-total-limit"))
+        INT(o->save_total_limit, 1, __LONG_MAX__);
     else if (!strcmp(key, "eval-steps"))
         INT(o->eval_steps, 0, __LONG_MAX__);
     else if (!strcmp(key, "log-steps"))
@@ -363,6 +366,7 @@ static void save_run_json(const settings *s, const finch_model *m) {
     F("max_grad_norm", o->max_grad_norm);
     I("seed", o->seed);
     I("save_steps", o->save_steps);
+    I("save_total_limit", o->save_total_limit);
     I("eval_steps", o->eval_steps);
     I("log_steps", o->log_steps);
     S("out", o->out_dir);

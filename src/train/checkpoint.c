@@ -106,6 +106,42 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
     return FINCH_OK;
 }
 
+static int cmp_step(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? 1 : x > y ? -1 : 0; /* newest first */
+}
+
+finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err *err) {
+    DIR *d = opendir(out_dir);
+    if (!d) return finch_err_set(err, FINCH_E_IO, "%s: cannot list: %s", out_dir, strerror(errno));
+    long long *steps = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        if (strncmp(e->d_name, "checkpoint-", 11)) continue;
+        long long s = strtoll(e->d_name + 11, &end, 10);
+        if (*end || s < 0 || end == e->d_name + 11) continue;
+        if (n == cap) {
+            long long *more = realloc(steps, (cap = cap ? 2 * cap : 16) * sizeof *steps);
+            if (!more) break;
+            steps = more;
+        }
+        steps[n++] = s;
+    }
+    closedir(d);
+    if (steps) qsort(steps, n, sizeof *steps, cmp_step);
+    finch_status st = FINCH_OK;
+    for (size_t i = (size_t)keep; i < n && !st; i++) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", out_dir, steps[i]);
+        if (remove_tree(dir) != FINCH_OK)
+            st = finch_err_set(err, FINCH_E_IO, "%s: cannot delete the old checkpoint", dir);
+    }
+    free(steps);
+    return st;
+}
+
 /* The checkpoint-<n> directory with the highest n inside dir, into best. */
 static bool latest_checkpoint(const char *dir, char *best, size_t cap) {
     DIR *d = opendir(dir);

@@ -78,6 +78,8 @@ static finch_status check_options(const finch_model *m, const finch_train_option
     if (!(o->weight_decay >= 0 && o->weight_decay < 1))
         BAD("--weight-decay %g: must be in [0, 1)", o->weight_decay);
     if (!(o->max_grad_norm >= 0)) BAD("--max-grad-norm %g: must be >= 0", o->max_grad_norm);
+    if (o->save_total_limit < 0)
+        BAD("--save-total-limit %lld: must be >= 0", (long long)o->save_total_limit);
     if (o->save_steps < 0 || o->eval_steps < 0 || o->log_steps < 0)
         BAD("--save-steps, --eval-steps and --log-steps must be >= 0");
     if (!(o->val_fraction >= 0 && o->val_fraction < 1))
@@ -391,6 +393,9 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
             return st;
         snprintf(r->last_good, sizeof r->last_good, "%s/checkpoint-%lld", o->out_dir,
                  (long long)step);
+        if (o->save_total_limit > 0 &&
+            (st = finch_checkpoint_prune(o->out_dir, o->save_total_limit, err)))
+            return st;
     }
     if (stop)
         return finch_err_set(err, FINCH_E_INTERRUPTED,

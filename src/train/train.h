@@ -26,6 +26,9 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
                                    const finch_model *model, const float *m, const float *v,
                                    const finch_train_pos *pos, finch_err *err);
 
+/* Deletes all but the newest keep checkpoint-<step> directories of out_dir (keep >= 1). */
+finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err *err);
+
 /* Reads a checkpoint into a registry of the same tensors (names and shapes must match),
  * m, v and *pos. path is a checkpoint directory, or a run directory whose checkpoint with
  * the highest step is taken. Errors name the file and what does not match. */

@@ -129,6 +129,34 @@ static void test_resume_exact(void **state) {
     resume_exact(false);
 }
 
+/* --save-total-limit 2 with a checkpoint every step keeps the newest two, and the run
+ * resumes from the latest. */
+static void test_save_total_limit(void **state) {
+    (void)state;
+    char out[300], p[400];
+    snprintf(out, sizeof out, "%s/limit", dir);
+    finch_err err;
+    finch_train_options o = opts(out);
+    o.max_steps = 4;
+    o.save_steps = 1;
+    o.save_total_limit = 2;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    for (int s = 1; s <= 4; s++) {
+        snprintf(p, sizeof p, "%s/checkpoint-%d", out, s);
+        assert_int_equal(access(p, F_OK) == 0, s >= 3);
+    }
+    o.max_steps = 5;
+    o.resume_dir = out;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    snprintf(p, sizeof p, "%s/checkpoint-3", out);
+    assert_int_not_equal(access(p, F_OK), 0); /* pruned again: 4 and 5 remain */
+    snprintf(p, sizeof p, "%s/checkpoint-5", out);
+    assert_int_equal(access(p, F_OK), 0);
+    o = opts(out);
+    o.save_total_limit = -1;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+}
+
 /* Every other method resumes as exactly: metrics, the final trainer state and the result
  * files are the same bytes as an uninterrupted run's. */
 static void test_resume_exact_methods(void **state) {
@@ -420,6 +448,7 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_exact), cmocka_unit_test(test_resume_exact_methods),
+                                       cmocka_unit_test(test_save_total_limit),
                                        cmocka_unit_test(test_learns),
                                        cmocka_unit_test(test_resume_exact_packed),
                                        cmocka_unit_test(test_learns_packed),

@@ -20,24 +20,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-DEFAULT_MODEL = os.path.join(os.environ.get("FINCH_CACHE", os.path.expanduser("~/.cache/finch")),
-                             "SmolLM2-135M-Instruct.Q4_1.gguf")
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from train_vs_pytorch import DEFAULT_MODEL, ROOT, run_json
+
 OPTIONS = {"freeze": ["--option", "layers=24-29"]}
-
-
-def run_json(cmd, env):
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}")
-    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
-    if not lines:
-        raise SystemExit(f"no JSON line from: {' '.join(cmd)}\n{p.stdout}{p.stderr}")
-    return json.loads(lines[-1])
 
 
 def main():

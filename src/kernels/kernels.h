@@ -23,6 +23,13 @@ typedef struct {
     const void *data; /* rows * row_bytes bytes */
 } finch_weight;
 
+/* dst (n, w->cols) = rows r0 .. r0+n-1 of w, dequantized to f32. */
+static inline void finch_weight_rows_f32(const finch_weight *w, int64_t r0, int64_t n, float *dst) {
+    for (int64_t r = 0; r < n; r++)
+        finch_dtype_info[w->type].dequant(
+            dst + r * w->cols, (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes, w->cols);
+}
+
 /* Scratch, allocated once per session or run and reused by every op: a slice per thread
  * and one shared buffer for activations quantized by matmul_q8. */
 typedef struct {

@@ -30,8 +30,7 @@ static finch_status base_row_norms(finch_lora_site *s, const finch_linear *lin, 
     float *row = finch_alloc((size_t)w->cols * sizeof *row, "DoRA row", err);
     if (!row) return FINCH_E_NOMEM;
     for (int64_t j = 0; j < w->rows; j++) {
-        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)j * w->row_bytes,
-                                          w->cols);
+        finch_weight_rows_f32(w, j, 1, row);
         double n2 = 0;
         for (int64_t c = 0; c < w->cols; c++) n2 += (double)row[c] * row[c];
         s->wnorm2[j] = n2;

@@ -203,6 +203,15 @@ static float **site_grad(finch_model *m, const wsite *s) {
     return NULL;
 }
 
+/* dst (rows * cols) = the model's current tensor of a site in f32, dequantized. */
+static void site_to_f32(finch_model *m, const wsite *s, float *dst) {
+    const finch_weight *w = site_weight(m, s);
+    if (w)
+        finch_weight_rows_f32(w, 0, w->rows, dst);
+    else
+        memcpy(dst, *site_vector(m, s), (size_t)s->rows * sizeof(float));
+}
+
 void finch_weights_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
     (void)rng;
     wstate *st = p->state;
@@ -211,15 +220,8 @@ void finch_weights_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
     for (int i = 0; i < st->n_sites; i++) {
         const wsite *s = &st->sites[i];
         const finch_weight *w = site_weight(mm, s);
-        if (!w) {
-            memcpy(s->data, *site_vector(mm, s), (size_t)s->rows * sizeof(float));
-            continue;
-        }
-        if (finch_dtype_info[w->type].block_elems > 1) quantized = w->type;
-        for (int64_t r = 0; r < w->rows; r++)
-            finch_dtype_info[w->type].dequant(s->data + r * w->cols,
-                                              (const uint8_t *)w->data + (size_t)r * w->row_bytes,
-                                              w->cols);
+        if (w && finch_dtype_info[w->type].block_elems > 1) quantized = w->type;
+        site_to_f32(mm, s, s->data);
     }
     if (quantized != FINCH_DTYPE_COUNT)
         finch_log(FINCH_LOG_INFO,
@@ -442,14 +444,7 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             memcpy(src, trained->data, count * sizeof(float));
         } else {
             /* the attached copies are the model's tensors now; frozen ones are as loaded */
-            const finch_weight *wt = site_weight((finch_model *)m, s);
-            if (wt)
-                for (int64_t r = 0; r < wt->rows; r++)
-                    finch_dtype_info[wt->type].dequant(
-                        src + r * wt->cols, (const uint8_t *)wt->data + (size_t)r * wt->row_bytes,
-                        wt->cols);
-            else
-                memcpy(src, *site_vector((finch_model *)m, s), count * sizeof(float));
+            site_to_f32((finch_model *)m, s, src);
         }
         int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
         if (heads) {

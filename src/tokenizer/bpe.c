@@ -135,70 +135,16 @@ typedef struct {
 } symbol;
 
 typedef struct {
-    int32_t rank;        /* merge rank: lower merges first */
-    int32_t left, right; /* symbol indices */
-    int32_t result;      /* the merged token */
-    uint32_t size;       /* left.len + right.len when pushed: changed means stale */
-} pair;
-
-typedef struct {
     symbol *sym;
     size_t sym_cap;
-    pair *heap;
-    size_t heap_n, heap_cap;
-    char *enc; /* the encoded piece, for ignore_merges */
+    finch_tok_queue q; /* candidate merges */
+    char *enc;         /* the encoded piece, for ignore_merges */
     size_t enc_cap;
     tok_ids *out; /* the caller's output */
 } scratch;
 
-static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return true;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) {
-        if (c > SIZE_MAX / 2 / elem) return false;
-        c *= 2;
-    }
-    void *q = realloc(*p, c * elem);
-    if (!q) return false;
-    *p = q;
-    *cap = c;
-    return true;
-}
-
 static bool emit(scratch *sc, int32_t id) {
     return tok_ids_push(sc->out, id);
-}
-
-static bool pair_less(const pair *a, const pair *b) {
-    return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-static bool heap_push(scratch *sc, pair p) {
-    if (!grow((void **)&sc->heap, &sc->heap_cap, sc->heap_n + 1, sizeof *sc->heap)) return false;
-    size_t i = sc->heap_n++;
-    while (i > 0) {
-        size_t up = (i - 1) / 2;
-        if (!pair_less(&p, &sc->heap[up])) break;
-        sc->heap[i] = sc->heap[up];
-        i = up;
-    }
-    sc->heap[i] = p;
-    return true;
-}
-
-static pair heap_pop(scratch *sc) {
-    pair top = sc->heap[0], last = sc->heap[--sc->heap_n];
-    size_t i = 0, n = sc->heap_n;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && pair_less(&sc->heap[c + 1], &sc->heap[c])) c++;
-        if (!pair_less(&sc->heap[c], &last)) break;
-        sc->heap[i] = sc->heap[c];
-        i = c;
-    }
-    if (n) sc->heap[i] = last;
-    return top;
 }
 
 /* ---- encoding ----------------------------------------------------------------------- */
@@ -211,7 +157,8 @@ static bool try_pair(const finch_tokenizer *tok, scratch *sc, int32_t left, int3
     int32_t result;
     int32_t rank = finch_tok_merge_rank(tok, l->id, r->id, &result);
     if (rank < 0) return true;
-    return heap_push(sc, (pair){rank, left, right, result, l->len + r->len});
+    return finch_tok_queue_push(
+        &sc->q, (finch_tok_merge){-(double)rank, left, right, result, l->len + r->len});
 }
 
 /* Emits the tokens of a symbol that is not a token: those of the single bytes of its
@@ -243,7 +190,7 @@ static bool emit_missing(const finch_tokenizer *tok, scratch *sc, const uint8_t 
 /* Encodes one piece of n bytes. Returns false on out-of-memory. */
 static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t *p, size_t n) {
     if (tok->ignore_merges) {
-        if (!grow((void **)&sc->enc, &sc->enc_cap, 2 * n, 1)) return false;
+        if (!finch_tok_grow((void **)&sc->enc, &sc->enc_cap, 2 * n, 1)) return false;
         size_t k = 0;
         for (size_t i = 0; i < n; i++)
             k += (size_t)finch_utf8_put(bpe_byte_to_cpt(p[i]), sc->enc + k);
@@ -255,17 +202,17 @@ static bool encode_piece(const finch_tokenizer *tok, scratch *sc, const uint8_t 
         bool prev_unk = false;
         return id >= 0 ? emit(sc, id) : emit_missing(tok, sc, p, 1, &prev_unk);
     }
-    if (!grow((void **)&sc->sym, &sc->sym_cap, n, sizeof *sc->sym)) return false;
+    if (!finch_tok_grow((void **)&sc->sym, &sc->sym_cap, n, sizeof *sc->sym)) return false;
     symbol *sym = sc->sym;
     for (size_t i = 0; i < n; i++)
         sym[i] = (symbol){tok->byte_tok[p[i]], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1,
                           (uint32_t)i, 1};
-    sc->heap_n = 0;
+    sc->q.n = 0;
     for (size_t i = 1; i < n; i++)
         if (!try_pair(tok, sc, (int32_t)i - 1, (int32_t)i)) return false;
 
-    while (sc->heap_n) {
-        pair b = heap_pop(sc);
+    while (sc->q.n) {
+        finch_tok_merge b = finch_tok_queue_pop(&sc->q);
         symbol *l = &sc->sym[b.left], *r = &sc->sym[b.right];
         if (l->len == 0 || r->len == 0 || l->len + r->len != b.size) continue; /* stale */
         l->len += r->len;
@@ -362,7 +309,7 @@ static finch_status bpe_encode(const finch_tokenizer *tok, const char *text, con
             st = finch_err_set(err, FINCH_E_NOMEM, "out of memory tokenizing");
     }
     free(sc.sym);
-    free(sc.heap);
+    free(sc.q.v);
     free(sc.enc);
     return st;
 }

@@ -182,6 +182,27 @@ struct finch_tokenizer {
 
 /* ---- lookup.c ----------------------------------------------------------------------- */
 
+/* Grows *p (of *cap elements of elem bytes) to hold need, doubling; false when out of
+ * memory or the size overflows. */
+bool finch_tok_grow(void **p, size_t *cap, size_t need, size_t elem);
+
+/* A candidate merge of the adjacent symbols left and right into token result, queued with
+ * their joined length (size: changed when popped means stale). The queue pops the highest
+ * key first, then the lower left index: BPE keys by -rank, SentencePiece by score. */
+typedef struct {
+    double key;
+    int32_t left, right, result;
+    uint32_t size;
+} finch_tok_merge;
+
+typedef struct {
+    finch_tok_merge *v;
+    size_t n, cap;
+} finch_tok_queue;
+
+bool finch_tok_queue_push(finch_tok_queue *q, finch_tok_merge m);
+finch_tok_merge finch_tok_queue_pop(finch_tok_queue *q); /* q->n > 0 */
+
 /* The id of the token whose text is s[0..len), or -1. */
 int32_t finch_tok_find(const finch_tokenizer *tok, const char *s, size_t len);
 

@@ -11,6 +11,9 @@
  */
 #include "internal.h"
 
+#include <stdint.h>
+#include <stdlib.h>
+
 #define EMPTY_KEY UINT64_MAX
 
 /* ---- hashing ------------------------------------------------------------------------ */
@@ -183,4 +186,52 @@ finch_status finch_tok_set_pieces(finch_tokenizer *tok,
     if (!tok->piece_blob) return FINCH_E_NOMEM;
     for (int32_t i = 0; i < V; i++) piece(tok, i, tok->piece_blob + tok->piece_off[i]);
     return FINCH_OK;
+}
+
+/* ---- growth and the merge queue --------------------------------------------------------- */
+
+bool finch_tok_grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return true;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) {
+        if (c > SIZE_MAX / 2 / elem) return false;
+        c *= 2;
+    }
+    void *q = realloc(*p, c * elem);
+    if (!q) return false;
+    *p = q;
+    *cap = c;
+    return true;
+}
+
+static bool merge_first(const finch_tok_merge *a, const finch_tok_merge *b) {
+    return a->key > b->key || (a->key == b->key && a->left < b->left);
+}
+
+bool finch_tok_queue_push(finch_tok_queue *q, finch_tok_merge m) {
+    if (!finch_tok_grow((void **)&q->v, &q->cap, q->n + 1, sizeof *q->v)) return false;
+    size_t i = q->n++;
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (!merge_first(&m, &q->v[up])) break;
+        q->v[i] = q->v[up];
+        i = up;
+    }
+    q->v[i] = m;
+    return true;
+}
+
+finch_tok_merge finch_tok_queue_pop(finch_tok_queue *q) {
+    finch_tok_merge top = q->v[0], last = q->v[--q->n];
+    size_t i = 0, n = q->n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && merge_first(&q->v[c + 1], &q->v[c])) c++;
+        if (!merge_first(&q->v[c], &last)) break;
+        q->v[i] = q->v[c];
+        i = c;
+    }
+    if (n) q->v[i] = last;
+    return top;
 }

@@ -114,67 +114,12 @@ typedef struct {
 } symbol;
 
 typedef struct {
-    float score;         /* the merged token's score: higher merges first */
-    int32_t left, right; /* symbol indices */
-    int32_t result;      /* the merged token */
-    uint32_t size;       /* left.len + right.len when queued: changed means stale */
-} bigram;
-
-typedef struct {
     char *text; /* the run with its prefix space and every space as U+2581 */
     size_t text_cap;
     symbol *sym;
     size_t sym_cap;
-    bigram *heap;
-    size_t heap_n, heap_cap;
+    finch_tok_queue q; /* candidate merges */
 } scratch;
-
-static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return true;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) {
-        if (c > SIZE_MAX / 2 / elem) return false;
-        c *= 2;
-    }
-    void *q = realloc(*p, c * elem);
-    if (!q) return false;
-    *p = q;
-    *cap = c;
-    return true;
-}
-
-/* llama.cpp's queue order: the higher score first, then the lower left index. */
-static bool bigram_first(const bigram *a, const bigram *b) {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-static bool heap_push(scratch *sc, bigram g) {
-    if (!grow((void **)&sc->heap, &sc->heap_cap, sc->heap_n + 1, sizeof *sc->heap)) return false;
-    size_t i = sc->heap_n++;
-    while (i > 0) {
-        size_t up = (i - 1) / 2;
-        if (!bigram_first(&g, &sc->heap[up])) break;
-        sc->heap[i] = sc->heap[up];
-        i = up;
-    }
-    sc->heap[i] = g;
-    return true;
-}
-
-static bigram heap_pop(scratch *sc) {
-    bigram top = sc->heap[0], last = sc->heap[--sc->heap_n];
-    size_t i = 0, n = sc->heap_n;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && bigram_first(&sc->heap[c + 1], &sc->heap[c])) c++;
-        if (!bigram_first(&sc->heap[c], &last)) break;
-        sc->heap[i] = sc->heap[c];
-        i = c;
-    }
-    if (n) sc->heap[i] = last;
-    return top;
-}
 
 /* ---- encoding ----------------------------------------------------------------------- */
 
@@ -185,7 +130,8 @@ static bool try_bigram(const finch_tokenizer *tok, scratch *sc, int32_t left, in
     uint32_t size = l->len + r->len; /* the two are adjacent in sc->text */
     int32_t id = finch_tok_find(tok, sc->text + l->start, size);
     if (id < 0) return true;
-    return heap_push(sc, (bigram){tok->scores[id], left, right, id, size});
+    /* llama.cpp's queue order: the higher score first, then the lower left index */
+    return finch_tok_queue_push(&sc->q, (finch_tok_merge){tok->scores[id], left, right, id, size});
 }
 
 /* llama.cpp's unicode_len_utf8: the length a lead byte announces, from its top four bits. */
@@ -199,7 +145,7 @@ static uint32_t utf8_len(uint8_t lead) {
 static bool encode_run(const finch_tokenizer *tok, scratch *sc, size_t n, tok_ids *out) {
     const char *t = sc->text;
     size_t n_sym = 0;
-    if (!grow((void **)&sc->sym, &sc->sym_cap, n, sizeof *sc->sym)) return false;
+    if (!finch_tok_grow((void **)&sc->sym, &sc->sym_cap, n, sizeof *sc->sym)) return false;
     for (size_t at = 0; at < n; n_sym++) {
         uint32_t k = utf8_len((uint8_t)t[at]);
         if (k > n - at) k = (uint32_t)(n - at);
@@ -208,12 +154,12 @@ static bool encode_run(const finch_tokenizer *tok, scratch *sc, size_t n, tok_id
         at += k;
     }
     sc->sym[n_sym - 1].next = -1;
-    sc->heap_n = 0;
+    sc->q.n = 0;
     for (size_t i = 1; i < n_sym; i++)
         if (!try_bigram(tok, sc, (int32_t)i - 1, (int32_t)i)) return false;
 
-    while (sc->heap_n) {
-        bigram g = heap_pop(sc);
+    while (sc->q.n) {
+        finch_tok_merge g = finch_tok_queue_pop(&sc->q);
         symbol *l = &sc->sym[g.left], *r = &sc->sym[g.right];
         if (l->len == 0 || r->len == 0 || l->len + r->len != g.size) continue; /* stale */
         l->len += r->len;
@@ -240,7 +186,7 @@ static bool encode_run(const finch_tokenizer *tok, scratch *sc, size_t n, tok_id
  * prefix space when asked for, every space as U+2581. Returns its length, or 0 when memory
  * runs out. */
 static size_t escape_run(scratch *sc, const char *text, size_t len, bool prefix) {
-    if (!grow((void **)&sc->text, &sc->text_cap, 3 * (len + 1), 1)) return 0;
+    if (!finch_tok_grow((void **)&sc->text, &sc->text_cap, 3 * (len + 1), 1)) return 0;
     size_t o = 0;
     if (prefix) {
         memcpy(sc->text, SPACE_MARK, 3);
@@ -285,7 +231,7 @@ static finch_status spm_encode(const finch_tokenizer *tok, const char *text, con
     }
     free(sc.text);
     free(sc.sym);
-    free(sc.heap);
+    free(sc.q.v);
     if (st == FINCH_E_NOMEM) return finch_err_set(err, st, "out of memory tokenizing");
     return st;
 }

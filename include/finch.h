@@ -202,7 +202,8 @@ FINCH_API finch_status finch_session_new(const finch_model *model, int n_ctx,
                                          finch_err *err);
 FINCH_API void finch_session_free(finch_session *s);
 
-/* Number of positions already in the session's KV cache. */
+/* Number of tokens already in the session's KV cache (an attached prompt or prefix
+ * adapter's virtual tokens not counted). */
 FINCH_API int finch_session_pos(const finch_session *s);
 
 /* Forgets the cached positions (the next decode starts at position 0). */

@@ -196,6 +196,8 @@ static inline uint64_t finch_mix64(uint64_t z) {
 
 /* Uniform in [0, 1) with 24 bits of precision. */
 float finch_rng_float(finch_rng *r);
+/* Standard normal (Box-Muller over two draws). */
+float finch_rng_normal(finch_rng *r);
 
 /* ---- threads ------------------------------------------------------------------------ */
 

@@ -4,6 +4,8 @@
  */
 #include "core.h"
 
+#include <math.h>
+
 static uint64_t splitmix64(uint64_t *x) {
     return finch_mix64(*x += 0x9e3779b97f4a7c15ull);
 }
@@ -30,4 +32,11 @@ uint64_t finch_rng_u64(finch_rng *r) {
 
 float finch_rng_float(finch_rng *r) {
     return (float)(finch_rng_u64(r) >> 40) * (1.0f / 16777216.0f);
+}
+
+float finch_rng_normal(finch_rng *r) {
+    /* Box-Muller on two uniforms in (0, 1] and [0, 1) */
+    double u1 = ((double)(finch_rng_u64(r) >> 11) + 1.0) * 0x1p-53,
+           u2 = (double)(finch_rng_u64(r) >> 11) * 0x1p-53;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }

@@ -107,7 +107,8 @@ static void score_labels(scorer *s, const int32_t *prompt, int n_prompt, const i
             finch_eval_decode(s->m, &s->kv, l->ids, l->n - 1, s->rows, NULL);
             for (int k = 1; k < l->n; k++)
                 lp += finch_eval_logprob(s->rows + (size_t)(k - 1) * V, V, l->ids[k]);
-            s->kv.pos = n_prompt; /* forget the label: the next one starts after the prompt */
+            s->kv.pos =
+                s->kv.start + n_prompt; /* forget the label: the next starts after the prompt */
         }
         out[j] = lp;
     }

@@ -47,7 +47,7 @@ void finch_session_free(finch_session *s) {
 }
 
 int finch_session_pos(const finch_session *s) {
-    return s->kv.pos;
+    return s->kv.pos > s->kv.start ? s->kv.pos - s->kv.start : 0;
 }
 
 void finch_session_reset(finch_session *s) {
@@ -58,10 +58,15 @@ finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_id
                                   float *last_logits, finch_err *err) {
     const int V = s->m->cfg.n_vocab;
     if (n_ids < 1) return finch_err_set(err, FINCH_E_USAGE, "decode: no tokens given");
-    if (n_ids > s->kv.n_ctx - s->kv.pos)
+    if (s->m->virt.n != s->kv.start)
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "decode: the model's virtual tokens changed (a prompt or prefix "
+                             "adapter was attached or detached) since the session was made");
+    const int used = finch_session_pos(s), room = s->kv.n_ctx - s->kv.start;
+    if (n_ids > room - used)
         return finch_err_set(err, FINCH_E_RANGE,
                              "decode: %d tokens do not fit: %d of %d context positions used", n_ids,
-                             s->kv.pos, s->kv.n_ctx);
+                             used, room);
     for (int i = 0; i < n_ids; i++)
         if (ids[i] < 0 || ids[i] >= V)
             return finch_err_set(err, FINCH_E_RANGE, "decode: token id %d at %d is outside 0..%d",

@@ -63,6 +63,16 @@ typedef struct {
 /* The mask of probability p (in [0, 1)) for one step seed and one stream (a site). */
 finch_dropout finch_dropout_make(uint64_t seed, uint64_t stream, float p);
 
+/* Keys and values that every query of training attention sees before its own row's
+ * (prefix tuning): n of them, row p of each at k + p * stride and v + p * stride (KVH*D
+ * values, keys already rotated or never rotated); their gradients are added (+=) to dk,
+ * dv (same layout) when those are not NULL. */
+typedef struct {
+    const float *k, *v;
+    float *dk, *dv;
+    int64_t n, stride;
+} finch_attn_prefix;
+
 /* The op table. Every member is a pure function of its arguments; outputs never alias
  * inputs unless stated. All ops run on finch_threads_get() threads and give the same bits
  * for the same thread count. */
@@ -172,20 +182,25 @@ typedef struct {
      * q (B*T, H*D), k, v (B*T, KVH*D), out (B*T, H*D). seg (B*T) numbers the segments of
      * each row (packed examples): token t attends to the tokens j <= t of the run of
      * equal seg values holding t, and only those (work outside that range is skipped);
-     * NULL is one segment per row. att (B, H, T, T) receives the softmax probabilities
-     * (row t, column j; zero outside the attended range) for backward. */
+     * NULL is one segment per row. With pre (NULL: none), every token also attends to
+     * pre->n keys and values before its row's own (prefix tuning). att (B, H, T, S),
+     * S = pre->n + T, receives the softmax probabilities (row t; columns 0..n-1 the
+     * prefix, n + j key j; zero outside the attended range) for backward. */
     void (*attention_forward_train)(float *out, float *att, const float *q, const float *k,
-                                    const float *v, const int32_t *seg, int64_t B, int64_t T, int H,
+                                    const float *v, const int32_t *seg,
+                                    const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
                                     int KVH, int D, finch_workspace *ws);
 
     /* dq (B*T, H*D), dk, dv (B*T, KVH*D) = the gradients of attention_forward_train given
-     * dout (B*T, H*D), the att it saved, its inputs and the same seg; dk and dv sum over
-     * the query heads of each group. ds (B, H, T, T) is scratch (the scores' gradient);
-     * only its attended range is written. ws gives the thread count. */
+     * dout (B*T, H*D), the att it saved, its inputs and the same seg and pre; dk and dv sum
+     * over the query heads of each group; the prefix's gradients, summed over every row
+     * and query, are added to pre->dk, pre->dv when those are set. ds (B, H, T, S) is
+     * scratch (the scores' gradient); only its attended range is written. ws gives the
+     * thread count. */
     void (*attention_backward)(float *dq, float *dk, float *dv, float *ds, const float *dout,
                                const float *att, const float *q, const float *k, const float *v,
-                               const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D,
-                               finch_workspace *ws);
+                               const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
+                               int64_t T, int H, int KVH, int D, finch_workspace *ws);
 
     /* dgate (n), dup (n) = the gradients of swiglu_forward given dh (n), gate, up.
      * dgate may alias dh. */
@@ -229,11 +244,13 @@ void finch_ref_rmsnorm_backward(float *dx, float *dw, const float *dy, const flo
                                 const float *x, const float *w, int64_t T, int64_t C);
 void finch_ref_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, int D, float theta);
 void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
-                                       const float *v, const int32_t *seg, int64_t B, int64_t T,
-                                       int H, int KVH, int D);
+                                       const float *v, const int32_t *seg,
+                                       const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
+                                       int KVH, int D);
 void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
-                                  const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D);
+                                  const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
+                                  int64_t T, int H, int KVH, int D);
 void finch_ref_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n);
 void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, int64_t n);

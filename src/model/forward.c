@@ -29,7 +29,11 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
                                    int n_batch, finch_numerics numerics, finch_err *err) {
     const finch_model_config *c = &m->cfg;
     memset(s, 0, sizeof *s);
+    if (n_ctx > INT32_MAX - m->virt.n)
+        return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
+    n_ctx += m->virt.n;
     s->n_ctx = n_ctx;
+    s->start = m->virt.n;
     s->n_batch = n_batch;
     s->numerics = numerics;
     const size_t kv_elem = numerics == FINCH_NUMERICS_LLAMACPP ? 2 : 4;
@@ -83,8 +87,10 @@ void finch_kv_session_release(finch_kv_session *s) {
     memset(s, 0, sizeof *s);
 }
 
-void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
-                         bool all_logits) {
+/* T rows from ids, or from embd (T, C) as they are; the logits of the last n_out rows
+ * (0, 1 or T). */
+static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_t *ids,
+                         const float *embd, int T, int n_out) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
     const int C = c->n_embd, H = c->n_head, KVH = c->n_head_kv, D = c->head_dim;
@@ -96,8 +102,12 @@ void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_
 
     const finch_arch *a = m->arch;
     for (int t = 0; t < T; t++) s->pos_ids[t] = (int32_t)(pos0 + t);
-    be->embed(s->x, ids, T, &m->tok_embd);
-    if (a->embed_scale) be->scale(s->x, (int64_t)T * C, sqrtf((float)C));
+    if (embd) {
+        memcpy(s->x, embd, (size_t)T * C * sizeof(float));
+    } else {
+        be->embed(s->x, ids, T, &m->tok_embd);
+        if (a->embed_scale) be->scale(s->x, (int64_t)T * C, sqrtf((float)C));
+    }
 
     for (int l = 0; l < c->n_layer; l++) {
         const finch_layer *ly = &m->layers[l];
@@ -146,8 +156,45 @@ void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_
     s->pos += T;
 
     /* head: only the rows whose logits are wanted */
-    const float *xl = all_logits ? s->x : s->x + (size_t)(T - 1) * C;
-    int n_out = all_logits ? T : 1;
+    if (!n_out) return;
+    const float *xl = s->x + (size_t)(T - n_out) * C;
     be->rmsnorm_forward(s->xn, NULL, xl, m->output_norm, n_out, C, c->rms_eps);
     finch_linear_forward(mm, s->logits, s->xn, &m->output, n_out, be, ws);
+}
+
+/* The model's virtual tokens into an empty cache: prompt rows run through the blocks,
+ * prefix keys and values are stored as they are. */
+static void fill_virtual(const finch_model *m, finch_kv_session *s) {
+    const finch_virtual *v = &m->virt;
+    const finch_model_config *c = &m->cfg;
+    if (v->embd)
+        for (int done = 0; done < v->n;) {
+            int T = v->n - done < s->n_batch ? v->n - done : s->n_batch;
+            forward_rows(m, s, NULL, v->embd + (size_t)done * c->n_embd, T, 0);
+            done += T;
+        }
+    if (v->kv) {
+        const int64_t KD = (int64_t)c->n_head_kv * c->head_dim, row = 2 * c->n_layer * KD;
+        for (int l = 0; l < c->n_layer; l++)
+            for (int p = 0; p < v->n; p++) {
+                const float *k = v->kv + p * row + 2 * l * KD, *vv = k + KD;
+                size_t at = ((size_t)l * s->n_ctx + p) * KD;
+                if (s->numerics == FINCH_NUMERICS_LLAMACPP) {
+                    m->be->to_f16((uint16_t *)s->k + at, k, KD);
+                    m->be->to_f16((uint16_t *)s->v + at, vv, KD);
+                } else {
+                    memcpy((float *)s->k + at, k, (size_t)KD * sizeof(float));
+                    memcpy((float *)s->v + at, vv, (size_t)KD * sizeof(float));
+                }
+            }
+        s->pos = v->n;
+    }
+}
+
+void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
+                         bool all_logits) {
+    FINCH_ASSERT(m->virt.n == s->start);
+    if (s->pos == 0 && s->start) fill_virtual(m, s);
+    FINCH_ASSERT(s->pos >= s->start);
+    forward_rows(m, s, ids, NULL, T, all_logits ? T : 1);
 }

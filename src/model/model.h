@@ -67,6 +67,20 @@ typedef struct {
     finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F) */
 } finch_layer;
 
+/* Virtual tokens a method puts before every sequence at positions 0..n-1, the real tokens
+ * following from position n (FORMATS.md 2.1c): prompt tuning's rows entering block 0
+ * (embd; not scaled by embed_scale), or prefix tuning's keys and values at every block
+ * (kv), which enter the cache as they are (keys in finch's pair order, never rotated).
+ * Their gradients accumulate (+=) in d_embd, d_kv when those are set. */
+typedef struct {
+    int n;
+    const float *embd; /* (n, C), or NULL */
+    float *d_embd;
+    const float *kv; /* (n, L * 2 * KVH * D), or NULL: token p's keys for block l at
+                        (p, 2 l * KVH * D), its values at (p, (2 l + 1) * KVH * D) */
+    float *d_kv;
+} finch_virtual;
+
 struct finch_model {
     char *path;        /* what was loaded (a GGUF file or a folder), for messages */
     finch_gguf *gguf;  /* the mapped GGUF file; NULL for a Hugging Face folder */
@@ -87,6 +101,7 @@ struct finch_model {
                                  biases (f32, q/k permuted) */
     const finch_backend *be;  /* the backend every op goes through */
     const finch_arch *arch;   /* its family's row */
+    finch_virtual virt;       /* set while a prompt or prefix method is attached */
 };
 
 /* Block l's RoPE base and sliding window (0: attends to every earlier position). */
@@ -113,8 +128,9 @@ enum { FINCH_INFER_CHUNK = 512 };
 /* The key/value cache and activation buffers of one inference session, sized for n_ctx
  * positions and chunks of up to n_batch tokens. */
 typedef struct {
-    int n_ctx, n_batch;
-    int pos; /* positions filled */
+    int n_ctx, n_batch; /* n_ctx counts the model's virtual tokens too */
+    int pos;            /* positions filled; 0: nothing, not even the virtual tokens */
+    int start;          /* the model's virtual tokens when the session was made */
     finch_numerics numerics;
     void *k, *v; /* per layer: (n_ctx, KVH*D), layer-major; f16 in llamacpp numerics */
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* (n_batch, ...) activations */
@@ -123,14 +139,17 @@ typedef struct {
     finch_workspace ws;
 } finch_kv_session;
 
-/* Allocates a session's cache and buffers. */
+/* Allocates a session's cache and buffers, for n_ctx positions after the model's virtual
+ * tokens. */
 finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, int n_ctx,
                                    int n_batch, finch_numerics numerics, finch_err *err);
 void finch_kv_session_release(finch_kv_session *s);
 
-/* Runs T <= n_batch tokens at positions s->pos.., appending to the cache. Writes the
- * logits of all T positions to s->logits when all_logits is true, else only the last
- * position's (to s->logits row 0). The caller has checked ids and capacity. */
+/* Runs T <= n_batch tokens at positions s->pos.., appending to the cache; at pos 0 the
+ * model's virtual tokens enter the cache first (a rewound session: pos = 0, or
+ * start + n to keep the first n real tokens). Writes the logits of all T positions to
+ * s->logits when all_logits is true, else only the last position's (to s->logits row
+ * 0). The caller has checked ids and capacity. */
 void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
                          bool all_logits);
 

@@ -16,6 +16,11 @@
  *   logits = head(rmsnorm(x_L) * output_norm)    x_L, xnf, rstdf
  * x_0 is the embeddings, times sqrt(C) [embed_scale].
  *
+ * Virtual tokens (model.h): prompt tuning's K rows stand before each row's tokens (rows of
+ * K + T, the virtual ones without targets, positions 0..K-1 and the real ones from K);
+ * prefix tuning's P keys and values join every block's attention (finch_attn_prefix),
+ * the real tokens' positions starting at P. Their gradients sum over the batch.
+ *
  * With packed rows, seg keeps attention within each example and pos restarts per example,
  * so a packed row computes what its examples would alone.
  *
@@ -34,7 +39,10 @@
 #include <stdlib.h>
 
 struct finch_train_acts {
-    int B, T;
+    int B, T;    /* T: the rows' length inside, with prompt tuning's virtual tokens */
+    int T_in, K; /* the rows' length the caller gives, and the virtual tokens before them */
+    int64_t P;   /* prefix tuning's virtual tokens (attention's prefix) */
+    int32_t *ids_in, *tg_in, *seg_in; /* (B, T) the caller's rows with the virtual tokens */
     /* per layer, (N, ...) each */
     float **x, **xn1, **rstd1, **q, **k, **v, **att, **ao, **xm, **xn2, **rstd2, **gate, **up, **h;
     /* per layer, only for the families that have them (arch.c): q, k before their
@@ -56,22 +64,30 @@ struct finch_train_acts {
 finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_train_acts **out,
                                   finch_err *err) {
     const finch_model_config *c = &m->cfg;
-    if (B < 1 || T < 2 || T > c->n_ctx_train)
-        return finch_err_set(err, FINCH_E_USAGE, "batch %d x %d: need B >= 1 and 2 <= T <= %d", B,
-                             T, c->n_ctx_train);
-    if (c->sliding_window && T > c->sliding_window)
+    const int nv = m->virt.n, K = m->virt.embd ? nv : 0;
+    if (B < 1 || T < 2 || T > c->n_ctx_train - nv)
+        return finch_err_set(err, FINCH_E_USAGE, "batch %d x %d: need B >= 1 and 2 <= T <= %d%s", B,
+                             T, c->n_ctx_train - nv,
+                             nv ? " (the model's context less the virtual tokens)" : "");
+    if (c->sliding_window && T + nv > c->sliding_window)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "rows of %d tokens: training attention covers the sliding window of "
                              "%d tokens at most (give --max-seq-len %d or less)",
-                             T, c->sliding_window, c->sliding_window);
+                             T + nv, c->sliding_window, c->sliding_window - nv);
+    const int T_in = T;
+    T += K;
     const bool qkn = m->arch->qk_norm, post = m->arch->post_norms;
     const size_t N = (size_t)B * T, C = c->n_embd, HD = (size_t)c->n_head * c->head_dim,
                  KD = (size_t)c->n_head_kv * c->head_dim, F = c->n_ff, V = c->n_vocab,
-                 L = c->n_layer, ATT = (size_t)B * c->n_head * T * T;
+                 L = c->n_layer,
+                 ATT = (size_t)B * c->n_head * T * (size_t)(T + (m->virt.kv ? nv : 0));
     finch_train_acts *a = finch_calloc(1, sizeof *a, "training activations", err);
     if (!a) return FINCH_E_NOMEM;
     a->B = B;
     a->T = T;
+    a->T_in = T_in;
+    a->K = K;
+    a->P = m->virt.kv ? nv : 0;
     struct {
         float ***p;
         size_t n;
@@ -133,9 +149,17 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     a->pos = p ? finch_alloc(N * sizeof(int32_t), "positions", err) : NULL;
     a->tg = a->pos ? finch_alloc(N * sizeof(int32_t), "targets", err) : NULL;
     a->rows = a->tg ? finch_alloc(N * sizeof(int32_t), "target rows", err) : NULL;
+    bool ok_in = true;
+    if (K && a->rows) {
+        a->ids_in = finch_alloc(N * sizeof(int32_t), "ids", err);
+        a->tg_in = a->ids_in ? finch_alloc(N * sizeof(int32_t), "targets", err) : NULL;
+        a->seg_in = a->tg_in ? finch_alloc(N * sizeof(int32_t), "segments", err) : NULL;
+        ok_in = a->seg_in != NULL;
+    }
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
-    if (!a->rows || finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T),
-                                         finch_threads_get(), 0, err)) {
+    if (!a->rows || !ok_in ||
+        finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T), finch_threads_get(), 0,
+                             err)) {
         finch_train_acts_free(a);
         return err ? err->code : FINCH_E_NOMEM;
     }
@@ -153,8 +177,24 @@ void finch_train_acts_free(finch_train_acts *a) {
     free(a->pos);
     free(a->tg);
     free(a->rows);
+    free(a->ids_in);
+    free(a->tg_in);
+    free(a->seg_in);
     finch_workspace_free(&a->ws);
     free(a);
+}
+
+/* Block l's slice of prefix tuning's keys and values (P of them), for attention. */
+static finch_attn_prefix prefix_of(const finch_model *m, int l, int64_t P) {
+    const finch_virtual *vt = &m->virt;
+    if (!P) return (finch_attn_prefix){0};
+    const int64_t KD = (int64_t)m->cfg.n_head_kv * m->cfg.head_dim, off = 2 * l * KD;
+    return (finch_attn_prefix){.k = vt->kv + off,
+                               .v = vt->kv + off + KD,
+                               .dk = vt->d_kv ? vt->d_kv + off : NULL,
+                               .dv = vt->d_kv ? vt->d_kv + off + KD : NULL,
+                               .n = P,
+                               .stride = 2 * m->cfg.n_layer * KD};
 }
 
 double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
@@ -169,11 +209,32 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     const bool gelu = arch->act == FINCH_ACT_GELU_TANH;
     finch_linear_ctx ctx = {
         .be = be, .ws = &a->ws, .training = backward, .dropout_seed = dropout_seed};
-    memcpy(a->pos, pos, (size_t)N * sizeof(int32_t));
+    const finch_virtual *vt = &m->virt;
+    const int64_t K = a->K, P = a->P;
+    FINCH_ASSERT(vt->n == (K ? K : P));
+    if (K) {
+        /* rows of K virtual tokens (no target, positions 0..K-1, in the segment of the
+         * row's first token: rows hold one example each), then the caller's */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++) {
+                int64_t i = b * T + t, j = b * a->T_in + (t < K ? 0 : t - K);
+                a->ids_in[i] = t < K ? 0 : ids[j];
+                a->tg_in[i] = t < K ? -1 : targets[j];
+                a->pos[i] = t < K ? (int32_t)t : pos[j] + (int32_t)K;
+                if (seg) a->seg_in[i] = seg[j];
+            }
+        ids = a->ids_in;
+        targets = a->tg_in;
+        if (seg) seg = a->seg_in;
+    } else {
+        for (int64_t i = 0; i < N; i++) a->pos[i] = pos[i] + (int32_t)P;
+    }
 
     /* ---- forward ---- */
     be->embed(a->x[0], ids, N, &m->tok_embd);
     if (arch->embed_scale) be->scale(a->x[0], N * C, sqrtf((float)C));
+    for (int64_t b = 0; b < B && K; b++)
+        memcpy(a->x[0] + b * T * C, vt->embd, (size_t)(K * C) * sizeof(float));
     for (int l = 0; l < L; l++) {
         const finch_layer *ly = &m->layers[l];
         const float theta = finch_layer_theta(m, l);
@@ -188,8 +249,9 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         }
         be->rope_forward(a->q[l], a->pos, N, H, D, theta);
         be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
-        be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg, B, T, H,
-                                    KVH, D, &a->ws);
+        const finch_attn_prefix pre = prefix_of(m, l, P);
+        be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg,
+                                    P ? &pre : NULL, B, T, H, KVH, D, &a->ws);
         finch_linear_forward_train(arch->post_norms ? a->op[l] : a->xm[l], a->ao[l], &ly->wo, N,
                                    &ctx);
         if (arch->post_norms)
@@ -266,8 +328,9 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         }
         finch_linear_backward(a->dao, dout, a->ao[l], &ly->wo, N, &ctx);
         /* ao = attention(q, k, v) */
+        const finch_attn_prefix pre = prefix_of(m, l, P);
         be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l],
-                               a->v[l], seg, B, T, H, KVH, D, &a->ws);
+                               a->v[l], seg, P ? &pre : NULL, B, T, H, KVH, D, &a->ws);
         /* rope(q), rope(k) */
         be->rope_backward(a->dq, a->pos, N, H, D, theta);
         be->rope_backward(a->dk, a->pos, N, KVH, D, theta);
@@ -289,7 +352,12 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
                              C);
         be->add(a->dx, a->dt, N * C);
     }
-    /* x_0 = embed(ids) (* sqrt(C)) */
+    /* x_0 = the virtual rows, then embed(ids) (* sqrt(C)) */
+    for (int64_t b = 0; b < B && K; b++) {
+        float *dv = a->dx + b * T * C;
+        if (vt->d_embd) be->add(vt->d_embd, dv, K * C);
+        memset(dv, 0, (size_t)(K * C) * sizeof(float));
+    }
     if (m->d_tok_embd) {
         if (arch->embed_scale) be->scale(a->dx, N * C, sqrtf((float)C));
         be->embed_backward(m->d_tok_embd, a->dx, ids, N, C);

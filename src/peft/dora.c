@@ -150,8 +150,8 @@ static bool dora_claims(const json_t *j) {
     return d && json_is_true(d);
 }
 
-static void dora_write_config(const finch_peft *p, json_t *j) {
-    finch_lora_write_config(p, j);
+static void dora_write_config(const finch_peft *p, const finch_model *m, json_t *j) {
+    finch_lora_write_config(p, m, j);
     json_object_set_new(j, "use_dora", json_true());
 }
 

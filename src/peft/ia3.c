@@ -123,7 +123,8 @@ static finch_status ia3_check_file(const json_t *j, const char *path, finch_err 
     return FINCH_OK;
 }
 
-static void ia3_write_config(const finch_peft *p, json_t *j) {
+static void ia3_write_config(const finch_peft *p, const finch_model *m, json_t *j) {
+    (void)m;
     (void)p;
     json_object_set_new(j, "exclude_modules", json_null());
     json_object_set_new(j, "fan_in_fan_out", json_false());

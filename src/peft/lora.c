@@ -293,7 +293,8 @@ finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err 
     return FINCH_OK;
 }
 
-void finch_lora_write_config(const finch_peft *p, json_t *j) {
+void finch_lora_write_config(const finch_peft *p, const finch_model *m, json_t *j) {
+    (void)m;
     (void)p;
     /* LoraConfig's fields as PEFT writes them (FORMATS.md 2.1a); those finch does not set
      * keep PEFT's defaults, which finch's adapters match */

@@ -73,7 +73,7 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
 void finch_lora_detach(finch_peft *p, finch_model *m);
 /* adapter_config.json: LoraConfig's fields finch refuses when set, and those it writes. */
 finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err *err);
-void finch_lora_write_config(const finch_peft *p, json_t *j);
+void finch_lora_write_config(const finch_peft *p, const finch_model *m, json_t *j);
 /* The site of a GGUF weight name ("blk.3.attn_q.weight"), or NULL. */
 finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name);
 

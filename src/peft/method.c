@@ -14,10 +14,11 @@
 
 /* The table: one row per method, in the order --help lists them. */
 extern const finch_method finch_method_lora, finch_method_dora, finch_method_ia3,
-    finch_method_bitfit, finch_method_freeze, finch_method_full;
-static const finch_method *const methods[] = {&finch_method_lora,   &finch_method_dora,
-                                              &finch_method_ia3,    &finch_method_bitfit,
-                                              &finch_method_freeze, &finch_method_full};
+    finch_method_prompt, finch_method_prefix, finch_method_bitfit, finch_method_freeze,
+    finch_method_full;
+static const finch_method *const methods[] = {
+    &finch_method_lora,   &finch_method_dora,   &finch_method_ia3,    &finch_method_prompt,
+    &finch_method_prefix, &finch_method_bitfit, &finch_method_freeze, &finch_method_full};
 enum { N_METHODS = sizeof methods / sizeof methods[0] };
 
 #define CONFIG_NAME "adapter_config.json"
@@ -55,6 +56,7 @@ static const char *placeholder(finch_opt_type t) {
            : t == FINCH_OPT_FLOAT   ? " X"
            : t == FINCH_OPT_TARGETS ? " LIST"
            : t == FINCH_OPT_CHOICE  ? " NAME"
+           : t == FINCH_OPT_STRING  ? " TEXT"
                                     : "";
 }
 
@@ -66,11 +68,11 @@ size_t finch_method_usage(int i, char *buf, size_t cap) {
         const finch_method_option *o = &me->opts[k];
         char flag[64];
         snprintf(flag, sizeof flag, "--%s%s", o->name, placeholder(o->type));
-        int n =
-            snprintf(len < cap ? buf + len : NULL, len < cap ? cap - len : 0,
-                     "    %-24s %s%s%s%s%s%s\n", flag, o->help, o->choices ? ": " : "",
-                     o->choices ? o->choices : "", o->type == FINCH_OPT_BOOL ? "" : " (default ",
-                     o->type == FINCH_OPT_BOOL ? "" : o->def, o->type == FINCH_OPT_BOOL ? "" : ")");
+        bool no_def = o->type == FINCH_OPT_BOOL || !*o->def;
+        int n = snprintf(len < cap ? buf + len : NULL, len < cap ? cap - len : 0,
+                         "    %-24s %s%s%s%s%s%s\n", flag, o->help, o->choices ? ": " : "",
+                         o->choices ? o->choices : "", no_def ? "" : " (default ",
+                         no_def ? "" : o->def, no_def ? "" : ")");
         len += (size_t)n;
     }
     return len;
@@ -147,6 +149,12 @@ static finch_status parse_value(const finch_method_option *o, const char *v, voi
         return finch_err_set(err, code, "%s %s: must be one of %s", where, v ? v : "(none)",
                              o->choices);
     }
+    case FINCH_OPT_STRING:
+        if (!v || strlen(v) >= (size_t)o->hi)
+            return finch_err_set(err, code, "%s: give a text of fewer than %.0f bytes", where,
+                                 o->hi);
+        memcpy(at, v, strlen(v) + 1);
+        return FINCH_OK;
     case FINCH_OPT_TARGETS: {
         finch_status st = v ? finch_target_parse(v, (uint32_t *)at, err)
                             : finch_err_set(err, code, "%s needs a list", where);
@@ -319,6 +327,13 @@ finch_status finch_peft_new(const finch_model *m, const char *method, const finc
         snprintf(where, sizeof where, "--%s", opts[i].name);
         for (char *c = where; *c; c++)
             if (*c == '_') *c = '-';
+        if (same_name(opts[i].name, LAYERS) && me->layerless) {
+            st = finch_err_set(err, FINCH_E_USAGE,
+                               "--layers: %s acts before the first block, on every block at "
+                               "once; it has no layer selection",
+                               me->name);
+            continue;
+        }
         if (same_name(opts[i].name, LAYERS)) {
             st = opts[i].value
                      ? parse_layers(p, opts[i].value, m->cfg.n_layer, where, FINCH_E_USAGE, err)
@@ -439,6 +454,8 @@ static json_t *option_json(const finch_method_option *o, const void *cfg) {
     }
     case FINCH_OPT_BOOL:
         return json_boolean(*(const bool *)at);
+    case FINCH_OPT_STRING:
+        return *(const char *)at ? json_string(at) : json_null();
     case FINCH_OPT_TARGETS:
         return json_targets(*(const uint32_t *)at);
     case FINCH_OPT_CHOICE: {
@@ -462,14 +479,16 @@ static json_t *make_config(const finch_peft *p, const finch_model *m) {
     for (int k = 0; k < me->n_opts; k++)
         if (me->opts[k].peft_key)
             json_object_set_new(j, me->opts[k].peft_key, option_json(&me->opts[k], p->cfg));
-    json_t *layers = json_null();
-    if (!p->all_layers) {
-        layers = json_array();
-        for (int l = 0; l < m->cfg.n_layer; l++)
-            if (finch_peft_layer(p, l)) json_array_append_new(layers, json_integer(l));
+    if (!me->layerless) {
+        json_t *layers = json_null();
+        if (!p->all_layers) {
+            layers = json_array();
+            for (int l = 0; l < m->cfg.n_layer; l++)
+                if (finch_peft_layer(p, l)) json_array_append_new(layers, json_integer(l));
+        }
+        json_object_set_new(j, LAYERS_KEY, layers);
     }
-    json_object_set_new(j, LAYERS_KEY, layers);
-    if (me->write_config) me->write_config(p, j);
+    if (me->write_config) me->write_config(p, m, j);
     return j;
 }
 
@@ -514,6 +533,7 @@ static finch_status option_from_json(finch_peft *p, const finch_method_option *o
         text = json_is_true(v) ? "true" : "false";
         break;
     case FINCH_OPT_CHOICE:
+    case FINCH_OPT_STRING:
         if (!json_is_string(v))
             return finch_err_set(err, FINCH_E_FORMAT, "%s must be a string", where);
         text = json_string_value(v);
@@ -653,7 +673,7 @@ finch_status finch_peft_load(const char *dir, const finch_model *m, finch_peft *
             st = parse_value(o, o->peft_def, p->cfg, o->name, FINCH_E_FORMAT, err);
     }
     json_t *layers = json_object_get(j, LAYERS_KEY);
-    if (!st && layers && !json_is_null(layers))
+    if (!st && layers && !json_is_null(layers) && !me->layerless)
         st = layers_from_json(p, layers, m->cfg.n_layer, path, err);
     json_decref(j);
     if (!st) {

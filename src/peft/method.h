@@ -29,6 +29,7 @@ typedef enum {
     FINCH_OPT_BOOL,    /* bool, a switch on the command line */
     FINCH_OPT_TARGETS, /* uint32_t mask of finch_target; a list of PEFT names in the config */
     FINCH_OPT_CHOICE,  /* int: the index of the value in choices */
+    FINCH_OPT_STRING,  /* char[hi]: text of fewer than hi bytes */
 } finch_opt_type;
 
 typedef struct {
@@ -53,6 +54,7 @@ struct finch_method {
     size_t config_size;    /* the method's config struct */
     const char *peft_type; /* adapter_config.json's "peft_type" */
     bool writes_model;     /* its result is a model (full, freeze), not an adapter */
+    bool layerless;        /* acts before the blocks (prompt, prefix): --layers does not apply */
     /* Whether a config of this peft_type is this method's (LORA with use_dora is DoRA's);
      * NULL: every config of the type. */
     bool (*claims)(const json_t *config);
@@ -61,7 +63,7 @@ struct finch_method {
     /* Fields of adapter_config.json beyond the options: check_file refuses values finch
      * does not implement, write_config adds the fixed ones PEFT writes. May be NULL. */
     finch_status (*check_file)(const json_t *config, const char *path, finch_err *err);
-    void (*write_config)(const finch_peft *p, json_t *config);
+    void (*write_config)(const finch_peft *p, const finch_model *m, json_t *config);
     finch_status (*create)(finch_peft *p, const finch_model *m, finch_err *err);
     void (*init)(finch_peft *p, const finch_model *m, finch_rng *rng);
     finch_status (*attach)(finch_peft *p, finch_model *m, float weight, int64_t max_tokens,
@@ -106,5 +108,15 @@ int finch_target_heads(const finch_model *m, finch_target t);
 /* The key of a projection in PEFT files, "base_model.model.model.layers.{l}.{self_attn|mlp}
  * .{name}", or with model_key as a Hugging Face model names it, "model.layers.{l}...". */
 void finch_target_key(char *buf, size_t n, int l, finch_target t, bool model_key);
+
+/* Prompt learning (prompt.c, prefix.c): PEFT's PromptLearningConfig fields for virtual
+ * tokens of token_dim values over heads heads; the virtual tokens v put on the model
+ * (weight 1 only: they do not combine). */
+void finch_prompt_learning_config(json_t *config, const finch_model *m, int n_virtual,
+                                  int token_dim, int heads);
+finch_status finch_prompt_learning_check(const json_t *config, const char *path, finch_err *err);
+finch_status finch_virtual_attach(finch_model *m, const finch_virtual *v, float weight,
+                                  const char *method, finch_err *err);
+void finch_virtual_detach(finch_model *m);
 
 #endif /* FINCH_METHOD_H */

@@ -87,6 +87,24 @@ void finch_rows_permute(float *dst, const float *src, int64_t rows, int64_t row_
         }
 }
 
+void finch_params_set_kv_block(finch_params *r, const char *name, int64_t kv_block) {
+    finch_param *p = finch_params_find(r, name);
+    FINCH_ASSERT(p && p->permute_heads && p->shape[1] % (2 * kv_block) == 0);
+    p->kv_block = kv_block;
+}
+
+/* dst = src (p's values) with its q/k rows or prefix keys in Hugging Face order (to_hf)
+ * or back in finch's. */
+static void convert(const finch_param *p, float *dst, const float *src, bool to_hf) {
+    if (!p->kv_block) {
+        finch_rows_permute(dst, src, p->shape[0], p->shape[1], p->permute_heads, to_hf);
+        return;
+    }
+    memcpy(dst, src, (size_t)p->n * sizeof *dst);
+    for (int64_t off = 0; off < p->n; off += 2 * p->kv_block) /* each key block's values */
+        finch_rows_permute(dst + off, src + off, p->kv_block, 1, p->permute_heads, to_hf);
+}
+
 finch_status finch_params_save_st(const finch_params *r, const char *path, finch_err *err) {
     finch_status st = FINCH_OK;
     float *hf = NULL; /* the arena with q/k rows in HF order */
@@ -100,9 +118,7 @@ finch_status finch_params_save_st(const finch_params *r, const char *path, finch
     if ((st = finch_st_writer_set_meta(w, "format", "pt", err))) goto done;
     for (int i = 0; i < r->n && !st; i++) {
         const finch_param *p = &r->p[i];
-        if (p->permute_heads)
-            finch_rows_permute(hf + p->off, r->data + p->off, p->shape[0], p->shape[1],
-                               p->permute_heads, true);
+        if (p->permute_heads) convert(p, hf + p->off, r->data + p->off, true);
         st = finch_st_writer_add(w, p->name, FINCH_ST_F32, p->n_dims, p->shape, hf + p->off, err);
     }
     if (!st) st = finch_st_writer_save(w, path, err);
@@ -204,7 +220,7 @@ finch_status finch_params_load_st(finch_params *r, const char *path, finch_err *
             break;
         }
         to_f32(tmp, te, p->n);
-        finch_rows_permute(dst, tmp, p->shape[0], p->shape[1], p->permute_heads, false);
+        convert(p, dst, tmp, false);
     }
     free(tmp);
     finch_st_close(f);

@@ -8,7 +8,9 @@
  * Row order: finch keeps q and k rows in GGUF order (model.h). A tensor whose first
  * dimension runs over the rows of q or k (LoRA's B, a DoRA magnitude, a bias, a whole
  * weight) says so with permute_heads, and file I/O converts those rows to Hugging Face
- * order on save and back on load (FORMATS.md 4.1).
+ * order on save and back on load (FORMATS.md 4.1). A prefix-tuning table (kv_block set)
+ * holds keys in the same order within each head: its rows are pairs of kv_block keys
+ * (permute_heads heads) and kv_block values, and the keys are converted.
  */
 #ifndef FINCH_PARAMS_H
 #define FINCH_PARAMS_H
@@ -23,6 +25,8 @@ typedef struct {
     int64_t shape[2];  /* outermost first, as saved */
     int64_t off, n;    /* elements: where in the arena, how many */
     int permute_heads; /* rows (dim 0) are q/k rows of this many heads; 0: plain rows */
+    int64_t kv_block;  /* > 0: each row is pairs of kv_block keys (permute_heads heads) and
+                          kv_block values, and the keys are what is permuted */
     bool decay;        /* AdamW's weight decay applies (not to biases and norm weights) */
     float **data_slot; /* set to the tensor's place in the arena when allocated */
     float **grad_slot; /* the same in the gradient arena (NULL when there is none) */
@@ -41,6 +45,10 @@ typedef struct {
 finch_status finch_params_add(finch_params *r, const char *name, int n_dims, const int64_t *shape,
                               int permute_heads, bool decay, float **data_slot, float **grad_slot,
                               finch_err *err);
+
+/* Marks the tensor name (registered with permute_heads = heads) as a prefix table of
+ * key/value pairs of kv_block values each. */
+void finch_params_set_kv_block(finch_params *r, const char *name, int64_t kv_block);
 
 /* Allocates the arena (zeroed) and, with_grads, the gradient arena; fills every slot. */
 finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err);

@@ -315,6 +315,11 @@ static finch_status prepare_method(run *r, finch_err *err) {
                                  o->out_dir, finch_peft_method(r->peft));
     }
     if ((st = finch_peft_attach(r->peft, r->m, 1.0f, (int64_t)r->B * r->T, err))) return st;
+    if (o->packing && r->m->virt.embd)
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "--packing: prompt tuning puts its virtual tokens before each "
+                             "sequence, and a packed row holds several; train without --packing "
+                             "(prefix tuning packs)");
     if ((st = decay_ranges(r, err))) return st;
     if ((st = finch_train_acts_new(r->m, r->B, r->T, &r->acts, err)) ||
         (st = finch_batch_init(&r->batch, r->B, r->T, err)))

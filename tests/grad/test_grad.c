@@ -408,6 +408,8 @@ typedef struct {
     int H, KVH, D;
     const double *q, *k, *v, *P;
     const int32_t *seg; /* (B, T) or NULL */
+    const double *pre;  /* (np, 2 * KVH * D): prefix keys, then values, per row */
+    int64_t np;
 } att_ctx;
 
 /* Whether query t of row b sees key j: causal, and no change of seg from j to t. */
@@ -418,33 +420,42 @@ static bool att_sees(const att_ctx *c, int64_t b, int64_t t, int64_t j) {
     return true;
 }
 
+/* Column j of a query's scores: prefix key j (j < np), else key j - np of the row. */
+static const double *att_key(const att_ctx *c, int64_t b, int64_t j, bool value) {
+    const int64_t kvs = (int64_t)c->KVH * c->D;
+    if (j < c->np) return c->pre + j * 2 * kvs + (value ? kvs : 0);
+    return (value ? c->v : c->k) + (b * c->T + j - c->np) * kvs;
+}
+
 static double att_loss(const void *p) {
     const att_ctx *c = p;
-    const int64_t T = c->T, qs = (int64_t)c->H * c->D, kvs = (int64_t)c->KVH * c->D;
-    double L = 0, s[64];
-    assert_true(T <= 64);
+    const int64_t T = c->T, qs = (int64_t)c->H * c->D;
+    double L = 0, s[80];
+    assert_true(c->np + T <= 80);
     for (int64_t b = 0; b < c->B; b++)
         for (int h = 0; h < c->H; h++)
             for (int64_t t = 0; t < T; t++) {
                 int g = h / (c->H / c->KVH);
                 double mx = -INFINITY, sum = 0;
-                for (int64_t j = 0; j <= t; j++) {
-                    if (!att_sees(c, b, t, j)) continue;
+                const int64_t n = c->np + t + 1;
+#define SEES(j) ((j) < c->np || att_sees(c, b, t, (j) - c->np))
+                for (int64_t j = 0; j < n; j++) {
+                    if (!SEES(j)) continue;
                     double d = 0;
                     for (int e = 0; e < c->D; e++)
-                        d += c->q[(b * T + t) * qs + h * c->D + e] *
-                             c->k[(b * T + j) * kvs + g * c->D + e];
+                        d += c->q[(b * T + t) * qs + h * c->D + e] * att_key(c, b, j, false)[g * c->D + e];
                     s[j] = d / sqrt((double)c->D);
                     mx = s[j] > mx ? s[j] : mx;
                 }
-                for (int64_t j = 0; j <= t; j++)
-                    if (att_sees(c, b, t, j)) sum += (s[j] = exp(s[j] - mx));
+                for (int64_t j = 0; j < n; j++)
+                    if (SEES(j)) sum += (s[j] = exp(s[j] - mx));
                 for (int e = 0; e < c->D; e++) {
                     double o = 0;
-                    for (int64_t j = 0; j <= t; j++)
-                        if (att_sees(c, b, t, j)) o += s[j] / sum * c->v[(b * T + j) * kvs + g * c->D + e];
+                    for (int64_t j = 0; j < n; j++)
+                        if (SEES(j)) o += s[j] / sum * att_key(c, b, j, true)[g * c->D + e];
                     L += c->P[(b * T + t) * qs + h * c->D + e] * o;
                 }
+#undef SEES
             }
     return L;
 }
@@ -475,28 +486,41 @@ static void test_attention_backward(void **state) {
     const int shapes[][5] = {{1, 1, 1, 1, 1},  {2, 5, 4, 2, 3},    {3, 7, 6, 2, 8},
                              {1, 17, 3, 3, 5}, {2, 33, 9, 3, 12}, {1, 40, 2, 1, 9}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-        for (int variant = 0; variant < 2; variant++) {
+        for (int variant = 0; variant < 4; variant++) {
             int64_t B = shapes[s][0], T = shapes[s][1];
             int H = shapes[s][2], KVH = shapes[s][3], D = shapes[s][4];
-            int64_t nq = B * T * H * D, nkv = B * T * KVH * D, na = B * H * T * T;
+            /* variants: segments (bit 0), a prefix of 1 to 3 keys (bit 1) */
+            const int64_t np = variant & 2 ? 1 + (int64_t)(s % 3) : 0, kvs = (int64_t)KVH * D;
+            int64_t nq = B * T * H * D, nkv = B * T * KVH * D, na = B * H * T * (np + T);
             char what[128];
-            int32_t *seg = att_segments(&r, B, T, variant);
+            int32_t *seg = att_segments(&r, B, T, variant & 1);
             float *q = rand_vec(&r, nq, 1.0f), *k = rand_vec(&r, nkv, 1.0f),
                   *v = rand_vec(&r, nkv, 1.0f);
+            /* the prefix as a prefix method lays it out: keys and values of a row side by
+             * side; its gradients start non-zero (they accumulate) */
+            float *pre = rand_vec(&r, np * 2 * kvs + 1, 1.0f);
+            float *dpre0 = rand_vec(&r, np * 2 * kvs + 1, 1.0f);
+            float *dpre = zeros(np * 2 * kvs + 1), *dprer = zeros(np * 2 * kvs + 1);
+            memcpy(dpre, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
+            memcpy(dprer, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
+            finch_attn_prefix pa = {pre, pre + kvs, dpre, dpre + kvs, np, 2 * kvs},
+                              pr = {pre, pre + kvs, dprer, dprer + kvs, np, 2 * kvs};
+            const finch_attn_prefix *pp = np ? &pa : NULL, *ppr = np ? &pr : NULL;
             float *dout = rand_vec(&r, nq, 1.0f), *out = zeros(nq), *outr = zeros(nq);
             float *att = zeros(na), *attr = zeros(na), *outc = zeros(nq), *ds = zeros(na);
             float *dq = zeros(nq), *dk = rand_vec(&r, nkv, 1.0f), *dv = rand_vec(&r, nkv, 1.0f);
             float *dqr = zeros(nq), *dkr = zeros(nkv), *dvr = zeros(nkv);
             finch_workspace ws;
             ws_init(&ws, 1, T);
-            finch_backend_cpu.attention_forward_train(out, att, q, k, v, seg, B, T, H, KVH, D, &ws);
-            finch_ref_attention_forward_train(outr, attr, q, k, v, seg, B, T, H, KVH, D);
-            snprintf(what, sizeof what, "attention B=%lld T=%lld H=%d KVH=%d D=%d%s", (long long)B,
-                     (long long)T, H, KVH, D, seg ? " segmented" : "");
+            finch_backend_cpu.attention_forward_train(out, att, q, k, v, seg, pp, B, T, H, KVH, D,
+                                                      &ws);
+            finch_ref_attention_forward_train(outr, attr, q, k, v, seg, ppr, B, T, H, KVH, D);
+            snprintf(what, sizeof what, "attention B=%lld T=%lld H=%d KVH=%d D=%d%s prefix %lld",
+                     (long long)B, (long long)T, H, KVH, D, seg ? " segmented" : "", (long long)np);
             check_close(what, out, outr, nq);
             check_close(what, att, attr, na);
             /* each sequence (each segment) alone equals the cached forward from position 0 */
-            for (int64_t b = 0; b < B; b++)
+            for (int64_t b = 0; b < B && !np; b++)
                 for (int64_t t0 = 0, t1; t0 < T; t0 = t1) {
                     for (t1 = t0 + 1; seg && t1 < T && seg[b * T + t1] == seg[b * T + t0];) t1++;
                     if (!seg) t1 = T;
@@ -504,13 +528,27 @@ static void test_attention_backward(void **state) {
                     finch_ref_attention_forward(outc + o * H * D, q + o * H * D, k + o * KVH * D,
                                                 v + o * KVH * D, t1 - t0, 0, H, KVH, D, 0);
                 }
-            check_close(what, out, outc, nq);
-            finch_backend_cpu.attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, B, T, H, KVH,
-                                                 D, &ws);
-            finch_ref_attention_backward(dqr, dkr, dvr, dout, attr, q, k, v, seg, B, T, H, KVH, D);
+            if (!np) check_close(what, out, outc, nq);
+            finch_backend_cpu.attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, pp, B, T,
+                                                 H, KVH, D, &ws);
+            finch_ref_attention_backward(dqr, dkr, dvr, dout, attr, q, k, v, seg, ppr, B, T, H, KVH,
+                                         D);
+            float *dpre_raw = zeros(np * 2 * kvs + 1);
+            memcpy(dpre_raw, dpre, (size_t)(np * 2 * kvs) * sizeof(float));
+            /* the prefix's gradients were added: take the starting values off */
+            for (int64_t i = 0; i < np * 2 * kvs; i++) {
+                dpre[i] -= dpre0[i];
+                dprer[i] -= dpre0[i];
+            }
             double *qd = to_double(q, nq), *kd = to_double(k, nkv), *vd = to_double(v, nkv);
             double *Pd = to_double(dout, nq);
-            att_ctx c = {B, T, H, KVH, D, qd, kd, vd, Pd, seg};
+            double *pred = to_double(pre, np * 2 * kvs + 1);
+            att_ctx c = {B, T, H, KVH, D, qd, kd, vd, Pd, seg, pred, np};
+            if (np) {
+                check_fd(what, pred, np * 2 * kvs, dpre, att_loss, &c, &r);
+                check_fd(what, pred, np * 2 * kvs, dprer, att_loss, &c, &r);
+                check_close(what, dpre, dprer, np * 2 * kvs);
+            }
             check_fd(what, qd, nq, dq, att_loss, &c, &r);
             check_fd(what, kd, nkv, dk, att_loss, &c, &r);
             check_fd(what, vd, nkv, dv, att_loss, &c, &r);
@@ -526,9 +564,17 @@ static void test_attention_backward(void **state) {
             finch_err err;
             assert_int_equal(finch_workspace_init(&ws1, finch_workspace_need(1, T), 1, 0, &err), FINCH_OK);
             float *o1 = zeros(nq), *a1 = zeros(na), *q1 = zeros(nq), *k1 = zeros(nkv), *v1 = zeros(nkv);
-            finch_backend_cpu.attention_forward_train(o1, a1, q, k, v, seg, B, T, H, KVH, D, &ws1);
-            finch_backend_cpu.attention_backward(q1, k1, v1, ds, dout, a1, q, k, v, seg, B, T, H, KVH, D,
-                                                 &ws1);
+            float *p1 = zeros(np * 2 * kvs + 1);
+            memcpy(p1, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
+            finch_attn_prefix pa1 = {pre, pre + kvs, p1, p1 + kvs, np, 2 * kvs};
+            finch_backend_cpu.attention_forward_train(o1, a1, q, k, v, seg, np ? &pa1 : NULL, B, T,
+                                                      H, KVH, D, &ws1);
+            finch_backend_cpu.attention_backward(q1, k1, v1, ds, dout, a1, q, k, v, seg,
+                                                 np ? &pa1 : NULL, B, T, H, KVH, D, &ws1);
+            /* the prefix's sums run in a fixed order too */
+            assert_memory_equal(p1, dpre_raw, (size_t)(np * 2 * kvs) * sizeof(float));
+            free(p1);
+            free(dpre_raw);
             assert_memory_equal(o1, out, (size_t)nq * sizeof(float));
             assert_memory_equal(a1, att, (size_t)na * sizeof(float));
             assert_memory_equal(q1, dq, (size_t)nq * sizeof(float));
@@ -542,6 +588,11 @@ static void test_attention_backward(void **state) {
             free(v1);
             finch_workspace_free(&ws);
             free(seg);
+            free(pred);
+            free(pre);
+            free(dpre0);
+            free(dpre);
+            free(dprer);
             free(qd);
             free(kd);
             free(vd);

@@ -11,7 +11,11 @@
  * tests/fixtures/methods/peft_made/{dora,ia3}/ are the same for DoRA (r 4, all seven
  * projections, random A, B and magnitudes) and (IA)^3 (k, v, down with random vectors),
  * with peft's float64 logits in <method>_logits.json
- * (tests/reference/make_methods_reference.py): they move the logits by 2.9 and 1.2.
+ * (tests/reference/make_methods_reference.py): they move the logits by 2.9 and 1.2. Prompt
+ * tuning (3 virtual embeddings) and prefix tuning (3 keys and values per layer, key heads
+ * in rotate-half order in the file) move them by 2.9 and 2.7. Every method's logits are
+ * checked decoding the ids at once and again in two pieces after a rewind (the virtual
+ * tokens enter the cache once and stay).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -123,12 +127,20 @@ static void check_method(const char *method) {
     if (finch_adapter_attach(m, a, 1.0f, &err)) fail_msg("%s", err.msg);
     assert_int_equal(finch_session_new(m, n, FINCH_NUMERICS_EXACT, &sess, &err), FINCH_OK);
     assert_int_equal(finch_session_decode(sess, ids, n, got, NULL, &err), FINCH_OK);
+    assert_int_equal(finch_session_pos(sess), n);
+    /* again after a rewind, in two pieces: the same numbers */
+    float *again = malloc(sizeof(float) * (size_t)n * N_VOCAB);
+    finch_session_reset(sess);
+    assert_int_equal(finch_session_decode(sess, ids, 3, again, NULL, &err), FINCH_OK);
+    assert_int_equal(finch_session_decode(sess, ids + 3, n - 3, again + 3 * N_VOCAB, NULL, &err),
+                     FINCH_OK);
     finch_session_free(sess);
     float worst = 0, moved = 0;
     for (int t = 0; t < n; t++)
         for (int v = 0; v < N_VOCAB; v++) {
             float want = (float)json_real_value(json_array_get(json_array_get(jl, (size_t)t), (size_t)v));
             worst = fmaxf(worst, fabsf(got[t * N_VOCAB + v] - want));
+            worst = fmaxf(worst, fabsf(again[t * N_VOCAB + v] - want));
             moved = fmaxf(moved, fabsf(base[t * N_VOCAB + v] - want));
         }
     print_message("%s: max |finch - peft| = %.3g (the adapter moves logits by %.3g)\n", method,
@@ -137,6 +149,7 @@ static void check_method(const char *method) {
     assert_true(worst <= TOL);
     finch_adapter_detach(m, a);
     finch_adapter_free(a);
+    free(again);
     free(got);
     free(base);
     finch_model_free(m);
@@ -153,11 +166,23 @@ static void test_peft_made_ia3(void **state) {
     check_method("ia3");
 }
 
+static void test_peft_made_prompt(void **state) {
+    (void)state;
+    check_method("prompt");
+}
+
+static void test_peft_made_prefix(void **state) {
+    (void)state;
+    check_method("prefix");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peft_made_adapter),
         cmocka_unit_test(test_peft_made_dora),
         cmocka_unit_test(test_peft_made_ia3),
+        cmocka_unit_test(test_peft_made_prompt),
+        cmocka_unit_test(test_peft_made_prefix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Reference gradients and training runs of DoRA, IA3, BitFit, full and freeze fine-tuning on
-the tiny LLaMA fixture, in float64 PyTorch (DoRA and IA3 computed by Hugging Face peft itself).
+"""Reference gradients and training runs of DoRA, IA3, prompt tuning, prefix tuning, BitFit, full
+and freeze fine-tuning on the tiny LLaMA fixture, in float64 PyTorch (DoRA, IA3, prompt and
+prefix tuning computed by Hugging Face peft itself).
 
 What it does: reads tests/fixtures/model/tiny_llama.gguf (PyPI `gguf` package), converts it to
 Hugging Face convention (Q/K rows un-permuted, as make_lora_reference.py does) and loads it into
@@ -23,7 +24,8 @@ method, it writes into tests/fixtures/methods/<method>/:
   reference.json            options, versions, batches, losses, grad norms, lr per step, the
                             finite-difference checks
 Methods: dora (LoraConfig r 4, alpha 8, use_dora, all seven projections), ia3 (IA3Config
-k/v/down, down feedforward), bitfit (a bias on all seven projections, y = x W^T + b, only the
+k/v/down, down feedforward), prompt (PromptTuningConfig, 3 virtual tokens, random init), prefix
+(PrefixTuningConfig, 3 virtual tokens, no projection), bitfit (a bias on all seven projections, y = x W^T + b, only the
 biases train), full (every weight), freeze (only model.layers.1.*).
 Loss: mean cross-entropy over target positions (-1 ignored), batch() of make_lora_reference.py
 (B 2, T 12). Every gradient is checked in float64 by central finite differences on 3 random
@@ -32,7 +34,7 @@ written here (so peft's conventions are pinned down, not only reproduced).
 
 Also writes PEFT interop fixtures under tests/fixtures/methods/peft_made/: dora/ and ia3/
 (save_pretrained folders: adapter_config.json + adapter_model.safetensors, random non-zero
-values, float32) and dora_logits.json / ia3_logits.json (a fixed 8-token input and peft's float64
+values, float32), likewise prompt/ and prefix/, and <method>_logits.json (a fixed 8-token input and peft's float64
 logits for every position, as float32 numbers).
 
 Run with the environment of scripts/interop-env.sh (Debian torch 1.13, transformers 4.46.3,
@@ -57,7 +59,7 @@ import make_lora_reference as mlr  # noqa: E402  (batch(), loss_fn(), forward(),
 import gguf  # noqa: E402
 import peft  # noqa: E402
 import transformers  # noqa: E402
-from peft import IA3Config, LoraConfig, get_peft_model  # noqa: E402
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 from peft.utils import get_peft_model_state_dict  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -68,12 +70,17 @@ FIX = os.path.join(HERE, "..", "fixtures")
 OUT = os.path.join(FIX, "methods")
 SEED = 11
 STEPS, WARMUP, WD, CLIP, BETAS, EPS = 20, 2, 0.01, 1.0, (0.9, 0.999), 1e-8
-LR = {"dora": 1e-2, "ia3": 1e-2, "bitfit": 1e-2, "full": 1e-2, "freeze": 1e-2}
+LR = {"dora": 1e-2, "ia3": 1e-2, "prompt": 1e-2, "prefix": 1e-2, "bitfit": 1e-2, "full": 1e-2,
+      "freeze": 1e-2}
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GGUF_OF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
            "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 DORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=PROJ)
 IA3 = dict(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+NVT = 3  # virtual tokens of prompt and prefix tuning
+PEFT_CONFIG = {"dora": lambda: LoraConfig(**DORA), "ia3": lambda: IA3Config(**IA3),
+               "prompt": lambda: PromptTuningConfig(num_virtual_tokens=NVT, task_type="CAUSAL_LM"),
+               "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=NVT, task_type="CAUSAL_LM")}
 
 
 def part(proj):
@@ -163,7 +170,9 @@ def make_hf(cfg, sd):
 
 
 def logits_of(model, ids):
-    return model(input_ids=ids).logits
+    """The logits of the real tokens (prompt tuning's model also returns its virtual ones)."""
+    out = model(input_ids=ids).logits
+    return out[:, out.shape[1] - ids.shape[1]:]
 
 
 # ---------------------------------------------------------------- an independent forward
@@ -197,14 +206,33 @@ def functional_loss(cfg, sd, method, params, opts, ids, targets):
             return y + params[name + ".bias"]
         return y
 
+    def rope(x, pos0):  # rotate-half, positions pos0, pos0 + 1, ...
+        inv = cfg["theta"] ** (-torch.arange(0, D, 2, dtype=DT) / D)
+        ang = torch.arange(pos0, pos0 + x.shape[1], dtype=DT)[:, None] * inv[None, :]
+        ang = torch.cat([ang, ang], -1)[None, :, None, :]
+        rot = torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1)
+        return x * torch.cos(ang) + rot * torch.sin(ang)
+
     x = P["model.embed_tokens.weight"][ids]
+    K = NP = 0
+    if method == "prompt":  # K rows before the tokens, positions 0..K-1
+        K = params["prompt_embeddings"].shape[0]
+        x = torch.cat([params["prompt_embeddings"][None].expand(B, -1, -1), x], 1)
+    if method == "prefix":  # keys (not rotated) and values at every layer; tokens from NP
+        NP = params["prompt_embeddings"].shape[0]
+        pre = params["prompt_embeddings"].view(NP, cfg["n_layer"] * 2, KVH, D)
+    T = T + K
     mask = torch.full((T, T), float("-inf"), dtype=DT).triu(1)
+    mask = torch.cat([torch.zeros(T, NP, dtype=DT), mask], 1)
     for l in range(cfg["n_layer"]):
         p = f"model.layers.{l}."
         n = mlr.rmsnorm(x, P[p + "input_layernorm.weight"], cfg["eps"])
-        q = mlr.rope(lin(p + "self_attn.q_proj", n).view(B, T, H, D), cfg["theta"])
-        k = mlr.rope(lin(p + "self_attn.k_proj", n).view(B, T, KVH, D), cfg["theta"])
+        q = rope(lin(p + "self_attn.q_proj", n).view(B, T, H, D), NP)
+        k = rope(lin(p + "self_attn.k_proj", n).view(B, T, KVH, D), NP)
         v = lin(p + "self_attn.v_proj", n).view(B, T, KVH, D)
+        if NP:
+            k = torch.cat([pre[:, 2 * l][None].expand(B, -1, -1, -1), k], 1)
+            v = torch.cat([pre[:, 2 * l + 1][None].expand(B, -1, -1, -1), v], 1)
         k = k.repeat_interleave(H // KVH, dim=2)
         v = v.repeat_interleave(H // KVH, dim=2)
         att = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D) + mask
@@ -213,7 +241,7 @@ def functional_loss(cfg, sd, method, params, opts, ids, targets):
         m = mlr.rmsnorm(x, P[p + "post_attention_layernorm.weight"], cfg["eps"])
         h = F.silu(lin(p + "mlp.gate_proj", m)) * lin(p + "mlp.up_proj", m)
         x = x + lin(p + "mlp.down_proj", h)
-    x = mlr.rmsnorm(x, P["model.norm.weight"], cfg["eps"])
+    x = mlr.rmsnorm(x, P["model.norm.weight"], cfg["eps"])[:, K:]
     return mlr.loss_fn(x @ P["lm_head.weight"].T, targets)
 
 
@@ -230,11 +258,13 @@ def peft_key(name):
 def build(method, cfg, sd, init_seed=0):
     """(model, {fixture key: trainable parameter}) with the method's real initialisation."""
     model = make_hf(cfg, sd)
-    if method in ("dora", "ia3"):
+    if method in PEFT_CONFIG:
         torch.manual_seed(init_seed)
-        conf = LoraConfig(**DORA) if method == "dora" else IA3Config(**IA3)
-        model = get_peft_model(model, conf).eval()
+        model = get_peft_model(model, PEFT_CONFIG[method]()).eval()
+        model.to(DT)  # peft makes the prompt encoder in float32
         params = {peft_key(n): p for n, p in model.named_parameters() if p.requires_grad}
+        if method in ("prompt", "prefix"):  # one table, saved as prompt_embeddings
+            params = {"prompt_embeddings": params["prompt_encoder.embedding.weight"]}
         saved = get_peft_model_state_dict(model)
         assert set(params) == set(saved), (sorted(params)[:4], sorted(saved)[:4])
         for k, t in saved.items():
@@ -268,6 +298,8 @@ def randomise(method, sd, params, rng):
                 p.copy_(torch.tensor(1 + rng.normal(0, 0.3, p.shape), dtype=DT))
             elif method == "bitfit":
                 p.copy_(torch.tensor(rng.normal(0, 0.1, p.shape), dtype=DT))
+            elif method in ("prompt", "prefix"):
+                p.copy_(torch.tensor(rng.normal(0, 1.0, p.shape), dtype=DT))
         if method == "dora":  # magnitude: row norms of W + s B A (its init), times U(0.7, 1.3)
             for k, p in params.items():
                 if k.endswith("lora_magnitude_vector"):
@@ -402,6 +434,15 @@ OPTIONS = {
                 forward="k_proj, v_proj: y = (x W^T) * l[:, 0] (output scaled, before RoPE for k; a bias "
                 "would be scaled too); down_proj (feedforward): y = (x * l[0, :]) W^T",
                 init="ones", grad_values="1 + N(0, 0.3)"),
+    "prompt": dict(peft_type="PROMPT_TUNING", num_virtual_tokens=NVT, prompt_tuning_init="RANDOM",
+                   forward="K trained rows before the token embeddings, positions 0..K-1, the tokens "
+                   "from K; loss on the real tokens only", init="N(0, 1) (nn.Embedding)",
+                   grad_values="N(0, 1)"),
+    "prefix": dict(peft_type="PREFIX_TUNING", num_virtual_tokens=NVT, prefix_projection=False,
+                   forward="per layer l, keys (slot 2l, not rotated) and values (slot 2l+1) of NVT "
+                   "virtual tokens before the tokens' own (prompt_embeddings [NVT, L*2*KVH*D], key "
+                   "heads in rotate-half order); the tokens at positions NVT, NVT+1, ...",
+                   init="N(0, 1) (nn.Embedding)", grad_values="N(0, 1)"),
     "bitfit": dict(targets=PROJ, forward="y = x W^T + b on every projection of every layer; only the "
                    "biases train", init="zeros", grad_values="N(0, 0.1)"),
     "full": dict(trainable="every weight (transformers LlamaForCausalLM state-dict names; untied lm_head)",
@@ -420,20 +461,24 @@ def peft_made(cfg, sd, seed):
     ids = torch.tensor(rng.integers(0, cfg["n_vocab"], 8)[None])
     base_logits = logits_of(make_hf(cfg, sd), ids)[0].detach()
     summary = {}
-    for method in ("dora", "ia3"):
+    for method in ("dora", "ia3", "prompt", "prefix"):
         model = make_hf(cfg, sd)
         torch.manual_seed(seed)
         if method == "dora":
             conf = LoraConfig(**DORA, init_lora_weights=False, task_type="CAUSAL_LM")
-        else:
+        elif method == "ia3":
             conf = IA3Config(**IA3, task_type="CAUSAL_LM")
-        model = get_peft_model(model, conf).eval()
+        else:
+            conf = PEFT_CONFIG[method]()
+        model = get_peft_model(model, conf).eval().to(DT)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_magnitude_vector" in n:  # peft set it to ||W + s B A||_row: move it off
                     p.mul_(torch.tensor(rng.uniform(0.8, 1.2, p.shape), dtype=DT))
                 elif "ia3_l" in n:
                     p.copy_(torch.tensor(1 + rng.normal(0, 0.3, p.shape), dtype=DT))
+                elif "prompt_encoder" in n:
+                    p.copy_(torch.tensor(rng.normal(0, 1.0, p.shape), dtype=DT))
         folder = os.path.join(d, method)
         shutil.rmtree(folder, ignore_errors=True)
         model.float()  # saved as float32, what finch reads
@@ -458,7 +503,8 @@ def peft_made(cfg, sd, seed):
                    base="tiny_llama.gguf, Q/K rows in Hugging Face order; float64 forward",
                    values=("lora_A, lora_B: peft init_lora_weights=False (nn.Linear default init, "
                            f"torch.manual_seed({seed})); lora_magnitude_vector: ||W + s B A||_row * "
-                           "U(0.8, 1.2)") if method == "dora" else "ia3_l = 1 + N(0, 0.3)",
+                           "U(0.8, 1.2)") if method == "dora" else "ia3_l = 1 + N(0, 0.3)"
+                   if method == "ia3" else "prompt_embeddings ~ N(0, 1)",
                    ids=ids[0].tolist(), n_vocab=cfg["n_vocab"],
                    logits_format="logits[position][token], float64 forward rounded to float32",
                    logits=lg.to(torch.float32).tolist(), max_abs_change_from_base=moved,
@@ -492,7 +538,7 @@ def main():
 
     brng = np.random.default_rng(SEED)
     batches = [mlr.batch(brng, cfg["n_vocab"]) for _ in range(3)]  # grad batch, 2 train batches
-    for i, method in enumerate(("dora", "ia3", "bitfit", "full", "freeze")):
+    for i, method in enumerate(("dora", "ia3", "bitfit", "full", "freeze", "prompt", "prefix")):
         grad, hist, shapes = run_method(method, cfg, sd, batches, SEED + 100 * (i + 1))
         ref = dict(description=__doc__.split("\n")[0], method=method, options=OPTIONS[method],
                    model="tiny_llama.gguf", seed=SEED + 100 * (i + 1),

@@ -8,7 +8,8 @@
  *    the gradient of every trainable tensor;
  *  - "init": finch's initialisation equals the reference's where it is deterministic
  *    (DoRA's magnitudes are the base rows' norms, (IA)^3 ones, BitFit zeros, full
- *    fine-tuning the base weights);
+ *    fine-tuning the base weights); prompt and prefix tuning start from N(0, 1), whose
+ *    mean and spread are checked instead;
  *  - "train": from the reference's start, 20 AdamW steps with warmup + linear decay,
  *    clipping and weight decay on what transformers' Trainer decays (not biases or norm
  *    weights), two alternating batches: the loss and gradient norm at every step and
@@ -46,6 +47,8 @@ static const method_case cases[] = {
     {"bitfit", {{"target-modules", "all-linear"}}, 1},
     {"full", {{NULL, NULL}}, 0},
     {"freeze", {{"layers", "1"}}, 1},
+    {"prompt", {{"num-virtual-tokens", "3"}}, 1},
+    {"prefix", {{"num-virtual-tokens", "3"}}, 1},
 };
 
 static json_t *reference(const char *method) {
@@ -122,8 +125,20 @@ static void check_init(const method_case *c) {
     finch_rng_seed(&rng, 1);
     finch_peft *p = instance(c, &rng, false), *want = instance(c, NULL, false);
     load(want, c->method, "train_init.safetensors");
-    /* LoRA's A is random: the rest is determined */
-    compare(&p->params, p->params.data, want->params.data, 1e-6, c->method, "lora_A");
+    if (!strcmp(c->method, "prompt") || !strcmp(c->method, "prefix")) {
+        /* N(0, 1) draws: mean and variance within 5 standard errors */
+        double s1 = 0, s2 = 0, n = (double)p->params.total;
+        for (int64_t i = 0; i < p->params.total; i++) {
+            s1 += p->params.data[i];
+            s2 += (double)p->params.data[i] * p->params.data[i];
+        }
+        double mean = s1 / n, var = s2 / n - mean * mean;
+        printf("  %s init: %g values, mean %.4f, variance %.4f\n", c->method, n, mean, var);
+        assert_true(fabs(mean) < 5 / sqrt(n) && fabs(var - 1) < 5 * sqrt(2 / n));
+    } else {
+        /* LoRA's A is random: the rest is determined */
+        compare(&p->params, p->params.data, want->params.data, 1e-6, c->method, "lora_A");
+    }
     finch_peft_free(p);
     finch_peft_free(want);
 }

@@ -172,12 +172,15 @@ static inline int64_t seg_start(const int32_t *sg, int64_t t) {
 /* Forward: one task per (row b, query head h, block of ROWS queries); the segment start
  * is found once per block and then followed along it. Each query row writes its
  * probabilities straight into att (zero outside its segment's causal range), which
- * backward reads; no workspace is needed. */
+ * backward reads; no workspace is needed. Prefix keys come first in every sum, so with
+ * none the arithmetic is the same as without the prefix. */
 void finch_cpu_attention_forward_train(float *out, float *att, const float *q, const float *k,
-                                       const float *v, const int32_t *seg, int64_t B, int64_t T,
-                                       int H, int KVH, int D, finch_workspace *ws) {
+                                       const float *v, const int32_t *seg,
+                                       const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
+                                       int KVH, int D, finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + ROWS - 1) / ROWS;
+    const int64_t P = pre ? pre->n : 0, S = P + T;
     const float scale = 1.0f / sqrtf((float)D);
     const int n_threads = ws ? ws->n_threads : 1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (B * H * nblk > 1)
@@ -186,24 +189,33 @@ void finch_cpu_attention_forward_train(float *out, float *att, const float *q, c
         int h = (int)(task / nblk % H), g = h / group;
         const int32_t *sg = seg ? seg + b * T : NULL;
         const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
+        const float *pk = P ? pre->k + (int64_t)g * D : NULL,
+                    *pv = P ? pre->v + (int64_t)g * D : NULL;
         int64_t s0 = seg_start(sg, t0);
         for (int64_t t = t0; t < t1; t++) {
             if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
             const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
-            float *at = att + ((b * H + h) * T + t) * T;
+            float *at = att + ((b * H + h) * T + t) * S, *ak = at + P;
             float mx = -INFINITY;
-            dots_f32(at + s0, qt, kb + s0 * kvs, kvs, t + 1 - s0, D);
-            for (int64_t j = s0; j <= t; j++) {
+            if (P) dots_f32(at, qt, pk, pre->stride, P, D);
+            dots_f32(ak + s0, qt, kb + s0 * kvs, kvs, t + 1 - s0, D);
+            for (int64_t j = 0; j < P; j++) {
                 at[j] *= scale;
                 if (at[j] > mx) mx = at[j];
             }
-            float inv = 1.0f / exp_sum(at + s0, t + 1 - s0, mx);
-            for (int64_t j = s0; j <= t; j++) at[j] *= inv;
-            memset(at, 0, (size_t)s0 * sizeof(float));
-            memset(at + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+            for (int64_t j = s0; j <= t; j++) {
+                ak[j] *= scale;
+                if (ak[j] > mx) mx = ak[j];
+            }
+            float inv = 1.0f / (exp_sum(at, P, mx) + exp_sum(ak + s0, t + 1 - s0, mx));
+            for (int64_t j = 0; j < P; j++) at[j] *= inv;
+            for (int64_t j = s0; j <= t; j++) ak[j] *= inv;
+            memset(ak, 0, (size_t)s0 * sizeof(float));
+            memset(ak + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
             float *ot = out + (b * T + t) * qs + (int64_t)h * D;
             memset(ot, 0, (size_t)D * sizeof(float));
-            for (int64_t j = s0; j <= t; j++) axpy_f32(ot, at[j], vb + j * kvs, D);
+            for (int64_t j = 0; j < P; j++) axpy_f32(ot, at[j], pv + j * pre->stride, D);
+            for (int64_t j = s0; j <= t; j++) axpy_f32(ot, ak[j], vb + j * kvs, D);
         }
     }
 }
@@ -215,12 +227,12 @@ static inline int64_t seg_end(const int32_t *sg, int64_t j, int64_t T) {
     return j + 1;
 }
 
-/* dk_j (D) += sum_{i < n} ds[i * T] q_i and dv_j (D) += sum_{i < n} att[i * T] dout_i, where
- * ds and att point down a column (a key's entries in consecutive query rows) and q_i =
- * q + i * qs, dout_i likewise: the gradient of one key over a run of queries, summed in
- * order into accumulators held in registers, 32 features at a time. */
+/* dk_j (D) += sum_{i < n} ds[i * S] q_i and dv_j (D) += sum_{i < n} att[i * S] dout_i, where
+ * ds and att point down a column of rows S apart (a key's entries in consecutive query rows) and
+ * q_i = q + i * qs, dout_i likewise: the gradient of one key over a run of queries, summed in order
+ * into accumulators held in registers, 32 features at a time. */
 static void key_grads_add(float *dkj, float *dvj, const float *ds, const float *att, const float *q,
-                          const float *dout, int64_t n, int64_t T, int64_t qs, int D) {
+                          const float *dout, int64_t n, int64_t S, int64_t qs, int D) {
     int d = 0;
 #ifdef HAVE_AVX2
     for (; d + 32 <= D; d += 32) {
@@ -230,7 +242,7 @@ static void key_grads_add(float *dkj, float *dvj, const float *ds, const float *
                v2 = _mm256_loadu_ps(dvj + d + 16), v3 = _mm256_loadu_ps(dvj + d + 24);
         const float *qp = q + d, *dp = dout + d;
         for (int64_t i = 0; i < n; i++, qp += qs, dp += qs) {
-            __m256 s = _mm256_set1_ps(ds[i * T]), p = _mm256_set1_ps(att[i * T]);
+            __m256 s = _mm256_set1_ps(ds[i * S]), p = _mm256_set1_ps(att[i * S]);
             k0 = _mm256_fmadd_ps(s, _mm256_loadu_ps(qp), k0);
             k1 = _mm256_fmadd_ps(s, _mm256_loadu_ps(qp + 8), k1);
             k2 = _mm256_fmadd_ps(s, _mm256_loadu_ps(qp + 16), k2);
@@ -254,8 +266,8 @@ static void key_grads_add(float *dkj, float *dvj, const float *ds, const float *
     for (; d < D; d++) {
         float k = dkj[d], v = dvj[d];
         for (int64_t i = 0; i < n; i++) {
-            k += ds[i * T] * q[i * qs + d];
-            v += att[i * T] * dout[i * qs + d];
+            k += ds[i * S] * q[i * qs + d];
+            v += att[i * S] * dout[i * qs + d];
         }
         dkj[d] = k;
         dvj[d] = v;
@@ -274,13 +286,16 @@ static void key_grads_add(float *dkj, float *dvj, const float *ds, const float *
  *   1. per (row, query head, block of queries): dS of each query row into ds, and dq;
  *   2. per (row, KV head, block of keys): dk and dv of those keys (key_grads_add),
  *      summing over the group's query heads, then over the queries t >= j of the key's
- *      segment in sweeps of SWEEP rows. */
+ *      segment in sweeps of SWEEP rows; and per (KV head, block of prefix keys): their
+ *      gradients summed over every row, head of the group and query, in that order. */
 void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
-                                  const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D,
-                                  finch_workspace *ws) {
+                                  const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
+                                  int64_t T, int H, int KVH, int D, finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + ROWS - 1) / ROWS;
+    const int64_t P = pre ? pre->n : 0, S = P + T;
+    const int64_t pblk = pre && pre->dk ? (P + ROWS - 1) / ROWS : 0;
     const float scale = 1.0f / sqrtf((float)D);
     const int n_threads = ws ? ws->n_threads : 1;
 #pragma omp parallel num_threads(n_threads) if (B * H * nblk > 1)
@@ -293,25 +308,51 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
             const int32_t *sg = seg ? seg + b * T : NULL;
             const float *kb = k + b * T * kvs + (int64_t)g * D,
                         *vb = v + b * T * kvs + (int64_t)g * D;
+            const float *pk = P ? pre->k + (int64_t)g * D : NULL,
+                        *pv = P ? pre->v + (int64_t)g * D : NULL;
             int64_t s0 = seg_start(sg, t0);
             for (int64_t t = t0; t < t1; t++) {
                 if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
-                const float *at = att + ((b * H + h) * T + t) * T;
-                float *dst = ds + ((b * H + h) * T + t) * T;
+                const float *at = att + ((b * H + h) * T + t) * S, *ak = at + P;
+                float *dst = ds + ((b * H + h) * T + t) * S, *dsk = dst + P;
                 const float *dot = dout + (b * T + t) * qs + (int64_t)h * D;
                 float *dqt = dq + (b * T + t) * qs + (int64_t)h * D;
                 double sp = 0;
-                dots_f32(dst + s0, dot, vb + s0 * kvs, kvs, t + 1 - s0, D);
-                for (int64_t j = s0; j <= t; j++) sp += (double)at[j] * dst[j];
+                if (P) dots_f32(dst, dot, pv, pre->stride, P, D);
+                dots_f32(dsk + s0, dot, vb + s0 * kvs, kvs, t + 1 - s0, D);
+                for (int64_t j = 0; j < P; j++) sp += (double)at[j] * dst[j];
+                for (int64_t j = s0; j <= t; j++) sp += (double)ak[j] * dsk[j];
                 float spf = (float)sp;
-                for (int64_t j = s0; j <= t; j++) dst[j] = at[j] * (dst[j] - spf) * scale;
+                for (int64_t j = 0; j < P; j++) dst[j] = at[j] * (dst[j] - spf) * scale;
+                for (int64_t j = s0; j <= t; j++) dsk[j] = ak[j] * (dsk[j] - spf) * scale;
                 memset(dqt, 0, (size_t)D * sizeof(float));
-                for (int64_t j = s0; j <= t; j++) axpy_f32(dqt, dst[j], kb + j * kvs, D);
+                for (int64_t j = 0; j < P; j++) axpy_f32(dqt, dst[j], pk + j * pre->stride, D);
+                for (int64_t j = s0; j <= t; j++) axpy_f32(dqt, dsk[j], kb + j * kvs, D);
             }
         }
         /* the implicit barrier: ds is complete */
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < B * KVH * nblk; task++) {
+        for (int64_t task = 0; task < B * KVH * nblk + KVH * pblk; task++) {
+            if (task >= B * KVH * nblk) { /* a block of prefix keys, over every row */
+                int64_t pt = task - B * KVH * nblk, j0 = pt % pblk * ROWS,
+                        j1 = j0 + ROWS < P ? j0 + ROWS : P;
+                int g = (int)(pt / pblk);
+                for (int64_t b = 0; b < B; b++)
+                    for (int h = g * group; h < (g + 1) * group; h++) {
+                        const float *dsh = ds + (b * H + h) * T * S,
+                                    *ath = att + (b * H + h) * T * S;
+                        const float *qh = q + b * T * qs + (int64_t)h * D,
+                                    *dh = dout + b * T * qs + (int64_t)h * D;
+                        for (int64_t c0 = 0; c0 < T; c0 += SWEEP)
+                            for (int64_t j = j0; j < j1; j++)
+                                key_grads_add(pre->dk + j * pre->stride + (int64_t)g * D,
+                                              pre->dv + j * pre->stride + (int64_t)g * D,
+                                              dsh + c0 * S + j, ath + c0 * S + j, qh + c0 * qs,
+                                              dh + c0 * qs, c0 + SWEEP < T ? SWEEP : T - c0, S, qs,
+                                              D);
+                    }
+                continue;
+            }
             int64_t b = task / (KVH * nblk), j0 = task % nblk * ROWS,
                     j1 = j0 + ROWS < T ? j0 + ROWS : T;
             int g = (int)(task / nblk % KVH);
@@ -327,7 +368,8 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
                 memset(dvb + j * kvs, 0, (size_t)D * sizeof(float));
             }
             for (int h = g * group; h < (g + 1) * group; h++) {
-                const float *dsh = ds + (b * H + h) * T * T, *ath = att + (b * H + h) * T * T;
+                const float *dsh = ds + (b * H + h) * T * S + P,
+                            *ath = att + (b * H + h) * T * S + P;
                 const float *qh = q + b * T * qs + (int64_t)h * D,
                             *dh = dout + b * T * qs + (int64_t)h * D;
                 for (int64_t c0 = j0; c0 < e[j1 - 1 - j0]; c0 += SWEEP)
@@ -335,8 +377,8 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
                         int64_t lo = c0 > j ? c0 : j,
                                 hi = c0 + SWEEP < e[j - j0] ? c0 + SWEEP : e[j - j0];
                         if (lo < hi)
-                            key_grads_add(dkb + j * kvs, dvb + j * kvs, dsh + lo * T + j,
-                                          ath + lo * T + j, qh + lo * qs, dh + lo * qs, hi - lo, T,
+                            key_grads_add(dkb + j * kvs, dvb + j * kvs, dsh + lo * S + j,
+                                          ath + lo * S + j, qh + lo * qs, dh + lo * qs, hi - lo, S,
                                           qs, D);
                     }
             }

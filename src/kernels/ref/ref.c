@@ -150,10 +150,11 @@ static int64_t ref_seg_start(const int32_t *seg, int64_t b, int64_t T, int64_t t
 }
 
 void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
-                                       const float *v, const int32_t *seg, int64_t B, int64_t T,
-                                       int H, int KVH, int D) {
-    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
-    double *p = malloc((size_t)T * sizeof(double));
+                                       const float *v, const int32_t *seg,
+                                       const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
+                                       int KVH, int D) {
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, P = pre ? pre->n : 0, S = P + T;
+    double *p = malloc((size_t)S * sizeof(double));
     FINCH_ASSERT(p);
     for (int64_t b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
@@ -162,21 +163,28 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
                 const float *qt = q + (b * T + t) * qs + h * D;
                 const int64_t s0 = ref_seg_start(seg, b, T, t);
                 double mx = -INFINITY, sum = 0;
-                for (int64_t j = s0; j <= t; j++) {
+                /* column c < P: prefix key c; c >= P: key c - P of the row */
+                for (int64_t c = 0; c < S; c++) {
+                    if (c >= P && (c - P < s0 || c - P > t)) continue;
+                    const float *kc = c < P ? pre->k + c * pre->stride : k + (b * T + c - P) * kvs;
                     double s = 0;
-                    for (int d = 0; d < D; d++)
-                        s += (double)qt[d] * k[(b * T + j) * kvs + g * D + d];
-                    p[j] = s / sqrt((double)D);
-                    if (p[j] > mx) mx = p[j];
+                    for (int d = 0; d < D; d++) s += (double)qt[d] * kc[g * D + d];
+                    p[c] = s / sqrt((double)D);
+                    if (p[c] > mx) mx = p[c];
                 }
-                for (int64_t j = s0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
-                float *at = att + ((b * H + h) * T + t) * T;
-                for (int64_t j = 0; j < T; j++)
-                    at[j] = j >= s0 && j <= t ? (float)(p[j] / sum) : 0.0f;
+                for (int64_t c = 0; c < S; c++)
+                    if (c < P || (c - P >= s0 && c - P <= t)) sum += (p[c] = exp(p[c] - mx));
+                float *at = att + ((b * H + h) * T + t) * S;
+                for (int64_t c = 0; c < S; c++)
+                    at[c] = c < P || (c - P >= s0 && c - P <= t) ? (float)(p[c] / sum) : 0.0f;
                 for (int d = 0; d < D; d++) {
                     double o = 0;
-                    for (int64_t j = s0; j <= t; j++)
-                        o += p[j] / sum * v[(b * T + j) * kvs + g * D + d];
+                    for (int64_t c = 0; c < S; c++) {
+                        if (c >= P && (c - P < s0 || c - P > t)) continue;
+                        const float *vc =
+                            c < P ? pre->v + c * pre->stride : v + (b * T + c - P) * kvs;
+                        o += p[c] / sum * vc[g * D + d];
+                    }
                     out[(b * T + t) * qs + h * D + d] = (float)o;
                 }
             }
@@ -185,48 +193,68 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
 
 /* With P the probabilities and S = q k^T / sqrt(D) the scores of one row:
  *   dv_j += P_j dout,  dP_j = dout . v_j,  dS_j = P_j (dP_j - sum_i P_i dP_i),
- *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D). */
+ *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D).
+ * Prefix keys are columns 0..n-1 of every row; their gradients sum over all rows. */
 void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
-                                  const int32_t *seg, int64_t B, int64_t T, int H, int KVH, int D) {
+                                  const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
+                                  int64_t T, int H, int KVH, int D) {
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nkv = B * T * kvs;
+    const int64_t P = pre ? pre->n : 0, S = P + T, npk = P * kvs;
     const double scale = 1.0 / sqrt((double)D);
-    double *acc = calloc((size_t)(2 * nkv), sizeof(double)),
-           *ds = malloc((size_t)T * sizeof(double));
+    double *acc = calloc((size_t)(2 * nkv + 2 * npk), sizeof(double)),
+           *ds = malloc((size_t)S * sizeof(double));
     FINCH_ASSERT(acc && ds);
-    double *dka = acc, *dva = acc + nkv;
+    double *dka = acc, *dva = acc + nkv, *dpk = acc + 2 * nkv, *dpv = dpk + npk;
     for (int64_t b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
             for (int64_t t = 0; t < T; t++) {
                 int g = h / (H / KVH);
-                const float *at = att + ((b * H + h) * T + t) * T;
+                const float *at = att + ((b * H + h) * T + t) * S;
                 const float *dot = dout + (b * T + t) * qs + h * D,
                             *qt = q + (b * T + t) * qs + h * D;
                 const int64_t s0 = ref_seg_start(seg, b, T, t);
                 double sp = 0;
-                for (int64_t j = s0; j <= t; j++) {
+                for (int64_t c = 0; c < S; c++) {
+                    if (c >= P && (c - P < s0 || c - P > t)) continue;
+                    const float *vc = c < P ? pre->v + c * pre->stride : v + (b * T + c - P) * kvs;
                     double dp = 0;
-                    for (int d = 0; d < D; d++)
-                        dp += (double)dot[d] * v[(b * T + j) * kvs + g * D + d];
-                    ds[j] = dp;
-                    sp += at[j] * dp;
+                    for (int d = 0; d < D; d++) dp += (double)dot[d] * vc[g * D + d];
+                    ds[c] = dp;
+                    sp += at[c] * dp;
                 }
-                for (int64_t j = s0; j <= t; j++) ds[j] = at[j] * (ds[j] - sp);
+                for (int64_t c = 0; c < S; c++)
+                    if (c < P || (c - P >= s0 && c - P <= t)) ds[c] = at[c] * (ds[c] - sp);
                 for (int d = 0; d < D; d++) {
                     double s = 0;
-                    for (int64_t j = s0; j <= t; j++) s += ds[j] * k[(b * T + j) * kvs + g * D + d];
+                    for (int64_t c = 0; c < S; c++) {
+                        if (c >= P && (c - P < s0 || c - P > t)) continue;
+                        const float *kc =
+                            c < P ? pre->k + c * pre->stride : k + (b * T + c - P) * kvs;
+                        s += ds[c] * kc[g * D + d];
+                    }
                     dq[(b * T + t) * qs + h * D + d] = (float)(s * scale);
                 }
-                for (int64_t j = s0; j <= t; j++)
+                for (int64_t c = 0; c < S; c++) {
+                    if (c >= P && (c - P < s0 || c - P > t)) continue;
+                    double *kd = c < P ? dpk + c * kvs : dka + (b * T + c - P) * kvs,
+                           *vd = c < P ? dpv + c * kvs : dva + (b * T + c - P) * kvs;
                     for (int d = 0; d < D; d++) {
-                        dka[(b * T + j) * kvs + g * D + d] += ds[j] * scale * qt[d];
-                        dva[(b * T + j) * kvs + g * D + d] += (double)at[j] * dot[d];
+                        kd[g * D + d] += ds[c] * scale * qt[d];
+                        vd[g * D + d] += (double)at[c] * dot[d];
                     }
+                }
             }
     for (int64_t i = 0; i < nkv; i++) {
         dk[i] = (float)dka[i];
         dv[i] = (float)dva[i];
     }
+    if (pre && pre->dk)
+        for (int64_t c = 0; c < P; c++)
+            for (int64_t i = 0; i < kvs; i++) {
+                pre->dk[c * pre->stride + i] += (float)dpk[c * kvs + i];
+                pre->dv[c * pre->stride + i] += (float)dpv[c * kvs + i];
+            }
     free(ds);
     free(acc);
 }

@@ -53,6 +53,9 @@ struct finch_train_acts {
     float *logits;           /* (Nt, V) for the Nt rows with a target, then their gradient */
     float *xg;               /* (Nt, C) the rows of xnf with a target */
     int32_t *tg, *rows;      /* (Nt) their targets and row indices */
+    int64_t Nt;              /* rows with a target in the last forward */
+    const int32_t *ids_cur, *seg_cur; /* the last forward's ids and segments, for backward */
+    finch_linear_ctx ctx;             /* the last forward's dropout seed and mode */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
     float *ds;    /* (B, H, T, T) attention backward's scratch */
@@ -184,6 +187,8 @@ void finch_train_acts_free(finch_train_acts *a) {
     free(a);
 }
 
+static void backward_pass(const finch_model *m, finch_train_acts *a);
+
 /* Block l's slice of prefix tuning's keys and values (P of them), for attention. */
 static finch_attn_prefix prefix_of(const finch_model *m, int l, int64_t P) {
     const finch_virtual *vt = &m->virt;
@@ -197,9 +202,9 @@ static finch_attn_prefix prefix_of(const finch_model *m, int l, int64_t P) {
                                .stride = 2 * m->cfg.n_layer * KD};
 }
 
-double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
-                              const int32_t *targets, const int32_t *pos, const int32_t *seg,
-                              float grad_scale, uint64_t dropout_seed, bool backward) {
+int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, const int32_t *ids,
+                                  const int32_t *targets, const int32_t *pos, const int32_t *seg,
+                                  uint64_t dropout_seed, bool training, double *row_logp) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
     const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff, V = c->n_vocab;
@@ -207,8 +212,9 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     const float eps = c->rms_eps;
     const finch_arch *arch = m->arch;
     const bool gelu = arch->act == FINCH_ACT_GELU_TANH;
-    finch_linear_ctx ctx = {
-        .be = be, .ws = &a->ws, .training = backward, .dropout_seed = dropout_seed};
+    a->ctx = (finch_linear_ctx){
+        .be = be, .ws = &a->ws, .training = training, .dropout_seed = dropout_seed};
+    finch_linear_ctx ctx = a->ctx;
     const finch_virtual *vt = &m->virt;
     const int64_t K = a->K, P = a->P;
     FINCH_ASSERT(vt->n == (K ? K : P));
@@ -279,11 +285,62 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
             a->tg[Nt] = targets[i];
             a->rows[Nt++] = (int32_t)i;
         }
+    a->Nt = Nt;
+    a->ids_cur = ids;
+    a->seg_cur = seg;
+    if (Nt) finch_linear_forward_train(a->logits, a->xg, &m->output, Nt, &ctx);
+    /* row b's targets are the run of gathered rows k with rows[k] / T == b */
+    for (int64_t b = 0, k = 0; b < B && row_logp; b++) {
+        int64_t k0 = k;
+        while (k < Nt && a->rows[k] / T == b) k++;
+        row_logp[b] =
+            k > k0 ? -be->softmax_xent(NULL, a->logits + k0 * V, a->tg + k0, k - k0, V, 0.0f) *
+                         (double)(k - k0)
+                   : 0.0;
+    }
+    return Nt;
+}
+
+void finch_model_train_backward(const finch_model *m, finch_train_acts *a, const float *row_scale) {
+    const int64_t T = a->T, V = m->cfg.n_vocab;
+    /* dlogits = -scale_b (onehot - softmax): the gradient of scale_b * log p(target) */
+    for (int64_t b = 0, k = 0; b < a->B; b++) {
+        int64_t k0 = k;
+        while (k < a->Nt && a->rows[k] / T == b) k++;
+        if (k == k0) continue;
+        if (row_scale[b] == 0.0f) /* the kernel takes 0 as 1/n: no gradient is zeros */
+            memset(a->logits + k0 * V, 0, (size_t)((k - k0) * V) * sizeof(float));
+        else
+            m->be->softmax_xent(a->logits + k0 * V, a->logits + k0 * V, a->tg + k0, k - k0, V,
+                                -row_scale[b]);
+    }
+    backward_pass(m, a);
+}
+
+double finch_model_train_step(const finch_model *m, finch_train_acts *a, const int32_t *ids,
+                              const int32_t *targets, const int32_t *pos, const int32_t *seg,
+                              float grad_scale, uint64_t dropout_seed, bool backward) {
+    const int64_t Nt =
+        finch_model_train_forward(m, a, ids, targets, pos, seg, dropout_seed, backward, NULL);
     if (Nt == 0) return 0.0;
-    finch_linear_forward_train(a->logits, a->xg, &m->output, Nt, &ctx);
-    double loss =
-        be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg, Nt, V, grad_scale);
-    if (!backward) return loss;
+    double loss = m->be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg, Nt,
+                                      m->cfg.n_vocab, grad_scale);
+    if (backward) backward_pass(m, a);
+    return loss;
+}
+
+/* The backward pass from the logits' gradient (in a->logits) of the last forward. */
+static void backward_pass(const finch_model *m, finch_train_acts *a) {
+    const finch_model_config *c = &m->cfg;
+    const finch_backend *be = m->be;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff;
+    const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
+    const finch_arch *arch = m->arch;
+    const bool gelu = arch->act == FINCH_ACT_GELU_TANH;
+    finch_linear_ctx ctx = a->ctx;
+    const finch_virtual *vt = &m->virt;
+    const int64_t K = a->K, P = a->P, Nt = a->Nt;
+    const int32_t *ids = a->ids_cur, *seg = a->seg_cur;
 
     /* ---- backward (dx: the gradient of the residual stream) ---- */
     /* logits = head(xg), xg = the target rows of xnf: the other rows get no gradient */
@@ -362,5 +419,4 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
         if (arch->embed_scale) be->scale(a->dx, N * C, sqrtf((float)C));
         be->embed_backward(m->d_tok_embd, a->dx, ids, N, C);
     }
-    return loss;
 }

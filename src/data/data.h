@@ -8,6 +8,10 @@
  *   alpaca      {"instruction": ..., "input": ..., "output": ...}   (input may be "" or absent)
  *   dolly       {"instruction": ..., "context": ..., "response": ...} (context may be "" or absent)
  *   chat        {"messages": [{"role": ..., "content": ...}, ...]}   (last message: assistant)
+ *   preference  {"prompt": ..., "chosen": ..., "rejected": ...}  (DPO pairs): the prompt a
+ *               string (templates and --chat apply) or a list of messages (rendered with the
+ *               chat template); chosen and rejected strings, an assistant message, or a list
+ *               of one assistant message; neither may be empty
  * Knows nothing of models beyond the tokenizer.
  */
 #ifndef FINCH_DATA_H
@@ -22,6 +26,7 @@ typedef enum {
     FINCH_SHAPE_ALPACA,
     FINCH_SHAPE_DOLLY,
     FINCH_SHAPE_CHAT,
+    FINCH_SHAPE_PREFERENCE,
     FINCH_SHAPE_COUNT
 } finch_shape;
 
@@ -34,8 +39,10 @@ finch_status finch_shape_parse(const char *name, finch_shape *out, finch_err *er
 typedef struct {
     char *prompt;
     char *completion;
-    char *user;   /* with the chat template: the prompt before it wrapped it; else NULL */
-    int64_t line; /* 1-based line in the source file, for messages */
+    char *user;     /* with the chat template: the prompt before it wrapped it; else NULL */
+    char *rejected; /* preference pairs: the rejected completion (completion is the chosen
+                       one); else NULL */
+    int64_t line;   /* 1-based line in the source file, for messages */
 } finch_text_example;
 
 /* Frees an example's strings. */
@@ -97,6 +104,8 @@ typedef struct {
     int64_t n_dropped;   /* examples whose completion was cut away entirely (not in ex) */
     int64_t n_tokens;    /* ids in all examples */
     int64_t n_targets;   /* ids with loss */
+    bool pairs;          /* preference pairs: ex[2i] is pair i's chosen, ex[2i+1] its rejected */
+    int64_t n_identical; /* pairs whose chosen and rejected ids are the same */
 } finch_token_set;
 
 /* Tokenizes every example: the prompt with the model's BOS rule and special tokens
@@ -104,7 +113,11 @@ typedef struct {
  * loss covers completion and EOS, or everything when train_on_prompt. Examples longer
  * than max_len are cut at max_len (counted in n_truncated; the cut keeps the start); one
  * whose prompt alone fills max_len has nothing left to learn and is dropped (counted in
- * n_dropped). No example left at all is FINCH_E_RANGE. */
+ * n_dropped). No example left at all is FINCH_E_RANGE.
+ * Preference pairs (examples with rejected set) give two examples each, chosen then
+ * rejected, both with the same prompt; a pair is dropped (counted once) when either has
+ * no target left. A pair whose two sides tokenize the same is kept (its DPO loss is log 2
+ * and its gradient zero, as in TRL) and counted in n_identical. */
 finch_status finch_tokenize_dataset(const finch_tokenizer *tok, const finch_dataset *d,
                                     int32_t max_len, bool train_on_prompt, finch_token_set *out,
                                     finch_err *err);

@@ -14,7 +14,7 @@
 static const char *const shape_names[FINCH_SHAPE_COUNT] = {
     [FINCH_SHAPE_AUTO] = "auto",     [FINCH_SHAPE_COMPLETION] = "completion",
     [FINCH_SHAPE_ALPACA] = "alpaca", [FINCH_SHAPE_DOLLY] = "dolly",
-    [FINCH_SHAPE_CHAT] = "chat",
+    [FINCH_SHAPE_CHAT] = "chat",     [FINCH_SHAPE_PREFERENCE] = "preference",
 };
 
 /* The field each shape trains on, and the fields that identify it. */
@@ -24,10 +24,9 @@ static const char *const target_field[FINCH_SHAPE_COUNT] = {
     [FINCH_SHAPE_DOLLY] = "response",
 };
 static const char *const key_field[FINCH_SHAPE_COUNT] = {
-    [FINCH_SHAPE_COMPLETION] = "prompt",
-    [FINCH_SHAPE_ALPACA] = "output",
-    [FINCH_SHAPE_DOLLY] = "response",
-    [FINCH_SHAPE_CHAT] = "messages",
+    [FINCH_SHAPE_COMPLETION] = "prompt", [FINCH_SHAPE_ALPACA] = "output",
+    [FINCH_SHAPE_DOLLY] = "response",    [FINCH_SHAPE_CHAT] = "messages",
+    [FINCH_SHAPE_PREFERENCE] = "chosen",
 };
 
 static const char alpaca_input[] =
@@ -52,9 +51,11 @@ finch_status finch_shape_parse(const char *name, finch_shape *out, finch_err *er
             *out = (finch_shape)s;
             return FINCH_OK;
         }
-    return finch_err_set(err, FINCH_E_USAGE,
-                         "unknown dataset format '%s': use auto, completion, alpaca, dolly or chat",
-                         name);
+    return finch_err_set(
+        err, FINCH_E_USAGE,
+        "unknown dataset format '%s': use auto, completion, alpaca, dolly, chat or "
+        "preference",
+        name);
 }
 
 /* ---- a growing string ---------------------------------------------------------------- */
@@ -150,6 +151,8 @@ static finch_status chat_wrap(const finch_tokenizer *tok, const finch_chat_msg *
 /* ---- one line ------------------------------------------------------------------------- */
 
 static finch_shape detect(json_t *obj) {
+    /* preference lines have a "prompt" too: their own key first */
+    if (json_object_get(obj, key_field[FINCH_SHAPE_PREFERENCE])) return FINCH_SHAPE_PREFERENCE;
     for (int s = FINCH_SHAPE_COMPLETION; s < FINCH_SHAPE_COUNT; s++)
         if (json_object_get(obj, key_field[s])) return (finch_shape)s;
     return FINCH_SHAPE_AUTO;
@@ -187,10 +190,102 @@ static finch_status chat_example(json_t *obj, const finch_data_options *opt, con
     return st;
 }
 
+/* A preference line's chosen or rejected side: a string, an assistant message, or a list
+ * of one assistant message; not empty. */
+static finch_status pref_side(json_t *obj, const char *field, const char *where, char **out,
+                              finch_err *err) {
+    json_t *v = json_object_get(obj, field);
+    if (json_is_array(v)) {
+        if (json_array_size(v) != 1)
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: \"%s\" is a list of %zu messages; expected one assistant "
+                                 "message",
+                                 where, field, json_array_size(v));
+        v = json_array_get(v, 0);
+        if (!json_is_object(v))
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: \"%s\"[0] is not a message object",
+                                 where, field);
+    }
+    if (json_is_object(v)) {
+        json_t *role = json_object_get(v, "role");
+        v = json_object_get(v, "content");
+        if (!json_is_string(role) || !json_is_string(v))
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: the \"%s\" message needs string \"role\" and \"content\"",
+                                 where, field);
+        if (strcmp(json_string_value(role), "assistant"))
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: the \"%s\" message is from '%s'; it must be the assistant's",
+                                 where, field, json_string_value(role));
+    } else if (!json_is_string(v)) {
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: field \"%s\" is %s, expected a string or an assistant message",
+                             where, field, v ? "of the wrong type" : "missing");
+    }
+    if (!*json_string_value(v))
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: field \"%s\" is empty", where, field);
+    if (!(*out = strdup(json_string_value(v))))
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    return FINCH_OK;
+}
+
+/* A preference line: the prompt as a list of messages is rendered with the chat template
+ * (asking for the assistant's turn); as a string it takes the prompt/completion path. */
+static finch_status line_example(json_t *obj, finch_shape shape, const finch_data_options *opt,
+                                 finch_rng *rng, const char *where, finch_text_example *ex,
+                                 finch_err *err);
+static finch_status preference_example(json_t *obj, const finch_data_options *opt, finch_rng *rng,
+                                       const char *where, finch_text_example *ex, finch_err *err) {
+    json_t *prompt = json_object_get(obj, "prompt");
+    finch_status st = FINCH_OK;
+    if (json_is_array(prompt)) {
+        size_t n = json_array_size(prompt);
+        if (n == 0)
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: \"prompt\" is an empty list", where);
+        finch_chat_msg *m = calloc(n, sizeof *m);
+        if (!m) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        for (size_t i = 0; i < n && !st; i++) {
+            json_t *e = json_array_get(prompt, i);
+            json_t *role = json_object_get(e, "role"), *content = json_object_get(e, "content");
+            if (!json_is_string(role) || !json_is_string(content))
+                st = finch_err_set(err, FINCH_E_FORMAT,
+                                   "%s: prompt message %zu needs string \"role\" and \"content\"",
+                                   where, i + 1);
+            else
+                m[i] = (finch_chat_msg){json_string_value(role), json_string_value(content)};
+        }
+        if (!st) st = chat_wrap(opt->tok, m, (int)n, where, &ex->prompt, err);
+        free(m);
+        if (!st) st = pref_side(obj, "chosen", where, &ex->completion, err);
+    } else if (prompt && !json_is_string(prompt)) {
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: field \"prompt\" is of the wrong type, expected a string or a "
+                             "list of messages",
+                             where);
+    } else {
+        /* the prompt/completion path renders the prompt; its completion is replaced */
+        json_t *copy = json_copy(obj);
+        if (!copy) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        json_object_set_new(copy, "completion", json_string("-"));
+        if (!prompt && !opt->templates.n)
+            st = finch_err_set(err, FINCH_E_FORMAT, "%s: field \"prompt\" is missing", where);
+        if (!st) st = line_example(copy, FINCH_SHAPE_COMPLETION, opt, rng, where, ex, err);
+        json_decref(copy);
+        if (!st) {
+            free(ex->completion);
+            ex->completion = NULL;
+            st = pref_side(obj, "chosen", where, &ex->completion, err);
+        }
+    }
+    if (!st) st = pref_side(obj, "rejected", where, &ex->rejected, err);
+    return st;
+}
+
 static finch_status line_example(json_t *obj, finch_shape shape, const finch_data_options *opt,
                                  finch_rng *rng, const char *where, finch_text_example *ex,
                                  finch_err *err) {
     if (shape == FINCH_SHAPE_CHAT) return chat_example(obj, opt, where, ex, err);
+    if (shape == FINCH_SHAPE_PREFERENCE) return preference_example(obj, opt, rng, where, ex, err);
     bool bad;
     const char *target = str_field(obj, target_field[shape], &bad);
     if (!target)
@@ -322,6 +417,7 @@ void finch_text_example_release(finch_text_example *ex) {
     free(ex->prompt);
     free(ex->completion);
     free(ex->user);
+    free(ex->rejected);
 }
 
 void finch_dataset_free(finch_dataset *d) {

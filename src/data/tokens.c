@@ -44,35 +44,57 @@ static finch_status tokenize_one(const finch_tokenizer *tok, const finch_text_ex
     return FINCH_OK;
 }
 
+/* Whether example te has a target: some position after the first with mask 1. */
+static int64_t count_targets(const finch_token_example *te) {
+    int64_t targets = 0;
+    for (int32_t k = 1; k < te->n; k++) targets += te->mask[k];
+    return targets;
+}
+
 finch_status finch_tokenize_dataset(const finch_tokenizer *tok, const finch_dataset *d,
                                     int32_t max_len, bool train_on_prompt, finch_token_set *out,
                                     finch_err *err) {
     if (max_len < 2)
         return finch_err_set(err, FINCH_E_USAGE, "max sequence length %d: must be at least 2",
                              max_len);
-    finch_token_set s = {0};
-    s.ex = calloc((size_t)(d->n ? d->n : 1), sizeof *s.ex);
+    finch_token_set s = {.pairs = d->n > 0 && d->ex[0].rejected};
+    const int per = s.pairs ? 2 : 1; /* token examples per text example */
+    s.ex = calloc((size_t)d->n * (size_t)per + 1, sizeof *s.ex);
     if (!s.ex) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     for (int64_t i = 0; i < d->n; i++) {
-        finch_token_example te;
-        finch_status st = tokenize_one(tok, &d->ex[i], max_len, train_on_prompt, &te, err);
+        finch_token_example te[2] = {{0}};
+        finch_text_example side = d->ex[i];
+        FINCH_ASSERT(!side.rejected == !s.pairs);
+        finch_status st = tokenize_one(tok, &side, max_len, train_on_prompt, &te[0], err);
+        if (!st && s.pairs) {
+            side.completion = side.rejected;
+            if ((st = tokenize_one(tok, &side, max_len, train_on_prompt, &te[1], err))) {
+                free(te[0].ids);
+                free(te[0].mask);
+            }
+        }
         if (st) {
             finch_token_set_release(&s);
             return st;
         }
-        /* a target exists when some position after the first has mask 1 */
-        int64_t targets = 0;
-        for (int32_t k = 1; k < te.n; k++) targets += te.mask[k];
-        if (targets == 0) {
+        int64_t targets[2] = {count_targets(&te[0]), s.pairs ? count_targets(&te[1]) : 1};
+        if (targets[0] == 0 || targets[1] == 0) {
             s.n_dropped++;
-            free(te.ids);
-            free(te.mask);
+            for (int k = 0; k < per; k++) {
+                free(te[k].ids);
+                free(te[k].mask);
+            }
             continue;
         }
-        s.n_truncated += te.truncated;
-        s.n_tokens += te.n;
-        s.n_targets += targets;
-        s.ex[s.n++] = te;
+        if (s.pairs && te[0].n == te[1].n &&
+            !memcmp(te[0].ids, te[1].ids, (size_t)te[0].n * sizeof *te[0].ids))
+            s.n_identical++;
+        for (int k = 0; k < per; k++) {
+            s.n_truncated += te[k].truncated;
+            s.n_tokens += te[k].n;
+            s.n_targets += targets[k];
+            s.ex[s.n++] = te[k];
+        }
     }
     if (s.n == 0) {
         finch_token_set_release(&s);

@@ -560,6 +560,9 @@ typedef struct {
     int64_t log_steps;        /* a metrics line every N steps (10) */
     const char *out_dir;      /* where the adapter (or model), checkpoints and metrics go */
     const char *resume_dir;   /* continue from this checkpoint (or run directory), or NULL */
+    const char *objective;    /* "sft" (NULL: the default, cross-entropy on completions) or
+                                 "dpo" (preference pairs, TRL's sigmoid DPO loss) */
+    double beta;              /* DPO's beta (0.1) */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);
@@ -581,6 +584,11 @@ typedef struct {
     double eta_s;                 /* seconds left */
     double val_loss;              /* NaN unless this step evaluated */
     int64_t n_trainable, n_total; /* parameters */
+    /* DPO (NaN otherwise), means over the step's pairs, as TRL names them: rewards/chosen
+     * beta (log p(chosen) - log ref(chosen)), rewards/rejected likewise, rewards/accuracies
+     * the fraction with chosen > rejected, rewards/margins chosen - rejected */
+    double rewards_chosen, rewards_rejected, rewards_accuracy, rewards_margin;
+    double val_accuracy; /* DPO: held-out reward accuracy; NaN unless this step evaluated */
 } finch_train_progress;
 
 /* Fine-tunes model with the options: reads and tokenizes the data (counting truncated

@@ -19,9 +19,10 @@
 static const char usage_text[] =
     "usage: finch train [-m MODEL] --data FILE --out DIR [options]\n"
     "data:\n"
-    "  --data FILE            training JSONL (prompt/completion, Alpaca, Dolly or chat lines)\n"
+    "  --data FILE            training JSONL (prompt/completion, Alpaca, Dolly or chat lines;\n"
+    "                         {\"prompt\", \"chosen\", \"rejected\"} pairs with --objective dpo)\n"
     "  --val FILE             validation JSONL (or --val-fraction F of the training data)\n"
-    "  --format NAME          auto (default), completion, alpaca, dolly, chat\n"
+    "  --format NAME          auto (default), completion, alpaca, dolly, chat, preference\n"
     "  --template TEXT        prompt template with {field} placeholders (repeatable: sampled)\n"
     "  --chat                 wrap prompts in the model's chat template\n"
     "  --max-seq-len N        tokens per example at most (default 256 or the context)\n"
@@ -32,6 +33,12 @@ static const char usage_text[] =
     "method (--method NAME, default lora; its options follow it below):\n"
     "@METHODS@"
     "  --layers LIST          the blocks a method acts on: 20-29 or 0,2,5-7 (default all)\n"
+    "objective:\n"
+    "  --objective sft|dpo    sft (default): cross-entropy on the completions; dpo: TRL's\n"
+    "                         sigmoid DPO loss on preference pairs, the reference being the\n"
+    "                         model without the method (any method); logs rewards/chosen,\n"
+    "                         rewards/rejected, rewards/accuracies, rewards/margins\n"
+    "  --beta B               DPO's beta (0.1); --batch-size counts pairs\n"
     "optimisation:\n"
     "  --learning-rate LR (2e-4)  --lr-scheduler linear|cosine|constant  --warmup-steps N\n"
     "  --batch-size N (4)  --grad-accum N (1)  --max-steps N  --epochs E (1)\n"
@@ -87,11 +94,20 @@ static void progress(const finch_train_progress *p, void *user) {
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
     if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
-        !isnan(p->val_loss))
-        fprintf(stderr, "%sstep %lld/%lld | loss %.4f (avg %.4f) | lr %.2e | %.0f tok/s | ETA %s%s",
+        !isnan(p->val_loss)) {
+        char dpo[160] = "";
+        if (!isnan(p->rewards_accuracy))
+            snprintf(dpo, sizeof dpo, " | rewards/accuracies %.2f | rewards/margins %.4f",
+                     p->rewards_accuracy, p->rewards_margin);
+        fprintf(stderr,
+                "%sstep %lld/%lld | loss %.4f (avg %.4f)%s | lr %.2e | %.0f tok/s | ETA %s%s",
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
-                p->loss_smooth, p->lr, p->tokens_per_s, eta, tty ? "" : "\n");
-    if (!isnan(p->val_loss))
+                p->loss_smooth, dpo, p->lr, p->tokens_per_s, eta, tty ? "" : "\n");
+    }
+    if (!isnan(p->val_loss) && !isnan(p->val_accuracy))
+        fprintf(stderr, "%sstep %lld: validation loss %.4f, rewards/accuracies %.4f\n",
+                tty ? "\n" : "", (long long)p->step, p->val_loss, p->val_accuracy);
+    else if (!isnan(p->val_loss))
         fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)p->step,
                 p->val_loss);
     if (tty && p->step == p->total_steps) fputc('\n', stderr);
@@ -170,6 +186,10 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         o->packing = 1;
     else if (!strcmp(key, "method"))
         STR(o->method);
+    else if (!strcmp(key, "objective"))
+        STR(o->objective);
+    else if (!strcmp(key, "beta"))
+        NUM(o->beta, 1e-6, 1e3);
     else if (!strcmp(key, "learning-rate") || !strcmp(key, "lr"))
         NUM(o->learning_rate, 1e-12, 0.99);
     else if (!strcmp(key, "lr-scheduler"))
@@ -333,6 +353,8 @@ static void save_run_json(const settings *s, const finch_model *m) {
     I("max_examples", d->max_examples);
     B("train_on_prompt", d->train_on_prompt);
     B("skip_bad", d->skip_bad);
+    S("objective", o->objective ? o->objective : "sft");
+    if (o->objective && !strcmp(o->objective, "dpo")) F("beta", o->beta);
     S("method", o->method);
     /* the method's options, resolved, under their flag names with '_' (lora_r) */
     finch_option mo[64];

@@ -32,6 +32,7 @@ finch_train_options finch_train_defaults(void) {
         .max_grad_norm = 1.0,
         .seed = 42,
         .log_steps = 10,
+        .beta = 0.1,
     };
 }
 
@@ -84,6 +85,11 @@ static finch_status check_options(const finch_model *m, const finch_train_option
         BAD("--save-steps, --eval-steps and --log-steps must be >= 0");
     if (!(o->val_fraction >= 0 && o->val_fraction < 1))
         BAD("--val-fraction %g: must be in [0, 1)", o->val_fraction);
+    if (o->objective && strcmp(o->objective, "sft") && strcmp(o->objective, "dpo"))
+        BAD("--objective %s: use sft or dpo", o->objective);
+    if (!(o->beta > 0 && o->beta <= 1e3)) BAD("--beta %g: must be in (0, 1000]", o->beta);
+    if (o->packing && o->objective && !strcmp(o->objective, "dpo"))
+        BAD("--packing: DPO compares whole sequences, one a row; train without --packing");
     int max_len = o->data.max_seq_len;
     if (max_len != 0 && (max_len < 2 || max_len > m->cfg.n_ctx_train))
         BAD("--max-seq-len %d: must be from 2 to %d (the model's context)", max_len,
@@ -210,37 +216,48 @@ typedef struct {
     float *mom, *vel;
     finch_train_pos pos;
     FILE *metrics;
+    finch_dpo *dpo;         /* the DPO objective (--objective dpo), else NULL */
+    finch_dpo_stats dstats; /* its statistics over the current step's pairs */
     char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
                            */
 } run;
 
-/* Holds out the last val_fraction of the tokenized examples after a seeded shuffle. */
+/* What the data order counts: examples, or preference pairs (two examples each). */
+static int64_t units(const finch_token_set *s) {
+    return s->pairs ? s->n / 2 : s->n;
+}
+
+/* Holds out the last val_fraction of the tokenized examples (or pairs) after a seeded
+ * shuffle. */
 static finch_status hold_out(run *r, finch_err *err) {
     finch_token_set *ts = &r->ts, *vs = &r->vs;
-    int64_t n_val = (int64_t)(r->o->val_fraction * (double)ts->n + 0.5);
-    if (n_val < 1 || n_val >= ts->n)
+    const int64_t g = ts->pairs ? 2 : 1, n = units(ts);
+    int64_t n_val = (int64_t)(r->o->val_fraction * (double)n + 0.5);
+    if (n_val < 1 || n_val >= n)
         return finch_err_set(err, FINCH_E_RANGE,
-                             "--val-fraction %g of %lld examples leaves none on one side",
-                             r->o->val_fraction, (long long)ts->n);
-    int64_t *perm = malloc((size_t)ts->n * sizeof *perm);
-    vs->ex = malloc((size_t)n_val * sizeof *vs->ex);
-    finch_token_example *rest = malloc((size_t)(ts->n - n_val) * sizeof *rest);
+                             "--val-fraction %g of %lld %s leaves none on one side",
+                             r->o->val_fraction, (long long)n, g == 2 ? "pairs" : "examples");
+    int64_t *perm = malloc((size_t)n * sizeof *perm);
+    vs->ex = malloc((size_t)(n_val * g) * sizeof *vs->ex);
+    finch_token_example *rest = malloc((size_t)((n - n_val) * g) * sizeof *rest);
     if (!perm || !vs->ex || !rest) {
         free(perm);
         free(rest);
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     }
-    epoch_order(perm, ts->n, r->o->seed ^ 0x5eed, 0);
-    for (int64_t i = 0; i < ts->n; i++) {
-        if (i < ts->n - n_val)
-            rest[i] = ts->ex[perm[i]];
-        else
-            vs->ex[vs->n++] = ts->ex[perm[i]];
-    }
+    epoch_order(perm, n, r->o->seed ^ 0x5eed, 0);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t k = 0; k < g; k++) {
+            if (i < n - n_val)
+                rest[i * g + k] = ts->ex[perm[i] * g + k];
+            else
+                vs->ex[vs->n++] = ts->ex[perm[i] * g + k];
+        }
+    vs->pairs = ts->pairs;
     free(perm);
     free(ts->ex);
     ts->ex = rest;
-    ts->n -= n_val;
+    ts->n -= n_val * g;
     return FINCH_OK;
 }
 
@@ -258,23 +275,40 @@ static finch_status prepare_data(run *r, finch_err *err) {
     } else if (o->val_fraction > 0 && (st = hold_out(r, err))) {
         return st;
     }
+    /* DPO takes preference pairs, and only DPO does */
+    const bool dpo = o->objective && !strcmp(o->objective, "dpo");
+    const char *bad = r->ts.pairs != dpo              ? o->data.path
+                      : r->vs.n && r->vs.pairs != dpo ? o->val_path
+                                                      : NULL;
+    if (bad)
+        return finch_err_set(err, FINCH_E_USAGE,
+                             dpo ? "%s: --objective dpo needs preference lines {\"prompt\", "
+                                   "\"chosen\", \"rejected\"}"
+                                 : "%s: preference pairs (\"chosen\", \"rejected\") train with "
+                                   "--objective dpo",
+                             bad);
+    if (r->ts.n_identical || r->vs.n_identical)
+        finch_log(FINCH_LOG_WARN,
+                  "%lld preference pairs tokenize to the same chosen and rejected ids: each adds "
+                  "log 2 to the loss and nothing to the gradient",
+                  (long long)(r->ts.n_identical + r->vs.n_identical));
     /* the batch is as long as the longest example, or max_len when packing fills rows */
     r->T = 2;
     for (int64_t i = 0; i < r->ts.n; i++) r->T = r->ts.ex[i].n > r->T ? r->ts.ex[i].n : r->T;
     for (int64_t i = 0; i < r->vs.n; i++) r->T = r->vs.ex[i].n > r->T ? r->vs.ex[i].n : r->T;
     if (o->packing) r->T = r->max_len;
-    r->B = o->batch_size;
-    if (!(r->order = finch_alloc((size_t)r->ts.n * sizeof *r->order, "example order", err)))
+    r->B = dpo ? 2 * o->batch_size : o->batch_size; /* DPO: a pair is two rows */
+    if (!(r->order = finch_alloc((size_t)units(&r->ts) * sizeof *r->order, "example order", err)))
         return FINCH_E_NOMEM;
     /* an epoch is ts.n rows, or with packing the rows its examples fill (counted in the
      * first epoch's order: later orders differ by a row or so, and the count must not
      * depend on where a resumed run starts) */
-    int64_t epoch_rows = r->ts.n;
+    int64_t epoch_rows = units(&r->ts);
     if (o->packing) {
         epoch_order(r->order, r->ts.n, o->seed, 0);
         epoch_rows = packed_rows(&r->ts, r->order, r->T);
     }
-    const int64_t per_step = (int64_t)r->B * o->grad_accum;
+    const int64_t per_step = (int64_t)o->batch_size * o->grad_accum;
     r->total = o->max_steps ? o->max_steps
                             : (int64_t)ceil(o->epochs * (double)epoch_rows / (double)per_step);
     r->sched.total_steps = r->total > 0 ? r->total : 1;
@@ -305,6 +339,10 @@ static finch_status prepare_method(run *r, finch_err *err) {
                                      true, &r->peft, err);
     if (st) return st;
     r->par = finch_peft_params(r->peft);
+    /* DPO's reference is the model before the method attaches */
+    if (r->ts.pairs &&
+        (st = finch_dpo_new(r->m, &r->ts, &r->vs, o->batch_size, r->T, o->beta, &r->dpo, err)))
+        return st;
     if (finch_peft_writes_model(r->peft)) {
         char cfg[4200];
         snprintf(cfg, sizeof cfg, "%s/adapter_config.json", o->out_dir);
@@ -336,11 +374,11 @@ static finch_status prepare_method(run *r, finch_err *err) {
         return finch_err_set(err, FINCH_E_USAGE, "%s: the run used --seed %llu, not %llu",
                              o->resume_dir, (unsigned long long)r->pos.seed,
                              (unsigned long long)o->seed);
-    if (r->pos.next >= r->ts.n)
+    if (r->pos.next >= units(&r->ts))
         return finch_err_set(err, FINCH_E_FORMAT,
                              "%s: data position %lld is past the %lld examples: "
                              "another dataset?",
-                             o->resume_dir, (long long)r->pos.next, (long long)r->ts.n);
+                             o->resume_dir, (long long)r->pos.next, (long long)units(&r->ts));
     snprintf(r->last_good, sizeof r->last_good, "the checkpoint resumed from (%s, step %lld)",
              o->resume_dir, (long long)r->pos.step);
     return FINCH_OK;
@@ -353,14 +391,23 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
     double loss = 0;
     *tokens = 0;
     finch_grad_zero(r->par->grad, (size_t)r->par->total);
+    r->dstats = (finch_dpo_stats){0};
     for (int k = 0; k < o->grad_accum; k++) {
         int64_t e0 = r->pos.epoch;
+        uint64_t seed = mix64(o->seed ^ mix64((uint64_t)step * 65536 + (uint64_t)k));
+        if (r->dpo) {
+            loss += finch_dpo_step(r->dpo, r->m, r->acts, &r->batch, &r->ts, r->order, &r->pos.next,
+                                   &r->pos.epoch, 1.0f / (float)o->grad_accum, seed, &r->dstats) /
+                    o->grad_accum;
+            if (r->pos.epoch != e0) epoch_order(r->order, units(&r->ts), o->seed, r->pos.epoch);
+            *tokens += r->batch.n_tokens;
+            continue;
+        }
         finch_batch_fill(&r->batch, &r->ts, r->order, &r->pos.next, &r->pos.epoch, o->packing != 0,
                          finch_tokenizer_eos(r->m->tok));
-        if (r->pos.epoch != e0) epoch_order(r->order, r->ts.n, o->seed, r->pos.epoch);
+        if (r->pos.epoch != e0) epoch_order(r->order, units(&r->ts), o->seed, r->pos.epoch);
         const finch_batch *b = &r->batch;
         float scale = b->n_targets ? 1.0f / ((float)b->n_targets * (float)o->grad_accum) : 0.0f;
-        uint64_t seed = mix64(o->seed ^ mix64((uint64_t)step * 65536 + (uint64_t)k));
         if (b->n_targets)
             loss += finch_model_train_step(r->m, r->acts, b->ids, b->targets, b->pos, b->seg, scale,
                                            seed, true) /
@@ -378,17 +425,29 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                void *user, finch_err *err) {
     const finch_train_options *o = r->o;
     const int64_t step = pr->step;
+    char extra[512] = ""; /* DPO's rewards */
+    if (r->dpo) finch_dpo_stats_json(&r->dstats, "", extra, sizeof extra);
     if (o->log_steps && (step % o->log_steps == 0 || step == r->total))
         metric_line(r->metrics,
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
-                    "\"tokens_per_s\": %.1f, \"epoch\": %.4f}",
+                    "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s}",
                     (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
-                    (double)r->pos.epoch + (double)r->pos.next / (double)r->ts.n);
+                    (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts), extra);
     if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
-        pr->val_loss = eval_loss(r->m, r->acts, &r->batch, &r->vs, o->val_max_examples,
-                                 finch_tokenizer_eos(r->m->tok));
-        metric_line(r->metrics, "{\"step\": %lld, \"val_loss\": %.6f}", (long long)step,
-                    pr->val_loss);
+        *extra = 0;
+        if (r->dpo) {
+            finch_dpo_stats v, mean;
+            finch_dpo_eval(r->dpo, r->m, r->acts, &r->batch, &r->vs, o->val_max_examples, &v);
+            finch_dpo_stats_mean(&v, &mean);
+            pr->val_loss = mean.loss;
+            pr->val_accuracy = mean.accuracy;
+            finch_dpo_stats_json(&v, "val_", extra, sizeof extra);
+        } else {
+            pr->val_loss = eval_loss(r->m, r->acts, &r->batch, &r->vs, o->val_max_examples,
+                                     finch_tokenizer_eos(r->m->tok));
+        }
+        metric_line(r->metrics, "{\"step\": %lld, \"val_loss\": %.6f%s}", (long long)step,
+                    pr->val_loss, extra);
     }
     if (on_progress) on_progress(pr, user);
     bool stop = should_stop && should_stop(user);
@@ -452,7 +511,20 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
                                             (double)(r->total - step),
                                    .val_loss = NAN,
                                    .n_trainable = n_train,
-                                   .n_total = n_total};
+                                   .n_total = n_total,
+                                   .rewards_chosen = NAN,
+                                   .rewards_rejected = NAN,
+                                   .rewards_accuracy = NAN,
+                                   .rewards_margin = NAN,
+                                   .val_accuracy = NAN};
+        if (r->dpo) {
+            finch_dpo_stats mean;
+            finch_dpo_stats_mean(&r->dstats, &mean);
+            pr.rewards_chosen = mean.chosen;
+            pr.rewards_rejected = mean.rejected;
+            pr.rewards_accuracy = mean.accuracy;
+            pr.rewards_margin = mean.chosen - mean.rejected;
+        }
         finch_status st = after_step(r, &pr, rate, should_stop, on_progress, user, err);
         if (st) return st;
     }
@@ -468,6 +540,7 @@ static void run_release(run *r) {
     free(r->ranges);
     finch_batch_release(&r->batch);
     finch_train_acts_free(r->acts);
+    finch_dpo_free(r->dpo);
     finch_peft_free(r->peft);
     /* vs may hold examples moved out of ts (val_fraction): release both sets' examples */
     finch_token_set_release(&r->vs);
@@ -493,7 +566,7 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
         (st = finch_mkdir_p(o->out_dir, err)) || (st = prepare_data(&r, err)) ||
         (st = prepare_method(&r, err)))
         goto done;
-    epoch_order(r.order, r.ts.n, o->seed, r.pos.epoch);
+    epoch_order(r.order, units(&r.ts), o->seed, r.pos.epoch);
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);
     if (!(r.metrics = fopen(mpath, o->resume_dir ? "a" : "w"))) {
@@ -505,9 +578,12 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
               finch_peft_method(r.peft), (long long)n_train, (long long)n_total,
               100.0 * (double)n_train / (double)n_total);
     finch_log(FINCH_LOG_INFO,
-              "%lld training examples, %lld validation; %lld steps of %d x %d x %d tokens%s",
-              (long long)r.ts.n, (long long)r.vs.n, (long long)r.total, o->grad_accum, r.B, r.T,
-              o->packing ? " (packed)" : "");
+              "%lld training %s, %lld validation; %lld steps of %d x %d x %d tokens%s",
+              (long long)units(&r.ts), r.dpo ? "pairs" : "examples", (long long)units(&r.vs),
+              (long long)r.total, o->grad_accum, r.B, r.T,
+              r.dpo        ? " (DPO: chosen and rejected rows)"
+              : o->packing ? " (packed)"
+                           : "");
     if ((st = train_steps(&r, on_progress, should_stop, user, err))) goto done;
     /* the result (adapter in the PEFT layout, or the model) at the top of the run directory */
     st = finch_peft_save(r.peft, m, o->out_dir, err);

@@ -4,12 +4,14 @@
  * (an adapter in the PEFT layout, or a model) and trainer_state.bin (the names and shapes
  * of the trainable tensors, their exact f32 values, AdamW's m and v, the step and the
  * data position), written into a temporary directory that is renamed into place,
- * so a crash never leaves a half-written checkpoint under its final name.
+ * so a crash never leaves a half-written checkpoint under its final name. And the DPO
+ * objective (dpo.c).
  */
 #ifndef FINCH_TRAIN_H
 #define FINCH_TRAIN_H
 
 #include "core/core.h"
+#include "data/data.h" /* finch_token_set, finch_batch */
 #include "peft/peft.h" /* finch_peft, finch_params */
 
 /* Where a run is: enough to continue it exactly. */
@@ -34,5 +36,51 @@ finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err
  * the highest step is taken. Errors name the file and what does not match. */
 finch_status finch_checkpoint_load(const char *path, finch_params *params, float *m, float *v,
                                    finch_train_pos *pos, finch_err *err);
+
+/* ---- DPO (dpo.c) --------------------------------------------------------------------- */
+
+/* Sums over pairs (divide by n, finch_dpo_stats_mean): the DPO loss, the rewards
+ * beta (logp_pi - logp_ref) of the chosen and rejected sides, how many had chosen >
+ * rejected, the policy's summed log-probs of each side. */
+typedef struct {
+    double loss, chosen, rejected, accuracy, logp_chosen, logp_rejected;
+    int64_t n;
+} finch_dpo_stats;
+
+/* The DPO state of a run: beta, and the reference log-probs of every example of the
+ * training and validation sets (token sets of pairs, data.h), computed here with the
+ * model as it is (call it before the method attaches) in micro-batches of `pairs` pairs
+ * of T tokens. Training then runs micro-batches of the same shape: 2 * pairs rows. */
+typedef struct finch_dpo finch_dpo;
+finch_status finch_dpo_new(const finch_model *m, const finch_token_set *train,
+                           const finch_token_set *val, int pairs, int T, double beta,
+                           finch_dpo **out, finch_err *err);
+void finch_dpo_free(finch_dpo *d);
+
+/* One micro-batch: the pairs order[*next], order[*next + 1], ... of ts (the training set
+ * given to finch_dpo_new; order over its pairs, *next wrapping to 0 and *epoch counting
+ * the wraps) into b, forward with dropout seeded by dropout_seed, the DPO loss, and
+ * backward: the gradients accumulate (+=) scaled by scale (1 / grad_accum). Returns the
+ * micro-batch's mean loss and adds its pairs to *acc. a and b: 2 * pairs rows. */
+double finch_dpo_step(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
+                      const finch_token_set *ts, const int64_t *order, int64_t *next,
+                      int64_t *epoch, float scale, uint64_t dropout_seed, finch_dpo_stats *acc);
+
+/* The DPO statistics of the first max_pairs pairs (0: all) of vs, the validation set given
+ * to finch_dpo_new, forward only. */
+void finch_dpo_eval(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
+                    const finch_token_set *vs, int64_t max_pairs, finch_dpo_stats *out);
+
+/* The reference log-prob of example i of the training (set 0) or validation (1) set. */
+double finch_dpo_reference(const finch_dpo *d, int set, int64_t i);
+
+/* The means of s (NaN when it holds no pair). */
+void finch_dpo_stats_mean(const finch_dpo_stats *s, finch_dpo_stats *mean);
+
+/* Writes s's means as JSON members in TRL's names, each key after prefix ("" or "val_"):
+ * ', "rewards/chosen": ..., "rewards/rejected": ..., "rewards/accuracies": ...,
+ * "rewards/margins": ..., "logps/chosen": ..., "logps/rejected": ...' (snprintf's
+ * return). */
+int finch_dpo_stats_json(const finch_dpo_stats *s, const char *prefix, char *buf, size_t n);
 
 #endif /* FINCH_TRAIN_H */

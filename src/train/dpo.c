@@ -1,0 +1,201 @@
+/*
+ * dpo.c: Direct Preference Optimization (Rafailov et al., 2023) as TRL's DPOTrainer computes
+ * it with loss_type "sigmoid" and no label smoothing (FORMATS.md 3.4). For a pair of
+ * completions of one prompt, chosen c and rejected r:
+ *
+ *   logp(y)  = sum over y's target tokens of log softmax(logits)[token]
+ *   z        = beta ((logp_pi(c) - logp_pi(r)) - (logp_ref(c) - logp_ref(r)))
+ *   loss     = mean over the P pairs of -log sigmoid(z)
+ *   dloss / dlogp_pi(c) = -beta sigmoid(-z) / P,   dloss / dlogp_pi(r) = +beta sigmoid(-z) / P
+ *   rewards: chosen = beta (logp_pi(c) - logp_ref(c)), rejected likewise
+ *
+ * pi is the model with the method attached, ref the model without it: its log-probs are
+ * computed once per pair by the same training forward (finch_dpo_new, before the method
+ * attaches, so prompt and prefix tuning's virtual tokens and full fine-tuning's copies
+ * are not there) and kept; a resumed run computes them again, to the same bits.
+ *
+ * A micro-batch of P pairs is 2P rows of the batch: pair j's chosen in row 2j, its
+ * rejected in row 2j + 1 (the token set holds them in that order, data.h). The loss
+ * depends on the forward's result, so the step runs finch_model_train_forward, computes
+ * every row's gradient scale, then finch_model_train_backward.
+ */
+#include "data/data.h"   /* token sets, batches */
+#include "model/model.h" /* the training forward and backward */
+#include "train/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+struct finch_dpo {
+    double beta;
+    double *ref[2];   /* [train, val]: per example of the token set, logp_ref */
+    int64_t n_ref[2]; /* examples */
+    int B;            /* rows a micro-batch (2 per pair) */
+    double *row_logp; /* (B) */
+    float *row_scale; /* (B) */
+    int64_t *idx;     /* (B) the examples of the batch's rows */
+    int32_t pad;      /* the padding id */
+};
+
+/* -log sigmoid(z) and sigmoid(-z), without overflow for any z. */
+static double softplus_neg(double z) {
+    return z >= 0 ? log1p(exp(-z)) : -z + log1p(exp(z));
+}
+static double sigmoid_neg(double z) {
+    return z >= 0 ? exp(-z) / (1 + exp(-z)) : 1 / (1 + exp(z));
+}
+
+/* Fills b's rows with the examples d->idx[0..B-1] of s, one a row; rows from n_real on
+ * get no targets. */
+static void fill(finch_dpo *d, finch_batch *b, const finch_token_set *s, int n_real) {
+    finch_token_set view = {.ex = s->ex, .n = b->B}; /* idx holds exactly B entries */
+    int64_t next = 0, epoch = 0;
+    finch_batch_fill(b, &view, d->idx, &next, &epoch, false, d->pad);
+    for (int64_t i = (int64_t)n_real * b->T; i < (int64_t)b->B * b->T; i++) b->targets[i] = -1;
+}
+
+/* The reference log-probs of every example of s into out, B rows a forward. */
+static void reference(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
+                      const finch_token_set *s, double *out) {
+    for (int64_t i = 0; i < s->n; i += d->B) {
+        int n = s->n - i < d->B ? (int)(s->n - i) : d->B;
+        for (int k = 0; k < d->B; k++) d->idx[k] = i + (k < n ? k : 0);
+        fill(d, b, s, n);
+        finch_model_train_forward(m, a, b->ids, b->targets, b->pos, NULL, 0, false, d->row_logp);
+        for (int k = 0; k < n; k++) out[i + k] = d->row_logp[k];
+    }
+}
+
+finch_status finch_dpo_new(const finch_model *m, const finch_token_set *train,
+                           const finch_token_set *val, int pairs, int T, double beta,
+                           finch_dpo **out, finch_err *err) {
+    FINCH_ASSERT(train->pairs && (val->n == 0 || val->pairs) && pairs >= 1);
+    finch_dpo *d = finch_calloc(1, sizeof *d, "DPO state", err);
+    if (!d) return FINCH_E_NOMEM;
+    d->beta = beta;
+    d->B = 2 * pairs;
+    d->pad = finch_tokenizer_eos(m->tok);
+    const finch_token_set *sets[2] = {train, val};
+    finch_status st = FINCH_OK;
+    for (int s = 0; s < 2 && !st; s++) {
+        d->n_ref[s] = sets[s]->n;
+        if (!(d->ref[s] = finch_calloc((size_t)sets[s]->n + 1, sizeof(double), "reference", err)))
+            st = FINCH_E_NOMEM;
+    }
+    if (!st && (!(d->row_logp = finch_calloc((size_t)d->B, sizeof(double), "DPO rows", err)) ||
+                !(d->row_scale = finch_calloc((size_t)d->B, sizeof(float), "DPO rows", err)) ||
+                !(d->idx = finch_calloc((size_t)d->B, sizeof(int64_t), "DPO rows", err))))
+        st = FINCH_E_NOMEM;
+    finch_train_acts *a = NULL;
+    finch_batch b = {0};
+    if (!st && !(st = finch_train_acts_new(m, d->B, T, &a, err)) &&
+        !(st = finch_batch_init(&b, d->B, T, err)))
+        for (int s = 0; s < 2; s++) reference(d, m, a, &b, sets[s], d->ref[s]);
+    finch_batch_release(&b);
+    finch_train_acts_free(a);
+    if (st) {
+        finch_dpo_free(d);
+        return st;
+    }
+    *out = d;
+    return FINCH_OK;
+}
+
+void finch_dpo_free(finch_dpo *d) {
+    if (!d) return;
+    free(d->ref[0]);
+    free(d->ref[1]);
+    free(d->row_logp);
+    free(d->row_scale);
+    free(d->idx);
+    free(d);
+}
+
+/* The loss of the pairs of the batch's first 2 n rows (their examples in d->idx) from the
+ * forward's d->row_logp and the reference ref; with scale != 0, the rows' gradient scales
+ * (times scale). Adds to *acc. */
+static double pairs_loss(finch_dpo *d, const double *ref, int n, float scale,
+                         finch_dpo_stats *acc) {
+    double loss = 0;
+    for (int j = 0; j < n; j++) {
+        const double pc = d->row_logp[2 * j], pr = d->row_logp[2 * j + 1];
+        const double rc = ref[d->idx[2 * j]], rr = ref[d->idx[2 * j + 1]];
+        const double chosen = d->beta * (pc - rc), rejected = d->beta * (pr - rr);
+        const double z = chosen - rejected, l = softplus_neg(z);
+        loss += l;
+        const double g = d->beta * sigmoid_neg(z) * (double)scale / n;
+        d->row_scale[2 * j] = (float)-g;
+        d->row_scale[2 * j + 1] = (float)g;
+        acc->loss += l;
+        acc->chosen += chosen;
+        acc->rejected += rejected;
+        acc->accuracy += chosen > rejected;
+        acc->logp_chosen += pc;
+        acc->logp_rejected += pr;
+        acc->n++;
+    }
+    return loss / n;
+}
+
+double finch_dpo_step(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
+                      const finch_token_set *ts, const int64_t *order, int64_t *next,
+                      int64_t *epoch, float scale, uint64_t dropout_seed, finch_dpo_stats *acc) {
+    FINCH_ASSERT(b->B == d->B && ts->n == d->n_ref[0]);
+    const int P = d->B / 2;
+    const int64_t n_pairs = ts->n / 2;
+    for (int j = 0; j < P; j++) {
+        int64_t p = order[*next];
+        d->idx[2 * j] = 2 * p;
+        d->idx[2 * j + 1] = 2 * p + 1;
+        if (++*next == n_pairs) *next = 0, ++*epoch;
+    }
+    fill(d, b, ts, d->B);
+    finch_model_train_forward(m, a, b->ids, b->targets, b->pos, NULL, dropout_seed, true,
+                              d->row_logp);
+    double loss = pairs_loss(d, d->ref[0], P, scale, acc);
+    finch_model_train_backward(m, a, d->row_scale);
+    return loss;
+}
+
+void finch_dpo_eval(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
+                    const finch_token_set *vs, int64_t max_pairs, finch_dpo_stats *out) {
+    FINCH_ASSERT(b->B == d->B && vs->n == d->n_ref[1]);
+    int64_t n_pairs = vs->n / 2;
+    if (max_pairs > 0 && n_pairs > max_pairs) n_pairs = max_pairs;
+    *out = (finch_dpo_stats){0};
+    for (int64_t i = 0; i < n_pairs; i += d->B / 2) {
+        int n = n_pairs - i < d->B / 2 ? (int)(n_pairs - i) : d->B / 2;
+        for (int k = 0; k < d->B; k++) d->idx[k] = 2 * i + (k < 2 * n ? k : 0);
+        fill(d, b, vs, 2 * n);
+        finch_model_train_forward(m, a, b->ids, b->targets, b->pos, NULL, 0, false, d->row_logp);
+        pairs_loss(d, d->ref[1], n, 0.0f, out);
+    }
+}
+
+double finch_dpo_reference(const finch_dpo *d, int set, int64_t i) {
+    FINCH_ASSERT((set == 0 || set == 1) && i >= 0 && i < d->n_ref[set]);
+    return d->ref[set][i];
+}
+
+void finch_dpo_stats_mean(const finch_dpo_stats *s, finch_dpo_stats *mean) {
+    const double n = s->n ? (double)s->n : NAN;
+    *mean = (finch_dpo_stats){.loss = s->loss / n,
+                              .chosen = s->chosen / n,
+                              .rejected = s->rejected / n,
+                              .accuracy = s->accuracy / n,
+                              .logp_chosen = s->logp_chosen / n,
+                              .logp_rejected = s->logp_rejected / n,
+                              .n = s->n};
+}
+
+int finch_dpo_stats_json(const finch_dpo_stats *s, const char *prefix, char *buf, size_t n) {
+    finch_dpo_stats m;
+    finch_dpo_stats_mean(s, &m);
+    return snprintf(buf, n,
+                    ", \"%srewards/chosen\": %.6f, \"%srewards/rejected\": %.6f, "
+                    "\"%srewards/accuracies\": %.4f, \"%srewards/margins\": %.6f, "
+                    "\"%slogps/chosen\": %.4f, \"%slogps/rejected\": %.4f",
+                    prefix, m.chosen, prefix, m.rejected, prefix, m.accuracy, prefix,
+                    m.chosen - m.rejected, prefix, m.logp_chosen, prefix, m.logp_rejected);
+}

@@ -68,15 +68,18 @@ static void reference(finch_dpo *d, const finch_model *m, finch_train_acts *a, f
 }
 
 finch_status finch_dpo_new(const finch_model *m, const finch_token_set *train,
-                           const finch_token_set *val, int pairs, int T, double beta,
-                           finch_dpo **out, finch_err *err) {
+                           const finch_token_set *val, int64_t val_max_pairs, int pairs, int T,
+                           double beta, finch_dpo **out, finch_err *err) {
     FINCH_ASSERT(train->pairs && (val->n == 0 || val->pairs) && pairs >= 1);
     finch_dpo *d = finch_calloc(1, sizeof *d, "DPO state", err);
     if (!d) return FINCH_E_NOMEM;
     d->beta = beta;
     d->B = 2 * pairs;
     d->pad = finch_tokenizer_eos(m->tok);
-    const finch_token_set *sets[2] = {train, val};
+    /* validation scores its first val_max_pairs pairs only: those need a reference */
+    finch_token_set vpart = *val;
+    if (val_max_pairs > 0 && vpart.n > 2 * val_max_pairs) vpart.n = 2 * val_max_pairs;
+    const finch_token_set *sets[2] = {train, &vpart};
     finch_status st = FINCH_OK;
     for (int s = 0; s < 2 && !st; s++) {
         d->n_ref[s] = sets[s]->n;
@@ -160,8 +163,8 @@ double finch_dpo_step(finch_dpo *d, const finch_model *m, finch_train_acts *a, f
 
 void finch_dpo_eval(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
                     const finch_token_set *vs, int64_t max_pairs, finch_dpo_stats *out) {
-    FINCH_ASSERT(b->B == d->B && vs->n == d->n_ref[1]);
-    int64_t n_pairs = vs->n / 2;
+    FINCH_ASSERT(b->B == d->B && vs->n >= d->n_ref[1]);
+    int64_t n_pairs = d->n_ref[1] / 2;
     if (max_pairs > 0 && n_pairs > max_pairs) n_pairs = max_pairs;
     *out = (finch_dpo_stats){0};
     for (int64_t i = 0; i < n_pairs; i += d->B / 2) {

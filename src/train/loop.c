@@ -340,8 +340,15 @@ static finch_status prepare_method(run *r, finch_err *err) {
     if (st) return st;
     r->par = finch_peft_params(r->peft);
     /* DPO's reference is the model before the method attaches */
-    if (r->ts.pairs &&
-        (st = finch_dpo_new(r->m, &r->ts, &r->vs, o->batch_size, r->T, o->beta, &r->dpo, err)))
+    if (r->ts.pairs)
+        finch_log(FINCH_LOG_INFO,
+                  "DPO: the reference log-probs of %lld pairs (the model without the method)",
+                  (long long)(units(&r->ts) +
+                              (o->val_max_examples > 0 && units(&r->vs) > o->val_max_examples
+                                   ? o->val_max_examples
+                                   : units(&r->vs))));
+    if (r->ts.pairs && (st = finch_dpo_new(r->m, &r->ts, &r->vs, o->val_max_examples, o->batch_size,
+                                           r->T, o->beta, &r->dpo, err)))
         return st;
     if (finch_peft_writes_model(r->peft)) {
         char cfg[4200];

@@ -48,13 +48,14 @@ typedef struct {
 } finch_dpo_stats;
 
 /* The DPO state of a run: beta, and the reference log-probs of every example of the
- * training and validation sets (token sets of pairs, data.h), computed here with the
- * model as it is (call it before the method attaches) in micro-batches of `pairs` pairs
- * of T tokens. Training then runs micro-batches of the same shape: 2 * pairs rows. */
+ * training set and of the first val_max_pairs pairs (0: all) of the validation set
+ * (token sets of pairs, data.h), computed here with the model as it is (call it before
+ * the method attaches) in micro-batches of `pairs` pairs of T tokens. Training then runs
+ * micro-batches of the same shape: 2 * pairs rows. */
 typedef struct finch_dpo finch_dpo;
 finch_status finch_dpo_new(const finch_model *m, const finch_token_set *train,
-                           const finch_token_set *val, int pairs, int T, double beta,
-                           finch_dpo **out, finch_err *err);
+                           const finch_token_set *val, int64_t val_max_pairs, int pairs, int T,
+                           double beta, finch_dpo **out, finch_err *err);
 void finch_dpo_free(finch_dpo *d);
 
 /* One micro-batch: the pairs order[*next], order[*next + 1], ... of ts (the training set
@@ -66,8 +67,8 @@ double finch_dpo_step(finch_dpo *d, const finch_model *m, finch_train_acts *a, f
                       const finch_token_set *ts, const int64_t *order, int64_t *next,
                       int64_t *epoch, float scale, uint64_t dropout_seed, finch_dpo_stats *acc);
 
-/* The DPO statistics of the first max_pairs pairs (0: all) of vs, the validation set given
- * to finch_dpo_new, forward only. */
+/* The DPO statistics of the first max_pairs pairs (0: all those finch_dpo_new prepared) of
+ * vs, the validation set given to finch_dpo_new, forward only. */
 void finch_dpo_eval(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
                     const finch_token_set *vs, int64_t max_pairs, finch_dpo_stats *out);
 

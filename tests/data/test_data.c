@@ -1,7 +1,8 @@
 /*
  * test_data.c: instruction datasets: shape detection, templates, file:line errors for
  * every kind of bad line, --skip-bad counting, splits; tokenization with the loss mask,
- * truncation and dropping; padded and packed batches (targets, positions, segments).
+ * truncation and dropping; padded and packed batches (targets, positions, segments);
+ * preference pairs (strings and chat messages, their bad lines, pairs kept together).
  * Tokenizers: the tiny smollm-style vocabulary fixture, and the real model's for chat.
  */
 #include <setjmp.h>
@@ -115,6 +116,77 @@ static void test_bad_lines(void **state) {
     assert_non_null(strstr(err.msg, "alpaca"));
     assert_int_equal(finch_shape_parse("dolly", &s, &err), FINCH_OK);
     assert_int_equal(s, FINCH_SHAPE_DOLLY);
+}
+
+/* Preference pairs: strings, file:line errors for every kind of bad line, and pairs
+ * tokenized as chosen then rejected, dropped together, identical ones counted. */
+static void test_preference(void **state) {
+    (void)state;
+    finch_data_options opt = {0};
+    finch_dataset *d = parse("{\"prompt\": \"2+2=\", \"chosen\": \" 4\", \"rejected\": \" 5\"}\n"
+                             "{\"prompt\": \"3+3=\", \"chosen\": [{\"role\": \"assistant\", \"content\": \" 6\"}], "
+                             "\"rejected\": {\"role\": \"assistant\", \"content\": \" 6\"}}\n",
+                             &opt, FINCH_OK, NULL);
+    assert_int_equal(d->shape, FINCH_SHAPE_PREFERENCE);
+    assert_int_equal(d->n, 2);
+    assert_string_equal(d->ex[0].prompt, "2+2=");
+    assert_string_equal(d->ex[0].completion, " 4");
+    assert_string_equal(d->ex[0].rejected, " 5");
+    assert_string_equal(d->ex[1].completion, " 6");
+    finch_token_set s;
+    finch_err err;
+    assert_int_equal(finch_tokenize_dataset(tiny_tok, d, 64, false, &s, &err), FINCH_OK);
+    assert_true(s.pairs);
+    assert_int_equal(s.n, 4);
+    assert_int_equal(s.n_identical, 1); /* the second pair: " 6" both sides */
+    /* chosen then rejected, the same prompt ids before a different completion */
+    assert_int_equal(s.ex[0].n, s.ex[1].n);
+    assert_memory_equal(s.ex[0].ids, s.ex[1].ids, (size_t)(s.ex[0].n - 2) * sizeof(int32_t));
+    assert_int_not_equal(s.ex[0].ids[s.ex[0].n - 2], s.ex[1].ids[s.ex[1].n - 2]);
+    finch_token_set_release(&s);
+    /* a cut that leaves one side without a completion token drops the pair */
+    finch_dataset_free(d);
+    d = parse("{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n"
+              "{\"prompt\": \"a long prompt of many words\", \"chosen\": \" b\", \"rejected\": \" c\"}\n",
+              &opt, FINCH_OK, NULL);
+    assert_int_equal(finch_tokenize_dataset(tiny_tok, d, 6, false, &s, &err), FINCH_OK);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.n_dropped, 1);
+    finch_token_set_release(&s);
+    finch_dataset_free(d);
+
+    const char *ok = "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n";
+    char buf[512];
+    const struct {
+        const char *line, *fragment;
+    } cases[] = {
+        {"{\"prompt\": \"a\", \"chosen\": \"b\"}", "line 2: field \"rejected\" is missing"},
+        {"{\"prompt\": \"a\", \"chosen\": 3, \"rejected\": \"c\"}",
+         "line 2: field \"chosen\" is of the wrong type, expected a string or an assistant message"},
+        {"{\"prompt\": \"a\", \"chosen\": \"\", \"rejected\": \"c\"}", "line 2: field \"chosen\" is empty"},
+        {"{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"\"}", "line 2: field \"rejected\" is empty"},
+        {"{\"chosen\": \"b\", \"rejected\": \"c\"}", "line 2: field \"prompt\" is missing"},
+        {"{\"prompt\": 4, \"chosen\": \"b\", \"rejected\": \"c\"}", "line 2: field \"prompt\" is of the wrong type"},
+        {"{\"prompt\": \"a\", \"chosen\": {\"role\": \"user\", \"content\": \"b\"}, \"rejected\": \"c\"}",
+         "line 2: the \"chosen\" message is from 'user'; it must be the assistant's"},
+        {"{\"prompt\": \"a\", \"chosen\": [], \"rejected\": \"c\"}", "line 2: \"chosen\" is a list of 0 messages"},
+        {"{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": {\"role\": \"assistant\"}}",
+         "line 2: the \"rejected\" message needs string \"role\" and \"content\""},
+        {"{\"prompt\": [], \"chosen\": \"b\", \"rejected\": \"c\"}", "line 2: \"prompt\" is an empty list"},
+        {"{\"prompt\": [{\"role\": 1}], \"chosen\": \"b\", \"rejected\": \"c\"}",
+         "line 2: prompt message 1 needs string \"role\" and \"content\""},
+        {"{\"prompt\": [{\"role\": \"user\", \"content\": \"a\"}], \"chosen\": \"b\", \"rejected\": \"c\"}",
+         "line 2: chat formatting needs a model with a chat template"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(buf, sizeof buf, "%s%s\n%s", ok, cases[i].line, ok);
+        finch_data_options o = {.tok = tiny_tok}; /* no chat template */
+        parse(buf, &o, i + 1 == sizeof cases / sizeof cases[0] ? FINCH_E_UNSUPPORTED : FINCH_E_FORMAT,
+              cases[i].fragment);
+    }
+    finch_shape sh;
+    assert_int_equal(finch_shape_parse("preference", &sh, &err), FINCH_OK);
+    assert_int_equal(sh, FINCH_SHAPE_PREFERENCE);
 }
 
 static void test_split(void **state) {
@@ -262,6 +334,26 @@ static void test_chat_real_model(void **state) {
     opt.tok = tiny_tok;
     parse("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n",
           &opt, FINCH_E_UNSUPPORTED, "needs a model with a chat template");
+    /* preference pairs in chat form: the prompt's messages rendered, each side's content */
+    opt = (finch_data_options){.tok = tok};
+    d = parse("{\"prompt\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", "
+              "\"content\": \"Capital of France?\"}], \"chosen\": [{\"role\": \"assistant\", \"content\": "
+              "\"Paris.\"}], \"rejected\": [{\"role\": \"assistant\", \"content\": \"Lyon.\"}]}\n",
+              &opt, FINCH_OK, NULL);
+    assert_int_equal(d->shape, FINCH_SHAPE_PREFERENCE);
+    assert_string_equal(d->ex[0].prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+                                         "Capital of France?<|im_end|>\n<|im_start|>assistant\n");
+    assert_string_equal(d->ex[0].completion, "Paris.");
+    assert_string_equal(d->ex[0].rejected, "Lyon.");
+    finch_dataset_free(d);
+    /* a string prompt with --chat is wrapped as a user turn */
+    opt.templates.chat = true;
+    d = parse("{\"prompt\": \"Capital of France?\", \"chosen\": \"Paris.\", \"rejected\": \"Lyon.\"}\n",
+              &opt, FINCH_OK, NULL);
+    assert_non_null(strstr(d->ex[0].prompt, "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n"));
+    assert_string_equal(d->ex[0].completion, "Paris.");
+    assert_string_equal(d->ex[0].rejected, "Lyon.");
+    finch_dataset_free(d);
     finch_tokenizer_free(tok);
     finch_gguf_close(g);
 }
@@ -283,7 +375,8 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shapes),   cmocka_unit_test(test_templates),
-        cmocka_unit_test(test_bad_lines), cmocka_unit_test(test_split),
+        cmocka_unit_test(test_bad_lines), cmocka_unit_test(test_preference),
+        cmocka_unit_test(test_split),
         cmocka_unit_test(test_tokenize), cmocka_unit_test(test_batches),
         cmocka_unit_test(test_chat_real_model),
     };

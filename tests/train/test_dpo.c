@@ -99,8 +99,8 @@ static void check_case(const dpo_case *c) {
     finch_err err;
     /* the reference, before the method attaches; the validation set is the same pairs */
     finch_dpo *d, *d2;
-    assert_int_equal(finch_dpo_new(model, &ts, &ts, P, T, beta, &d, &err), FINCH_OK);
-    assert_int_equal(finch_dpo_new(model, &ts, &ts, 2, T, beta, &d2, &err), FINCH_OK);
+    assert_int_equal(finch_dpo_new(model, &ts, &ts, 0, P, T, beta, &d, &err), FINCH_OK);
+    assert_int_equal(finch_dpo_new(model, &ts, &ts, 0, 2, T, beta, &d2, &err), FINCH_OK);
     json_t *rl = json_object_get(ref, "ref_logps");
     for (int i = 0; i < P; i++)
         for (int s = 0; s < 2; s++) {
@@ -199,7 +199,7 @@ static void test_dpo_starts_at_log2(void **state) {
     assert_int_equal(finch_peft_new(model, "lora", cases[0].opts, cases[0].n_opts, &rng, true, &p, &err),
                      FINCH_OK);
     finch_dpo *d;
-    assert_int_equal(finch_dpo_new(model, &ts, &ts, 3, T, 0.1, &d, &err), FINCH_OK);
+    assert_int_equal(finch_dpo_new(model, &ts, &ts, 0, 3, T, 0.1, &d, &err), FINCH_OK);
     assert_int_equal(finch_peft_attach(p, model, 1.0f, (int64_t)6 * T, &err), FINCH_OK);
     finch_train_acts *a;
     finch_batch b;

@@ -3,7 +3,9 @@
  * memorisable task; a run interrupted and resumed from its checkpoint continues with
  * bit-identical losses (metrics.jsonl lines equal to the uninterrupted run's), packed or
  * not; a loss that goes non-finite stops the run keeping the last checkpoint; a corrupt
- * checkpoint is refused and left as it was; bad options are refused with their flag name.
+ * checkpoint is refused and left as it was; bad options are refused with their flag name;
+ * DPO resumes exactly too (LoRA with dropout, prefix tuning), learns, and refuses its bad
+ * input.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,7 +31,7 @@ static void option(finch_train_options *o, const char *name, const char *value) 
 }
 
 static char dir[] = "/tmp/finch_train_XXXXXX";
-static char data[300];
+static char data[300], pref[300];
 static finch_model *model;
 
 static finch_train_options opts(const char *out) {
@@ -393,6 +395,122 @@ static void test_nonfinite_stops(void **state) {
     assert_int_equal(access(b, F_OK), 0);
 }
 
+/* DPO options on the pairs of pref: beta 0.1, 2 pairs a step, validation on them. */
+static finch_train_options dpo_opts(const char *out, const char *method) {
+    finch_train_options o = finch_train_defaults();
+    o.data.path = pref;
+    o.val_path = pref;
+    o.objective = "dpo";
+    o.method = method;
+    o.learning_rate = 1e-2;
+    o.batch_size = 2;
+    o.log_steps = 1;
+    o.out_dir = out;
+    return o;
+}
+
+/* DPO: a run interrupted and resumed (the reference log-probs computed again) equals the
+ * uninterrupted one, metrics (rewards included) and result; prefix tuning's virtual tokens
+ * and freezing's attached weights are kept out of the reference there too. */
+static void test_dpo_resume_exact(void **state) {
+    (void)state;
+    static const struct {
+        const char *method, *opt, *value, *result;
+    } ms[] = {{"lora", "lora-dropout", "0.1", "adapter_model.safetensors"},
+              {"prefix", "num-virtual-tokens", "3", "adapter_model.safetensors"},
+              {"freeze", "layers", "1", "model.gguf"}};
+    for (size_t i = 0; i < sizeof ms / sizeof *ms; i++) {
+        char a[300], b[300];
+        snprintf(a, sizeof a, "%s/dpo%zu_a", dir, i);
+        snprintf(b, sizeof b, "%s/dpo%zu_b", dir, i);
+        finch_err err;
+        finch_train_options o = dpo_opts(a, ms[i].method);
+        option(&o, ms[i].opt, ms[i].value);
+        o.max_steps = 8;
+        o.eval_steps = 3;
+        if (finch_train(model, &o, NULL, NULL, NULL, &err)) fail_msg("%s: %s", ms[i].method, err.msg);
+        o.out_dir = b;
+        stop_at = 4;
+        assert_int_equal(finch_train(model, &o, track, stop_now, NULL, &err), FINCH_E_INTERRUPTED);
+        o.resume_dir = b;
+        stop_at = -1;
+        if (finch_train(model, &o, track, stop_now, NULL, &err)) fail_msg("%s: %s", ms[i].method, err.msg);
+        const char *files[] = {"checkpoint-8/trainer_state.bin", ms[i].result};
+        same_runs(a, b, files, 2);
+        char *m = metrics_of(a);
+        assert_non_null(strstr(m, "\"rewards/margins\": "));
+        assert_non_null(strstr(m, "\"val_rewards/accuracies\": "));
+        free(m);
+        printf("  dpo %s: resumed at step 4, same bytes at step 8\n", ms[i].method);
+    }
+}
+
+/* DPO learns the pairs: held-out (here: the same pairs, without dropout) reward accuracy 1,
+ * the loss far under log 2, where it starts. */
+static void test_dpo_learns(void **state) {
+    (void)state;
+    char out[300];
+    snprintf(out, sizeof out, "%s/dpo_learn", dir);
+    finch_err err;
+    finch_train_options o = dpo_opts(out, "lora");
+    option(&o, "target-modules", "all-linear");
+    option(&o, "lora-r", "4");
+    option(&o, "lora-alpha", "8");
+    o.max_steps = 30;
+    o.eval_steps = 30;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    char *m = metrics_of(out), *first = strstr(m, "{\"step\": 1, \"loss\": "),
+         *last = strstr(m, "{\"step\": 30, \"val_loss\": ");
+    assert_non_null(first);
+    assert_non_null(last);
+    double loss1 = atof(first + 20), val = atof(last + 25),
+           acc = atof(strstr(last, "\"val_rewards/accuracies\": ") + 26);
+    printf("  dpo: loss %.4f at step 1 (log 2 = %.4f); after 30 steps validation loss %.4f, "
+           "reward accuracy %.2f\n",
+           loss1, log(2.0), val, acc);
+    assert_true(fabs(loss1 - log(2.0)) < 1e-6); /* LoRA starts as the reference */
+    assert_true(val < 0.6 * log(2.0) && acc == 1.0);
+    free(m);
+}
+
+/* DPO's own bad input: another objective, preference data without DPO and the reverse,
+ * packing, beta. */
+static void test_dpo_bad_options(void **state) {
+    (void)state;
+    char out[300];
+    snprintf(out, sizeof out, "%s/dpo_bad", dir);
+    finch_err err;
+    finch_train_options o = opts(out);
+    o.objective = "ppo";
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "--objective ppo: use sft or dpo"));
+    o = opts(out);
+    o.objective = "dpo";
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "--objective dpo needs preference lines"));
+    o = opts(out);
+    o.data.path = pref;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "train with --objective dpo"));
+    o.objective = "dpo";
+    o.val_path = data;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "data.jsonl: --objective dpo needs preference lines"));
+    o.val_path = NULL;
+    o.packing = 1;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "--packing"));
+    o.packing = 0;
+    o.beta = 0;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "--beta 0"));
+    /* --val-fraction holds out whole pairs */
+    o.beta = 0.1;
+    o.val_fraction = 0.25;
+    o.max_steps = 2;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+}
+
 static void test_bad_options(void **state) {
     (void)state;
     char out[300];
@@ -433,6 +551,14 @@ static int setup(void **state) {
         for (size_t i = 0; i < 6; i++)
             fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \"%s\"}\n", pairs[i][0], pairs[i][1]);
     fclose(f);
+    /* the same colours as preference pairs: the right noun against another one */
+    snprintf(pref, sizeof pref, "%s/pref.jsonl", dir);
+    f = fopen(pref, "w");
+    for (int r = 0; r < 2; r++)
+        for (size_t i = 0; i < 6; i++)
+            fprintf(f, "{\"prompt\": \"color %s:\", \"chosen\": \"%s\", \"rejected\": \"%s\"}\n",
+                    pairs[i][0], pairs[i][1], pairs[(i + 1 + r) % 6][1]);
+    fclose(f);
     finch_threads_set(2);
     finch_err err;
     return finch_model_load(TINY, &model, &err) ? -1 : 0;
@@ -455,6 +581,9 @@ int main(void) {
                                        cmocka_unit_test(test_nonfinite_stops),
                                        cmocka_unit_test(test_packed_real_model),
                                        cmocka_unit_test(test_corrupt_checkpoint),
+                                       cmocka_unit_test(test_dpo_resume_exact),
+                                       cmocka_unit_test(test_dpo_learns),
+                                       cmocka_unit_test(test_dpo_bad_options),
                                        cmocka_unit_test(test_bad_options)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -166,7 +166,7 @@ static void test_train_flags(void **state) {
         {"--lora-dropout 1.5", "--lora-dropout 1.5"}, {"--epochs 0", "--epochs 0"},
         {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown setting 'bogus'"},
         {"--max-seq-len 1", "--max-seq-len 1"}, {"--target-modules q,attention", "'attention'"},
-        {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method prefix", "--method prefix"},
+        {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method nope", "--method nope: unknown"},
         {"--seed", "--seed needs a value"},
         /* methods: another method's option, layers out of range, unknown choices */
         {"--method ia3 --lora-r 4", "--lora-r is an option of lora, dora, not of ia3"},
@@ -177,11 +177,29 @@ static void test_train_flags(void **state) {
         {"--method freeze --save-type q3_k", "--save-type q3_k: must be one of"},
         {"--method full --layers 1", "use --method freeze"},
         {"--method freeze --train-head 1", "unexpected argument '1'"},
+        /* the objective */
+        {"--objective ppo", "--objective ppo: use sft or dpo"}, {"--objective dpo --beta 0", "--beta 0"},
+        {"--objective dpo", "--objective dpo needs preference lines"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s %s", data, outdir, bad[i].flag);
         EXPECT(args, NULL, 2, bad[i].fragment);
     }
+    /* preference data: a bad line names the file and line (exit 1); a DPO run's progress
+     * line carries TRL's reward names */
+    char pref[512];
+    snprintf(pref, sizeof pref, "%s/pref.jsonl", tmpdir);
+    f = fopen(pref, "w");
+    fprintf(f, "{\"prompt\": \"n 1:\", \"chosen\": \" 2\", \"rejected\": \" 3\"}\n"
+               "{\"prompt\": \"n 2:\", \"chosen\": \" 4\", \"rejected\": \" 5\"}\n");
+    fclose(f);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s --objective dpo --max-steps 2 -t 1", pref,
+             outdir);
+    EXPECT(args, NULL, 0, "rewards/accuracies");
+    f = fopen(pref, "a");
+    fprintf(f, "{\"prompt\": \"n 3:\", \"chosen\": \" 6\"}\n");
+    fclose(f);
+    EXPECT(args, NULL, 1, "pref.jsonl: line 3: field \"rejected\" is missing");
     /* a config file: bad JSON, bad types, unknown keys; then a run it configures, with a
      * flag overriding one of its settings */
     snprintf(cfg, sizeof cfg, "%s/run.json", tmpdir);

@@ -166,7 +166,7 @@ static void test_train_flags(void **state) {
         {"--lora-dropout 1.5", "--lora-dropout 1.5"}, {"--epochs 0", "--epochs 0"},
         {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown setting 'bogus'"},
         {"--max-seq-len 1", "--max-seq-len 1"}, {"--target-modules q,attention", "'attention'"},
-        {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method prefix", "--method prefix"},
+        {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method lokr", "--method lokr: unknown"},
         {"--seed", "--seed needs a value"},
         /* methods: another method's option, layers out of range, unknown choices */
         {"--method ia3 --lora-r 4", "--lora-r is an option of lora, dora, not of ia3"},
@@ -177,6 +177,20 @@ static void test_train_flags(void **state) {
         {"--method freeze --save-type q3_k", "--save-type q3_k: must be one of"},
         {"--method full --layers 1", "use --method freeze"},
         {"--method freeze --train-head 1", "unexpected argument '1'"},
+        /* prompt, prefix and bottleneck adapters */
+        {"--method prompt --num-virtual-tokens 0", "--num-virtual-tokens 0"},
+        {"--method prefix --num-virtual-tokens 5000", "--num-virtual-tokens 5000"},
+        {"--method prompt --prompt-init text", "--prompt-init text needs --prompt-init-text"},
+        {"--method prompt --prompt-init-text hello", "used by --prompt-init text only"},
+        {"--method prompt --prompt-init words", "--prompt-init words: must be one of"},
+        {"--method prefix --layers 1", "has no layer selection"},
+        {"--method prompt --packing", "train without --packing"},
+        {"--method adapter --adapter-type serial", "--adapter-type serial: must be one of"},
+        {"--method adapter --reduction-factor 0.5", "--reduction-factor 0.5"},
+        {"--method adapter --reduction-factor 65", "more than the hidden size 64"},
+        {"--method adapter --adapter-nonlinearity tanh", "--adapter-nonlinearity tanh"},
+        {"--method adapter --adapter-name a/b", "--adapter-name 'a/b'"},
+        {"--method adapter --layers 3", "layer 3 is out of range"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s %s", data, outdir, bad[i].flag);

@@ -83,8 +83,8 @@ typedef struct {
     const float *q_norm, *k_norm;                /* (D) */
     const float *post_attn_norm, *post_ffn_norm; /* (C) */
     float *d_q_norm, *d_k_norm, *d_post_attn_norm, *d_post_ffn_norm;
-    finch_linear wq, wk, wv, wo;       /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
-    finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F) */
+    finch_linear wq, wk, wv, wo;                        /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
+    finch_linear w_gate, w_up, w_down;                  /* gate/up (F, C), down (C, F) */
     const finch_block_module *attn_module, *ffn_module; /* NULL: none */
 } finch_layer;
 

@@ -51,10 +51,10 @@ struct finch_method {
     const char *description;
     const finch_method_option *opts;
     int n_opts;
-    size_t config_size;    /* the method's config struct */
-    const char *peft_type; /* adapter_config.json's "peft_type" */
-    bool writes_model;     /* its result is a model (full, freeze), not an adapter */
-    bool layerless;        /* acts before the blocks (prompt, prefix): --layers does not apply */
+    size_t config_size;       /* the method's config struct */
+    const char *peft_type;    /* adapter_config.json's "peft_type" */
+    bool writes_model;        /* its result is a model (full, freeze), not an adapter */
+    bool layerless;           /* acts before the blocks (prompt, prefix): --layers does not apply */
     const char *weights_file; /* its adapter folder's weights; NULL: adapter_model.safetensors */
     /* Whether a config of this peft_type is this method's (LORA with use_dora is DoRA's);
      * NULL: every config of the type. */

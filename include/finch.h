@@ -111,6 +111,16 @@ typedef struct {
  * *out. */
 FINCH_API finch_status finch_model_load(const char *path, finch_model **out, finch_err *err);
 
+/* QLoRA's load_in_4bit: quantizes the projections of every block (q, k, v, o, gate, up,
+ * down; not the embeddings, the output head or the norms) of an f32, f16 or bf16 base to
+ * NF4 with blocks of 64, as bitsandbytes' quantize_4bit does, with double quantization of
+ * the block scales when double_quant is set (QLoRA's default). quant_type must be "nf4"
+ * (fp4 is refused: not implemented). Projections already NF4 (a bitsandbytes folder) stay;
+ * a base of another quantized type (Q4_1, ...) is refused with FINCH_E_UNSUPPORTED naming
+ * the tensor. Call it right after finch_model_load, before sessions or training. */
+FINCH_API finch_status finch_model_load_in_4bit(finch_model *model, const char *quant_type,
+                                                int double_quant, finch_err *err);
+
 /* Releases a model and unmaps its file; NULL is allowed. */
 FINCH_API void finch_model_free(finch_model *model);
 

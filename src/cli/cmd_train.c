@@ -42,6 +42,9 @@ static const char usage_text[] =
     "  --save-total-limit N   keep the newest N checkpoints (default: all)\n"
     "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
     "  --config FILE          settings as a JSON object; flags override it\n"
+    "  --load-in-4bit         QLoRA: quantize the base's projections to NF4 at load (an f32,\n"
+    "                         f16 or bf16 base); --bnb-4bit-use-double-quant true|false (true),\n"
+    "                         --bnb-4bit-quant-type nf4\n"
     "  -t, --threads N\n";
 
 /* The usage text with the method table's methods and their options in place of @METHODS@. */
@@ -101,6 +104,7 @@ static void progress(const finch_train_progress *p, void *user) {
 typedef struct {
     finch_train_options o;
     const char *model;
+    cli_quant quant;
     long threads;
     const char *templates[16];
     char *owned[256];                                   /* strings copied out of the config file */
@@ -139,6 +143,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         NEED();                                                                                    \
         field = v;                                                                                 \
     } while (0)
+    int q = cli_quant_set("train", &s->quant, key, v);
+    if (q) return q < 0 ? EXIT_USAGE : 0;
     if (!strcmp(key, "model") || !strcmp(key, "m"))
         STR(s->model);
     else if (!strcmp(key, "data"))
@@ -231,7 +237,7 @@ static bool is_switch(const char *key) {
                                      "packing", "train_on_prompt", "skip_bad"};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
         if (!strcmp(key, sw[i])) return true;
-    return finch_method_option_kind(key) == 2;
+    return cli_quant_is_switch(key) || finch_method_option_kind(key) == 2;
 }
 
 static int read_config(settings *s, const char *path) {
@@ -319,6 +325,11 @@ static void save_run_json(const settings *s, const finch_model *m) {
     S("date", date);
     I("started_unix", now);
     S("model", model);
+    B("load_in_4bit", s->quant.load_in_4bit);
+    if (s->quant.load_in_4bit) {
+        B("bnb_4bit_use_double_quant", s->quant.double_quant);
+        S("bnb_4bit_quant_type", s->quant.quant_type);
+    }
     S("data", d->path);
     S("val", o->val_path);
     F("val_fraction", o->val_fraction);
@@ -395,7 +406,7 @@ static void save_run_json(const settings *s, const finch_model *m) {
 }
 
 int cmd_train(int argc, char **argv) {
-    settings s = {.o = finch_train_defaults()};
+    settings s = {.o = finch_train_defaults(), .quant = CLI_QUANT_DEFAULTS};
     int rc = 0;
     /* the config file first, so flags override it */
     for (int i = 1; i < argc; i++) {
@@ -448,7 +459,7 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     cli_set_threads(s.threads);
-    finch_model *m = cli_load_model(s.model);
+    finch_model *m = cli_load_model_quant(s.model, &s.quant);
     if (!m) {
         rc = EXIT_FAIL;
         goto done;

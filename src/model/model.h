@@ -109,6 +109,7 @@ struct finch_model {
     int n_shards;
     finch_hf_config *hf;      /* its config.json; NULL for a GGUF file */
     void *owned_rows;         /* Q/K weights permuted to GGUF row order (HF, rotate-half) */
+    void *owned_nf4;          /* projections quantized to NF4 by finch_model_load_in_4bit */
     finch_model_config cfg;   /* hyperparameters */
     finch_tokenizer *tok;     /* NULL when the file has none */
     finch_weight tok_embd;    /* (V, C) */

@@ -61,6 +61,21 @@ static void test_usage_errors(void **state) {
     EXPECT("generate -m " TINY " -p hi --bogus", NULL, 2, "unknown option '--bogus'");
     EXPECT("generate -m " TINY " -p", NULL, 2, "-p needs a value");
     EXPECT("generate -m " TINY " -p hi --numerics approx", NULL, 2, "--numerics approx");
+    EXPECT("generate -m " TINY " -p hi --load-in-4bit --bnb-4bit-quant-type fp4", NULL, 2,
+           "--bnb-4bit-quant-type fp4: not implemented");
+    EXPECT("generate -m " TINY " -p hi --bnb-4bit-quant-type int4", NULL, 2,
+           "--bnb-4bit-quant-type int4: must be nf4");
+    EXPECT("generate -m " TINY " -p hi --bnb-4bit-use-double-quant maybe", NULL, 2,
+           "--bnb-4bit-use-double-quant maybe: must be true or false");
+    EXPECT("generate -m " TINY " -p hi --bnb-4bit-frobnicate 1", NULL, 2,
+           "unknown option '--bnb-4bit-frobnicate'");
+    EXPECT("eval -m " TINY " --data x.jsonl --bnb-4bit-quant-type fp4", NULL, 2,
+           "--bnb-4bit-quant-type fp4: not implemented");
+    EXPECT("train -m " TINY " --data x.jsonl --out o --bnb-4bit-quant-type fp4", NULL, 2,
+           "--bnb-4bit-quant-type fp4: not implemented");
+    /* the tiny model's FFN is 96 wide: its down projection's rows are not whole NF4 blocks */
+    EXPECT("generate -m " TINY " -p hi --load-in-4bit", NULL, 1,
+           "blk.0.ffn_down.weight: rows of 96 are not whole NF4 blocks of 64");
     EXPECT("info a.gguf b.gguf", NULL, 2, "more than one model");
     EXPECT("tokenize --bogus", NULL, 2, "unknown option");
 }
@@ -136,6 +151,8 @@ static void test_real_model(void **state) {
     assert_non_null(strstr(out, "pre-tokenizer 'smollm'"));
     snprintf(args, sizeof args, "generate -m %s -p 'The capital of France is' -n 2", m);
     EXPECT(args, NULL, 0, " Paris.");
+    snprintf(args, sizeof args, "generate -m %s -p 'The capital' -n 2 --load-in-4bit", m);
+    EXPECT(args, NULL, 1, "blk.0.attn_q.weight is q4_1 already: load it without --load-in-4bit");
     snprintf(args, sizeof args, "tokenize -m %s", m);
     EXPECT(args, "The capital of France is\nhello world\n", 0, "504 3575 282 4649 314\n");
     snprintf(args, sizeof args, "tokenize -m %s --decode", m);

@@ -348,6 +348,15 @@ FINCH_API finch_status finch_score_set_compute(const finch_score_set *s, int ste
 FINCH_API finch_status finch_report_write(const char *run_dir, const char *const *eval_paths,
                                           int n_eval, const char *out_path, finch_err *err);
 
+/* Writes the HTML page of a comparison of methods (finch compare-methods) to out_path
+ * (atomically) from compare_json: {"model", "data", "task", "budget", "metric", "rows":
+ * [{"method", "out" (its run directory), "trainable_params", "trainable_percent",
+ * "size_bytes", "tokens_per_s", "peak_rss_mb", "val_loss", "metric",
+ * "general_loss_change", "error"}]}: the table, and every run's smoothed training loss
+ * (metrics.jsonl) on one plot with its validation points. */
+FINCH_API finch_status finch_report_compare(const char *compare_json, const char *out_path,
+                                            finch_err *err);
+
 /* ---------------------------------------------------------------------------------- */
 /* Datasets and loss                                                                    */
 /* ---------------------------------------------------------------------------------- */

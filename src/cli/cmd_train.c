@@ -85,8 +85,17 @@ static void fmt_time(char *buf, size_t n, double s) {
         snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
 }
 
+/* What the progress callback shows and remembers. */
+typedef struct {
+    bool tty;
+    int64_t n_trainable, n_total; /* -1 until the first step */
+} progress_state;
+
 static void progress(const finch_train_progress *p, void *user) {
-    bool tty = *(bool *)user;
+    progress_state *ps = user;
+    bool tty = ps->tty;
+    ps->n_trainable = p->n_trainable;
+    ps->n_total = p->n_total;
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
     if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
@@ -299,9 +308,11 @@ static json_t *json_string_or_null(const char *v) {
 }
 
 /* Writes OUT/run.json: the model, the data and every training option with the value the
- * run uses (defaults resolved), the finch version and the start time, for finch report.
+ * run uses (defaults resolved), the finch version and the start time, for finch report;
+ * after the run also the trainable and total parameter counts (ps).
  * Written atomically; a failure is a warning, the run goes on. */
-static void save_run_json(const settings *s, const finch_model *m) {
+static void save_run_json(const settings *s, const finch_model *m, time_t now,
+                          const progress_state *ps) {
     const finch_train_options *o = &s->o;
     const finch_data_spec *d = &o->data;
     char model[4096], path[4200], date[32];
@@ -312,7 +323,6 @@ static void save_run_json(const settings *s, const finch_model *m) {
         snprintf(model, sizeof model, "?");
     finch_model_config cfg;
     finch_model_config_get(m, &cfg);
-    time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     json_t *j = json_object(), *tpl = json_array();
     for (int i = 0; i < d->n_templates; i++)
@@ -382,6 +392,10 @@ static void save_run_json(const settings *s, const finch_model *m) {
     I("log_steps", o->log_steps);
     S("out", o->out_dir);
     S("resume", o->resume_dir);
+    if (ps && ps->n_trainable >= 0) { /* known once a step has run */
+        I("trainable_params", ps->n_trainable);
+        I("total_params", ps->n_total);
+    }
 #undef S
 #undef I
 #undef F
@@ -464,14 +478,16 @@ int cmd_train(int argc, char **argv) {
         rc = EXIT_FAIL;
         goto done;
     }
-    save_run_json(&s, m);
+    const time_t started = time(NULL);
+    save_run_json(&s, m, started, NULL);
     signal(SIGINT, on_sigint);
-    bool tty = isatty(2);
+    progress_state ps = {.tty = isatty(2), .n_trainable = -1, .n_total = -1};
     finch_err err;
-    if (finch_train(m, &s.o, progress, should_stop, &tty, &err)) {
-        if (tty) fputc('\n', stderr);
+    if (finch_train(m, &s.o, progress, should_stop, &ps, &err)) {
+        if (ps.tty) fputc('\n', stderr);
         rc = cli_fail(&err);
     } else {
+        save_run_json(&s, m, started, &ps); /* again, with the parameter counts */
         fprintf(stderr, "finch train: %s written to %s; metrics in %s/metrics.jsonl\n",
                 finch_method_result(s.o.method), s.o.out_dir, s.o.out_dir);
     }

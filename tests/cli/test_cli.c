@@ -312,6 +312,71 @@ static void test_train_flags(void **state) {
     }
 }
 
+/* The file at path as a NUL-terminated string (malloc'd). */
+static char *read_text(const char *path) {
+    size_t n;
+    uint8_t *p = read_file(path, &n);
+    char *s = realloc(p, n + 1);
+    assert_non_null(s);
+    s[n] = 0;
+    return s;
+}
+
+/* finch compare-methods: bad input, then two methods and every method that needs the
+ * model's shape on the tiny model: the table, compare.json with numbers, the page. */
+static void test_compare_methods(void **state) {
+    (void)state;
+    char args[8192], data[512], cdir[512], path[600];
+    snprintf(data, sizeof data, "%s/cmp.jsonl", tmpdir);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; i < 30; i++) fprintf(f, "{\"prompt\": \"n %d:\", \"completion\": \" %d\"}\n", i, i * 2);
+    fclose(f);
+    snprintf(cdir, sizeof cdir, "%s/cmp", tmpdir);
+    const struct {
+        const char *flag, *fragment;
+    } bad[] = {
+        {"--methods lora,lokr", "unknown method 'lokr'"},
+        {"--methods lora,lora", "'lora' is listed twice"},
+        {"--methods ,", "the list is empty"},
+        {"--max-steps 0", "--max-steps 0"},
+        {"--batch-size x", "--batch-size x"},
+        {"--lr lora", "--lr lora: give METHOD=X"},
+        {"--lr lokr=1e-3", "--lr lokr=1e-3"},
+        {"--lr lora=-1", "--lr lora=-1"},
+        {"--bogus 1", "unknown flag '--bogus'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "compare-methods -m " TINY " --data %s --out %s %s", data, cdir,
+                 bad[i].flag);
+        EXPECT(args, NULL, 2, bad[i].fragment);
+    }
+    EXPECT("compare-methods --out x", NULL, 2, "no training data");
+    snprintf(args, sizeof args,
+             "compare-methods -m " TINY " --data %s --general %s --methods lora,prompt,freeze "
+             "--max-steps 2 --batch-size 2 --max-seq-len 16 --eval-max-examples 4 --out %s",
+             data, data, cdir);
+    EXPECT(args, NULL, 0, "| prompt | 1280 |");
+    assert_non_null(strstr(out, "| freeze |"));
+    snprintf(path, sizeof path, "%s/compare.json", cdir);
+    char *j = read_text(path);
+    assert_non_null(strstr(j, "\"trainable_params\": 29696"));
+    assert_null(strstr(j, "\"error\""));
+    assert_non_null(strstr(j, "\"general_loss_change\": "));
+    free(j);
+    snprintf(path, sizeof path, "%s/report.html", cdir);
+    char *html = read_text(path);
+    assert_non_null(strstr(html, "<svg"));
+    assert_non_null(strstr(html, ">prompt<"));
+    free(html);
+    /* methods that fail (rows longer than the model's context): each row says why, the
+     * run exits 1 */
+    snprintf(args, sizeof args,
+             "compare-methods -m " TINY " --data %s --methods lora,prompt --max-seq-len 70000 "
+             "--max-steps 2 --eval-max-examples 4 --out %s/cmp2",
+             data, tmpdir);
+    EXPECT(args, NULL, 1, "| prompt | failed: ");
+}
+
 static int setup(void **state) {
     (void)state;
     return mkdtemp(tmpdir) ? 0 : -1;
@@ -331,6 +396,7 @@ int main(void) {
         cmocka_unit_test(test_info_tiny),
         cmocka_unit_test(test_real_model),
         cmocka_unit_test(test_train_flags),
+        cmocka_unit_test(test_compare_methods),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,6 +3,11 @@
  * adapter. Flags are named as the Hugging Face world names them; --config FILE reads the
  * same settings from a JSON object (keys as the flags without "--", '-' or '_'), and flags
  * given on the command line override it. Ctrl-C saves a checkpoint and exits.
+ *
+ * Under mpirun every rank runs this command with the same flags (finch_dist_init joins
+ * the job); rank 0 alone writes run.json and prints progress, each rank's threads default
+ * to its share of the machine's cores, and a rank that fails exits at once without
+ * leaving the job, so that mpirun ends the others.
  */
 #include "cli.h"
 
@@ -42,6 +47,9 @@ static const char usage_text[] =
     "  --save-total-limit N   keep the newest N checkpoints (default: all)\n"
     "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
     "  --config FILE          settings as a JSON object; flags override it\n"
+    "  --simulate-ranks N     one process computes what `mpirun -np N` ranks would (each\n"
+    "                         micro-batch N slices of --batch-size rows, gradients summed\n"
+    "                         in rank order); under mpirun the ranks are the processes\n"
     "  -t, --threads N\n";
 
 /* The usage text with the method table's methods and their options in place of @METHODS@. */
@@ -86,11 +94,16 @@ static void progress(const finch_train_progress *p, void *user) {
     bool tty = *(bool *)user;
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
+    char ranks[64] = "";
+    if (p->ranks > 1)
+        snprintf(ranks, sizeof ranks, " | global batch %lld on %d ranks",
+                 (long long)p->global_batch, p->ranks);
     if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
         !isnan(p->val_loss))
-        fprintf(stderr, "%sstep %lld/%lld | loss %.4f (avg %.4f) | lr %.2e | %.0f tok/s | ETA %s%s",
+        fprintf(stderr,
+                "%sstep %lld/%lld | loss %.4f (avg %.4f) | lr %.2e | %.0f tok/s%s | ETA %s%s",
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
-                p->loss_smooth, p->lr, p->tokens_per_s, eta, tty ? "" : "\n");
+                p->loss_smooth, p->lr, p->tokens_per_s, ranks, eta, tty ? "" : "\n");
     if (!isnan(p->val_loss))
         fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)p->step,
                 p->val_loss);
@@ -203,6 +216,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         STR(o->out_dir);
     else if (!strcmp(key, "resume"))
         STR(o->resume_dir);
+    else if (!strcmp(key, "simulate-ranks"))
+        INT(o->simulate_ranks, 1, 4096);
     else if (!strcmp(key, "threads") || !strcmp(key, "t"))
         INT(s->threads, 1, 1024);
     else if (finch_method_option_kind(key)) {
@@ -369,6 +384,9 @@ static void save_run_json(const settings *s, const finch_model *m) {
     I("save_total_limit", o->save_total_limit);
     I("eval_steps", o->eval_steps);
     I("log_steps", o->log_steps);
+    I("ranks", finch_dist_size() > 1   ? finch_dist_size()
+               : o->simulate_ranks > 1 ? o->simulate_ranks
+                                       : 1);
     S("out", o->out_dir);
     S("resume", o->resume_dir);
 #undef S
@@ -447,25 +465,42 @@ int cmd_train(int argc, char **argv) {
         rc = cli_usage_error("train", "no output directory: give --out DIR");
         goto done;
     }
+    finch_err err;
+    if (finch_dist_init(NULL, NULL, &err)) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    const int rank = finch_dist_rank(), procs = finch_dist_size();
+    if (!s.threads && procs > 1 && !getenv("FINCH_THREADS")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN) / finch_dist_local_size();
+        s.threads = cores > 1 ? cores : 1;
+    }
     cli_set_threads(s.threads);
     finch_model *m = cli_load_model(s.model);
     if (!m) {
         rc = EXIT_FAIL;
         goto done;
     }
-    save_run_json(&s, m);
+    if (rank == 0) save_run_json(&s, m);
     signal(SIGINT, on_sigint);
     bool tty = isatty(2);
-    finch_err err;
     if (finch_train(m, &s.o, progress, should_stop, &tty, &err)) {
-        if (tty) fputc('\n', stderr);
+        if (tty && rank == 0) fputc('\n', stderr);
+        if (procs > 1) { /* say which rank: each prints its own failure */
+            char msg[sizeof err.msg];
+            snprintf(msg, sizeof msg, "%s", err.msg);
+            snprintf(err.msg, sizeof err.msg, "rank %d of %d: %.480s", rank, procs, msg);
+        }
         rc = cli_fail(&err);
-    } else {
+    } else if (rank == 0) {
         fprintf(stderr, "finch train: %s written to %s; metrics in %s/metrics.jsonl\n",
                 finch_method_result(s.o.method), s.o.out_dir, s.o.out_dir);
     }
     signal(SIGINT, SIG_DFL);
     finch_model_free(m);
+    /* a failed rank leaves without finalising: mpirun then ends the ranks still waiting in
+     * a collective (finalising would wait for them) */
+    if (!rc) finch_dist_finalize();
 done:
     for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
     for (int i = 0; i < s.o.n_method_options; i++) free((char *)s.option_where[i]);

@@ -301,7 +301,8 @@ static finch_status resume_state(run *r, finch_err *err) {
 }
 
 /* The ranks must agree on what shapes the batches and the registry (each reads its own
- * copy of the model and data): checked once, at the start. */
+ * copy of the model and data): checked once, at the start, before any collective whose
+ * size depends on them. */
 static finch_status check_ranks(run *r, finch_err *err) {
     if (r->procs == 1) return FINCH_OK;
     const finch_train_options *o = r->o;
@@ -318,11 +319,9 @@ static finch_status check_ranks(run *r, finch_err *err) {
                            "the trainable parameters",
                            "--seed",
                            "--packing",
-                           "the resumed step",
                            "the training data (a hash of its tokens)"};
-    int64_t v[] = {r->ts.n,       r->vs.n,     r->T,          r->B,
-                   o->grad_accum, r->total,    r->par->total, (int64_t)o->seed,
-                   o->packing,    r->pos.step, (int64_t)h};
+    int64_t v[] = {r->ts.n,       r->vs.n,          r->T,       r->B,      o->grad_accum, r->total,
+                   r->par->total, (int64_t)o->seed, o->packing, (int64_t)h};
     return finch_dist_check_same(v, names, (int)(sizeof v / sizeof v[0]), err);
 }
 
@@ -452,7 +451,7 @@ static finch_status prepare_method(run *r, finch_err *err) {
     if (!r->mom || !r->vel) return FINCH_E_NOMEM;
     r->pos = (finch_train_pos){.seed = o->seed, .ranks = r->ranks};
     snprintf(r->last_good, sizeof r->last_good, "no checkpoint (none was saved yet)");
-    if (!o->resume_dir) return FINCH_OK;
+    if ((st = check_ranks(r, err)) || !o->resume_dir) return st;
     if ((st = resume_state(r, err))) return st;
     if (r->pos.ranks != r->ranks)
         return finch_err_set(err, FINCH_E_USAGE,
@@ -667,7 +666,7 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     if ((st = finch_lr_kind_parse(o->lr_scheduler ? o->lr_scheduler : "linear", &r.sched.kind,
                                   err)) ||
         (r.rank == 0 && (st = finch_mkdir_p(o->out_dir, err))) || (st = prepare_data(&r, err)) ||
-        (st = prepare_method(&r, err)) || (st = check_ranks(&r, err)))
+        (st = prepare_method(&r, err)))
         goto done;
     epoch_order(r.order, r.ts.n, o->seed, r.pos.epoch);
     char mpath[4096];

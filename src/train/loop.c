@@ -319,9 +319,14 @@ static finch_status check_ranks(run *r, finch_err *err) {
                            "the trainable parameters",
                            "--seed",
                            "--packing",
+                           "--resume (given or not)",
                            "the training data (a hash of its tokens)"};
-    int64_t v[] = {r->ts.n,       r->vs.n,          r->T,       r->B,      o->grad_accum, r->total,
-                   r->par->total, (int64_t)o->seed, o->packing, (int64_t)h};
+    int64_t v[] = {r->ts.n,       r->vs.n,
+                   r->T,          r->B,
+                   o->grad_accum, r->total,
+                   r->par->total, (int64_t)o->seed,
+                   o->packing,    o->resume_dir != NULL,
+                   (int64_t)h};
     return finch_dist_check_same(v, names, (int)(sizeof v / sizeof v[0]), err);
 }
 

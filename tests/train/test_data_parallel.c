@@ -12,7 +12,8 @@
  *     first steps move each parameter by about lr * sign(g), so an element whose gradient
  *     is near zero can move by a whole lr either way. Here the 6 printed decimals agree;
  *     the test allows 1e-4. Dropout is off for this comparison: a rank draws its own masks;
- *   - --resume with the same rank count continues exactly; another count is refused;
+ *   - --resume with the same rank count continues exactly (simulated or not); another
+ *     count is refused;
  *     ranks given different flags are refused by name; bad --simulate-ranks values too.
  * The mpirun cases skip when finch was built without MPI; the rest run everywhere.
  */
@@ -30,6 +31,11 @@
 #include "test_util.h" /* read_file, run_capture */
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
+#ifdef FINCH_MPIEXEC
+#define MPIEXEC FINCH_MPIEXEC
+#else
+#define MPIEXEC "false" /* no mpirun: test_mpi_ranks skips before using it */
+#endif
 
 static char dir[] = "/tmp/finch_dp_XXXXXX";
 static char out[1 << 16];
@@ -42,7 +48,7 @@ static int finch(int np, const char *args) {
         snprintf(cmd, sizeof cmd,
                  "FINCH_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 %s "
                  "--oversubscribe --bind-to none -np %d %s %s",
-                 FINCH_MPIEXEC, np, FINCH_CLI, args);
+                 MPIEXEC, np, FINCH_CLI, args);
     else
         snprintf(cmd, sizeof cmd, "FINCH_THREADS=1 %s %s", FINCH_CLI, args);
     return run_capture(dir, cmd, NULL, out, sizeof out);
@@ -110,8 +116,25 @@ static void test_simulated_ranks(void **state) {
     assert_non_null(strstr(out, "global batch 8 on 2 ranks")); /* 2 x 2 x 2 */
     same_metrics("one", "sim0", "loss", 1e-4);
     same_metrics("one", "sim0", "val_loss", 1e-4);
-    /* bad values */
+    /* resumed from checkpoint-3 with 2 simulated ranks: the uninterrupted run's bits */
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && cp -r sim0 sres && rm -r sres/checkpoint-6 sres/adapter_model.safetensors "
+             "&& head -4 sim0/metrics.jsonl > sres/metrics.jsonl",
+             dir);
+    assert_int_equal(system(cmd), 0);
+    RUN_OK(0, "train " COMMON " --lora-dropout 0 --batch-size 2 --simulate-ranks 2 --out %s/sres "
+              "--resume %s/sres", data, dir, dir);
+    same_metrics("sim0", "sres", "loss", 0);
+    same_file("sim0", "sres", "adapter_model.safetensors");
+    /* one process without --simulate-ranks is refused, naming the count */
     char args[2048];
+    snprintf(args, sizeof args,
+             "train " COMMON " --lora-dropout 0 --batch-size 2 --out %s/sres --resume %s/sres",
+             data, dir, dir);
+    assert_int_equal(finch(0, args), 2);
+    assert_non_null(strstr(out, "made by 2 data-parallel ranks (global batch 8), this one has 1"));
+    /* bad values */
     snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/x --simulate-ranks 0", data,
              dir);
     assert_int_equal(finch(0, args), 2);

@@ -579,6 +579,9 @@ typedef struct {
     int64_t log_steps;        /* a metrics line every N steps (10) */
     const char *out_dir;      /* where the adapter (or model), checkpoints and metrics go */
     const char *resume_dir;   /* continue from this checkpoint (or run directory), or NULL */
+    int simulate_ranks;       /* in one process, compute what this many data-parallel ranks
+                                 would: each micro-batch is that many slices of batch_size
+                                 rows, their gradients summed in rank order (0 or 1: off) */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);
@@ -600,7 +603,36 @@ typedef struct {
     double eta_s;                 /* seconds left */
     double val_loss;              /* NaN unless this step evaluated */
     int64_t n_trainable, n_total; /* parameters */
+    int ranks;                    /* data-parallel ranks (MPI processes, or simulate_ranks) */
+    int64_t global_batch;         /* rows per optimizer step: batch_size x grad_accum x ranks */
 } finch_train_progress;
+
+/* ---------------------------------------------------------------------------------- */
+/* Data parallelism across processes (MPI)                                              */
+/* ---------------------------------------------------------------------------------- */
+
+/* finch_train is data-parallel when its process is one rank of an MPI job (`mpirun -np N
+ * finch train ...`, in a build that found MPI): every rank reads the same model and data,
+ * fills every global micro-batch of N x batch_size rows and computes its own slice of
+ * batch_size rows; one allreduce per optimizer step sums the gradients, so the run
+ * computes the gradient of the same objective as one process with batch N x batch_size.
+ * Rank 0 alone writes checkpoints, metrics, the result and reports progress. */
+
+/* Joins the MPI job when a launcher (mpirun) started this process; otherwise, and in a
+ * build without MPI, does nothing and the process is rank 0 of 1. Call once, before any
+ * other finch_dist_ function and before finch_train; not thread-safe. */
+FINCH_API finch_status finch_dist_init(int *argc, char ***argv, finch_err *err);
+/* Leaves the MPI job (every rank, after its last collective; a rank that failed exits
+ * without it, and mpirun then ends the others). Does nothing when finch_dist_init joined
+ * none. */
+FINCH_API void finch_dist_finalize(void);
+/* This process's rank (0 outside MPI) and the number of ranks (1 outside MPI). */
+FINCH_API int finch_dist_rank(void);
+FINCH_API int finch_dist_size(void);
+/* The number of ranks on this machine (sharing its memory), to divide its cores. */
+FINCH_API int finch_dist_local_size(void);
+/* 1 when this finch was built with MPI. */
+FINCH_API int finch_dist_built(void);
 
 /* Fine-tunes model with the options: reads and tokenizes the data (counting truncated
  * and skipped examples), attaches the method, runs the steps, evaluates, writes

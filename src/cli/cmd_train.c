@@ -3,6 +3,11 @@
  * adapter. Flags are named as the Hugging Face world names them; --config FILE reads the
  * same settings from a JSON object (keys as the flags without "--", '-' or '_'), and flags
  * given on the command line override it. Ctrl-C saves a checkpoint and exits.
+ *
+ * Under mpirun every rank runs this command with the same flags (finch_dist_init joins
+ * the job); rank 0 alone writes run.json and prints progress, each rank's threads default
+ * to its share of the machine's cores, and a rank that fails exits at once without
+ * leaving the job, so that mpirun ends the others.
  */
 #include "cli.h"
 
@@ -45,6 +50,9 @@ static const char usage_text[] =
     "  --load-in-4bit         QLoRA: quantize the base's projections to NF4 at load (an f32,\n"
     "                         f16 or bf16 base); --bnb-4bit-use-double-quant true|false (true),\n"
     "                         --bnb-4bit-quant-type nf4\n"
+    "  --simulate-ranks N     one process computes what `mpirun -np N` ranks would (each\n"
+    "                         micro-batch N slices of --batch-size rows, gradients summed\n"
+    "                         in rank order); under mpirun the ranks are the processes\n"
     "  -t, --threads N\n";
 
 /* The usage text with the method table's methods and their options in place of @METHODS@. */
@@ -98,11 +106,16 @@ static void progress(const finch_train_progress *p, void *user) {
     ps->n_total = p->n_total;
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
+    char ranks[64] = "";
+    if (p->ranks > 1)
+        snprintf(ranks, sizeof ranks, " | global batch %lld on %d ranks",
+                 (long long)p->global_batch, p->ranks);
     if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
         !isnan(p->val_loss))
-        fprintf(stderr, "%sstep %lld/%lld | loss %.4f (avg %.4f) | lr %.2e | %.0f tok/s | ETA %s%s",
+        fprintf(stderr,
+                "%sstep %lld/%lld | loss %.4f (avg %.4f) | lr %.2e | %.0f tok/s%s | ETA %s%s",
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
-                p->loss_smooth, p->lr, p->tokens_per_s, eta, tty ? "" : "\n");
+                p->loss_smooth, p->lr, p->tokens_per_s, ranks, eta, tty ? "" : "\n");
     if (!isnan(p->val_loss))
         fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)p->step,
                 p->val_loss);
@@ -218,6 +231,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         STR(o->out_dir);
     else if (!strcmp(key, "resume"))
         STR(o->resume_dir);
+    else if (!strcmp(key, "simulate-ranks"))
+        INT(o->simulate_ranks, 1, 4096);
     else if (!strcmp(key, "threads") || !strcmp(key, "t"))
         INT(s->threads, 1, 1024);
     else if (finch_method_option_kind(key)) {
@@ -390,6 +405,9 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     I("save_total_limit", o->save_total_limit);
     I("eval_steps", o->eval_steps);
     I("log_steps", o->log_steps);
+    I("ranks", finch_dist_size() > 1   ? finch_dist_size()
+               : o->simulate_ranks > 1 ? o->simulate_ranks
+                                       : 1);
     S("out", o->out_dir);
     S("resume", o->resume_dir);
     if (ps && ps->n_trainable >= 0) { /* known once a step has run */
@@ -472,6 +490,16 @@ int cmd_train(int argc, char **argv) {
         rc = cli_usage_error("train", "no output directory: give --out DIR");
         goto done;
     }
+    finch_err err;
+    if (finch_dist_init(NULL, NULL, &err)) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    const int rank = finch_dist_rank(), procs = finch_dist_size();
+    if (!s.threads && procs > 1 && !getenv("FINCH_THREADS")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN) / finch_dist_local_size();
+        s.threads = cores > 1 ? cores : 1;
+    }
     cli_set_threads(s.threads);
     finch_model *m = cli_load_model_quant(s.model, &s.quant);
     if (!m) {
@@ -479,20 +507,27 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     const time_t started = time(NULL);
-    save_run_json(&s, m, started, NULL);
+    if (rank == 0) save_run_json(&s, m, started, NULL);
     signal(SIGINT, on_sigint);
     progress_state ps = {.tty = isatty(2), .n_trainable = -1, .n_total = -1};
-    finch_err err;
     if (finch_train(m, &s.o, progress, should_stop, &ps, &err)) {
-        if (ps.tty) fputc('\n', stderr);
+        if (ps.tty && rank == 0) fputc('\n', stderr);
+        if (procs > 1) { /* say which rank: each prints its own failure */
+            char msg[sizeof err.msg];
+            snprintf(msg, sizeof msg, "%s", err.msg);
+            snprintf(err.msg, sizeof err.msg, "rank %d of %d: %.480s", rank, procs, msg);
+        }
         rc = cli_fail(&err);
-    } else {
+    } else if (rank == 0) {
         save_run_json(&s, m, started, &ps); /* again, with the parameter counts */
         fprintf(stderr, "finch train: %s written to %s; metrics in %s/metrics.jsonl\n",
                 finch_method_result(s.o.method), s.o.out_dir, s.o.out_dir);
     }
     signal(SIGINT, SIG_DFL);
     finch_model_free(m);
+    /* a failed rank leaves without finalising: mpirun then ends the ranks still waiting in
+     * a collective (finalising would wait for them) */
+    if (!rc) finch_dist_finalize();
 done:
     for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
     for (int i = 0; i < s.o.n_method_options; i++) free((char *)s.option_where[i]);

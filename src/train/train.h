@@ -2,9 +2,9 @@
  * train.h: what the training loop (loop.c, public finch_train) uses of its own files:
  * checkpoints. A checkpoint is a directory checkpoint-<step>/ holding the method's result
  * (an adapter in the PEFT layout, or a model) and trainer_state.bin (the names and shapes
- * of the trainable tensors, their exact f32 values, AdamW's m and v, the step and the
- * data position), written into a temporary directory that is renamed into place,
- * so a crash never leaves a half-written checkpoint under its final name.
+ * of the trainable tensors, their exact f32 values, AdamW's m and v, the step, the
+ * data position and the number of data-parallel ranks), written into a temporary directory that is
+ * renamed into place, so a crash never leaves a half-written checkpoint under its final name.
  */
 #ifndef FINCH_TRAIN_H
 #define FINCH_TRAIN_H
@@ -18,6 +18,7 @@ typedef struct {
     int64_t next;  /* index into the epoch's example order of the next example */
     int64_t epoch; /* passes over the training set completed */
     uint64_t seed; /* the run's seed (data order, dropout) */
+    int32_t ranks; /* data-parallel ranks whose slices make each micro-batch (1: one process) */
 } finch_train_pos;
 
 /* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's

@@ -14,6 +14,11 @@
  * warm-up steps. Peak memory is this process's getrusage(RUSAGE_SELF) ru_maxrss, which
  * counts the pages of the memory-mapped model that were touched.
  *
+ * Under mpirun (finch built with MPI) each process is a data-parallel rank with batch BATCH:
+ * a step is then BATCH x ranks rows, tokens/s counts them all, and rank 0 prints the line
+ * (with "ranks"). `mpirun -np 2 bench_train -t 1` against `bench_train -t 2` compares two
+ * ranks of one thread with one process of two threads on the same cores.
+ *
  * It deliberately uses only the public header; bench/train_vs_pytorch.py runs it beside a
  * PyTorch peer of the same shape and prints the ratios.
  *
@@ -221,6 +226,12 @@ int main(int argc, char **argv) {
     }
     finch_log_set(on_log, NULL);
     finch_threads_set(a.threads);
+    finch_err err;
+    if (finch_dist_init(&argc, &argv, &err)) {
+        fprintf(stderr, "bench_train: %s\n", err.msg);
+        return 1;
+    }
+    const int rank = finch_dist_rank(), ranks = finch_dist_size();
 
     char tmpl[] = "/tmp/finch-bench-train-XXXXXX";
     const char *dir = mkdtemp(tmpl);
@@ -234,7 +245,6 @@ int main(int argc, char **argv) {
     else snprintf(out_dir, sizeof out_dir, "%s/run", dir);
 
     int rc = 1;
-    finch_err err;
     finch_model *model = NULL;
     bench_state st = {0};
     if (finch_model_load(a.model, &model, &err)) {
@@ -242,7 +252,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     /* Enough examples that no step repeats an epoch's data order mid-run. */
-    if (write_dataset(data_path, model, a.seq, a.batch * a.steps + a.batch)) goto done;
+    if (write_dataset(data_path, model, a.seq, (a.batch * a.steps + a.batch) * ranks)) goto done;
 
     finch_train_options o = finch_train_defaults();
     o.data.path = data_path;
@@ -277,11 +287,15 @@ int main(int argc, char **argv) {
 
     st.cap = a.steps;
     st.tok_s = calloc((size_t)a.steps, sizeof *st.tok_s);
-    st.tokens_per_step = (int64_t)a.batch * a.seq;
+    st.tokens_per_step = (int64_t)a.batch * a.seq * ranks;
     if (!st.tok_s) goto done;
     st.t_prev = now_s();
     if (finch_train(model, &o, on_progress, NULL, &st, &err)) {
         fprintf(stderr, "bench_train: finch_train: %s\n", err.msg);
+        goto done;
+    }
+    if (rank != 0) { /* rank 0 times the steps and prints */
+        rc = 0;
         goto done;
     }
     if (st.n <= WARMUP_STEPS) {
@@ -293,10 +307,11 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"method\": \"%s\", \"tok_s\": %.3f, \"peak_rss_mb\": %.1f, \"batch\": %d, \"seq\": %d, "
            "\"steps\": %d, \"threads\": %d, \"lib_tok_s\": %.3f, \"loss_first\": %.5f, "
-           "\"loss_last\": %.5f, \"n_trainable\": %lld, \"n_total\": %lld, \"runs\": [",
+           "\"loss_last\": %.5f, \"n_trainable\": %lld, \"n_total\": %lld, \"ranks\": %d, "
+           "\"runs\": [",
            a.method, median(st.tok_s + WARMUP_STEPS, st.n - WARMUP_STEPS), (double)ru.ru_maxrss / 1024.0,
            a.batch, a.seq, a.steps, a.threads, st.lib_tok_s, st.loss_first, st.loss_last,
-           (long long)st.n_trainable, (long long)st.n_total);
+           (long long)st.n_trainable, (long long)st.n_total, ranks);
     for (int i = WARMUP_STEPS; i < st.n; i++)
         printf("%s%.3f", i > WARMUP_STEPS ? ", " : "", st.tok_s[i]);
     printf("]}\n");
@@ -306,5 +321,6 @@ done:
     finch_model_free(model);
     if (a.out) remove(data_path), rmdir(dir);
     else nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (!rc) finch_dist_finalize(); /* a failed rank exits: mpirun ends the others */
     return rc;
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Every training method of finch on one model: step time and peak memory beside LoRA's.
 
-What it does: for each method (lora, dora, ia3, bitfit, freeze --layers 24-29, full) and
+What it does: for each method (lora, dora, ia3, prompt, prefix, bitfit, freeze --layers
+24-29, full) and
 each of several rounds it starts bench/bench_train in a fresh process (one at a time),
 -b BATCH -T SEQ -n STEPS -t THREADS --method M: synthetic English text, loss on every
 position, AdamW, no evaluation or checkpoints (bench_train.c says how it times). LoRA and
 DoRA use r 16, alpha 32, dropout 0.05 on all linear layers; (IA)^3 and BitFit their
-defaults (k, v, down; every projection's bias); freeze trains blocks 24-29; full every
-weight. The table shows per method the median over rounds of tokens/s, the step time
+defaults (k, v, down; every projection's bias); prompt and prefix tuning 20 virtual
+tokens (tokens/s counts the real tokens); freeze trains blocks 24-29; full every weight. The table shows per method the median over rounds of tokens/s, the step time
 relative to LoRA's (the goal for DoRA and (IA)^3 is <= 1.3), peak RSS, and the trainable
 parameters. Full fine-tuning's peer is bench/train_vs_pytorch.py --method full (run it
 beside this: a PyTorch full fine-tuning of the same shape at its best setting).
@@ -35,7 +36,7 @@ def main():
     ap.add_argument("--config", default="4x128", help="BATCHxSEQ (default 4x128)")
     ap.add_argument("--steps", type=int, default=8, help="steps per process, the first 2 untimed")
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per method")
-    ap.add_argument("--methods", default="lora,dora,ia3,bitfit,freeze,full")
+    ap.add_argument("--methods", default="lora,dora,ia3,prompt,prefix,bitfit,freeze,full")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args()
     b, t = (int(x) for x in args.config.lower().split("x"))

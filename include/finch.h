@@ -111,6 +111,16 @@ typedef struct {
  * *out. */
 FINCH_API finch_status finch_model_load(const char *path, finch_model **out, finch_err *err);
 
+/* QLoRA's load_in_4bit: quantizes the projections of every block (q, k, v, o, gate, up,
+ * down; not the embeddings, the output head or the norms) of an f32, f16 or bf16 base to
+ * NF4 with blocks of 64, as bitsandbytes' quantize_4bit does, with double quantization of
+ * the block scales when double_quant is set (QLoRA's default). quant_type must be "nf4"
+ * (fp4 is refused: not implemented). Projections already NF4 (a bitsandbytes folder) stay;
+ * a base of another quantized type (Q4_1, ...) is refused with FINCH_E_UNSUPPORTED naming
+ * the tensor. Call it right after finch_model_load, before sessions or training. */
+FINCH_API finch_status finch_model_load_in_4bit(finch_model *model, const char *quant_type,
+                                                int double_quant, finch_err *err);
+
 /* Releases a model and unmaps its file; NULL is allowed. */
 FINCH_API void finch_model_free(finch_model *model);
 
@@ -338,6 +348,15 @@ FINCH_API finch_status finch_score_set_compute(const finch_score_set *s, int ste
 FINCH_API finch_status finch_report_write(const char *run_dir, const char *const *eval_paths,
                                           int n_eval, const char *out_path, finch_err *err);
 
+/* Writes the HTML page of a comparison of methods (finch compare-methods) to out_path
+ * (atomically) from compare_json: {"model", "data", "task", "budget", "metric", "rows":
+ * [{"method", "out" (its run directory), "trainable_params", "trainable_percent",
+ * "size_bytes", "tokens_per_s", "peak_rss_mb", "val_loss", "metric",
+ * "general_loss_change", "error"}]}: the table, and every run's smoothed training loss
+ * (metrics.jsonl) on one plot with its validation points. */
+FINCH_API finch_status finch_report_compare(const char *compare_json, const char *out_path,
+                                            finch_err *err);
+
 /* ---------------------------------------------------------------------------------- */
 /* Datasets and loss                                                                    */
 /* ---------------------------------------------------------------------------------- */
@@ -563,6 +582,9 @@ typedef struct {
     const char *objective;    /* "sft" (NULL: the default, cross-entropy on completions) or
                                  "dpo" (preference pairs, TRL's sigmoid DPO loss) */
     double beta;              /* DPO's beta (0.1) */
+    int simulate_ranks;       /* in one process, compute what this many data-parallel ranks
+                                 would: each micro-batch is that many slices of batch_size
+                                 rows, their gradients summed in rank order (0 or 1: off) */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);
@@ -588,8 +610,38 @@ typedef struct {
      * beta (log p(chosen) - log ref(chosen)), rewards/rejected likewise, rewards/accuracies
      * the fraction with chosen > rejected, rewards/margins chosen - rejected */
     double rewards_chosen, rewards_rejected, rewards_accuracy, rewards_margin;
-    double val_accuracy; /* DPO: held-out reward accuracy; NaN unless this step evaluated */
+    double val_accuracy;  /* DPO: held-out reward accuracy; NaN unless this step evaluated */
+    int ranks;            /* data-parallel ranks (MPI processes, or simulate_ranks) */
+    int64_t global_batch; /* examples (DPO: pairs) per optimizer step: batch_size x
+                             grad_accum x ranks */
 } finch_train_progress;
+
+/* ---------------------------------------------------------------------------------- */
+/* Data parallelism across processes (MPI)                                              */
+/* ---------------------------------------------------------------------------------- */
+
+/* finch_train is data-parallel when its process is one rank of an MPI job (`mpirun -np N
+ * finch train ...`, in a build that found MPI): every rank reads the same model and data,
+ * fills every global micro-batch of N x batch_size rows and computes its own slice of
+ * batch_size rows; one allreduce per optimizer step sums the gradients, so the run
+ * computes the gradient of the same objective as one process with batch N x batch_size.
+ * Rank 0 alone writes checkpoints, metrics, the result and reports progress. */
+
+/* Joins the MPI job when a launcher (mpirun) started this process; otherwise, and in a
+ * build without MPI, does nothing and the process is rank 0 of 1. Call once, before any
+ * other finch_dist_ function and before finch_train; not thread-safe. */
+FINCH_API finch_status finch_dist_init(int *argc, char ***argv, finch_err *err);
+/* Leaves the MPI job (every rank, after its last collective; a rank that failed exits
+ * without it, and mpirun then ends the others). Does nothing when finch_dist_init joined
+ * none. */
+FINCH_API void finch_dist_finalize(void);
+/* This process's rank (0 outside MPI) and the number of ranks (1 outside MPI). */
+FINCH_API int finch_dist_rank(void);
+FINCH_API int finch_dist_size(void);
+/* The number of ranks on this machine (sharing its memory), to divide its cores. */
+FINCH_API int finch_dist_local_size(void);
+/* 1 when this finch was built with MPI. */
+FINCH_API int finch_dist_built(void);
 
 /* Fine-tunes model with the options: reads and tokenizes the data (counting truncated
  * and skipped examples), attaches the method, runs the steps, evaluates, writes

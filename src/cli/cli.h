@@ -28,6 +28,27 @@ const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i);
  * the error (with what to do for a missing default model) and returns NULL. */
 finch_model *cli_load_model(const char *path);
 
+/* QLoRA's loading flags, named as transformers' BitsAndBytesConfig names them:
+ * --load-in-4bit, --bnb-4bit-use-double-quant true|false (default true, as QLoRA),
+ * --bnb-4bit-quant-type nf4 (fp4 is refused: not implemented). */
+typedef struct {
+    bool load_in_4bit;
+    bool double_quant;
+    const char *quant_type;
+} cli_quant;
+#define CLI_QUANT_DEFAULTS                                                                         \
+    { false, true, "nf4" }
+
+/* Applies one of those flags, key without its dashes ('_' or '-'), v NULL for the switch:
+ * 1 when key is one of them, 0 when it is not, -1 when its value is bad (a usage error
+ * printed). */
+int cli_quant_set(const char *cmd, cli_quant *q, const char *key, const char *v);
+/* Whether key (without dashes) is the switch --load-in-4bit. */
+bool cli_quant_is_switch(const char *key);
+/* cli_load_model, then the 4-bit quantization when q asks for it; NULL (error printed) on
+ * failure. */
+finch_model *cli_load_model_quant(const char *path, const cli_quant *q);
+
 /* Adapters given as --adapter DIR[:WEIGHT] (weight 1 when absent), at most 8. */
 typedef struct {
     char dir[8][4096]; /* the adapter directories, weights split off */
@@ -75,5 +96,6 @@ int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_report(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 
 #endif /* FINCH_CLI_H */

@@ -35,6 +35,8 @@ static const char usage_text[] =
     "  --compare              base and each adapter as separate systems, side by side\n"
     "  --json FILE            write the results as JSON (for finch report)\n"
     "  --numerics MODE        exact (default) or llamacpp\n"
+    "  --load-in-4bit         quantize the base's projections to NF4 at load (QLoRA);\n"
+    "                         --bnb-4bit-use-double-quant true|false, --bnb-4bit-quant-type nf4\n"
     "  -t, --threads N        threads\n"
     "loss:\n"
     "  --max-seq-len N        tokens per example at most (default 256 or the context)\n"
@@ -362,6 +364,7 @@ typedef struct {
     bool compare, metrics_given;
     finch_data_spec spec;
     cli_adapters adapters;
+    cli_quant quant; /* --load-in-4bit and its options */
 } args_t;
 
 /* What the flag readers return when the flag at argv[*i] is not one of theirs; otherwise
@@ -408,6 +411,13 @@ static int read_common_flag(args_t *a, ctx_t *c, int argc, char **argv, int *i) 
     } else if (!strcmp(f, "--json")) {
         VALUE();
         a->json_out = v;
+    } else if (!strcmp(f, "--load-in-4bit")) {
+        a->quant.load_in_4bit = true;
+    } else if (!strncmp(f, "--bnb-4bit-", 11)) {
+        VALUE();
+        int q = cli_quant_set("eval", &a->quant, f + 2, v);
+        if (q < 0) return EXIT_USAGE;
+        if (!q) return NOT_MINE;
     } else if (!strcmp(f, "--numerics")) {
         VALUE();
         if (!cli_parse_numerics("eval", v, &c->numerics)) return EXIT_USAGE;
@@ -662,7 +672,8 @@ static int write_json(const args_t *a, const ctx_t *c, const table_t *main_table
 }
 
 int cmd_eval(int argc, char **argv) {
-    args_t a = {.task = "loss", .general_task = "loss", .general_max = 100};
+    args_t a = {
+        .task = "loss", .general_task = "loss", .general_max = 100, .quant = CLI_QUANT_DEFAULTS};
     ctx_t c = {.numerics = FINCH_NUMERICS_EXACT,
                .metrics = M_ROUGE | M_BLEU,
                .n_samples = 3,
@@ -674,7 +685,7 @@ int cmd_eval(int argc, char **argv) {
     make_systems(&c, &a.adapters, a.compare);
 
     cli_set_threads(a.threads);
-    finch_model *m = cli_load_model(a.model);
+    finch_model *m = cli_load_model_quant(a.model, &a.quant);
     if (!m) return EXIT_FAIL;
     c.m = m;
     c.ad = &a.adapters;

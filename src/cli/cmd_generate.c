@@ -23,6 +23,9 @@ static const char usage_text[] =
     "  --adapter DIR[:W]   a PEFT LoRA adapter (repeatable; W weights it, default 1)\n"
     "  --numerics MODE     exact: dequantized weights, f32 throughout (default);\n"
     "                      llamacpp: llama.cpp's arithmetic (8-bit activations, f16 KV cache)\n"
+    "  --load-in-4bit      quantize the base's projections to NF4 at load (QLoRA; an f32,\n"
+    "                      f16 or bf16 base); --bnb-4bit-use-double-quant true|false (true),\n"
+    "                      --bnb-4bit-quant-type nf4\n"
     "  -t, --threads N     threads (default: FINCH_THREADS or all cores)\n";
 
 static int print_piece(const char *piece, size_t len, void *user) {
@@ -40,6 +43,7 @@ int cmd_generate(int argc, char **argv) {
     cli_adapters adapters = {.n = 0};
     long threads = 0;
     finch_gen_options opt = finch_gen_defaults();
+    cli_quant quant = CLI_QUANT_DEFAULTS;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long n;
@@ -95,6 +99,15 @@ int cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--adapter")) {
             VALUE();
             if (!cli_adapter_add(&adapters, "generate", v)) return EXIT_USAGE;
+        } else if (!strcmp(a, "--load-in-4bit")) {
+            quant.load_in_4bit = true;
+        } else if (!strncmp(a, "--bnb-4bit-", 11)) {
+            VALUE();
+            int q = cli_quant_set("generate", &quant, a + 2, v);
+            if (q < 0) return EXIT_USAGE;
+            if (!q)
+                return cli_usage_error("generate",
+                                       "unknown option '%s' (see finch generate --help)", a);
         } else if (!strcmp(a, "--numerics")) {
             VALUE();
             if (!cli_parse_numerics("generate", v, &opt.numerics)) return EXIT_USAGE;
@@ -113,7 +126,7 @@ int cmd_generate(int argc, char **argv) {
     cli_set_threads(threads);
     opt.stop = n_stops ? stops : NULL;
 
-    finch_model *m = cli_load_model(path);
+    finch_model *m = cli_load_model_quant(path, &quant);
     if (!m) return EXIT_FAIL;
     finch_err err;
     char *text = NULL;

@@ -3,6 +3,11 @@
  * adapter. Flags are named as the Hugging Face world names them; --config FILE reads the
  * same settings from a JSON object (keys as the flags without "--", '-' or '_'), and flags
  * given on the command line override it. Ctrl-C saves a checkpoint and exits.
+ *
+ * Under mpirun every rank runs this command with the same flags (finch_dist_init joins
+ * the job); rank 0 alone writes run.json and prints progress, each rank's threads default
+ * to its share of the machine's cores, and a rank that fails exits at once without
+ * leaving the job, so that mpirun ends the others.
  */
 #include "cli.h"
 
@@ -49,6 +54,12 @@ static const char usage_text[] =
     "  --save-total-limit N   keep the newest N checkpoints (default: all)\n"
     "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
     "  --config FILE          settings as a JSON object; flags override it\n"
+    "  --load-in-4bit         QLoRA: quantize the base's projections to NF4 at load (an f32,\n"
+    "                         f16 or bf16 base); --bnb-4bit-use-double-quant true|false (true),\n"
+    "                         --bnb-4bit-quant-type nf4\n"
+    "  --simulate-ranks N     one process computes what `mpirun -np N` ranks would (each\n"
+    "                         micro-batch N slices of --batch-size rows, gradients summed\n"
+    "                         in rank order); under mpirun the ranks are the processes\n"
     "  -t, --threads N\n";
 
 /* The usage text with the method table's methods and their options in place of @METHODS@. */
@@ -89,10 +100,23 @@ static void fmt_time(char *buf, size_t n, double s) {
         snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
 }
 
+/* What the progress callback shows and remembers. */
+typedef struct {
+    bool tty;
+    int64_t n_trainable, n_total; /* -1 until the first step */
+} progress_state;
+
 static void progress(const finch_train_progress *p, void *user) {
-    bool tty = *(bool *)user;
+    progress_state *ps = user;
+    bool tty = ps->tty;
+    ps->n_trainable = p->n_trainable;
+    ps->n_total = p->n_total;
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
+    char ranks[64] = "";
+    if (p->ranks > 1)
+        snprintf(ranks, sizeof ranks, " | global batch %lld on %d ranks",
+                 (long long)p->global_batch, p->ranks);
     if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
         !isnan(p->val_loss)) {
         char dpo[160] = "";
@@ -100,9 +124,9 @@ static void progress(const finch_train_progress *p, void *user) {
             snprintf(dpo, sizeof dpo, " | rewards/accuracies %.2f | rewards/margins %.4f",
                      p->rewards_accuracy, p->rewards_margin);
         fprintf(stderr,
-                "%sstep %lld/%lld | loss %.4f (avg %.4f)%s | lr %.2e | %.0f tok/s | ETA %s%s",
+                "%sstep %lld/%lld | loss %.4f (avg %.4f)%s | lr %.2e | %.0f tok/s%s | ETA %s%s",
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
-                p->loss_smooth, dpo, p->lr, p->tokens_per_s, eta, tty ? "" : "\n");
+                p->loss_smooth, dpo, p->lr, p->tokens_per_s, ranks, eta, tty ? "" : "\n");
     }
     if (!isnan(p->val_loss) && !isnan(p->val_accuracy))
         fprintf(stderr, "%sstep %lld: validation loss %.4f, rewards/accuracies %.4f\n",
@@ -117,6 +141,7 @@ static void progress(const finch_train_progress *p, void *user) {
 typedef struct {
     finch_train_options o;
     const char *model;
+    cli_quant quant;
     long threads;
     const char *templates[16];
     char *owned[256];                                   /* strings copied out of the config file */
@@ -155,6 +180,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         NEED();                                                                                    \
         field = v;                                                                                 \
     } while (0)
+    int q = cli_quant_set("train", &s->quant, key, v);
+    if (q) return q < 0 ? EXIT_USAGE : 0;
     if (!strcmp(key, "model") || !strcmp(key, "m"))
         STR(s->model);
     else if (!strcmp(key, "data"))
@@ -223,6 +250,8 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         STR(o->out_dir);
     else if (!strcmp(key, "resume"))
         STR(o->resume_dir);
+    else if (!strcmp(key, "simulate-ranks"))
+        INT(o->simulate_ranks, 1, 4096);
     else if (!strcmp(key, "threads") || !strcmp(key, "t"))
         INT(s->threads, 1, 1024);
     else if (finch_method_option_kind(key)) {
@@ -251,7 +280,7 @@ static bool is_switch(const char *key) {
                                      "packing", "train_on_prompt", "skip_bad"};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
         if (!strcmp(key, sw[i])) return true;
-    return finch_method_option_kind(key) == 2;
+    return cli_quant_is_switch(key) || finch_method_option_kind(key) == 2;
 }
 
 static int read_config(settings *s, const char *path) {
@@ -313,9 +342,11 @@ static json_t *json_string_or_null(const char *v) {
 }
 
 /* Writes OUT/run.json: the model, the data and every training option with the value the
- * run uses (defaults resolved), the finch version and the start time, for finch report.
+ * run uses (defaults resolved), the finch version and the start time, for finch report;
+ * after the run also the trainable and total parameter counts (ps).
  * Written atomically; a failure is a warning, the run goes on. */
-static void save_run_json(const settings *s, const finch_model *m) {
+static void save_run_json(const settings *s, const finch_model *m, time_t now,
+                          const progress_state *ps) {
     const finch_train_options *o = &s->o;
     const finch_data_spec *d = &o->data;
     char model[4096], path[4200], date[32];
@@ -326,7 +357,6 @@ static void save_run_json(const settings *s, const finch_model *m) {
         snprintf(model, sizeof model, "?");
     finch_model_config cfg;
     finch_model_config_get(m, &cfg);
-    time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     json_t *j = json_object(), *tpl = json_array();
     for (int i = 0; i < d->n_templates; i++)
@@ -339,6 +369,11 @@ static void save_run_json(const settings *s, const finch_model *m) {
     S("date", date);
     I("started_unix", now);
     S("model", model);
+    B("load_in_4bit", s->quant.load_in_4bit);
+    if (s->quant.load_in_4bit) {
+        B("bnb_4bit_use_double_quant", s->quant.double_quant);
+        S("bnb_4bit_quant_type", s->quant.quant_type);
+    }
     S("data", d->path);
     S("val", o->val_path);
     F("val_fraction", o->val_fraction);
@@ -391,8 +426,15 @@ static void save_run_json(const settings *s, const finch_model *m) {
     I("save_total_limit", o->save_total_limit);
     I("eval_steps", o->eval_steps);
     I("log_steps", o->log_steps);
+    I("ranks", finch_dist_size() > 1   ? finch_dist_size()
+               : o->simulate_ranks > 1 ? o->simulate_ranks
+                                       : 1);
     S("out", o->out_dir);
     S("resume", o->resume_dir);
+    if (ps && ps->n_trainable >= 0) { /* known once a step has run */
+        I("trainable_params", ps->n_trainable);
+        I("total_params", ps->n_total);
+    }
 #undef S
 #undef I
 #undef F
@@ -417,7 +459,7 @@ static void save_run_json(const settings *s, const finch_model *m) {
 }
 
 int cmd_train(int argc, char **argv) {
-    settings s = {.o = finch_train_defaults()};
+    settings s = {.o = finch_train_defaults(), .quant = CLI_QUANT_DEFAULTS};
     int rc = 0;
     /* the config file first, so flags override it */
     for (int i = 1; i < argc; i++) {
@@ -469,25 +511,44 @@ int cmd_train(int argc, char **argv) {
         rc = cli_usage_error("train", "no output directory: give --out DIR");
         goto done;
     }
+    finch_err err;
+    if (finch_dist_init(NULL, NULL, &err)) {
+        rc = cli_fail(&err);
+        goto done;
+    }
+    const int rank = finch_dist_rank(), procs = finch_dist_size();
+    if (!s.threads && procs > 1 && !getenv("FINCH_THREADS")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN) / finch_dist_local_size();
+        s.threads = cores > 1 ? cores : 1;
+    }
     cli_set_threads(s.threads);
-    finch_model *m = cli_load_model(s.model);
+    finch_model *m = cli_load_model_quant(s.model, &s.quant);
     if (!m) {
         rc = EXIT_FAIL;
         goto done;
     }
-    save_run_json(&s, m);
+    const time_t started = time(NULL);
+    if (rank == 0) save_run_json(&s, m, started, NULL);
     signal(SIGINT, on_sigint);
-    bool tty = isatty(2);
-    finch_err err;
-    if (finch_train(m, &s.o, progress, should_stop, &tty, &err)) {
-        if (tty) fputc('\n', stderr);
+    progress_state ps = {.tty = isatty(2), .n_trainable = -1, .n_total = -1};
+    if (finch_train(m, &s.o, progress, should_stop, &ps, &err)) {
+        if (ps.tty && rank == 0) fputc('\n', stderr);
+        if (procs > 1) { /* say which rank: each prints its own failure */
+            char msg[sizeof err.msg];
+            snprintf(msg, sizeof msg, "%s", err.msg);
+            snprintf(err.msg, sizeof err.msg, "rank %d of %d: %.480s", rank, procs, msg);
+        }
         rc = cli_fail(&err);
-    } else {
+    } else if (rank == 0) {
+        save_run_json(&s, m, started, &ps); /* again, with the parameter counts */
         fprintf(stderr, "finch train: %s written to %s; metrics in %s/metrics.jsonl\n",
                 finch_method_result(s.o.method), s.o.out_dir, s.o.out_dir);
     }
     signal(SIGINT, SIG_DFL);
     finch_model_free(m);
+    /* a failed rank leaves without finalising: mpirun then ends the ranks still waiting in
+     * a collective (finalising would wait for them) */
+    if (!rc) finch_dist_finalize();
 done:
     for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
     for (int i = 0; i < s.o.n_method_options; i++) free((char *)s.option_where[i]);

@@ -77,6 +77,58 @@ finch_model *cli_load_model(const char *path) {
     return m;
 }
 
+static bool key_is(const char *key, const char *name) {
+    for (; *key && *name; key++, name++)
+        if (*key != *name && !(*key == '_' && *name == '-')) return false;
+    return !*key && !*name;
+}
+
+bool cli_quant_is_switch(const char *key) {
+    return key_is(key, "load-in-4bit");
+}
+
+int cli_quant_set(const char *cmd, cli_quant *q, const char *key, const char *v) {
+    if (key_is(key, "load-in-4bit")) {
+        q->load_in_4bit = true;
+        return 1;
+    }
+    if (key_is(key, "bnb-4bit-use-double-quant")) {
+        if (v && (!strcmp(v, "true") || !strcmp(v, "1")))
+            q->double_quant = true;
+        else if (v && (!strcmp(v, "false") || !strcmp(v, "0")))
+            q->double_quant = false;
+        else
+            return cli_usage_error(cmd, "--bnb-4bit-use-double-quant %s: must be true or false",
+                                   v ? v : "(none)"),
+                   -1;
+        return 1;
+    }
+    if (key_is(key, "bnb-4bit-quant-type")) {
+        if (v && !strcmp(v, "nf4")) {
+            q->quant_type = "nf4";
+            return 1;
+        }
+        if (v && !strcmp(v, "fp4"))
+            return cli_usage_error(cmd, "--bnb-4bit-quant-type fp4: not implemented; finch "
+                                        "quantizes to nf4 only (the QLoRA recipe's type)"),
+                   -1;
+        return cli_usage_error(cmd, "--bnb-4bit-quant-type %s: must be nf4", v ? v : "(none)"), -1;
+    }
+    return 0;
+}
+
+finch_model *cli_load_model_quant(const char *path, const cli_quant *q) {
+    finch_model *m = cli_load_model(path);
+    if (!m || !q->load_in_4bit) return m;
+    finch_err err;
+    if (finch_model_load_in_4bit(m, q->quant_type, q->double_quant, &err)) {
+        cli_fail(&err);
+        finch_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
 void cli_set_threads(long n) {
     if (n <= 0) {
         const char *env = getenv("FINCH_THREADS");

@@ -19,13 +19,15 @@ static const struct {
 } commands[] = {
     {"info", cmd_info, "describe a model: architecture, sizes, tensor types, tokenizer"},
     {"generate", cmd_generate, "generate text from a prompt (streams tokens)"},
-    {"train", cmd_train, "fine-tune a model on a JSONL dataset (LoRA), write the adapter"},
+    {"train", cmd_train, "fine-tune a model on a JSONL dataset (LoRA or another method)"},
     {"merge", cmd_merge, "merge adapters into the base weights, write a GGUF model"},
     {"export", cmd_export, "write an adapter as a GGUF LoRA adapter for llama.cpp"},
     {"eval", cmd_eval, "measure a model on a dataset (--task loss: loss and perplexity)"},
     {"score", cmd_score, "ROUGE, BLEU, exact match, F1 of predictions against references"},
     {"tokenize", cmd_tokenize, "text on stdin to token ids on stdout (--decode: reverse)"},
     {"report", cmd_report, "an HTML report of a training run: curves, metrics, samples"},
+    {"compare-methods", cmd_compare,
+     "train several methods with one budget and compare them: size, speed, memory, quality"},
 };
 
 static void usage(FILE *f) {

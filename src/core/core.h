@@ -102,8 +102,10 @@ uint16_t finch_f32_to_bf16(float f);
 
 /* ---- storage types ------------------------------------------------------------------ */
 
-/* Storage types. The values are ggml's type ids, as stored in GGUF files; types finch
- * does not implement have no entry in finch_dtype_info (name == NULL). */
+/* Storage types. The values below FINCH_DTYPE_GGML_COUNT are ggml's type ids, as stored in
+ * GGUF files; types finch does not implement have no entry in finch_dtype_info (name ==
+ * NULL). finch's own types follow (NF4: bitsandbytes' 4-bit NormalFloat, quant.h); they
+ * never appear in a GGUF file. */
 typedef enum {
     FINCH_DTYPE_F32 = 0,
     FINCH_DTYPE_F16 = 1,
@@ -124,7 +126,9 @@ typedef enum {
     FINCH_DTYPE_I64 = 27,
     FINCH_DTYPE_F64 = 28,
     FINCH_DTYPE_BF16 = 30,
-    FINCH_DTYPE_COUNT = 43 /* ggml's GGML_TYPE_COUNT in the build FORMATS.md describes */
+    FINCH_DTYPE_GGML_COUNT = 43, /* ggml's GGML_TYPE_COUNT in the build FORMATS.md describes */
+    FINCH_DTYPE_NF4 = 43,        /* finch's own: NF4 blocks of 64 (quant.h) */
+    FINCH_DTYPE_COUNT = 44
 } finch_dtype;
 
 /* Converts n elements (a multiple of block_elems) from storage to f32. */
@@ -143,7 +147,8 @@ typedef struct {
 
 extern const finch_dtype_traits finch_dtype_info[FINCH_DTYPE_COUNT];
 
-/* The traits of a type id read from a file, or NULL when the id is unknown or retired. */
+/* The traits of a type id read from a GGUF file, or NULL when the id is unknown, retired
+ * or one of finch's own types (which no GGUF file holds). */
 const finch_dtype_traits *finch_dtype_get(uint32_t id);
 
 /* Bytes of one row of n elements; false when n is not a whole number of blocks or the

@@ -1,6 +1,7 @@
 /*
  * dtype.c: the table of storage types: name, block geometry, row dequantizer, reference
- * quantizer. Indexed by ggml type id (FORMATS.md 1.6); a new type is a new row.
+ * quantizer. Indexed by ggml type id (FORMATS.md 1.6), then finch's own types (NF4); a new
+ * type is a new row.
  */
 #include "core/quant.h"
 
@@ -24,15 +25,17 @@ const finch_dtype_traits finch_dtype_info[FINCH_DTYPE_COUNT] = {
     [FINCH_DTYPE_I64] = {"i64", 1, 8, NULL, NULL},
     [FINCH_DTYPE_F64] = {"f64", 1, 8, NULL, NULL},
     [FINCH_DTYPE_BF16] = {"bf16", 1, 2, finch_dequant_bf16, finch_quantize_bf16},
+    [FINCH_DTYPE_NF4] = {"nf4", QK_NF4, 36, finch_dequant_nf4, finch_quantize_nf4},
 };
 
 const finch_dtype_traits *finch_dtype_get(uint32_t id) {
-    if (id >= FINCH_DTYPE_COUNT || !finch_dtype_info[id].name) return NULL;
+    if (id >= FINCH_DTYPE_GGML_COUNT || !finch_dtype_info[id].name) return NULL;
     return &finch_dtype_info[id];
 }
 
 bool finch_dtype_row_bytes(finch_dtype t, int64_t n, size_t *out) {
-    const finch_dtype_traits *tr = finch_dtype_get((uint32_t)t);
-    if (!tr || n < 0 || n % tr->block_elems) return false;
+    if ((unsigned)t >= FINCH_DTYPE_COUNT || !finch_dtype_info[t].name) return false;
+    const finch_dtype_traits *tr = &finch_dtype_info[t];
+    if (n < 0 || n % tr->block_elems) return false;
     return finch_size_mul((size_t)(n / tr->block_elems), (size_t)tr->block_bytes, out);
 }

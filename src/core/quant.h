@@ -11,8 +11,10 @@
 
 #include "core/core.h"
 
-#define QK 32    /* elements per block of the 32-element types */
-#define QK_K 256 /* elements per super-block of the K-quants */
+#define QK 32             /* elements per block of the 32-element types */
+#define QK_K 256          /* elements per super-block of the K-quants */
+#define QK_NF4 64         /* elements per NF4 block (bitsandbytes' blocksize 64) */
+#define QK_NF4_NESTED 256 /* NF4 blocks per group of the double quantization */
 
 /* Q4_0: 18 bytes.  | d fp16 | qs[16]: byte j = weight j (low nibble), weight j+16 (high) | */
 typedef struct {
@@ -102,6 +104,47 @@ typedef struct {
 } finch_block_q8_k;
 _Static_assert(sizeof(finch_block_q8_k) == 292, "q8_k block");
 
+/* NF4 (finch's own type, FORMATS.md 2.2; bitsandbytes' 4-bit NormalFloat): 36 bytes per 64
+ * consecutive elements of a row.
+ *
+ *   | d f32: the block's absmax | qs[32]: byte j = code of element 2j << 4 | code of 2j+1 |
+ *                                          bits 7..4: element 2j   bits 3..0: element 2j+1
+ *
+ *   w = finch_nf4_code[code] * d          (f32, one rounding: bitsandbytes' dequantization)
+ *
+ * qs is bitsandbytes' packed byte stream of the block as it is (first element in the high
+ * nibble). With double quantization bitsandbytes keeps each block's absmax as one byte
+ * (absmax_b = dynamic[q8_b] * nested[b / 256] + offset, nested one f32 per 256 blocks,
+ * offset one f32 per tensor); finch keeps the f32 that expression evaluates to, so every
+ * block dequantizes on its own (any row, any column band) to bitsandbytes' exact values.
+ * The price is memory: 4.5 bits per weight instead of bitsandbytes' 4.127 (issue 12). */
+typedef struct {
+    float d;
+    uint8_t qs[QK_NF4 / 2];
+} finch_block_nf4;
+_Static_assert(sizeof(finch_block_nf4) == 36, "nf4 block");
+
+/* The 16 NF4 values, by code (FORMATS.md 2.2a; bitsandbytes' table). */
+extern const float finch_nf4_code[16];
+
+/* bitsandbytes' signed 8-bit dynamic map (create_dynamic_map(signed=True)), 256 sorted
+ * values from -0.99296875 to 1, index 127 = 0: the code of the double quantization. */
+extern const float finch_nf4_dynamic_map[256];
+
+/* Double quantization of the absmax values of nb NF4 blocks, in place, as bitsandbytes'
+ * quantize_4bit(compress_statistics=True): offset = the mean of the absmax values, then
+ * (absmax - offset) is quantized blockwise (groups of 256) to the nearest dynamic-map
+ * entry with an f32 absmax per group, and each block's d becomes what bitsandbytes
+ * dequantizes it to (dynamic[q8] * nested + offset). q8 (nb) and nested ((nb + 255) / 256)
+ * receive the stored form when not NULL; *offset the offset. */
+void finch_nf4_double_quant(finch_block_nf4 *blocks, int64_t nb, uint8_t *q8, float *nested,
+                            float *offset);
+
+/* bitsandbytes' dequantization of double-quantized absmax values: absmax[b] =
+ * map[q8[b]] * nested[b / group] + offset in f32, for nb blocks. */
+void finch_nf4_dequant_absmax(float *absmax, const uint8_t *q8, int64_t nb, const float *nested,
+                              const float *map, int64_t group, float offset);
+
 /* Row dequantizers: n elements (a multiple of the block size) from src to dst. */
 void finch_dequant_f32(float *dst, const void *src, int64_t n);
 void finch_dequant_f16(float *dst, const void *src, int64_t n);
@@ -116,8 +159,10 @@ void finch_dequant_q3_k(float *dst, const void *src, int64_t n);
 void finch_dequant_q4_k(float *dst, const void *src, int64_t n);
 void finch_dequant_q5_k(float *dst, const void *src, int64_t n);
 void finch_dequant_q6_k(float *dst, const void *src, int64_t n);
+void finch_dequant_nf4(float *dst, const void *src, int64_t n);
 
-/* Reference quantizers (llama.cpp's quantize_row_*_ref): n elements from src to dst. */
+/* Reference quantizers (llama.cpp's quantize_row_*_ref; NF4: bitsandbytes' quantize_4bit
+ * without double quantization, d = the block's absmax): n elements from src to dst. */
 void finch_quantize_f32(void *dst, const float *src, int64_t n);
 void finch_quantize_f16(void *dst, const float *src, int64_t n);
 void finch_quantize_bf16(void *dst, const float *src, int64_t n);
@@ -126,5 +171,6 @@ void finch_quantize_q4_1(void *dst, const float *src, int64_t n);
 void finch_quantize_q5_0(void *dst, const float *src, int64_t n);
 void finch_quantize_q5_1(void *dst, const float *src, int64_t n);
 void finch_quantize_q8_0(void *dst, const float *src, int64_t n);
+void finch_quantize_nf4(void *dst, const float *src, int64_t n);
 
 #endif /* FINCH_QUANT_H */

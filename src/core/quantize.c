@@ -11,6 +11,14 @@
  * and with it a quantized value near a rounding boundary, so contraction is switched off
  * (GCC does not contract in ISO C mode; clang needs the pragma).
  *
+ * NF4 follows bitsandbytes instead (FORMATS.md 2.2): its reference quantizer (the torch
+ * implementation of quantize_4bit and quantize_blockwise in bitsandbytes/backends/default,
+ * which is the CUDA kernels' rule): x * (1 / absmax) in f32, clamped to [-1, 1], then the
+ * nearest code by comparison with the f32 midpoints of neighbouring codes, a value on a
+ * midpoint going to the lower code. (bitsandbytes' native CPU library quantizes the 8-bit
+ * step through a 65536-entry lookup table instead, which picks a neighbour of the nearest
+ * code for about 1 value in 500; finch follows the exact rule.)
+ *
  * Inputs are expected finite. NaN or infinity produce some valid block (never undefined
  * behaviour: every float is clamped before it is converted to an integer), not ggml's.
  */
@@ -187,5 +195,123 @@ void finch_quantize_q8_0(void *dst, const float *src, int64_t n) {
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = finch_f32_to_f16(d);
         for (int j = 0; j < QK; j++) y[b].qs[j] = round_clamp_i8(x[j] * id);
+    }
+}
+
+/* ---- NF4 (bitsandbytes) ------------------------------------------------------------- */
+
+/* The index of the nearest of n sorted codes to s: the number of midpoints
+ * (code[i] + code[i+1]) / 2 (f32) strictly below s (torch.bucketize, right=False). */
+static inline int nearest_code(const float *code, int n, float s) {
+    int lo = 0, hi = n - 1; /* the answer is in [lo, hi] */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        float bound = (code[mid] + code[mid + 1]) / 2.0f;
+        if (bound < s)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* x * (1 / max(absmax, 1e-38)) clamped to [-1, 1]: bitsandbytes' normalisation of whole
+ * blocks (torch clamps the ratio, so NaN-free inputs stay in range). */
+static inline float nf4_scale(float x, float inv) {
+    float s = x * inv;
+    return s < -1.0f ? -1.0f : s > 1.0f ? 1.0f : s;
+}
+
+void finch_quantize_nf4(void *dst, const float *src, int64_t n) {
+    finch_block_nf4 *b = dst;
+    for (int64_t i = 0; i < n / QK_NF4; i++, src += QK_NF4) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK_NF4; j++) amax = fmaxf(amax, fabsf(src[j]));
+        const float inv = 1.0f / fmaxf(amax, 1e-38f);
+        b[i].d = amax;
+        for (int j = 0; j < QK_NF4 / 2; j++) {
+            int hi = nearest_code(finch_nf4_code, 16, nf4_scale(src[2 * j], inv));
+            int lo = nearest_code(finch_nf4_code, 16, nf4_scale(src[2 * j + 1], inv));
+            b[i].qs[j] = (uint8_t)(hi << 4 | lo);
+        }
+    }
+}
+
+/* The f32 sum of the n blocks' d in the order torch's CPU sum kernel uses for a contiguous float
+ * tensor of at most 32768 elements (aten/src/ATen/native/cpu/SumKernel.cpp: cascade_sum,
+ * row_sum and multi_row_sum): lanes of W = 8 floats (W = 1 below 8 elements), four
+ * interleaved accumulator rows, a 4-level cascade over steps of 2^max(4, ceil(log2(rows))/4)
+ * rows, then the rows, the scalar tail and the lanes added in order. Checked against torch
+ * on every length to 300 and longer ones (tests/reference/make_nf4_fixtures.py; the offset
+ * of each fixture). Larger tensors torch splits across its threads, so its mean then
+ * depends on the thread count; finch keeps this order. */
+static float torch_sum_f32(const finch_block_nf4 *b, int64_t n) {
+#define x(i) b[i].d
+    enum { ILP = 4, LEVELS = 4, WMAX = 8 };
+    const int W = n >= WMAX ? WMAX : 1;
+    const int64_t n_vec = n / W, rows = n_vec / ILP;
+    int64_t ceil_log2 = 0;
+    while (((int64_t)1 << ceil_log2) < rows) ceil_log2++;
+    const int64_t power = ceil_log2 / LEVELS > 4 ? ceil_log2 / LEVELS : 4;
+    const int64_t step = (int64_t)1 << power, mask = step - 1;
+    float acc[LEVELS][ILP][WMAX] = {{{0}}};
+    int64_t i = 0;
+    while (i + step <= rows) {
+        for (int64_t j = 0; j < step; j++, i++)
+            for (int k = 0; k < ILP; k++)
+                for (int l = 0; l < W; l++) acc[0][k][l] += x((i * ILP + k) * W + l);
+        for (int j = 1; j < LEVELS; j++) {
+            for (int k = 0; k < ILP; k++)
+                for (int l = 0; l < W; l++) {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0.0f;
+                }
+            if (i & (mask << (j * power))) break;
+        }
+    }
+    for (; i < rows; i++)
+        for (int k = 0; k < ILP; k++)
+            for (int l = 0; l < W; l++) acc[0][k][l] += x((i * ILP + k) * W + l);
+    for (int j = 1; j < LEVELS; j++)
+        for (int k = 0; k < ILP; k++)
+            for (int l = 0; l < W; l++) acc[0][k][l] += acc[j][k][l];
+    for (int64_t v = rows * ILP; v < n_vec; v++) /* vectors past the last whole row */
+        for (int l = 0; l < W; l++) acc[0][0][l] += x(v * W + l);
+    for (int k = 1; k < ILP; k++)
+        for (int l = 0; l < W; l++) acc[0][0][l] += acc[0][k][l];
+    float total = 0.0f;
+    for (int64_t k = n_vec * W; k < n; k++) total += x(k);
+    for (int l = 0; l < W; l++) total += acc[0][0][l];
+    return total;
+#undef x
+}
+
+void finch_nf4_double_quant(finch_block_nf4 *blocks, int64_t nb, uint8_t *q8, float *nested,
+                            float *offset) {
+    if (nb <= 0) return;
+    /* offset = absmax.mean(): torch's f32 sum, divided by the count in f32 */
+    const float off = torch_sum_f32(blocks, nb) / (float)nb;
+    *offset = off;
+    for (int64_t g0 = 0; g0 < nb; g0 += QK_NF4_NESTED) {
+        const int64_t n = nb - g0 < QK_NF4_NESTED ? nb - g0 : QK_NF4_NESTED;
+        float x[QK_NF4_NESTED], amax = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            x[j] = blocks[g0 + j].d - off;
+            amax = fmaxf(amax, fabsf(x[j]));
+        }
+        /* whole groups multiply by the reciprocal and store the absmax as it is; the last,
+         * partial group divides by the absmax clamped to 1e-38 and stores that (as
+         * bitsandbytes' quantize_blockwise does) */
+        const bool whole = n == QK_NF4_NESTED;
+        const float am = whole ? amax : fmaxf(amax, 1e-38f), inv = 1.0f / fmaxf(amax, 1e-38f);
+        for (int64_t j = 0; j < n; j++) {
+            float s = whole ? x[j] * inv : x[j] / am;
+            s = s < -1.0f ? -1.0f : s > 1.0f ? 1.0f : s;
+            uint8_t q = (uint8_t)nearest_code(finch_nf4_dynamic_map, 256, s);
+            if (q8) q8[g0 + j] = q;
+            float v = finch_nf4_dynamic_map[q] * am;
+            blocks[g0 + j].d = v + off;
+        }
+        if (nested) nested[g0 / QK_NF4_NESTED] = am;
     }
 }

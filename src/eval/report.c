@@ -787,3 +787,154 @@ finch_status finch_report_write(const char *run_dir, const char *const *eval_pat
     finch_buf_free(&b);
     return st;
 }
+
+/* ---- the comparison of methods ---------------------------------------------------------- */
+
+/* Colours for the methods' curves, in turn. */
+static const char *const palette[] = {"#1d4ed8", "#ea580c", "#059669", "#7c3aed", "#db2777",
+                                      "#0891b2", "#ca8a04", "#4b5563", "#dc2626", "#65a30d"};
+
+/* The comparison's columns: key in a row, title, decimals (-1: an integer, -2: bytes). */
+static const struct {
+    const char *key, *title;
+    int decimals;
+} compare_cols[] = {
+    {"method", "method", 0},
+    {"trainable_params", "trainable", -1},
+    {"trainable_percent", "% of model", 4},
+    {"size_bytes", "on disk", -2},
+    {"tokens_per_s", "tokens/s", 1},
+    {"peak_rss_mb", "peak RSS MB", 0},
+    {"val_loss", "val loss", 4},
+    {"metric", "task metric", 4},
+    {"general_loss_change", "general loss change", 4},
+};
+
+static void put_cell(finch_buf *b, json_t *v, int decimals) {
+    if (json_is_string(v)) {
+        finch_buf_puts(b, "<td>");
+        finch_buf_html(b, json_string_value(v));
+    } else if (!json_is_number(v)) {
+        finch_buf_puts(b, "<td class=\"num\">&ndash;");
+    } else if (decimals == -1) {
+        finch_buf_printf(b, "<td class=\"num\">%.0f", json_number_value(v));
+    } else if (decimals == -2) {
+        double x = json_number_value(v);
+        finch_buf_printf(b, "<td class=\"num\">%.1f %s", x >= 1e6 ? x / 1e6 : x / 1e3,
+                         x >= 1e6 ? "MB" : "kB");
+    } else {
+        finch_buf_printf(b, "<td class=\"num\">%.*f", decimals, json_number_value(v));
+    }
+    finch_buf_puts(b, "</td>");
+}
+
+finch_status finch_report_compare(const char *compare_json, const char *out_path, finch_err *err) {
+    json_t *j = NULL;
+    finch_status st = load_object(compare_json, &j, err);
+    if (st) return st;
+    json_t *rows = json_object_get(j, "rows");
+    if (!json_is_array(rows) || !json_array_size(rows)) {
+        json_decref(j);
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: \"rows\" must be a non-empty list",
+                             compare_json);
+    }
+    const size_t n = json_array_size(rows);
+    report *runs = finch_calloc(n, sizeof *runs, "comparison", err);
+    finch_svg_series *ls = runs ? finch_calloc(2 * n, sizeof *ls, "comparison", err) : NULL;
+    double **sm = ls ? finch_calloc(n, sizeof *sm, "comparison", err) : NULL;
+    finch_buf b = {0};
+    if (!sm) {
+        st = FINCH_E_NOMEM;
+        goto done;
+    }
+    int n_series = 0;
+    for (size_t i = 0; i < n && !st; i++) {
+        json_t *row = json_array_get(rows, i);
+        const char *dir = json_string_value(json_object_get(row, "out"));
+        const char *label = json_string_value(json_object_get(row, "method"));
+        char path[4200];
+        if (!json_is_object(row) || !dir || !label) {
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: rows[%zu] needs \"method\" and \"out\" strings", compare_json,
+                               i);
+            break;
+        }
+        runs[i].dir = dir;
+        snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+        if (!exists(path)) continue; /* a method that failed: its row says so */
+        if ((st = read_metrics(&runs[i], path, err))) break;
+        const series *loss = &runs[i].m[M_LOSS], *val = &runs[i].m[M_VAL];
+        if (!(sm[i] = finch_calloc(loss->n ? loss->n : 1, sizeof **sm, "curve", err))) {
+            st = FINCH_E_NOMEM;
+            break;
+        }
+        smooth(loss, sm[i]);
+        const char *c = palette[i % (sizeof palette / sizeof *palette)];
+        ls[n_series++] = (finch_svg_series){loss->x, sm[i], loss->n, label, c, 2, 1, false};
+        if (val->n) ls[n_series++] = (finch_svg_series){val->x, val->y, val->n, "", c, 0, 1, true};
+    }
+    if (st) goto done;
+    finch_buf_printf(&b,
+                     "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+                     "<title>finch: methods compared</title>\n<style>%s</style>\n</head>"
+                     "<body><main>\n<header><h1>Methods compared</h1><p>",
+                     css);
+    const char *facts[][2] = {{"model", "model"}, {"data", "data"}, {"task", "task"}};
+    for (size_t k = 0; k < sizeof facts / sizeof *facts; k++) {
+        const char *v = json_string_value(json_object_get(j, facts[k][0]));
+        if (!v) continue;
+        finch_buf_printf(&b, "%s%s: <code>", k ? " &middot; " : "", facts[k][1]);
+        finch_buf_html(&b, v);
+        finch_buf_puts(&b, "</code>");
+    }
+    json_t *budget = json_object_get(j, "budget");
+    if (json_is_string(budget)) {
+        finch_buf_puts(&b, "<br>budget: ");
+        finch_buf_html(&b, json_string_value(budget));
+    }
+    const char *metric = json_string_value(json_object_get(j, "metric"));
+    finch_buf_puts(&b, "</p></header>\n<section><h2>Results</h2>\n<table><tr>");
+    for (size_t k = 0; k < sizeof compare_cols / sizeof *compare_cols; k++) {
+        finch_buf_puts(&b, "<th>");
+        finch_buf_html(&b, k == 7 && metric ? metric : compare_cols[k].title);
+        finch_buf_puts(&b, "</th>");
+    }
+    finch_buf_puts(&b, "</tr>\n");
+    for (size_t i = 0; i < n; i++) {
+        json_t *row = json_array_get(rows, i);
+        finch_buf_puts(&b, "<tr>");
+        for (size_t k = 0; k < sizeof compare_cols / sizeof *compare_cols; k++)
+            put_cell(&b, json_object_get(row, compare_cols[k].key), compare_cols[k].decimals);
+        finch_buf_puts(&b, "</tr>\n");
+        const char *e = json_string_value(json_object_get(row, "error"));
+        if (e) {
+            finch_buf_printf(
+                &b, "<tr><td colspan=\"%zu\">failed: ", sizeof compare_cols / sizeof *compare_cols);
+            finch_buf_html(&b, e);
+            finch_buf_puts(&b, "</td></tr>\n");
+        }
+    }
+    finch_buf_puts(&b, "</table>\n<p>general loss change: the general set's loss with the method "
+                       "minus the base model's (forgetting when positive).</p></section>\n"
+                       "<section><h2>Training loss</h2>\n<div class=\"panel wide\">");
+    finch_svg_plot_render(&b,
+                          &(finch_svg_plot){"Training loss (smoothed; dots: validation)", "step",
+                                            "loss (nats / token)", 1100, 380, ls, n_series});
+    finch_buf_puts(&b, "</div></section>\n</main></body></html>\n");
+    if (b.oom)
+        st = finch_err_set(err, FINCH_E_NOMEM, "out of memory rendering %s", out_path);
+    else
+        st = finch_file_commit(out_path, write_page, &(page){&b, out_path}, err);
+done:
+    for (size_t i = 0; runs && i < n; i++) {
+        for (int k = 0; k < M_COUNT; k++) series_free(&runs[i].m[k]);
+        finch_buf_free(&runs[i].notes);
+        if (sm) free(sm[i]);
+    }
+    free(runs);
+    free(ls);
+    free(sm);
+    finch_buf_free(&b);
+    json_decref(j);
+    return st;
+}

@@ -87,6 +87,16 @@ void finch_kv_session_release(finch_kv_session *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* x (T, C) += h, a sublayer's output, through the block's module b at its place
+ * (model.h); h is clobbered. */
+static void join(const finch_block_module *b, float *x, float *h, int64_t T, int64_t C,
+                 const finch_linear_ctx *ctx) {
+    if (b && b->place == FINCH_MODULE_ON_OUTPUT) b->forward(b, h, h, T, ctx);
+    if (b && b->place == FINCH_MODULE_PARALLEL) b->forward(b, h, x, T, ctx);
+    ctx->be->add(x, h, T * C);
+    if (b && b->place == FINCH_MODULE_AFTER_ADD) b->forward(b, x, x, T, ctx);
+}
+
 /* T rows from ids, or from embd (T, C) as they are; the logits of the last n_out rows
  * (0, 1 or T). */
 static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_t *ids,
@@ -98,6 +108,7 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
     finch_workspace *ws = &s->ws;
     const bool llamacpp = s->numerics == FINCH_NUMERICS_LLAMACPP;
     const finch_matmul_fn mm = llamacpp ? be->matmul_q8 : be->matmul;
+    const finch_linear_ctx ctx = {.be = be, .ws = ws};
     FINCH_ASSERT(T >= 1 && T <= s->n_batch && pos0 + T <= s->n_ctx);
 
     const finch_arch *a = m->arch;
@@ -139,7 +150,7 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         finch_linear_forward(mm, s->xn, s->att, &ly->wo, T, be, ws);
         if (a->post_norms)
             be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_attn_norm, T, C, c->rms_eps);
-        be->add(s->x, s->xn, (int64_t)T * C);
+        join(ly->attn_module, s->x, s->xn, T, C, &ctx);
         /* feed-forward */
         be->rmsnorm_forward(s->xn, NULL, s->x, ly->ffn_norm, T, C, c->rms_eps);
         finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
@@ -151,7 +162,7 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         finch_linear_forward(mm, s->xn, s->gate, &ly->w_down, T, be, ws);
         if (a->post_norms)
             be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_ffn_norm, T, C, c->rms_eps);
-        be->add(s->x, s->xn, (int64_t)T * C);
+        join(ly->ffn_module, s->x, s->xn, T, C, &ctx);
     }
     s->pos += T;
 

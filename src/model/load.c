@@ -356,6 +356,7 @@ void finch_model_free(finch_model *m) {
     free(m->layers);
     free(m->owned_f32);
     finch_afree(m->owned_rows);
+    finch_afree(m->owned_nf4);
     finch_gguf_close(m->gguf);
     for (int i = 0; i < m->n_shards; i++) finch_st_close(m->shards[i]);
     free(m->shards);

@@ -54,6 +54,26 @@ void finch_arch_names(char *buf, size_t n, bool gguf);
  * with head dim D (FORMATS.md 4.1). */
 int64_t finch_qk_hf_row(int64_t r, int D);
 
+/* A module on a block's residual stream (bottleneck adapters), at one of three places of
+ * a sublayer (attention or FFN) whose output h joins the stream x:
+ *   ON_OUTPUT   x + h + f(h)          (Houlsby)
+ *   AFTER_ADD   z + f(z), z = x + h   (sequential, Pfeiffer)
+ *   PARALLEL    x + h + f(x)          (parallel, He et al.)
+ * forward adds f(in) to out (T, C) (out may be in); training keeps what backward needs.
+ * backward writes din (T, C) = the gradient of f(in) . dout with respect to in and adds its
+ * parameters' gradients. */
+typedef enum { FINCH_MODULE_ON_OUTPUT, FINCH_MODULE_AFTER_ADD, FINCH_MODULE_PARALLEL } finch_place;
+
+typedef struct finch_block_module finch_block_module;
+struct finch_block_module {
+    finch_place place;
+    void *state;
+    void (*forward)(const finch_block_module *b, float *out, const float *in, int64_t T,
+                    const finch_linear_ctx *ctx);
+    void (*backward)(const finch_block_module *b, float *din, const float *dout, int64_t T,
+                     const finch_linear_ctx *ctx);
+};
+
 /* One transformer block. Norm weights are f32 (C; the q/k norms D); their gradients are
  * set when a method trains them, else NULL. The q/k and post norms are NULL unless the
  * architecture has them. */
@@ -63,8 +83,9 @@ typedef struct {
     const float *q_norm, *k_norm;                /* (D) */
     const float *post_attn_norm, *post_ffn_norm; /* (C) */
     float *d_q_norm, *d_k_norm, *d_post_attn_norm, *d_post_ffn_norm;
-    finch_linear wq, wk, wv, wo;       /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
-    finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F) */
+    finch_linear wq, wk, wv, wo;                        /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
+    finch_linear w_gate, w_up, w_down;                  /* gate/up (F, C), down (C, F) */
+    const finch_block_module *attn_module, *ffn_module; /* NULL: none */
 } finch_layer;
 
 /* Virtual tokens a method puts before every sequence at positions 0..n-1, the real tokens
@@ -88,6 +109,7 @@ struct finch_model {
     int n_shards;
     finch_hf_config *hf;      /* its config.json; NULL for a GGUF file */
     void *owned_rows;         /* Q/K weights permuted to GGUF row order (HF, rotate-half) */
+    void *owned_nf4;          /* projections quantized to NF4 by finch_model_load_in_4bit */
     finch_model_config cfg;   /* hyperparameters */
     finch_tokenizer *tok;     /* NULL when the file has none */
     finch_weight tok_embd;    /* (V, C) */

@@ -58,7 +58,8 @@ struct finch_train_acts {
     finch_linear_ctx ctx;             /* the last forward's dropout seed and mode */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
-    float *ds;    /* (B, H, T, T) attention backward's scratch */
+    float *ds;    /* (B, H, T, S) attention backward's scratch */
+    float *dad;   /* (N, C) a block module's input gradient */
     int32_t *pos; /* (N) */
     float *arena;
     finch_workspace ws;
@@ -122,7 +123,7 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     } single[] = {{&a->xnf, N * C}, {&a->rstdf, N},   {&a->logits, N * V}, {&a->dx, N * C},
                   {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},   {&a->dq, N * HD},
                   {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},     {&a->dup, N * F},
-                  {&a->xf, N * C},  {&a->xg, N * C},  {&a->ds, ATT}};
+                  {&a->xf, N * C},  {&a->xg, N * C},  {&a->ds, ATT},       {&a->dad, N * C}};
     const size_t n_pl = sizeof per_layer / sizeof per_layer[0],
                  n_s = sizeof single / sizeof single[0];
     /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
@@ -188,6 +189,36 @@ void finch_train_acts_free(finch_train_acts *a) {
 }
 
 static void backward_pass(const finch_model *m, finch_train_acts *a);
+
+/* sum (N, C) = h + x, the sublayer's output h (in sum) joining the stream x, through the
+ * block's module b at its place (model.h). */
+static void join(const finch_block_module *b, float *sum, const float *x, int64_t N, int64_t C,
+                 const finch_linear_ctx *ctx) {
+    if (b && b->place == FINCH_MODULE_ON_OUTPUT) b->forward(b, sum, sum, N, ctx);
+    if (b && b->place == FINCH_MODULE_PARALLEL) b->forward(b, sum, x, N, ctx);
+    ctx->be->add(sum, x, N * C);
+    if (b && b->place == FINCH_MODULE_AFTER_ADD) b->forward(b, sum, sum, N, ctx);
+}
+
+/* Undoes join: a->dx holds the gradient of the sum and becomes that of x (but for a
+ * parallel module's part, left in a->dad for the caller to add once dx has served);
+ * returns the gradient of h. */
+static const float *join_backward(const finch_block_module *b, finch_train_acts *a, int64_t N,
+                                  int64_t C, const finch_linear_ctx *ctx) {
+    if (!b) return a->dx;
+    b->backward(b, a->dad, a->dx, N, ctx);
+    switch (b->place) {
+    case FINCH_MODULE_AFTER_ADD: /* d(x + h) = dy + J^T dy, for both */
+        ctx->be->add(a->dx, a->dad, N * C);
+        return a->dx;
+    case FINCH_MODULE_ON_OUTPUT: /* dh = dy + J^T dy, dx = dy */
+        ctx->be->add(a->dad, a->dx, N * C);
+        return a->dad;
+    case FINCH_MODULE_PARALLEL: /* dh = dy, dx = dy + J^T dy (added later) */
+        return a->dx;
+    }
+    return a->dx;
+}
 
 /* Block l's slice of prefix tuning's keys and values (P of them), for attention. */
 static finch_attn_prefix prefix_of(const finch_model *m, int l, int64_t P) {
@@ -262,7 +293,7 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
                                    &ctx);
         if (arch->post_norms)
             be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);
-        be->add(a->xm[l], x, N * C);
+        join(ly->attn_module, a->xm[l], x, N, C, &ctx);
         be->rmsnorm_forward(a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, N, C, eps);
         finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
         finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
@@ -275,7 +306,7 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
                                    &ctx);
         if (arch->post_norms)
             be->rmsnorm_forward(next, a->rstdf2[l], a->fp[l], ly->post_ffn_norm, N, C, eps);
-        be->add(next, a->xm[l], N * C);
+        join(ly->ffn_module, next, a->xm[l], N, C, &ctx);
     }
     be->rmsnorm_forward(a->xnf, a->rstdf, a->xf, m->output_norm, N, C, eps);
     int64_t Nt = 0;
@@ -355,13 +386,15 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         const float theta = finch_layer_theta(m, l);
         /* x_{l+1} = xm + down(h) (or + rmsnorm(down(h)) * post_ffn_norm): dxm = dx (kept in
          * dx), dh from down */
-        const float *df = a->dx;
+        const float *df = join_backward(ly->ffn_module, a, N, C, &ctx);
         if (arch->post_norms) {
-            be->rmsnorm_backward(a->dt, ly->d_post_ffn_norm, a->dx, a->rstdf2[l], a->fp[l],
+            be->rmsnorm_backward(a->dt, ly->d_post_ffn_norm, df, a->rstdf2[l], a->fp[l],
                                  ly->post_ffn_norm, N, C);
             df = a->dt;
         }
         finch_linear_backward(a->dh, df, a->h[l], &ly->w_down, N, &ctx);
+        if (ly->ffn_module && ly->ffn_module->place == FINCH_MODULE_PARALLEL)
+            be->add(a->dx, a->dad, N * C);
         /* h = act(gate) * up */
         if (gelu)
             be->geglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
@@ -377,13 +410,15 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         be->add(a->dx, a->dt, N * C);
         /* xm = x_l + o(ao) (or + rmsnorm(o(ao)) * post_attn_norm): dx_l gets dxm (already in
          * dx), dao from o */
-        const float *dout = a->dx;
+        const float *dout = join_backward(ly->attn_module, a, N, C, &ctx);
         if (arch->post_norms) {
-            be->rmsnorm_backward(a->dt, ly->d_post_attn_norm, a->dx, a->rstdo[l], a->op[l],
+            be->rmsnorm_backward(a->dt, ly->d_post_attn_norm, dout, a->rstdo[l], a->op[l],
                                  ly->post_attn_norm, N, C);
             dout = a->dt;
         }
         finch_linear_backward(a->dao, dout, a->ao[l], &ly->wo, N, &ctx);
+        if (ly->attn_module && ly->attn_module->place == FINCH_MODULE_PARALLEL)
+            be->add(a->dx, a->dad, N * C);
         /* ao = attention(q, k, v) */
         const finch_attn_prefix pre = prefix_of(m, l, P);
         be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l],

@@ -14,11 +14,12 @@
 
 /* The table: one row per method, in the order --help lists them. */
 extern const finch_method finch_method_lora, finch_method_dora, finch_method_ia3,
-    finch_method_prompt, finch_method_prefix, finch_method_bitfit, finch_method_freeze,
-    finch_method_full;
+    finch_method_prompt, finch_method_prefix, finch_method_adapter, finch_method_bitfit,
+    finch_method_freeze, finch_method_full;
 static const finch_method *const methods[] = {
-    &finch_method_lora,   &finch_method_dora,   &finch_method_ia3,    &finch_method_prompt,
-    &finch_method_prefix, &finch_method_bitfit, &finch_method_freeze, &finch_method_full};
+    &finch_method_lora,   &finch_method_dora,   &finch_method_ia3,
+    &finch_method_prompt, &finch_method_prefix, &finch_method_adapter,
+    &finch_method_bitfit, &finch_method_freeze, &finch_method_full};
 enum { N_METHODS = sizeof methods / sizeof methods[0] };
 
 #define CONFIG_NAME "adapter_config.json"
@@ -628,6 +629,12 @@ static json_t *read_config(const char *path, finch_err *err) {
 static finch_status method_of(json_t *j, const char *path, const finch_method **out,
                               finch_err *err) {
     json_t *pt = json_object_get(j, "peft_type");
+    if (!pt) /* another format a method reads (AdapterHub's) */
+        for (int i = 0; i < N_METHODS; i++)
+            if (!methods[i]->peft_type && methods[i]->claims && methods[i]->claims(j)) {
+                *out = methods[i];
+                return FINCH_OK;
+            }
     if (!json_is_string(pt))
         return finch_err_set(err, FINCH_E_FORMAT,
                              "%s: \"peft_type\" is missing or not a string (is this a PEFT "
@@ -663,7 +670,8 @@ finch_status finch_peft_load(const char *dir, const finch_model *m, finch_peft *
     finch_status st = method_of(j, path, &me, err);
     if (!st && me->check_file) st = me->check_file(j, path, err);
     if (!st) st = instance_new(me, m, &p, err);
-    for (int k = 0; !st && k < me->n_opts; k++) {
+    if (!st && me->read_config) st = me->read_config(p, m, j, path, err);
+    for (int k = 0; !st && !me->read_config && k < me->n_opts; k++) {
         const finch_method_option *o = &me->opts[k];
         if (!o->peft_key) continue;
         json_t *v = json_object_get(j, o->peft_key);
@@ -673,14 +681,15 @@ finch_status finch_peft_load(const char *dir, const finch_model *m, finch_peft *
             st = parse_value(o, o->peft_def, p->cfg, o->name, FINCH_E_FORMAT, err);
     }
     json_t *layers = json_object_get(j, LAYERS_KEY);
-    if (!st && layers && !json_is_null(layers) && !me->layerless)
+    if (!st && layers && !json_is_null(layers) && !me->layerless && !me->read_config)
         st = layers_from_json(p, layers, m->cfg.n_layer, path, err);
     json_decref(j);
     if (!st) {
         st = instance_build(p, m, NULL, false, err);
         if (st) finch_err_prefix(err, "%s", path);
     }
-    snprintf(path, sizeof path, "%s/" WEIGHTS_NAME, dir);
+    snprintf(path, sizeof path, "%s/%s", dir,
+             me && me->weights_file ? me->weights_file : WEIGHTS_NAME);
     if (!st) st = finch_params_load_st(&p->params, path, err);
     if (st) {
         finch_peft_free(p);

@@ -51,10 +51,11 @@ struct finch_method {
     const char *description;
     const finch_method_option *opts;
     int n_opts;
-    size_t config_size;    /* the method's config struct */
-    const char *peft_type; /* adapter_config.json's "peft_type" */
-    bool writes_model;     /* its result is a model (full, freeze), not an adapter */
-    bool layerless;        /* acts before the blocks (prompt, prefix): --layers does not apply */
+    size_t config_size;       /* the method's config struct */
+    const char *peft_type;    /* adapter_config.json's "peft_type" */
+    bool writes_model;        /* its result is a model (full, freeze), not an adapter */
+    bool layerless;           /* acts before the blocks (prompt, prefix): --layers does not apply */
+    const char *weights_file; /* its adapter folder's weights; NULL: adapter_model.safetensors */
     /* Whether a config of this peft_type is this method's (LORA with use_dora is DoRA's);
      * NULL: every config of the type. */
     bool (*claims)(const json_t *config);
@@ -63,6 +64,10 @@ struct finch_method {
     /* Fields of adapter_config.json beyond the options: check_file refuses values finch
      * does not implement, write_config adds the fixed ones PEFT writes. May be NULL. */
     finch_status (*check_file)(const json_t *config, const char *path, finch_err *err);
+    /* Options (and --layers) from a config file in the method's own format, in place of
+     * the option table's PEFT keys; may be NULL. */
+    finch_status (*read_config)(finch_peft *p, const finch_model *m, const json_t *config,
+                                const char *path, finch_err *err);
     void (*write_config)(const finch_peft *p, const finch_model *m, json_t *config);
     finch_status (*create)(finch_peft *p, const finch_model *m, finch_err *err);
     void (*init)(finch_peft *p, const finch_model *m, finch_rng *rng);

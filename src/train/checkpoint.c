@@ -2,11 +2,13 @@
  * checkpoint.c: checkpoints that resume a run exactly.
  *
  * trainer_state.bin, little-endian:
- *   | "FINCHCKP" | u32 version (2) | u32 0 | i64 step | i64 next | i64 epoch | u64 seed |
+ *   | "FINCHCKP" | u32 version (2) | u32 ranks | i64 step | i64 next | i64 epoch | u64 seed |
  *   | i64 n_params | i64 n_tensors | per tensor: u32 name length, name, u32 n_dims,
  *   i64 shape[2] | f32 params[n_params] | AdamW state record (optim/state_io.c) |
  * The tensor table lets a resume check that the run's method lays out its parameters the
- * same way. Version 1 (LoRA only) had no table and is read when the count matches. The
+ * same way. ranks is the number of data-parallel ranks of the run (its micro-batches are
+ * that many slices; 0, written before finch had ranks, reads as 1). Version 1 (LoRA only)
+ * had no table and is read when the count matches. The
  * method's files beside it carry the same parameters for other tools; resuming reads the
  * exact f32 values from trainer_state.bin.
  */
@@ -36,7 +38,7 @@ typedef struct {
 static finch_status write_state(FILE *f, void *user, finch_err *err) {
     const state_out *s = user;
     const finch_params *r = s->par;
-    uint32_t ver[2] = {VERSION, 0};
+    uint32_t ver[2] = {VERSION, (uint32_t)s->pos->ranks};
     int64_t head[6] = {s->pos->step,          s->pos->next, s->pos->epoch,
                        (int64_t)s->pos->seed, r->total,     r->n};
     finch_status st;
@@ -222,6 +224,9 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
         st = finch_err_set(err, FINCH_E_FORMAT,
                            "%s: offset 0x8: version %u, this finch reads 1 and %d", file, ver[0],
                            VERSION);
+    else if (ver[1] > 65536)
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: offset 0xc: %u data-parallel ranks, at most 65536", file, ver[1]);
     else if (head[0] < 0 || head[1] < 0 || head[2] < 0)
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: offset 0x10: negative step or position", file);
     else if (head[4] != r->total)
@@ -248,6 +253,7 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
         if (!isfinite(r->data[i]))
             return finch_err_set(err, FINCH_E_FORMAT, "%s: parameter %lld is not finite", file,
                                  (long long)i);
-    *pos = (finch_train_pos){head[0], head[1], head[2], (uint64_t)head[3]};
+    *pos = (finch_train_pos){head[0], head[1], head[2], (uint64_t)head[3],
+                             ver[1] ? (int32_t)ver[1] : 1};
     return FINCH_OK;
 }

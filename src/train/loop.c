@@ -6,8 +6,14 @@
  * masks are seeded by (seed, step, micro-batch); everything else is arithmetic that gives
  * the same bits for the same thread count. A run resumed from a checkpoint therefore
  * continues exactly as the uninterrupted one.
+ *
+ * Data parallelism (dist/): with N ranks (MPI processes, or simulate_ranks lanes in one
+ * process) every micro-batch is N x batch_size rows, each rank computing its slice; the
+ * functions under "data parallelism" below are the only ones that talk to other ranks
+ * (and DPO's, dpo.c: its reference and validation passes and statistics).
  */
 #include "data/data.h"   /* datasets, tokens, batches */
+#include "dist/dist.h"   /* ranks: allreduce, broadcast */
 #include "optim/optim.h" /* AdamW, schedules, clipping */
 #include "peft/peft.h"   /* the method table */
 #include "train/train.h" /* checkpoints */
@@ -83,6 +89,11 @@ static finch_status check_options(const finch_model *m, const finch_train_option
         BAD("--save-total-limit %lld: must be >= 0", (long long)o->save_total_limit);
     if (o->save_steps < 0 || o->eval_steps < 0 || o->log_steps < 0)
         BAD("--save-steps, --eval-steps and --log-steps must be >= 0");
+    if (o->simulate_ranks < 0 || o->simulate_ranks > 4096)
+        BAD("--simulate-ranks %d: must be from 1 to 4096", o->simulate_ranks);
+    if (o->simulate_ranks > 1 && finch_dist_size() > 1)
+        BAD("--simulate-ranks %d under mpirun -np %d: give one or the other", o->simulate_ranks,
+            finch_dist_size());
     if (!(o->val_fraction >= 0 && o->val_fraction < 1))
         BAD("--val-fraction %g: must be in [0, 1)", o->val_fraction);
     if (o->objective && strcmp(o->objective, "sft") && strcmp(o->objective, "dpo"))
@@ -110,21 +121,32 @@ static void metric_line(FILE *f, const char *fmt, ...) {
     fflush(f);
 }
 
-/* Mean loss over a token set, in batches of B rows of T (forward only). */
-static double eval_loss(const finch_model *m, finch_train_acts *acts, finch_batch *b,
-                        const finch_token_set *vs, int64_t max_examples, const int32_t pad) {
+/* *out = the mean loss over a token set, in batches of B rows of T (forward only). With
+ * several MPI ranks, batch j is computed by rank j % procs and the per-batch sums are
+ * added in batch order after an allreduce, so every rank gets the bits one process gets. */
+static finch_status eval_loss(const finch_model *m, finch_train_acts *acts, finch_batch *b,
+                              const finch_token_set *vs, int64_t max_examples, const int32_t pad,
+                              double *out, finch_err *err) {
     int64_t n = vs->n;
     if (max_examples > 0 && n > max_examples) n = max_examples;
+    const int rank = finch_dist_rank(), procs = finch_dist_size();
+    const int64_t n_batches = (n + b->B - 1) / b->B;
     int64_t *order = malloc((size_t)vs->n * sizeof *order);
-    if (!order) return NAN;
+    double *part = calloc(2 * (size_t)n_batches + 1, sizeof *part); /* (sum, count) per batch */
+    if (!order || !part) {
+        free(order);
+        free(part);
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory for the validation order");
+    }
     for (int64_t i = 0; i < vs->n; i++) order[i] = i;
-    double sum = 0;
-    int64_t count = 0, next = 0, epoch = 0;
-    finch_token_set part = *vs;
-    part.n = n;
-    while (epoch == 0) {
+    double sum = 0, count = 0;
+    int64_t next = 0, epoch = 0;
+    finch_token_set part_set = *vs;
+    part_set.n = n;
+    for (int64_t j = 0; epoch == 0; j++) {
         int64_t before = next;
-        finch_batch_fill(b, &part, order, &next, &epoch, false, pad);
+        finch_batch_fill(b, &part_set, order, &next, &epoch, false, pad);
+        if (j % procs != rank) continue;
         int64_t rows = epoch ? n - before : next - before; /* rows filled with new examples */
         /* rows past the end wrapped to the start: mask them out */
         for (int64_t r = rows; r < b->B; r++)
@@ -132,14 +154,21 @@ static double eval_loss(const finch_model *m, finch_train_acts *acts, finch_batc
         int64_t nt = 0;
         for (int64_t i = 0; i < (int64_t)b->B * b->T; i++) nt += b->targets[i] >= 0;
         if (nt) {
-            sum += finch_model_train_step(m, acts, b->ids, b->targets, b->pos, b->seg, 0.0f, 0,
-                                          false) *
-                   (double)nt;
-            count += nt;
+            part[2 * j] = finch_model_train_step(m, acts, b->ids, b->targets, b->pos, b->seg, 0.0f,
+                                                 0, false) *
+                          (double)nt;
+            part[2 * j + 1] = (double)nt;
         }
     }
     free(order);
-    return count ? sum / (double)count : NAN;
+    finch_status st = finch_dist_sum_f64(part, 2 * (size_t)n_batches, "the validation loss", err);
+    for (int64_t j = 0; j < n_batches; j++) {
+        sum += part[2 * j];
+        count += part[2 * j + 1];
+    }
+    free(part);
+    if (!st) *out = count ? sum / count : NAN;
+    return st;
 }
 
 /* Rows that packing the examples of one epoch in this order fills (as finch_batch_fill
@@ -170,14 +199,15 @@ static finch_status load_tokens(const finch_model *m, const finch_data_spec *spe
         for (int64_t i = spec->max_examples; i < d->n; i++) finch_text_example_release(&d->ex[i]);
         d->n = spec->max_examples;
     }
-    if (d->n_skipped)
+    const bool say = finch_dist_rank() == 0; /* one rank speaks for all */
+    if (d->n_skipped && say)
         finch_log(FINCH_LOG_WARN, "%s: %lld malformed lines skipped", path,
                   (long long)d->n_skipped);
     st = finch_tokenize_dataset(m->tok, d, max_len, spec->train_on_prompt != 0, ts, err);
-    if (!st && ts->n_truncated)
+    if (!st && ts->n_truncated && say)
         finch_log(FINCH_LOG_WARN, "%s: %lld examples longer than %d tokens were cut", path,
                   (long long)ts->n_truncated, max_len);
-    if (!st && ts->n_dropped)
+    if (!st && ts->n_dropped && say)
         finch_log(FINCH_LOG_WARN,
                   "%s: %lld examples had no completion token within %d tokens and were dropped",
                   path, (long long)ts->n_dropped, max_len);
@@ -215,9 +245,18 @@ typedef struct {
     finch_batch batch;
     float *mom, *vel;
     finch_train_pos pos;
-    FILE *metrics;
+    FILE *metrics;          /* rank 0's; NULL on the others */
     finch_dpo *dpo;         /* the DPO objective (--objective dpo), else NULL */
-    finch_dpo_stats dstats; /* its statistics over the current step's pairs */
+    finch_dpo_stats dstats; /* its statistics over the current step's pairs (all ranks') */
+    /* data parallelism: this process is rank `rank` of `procs` MPI processes and computes
+     * `lanes` of the `ranks` slices of each micro-batch (lanes = 1, or all of them under
+     * simulate_ranks); stash holds each lane's gradients when lanes > 1, lane_loss each
+     * lane's loss, lane_dstats each lane's DPO statistics */
+    int rank, procs, ranks, lanes;
+    float *stash;
+    double *lane_loss;
+    finch_dpo_stats *lane_dstats;
+    bool stop;            /* some rank was asked to stop (with several processes) */
     char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
                            */
 } run;
@@ -225,6 +264,88 @@ typedef struct {
 /* What the data order counts: examples, or preference pairs (two examples each). */
 static int64_t units(const finch_token_set *s) {
     return s->pairs ? s->n / 2 : s->n;
+}
+
+/* ---- data parallelism: everything that talks to other ranks ------------------------ */
+
+/* sum (n) += g: the lanes' gradients added in lane order (simulate_ranks). */
+static void lane_add(float *sum, const float *g, size_t n) {
+    for (size_t i = 0; i < n; i++) sum[i] += g[i];
+}
+
+/* After a step's passes: the gradients and the loss summed over the ranks (one allreduce
+ * of the gradient arena, one of the loss and the stop requests, one of DPO's statistics),
+ * so that clipping, AdamW and the progress see on every rank what one process with the
+ * whole batch sees. */
+static finch_status reduce_step(run *r, int64_t step, double *loss, int (*should_stop)(void *),
+                                void *user, finch_err *err) {
+    if (r->procs == 1) return FINCH_OK;
+    double v[2] = {*loss, should_stop && should_stop(user) ? 1.0 : 0.0};
+    finch_status st = finch_dist_sum_f32(r->par->grad, (size_t)r->par->total, "the gradients", err);
+    if (!st) st = finch_dist_sum_f64(v, 2, "the loss", err);
+    if (!st && r->dpo) st = finch_dpo_stats_sum(&r->dstats, err);
+    if (st) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return finch_err_set(err, st, "step %lld: %s; the last checkpoint is %s", (long long)step,
+                             msg, r->last_good);
+    }
+    *loss = v[0];
+    r->stop = v[1] > 0;
+    return FINCH_OK;
+}
+
+/* --resume: rank 0 reads the checkpoint and sends it to the others, so only rank 0 needs
+ * the run directory. */
+static finch_status resume_state(run *r, finch_err *err) {
+    const size_t n = (size_t)r->par->total;
+    int32_t code = 0;
+    if (r->rank == 0)
+        code =
+            (int32_t)finch_checkpoint_load(r->o->resume_dir, r->par, r->mom, r->vel, &r->pos, err);
+    finch_status st = finch_dist_bcast(&code, sizeof code, "the resume status", err);
+    if (!st && code && r->rank != 0)
+        return finch_err_set(err, (finch_status)code,
+                             "rank 0 could not resume from %s (its message says why)",
+                             r->o->resume_dir);
+    if (st || code) return st ? st : (finch_status)code;
+    if ((st = finch_dist_bcast(r->par->data, n * sizeof(float), "the parameters", err)) ||
+        (st = finch_dist_bcast(r->mom, n * sizeof(float), "AdamW m", err)) ||
+        (st = finch_dist_bcast(r->vel, n * sizeof(float), "AdamW v", err)) ||
+        (st = finch_dist_bcast(&r->pos, sizeof r->pos, "the run position", err)))
+        return st;
+    return FINCH_OK;
+}
+
+/* The ranks must agree on what shapes the batches and the registry (each reads its own
+ * copy of the model and data): checked once, at the start, before any collective whose
+ * size depends on them. */
+static finch_status check_ranks(run *r, finch_err *err) {
+    if (r->procs == 1) return FINCH_OK;
+    const finch_train_options *o = r->o;
+    uint64_t h = 0x6a09e667f3bcc908ull; /* the training token ids, hashed */
+    for (int64_t i = 0; i < r->ts.n; i++)
+        for (int32_t t = 0; t < r->ts.ex[i].n; t++)
+            h = mix64(h ^ ((uint64_t)(uint32_t)r->ts.ex[i].ids[t] << 1 | r->ts.ex[i].mask[t]));
+    const char *names[] = {"the training examples",
+                           "the validation examples",
+                           "the tokens per row",
+                           "--batch-size",
+                           "--grad-accum",
+                           "the optimizer steps",
+                           "the trainable parameters",
+                           "--seed",
+                           "--packing",
+                           "--resume (given or not)",
+                           "the training data (a hash of its tokens)",
+                           "--beta (in millionths)"};
+    int64_t v[] = {r->ts.n,       r->vs.n,
+                   r->T,          r->B,
+                   o->grad_accum, r->total,
+                   r->par->total, (int64_t)o->seed,
+                   o->packing,    o->resume_dir != NULL,
+                   (int64_t)h,    r->ts.pairs ? (int64_t)llround(o->beta * 1e6) : 0};
+    return finch_dist_check_same(v, names, (int)(sizeof v / sizeof v[0]), err);
 }
 
 /* Holds out the last val_fraction of the tokenized examples (or pairs) after a seeded
@@ -287,7 +408,7 @@ static finch_status prepare_data(run *r, finch_err *err) {
                                  : "%s: preference pairs (\"chosen\", \"rejected\") train with "
                                    "--objective dpo",
                              bad);
-    if (r->ts.n_identical || r->vs.n_identical)
+    if ((r->ts.n_identical || r->vs.n_identical) && finch_dist_rank() == 0)
         finch_log(FINCH_LOG_WARN,
                   "%lld preference pairs tokenize to the same chosen and rejected ids: each adds "
                   "log 2 to the loss and nothing to the gradient",
@@ -308,7 +429,7 @@ static finch_status prepare_data(run *r, finch_err *err) {
         epoch_order(r->order, r->ts.n, o->seed, 0);
         epoch_rows = packed_rows(&r->ts, r->order, r->T);
     }
-    const int64_t per_step = (int64_t)o->batch_size * o->grad_accum;
+    const int64_t per_step = (int64_t)o->batch_size * o->grad_accum * r->ranks;
     r->total = o->max_steps ? o->max_steps
                             : (int64_t)ceil(o->epochs * (double)epoch_rows / (double)per_step);
     r->sched.total_steps = r->total > 0 ? r->total : 1;
@@ -339,8 +460,10 @@ static finch_status prepare_method(run *r, finch_err *err) {
                                      true, &r->peft, err);
     if (st) return st;
     r->par = finch_peft_params(r->peft);
+    /* the ranks agree before the first collective (DPO's reference pass sums over them) */
+    if ((st = check_ranks(r, err))) return st;
     /* DPO's reference is the model before the method attaches */
-    if (r->ts.pairs)
+    if (r->ts.pairs && r->rank == 0)
         finch_log(FINCH_LOG_INFO,
                   "DPO: the reference log-probs of %lld pairs (the model without the method)",
                   (long long)(units(&r->ts) +
@@ -366,17 +489,42 @@ static finch_status prepare_method(run *r, finch_err *err) {
                              "sequence, and a packed row holds several; train without --packing "
                              "(prefix tuning packs)");
     if ((st = decay_ranges(r, err))) return st;
+    if ((int64_t)r->B * r->ranks > 1 << 20)
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "--batch-size %d x %d ranks: a global micro-batch of more than "
+                             "%d rows",
+                             r->B, r->ranks, 1 << 20);
+    /* the batch holds the global micro-batch; activations one rank's slice of it */
     if ((st = finch_train_acts_new(r->m, r->B, r->T, &r->acts, err)) ||
-        (st = finch_batch_init(&r->batch, r->B, r->T, err)))
+        (st = finch_batch_init(&r->batch, r->B * r->ranks, r->T, err)))
         return st;
+    size_t n_stash;
+    if (r->lanes > 1 &&
+        (!finch_size_mul((size_t)r->par->total, (size_t)r->lanes, &n_stash) ||
+         !(r->stash = finch_calloc(n_stash, sizeof(float), "the simulated ranks' gradients", err))))
+        return finch_err_set(err, FINCH_E_NOMEM,
+                             "--simulate-ranks %d: out of memory for %d copies "
+                             "of %lld gradients",
+                             r->lanes, r->lanes, (long long)r->par->total);
+    if (!(r->lane_loss = finch_calloc((size_t)r->lanes, sizeof(double), "lane losses", err)) ||
+        !(r->lane_dstats =
+              finch_calloc((size_t)r->lanes, sizeof(finch_dpo_stats), "lane DPO statistics", err)))
+        return FINCH_E_NOMEM;
     r->mom = finch_calloc((size_t)r->par->total + 1, sizeof(float), "AdamW m", err);
     r->vel = finch_calloc((size_t)r->par->total + 1, sizeof(float), "AdamW v", err);
     if (!r->mom || !r->vel) return FINCH_E_NOMEM;
-    r->pos = (finch_train_pos){.seed = o->seed};
+    r->pos = (finch_train_pos){.seed = o->seed, .ranks = r->ranks};
     snprintf(r->last_good, sizeof r->last_good, "no checkpoint (none was saved yet)");
     if (!o->resume_dir) return FINCH_OK;
-    if ((st = finch_checkpoint_load(o->resume_dir, r->par, r->mom, r->vel, &r->pos, err)))
-        return st;
+    if ((st = resume_state(r, err))) return st;
+    if (r->pos.ranks != r->ranks)
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "%s: the run was made by %d data-parallel ranks (global batch %lld), "
+                             "this one has %d: resume it with mpirun -np %d (or "
+                             "--simulate-ranks %d in one process)",
+                             o->resume_dir, r->pos.ranks,
+                             (long long)o->batch_size * o->grad_accum * r->pos.ranks, r->ranks,
+                             r->pos.ranks, r->pos.ranks);
     if (r->pos.seed != o->seed)
         return finch_err_set(err, FINCH_E_USAGE, "%s: the run used --seed %llu, not %llu",
                              o->resume_dir, (unsigned long long)r->pos.seed,
@@ -391,35 +539,85 @@ static finch_status prepare_method(run *r, finch_err *err) {
     return FINCH_OK;
 }
 
-/* One optimizer step's forward and backward passes over grad_accum micro-batches: the
- * mean loss; *tokens counts the examples' tokens (not padding). */
+/* One optimizer step's forward and backward passes over grad_accum micro-batches: this
+ * process's share of the mean loss; *tokens counts the examples' tokens (not padding) of
+ * the whole global batch.
+ *
+ * Every rank fills the same global micro-batch of ranks x B rows (so the data position
+ * moves alike everywhere) and computes its lane: rows [lane B, (lane + 1) B). The gradient
+ * is scaled by the global micro-batch's target count, so the ranks' gradients sum to the
+ * gradient of one process with batch ranks x B. Under simulate_ranks this process computes
+ * every lane, each accumulating over the micro-batches in its own copy of the gradients
+ * (swapped in and out of the registry) exactly as a rank does, and adds the lanes' sums in
+ * lane order: with two lanes that is the allreduce's a + b, bit for bit. DPO's micro-batch
+ * is ranks x batch_size pairs, lane k's pairs [k batch_size, (k + 1) batch_size) in its B
+ * rows, their gradient that of the mean over all of them (dpo.c); its statistics are
+ * summed like the loss. */
 static double accumulate(run *r, int64_t step, int64_t *tokens) {
     const finch_train_options *o = r->o;
-    double loss = 0;
+    const size_t n = (size_t)r->par->total;
+    const int64_t BT = (int64_t)r->B * r->T;
+    float *grad = r->par->grad;
     *tokens = 0;
-    finch_grad_zero(r->par->grad, (size_t)r->par->total);
-    r->dstats = (finch_dpo_stats){0};
+    for (int l = 0; l < r->lanes; l++) {
+        r->lane_loss[l] = 0;
+        r->lane_dstats[l] = (finch_dpo_stats){0};
+    }
+    finch_grad_zero(grad, n);
+    if (r->stash) finch_grad_zero(r->stash, (size_t)r->lanes * n);
+    finch_batch lb = r->batch; /* DPO: one lane's B rows of the global micro-batch's buffers */
+    lb.B = r->B;
     for (int k = 0; k < o->grad_accum; k++) {
         int64_t e0 = r->pos.epoch;
         uint64_t seed = mix64(o->seed ^ mix64((uint64_t)step * 65536 + (uint64_t)k));
-        if (r->dpo) {
-            loss += finch_dpo_step(r->dpo, r->m, r->acts, &r->batch, &r->ts, r->order, &r->pos.next,
-                                   &r->pos.epoch, 1.0f / (float)o->grad_accum, seed, &r->dstats) /
-                    o->grad_accum;
-            if (r->pos.epoch != e0) epoch_order(r->order, units(&r->ts), o->seed, r->pos.epoch);
-            *tokens += r->batch.n_tokens;
-            continue;
-        }
-        finch_batch_fill(&r->batch, &r->ts, r->order, &r->pos.next, &r->pos.epoch, o->packing != 0,
-                         finch_tokenizer_eos(r->m->tok));
-        if (r->pos.epoch != e0) epoch_order(r->order, units(&r->ts), o->seed, r->pos.epoch);
         const finch_batch *b = &r->batch;
-        float scale = b->n_targets ? 1.0f / ((float)b->n_targets * (float)o->grad_accum) : 0.0f;
-        if (b->n_targets)
-            loss += finch_model_train_step(r->m, r->acts, b->ids, b->targets, b->pos, b->seg, scale,
-                                           seed, true) /
+        float scale = 0.0f;
+        if (!r->dpo) {
+            finch_batch_fill(&r->batch, &r->ts, r->order, &r->pos.next, &r->pos.epoch,
+                             o->packing != 0, finch_tokenizer_eos(r->m->tok));
+            scale = b->n_targets ? 1.0f / ((float)b->n_targets * (float)o->grad_accum) : 0.0f;
+            *tokens += b->n_tokens;
+        }
+        /* DPO: every lane reads its pairs of the global micro-batch from the same start */
+        const int64_t next0 = r->pos.next, epoch0 = r->pos.epoch;
+        for (int l = 0; l < r->lanes; l++) {
+            const int lane = r->rank * r->lanes + l;
+            const uint64_t lane_seed = lane ? mix64(seed + (uint64_t)lane) : seed;
+            float *acc = r->stash ? r->stash + (size_t)l * n : NULL;
+            if (acc) memcpy(grad, acc, n * sizeof *grad);
+            if (r->dpo) {
+                r->pos.next = next0;
+                r->pos.epoch = epoch0;
+                r->lane_loss[l] +=
+                    finch_dpo_step(r->dpo, r->m, r->acts, &lb, &r->ts, r->order, &r->pos.next,
+                                   &r->pos.epoch, lane, r->ranks, 1.0f / (float)o->grad_accum,
+                                   lane_seed, &r->lane_dstats[l], l == 0 ? tokens : NULL) /
                     o->grad_accum;
-        *tokens += b->n_tokens;
+            } else {
+                const int64_t at = lane * BT;
+                int64_t nt = 0;
+                for (int64_t i = 0; i < BT; i++) nt += b->targets[at + i] >= 0;
+                /* the lane's mean loss weighted by its share of the micro-batch's targets (a
+                 * factor 1.0 with one rank) */
+                if (nt)
+                    r->lane_loss[l] +=
+                        finch_model_train_step(r->m, r->acts, b->ids + at, b->targets + at,
+                                               b->pos + at, b->seg + at, scale, lane_seed, true) *
+                        ((double)nt / (double)b->n_targets) / o->grad_accum;
+            }
+            if (acc) memcpy(acc, grad, n * sizeof *grad);
+        }
+        if (r->pos.epoch != e0) epoch_order(r->order, units(&r->ts), o->seed, r->pos.epoch);
+    }
+    double loss = r->lane_loss[0];
+    r->dstats = r->lane_dstats[0];
+    for (int l = 1; l < r->lanes; l++) {
+        loss += r->lane_loss[l];
+        finch_dpo_stats_add(&r->dstats, &r->lane_dstats[l]);
+    }
+    if (r->stash) {
+        memcpy(grad, r->stash, n * sizeof *grad);
+        for (int l = 1; l < r->lanes; l++) lane_add(grad, r->stash + (size_t)l * n, n);
     }
     return loss;
 }
@@ -440,26 +638,32 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                     "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s}",
                     (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
                     (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts), extra);
+    finch_status st;
     if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
+        finch_batch eb = r->batch; /* B rows of the global micro-batch's buffers */
+        eb.B = r->B;
         *extra = 0;
         if (r->dpo) {
             finch_dpo_stats v, mean;
-            finch_dpo_eval(r->dpo, r->m, r->acts, &r->batch, &r->vs, o->val_max_examples, &v);
+            if ((st = finch_dpo_eval(r->dpo, r->m, r->acts, &eb, &r->vs, o->val_max_examples, &v,
+                                     err)))
+                return st;
             finch_dpo_stats_mean(&v, &mean);
             pr->val_loss = mean.loss;
             pr->val_accuracy = mean.accuracy;
             finch_dpo_stats_json(&v, "val_", extra, sizeof extra);
-        } else {
-            pr->val_loss = eval_loss(r->m, r->acts, &r->batch, &r->vs, o->val_max_examples,
-                                     finch_tokenizer_eos(r->m->tok));
+        } else if ((st = eval_loss(r->m, r->acts, &eb, &r->vs, o->val_max_examples,
+                                   finch_tokenizer_eos(r->m->tok), &pr->val_loss, err))) {
+            return st;
         }
         metric_line(r->metrics, "{\"step\": %lld, \"val_loss\": %.6f%s}", (long long)step,
                     pr->val_loss, extra);
     }
-    if (on_progress) on_progress(pr, user);
-    bool stop = should_stop && should_stop(user);
-    finch_status st;
-    if ((o->save_steps && step % o->save_steps == 0) || step == r->total || stop) {
+    if (on_progress && r->rank == 0) on_progress(pr, user);
+    /* with several processes every rank's request was summed at the step's allreduce */
+    bool stop = r->procs > 1 ? r->stop : should_stop && should_stop(user);
+    if (r->rank == 0 &&
+        ((o->save_steps && step % o->save_steps == 0) || step == r->total || stop)) {
         if ((st = finch_checkpoint_save(o->out_dir, r->peft, r->m, r->mom, r->vel, &r->pos, err)))
             return st;
         snprintf(r->last_good, sizeof r->last_good, "%s/checkpoint-%lld", o->out_dir,
@@ -488,6 +692,8 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         double t0 = now_s();
         int64_t tokens;
         double loss = accumulate(r, step, &tokens);
+        finch_status st = reduce_step(r, step, &loss, should_stop, user, err);
+        if (st) return st;
         float *g = r->par->grad;
         double norm = o->max_grad_norm > 0 ? finch_grad_clip(g, (size_t)n_train, o->max_grad_norm)
                                            : finch_grad_norm(g, (size_t)n_train);
@@ -507,23 +713,25 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         smooth = isnan(smooth) ? loss : 0.9 * smooth + 0.1 * loss;
         tps = isnan(tps) ? rate : 0.8 * tps + 0.2 * rate;
         double elapsed = now_s() - t_start;
-        finch_train_progress pr = {.step = step,
-                                   .total_steps = r->total,
-                                   .loss = loss,
-                                   .loss_smooth = smooth,
-                                   .lr = lr,
-                                   .grad_norm = norm,
-                                   .tokens_per_s = tps,
-                                   .eta_s = elapsed / (double)(step - first_step) *
-                                            (double)(r->total - step),
-                                   .val_loss = NAN,
-                                   .n_trainable = n_train,
-                                   .n_total = n_total,
-                                   .rewards_chosen = NAN,
-                                   .rewards_rejected = NAN,
-                                   .rewards_accuracy = NAN,
-                                   .rewards_margin = NAN,
-                                   .val_accuracy = NAN};
+        finch_train_progress pr = {
+            .step = step,
+            .total_steps = r->total,
+            .loss = loss,
+            .loss_smooth = smooth,
+            .lr = lr,
+            .grad_norm = norm,
+            .tokens_per_s = tps,
+            .eta_s = elapsed / (double)(step - first_step) * (double)(r->total - step),
+            .val_loss = NAN,
+            .n_trainable = n_train,
+            .n_total = n_total,
+            .rewards_chosen = NAN,
+            .rewards_rejected = NAN,
+            .rewards_accuracy = NAN,
+            .rewards_margin = NAN,
+            .val_accuracy = NAN,
+            .ranks = r->ranks,
+            .global_batch = (int64_t)o->batch_size * o->grad_accum * r->ranks};
         if (r->dpo) {
             finch_dpo_stats mean;
             finch_dpo_stats_mean(&r->dstats, &mean);
@@ -532,8 +740,7 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
             pr.rewards_accuracy = mean.accuracy;
             pr.rewards_margin = mean.chosen - mean.rejected;
         }
-        finch_status st = after_step(r, &pr, rate, should_stop, on_progress, user, err);
-        if (st) return st;
+        if ((st = after_step(r, &pr, rate, should_stop, on_progress, user, err))) return st;
     }
     return FINCH_OK;
 }
@@ -544,6 +751,9 @@ static void run_release(run *r) {
     free(r->order);
     free(r->mom);
     free(r->vel);
+    free(r->stash);
+    free(r->lane_loss);
+    free(r->lane_dstats);
     free(r->ranges);
     finch_batch_release(&r->batch);
     finch_train_acts_free(r->acts);
@@ -567,33 +777,46 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
              .m = m,
              .max_len = o->data.max_seq_len ? o->data.max_seq_len
                                             : (m->cfg.n_ctx_train < 256 ? m->cfg.n_ctx_train : 256),
-             .sched = {.lr = o->learning_rate, .warmup_steps = o->warmup_steps}};
+             .sched = {.lr = o->learning_rate, .warmup_steps = o->warmup_steps},
+             .rank = finch_dist_rank(),
+             .procs = finch_dist_size()};
+    r.ranks = r.procs > 1 ? r.procs : o->simulate_ranks > 1 ? o->simulate_ranks : 1;
+    r.lanes = r.ranks / r.procs;
     if ((st = finch_lr_kind_parse(o->lr_scheduler ? o->lr_scheduler : "linear", &r.sched.kind,
                                   err)) ||
-        (st = finch_mkdir_p(o->out_dir, err)) || (st = prepare_data(&r, err)) ||
+        (r.rank == 0 && (st = finch_mkdir_p(o->out_dir, err))) || (st = prepare_data(&r, err)) ||
         (st = prepare_method(&r, err)))
         goto done;
     epoch_order(r.order, units(&r.ts), o->seed, r.pos.epoch);
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);
-    if (!(r.metrics = fopen(mpath, o->resume_dir ? "a" : "w"))) {
+    if (r.rank == 0 && !(r.metrics = fopen(mpath, o->resume_dir ? "a" : "w"))) {
         st = finch_err_set(err, FINCH_E_IO, "%s: cannot write: %s", mpath, strerror(errno));
         goto done;
     }
     const int64_t n_train = r.par->total, n_total = m->cfg.n_params;
-    finch_log(FINCH_LOG_INFO, "%s: trainable params: %lld || all params: %lld || trainable%%: %.4f",
-              finch_peft_method(r.peft), (long long)n_train, (long long)n_total,
-              100.0 * (double)n_train / (double)n_total);
-    finch_log(FINCH_LOG_INFO,
-              "%lld training %s, %lld validation; %lld steps of %d x %d x %d tokens%s",
-              (long long)units(&r.ts), r.dpo ? "pairs" : "examples", (long long)units(&r.vs),
-              (long long)r.total, o->grad_accum, r.B, r.T,
-              r.dpo        ? " (DPO: chosen and rejected rows)"
-              : o->packing ? " (packed)"
-                           : "");
+    if (r.rank == 0) {
+        finch_log(FINCH_LOG_INFO,
+                  "%s: trainable params: %lld || all params: %lld || trainable%%: %.4f",
+                  finch_peft_method(r.peft), (long long)n_train, (long long)n_total,
+                  100.0 * (double)n_train / (double)n_total);
+        finch_log(FINCH_LOG_INFO,
+                  "%lld training %s, %lld validation; %lld steps of %d x %d x %d tokens%s",
+                  (long long)units(&r.ts), r.dpo ? "pairs" : "examples", (long long)units(&r.vs),
+                  (long long)r.total, o->grad_accum, r.B, r.T,
+                  r.dpo        ? " (DPO: chosen and rejected rows)"
+                  : o->packing ? " (packed)"
+                               : "");
+        if (r.ranks > 1)
+            finch_log(FINCH_LOG_INFO,
+                      "data parallel: %d ranks%s, global batch %lld %s (%d x %d x %d ranks)",
+                      r.ranks, r.procs > 1 ? "" : " simulated in one process",
+                      (long long)o->batch_size * o->grad_accum * r.ranks, r.dpo ? "pairs" : "rows",
+                      o->batch_size, o->grad_accum, r.ranks);
+    }
     if ((st = train_steps(&r, on_progress, should_stop, user, err))) goto done;
     /* the result (adapter in the PEFT layout, or the model) at the top of the run directory */
-    st = finch_peft_save(r.peft, m, o->out_dir, err);
+    if (r.rank == 0) st = finch_peft_save(r.peft, m, o->out_dir, err);
 done:
     run_release(&r);
     return st;

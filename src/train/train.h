@@ -2,10 +2,10 @@
  * train.h: what the training loop (loop.c, public finch_train) uses of its own files:
  * checkpoints. A checkpoint is a directory checkpoint-<step>/ holding the method's result
  * (an adapter in the PEFT layout, or a model) and trainer_state.bin (the names and shapes
- * of the trainable tensors, their exact f32 values, AdamW's m and v, the step and the
- * data position), written into a temporary directory that is renamed into place,
- * so a crash never leaves a half-written checkpoint under its final name. And the DPO
- * objective (dpo.c).
+ * of the trainable tensors, their exact f32 values, AdamW's m and v, the step, the
+ * data position and the number of data-parallel ranks), written into a temporary
+ * directory that is renamed into place, so a crash never leaves a half-written checkpoint
+ * under its final name. And the DPO objective (dpo.c).
  */
 #ifndef FINCH_TRAIN_H
 #define FINCH_TRAIN_H
@@ -20,6 +20,7 @@ typedef struct {
     int64_t next;  /* index into the epoch's example order of the next example */
     int64_t epoch; /* passes over the training set completed */
     uint64_t seed; /* the run's seed (data order, dropout) */
+    int32_t ranks; /* data-parallel ranks whose slices make each micro-batch (1: one process) */
 } finch_train_pos;
 
 /* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's
@@ -50,7 +51,8 @@ typedef struct {
 /* The DPO state of a run: beta, and the reference log-probs of every example of the
  * training set and of the first val_max_pairs pairs (0: all) of the validation set
  * (token sets of pairs, data.h), computed here with the model as it is (call it before
- * the method attaches) in micro-batches of `pairs` pairs of T tokens. Training then runs
+ * the method attaches; every MPI rank, which compute their shares) in micro-batches of
+ * `pairs` pairs of T tokens. Training then runs
  * micro-batches of the same shape: 2 * pairs rows. */
 typedef struct finch_dpo finch_dpo;
 finch_status finch_dpo_new(const finch_model *m, const finch_token_set *train,
@@ -58,19 +60,34 @@ finch_status finch_dpo_new(const finch_model *m, const finch_token_set *train,
                            double beta, finch_dpo **out, finch_err *err);
 void finch_dpo_free(finch_dpo *d);
 
-/* One micro-batch: the pairs order[*next], order[*next + 1], ... of ts (the training set
- * given to finch_dpo_new; order over its pairs, *next wrapping to 0 and *epoch counting
- * the wraps) into b, forward with dropout seeded by dropout_seed, the DPO loss, and
- * backward: the gradients accumulate (+=) scaled by scale (1 / grad_accum). Returns the
- * micro-batch's mean loss and adds its pairs to *acc. a and b: 2 * pairs rows. */
+/* One micro-batch of a run of `ranks` data-parallel ranks (1: one process): the global
+ * micro-batch is the ranks x pairs pairs order[*next], order[*next + 1], ... of ts (the
+ * training set given to finch_dpo_new; order over its pairs, *next wrapping to 0 and
+ * *epoch counting the wraps, both moved past all of them), of which this call computes
+ * lane's pairs [lane pairs, (lane + 1) pairs) in b, forward with dropout seeded by
+ * dropout_seed, the DPO loss, and backward: the gradients of the mean loss over the global
+ * micro-batch's pairs accumulate (+=) scaled by scale (1 / grad_accum). Returns the lane's
+ * share of that mean (its pairs' losses over ranks x pairs), adds its pairs to *acc and,
+ * when tokens is not NULL, the global micro-batch's tokens to *tokens. a and b: 2 * pairs
+ * rows. */
 double finch_dpo_step(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
                       const finch_token_set *ts, const int64_t *order, int64_t *next,
-                      int64_t *epoch, float scale, uint64_t dropout_seed, finch_dpo_stats *acc);
+                      int64_t *epoch, int lane, int ranks, float scale, uint64_t dropout_seed,
+                      finch_dpo_stats *acc, int64_t *tokens);
 
 /* The DPO statistics of the first max_pairs pairs (0: all those finch_dpo_new prepared) of
- * vs, the validation set given to finch_dpo_new, forward only. */
-void finch_dpo_eval(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
-                    const finch_token_set *vs, int64_t max_pairs, finch_dpo_stats *out);
+ * vs, the validation set given to finch_dpo_new, forward only; with several MPI ranks each
+ * computes its share of the batches (every rank must call it) and every rank gets the sums
+ * one process gets. */
+finch_status finch_dpo_eval(finch_dpo *d, const finch_model *m, finch_train_acts *a, finch_batch *b,
+                            const finch_token_set *vs, int64_t max_pairs, finch_dpo_stats *out,
+                            finch_err *err);
+
+/* *s += *t, member by member. */
+void finch_dpo_stats_add(finch_dpo_stats *s, const finch_dpo_stats *t);
+
+/* *s = the sum of every MPI rank's *s (unchanged in one process). */
+finch_status finch_dpo_stats_sum(finch_dpo_stats *s, finch_err *err);
 
 /* The reference log-prob of example i of the training (set 0) or validation (1) set. */
 double finch_dpo_reference(const finch_dpo *d, int set, int64_t i);

@@ -61,6 +61,21 @@ static void test_usage_errors(void **state) {
     EXPECT("generate -m " TINY " -p hi --bogus", NULL, 2, "unknown option '--bogus'");
     EXPECT("generate -m " TINY " -p", NULL, 2, "-p needs a value");
     EXPECT("generate -m " TINY " -p hi --numerics approx", NULL, 2, "--numerics approx");
+    EXPECT("generate -m " TINY " -p hi --load-in-4bit --bnb-4bit-quant-type fp4", NULL, 2,
+           "--bnb-4bit-quant-type fp4: not implemented");
+    EXPECT("generate -m " TINY " -p hi --bnb-4bit-quant-type int4", NULL, 2,
+           "--bnb-4bit-quant-type int4: must be nf4");
+    EXPECT("generate -m " TINY " -p hi --bnb-4bit-use-double-quant maybe", NULL, 2,
+           "--bnb-4bit-use-double-quant maybe: must be true or false");
+    EXPECT("generate -m " TINY " -p hi --bnb-4bit-frobnicate 1", NULL, 2,
+           "unknown option '--bnb-4bit-frobnicate'");
+    EXPECT("eval -m " TINY " --data x.jsonl --bnb-4bit-quant-type fp4", NULL, 2,
+           "--bnb-4bit-quant-type fp4: not implemented");
+    EXPECT("train -m " TINY " --data x.jsonl --out o --bnb-4bit-quant-type fp4", NULL, 2,
+           "--bnb-4bit-quant-type fp4: not implemented");
+    /* the tiny model's FFN is 96 wide: its down projection's rows are not whole NF4 blocks */
+    EXPECT("generate -m " TINY " -p hi --load-in-4bit", NULL, 1,
+           "blk.0.ffn_down.weight: rows of 96 are not whole NF4 blocks of 64");
     EXPECT("info a.gguf b.gguf", NULL, 2, "more than one model");
     EXPECT("tokenize --bogus", NULL, 2, "unknown option");
 }
@@ -136,6 +151,8 @@ static void test_real_model(void **state) {
     assert_non_null(strstr(out, "pre-tokenizer 'smollm'"));
     snprintf(args, sizeof args, "generate -m %s -p 'The capital of France is' -n 2", m);
     EXPECT(args, NULL, 0, " Paris.");
+    snprintf(args, sizeof args, "generate -m %s -p 'The capital' -n 2 --load-in-4bit", m);
+    EXPECT(args, NULL, 1, "blk.0.attn_q.weight is q4_1 already: load it without --load-in-4bit");
     snprintf(args, sizeof args, "tokenize -m %s", m);
     EXPECT(args, "The capital of France is\nhello world\n", 0, "504 3575 282 4649 314\n");
     snprintf(args, sizeof args, "tokenize -m %s --decode", m);
@@ -166,7 +183,7 @@ static void test_train_flags(void **state) {
         {"--lora-dropout 1.5", "--lora-dropout 1.5"}, {"--epochs 0", "--epochs 0"},
         {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown setting 'bogus'"},
         {"--max-seq-len 1", "--max-seq-len 1"}, {"--target-modules q,attention", "'attention'"},
-        {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method nope", "--method nope: unknown"},
+        {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method lokr", "--method lokr: unknown"},
         {"--seed", "--seed needs a value"},
         /* methods: another method's option, layers out of range, unknown choices */
         {"--method ia3 --lora-r 4", "--lora-r is an option of lora, dora, not of ia3"},
@@ -180,6 +197,20 @@ static void test_train_flags(void **state) {
         /* the objective */
         {"--objective ppo", "--objective ppo: use sft or dpo"}, {"--objective dpo --beta 0", "--beta 0"},
         {"--objective dpo", "--objective dpo needs preference lines"},
+        /* prompt, prefix and bottleneck adapters */
+        {"--method prompt --num-virtual-tokens 0", "--num-virtual-tokens 0"},
+        {"--method prefix --num-virtual-tokens 5000", "--num-virtual-tokens 5000"},
+        {"--method prompt --prompt-init text", "--prompt-init text needs --prompt-init-text"},
+        {"--method prompt --prompt-init-text hello", "used by --prompt-init text only"},
+        {"--method prompt --prompt-init words", "--prompt-init words: must be one of"},
+        {"--method prefix --layers 1", "has no layer selection"},
+        {"--method prompt --packing", "train without --packing"},
+        {"--method adapter --adapter-type serial", "--adapter-type serial: must be one of"},
+        {"--method adapter --reduction-factor 0.5", "--reduction-factor 0.5"},
+        {"--method adapter --reduction-factor 65", "more than the hidden size 64"},
+        {"--method adapter --adapter-nonlinearity tanh", "--adapter-nonlinearity tanh"},
+        {"--method adapter --adapter-name a/b", "--adapter-name 'a/b'"},
+        {"--method adapter --layers 3", "layer 3 is out of range"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s %s", data, outdir, bad[i].flag);
@@ -299,6 +330,71 @@ static void test_train_flags(void **state) {
     }
 }
 
+/* The file at path as a NUL-terminated string (malloc'd). */
+static char *read_text(const char *path) {
+    size_t n;
+    uint8_t *p = read_file(path, &n);
+    char *s = realloc(p, n + 1);
+    assert_non_null(s);
+    s[n] = 0;
+    return s;
+}
+
+/* finch compare-methods: bad input, then two methods and every method that needs the
+ * model's shape on the tiny model: the table, compare.json with numbers, the page. */
+static void test_compare_methods(void **state) {
+    (void)state;
+    char args[8192], data[512], cdir[512], path[600];
+    snprintf(data, sizeof data, "%s/cmp.jsonl", tmpdir);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; i < 30; i++) fprintf(f, "{\"prompt\": \"n %d:\", \"completion\": \" %d\"}\n", i, i * 2);
+    fclose(f);
+    snprintf(cdir, sizeof cdir, "%s/cmp", tmpdir);
+    const struct {
+        const char *flag, *fragment;
+    } bad[] = {
+        {"--methods lora,lokr", "unknown method 'lokr'"},
+        {"--methods lora,lora", "'lora' is listed twice"},
+        {"--methods ,", "the list is empty"},
+        {"--max-steps 0", "--max-steps 0"},
+        {"--batch-size x", "--batch-size x"},
+        {"--lr lora", "--lr lora: give METHOD=X"},
+        {"--lr lokr=1e-3", "--lr lokr=1e-3"},
+        {"--lr lora=-1", "--lr lora=-1"},
+        {"--bogus 1", "unknown flag '--bogus'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "compare-methods -m " TINY " --data %s --out %s %s", data, cdir,
+                 bad[i].flag);
+        EXPECT(args, NULL, 2, bad[i].fragment);
+    }
+    EXPECT("compare-methods --out x", NULL, 2, "no training data");
+    snprintf(args, sizeof args,
+             "compare-methods -m " TINY " --data %s --general %s --methods lora,prompt,freeze "
+             "--max-steps 2 --batch-size 2 --max-seq-len 16 --eval-max-examples 4 --out %s",
+             data, data, cdir);
+    EXPECT(args, NULL, 0, "| prompt | 1280 |");
+    assert_non_null(strstr(out, "| freeze |"));
+    snprintf(path, sizeof path, "%s/compare.json", cdir);
+    char *j = read_text(path);
+    assert_non_null(strstr(j, "\"trainable_params\": 29696"));
+    assert_null(strstr(j, "\"error\""));
+    assert_non_null(strstr(j, "\"general_loss_change\": "));
+    free(j);
+    snprintf(path, sizeof path, "%s/report.html", cdir);
+    char *html = read_text(path);
+    assert_non_null(strstr(html, "<svg"));
+    assert_non_null(strstr(html, ">prompt<"));
+    free(html);
+    /* methods that fail (rows longer than the model's context): each row says why, the
+     * run exits 1 */
+    snprintf(args, sizeof args,
+             "compare-methods -m " TINY " --data %s --methods lora,prompt --max-seq-len 70000 "
+             "--max-steps 2 --eval-max-examples 4 --out %s/cmp2",
+             data, tmpdir);
+    EXPECT(args, NULL, 1, "| prompt | failed: ");
+}
+
 static int setup(void **state) {
     (void)state;
     return mkdtemp(tmpdir) ? 0 : -1;
@@ -318,6 +414,7 @@ int main(void) {
         cmocka_unit_test(test_info_tiny),
         cmocka_unit_test(test_real_model),
         cmocka_unit_test(test_train_flags),
+        cmocka_unit_test(test_compare_methods),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -198,6 +198,12 @@ static void test_matmul_backward_input(void **state) {
         check_matmul_backward_input(kq[i], 133, 512, 9, 512, 2, &r);
         check_matmul_backward_input(kq[i], 133, 768, 9, 768, 2, &r);
     }
+    /* NF4 (blocks of 64): column bands of whole blocks, 1 to 3 threads */
+    const int64_t nf4_shapes[][2] = {{1, 64}, {7, 128}, {130, 192}, {259, 576}};
+    for (size_t s = 0; s < sizeof nf4_shapes / sizeof nf4_shapes[0]; s++)
+        for (int th = 1; th <= 3; th++)
+            check_matmul_backward_input(FINCH_DTYPE_NF4, nf4_shapes[s][0], nf4_shapes[s][1],
+                                        s == 0 ? 1 : 17, nf4_shapes[s][1], th, &r);
 }
 
 static void test_matmul_backward_weight(void **state) {

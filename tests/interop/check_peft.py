@@ -7,9 +7,10 @@
   b. peft -> finch: peft makes a LoRA (r 8, alpha 16, seven projections) with random
      non-zero A and B, saves it with save_pretrained; finch loads it and its logits must
      equal peft's.
-  c. the same both ways for DoRA (use_dora, seven projections) and (IA)^3 (k, v, down):
-     finch trains each for a few steps and peft loads it; peft makes each with random
-     weights (DoRA magnitudes off their row norms, (IA)^3 vectors off one) and finch loads it.
+  c. the same both ways for DoRA (use_dora, seven projections), (IA)^3 (k, v, down), prompt
+     tuning and prefix tuning (8 virtual tokens): finch trains each for a few steps and peft
+     loads it; peft makes each with random weights (DoRA magnitudes off their row norms,
+     (IA)^3 vectors off one, prompt rows and prefix keys/values random) and finch loads it.
 
 Both sides dequantize Q4_1 exactly and compute in float32, so they differ by summation
 order only: TOL is 5e-4 on logits of magnitude ~20 (measured 6e-5 to 1.2e-4). A wrong Q/K row order
@@ -28,6 +29,11 @@ import common
 
 TOL = 5e-4
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def unwrap(pm):
+    """The base model again: tuners undo their layers; prompt learning never changed it."""
+    return pm.base_model if pm.peft_config["default"].is_prompt_learning else pm.unload()
 
 
 def main():
@@ -77,14 +83,19 @@ def main():
     base_hf = pm.unload()
 
     # c. DoRA and (IA)^3, both ways.
-    from peft import IA3Config
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
     methods = [("dora", ["--target-modules", "all-linear", "--lora-r", "8", "--lora-alpha", "16",
                          "--lora-dropout", "0", "--learning-rate", "5e-3"],
                 LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
                            use_dora=True, task_type="CAUSAL_LM")),
                ("ia3", ["--learning-rate", "3e-2"],
                 IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
-                          feedforward_modules=["down_proj"], task_type="CAUSAL_LM"))]
+                          feedforward_modules=["down_proj"], task_type="CAUSAL_LM")),
+               ("prompt", ["--num-virtual-tokens", "8", "--prompt-init", "vocab",
+                           "--learning-rate", "3e-2"],
+                PromptTuningConfig(num_virtual_tokens=8, task_type="CAUSAL_LM")),
+               ("prefix", ["--num-virtual-tokens", "8", "--learning-rate", "1e-2"],
+                PrefixTuningConfig(num_virtual_tokens=8, task_type="CAUSAL_LM"))]
     for name, flags, cfg in methods:
         trained = os.path.join(args.work, "finch_" + name)
         common.run([args.finch, "train", "-m", args.model, "--data", args.data, "--chat",
@@ -97,7 +108,7 @@ def main():
         print("  c. finch-trained %s moves peft's logits by up to %.3g from the base"
               % (name, max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits))))
         ok &= common.compare("c. finch-trained %s: finch vs peft" % name, got, want, TOL)
-        base_hf = pm.unload()
+        base_hf = unwrap(pm)
 
         torch.manual_seed(20241124)
         pm = get_peft_model(base_hf, cfg)
@@ -109,6 +120,8 @@ def main():
                     p.mul_(1 + 0.2 * (torch.rand_like(p) - 0.5))
                 elif "ia3_l" in pname:
                     p.copy_(1 + 0.1 * torch.randn_like(p))
+                elif "prompt_encoder" in pname:
+                    p.copy_(torch.randn_like(p) * 0.5)
         pm.eval()
         made = os.path.join(args.work, "peft_" + name)
         pm.save_pretrained(made)
@@ -117,7 +130,7 @@ def main():
         print("  c. peft-made %s moves peft's logits by up to %.3g from the base"
               % (name, max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits))))
         ok &= common.compare("c. peft-made %s: finch vs peft" % name, got, want, TOL)
-        base_hf = pm.unload()
+        base_hf = unwrap(pm)
     return 0 if ok else 1
 
 

@@ -84,9 +84,10 @@ def load_hf_gguf(model):
 
 
 def torch_logits(m, seqs):
+    """Logits of every token of each sequence (a prompt-tuned model's virtual rows dropped)."""
     import torch
     with torch.no_grad():
-        return [m(torch.tensor([s])).logits[0].float().numpy() for s in seqs]
+        return [m(torch.tensor([s])).logits[0, -len(s):].float().numpy() for s in seqs]
 
 
 def compare(name, got, want, tol):

@@ -66,6 +66,8 @@ skip() {
 }
 
 check peft "$VENV_PY" check_peft.py --data "$ROOT/datasets/wordnet/train.jsonl"
+check adapters "$CACHE/venv-adapters/bin/python" check_adapters.py \
+  --data "$ROOT/datasets/wordnet/train.jsonl"
 if [ -n "$LLAMA_PY" ]; then
   check llamacpp "$LLAMA_PY" check_llamacpp.py --data "$ROOT/datasets/wordnet/train.jsonl"
 else

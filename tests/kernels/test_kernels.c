@@ -70,6 +70,54 @@ static void test_matmul_all_types(void **state) {
                 check_matmul(types[i], shapes[s][0], shapes[s][1], Ts[k], &r);
 }
 
+/* NF4 (blocks of 64) on both paths: the fused dot (1-3 tokens) and the AVX-512 tiles, whose
+ * values must be the scalar dequantizer's exactly; and llamacpp numerics, which have no
+ * integer kernel for NF4 and fall back to the exact matmul bit for bit. */
+static void test_matmul_nf4(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 5);
+    const int64_t shapes[][2] = {{1, 64}, {7, 128}, {65, 192}, {130, 576}, {17, 1536}};
+    const int64_t Ts[] = {1, 2, 3, 4, 17, 70};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++)
+            check_matmul(FINCH_DTYPE_NF4, shapes[s][0], shapes[s][1], Ts[k], &r);
+    /* a tile's values equal finch_dequant_nf4's: an identity activation reads them out */
+    finch_weight w;
+    const int64_t R = 70, K = 128;
+    void *data = make_weight(&r, FINCH_DTYPE_NF4, R, K, &w);
+    float *eye = calloc((size_t)(K * K), sizeof(float)), *y = malloc((size_t)(K * R) * sizeof(float));
+    float *y2 = malloc((size_t)(K * R) * sizeof(float)), *wf = malloc((size_t)K * sizeof(float));
+    for (int64_t k = 0; k < K; k++) eye[k * K + k] = 1.0f;
+    finch_workspace ws;
+    finch_err err;
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
+                                          finch_workspace_act_need(K, K), &err), FINCH_OK);
+    finch_backend_cpu.matmul(y, eye, &w, K, &ws);
+    for (int64_t i = 0; i < R; i++) {
+        finch_dequant_nf4(wf, (const uint8_t *)data + i * w.row_bytes, K);
+        for (int64_t k = 0; k < K; k++)
+            if (y[k * R + i] != wf[k])
+                fail_msg("nf4 tile: row %lld col %lld = %.9g, dequantized %.9g", (long long)i,
+                         (long long)k, y[k * R + i], wf[k]);
+    }
+    finch_backend_cpu.matmul_q8(y2, eye, &w, K, &ws);
+    assert_memory_equal(y, y2, (size_t)(K * R) * sizeof(float));
+    for (int64_t T = 1; T <= 9; T += 8) { /* the same bits on 1 and 2 threads */
+        finch_threads_set(1);
+        finch_backend_cpu.matmul(y, eye, &w, T, &ws);
+        finch_threads_set(2);
+        finch_backend_cpu.matmul(y2, eye, &w, T, &ws);
+        assert_memory_equal(y, y2, (size_t)(T * R) * sizeof(float));
+    }
+    finch_workspace_free(&ws);
+    free(eye);
+    free(y);
+    free(y2);
+    free(wf);
+    free(data);
+}
+
 /* The activation quantization of matmul_q8, written from its specification: per block of
  * 32, scale 127/max|x|, round half to even; d and d*sum(q) stored as fp16. Returns the
  * dequantized activations d*q and, per block, |s| (for the rounding bound of s). */
@@ -371,6 +419,7 @@ int main(void) {
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_all_types), cmocka_unit_test(test_matmul_kquants),
+        cmocka_unit_test(test_matmul_nf4),
         cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),

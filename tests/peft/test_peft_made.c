@@ -15,7 +15,9 @@
  * tuning (3 virtual embeddings) and prefix tuning (3 keys and values per layer, key heads
  * in rotate-half order in the file) move them by 2.9 and 2.7. Every method's logits are
  * checked decoding the ids at once and again in two pieces after a rewind (the virtual
- * tokens enter the cache once and stay).
+ * tokens enter the cache once and stay). Bottleneck adapters saved by AdapterHub's
+ * `adapters` package (houlsby, sequential, parallel; random weights) move them by 3.7,
+ * 2.7 and 3.9 (tests/reference/make_adapter_reference.py).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -176,6 +178,14 @@ static void test_peft_made_prefix(void **state) {
     check_method("prefix");
 }
 
+/* Bottleneck adapters saved by AdapterHub's `adapters` (make_adapter_reference.py). */
+static void test_adapterhub_made(void **state) {
+    (void)state;
+    check_method("adapter_houlsby");
+    check_method("adapter_sequential");
+    check_method("adapter_parallel");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peft_made_adapter),
@@ -183,6 +193,7 @@ int main(void) {
         cmocka_unit_test(test_peft_made_ia3),
         cmocka_unit_test(test_peft_made_prompt),
         cmocka_unit_test(test_peft_made_prefix),
+        cmocka_unit_test(test_adapterhub_made),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

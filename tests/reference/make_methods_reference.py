@@ -78,6 +78,7 @@ GGUF_OF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj":
 DORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=PROJ)
 IA3 = dict(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
 NVT = 3  # virtual tokens of prompt and prefix tuning
+FUNC_OPTS = {}  # functional_loss's options of methods other scripts add (make_adapter_reference.py)
 PEFT_CONFIG = {"dora": lambda: LoraConfig(**DORA), "ia3": lambda: IA3Config(**IA3),
                "prompt": lambda: PromptTuningConfig(num_virtual_tokens=NVT, task_type="CAUSAL_LM"),
                "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=NVT, task_type="CAUSAL_LM")}
@@ -206,6 +207,23 @@ def functional_loss(cfg, sd, method, params, opts, ids, targets):
             return y + params[name + ".bias"]
         return y
 
+    def module(l, where, v):  # a bottleneck adapter's f(v) at block l, or None
+        pre = f"model.layers.{l}.{where}_adapters.adapters.finch."
+        if pre + "adapter_down.0.weight" not in params:
+            return None
+        u = v @ params[pre + "adapter_down.0.weight"].T + params[pre + "adapter_down.0.bias"]
+        act = {"relu": F.relu, "swish": F.silu, "gelu": F.gelu}[opts["non_linearity"]]
+        return opts["scaling"] * (act(u) @ params[pre + "adapter_up.weight"].T +
+                                  params[pre + "adapter_up.bias"])
+
+    def join(l, where, x, h):  # x + h through block l's adapter at its place
+        place = opts.get("place") if method.startswith("adapter") else None
+        if place == "houlsby" or (place and where == "output"):
+            f = module(l, where, {"houlsby": h, "sequential": x + h, "parallel": x}[place])
+            if f is not None:
+                return x + h + f
+        return x + h
+
     def rope(x, pos0):  # rotate-half, positions pos0, pos0 + 1, ...
         inv = cfg["theta"] ** (-torch.arange(0, D, 2, dtype=DT) / D)
         ang = torch.arange(pos0, pos0 + x.shape[1], dtype=DT)[:, None] * inv[None, :]
@@ -237,10 +255,10 @@ def functional_loss(cfg, sd, method, params, opts, ids, targets):
         v = v.repeat_interleave(H // KVH, dim=2)
         att = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D) + mask
         a = torch.einsum("bhts,bshd->bthd", att.softmax(-1), v).reshape(B, T, H * D)
-        x = x + lin(p + "self_attn.o_proj", a)
+        x = join(l, "attention", x, lin(p + "self_attn.o_proj", a))
         m = mlr.rmsnorm(x, P[p + "post_attention_layernorm.weight"], cfg["eps"])
         h = F.silu(lin(p + "mlp.gate_proj", m)) * lin(p + "mlp.up_proj", m)
-        x = x + lin(p + "mlp.down_proj", h)
+        x = join(l, "output", x, lin(p + "mlp.down_proj", h))
     x = mlr.rmsnorm(x, P["model.norm.weight"], cfg["eps"])[:, K:]
     return mlr.loss_fn(x @ P["lm_head.weight"].T, targets)
 
@@ -378,7 +396,7 @@ def run_method(method, cfg, sd, batches, seed):
         assert g.abs().max() > 0, (method, k)
     # an independent forward must give the same loss and gradients
     fparams = {k: p.detach().clone().requires_grad_(True) for k, p in params.items()}
-    floss = functional_loss(cfg, sd, method, fparams, DORA, gids, gtargets)
+    floss = functional_loss(cfg, sd, method, fparams, FUNC_OPTS.get(method, DORA), gids, gtargets)
     floss.backward()
     worst = max(float((fparams[k].grad - grads[k]).abs().max() / grads[k].abs().max()) for k in grads)
     assert abs(floss.item() - loss.item()) < 1e-12 and worst < 1e-9, (method, floss.item(), loss.item(), worst)

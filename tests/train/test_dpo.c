@@ -7,7 +7,9 @@
  *  - one training micro-batch of the 3 pairs (6 rows, padded): the loss, the rewards and
  *    accuracies, the gradient of every trainable tensor;
  *  - validation over the same pairs in micro-batches of 2 (the last one half full): the
- *    same loss and accuracy.
+ *    same loss and accuracy;
+ *  - a micro-batch split into data-parallel lanes: their losses and gradients sum to the
+ *    whole micro-batch's.
  * Tolerances: f32 against float64: log-probs 2e-5 relative, loss and rewards 2e-5,
  * gradients 1e-4 of the tensor's largest element (as test_methods.c).
  */
@@ -20,6 +22,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "optim/optim.h"
 #include "peft/method.h"
@@ -119,7 +122,8 @@ static void check_case(const dpo_case *c) {
     assert_int_equal(P, 3);
     finch_dpo_stats st = {0}, mean;
     finch_grad_zero(p->params.grad, (size_t)p->params.total);
-    double loss = finch_dpo_step(d, model, a, &b, &ts, order, &next, &epoch, 1.0f, 0, &st);
+    double loss =
+        finch_dpo_step(d, model, a, &b, &ts, order, &next, &epoch, 0, 1, 1.0f, 0, &st, NULL);
     finch_dpo_stats_mean(&st, &mean);
     json_t *rw = json_object_get(ref, "rewards");
     double ref_loss = json_real_value(json_object_get(ref, "loss"));
@@ -156,13 +160,14 @@ static void check_case(const dpo_case *c) {
     /* validation: 2 pairs, then 1 (the other rows of that batch masked) */
     assert_int_equal(finch_train_acts_new(model, 4, T, &a2, &err), FINCH_OK);
     assert_int_equal(finch_batch_init(&b2, 4, T, &err), FINCH_OK);
-    finch_dpo_eval(d2, model, a2, &b2, &ts, 0, &st);
+    assert_int_equal(finch_dpo_eval(d2, model, a2, &b2, &ts, 0, &st, &err), FINCH_OK);
     finch_dpo_stats_mean(&st, &mean);
     assert_int_equal(st.n, 3);
     near(mean.loss, ref_loss, 2e-5, "validation loss", c->method);
     near(mean.accuracy, json_real_value(json_object_get(rw, "accuracies")), 1e-12,
          "validation accuracy", c->method);
-    finch_dpo_eval(d2, model, a2, &b2, &ts, 1, &st); /* --val-max-examples 1: the first pair */
+    /* --val-max-examples 1: the first pair */
+    assert_int_equal(finch_dpo_eval(d2, model, a2, &b2, &ts, 1, &st, &err), FINCH_OK);
     assert_int_equal(st.n, 1);
     near(st.loss, json_real_value(json_array_get(json_object_get(ref, "losses"), 0)), 2e-5,
          "first pair's loss", c->method);
@@ -208,12 +213,53 @@ static void test_dpo_starts_at_log2(void **state) {
     int64_t order[3] = {2, 0, 1}, next = 0, epoch = 0;
     finch_dpo_stats st = {0};
     finch_grad_zero(p->params.grad, (size_t)p->params.total);
-    double loss = finch_dpo_step(d, model, a, &b, &ts, order, &next, &epoch, 1.0f, 0, &st);
+    int64_t tokens = 0;
+    double loss =
+        finch_dpo_step(d, model, a, &b, &ts, order, &next, &epoch, 0, 1, 1.0f, 0, &st, &tokens);
     assert_true(fabs(loss - log(2.0)) < 1e-15 && st.chosen == 0 && st.rejected == 0 && st.accuracy == 0);
+    assert_int_equal(tokens, b.n_tokens);
     double g2 = 0;
     for (int64_t i = 0; i < p->params.total; i++) g2 += (double)p->params.grad[i] * p->params.grad[i];
     printf("  LoRA at its start: loss %.17g = log 2, gradient norm %.4g\n", loss, sqrt(g2));
     assert_true(g2 > 0);
+    /* the same micro-batch as 3 data-parallel lanes of 1 pair each: every lane moves the
+     * position past all 3 pairs, the lanes' losses and gradients sum to the whole batch's */
+    const size_t n = (size_t)p->params.total;
+    float *whole = malloc(n * sizeof *whole);
+    memcpy(whole, p->params.grad, n * sizeof *whole);
+    finch_dpo *d1;
+    finch_peft_detach(p, model);
+    assert_int_equal(finch_dpo_new(model, &ts, &ts, 0, 1, T, 0.1, &d1, &err), FINCH_OK);
+    assert_int_equal(finch_peft_attach(p, model, 1.0f, (int64_t)6 * T, &err), FINCH_OK);
+    finch_train_acts *a1;
+    finch_batch b1;
+    assert_int_equal(finch_train_acts_new(model, 2, T, &a1, &err), FINCH_OK);
+    assert_int_equal(finch_batch_init(&b1, 2, T, &err), FINCH_OK);
+    finch_grad_zero(p->params.grad, n);
+    finch_dpo_stats lanes = {0};
+    double lane_loss = 0;
+    int64_t lane_tokens = 0;
+    for (int lane = 0; lane < 3; lane++) {
+        int64_t nx = 0, ep = 0;
+        lane_loss += finch_dpo_step(d1, model, a1, &b1, &ts, order, &nx, &ep, lane, 3, 1.0f, 0,
+                                    &lanes, lane ? NULL : &lane_tokens);
+        assert_true(nx == 0 && ep == 1);
+    }
+    assert_true(fabs(lane_loss - loss) < 1e-15);
+    assert_int_equal(lanes.n, 3);
+    assert_int_equal(lane_tokens, tokens);
+    double worst = 0, gmax = 0;
+    for (size_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs((double)p->params.grad[i] - whole[i]));
+        gmax = fmax(gmax, fabs((double)whole[i]));
+    }
+    printf("  3 lanes of 1 pair: loss %.17g, gradients within %.3g of the whole batch's (max %.3g)\n",
+           lane_loss, worst, gmax);
+    assert_true(worst <= 1e-5 * gmax);
+    free(whole);
+    finch_batch_release(&b1);
+    finch_train_acts_free(a1);
+    finch_dpo_free(d1);
     finch_peft_detach(p, model);
     finch_batch_release(&b);
     finch_train_acts_free(a);

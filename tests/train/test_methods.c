@@ -38,18 +38,26 @@ typedef struct {
     const char *method;
     finch_option opts[4];
     int n_opts;
+    const char *fixture; /* its folder under methods/ (NULL: the method's name) */
 } method_case;
 
 /* The options that make finch's instance the reference's configuration. */
 static const method_case cases[] = {
-    {"dora", {{"lora-r", "4"}, {"lora-alpha", "8"}, {"lora-dropout", "0"}, {"target-modules", "all-linear"}}, 4},
-    {"ia3", {{"target-modules", "k,v,down"}, {"feedforward-modules", "down"}}, 2},
-    {"bitfit", {{"target-modules", "all-linear"}}, 1},
-    {"full", {{NULL, NULL}}, 0},
-    {"freeze", {{"layers", "1"}}, 1},
-    {"prompt", {{"num-virtual-tokens", "3"}}, 1},
-    {"prefix", {{"num-virtual-tokens", "3"}}, 1},
+    {"dora", {{"lora-r", "4"}, {"lora-alpha", "8"}, {"lora-dropout", "0"}, {"target-modules", "all-linear"}}, 4, NULL},
+    {"ia3", {{"target-modules", "k,v,down"}, {"feedforward-modules", "down"}}, 2, NULL},
+    {"bitfit", {{"target-modules", "all-linear"}}, 1, NULL},
+    {"full", {{NULL, NULL}}, 0, NULL},
+    {"freeze", {{"layers", "1"}}, 1, NULL},
+    {"prompt", {{"num-virtual-tokens", "3"}}, 1, NULL},
+    {"prefix", {{"num-virtual-tokens", "3"}}, 1, NULL},
+    {"adapter", {{"adapter-type", "houlsby"}, {"reduction-factor", "4"}}, 2, "adapter_houlsby"},
+    {"adapter", {{"adapter-type", "sequential"}, {"reduction-factor", "4"}}, 2, "adapter_sequential"},
+    {"adapter", {{"adapter-type", "parallel"}, {"reduction-factor", "4"}}, 2, "adapter_parallel"},
 };
+
+static const char *fixture(const method_case *c) {
+    return c->fixture ? c->fixture : c->method;
+}
 
 static json_t *reference(const char *method) {
     char path[512];
@@ -97,10 +105,10 @@ static void compare(const finch_params *r, const float *got, const float *want, 
 }
 
 static void check_gradients(const method_case *c) {
-    json_t *ref = reference(c->method), *g = json_object_get(ref, "grad");
+    json_t *ref = reference(fixture(c)), *g = json_object_get(ref, "grad");
     finch_peft *p = instance(c, NULL, true), *want = instance(c, NULL, false);
-    load(p, c->method, json_string_value(json_object_get(g, "params_file")));
-    load(want, c->method, json_string_value(json_object_get(g, "grads_file")));
+    load(p, fixture(c), json_string_value(json_object_get(g, "params_file")));
+    load(want, fixture(c), json_string_value(json_object_get(g, "grads_file")));
     int32_t ids[256], tg[256], pos[256];
     int B, T;
     json_batch(g, ids, tg, pos, &B, &T);
@@ -110,9 +118,9 @@ static void check_gradients(const method_case *c) {
     assert_int_equal(finch_train_acts_new(model, B, T, &a, &err), FINCH_OK);
     double loss = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, true);
     double ref_loss = json_real_value(json_object_get(g, "loss"));
-    printf("  %s: loss %.7f, reference %.7f; %d tensors\n", c->method, loss, ref_loss, p->params.n);
-    if (!(fabs(loss - ref_loss) < 1e-5 * ref_loss)) fail_msg("%s: loss differs", c->method);
-    compare(&p->params, p->params.grad, want->params.data, 1e-4, c->method, NULL);
+    printf("  %s: loss %.7f, reference %.7f; %d tensors\n", fixture(c), loss, ref_loss, p->params.n);
+    if (!(fabs(loss - ref_loss) < 1e-5 * ref_loss)) fail_msg("%s: loss differs", fixture(c));
+    compare(&p->params, p->params.grad, want->params.data, 1e-4, fixture(c), NULL);
     finch_peft_detach(p, model);
     finch_train_acts_free(a);
     finch_peft_free(p);
@@ -124,7 +132,7 @@ static void check_init(const method_case *c) {
     finch_rng rng;
     finch_rng_seed(&rng, 1);
     finch_peft *p = instance(c, &rng, false), *want = instance(c, NULL, false);
-    load(want, c->method, "train_init.safetensors");
+    load(want, fixture(c), "train_init.safetensors");
     if (!strcmp(c->method, "prompt") || !strcmp(c->method, "prefix")) {
         /* N(0, 1) draws: mean and variance within 5 standard errors */
         double s1 = 0, s2 = 0, n = (double)p->params.total;
@@ -136,18 +144,19 @@ static void check_init(const method_case *c) {
         printf("  %s init: %g values, mean %.4f, variance %.4f\n", c->method, n, mean, var);
         assert_true(fabs(mean) < 5 / sqrt(n) && fabs(var - 1) < 5 * sqrt(2 / n));
     } else {
-        /* LoRA's A is random: the rest is determined */
-        compare(&p->params, p->params.data, want->params.data, 1e-6, c->method, "lora_A");
+        /* LoRA's A and an adapter's down projection are random: the rest is determined */
+        compare(&p->params, p->params.data, want->params.data, 1e-6, fixture(c),
+                !strcmp(c->method, "adapter") ? "adapter_down.0.weight" : "lora_A");
     }
     finch_peft_free(p);
     finch_peft_free(want);
 }
 
 static void check_training(const method_case *c) {
-    json_t *ref = reference(c->method), *tr = json_object_get(ref, "train");
+    json_t *ref = reference(fixture(c)), *tr = json_object_get(ref, "train");
     finch_peft *p = instance(c, NULL, true), *want = instance(c, NULL, false);
-    load(p, c->method, "train_init.safetensors");
-    load(want, c->method, "train_final.safetensors");
+    load(p, fixture(c), "train_init.safetensors");
+    load(want, fixture(c), "train_final.safetensors");
     json_t *hist = json_object_get(tr, "history");
     int32_t ids[256], tg[256], pos[256];
     int B, T;
@@ -179,12 +188,12 @@ static void check_training(const method_case *c) {
         double want_norm = json_real_value(json_object_get(h, "grad_norm"));
         double tol = want_loss < 0.1 ? 2e-3 : 1e-3;
         if (fabs(loss - want_loss) > tol * want_loss || fabs(norm - want_norm) > tol * want_norm)
-            fail_msg("%s step %d: loss %.6f (reference %.6f), grad norm %.6f (reference %.6f)", c->method,
+            fail_msg("%s step %d: loss %.6f (reference %.6f), grad norm %.6f (reference %.6f)", fixture(c),
                      k, loss, want_loss, norm, want_norm);
         if (k == 0 || k == steps - 1)
-            printf("  %s step %2d: loss %.5f (reference %.5f)\n", c->method, k + 1, loss, want_loss);
+            printf("  %s step %2d: loss %.5f (reference %.5f)\n", fixture(c), k + 1, loss, want_loss);
     }
-    compare(r, r->data, want->params.data, 1e-3, c->method, NULL);
+    compare(r, r->data, want->params.data, 1e-3, fixture(c), NULL);
     free(m);
     free(v);
     free(ranges);

@@ -169,7 +169,11 @@ static void test_resume_exact_methods(void **state) {
               {"ia3", NULL, NULL, "adapter_model.safetensors"},
               {"bitfit", NULL, NULL, "adapter_model.safetensors"},
               {"freeze", "layers", "1", "model.gguf"},
-              {"full", NULL, NULL, "model.safetensors"}};
+              {"full", NULL, NULL, "model.safetensors"},
+              {"prompt", "num-virtual-tokens", "4", "adapter_model.safetensors"},
+              {"prefix", "num-virtual-tokens", "4", "adapter_model.safetensors"},
+              {"adapter", "adapter-type", "houlsby", "adapter.safetensors"},
+              {"adapter", "adapter-type", "parallel", "adapter.safetensors"}};
     for (size_t i = 0; i < sizeof ms / sizeof *ms; i++) {
         char a[300], b[300];
         snprintf(a, sizeof a, "%s/m%zu_a", dir, i);

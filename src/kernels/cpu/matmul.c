@@ -153,13 +153,78 @@ static float dot_f32(const void *row, const float *x, int64_t n) {
 #define dot_q8_0 NULL
 #endif
 
+/* ---- NF4: the 16-entry code table lives in one AVX-512 register ----------------------- */
+
+#if defined(__AVX512F__)
+/* Element k of each 16-lane half of a block's 32 packed bytes, as code indices: byte j holds
+ * element 2j (high nibble) and 2j+1 (low), so lanes interleave the bytes' high and low
+ * nibbles: {hi0, lo0, hi1, lo1, ...}. */
+static inline void nf4_codes16(const uint8_t *qs, __m512i *c0, __m512i *c1) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    const __m512i hi = _mm512_srli_epi32(v, 4), lo = _mm512_and_si512(v, _mm512_set1_epi32(15));
+    const __m512i i0 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i i1 =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    *c0 = _mm512_permutex2var_epi32(hi, i0, lo);
+    *c1 = _mm512_permutex2var_epi32(hi, i1, lo);
+}
+
+/* The rows' values code[q] * d: the same single f32 product as finch_dequant_nf4, so the
+ * tiles hold exactly the reference's values. */
+static void dequant_nf4(float *dst, const void *src, int64_t n) {
+    const finch_block_nf4 *b = src;
+    const __m512 lut = _mm512_loadu_ps(finch_nf4_code);
+    for (int64_t i = 0; i < n / QK_NF4; i++, dst += QK_NF4) {
+        const __m512 d = _mm512_set1_ps(b[i].d);
+        for (int h = 0; h < 2; h++) {
+            __m512i c0, c1;
+            nf4_codes16(b[i].qs + 16 * h, &c0, &c1);
+            _mm512_storeu_ps(dst + 32 * h, _mm512_mul_ps(_mm512_permutexvar_ps(c0, lut), d));
+            _mm512_storeu_ps(dst + 32 * h + 16, _mm512_mul_ps(_mm512_permutexvar_ps(c1, lut), d));
+        }
+    }
+}
+
+/* sum over blocks of d * sum_j code[q_j] x_j */
+static float dot_nf4(const void *row, const float *x, int64_t n) {
+    const finch_block_nf4 *b = row;
+    const __m512 lut = _mm512_loadu_ps(finch_nf4_code);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_NF4; i++, x += QK_NF4) {
+        __m512i c[4];
+        nf4_codes16(b[i].qs, &c[0], &c[1]);
+        nf4_codes16(b[i].qs + 16, &c[2], &c[3]);
+        __m512 acc = _mm512_mul_ps(_mm512_permutexvar_ps(c[0], lut), _mm512_loadu_ps(x));
+        for (int k = 1; k < 4; k++)
+            acc =
+                _mm512_fmadd_ps(_mm512_permutexvar_ps(c[k], lut), _mm512_loadu_ps(x + 16 * k), acc);
+        total = _mm512_fmadd_ps(_mm512_set1_ps(b[i].d), acc, total);
+    }
+    return _mm512_reduce_add_ps(total);
+}
+#else
+#define dequant_nf4 NULL
+#define dot_nf4 NULL
+#endif
+
 typedef float (*dot_fn)(const void *row, const float *x, int64_t n);
 
 /* Types without a fused dot use dot_generic: dequantize one block, then dot in f32. */
 static const dot_fn dot_table[FINCH_DTYPE_COUNT] = {
     [FINCH_DTYPE_F32] = dot_f32,   [FINCH_DTYPE_F16] = dot_f16,   [FINCH_DTYPE_BF16] = dot_bf16,
     [FINCH_DTYPE_Q4_0] = dot_q4_0, [FINCH_DTYPE_Q4_1] = dot_q4_1, [FINCH_DTYPE_Q8_0] = dot_q8_0,
+    [FINCH_DTYPE_NF4] = dot_nf4,
 };
+
+/* Vectorised row dequantizers for the tiles, bit-identical to the scalar ones in core/
+ * (which every other type uses). */
+static const finch_dequant_fn tile_dequant_table[FINCH_DTYPE_COUNT] = {
+    [FINCH_DTYPE_NF4] = dequant_nf4,
+};
+
+static finch_dequant_fn tile_dequant(finch_dtype t) {
+    return tile_dequant_table[t] ? tile_dequant_table[t] : finch_dtype_info[t].dequant;
+}
 
 static float dot_generic(const finch_dtype_traits *tr, const void *row, const float *x, int64_t n) {
     float blk[QK_K];
@@ -196,7 +261,7 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
  * holding its row, so results do not depend on the thread count. */
 static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
-    const finch_dtype_traits *tr = &finch_dtype_info[w->type];
+    const finch_dequant_fn dequant = tile_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, n16 = (R + 15) / 16;
     FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
     const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + GROUP) * K);
@@ -219,7 +284,7 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
                         (const uint8_t *)w->data + (size_t)(r0 + r + g) * w->row_bytes;
                     src[g] = (const float *)row;
                     if (w->type != FINCH_DTYPE_F32) {
-                        tr->dequant(stage + g * K, row, K);
+                        dequant(stage + g * K, row, K);
                         src[g] = stage + g * K;
                     }
                 }
@@ -230,7 +295,7 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
                 const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes;
                 const float *src = (const float *)row;
                 if (w->type != FINCH_DTYPE_F32) {
-                    tr->dequant(stage, row, K);
+                    dequant(stage, row, K);
                     src = stage;
                 }
                 for (int64_t k = 0; k < K; k++) wt[k * nr + r] = src[k];
@@ -260,6 +325,7 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                      finch_workspace *ws) {
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
+    const finch_dequant_fn dequant = tile_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems;
     FINCH_ASSERT(tr->dequant && ws && ws->per_thread >= (size_t)(TILE_ROWS * K));
 #pragma omp parallel num_threads(ws->n_threads)
@@ -281,9 +347,8 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
             for (int64_t r0 = 0; r0 < R; r0 += chunk) {
                 int64_t nr = R - r0 < chunk ? R - r0 : chunk;
                 for (int64_t r = 0; r < nr; r++)
-                    tr->dequant(wt + r * cw,
-                                (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off,
-                                cw);
+                    dequant(wt + r * cw,
+                            (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off, cw);
                 finch_cpu_sgemm_nn(T, cw, nr, dy + r0, R, wt, cw, dx + c0, K, r0 > 0);
             }
         }

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+static int cmd_version(int argc, char **argv);
+
 static void log_to_stderr(finch_log_level level, const char *msg, void *user) {
     (void)user;
     if (level == FINCH_LOG_DEBUG) return;
@@ -26,7 +28,15 @@ static const struct {
     {"score", cmd_score, "ROUGE, BLEU, exact match, F1 of predictions against references"},
     {"tokenize", cmd_tokenize, "text on stdin to token ids on stdout (--decode: reverse)"},
     {"report", cmd_report, "an HTML report of a training run: curves, metrics, samples"},
+    {"version", cmd_version, "print finch's version (also finch --version)"},
 };
+
+static int cmd_version(int argc, char **argv) {
+    if (argc > 1)
+        return cli_usage_error("version", "unexpected argument '%s' (it takes none)", argv[1]);
+    printf("finch %s\n", FINCH_VERSION);
+    return 0;
+}
 
 static void usage(FILE *f) {
     fprintf(f, "usage: finch <command> [options]\n\ncommands:\n");
@@ -45,6 +55,7 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) return cmd_version(1, argv + 1);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "finch: error: unknown command '%s'\n", argv[1]);

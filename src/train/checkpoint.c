@@ -123,7 +123,7 @@ finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err
         long long s = strtoll(e->d_name + 11, &end, 10);
         if (*end || s < 0 || end == e->d_name + 11) continue;
         if (n == cap) {
-            long long *more = realloc(steps, (cap = cap ? 2 * cap : 16) * sizeof *steps);
+            long long *more = finch_mem_realloc(steps, (cap = cap ? 2 * cap : 16) * sizeof *steps);
             if (!more) break;
             steps = more;
         }

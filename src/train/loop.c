@@ -92,16 +92,20 @@ static finch_status check_options(const finch_model *m, const finch_train_option
     return FINCH_OK;
 }
 
-/* Appends one JSON object line to metrics.jsonl (flushed: a crash loses at most it). */
-static void metric_line(FILE *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void metric_line(FILE *f, const char *fmt, ...) {
-    if (!f) return;
+/* Appends one JSON object line to metrics.jsonl (one write: a crash or a full disk loses
+ * at most that line, never leaves half of it). A NULL file logs nothing. */
+static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...) {
+    if (!f || !f->path) return FINCH_OK;
+    char line[1024];
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(f, fmt, ap);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
     va_end(ap);
-    fputc('\n', f);
-    fflush(f);
+    FINCH_ASSERT(n > 0 && (size_t)n < sizeof line - 1);
+    line[n++] = '\n';
+    return finch_file_append(f, line, (size_t)n, err);
 }
 
 /* Mean loss over a token set, in batches of B rows of T (forward only). */
@@ -109,7 +113,7 @@ static double eval_loss(const finch_model *m, finch_train_acts *acts, finch_batc
                         const finch_token_set *vs, int64_t max_examples, const int32_t pad) {
     int64_t n = vs->n;
     if (max_examples > 0 && n > max_examples) n = max_examples;
-    int64_t *order = malloc((size_t)vs->n * sizeof *order);
+    int64_t *order = finch_mem_alloc((size_t)vs->n * sizeof *order);
     if (!order) return NAN;
     for (int64_t i = 0; i < vs->n; i++) order[i] = i;
     double sum = 0;
@@ -209,7 +213,7 @@ typedef struct {
     finch_batch batch;
     float *mom, *vel;
     finch_train_pos pos;
-    FILE *metrics;
+    finch_append_file metrics; /* metrics.jsonl */
     char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
                            */
 } run;
@@ -222,9 +226,9 @@ static finch_status hold_out(run *r, finch_err *err) {
         return finch_err_set(err, FINCH_E_RANGE,
                              "--val-fraction %g of %lld examples leaves none on one side",
                              r->o->val_fraction, (long long)ts->n);
-    int64_t *perm = malloc((size_t)ts->n * sizeof *perm);
-    vs->ex = malloc((size_t)n_val * sizeof *vs->ex);
-    finch_token_example *rest = malloc((size_t)(ts->n - n_val) * sizeof *rest);
+    int64_t *perm = finch_mem_alloc((size_t)ts->n * sizeof *perm);
+    vs->ex = finch_mem_alloc((size_t)n_val * sizeof *vs->ex);
+    finch_token_example *rest = finch_mem_alloc((size_t)(ts->n - n_val) * sizeof *rest);
     if (!perm || !vs->ex || !rest) {
         free(perm);
         free(rest);
@@ -373,21 +377,23 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                void *user, finch_err *err) {
     const finch_train_options *o = r->o;
     const int64_t step = pr->step;
-    if (o->log_steps && (step % o->log_steps == 0 || step == r->total))
-        metric_line(r->metrics,
-                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
-                    "\"tokens_per_s\": %.1f, \"epoch\": %.4f}",
-                    (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
-                    (double)r->pos.epoch + (double)r->pos.next / (double)r->ts.n);
+    finch_status st;
+    if (o->log_steps && (step % o->log_steps == 0 || step == r->total) &&
+        (st = metric_line(&r->metrics, err,
+                          "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
+                          "\"tokens_per_s\": %.1f, \"epoch\": %.4f}",
+                          (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
+                          (double)r->pos.epoch + (double)r->pos.next / (double)r->ts.n)))
+        return st;
     if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
         pr->val_loss = eval_loss(r->m, r->acts, &r->batch, &r->vs, o->val_max_examples,
                                  finch_tokenizer_eos(r->m->tok));
-        metric_line(r->metrics, "{\"step\": %lld, \"val_loss\": %.6f}", (long long)step,
-                    pr->val_loss);
+        if ((st = metric_line(&r->metrics, err, "{\"step\": %lld, \"val_loss\": %.6f}",
+                              (long long)step, pr->val_loss)))
+            return st;
     }
     if (on_progress) on_progress(pr, user);
     bool stop = should_stop && should_stop(user);
-    finch_status st;
     if ((o->save_steps && step % o->save_steps == 0) || step == r->total || stop) {
         if ((st = finch_checkpoint_save(o->out_dir, r->peft, r->m, r->mom, r->vel, &r->pos, err)))
             return st;
@@ -455,7 +461,7 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
 }
 
 static void run_release(run *r) {
-    if (r->metrics) fclose(r->metrics);
+    finch_file_append_close(&r->metrics);
     if (r->peft) finch_peft_detach(r->peft, r->m);
     free(r->order);
     free(r->mom);
@@ -491,10 +497,7 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     epoch_order(r.order, r.ts.n, o->seed, r.pos.epoch);
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);
-    if (!(r.metrics = fopen(mpath, o->resume_dir ? "a" : "w"))) {
-        st = finch_err_set(err, FINCH_E_IO, "%s: cannot write: %s", mpath, strerror(errno));
-        goto done;
-    }
+    if ((st = finch_file_append_open(mpath, !o->resume_dir, &r.metrics, err))) goto done;
     const int64_t n_train = r.par->total, n_total = m->cfg.n_params;
     finch_log(FINCH_LOG_INFO, "%s: trainable params: %lld || all params: %lld || trainable%%: %.4f",
               finch_peft_method(r.peft), (long long)n_train, (long long)n_total,

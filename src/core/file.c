@@ -129,30 +129,28 @@ void finch_file_append_close(finch_append_file *f) {
     *f = (finch_append_file){-1, NULL};
 }
 
-static void fsync_dir_of(const char *path) {
-    char *dir = finch_mem_strdup(path);
-    if (!dir) return;
+/* fsyncs the directory holding path; dir is a buffer of strlen(path) + 2 bytes (allocated
+ * with the temp name, so that nothing can fail once the file is renamed). */
+static void fsync_dir_of(const char *path, char *dir) {
+    strcpy(dir, path);
     char *slash = strrchr(dir, '/');
-    const char *d = ".";
-    if (slash) {
-        if (slash == dir)
-            slash[1] = 0;
-        else
-            *slash = 0;
-        d = dir;
-    }
-    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!slash)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        slash[1] = 0;
+    else
+        *slash = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         fsync(fd);
         close(fd);
     }
-    free(dir);
 }
 
 finch_status finch_file_commit(const char *path, finch_write_fn write, void *user, finch_err *err) {
     size_t n = strlen(path);
-    char *tmp = finch_mem_alloc(n + 16);
-    if (!tmp) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    char *tmp = finch_mem_alloc(2 * n + 18); /* the temp name, then room for the directory */
+    if (!tmp) return finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", path);
     snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {
@@ -181,7 +179,7 @@ finch_status finch_file_commit(const char *path, finch_write_fn write, void *use
     if (st != FINCH_OK)
         unlink(tmp);
     else
-        fsync_dir_of(path);
+        fsync_dir_of(path, tmp + n + 16);
     free(tmp);
     return st;
 }

@@ -29,11 +29,11 @@ static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g,
         int n = finch_peft_new_tensors(adapters[a], m, NULL, 0);
         finch_new_tensor *nt = finch_mem_calloc((size_t)n + 1, sizeof *nt);
         float **more = finch_mem_realloc(keep->bufs, (size_t)(keep->n + n + 1) * sizeof *more);
+        if (more) keep->bufs = more; /* the old block is gone once realloc succeeds */
         if (!nt || !more) {
             free(nt);
-            return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+            return finch_err_set(err, FINCH_E_NOMEM, "out of memory merging %s", m->path);
         }
-        keep->bufs = more;
         finch_peft_new_tensors(adapters[a], m, nt, n);
         finch_status st = FINCH_OK;
         for (int i = 0; i < n && !st; i++) {

@@ -124,7 +124,12 @@ finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err
         if (*end || s < 0 || end == e->d_name + 11) continue;
         if (n == cap) {
             long long *more = finch_mem_realloc(steps, (cap = cap ? 2 * cap : 16) * sizeof *steps);
-            if (!more) break;
+            if (!more) {
+                closedir(d);
+                free(steps);
+                return finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory listing checkpoints",
+                                     out_dir);
+            }
             steps = more;
         }
         steps[n++] = s;

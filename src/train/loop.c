@@ -108,13 +108,14 @@ static finch_status metric_line(finch_append_file *f, finch_err *err, const char
     return finch_file_append(f, line, (size_t)n, err);
 }
 
-/* Mean loss over a token set, in batches of B rows of T (forward only). */
-static double eval_loss(const finch_model *m, finch_train_acts *acts, finch_batch *b,
-                        const finch_token_set *vs, int64_t max_examples, const int32_t pad) {
+/* Mean loss over a token set, in batches of B rows of T (forward only), into *out. */
+static finch_status eval_loss(const finch_model *m, finch_train_acts *acts, finch_batch *b,
+                              const finch_token_set *vs, int64_t max_examples, const int32_t pad,
+                              double *out, finch_err *err) {
     int64_t n = vs->n;
     if (max_examples > 0 && n > max_examples) n = max_examples;
-    int64_t *order = finch_mem_alloc((size_t)vs->n * sizeof *order);
-    if (!order) return NAN;
+    int64_t *order = finch_alloc((size_t)vs->n * sizeof *order, "validation order", err);
+    if (!order) return FINCH_E_NOMEM;
     for (int64_t i = 0; i < vs->n; i++) order[i] = i;
     double sum = 0;
     int64_t count = 0, next = 0, epoch = 0;
@@ -137,7 +138,8 @@ static double eval_loss(const finch_model *m, finch_train_acts *acts, finch_batc
         }
     }
     free(order);
-    return count ? sum / (double)count : NAN;
+    *out = count ? sum / (double)count : NAN;
+    return FINCH_OK;
 }
 
 /* Rows that packing the examples of one epoch in this order fills (as finch_batch_fill
@@ -386,9 +388,9 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                           (double)r->pos.epoch + (double)r->pos.next / (double)r->ts.n)))
         return st;
     if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
-        pr->val_loss = eval_loss(r->m, r->acts, &r->batch, &r->vs, o->val_max_examples,
-                                 finch_tokenizer_eos(r->m->tok));
-        if ((st = metric_line(&r->metrics, err, "{\"step\": %lld, \"val_loss\": %.6f}",
+        if ((st = eval_loss(r->m, r->acts, &r->batch, &r->vs, o->val_max_examples,
+                            finch_tokenizer_eos(r->m->tok), &pr->val_loss, err)) ||
+            (st = metric_line(&r->metrics, err, "{\"step\": %lld, \"val_loss\": %.6f}",
                               (long long)step, pr->val_loss)))
             return st;
     }

@@ -100,7 +100,7 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
         st = finch_err_set(err, FINCH_E_IO, "%s: rename failed: %s", final, strerror(errno));
     if (st) {
         remove_tree(tmp);
-        return st;
+        return finch_err_prefix(err, "saving %s", final);
     }
     fsync_path(out_dir);
     return FINCH_OK;

@@ -493,9 +493,10 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
              .sched = {.lr = o->learning_rate, .warmup_steps = o->warmup_steps}};
     if ((st = finch_lr_kind_parse(o->lr_scheduler ? o->lr_scheduler : "linear", &r.sched.kind,
                                   err)) ||
-        (st = finch_mkdir_p(o->out_dir, err)) || (st = prepare_data(&r, err)) ||
-        (st = prepare_method(&r, err)))
+        (st = finch_mkdir_p(o->out_dir, err)))
         goto done;
+    finch_checkpoint_clean(o->out_dir); /* temporaries of a run killed while saving */
+    if ((st = prepare_data(&r, err)) || (st = prepare_method(&r, err))) goto done;
     epoch_order(r.order, r.ts.n, o->seed, r.pos.epoch);
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);

@@ -194,7 +194,7 @@ static int setup(void **state) {
     snprintf(merged, sizeof merged, "%s/merged.gguf", dir);
     write_dataset(train_data, 6, 0);
     write_dataset(val_data, 3, 100);
-    finch_threads_set(2);
+    finch_threads_set(1); /* a sweep of thousands of tiny runs: no OpenMP pool to spin */
     finch_err err;
     if (finch_model_load(TINY, &model, &err)) return -1;
     finch_train_options o = train_opts(adapter_dir);

@@ -206,7 +206,7 @@ static int setup(void **state) {
     snprintf(ref_full, sizeof ref_full, "%s/ref_full", dir);
     write_dataset(train_data, 6, 0);
     write_dataset(val_data, 3, 100);
-    finch_threads_set(2);
+    finch_threads_set(1); /* a sweep of thousands of tiny runs: no OpenMP pool to spin */
     finch_err err;
     if (finch_model_load(TINY, &model, &err)) return -1;
     finch_train_options lo = train_opts(ref_lora, false), fo = train_opts(ref_full, true);

@@ -1,19 +1,25 @@
 /*
  * cmd_tokenize.c: `finch tokenize`: each line of stdin becomes a line of space-separated
  * token ids (the line's newline is not part of the text); with --decode each line of ids
- * becomes text.
+ * becomes text. With --jsonl each input line is a JSON object {"text": "..."} (so a text
+ * may hold newlines) and each output line is {"ids": [...]}; a bad line stops the run
+ * with its file and line number.
  */
 #include "cli.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char usage_text[] =
-    "usage: finch tokenize [-m MODEL] [--decode] [--parse-special] [--no-add-special] < input\n"
+    "usage: finch tokenize [-m MODEL] [--decode | --jsonl [FILE]] [--parse-special]\n"
+    "                      [--no-add-special] < input\n"
     "  -m, --model FILE     GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
     "  --decode             read lines of ids, write text\n"
+    "  --jsonl [FILE]       read JSON lines {\"text\": \"...\"} (from FILE, else stdin), write\n"
+    "                       one line {\"ids\": [...]} per input line; blank lines are skipped\n"
     "  --parse-special      treat control-token text like <|im_start|> as the token\n"
     "  --no-add-special     do not add BOS/EOS even where the model asks for them\n";
 
@@ -70,9 +76,52 @@ static int decode_line(const finch_tokenizer *tok, char *line, long lineno, int 
     return 0;
 }
 
+/* One JSON line {"text": ...} of file `name` to one line {"ids": [...]}; a message naming
+ * name:lineno for anything else. */
+static int encode_json_line(const finch_tokenizer *tok, const char *name, long lineno,
+                            const char *line, size_t len, int flags) {
+    size_t i = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
+    if (i == len) return 0; /* a blank line */
+    json_error_t jerr;
+    json_t *obj = json_loadb(line, len, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &jerr);
+    const char *why = NULL;
+    json_t *text = NULL;
+    if (!obj)
+        why = jerr.text;
+    else if (!json_is_object(obj))
+        why = "expected a JSON object {\"text\": \"...\"}";
+    else if (!(text = json_object_get(obj, "text")))
+        why = "no field \"text\"";
+    else if (!json_is_string(text))
+        why = "field \"text\" is not a string";
+    else if (json_object_size(obj) != 1)
+        why = "unknown field beside \"text\"";
+    if (why) {
+        fprintf(stderr, "finch: error: %s: line %ld: %s\n", name, lineno, why);
+        json_decref(obj);
+        return EXIT_FAIL;
+    }
+    int32_t *ids;
+    int64_t n;
+    finch_err err;
+    if (finch_tokenize(tok, json_string_value(text), json_string_length(text), flags, &ids, &n,
+                       &err)) {
+        fprintf(stderr, "finch: error: %s: line %ld: %s\n", name, lineno, err.msg);
+        json_decref(obj);
+        return EXIT_FAIL;
+    }
+    json_decref(obj);
+    fputs("{\"ids\": [", stdout);
+    for (int64_t k = 0; k < n; k++) printf(k ? ", %d" : "%d", ids[k]);
+    fputs("]}\n", stdout);
+    free(ids);
+    return 0;
+}
+
 int cmd_tokenize(int argc, char **argv) {
-    const char *path = NULL;
-    bool decode = false;
+    const char *path = NULL, *jsonl_path = NULL;
+    bool decode = false, jsonl = false;
     int flags = FINCH_TOK_ADD_SPECIAL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -83,6 +132,9 @@ int cmd_tokenize(int argc, char **argv) {
             if (!(path = cli_flag_value("tokenize", argc, argv, &i))) return EXIT_USAGE;
         } else if (!strcmp(a, "--decode")) {
             decode = true;
+        } else if (!strcmp(a, "--jsonl")) {
+            jsonl = true;
+            if (i + 1 < argc && argv[i + 1][0] != '-') jsonl_path = argv[++i];
         } else if (!strcmp(a, "--parse-special")) {
             flags |= FINCH_TOK_PARSE_SPECIAL;
         } else if (!strcmp(a, "--no-add-special")) {
@@ -92,25 +144,48 @@ int cmd_tokenize(int argc, char **argv) {
                                    a);
         }
     }
+    if (decode && jsonl)
+        return cli_usage_error("tokenize", "--jsonl reads texts to encode: not with --decode");
+    FILE *in = stdin;
+    const char *in_name = "stdin";
+    if (jsonl_path) {
+        if (!(in = fopen(jsonl_path, "rb"))) {
+            fprintf(stderr, "finch: error: %s: cannot open: %s\n", jsonl_path, strerror(errno));
+            return EXIT_FAIL;
+        }
+        in_name = jsonl_path;
+    }
     finch_model *m = cli_load_model(path);
-    if (!m) return EXIT_FAIL;
+    if (!m) {
+        if (in != stdin) fclose(in);
+        return EXIT_FAIL;
+    }
     const finch_tokenizer *tok = finch_model_tokenizer(m);
     int rc = 0;
     if (!tok) {
         fprintf(stderr, "finch: error: %s: the model has no tokenizer\n", path ? path : "model");
         finch_model_free(m);
+        if (in != stdin) fclose(in);
         return EXIT_FAIL;
     }
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
     long lineno = 0;
-    while (rc == 0 && (n = getline(&line, &cap, stdin)) >= 0) {
+    while (rc == 0 && (n = getline(&line, &cap, in)) >= 0) {
         lineno++;
         if (n > 0 && line[n - 1] == '\n') line[--n] = 0;
-        rc = decode ? decode_line(tok, line, lineno, flags & FINCH_TOK_PARSE_SPECIAL)
-                    : encode_line(tok, line, (size_t)n, flags);
+        if (jsonl)
+            rc = encode_json_line(tok, in_name, lineno, line, (size_t)n, flags);
+        else
+            rc = decode ? decode_line(tok, line, lineno, flags & FINCH_TOK_PARSE_SPECIAL)
+                        : encode_line(tok, line, (size_t)n, flags);
     }
+    if (rc == 0 && ferror(in)) {
+        fprintf(stderr, "finch: error: %s: read failed: %s\n", in_name, strerror(errno));
+        rc = EXIT_FAIL;
+    }
+    if (in != stdin) fclose(in);
     free(line);
     finch_model_free(m);
     return rc;

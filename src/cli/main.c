@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+static int cmd_version(int argc, char **argv);
+
 static void log_to_stderr(finch_log_level level, const char *msg, void *user) {
     (void)user;
     if (level == FINCH_LOG_DEBUG) return;
@@ -28,7 +30,15 @@ static const struct {
     {"report", cmd_report, "an HTML report of a training run: curves, metrics, samples"},
     {"compare-methods", cmd_compare,
      "train several methods with one budget and compare them: size, speed, memory, quality"},
+    {"version", cmd_version, "print finch's version (also finch --version)"},
 };
+
+static int cmd_version(int argc, char **argv) {
+    if (argc > 1)
+        return cli_usage_error("version", "unexpected argument '%s' (it takes none)", argv[1]);
+    printf("finch %s\n", FINCH_VERSION);
+    return 0;
+}
 
 static void usage(FILE *f) {
     fprintf(f, "usage: finch <command> [options]\n\ncommands:\n");
@@ -47,6 +57,7 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) return cmd_version(1, argv + 1);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "finch: error: unknown command '%s'\n", argv[1]);

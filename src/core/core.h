@@ -66,6 +66,31 @@ void *finch_calloc(size_t n, size_t size, const char *what, finch_err *err);
 void *finch_aalloc(size_t bytes, const char *what, finch_err *err);
 void finch_afree(void *p);
 
+/* malloc, calloc, realloc and strdup with libc's contract (NULL on failure, release with
+ * free()), for callers that report the failure themselves. Every allocation finch makes
+ * goes through these or the three above, so the fault hook below reaches all of them
+ * (jansson's and PCRE2's internal allocations aside). */
+void *finch_mem_alloc(size_t bytes);
+void *finch_mem_calloc(size_t n, size_t size);
+void *finch_mem_realloc(void *p, size_t bytes);
+char *finch_mem_strdup(const char *s);
+
+/* ---- fault injection (tests only) --------------------------------------------------- */
+
+/* finch_fault_alloc_set(n) makes the n-th allocation from now on (1-based, counted over
+ * every function above) fail as if memory were exhausted; 0 turns it off. The count of
+ * allocations since the last call is finch_fault_alloc_count(). finch_fault_write_set(n)
+ * does the same for writes (finch_fwrite, the flush of finch_file_commit, and
+ * finch_file_append): the n-th fails with ENOSPC, "No space left on device". The counters
+ * are process-wide and atomic; only tests call these (a sweep over n proves that every
+ * failure point returns a clean error). */
+void finch_fault_alloc_set(int64_t n);
+int64_t finch_fault_alloc_count(void);
+void finch_fault_write_set(int64_t n);
+int64_t finch_fault_write_count(void);
+/* True when the write about to happen is the one set to fail (errno is then ENOSPC). */
+bool finch_fault_write_hit(void);
+
 /* ---- half precision ----------------------------------------------------------------- */
 
 /* IEEE binary16 <-> binary32, exact both ways for representable values; f32->f16
@@ -181,6 +206,24 @@ finch_status finch_mkdir_p(const char *path, finch_err *err);
 
 /* Writes n bytes to f, FINCH_E_IO with path on a short write. */
 finch_status finch_fwrite(FILE *f, const void *p, size_t n, const char *path, finch_err *err);
+
+/* A log file that grows by whole records (metrics.jsonl): each finch_file_append writes
+ * one record with write(2) in append mode, and a record that fails part-way (a full disk)
+ * is cut off again, so the file always ends at a record boundary. */
+typedef struct {
+    int fd;     /* open for appending; -1 when closed */
+    char *path; /* copy of the path, for messages */
+} finch_append_file;
+
+/* Opens path for appending (created 0644 if missing; emptied first when truncate).
+ * FINCH_E_IO with the path and reason. Close with finch_file_append_close. */
+finch_status finch_file_append_open(const char *path, bool truncate, finch_append_file *out,
+                                    finch_err *err);
+/* Appends n bytes as one record: FINCH_E_IO naming the file when they cannot all be
+ * written, the file then as it was before the call. */
+finch_status finch_file_append(finch_append_file *f, const void *p, size_t n, finch_err *err);
+/* Closes f (NULL-safe, and safe on a zeroed or closed struct). */
+void finch_file_append_close(finch_append_file *f);
 
 /* ---- random numbers ----------------------------------------------------------------- */
 

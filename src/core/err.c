@@ -3,6 +3,8 @@
  */
 #include "core.h"
 
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -76,8 +78,61 @@ void finch_log(finch_log_level level, const char *fmt, ...) {
     log_fn(level, buf, log_user);
 }
 
+/* Fault injection: the only mutable globals of the library, touched by tests alone. The
+ * counters count every allocation (and write) always; the trap fires only when set. */
+static _Atomic int64_t alloc_count, alloc_trap, write_count, write_trap;
+
+void finch_fault_alloc_set(int64_t n) {
+    atomic_store(&alloc_count, 0);
+    atomic_store(&alloc_trap, n);
+}
+
+int64_t finch_fault_alloc_count(void) {
+    return atomic_load(&alloc_count);
+}
+
+void finch_fault_write_set(int64_t n) {
+    atomic_store(&write_count, 0);
+    atomic_store(&write_trap, n);
+}
+
+int64_t finch_fault_write_count(void) {
+    return atomic_load(&write_count);
+}
+
+static bool alloc_fails(void) {
+    int64_t n = atomic_fetch_add(&alloc_count, 1) + 1;
+    return n == atomic_load(&alloc_trap);
+}
+
+bool finch_fault_write_hit(void) {
+    int64_t n = atomic_fetch_add(&write_count, 1) + 1;
+    if (n != atomic_load(&write_trap)) return false;
+    errno = ENOSPC;
+    return true;
+}
+
+void *finch_mem_alloc(size_t bytes) {
+    return alloc_fails() ? NULL : malloc(bytes ? bytes : 1);
+}
+
+void *finch_mem_calloc(size_t n, size_t size) {
+    return alloc_fails() ? NULL : calloc(n ? n : 1, size ? size : 1);
+}
+
+void *finch_mem_realloc(void *p, size_t bytes) {
+    return alloc_fails() ? NULL : realloc(p, bytes ? bytes : 1);
+}
+
+char *finch_mem_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = finch_mem_alloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
 void *finch_alloc(size_t bytes, const char *what, finch_err *err) {
-    void *p = malloc(bytes ? bytes : 1);
+    void *p = finch_mem_alloc(bytes);
     if (!p)
         finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
     return p;
@@ -89,7 +144,7 @@ void *finch_calloc(size_t n, size_t size, const char *what, finch_err *err) {
         finch_err_set(err, FINCH_E_NOMEM, "%s: %zu x %zu bytes overflows", what, n, size);
         return NULL;
     }
-    void *p = calloc(n ? n : 1, size ? size : 1);
+    void *p = finch_mem_calloc(n, size);
     if (!p)
         finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
     return p;
@@ -102,7 +157,7 @@ void *finch_aalloc(size_t bytes, const char *what, finch_err *err) {
         return NULL;
     }
     rounded &= ~(size_t)63;
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    void *p = alloc_fails() ? NULL : aligned_alloc(64, rounded ? rounded : 64);
     if (!p)
         finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
     return p;

@@ -44,7 +44,7 @@ finch_status finch_file_map(const char *path, finch_mapped_file *out, finch_err 
         f.data = p;
     }
     close(fd);
-    f.path = strdup(path);
+    f.path = finch_mem_strdup(path);
     if (!f.path) {
         if (f.data) munmap((void *)f.data, f.size);
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
@@ -83,35 +83,74 @@ finch_status finch_mkdir_p(const char *path, finch_err *err) {
 }
 
 finch_status finch_fwrite(FILE *f, const void *p, size_t n, const char *path, finch_err *err) {
-    if (n && fwrite(p, 1, n, f) != n)
+    if (n && (finch_fault_write_hit() || fwrite(p, 1, n, f) != n))
         return finch_err_set(err, FINCH_E_IO, "%s: write failed: %s", path, strerror(errno));
     return FINCH_OK;
 }
 
-static void fsync_dir_of(const char *path) {
-    char *dir = strdup(path);
-    if (!dir) return;
-    char *slash = strrchr(dir, '/');
-    const char *d = ".";
-    if (slash) {
-        if (slash == dir)
-            slash[1] = 0;
-        else
-            *slash = 0;
-        d = dir;
+finch_status finch_file_append_open(const char *path, bool truncate, finch_append_file *out,
+                                    finch_err *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (truncate ? O_TRUNC : 0), 0644);
+    if (fd < 0)
+        return finch_err_set(err, FINCH_E_IO, "%s: cannot write: %s", path, strerror(errno));
+    char *copy = finch_mem_strdup(path);
+    if (!copy) {
+        close(fd);
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory opening %s", path);
     }
-    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    *out = (finch_append_file){fd, copy};
+    return FINCH_OK;
+}
+
+finch_status finch_file_append(finch_append_file *f, const void *p, size_t n, finch_err *err) {
+    off_t end = lseek(f->fd, 0, SEEK_END);
+    const char *b = p;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = finch_fault_write_hit() ? -1 : write(f->fd, b + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : EIO;
+            /* a partial record would corrupt the file's last line: cut it off again */
+            if (end >= 0 && ftruncate(f->fd, end) != 0) {
+                /* nothing more to do: the write error below is what the caller needs */
+            }
+            return finch_err_set(err, FINCH_E_IO, "%s: write failed: %s", f->path, strerror(e));
+        }
+        done += (size_t)w;
+    }
+    return FINCH_OK;
+}
+
+void finch_file_append_close(finch_append_file *f) {
+    if (!f || !f->path) return;
+    close(f->fd);
+    free(f->path);
+    *f = (finch_append_file){-1, NULL};
+}
+
+/* fsyncs the directory holding path; dir is a buffer of strlen(path) + 2 bytes (allocated
+ * with the temp name, so that nothing can fail once the file is renamed). */
+static void fsync_dir_of(const char *path, char *dir) {
+    strcpy(dir, path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        slash[1] = 0;
+    else
+        *slash = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         fsync(fd);
         close(fd);
     }
-    free(dir);
 }
 
 finch_status finch_file_commit(const char *path, finch_write_fn write, void *user, finch_err *err) {
     size_t n = strlen(path);
-    char *tmp = malloc(n + 16);
-    if (!tmp) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    char *tmp = finch_mem_alloc(2 * n + 18); /* the temp name, then room for the directory */
+    if (!tmp) return finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", path);
     snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {
@@ -129,7 +168,7 @@ finch_status finch_file_commit(const char *path, finch_write_fn write, void *use
         return finch_err_set(err, FINCH_E_IO, "%s: fdopen failed", path);
     }
     finch_status st = write(f, user, err);
-    if (st == FINCH_OK && fflush(f) != 0)
+    if (st == FINCH_OK && (finch_fault_write_hit() || fflush(f) != 0))
         st = finch_err_set(err, FINCH_E_IO, "%s: write failed: %s", path, strerror(errno));
     if (st == FINCH_OK && fsync(fileno(f)) != 0)
         st = finch_err_set(err, FINCH_E_IO, "%s: fsync failed: %s", path, strerror(errno));
@@ -140,7 +179,7 @@ finch_status finch_file_commit(const char *path, finch_write_fn write, void *use
     if (st != FINCH_OK)
         unlink(tmp);
     else
-        fsync_dir_of(path);
+        fsync_dir_of(path, tmp + n + 16);
     free(tmp);
     return st;
 }

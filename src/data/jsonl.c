@@ -68,7 +68,7 @@ typedef struct {
 static bool sb_add(sbuf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = (b->n + n + 1) * 2;
-        char *p = realloc(b->p, cap);
+        char *p = finch_mem_realloc(b->p, cap);
         if (!p) return false;
         b->p = p;
         b->cap = cap;
@@ -165,7 +165,7 @@ static finch_status chat_example(json_t *obj, const finch_data_options *opt, con
         return finch_err_set(err, FINCH_E_FORMAT,
                              "%s: \"messages\" must be an array of at least 2 messages", where);
     size_t n = json_array_size(msgs);
-    finch_chat_msg *m = calloc(n, sizeof *m);
+    finch_chat_msg *m = finch_mem_calloc(n, sizeof *m);
     if (!m) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     finch_status st = FINCH_OK;
     for (size_t i = 0; i < n && !st; i++) {
@@ -184,7 +184,7 @@ static finch_status chat_example(json_t *obj, const finch_data_options *opt, con
                            "text to learn)",
                            where, m[n - 1].role);
     if (!st) st = chat_wrap(opt->tok, m, (int)n - 1, where, &ex->prompt, err);
-    if (!st && !(ex->completion = strdup(m[n - 1].content)))
+    if (!st && !(ex->completion = finch_mem_strdup(m[n - 1].content)))
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     free(m);
     return st;
@@ -224,7 +224,7 @@ static finch_status pref_side(json_t *obj, const char *field, const char *where,
     }
     if (!*json_string_value(v))
         return finch_err_set(err, FINCH_E_FORMAT, "%s: field \"%s\" is empty", where, field);
-    if (!(*out = strdup(json_string_value(v))))
+    if (!(*out = finch_mem_strdup(json_string_value(v))))
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     return FINCH_OK;
 }
@@ -242,7 +242,7 @@ static finch_status preference_example(json_t *obj, const finch_data_options *op
         size_t n = json_array_size(prompt);
         if (n == 0)
             return finch_err_set(err, FINCH_E_FORMAT, "%s: \"prompt\" is an empty list", where);
-        finch_chat_msg *m = calloc(n, sizeof *m);
+        finch_chat_msg *m = finch_mem_calloc(n, sizeof *m);
         if (!m) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         for (size_t i = 0; i < n && !st; i++) {
             json_t *e = json_array_get(prompt, i);
@@ -320,7 +320,7 @@ static finch_status line_example(json_t *obj, finch_shape shape, const finch_dat
     } else {
         ex->prompt = prompt;
     }
-    if (!(ex->completion = strdup(target)))
+    if (!(ex->completion = finch_mem_strdup(target)))
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     return FINCH_OK;
 }
@@ -330,7 +330,7 @@ static finch_status line_example(json_t *obj, finch_shape shape, const finch_dat
 finch_status finch_dataset_parse(const char *text, size_t len, const char *name,
                                  const finch_data_options *opt, finch_dataset **out,
                                  finch_err *err) {
-    finch_dataset *d = calloc(1, sizeof *d);
+    finch_dataset *d = finch_mem_calloc(1, sizeof *d);
     if (!d) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     d->shape = opt->shape;
     finch_rng rng;
@@ -382,7 +382,7 @@ finch_status finch_dataset_parse(const char *text, size_t len, const char *name,
         }
         if (d->n == cap) {
             cap = cap ? cap * 2 : 64;
-            finch_text_example *grown = realloc(d->ex, (size_t)cap * sizeof *grown);
+            finch_text_example *grown = finch_mem_realloc(d->ex, (size_t)cap * sizeof *grown);
             if (!grown) {
                 finch_text_example_release(&ex);
                 st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", name);
@@ -438,8 +438,8 @@ finch_status finch_dataset_split(finch_dataset *d, double fraction, uint64_t see
                              "a validation fraction of %g of %lld examples leaves %lld for "
                              "validation: need at least one on each side",
                              fraction, (long long)d->n, (long long)n_val);
-    finch_dataset *v = calloc(1, sizeof *v);
-    finch_text_example *vex = malloc((size_t)n_val * sizeof *vex);
+    finch_dataset *v = finch_mem_calloc(1, sizeof *v);
+    finch_text_example *vex = finch_mem_alloc((size_t)n_val * sizeof *vex);
     if (!v || !vex) {
         free(v);
         free(vex);

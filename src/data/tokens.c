@@ -24,8 +24,8 @@ static finch_status tokenize_one(const finch_tokenizer *tok, const finch_text_ex
     out->truncated = n > max_len;
     if (n > max_len) n = max_len;
     out->n = (int32_t)n;
-    out->ids = malloc((size_t)(n ? n : 1) * sizeof *out->ids);
-    out->mask = malloc((size_t)(n ? n : 1));
+    out->ids = finch_mem_alloc((size_t)(n ? n : 1) * sizeof *out->ids);
+    out->mask = finch_mem_alloc((size_t)(n ? n : 1));
     if (!out->ids || !out->mask) {
         free(out->ids);
         free(out->mask);
@@ -59,7 +59,7 @@ finch_status finch_tokenize_dataset(const finch_tokenizer *tok, const finch_data
                              max_len);
     finch_token_set s = {.pairs = d->n > 0 && d->ex[0].rejected};
     const int per = s.pairs ? 2 : 1; /* token examples per text example */
-    s.ex = calloc((size_t)d->n * (size_t)per + 1, sizeof *s.ex);
+    s.ex = finch_mem_calloc((size_t)d->n * (size_t)per + 1, sizeof *s.ex);
     if (!s.ex) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     for (int64_t i = 0; i < d->n; i++) {
         finch_token_example te[2] = {{0}};

@@ -125,8 +125,9 @@ finch_status finch_dist_bcast(void *buf, size_t bytes, const char *what, finch_e
 finch_status finch_dist_check_same(const int64_t *v, const char *const *names, int n,
                                    finch_err *err) {
     if (finch_dist_size() == 1 || n <= 0) return FINCH_OK;
-    int64_t *lo = malloc(2 * (size_t)n * sizeof *lo), *hi = lo + n;
+    int64_t *lo = finch_mem_alloc(2 * (size_t)n * sizeof *lo);
     if (!lo) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    int64_t *hi = lo + n;
     int rc = MPI_Allreduce(v, lo, n, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD);
     if (rc == MPI_SUCCESS) rc = MPI_Allreduce(v, hi, n, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
     finch_status st = rc == MPI_SUCCESS ? FINCH_OK : mpi_fail(rc, "the check", "the run", err);

@@ -30,7 +30,7 @@ static void put(sbuf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t c = b->cap ? b->cap : 64;
         while (c < b->n + n + 1) c *= 2;
-        char *q = realloc(b->p, c);
+        char *q = finch_mem_realloc(b->p, c);
         if (!q) {
             b->failed = true;
             return;

@@ -36,7 +36,7 @@ static bool append_piece(const finch_tokenizer *tok, int32_t id, char **text, si
     if (n > (int64_t)sizeof piece) n = sizeof piece; /* no real token is this long */
     if (*len + (size_t)n + 1 > *cap) {
         size_t c = (*len + (size_t)n + 1) * 2;
-        char *p = realloc(*text, c);
+        char *p = finch_mem_realloc(*text, c);
         if (!p) return false;
         *text = p;
         *cap = c;
@@ -98,7 +98,7 @@ static finch_status prepare_example(const finch_model *m, const char *path,
                                     int32_t **ids, int *n_ids, finch_err *err) {
     const int n_ctx_train = m->cfg.n_ctx_train;
     /* the user's text, before the chat template wrapped it */
-    res->prompts[i] = strdup(e->user ? e->user : e->prompt);
+    res->prompts[i] = finch_mem_strdup(e->user ? e->user : e->prompt);
     res->references[i] = finch_eval_strip(e->completion);
     if (!res->prompts[i] || !res->references[i])
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory");

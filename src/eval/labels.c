@@ -42,7 +42,7 @@ char *finch_eval_strip(const char *s) {
     while (is_space(*s)) s++;
     size_t n = strlen(s);
     while (n > 0 && is_space(s[n - 1])) n--;
-    char *r = malloc(n + 1);
+    char *r = finch_mem_alloc(n + 1);
     if (r) {
         memcpy(r, s, n);
         r[n] = 0;
@@ -183,7 +183,7 @@ typedef struct {
 static bool str_add(str *s, const char *t, size_t n) {
     if (s->n + n + 1 > s->cap) {
         size_t cap = (s->n + n + 1) * 2;
-        char *q = realloc(s->p, cap);
+        char *q = finch_mem_realloc(s->p, cap);
         if (!q) return false;
         s->p = q;
         s->cap = cap;
@@ -242,7 +242,7 @@ static finch_status cut_templates(run *r, finch_err *err) {
                                  "template %d: {label} must end the template (found '%.40s' after "
                                  "it)",
                                  i + 1, slot + 7);
-        if (!(r->prefixes[i] = malloc(n + 1)))
+        if (!(r->prefixes[i] = finch_mem_alloc(n + 1)))
             return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         memcpy(r->prefixes[i], t, n);
         r->prefixes[i][n] = 0;
@@ -274,16 +274,16 @@ static finch_status make_labels(run *r, finch_classify_results *out, finch_err *
                                      "%s: more than %d distinct completions: is this a "
                                      "classification set? Give the labels with --labels",
                                      r->spec->path, cap);
-            char **a = realloc(out->labels, (size_t)cap * 2 * sizeof *a);
+            char **a = finch_mem_realloc(out->labels, (size_t)cap * 2 * sizeof *a);
             if (a) out->labels = a;
-            char **b = a ? realloc(r->label_text, (size_t)cap * 2 * sizeof *b) : NULL;
+            char **b = a ? finch_mem_realloc(r->label_text, (size_t)cap * 2 * sizeof *b) : NULL;
             if (b) r->label_text = b;
             if (!a || !b) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
             cap *= 2;
         }
         /* the scored text keeps a completion's leading space (its separator) */
         size_t n = rstrip_len(text);
-        char *t = malloc(n + 1), *s = finch_eval_strip(text);
+        char *t = finch_mem_alloc(n + 1), *s = finch_eval_strip(text);
         if (t) memcpy(t, text, n), t[n] = 0;
         r->label_text[out->n_labels] = t;
         out->labels[out->n_labels++] = s;
@@ -310,7 +310,7 @@ static finch_status make_labels(run *r, finch_classify_results *out, finch_err *
         finch_status st = tokenize_label(r->m->tok, t, &r->lab[0][j], err);
         if (st) return st;
         /* with a space in front, unless the label starts with one already */
-        char *sp = malloc(strlen(t) + 2);
+        char *sp = finch_mem_alloc(strlen(t) + 2);
         if (!sp) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         sp[0] = ' ';
         strcpy(sp + 1, t);

@@ -48,9 +48,9 @@ static bool series_add(series *s, double x, double y) {
     while (s->n && s->x[s->n - 1] >= x) s->n--;
     if (s->n == s->cap) {
         size_t c = s->cap ? s->cap * 2 : 64;
-        double *nx = realloc(s->x, c * sizeof *nx);
+        double *nx = finch_mem_realloc(s->x, c * sizeof *nx);
         if (nx) s->x = nx;
-        double *ny = realloc(s->y, c * sizeof *ny);
+        double *ny = finch_mem_realloc(s->y, c * sizeof *ny);
         if (ny) s->y = ny;
         if (!nx || !ny) return false;
         s->cap = c;
@@ -204,11 +204,11 @@ static finch_status add_eval(report *r, const char *path, finch_err *err) {
     finch_status st = load_object(path, &j, err);
     if (st) return st;
     if ((st = check_eval(path, j, err))) goto fail;
-    json_t **e = realloc(r->evals, (size_t)(r->n_evals + 1) * sizeof *e);
+    json_t **e = finch_mem_realloc(r->evals, (size_t)(r->n_evals + 1) * sizeof *e);
     if (e) r->evals = e;
-    char **p = realloc(r->eval_paths, (size_t)(r->n_evals + 1) * sizeof *p);
+    char **p = finch_mem_realloc(r->eval_paths, (size_t)(r->n_evals + 1) * sizeof *p);
     if (p) r->eval_paths = p;
-    char *copy = e && p ? strdup(path) : NULL;
+    char *copy = e && p ? finch_mem_strdup(path) : NULL;
     if (!copy) {
         st = finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory", path);
         goto fail;
@@ -239,9 +239,9 @@ static finch_status find_evals(report *r, finch_err *err) {
         size_t len = strlen(e->d_name);
         if (len < 9 || strncmp(e->d_name, "eval", 4) || strcmp(e->d_name + len - 5, ".json"))
             continue;
-        char **nn = realloc(names, (n + 1) * sizeof *nn);
+        char **nn = finch_mem_realloc(names, (n + 1) * sizeof *nn);
         if (nn) names = nn;
-        if (!nn || !(names[n] = malloc(strlen(r->dir) + len + 2))) {
+        if (!nn || !(names[n] = finch_mem_alloc(strlen(r->dir) + len + 2))) {
             st = finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory listing files", r->dir);
             break;
         }

@@ -47,11 +47,11 @@ static char *dup_n(const char *p, size_t n, finch_err *err) {
 static finch_status add(finch_score_set *s, int n_refs, finch_err *err) {
     if (s->n == s->cap) {
         size_t c = s->cap ? s->cap * 2 : 64;
-        char **p = realloc(s->pred, c * sizeof *p);
+        char **p = finch_mem_realloc(s->pred, c * sizeof *p);
         if (p) s->pred = p;
-        char ***r = realloc(s->refs, c * sizeof *r);
+        char ***r = finch_mem_realloc(s->refs, c * sizeof *r);
         if (r) s->refs = r;
-        int *k = realloc(s->n_refs, c * sizeof *k);
+        int *k = finch_mem_realloc(s->n_refs, c * sizeof *k);
         if (k) s->n_refs = k;
         if (!p || !r || !k) return finch_err_set(err, FINCH_E_NOMEM, "score set: out of memory");
         s->cap = c;

@@ -31,7 +31,7 @@ static bool reserve(finch_buf *b, size_t n) {
             return false;
         }
     }
-    char *p = realloc(b->p, cap);
+    char *p = finch_mem_realloc(b->p, cap);
     if (!p) {
         b->oom = true;
         return false;

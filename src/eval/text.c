@@ -35,7 +35,7 @@ static finch_status grow(void **p, size_t *cap, size_t need, size_t elem, const 
     while (c < need) c *= 2;
     if (!finch_size_mul(c, elem, &bytes))
         return finch_err_set(err, FINCH_E_NOMEM, "%s: %zu entries is too many", what, c);
-    void *q = realloc(*p, bytes);
+    void *q = finch_mem_realloc(*p, bytes);
     if (!q) return finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory (%zu bytes)", what, bytes);
     *p = q;
     *cap = c;

@@ -27,18 +27,18 @@ static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g,
                                     finch_err *err) {
     for (int a = 0; a < n_adapters; a++) {
         int n = finch_peft_new_tensors(adapters[a], m, NULL, 0);
-        finch_new_tensor *nt = calloc((size_t)n + 1, sizeof *nt);
-        float **more = realloc(keep->bufs, (size_t)(keep->n + n + 1) * sizeof *more);
+        finch_new_tensor *nt = finch_mem_calloc((size_t)n + 1, sizeof *nt);
+        float **more = finch_mem_realloc(keep->bufs, (size_t)(keep->n + n + 1) * sizeof *more);
+        if (more) keep->bufs = more; /* the old block is gone once realloc succeeds */
         if (!nt || !more) {
             free(nt);
-            return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+            return finch_err_set(err, FINCH_E_NOMEM, "out of memory merging %s", m->path);
         }
-        keep->bufs = more;
         finch_peft_new_tensors(adapters[a], m, nt, n);
         finch_status st = FINCH_OK;
         for (int i = 0; i < n && !st; i++) {
             if (finch_gguf_find_tensor(g, nt[i].name)) continue;
-            float *v = malloc((size_t)nt[i].n * sizeof *v + 1);
+            float *v = finch_mem_alloc((size_t)nt[i].n * sizeof *v + 1);
             if (!v) {
                 st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
                 break;
@@ -72,7 +72,7 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
     const finch_gguf *g = m->gguf;
     finch_status st = FINCH_OK;
     int64_t n_t = finch_gguf_n_tensors(g);
-    merged *bufs = calloc((size_t)n_t, sizeof *bufs);
+    merged *bufs = finch_mem_calloc((size_t)n_t, sizeof *bufs);
     float *row = NULL;
     new_bufs extra = {0};
     if (!bufs) {
@@ -105,8 +105,8 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
         }
         quantized |= tt->block_elems > 1;
         free(row);
-        row = malloc((size_t)cols * sizeof *row);
-        bufs[i].data = malloc(rb_out * (size_t)rows);
+        row = finch_mem_alloc((size_t)cols * sizeof *row);
+        bufs[i].data = finch_mem_alloc(rb_out * (size_t)rows);
         if (!row || !bufs[i].data) {
             st = finch_err_set(err, FINCH_E_NOMEM, "out of memory merging %s", t->name);
             break;

@@ -126,7 +126,7 @@ static bool emit(stream *s, size_t n) {
 static finch_status stream_push(stream *s, const char *p, size_t n, bool final, finch_err *err) {
     if (s->len + n + 1 > s->cap) {
         size_t cap = (s->len + n + 1) * 2;
-        char *b = realloc(s->buf, cap);
+        char *b = finch_mem_realloc(s->buf, cap);
         if (!b) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         s->buf = b;
         s->cap = cap;

@@ -820,7 +820,7 @@ static void buf_put(bytebuf *b, const void *src, size_t n) {
             }
             cap *= 2;
         }
-        uint8_t *p = realloc(b->p, cap);
+        uint8_t *p = finch_mem_realloc(b->p, cap);
         if (!p) {
             b->oom = true;
             return;
@@ -901,7 +901,7 @@ static finch_status grow(void **items, int64_t n, int64_t *cap, size_t item_byte
         size_t bytes;
         if (!finch_size_mul((size_t)new_cap, item_bytes, &bytes))
             return finch_err_set(err, FINCH_E_NOMEM, "too many %s", what);
-        void *p = realloc(*items, bytes);
+        void *p = finch_mem_realloc(*items, bytes);
         if (!p)
             return finch_err_set(err, FINCH_E_NOMEM, "out of memory allocating %zu bytes for %s",
                                  bytes, what);

@@ -533,7 +533,7 @@ static finch_status grow(void **items, int64_t n, int64_t *cap, size_t item_byte
     size_t bytes;
     if (!finch_size_mul((size_t)c, item_bytes, &bytes))
         return finch_err_set(err, FINCH_E_NOMEM, "safetensors writer: too many entries");
-    void *p = realloc(*items, bytes);
+    void *p = finch_mem_realloc(*items, bytes);
     if (!p)
         return finch_err_set(err, FINCH_E_NOMEM, "safetensors writer: out of memory (%zu bytes)",
                              bytes);
@@ -717,7 +717,7 @@ static finch_status build_header(const finch_st_writer *w, const writer_tensor *
                           FINCH_ST_MAX_HEADER);
         goto done;
     }
-    char *p = realloc(text, padded + 1);
+    char *p = finch_mem_realloc(text, padded + 1);
     if (!p) goto nomem;
     text = p;
     memset(text + n, ' ', padded - n);

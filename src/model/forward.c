@@ -184,6 +184,7 @@ static void fill_virtual(const finch_model *m, finch_kv_session *s) {
             forward_rows(m, s, NULL, v->embd + (size_t)done * c->n_embd, T, 0);
             done += T;
         }
+    if (v->refresh) v->refresh(v->self);
     if (v->kv) {
         const int64_t KD = (int64_t)c->n_head_kv * c->head_dim, row = 2 * c->n_layer * KD;
         for (int l = 0; l < c->n_layer; l++)

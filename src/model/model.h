@@ -100,6 +100,13 @@ typedef struct {
     const float *kv; /* (n, L * 2 * KVH * D), or NULL: token p's keys for block l at
                         (p, 2 l * KVH * D), its values at (p, (2 l + 1) * KVH * D) */
     float *d_kv;
+    /* When kv is computed from the method's own parameters (prefix tuning's projection):
+     * refresh recomputes it before a forward pass, and backward turns d_kv into those
+     * parameters' gradients and clears it after a backward pass. NULL: kv is the
+     * parameter itself. */
+    void (*refresh)(void *self);
+    void (*backward)(void *self);
+    void *self;
 } finch_virtual;
 
 struct finch_model {

@@ -249,6 +249,7 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     const finch_virtual *vt = &m->virt;
     const int64_t K = a->K, P = a->P;
     FINCH_ASSERT(vt->n == (K ? K : P));
+    if (vt->refresh) vt->refresh(vt->self);
     if (K) {
         /* rows of K virtual tokens (no target, positions 0..K-1, in the segment of the
          * row's first token: rows hold one example each), then the caller's */
@@ -445,6 +446,7 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         be->add(a->dx, a->dt, N * C);
     }
     /* x_0 = the virtual rows, then embed(ids) (* sqrt(C)) */
+    if (vt->backward) vt->backward(vt->self);
     for (int64_t b = 0; b < B && K; b++) {
         float *dv = a->dx + b * T * C;
         if (vt->d_embd) be->add(vt->d_embd, dv, K * C);

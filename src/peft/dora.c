@@ -44,7 +44,7 @@ static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw,
                        const finch_backend *be, finch_workspace *ws) {
     const int r = s->r;
     be->matmul(s->P, s->A, &lin->w, r, ws); /* P (r, out) = A W^T */
-    double G[64 * 64], *Gd = r <= 64 ? G : malloc((size_t)r * r * sizeof *Gd);
+    double G[64 * 64], *Gd = r <= 64 ? G : finch_mem_alloc((size_t)r * r * sizeof *Gd);
     FINCH_ASSERT(Gd);
     for (int k = 0; k < r; k++)
         for (int l = 0; l < r; l++) {

@@ -368,7 +368,7 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
     if (m->cfg.name[0] && (st = finch_gguf_set_str(w, "general.name", m->cfg.name, err))) goto done;
     const bool hf_rows = m->arch->neox_rows; /* the family keeps HF q/k rows in GGUF */
     /* the writer keeps pointers: the permuted copies live until the save */
-    if (!(tmp = calloc((size_t)l->n_sites + 1, sizeof *tmp))) {
+    if (!(tmp = finch_mem_calloc((size_t)l->n_sites + 1, sizeof *tmp))) {
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         goto done;
     }
@@ -378,7 +378,7 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
         const float *B = s->B;
         int heads = hf_rows ? finch_target_heads(m, s->target) : 0;
         if (heads) {
-            if (!(tmp[i] = malloc((size_t)s->out * (size_t)s->r * sizeof(float)))) {
+            if (!(tmp[i] = finch_mem_alloc((size_t)s->out * (size_t)s->r * sizeof(float)))) {
                 st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
                 goto done;
             }

@@ -502,7 +502,9 @@ finch_status finch_peft_save(const finch_peft *p, const finch_model *m, const ch
     finch_status st = finch_mkdir_p(dir, err);
     if (st) return st;
     snprintf(path, sizeof path, "%s/" WEIGHTS_NAME, dir);
-    if ((st = finch_params_save_st(&p->params, path, err))) return st;
+    const finch_params *saved =
+        p->method->saved ? p->method->saved((finch_peft *)p, m) : &p->params;
+    if ((st = finch_params_save_st(saved, path, err))) return st;
     /* the config last: a folder with a config has complete weights */
     json_t *cfg = make_config(p, m);
     snprintf(path, sizeof path, "%s/" CONFIG_NAME, dir);

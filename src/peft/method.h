@@ -75,6 +75,9 @@ struct finch_method {
                            finch_err *err);
     void (*detach)(finch_peft *p, finch_model *m);
     void (*free_state)(finch_peft *p);
+    /* The tensors the default writer saves, when they are not the registry's (prefix
+     * tuning's projection saves its output table); may be NULL. */
+    const finch_params *(*saved)(finch_peft *p, const finch_model *m);
     /* Replaces the default adapter writer (full, freeze write models); may be NULL. */
     finch_status (*save)(const finch_peft *p, const finch_model *m, const char *dir,
                          finch_err *err);

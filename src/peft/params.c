@@ -19,7 +19,7 @@ finch_status finch_params_add(finch_params *r, const char *name, int n_dims, con
     int64_t n = shape[0] * (n_dims == 2 ? shape[1] : 1);
     if (r->n == r->cap) {
         int cap = r->cap ? 2 * r->cap : 64;
-        finch_param *p = realloc(r->p, (size_t)cap * sizeof *p);
+        finch_param *p = finch_mem_realloc(r->p, (size_t)cap * sizeof *p);
         if (!p) return finch_err_set(err, FINCH_E_NOMEM, "out of memory registering parameters");
         r->p = p;
         r->cap = cap;

@@ -311,7 +311,7 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
     if (!w) return FINCH_E_NOMEM;
     finch_status e = FINCH_OK;
     int64_t n_t = finch_gguf_n_tensors(g);
-    uint8_t **bufs = calloc((size_t)n_t + 1, sizeof *bufs);
+    uint8_t **bufs = finch_mem_calloc((size_t)n_t + 1, sizeof *bufs);
     float *tmp = NULL;
     if (!bufs) {
         e = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
@@ -331,7 +331,7 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
         int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
         if (hf_rows && heads) {
             free(tmp);
-            if (!(tmp = malloc((size_t)(s->rows * s->cols) * sizeof *tmp))) {
+            if (!(tmp = finch_mem_alloc((size_t)(s->rows * s->cols) * sizeof *tmp))) {
                 e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", t->name);
                 break;
             }
@@ -342,7 +342,7 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
         finch_dtype ty =
             s->cols > 1 && finch_dtype_row_bytes(out, s->cols, &rb) ? out : FINCH_DTYPE_F32;
         if (ty == FINCH_DTYPE_F32) rb = (size_t)s->cols * sizeof(float);
-        if (!(bufs[i] = malloc(rb * (size_t)s->rows))) {
+        if (!(bufs[i] = finch_mem_alloc(rb * (size_t)s->rows))) {
             e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", t->name);
             break;
         }
@@ -398,8 +398,8 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     const finch_model_config *mc = &m->cfg;
     /* every tensor of the model as a site, trained or not */
     int cap = mc->n_layer * 16 + 4, n = 0;
-    wsite *all = calloc((size_t)cap, sizeof *all);
-    float **bufs = calloc((size_t)cap, sizeof *bufs);
+    wsite *all = finch_mem_calloc((size_t)cap, sizeof *all);
+    float **bufs = finch_mem_calloc((size_t)cap, sizeof *bufs);
     finch_st_writer *w = finch_st_writer_new(err);
     finch_status e =
         !all || !bufs || !w ? finch_err_set(err, FINCH_E_NOMEM, "out of memory") : FINCH_OK;
@@ -435,7 +435,7 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
         gguf_name(g, sizeof g, s);
         const wsite *trained = site_by_gguf_name(st, g);
         size_t count = (size_t)(s->rows * s->cols);
-        if (!(bufs[i] = malloc(count * sizeof(float) + 1))) {
+        if (!(bufs[i] = finch_mem_alloc(count * sizeof(float) + 1))) {
             e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
             break;
         }
@@ -448,7 +448,7 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
         }
         int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
         if (heads) {
-            float *hf = malloc(count * sizeof(float));
+            float *hf = finch_mem_alloc(count * sizeof(float));
             if (!hf) {
                 e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
                 break;

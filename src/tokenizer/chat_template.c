@@ -82,7 +82,7 @@ static void put(sbuf *b, const char *s, size_t n) {
             }
             cap *= 2;
         }
-        char *p = realloc(b->p, cap);
+        char *p = finch_mem_realloc(b->p, cap);
         if (!p) {
             b->oom = true;
             return;

@@ -153,7 +153,7 @@ static finch_status load_json(const char *path, json_t **out, finch_err *err) {
  * both engines take from Unicode properties. */
 static char *translate_regex(const char *src) {
     size_t n = strlen(src), cap = n * (sizeof WS_CLASS + 4) + 1;
-    char *out = malloc(cap);
+    char *out = finch_mem_alloc(cap);
     if (!out) return NULL;
     size_t o = 0;
     bool in_class = false;
@@ -198,7 +198,7 @@ static char *translate_regex(const char *src) {
 /* Regex metacharacters quoted, for a Split with a String pattern (malloc'd). */
 static char *quote_regex(const char *src) {
     size_t n = strlen(src);
-    char *out = malloc(2 * n + 1);
+    char *out = finch_mem_alloc(2 * n + 1);
     if (!out) return NULL;
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -281,7 +281,7 @@ static finch_status parse_pre(hf_ctx *c, const json_t *o, const char *field, int
             return st;
         /* the library's char::is_numeric is Nd, Nl and No: \p{N} */
         describe(c, "Digits");
-        return push_regex(c, strdup(single ? "\\p{N}" : "\\p{N}+"), field);
+        return push_regex(c, finch_mem_strdup(single ? "\\p{N}" : "\\p{N}+"), field);
     }
     if (strcmp(type, "Split") == 0) {
         const char *behavior;
@@ -602,7 +602,7 @@ static finch_status load_merges(finch_tokenizer *tok, const char *path, const js
             break;
         }
         if (an + bn > joined_cap) {
-            char *p = realloc(joined, an + bn);
+            char *p = finch_mem_realloc(joined, an + bn);
             if (!p) {
                 st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
                 break;
@@ -893,7 +893,7 @@ static finch_status read_jinja(finch_tokenizer *tok, const char *config_path, fi
                                                 : "holds a NUL byte");
     }
     buf[n] = 0;
-    char *fit = realloc(buf, n + 1);
+    char *fit = finch_mem_realloc(buf, n + 1);
     tok->chat_template = fit ? fit : buf;
     return FINCH_OK;
 }
@@ -932,7 +932,7 @@ static finch_status read_config(finch_tokenizer *tok, const char *path, bool *ad
         st = bad_type(path, "chat_template", t, "a string or a list of named templates", err);
         goto done;
     }
-    if (text && !(tok->chat_template = strdup(text)))
+    if (text && !(tok->chat_template = finch_mem_strdup(text)))
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
     if (!text) st = read_jinja(tok, path, err);
 done:
@@ -994,7 +994,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
         goto fail;
     }
     tok->hf_prefix_space = c.prefix_space;
-    if (!(tok->pre_name = strdup(c.desc))) goto nomem;
+    if (!(tok->pre_name = finch_mem_strdup(c.desc))) goto nomem;
 
     if ((st = get_bool(path, model, "ignore_merges", "model.ignore_merges", false,
                        &tok->ignore_merges, err)) ||

@@ -197,7 +197,7 @@ bool finch_tok_grow(void **p, size_t *cap, size_t need, size_t elem) {
         if (c > SIZE_MAX / 2 / elem) return false;
         c *= 2;
     }
-    void *q = realloc(*p, c * elem);
+    void *q = finch_mem_realloc(*p, c * elem);
     if (!q) return false;
     *p = q;
     *cap = c;

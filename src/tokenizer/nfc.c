@@ -135,7 +135,7 @@ typedef struct {
 static bool cpt_push(cptbuf *b, uint32_t c) {
     if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : 64;
-        uint32_t *v = realloc(b->v, cap * sizeof *v);
+        uint32_t *v = finch_mem_realloc(b->v, cap * sizeof *v);
         if (!v) return false;
         b->v = v;
         b->cap = cap;

@@ -317,7 +317,7 @@ typedef struct {
 static bool lenvec_push(lenvec *a, size_t x) {
     if (a->n == a->cap) {
         size_t cap = a->cap ? 2 * a->cap : 64;
-        size_t *v = realloc(a->v, cap * sizeof *v);
+        size_t *v = finch_mem_realloc(a->v, cap * sizeof *v);
         if (!v) return false;
         a->v = v;
         a->cap = cap;

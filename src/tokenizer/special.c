@@ -197,7 +197,7 @@ typedef struct {
 static bool frag_push(fragvec *a, size_t start, size_t len, int32_t id) {
     if (a->n == a->cap) {
         size_t cap = a->cap ? 2 * a->cap : 16;
-        tok_frag *v = realloc(a->v, cap * sizeof *v);
+        tok_frag *v = finch_mem_realloc(a->v, cap * sizeof *v);
         if (!v) return false;
         a->v = v;
         a->cap = cap;

@@ -35,7 +35,7 @@ FINCH_API finch_status finch_tokenize(const finch_tokenizer *tok, const char *te
     bool add = flags & FINCH_TOK_ADD_SPECIAL;
     /* reserve about one id per four bytes, and at least something to return */
     out.cap = len / 4 + 4;
-    out.v = malloc(out.cap * sizeof *out.v);
+    out.v = finch_mem_alloc(out.cap * sizeof *out.v);
     if (!out.v) goto nomem;
     if (add && tok->add_bos && !tok_ids_push(&out, tok->special[SP_BOS])) goto nomem;
     if ((st = finch_tok_partition(tok, text, len, flags & FINCH_TOK_PARSE_SPECIAL, &frags, &n_frags,

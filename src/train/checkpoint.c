@@ -81,6 +81,39 @@ static finch_status remove_tree(const char *dir) {
     return rmdir(dir) == 0 ? FINCH_OK : FINCH_E_IO;
 }
 
+/* "<anything>.tmp.XXXXXX" or ".checkpoint-<digits>.XXXXXX": the names finch_file_commit and
+ * finch_checkpoint_save give their temporaries (mkstemp and mkdtemp fill six characters). */
+static bool is_temp_name(const char *name) {
+    size_t n = strlen(name);
+    const char *dot = strrchr(name, '.');
+    if (!dot || name + n - dot != 7) return false;
+    if (n > 12 && !memcmp(dot - 4, ".tmp", 4)) return true;
+    if (strncmp(name, ".checkpoint-", 12)) return false;
+    const char *d = name + 12;
+    if (d == dot) return false;
+    for (; d < dot; d++)
+        if (*d < '0' || *d > '9') return false;
+    return true;
+}
+
+void finch_checkpoint_clean(const char *out_dir) {
+    DIR *d = opendir(out_dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[4400];
+    while ((e = readdir(d))) {
+        if (!is_temp_name(e->d_name)) continue;
+        snprintf(p, sizeof p, "%s/%s", out_dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode))
+            remove_tree(p);
+        else if (S_ISREG(st.st_mode))
+            unlink(p);
+    }
+    closedir(d);
+}
+
 finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
                                    const finch_model *model, const float *m, const float *v,
                                    const finch_train_pos *pos, finch_err *err) {
@@ -102,7 +135,7 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
         st = finch_err_set(err, FINCH_E_IO, "%s: rename failed: %s", final, strerror(errno));
     if (st) {
         remove_tree(tmp);
-        return st;
+        return finch_err_prefix(err, "saving %s", final);
     }
     fsync_path(out_dir);
     return FINCH_OK;
@@ -125,8 +158,13 @@ finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err
         long long s = strtoll(e->d_name + 11, &end, 10);
         if (*end || s < 0 || end == e->d_name + 11) continue;
         if (n == cap) {
-            long long *more = realloc(steps, (cap = cap ? 2 * cap : 16) * sizeof *steps);
-            if (!more) break;
+            long long *more = finch_mem_realloc(steps, (cap = cap ? 2 * cap : 16) * sizeof *steps);
+            if (!more) {
+                closedir(d);
+                free(steps);
+                return finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory listing checkpoints",
+                                     out_dir);
+            }
             steps = more;
         }
         steps[n++] = s;

@@ -109,16 +109,20 @@ static finch_status check_options(const finch_model *m, const finch_train_option
     return FINCH_OK;
 }
 
-/* Appends one JSON object line to metrics.jsonl (flushed: a crash loses at most it). */
-static void metric_line(FILE *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void metric_line(FILE *f, const char *fmt, ...) {
-    if (!f) return;
+/* Appends one JSON object line to metrics.jsonl (one write: a crash or a full disk loses
+ * at most that line, never leaves half of it). A NULL file logs nothing. */
+static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...) {
+    if (!f || !f->path) return FINCH_OK;
+    char line[1024];
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(f, fmt, ap);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
     va_end(ap);
-    fputc('\n', f);
-    fflush(f);
+    FINCH_ASSERT(n > 0 && (size_t)n < sizeof line - 1);
+    line[n++] = '\n';
+    return finch_file_append(f, line, (size_t)n, err);
 }
 
 /* *out = the mean loss over a token set, in batches of B rows of T (forward only). With
@@ -131,12 +135,14 @@ static finch_status eval_loss(const finch_model *m, finch_train_acts *acts, finc
     if (max_examples > 0 && n > max_examples) n = max_examples;
     const int rank = finch_dist_rank(), procs = finch_dist_size();
     const int64_t n_batches = (n + b->B - 1) / b->B;
-    int64_t *order = malloc((size_t)vs->n * sizeof *order);
-    double *part = calloc(2 * (size_t)n_batches + 1, sizeof *part); /* (sum, count) per batch */
-    if (!order || !part) {
+    int64_t *order = finch_alloc((size_t)vs->n * sizeof *order, "validation order", err);
+    /* (sum, count) per batch */
+    double *part =
+        order ? finch_calloc(2 * (size_t)n_batches + 1, sizeof *part, "validation sums", err)
+              : NULL;
+    if (!part) {
         free(order);
-        free(part);
-        return finch_err_set(err, FINCH_E_NOMEM, "out of memory for the validation order");
+        return FINCH_E_NOMEM;
     }
     for (int64_t i = 0; i < vs->n; i++) order[i] = i;
     double sum = 0, count = 0;
@@ -245,9 +251,9 @@ typedef struct {
     finch_batch batch;
     float *mom, *vel;
     finch_train_pos pos;
-    FILE *metrics;          /* rank 0's; NULL on the others */
-    finch_dpo *dpo;         /* the DPO objective (--objective dpo), else NULL */
-    finch_dpo_stats dstats; /* its statistics over the current step's pairs (all ranks') */
+    finch_append_file metrics; /* metrics.jsonl: rank 0's; never opened on the others */
+    finch_dpo *dpo;            /* the DPO objective (--objective dpo), else NULL */
+    finch_dpo_stats dstats;    /* its statistics over the current step's pairs (all ranks') */
     /* data parallelism: this process is rank `rank` of `procs` MPI processes and computes
      * `lanes` of the `ranks` slices of each micro-batch (lanes = 1, or all of them under
      * simulate_ranks); stash holds each lane's gradients when lanes > 1, lane_loss each
@@ -358,9 +364,9 @@ static finch_status hold_out(run *r, finch_err *err) {
         return finch_err_set(err, FINCH_E_RANGE,
                              "--val-fraction %g of %lld %s leaves none on one side",
                              r->o->val_fraction, (long long)n, g == 2 ? "pairs" : "examples");
-    int64_t *perm = malloc((size_t)n * sizeof *perm);
-    vs->ex = malloc((size_t)(n_val * g) * sizeof *vs->ex);
-    finch_token_example *rest = malloc((size_t)((n - n_val) * g) * sizeof *rest);
+    int64_t *perm = finch_mem_alloc((size_t)n * sizeof *perm);
+    vs->ex = finch_mem_alloc((size_t)(n_val * g) * sizeof *vs->ex);
+    finch_token_example *rest = finch_mem_alloc((size_t)((n - n_val) * g) * sizeof *rest);
     if (!perm || !vs->ex || !rest) {
         free(perm);
         free(rest);
@@ -630,15 +636,17 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                void *user, finch_err *err) {
     const finch_train_options *o = r->o;
     const int64_t step = pr->step;
+    finch_status st;
     char extra[512] = ""; /* DPO's rewards */
     if (r->dpo) finch_dpo_stats_json(&r->dstats, "", extra, sizeof extra);
-    if (o->log_steps && (step % o->log_steps == 0 || step == r->total))
-        metric_line(r->metrics,
-                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
-                    "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s}",
-                    (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
-                    (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts), extra);
-    finch_status st;
+    if (o->log_steps && (step % o->log_steps == 0 || step == r->total) &&
+        (st = metric_line(&r->metrics, err,
+                          "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
+                          "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s}",
+                          (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
+                          (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts),
+                          extra)))
+        return st;
     if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
         finch_batch eb = r->batch; /* B rows of the global micro-batch's buffers */
         eb.B = r->B;
@@ -656,8 +664,9 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                    finch_tokenizer_eos(r->m->tok), &pr->val_loss, err))) {
             return st;
         }
-        metric_line(r->metrics, "{\"step\": %lld, \"val_loss\": %.6f%s}", (long long)step,
-                    pr->val_loss, extra);
+        if ((st = metric_line(&r->metrics, err, "{\"step\": %lld, \"val_loss\": %.6f%s}",
+                              (long long)step, pr->val_loss, extra)))
+            return st;
     }
     if (on_progress && r->rank == 0) on_progress(pr, user);
     /* with several processes every rank's request was summed at the step's allreduce */
@@ -746,7 +755,7 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
 }
 
 static void run_release(run *r) {
-    if (r->metrics) fclose(r->metrics);
+    finch_file_append_close(&r->metrics);
     if (r->peft) finch_peft_detach(r->peft, r->m);
     free(r->order);
     free(r->mom);
@@ -784,16 +793,15 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     r.lanes = r.ranks / r.procs;
     if ((st = finch_lr_kind_parse(o->lr_scheduler ? o->lr_scheduler : "linear", &r.sched.kind,
                                   err)) ||
-        (r.rank == 0 && (st = finch_mkdir_p(o->out_dir, err))) || (st = prepare_data(&r, err)) ||
-        (st = prepare_method(&r, err)))
+        (r.rank == 0 && (st = finch_mkdir_p(o->out_dir, err))))
         goto done;
+    if (r.rank == 0) finch_checkpoint_clean(o->out_dir); /* temporaries of a killed save */
+    if ((st = prepare_data(&r, err)) || (st = prepare_method(&r, err))) goto done;
     epoch_order(r.order, units(&r.ts), o->seed, r.pos.epoch);
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);
-    if (r.rank == 0 && !(r.metrics = fopen(mpath, o->resume_dir ? "a" : "w"))) {
-        st = finch_err_set(err, FINCH_E_IO, "%s: cannot write: %s", mpath, strerror(errno));
+    if (r.rank == 0 && (st = finch_file_append_open(mpath, !o->resume_dir, &r.metrics, err)))
         goto done;
-    }
     const int64_t n_train = r.par->total, n_total = m->cfg.n_params;
     if (r.rank == 0) {
         finch_log(FINCH_LOG_INFO,

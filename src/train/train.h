@@ -29,6 +29,11 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
                                    const finch_model *model, const float *m, const float *v,
                                    const finch_train_pos *pos, finch_err *err);
 
+/* Deletes what an interrupted write left in out_dir (a process killed mid-save): temp
+ * checkpoint directories (.checkpoint-<step>.XXXXXX) and temp files (<name>.tmp.XXXXXX).
+ * Called when a run starts, when no other process writes to out_dir. */
+void finch_checkpoint_clean(const char *out_dir);
+
 /* Deletes all but the newest keep checkpoint-<step> directories of out_dir (keep >= 1). */
 finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err *err);
 

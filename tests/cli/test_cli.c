@@ -204,6 +204,8 @@ static void test_train_flags(void **state) {
         {"--method prompt --prompt-init-text hello", "used by --prompt-init text only"},
         {"--method prompt --prompt-init words", "--prompt-init words: must be one of"},
         {"--method prefix --layers 1", "has no layer selection"},
+        {"--method prefix --encoder-hidden 8", "give both"},
+        {"--method prefix --prefix-projection --encoder-hidden -1", "--encoder-hidden -1"},
         {"--method prompt --packing", "train without --packing"},
         {"--method adapter --adapter-type serial", "--adapter-type serial: must be one of"},
         {"--method adapter --reduction-factor 0.5", "--reduction-factor 0.5"},

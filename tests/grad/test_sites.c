@@ -1,6 +1,7 @@
 /*
  * test_sites.c: the gradients every method's sites produce, against central finite
- * differences of the whole training loss on the tiny model: LoRA, DoRA's magnitudes, (IA)^3's output and input scales, BitFit's
+ * differences of the whole training loss on the tiny model: LoRA (without dropout, and with
+ * dropout 0.3 through a fixed mask), DoRA's magnitudes (the same), (IA)^3's output and input scales, BitFit's
  * added biases, and freezing's and full fine-tuning's weights, norms and embeddings.
  * (DoRA's A and B are not here: PEFT detaches the row norm, so their gradient is by design
  * not the derivative of the loss; tests/train/test_methods.c checks them against PEFT.)
@@ -29,14 +30,23 @@ static finch_model *model;
 static finch_train_acts *acts;
 enum { B = 2, T = 10 };
 static int32_t ids[B * T], tg[B * T], pos[B * T];
-/* The mean loss; with backward, the parameters' gradients accumulate. (Without dropout:
- * a forward without backward runs as inference; the dropout masks are checked in
- * tests/kernels.) */
+/* The mean loss; with backward, the parameters' gradients accumulate. A forward without
+ * backward runs as inference, without dropout; a training step draws its dropout masks
+ * from the seed (1 here), the same masks on every call. */
 static double loss(bool backward) {
     return finch_model_train_step(model, acts, ids, tg, pos, NULL, 0.0f, 1, backward);
 }
 
+/* With drop, the method has dropout on: every loss is a training step's (same seed, so the
+ * same masks), and the finite differences are of the loss with the masks held fixed. */
+static void check_method_drop(const char *method, const finch_option *opts, int n_opts,
+                              const char *only, bool drop);
 static void check_method(const char *method, const finch_option *opts, int n_opts, const char *only) {
+    check_method_drop(method, opts, n_opts, only, false);
+}
+
+static void check_method_drop(const char *method, const finch_option *opts, int n_opts,
+                              const char *only, bool drop) {
     finch_peft *p = NULL;
     finch_err err = {0};
     finch_rng rng;
@@ -47,12 +57,22 @@ static void check_method(const char *method, const finch_option *opts, int n_opt
     assert_int_equal(finch_peft_attach(p, model, 1.0f, B * T, &err), FINCH_OK);
     /* the gradient is that of the training step, dropout included */
     memset(r->grad, 0, (size_t)r->total * sizeof(float));
-    loss(true);
+    const double l0 = loss(true);
+    float *grad = malloc((size_t)r->total * sizeof *grad);
+    assert_non_null(grad);
+    memcpy(grad, r->grad, (size_t)r->total * sizeof *grad);
+    if (drop) {
+        /* the masks are on (the loss is not inference's) and fixed (the same seed gives
+         * the same loss bit for bit; another seed another loss) */
+        assert_true(loss(false) != l0);
+        assert_true(loss(true) == l0);
+        assert_true(finch_model_train_step(model, acts, ids, tg, pos, NULL, 0.0f, 2, true) != l0);
+    }
     double mean = 0;
     int64_t n_in = 0;
     for (int i = 0; i < r->n; i++)
         if (!only || strstr(r->p[i].name, only))
-            for (int64_t k = 0; k < r->p[i].n; k++) mean += fabs(r->grad[r->p[i].off + k]), n_in++;
+            for (int64_t k = 0; k < r->p[i].n; k++) mean += fabs(grad[r->p[i].off + k]), n_in++;
     mean /= (double)n_in;
     int checked = 0;
     for (int s = 0; s < SAMPLES; s++) {
@@ -64,18 +84,20 @@ static void check_method(const char *method, const finch_option *opts, int n_opt
         int64_t k = r->p[i].off + (int64_t)(finch_rng_u64(&rng) % (uint64_t)r->p[i].n);
         float x0 = r->data[k];
         r->data[k] = x0 + (float)H;
-        double up = loss(false);
+        double up = loss(drop);
         r->data[k] = x0 - (float)H;
-        double dn = loss(false);
+        double dn = loss(drop);
         r->data[k] = x0;
         double fd = (up - dn) / ((double)(x0 + (float)H) - (double)(x0 - (float)H));
-        double e = fabs(fd - r->grad[k]);
+        double e = fabs(fd - grad[k]);
         if (e > TOL * (fabs(fd) + mean) + 1e-6)
             fail_msg("%s %s[%lld]: gradient %.7g, finite difference %.7g", method, r->p[i].name,
-                     (long long)(k - r->p[i].off), r->grad[k], fd);
+                     (long long)(k - r->p[i].off), grad[k], fd);
         checked++;
     }
-    printf("  %s: %d gradients equal to finite differences (mean |g| %.3g)\n", method, checked, mean);
+    printf("  %s%s: %d gradients equal to finite differences (mean |g| %.3g)\n", method,
+           drop ? " with dropout (masks fixed)" : "", checked, mean);
+    free(grad);
     finch_peft_detach(p, model);
     finch_peft_free(p);
 }
@@ -86,6 +108,11 @@ static void all_methods(void) {
     check_method("lora", lora, 3, NULL);
     const finch_option dora[] = {{"target-modules", "all-linear"}, {"lora-dropout", "0"}};
     check_method("dora", dora, 2, "magnitude");
+    /* dropout 0.3 on the adapters' inputs: the gradients through a fixed mask */
+    const finch_option lora_drop[] = {{"target-modules", "all-linear"}, {"lora-dropout", "0.3"}, {"lora-r", "3"}};
+    check_method_drop("lora", lora_drop, 3, NULL, true);
+    const finch_option dora_drop[] = {{"target-modules", "all-linear"}, {"lora-dropout", "0.3"}};
+    check_method_drop("dora", dora_drop, 2, "magnitude", true);
     const finch_option ia3[] = {{"target-modules", "q,k,v,o,down,up"}, {"feedforward-modules", "down,o"}};
     check_method("ia3", ia3, 2, NULL);
     check_method("bitfit", NULL, 0, NULL);

@@ -3,7 +3,8 @@
  * independent references, both made by tests/reference/make_llamacpp_fixtures.py:
  *  - llama.cpp (llama-cpp-python, logits for every position, greedy generation), whose
  *    numerics finch's llamacpp mode reproduces: the same 8-bit activation quantization (the
- *    logits of each prompt's first position are bit-identical), f16 KV cache;
+ *    logits of the first position are bit-identical for three of the five prompts, within
+ *    0.18 for the other two: test_llamacpp_position0_bits), f16 KV cache;
  *  - an exact float64 forward of the dequantized weights (tests/reference/
  *    gguf_llama_exact.py), which finch's exact numerics reproduce within EXACT_TOL.
  * Logits are compared on a fixed subset of 512 vocabulary ids (ids 0..255 and 256 drawn
@@ -172,6 +173,81 @@ static void test_llamacpp_numerics_match_llamacpp(void **state) {
     check_prompts(FINCH_NUMERICS_LLAMACPP, "llamacpp", bin_llamacpp, LLAMACPP_TOL, NEAR_TIE);
 }
 
+/* The first position of a prompt attends to one key (itself), where finch's llamacpp
+ * numerics follow llama.cpp's operation for operation. For three of the five prompts
+ * (first tokens 504, 1604, 51) the logits there equal llama.cpp's bit for bit: the 512
+ * subset ids (the fixture's float32 rows), the top 20 (their float32 values, written
+ * exactly in the JSON) and the argmax. For the other two (first tokens 1 "<|im_start|>" and
+ * 27017) they do not: every logit differs, by up to 0.11 and 0.18, which is one flipped
+ * 8-bit activation code somewhere in 30 layers (the scale LLAMACPP_TOL describes); where
+ * finch's arithmetic parts from llama.cpp's for those tokens is not found yet. The test
+ * holds both facts: bits where they are equal, and the two others within 0.25 with the
+ * same argmax, so that either a new difference or the two becoming equal shows. */
+static void test_llamacpp_position0_bits(void **state) {
+    (void)state;
+    static const struct {
+        const char *name;
+        bool bits; /* bit-identical to llama.cpp at position 0 */
+    } expect[] = {{"english", true}, {"code", true}, {"chat", false}, {"numbers", false},
+                  {"non_ascii", true}};
+    const int V = 49152;
+    json_t *subset = json_object_get(fx, "subset_ids"), *p;
+    size_t i;
+    int identical = 0;
+    assert_int_equal(json_array_size(json_object_get(fx, "prompts")),
+                     sizeof expect / sizeof expect[0]);
+    json_array_foreach(json_object_get(fx, "prompts"), i, p) {
+        const char *name = json_string_value(json_object_get(p, "name"));
+        assert_string_equal(name, expect[i].name);
+        int n;
+        int32_t *ids = ids_of(json_object_get(p, "ids"), &n);
+        float *l = malloc((size_t)V * sizeof *l);
+        finch_session *s;
+        finch_err err;
+        if (finch_session_new(model, n, FINCH_NUMERICS_LLAMACPP, &s, &err)) fail_msg("%s", err.msg);
+        if (finch_session_decode(s, ids, 1, l, NULL, &err)) fail_msg("%s", err.msg);
+        const size_t row0 = (size_t)json_integer_value(json_object_get(p, "bin_row_offset"));
+        const float *want = bin_llamacpp + row0 * N_SUBSET;
+        json_t *ref = json_object_get(p, "llamacpp");
+        json_t *top_i = json_array_get(json_object_get(ref, "top_ids"), 0);
+        json_t *top_l = json_array_get(json_object_get(ref, "top_logits"), 0);
+        int differ = 0, n_cmp = 0;
+        double worst = 0;
+        for (size_t j = 0; j < N_SUBSET + json_array_size(top_i); j++) {
+            int v;
+            float w;
+            if (j < N_SUBSET) {
+                v = (int)json_integer_value(json_array_get(subset, j));
+                w = want[j];
+            } else {
+                v = (int)json_integer_value(json_array_get(top_i, j - N_SUBSET));
+                w = (float)json_real_value(json_array_get(top_l, j - N_SUBSET));
+            }
+            differ += memcmp(&l[v], &w, sizeof(float)) != 0;
+            worst = fmax(worst, fabs((double)l[v] - (double)w));
+            n_cmp++;
+        }
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (l[v] > l[best]) best = v;
+        printf("  %-10s position 0 (token %d): %d of %d logits differ from llama.cpp's bits, "
+               "by %.3g at most\n",
+               name, ids[0], differ, n_cmp, worst);
+        assert_int_equal(best, json_integer_value(json_array_get(json_object_get(ref, "argmax"), 0)));
+        if (expect[i].bits) {
+            if (differ) fail_msg("%s: position 0 is not bit-identical to llama.cpp's", name);
+            identical++;
+        } else {
+            assert_true(differ > 0);
+            assert_true(worst < 0.25);
+        }
+        finch_session_free(s);
+        free(l);
+        free(ids);
+    }
+    assert_int_equal(identical, 3);
+}
+
 static void test_exact_matches_float64(void **state) {
     (void)state;
     check_prompts(FINCH_NUMERICS_EXACT, "exact", bin_exact, EXACT_TOL, 0);
@@ -291,6 +367,7 @@ int main(void) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llamacpp_numerics_match_llamacpp),
+        cmocka_unit_test(test_llamacpp_position0_bits),
         cmocka_unit_test(test_exact_matches_float64),
         cmocka_unit_test(test_greedy_matches_llamacpp),
         cmocka_unit_test(test_generate_text),

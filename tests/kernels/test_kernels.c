@@ -415,9 +415,59 @@ static void test_site_ops(void **state) {
     free(x), free(b), free(s), free(y), free(yr), free(in), free(o1), free(o2), free(g1), free(g2);
 }
 
+/* Dropout's masks as the methods draw them (one per step seed and site stream): the rate
+ * of each p within 5 standard deviations of p over 2^20 elements pooled from 64 (seed,
+ * stream) pairs, every single mask of 16384 within 5 of its own, and masks of neighbouring
+ * streams and of consecutive seeds independent: both drop an element at rate p^2 (within
+ * 5 sd). A rate off by 0.5 % at p = 0.5, or masks shared between sites, fail. */
+static void test_dropout_statistics(void **state) {
+    (void)state;
+    enum { N = 16384, PAIRS = 64 };
+    float *ones = malloc(sizeof(float) * N), *a = malloc(sizeof(float) * N),
+          *b = malloc(sizeof(float) * N), *c = malloc(sizeof(float) * N);
+    for (int i = 0; i < N; i++) ones[i] = 1.0f;
+    for (int k = 0; k < 4; k++) {
+        const double p = (double[]){0.05, 0.1, 0.3, 0.5}[k];
+        int64_t dropped = 0, both_stream = 0, both_seed = 0;
+        for (int j = 0; j < PAIRS; j++) {
+            const uint64_t seed = 0x9e3779b97f4a7c15ull * (uint64_t)(j + 1), stream = 3 + (uint64_t)j;
+            finch_dropout d = finch_dropout_make(seed, stream, (float)p);
+            finch_dropout ds = finch_dropout_make(seed, stream + 1, (float)p);
+            finch_dropout dn = finch_dropout_make(seed + 1, stream, (float)p);
+            finch_backend_cpu.dropout_forward(a, ones, N, &d);
+            finch_backend_cpu.dropout_forward(b, ones, N, &ds);
+            finch_backend_cpu.dropout_forward(c, ones, N, &dn);
+            int64_t own = 0;
+            for (int i = 0; i < N; i++) {
+                own += a[i] == 0.0f;
+                both_stream += a[i] == 0.0f && b[i] == 0.0f;
+                both_seed += a[i] == 0.0f && c[i] == 0.0f;
+            }
+            double sd1 = sqrt(p * (1 - p) / N);
+            if (fabs((double)own / N - p) > 5 * sd1)
+                fail_msg("p %.2f, mask %d: dropped %.4f", p, j, (double)own / N);
+            dropped += own;
+        }
+        const double M = (double)N * PAIRS, rate = (double)dropped / M;
+        const double sd = sqrt(p * (1 - p) / M), sd2 = sqrt(p * p * (1 - p * p) / M);
+        printf("  dropout p %.2f: rate %.5f (5 sd %.5f); both of two sites %.5f, of two steps "
+               "%.5f (p^2 %.5f, 5 sd %.5f)\n",
+               p, rate, 5 * sd, (double)both_stream / M, (double)both_seed / M, p * p, 5 * sd2);
+        assert_true(fabs(rate - p) < 5 * sd);
+        assert_true(fabs((double)both_stream / M - p * p) < 5 * sd2);
+        assert_true(fabs((double)both_seed / M - p * p) < 5 * sd2);
+    }
+    /* p = 0 drops nothing */
+    finch_dropout z = finch_dropout_make(5, 6, 0.0f);
+    finch_backend_cpu.dropout_forward(a, ones, N, &z);
+    assert_memory_equal(a, ones, sizeof(float) * N);
+    free(ones), free(a), free(b), free(c);
+}
+
 int main(void) {
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dropout_statistics),
         cmocka_unit_test(test_matmul_all_types), cmocka_unit_test(test_matmul_kquants),
         cmocka_unit_test(test_matmul_nf4),
         cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),

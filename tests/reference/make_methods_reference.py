@@ -70,7 +70,7 @@ FIX = os.path.join(HERE, "..", "fixtures")
 OUT = os.path.join(FIX, "methods")
 SEED = 11
 STEPS, WARMUP, WD, CLIP, BETAS, EPS = 20, 2, 0.01, 1.0, (0.9, 0.999), 1e-8
-LR = {"dora": 1e-2, "ia3": 1e-2, "prompt": 1e-2, "prefix": 1e-2, "bitfit": 1e-2, "full": 1e-2,
+LR = {"dora": 1e-2, "ia3": 1e-2, "prompt": 1e-2, "prefix": 1e-2, "prefix_proj": 1e-2, "bitfit": 1e-2, "full": 1e-2,
       "freeze": 1e-2}
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GGUF_OF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
@@ -78,10 +78,14 @@ GGUF_OF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj":
 DORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=PROJ)
 IA3 = dict(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
 NVT = 3  # virtual tokens of prompt and prefix tuning
+PROJ_HIDDEN = 16  # prefix tuning's projection MLP
 FUNC_OPTS = {}  # functional_loss's options of methods other scripts add (make_adapter_reference.py)
 PEFT_CONFIG = {"dora": lambda: LoraConfig(**DORA), "ia3": lambda: IA3Config(**IA3),
                "prompt": lambda: PromptTuningConfig(num_virtual_tokens=NVT, task_type="CAUSAL_LM"),
-               "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=NVT, task_type="CAUSAL_LM")}
+               "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=NVT, task_type="CAUSAL_LM"),
+               "prefix_proj": lambda: PrefixTuningConfig(num_virtual_tokens=NVT, prefix_projection=True,
+                                                         encoder_hidden_size=PROJ_HIDDEN,
+                                                         task_type="CAUSAL_LM")}
 
 
 def part(proj):
@@ -239,6 +243,13 @@ def functional_loss(cfg, sd, method, params, opts, ids, targets):
     if method == "prefix":  # keys (not rotated) and values at every layer; tokens from NP
         NP = params["prompt_embeddings"].shape[0]
         pre = params["prompt_embeddings"].view(NP, cfg["n_layer"] * 2, KVH, D)
+    if method == "prefix_proj":  # the table is an MLP's output
+        E = params["prompt_encoder.embedding.weight"]
+        h = torch.tanh(E @ params["prompt_encoder.transform.0.weight"].T +
+                       params["prompt_encoder.transform.0.bias"])
+        table = h @ params["prompt_encoder.transform.2.weight"].T + params["prompt_encoder.transform.2.bias"]
+        NP = table.shape[0]
+        pre = table.view(NP, cfg["n_layer"] * 2, KVH, D)
     T = T + K
     mask = torch.full((T, T), float("-inf"), dtype=DT).triu(1)
     mask = torch.cat([torch.zeros(T, NP, dtype=DT), mask], 1)
@@ -284,6 +295,9 @@ def build(method, cfg, sd, init_seed=0):
         if method in ("prompt", "prefix"):  # one table, saved as prompt_embeddings
             params = {"prompt_embeddings": params["prompt_encoder.embedding.weight"]}
         saved = get_peft_model_state_dict(model)
+        if method == "prefix_proj":  # peft saves the projection's output table, not the MLP
+            assert set(saved) == {"prompt_embeddings"}, sorted(saved)
+            return model, params
         assert set(params) == set(saved), (sorted(params)[:4], sorted(saved)[:4])
         for k, t in saved.items():
             assert tuple(t.shape) == tuple(params[k].shape), k
@@ -318,6 +332,8 @@ def randomise(method, sd, params, rng):
                 p.copy_(torch.tensor(rng.normal(0, 0.1, p.shape), dtype=DT))
             elif method in ("prompt", "prefix"):
                 p.copy_(torch.tensor(rng.normal(0, 1.0, p.shape), dtype=DT))
+            elif method == "prefix_proj":
+                p.copy_(torch.tensor(rng.normal(0, 0.5, p.shape), dtype=DT))
         if method == "dora":  # magnitude: row norms of W + s B A (its init), times U(0.7, 1.3)
             for k, p in params.items():
                 if k.endswith("lora_magnitude_vector"):
@@ -461,6 +477,11 @@ OPTIONS = {
                    "virtual tokens before the tokens' own (prompt_embeddings [NVT, L*2*KVH*D], key "
                    "heads in rotate-half order); the tokens at positions NVT, NVT+1, ...",
                    init="N(0, 1) (nn.Embedding)", grad_values="N(0, 1)"),
+    "prefix_proj": dict(peft_type="PREFIX_TUNING", num_virtual_tokens=NVT, prefix_projection=True,
+                        encoder_hidden_size=PROJ_HIDDEN,
+                        forward="as prefix, the table being tanh(E W0^T + b0) W2^T + b2 (PEFT's "
+                        "PrefixEncoder in training); key heads of the output in rotate-half order",
+                        init="E N(0, 1); linears nn.Linear's default", grad_values="N(0, 0.5)"),
     "bitfit": dict(targets=PROJ, forward="y = x W^T + b on every projection of every layer; only the "
                    "biases train", init="zeros", grad_values="N(0, 0.1)"),
     "full": dict(trainable="every weight (transformers LlamaForCausalLM state-dict names; untied lm_head)",
@@ -556,7 +577,8 @@ def main():
 
     brng = np.random.default_rng(SEED)
     batches = [mlr.batch(brng, cfg["n_vocab"]) for _ in range(3)]  # grad batch, 2 train batches
-    for i, method in enumerate(("dora", "ia3", "bitfit", "full", "freeze", "prompt", "prefix")):
+    for i, method in enumerate(("dora", "ia3", "bitfit", "full", "freeze", "prompt", "prefix",
+                                "prefix_proj")):
         grad, hist, shapes = run_method(method, cfg, sd, batches, SEED + 100 * (i + 1))
         ref = dict(description=__doc__.split("\n")[0], method=method, options=OPTIONS[method],
                    model="tiny_llama.gguf", seed=SEED + 100 * (i + 1),

@@ -50,6 +50,8 @@ static const method_case cases[] = {
     {"freeze", {{"layers", "1"}}, 1, NULL},
     {"prompt", {{"num-virtual-tokens", "3"}}, 1, NULL},
     {"prefix", {{"num-virtual-tokens", "3"}}, 1, NULL},
+    {"prefix", {{"num-virtual-tokens", "3"}, {"prefix-projection", "true"}, {"encoder-hidden", "16"}}, 3,
+     "prefix_proj"},
     {"adapter", {{"adapter-type", "houlsby"}, {"reduction-factor", "4"}}, 2, "adapter_houlsby"},
     {"adapter", {{"adapter-type", "sequential"}, {"reduction-factor", "4"}}, 2, "adapter_sequential"},
     {"adapter", {{"adapter-type", "parallel"}, {"reduction-factor", "4"}}, 2, "adapter_parallel"},
@@ -134,11 +136,14 @@ static void check_init(const method_case *c) {
     finch_peft *p = instance(c, &rng, false), *want = instance(c, NULL, false);
     load(want, fixture(c), "train_init.safetensors");
     if (!strcmp(c->method, "prompt") || !strcmp(c->method, "prefix")) {
-        /* N(0, 1) draws: mean and variance within 5 standard errors */
-        double s1 = 0, s2 = 0, n = (double)p->params.total;
-        for (int64_t i = 0; i < p->params.total; i++) {
-            s1 += p->params.data[i];
-            s2 += (double)p->params.data[i] * p->params.data[i];
+        /* N(0, 1) draws (the table, or the projection's embeddings): mean and variance
+         * within 5 standard errors */
+        const finch_param *t = &p->params.p[0];
+        const float *d = p->params.data + t->off;
+        double s1 = 0, s2 = 0, n = (double)t->n;
+        for (int64_t i = 0; i < t->n; i++) {
+            s1 += d[i];
+            s2 += (double)d[i] * d[i];
         }
         double mean = s1 / n, var = s2 / n - mean * mean;
         printf("  %s init: %g values, mean %.4f, variance %.4f\n", c->method, n, mean, var);
@@ -204,6 +209,50 @@ static void check_training(const method_case *c) {
     json_decref(ref);
 }
 
+/* Prefix tuning trained through its projection saves the projection's output as
+ * prompt_embeddings (as PEFT does): loaded back, the plain table gives the same loss. */
+static void test_projection_saves_table(void **state) {
+    (void)state;
+    const method_case *c = NULL;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        if (!strcmp(fixture(&cases[i]), "prefix_proj")) c = &cases[i];
+    assert_non_null(c);
+    json_t *ref = reference("prefix_proj"), *g = json_object_get(ref, "grad");
+    finch_peft *p = instance(c, NULL, true);
+    load(p, "prefix_proj", "grad_params.safetensors");
+    int32_t ids[256], tg[256], pos[256];
+    int B, T;
+    json_batch(g, ids, tg, pos, &B, &T);
+    char dir[] = "/tmp/finch_proj_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    finch_err err;
+    assert_int_equal(finch_peft_save(p, model, dir, &err), FINCH_OK);
+    double loss[2];
+    finch_peft *q = NULL;
+    if (finch_peft_load(dir, model, &q, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(q->params.n, 1);
+    assert_string_equal(q->params.p[0].name, "prompt_embeddings");
+    finch_peft *both[2] = {p, q};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(finch_peft_attach(both[k], model, 1.0f, (int64_t)B * T, &err), FINCH_OK);
+        finch_train_acts *a;
+        assert_int_equal(finch_train_acts_new(model, B, T, &a, &err), FINCH_OK);
+        loss[k] = finch_model_train_step(model, a, ids, tg, pos, NULL, 0.0f, 0, false);
+        finch_train_acts_free(a);
+        finch_peft_detach(both[k], model);
+    }
+    printf("  prefix_proj: loss through the projection %.7f, from the saved table %.7f\n", loss[0],
+           loss[1]);
+    assert_true(fabs(loss[0] - loss[1]) < 1e-6 * loss[0]);
+    assert_true(fabs(loss[0] - json_real_value(json_object_get(g, "loss"))) < 1e-5 * loss[0]);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    finch_peft_free(p);
+    finch_peft_free(q);
+    json_decref(ref);
+}
+
 static void test_gradients(void **state) {
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_gradients(&cases[i]);
@@ -221,6 +270,7 @@ static void test_training(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_gradients), cmocka_unit_test(test_init),
-                                       cmocka_unit_test(test_training)};
+                                       cmocka_unit_test(test_training),
+                                       cmocka_unit_test(test_projection_saves_table)};
     return cmocka_run_group_tests(tests, setup_tiny, teardown_tiny);
 }

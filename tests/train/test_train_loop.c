@@ -172,6 +172,7 @@ static void test_resume_exact_methods(void **state) {
               {"full", NULL, NULL, "model.safetensors"},
               {"prompt", "num-virtual-tokens", "4", "adapter_model.safetensors"},
               {"prefix", "num-virtual-tokens", "4", "adapter_model.safetensors"},
+              {"prefix", "prefix-projection", "true", "adapter_model.safetensors"},
               {"adapter", "adapter-type", "houlsby", "adapter.safetensors"},
               {"adapter", "adapter-type", "parallel", "adapter.safetensors"}};
     for (size_t i = 0; i < sizeof ms / sizeof *ms; i++) {

@@ -51,7 +51,6 @@ void finch_prompt_learning_config(json_t *config, const finch_model *m, int n_vi
     json_object_set_new(config, "num_transformer_submodules", json_integer(1));
     json_object_set_new(config, "num_attention_heads", json_integer(heads));
     json_object_set_new(config, "num_layers", json_integer(m->cfg.n_layer));
-    json_object_set_new(config, "modules_to_save", json_null());
 }
 
 finch_status finch_prompt_learning_check(const json_t *config, const char *path, finch_err *err) {

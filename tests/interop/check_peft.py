@@ -14,7 +14,11 @@
 
 Both sides dequantize Q4_1 exactly and compute in float32, so they differ by summation
 order only: TOL is 5e-4 on logits of magnitude ~20 (measured 6e-5 to 1.2e-4). A wrong Q/K row order
-or scale moves logits by O(1). The adapter's own effect (adapter vs base logits) is printed
+or scale moves logits by O(1). Prompt and prefix tuning with random virtual rows, keys and
+values put activations far larger than the model's own through every layer, and float32
+rounding grows with them (peft's own float32 logits are off its float64 ones by up to 1.5e-3
+there): those are compared with peft in float64 instead, and finch must be within
+max(TOL, 3 x peft float32's own error). The adapter's own effect (adapter vs base logits) is printed
 too, to show the comparison is not vacuous.
 
   python check_peft.py --finch build/finch --logits .../finch_interop_logits \
@@ -34,6 +38,21 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def unwrap(pm):
     """The base model again: tuners undo their layers; prompt learning never changed it."""
     return pm.base_model if pm.peft_config["default"].is_prompt_learning else pm.unload()
+
+
+def compare(method, label, pm, seqs, got, want):
+    """finch's logits against peft's (float32); for prompt and prefix tuning against peft in
+    float64, within max(TOL, 3 x peft float32's own distance from it)."""
+    if method not in ("prompt", "prefix"):
+        return common.compare(label + ": finch vs peft", got, want, TOL)
+    import torch
+    pm.double()
+    with torch.no_grad():
+        w64 = [pm(torch.tensor([s])).logits[0, -len(s):].double().numpy() for s in seqs]
+    pm.float()
+    own = max(float(np.abs(w - v).max()) for w, v in zip(want, w64))
+    print("  %s: peft float32 vs peft float64: max |diff| %.3g" % (label, own))
+    return common.compare(label + ": finch vs peft float64", got, w64, max(TOL, 3 * own))
 
 
 def main():
@@ -107,7 +126,7 @@ def main():
         got = common.finch_logits(args.logits, args.model, seqs, args.work, [trained])
         print("  c. finch-trained %s moves peft's logits by up to %.3g from the base"
               % (name, max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits))))
-        ok &= common.compare("c. finch-trained %s: finch vs peft" % name, got, want, TOL)
+        ok &= compare(name, "c. finch-trained %s" % name, pm, seqs, got, want)
         base_hf = unwrap(pm)
 
         torch.manual_seed(20241124)
@@ -129,7 +148,7 @@ def main():
         got = common.finch_logits(args.logits, args.model, seqs, args.work, [made])
         print("  c. peft-made %s moves peft's logits by up to %.3g from the base"
               % (name, max(float(np.abs(w - b).max()) for w, b in zip(want, base_logits))))
-        ok &= common.compare("c. peft-made %s: finch vs peft" % name, got, want, TOL)
+        ok &= compare(name, "c. peft-made %s" % name, pm, seqs, got, want)
         base_hf = unwrap(pm)
     return 0 if ok else 1
 

@@ -2,7 +2,10 @@
  * test_sites.c: the gradients every method's sites produce, against central finite
  * differences of the whole training loss on the tiny model: LoRA (without dropout, and with
  * dropout 0.3 through a fixed mask), DoRA's magnitudes (the same), (IA)^3's output and input scales, BitFit's
- * added biases, and freezing's and full fine-tuning's weights, norms and embeddings.
+ * added biases, freezing's and full fine-tuning's weights, norms and embeddings, prompt
+ * tuning's rows, prefix tuning's keys and values (and its projection), and the three
+ * bottleneck adapter layouts. One thread: thousands of tiny steps, no OpenMP pool to spin
+ * against another test's.
  * (DoRA's A and B are not here: PEFT detaches the row norm, so their gradient is by design
  * not the derivative of the loss; tests/train/test_methods.c checks them against PEFT.)
  *
@@ -55,6 +58,12 @@ static void check_method_drop(const char *method, const finch_option *opts, int 
     finch_params *r = &p->params;
     for (int64_t i = 0; i < r->total; i++) r->data[i] += 0.2f * (finch_rng_float(&rng) - 0.5f);
     assert_int_equal(finch_peft_attach(p, model, 1.0f, B * T, &err), FINCH_OK);
+    /* virtual tokens change the rows the step keeps: activations of their own */
+    finch_train_acts *shared = acts, *own = NULL;
+    if (model->virt.n) {
+        assert_int_equal(finch_train_acts_new(model, B, T, &own, &err), FINCH_OK);
+        acts = own;
+    }
     /* the gradient is that of the training step, dropout included */
     memset(r->grad, 0, (size_t)r->total * sizeof(float));
     const double l0 = loss(true);
@@ -100,6 +109,10 @@ static void check_method_drop(const char *method, const finch_option *opts, int 
     free(grad);
     finch_peft_detach(p, model);
     finch_peft_free(p);
+    if (own) {
+        finch_train_acts_free(own);
+        acts = shared;
+    }
 }
 
 /* Every method on the loaded model. */
@@ -121,6 +134,20 @@ static void all_methods(void) {
     const finch_option freeze[] = {{"layers", layers}, {"train-embeddings", NULL}, {"train-head", NULL}};
     check_method("freeze", freeze, 3, NULL);
     check_method("full", NULL, 0, NULL);
+    /* virtual tokens: prompt rows, prefix keys and values (plain, and through the
+     * projection); block modules: the three bottleneck layouts */
+    const finch_option prompt[] = {{"num-virtual-tokens", "2"}};
+    check_method("prompt", prompt, 1, NULL);
+    check_method("prefix", prompt, 1, NULL);
+    const finch_option proj[] = {{"num-virtual-tokens", "2"}, {"prefix-projection", NULL},
+                                 {"encoder-hidden", "8"}};
+    check_method("prefix", proj, 3, NULL);
+    const char *layouts[] = {"houlsby", "sequential", "parallel"};
+    for (int i = 0; i < 3; i++) {
+        const finch_option ad[] = {{"adapter-type", layouts[i]}, {"reduction-factor", "8"},
+                                   {"adapter-nonlinearity", i == 2 ? "gelu" : "auto"}};
+        check_method("adapter", ad, 3, NULL);
+    }
 }
 
 static void test_sites(void **state) {
@@ -148,7 +175,7 @@ static void test_sites_gemma3(void **state) {
 static int setup(void **state) {
     (void)state;
     finch_err err;
-    finch_threads_set(2);
+    finch_threads_set(1);
     if (finch_model_load(FINCH_FIXTURES "/model/tiny_llama.gguf", &model, &err)) return -1;
     finch_rng r;
     finch_rng_seed(&r, 9);

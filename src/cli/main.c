@@ -43,7 +43,7 @@ static int cmd_version(int argc, char **argv) {
 static void usage(FILE *f) {
     fprintf(f, "usage: finch <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\n'finch <command> --help' shows a command's options.\n");
 }
 

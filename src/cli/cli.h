@@ -95,6 +95,10 @@ int cmd_eval(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+/* mkdir -p dir: 0, or -1 with errno set and the folder that could not be made in failed
+ * (n bytes; may be NULL). */
+int cli_mkdir_p(const char *dir, char *failed, size_t n);
+
 int cmd_report(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 

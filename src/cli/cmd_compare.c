@@ -411,19 +411,10 @@ static json_t *num_or_null(double v) {
 }
 
 static int mkdir_p(const char *dir) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s", dir);
-    for (size_t i = 1, n = strlen(path); i <= n; i++)
-        if (path[i] == '/' || !path[i]) {
-            char was = path[i];
-            path[i] = 0;
-            if (mkdir(path, 0777) && errno != EEXIST) {
-                fprintf(stderr, "finch: error: %s: cannot create: %s\n", path, strerror(errno));
-                return EXIT_FAIL;
-            }
-            path[i] = was;
-        }
-    return 0;
+    char failed[4096];
+    if (!cli_mkdir_p(dir, failed, sizeof failed)) return 0;
+    fprintf(stderr, "finch: error: %s: cannot create: %s\n", failed, strerror(errno));
+    return EXIT_FAIL;
 }
 
 int cmd_compare(int argc, char **argv) {

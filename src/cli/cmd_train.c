@@ -441,15 +441,8 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
 #undef B
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
     json_decref(j);
-    /* mkdir -p OUT: finch_train makes it too, but only after this */
-    snprintf(path, sizeof path, "%s", o->out_dir);
-    for (size_t i = 1, n = strlen(path); i <= n; i++)
-        if (path[i] == '/' || !path[i]) {
-            char was = path[i];
-            path[i] = 0;
-            mkdir(path, 0777);
-            path[i] = was;
-        }
+    /* mkdir -p OUT: finch_train makes it too (and says why it cannot), but after this */
+    cli_mkdir_p(o->out_dir, NULL, 0);
     snprintf(path, sizeof path, "%s/run.json", o->out_dir);
     if (!text)
         fprintf(stderr, "finch: warning: %s: out of memory\n", path);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int cli_fail(const finch_err *err) {
@@ -197,4 +198,20 @@ bool cli_parse_threads(const char *cmd, const char *v, long *out) {
     if (!cli_parse_int(v, 1, 1024, out))
         return cli_usage_error(cmd, "--threads %s: must be from 1 to 1024", v), false;
     return true;
+}
+
+int cli_mkdir_p(const char *dir, char *failed, size_t n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s", dir);
+    for (size_t i = 1, len = strlen(path); i <= len; i++)
+        if (path[i] == '/' || !path[i]) {
+            char was = path[i];
+            path[i] = 0;
+            if (mkdir(path, 0777) && errno != EEXIST) {
+                if (failed) snprintf(failed, n, "%s", path);
+                return -1;
+            }
+            path[i] = was;
+        }
+    return 0;
 }

@@ -93,9 +93,7 @@ void finch_params_set_kv_block(finch_params *r, const char *name, int64_t kv_blo
     p->kv_block = kv_block;
 }
 
-/* dst = src (p's values) with its q/k rows or prefix keys in Hugging Face order (to_hf)
- * or back in finch's. */
-static void convert(const finch_param *p, float *dst, const float *src, bool to_hf) {
+void finch_param_convert(const finch_param *p, float *dst, const float *src, bool to_hf) {
     if (!p->kv_block) {
         finch_rows_permute(dst, src, p->shape[0], p->shape[1], p->permute_heads, to_hf);
         return;
@@ -118,7 +116,7 @@ finch_status finch_params_save_st(const finch_params *r, const char *path, finch
     if ((st = finch_st_writer_set_meta(w, "format", "pt", err))) goto done;
     for (int i = 0; i < r->n && !st; i++) {
         const finch_param *p = &r->p[i];
-        if (p->permute_heads) convert(p, hf + p->off, r->data + p->off, true);
+        if (p->permute_heads) finch_param_convert(p, hf + p->off, r->data + p->off, true);
         st = finch_st_writer_add(w, p->name, FINCH_ST_F32, p->n_dims, p->shape, hf + p->off, err);
     }
     if (!st) st = finch_st_writer_save(w, path, err);
@@ -220,7 +218,7 @@ finch_status finch_params_load_st(finch_params *r, const char *path, finch_err *
             break;
         }
         to_f32(tmp, te, p->n);
-        convert(p, dst, tmp, false);
+        finch_param_convert(p, dst, tmp, false);
     }
     free(tmp);
     finch_st_close(f);

@@ -67,6 +67,10 @@ finch_status finch_params_save_st(const finch_params *r, const char *path, finch
  * needs. */
 finch_status finch_params_load_st(finch_params *r, const char *path, finch_err *err);
 
+/* dst = src (p's values, p->n of them) with its q/k rows or prefix keys in Hugging Face
+ * order (to_hf) or back in finch's; dst and src distinct. */
+void finch_param_convert(const finch_param *p, float *dst, const float *src, bool to_hf);
+
 /* Converts rows (dim 0, row_len elements each) of a q/k tensor between GGUF and Hugging
  * Face order (FORMATS.md 4.1); dst and src distinct. */
 void finch_rows_permute(float *dst, const float *src, int64_t rows, int64_t row_len, int heads,

@@ -181,13 +181,6 @@ static void prefix_free_state(finch_peft *p) {
 
 /* ---- the projection ----------------------------------------------------------------------- */
 
-/* The key blocks of each row of (P, W) between Hugging Face's order and finch's. */
-static void keys_permute(const prefix_state *st, float *dst, const float *src, bool to_hf) {
-    memcpy(dst, src, (size_t)(st->P * st->W) * sizeof *dst);
-    for (int64_t off = 0; off < st->P * st->W; off += 2 * st->KD)
-        finch_rows_permute(dst + off, src + off, st->KD, 1, st->kv_heads, to_hf);
-}
-
 /* out = tanh(E W0^T + b0) W2^T + b2 (HF order), kv = out in finch's order. */
 static void projection_refresh(void *self) {
     prefix_state *st = self;
@@ -199,7 +192,7 @@ static void projection_refresh(void *self) {
     for (int64_t r = 0; r < st->P; r++) memcpy(st->out + r * st->W, st->b2, (size_t)st->W * 4);
     be->gemm(false, true, st->P, st->W, st->H, 1.0f, st->t, st->H, st->w2, st->H, 1.0f, st->out,
              st->W);
-    keys_permute(st, st->kv, st->out, false);
+    finch_param_convert(&st->table_param, st->kv, st->out, false);
 }
 
 /* The table's gradient (finch's order, in dkv) into the projection's; dkv cleared. */
@@ -209,7 +202,7 @@ static void projection_backward(void *self) {
     const finch_backend *be = st->be;
     float *g = st->out; /* the table's gradient in HF order (out is only scratch after
                            refresh: kv holds the table) */
-    keys_permute(st, g, st->dkv, true);
+    finch_param_convert(&st->table_param, g, st->dkv, true);
     be->gemm(true, false, st->W, st->H, st->P, 1.0f, g, st->W, st->t, st->H, 1.0f, st->dw2, st->H);
     be->gemm(true, false, st->W, 1, st->P, 1.0f, g, st->W, st->ones, 1, 1.0f, st->db2, 1);
     be->gemm(false, false, st->P, st->H, st->W, 1.0f, g, st->W, st->w2, st->H, 0.0f, st->dt, st->H);

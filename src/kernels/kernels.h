@@ -38,6 +38,9 @@ typedef struct {
     int n_threads;     /* threads it was sized for */
     void *act;         /* shared: quantized rows of x for matmul_q8 (may be NULL) */
     size_t act_bytes;  /* its size */
+    bool bf16;         /* matmul and matmul_backward_input multiply in bf16 (--bf16) */
+    uint16_t *a16;     /* shared with bf16: an operand rounded to bf16, a16_elems values */
+    size_t a16_elems;
 } finch_workspace;
 
 /* Floats of scratch per thread that the ops need for weights up to max_cols wide and
@@ -51,6 +54,12 @@ size_t finch_workspace_act_need(int64_t T, int64_t max_cols);
 finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_threads,
                                   size_t act_bytes, finch_err *err);
 void finch_workspace_free(finch_workspace *ws);
+
+/* Turns on bf16 products for matmul and matmul_backward_input with this workspace
+ * (mixed precision: W and the activations rounded to bf16, sums in f32), for up to T rows
+ * against weights up to max_dim rows or columns wide. */
+finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim,
+                                  finch_err *err);
 
 /* A dropout keep mask: element i is kept when finch_mix64(base + i) >= threshold, and kept
  * elements are scaled by scale = 1 / (1 - p). A function of (base + i) alone, so backward

@@ -566,6 +566,9 @@ typedef struct {
     int grad_accum;           /* micro-batches per optimizer step (1) */
     int packing;              /* pack whole examples into rows of max_seq_len tokens, attention
                                  kept within each example (0: one example per row) */
+    int bf16;                 /* mixed precision: the frozen base's products with operands
+                                 rounded to bf16 and f32 sums (AMX where the CPU has it);
+                                 parameters, gradients and optimizer state stay f32 (0: f32) */
     int64_t max_steps;        /* optimizer steps; 0: from epochs */
     double epochs;            /* passes over the training set when max_steps is 0 (1) */
     int64_t warmup_steps;     /* linear warmup (0) */

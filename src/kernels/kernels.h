@@ -58,8 +58,7 @@ void finch_workspace_free(finch_workspace *ws);
 /* Turns on bf16 products for matmul and matmul_backward_input with this workspace
  * (mixed precision: W and the activations rounded to bf16, sums in f32), for up to T rows
  * against weights up to max_dim rows or columns wide. */
-finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim,
-                                  finch_err *err);
+finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, finch_err *err);
 
 /* A dropout keep mask: element i is kept when finch_mix64(base + i) >= threshold, and kept
  * elements are scaled by scale = 1 / (1 - p). A function of (base + i) alone, so backward

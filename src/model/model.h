@@ -196,6 +196,9 @@ typedef struct finch_train_acts finch_train_acts;
 finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_train_acts **out,
                                   finch_err *err);
 void finch_train_acts_free(finch_train_acts *a);
+/* The base's products of the passes with a in bf16 (--bf16; kernels.h
+ * finch_workspace_bf16). */
+finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, finch_err *err);
 
 /* One forward and (when backward) backward pass over a batch: ids (B, T), targets (B, T)
  * (-1: no loss), pos (B, T) positions (restarting per row, or per example when packed),

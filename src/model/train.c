@@ -171,6 +171,15 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     return FINCH_OK;
 }
 
+finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, finch_err *err) {
+    const finch_model_config *c = &m->cfg;
+    int64_t dim = c->n_vocab;
+    const int64_t widths[] = {c->n_embd, c->n_ff, (int64_t)c->n_head * c->head_dim};
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
+        dim = widths[i] > dim ? widths[i] : dim;
+    return finch_workspace_bf16(&a->ws, (int64_t)a->B * a->T, dim, err);
+}
+
 void finch_train_acts_free(finch_train_acts *a) {
     if (!a) return;
     float **tables[] = {a->x,     a->xn1,   a->rstd1, a->q,     a->k,  a->v,     a->att, a->ao,

@@ -28,9 +28,25 @@
 
 /* ---- packing ---------------------------------------------------------------------- */
 
+/* finch_f32_to_bf16 inline: round to nearest even, NaN quieted. */
 static inline uint16_t to_bf16(float f) {
-    return finch_f32_to_bf16(f);
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
 }
+
+#if defined(__x86_64__)
+#define VEC_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+/* 32 floats to 32 bf16 (round to nearest even; the instruction takes denormals as 0). */
+VEC_TARGET static inline void cvt32(uint16_t *d, const float *s) {
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 16), _mm512_loadu_ps(s));
+    _mm512_storeu_si512(d, (__m512i)v);
+}
+/* Whether the vector packers run: the CPUs with AMX have them. */
+static bool amx_usable(void);
+#endif
 
 int64_t finch_bf16_pad(int64_t n) {
     return (n + 31) & ~(int64_t)31;
@@ -43,10 +59,15 @@ void finch_bf16_pack_a(uint16_t *dst, const float *src, int64_t M, int64_t K, in
     for (int64_t i = 0; i < Mp; i++) {
         uint16_t *d = dst + i * Kp;
         int64_t k = 0;
-        if (i < M && trans)
+        if (i < M && trans) {
             for (; k < K; k++) d[k] = to_bf16(src[k * lds + i]);
-        else if (i < M)
+        } else if (i < M) {
+#if defined(__x86_64__)
+            if (amx_usable())
+                for (; k + 32 <= K; k += 32) cvt32(d + k, src + i * lds + k);
+#endif
             for (; k < K; k++) d[k] = to_bf16(src[i * lds + k]);
+        }
         for (; k < Kp; k++) d[k] = 0;
     }
 }
@@ -62,16 +83,69 @@ size_t finch_bf16_b_size(int64_t K, int64_t N) {
     return (size_t)finch_bf16_pad(K) * (size_t)finch_bf16_pad(N);
 }
 
+#if defined(__x86_64__)
+/* Rows k, k + 1 (the second may be absent: zeros) of B from column n0, 32 columns, into
+ * their pair row: each column's two values side by side. */
+VEC_TARGET static void pack_pair32(uint16_t *d, const float *b0, const float *b1) {
+    static const uint16_t lo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                    8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    __m512i x = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b0 + 16), _mm512_loadu_ps(b0));
+    __m512i y = b1 ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b1 + 16), _mm512_loadu_ps(b1))
+                   : _mm512_setzero_si512();
+    __m512i idx = _mm512_loadu_si512(lo);
+    __m512i hi = _mm512_add_epi16(idx, _mm512_set1_epi16(16));
+    _mm512_storeu_si512(d, _mm512_permutex2var_epi16(x, idx, y));
+    _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi16(x, hi, y));
+}
+#endif
+
 void finch_bf16_pack_b_nn(uint16_t *dst, const float *B, int64_t K, int64_t N, int64_t ldb) {
     const int64_t Kp = finch_bf16_pad(K), Np = finch_bf16_pad(N);
     memset(dst, 0, (size_t)Kp * (size_t)Np * sizeof *dst);
+    int64_t n1 = 0;
+#if defined(__x86_64__)
+    if (amx_usable()) {
+        n1 = N / 32 * 32;
+        for (int64_t k = 0; k < K; k += 2)
+            for (int64_t n = 0; n < n1; n += 32)
+                pack_pair32(dst + b_index(Kp, k, n), B + k * ldb + n,
+                            k + 1 < K ? B + (k + 1) * ldb + n : NULL);
+    }
+#endif
     for (int64_t k = 0; k < K; k++)
-        for (int64_t n = 0; n < N; n++) dst[b_index(Kp, k, n)] = to_bf16(B[k * ldb + n]);
+        for (int64_t n = n1; n < N; n++) dst[b_index(Kp, k, n)] = to_bf16(B[k * ldb + n]);
 }
+
+#if defined(__x86_64__)
+/* 16 rows of W from k0 (k0 + 32 <= K) into the panel columns n0.. (n0 a multiple of 16):
+ * each row's 16 pairs converted at once, then transposed as 32-bit pairs. */
+VEC_TARGET static void pack_rows16(uint16_t *dst, int64_t Kp, int64_t n0, const float *W,
+                                   int64_t ldw, int64_t k0) {
+    uint32_t pairs[16][16];
+    for (int r = 0; r < 16; r++) cvt32((uint16_t *)pairs[r], W + r * ldw + k0);
+    typedef uint32_t __attribute__((may_alias)) pair; /* two bf16 of the uint16_t panel */
+    pair *out = (pair *)(dst + b_index(Kp, k0, n0));
+    for (int j = 0; j < 16; j++) /* pair row k0 / 2 + j: 32 columns of pairs, 128 bytes */
+        for (int r = 0; r < 16; r++) out[j * 32 + r] = pairs[r][j];
+}
+#endif
 
 void finch_bf16_pack_b_rows(uint16_t *dst, int64_t Kp, int64_t n0, const float *W, int64_t n,
                             int64_t K, int64_t ldw) {
-    for (int64_t r = 0; r < n; r++) {
+    int64_t r0 = 0;
+#if defined(__x86_64__)
+    if (amx_usable() && n0 % 16 == 0)
+        for (; r0 + 16 <= n; r0 += 16) {
+            int64_t k = 0;
+            for (; k + 32 <= K; k += 32) pack_rows16(dst, Kp, n0 + r0, W + r0 * ldw, ldw, k);
+            for (int64_t r = r0; r < r0 + 16; r++) {
+                for (int64_t kk = k; kk < K; kk++)
+                    dst[b_index(Kp, kk, n0 + r)] = to_bf16(W[r * ldw + kk]);
+                for (int64_t kk = K; kk < Kp; kk++) dst[b_index(Kp, kk, n0 + r)] = 0;
+            }
+        }
+#endif
+    for (int64_t r = r0; r < n; r++) {
         const float *w = W + r * ldw;
         for (int64_t k = 0; k < K; k++) dst[b_index(Kp, k, n0 + r)] = to_bf16(w[k]);
         for (int64_t k = K; k < Kp; k++) dst[b_index(Kp, k, n0 + r)] = 0;
@@ -182,8 +256,7 @@ static void fallback(int64_t M, int64_t N, int64_t K, const uint16_t *A, int64_t
                 for (int64_t i = 0; i < ni; i++)
                     for (int64_t k = 0; k < kc; k++)
                         a[i * kc + k] = finch_bf16_to_f32(A[(i0 + i) * lda + k0 + k]);
-                finch_cpu_sgemm_nn(ni, nj, kc, a, kc, b, nj, C + i0 * ldc + j0, ldc,
-                                   acc || k0 > 0);
+                finch_cpu_sgemm_nn(ni, nj, kc, a, kc, b, nj, C + i0 * ldc + j0, ldc, acc || k0 > 0);
             }
         }
     }

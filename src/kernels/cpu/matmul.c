@@ -397,7 +397,8 @@ static void backward_input_bf16(float *dx, const float *dy, const finch_weight *
         for (int64_t r0 = 0; cw > 0 && r0 < R; r0 += chunk) {
             int64_t nr = R - r0 < chunk ? R - r0 : chunk;
             for (int64_t r = 0; r < nr; r++) {
-                const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off;
+                const uint8_t *row =
+                    (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off;
                 if (w->type == FINCH_DTYPE_F32)
                     memcpy(stage + r * cw, row, (size_t)cw * sizeof(float));
                 else
@@ -487,8 +488,7 @@ finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_
     return FINCH_OK;
 }
 
-finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim,
-                                  finch_err *err) {
+finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, finch_err *err) {
     size_t n;
     if (!finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_dim), &n) ||
         !finch_size_mul(n, sizeof(uint16_t), &n))

@@ -38,9 +38,11 @@ typedef struct {
     int n_threads;     /* threads it was sized for */
     void *act;         /* shared: quantized rows of x for matmul_q8 (may be NULL) */
     size_t act_bytes;  /* its size */
-    bool bf16;         /* matmul and matmul_backward_input multiply in bf16 (--bf16) */
+    bool bf16;         /* the matmuls multiply in bf16 (--bf16) */
     uint16_t *a16;     /* shared with bf16: an operand rounded to bf16, a16_elems values */
     size_t a16_elems;
+    uint16_t *b16; /* shared with bf16: matmul_backward_weight's x packed, b16_elems values */
+    size_t b16_elems;
 } finch_workspace;
 
 /* Floats of scratch per thread that the ops need for weights up to max_cols wide and
@@ -55,10 +57,12 @@ finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_
                                   size_t act_bytes, finch_err *err);
 void finch_workspace_free(finch_workspace *ws);
 
-/* Turns on bf16 products for matmul and matmul_backward_input with this workspace
- * (mixed precision: W and the activations rounded to bf16, sums in f32), for up to T rows
- * against weights up to max_dim rows or columns wide. */
-finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, finch_err *err);
+/* Turns on bf16 products for matmul, matmul_backward_input and matmul_backward_weight
+ * with this workspace (mixed precision: W and the activations rounded to bf16, sums in
+ * f32), for up to T rows against weights up to max_dim rows or columns wide, of which
+ * those whose weight gradient is taken have inputs up to max_in wide. */
+finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, int64_t max_in,
+                                  finch_err *err);
 
 /* A dropout keep mask: element i is kept when finch_mix64(base + i) >= threshold, and kept
  * elements are scaled by scale = 1 / (1 - p). A function of (base + i) alone, so backward
@@ -181,9 +185,10 @@ typedef struct {
     void (*matmul_backward_input)(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                   finch_workspace *ws);
 
-    /* dw (rows, cols) += dy (T, rows)^T . x (T, cols): the gradient of an f32 weight. */
+    /* dw (rows, cols) += dy (T, rows)^T . x (T, cols): the gradient of an f32 weight; in
+     * bf16 products when ws (may be NULL) asks. */
     void (*matmul_backward_weight)(float *dw, const float *dy, const float *x, int64_t T,
-                                   int64_t rows, int64_t cols);
+                                   int64_t rows, int64_t cols, finch_workspace *ws);
 
     /* Rows ids (T) of demb (V, C) += the matching rows of dx (T, C) (f32 table). */
     void (*embed_backward)(float *demb, const float *dx, const int32_t *ids, int64_t T, int64_t C);

@@ -177,7 +177,9 @@ finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, fi
     const int64_t widths[] = {c->n_embd, c->n_ff, (int64_t)c->n_head * c->head_dim};
     for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
         dim = widths[i] > dim ? widths[i] : dim;
-    return finch_workspace_bf16(&a->ws, (int64_t)a->B * a->T, dim, err);
+    /* the inputs of the weights full fine-tuning trains: C or F wide (the head's too) */
+    const int64_t in = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    return finch_workspace_bf16(&a->ws, (int64_t)a->B * a->T, dim, in, err);
 }
 
 void finch_train_acts_free(finch_train_acts *a) {

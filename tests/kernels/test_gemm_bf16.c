@@ -69,8 +69,9 @@ static void test_gemm(void **state) {
     free(A), free(B), free(C), free(C0), free(a16), free(b16), free(At);
 }
 
-/* matmul and matmul_backward_input with a bf16 workspace, over Q4_1 and f32 weights,
- * against the rounded reference, and the same bits for 1 and 2 threads. */
+/* matmul, matmul_backward_input and matmul_backward_weight with a bf16 workspace, over
+ * Q4_1 and f32 weights, against the rounded reference, and the same bits for 1 and 2
+ * threads. */
 static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T) {
     finch_rng r;
     finch_rng_seed(&r, 9 + (uint64_t)T);
@@ -81,18 +82,31 @@ static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T) {
     float *x = rand_vec(&r, T * cols, 1.0f), *dy = rand_vec(&r, T * rows, 1.0f);
     float *y1 = malloc(sizeof(float) * T * rows), *y2 = malloc(sizeof(float) * T * rows);
     float *d1 = malloc(sizeof(float) * T * cols), *d2 = malloc(sizeof(float) * T * cols);
+    float *g0 = rand_vec(&r, rows * cols, 1.0f), *g1 = malloc(sizeof(float) * rows * cols);
+    float *g2 = malloc(sizeof(float) * rows * cols);
+    memcpy(g1, g0, sizeof(float) * rows * cols);
+    memcpy(g2, g0, sizeof(float) * rows * cols);
     finch_workspace ws;
     finch_err err;
     int64_t dim = rows > cols ? rows : cols;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2, 0, &err), FINCH_OK);
-    assert_int_equal(finch_workspace_bf16(&ws, T, dim, &err), FINCH_OK);
+    assert_int_equal(finch_workspace_bf16(&ws, T, dim, dim, &err), FINCH_OK);
     char what[96];
     finch_threads_set(1);
     finch_cpu_matmul(y1, x, &w, T, &ws);
     finch_cpu_matmul_backward_input(d1, dy, &w, T, &ws);
+    finch_cpu_matmul_backward_weight(g1, dy, x, T, rows, cols, &ws);
     finch_threads_set(2);
     finch_cpu_matmul(y2, x, &w, T, &ws);
     finch_cpu_matmul_backward_input(d2, dy, &w, T, &ws);
+    finch_cpu_matmul_backward_weight(g2, dy, x, T, rows, cols, &ws);
+    assert_memory_equal(g1, g2, sizeof(float) * rows * cols);
+    /* dW (rows, cols) = g0 + dy^T x: A = dy^T (rows, T), B(k, n) = x[k][n] */
+    float *dyt = malloc(sizeof(float) * rows * T);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < rows; i++) dyt[i * T + t] = dy[t * rows + i];
+    check("matmul_backward_weight", g2, cols, dyt, x, cols, 1, rows, cols, T, g0);
+    free(dyt), free(g0), free(g1), free(g2);
     assert_memory_equal(y1, y2, sizeof(float) * T * rows);
     assert_memory_equal(d1, d2, sizeof(float) * T * cols);
     snprintf(what, sizeof what, "matmul %s", finch_dtype_info[t].name);

@@ -1,6 +1,6 @@
 /*
- * test_bf16.c: training with --bf16 (the frozen base's products with bf16 operands, f32
- * sums) on the tiny model: every step's loss within 1 % of the f32 run's (a product that
+ * test_bf16.c: training with --bf16 (the base's products with bf16 operands, f32 sums) on
+ * the tiny model, LoRA and full fine-tuning: every step's loss within 1 % of the f32 run's (a product that
  * lost more than bf16's 2^-9 per operand would drift past it over 12 steps), but not the
  * same bits (the bf16 path ran); the run learns; and an interrupted bf16 run resumes to the
  * same adapter bytes, so its products are deterministic.
@@ -23,8 +23,9 @@ static char dir[] = "/tmp/finch_bf16_XXXXXX";
 static char data[300];
 static finch_model *model;
 
-static finch_train_options opts(const char *out, int bf16) {
+static finch_train_options opts_method(const char *out, int bf16, const char *method) {
     finch_train_options o = finch_train_defaults();
+    o.method = method;
     o.data.path = data;
     o.data.max_seq_len = 32;
     o.out_dir = out;
@@ -35,9 +36,13 @@ static finch_train_options opts(const char *out, int bf16) {
     o.bf16 = bf16;
     finch_err err;
     const finch_option set[] = {{"target-modules", "all-linear"}, {"lora-r", "4"}, {"lora-dropout", "0.1"}};
-    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+    for (size_t i = 0; strcmp(method, "lora") == 0 && i < sizeof set / sizeof set[0]; i++)
         if (finch_train_set_option(&o, set[i].name, set[i].value, &err)) fail_msg("%s", err.msg);
     return o;
+}
+
+static finch_train_options opts(const char *out, int bf16) {
+    return opts_method(out, bf16, "lora");
 }
 
 /* The "loss" of every step's metrics line, up to cap of them; returns how many. */
@@ -54,15 +59,17 @@ static int losses(const char *out, double *loss, int cap) {
     return k;
 }
 
-static void test_close_to_f32(void **state) {
-    (void)state;
+/* The method's run with and without --bf16. */
+static void close_to_f32(const char *method, double lr) {
     char a[300], b[300];
-    snprintf(a, sizeof a, "%s/f32", dir);
-    snprintf(b, sizeof b, "%s/bf16", dir);
+    snprintf(a, sizeof a, "%s/%s-f32", dir, method);
+    snprintf(b, sizeof b, "%s/%s-bf16", dir, method);
     finch_err err;
-    finch_train_options o = opts(a, 0);
+    finch_train_options o = opts_method(a, 0, method);
+    o.learning_rate = lr;
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
-    o = opts(b, 1);
+    o = opts_method(b, 1, method);
+    o.learning_rate = lr;
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
     double la[16], lb[16];
     int na = losses(a, la, 16), nb = losses(b, lb, 16);
@@ -74,12 +81,20 @@ static void test_close_to_f32(void **state) {
         worst = fmax(worst, fabs(lb[i] - la[i]) / la[i]);
         same += la[i] == lb[i];
     }
-    printf("  12 steps: loss %.4f -> %.4f (f32), %.4f -> %.4f (bf16); largest relative "
+    printf("  %s, 12 steps: loss %.4f -> %.4f (f32), %.4f -> %.4f (bf16); largest relative "
            "difference %.2e\n",
-           la[0], la[na - 1], lb[0], lb[nb - 1], worst);
+           method, la[0], la[na - 1], lb[0], lb[nb - 1], worst);
     assert_true(worst < 0.01);
     assert_true(same < na);
     assert_true(lb[nb - 1] < 0.7 * lb[0]);
+}
+
+/* LoRA over the frozen base; full fine-tuning, whose weight gradients are bf16 products
+ * too. */
+static void test_close_to_f32(void **state) {
+    (void)state;
+    close_to_f32("lora", 1e-2);
+    close_to_f32("full", 1e-3);
 }
 
 static int stop_at;

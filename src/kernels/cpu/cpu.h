@@ -64,7 +64,7 @@ void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                      finch_workspace *ws);
 void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
-                                      int64_t rows, int64_t cols);
+                                      int64_t rows, int64_t cols, finch_workspace *ws);
 void finch_cpu_embed_backward(float *demb, const float *dx, const int32_t *ids, int64_t T,
                               int64_t C);
 void finch_cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *rstd,

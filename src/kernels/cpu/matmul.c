@@ -448,9 +448,26 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
     }
 }
 
-/* dW (R, K) += dy^T (R, T) . x (T, K): tiles of TILE_ROWS rows of dW, one thread each. */
+/* dW (R, K) += dy^T (R, T) . x (T, K): tiles of TILE_ROWS rows of dW, one thread each.
+ * With bf16 products dy^T and x are rounded and packed once (ws->a16, ws->b16) and each
+ * tile is one gemm_bf16. */
 void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
-                                      int64_t rows, int64_t cols) {
+                                      int64_t rows, int64_t cols, finch_workspace *ws) {
+    if (ws && ws->bf16 && ws->b16 && T > GEMV_MAX_T) {
+        const int64_t Tp = finch_bf16_pad(T);
+        FINCH_ASSERT(ws->a16_elems >= (size_t)(finch_bf16_pad(rows) * Tp) &&
+                     ws->b16_elems >= finch_bf16_b_size(T, cols));
+        finch_bf16_pack_a(ws->a16, dy, rows, T, rows, true);
+        finch_bf16_pack_b_nn(ws->b16, x, T, cols, cols);
+        const int64_t n_tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
+#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
+        for (int64_t tile = 0; tile < n_tiles; tile++) {
+            int64_t r0 = tile * TILE_ROWS, nr = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;
+            finch_cpu_gemm_bf16(nr, cols, T, ws->a16 + r0 * Tp, Tp, ws->b16, dw + r0 * cols, cols,
+                                true);
+        }
+        return;
+    }
     const int64_t n_tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
 #pragma omp parallel for schedule(static) if (n_tiles > 1)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
@@ -488,16 +505,26 @@ finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_
     return FINCH_OK;
 }
 
-finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, finch_err *err) {
-    size_t n;
-    if (!finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_dim), &n) ||
-        !finch_size_mul(n, sizeof(uint16_t), &n))
+finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, int64_t max_in,
+                                  finch_err *err) {
+    size_t na, nb;
+    if (!finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_dim), &na) ||
+        !finch_size_mul(na, sizeof(uint16_t), &na) ||
+        !finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_in), &nb) ||
+        !finch_size_mul(nb, sizeof(uint16_t), &nb))
         return finch_err_set(err, FINCH_E_NOMEM, "bf16 operand size overflows");
-    uint16_t *a16 = finch_aalloc(n, "bf16 operand", err);
-    if (!a16) return FINCH_E_NOMEM;
+    uint16_t *a16 = finch_aalloc(na, "bf16 operand", err);
+    uint16_t *b16 = a16 && max_in > 0 ? finch_aalloc(nb, "bf16 operand", err) : NULL;
+    if (!a16 || (max_in > 0 && !b16)) {
+        finch_afree(a16);
+        return FINCH_E_NOMEM;
+    }
     finch_afree(ws->a16);
+    finch_afree(ws->b16);
     ws->a16 = a16;
-    ws->a16_elems = n / sizeof(uint16_t);
+    ws->a16_elems = na / sizeof(uint16_t);
+    ws->b16 = b16;
+    ws->b16_elems = b16 ? nb / sizeof(uint16_t) : 0;
     ws->bf16 = true;
     return FINCH_OK;
 }
@@ -507,5 +534,6 @@ void finch_workspace_free(finch_workspace *ws) {
     finch_afree(ws->buf);
     finch_afree(ws->act);
     finch_afree(ws->a16);
+    finch_afree(ws->b16);
     memset(ws, 0, sizeof *ws);
 }

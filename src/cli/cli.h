@@ -1,6 +1,7 @@
 /*
- * cli.h: shared pieces of the finch command line: flag parsing with range checks, the
- * model path resolution, error reporting. The CLI sees only include/finch.h.
+ * cli.h: shared pieces of the finch command line: the flag tables and their parser
+ * (args.c), the flags several commands share and the model loading behind them
+ * (flags.c), error reporting, the progress line. The CLI sees only include/finch.h.
  */
 #ifndef FINCH_CLI_H
 #define FINCH_CLI_H
@@ -177,8 +178,7 @@ void cli_help_print(const cli_command *cmd, FILE *f);
  * whose lines ('\n' between them) continue below each other. */
 void cli_help_line(FILE *f, int width, const char *left, const char *help);
 
-/* The value of flag argv[*i] (advancing *i), or NULL with a usage message printed. */
-const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i);
+/* ---- what several commands share ------------------------------------------------------- */
 
 /* Loads the model at path, or the default model when path is NULL. On failure prints
  * the error (with what to do for a missing default model) and returns NULL. */
@@ -194,13 +194,9 @@ typedef struct {
 } cli_quant;
 #define CLI_QUANT_DEFAULTS                                                                         \
     { false, true, "nf4" }
+/* Their rows, for a CLI_GROUP over a cli_quant field. */
+extern const cli_flag cli_quant_flags[];
 
-/* Applies one of those flags, key without its dashes ('_' or '-'), v NULL for the switch:
- * 1 when key is one of them, 0 when it is not, -1 when its value is bad (a usage error
- * printed). */
-int cli_quant_set(const char *cmd, cli_quant *q, const char *key, const char *v);
-/* Whether key (without dashes) is the switch --load-in-4bit. */
-bool cli_quant_is_switch(const char *key);
 /* cli_load_model, then the 4-bit quantization when q asks for it; NULL (error printed) on
  * failure. */
 finch_model *cli_load_model_quant(const char *path, const cli_quant *q);
@@ -213,18 +209,47 @@ typedef struct {
     finch_adapter *loaded[8];
 } cli_adapters;
 
-/* Records one --adapter value; a usage error (printed) returns false. */
-bool cli_adapter_add(cli_adapters *a, const char *cmd, const char *value);
+/* Reads one --adapter value into a cli_adapters field (a cli_parse_fn). */
+bool cli_adapter_parse(void *field, const char *flag, const char *value, char *msg, size_t n);
 /* Loads and attaches them all; prints the error and returns false on failure. */
 bool cli_adapters_attach(cli_adapters *a, finch_model *m);
 /* Detaches and frees them. */
 void cli_adapters_release(cli_adapters *a, finch_model *m);
 
-/* --numerics MODE and --threads N, shared by the commands that run a model: false (a
- * usage error printed) on a bad value. */
-bool cli_parse_numerics(const char *cmd, const char *v, finch_numerics *out);
-bool cli_parse_threads(const char *cmd, const char *v, long *out);
+/* The choices of --numerics, and the mode one of them names. */
+#define CLI_NUMERICS "exact|llamacpp"
+finch_numerics cli_numerics(const char *name);
 
+/* The metrics of a generation's score, as --metrics names them: rouge, bleu, em, f1. */
+enum { CLI_METRIC_ROUGE = 1, CLI_METRIC_BLEU = 2, CLI_METRIC_EM = 4, CLI_METRIC_F1 = 8 };
+/* Reads --metrics LIST (comma-separated) into an int field of CLI_METRIC_ bits (a
+ * cli_parse_fn); a list without a metric is refused. */
+bool cli_metrics_parse(void *field, const char *flag, const char *value, char *msg, size_t n);
+
+/* The one rule for results as JSON, in every command that has them: --json prints the JSON
+ * document on stdout, and the text for people goes to stderr instead; --json-out FILE
+ * writes it to FILE atomically. Both may be given. --json FILE is read as --json-out FILE
+ * (finch eval's old spelling; unambiguous, as no such command takes a positional
+ * argument), with a warning. */
+typedef struct {
+    const char *json;     /* --json: NULL when not given, "" to print, else a FILE */
+    const char *json_out; /* --json-out FILE, or NULL */
+} cli_json;
+/* Their rows, for a CLI_GROUP over a cli_json field. */
+extern const cli_flag cli_json_flags[];
+/* After parsing: takes --json FILE as --json-out FILE (a warning printed). CLI_RUN, or
+ * EXIT_USAGE (printed) when both name a file. */
+int cli_json_check(const char *cmd, cli_json *j);
+/* Where the text for people goes: stderr when the JSON goes to stdout, else stdout. */
+FILE *cli_json_text(const cli_json *j);
+/* Emits the JSON text (len bytes, a newline added): on stdout and/or to the file. 0, or
+ * EXIT_FAIL with the error printed. */
+int cli_json_emit(const char *cmd, const cli_json *j, const char *text, size_t len);
+
+/* The row of -t/--threads N into a long field (0, the default: FINCH_THREADS, else the
+ * machine's cores). */
+#define CLI_THREADS(f)                                                                             \
+    CLI_INT("-t, --threads", "N", 1, 1024, f, "threads (default: FINCH_THREADS, else all cores)")
 /* Applies --threads (or FINCH_THREADS, else 2... the machine's cores). */
 void cli_set_threads(long n);
 

@@ -192,7 +192,11 @@ static void suggest(const parser *p, const char *name, size_t len, char *buf, si
             size_t k = strcspn(s, ",");
             if (k > 2 && s[1] == '-') {
                 int d = distance(name, len, s + 2, k - 2);
-                if (d < best) best = d, found = s, found_len = k;
+                if (d < best) {
+                    best = d;
+                    found = s;
+                    found_len = k;
+                }
             }
             s += k;
             while (*s == ',' || *s == ' ') s++;

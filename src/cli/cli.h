@@ -135,12 +135,14 @@ typedef struct {
 void cli_config_free(cli_config *c);
 
 /* Flags that are not rows of the table (finch train's method options come from the
- * library's method table): names as given, without the dashes. */
+ * library's method table). */
 typedef struct {
-    /* 0: no such flag; 1: it takes a value; 2: a switch */
+    /* For name as given, without its dashes: 0 when it is no such flag, 1 when it takes a
+     * value, 2 when it is a switch. */
     int (*kind)(const char *name);
-    /* Applies it (value NULL for a switch set); where is "" or "FILE: " for a config file.
-     * false with a message of n bytes in msg. */
+    /* Applies it: name without dashes, '_' made '-' (valid during the call only); value
+     * NULL for a switch set; where is "" or "FILE: " for a config file. false with a
+     * message of n bytes in msg. */
     bool (*set)(void *dst, const char *name, const char *value, const char *where, char *msg,
                 size_t n);
     /* Prints their --help lines (at the table's CLI_MORE row), with cli_help_line and

@@ -206,6 +206,12 @@ static const cli_flag flag_table[] = {
                "settings as a JSON object, keys as these flags without \"--\"\n"
                "('-' or '_'; a list for a repeatable one); flags override it"),
     CLI_GROUP(cli_quant_flags, quant),
+    CLI_SWITCH("--gradient-checkpointing", o.gradient_checkpointing,
+               "keep each block's input only and recompute the block in\n"
+               "backward: far less memory, one more forward per step"),
+    CLI_SWITCH("--bf16", o.bf16,
+               "mixed precision: the frozen base's products in bf16 (AMX where\n"
+               "the CPU has it), parameters and optimizer state in f32"),
     CLI_INT("--simulate-ranks", "N", 1, 4096, o.simulate_ranks,
             "one process computes what `mpirun -np N` ranks would (each\n"
             "micro-batch N slices of --batch-size rows, gradients summed\n"
@@ -298,6 +304,8 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     I("batch_size", o->batch_size);
     I("grad_accum", o->grad_accum);
     B("packing", o->packing);
+    B("bf16", o->bf16);
+    B("gradient_checkpointing", o->gradient_checkpointing);
     I("max_steps", o->max_steps);
     F("epochs", o->epochs);
     I("warmup_steps", o->warmup_steps);

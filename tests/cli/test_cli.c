@@ -306,13 +306,16 @@ static void test_train_flags(void **state) {
     /* a repeatable setting: a list in the file, replaced by the flags on the command line;
      * run.json records what the run used */
     f = fopen(cfg, "w");
-    fprintf(f, "{\"template\": [\"A {prompt}\", \"B {prompt}\"], \"max_steps\": 1}");
+    fprintf(f, "{\"template\": [\"A {prompt}\", \"B {prompt}\"], \"max_steps\": 1, "
+               "\"gradient_checkpointing\": true}");
     fclose(f);
     snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/tpl --config %s", data, tmpdir, cfg);
     EXPECT(args, NULL, 0, "adapter written to");
     snprintf(args, sizeof args, "%s/tpl/run.json", tmpdir);
     m = read_text(args);
-    if (!strstr(m, "\"A {prompt}\",") || !strstr(m, "\"B {prompt}\"")) fail_msg("run.json:\n%s", m);
+    if (!strstr(m, "\"A {prompt}\",") || !strstr(m, "\"B {prompt}\"") ||
+        !strstr(m, "\"gradient_checkpointing\": true"))
+        fail_msg("run.json:\n%s", m);
     free(m);
     snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/tpl --config %s --template 'C {prompt}'",
              data, tmpdir, cfg);

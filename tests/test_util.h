@@ -24,6 +24,17 @@ static inline uint8_t *read_file(const char *path, size_t *size) {
     return p;
 }
 
+/* The whole file at path as a NUL-terminated string, malloc'd (the test fails if it cannot
+ * be read). */
+static inline char *read_text(const char *path) {
+    size_t n;
+    uint8_t *p = read_file(path, &n);
+    char *s = realloc(p, n + 1);
+    assert_non_null(s);
+    s[n] = 0;
+    return s;
+}
+
 /* Runs the shell command line cmd with stdin from in_text (NULL: empty) and stdout and
  * stderr captured into out (cap bytes, NUL-terminated), through files in dir. Returns the
  * exit code, -1 when the command did not exit. */

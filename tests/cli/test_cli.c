@@ -16,7 +16,7 @@
 
 #include "core/core.h"
 #include "io/io.h" /* to write a copy of the tiny model without its tokenizer */
-#include "test_util.h" /* read_file, run_capture */
+#include "test_util.h" /* read_file, read_text, run_capture */
 
 static char tmpdir[] = "/tmp/finch_cli_XXXXXX";
 static char out[1 << 16];
@@ -76,8 +76,37 @@ static void test_usage_errors(void **state) {
     /* the tiny model's FFN is 96 wide: its down projection's rows are not whole NF4 blocks */
     EXPECT("generate -m " TINY " -p hi --load-in-4bit", NULL, 1,
            "blk.0.ffn_down.weight: rows of 96 are not whole NF4 blocks of 64");
-    EXPECT("info a.gguf b.gguf", NULL, 2, "more than one model");
+    EXPECT("info a.gguf b.gguf", NULL, 2, "more than one MODEL given ('a.gguf' and 'b.gguf')");
     EXPECT("tokenize --bogus", NULL, 2, "unknown option");
+    /* one parser for every command: flags given twice, near misses, --name=value */
+    EXPECT("generate -m " TINY " -p hi --prompt ho", NULL, 2,
+           "finch generate: error: --prompt given twice ('hi' and 'ho'); give it once");
+    EXPECT("generate -m " TINY " -p hi --tmep 1", NULL, 2,
+           "unknown option '--tmep'; did you mean --temp?");
+    EXPECT("generate -m " TINY " -p hi --top-k=x", NULL, 2, "--top-k x: must be an integer");
+    EXPECT("generate -m " TINY " --prompt=hi --n-predict=2 --seed=3", NULL, 0, "");
+    EXPECT("merge -m " TINY " --adapter a --type q3_k -o x.gguf", NULL, 2,
+           "--type q3_k: must be f16, f32, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1");
+    EXPECT("export -m " TINY " --adapter a -o x.gguf", NULL, 2, "no format: give --format gguf");
+    EXPECT("report a -o x.html -o y.html", NULL, 2, "-o given twice");
+    EXPECT("eval -m " TINY " --data x.jsonl --json a.json --json-out b.json", NULL, 2,
+           "give the file once, with --json-out");
+    EXPECT("score --pred p --ref r --json-out", NULL, 2, "--json-out needs a value");
+    EXPECT("--help", NULL, 0, "--json-out FILE writes it to FILE");
+    /* every command's --help comes from its table, ends with a newline, lists -h */
+    const char *cmds[] = {"info",  "generate", "tokenize", "score",  "eval",
+                          "train", "merge",    "export",   "report", "compare-methods"};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        char args[128];
+        snprintf(args, sizeof args, "%s --help", cmds[i]);
+        EXPECT(args, NULL, 0, "usage: finch ");
+        size_t len = strlen(out);
+        if (!strstr(out, "\n  -h, --help") || len < 2 || out[len - 1] != '\n')
+            fail_msg("finch %s --help:\n%s", cmds[i], out);
+    }
+    EXPECT("train --help", NULL, 0, "--lora-r N");
+    assert_non_null(strstr(out, "--learning-rate, --lr LR"));
+    assert_non_null(strstr(out, "--lr-scheduler linear|cosine|constant"));
 }
 
 static void test_bad_models(void **state) {
@@ -181,7 +210,7 @@ static void test_train_flags(void **state) {
         {"--learning-rate 0", "--learning-rate 0"}, {"--learning-rate -1", "--learning-rate -1"},
         {"--batch-size 0", "--batch-size 0"},   {"--grad-accum 0", "--grad-accum 0"},
         {"--lora-dropout 1.5", "--lora-dropout 1.5"}, {"--epochs 0", "--epochs 0"},
-        {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown setting 'bogus'"},
+        {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown option '--bogus'"},
         {"--max-seq-len 1", "--max-seq-len 1"}, {"--target-modules q,attention", "'attention'"},
         {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method lokr", "--method lokr: unknown"},
         {"--seed", "--seed needs a value"},
@@ -195,7 +224,7 @@ static void test_train_flags(void **state) {
         {"--method full --layers 1", "use --method freeze"},
         {"--method freeze --train-head 1", "unexpected argument '1'"},
         /* the objective */
-        {"--objective ppo", "--objective ppo: use sft or dpo"}, {"--objective dpo --beta 0", "--beta 0"},
+        {"--objective ppo", "--objective ppo: must be sft or dpo"}, {"--objective dpo --beta 0", "--beta 0"},
         {"--objective dpo", "--objective dpo needs preference lines"},
         /* prompt, prefix and bottleneck adapters */
         {"--method prompt --num-virtual-tokens 0", "--num-virtual-tokens 0"},
@@ -274,6 +303,29 @@ static void test_train_flags(void **state) {
     m[n] = 0;
     assert_non_null(strstr(m, "\"r\": 2")); /* the file's lora_r */
     free(m);
+    /* a repeatable setting: a list in the file, replaced by the flags on the command line;
+     * run.json records what the run used */
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"template\": [\"A {prompt}\", \"B {prompt}\"], \"max_steps\": 1, "
+               "\"gradient_checkpointing\": true}");
+    fclose(f);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/tpl --config %s", data, tmpdir, cfg);
+    EXPECT(args, NULL, 0, "adapter written to");
+    snprintf(args, sizeof args, "%s/tpl/run.json", tmpdir);
+    m = read_text(args);
+    if (!strstr(m, "\"A {prompt}\",") || !strstr(m, "\"B {prompt}\"") ||
+        !strstr(m, "\"gradient_checkpointing\": true"))
+        fail_msg("run.json:\n%s", m);
+    free(m);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/tpl --config %s --template 'C {prompt}'",
+             data, tmpdir, cfg);
+    EXPECT(args, NULL, 0, "adapter written to");
+    snprintf(args, sizeof args, "%s/tpl/run.json", tmpdir);
+    m = read_text(args);
+    if (!strstr(m, "\"C {prompt}\"") || strstr(m, "A {prompt}")) fail_msg("run.json:\n%s", m);
+    free(m);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --data %s --out %s", data, data, outdir);
+    EXPECT(args, NULL, 2, "--data given 2 times: finch train reads one training file");
     /* a method that writes a model refuses a folder holding an adapter */
     snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s --method full --max-steps 1", data, outdir);
     EXPECT(args, NULL, 2, "holds an adapter; --method full writes a whole model");
@@ -332,16 +384,6 @@ static void test_train_flags(void **state) {
     }
 }
 
-/* The file at path as a NUL-terminated string (malloc'd). */
-static char *read_text(const char *path) {
-    size_t n;
-    uint8_t *p = read_file(path, &n);
-    char *s = realloc(p, n + 1);
-    assert_non_null(s);
-    s[n] = 0;
-    return s;
-}
-
 /* finch compare-methods: bad input, then two methods and every method that needs the
  * model's shape on the tiny model: the table, compare.json with numbers, the page. */
 static void test_compare_methods(void **state) {
@@ -363,7 +405,7 @@ static void test_compare_methods(void **state) {
         {"--lr lora", "--lr lora: give METHOD=X"},
         {"--lr lokr=1e-3", "--lr lokr=1e-3"},
         {"--lr lora=-1", "--lr lora=-1"},
-        {"--bogus 1", "unknown flag '--bogus'"},
+        {"--bogus 1", "unknown option '--bogus'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "compare-methods -m " TINY " --data %s --out %s %s", data, cdir,

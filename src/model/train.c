@@ -8,7 +8,7 @@
  *     q, k, v = linears(xn1)                     (qp, kp before their norms)
  *     q, k = rmsnorm per head [qk_norm]          rstdq, rstdk
  *     rope(q), rope(k) (the block's base)        q, k (rotated), v
- *     ao = attention(q, k, v | seg)              att (B, H, T, T), ao
+ *     ao = attention(q, k, v | seg)              att (B, H, T, 2): row stats, ao
  *     xm = x_l + o(ao)  (+ rmsnorm(o(ao)) [post_norms])  xm (op, rstdo)
  *     xn2 = rmsnorm(xm) * ffn_norm               xn2, rstd2
  *     h = act(gate(xn2)) * up(xn2)               gate, up, h   (act: silu or gelu [act])
@@ -62,7 +62,7 @@ struct finch_train_acts {
     finch_linear_ctx ctx;             /* the last forward's dropout seed and mode */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
-    float *ds;    /* (B, H, T, S) attention backward's scratch */
+    float *ds;    /* (B, H, T) attention backward's scratch */
     float *dad;   /* (N, C) a block module's input gradient */
     int32_t *pos; /* (N) */
     bool ckpt;    /* gradient checkpointing: one layer's buffers, recomputed in backward */
@@ -94,7 +94,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     const size_t N = (size_t)B * T, C = c->n_embd, HD = (size_t)c->n_head * c->head_dim,
                  KD = (size_t)c->n_head_kv * c->head_dim, F = c->n_ff, V = c->n_vocab,
                  L = c->n_layer,
-                 ATT = (size_t)B * c->n_head * T * (size_t)(T + (m->virt.kv ? nv : 0));
+                 ATT = (size_t)B * c->n_head * T; /* attention's per-row statistics */
     finch_train_acts *a = finch_calloc(1, sizeof *a, "training activations", err);
     if (!a) return FINCH_E_NOMEM;
     a->B = B;
@@ -114,7 +114,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
                      {&a->q, N * HD},
                      {&a->k, N * KD},
                      {&a->v, N * KD},
-                     {&a->att, ATT},
+                     {&a->att, 2 * ATT},
                      {&a->ao, N * HD},
                      {&a->xm, N * C},
                      {&a->xn2, N * C},
@@ -178,8 +178,8 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     }
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
     if (!a->rows || !ok_in ||
-        finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T), finch_threads_get(), 0,
-                             err)) {
+        finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T + a->P), finch_threads_get(),
+                             0, err)) {
         finch_train_acts_free(a);
         return err ? err->code : FINCH_E_NOMEM;
     }

@@ -42,3 +42,8 @@ int64_t finch_qk_hf_row(int64_t r, int D) {
     const int64_t h = r / D, j = r % D;
     return h * D + (j % 2 ? D / 2 + j / 2 : j / 2);
 }
+
+int64_t finch_qk_row(int64_t hf, int D) {
+    const int64_t h = hf / D, j = hf % D;
+    return h * D + (j < D / 2 ? 2 * j : 2 * (j - D / 2) + 1);
+}

@@ -34,6 +34,7 @@
 
 #include "finch.h"
 #include "model/model.h" /* finch_model_train_step */
+#include "model_util.h"  /* seq_ids, run_in, check_train_loss */
 
 #define DIR FINCH_FIXTURES "/model/"
 #define TOL_HF 1e-5  /* relative to the sequence's largest |logit| */
@@ -73,30 +74,6 @@ static float *read_logits(json_t *model, size_t *n) {
     assert_int_equal(fread(v, sizeof *v, *n, f), *n);
     fclose(f);
     return v;
-}
-
-static int32_t *seq_ids(json_t *seq, int *n) {
-    json_t *jids = json_object_get(seq, "ids");
-    *n = (int)json_array_size(jids);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids);
-    assert_non_null(ids);
-    for (int k = 0; k < *n; k++) ids[k] = (int32_t)json_integer_value(json_array_get(jids, k));
-    return ids;
-}
-
-/* All logits of ids, fed in two chunks through one session. */
-static float *run(finch_model *m, const int32_t *ids, int n, int V, finch_numerics numerics) {
-    float *got = malloc((size_t)n * V * sizeof *got);
-    assert_non_null(got);
-    finch_session *s;
-    finch_err err;
-    if (finch_session_new(m, n, numerics, &s, &err)) fail_msg("%s", err.msg);
-    int half = n / 2;
-    if (half && finch_session_decode(s, ids, half, got, NULL, &err)) fail_msg("%s", err.msg);
-    if (finch_session_decode(s, ids + half, n - half, got + (size_t)half * V, NULL, &err))
-        fail_msg("%s", err.msg);
-    finch_session_free(s);
-    return got;
 }
 
 /* The largest |a - b| over positions [from, to) of two (n, V) arrays; *at its index. */
@@ -160,8 +137,8 @@ static void test_logits(void **state) {
             const int hf_n = (int)num(seq, "hf_positions");
             const float *hf = ref + num(seq, "hf"), *cpp = ref + num(seq, "llamacpp");
             assert_true((size_t)(num(seq, "llamacpp") + (int64_t)n * V) <= n_ref);
-            float *got = run(m, ids, n, V, FINCH_NUMERICS_EXACT);
-            float *approx = run(m, ids, n, V, FINCH_NUMERICS_LLAMACPP);
+            float *got = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+            float *approx = run_in(m, ids, n, V, FINCH_NUMERICS_LLAMACPP);
             double scale = json_real_value(json_object_get(seq, "max_abs_logit"));
             size_t at = 0, at_c = 0, at_a = 0;
             double d_hf = max_diff(got, hf, 0, hf_n, V, &at);
@@ -207,30 +184,9 @@ static void test_train_forward(void **state) {
         json_t *seq = json_array_get(json_object_get(e, "sequences"), 2);
         int n;
         int32_t *ids = seq_ids(seq, &n);
-        const int V = m->cfg.n_vocab;
         size_t n_ref;
-        float *all = read_logits(e, &n_ref), *ref = all + num(seq, "hf");
-        int32_t tgt[64], pos[64];
-        assert_true(n <= 64);
-        double want = 0;
-        for (int t = 0; t < n; t++) {
-            tgt[t] = t + 1 < n ? ids[t + 1] : -1;
-            pos[t] = t;
-            if (t + 1 == n) continue;
-            double mx = -INFINITY, z = 0;
-            for (int v = 0; v < V; v++) mx = fmax(mx, ref[(size_t)t * V + v]);
-            for (int v = 0; v < V; v++) z += exp(ref[(size_t)t * V + v] - mx);
-            want += mx + log(z) - ref[(size_t)t * V + tgt[t]];
-        }
-        want /= n - 1;
-        finch_train_acts *a;
-        finch_err err;
-        if (finch_train_acts_new(m, 1, n, &a, &err)) fail_msg("%s", err.msg);
-        double got = finch_model_train_step(m, a, ids, tgt, pos, NULL, 0, 1, false);
-        printf("  %s: training loss %.7f, from transformers' logits %.7f\n", str(e, "name"), got,
-               want);
-        assert_true(fabs(got - want) < 1e-5);
-        finch_train_acts_free(a);
+        float *all = read_logits(e, &n_ref);
+        check_train_loss(m, ids, n, all + num(seq, "hf"), str(e, "name"), 1e-5);
         free(all);
         free(ids);
         finch_model_free(m);
@@ -273,14 +229,14 @@ static void train_and_merge(const char *file, const char *method, const char *da
     const int32_t ids[] = {5, 17, 33, 42, 8, 90, 61, 3};
     enum { n = 8, V = 97 };
     if (finch_adapter_attach(m, a, 1.0f, &err)) fail_msg("%s", err.msg);
-    float *with = run(m, ids, n, V, FINCH_NUMERICS_EXACT);
+    float *with = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
     finch_adapter_detach(m, a);
-    float *base = run(m, ids, n, V, FINCH_NUMERICS_EXACT);
+    float *base = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
     snprintf(merged_path, sizeof merged_path, "%s/merged%d.gguf", tmp, run_no);
     if (finch_merge(m, &a, NULL, 1, "f32", merged_path, &err)) fail_msg("%s", err.msg);
     finch_model *mm;
     if (finch_model_load(merged_path, &mm, &err)) fail_msg("%s", err.msg);
-    float *got = run(mm, ids, n, V, FINCH_NUMERICS_EXACT);
+    float *got = run_in(mm, ids, n, V, FINCH_NUMERICS_EXACT);
     size_t at;
     double moved = max_diff(with, base, 0, n, V, &at), d = max_diff(got, with, 0, n, V, &at);
     printf("  %s %s: the adapter moves logits by %.3f; merged vs base + adapter %.2g\n", file,

@@ -50,25 +50,23 @@ import gguf  # noqa: E402
 import llama_cpp  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
-from make_tiny_model import MERGES, tokenizer_vocab  # noqa: E402
+from make_tiny_model import GGUF_NAMES, MERGES, tokenizer_vocab  # noqa: E402
+from make_tiny_model import gguf_name as tiny_gguf_name  # noqa: E402
 
 OUT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                     "fixtures", "model"))
 V, C, F, L, H, KVH, CTX = 97, 64, 96, 2, 4, 2, 128
 WINDOW = 16
+SHAPE = dict(vocab_size=V, hidden_size=C, intermediate_size=F, num_hidden_layers=L,
+             num_attention_heads=H, num_key_value_heads=KVH, max_position_embeddings=CTX,
+             bos_token_id=1, eos_token_id=2)
 MODELS = [
     dict(name="tiny_qwen2", arch="qwen2", seed=20261206, pre="qwen2",
-         config=transformers.Qwen2Config(
-             vocab_size=V, hidden_size=C, intermediate_size=F, num_hidden_layers=L,
-             num_attention_heads=H, num_key_value_heads=KVH, max_position_embeddings=CTX,
-             rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-             use_sliding_window=False, bos_token_id=1, eos_token_id=2)),
+         config=transformers.Qwen2Config(**SHAPE, rope_theta=1e6, rms_norm_eps=1e-6,
+                                         tie_word_embeddings=True, use_sliding_window=False)),
     dict(name="tiny_mistral", arch="llama", seed=20261207, pre="smollm",
-         config=transformers.MistralConfig(
-             vocab_size=V, hidden_size=C, intermediate_size=F, num_hidden_layers=L,
-             num_attention_heads=H, num_key_value_heads=KVH, max_position_embeddings=CTX,
-             rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-             sliding_window=WINDOW, bos_token_id=1, eos_token_id=2)),
+         config=transformers.MistralConfig(**SHAPE, rope_theta=10000.0, rms_norm_eps=1e-5,
+                                           tie_word_embeddings=False, sliding_window=WINDOW)),
 ]
 SEQUENCES = [
     dict(tag="s1", ids=[42]),
@@ -77,18 +75,6 @@ SEQUENCES = [
     dict(tag="s24", ids=[7, 3, 91, 60, 60, 12, 35, 81, 2, 49, 18, 94, 27, 66, 5, 40,
                          11, 73, 58, 30, 1, 85, 22, 47]),
 ]
-GGUF_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-
-
 def build(spec):
     """The model with every parameter drawn from the seed: weights and biases 0.1 N(0, 1),
     norm weights 1 + 0.1 N(0, 1), in named_parameters order."""
@@ -104,14 +90,12 @@ def build(spec):
 
 
 def gguf_name(hf):
-    if hf == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf == "model.norm.weight":
-        return "output_norm.weight"
-    if hf == "lm_head.weight":
-        return "output.weight"
+    """make_tiny_model's tensor names, biases included (blk.N.attn_q.bias)."""
+    if not hf.startswith("model.layers."):
+        return tiny_gguf_name(hf)
     _, _, l, rest = hf.split(".", 3)
-    return f"blk.{l}.{GGUF_NAMES[rest]}"
+    stem, suffix = rest.rsplit(".", 1)
+    return f"blk.{l}.{GGUF_NAMES[stem]}.{suffix}"
 
 
 def interleave_rows(w, heads):

@@ -17,7 +17,8 @@
  *  - the training forward's cross-entropy equals the one of transformers' logits;
  *  - a LoRA run and a BitFit run of finch_train learn on each file, and the adapter merged
  *    into the GGUF gives the logits of base + adapter (the qwen2 file's q/k rows and
- *    biases stay in its own order).
+ *    biases stay in its own order); full fine-tuning writes the same model as a GGUF and
+ *    as a Hugging Face folder.
  * tests/grad/test_sites.c checks every method's gradients on tiny_qwen2.gguf.
  */
 #include <setjmp.h>
@@ -268,6 +269,60 @@ static void test_train_and_merge(void **state) {
     for (int i = 0; i < 4; i++) train_and_merge(files[i % 2], methods[i / 2], data, i);
 }
 
+/* Full fine-tuning on each file writes the tuned model twice, as a GGUF (q/k rows and
+ * biases back in the file's order: Hugging Face order for qwen2, interleaved for llama)
+ * and as a Hugging Face folder (Hugging Face order, config.json naming the family): both
+ * load to the same logits, bit for bit, away from the base's. */
+static void test_full_fine_tuning_files(void **state) {
+    (void)state;
+    char data[400];
+    snprintf(data, sizeof data, "%s/full.jsonl", tmp);
+    FILE *f = fopen(data, "w");
+    assert_non_null(f);
+    for (int k = 0; k < 4; k++)
+        fprintf(f, "{\"prompt\": \"a dog %d\", \"completion\": \" is %d\"}\n", k, k + 3);
+    fclose(f);
+    const char *files[] = {"tiny_qwen2.gguf", "tiny_mistral.gguf"};
+    for (int i = 0; i < 2; i++) {
+        finch_model *m = load(files[i]);
+        finch_train_options o = finch_train_defaults();
+        char out[400], path[500];
+        snprintf(out, sizeof out, "%s/full%d", tmp, i);
+        o.data.path = data;
+        o.data.max_seq_len = 16;
+        o.out_dir = out;
+        o.method = "full";
+        o.learning_rate = 1e-2;
+        o.batch_size = 2;
+        o.max_steps = 3;
+        finch_err err;
+        if (finch_train(m, &o, NULL, NULL, NULL, &err)) fail_msg("%s: %s", files[i], err.msg);
+        const int32_t ids[] = {5, 17, 33, 42, 8, 90, 61, 3};
+        enum { n = 8, V = 97 };
+        float *base = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+        finch_model *g, *hf;
+        snprintf(path, sizeof path, "%s/model.gguf", out);
+        if (finch_model_load(path, &g, &err) || finch_model_load(out, &hf, &err))
+            fail_msg("%s", err.msg);
+        assert_string_equal(g->cfg.arch, m->cfg.arch);
+        assert_string_equal(hf->cfg.arch, m->cfg.arch);
+        float *a = run_in(g, ids, n, V, FINCH_NUMERICS_EXACT);
+        float *b = run_in(hf, ids, n, V, FINCH_NUMERICS_EXACT);
+        size_t at;
+        double moved = max_diff(a, base, 0, n, V, &at), d = max_diff(a, b, 0, n, V, &at);
+        printf("  %s full: tuning moves logits by %.3f; model.gguf vs the folder %.2g\n", files[i],
+               moved, d);
+        assert_true(moved > 0.05);
+        assert_true(d == 0);
+        free(base);
+        free(a);
+        free(b);
+        finch_model_free(g);
+        finch_model_free(hf);
+        finch_model_free(m);
+    }
+}
+
 static int setup(void **state) {
     (void)state;
     json_error_t e;
@@ -285,12 +340,13 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-    finch_threads_set(2);
+    finch_threads_set(1); /* a tiny model: threads would only spin against other tests */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_train_forward),
         cmocka_unit_test(test_train_and_merge),
+        cmocka_unit_test(test_full_fine_tuning_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

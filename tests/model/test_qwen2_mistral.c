@@ -201,13 +201,13 @@ static void on_progress(const finch_train_progress *p, void *user) {
     last_loss = p->loss;
 }
 
-/* A short run of method on file learns; the adapter merged into the GGUF gives the logits
- * of the base with the adapter attached. */
-static void train_and_merge(const char *file, const char *method, const char *data, int run_no) {
+/* Runs method (LoRA: on every projection, without dropout) for 12 steps on file with the
+ * data set setup writes, into out; returns the model (the base again). */
+static finch_model *train(const char *file, const char *method, const char *out) {
     finch_model *m = load(file);
     finch_train_options o = finch_train_defaults();
-    char out[400], merged_path[400];
-    snprintf(out, sizeof out, "%s/run%d", tmp, run_no);
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
     o.data.path = data;
     o.data.max_seq_len = 32;
     o.out_dir = out;
@@ -224,22 +224,33 @@ static void train_and_merge(const char *file, const char *method, const char *da
     if (finch_train(m, &o, on_progress, NULL, NULL, &err)) fail_msg("%s: %s", file, err.msg);
     printf("  %s %s: loss %.4f -> %.4f in 12 steps\n", file, method, first_loss, last_loss);
     assert_true(last_loss < 0.9 * first_loss);
+    return m;
+}
 
+static const int32_t probe[] = {5, 17, 33, 42, 8, 90, 61, 3};
+enum { N_PROBE = 8, V = 97 };
+
+/* A short run of method on file learns; the adapter merged into the GGUF gives the logits
+ * of the base with the adapter attached. */
+static void train_and_merge(const char *file, const char *method, int run_no) {
+    char out[400], merged_path[400];
+    snprintf(out, sizeof out, "%s/run%d", tmp, run_no);
+    finch_model *m = train(file, method, out);
     finch_adapter *a;
+    finch_err err;
     if (finch_adapter_load(m, out, &a, &err)) fail_msg("%s", err.msg);
-    const int32_t ids[] = {5, 17, 33, 42, 8, 90, 61, 3};
-    enum { n = 8, V = 97 };
     if (finch_adapter_attach(m, a, 1.0f, &err)) fail_msg("%s", err.msg);
-    float *with = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+    float *with = run_in(m, probe, N_PROBE, V, FINCH_NUMERICS_EXACT);
     finch_adapter_detach(m, a);
-    float *base = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+    float *base = run_in(m, probe, N_PROBE, V, FINCH_NUMERICS_EXACT);
     snprintf(merged_path, sizeof merged_path, "%s/merged%d.gguf", tmp, run_no);
     if (finch_merge(m, &a, NULL, 1, "f32", merged_path, &err)) fail_msg("%s", err.msg);
     finch_model *mm;
     if (finch_model_load(merged_path, &mm, &err)) fail_msg("%s", err.msg);
-    float *got = run_in(mm, ids, n, V, FINCH_NUMERICS_EXACT);
+    float *got = run_in(mm, probe, N_PROBE, V, FINCH_NUMERICS_EXACT);
     size_t at;
-    double moved = max_diff(with, base, 0, n, V, &at), d = max_diff(got, with, 0, n, V, &at);
+    double moved = max_diff(with, base, 0, N_PROBE, V, &at);
+    double d = max_diff(got, with, 0, N_PROBE, V, &at);
     printf("  %s %s: the adapter moves logits by %.3f; merged vs base + adapter %.2g\n", file,
            method, moved, d);
     assert_true(moved > 0.05);
@@ -252,21 +263,14 @@ static void train_and_merge(const char *file, const char *method, const char *da
     finch_model_free(m);
 }
 
+static const char *const files[] = {"tiny_qwen2.gguf", "tiny_mistral.gguf"};
+
 /* LoRA on every projection and BitFit (the qwen2 file's q/k biases, biases added to the
  * Mistral file) on each file. */
 static void test_train_and_merge(void **state) {
     (void)state;
-    char data[400];
-    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
-    FILE *f = fopen(data, "w");
-    assert_non_null(f);
-    for (int k = 0; k < 8; k++)
-        fprintf(f, "{\"prompt\": \"the cat %d is\", \"completion\": \" singing and %d\"}\n", k,
-                7 * k);
-    fclose(f);
-    const char *files[] = {"tiny_qwen2.gguf", "tiny_mistral.gguf"};
     const char *methods[] = {"lora", "bitfit"};
-    for (int i = 0; i < 4; i++) train_and_merge(files[i % 2], methods[i / 2], data, i);
+    for (int i = 0; i < 4; i++) train_and_merge(files[i % 2], methods[i / 2], i);
 }
 
 /* Full fine-tuning on each file writes the tuned model twice, as a GGUF (q/k rows and
@@ -275,41 +279,23 @@ static void test_train_and_merge(void **state) {
  * load to the same logits, bit for bit, away from the base's. */
 static void test_full_fine_tuning_files(void **state) {
     (void)state;
-    char data[400];
-    snprintf(data, sizeof data, "%s/full.jsonl", tmp);
-    FILE *f = fopen(data, "w");
-    assert_non_null(f);
-    for (int k = 0; k < 4; k++)
-        fprintf(f, "{\"prompt\": \"a dog %d\", \"completion\": \" is %d\"}\n", k, k + 3);
-    fclose(f);
-    const char *files[] = {"tiny_qwen2.gguf", "tiny_mistral.gguf"};
     for (int i = 0; i < 2; i++) {
-        finch_model *m = load(files[i]);
-        finch_train_options o = finch_train_defaults();
         char out[400], path[500];
         snprintf(out, sizeof out, "%s/full%d", tmp, i);
-        o.data.path = data;
-        o.data.max_seq_len = 16;
-        o.out_dir = out;
-        o.method = "full";
-        o.learning_rate = 1e-2;
-        o.batch_size = 2;
-        o.max_steps = 3;
-        finch_err err;
-        if (finch_train(m, &o, NULL, NULL, NULL, &err)) fail_msg("%s: %s", files[i], err.msg);
-        const int32_t ids[] = {5, 17, 33, 42, 8, 90, 61, 3};
-        enum { n = 8, V = 97 };
-        float *base = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+        finch_model *m = train(files[i], "full", out);
+        float *base = run_in(m, probe, N_PROBE, V, FINCH_NUMERICS_EXACT);
         finch_model *g, *hf;
+        finch_err err;
         snprintf(path, sizeof path, "%s/model.gguf", out);
         if (finch_model_load(path, &g, &err) || finch_model_load(out, &hf, &err))
             fail_msg("%s", err.msg);
         assert_string_equal(g->cfg.arch, m->cfg.arch);
         assert_string_equal(hf->cfg.arch, m->cfg.arch);
-        float *a = run_in(g, ids, n, V, FINCH_NUMERICS_EXACT);
-        float *b = run_in(hf, ids, n, V, FINCH_NUMERICS_EXACT);
+        float *a = run_in(g, probe, N_PROBE, V, FINCH_NUMERICS_EXACT);
+        float *b = run_in(hf, probe, N_PROBE, V, FINCH_NUMERICS_EXACT);
         size_t at;
-        double moved = max_diff(a, base, 0, n, V, &at), d = max_diff(a, b, 0, n, V, &at);
+        double moved = max_diff(a, base, 0, N_PROBE, V, &at);
+        double d = max_diff(a, b, 0, N_PROBE, V, &at);
         printf("  %s full: tuning moves logits by %.3f; model.gguf vs the folder %.2g\n", files[i],
                moved, d);
         assert_true(moved > 0.05);
@@ -328,7 +314,15 @@ static int setup(void **state) {
     json_error_t e;
     manifest = json_load_file(DIR "tiny_qwen2_mistral.json", 0, &e);
     if (!manifest) fprintf(stderr, "tiny_qwen2_mistral.json: line %d: %s\n", e.line, e.text);
-    return manifest && mkdtemp(tmp) ? 0 : -1;
+    if (!manifest || !mkdtemp(tmp)) return -1;
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
+    FILE *f = fopen(data, "w");
+    if (!f) return -1;
+    for (int k = 0; k < 8; k++)
+        fprintf(f, "{\"prompt\": \"the cat %d is\", \"completion\": \" singing and %d\"}\n", k,
+                7 * k);
+    return fclose(f) ? -1 : 0;
 }
 
 static int teardown(void **state) {

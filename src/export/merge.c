@@ -1,9 +1,12 @@
 /*
  * merge.c: adapters merged into the base weights, written as a GGUF that llama.cpp and
  * finch load like any model. Each method says what merging does to a row of a weight it
- * touches (LoRA: W + w s B A; DoRA, (IA)^3: their rescalings); rows stay in GGUF order,
- * the order finch holds its parameters in. A merged weight is built one row at a time
- * (dequantize, apply every adapter in f32, quantize), so the base is never expanded whole.
+ * touches (LoRA: W + w s B A; DoRA, (IA)^3: their rescalings); rows stay in the file's
+ * order. Where a family's file keeps q/k rows in Hugging Face order (neox_rows: qwen2,
+ * gemma3), finch holds them permuted (model/load.c), so the adapters are asked for finch's
+ * row of each file row (and for a q/k bias, the vector in finch's order). A merged weight
+ * is built one row at a time (dequantize, apply every adapter in f32, quantize), so the
+ * base is never expanded whole.
  */
 #include "export/export.h"
 
@@ -12,6 +15,14 @@
 typedef struct {
     uint8_t *data;
 } merged;
+
+/* The head dim when tensor name holds q or k rows (weights, biases) that the file keeps in
+ * Hugging Face order and finch in its own; else 0. */
+static int hf_qk_rows(const finch_model *m, const char *name) {
+    return m->arch->neox_rows && (strstr(name, ".attn_q.") || strstr(name, ".attn_k."))
+               ? m->cfg.head_dim
+               : 0;
+}
 
 /* The buffers of tensors merging adds, kept until the writer saves. */
 typedef struct {
@@ -44,8 +55,9 @@ static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g,
                 break;
             }
             keep->bufs[keep->n++] = v;
+            const int D = hf_qk_rows(m, nt[i].name);
             for (int64_t k = 0; k < nt[i].n; k++)
-                v[k] = (weights ? weights[a] : 1.0f) * nt[i].data[k];
+                v[D ? finch_qk_hf_row(k, D) : k] = (weights ? weights[a] : 1.0f) * nt[i].data[k];
             int64_t ne[1] = {nt[i].n};
             st = finch_gguf_add_tensor(w, nt[i].name, FINCH_DTYPE_F32, 1, ne, v, err);
         }
@@ -73,7 +85,7 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
     finch_status st = FINCH_OK;
     int64_t n_t = finch_gguf_n_tensors(g);
     merged *bufs = finch_mem_calloc((size_t)n_t, sizeof *bufs);
-    float *row = NULL;
+    float *row = NULL, *vec = NULL;
     new_bufs extra = {0};
     if (!bufs) {
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
@@ -105,18 +117,26 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
         }
         quantized |= tt->block_elems > 1;
         free(row);
+        free(vec);
         row = finch_mem_alloc((size_t)cols * sizeof *row);
+        vec = finch_mem_alloc((size_t)cols * sizeof *vec);
         bufs[i].data = finch_mem_alloc(rb_out * (size_t)rows);
-        if (!row || !bufs[i].data) {
+        if (!row || !vec || !bufs[i].data) {
             st = finch_err_set(err, FINCH_E_NOMEM, "out of memory merging %s", t->name);
             break;
         }
+        /* q/k in Hugging Face order: a weight's row r is finch's row finch_qk_row(r), a
+         * bias (one row) goes to finch's order and back */
+        const int D = hf_qk_rows(m, t->name);
+        const bool bias = D && t->n_dims == 1;
         for (int64_t r = 0; r < rows; r++) {
-            finch_dtype_info[t->type].dequant(row, t->data + (size_t)r * rb_in, cols);
+            finch_dtype_info[t->type].dequant(bias ? vec : row, t->data + (size_t)r * rb_in, cols);
+            for (int64_t c = 0; bias && c < cols; c++) row[c] = vec[finch_qk_hf_row(c, D)];
             for (int a = 0; a < n_adapters; a++)
-                finch_peft_merge_row(adapters[a], m, t->name, r, row, cols,
-                                     weights ? weights[a] : 1.0f);
-            tt->quant(bufs[i].data + (size_t)r * rb_out, row, cols);
+                finch_peft_merge_row(adapters[a], m, t->name, D && !bias ? finch_qk_row(r, D) : r,
+                                     row, cols, weights ? weights[a] : 1.0f);
+            for (int64_t c = 0; bias && c < cols; c++) vec[finch_qk_hf_row(c, D)] = row[c];
+            tt->quant(bufs[i].data + (size_t)r * rb_out, bias ? vec : row, cols);
         }
         st = finch_gguf_add_tensor(w, t->name, ty, t->n_dims, t->ne, bufs[i].data, err);
     }
@@ -136,6 +156,7 @@ done:
     for (int64_t i = 0; bufs && i < n_t; i++) free(bufs[i].data);
     free(bufs);
     free(row);
+    free(vec);
     finch_gguf_writer_free(w);
     return st;
 }

@@ -3,6 +3,12 @@
  * LLaMA's (model.h, finch_arch); the forward passes (llama.c, train.c) read the row and run
  * the shared kernels. general.architecture (GGUF) or config.json's model_type selects it.
  *
+ * LLaMA (llama.cpp's llama graph) is also what Mistral converts to: llama.cpp reads no
+ * sliding window for it, so every block attends to every earlier position.
+ *
+ * Qwen2 (llama.cpp's qwen2 graph): LLaMA's block with q/k/v biases (bound wherever the
+ * file has them), rotate-half RoPE on q/k rows (and biases) in Hugging Face order.
+ *
  * Gemma 3 (llama.cpp's gemma3 graph): embeddings scaled by sqrt(n_embd); per-head RMSNorm
  * of q and k before RoPE; RMSNorm on the attention and FFN outputs before each residual
  * add; GeGLU (tanh GELU); five sliding-window layers (RoPE base 10000) to one global
@@ -13,7 +19,7 @@
 
 static const finch_arch table[] = {
     {.name = "llama", .gguf = true, .act = FINCH_ACT_SILU},
-    {.name = "qwen2", .act = FINCH_ACT_SILU, .neox_rows = true},
+    {.name = "qwen2", .gguf = true, .act = FINCH_ACT_SILU, .neox_rows = true},
     {.name = "gemma3",
      .gguf = true,
      .act = FINCH_ACT_GELU_TANH,
@@ -41,4 +47,9 @@ void finch_arch_names(char *buf, size_t n, bool gguf) {
 int64_t finch_qk_hf_row(int64_t r, int D) {
     const int64_t h = r / D, j = r % D;
     return h * D + (j % 2 ? D / 2 + j / 2 : j / 2);
+}
+
+int64_t finch_qk_row(int64_t hf, int D) {
+    const int64_t h = hf / D, j = hf % D;
+    return h * D + (j < D / 2 ? 2 * j : 2 * (j - D / 2) + 1);
 }

@@ -41,7 +41,8 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
             m->hf->architecture[0] ? ", " : "", m->hf->architecture,
             m->hf->qkv_bias ? ", q/k/v biases" : "");
     else
-        out(print, user, "architecture:    %s", c->arch);
+        out(print, user, "architecture:    %s%s", c->arch,
+            m->layers[0].wq.bias ? " (q/k/v biases)" : "");
     out(print, user, "layers:          %d", c->n_layer);
     out(print, user, "hidden:          %d", c->n_embd);
     out(print, user, "ffn:             %d", c->n_ff);

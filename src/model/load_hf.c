@@ -110,12 +110,6 @@ static finch_status bind_weight(loader *L, const char *name, int64_t rows, int64
     return FINCH_OK;
 }
 
-/* The HF row that lands at GGUF row r of a Q or K projection with head dim D. */
-static int64_t hf_row(int64_t r, int D) {
-    const int64_t h = r / D, j = r % D;
-    return h * D + (j % 2 ? D / 2 + j / 2 : j / 2);
-}
-
 /* Binds q_proj or k_proj with its rows copied into GGUF order (model.h). */
 static finch_status bind_qk(loader *L, const char *name, int64_t rows, int64_t cols,
                             finch_weight *out) {
@@ -124,8 +118,8 @@ static finch_status bind_qk(loader *L, const char *name, int64_t rows, int64_t c
     const uint8_t *src = out->data;
     const int D = L->m->cfg.head_dim;
     for (int64_t r = 0; r < rows; r++)
-        memcpy(L->rows + (size_t)r * out->row_bytes, src + (size_t)hf_row(r, D) * out->row_bytes,
-               out->row_bytes);
+        memcpy(L->rows + (size_t)r * out->row_bytes,
+               src + (size_t)finch_qk_hf_row(r, D) * out->row_bytes, out->row_bytes);
     out->data = L->rows;
     L->rows += (size_t)rows * out->row_bytes;
     return FINCH_OK;
@@ -148,7 +142,7 @@ static finch_status bind_vector(loader *L, const char *name, int64_t n, bool per
     if (permute) {
         float *tmp = L->owned; /* scratch just past the slot, inside the allocation */
         memcpy(tmp, dst, (size_t)n * sizeof *dst);
-        for (int64_t r = 0; r < n; r++) dst[r] = tmp[hf_row(r, L->m->cfg.head_dim)];
+        for (int64_t r = 0; r < n; r++) dst[r] = tmp[finch_qk_hf_row(r, L->m->cfg.head_dim)];
     }
     *out = dst;
     return FINCH_OK;

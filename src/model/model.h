@@ -53,6 +53,8 @@ void finch_arch_names(char *buf, size_t n, bool gguf);
 /* The Hugging Face (rotate-half) row that lands at finch's row r of a q or k projection
  * with head dim D (FORMATS.md 4.1). */
 int64_t finch_qk_hf_row(int64_t r, int D);
+/* Its inverse: finch's row that holds Hugging Face row hf. */
+int64_t finch_qk_row(int64_t hf, int D);
 
 /* A module on a block's residual stream (bottleneck adapters), at one of three places of
  * a sublayer (attention or FFN) whose output h joins the stream x:

@@ -165,6 +165,18 @@ static void test_info_tiny(void **state) {
     assert_non_null(strstr(out, "f32"));
 }
 
+/* The tiny Qwen2 and Mistral GGUFs (tests/reference/make_qwen2_mistral_gguf.py). */
+static void test_info_qwen2_mistral(void **state) {
+    (void)state;
+    EXPECT("info " FINCH_FIXTURES "/model/tiny_qwen2.gguf", NULL, 0,
+           "architecture:    qwen2 (q/k/v biases)");
+    assert_non_null(strstr(out, "output head:     tied to token embeddings"));
+    assert_non_null(strstr(out, "pre-tokenizer 'qwen2'"));
+    EXPECT("info " FINCH_FIXTURES "/model/tiny_mistral.gguf", NULL, 0, "architecture:    llama\n");
+    assert_non_null(strstr(out, "output head:     separate"));
+    assert_non_null(strstr(out, "context:         128 (trained)"));
+}
+
 static void test_real_model(void **state) {
     (void)state;
     const char *m = real_model();
@@ -456,6 +468,7 @@ int main(void) {
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_bad_models),
         cmocka_unit_test(test_info_tiny),
+        cmocka_unit_test(test_info_qwen2_mistral),
         cmocka_unit_test(test_real_model),
         cmocka_unit_test(test_train_flags),
         cmocka_unit_test(test_compare_methods),

@@ -1,11 +1,12 @@
 /*
  * test_sites.c: the gradients every method's sites produce, against central finite
- * differences of the whole training loss on the tiny model: LoRA (without dropout, and with
- * dropout 0.3 through a fixed mask), DoRA's magnitudes (the same), (IA)^3's output and input scales, BitFit's
- * added biases, freezing's and full fine-tuning's weights, norms and embeddings, prompt
- * tuning's rows, prefix tuning's keys and values (and its projection), and the three
- * bottleneck adapter layouts. One thread: thousands of tiny steps, no OpenMP pool to spin
- * against another test's.
+ * differences of the whole training loss on the tiny model: LoRA (without dropout, and
+ * with dropout 0.3 through a fixed mask), DoRA's magnitudes (the same), (IA)^3's output
+ * and input scales, BitFit's added biases, freezing's and full fine-tuning's weights,
+ * norms and embeddings, prompt tuning's rows, prefix tuning's keys and values (and its
+ * projection), and the three bottleneck adapter layouts; on the tiny LLaMA, a tiny
+ * Gemma 3 and a tiny Qwen2 GGUF. One thread: thousands of tiny steps, no OpenMP pool to
+ * spin against another test's.
  * (DoRA's A and B are not here: PEFT detaches the row norm, so their gradient is by design
  * not the derivative of the loss; tests/train/test_methods.c checks them against PEFT.)
  *
@@ -155,21 +156,33 @@ static void test_sites(void **state) {
     all_methods();
 }
 
-/* The same on a tiny Gemma 3 (tests/reference/make_tiny_gemma3.py): q/k norms, post norms,
- * GeGLU, scaled embeddings, sliding-window blocks with their own RoPE base, q/k rows
- * permuted at load. */
-static void test_sites_gemma3(void **state) {
-    (void)state;
+/* Every method on the model at path instead of the tiny LLaMA. */
+static void all_methods_on(const char *path) {
     finch_model *llama = model;
     finch_train_acts *llama_acts = acts;
     finch_err err;
-    if (finch_model_load(FINCH_FIXTURES "/model/tiny_gemma3.gguf", &model, &err)) fail_msg("%s", err.msg);
+    if (finch_model_load(path, &model, &err)) fail_msg("%s", err.msg);
     assert_int_equal(finch_train_acts_new(model, B, T, &acts, &err), FINCH_OK);
     all_methods();
     finch_train_acts_free(acts);
     finch_model_free(model);
     model = llama;
     acts = llama_acts;
+}
+
+/* The same on a tiny Gemma 3 (tests/reference/make_tiny_gemma3.py): q/k norms, post norms,
+ * GeGLU, scaled embeddings, sliding-window blocks with their own RoPE base, q/k rows
+ * permuted at load. */
+static void test_sites_gemma3(void **state) {
+    (void)state;
+    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf");
+}
+
+/* And on a tiny Qwen2 GGUF (tests/reference/make_qwen2_mistral_gguf.py): q/k/v biases,
+ * the q/k rows and biases permuted at load, a tied head. */
+static void test_sites_qwen2(void **state) {
+    (void)state;
+    all_methods_on(FINCH_FIXTURES "/model/tiny_qwen2.gguf");
 }
 
 static int setup(void **state) {
@@ -196,6 +209,7 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites),
-                                       cmocka_unit_test(test_sites_gemma3)};
+                                       cmocka_unit_test(test_sites_gemma3),
+                                       cmocka_unit_test(test_sites_qwen2)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -70,6 +70,7 @@ check adapters "$CACHE/venv-adapters/bin/python" check_adapters.py \
   --data "$ROOT/datasets/wordnet/train.jsonl"
 if [ -n "$LLAMA_PY" ]; then
   check llamacpp "$LLAMA_PY" check_llamacpp.py --data "$ROOT/datasets/wordnet/train.jsonl"
+  check families "$LLAMA_PY" check_families.py
 else
   echo "== llamacpp"
   echo "-- llamacpp: FAIL (no Python with llama-cpp-python; run scripts/interop-env.sh)"

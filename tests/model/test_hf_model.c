@@ -29,6 +29,7 @@
 
 #include "finch.h"
 #include "model/model.h" /* finch_model_train_step */
+#include "model_util.h"  /* seq_ids, run_in, check_train_loss */
 
 #define DIR FINCH_FIXTURES "/hf/"
 #define TOL 1e-5
@@ -54,30 +55,6 @@ static finch_model *load(const char *rel) {
     finch_err err;
     if (finch_model_load(path, &m, &err)) fail_msg("%s", err.msg);
     return m;
-}
-
-static int32_t *seq_ids(json_t *seq, int *n) {
-    json_t *jids = json_object_get(seq, "ids");
-    *n = (int)json_array_size(jids);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids);
-    assert_non_null(ids);
-    for (int k = 0; k < *n; k++) ids[k] = (int32_t)json_integer_value(json_array_get(jids, k));
-    return ids;
-}
-
-/* All logits of ids, fed in two chunks through one session. */
-static float *run_in(finch_model *m, const int32_t *ids, int n, int V, finch_numerics numerics) {
-    float *got = malloc((size_t)n * V * sizeof *got);
-    assert_non_null(got);
-    finch_session *s;
-    finch_err err;
-    if (finch_session_new(m, n, numerics, &s, &err)) fail_msg("%s", err.msg);
-    int half = n / 2;
-    if (half && finch_session_decode(s, ids, half, got, NULL, &err)) fail_msg("%s", err.msg);
-    if (finch_session_decode(s, ids + half, n - half, got + (size_t)half * V, NULL, &err))
-        fail_msg("%s", err.msg);
-    finch_session_free(s);
-    return got;
 }
 
 static float *run(finch_model *m, const int32_t *ids, int n, int V) {
@@ -193,29 +170,7 @@ static void test_train_forward_matches(void **state) {
         int32_t *ids = seq_ids(seq, &n);
         const int V = m->cfg.n_vocab;
         float *ref = read_f32(json_string_value(json_object_get(seq, "logits")), (size_t)n * V);
-        int32_t *tgt = malloc((size_t)n * sizeof *tgt), *pos = malloc((size_t)n * sizeof *pos);
-        assert_non_null(tgt);
-        assert_non_null(pos);
-        double want = 0;
-        for (int t = 0; t < n; t++) {
-            tgt[t] = t + 1 < n ? ids[t + 1] : -1;
-            pos[t] = t;
-            if (t + 1 == n) continue;
-            double mx = -INFINITY, z = 0;
-            for (int v = 0; v < V; v++) mx = fmax(mx, ref[(size_t)t * V + v]);
-            for (int v = 0; v < V; v++) z += exp(ref[(size_t)t * V + v] - mx);
-            want += mx + log(z) - ref[(size_t)t * V + tgt[t]];
-        }
-        want /= n - 1;
-        finch_train_acts *a;
-        finch_err err;
-        if (finch_train_acts_new(m, 1, n, &a, &err)) fail_msg("%s", err.msg);
-        double got = finch_model_train_step(m, a, ids, tgt, pos, NULL, 0, 1, false);
-        printf("  %s: training loss %.7f, from transformers' logits %.7f\n", name, got, want);
-        assert_true(fabs(got - want) < TOL);
-        finch_train_acts_free(a);
-        free(tgt);
-        free(pos);
+        check_train_loss(m, ids, n, ref, name, TOL);
         free(ref);
         free(ids);
         finch_model_free(m);

@@ -513,7 +513,9 @@ static void test_attention_backward(void **state) {
                               pr = {pre, pre + kvs, dprer, dprer + kvs, np, 2 * kvs};
             const finch_attn_prefix *pp = np ? &pa : NULL, *ppr = np ? &pr : NULL;
             float *dout = rand_vec(&r, nq, 1.0f), *out = zeros(nq), *outr = zeros(nq);
-            float *att = zeros(na), *attr = zeros(na), *outc = zeros(nq), *ds = zeros(na);
+            /* the CPU kernel keeps row statistics (B, H, T, 2), the reference probabilities */
+            const int64_t nst = B * H * T * 2;
+            float *att = zeros(nst), *attr = zeros(na), *outc = zeros(nq), *ds = zeros(na);
             float *dq = zeros(nq), *dk = rand_vec(&r, nkv, 1.0f), *dv = rand_vec(&r, nkv, 1.0f);
             float *dqr = zeros(nq), *dkr = zeros(nkv), *dvr = zeros(nkv);
             finch_workspace ws;
@@ -568,7 +570,7 @@ static void test_attention_backward(void **state) {
             finch_workspace ws1;
             finch_err err;
             assert_int_equal(finch_workspace_init(&ws1, finch_workspace_need(1, T + np), 1, 0, &err), FINCH_OK);
-            float *o1 = zeros(nq), *a1 = zeros(na), *q1 = zeros(nq), *k1 = zeros(nkv), *v1 = zeros(nkv);
+            float *o1 = zeros(nq), *a1 = zeros(nst), *q1 = zeros(nq), *k1 = zeros(nkv), *v1 = zeros(nkv);
             float *p1 = zeros(np * 2 * kvs + 1);
             memcpy(p1, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
             finch_attn_prefix pa1 = {pre, pre + kvs, p1, p1 + kvs, np, 2 * kvs};
@@ -581,7 +583,7 @@ static void test_attention_backward(void **state) {
             free(p1);
             free(dpre_raw);
             assert_memory_equal(o1, out, (size_t)nq * sizeof(float));
-            assert_memory_equal(a1, att, (size_t)(B * H * T * 2) * sizeof(float)); /* row stats */
+            assert_memory_equal(a1, att, (size_t)nst * sizeof(float));
             assert_memory_equal(q1, dq, (size_t)nq * sizeof(float));
             assert_memory_equal(k1, dk, (size_t)nkv * sizeof(float));
             assert_memory_equal(v1, dv, (size_t)nkv * sizeof(float));

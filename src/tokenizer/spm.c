@@ -56,9 +56,8 @@ static uint8_t byte_of(const finch_tokenizer *tok, int32_t id) {
 }
 
 /* The piece of token id, as llama.cpp's token_to_piece caches it with special tokens
- * rendered: normal tokens with U+2581 as a space, byte tokens their byte, control, unknown
- * and user-defined tokens their text, others nothing. */
-static size_t spm_piece(const finch_tokenizer *tok, int32_t id, char *out) {
+ * rendered (internal.h). */
+size_t finch_tok_spm_piece(const finch_tokenizer *tok, int32_t id, char *out) {
     uint32_t n = tok->text_len[id];
     const char *t = tok->text_blob + tok->text_off[id];
     uint8_t a = tok->attr[id];
@@ -102,7 +101,7 @@ static finch_status spm_load_tables(finch_tokenizer *tok, finch_err *err) {
         FINCH_ASSERT(tok->byte_tok[b] >= 0); /* the loader refuses a vocabulary without */
         tok->single_tok[b] = -1;
     }
-    return finch_tok_set_pieces(tok, spm_piece, err);
+    return finch_tok_set_pieces(tok, finch_tok_spm_piece, err);
 }
 
 /* ---- per-call scratch --------------------------------------------------------------- */

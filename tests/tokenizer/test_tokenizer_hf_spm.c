@@ -74,6 +74,11 @@ static void test_bpe_byte_fallback(void **state) {
     check_against_library("spm_bpe");
 }
 
+static void test_bpe_metaspace(void **state) {
+    (void)state;
+    check_against_library("spm_bpe_meta");
+}
+
 static void test_unigram(void **state) {
     (void)state;
     check_against_library("spm_unigram");
@@ -145,6 +150,7 @@ int main(void) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bpe_byte_fallback),
+        cmocka_unit_test(test_bpe_metaspace),
         cmocka_unit_test(test_unigram),
         cmocka_unit_test(test_refusals),
     };

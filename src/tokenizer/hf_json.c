@@ -2,8 +2,27 @@
  * hf_json.c: the tokenizer a Hugging Face tokenizer.json describes, with the special
  * tokens and chat template of tokenizer_config.json.
  *
- * What is read (everything else in the file is ignored; truncation and padding with a
- * warning):
+ * Two kinds of file. SentencePiece style (hf_spm.c encodes): model type "Unigram", or "BPE"
+ * with the Metaspace pre-tokenizer or a Prepend normalizer. Byte-level BPE: every other
+ * "BPE" file, read as below.
+ *
+ * SentencePiece style reads:
+ *   normalizer      null, or the legacy Sequence[Prepend("▁"), Replace(" ", "▁")]; then
+ *   pre_tokenizer   must be null. Otherwise pre_tokenizer is Metaspace: replacement "▁" (no
+ *                   other), prepend_scheme always/first/never (or the older
+ *                   add_prefix_space), split.
+ *   model           BPE: vocab, merges, unk_token, fuse_unk, byte_fallback (a character that
+ *                   is not a token becomes its <0xXX> tokens); dropout, continuing_subword_
+ *                   prefix and end_of_word_suffix refused. Unigram: vocab as [piece, score]
+ *                   pairs (finite numbers, no piece twice), unk_id (required, a piece),
+ *                   byte_fallback.
+ *   decoder         Metaspace, or a Sequence of Replace("▁", " "), ByteFallback, Fuse and
+ *                   Strip(" ", 1, 0); byte tokens decode to their byte only with
+ *                   ByteFallback. Anything else is refused.
+ *   added_tokens, post_processor, tokenizer_config.json as for byte-level BPE.
+ *
+ * Byte-level BPE reads (everything else in the file is ignored; truncation and padding with
+ * a warning):
  *   model           type "BPE" over a byte-level alphabet: vocab (text -> id), merges as
  *                   "a b" strings or ["a", "b"] pairs (transformers >= 4.45), ignore_merges,
  *                   unk_token (a character that is not a token gives it, or nothing
@@ -38,7 +57,8 @@
  *
  * ids the vocabulary skips are filled with unused tokens named "[PAD<id>]" (they decode to
  * nothing). Every error names the file, and the field or the line and column.
- * Facts: FORMATS.md section 5.
+ * Facts: FORMATS.md section 5; tokenizers 0.20's serialization (normalizers, pre_tokenizers,
+ * decoders, models/unigram) for the SentencePiece-style fields.
  */
 #include "internal.h"
 

@@ -24,9 +24,10 @@
  *   chat_template.c  chat template families
  *
  * Calls between the files go one way, down this list: the loaders (vocab.c, hf_json.c)
- * pick a type row (bpe.c or spm.c) and call special.c and lookup.c; tokenize.c calls
- * special.c and, through tok->model, bpe.c or spm.c; bpe.c and spm.c call lookup.c (and
- * bpe.c pretok.c), never each other; special.c calls lookup.c; lookup.c calls none of
+ * pick a type row (bpe.c, spm.c or hf_spm.c) and call special.c and lookup.c; tokenize.c
+ * calls special.c and, through tok->model, the row's file; bpe.c and spm.c call lookup.c
+ * (and bpe.c pretok.c), never each other; hf_spm.c calls lookup.c and spm.c's piece
+ * function; special.c calls lookup.c; lookup.c calls none of
  * them. pretok.c and nfc.c call none of these (nfc.c only pretok.c's UTF-8 helpers). The
  * sections below take them lowest first.
  *

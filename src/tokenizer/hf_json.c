@@ -771,19 +771,46 @@ static finch_status parse_post(const finch_tokenizer *tok, const char *path, con
     return FINCH_OK;
 }
 
+/* One step of a normalizer or decoder, for walk_steps: node is an object, type its "type"
+ * (NULL when missing), type_field the name of that field for messages, depth how many
+ * Sequences hold it. */
+typedef finch_status (*step_fn)(void *ctx, const char *path, const json_t *node, const char *type,
+                                const char *field, const char *type_field, int depth,
+                                finch_err *err);
+
+/* Walks a normalizer or decoder: node must be an object; a Sequence (its steps in the
+ * member list, at most 8 deep) is walked step by step, every other step goes to visit. */
+static finch_status walk_steps(const char *path, const json_t *node, const char *field,
+                               const char *list, int depth, step_fn visit, void *ctx,
+                               finch_err *err) {
+    const char *type;
+    char sub[96];
+    snprintf(sub, sizeof sub, "%s.type", field);
+    if (!json_is_object(node)) return bad_type(path, field, node, "an object", err);
+    finch_status st = get_str(path, node, "type", sub, &type, err);
+    if (st) return st;
+    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
+        json_t *arr = json_object_get(node, list);
+        snprintf(sub, sizeof sub, "%s.%s", field, list);
+        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            snprintf(sub, sizeof sub, "%s.%s[%zu]", field, list, i);
+            if ((st = walk_steps(path, json_array_get(arr, i), sub, list, depth + 1, visit, ctx,
+                                 err)))
+                return st;
+        }
+        return FINCH_OK;
+    }
+    return visit(ctx, path, node, type, field, sub, depth, err);
+}
+
 /* The decoder must be ByteLevel, or a Sequence of ByteLevel and steps that change nothing
  * for this vocabulary: Fuse (joins the pieces), ByteFallback when no token is spelled
  * <0xXX>, and Replace of a String no token contains (transformers writes ByteFallback, Fuse
  * and Replace "\u2581" -> " " before ByteLevel when it converts a GGUF vocabulary). */
-static finch_status check_decoder(const finch_tokenizer *tok, const char *path, const json_t *d,
-                                  const char *field, int depth, finch_err *err) {
-    if (!d || json_is_null(d)) return FINCH_OK;
-    const char *type;
-    char sub[96];
-    snprintf(sub, sizeof sub, "%s.type", field);
-    if (!json_is_object(d)) return bad_type(path, field, d, "an object", err);
-    finch_status st = get_str(path, d, "type", sub, &type, err);
-    if (st) return st;
+static finch_status byte_level_step(void *ctx, const char *path, const json_t *d, const char *type,
+                                    const char *field, const char *sub, int depth, finch_err *err) {
+    const finch_tokenizer *tok = ctx;
     if (type && (strcmp(type, "ByteLevel") == 0 || (depth > 0 && strcmp(type, "Fuse") == 0)))
         return FINCH_OK;
     if (type && depth > 0 && strcmp(type, "ByteFallback") == 0) {
@@ -813,17 +840,6 @@ static finch_status check_decoder(const finch_tokenizer *tok, const char *path, 
                                  path, field, json_string_value(pat), id);
         return FINCH_OK;
     }
-    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
-        json_t *arr = json_object_get(d, "decoders");
-        snprintf(sub, sizeof sub, "%s.decoders", field);
-        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", field, i);
-            if ((st = check_decoder(tok, path, json_array_get(arr, i), sub, depth + 1, err)))
-                return st;
-        }
-        return FINCH_OK;
-    }
     return finch_err_set(err, FINCH_E_UNSUPPORTED,
                          "%s: field '%s' is '%s': finch decodes "
                          "byte-level BPE only (ByteLevel, and Sequence of it with Fuse, "
@@ -831,26 +847,16 @@ static finch_status check_decoder(const finch_tokenizer *tok, const char *path, 
                          path, sub, type ? type : "(missing)");
 }
 
-static finch_status check_normalizer(const char *path, const json_t *n, const char *field,
-                                     int depth, bool *nfc, finch_err *err) {
-    if (!n || json_is_null(n)) return FINCH_OK;
-    const char *type;
-    char sub[96];
-    snprintf(sub, sizeof sub, "%s.type", field);
-    if (!json_is_object(n)) return bad_type(path, field, n, "an object", err);
-    finch_status st = get_str(path, n, "type", sub, &type, err);
-    if (st) return st;
-    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
-        json_t *arr = json_object_get(n, "normalizers");
-        snprintf(sub, sizeof sub, "%s.normalizers", field);
-        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", field, i);
-            if ((st = check_normalizer(path, json_array_get(arr, i), sub, depth + 1, nfc, err)))
-                return st;
-        }
-        return FINCH_OK;
-    }
+static finch_status check_decoder(const finch_tokenizer *tok, const char *path, const json_t *d,
+                                  finch_err *err) {
+    if (!d || json_is_null(d)) return FINCH_OK;
+    return walk_steps(path, d, "decoder", "decoders", 0, byte_level_step, (void *)tok, err);
+}
+
+static finch_status nfc_step(void *ctx, const char *path, const json_t *n, const char *type,
+                             const char *field, const char *sub, int depth, finch_err *err) {
+    (void)n, (void)field, (void)depth;
+    bool *nfc = ctx;
     if (type && strcmp(type, "NFC") == 0) {
         *nfc = true; /* NFC twice is NFC once */
         return FINCH_OK;
@@ -859,6 +865,11 @@ static finch_status check_normalizer(const char *path, const json_t *n, const ch
                          "%s: field '%s' is '%s': finch implements "
                          "the NFC normalizer only (and Sequence of it)",
                          path, sub, type ? type : "(missing)");
+}
+
+static finch_status check_normalizer(const char *path, const json_t *n, bool *nfc, finch_err *err) {
+    if (!n || json_is_null(n)) return FINCH_OK;
+    return walk_steps(path, n, "normalizer", "normalizers", 0, nfc_step, nfc, err);
 }
 
 static finch_status config_token(const finch_tokenizer *tok, const char *path, const json_t *cfg,
@@ -892,27 +903,15 @@ static bool is_spm_style(const json_t *root, const char *model_type) {
 
 /* The legacy normalizer Sequence[Prepend("▁"), Replace(" ", "▁")]: sets *prepend and
  * *replace for the steps seen; any other step is refused. */
-static finch_status spm_normalizer(const char *path, const json_t *n, const char *field, int depth,
-                                   bool *prepend, bool *replace, finch_err *err) {
-    if (!n || json_is_null(n)) return FINCH_OK;
-    const char *type, *s;
+static finch_status spm_normalizer_step(void *ctx, const char *path, const json_t *n,
+                                        const char *type, const char *field, const char *sub0,
+                                        int depth, finch_err *err) {
+    (void)depth;
+    bool *seen = ctx; /* Prepend, Replace */
+    const char *s;
     char sub[96];
-    snprintf(sub, sizeof sub, "%s.type", field);
-    if (!json_is_object(n)) return bad_type(path, field, n, "an object", err);
-    finch_status st = get_str(path, n, "type", sub, &type, err);
-    if (st) return st;
-    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
-        json_t *arr = json_object_get(n, "normalizers");
-        snprintf(sub, sizeof sub, "%s.normalizers", field);
-        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", field, i);
-            if ((st = spm_normalizer(path, json_array_get(arr, i), sub, depth + 1, prepend, replace,
-                                     err)))
-                return st;
-        }
-        return FINCH_OK;
-    }
+    snprintf(sub, sizeof sub, "%s", sub0);
+    finch_status st;
     if (type && strcmp(type, "Prepend") == 0) {
         snprintf(sub, sizeof sub, "%s.prepend", field);
         if ((st = get_str(path, n, "prepend", sub, &s, err))) return st;
@@ -921,7 +920,7 @@ static finch_status spm_normalizer(const char *path, const json_t *n, const char
                                  "%s: field '%s' is '%s': finch prepends only the space marker "
                                  "U+2581",
                                  path, sub, s ? s : "(missing)");
-        *prepend = true;
+        seen[0] = true;
         return FINCH_OK;
     }
     if (type && strcmp(type, "Replace") == 0) {
@@ -934,13 +933,24 @@ static finch_status spm_normalizer(const char *path, const json_t *n, const char
                                  "%s: field '%s': finch implements only Replace of the String "
                                  "' ' by U+2581",
                                  path, field);
-        *replace = true;
+        seen[1] = true;
         return FINCH_OK;
     }
     return finch_err_set(err, FINCH_E_UNSUPPORTED,
                          "%s: field '%s' is '%s': a SentencePiece-style file may have only "
                          "Prepend and Replace normalizers (and Sequence of them)",
                          path, sub, type ? type : "(missing)");
+}
+
+static finch_status spm_normalizer(const char *path, const json_t *n, bool *prepend, bool *replace,
+                                   finch_err *err) {
+    bool seen[2] = {false, false};
+    finch_status st = FINCH_OK;
+    if (n && !json_is_null(n))
+        st = walk_steps(path, n, "normalizer", "normalizers", 0, spm_normalizer_step, seen, err);
+    *prepend = seen[0];
+    *replace = seen[1];
+    return st;
 }
 
 /* The Metaspace pre-tokenizer: replacement U+2581, prepend_scheme (or the older
@@ -993,25 +1003,15 @@ enum { DEC_SPACE = 1, DEC_BYTES = 2, DEC_STRIP = 4 };
  * ByteFallback decodes byte tokens, Strip(" ", 1, 0) or a Metaspace that prepends drops the
  * first leading space (the library's Metaspace drops every marker of the first token; the
  * two agree wherever decoding gives the text back), Fuse changes nothing. */
-static finch_status spm_decoder(const char *path, const json_t *d, const char *field, int depth,
-                                unsigned *flags, finch_err *err) {
-    const char *type, *s;
+static finch_status spm_decoder_step(void *ctx, const char *path, const json_t *d, const char *type,
+                                     const char *field, const char *sub0, int depth,
+                                     finch_err *err) {
+    (void)depth;
+    unsigned *flags = ctx;
+    const char *s;
     char sub[96];
-    snprintf(sub, sizeof sub, "%s.type", field);
-    if (!json_is_object(d)) return bad_type(path, field, d, "an object", err);
-    finch_status st = get_str(path, d, "type", sub, &type, err);
-    if (st) return st;
-    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
-        json_t *arr = json_object_get(d, "decoders");
-        snprintf(sub, sizeof sub, "%s.decoders", field);
-        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", field, i);
-            if ((st = spm_decoder(path, json_array_get(arr, i), sub, depth + 1, flags, err)))
-                return st;
-        }
-        return FINCH_OK;
-    }
+    snprintf(sub, sizeof sub, "%s", sub0);
+    finch_status st;
     if (type && strcmp(type, "Fuse") == 0) return FINCH_OK;
     if (type && strcmp(type, "ByteFallback") == 0) {
         *flags |= DEC_BYTES;
@@ -1059,6 +1059,11 @@ static finch_status spm_decoder(const char *path, const json_t *d, const char *f
                          "%s: field '%s' is '%s': finch decodes SentencePiece-style files with "
                          "Metaspace, or Replace, ByteFallback, Fuse and Strip in a Sequence",
                          path, sub, type ? type : "(missing)");
+}
+
+static finch_status spm_decoder(const char *path, const json_t *d, unsigned *flags,
+                                finch_err *err) {
+    return walk_steps(path, d, "decoder", "decoders", 0, spm_decoder_step, flags, err);
 }
 
 /* A Unigram model's vocab ([piece, score] pairs, the id their position) and unk_id. */
@@ -1151,8 +1156,7 @@ static finch_status load_spm(finch_tokenizer *tok, const char *path, const json_
                              finch_err *err) {
     finch_status st;
     bool prepend = false, replace = false;
-    if ((st = spm_normalizer(path, json_object_get(root, "normalizer"), "normalizer", 0, &prepend,
-                             &replace, err)))
+    if ((st = spm_normalizer(path, json_object_get(root, "normalizer"), &prepend, &replace, err)))
         return st;
     json_t *pre = json_object_get(root, "pre_tokenizer");
     bool meta = pre && !json_is_null(pre);
@@ -1187,7 +1191,7 @@ static finch_status load_spm(finch_tokenizer *tok, const char *path, const json_
     }
     unsigned dec = 0;
     json_t *d = json_object_get(root, "decoder");
-    if ((st = spm_decoder(path, d, "decoder", 0, &dec, err))) return st;
+    if ((st = spm_decoder(path, d, &dec, err))) return st;
     if (!(dec & DEC_SPACE))
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "%s: field 'decoder' does not turn U+2581 back into a space "
@@ -1351,8 +1355,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
                            err)))
             goto fail;
     } else {
-        if ((st = check_normalizer(path, json_object_get(root, "normalizer"), "normalizer", 0,
-                                   &tok->nfc, err)))
+        if ((st = check_normalizer(path, json_object_get(root, "normalizer"), &tok->nfc, err)))
             goto fail;
         json_t *pre = json_object_get(root, "pre_tokenizer");
         if (pre && !json_is_null(pre) && (st = parse_pre(&c, pre, "pre_tokenizer", 0))) goto fail;
@@ -1386,7 +1389,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
                               json_object_get(model, "merges"), err)))
             goto fail;
         if ((st = check_byte_fallback(tok, path, model, err)) ||
-            (st = check_decoder(tok, path, json_object_get(root, "decoder"), "decoder", 0, err)))
+            (st = check_decoder(tok, path, json_object_get(root, "decoder"), err)))
             goto fail;
         if ((st = config_token(tok, path, model, "unk_token", &tok->special[SP_UNK], err)))
             goto fail;

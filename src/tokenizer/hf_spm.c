@@ -232,25 +232,12 @@ static bool unigram_word(const finch_tokenizer *tok, scratch *sc, const char *w,
 static size_t mark_run(const finch_tokenizer *tok, scratch *sc, const char *text, size_t len,
                        bool at_start) {
     if (!finch_tok_grow((void **)&sc->text, &sc->text_cap, 3 * (len + 1), 1)) return SIZE_MAX;
-    size_t o = 0;
     bool prefix = tok->spm_prepend == SPM_PREPEND_NORMALIZER ||
                   (tok->spm_prepend == SPM_PREPEND_ALWAYS && text[0] != ' ') ||
                   (tok->spm_prepend == SPM_PREPEND_FIRST && at_start && text[0] != ' ');
     if (len >= 3 && memcmp(text, SPACE_MARK, 3) == 0 && tok->spm_prepend != SPM_PREPEND_NORMALIZER)
         prefix = false; /* Metaspace: the run already starts with the marker */
-    if (prefix) {
-        memcpy(sc->text, SPACE_MARK, 3);
-        o = 3;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ') {
-            memcpy(sc->text + o, SPACE_MARK, 3);
-            o += 3;
-        } else {
-            sc->text[o++] = text[i];
-        }
-    }
-    return o;
+    return finch_tok_spm_mark(sc->text, text, len, prefix);
 }
 
 /* The longest run of text between special tokens: its marked form indexes int32_t. */

@@ -280,6 +280,10 @@ extern const tok_model finch_tok_spm;
  * unknown and user-defined tokens their text, others nothing. */
 size_t finch_tok_spm_piece(const finch_tokenizer *tok, int32_t id, char *out);
 
+/* Writes text[0..len) to out as SentencePiece sees it: a U+2581 in front when prefix is set,
+ * every space (0x20) as U+2581. out holds 3 * (len + 1) bytes; returns the bytes written. */
+size_t finch_tok_spm_mark(char *out, const char *text, size_t len, bool prefix);
+
 /* SentencePiece-style tokenizer.json models as the tokenizers library runs them (hf_spm.c):
  * BPE merged by rank over characters with byte fallback, and Unigram (Viterbi over
  * tok->uni_scores). Both read tok->spm_prepend, spm_split, byte_fallback, unk_model and

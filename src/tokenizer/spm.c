@@ -181,25 +181,29 @@ static bool encode_run(const finch_tokenizer *tok, scratch *sc, size_t n, tok_id
     return true;
 }
 
+size_t finch_tok_spm_mark(char *out, const char *text, size_t len, bool prefix) {
+    size_t o = 0;
+    if (prefix) {
+        memcpy(out, SPACE_MARK, 3);
+        o = 3;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == ' ') {
+            memcpy(out + o, SPACE_MARK, 3);
+            o += 3;
+        } else {
+            out[o++] = text[i];
+        }
+    }
+    return o;
+}
+
 /* Writes the run (at most SPM_MAX_RUN bytes) to sc->text as SentencePiece sees it: the
  * prefix space when asked for, every space as U+2581. Returns its length, or 0 when memory
  * runs out. */
 static size_t escape_run(scratch *sc, const char *text, size_t len, bool prefix) {
     if (!finch_tok_grow((void **)&sc->text, &sc->text_cap, 3 * (len + 1), 1)) return 0;
-    size_t o = 0;
-    if (prefix) {
-        memcpy(sc->text, SPACE_MARK, 3);
-        o = 3;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ') {
-            memcpy(sc->text + o, SPACE_MARK, 3);
-            o += 3;
-        } else {
-            sc->text[o++] = text[i];
-        }
-    }
-    return o;
+    return finch_tok_spm_mark(sc->text, text, len, prefix);
 }
 
 /* The longest run of text between special tokens: its escaped form (three bytes per byte

@@ -44,18 +44,9 @@ static void check_against_library(const char *name) {
         bool dec_ok = !trip || (dlen == len && memcmp(dec, text, len) == 0);
         same += ok;
         trips += trip && dec_ok;
-        if ((!ok || !dec_ok) && bad++ < 5) {
-            fprintf(stderr, "%s, text %zu ", name, i);
-            tt_print_bytes(stderr, text, len, 80);
-            fputc('\n', stderr);
-            tt_print_ids(stderr, "tokenizers", want, n_want);
-            tt_print_ids(stderr, "finch     ", got, n_got);
-            if (!dec_ok) {
-                fputs("    decoded: ", stderr);
-                tt_print_bytes(stderr, dec, dlen, 80);
-                fputc('\n', stderr);
-            }
-        }
+        if ((!ok || !dec_ok) && bad++ < 5)
+            tt_print_hf_mismatch(name, i, text, len, want, n_want, got, n_got,
+                                 dec_ok ? NULL : dec, dlen);
         free(dec);
         free(want);
         free(got);

@@ -64,8 +64,8 @@ static void check_against_library(const char *name, bool with_config) {
         bool dec_ok = dlen == json_string_length(want_dec) &&
                       memcmp(dec, json_string_value(want_dec), dlen) == 0;
         if ((!ok || !dec_ok) && bad++ < 5) {
-            tt_print_hf_mismatch(name, i, text, len, want, n_want, got, n_got,
-                                 dec_ok ? NULL : dec, dlen);
+            tt_print_hf_mismatch(name, i, text, len, want, n_want, got, n_got, dec_ok ? NULL : dec,
+                                 dlen);
             tt_print_ids(stderr, "tokenizers +special", want_add, n_want_add);
             tt_print_ids(stderr, "finch      +special", got_add, n_got_add);
         }

@@ -45,8 +45,8 @@ static void check_against_library(const char *name) {
         same += ok;
         trips += trip && dec_ok;
         if ((!ok || !dec_ok) && bad++ < 5)
-            tt_print_hf_mismatch(name, i, text, len, want, n_want, got, n_got,
-                                 dec_ok ? NULL : dec, dlen);
+            tt_print_hf_mismatch(name, i, text, len, want, n_want, got, n_got, dec_ok ? NULL : dec,
+                                 dlen);
         free(dec);
         free(want);
         free(got);

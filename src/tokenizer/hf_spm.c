@@ -34,8 +34,8 @@
  * never sees such text (Python strings are valid), so nothing is there to match.
  * Facts: tokenizers 0.20 (models/bpe/word.rs, models/bpe/model.rs merge_word,
  * models/unigram/model.rs encode_optimized and tokenize, pre_tokenizers/metaspace.rs).
- * tests/tokenizer/test_tokenizer_hf_spm.c checks the ids against the library's on 1,074
- * lines for each kind.
+ * tests/tokenizer/test_tokenizer_hf_spm.c checks the ids against the library's on 1,077
+ * lines for each of three files (BPE with Prepend + Replace, BPE with Metaspace, Unigram).
  */
 #include "internal.h"
 

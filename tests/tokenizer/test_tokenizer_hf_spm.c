@@ -2,8 +2,9 @@
  * test_tokenizer_hf_spm.c: SentencePiece-style tokenizer.json files against the
  * `tokenizers` library. tests/fixtures/tokenizer-hf (made by
  * tests/reference/make_spm_json_fixtures.py) holds a Llama-2 style BPE with byte fallback
- * (Prepend + Replace normalizer) and a T5-style Unigram (Metaspace, byte fallback), and the
- * ids the library gives on 1,074 varied lines: finch must give the same ids on every line,
+ * (Prepend + Replace normalizer), the same model with Metaspace (prepend_scheme first, split
+ * false) and a T5-style Unigram (Metaspace, byte fallback), and the ids the library gives on
+ * 1,077 varied lines: finch must give the same ids on every line,
  * and decode them back to the line wherever the library does. Broken files (bad scores, no
  * unknown token, an unknown model type, malformed Metaspace) must be refused with a
  * message naming the field.

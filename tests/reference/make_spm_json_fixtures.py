@@ -10,6 +10,8 @@ library gives on >= 1,000 varied lines and whether decode(encode(line)) == line.
                ByteFallback, Fuse, Strip(" ", 1, 0)]; <unk> <s> </s>, <0x00>..<0xFF>.
   spm_bpe_meta the same model as transformers >= 4.41 converts Llama and Mistral: no
                normalizer, pre-tokenizer Metaspace (prepend_scheme "first", split false).
+  spm_unigram_unk  the Unigram below without byte_fallback: characters no piece covers give
+               the unknown token, adjacent ones fused.
   spm_unigram  T5/ALBERT style: Unigram with byte_fallback and unk_id, pre-tokenizer
                Metaspace (replacement "▁", prepend_scheme "always"), decoder Metaspace.
 
@@ -113,6 +115,12 @@ def metaspace_variant(tok):
     return Tokenizer.from_str(json.dumps(j, ensure_ascii=False))
 
 
+def without_byte_fallback(tok):
+    j = json.loads(tok.to_str())
+    j["model"]["byte_fallback"] = False
+    return Tokenizer.from_str(json.dumps(j, ensure_ascii=False))
+
+
 def train_unigram(corpus):
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
@@ -135,8 +143,9 @@ def main():
     texts = test_lines(rng, quotes)
     assert len(texts) >= 1000, len(texts)
     bpe = train_bpe(corpus)
+    uni = train_unigram(corpus)
     toks = {"spm_bpe": bpe, "spm_bpe_meta": metaspace_variant(bpe),
-            "spm_unigram": train_unigram(corpus)}
+            "spm_unigram": uni, "spm_unigram_unk": without_byte_fallback(uni)}
     result = {"meta": {"tokenizers": tokenizers.__version__, "seed": SEED},
               "texts": texts, "tokenizers": {}}
     for name, t in toks.items():

@@ -3,7 +3,8 @@
  * `tokenizers` library. tests/fixtures/tokenizer-hf (made by
  * tests/reference/make_spm_json_fixtures.py) holds a Llama-2 style BPE with byte fallback
  * (Prepend + Replace normalizer), the same model with Metaspace (prepend_scheme first, split
- * false) and a T5-style Unigram (Metaspace, byte fallback), and the ids the library gives on
+ * false), a T5-style Unigram (Metaspace, byte fallback) and the same without byte
+ * fallback (unknown characters give one fused unknown token), and the ids the library gives on
  * 1,077 varied lines: finch must give the same ids on every line,
  * and decode them back to the line wherever the library does. Broken files (bad scores, no
  * unknown token, an unknown model type, malformed Metaspace) must be refused with a
@@ -76,6 +77,11 @@ static void test_unigram(void **state) {
     check_against_library("spm_unigram");
 }
 
+static void test_unigram_unknown(void **state) {
+    (void)state;
+    check_against_library("spm_unigram_unk");
+}
+
 /* The fixture file name with one edit: the first occurrence of from replaced by to. */
 static void check_refused(const char *name, const char *from, const char *to, finch_status want,
                           const char *fragment) {
@@ -141,9 +147,8 @@ int main(void) {
         return 1;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bpe_byte_fallback),
-        cmocka_unit_test(test_bpe_metaspace),
-        cmocka_unit_test(test_unigram),
+        cmocka_unit_test(test_bpe_byte_fallback), cmocka_unit_test(test_bpe_metaspace),
+        cmocka_unit_test(test_unigram),           cmocka_unit_test(test_unigram_unknown),
         cmocka_unit_test(test_refusals),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,6 @@
 /*
  * bpe.c: byte-level BPE (GPT-2 style): the row finch_tok_bpe of the vocabulary-type table,
- * used for tokenizer.ggml.model "gpt2" and for every tokenizer.json.
+ * used for tokenizer.ggml.model "gpt2" and for byte-level tokenizer.json files.
  *
  * Encoding, for each run of text between special tokens (special.c), after the NFC
  * normalizer and the prefix space of a tokenizer.json that asks for them:

@@ -2,8 +2,27 @@
  * hf_json.c: the tokenizer a Hugging Face tokenizer.json describes, with the special
  * tokens and chat template of tokenizer_config.json.
  *
- * What is read (everything else in the file is ignored; truncation and padding with a
- * warning):
+ * Two kinds of file. SentencePiece style (hf_spm.c encodes): model type "Unigram", or "BPE"
+ * with the Metaspace pre-tokenizer or a Prepend normalizer. Byte-level BPE: every other
+ * "BPE" file, read as below.
+ *
+ * SentencePiece style reads:
+ *   normalizer      null, or the legacy Sequence[Prepend("▁"), Replace(" ", "▁")]; then
+ *   pre_tokenizer   must be null. Otherwise pre_tokenizer is Metaspace: replacement "▁" (no
+ *                   other), prepend_scheme always/first/never (or the older
+ *                   add_prefix_space), split.
+ *   model           BPE: vocab, merges, unk_token, fuse_unk, byte_fallback (a character that
+ *                   is not a token becomes its <0xXX> tokens); dropout, continuing_subword_
+ *                   prefix and end_of_word_suffix refused. Unigram: vocab as [piece, score]
+ *                   pairs (finite numbers, no piece twice), unk_id (required, a piece),
+ *                   byte_fallback.
+ *   decoder         Metaspace, or a Sequence of Replace("▁", " "), ByteFallback, Fuse and
+ *                   Strip(" ", 1, 0); byte tokens decode to their byte only with
+ *                   ByteFallback. Anything else is refused.
+ *   added_tokens, post_processor, tokenizer_config.json as for byte-level BPE.
+ *
+ * Byte-level BPE reads (everything else in the file is ignored; truncation and padding with
+ * a warning):
  *   model           type "BPE" over a byte-level alphabet: vocab (text -> id), merges as
  *                   "a b" strings or ["a", "b"] pairs (transformers >= 4.45), ignore_merges,
  *                   unk_token (a character that is not a token gives it, or nothing
@@ -38,11 +57,13 @@
  *
  * ids the vocabulary skips are filled with unused tokens named "[PAD<id>]" (they decode to
  * nothing). Every error names the file, and the field or the line and column.
- * Facts: FORMATS.md section 5.
+ * Facts: FORMATS.md section 5; tokenizers 0.20's serialization (normalizers, pre_tokenizers,
+ * decoders, models/unigram) for the SentencePiece-style fields.
  */
 #include "internal.h"
 
 #include <errno.h>
+#include <math.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -336,7 +357,8 @@ static finch_status check_model(const char *path, const json_t *model, finch_err
     if (!type || strcmp(type, "BPE") != 0)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "%s: field 'model.type' is '%s': finch "
-                             "reads only byte-level BPE models",
+                             "reads BPE (byte-level, or SentencePiece-style with Metaspace) "
+                             "and Unigram models",
                              path, type ? type : "(missing)");
     json_t *d = json_object_get(model, "dropout");
     if (d && !json_is_null(d) && !(json_is_number(d) && json_number_value(d) == 0))
@@ -749,19 +771,46 @@ static finch_status parse_post(const finch_tokenizer *tok, const char *path, con
     return FINCH_OK;
 }
 
+/* One step of a normalizer or decoder, for walk_steps: node is an object, type its "type"
+ * (NULL when missing), type_field the name of that field for messages, depth how many
+ * Sequences hold it. */
+typedef finch_status (*step_fn)(void *ctx, const char *path, const json_t *node, const char *type,
+                                const char *field, const char *type_field, int depth,
+                                finch_err *err);
+
+/* Walks a normalizer or decoder: node must be an object; a Sequence (its steps in the
+ * member list, at most 8 deep) is walked step by step, every other step goes to visit. */
+static finch_status walk_steps(const char *path, const json_t *node, const char *field,
+                               const char *list, int depth, step_fn visit, void *ctx,
+                               finch_err *err) {
+    const char *type;
+    char sub[96];
+    snprintf(sub, sizeof sub, "%s.type", field);
+    if (!json_is_object(node)) return bad_type(path, field, node, "an object", err);
+    finch_status st = get_str(path, node, "type", sub, &type, err);
+    if (st) return st;
+    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
+        json_t *arr = json_object_get(node, list);
+        snprintf(sub, sizeof sub, "%s.%s", field, list);
+        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            snprintf(sub, sizeof sub, "%s.%s[%zu]", field, list, i);
+            if ((st = walk_steps(path, json_array_get(arr, i), sub, list, depth + 1, visit, ctx,
+                                 err)))
+                return st;
+        }
+        return FINCH_OK;
+    }
+    return visit(ctx, path, node, type, field, sub, depth, err);
+}
+
 /* The decoder must be ByteLevel, or a Sequence of ByteLevel and steps that change nothing
  * for this vocabulary: Fuse (joins the pieces), ByteFallback when no token is spelled
  * <0xXX>, and Replace of a String no token contains (transformers writes ByteFallback, Fuse
  * and Replace "\u2581" -> " " before ByteLevel when it converts a GGUF vocabulary). */
-static finch_status check_decoder(const finch_tokenizer *tok, const char *path, const json_t *d,
-                                  const char *field, int depth, finch_err *err) {
-    if (!d || json_is_null(d)) return FINCH_OK;
-    const char *type;
-    char sub[96];
-    snprintf(sub, sizeof sub, "%s.type", field);
-    if (!json_is_object(d)) return bad_type(path, field, d, "an object", err);
-    finch_status st = get_str(path, d, "type", sub, &type, err);
-    if (st) return st;
+static finch_status byte_level_step(void *ctx, const char *path, const json_t *d, const char *type,
+                                    const char *field, const char *sub, int depth, finch_err *err) {
+    const finch_tokenizer *tok = ctx;
     if (type && (strcmp(type, "ByteLevel") == 0 || (depth > 0 && strcmp(type, "Fuse") == 0)))
         return FINCH_OK;
     if (type && depth > 0 && strcmp(type, "ByteFallback") == 0) {
@@ -791,17 +840,6 @@ static finch_status check_decoder(const finch_tokenizer *tok, const char *path, 
                                  path, field, json_string_value(pat), id);
         return FINCH_OK;
     }
-    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
-        json_t *arr = json_object_get(d, "decoders");
-        snprintf(sub, sizeof sub, "%s.decoders", field);
-        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", field, i);
-            if ((st = check_decoder(tok, path, json_array_get(arr, i), sub, depth + 1, err)))
-                return st;
-        }
-        return FINCH_OK;
-    }
     return finch_err_set(err, FINCH_E_UNSUPPORTED,
                          "%s: field '%s' is '%s': finch decodes "
                          "byte-level BPE only (ByteLevel, and Sequence of it with Fuse, "
@@ -809,26 +847,16 @@ static finch_status check_decoder(const finch_tokenizer *tok, const char *path, 
                          path, sub, type ? type : "(missing)");
 }
 
-static finch_status check_normalizer(const char *path, const json_t *n, const char *field,
-                                     int depth, bool *nfc, finch_err *err) {
-    if (!n || json_is_null(n)) return FINCH_OK;
-    const char *type;
-    char sub[96];
-    snprintf(sub, sizeof sub, "%s.type", field);
-    if (!json_is_object(n)) return bad_type(path, field, n, "an object", err);
-    finch_status st = get_str(path, n, "type", sub, &type, err);
-    if (st) return st;
-    if (type && strcmp(type, "Sequence") == 0 && depth < 8) {
-        json_t *arr = json_object_get(n, "normalizers");
-        snprintf(sub, sizeof sub, "%s.normalizers", field);
-        if (!json_is_array(arr)) return bad_type(path, sub, arr, "an array", err);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", field, i);
-            if ((st = check_normalizer(path, json_array_get(arr, i), sub, depth + 1, nfc, err)))
-                return st;
-        }
-        return FINCH_OK;
-    }
+static finch_status check_decoder(const finch_tokenizer *tok, const char *path, const json_t *d,
+                                  finch_err *err) {
+    if (!d || json_is_null(d)) return FINCH_OK;
+    return walk_steps(path, d, "decoder", "decoders", 0, byte_level_step, (void *)tok, err);
+}
+
+static finch_status nfc_step(void *ctx, const char *path, const json_t *n, const char *type,
+                             const char *field, const char *sub, int depth, finch_err *err) {
+    (void)n, (void)field, (void)depth;
+    bool *nfc = ctx;
     if (type && strcmp(type, "NFC") == 0) {
         *nfc = true; /* NFC twice is NFC once */
         return FINCH_OK;
@@ -837,6 +865,348 @@ static finch_status check_normalizer(const char *path, const json_t *n, const ch
                          "%s: field '%s' is '%s': finch implements "
                          "the NFC normalizer only (and Sequence of it)",
                          path, sub, type ? type : "(missing)");
+}
+
+static finch_status check_normalizer(const char *path, const json_t *n, bool *nfc, finch_err *err) {
+    if (!n || json_is_null(n)) return FINCH_OK;
+    return walk_steps(path, n, "normalizer", "normalizers", 0, nfc_step, nfc, err);
+}
+
+static finch_status config_token(const finch_tokenizer *tok, const char *path, const json_t *cfg,
+                                 const char *key, int32_t *id, finch_err *err);
+
+/* ---- SentencePiece style ------------------------------------------------------------ */
+
+/* U+2581, SentencePiece's space marker, in UTF-8. */
+#define MARK "\xe2\x96\x81"
+
+/* node, or the steps of a Sequence node (member key), each passed to f with its field. */
+static bool has_type(const json_t *n, const char *key, const char *type) {
+    const char *t = json_string_value(json_object_get(n, "type"));
+    if (!t) return false;
+    if (strcmp(t, type) == 0) return true;
+    json_t *arr = json_object_get(n, key);
+    if (strcmp(t, "Sequence") != 0 || !json_is_array(arr)) return false;
+    for (size_t i = 0; i < json_array_size(arr); i++)
+        if (has_type(json_array_get(arr, i), key, type)) return true;
+    return false;
+}
+
+/* Whether the file describes a SentencePiece-style tokenizer: a Unigram model, or BPE with
+ * the Metaspace pre-tokenizer or the Prepend normalizer. */
+static bool is_spm_style(const json_t *root, const char *model_type) {
+    if (model_type && strcmp(model_type, "Unigram") == 0) return true;
+    return model_type && strcmp(model_type, "BPE") == 0 &&
+           (has_type(json_object_get(root, "pre_tokenizer"), "pretokenizers", "Metaspace") ||
+            has_type(json_object_get(root, "normalizer"), "normalizers", "Prepend"));
+}
+
+/* The legacy normalizer Sequence[Prepend("▁"), Replace(" ", "▁")]: sets *prepend and
+ * *replace for the steps seen; any other step is refused. */
+static finch_status spm_normalizer_step(void *ctx, const char *path, const json_t *n,
+                                        const char *type, const char *field, const char *sub0,
+                                        int depth, finch_err *err) {
+    (void)depth;
+    bool *seen = ctx; /* Prepend, Replace */
+    const char *s;
+    char sub[96];
+    snprintf(sub, sizeof sub, "%s", sub0);
+    finch_status st;
+    if (type && strcmp(type, "Prepend") == 0) {
+        snprintf(sub, sizeof sub, "%s.prepend", field);
+        if ((st = get_str(path, n, "prepend", sub, &s, err))) return st;
+        if (!s || strcmp(s, MARK) != 0)
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s' is '%s': finch prepends only the space marker "
+                                 "U+2581",
+                                 path, sub, s ? s : "(missing)");
+        seen[0] = true;
+        return FINCH_OK;
+    }
+    if (type && strcmp(type, "Replace") == 0) {
+        json_t *pat = json_object_get(json_object_get(n, "pattern"), "String");
+        snprintf(sub, sizeof sub, "%s.content", field);
+        if ((st = get_str(path, n, "content", sub, &s, err))) return st;
+        if (!json_is_string(pat) || strcmp(json_string_value(pat), " ") != 0 || !s ||
+            strcmp(s, MARK) != 0)
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s': finch implements only Replace of the String "
+                                 "' ' by U+2581",
+                                 path, field);
+        seen[1] = true;
+        return FINCH_OK;
+    }
+    return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                         "%s: field '%s' is '%s': a SentencePiece-style file may have only "
+                         "Prepend and Replace normalizers (and Sequence of them)",
+                         path, sub, type ? type : "(missing)");
+}
+
+static finch_status spm_normalizer(const char *path, const json_t *n, bool *prepend, bool *replace,
+                                   finch_err *err) {
+    bool seen[2] = {false, false};
+    finch_status st = FINCH_OK;
+    if (n && !json_is_null(n))
+        st = walk_steps(path, n, "normalizer", "normalizers", 0, spm_normalizer_step, seen, err);
+    *prepend = seen[0];
+    *replace = seen[1];
+    return st;
+}
+
+/* The Metaspace pre-tokenizer: replacement U+2581, prepend_scheme (or the older
+ * add_prefix_space), split. */
+static finch_status parse_metaspace(finch_tokenizer *tok, const char *path, const json_t *pre,
+                                    finch_err *err) {
+    const char *type, *rep, *scheme;
+    finch_status st;
+    if (!json_is_object(pre)) return bad_type(path, "pre_tokenizer", pre, "an object", err);
+    if ((st = get_str(path, pre, "type", "pre_tokenizer.type", &type, err))) return st;
+    if (!type || strcmp(type, "Metaspace") != 0)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'pre_tokenizer.type' is '%s': a SentencePiece-style "
+                             "file may have only the Metaspace pre-tokenizer",
+                             path, type ? type : "(missing)");
+    if ((st = get_str(path, pre, "replacement", "pre_tokenizer.replacement", &rep, err))) return st;
+    if (!rep) return bad_type(path, "pre_tokenizer.replacement", NULL, "a string", err);
+    if (strcmp(rep, MARK) != 0)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'pre_tokenizer.replacement' is '%.16s': finch "
+                             "implements only U+2581",
+                             path, rep);
+    if ((st = get_str(path, pre, "prepend_scheme", "pre_tokenizer.prepend_scheme", &scheme, err)))
+        return st;
+    if (scheme) {
+        static const char *const names[] = {"never", "first", "always"};
+        int k = -1;
+        for (int i = 0; i < 3; i++)
+            if (strcmp(scheme, names[i]) == 0) k = i;
+        if (k < 0)
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: field 'pre_tokenizer.prepend_scheme' is '%.32s', "
+                                 "expected always, first or never",
+                                 path, scheme);
+        tok->spm_prepend = k; /* SPM_PREPEND_NEVER, _FIRST, _ALWAYS */
+    } else {
+        bool add;
+        if ((st = get_bool(path, pre, "add_prefix_space", "pre_tokenizer.add_prefix_space", true,
+                           &add, err)))
+            return st;
+        tok->spm_prepend = add ? SPM_PREPEND_ALWAYS : SPM_PREPEND_NEVER;
+    }
+    return get_bool(path, pre, "split", "pre_tokenizer.split", true, &tok->spm_split, err);
+}
+
+/* What a SentencePiece-style decoder does, as bits. */
+enum { DEC_SPACE = 1, DEC_BYTES = 2, DEC_STRIP = 4 };
+
+/* Reads the decoder: Replace("▁", " ") or Metaspace turn the marker into a space,
+ * ByteFallback decodes byte tokens, Strip(" ", 1, 0) or a Metaspace that prepends drops the
+ * first leading space (the library's Metaspace drops every marker of the first token; the
+ * two agree wherever decoding gives the text back), Fuse changes nothing. */
+static finch_status spm_decoder_step(void *ctx, const char *path, const json_t *d, const char *type,
+                                     const char *field, const char *sub0, int depth,
+                                     finch_err *err) {
+    (void)depth;
+    unsigned *flags = ctx;
+    const char *s;
+    char sub[96];
+    snprintf(sub, sizeof sub, "%s", sub0);
+    finch_status st;
+    if (type && strcmp(type, "Fuse") == 0) return FINCH_OK;
+    if (type && strcmp(type, "ByteFallback") == 0) {
+        *flags |= DEC_BYTES;
+        return FINCH_OK;
+    }
+    if (type && strcmp(type, "Replace") == 0) {
+        json_t *pat = json_object_get(json_object_get(d, "pattern"), "String");
+        if ((st = get_str(path, d, "content", sub, &s, err))) return st;
+        if (!json_is_string(pat) || strcmp(json_string_value(pat), MARK) != 0 || !s ||
+            strcmp(s, " ") != 0)
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s': finch implements only Replace of the String "
+                                 "U+2581 by ' '",
+                                 path, field);
+        *flags |= DEC_SPACE;
+        return FINCH_OK;
+    }
+    if (type && strcmp(type, "Strip") == 0) {
+        json_t *start = json_object_get(d, "start"), *stop = json_object_get(d, "stop");
+        if ((st = get_str(path, d, "content", sub, &s, err))) return st;
+        if (!s || strcmp(s, " ") != 0 || !json_is_number(start) || !json_is_number(stop) ||
+            json_number_value(start) != 1 || json_number_value(stop) != 0)
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s': finch implements only Strip(' ', 1, 0)", path,
+                                 field);
+        *flags |= DEC_STRIP;
+        return FINCH_OK;
+    }
+    if (type && strcmp(type, "Metaspace") == 0) {
+        snprintf(sub, sizeof sub, "%s.replacement", field);
+        if ((st = get_str(path, d, "replacement", sub, &s, err))) return st;
+        if (!s || strcmp(s, MARK) != 0)
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: field '%s' is '%.16s': finch implements only U+2581", path,
+                                 sub, s ? s : "(missing)");
+        snprintf(sub, sizeof sub, "%s.prepend_scheme", field);
+        if ((st = get_str(path, d, "prepend_scheme", sub, &s, err))) return st;
+        bool add = true;
+        snprintf(sub, sizeof sub, "%s.add_prefix_space", field);
+        if (!s && (st = get_bool(path, d, "add_prefix_space", sub, true, &add, err))) return st;
+        *flags |= DEC_SPACE | ((s ? strcmp(s, "never") != 0 : add) ? DEC_STRIP : 0);
+        return FINCH_OK;
+    }
+    return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                         "%s: field '%s' is '%s': finch decodes SentencePiece-style files with "
+                         "Metaspace, or Replace, ByteFallback, Fuse and Strip in a Sequence",
+                         path, sub, type ? type : "(missing)");
+}
+
+static finch_status spm_decoder(const char *path, const json_t *d, unsigned *flags,
+                                finch_err *err) {
+    return walk_steps(path, d, "decoder", "decoders", 0, spm_decoder_step, flags, err);
+}
+
+/* A Unigram model's vocab ([piece, score] pairs, the id their position) and unk_id. */
+static finch_status load_unigram(finch_tokenizer *tok, const char *path, const json_t *model,
+                                 const added_tok *added, size_t n_added, finch_err *err) {
+    json_t *vocab = json_object_get(model, "vocab");
+    if (!json_is_array(vocab)) return bad_type(path, "model.vocab", vocab, "an array", err);
+    size_t n = json_array_size(vocab);
+    if (n == 0) return finch_err_set(err, FINCH_E_FORMAT, "%s: field 'model.vocab' is empty", path);
+    if (n > HF_MAX_VOCAB)
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: field 'model.vocab' has %zu pieces, at most %d", path, n,
+                             HF_MAX_VOCAB);
+    json_t *ids = json_object();
+    double *score = finch_alloc(n * sizeof *score, "piece scores", err);
+    finch_status st = FINCH_OK;
+    if (!ids || !score) {
+        st = ids ? FINCH_E_NOMEM
+                 : finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
+        goto done;
+    }
+    double min = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(vocab, i), *p = json_array_get(e, 0), *s = json_array_get(e, 1);
+        char f[48];
+        snprintf(f, sizeof f, "model.vocab[%zu]", i);
+        if (!json_is_array(e) || json_array_size(e) != 2 || !json_is_string(p)) {
+            st = bad_type(path, f, e, "a pair [piece, score]", err);
+            goto done;
+        }
+        snprintf(f, sizeof f, "model.vocab[%zu][1]", i);
+        if (!json_is_number(s) || !isfinite(json_number_value(s))) {
+            st = bad_type(path, f, s, "a finite number (the piece's log-probability)", err);
+            goto done;
+        }
+        if (json_object_get(ids, json_string_value(p))) {
+            st = finch_err_set(err, FINCH_E_FORMAT,
+                               "%s: field 'model.vocab[%zu]': piece '%.48s' appears twice", path, i,
+                               json_string_value(p));
+            goto done;
+        }
+        if (json_object_set_new(ids, json_string_value(p), json_real((double)i))) {
+            st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
+            goto done;
+        }
+        score[i] = json_number_value(s);
+        if (i == 0 || score[i] < min) min = score[i];
+    }
+    if ((st = load_vocab(tok, path, ids, added, n_added, err))) goto done;
+    tok->uni_scores =
+        finch_alloc((size_t)tok->n_vocab * sizeof *tok->uni_scores, "piece scores", err);
+    if (!tok->uni_scores) {
+        st = FINCH_E_NOMEM;
+        goto done;
+    }
+    for (int32_t id = 0; id < tok->n_vocab; id++) {
+        tok->uni_scores[id] = (size_t)id < n ? score[id] : NAN;
+        if ((size_t)id < n && tok->text_len[id] > tok->max_piece_len)
+            tok->max_piece_len = tok->text_len[id];
+    }
+    tok->uni_unk_score = min - 10.0; /* the library's K_UNK_PENALTY */
+    json_t *unk = json_object_get(model, "unk_id");
+    if (!unk || json_is_null(unk)) {
+        st = finch_err_set(err, FINCH_E_UNSUPPORTED,
+                           "%s: field 'model.unk_id' is missing: finch needs the unknown "
+                           "token of a Unigram model",
+                           path);
+        goto done;
+    }
+    if ((st = get_id(path, unk, "model.unk_id", &tok->unk_model, err))) goto done;
+    if ((size_t)tok->unk_model >= n) {
+        st = finch_err_set(err, FINCH_E_FORMAT,
+                           "%s: field 'model.unk_id' is %d, outside the %zu pieces of "
+                           "model.vocab",
+                           path, tok->unk_model, n);
+        goto done;
+    }
+    tok->special[SP_UNK] = tok->unk_model;
+    tok->fuse_unk = true; /* the library's Unigram always fuses */
+done:
+    json_decref(ids);
+    free(score);
+    return st;
+}
+
+/* Reads a SentencePiece-style file: the space-marker convention, the model (BPE with its
+ * merges and unk_token, or Unigram), added tokens and the decoder. */
+static finch_status load_spm(finch_tokenizer *tok, const char *path, const json_t *root,
+                             const json_t *model, bool unigram, added_tok **added, size_t *n_added,
+                             finch_err *err) {
+    finch_status st;
+    bool prepend = false, replace = false;
+    if ((st = spm_normalizer(path, json_object_get(root, "normalizer"), &prepend, &replace, err)))
+        return st;
+    json_t *pre = json_object_get(root, "pre_tokenizer");
+    bool meta = pre && !json_is_null(pre);
+    if (meta && (st = parse_metaspace(tok, path, pre, err))) return st;
+    if (meta ? prepend || replace : !(prepend && replace))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field '%s': a SentencePiece-style file needs either the "
+                             "Metaspace pre_tokenizer or the normalizer Sequence[Prepend(U+2581), "
+                             "Replace(' ', U+2581)], not both",
+                             path, meta ? "normalizer" : "pre_tokenizer");
+    if (!meta) tok->spm_prepend = SPM_PREPEND_NORMALIZER;
+    if (!(tok->pre_name = finch_mem_strdup(meta ? "Metaspace" : "Prepend+Replace")))
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
+    if ((st = get_bool(path, model, "byte_fallback", "model.byte_fallback", false,
+                       &tok->byte_fallback, err)) ||
+        (st = parse_added(path, json_object_get(root, "added_tokens"), added, n_added, err)))
+        return st;
+    if (unigram) {
+        tok->model = &finch_tok_unigram;
+        if ((st = load_unigram(tok, path, model, *added, *n_added, err))) return st;
+    } else {
+        tok->model = &finch_tok_hf_bpe;
+        if ((st = check_model(path, model, err)) ||
+            (st =
+                 get_bool(path, model, "fuse_unk", "model.fuse_unk", false, &tok->fuse_unk, err)) ||
+            (st = load_vocab(tok, path, json_object_get(model, "vocab"), *added, *n_added, err)) ||
+            (st = load_merges(tok, path, json_object_get(model, "vocab"),
+                              json_object_get(model, "merges"), err)) ||
+            (st = config_token(tok, path, model, "unk_token", &tok->special[SP_UNK], err)))
+            return st;
+        tok->unk_model = tok->special[SP_UNK];
+    }
+    unsigned dec = 0;
+    json_t *d = json_object_get(root, "decoder");
+    if ((st = spm_decoder(path, d, &dec, err))) return st;
+    if (!(dec & DEC_SPACE))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'decoder' does not turn U+2581 back into a space "
+                             "(Metaspace, or Replace): not implemented",
+                             path);
+    tok->add_space_prefix = dec & DEC_STRIP;
+    tok->unk_missing = true;
+    /* byte tokens decode to their byte only through ByteFallback; else to their text */
+    for (int b = 0; dec & DEC_BYTES && b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        int32_t id = finch_tok_find(tok, name, 6);
+        if (id >= 0 && tok->attr[id] == TOK_NORMAL) tok->attr[id] = TOK_BYTE;
+    }
+    return FINCH_OK;
 }
 
 /* ---- tokenizer_config.json ---------------------------------------------------------- */
@@ -967,7 +1337,10 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
         st = bad_type(path, "model", model, "an object", err);
         goto fail;
     }
-    if ((st = check_model(path, model, err))) goto fail;
+    const char *mtype;
+    if ((st = get_str(path, model, "type", "model.type", &mtype, err))) goto fail;
+    bool spm = is_spm_style(root, mtype);
+    if (!spm && (st = check_model(path, model, err))) goto fail;
     static const char *const ignored[] = {"truncation", "padding"};
     for (int i = 0; i < 2; i++) {
         json_t *v = json_object_get(root, ignored[i]);
@@ -977,44 +1350,52 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
                       "lengths themselves",
                       path, ignored[i]);
     }
-    if ((st = check_normalizer(path, json_object_get(root, "normalizer"), "normalizer", 0,
-                               &tok->nfc, err)))
-        goto fail;
-    json_t *pre = json_object_get(root, "pre_tokenizer");
-    if (pre && !json_is_null(pre) && (st = parse_pre(&c, pre, "pre_tokenizer", 0))) goto fail;
-    if (!c.byte_level) {
-        st = finch_err_set(err, FINCH_E_UNSUPPORTED,
-                           "%s: field 'pre_tokenizer' has no "
-                           "ByteLevel step: finch reads only byte-level BPE",
-                           path);
-        goto fail;
-    }
-    if ((st = finch_pretok_compile(&tok->pre, (const char *const *)c.re, c.n_re, err))) {
-        finch_err_prefix(err, "%s: field 'pre_tokenizer'", path);
-        goto fail;
-    }
-    tok->hf_prefix_space = c.prefix_space;
-    if (!(tok->pre_name = finch_mem_strdup(c.desc))) goto nomem;
+    if (spm) {
+        if ((st = load_spm(tok, path, root, model, strcmp(mtype, "Unigram") == 0, &added, &n_added,
+                           err)))
+            goto fail;
+    } else {
+        if ((st = check_normalizer(path, json_object_get(root, "normalizer"), &tok->nfc, err)))
+            goto fail;
+        json_t *pre = json_object_get(root, "pre_tokenizer");
+        if (pre && !json_is_null(pre) && (st = parse_pre(&c, pre, "pre_tokenizer", 0))) goto fail;
+        if (!c.byte_level) {
+            st = finch_err_set(err, FINCH_E_UNSUPPORTED,
+                               "%s: field 'pre_tokenizer' has no "
+                               "ByteLevel step: finch reads only byte-level BPE",
+                               path);
+            goto fail;
+        }
+        if ((st = finch_pretok_compile(&tok->pre, (const char *const *)c.re, c.n_re, err))) {
+            finch_err_prefix(err, "%s: field 'pre_tokenizer'", path);
+            goto fail;
+        }
+        tok->hf_prefix_space = c.prefix_space;
+        if (!(tok->pre_name = finch_mem_strdup(c.desc))) {
+            st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
+            goto fail;
+        }
 
-    if ((st = get_bool(path, model, "ignore_merges", "model.ignore_merges", false,
-                       &tok->ignore_merges, err)) ||
-        (st = get_bool(path, model, "fuse_unk", "model.fuse_unk", false, &tok->fuse_unk, err)))
-        goto fail;
-    tok->unk_missing = true;
-    if ((st = parse_added(path, json_object_get(root, "added_tokens"), &added, &n_added, err)))
-        goto fail;
-    if ((st = load_vocab(tok, path, json_object_get(model, "vocab"), added, n_added, err)))
-        goto fail;
-    if ((st = load_merges(tok, path, json_object_get(model, "vocab"),
-                          json_object_get(model, "merges"), err)))
-        goto fail;
-    if ((st = check_byte_fallback(tok, path, model, err)) ||
-        (st = check_decoder(tok, path, json_object_get(root, "decoder"), "decoder", 0, err)))
-        goto fail;
-    if ((st = config_token(tok, path, model, "unk_token", &tok->special[SP_UNK], err))) goto fail;
-    /* what the model gives for a character that is not a token */
-    tok->unk_model = tok->special[SP_UNK];
-
+        if ((st = get_bool(path, model, "ignore_merges", "model.ignore_merges", false,
+                           &tok->ignore_merges, err)) ||
+            (st = get_bool(path, model, "fuse_unk", "model.fuse_unk", false, &tok->fuse_unk, err)))
+            goto fail;
+        tok->unk_missing = true;
+        if ((st = parse_added(path, json_object_get(root, "added_tokens"), &added, &n_added, err)))
+            goto fail;
+        if ((st = load_vocab(tok, path, json_object_get(model, "vocab"), added, n_added, err)))
+            goto fail;
+        if ((st = load_merges(tok, path, json_object_get(model, "vocab"),
+                              json_object_get(model, "merges"), err)))
+            goto fail;
+        if ((st = check_byte_fallback(tok, path, model, err)) ||
+            (st = check_decoder(tok, path, json_object_get(root, "decoder"), err)))
+            goto fail;
+        if ((st = config_token(tok, path, model, "unk_token", &tok->special[SP_UNK], err)))
+            goto fail;
+        /* what the model gives for a character that is not a token */
+        tok->unk_model = tok->special[SP_UNK];
+    }
     int32_t pp_bos = -1, pp_eos = -1;
     if ((st = parse_post(tok, path, json_object_get(root, "post_processor"), "post_processor",
                          &pp_bos, &pp_eos, 0, err)))
@@ -1064,8 +1445,6 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
     *out = tok;
     return FINCH_OK;
 
-nomem:
-    st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
 fail:
     for (int i = 0; i < c.n_re; i++) free(c.re[i]);
     free(added);

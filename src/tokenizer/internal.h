@@ -11,6 +11,8 @@
  *                    merges by rank; its row of the type table, finch_tok_bpe
  *   spm.c            SentencePiece (tokenizer.ggml.model "llama"): the space marker, merges
  *                    by score, byte fallback; its row, finch_tok_spm
+ *   hf_spm.c         SentencePiece-style tokenizer.json models as the tokenizers library
+ *                    runs them: BPE by rank with byte fallback, Unigram; their rows
  *   tokenize.c       the public finch_tokenize / finch_detokenize / piece calls: argument
  *                    checks, the special-token split, BOS/EOS, then the type's encoder;
  *                    decoding from the piece table
@@ -22,9 +24,10 @@
  *   chat_template.c  chat template families
  *
  * Calls between the files go one way, down this list: the loaders (vocab.c, hf_json.c)
- * pick a type row (bpe.c or spm.c) and call special.c and lookup.c; tokenize.c calls
- * special.c and, through tok->model, bpe.c or spm.c; bpe.c and spm.c call lookup.c (and
- * bpe.c pretok.c), never each other; special.c calls lookup.c; lookup.c calls none of
+ * pick a type row (bpe.c, spm.c or hf_spm.c) and call special.c and lookup.c; tokenize.c
+ * calls special.c and, through tok->model, the row's file; bpe.c and spm.c call lookup.c
+ * (and bpe.c pretok.c), never each other; hf_spm.c calls lookup.c and spm.c's piece
+ * function; special.c calls lookup.c; lookup.c calls none of
  * them. pretok.c and nfc.c call none of these (nfc.c only pretok.c's UTF-8 helpers). The
  * sections below take them lowest first.
  *
@@ -39,6 +42,12 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdlib.h> /* realloc in tok_ids_push */
+
+/* Where a tokenizer.json SentencePiece-style tokenizer puts the U+2581 space marker in
+ * front of a text run (hf_spm.c): never, the run at the start of the text, every run that
+ * does not start with a space (Metaspace prepend_scheme), every non-empty run (the legacy
+ * Prepend normalizer). */
+enum { SPM_PREPEND_NEVER, SPM_PREPEND_FIRST, SPM_PREPEND_ALWAYS, SPM_PREPEND_NORMALIZER };
 
 /* Token attributes, one bit each, as llama.cpp derives them from tokenizer.ggml.token_type
  * (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte, other undefined). */
@@ -174,6 +183,15 @@ struct finch_tokenizer {
                                 * byte fallback */
     bool fuse_unk;             /* with unk_missing: adjacent unknown symbols give one token */
     int32_t unk_model;         /* with unk_missing: tokenizer.json's model.unk_token, or -1 */
+    bool byte_fallback;        /* tokenizer.json SentencePiece style: a character (BPE) or an
+                                * unknown segment (Unigram) becomes its <0xXX> tokens */
+    int spm_prepend;           /* SPM_PREPEND_*: where hf_spm.c puts a space marker */
+    bool spm_split;            /* Metaspace split: each word (from one marker to the next) is
+                                * encoded on its own */
+    double *uni_scores;        /* (V) Unigram piece scores, NaN for ids that are no piece;
+                                * NULL for other types */
+    double uni_unk_score;      /* Unigram: the score of an unknown character */
+    size_t max_piece_len;      /* Unigram: the longest piece, in bytes */
     uint8_t *strip;            /* (V) STRIP_* bits of special tokens, or NULL when none has any */
 
     char *pre_name;      /* tokenizer.ggml.pre as written ("default" when absent) */
@@ -256,6 +274,22 @@ extern const tok_model finch_tok_bpe;
  * needs tok->scores and a token for every byte (<0xXX>, else the byte itself), which the
  * loader checks, and every token of type byte spelled <0xXX>. */
 extern const tok_model finch_tok_spm;
+
+/* The decoded piece of a SentencePiece-style token (for finch_tok_set_pieces): a normal
+ * token its text with U+2581 as a space, a byte token (spelled <0xXX>) its byte, control,
+ * unknown and user-defined tokens their text, others nothing. */
+size_t finch_tok_spm_piece(const finch_tokenizer *tok, int32_t id, char *out);
+
+/* Writes text[0..len) to out as SentencePiece sees it: a U+2581 in front when prefix is set,
+ * every space (0x20) as U+2581. out holds 3 * (len + 1) bytes; returns the bytes written. */
+size_t finch_tok_spm_mark(char *out, const char *text, size_t len, bool prefix);
+
+/* SentencePiece-style tokenizer.json models as the tokenizers library runs them (hf_spm.c):
+ * BPE merged by rank over characters with byte fallback, and Unigram (Viterbi over
+ * tok->uni_scores). Both read tok->spm_prepend, spm_split, byte_fallback, unk_model and
+ * fuse_unk, which hf_json.c sets. */
+extern const tok_model finch_tok_hf_bpe;
+extern const tok_model finch_tok_unigram;
 
 /* ---- vocab.c ------------------------------------------------------------------------ */
 

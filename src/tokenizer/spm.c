@@ -56,9 +56,8 @@ static uint8_t byte_of(const finch_tokenizer *tok, int32_t id) {
 }
 
 /* The piece of token id, as llama.cpp's token_to_piece caches it with special tokens
- * rendered: normal tokens with U+2581 as a space, byte tokens their byte, control, unknown
- * and user-defined tokens their text, others nothing. */
-static size_t spm_piece(const finch_tokenizer *tok, int32_t id, char *out) {
+ * rendered (internal.h). */
+size_t finch_tok_spm_piece(const finch_tokenizer *tok, int32_t id, char *out) {
     uint32_t n = tok->text_len[id];
     const char *t = tok->text_blob + tok->text_off[id];
     uint8_t a = tok->attr[id];
@@ -102,7 +101,7 @@ static finch_status spm_load_tables(finch_tokenizer *tok, finch_err *err) {
         FINCH_ASSERT(tok->byte_tok[b] >= 0); /* the loader refuses a vocabulary without */
         tok->single_tok[b] = -1;
     }
-    return finch_tok_set_pieces(tok, spm_piece, err);
+    return finch_tok_set_pieces(tok, finch_tok_spm_piece, err);
 }
 
 /* ---- per-call scratch --------------------------------------------------------------- */
@@ -182,25 +181,29 @@ static bool encode_run(const finch_tokenizer *tok, scratch *sc, size_t n, tok_id
     return true;
 }
 
+size_t finch_tok_spm_mark(char *out, const char *text, size_t len, bool prefix) {
+    size_t o = 0;
+    if (prefix) {
+        memcpy(out, SPACE_MARK, 3);
+        o = 3;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == ' ') {
+            memcpy(out + o, SPACE_MARK, 3);
+            o += 3;
+        } else {
+            out[o++] = text[i];
+        }
+    }
+    return o;
+}
+
 /* Writes the run (at most SPM_MAX_RUN bytes) to sc->text as SentencePiece sees it: the
  * prefix space when asked for, every space as U+2581. Returns its length, or 0 when memory
  * runs out. */
 static size_t escape_run(scratch *sc, const char *text, size_t len, bool prefix) {
     if (!finch_tok_grow((void **)&sc->text, &sc->text_cap, 3 * (len + 1), 1)) return 0;
-    size_t o = 0;
-    if (prefix) {
-        memcpy(sc->text, SPACE_MARK, 3);
-        o = 3;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ') {
-            memcpy(sc->text + o, SPACE_MARK, 3);
-            o += 3;
-        } else {
-            sc->text[o++] = text[i];
-        }
-    }
-    return o;
+    return finch_tok_spm_mark(sc->text, text, len, prefix);
 }
 
 /* The longest run of text between special tokens: its escaped form (three bytes per byte

@@ -432,6 +432,7 @@ void finch_tokenizer_free(finch_tokenizer *tok) {
     free(tok->index);
     free(tok->merges);
     free(tok->scores);
+    free(tok->uni_scores);
     free(tok->specials);
     free(tok->strip);
     free(tok->pre_name);

@@ -64,18 +64,10 @@ static void check_against_library(const char *name, bool with_config) {
         bool dec_ok = dlen == json_string_length(want_dec) &&
                       memcmp(dec, json_string_value(want_dec), dlen) == 0;
         if ((!ok || !dec_ok) && bad++ < 5) {
-            fprintf(stderr, "%s, text %zu ", name, i);
-            tt_print_bytes(stderr, text, len, 80);
-            fputc('\n', stderr);
-            tt_print_ids(stderr, "tokenizers", want, n_want);
-            tt_print_ids(stderr, "finch     ", got, n_got);
+            tt_print_hf_mismatch(name, i, text, len, want, n_want, got, n_got, dec_ok ? NULL : dec,
+                                 dlen);
             tt_print_ids(stderr, "tokenizers +special", want_add, n_want_add);
             tt_print_ids(stderr, "finch      +special", got_add, n_got_add);
-            if (!dec_ok) {
-                fputs("    decoded: ", stderr);
-                tt_print_bytes(stderr, dec, dlen, 80);
-                fputc('\n', stderr);
-            }
         }
         free(dec);
         free(want);

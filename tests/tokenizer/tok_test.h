@@ -73,6 +73,23 @@ static inline void tt_print_ids(FILE *f, const char *label, const int32_t *ids, 
     fputc('\n', f);
 }
 
+/* Prints a line on which finch differs from the tokenizers library: the tokenizer's name,
+ * the line's number and text, both id lists, and finch's decoding when dec is not NULL. */
+static inline void tt_print_hf_mismatch(const char *name, size_t i, const char *text, size_t len,
+                                        const int32_t *want, int64_t n_want, const int32_t *got,
+                                        int64_t n_got, const char *dec, size_t dlen) {
+    fprintf(stderr, "%s, text %zu ", name, i);
+    tt_print_bytes(stderr, text, len, 80);
+    fputc('\n', stderr);
+    tt_print_ids(stderr, "tokenizers", want, n_want);
+    tt_print_ids(stderr, "finch     ", got, n_got);
+    if (dec) {
+        fputs("    decoded: ", stderr);
+        tt_print_bytes(stderr, dec, dlen, 80);
+        fputc('\n', stderr);
+    }
+}
+
 static inline bool tt_same_ids(const int32_t *a, int64_t na, const int32_t *b, int64_t nb) {
     return na == nb && (na == 0 || memcmp(a, b, (size_t)na * sizeof *a) == 0);
 }

@@ -25,8 +25,9 @@ for t in "$@"; do
   rc=$?
   set -e
   read -r user sys <"$work/time" || true
-  stats=$(grep -E "^#[0-9]+ +DONE" "$work/log" | tail -1)
-  echo "$t: rc $rc, cpu $(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.0f", u + s}') s, $stats"
+  stats=$( (grep -E "^#[0-9]+[[:space:]]+DONE" "$work/log" || true) | tail -1)
+  runs=$( (grep -E "^Done [0-9]+ runs" "$work/log" || true) | tail -1)
+  echo "$t: rc $rc, cpu $(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.0f", u + s}') s, $runs; $stats"
   if [ "$rc" -ne 0 ]; then
     echo "$t: finding in $work/crashes (log $work/log)" >&2
     exit 1

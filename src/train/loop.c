@@ -109,22 +109,6 @@ static finch_status check_options(const finch_model *m, const finch_train_option
     return FINCH_OK;
 }
 
-/* Appends one JSON object line to metrics.jsonl (one write: a crash or a full disk loses
- * at most that line, never leaves half of it). A NULL file logs nothing. */
-static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...) {
-    if (!f || !f->path) return FINCH_OK;
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
-    FINCH_ASSERT(n > 0 && (size_t)n < sizeof line - 1);
-    line[n++] = '\n';
-    return finch_file_append(f, line, (size_t)n, err);
-}
-
 /* *out = the mean loss over a token set, in batches of B rows of T (forward only). With
  * several MPI ranks, batch j is computed by rank j % procs and the per-batch sums are
  * added in batch order after an allreduce, so every rank gets the bits one process gets. */
@@ -637,15 +621,15 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
     const finch_train_options *o = r->o;
     const int64_t step = pr->step;
     finch_status st;
-    char extra[512] = ""; /* DPO's rewards */
+    char extra[512] = "", line[1024]; /* DPO's rewards; a metrics line */
     if (r->dpo) finch_dpo_stats_json(&r->dstats, "", extra, sizeof extra);
     if (o->log_steps && (step % o->log_steps == 0 || step == r->total) &&
-        (st = metric_line(&r->metrics, err,
-                          "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
-                          "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s}",
-                          (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
-                          (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts),
-                          extra)))
+        (st = finch_metrics_line(
+             &r->metrics, line, sizeof line, err,
+             "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
+             "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s}",
+             (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
+             (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts), extra)))
         return st;
     if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
         finch_batch eb = r->batch; /* B rows of the global micro-batch's buffers */
@@ -664,8 +648,9 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                    finch_tokenizer_eos(r->m->tok), &pr->val_loss, err))) {
             return st;
         }
-        if ((st = metric_line(&r->metrics, err, "{\"step\": %lld, \"val_loss\": %.6f%s}",
-                              (long long)step, pr->val_loss, extra)))
+        if ((st = finch_metrics_line(&r->metrics, line, sizeof line, err,
+                                     "{\"step\": %lld, \"val_loss\": %.6f%s}", (long long)step,
+                                     pr->val_loss, extra)))
             return st;
     }
     if (on_progress && r->rank == 0) on_progress(pr, user);
@@ -798,9 +783,9 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     if (r.rank == 0) finch_checkpoint_clean(o->out_dir); /* temporaries of a killed save */
     if ((st = prepare_data(&r, err)) || (st = prepare_method(&r, err))) goto done;
     epoch_order(r.order, units(&r.ts), o->seed, r.pos.epoch);
-    char mpath[4096];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);
-    if (r.rank == 0 && (st = finch_file_append_open(mpath, !o->resume_dir, &r.metrics, err)))
+    /* a resumed run's log is cut back to the checkpoint's step: the steps after it run again */
+    if (r.rank == 0 &&
+        (st = finch_metrics_open(o->out_dir, o->resume_dir ? r.pos.step : -1, &r.metrics, err)))
         goto done;
     const int64_t n_train = r.par->total, n_total = m->cfg.n_params;
     if (r.rank == 0) {

@@ -5,7 +5,7 @@
  * of the trainable tensors, their exact f32 values, AdamW's m and v, the step, the
  * data position and the number of data-parallel ranks), written into a temporary
  * directory that is renamed into place, so a crash never leaves a half-written checkpoint
- * under its final name. And the DPO objective (dpo.c).
+ * under its final name. metrics.jsonl (metrics.c). And the DPO objective (dpo.c).
  */
 #ifndef FINCH_TRAIN_H
 #define FINCH_TRAIN_H
@@ -42,6 +42,21 @@ finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err
  * the highest step is taken. Errors name the file and what does not match. */
 finch_status finch_checkpoint_load(const char *path, finch_params *params, float *m, float *v,
                                    finch_train_pos *pos, finch_err *err);
+
+/* ---- metrics.jsonl (metrics.c) ------------------------------------------------------ */
+
+/* Opens out_dir/metrics.jsonl for appending: emptied for a new run (resume_step < 0); for
+ * a run resumed from the checkpoint of step resume_step, first cut back (atomically) to
+ * its lines of steps up to resume_step, a torn last line dropped too, so that the steps run
+ * again are not logged twice. FINCH_E_IO naming the file. */
+finch_status finch_metrics_open(const char *out_dir, int64_t resume_step, finch_append_file *out,
+                                finch_err *err);
+
+/* Appends one line, fmt's JSON object, formatted in buf (cap bytes, enough for every line
+ * the caller writes: a longer one is a bug) with one write. A closed f (no path: not rank
+ * 0) logs nothing. */
+finch_status finch_metrics_line(finch_append_file *f, char *buf, size_t cap, finch_err *err,
+                                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* ---- DPO (dpo.c) --------------------------------------------------------------------- */
 

@@ -131,6 +131,44 @@ static void test_resume_exact(void **state) {
     resume_exact(false);
 }
 
+/* A run killed after it logged steps past its last checkpoint (simulated: the run ends,
+ * then its checkpoints after step 3 are removed and a torn line is appended, as a kill
+ * inside a write leaves one) resumes from step 3 with metrics.jsonl cut back to step 3: no
+ * step is logged twice, and log and adapter equal the uninterrupted run's. */
+static void test_resume_metrics_not_doubled(void **state) {
+    (void)state;
+    char a[300], b[300], cmd[1200];
+    snprintf(a, sizeof a, "%s/metrics_a", dir);
+    snprintf(b, sizeof b, "%s/metrics_b", dir);
+    finch_err err;
+    finch_train_options o = opts(a);
+    o.save_steps = 3;
+    o.eval_steps = 2;
+    o.val_path = data;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    o.out_dir = b;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    snprintf(cmd, sizeof cmd, "rm -r %s/checkpoint-6 %s/checkpoint-8 && printf '{\"step\": 9, \"lo' >> %s/metrics.jsonl", b, b, b);
+    assert_int_equal(system(cmd), 0);
+    o.resume_dir = b;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    char *m = metrics_of(b);
+    int lines = 0;
+    for (char *p = m; (p = strstr(p, "{\"step\": 4, \"loss\"")); p++) lines++;
+    assert_int_equal(lines, 1);
+    assert_null(strstr(m, "\"step\": 9"));
+    free(m);
+    const char *files[] = {"adapter_model.safetensors"};
+    same_runs(a, b, files, 1);
+    /* a fresh run (no --resume) into the same directory starts a new log */
+    o.resume_dir = NULL;
+    o.max_steps = 2;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    m = metrics_of(b);
+    assert_null(strstr(m, "\"step\": 3,"));
+    free(m);
+}
+
 /* --save-total-limit 2 with a checkpoint every step keeps the newest two, and the run
  * resumes from the latest. */
 static void test_save_total_limit(void **state) {
@@ -580,6 +618,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_exact), cmocka_unit_test(test_resume_exact_methods),
                                        cmocka_unit_test(test_save_total_limit),
+                                       cmocka_unit_test(test_resume_metrics_not_doubled),
                                        cmocka_unit_test(test_learns),
                                        cmocka_unit_test(test_resume_exact_packed),
                                        cmocka_unit_test(test_learns_packed),

@@ -551,11 +551,38 @@ FINCH_API finch_status finch_method_check_option(const char *method, const char 
 FINCH_API int finch_method_options_resolved(const char *method, const finch_option *given,
                                             int n_given, finch_option *out, int cap);
 
-/* A fine-tuning run (plain data; start from finch_train_defaults()). Names follow the
- * Hugging Face flags they mirror. */
+/* The most training files a multi-task mixture holds. */
+#define FINCH_MAX_TASKS 128
+
+/* One training file of a multi-task mixture (FLAN's recipe) and its sampling weight. */
 typedef struct {
-    finch_data_spec data;     /* training set (and how it becomes tokens) */
-    const char *val_path;     /* validation JSONL, or NULL */
+    const char *path; /* JSONL file; its format is detected on its own unless data.format */
+    double weight;    /* > 0; the weights are normalised over the files */
+} finch_data_source;
+
+/* Splits a training-file argument, "FILE" or "FILE:WEIGHT", into path (cap bytes) and
+ * *weight (1 without a weight). An argument that names an existing file is taken whole,
+ * even when it ends in ':' and a number; otherwise what follows the last ':' is the weight
+ * when it holds no '/', and must be a number > 0. FINCH_E_USAGE naming the argument
+ * otherwise. */
+FINCH_API finch_status finch_data_source_parse(const char *arg, char *path, size_t cap,
+                                               double *weight, finch_err *err);
+
+/* A fine-tuning run (plain data; start from finch_train_defaults()). Names follow the
+ * Hugging Face flags they mirror.
+ *
+ * A multi-task mixture (sources, n_sources > 0) trains on several files at once: each is
+ * read and tokenized on its own (format detected per file; data's other fields apply to
+ * each, max_examples per file), and every slot of an epoch (an epoch: as many examples as
+ * all files hold together) draws a file with probability weight / sum of weights, seeded
+ * by the run's seed, then takes that file's next example in its own shuffled order,
+ * reshuffled when used up. val_fraction holds out that fraction of each file. */
+typedef struct {
+    finch_data_spec data;             /* training set (and how it becomes tokens); data.path NULL
+                                         with sources */
+    const finch_data_source *sources; /* a multi-task mixture of n_sources files, or NULL */
+    int n_sources;                    /* (0: the one file data.path) */
+    const char *val_path;             /* validation JSONL, or NULL */
     double val_fraction;      /* without val_path: hold out this fraction of data (0: none) */
     int64_t val_max_examples; /* validation examples scored at each evaluation (0: all) */
     const char *method;       /* a method's name (finch_method_name): "lora" (default) */
@@ -614,6 +641,10 @@ typedef struct {
     int ranks;            /* data-parallel ranks (MPI processes, or simulate_ranks) */
     int64_t global_batch; /* examples (DPO: pairs) per optimizer step: batch_size x
                              grad_accum x ranks */
+    int n_tasks;          /* training files (1 without a mixture) */
+    const char *const *task_names; /* each file's name in metrics.jsonl (its base name without
+                                      .jsonl); borrowed for the call */
+    const int64_t *task_seen;      /* examples (DPO: pairs) of each trained so far */
 } finch_train_progress;
 
 /* ---------------------------------------------------------------------------------- */

@@ -24,9 +24,11 @@
 static const char usage_text[] =
     "usage: finch train [-m MODEL] --data FILE --out DIR [options]\n"
     "data:\n"
-    "  --data FILE            training JSONL (prompt/completion, Alpaca, Dolly or chat lines;\n"
-    "                         {\"prompt\", \"chosen\", \"rejected\"} pairs with --objective dpo)\n"
-    "  --val FILE             validation JSONL (or --val-fraction F of the training data)\n"
+    "  --data FILE[:WEIGHT]   training JSONL (prompt/completion, Alpaca, Dolly or chat lines;\n"
+    "                         {\"prompt\", \"chosen\", \"rejected\"} pairs with --objective dpo);\n"
+    "                         repeat for a multi-task mixture: each example slot draws a file\n"
+    "                         by WEIGHT (default 1, normalised), then its next example\n"
+    "  --val FILE             validation JSONL (or --val-fraction F of each training file)\n"
     "  --format NAME          auto (default), completion, alpaca, dolly, chat, preference\n"
     "  --template TEXT        prompt template with {field} placeholders (repeatable: sampled)\n"
     "  --chat                 wrap prompts in the model's chat template\n"
@@ -119,14 +121,17 @@ static void progress(const finch_train_progress *p, void *user) {
                  (long long)p->global_batch, p->ranks);
     if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
         !isnan(p->val_loss)) {
-        char dpo[160] = "";
+        char dpo[160] = "", tasks[512] = ""; /* a mixture's examples per file (cut when long) */
         if (!isnan(p->rewards_accuracy))
             snprintf(dpo, sizeof dpo, " | rewards/accuracies %.2f | rewards/margins %.4f",
                      p->rewards_accuracy, p->rewards_margin);
+        for (int k = 0, n = 0; p->n_tasks > 1 && k < p->n_tasks && n < (int)sizeof tasks; k++)
+            n += snprintf(tasks + n, sizeof tasks - (size_t)n, "%s %s %lld", k ? "," : " | tasks",
+                          p->task_names[k], (long long)p->task_seen[k]);
         fprintf(stderr,
-                "%sstep %lld/%lld | loss %.4f (avg %.4f)%s | lr %.2e | %.0f tok/s%s | ETA %s%s",
+                "%sstep %lld/%lld | loss %.4f (avg %.4f)%s | lr %.2e | %.0f tok/s%s%s | ETA %s%s",
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
-                p->loss_smooth, dpo, p->lr, p->tokens_per_s, ranks, eta, tty ? "" : "\n");
+                p->loss_smooth, dpo, p->lr, p->tokens_per_s, ranks, tasks, eta, tty ? "" : "\n");
     }
     if (!isnan(p->val_loss) && !isnan(p->val_accuracy))
         fprintf(stderr, "%sstep %lld: validation loss %.4f, rewards/accuracies %.4f\n",
@@ -144,10 +149,30 @@ typedef struct {
     cli_quant quant;
     long threads;
     const char *templates[16];
+    finch_data_source sources[FINCH_MAX_TASKS]; /* --data, in order */
+    int n_sources;
+    bool sources_from_config;                           /* a --data flag then replaces them */
     char *owned[256];                                   /* strings copied out of the config file */
     const char *option_where[FINCH_MAX_METHOD_OPTIONS]; /* "FILE: " or "" per method option */
     int n_owned;
 } settings;
+
+/* Appends a training file with its weight (checked > 0); path is copied. */
+static int add_source(settings *s, const char *path, double weight, const char *where) {
+    if (s->sources_from_config != (*where != 0)) { /* the command line's replace the config's */
+        s->n_sources = 0;
+        s->sources_from_config = *where != 0;
+    }
+    if (s->n_sources == FINCH_MAX_TASKS)
+        return cli_usage_error("train", "%s--data: at most %d files", where, FINCH_MAX_TASKS);
+    if (!(weight > 0) || !isfinite(weight))
+        return cli_usage_error("train", "%s--data %s: weight %g: must be > 0", where, path, weight);
+    char *own = s->n_owned < 256 ? strdup(path) : NULL;
+    if (!own) return cli_usage_error("train", "%stoo many settings", where);
+    s->owned[s->n_owned++] = own;
+    s->sources[s->n_sources++] = (finch_data_source){own, weight};
+    return 0;
+}
 
 static int set(settings *s, const char *name, const char *v, const char *where) {
     finch_train_options *o = &s->o;
@@ -184,9 +209,15 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
     if (q) return q < 0 ? EXIT_USAGE : 0;
     if (!strcmp(key, "model") || !strcmp(key, "m"))
         STR(s->model);
-    else if (!strcmp(key, "data"))
-        STR(o->data.path);
-    else if (!strcmp(key, "val"))
+    else if (!strcmp(key, "data")) {
+        NEED();
+        char path[4096];
+        double w;
+        finch_err err;
+        if (finch_data_source_parse(v, path, sizeof path, &w, &err))
+            return cli_usage_error("train", "%s%s", where, err.msg);
+        return add_source(s, path, w, where);
+    } else if (!strcmp(key, "val"))
         STR(o->val_path);
     else if (!strcmp(key, "val-fraction"))
         NUM(o->val_fraction, 0, 0.99);
@@ -283,6 +314,31 @@ static bool is_switch(const char *key) {
     return cli_quant_is_switch(key) || finch_method_option_kind(key) == 2;
 }
 
+/* The config's "data" as a list of training files: "FILE[:WEIGHT]" strings, as --data
+ * takes them, or {"path": FILE, "weight": W} objects. */
+static int config_data(settings *s, json_t *list, const char *where) {
+    size_t i;
+    json_t *e;
+    if (!json_array_size(list))
+        return cli_usage_error("train", "%s\"data\": an empty list of training files", where);
+    json_array_foreach(list, i, e) {
+        const char *key;
+        json_t *v, *path = json_object_get(e, "path"), *w = json_object_get(e, "weight");
+        int bad = !json_is_string(e) && (!json_is_string(path) || (w && !json_is_number(w)));
+        json_object_foreach(e, key, v) bad |= strcmp(key, "path") && strcmp(key, "weight");
+        if (bad)
+            return cli_usage_error("train",
+                                   "%s\"data\" entry %zu: expected \"FILE[:WEIGHT]\" or "
+                                   "{\"path\": FILE, \"weight\": NUMBER}",
+                                   where, i + 1);
+        int rc = json_is_string(e) ? set(s, "data", json_string_value(e), where)
+                                   : add_source(s, json_string_value(path),
+                                                w ? json_number_value(w) : 1.0, where);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 static int read_config(settings *s, const char *path) {
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
@@ -304,6 +360,10 @@ static int read_config(settings *s, const char *path) {
         if (rc) break;
         char buf[64];
         const char *v = NULL;
+        if (!strcmp(key, "data") && json_is_array(val)) {
+            rc = config_data(s, val, where) ? EXIT_USAGE : 0;
+            continue;
+        }
         if (is_switch(key)) {
             if (!json_is_boolean(val)) {
                 fprintf(stderr, "finch: error: %s: \"%s\" must be true or false\n", path, key);
@@ -374,7 +434,15 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
         B("bnb_4bit_use_double_quant", s->quant.double_quant);
         S("bnb_4bit_quant_type", s->quant.quant_type);
     }
-    S("data", d->path);
+    if (s->n_sources == 1 && s->sources[0].weight == 1) {
+        S("data", s->sources[0].path);
+    } else { /* a mixture: as --config takes it */
+        json_t *list = json_array();
+        for (int k = 0; k < s->n_sources; k++)
+            json_array_append_new(list, json_pack("{s:s, s:f}", "path", s->sources[k].path,
+                                                  "weight", s->sources[k].weight));
+        json_object_set_new(j, "data", list);
+    }
     S("val", o->val_path);
     F("val_fraction", o->val_fraction);
     I("val_max_examples", o->val_max_examples);
@@ -496,10 +564,12 @@ int cmd_train(int argc, char **argv) {
                                  err.msg);
     }
     if (rc) goto done;
-    if (!s.o.data.path) {
+    if (!s.n_sources) {
         rc = cli_usage_error("train", "no training data: give --data FILE");
         goto done;
     }
+    s.o.sources = s.sources;
+    s.o.n_sources = s.n_sources;
     if (!s.o.out_dir) {
         rc = cli_usage_error("train", "no output directory: give --out DIR");
         goto done;

@@ -3,7 +3,8 @@
  * checkpoints. A checkpoint is a directory checkpoint-<step>/ holding the method's result
  * (an adapter in the PEFT layout, or a model) and trainer_state.bin (the names and shapes
  * of the trainable tensors, their exact f32 values, AdamW's m and v, the step, the
- * data position and the number of data-parallel ranks), written into a temporary
+ * data position, the number of data-parallel ranks and the mixture's sampler state),
+ * written into a temporary
  * directory that is renamed into place, so a crash never leaves a half-written checkpoint
  * under its final name. metrics.jsonl (metrics.c). And the DPO objective (dpo.c).
  */
@@ -21,6 +22,15 @@ typedef struct {
     int64_t epoch; /* passes over the training set completed */
     uint64_t seed; /* the run's seed (data order, dropout) */
     int32_t ranks; /* data-parallel ranks whose slices make each micro-batch (1: one process) */
+    /* the training files: how many (0 read from a checkpoint older than mixtures: one),
+     * each one's units (examples, or pairs) and weight, the units each gave the orders of
+     * the epochs before the current one (the sampler's state, finch_mix_order's drawn) and
+     * the units of each trained so far */
+    int32_t n_tasks;
+    int64_t task_units[FINCH_MAX_TASKS];
+    double task_weight[FINCH_MAX_TASKS];
+    int64_t drawn[FINCH_MAX_TASKS];
+    int64_t seen[FINCH_MAX_TASKS];
 } finch_train_pos;
 
 /* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's

@@ -163,6 +163,76 @@ static void test_real_model(void **state) {
     EXPECT(args, NULL, 0, "Paris");
 }
 
+/* --data FILE:WEIGHT, repeated: a mixture, its counts in the progress lines, metrics.jsonl and
+ * run.json; the same as a --config list of strings or objects, which --data flags replace;
+ * bad weights, a missing file and bad config entries. */
+static void test_train_mixture(void **state) {
+    (void)state;
+    char args[8192], a[512], b[512], cfg[512], outdir[512];
+    snprintf(a, sizeof a, "%s/mix_a.jsonl", tmpdir);
+    snprintf(b, sizeof b, "%s/mix_b.jsonl", tmpdir);
+    FILE *f = fopen(a, "w");
+    for (int i = 0; i < 8; i++) fprintf(f, "{\"prompt\": \"n %d:\", \"completion\": \" %d\"}\n", i, i * 2);
+    fclose(f);
+    f = fopen(b, "w");
+    for (int i = 0; i < 4; i++) fprintf(f, "{\"prompt\": \"m %d:\", \"completion\": \" %d\"}\n", i, i + 1);
+    fclose(f);
+    snprintf(outdir, sizeof outdir, "%s/mix", tmpdir);
+    const char *common = "--max-steps 3 --batch-size 2 --log-steps 1 -t 1";
+    snprintf(args, sizeof args, "train -m " TINY " --data %s:0.7 --data %s:0.3 --out %s %s", a, b, outdir, common);
+    EXPECT(args, NULL, 0, "| tasks mix_a ");
+    assert_non_null(strstr(out, "step 3/3"));
+    char *m = read_text_in(outdir, "metrics.jsonl");
+    assert_non_null(strstr(m, "\"step\": 3, "));
+    assert_non_null(strstr(m, "\"tasks\": {\"mix_a\": "));
+    free(m);
+    m = read_text_in(outdir, "run.json");
+    assert_non_null(strstr(m, "\"weight\": 0.7"));
+    assert_non_null(strstr(m, "\"weight\": 0.3"));
+    free(m);
+    const struct {
+        const char *suffix, *fragment;
+        int code;
+    } bad[] = {{":abc", "is not a weight", 2}, {":0", "weight 0: must be > 0", 2},
+               {":-2", "weight -2: must be > 0", 2}, {".missing:0.5", ".missing: cannot open", 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(args, sizeof args, "train -m " TINY " --data %s --data %s%s --out %s %s", a, b,
+                 bad[i].suffix, outdir, common);
+        EXPECT(args, NULL, bad[i].code, bad[i].fragment);
+    }
+    /* the config's list, strings and objects; flags replace it */
+    snprintf(cfg, sizeof cfg, "%s/mix.json", tmpdir);
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"data\": [\"%s:2\", {\"path\": \"%s\", \"weight\": 1}]}", a, b);
+    fclose(f);
+    snprintf(args, sizeof args, "train -m " TINY " --config %s --out %s %s", cfg, outdir, common);
+    EXPECT(args, NULL, 0, "| tasks mix_a ");
+    m = read_text_in(outdir, "run.json");
+    assert_non_null(strstr(m, "\"weight\": 2"));
+    free(m);
+    snprintf(args, sizeof args, "train -m " TINY " --config %s --data %s --out %s %s", cfg, a, outdir, common);
+    EXPECT(args, NULL, 0, "adapter written to");
+    assert_null(strstr(out, "| tasks"));
+    m = read_text_in(outdir, "metrics.jsonl");
+    assert_null(strstr(m, "\"tasks\""));
+    free(m);
+    const struct {
+        const char *json, *fragment;
+    } cfgs[] = {{"{\"data\": [3]}", "\"data\" entry 1: expected"},
+                {"{\"data\": [{\"path\": \"x.jsonl\", \"wieght\": 2}]}", "\"data\" entry 1: expected"},
+                {"{\"data\": [{\"path\": \"x.jsonl\", \"weight\": \"2\"}]}", "\"data\" entry 1"},
+                {"{\"data\": [{\"path\": \"x.jsonl\", \"weight\": 0}]}", "--data x.jsonl: weight 0"},
+                {"{\"data\": []}", "an empty list of training files"},
+                {"{\"data\": [\"x.jsonl:y\"]}", "'y' is not a weight"}};
+    for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
+        f = fopen(cfg, "w");
+        fputs(cfgs[i].json, f);
+        fclose(f);
+        snprintf(args, sizeof args, "train -m " TINY " --config %s --out %s %s", cfg, outdir, common);
+        EXPECT(args, NULL, 2, cfgs[i].fragment);
+    }
+}
+
 static void test_train_flags(void **state) {
     (void)state;
     char args[8192], data[512], cfg[512], outdir[512];
@@ -416,6 +486,7 @@ int main(void) {
         cmocka_unit_test(test_info_tiny),
         cmocka_unit_test(test_real_model),
         cmocka_unit_test(test_train_flags),
+        cmocka_unit_test(test_train_mixture),
         cmocka_unit_test(test_compare_methods),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -601,17 +601,25 @@ typedef struct {
     double max_grad_norm;     /* global clipping; 0: off (1.0) */
     uint64_t seed;            /* data order, dropout, the method's initialisation (42) */
     int64_t save_steps;       /* checkpoint every N steps; 0: only at the end */
-    int64_t save_total_limit; /* keep the newest N checkpoints, deleting older ones (0: all) */
+    int64_t save_total_limit; /* keep the newest N checkpoints, deleting older ones (0: all;
+                                 with load_best_model_at_end the best is kept too) */
     int64_t eval_steps;       /* validation loss every N steps; 0: only at the end */
-    int64_t log_steps;        /* a metrics line every N steps (10) */
-    const char *out_dir;      /* where the adapter (or model), checkpoints and metrics go */
-    const char *resume_dir;   /* continue from this checkpoint (or run directory), or NULL */
-    const char *objective;    /* "sft" (NULL: the default, cross-entropy on completions) or
-                                 "dpo" (preference pairs, TRL's sigmoid DPO loss) */
-    double beta;              /* DPO's beta (0.1) */
-    int simulate_ranks;       /* in one process, compute what this many data-parallel ranks
-                                 would: each micro-batch is that many slices of batch_size
-                                 rows, their gradients summed in rank order (0 or 1: off) */
+    int64_t early_stopping_patience; /* stop once the validation loss has not improved for this
+                                        many evaluations in a row (0: never); needs eval_steps
+                                        and validation data */
+    double early_stopping_threshold; /* an improvement is a fall of more than this (0) */
+    int load_best_model_at_end;      /* the result is the checkpoint with the lowest validation
+                                        loss, which save_total_limit never deletes; needs
+                                        eval_steps, save_steps a multiple of it, validation data */
+    int64_t log_steps;               /* a metrics line every N steps (10) */
+    const char *out_dir;             /* where the adapter (or model), checkpoints and metrics go */
+    const char *resume_dir;          /* continue from this checkpoint (or run directory), or NULL */
+    const char *objective;           /* "sft" (NULL: the default, cross-entropy on completions) or
+                                        "dpo" (preference pairs, TRL's sigmoid DPO loss) */
+    double beta;                     /* DPO's beta (0.1) */
+    int simulate_ranks;              /* in one process, compute what this many data-parallel ranks
+                                        would: each micro-batch is that many slices of batch_size
+                                        rows, their gradients summed in rank order (0 or 1: off) */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);
@@ -641,6 +649,9 @@ typedef struct {
     int ranks;            /* data-parallel ranks (MPI processes, or simulate_ranks) */
     int64_t global_batch; /* examples (DPO: pairs) per optimizer step: batch_size x
                              grad_accum x ranks */
+    double best_metric;   /* the lowest validation loss so far (NaN before an evaluation) */
+    int64_t best_step;    /* the step it was measured at (0 before) */
+    int stopped_early;    /* 1 at the step after which early stopping ends the run */
     int n_tasks;          /* training files (1 without a mixture) */
     const char *const *task_names; /* each file's name in metrics.jsonl (its base name without
                                       .jsonl); borrowed for the call */
@@ -680,7 +691,10 @@ FINCH_API int finch_dist_built(void);
  * on_progress (may be NULL) sees each step; should_stop (may be NULL) is polled between
  * steps: when it returns non-zero a checkpoint is written and FINCH_E_INTERRUPTED
  * returned. A non-finite loss stops the run with FINCH_E_RANGE, keeping the last good
- * checkpoint. The model is left without the adapter attached. */
+ * checkpoint. Early stopping (early_stopping_patience) ends the run with FINCH_OK after the
+ * evaluation that used up the patience, with a checkpoint of that step; a resumed run that
+ * had stopped so ends at once (give a larger patience to go on). The model is left without
+ * the adapter attached. */
 FINCH_API finch_status finch_train(finch_model *model, const finch_train_options *opt,
                                    void (*on_progress)(const finch_train_progress *p, void *user),
                                    int (*should_stop)(void *user), void *user, finch_err *err);

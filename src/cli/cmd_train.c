@@ -54,6 +54,12 @@ static const char usage_text[] =
     "  --out DIR              adapter, checkpoints and metrics.jsonl go here\n"
     "  --save-steps N  --eval-steps N  --log-steps N (10)  --val-max-examples N\n"
     "  --save-total-limit N   keep the newest N checkpoints (default: all)\n"
+    "  --early-stopping-patience N  stop when the validation loss has not improved for N\n"
+    "                         evaluations in a row (needs --eval-steps and validation data)\n"
+    "  --early-stopping-threshold T  an improvement is a fall of more than T (0)\n"
+    "  --load-best-model-at-end  the result is the checkpoint with the lowest validation\n"
+    "                         loss, never deleted by --save-total-limit (--save-steps a\n"
+    "                         multiple of --eval-steps)\n"
     "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
     "  --config FILE          settings as a JSON object; flags override it\n"
     "  --load-in-4bit         QLoRA: quantize the base's projections to NF4 at load (an f32,\n"
@@ -106,6 +112,9 @@ static void fmt_time(char *buf, size_t n, double s) {
 typedef struct {
     bool tty;
     int64_t n_trainable, n_total; /* -1 until the first step */
+    double best_metric;           /* the lowest validation loss, at best_step (0: none) */
+    int64_t best_step;
+    bool stopped_early;
 } progress_state;
 
 static void progress(const finch_train_progress *p, void *user) {
@@ -113,6 +122,9 @@ static void progress(const finch_train_progress *p, void *user) {
     bool tty = ps->tty;
     ps->n_trainable = p->n_trainable;
     ps->n_total = p->n_total;
+    ps->best_metric = p->best_metric;
+    ps->best_step = p->best_step;
+    ps->stopped_early = p->stopped_early;
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
     char ranks[64] = "";
@@ -133,13 +145,17 @@ static void progress(const finch_train_progress *p, void *user) {
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
                 p->loss_smooth, dpo, p->lr, p->tokens_per_s, ranks, tasks, eta, tty ? "" : "\n");
     }
+    char best[64] = "";
+    if (p->best_step && p->best_step != p->step)
+        snprintf(best, sizeof best, " (best %.4f at step %lld)", p->best_metric,
+                 (long long)p->best_step);
     if (!isnan(p->val_loss) && !isnan(p->val_accuracy))
-        fprintf(stderr, "%sstep %lld: validation loss %.4f, rewards/accuracies %.4f\n",
-                tty ? "\n" : "", (long long)p->step, p->val_loss, p->val_accuracy);
+        fprintf(stderr, "%sstep %lld: validation loss %.4f%s, rewards/accuracies %.4f\n",
+                tty ? "\n" : "", (long long)p->step, p->val_loss, best, p->val_accuracy);
     else if (!isnan(p->val_loss))
-        fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)p->step,
-                p->val_loss);
-    if (tty && p->step == p->total_steps) fputc('\n', stderr);
+        fprintf(stderr, "%sstep %lld: validation loss %.4f%s\n", tty ? "\n" : "",
+                (long long)p->step, p->val_loss, best);
+    if (tty && (p->step == p->total_steps || p->stopped_early)) fputc('\n', stderr);
 }
 
 /* Settings are applied as (name, value) pairs, from the config file first, then argv. */
@@ -275,6 +291,12 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         INT(o->save_total_limit, 1, __LONG_MAX__);
     else if (!strcmp(key, "eval-steps"))
         INT(o->eval_steps, 0, __LONG_MAX__);
+    else if (!strcmp(key, "early-stopping-patience"))
+        INT(o->early_stopping_patience, 1, __LONG_MAX__);
+    else if (!strcmp(key, "early-stopping-threshold"))
+        NUM(o->early_stopping_threshold, 0, 1e9);
+    else if (!strcmp(key, "load-best-model-at-end"))
+        o->load_best_model_at_end = 1;
     else if (!strcmp(key, "log-steps"))
         INT(o->log_steps, 0, __LONG_MAX__);
     else if (!strcmp(key, "out"))
@@ -307,8 +329,9 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
 }
 
 static bool is_switch(const char *key) {
-    static const char *const sw[] = {"chat",    "train-on-prompt", "skip-bad",
-                                     "packing", "train_on_prompt", "skip_bad"};
+    static const char *const sw[] = {"chat",     "train-on-prompt",        "skip-bad",
+                                     "packing",  "load-best-model-at-end", "train_on_prompt",
+                                     "skip_bad", "load_best_model_at_end"};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
         if (!strcmp(key, sw[i])) return true;
     return cli_quant_is_switch(key) || finch_method_option_kind(key) == 2;
@@ -493,6 +516,9 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     I("save_steps", o->save_steps);
     I("save_total_limit", o->save_total_limit);
     I("eval_steps", o->eval_steps);
+    I("early_stopping_patience", o->early_stopping_patience);
+    F("early_stopping_threshold", o->early_stopping_threshold);
+    B("load_best_model_at_end", o->load_best_model_at_end);
     I("log_steps", o->log_steps);
     I("ranks", finch_dist_size() > 1   ? finch_dist_size()
                : o->simulate_ranks > 1 ? o->simulate_ranks
@@ -502,6 +528,11 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     if (ps && ps->n_trainable >= 0) { /* known once a step has run */
         I("trainable_params", ps->n_trainable);
         I("total_params", ps->n_total);
+    }
+    if (ps && ps->best_step) { /* the lowest validation loss and its step */
+        F("best_metric", ps->best_metric);
+        I("best_step", ps->best_step);
+        B("stopped_early", ps->stopped_early);
     }
 #undef S
 #undef I

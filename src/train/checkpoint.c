@@ -6,10 +6,13 @@
  *   | i64 n_params | i64 n_tensors | per tensor: u32 name length, name, u32 n_dims,
  *   i64 shape[2] | f32 params[n_params] | AdamW state record (optim/state_io.c) |
  *   | u32 n_tasks | per task: i64 units, f64 weight, i64 drawn, i64 seen |
+ *   | f64 best_metric | i64 best_step | f64 best_ckpt_metric | i64 best_ckpt_step |
+ *   | i64 bad_evals |
  * The tensor table lets a resume check that the run's method lays out its parameters the
  * same way. ranks is the number of data-parallel ranks of the run (its micro-batches are
  * that many slices; 0, written before finch had ranks, reads as 1). The tasks are the
- * training files (finch_train_pos). Version 2 has no tasks (a run of one file); version 1
+ * training files, then come the validation bests and early stopping's counter
+ * (finch_train_pos). Version 2 has no tasks (a run of one file); version 1
  * (LoRA only) had no table either and is read when the count matches. The
  * method's files beside it carry the same parameters for other tools; resuming reads the
  * exact f32 values from trainer_state.bin.
@@ -72,10 +75,17 @@ static finch_status write_state(FILE *f, void *user, finch_err *err) {
             (st = finch_fwrite(f, &seen, 8, s->path, err)))
             return st;
     }
+    const double best[2] = {pos->best_metric, pos->best_ckpt_metric};
+    const int64_t steps[3] = {pos->best_step, pos->best_ckpt_step, pos->bad_evals};
+    if ((st = finch_fwrite(f, &best[0], 8, s->path, err)) ||
+        (st = finch_fwrite(f, &steps[0], 8, s->path, err)) ||
+        (st = finch_fwrite(f, &best[1], 8, s->path, err)) ||
+        (st = finch_fwrite(f, &steps[1], 16, s->path, err)))
+        return st;
     return FINCH_OK;
 }
 
-/* Reads version 3's tasks into pos. */
+/* Reads version 3's tasks and validation state into pos. */
 static finch_status read_tasks(FILE *f, const char *file, finch_train_pos *pos, finch_err *err) {
     uint32_t n;
     if (fread(&n, 4, 1, f) != 1)
@@ -97,6 +107,17 @@ static finch_status read_tasks(FILE *f, const char *file, finch_train_pos *pos, 
                                  file, k + 1, (long long)pos->task_units[k], pos->task_weight[k],
                                  (long long)pos->drawn[k], (long long)pos->seen[k]);
     }
+    if (fread(&pos->best_metric, 8, 1, f) != 1 || fread(&pos->best_step, 8, 1, f) != 1 ||
+        fread(&pos->best_ckpt_metric, 8, 1, f) != 1 || fread(&pos->best_ckpt_step, 8, 1, f) != 1 ||
+        fread(&pos->bad_evals, 8, 1, f) != 1)
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: truncated in the validation state", file);
+    if (pos->best_step < 0 || pos->best_ckpt_step < 0 || pos->bad_evals < 0 ||
+        pos->best_step > pos->step || pos->best_ckpt_step > pos->step)
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: best step %lld, best checkpoint %lld, %lld evaluations without "
+                             "improvement at step %lld: out of range",
+                             file, (long long)pos->best_step, (long long)pos->best_ckpt_step,
+                             (long long)pos->bad_evals, (long long)pos->step);
     return FINCH_OK;
 }
 
@@ -187,7 +208,8 @@ static int cmp_step(const void *a, const void *b) {
     return x < y ? 1 : x > y ? -1 : 0; /* newest first */
 }
 
-finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err *err) {
+finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, int64_t protect,
+                                    finch_err *err) {
     DIR *d = opendir(out_dir);
     if (!d) return finch_err_set(err, FINCH_E_IO, "%s: cannot list: %s", out_dir, strerror(errno));
     long long *steps = NULL;
@@ -214,6 +236,7 @@ finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err
     if (steps) qsort(steps, n, sizeof *steps, cmp_step);
     finch_status st = FINCH_OK;
     for (size_t i = (size_t)keep; i < n && !st; i++) {
+        if (protect > 0 && steps[i] == protect) continue;
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/checkpoint-%lld", out_dir, steps[i]);
         if (remove_tree(dir) != FINCH_OK)

@@ -96,6 +96,23 @@ static finch_status check_options(const finch_model *m, const finch_train_option
         BAD("--save-total-limit %lld: must be >= 0", (long long)o->save_total_limit);
     if (o->save_steps < 0 || o->eval_steps < 0 || o->log_steps < 0)
         BAD("--save-steps, --eval-steps and --log-steps must be >= 0");
+    /* early stopping and the best checkpoint, as transformers' Trainer checks them */
+    const bool val = o->val_path || o->val_fraction > 0;
+    if (o->early_stopping_patience < 0)
+        BAD("--early-stopping-patience %lld: must be >= 0", (long long)o->early_stopping_patience);
+    if (!(o->early_stopping_threshold >= 0) || !isfinite(o->early_stopping_threshold))
+        BAD("--early-stopping-threshold %g: must be a number >= 0", o->early_stopping_threshold);
+    if (o->early_stopping_patience && (!o->eval_steps || !val))
+        BAD("--early-stopping-patience %lld counts evaluations: give --eval-steps N and "
+            "validation data (--val FILE or --val-fraction F)",
+            (long long)o->early_stopping_patience);
+    if (o->load_best_model_at_end && (!o->eval_steps || !val))
+        BAD("--load-best-model-at-end picks the checkpoint with the lowest validation loss: give "
+            "--eval-steps N and validation data (--val FILE or --val-fraction F)");
+    if (o->load_best_model_at_end && (!o->save_steps || o->save_steps % o->eval_steps))
+        BAD("--load-best-model-at-end needs --save-steps to be a round multiple of --eval-steps "
+            "(here %lld and %lld), so that every checkpoint has a validation loss",
+            (long long)o->save_steps, (long long)o->eval_steps);
     if (o->simulate_ranks < 0 || o->simulate_ranks > 4096)
         BAD("--simulate-ranks %d: must be from 1 to 4096", o->simulate_ranks);
     if (o->simulate_ranks > 1 && finch_dist_size() > 1)
@@ -273,6 +290,7 @@ typedef struct {
     double *lane_loss;
     finch_dpo_stats *lane_dstats;
     bool stop;            /* some rank was asked to stop (with several processes) */
+    bool stopped_early;   /* early stopping ended the run */
     char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
                            */
 } run;
@@ -565,6 +583,7 @@ static finch_status resume_tasks(run *r, finch_err *err) {
         p->task_weight[0] = r->task_weight[0];
         p->drawn[0] = p->epoch * n;
         p->seen[0] = p->epoch * n + p->next;
+        p->best_metric = p->best_ckpt_metric = NAN; /* none known */
     }
     if (p->n_tasks != r->n_tasks)
         return finch_err_set(err, FINCH_E_USAGE,
@@ -661,7 +680,11 @@ static finch_status prepare_method(run *r, finch_err *err) {
     r->mom = finch_calloc((size_t)r->par->total + 1, sizeof(float), "AdamW m", err);
     r->vel = finch_calloc((size_t)r->par->total + 1, sizeof(float), "AdamW v", err);
     if (!r->mom || !r->vel) return FINCH_E_NOMEM;
-    r->pos = (finch_train_pos){.seed = o->seed, .ranks = r->ranks, .n_tasks = r->n_tasks};
+    r->pos = (finch_train_pos){.seed = o->seed,
+                               .ranks = r->ranks,
+                               .n_tasks = r->n_tasks,
+                               .best_metric = NAN,
+                               .best_ckpt_metric = NAN};
     memcpy(r->pos.task_units, r->task_units, sizeof r->task_units);
     memcpy(r->pos.task_weight, r->task_weight, sizeof r->task_weight);
     snprintf(r->last_good, sizeof r->last_good, "no checkpoint (none was saved yet)");
@@ -809,8 +832,28 @@ static void tasks_json(const run *r, char *buf, size_t cap) {
     memcpy(buf + n, "}", 2);
 }
 
-/* What follows a step: metrics, evaluation, progress, checkpoint; FINCH_E_INTERRUPTED
- * when should_stop asked to stop (after the checkpoint). */
+/* After the evaluation of step, whose validation loss is v: the best so far and early
+ * stopping's counter, counted as transformers' EarlyStoppingCallback counts them: an
+ * evaluation improves when v is below the best by more than the threshold (the first
+ * always does), else the counter grows; the best follows any lower v. A loss that is not
+ * finite never improves. True when the patience is used up. */
+static bool track_best(run *r, int64_t step, double v) {
+    finch_train_pos *p = &r->pos;
+    const bool first = p->best_step == 0, lower = isfinite(v) && (first || v < p->best_metric);
+    if (lower && (first || p->best_metric - v > r->o->early_stopping_threshold))
+        p->bad_evals = 0;
+    else
+        p->bad_evals++;
+    if (lower) {
+        p->best_metric = v;
+        p->best_step = step;
+    }
+    return r->o->early_stopping_patience && p->bad_evals >= r->o->early_stopping_patience;
+}
+
+/* What follows a step: metrics, evaluation (the best validation loss, early stopping),
+ * progress, checkpoint; FINCH_E_INTERRUPTED when should_stop asked to stop (after the
+ * checkpoint); r->stopped_early when early stopping ends the run (after the checkpoint). */
 static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                int (*should_stop)(void *),
                                void (*on_progress)(const finch_train_progress *, void *),
@@ -831,7 +874,9 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                  r->tasks)))
             return st;
     }
-    if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
+    const bool evaluated =
+        r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total);
+    if (evaluated) {
         finch_batch eb = r->batch; /* B rows of the global micro-batch's buffers */
         eb.B = r->B;
         *extra = 0;
@@ -848,24 +893,56 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                    finch_tokenizer_eos(r->m->tok), &pr->val_loss, err))) {
             return st;
         }
+        const finch_train_pos *p = &r->pos;
+        r->stopped_early = track_best(r, step, pr->val_loss);
+        pr->stopped_early = r->stopped_early;
+        pr->best_metric = p->best_metric;
+        pr->best_step = p->best_step;
+        char best[160] = "";
+        if (p->best_step)
+            snprintf(best, sizeof best, ", \"best_metric\": %.6f, \"best_step\": %lld",
+                     p->best_metric, (long long)p->best_step);
+        if (o->early_stopping_patience)
+            snprintf(best + strlen(best), sizeof best - strlen(best),
+                     ", \"early_stopping_counter\": %lld%s", (long long)p->bad_evals,
+                     r->stopped_early ? ", \"stopped_early\": true" : "");
         if ((st = finch_metrics_line(&r->metrics, r->line, r->line_cap, err,
-                                     "{\"step\": %lld, \"val_loss\": %.6f%s}", (long long)step,
-                                     pr->val_loss, extra)))
+                                     "{\"step\": %lld, \"val_loss\": %.6f%s%s}", (long long)step,
+                                     pr->val_loss, extra, best)))
             return st;
     }
     if (on_progress && r->rank == 0) on_progress(pr, user);
     /* with several processes every rank's request was summed at the step's allreduce */
     bool stop = r->procs > 1 ? r->stop : should_stop && should_stop(user);
-    if (r->rank == 0 &&
-        ((o->save_steps && step % o->save_steps == 0) || step == r->total || stop)) {
+    /* the checkpoints of the run's plan: every save_steps, the last step, an early stop; and
+     * one where the run was asked to stop */
+    const bool planned =
+        (o->save_steps && step % o->save_steps == 0) || step == r->total || r->stopped_early;
+    const bool save = planned || stop;
+    /* the best checkpoint: the lowest validation loss among the planned ones (not one an
+     * interruption made, so that an interrupted run picks what the uninterrupted one does) */
+    if (planned && evaluated && isfinite(pr->val_loss) &&
+        (!r->pos.best_ckpt_step || pr->val_loss < r->pos.best_ckpt_metric)) {
+        r->pos.best_ckpt_metric = pr->val_loss;
+        r->pos.best_ckpt_step = step;
+    }
+    if (r->rank == 0 && save) {
         if ((st = finch_checkpoint_save(o->out_dir, r->peft, r->m, r->mom, r->vel, &r->pos, err)))
             return st;
         snprintf(r->last_good, sizeof r->last_good, "%s/checkpoint-%lld", o->out_dir,
                  (long long)step);
         if (o->save_total_limit > 0 &&
-            (st = finch_checkpoint_prune(o->out_dir, o->save_total_limit, err)))
+            (st = finch_checkpoint_prune(o->out_dir, o->save_total_limit,
+                                         o->load_best_model_at_end ? r->pos.best_ckpt_step : 0,
+                                         err)))
             return st;
     }
+    if (r->stopped_early && r->rank == 0)
+        finch_log(FINCH_LOG_INFO,
+                  "early stopping at step %lld: the validation loss has not improved by more "
+                  "than %g for %lld evaluations (the best: %.4f at step %lld)",
+                  (long long)step, o->early_stopping_threshold, (long long)r->pos.bad_evals,
+                  r->pos.best_metric, (long long)r->pos.best_step);
     if (stop)
         return finch_err_set(err, FINCH_E_INTERRUPTED,
                              "interrupted at step %lld: checkpoint saved in "
@@ -882,7 +959,17 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
     ac.weight_decay = o->weight_decay;
     double smooth = NAN, tps = NAN, t_start = now_s();
     const int64_t first_step = r->pos.step;
-    for (int64_t step = r->pos.step + 1; step <= r->total; step++) {
+    if (o->early_stopping_patience && r->pos.bad_evals >= o->early_stopping_patience) {
+        r->stopped_early = true;
+        if (r->rank == 0)
+            finch_log(FINCH_LOG_INFO,
+                      "the run stopped early at step %lld (%lld evaluations without improvement, "
+                      "the best at step %lld): nothing to do; a larger "
+                      "--early-stopping-patience continues it",
+                      (long long)r->pos.step, (long long)r->pos.bad_evals,
+                      (long long)r->pos.best_step);
+    }
+    for (int64_t step = r->pos.step + 1; step <= r->total && !r->stopped_early; step++) {
         double t0 = now_s();
         int64_t tokens;
         double loss = accumulate(r, step, &tokens);
@@ -926,6 +1013,8 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
             .val_accuracy = NAN,
             .ranks = r->ranks,
             .global_batch = (int64_t)o->batch_size * o->grad_accum * r->ranks,
+            .best_metric = r->pos.best_metric,
+            .best_step = r->pos.best_step,
             .n_tasks = r->n_tasks,
             .task_names = r->task_name_of,
             .task_seen = r->pos.seen};
@@ -940,6 +1029,21 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         if ((st = after_step(r, &pr, rate, should_stop, on_progress, user, err))) return st;
     }
     return FINCH_OK;
+}
+
+/* load_best_model_at_end: the parameters of the best checkpoint into the registry (the
+ * optimizer's state, no longer needed, is read over). */
+static finch_status load_best(run *r, finch_err *err) {
+    char path[4200];
+    finch_train_pos best;
+    snprintf(path, sizeof path, "%s/checkpoint-%lld", r->o->out_dir,
+             (long long)r->pos.best_ckpt_step);
+    finch_log(FINCH_LOG_INFO,
+              "--load-best-model-at-end: the result is %s (validation loss %.4f; the last "
+              "step's checkpoint is %lld)",
+              path, r->pos.best_ckpt_metric, (long long)r->pos.step);
+    finch_status st = finch_checkpoint_load(path, r->par, r->mom, r->vel, &best, err);
+    return st ? finch_err_prefix(err, "--load-best-model-at-end") : FINCH_OK;
 }
 
 static void run_release(run *r) {
@@ -1017,8 +1121,12 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
                       o->batch_size, o->grad_accum, r.ranks);
     }
     if ((st = train_steps(&r, on_progress, should_stop, user, err))) goto done;
-    /* the result (adapter in the PEFT layout, or the model) at the top of the run directory */
-    if (r.rank == 0) st = finch_peft_save(r.peft, m, o->out_dir, err);
+    /* the result (adapter in the PEFT layout, or the model) at the top of the run directory:
+     * the weights as they are, or those of the best checkpoint */
+    if (r.rank == 0 && o->load_best_model_at_end && r.pos.best_ckpt_step &&
+        r.pos.best_ckpt_step != r.pos.step)
+        st = load_best(&r, err);
+    if (r.rank == 0 && !st) st = finch_peft_save(r.peft, m, o->out_dir, err);
 done:
     run_release(&r);
     return st;

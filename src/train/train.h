@@ -31,6 +31,14 @@ typedef struct {
     double task_weight[FINCH_MAX_TASKS];
     int64_t drawn[FINCH_MAX_TASKS];
     int64_t seen[FINCH_MAX_TASKS];
+    /* validation: the lowest loss and its step (0: none yet); the lowest among the steps
+     * that saved a checkpoint and its step (load_best_model_at_end's result); evaluations
+     * in a row without an improvement (early stopping's patience counter) */
+    double best_metric;
+    int64_t best_step;
+    double best_ckpt_metric;
+    int64_t best_ckpt_step;
+    int64_t bad_evals;
 } finch_train_pos;
 
 /* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's
@@ -44,8 +52,10 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
  * Called when a run starts, when no other process writes to out_dir. */
 void finch_checkpoint_clean(const char *out_dir);
 
-/* Deletes all but the newest keep checkpoint-<step> directories of out_dir (keep >= 1). */
-finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err *err);
+/* Deletes all but the newest keep checkpoint-<step> directories of out_dir (keep >= 1), and
+ * never checkpoint-<protect> (protect 0: none), which is kept besides them. */
+finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, int64_t protect,
+                                    finch_err *err);
 
 /* Reads a checkpoint into a registry of the same tensors (names and shapes must match),
  * m, v and *pos. path is a checkpoint directory, or a run directory whose checkpoint with

@@ -283,6 +283,12 @@ static void test_train_flags(void **state) {
         {"--method adapter --adapter-nonlinearity tanh", "--adapter-nonlinearity tanh"},
         {"--method adapter --adapter-name a/b", "--adapter-name 'a/b'"},
         {"--method adapter --layers 3", "layer 3 is out of range"},
+        /* early stopping and the best checkpoint */
+        {"--early-stopping-patience 2", "give --eval-steps N and validation data"},
+        {"--early-stopping-patience 0", "--early-stopping-patience 0: must be an integer from 1"},
+        {"--early-stopping-threshold -1", "--early-stopping-threshold -1"},
+        {"--eval-steps 2 --val-fraction 0.25 --save-steps 3 --load-best-model-at-end",
+         "round multiple of --eval-steps (here 3 and 2)"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s %s", data, outdir, bad[i].flag);
@@ -343,6 +349,19 @@ static void test_train_flags(void **state) {
     m = realloc(m, n + 1);
     m[n] = 0;
     assert_non_null(strstr(m, "\"r\": 2")); /* the file's lora_r */
+    free(m);
+    /* early stopping: its settings and the best validation loss in run.json */
+    snprintf(args, sizeof args,
+             "train -m " TINY " --data %s --out %s/es --val-fraction 0.25 --eval-steps 1 "
+             "--early-stopping-patience 1 --save-steps 2 --load-best-model-at-end --max-steps 4",
+             data, tmpdir);
+    EXPECT(args, NULL, 0, "validation loss");
+    char es[600];
+    snprintf(es, sizeof es, "%s/es", tmpdir);
+    m = read_text_in(es, "run.json");
+    assert_non_null(strstr(m, "\"early_stopping_patience\": 1"));
+    assert_non_null(strstr(m, "\"load_best_model_at_end\": true"));
+    assert_non_null(strstr(m, "\"best_step\": "));
     free(m);
     /* a method that writes a model refuses a folder holding an adapter */
     snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s --method full --max-steps 1", data, outdir);

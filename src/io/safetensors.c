@@ -713,8 +713,13 @@ static finch_status build_header(const finch_st_writer *w, const writer_tensor *
             json_decref(offs);
             goto nomem;
         }
-        if (json_object_set_new(e, "dtype", json_string(dtypes[t->dtype].name)) ||
-            json_object_set_new(e, "shape", shape)) {
+        /* (json_object_set_new takes the value even when it fails) */
+        if (json_object_set_new(e, "dtype", json_string(dtypes[t->dtype].name))) {
+            json_decref(shape);
+            json_decref(offs);
+            goto nomem;
+        }
+        if (json_object_set_new(e, "shape", shape)) {
             json_decref(offs);
             goto nomem;
         }

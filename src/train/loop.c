@@ -484,8 +484,10 @@ static void name_tasks(run *r) {
         name[n] = 0;
         for (int j = 0; j < k; j++)
             if (!strcmp(r->task_name[j], name)) {
-                while (n > TASK_NAME - 6 || (n && ((unsigned char)name[n] & 0xc0) == 0x80)) n--;
-                snprintf(name + n, 6, "#%d", k + 1);
+                char tag[16];
+                const size_t t = (size_t)snprintf(tag, sizeof tag, "#%d", k + 1);
+                while (n + t > TASK_NAME - 1 || (n && ((unsigned char)name[n] & 0xc0) == 0x80)) n--;
+                memcpy(name + n, tag, t + 1);
                 break;
             }
         r->task_name_of[k] = name;

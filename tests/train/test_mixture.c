@@ -97,6 +97,14 @@ static void test_counts(void **state) {
            prev_b);
     assert_true(prev_a > 0 && prev_b > 0);
     free(m);
+    /* two files of the same name: the second is told apart by its number */
+    two[1].path = fa;
+    o.max_steps = 2;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    m = read_text_in(out, "metrics.jsonl");
+    assert_non_null(strstr(m, "\"tasks\": {\"a\": "));
+    assert_non_null(strstr(m, ", \"a#2\": "));
+    free(m);
 }
 
 /* The same seed gives the same run; another seed another order (other losses). */

@@ -58,7 +58,7 @@ static const char k_text[] =
 typedef struct {
     const char *model;
     const char *out;
-    int batch, seq, steps, threads;
+    int batch, seq, steps, threads, bf16, ckpt;
     const char *method;
     char *opts[16]; /* NAME=VALUE */
     int n_opts;
@@ -103,7 +103,9 @@ static void usage(const char *prog) {
             "  -b examples per step (default 4), -T tokens per example (default 128),\n"
             "  -n optimizer steps, the first %d untimed (default 8), -t threads (default 2),\n"
             "  --out DIR keep the run directory there (default: a temporary one, removed)\n"
-            "  --method NAME (default lora), --option NAME=VALUE (repeatable) its options\n",
+            "  --method NAME (default lora), --option NAME=VALUE (repeatable) its options\n"
+            "  --bf16 the base's products in bf16 (finch train --bf16)\n"
+            "  --gradient-checkpointing recompute each block in backward\n",
             prog, WARMUP_STEPS);
 }
 
@@ -121,6 +123,14 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) return -1;
+        if (!strcmp(f, "--bf16")) {
+            a->bf16 = 1;
+            continue;
+        }
+        if (!strcmp(f, "--gradient-checkpointing")) {
+            a->ckpt = 1;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "bench_train: %s needs a value\n", f);
             return -1;
@@ -262,6 +272,8 @@ int main(int argc, char **argv) {
     o.val_path = NULL;
     o.val_fraction = 0.0;
     o.method = a.method;
+    o.bf16 = a.bf16;
+    o.gradient_checkpointing = a.ckpt;
     if (!a.n_opts && (!strcmp(a.method, "lora") || !strcmp(a.method, "dora"))) {
         finch_train_set_option(&o, "lora-r", "16", NULL);
         finch_train_set_option(&o, "lora-alpha", "32", NULL);

@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """finch vs PyTorch LoRA (or full fine-tuning) speed and peak memory on SmolLM2-135M's shape.
 
+With --bf16 both sides train in mixed precision: finch with --bf16 (the base's products
+with bf16 operands on AMX, f32 sums, f32 parameters and optimizer state), the peer under
+torch.autocast("cpu", dtype=torch.bfloat16) (its CPU recipe: oneDNN bf16 matmuls, on AMX
+where the CPU has it; float32 parameters and AdamW).
+
 With --method full both sides train every weight instead (finch: bench_train --method
 full, f32 master copies made from the Q4_1 base; the peer: the same model with every
 parameter trainable, float32, AdamW over all of them).
@@ -34,7 +39,7 @@ scaled_dot_product_attention. The peer's base is float32 while finch trains over
 Usage (from the repository root, after building bench_train):
     python3 bench/train_vs_pytorch.py [--bench ./build/bench/bench_train] [--model M]
         [--threads 2] [--configs 4x128,1x512] [--steps 8] [--rounds 1]
-        [--peer-only] [--finch-only] [--json]
+        [--peer-only] [--finch-only] [--json] [--method lora|full] [--bf16]
 """
 import argparse
 import json
@@ -172,9 +177,12 @@ def peer_worker(args):
     ids = torch.randint(0, VOCAB, (args.batch, args.seq), generator=g)
 
     times, losses = [], []
+    import contextlib
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        loss = model(ids, ids)
+        with (torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16
+              else contextlib.nullcontext()):
+            loss = model(ids, ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -225,6 +233,8 @@ def main():
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     ap.add_argument("--method", choices=["lora", "full"], default="lora",
                     help="LoRA r 16 on all linear layers (default) or full fine-tuning")
+    ap.add_argument("--bf16", action="store_true",
+                    help="mixed precision on both sides (finch --bf16, torch.autocast bf16)")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
@@ -255,11 +265,13 @@ def main():
                 if e == "finch":
                     cmd = [args.bench, "-m", args.model, "-b", str(b), "-T", str(t),
                            "-n", str(args.steps), "-t", str(args.threads), "--method", args.method]
+                    cmd += ["--bf16"] if args.bf16 else []
                     env = finch_env
                 else:
                     cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer",
                            "--batch", str(b), "--seq", str(t), "--steps", str(args.steps),
                            "--threads", str(args.threads), "--method", args.method]
+                    cmd += ["--bf16"] if args.bf16 else []
                     env = peer_env
                 x = run_json(cmd, env)
                 res[(e, (b, t))].append(x)
@@ -272,6 +284,7 @@ def main():
     load = os.getloadavg()
     what = ("full fine-tuning, every weight, AdamW" if args.method == "full" else
             f"LoRA r {LORA_R} alpha {LORA_ALPHA:g} dropout {LORA_DROPOUT}, all linear, AdamW")
+    what += ", bf16 mixed precision" if args.bf16 else ", float32"
     print(f"{what}; "
           f"{args.threads} threads; median of {args.rounds} process(es) per engine and config, "
           f"each the median of {args.steps - WARMUP} steps after {WARMUP} warm-up; "

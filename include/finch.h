@@ -587,23 +587,29 @@ typedef struct {
     int64_t val_max_examples; /* validation examples scored at each evaluation (0: all) */
     const char *method;       /* a method's name (finch_method_name): "lora" (default) */
     finch_option method_options[FINCH_MAX_METHOD_OPTIONS]; /* the method's options; a later */
-    int n_method_options;     /* one of the same name wins; the rest keep their defaults */
-    double learning_rate;     /* peak (2e-4) */
-    int batch_size;           /* examples per micro-batch (4) */
-    int grad_accum;           /* micro-batches per optimizer step (1) */
-    int packing;              /* pack whole examples into rows of max_seq_len tokens, attention
-                                 kept within each example (0: one example per row) */
-    int64_t max_steps;        /* optimizer steps; 0: from epochs */
-    double epochs;            /* passes over the training set when max_steps is 0 (1) */
-    int64_t warmup_steps;     /* linear warmup (0) */
-    const char *lr_scheduler; /* "linear" (default), "cosine", "constant" */
-    double weight_decay;      /* AdamW decoupled decay (0) */
-    double max_grad_norm;     /* global clipping; 0: off (1.0) */
-    uint64_t seed;            /* data order, dropout, the method's initialisation (42) */
-    int64_t save_steps;       /* checkpoint every N steps; 0: only at the end */
-    int64_t save_total_limit; /* keep the newest N checkpoints, deleting older ones (0: all;
-                                 with load_best_model_at_end the best is kept too) */
-    int64_t eval_steps;       /* validation loss every N steps; 0: only at the end */
+    int n_method_options;       /* one of the same name wins; the rest keep their defaults */
+    double learning_rate;       /* peak (2e-4) */
+    int batch_size;             /* examples per micro-batch (4) */
+    int grad_accum;             /* micro-batches per optimizer step (1) */
+    int packing;                /* pack whole examples into rows of max_seq_len tokens, attention
+                                   kept within each example (0: one example per row) */
+    int gradient_checkpointing; /* keep each block's input only and recompute the block in
+                                   backward: activations of one block instead of all, one
+                                   more forward per step, the same gradients bit for bit */
+    int bf16;                   /* mixed precision: the frozen base's products with operands
+                                   rounded to bf16 and f32 sums (AMX where the CPU has it);
+                                   parameters, gradients and optimizer state stay f32 (0: f32) */
+    int64_t max_steps;          /* optimizer steps; 0: from epochs */
+    double epochs;              /* passes over the training set when max_steps is 0 (1) */
+    int64_t warmup_steps;       /* linear warmup (0) */
+    const char *lr_scheduler;   /* "linear" (default), "cosine", "constant" */
+    double weight_decay;        /* AdamW decoupled decay (0) */
+    double max_grad_norm;       /* global clipping; 0: off (1.0) */
+    uint64_t seed;              /* data order, dropout, the method's initialisation (42) */
+    int64_t save_steps;         /* checkpoint every N steps; 0: only at the end */
+    int64_t save_total_limit;   /* keep the newest N checkpoints, deleting older ones (0: all;
+                                   with load_best_model_at_end the best is kept too) */
+    int64_t eval_steps;         /* validation loss every N steps; 0: only at the end */
     int64_t early_stopping_patience; /* stop once the validation loss has not improved for this
                                         many evaluations in a row (0: never); needs eval_steps
                                         and validation data */

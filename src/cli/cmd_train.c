@@ -65,6 +65,10 @@ static const char usage_text[] =
     "  --load-in-4bit         QLoRA: quantize the base's projections to NF4 at load (an f32,\n"
     "                         f16 or bf16 base); --bnb-4bit-use-double-quant true|false (true),\n"
     "                         --bnb-4bit-quant-type nf4\n"
+    "  --gradient-checkpointing  keep each block's input only and recompute the block in\n"
+    "                         backward: far less memory, one more forward per step\n"
+    "  --bf16                 mixed precision: the frozen base's products in bf16 (AMX where\n"
+    "                         the CPU has it), parameters and optimizer state in f32\n"
     "  --simulate-ranks N     one process computes what `mpirun -np N` ranks would (each\n"
     "                         micro-batch N slices of --batch-size rows, gradients summed\n"
     "                         in rank order); under mpirun the ranks are the processes\n"
@@ -258,6 +262,10 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
         o->data.skip_bad = 1;
     else if (!strcmp(key, "packing"))
         o->packing = 1;
+    else if (!strcmp(key, "bf16"))
+        o->bf16 = 1;
+    else if (!strcmp(key, "gradient-checkpointing") || !strcmp(key, "gradient_checkpointing"))
+        o->gradient_checkpointing = 1;
     else if (!strcmp(key, "method"))
         STR(o->method);
     else if (!strcmp(key, "objective"))
@@ -329,9 +337,17 @@ static int set(settings *s, const char *name, const char *v, const char *where) 
 }
 
 static bool is_switch(const char *key) {
-    static const char *const sw[] = {"chat",     "train-on-prompt",        "skip-bad",
-                                     "packing",  "load-best-model-at-end", "train_on_prompt",
-                                     "skip_bad", "load_best_model_at_end"};
+    static const char *const sw[] = {"chat",
+                                     "train-on-prompt",
+                                     "skip-bad",
+                                     "packing",
+                                     "train_on_prompt",
+                                     "skip_bad",
+                                     "bf16",
+                                     "gradient-checkpointing",
+                                     "gradient_checkpointing",
+                                     "load-best-model-at-end",
+                                     "load_best_model_at_end"};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
         if (!strcmp(key, sw[i])) return true;
     return cli_quant_is_switch(key) || finch_method_option_kind(key) == 2;
@@ -506,6 +522,8 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     I("batch_size", o->batch_size);
     I("grad_accum", o->grad_accum);
     B("packing", o->packing);
+    B("bf16", o->bf16);
+    B("gradient_checkpointing", o->gradient_checkpointing);
     I("max_steps", o->max_steps);
     F("epochs", o->epochs);
     I("warmup_steps", o->warmup_steps);

@@ -193,6 +193,9 @@ typedef struct {
  * with the path and the reason. The caller owns *out's contents (finch_file_unmap). */
 finch_status finch_file_map(const char *path, finch_mapped_file *out, finch_err *err);
 void finch_file_unmap(finch_mapped_file *f);
+/* Lets the kernel drop the mapping's pages from memory (they are read again from the file
+ * when touched): for a model whose weights were all copied out. */
+void finch_file_evict(const finch_mapped_file *f);
 
 /* Writes a file atomically: the writer callback fills a temp file in the same directory,
  * which is flushed, fsync'ed, renamed over path, and the directory fsync'ed. On any

@@ -53,6 +53,10 @@ finch_status finch_file_map(const char *path, finch_mapped_file *out, finch_err 
     return FINCH_OK;
 }
 
+void finch_file_evict(const finch_mapped_file *f) {
+    if (f && f->data) madvise((void *)f->data, f->size, MADV_DONTNEED);
+}
+
 void finch_file_unmap(finch_mapped_file *f) {
     if (!f) return;
     if (f->data) munmap((void *)f->data, f->size);

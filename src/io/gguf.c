@@ -638,6 +638,10 @@ finch_status finch_gguf_open_memory(const void *data, size_t size, const char *n
     return open_buffer(data, size, name ? name : "<memory>", &none, out, err);
 }
 
+void finch_gguf_evict(const finch_gguf *g) {
+    if (g) finch_file_evict(&g->map);
+}
+
 void finch_gguf_close(finch_gguf *g) {
     gguf_free(g);
 }

@@ -66,14 +66,16 @@ static finch_status get_int(reader *R, const char *field, bool required, int lo,
     return FINCH_OK;
 }
 
-/* A number field (integer or real), finite and in (lo, hi). */
+/* A number field (integer or real), finite and in (lo, hi), and not rounded to lo as a
+ * float (a tiny epsilon must not become 0). */
 static finch_status get_num(reader *R, const char *field, bool required, double lo, double hi,
                             float *out) {
     const json_t *v = get(R, field);
     if (!v) return required ? bad(R, field, "is missing") : FINCH_OK;
     if (!json_is_number(v)) return bad(R, field, "must be a number");
     double d = json_number_value(v);
-    if (!(d > lo && d < hi)) return bad(R, field, "is %g, must be in (%g, %g)", d, lo, hi);
+    if (!(d > lo && d < hi) || !((float)d > lo))
+        return bad(R, field, "is %g, must be in (%g, %g)", d, lo, hi);
     *out = (float)d;
     return FINCH_OK;
 }

@@ -90,6 +90,8 @@ finch_status finch_gguf_open_memory(const void *data, size_t size, const char *n
 
 /* Releases everything, unmapping the file when finch_gguf_open mapped it. NULL-safe. */
 void finch_gguf_close(finch_gguf *g);
+/* Drops the mapped file's pages from memory (finch_file_evict); its tensors stay readable. */
+void finch_gguf_evict(const finch_gguf *g);
 
 /* The file's name as given to open, for messages. Borrowed. */
 const char *finch_gguf_path(const finch_gguf *g);

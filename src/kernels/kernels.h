@@ -38,6 +38,11 @@ typedef struct {
     int n_threads;     /* threads it was sized for */
     void *act;         /* shared: quantized rows of x for matmul_q8 (may be NULL) */
     size_t act_bytes;  /* its size */
+    bool bf16;         /* the matmuls multiply in bf16 (--bf16) */
+    uint16_t *a16;     /* shared with bf16: an operand rounded to bf16, a16_elems values */
+    size_t a16_elems;
+    uint16_t *b16; /* shared with bf16: matmul_backward_weight's x packed, b16_elems values */
+    size_t b16_elems;
 } finch_workspace;
 
 /* Floats of scratch per thread that the ops need for weights up to max_cols wide and
@@ -51,6 +56,13 @@ size_t finch_workspace_act_need(int64_t T, int64_t max_cols);
 finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_threads,
                                   size_t act_bytes, finch_err *err);
 void finch_workspace_free(finch_workspace *ws);
+
+/* Turns on bf16 products for matmul, matmul_backward_input and matmul_backward_weight
+ * with this workspace (mixed precision: W and the activations rounded to bf16, sums in
+ * f32), for up to T rows against weights up to max_dim rows or columns wide, of which
+ * those whose weight gradient is taken have inputs up to max_in wide. */
+finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, int64_t max_in,
+                                  finch_err *err);
 
 /* A dropout keep mask: element i is kept when finch_mix64(base + i) >= threshold, and kept
  * elements are scaled by scale = 1 / (1 - p). A function of (base + i) alone, so backward
@@ -152,6 +164,18 @@ typedef struct {
     /* dx (n) += g (n) through the same mask. */
     void (*dropout_backward)(float *dx, const float *g, int64_t n, const finch_dropout *d);
 
+    /* Products over the elements mask d drops from a (T, in) input, with wt (in, out) a
+     * weight transposed (weight_t), costing the drop rate's share of a full product:
+     * dropped_rows: y[t] (out) += alpha x[t][i] wt[i] for every dropped (t, i);
+     * dropped_dots: dx[t][i] += alpha <g[t], wt[i]> (g: (T, out)) for every dropped (t, i). */
+    void (*dropped_rows)(float *y, const float *x, const float *wt, int64_t T, int64_t in,
+                         int64_t out, const finch_dropout *d, float alpha);
+    void (*dropped_dots)(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
+                         int64_t out, const finch_dropout *d, float alpha);
+
+    /* wt (w->cols, w->rows) = W in f32, transposed (ws sized as for matmul). */
+    void (*weight_t)(float *wt, const finch_weight *w, finch_workspace *ws);
+
     /* ---- training: backward ops, each the gradient of the forward of the same name.
      * Parameter gradients accumulate (+=); activation gradients are written (=). ---- */
 
@@ -161,9 +185,10 @@ typedef struct {
     void (*matmul_backward_input)(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                   finch_workspace *ws);
 
-    /* dw (rows, cols) += dy (T, rows)^T . x (T, cols): the gradient of an f32 weight. */
+    /* dw (rows, cols) += dy (T, rows)^T . x (T, cols): the gradient of an f32 weight; in
+     * bf16 products when ws (may be NULL) asks. */
     void (*matmul_backward_weight)(float *dw, const float *dy, const float *x, int64_t T,
-                                   int64_t rows, int64_t cols);
+                                   int64_t rows, int64_t cols, finch_workspace *ws);
 
     /* Rows ids (T) of demb (V, C) += the matching rows of dx (T, C) (f32 table). */
     void (*embed_backward)(float *demb, const float *dx, const int32_t *ids, int64_t T, int64_t C);
@@ -257,6 +282,10 @@ void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_ref_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_ref_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
+void finch_ref_dropped_rows(float *y, const float *x, const float *wt, int64_t T, int64_t in,
+                            int64_t out, const finch_dropout *d, float alpha);
+void finch_ref_dropped_dots(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
+                            int64_t out, const finch_dropout *d, float alpha);
 double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
                               int64_t N, int64_t V, float grad_scale);
 

@@ -55,7 +55,7 @@ void finch_linear_backward(float *dx, const float *dy, const float *x, const fin
         if (lin->att[i].ops->backward)
             g = lin->att[i].ops->backward(&lin->att[i], g, xi, T, lin, ctx);
     if (lin->dbias) be->col_dot(lin->dbias, g, NULL, T, lin->w.rows);
-    if (lin->dw) be->matmul_backward_weight(lin->dw, g, xi, T, lin->w.rows, lin->w.cols);
+    if (lin->dw) be->matmul_backward_weight(lin->dw, g, xi, T, lin->w.rows, lin->w.cols, ctx->ws);
     FINCH_ASSERT(dx || !n_in);
     if (!dx) return;
     be->matmul_backward_input(dx, g, &lin->w, T, ctx->ws);

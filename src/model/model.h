@@ -195,7 +195,16 @@ typedef struct finch_train_acts finch_train_acts;
 
 finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_train_acts **out,
                                   finch_err *err);
+/* The same with flags: FINCH_ACTS_CHECKPOINT (gradient checkpointing) keeps each block's
+ * input only, one block's buffers for the rest, and backward recomputes each block's
+ * forward before its backward: the same gradients, bit for bit, for one more forward. */
+enum { FINCH_ACTS_CHECKPOINT = 1 };
+finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigned flags,
+                                     finch_train_acts **out, finch_err *err);
 void finch_train_acts_free(finch_train_acts *a);
+/* The base's products of the passes with a in bf16 (--bf16; kernels.h
+ * finch_workspace_bf16). */
+finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, finch_err *err);
 
 /* One forward and (when backward) backward pass over a batch: ids (B, T), targets (B, T)
  * (-1: no loss), pos (B, T) positions (restarting per row, or per example when packed),

@@ -27,6 +27,10 @@
  * The head runs only on the rows that have a target (xg, gathered from xnf): the others
  * contribute neither loss nor gradient, and with completion-only loss they are most rows.
  *
+ * Gradient checkpointing (FINCH_ACTS_CHECKPOINT) keeps x_l of every block and one
+ * block's worth of the rest: backward first runs block l's forward again (block_forward,
+ * same inputs, masks and kernels, so the same bits), then its backward.
+ *
  * Backward runs the same list in reverse, each line commented with the forward line it
  * undoes. Residual gradients (dx) accumulate over the two consumers of x; everything else
  * is written. What trains is what a method marked: the linears' attachments, biases and
@@ -61,12 +65,18 @@ struct finch_train_acts {
     float *ds;    /* (B, H, T, S) attention backward's scratch */
     float *dad;   /* (N, C) a block module's input gradient */
     int32_t *pos; /* (N) */
+    bool ckpt;    /* gradient checkpointing: one layer's buffers, recomputed in backward */
     float *arena;
     finch_workspace ws;
 };
 
 finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_train_acts **out,
                                   finch_err *err) {
+    return finch_train_acts_create(m, B, T, 0, out, err);
+}
+
+finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigned flags,
+                                     finch_train_acts **out, finch_err *err) {
     const finch_model_config *c = &m->cfg;
     const int nv = m->virt.n, K = m->virt.embd ? nv : 0;
     if (B < 1 || T < 2 || T > c->n_ctx_train - nv)
@@ -92,6 +102,9 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     a->T_in = T_in;
     a->K = K;
     a->P = m->virt.kv ? nv : 0;
+    a->ckpt = flags & FINCH_ACTS_CHECKPOINT;
+    /* with checkpointing every layer's entry of a table but x's is the same buffer */
+    const size_t slots = a->ckpt ? 1 : L;
     struct {
         float ***p;
         size_t n;
@@ -130,7 +143,7 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     size_t total = 0, sz;
     bool ok = true;
     for (size_t i = 0; i < n_pl && ok; i++)
-        ok = finch_size_mul((per_layer[i].n + 15) & ~(size_t)15, L, &sz) &&
+        ok = finch_size_mul((per_layer[i].n + 15) & ~(size_t)15, i == 0 ? L : slots, &sz) &&
              finch_size_add(total, sz, &total);
     for (size_t i = 0; i < n_s && ok; i++)
         ok = finch_size_add(total, (single[i].n + 15) & ~(size_t)15, &total);
@@ -143,8 +156,11 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     for (size_t i = 0; i < n_pl && p; i++) {
         *per_layer[i].p = finch_calloc(L + 1, sizeof(float *), "activation table", err);
         if (!*per_layer[i].p) p = NULL;
-        for (size_t l = 0; l < L && p; l++, p += (per_layer[i].n + 15) & ~(size_t)15)
+        const size_t n = (per_layer[i].n + 15) & ~(size_t)15;
+        for (size_t l = 0; l < L && p; l++) {
             (*per_layer[i].p)[l] = p;
+            if (i == 0 || !a->ckpt || l + 1 == L) p += n;
+        }
     }
     for (size_t i = 0; i < n_s && p; i++) {
         *single[i].p = p;
@@ -169,6 +185,17 @@ finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_trai
     }
     *out = a;
     return FINCH_OK;
+}
+
+finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, finch_err *err) {
+    const finch_model_config *c = &m->cfg;
+    int64_t dim = c->n_vocab;
+    const int64_t widths[] = {c->n_embd, c->n_ff, (int64_t)c->n_head * c->head_dim};
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
+        dim = widths[i] > dim ? widths[i] : dim;
+    /* the inputs of the weights full fine-tuning trains: C or F wide (the head's too) */
+    const int64_t in = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    return finch_workspace_bf16(&a->ws, (int64_t)a->B * a->T, dim, in, err);
 }
 
 void finch_train_acts_free(finch_train_acts *a) {
@@ -233,16 +260,63 @@ static finch_attn_prefix prefix_of(const finch_model *m, int l, int64_t P) {
                                .stride = 2 * m->cfg.n_layer * KD};
 }
 
+/* Block l's forward from x[l] into x[l + 1] (xf after the last), keeping what its
+ * backward needs in the layer's buffers; backward calls it again for each block under
+ * checkpointing, with the same inputs, masks and kernels, so it recomputes the same bits. */
+static void block_forward(const finch_model *m, finch_train_acts *a, int l, const int32_t *seg,
+                          const finch_linear_ctx *ctxp) {
+    const finch_model_config *c = &m->cfg;
+    const finch_backend *be = m->be;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff;
+    const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
+    const float eps = c->rms_eps;
+    const finch_arch *arch = m->arch;
+    const bool gelu = arch->act == FINCH_ACT_GELU_TANH;
+    const int64_t P = a->P;
+    finch_linear_ctx ctx = *ctxp;
+    const finch_layer *ly = &m->layers[l];
+    const float theta = finch_layer_theta(m, l);
+    float *x = a->x[l];
+    be->rmsnorm_forward(a->xn1[l], a->rstd1[l], x, ly->attn_norm, N, C, eps);
+    finch_linear_forward_train(arch->qk_norm ? a->qp[l] : a->q[l], a->xn1[l], &ly->wq, N, &ctx);
+    finch_linear_forward_train(arch->qk_norm ? a->kp[l] : a->k[l], a->xn1[l], &ly->wk, N, &ctx);
+    finch_linear_forward_train(a->v[l], a->xn1[l], &ly->wv, N, &ctx);
+    if (arch->qk_norm) {
+        be->rmsnorm_forward(a->q[l], a->rstdq[l], a->qp[l], ly->q_norm, N * H, D, eps);
+        be->rmsnorm_forward(a->k[l], a->rstdk[l], a->kp[l], ly->k_norm, N * KVH, D, eps);
+    }
+    be->rope_forward(a->q[l], a->pos, N, H, D, theta);
+    be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
+    const finch_attn_prefix pre = prefix_of(m, l, P);
+    be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg,
+                                P ? &pre : NULL, B, T, H, KVH, D, &a->ws);
+    finch_linear_forward_train(arch->post_norms ? a->op[l] : a->xm[l], a->ao[l], &ly->wo, N, &ctx);
+    if (arch->post_norms)
+        be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);
+    join(ly->attn_module, a->xm[l], x, N, C, &ctx);
+    be->rmsnorm_forward(a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, N, C, eps);
+    finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
+    finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
+    if (gelu)
+        be->geglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+    else
+        be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+    float *next = l + 1 < L ? a->x[l + 1] : a->xf;
+    finch_linear_forward_train(arch->post_norms ? a->fp[l] : next, a->h[l], &ly->w_down, N, &ctx);
+    if (arch->post_norms)
+        be->rmsnorm_forward(next, a->rstdf2[l], a->fp[l], ly->post_ffn_norm, N, C, eps);
+    join(ly->ffn_module, next, a->xm[l], N, C, &ctx);
+}
+
 int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, const int32_t *ids,
                                   const int32_t *targets, const int32_t *pos, const int32_t *seg,
                                   uint64_t dropout_seed, bool training, double *row_logp) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
-    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff, V = c->n_vocab;
-    const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, V = c->n_vocab;
+    const int L = c->n_layer;
     const float eps = c->rms_eps;
     const finch_arch *arch = m->arch;
-    const bool gelu = arch->act == FINCH_ACT_GELU_TANH;
     a->ctx = (finch_linear_ctx){
         .be = be, .ws = &a->ws, .training = training, .dropout_seed = dropout_seed};
     finch_linear_ctx ctx = a->ctx;
@@ -273,42 +347,7 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     if (arch->embed_scale) be->scale(a->x[0], N * C, sqrtf((float)C));
     for (int64_t b = 0; b < B && K; b++)
         memcpy(a->x[0] + b * T * C, vt->embd, (size_t)(K * C) * sizeof(float));
-    for (int l = 0; l < L; l++) {
-        const finch_layer *ly = &m->layers[l];
-        const float theta = finch_layer_theta(m, l);
-        float *x = a->x[l];
-        be->rmsnorm_forward(a->xn1[l], a->rstd1[l], x, ly->attn_norm, N, C, eps);
-        finch_linear_forward_train(arch->qk_norm ? a->qp[l] : a->q[l], a->xn1[l], &ly->wq, N, &ctx);
-        finch_linear_forward_train(arch->qk_norm ? a->kp[l] : a->k[l], a->xn1[l], &ly->wk, N, &ctx);
-        finch_linear_forward_train(a->v[l], a->xn1[l], &ly->wv, N, &ctx);
-        if (arch->qk_norm) {
-            be->rmsnorm_forward(a->q[l], a->rstdq[l], a->qp[l], ly->q_norm, N * H, D, eps);
-            be->rmsnorm_forward(a->k[l], a->rstdk[l], a->kp[l], ly->k_norm, N * KVH, D, eps);
-        }
-        be->rope_forward(a->q[l], a->pos, N, H, D, theta);
-        be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
-        const finch_attn_prefix pre = prefix_of(m, l, P);
-        be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg,
-                                    P ? &pre : NULL, B, T, H, KVH, D, &a->ws);
-        finch_linear_forward_train(arch->post_norms ? a->op[l] : a->xm[l], a->ao[l], &ly->wo, N,
-                                   &ctx);
-        if (arch->post_norms)
-            be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);
-        join(ly->attn_module, a->xm[l], x, N, C, &ctx);
-        be->rmsnorm_forward(a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, N, C, eps);
-        finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
-        finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
-        if (gelu)
-            be->geglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
-        else
-            be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
-        float *next = l + 1 < L ? a->x[l + 1] : a->xf;
-        finch_linear_forward_train(arch->post_norms ? a->fp[l] : next, a->h[l], &ly->w_down, N,
-                                   &ctx);
-        if (arch->post_norms)
-            be->rmsnorm_forward(next, a->rstdf2[l], a->fp[l], ly->post_ffn_norm, N, C, eps);
-        join(ly->ffn_module, next, a->xm[l], N, C, &ctx);
-    }
+    for (int l = 0; l < L; l++) block_forward(m, a, l, seg, &ctx);
     be->rmsnorm_forward(a->xnf, a->rstdf, a->xf, m->output_norm, N, C, eps);
     int64_t Nt = 0;
     for (int64_t i = 0; i < N; i++)
@@ -385,6 +424,7 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
     for (int l = L - 1; l >= 0; l--) {
         const finch_layer *ly = &m->layers[l];
         const float theta = finch_layer_theta(m, l);
+        if (a->ckpt) block_forward(m, a, l, seg, &ctx);
         /* x_{l+1} = xm + down(h) (or + rmsnorm(down(h)) * post_ffn_norm): dxm = dx (kept in
          * dx), dh from down */
         const float *df = join_backward(ly->ffn_module, a, N, C, &ctx);

@@ -105,19 +105,28 @@ void finch_param_convert(const finch_param *p, float *dst, const float *src, boo
 
 finch_status finch_params_save_st(const finch_params *r, const char *path, finch_err *err) {
     finch_status st = FINCH_OK;
-    float *hf = NULL; /* the arena with q/k rows in HF order */
+    /* only the tensors with q/k rows are copied (into HF order); the rest are written from
+     * the arena (full fine-tuning's arena is the whole model) */
+    size_t n_conv = 0;
+    for (int i = 0; i < r->n; i++) n_conv += r->p[i].permute_heads ? (size_t)r->p[i].n : 0;
+    float *hf = NULL, *next;
     finch_st_writer *w = finch_st_writer_new(err);
     if (!w) return FINCH_E_NOMEM;
-    if (!(hf = finch_alloc((size_t)r->total * sizeof(float) + 1, "parameter copy", err))) {
+    if (!(hf = finch_alloc(n_conv * sizeof(float) + 1, "parameter copy", err))) {
         st = FINCH_E_NOMEM;
         goto done;
     }
-    memcpy(hf, r->data, (size_t)r->total * sizeof(float));
+    next = hf;
     if ((st = finch_st_writer_set_meta(w, "format", "pt", err))) goto done;
     for (int i = 0; i < r->n && !st; i++) {
         const finch_param *p = &r->p[i];
-        if (p->permute_heads) finch_param_convert(p, hf + p->off, r->data + p->off, true);
-        st = finch_st_writer_add(w, p->name, FINCH_ST_F32, p->n_dims, p->shape, hf + p->off, err);
+        const float *src = r->data + p->off;
+        if (p->permute_heads) {
+            finch_param_convert(p, next, src, true);
+            src = next;
+            next += p->n;
+        }
+        st = finch_st_writer_add(w, p->name, FINCH_ST_F32, p->n_dims, p->shape, src, err);
     }
     if (!st) st = finch_st_writer_save(w, path, err);
 done:

@@ -265,6 +265,14 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
             m->output.dw = s->grad;
         }
     }
+    /* every weight matrix copied out (full fine-tuning): the mapped file's pages are not
+     * read again until detach, so they need not stay in memory */
+    int64_t n_mat = 0;
+    for (int i = 0; i < st->n_sites; i++)
+        n_mat += st->sites[i].kind == W_LINEAR || st->sites[i].kind == W_EMBD ||
+                 st->sites[i].kind == W_HEAD;
+    if (n_mat == (int64_t)m->cfg.n_layer * FINCH_TARGET_COUNT + 1 + !m->cfg.tied_output)
+        finch_gguf_evict(m->gguf);
     return FINCH_OK;
 }
 
@@ -341,6 +349,10 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
         size_t rb;
         finch_dtype ty =
             s->cols > 1 && finch_dtype_row_bytes(out, s->cols, &rb) ? out : FINCH_DTYPE_F32;
+        if (ty == FINCH_DTYPE_F32 && src == s->data) { /* written as it is: no copy */
+            e = finch_gguf_add_tensor(w, t->name, ty, t->n_dims, t->ne, s->data, err);
+            continue;
+        }
         if (ty == FINCH_DTYPE_F32) rb = (size_t)s->cols * sizeof(float);
         if (!(bufs[i] = finch_mem_alloc(rb * (size_t)s->rows))) {
             e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", t->name);
@@ -437,27 +449,32 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
         gguf_name(g, sizeof g, s);
         const wsite *trained = site_by_gguf_name(st, g);
         size_t count = (size_t)(s->rows * s->cols);
-        if (!(bufs[i] = finch_mem_alloc(count * sizeof(float) + 1))) {
-            e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
-            break;
-        }
-        float *src = bufs[i];
-        if (trained) {
-            memcpy(src, trained->data, count * sizeof(float));
-        } else {
-            /* the attached copies are the model's tensors now; frozen ones are as loaded */
-            site_to_f32((finch_model *)m, s, src);
-        }
         int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
-        if (heads) {
-            float *hf = finch_mem_alloc(count * sizeof(float));
-            if (!hf) {
+        /* a trained tensor in Hugging Face row order is written from the registry; the
+         * others through a buffer: q/k rows permuted, frozen ones expanded to f32 */
+        const float *src = trained ? trained->data : NULL;
+        if (!trained || heads) {
+            if (!(bufs[i] = finch_mem_alloc(count * sizeof(float) + 1))) {
                 e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
                 break;
             }
-            finch_rows_permute(hf, src, s->rows, s->cols, heads, true);
-            free(bufs[i]);
-            bufs[i] = src = hf;
+            if (trained) {
+                finch_rows_permute(bufs[i], trained->data, s->rows, s->cols, heads, true);
+            } else {
+                /* the attached copies are the model's tensors now; frozen ones are as loaded */
+                site_to_f32((finch_model *)m, s, bufs[i]);
+                if (heads) {
+                    float *hf = finch_mem_alloc(count * sizeof(float) + 1);
+                    if (!hf) {
+                        e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
+                        break;
+                    }
+                    finch_rows_permute(hf, bufs[i], s->rows, s->cols, heads, true);
+                    free(bufs[i]);
+                    bufs[i] = hf;
+                }
+            }
+            src = bufs[i];
         }
         int64_t shape[2] = {s->rows, s->cols};
         e = finch_st_writer_add(w, name, FINCH_ST_F32, s->cols > 1 || s->kind == W_LINEAR ? 2 : 1,

@@ -369,7 +369,7 @@ static finch_status get_id(const char *path, const json_t *v, const char *field,
                            finch_err *err) {
     if (!json_is_number(v)) return bad_type(path, field, v, "an integer id", err);
     double x = json_number_value(v);
-    if (x != (double)(int64_t)x || x < -1e18 || x > 1e18)
+    if (!(x >= -1e18 && x <= 1e18) || x != (double)(int64_t)x)
         return finch_err_set(err, FINCH_E_FORMAT, "%s: field '%s' is %g, not an integer id", path,
                              field, x);
     if (x < 0 || x >= HF_MAX_VOCAB)

@@ -664,7 +664,10 @@ static finch_status prepare_method(run *r, finch_err *err) {
                              "%d rows",
                              r->B, r->ranks, 1 << 20);
     /* the batch holds the global micro-batch; activations one rank's slice of it */
-    if ((st = finch_train_acts_new(r->m, r->B, r->T, &r->acts, err)) ||
+    if ((st = finch_train_acts_create(r->m, r->B, r->T,
+                                      r->o->gradient_checkpointing ? FINCH_ACTS_CHECKPOINT : 0,
+                                      &r->acts, err)) ||
+        (r->o->bf16 && (st = finch_train_acts_bf16(r->acts, r->m, err))) ||
         (st = finch_batch_init(&r->batch, r->B * r->ranks, r->T, err)))
         return st;
     size_t n_stash;

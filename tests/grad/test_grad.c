@@ -221,7 +221,7 @@ static void test_matmul_backward_weight(void **state) {
             float *x = rand_vec(&r, T * K, 1.0f), *w = rand_vec(&r, R * K, 0.5f);
             float *dy = rand_vec(&r, T * R, 1.0f), *dw0 = rand_vec(&r, R * K, 1.0f);
             float *dw = copy_vec(dw0, R * K), *dwr = copy_vec(dw0, R * K), *g = zeros(R * K);
-            finch_backend_cpu.matmul_backward_weight(dw, dy, x, T, R, K);
+            finch_backend_cpu.matmul_backward_weight(dw, dy, x, T, R, K, NULL);
             finch_ref_matmul_backward_weight(dwr, dy, x, T, R, K);
             /* parameter gradients accumulate: subtract what was there */
             for (int64_t i = 0; i < R * K; i++) g[i] = dw[i] - dw0[i];

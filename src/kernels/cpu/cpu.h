@@ -13,6 +13,24 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
  * ldb, ldc; single-threaded, the same bits every run (gemm.c). */
 void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                         const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate);
+/* bf16 products (gemm_bf16.c): operands rounded to bf16 and packed, sums in f32.
+ * finch_bf16_pad: n rounded up to 32. pack_a: A (M, K) (or its transpose, trans: src is
+ * (K, M)) into pad(M) x pad(K) values, zeros around. pack_b_nn: B (K, N) row-major into
+ * VNNI panels of finch_bf16_b_size(K, N) values, zeros around; pack_b_rows: n rows of W
+ * (each K values: B = W^T) as columns n0.. of such panels with pad(K) = Kp (the caller
+ * zeroes columns it leaves out). gemm_bf16: C (M, N) = A . B (+= when acc), A packed with
+ * row stride lda (its padded width), B packed; single-threaded. finch_bf16_amx: whether
+ * the AMX path runs (else the same rounded operands go through finch_cpu_sgemm_nn). */
+int64_t finch_bf16_pad(int64_t n);
+void finch_bf16_pack_a(uint16_t *dst, const float *src, int64_t M, int64_t K, int64_t lds,
+                       bool trans);
+size_t finch_bf16_b_size(int64_t K, int64_t N);
+void finch_bf16_pack_b_nn(uint16_t *dst, const float *B, int64_t K, int64_t N, int64_t ldb);
+void finch_bf16_pack_b_rows(uint16_t *dst, int64_t Kp, int64_t n0, const float *W, int64_t n,
+                            int64_t K, int64_t ldw);
+void finch_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const uint16_t *A, int64_t lda,
+                         const uint16_t *Bp, float *C, int64_t ldc, bool acc);
+bool finch_bf16_amx(void);
 void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws);
 void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
@@ -36,12 +54,17 @@ void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
+void finch_cpu_dropped_rows(float *y, const float *x, const float *wt, int64_t T, int64_t in,
+                            int64_t out, const finch_dropout *d, float alpha);
+void finch_cpu_dropped_dots(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
+                            int64_t out, const finch_dropout *d, float alpha);
+void finch_cpu_weight_t(float *wt, const finch_weight *w, finch_workspace *ws);
 void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                      finch_workspace *ws);
 void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
-                                      int64_t rows, int64_t cols);
+                                      int64_t rows, int64_t cols, finch_workspace *ws);
 void finch_cpu_embed_backward(float *demb, const float *dx, const int32_t *ids, int64_t T,
                               int64_t C);
 void finch_cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *rstd,

@@ -305,11 +305,56 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
     }
 }
 
+/* matmul_tiled with bf16 products: x rounded once into ws->a16, then each thread packs
+ * its tiles of W (GROUP rows at a time through f32) into bf16 panels after the staging
+ * rows in its slice. */
+static void matmul_tiled_bf16(float *y, const float *x, const finch_weight *w, int64_t T,
+                              finch_workspace *ws) {
+    const finch_dequant_fn dequant = tile_dequant(w->type);
+    const int64_t R = w->rows, K = w->cols, Kp = finch_bf16_pad(K), n16 = (R + 15) / 16;
+    FINCH_ASSERT(ws->a16_elems >= (size_t)(finch_bf16_pad(T) * Kp));
+    FINCH_ASSERT(ws->per_thread * sizeof(float) >=
+                 (size_t)(GROUP * K) * sizeof(float) + finch_bf16_b_size(K, TILE_ROWS) * 2);
+    finch_bf16_pack_a(ws->a16, x, T, K, K, false);
+#pragma omp parallel num_threads(ws->n_threads)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        float *stage = ws->buf + (size_t)tid * ws->per_thread;
+        uint16_t *panel = (uint16_t *)(stage + GROUP * K);
+        int64_t end = n16 * (tid + 1) / nth * 16;
+        if (end > R) end = R;
+        for (int64_t r0 = n16 * tid / nth * 16; r0 < end; r0 += TILE_ROWS) {
+            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS;
+            for (int64_t g0 = 0; g0 < nr; g0 += GROUP) {
+                int64_t ng = nr - g0 < GROUP ? nr - g0 : GROUP;
+                for (int64_t g = 0; g < ng; g++) {
+                    const uint8_t *row =
+                        (const uint8_t *)w->data + (size_t)(r0 + g0 + g) * w->row_bytes;
+                    if (w->type == FINCH_DTYPE_F32)
+                        memcpy(stage + g * K, row, (size_t)K * sizeof(float));
+                    else
+                        dequant(stage + g * K, row, K);
+                }
+                finch_bf16_pack_b_rows(panel, Kp, g0, stage, ng, K, K);
+            }
+            /* the panel's columns past nr hold an earlier tile's values: they only meet
+             * columns of C that gemm_bf16 does not write */
+            finch_cpu_gemm_bf16(T, nr, K, ws->a16, Kp, panel, y + r0, R, false);
+        }
+    }
+}
+
 void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
                       finch_workspace *ws) {
     FINCH_ASSERT(finch_dtype_info[w->type].dequant);
     if (T <= GEMV_MAX_T || !ws)
         matmul_gemv(y, x, w, T);
+    else if (ws->bf16)
+        matmul_tiled_bf16(y, x, w, T, ws);
     else
         matmul_tiled(y, x, w, T, ws);
 }
@@ -322,8 +367,56 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
  * dy[:, chunk] . chunk into its band with one finch_cpu_sgemm_nn. Each dx element is
  * summed by one thread in a fixed order, and W is dequantized once per call. An f32 W is
  * read in place: one product per band. */
+/* matmul_backward_input with bf16 products: dy rounded once into ws->a16; each thread
+ * packs the rows of its band chunk by chunk (a multiple of 32 rows, through f32) into a
+ * bf16 panel after the staging rows in its slice. */
+static void backward_input_bf16(float *dx, const float *dy, const finch_weight *w, int64_t T,
+                                finch_workspace *ws) {
+    const finch_dtype_traits *tr = &finch_dtype_info[w->type];
+    const finch_dequant_fn dequant = tile_dequant(w->type);
+    const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems, Rp = finch_bf16_pad(R);
+    FINCH_ASSERT(ws->a16_elems >= (size_t)(finch_bf16_pad(T) * Rp));
+    finch_bf16_pack_a(ws->a16, dy, T, R, R, false);
+#pragma omp parallel num_threads(ws->n_threads)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
+        const int64_t c0 = b0 * tr->block_elems, cw = (b1 - b0) * tr->block_elems;
+        /* per row of a chunk: cw floats staged, pad(cw) bf16 packed */
+        const int64_t per_row = cw * 4 + finch_bf16_pad(cw) * 2;
+        int64_t chunk = cw > 0 ? (int64_t)(ws->per_thread * sizeof(float)) / per_row / 32 * 32 : 0;
+        if (chunk > Rp) chunk = Rp;
+        FINCH_ASSERT(cw == 0 || chunk >= 32);
+        float *stage = ws->buf + (size_t)tid * ws->per_thread;
+        uint16_t *panel = (uint16_t *)(stage + chunk * cw);
+        const size_t off = (size_t)b0 * tr->block_bytes;
+        for (int64_t r0 = 0; cw > 0 && r0 < R; r0 += chunk) {
+            int64_t nr = R - r0 < chunk ? R - r0 : chunk;
+            for (int64_t r = 0; r < nr; r++) {
+                const uint8_t *row =
+                    (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off;
+                if (w->type == FINCH_DTYPE_F32)
+                    memcpy(stage + r * cw, row, (size_t)cw * sizeof(float));
+                else
+                    dequant(stage + r * cw, row, cw);
+            }
+            finch_bf16_pack_b_nn(panel, stage, nr, cw, cw);
+            /* A's columns r0.. of the rounded dy; past nr they meet the panel's zero rows */
+            finch_cpu_gemm_bf16(T, cw, nr, ws->a16 + r0, Rp, panel, dx + c0, K, r0 > 0);
+        }
+    }
+}
+
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                      finch_workspace *ws) {
+    if (ws && ws->bf16 && T > GEMV_MAX_T) {
+        backward_input_bf16(dx, dy, w, T, ws);
+        return;
+    }
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
     const finch_dequant_fn dequant = tile_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems;
@@ -355,9 +448,26 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
     }
 }
 
-/* dW (R, K) += dy^T (R, T) . x (T, K): tiles of TILE_ROWS rows of dW, one thread each. */
+/* dW (R, K) += dy^T (R, T) . x (T, K): tiles of TILE_ROWS rows of dW, one thread each.
+ * With bf16 products dy^T and x are rounded and packed once (ws->a16, ws->b16) and each
+ * tile is one gemm_bf16. */
 void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x, int64_t T,
-                                      int64_t rows, int64_t cols) {
+                                      int64_t rows, int64_t cols, finch_workspace *ws) {
+    if (ws && ws->bf16 && ws->b16 && T > GEMV_MAX_T) {
+        const int64_t Tp = finch_bf16_pad(T);
+        FINCH_ASSERT(ws->a16_elems >= (size_t)(finch_bf16_pad(rows) * Tp) &&
+                     ws->b16_elems >= finch_bf16_b_size(T, cols));
+        finch_bf16_pack_a(ws->a16, dy, rows, T, rows, true);
+        finch_bf16_pack_b_nn(ws->b16, x, T, cols, cols);
+        const int64_t n_tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
+#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
+        for (int64_t tile = 0; tile < n_tiles; tile++) {
+            int64_t r0 = tile * TILE_ROWS, nr = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;
+            finch_cpu_gemm_bf16(nr, cols, T, ws->a16 + r0 * Tp, Tp, ws->b16, dw + r0 * cols, cols,
+                                true);
+        }
+        return;
+    }
     const int64_t n_tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
 #pragma omp parallel for schedule(static) if (n_tiles > 1)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
@@ -395,9 +505,35 @@ finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_
     return FINCH_OK;
 }
 
+finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, int64_t max_in,
+                                  finch_err *err) {
+    size_t na, nb;
+    if (!finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_dim), &na) ||
+        !finch_size_mul(na, sizeof(uint16_t), &na) ||
+        !finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_in), &nb) ||
+        !finch_size_mul(nb, sizeof(uint16_t), &nb))
+        return finch_err_set(err, FINCH_E_NOMEM, "bf16 operand size overflows");
+    uint16_t *a16 = finch_aalloc(na, "bf16 operand", err);
+    uint16_t *b16 = a16 && max_in > 0 ? finch_aalloc(nb, "bf16 operand", err) : NULL;
+    if (!a16 || (max_in > 0 && !b16)) {
+        finch_afree(a16);
+        return FINCH_E_NOMEM;
+    }
+    finch_afree(ws->a16);
+    finch_afree(ws->b16);
+    ws->a16 = a16;
+    ws->a16_elems = na / sizeof(uint16_t);
+    ws->b16 = b16;
+    ws->b16_elems = b16 ? nb / sizeof(uint16_t) : 0;
+    ws->bf16 = true;
+    return FINCH_OK;
+}
+
 void finch_workspace_free(finch_workspace *ws) {
     if (!ws) return;
     finch_afree(ws->buf);
     finch_afree(ws->act);
+    finch_afree(ws->a16);
+    finch_afree(ws->b16);
     memset(ws, 0, sizeof *ws);
 }

@@ -6,6 +6,10 @@ with bf16 operands on AMX, f32 sums, f32 parameters and optimizer state), the pe
 torch.autocast("cpu", dtype=torch.bfloat16) (its CPU recipe: oneDNN bf16 matmuls, on AMX
 where the CPU has it; float32 parameters and AdamW).
 
+With --gradient-checkpointing both sides keep each block's input only and recompute the
+block in backward (finch --gradient-checkpointing; the peer wraps each block in
+torch.utils.checkpoint, non-reentrant).
+
 With --method full both sides train every weight instead (finch: bench_train --method
 full, f32 master copies made from the Q4_1 base; the peer: the same model with every
 parameter trainable, float32, AdamW over all of them).
@@ -73,6 +77,7 @@ def peer_worker(args):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
+    import torch.utils.checkpoint
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -159,7 +164,11 @@ def peer_worker(args):
             mask = torch.full((t, t), float("-inf")).triu(1)
             x = self.embed_tokens(ids)
             for layer in self.layers:
-                x = layer(x, cos, sin, mask)
+                if args.gradient_checkpointing:
+                    x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask,
+                                                          use_reentrant=False)
+                else:
+                    x = layer(x, cos, sin, mask)
             logits = F.linear(self.norm(x), self.embed_tokens.weight)  # tied head
             return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
 
@@ -235,6 +244,8 @@ def main():
                     help="LoRA r 16 on all linear layers (default) or full fine-tuning")
     ap.add_argument("--bf16", action="store_true",
                     help="mixed precision on both sides (finch --bf16, torch.autocast bf16)")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="both sides recompute each block in backward")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
@@ -266,12 +277,14 @@ def main():
                     cmd = [args.bench, "-m", args.model, "-b", str(b), "-T", str(t),
                            "-n", str(args.steps), "-t", str(args.threads), "--method", args.method]
                     cmd += ["--bf16"] if args.bf16 else []
+                    cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
                     env = finch_env
                 else:
                     cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer",
                            "--batch", str(b), "--seq", str(t), "--steps", str(args.steps),
                            "--threads", str(args.threads), "--method", args.method]
                     cmd += ["--bf16"] if args.bf16 else []
+                    cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
                     env = peer_env
                 x = run_json(cmd, env)
                 res[(e, (b, t))].append(x)
@@ -285,6 +298,7 @@ def main():
     what = ("full fine-tuning, every weight, AdamW" if args.method == "full" else
             f"LoRA r {LORA_R} alpha {LORA_ALPHA:g} dropout {LORA_DROPOUT}, all linear, AdamW")
     what += ", bf16 mixed precision" if args.bf16 else ", float32"
+    what += ", gradient checkpointing" if args.gradient_checkpointing else ""
     print(f"{what}; "
           f"{args.threads} threads; median of {args.rounds} process(es) per engine and config, "
           f"each the median of {args.steps - WARMUP} steps after {WARMUP} warm-up; "

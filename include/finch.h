@@ -552,7 +552,7 @@ FINCH_API int finch_method_options_resolved(const char *method, const finch_opti
                                             int n_given, finch_option *out, int cap);
 
 /* The most training files a multi-task mixture holds. */
-#define FINCH_MAX_TASKS 128
+#define FINCH_MAX_TASKS 64
 
 /* One training file of a multi-task mixture (FLAN's recipe) and its sampling weight. */
 typedef struct {

@@ -26,12 +26,12 @@ echo
 echo "== base vs tuned on held-out test examples: validation loss, then generations"
 echo "   scored against the references, and the loss on a general set (quotations) for forgetting"
 build/finch eval --data "$TEST" --chat --task loss --max-examples 100 --compare \
-  --adapter "$RUN" --json "$RUN/eval-loss.json"
+  --adapter "$RUN" --json-out "$RUN/eval-loss.json"
 echo
 build/finch eval --data "$TEST" --chat --task generate --metrics rouge,bleu,em,f1 \
   --max-examples "$GEN_EXAMPLES" --max-new-tokens 48 --samples 4 --compare --adapter "$RUN" \
   --general datasets/quotes/general.jsonl --general-max-examples 100 \
-  --json "$RUN/eval-generate.json"
+  --json-out "$RUN/eval-generate.json"
 echo
 echo "== report"
 build/finch report "$RUN" -o "$RUN/report.html"

@@ -25,16 +25,23 @@ static inline uint8_t *read_file(const char *path, size_t *size) {
     return p;
 }
 
+/* The whole file at path as a NUL-terminated string, malloc'd (the test fails if it cannot
+ * be read). */
+static inline char *read_text(const char *path) {
+    size_t n;
+    uint8_t *p = read_file(path, &n);
+    char *s = realloc(p, n + 1);
+    assert_non_null(s);
+    s[n] = 0;
+    return s;
+}
+
 /* The file dir/name as a NUL-terminated string, malloc'd (the test fails if it cannot be
  * read). */
 static inline char *read_text_in(const char *dir, const char *name) {
     char path[1024];
-    size_t n;
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    char *text = (char *)read_file(path, &n), *grown = realloc(text, n + 1);
-    assert_non_null(grown);
-    grown[n] = 0;
-    return grown;
+    return read_text(path);
 }
 
 /* Whether the files at paths a and b (both present) hold the same bytes. */

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -28,29 +29,6 @@
 
 extern char **environ;
 
-static const char usage_text[] =
-    "usage: finch compare-methods --data FILE --out DIR [options]\n"
-    "  -m, --model FILE       the model (default: the cached SmolLM2-135M-Instruct)\n"
-    "  --data FILE            training JSONL\n"
-    "  --val FILE             validation JSONL (default: 10% of --data)\n"
-    "  --test FILE            generate on it and score ROUGE-L (default: the task is loss)\n"
-    "  --general FILE         a general set: its loss change against the base (forgetting)\n"
-    "  --methods LIST         default lora,dora,ia3,prompt,prefix,adapter,bitfit,freeze,full\n"
-    "  --lr METHOD=X          a method's learning rate (repeatable; defaults: lora, dora,\n"
-    "                         adapter 1e-3; ia3, prefix 1e-2; prompt 3e-2; bitfit 5e-3;\n"
-    "                         freeze 2e-4; full 5e-5)\n"
-    "  --max-steps N          steps per method (default 30)\n"
-    "  --batch-size N         (default 8)\n"
-    "  --max-seq-len N        tokens per example at most (default 256)\n"
-    "  --eval-max-examples N  examples of --val, --test and --general scored (default 50)\n"
-    "  --chat                 wrap prompts in the model's chat template\n"
-    "  --seed S               (default 42)\n"
-    "  -t, --threads N        threads per run\n"
-    "  --out DIR              one folder per method, compare.json, compare.md, report.html\n"
-    "Methods run with these settings: lora and dora r 16, alpha 32 on all linear layers;\n"
-    "prompt and prefix 20 virtual tokens; adapter houlsby; freeze the last fifth of the\n"
-    "blocks; the others their defaults.\n";
-
 static const struct {
     const char *name;
     double lr;
@@ -60,16 +38,27 @@ static const struct {
 
 enum { MAX_METHODS = 16 };
 
+/* --methods LIST, split in place. */
 typedef struct {
-    const char *model, *data, *val, *test, *general, *out, *threads, *seed;
-    char *methods[MAX_METHODS];
-    int n_methods;
-    char *methods_buf;
-    const char *lr_name[MAX_METHODS];
-    double lr_value[MAX_METHODS];
-    int n_lr;
-    long steps, batch, seq_len, eval_n;
+    char buf[512];
+    char *v[MAX_METHODS];
+    int n;
+} methods_t;
+
+/* The --lr METHOD=X given, in order (a later one wins). */
+typedef struct {
+    const char *name[MAX_METHODS];
+    double value[MAX_METHODS];
+    int n;
+} lrs_t;
+
+typedef struct {
+    const char *model, *data, *val, *test, *general, *out;
+    methods_t methods;
+    lrs_t lr;
+    long steps, batch, seq_len, eval_n, seed, threads;
     bool chat;
+    cli_json json;
 } args_t;
 
 /* ---- running finch ---------------------------------------------------------------------- */
@@ -175,104 +164,101 @@ static bool known_method(const char *m) {
     return false;
 }
 
-static int parse_long(const char *flag, const char *v, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long n = v ? strtol(v, &end, 10) : 0;
-    if (!v || end == v || *end || errno || n < lo || n > hi)
-        return cli_usage_error("compare-methods", "%s %s: must be an integer from %ld to %ld", flag,
-                               v ? v : "(none)", lo, hi);
-    *out = n;
-    return 0;
-}
-
-static int parse_methods(args_t *a, const char *list) {
-    free(a->methods_buf);
-    a->methods_buf = strdup(list);
-    a->n_methods = 0;
-    for (char *save = NULL, *t = strtok_r(a->methods_buf, ",", &save); t;
-         t = strtok_r(NULL, ",", &save)) {
+static bool methods_parse(void *field, const char *flag, const char *v, char *msg, size_t n) {
+    methods_t *m = field;
+    if (snprintf(m->buf, sizeof m->buf, "%s", v) >= (int)sizeof m->buf)
+        return snprintf(msg, n, "%s: the list is too long", flag), false;
+    m->n = 0;
+    for (char *save = NULL, *t = strtok_r(m->buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!known_method(t))
-            return cli_usage_error("compare-methods",
-                                   "--methods: unknown method '%s' (finch compares lora, dora, "
-                                   "ia3, prompt, prefix, adapter, bitfit, freeze, full)",
-                                   t);
-        for (int i = 0; i < a->n_methods; i++)
-            if (!strcmp(a->methods[i], t))
-                return cli_usage_error("compare-methods", "--methods: '%s' is listed twice", t);
-        if (a->n_methods == MAX_METHODS)
-            return cli_usage_error("compare-methods", "--methods: at most %d", MAX_METHODS);
-        a->methods[a->n_methods++] = t;
+            return snprintf(msg, n,
+                            "%s: unknown method '%s' (finch compares lora, dora, ia3, prompt, "
+                            "prefix, adapter, bitfit, freeze, full)",
+                            flag, t),
+                   false;
+        for (int i = 0; i < m->n; i++)
+            if (!strcmp(m->v[i], t))
+                return snprintf(msg, n, "%s: '%s' is listed twice", flag, t), false;
+        if (m->n == MAX_METHODS)
+            return snprintf(msg, n, "%s: at most %d", flag, MAX_METHODS), false;
+        m->v[m->n++] = t;
     }
-    if (!a->n_methods) return cli_usage_error("compare-methods", "--methods: the list is empty");
-    return 0;
+    if (!m->n) return snprintf(msg, n, "%s: the list is empty", flag), false;
+    return true;
 }
 
+static bool lr_parse(void *field, const char *flag, const char *v, char *msg, size_t n) {
+    lrs_t *l = field;
+    const char *eq = strchr(v, '=');
+    char *end = NULL;
+    double x = eq ? strtod(eq + 1, &end) : NAN;
+    char name[32];
+    snprintf(name, sizeof name, "%.*s", eq ? (int)(eq - v) : 0, v);
+    if (!eq || !known_method(name) || end == eq + 1 || *end || !(x > 0 && x < 10))
+        return snprintf(msg, n, "%s %s: give METHOD=X with a known method and 0 < X < 10", flag, v),
+               false;
+    for (size_t k = 0; k < sizeof default_lr / sizeof *default_lr; k++)
+        if (!strcmp(default_lr[k].name, name)) l->name[l->n] = default_lr[k].name;
+    l->value[l->n++] = x;
+    return true;
+}
+
+#define CLI_DST args_t
+static const cli_flag flag_table[] = {
+    CLI_STRING("-m, --model", "FILE", model,
+               "the model (default: the cached SmolLM2-135M-Instruct)"),
+    CLI_STRING("--data", "FILE", data, "training JSONL"),
+    CLI_STRING("--val", "FILE", val, "validation JSONL (default: 10% of --data)"),
+    CLI_STRING("--test", "FILE", test,
+               "generate on it and score ROUGE-L (default: the task is loss)"),
+    CLI_STRING("--general", "FILE", general,
+               "a general set: its loss change against the base (forgetting)"),
+    CLI_CUSTOM("--methods", "LIST", 0, methods_parse, methods,
+               "default lora,dora,ia3,prompt,prefix,adapter,bitfit,freeze,full"),
+    CLI_CUSTOM("--lr", "METHOD=X", MAX_METHODS, lr_parse, lr,
+               "a method's learning rate (repeatable; defaults: lora, dora,\n"
+               "adapter 1e-3; ia3, prefix 1e-2; prompt 3e-2; bitfit 5e-3;\n"
+               "freeze 2e-4; full 5e-5)"),
+    CLI_INT("--max-steps", "N", 1, 1000000, steps, "steps per method (default 30)"),
+    CLI_INT("--batch-size", "N", 1, 4096, batch, "(default 8)"),
+    CLI_INT("--max-seq-len", "N", 2, 1 << 20, seq_len, "tokens per example at most (default 256)"),
+    CLI_INT("--eval-max-examples", "N", 1, 1 << 30, eval_n,
+            "examples of --val, --test and --general scored (default 50)"),
+    CLI_SWITCH("--chat", chat, "wrap prompts in the model's chat template"),
+    CLI_INT("--seed", "S", 0, LONG_MAX, seed, "(default 42)"),
+    CLI_THREADS(threads),
+    CLI_STRING("--out", "DIR", out, "one folder per method, compare.json, compare.md, report.html"),
+    CLI_GROUP(cli_json_flags, json),
+    CLI_END};
+#undef CLI_DST
+
+static const cli_command command = {
+    .name = "compare-methods",
+    .usage = "usage: finch compare-methods --data FILE --out DIR [options]\n",
+    .flags = flag_table,
+    .epilog = "Methods run with these settings: lora and dora r 16, alpha 32 on all linear "
+              "layers;\nprompt and prefix 20 virtual tokens; adapter houlsby; freeze the last "
+              "fifth of the\nblocks; the others their defaults.\n"};
+
+/* Reads the command line into a; CLI_RUN, or the exit code (0 after --help). */
 static int parse_args(args_t *a, int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        if (!strcmp(f, "--chat")) {
-            a->chat = true;
-            continue;
-        }
-        if (i + 1 >= argc) return cli_usage_error("compare-methods", "%s needs a value", f);
-        const char *v = argv[++i];
-        int rc = 0;
-        if (!strcmp(f, "-m") || !strcmp(f, "--model"))
-            a->model = v;
-        else if (!strcmp(f, "--data"))
-            a->data = v;
-        else if (!strcmp(f, "--val"))
-            a->val = v;
-        else if (!strcmp(f, "--test"))
-            a->test = v;
-        else if (!strcmp(f, "--general"))
-            a->general = v;
-        else if (!strcmp(f, "--out"))
-            a->out = v;
-        else if (!strcmp(f, "--seed"))
-            a->seed = v;
-        else if (!strcmp(f, "-t") || !strcmp(f, "--threads"))
-            a->threads = v;
-        else if (!strcmp(f, "--methods"))
-            rc = parse_methods(a, v);
-        else if (!strcmp(f, "--max-steps"))
-            rc = parse_long(f, v, 1, 1000000, &a->steps);
-        else if (!strcmp(f, "--batch-size"))
-            rc = parse_long(f, v, 1, 4096, &a->batch);
-        else if (!strcmp(f, "--max-seq-len"))
-            rc = parse_long(f, v, 2, 1 << 20, &a->seq_len);
-        else if (!strcmp(f, "--eval-max-examples"))
-            rc = parse_long(f, v, 1, 1 << 30, &a->eval_n);
-        else if (!strcmp(f, "--lr")) {
-            const char *eq = strchr(v, '=');
-            char *end = NULL;
-            double x = eq ? strtod(eq + 1, &end) : NAN;
-            char name[32];
-            snprintf(name, sizeof name, "%.*s", eq ? (int)(eq - v) : 0, v);
-            if (!eq || !known_method(name) || end == eq + 1 || *end || !(x > 0 && x < 10))
-                return cli_usage_error("compare-methods",
-                                       "--lr %s: give METHOD=X with a known method and 0 < X < 10",
-                                       v);
-            if (a->n_lr == MAX_METHODS)
-                return cli_usage_error("compare-methods", "--lr: at most %d", MAX_METHODS);
-            for (size_t k = 0; k < sizeof default_lr / sizeof *default_lr; k++)
-                if (!strcmp(default_lr[k].name, name)) a->lr_name[a->n_lr] = default_lr[k].name;
-            a->lr_value[a->n_lr++] = x;
-        } else
-            return cli_usage_error("compare-methods", "unknown flag '%s' (see --help)", f);
-        if (rc) return rc;
-    }
+    char msg[256];
+    if (!methods_parse(&a->methods, "--methods",
+                       "lora,dora,ia3,prompt,prefix,adapter,bitfit,freeze,full", msg, sizeof msg))
+        return cli_usage_error("compare-methods", "%s", msg);
+    int rc = cli_parse(&command, argc, argv, a);
+    if (rc == CLI_RUN) rc = cli_json_check("compare-methods", &a->json);
+    if (rc != CLI_RUN) return rc;
     if (!a->data) return cli_usage_error("compare-methods", "no training data: give --data FILE");
     if (!a->out) return cli_usage_error("compare-methods", "no output directory: give --out DIR");
     if (strlen(a->out) > 3800)
         return cli_usage_error("compare-methods", "--out: the path is too long");
-    return 0;
+    return CLI_RUN;
 }
 
 static double lr_of(const args_t *a, const char *m) {
-    for (int i = a->n_lr - 1; i >= 0; i--)
-        if (!strcmp(a->lr_name[i], m)) return a->lr_value[i];
+    for (int i = a->lr.n - 1; i >= 0; i--)
+        if (!strcmp(a->lr.name[i], m)) return a->lr.value[i];
     for (size_t k = 0; k < sizeof default_lr / sizeof *default_lr; k++)
         if (!strcmp(default_lr[k].name, m)) return default_lr[k].lr;
     return 1e-3;
@@ -292,9 +278,15 @@ static void add(argv_t *x, const char *s) {
     x->v[x->n] = NULL;
 }
 
-static const char *num(argv_t *x, const char *fmt, double v) {
+static const char *num(argv_t *x, double v) {
     char *b = x->owned[x->n_owned++ % 16];
-    snprintf(b, 64, fmt, v);
+    snprintf(b, 64, "%g", v);
+    return b;
+}
+
+static const char *integer(argv_t *x, long v) {
+    char *b = x->owned[x->n_owned++ % 16];
+    snprintf(b, 64, "%ld", v);
     return b;
 }
 
@@ -320,12 +312,12 @@ static int evaluate(const args_t *a, const char *adapter, const char *model, con
         add(&x, "48");
     }
     add(&x, "--max-examples");
-    add(&x, num(&x, "%.0f", (double)a->eval_n));
+    add(&x, integer(&x, a->eval_n));
     if (a->general) {
         add(&x, "--general");
         add(&x, a->general);
         add(&x, "--general-max-examples");
-        add(&x, num(&x, "%.0f", (double)a->eval_n));
+        add(&x, integer(&x, a->eval_n));
     }
     if (a->chat) add(&x, "--chat");
     if (adapter) {
@@ -334,9 +326,9 @@ static int evaluate(const args_t *a, const char *adapter, const char *model, con
     }
     if (a->threads) {
         add(&x, "--threads");
-        add(&x, a->threads);
+        add(&x, integer(&x, a->threads));
     }
-    add(&x, "--json");
+    add(&x, "--json-out");
     add(&x, json_path);
     return run_finch(x.v, log, NULL);
 }
@@ -361,7 +353,7 @@ static int train(const args_t *a, const char *m, int n_layer, const char *dir, d
         add(&x, "0.1");
     }
     add(&x, "--val-max-examples");
-    add(&x, num(&x, "%.0f", (double)a->eval_n));
+    add(&x, integer(&x, a->eval_n));
     add(&x, "--method");
     add(&x, m);
     if (!strcmp(m, "lora") || !strcmp(m, "dora")) {
@@ -378,27 +370,25 @@ static int train(const args_t *a, const char *m, int n_layer, const char *dir, d
         add(&x, layers);
     }
     add(&x, "--learning-rate");
-    add(&x, num(&x, "%g", lr_of(a, m)));
+    add(&x, num(&x, lr_of(a, m)));
     add(&x, "--batch-size");
-    add(&x, num(&x, "%.0f", (double)a->batch));
+    add(&x, integer(&x, a->batch));
     add(&x, "--max-steps");
-    add(&x, num(&x, "%.0f", (double)a->steps));
+    add(&x, integer(&x, a->steps));
     add(&x, "--warmup-steps");
-    add(&x, num(&x, "%.0f", (double)(a->steps / 10)));
+    add(&x, integer(&x, a->steps / 10));
     add(&x, "--eval-steps");
-    add(&x, num(&x, "%.0f", (double)a->steps));
+    add(&x, integer(&x, a->steps));
     add(&x, "--save-steps");
     add(&x, "0");
     add(&x, "--max-seq-len");
-    add(&x, num(&x, "%.0f", (double)a->seq_len));
+    add(&x, integer(&x, a->seq_len));
     if (a->chat) add(&x, "--chat");
-    if (a->seed) {
-        add(&x, "--seed");
-        add(&x, a->seed);
-    }
+    add(&x, "--seed");
+    add(&x, integer(&x, a->seed));
     if (a->threads) {
         add(&x, "--threads");
-        add(&x, a->threads);
+        add(&x, integer(&x, a->threads));
     }
     add(&x, "--out");
     add(&x, dir);
@@ -418,22 +408,13 @@ static int mkdir_p(const char *dir) {
 }
 
 int cmd_compare(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(usage_text, stdout);
-            return 0;
-        }
-    args_t a = {.steps = 30, .batch = 8, .seq_len = 256, .eval_n = 50};
-    int rc = parse_methods(&a, "lora,dora,ia3,prompt,prefix,adapter,bitfit,freeze,full");
-    if (!rc) rc = parse_args(&a, argc, argv);
-    if (rc) goto done;
-    if ((rc = mkdir_p(a.out))) goto done;
+    args_t a = {.steps = 30, .batch = 8, .seq_len = 256, .eval_n = 50, .seed = 42};
+    int rc = parse_args(&a, argc, argv);
+    if (rc != CLI_RUN) return rc;
+    if ((rc = mkdir_p(a.out))) return rc;
     /* the model's blocks (for freeze) and a check that it loads, before any run */
     finch_model *model = cli_load_model(a.model);
-    if (!model) {
-        rc = EXIT_FAIL;
-        goto done;
-    }
+    if (!model) return EXIT_FAIL;
     finch_model_config cfg;
     finch_model_config_get(model, &cfg);
     finch_model_free(model);
@@ -444,7 +425,7 @@ int cmd_compare(int argc, char **argv) {
     json_t *rows = json_array();
     double base_general = NAN;
     fprintf(stderr, "finch compare-methods: %d methods, %ld steps of %ld x %ld tokens each\n",
-            a.n_methods, a.steps, a.batch, a.seq_len);
+            a.methods.n, a.steps, a.batch, a.seq_len);
     snprintf(dir, sizeof dir, "%.3900s/base", a.out);
     snprintf(path, sizeof path, "%.3900s/base/eval.json", a.out);
     snprintf(log, sizeof log, "%.3900s/base/eval.log", a.out);
@@ -455,8 +436,8 @@ int cmd_compare(int argc, char **argv) {
         json_decref(ev);
     }
     int failed = 0;
-    for (int i = 0; i < a.n_methods; i++) {
-        const char *m = a.methods[i];
+    for (int i = 0; i < a.methods.n; i++) {
+        const char *m = a.methods.v[i];
         snprintf(dir, sizeof dir, "%.3900s/%s", a.out, m);
         json_t *row =
             json_pack("{s:s, s:s, s:f}", "method", m, "out", dir, "learning_rate", lr_of(&a, m));
@@ -510,8 +491,8 @@ int cmd_compare(int argc, char **argv) {
 
     char budget[256];
     snprintf(budget, sizeof budget,
-             "%ld steps, batch %ld, up to %ld tokens per example, seed %s; %ld examples scored",
-             a.steps, a.batch, a.seq_len, a.seed ? a.seed : "42", a.eval_n);
+             "%ld steps, batch %ld, up to %ld tokens per example, seed %ld; %ld examples scored",
+             a.steps, a.batch, a.seq_len, a.seed, a.eval_n);
     char model_path[4096];
     finch_err err;
     if (a.model)
@@ -528,18 +509,20 @@ int cmd_compare(int argc, char **argv) {
         rc = text ? cli_fail(&err) : EXIT_FAIL;
         free(text);
         json_decref(root);
-        goto done;
+        return rc;
     }
+    rc = cli_json_emit("compare-methods", &a.json, text, strlen(text));
     free(text);
 
-    /* the table: stdout and compare.md */
+    /* the table: stdout (stderr with --json) and compare.md */
+    FILE *out = cli_json_text(&a.json);
     FILE *mdf;
     snprintf(path, sizeof path, "%.3900s/compare.md", a.out);
     mdf = fopen(path, "w");
     const char *head =
         "| method | trainable | % | on disk | tokens/s | peak RSS MB | val loss | %s "
         "| general loss change |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    printf(head, a.test ? "ROUGE-L" : "task loss");
+    fprintf(out, head, a.test ? "ROUGE-L" : "task loss");
     if (mdf) fprintf(mdf, head, a.test ? "ROUGE-L" : "task loss");
     size_t k;
     json_t *row;
@@ -559,7 +542,7 @@ int cmd_compare(int argc, char **argv) {
                      V("trainable_percent"), V("size_bytes") / 1e6, V("tokens_per_s"),
                      V("peak_rss_mb"), V("val_loss"), V("metric"), gen);
 #undef V
-        fputs(line, stdout);
+        fputs(line, out);
         if (mdf) fputs(line, mdf);
     }
     if (mdf) fclose(mdf);
@@ -573,7 +556,5 @@ int cmd_compare(int argc, char **argv) {
         fprintf(stderr, "finch compare-methods: %s/compare.json, compare.md, report.html%s\n",
                 a.out, failed ? "; some methods failed (their rows say why)" : "");
     if (!rc && failed) rc = EXIT_FAIL;
-done:
-    free(a.methods_buf);
     return rc;
 }

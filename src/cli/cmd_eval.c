@@ -8,57 +8,18 @@
  * Systems: the base model with all adapters attached, or with --compare the base model
  * alone and each adapter alone, side by side with deltas against the base. --general
  * runs a second dataset on the same systems (to see what fine-tuning cost elsewhere).
- * --json writes everything in the evaluation schema `finch report` reads.
+ * The results in the evaluation schema `finch report` reads: --json prints them on stdout
+ * (the tables then go to stderr), --json-out FILE writes them.
  */
 #include "cli.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char usage_text[] =
-    "usage: finch eval [-m MODEL] --data FILE [--task loss|generate|classify] [options]\n"
-    "  -m, --model FILE       GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
-    "  --data FILE            JSONL dataset (prompt/completion, Alpaca, Dolly or chat lines)\n"
-    "  --task NAME            loss (default): cross-entropy and perplexity of the completions\n"
-    "                         generate: generate and score against the completions\n"
-    "                         classify: pick the most likely label per example\n"
-    "  --format NAME          auto (default), completion, alpaca, dolly, chat\n"
-    "  --template TEXT        prompt template with {field} placeholders (repeatable: sampled);\n"
-    "                         for classify it may end with {label}\n"
-    "  --chat                 wrap prompts in the model's chat template\n"
-    "  --max-examples N       evaluate only the first N examples\n"
-    "  --seed S               template sampling, sampling and shot choice (default 0)\n"
-    "  --adapter DIR[:W]      a PEFT LoRA adapter (repeatable; W weights it, default 1)\n"
-    "  --compare              base and each adapter as separate systems, side by side\n"
-    "  --json FILE            write the results as JSON (for finch report)\n"
-    "  --numerics MODE        exact (default) or llamacpp\n"
-    "  --load-in-4bit         quantize the base's projections to NF4 at load (QLoRA);\n"
-    "                         --bnb-4bit-use-double-quant true|false, --bnb-4bit-quant-type nf4\n"
-    "  -t, --threads N        threads\n"
-    "loss:\n"
-    "  --max-seq-len N        tokens per example at most (default 256 or the context)\n"
-    "  --train-on-prompt      count prompt tokens in the loss too\n"
-    "  --skip-bad             skip malformed lines (counted) instead of stopping\n"
-    "generate:\n"
-    "  --metrics LIST         rouge,bleu,em,f1 (default rouge,bleu)\n"
-    "  --max-new-tokens N     tokens to generate per example at most (default 64)\n"
-    "  --temperature T        0 = greedy (default)\n"
-    "  --top-k K, --top-p P   sampling filters (default off)\n"
-    "  --samples N            examples shown (and kept in the JSON) with every system's output "
-    "(3)\n"
-    "classify:\n"
-    "  --labels A,B,...       the label set (default: the dataset's distinct completions)\n"
-    "  --k-shot K             solved examples put before each prompt (default 0)\n"
-    "  --shots-from FILE      JSONL the shots are drawn from (never the example itself)\n"
-    "general dataset:\n"
-    "  --general FILE         also evaluate this dataset on the same systems\n"
-    "  --general-task NAME    its task: loss (default), generate or classify\n"
-    "  --general-max-examples N   its examples (default 100)\n";
-
-enum { M_ROUGE = 1, M_BLEU = 2, M_EM = 4, M_F1 = 8 };
 enum { MAX_SYSTEMS = 9, MAX_ROWS = 16 };
 
 typedef struct {
@@ -85,7 +46,8 @@ typedef struct {
     int metrics, n_samples;
     finch_gen_options gen;
     finch_classify_options cls;
-    json_t *j_metrics, *j_samples; /* NULL without --json */
+    json_t *j_metrics, *j_samples; /* NULL without --json or --json-out */
+    FILE *out;                     /* the text for people: stdout, or stderr with --json */
 } ctx_t;
 
 static void progress_cb(int64_t done, int64_t total, void *user) {
@@ -106,10 +68,6 @@ static void put(table_t *t, json_t *obj, int s, const char *key, double v) {
     if (obj) json_object_set_new(obj, key, json_real(v));
 }
 
-static bool valid_task(const char *t) {
-    return !strcmp(t, "loss") || !strcmp(t, "generate") || !strcmp(t, "classify");
-}
-
 /* --task loss: mean loss and perplexity; printed here when only one system runs. */
 static int run_loss(ctx_t *c, const finch_data_spec *spec, int s, table_t *t, json_t *obj,
                     cli_progress *p) {
@@ -119,16 +77,17 @@ static int run_loss(ctx_t *c, const finch_data_spec *spec, int s, table_t *t, js
     cli_progress_end(p);
     t->n_examples = r.n_examples;
     if (c->n_sys == 1) { /* several systems: the side-by-side table says it */
-        printf("%s on %s:\n", c->sys[s].name, spec->path);
-        printf("examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
-               (long long)r.n_targets);
-        printf("loss:         %.4f\n", r.loss);
-        printf("perplexity:   %.3f\n", r.perplexity);
+        fprintf(c->out, "%s on %s:\n", c->sys[s].name, spec->path);
+        fprintf(c->out, "examples:     %lld (%lld target tokens)\n", (long long)r.n_examples,
+                (long long)r.n_targets);
+        fprintf(c->out, "loss:         %.4f\n", r.loss);
+        fprintf(c->out, "perplexity:   %.3f\n", r.perplexity);
     }
     if (r.n_truncated || r.n_dropped || r.n_skipped)
-        printf("warnings:     %lld truncated to the maximum length, %lld dropped (nothing "
-               "left to score), %lld malformed lines skipped\n",
-               (long long)r.n_truncated, (long long)r.n_dropped, (long long)r.n_skipped);
+        fprintf(c->out,
+                "warnings:     %lld truncated to the maximum length, %lld dropped (nothing "
+                "left to score), %lld malformed lines skipped\n",
+                (long long)r.n_truncated, (long long)r.n_dropped, (long long)r.n_skipped);
     put(t, obj, s, "loss", r.loss);
     put(t, obj, s, "ppl", r.perplexity);
     return 0;
@@ -166,15 +125,15 @@ static int run_generate(ctx_t *c, const finch_data_spec *spec, int s, table_t *t
         return cli_fail(&err);
     }
     t->n_examples = g.n;
-    if (c->metrics & M_ROUGE) {
+    if (c->metrics & CLI_METRIC_ROUGE) {
         put(t, obj, s, "rouge1", sc.rouge[FINCH_ROUGE_1].f1);
         put(t, obj, s, "rouge2", sc.rouge[FINCH_ROUGE_2].f1);
         put(t, obj, s, "rougeL", sc.rouge[FINCH_ROUGE_L].f1);
         put(t, obj, s, "rougeLsum", sc.rouge[FINCH_ROUGE_LSUM].f1);
     }
-    if (c->metrics & M_BLEU) put(t, obj, s, "bleu", sc.bleu.score);
-    if (c->metrics & M_EM) put(t, obj, s, "em", sc.exact_match);
-    if (c->metrics & M_F1) put(t, obj, s, "f1", sc.token_f1);
+    if (c->metrics & CLI_METRIC_BLEU) put(t, obj, s, "bleu", sc.bleu.score);
+    if (c->metrics & CLI_METRIC_EM) put(t, obj, s, "em", sc.exact_match);
+    if (c->metrics & CLI_METRIC_F1) put(t, obj, s, "f1", sc.token_f1);
     if (main_set && c->j_samples) keep_samples(c, s, &g);
     finch_gen_results_release(&g);
     return 0;
@@ -197,24 +156,24 @@ static int report_labels(const ctx_t *c, const finch_data_spec *spec, int s,
         conf[(size_t)r->gold[i] * L + r->pred[i]]++;
         for (int j = 0; j < L; j++) mean[j] += r->prob[(size_t)i * L + j] / (double)r->n;
     }
-    printf("%s on %s: accuracy %.4f over %lld examples\n", c->sys[s].name, spec->path, r->accuracy,
-           (long long)r->n);
-    printf("  %-20s %8s %8s %10s   predicted:", "label", "examples", "recall", "mean p");
-    for (int j = 0; j < L && j < 12; j++) printf(" %6.6s", r->labels[j]);
-    printf("\n");
+    fprintf(c->out, "%s on %s: accuracy %.4f over %lld examples\n", c->sys[s].name, spec->path,
+            r->accuracy, (long long)r->n);
+    fprintf(c->out, "  %-20s %8s %8s %10s   predicted:", "label", "examples", "recall", "mean p");
+    for (int j = 0; j < L && j < 12; j++) fprintf(c->out, " %6.6s", r->labels[j]);
+    fprintf(c->out, "\n");
     json_t *pl = json_array(), *mat = json_array(), *names = json_array();
     for (int g = 0; g < L; g++) {
         int64_t ng = 0;
         for (int j = 0; j < L; j++) ng += conf[(size_t)g * L + j];
         double recall = ng ? (double)conf[(size_t)g * L + g] / (double)ng : NAN;
-        printf("  %-20.20s %8lld %8.4f %10.4f              ", r->labels[g], (long long)ng, recall,
-               mean[g]);
+        fprintf(c->out, "  %-20.20s %8lld %8.4f %10.4f              ", r->labels[g], (long long)ng,
+                recall, mean[g]);
         json_t *row = json_array();
         for (int j = 0; j < L; j++) {
-            if (j < 12) printf(" %6lld", (long long)conf[(size_t)g * L + j]);
+            if (j < 12) fprintf(c->out, " %6lld", (long long)conf[(size_t)g * L + j]);
             json_array_append_new(row, json_integer(conf[(size_t)g * L + j]));
         }
-        printf("\n");
+        fprintf(c->out, "\n");
         json_array_append_new(mat, row);
         json_array_append_new(names, json_string(r->labels[g]));
         json_array_append_new(pl, json_pack("{s:s, s:I, s:o, s:f}", "label", r->labels[g], "n",
@@ -281,30 +240,31 @@ static void print_samples(const ctx_t *c) {
     size_t n = json_array_size(c->j_samples);
     for (size_t i = 0; i < n; i++) {
         json_t *smp = json_array_get(c->j_samples, i), *out = json_object_get(smp, "outputs");
-        printf("\nexample %zu\n  %-14s %s\n  %-14s %s\n", i + 1,
-               "prompt:", json_string_value(json_object_get(smp, "prompt")),
-               "reference:", json_string_value(json_object_get(smp, "reference")));
+        fprintf(c->out, "\nexample %zu\n  %-14s %s\n  %-14s %s\n", i + 1,
+                "prompt:", json_string_value(json_object_get(smp, "prompt")),
+                "reference:", json_string_value(json_object_get(smp, "reference")));
         for (int s = 0; s < c->n_sys; s++) {
             const char *o = json_string_value(json_object_get(out, c->sys[s].name));
             char label[64];
             snprintf(label, sizeof label, "%s:", c->sys[s].name);
-            printf("  %-14s %s\n", label, o ? o : "");
+            fprintf(c->out, "  %-14s %s\n", label, o ? o : "");
         }
     }
 }
 
 static void print_table(const ctx_t *c, const table_t *t) {
     bool delta = c->n_sys > 1 && c->sys[0].n_adapters == 0;
-    printf("\n%s (%s, %lld examples)\n", t->path, t->task, (long long)t->n_examples);
-    printf("%-10s", "metric");
-    for (int s = 0; s < c->n_sys; s++) printf(" %14.14s", c->sys[s].name);
-    for (int s = 1; delta && s < c->n_sys; s++) printf(" %14.14s", "delta");
-    printf("\n");
+    fprintf(c->out, "\n%s (%s, %lld examples)\n", t->path, t->task, (long long)t->n_examples);
+    fprintf(c->out, "%-10s", "metric");
+    for (int s = 0; s < c->n_sys; s++) fprintf(c->out, " %14.14s", c->sys[s].name);
+    for (int s = 1; delta && s < c->n_sys; s++) fprintf(c->out, " %14.14s", "delta");
+    fprintf(c->out, "\n");
     for (int r = 0; r < t->n_rows; r++) {
-        printf("%-10s", t->key[r]);
-        for (int s = 0; s < c->n_sys; s++) printf(" %14.4f", t->val[r][s]);
-        for (int s = 1; delta && s < c->n_sys; s++) printf(" %+14.4f", t->val[r][s] - t->val[r][0]);
-        printf("\n");
+        fprintf(c->out, "%-10s", t->key[r]);
+        for (int s = 0; s < c->n_sys; s++) fprintf(c->out, " %14.4f", t->val[r][s]);
+        for (int s = 1; delta && s < c->n_sys; s++)
+            fprintf(c->out, " %+14.4f", t->val[r][s] - t->val[r][0]);
+        fprintf(c->out, "\n");
     }
 }
 
@@ -318,254 +278,115 @@ static void system_name(char *buf, size_t n, const char *adapter_dir) {
     snprintf(buf, n, "%s", slash && slash[1] ? slash + 1 : dir);
 }
 
-static bool parse_metrics(const char *v, int *out) {
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", v);
-    *out = 0;
-    for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (!strcmp(tok, "rouge"))
-            *out |= M_ROUGE;
-        else if (!strcmp(tok, "bleu"))
-            *out |= M_BLEU;
-        else if (!strcmp(tok, "em"))
-            *out |= M_EM;
-        else if (!strcmp(tok, "f1"))
-            *out |= M_F1;
-        else
-            return cli_usage_error("eval",
-                                   "--metrics: unknown metric '%s' (use rouge, bleu, em, f1)", tok),
-                   false;
-    }
-    if (!*out) return cli_usage_error("eval", "--metrics '%s' names no metric", v), false;
-    return true;
-}
+/* --labels A,B,C: the text split in place. */
+typedef struct {
+    char buf[8192];
+    const char *v[256];
+    int n;
+} labels_t;
 
-/* Splits --labels A,B,C in place; false (printed) on an empty entry or too many. */
-static bool parse_labels(char *v, const char **labels, int *n) {
-    *n = 0;
-    for (char *p = v;;) {
+static bool labels_parse(void *field, const char *flag, const char *value, char *msg, size_t n) {
+    labels_t *l = field;
+    if (strlen(value) >= sizeof l->buf)
+        return snprintf(msg, n, "%s: the list is too long", flag), false;
+    strcpy(l->buf, value);
+    l->n = 0;
+    for (char *p = l->buf;;) {
         char *comma = strchr(p, ',');
         if (comma) *comma = 0;
-        if (!*p) return cli_usage_error("eval", "--labels: label %d is empty", *n + 1), false;
-        if (*n == 256) return cli_usage_error("eval", "--labels: at most 256 labels"), false;
-        labels[(*n)++] = p;
+        if (!*p) return snprintf(msg, n, "%s: label %d is empty", flag, l->n + 1), false;
+        if (l->n == 256) return snprintf(msg, n, "%s: at most 256 labels", flag), false;
+        l->v[l->n++] = p;
         if (!comma) break;
         p = comma + 1;
     }
     return true;
 }
 
-/* The command line as read, apart from what goes straight into ctx_t. */
+/* The command line as read. */
 typedef struct {
-    const char *model, *task, *json_out, *general, *general_task;
-    const char *templates[16], *labels[256];
-    char labels_buf[8192]; /* --labels, split in place */
+    const char *model, *task, *general, *general_task, *numerics;
+    cli_list templates;
+    labels_t labels;
     long threads, general_max;
-    bool compare, metrics_given;
+    bool compare;
+    int metrics, n_samples;
     finch_data_spec spec;
+    finch_gen_options gen;
+    finch_classify_options cls;
     cli_adapters adapters;
-    cli_quant quant; /* --load-in-4bit and its options */
+    cli_quant quant;
+    cli_json json;
 } args_t;
 
-/* What the flag readers return when the flag at argv[*i] is not one of theirs; otherwise
- * they return 0, or EXIT_USAGE with the message printed. */
-enum { NOT_MINE = -1 };
+#define TASKS "loss|generate|classify"
+#define CLI_DST args_t
+static const cli_flag flag_table[] = {
+    CLI_STRING("-m, --model", "FILE", model,
+               "GGUF model (default: the cached SmolLM2-135M-Instruct)"),
+    CLI_STRING("--data", "FILE", spec.path,
+               "JSONL dataset (prompt/completion, Alpaca, Dolly or chat lines)"),
+    CLI_ENUM("--task", TASKS, task,
+             "loss (default): cross-entropy and perplexity of the completions\n"
+             "generate: generate and score against the completions\n"
+             "classify: pick the most likely label per example"),
+    CLI_ENUM("--format", "auto|completion|alpaca|dolly|chat", spec.format,
+             "the lines' shape (default auto)"),
+    CLI_LIST("--template", "TEXT", 16, templates,
+             "prompt template with {field} placeholders (repeatable: sampled);\n"
+             "for classify it may end with {label}"),
+    CLI_SWITCH("--chat", spec.chat, "wrap prompts in the model's chat template"),
+    CLI_INT("--max-examples", "N", 1, LONG_MAX, spec.max_examples,
+            "evaluate only the first N examples"),
+    CLI_INT("--seed", "S", 0, LONG_MAX, spec.seed,
+            "template sampling, sampling and shot choice (default 0)"),
+    CLI_CUSTOM("--adapter", "DIR[:W]", 8, cli_adapter_parse, adapters,
+               "a PEFT LoRA adapter (repeatable; W weights it, default 1)"),
+    CLI_SWITCH("--compare", compare, "base and each adapter as separate systems, side by side"),
+    CLI_GROUP(cli_json_flags, json),
+    CLI_ENUM("--numerics", CLI_NUMERICS, numerics, "exact (default) or llamacpp"),
+    CLI_GROUP(cli_quant_flags, quant),
+    CLI_THREADS(threads),
+    CLI_TEXT("loss:"),
+    CLI_INT("--max-seq-len", "N", 2, 1 << 20, spec.max_seq_len,
+            "tokens per example at most (default 256 or the context)"),
+    CLI_SWITCH("--train-on-prompt", spec.train_on_prompt, "count prompt tokens in the loss too"),
+    CLI_SWITCH("--skip-bad", spec.skip_bad, "skip malformed lines (counted) instead of stopping"),
+    CLI_TEXT("generate:"),
+    CLI_CUSTOM("--metrics", "LIST", 0, cli_metrics_parse, metrics,
+               "rouge,bleu,em,f1 (default rouge,bleu)"),
+    CLI_INT("--max-new-tokens", "N", 1, 1 << 20, gen.max_tokens,
+            "tokens to generate per example at most (default 64)"),
+    CLI_FLOAT("--temperature, --temp", "T", 0, 100, gen.temperature, "0 = greedy (default)"),
+    CLI_INT("--top-k", "K", 0, 1 << 30, gen.top_k,
+            "keep the K most likely tokens (default 0: off)"),
+    CLI_FLOAT_OPEN("--top-p", "P", 0, 1, gen.top_p, "nucleus sampling (default 1: off)"),
+    CLI_INT("--samples", "N", 0, 1000, n_samples,
+            "examples shown (and kept in the JSON) with every system's output (3)"),
+    CLI_TEXT("classify:"),
+    CLI_CUSTOM("--labels", "A,B,...", 0, labels_parse, labels,
+               "the label set (default: the dataset's distinct completions)"),
+    CLI_INT("--k-shot", "K", 0, 64, cls.k_shot,
+            "solved examples put before each prompt (default 0)"),
+    CLI_STRING("--shots-from", "FILE", cls.shots_path,
+               "JSONL the shots are drawn from (never the example itself)"),
+    CLI_TEXT("general dataset:"),
+    CLI_STRING("--general", "FILE", general, "also evaluate this dataset on the same systems"),
+    CLI_ENUM("--general-task", TASKS, general_task,
+             "its task: loss (default), generate or classify"),
+    CLI_INT("--general-max-examples", "N", 1, LONG_MAX, general_max, "its examples (default 100)"),
+    CLI_END};
+#undef CLI_DST
 
-/* The value of the flag at argv[*i] into v (advancing *i), or return EXIT_USAGE. */
-#define VALUE()                                                                                    \
-    if (!(v = cli_flag_value("eval", argc, argv, i))) return EXIT_USAGE
-
-/* The dataset, the systems and how they run: flags every task takes. */
-static int read_common_flag(args_t *a, ctx_t *c, int argc, char **argv, int *i) {
-    const char *f = argv[*i], *v;
-    long n;
-    if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
-        VALUE();
-        a->model = v;
-    } else if (!strcmp(f, "--data")) {
-        VALUE();
-        a->spec.path = v;
-    } else if (!strcmp(f, "--task")) {
-        VALUE();
-        a->task = v;
-    } else if (!strcmp(f, "--format")) {
-        VALUE();
-        a->spec.format = v;
-    } else if (!strcmp(f, "--template")) {
-        VALUE();
-        if (a->spec.n_templates == 16) return cli_usage_error("eval", "--template: at most 16");
-        a->templates[a->spec.n_templates++] = v;
-        a->spec.templates = a->templates;
-    } else if (!strcmp(f, "--chat")) {
-        a->spec.chat = 1;
-    } else if (!strcmp(f, "--max-examples")) {
-        VALUE();
-        if (!cli_parse_int(v, 1, __LONG_MAX__, &n))
-            return cli_usage_error("eval", "--max-examples %s: must be an integer >= 1", v);
-        a->spec.max_examples = n;
-    } else if (!strcmp(f, "--adapter")) {
-        VALUE();
-        if (!cli_adapter_add(&a->adapters, "eval", v)) return EXIT_USAGE;
-    } else if (!strcmp(f, "--compare")) {
-        a->compare = true;
-    } else if (!strcmp(f, "--json")) {
-        VALUE();
-        a->json_out = v;
-    } else if (!strcmp(f, "--load-in-4bit")) {
-        a->quant.load_in_4bit = true;
-    } else if (!strncmp(f, "--bnb-4bit-", 11)) {
-        VALUE();
-        int q = cli_quant_set("eval", &a->quant, f + 2, v);
-        if (q < 0) return EXIT_USAGE;
-        if (!q) return NOT_MINE;
-    } else if (!strcmp(f, "--numerics")) {
-        VALUE();
-        if (!cli_parse_numerics("eval", v, &c->numerics)) return EXIT_USAGE;
-    } else if (!strcmp(f, "--seed")) {
-        VALUE();
-        if (!cli_parse_int(v, 0, __LONG_MAX__, &n))
-            return cli_usage_error("eval", "--seed %s: must be an integer >= 0", v);
-        a->spec.seed = c->gen.seed = (uint64_t)n;
-    } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
-        VALUE();
-        if (!cli_parse_threads("eval", v, &a->threads)) return EXIT_USAGE;
-    } else {
-        return NOT_MINE;
-    }
-    return 0;
-}
-
-/* The flags of --task loss and of the general dataset. */
-static int read_loss_general_flag(args_t *a, int argc, char **argv, int *i) {
-    const char *f = argv[*i], *v;
-    long n;
-    if (!strcmp(f, "--max-seq-len")) {
-        VALUE();
-        if (!cli_parse_int(v, 2, 1 << 20, &n))
-            return cli_usage_error("eval", "--max-seq-len %s: must be an integer >= 2", v);
-        a->spec.max_seq_len = (int)n;
-    } else if (!strcmp(f, "--train-on-prompt")) {
-        a->spec.train_on_prompt = 1;
-    } else if (!strcmp(f, "--skip-bad")) {
-        a->spec.skip_bad = 1;
-    } else if (!strcmp(f, "--general")) {
-        VALUE();
-        a->general = v;
-    } else if (!strcmp(f, "--general-task")) {
-        VALUE();
-        a->general_task = v;
-    } else if (!strcmp(f, "--general-max-examples")) {
-        VALUE();
-        if (!cli_parse_int(v, 1, __LONG_MAX__, &a->general_max))
-            return cli_usage_error("eval", "--general-max-examples %s: must be an integer >= 1", v);
-    } else {
-        return NOT_MINE;
-    }
-    return 0;
-}
-
-/* The flags of --task generate. */
-static int read_generate_flag(args_t *a, ctx_t *c, int argc, char **argv, int *i) {
-    const char *f = argv[*i], *v;
-    long n;
-    double x;
-    if (!strcmp(f, "--metrics")) {
-        VALUE();
-        if (!parse_metrics(v, &c->metrics)) return EXIT_USAGE;
-        a->metrics_given = true;
-    } else if (!strcmp(f, "--max-new-tokens")) {
-        VALUE();
-        if (!cli_parse_int(v, 1, 1 << 20, &n))
-            return cli_usage_error("eval", "--max-new-tokens %s: must be an integer >= 1", v);
-        c->gen.max_tokens = (int)n;
-    } else if (!strcmp(f, "--temperature") || !strcmp(f, "--temp")) {
-        VALUE();
-        if (!cli_parse_float(v, 0, 100, &x))
-            return cli_usage_error("eval", "%s %s: must be a number from 0 to 100", f, v);
-        c->gen.temperature = (float)x;
-    } else if (!strcmp(f, "--top-k")) {
-        VALUE();
-        if (!cli_parse_int(v, 0, 1 << 30, &n))
-            return cli_usage_error("eval", "--top-k %s: must be an integer >= 0", v);
-        c->gen.top_k = (int)n;
-    } else if (!strcmp(f, "--top-p")) {
-        VALUE();
-        if (!cli_parse_float(v, 0, 1, &x) || x <= 0)
-            return cli_usage_error("eval", "--top-p %s: must be in (0, 1]", v);
-        c->gen.top_p = (float)x;
-    } else if (!strcmp(f, "--samples")) {
-        VALUE();
-        if (!cli_parse_int(v, 0, 1000, &n))
-            return cli_usage_error("eval", "--samples %s: must be from 0 to 1000", v);
-        c->n_samples = (int)n;
-    } else {
-        return NOT_MINE;
-    }
-    return 0;
-}
-
-/* The flags of --task classify. */
-static int read_classify_flag(args_t *a, ctx_t *c, int argc, char **argv, int *i) {
-    const char *f = argv[*i], *v;
-    long n;
-    if (!strcmp(f, "--labels")) {
-        VALUE();
-        if (strlen(v) >= sizeof a->labels_buf)
-            return cli_usage_error("eval", "--labels: the list is too long");
-        strcpy(a->labels_buf, v);
-        if (!parse_labels(a->labels_buf, a->labels, &c->cls.n_labels)) return EXIT_USAGE;
-        c->cls.labels = a->labels;
-    } else if (!strcmp(f, "--k-shot")) {
-        VALUE();
-        if (!cli_parse_int(v, 0, 64, &n))
-            return cli_usage_error("eval", "--k-shot %s: must be an integer from 0 to 64", v);
-        c->cls.k_shot = (int)n;
-    } else if (!strcmp(f, "--shots-from")) {
-        VALUE();
-        c->cls.shots_path = v;
-    } else {
-        return NOT_MINE;
-    }
-    return 0;
-}
-
-#undef VALUE
-
-/* Reads the flags in order into a and c. false when the command ends here, with *rc its
- * exit code: 0 after --help, EXIT_USAGE on a bad flag (printed). */
-static bool read_flags(int argc, char **argv, args_t *a, ctx_t *c, int *rc) {
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
-            fputs(usage_text, stdout);
-            *rc = 0;
-            return false;
-        }
-        int r = read_common_flag(a, c, argc, argv, &i);
-        if (r == NOT_MINE) r = read_loss_general_flag(a, argc, argv, &i);
-        if (r == NOT_MINE) r = read_generate_flag(a, c, argc, argv, &i);
-        if (r == NOT_MINE) r = read_classify_flag(a, c, argc, argv, &i);
-        if (r == NOT_MINE)
-            r = cli_usage_error("eval", "unknown option '%s' (see finch eval --help)", f);
-        if (r) {
-            *rc = r;
-            return false;
-        }
-    }
-    return true;
-}
+static const cli_command command = {
+    .name = "eval",
+    .usage = "usage: finch eval [-m MODEL] --data FILE [--task loss|generate|classify] [options]\n",
+    .flags = flag_table};
 
 /* The checks that need every flag read: 0, or EXIT_USAGE with the message printed. */
 static int check_flags(const args_t *a, const ctx_t *c) {
     if (!a->spec.path) return cli_usage_error("eval", "no dataset: give one with --data FILE");
-    if (!valid_task(a->task))
-        return cli_usage_error("eval", "--task %s: unknown task (use loss, generate or classify)",
-                               a->task);
-    if (!valid_task(a->general_task))
-        return cli_usage_error("eval",
-                               "--general-task %s: unknown task (use loss, generate or classify)",
-                               a->general_task);
-    if (a->metrics_given && strcmp(a->task, "generate") && strcmp(a->general_task, "generate"))
+    if (a->metrics && strcmp(a->task, "generate") && strcmp(a->general_task, "generate"))
         return cli_usage_error("eval", "--metrics applies to --task generate only");
     if (c->cls.k_shot > 0 && !c->cls.shots_path)
         return cli_usage_error("eval", "--k-shot %d needs --shots-from FILE to draw the shots from",
@@ -640,8 +461,8 @@ static int run_systems(ctx_t *c, const finch_data_spec *const specs[2], table_t 
     return rc;
 }
 
-/* Writes the results to a->json_out in the evaluation schema; 0 or the exit code of the
- * failure (printed). */
+/* Emits the results in the evaluation schema (--json, --json-out); 0 or the exit code of
+ * the failure (printed). */
 static int write_json(const args_t *a, const ctx_t *c, const table_t *main_table, json_t *j_sys) {
     char model_path[4096];
     finch_err err;
@@ -656,15 +477,10 @@ static int write_json(const args_t *a, const ctx_t *c, const table_t *main_table
                              "systems", j_sys, "metrics", c->j_metrics, "samples", c->j_samples);
     char *text = root ? json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
     if (!text) {
-        fprintf(stderr, "finch: error: out of memory writing %s\n", a->json_out);
+        fprintf(stderr, "finch: error: out of memory\n");
         rc = EXIT_FAIL;
     } else {
-        size_t len = strlen(text);
-        text[len] = '\n'; /* json_dumps leaves no final newline: replace the NUL */
-        if (finch_eval_write_file(a->json_out, text, len + 1, &err))
-            rc = cli_fail(&err);
-        else
-            printf("\nwrote %s\n", a->json_out);
+        rc = cli_json_emit("eval", &a->json, text, strlen(text));
         free(text);
     }
     json_decref(root);
@@ -672,15 +488,29 @@ static int write_json(const args_t *a, const ctx_t *c, const table_t *main_table
 }
 
 int cmd_eval(int argc, char **argv) {
-    args_t a = {
-        .task = "loss", .general_task = "loss", .general_max = 100, .quant = CLI_QUANT_DEFAULTS};
-    ctx_t c = {.numerics = FINCH_NUMERICS_EXACT,
-               .metrics = M_ROUGE | M_BLEU,
-               .n_samples = 3,
-               .gen = finch_gen_defaults()};
-    c.gen.max_tokens = 64;
-    int rc = 0;
-    if (!read_flags(argc, argv, &a, &c, &rc)) return rc;
+    args_t a = {.task = "loss",
+                .general_task = "loss",
+                .numerics = "exact",
+                .general_max = 100,
+                .n_samples = 3,
+                .gen = finch_gen_defaults(),
+                .quant = CLI_QUANT_DEFAULTS};
+    a.gen.max_tokens = 64;
+    int rc = cli_parse(&command, argc, argv, &a);
+    if (rc == CLI_RUN) rc = cli_json_check("eval", &a.json);
+    if (rc != CLI_RUN) return rc;
+    a.spec.templates = a.templates.v;
+    a.spec.n_templates = a.templates.n;
+    a.gen.seed = a.spec.seed;
+    a.cls.labels = a.labels.n ? a.labels.v : NULL;
+    a.cls.n_labels = a.labels.n;
+    const bool want_json = a.json.json || a.json.json_out;
+    ctx_t c = {.numerics = cli_numerics(a.numerics),
+               .metrics = a.metrics ? a.metrics : CLI_METRIC_ROUGE | CLI_METRIC_BLEU,
+               .n_samples = a.n_samples,
+               .gen = a.gen,
+               .cls = a.cls,
+               .out = cli_json_text(&a.json)};
     if ((rc = check_flags(&a, &c))) return rc;
     make_systems(&c, &a.adapters, a.compare);
 
@@ -704,14 +534,14 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     c.j_samples = json_array(); /* printed after the tables, and kept in the JSON */
-    if (a.json_out) {
+    if (want_json) {
         c.j_metrics = json_array();
         j_sys = systems_json(&c, &a.adapters);
     }
     if ((rc = run_systems(&c, specs, tables, n_sets))) goto done;
     for (int d = 0; d < n_sets; d++) print_table(&c, &tables[d]);
     print_samples(&c);
-    if (a.json_out) rc = write_json(&a, &c, &tables[0], j_sys);
+    if (want_json) rc = write_json(&a, &c, &tables[0], j_sys);
 done:
     json_decref(j_sys);
     json_decref(c.j_metrics);

@@ -4,29 +4,9 @@
  */
 #include "cli.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-
-static const char usage_text[] =
-    "usage: finch generate [-m MODEL] -p PROMPT [options]\n"
-    "  -m, --model FILE    GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
-    "  -p, --prompt TEXT   the prompt (required, not empty)\n"
-    "  -n, --n-predict N   tokens to generate, 0..1000000 (default 128)\n"
-    "  --temp T            temperature, 0 = greedy (default 0)\n"
-    "  --top-k K           keep the K most likely tokens, 0 = off (default 0)\n"
-    "  --top-p P           nucleus sampling, in (0, 1], 1 = off (default 1)\n"
-    "  --seed S            sampler seed (default 0)\n"
-    "  --chat              format the prompt as a user turn with the model's chat template\n"
-    "  --system TEXT       system message for --chat\n"
-    "  --stop TEXT         stop when TEXT is generated (repeatable)\n"
-    "  --adapter DIR[:W]   a PEFT LoRA adapter (repeatable; W weights it, default 1)\n"
-    "  --numerics MODE     exact: dequantized weights, f32 throughout (default);\n"
-    "                      llamacpp: llama.cpp's arithmetic (8-bit activations, f16 KV cache)\n"
-    "  --load-in-4bit      quantize the base's projections to NF4 at load (QLoRA; an f32,\n"
-    "                      f16 or bf16 base); --bnb-4bit-use-double-quant true|false (true),\n"
-    "                      --bnb-4bit-quant-type nf4\n"
-    "  -t, --threads N     threads (default: FINCH_THREADS or all cores)\n";
 
 static int print_piece(const char *piece, size_t len, void *user) {
     (void)user;
@@ -35,103 +15,71 @@ static int print_piece(const char *piece, size_t len, void *user) {
     return 0;
 }
 
+typedef struct {
+    const char *model, *prompt, *system, *numerics;
+    bool chat;
+    cli_list stops;
+    cli_adapters adapters;
+    long threads;
+    finch_gen_options opt;
+    cli_quant quant;
+} args_t;
+
+#define CLI_DST args_t
+static const cli_flag flag_table[] = {
+    CLI_STRING("-m, --model", "FILE", model,
+               "GGUF model (default: the cached SmolLM2-135M-Instruct)"),
+    CLI_STRING("-p, --prompt", "TEXT", prompt, "the prompt (required, not empty)"),
+    CLI_INT("-n, --n-predict", "N", 0, 1000000, opt.max_tokens,
+            "tokens to generate, 0..1000000 (default 128)"),
+    CLI_FLOAT("--temp", "T", 0, 100, opt.temperature, "temperature, 0 = greedy (default 0)"),
+    CLI_INT("--top-k", "K", 0, 1 << 24, opt.top_k,
+            "keep the K most likely tokens, 0 = off (default 0)"),
+    CLI_FLOAT_OPEN("--top-p", "P", 0, 1, opt.top_p, "nucleus sampling, 1 = off (default 1)"),
+    CLI_INT("--seed", "S", 0, LONG_MAX, opt.seed, "sampler seed (default 0)"),
+    CLI_SWITCH("--chat", chat, "format the prompt as a user turn with the model's chat template"),
+    CLI_STRING("--system", "TEXT", system, "system message for --chat"),
+    CLI_LIST("--stop", "TEXT", 16, stops, "stop when TEXT is generated (repeatable)"),
+    CLI_CUSTOM("--adapter", "DIR[:W]", 8, cli_adapter_parse, adapters,
+               "a PEFT LoRA adapter (repeatable; W weights it, default 1)"),
+    CLI_ENUM("--numerics", CLI_NUMERICS, numerics,
+             "exact: dequantized weights, f32 throughout (default);\n"
+             "llamacpp: llama.cpp's arithmetic (8-bit activations, f16 KV cache)"),
+    CLI_GROUP(cli_quant_flags, quant),
+    CLI_THREADS(threads),
+    CLI_END};
+#undef CLI_DST
+
+static const cli_command command = {.name = "generate",
+                                    .usage =
+                                        "usage: finch generate [-m MODEL] -p PROMPT [options]\n",
+                                    .flags = flag_table};
+
 int cmd_generate(int argc, char **argv) {
-    const char *path = NULL, *prompt = NULL, *system = NULL;
+    args_t a = {.numerics = "exact", .opt = finch_gen_defaults(), .quant = CLI_QUANT_DEFAULTS};
+    int rc = cli_parse(&command, argc, argv, &a);
+    if (rc != CLI_RUN) return rc;
+    const char *prompt = a.prompt, *system = a.system;
+    const bool chat = a.chat;
+    finch_gen_options opt = a.opt;
+    opt.numerics = cli_numerics(a.numerics);
     const char *stops[17] = {0};
-    int n_stops = 0;
-    bool chat = false;
-    cli_adapters adapters = {.n = 0};
-    long threads = 0;
-    finch_gen_options opt = finch_gen_defaults();
-    cli_quant quant = CLI_QUANT_DEFAULTS;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        long n;
-        double f;
-#define VALUE()                                                                                    \
-    if (!(v = cli_flag_value("generate", argc, argv, &i))) return EXIT_USAGE
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_text, stdout);
-            return 0;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            VALUE();
-            path = v;
-        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
-            VALUE();
-            prompt = v;
-        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, 1000000, &n))
-                return cli_usage_error("generate", "-n %s: must be an integer from 0 to 1000000",
-                                       v);
-            opt.max_tokens = (int)n;
-        } else if (!strcmp(a, "--temp")) {
-            VALUE();
-            if (!cli_parse_float(v, 0, 100, &f))
-                return cli_usage_error("generate", "--temp %s: must be a number from 0 to 100", v);
-            opt.temperature = (float)f;
-        } else if (!strcmp(a, "--top-k")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, 1 << 24, &n))
-                return cli_usage_error("generate", "--top-k %s: must be an integer >= 0", v);
-            opt.top_k = (int)n;
-        } else if (!strcmp(a, "--top-p")) {
-            VALUE();
-            if (!cli_parse_float(v, 1e-9, 1, &f))
-                return cli_usage_error("generate", "--top-p %s: must be in (0, 1]", v);
-            opt.top_p = (float)f;
-        } else if (!strcmp(a, "--seed")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, __LONG_MAX__, &n))
-                return cli_usage_error("generate", "--seed %s: must be an integer >= 0", v);
-            opt.seed = (uint64_t)n;
-        } else if (!strcmp(a, "--chat")) {
-            chat = true;
-        } else if (!strcmp(a, "--system")) {
-            VALUE();
-            system = v;
-        } else if (!strcmp(a, "--stop")) {
-            VALUE();
-            if (!*v) return cli_usage_error("generate", "--stop: the stop text is empty");
-            if (n_stops == 16)
-                return cli_usage_error("generate", "--stop: at most 16 stop strings");
-            stops[n_stops++] = v;
-        } else if (!strcmp(a, "--adapter")) {
-            VALUE();
-            if (!cli_adapter_add(&adapters, "generate", v)) return EXIT_USAGE;
-        } else if (!strcmp(a, "--load-in-4bit")) {
-            quant.load_in_4bit = true;
-        } else if (!strncmp(a, "--bnb-4bit-", 11)) {
-            VALUE();
-            int q = cli_quant_set("generate", &quant, a + 2, v);
-            if (q < 0) return EXIT_USAGE;
-            if (!q)
-                return cli_usage_error("generate",
-                                       "unknown option '%s' (see finch generate --help)", a);
-        } else if (!strcmp(a, "--numerics")) {
-            VALUE();
-            if (!cli_parse_numerics("generate", v, &opt.numerics)) return EXIT_USAGE;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            VALUE();
-            if (!cli_parse_threads("generate", v, &threads)) return EXIT_USAGE;
-        } else {
-            return cli_usage_error("generate", "unknown option '%s' (see finch generate --help)",
-                                   a);
-        }
-#undef VALUE
+    for (int i = 0; i < a.stops.n; i++) {
+        if (!*a.stops.v[i]) return cli_usage_error("generate", "--stop: the stop text is empty");
+        stops[i] = a.stops.v[i];
     }
     if (!prompt) return cli_usage_error("generate", "no prompt: give one with -p TEXT");
     if (!*prompt) return cli_usage_error("generate", "the prompt is empty: give some text with -p");
     if (system && !chat) return cli_usage_error("generate", "--system needs --chat");
-    cli_set_threads(threads);
-    opt.stop = n_stops ? stops : NULL;
+    cli_set_threads(a.threads);
+    opt.stop = a.stops.n ? stops : NULL;
 
-    finch_model *m = cli_load_model_quant(path, &quant);
+    finch_model *m = cli_load_model_quant(a.model, &a.quant);
     if (!m) return EXIT_FAIL;
     finch_err err;
     char *text = NULL;
-    int rc = 0;
-    if (!cli_adapters_attach(&adapters, m)) {
+    rc = 0;
+    if (!cli_adapters_attach(&a.adapters, m)) {
         rc = EXIT_FAIL;
         goto done;
     }
@@ -153,7 +101,7 @@ int cmd_generate(int argc, char **argv) {
     fputc('\n', stdout);
 done:
     free(text);
-    cli_adapters_release(&adapters, m);
+    cli_adapters_release(&a.adapters, m);
     finch_model_free(m);
     return rc;
 }

@@ -5,47 +5,41 @@
 #include "cli.h"
 
 #include <stdio.h>
-#include <string.h>
 
-static const char usage_text[] =
-    "usage: finch report RUN_DIR [-o FILE] [--eval FILE]...\n"
-    "  RUN_DIR          a finch train --out directory (metrics.jsonl, run.json, adapter,\n"
-    "                   eval*.json from finch eval --json)\n"
-    "  -o, --out FILE   where the HTML goes (default RUN_DIR/report.html)\n"
-    "  --eval FILE      another evaluation JSON to include (repeatable)\n";
+typedef struct {
+    const char *dir, *out;
+    cli_list evals;
+} args_t;
+
+#define CLI_DST args_t
+static const cli_flag flag_table[] = {
+    CLI_POSITIONAL(NULL, "RUN_DIR", dir,
+                   "a finch train --out directory (metrics.jsonl, run.json, adapter,\n"
+                   "eval*.json from finch eval --json-out)"),
+    CLI_STRING("-o, --out", "FILE", out, "where the HTML goes (default RUN_DIR/report.html)"),
+    CLI_LIST("--eval", "FILE", 64, evals, "another evaluation JSON to include (repeatable)"),
+    CLI_END};
+#undef CLI_DST
+
+static const cli_command command = {.name = "report",
+                                    .usage =
+                                        "usage: finch report RUN_DIR [-o FILE] [--eval FILE]...\n",
+                                    .flags = flag_table};
 
 int cmd_report(int argc, char **argv) {
-    const char *dir = NULL, *out = NULL, *evals[64];
-    int n_evals = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_text, stdout);
-            return 0;
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--out")) {
-            if (!(v = cli_flag_value("report", argc, argv, &i))) return EXIT_USAGE;
-            out = v;
-        } else if (!strcmp(a, "--eval")) {
-            if (!(v = cli_flag_value("report", argc, argv, &i))) return EXIT_USAGE;
-            if (n_evals == 64) return cli_usage_error("report", "--eval: at most 64 files");
-            evals[n_evals++] = v;
-        } else if (a[0] == '-' && a[1]) {
-            return cli_usage_error("report", "unknown option '%s' (see finch report --help)", a);
-        } else if (dir) {
-            return cli_usage_error("report", "one run directory only (got '%s' and '%s')", dir, a);
-        } else {
-            dir = a;
-        }
-    }
-    if (!dir) return cli_usage_error("report", "no run directory: finch report RUN_DIR [-o FILE]");
+    args_t a = {0};
+    int rc = cli_parse(&command, argc, argv, &a);
+    if (rc != CLI_RUN) return rc;
+    if (!a.dir)
+        return cli_usage_error("report", "no run directory: finch report RUN_DIR [-o FILE]");
     char def[4096];
-    if (!out) {
-        if (snprintf(def, sizeof def, "%s/report.html", dir) >= (int)sizeof def)
-            return cli_usage_error("report", "%s: path too long", dir);
-        out = def;
+    if (!a.out) {
+        if (snprintf(def, sizeof def, "%s/report.html", a.dir) >= (int)sizeof def)
+            return cli_usage_error("report", "%s: path too long", a.dir);
+        a.out = def;
     }
     finch_err err;
-    if (finch_report_write(dir, evals, n_evals, out, &err)) return cli_fail(&err);
-    fprintf(stderr, "finch report: wrote %s\n", out);
+    if (finch_report_write(a.dir, a.evals.v, a.evals.n, a.out, &err)) return cli_fail(&err);
+    fprintf(stderr, "finch report: wrote %s\n", a.out);
     return 0;
 }

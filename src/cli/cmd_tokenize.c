@@ -13,16 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char usage_text[] =
-    "usage: finch tokenize [-m MODEL] [--decode | --jsonl [FILE]] [--parse-special]\n"
-    "                      [--no-add-special] < input\n"
-    "  -m, --model FILE     GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
-    "  --decode             read lines of ids, write text\n"
-    "  --jsonl [FILE]       read JSON lines {\"text\": \"...\"} (from FILE, else stdin), write\n"
-    "                       one line {\"ids\": [...]} per input line; blank lines are skipped\n"
-    "  --parse-special      treat control-token text like <|im_start|> as the token\n"
-    "  --no-add-special     do not add BOS/EOS even where the model asks for them\n";
-
 static int encode_line(const finch_tokenizer *tok, const char *line, size_t len, int flags) {
     int32_t *ids;
     int64_t n;
@@ -119,31 +109,40 @@ static int encode_json_line(const finch_tokenizer *tok, const char *name, long l
     return 0;
 }
 
+typedef struct {
+    const char *model, *jsonl; /* jsonl: NULL, "" (stdin) or a file */
+    bool decode, parse_special, no_add_special;
+} args_t;
+
+#define CLI_DST args_t
+static const cli_flag flag_table[] = {
+    CLI_STRING("-m, --model", "FILE", model,
+               "GGUF model (default: the cached SmolLM2-135M-Instruct)"),
+    CLI_SWITCH("--decode", decode, "read lines of ids, write text"),
+    CLI_STRING_OPT("--jsonl", "FILE", jsonl,
+                   "read JSON lines {\"text\": \"...\"} (from FILE, else stdin), write\n"
+                   "one line {\"ids\": [...]} per input line; blank lines are skipped"),
+    CLI_SWITCH("--parse-special", parse_special,
+               "treat control-token text like <|im_start|> as the token"),
+    CLI_SWITCH("--no-add-special", no_add_special,
+               "do not add BOS/EOS even where the model asks for them"),
+    CLI_END};
+#undef CLI_DST
+
+static const cli_command command = {
+    .name = "tokenize",
+    .usage = "usage: finch tokenize [-m MODEL] [--decode | --jsonl [FILE]] [--parse-special]\n"
+             "                      [--no-add-special] < input\n",
+    .flags = flag_table};
+
 int cmd_tokenize(int argc, char **argv) {
-    const char *path = NULL, *jsonl_path = NULL;
-    bool decode = false, jsonl = false;
-    int flags = FINCH_TOK_ADD_SPECIAL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_text, stdout);
-            return 0;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            if (!(path = cli_flag_value("tokenize", argc, argv, &i))) return EXIT_USAGE;
-        } else if (!strcmp(a, "--decode")) {
-            decode = true;
-        } else if (!strcmp(a, "--jsonl")) {
-            jsonl = true;
-            if (i + 1 < argc && argv[i + 1][0] != '-') jsonl_path = argv[++i];
-        } else if (!strcmp(a, "--parse-special")) {
-            flags |= FINCH_TOK_PARSE_SPECIAL;
-        } else if (!strcmp(a, "--no-add-special")) {
-            flags &= ~FINCH_TOK_ADD_SPECIAL;
-        } else {
-            return cli_usage_error("tokenize", "unknown option '%s' (see finch tokenize --help)",
-                                   a);
-        }
-    }
+    args_t a = {0};
+    int rc = cli_parse(&command, argc, argv, &a);
+    if (rc != CLI_RUN) return rc;
+    const char *path = a.model, *jsonl_path = a.jsonl && *a.jsonl ? a.jsonl : NULL;
+    const bool decode = a.decode, jsonl = a.jsonl != NULL;
+    int flags = (a.no_add_special ? 0 : FINCH_TOK_ADD_SPECIAL) |
+                (a.parse_special ? FINCH_TOK_PARSE_SPECIAL : 0);
     if (decode && jsonl)
         return cli_usage_error("tokenize", "--jsonl reads texts to encode: not with --decode");
     FILE *in = stdin;
@@ -161,7 +160,7 @@ int cmd_tokenize(int argc, char **argv) {
         return EXIT_FAIL;
     }
     const finch_tokenizer *tok = finch_model_tokenizer(m);
-    int rc = 0;
+    rc = 0;
     if (!tok) {
         fprintf(stderr, "finch: error: %s: the model has no tokenizer\n", path ? path : "model");
         finch_model_free(m);

@@ -1,6 +1,7 @@
 /*
  * cmd_train.c: `finch train`: fine-tunes a model on a JSONL dataset and writes the
- * adapter. Flags are named as the Hugging Face world names them; --config FILE reads the
+ * adapter. Flags are named as the Hugging Face world names them (the table below; a
+ * method's own options come from the library's method table); --config FILE reads the
  * same settings from a JSON object (keys as the flags without "--", '-' or '_'), and flags
  * given on the command line override it. Ctrl-C saves a checkpoint and exits.
  *
@@ -12,6 +13,7 @@
 #include "cli.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,76 +22,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static const char usage_text[] =
-    "usage: finch train [-m MODEL] --data FILE --out DIR [options]\n"
-    "data:\n"
-    "  --data FILE[:WEIGHT]   training JSONL (prompt/completion, Alpaca, Dolly or chat lines;\n"
-    "                         {\"prompt\", \"chosen\", \"rejected\"} pairs with --objective dpo);\n"
-    "                         repeat for a multi-task mixture: each example slot draws a file\n"
-    "                         by WEIGHT (default 1, normalised), then its next example\n"
-    "  --val FILE             validation JSONL (or --val-fraction F of each training file)\n"
-    "  --format NAME          auto (default), completion, alpaca, dolly, chat, preference\n"
-    "  --template TEXT        prompt template with {field} placeholders (repeatable: sampled)\n"
-    "  --chat                 wrap prompts in the model's chat template\n"
-    "  --max-seq-len N        tokens per example at most (default 256 or the context)\n"
-    "  --max-examples N       use the first N training examples\n"
-    "  --train-on-prompt      loss on prompt tokens too (default: completion only)\n"
-    "  --skip-bad             skip malformed lines (counted) instead of stopping\n"
-    "  --packing              pack several examples into each row of --max-seq-len tokens\n"
-    "method (--method NAME, default lora; its options follow it below):\n"
-    "@METHODS@"
-    "  --layers LIST          the blocks a method acts on: 20-29 or 0,2,5-7 (default all)\n"
-    "objective:\n"
-    "  --objective sft|dpo    sft (default): cross-entropy on the completions; dpo: TRL's\n"
-    "                         sigmoid DPO loss on preference pairs, the reference being the\n"
-    "                         model without the method (any method); logs rewards/chosen,\n"
-    "                         rewards/rejected, rewards/accuracies, rewards/margins\n"
-    "  --beta B               DPO's beta (0.1); --batch-size counts pairs\n"
-    "optimisation:\n"
-    "  --learning-rate LR (2e-4)  --lr-scheduler linear|cosine|constant  --warmup-steps N\n"
-    "  --batch-size N (4)  --grad-accum N (1)  --max-steps N  --epochs E (1)\n"
-    "  --weight-decay W (0)  --max-grad-norm G (1, 0 = off)  --seed S (42)\n"
-    "run:\n"
-    "  --out DIR              adapter, checkpoints and metrics.jsonl go here\n"
-    "  --save-steps N  --eval-steps N  --log-steps N (10)  --val-max-examples N\n"
-    "  --save-total-limit N   keep the newest N checkpoints (default: all)\n"
-    "  --early-stopping-patience N  stop when the validation loss has not improved for N\n"
-    "                         evaluations in a row (needs --eval-steps and validation data)\n"
-    "  --early-stopping-threshold T  an improvement is a fall of more than T (0)\n"
-    "  --load-best-model-at-end  the result is the checkpoint with the lowest validation\n"
-    "                         loss, never deleted by --save-total-limit (--save-steps a\n"
-    "                         multiple of --eval-steps)\n"
-    "  --resume DIR           continue from a checkpoint (or the run directory's latest)\n"
-    "  --config FILE          settings as a JSON object; flags override it\n"
-    "  --load-in-4bit         QLoRA: quantize the base's projections to NF4 at load (an f32,\n"
-    "                         f16 or bf16 base); --bnb-4bit-use-double-quant true|false (true),\n"
-    "                         --bnb-4bit-quant-type nf4\n"
-    "  --gradient-checkpointing  keep each block's input only and recompute the block in\n"
-    "                         backward: far less memory, one more forward per step\n"
-    "  --bf16                 mixed precision: the frozen base's products in bf16 (AMX where\n"
-    "                         the CPU has it), parameters and optimizer state in f32\n"
-    "  --simulate-ranks N     one process computes what `mpirun -np N` ranks would (each\n"
-    "                         micro-batch N slices of --batch-size rows, gradients summed\n"
-    "                         in rank order); under mpirun the ranks are the processes\n"
-    "  -t, --threads N\n";
-
-/* The usage text with the method table's methods and their options in place of @METHODS@. */
-static void print_usage(void) {
-    const char *at = strstr(usage_text, "@METHODS@");
-    fwrite(usage_text, 1, (size_t)(at - usage_text), stdout);
-    for (int i = 0; i < finch_method_count(); i++) {
-        printf("  %-22s %s\n", finch_method_name(i), finch_method_description(i));
-        size_t n = finch_method_usage(i, NULL, 0);
-        char *buf = malloc(n + 1);
-        if (buf) {
-            finch_method_usage(i, buf, n + 1);
-            fputs(buf, stdout);
-        }
-        free(buf);
-    }
-    fputs(at + strlen("@METHODS@"), stdout);
-}
 
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) {
@@ -162,279 +94,163 @@ static void progress(const finch_train_progress *p, void *user) {
     if (tty && (p->step == p->total_steps || p->stopped_early)) fputc('\n', stderr);
 }
 
-/* Settings are applied as (name, value) pairs, from the config file first, then argv. */
+enum { MAX_OWNED = 2 * FINCH_MAX_METHOD_OPTIONS };
+
+/* The settings: the config file's, then the command line's over them. */
 typedef struct {
     finch_train_options o;
     const char *model;
     cli_quant quant;
     long threads;
-    const char *templates[16];
-    finch_data_source sources[FINCH_MAX_TASKS]; /* --data, in order */
-    int n_sources;
-    bool sources_from_config;                           /* a --data flag then replaces them */
-    char *owned[256];                                   /* strings copied out of the config file */
-    const char *option_where[FINCH_MAX_METHOD_OPTIONS]; /* "FILE: " or "" per method option */
+    cli_list data, templates;
+    finch_data_source sources[FINCH_MAX_TASKS]; /* --data's files, weights split off */
+    cli_config config;
+    char *owned[MAX_OWNED];                             /* the method options' names */
+    const char *option_where[FINCH_MAX_METHOD_OPTIONS]; /* "FILE: " or NULL per method option */
     int n_owned;
 } settings;
 
-/* Appends a training file with its weight (checked > 0); path is copied. */
-static int add_source(settings *s, const char *path, double weight, const char *where) {
-    if (s->sources_from_config != (*where != 0)) { /* the command line's replace the config's */
-        s->n_sources = 0;
-        s->sources_from_config = *where != 0;
-    }
-    if (s->n_sources == FINCH_MAX_TASKS)
-        return cli_usage_error("train", "%s--data: at most %d files", where, FINCH_MAX_TASKS);
-    if (!(weight > 0) || !isfinite(weight))
-        return cli_usage_error("train", "%s--data %s: weight %g: must be > 0", where, path, weight);
-    char *own = s->n_owned < 256 ? strdup(path) : NULL;
-    if (!own) return cli_usage_error("train", "%stoo many settings", where);
+/* A method's option (the library's method table knows them): recorded now, checked
+ * against --method once every flag is read. */
+static bool method_option_set(void *dst, const char *name, const char *value, const char *where,
+                              char *msg, size_t n) {
+    settings *s = dst;
+    char *own = s->n_owned < MAX_OWNED ? strdup(name) : NULL;
+    if (!own) return snprintf(msg, n, "too many method options"), false;
     s->owned[s->n_owned++] = own;
-    s->sources[s->n_sources++] = (finch_data_source){own, weight};
-    return 0;
+    const int k = s->o.n_method_options;
+    finch_err err;
+    if (finch_train_set_option(&s->o, own, value, &err))
+        return snprintf(msg, n, "%s", err.msg), false;
+    s->option_where[k] = *where ? strdup(where) : NULL;
+    return true;
 }
 
-static int set(settings *s, const char *name, const char *v, const char *where) {
-    finch_train_options *o = &s->o;
-    long n;
-    double f;
-    char key[64];
-    snprintf(key, sizeof key, "%s", name);
-    for (char *c = key; *c; c++)
-        if (*c == '_') *c = '-';
-#define NEED()                                                                                     \
-    if (!v) return cli_usage_error("train", "%s--%s needs a value", where, key)
-#define INT(field, lo, hi)                                                                         \
-    do {                                                                                           \
-        NEED();                                                                                    \
-        if (!cli_parse_int(v, lo, hi, &n))                                                         \
-            return cli_usage_error("train", "%s--%s %s: must be an integer from %ld to %ld",       \
-                                   where, key, v, (long)(lo), (long)(hi));                         \
-        field = n;                                                                                 \
-    } while (0)
-#define NUM(field, lo, hi)                                                                         \
-    do {                                                                                           \
-        NEED();                                                                                    \
-        if (!cli_parse_float(v, lo, hi, &f))                                                       \
-            return cli_usage_error("train", "%s--%s %s: must be a number from %g to %g", where,    \
-                                   key, v, (double)(lo), (double)(hi));                            \
-        field = f;                                                                                 \
-    } while (0)
-#define STR(field)                                                                                 \
-    do {                                                                                           \
-        NEED();                                                                                    \
-        field = v;                                                                                 \
-    } while (0)
-    int q = cli_quant_set("train", &s->quant, key, v);
-    if (q) return q < 0 ? EXIT_USAGE : 0;
-    if (!strcmp(key, "model") || !strcmp(key, "m"))
-        STR(s->model);
-    else if (!strcmp(key, "data")) {
-        NEED();
-        char path[4096];
-        double w;
-        finch_err err;
-        if (finch_data_source_parse(v, path, sizeof path, &w, &err))
-            return cli_usage_error("train", "%s%s", where, err.msg);
-        return add_source(s, path, w, where);
-    } else if (!strcmp(key, "val"))
-        STR(o->val_path);
-    else if (!strcmp(key, "val-fraction"))
-        NUM(o->val_fraction, 0, 0.99);
-    else if (!strcmp(key, "val-max-examples"))
-        INT(o->val_max_examples, 1, __LONG_MAX__);
-    else if (!strcmp(key, "format"))
-        STR(o->data.format);
-    else if (!strcmp(key, "template")) {
-        NEED();
-        if (o->data.n_templates == 16) return cli_usage_error("train", "--template: at most 16");
-        s->templates[o->data.n_templates++] = v;
-        o->data.templates = s->templates;
-    } else if (!strcmp(key, "chat"))
-        o->data.chat = 1;
-    else if (!strcmp(key, "max-seq-len"))
-        INT(o->data.max_seq_len, 2, 1 << 20);
-    else if (!strcmp(key, "max-examples"))
-        INT(o->data.max_examples, 1, __LONG_MAX__);
-    else if (!strcmp(key, "train-on-prompt"))
-        o->data.train_on_prompt = 1;
-    else if (!strcmp(key, "skip-bad"))
-        o->data.skip_bad = 1;
-    else if (!strcmp(key, "packing"))
-        o->packing = 1;
-    else if (!strcmp(key, "bf16"))
-        o->bf16 = 1;
-    else if (!strcmp(key, "gradient-checkpointing") || !strcmp(key, "gradient_checkpointing"))
-        o->gradient_checkpointing = 1;
-    else if (!strcmp(key, "method"))
-        STR(o->method);
-    else if (!strcmp(key, "objective"))
-        STR(o->objective);
-    else if (!strcmp(key, "beta"))
-        NUM(o->beta, 1e-6, 1e3);
-    else if (!strcmp(key, "learning-rate") || !strcmp(key, "lr"))
-        NUM(o->learning_rate, 1e-12, 0.99);
-    else if (!strcmp(key, "lr-scheduler"))
-        STR(o->lr_scheduler);
-    else if (!strcmp(key, "warmup-steps"))
-        INT(o->warmup_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "batch-size"))
-        INT(o->batch_size, 1, 4096);
-    else if (!strcmp(key, "grad-accum"))
-        INT(o->grad_accum, 1, 65536);
-    else if (!strcmp(key, "max-steps"))
-        INT(o->max_steps, 1, __LONG_MAX__);
-    else if (!strcmp(key, "epochs"))
-        NUM(o->epochs, 1e-6, 1e6);
-    else if (!strcmp(key, "weight-decay"))
-        NUM(o->weight_decay, 0, 0.99);
-    else if (!strcmp(key, "max-grad-norm"))
-        NUM(o->max_grad_norm, 0, 1e9);
-    else if (!strcmp(key, "seed")) {
-        INT(n, 0, __LONG_MAX__);
-        o->seed = (uint64_t)n;
-    } else if (!strcmp(key, "save-steps"))
-        INT(o->save_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "save-total-limit"))
-        INT(o->save_total_limit, 1, __LONG_MAX__);
-    else if (!strcmp(key, "eval-steps"))
-        INT(o->eval_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "early-stopping-patience"))
-        INT(o->early_stopping_patience, 1, __LONG_MAX__);
-    else if (!strcmp(key, "early-stopping-threshold"))
-        NUM(o->early_stopping_threshold, 0, 1e9);
-    else if (!strcmp(key, "load-best-model-at-end"))
-        o->load_best_model_at_end = 1;
-    else if (!strcmp(key, "log-steps"))
-        INT(o->log_steps, 0, __LONG_MAX__);
-    else if (!strcmp(key, "out"))
-        STR(o->out_dir);
-    else if (!strcmp(key, "resume"))
-        STR(o->resume_dir);
-    else if (!strcmp(key, "simulate-ranks"))
-        INT(o->simulate_ranks, 1, 4096);
-    else if (!strcmp(key, "threads") || !strcmp(key, "t"))
-        INT(s->threads, 1, 1024);
-    else if (finch_method_option_kind(key)) {
-        /* the method's own options are checked by the library against --method */
-        if (finch_method_option_kind(key) == 1) NEED();
-        finch_err err;
-        char *own = s->n_owned < 256 ? strdup(key) : NULL; /* key is this call's buffer */
-        if (!own) return cli_usage_error("train", "%stoo many settings", where);
-        s->owned[s->n_owned++] = own;
-        int k = o->n_method_options;
-        if (finch_train_set_option(o, own, v, &err))
-            return cli_usage_error("train", "%s%s", where, err.msg);
-        s->option_where[k] = *where ? strdup(where) : NULL;
-    } else
-        return cli_usage_error("train", "%sunknown setting '%s' (see finch train --help)", where,
-                               name);
-    return 0;
-#undef NEED
-#undef INT
-#undef NUM
-#undef STR
-}
-
-static bool is_switch(const char *key) {
-    static const char *const sw[] = {"chat",
-                                     "train-on-prompt",
-                                     "skip-bad",
-                                     "packing",
-                                     "train_on_prompt",
-                                     "skip_bad",
-                                     "bf16",
-                                     "gradient-checkpointing",
-                                     "gradient_checkpointing",
-                                     "load-best-model-at-end",
-                                     "load_best_model_at_end"};
-    for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++)
-        if (!strcmp(key, sw[i])) return true;
-    return cli_quant_is_switch(key) || finch_method_option_kind(key) == 2;
-}
-
-/* The config's "data" as a list of training files: "FILE[:WEIGHT]" strings, as --data
- * takes them, or {"path": FILE, "weight": W} objects. */
-static int config_data(settings *s, json_t *list, const char *where) {
-    size_t i;
-    json_t *e;
-    if (!json_array_size(list))
-        return cli_usage_error("train", "%s\"data\": an empty list of training files", where);
-    json_array_foreach(list, i, e) {
-        const char *key;
-        json_t *v, *path = json_object_get(e, "path"), *w = json_object_get(e, "weight");
-        int bad = !json_is_string(e) && (!json_is_string(path) || (w && !json_is_number(w)));
-        json_object_foreach(e, key, v) bad |= strcmp(key, "path") && strcmp(key, "weight");
-        if (bad)
-            return cli_usage_error("train",
-                                   "%s\"data\" entry %zu: expected \"FILE[:WEIGHT]\" or "
-                                   "{\"path\": FILE, \"weight\": NUMBER}",
-                                   where, i + 1);
-        int rc = json_is_string(e) ? set(s, "data", json_string_value(e), where)
-                                   : add_source(s, json_string_value(path),
-                                                w ? json_number_value(w) : 1.0, where);
-        if (rc) return rc;
-    }
-    return 0;
-}
-
-static int read_config(settings *s, const char *path) {
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
-    if (!root) {
-        fprintf(stderr, "finch: error: %s: line %d, column %d: %s\n", path, je.line, je.column,
-                je.text);
-        return EXIT_FAIL;
-    }
-    int rc = 0;
-    if (!json_is_object(root)) {
-        fprintf(stderr, "finch: error: %s: the config must be a JSON object of settings\n", path);
-        rc = EXIT_FAIL;
-    }
-    const char *key;
-    json_t *val;
-    char where[600];
-    snprintf(where, sizeof where, "%s: ", path);
-    json_object_foreach(root, key, val) {
-        if (rc) break;
-        char buf[64];
-        const char *v = NULL;
-        if (!strcmp(key, "data") && json_is_array(val)) {
-            rc = config_data(s, val, where) ? EXIT_USAGE : 0;
-            continue;
+/* The method table's methods, each with its options. */
+static void method_help(FILE *f, int width) {
+    for (int i = 0; i < finch_method_count(); i++) {
+        cli_help_line(f, width, finch_method_name(i), finch_method_description(i));
+        size_t n = finch_method_usage(i, NULL, 0);
+        char *buf = malloc(n + 1);
+        if (buf) {
+            finch_method_usage(i, buf, n + 1);
+            fputs(buf, f);
         }
-        if (is_switch(key)) {
-            if (!json_is_boolean(val)) {
-                fprintf(stderr, "finch: error: %s: \"%s\" must be true or false\n", path, key);
-                rc = EXIT_FAIL;
-                break;
-            }
-            if (!json_is_true(val)) continue;
-        } else if (json_is_string(val)) {
-            v = json_string_value(val);
-        } else if (json_is_integer(val)) {
-            snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
-            v = buf;
-        } else if (json_is_real(val)) {
-            snprintf(buf, sizeof buf, "%.17g", json_real_value(val));
-            v = buf;
-        } else {
-            fprintf(stderr, "finch: error: %s: \"%s\" must be a string, a number or a boolean\n",
-                    path, key);
-            rc = EXIT_FAIL;
-            break;
-        }
-        if (v) {
-            if (s->n_owned == 256 || !(v = s->owned[s->n_owned++] = strdup(v))) {
-                rc = EXIT_FAIL;
-                break;
-            }
-        }
-        if (set(s, key, v, where)) rc = EXIT_USAGE;
+        free(buf);
     }
-    json_decref(root);
-    return rc;
+    cli_help_line(f, width, "--layers LIST",
+                  "the blocks a method acts on: 20-29 or 0,2,5-7 (default all)");
 }
+
+static const cli_more method_options = {finch_method_option_kind, method_option_set, method_help};
+
+#define CLI_DST settings
+static const cli_flag flag_table[] = {
+    CLI_STRING("-m, --model", "FILE", model,
+               "GGUF model or Hugging Face folder (default: the cached\n"
+               "SmolLM2-135M-Instruct)"),
+    CLI_TEXT("data:"),
+    CLI_LIST("--data", "FILE[:WEIGHT]", FINCH_MAX_TASKS, data,
+             "training JSONL (prompt/completion, Alpaca, Dolly or chat lines;\n"
+             "{\"prompt\", \"chosen\", \"rejected\"} pairs with --objective dpo);\n"
+             "repeat for a multi-task mixture: each example slot draws a file\n"
+             "by WEIGHT (default 1, normalised), then that file's next example"),
+    CLI_STRING("--val", "FILE", o.val_path,
+               "validation JSONL (or --val-fraction F of each training file)"),
+    CLI_FLOAT("--val-fraction", "F", 0, 0.99, o.val_fraction,
+              "hold out this fraction of each training file (default 0)"),
+    CLI_ENUM("--format", "auto|completion|alpaca|dolly|chat|preference", o.data.format,
+             "the lines' shape (default auto)"),
+    CLI_LIST("--template", "TEXT", 16, templates,
+             "prompt template with {field} placeholders (repeatable: sampled)"),
+    CLI_SWITCH("--chat", o.data.chat, "wrap prompts in the model's chat template"),
+    CLI_INT("--max-seq-len", "N", 2, 1 << 20, o.data.max_seq_len,
+            "tokens per example at most (default 256 or the context)"),
+    CLI_INT("--max-examples", "N", 1, LONG_MAX, o.data.max_examples,
+            "use the first N training examples"),
+    CLI_SWITCH("--train-on-prompt", o.data.train_on_prompt,
+               "loss on prompt tokens too (default: completion only)"),
+    CLI_SWITCH("--skip-bad", o.data.skip_bad, "skip malformed lines (counted) instead of stopping"),
+    CLI_SWITCH("--packing", o.packing,
+               "pack several examples into each row of --max-seq-len tokens"),
+    CLI_TEXT("method:"),
+    CLI_STRING("--method", "NAME", o.method,
+               "what trains (default lora); its options follow it below"),
+    CLI_MORE,
+    CLI_TEXT("objective:"),
+    CLI_ENUM("--objective", "sft|dpo", o.objective,
+             "sft (default): cross-entropy on the completions; dpo: TRL's\n"
+             "sigmoid DPO loss on preference pairs, the reference being the\n"
+             "model without the method (any method); logs rewards/chosen,\n"
+             "rewards/rejected, rewards/accuracies, rewards/margins"),
+    CLI_FLOAT("--beta", "B", 1e-6, 1e3, o.beta,
+              "DPO's beta (default 0.1); --batch-size counts pairs"),
+    CLI_TEXT("optimisation:"),
+    CLI_FLOAT("--learning-rate, --lr", "LR", 1e-12, 0.99, o.learning_rate,
+              "peak learning rate (default 2e-4)"),
+    CLI_ENUM("--lr-scheduler", "linear|cosine|constant", o.lr_scheduler,
+             "after the warmup (default linear)"),
+    CLI_INT("--warmup-steps", "N", 0, LONG_MAX, o.warmup_steps, "linear warmup (default 0)"),
+    CLI_INT("--batch-size", "N", 1, 4096, o.batch_size, "examples per micro-batch (default 4)"),
+    CLI_INT("--grad-accum", "N", 1, 65536, o.grad_accum,
+            "micro-batches per optimizer step (default 1)"),
+    CLI_INT("--max-steps", "N", 1, LONG_MAX, o.max_steps,
+            "optimizer steps (default: from --epochs)"),
+    CLI_FLOAT("--epochs", "E", 1e-6, 1e6, o.epochs,
+              "passes over the training data without --max-steps (default 1)"),
+    CLI_FLOAT("--weight-decay", "W", 0, 0.99, o.weight_decay,
+              "AdamW's decoupled weight decay (default 0)"),
+    CLI_FLOAT("--max-grad-norm", "G", 0, 1e9, o.max_grad_norm,
+              "clip the gradients' global norm (default 1, 0 = off)"),
+    CLI_INT("--seed", "S", 0, LONG_MAX, o.seed,
+            "data order, dropout, the method's initialisation (default 42)"),
+    CLI_TEXT("run:"),
+    CLI_STRING("--out", "DIR", o.out_dir, "adapter, checkpoints and metrics.jsonl go here"),
+    CLI_INT("--save-steps", "N", 0, LONG_MAX, o.save_steps,
+            "a checkpoint every N steps (default 0: at the end)"),
+    CLI_INT("--save-total-limit", "N", 1, LONG_MAX, o.save_total_limit,
+            "keep the newest N checkpoints (default: all; and the best with\n"
+            "--load-best-model-at-end)"),
+    CLI_INT("--eval-steps", "N", 0, LONG_MAX, o.eval_steps,
+            "validation loss every N steps (default 0: at the end)"),
+    CLI_INT("--early-stopping-patience", "N", 1, LONG_MAX, o.early_stopping_patience,
+            "stop when the validation loss has not improved for N\n"
+            "evaluations in a row (needs --eval-steps and validation data)"),
+    CLI_FLOAT("--early-stopping-threshold", "T", 0, 1e9, o.early_stopping_threshold,
+              "an improvement is a fall of more than T (default 0)"),
+    CLI_SWITCH("--load-best-model-at-end", o.load_best_model_at_end,
+               "the result is the checkpoint with the lowest validation loss,\n"
+               "which --save-total-limit keeps (--save-steps a multiple of\n"
+               "--eval-steps)"),
+    CLI_INT("--log-steps", "N", 0, LONG_MAX, o.log_steps,
+            "a metrics line every N steps (default 10)"),
+    CLI_INT("--val-max-examples", "N", 1, LONG_MAX, o.val_max_examples,
+            "validation examples scored at each evaluation (default all)"),
+    CLI_STRING("--resume", "DIR", o.resume_dir,
+               "continue from a checkpoint (or the run directory's latest)"),
+    CLI_CONFIG("--config", "FILE", config,
+               "settings as a JSON object, keys as these flags without \"--\"\n"
+               "('-' or '_'; a list for a repeatable one); flags override it"),
+    CLI_GROUP(cli_quant_flags, quant),
+    CLI_SWITCH("--gradient-checkpointing", o.gradient_checkpointing,
+               "keep each block's input only and recompute the block in\n"
+               "backward: far less memory, one more forward per step"),
+    CLI_SWITCH("--bf16", o.bf16,
+               "mixed precision: the frozen base's products in bf16 (AMX where\n"
+               "the CPU has it), parameters and optimizer state in f32"),
+    CLI_INT("--simulate-ranks", "N", 1, 4096, o.simulate_ranks,
+            "one process computes what `mpirun -np N` ranks would (each\n"
+            "micro-batch N slices of --batch-size rows, gradients summed\n"
+            "in rank order); under mpirun the ranks are the processes"),
+    CLI_THREADS(threads),
+    CLI_END};
+#undef CLI_DST
+
+static const cli_command command = {
+    .name = "train",
+    .usage = "usage: finch train [-m MODEL] --data FILE --out DIR [options]\n",
+    .flags = flag_table,
+    .more = &method_options};
 
 static json_t *json_string_or_null(const char *v) {
     return v ? json_string(v) : json_null();
@@ -473,13 +289,13 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
         B("bnb_4bit_use_double_quant", s->quant.double_quant);
         S("bnb_4bit_quant_type", s->quant.quant_type);
     }
-    if (s->n_sources == 1 && s->sources[0].weight == 1) {
-        S("data", s->sources[0].path);
-    } else { /* a mixture: as --config takes it */
+    if (o->n_sources == 1 && o->sources[0].weight == 1) {
+        S("data", o->sources[0].path);
+    } else { /* a mixture */
         json_t *list = json_array();
-        for (int k = 0; k < s->n_sources; k++)
-            json_array_append_new(list, json_pack("{s:s, s:f}", "path", s->sources[k].path,
-                                                  "weight", s->sources[k].weight));
+        for (int k = 0; k < o->n_sources; k++)
+            json_array_append_new(list, json_pack("{s:s, s:f}", "path", o->sources[k].path,
+                                                  "weight", o->sources[k].weight));
         json_object_set_new(j, "data", list);
     }
     S("val", o->val_path);
@@ -570,40 +386,23 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
 
 int cmd_train(int argc, char **argv) {
     settings s = {.o = finch_train_defaults(), .quant = CLI_QUANT_DEFAULTS};
-    int rc = 0;
-    /* the config file first, so flags override it */
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            print_usage();
-            return 0;
-        }
-        if (!strcmp(argv[i], "--config")) {
-            if (i + 1 >= argc) return cli_usage_error("train", "--config needs a value");
-            if ((rc = read_config(&s, argv[i + 1]))) goto done;
-        }
-    }
-    for (int i = 1; i < argc && !rc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--config")) {
-            i++;
-            continue;
-        }
-        if (strncmp(a, "--", 2) && strcmp(a, "-m") && strcmp(a, "-t")) {
-            rc = cli_usage_error("train", "unexpected argument '%s' (see finch train --help)", a);
-            break;
-        }
-        const char *name = a[1] == '-' ? a + 2 : a + 1;
-        const char *v = NULL;
-        if (!is_switch(name)) {
-            if (i + 1 >= argc) {
-                rc = cli_usage_error("train", "%s needs a value", a);
-                break;
-            }
-            v = argv[++i];
-        }
-        rc = set(&s, name, v, "");
+    int rc = cli_parse(&command, argc, argv, &s);
+    if (rc != CLI_RUN) goto done;
+    rc = 0;
+    /* --data FILE[:WEIGHT]: the files of a mixture (or the one file) */
+    for (int k = 0; k < s.data.n && !rc; k++) {
+        char path[4096];
+        finch_err err;
+        if (finch_data_source_parse(s.data.v[k], path, sizeof path, &s.sources[k].weight, &err))
+            rc = cli_usage_error("train", "%s", err.msg);
+        else if (!(s.sources[k].path = strdup(path)))
+            rc = cli_usage_error("train", "out of memory");
+        s.o.n_sources = k + 1;
     }
     if (rc) goto done;
+    s.o.sources = s.sources;
+    s.o.data.templates = s.templates.n ? s.templates.v : NULL;
+    s.o.data.n_templates = s.templates.n;
     /* the method's options against --method, before the model loads; errors name the file */
     for (int i = 0; i < s.o.n_method_options && !rc; i++) {
         finch_err err;
@@ -613,12 +412,10 @@ int cmd_train(int argc, char **argv) {
                                  err.msg);
     }
     if (rc) goto done;
-    if (!s.n_sources) {
+    if (!s.o.n_sources) {
         rc = cli_usage_error("train", "no training data: give --data FILE");
         goto done;
     }
-    s.o.sources = s.sources;
-    s.o.n_sources = s.n_sources;
     if (!s.o.out_dir) {
         rc = cli_usage_error("train", "no output directory: give --out DIR");
         goto done;
@@ -663,6 +460,8 @@ int cmd_train(int argc, char **argv) {
     if (!rc) finch_dist_finalize();
 done:
     for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
+    for (int k = 0; k < s.o.n_sources; k++) free((char *)s.sources[k].path);
     for (int i = 0; i < s.o.n_method_options; i++) free((char *)s.option_where[i]);
+    cli_config_free(&s.config);
     return rc;
 }

@@ -1,5 +1,7 @@
 /*
- * flags.c: strict flag values, model loading and error reporting shared by subcommands.
+ * flags.c: what several subcommands share: strict number parsing, error reporting, the
+ * flag rows and values of model loading (QLoRA's flags, adapters, numerics, threads),
+ * --metrics, and the one rule for results as JSON (--json, --json-out).
  */
 #include "cli.h"
 
@@ -45,14 +47,6 @@ bool cli_parse_float(const char *s, double lo, double hi, double *out) {
     return true;
 }
 
-const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i) {
-    if (*i + 1 >= argc) {
-        cli_usage_error(cmd, "%s needs a value", argv[*i]);
-        return NULL;
-    }
-    return argv[++*i];
-}
-
 finch_model *cli_load_model(const char *path) {
     char def[4096];
     finch_err err;
@@ -78,45 +72,32 @@ finch_model *cli_load_model(const char *path) {
     return m;
 }
 
-static bool key_is(const char *key, const char *name) {
-    for (; *key && *name; key++, name++)
-        if (*key != *name && !(*key == '_' && *name == '-')) return false;
-    return !*key && !*name;
+/* --bnb-4bit-quant-type: nf4 (fp4 is QLoRA's other type, not implemented here). */
+static bool quant_type_parse(void *field, const char *flag, const char *v, char *msg, size_t n) {
+    if (!strcmp(v, "nf4")) {
+        *(const char **)field = "nf4";
+        return true;
+    }
+    if (!strcmp(v, "fp4"))
+        snprintf(msg, n,
+                 "%s fp4: not implemented; finch quantizes to nf4 only (the QLoRA recipe's "
+                 "type)",
+                 flag);
+    else
+        snprintf(msg, n, "%s %s: must be nf4", flag, v);
+    return false;
 }
 
-bool cli_quant_is_switch(const char *key) {
-    return key_is(key, "load-in-4bit");
-}
-
-int cli_quant_set(const char *cmd, cli_quant *q, const char *key, const char *v) {
-    if (key_is(key, "load-in-4bit")) {
-        q->load_in_4bit = true;
-        return 1;
-    }
-    if (key_is(key, "bnb-4bit-use-double-quant")) {
-        if (v && (!strcmp(v, "true") || !strcmp(v, "1")))
-            q->double_quant = true;
-        else if (v && (!strcmp(v, "false") || !strcmp(v, "0")))
-            q->double_quant = false;
-        else
-            return cli_usage_error(cmd, "--bnb-4bit-use-double-quant %s: must be true or false",
-                                   v ? v : "(none)"),
-                   -1;
-        return 1;
-    }
-    if (key_is(key, "bnb-4bit-quant-type")) {
-        if (v && !strcmp(v, "nf4")) {
-            q->quant_type = "nf4";
-            return 1;
-        }
-        if (v && !strcmp(v, "fp4"))
-            return cli_usage_error(cmd, "--bnb-4bit-quant-type fp4: not implemented; finch "
-                                        "quantizes to nf4 only (the QLoRA recipe's type)"),
-                   -1;
-        return cli_usage_error(cmd, "--bnb-4bit-quant-type %s: must be nf4", v ? v : "(none)"), -1;
-    }
-    return 0;
-}
+#define CLI_DST cli_quant
+const cli_flag cli_quant_flags[] = {
+    CLI_SWITCH("--load-in-4bit", load_in_4bit,
+               "QLoRA: quantize the base's projections to NF4 at load (an f32,\nf16 or bf16 base)"),
+    CLI_BOOL("--bnb-4bit-use-double-quant", double_quant,
+             "quantize the NF4 blocks' scales too (default true, as QLoRA)"),
+    CLI_CUSTOM("--bnb-4bit-quant-type", "nf4", 0, quant_type_parse, quant_type,
+               "the 4-bit type: nf4 (the default; fp4 is not implemented)"),
+    CLI_END};
+#undef CLI_DST
 
 finch_model *cli_load_model_quant(const char *path, const cli_quant *q) {
     finch_model *m = cli_load_model(path);
@@ -143,16 +124,12 @@ void cli_set_threads(long n) {
     finch_threads_set((int)n);
 }
 
-bool cli_adapter_add(cli_adapters *a, const char *cmd, const char *value) {
-    if (a->n == 8) {
-        cli_usage_error(cmd, "--adapter: at most 8 adapters");
-        return false;
-    }
+bool cli_adapter_parse(void *field, const char *flag, const char *value, char *msg, size_t n) {
+    cli_adapters *a = field;
+    if (a->n == 8) return snprintf(msg, n, "%s: at most 8 adapters", flag), false;
     char *dir = a->dir[a->n];
-    if (snprintf(dir, sizeof a->dir[0], "%s", value) >= (int)sizeof a->dir[0]) {
-        cli_usage_error(cmd, "--adapter %.64s...: path too long", value);
-        return false;
-    }
+    if (snprintf(dir, sizeof a->dir[0], "%s", value) >= (int)sizeof a->dir[0])
+        return snprintf(msg, n, "%s %.64s...: path too long", flag, value), false;
     double w = 1.0;
     char *colon = strrchr(dir, ':');
     if (colon && cli_parse_float(colon + 1, -100, 100, &w))
@@ -184,20 +161,85 @@ void cli_adapters_release(cli_adapters *a, finch_model *m) {
         }
 }
 
-bool cli_parse_numerics(const char *cmd, const char *v, finch_numerics *out) {
-    if (!strcmp(v, "exact"))
-        *out = FINCH_NUMERICS_EXACT;
-    else if (!strcmp(v, "llamacpp"))
-        *out = FINCH_NUMERICS_LLAMACPP;
-    else
-        return cli_usage_error(cmd, "--numerics %s: must be 'exact' or 'llamacpp'", v), false;
+finch_numerics cli_numerics(const char *name) {
+    return !strcmp(name, "llamacpp") ? FINCH_NUMERICS_LLAMACPP : FINCH_NUMERICS_EXACT;
+}
+
+bool cli_metrics_parse(void *field, const char *flag, const char *value, char *msg, size_t n) {
+    static const struct {
+        const char *name;
+        int bit;
+    } known[] = {{"rouge", CLI_METRIC_ROUGE},
+                 {"bleu", CLI_METRIC_BLEU},
+                 {"em", CLI_METRIC_EM},
+                 {"f1", CLI_METRIC_F1}};
+    int m = 0;
+    for (const char *p = value; *p;) {
+        size_t k = strcspn(p, ",");
+        int bit = 0;
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            if (strlen(known[i].name) == k && !strncmp(known[i].name, p, k)) bit = known[i].bit;
+        if (!bit && k)
+            return snprintf(msg, n, "%s: unknown metric '%.*s' (known: rouge, bleu, em, f1)", flag,
+                            (int)k, p),
+                   false;
+        m |= bit;
+        p += k + (p[k] == ',');
+    }
+    if (!m) return snprintf(msg, n, "%s '%s' names no metric", flag, value), false;
+    *(int *)field = m;
     return true;
 }
 
-bool cli_parse_threads(const char *cmd, const char *v, long *out) {
-    if (!cli_parse_int(v, 1, 1024, out))
-        return cli_usage_error(cmd, "--threads %s: must be from 1 to 1024", v), false;
-    return true;
+#define CLI_DST cli_json
+const cli_flag cli_json_flags[] = {
+    CLI_STRING_OPT("--json", NULL, json,
+                   "print the results as one JSON document on stdout (the text for\n"
+                   "people goes to stderr)"),
+    CLI_STRING("--json-out", "FILE", json_out, "write the results as JSON to FILE (atomically)"),
+    CLI_END};
+#undef CLI_DST
+
+int cli_json_check(const char *cmd, cli_json *j) {
+    if (!j->json || !*j->json) return CLI_RUN;
+    if (j->json_out)
+        return cli_usage_error(cmd,
+                               "--json %s and --json-out %s: give the file once, with "
+                               "--json-out",
+                               j->json, j->json_out);
+    fprintf(stderr,
+            "finch %s: warning: --json FILE is read as --json-out FILE (the old spelling); "
+            "--json alone prints the JSON on stdout\n",
+            cmd);
+    j->json_out = j->json;
+    j->json = NULL;
+    return CLI_RUN;
+}
+
+FILE *cli_json_text(const cli_json *j) {
+    return j->json ? stderr : stdout;
+}
+
+int cli_json_emit(const char *cmd, const cli_json *j, const char *text, size_t len) {
+    if (j->json) {
+        fwrite(text, 1, len, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
+    if (!j->json_out) return 0;
+    char *buf = malloc(len + 1);
+    if (!buf) {
+        fprintf(stderr, "finch: error: %s: out of memory\n", j->json_out);
+        return EXIT_FAIL;
+    }
+    memcpy(buf, text, len);
+    buf[len] = '\n';
+    finch_err err;
+    finch_status st = finch_eval_write_file(j->json_out, buf, len + 1, &err);
+    free(buf);
+    if (st) return cli_fail(&err);
+    fprintf(stderr, "finch %s: wrote %s\n", cmd, j->json_out);
+    return 0;
 }
 
 int cli_mkdir_p(const char *dir, char *failed, size_t n) {

@@ -44,7 +44,10 @@ static void usage(FILE *f) {
     fprintf(f, "usage: finch <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\n'finch <command> --help' shows a command's options.\n");
+    fprintf(f, "\n'finch <command> --help' shows a command's options. Flags take their value as\n"
+               "--name VALUE or --name=VALUE, each flag once unless it says it repeats.\n"
+               "Results as JSON (eval, score, compare-methods): --json prints the JSON on stdout\n"
+               "(the text for people then goes to stderr); --json-out FILE writes it to FILE.\n");
 }
 
 int main(int argc, char **argv) {

@@ -12,7 +12,7 @@
  * data would mislead.
  *
  * Files read (formats in metrics.jsonl as train/loop.c writes it, run.json as finch train
- * writes it, the evaluation JSON schema of finch eval --json):
+ * writes it, the evaluation JSON schema of finch eval --json and --json-out):
  *   metrics.jsonl   {"step": N, "loss", "lr", "grad_norm", "tokens_per_s", "epoch"} and
  *                   {"step": N, "val_loss"} (an "elapsed_s" field, when a run logs one, is
  *                   its run time); a step logged again (a resumed run) replaces the points
@@ -575,7 +575,8 @@ static void put_evals(finch_buf *b, const report *r) {
     if (!r->n_evals)
         finch_buf_puts(b,
                        "<p class=\"muted\">No evaluation file (eval*.json in the run directory, or "
-                       "--eval FILE): write one with <code>finch eval --json</code>.</p>\n");
+                       "--eval FILE): write one with <code>finch eval --json-out FILE</code>."
+                       "</p>\n");
     for (int e = 0; e < r->n_evals; e++) {
         json_t *ev = r->evals[e];
         finch_buf_puts(b, "<div class=\"panel wide\"><h3>");

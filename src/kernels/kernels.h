@@ -208,22 +208,21 @@ typedef struct {
      * each row (packed examples): token t attends to the tokens j <= t of the run of
      * equal seg values holding t, and only those (work outside that range is skipped);
      * NULL is one segment per row. With pre (NULL: none), every token also attends to
-     * pre->n keys and values before its row's own (prefix tuning). att (B, H, T, S),
-     * S = pre->n + T, receives the softmax probabilities (row t; columns 0..n-1 the
-     * prefix, n + j key j; zero outside the attended range) for backward. */
-    void (*attention_forward_train)(float *out, float *att, const float *q, const float *k,
+     * pre->n keys and values before its row's own (prefix tuning). stats (B, H, T, 2)
+     * receives each query row's softmax maximum and 1 / sum, from which backward has the
+     * probabilities again (nothing T x T is kept). ws: 2 (pre->n + T) floats a thread. */
+    void (*attention_forward_train)(float *out, float *stats, const float *q, const float *k,
                                     const float *v, const int32_t *seg,
                                     const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
                                     int KVH, int D, finch_workspace *ws);
 
     /* dq (B*T, H*D), dk, dv (B*T, KVH*D) = the gradients of attention_forward_train given
-     * dout (B*T, H*D), the att it saved, its inputs and the same seg and pre; dk and dv sum
-     * over the query heads of each group; the prefix's gradients, summed over every row
-     * and query, are added to pre->dk, pre->dv when those are set. ds (B, H, T, S) is
-     * scratch (the scores' gradient); only its attended range is written. ws gives the
-     * thread count. */
-    void (*attention_backward)(float *dq, float *dk, float *dv, float *ds, const float *dout,
-                               const float *att, const float *q, const float *k, const float *v,
+     * dout (B*T, H*D), the stats it saved, its inputs and the same seg and pre; dk and dv
+     * sum over the query heads of each group; the prefix's gradients, summed over every
+     * row and query, are added to pre->dk, pre->dv when those are set. sps (B, H, T) is
+     * scratch. ws as for the forward. */
+    void (*attention_backward)(float *dq, float *dk, float *dv, float *sps, const float *dout,
+                               const float *stats, const float *q, const float *k, const float *v,
                                const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
                                int64_t T, int H, int KVH, int D, finch_workspace *ws);
 

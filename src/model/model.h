@@ -221,7 +221,8 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
 
 /* The two halves of finch_model_train_step, for objectives whose gradient depends on the
  * forward's result (DPO): the forward pass over a batch (arguments as above; dropout
- * active when training) keeps the logits of the Nt positions with a target and returns Nt;
+ * active when training) keeps the head's input rows of the Nt positions with a target (the
+ * logits are computed a chunk at a time, here and again in backward) and returns Nt;
  * when row_logp is not NULL it receives, per row b of the B, the sum over the row's
  * targets of log softmax(logits)[target] (0 for a row without targets). ids and seg must
  * stay unchanged until the backward call. */
@@ -230,7 +231,7 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
                                   uint64_t dropout_seed, bool training, double *row_logp);
 /* The backward pass of the last forward, for the loss L whose derivative by row b's summed
  * target log-probability is row_scale[b] (B entries): the trainable parameters' gradients
- * accumulate (+=) as in finch_model_train_step. The kept logits are consumed. */
+ * accumulate (+=) as in finch_model_train_step. */
 void finch_model_train_backward(const finch_model *m, finch_train_acts *a, const float *row_scale);
 
 #endif /* FINCH_MODEL_H */

@@ -8,7 +8,7 @@
  *     q, k, v = linears(xn1)                     (qp, kp before their norms)
  *     q, k = rmsnorm per head [qk_norm]          rstdq, rstdk
  *     rope(q), rope(k) (the block's base)        q, k (rotated), v
- *     ao = attention(q, k, v | seg)              att (B, H, T, T), ao
+ *     ao = attention(q, k, v | seg)              att (B, H, T, 2): row stats, ao
  *     xm = x_l + o(ao)  (+ rmsnorm(o(ao)) [post_norms])  xm (op, rstdo)
  *     xn2 = rmsnorm(xm) * ffn_norm               xn2, rstd2
  *     h = act(gate(xn2)) * up(xn2)               gate, up, h   (act: silu or gelu [act])
@@ -42,6 +42,10 @@
 #include <math.h>
 #include <stdlib.h>
 
+/* Target rows the head computes at once: its logits (HEAD_ROWS, V) are the only vocabulary-
+ * wide buffer (25 MB for a 49k vocabulary). */
+enum { HEAD_ROWS = 128 };
+
 struct finch_train_acts {
     int B, T;    /* T: the rows' length inside, with prompt tuning's virtual tokens */
     int T_in, K; /* the rows' length the caller gives, and the virtual tokens before them */
@@ -53,16 +57,17 @@ struct finch_train_acts {
      * per-head norms and those norms' factors; the attention and FFN outputs before their
      * post norms and those norms' factors */
     float **qp, **kp, **rstdq, **rstdk, **op, **rstdo, **fp, **rstdf2;
-    float *xf, *xnf, *rstdf; /* final norm: x_L (N, C) is x[L]; xnf (N, C), rstdf (N) */
-    float *logits;           /* (Nt, V) for the Nt rows with a target, then their gradient */
-    float *xg;               /* (Nt, C) the rows of xnf with a target */
-    int32_t *tg, *rows;      /* (Nt) their targets and row indices */
-    int64_t Nt;              /* rows with a target in the last forward */
+    float *xf, *xnf, *rstdf;          /* final norm: x_L (N, C) is x[L]; xnf (N, C), rstdf (N) */
+    float *logits;                    /* (HEAD_ROWS, V): one chunk of the head's rows, then their
+                                         gradient (the head never holds all Nt rows at once) */
+    float *xg;                        /* (Nt, C) the rows of xnf with a target */
+    int32_t *tg, *rows;               /* (Nt) their targets and row indices */
+    int64_t Nt;                       /* rows with a target in the last forward */
     const int32_t *ids_cur, *seg_cur; /* the last forward's ids and segments, for backward */
     finch_linear_ctx ctx;             /* the last forward's dropout seed and mode */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
-    float *ds;    /* (B, H, T, S) attention backward's scratch */
+    float *ds;    /* (B, H, T) attention backward's scratch */
     float *dad;   /* (N, C) a block module's input gradient */
     int32_t *pos; /* (N) */
     bool ckpt;    /* gradient checkpointing: one layer's buffers, recomputed in backward */
@@ -94,7 +99,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     const size_t N = (size_t)B * T, C = c->n_embd, HD = (size_t)c->n_head * c->head_dim,
                  KD = (size_t)c->n_head_kv * c->head_dim, F = c->n_ff, V = c->n_vocab,
                  L = c->n_layer,
-                 ATT = (size_t)B * c->n_head * T * (size_t)(T + (m->virt.kv ? nv : 0));
+                 ATT = (size_t)B * c->n_head * T; /* attention's per-row statistics */
     finch_train_acts *a = finch_calloc(1, sizeof *a, "training activations", err);
     if (!a) return FINCH_E_NOMEM;
     a->B = B;
@@ -114,7 +119,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
                      {&a->q, N * HD},
                      {&a->k, N * KD},
                      {&a->v, N * KD},
-                     {&a->att, ATT},
+                     {&a->att, 2 * ATT},
                      {&a->ao, N * HD},
                      {&a->xm, N * C},
                      {&a->xn2, N * C},
@@ -133,10 +138,13 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     struct {
         float **p;
         size_t n;
-    } single[] = {{&a->xnf, N * C}, {&a->rstdf, N},   {&a->logits, N * V}, {&a->dx, N * C},
-                  {&a->dt, N * C},  {&a->dxn, N * C}, {&a->dao, N * HD},   {&a->dq, N * HD},
-                  {&a->dk, N * KD}, {&a->dv, N * KD}, {&a->dh, N * F},     {&a->dup, N * F},
-                  {&a->xf, N * C},  {&a->xg, N * C},  {&a->ds, ATT},       {&a->dad, N * C}};
+    } single[] = {
+        {&a->xnf, N * C},  {&a->rstdf, N},   {&a->logits, (N < HEAD_ROWS ? N : HEAD_ROWS) * V},
+        {&a->dx, N * C},   {&a->dt, N * C},  {&a->dxn, N * C},
+        {&a->dao, N * HD}, {&a->dq, N * HD}, {&a->dk, N * KD},
+        {&a->dv, N * KD},  {&a->dh, N * F},  {&a->dup, N * F},
+        {&a->xf, N * C},   {&a->xg, N * C},  {&a->ds, ATT},
+        {&a->dad, N * C}};
     const size_t n_pl = sizeof per_layer / sizeof per_layer[0],
                  n_s = sizeof single / sizeof single[0];
     /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
@@ -178,8 +186,8 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     }
     int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
     if (!a->rows || !ok_in ||
-        finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T), finch_threads_get(), 0,
-                             err)) {
+        finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T + a->P), finch_threads_get(),
+                             0, err)) {
         finch_train_acts_free(a);
         return err ? err->code : FINCH_E_NOMEM;
     }
@@ -359,32 +367,63 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     a->Nt = Nt;
     a->ids_cur = ids;
     a->seg_cur = seg;
-    if (Nt) finch_linear_forward_train(a->logits, a->xg, &m->output, Nt, &ctx);
-    /* row b's targets are the run of gathered rows k with rows[k] / T == b */
-    for (int64_t b = 0, k = 0; b < B && row_logp; b++) {
-        int64_t k0 = k;
-        while (k < Nt && a->rows[k] / T == b) k++;
-        row_logp[b] =
-            k > k0 ? -be->softmax_xent(NULL, a->logits + k0 * V, a->tg + k0, k - k0, V, 0.0f) *
-                         (double)(k - k0)
-                   : 0.0;
+    if (row_logp) {
+        /* row b's targets are the run of gathered rows k with rows[k] / T == b; a run may
+         * cross chunks, so its log-probability adds up chunk by chunk */
+        for (int64_t b = 0; b < B; b++) row_logp[b] = 0.0;
+        for (int64_t c0 = 0; c0 < Nt; c0 += HEAD_ROWS) {
+            const int64_t c1 = c0 + HEAD_ROWS < Nt ? c0 + HEAD_ROWS : Nt;
+            finch_linear_forward_train(a->logits, a->xg + c0 * C, &m->output, c1 - c0, &ctx);
+            for (int64_t k = c0; k < c1;) {
+                int64_t k0 = k, b = a->rows[k] / T;
+                while (k < c1 && a->rows[k] / T == b) k++;
+                row_logp[b] -=
+                    be->softmax_xent(NULL, a->logits + (k0 - c0) * V, a->tg + k0, k - k0, V, 0.0f) *
+                    (double)(k - k0);
+            }
+        }
     }
     return Nt;
 }
 
-void finch_model_train_backward(const finch_model *m, finch_train_acts *a, const float *row_scale) {
-    const int64_t T = a->T, V = m->cfg.n_vocab;
-    /* dlogits = -scale_b (onehot - softmax): the gradient of scale_b * log p(target) */
-    for (int64_t b = 0, k = 0; b < a->B; b++) {
-        int64_t k0 = k;
-        while (k < a->Nt && a->rows[k] / T == b) k++;
-        if (k == k0) continue;
-        if (row_scale[b] == 0.0f) /* the kernel takes 0 as 1/n: no gradient is zeros */
-            memset(a->logits + k0 * V, 0, (size_t)((k - k0) * V) * sizeof(float));
-        else
-            m->be->softmax_xent(a->logits + k0 * V, a->logits + k0 * V, a->tg + k0, k - k0, V,
-                                -row_scale[b]);
+/* The head over the Nt target rows, HEAD_ROWS at a time: logits, the loss of each run of
+ * one row's targets scaled by scale(row) (softmax_xent's gradient in place), and with
+ * backward the head's backward into a->dt (Nt, C). Returns the sum over chunks of each
+ * run's mean loss times its targets. */
+static double head_pass(const finch_model *m, finch_train_acts *a, const float *row_scale,
+                        float grad_scale, bool backward) {
+    const int64_t T = a->T, C = m->cfg.n_embd, V = m->cfg.n_vocab, Nt = a->Nt;
+    const finch_backend *be = m->be;
+    finch_linear_ctx ctx = a->ctx;
+    double loss = 0;
+    for (int64_t c0 = 0; c0 < Nt; c0 += HEAD_ROWS) {
+        const int64_t c1 = c0 + HEAD_ROWS < Nt ? c0 + HEAD_ROWS : Nt;
+        finch_linear_forward_train(a->logits, a->xg + c0 * C, &m->output, c1 - c0, &ctx);
+        if (!row_scale) {
+            loss += be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg + c0, c1 - c0, V,
+                                     grad_scale) *
+                    (double)(c1 - c0);
+        } else {
+            /* dlogits = -scale_b (onehot - softmax): the gradient of scale_b log p(target) */
+            for (int64_t k = c0; k < c1;) {
+                int64_t k0 = k, b = a->rows[k] / T;
+                while (k < c1 && a->rows[k] / T == b) k++;
+                float *l = a->logits + (k0 - c0) * V;
+                if (row_scale[b] == 0.0f) /* the kernel takes 0 as 1/n: no gradient is zeros */
+                    memset(l, 0, (size_t)((k - k0) * V) * sizeof(float));
+                else
+                    be->softmax_xent(l, l, a->tg + k0, k - k0, V, -row_scale[b]);
+            }
+        }
+        if (backward)
+            finch_linear_backward(a->dt + c0 * C, a->logits, a->xg + c0 * C, &m->output, c1 - c0,
+                                  &ctx);
     }
+    return loss;
+}
+
+void finch_model_train_backward(const finch_model *m, finch_train_acts *a, const float *row_scale) {
+    head_pass(m, a, row_scale, 0.0f, true); /* the logits again, chunk by chunk */
     backward_pass(m, a);
 }
 
@@ -394,13 +433,14 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     const int64_t Nt =
         finch_model_train_forward(m, a, ids, targets, pos, seg, dropout_seed, backward, NULL);
     if (Nt == 0) return 0.0;
-    double loss = m->be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg, Nt,
-                                      m->cfg.n_vocab, grad_scale);
+    /* the mean's gradient unless told otherwise, the same for every chunk */
+    const float scale = grad_scale != 0.0f ? grad_scale : 1.0f / (float)Nt;
+    double loss = head_pass(m, a, NULL, scale, backward) / (double)Nt;
     if (backward) backward_pass(m, a);
     return loss;
 }
 
-/* The backward pass from the logits' gradient (in a->logits) of the last forward. */
+/* The backward pass from the gradient of the head's input rows (in a->dt, head_pass). */
 static void backward_pass(const finch_model *m, finch_train_acts *a) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
@@ -414,8 +454,7 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
     const int32_t *ids = a->ids_cur, *seg = a->seg_cur;
 
     /* ---- backward (dx: the gradient of the residual stream) ---- */
-    /* logits = head(xg), xg = the target rows of xnf: the other rows get no gradient */
-    finch_linear_backward(a->dt, a->logits, a->xg, &m->output, Nt, &ctx);
+    /* xg = the target rows of xnf (head_pass left dxg in dt): the other rows get none */
     memset(a->dxn, 0, (size_t)(N * C) * sizeof(float));
     for (int64_t k = 0; k < Nt; k++)
         memcpy(a->dxn + (int64_t)a->rows[k] * C, a->dt + k * C, (size_t)C * sizeof(float));

@@ -16,7 +16,7 @@
 
 #include "core/core.h"
 #include "io/io.h" /* to write a copy of the tiny model without its tokenizer */
-#include "test_util.h" /* read_file, run_capture */
+#include "test_util.h" /* read_file, read_text, run_capture */
 
 static char tmpdir[] = "/tmp/finch_cli_XXXXXX";
 static char out[1 << 16];
@@ -76,8 +76,37 @@ static void test_usage_errors(void **state) {
     /* the tiny model's FFN is 96 wide: its down projection's rows are not whole NF4 blocks */
     EXPECT("generate -m " TINY " -p hi --load-in-4bit", NULL, 1,
            "blk.0.ffn_down.weight: rows of 96 are not whole NF4 blocks of 64");
-    EXPECT("info a.gguf b.gguf", NULL, 2, "more than one model");
+    EXPECT("info a.gguf b.gguf", NULL, 2, "more than one MODEL given ('a.gguf' and 'b.gguf')");
     EXPECT("tokenize --bogus", NULL, 2, "unknown option");
+    /* one parser for every command: flags given twice, near misses, --name=value */
+    EXPECT("generate -m " TINY " -p hi --prompt ho", NULL, 2,
+           "finch generate: error: --prompt given twice ('hi' and 'ho'); give it once");
+    EXPECT("generate -m " TINY " -p hi --tmep 1", NULL, 2,
+           "unknown option '--tmep'; did you mean --temp?");
+    EXPECT("generate -m " TINY " -p hi --top-k=x", NULL, 2, "--top-k x: must be an integer");
+    EXPECT("generate -m " TINY " --prompt=hi --n-predict=2 --seed=3", NULL, 0, "");
+    EXPECT("merge -m " TINY " --adapter a --type q3_k -o x.gguf", NULL, 2,
+           "--type q3_k: must be f16, f32, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1");
+    EXPECT("export -m " TINY " --adapter a -o x.gguf", NULL, 2, "no format: give --format gguf");
+    EXPECT("report a -o x.html -o y.html", NULL, 2, "-o given twice");
+    EXPECT("eval -m " TINY " --data x.jsonl --json a.json --json-out b.json", NULL, 2,
+           "give the file once, with --json-out");
+    EXPECT("score --pred p --ref r --json-out", NULL, 2, "--json-out needs a value");
+    EXPECT("--help", NULL, 0, "--json-out FILE writes it to FILE");
+    /* every command's --help comes from its table, ends with a newline, lists -h */
+    const char *cmds[] = {"info",  "generate", "tokenize", "score",  "eval",
+                          "train", "merge",    "export",   "report", "compare-methods"};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        char args[128];
+        snprintf(args, sizeof args, "%s --help", cmds[i]);
+        EXPECT(args, NULL, 0, "usage: finch ");
+        size_t len = strlen(out);
+        if (!strstr(out, "\n  -h, --help") || len < 2 || out[len - 1] != '\n')
+            fail_msg("finch %s --help:\n%s", cmds[i], out);
+    }
+    EXPECT("train --help", NULL, 0, "--lora-r N");
+    assert_non_null(strstr(out, "--learning-rate, --lr LR"));
+    assert_non_null(strstr(out, "--lr-scheduler linear|cosine|constant"));
 }
 
 static void test_bad_models(void **state) {
@@ -164,8 +193,8 @@ static void test_real_model(void **state) {
 }
 
 /* --data FILE:WEIGHT, repeated: a mixture, its counts in the progress lines, metrics.jsonl and
- * run.json; the same as a --config list of strings or objects, which --data flags replace;
- * bad weights, a missing file and bad config entries. */
+ * run.json; the same as a --config list, which --data flags replace; bad weights, a missing
+ * file and bad config entries. */
 static void test_train_mixture(void **state) {
     (void)state;
     char args[8192], a[512], b[512], cfg[512], outdir[512];
@@ -203,7 +232,7 @@ static void test_train_mixture(void **state) {
     /* the config's list, strings and objects; flags replace it */
     snprintf(cfg, sizeof cfg, "%s/mix.json", tmpdir);
     f = fopen(cfg, "w");
-    fprintf(f, "{\"data\": [\"%s:2\", {\"path\": \"%s\", \"weight\": 1}]}", a, b);
+    fprintf(f, "{\"data\": [\"%s:2\", \"%s\"]}", a, b);
     fclose(f);
     snprintf(args, sizeof args, "train -m " TINY " --config %s --out %s %s", cfg, outdir, common);
     EXPECT(args, NULL, 0, "| tasks mix_a ");
@@ -218,18 +247,17 @@ static void test_train_mixture(void **state) {
     free(m);
     const struct {
         const char *json, *fragment;
-    } cfgs[] = {{"{\"data\": [3]}", "\"data\" entry 1: expected"},
-                {"{\"data\": [{\"path\": \"x.jsonl\", \"wieght\": 2}]}", "\"data\" entry 1: expected"},
-                {"{\"data\": [{\"path\": \"x.jsonl\", \"weight\": \"2\"}]}", "\"data\" entry 1"},
-                {"{\"data\": [{\"path\": \"x.jsonl\", \"weight\": 0}]}", "--data x.jsonl: weight 0"},
-                {"{\"data\": []}", "an empty list of training files"},
-                {"{\"data\": [\"x.jsonl:y\"]}", "'y' is not a weight"}};
+        int code;
+    } cfgs[] = {{"{\"data\": [{\"path\": \"x.jsonl\"}]}", "\"data\": entry 1 must be a string", 1},
+                {"{\"data\": [\"x.jsonl:0\"]}", "--data x.jsonl:0: weight 0: must be > 0", 2},
+                {"{\"data\": []}", "no training data", 2},
+                {"{\"data\": [\"x.jsonl:y\"]}", "'y' is not a weight", 2}};
     for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
         f = fopen(cfg, "w");
         fputs(cfgs[i].json, f);
         fclose(f);
         snprintf(args, sizeof args, "train -m " TINY " --config %s --out %s %s", cfg, outdir, common);
-        EXPECT(args, NULL, 2, cfgs[i].fragment);
+        EXPECT(args, NULL, cfgs[i].code, cfgs[i].fragment);
     }
 }
 
@@ -251,7 +279,7 @@ static void test_train_flags(void **state) {
         {"--learning-rate 0", "--learning-rate 0"}, {"--learning-rate -1", "--learning-rate -1"},
         {"--batch-size 0", "--batch-size 0"},   {"--grad-accum 0", "--grad-accum 0"},
         {"--lora-dropout 1.5", "--lora-dropout 1.5"}, {"--epochs 0", "--epochs 0"},
-        {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown setting 'bogus'"},
+        {"--max-steps -2", "--max-steps -2"},   {"--bogus 1", "unknown option '--bogus'"},
         {"--max-seq-len 1", "--max-seq-len 1"}, {"--target-modules q,attention", "'attention'"},
         {"--lr-scheduler exp", "--lr-scheduler exp"}, {"--method lokr", "--method lokr: unknown"},
         {"--seed", "--seed needs a value"},
@@ -265,7 +293,7 @@ static void test_train_flags(void **state) {
         {"--method full --layers 1", "use --method freeze"},
         {"--method freeze --train-head 1", "unexpected argument '1'"},
         /* the objective */
-        {"--objective ppo", "--objective ppo: use sft or dpo"}, {"--objective dpo --beta 0", "--beta 0"},
+        {"--objective ppo", "--objective ppo: must be sft or dpo"}, {"--objective dpo --beta 0", "--beta 0"},
         {"--objective dpo", "--objective dpo needs preference lines"},
         /* prompt, prefix and bottleneck adapters */
         {"--method prompt --num-virtual-tokens 0", "--num-virtual-tokens 0"},
@@ -285,7 +313,7 @@ static void test_train_flags(void **state) {
         {"--method adapter --layers 3", "layer 3 is out of range"},
         /* early stopping and the best checkpoint */
         {"--early-stopping-patience 2", "give --eval-steps N and validation data"},
-        {"--early-stopping-patience 0", "--early-stopping-patience 0: must be an integer from 1"},
+        {"--early-stopping-patience 0", "--early-stopping-patience 0: must be an integer >= 1"},
         {"--early-stopping-threshold -1", "--early-stopping-threshold -1"},
         {"--eval-steps 2 --val-fraction 0.25 --save-steps 3 --load-best-model-at-end",
          "round multiple of --eval-steps (here 3 and 2)"},
@@ -349,6 +377,27 @@ static void test_train_flags(void **state) {
     m = realloc(m, n + 1);
     m[n] = 0;
     assert_non_null(strstr(m, "\"r\": 2")); /* the file's lora_r */
+    free(m);
+    /* a repeatable setting: a list in the file, replaced by the flags on the command line;
+     * run.json records what the run used */
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"template\": [\"A {prompt}\", \"B {prompt}\"], \"max_steps\": 1, "
+               "\"gradient_checkpointing\": true}");
+    fclose(f);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/tpl --config %s", data, tmpdir, cfg);
+    EXPECT(args, NULL, 0, "adapter written to");
+    snprintf(args, sizeof args, "%s/tpl/run.json", tmpdir);
+    m = read_text(args);
+    if (!strstr(m, "\"A {prompt}\",") || !strstr(m, "\"B {prompt}\"") ||
+        !strstr(m, "\"gradient_checkpointing\": true"))
+        fail_msg("run.json:\n%s", m);
+    free(m);
+    snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s/tpl --config %s --template 'C {prompt}'",
+             data, tmpdir, cfg);
+    EXPECT(args, NULL, 0, "adapter written to");
+    snprintf(args, sizeof args, "%s/tpl/run.json", tmpdir);
+    m = read_text(args);
+    if (!strstr(m, "\"C {prompt}\"") || strstr(m, "A {prompt}")) fail_msg("run.json:\n%s", m);
     free(m);
     /* early stopping: its settings and the best validation loss in run.json */
     snprintf(args, sizeof args,
@@ -421,16 +470,6 @@ static void test_train_flags(void **state) {
     }
 }
 
-/* The file at path as a NUL-terminated string (malloc'd). */
-static char *read_text(const char *path) {
-    size_t n;
-    uint8_t *p = read_file(path, &n);
-    char *s = realloc(p, n + 1);
-    assert_non_null(s);
-    s[n] = 0;
-    return s;
-}
-
 /* finch compare-methods: bad input, then two methods and every method that needs the
  * model's shape on the tiny model: the table, compare.json with numbers, the page. */
 static void test_compare_methods(void **state) {
@@ -452,7 +491,7 @@ static void test_compare_methods(void **state) {
         {"--lr lora", "--lr lora: give METHOD=X"},
         {"--lr lokr=1e-3", "--lr lokr=1e-3"},
         {"--lr lora=-1", "--lr lora=-1"},
-        {"--bogus 1", "unknown flag '--bogus'"},
+        {"--bogus 1", "unknown option '--bogus'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "compare-methods -m " TINY " --data %s --out %s %s", data, cdir,

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "finch.h"
-#include "test_util.h" /* run_capture, real_model */
+#include "test_util.h" /* run_capture, read_text, real_model */
 
 static char tmpdir[] = "/tmp/finch_cli_eval_XXXXXX";
 static char out[1 << 16];
@@ -59,7 +59,7 @@ static void test_bad_flags(void **state) {
     const struct {
         const char *flags, *want;
     } bad[] = {
-        {"--task summarize", "--task summarize: unknown task"},
+        {"--task summarize", "--task summarize: must be loss, generate or classify"},
         {"--general x --general-task nope", "--general-task nope"},
         {"--task generate --metrics rouge,meteor", "unknown metric 'meteor'"},
         {"--task generate --metrics ,", "names no metric"},
@@ -73,7 +73,7 @@ static void test_bad_flags(void **state) {
         {"--task generate --top-p 0", "--top-p 0"},
         {"--task generate --top-k x", "--top-k x"},
         {"--general-max-examples 0", "--general-max-examples 0"},
-        {"--json", "--json needs a value"},
+        {"--json-out", "--json-out needs a value"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(a, sizeof a, "eval -m " TINY " --data %s %s", data, bad[i].flags);
@@ -101,7 +101,7 @@ static void test_bad_flags(void **state) {
     snprintf(a, sizeof a, "eval -m " TINY " --task generate --data %s", noref);
     EXPECT(a, 1, "noref.jsonl: line 1: the reference (completion) is empty");
     snprintf(a, sizeof a,
-             "eval -m " TINY " --task generate --data %s --json /nonexistent/dir/x.json", data);
+             "eval -m " TINY " --task generate --data %s --json-out /nonexistent/dir/x.json", data);
     EXPECT(a, 1, "/nonexistent/dir");
 }
 
@@ -116,7 +116,7 @@ static void test_compare_tiny(void **state) {
     EXPECT(a, 0, "adapter written to");
     snprintf(a, sizeof a,
              "eval -m " TINY " --task generate --data %s --max-new-tokens 4 --metrics rouge,em "
-             "--adapter %s --compare --general %s --general-max-examples 2 --json %s",
+             "--adapter %s --compare --general %s --general-max-examples 2 --json-out %s",
              data, adapter, cls, json);
     EXPECT(a, 0, "delta");
     assert_non_null(strstr(out, "tiny-lora"));
@@ -160,7 +160,7 @@ static void test_compare_tiny(void **state) {
                         "is on");
     json_decref(j);
     /* classify with the adapter's weight: one system named after it */
-    snprintf(a, sizeof a, "eval -m " TINY " --task classify --data %s --adapter %s:0.5 --json %s",
+    snprintf(a, sizeof a, "eval -m " TINY " --task classify --data %s --adapter %s:0.5 --json-out %s",
              cls, adapter, json);
     EXPECT(a, 0, "accuracy");
     j = json_load_file(json, 0, &je);
@@ -174,6 +174,50 @@ static void test_compare_tiny(void **state) {
     assert_int_equal(json_array_size(json_object_get(json_object_get(m, "confusion"), "matrix")),
                      2);
     json_decref(j);
+}
+
+/* The JSON rule: --json prints the document on stdout and the text for people on stderr;
+ * --json-out FILE writes the same document; --json FILE is the old spelling of --json-out. */
+static void test_json_rule(void **state) {
+    (void)state;
+    char cmd[4096], so[600], se[600], file[600];
+    snprintf(so, sizeof so, "%s/stdout.json", tmpdir);
+    snprintf(se, sizeof se, "%s/stderr.txt", tmpdir);
+    snprintf(file, sizeof file, "%s/out.json", tmpdir);
+    snprintf(cmd, sizeof cmd, "%s eval -m " TINY " --data %s --max-examples 2 --json >%s 2>%s",
+             FINCH_CLI, data, so, se);
+    assert_int_equal(system(cmd), 0);
+    json_error_t je;
+    json_t *j = json_load_file(so, 0, &je); /* stdout is the document and nothing else */
+    if (!j) fail_msg("%s: %s", so, je.text);
+    assert_string_equal(json_string_value(json_object_get(j, "task")), "loss");
+    double loss = json_real_value(json_object_get(json_array_get(json_object_get(j, "metrics"), 0),
+                                                  "loss"));
+    assert_true(loss > 0);
+    json_decref(j);
+    char *err_text = read_text(se);
+    if (!strstr(err_text, "perplexity:")) fail_msg("stderr:\n%s", err_text);
+    free(err_text);
+    char *printed = read_text(so);
+    /* --json-out: the same document in the file, the text on stdout */
+    snprintf(cmd, sizeof cmd, "eval -m " TINY " --data %s --max-examples 2 --json-out %s", data,
+             file);
+    EXPECT(cmd, 0, "perplexity:");
+    assert_non_null(strstr(out, "finch eval: wrote "));
+    char *written = read_text(file);
+    assert_string_equal(written, printed);
+    free(written);
+    remove(file);
+    /* the old spelling */
+    snprintf(cmd, sizeof cmd, "eval -m " TINY " --data %s --max-examples 2 --json %s", data, file);
+    EXPECT(cmd, 0, "warning: --json FILE is read as --json-out FILE (the old spelling)");
+    written = read_text(file);
+    assert_string_equal(written, printed);
+    free(written);
+    free(printed);
+    remove(file);
+    remove(so);
+    remove(se);
 }
 
 static void test_real_model(void **state) {
@@ -245,6 +289,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_flags),
         cmocka_unit_test(test_compare_tiny),
+        cmocka_unit_test(test_json_rule),
         cmocka_unit_test(test_real_model),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -115,7 +115,7 @@ static void test_train_then_report(void **state) {
 static void test_bad_input(void **state) {
     (void)state;
     EXPECT("", 2, "no run directory");
-    EXPECT("a b", 2, "one run directory only");
+    EXPECT("a b", 2, "more than one RUN_DIR given ('a' and 'b')");
     EXPECT(RUN_FIXTURE " --bogus", 2, "unknown option '--bogus'");
     EXPECT(RUN_FIXTURE " -o", 2, "-o needs a value");
     EXPECT(RUN_FIXTURE " --eval", 2, "--eval needs a value");

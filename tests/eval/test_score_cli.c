@@ -16,7 +16,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "test_util.h" /* run_capture */
+#include "test_util.h" /* run_capture, read_text */
 
 static char tmpdir[] = "/tmp/finch_score_XXXXXX";
 static char out[1 << 16];
@@ -85,6 +85,34 @@ static void test_happy(void **state) {
     EXPECT("--help", 0, "usage: finch score");
 }
 
+/* The file tmpdir/name as a NUL-terminated string, malloc'd. */
+static char *text_of(const char *name) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    return read_text(path);
+}
+
+/* --json: the document alone on stdout, the table on stderr; --json-out FILE: the same
+ * document in FILE, the table on stdout. */
+static void test_json_rule(void **state) {
+    (void)state;
+    const char *doc = "{\"examples\": 2, \"exact_match\": 1.000000, \"f1\": 1.000000}\n";
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cd %s && %s score --jsonl ok.jsonl --metrics em,f1 --json >so 2>se",
+             tmpdir, FINCH_CLI);
+    assert_int_equal(system(cmd), 0);
+    char *so = text_of("so"), *se = text_of("se");
+    assert_string_equal(so, doc);
+    assert_non_null(strstr(se, "2 examples\nem "));
+    EXPECT("--jsonl ok.jsonl --metrics em,f1 --json-out s.json", 0, "2 examples\nem ");
+    assert_null(strstr(out, "{\"examples\""));
+    char *written = text_of("s.json");
+    assert_string_equal(written, doc);
+    free(so);
+    free(se);
+    free(written);
+}
+
 static void test_bad_input(void **state) {
     (void)state;
     EXPECT("--pred pred.txt --ref short.txt", 1, "pred.txt has 2 lines but short.txt has 1");
@@ -102,7 +130,7 @@ static void test_usage(void **state) {
     (void)state;
     EXPECT("--pred pred.txt --ref ref.txt --metrics rouge,meteor", 2,
            "unknown metric 'meteor' (known: rouge, bleu, em, f1)");
-    EXPECT("--pred pred.txt --ref ref.txt --metrics ''", 2, "unknown metric ''");
+    EXPECT("--pred pred.txt --ref ref.txt --metrics ''", 2, "--metrics '' names no metric");
     EXPECT("--pred pred.txt", 2, "--pred needs at least one --ref");
     EXPECT("", 2, "nothing to score");
     EXPECT("--jsonl ok.jsonl --pred pred.txt", 2, "not both");
@@ -113,6 +141,7 @@ static void test_usage(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_happy),
+        cmocka_unit_test(test_json_rule),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_usage),
     };

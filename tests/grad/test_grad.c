@@ -517,14 +517,13 @@ static void test_attention_backward(void **state) {
             float *dq = zeros(nq), *dk = rand_vec(&r, nkv, 1.0f), *dv = rand_vec(&r, nkv, 1.0f);
             float *dqr = zeros(nq), *dkr = zeros(nkv), *dvr = zeros(nkv);
             finch_workspace ws;
-            ws_init(&ws, 1, T);
+            ws_init(&ws, 1, T + np);
             finch_backend_cpu.attention_forward_train(out, att, q, k, v, seg, pp, B, T, H, KVH, D,
                                                       &ws);
             finch_ref_attention_forward_train(outr, attr, q, k, v, seg, ppr, B, T, H, KVH, D);
             snprintf(what, sizeof what, "attention B=%lld T=%lld H=%d KVH=%d D=%d%s prefix %lld",
                      (long long)B, (long long)T, H, KVH, D, seg ? " segmented" : "", (long long)np);
             check_close(what, out, outr, nq);
-            check_close(what, att, attr, na);
             /* each sequence (each segment) alone equals the cached forward from position 0 */
             for (int64_t b = 0; b < B && !np; b++)
                 for (int64_t t0 = 0, t1; t0 < T; t0 = t1) {
@@ -568,7 +567,7 @@ static void test_attention_backward(void **state) {
              * same bits as two */
             finch_workspace ws1;
             finch_err err;
-            assert_int_equal(finch_workspace_init(&ws1, finch_workspace_need(1, T), 1, 0, &err), FINCH_OK);
+            assert_int_equal(finch_workspace_init(&ws1, finch_workspace_need(1, T + np), 1, 0, &err), FINCH_OK);
             float *o1 = zeros(nq), *a1 = zeros(na), *q1 = zeros(nq), *k1 = zeros(nkv), *v1 = zeros(nkv);
             float *p1 = zeros(np * 2 * kvs + 1);
             memcpy(p1, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
@@ -582,7 +581,7 @@ static void test_attention_backward(void **state) {
             free(p1);
             free(dpre_raw);
             assert_memory_equal(o1, out, (size_t)nq * sizeof(float));
-            assert_memory_equal(a1, att, (size_t)na * sizeof(float));
+            assert_memory_equal(a1, att, (size_t)(B * H * T * 2) * sizeof(float)); /* row stats */
             assert_memory_equal(q1, dq, (size_t)nq * sizeof(float));
             assert_memory_equal(k1, dk, (size_t)nkv * sizeof(float));
             assert_memory_equal(v1, dv, (size_t)nkv * sizeof(float));

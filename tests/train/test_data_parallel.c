@@ -234,7 +234,7 @@ static void test_mpi_ranks(void **state) {
     assert_non_null(strstr(out, "the ranks disagree on --seed (from 1 to 2)"));
     snprintf(args, sizeof args,
              "train " COMMON " --batch-size 2 --out %s/y : -np 1 %s train " COMMON
-             " --batch-size 2 --out %s/y --lora-r 8 --resume %s/mpi",
+             " --batch-size 2 --out %s/y --target-modules q,k,v --resume %s/mpi",
              data, dir, FINCH_CLI, data, dir, dir);
     assert_int_not_equal(finch(1, args), 0); /* refused before the checkpoint is sent */
     assert_non_null(strstr(out, "the ranks disagree on the trainable parameters"));

@@ -169,12 +169,79 @@ static inline int64_t seg_start(const int32_t *sg, int64_t t) {
     return t;
 }
 
+/* e^x exactly as exp8 computes a lane (the same operations, one at a time). */
+static inline float exp_lane(float x) {
+    x = fmaxf(fminf(x, 88.3762626647949f), -88.3762626647949f);
+    float fx = floorf(fmaf(x, 1.44269504088896341f, 0.5f));
+    x = fmaf(-fx, 0.693359375f, x);
+    x = fmaf(-fx, -2.12194440e-4f, x);
+    float y = 1.9875691500e-4f;
+    y = fmaf(y, x, 1.3981999507e-3f);
+    y = fmaf(y, x, 8.3334519073e-3f);
+    y = fmaf(y, x, 4.1665795894e-2f);
+    y = fmaf(y, x, 1.6666665459e-1f);
+    y = fmaf(y, x, 5.0000001201e-1f);
+    y = fmaf(y, x * x, x + 1.0f);
+    int32_t n = ((int32_t)fx + 127) << 23;
+    float p;
+    memcpy(&p, &n, sizeof p);
+    return y * p;
+}
+
+/* e^x for element u of a run of n that exp_sum exponentiated: its 8-lane part or its
+ * tail, so that a probability recomputed alone has the bits the row's softmax gave it. */
+static inline float exp_at(float x, int64_t u, int64_t n) {
+#ifdef HAVE_AVX2
+    if (u < (n & ~(int64_t)7)) return exp_lane(x);
+#else
+    (void)u, (void)n;
+#endif
+    return expf(x);
+}
+
+/* One query row's probabilities into at (S = P + T floats: the prefix keys, then the
+ * row's keys, zero outside [s0, t]), its softmax's maximum and 1 / sum into st[0], st[1].
+ * Prefix keys come first in every sum, so with none the arithmetic is the same as without
+ * the prefix. */
+static void row_probs(float *at, float *st, const float *qt, const float *pk, int64_t pstride,
+                      int64_t P, const float *kb, int64_t kvs, int64_t s0, int64_t t, int64_t T,
+                      int D, float scale) {
+    float *ak = at + P, mx = -INFINITY;
+    if (P) dots_f32(at, qt, pk, pstride, P, D);
+    dots_f32(ak + s0, qt, kb + s0 * kvs, kvs, t + 1 - s0, D);
+    for (int64_t j = 0; j < P; j++) {
+        at[j] *= scale;
+        if (at[j] > mx) mx = at[j];
+    }
+    for (int64_t j = s0; j <= t; j++) {
+        ak[j] *= scale;
+        if (ak[j] > mx) mx = ak[j];
+    }
+    float inv = 1.0f / (exp_sum(at, P, mx) + exp_sum(ak + s0, t + 1 - s0, mx));
+    for (int64_t j = 0; j < P; j++) at[j] *= inv;
+    for (int64_t j = s0; j <= t; j++) ak[j] *= inv;
+    memset(ak, 0, (size_t)s0 * sizeof(float));
+    memset(ak + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+    st[0] = mx;
+    st[1] = inv;
+}
+
+/* The thread's slice of ws as two rows of S floats. */
+static float *rows_of(finch_workspace *ws, int64_t S) {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    FINCH_ASSERT(ws && ws->per_thread >= (size_t)(2 * S));
+    return ws->buf + (size_t)tid * ws->per_thread;
+}
+
 /* Forward: one task per (row b, query head h, block of ROWS queries); the segment start
- * is found once per block and then followed along it. Each query row writes its
- * probabilities straight into att (zero outside its segment's causal range), which
- * backward reads; no workspace is needed. Prefix keys come first in every sum, so with
- * none the arithmetic is the same as without the prefix. */
-void finch_cpu_attention_forward_train(float *out, float *att, const float *q, const float *k,
+ * is found once per block and then followed along it. Each query row's probabilities live
+ * in the thread's workspace while they weight the values; what backward needs to have
+ * them again is the row's maximum and 1 / sum (stats: (B, H, T, 2)), so memory stays
+ * linear in T. */
+void finch_cpu_attention_forward_train(float *out, float *stats, const float *q, const float *k,
                                        const float *v, const int32_t *seg,
                                        const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
                                        int KVH, int D, finch_workspace *ws) {
@@ -191,27 +258,13 @@ void finch_cpu_attention_forward_train(float *out, float *att, const float *q, c
         const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
         const float *pk = P ? pre->k + (int64_t)g * D : NULL,
                     *pv = P ? pre->v + (int64_t)g * D : NULL;
+        float *at = rows_of(ws, S), *ak = at + P;
         int64_t s0 = seg_start(sg, t0);
         for (int64_t t = t0; t < t1; t++) {
             if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
             const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
-            float *at = att + ((b * H + h) * T + t) * S, *ak = at + P;
-            float mx = -INFINITY;
-            if (P) dots_f32(at, qt, pk, pre->stride, P, D);
-            dots_f32(ak + s0, qt, kb + s0 * kvs, kvs, t + 1 - s0, D);
-            for (int64_t j = 0; j < P; j++) {
-                at[j] *= scale;
-                if (at[j] > mx) mx = at[j];
-            }
-            for (int64_t j = s0; j <= t; j++) {
-                ak[j] *= scale;
-                if (ak[j] > mx) mx = ak[j];
-            }
-            float inv = 1.0f / (exp_sum(at, P, mx) + exp_sum(ak + s0, t + 1 - s0, mx));
-            for (int64_t j = 0; j < P; j++) at[j] *= inv;
-            for (int64_t j = s0; j <= t; j++) ak[j] *= inv;
-            memset(ak, 0, (size_t)s0 * sizeof(float));
-            memset(ak + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+            row_probs(at, stats + ((b * H + h) * T + t) * 2, qt, pk, P ? pre->stride : 0, P, kb,
+                      kvs, s0, t, T, D, scale);
             float *ot = out + (b * T + t) * qs + (int64_t)h * D;
             memset(ot, 0, (size_t)D * sizeof(float));
             for (int64_t j = 0; j < P; j++) axpy_f32(ot, at[j], pv + j * pre->stride, D);
@@ -278,20 +331,36 @@ static void key_grads_add(float *dkj, float *dvj, const float *ds, const float *
  * sweep (about 20 KB for D = 64) stay in L1 while each key of the block reads them. */
 #define SWEEP 32
 
+/* Query i's probability of a key and that entry's dS, as pass 1 computed them: the score
+ * from the same dot product, its exponential from the same path of the row's softmax (u of
+ * a run of n), then the row's statistics st (maximum, 1 / sum) and sp = sum_j P_j dP_j. */
+static inline void entry(float *p, float *dsv, const float *qi, const float *kj, const float *di,
+                         const float *vj, const float *st, float sp, int64_t u, int64_t n, int D,
+                         float scale) {
+    float sc = dot_f32(qi, kj, D) * scale;
+    *p = exp_at(sc - st[0], u, n) * st[1];
+    *dsv = *p * (dot_f32(di, vj, D) - sp) * scale;
+}
+
 /* With P a row of probabilities and S = q k^T / sqrt(D) its scores:
  *   dv_j += P_j dout,  dP_j = dout . v_j,  dS_j = P_j (dP_j - sum_i P_i dP_i),
  *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D).
  * Two passes, so that every output has one owner and each sum runs in a fixed order
  * whatever the thread count (no float atomics):
- *   1. per (row, query head, block of queries): dS of each query row into ds, and dq;
+ *   1. per (row, query head, block of queries): each query row's probabilities again (from
+ *      the forward's statistics' own computation: the same bits), its dS, dq, and
+ *      sp = sum_i P_i dP_i into sps (B, H, T);
  *   2. per (row, KV head, block of keys): dk and dv of those keys (key_grads_add),
  *      summing over the group's query heads, then over the queries t >= j of the key's
- *      segment in sweeps of SWEEP rows; and per (KV head, block of prefix keys): their
- *      gradients summed over every row, head of the group and query, in that order. */
-void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, const float *dout,
-                                  const float *att, const float *q, const float *k, const float *v,
-                                  const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
-                                  int64_t T, int H, int KVH, int D, finch_workspace *ws) {
+ *      segment in sweeps of SWEEP rows, each sweep's P and dS entries recomputed (entry);
+ *      and per (KV head, block of prefix keys): their gradients summed over every row,
+ *      head of the group and query, in that order.
+ * Nothing T x T is stored: pass 2 recomputes the score and dP dot products of pass 1. */
+void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, const float *dout,
+                                  const float *stats, const float *q, const float *k,
+                                  const float *v, const int32_t *seg, const finch_attn_prefix *pre,
+                                  int64_t B, int64_t T, int H, int KVH, int D,
+                                  finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + ROWS - 1) / ROWS;
     const int64_t P = pre ? pre->n : 0, S = P + T;
@@ -310,11 +379,14 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
                         *vb = v + b * T * kvs + (int64_t)g * D;
             const float *pk = P ? pre->k + (int64_t)g * D : NULL,
                         *pv = P ? pre->v + (int64_t)g * D : NULL;
+            float *at = rows_of(ws, S), *dst = at + S, *ak = at + P, *dsk = dst + P;
             int64_t s0 = seg_start(sg, t0);
             for (int64_t t = t0; t < t1; t++) {
                 if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
-                const float *at = att + ((b * H + h) * T + t) * S, *ak = at + P;
-                float *dst = ds + ((b * H + h) * T + t) * S, *dsk = dst + P;
+                float st[2];
+                row_probs(at, st, q + (b * T + t) * qs + (int64_t)h * D, pk, P ? pre->stride : 0, P,
+                          kb, kvs, s0, t, T, D, scale);
+                (void)stats;
                 const float *dot = dout + (b * T + t) * qs + (int64_t)h * D;
                 float *dqt = dq + (b * T + t) * qs + (int64_t)h * D;
                 double sp = 0;
@@ -323,6 +395,7 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
                 for (int64_t j = 0; j < P; j++) sp += (double)at[j] * dst[j];
                 for (int64_t j = s0; j <= t; j++) sp += (double)ak[j] * dsk[j];
                 float spf = (float)sp;
+                sps[(b * H + h) * T + t] = spf;
                 for (int64_t j = 0; j < P; j++) dst[j] = at[j] * (dst[j] - spf) * scale;
                 for (int64_t j = s0; j <= t; j++) dsk[j] = ak[j] * (dsk[j] - spf) * scale;
                 memset(dqt, 0, (size_t)D * sizeof(float));
@@ -330,26 +403,34 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
                 for (int64_t j = s0; j <= t; j++) axpy_f32(dqt, dsk[j], kb + j * kvs, D);
             }
         }
-        /* the implicit barrier: ds is complete */
+        /* the implicit barrier: sps is complete */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < B * KVH * nblk + KVH * pblk; task++) {
-            if (task >= B * KVH * nblk) { /* a block of prefix keys, over every row */
+            float pl[SWEEP * ROWS], dl[SWEEP * ROWS]; /* a sweep's entries, ROWS keys a row */
+            if (task >= B * KVH * nblk) {             /* a block of prefix keys, over every row */
                 int64_t pt = task - B * KVH * nblk, j0 = pt % pblk * ROWS,
                         j1 = j0 + ROWS < P ? j0 + ROWS : P;
                 int g = (int)(pt / pblk);
                 for (int64_t b = 0; b < B; b++)
                     for (int h = g * group; h < (g + 1) * group; h++) {
-                        const float *dsh = ds + (b * H + h) * T * S,
-                                    *ath = att + (b * H + h) * T * S;
                         const float *qh = q + b * T * qs + (int64_t)h * D,
                                     *dh = dout + b * T * qs + (int64_t)h * D;
-                        for (int64_t c0 = 0; c0 < T; c0 += SWEEP)
+                        const float *sth = stats + (b * H + h) * T * 2;
+                        const float *sph = sps + (b * H + h) * T;
+                        for (int64_t c0 = 0; c0 < T; c0 += SWEEP) {
+                            int64_t n = c0 + SWEEP < T ? SWEEP : T - c0;
+                            for (int64_t i = 0; i < n; i++)
+                                for (int64_t j = j0; j < j1; j++)
+                                    entry(&pl[i * ROWS + j - j0], &dl[i * ROWS + j - j0],
+                                          qh + (c0 + i) * qs, pre->k + j * pre->stride + g * D,
+                                          dh + (c0 + i) * qs, pre->v + j * pre->stride + g * D,
+                                          sth + (c0 + i) * 2, sph[c0 + i], j, P, D, scale);
                             for (int64_t j = j0; j < j1; j++)
                                 key_grads_add(pre->dk + j * pre->stride + (int64_t)g * D,
                                               pre->dv + j * pre->stride + (int64_t)g * D,
-                                              dsh + c0 * S + j, ath + c0 * S + j, qh + c0 * qs,
-                                              dh + c0 * qs, c0 + SWEEP < T ? SWEEP : T - c0, S, qs,
-                                              D);
+                                              dl + j - j0, pl + j - j0, qh + c0 * qs, dh + c0 * qs,
+                                              n, ROWS, qs, D);
+                        }
                     }
                 continue;
             }
@@ -357,30 +438,44 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, co
                     j1 = j0 + ROWS < T ? j0 + ROWS : T;
             int g = (int)(task / nblk % KVH);
             const int32_t *sg = seg ? seg + b * T : NULL;
+            const float *kb = k + b * T * kvs + (int64_t)g * D,
+                        *vb = v + b * T * kvs + (int64_t)g * D;
             float *dkb = dk + b * T * kvs + (int64_t)g * D,
                   *dvb = dv + b * T * kvs + (int64_t)g * D;
-            /* the queries that see key j: t in [j, e[j - j0]), the rest of j's segment */
-            int64_t e[ROWS];
+            /* the queries that see key j: t in [j, e[j - j0]), the rest of j's segment;
+             * the segment starts at st0[j - j0] */
+            int64_t e[ROWS], st0[ROWS];
             for (int64_t j = j0; j < j1; j++) {
-                e[j - j0] =
-                    j > j0 && !(sg && sg[j] != sg[j - 1]) ? e[j - j0 - 1] : seg_end(sg, j, T);
+                bool same = j > j0 && !(sg && sg[j] != sg[j - 1]);
+                e[j - j0] = same ? e[j - j0 - 1] : seg_end(sg, j, T);
+                st0[j - j0] = same ? st0[j - j0 - 1] : seg_start(sg, j);
                 memset(dkb + j * kvs, 0, (size_t)D * sizeof(float));
                 memset(dvb + j * kvs, 0, (size_t)D * sizeof(float));
             }
             for (int h = g * group; h < (g + 1) * group; h++) {
-                const float *dsh = ds + (b * H + h) * T * S + P,
-                            *ath = att + (b * H + h) * T * S + P;
                 const float *qh = q + b * T * qs + (int64_t)h * D,
                             *dh = dout + b * T * qs + (int64_t)h * D;
-                for (int64_t c0 = j0; c0 < e[j1 - 1 - j0]; c0 += SWEEP)
+                const float *sth = stats + (b * H + h) * T * 2;
+                const float *sph = sps + (b * H + h) * T;
+                for (int64_t c0 = j0; c0 < e[j1 - 1 - j0]; c0 += SWEEP) {
+                    for (int64_t j = j0; j < j1; j++) {
+                        int64_t lo = c0 > j ? c0 : j,
+                                hi = c0 + SWEEP < e[j - j0] ? c0 + SWEEP : e[j - j0];
+                        for (int64_t i = lo; i < hi; i++)
+                            entry(&pl[(i - c0) * ROWS + j - j0], &dl[(i - c0) * ROWS + j - j0],
+                                  qh + i * qs, kb + j * kvs, dh + i * qs, vb + j * kvs, sth + i * 2,
+                                  sph[i], j - st0[j - j0], i + 1 - st0[j - j0], D, scale);
+                    }
                     for (int64_t j = j0; j < j1; j++) {
                         int64_t lo = c0 > j ? c0 : j,
                                 hi = c0 + SWEEP < e[j - j0] ? c0 + SWEEP : e[j - j0];
                         if (lo < hi)
-                            key_grads_add(dkb + j * kvs, dvb + j * kvs, dsh + lo * S + j,
-                                          ath + lo * S + j, qh + lo * qs, dh + lo * qs, hi - lo, S,
-                                          qs, D);
+                            key_grads_add(dkb + j * kvs, dvb + j * kvs,
+                                          dl + (lo - c0) * ROWS + j - j0,
+                                          pl + (lo - c0) * ROWS + j - j0, qh + lo * qs,
+                                          dh + lo * qs, hi - lo, ROWS, qs, D);
                     }
+                }
             }
         }
     }

@@ -52,9 +52,38 @@ int64_t finch_bf16_pad(int64_t n) {
     return (n + 31) & ~(int64_t)31;
 }
 
+#if defined(__x86_64__)
+/* Rows i0 .. i0+31 of the transposed A, columns k0 .. k0+31 (both within M and K): 32
+ * rows of src converted where they are contiguous, then transposed as 16-bit values. */
+VEC_TARGET static void pack_t32(uint16_t *dst, int64_t Kp, const float *src, int64_t lds,
+                                int64_t i0, int64_t k0) {
+    uint16_t t[32][32];
+    for (int kk = 0; kk < 32; kk++) cvt32(t[kk], src + (k0 + kk) * lds + i0);
+    for (int ii = 0; ii < 32; ii++)
+        for (int kk = 0; kk < 32; kk++) dst[(i0 + ii) * Kp + k0 + kk] = t[kk][ii];
+}
+#endif
+
 void finch_bf16_pack_a(uint16_t *dst, const float *src, int64_t M, int64_t K, int64_t lds,
                        bool trans) {
     const int64_t Mp = finch_bf16_pad(M), Kp = finch_bf16_pad(K);
+#if defined(__x86_64__)
+    if (trans && amx_usable()) {
+        /* whole 32 x 32 blocks first, then the rest of each row below */
+        const int64_t M32 = M / 32 * 32, K32 = K / 32 * 32;
+#pragma omp parallel for schedule(static) if (M * K > 65536)
+        for (int64_t i0 = 0; i0 < M32; i0 += 32)
+            for (int64_t k0 = 0; k0 < K32; k0 += 32) pack_t32(dst, Kp, src, lds, i0, k0);
+#pragma omp parallel for schedule(static) if (M * K > 65536)
+        for (int64_t i = 0; i < Mp; i++) {
+            uint16_t *d = dst + i * Kp;
+            int64_t k = i < M32 ? K32 : 0;
+            for (; i < M && k < K; k++) d[k] = to_bf16(src[k * lds + i]);
+            for (; k < Kp; k++) d[k] = 0;
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static) if (M * K > 65536)
     for (int64_t i = 0; i < Mp; i++) {
         uint16_t *d = dst + i * Kp;

@@ -479,7 +479,8 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
 
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
     size_t tile = (size_t)(TILE_ROWS + GROUP) * (size_t)max_cols; /* a tile + staging rows */
-    size_t att = (size_t)n_ctx + (size_t)max_cols; /* scores + one f16-rounded query */
+    /* scores + one f16-rounded query; training attention's two rows of scores */
+    size_t att = 2 * (size_t)n_ctx + (size_t)max_cols;
     size_t need = tile > att ? tile : att;
     return (need + 15) & ~(size_t)15;
 }

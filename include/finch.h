@@ -551,11 +551,38 @@ FINCH_API finch_status finch_method_check_option(const char *method, const char 
 FINCH_API int finch_method_options_resolved(const char *method, const finch_option *given,
                                             int n_given, finch_option *out, int cap);
 
-/* A fine-tuning run (plain data; start from finch_train_defaults()). Names follow the
- * Hugging Face flags they mirror. */
+/* The most training files a multi-task mixture holds. */
+#define FINCH_MAX_TASKS 64
+
+/* One training file of a multi-task mixture (FLAN's recipe) and its sampling weight. */
 typedef struct {
-    finch_data_spec data;     /* training set (and how it becomes tokens) */
-    const char *val_path;     /* validation JSONL, or NULL */
+    const char *path; /* JSONL file; its format is detected on its own unless data.format */
+    double weight;    /* > 0; the weights are normalised over the files */
+} finch_data_source;
+
+/* Splits a training-file argument, "FILE" or "FILE:WEIGHT", into path (cap bytes) and
+ * *weight (1 without a weight). An argument that names an existing file is taken whole,
+ * even when it ends in ':' and a number; otherwise what follows the last ':' is the weight
+ * when it holds no '/', and must be a number > 0. FINCH_E_USAGE naming the argument
+ * otherwise. */
+FINCH_API finch_status finch_data_source_parse(const char *arg, char *path, size_t cap,
+                                               double *weight, finch_err *err);
+
+/* A fine-tuning run (plain data; start from finch_train_defaults()). Names follow the
+ * Hugging Face flags they mirror.
+ *
+ * A multi-task mixture (sources, n_sources > 0) trains on several files at once: each is
+ * read and tokenized on its own (format detected per file; data's other fields apply to
+ * each, max_examples per file), and every slot of an epoch (an epoch: as many examples as
+ * all files hold together) draws a file with probability weight / sum of weights, seeded
+ * by the run's seed, then takes that file's next example in its own shuffled order,
+ * reshuffled when used up. val_fraction holds out that fraction of each file. */
+typedef struct {
+    finch_data_spec data;             /* training set (and how it becomes tokens); data.path NULL
+                                         with sources */
+    const finch_data_source *sources; /* a multi-task mixture of n_sources files, or NULL */
+    int n_sources;                    /* (0: the one file data.path) */
+    const char *val_path;             /* validation JSONL, or NULL */
     double val_fraction;      /* without val_path: hold out this fraction of data (0: none) */
     int64_t val_max_examples; /* validation examples scored at each evaluation (0: all) */
     const char *method;       /* a method's name (finch_method_name): "lora" (default) */
@@ -580,17 +607,25 @@ typedef struct {
     double max_grad_norm;       /* global clipping; 0: off (1.0) */
     uint64_t seed;              /* data order, dropout, the method's initialisation (42) */
     int64_t save_steps;         /* checkpoint every N steps; 0: only at the end */
-    int64_t save_total_limit;   /* keep the newest N checkpoints, deleting older ones (0: all) */
+    int64_t save_total_limit;   /* keep the newest N checkpoints, deleting older ones (0: all;
+                                   with load_best_model_at_end the best is kept too) */
     int64_t eval_steps;         /* validation loss every N steps; 0: only at the end */
-    int64_t log_steps;          /* a metrics line every N steps (10) */
-    const char *out_dir;        /* where the adapter (or model), checkpoints and metrics go */
-    const char *resume_dir;     /* continue from this checkpoint (or run directory), or NULL */
-    const char *objective;      /* "sft" (NULL: the default, cross-entropy on completions) or
-                                   "dpo" (preference pairs, TRL's sigmoid DPO loss) */
-    double beta;                /* DPO's beta (0.1) */
-    int simulate_ranks;         /* in one process, compute what this many data-parallel ranks
-                                   would: each micro-batch is that many slices of batch_size
-                                   rows, their gradients summed in rank order (0 or 1: off) */
+    int64_t early_stopping_patience; /* stop once the validation loss has not improved for this
+                                        many evaluations in a row (0: never); needs eval_steps
+                                        and validation data */
+    double early_stopping_threshold; /* an improvement is a fall of more than this (0) */
+    int load_best_model_at_end;      /* the result is the checkpoint with the lowest validation
+                                        loss, which save_total_limit never deletes; needs
+                                        eval_steps, save_steps a multiple of it, validation data */
+    int64_t log_steps;               /* a metrics line every N steps (10) */
+    const char *out_dir;             /* where the adapter (or model), checkpoints and metrics go */
+    const char *resume_dir;          /* continue from this checkpoint (or run directory), or NULL */
+    const char *objective;           /* "sft" (NULL: the default, cross-entropy on completions) or
+                                        "dpo" (preference pairs, TRL's sigmoid DPO loss) */
+    double beta;                     /* DPO's beta (0.1) */
+    int simulate_ranks;              /* in one process, compute what this many data-parallel ranks
+                                        would: each micro-batch is that many slices of batch_size
+                                        rows, their gradients summed in rank order (0 or 1: off) */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);
@@ -620,6 +655,13 @@ typedef struct {
     int ranks;            /* data-parallel ranks (MPI processes, or simulate_ranks) */
     int64_t global_batch; /* examples (DPO: pairs) per optimizer step: batch_size x
                              grad_accum x ranks */
+    double best_metric;   /* the lowest validation loss so far (NaN before an evaluation) */
+    int64_t best_step;    /* the step it was measured at (0 before) */
+    int stopped_early;    /* 1 at the step after which early stopping ends the run */
+    int n_tasks;          /* training files (1 without a mixture) */
+    const char *const *task_names; /* each file's name in metrics.jsonl (its base name without
+                                      .jsonl); borrowed for the call */
+    const int64_t *task_seen;      /* examples (DPO: pairs) of each trained so far */
 } finch_train_progress;
 
 /* ---------------------------------------------------------------------------------- */
@@ -655,7 +697,10 @@ FINCH_API int finch_dist_built(void);
  * on_progress (may be NULL) sees each step; should_stop (may be NULL) is polled between
  * steps: when it returns non-zero a checkpoint is written and FINCH_E_INTERRUPTED
  * returned. A non-finite loss stops the run with FINCH_E_RANGE, keeping the last good
- * checkpoint. The model is left without the adapter attached. */
+ * checkpoint. Early stopping (early_stopping_patience) ends the run with FINCH_OK after the
+ * evaluation that used up the patience, with a checkpoint of that step; a resumed run that
+ * had stopped so ends at once (give a larger patience to go on). The model is left without
+ * the adapter attached. */
 FINCH_API finch_status finch_train(finch_model *model, const finch_train_options *opt,
                                    void (*on_progress)(const finch_train_progress *p, void *user),
                                    int (*should_stop)(void *user), void *user, finch_err *err);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 
 /* The whole file at path, malloc'd (the test fails if it cannot be read); *size its length. */
@@ -33,6 +34,50 @@ static inline char *read_text(const char *path) {
     assert_non_null(s);
     s[n] = 0;
     return s;
+}
+
+/* The file dir/name as a NUL-terminated string, malloc'd (the test fails if it cannot be
+ * read). */
+static inline char *read_text_in(const char *dir, const char *name) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return read_text(path);
+}
+
+/* Whether the files at paths a and b (both present) hold the same bytes. */
+static inline int same_bytes(const char *a, const char *b) {
+    size_t na, nb;
+    uint8_t *x = read_file(a, &na), *y = read_file(b, &nb);
+    int same = na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Removes every '"tokens_per_s": <number>, ' field of a metrics.jsonl text (the speed
+ * differs from run to run). */
+static inline void strip_speed(char *s) {
+    for (char *p; (p = strstr(s, "\"tokens_per_s\""));) {
+        size_t n = strcspn(p, ",") + 1;
+        memmove(p, p + n, strlen(p + n) + 1);
+    }
+}
+
+/* The training runs in directories a and b logged the same metrics.jsonl (but for their
+ * speed) and wrote the same bytes to each of the n files named (relative to each run). */
+static inline void same_runs(const char *a, const char *b, const char *const *files, int n) {
+    char *ma = read_text_in(a, "metrics.jsonl"), *mb = read_text_in(b, "metrics.jsonl");
+    strip_speed(ma);
+    strip_speed(mb);
+    assert_string_equal(ma, mb);
+    free(ma);
+    free(mb);
+    for (int f = 0; f < n; f++) {
+        char pa[1024], pb[1024];
+        snprintf(pa, sizeof pa, "%s/%s", a, files[f]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[f]);
+        if (!same_bytes(pa, pb)) fail_msg("%s differs from %s", pb, pa);
+    }
 }
 
 /* Runs the shell command line cmd with stdin from in_text (NULL: empty) and stdout and

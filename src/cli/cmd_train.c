@@ -48,6 +48,9 @@ static void fmt_time(char *buf, size_t n, double s) {
 typedef struct {
     bool tty;
     int64_t n_trainable, n_total; /* -1 until the first step */
+    double best_metric;           /* the lowest validation loss, at best_step (0: none) */
+    int64_t best_step;
+    bool stopped_early;
 } progress_state;
 
 static void progress(const finch_train_progress *p, void *user) {
@@ -55,6 +58,9 @@ static void progress(const finch_train_progress *p, void *user) {
     bool tty = ps->tty;
     ps->n_trainable = p->n_trainable;
     ps->n_total = p->n_total;
+    ps->best_metric = p->best_metric;
+    ps->best_step = p->best_step;
+    ps->stopped_early = p->stopped_early;
     char eta[32];
     fmt_time(eta, sizeof eta, p->eta_s);
     char ranks[64] = "";
@@ -63,22 +69,29 @@ static void progress(const finch_train_progress *p, void *user) {
                  (long long)p->global_batch, p->ranks);
     if (p->step == 1 || p->step == p->total_steps || tty || p->step % 10 == 0 ||
         !isnan(p->val_loss)) {
-        char dpo[160] = "";
+        char dpo[160] = "", tasks[512] = ""; /* a mixture's examples per file (cut when long) */
         if (!isnan(p->rewards_accuracy))
             snprintf(dpo, sizeof dpo, " | rewards/accuracies %.2f | rewards/margins %.4f",
                      p->rewards_accuracy, p->rewards_margin);
+        for (int k = 0, n = 0; p->n_tasks > 1 && k < p->n_tasks && n < (int)sizeof tasks; k++)
+            n += snprintf(tasks + n, sizeof tasks - (size_t)n, "%s %s %lld", k ? "," : " | tasks",
+                          p->task_names[k], (long long)p->task_seen[k]);
         fprintf(stderr,
-                "%sstep %lld/%lld | loss %.4f (avg %.4f)%s | lr %.2e | %.0f tok/s%s | ETA %s%s",
+                "%sstep %lld/%lld | loss %.4f (avg %.4f)%s | lr %.2e | %.0f tok/s%s%s | ETA %s%s",
                 tty ? "\r\033[K" : "", (long long)p->step, (long long)p->total_steps, p->loss,
-                p->loss_smooth, dpo, p->lr, p->tokens_per_s, ranks, eta, tty ? "" : "\n");
+                p->loss_smooth, dpo, p->lr, p->tokens_per_s, ranks, tasks, eta, tty ? "" : "\n");
     }
+    char best[64] = "";
+    if (p->best_step && p->best_step != p->step)
+        snprintf(best, sizeof best, " (best %.4f at step %lld)", p->best_metric,
+                 (long long)p->best_step);
     if (!isnan(p->val_loss) && !isnan(p->val_accuracy))
-        fprintf(stderr, "%sstep %lld: validation loss %.4f, rewards/accuracies %.4f\n",
-                tty ? "\n" : "", (long long)p->step, p->val_loss, p->val_accuracy);
+        fprintf(stderr, "%sstep %lld: validation loss %.4f%s, rewards/accuracies %.4f\n",
+                tty ? "\n" : "", (long long)p->step, p->val_loss, best, p->val_accuracy);
     else if (!isnan(p->val_loss))
-        fprintf(stderr, "%sstep %lld: validation loss %.4f\n", tty ? "\n" : "", (long long)p->step,
-                p->val_loss);
-    if (tty && p->step == p->total_steps) fputc('\n', stderr);
+        fprintf(stderr, "%sstep %lld: validation loss %.4f%s\n", tty ? "\n" : "",
+                (long long)p->step, p->val_loss, best);
+    if (tty && (p->step == p->total_steps || p->stopped_early)) fputc('\n', stderr);
 }
 
 enum { MAX_OWNED = 2 * FINCH_MAX_METHOD_OPTIONS };
@@ -90,6 +103,7 @@ typedef struct {
     cli_quant quant;
     long threads;
     cli_list data, templates;
+    finch_data_source sources[FINCH_MAX_TASKS]; /* --data's files, weights split off */
     cli_config config;
     char *owned[MAX_OWNED];                             /* the method options' names */
     const char *option_where[FINCH_MAX_METHOD_OPTIONS]; /* "FILE: " or NULL per method option */
@@ -136,13 +150,15 @@ static const cli_flag flag_table[] = {
                "GGUF model or Hugging Face folder (default: the cached\n"
                "SmolLM2-135M-Instruct)"),
     CLI_TEXT("data:"),
-    CLI_LIST("--data", "FILE", 16, data,
+    CLI_LIST("--data", "FILE[:WEIGHT]", FINCH_MAX_TASKS, data,
              "training JSONL (prompt/completion, Alpaca, Dolly or chat lines;\n"
-             "{\"prompt\", \"chosen\", \"rejected\"} pairs with --objective dpo)"),
+             "{\"prompt\", \"chosen\", \"rejected\"} pairs with --objective dpo);\n"
+             "repeat for a multi-task mixture: each example slot draws a file\n"
+             "by WEIGHT (default 1, normalised), then that file's next example"),
     CLI_STRING("--val", "FILE", o.val_path,
-               "validation JSONL (or --val-fraction F of the training data)"),
+               "validation JSONL (or --val-fraction F of each training file)"),
     CLI_FLOAT("--val-fraction", "F", 0, 0.99, o.val_fraction,
-              "hold out this fraction of the training data (default 0)"),
+              "hold out this fraction of each training file (default 0)"),
     CLI_ENUM("--format", "auto|completion|alpaca|dolly|chat|preference", o.data.format,
              "the lines' shape (default auto)"),
     CLI_LIST("--template", "TEXT", 16, templates,
@@ -193,9 +209,19 @@ static const cli_flag flag_table[] = {
     CLI_INT("--save-steps", "N", 0, LONG_MAX, o.save_steps,
             "a checkpoint every N steps (default 0: at the end)"),
     CLI_INT("--save-total-limit", "N", 1, LONG_MAX, o.save_total_limit,
-            "keep the newest N checkpoints (default: all)"),
+            "keep the newest N checkpoints (default: all; and the best with\n"
+            "--load-best-model-at-end)"),
     CLI_INT("--eval-steps", "N", 0, LONG_MAX, o.eval_steps,
             "validation loss every N steps (default 0: at the end)"),
+    CLI_INT("--early-stopping-patience", "N", 1, LONG_MAX, o.early_stopping_patience,
+            "stop when the validation loss has not improved for N\n"
+            "evaluations in a row (needs --eval-steps and validation data)"),
+    CLI_FLOAT("--early-stopping-threshold", "T", 0, 1e9, o.early_stopping_threshold,
+              "an improvement is a fall of more than T (default 0)"),
+    CLI_SWITCH("--load-best-model-at-end", o.load_best_model_at_end,
+               "the result is the checkpoint with the lowest validation loss,\n"
+               "which --save-total-limit keeps (--save-steps a multiple of\n"
+               "--eval-steps)"),
     CLI_INT("--log-steps", "N", 0, LONG_MAX, o.log_steps,
             "a metrics line every N steps (default 10)"),
     CLI_INT("--val-max-examples", "N", 1, LONG_MAX, o.val_max_examples,
@@ -263,7 +289,15 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
         B("bnb_4bit_use_double_quant", s->quant.double_quant);
         S("bnb_4bit_quant_type", s->quant.quant_type);
     }
-    S("data", d->path);
+    if (o->n_sources == 1 && o->sources[0].weight == 1) {
+        S("data", o->sources[0].path);
+    } else { /* a mixture */
+        json_t *list = json_array();
+        for (int k = 0; k < o->n_sources; k++)
+            json_array_append_new(list, json_pack("{s:s, s:f}", "path", o->sources[k].path,
+                                                  "weight", o->sources[k].weight));
+        json_object_set_new(j, "data", list);
+    }
     S("val", o->val_path);
     F("val_fraction", o->val_fraction);
     I("val_max_examples", o->val_max_examples);
@@ -316,6 +350,9 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     I("save_steps", o->save_steps);
     I("save_total_limit", o->save_total_limit);
     I("eval_steps", o->eval_steps);
+    I("early_stopping_patience", o->early_stopping_patience);
+    F("early_stopping_threshold", o->early_stopping_threshold);
+    B("load_best_model_at_end", o->load_best_model_at_end);
     I("log_steps", o->log_steps);
     I("ranks", finch_dist_size() > 1   ? finch_dist_size()
                : o->simulate_ranks > 1 ? o->simulate_ranks
@@ -325,6 +362,11 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     if (ps && ps->n_trainable >= 0) { /* known once a step has run */
         I("trainable_params", ps->n_trainable);
         I("total_params", ps->n_total);
+    }
+    if (ps && ps->best_step) { /* the lowest validation loss and its step */
+        F("best_metric", ps->best_metric);
+        I("best_step", ps->best_step);
+        B("stopped_early", ps->stopped_early);
     }
 #undef S
 #undef I
@@ -347,12 +389,18 @@ int cmd_train(int argc, char **argv) {
     int rc = cli_parse(&command, argc, argv, &s);
     if (rc != CLI_RUN) goto done;
     rc = 0;
-    if (s.data.n > 1) {
-        rc = cli_usage_error("train", "--data given %d times: finch train reads one training file",
-                             s.data.n);
-        goto done;
+    /* --data FILE[:WEIGHT]: the files of a mixture (or the one file) */
+    for (int k = 0; k < s.data.n && !rc; k++) {
+        char path[4096];
+        finch_err err;
+        if (finch_data_source_parse(s.data.v[k], path, sizeof path, &s.sources[k].weight, &err))
+            rc = cli_usage_error("train", "%s", err.msg);
+        else if (!(s.sources[k].path = strdup(path)))
+            rc = cli_usage_error("train", "out of memory");
+        s.o.n_sources = k + 1;
     }
-    s.o.data.path = s.data.n ? s.data.v[0] : NULL;
+    if (rc) goto done;
+    s.o.sources = s.sources;
     s.o.data.templates = s.templates.n ? s.templates.v : NULL;
     s.o.data.n_templates = s.templates.n;
     /* the method's options against --method, before the model loads; errors name the file */
@@ -364,7 +412,7 @@ int cmd_train(int argc, char **argv) {
                                  err.msg);
     }
     if (rc) goto done;
-    if (!s.o.data.path) {
+    if (!s.o.n_sources) {
         rc = cli_usage_error("train", "no training data: give --data FILE");
         goto done;
     }
@@ -412,6 +460,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) finch_dist_finalize();
 done:
     for (int i = 0; i < s.n_owned; i++) free(s.owned[i]);
+    for (int k = 0; k < s.o.n_sources; k++) free((char *)s.sources[k].path);
     for (int i = 0; i < s.o.n_method_options; i++) free((char *)s.option_where[i]);
     cli_config_free(&s.config);
     return rc;

@@ -69,7 +69,7 @@ void finch_afree(void *p);
 /* malloc, calloc, realloc and strdup with libc's contract (NULL on failure, release with
  * free()), for callers that report the failure themselves. Every allocation finch makes
  * goes through these or the three above, so the fault hook below reaches all of them
- * (jansson's and PCRE2's internal allocations aside). */
+ * (jansson's too, which io/ routes here; PCRE2's internal allocations aside). */
 void *finch_mem_alloc(size_t bytes);
 void *finch_mem_calloc(size_t n, size_t size);
 void *finch_mem_realloc(void *p, size_t bytes);

@@ -123,6 +123,38 @@ finch_status finch_tokenize_dataset(const finch_tokenizer *tok, const finch_data
                                     finch_err *err);
 void finch_token_set_release(finch_token_set *s);
 
+/* Moves src's examples to the end of dst (src is left empty), adding up the counts. A set
+ * of pairs joins only a set of pairs (or an empty one). FINCH_E_NOMEM leaves both as they
+ * were. */
+finch_status finch_token_set_append(finch_token_set *dst, finch_token_set *src, finch_err *err);
+
+/* ---- orders and mixtures (mix.c) ----------------------------------------------------- */
+
+/* order (n) = a permutation of 0..n-1, the Fisher-Yates shuffle seeded by (seed, e). */
+void finch_shuffle(int64_t *order, int64_t n, uint64_t seed, int64_t e);
+
+/* The seed of task k's own shuffles (and its share of a held-out split): seed itself for
+ * task 0, so that a run of one file orders it as before mixtures existed. */
+uint64_t finch_task_seed(uint64_t seed, int task);
+
+/* A mixture of n_tasks tasks (1: a plain dataset): size[k] units each (examples, or pairs),
+ * numbered task by task; weight[k] > 0, not necessarily summing to 1. */
+typedef struct {
+    int n_tasks;
+    const int64_t *size;
+    const double *weight;
+    uint64_t seed;
+} finch_mixture;
+
+/* order (the sum of the sizes: one epoch) = epoch e's units, by the rule mix.c's header
+ * states: per slot a task drawn by weight with an RNG seeded by (seed, e), then that task's
+ * next unit in its sequence of seeded shuffles. drawn[k]: units task k gave the epochs
+ * before e (its place in that sequence); drawn_end[k] = the same after e (the next epoch's
+ * drawn). scratch: as many entries as order. With one task, order is finch_shuffle(size, seed,
+ * drawn[0] / size). */
+void finch_mix_order(int64_t *order, const finch_mixture *mx, int64_t e, const int64_t *drawn,
+                     int64_t *drawn_end, int64_t *scratch);
+
 /* ---- batches ------------------------------------------------------------------------ */
 
 /* B rows of T tokens. targets[i] is the id to predict at position i (the next id) or -1

@@ -266,7 +266,10 @@ static finch_status preference_example(json_t *obj, const finch_data_options *op
         /* the prompt/completion path renders the prompt; its completion is replaced */
         json_t *copy = json_copy(obj);
         if (!copy) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
-        json_object_set_new(copy, "completion", json_string("-"));
+        if (json_object_set_new(copy, "completion", json_string("-"))) {
+            json_decref(copy);
+            return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+        }
         if (!prompt && !opt->templates.n)
             st = finch_err_set(err, FINCH_E_FORMAT, "%s: field \"prompt\" is missing", where);
         if (!st) st = line_example(copy, FINCH_SHAPE_COMPLETION, opt, rng, where, ex, err);
@@ -349,11 +352,13 @@ finch_status finch_dataset_parse(const char *text, size_t len, const char *name,
         char where[600];
         snprintf(where, sizeof where, "%s: line %lld", name, (long long)lineno);
         json_error_t je;
-        json_t *obj = json_loadb(line, n, 0, &je);
+        json_t *obj;
         finch_text_example ex = {.line = lineno};
         finch_err line_err;
-        finch_status ls;
-        if (!obj) {
+        finch_status ls = finch_json_loadb(line, n, 0, where, &obj, &je, &line_err);
+        if (ls == FINCH_E_NOMEM) {
+            /* line_err says so; never skipped */
+        } else if (!obj) {
             ls = finch_err_set(&line_err, FINCH_E_FORMAT, "%s: column %d: not valid JSON: %s",
                                where, je.column, je.text);
         } else if (!json_is_object(obj)) {

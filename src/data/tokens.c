@@ -176,3 +176,22 @@ void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *o
         }
     }
 }
+
+finch_status finch_token_set_append(finch_token_set *dst, finch_token_set *src, finch_err *err) {
+    if (src->n == 0) return FINCH_OK;
+    FINCH_ASSERT(dst->n == 0 || dst->pairs == src->pairs);
+    finch_token_example *ex = finch_mem_realloc(dst->ex, (size_t)(dst->n + src->n) * sizeof *ex);
+    if (!ex) return finch_err_set(err, FINCH_E_NOMEM, "out of memory joining the datasets");
+    memcpy(ex + dst->n, src->ex, (size_t)src->n * sizeof *ex);
+    dst->ex = ex;
+    dst->n += src->n;
+    dst->pairs = src->pairs;
+    dst->n_truncated += src->n_truncated;
+    dst->n_dropped += src->n_dropped;
+    dst->n_tokens += src->n_tokens;
+    dst->n_targets += src->n_targets;
+    dst->n_identical += src->n_identical;
+    free(src->ex);
+    memset(src, 0, sizeof *src);
+    return FINCH_OK;
+}

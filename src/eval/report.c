@@ -99,7 +99,8 @@ static finch_status read_metrics(report *r, const char *path, finch_err *err) {
         while (b < len && (p[b] == ' ' || p[b] == '\t')) b++;
         if (b == len) continue;
         json_error_t je;
-        json_t *j = json_loadb(p, len, 0, &je);
+        json_t *j;
+        if ((st = finch_json_loadb(p, len, 0, path, &j, &je, err))) break;
         if (!j) {
             st = finch_err_set(err, FINCH_E_FORMAT, "%s:%zu: column %d: not valid JSON: %s", path,
                                line, je.column, je.text);
@@ -139,7 +140,9 @@ static bool exists(const char *path) {
 /* Reads the JSON object at path into *out. */
 static finch_status load_object(const char *path, json_t **out, finch_err *err) {
     json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
+    json_t *j;
+    finch_status st = finch_json_load_file(path, 0, &j, &je, err);
+    if (st) return st;
     if (!j) {
         if (je.line < 1) return finch_err_set(err, FINCH_E_IO, "%s: %s", path, je.text);
         return finch_err_set(err, FINCH_E_FORMAT, "%s:%d: column %d: %s", path, je.line, je.column,
@@ -281,7 +284,10 @@ static void put_value(finch_buf *b, json_t *v) {
         }
     } else {
         char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
-        if (s) finch_buf_html(b, s);
+        if (s)
+            finch_buf_html(b, s);
+        else
+            b->oom = true;
         free(s);
     }
 }

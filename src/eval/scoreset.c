@@ -162,7 +162,7 @@ finch_status finch_score_set_load_jsonl(const char *path, finch_score_set **out,
         while (b < len && (p[b] == ' ' || p[b] == '\t')) b++;
         if (b == len) continue;
         json_error_t je;
-        j = json_loadb(p, len, JSON_DECODE_ANY, &je);
+        if ((st = finch_json_loadb(p, len, JSON_DECODE_ANY, path, &j, &je, err))) goto fail;
         if (!j) {
             st = finch_err_set(err, FINCH_E_FORMAT, "%s:%zu: not valid JSON: %s", path, line,
                                je.text);

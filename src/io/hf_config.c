@@ -244,7 +244,8 @@ static finch_status read_config(reader *R, finch_hf_config *c) {
 /* Parses a JSON file; jansson's message names the line and column. */
 static finch_status load_json(const char *path, json_t **out, finch_err *err) {
     json_error_t je;
-    *out = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    finch_status st = finch_json_load_file(path, JSON_REJECT_DUPLICATES, out, &je, err);
+    if (st) return st;
     if (!*out) {
         if (je.line < 0) return finch_err_set(err, FINCH_E_IO, "%s: %s", path, je.text);
         return finch_err_set(err, FINCH_E_FORMAT, "%s:%d:%d: invalid JSON: %s", path, je.line,

@@ -348,8 +348,33 @@ void finch_hf_index_free(finch_hf_index *ix);
 
 typedef struct json_t json_t;
 
+/* jansson's own allocations go through finch_mem_alloc (and free), so the fault hook reaches
+ * JSON parsing and building too. jansson ignores some failed allocations (a byte dropped from
+ * a string it is reading, an object member not set), so the library brackets every stretch
+ * of jansson calls (a parse, or building and writing a document) with finch_json_begin and
+ * finch_json_end: inside one, the first failed allocation makes every later one of the
+ * stretch fail as well, and finch_json_end says whether any failed, in which case whatever
+ * jansson returned is incomplete and the caller reports FINCH_E_NOMEM. Stretches nest
+ * (an inner one's failure is the outer one's too) and are per thread; outside them jansson
+ * behaves as it does by itself. The first finch_json_begin installs the allocator for the
+ * process (once, thread-safe); memory jansson allocated before is released with free, as
+ * ours is. */
+void finch_json_begin(void);
+bool finch_json_end(void);
+
+/* json_loadb and json_load_file in a stretch of their own. FINCH_E_NOMEM ("<name>: out of
+ * memory reading JSON") when an allocation failed; otherwise FINCH_OK with *out the document,
+ * or NULL and *je filled when the text is not valid JSON (or, for a file, cannot be read:
+ * je->line < 1), which the caller words as its error. */
+typedef struct json_error_t json_error_t;
+finch_status finch_json_loadb(const char *text, size_t len, size_t flags, const char *name,
+                              json_t **out, json_error_t *je, finch_err *err);
+finch_status finch_json_load_file(const char *path, size_t flags, json_t **out, json_error_t *je,
+                                  finch_err *err);
+
 /* Writes j to path atomically, indented by 2 with sorted keys, as PEFT and transformers
- * write their configs. */
+ * write their configs. FINCH_E_NOMEM when an allocation of the enclosing JSON stretch (or of
+ * the writing) failed: nothing is written then. */
 finch_status finch_json_write_file(const json_t *j, const char *path, finch_err *err);
 
 #endif /* FINCH_IO_H */

@@ -363,12 +363,13 @@ static finch_status parse(finch_st *st, finch_err *err) {
     st->section_size = st->size - ST_HEADER_AT - (size_t)n;
 
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)st->data + ST_HEADER_AT, st->header_len,
-                              JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root;
+    finch_status s = finch_json_loadb((const char *)st->data + ST_HEADER_AT, st->header_len,
+                                      JSON_REJECT_DUPLICATES, st->path, &root, &jerr, err);
+    if (s) return s;
     if (!root)
         return fail_at(st, err, ST_HEADER_AT + (size_t)(jerr.position > 0 ? jerr.position : 0),
                        "header is not valid JSON: %s", jerr.text);
-    finch_status s = FINCH_OK;
     if (!json_is_object(root)) {
         s = fail_at(st, err, ST_HEADER_AT, "header JSON is not an object");
         goto done;
@@ -542,11 +543,27 @@ static finch_status grow(void **items, int64_t n, int64_t *cap, size_t item_byte
     return FINCH_OK;
 }
 
-/* True when s is valid UTF-8 that jansson accepts as a string. */
+/* True when s is valid UTF-8, as jansson requires of a string: shortest forms, no
+ * surrogates, nothing above U+10FFFF (checked here, without allocating). */
 static bool valid_utf8(const char *s) {
-    json_t *j = json_string(s);
-    json_decref(j);
-    return j != NULL;
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p++;
+        int more = c < 0x80             ? 0
+                   : (c & 0xe0) == 0xc0 ? 1
+                   : (c & 0xf0) == 0xe0 ? 2
+                   : (c & 0xf8) == 0xf0 ? 3
+                                        : -1;
+        if (more < 0) return false;
+        c &= 0x7fu >> more;
+        for (int k = 0; k < more; k++, p++) {
+            if ((*p & 0xc0) != 0x80) return false;
+            c = c << 6 | (*p & 0x3fu);
+        }
+        static const unsigned least[4] = {0, 0x80, 0x800, 0x10000};
+        if (c < least[more] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return false;
+    }
+    return true;
 }
 
 finch_status finch_st_writer_add(finch_st_writer *w, const char *name, finch_st_dtype dtype,
@@ -665,6 +682,7 @@ static finch_status build_header(const finch_st_writer *w, const writer_tensor *
     finch_status s = FINCH_OK;
     const st_meta **meta = NULL;
     char *text = NULL;
+    finch_json_begin();
     json_t *root = json_object();
     if (!root) goto nomem;
     if (w->n_meta) {
@@ -695,8 +713,13 @@ static finch_status build_header(const finch_st_writer *w, const writer_tensor *
             json_decref(offs);
             goto nomem;
         }
-        if (json_object_set_new(e, "dtype", json_string(dtypes[t->dtype].name)) ||
-            json_object_set_new(e, "shape", shape)) {
+        /* (json_object_set_new takes the value even when it fails) */
+        if (json_object_set_new(e, "dtype", json_string(dtypes[t->dtype].name))) {
+            json_decref(shape);
+            json_decref(offs);
+            goto nomem;
+        }
+        if (json_object_set_new(e, "shape", shape)) {
             json_decref(offs);
             goto nomem;
         }
@@ -732,6 +755,7 @@ done:
     free(text);
     free(meta);
     json_decref(root);
+    finch_json_end(); /* each failure was caught where it happened */
     return s;
 }
 

@@ -344,10 +344,12 @@ static finch_status bn_save(const finch_peft *p, const finch_model *m, const cha
     if (st) return st;
     snprintf(path, sizeof path, "%s/" BN_WEIGHTS, dir);
     if ((st = finch_params_save_st(&p->params, path, err))) return st;
+    finch_json_begin();               /* the writing sees a failed allocation of the building */
     json_t *j = bn_config_json(p, m); /* the config last: a folder with one is complete */
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     st = finch_json_write_file(j, path, err);
     json_decref(j);
+    finch_json_end();
     return st;
 }
 

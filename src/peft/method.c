@@ -506,11 +506,13 @@ finch_status finch_peft_save(const finch_peft *p, const finch_model *m, const ch
         p->method->saved ? p->method->saved((finch_peft *)p, m) : &p->params;
     if ((st = finch_params_save_st(saved, path, err))) return st;
     /* the config last: a folder with a config has complete weights */
+    finch_json_begin(); /* the writing sees a failed allocation of the building */
     json_t *cfg = make_config(p, m);
     snprintf(path, sizeof path, "%s/" CONFIG_NAME, dir);
     st = cfg ? finch_json_write_file(cfg, path, err)
              : finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     json_decref(cfg);
+    finch_json_end();
     return st;
 }
 
@@ -614,8 +616,14 @@ static json_t *read_config(const char *path, finch_err *err) {
         finch_err_set(err, FINCH_E_IO, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
+    finch_json_begin();
     json_t *j = json_loadf(f, 0, &je);
     fclose(f);
+    if (finch_json_end()) {
+        json_decref(j);
+        finch_err_set(err, FINCH_E_NOMEM, "%s: out of memory reading JSON", path);
+        return NULL;
+    }
     if (!j)
         finch_err_set(err, FINCH_E_FORMAT, "%s: line %d, column %d: not valid JSON: %s", path,
                       je.line, je.column, je.text);

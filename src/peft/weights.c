@@ -378,6 +378,7 @@ done:
 static finch_status save_hf_config(const finch_model *m, const char *path, finch_err *err) {
     const finch_model_config *c = &m->cfg;
     bool qwen2 = !strcmp(c->arch, "qwen2");
+    finch_json_begin(); /* the writing sees a failed allocation of the building */
     json_t *j = json_object(), *arch = json_array();
     json_array_append_new(arch, json_string(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
     json_object_set_new(j, "architectures", arch);
@@ -399,6 +400,7 @@ static finch_status save_hf_config(const finch_model *m, const char *path, finch
     json_object_set_new(j, "torch_dtype", json_string("float32"));
     finch_status e = finch_json_write_file(j, path, err);
     json_decref(j);
+    finch_json_end();
     return e;
 }
 

@@ -151,14 +151,16 @@ static finch_status load_json(const char *path, json_t **out, finch_err *err) {
     json_error_t je;
     /* numbers as doubles: tokenizer_config.json files often hold integers beyond 64 bits
      * (model_max_length 1e30), and ids are far below 2^53 */
-    *out = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &je);
+    finch_status st =
+        finch_json_load_file(path, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, out, &je, err);
+    if (st) return st;
     if (!*out && je.line < 1) /* jansson could not read the file */
         return finch_err_set(err, FINCH_E_IO, "%s: %s", path, je.text);
     if (!*out)
         return finch_err_set(err, FINCH_E_FORMAT, "%s:%d:%d: malformed JSON: %s", path, je.line,
                              je.column, je.text);
     if (!json_is_object(*out)) {
-        finch_status st = bad_type(path, "(top level)", *out, "an object", err);
+        st = bad_type(path, "(top level)", *out, "an object", err);
         json_decref(*out);
         *out = NULL;
         return st;

@@ -2,13 +2,18 @@
  * checkpoint.c: checkpoints that resume a run exactly.
  *
  * trainer_state.bin, little-endian:
- *   | "FINCHCKP" | u32 version (2) | u32 ranks | i64 step | i64 next | i64 epoch | u64 seed |
+ *   | "FINCHCKP" | u32 version (3) | u32 ranks | i64 step | i64 next | i64 epoch | u64 seed |
  *   | i64 n_params | i64 n_tensors | per tensor: u32 name length, name, u32 n_dims,
  *   i64 shape[2] | f32 params[n_params] | AdamW state record (optim/state_io.c) |
+ *   | u32 n_tasks | per task: i64 units, f64 weight, i64 drawn, i64 seen |
+ *   | f64 best_metric | i64 best_step | f64 best_ckpt_metric | i64 best_ckpt_step |
+ *   | i64 bad_evals |
  * The tensor table lets a resume check that the run's method lays out its parameters the
  * same way. ranks is the number of data-parallel ranks of the run (its micro-batches are
- * that many slices; 0, written before finch had ranks, reads as 1). Version 1 (LoRA only)
- * had no table and is read when the count matches. The
+ * that many slices; 0, written before finch had ranks, reads as 1). The tasks are the
+ * training files, then come the validation bests and early stopping's counter
+ * (finch_train_pos). Version 2 has no tasks (a run of one file); version 1
+ * (LoRA only) had no table either and is read when the count matches. The
  * method's files beside it carry the same parameters for other tools; resuming reads the
  * exact f32 values from trainer_state.bin.
  */
@@ -26,7 +31,7 @@
 #include <unistd.h>
 
 static const char magic[8] = {'F', 'I', 'N', 'C', 'H', 'C', 'K', 'P'};
-enum { VERSION = 2, HEADER = 8 + 4 + 4 + 5 * 8 };
+enum { VERSION = 3, HEADER = 8 + 4 + 4 + 5 * 8 };
 
 typedef struct {
     const finch_params *par;
@@ -55,8 +60,65 @@ static finch_status write_state(FILE *f, void *user, finch_err *err) {
             (st = finch_fwrite(f, p->shape, 16, s->path, err)))
             return st;
     }
-    if ((st = finch_fwrite(f, r->data, (size_t)r->total * sizeof(float), s->path, err))) return st;
-    return finch_optim_state_save(f, s->path, s->m, s->v, (size_t)r->total, s->pos->step, err);
+    if ((st = finch_fwrite(f, r->data, (size_t)r->total * sizeof(float), s->path, err)) ||
+        (st = finch_optim_state_save(f, s->path, s->m, s->v, (size_t)r->total, s->pos->step, err)))
+        return st;
+    const finch_train_pos *pos = s->pos;
+    uint32_t n_tasks = (uint32_t)pos->n_tasks;
+    if ((st = finch_fwrite(f, &n_tasks, 4, s->path, err))) return st;
+    for (int k = 0; k < pos->n_tasks; k++) {
+        const int64_t units = pos->task_units[k], drawn = pos->drawn[k], seen = pos->seen[k];
+        const double weight = pos->task_weight[k];
+        if ((st = finch_fwrite(f, &units, 8, s->path, err)) ||
+            (st = finch_fwrite(f, &weight, 8, s->path, err)) ||
+            (st = finch_fwrite(f, &drawn, 8, s->path, err)) ||
+            (st = finch_fwrite(f, &seen, 8, s->path, err)))
+            return st;
+    }
+    const double best[2] = {pos->best_metric, pos->best_ckpt_metric};
+    const int64_t steps[3] = {pos->best_step, pos->best_ckpt_step, pos->bad_evals};
+    if ((st = finch_fwrite(f, &best[0], 8, s->path, err)) ||
+        (st = finch_fwrite(f, &steps[0], 8, s->path, err)) ||
+        (st = finch_fwrite(f, &best[1], 8, s->path, err)) ||
+        (st = finch_fwrite(f, &steps[1], 16, s->path, err)))
+        return st;
+    return FINCH_OK;
+}
+
+/* Reads version 3's tasks and validation state into pos. */
+static finch_status read_tasks(FILE *f, const char *file, finch_train_pos *pos, finch_err *err) {
+    uint32_t n;
+    if (fread(&n, 4, 1, f) != 1)
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: truncated before the training files", file);
+    if (n < 1 || n > FINCH_MAX_TASKS)
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: %u training files, expected 1 to %d", file,
+                             n, FINCH_MAX_TASKS);
+    pos->n_tasks = (int32_t)n;
+    for (uint32_t k = 0; k < n; k++) {
+        if (fread(&pos->task_units[k], 8, 1, f) != 1 || fread(&pos->task_weight[k], 8, 1, f) != 1 ||
+            fread(&pos->drawn[k], 8, 1, f) != 1 || fread(&pos->seen[k], 8, 1, f) != 1)
+            return finch_err_set(err, FINCH_E_FORMAT, "%s: training file %u is truncated", file,
+                                 k + 1);
+        if (pos->task_units[k] < 1 || !(pos->task_weight[k] > 0) ||
+            !isfinite(pos->task_weight[k]) || pos->drawn[k] < 0 || pos->seen[k] < 0)
+            return finch_err_set(err, FINCH_E_FORMAT,
+                                 "%s: training file %u: %lld units, weight %g, %lld drawn, %lld "
+                                 "seen: out of range",
+                                 file, k + 1, (long long)pos->task_units[k], pos->task_weight[k],
+                                 (long long)pos->drawn[k], (long long)pos->seen[k]);
+    }
+    if (fread(&pos->best_metric, 8, 1, f) != 1 || fread(&pos->best_step, 8, 1, f) != 1 ||
+        fread(&pos->best_ckpt_metric, 8, 1, f) != 1 || fread(&pos->best_ckpt_step, 8, 1, f) != 1 ||
+        fread(&pos->bad_evals, 8, 1, f) != 1)
+        return finch_err_set(err, FINCH_E_FORMAT, "%s: truncated in the validation state", file);
+    if (pos->best_step < 0 || pos->best_ckpt_step < 0 || pos->bad_evals < 0 ||
+        pos->best_step > pos->step || pos->best_ckpt_step > pos->step)
+        return finch_err_set(err, FINCH_E_FORMAT,
+                             "%s: best step %lld, best checkpoint %lld, %lld evaluations without "
+                             "improvement at step %lld: out of range",
+                             file, (long long)pos->best_step, (long long)pos->best_ckpt_step,
+                             (long long)pos->bad_evals, (long long)pos->step);
+    return FINCH_OK;
 }
 
 static void fsync_path(const char *path) {
@@ -146,7 +208,8 @@ static int cmp_step(const void *a, const void *b) {
     return x < y ? 1 : x > y ? -1 : 0; /* newest first */
 }
 
-finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err *err) {
+finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, int64_t protect,
+                                    finch_err *err) {
     DIR *d = opendir(out_dir);
     if (!d) return finch_err_set(err, FINCH_E_IO, "%s: cannot list: %s", out_dir, strerror(errno));
     long long *steps = NULL;
@@ -173,6 +236,7 @@ finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err
     if (steps) qsort(steps, n, sizeof *steps, cmp_step);
     finch_status st = FINCH_OK;
     for (size_t i = (size_t)keep; i < n && !st; i++) {
+        if (protect > 0 && steps[i] == protect) continue;
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/checkpoint-%lld", out_dir, steps[i]);
         if (remove_tree(dir) != FINCH_OK)
@@ -258,9 +322,9 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
     else if (memcmp(mg, magic, 8))
         st = finch_err_set(err, FINCH_E_FORMAT,
                            "%s: offset 0x0: not a finch checkpoint (bad magic)", file);
-    else if (ver[0] != 1 && ver[0] != VERSION)
+    else if (ver[0] < 1 || ver[0] > VERSION)
         st = finch_err_set(err, FINCH_E_FORMAT,
-                           "%s: offset 0x8: version %u, this finch reads 1 and %d", file, ver[0],
+                           "%s: offset 0x8: version %u, this finch reads 1 to %d", file, ver[0],
                            VERSION);
     else if (ver[1] > 65536)
         st = finch_err_set(err, FINCH_E_FORMAT,
@@ -272,7 +336,7 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
                            "%s: holds %lld trainable parameters, this run's method has %lld: it "
                            "was made with another model or method configuration",
                            file, (long long)head[4], (long long)r->total);
-    else if (ver[0] == VERSION)
+    else if (ver[0] >= 2)
         st = check_table(f, file, r, err);
     if (!st && fread(r->data, sizeof(float), (size_t)r->total, f) != (size_t)r->total)
         st = finch_err_set(err, FINCH_E_FORMAT, "%s: truncated in the parameters", file);
@@ -282,16 +346,23 @@ finch_status finch_checkpoint_load(const char *path, finch_params *r, float *m, 
         st = finch_err_set(err, FINCH_E_FORMAT,
                            "%s: optimizer state is at step %lld, the run at %lld", file,
                            (long long)step, (long long)head[0]);
+    finch_train_pos p = {0};
+    if (!st) {
+        p = (finch_train_pos){.step = head[0],
+                              .next = head[1],
+                              .epoch = head[2],
+                              .seed = (uint64_t)head[3],
+                              .ranks = ver[1] ? (int32_t)ver[1] : 1};
+        if (ver[0] >= 3) st = read_tasks(f, file, &p, err);
+    }
     if (!st && fgetc(f) != EOF)
-        st = finch_err_set(err, FINCH_E_FORMAT, "%s: trailing bytes after the optimizer state",
-                           file);
+        st = finch_err_set(err, FINCH_E_FORMAT, "%s: trailing bytes after the run state", file);
     fclose(f);
     if (st) return st;
     for (int64_t i = 0; i < r->total; i++)
         if (!isfinite(r->data[i]))
             return finch_err_set(err, FINCH_E_FORMAT, "%s: parameter %lld is not finite", file,
                                  (long long)i);
-    *pos = (finch_train_pos){head[0], head[1], head[2], (uint64_t)head[3],
-                             ver[1] ? (int32_t)ver[1] : 1};
+    *pos = p;
     return FINCH_OK;
 }

@@ -2,7 +2,15 @@
  * loop.c: finch_train, the fine-tuning run: data, adapter, optimizer, steps with
  * gradient accumulation, evaluation, checkpoints, metrics.jsonl, interruption, resume.
  *
- * Determinism: the example order of epoch e is a shuffle seeded by (seed, e); dropout
+ * Data: one training file, or a multi-task mixture of several (each read, checked and split
+ * on its own, then joined into one token set, task by task). The example order of an epoch
+ * is finch_mix_order's (data/mix.c): for one file the shuffle seeded by (seed, epoch), for
+ * a mixture a task drawn by weight per slot, then that task's next example. An epoch has
+ * as many slots as the files hold examples together. The sampler's state (how far each
+ * task is in its shuffles) and each task's count of trained examples are part of the run
+ * position, saved in every checkpoint.
+ *
+ * Determinism: the example order is a function of the seed and the sampler's state; dropout
  * masks are seeded by (seed, step, micro-batch); everything else is arithmetic that gives
  * the same bits for the same thread count. A run resumed from a checkpoint therefore
  * continues exactly as the uninterrupted one.
@@ -53,22 +61,21 @@ static uint64_t mix64(uint64_t z) {
     return finch_mix64(z + 0x9e3779b97f4a7c15ull);
 }
 
-/* order (n) = the example order of epoch e. */
-static void epoch_order(int64_t *order, int64_t n, uint64_t seed, int64_t e) {
-    finch_rng rng;
-    finch_rng_seed(&rng, mix64(seed ^ mix64((uint64_t)e + 1)));
-    for (int64_t i = 0; i < n; i++) order[i] = i;
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)(finch_rng_u64(&rng) % (uint64_t)(i + 1)), t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
-}
-
 static finch_status check_options(const finch_model *m, const finch_train_options *o,
                                   finch_err *err) {
 #define BAD(...) return finch_err_set(err, FINCH_E_USAGE, __VA_ARGS__)
-    if (!o->data.path) BAD("no training data: give --data FILE");
+    if (o->n_sources < 0 || o->n_sources > FINCH_MAX_TASKS)
+        BAD("%d training files: at most %d", o->n_sources, FINCH_MAX_TASKS);
+    if (o->n_sources && o->data.path)
+        BAD("training data given twice (data.path and %d sources): give the files as sources",
+            o->n_sources);
+    if (!o->n_sources && !o->data.path) BAD("no training data: give --data FILE");
+    for (int k = 0; k < o->n_sources; k++) {
+        const finch_data_source *s = &o->sources[k];
+        if (!s->path) BAD("training file %d has no path", k + 1);
+        if (!(s->weight > 0) || !isfinite(s->weight))
+            BAD("--data %s:%g: the weight must be a number > 0", s->path, s->weight);
+    }
     if (!o->out_dir) BAD("no output directory: give --out DIR");
     if (o->n_method_options < 0 || o->n_method_options > FINCH_MAX_METHOD_OPTIONS)
         BAD("%d method options: at most %d", o->n_method_options, FINCH_MAX_METHOD_OPTIONS);
@@ -89,6 +96,23 @@ static finch_status check_options(const finch_model *m, const finch_train_option
         BAD("--save-total-limit %lld: must be >= 0", (long long)o->save_total_limit);
     if (o->save_steps < 0 || o->eval_steps < 0 || o->log_steps < 0)
         BAD("--save-steps, --eval-steps and --log-steps must be >= 0");
+    /* early stopping and the best checkpoint, as transformers' Trainer checks them */
+    const bool val = o->val_path || o->val_fraction > 0;
+    if (o->early_stopping_patience < 0)
+        BAD("--early-stopping-patience %lld: must be >= 0", (long long)o->early_stopping_patience);
+    if (!(o->early_stopping_threshold >= 0) || !isfinite(o->early_stopping_threshold))
+        BAD("--early-stopping-threshold %g: must be a number >= 0", o->early_stopping_threshold);
+    if (o->early_stopping_patience && (!o->eval_steps || !val))
+        BAD("--early-stopping-patience %lld counts evaluations: give --eval-steps N and "
+            "validation data (--val FILE or --val-fraction F)",
+            (long long)o->early_stopping_patience);
+    if (o->load_best_model_at_end && (!o->eval_steps || !val))
+        BAD("--load-best-model-at-end picks the checkpoint with the lowest validation loss: give "
+            "--eval-steps N and validation data (--val FILE or --val-fraction F)");
+    if (o->load_best_model_at_end && (!o->save_steps || o->save_steps % o->eval_steps))
+        BAD("--load-best-model-at-end needs --save-steps to be a round multiple of --eval-steps "
+            "(here %lld and %lld), so that every checkpoint has a validation loss",
+            (long long)o->save_steps, (long long)o->eval_steps);
     if (o->simulate_ranks < 0 || o->simulate_ranks > 4096)
         BAD("--simulate-ranks %d: must be from 1 to 4096", o->simulate_ranks);
     if (o->simulate_ranks > 1 && finch_dist_size() > 1)
@@ -107,22 +131,6 @@ static finch_status check_options(const finch_model *m, const finch_train_option
             m->cfg.n_ctx_train);
 #undef BAD
     return FINCH_OK;
-}
-
-/* Appends one JSON object line to metrics.jsonl (one write: a crash or a full disk loses
- * at most that line, never leaves half of it). A NULL file logs nothing. */
-static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static finch_status metric_line(finch_append_file *f, finch_err *err, const char *fmt, ...) {
-    if (!f || !f->path) return FINCH_OK;
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
-    FINCH_ASSERT(n > 0 && (size_t)n < sizeof line - 1);
-    line[n++] = '\n';
-    return finch_file_append(f, line, (size_t)n, err);
 }
 
 /* *out = the mean loss over a token set, in batches of B rows of T (forward only). With
@@ -190,8 +198,9 @@ static int64_t packed_rows(const finch_token_set *s, const int64_t *order, int T
     return rows;
 }
 
+/* Reads, checks and tokenizes one JSONL file into *ts; *shape: the format used. */
 static finch_status load_tokens(const finch_model *m, const finch_data_spec *spec, const char *path,
-                                int max_len, finch_dataset **keep, finch_token_set *ts,
+                                int max_len, finch_shape *shape, finch_token_set *ts,
                                 finch_err *err) {
     finch_data_options dopt = {.skip_bad = spec->skip_bad != 0,
                                .seed = spec->seed,
@@ -217,7 +226,8 @@ static finch_status load_tokens(const finch_model *m, const finch_data_spec *spe
         finch_log(FINCH_LOG_WARN,
                   "%s: %lld examples had no completion token within %d tokens and were dropped",
                   path, (long long)ts->n_dropped, max_len);
-    *keep = d;
+    *shape = d->shape;
+    finch_dataset_free(d);
     return st;
 }
 
@@ -233,15 +243,32 @@ finch_status finch_train_set_option(finch_train_options *o, const char *name, co
     return FINCH_OK;
 }
 
+/* Bytes of a task's name (its file's base name, cut at a character boundary), with the NUL. */
+enum { TASK_NAME = 48 };
+
 /* Everything one run holds. */
 typedef struct {
     const finch_train_options *o;
     finch_model *m;
     int max_len, B, T;
-    finch_dataset *dtrain, *dval;
-    finch_token_set ts, vs;
-    int64_t *order; /* the current epoch's example order */
-    int64_t total;  /* optimizer steps */
+    finch_token_set ts, vs; /* the training files' examples, task after task; validation's */
+    /* the training files (tasks): n_tasks of them (1 without a mixture); their paths and
+     * weights; their names in metrics.jsonl (as JSON strings in key, quoted and escaped);
+     * their units (examples or pairs, after the hold-out), the first of each in ts */
+    int n_tasks;
+    const char *task_path[FINCH_MAX_TASKS];
+    double task_weight[FINCH_MAX_TASKS];
+    char task_name[FINCH_MAX_TASKS][TASK_NAME];
+    const char *task_name_of[FINCH_MAX_TASKS]; /* task_name[k], for the progress */
+    char task_key[FINCH_MAX_TASKS][6 * TASK_NAME + 3];
+    int64_t task_units[FINCH_MAX_TASKS], task_start[FINCH_MAX_TASKS];
+    finch_mixture mix;                  /* the sampler over them */
+    int64_t *order;                     /* the current epoch's example order */
+    int64_t *scratch;                   /* finch_mix_order's */
+    int64_t drawn_end[FINCH_MAX_TASKS]; /* the sampler's state after the current epoch */
+    char *line, *tasks; /* a metrics line: line_cap bytes; tasks_json's: tasks_cap */
+    size_t line_cap, tasks_cap;
+    int64_t total; /* optimizer steps */
     finch_lr_schedule sched;
     finch_peft *peft;
     finch_params *par; /* its registry */
@@ -263,6 +290,7 @@ typedef struct {
     double *lane_loss;
     finch_dpo_stats *lane_dstats;
     bool stop;            /* some rank was asked to stop (with several processes) */
+    bool stopped_early;   /* early stopping ended the run */
     char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
                            */
 } run;
@@ -333,6 +361,12 @@ static finch_status check_ranks(run *r, finch_err *err) {
     for (int64_t i = 0; i < r->ts.n; i++)
         for (int32_t t = 0; t < r->ts.ex[i].n; t++)
             h = mix64(h ^ ((uint64_t)(uint32_t)r->ts.ex[i].ids[t] << 1 | r->ts.ex[i].mask[t]));
+    uint64_t hw = (uint64_t)r->n_tasks; /* the tasks' sizes and weights, hashed */
+    for (int k = 0; k < r->n_tasks; k++) {
+        uint64_t bits;
+        memcpy(&bits, &r->task_weight[k], 8);
+        hw = mix64(mix64(hw ^ (uint64_t)r->task_units[k]) ^ bits);
+    }
     const char *names[] = {"the training examples",
                            "the validation examples",
                            "the tokens per row",
@@ -344,26 +378,35 @@ static finch_status check_ranks(run *r, finch_err *err) {
                            "--packing",
                            "--resume (given or not)",
                            "the training data (a hash of its tokens)",
-                           "--beta (in millionths)"};
+                           "--beta (in millionths)",
+                           "the training files' sizes and weights (a hash)"};
     int64_t v[] = {r->ts.n,       r->vs.n,
                    r->T,          r->B,
                    o->grad_accum, r->total,
                    r->par->total, (int64_t)o->seed,
                    o->packing,    o->resume_dir != NULL,
-                   (int64_t)h,    r->ts.pairs ? (int64_t)llround(o->beta * 1e6) : 0};
+                   (int64_t)h,    r->ts.pairs ? (int64_t)llround(o->beta * 1e6) : 0,
+                   (int64_t)hw};
     return finch_dist_check_same(v, names, (int)(sizeof v / sizeof v[0]), err);
 }
 
-/* Holds out the last val_fraction of the tokenized examples (or pairs) after a seeded
- * shuffle. */
-static finch_status hold_out(run *r, finch_err *err) {
-    finch_token_set *ts = &r->ts, *vs = &r->vs;
+/* The units of task k (of a run of one file: all of them): the last val_fraction of the
+ * tokenized examples (or pairs) of ts after a shuffle seeded by the task, moved to vs. One
+ * file must keep some on each side; in a mixture a small file may give none. */
+static finch_status hold_out(run *r, int k, finch_token_set *ts, finch_token_set *vs,
+                             finch_err *err) {
     const int64_t g = ts->pairs ? 2 : 1, n = units(ts);
+    const char *what = g == 2 ? "pairs" : "examples";
     int64_t n_val = (int64_t)(r->o->val_fraction * (double)n + 0.5);
-    if (n_val < 1 || n_val >= n)
+    if (r->n_tasks == 1 && (n_val < 1 || n_val >= n))
         return finch_err_set(err, FINCH_E_RANGE,
                              "--val-fraction %g of %lld %s leaves none on one side",
-                             r->o->val_fraction, (long long)n, g == 2 ? "pairs" : "examples");
+                             r->o->val_fraction, (long long)n, what);
+    if (n_val >= n)
+        return finch_err_set(err, FINCH_E_RANGE,
+                             "%s: --val-fraction %g of its %lld %s leaves none for training",
+                             r->task_path[k], r->o->val_fraction, (long long)n, what);
+    if (n_val < 1) return FINCH_OK;
     int64_t *perm = finch_mem_alloc((size_t)n * sizeof *perm);
     vs->ex = finch_mem_alloc((size_t)(n_val * g) * sizeof *vs->ex);
     finch_token_example *rest = finch_mem_alloc((size_t)((n - n_val) * g) * sizeof *rest);
@@ -372,13 +415,13 @@ static finch_status hold_out(run *r, finch_err *err) {
         free(rest);
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
     }
-    epoch_order(perm, n, r->o->seed ^ 0x5eed, 0);
+    finch_shuffle(perm, n, finch_task_seed(r->o->seed, k) ^ 0x5eed, 0);
     for (int64_t i = 0; i < n; i++)
-        for (int64_t k = 0; k < g; k++) {
+        for (int64_t j = 0; j < g; j++) {
             if (i < n - n_val)
-                rest[i * g + k] = ts->ex[perm[i] * g + k];
+                rest[i * g + j] = ts->ex[perm[i] * g + j];
             else
-                vs->ex[vs->n++] = ts->ex[perm[i] * g + k];
+                vs->ex[vs->n++] = ts->ex[perm[i] * g + j];
         }
     vs->pairs = ts->pairs;
     free(perm);
@@ -388,33 +431,111 @@ static finch_status hold_out(run *r, finch_err *err) {
     return FINCH_OK;
 }
 
-/* The training and validation sets, the batch shape and the number of steps. */
+/* FINCH_E_USAGE when path's set (pairs or not) does not suit the objective. */
+static finch_status check_objective(const finch_token_set *s, bool dpo, const char *path,
+                                    finch_err *err) {
+    if (s->pairs == dpo) return FINCH_OK;
+    return finch_err_set(err, FINCH_E_USAGE,
+                         dpo ? "%s: --objective dpo needs preference lines {\"prompt\", "
+                               "\"chosen\", \"rejected\"}"
+                             : "%s: preference pairs (\"chosen\", \"rejected\") train with "
+                               "--objective dpo",
+                         path);
+}
+
+/* s as a JSON string (quoted, '"', '\' and control characters escaped) into out. */
+static void json_quote(const char *s, char *out) {
+    *out++ = '"';
+    for (; *s; s++) {
+        const unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            *out++ = '\\', *out++ = (char)c;
+        else if (c < 0x20)
+            out += sprintf(out, "\\u%04x", c);
+        else
+            *out++ = (char)c;
+    }
+    *out++ = '"';
+    *out = 0;
+}
+
+/* The training files: paths, weights and names (a file's base name without .jsonl or .json,
+ * cut to TASK_NAME - 1 bytes; a name met before gets "#<file number>"). */
+static void name_tasks(run *r) {
+    const finch_train_options *o = r->o;
+    r->n_tasks = o->n_sources ? o->n_sources : 1;
+    for (int k = 0; k < r->n_tasks; k++) {
+        r->task_path[k] = o->n_sources ? o->sources[k].path : o->data.path;
+        r->task_weight[k] = o->n_sources ? o->sources[k].weight : 1.0;
+        const char *base = strrchr(r->task_path[k], '/');
+        base = base ? base + 1 : r->task_path[k];
+        size_t n = strlen(base);
+        for (const char *ext = ".jsonl"; ext; ext = strcmp(ext, ".json") ? ".json" : NULL) {
+            size_t e = strlen(ext);
+            if (n > e && !strcmp(base + n - e, ext)) {
+                n -= e;
+                break;
+            }
+        }
+        char *name = r->task_name[k];
+        if (n > TASK_NAME - 1) /* cut at a character boundary */
+            for (n = TASK_NAME - 1; n && ((unsigned char)base[n] & 0xc0) == 0x80; n--) continue;
+        memcpy(name, base, n);
+        name[n] = 0;
+        for (int j = 0; j < k; j++)
+            if (!strcmp(r->task_name[j], name)) {
+                char tag[16];
+                const size_t t = (size_t)snprintf(tag, sizeof tag, "#%d", k + 1);
+                while (n + t > TASK_NAME - 1 || (n && ((unsigned char)name[n] & 0xc0) == 0x80)) n--;
+                memcpy(name + n, tag, t + 1);
+                break;
+            }
+        r->task_name_of[k] = name;
+        json_quote(name, r->task_key[k]);
+    }
+}
+
+/* The training and validation sets (each training file read, checked against the objective,
+ * split and appended in turn), the sampler, the batch shape and the number of steps. */
 static finch_status prepare_data(run *r, finch_err *err) {
     const finch_train_options *o = r->o;
-    finch_status st =
-        load_tokens(r->m, &o->data, o->data.path, r->max_len, &r->dtrain, &r->ts, err);
+    const bool dpo = o->objective && !strcmp(o->objective, "dpo"); /* pairs, and only DPO */
+    const bool say = finch_dist_rank() == 0;
+    finch_status st = FINCH_OK;
+    name_tasks(r);
+    for (int k = 0; k < r->n_tasks && !st; k++) {
+        finch_token_set ts = {0}, vs = {0};
+        finch_shape shape = FINCH_SHAPE_AUTO;
+        st = load_tokens(r->m, &o->data, r->task_path[k], r->max_len, &shape, &ts, err);
+        if (!st) st = check_objective(&ts, dpo, r->task_path[k], err);
+        if (!st && !o->val_path && o->val_fraction > 0) st = hold_out(r, k, &ts, &vs, err);
+        r->task_start[k] = units(&r->ts);
+        r->task_units[k] = units(&ts);
+        char held[48] = "";
+        if (vs.n) snprintf(held, sizeof held, ", %lld held out", (long long)units(&vs));
+        if (!st && say && r->n_tasks > 1)
+            finch_log(FINCH_LOG_INFO, "task %s: %s, %lld %s (%s)%s, weight %g", r->task_name[k],
+                      r->task_path[k], (long long)units(&ts), dpo ? "pairs" : "examples",
+                      finch_shape_name(shape), held, r->task_weight[k]);
+        if (!st) st = finch_token_set_append(&r->ts, &ts, err);
+        if (!st) st = finch_token_set_append(&r->vs, &vs, err);
+        finch_token_set_release(&ts);
+        finch_token_set_release(&vs);
+    }
     if (st) return st;
+    if (!o->val_path && o->val_fraction > 0 && r->vs.n == 0)
+        return finch_err_set(err, FINCH_E_RANGE,
+                             "--val-fraction %g holds out no example of any training file",
+                             o->val_fraction);
     if (o->val_path) {
         finch_data_spec vspec = o->data;
         vspec.max_examples = 0;
-        if ((st = load_tokens(r->m, &vspec, o->val_path, r->max_len, &r->dval, &r->vs, err)))
+        finch_shape shape;
+        if ((st = load_tokens(r->m, &vspec, o->val_path, r->max_len, &shape, &r->vs, err)) ||
+            (st = check_objective(&r->vs, dpo, o->val_path, err)))
             return st;
-    } else if (o->val_fraction > 0 && (st = hold_out(r, err))) {
-        return st;
     }
-    /* DPO takes preference pairs, and only DPO does */
-    const bool dpo = o->objective && !strcmp(o->objective, "dpo");
-    const char *bad = r->ts.pairs != dpo              ? o->data.path
-                      : r->vs.n && r->vs.pairs != dpo ? o->val_path
-                                                      : NULL;
-    if (bad)
-        return finch_err_set(err, FINCH_E_USAGE,
-                             dpo ? "%s: --objective dpo needs preference lines {\"prompt\", "
-                                   "\"chosen\", \"rejected\"}"
-                                 : "%s: preference pairs (\"chosen\", \"rejected\") train with "
-                                   "--objective dpo",
-                             bad);
-    if ((r->ts.n_identical || r->vs.n_identical) && finch_dist_rank() == 0)
+    if ((r->ts.n_identical || r->vs.n_identical) && say)
         finch_log(FINCH_LOG_WARN,
                   "%lld preference pairs tokenize to the same chosen and rejected ids: each adds "
                   "log 2 to the loss and nothing to the gradient",
@@ -425,20 +546,62 @@ static finch_status prepare_data(run *r, finch_err *err) {
     for (int64_t i = 0; i < r->vs.n; i++) r->T = r->vs.ex[i].n > r->T ? r->vs.ex[i].n : r->T;
     if (o->packing) r->T = r->max_len;
     r->B = dpo ? 2 * o->batch_size : o->batch_size; /* DPO: a pair is two rows */
-    if (!(r->order = finch_alloc((size_t)units(&r->ts) * sizeof *r->order, "example order", err)))
+    const size_t n_units = (size_t)units(&r->ts);
+    if (!(r->order = finch_alloc(n_units * sizeof *r->order, "example order", err)) ||
+        !(r->scratch = finch_alloc(n_units * sizeof *r->scratch, "the tasks' orders", err)))
         return FINCH_E_NOMEM;
+    r->mix = (finch_mixture){r->n_tasks, r->task_units, r->task_weight, o->seed};
     /* an epoch is ts.n rows, or with packing the rows its examples fill (counted in the
      * first epoch's order: later orders differ by a row or so, and the count must not
      * depend on where a resumed run starts) */
     int64_t epoch_rows = units(&r->ts);
     if (o->packing) {
-        epoch_order(r->order, r->ts.n, o->seed, 0);
+        const int64_t none[FINCH_MAX_TASKS] = {0};
+        finch_mix_order(r->order, &r->mix, 0, none, r->drawn_end, r->scratch);
         epoch_rows = packed_rows(&r->ts, r->order, r->T);
     }
     const int64_t per_step = (int64_t)o->batch_size * o->grad_accum * r->ranks;
     r->total = o->max_steps ? o->max_steps
                             : (int64_t)ceil(o->epochs * (double)epoch_rows / (double)per_step);
     r->sched.total_steps = r->total > 0 ? r->total : 1;
+    /* a metrics line: the fixed part, DPO's statistics, and the tasks' counts */
+    r->tasks_cap = 32 + (size_t)r->n_tasks * (sizeof r->task_key[0] + 24);
+    r->line_cap = 2048 + r->tasks_cap;
+    if (!(r->line = finch_alloc(r->line_cap, "a metrics line", err)) ||
+        !(r->tasks = finch_alloc(r->tasks_cap, "a metrics line", err)))
+        return FINCH_E_NOMEM;
+    return FINCH_OK;
+}
+
+/* After resume_state: the checkpoint's training files must be this run's (sizes and weights);
+ * a checkpoint from before mixtures (no files recorded) is a run of one file, whose sampler
+ * state follows from the epoch. */
+static finch_status resume_tasks(run *r, finch_err *err) {
+    finch_train_pos *p = &r->pos;
+    const int64_t n = units(&r->ts);
+    if (p->n_tasks == 0 && r->n_tasks == 1) {
+        p->n_tasks = 1;
+        p->task_units[0] = n;
+        p->task_weight[0] = r->task_weight[0];
+        p->drawn[0] = p->epoch * n;
+        p->seen[0] = p->epoch * n + p->next;
+        p->best_metric = p->best_ckpt_metric = NAN; /* none known */
+    }
+    if (p->n_tasks != r->n_tasks)
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "%s: the run trained on %d file%s, this one on %d: resume with the "
+                             "same --data files and weights",
+                             r->o->resume_dir, p->n_tasks ? p->n_tasks : 1,
+                             p->n_tasks > 1 ? "s" : "", r->n_tasks);
+    for (int k = 0; k < r->n_tasks; k++)
+        if (p->task_units[k] != r->task_units[k] || p->task_weight[k] != r->task_weight[k])
+            return finch_err_set(err, FINCH_E_USAGE,
+                                 "%s: training file %d (%s) had %lld %s and weight %g in the run, "
+                                 "here %lld and %g: resume with the same --data files, weights "
+                                 "and --val-fraction",
+                                 r->o->resume_dir, k + 1, r->task_path[k],
+                                 (long long)p->task_units[k], r->ts.pairs ? "pairs" : "examples",
+                                 p->task_weight[k], (long long)r->task_units[k], r->task_weight[k]);
     return FINCH_OK;
 }
 
@@ -522,10 +685,16 @@ static finch_status prepare_method(run *r, finch_err *err) {
     r->mom = finch_calloc((size_t)r->par->total + 1, sizeof(float), "AdamW m", err);
     r->vel = finch_calloc((size_t)r->par->total + 1, sizeof(float), "AdamW v", err);
     if (!r->mom || !r->vel) return FINCH_E_NOMEM;
-    r->pos = (finch_train_pos){.seed = o->seed, .ranks = r->ranks};
+    r->pos = (finch_train_pos){.seed = o->seed,
+                               .ranks = r->ranks,
+                               .n_tasks = r->n_tasks,
+                               .best_metric = NAN,
+                               .best_ckpt_metric = NAN};
+    memcpy(r->pos.task_units, r->task_units, sizeof r->task_units);
+    memcpy(r->pos.task_weight, r->task_weight, sizeof r->task_weight);
     snprintf(r->last_good, sizeof r->last_good, "no checkpoint (none was saved yet)");
     if (!o->resume_dir) return FINCH_OK;
-    if ((st = resume_state(r, err))) return st;
+    if ((st = resume_state(r, err)) || (st = resume_tasks(r, err))) return st;
     if (r->pos.ranks != r->ranks)
         return finch_err_set(err, FINCH_E_USAGE,
                              "%s: the run was made by %d data-parallel ranks (global batch %lld), "
@@ -546,6 +715,30 @@ static finch_status prepare_method(run *r, finch_err *err) {
     snprintf(r->last_good, sizeof r->last_good, "the checkpoint resumed from (%s, step %lld)",
              o->resume_dir, (long long)r->pos.step);
     return FINCH_OK;
+}
+
+/* The task whose units hold unit u of the joined training set. */
+static int task_of(const run *r, int64_t u) {
+    int k = r->n_tasks - 1;
+    while (r->task_start[k] > u) k--;
+    return k;
+}
+
+/* After a micro-batch that moved the data position from (next0, epoch0): each task's count
+ * of trained units grows by its units the order gave (finch_batch_fill wraps around the
+ * same order array, so it is still the one of epoch0), and every epoch passed gets its order
+ * from the sampler's state at its start. */
+static void data_moved(run *r, int64_t next0, int64_t epoch0) {
+    finch_train_pos *p = &r->pos;
+    for (int64_t e = epoch0, from = next0;; e++, from = 0) {
+        const int64_t to = e < p->epoch ? units(&r->ts) : p->next;
+        for (int64_t i = from; i < to; i++) p->seen[task_of(r, r->order[i])]++;
+        if (e == p->epoch) break;
+    }
+    for (int64_t e = epoch0 + 1; e <= p->epoch; e++) {
+        memcpy(p->drawn, r->drawn_end, sizeof p->drawn);
+        finch_mix_order(r->order, &r->mix, e, p->drawn, r->drawn_end, r->scratch);
+    }
 }
 
 /* One optimizer step's forward and backward passes over grad_accum micro-batches: this
@@ -577,7 +770,7 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
     finch_batch lb = r->batch; /* DPO: one lane's B rows of the global micro-batch's buffers */
     lb.B = r->B;
     for (int k = 0; k < o->grad_accum; k++) {
-        int64_t e0 = r->pos.epoch;
+        const int64_t n0 = r->pos.next, e0 = r->pos.epoch;
         uint64_t seed = mix64(o->seed ^ mix64((uint64_t)step * 65536 + (uint64_t)k));
         const finch_batch *b = &r->batch;
         float scale = 0.0f;
@@ -616,7 +809,7 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
             }
             if (acc) memcpy(acc, grad, n * sizeof *grad);
         }
-        if (r->pos.epoch != e0) epoch_order(r->order, units(&r->ts), o->seed, r->pos.epoch);
+        data_moved(r, n0, e0);
     }
     double loss = r->lane_loss[0];
     r->dstats = r->lane_dstats[0];
@@ -631,8 +824,41 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
     return loss;
 }
 
-/* What follows a step: metrics, evaluation, progress, checkpoint; FINCH_E_INTERRUPTED
- * when should_stop asked to stop (after the checkpoint). */
+/* ', "tasks": {"a": 12, "b": 5}' into buf (cap bytes): each training file's examples (or
+ * pairs) trained so far; "" for a run of one file. */
+static void tasks_json(const run *r, char *buf, size_t cap) {
+    *buf = 0;
+    if (r->n_tasks == 1) return;
+    size_t n = (size_t)snprintf(buf, cap, ", \"tasks\": {");
+    for (int k = 0; k < r->n_tasks && n < cap; k++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s: %lld", k ? ", " : "", r->task_key[k],
+                              (long long)r->pos.seen[k]);
+    FINCH_ASSERT(n + 2 <= cap); /* sized for the names */
+    memcpy(buf + n, "}", 2);
+}
+
+/* After the evaluation of step, whose validation loss is v: the best so far and early
+ * stopping's counter, counted as transformers' EarlyStoppingCallback counts them: an
+ * evaluation improves when v is below the best by more than the threshold (the first
+ * always does), else the counter grows; the best follows any lower v. A loss that is not
+ * finite never improves. True when the patience is used up. */
+static bool track_best(run *r, int64_t step, double v) {
+    finch_train_pos *p = &r->pos;
+    const bool first = p->best_step == 0, lower = isfinite(v) && (first || v < p->best_metric);
+    if (lower && (first || p->best_metric - v > r->o->early_stopping_threshold))
+        p->bad_evals = 0;
+    else
+        p->bad_evals++;
+    if (lower) {
+        p->best_metric = v;
+        p->best_step = step;
+    }
+    return r->o->early_stopping_patience && p->bad_evals >= r->o->early_stopping_patience;
+}
+
+/* What follows a step: metrics, evaluation (the best validation loss, early stopping),
+ * progress, checkpoint; FINCH_E_INTERRUPTED when should_stop asked to stop (after the
+ * checkpoint); r->stopped_early when early stopping ends the run (after the checkpoint). */
 static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                int (*should_stop)(void *),
                                void (*on_progress)(const finch_train_progress *, void *),
@@ -642,15 +868,20 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
     finch_status st;
     char extra[512] = ""; /* DPO's rewards */
     if (r->dpo) finch_dpo_stats_json(&r->dstats, "", extra, sizeof extra);
-    if (o->log_steps && (step % o->log_steps == 0 || step == r->total) &&
-        (st = metric_line(&r->metrics, err,
-                          "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
-                          "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s}",
-                          (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
-                          (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts),
-                          extra)))
-        return st;
-    if (r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total)) {
+    if (o->log_steps && (step % o->log_steps == 0 || step == r->total)) {
+        tasks_json(r, r->tasks, r->tasks_cap);
+        if ((st = finch_metrics_line(
+                 &r->metrics, r->line, r->line_cap, err,
+                 "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.8g, \"grad_norm\": %.6f, "
+                 "\"tokens_per_s\": %.1f, \"epoch\": %.4f%s%s}",
+                 (long long)step, pr->loss, pr->lr, pr->grad_norm, rate,
+                 (double)r->pos.epoch + (double)r->pos.next / (double)units(&r->ts), extra,
+                 r->tasks)))
+            return st;
+    }
+    const bool evaluated =
+        r->vs.n && ((o->eval_steps && step % o->eval_steps == 0) || step == r->total);
+    if (evaluated) {
         finch_batch eb = r->batch; /* B rows of the global micro-batch's buffers */
         eb.B = r->B;
         *extra = 0;
@@ -667,23 +898,56 @@ static finch_status after_step(run *r, finch_train_progress *pr, double rate,
                                    finch_tokenizer_eos(r->m->tok), &pr->val_loss, err))) {
             return st;
         }
-        if ((st = metric_line(&r->metrics, err, "{\"step\": %lld, \"val_loss\": %.6f%s}",
-                              (long long)step, pr->val_loss, extra)))
+        const finch_train_pos *p = &r->pos;
+        r->stopped_early = track_best(r, step, pr->val_loss);
+        pr->stopped_early = r->stopped_early;
+        pr->best_metric = p->best_metric;
+        pr->best_step = p->best_step;
+        char best[160] = "";
+        if (p->best_step)
+            snprintf(best, sizeof best, ", \"best_metric\": %.6f, \"best_step\": %lld",
+                     p->best_metric, (long long)p->best_step);
+        if (o->early_stopping_patience)
+            snprintf(best + strlen(best), sizeof best - strlen(best),
+                     ", \"early_stopping_counter\": %lld%s", (long long)p->bad_evals,
+                     r->stopped_early ? ", \"stopped_early\": true" : "");
+        if ((st = finch_metrics_line(&r->metrics, r->line, r->line_cap, err,
+                                     "{\"step\": %lld, \"val_loss\": %.6f%s%s}", (long long)step,
+                                     pr->val_loss, extra, best)))
             return st;
     }
     if (on_progress && r->rank == 0) on_progress(pr, user);
     /* with several processes every rank's request was summed at the step's allreduce */
     bool stop = r->procs > 1 ? r->stop : should_stop && should_stop(user);
-    if (r->rank == 0 &&
-        ((o->save_steps && step % o->save_steps == 0) || step == r->total || stop)) {
+    /* the checkpoints of the run's plan: every save_steps, the last step, an early stop; and
+     * one where the run was asked to stop */
+    const bool planned =
+        (o->save_steps && step % o->save_steps == 0) || step == r->total || r->stopped_early;
+    const bool save = planned || stop;
+    /* the best checkpoint: the lowest validation loss among the planned ones (not one an
+     * interruption made, so that an interrupted run picks what the uninterrupted one does) */
+    if (planned && evaluated && isfinite(pr->val_loss) &&
+        (!r->pos.best_ckpt_step || pr->val_loss < r->pos.best_ckpt_metric)) {
+        r->pos.best_ckpt_metric = pr->val_loss;
+        r->pos.best_ckpt_step = step;
+    }
+    if (r->rank == 0 && save) {
         if ((st = finch_checkpoint_save(o->out_dir, r->peft, r->m, r->mom, r->vel, &r->pos, err)))
             return st;
         snprintf(r->last_good, sizeof r->last_good, "%s/checkpoint-%lld", o->out_dir,
                  (long long)step);
         if (o->save_total_limit > 0 &&
-            (st = finch_checkpoint_prune(o->out_dir, o->save_total_limit, err)))
+            (st = finch_checkpoint_prune(o->out_dir, o->save_total_limit,
+                                         o->load_best_model_at_end ? r->pos.best_ckpt_step : 0,
+                                         err)))
             return st;
     }
+    if (r->stopped_early && r->rank == 0)
+        finch_log(FINCH_LOG_INFO,
+                  "early stopping at step %lld: the validation loss has not improved by more "
+                  "than %g for %lld evaluations (the best: %.4f at step %lld)",
+                  (long long)step, o->early_stopping_threshold, (long long)r->pos.bad_evals,
+                  r->pos.best_metric, (long long)r->pos.best_step);
     if (stop)
         return finch_err_set(err, FINCH_E_INTERRUPTED,
                              "interrupted at step %lld: checkpoint saved in "
@@ -700,7 +964,17 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
     ac.weight_decay = o->weight_decay;
     double smooth = NAN, tps = NAN, t_start = now_s();
     const int64_t first_step = r->pos.step;
-    for (int64_t step = r->pos.step + 1; step <= r->total; step++) {
+    if (o->early_stopping_patience && r->pos.bad_evals >= o->early_stopping_patience) {
+        r->stopped_early = true;
+        if (r->rank == 0)
+            finch_log(FINCH_LOG_INFO,
+                      "the run stopped early at step %lld (%lld evaluations without improvement, "
+                      "the best at step %lld): nothing to do; a larger "
+                      "--early-stopping-patience continues it",
+                      (long long)r->pos.step, (long long)r->pos.bad_evals,
+                      (long long)r->pos.best_step);
+    }
+    for (int64_t step = r->pos.step + 1; step <= r->total && !r->stopped_early; step++) {
         double t0 = now_s();
         int64_t tokens;
         double loss = accumulate(r, step, &tokens);
@@ -743,7 +1017,12 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
             .rewards_margin = NAN,
             .val_accuracy = NAN,
             .ranks = r->ranks,
-            .global_batch = (int64_t)o->batch_size * o->grad_accum * r->ranks};
+            .global_batch = (int64_t)o->batch_size * o->grad_accum * r->ranks,
+            .best_metric = r->pos.best_metric,
+            .best_step = r->pos.best_step,
+            .n_tasks = r->n_tasks,
+            .task_names = r->task_name_of,
+            .task_seen = r->pos.seen};
         if (r->dpo) {
             finch_dpo_stats mean;
             finch_dpo_stats_mean(&r->dstats, &mean);
@@ -757,10 +1036,28 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
     return FINCH_OK;
 }
 
+/* load_best_model_at_end: the parameters of the best checkpoint into the registry (the
+ * optimizer's state, no longer needed, is read over). */
+static finch_status load_best(run *r, finch_err *err) {
+    char path[4200];
+    finch_train_pos best;
+    snprintf(path, sizeof path, "%s/checkpoint-%lld", r->o->out_dir,
+             (long long)r->pos.best_ckpt_step);
+    finch_log(FINCH_LOG_INFO,
+              "--load-best-model-at-end: the result is %s (validation loss %.4f; the last "
+              "step's checkpoint is %lld)",
+              path, r->pos.best_ckpt_metric, (long long)r->pos.step);
+    finch_status st = finch_checkpoint_load(path, r->par, r->mom, r->vel, &best, err);
+    return st ? finch_err_prefix(err, "--load-best-model-at-end") : FINCH_OK;
+}
+
 static void run_release(run *r) {
     finch_file_append_close(&r->metrics);
     if (r->peft) finch_peft_detach(r->peft, r->m);
     free(r->order);
+    free(r->scratch);
+    free(r->line);
+    free(r->tasks);
     free(r->mom);
     free(r->vel);
     free(r->stash);
@@ -774,8 +1071,6 @@ static void run_release(run *r) {
     /* vs may hold examples moved out of ts (val_fraction): release both sets' examples */
     finch_token_set_release(&r->vs);
     finch_token_set_release(&r->ts);
-    finch_dataset_free(r->dtrain);
-    finch_dataset_free(r->dval);
 }
 
 finch_status finch_train(finch_model *m, const finch_train_options *o,
@@ -800,10 +1095,10 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
         goto done;
     if (r.rank == 0) finch_checkpoint_clean(o->out_dir); /* temporaries of a killed save */
     if ((st = prepare_data(&r, err)) || (st = prepare_method(&r, err))) goto done;
-    epoch_order(r.order, units(&r.ts), o->seed, r.pos.epoch);
-    char mpath[4096];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", o->out_dir);
-    if (r.rank == 0 && (st = finch_file_append_open(mpath, !o->resume_dir, &r.metrics, err)))
+    finch_mix_order(r.order, &r.mix, r.pos.epoch, r.pos.drawn, r.drawn_end, r.scratch);
+    /* a resumed run's log is cut back to the checkpoint's step: the steps after it run again */
+    if (r.rank == 0 &&
+        (st = finch_metrics_open(o->out_dir, o->resume_dir ? r.pos.step : -1, &r.metrics, err)))
         goto done;
     const int64_t n_train = r.par->total, n_total = m->cfg.n_params;
     if (r.rank == 0) {
@@ -818,6 +1113,11 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
                   r.dpo        ? " (DPO: chosen and rejected rows)"
                   : o->packing ? " (packed)"
                                : "");
+        if (r.n_tasks > 1)
+            finch_log(FINCH_LOG_INFO,
+                      "a mixture of %d training files: each of an epoch's %lld slots draws a "
+                      "file by weight, then its next example",
+                      r.n_tasks, (long long)units(&r.ts));
         if (r.ranks > 1)
             finch_log(FINCH_LOG_INFO,
                       "data parallel: %d ranks%s, global batch %lld %s (%d x %d x %d ranks)",
@@ -826,8 +1126,12 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
                       o->batch_size, o->grad_accum, r.ranks);
     }
     if ((st = train_steps(&r, on_progress, should_stop, user, err))) goto done;
-    /* the result (adapter in the PEFT layout, or the model) at the top of the run directory */
-    if (r.rank == 0) st = finch_peft_save(r.peft, m, o->out_dir, err);
+    /* the result (adapter in the PEFT layout, or the model) at the top of the run directory:
+     * the weights as they are, or those of the best checkpoint */
+    if (r.rank == 0 && o->load_best_model_at_end && r.pos.best_ckpt_step &&
+        r.pos.best_ckpt_step != r.pos.step)
+        st = load_best(&r, err);
+    if (r.rank == 0 && !st) st = finch_peft_save(r.peft, m, o->out_dir, err);
 done:
     run_release(&r);
     return st;

@@ -3,9 +3,10 @@
  * checkpoints. A checkpoint is a directory checkpoint-<step>/ holding the method's result
  * (an adapter in the PEFT layout, or a model) and trainer_state.bin (the names and shapes
  * of the trainable tensors, their exact f32 values, AdamW's m and v, the step, the
- * data position and the number of data-parallel ranks), written into a temporary
+ * data position, the number of data-parallel ranks and the mixture's sampler state),
+ * written into a temporary
  * directory that is renamed into place, so a crash never leaves a half-written checkpoint
- * under its final name. And the DPO objective (dpo.c).
+ * under its final name. metrics.jsonl (metrics.c). And the DPO objective (dpo.c).
  */
 #ifndef FINCH_TRAIN_H
 #define FINCH_TRAIN_H
@@ -21,6 +22,23 @@ typedef struct {
     int64_t epoch; /* passes over the training set completed */
     uint64_t seed; /* the run's seed (data order, dropout) */
     int32_t ranks; /* data-parallel ranks whose slices make each micro-batch (1: one process) */
+    /* the training files: how many (0 read from a checkpoint older than mixtures: one),
+     * each one's units (examples, or pairs) and weight, the units each gave the orders of
+     * the epochs before the current one (the sampler's state, finch_mix_order's drawn) and
+     * the units of each trained so far */
+    int32_t n_tasks;
+    int64_t task_units[FINCH_MAX_TASKS];
+    double task_weight[FINCH_MAX_TASKS];
+    int64_t drawn[FINCH_MAX_TASKS];
+    int64_t seen[FINCH_MAX_TASKS];
+    /* validation: the lowest loss and its step (0: none yet); the lowest among the steps
+     * that saved a checkpoint and its step (load_best_model_at_end's result); evaluations
+     * in a row without an improvement (early stopping's patience counter) */
+    double best_metric;
+    int64_t best_step;
+    double best_ckpt_metric;
+    int64_t best_ckpt_step;
+    int64_t bad_evals;
 } finch_train_pos;
 
 /* Writes out_dir/checkpoint-<step>/ (replacing one of the same step). m and v: AdamW's
@@ -34,14 +52,31 @@ finch_status finch_checkpoint_save(const char *out_dir, const finch_peft *p,
  * Called when a run starts, when no other process writes to out_dir. */
 void finch_checkpoint_clean(const char *out_dir);
 
-/* Deletes all but the newest keep checkpoint-<step> directories of out_dir (keep >= 1). */
-finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, finch_err *err);
+/* Deletes all but the newest keep checkpoint-<step> directories of out_dir (keep >= 1), and
+ * never checkpoint-<protect> (protect 0: none), which is kept besides them. */
+finch_status finch_checkpoint_prune(const char *out_dir, int64_t keep, int64_t protect,
+                                    finch_err *err);
 
 /* Reads a checkpoint into a registry of the same tensors (names and shapes must match),
  * m, v and *pos. path is a checkpoint directory, or a run directory whose checkpoint with
  * the highest step is taken. Errors name the file and what does not match. */
 finch_status finch_checkpoint_load(const char *path, finch_params *params, float *m, float *v,
                                    finch_train_pos *pos, finch_err *err);
+
+/* ---- metrics.jsonl (metrics.c) ------------------------------------------------------ */
+
+/* Opens out_dir/metrics.jsonl for appending: emptied for a new run (resume_step < 0); for
+ * a run resumed from the checkpoint of step resume_step, first cut back (atomically) to
+ * its lines of steps up to resume_step, a torn last line dropped too, so that the steps run
+ * again are not logged twice. FINCH_E_IO naming the file. */
+finch_status finch_metrics_open(const char *out_dir, int64_t resume_step, finch_append_file *out,
+                                finch_err *err);
+
+/* Appends one line, fmt's JSON object, formatted in buf (cap bytes, enough for every line
+ * the caller writes: a longer one is a bug) with one write. A closed f (no path: not rank
+ * 0) logs nothing. */
+finch_status finch_metrics_line(finch_append_file *f, char *buf, size_t cap, finch_err *err,
+                                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* ---- DPO (dpo.c) --------------------------------------------------------------------- */
 

@@ -204,6 +204,75 @@ static void test_real_model(void **state) {
     EXPECT(args, NULL, 0, "Paris");
 }
 
+/* --data FILE:WEIGHT, repeated: a mixture, its counts in the progress lines, metrics.jsonl and
+ * run.json; the same as a --config list, which --data flags replace; bad weights, a missing
+ * file and bad config entries. */
+static void test_train_mixture(void **state) {
+    (void)state;
+    char args[8192], a[512], b[512], cfg[512], outdir[512];
+    snprintf(a, sizeof a, "%s/mix_a.jsonl", tmpdir);
+    snprintf(b, sizeof b, "%s/mix_b.jsonl", tmpdir);
+    FILE *f = fopen(a, "w");
+    for (int i = 0; i < 8; i++) fprintf(f, "{\"prompt\": \"n %d:\", \"completion\": \" %d\"}\n", i, i * 2);
+    fclose(f);
+    f = fopen(b, "w");
+    for (int i = 0; i < 4; i++) fprintf(f, "{\"prompt\": \"m %d:\", \"completion\": \" %d\"}\n", i, i + 1);
+    fclose(f);
+    snprintf(outdir, sizeof outdir, "%s/mix", tmpdir);
+    const char *common = "--max-steps 3 --batch-size 2 --log-steps 1 -t 1";
+    snprintf(args, sizeof args, "train -m " TINY " --data %s:0.7 --data %s:0.3 --out %s %s", a, b, outdir, common);
+    EXPECT(args, NULL, 0, "| tasks mix_a ");
+    assert_non_null(strstr(out, "step 3/3"));
+    char *m = read_text_in(outdir, "metrics.jsonl");
+    assert_non_null(strstr(m, "\"step\": 3, "));
+    assert_non_null(strstr(m, "\"tasks\": {\"mix_a\": "));
+    free(m);
+    m = read_text_in(outdir, "run.json");
+    assert_non_null(strstr(m, "\"weight\": 0.7"));
+    assert_non_null(strstr(m, "\"weight\": 0.3"));
+    free(m);
+    const struct {
+        const char *suffix, *fragment;
+        int code;
+    } bad[] = {{":abc", "is not a weight", 2}, {":0", "weight 0: must be > 0", 2},
+               {":-2", "weight -2: must be > 0", 2}, {".missing:0.5", ".missing: cannot open", 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(args, sizeof args, "train -m " TINY " --data %s --data %s%s --out %s %s", a, b,
+                 bad[i].suffix, outdir, common);
+        EXPECT(args, NULL, bad[i].code, bad[i].fragment);
+    }
+    /* the config's list, strings and objects; flags replace it */
+    snprintf(cfg, sizeof cfg, "%s/mix.json", tmpdir);
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"data\": [\"%s:2\", \"%s\"]}", a, b);
+    fclose(f);
+    snprintf(args, sizeof args, "train -m " TINY " --config %s --out %s %s", cfg, outdir, common);
+    EXPECT(args, NULL, 0, "| tasks mix_a ");
+    m = read_text_in(outdir, "run.json");
+    assert_non_null(strstr(m, "\"weight\": 2"));
+    free(m);
+    snprintf(args, sizeof args, "train -m " TINY " --config %s --data %s --out %s %s", cfg, a, outdir, common);
+    EXPECT(args, NULL, 0, "adapter written to");
+    assert_null(strstr(out, "| tasks"));
+    m = read_text_in(outdir, "metrics.jsonl");
+    assert_null(strstr(m, "\"tasks\""));
+    free(m);
+    const struct {
+        const char *json, *fragment;
+        int code;
+    } cfgs[] = {{"{\"data\": [{\"path\": \"x.jsonl\"}]}", "\"data\": entry 1 must be a string", 1},
+                {"{\"data\": [\"x.jsonl:0\"]}", "--data x.jsonl:0: weight 0: must be > 0", 2},
+                {"{\"data\": []}", "no training data", 2},
+                {"{\"data\": [\"x.jsonl:y\"]}", "'y' is not a weight", 2}};
+    for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
+        f = fopen(cfg, "w");
+        fputs(cfgs[i].json, f);
+        fclose(f);
+        snprintf(args, sizeof args, "train -m " TINY " --config %s --out %s %s", cfg, outdir, common);
+        EXPECT(args, NULL, cfgs[i].code, cfgs[i].fragment);
+    }
+}
+
 static void test_train_flags(void **state) {
     (void)state;
     char args[8192], data[512], cfg[512], outdir[512];
@@ -254,6 +323,12 @@ static void test_train_flags(void **state) {
         {"--method adapter --adapter-nonlinearity tanh", "--adapter-nonlinearity tanh"},
         {"--method adapter --adapter-name a/b", "--adapter-name 'a/b'"},
         {"--method adapter --layers 3", "layer 3 is out of range"},
+        /* early stopping and the best checkpoint */
+        {"--early-stopping-patience 2", "give --eval-steps N and validation data"},
+        {"--early-stopping-patience 0", "--early-stopping-patience 0: must be an integer >= 1"},
+        {"--early-stopping-threshold -1", "--early-stopping-threshold -1"},
+        {"--eval-steps 2 --val-fraction 0.25 --save-steps 3 --load-best-model-at-end",
+         "round multiple of --eval-steps (here 3 and 2)"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s %s", data, outdir, bad[i].flag);
@@ -336,8 +411,19 @@ static void test_train_flags(void **state) {
     m = read_text(args);
     if (!strstr(m, "\"C {prompt}\"") || strstr(m, "A {prompt}")) fail_msg("run.json:\n%s", m);
     free(m);
-    snprintf(args, sizeof args, "train -m " TINY " --data %s --data %s --out %s", data, data, outdir);
-    EXPECT(args, NULL, 2, "--data given 2 times: finch train reads one training file");
+    /* early stopping: its settings and the best validation loss in run.json */
+    snprintf(args, sizeof args,
+             "train -m " TINY " --data %s --out %s/es --val-fraction 0.25 --eval-steps 1 "
+             "--early-stopping-patience 1 --save-steps 2 --load-best-model-at-end --max-steps 4",
+             data, tmpdir);
+    EXPECT(args, NULL, 0, "validation loss");
+    char es[600];
+    snprintf(es, sizeof es, "%s/es", tmpdir);
+    m = read_text_in(es, "run.json");
+    assert_non_null(strstr(m, "\"early_stopping_patience\": 1"));
+    assert_non_null(strstr(m, "\"load_best_model_at_end\": true"));
+    assert_non_null(strstr(m, "\"best_step\": "));
+    free(m);
     /* a method that writes a model refuses a folder holding an adapter */
     snprintf(args, sizeof args, "train -m " TINY " --data %s --out %s --method full --max-steps 1", data, outdir);
     EXPECT(args, NULL, 2, "holds an adapter; --method full writes a whole model");
@@ -471,6 +557,7 @@ int main(void) {
         cmocka_unit_test(test_info_qwen2_mistral),
         cmocka_unit_test(test_real_model),
         cmocka_unit_test(test_train_flags),
+        cmocka_unit_test(test_train_mixture),
         cmocka_unit_test(test_compare_methods),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

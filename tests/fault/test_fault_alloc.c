@@ -1,12 +1,15 @@
 /*
  * test_fault_alloc.c: allocation failure. The core hook (finch_fault_alloc_set) fails the
- * N-th allocation finch makes; for loading the tiny model, training it (LoRA, two steps,
+ * N-th allocation finch makes; for loading the tiny model (its GGUF, and a Hugging Face
+ * folder: config.json, the shard index, safetensors headers), training it (LoRA, two steps,
  * a validation set, a checkpoint per step), evaluating it (loss, and generation) and
  * merging an adapter into it (and full fine-tuning, the GGUF LoRA export and the run
  * report), every N from 1 to the number of allocations the operation
  * makes is tried: each must return FINCH_E_NOMEM with an "out of memory" message, leave no
  * temporary file, and (in the sanitizer build, through LeakSanitizer at exit) leak
- * nothing and crash nowhere. Allocations made inside jansson and PCRE2 are not hooked.
+ * nothing and crash nowhere. jansson's own allocations are hooked too (through
+ * finch_json_begin's allocator), so every JSON parse and every JSON file written is swept;
+ * PCRE2's are not.
  * Every N is tried: all the sweeps together take a few seconds (under ASan too).
  */
 #define _XOPEN_SOURCE 700 /* nftw */
@@ -33,6 +36,13 @@ typedef finch_status (*op_fn)(finch_err *err);
 static finch_status op_load(finch_err *err) {
     finch_model *m;
     finch_status st = finch_model_load(TINY, &m, err);
+    if (!st) finch_model_free(m);
+    return st;
+}
+
+static finch_status op_load_hf(finch_err *err) {
+    finch_model *m;
+    finch_status st = finch_model_load(FINCH_FIXTURES "/hf/tiny_llama", &m, err);
     if (!st) finch_model_free(m);
     return st;
 }
@@ -148,6 +158,7 @@ static void sweep(const char *name, op_fn op) {
 static void test_load(void **state) {
     (void)state;
     sweep("load", op_load);
+    sweep("load hf folder", op_load_hf);
 }
 
 /* The tiny model's logits for a few tokens. */

@@ -10,10 +10,12 @@
 # until N kills have landed; a run that ends before its kill completes a cycle: its
 # adapter (adapter_model.safetensors, adapter_config.json) is compared with the
 # uninterrupted run's, byte for byte, and a new cycle starts from an empty directory. The
-# last cycle runs to its end. Every cycle's result must be identical, every start after a
-# kill must succeed or be killed in turn, and no temporary file may be left. The draws come
-# from bash's RANDOM seeded with --seed, so a failure can be replayed. Prints the kills,
-# the checkpoint each resume started from, and the cycles. Exit 0 on success.
+# last cycle runs to its end. Every cycle's result, and its metrics.jsonl (each step logged
+# once, with the uninterrupted run's values; tokens_per_s aside), must be identical, every
+# start after a kill must succeed or be killed in turn, and no temporary file may be left.
+# The draws come from bash's RANDOM seeded with --seed, so a failure can be replayed.
+# Prints the kills, the checkpoint each resume started from, and the cycles. Exit 0 on
+# success.
 set -euo pipefail
 
 finch=${1:?usage: kill_resume.sh FINCH [--kills N] [--model GGUF] [--steps S] [--seed X]}
@@ -61,6 +63,10 @@ span=$(($(now_ms) - t0))
 [ "$span" -gt 0 ] || span=1
 echo "uninterrupted run: $steps steps in $span ms"
 
+no_speed() { # a metrics file without its tokens_per_s fields (they differ between runs)
+  sed 's/"tokens_per_s": [0-9.e+-]*, //' "$1"
+}
+
 check_result() { # check_result OUT CYCLE
   local f
   for f in adapter_model.safetensors adapter_config.json; do
@@ -69,6 +75,11 @@ check_result() { # check_result OUT CYCLE
       exit 1
     fi
   done
+  if ! cmp -s <(no_speed "$1/metrics.jsonl") <(no_speed "$work/ref/metrics.jsonl"); then
+    echo "error: cycle $2: $1/metrics.jsonl differs from the uninterrupted run's:" >&2
+    diff <(no_speed "$1/metrics.jsonl") <(no_speed "$work/ref/metrics.jsonl") | head >&2
+    exit 1
+  fi
   local left
   left=$(find "$1" -name '*.tmp.*' -o -name '.checkpoint-*')
   if [ -n "$left" ]; then
@@ -130,4 +141,4 @@ while :; do
 done
 echo "ok: $landed SIGKILLs over $starts starts ($fresh from scratch, ${#resumed_from[@]} resumed" \
   "from a checkpoint), $cycles cycles, each ending with the uninterrupted run's adapter" \
-  "byte for byte"
+  "byte for byte and its metrics line for line"

@@ -16,26 +16,11 @@
 #include <unistd.h>
 
 #include "finch.h"
-#include "test_util.h" /* read_file */
+#include "test_util.h" /* same_runs */
 
 static char dir[] = "/tmp/finch_ckpt_XXXXXX";
 static char data[300];
 static finch_model *model;
-
-static char *slurp(const char *run, const char *file, size_t *n) {
-    char path[400];
-    snprintf(path, sizeof path, "%s/%s", run, file);
-    return (char *)read_file(path, n);
-}
-
-/* Drops every "tokens_per_s": <number>, field (a run's speed). */
-static void strip_speed(char *s, size_t *n) {
-    for (char *p; (p = strstr(s, "\"tokens_per_s\""));) {
-        size_t k = strcspn(p, ",") + 1;
-        memmove(p, p + k, strlen(p + k) + 1);
-    }
-    *n = strlen(s);
-}
 
 static void same_run(const char *method, const finch_option *opt, int n_opt, const char *file) {
     char a[300], b[300];
@@ -57,21 +42,8 @@ static void same_run(const char *method, const finch_option *opt, int n_opt, con
             if (finch_train_set_option(&o, opt[i].name, opt[i].value, &err)) fail_msg("%s", err.msg);
         if (finch_train(model, &o, NULL, NULL, NULL, &err)) fail_msg("%s: %s", method, err.msg);
     }
-    const char *files[] = {"metrics.jsonl", file};
-    for (int f = 0; f < 2; f++) {
-        size_t na, nb;
-        char *fa = slurp(a, files[f], &na), *fb = slurp(b, files[f], &nb);
-        if (f == 0) {
-            fa = realloc(fa, na + 1), fb = realloc(fb, nb + 1);
-            fa[na] = fb[nb] = 0;
-            strip_speed(fa, &na);
-            strip_speed(fb, &nb);
-        }
-        assert_int_equal(na, nb);
-        if (memcmp(fa, fb, na)) fail_msg("%s: %s differs with checkpointing", method, files[f]);
-        free(fa);
-        free(fb);
-    }
+    const char *files[] = {file};
+    same_runs(a, b, files, 1); /* metrics.jsonl (but for the speed) and the result */
     printf("  %s: the same metrics and %s\n", method, file);
 }
 

@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "finch.h"
-#include "test_util.h" /* read_file */
+#include "test_util.h" /* read_file, read_text_in, same_runs */
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
 
@@ -62,47 +62,6 @@ static int stop_now(void *user) {
     return last_step == stop_at;
 }
 
-static char *metrics_of(const char *out) {
-    char path[400];
-    size_t n;
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    char *text = (char *)read_file(path, &n);
-    text = realloc(text, n + 1);
-    text[n] = 0;
-    return text;
-}
-
-/* Removes every "tokens_per_s": <number>, field. */
-static void strip_speed(char *s) {
-    for (char *p; (p = strstr(s, "\"tokens_per_s\""));) {
-        size_t n = strcspn(p, ",") + 1;
-        memmove(p, p + n, strlen(p + n) + 1);
-    }
-}
-
-/* Runs a and b logged the same metrics (but for their speed) and wrote the same bytes to
- * each of the n files named (relative to each run). */
-static void same_runs(const char *a, const char *b, const char *const *files, int n) {
-    char *ma = metrics_of(a), *mb = metrics_of(b);
-    /* tokens_per_s differs between runs: compare the lines without it */
-    strip_speed(ma);
-    strip_speed(mb);
-    assert_string_equal(ma, mb);
-    free(ma);
-    free(mb);
-    for (int f = 0; f < n; f++) {
-        char pa[400], pb[400];
-        size_t na, nb;
-        snprintf(pa, sizeof pa, "%s/%s", a, files[f]);
-        snprintf(pb, sizeof pb, "%s/%s", b, files[f]);
-        uint8_t *fa = read_file(pa, &na), *fb = read_file(pb, &nb);
-        assert_int_equal(na, nb);
-        assert_memory_equal(fa, fb, na);
-        free(fa);
-        free(fb);
-    }
-}
-
 /* A run interrupted after step 4 and resumed equals the uninterrupted one. */
 static void resume_exact(bool packing) {
     char a[300], b[300];
@@ -129,6 +88,44 @@ static void resume_exact(bool packing) {
 static void test_resume_exact(void **state) {
     (void)state;
     resume_exact(false);
+}
+
+/* A run killed after it logged steps past its last checkpoint (simulated: the run ends,
+ * then its checkpoints after step 3 are removed and a torn line is appended, as a kill
+ * inside a write leaves one) resumes from step 3 with metrics.jsonl cut back to step 3: no
+ * step is logged twice, and log and adapter equal the uninterrupted run's. */
+static void test_resume_metrics_not_doubled(void **state) {
+    (void)state;
+    char a[300], b[300], cmd[1200];
+    snprintf(a, sizeof a, "%s/metrics_a", dir);
+    snprintf(b, sizeof b, "%s/metrics_b", dir);
+    finch_err err;
+    finch_train_options o = opts(a);
+    o.save_steps = 3;
+    o.eval_steps = 2;
+    o.val_path = data;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    o.out_dir = b;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    snprintf(cmd, sizeof cmd, "rm -r %s/checkpoint-6 %s/checkpoint-8 && printf '{\"step\": 9, \"lo' >> %s/metrics.jsonl", b, b, b);
+    assert_int_equal(system(cmd), 0);
+    o.resume_dir = b;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    char *m = read_text_in(b, "metrics.jsonl");
+    int lines = 0;
+    for (char *p = m; (p = strstr(p, "{\"step\": 4, \"loss\"")); p++) lines++;
+    assert_int_equal(lines, 1);
+    assert_null(strstr(m, "\"step\": 9"));
+    free(m);
+    const char *files[] = {"adapter_model.safetensors"};
+    same_runs(a, b, files, 1);
+    /* a fresh run (no --resume) into the same directory starts a new log */
+    o.resume_dir = NULL;
+    o.max_steps = 2;
+    assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
+    m = read_text_in(b, "metrics.jsonl");
+    assert_null(strstr(m, "\"step\": 3,"));
+    free(m);
 }
 
 /* --save-total-limit 2 with a checkpoint every step keeps the newest two, and the run
@@ -212,7 +209,7 @@ static void test_resume_exact_packed(void **state) {
      * 12) they hold unpacked */
     char a[300];
     snprintf(a, sizeof a, "%s/a1", dir);
-    char *m = metrics_of(a), *last = strstr(m, "\"step\": 8,");
+    char *m = read_text_in(a, "metrics.jsonl"), *last = strstr(m, "\"step\": 8,");
     assert_non_null(last);
     double epoch = atof(strstr(last, "\"epoch\": ") + 9);
     printf("  packed: epoch %.3f after 8 steps of 2 rows\n", epoch);
@@ -236,7 +233,7 @@ static void test_learns_packed(void **state) {
     finch_loss_report before;
     assert_int_equal(finch_eval_loss(model, &spec, FINCH_NUMERICS_EXACT, NULL, NULL, &before, &err), FINCH_OK);
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
-    char *m = metrics_of(out), *v = strstr(m, "\"val_loss\": ");
+    char *m = read_text_in(out, "metrics.jsonl"), *v = strstr(m, "\"val_loss\": ");
     assert_non_null(v);
     double val = atof(v + 12);
     printf("  packed: validation loss %.4f before, %.4f after 20 steps\n", before.loss, val);
@@ -258,7 +255,7 @@ static void test_learns(void **state) {
     finch_loss_report before;
     assert_int_equal(finch_eval_loss(model, &spec, FINCH_NUMERICS_EXACT, NULL, NULL, &before, &err), FINCH_OK);
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
-    char *m = metrics_of(out), *v = strstr(m, "\"val_loss\": ");
+    char *m = read_text_in(out, "metrics.jsonl"), *v = strstr(m, "\"val_loss\": ");
     assert_non_null(v);
     double val = atof(v + 12);
     printf("  validation loss %.4f before, %.4f after 40 steps\n", before.loss, val);
@@ -329,23 +326,13 @@ static void test_packed_real_model(void **state) {
     finch_loss_report before;
     assert_int_equal(finch_eval_loss(real, &spec, FINCH_NUMERICS_EXACT, NULL, NULL, &before, &err), FINCH_OK);
     assert_int_equal(finch_train(real, &o, NULL, NULL, NULL, &err), FINCH_OK);
-    char *m = metrics_of(out), *v = strstr(m, "\"val_loss\": ");
+    char *m = read_text_in(out, "metrics.jsonl"), *v = strstr(m, "\"val_loss\": ");
     assert_non_null(v);
     double val = atof(v + 12);
     printf("  SmolLM2, packed: validation loss %.4f before, %.4f after 3 steps\n", before.loss, val);
     assert_true(val < 0.8 * before.loss);
     free(m);
     finch_model_free(real);
-}
-
-/* Whether two files hold the same bytes. */
-static bool same_file(const char *a, const char *b) {
-    size_t na, nb;
-    uint8_t *fa = read_file(a, &na), *fb = read_file(b, &nb);
-    bool same = fa && fb && na == nb && !memcmp(fa, fb, na);
-    free(fa);
-    free(fb);
-    return same;
 }
 
 /* A run whose loss goes non-finite stops at that step with a clear error, saving nothing:
@@ -382,13 +369,13 @@ static void test_nonfinite_stops(void **state) {
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(a, sizeof a, "%s/checkpoint-2/%s", ok, files[i]);
         snprintf(b, sizeof b, "%s/checkpoint-2/%s", bad, files[i]);
-        if (!same_file(a, b)) fail_msg("%s differs from %s", b, a);
+        if (!same_bytes(a, b)) fail_msg("%s differs from %s", b, a);
     }
     snprintf(b, sizeof b, "%s/checkpoint-3", bad);
     assert_int_not_equal(access(b, F_OK), 0);
     snprintf(b, sizeof b, "%s/adapter_model.safetensors", bad);
     assert_int_not_equal(access(b, F_OK), 0);
-    char *m = metrics_of(bad);
+    char *m = read_text_in(bad, "metrics.jsonl");
     assert_non_null(strstr(m, "\"step\": 2,"));
     assert_null(strstr(m, "\"step\": 3,"));
     free(m);
@@ -442,7 +429,7 @@ static void test_dpo_resume_exact(void **state) {
         if (finch_train(model, &o, track, stop_now, NULL, &err)) fail_msg("%s: %s", ms[i].method, err.msg);
         const char *files[] = {"checkpoint-8/trainer_state.bin", ms[i].result};
         same_runs(a, b, files, 2);
-        char *m = metrics_of(a);
+        char *m = read_text_in(a, "metrics.jsonl");
         assert_non_null(strstr(m, "\"rewards/margins\": "));
         assert_non_null(strstr(m, "\"val_rewards/accuracies\": "));
         free(m);
@@ -464,7 +451,7 @@ static void test_dpo_learns(void **state) {
     o.max_steps = 30;
     o.eval_steps = 30;
     assert_int_equal(finch_train(model, &o, NULL, NULL, NULL, &err), FINCH_OK);
-    char *m = metrics_of(out), *first = strstr(m, "{\"step\": 1, \"loss\": "),
+    char *m = read_text_in(out, "metrics.jsonl"), *first = strstr(m, "{\"step\": 1, \"loss\": "),
          *last = strstr(m, "{\"step\": 30, \"val_loss\": ");
     assert_non_null(first);
     assert_non_null(last);
@@ -580,6 +567,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_exact), cmocka_unit_test(test_resume_exact_methods),
                                        cmocka_unit_test(test_save_total_limit),
+                                       cmocka_unit_test(test_resume_metrics_not_doubled),
                                        cmocka_unit_test(test_learns),
                                        cmocka_unit_test(test_resume_exact_packed),
                                        cmocka_unit_test(test_learns_packed),

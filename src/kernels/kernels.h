@@ -164,18 +164,6 @@ typedef struct {
     /* dx (n) += g (n) through the same mask. */
     void (*dropout_backward)(float *dx, const float *g, int64_t n, const finch_dropout *d);
 
-    /* Products over the elements mask d drops from a (T, in) input, with wt (in, out) a
-     * weight transposed (weight_t), costing the drop rate's share of a full product:
-     * dropped_rows: y[t] (out) += alpha x[t][i] wt[i] for every dropped (t, i);
-     * dropped_dots: dx[t][i] += alpha <g[t], wt[i]> (g: (T, out)) for every dropped (t, i). */
-    void (*dropped_rows)(float *y, const float *x, const float *wt, int64_t T, int64_t in,
-                         int64_t out, const finch_dropout *d, float alpha);
-    void (*dropped_dots)(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
-                         int64_t out, const finch_dropout *d, float alpha);
-
-    /* wt (w->cols, w->rows) = W in f32, transposed (ws sized as for matmul). */
-    void (*weight_t)(float *wt, const finch_weight *w, finch_workspace *ws);
-
     /* ---- training: backward ops, each the gradient of the forward of the same name.
      * Parameter gradients accumulate (+=); activation gradients are written (=). ---- */
 
@@ -281,10 +269,6 @@ void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_ref_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_ref_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
-void finch_ref_dropped_rows(float *y, const float *x, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha);
-void finch_ref_dropped_dots(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha);
 double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
                               int64_t N, int64_t V, float grad_scale);
 

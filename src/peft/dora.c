@@ -14,12 +14,6 @@
  * without dropout the base product's gradient is mns * g, with dropout it is g and the
  * input gets (mns - 1) * g W through the mask as well.
  *
- * With dropout (mask M, kept elements scaled by k = 1 / (1 - p)) the product over the
- * dropped-out input is not computed again: xd W^T = k (z - ((1 - M) x) W^T), and the few
- * dropped elements (a fraction p) cost that share of a product (backend dropped_rows).
- * Backward likewise gives the base product (1 + k (mns - 1)) g, which carries the masked
- * term's k (mns - 1) g W whole, and takes back its dropped elements (dropped_dots).
- *
  * The row norms: ||W + s B A||^2 = ||W||^2 + 2 s B (A W^T) + s^2 B (A A^T) B^T per row,
  * with ||W||^2 of the frozen base computed once and A W^T one product of r rows, so the
  * base is never expanded. A training instance recomputes them at every forward; a loaded
@@ -77,6 +71,10 @@ static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw,
     if (Gd != G) free(Gd);
 }
 
+static bool dropping(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    return ctx->training && s->dropout > 0;
+}
+
 static void dora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
                          const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
@@ -86,15 +84,13 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
     if (s->dA) row_scales(s, lin, sw, be, ctx->ws); /* training: A, B, m change every step */
     const float *xd = finch_lora_input(s, x, T, ctx);
     const int64_t n = T * s->out;
-    /* z = y - b; with dropout zl = xd W^T = k (z - ((1 - M) x) W^T), else zl = z */
-    memcpy(s->zl, y, (size_t)n * sizeof *y);
-    if (s->negb)
-        for (int64_t t = 0; t < T; t++) be->add(s->zl + t * s->out, s->negb, s->out);
-    if (finch_lora_drops(s, ctx)) {
-        finch_dropout d = finch_lora_mask(s, ctx);
-        be->scale(s->zl, n, d.scale);
-        be->weight_t(s->wt, &lin->w, ctx->ws);
-        be->dropped_rows(s->zl, x, s->wt, T, s->in, s->out, &d, -d.scale);
+    /* zl = xd W^T with dropout, else z = y - b */
+    if (dropping(s, ctx)) {
+        be->matmul(s->zl, xd, &lin->w, T, ctx->ws);
+    } else {
+        memcpy(s->zl, y, (size_t)n * sizeof *y);
+        if (s->negb)
+            for (int64_t t = 0; t < T; t++) be->add(s->zl + t * s->out, s->negb, s->out);
     }
     /* g = lora; zl += lora; y += lora + (mns - 1) zl */
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
@@ -119,29 +115,25 @@ static const float *dora_backward(const finch_attachment *a, const float *g, con
     be->scale_cols(s->g, g, s->mns, T, s->out);
     const float *xd = finch_lora_input(s, x, T, ctx);
     finch_lora_backward_params(s, s->g, a->weight * s->scale, xd, T, ctx);
-    if (!finch_lora_drops(s, ctx)) return s->g; /* y = b + mns (z + lora): dz = mns g */
-    /* the base product takes (1 + k (mns - 1)) g; backward_input keeps (mns - 1) g */
-    const float k = finch_lora_mask(s, ctx).scale;
-    for (int64_t j = 0; j < s->out; j++) s->tmpv[j] = 1.0f + k * s->mns1[j];
-    be->scale_cols(s->g2, g, s->tmpv, T, s->out);
-    be->scale_cols(s->g, g, s->mns1, T, s->out);
-    return s->g2;
+    if (!dropping(s, ctx)) return s->g;          /* y = b + mns (z + lora): dz = mns g */
+    be->scale_cols(s->g, g, s->mns1, T, s->out); /* for backward_input: (mns - 1) g */
+    return g;
 }
 
 static void dora_backward_input(const finch_attachment *a, float *dx, const float *x, int64_t T,
                                 const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
-    if (!finch_lora_drops(s, ctx)) {
+    if (!dropping(s, ctx)) {
         finch_lora_backward_dx(s, dx, x, T, ctx);
         return;
     }
-    /* dx += M k (du A + (mns - 1) g W): the second term's kept elements came with the base
-     * product, which took it whole; take back its dropped ones */
-    finch_lora_backward_dx(s, dx, x, T, ctx);
-    finch_dropout d = finch_lora_mask(s, ctx);
-    be->weight_t(s->wt, &lin->w, ctx->ws);
-    be->dropped_dots(dx, s->g, s->wt, T, s->in, s->out, &d, -d.scale);
+    /* through the mask: dxd = (mns - 1) g W + du A */
+    be->matmul_backward_input(s->xd, s->g, &lin->w, T, ctx->ws);
+    be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, s->xd, s->in);
+    finch_dropout d = finch_dropout_make(
+        ctx->dropout_seed, (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1, s->dropout);
+    be->dropout_backward(dx, s->xd, T * s->in, &d);
 }
 
 static const finch_peft_ops dora_ops = {

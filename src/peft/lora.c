@@ -102,22 +102,18 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
     /* u, du, the dropped-out input and DoRA's gradient buffer live only within one site's
      * forward or backward (backward recomputes u and xd), so the sites share them; DoRA's
      * zl is kept from forward to backward, one per site */
-    int64_t max_r = 1, max_in = 1, max_out = 1, max_io = 1, zl = 0;
+    int64_t max_r = 1, max_in = 1, max_out = 1, zl = 0;
     bool drops = false;
     for (int i = 0; i < l->n_sites; i++) {
         const finch_lora_site *s = &l->sites[i];
         max_r = s->r > max_r ? s->r : max_r;
         max_in = s->in > max_in ? s->in : max_in;
         max_out = s->out > max_out ? s->out : max_out;
-        max_io = s->in * s->out > max_io ? s->in * s->out : max_io;
         drops |= s->dropout > 0;
         zl += dora ? s->out : 0;
     }
-    /* DoRA with dropout: a second gradient buffer and one base weight transposed */
-    const bool dora_drops = dora && drops;
     size_t need = (size_t)max_tokens * (2 * (size_t)max_r + (drops ? (size_t)max_in : 0) +
-                                        (dora ? (size_t)max_out : 0) + (size_t)zl) +
-                  (dora_drops ? (size_t)max_tokens * (size_t)max_out + (size_t)max_io : 0);
+                                        (dora ? (size_t)max_out : 0) + (size_t)zl);
     float *scratch = finch_alloc(need * sizeof(float) + 1, "adapter scratch", err);
     if (!scratch) return FINCH_E_NOMEM;
     free(l->scratch);
@@ -127,10 +123,6 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
     next += drops ? max_tokens * max_in : 0;
     float *g = dora ? next : NULL;
     next += dora ? max_tokens * max_out : 0;
-    float *g2 = dora_drops ? next : NULL;
-    next += dora_drops ? max_tokens * max_out : 0;
-    float *wt = dora_drops ? next : NULL;
-    next += dora_drops ? max_io : 0;
     for (int i = 0; i < l->n_sites; i++) {
         finch_lora_site *s = &l->sites[i];
         s->max_tokens = max_tokens;
@@ -138,8 +130,6 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
         s->du = du;
         s->xd = s->dropout > 0 ? xd : NULL;
         s->g = g;
-        s->g2 = g2;
-        s->wt = wt;
         s->zl = dora ? next : NULL;
         next += dora ? max_tokens * s->out : 0;
         finch_status st =
@@ -172,19 +162,19 @@ finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name) 
 
 /* ---- the low-rank path ------------------------------------------------------------------ */
 
-bool finch_lora_drops(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+static bool drops(const finch_lora_site *s, const finch_linear_ctx *ctx) {
     return ctx->training && s->dropout > 0;
 }
 
-finch_dropout finch_lora_mask(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+static finch_dropout mask_of(const finch_lora_site *s, const finch_linear_ctx *ctx) {
     return finch_dropout_make(ctx->dropout_seed,
                               (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1, s->dropout);
 }
 
 const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
                               const finch_linear_ctx *ctx) {
-    if (!finch_lora_drops(s, ctx)) return x;
-    finch_dropout d = finch_lora_mask(s, ctx);
+    if (!drops(s, ctx)) return x;
+    finch_dropout d = mask_of(s, ctx);
     ctx->be->dropout_forward(s->xd, x, T * s->in, &d);
     return s->xd;
 }
@@ -205,14 +195,14 @@ void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x,
                             const finch_linear_ctx *ctx) {
     (void)x;
     const finch_backend *be = ctx->be;
-    if (!finch_lora_drops(s, ctx)) {
+    if (!drops(s, ctx)) {
         be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, dx, s->in);
         return;
     }
     /* through dropout: the same mask and scale (xd's buffer is free again) */
     float *dxd = s->xd;
     be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 0.0f, dxd, s->in);
-    finch_dropout d = finch_lora_mask(s, ctx);
+    finch_dropout d = mask_of(s, ctx);
     be->dropout_backward(dx, dxd, T * s->in, &d);
 }
 

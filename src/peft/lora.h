@@ -44,8 +44,6 @@ typedef struct {
     float *P;          /* (r, out) A W^T, for the norms */
     float *zl;         /* (max_tokens, out): the renormalised rows' input, kept for backward */
     float *g;          /* (max_tokens, out): DoRA's gradient buffer (shared) */
-    float *g2;         /* (max_tokens, out): a second one, with dropout (shared) */
-    float *wt;         /* (in, out): the base weight in f32, transposed, with dropout (shared) */
 } finch_lora_site;
 
 typedef struct {
@@ -83,15 +81,12 @@ finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name);
 void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, float weight);
 
 /* The low-rank path at a site, in steps DoRA reuses:
- *   drops, mask: whether dropout applies (training, p > 0), and the site's mask this step;
  *   input:    the dropped-out input xd (x itself without dropout or outside training);
  *   u:        u = xd A^T into s->u;
  *   backward: given gs = the gradient of the low-rank output (already multiplied by
  *             weight * scale and any per-row factor), du = gs B, dB += gs^T u,
  *             dA += du^T xd;
  *   input gradient: dx += (du A) through the dropout mask. */
-bool finch_lora_drops(const finch_lora_site *s, const finch_linear_ctx *ctx);
-finch_dropout finch_lora_mask(const finch_lora_site *s, const finch_linear_ctx *ctx);
 const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
                               const finch_linear_ctx *ctx);
 void finch_lora_backward_params(const finch_lora_site *s, const float *gs, float alpha,

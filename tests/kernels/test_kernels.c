@@ -415,71 +415,6 @@ static void test_site_ops(void **state) {
     free(x), free(b), free(s), free(y), free(yr), free(in), free(o1), free(o2), free(g1), free(g2);
 }
 
-/* DoRA's products over dropout's dropped elements, on a Q4_1 weight: weight_t is the
- * dequantized weight transposed, exactly; dropped_rows and dropped_dots equal the double
- * reference, are bit-identical for 1 and 2 threads, and add up to what they stand for:
- * k x W^T less k times the dropped rows is the product of the dropped-out input, and the
- * dots are the input gradient g W at the dropped elements and nothing elsewhere. */
-static void test_dropped_products(void **state) {
-    (void)state;
-    finch_rng r;
-    finch_rng_seed(&r, 23);
-    const int64_t T = 9, in = 96, out = 70;
-    finch_weight w;
-    void *data = make_weight(&r, FINCH_DTYPE_Q4_1, out, in, &w);
-    float *x = rand_vec(&r, T * in, 1.0f), *g = rand_vec(&r, T * out, 1.0f);
-    float *wt = malloc(sizeof(float) * (size_t)(in * out)), *row = malloc(sizeof(float) * (size_t)in);
-    finch_workspace ws;
-    finch_err err;
-    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(in, 1), 2, 0, &err), FINCH_OK);
-    finch_backend_cpu.weight_t(wt, &w, &ws);
-    for (int64_t j = 0; j < out; j++) {
-        finch_weight_rows_f32(&w, j, 1, row);
-        for (int64_t i = 0; i < in; i++) assert_true(wt[i * out + j] == row[i]);
-    }
-    finch_dropout d = finch_dropout_make(77, 5, 0.3f);
-    const size_t ny = sizeof(float) * (size_t)(T * out), nx = sizeof(float) * (size_t)(T * in);
-    float *y1 = malloc(ny), *y2 = malloc(ny), *yr = malloc(ny), *z = malloc(ny), *zd = malloc(ny);
-    float *xd = malloc(nx), *d1 = calloc(1, nx), *d2 = calloc(1, nx), *dr = calloc(1, nx);
-    float *gw = malloc(nx);
-    /* rows */
-    finch_ref_matmul(z, x, &w, T);
-    memcpy(y1, z, ny), memcpy(y2, z, ny), memcpy(yr, z, ny);
-    finch_threads_set(1);
-    finch_backend_cpu.dropped_rows(y1, x, wt, T, in, out, &d, -1.0f);
-    finch_threads_set(2);
-    finch_backend_cpu.dropped_rows(y2, x, wt, T, in, out, &d, -1.0f);
-    finch_ref_dropped_rows(yr, x, wt, T, in, out, &d, -1.0f);
-    assert_memory_equal(y1, y2, ny);
-    assert_close(y2, yr, T * out, 4e-6, (double)in, "dropped_rows"); /* sums of O(1) terms */
-    finch_ref_dropout_forward(xd, x, T * in, &d);
-    finch_ref_matmul(zd, xd, &w, T);
-    for (int64_t e = 0; e < T * out; e++) y2[e] *= d.scale;
-    assert_close(y2, zd, T * out, 1e-5, (double)in, "k (x - dropped x) W^T against xd W^T");
-    /* dots */
-    finch_threads_set(1);
-    finch_backend_cpu.dropped_dots(d1, g, wt, T, in, out, &d, 1.0f);
-    finch_threads_set(2);
-    finch_backend_cpu.dropped_dots(d2, g, wt, T, in, out, &d, 1.0f);
-    finch_ref_dropped_dots(dr, g, wt, T, in, out, &d, 1.0f);
-    assert_memory_equal(d1, d2, nx);
-    assert_close(d2, dr, T * in, 4e-6, (double)out, "dropped_dots");
-    finch_ref_matmul_backward_input(gw, g, &w, T);
-    int64_t dropped = 0;
-    for (int64_t e = 0; e < T * in; e++) {
-        if (xd[e] != 0.0f || x[e] == 0.0f) {
-            assert_true(d2[e] == 0.0f);
-            continue;
-        }
-        dropped++;
-        assert_close(&d2[e], &gw[e], 1, 4e-6, (double)out, "dropped_dots against g W");
-    }
-    assert_true(dropped > T * in / 5 && dropped < T * in * 2 / 5);
-    finch_workspace_free(&ws);
-    free(data), free(x), free(g), free(wt), free(row), free(y1), free(y2), free(yr), free(z);
-    free(zd), free(xd), free(d1), free(d2), free(dr), free(gw);
-}
-
 /* Dropout's masks as the methods draw them (one per step seed and site stream): the rate
  * of each p within 5 standard deviations of p over 2^20 elements pooled from 64 (seed,
  * stream) pairs, every single mask of 16384 within 5 of its own, and masks of neighbouring
@@ -539,7 +474,6 @@ int main(void) {
         cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_swiglu), cmocka_unit_test(test_geglu), cmocka_unit_test(test_site_ops),
-        cmocka_unit_test(test_dropped_products),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

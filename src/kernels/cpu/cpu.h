@@ -54,11 +54,6 @@ void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
-void finch_cpu_dropped_rows(float *y, const float *x, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha);
-void finch_cpu_dropped_dots(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha);
-void finch_cpu_weight_t(float *wt, const finch_weight *w, finch_workspace *ws);
 void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,

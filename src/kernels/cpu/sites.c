@@ -7,17 +7,8 @@
  * bit-identical for any thread count. The dropout mask of element i is a function of
  * (base + i) alone, so backward regenerates the mask forward used without storing it;
  * the AVX-512 path computes the same hash eight lanes at a time and gives the same bits.
- *
- * DoRA's product over the dropped-out input is the plain product less the product over
- * the dropped elements, which are few (a fraction p): dropped_rows and dropped_dots visit
- * only those, against the base weight in f32 and transposed (weight_t), so that a row of
- * it is contiguous for each dropped input column.
  */
 #include "kernels/cpu/cpu.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
@@ -114,96 +105,4 @@ void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finc
 finch_dropout finch_dropout_make(uint64_t seed, uint64_t stream, float p) {
     return (finch_dropout){finch_mix64(seed ^ finch_mix64(stream)),
                            (uint64_t)((double)p * 18446744073709551616.0), 1.0f / (1.0f - p)};
-}
-
-/* The columns i in [i0, i1) of row t of a (T, in) input that mask d drops, into idx;
- * returns how many. */
-static int dropped_cols(const finch_dropout *d, int64_t t, int64_t in, int64_t i0, int64_t i1,
-                        int32_t *idx) {
-    int n = 0;
-    const int64_t e0 = t * in;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-    for (int64_t i = i0; i < i1; i += 16) {
-        unsigned m = (unsigned)(~kept16(d, e0 + i, e0 + i1) & tail16(e0 + i, e0 + i1));
-        while (m) {
-            idx[n++] = (int32_t)(i + __builtin_ctz(m));
-            m &= m - 1;
-        }
-    }
-#else
-    for (int64_t i = i0; i < i1; i++)
-        if (!kept(d, e0 + i)) idx[n++] = (int32_t)i;
-#endif
-    return n;
-}
-
-/* <a, b> over n floats in 16 lanes (which the compiler vectorizes), then the lanes. */
-static float dot(const float *a, const float *b, int64_t n) {
-    float lane[16] = {0};
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int l = 0; l < 16; l++) lane[l] += a[j + l] * b[j + l];
-    for (; j < n; j++) lane[j & 15] += a[j] * b[j];
-    float s = 0;
-    for (int l = 0; l < 16; l++) s += lane[l];
-    return s;
-}
-
-enum { DROP_CHUNK = 64 }; /* input columns (rows of wt) visited together, for the cache */
-
-void finch_cpu_dropped_rows(float *y, const float *x, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha) {
-#pragma omp parallel
-    for (int64_t i0 = 0; i0 < in; i0 += DROP_CHUNK) {
-        int64_t i1 = i0 + DROP_CHUNK < in ? i0 + DROP_CHUNK : in;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            int32_t idx[DROP_CHUNK];
-            int n = dropped_cols(d, t, in, i0, i1, idx);
-            float *yt = y + t * out;
-            for (int k = 0; k < n; k++) {
-                const float a = alpha * x[t * in + idx[k]], *w = wt + (int64_t)idx[k] * out;
-                for (int64_t j = 0; j < out; j++) yt[j] += a * w[j];
-            }
-        }
-    }
-}
-
-void finch_cpu_dropped_dots(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha) {
-#pragma omp parallel
-    for (int64_t i0 = 0; i0 < in; i0 += DROP_CHUNK) {
-        int64_t i1 = i0 + DROP_CHUNK < in ? i0 + DROP_CHUNK : in;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            int32_t idx[DROP_CHUNK];
-            int n = dropped_cols(d, t, in, i0, i1, idx);
-            const float *gt = g + t * out;
-            for (int k = 0; k < n; k++) {
-                const float *w = wt + (int64_t)idx[k] * out;
-                dx[t * in + idx[k]] += alpha * dot(gt, w, out);
-            }
-        }
-    }
-}
-
-void finch_cpu_weight_t(float *wt, const finch_weight *w, finch_workspace *ws) {
-    enum { R = 16 }; /* rows dequantized together */
-    const int64_t rows = w->rows, cols = w->cols;
-    FINCH_ASSERT(ws->per_thread >= (size_t)(R * cols));
-#pragma omp parallel num_threads(ws->n_threads)
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float *buf = ws->buf + (size_t)tid * ws->per_thread;
-#pragma omp for schedule(static)
-        for (int64_t r0 = 0; r0 < rows; r0 += R) {
-            int64_t n = rows - r0 < R ? rows - r0 : R;
-            finch_weight_rows_f32(w, r0, n, buf);
-            for (int64_t c = 0; c < cols; c++)
-                for (int64_t r = 0; r < n; r++) wt[c * rows + r0 + r] = buf[r * cols + c];
-        }
-    }
 }

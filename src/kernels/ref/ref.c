@@ -326,28 +326,6 @@ void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finc
         if (ref_kept(d, i)) dx[i] += g[i] * d->scale;
 }
 
-void finch_ref_dropped_rows(float *y, const float *x, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha) {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t j = 0; j < out; j++) {
-            double acc = 0;
-            for (int64_t i = 0; i < in; i++)
-                if (!ref_kept(d, t * in + i)) acc += (double)x[t * in + i] * wt[i * out + j];
-            y[t * out + j] = (float)(y[t * out + j] + alpha * acc);
-        }
-}
-
-void finch_ref_dropped_dots(float *dx, const float *g, const float *wt, int64_t T, int64_t in,
-                            int64_t out, const finch_dropout *d, float alpha) {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < in; i++)
-            if (!ref_kept(d, t * in + i)) {
-                double acc = 0;
-                for (int64_t j = 0; j < out; j++) acc += (double)g[t * out + j] * wt[i * out + j];
-                dx[t * in + i] = (float)(dx[t * in + i] + alpha * acc);
-            }
-}
-
 /* gelu(g) = g Phi~(g), the tanh form: 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3). */
 void finch_ref_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
     const double c = sqrt(2.0 / 3.14159265358979323846);

@@ -103,6 +103,22 @@ static inline int run_capture(const char *dir, const char *cmd, const char *in_t
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* The training tests' memorisable task: six colours and their nouns. */
+static const char *const colour_pairs[6][2] = {{"red", " apple"},   {"blue", " sky"},
+                                               {"green", " grass"}, {"white", " snow"},
+                                               {"black", " night"}, {"gold", " sun"}};
+
+/* Writes the colour pairs as completion lines to path, repeats times over; 0 on success. */
+static inline int write_colours(const char *path, int repeats) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    for (int r = 0; r < repeats; r++)
+        for (int i = 0; i < 6; i++)
+            fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \"%s\"}\n",
+                    colour_pairs[i][0], colour_pairs[i][1]);
+    return fclose(f) ? -1 : 0;
+}
+
 #ifdef FINCH_H
 #include <unistd.h> /* access */
 /* The real default model (FINCH_MODEL, else the cache scripts/setup.sh fills), or NULL

@@ -123,7 +123,13 @@ static inline float finch_bf16_to_f32(uint16_t h) {
     memcpy(&f, &u, 4);
     return f;
 }
-uint16_t finch_f32_to_bf16(float f);
+static inline uint16_t finch_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet nan */
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
 
 /* ---- storage types ------------------------------------------------------------------ */
 

@@ -52,10 +52,3 @@ uint16_t finch_f32_to_f16_soft(float f) {
     if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
     return sign | (uint16_t)q;
 }
-
-uint16_t finch_f32_to_bf16(float f) {
-    uint32_t u = f32_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet nan */
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}

@@ -224,6 +224,8 @@ void finch_train_acts_free(finch_train_acts *a) {
 }
 
 static void backward_pass(const finch_model *m, finch_train_acts *a);
+static double head_pass(const finch_model *m, finch_train_acts *a, const float *row_scale,
+                        double *row_logp, float grad_scale, bool backward);
 
 /* sum (N, C) = h + x, the sublayer's output h (in sum) joining the stream x, through the
  * block's module b at its place (model.h). */
@@ -321,7 +323,7 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
                                   uint64_t dropout_seed, bool training, double *row_logp) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
-    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, V = c->n_vocab;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd;
     const int L = c->n_layer;
     const float eps = c->rms_eps;
     const finch_arch *arch = m->arch;
@@ -368,30 +370,20 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     a->ids_cur = ids;
     a->seg_cur = seg;
     if (row_logp) {
-        /* row b's targets are the run of gathered rows k with rows[k] / T == b; a run may
-         * cross chunks, so its log-probability adds up chunk by chunk */
         for (int64_t b = 0; b < B; b++) row_logp[b] = 0.0;
-        for (int64_t c0 = 0; c0 < Nt; c0 += HEAD_ROWS) {
-            const int64_t c1 = c0 + HEAD_ROWS < Nt ? c0 + HEAD_ROWS : Nt;
-            finch_linear_forward_train(a->logits, a->xg + c0 * C, &m->output, c1 - c0, &ctx);
-            for (int64_t k = c0; k < c1;) {
-                int64_t k0 = k, b = a->rows[k] / T;
-                while (k < c1 && a->rows[k] / T == b) k++;
-                row_logp[b] -=
-                    be->softmax_xent(NULL, a->logits + (k0 - c0) * V, a->tg + k0, k - k0, V, 0.0f) *
-                    (double)(k - k0);
-            }
-        }
+        head_pass(m, a, NULL, row_logp, 0.0f, false);
     }
     return Nt;
 }
 
-/* The head over the Nt target rows, HEAD_ROWS at a time: logits, the loss of each run of
- * one row's targets scaled by scale(row) (softmax_xent's gradient in place), and with
- * backward the head's backward into a->dt (Nt, C). Returns the sum over chunks of each
- * run's mean loss times its targets. */
+/* The head over the Nt target rows, HEAD_ROWS at a time: logits, then either the loss of
+ * every row scaled by grad_scale, or per run of one row b's targets (a run may cross chunks,
+ * so it adds up chunk by chunk) its log-probability into row_logp[b] (+=) and/or the
+ * gradient of row_scale[b] log p (softmax_xent's gradient in place); with backward the
+ * head's backward into a->dt (Nt, C). Returns the sum over chunks of each chunk's mean loss
+ * times its rows (without row_scale and row_logp). */
 static double head_pass(const finch_model *m, finch_train_acts *a, const float *row_scale,
-                        float grad_scale, bool backward) {
+                        double *row_logp, float grad_scale, bool backward) {
     const int64_t T = a->T, C = m->cfg.n_embd, V = m->cfg.n_vocab, Nt = a->Nt;
     const finch_backend *be = m->be;
     finch_linear_ctx ctx = a->ctx;
@@ -399,21 +391,22 @@ static double head_pass(const finch_model *m, finch_train_acts *a, const float *
     for (int64_t c0 = 0; c0 < Nt; c0 += HEAD_ROWS) {
         const int64_t c1 = c0 + HEAD_ROWS < Nt ? c0 + HEAD_ROWS : Nt;
         finch_linear_forward_train(a->logits, a->xg + c0 * C, &m->output, c1 - c0, &ctx);
-        if (!row_scale) {
+        if (!row_scale && !row_logp)
             loss += be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg + c0, c1 - c0, V,
                                      grad_scale) *
                     (double)(c1 - c0);
-        } else {
+        for (int64_t k = c0; k < c1 && (row_scale || row_logp);) {
+            int64_t k0 = k, b = a->rows[k] / T;
+            while (k < c1 && a->rows[k] / T == b) k++;
+            float *l = a->logits + (k0 - c0) * V;
+            if (row_logp)
+                row_logp[b] -=
+                    be->softmax_xent(NULL, l, a->tg + k0, k - k0, V, 0.0f) * (double)(k - k0);
             /* dlogits = -scale_b (onehot - softmax): the gradient of scale_b log p(target) */
-            for (int64_t k = c0; k < c1;) {
-                int64_t k0 = k, b = a->rows[k] / T;
-                while (k < c1 && a->rows[k] / T == b) k++;
-                float *l = a->logits + (k0 - c0) * V;
-                if (row_scale[b] == 0.0f) /* the kernel takes 0 as 1/n: no gradient is zeros */
-                    memset(l, 0, (size_t)((k - k0) * V) * sizeof(float));
-                else
-                    be->softmax_xent(l, l, a->tg + k0, k - k0, V, -row_scale[b]);
-            }
+            if (row_scale && row_scale[b] == 0.0f) /* the kernel takes 0 as 1/n */
+                memset(l, 0, (size_t)((k - k0) * V) * sizeof(float));
+            else if (row_scale)
+                be->softmax_xent(l, l, a->tg + k0, k - k0, V, -row_scale[b]);
         }
         if (backward)
             finch_linear_backward(a->dt + c0 * C, a->logits, a->xg + c0 * C, &m->output, c1 - c0,
@@ -423,7 +416,7 @@ static double head_pass(const finch_model *m, finch_train_acts *a, const float *
 }
 
 void finch_model_train_backward(const finch_model *m, finch_train_acts *a, const float *row_scale) {
-    head_pass(m, a, row_scale, 0.0f, true); /* the logits again, chunk by chunk */
+    head_pass(m, a, row_scale, NULL, 0.0f, true); /* the logits again, chunk by chunk */
     backward_pass(m, a);
 }
 
@@ -435,7 +428,7 @@ double finch_model_train_step(const finch_model *m, finch_train_acts *a, const i
     if (Nt == 0) return 0.0;
     /* the mean's gradient unless told otherwise, the same for every chunk */
     const float scale = grad_scale != 0.0f ? grad_scale : 1.0f / (float)Nt;
-    double loss = head_pass(m, a, NULL, scale, backward) / (double)Nt;
+    double loss = head_pass(m, a, NULL, NULL, scale, backward) / (double)Nt;
     if (backward) backward_pass(m, a);
     return loss;
 }

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "finch.h"
-#include "test_util.h" /* same_runs */
+#include "test_util.h" /* same_runs, write_colours */
 
 static char dir[] = "/tmp/finch_ckpt_XXXXXX";
 static char data[300];
@@ -64,12 +64,7 @@ static int setup(void **state) {
     (void)state;
     if (!mkdtemp(dir)) return -1;
     snprintf(data, sizeof data, "%s/data.jsonl", dir);
-    FILE *f = fopen(data, "w");
-    const char *pairs[][2] = {{"red", " apple"}, {"blue", " sky"}, {"green", " grass"},
-                              {"white", " snow"}, {"black", " night"}, {"gold", " sun"}};
-    for (size_t i = 0; i < 6; i++)
-        fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \"%s\"}\n", pairs[i][0], pairs[i][1]);
-    fclose(f);
+    if (write_colours(data, 1)) return -1;
     finch_threads_set(2);
     finch_err err;
     return finch_model_load(FINCH_FIXTURES "/model/tiny_llama.gguf", &model, &err) ? -1 : 0;

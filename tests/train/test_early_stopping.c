@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "finch.h"
-#include "test_util.h" /* read_text_in, same_runs, same_bytes */
+#include "test_util.h" /* read_text_in, same_runs, same_bytes, write_colours */
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
 #define STEPS 30
@@ -250,16 +250,9 @@ static int setup(void **state) {
     snprintf(train, sizeof train, "%s/train.jsonl", dir);
     snprintf(val, sizeof val, "%s/val.jsonl", dir);
     snprintf(full, sizeof full, "%s/full", dir);
-    static const char *const pairs[][2] = {{"red", " apple"}, {"blue", " sky"},
-                                           {"green", " grass"}, {"white", " snow"},
-                                           {"black", " night"}, {"gold", " sun"}};
-    FILE *f = fopen(train, "w");
-    for (int r = 0; r < 2; r++)
-        for (int i = 0; i < 6; i++)
-            fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \"%s\"}\n", pairs[i][0],
-                    pairs[i][1]);
-    fclose(f);
-    f = fopen(val, "w"); /* the same colours, then numbers */
+    if (write_colours(train, 2)) return -1;
+    const char *const (*pairs)[2] = colour_pairs;
+    FILE *f = fopen(val, "w"); /* the same colours, then numbers */
     for (int i = 0; i < 6; i++)
         fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \" %d %d %d\"}\n", pairs[i][0],
                 7 * i, 3 * i, i);

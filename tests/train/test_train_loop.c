@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "finch.h"
-#include "test_util.h" /* read_file, read_text_in, same_runs */
+#include "test_util.h" /* read_file, read_text_in, same_runs, write_colours */
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
 
@@ -536,16 +536,11 @@ static int setup(void **state) {
     (void)state;
     if (!mkdtemp(dir)) return -1;
     snprintf(data, sizeof data, "%s/data.jsonl", dir);
-    FILE *f = fopen(data, "w");
-    const char *pairs[][2] = {{"red", " apple"}, {"blue", " sky"}, {"green", " grass"},
-                              {"white", " snow"}, {"black", " night"}, {"gold", " sun"}};
-    for (int r = 0; r < 2; r++)
-        for (size_t i = 0; i < 6; i++)
-            fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \"%s\"}\n", pairs[i][0], pairs[i][1]);
-    fclose(f);
+    if (write_colours(data, 2)) return -1;
     /* the same colours as preference pairs: the right noun against another one */
+    const char *const (*pairs)[2] = colour_pairs;
     snprintf(pref, sizeof pref, "%s/pref.jsonl", dir);
-    f = fopen(pref, "w");
+    FILE *f = fopen(pref, "w");
     for (int r = 0; r < 2; r++)
         for (size_t i = 0; i < 6; i++)
             fprintf(f, "{\"prompt\": \"color %s:\", \"chosen\": \"%s\", \"rejected\": \"%s\"}\n",

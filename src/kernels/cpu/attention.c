@@ -386,7 +386,6 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                 float st[2];
                 row_probs(at, st, q + (b * T + t) * qs + (int64_t)h * D, pk, P ? pre->stride : 0, P,
                           kb, kvs, s0, t, T, D, scale);
-                (void)stats;
                 const float *dot = dout + (b * T + t) * qs + (int64_t)h * D;
                 float *dqt = dq + (b * T + t) * qs + (int64_t)h * D;
                 double sp = 0;

@@ -28,15 +28,6 @@
 
 /* ---- packing ---------------------------------------------------------------------- */
 
-/* finch_f32_to_bf16 inline: round to nearest even, NaN quieted. */
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
 #if defined(__x86_64__)
 #define VEC_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 /* 32 floats to 32 bf16 (round to nearest even; the instruction takes denormals as 0). */
@@ -78,7 +69,7 @@ void finch_bf16_pack_a(uint16_t *dst, const float *src, int64_t M, int64_t K, in
         for (int64_t i = 0; i < Mp; i++) {
             uint16_t *d = dst + i * Kp;
             int64_t k = i < M32 ? K32 : 0;
-            for (; i < M && k < K; k++) d[k] = to_bf16(src[k * lds + i]);
+            for (; i < M && k < K; k++) d[k] = finch_f32_to_bf16(src[k * lds + i]);
             for (; k < Kp; k++) d[k] = 0;
         }
         return;
@@ -89,13 +80,13 @@ void finch_bf16_pack_a(uint16_t *dst, const float *src, int64_t M, int64_t K, in
         uint16_t *d = dst + i * Kp;
         int64_t k = 0;
         if (i < M && trans) {
-            for (; k < K; k++) d[k] = to_bf16(src[k * lds + i]);
+            for (; k < K; k++) d[k] = finch_f32_to_bf16(src[k * lds + i]);
         } else if (i < M) {
 #if defined(__x86_64__)
             if (amx_usable())
                 for (; k + 32 <= K; k += 32) cvt32(d + k, src + i * lds + k);
 #endif
-            for (; k < K; k++) d[k] = to_bf16(src[i * lds + k]);
+            for (; k < K; k++) d[k] = finch_f32_to_bf16(src[i * lds + k]);
         }
         for (; k < Kp; k++) d[k] = 0;
     }
@@ -142,7 +133,7 @@ void finch_bf16_pack_b_nn(uint16_t *dst, const float *B, int64_t K, int64_t N, i
     }
 #endif
     for (int64_t k = 0; k < K; k++)
-        for (int64_t n = n1; n < N; n++) dst[b_index(Kp, k, n)] = to_bf16(B[k * ldb + n]);
+        for (int64_t n = n1; n < N; n++) dst[b_index(Kp, k, n)] = finch_f32_to_bf16(B[k * ldb + n]);
 }
 
 #if defined(__x86_64__)
@@ -169,14 +160,14 @@ void finch_bf16_pack_b_rows(uint16_t *dst, int64_t Kp, int64_t n0, const float *
             for (; k + 32 <= K; k += 32) pack_rows16(dst, Kp, n0 + r0, W + r0 * ldw, ldw, k);
             for (int64_t r = r0; r < r0 + 16; r++) {
                 for (int64_t kk = k; kk < K; kk++)
-                    dst[b_index(Kp, kk, n0 + r)] = to_bf16(W[r * ldw + kk]);
+                    dst[b_index(Kp, kk, n0 + r)] = finch_f32_to_bf16(W[r * ldw + kk]);
                 for (int64_t kk = K; kk < Kp; kk++) dst[b_index(Kp, kk, n0 + r)] = 0;
             }
         }
 #endif
     for (int64_t r = r0; r < n; r++) {
         const float *w = W + r * ldw;
-        for (int64_t k = 0; k < K; k++) dst[b_index(Kp, k, n0 + r)] = to_bf16(w[k]);
+        for (int64_t k = 0; k < K; k++) dst[b_index(Kp, k, n0 + r)] = finch_f32_to_bf16(w[k]);
         for (int64_t k = K; k < Kp; k++) dst[b_index(Kp, k, n0 + r)] = 0;
     }
 }

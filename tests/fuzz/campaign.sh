@@ -3,8 +3,8 @@
 # corpora. Usage (from the repository root, after a FINCH_FUZZ build):
 #   CC=clang cmake -S . -B build-fuzz -DFINCH_FUZZ=ON && cmake --build build-fuzz -j
 #   tests/fuzz/campaign.sh build-fuzz SECONDS target...   (targets: gguf jsonl report ...)
-# Each target runs on a scratch copy of tests/fuzz/corpus/<target>/ for SECONDS of wall
-# time at the lowest priority; crashes go to $FUZZ_OUT/<target>/ (default /tmp/finch-fuzz)
+# Each target runs on a scratch copy of tests/fuzz/corpus/<target>/ at the lowest priority
+# until it has used SECONDS of CPU time (so a busy machine slows a campaign, never shortens it); crashes go to $FUZZ_OUT/<target>/ (default /tmp/finch-fuzz)
 # and stop the script; otherwise the inputs that add coverage are merged (-merge=1) into
 # the committed corpus, whose files stay as they are. Prints execs, coverage and the CPU seconds each target used.
 set -euo pipefail
@@ -19,15 +19,26 @@ for t in "$@"; do
   mkdir -p "$work/corpus" "$work/crashes"
   cp tests/fuzz/corpus/"$t"/* "$work/corpus/"
   set +e
-  /usr/bin/time -f "%U %S" -o "$work/time" nice -n 19 "$bin" -max_total_time="$seconds" \
-      -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
-      -artifact_prefix="$work/crashes/" "$work/corpus" >"$work/log" 2>&1
+  nice -n 19 "$bin" -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
+      -artifact_prefix="$work/crashes/" "$work/corpus" >"$work/log" 2>&1 &
+  pid=$!
+  tick=$(getconf CLK_TCK)
+  cpu=0
+  while kill -0 "$pid" 2>/dev/null; do
+    # utime and stime are fields 14 and 15 of /proc/PID/stat, in clock ticks
+    cpu=$(awk -v t="$tick" '{printf "%d", ($14 + $15) / t}' /proc/"$pid"/stat 2>/dev/null || echo "$cpu")
+    if [ "$cpu" -ge "$seconds" ]; then kill -INT "$pid"; break; fi
+    sleep 5
+  done
+  wait "$pid"
   rc=$?
   set -e
-  read -r user sys <"$work/time" || true
-  stats=$( (grep -E "^#[0-9]+[[:space:]]+DONE" "$work/log" || true) | tail -1)
-  runs=$( (grep -E "^Done [0-9]+ runs" "$work/log" || true) | tail -1)
-  echo "$t: rc $rc, cpu $(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.0f", u + s}') s, $runs; $stats"
+  # libFuzzer exits 72 after SIGINT once its final statistics are printed
+  [ "$rc" -eq 72 ] && ! ls "$work/crashes"/* >/dev/null 2>&1 && rc=0
+  user=$cpu sys=0
+  runs=$( (grep -E "^stat::number_of_executed_units" "$work/log" || true) | awk '{print $2}')
+  cov=$( (grep -oE "cov: [0-9]+ ft: [0-9]+" "$work/log" || true) | tail -1)
+  echo "$t: rc $rc, cpu $(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.0f", u + s}') s, ${runs:-?} runs, $cov"
   if [ "$rc" -ne 0 ]; then
     echo "$t: finding in $work/crashes (log $work/log)" >&2
     exit 1

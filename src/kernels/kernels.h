@@ -196,23 +196,27 @@ typedef struct {
      * each row (packed examples): token t attends to the tokens j <= t of the run of
      * equal seg values holding t, and only those (work outside that range is skipped);
      * NULL is one segment per row. With pre (NULL: none), every token also attends to
-     * pre->n keys and values before its row's own (prefix tuning). stats (B, H, T, 2)
-     * receives each query row's softmax maximum and 1 / sum, from which backward has the
-     * probabilities again (nothing T x T is kept). ws: 2 (pre->n + T) floats a thread. */
+     * pre->n keys and values before its row's own (prefix tuning), at positions 0 ..
+     * pre->n - 1 before each segment's first token. window > 0: a query at position p sees
+     * only keys at positions above p - window (sliding-window attention, positions counted
+     * from the segment's prefix); 0: all. stats (B, H, T, 2) receives each query row's
+     * softmax maximum and 1 / sum, from which backward has the probabilities again (nothing
+     * T x T is kept). ws: 2 (pre->n + T) floats a thread. */
     void (*attention_forward_train)(float *out, float *stats, const float *q, const float *k,
                                     const float *v, const int32_t *seg,
                                     const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
-                                    int KVH, int D, finch_workspace *ws);
+                                    int KVH, int D, int64_t window, finch_workspace *ws);
 
     /* dq (B*T, H*D), dk, dv (B*T, KVH*D) = the gradients of attention_forward_train given
-     * dout (B*T, H*D), the stats it saved, its inputs and the same seg and pre; dk and dv
+     * dout (B*T, H*D), the stats it saved, its inputs and the same seg, pre and window; dk and dv
      * sum over the query heads of each group; the prefix's gradients, summed over every
      * row and query, are added to pre->dk, pre->dv when those are set. sps (B, H, T) is
      * scratch. ws as for the forward. */
     void (*attention_backward)(float *dq, float *dk, float *dv, float *sps, const float *dout,
                                const float *stats, const float *q, const float *k, const float *v,
                                const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
-                               int64_t T, int H, int KVH, int D, finch_workspace *ws);
+                               int64_t T, int H, int KVH, int D, int64_t window,
+                               finch_workspace *ws);
 
     /* dgate (n), dup (n) = the gradients of swiglu_forward given dh (n), gate, up.
      * dgate may alias dh. */
@@ -258,11 +262,11 @@ void finch_ref_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, i
 void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
                                        const float *v, const int32_t *seg,
                                        const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
-                                       int KVH, int D);
+                                       int KVH, int D, int64_t window);
 void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
                                   const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
-                                  int64_t T, int H, int KVH, int D);
+                                  int64_t T, int H, int KVH, int D, int64_t window);
 void finch_ref_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n);
 void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, int64_t n);

@@ -8,7 +8,7 @@
  *     q, k, v = linears(xn1)                     (qp, kp before their norms)
  *     q, k = rmsnorm per head [qk_norm]          rstdq, rstdk
  *     rope(q), rope(k) (the block's base)        q, k (rotated), v
- *     ao = attention(q, k, v | seg)              att (B, H, T, 2): row stats, ao
+ *     ao = attention(q, k, v | seg, window)      att (B, H, T, 2): row stats, ao
  *     xm = x_l + o(ao)  (+ rmsnorm(o(ao)) [post_norms])  xm (op, rstdo)
  *     xn2 = rmsnorm(xm) * ffn_norm               xn2, rstd2
  *     h = act(gate(xn2)) * up(xn2)               gate, up, h   (act: silu or gelu [act])
@@ -22,7 +22,9 @@
  * the real tokens' positions starting at P. Their gradients sum over the batch.
  *
  * With packed rows, seg keeps attention within each example and pos restarts per example,
- * so a packed row computes what its examples would alone.
+ * so a packed row computes what its examples would alone. Sliding-window blocks
+ * [swa_pattern] pass their window to attention, which counts positions as an inference
+ * cache holds them (a prefix's keys first), so rows may be longer than the window.
  *
  * The head runs only on the rows that have a target (xg, gathered from xnf): the others
  * contribute neither loss nor gradient, and with completion-only loss they are most rows.
@@ -88,11 +90,6 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         return finch_err_set(err, FINCH_E_USAGE, "batch %d x %d: need B >= 1 and 2 <= T <= %d%s", B,
                              T, c->n_ctx_train - nv,
                              nv ? " (the model's context less the virtual tokens)" : "");
-    if (c->sliding_window && T + nv > c->sliding_window)
-        return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "rows of %d tokens: training attention covers the sliding window of "
-                             "%d tokens at most (give --max-seq-len %d or less)",
-                             T + nv, c->sliding_window, c->sliding_window - nv);
     const int T_in = T;
     T += K;
     const bool qkn = m->arch->qk_norm, post = m->arch->post_norms;
@@ -299,7 +296,8 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
     be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
     const finch_attn_prefix pre = prefix_of(m, l, P);
     be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg,
-                                P ? &pre : NULL, B, T, H, KVH, D, &a->ws);
+                                P ? &pre : NULL, B, T, H, KVH, D, finch_layer_window(m, l),
+                                &a->ws);
     finch_linear_forward_train(arch->post_norms ? a->op[l] : a->xm[l], a->ao[l], &ly->wo, N, &ctx);
     if (arch->post_norms)
         be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);
@@ -495,7 +493,8 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         /* ao = attention(q, k, v) */
         const finch_attn_prefix pre = prefix_of(m, l, P);
         be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l],
-                               a->v[l], seg, P ? &pre : NULL, B, T, H, KVH, D, &a->ws);
+                               a->v[l], seg, P ? &pre : NULL, B, T, H, KVH, D,
+                               finch_layer_window(m, l), &a->ws);
         /* rope(q), rope(k) */
         be->rope_backward(a->dq, a->pos, N, H, D, theta);
         be->rope_backward(a->dk, a->pos, N, KVH, D, theta);

@@ -416,14 +416,31 @@ typedef struct {
     const int32_t *seg; /* (B, T) or NULL */
     const double *pre;  /* (np, 2 * KVH * D): prefix keys, then values, per row */
     int64_t np;
+    int64_t W; /* sliding window (0: none) */
 } att_ctx;
 
-/* Whether query t of row b sees key j: causal, and no change of seg from j to t. */
+/* The position of token t of row b: np plus its distance from the first token of its run
+ * of equal seg values (the prefix's keys hold positions 0 .. np - 1). */
+static int64_t att_pos(const att_ctx *c, int64_t b, int64_t t) {
+    int64_t p = c->np;
+    for (int64_t i = t; i > 0 && c->seg && c->seg[b * c->T + i - 1] == c->seg[b * c->T + t]; i--)
+        p++;
+    if (!c->seg) p += t;
+    return p;
+}
+
+/* Whether query t of row b sees key j: causal, no change of seg from j to t, and within
+ * the window: key position > query position - W. */
 static bool att_sees(const att_ctx *c, int64_t b, int64_t t, int64_t j) {
     if (j > t) return false;
     for (int64_t i = j; i < t && c->seg; i++)
         if (c->seg[b * c->T + i] != c->seg[b * c->T + t]) return false;
-    return true;
+    return c->W <= 0 || att_pos(c, b, j) > att_pos(c, b, t) - c->W;
+}
+
+/* Whether query t of row b sees prefix key j (at position j). */
+static bool att_sees_prefix(const att_ctx *c, int64_t b, int64_t t, int64_t j) {
+    return c->W <= 0 || j > att_pos(c, b, t) - c->W;
 }
 
 /* Column j of a query's scores: prefix key j (j < np), else key j - np of the row. */
@@ -444,7 +461,7 @@ static double att_loss(const void *p) {
                 int g = h / (c->H / c->KVH);
                 double mx = -INFINITY, sum = 0;
                 const int64_t n = c->np + t + 1;
-#define SEES(j) ((j) < c->np || att_sees(c, b, t, (j) - c->np))
+#define SEES(j) ((j) < c->np ? att_sees_prefix(c, b, t, j) : att_sees(c, b, t, (j) - c->np))
                 for (int64_t j = 0; j < n; j++) {
                     if (!SEES(j)) continue;
                     double d = 0;
@@ -491,12 +508,16 @@ static void test_attention_backward(void **state) {
     /* B, T, H, KVH, D */
     const int shapes[][5] = {{1, 1, 1, 1, 1},  {2, 5, 4, 2, 3},    {3, 7, 6, 2, 8},
                              {1, 17, 3, 3, 5}, {2, 33, 9, 3, 12}, {1, 40, 2, 1, 9}};
+    /* a sliding window per shape: 1 (each token alone), shorter than segments and the
+     * prefix, longer than a block of 16 query rows */
+    const int64_t windows[] = {1, 3, 4, 5, 19, 7};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-        for (int variant = 0; variant < 4; variant++) {
+        for (int variant = 0; variant < 8; variant++) {
             int64_t B = shapes[s][0], T = shapes[s][1];
             int H = shapes[s][2], KVH = shapes[s][3], D = shapes[s][4];
-            /* variants: segments (bit 0), a prefix of 1 to 3 keys (bit 1) */
+            /* variants: segments (bit 0), a prefix of 1 to 3 keys (bit 1), a window (bit 2) */
             const int64_t np = variant & 2 ? 1 + (int64_t)(s % 3) : 0, kvs = (int64_t)KVH * D;
+            const int64_t W = variant & 4 ? windows[s] : 0;
             int64_t nq = B * T * H * D, nkv = B * T * KVH * D, na = B * H * T * (np + T);
             char what[128];
             int32_t *seg = att_segments(&r, B, T, variant & 1);
@@ -521,10 +542,12 @@ static void test_attention_backward(void **state) {
             finch_workspace ws;
             ws_init(&ws, 1, T + np);
             finch_backend_cpu.attention_forward_train(out, att, q, k, v, seg, pp, B, T, H, KVH, D,
-                                                      &ws);
-            finch_ref_attention_forward_train(outr, attr, q, k, v, seg, ppr, B, T, H, KVH, D);
-            snprintf(what, sizeof what, "attention B=%lld T=%lld H=%d KVH=%d D=%d%s prefix %lld",
-                     (long long)B, (long long)T, H, KVH, D, seg ? " segmented" : "", (long long)np);
+                                                      W, &ws);
+            finch_ref_attention_forward_train(outr, attr, q, k, v, seg, ppr, B, T, H, KVH, D, W);
+            snprintf(what, sizeof what,
+                     "attention B=%lld T=%lld H=%d KVH=%d D=%d%s prefix %lld window %lld",
+                     (long long)B, (long long)T, H, KVH, D, seg ? " segmented" : "", (long long)np,
+                     (long long)W);
             check_close(what, out, outr, nq);
             /* each sequence (each segment) alone equals the cached forward from position 0 */
             for (int64_t b = 0; b < B && !np; b++)
@@ -533,13 +556,13 @@ static void test_attention_backward(void **state) {
                     if (!seg) t1 = T;
                     int64_t o = b * T + t0;
                     finch_ref_attention_forward(outc + o * H * D, q + o * H * D, k + o * KVH * D,
-                                                v + o * KVH * D, t1 - t0, 0, H, KVH, D, 0);
+                                                v + o * KVH * D, t1 - t0, 0, H, KVH, D, W);
                 }
             if (!np) check_close(what, out, outc, nq);
             finch_backend_cpu.attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, pp, B, T,
-                                                 H, KVH, D, &ws);
+                                                 H, KVH, D, W, &ws);
             finch_ref_attention_backward(dqr, dkr, dvr, dout, attr, q, k, v, seg, ppr, B, T, H, KVH,
-                                         D);
+                                         D, W);
             float *dpre_raw = zeros(np * 2 * kvs + 1);
             memcpy(dpre_raw, dpre, (size_t)(np * 2 * kvs) * sizeof(float));
             /* the prefix's gradients were added: take the starting values off */
@@ -550,7 +573,7 @@ static void test_attention_backward(void **state) {
             double *qd = to_double(q, nq), *kd = to_double(k, nkv), *vd = to_double(v, nkv);
             double *Pd = to_double(dout, nq);
             double *pred = to_double(pre, np * 2 * kvs + 1);
-            att_ctx c = {B, T, H, KVH, D, qd, kd, vd, Pd, seg, pred, np};
+            att_ctx c = {B, T, H, KVH, D, qd, kd, vd, Pd, seg, pred, np, W};
             if (np) {
                 check_fd(what, pred, np * 2 * kvs, dpre, att_loss, &c, &r);
                 check_fd(what, pred, np * 2 * kvs, dprer, att_loss, &c, &r);
@@ -575,9 +598,9 @@ static void test_attention_backward(void **state) {
             memcpy(p1, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
             finch_attn_prefix pa1 = {pre, pre + kvs, p1, p1 + kvs, np, 2 * kvs};
             finch_backend_cpu.attention_forward_train(o1, a1, q, k, v, seg, np ? &pa1 : NULL, B, T,
-                                                      H, KVH, D, &ws1);
+                                                      H, KVH, D, W, &ws1);
             finch_backend_cpu.attention_backward(q1, k1, v1, ds, dout, a1, q, k, v, seg,
-                                                 np ? &pa1 : NULL, B, T, H, KVH, D, &ws1);
+                                                 np ? &pa1 : NULL, B, T, H, KVH, D, W, &ws1);
             /* the prefix's sums run in a fixed order too */
             assert_memory_equal(p1, dpre_raw, (size_t)(np * 2 * kvs) * sizeof(float));
             free(p1);

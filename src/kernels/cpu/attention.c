@@ -3,8 +3,9 @@
  *   out[t, h] = sum_j softmax_j(q[t,h] . k[j,g] / sqrt(D)) v[j,g],  j <= pos0 + t,
  *   g = h / (H / KVH); with a sliding window W only the W latest positions (j > pos0 + t - W).
  * One (token, head) pair per task; its scores live in the thread's workspace slice.
- * Training attention (no cache, segments for packed rows) and its backward follow the
- * inference ops; their tasks are (row, head, block of tokens), each output owned by one.
+ * Training attention (no cache, segments for packed rows, a sliding window) and its
+ * backward follow the inference ops; their tasks are (row, head, block of tokens), each
+ * output owned by one.
  */
 #include "kernels/cpu/cpu.h"
 
@@ -156,7 +157,17 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
 
 /* Training attention: B rows of T tokens, causal within each row and, with seg, within
  * each segment: token t attends to tokens j <= t of the run of equal seg values that
- * holds t, and to nothing before it, so packed examples never see each other. */
+ * holds t, and to nothing before it, so packed examples never see each other.
+ *
+ * A window W > 0 (the block's sliding window) keeps, as the inference kernel does, only
+ * keys at positions above the query's position less W. Positions count from the prefix:
+ * a segment starting at s0 is the sequence [prefix keys 0..P-1, tokens s0..] that an
+ * inference session holds in its cache (virtual tokens first, model/forward.c), so query t
+ * is at position P + t - s0 and sees
+ *   row keys j   with max(s0, t - W + 1) <= j <= t,
+ *   prefix keys j with P + (t - s0) - W + 1 <= j < P
+ * (the prefix drops out of the window once a segment is W - P tokens in, exactly as it
+ * leaves an inference cache's window). Work outside those ranges is never done. */
 
 /* Query rows per task: small enough that (row, head, block) tasks balance over threads
  * when B * H is small, large enough that each task's start-up is noise. */
@@ -199,28 +210,43 @@ static inline float exp_at(float x, int64_t u, int64_t n) {
     return expf(x);
 }
 
+/* The keys query t (of the segment starting at s0) sees under window W (0: none): row keys
+ * [*lo, t] and prefix keys [*pl, P). */
+static inline void row_range(int64_t *lo, int64_t *pl, int64_t s0, int64_t t, int64_t P,
+                             int64_t W) {
+    *lo = s0;
+    *pl = 0;
+    if (W > 0) {
+        if (t - W + 1 > s0) *lo = t - W + 1;
+        int64_t f = P + (t - s0) - W + 1;
+        *pl = f < 0 ? 0 : f > P ? P : f;
+    }
+}
+
 /* One query row's probabilities into at (S = P + T floats: the prefix keys, then the
- * row's keys, zero outside [s0, t]), its softmax's maximum and 1 / sum into st[0], st[1].
- * Prefix keys come first in every sum, so with none the arithmetic is the same as without
- * the prefix. */
+ * row's keys, zero outside [pl, P) and [lo, t], row_range's), its softmax's maximum and
+ * 1 / sum into st[0], st[1]. Prefix keys come first in every sum, so with none the
+ * arithmetic is the same as without the prefix. Each run (prefix, row) is exponentiated
+ * from its first visible key, which exp_at's u and n count from. */
 static void row_probs(float *at, float *st, const float *qt, const float *pk, int64_t pstride,
-                      int64_t P, const float *kb, int64_t kvs, int64_t s0, int64_t t, int64_t T,
-                      int D, float scale) {
+                      int64_t P, int64_t pl, const float *kb, int64_t kvs, int64_t lo, int64_t t,
+                      int64_t T, int D, float scale) {
     float *ak = at + P, mx = -INFINITY;
-    if (P) dots_f32(at, qt, pk, pstride, P, D);
-    dots_f32(ak + s0, qt, kb + s0 * kvs, kvs, t + 1 - s0, D);
-    for (int64_t j = 0; j < P; j++) {
+    if (P > pl) dots_f32(at + pl, qt, pk + pl * pstride, pstride, P - pl, D);
+    dots_f32(ak + lo, qt, kb + lo * kvs, kvs, t + 1 - lo, D);
+    for (int64_t j = pl; j < P; j++) {
         at[j] *= scale;
         if (at[j] > mx) mx = at[j];
     }
-    for (int64_t j = s0; j <= t; j++) {
+    for (int64_t j = lo; j <= t; j++) {
         ak[j] *= scale;
         if (ak[j] > mx) mx = ak[j];
     }
-    float inv = 1.0f / (exp_sum(at, P, mx) + exp_sum(ak + s0, t + 1 - s0, mx));
-    for (int64_t j = 0; j < P; j++) at[j] *= inv;
-    for (int64_t j = s0; j <= t; j++) ak[j] *= inv;
-    memset(ak, 0, (size_t)s0 * sizeof(float));
+    float inv = 1.0f / (exp_sum(at + pl, P - pl, mx) + exp_sum(ak + lo, t + 1 - lo, mx));
+    for (int64_t j = pl; j < P; j++) at[j] *= inv;
+    for (int64_t j = lo; j <= t; j++) ak[j] *= inv;
+    memset(at, 0, (size_t)pl * sizeof(float));
+    memset(ak, 0, (size_t)lo * sizeof(float));
     memset(ak + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
     st[0] = mx;
     st[1] = inv;
@@ -244,7 +270,7 @@ static float *rows_of(finch_workspace *ws, int64_t S) {
 void finch_cpu_attention_forward_train(float *out, float *stats, const float *q, const float *k,
                                        const float *v, const int32_t *seg,
                                        const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
-                                       int KVH, int D, finch_workspace *ws) {
+                                       int KVH, int D, int64_t window, finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + ROWS - 1) / ROWS;
     const int64_t P = pre ? pre->n : 0, S = P + T;
@@ -262,13 +288,15 @@ void finch_cpu_attention_forward_train(float *out, float *stats, const float *q,
         int64_t s0 = seg_start(sg, t0);
         for (int64_t t = t0; t < t1; t++) {
             if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
+            int64_t lo, pl;
+            row_range(&lo, &pl, s0, t, P, window);
             const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
-            row_probs(at, stats + ((b * H + h) * T + t) * 2, qt, pk, P ? pre->stride : 0, P, kb,
-                      kvs, s0, t, T, D, scale);
+            row_probs(at, stats + ((b * H + h) * T + t) * 2, qt, pk, P ? pre->stride : 0, P, pl,
+                      kb, kvs, lo, t, T, D, scale);
             float *ot = out + (b * T + t) * qs + (int64_t)h * D;
             memset(ot, 0, (size_t)D * sizeof(float));
-            for (int64_t j = 0; j < P; j++) axpy_f32(ot, at[j], pv + j * pre->stride, D);
-            for (int64_t j = s0; j <= t; j++) axpy_f32(ot, ak[j], vb + j * kvs, D);
+            for (int64_t j = pl; j < P; j++) axpy_f32(ot, at[j], pv + j * pre->stride, D);
+            for (int64_t j = lo; j <= t; j++) axpy_f32(ot, ak[j], vb + j * kvs, D);
         }
     }
 }
@@ -359,7 +387,7 @@ static inline void entry(float *p, float *dsv, const float *qi, const float *kj,
 void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, const float *dout,
                                   const float *stats, const float *q, const float *k,
                                   const float *v, const int32_t *seg, const finch_attn_prefix *pre,
-                                  int64_t B, int64_t T, int H, int KVH, int D,
+                                  int64_t B, int64_t T, int H, int KVH, int D, int64_t window,
                                   finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + ROWS - 1) / ROWS;
@@ -383,23 +411,25 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
             int64_t s0 = seg_start(sg, t0);
             for (int64_t t = t0; t < t1; t++) {
                 if (sg && t > t0 && sg[t] != sg[t - 1]) s0 = t;
+                int64_t lo, pl;
+                row_range(&lo, &pl, s0, t, P, window);
                 float st[2];
                 row_probs(at, st, q + (b * T + t) * qs + (int64_t)h * D, pk, P ? pre->stride : 0, P,
-                          kb, kvs, s0, t, T, D, scale);
+                          pl, kb, kvs, lo, t, T, D, scale);
                 const float *dot = dout + (b * T + t) * qs + (int64_t)h * D;
                 float *dqt = dq + (b * T + t) * qs + (int64_t)h * D;
                 double sp = 0;
-                if (P) dots_f32(dst, dot, pv, pre->stride, P, D);
-                dots_f32(dsk + s0, dot, vb + s0 * kvs, kvs, t + 1 - s0, D);
-                for (int64_t j = 0; j < P; j++) sp += (double)at[j] * dst[j];
-                for (int64_t j = s0; j <= t; j++) sp += (double)ak[j] * dsk[j];
+                if (P > pl) dots_f32(dst + pl, dot, pv + pl * pre->stride, pre->stride, P - pl, D);
+                dots_f32(dsk + lo, dot, vb + lo * kvs, kvs, t + 1 - lo, D);
+                for (int64_t j = pl; j < P; j++) sp += (double)at[j] * dst[j];
+                for (int64_t j = lo; j <= t; j++) sp += (double)ak[j] * dsk[j];
                 float spf = (float)sp;
                 sps[(b * H + h) * T + t] = spf;
-                for (int64_t j = 0; j < P; j++) dst[j] = at[j] * (dst[j] - spf) * scale;
-                for (int64_t j = s0; j <= t; j++) dsk[j] = ak[j] * (dsk[j] - spf) * scale;
+                for (int64_t j = pl; j < P; j++) dst[j] = at[j] * (dst[j] - spf) * scale;
+                for (int64_t j = lo; j <= t; j++) dsk[j] = ak[j] * (dsk[j] - spf) * scale;
                 memset(dqt, 0, (size_t)D * sizeof(float));
-                for (int64_t j = 0; j < P; j++) axpy_f32(dqt, dst[j], pk + j * pre->stride, D);
-                for (int64_t j = s0; j <= t; j++) axpy_f32(dqt, dsk[j], kb + j * kvs, D);
+                for (int64_t j = pl; j < P; j++) axpy_f32(dqt, dst[j], pk + j * pre->stride, D);
+                for (int64_t j = lo; j <= t; j++) axpy_f32(dqt, dsk[j], kb + j * kvs, D);
             }
         }
         /* the implicit barrier: sps is complete */
@@ -412,18 +442,28 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                 int g = (int)(pt / pblk);
                 for (int64_t b = 0; b < B; b++)
                     for (int h = g * group; h < (g + 1) * group; h++) {
+                        const int32_t *sg = seg ? seg + b * T : NULL;
                         const float *qh = q + b * T * qs + (int64_t)h * D,
                                     *dh = dout + b * T * qs + (int64_t)h * D;
                         const float *sth = stats + (b * H + h) * T * 2;
                         const float *sph = sps + (b * H + h) * T;
+                        int64_t s0 = 0; /* the segment start of query c0 + i */
                         for (int64_t c0 = 0; c0 < T; c0 += SWEEP) {
                             int64_t n = c0 + SWEEP < T ? SWEEP : T - c0;
-                            for (int64_t i = 0; i < n; i++)
+                            for (int64_t i = 0; i < n; i++) {
+                                int64_t t = c0 + i, lo, f;
+                                if (sg && t > 0 && sg[t] != sg[t - 1]) s0 = t;
+                                row_range(&lo, &f, s0, t, P, window);
+                                /* keys below f are outside the query's window: no share */
                                 for (int64_t j = j0; j < j1; j++)
-                                    entry(&pl[i * ROWS + j - j0], &dl[i * ROWS + j - j0],
-                                          qh + (c0 + i) * qs, pre->k + j * pre->stride + g * D,
-                                          dh + (c0 + i) * qs, pre->v + j * pre->stride + g * D,
-                                          sth + (c0 + i) * 2, sph[c0 + i], j, P, D, scale);
+                                    if (j < f)
+                                        pl[i * ROWS + j - j0] = dl[i * ROWS + j - j0] = 0;
+                                    else
+                                        entry(&pl[i * ROWS + j - j0], &dl[i * ROWS + j - j0],
+                                              qh + t * qs, pre->k + j * pre->stride + g * D,
+                                              dh + t * qs, pre->v + j * pre->stride + g * D,
+                                              sth + t * 2, sph[t], j - f, P - f, D, scale);
+                            }
                             for (int64_t j = j0; j < j1; j++)
                                 key_grads_add(pre->dk + j * pre->stride + (int64_t)g * D,
                                               pre->dv + j * pre->stride + (int64_t)g * D,
@@ -441,8 +481,8 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                         *vb = v + b * T * kvs + (int64_t)g * D;
             float *dkb = dk + b * T * kvs + (int64_t)g * D,
                   *dvb = dv + b * T * kvs + (int64_t)g * D;
-            /* the queries that see key j: t in [j, e[j - j0]), the rest of j's segment;
-             * the segment starts at st0[j - j0] */
+            /* the queries that see key j: t in [j, e[j - j0]), the rest of j's segment
+             * within the window; the segment starts at st0[j - j0] */
             int64_t e[ROWS], st0[ROWS];
             for (int64_t j = j0; j < j1; j++) {
                 bool same = j > j0 && !(sg && sg[j] != sg[j - 1]);
@@ -451,6 +491,9 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                 memset(dkb + j * kvs, 0, (size_t)D * sizeof(float));
                 memset(dvb + j * kvs, 0, (size_t)D * sizeof(float));
             }
+            if (window > 0)
+                for (int64_t j = j0; j < j1; j++)
+                    if (e[j - j0] > j + window) e[j - j0] = j + window;
             for (int h = g * group; h < (g + 1) * group; h++) {
                 const float *qh = q + b * T * qs + (int64_t)h * D,
                             *dh = dout + b * T * qs + (int64_t)h * D;
@@ -460,10 +503,14 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                     for (int64_t j = j0; j < j1; j++) {
                         int64_t lo = c0 > j ? c0 : j,
                                 hi = c0 + SWEEP < e[j - j0] ? c0 + SWEEP : e[j - j0];
-                        for (int64_t i = lo; i < hi; i++)
+                        for (int64_t i = lo; i < hi; i++) {
+                            /* query i's run of keys starts at r (row_range's lo) */
+                            int64_t r = st0[j - j0];
+                            if (window > 0 && i - window + 1 > r) r = i - window + 1;
                             entry(&pl[(i - c0) * ROWS + j - j0], &dl[(i - c0) * ROWS + j - j0],
                                   qh + i * qs, kb + j * kvs, dh + i * qs, vb + j * kvs, sth + i * 2,
-                                  sph[i], j - st0[j - j0], i + 1 - st0[j - j0], D, scale);
+                                  sph[i], j - r, i + 1 - r, D, scale);
+                        }
                     }
                     for (int64_t j = j0; j < j1; j++) {
                         int64_t lo = c0 > j ? c0 : j,

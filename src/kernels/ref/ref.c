@@ -149,10 +149,19 @@ static int64_t ref_seg_start(const int32_t *seg, int64_t b, int64_t T, int64_t t
     return t;
 }
 
+/* Whether a query of the segment starting at s0, token t, sees column c (c < P: prefix key
+ * c, at position c; else token c - P, at position P + (c - P - s0)): in the segment, not
+ * after t, and with window W > 0 within W positions (the query is at P + t - s0). */
+static bool ref_sees(int64_t c, int64_t P, int64_t s0, int64_t t, int64_t W) {
+    if (c >= P && (c - P < s0 || c - P > t)) return false;
+    int64_t kpos = c < P ? c : P + (c - P - s0), qpos = P + t - s0;
+    return W <= 0 || kpos > qpos - W;
+}
+
 void finch_ref_attention_forward_train(float *out, float *att, const float *q, const float *k,
                                        const float *v, const int32_t *seg,
                                        const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
-                                       int KVH, int D) {
+                                       int KVH, int D, int64_t W) {
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, P = pre ? pre->n : 0, S = P + T;
     double *p = malloc((size_t)S * sizeof(double));
     FINCH_ASSERT(p);
@@ -165,7 +174,7 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
                 double mx = -INFINITY, sum = 0;
                 /* column c < P: prefix key c; c >= P: key c - P of the row */
                 for (int64_t c = 0; c < S; c++) {
-                    if (c >= P && (c - P < s0 || c - P > t)) continue;
+                    if (!ref_sees(c, P, s0, t, W)) continue;
                     const float *kc = c < P ? pre->k + c * pre->stride : k + (b * T + c - P) * kvs;
                     double s = 0;
                     for (int d = 0; d < D; d++) s += (double)qt[d] * kc[g * D + d];
@@ -173,14 +182,14 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
                     if (p[c] > mx) mx = p[c];
                 }
                 for (int64_t c = 0; c < S; c++)
-                    if (c < P || (c - P >= s0 && c - P <= t)) sum += (p[c] = exp(p[c] - mx));
+                    if (ref_sees(c, P, s0, t, W)) sum += (p[c] = exp(p[c] - mx));
                 float *at = att + ((b * H + h) * T + t) * S;
                 for (int64_t c = 0; c < S; c++)
-                    at[c] = c < P || (c - P >= s0 && c - P <= t) ? (float)(p[c] / sum) : 0.0f;
+                    at[c] = ref_sees(c, P, s0, t, W) ? (float)(p[c] / sum) : 0.0f;
                 for (int d = 0; d < D; d++) {
                     double o = 0;
                     for (int64_t c = 0; c < S; c++) {
-                        if (c >= P && (c - P < s0 || c - P > t)) continue;
+                        if (!ref_sees(c, P, s0, t, W)) continue;
                         const float *vc =
                             c < P ? pre->v + c * pre->stride : v + (b * T + c - P) * kvs;
                         o += p[c] / sum * vc[g * D + d];
@@ -198,7 +207,7 @@ void finch_ref_attention_forward_train(float *out, float *att, const float *q, c
 void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                   const float *att, const float *q, const float *k, const float *v,
                                   const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
-                                  int64_t T, int H, int KVH, int D) {
+                                  int64_t T, int H, int KVH, int D, int64_t W) {
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nkv = B * T * kvs;
     const int64_t P = pre ? pre->n : 0, S = P + T, npk = P * kvs;
     const double scale = 1.0 / sqrt((double)D);
@@ -216,7 +225,7 @@ void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *
                 const int64_t s0 = ref_seg_start(seg, b, T, t);
                 double sp = 0;
                 for (int64_t c = 0; c < S; c++) {
-                    if (c >= P && (c - P < s0 || c - P > t)) continue;
+                    if (!ref_sees(c, P, s0, t, W)) continue;
                     const float *vc = c < P ? pre->v + c * pre->stride : v + (b * T + c - P) * kvs;
                     double dp = 0;
                     for (int d = 0; d < D; d++) dp += (double)dot[d] * vc[g * D + d];
@@ -224,11 +233,11 @@ void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *
                     sp += at[c] * dp;
                 }
                 for (int64_t c = 0; c < S; c++)
-                    if (c < P || (c - P >= s0 && c - P <= t)) ds[c] = at[c] * (ds[c] - sp);
+                    if (ref_sees(c, P, s0, t, W)) ds[c] = at[c] * (ds[c] - sp);
                 for (int d = 0; d < D; d++) {
                     double s = 0;
                     for (int64_t c = 0; c < S; c++) {
-                        if (c >= P && (c - P < s0 || c - P > t)) continue;
+                        if (!ref_sees(c, P, s0, t, W)) continue;
                         const float *kc =
                             c < P ? pre->k + c * pre->stride : k + (b * T + c - P) * kvs;
                         s += ds[c] * kc[g * D + d];
@@ -236,7 +245,7 @@ void finch_ref_attention_backward(float *dq, float *dk, float *dv, const float *
                     dq[(b * T + t) * qs + h * D + d] = (float)(s * scale);
                 }
                 for (int64_t c = 0; c < S; c++) {
-                    if (c >= P && (c - P < s0 || c - P > t)) continue;
+                    if (!ref_sees(c, P, s0, t, W)) continue;
                     double *kd = c < P ? dpk + c * kvs : dka + (b * T + c - P) * kvs,
                            *vd = c < P ? dpv + c * kvs : dva + (b * T + c - P) * kvs;
                     for (int d = 0; d < D; d++) {

@@ -5,7 +5,7 @@
  * and input scales, BitFit's added biases, freezing's and full fine-tuning's weights,
  * norms and embeddings, prompt tuning's rows, prefix tuning's keys and values (and its
  * projection), and the three bottleneck adapter layouts; on the tiny LLaMA, a tiny
- * Gemma 3 and a tiny Qwen2 GGUF. One thread: thousands of tiny steps, no OpenMP pool to
+ * Gemma 3 (also on packed rows longer than its sliding window) and a tiny Qwen2 GGUF. One thread: thousands of tiny steps, no OpenMP pool to
  * spin against another test's.
  * (DoRA's A and B are not here: PEFT detaches the row norm, so their gradient is by design
  * not the derivative of the loss; tests/train/test_methods.c checks them against PEFT.)
@@ -32,13 +32,17 @@
 
 static finch_model *model;
 static finch_train_acts *acts;
-enum { B = 2, T = 10 };
-static int32_t ids[B * T], tg[B * T], pos[B * T];
+/* rows of T tokens (10; 40 for the rows past Gemma 3's window), packed into the segments
+ * of seg when not NULL */
+enum { B = 2, T_MAX = 40 };
+static int T = 10;
+static int32_t ids[B * T_MAX], tg[B * T_MAX], pos[B * T_MAX], seg_long[B * T_MAX];
+static const int32_t *seg;
 /* The mean loss; with backward, the parameters' gradients accumulate. A forward without
  * backward runs as inference, without dropout; a training step draws its dropout masks
  * from the seed (1 here), the same masks on every call. */
 static double loss(bool backward) {
-    return finch_model_train_step(model, acts, ids, tg, pos, NULL, 0.0f, 1, backward);
+    return finch_model_train_step(model, acts, ids, tg, pos, seg, 0.0f, 1, backward);
 }
 
 /* With drop, the method has dropout on: every loss is a training step's (same seed, so the
@@ -76,7 +80,7 @@ static void check_method_drop(const char *method, const finch_option *opts, int 
          * the same loss bit for bit; another seed another loss) */
         assert_true(loss(false) != l0);
         assert_true(loss(true) == l0);
-        assert_true(finch_model_train_step(model, acts, ids, tg, pos, NULL, 0.0f, 2, true) != l0);
+        assert_true(finch_model_train_step(model, acts, ids, tg, pos, seg, 0.0f, 2, true) != l0);
     }
     double mean = 0;
     int64_t n_in = 0;
@@ -178,6 +182,37 @@ static void test_sites_gemma3(void **state) {
     all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf");
 }
 
+/* Rows of T tokens with targets but at the first 3 and the last position of each row. */
+static void make_rows(int n) {
+    finch_rng r;
+    finch_rng_seed(&r, 9);
+    T = n;
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = (int32_t)(finch_rng_u64(&r) % 97);
+        pos[i] = i % T;
+    }
+    for (int i = 0; i < B * T; i++) tg[i] = i % T < 3 || i % T == T - 1 ? -1 : ids[i + 1];
+}
+
+/* On the tiny Gemma 3 with rows of 40 tokens, past its sliding window of 16: row 0 packs
+ * two examples of 22 and 18 tokens (positions restarting, segments 1 and 2), row 1 is one
+ * example of 40; every method's gradients through the windowed blocks (and prefix keys
+ * that leave the window) against finite differences. */
+static void test_sites_gemma3_long(void **state) {
+    (void)state;
+    make_rows(40);
+    for (int i = 0; i < B * T; i++) {
+        int t = i % T;
+        seg_long[i] = i < T && t >= 22 ? 2 : 1;
+        if (i < T && t >= 22) pos[i] = t - 22;
+        if (i < T && t == 21) tg[i] = -1; /* no target across examples */
+    }
+    seg = seg_long;
+    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf");
+    seg = NULL;
+    make_rows(10);
+}
+
 /* And on a tiny Qwen2 GGUF (tests/reference/make_qwen2_mistral_gguf.py): q/k/v biases,
  * the q/k rows and biases permuted at load, a tied head. */
 static void test_sites_qwen2(void **state) {
@@ -190,13 +225,7 @@ static int setup(void **state) {
     finch_err err;
     finch_threads_set(1);
     if (finch_model_load(FINCH_FIXTURES "/model/tiny_llama.gguf", &model, &err)) return -1;
-    finch_rng r;
-    finch_rng_seed(&r, 9);
-    for (int i = 0; i < B * T; i++) {
-        ids[i] = (int32_t)(finch_rng_u64(&r) % 97);
-        pos[i] = i % T;
-    }
-    for (int i = 0; i < B * T; i++) tg[i] = i % T < 3 || i % T == T - 1 ? -1 : ids[i + 1];
+    make_rows(10);
     return finch_train_acts_new(model, B, T, &acts, &err) ? -1 : 0;
 }
 
@@ -210,6 +239,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites),
                                        cmocka_unit_test(test_sites_gemma3),
+                                       cmocka_unit_test(test_sites_gemma3_long),
                                        cmocka_unit_test(test_sites_qwen2)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,9 +3,9 @@
 
 Six blocks (five sliding-window, one global: Gemma 3's pattern), hidden 48, 2 query heads
 and 1 KV head of 32 (head dim above hidden / heads, as in Gemma 3 270M), FFN 80, the tiny
-vocabulary and tokenizer of make_tiny_model.py, tied head, sliding window 16 (longer
-than the tests' training rows, which the window must cover; inference past 16 tokens
-meets it), RoPE base 1e6 global / 10000 local. Tensors in F32
+vocabulary and tokenizer of make_tiny_model.py, tied head, sliding window 16 (shorter
+than the 40-token rows of tests/grad/test_window.c and test_sites.c, which train past it),
+RoPE base 1e6 global / 10000 local. Tensors in F32
 under llama.cpp's gemma3 names, q/k rows in rotate-half (Hugging Face) order as
 convert_hf_to_gguf.py writes them for Gemma, norm weights as GGUF holds them (1 + w).
 finch's gradients on it are checked against finite differences of its own forward

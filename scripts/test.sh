@@ -16,7 +16,7 @@ tree_state() { git status --porcelain --untracked-files=all 2>/dev/null || true;
 before=$(tree_state)
 
 echo "== tests (release build)"
-ctest --test-dir build --output-on-failure -j2
+ctest --test-dir build --output-on-failure -j2 -LE long
 
 echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFINCH_SANITIZE=ON -DFINCH_WERROR=ON >/dev/null
@@ -25,7 +25,7 @@ if ! cmake --build build-asan -j"$(nproc)" >build-asan/build.log 2>&1; then
   exit 1
 fi
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --test-dir build-asan --output-on-failure -j2
+  ctest --test-dir build-asan --output-on-failure -j2 -LE long
 
 after=$(tree_state)
 if [ "$before" != "$after" ]; then

@@ -1,0 +1,108 @@
+"""finch's GGUF LoRA for Gemma 3 270M in llama.cpp (llama-cpp-python).
+
+A LoRA (r 8, all seven projections) trained by `finch train` on the real Gemma 3 270M
+(scripts/setup.sh --with-gemma3) with the bundled WordNet data for a few steps, exported by
+`finch export --format gguf` (general.architecture gemma3; q/k rows of B in the Hugging Face
+order the gemma3 GGUF keeps), loads in llama.cpp with lora_path, and llama.cpp's greedy
+text equals `finch generate --adapter` (llamacpp numerics: 8-bit activations in the
+quantized matmuls, f16 KV cache) for N_PREDICT tokens on each prompt. A split is allowed
+only where finch's exact logits put the two tokens within NEAR_TIE (a flip on rounding),
+as in check_llamacpp.py; the texts without the adapter are printed too, to show the adapter
+changes them.
+
+  python check_gemma3.py --finch build/finch --logits .../finch_interop_logits \
+      --model GEMMA3.gguf --work DIR [--data datasets/wordnet/train.jsonl]
+"""
+import os
+import sys
+
+import common
+
+N_PREDICT = 32
+NEAR_TIE = 0.5
+PROMPTS = [
+    '<start_of_turn>user\nDefine the word "finch" (noun).<end_of_turn>\n<start_of_turn>model\n',
+    '<start_of_turn>user\nDefine the word "harbour" (verb).<end_of_turn>\n<start_of_turn>model\n',
+    "The capital of France is",
+    "Once upon a time",
+]
+
+_LLM = {}
+
+
+def llama(model, lora):
+    from llama_cpp import Llama
+    key = (model, lora)
+    if key not in _LLM:
+        kw = dict(model_path=model, n_ctx=256, n_threads=os.cpu_count(), verbose=False, seed=0)
+        if lora:
+            kw["lora_path"] = lora
+        _LLM[key] = Llama(**kw)
+    return _LLM[key]
+
+
+def llama_ids(model, lora, prompt):
+    """llama.cpp's greedy ids after the prompt (BOS first, special tokens parsed)."""
+    llm = llama(model, lora)
+    ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    llm.reset()
+    out = []
+    for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        if tok == llm.token_eos() or len(out) == N_PREDICT:
+            break
+        out.append(tok)
+    return ids, out
+
+
+def finch_ids(args, model, prompt, adapter):
+    cmd = [args.finch, "generate", "-m", model, "-p", prompt, "-n", str(N_PREDICT),
+           "--numerics", "llamacpp", "--temp", "0"]
+    if adapter:
+        cmd += ["--adapter", adapter]
+    text = common.run(cmd)
+    return text
+
+
+def main():
+    args = common.parse_args(__doc__.splitlines()[0], lambda ap: ap.add_argument(
+        "--data", default=os.path.join(os.path.dirname(__file__),
+                                       "../../datasets/wordnet/train.jsonl")))
+    trained = os.path.join(args.work, "gemma3_lora")
+    common.run([args.finch, "train", "-m", args.model, "--data", args.data, "--chat",
+                "--target-modules", "all-linear", "--lora-r", "8", "--lora-alpha", "16",
+                "--lora-dropout", "0", "--learning-rate", "2e-3", "--max-steps", "12",
+                "--batch-size", "2", "--max-seq-len", "64", "--seed", "7", "--out", trained])
+    lora = os.path.join(args.work, "gemma3_lora.gguf")
+    common.run([args.finch, "export", "-m", args.model, "--adapter", trained, "--format", "gguf",
+                "-o", lora])
+    llm0 = llama(args.model, None)
+    ok = True
+    for p in PROMPTS:
+        ids, want = llama_ids(args.model, lora, p)
+        _, base = llama_ids(args.model, None, p)
+        got_text = finch_ids(args, args.model, p, trained).rstrip("\n")
+        want_text = llm0.detokenize(want).decode("utf-8", "replace")
+        got = llm0.tokenize(got_text.encode(), add_bos=False, special=True)
+        k = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]),
+                 min(len(got), len(want)))
+        verdict = "text equal" if got_text == want_text else "first %d tokens equal" % k
+        good = got_text == want_text
+        if not good and k < min(len(got), len(want)):
+            row = common.finch_logits(args.logits, args.model, [ids + want[:k]], args.work,
+                                      [trained])[0][-1]
+            gap = abs(float(row[want[k]]) - float(row[got[k]]))
+            good = gap < NEAR_TIE
+            verdict += ", then a split at a near tie (finch's exact logits %.3g apart, allowed %g)" % (
+                gap, NEAR_TIE)
+        print("  prompt %r:\n    llama.cpp + LoRA   %r\n    finch + LoRA       %r\n"
+              "    llama.cpp, base    %r\n    %s: %s" % (
+                  p, want_text, got_text, llm0.detokenize(base).decode("utf-8", "replace"),
+                  verdict, "ok" if good else "FAIL"))
+        ok &= good
+        if want == base:
+            print("    (the adapter leaves this prompt's greedy text unchanged)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

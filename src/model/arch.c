@@ -28,7 +28,8 @@ static const finch_arch table[] = {
      .post_norms = true,
      .embed_scale = true,
      .swa_pattern = 6,
-     .swa_rope_base = 10000.0f},
+     .swa_rope_base = 10000.0f,
+     .norm_one = true},
 };
 
 const finch_arch *finch_arch_find(const char *name) {

@@ -44,6 +44,7 @@ typedef struct {
     bool embed_scale;    /* embeddings scaled by sqrt(n_embd) */
     int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window */
     float swa_rope_base; /* the RoPE base of those blocks */
+    bool norm_one;       /* norms multiply by the file's weight, Hugging Face's 1 + w */
 } finch_arch;
 
 /* The row of a family, or NULL; the names (of those read from GGUF), comma-separated. */

@@ -295,6 +295,19 @@ void finch_weights_detach(finch_peft *p, finch_model *m) {
 
 /* ---- save ------------------------------------------------------------------------------- */
 
+/* The heads of a site whose rows are q/k rows (finch's order in memory, the Hugging Face
+ * order in files: finch_rows_permute), 0 for the others. A per-head q/k norm is one head's
+ * D rows. */
+static int site_heads(const finch_model *m, const wsite *s) {
+    if (s->kind == W_LINEAR || s->kind == W_BIAS) return finch_target_heads(m, s->target);
+    return s->kind == W_NORM_Q || s->kind == W_NORM_K ? 1 : 0;
+}
+
+/* Whether a site is a norm weight (Gemma's files differ in what they hold: arch norm_one). */
+static bool site_is_norm(const wsite *s) {
+    return s->kind != W_LINEAR && s->kind != W_BIAS && s->kind != W_EMBD && s->kind != W_HEAD;
+}
+
 static const wsite *site_by_gguf_name(const wstate *st, const char *name) {
     for (int i = 0; i < st->n_sites; i++) {
         char g[96];
@@ -336,7 +349,7 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
             continue;
         }
         const float *src = s->data;
-        int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
+        int heads = site_heads(m, s);
         if (hf_rows && heads) {
             free(tmp);
             if (!(tmp = finch_mem_alloc((size_t)(s->rows * s->cols) * sizeof *tmp))) {
@@ -374,15 +387,21 @@ done:
     return e;
 }
 
-/* config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM for a qwen2 base). */
+/* config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM for a qwen2 base,
+ * Gemma3ForCausalLM, model_type gemma3_text, for a gemma3 one: transformers 4.50 or later,
+ * its fields as Google's gemma-3-270m config.json names them). */
 static finch_status save_hf_config(const finch_model *m, const char *path, finch_err *err) {
     const finch_model_config *c = &m->cfg;
-    bool qwen2 = !strcmp(c->arch, "qwen2");
+    const finch_arch *a = m->arch;
+    bool qwen2 = !strcmp(c->arch, "qwen2"), gemma3 = !strcmp(c->arch, "gemma3");
     finch_json_begin(); /* the writing sees a failed allocation of the building */
     json_t *j = json_object(), *arch = json_array();
-    json_array_append_new(arch, json_string(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+    json_array_append_new(arch, json_string(qwen2    ? "Qwen2ForCausalLM"
+                                            : gemma3 ? "Gemma3ForCausalLM"
+                                                     : "LlamaForCausalLM"));
     json_object_set_new(j, "architectures", arch);
-    json_object_set_new(j, "model_type", json_string(qwen2 ? "qwen2" : "llama"));
+    json_object_set_new(j, "model_type",
+                        json_string(qwen2 ? "qwen2" : gemma3 ? "gemma3_text" : "llama"));
     json_object_set_new(j, "hidden_size", json_integer(c->n_embd));
     json_object_set_new(j, "intermediate_size", json_integer(c->n_ff));
     json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layer));
@@ -394,7 +413,26 @@ static finch_status save_hf_config(const finch_model *m, const char *path, finch
     json_object_set_new(j, "rms_norm_eps", json_real(c->rms_eps));
     json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
     json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tied_output));
-    json_object_set_new(j, "hidden_act", json_string("silu"));
+    if (gemma3) {
+        /* GeGLU with tanh GELU; scores scaled by 1 / sqrt(head_dim) as finch and llama.cpp
+         * do (query_pre_attn_scalar); blocks l with (l + 1) % pattern != 0 slide, with
+         * their own RoPE base; no soft-capping */
+        json_object_set_new(j, "hidden_activation", json_string("gelu_pytorch_tanh"));
+        json_object_set_new(j, "query_pre_attn_scalar", json_integer(c->head_dim));
+        json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
+        json_object_set_new(j, "sliding_window_pattern", json_integer(a->swa_pattern));
+        json_object_set_new(j, "rope_local_base_freq", json_real(a->swa_rope_base));
+        json_t *types = json_array();
+        for (int l = 0; l < c->n_layer; l++)
+            json_array_append_new(types, json_string(finch_layer_window(m, l) ? "sliding_attention"
+                                                                               : "full_attention"));
+        json_object_set_new(j, "layer_types", types);
+        json_object_set_new(j, "rope_scaling", json_null());
+        json_object_set_new(j, "attn_logit_softcapping", json_null());
+        json_object_set_new(j, "final_logit_softcapping", json_null());
+        json_object_set_new(j, "attention_dropout", json_real(0.0));
+    }
+    json_object_set_new(j, "hidden_act", json_string(gemma3 ? "gelu_pytorch_tanh" : "silu"));
     json_object_set_new(j, "attention_bias", json_false());
     json_object_set_new(j, "mlp_bias", json_false());
     json_object_set_new(j, "torch_dtype", json_string("float32"));
@@ -405,13 +443,14 @@ static finch_status save_hf_config(const finch_model *m, const char *path, finch
 }
 
 /* model.safetensors: every tensor of the model under its Hugging Face key, f32, q/k rows
- * in Hugging Face order: the trained copies, the frozen ones dequantized. */
+ * (and q/k norms) in Hugging Face order, norms as the file holds them (w for a family whose
+ * norms multiply by 1 + w): the trained copies, the frozen ones dequantized. */
 static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, const char *path,
                                     finch_err *err) {
     const wstate *st = p->state;
     const finch_model_config *mc = &m->cfg;
     /* every tensor of the model as a site, trained or not */
-    int cap = mc->n_layer * 16 + 4, n = 0;
+    int cap = mc->n_layer * 24 + 4, n = 0; /* 6 norms, 7 linears and their biases a block */
     wsite *all = finch_mem_calloc((size_t)cap, sizeof *all);
     float **bufs = finch_mem_calloc((size_t)cap, sizeof *bufs);
     finch_st_writer *w = finch_st_writer_new(err);
@@ -420,9 +459,20 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     if (!e) e = finch_st_writer_set_meta(w, "format", "pt", err);
     if (!e) {
         all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = mc->n_embd};
+        const finch_arch *a = m->arch;
         for (int l = 0; l < mc->n_layer; l++) {
             all[n++] = (wsite){.kind = W_NORM_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
             all[n++] = (wsite){.kind = W_NORM_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
+            if (a->qk_norm) {
+                all[n++] = (wsite){.kind = W_NORM_Q, .layer = l, .rows = mc->head_dim, .cols = 1};
+                all[n++] = (wsite){.kind = W_NORM_K, .layer = l, .rows = mc->head_dim, .cols = 1};
+            }
+            if (a->post_norms) {
+                all[n++] =
+                    (wsite){.kind = W_NORM_POST_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
+                all[n++] =
+                    (wsite){.kind = W_NORM_POST_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
+            }
             for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
                 const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
                 all[n++] = (wsite){.kind = W_LINEAR,
@@ -449,17 +499,21 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
         gguf_name(g, sizeof g, s);
         const wsite *trained = site_by_gguf_name(st, g);
         size_t count = (size_t)(s->rows * s->cols);
-        int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
+        int heads = site_heads(m, s);
+        const bool less_one = m->arch->norm_one && site_is_norm(s);
         /* a trained tensor in Hugging Face row order is written from the registry; the
-         * others through a buffer: q/k rows permuted, frozen ones expanded to f32 */
+         * others through a buffer: q/k rows permuted, frozen ones expanded to f32, Gemma's
+         * norms less 1 */
         const float *src = trained ? trained->data : NULL;
-        if (!trained || heads) {
+        if (!trained || heads || less_one) {
             if (!(bufs[i] = finch_mem_alloc(count * sizeof(float) + 1))) {
                 e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
                 break;
             }
-            if (trained) {
+            if (trained && heads) {
                 finch_rows_permute(bufs[i], trained->data, s->rows, s->cols, heads, true);
+            } else if (trained) {
+                memcpy(bufs[i], trained->data, count * sizeof(float));
             } else {
                 /* the attached copies are the model's tensors now; frozen ones are as loaded */
                 site_to_f32((finch_model *)m, s, bufs[i]);
@@ -474,6 +528,7 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
                     bufs[i] = hf;
                 }
             }
+            for (size_t k = 0; less_one && k < count; k++) bufs[i][k] -= 1.0f;
             src = bufs[i];
         }
         int64_t shape[2] = {s->rows, s->cols};
@@ -498,17 +553,6 @@ finch_status finch_weights_save(const finch_peft *p, const finch_model *m, const
     if (m->gguf) {
         snprintf(path, sizeof path, "%s/model.gguf", dir);
         if ((e = save_gguf(p, m, path, err))) return e;
-    }
-    if (m->arch->qk_norm || m->arch->post_norms) {
-        /* transformers stores Gemma's norms as w where GGUF holds 1 + w, under its own names
-         * and config: not written yet */
-        finch_log(FINCH_LOG_INFO,
-                  "%s: the tuned model is %s/model.gguf (a Hugging Face folder "
-                  "is written for LLaMA-family models only)",
-                  p->method->name, dir);
-        return m->gguf ? FINCH_OK
-                       : finch_err_set(err, FINCH_E_UNSUPPORTED, "%s: cannot write this model",
-                                       m->path);
     }
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if ((e = save_hf_weights(p, m, path, err))) return e;

@@ -1,7 +1,8 @@
 """finch's GGUF LoRA for Gemma 3 270M in llama.cpp (llama-cpp-python).
 
 A LoRA (r 8, all seven projections) trained by `finch train` on the real Gemma 3 270M
-(scripts/setup.sh --with-gemma3) with the bundled WordNet data for a few steps, exported by
+(scripts/setup.sh --with-gemma3) with the bundled WordNet data (prompt and completion, no chat template: the base GGUF has
+none) for a few steps, exported by
 `finch export --format gguf` (general.architecture gemma3; q/k rows of B in the Hugging Face
 order the gemma3 GGUF keeps), loads in llama.cpp with lora_path, and llama.cpp's greedy
 text equals `finch generate --adapter` (llamacpp numerics: 8-bit activations in the
@@ -18,11 +19,11 @@ import sys
 
 import common
 
-N_PREDICT = 32
+N_PREDICT = 40
 NEAR_TIE = 0.5
 PROMPTS = [
-    '<start_of_turn>user\nDefine the word "finch" (noun).<end_of_turn>\n<start_of_turn>model\n',
-    '<start_of_turn>user\nDefine the word "harbour" (verb).<end_of_turn>\n<start_of_turn>model\n',
+    'Define the word "finch" (noun).',
+    'Define the word "harbour" (verb).',
     "The capital of France is",
     "Once upon a time",
 ]
@@ -64,19 +65,23 @@ def finch_ids(args, model, prompt, adapter):
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], lambda ap: ap.add_argument(
-        "--data", default=os.path.join(os.path.dirname(__file__),
-                                       "../../datasets/wordnet/train.jsonl")))
+    def extra(ap):
+        ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__),
+                                                       "../../datasets/wordnet/train.jsonl"))
+        ap.add_argument("--lr", default="3e-4")
+        ap.add_argument("--steps", default="10")
+    args = common.parse_args(__doc__.splitlines()[0], extra)
     trained = os.path.join(args.work, "gemma3_lora")
-    common.run([args.finch, "train", "-m", args.model, "--data", args.data, "--chat",
+    common.run([args.finch, "train", "-m", args.model, "--data", args.data,
                 "--target-modules", "all-linear", "--lora-r", "8", "--lora-alpha", "16",
-                "--lora-dropout", "0", "--learning-rate", "2e-3", "--max-steps", "12",
+                "--lora-dropout", "0", "--learning-rate", args.lr, "--max-steps", args.steps,
                 "--batch-size", "2", "--max-seq-len", "64", "--seed", "7", "--out", trained])
     lora = os.path.join(args.work, "gemma3_lora.gguf")
     common.run([args.finch, "export", "-m", args.model, "--adapter", trained, "--format", "gguf",
                 "-o", lora])
     llm0 = llama(args.model, None)
     ok = True
+    n_long = 0  # prompts whose whole N_PREDICT tokens are equal
     for p in PROMPTS:
         ids, want = llama_ids(args.model, lora, p)
         _, base = llama_ids(args.model, None, p)
@@ -99,8 +104,11 @@ def main():
                   p, want_text, got_text, llm0.detokenize(base).decode("utf-8", "replace"),
                   verdict, "ok" if good else "FAIL"))
         ok &= good
+        n_long += len(want) >= N_PREDICT and got_text == want_text
         if want == base:
             print("    (the adapter leaves this prompt's greedy text unchanged)")
+    print("  %d of %d prompts equal over all %d tokens (the others end at EOS earlier or split at "
+          "a near tie)" % (n_long, len(PROMPTS), N_PREDICT))
     return 0 if ok else 1
 
 

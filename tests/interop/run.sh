@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live interoperability checks against the reference tools (`make interop`): transformers,
-# peft and llama.cpp on the default model. Not part of CI: it needs the Python environment
+# peft and llama.cpp on the default model (and on Gemma 3 270M when setup fetched it). Not part of CI: it needs the Python environment
 # of scripts/interop-env.sh, which it sets up first (a no-op when done).
 #
 # Builds finch (with its tests, for the finch_interop_logits helper) in $FINCH_INTEROP_BUILD
@@ -77,6 +77,14 @@ else
   failed=$((failed + 1))
 fi
 check hf-folder "$VENV_PY" check_hf_folder.py --hf-dir "$HF_DIR"
+check gemma3-hf-folder "$VENV_PY" check_gemma3_hf.py
+GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
+if [ -n "$LLAMA_PY" ] && [ -f "$GEMMA3" ]; then
+  check gemma3-lora "$LLAMA_PY" check_gemma3.py --model "$GEMMA3" \
+    --data "$ROOT/datasets/wordnet/train.jsonl"
+else
+  skip gemma3-lora "needs llama-cpp-python and Gemma 3 270M (scripts/setup.sh --with-gemma3)"
+fi
 if [ -f "$ROOT/tests/interop/check_tokenizer.py" ]; then
   echo "== tokenizer"
   start=$SECONDS

@@ -6,9 +6,11 @@ none) for a few steps, exported by
 `finch export --format gguf` (general.architecture gemma3; q/k rows of B in the Hugging Face
 order the gemma3 GGUF keeps), loads in llama.cpp with lora_path, and llama.cpp's greedy
 text equals `finch generate --adapter` (llamacpp numerics: 8-bit activations in the
-quantized matmuls, f16 KV cache) for N_PREDICT tokens on each prompt. A split is allowed
-only where finch's exact logits put the two tokens within NEAR_TIE (a flip on rounding),
-as in check_llamacpp.py; the texts without the adapter are printed too, to show the adapter
+quantized matmuls, f16 KV cache) for N_PREDICT tokens (or to EOS) on each prompt. A split is
+allowed only where finch's exact logits put the two tokens within NEAR_TIE (a flip on
+rounding), as in check_llamacpp.py; and along llama.cpp's greedy path of N_PREDICT tokens
+(continued through EOS, so every prompt gives N_PREDICT positions) finch's exact logits pick
+llama.cpp's token at every position but near ties; the texts without the adapter are printed too, to show the adapter
 changes them.
 
   python check_gemma3.py --finch build/finch --logits .../finch_interop_logits \
@@ -42,17 +44,35 @@ def llama(model, lora):
     return _LLM[key]
 
 
-def llama_ids(model, lora, prompt):
-    """llama.cpp's greedy ids after the prompt (BOS first, special tokens parsed)."""
+def llama_ids(model, lora, prompt, through_eos=False):
+    """llama.cpp's greedy ids after the prompt (BOS first, special tokens parsed): up to
+    N_PREDICT, ending at EOS unless through_eos."""
     llm = llama(model, lora)
     ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     llm.reset()
     out = []
     for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-        if tok == llm.token_eos() or len(out) == N_PREDICT:
+        if (tok == llm.token_eos() and not through_eos) or len(out) == N_PREDICT:
             break
         out.append(tok)
     return ids, out
+
+
+def forced(args, model, lora, adapter, prompt):
+    """finch's exact logits with the adapter along llama.cpp's greedy path of N_PREDICT
+    tokens (taken through EOS): the positions where finch's argmax is llama.cpp's token, and
+    the largest gap by which finch prefers another token where it is not."""
+    ids, path = llama_ids(model, lora, prompt, through_eos=True)
+    rows = common.finch_logits(args.logits, model, [ids + path], args.work, [adapter])[0]
+    same, gap = 0, 0.0
+    for k, tok in enumerate(path):
+        row = rows[len(ids) - 1 + k]
+        best = int(row.argmax())
+        if best == tok:
+            same += 1
+        else:
+            gap = max(gap, float(row[best]) - float(row[tok]))
+    return same, len(path), gap
 
 
 def finch_ids(args, model, prompt, adapter):
@@ -88,6 +108,11 @@ def main():
         got_text = finch_ids(args, args.model, p, trained).rstrip("\n")
         want_text = llm0.detokenize(want).decode("utf-8", "replace")
         got = llm0.tokenize(got_text.encode(), add_bos=False, special=True)
+        # a text that ended before N_PREDICT ended at EOS: compare that token too
+        if len(got) < N_PREDICT:
+            got = got + [llm0.token_eos()]
+        if len(want) < N_PREDICT:
+            want = want + [llm0.token_eos()]
         k = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]),
                  min(len(got), len(want)))
         verdict = "text equal" if got_text == want_text else "first %d tokens equal" % k
@@ -103,8 +128,16 @@ def main():
               "    llama.cpp, base    %r\n    %s: %s" % (
                   p, want_text, got_text, llm0.detokenize(base).decode("utf-8", "replace"),
                   verdict, "ok" if good else "FAIL"))
+        same, n, gap = forced(args, args.model, lora, trained, p)
+        fgood = same == n or gap < NEAR_TIE
+        print("    along llama.cpp's %d greedy tokens (through EOS), finch's argmax is llama.cpp's "
+              "at %d%s: %s" % (n, same, "" if same == n else
+                               ", elsewhere within %.3g (allowed %g)" % (gap, NEAR_TIE),
+                               "ok" if fgood else "FAIL"))
+        good &= fgood
         ok &= good
-        n_long += len(want) >= N_PREDICT and got_text == want_text
+        n_long += len(want) >= N_PREDICT and want[N_PREDICT - 1] != llm0.token_eos() and \
+            got_text == want_text
         if want == base:
             print("    (the adapter leaves this prompt's greedy text unchanged)")
     print("  %d of %d prompts equal over all %d tokens (the others end at EOS earlier or split at "

@@ -8,9 +8,10 @@ order the gemma3 GGUF keeps), loads in llama.cpp with lora_path, and llama.cpp's
 text equals `finch generate --adapter` (llamacpp numerics: 8-bit activations in the
 quantized matmuls, f16 KV cache) for N_PREDICT tokens (or to EOS) on each prompt. A split is
 allowed only where finch's exact logits put the two tokens within NEAR_TIE (a flip on
-rounding), as in check_llamacpp.py; and along llama.cpp's greedy path of N_PREDICT tokens
+rounding), as in check_llamacpp.py. Along llama.cpp's greedy path of N_PREDICT tokens
 (continued through EOS, so every prompt gives N_PREDICT positions) finch's exact logits pick
-llama.cpp's token at every position but near ties; the texts without the adapter are printed too, to show the adapter
+llama.cpp's token but where llama.cpp's own margin is within the engines' noise
+(ENGINE_TOL, finch's pick among llama.cpp's top 3); the texts without the adapter are printed too, to show the adapter
 changes them.
 
   python check_gemma3.py --finch build/finch --logits .../finch_interop_logits \
@@ -23,6 +24,14 @@ import common
 
 N_PREDICT = 40
 NEAR_TIE = 0.5
+# llama.cpp's 8-bit activations against finch's f32 on this model move logits by up to 3.35
+# (tests/integration/test_gemma3.c's TOL)
+ENGINE_TOL = 3.5
+# The adapter's effect (logits with it less without) is printed, not asserted: on this
+# quantized model the engines' 8-bit noise dominates it (relative RMS difference 0.42 with
+# this export, 0.48 with q/k rows of B deliberately left in finch's order). The export's
+# names, q/k row order and scale are checked at 1e-4 on the f32 tiny Gemma 3 instead
+# (check_families.py).
 PROMPTS = [
     'Define the word "finch" (noun).',
     'Define the word "harbour" (verb).',
@@ -58,21 +67,44 @@ def llama_ids(model, lora, prompt, through_eos=False):
     return ids, out
 
 
+def llama_logits(model, lora, seq):
+    """llama.cpp's logits at every position of seq."""
+    import numpy as np
+    from llama_cpp import Llama
+    kw = dict(model_path=model, n_ctx=256, n_threads=os.cpu_count(), verbose=False, seed=0,
+              logits_all=True)
+    if lora:
+        kw["lora_path"] = lora
+    llm = Llama(**kw)
+    llm.eval(seq)
+    return np.array(llm.scores[:len(seq)], dtype=np.float64)
+
+
 def forced(args, model, lora, adapter, prompt):
-    """finch's exact logits with the adapter along llama.cpp's greedy path of N_PREDICT
-    tokens (taken through EOS): the positions where finch's argmax is llama.cpp's token, and
-    the largest gap by which finch prefers another token where it is not."""
+    """Along llama.cpp's greedy path of N_PREDICT tokens with the adapter (taken through
+    EOS): the positions where finch's exact argmax with the adapter is llama.cpp's token;
+    whether the others are within the engines' noise on this model (llama.cpp's own top-1
+    margin below ENGINE_TOL there, finch's pick among its top 3: test_gemma3.c's rule); and
+    the adapter's effect, logits with it less logits without, in each engine: the largest
+    difference of the two effects against the largest effect."""
     ids, path = llama_ids(model, lora, prompt, through_eos=True)
-    rows = common.finch_logits(args.logits, model, [ids + path], args.work, [adapter])[0]
-    same, gap = 0, 0.0
+    seq = ids + path
+    f1 = common.finch_logits(args.logits, model, [seq], args.work, [adapter])[0].astype("f8")
+    f0 = common.finch_logits(args.logits, model, [seq], args.work, [])[0].astype("f8")
+    l1, l0 = llama_logits(model, lora, seq), llama_logits(model, None, seq)
+    same, noise_ok = 0, True
     for k, tok in enumerate(path):
-        row = rows[len(ids) - 1 + k]
-        best = int(row.argmax())
+        fr, lr = f1[len(ids) - 1 + k], l1[len(ids) - 1 + k]
+        best = int(fr.argmax())
         if best == tok:
             same += 1
-        else:
-            gap = max(gap, float(row[best]) - float(row[tok]))
-    return same, len(path), gap
+            continue
+        top = sorted(range(len(lr)), key=lambda v: -lr[v])[:3]
+        noise_ok &= lr[top[0]] - lr[top[1]] < ENGINE_TOL and best in top
+    n = len(ids) - 1
+    df, dl = f1[n:] - f0[n:], l1[n:] - l0[n:]
+    return same, len(path), noise_ok, float(((df - dl) ** 2).sum() ** 0.5 / (dl ** 2).sum() ** 0.5), \
+        float(abs(df - dl).max()), float(abs(dl).max())
 
 
 def finch_ids(args, model, prompt, adapter):
@@ -128,13 +160,14 @@ def main():
               "    llama.cpp, base    %r\n    %s: %s" % (
                   p, want_text, got_text, llm0.detokenize(base).decode("utf-8", "replace"),
                   verdict, "ok" if good else "FAIL"))
-        same, n, gap = forced(args, args.model, lora, trained, p)
-        fgood = same == n or gap < NEAR_TIE
-        print("    along llama.cpp's %d greedy tokens (through EOS), finch's argmax is llama.cpp's "
-              "at %d%s: %s" % (n, same, "" if same == n else
-                               ", elsewhere within %.3g (allowed %g)" % (gap, NEAR_TIE),
-                               "ok" if fgood else "FAIL"))
-        good &= fgood
+        same, n, noise_ok, rel, ddiff, dmax = forced(args, args.model, lora, trained, p)
+        print("    along llama.cpp's %d greedy tokens (through EOS): finch's argmax is llama.cpp's "
+              "at %d%s: %s; the adapter's effect on the logits (not asserted), finch's vs "
+              "llama.cpp's: relative RMS difference %.3g, largest %.3g of %.3g" % (
+                  n, same, "" if same == n else
+                  (", elsewhere within llama.cpp's noise" if noise_ok else ", elsewhere NOT"),
+                  "ok" if noise_ok else "FAIL", rel, ddiff, dmax))
+        good &= noise_ok
         ok &= good
         n_long += len(want) >= N_PREDICT and want[N_PREDICT - 1] != llm0.token_eos() and \
             got_text == want_text

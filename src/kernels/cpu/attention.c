@@ -380,9 +380,10 @@ static inline void entry(float *p, float *dsv, const float *qi, const float *kj,
  *      sp = sum_i P_i dP_i into sps (B, H, T);
  *   2. per (row, KV head, block of keys): dk and dv of those keys (key_grads_add),
  *      summing over the group's query heads, then over the queries t >= j of the key's
- *      segment in sweeps of SWEEP rows, each sweep's P and dS entries recomputed (entry);
- *      and per (KV head, block of prefix keys): their gradients summed over every row,
- *      head of the group and query, in that order.
+ *      segment (and window: t < j + W) in sweeps of SWEEP rows, each sweep's P and dS
+ *      entries recomputed (entry); and per (KV head, block of prefix keys): their
+ *      gradients summed over every row, head of the group and query, in that order (a
+ *      sweep whose queries all have the block outside their window adds nothing).
  * Nothing T x T is stored: pass 2 recomputes the score and dP dot products of pass 1. */
 void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, const float *dout,
                                   const float *stats, const float *q, const float *k,
@@ -450,10 +451,12 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                         int64_t s0 = 0; /* the segment start of query c0 + i */
                         for (int64_t c0 = 0; c0 < T; c0 += SWEEP) {
                             int64_t n = c0 + SWEEP < T ? SWEEP : T - c0;
+                            bool seen = false; /* a query of the sweep sees a key of the block */
                             for (int64_t i = 0; i < n; i++) {
                                 int64_t t = c0 + i, lo, f;
                                 if (sg && t > 0 && sg[t] != sg[t - 1]) s0 = t;
                                 row_range(&lo, &f, s0, t, P, window);
+                                seen |= f < j1;
                                 /* keys below f are outside the query's window: no share */
                                 for (int64_t j = j0; j < j1; j++)
                                     if (j < f)
@@ -464,7 +467,7 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                                               dh + t * qs, pre->v + j * pre->stride + g * D,
                                               sth + t * 2, sph[t], j - f, P - f, D, scale);
                             }
-                            for (int64_t j = j0; j < j1; j++)
+                            for (int64_t j = j0; j < j1 && seen; j++)
                                 key_grads_add(pre->dk + j * pre->stride + (int64_t)g * D,
                                               pre->dv + j * pre->stride + (int64_t)g * D,
                                               dl + j - j0, pl + j - j0, qh + c0 * qs, dh + c0 * qs,

@@ -2,7 +2,7 @@
  * test_window.c: training past a sliding window, on the tiny Gemma 3 (five of six blocks
  * with a window of 16, tests/reference/make_tiny_gemma3.py).
  *
- *  - The training forward's log-probabilities of 17 of the 97 vocabulary entries at every
+ *  - The training forward's log-probabilities of 5 of the 97 vocabulary entries at every
  *    position of a 40-token sequence equal those of the inference forward over a KV cache
  *    (model/forward.c, whose attention kernel applies the window on its own), for a plain
  *    row, a row packing two examples (each longer than the window) and with prefix tuning's
@@ -23,9 +23,9 @@
 
 #include "peft/method.h"
 
-/* the log-probabilities compared: every VSTEP-th vocabulary entry at every position (17
- * of 97; one training forward of T x T tokens each) */
-enum { T = 40, V = 97, SPLIT = 22, VSTEP = 6 };
+/* the log-probabilities compared: every VSTEP-th vocabulary entry at every position (5
+ * of 97; one training forward of T x T tokens each: minutes under the sanitizers) */
+enum { T = 40, V = 97, SPLIT = 22, VSTEP = 24 };
 /* f32 on both paths, different summation orders: log-probabilities within a few ulps of
  * their magnitude (up to ~10) */
 #define TOL 2e-5

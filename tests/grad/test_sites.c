@@ -25,6 +25,7 @@
 #include <stdlib.h>
 
 #include "peft/method.h"
+#include "test_util.h" /* test_backend */
 
 #define H 1e-3
 #define TOL 2e-2
@@ -237,6 +238,7 @@ static int teardown(void **state) {
 }
 
 int main(void) {
+    test_backend(); /* skips when FINCH_CPU names a set this CPU lacks */
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites),
                                        cmocka_unit_test(test_sites_gemma3),
                                        cmocka_unit_test(test_sites_gemma3_long),

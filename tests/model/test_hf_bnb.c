@@ -5,6 +5,9 @@
  * model whose projections hold the f32 values bitsandbytes dequantizes them to:
  *  - every projection finch reads from the 4-bit folder has bitsandbytes' values, bit for bit;
  *  - so the logits equal those of the f32 folder, bit for bit;
+ *  - finch's own --load-in-4bit of the f32 folder (no double quantization: requantizing
+ *    dequantized NF4 values gives back the same codes and absmax) makes the very blocks
+ *    bitsandbytes stored;
  *  - quantization configs finch does not read are refused by name.
  */
 #include <setjmp.h>
@@ -84,6 +87,23 @@ static void test_plain(void **state) {
     check_folder("nf4");
 }
 
+static void test_load_in_4bit_equals_bitsandbytes(void **state) {
+    (void)state;
+    finch_model *mq = load(DIR "nf4"), *mf = load(DIR "nf4_f32");
+    finch_err err;
+    if (finch_model_load_in_4bit(mf, "nf4", 0, &err)) fail_msg("%s", err.msg);
+    for (int l = 0; l < mq->cfg.n_layer; l++)
+        for (int i = 0; i < FINCH_LAYER_LINEARS; i++) {
+            const finch_weight *a = &finch_layer_linear(&mq->layers[l], i)->w;
+            const finch_weight *b = &finch_layer_linear(&mf->layers[l], i)->w;
+            assert_int_equal(b->type, FINCH_DTYPE_NF4);
+            assert_int_equal(a->row_bytes, b->row_bytes);
+            assert_memory_equal(a->data, b->data, (size_t)a->rows * a->row_bytes);
+        }
+    finch_model_free(mq);
+    finch_model_free(mf);
+}
+
 /* config.json's quantization_config, edited into a copy of the double-quant folder (the
  * weights linked): each must be refused with a message naming what. */
 static void test_unsupported_configs(void **state) {
@@ -128,6 +148,7 @@ static void test_unsupported_configs(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_double_quant),
                                        cmocka_unit_test(test_plain),
+                                       cmocka_unit_test(test_load_in_4bit_equals_bitsandbytes),
                                        cmocka_unit_test(test_unsupported_configs)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -296,8 +296,7 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
     be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
     const finch_attn_prefix pre = prefix_of(m, l, P);
     be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg,
-                                P ? &pre : NULL, B, T, H, KVH, D, finch_layer_window(m, l),
-                                &a->ws);
+                                P ? &pre : NULL, B, T, H, KVH, D, finch_layer_window(m, l), &a->ws);
     finch_linear_forward_train(arch->post_norms ? a->op[l] : a->xm[l], a->ao[l], &ly->wo, N, &ctx);
     if (arch->post_norms)
         be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);

@@ -401,7 +401,9 @@ static finch_status save_hf_config(const finch_model *m, const char *path, finch
                                                      : "LlamaForCausalLM"));
     json_object_set_new(j, "architectures", arch);
     json_object_set_new(j, "model_type",
-                        json_string(qwen2 ? "qwen2" : gemma3 ? "gemma3_text" : "llama"));
+                        json_string(qwen2    ? "qwen2"
+                                    : gemma3 ? "gemma3_text"
+                                             : "llama"));
     json_object_set_new(j, "hidden_size", json_integer(c->n_embd));
     json_object_set_new(j, "intermediate_size", json_integer(c->n_ff));
     json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layer));
@@ -425,7 +427,7 @@ static finch_status save_hf_config(const finch_model *m, const char *path, finch
         json_t *types = json_array();
         for (int l = 0; l < c->n_layer; l++)
             json_array_append_new(types, json_string(finch_layer_window(m, l) ? "sliding_attention"
-                                                                               : "full_attention"));
+                                                                              : "full_attention"));
         json_object_set_new(j, "layer_types", types);
         json_object_set_new(j, "rope_scaling", json_null());
         json_object_set_new(j, "attn_logit_softcapping", json_null());

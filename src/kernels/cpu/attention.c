@@ -291,8 +291,8 @@ void finch_cpu_attention_forward_train(float *out, float *stats, const float *q,
             int64_t lo, pl;
             row_range(&lo, &pl, s0, t, P, window);
             const float *qt = q + (b * T + t) * qs + (int64_t)h * D;
-            row_probs(at, stats + ((b * H + h) * T + t) * 2, qt, pk, P ? pre->stride : 0, P, pl,
-                      kb, kvs, lo, t, T, D, scale);
+            row_probs(at, stats + ((b * H + h) * T + t) * 2, qt, pk, P ? pre->stride : 0, P, pl, kb,
+                      kvs, lo, t, T, D, scale);
             float *ot = out + (b * T + t) * qs + (int64_t)h * D;
             memset(ot, 0, (size_t)D * sizeof(float));
             for (int64_t j = pl; j < P; j++) axpy_f32(ot, at[j], pv + j * pre->stride, D);

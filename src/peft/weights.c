@@ -20,7 +20,11 @@ typedef enum {
     W_NORM_FFN,
     W_NORM_POST_FFN, /* [post_norms] */
     W_NORM_OUT,
-    W_HEAD
+    W_HEAD,
+    W_NORM_ATTN_B, /* LayerNorm biases [layer_norm] */
+    W_NORM_FFN_B,
+    W_NORM_OUT_B,
+    W_POS /* learned position embeddings [learned_pos] */
 } wkind;
 
 typedef struct {
@@ -44,39 +48,49 @@ typedef struct {
  * Face files and in GGUF. Families with post norms call the FFN's norm
  * pre_feedforward_layernorm there, and the attention output's post_attention_layernorm. */
 static const struct {
-    const char *hf, *hf_post, *gguf;
-} names[] = {
-    [W_EMBD] = {"model.embed_tokens.weight", NULL, "token_embd.weight"},
-    [W_NORM_ATTN] = {"model.layers.%d.input_layernorm.weight", NULL, "blk.%d.attn_norm.weight"},
+    const char *hf, *hf_post, *gguf, *gpt2;
+} names[W_POS + 1] = {
+    [W_EMBD] = {"model.embed_tokens.weight", NULL, "token_embd.weight", "transformer.wte.weight"},
+    [W_NORM_ATTN] = {"model.layers.%d.input_layernorm.weight", NULL, "blk.%d.attn_norm.weight",
+                     "transformer.h.%d.ln_1.weight"},
     [W_NORM_Q] = {"model.layers.%d.self_attn.q_norm.weight", NULL, "blk.%d.attn_q_norm.weight"},
     [W_NORM_K] = {"model.layers.%d.self_attn.k_norm.weight", NULL, "blk.%d.attn_k_norm.weight"},
     [W_NORM_POST_ATTN] = {"model.layers.%d.post_attention_layernorm.weight", NULL,
                           "blk.%d.post_attention_norm.weight"},
     [W_NORM_FFN] = {"model.layers.%d.post_attention_layernorm.weight",
-                    "model.layers.%d.pre_feedforward_layernorm.weight", "blk.%d.ffn_norm.weight"},
+                    "model.layers.%d.pre_feedforward_layernorm.weight", "blk.%d.ffn_norm.weight",
+                    "transformer.h.%d.ln_2.weight"},
     [W_NORM_POST_FFN] = {"model.layers.%d.post_feedforward_layernorm.weight", NULL,
                          "blk.%d.post_ffw_norm.weight"},
-    [W_NORM_OUT] = {"model.norm.weight", NULL, "output_norm.weight"},
-    [W_HEAD] = {"lm_head.weight", NULL, "output.weight"},
+    [W_NORM_OUT] = {"model.norm.weight", NULL, "output_norm.weight", "transformer.ln_f.weight"},
+    [W_HEAD] = {"lm_head.weight", NULL, "output.weight", "lm_head.weight"},
+    [W_NORM_ATTN_B] = {NULL, NULL, "blk.%d.attn_norm.bias", "transformer.h.%d.ln_1.bias"},
+    [W_NORM_FFN_B] = {NULL, NULL, "blk.%d.ffn_norm.bias", "transformer.h.%d.ln_2.bias"},
+    [W_NORM_OUT_B] = {NULL, NULL, "output_norm.bias", "transformer.ln_f.bias"},
+    [W_POS] = {NULL, NULL, "position_embd.weight", "transformer.wpe.weight"},
 };
 
 /* The Hugging Face key of a site. */
 static void hf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
     if (s->kind == W_LINEAR || s->kind == W_BIAS) {
         char key[160];
-        finch_target_key(key, sizeof key, s->layer, s->target, true);
+        finch_target_key(key, sizeof key, m, s->layer, s->target, true);
         snprintf(buf, n, "%s.%s", key, s->kind == W_BIAS ? "bias" : "weight");
         return;
     }
-    const char *f =
-        m->arch->post_norms && names[s->kind].hf_post ? names[s->kind].hf_post : names[s->kind].hf;
+    const char *f = m->arch->layer_norm ? names[s->kind].gpt2
+                    : m->arch->post_norms && names[s->kind].hf_post ? names[s->kind].hf_post
+                                                                    : names[s->kind].hf;
     snprintf(buf, n, f, s->layer);
 }
 
-/* The GGUF name of a site. */
-static void gguf_name(char *buf, size_t n, const wsite *s) {
+/* The GGUF name of a site; a fused module's (GPT-2's attn_qkv) is its q site's. */
+static void gguf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
     if (s->kind == W_LINEAR || s->kind == W_BIAS) {
-        snprintf(buf, n, "blk.%d.%s.%s", s->layer, finch_target_gguf_name(s->target),
+        const bool fused = m->arch->fused_qkv && s->target <= FINCH_TARGET_V;
+        snprintf(buf, n, "blk.%d.%s%s.%s", s->layer,
+                 fused ? "attn_qkv" : finch_target_gguf_name(s->target),
+                 fused && s->target != FINCH_TARGET_Q ? "(part)" : "",
                  s->kind == W_BIAS ? "bias" : "weight");
         return;
     }
@@ -92,8 +106,14 @@ static finch_status add_site(finch_peft *p, wstate *st, const finch_model *m, wk
     char name[200];
     hf_name(name, sizeof name, s, m);
     int heads = kind == W_LINEAR || kind == W_BIAS ? finch_target_heads(m, t) : 0;
-    bool decay = kind == W_LINEAR || kind == W_EMBD || kind == W_HEAD; /* not norms, biases */
-    int64_t shape[2] = {rows, cols};
+    /* not norms, biases */
+    bool decay = kind == W_LINEAR || kind == W_EMBD || kind == W_HEAD || kind == W_POS;
+    int64_t module_rows = rows;
+    const int part = kind == W_LINEAR || kind == W_BIAS ? finch_target_part(m, t, &module_rows) : 0;
+    if (part) /* k, v of a fused module: row blocks of q's tensor */
+        return finch_params_add_view(&p->params, name, part * rows * cols, &s->data, &s->grad,
+                                     err);
+    int64_t shape[2] = {module_rows, cols};
     return finch_params_add(&p->params, name, cols > 1 || kind == W_LINEAR ? 2 : 1, shape, heads,
                             decay, &s->data, &s->grad, err);
 }
@@ -104,16 +124,19 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
     wstate *st = finch_calloc(1, sizeof *st, "trainable weights", err);
     if (!st) return FINCH_E_NOMEM;
     p->state = st;
-    st->sites = finch_calloc((size_t)mc->n_layer * 16 + 4, sizeof *st->sites, "weight sites", err);
+    st->sites = finch_calloc((size_t)mc->n_layer * 20 + 8, sizeof *st->sites, "weight sites", err);
     if (!st->sites) return FINCH_E_NOMEM;
     finch_status e = FINCH_OK;
     /* a tied head is the embedding table: training either trains that one matrix */
     if (c->embeddings || (c->head && mc->tied_output))
         e = add_site(p, st, m, W_EMBD, -1, 0, mc->n_vocab, mc->n_embd, err);
+    if (!e && c->embeddings && m->arch->learned_pos)
+        e = add_site(p, st, m, W_POS, -1, 0, m->pos_embd.rows, mc->n_embd, err);
     for (int l = 0; l < mc->n_layer && !e; l++) {
         if (!finch_peft_layer(p, l)) continue;
         const finch_arch *a = m->arch;
         e = add_site(p, st, m, W_NORM_ATTN, l, 0, mc->n_embd, 1, err);
+        if (!e && a->layer_norm) e = add_site(p, st, m, W_NORM_ATTN_B, l, 0, mc->n_embd, 1, err);
         if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_Q, l, 0, mc->head_dim, 1, err);
         if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_K, l, 0, mc->head_dim, 1, err);
         for (int t = 0; t < FINCH_TARGET_COUNT && !e; t++) {
@@ -122,6 +145,9 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
                 e = add_site(p, st, m, W_NORM_POST_ATTN, l, 0, mc->n_embd, 1, err);
             if (!e && t == FINCH_TARGET_GATE)
                 e = add_site(p, st, m, W_NORM_FFN, l, 0, mc->n_embd, 1, err);
+            if (!e && t == FINCH_TARGET_GATE && a->layer_norm)
+                e = add_site(p, st, m, W_NORM_FFN_B, l, 0, mc->n_embd, 1, err);
+            if (!lin->w.data) continue; /* a projection the family lacks (GPT-2's gate) */
             if (!e)
                 e = add_site(p, st, m, W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols, err);
             if (!e && lin->bias)
@@ -130,6 +156,8 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
         if (!e && a->post_norms) e = add_site(p, st, m, W_NORM_POST_FFN, l, 0, mc->n_embd, 1, err);
     }
     if (!e && c->head) e = add_site(p, st, m, W_NORM_OUT, -1, 0, mc->n_embd, 1, err);
+    if (!e && c->head && m->arch->layer_norm)
+        e = add_site(p, st, m, W_NORM_OUT_B, -1, 0, mc->n_embd, 1, err);
     if (!e && c->head && !mc->tied_output)
         e = add_site(p, st, m, W_HEAD, -1, 0, mc->n_vocab, mc->n_embd, err);
     return e;
@@ -140,6 +168,8 @@ static finch_weight *site_weight(finch_model *m, const wsite *s) {
     switch (s->kind) {
     case W_EMBD:
         return &m->tok_embd;
+    case W_POS:
+        return &m->pos_embd;
     case W_HEAD:
         return &m->output.w;
     case W_LINEAR:
@@ -166,6 +196,12 @@ static const float **site_vector(finch_model *m, const wsite *s) {
         return &ly->post_ffn_norm;
     case W_NORM_OUT:
         return &m->output_norm;
+    case W_NORM_ATTN_B:
+        return &ly->attn_norm_b;
+    case W_NORM_FFN_B:
+        return &ly->ffn_norm_b;
+    case W_NORM_OUT_B:
+        return &m->output_norm_b;
     case W_BIAS:
         return &finch_model_target(m, s->layer, s->target)->bias;
     default:
@@ -179,6 +215,14 @@ static float **site_grad(finch_model *m, const wsite *s) {
     switch (s->kind) {
     case W_EMBD:
         return &m->d_tok_embd;
+    case W_POS:
+        return &m->d_pos_embd;
+    case W_NORM_ATTN_B:
+        return &ly->d_attn_norm_b;
+    case W_NORM_FFN_B:
+        return &ly->d_ffn_norm_b;
+    case W_NORM_OUT_B:
+        return &m->d_output_norm_b;
     case W_HEAD:
         return &m->output.dw;
     case W_LINEAR:
@@ -295,10 +339,10 @@ void finch_weights_detach(finch_peft *p, finch_model *m) {
 
 /* ---- save ------------------------------------------------------------------------------- */
 
-static const wsite *site_by_gguf_name(const wstate *st, const char *name) {
+static const wsite *site_by_gguf_name(const wstate *st, const finch_model *m, const char *name) {
     for (int i = 0; i < st->n_sites; i++) {
         char g[96];
-        gguf_name(g, sizeof g, &st->sites[i]);
+        gguf_name(g, sizeof g, &st->sites[i], m);
         if (!strcmp(g, name)) return &st->sites[i];
     }
     return NULL;
@@ -330,11 +374,16 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
     const bool hf_rows = m->arch->neox_rows; /* the family keeps HF q/k rows in GGUF */
     for (int64_t i = 0; i < n_t && !e; i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
-        const wsite *s = site_by_gguf_name(st, t->name);
-        if (!s) {
+        const wsite *found = site_by_gguf_name(st, m, t->name);
+        if (!found) {
             e = finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, err);
             continue;
         }
+        /* the file's tensor: a fused module's q site holds all of its rows */
+        wsite whole = *found;
+        whole.rows = t->n_dims == 2 ? t->ne[1] : t->ne[0];
+        FINCH_ASSERT(whole.rows * whole.cols == t->ne[0] * t->ne[1]);
+        const wsite *s = &whole;
         const float *src = s->data;
         int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
         if (hf_rows && heads) {
@@ -446,8 +495,8 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
         wsite *s = &all[i];
         char name[200], g[96];
         hf_name(name, sizeof name, s, m);
-        gguf_name(g, sizeof g, s);
-        const wsite *trained = site_by_gguf_name(st, g);
+        gguf_name(g, sizeof g, s, m);
+        const wsite *trained = site_by_gguf_name(st, m, g);
         size_t count = (size_t)(s->rows * s->cols);
         int heads = s->kind == W_LINEAR || s->kind == W_BIAS ? finch_target_heads(m, s->target) : 0;
         /* a trained tensor in Hugging Face row order is written from the registry; the
@@ -499,9 +548,9 @@ finch_status finch_weights_save(const finch_peft *p, const finch_model *m, const
         snprintf(path, sizeof path, "%s/model.gguf", dir);
         if ((e = save_gguf(p, m, path, err))) return e;
     }
-    if (m->arch->qk_norm || m->arch->post_norms) {
-        /* transformers stores Gemma's norms as w where GGUF holds 1 + w, under its own names
-         * and config: not written yet */
+    if (m->arch->qk_norm || m->arch->post_norms || m->arch->fused_qkv) {
+        /* transformers stores Gemma's norms as w where GGUF holds 1 + w, and GPT-2's Conv1D
+         * weights transposed and fused, under their own names and config: not written yet */
         finch_log(FINCH_LOG_INFO,
                   "%s: the tuned model is %s/model.gguf (a Hugging Face folder "
                   "is written for LLaMA-family models only)",

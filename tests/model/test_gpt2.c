@@ -33,7 +33,9 @@
 
 #include "finch.h"
 #include "model/model.h" /* finch_model_train_step */
+#include "peft/peft.h"   /* finch_adapter_peft, finch_peft_save */
 #include "model_util.h"  /* seq_ids, run_in, check_train_loss */
+#include "peft/method.h" /* finch_peft, finch_params_find */
 
 #define DIR FINCH_FIXTURES "/model/"
 #define TOL_HF 1e-5  /* absolute; logits up to 3.1 */
@@ -243,6 +245,145 @@ static void test_lora_learns(void **state) {
     }
 }
 
+static char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc(*n + 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, *n, f), *n);
+    b[*n] = 0;
+    fclose(f);
+    return b;
+}
+
+/* Two config values agree: both absent, equal, or lists of the same names in any order
+ * (peft keeps target_modules as a set). */
+static bool same_value(json_t *a, json_t *b) {
+    if (!a || !b) return !a && !b;
+    if (!json_is_array(a) || !json_is_array(b)) return json_equal(a, b);
+    if (json_array_size(a) != json_array_size(b)) return false;
+    for (size_t x = 0; x < json_array_size(a); x++) {
+        bool found = false;
+        for (size_t y = 0; y < json_array_size(b); y++)
+            found |= json_equal(json_array_get(a, x), json_array_get(b, y)) != 0;
+        if (!found) return false;
+    }
+    return true;
+}
+
+/* Adapters made by peft on the transformers model (tests/reference/
+ * make_gpt2_peft_fixtures.py: LoRA and DoRA on c_attn, c_proj, c_fc with fan_in_fan_out,
+ * (IA)^3 on c_attn and mlp.c_proj): on either source finch's logits equal peft's (float64)
+ * within 2e-5 (f32 through the adapted blocks; the adapters move the logits by 1.6 to 4),
+ * and finch saves the adapter it loaded back to the same bytes and the same config fields
+ * (peft_type, target_modules, fan_in_fan_out true). */
+static void test_peft_adapters(void **state) {
+    (void)state;
+    const char *names[] = {"gpt2_lora", "gpt2_ia3", "gpt2_dora"};
+    json_t *seq = json_array_get(json_object_get(manifest, "sequences"), 2);
+    int n;
+    int32_t *ids = seq_ids(seq, &n);
+    const int V = (int)num(manifest, "n_vocab");
+    for (int src = 0; src < 2; src++)
+        for (int k = 0; k < 3; k++) {
+            char dir[512], path[800], out[600];
+            snprintf(dir, sizeof dir, FINCH_FIXTURES "/peft/%s", names[k]);
+            snprintf(path, sizeof path, FINCH_FIXTURES "/peft/%s.f32", names[k]);
+            size_t bytes;
+            float *want = (float *)slurp(path, &bytes);
+            assert_int_equal(bytes, (size_t)n * V * sizeof(float));
+            finch_model *m = load(sources[src]);
+            finch_adapter *a;
+            finch_err err;
+            if (finch_adapter_load(m, dir, &a, &err)) fail_msg("%s", err.msg);
+            if (finch_adapter_attach(m, a, 1.0f, &err)) fail_msg("%s", err.msg);
+            float *got = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+            size_t at;
+            double d = max_diff(got, want, (size_t)n * V, &at);
+            printf("  %s + %s: |finch - peft| %.3g\n", sources[src], names[k], d);
+            if (d > 2e-5)
+                fail_msg("%s: logit [%zu, %zu] = %.7g, peft %.7g", names[k], at / V, at % V,
+                         got[at], want[at]);
+            finch_adapter_detach(m, a);
+            /* written back: peft's own bytes, and its config's fields */
+            snprintf(out, sizeof out, "%s/resaved_%s_%d", tmp, names[k], src);
+            if (finch_peft_save(finch_adapter_peft(a), m, out, &err)) fail_msg("%s", err.msg);
+            size_t n1, n2;
+            snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+            char *orig = slurp(path, &n1);
+            snprintf(path, sizeof path, "%s/adapter_model.safetensors", out);
+            char *mine = slurp(path, &n2);
+            assert_int_equal(n1, n2);
+            assert_memory_equal(orig, mine, n1);
+            free(orig);
+            free(mine);
+            json_error_t je;
+            snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+            json_t *jo = json_load_file(path, 0, &je);
+            snprintf(path, sizeof path, "%s/adapter_config.json", out);
+            json_t *jm = json_load_file(path, 0, &je);
+            assert_non_null(jo);
+            assert_non_null(jm);
+            const char *fields[] = {"peft_type", "target_modules", "fan_in_fan_out",
+                                    "feedforward_modules", "r", "lora_alpha", "use_dora"};
+            for (size_t f = 0; f < sizeof fields / sizeof *fields; f++)
+                if (!same_value(json_object_get(jo, fields[f]), json_object_get(jm, fields[f])))
+                    fail_msg("%s: adapter_config.json field %s differs from peft's", names[k],
+                             fields[f]);
+            json_decref(jo);
+            json_decref(jm);
+            finch_adapter_free(a);
+            finch_model_free(m);
+            free(got);
+            free(want);
+        }
+    free(ids);
+}
+
+/* BitFit on GPT-2 trains exactly its biases: every linear's (c_attn's as one tensor), and
+ * every LayerNorm's, nothing else; a run learns and its adapter gives the logits the
+ * trained model gave. */
+static void test_bitfit_biases(void **state) {
+    (void)state;
+    finch_model *m = load("tiny_gpt2.gguf");
+    finch_rng rng;
+    finch_rng_seed(&rng, 1);
+    finch_peft *p;
+    finch_err err;
+    if (finch_peft_new(m, "bitfit", NULL, 0, &rng, true, &p, &err)) fail_msg("%s", err.msg);
+    const char *stems[] = {"attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias",
+                           "mlp.c_proj.bias", "ln_1.bias", "ln_2.bias"};
+    const int64_t sizes[] = {192, 64, 256, 64, 64, 64};
+    int64_t want_total = 64; /* ln_f */
+    assert_int_equal(p->params.n, 2 * 6 + 1);
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < 6; k++) {
+            char name[128];
+            snprintf(name, sizeof name, "transformer.h.%d.%s", l, stems[k]);
+            const finch_param *q = finch_params_find(&p->params, name);
+            if (!q) fail_msg("BitFit does not train %s", name);
+            assert_int_equal(q->n, sizes[k]);
+            want_total += sizes[k];
+        }
+    const finch_param *f = finch_params_find(&p->params, "transformer.ln_f.bias");
+    assert_non_null(f);
+    assert_int_equal(p->params.total, want_total);
+    /* they start at the model's values: c_attn's thirds are q's, k's, v's biases */
+    const finch_param *qkv = finch_params_find(&p->params, "transformer.h.1.attn.c_attn.bias");
+    assert_memory_equal(p->params.data + qkv->off, m->layers[1].wq.bias, 64 * sizeof(float));
+    assert_memory_equal(p->params.data + qkv->off + 128, m->layers[1].wv.bias,
+                        64 * sizeof(float));
+    assert_memory_equal(p->params.data + f->off, m->output_norm_b, 64 * sizeof(float));
+    finch_peft_free(p);
+    finch_model_free(m);
+    char out[400];
+    snprintf(out, sizeof out, "%s/bitfit", tmp);
+    train("tiny_gpt2.gguf", "bitfit", out);
+}
+
 static int setup(void **state) {
     (void)state;
     json_error_t e;
@@ -274,6 +415,8 @@ int main(void) {
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_tokenizer),
         cmocka_unit_test(test_lora_learns),
+        cmocka_unit_test(test_peft_adapters),
+        cmocka_unit_test(test_bitfit_biases),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -36,6 +36,7 @@
 #include "peft/peft.h"   /* finch_adapter_peft, finch_peft_save */
 #include "model_util.h"  /* seq_ids, run_in, check_train_loss */
 #include "peft/method.h" /* finch_peft, finch_params_find */
+#include "io/io.h"       /* the GGUF writer, for broken copies of the fixture */
 
 #define DIR FINCH_FIXTURES "/model/"
 #define TOL_HF 1e-5  /* absolute; logits up to 3.1 */
@@ -384,6 +385,100 @@ static void test_bitfit_biases(void **state) {
     train("tiny_gpt2.gguf", "bitfit", out);
 }
 
+/* The load of path fails with a message holding each of the fragments. */
+static void refused(const char *path, const char *const *frags, int n) {
+    finch_model *m = NULL;
+    finch_err err = {0};
+    finch_status st = finch_model_load(path, &m, &err);
+    if (st == FINCH_OK) fail_msg("%s loaded", path);
+    assert_null(m);
+    printf("  refused: %s\n", err.msg);
+    for (int i = 0; i < n; i++)
+        if (!strstr(err.msg, frags[i])) fail_msg("'%s' lacks '%s'", err.msg, frags[i]);
+}
+
+/* A copy of the fixture GGUF without the tensor skip (NULL: none), with key set to v
+ * (NULL: none changed). */
+static void broken_gguf(const char *out, const char *skip, const char *key, uint32_t v) {
+    finch_gguf *g;
+    finch_err err;
+    if (finch_gguf_open(DIR "tiny_gpt2.gguf", &g, &err)) fail_msg("%s", err.msg);
+    finch_gguf_writer *w = finch_gguf_writer_new(&err);
+    assert_non_null(w);
+    assert_int_equal(finch_gguf_set_kvs_from(w, g, key, &err), FINCH_OK);
+    if (key) assert_int_equal(finch_gguf_set_u32(w, key, v, &err), FINCH_OK);
+    for (int64_t i = 0; i < finch_gguf_n_tensors(g); i++) {
+        const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
+        if (skip && !strcmp(t->name, skip)) continue;
+        assert_int_equal(finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err),
+                         FINCH_OK);
+    }
+    if (finch_gguf_writer_save(w, out, &err)) fail_msg("%s", err.msg);
+    finch_gguf_writer_free(w);
+    finch_gguf_close(g);
+}
+
+/* A copy of the fixture folder whose config.json has field set to the JSON value v. */
+static void broken_folder(const char *out, const char *field, const char *v) {
+    char cmd[1400], path[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r " DIR "tiny_gpt2 %s", out, out);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/config.json", out);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je), *val = json_loads(v, JSON_DECODE_ANY, &je);
+    assert_non_null(j);
+    assert_non_null(val);
+    json_object_set_new(j, field, val);
+    assert_int_equal(json_dump_file(j, path, 0), 0);
+    json_decref(j);
+}
+
+/* Bad GPT-2 files are refused with a message naming the file and what is wrong. */
+static void test_bad_input(void **state) {
+    (void)state;
+    char path[600];
+    snprintf(path, sizeof path, "%s/bad.gguf", tmp);
+    broken_gguf(path, "blk.1.attn_qkv.bias", NULL, 0);
+    refused(path, (const char *[]){"bad.gguf", "missing tensor 'blk.1.attn_qkv.bias'"}, 2);
+    broken_gguf(path, "position_embd.weight", NULL, 0);
+    refused(path, (const char *[]){"bad.gguf", "missing tensor 'position_embd.weight'"}, 2);
+    broken_gguf(path, "blk.0.ffn_norm.bias", NULL, 0);
+    refused(path, (const char *[]){"bad.gguf", "missing tensor 'blk.0.ffn_norm.bias'"}, 2);
+    /* positions the file does not hold, and absurd ones */
+    broken_gguf(path, NULL, "gpt2.context_length", 1000);
+    refused(path, (const char *[]){"bad.gguf", "position_embd.weight", "[64, 1000]"}, 3);
+    broken_gguf(path, NULL, "gpt2.context_length", 0xffffffffu);
+    refused(path, (const char *[]){"bad.gguf", "gpt2.context_length", "4294967295"}, 3);
+    broken_gguf(path, NULL, "gpt2.feed_forward_length", 200);
+    refused(path, (const char *[]){"bad.gguf", "blk.0.ffn_up.weight", "[64, 200]"}, 3);
+    /* Hugging Face folders */
+    snprintf(path, sizeof path, "%s/bad_folder", tmp);
+    broken_folder(path, "n_positions", "1000");
+    refused(path, (const char *[]){"model.safetensors", "transformer.wpe.weight", "[1000, 64]"}, 3);
+    broken_folder(path, "n_positions", "1073741824");
+    refused(path, (const char *[]){"config.json", "n_positions", "1073741824"}, 3);
+    broken_folder(path, "n_layer", "3");
+    refused(path, (const char *[]){"missing tensor 'transformer.h.2.ln_1.weight'"}, 1);
+    broken_folder(path, "n_layer", "1");
+    refused(path, (const char *[]){"unexpected tensor 'transformer.h.1."}, 1);
+    broken_folder(path, "n_head", "5");
+    refused(path, (const char *[]){"config.json", "n_head", "does not divide"}, 3);
+    broken_folder(path, "activation_function", "\"relu\"");
+    refused(path, (const char *[]){"config.json", "activation_function", "relu"}, 3);
+    broken_folder(path, "n_inner", "100");
+    refused(path, (const char *[]){"transformer.h.0.mlp.c_fc.weight", "[64, 256]", "[64, 100]"},
+            3);
+    broken_folder(path, "scale_attn_by_inverse_layer_idx", "true");
+    refused(path, (const char *[]){"config.json", "scale_attn_by_inverse_layer_idx"}, 2);
+    /* past the learned positions: a session is refused, not run off the table */
+    finch_model *m = load("tiny_gpt2.gguf");
+    finch_session *s;
+    finch_err err;
+    assert_int_not_equal(finch_session_new(m, 65, FINCH_NUMERICS_EXACT, &s, &err), FINCH_OK);
+    printf("  refused: %s\n", err.msg);
+    finch_model_free(m);
+}
+
 static int setup(void **state) {
     (void)state;
     json_error_t e;
@@ -417,6 +512,7 @@ int main(void) {
         cmocka_unit_test(test_lora_learns),
         cmocka_unit_test(test_peft_adapters),
         cmocka_unit_test(test_bitfit_biases),
+        cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -73,7 +73,7 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
             a->act == FINCH_ACT_GELU_TANH ? "GeGLU" : "SwiGLU", a->qk_norm ? ", q/k norms" : "",
             a->post_norms ? ", post-attention/FFN norms" : "",
             a->embed_scale ? ", embeddings scaled by sqrt(hidden)" : "");
-    out(print, user, "%s eps:         %g", a->layer_norm ? "ln " : "rms", c->rms_eps);
+    out(print, user, a->layer_norm ? "layernorm eps:   %g" : "rms eps:         %g", c->rms_eps);
     out(print, user, "output head:     %s",
         c->tied_output ? "tied to token embeddings" : "separate");
     out(print, user, "parameters:      %lld (%.1f M)", (long long)c->n_params, c->n_params / 1e6);

@@ -8,7 +8,7 @@ tokenizer of tests/fixtures/tokenizer-hf/gpt2.tokenizer.json (398 tokens, ByteLe
 pre-tokenizer with GPT-2's regex; its two unused ids filled with [PADn] placeholders, 400), fills every parameter (biases and LayerNorm biases
 included, which transformers would start at zero or one) from a seeded generator, saves it
 with save_pretrained (float32 safetensors, Conv1D weights stored [in, out]) plus that
-tokenizer.json into tests/fixtures/model/tiny_gpt2/, and converts the folder to an f32
+tokenizer.json and a tokenizer_config.json (<|endoftext|> as bos, eos, unk) into tests/fixtures/model/tiny_gpt2/, and converts the folder to an f32
 GGUF with this script's own code following convert_hf_to_gguf.py's GPT2Model:
 
   general.architecture "gpt2"; gpt2.block_count, context_length (n_ctx, which GPT2Config
@@ -177,6 +177,13 @@ def main():
             os.remove(os.path.join(folder, extra))
     with open(tok_path, "w") as f:
         json.dump(tj, f, ensure_ascii=False)
+    # what GPT2TokenizerFast.save_pretrained writes for GPT-2: <|endoftext|> is bos, eos, unk
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(dict(add_bos_token=False, add_prefix_space=False, bos_token="<|endoftext|>",
+                       eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                       model_max_length=CTX, tokenizer_class="GPT2Tokenizer",
+                       clean_up_tokenization_spaces=False), f, indent=2)
+        f.write("\n")
     tok = tokenizers.Tokenizer.from_file(tok_path)
     assert tok.get_vocab_size() == V
     gguf_path = os.path.join(OUT, NAME + ".gguf")

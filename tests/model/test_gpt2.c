@@ -385,6 +385,58 @@ static void test_bitfit_biases(void **state) {
     train("tiny_gpt2.gguf", "bitfit", out);
 }
 
+/* A run of method on the GGUF, then: the adapter merged into the GGUF gives the logits of
+ * the base with the adapter attached (attn_qkv rows from the q, k, v parts; BitFit's
+ * LayerNorm biases too); full fine-tuning's model.gguf gives the tuned model's logits. */
+static void merge_check(const char *method, int run_no) {
+    char out[400], merged[500];
+    snprintf(out, sizeof out, "%s/merge%d", tmp, run_no);
+    train("tiny_gpt2.gguf", method, out);
+    finch_model *m = load("tiny_gpt2.gguf");
+    json_t *seq = json_array_get(json_object_get(manifest, "sequences"), 2);
+    int n;
+    int32_t *ids = seq_ids(seq, &n);
+    const int V = (int)num(manifest, "n_vocab");
+    finch_err err;
+    float *base = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT), *with;
+    finch_model *mm;
+    if (!strcmp(method, "full")) {
+        snprintf(merged, sizeof merged, "%s/model.gguf", out);
+        if (finch_model_load(merged, &mm, &err)) fail_msg("%s", err.msg);
+        with = run_in(mm, ids, n, V, FINCH_NUMERICS_EXACT);
+        /* the folder is refused for GPT-2 (no transformers writer yet): only the GGUF */
+        snprintf(merged, sizeof merged, "%s/config.json", out);
+        assert_int_not_equal(access(merged, F_OK), 0);
+    } else {
+        finch_adapter *a;
+        if (finch_adapter_load(m, out, &a, &err)) fail_msg("%s", err.msg);
+        if (finch_adapter_attach(m, a, 1.0f, &err)) fail_msg("%s", err.msg);
+        with = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
+        finch_adapter_detach(m, a);
+        snprintf(merged, sizeof merged, "%s/merged.gguf", out);
+        if (finch_merge(m, &a, NULL, 1, "f32", merged, &err)) fail_msg("%s", err.msg);
+        finch_adapter_free(a);
+        if (finch_model_load(merged, &mm, &err)) fail_msg("%s", err.msg);
+    }
+    float *got = run_in(mm, ids, n, V, FINCH_NUMERICS_EXACT);
+    size_t at;
+    double moved = max_diff(with, base, (size_t)n * V, &at);
+    double d = max_diff(got, with, (size_t)n * V, &at);
+    printf("  %s: moves logits by %.3f; the merged GGUF vs base + adapter %.2g\n", method, moved,
+           d);
+    assert_true(moved > 0.05);
+    assert_true(d < 1e-4);
+    free(base), free(with), free(got), free(ids);
+    finch_model_free(mm);
+    finch_model_free(m);
+}
+
+static void test_merge(void **state) {
+    (void)state;
+    const char *methods[] = {"lora", "bitfit", "ia3", "dora", "full"};
+    for (int i = 0; i < 5; i++) merge_check(methods[i], i);
+}
+
 /* The load of path fails with a message holding each of the fragments. */
 static void refused(const char *path, const char *const *frags, int n) {
     finch_model *m = NULL;
@@ -513,6 +565,7 @@ int main(void) {
         cmocka_unit_test(test_peft_adapters),
         cmocka_unit_test(test_bitfit_biases),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_merge),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -374,7 +374,8 @@ void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, flo
  * alpha * sqrt(r): llama.cpp scales by alpha / r), tensors blk.{L}.{stem}.weight.lora_a
  * ne [in, r] and .lora_b ne [r, out] in F32. llama.cpp's llama arch keeps q/k rows in
  * GGUF order, as finch does; qwen2 uses rotate-half RoPE on rows in Hugging Face order, so
- * there B of q and k goes out un-permuted. */
+ * there B of q and k goes out un-permuted. GPT-2's attn_qkv is one adapter: q's site holds
+ * lora_b's 3 C rows (k's and v's are views of it) and the shared lora_a. */
 static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, const char *path,
                                    finch_err *err) {
     const finch_lora_config *c = p->cfg;
@@ -399,7 +400,11 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
     }
     for (int i = 0; i < l->n_sites; i++) {
         const finch_lora_site *s = &l->sites[i];
-        int64_t ne_a[2] = {s->in, s->r}, ne_b[2] = {s->r, s->out};
+        /* a fused module (GPT-2's attn_qkv) is one adapter: q's site holds all its B rows */
+        const bool fused = m->arch->fused_qkv && s->target <= FINCH_TARGET_V;
+        if (s->part) continue;
+        const char *stem = fused ? "attn_qkv" : finch_target_gguf_name(s->target);
+        int64_t ne_a[2] = {s->in, s->r}, ne_b[2] = {s->r, fused ? 3 * s->out : s->out};
         const float *B = s->B;
         int heads = hf_rows ? finch_target_heads(m, s->target) : 0;
         if (heads) {
@@ -410,11 +415,9 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
             finch_rows_permute(tmp[i], s->B, s->out, s->r, heads, true);
             B = tmp[i];
         }
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer,
-                 finch_target_gguf_name(s->target));
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer, stem);
         if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_a, s->A, err))) goto done;
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer,
-                 finch_target_gguf_name(s->target));
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer, stem);
         if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_b, B, err))) goto done;
     }
     st = finch_gguf_writer_save(w, path, err);

@@ -71,6 +71,7 @@ check adapters "$CACHE/venv-adapters/bin/python" check_adapters.py \
 if [ -n "$LLAMA_PY" ]; then
   check llamacpp "$LLAMA_PY" check_llamacpp.py --data "$ROOT/datasets/wordnet/train.jsonl"
   check families "$LLAMA_PY" check_families.py
+  check gpt2 "$VENV_PY" check_gpt2.py
 else
   echo "== llamacpp"
   echo "-- llamacpp: FAIL (no Python with llama-cpp-python; run scripts/interop-env.sh)"

@@ -250,8 +250,12 @@ static float **site_grad(finch_model *m, const wsite *s) {
 /* dst (rows * cols) = the model's current tensor of a site in f32, dequantized. */
 static void site_to_f32(finch_model *m, const wsite *s, float *dst) {
     const finch_weight *w = site_weight(m, s);
+    /* s->rows: all of a fused module's rows when asked (GPT-2's q, k, v views lie one after
+     * another) */
+    finch_weight whole = w ? *w : (finch_weight){0};
+    whole.rows = s->rows;
     if (w)
-        finch_weight_rows_f32(w, 0, w->rows, dst);
+        finch_weight_rows_f32(&whole, 0, s->rows, dst);
     else
         memcpy(dst, *site_vector(m, s), (size_t)s->rows * sizeof(float));
 }
@@ -423,11 +427,40 @@ done:
     return e;
 }
 
-/* config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM for a qwen2 base). */
+/* config.json for transformers' GPT2LMHeadModel. */
+static json_t *gpt2_config(const finch_model *m) {
+    const finch_model_config *c = &m->cfg;
+    json_t *j = json_object(), *arch = json_array();
+    json_array_append_new(arch, json_string("GPT2LMHeadModel"));
+    json_object_set_new(j, "architectures", arch);
+    json_object_set_new(j, "model_type", json_string("gpt2"));
+    json_object_set_new(j, "n_embd", json_integer(c->n_embd));
+    json_object_set_new(j, "n_inner", json_integer(c->n_ff));
+    json_object_set_new(j, "n_layer", json_integer(c->n_layer));
+    json_object_set_new(j, "n_head", json_integer(c->n_head));
+    json_object_set_new(j, "n_positions", json_integer(c->n_ctx_train));
+    json_object_set_new(j, "n_ctx", json_integer(c->n_ctx_train));
+    json_object_set_new(j, "vocab_size", json_integer(c->n_vocab));
+    json_object_set_new(j, "layer_norm_epsilon", json_real(c->rms_eps));
+    json_object_set_new(j, "activation_function", json_string("gelu_new"));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tied_output));
+    json_object_set_new(j, "torch_dtype", json_string("float32"));
+    return j;
+}
+
+/* config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM for a qwen2 base,
+ * GPT2LMHeadModel for gpt2). */
 static finch_status save_hf_config(const finch_model *m, const char *path, finch_err *err) {
     const finch_model_config *c = &m->cfg;
     bool qwen2 = !strcmp(c->arch, "qwen2");
     finch_json_begin(); /* the writing sees a failed allocation of the building */
+    if (m->arch->fused_qkv) {
+        json_t *g = gpt2_config(m);
+        finch_status e = finch_json_write_file(g, path, err);
+        json_decref(g);
+        finch_json_end();
+        return e;
+    }
     json_t *j = json_object(), *arch = json_array();
     json_array_append_new(arch, json_string(qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
     json_object_set_new(j, "architectures", arch);
@@ -467,7 +500,38 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     finch_status e =
         !all || !bufs || !w ? finch_err_set(err, FINCH_E_NOMEM, "out of memory") : FINCH_OK;
     if (!e) e = finch_st_writer_set_meta(w, "format", "pt", err);
-    if (!e) {
+    const bool gpt2 = m->arch->fused_qkv;
+    if (!e && gpt2) {
+        /* GPT-2: c_attn is the q site with all 3 C rows; every Conv1D is written [in, out] */
+        const int64_t C = mc->n_embd, F = mc->n_ff;
+        all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = C};
+        all[n++] = (wsite){.kind = W_POS, .rows = m->pos_embd.rows, .cols = C};
+        for (int l = 0; l < mc->n_layer; l++) {
+            const struct {
+                wkind k;
+                finch_target t;
+                int64_t rows, cols;
+            } b[] = {{W_NORM_ATTN, 0, C, 1},
+                     {W_NORM_ATTN_B, 0, C, 1},
+                     {W_LINEAR, FINCH_TARGET_Q, 3 * C, C},
+                     {W_BIAS, FINCH_TARGET_Q, 3 * C, 1},
+                     {W_LINEAR, FINCH_TARGET_O, C, C},
+                     {W_BIAS, FINCH_TARGET_O, C, 1},
+                     {W_NORM_FFN, 0, C, 1},
+                     {W_NORM_FFN_B, 0, C, 1},
+                     {W_LINEAR, FINCH_TARGET_UP, F, C},
+                     {W_BIAS, FINCH_TARGET_UP, F, 1},
+                     {W_LINEAR, FINCH_TARGET_DOWN, C, F},
+                     {W_BIAS, FINCH_TARGET_DOWN, C, 1}};
+            for (size_t k = 0; k < sizeof b / sizeof b[0]; k++)
+                all[n++] = (wsite){
+                    .kind = b[k].k, .layer = l, .target = b[k].t, .rows = b[k].rows, .cols = b[k].cols};
+        }
+        all[n++] = (wsite){.kind = W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
+        all[n++] = (wsite){.kind = W_NORM_OUT_B, .rows = mc->n_embd, .cols = 1};
+        if (!mc->tied_output)
+            all[n++] = (wsite){.kind = W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
+    } else if (!e) {
         all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = mc->n_embd};
         for (int l = 0; l < mc->n_layer; l++) {
             all[n++] = (wsite){.kind = W_NORM_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
@@ -526,6 +590,20 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             src = bufs[i];
         }
         int64_t shape[2] = {s->rows, s->cols};
+        if (gpt2 && s->kind == W_LINEAR) { /* Conv1D: [in, out] */
+            float *t = finch_mem_alloc(count * sizeof(float) + 1);
+            if (!t) {
+                e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
+                break;
+            }
+            for (int64_t r = 0; r < s->rows; r++)
+                for (int64_t c = 0; c < s->cols; c++) t[c * s->rows + r] = src[r * s->cols + c];
+            free(bufs[i]);
+            bufs[i] = t;
+            src = t;
+            shape[0] = s->cols;
+            shape[1] = s->rows;
+        }
         e = finch_st_writer_add(w, name, FINCH_ST_F32, s->cols > 1 || s->kind == W_LINEAR ? 2 : 1,
                                 shape, src, err);
     }
@@ -548,9 +626,9 @@ finch_status finch_weights_save(const finch_peft *p, const finch_model *m, const
         snprintf(path, sizeof path, "%s/model.gguf", dir);
         if ((e = save_gguf(p, m, path, err))) return e;
     }
-    if (m->arch->qk_norm || m->arch->post_norms || m->arch->fused_qkv) {
-        /* transformers stores Gemma's norms as w where GGUF holds 1 + w, and GPT-2's Conv1D
-         * weights transposed and fused, under their own names and config: not written yet */
+    if (m->arch->qk_norm || m->arch->post_norms) {
+        /* transformers stores Gemma's norms as w where GGUF holds 1 + w, under its own names
+         * and config: not written yet */
         finch_log(FINCH_LOG_INFO,
                   "%s: the tuned model is %s/model.gguf (a Hugging Face folder "
                   "is written for LLaMA-family models only)",

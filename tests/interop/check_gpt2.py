@@ -4,7 +4,8 @@ On tests/fixtures/model/tiny_gpt2/ (a transformers GPT2LMHeadModel folder) and
 tiny_gpt2.gguf (its convert_hf_to_gguf.py conversion):
   - LoRA, DoRA (c_attn, c_proj, c_fc) and (IA)^3 (c_attn, mlp.c_proj) trained by
     `finch train` for 12 steps on the folder load in peft (PeftModel.from_pretrained) over
-    transformers' float64 model and give finch's logits within TOL_PEFT;
+    transformers' float64 model and give finch's logits within TOL_PEFT; full fine-tuning
+    writes a folder transformers loads to finch's logits (TOL_PEFT);
   - a LoRA trained on the GGUF, exported by `finch export --format gguf` (one attn_qkv
     adapter per block) and loaded by llama.cpp with lora_path, and merged by `finch merge`
     and loaded by llama.cpp as a model, give finch's base + adapter logits within TOL_CPP
@@ -36,6 +37,15 @@ def peft_logits(folder, adapter):
     transformers.utils.logging.set_verbosity_error()
     base = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager")
     m = PeftModel.from_pretrained(base.double(), adapter).eval()
+    with torch.no_grad():
+        return [m(torch.tensor([s])).logits[0].float().numpy() for s in SEQS]
+
+
+def hf_logits(folder):
+    import torch
+    import transformers
+    m = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager")
+    m = m.double().eval()
     with torch.no_grad():
         return [m(torch.tensor([s])).logits[0].float().numpy() for s in SEQS]
 
@@ -83,6 +93,15 @@ def main():
         ok &= moved > 0.1
         ok &= common.compare(method + ", peft vs finch", peft_logits(folder, run), tuned,
                              TOL_PEFT)
+    # full fine-tuning on the folder writes a transformers folder: transformers loads it
+    run = os.path.join(args.work, "full")
+    common.run([args.finch, "train", "-m", folder, "--method", "full", "--out", run] + train)
+    tuned = common.finch_logits(args.logits, run, SEQS, args.work)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(tuned, base))
+    print("full: tuning moves finch's logits by %.3g" % moved)
+    ok &= moved > 0.1
+    ok &= common.compare("full, transformers on finch's folder vs finch", hf_logits(run), tuned,
+                         TOL_PEFT)
     run = os.path.join(args.work, "lora-gguf")
     lora = os.path.join(args.work, "lora.gguf")
     merged = os.path.join(args.work, "merged.gguf")

@@ -387,7 +387,8 @@ static void test_bitfit_biases(void **state) {
 
 /* A run of method on the GGUF, then: the adapter merged into the GGUF gives the logits of
  * the base with the adapter attached (attn_qkv rows from the q, k, v parts; BitFit's
- * LayerNorm biases too); full fine-tuning's model.gguf gives the tuned model's logits. */
+ * LayerNorm biases too); full fine-tuning's model.gguf and transformers folder give the
+ * tuned model's logits. */
 static void merge_check(const char *method, int run_no) {
     char out[400], merged[500];
     snprintf(out, sizeof out, "%s/merge%d", tmp, run_no);
@@ -404,9 +405,15 @@ static void merge_check(const char *method, int run_no) {
         snprintf(merged, sizeof merged, "%s/model.gguf", out);
         if (finch_model_load(merged, &mm, &err)) fail_msg("%s", err.msg);
         with = run_in(mm, ids, n, V, FINCH_NUMERICS_EXACT);
-        /* the folder is refused for GPT-2 (no transformers writer yet): only the GGUF */
-        snprintf(merged, sizeof merged, "%s/config.json", out);
-        assert_int_not_equal(access(merged, F_OK), 0);
+        /* and as a transformers folder (Conv1D weights [in, out], c_attn fused): the same
+         * logits bit for bit */
+        finch_model *hf;
+        if (finch_model_load(out, &hf, &err)) fail_msg("%s", err.msg);
+        assert_string_equal(hf->cfg.arch, "gpt2");
+        float *h = run_in(hf, ids, n, V, FINCH_NUMERICS_EXACT);
+        assert_memory_equal(h, with, (size_t)n * V * sizeof(float));
+        free(h);
+        finch_model_free(hf);
     } else {
         finch_adapter *a;
         if (finch_adapter_load(m, out, &a, &err)) fail_msg("%s", err.msg);

@@ -185,6 +185,7 @@ static finch_status read_gpt2(reader *R, finch_hf_config *c) {
         return bad(R, "n_head", "is %d, which does not divide n_embd %d", H, c->hidden_size);
     c->num_key_value_heads = H;
     c->head_dim = c->hidden_size / H;
+    c->rope_theta = 10000.0f; /* unused: GPT-2's positions are learned */
     c->rms_norm_eps = 1e-5f;
     if ((st = get_num(R, "layer_norm_epsilon", false, 0, 1, &c->rms_norm_eps))) return st;
     char act[32] = "gelu_new";

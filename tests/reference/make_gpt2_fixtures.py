@@ -29,8 +29,9 @@ offsets tiny_gpt2.json gives):
   - transformers: the float64 eager forward (model.double()) of the saved weights, stored
     as float32; the float32 forward's distance from it is recorded;
   - llama.cpp (llama-cpp-python, logits_all, f32 KV cache, one thread) on the GGUF.
-The manifest also records the ids `tokenizers` gives a few strings (the same vocabulary is
-in the folder's tokenizer.json and the GGUF).
+tiny_gpt2_texts.json records the ids `tokenizers` gives 311 strings (edge cases of GPT-2's
+pre-tokenizer and the lines of datasets/quotes/general.jsonl), which llama.cpp gives too
+on the GGUF (the same vocabulary is in the folder's tokenizer.json and the GGUF).
 
 Run with the venv of scripts/interop-env.sh (torch, transformers 4.46, gguf, tokenizers,
 llama-cpp-python):
@@ -62,7 +63,14 @@ SEQUENCES = [
     dict(tag="s16", ids=[5, 88, 230, 61, 2, 40, 377, 13, 96, 31, 9, 270, 44, 44, 19, 164]),
     dict(tag="s40", ids=[(i * 37 + 11) % 400 for i in range(40)]),
 ]
-TEXTS = ["Hello world, the cat is singing.", " 42 apples\nand 7 pears", "don't stop"]
+# GPT-2's pre-tokenizer regex at work: contractions ('s 't 're 've 'm 'll 'd), letters,
+# digits, other symbols, runs of spaces and newlines, non-ASCII letters; then the 300
+# prompts + completions of datasets/quotes/general.jsonl
+TEXTS = ["Hello world, the cat is singing.", " 42 apples\nand 7 pears", "don't stop",
+         "it's we're they've I'm you'll he'd", "  two  spaces   three\n\n\nnewlines\t tab",
+         "caf\u00e9 na\u00efve \u00fcber \u65e5\u672c\u8a9e \U0001f600!", "x=3.14; y=[1,2,3]",
+         "UPPER lower MiXeD 123abc abc123 ___ ---", "<|endoftext|> is text here", " ", ""]
+QUOTES = os.path.normpath(os.path.join(HERE, "..", "..", "datasets", "quotes", "general.jsonl"))
 
 
 def build(vocab):
@@ -208,11 +216,17 @@ def main():
         blob += [ref.astype("<f4"), cpp.astype("<f4")]
         offset += 2 * n * V
         print(NAME, {k: v for k, v in rec.items() if k != "ids"})
-    texts = [dict(text=t, ids=tok.encode(t, add_special_tokens=False).ids,
-                  llamacpp=llm.tokenize(t.encode(), add_bos=False, special=False))
-             for t in TEXTS]
-    for t in texts:
-        assert t["ids"] == t["llamacpp"], t
+    lines = list(TEXTS)
+    with open(QUOTES) as f:
+        lines += [(lambda r: r["prompt"] + r["completion"])(json.loads(x)) for x in f]
+    texts = []
+    for t in lines:
+        ids = tok.encode(t, add_special_tokens=False).ids
+        # llama.cpp's ids on the GGUF, control tokens in the text matched (tokenizers always
+        # matches its added tokens)
+        cpp = llm.tokenize(t.encode(), add_bos=False, special=True) if t else []
+        assert ids == cpp, (t, ids, cpp)
+        texts.append(dict(text=t, ids=ids))
     del llm
     np.concatenate([b.ravel() for b in blob]).astype("<f4").tofile(
         os.path.join(OUT, NAME + ".f32"))
@@ -230,7 +244,10 @@ def main():
         n_vocab=V, n_embd=C, n_ff=4 * C, n_layer=L, n_head=H, n_ctx=CTX,
         eps=hp["layer_norm_epsilon"],
         n_params=int(sum(p.numel() for p in model.parameters())),
-        gguf_bytes=os.path.getsize(gguf_path), sequences=seqs, texts=texts)
+        gguf_bytes=os.path.getsize(gguf_path), sequences=seqs, texts=NAME + "_texts.json")
+    with open(os.path.join(OUT, NAME + "_texts.json"), "w") as f:
+        json.dump(texts, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
     with open(os.path.join(OUT, NAME + ".json"), "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")

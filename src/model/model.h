@@ -1,5 +1,6 @@
 /*
- * model.h: the loaded model (LLaMA family) and its forward pass.
+ * model.h: the loaded model (every family of the architecture table: LLaMA, Qwen2,
+ * Gemma 3, GPT-2) and its forward pass.
  *
  * A finch_model keeps its files mapped and points into them: a GGUF file, or the
  * safetensors shards of a Hugging Face folder (model/load_hf.c). Base weights stay in
@@ -15,7 +16,9 @@
  *     GGUF row h*D + 2i = HF row h*D + i,   GGUF row h*D + 2i + 1 = HF row h*D + D/2 + i
  *
  * A row permutation is exact in any storage type. Those rows live in owned memory
- * (owned_rows); everything else stays mapped. So the forward pass, training, adapter
+ * (owned_rows); everything else stays mapped. GPT-2 has no RoPE and keeps every row where
+ * it is; its Hugging Face Conv1D weights ([in, out]) are transposed into owned_rows, and
+ * its fused q/k/v projection (c_attn, attn_qkv) is three views of consecutive row blocks. So the forward pass, training, adapter
  * files (which permute LoRA B rows of q/k to HF order on write) and export see one layout
  * whatever the model was loaded from.
  *

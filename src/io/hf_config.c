@@ -1,7 +1,7 @@
 /*
  * hf_config.c: the JSON files of a Hugging Face model folder: config.json (the LLaMA-family
- * hyperparameters, FORMATS.md 2.4, and GPT-2's, read_gpt2) and model.safetensors.index.json (the weight_map of a
- * sharded checkpoint).
+ * hyperparameters, FORMATS.md 2.4, and GPT-2's, read_gpt2) and model.safetensors.index.json (the
+ * weight_map of a sharded checkpoint).
  *
  * config.json is read strictly: every field finch uses is type-checked and range-checked,
  * and every field that would change the computation in a way finch does not implement is

@@ -241,9 +241,8 @@ typedef struct {
 
     /* dx (T, C) = and dw, db (C) += the gradients of layernorm_forward given dy (T, C), the
      * stats it saved, x and w. dx may alias dy; dw and db may be NULL (not trained). */
-    void (*layernorm_backward)(float *dx, float *dw, float *db, const float *dy,
-                               const float *stats, const float *x, const float *w, int64_t T,
-                               int64_t C);
+    void (*layernorm_backward)(float *dx, float *dw, float *db, const float *dy, const float *stats,
+                               const float *x, const float *w, int64_t T, int64_t C);
 
     /* y (n) = gelu(x), the tanh approximation (GPT-2's gelu_new). y may alias x. */
     void (*gelu_forward)(float *y, const float *x, int64_t n);

@@ -66,8 +66,9 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
         out(print, user, "attention:       sliding window of %d in %d of every %d blocks",
             c->sliding_window, a->swa_pattern - 1, a->swa_pattern);
     if (a->layer_norm)
-        out(print, user, "block:           LayerNorm with bias, fused q/k/v (split), GELU (tanh) "
-                         "MLP, biases on every linear");
+        out(print, user,
+            "block:           LayerNorm with bias, fused q/k/v (split), GELU (tanh) "
+            "MLP, biases on every linear");
     else if (a->qk_norm || a->post_norms || a->embed_scale || a->act != FINCH_ACT_SILU)
         out(print, user, "block:           %s%s%s%s",
             a->act == FINCH_ACT_GELU_TANH ? "GeGLU" : "SwiGLU", a->qk_norm ? ", q/k norms" : "",

@@ -3,8 +3,8 @@
  * hyperparameters (FORMATS.md 3.1), binds every tensor by name with its exact shape
  * (FORMATS.md 3.2), and builds the tokenizer. GPT-2 files (llama.cpp's gpt2 names:
  * position_embd, LayerNorm biases, the fused attn_qkv, no ffn_gate) bind in
- * bind_gpt2_block; q, k, v are views of attn_qkv's row blocks. Weights are views into the mapping; only
- * norm vectors stored in a 16-bit type are converted (they are tiny).
+ * bind_gpt2_block; q, k, v are views of attn_qkv's row blocks. Weights are views into the mapping;
+ * only norm vectors stored in a 16-bit type are converted (they are tiny).
  *
  * A path that is a folder is a Hugging Face model folder: load_hf.c builds the same
  * model from it.
@@ -310,8 +310,8 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
     if (L->arch->layer_norm &&
         (st = bind_vector(L, "output_norm.bias", C, &owned, &m->output_norm_b)))
         return st;
-    if (L->arch->learned_pos && (st = bind_weight(L, "position_embd.weight", c->n_ctx_train, C,
-                                                  true, &m->pos_embd, NULL)))
+    if (L->arch->learned_pos &&
+        (st = bind_weight(L, "position_embd.weight", c->n_ctx_train, C, true, &m->pos_embd, NULL)))
         return st;
     bool has_out;
     if ((st = bind_weight(L, "output.weight", V, C, false, &m->output.w, &has_out))) return st;

@@ -93,8 +93,8 @@ finch_status finch_model_load_in_4bit(finch_model *m, const char *quant_type, in
                 finch_quantize_nf4(dst + (size_t)r * rb, row, w->cols);
             }
             if (double_quant)
-                st = double_quant_hf_order((finch_block_nf4 *)dst, w, i < 2 && !m->arch->learned_pos,
-                                           c->head_dim, err);
+                st = double_quant_hf_order((finch_block_nf4 *)dst, w,
+                                           i < 2 && !m->arch->learned_pos, c->head_dim, err);
             m->cfg.weight_bytes -= (int64_t)(w->row_bytes * (size_t)w->rows);
             *w = (finch_weight){.type = FINCH_DTYPE_NF4,
                                 .rows = w->rows,

@@ -1,8 +1,9 @@
 /*
  * load_hf.c: builds a finch_model from a Hugging Face LLaMA-family folder (llama, SmolLM,
- * mistral, qwen2) or a GPT-2 folder (bind_gpt2: Conv1D weights transposed at load): config.json (io/hf_config.c), the weights in model.safetensors or in
- * the shards named by model.safetensors.index.json (io/safetensors.c, mapped and
- * validated), and tokenizer.json when the folder has one.
+ * mistral, qwen2) or a GPT-2 folder (bind_gpt2: Conv1D weights transposed at load): config.json
+ * (io/hf_config.c), the weights in model.safetensors or in the shards named by
+ * model.safetensors.index.json (io/safetensors.c, mapped and validated), and tokenizer.json when
+ * the folder has one.
  *
  * Every tensor is bound by its Hugging Face name with its exact shape (FORMATS.md 2.4);
  * a missing tensor, a tensor nobody asked for, a wrong shape or a storage type other
@@ -161,8 +162,11 @@ static finch_status bind_conv1d(loader *L, const char *name, int64_t rows, int64
         for (int64_t c = 0; c < cols; c++)
             memcpy(L->rows + ((size_t)r * (size_t)cols + (size_t)c) * es,
                    src + ((size_t)c * (size_t)rows + (size_t)r) * es, es);
-    *out = (finch_weight){
-        .type = t->type, .rows = rows, .cols = cols, .row_bytes = (size_t)cols * es, .data = L->rows};
+    *out = (finch_weight){.type = t->type,
+                          .rows = rows,
+                          .cols = cols,
+                          .row_bytes = (size_t)cols * es,
+                          .data = L->rows};
     L->rows += (size_t)rows * (size_t)cols * es;
     return FINCH_OK;
 }

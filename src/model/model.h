@@ -18,9 +18,9 @@
  * A row permutation is exact in any storage type. Those rows live in owned memory
  * (owned_rows); everything else stays mapped. GPT-2 has no RoPE and keeps every row where
  * it is; its Hugging Face Conv1D weights ([in, out]) are transposed into owned_rows, and
- * its fused q/k/v projection (c_attn, attn_qkv) is three views of consecutive row blocks. So the forward pass, training, adapter
- * files (which permute LoRA B rows of q/k to HF order on write) and export see one layout
- * whatever the model was loaded from.
+ * its fused q/k/v projection (c_attn, attn_qkv) is three views of consecutive row blocks. So the
+ * forward pass, training, adapter files (which permute LoRA B rows of q/k to HF order on write) and
+ * export see one layout whatever the model was loaded from.
  *
  * Shapes: T tokens, C hidden, H heads, KVH KV heads, D head dim, F FFN width, V vocab.
  */
@@ -47,11 +47,11 @@ typedef struct {
     bool embed_scale;    /* embeddings scaled by sqrt(n_embd) */
     int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window */
     float swa_rope_base; /* the RoPE base of those blocks */
-    bool layer_norm;  /* LayerNorm with bias for every norm (eps: cfg.rms_eps), not RMSNorm */
-    bool learned_pos; /* learned absolute positions added to the embeddings; no RoPE */
-    bool plain_ffn;   /* down(act(up(x))): no gate linear */
-    bool fused_qkv;   /* q/k/v stored as one fused projection (split into three at load);
-                         Hugging Face weights stored [in, out] (GPT-2's Conv1D) */
+    bool layer_norm;     /* LayerNorm with bias for every norm (eps: cfg.rms_eps), not RMSNorm */
+    bool learned_pos;    /* learned absolute positions added to the embeddings; no RoPE */
+    bool plain_ffn;      /* down(act(up(x))): no gate linear */
+    bool fused_qkv;      /* q/k/v stored as one fused projection (split into three at load);
+                            Hugging Face weights stored [in, out] (GPT-2's Conv1D) */
 } finch_arch;
 
 /* The row of a family, or NULL; the names (of those read from GGUF), comma-separated. */
@@ -95,7 +95,7 @@ typedef struct {
     float *d_q_norm, *d_k_norm, *d_post_attn_norm, *d_post_ffn_norm;
     const float *attn_norm_b, *ffn_norm_b; /* (C) LayerNorm biases [layer_norm], else NULL */
     float *d_attn_norm_b, *d_ffn_norm_b;
-    finch_linear wq, wk, wv, wo;                        /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
+    finch_linear wq, wk, wv, wo;       /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
     finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F); no gate [plain_ffn]: its
                                           w.data is NULL */
     const finch_block_module *attn_module, *ffn_module; /* NULL: none */
@@ -127,27 +127,27 @@ struct finch_model {
     finch_gguf *gguf;  /* the mapped GGUF file; NULL for a Hugging Face folder */
     finch_st **shards; /* a Hugging Face folder's mapped safetensors files */
     int n_shards;
-    finch_hf_config *hf;      /* its config.json; NULL for a GGUF file */
-    void *owned_rows;         /* Q/K weights permuted to GGUF row order (HF, rotate-half) */
-    void *owned_nf4;          /* projections quantized to NF4 by finch_model_load_in_4bit */
-    finch_model_config cfg;   /* hyperparameters */
-    finch_tokenizer *tok;     /* NULL when the file has none */
-    finch_weight tok_embd;    /* (V, C) */
-    const float *output_norm; /* (C) */
-    float *d_output_norm;     /* its gradient when it trains, else NULL */
+    finch_hf_config *hf;        /* its config.json; NULL for a GGUF file */
+    void *owned_rows;           /* Q/K weights permuted to GGUF row order (HF, rotate-half) */
+    void *owned_nf4;            /* projections quantized to NF4 by finch_model_load_in_4bit */
+    finch_model_config cfg;     /* hyperparameters */
+    finch_tokenizer *tok;       /* NULL when the file has none */
+    finch_weight tok_embd;      /* (V, C) */
+    const float *output_norm;   /* (C) */
+    float *d_output_norm;       /* its gradient when it trains, else NULL */
     const float *output_norm_b; /* (C) the final LayerNorm's bias [layer_norm], else NULL */
     float *d_output_norm_b;
-    finch_weight pos_embd;      /* (n_ctx_train, C) learned positions [learned_pos]; data NULL else */
-    float *d_pos_embd;          /* their gradient when they train (pos_embd then f32) */
-    float *d_tok_embd;        /* (V, C) gradient when the embeddings train (tok_embd is
-                                 then f32), else NULL */
-    finch_linear output;      /* (V, C); a view of tok_embd when tied */
-    finch_layer *layers;      /* n_layer blocks */
-    float *owned_f32;         /* norm weights converted from f16/bf16, if any, and
-                                 biases (f32, q/k permuted) */
-    const finch_backend *be;  /* the backend every op goes through */
-    const finch_arch *arch;   /* its family's row */
-    finch_virtual virt;       /* set while a prompt or prefix method is attached */
+    finch_weight pos_embd;   /* (n_ctx_train, C) learned positions [learned_pos]; data NULL else */
+    float *d_pos_embd;       /* their gradient when they train (pos_embd then f32) */
+    float *d_tok_embd;       /* (V, C) gradient when the embeddings train (tok_embd is
+                                then f32), else NULL */
+    finch_linear output;     /* (V, C); a view of tok_embd when tied */
+    finch_layer *layers;     /* n_layer blocks */
+    float *owned_f32;        /* norm weights converted from f16/bf16, if any, and
+                                biases (f32, q/k permuted) */
+    const finch_backend *be; /* the backend every op goes through */
+    const finch_arch *arch;  /* its family's row */
+    finch_virtual virt;      /* set while a prompt or prefix method is attached */
 };
 
 /* Block l's RoPE base and sliding window (0: attends to every earlier position). */

@@ -142,11 +142,11 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         float **p;
         size_t n;
     } single[] = {
-        {&a->xnf, N * C},  {&a->rstdf, 2 * N},   {&a->logits, (N < HEAD_ROWS ? N : HEAD_ROWS) * V},
-        {&a->dx, N * C},   {&a->dt, N * C},  {&a->dxn, N * C},
-        {&a->dao, N * HD}, {&a->dq, N * HD}, {&a->dk, N * KD},
-        {&a->dv, N * KD},  {&a->dh, N * F},  {&a->dup, N * F},
-        {&a->xf, N * C},   {&a->xg, N * C},  {&a->ds, ATT},
+        {&a->xnf, N * C},  {&a->rstdf, 2 * N}, {&a->logits, (N < HEAD_ROWS ? N : HEAD_ROWS) * V},
+        {&a->dx, N * C},   {&a->dt, N * C},    {&a->dxn, N * C},
+        {&a->dao, N * HD}, {&a->dq, N * HD},   {&a->dk, N * KD},
+        {&a->dv, N * KD},  {&a->dh, N * F},    {&a->dup, N * F},
+        {&a->xf, N * C},   {&a->xg, N * C},    {&a->ds, ATT},
         {&a->dad, N * C}};
     const size_t n_pl = sizeof per_layer / sizeof per_layer[0],
                  n_s = sizeof single / sizeof single[0];

@@ -32,7 +32,7 @@ typedef struct {
     int layer;
     int target; /* finch_target, or -1 for a norm */
     int norm;
-    int part;   /* GPT-2's c_attn: 0 q (owns the registered 3 C rows), 1 k, 2 v (views) */
+    int part; /* GPT-2's c_attn: 0 q (owns the registered 3 C rows), 1 k, 2 v (views) */
     int64_t out;
     const float **bias; /* the model's slot */
     float **dbias;
@@ -54,8 +54,7 @@ static finch_status add_site(finch_peft *p, bitfit *st, bitfit_site s, const cha
     bitfit_site *d = &st->sites[st->n_sites++];
     *d = s;
     d->base = *s.bias;
-    if (s.part)
-        return finch_params_add_view(&p->params, name, s.part * s.out, &d->b, &d->db, err);
+    if (s.part) return finch_params_add_view(&p->params, name, s.part * s.out, &d->b, &d->db, err);
     return finch_params_add(&p->params, name, 1, &rows, heads, false, &d->b, &d->db, err);
 }
 

@@ -146,8 +146,8 @@ static finch_status ia3_create(finch_peft *p, const finch_model *m, finch_err *e
             int64_t rows;
             const int part = finch_target_part(m, (finch_target)t, &rows);
             ia3_site *s = &st->sites[st->n_sites++];
-            *s = (ia3_site){
-                .layer = ly, .target = (finch_target)t, .part = part, .ff = ff >> t & 1};
+            *s =
+                (ia3_site){.layer = ly, .target = (finch_target)t, .part = part, .ff = ff >> t & 1};
             s->n = s->ff ? lin->w.cols : lin->w.rows;
             char key[160], name[200];
             finch_target_key(key, sizeof key, m, ly, (finch_target)t, false);

@@ -73,9 +73,8 @@ finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_ma
                 if ((st = finch_params_add_view(&p->params, name, 0, &s->A, &s->dA, err)) ||
                     (st = finch_params_add_view(&p->params, name_b, row0 * c->r, &s->B, &s->dB,
                                                 err)) ||
-                    (with_magnitude &&
-                     (st = finch_params_add_view(&p->params, name_m, row0, &s->mag, &s->dmag,
-                                                 err))))
+                    (with_magnitude && (st = finch_params_add_view(&p->params, name_m, row0,
+                                                                   &s->mag, &s->dmag, err))))
                     return st;
                 continue;
             }

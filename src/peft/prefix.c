@@ -104,8 +104,8 @@ static finch_status prefix_create(finch_peft *p, const finch_model *m, finch_err
     st->kv_heads = m->arch->learned_pos ? 0 : m->cfg.n_head_kv;
     st->be = m->be;
     if (!c->projection) {
-        finch_status e = finch_params_add(&p->params, "prompt_embeddings", 2, shape,
-                                          st->kv_heads, true, &st->kv, &st->dkv, err);
+        finch_status e = finch_params_add(&p->params, "prompt_embeddings", 2, shape, st->kv_heads,
+                                          true, &st->kv, &st->dkv, err);
         if (!e && st->kv_heads) finch_params_set_kv_block(&p->params, "prompt_embeddings", KD);
         return e;
     }

@@ -78,7 +78,7 @@ static void hf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
         snprintf(buf, n, "%s.%s", key, s->kind == W_BIAS ? "bias" : "weight");
         return;
     }
-    const char *f = m->arch->layer_norm ? names[s->kind].gpt2
+    const char *f = m->arch->layer_norm                             ? names[s->kind].gpt2
                     : m->arch->post_norms && names[s->kind].hf_post ? names[s->kind].hf_post
                                                                     : names[s->kind].hf;
     snprintf(buf, n, f, s->layer);
@@ -111,8 +111,7 @@ static finch_status add_site(finch_peft *p, wstate *st, const finch_model *m, wk
     int64_t module_rows = rows;
     const int part = kind == W_LINEAR || kind == W_BIAS ? finch_target_part(m, t, &module_rows) : 0;
     if (part) /* k, v of a fused module: row blocks of q's tensor */
-        return finch_params_add_view(&p->params, name, part * rows * cols, &s->data, &s->grad,
-                                     err);
+        return finch_params_add_view(&p->params, name, part * rows * cols, &s->data, &s->grad, err);
     int64_t shape[2] = {module_rows, cols};
     return finch_params_add(&p->params, name, cols > 1 || kind == W_LINEAR ? 2 : 1, shape, heads,
                             decay, &s->data, &s->grad, err);
@@ -524,8 +523,11 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
                      {W_LINEAR, FINCH_TARGET_DOWN, C, F},
                      {W_BIAS, FINCH_TARGET_DOWN, C, 1}};
             for (size_t k = 0; k < sizeof b / sizeof b[0]; k++)
-                all[n++] = (wsite){
-                    .kind = b[k].k, .layer = l, .target = b[k].t, .rows = b[k].rows, .cols = b[k].cols};
+                all[n++] = (wsite){.kind = b[k].k,
+                                   .layer = l,
+                                   .target = b[k].t,
+                                   .rows = b[k].rows,
+                                   .cols = b[k].cols};
         }
         all[n++] = (wsite){.kind = W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
         all[n++] = (wsite){.kind = W_NORM_OUT_B, .rows = mc->n_embd, .cols = 1};

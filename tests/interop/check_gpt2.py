@@ -2,8 +2,9 @@
 
 On tests/fixtures/model/tiny_gpt2/ (a transformers GPT2LMHeadModel folder) and
 tiny_gpt2.gguf (its convert_hf_to_gguf.py conversion):
-  - LoRA, DoRA (c_attn, c_proj, c_fc) and (IA)^3 (c_attn, mlp.c_proj) trained by
-    `finch train` for 12 steps on the folder load in peft (PeftModel.from_pretrained) over
+  - LoRA, DoRA (c_attn, c_proj, c_fc), (IA)^3 (c_attn, mlp.c_proj), prompt and prefix
+    tuning (4 virtual tokens; their positions come first, so the real tokens' learned
+    positions start at 4) trained by `finch train` for 12 steps on the folder load in peft (PeftModel.from_pretrained) over
     transformers' float64 model and give finch's logits within TOL_PEFT; full fine-tuning
     writes a folder transformers loads to finch's logits (TOL_PEFT);
   - a LoRA trained on the GGUF, exported by `finch export --format gguf` (one attn_qkv
@@ -30,7 +31,8 @@ TOL_PEFT = 2e-5
 TOL_CPP = 4e-3
 
 
-def peft_logits(folder, adapter):
+def peft_logits(folder, adapter, skip=0):
+    """peft's float64 logits; skip: the virtual tokens' rows prompt tuning returns first."""
     import torch
     import transformers
     from peft import PeftModel
@@ -38,7 +40,7 @@ def peft_logits(folder, adapter):
     base = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager")
     m = PeftModel.from_pretrained(base.double(), adapter).eval()
     with torch.no_grad():
-        return [m(torch.tensor([s])).logits[0].float().numpy() for s in SEQS]
+        return [m(input_ids=torch.tensor([s])).logits[0, skip:].float().numpy() for s in SEQS]
 
 
 def hf_logits(folder):
@@ -83,7 +85,9 @@ def main():
                           ("dora", ["--target-modules", "c_attn,c_proj,c_fc",
                                     "--lora-dropout", "0"]),
                           ("ia3", ["--target-modules", "c_attn,mlp.c_proj",
-                                   "--feedforward-modules", "mlp.c_proj"])):
+                                   "--feedforward-modules", "mlp.c_proj"]),
+                          ("prompt", ["--num-virtual-tokens", "4"]),
+                          ("prefix", ["--num-virtual-tokens", "4"])):
         run = os.path.join(args.work, method)
         common.run([args.finch, "train", "-m", folder, "--method", method, "--out", run]
                    + train + extra)
@@ -91,7 +95,8 @@ def main():
         moved = max(float(np.abs(a - b).max()) for a, b in zip(tuned, base))
         print("%s: the adapter moves finch's logits by %.3g" % (method, moved))
         ok &= moved > 0.1
-        ok &= common.compare(method + ", peft vs finch", peft_logits(folder, run), tuned,
+        skip = 4 if method == "prompt" else 0
+        ok &= common.compare(method + ", peft vs finch", peft_logits(folder, run, skip), tuned,
                              TOL_PEFT)
     # full fine-tuning on the folder writes a transformers folder: transformers loads it
     run = os.path.join(args.work, "full")

@@ -118,8 +118,8 @@ static void test_config(void **state) {
             assert_non_null(ly->attn_norm_b);
             assert_non_null(ly->ffn_norm_b);
             assert_null(ly->w_gate.w.data);
-            const finch_linear *lins[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_up,
-                                          &ly->w_down};
+            const finch_linear *lins[] = {&ly->wq, &ly->wk,   &ly->wv,
+                                          &ly->wo, &ly->w_up, &ly->w_down};
             for (int k = 0; k < 6; k++) assert_non_null(lins[k]->bias);
             /* q, k, v: consecutive thirds of the fused projection */
             assert_ptr_equal((const char *)ly->wk.w.data,
@@ -154,8 +154,8 @@ static void test_logits(void **state) {
             double d_hf = max_diff(got, hf, (size_t)n * V, &at);
             double d_cpp = max_diff(got, cpp, (size_t)n * V, &at_c);
             const char *tag = json_string_value(json_object_get(seq, "tag"));
-            printf("  %s %s: |finch - transformers| %.3g, |finch - llama.cpp| %.3g\n",
-                   sources[src], tag, d_hf, d_cpp);
+            printf("  %s %s: |finch - transformers| %.3g, |finch - llama.cpp| %.3g\n", sources[src],
+                   tag, d_hf, d_cpp);
             if (d_hf > TOL_HF)
                 fail_msg("%s %s: logit [%zu, %zu] = %.7g, transformers %.7g", sources[src], tag,
                          at / V, at % V, got[at], hf[at]);
@@ -333,8 +333,9 @@ static void test_peft_adapters(void **state) {
             json_t *jm = json_load_file(path, 0, &je);
             assert_non_null(jo);
             assert_non_null(jm);
-            const char *fields[] = {"peft_type", "target_modules", "fan_in_fan_out",
-                                    "feedforward_modules", "r", "lora_alpha", "use_dora"};
+            const char *fields[] = {
+                "peft_type", "target_modules", "fan_in_fan_out", "feedforward_modules",
+                "r",         "lora_alpha",     "use_dora"};
             for (size_t f = 0; f < sizeof fields / sizeof *fields; f++)
                 if (!same_value(json_object_get(jo, fields[f]), json_object_get(jm, fields[f])))
                     fail_msg("%s: adapter_config.json field %s differs from peft's", names[k],
@@ -361,7 +362,7 @@ static void test_bitfit_biases(void **state) {
     finch_err err;
     if (finch_peft_new(m, "bitfit", NULL, 0, &rng, true, &p, &err)) fail_msg("%s", err.msg);
     const char *stems[] = {"attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias",
-                           "mlp.c_proj.bias", "ln_1.bias", "ln_2.bias"};
+                           "mlp.c_proj.bias",  "ln_1.bias",        "ln_2.bias"};
     const int64_t sizes[] = {192, 64, 256, 64, 64, 64};
     int64_t want_total = 64; /* ln_f */
     assert_int_equal(p->params.n, 2 * 6 + 1);
@@ -380,8 +381,7 @@ static void test_bitfit_biases(void **state) {
     /* they start at the model's values: c_attn's thirds are q's, k's, v's biases */
     const finch_param *qkv = finch_params_find(&p->params, "transformer.h.1.attn.c_attn.bias");
     assert_memory_equal(p->params.data + qkv->off, m->layers[1].wq.bias, 64 * sizeof(float));
-    assert_memory_equal(p->params.data + qkv->off + 128, m->layers[1].wv.bias,
-                        64 * sizeof(float));
+    assert_memory_equal(p->params.data + qkv->off + 128, m->layers[1].wv.bias, 64 * sizeof(float));
     assert_memory_equal(p->params.data + f->off, m->output_norm_b, 64 * sizeof(float));
     finch_peft_free(p);
     finch_model_free(m);
@@ -474,8 +474,8 @@ static void broken_gguf(const char *out, const char *skip, const char *key, uint
     for (int64_t i = 0; i < finch_gguf_n_tensors(g); i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
         if (skip && !strcmp(t->name, skip)) continue;
-        assert_int_equal(finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err),
-                         FINCH_OK);
+        assert_int_equal(
+            finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err), FINCH_OK);
     }
     if (finch_gguf_writer_save(w, out, &err)) fail_msg("%s", err.msg);
     finch_gguf_writer_free(w);
@@ -530,8 +530,7 @@ static void test_bad_input(void **state) {
     broken_folder(path, "activation_function", "\"relu\"");
     refused(path, (const char *[]){"config.json", "activation_function", "relu"}, 3);
     broken_folder(path, "n_inner", "100");
-    refused(path, (const char *[]){"transformer.h.0.mlp.c_fc.weight", "[64, 256]", "[64, 100]"},
-            3);
+    refused(path, (const char *[]){"transformer.h.0.mlp.c_fc.weight", "[64, 256]", "[64, 100]"}, 3);
     broken_folder(path, "scale_attn_by_inverse_layer_idx", "true");
     refused(path, (const char *[]){"config.json", "scale_attn_by_inverse_layer_idx"}, 2);
     /* past the learned positions: a session is refused, not run off the table */
@@ -570,14 +569,10 @@ static int teardown(void **state) {
 int main(void) {
     finch_threads_set(1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config),
-        cmocka_unit_test(test_logits),
-        cmocka_unit_test(test_tokenizer),
-        cmocka_unit_test(test_lora_learns),
-        cmocka_unit_test(test_peft_adapters),
-        cmocka_unit_test(test_bitfit_biases),
-        cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_merge),
+        cmocka_unit_test(test_config),        cmocka_unit_test(test_logits),
+        cmocka_unit_test(test_tokenizer),     cmocka_unit_test(test_lora_learns),
+        cmocka_unit_test(test_peft_adapters), cmocka_unit_test(test_bitfit_biases),
+        cmocka_unit_test(test_bad_input),     cmocka_unit_test(test_merge),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -133,4 +133,32 @@ static inline const char *real_model(void) {
 }
 #endif
 
+#ifdef FINCH_KERNELS_H
+/* The CPU backend under test: the one FINCH_CPU names (CTest runs the kernel tests once
+ * per instruction set compiled in), else this machine's widest. Exits 77, which CTest
+ * counts as skipped, when this CPU lacks the named set. */
+static inline const finch_backend *test_backend(void) {
+    finch_err err = {0};
+    const finch_backend *be = finch_cpu_backend(&err);
+    if (!be) {
+        printf("skipped: %s\n", err.msg);
+        exit(77);
+    }
+    printf("backend %s\n", be->name);
+    return be;
+}
+
+/* For a test compiled against one copy of kernels/cpu/ (-DFINCH_ISA=set): exits 77 when
+ * this CPU cannot run that copy. */
+static inline void test_require_isa(const char *name) {
+    for (int i = 0; i < finch_cpu_isa_count(); i++)
+        if (!strcmp(finch_cpu_isa_name(i), name)) {
+            if (finch_cpu_isa_supported(i)) return;
+            printf("skipped: this CPU lacks %s\n", name);
+            exit(77);
+        }
+    fail_msg("instruction set %s is not compiled in", name);
+}
+#endif
+
 #endif /* FINCH_TEST_UTIL_H */

@@ -36,7 +36,13 @@ static const struct {
 static int cmd_version(int argc, char **argv) {
     if (argc > 1)
         return cli_usage_error("version", "unexpected argument '%s' (it takes none)", argv[1]);
-    printf("finch %s\n", FINCH_VERSION);
+    char kernels[256];
+    finch_err err = {0};
+    if (finch_kernels_describe(kernels, sizeof kernels, &err)) {
+        fprintf(stderr, "finch: %s\n", err.msg);
+        return 1;
+    }
+    printf("finch %s\nkernels: %s\n", FINCH_VERSION, kernels);
     return 0;
 }
 

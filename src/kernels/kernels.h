@@ -251,7 +251,18 @@ typedef struct {
     void (*gelu_backward)(float *dx, const float *dy, const float *x, int64_t n);
 } finch_backend;
 
-extern const finch_backend finch_backend_cpu;
+/* The CPU backend for this machine (kernels/cpu_select.c): the widest instruction set
+ * compiled in that the CPU and OS support, or the one the environment variable FINCH_CPU
+ * names (generic, avx2, avx512, avx512vnni; native in a -march=native build), which fails
+ * with FINCH_E_USAGE when it is unknown or this CPU lacks it. */
+const finch_backend *finch_cpu_backend(finch_err *err);
+
+/* The instruction sets compiled in (widest last) and whether this CPU runs each. */
+int finch_cpu_isa_count(void);
+const char *finch_cpu_isa_name(int i);
+bool finch_cpu_isa_supported(int i);
+/* The backend compiled for set i, whether or not this CPU runs it. */
+const finch_backend *finch_cpu_isa_backend(int i);
 
 /* Naive references (kernels/ref/ref.c): same contracts as the table, double accumulation,
  * single-threaded, no workspace. */

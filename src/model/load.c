@@ -364,14 +364,15 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
 finch_status finch_model_load(const char *path, finch_model **out, finch_err *err) {
     finch_model *m = finch_calloc(1, sizeof *m, "model", err);
     if (!m) return FINCH_E_NOMEM;
-    finch_status st = FINCH_E_NOMEM;
+    finch_status st = FINCH_E_USAGE;
+    if (!(m->be = finch_cpu_backend(err))) goto fail;
+    st = FINCH_E_NOMEM;
     m->path = finch_alloc(strlen(path) + 1, "model path", err);
     if (!m->path) goto fail;
     memcpy(m->path, path, strlen(path) + 1);
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
         if ((st = finch_model_load_hf(m, err))) goto fail;
-        m->be = &finch_backend_cpu;
         *out = m;
         return FINCH_OK;
     }
@@ -405,7 +406,6 @@ finch_status finch_model_load(const char *path, finch_model **out, finch_err *er
         m->cfg.n_params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
         m->cfg.weight_bytes += (int64_t)t->nbytes;
     }
-    m->be = &finch_backend_cpu;
     *out = m;
     return FINCH_OK;
 fail:

@@ -43,11 +43,23 @@ static void test_version(void **state) {
     char want[64];
     snprintf(want, sizeof want, "finch %s\n", FINCH_VERSION);
     EXPECT("--version", NULL, 0, want);
-    assert_string_equal(out, want);
+    assert_memory_equal(out, want, strlen(want)); /* then which kernels run */
+    assert_non_null(strstr(out, "\nkernels: cpu-"));
+    const char *built = strstr(out, "(built: ");
+    assert_non_null(built);
+    char first[32], expect[64];
+    assert_int_equal(sscanf(built + 8, "%31[a-z0-9]", first), 1);
     EXPECT("-V", NULL, 0, want);
     EXPECT("version", NULL, 0, want);
-    assert_string_equal(out, want);
+    assert_memory_equal(out, want, strlen(want));
     EXPECT("version extra", NULL, 2, "unexpected argument 'extra'");
+    /* the first instruction set built, forced by name, and a name the build lacks */
+    snprintf(expect, sizeof expect, "kernels: cpu-%s (", first);
+    setenv("FINCH_CPU", first, 1);
+    EXPECT("--version", NULL, 0, expect);
+    setenv("FINCH_CPU", "sse9", 1);
+    EXPECT("--version", NULL, 1, "FINCH_CPU=sse9: unknown instruction set (this build has ");
+    unsetenv("FINCH_CPU");
     EXPECT("--help", NULL, 0, "version");
 }
 

@@ -31,6 +31,9 @@
 
 #include "core/quant.h"
 #include "kernels/kernels.h"
+#include "test_util.h" /* test_backend, test_require_isa */
+
+static const finch_backend *be; /* the backend under test (test_backend) */
 
 #define FD_H 1e-4
 #define FD_TOL 2e-4
@@ -139,7 +142,7 @@ static void check_matmul_backward_input(finch_dtype t, int64_t R, int64_t K, int
     finch_err err;
     assert_int_equal(
         finch_workspace_init(&ws, finch_workspace_need(ws_cols, 1), n_threads, 0, &err), FINCH_OK);
-    finch_backend_cpu.matmul_backward_input(dx, dy, &w, T, &ws);
+    be->matmul_backward_input(dx, dy, &w, T, &ws);
     finch_ref_matmul_backward_input(dxr, dy, &w, T);
     snprintf(what, sizeof what, "matmul_backward_input %s R=%lld K=%lld T=%lld threads=%d",
              finch_dtype_info[t].name, (long long)R, (long long)K, (long long)T, n_threads);
@@ -221,7 +224,7 @@ static void test_matmul_backward_weight(void **state) {
             float *x = rand_vec(&r, T * K, 1.0f), *w = rand_vec(&r, R * K, 0.5f);
             float *dy = rand_vec(&r, T * R, 1.0f), *dw0 = rand_vec(&r, R * K, 1.0f);
             float *dw = copy_vec(dw0, R * K), *dwr = copy_vec(dw0, R * K), *g = zeros(R * K);
-            finch_backend_cpu.matmul_backward_weight(dw, dy, x, T, R, K, NULL);
+            be->matmul_backward_weight(dw, dy, x, T, R, K, NULL);
             finch_ref_matmul_backward_weight(dwr, dy, x, T, R, K);
             /* parameter gradients accumulate: subtract what was there */
             for (int64_t i = 0; i < R * K; i++) g[i] = dw[i] - dw0[i];
@@ -255,7 +258,7 @@ static void test_embed_backward(void **state) {
     const int32_t ids[9] = {3, 0, 3, 10, 5, 3, 0, 7, 10};
     float *dx = rand_vec(&r, T * C, 1.0f), *d0 = rand_vec(&r, V * C, 1.0f);
     float *de = copy_vec(d0, V * C), *der = copy_vec(d0, V * C);
-    finch_backend_cpu.embed_backward(de, dx, ids, T, C);
+    be->embed_backward(de, dx, ids, T, C);
     finch_ref_embed_backward(der, dx, ids, T, C);
     for (int64_t v = 0; v < V; v++)
         for (int64_t c = 0; c < C; c++) {
@@ -305,8 +308,8 @@ static void test_rmsnorm_backward(void **state) {
         float *dy = rand_vec(&r, T * C, 1.0f), *y = zeros(T * C), *rstd = zeros(T);
         float *dw0 = rand_vec(&r, C, 1.0f), *dw = copy_vec(dw0, C), *dwr = copy_vec(dw0, C);
         float *dx = zeros(T * C), *dxr = zeros(T * C), *g = zeros(C);
-        finch_backend_cpu.rmsnorm_forward(y, rstd, x, w, T, C, eps);
-        finch_backend_cpu.rmsnorm_backward(dx, dw, dy, rstd, x, w, T, C);
+        be->rmsnorm_forward(y, rstd, x, w, T, C, eps);
+        be->rmsnorm_backward(dx, dw, dy, rstd, x, w, T, C);
         finch_ref_rmsnorm_backward(dxr, dwr, dy, rstd, x, w, T, C);
         double *xd = to_double(x, T * C), *wd = to_double(w, C), *Pd = to_double(dy, T * C);
         rms_ctx c = {T, C, eps, xd, wd, Pd};
@@ -322,7 +325,7 @@ static void test_rmsnorm_backward(void **state) {
         check_close(what, dw, dwr, C);
         /* dx may alias dy */
         float *dd = copy_vec(dy, T * C), *dw2 = copy_vec(dw0, C);
-        finch_backend_cpu.rmsnorm_backward(dd, dw2, dd, rstd, x, w, T, C);
+        be->rmsnorm_backward(dd, dw2, dd, rstd, x, w, T, C);
         assert_memory_equal(dd, dx, (size_t)(T * C) * sizeof(float));
         assert_memory_equal(dw2, dw, (size_t)C * sizeof(float));
         free(dd);
@@ -383,7 +386,7 @@ static void test_rope_backward(void **state) {
         for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(finch_rng_u64(&r) % 2000);
         float *x = rand_vec(&r, n, 1.0f), *dy = rand_vec(&r, n, 1.0f);
         float *dx = copy_vec(dy, n), *dxr = copy_vec(dy, n);
-        finch_backend_cpu.rope_backward(dx, pos, T, nh, D, 10000.0f);
+        be->rope_backward(dx, pos, T, nh, D, 10000.0f);
         finch_ref_rope_backward(dxr, pos, T, nh, D, 10000.0f);
         double *xd = to_double(x, n), *Pd = to_double(dy, n);
         rope_ctx c = {T, nh, D, 10000.0, pos, xd, Pd};
@@ -392,8 +395,8 @@ static void test_rope_backward(void **state) {
         check_close("rope", dx, dxr, n);
         /* backward undoes forward: a rotation's gradient is its inverse */
         float *y = copy_vec(x, n);
-        finch_backend_cpu.rope_forward(y, pos, T, nh, D, 10000.0f);
-        finch_backend_cpu.rope_backward(y, pos, T, nh, D, 10000.0f);
+        be->rope_forward(y, pos, T, nh, D, 10000.0f);
+        be->rope_backward(y, pos, T, nh, D, 10000.0f);
         for (int64_t i = 0; i < n; i++)
             assert_true(fabsf(y[i] - x[i]) <= 1e-5f * (1 + fabsf(x[i])));
         free(y);
@@ -520,7 +523,7 @@ static void test_attention_backward(void **state) {
             float *dqr = zeros(nq), *dkr = zeros(nkv), *dvr = zeros(nkv);
             finch_workspace ws;
             ws_init(&ws, 1, T + np);
-            finch_backend_cpu.attention_forward_train(out, att, q, k, v, seg, pp, B, T, H, KVH, D,
+            be->attention_forward_train(out, att, q, k, v, seg, pp, B, T, H, KVH, D,
                                                       &ws);
             finch_ref_attention_forward_train(outr, attr, q, k, v, seg, ppr, B, T, H, KVH, D);
             snprintf(what, sizeof what, "attention B=%lld T=%lld H=%d KVH=%d D=%d%s prefix %lld",
@@ -536,7 +539,7 @@ static void test_attention_backward(void **state) {
                                                 v + o * KVH * D, t1 - t0, 0, H, KVH, D, 0);
                 }
             if (!np) check_close(what, out, outc, nq);
-            finch_backend_cpu.attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, pp, B, T,
+            be->attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, pp, B, T,
                                                  H, KVH, D, &ws);
             finch_ref_attention_backward(dqr, dkr, dvr, dout, attr, q, k, v, seg, ppr, B, T, H, KVH,
                                          D);
@@ -574,9 +577,9 @@ static void test_attention_backward(void **state) {
             float *p1 = zeros(np * 2 * kvs + 1);
             memcpy(p1, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
             finch_attn_prefix pa1 = {pre, pre + kvs, p1, p1 + kvs, np, 2 * kvs};
-            finch_backend_cpu.attention_forward_train(o1, a1, q, k, v, seg, np ? &pa1 : NULL, B, T,
+            be->attention_forward_train(o1, a1, q, k, v, seg, np ? &pa1 : NULL, B, T,
                                                       H, KVH, D, &ws1);
-            finch_backend_cpu.attention_backward(q1, k1, v1, ds, dout, a1, q, k, v, seg,
+            be->attention_backward(q1, k1, v1, ds, dout, a1, q, k, v, seg,
                                                  np ? &pa1 : NULL, B, T, H, KVH, D, &ws1);
             /* the prefix's sums run in a fixed order too */
             assert_memory_equal(p1, dpre_raw, (size_t)(np * 2 * kvs) * sizeof(float));
@@ -648,7 +651,7 @@ static void test_swiglu_backward(void **state) {
         float *gate = rand_vec(&r, n, 3.0f), *up = rand_vec(&r, n, 1.0f),
               *dh = rand_vec(&r, n, 1.0f);
         float *dg = zeros(n), *du = zeros(n), *dgr = zeros(n), *dur = zeros(n);
-        finch_backend_cpu.swiglu_backward(dg, du, dh, gate, up, n);
+        be->swiglu_backward(dg, du, dh, gate, up, n);
         finch_ref_swiglu_backward(dgr, dur, dh, gate, up, n);
         double *gd = to_double(gate, n), *ud = to_double(up, n), *Pd = to_double(dh, n);
         swiglu_ctx c = {n, gd, ud, Pd};
@@ -660,7 +663,7 @@ static void test_swiglu_backward(void **state) {
         check_close("swiglu dup", du, dur, n);
         /* dgate may alias dh */
         float *dd = copy_vec(dh, n), *du2 = zeros(n);
-        finch_backend_cpu.swiglu_backward(dd, du2, dd, gate, up, n);
+        be->swiglu_backward(dd, du2, dd, gate, up, n);
         assert_memory_equal(dd, dg, (size_t)n * sizeof(float));
         assert_memory_equal(du2, du, (size_t)n * sizeof(float));
         free(dd);
@@ -698,7 +701,7 @@ static void test_geglu_backward(void **state) {
         int64_t n = ns[s];
         float *gate = rand_vec(&r, n, 3.0f), *up = rand_vec(&r, n, 1.0f), *dh = rand_vec(&r, n, 1.0f);
         float *dg = zeros(n), *du = zeros(n), *dgr = zeros(n), *dur = zeros(n);
-        finch_backend_cpu.geglu_backward(dg, du, dh, gate, up, n);
+        be->geglu_backward(dg, du, dh, gate, up, n);
         finch_ref_geglu_backward(dgr, dur, dh, gate, up, n);
         double *gd = to_double(gate, n), *ud = to_double(up, n), *Pd = to_double(dh, n);
         swiglu_ctx c = {n, gd, ud, Pd};
@@ -751,12 +754,12 @@ static void test_layernorm_backward(void **state) {
         float *dw0 = rand_vec(&r, C, 1.0f), *dw = copy_vec(dw0, C), *dwr = copy_vec(dw0, C);
         float *db = copy_vec(dw0, C), *dbr = copy_vec(dw0, C);
         float *dx = zeros(T * C), *dxr = zeros(T * C), *g = zeros(C);
-        finch_backend_cpu.layernorm_forward(y, st, x, w, b, T, C, eps);
+        be->layernorm_forward(y, st, x, w, b, T, C, eps);
         finch_ref_layernorm_forward(yr, str, x, w, b, T, C, eps);
         snprintf(what, sizeof what, "layernorm y T=%lld C=%lld", (long long)T, (long long)C);
         check_close(what, y, yr, T * C);
         check_close(what, st, str, 2 * T);
-        finch_backend_cpu.layernorm_backward(dx, dw, db, dy, st, x, w, T, C);
+        be->layernorm_backward(dx, dw, db, dy, st, x, w, T, C);
         finch_ref_layernorm_backward(dxr, dwr, dbr, dy, st, x, w, T, C);
         double *xd = to_double(x, T * C), *wd = to_double(w, C), *bd = to_double(b, C);
         double *Pd = to_double(dy, T * C);
@@ -779,7 +782,7 @@ static void test_layernorm_backward(void **state) {
         check_close(what, db, dbr, C);
         /* dx may alias dy; without dw, db only dx is computed */
         float *dd = copy_vec(dy, T * C);
-        finch_backend_cpu.layernorm_backward(dd, NULL, NULL, dd, st, x, w, T, C);
+        be->layernorm_backward(dd, NULL, NULL, dd, st, x, w, T, C);
         assert_memory_equal(dd, dx, (size_t)(T * C) * sizeof(float));
         free(dd), free(xd), free(wd), free(bd), free(Pd), free(x), free(w), free(b), free(dy);
         free(y), free(yr), free(st), free(str), free(dw0), free(dw), free(dwr), free(db);
@@ -813,10 +816,10 @@ static void test_gelu_backward(void **state) {
         int64_t n = ns[s];
         float *x = rand_vec(&r, n, 3.0f), *dy = rand_vec(&r, n, 1.0f);
         float *y = zeros(n), *yr = zeros(n), *dx = zeros(n), *dxr = zeros(n);
-        finch_backend_cpu.gelu_forward(y, x, n);
+        be->gelu_forward(y, x, n);
         finch_ref_gelu_forward(yr, x, n);
         check_close("gelu y", y, yr, n);
-        finch_backend_cpu.gelu_backward(dx, dy, x, n);
+        be->gelu_backward(dx, dy, x, n);
         finch_ref_gelu_backward(dxr, dy, x, n);
         double *xd = to_double(x, n), *Pd = to_double(dy, n);
         gelu_ctx c = {n, xd, Pd};
@@ -825,7 +828,7 @@ static void test_gelu_backward(void **state) {
         check_close("gelu dx", dx, dxr, n);
         /* dx may alias dy */
         float *dd = copy_vec(dy, n);
-        finch_backend_cpu.gelu_backward(dd, dd, x, n);
+        be->gelu_backward(dd, dd, x, n);
         assert_memory_equal(dd, dx, (size_t)n * sizeof(float));
         free(dd), free(xd), free(Pd), free(x), free(dy), free(y), free(yr), free(dx), free(dxr);
     }
@@ -870,7 +873,7 @@ static void test_softmax_xent(void **state) {
         for (int64_t i = 0; i < N; i++)
             tg[i] = (i % 3 == 1) ? -1 : (int32_t)(finch_rng_u64(&r) % (uint64_t)V);
         float *l = rand_vec(&r, N * V, 2.0f), *dl = zeros(N * V), *dlr = zeros(N * V);
-        double loss = finch_backend_cpu.softmax_xent(dl, l, tg, N, V, 0.0f);
+        double loss = be->softmax_xent(dl, l, tg, N, V, 0.0f);
         double lossr = finch_ref_softmax_xent(dlr, l, tg, N, V, 0.0f);
         double *ld = to_double(l, N * V);
         xent_ctx c = {N, V, ld, tg};
@@ -885,18 +888,18 @@ static void test_softmax_xent(void **state) {
             if (tg[i] < 0)
                 for (int64_t j = 0; j < V; j++) assert_true(dl[i * V + j] == 0.0f);
         /* loss only; an explicit scale; in place */
-        assert_true(finch_backend_cpu.softmax_xent(NULL, l, tg, N, V, 0.0f) == loss);
+        assert_true(be->softmax_xent(NULL, l, tg, N, V, 0.0f) == loss);
         float *dl3 = zeros(N * V), *inplace = copy_vec(l, N * V);
-        finch_backend_cpu.softmax_xent(dl3, l, tg, N, V, 0.25f);
+        be->softmax_xent(dl3, l, tg, N, V, 0.25f);
         int64_t n = 0;
         for (int64_t i = 0; i < N; i++) n += tg[i] >= 0;
         for (int64_t i = 0; i < N * V; i++)
             assert_true(fabsf(dl3[i] - dl[i] * 0.25f * (float)n) <= 1e-6f);
-        assert_true(finch_backend_cpu.softmax_xent(inplace, inplace, tg, N, V, 0.0f) == loss);
+        assert_true(be->softmax_xent(inplace, inplace, tg, N, V, 0.0f) == loss);
         assert_memory_equal(inplace, dl, (size_t)(N * V) * sizeof(float));
         /* stability: a huge common offset changes nothing */
         for (int64_t i = 0; i < N * V; i++) inplace[i] = l[i] + 1e4f;
-        double big = finch_backend_cpu.softmax_xent(NULL, inplace, tg, N, V, 0.0f);
+        double big = be->softmax_xent(NULL, inplace, tg, N, V, 0.0f);
         double bigr = finch_ref_softmax_xent(NULL, inplace, tg, N, V, 0.0f);
         /* l + 1e4 is rounded to f32's spacing at 1e4 (~1e-3), so compare loosely */
         assert_true(isfinite(big) && fabs(big - want) <= 1e-2 * (1 + fabs(want)));
@@ -914,7 +917,7 @@ static void test_softmax_xent(void **state) {
     int32_t nt[3] = {1, 2, 3};
     for (int where = 0; where < 40; where += 13) {
         nl[40 + where] = NAN;
-        assert_true(isnan(finch_backend_cpu.softmax_xent(NULL, nl, nt, 3, 40, 0.0f)));
+        assert_true(isnan(be->softmax_xent(NULL, nl, nt, 3, 40, 0.0f)));
         assert_true(isnan(finch_ref_softmax_xent(NULL, nl, nt, 3, 40, 0.0f)));
         nl[40 + where] = 0.5f;
     }
@@ -922,12 +925,13 @@ static void test_softmax_xent(void **state) {
     /* every row masked: zero loss, zero gradient */
     int32_t tg[2] = {-1, -1};
     float l[6] = {1, 2, 3, 4, 5, 6}, dl[6] = {9, 9, 9, 9, 9, 9};
-    assert_true(finch_backend_cpu.softmax_xent(dl, l, tg, 2, 3, 0.0f) == 0.0);
+    assert_true(be->softmax_xent(dl, l, tg, 2, 3, 0.0f) == 0.0);
     assert_true(finch_ref_softmax_xent(NULL, l, tg, 2, 3, 0.0f) == 0.0);
     for (int i = 0; i < 6; i++) assert_true(dl[i] == 0.0f);
 }
 
 int main(void) {
+    be = test_backend();
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_backward_input), cmocka_unit_test(test_matmul_backward_weight),

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 
 #include "peft/method.h"
+#include "test_util.h" /* test_backend */
 
 #define TOL 2e-2
 static double H = 1e-3; /* the finite-difference step (all_methods_on may set another) */
@@ -221,6 +222,7 @@ static int teardown(void **state) {
 }
 
 int main(void) {
+    test_backend(); /* skips when FINCH_CPU names a set this CPU lacks */
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites),
                                        cmocka_unit_test(test_sites_gemma3),
                                        cmocka_unit_test(test_sites_qwen2),

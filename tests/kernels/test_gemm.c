@@ -19,6 +19,7 @@
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu.h"
+#include "test_util.h" /* test_backend, test_require_isa */
 
 static void check(int64_t M, int64_t N, int64_t K, bool acc, finch_rng *r) {
     const int64_t lda = K + 3, ldb = N + 5, ldc = N + 2;
@@ -86,6 +87,7 @@ static void test_gemm_rows_independent(void **state) {
 }
 
 int main(void) {
+    test_require_isa(FINCH_ISA_STR(FINCH_ISA));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_shapes),
         cmocka_unit_test(test_gemm_rows_independent),

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "kernels/cpu/cpu.h"
+#include "test_util.h" /* test_backend, test_require_isa */
 #include "test_weights.h" /* randn, rand_vec, make_weight */
 
 static double rb(float f) {
@@ -126,6 +127,7 @@ static void test_matmul(void **state) {
 }
 
 int main(void) {
+    test_require_isa(FINCH_ISA_STR(FINCH_ISA));
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_gemm), cmocka_unit_test(test_matmul)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

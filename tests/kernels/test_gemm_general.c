@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu.h"
+#include "test_util.h" /* test_backend, test_require_isa */
 
 /* op(X)[i][k] for X stored row-major with stride ld, transposed when t */
 static double at(const float *X, int64_t ld, bool t, int64_t i, int64_t k) {
@@ -104,6 +105,7 @@ static void test_gemm_general(void **state) {
 }
 
 int main(void) {
+    test_require_isa(FINCH_ISA_STR(FINCH_ISA));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_general),
     };

@@ -20,6 +20,9 @@
 
 #include "core/quant.h"
 #include "kernels/kernels.h"
+#include "test_util.h" /* test_backend, test_require_isa */
+
+static const finch_backend *be; /* the backend under test (test_backend) */
 
 
 /* max over elements of |y - ref| / (4e-6 * bound + 1e-6), where bound = sum |w||x|. */
@@ -33,7 +36,7 @@ static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T, f
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2,
                                           finch_workspace_act_need(T, cols), &err), FINCH_OK);
-    finch_backend_cpu.matmul(y, x, &w, T, &ws);
+    be->matmul(y, x, &w, T, &ws);
     finch_ref_matmul(yr, x, &w, T);
     for (int64_t i = 0; i < rows; i++) {
         finch_dtype_info[t].dequant(wf, (const uint8_t *)data + i * w.row_bytes, cols);
@@ -93,7 +96,7 @@ static void test_matmul_nf4(void **state) {
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
                                           finch_workspace_act_need(K, K), &err), FINCH_OK);
-    finch_backend_cpu.matmul(y, eye, &w, K, &ws);
+    be->matmul(y, eye, &w, K, &ws);
     for (int64_t i = 0; i < R; i++) {
         finch_dequant_nf4(wf, (const uint8_t *)data + i * w.row_bytes, K);
         for (int64_t k = 0; k < K; k++)
@@ -101,13 +104,13 @@ static void test_matmul_nf4(void **state) {
                 fail_msg("nf4 tile: row %lld col %lld = %.9g, dequantized %.9g", (long long)i,
                          (long long)k, y[k * R + i], wf[k]);
     }
-    finch_backend_cpu.matmul_q8(y2, eye, &w, K, &ws);
+    be->matmul_q8(y2, eye, &w, K, &ws);
     assert_memory_equal(y, y2, (size_t)(K * R) * sizeof(float));
     for (int64_t T = 1; T <= 9; T += 8) { /* the same bits on 1 and 2 threads */
         finch_threads_set(1);
-        finch_backend_cpu.matmul(y, eye, &w, T, &ws);
+        be->matmul(y, eye, &w, T, &ws);
         finch_threads_set(2);
-        finch_backend_cpu.matmul(y2, eye, &w, T, &ws);
+        be->matmul(y2, eye, &w, T, &ws);
         assert_memory_equal(y, y2, (size_t)(T * R) * sizeof(float));
     }
     finch_workspace_free(&ws);
@@ -150,7 +153,7 @@ static void check_matmul_q8(finch_dtype t, int64_t rows, int64_t cols, int64_t T
                                           finch_workspace_act_need(T, cols), &err),
                      FINCH_OK);
     for (int64_t k = 0; k < T; k++) quantize_act_spec(xhat + k * cols, s_abs + k * cols / 32, x + k * cols, cols);
-    finch_backend_cpu.matmul_q8(y, x, &w, T, &ws);
+    be->matmul_q8(y, x, &w, T, &ws);
     finch_ref_matmul(yr, xhat, &w, T);
     for (int64_t i = 0; i < rows; i++) {
         finch_dtype_info[t].dequant(wf, (const uint8_t *)data + i * w.row_bytes, cols);
@@ -211,9 +214,9 @@ static void test_matmul_q8_batch_invariant(void **state) {
         finch_err err;
         assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
                                               finch_workspace_act_need(T, K), &err), FINCH_OK);
-        finch_backend_cpu.matmul_q8(yb, x, &w, T, &ws);
+        be->matmul_q8(yb, x, &w, T, &ws);
         for (int64_t t = 0; t < T; t++) {
-            finch_backend_cpu.matmul_q8(y1, x + t * K, &w, 1, &ws);
+            be->matmul_q8(y1, x + t * K, &w, 1, &ws);
             assert_memory_equal(y1, yb + t * R, sizeof y1);
         }
         finch_workspace_free(&ws);
@@ -248,9 +251,9 @@ static void test_matmul_thread_invariant(void **state) {
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(576, 1), 2, 0, &err), FINCH_OK);
     for (int64_t T = 1; T <= 9; T += 8) {
         finch_threads_set(1);
-        finch_backend_cpu.matmul(y1, x, &w, T, &ws);
+        be->matmul(y1, x, &w, T, &ws);
         finch_threads_set(2);
-        finch_backend_cpu.matmul(y2, x, &w, T, &ws);
+        be->matmul(y2, x, &w, T, &ws);
         assert_memory_equal(y1, y2, (size_t)T * 200 * sizeof(float));
     }
     finch_workspace_free(&ws);
@@ -276,7 +279,7 @@ static void test_rmsnorm(void **state) {
     const int64_t T = 5, C = 77;
     float *x = rand_vec(&r, T * C, 3.0f), *w = rand_vec(&r, C, 1.0f);
     float y[5 * 77], yr[5 * 77], rs[5], rsr[5];
-    finch_backend_cpu.rmsnorm_forward(y, rs, x, w, T, C, 1e-5f);
+    be->rmsnorm_forward(y, rs, x, w, T, C, 1e-5f);
     finch_ref_rmsnorm_forward(yr, rsr, x, w, T, C, 1e-5f);
     assert_close(y, yr, T * C, 1e-6, 1e-3, "rmsnorm y");
     assert_close(rs, rsr, T, 1e-6, 1e-3, "rmsnorm rstd");
@@ -294,16 +297,16 @@ static void test_rope(void **state) {
     float *xr = malloc(T * nh * D * sizeof(float));
     memcpy(xr, x, T * nh * D * sizeof(float));
     int32_t pos[6] = {0, 1, 2, 100, 4095, 8191};
-    finch_backend_cpu.rope_forward(x, pos, T, nh, D, 100000.0f);
+    be->rope_forward(x, pos, T, nh, D, 100000.0f);
     finch_ref_rope_forward(xr, pos, T, nh, D, 100000.0f);
     assert_close(x, xr, T * nh * D, 1e-5, 1e-3, "rope");
     /* position 0 leaves the vector unchanged; rotation preserves each pair's norm */
     float *z = rand_vec(&r, nh * D, 1.0f), z0[48];
     memcpy(z0, z, sizeof z0);
     int32_t p0 = 0, p1 = 37;
-    finch_backend_cpu.rope_forward(z, &p0, 1, nh, D, 10000.0f);
+    be->rope_forward(z, &p0, 1, nh, D, 10000.0f);
     assert_memory_equal(z, z0, sizeof z0);
-    finch_backend_cpu.rope_forward(z, &p1, 1, nh, D, 10000.0f);
+    be->rope_forward(z, &p1, 1, nh, D, 10000.0f);
     for (int i = 0; i < nh * D; i += 2) {
         double n0 = hypot(z0[i], z0[i + 1]), n1 = hypot(z[i], z[i + 1]);
         assert_true(fabs(n0 - n1) < 1e-5 * (n0 + 1));
@@ -328,7 +331,7 @@ static void test_attention(void **state) {
         float *q = rand_vec(&r, T * H * D, 1.0f), *k = rand_vec(&r, n * KVH * D, 1.0f);
         float *v = rand_vec(&r, n * KVH * D, 1.0f);
         float *o = malloc(T * H * D * sizeof(float)), *orf = malloc(T * H * D * sizeof(float));
-        finch_backend_cpu.attention_forward(o, q, k, v, T, pos0, H, KVH, D, window, &ws);
+        be->attention_forward(o, q, k, v, T, pos0, H, KVH, D, window, &ws);
         finch_ref_attention_forward(orf, q, k, v, T, pos0, H, KVH, D, window);
         assert_close(o, orf, T * H * D, 1e-5, 1.0, "attention");
         free(q);
@@ -352,7 +355,7 @@ static void test_layernorm_gelu(void **state) {
     float *dy = rand_vec(&r, T * C, 1.0f);
     float *y = malloc(T * C * sizeof(float)), *yr = malloc(T * C * sizeof(float));
     float st[2 * 37], str[2 * 37];
-    finch_backend_cpu.layernorm_forward(y, st, x, w, b, T, C, 1e-5f);
+    be->layernorm_forward(y, st, x, w, b, T, C, 1e-5f);
     finch_ref_layernorm_forward(yr, str, x, w, b, T, C, 1e-5f);
     /* y = (x - mu) r w + b adds terms of size ~1 to 4 whose f32 rounding stays in y when
      * they cancel: the floor is their scale, not y's */
@@ -363,12 +366,12 @@ static void test_layernorm_gelu(void **state) {
         dx[k] = calloc((size_t)(T * C), sizeof(float));
         dw[k] = calloc((size_t)C, sizeof(float));
         db[k] = calloc((size_t)C, sizeof(float));
-        finch_backend_cpu.layernorm_backward(dx[k], dw[k], db[k], dy, st, x, w, T, C);
+        be->layernorm_backward(dx[k], dw[k], db[k], dy, st, x, w, T, C);
     }
     assert_memory_equal(dx[0], dx[1], (size_t)(T * C) * sizeof(float));
     assert_memory_equal(dw[0], dw[1], (size_t)C * sizeof(float));
     assert_memory_equal(db[0], db[1], (size_t)C * sizeof(float));
-    finch_backend_cpu.gelu_forward(y, x, T * C);
+    be->gelu_forward(y, x, T * C);
     finch_ref_gelu_forward(yr, x, T * C);
     assert_close(y, yr, T * C, 1e-6, 1e-3, "gelu");
     for (int k = 0; k < 2; k++) free(dx[k]), free(dw[k]), free(db[k]);
@@ -380,7 +383,7 @@ static void test_geglu(void **state) {
     finch_rng r;
     finch_rng_seed(&r, 8);
     float *g = rand_vec(&r, 1000, 4.0f), *u = rand_vec(&r, 1000, 1.0f), h[1000], hr[1000];
-    finch_backend_cpu.geglu_forward(h, g, u, 1000);
+    be->geglu_forward(h, g, u, 1000);
     finch_ref_geglu_forward(hr, g, u, 1000);
     assert_close(h, hr, 1000, 1e-6, 1e-3, "geglu");
     free(g);
@@ -392,7 +395,7 @@ static void test_swiglu(void **state) {
     finch_rng r;
     finch_rng_seed(&r, 7);
     float *g = rand_vec(&r, 1000, 4.0f), *u = rand_vec(&r, 1000, 1.0f), h[1000], hr[1000];
-    finch_backend_cpu.swiglu_forward(h, g, u, 1000);
+    be->swiglu_forward(h, g, u, 1000);
     finch_ref_swiglu_forward(hr, g, u, 1000);
     assert_close(h, hr, 1000, 1e-6, 1e-3, "swiglu");
     free(g);
@@ -409,19 +412,19 @@ static void test_site_ops(void **state) {
     const int64_t T = 37, n = 203;
     float *x = rand_vec(&r, T * n, 1.0f), *b = rand_vec(&r, T * n, 1.0f), *s = rand_vec(&r, n, 2.0f);
     float *y = malloc(sizeof(float) * (size_t)(T * n)), *yr = malloc(sizeof(float) * (size_t)(T * n));
-    finch_backend_cpu.scale_cols(y, x, s, T, n);
+    be->scale_cols(y, x, s, T, n);
     finch_ref_scale_cols(yr, x, s, T, n);
     assert_memory_equal(y, yr, sizeof(float) * (size_t)(T * n)); /* one product each: exact */
     float d1[203] = {0}, d2[203] = {0}, dr[203] = {0}, u[203] = {0};
     finch_threads_set(1);
-    finch_backend_cpu.col_dot(d1, x, b, T, n);
+    be->col_dot(d1, x, b, T, n);
     finch_threads_set(2);
-    finch_backend_cpu.col_dot(d2, x, b, T, n);
+    be->col_dot(d2, x, b, T, n);
     finch_ref_col_dot(dr, x, b, T, n);
     assert_memory_equal(d1, d2, sizeof d1);
     /* f32 sums of T products of O(1) terms: floor T */
     assert_close(d2, dr, n, 4e-6, (double)T, "col_dot");
-    finch_backend_cpu.col_dot(u, x, NULL, T, n);
+    be->col_dot(u, x, NULL, T, n);
     memset(dr, 0, sizeof dr);
     finch_ref_col_dot(dr, x, NULL, T, n);
     assert_close(u, dr, n, 4e-6, (double)T, "col_dot (sums)");
@@ -432,10 +435,10 @@ static void test_site_ops(void **state) {
     for (int k = 0; k < 3; k++) {
         float p = (float[]){0.05f, 0.5f, 0.9f}[k];
         finch_dropout d = finch_dropout_make(1234 + (uint64_t)k, 7, p);
-        finch_backend_cpu.dropout_forward(o1, in, N, &d);
+        be->dropout_forward(o1, in, N, &d);
         finch_ref_dropout_forward(o2, in, N, &d);
         assert_memory_equal(o1, o2, sizeof(float) * N);
-        finch_backend_cpu.dropout_backward(g1, in, N, &d);
+        be->dropout_backward(g1, in, N, &d);
         finch_ref_dropout_backward(g2, in, N, &d);
         assert_memory_equal(g1, g2, sizeof(float) * N);
         int64_t dropped = 0;
@@ -469,9 +472,9 @@ static void test_dropout_statistics(void **state) {
             finch_dropout d = finch_dropout_make(seed, stream, (float)p);
             finch_dropout ds = finch_dropout_make(seed, stream + 1, (float)p);
             finch_dropout dn = finch_dropout_make(seed + 1, stream, (float)p);
-            finch_backend_cpu.dropout_forward(a, ones, N, &d);
-            finch_backend_cpu.dropout_forward(b, ones, N, &ds);
-            finch_backend_cpu.dropout_forward(c, ones, N, &dn);
+            be->dropout_forward(a, ones, N, &d);
+            be->dropout_forward(b, ones, N, &ds);
+            be->dropout_forward(c, ones, N, &dn);
             int64_t own = 0;
             for (int i = 0; i < N; i++) {
                 own += a[i] == 0.0f;
@@ -494,12 +497,13 @@ static void test_dropout_statistics(void **state) {
     }
     /* p = 0 drops nothing */
     finch_dropout z = finch_dropout_make(5, 6, 0.0f);
-    finch_backend_cpu.dropout_forward(a, ones, N, &z);
+    be->dropout_forward(a, ones, N, &z);
     assert_memory_equal(a, ones, sizeof(float) * N);
     free(ones), free(a), free(b), free(c);
 }
 
 int main(void) {
+    be = test_backend();
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dropout_statistics),

@@ -1,10 +1,11 @@
 /*
- * backend.c: the CPU backend's op table.
+ * backend.c: the CPU backend's op table, one per instruction set the files are compiled
+ * for (finch_backend_cpu_<set>, named "cpu-<set>").
  */
 #include "kernels/cpu/cpu.h"
 
 const finch_backend finch_backend_cpu = {
-    .name = "cpu",
+    .name = "cpu-" FINCH_ISA_STR(FINCH_ISA),
     .matmul = finch_cpu_matmul,
     .matmul_q8 = finch_cpu_matmul_q8,
     .embed = finch_cpu_embed,

@@ -1,11 +1,84 @@
 /*
- * cpu.h: the CPU backend's ops, gathered into finch_backend_cpu by backend.c. Contracts
- * are those of the matching finch_backend members (kernels/kernels.h).
+ * cpu.h: the CPU backend's ops, gathered into one op table by backend.c. Contracts are
+ * those of the matching finch_backend members (kernels/kernels.h).
+ *
+ * Every file of kernels/cpu/ is compiled once per instruction set (CMakeLists.txt: generic,
+ * avx2, avx512, avx512vnni on x86-64; one set elsewhere), with FINCH_ISA naming it. The
+ * names below then get the set's suffix (finch_cpu_matmul_avx2, finch_backend_cpu_avx2),
+ * so the copies link side by side and kernels/cpu_select.c picks one table at run time.
  */
 #ifndef FINCH_KERNELS_CPU_H
 #define FINCH_KERNELS_CPU_H
 
 #include "kernels/kernels.h"
+#include "core/quant.h" /* QK */
+
+/* Without FINCH_ISA (kernels/workspace.c, kernels/cpu_select.c) only the sizes and inline
+ * helpers below are meant to be used. */
+#ifdef FINCH_ISA
+#define FINCH_ISA_CAT2(a, b) a##_##b
+#define FINCH_ISA_CAT(a, b) FINCH_ISA_CAT2(a, b)
+#define FINCH_ISA_NAME(n) FINCH_ISA_CAT(n, FINCH_ISA)
+#define FINCH_ISA_STR2(x) #x
+#define FINCH_ISA_STR(x) FINCH_ISA_STR2(x)
+#define finch_backend_cpu FINCH_ISA_NAME(finch_backend_cpu)
+#define finch_cpu_matmul FINCH_ISA_NAME(finch_cpu_matmul)
+#define finch_cpu_sgemm_nn FINCH_ISA_NAME(finch_cpu_sgemm_nn)
+#define finch_bf16_pack_a FINCH_ISA_NAME(finch_bf16_pack_a)
+#define finch_bf16_pack_b_nn FINCH_ISA_NAME(finch_bf16_pack_b_nn)
+#define finch_bf16_pack_b_rows FINCH_ISA_NAME(finch_bf16_pack_b_rows)
+#define finch_cpu_gemm_bf16 FINCH_ISA_NAME(finch_cpu_gemm_bf16)
+#define finch_bf16_amx FINCH_ISA_NAME(finch_bf16_amx)
+#define finch_cpu_matmul_q8 FINCH_ISA_NAME(finch_cpu_matmul_q8)
+#define finch_cpu_attention_forward_f16 FINCH_ISA_NAME(finch_cpu_attention_forward_f16)
+#define finch_cpu_to_f16 FINCH_ISA_NAME(finch_cpu_to_f16)
+#define finch_cpu_embed FINCH_ISA_NAME(finch_cpu_embed)
+#define finch_cpu_rmsnorm_forward FINCH_ISA_NAME(finch_cpu_rmsnorm_forward)
+#define finch_cpu_rope_forward FINCH_ISA_NAME(finch_cpu_rope_forward)
+#define finch_cpu_attention_forward FINCH_ISA_NAME(finch_cpu_attention_forward)
+#define finch_cpu_swiglu_forward FINCH_ISA_NAME(finch_cpu_swiglu_forward)
+#define finch_cpu_add FINCH_ISA_NAME(finch_cpu_add)
+#define finch_cpu_scale FINCH_ISA_NAME(finch_cpu_scale)
+#define finch_cpu_geglu_forward FINCH_ISA_NAME(finch_cpu_geglu_forward)
+#define finch_cpu_geglu_backward FINCH_ISA_NAME(finch_cpu_geglu_backward)
+#define finch_cpu_scale_cols FINCH_ISA_NAME(finch_cpu_scale_cols)
+#define finch_cpu_col_dot FINCH_ISA_NAME(finch_cpu_col_dot)
+#define finch_cpu_dropout_forward FINCH_ISA_NAME(finch_cpu_dropout_forward)
+#define finch_cpu_dropout_backward FINCH_ISA_NAME(finch_cpu_dropout_backward)
+#define finch_cpu_gemm FINCH_ISA_NAME(finch_cpu_gemm)
+#define finch_cpu_matmul_backward_input FINCH_ISA_NAME(finch_cpu_matmul_backward_input)
+#define finch_cpu_matmul_backward_weight FINCH_ISA_NAME(finch_cpu_matmul_backward_weight)
+#define finch_cpu_embed_backward FINCH_ISA_NAME(finch_cpu_embed_backward)
+#define finch_cpu_rmsnorm_backward FINCH_ISA_NAME(finch_cpu_rmsnorm_backward)
+#define finch_cpu_rope_backward FINCH_ISA_NAME(finch_cpu_rope_backward)
+#define finch_cpu_attention_forward_train FINCH_ISA_NAME(finch_cpu_attention_forward_train)
+#define finch_cpu_attention_backward FINCH_ISA_NAME(finch_cpu_attention_backward)
+#define finch_cpu_swiglu_backward FINCH_ISA_NAME(finch_cpu_swiglu_backward)
+#define finch_cpu_softmax_xent FINCH_ISA_NAME(finch_cpu_softmax_xent)
+#define finch_cpu_layernorm_forward FINCH_ISA_NAME(finch_cpu_layernorm_forward)
+#define finch_cpu_layernorm_backward FINCH_ISA_NAME(finch_cpu_layernorm_backward)
+#define finch_cpu_gelu_forward FINCH_ISA_NAME(finch_cpu_gelu_forward)
+#define finch_cpu_gelu_backward FINCH_ISA_NAME(finch_cpu_gelu_backward)
+#endif
+
+/* Rows of a matmul tile plus its staging rows (matmul.c): the workspace holds this many
+ * rows of the widest weight per thread. */
+enum { FINCH_CPU_TILE_ROWS = 64, FINCH_CPU_STAGE_ROWS = 16 };
+
+/* matmul_q8's quantized activation block: Q8_0 plus s = d * sum(q) (Q8_1 when s is used). */
+typedef struct {
+    float d; /* scale, already rounded through fp16 as llama.cpp stores it */
+    float s; /* d * sum(qs), rounded through fp16 */
+    int8_t qs[QK];
+} finch_q8_act;
+
+/* n rounded up to 32, and the values of B (K, N) packed for the bf16 product. */
+static inline int64_t finch_bf16_pad(int64_t n) {
+    return (n + 31) & ~(int64_t)31;
+}
+static inline size_t finch_bf16_b_size(int64_t K, int64_t N) {
+    return (size_t)finch_bf16_pad(K) * (size_t)finch_bf16_pad(N);
+}
 
 void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
                       finch_workspace *ws);
@@ -14,17 +87,15 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
 void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                         const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate);
 /* bf16 products (gemm_bf16.c): operands rounded to bf16 and packed, sums in f32.
- * finch_bf16_pad: n rounded up to 32. pack_a: A (M, K) (or its transpose, trans: src is
+ * pack_a: A (M, K) (or its transpose, trans: src is
  * (K, M)) into pad(M) x pad(K) values, zeros around. pack_b_nn: B (K, N) row-major into
  * VNNI panels of finch_bf16_b_size(K, N) values, zeros around; pack_b_rows: n rows of W
  * (each K values: B = W^T) as columns n0.. of such panels with pad(K) = Kp (the caller
  * zeroes columns it leaves out). gemm_bf16: C (M, N) = A . B (+= when acc), A packed with
  * row stride lda (its padded width), B packed; single-threaded. finch_bf16_amx: whether
  * the AMX path runs (else the same rounded operands go through finch_cpu_sgemm_nn). */
-int64_t finch_bf16_pad(int64_t n);
 void finch_bf16_pack_a(uint16_t *dst, const float *src, int64_t M, int64_t K, int64_t lds,
                        bool trans);
-size_t finch_bf16_b_size(int64_t K, int64_t N);
 void finch_bf16_pack_b_nn(uint16_t *dst, const float *B, int64_t K, int64_t N, int64_t ldb);
 void finch_bf16_pack_b_rows(uint16_t *dst, int64_t Kp, int64_t n0, const float *W, int64_t n,
                             int64_t K, int64_t ldw);

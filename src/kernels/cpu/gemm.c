@@ -7,8 +7,10 @@
  * B per step. B is read in place (its rows are the tiles the matmuls dequantize), so there
  * is no packing. It runs near the core's FMA peak whichever core type OpenBLAS picked for
  * the machine (its DYNAMIC_ARCH, or OPENBLAS_CORETYPE, may select AVX2 kernels on AVX-512
- * CPUs it does not know, at half the speed). Each C element is summed over k in a fixed
- * order, so results are the same run to run. Without AVX-512 it is OpenBLAS's sgemm.
+ * CPUs it does not know, at half the speed). Without AVX-512 the same blocking runs on
+ * GCC vector extensions at the target's width (AVX2 with FMA, SSE2, NEON), B's last
+ * partial panel copied into a padded one. Each C element is summed over k in a fixed
+ * order, so results are the same run to run and a row's bits do not depend on the others.
  *
  * The backend's general product (finch_cpu_gemm, the LoRA products) runs on the same
  * kernel where it wins, split across the kernel threads; the rest goes to OpenBLAS.
@@ -128,6 +130,130 @@ void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t
     }
 }
 
+#else /* no AVX-512 */
+#include <string.h>
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#elif defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX__)
+enum { VL = 8 };
+#else
+enum { VL = 4 };
+#endif
+enum { MR = 6, NR = 2 * VL, KC = 1024 };
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+
+static inline vf vload(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void vstore(float *p, vf v) {
+    memcpy(p, &v, sizeof v);
+}
+/* c + a b, fused where the target has FMA (results differ from the unfused path in the
+ * last bits only) */
+static inline vf vfma(vf a, vf b, vf c) {
+#if defined(__aarch64__)
+    return vfmaq_f32(c, a, b);
+#elif defined(__FMA__) && defined(__AVX__)
+    return _mm256_fmadd_ps(a, b, c);
+#else
+    return c + a * b;
+#endif
+}
+
+/* C[0..mr) x [0..n) = or += A[0..mr) x [0..kc) . B[0..kc) x [0..NR), B with row stride ldb
+ * and NR columns readable (n <= NR of them are C's). */
+static inline __attribute__((always_inline)) void block(int mr, int64_t kc, const float *A,
+                                                        int64_t lda, const float *B, int64_t ldb,
+                                                        float *C, int64_t ldc, int64_t n,
+                                                        bool acc) {
+    vf c0[MR], c1[MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+        if (i < mr) c0[i] = c1[i] = (vf){0};
+    for (int64_t k = 0; k < kc; k++) {
+        vf b0 = vload(B + k * ldb), b1 = vload(B + k * ldb + VL);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++)
+            if (i < mr) {
+                vf a = (vf){0} + A[i * lda + k];
+                c0[i] = vfma(a, b0, c0[i]);
+                c1[i] = vfma(a, b1, c1[i]);
+            }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+        if (i < mr) {
+            float *c = C + i * ldc;
+            if (n == NR) {
+                if (acc) c0[i] = vload(c) + c0[i], c1[i] = vload(c + VL) + c1[i];
+                vstore(c, c0[i]);
+                vstore(c + VL, c1[i]);
+            } else {
+                float t[NR];
+                vstore(t, c0[i]);
+                vstore(t + VL, c1[i]);
+                for (int64_t j = 0; j < n; j++) c[j] = acc ? c[j] + t[j] : t[j];
+            }
+        }
+}
+
+static void panel(int64_t M, int64_t kc, const float *A, int64_t lda, const float *B, int64_t ldb,
+                  float *C, int64_t ldc, int64_t n, bool acc) {
+    int64_t i = 0;
+    for (; i + MR <= M; i += MR)
+        block(MR, kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, n, acc);
+    A += i * lda, C += i * ldc;
+    switch (M - i) { /* the last M % MR rows, each count its own unrolled copy */
+    case 5:
+        block(5, kc, A, lda, B, ldb, C, ldc, n, acc);
+        break;
+    case 4:
+        block(4, kc, A, lda, B, ldb, C, ldc, n, acc);
+        break;
+    case 3:
+        block(3, kc, A, lda, B, ldb, C, ldc, n, acc);
+        break;
+    case 2:
+        block(2, kc, A, lda, B, ldb, C, ldc, n, acc);
+        break;
+    case 1:
+        block(1, kc, A, lda, B, ldb, C, ldc, n, acc);
+        break;
+    default:
+        break;
+    }
+}
+
+void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                        const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate) {
+    if (M <= 0 || N <= 0) return;
+    float pad[KC * NR]; /* B's last partial panel, NR wide, zeros past N */
+    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += KC) {
+        int64_t kc = K - k0 < KC ? K - k0 : KC;
+        bool acc = accumulate || k0 > 0;
+        for (int64_t j = 0; j < N; j += NR) {
+            int64_t n = N - j < NR ? N - j : NR;
+            const float *b = B + k0 * ldb + j;
+            int64_t lb = ldb;
+            if (n < NR) {
+                for (int64_t k = 0; k < kc; k++) {
+                    memcpy(pad + k * NR, b + k * ldb, (size_t)n * sizeof(float));
+                    memset(pad + k * NR + n, 0, (size_t)(NR - n) * sizeof(float));
+                }
+                b = pad, lb = NR;
+            }
+            panel(M, kc, A + k0, lda, b, lb, C + j, ldc, n, acc);
+        }
+    }
+}
+#endif
+
 /* ---- finch_cpu_gemm on the kernel above: the adapter products (rank r, T tokens) ------ */
 
 /* Floats of stack scratch for transposed operands and results; larger products go to
@@ -232,18 +358,3 @@ void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
         }
 }
 
-#else
-
-void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
-}
-
-void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                        const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate) {
-    if (M <= 0 || N <= 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A,
-                (int)lda, B, (int)ldb, accumulate ? 1.0f : 0.0f, C, (int)ldc);
-}
-#endif

@@ -39,10 +39,6 @@ VEC_TARGET static inline void cvt32(uint16_t *d, const float *s) {
 static bool amx_usable(void);
 #endif
 
-int64_t finch_bf16_pad(int64_t n) {
-    return (n + 31) & ~(int64_t)31;
-}
-
 #if defined(__x86_64__)
 /* Rows i0 .. i0+31 of the transposed A, columns k0 .. k0+31 (both within M and K): 32
  * rows of src converted where they are contiguous, then transposed as 16-bit values. */
@@ -97,10 +93,6 @@ void finch_bf16_pack_a(uint16_t *dst, const float *src, int64_t M, int64_t K, in
 static inline size_t b_index(int64_t Kp, int64_t k, int64_t n) {
     return (size_t)(n / 32) * (size_t)Kp * 32 + (size_t)(k / 2) * 64 + (size_t)(n % 32) * 2 +
            (size_t)(k % 2);
-}
-
-size_t finch_bf16_b_size(int64_t K, int64_t N) {
-    return (size_t)finch_bf16_pad(K) * (size_t)finch_bf16_pad(N);
 }
 
 #if defined(__x86_64__)
@@ -204,6 +196,9 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_configure(void) {
         cfg.colsb[t] = 64;
         cfg.rows[t] = 16;
     }
+    /* gcc 12's _tile_loadconfig tells the compiler it reads 8 bytes, so without this the
+     * stores above past the palette may be dropped as dead (and the tiles stay unconfigured) */
+    __asm__ volatile("" : : "m"(cfg));
     _tile_loadconfig(&cfg);
 }
 

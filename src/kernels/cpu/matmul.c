@@ -18,14 +18,16 @@
 #include "core/quant.h" /* block structs, finch_dtype_info dequantizers */
 
 #include <cblas.h>
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 /* GROUP rows of a tile are expanded into staging rows together, then written out
  * column-interleaved (each store run fills one cache line of the tile) */
-enum { TILE_ROWS = 64, GEMV_MAX_T = 3, GROUP = 16 };
+enum { TILE_ROWS = FINCH_CPU_TILE_ROWS, GEMV_MAX_T = 3, GROUP = FINCH_CPU_STAGE_ROWS };
 
 /* ---- fused dot products: one stored row with one f32 vector ------------------------ */
 
@@ -475,66 +477,4 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nr, (int)cols, (int)T, 1.0f,
                     dy + r0, (int)rows, x, (int)cols, 1.0f, dw + r0 * cols, (int)cols);
     }
-}
-
-size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
-    size_t tile = (size_t)(TILE_ROWS + GROUP) * (size_t)max_cols; /* a tile + staging rows */
-    /* scores + one f16-rounded query; training attention's two rows of scores */
-    size_t att = 2 * (size_t)n_ctx + (size_t)max_cols;
-    size_t need = tile > att ? tile : att;
-    return (need + 15) & ~(size_t)15;
-}
-
-finch_status finch_workspace_init(finch_workspace *ws, size_t per_thread, int n_threads,
-                                  size_t act_bytes, finch_err *err) {
-    size_t n;
-    per_thread = (per_thread + 15) & ~(size_t)15;
-    if (!finch_size_mul(per_thread, (size_t)n_threads, &n) || !finch_size_mul(n, 4, &n))
-        return finch_err_set(err, FINCH_E_NOMEM, "workspace size overflows");
-    float *buf = finch_aalloc(n, "kernel workspace", err);
-    if (!buf) return FINCH_E_NOMEM;
-    void *act = NULL;
-    if (act_bytes && !(act = finch_aalloc(act_bytes, "quantized activations", err))) {
-        finch_afree(buf);
-        return FINCH_E_NOMEM;
-    }
-    *ws = (finch_workspace){.buf = buf,
-                            .per_thread = per_thread,
-                            .n_threads = n_threads,
-                            .act = act,
-                            .act_bytes = act_bytes};
-    return FINCH_OK;
-}
-
-finch_status finch_workspace_bf16(finch_workspace *ws, int64_t T, int64_t max_dim, int64_t max_in,
-                                  finch_err *err) {
-    size_t na, nb;
-    if (!finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_dim), &na) ||
-        !finch_size_mul(na, sizeof(uint16_t), &na) ||
-        !finch_size_mul((size_t)finch_bf16_pad(T), (size_t)finch_bf16_pad(max_in), &nb) ||
-        !finch_size_mul(nb, sizeof(uint16_t), &nb))
-        return finch_err_set(err, FINCH_E_NOMEM, "bf16 operand size overflows");
-    uint16_t *a16 = finch_aalloc(na, "bf16 operand", err);
-    uint16_t *b16 = a16 && max_in > 0 ? finch_aalloc(nb, "bf16 operand", err) : NULL;
-    if (!a16 || (max_in > 0 && !b16)) {
-        finch_afree(a16);
-        return FINCH_E_NOMEM;
-    }
-    finch_afree(ws->a16);
-    finch_afree(ws->b16);
-    ws->a16 = a16;
-    ws->a16_elems = na / sizeof(uint16_t);
-    ws->b16 = b16;
-    ws->b16_elems = b16 ? nb / sizeof(uint16_t) : 0;
-    ws->bf16 = true;
-    return FINCH_OK;
-}
-
-void finch_workspace_free(finch_workspace *ws) {
-    if (!ws) return;
-    finch_afree(ws->buf);
-    finch_afree(ws->act);
-    finch_afree(ws->a16);
-    finch_afree(ws->b16);
-    memset(ws, 0, sizeof *ws);
 }

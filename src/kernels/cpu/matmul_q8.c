@@ -19,18 +19,15 @@
 #include "kernels/cpu/cpu.h"
 #include "core/quant.h" /* block structs */
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-/* An activation block: Q8_0 plus s = d * sum(q) (Q8_1 when s is used). */
-typedef struct {
-    float d; /* scale, already rounded through fp16 as llama.cpp stores it */
-    float s; /* d * sum(qs), rounded through fp16 */
-    int8_t qs[QK];
-} act_block;
+typedef finch_q8_act act_block;
 
 enum { ROW_CHUNK = 16 };
 
@@ -310,10 +307,6 @@ static const vdot_fn vdot_table[FINCH_DTYPE_COUNT] = {
     [FINCH_DTYPE_Q4_0] = vdot_q4_0, [FINCH_DTYPE_Q4_1] = vdot_q4_1, [FINCH_DTYPE_Q5_0] = vdot_q5_0,
     [FINCH_DTYPE_Q5_1] = vdot_q5_1, [FINCH_DTYPE_Q8_0] = vdot_q8_0,
 };
-
-size_t finch_workspace_act_need(int64_t T, int64_t max_cols) {
-    return (size_t)T * (size_t)(max_cols / QK + 1) * sizeof(act_block);
-}
 
 void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {

@@ -101,8 +101,3 @@ void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finc
         if (kept(d, i)) dx[i] += g[i] * d->scale;
 }
 #endif
-
-finch_dropout finch_dropout_make(uint64_t seed, uint64_t stream, float p) {
-    return (finch_dropout){finch_mix64(seed ^ finch_mix64(stream)),
-                           (uint64_t)((double)p * 18446744073709551616.0), 1.0f / (1.0f - p)};
-}

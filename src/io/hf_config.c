@@ -198,9 +198,7 @@ static finch_status read_gpt2(reader *R, finch_hf_config *c) {
     bool flag = false;
     if ((st = get_bool(R, "scale_attn_by_inverse_layer_idx", &flag))) return st;
     if (flag) return unsupported(R, "scale_attn_by_inverse_layer_idx", "true");
-    flag = false;
-    if ((st = get_bool(R, "reorder_and_upcast_attn", &flag))) return st;
-    if (flag) return unsupported(R, "reorder_and_upcast_attn", "true");
+    /* reorder_and_upcast_attn computes the same scores in f32, as finch does: accepted */
     flag = true;
     if ((st = get_bool(R, "scale_attn_weights", &flag))) return st;
     if (!flag) return unsupported(R, "scale_attn_weights", "false");

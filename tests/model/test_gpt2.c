@@ -497,6 +497,54 @@ static void broken_folder(const char *out, const char *field, const char *v) {
     json_decref(j);
 }
 
+/* The original GPT-2 checkpoints name tensors as GPT2Model does (wte.weight, h.0.ln_1...,
+ * no "transformer." prefix) and carry the attention's mask buffers (h.N.attn.bias,
+ * h.N.attn.masked_bias): a copy of the fixture written that way gives the same logits. */
+static void test_original_names(void **state) {
+    (void)state;
+    char dir[600], cmd[1400], path[700];
+    snprintf(dir, sizeof dir, "%s/original", tmp);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r " DIR "tiny_gpt2 %s", dir, dir);
+    assert_int_equal(system(cmd), 0);
+    finch_st *st;
+    finch_err err;
+    if (finch_st_open(DIR "tiny_gpt2/model.safetensors", &st, &err)) fail_msg("%s", err.msg);
+    finch_st_writer *w = finch_st_writer_new(&err);
+    assert_non_null(w);
+    assert_int_equal(finch_st_writer_set_meta(w, "format", "pt", &err), FINCH_OK);
+    for (int64_t i = 0; i < finch_st_n_tensors(st); i++) {
+        const finch_st_tensor *t = finch_st_tensor_at(st, i);
+        const char *name = t->name + (strncmp(t->name, "transformer.", 12) ? 0 : 12);
+        assert_int_equal(finch_st_writer_add(w, name, t->dtype, t->n_dims, t->shape, t->data, &err),
+                         FINCH_OK);
+    }
+    static float mask[64 * 64], masked = -1e4f;
+    const int64_t mshape[4] = {1, 1, 64, 64}, one = 1;
+    for (int l = 0; l < 2; l++) {
+        char n[64];
+        snprintf(n, sizeof n, "h.%d.attn.bias", l);
+        assert_int_equal(finch_st_writer_add(w, n, FINCH_ST_F32, 4, mshape, mask, &err), FINCH_OK);
+        snprintf(n, sizeof n, "h.%d.attn.masked_bias", l);
+        assert_int_equal(finch_st_writer_add(w, n, FINCH_ST_F32, 1, &one, &masked, &err), FINCH_OK);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (finch_st_writer_save(w, path, &err)) fail_msg("%s", err.msg);
+    finch_st_writer_free(w);
+    finch_st_close(st);
+    json_t *seq = json_array_get(json_object_get(manifest, "sequences"), 3);
+    int n;
+    int32_t *ids = seq_ids(seq, &n);
+    const int V = (int)num(manifest, "n_vocab");
+    finch_model *a = load("tiny_gpt2"), *b;
+    if (finch_model_load(dir, &b, &err)) fail_msg("%s", err.msg);
+    float *la = run_in(a, ids, n, V, FINCH_NUMERICS_EXACT),
+          *lb = run_in(b, ids, n, V, FINCH_NUMERICS_EXACT);
+    assert_memory_equal(la, lb, (size_t)n * V * sizeof(float));
+    free(la), free(lb), free(ids);
+    finch_model_free(a);
+    finch_model_free(b);
+}
+
 /* Bad GPT-2 files are refused with a message naming the file and what is wrong. */
 static void test_bad_input(void **state) {
     (void)state;
@@ -569,10 +617,11 @@ static int teardown(void **state) {
 int main(void) {
     finch_threads_set(1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config),        cmocka_unit_test(test_logits),
-        cmocka_unit_test(test_tokenizer),     cmocka_unit_test(test_lora_learns),
-        cmocka_unit_test(test_peft_adapters), cmocka_unit_test(test_bitfit_biases),
-        cmocka_unit_test(test_bad_input),     cmocka_unit_test(test_merge),
+        cmocka_unit_test(test_config),         cmocka_unit_test(test_logits),
+        cmocka_unit_test(test_tokenizer),      cmocka_unit_test(test_lora_learns),
+        cmocka_unit_test(test_peft_adapters),  cmocka_unit_test(test_bitfit_biases),
+        cmocka_unit_test(test_original_names), cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_merge),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

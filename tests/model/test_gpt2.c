@@ -425,6 +425,20 @@ static void merge_check(const char *method, int run_no) {
         if (finch_adapter_attach(m, a, 1.0f, &err)) fail_msg("%s", err.msg);
         with = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT);
         finch_adapter_detach(m, a);
+        if (!strcmp(method, "lora")) {
+            /* llama.cpp's LoRA for gpt2: one attn_qkv adapter per block (lora_b 3 C rows) */
+            snprintf(merged, sizeof merged, "%s/lora.gguf", out);
+            if (finch_adapter_export_gguf(m, a, merged, &err)) fail_msg("%s", err.msg);
+            finch_gguf *g;
+            if (finch_gguf_open(merged, &g, &err)) fail_msg("%s", err.msg);
+            const finch_gguf_tensor *t = finch_gguf_find_tensor(g, "blk.1.attn_qkv.weight.lora_b");
+            assert_non_null(t);
+            assert_int_equal(t->ne[1], 192);
+            assert_null(finch_gguf_find_tensor(g, "blk.1.attn_q.weight.lora_a"));
+            assert_null(finch_gguf_find_tensor(g, "blk.1.attn_v.weight.lora_b"));
+            assert_int_equal(finch_gguf_n_tensors(g), 2 * 2); /* c_attn's A and B per block */
+            finch_gguf_close(g);
+        }
         snprintf(merged, sizeof merged, "%s/merged.gguf", out);
         if (finch_merge(m, &a, NULL, 1, "f32", merged, &err)) fail_msg("%s", err.msg);
         finch_adapter_free(a);

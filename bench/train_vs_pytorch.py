@@ -221,6 +221,41 @@ def run_json(cmd, env):
     return json.loads(lines[-1])
 
 
+# OpenBLAS core types worth trying for the peer, oldest first; one this CPU cannot run
+# fails its probe and is left out.
+CORETYPES = ["Prescott", "Haswell", "SkylakeX", "Cooperlake", "SapphireRapids"]
+
+
+def sgemm_probe():
+    """GFLOP/s of torch's f32 matmul at the shape of a LoRA step's base products."""
+    import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a, b = torch.randn(512, 576), torch.randn(576, 1536)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    print(json.dumps({"gflops": 10 * 2 * 512 * 576 * 1536 / best / 1e9}))
+
+
+def fastest_coretype(env):
+    """The OPENBLAS_CORETYPE under which the peer's SGEMM runs fastest here (the environment's
+    own when set), with every probe's figure."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return os.environ["OPENBLAS_CORETYPE"], {}
+    rates = {}
+    for ct in CORETYPES:
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker-probe"],
+                           env=dict(env, OPENBLAS_CORETYPE=ct), capture_output=True, text=True)
+        if p.returncode == 0:
+            rates[ct] = json.loads(p.stdout.strip().splitlines()[-1])["gflops"]
+    return max(rates, key=rates.get), rates
+
+
 def parse_configs(s):
     out = []
     for c in s.split(","):
@@ -247,12 +282,16 @@ def main():
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="both sides recompute each block in backward")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker_peer:
         peer_worker(args)
+        return
+    if args.worker_probe:
+        sgemm_probe()
         return
     if args.steps <= WARMUP:
         raise SystemExit(f"--steps must be above {WARMUP} (the warm-up steps)")
@@ -264,6 +303,12 @@ def main():
     base["OMP_NUM_THREADS"] = str(args.threads)
     base["OPENBLAS_NUM_THREADS"] = str(args.threads)
     peer_env = dict(base, OMP_WAIT_POLICY="PASSIVE")
+    coretype, probes = ("-", {}) if args.finch_only else fastest_coretype(peer_env)
+    if not args.finch_only:
+        peer_env["OPENBLAS_CORETYPE"] = coretype
+        print("peer SGEMM by OPENBLAS_CORETYPE: " +
+              (", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in probes.items()) or
+               "(set in the environment)") + f"; using {coretype}", file=sys.stderr)
     finch_env = dict(base)
     if "OMP_WAIT_POLICY" in os.environ:
         finch_env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
@@ -306,8 +351,8 @@ def main():
     print(f"finch: {os.path.basename(args.model)} (trains over the Q4_1 base); PyTorch peer: "
           f"random float32 base, OMP_WAIT_POLICY=PASSIVE, set_num_threads({args.threads})")
     # The peer's matmuls are OpenBLAS's, and OPENBLAS_CORETYPE picks their kernels (an
-    # AVX2 core type on an AVX-512 CPU halves them); finch's tiled matmuls are its own.
-    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset: detected)')}")
+    # AVX2 core type on an AVX-512 CPU halves them): the peer runs with the fastest found.
+    print(f"peer OPENBLAS_CORETYPE={coretype} (fastest SGEMM of those probed)")
     hdr = (f"{'B x T':>8s} {'finch tok/s':>12s} {'torch tok/s':>12s} {'speed f/t':>10s} "
            f"{'finch MB':>9s} {'torch MB':>9s} {'mem f/t':>8s}")
     print(hdr)
@@ -323,7 +368,7 @@ def main():
     if args.json:
         print(json.dumps({"threads": args.threads, "steps": args.steps, "rounds": args.rounds,
                           "loadavg": load,
-                          "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+                          "openblas_coretype": coretype, "coretype_gflops": probes,
                           "results": [{"engine": e, "batch": c[0], "seq": c[1], **med[(e, c)],
                                        "processes": res[(e, c)]} for (e, c) in res]}))
 

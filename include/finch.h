@@ -73,8 +73,9 @@ typedef void (*finch_log_fn)(finch_log_level level, const char *msg, void *user)
  * call it once at start-up, before other threads use the library. */
 FINCH_API void finch_log_set(finch_log_fn fn, void *user);
 
-/* Writes into buf (n bytes) which compiled kernels this machine runs and which the build
- * has, e.g. "cpu-avx512vnni (built: generic avx2 avx512 avx512vnni)". The environment
+/* Writes into buf (n bytes) which compiled kernels this machine runs, which the build has,
+ * and the core type OpenBLAS chose (the few products it still does), e.g.
+ * "cpu-avx512vnni (built: generic avx2 avx512 avx512vnni); OpenBLAS core Cooperlake". The environment
  * variable FINCH_CPU picks a set by name; FINCH_E_USAGE when it names one that is unknown
  * or that this CPU lacks. */
 FINCH_API finch_status finch_kernels_describe(char *buf, size_t n, finch_err *err);

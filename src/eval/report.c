@@ -114,7 +114,7 @@ static finch_status read_metrics(report *r, const char *path, finch_err *err) {
                                step ? "not a non-negative integer" : "missing");
         for (int k = 0; k < M_COUNT && !st; k++) {
             json_t *v = json_object_get(j, metric_keys[k]);
-            if (!v) continue;
+            if (!v || json_is_null(v)) continue; /* null: not finite when logged */
             if (!json_is_number(v)) {
                 st = finch_err_set(err, FINCH_E_FORMAT, "%s:%zu: \"%s\" is not a number", path,
                                    line, metric_keys[k]);

@@ -8,6 +8,7 @@
  */
 #include "kernels/kernels.h"
 
+#include <cblas.h> /* openblas_get_corename */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,7 @@ finch_status finch_kernels_describe(char *buf, size_t n, finch_err *err) {
     int k = snprintf(buf, n, "%s (built:", be->name);
     for (int i = 0; i < N_ISAS && k >= 0 && (size_t)k < n; i++)
         k += snprintf(buf + k, n - (size_t)k, " %s", isas[i].name);
-    if (k >= 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, ")");
+    if (k >= 0 && (size_t)k < n)
+        snprintf(buf + k, n - (size_t)k, "); OpenBLAS core %s", openblas_get_corename());
     return FINCH_OK;
 }

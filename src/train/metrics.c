@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 /* The step a line starts with ({"step": N), or -1 when it does not start with one. */
@@ -85,6 +86,23 @@ finch_status finch_metrics_open(const char *out_dir, int64_t resume_step, finch_
     return finch_file_append_open(path, resume_step < 0, out, err);
 }
 
+/* JSON has no NaN or infinity: a value printf wrote as nan, -nan, inf or -inf (after ": ",
+ * before ',' or '}') becomes null, in place. Returns the new length. */
+static int non_finite_to_null(char *buf, int n, size_t cap) {
+    for (int i = 0; i + 2 < n; i++) {
+        if (buf[i] != ':' || buf[i + 1] != ' ') continue;
+        int v = i + 2, e = v + (buf[v] == '-');
+        if (e + 3 > n || (strncmp(buf + e, "nan", 3) && strncmp(buf + e, "inf", 3))) continue;
+        if (e + 3 < n && buf[e + 3] != ',' && buf[e + 3] != '}') continue;
+        int grow = 4 - (e + 3 - v); /* "null" over what printf wrote */
+        FINCH_ASSERT((size_t)(n + grow) < cap - 1);
+        memmove(buf + v + 4, buf + e + 3, (size_t)(n - (e + 3)));
+        memcpy(buf + v, "null", 4);
+        n += grow;
+    }
+    return n;
+}
+
 finch_status finch_metrics_line(finch_append_file *f, char *buf, size_t cap, finch_err *err,
                                 const char *fmt, ...) {
     if (!f || !f->path) return FINCH_OK;
@@ -93,6 +111,7 @@ finch_status finch_metrics_line(finch_append_file *f, char *buf, size_t cap, fin
     int n = vsnprintf(buf, cap - 1, fmt, ap);
     va_end(ap);
     FINCH_ASSERT(n > 0 && (size_t)n < cap - 1); /* the caller sized buf for its lines */
+    n = non_finite_to_null(buf, n, cap);
     buf[n++] = '\n';
     return finch_file_append(f, buf, (size_t)n, err);
 }

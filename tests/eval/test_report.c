@@ -266,6 +266,24 @@ static void test_resumed_metrics(void **state) {
     free(page);
 }
 
+/* A value that was not finite when logged is null (train/metrics.c): a gap in its series,
+ * not an error. */
+static void test_null_metrics(void **state) {
+    (void)state;
+    const char *d = subdir("nullmetrics");
+    write_file(d, "metrics.jsonl",
+               "{\"step\": 1, \"loss\": 4.0, \"val_loss\": 3.0}\n"
+               "{\"step\": 2, \"loss\": 3.5, \"val_loss\": null}\n"
+               "{\"step\": 3, \"loss\": 3.0, \"val_loss\": 2.0}\n");
+    char *page = render(d, NULL, 0);
+    plot_pts pp;
+    assert_true(get_plot(page, 0, 0, &pp));
+    assert_int_equal(pp.n, 3);
+    assert_true(get_plot(page, 0, 2, &pp)); /* the validation series: steps 1 and 3 */
+    assert_int_equal(pp.n, 2);
+    free(page);
+}
+
 /* An evaluation file alone (from --eval) makes a page without curves. */
 static void test_eval_only(void **state) {
     (void)state;
@@ -316,7 +334,7 @@ static void test_bad_metrics(void **state) {
          "metrics.jsonl:3: \"step\" is not a non-negative integer"},
         {"{\"step\": 1.5}", "metrics.jsonl:3: \"step\" is not a non-negative integer"},
         {"{\"step\": 3, \"loss\": \"low\"}", "metrics.jsonl:3: \"loss\" is not a number"},
-        {"{\"step\": 3, \"val_loss\": null}", "metrics.jsonl:3: \"val_loss\" is not a number"},
+        {"{\"step\": 3, \"val_loss\": [1]}", "metrics.jsonl:3: \"val_loss\" is not a number"},
         {"{\"step\": 3, \"lr\": NaN}", "metrics.jsonl:3: column"},
     };
     const char *d = subdir("badmetrics");
@@ -423,7 +441,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_page), cmocka_unit_test(test_html_escape),
-        cmocka_unit_test(test_svg_chart),    cmocka_unit_test(test_resumed_metrics),
+        cmocka_unit_test(test_svg_chart),    cmocka_unit_test(test_resumed_metrics), cmocka_unit_test(test_null_metrics),
         cmocka_unit_test(test_eval_only),    cmocka_unit_test(test_bad_metrics),
         cmocka_unit_test(test_bad_evals),    cmocka_unit_test(test_empty_metrics),
         cmocka_unit_test(test_bad_dirs),     cmocka_unit_test(test_write_atomic),

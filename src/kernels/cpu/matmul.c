@@ -17,7 +17,6 @@
 #include "kernels/cpu/cpu.h"
 #include "core/quant.h" /* block structs, finch_dtype_info dequantizers */
 
-#include <cblas.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -470,11 +469,22 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
         }
         return;
     }
+    /* each tile of rows: dy's columns r0.. transposed KT tokens at a time into at (nr, KT),
+     * then at . x[t0..] added into dw's rows by the f32 GEMM */
+    enum { KT = 128 };
     const int64_t n_tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
 #pragma omp parallel for schedule(static) if (n_tiles > 1)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         int64_t r0 = tile * TILE_ROWS, nr = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nr, (int)cols, (int)T, 1.0f,
-                    dy + r0, (int)rows, x, (int)cols, 1.0f, dw + r0 * cols, (int)cols);
+        float at[TILE_ROWS * KT];
+        for (int64_t t0 = 0; t0 < T; t0 += KT) {
+            int64_t kt = T - t0 < KT ? T - t0 : KT;
+            for (int64_t t = 0; t < kt; t++) {
+                const float *d = dy + (t0 + t) * rows + r0;
+                for (int64_t i = 0; i < nr; i++) at[i * kt + t] = d[i];
+            }
+            finch_cpu_sgemm_nn(nr, cols, kt, at, kt, x + t0 * cols, cols, dw + r0 * cols, cols,
+                               true);
+        }
     }
 }

@@ -114,8 +114,8 @@ static inline int write_colours(const char *path, int repeats) {
     if (!f) return -1;
     for (int r = 0; r < repeats; r++)
         for (int i = 0; i < 6; i++)
-            fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \"%s\"}\n",
-                    colour_pairs[i][0], colour_pairs[i][1]);
+            fprintf(f, "{\"prompt\": \"color %s:\", \"completion\": \"%s\"}\n", colour_pairs[i][0],
+                    colour_pairs[i][1]);
     return fclose(f) ? -1 : 0;
 }
 

@@ -89,6 +89,39 @@ static finch_status get_bool(reader *R, const char *field, bool *out) {
 }
 
 /* A string field copied into out (cap bytes); absent leaves out as it is. */
+/* quantization_config: bitsandbytes' 4-bit NF4 (its projections stored as Linear4bit's
+ * state dict, FORMATS.md 2.2) is read as it is; every other scheme is refused by name. */
+static finch_status read_quantization(reader *R, finch_hf_config *c) {
+    const json_t *q = get(R, "quantization_config");
+    if (!q || json_is_null(q)) return FINCH_OK;
+    if (!json_is_object(q)) return bad(R, "quantization_config", "must be an object");
+    const json_t *method = json_object_get(q, "quant_method");
+    const char *m = json_is_string(method) ? json_string_value(method) : NULL;
+    if (!m) return bad(R, "quantization_config", "has no string 'quant_method'");
+    if (strcmp(m, "bitsandbytes") != 0) {
+        char what[96];
+        snprintf(what, sizeof what, "quant_method '%.40s' (finch reads bitsandbytes 4-bit)", m);
+        return unsupported(R, "quantization_config", what);
+    }
+    const json_t *b4 = json_object_get(q, "load_in_4bit"), *b8 = json_object_get(q, "load_in_8bit");
+    if (json_is_true(b8) || !json_is_true(b4))
+        return unsupported(R, "quantization_config",
+                           "bitsandbytes 8-bit (finch reads load_in_4bit checkpoints)");
+    const json_t *qt = json_object_get(q, "bnb_4bit_quant_type");
+    const char *t = json_is_string(qt) ? json_string_value(qt) : "fp4"; /* transformers' default */
+    if (strcmp(t, "nf4") != 0) {
+        char what[96];
+        snprintf(what, sizeof what, "bnb_4bit_quant_type '%.40s' (finch reads nf4)", t);
+        return unsupported(R, "quantization_config", what);
+    }
+    const json_t *st = json_object_get(q, "bnb_4bit_quant_storage");
+    if (st && !json_is_null(st) && (!json_is_string(st) || strcmp(json_string_value(st), "uint8")))
+        return unsupported(R, "quantization_config",
+                           "bnb_4bit_quant_storage other than uint8 (codes packed in floats)");
+    c->bnb_nf4 = true;
+    return FINCH_OK;
+}
+
 static finch_status get_str(reader *R, const char *field, bool required, char *out, size_t cap) {
     const json_t *v = get(R, field);
     if (!v) return required ? bad(R, field, "is missing") : FINCH_OK;
@@ -243,8 +276,7 @@ static finch_status read_config(reader *R, finch_hf_config *c) {
                                  R->path, a, mt, want);
         snprintf(c->architecture, sizeof c->architecture, "%s", a);
     }
-    if (get(R, "quantization_config"))
-        return unsupported(R, "quantization_config", "a quantized checkpoint");
+    if ((st = read_quantization(R, c))) return st;
 
     if ((st = get_int(R, "hidden_size", true, 1, MAX_EMBD, &c->hidden_size)) ||
         (st = get_int(R, "intermediate_size", true, 1, MAX_FF, &c->intermediate_size)) ||

@@ -316,6 +316,7 @@ typedef struct {
     float rope_theta;               /* 10000 when absent */
     bool tie_word_embeddings;       /* false when absent */
     bool qkv_bias;                  /* q/k/v projections carry biases (qwen2) */
+    bool bnb_nf4; /* quantization_config: bitsandbytes 4-bit NF4 (projections as Linear4bit) */
     int bos_token_id, eos_token_id; /* -1 when absent or null; the first of a list */
     char torch_dtype[16];           /* torch_dtype (or transformers v5's dtype), "" when absent */
 } finch_hf_config;

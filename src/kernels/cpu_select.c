@@ -45,11 +45,21 @@ static bool has_generic(void) {
 #if defined(FINCH_CPU_DISPATCH)
 enum {
     /* cpuid leaf 1, ecx */
-    FMA = 1u << 12, MOVBE = 1u << 22, POPCNT = 1u << 23, OSXSAVE = 1u << 27, AVX = 1u << 28,
+    FMA = 1u << 12,
+    MOVBE = 1u << 22,
+    POPCNT = 1u << 23,
+    OSXSAVE = 1u << 27,
+    AVX = 1u << 28,
     F16C = 1u << 29,
     /* leaf 7, ebx */
-    BMI1 = 1u << 3, AVX2 = 1u << 5, BMI2 = 1u << 8, AVX512F = 1u << 16, AVX512DQ = 1u << 17,
-    AVX512CD = 1u << 28, AVX512BW = 1u << 30, AVX512VL = 1u << 31,
+    BMI1 = 1u << 3,
+    AVX2 = 1u << 5,
+    BMI2 = 1u << 8,
+    AVX512F = 1u << 16,
+    AVX512DQ = 1u << 17,
+    AVX512CD = 1u << 28,
+    AVX512BW = 1u << 30,
+    AVX512VL = 1u << 31,
     /* leaf 7, ecx */
     AVX512VNNI = 1u << 11,
     /* leaf 0x80000001, ecx */
@@ -123,8 +133,8 @@ const finch_backend *finch_cpu_backend(finch_err *err) {
         for (int i = 0; i < N_ISAS; i++)
             if (strlen(names) + strlen(isas[i].name) + 2 < sizeof names)
                 strcat(strcat(names, i ? ", " : ""), isas[i].name);
-        finch_err_set(err, FINCH_E_USAGE, "FINCH_CPU=%s: unknown instruction set (this build has %s)",
-                      want, names);
+        finch_err_set(err, FINCH_E_USAGE,
+                      "FINCH_CPU=%s: unknown instruction set (this build has %s)", want, names);
         return NULL;
     }
     for (int i = N_ISAS - 1; i > 0; i--)

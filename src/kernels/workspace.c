@@ -7,7 +7,8 @@
 #include <string.h>
 
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
-    size_t tile = (size_t)(FINCH_CPU_TILE_ROWS + FINCH_CPU_STAGE_ROWS) * (size_t)max_cols; /* a tile + staging rows */
+    size_t tile = (size_t)(FINCH_CPU_TILE_ROWS + FINCH_CPU_STAGE_ROWS) *
+                  (size_t)max_cols; /* a tile + staging rows */
     /* scores + one f16-rounded query; training attention's two rows of scores */
     size_t att = 2 * (size_t)n_ctx + (size_t)max_cols;
     size_t need = tile > att ? tile : att;

@@ -90,9 +90,14 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
     for (int k = 0; k < m->n_shards; k++)
         for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
             const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
-            if (t->type == FINCH_DTYPE_COUNT) continue; /* skipped buffers of other types */
-            count[t->type]++;
-            bytes[t->type] += (int64_t)t->nbytes;
+            /* bitsandbytes' packed codes, with their statistics counted alongside */
+            int type =
+                m->hf && m->hf->bnb_nf4 && (t->dtype == FINCH_ST_U8 || strstr(t->name, ".weight."))
+                    ? FINCH_DTYPE_NF4
+                    : (int)t->type;
+            if (type == FINCH_DTYPE_COUNT) continue; /* skipped buffers of other types */
+            count[type] += type != FINCH_DTYPE_NF4 || (t->dtype == FINCH_ST_U8 && t->n_dims == 2);
+            bytes[type] += (int64_t)t->nbytes;
         }
     for (int t = 0; t < FINCH_DTYPE_COUNT; t++)
         if (count[t])

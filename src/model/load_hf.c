@@ -11,9 +11,18 @@
  * storage types inside the mapping, except q_proj/k_proj, whose rows are permuted into
  * GGUF order in owned memory (model.h says why), and norm vectors and biases, which are
  * small and kept as f32.
+ *
+ * A checkpoint saved with bitsandbytes 4-bit NF4 (quantization_config) stores each
+ * projection as Linear4bit's state dict (FORMATS.md 2.2): the packed codes as uint8 beside
+ * weight.absmax, .quant_map, .nested_absmax, .nested_quant_map and the quant_state JSON.
+ * Those become finch's NF4 blocks in owned memory: the codes as they are and each block's
+ * absmax as bitsandbytes dequantizes it, so every value equals bitsandbytes' own.
  */
 #include "model/model.h"
+#include "core/quant.h"          /* finch_block_nf4, finch_nf4_code */
 #include "tokenizer/tokenizer.h" /* finch_tokenizer_from_hf_json */
+
+#include <jansson.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +35,7 @@ typedef struct {
     int64_t *first;    /* per shard: index of its first tensor in used */
     float *owned;      /* next free slot in m->owned_f32 */
     uint8_t *rows;     /* next free byte in m->owned_rows */
+    uint8_t *nf4;      /* next free byte in m->owned_nf4 (bitsandbytes checkpoints) */
     finch_err *err;
 } loader;
 
@@ -60,10 +70,10 @@ static finch_status missing(loader *L, const char *name) {
                          finch_st_path(L->m->shards[0]), name);
 }
 
-/* Looks a tensor up, checks its shape (n_dims dims, shape[0..]) and storage type, and
- * marks it bound. */
-static finch_status lookup(loader *L, const char *name, int n_dims, int64_t d0, int64_t d1,
-                           const finch_st_tensor **out) {
+/* Looks a tensor up and checks its shape (n_dims dims, shape[0..]); *shard says which
+ * file. */
+static finch_status lookup_shape(loader *L, const char *name, int n_dims, int64_t d0, int64_t d1,
+                                 const finch_st_tensor **out, int *shard) {
     int s;
     const finch_st_tensor *t = find(L, name, &s);
     if (!t) return missing(L, name);
@@ -82,6 +92,24 @@ static finch_status lookup(loader *L, const char *name, int n_dims, int64_t d0, 
                              "%s: tensor '%s' has shape [%s], expected %s (from config.json)", file,
                              name, got, want);
     }
+    *out = t;
+    *shard = s;
+    return FINCH_OK;
+}
+
+static void mark_used(loader *L, const finch_st_tensor *t, int s) {
+    L->used[L->first[s] + (t - finch_st_tensor_at(L->m->shards[s], 0))] = true;
+}
+
+/* Looks a tensor up, checks its shape and storage type (f32, f16, bf16), and marks it
+ * bound. */
+static finch_status lookup(loader *L, const char *name, int n_dims, int64_t d0, int64_t d1,
+                           const finch_st_tensor **out) {
+    int s;
+    const finch_st_tensor *t;
+    finch_status st = lookup_shape(L, name, n_dims, d0, d1, &t, &s);
+    if (st) return st;
+    const char *file = finch_st_path(L->m->shards[s]);
     if (t->type != FINCH_DTYPE_F32 && t->type != FINCH_DTYPE_F16 && t->type != FINCH_DTYPE_BF16)
         return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
                              "%s: tensor '%s' has dtype %s; finch reads F32, F16 and BF16 "
@@ -92,8 +120,141 @@ static finch_status lookup(loader *L, const char *name, int n_dims, int64_t d0, 
                              "%s: tensor '%s' data is not aligned to its %d-byte elements "
                              "(header length not a multiple of 8?)",
                              file, name, finch_st_dtype_size(t->dtype));
-    L->used[L->first[s] + (t - finch_st_tensor_at(L->m->shards[s], 0))] = true;
+    mark_used(L, t, s);
     *out = t;
+    return FINCH_OK;
+}
+
+/* name + suffix, looked up with its shape and exact safetensors dtype, marked bound. */
+static finch_status lookup_part(loader *L, const char *name, const char *suffix, int dtype,
+                                int64_t d0, const finch_st_tensor **out) {
+    char n[160];
+    snprintf(n, sizeof n, "%s%s", name, suffix);
+    int s;
+    finch_status st = lookup_shape(L, n, 1, d0, 0, out, &s);
+    if (st) return st;
+    if ((int)(*out)->dtype != dtype)
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: tensor '%s' has dtype %s, expected %s",
+                             finch_st_path(L->m->shards[s]), n, finch_st_dtype_name((*out)->dtype),
+                             dtype == FINCH_ST_U8 ? "U8" : "F32");
+    mark_used(L, *out, s);
+    return FINCH_OK;
+}
+
+/* The f32 values of a 1-D F32 tensor, which may sit unaligned in the mapping. */
+static float f32_at(const finch_st_tensor *t, int64_t i) {
+    float v;
+    memcpy(&v, (const uint8_t *)t->data + i * 4, 4);
+    return v;
+}
+
+/* A bitsandbytes Linear4bit weight (rows, cols) as finch NF4 blocks in owned memory: its
+ * quant_state checked against the shape config.json implies, each block's absmax
+ * recovered (through the nested 8-bit quantization when there is one) as bitsandbytes
+ * computes it, and the packed codes copied as they are. */
+static finch_status bind_nf4(loader *L, const char *name, const finch_st_tensor *t, int shard,
+                             int64_t rows, int64_t cols, finch_weight *out) {
+    const char *file = finch_st_path(L->m->shards[shard]);
+    if (cols % QK_NF4)
+        return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
+                             "%s: tensor '%s': %lld columns are not a multiple of 64, so "
+                             "bitsandbytes' blocks span rows (finch keeps NF4 blocks within a row)",
+                             file, name, (long long)cols);
+    const int64_t nb = rows * cols / QK_NF4;
+    if (t->n_dims != 2 || t->shape[0] != rows * cols / 2 || t->shape[1] != 1)
+        return finch_err_set(
+            L->err, FINCH_E_FORMAT,
+            "%s: tensor '%s' is not %lld packed NF4 codes of a [%lld, %lld] weight "
+            "(shape [%lld, 1] expected)",
+            file, name, (long long)(rows * cols), (long long)rows, (long long)cols,
+            (long long)(rows * cols / 2));
+    mark_used(L, t, shard);
+    /* the non-tensor fields */
+    const finch_st_tensor *js;
+    finch_status st;
+    char key[160];
+    snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__nf4", name);
+    {
+        int s;
+        const finch_st_tensor *j = find(L, key, &s);
+        if (!j)
+            return finch_err_set(L->err, FINCH_E_FORMAT,
+                                 "%s: tensor '%s' is uint8 but '%s' is missing (not a "
+                                 "bitsandbytes NF4 weight)",
+                                 file, name, key);
+        if ((st = lookup_part(L, name, ".quant_state.bitsandbytes__nf4", FINCH_ST_U8, j->shape[0],
+                              &js)))
+            return st;
+    }
+    json_t *q;
+    json_error_t je;
+    if ((st = finch_json_loadb((const char *)js->data, js->nbytes, 0, key, &q, &je, L->err)))
+        return st;
+    if (!q)
+        return finch_err_set(L->err, FINCH_E_FORMAT, "%s: tensor '%s': not valid JSON: %s", file,
+                             key, je.text);
+    const json_t *type = json_object_get(q, "quant_type"), *bs = json_object_get(q, "blocksize"),
+                 *shape = json_object_get(q, "shape"),
+                 *nbs = json_object_get(q, "nested_blocksize"),
+                 *noff = json_object_get(q, "nested_offset");
+    const bool nested = nbs != NULL;
+    const char *why = NULL;
+    if (!json_is_string(type) || strcmp(json_string_value(type), "nf4"))
+        why = "quant_type is not \"nf4\"";
+    else if (!json_is_integer(bs) || json_integer_value(bs) != QK_NF4)
+        why = "blocksize is not 64";
+    else if (!json_is_array(shape) || json_array_size(shape) != 2 ||
+             json_integer_value(json_array_get(shape, 0)) != rows ||
+             json_integer_value(json_array_get(shape, 1)) != cols)
+        why = "shape is not the [rows, cols] config.json implies";
+    else if (nested && (!json_is_integer(nbs) || json_integer_value(nbs) != QK_NF4_NESTED))
+        why = "nested_blocksize is not 256";
+    else if (nested && !json_is_number(noff))
+        why = "nested_offset is not a number";
+    const float offset = nested && !why ? (float)json_number_value(noff) : 0.0f;
+    json_decref(q);
+    if (why) return finch_err_set(L->err, FINCH_E_FORMAT, "%s: tensor '%s': %s", file, key, why);
+    /* the code book must be NF4's */
+    const finch_st_tensor *qm, *am, *na = NULL, *nm = NULL;
+    if ((st = lookup_part(L, name, ".quant_map", FINCH_ST_F32, 16, &qm))) return st;
+    for (int i = 0; i < 16; i++)
+        if (f32_at(qm, i) != finch_nf4_code[i])
+            return finch_err_set(L->err, FINCH_E_UNSUPPORTED,
+                                 "%s: tensor '%s.quant_map': entry %d is %g, not NF4's %g", file,
+                                 name, i, f32_at(qm, i), finch_nf4_code[i]);
+    if ((st = lookup_part(L, name, ".absmax", nested ? FINCH_ST_U8 : FINCH_ST_F32, nb, &am)))
+        return st;
+    if (nested && ((st = lookup_part(L, name, ".nested_absmax", FINCH_ST_F32,
+                                     (nb + QK_NF4_NESTED - 1) / QK_NF4_NESTED, &na)) ||
+                   (st = lookup_part(L, name, ".nested_quant_map", FINCH_ST_F32, 256, &nm))))
+        return st;
+    finch_block_nf4 *blk = (finch_block_nf4 *)L->nf4;
+    const uint8_t *codes = t->data;
+    if (nested) {
+        float map[256],
+            *nest = finch_alloc((size_t)na->n_elems * sizeof(float), "NF4 absmax", L->err);
+        float *absmax = finch_alloc((size_t)nb * sizeof(float), "NF4 absmax", L->err);
+        if (!nest || !absmax) {
+            free(nest);
+            free(absmax);
+            return FINCH_E_NOMEM;
+        }
+        for (int i = 0; i < 256; i++) map[i] = f32_at(nm, i);
+        for (int64_t i = 0; i < (int64_t)na->n_elems; i++) nest[i] = f32_at(na, i);
+        finch_nf4_dequant_absmax(absmax, am->data, nb, nest, map, QK_NF4_NESTED, offset);
+        for (int64_t b = 0; b < nb; b++) blk[b].d = absmax[b];
+        free(nest);
+        free(absmax);
+    } else {
+        for (int64_t b = 0; b < nb; b++) blk[b].d = f32_at(am, b);
+    }
+    for (int64_t b = 0; b < nb; b++) memcpy(blk[b].qs, codes + b * (QK_NF4 / 2), QK_NF4 / 2);
+    *out = (finch_weight){.type = FINCH_DTYPE_NF4,
+                          .rows = rows,
+                          .cols = cols,
+                          .row_bytes = (size_t)(cols / QK_NF4) * sizeof(finch_block_nf4),
+                          .data = blk};
+    L->nf4 += (size_t)nb * sizeof(finch_block_nf4);
     return FINCH_OK;
 }
 
@@ -101,6 +262,11 @@ static finch_status lookup(loader *L, const char *name, int n_dims, int64_t d0, 
 static finch_status bind_weight(loader *L, const char *name, int64_t rows, int64_t cols,
                                 finch_weight *out) {
     const finch_st_tensor *t;
+    if (L->m->hf->bnb_nf4) {
+        int s;
+        t = find(L, name, &s);
+        if (t && t->dtype == FINCH_ST_U8) return bind_nf4(L, name, t, s, rows, cols, out);
+    }
     finch_status st = lookup(L, name, 2, rows, cols, &t);
     if (st) return st;
     *out = (finch_weight){.type = t->type,
@@ -450,14 +616,24 @@ finch_status finch_model_load_hf(finch_model *m, finch_err *err) {
             snprintf(n, sizeof n, "model.layers.%d.self_attn.%s_proj.weight", l, k ? "k" : "q");
             int s;
             const finch_st_tensor *t = find(&L, n, &s);
-            if (t) rows_bytes += t->nbytes; /* within the mapped files: cannot overflow */
+            /* within the mapped files: cannot overflow; packed NF4 codes grow by 36 / 32 */
+            if (t) rows_bytes += t->dtype == FINCH_ST_U8 ? t->nbytes / 32 * 36 + 36 : t->nbytes;
         }
     }
+    /* NF4 blocks of a bitsandbytes checkpoint: 36 bytes per 32 bytes of packed codes */
+    size_t nf4_bytes = 0;
+    for (int k = 0; m->hf->bnb_nf4 && k < m->n_shards; k++)
+        for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
+            const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
+            if (t->dtype == FINCH_ST_U8 && t->n_dims == 2) nf4_bytes += t->nbytes / 32 * 36 + 36;
+        }
     m->owned_rows = finch_aalloc(rows_bytes ? rows_bytes : 1, "Q/K weights", err);
-    if (!m->owned_rows) {
+    m->owned_nf4 = nf4_bytes ? finch_aalloc(nf4_bytes, "NF4 weights", err) : NULL;
+    if (!m->owned_rows || (nf4_bytes && !m->owned_nf4)) {
         st = FINCH_E_NOMEM;
         goto done;
     }
+    L.nf4 = m->owned_nf4;
     L.owned = m->owned_f32;
     L.rows = m->owned_rows;
     if ((st = bind_tensors(&L)) || (st = check_all_used(&L))) goto done;
@@ -465,8 +641,10 @@ finch_status finch_model_load_hf(finch_model *m, finch_err *err) {
     for (int k = 0; k < m->n_shards; k++)
         for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
             const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
-            m->cfg.n_params += (int64_t)t->n_elems;
             m->cfg.weight_bytes += (int64_t)t->nbytes;
+            if (m->hf->bnb_nf4 && strstr(t->name, ".weight.")) continue; /* NF4 statistics */
+            /* packed NF4 codes: two weights a byte */
+            m->cfg.n_params += (int64_t)t->n_elems * (t->dtype == FINCH_ST_U8 ? 2 : 1);
         }
 done:
     finch_hf_index_free(&L.ix);

@@ -183,7 +183,7 @@ static void test_unsupported_features(void **state) {
                 "field 'attention_bias': true");
     config_case("tiny_llama", "mlp_bias", "true", FINCH_E_UNSUPPORTED, "field 'mlp_bias': true");
     config_case("tiny_llama", "quantization_config", "{\"quant_method\": \"gptq\"}",
-                FINCH_E_UNSUPPORTED, "quantized checkpoint");
+                FINCH_E_UNSUPPORTED, "quant_method 'gptq' (finch reads bitsandbytes 4-bit)");
 }
 
 /* Sliding windows are accepted and cap the usable context (io/hf_config.c). */

@@ -30,12 +30,12 @@ static int run(const char *args, const char *in_text) {
     return run_capture(tmpdir, cmd, in_text, out, sizeof out);
 }
 
-#define EXPECT(args, in, code, fragment)                                                   \
-    do {                                                                                   \
-        int rc_ = run(args, in);                                                           \
-        if (rc_ != (code) || !strstr(out, fragment))                                       \
-            fail_msg("finch %s: exit %d (want %d), output:\n%s\n(want '%s')", args, rc_,    \
-                     code, out, fragment);                                                 \
+#define EXPECT(args, in, code, fragment)                                                           \
+    do {                                                                                           \
+        int rc_ = run(args, in);                                                                   \
+        if (rc_ != (code) || !strstr(out, fragment))                                               \
+            fail_msg("finch %s: exit %d (want %d), output:\n%s\n(want '%s')", args, rc_, code,     \
+                     out, fragment);                                                               \
     } while (0)
 
 static void test_version(void **state) {
@@ -92,8 +92,8 @@ static void test_jsonl_texts(void **state) {
     } cases[] = {
         {"{\"text\": \"hello world\"}", "hello world", 11},
         {"{\"text\": \"two\\nlines\\n\"}", "two\nlines\n", 10},
-        {"{\"text\": \"tab\\there \\\"quoted\\\" back\\\\slash\"}", "tab\there \"quoted\" back\\slash",
-         28},
+        {"{\"text\": \"tab\\there \\\"quoted\\\" back\\\\slash\"}",
+         "tab\there \"quoted\" back\\slash", 28},
         {"  {\"text\":\"caf\\u00e9 \\u2603\"}  ", "caf\xc3\xa9 \xe2\x98\x83", 9},
         {"{\"text\": \"\\r\\n\\r\\nblank lines\"}", "\r\n\r\nblank lines", 15},
     };

@@ -440,11 +440,12 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_page), cmocka_unit_test(test_html_escape),
-        cmocka_unit_test(test_svg_chart),    cmocka_unit_test(test_resumed_metrics), cmocka_unit_test(test_null_metrics),
-        cmocka_unit_test(test_eval_only),    cmocka_unit_test(test_bad_metrics),
-        cmocka_unit_test(test_bad_evals),    cmocka_unit_test(test_empty_metrics),
-        cmocka_unit_test(test_bad_dirs),     cmocka_unit_test(test_write_atomic),
+        cmocka_unit_test(test_fixture_page),  cmocka_unit_test(test_html_escape),
+        cmocka_unit_test(test_svg_chart),     cmocka_unit_test(test_resumed_metrics),
+        cmocka_unit_test(test_null_metrics),  cmocka_unit_test(test_eval_only),
+        cmocka_unit_test(test_bad_metrics),   cmocka_unit_test(test_bad_evals),
+        cmocka_unit_test(test_empty_metrics), cmocka_unit_test(test_bad_dirs),
+        cmocka_unit_test(test_write_atomic),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

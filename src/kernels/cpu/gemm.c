@@ -207,8 +207,7 @@ static inline __attribute__((always_inline)) void block(int mr, int64_t kc, cons
 static void panel(int64_t M, int64_t kc, const float *A, int64_t lda, const float *B, int64_t ldb,
                   float *C, int64_t ldc, int64_t n, bool acc) {
     int64_t i = 0;
-    for (; i + MR <= M; i += MR)
-        block(MR, kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, n, acc);
+    for (; i + MR <= M; i += MR) block(MR, kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, n, acc);
     A += i * lda, C += i * ldc;
     switch (M - i) { /* the last M % MR rows, each count its own unrolled copy */
     case 5:
@@ -301,9 +300,14 @@ static bool blas_matches(void) {
 #if defined(__AVX512F__) || defined(__AVX2__)
     static const char *const cores[] = {
 #if !defined(__AVX512F__)
-        "haswell", "zen", "skylake",
+        "haswell",
+        "zen",
+        "skylake",
 #endif
-        "skylakex", "cooperlake", "sapphirerapids"};
+        "skylakex",
+        "cooperlake",
+        "sapphirerapids"
+    };
     const char *name = openblas_get_corename();
     for (size_t i = 0; name && i < sizeof cores / sizeof cores[0]; i++)
         if (!strcasecmp(name, cores[i])) return true;
@@ -380,4 +384,3 @@ void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
             C[i * ldc + j] = acc ? C[i * ldc + j] + v : v;
         }
 }
-

@@ -58,7 +58,7 @@ static const char k_text[] =
 typedef struct {
     const char *model;
     const char *out;
-    int batch, seq, steps, threads, bf16, ckpt;
+    int batch, seq, steps, threads, bf16, ckpt, nf4;
     const char *method;
     char *opts[16]; /* NAME=VALUE */
     int n_opts;
@@ -105,7 +105,9 @@ static void usage(const char *prog) {
             "  --out DIR keep the run directory there (default: a temporary one, removed)\n"
             "  --method NAME (default lora), --option NAME=VALUE (repeatable) its options\n"
             "  --bf16 the base's products in bf16 (finch train --bf16)\n"
-            "  --gradient-checkpointing recompute each block in backward\n",
+            "  --gradient-checkpointing recompute each block in backward\n"
+            "  --load-in-4bit quantize the base's projections to NF4 with double\n"
+            "    quantization while loading (QLoRA; finch train --load-in-4bit)\n",
             prog, WARMUP_STEPS);
 }
 
@@ -129,6 +131,10 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         }
         if (!strcmp(f, "--gradient-checkpointing")) {
             a->ckpt = 1;
+            continue;
+        }
+        if (!strcmp(f, "--load-in-4bit")) {
+            a->nf4 = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -257,7 +263,8 @@ int main(int argc, char **argv) {
     int rc = 1;
     finch_model *model = NULL;
     bench_state st = {0};
-    if (finch_model_load(a.model, &model, &err)) {
+    if (finch_model_load(a.model, &model, &err) ||
+        (a.nf4 && finch_model_load_in_4bit(model, "nf4", 1, &err))) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         goto done;
     }

@@ -202,6 +202,9 @@ void finch_file_unmap(finch_mapped_file *f);
 /* Lets the kernel drop the mapping's pages from memory (they are read again from the file
  * when touched): for a model whose weights were all copied out. */
 void finch_file_evict(const finch_mapped_file *f);
+/* The same for the whole pages of f's mapping inside [p, p + n); nothing when that range
+ * is not within the mapping (memory of another kind must never be dropped). */
+void finch_file_evict_range(const finch_mapped_file *f, const void *p, size_t n);
 
 /* Writes a file atomically: the writer callback fills a temp file in the same directory,
  * which is flushed, fsync'ed, renamed over path, and the directory fsync'ed. On any

@@ -57,6 +57,15 @@ void finch_file_evict(const finch_mapped_file *f) {
     if (f && f->data) madvise((void *)f->data, f->size, MADV_DONTNEED);
 }
 
+void finch_file_evict_range(const finch_mapped_file *f, const void *p, size_t n) {
+    if (!f || !f->data) return;
+    const uintptr_t base = (uintptr_t)f->data, a = (uintptr_t)p;
+    if (a < base || a - base > f->size || n > f->size - (a - base)) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (a + page - 1) & ~(page - 1), hi = (a + n) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 void finch_file_unmap(finch_mapped_file *f) {
     if (!f) return;
     if (f->data) munmap((void *)f->data, f->size);

@@ -642,6 +642,10 @@ void finch_gguf_evict(const finch_gguf *g) {
     if (g) finch_file_evict(&g->map);
 }
 
+void finch_gguf_evict_range(const finch_gguf *g, const void *p, size_t n) {
+    if (g) finch_file_evict_range(&g->map, p, n);
+}
+
 void finch_gguf_close(finch_gguf *g) {
     gguf_free(g);
 }

@@ -92,6 +92,8 @@ finch_status finch_gguf_open_memory(const void *data, size_t size, const char *n
 void finch_gguf_close(finch_gguf *g);
 /* Drops the mapped file's pages from memory (finch_file_evict); its tensors stay readable. */
 void finch_gguf_evict(const finch_gguf *g);
+/* Drops the file's pages within [p, p + n) when they are the file's (finch_file_evict_range). */
+void finch_gguf_evict_range(const finch_gguf *g, const void *p, size_t n);
 
 /* The file's name as given to open, for messages. Borrowed. */
 const char *finch_gguf_path(const finch_gguf *g);
@@ -250,6 +252,8 @@ finch_status finch_st_open(const char *path, finch_st **out, finch_err *err);
 finch_status finch_st_open_memory(const void *data, size_t size, const char *name, finch_st **out,
                                   finch_err *err);
 /* Releases everything, unmapping the file when finch_st_open mapped it. NULL-safe. */
+/* Drops the file's pages within [p, p + n) when they are the file's (finch_file_evict_range). */
+void finch_st_evict_range(const finch_st *f, const void *p, size_t n);
 void finch_st_close(finch_st *st);
 
 /* The name given to open. Borrowed. */

@@ -445,6 +445,10 @@ finch_status finch_st_open_memory(const void *data, size_t size, const char *nam
     return open_buffer(data, size, name ? name : "<memory>", &none, out, err);
 }
 
+void finch_st_evict_range(const finch_st *f, const void *p, size_t n) {
+    if (f) finch_file_evict_range(&f->map, p, n);
+}
+
 void finch_st_close(finch_st *st) {
     st_free(st);
 }

@@ -9,7 +9,8 @@
  * as they are; other quantized types are refused.
  *
  * The quantized weights live in one owned buffer (m->owned_nf4); the source rows are read
- * once, a row at a time, from the mapping.
+ * once, a row at a time, from the mapping, and each tensor's file pages are dropped once
+ * it is quantized, so peak memory is the NF4 buffer's, not the base's.
  */
 #include "model/model.h"
 #include "core/quant.h" /* finch_block_nf4, finch_quantize_nf4, finch_nf4_double_quant */
@@ -72,6 +73,12 @@ finch_status finch_model_load_in_4bit(finch_model *m, const char *quant_type, in
             total += rb * (size_t)w->rows;
         }
     if (!total) return FINCH_OK;
+    if (m->owned_nf4)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: --load-in-4bit on a bitsandbytes checkpoint whose projections "
+                             "are only partly 4-bit (llm_int8_skip_modules): load it without "
+                             "--load-in-4bit",
+                             m->path);
     uint8_t *buf = finch_aalloc(total, "NF4 weights", err);
     if (!buf) return FINCH_E_NOMEM;
     float *row = NULL;
@@ -95,6 +102,12 @@ finch_status finch_model_load_in_4bit(finch_model *m, const char *quant_type, in
             if (double_quant)
                 st = double_quant_hf_order((finch_block_nf4 *)dst, w,
                                            i < 2 && !m->arch->learned_pos, c->head_dim, err);
+            /* the source rows are read once: their file pages leave memory now, so a base
+             * larger than RAM quantizes within the NF4 buffer's size */
+            const size_t src_bytes = w->row_bytes * (size_t)w->rows;
+            finch_gguf_evict_range(m->gguf, w->data, src_bytes);
+            for (int s = 0; s < m->n_shards; s++)
+                finch_st_evict_range(m->shards[s], w->data, src_bytes);
             m->cfg.weight_bytes -= (int64_t)(w->row_bytes * (size_t)w->rows);
             *w = (finch_weight){.type = FINCH_DTYPE_NF4,
                                 .rows = w->rows,

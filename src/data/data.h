@@ -173,8 +173,9 @@ void finch_batch_release(finch_batch *b);
 
 /* Fills b from the examples order[*next], order[*next+1], ..., advancing *next (wrapping
  * to 0 when it reaches n, *epoch counting the wraps). Without packing each row holds one
- * example, padded with pad_id; with packing rows are filled with whole examples in order
- * (an example that does not fit starts the next row). */
+ * example, padded with pad_id (0 when pad_id is negative: a tokenizer without EOS); with
+ * packing rows are filled with whole examples in order (an example that does not fit starts
+ * the next row). */
 void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *order, int64_t *next,
                       int64_t *epoch, bool pack, int32_t pad_id);
 

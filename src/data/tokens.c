@@ -160,6 +160,7 @@ static void place(finch_batch *b, int32_t r, int32_t at, const finch_token_examp
 void finch_batch_fill(finch_batch *b, const finch_token_set *s, const int64_t *order, int64_t *next,
                       int64_t *epoch, bool pack, int32_t pad_id) {
     const size_t n = (size_t)b->B * b->T;
+    if (pad_id < 0) pad_id = 0; /* a vocabulary without EOS: padding has no target anyway */
     for (size_t i = 0; i < n; i++)
         b->ids[i] = pad_id, b->targets[i] = -1, b->pos[i] = 0, b->seg[i] = 0;
     b->n_targets = b->n_tokens = 0;

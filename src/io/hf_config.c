@@ -1,7 +1,7 @@
 /*
  * hf_config.c: the JSON files of a Hugging Face model folder: config.json (the LLaMA-family
- * hyperparameters, FORMATS.md 2.4) and model.safetensors.index.json (the weight_map of a
- * sharded checkpoint).
+ * hyperparameters, FORMATS.md 2.4, and GPT-2's, read_gpt2) and model.safetensors.index.json (the
+ * weight_map of a sharded checkpoint).
  *
  * config.json is read strictly: every field finch uses is type-checked and range-checked,
  * and every field that would change the computation in a way finch does not implement is
@@ -179,18 +179,86 @@ static finch_status check_rope(reader *R, const char *field, float *theta) {
     return FINCH_OK;
 }
 
+/* GPT-2's config.json (transformers' GPT2Config): its own field names (n_embd, n_layer,
+ * n_head, n_positions, n_inner (null: 4 n_embd), layer_norm_epsilon), gelu_new, biases on
+ * every linear, the head tied to the embeddings. Settings that change the computation and
+ * that finch does not implement are refused by name. */
+static finch_status read_gpt2(reader *R, finch_hf_config *c) {
+    finch_status st;
+    const json_t *archs = get(R, "architectures");
+    if (archs) {
+        if (!json_is_array(archs) || json_array_size(archs) == 0 ||
+            !json_is_string(json_array_get(archs, 0)))
+            return bad(R, "architectures", "must be a non-empty list of strings");
+        const char *a = json_string_value(json_array_get(archs, 0));
+        if (strcmp(a, "GPT2LMHeadModel") != 0 && strcmp(a, "GPT2Model") != 0)
+            return finch_err_set(R->err, FINCH_E_UNSUPPORTED,
+                                 "%s: field 'architectures': '%.60s' is not supported for "
+                                 "model_type 'gpt2' (finch runs GPT2LMHeadModel)",
+                                 R->path, a);
+        snprintf(c->architecture, sizeof c->architecture, "%s", a);
+    }
+    if (get(R, "quantization_config"))
+        return unsupported(R, "quantization_config", "a quantized checkpoint");
+    if ((st = get_int(R, "n_embd", true, 1, MAX_EMBD, &c->hidden_size)) ||
+        (st = get_int(R, "n_layer", true, 1, MAX_LAYERS, &c->num_hidden_layers)) ||
+        (st = get_int(R, "n_head", true, 1, MAX_HEADS, &c->num_attention_heads)) ||
+        (st = get_int(R, "vocab_size", true, 1, MAX_VOCAB, &c->vocab_size)) ||
+        (st = get_int(R, "n_positions", true, 1, MAX_CTX, &c->max_position_embeddings)))
+        return st;
+    c->intermediate_size = 0;
+    if ((st = get_int(R, "n_inner", false, 1, MAX_FF, &c->intermediate_size))) return st;
+    if (!c->intermediate_size) {
+        if (c->hidden_size > MAX_FF / 4)
+            return bad(R, "n_embd", "is %d: 4 n_embd exceeds %d", c->hidden_size, MAX_FF);
+        c->intermediate_size = 4 * c->hidden_size;
+    }
+    const int H = c->num_attention_heads;
+    if (c->hidden_size % H)
+        return bad(R, "n_head", "is %d, which does not divide n_embd %d", H, c->hidden_size);
+    c->num_key_value_heads = H;
+    c->head_dim = c->hidden_size / H;
+    c->rope_theta = 10000.0f; /* unused: GPT-2's positions are learned */
+    c->rms_norm_eps = 1e-5f;
+    if ((st = get_num(R, "layer_norm_epsilon", false, 0, 1, &c->rms_norm_eps))) return st;
+    char act[32] = "gelu_new";
+    if ((st = get_str(R, "activation_function", false, act, sizeof act))) return st;
+    if (strcmp(act, "gelu_new") != 0 && strcmp(act, "gelu_pytorch_tanh") != 0) {
+        char what[96];
+        snprintf(what, sizeof what, "activation '%.31s' (finch implements gelu_new)", act);
+        return unsupported(R, "activation_function", what);
+    }
+    bool flag = false;
+    if ((st = get_bool(R, "scale_attn_by_inverse_layer_idx", &flag))) return st;
+    if (flag) return unsupported(R, "scale_attn_by_inverse_layer_idx", "true");
+    /* reorder_and_upcast_attn computes the same scores in f32, as finch does: accepted */
+    flag = true;
+    if ((st = get_bool(R, "scale_attn_weights", &flag))) return st;
+    if (!flag) return unsupported(R, "scale_attn_weights", "false");
+    c->tie_word_embeddings = true;
+    if ((st = get_bool(R, "tie_word_embeddings", &c->tie_word_embeddings))) return st;
+    c->qkv_bias = true;
+    c->context = c->max_position_embeddings;
+    if ((st = get_token(R, "bos_token_id", c->vocab_size, &c->bos_token_id)) ||
+        (st = get_token(R, "eos_token_id", c->vocab_size, &c->eos_token_id)))
+        return st;
+    const char *dt_field = get(R, "torch_dtype") ? "torch_dtype" : "dtype";
+    return get_str(R, dt_field, false, c->torch_dtype, sizeof c->torch_dtype);
+}
+
 static finch_status read_config(reader *R, finch_hf_config *c) {
     finch_status st;
     if (!json_is_object(R->root))
         return finch_err_set(R->err, FINCH_E_FORMAT, "%s: not a JSON object", R->path);
     if ((st = get_str(R, "model_type", true, c->model_type, sizeof c->model_type))) return st;
     const char *mt = c->model_type;
+    if (!strcmp(mt, "gpt2")) return read_gpt2(R, c);
     const bool llama = !strcmp(mt, "llama"), mistral = !strcmp(mt, "mistral"),
                qwen2 = !strcmp(mt, "qwen2");
     if (!llama && !mistral && !qwen2)
         return finch_err_set(R->err, FINCH_E_UNSUPPORTED,
                              "%s: field 'model_type': '%s' is not supported (finch runs llama, "
-                             "mistral and qwen2)",
+                             "mistral, qwen2 and gpt2)",
                              R->path, mt);
     const json_t *archs = get(R, "architectures");
     if (archs) {

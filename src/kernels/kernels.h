@@ -235,6 +235,24 @@ typedef struct {
      * dlogits may alias logits. */
     double (*softmax_xent)(float *dlogits, const float *logits, const int32_t *targets, int64_t N,
                            int64_t V, float grad_scale);
+
+    /* ---- GPT-2's ops (LayerNorm with bias, the plain GELU MLP), forward and backward ---- */
+
+    /* y (T, C) = (x - mu) r w + b, mu the row's mean, r = 1 / sqrt(mean((x - mu)^2) + eps)
+     * (torch.nn.LayerNorm); stats (T, 2) receives mu and r when not NULL. y may alias x. */
+    void (*layernorm_forward)(float *y, float *stats, const float *x, const float *w,
+                              const float *b, int64_t T, int64_t C, float eps);
+
+    /* dx (T, C) = and dw, db (C) += the gradients of layernorm_forward given dy (T, C), the
+     * stats it saved, x and w. dx may alias dy; dw and db may be NULL (not trained). */
+    void (*layernorm_backward)(float *dx, float *dw, float *db, const float *dy, const float *stats,
+                               const float *x, const float *w, int64_t T, int64_t C);
+
+    /* y (n) = gelu(x), the tanh approximation (GPT-2's gelu_new). y may alias x. */
+    void (*gelu_forward)(float *y, const float *x, int64_t n);
+
+    /* dx (n) = dy (n) gelu'(x). dx may alias dy. */
+    void (*gelu_backward)(float *dx, const float *dy, const float *x, int64_t n);
 } finch_backend;
 
 /* The CPU backend for this machine (kernels/cpu_select.c): the widest instruction set
@@ -284,6 +302,13 @@ void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_ref_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_ref_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
+void finch_ref_layernorm_forward(float *y, float *stats, const float *x, const float *w,
+                                 const float *b, int64_t T, int64_t C, float eps);
+void finch_ref_layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                                  const float *stats, const float *x, const float *w, int64_t T,
+                                  int64_t C);
+void finch_ref_gelu_forward(float *y, const float *x, int64_t n);
+void finch_ref_gelu_backward(float *dx, const float *dy, const float *x, int64_t n);
 double finch_ref_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
                               int64_t N, int64_t V, float grad_scale);
 

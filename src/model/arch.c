@@ -14,6 +14,12 @@
  * add; GeGLU (tanh GELU); five sliding-window layers (RoPE base 10000) to one global
  * layer (the file's base); the GGUF's norm weights already hold 1 + w; q/k rows in
  * rotate-half order, as in Hugging Face files.
+ *
+ * GPT-2 (llama.cpp's gpt2 graph, transformers' GPT2Model): pre-LayerNorm blocks (weight and
+ * bias, eps layer_norm_epsilon), learned absolute position embeddings added to the token
+ * embeddings, no RoPE; fused q/k/v (c_attn, GGUF attn_qkv) split at load; biases on every
+ * linear; a plain MLP c_proj(gelu_new(c_fc(x))); a final LayerNorm; the head tied to the
+ * token embeddings (the GGUF converter writes a copy as output.weight).
  */
 #include "model/model.h"
 
@@ -30,6 +36,13 @@ static const finch_arch table[] = {
      .swa_pattern = 6,
      .swa_rope_base = 10000.0f,
      .norm_one = true},
+    {.name = "gpt2",
+     .gguf = true,
+     .act = FINCH_ACT_GELU_TANH,
+     .layer_norm = true,
+     .learned_pos = true,
+     .plain_ffn = true,
+     .fused_qkv = true},
 };
 
 const finch_arch *finch_arch_find(const char *name) {

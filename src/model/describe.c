@@ -39,10 +39,10 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
     if (m->hf)
         out(print, user, "architecture:    %s (model_type %s%s%s%s)", c->arch, m->hf->model_type,
             m->hf->architecture[0] ? ", " : "", m->hf->architecture,
-            m->hf->qkv_bias ? ", q/k/v biases" : "");
+            m->hf->qkv_bias && !m->arch->fused_qkv ? ", q/k/v biases" : "");
     else
         out(print, user, "architecture:    %s%s", c->arch,
-            m->layers[0].wq.bias ? " (q/k/v biases)" : "");
+            m->layers[0].wq.bias && !m->arch->fused_qkv ? " (q/k/v biases)" : "");
     out(print, user, "layers:          %d", c->n_layer);
     out(print, user, "hidden:          %d", c->n_embd);
     out(print, user, "ffn:             %d", c->n_ff);
@@ -55,7 +55,9 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
     else
         out(print, user, "context:         %d (trained)", c->n_ctx_train);
     const finch_arch *a = m->arch;
-    if (a->swa_pattern)
+    if (a->learned_pos)
+        out(print, user, "positions:       learned, %lld embeddings", (long long)m->pos_embd.rows);
+    else if (a->swa_pattern)
         out(print, user, "rope theta:      %g (global blocks), %g (sliding-window blocks)",
             c->rope_theta, a->swa_rope_base);
     else
@@ -63,12 +65,16 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
     if (a->swa_pattern)
         out(print, user, "attention:       sliding window of %d in %d of every %d blocks",
             c->sliding_window, a->swa_pattern - 1, a->swa_pattern);
-    if (a->qk_norm || a->post_norms || a->embed_scale || a->act != FINCH_ACT_SILU)
+    if (a->layer_norm)
+        out(print, user,
+            "block:           LayerNorm with bias, fused q/k/v (split), GELU (tanh) "
+            "MLP, biases on every linear");
+    else if (a->qk_norm || a->post_norms || a->embed_scale || a->act != FINCH_ACT_SILU)
         out(print, user, "block:           %s%s%s%s",
             a->act == FINCH_ACT_GELU_TANH ? "GeGLU" : "SwiGLU", a->qk_norm ? ", q/k norms" : "",
             a->post_norms ? ", post-attention/FFN norms" : "",
             a->embed_scale ? ", embeddings scaled by sqrt(hidden)" : "");
-    out(print, user, "rms eps:         %g", c->rms_eps);
+    out(print, user, a->layer_norm ? "layernorm eps:   %g" : "rms eps:         %g", c->rms_eps);
     out(print, user, "output head:     %s",
         c->tied_output ? "tied to token embeddings" : "separate");
     out(print, user, "parameters:      %lld (%.1f M)", (long long)c->n_params, c->n_params / 1e6);

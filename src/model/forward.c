@@ -2,17 +2,20 @@
  * forward.c: the forward pass for inference over a key/value cache, for every family of
  * the architecture table (arch.c); what a row switches on is marked [row field].
  *
- *   x = tok_embd[ids]  (* sqrt(C) [embed_scale])
- *   per block:  xn = rmsnorm(x) * attn_norm
+ *   x = tok_embd[ids]  (* sqrt(C) [embed_scale])  (+ pos_embd[pos] [learned_pos])
+ *   norm: rmsnorm(x) * w, or layernorm(x) * w + b [layer_norm]
+ *   per block:  xn = norm(x) * attn_norm
  *               q, k, v = xn Wq^T (+ bq), xn Wk^T (+ bk), xn Wv^T (+ bv)   (biases: Qwen2)
  *               q, k = rmsnorm per head * q_norm, k_norm  [qk_norm]
- *               rope(q), rope(k) (the block's base [swa_pattern]);  append k, v
+ *               rope(q), rope(k) (the block's base [swa_pattern]; none [learned_pos]);
+ *               append k, v
  *               a = attention(q, K, V) (within the sliding window [swa_pattern]) Wo^T
  *               x += a  (x += rmsnorm(a) * post_attn_norm [post_norms])
  *               xn = rmsnorm(x) * ffn_norm
  *               f = (act(xn Wgate^T) * (xn Wup^T)) Wdown^T  (act: silu or gelu [act])
+ *                   (gelu(xn Wup^T + bup) Wdown^T + bdown [plain_ffn])
  *               x += f  (x += rmsnorm(f) * post_ffn_norm [post_norms])
- *   logits = (rmsnorm(x) * output_norm) Wout^T
+ *   logits = norm(x) (output_norm) Wout^T
  *
  * Facts: FORMATS.md 3.1 (graph), 4 (RoPE on interleaved pairs for GGUF row order; a
  * Hugging Face folder's and a rotate-half GGUF's Q/K rows, biases and q/k norms are put
@@ -32,6 +35,11 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     if (n_ctx > INT32_MAX - m->virt.n)
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
     n_ctx += m->virt.n;
+    if (m->arch->learned_pos && n_ctx > c->n_ctx_train)
+        return finch_err_set(err, FINCH_E_RANGE,
+                             "%d positions (with %d virtual tokens): the model has learned "
+                             "position embeddings for %d",
+                             n_ctx, m->virt.n, c->n_ctx_train);
     s->n_ctx = n_ctx;
     s->start = m->virt.n;
     s->n_batch = n_batch;
@@ -119,6 +127,10 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         be->embed(s->x, ids, T, &m->tok_embd);
         if (a->embed_scale) be->scale(s->x, (int64_t)T * C, sqrtf((float)C));
     }
+    if (a->learned_pos) { /* every row, virtual ones too, gets its position's embedding */
+        be->embed(s->xn, s->pos_ids, T, &m->pos_embd);
+        be->add(s->x, s->xn, (int64_t)T * C);
+    }
 
     for (int l = 0; l < c->n_layer; l++) {
         const finch_layer *ly = &m->layers[l];
@@ -126,7 +138,7 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         const float theta = finch_layer_theta(m, l);
         const int64_t window = finch_layer_window(m, l);
         /* attention */
-        be->rmsnorm_forward(s->xn, NULL, s->x, ly->attn_norm, T, C, c->rms_eps);
+        finch_norm_forward(m, s->xn, NULL, s->x, ly->attn_norm, ly->attn_norm_b, T);
         finch_linear_forward(mm, s->q, s->xn, &ly->wq, T, be, ws);
         finch_linear_forward(mm, s->kk, s->xn, &ly->wk, T, be, ws);
         finch_linear_forward(mm, s->vv, s->xn, &ly->wv, T, be, ws);
@@ -134,8 +146,10 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             be->rmsnorm_forward(s->q, NULL, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
             be->rmsnorm_forward(s->kk, NULL, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
         }
-        be->rope_forward(s->q, s->pos_ids, T, H, D, theta);
-        be->rope_forward(s->kk, s->pos_ids, T, KVH, D, theta);
+        if (!a->learned_pos) {
+            be->rope_forward(s->q, s->pos_ids, T, H, D, theta);
+            be->rope_forward(s->kk, s->pos_ids, T, KVH, D, theta);
+        }
         if (llamacpp) {
             uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
             be->to_f16(kc + pos0 * KD, s->kk, T * KD);
@@ -152,13 +166,18 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_attn_norm, T, C, c->rms_eps);
         join(ly->attn_module, s->x, s->xn, T, C, &ctx);
         /* feed-forward */
-        be->rmsnorm_forward(s->xn, NULL, s->x, ly->ffn_norm, T, C, c->rms_eps);
-        finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
-        finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
-        if (a->act == FINCH_ACT_GELU_TANH)
-            be->geglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
-        else
-            be->swiglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+        finch_norm_forward(m, s->xn, NULL, s->x, ly->ffn_norm, ly->ffn_norm_b, T);
+        if (a->plain_ffn) {
+            finch_linear_forward(mm, s->gate, s->xn, &ly->w_up, T, be, ws);
+            be->gelu_forward(s->gate, s->gate, (int64_t)T * F);
+        } else {
+            finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
+            finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
+            if (a->act == FINCH_ACT_GELU_TANH)
+                be->geglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+            else
+                be->swiglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+        }
         finch_linear_forward(mm, s->xn, s->gate, &ly->w_down, T, be, ws);
         if (a->post_norms)
             be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_ffn_norm, T, C, c->rms_eps);
@@ -169,7 +188,7 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
     /* head: only the rows whose logits are wanted */
     if (!n_out) return;
     const float *xl = s->x + (size_t)(T - n_out) * C;
-    be->rmsnorm_forward(s->xn, NULL, xl, m->output_norm, n_out, C, c->rms_eps);
+    finch_norm_forward(m, s->xn, NULL, xl, m->output_norm, m->output_norm_b, n_out);
     finch_linear_forward(mm, s->logits, s->xn, &m->output, n_out, be, ws);
 }
 

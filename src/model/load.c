@@ -1,8 +1,10 @@
 /*
  * load.c: builds a finch_model from a GGUF file: reads and validates the LLaMA
  * hyperparameters (FORMATS.md 3.1), binds every tensor by name with its exact shape
- * (FORMATS.md 3.2), and builds the tokenizer. Weights are views into the mapping; only
- * norm vectors stored in a 16-bit type are converted (they are tiny).
+ * (FORMATS.md 3.2), and builds the tokenizer. GPT-2 files (llama.cpp's gpt2 names:
+ * position_embd, LayerNorm biases, the fused attn_qkv, no ffn_gate) bind in
+ * bind_gpt2_block; q, k, v are views of attn_qkv's row blocks. Weights are views into the mapping;
+ * only norm vectors stored in a 16-bit type are converted (they are tiny).
  *
  * A path that is a folder is a Hugging Face model folder: load_hf.c builds the same
  * model from it.
@@ -164,11 +166,12 @@ static finch_status read_config(loader *L, finch_model_config *c) {
         if ((st = get_dim(L, a, "attention.sliding_window", true, 1, 1 << 24, &c->sliding_window)))
             return st;
     }
-    if (c->head_dim % 2)
+    if (c->head_dim % 2 && !row->learned_pos)
         return finch_err_set(L->err, FINCH_E_FORMAT, "%s: head dim %d is odd", L->path,
                              c->head_dim);
     char key[128];
-    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", a);
+    snprintf(key, sizeof key, "%s.attention.layer_norm%s_epsilon", a,
+             row->layer_norm ? "" : "_rms");
     if ((st = finch_gguf_get_f32(L->g, key, true, &c->rms_eps, L->err))) return st;
     if (!(c->rms_eps > 0 && c->rms_eps < 1))
         return finch_err_set(L->err, FINCH_E_FORMAT, "%s: %s = %g, must be in (0, 1)", L->path, key,
@@ -232,6 +235,56 @@ static finch_status permute_qk(loader *L, finch_model *m, float *owned) {
     return FINCH_OK;
 }
 
+/* Splits the fused projection qkv (3 n rows) into q, k, v: views of its row blocks, and
+ * of its bias when there is one. */
+static void split_qkv(finch_layer *ly, const finch_weight *qkv, const float *bias, int64_t n) {
+    finch_linear *lins[3] = {&ly->wq, &ly->wk, &ly->wv};
+    for (int i = 0; i < 3; i++) {
+        lins[i]->w = *qkv;
+        lins[i]->w.rows = n;
+        lins[i]->w.data = (const uint8_t *)qkv->data + (size_t)(i * n) * qkv->row_bytes;
+        lins[i]->bias = bias ? bias + i * n : NULL;
+    }
+}
+
+/* A GPT-2 block (llama.cpp's gpt2 tensors): LayerNorms with weight and bias, the fused
+ * attn_qkv split into q, k, v, attn_output, ffn_up, ffn_down, every linear with its bias. */
+static finch_status bind_gpt2_block(loader *L, finch_model *m, int l, float **owned) {
+    const finch_model_config *c = &m->cfg;
+    const int64_t C = c->n_embd, F = c->n_ff;
+    finch_layer *ly = &m->layers[l];
+    char n[FINCH_GGUF_MAX_NAME + 1];
+    finch_weight qkv;
+    const float *qkv_b = NULL;
+    finch_status st;
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", l, s), n)
+    if ((st = bind_vector(L, NAME("attn_norm.weight"), C, owned, &ly->attn_norm)) ||
+        (st = bind_vector(L, NAME("attn_norm.bias"), C, owned, &ly->attn_norm_b)) ||
+        (st = bind_vector(L, NAME("ffn_norm.weight"), C, owned, &ly->ffn_norm)) ||
+        (st = bind_vector(L, NAME("ffn_norm.bias"), C, owned, &ly->ffn_norm_b)) ||
+        (st = bind_weight(L, NAME("attn_qkv.weight"), 3 * C, C, true, &qkv, NULL)) ||
+        (st = bind_weight(L, NAME("attn_output.weight"), C, C, true, &ly->wo.w, NULL)) ||
+        (st = bind_weight(L, NAME("ffn_up.weight"), F, C, true, &ly->w_up.w, NULL)) ||
+        (st = bind_weight(L, NAME("ffn_down.weight"), C, F, true, &ly->w_down.w, NULL)))
+        return st;
+    struct {
+        const char *stem;
+        int64_t n;
+        const float **b;
+    } biases[] = {{"attn_qkv.bias", 3 * C, &qkv_b},
+                  {"attn_output.bias", C, &ly->wo.bias},
+                  {"ffn_up.bias", F, &ly->w_up.bias},
+                  {"ffn_down.bias", C, &ly->w_down.bias}};
+    for (size_t i = 0; i < sizeof biases / sizeof biases[0]; i++) {
+        if ((st = bind_bias(L, NAME(biases[i].stem), biases[i].n, biases[i].b))) return st;
+        if (!*biases[i].b)
+            return finch_err_set(L->err, FINCH_E_FORMAT, "%s: missing tensor '%s'", L->path, n);
+    }
+#undef NAME
+    split_qkv(ly, &qkv, qkv_b, C);
+    return FINCH_OK;
+}
+
 static finch_status bind_tensors(loader *L, finch_model *m) {
     finch_model_config *c = &m->cfg;
     const finch_gguf_tensor *emb = finch_gguf_find_tensor(L->g, "token_embd.weight");
@@ -254,6 +307,12 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
     if ((st = bind_weight(L, "token_embd.weight", V, C, true, &m->tok_embd, NULL))) return st;
     float *owned = m->owned_f32;
     if ((st = bind_vector(L, "output_norm.weight", C, &owned, &m->output_norm))) return st;
+    if (L->arch->layer_norm &&
+        (st = bind_vector(L, "output_norm.bias", C, &owned, &m->output_norm_b)))
+        return st;
+    if (L->arch->learned_pos &&
+        (st = bind_weight(L, "position_embd.weight", c->n_ctx_train, C, true, &m->pos_embd, NULL)))
+        return st;
     bool has_out;
     if ((st = bind_weight(L, "output.weight", V, C, false, &m->output.w, &has_out))) return st;
     c->tied_output = !has_out;
@@ -265,6 +324,10 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
         finch_layer *ly = &m->layers[l];
         char n[FINCH_GGUF_MAX_NAME + 1];
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", l, s), n)
+        if (L->arch->fused_qkv) {
+            if ((st = bind_gpt2_block(L, m, l, &owned))) return st;
+            continue;
+        }
         if ((st = bind_vector(L, NAME("attn_norm.weight"), C, &owned, &ly->attn_norm)) ||
             (st = bind_vector(L, NAME("ffn_norm.weight"), C, &owned, &ly->ffn_norm)) ||
             (st = bind_weight(L, NAME("attn_q.weight"), HD, C, true, &ly->wq.w, NULL)) ||
@@ -322,7 +385,7 @@ finch_status finch_model_load(const char *path, finch_model **out, finch_err *er
      * biases and norms a rotate-half file has permuted */
     const finch_model_config *mc = &m->cfg;
     size_t n_owned =
-        (size_t)(4 * mc->n_layer + 1) * (size_t)mc->n_embd +
+        (size_t)(4 * mc->n_layer + 2) * (size_t)mc->n_embd +
         (size_t)mc->n_layer *
             (4 * (size_t)mc->head_dim + 2 * (size_t)(mc->n_head + mc->n_head_kv) * mc->head_dim);
     m->owned_f32 = finch_calloc(n_owned, sizeof(float), "norm weights", err);

@@ -57,7 +57,7 @@ finch_status finch_model_load_in_4bit(finch_model *m, const char *quant_type, in
     for (int l = 0; l < c->n_layer; l++)
         for (int i = 0; i < FINCH_LAYER_LINEARS; i++) {
             const finch_weight *w = &finch_layer_linear(&m->layers[l], i)->w;
-            if (w->type == FINCH_DTYPE_NF4) continue;
+            if (w->type == FINCH_DTYPE_NF4 || !w->data) continue; /* !data: GPT-2's gate */
             if (!is_float_type(w->type))
                 return finch_err_set(err, FINCH_E_UNSUPPORTED,
                                      "%s: --load-in-4bit quantizes an f32, f16 or bf16 base, and "
@@ -87,7 +87,7 @@ finch_status finch_model_load_in_4bit(finch_model *m, const char *quant_type, in
     for (int l = 0; l < c->n_layer && !st; l++)
         for (int i = 0; i < FINCH_LAYER_LINEARS && !st; i++) {
             finch_weight *w = &finch_layer_linear(&m->layers[l], i)->w;
-            if (w->type == FINCH_DTYPE_NF4) continue;
+            if (w->type == FINCH_DTYPE_NF4 || !w->data) continue;
             size_t rb;
             finch_dtype_row_bytes(FINCH_DTYPE_NF4, w->cols, &rb);
             free(row);
@@ -100,7 +100,8 @@ finch_status finch_model_load_in_4bit(finch_model *m, const char *quant_type, in
                 finch_quantize_nf4(dst + (size_t)r * rb, row, w->cols);
             }
             if (double_quant)
-                st = double_quant_hf_order((finch_block_nf4 *)dst, w, i < 2, c->head_dim, err);
+                st = double_quant_hf_order((finch_block_nf4 *)dst, w,
+                                           i < 2 && !m->arch->learned_pos, c->head_dim, err);
             /* the source rows are read once: their file pages leave memory now, so a base
              * larger than RAM quantizes within the NF4 buffer's size */
             const size_t src_bytes = w->row_bytes * (size_t)w->rows;

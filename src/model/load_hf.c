@@ -1,8 +1,9 @@
 /*
  * load_hf.c: builds a finch_model from a Hugging Face LLaMA-family folder (llama, SmolLM,
- * mistral, qwen2): config.json (io/hf_config.c), the weights in model.safetensors or in
- * the shards named by model.safetensors.index.json (io/safetensors.c, mapped and
- * validated), and tokenizer.json when the folder has one.
+ * mistral, qwen2) or a GPT-2 folder (bind_gpt2: Conv1D weights transposed at load): config.json
+ * (io/hf_config.c), the weights in model.safetensors or in the shards named by
+ * model.safetensors.index.json (io/safetensors.c, mapped and validated), and tokenizer.json when
+ * the folder has one.
  *
  * Every tensor is bound by its Hugging Face name with its exact shape (FORMATS.md 2.4);
  * a missing tensor, a tensor nobody asked for, a wrong shape or a storage type other
@@ -314,8 +315,89 @@ static finch_status bind_vector(loader *L, const char *name, int64_t n, bool per
     return FINCH_OK;
 }
 
+/* Binds a GPT-2 Conv1D weight, stored [in = cols, out = rows], transposed into owned memory
+ * as the (rows, cols) matrix every other weight is. */
+static finch_status bind_conv1d(loader *L, const char *name, int64_t rows, int64_t cols,
+                                finch_weight *out) {
+    const finch_st_tensor *t;
+    finch_status st = lookup(L, name, 2, cols, rows, &t);
+    if (st) return st;
+    const size_t es = (size_t)finch_st_dtype_size(t->dtype);
+    const uint8_t *src = t->data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            memcpy(L->rows + ((size_t)r * (size_t)cols + (size_t)c) * es,
+                   src + ((size_t)c * (size_t)rows + (size_t)r) * es, es);
+    *out = (finch_weight){.type = t->type,
+                          .rows = rows,
+                          .cols = cols,
+                          .row_bytes = (size_t)cols * es,
+                          .data = L->rows};
+    L->rows += (size_t)rows * (size_t)cols * es;
+    return FINCH_OK;
+}
+
+/* The prefix of a GPT-2 checkpoint's names: "transformer." as GPT2LMHeadModel saves them,
+ * "" for the original checkpoints (GPT2Model's names). */
+static const char *gpt2_prefix(loader *L) {
+    int s;
+    return find(L, "transformer.wte.weight", &s) ? "transformer." : "";
+}
+
+/* GPT-2 (transformers' GPT2LMHeadModel): wte, wpe, per block ln_1, attn.c_attn (fused q/k/v,
+ * split into three views of its transposed rows), attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj,
+ * every Conv1D with its bias; ln_f; lm_head tied unless config.json says otherwise. */
+static finch_status bind_gpt2(loader *L) {
+    finch_model *m = L->m;
+    const finch_model_config *c = &m->cfg;
+    const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
+    const char *pre = gpt2_prefix(L);
+    char n[128];
+    finch_status st;
+#define NAME(s) (snprintf(n, sizeof n, "%s%s", pre, s), n)
+    if ((st = bind_weight(L, NAME("wte.weight"), V, C, &m->tok_embd)) ||
+        (st = bind_weight(L, NAME("wpe.weight"), c->n_ctx_train, C, &m->pos_embd)) ||
+        (st = bind_vector(L, NAME("ln_f.weight"), C, false, &m->output_norm)) ||
+        (st = bind_vector(L, NAME("ln_f.bias"), C, false, &m->output_norm_b)))
+        return st;
+#undef NAME
+    if (c->tied_output)
+        m->output.w = m->tok_embd;
+    else if ((st = bind_weight(L, "lm_head.weight", V, C, &m->output.w)))
+        return st;
+    for (int l = 0; l < c->n_layer; l++) {
+        finch_layer *ly = &m->layers[l];
+        finch_weight qkv;
+        const float *qkv_b;
+#define NAME(s) (snprintf(n, sizeof n, "%sh.%d.%s", pre, l, s), n)
+        if ((st = bind_vector(L, NAME("ln_1.weight"), C, false, &ly->attn_norm)) ||
+            (st = bind_vector(L, NAME("ln_1.bias"), C, false, &ly->attn_norm_b)) ||
+            (st = bind_vector(L, NAME("ln_2.weight"), C, false, &ly->ffn_norm)) ||
+            (st = bind_vector(L, NAME("ln_2.bias"), C, false, &ly->ffn_norm_b)) ||
+            (st = bind_conv1d(L, NAME("attn.c_attn.weight"), 3 * C, C, &qkv)) ||
+            (st = bind_vector(L, NAME("attn.c_attn.bias"), 3 * C, false, &qkv_b)) ||
+            (st = bind_conv1d(L, NAME("attn.c_proj.weight"), C, C, &ly->wo.w)) ||
+            (st = bind_vector(L, NAME("attn.c_proj.bias"), C, false, &ly->wo.bias)) ||
+            (st = bind_conv1d(L, NAME("mlp.c_fc.weight"), F, C, &ly->w_up.w)) ||
+            (st = bind_vector(L, NAME("mlp.c_fc.bias"), F, false, &ly->w_up.bias)) ||
+            (st = bind_conv1d(L, NAME("mlp.c_proj.weight"), C, F, &ly->w_down.w)) ||
+            (st = bind_vector(L, NAME("mlp.c_proj.bias"), C, false, &ly->w_down.bias)))
+            return st;
+#undef NAME
+        finch_linear *qkv_lins[3] = {&ly->wq, &ly->wk, &ly->wv};
+        for (int i = 0; i < 3; i++) {
+            qkv_lins[i]->w = qkv;
+            qkv_lins[i]->w.rows = C;
+            qkv_lins[i]->w.data = (const uint8_t *)qkv.data + (size_t)(i * C) * qkv.row_bytes;
+            qkv_lins[i]->bias = qkv_b + i * C;
+        }
+    }
+    return FINCH_OK;
+}
+
 static finch_status bind_tensors(loader *L) {
     finch_model *m = L->m;
+    if (m->arch->fused_qkv) return bind_gpt2(L);
     const finch_model_config *c = &m->cfg;
     const int64_t C = c->n_embd, F = c->n_ff, V = c->n_vocab;
     const int64_t HD = (int64_t)c->n_head * c->head_dim, KD = (int64_t)c->n_head_kv * c->head_dim;
@@ -358,6 +440,8 @@ static finch_status bind_tensors(loader *L) {
  * recomputed from rope_theta and skipped. */
 static finch_status check_all_used(loader *L) {
     static const char skip[] = ".rotary_emb.inv_freq";
+    /* GPT-2 checkpoints may carry the attention's causal mask buffers */
+    static const char *const gpt2_skip[] = {".attn.bias", ".attn.masked_bias"};
     for (int s = 0; s < L->m->n_shards; s++) {
         const finch_st *f = L->m->shards[s];
         for (int64_t i = 0; i < finch_st_n_tensors(f); i++) {
@@ -365,6 +449,12 @@ static finch_status check_all_used(loader *L) {
             size_t len = strlen(name);
             if (L->used[L->first[s] + i]) continue;
             if (len >= sizeof skip - 1 && !strcmp(name + len - (sizeof skip - 1), skip)) continue;
+            bool buffer = false;
+            for (int k = 0; k < 2 && L->m->arch->fused_qkv; k++) {
+                size_t kl = strlen(gpt2_skip[k]);
+                buffer = buffer || (len >= kl && !strcmp(name + len - kl, gpt2_skip[k]));
+            }
+            if (buffer) continue;
             if (L->ix.n && finch_hf_index_find(&L->ix, name) != s)
                 return finch_err_set(L->err, FINCH_E_FORMAT,
                                      "%s: tensor '%s' is not listed for this file in "
@@ -434,7 +524,10 @@ static void fill_config(finch_model *m) {
     const finch_hf_config *h = m->hf;
     finch_model_config *c = &m->cfg;
     /* the GGUF architecture llama.cpp would give it: mistral is llama there */
-    snprintf(c->arch, sizeof c->arch, "%s", strcmp(h->model_type, "qwen2") ? "llama" : "qwen2");
+    snprintf(c->arch, sizeof c->arch, "%s",
+             !strcmp(h->model_type, "qwen2")  ? "qwen2"
+             : !strcmp(h->model_type, "gpt2") ? "gpt2"
+                                              : "llama");
     m->arch = finch_arch_find(c->arch);
     size_t end = strlen(m->path);
     while (end > 1 && m->path[end - 1] == '/') end--; /* trailing slashes */
@@ -510,6 +603,13 @@ finch_status finch_model_load_hf(finch_model *m, finch_err *err) {
     }
     /* Q/K copies: at most the bytes of the q/k tensors present (binding checks them) */
     size_t rows_bytes = 0;
+    for (int k = 0; k < m->n_shards && m->arch->fused_qkv; k++) /* GPT-2's Conv1D weights */
+        for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
+            const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
+            if (t->n_dims == 2 && (strstr(t->name, ".c_attn.") || strstr(t->name, ".c_proj.") ||
+                                   strstr(t->name, ".c_fc.")))
+                rows_bytes += t->nbytes;
+        }
     for (int l = 0; l < c->n_layer; l++) {
         for (int k = 0; k < 2; k++) {
             char n[96];

@@ -1,5 +1,6 @@
 /*
- * model.h: the loaded model (LLaMA family) and its forward pass.
+ * model.h: the loaded model (every family of the architecture table: LLaMA, Qwen2,
+ * Gemma 3, GPT-2) and its forward pass.
  *
  * A finch_model keeps its files mapped and points into them: a GGUF file, or the
  * safetensors shards of a Hugging Face folder (model/load_hf.c). Base weights stay in
@@ -15,9 +16,11 @@
  *     GGUF row h*D + 2i = HF row h*D + i,   GGUF row h*D + 2i + 1 = HF row h*D + D/2 + i
  *
  * A row permutation is exact in any storage type. Those rows live in owned memory
- * (owned_rows); everything else stays mapped. So the forward pass, training, adapter
- * files (which permute LoRA B rows of q/k to HF order on write) and export see one layout
- * whatever the model was loaded from.
+ * (owned_rows); everything else stays mapped. GPT-2 has no RoPE and keeps every row where
+ * it is; its Hugging Face Conv1D weights ([in, out]) are transposed into owned_rows, and
+ * its fused q/k/v projection (c_attn, attn_qkv) is three views of consecutive row blocks. So the
+ * forward pass, training, adapter files (which permute LoRA B rows of q/k to HF order on write) and
+ * export see one layout whatever the model was loaded from.
  *
  * Shapes: T tokens, C hidden, H heads, KVH KV heads, D head dim, F FFN width, V vocab.
  */
@@ -45,6 +48,11 @@ typedef struct {
     int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window */
     float swa_rope_base; /* the RoPE base of those blocks */
     bool norm_one;       /* norms multiply by the file's weight, Hugging Face's 1 + w */
+    bool layer_norm;     /* LayerNorm with bias for every norm (eps: cfg.rms_eps), not RMSNorm */
+    bool learned_pos;    /* learned absolute positions added to the embeddings; no RoPE */
+    bool plain_ffn;      /* down(act(up(x))): no gate linear */
+    bool fused_qkv;      /* q/k/v stored as one fused projection (split into three at load);
+                            Hugging Face weights stored [in, out] (GPT-2's Conv1D) */
 } finch_arch;
 
 /* The row of a family, or NULL; the names (of those read from GGUF), comma-separated. */
@@ -86,8 +94,11 @@ typedef struct {
     const float *q_norm, *k_norm;                /* (D) */
     const float *post_attn_norm, *post_ffn_norm; /* (C) */
     float *d_q_norm, *d_k_norm, *d_post_attn_norm, *d_post_ffn_norm;
-    finch_linear wq, wk, wv, wo;                        /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
-    finch_linear w_gate, w_up, w_down;                  /* gate/up (F, C), down (C, F) */
+    const float *attn_norm_b, *ffn_norm_b; /* (C) LayerNorm biases [layer_norm], else NULL */
+    float *d_attn_norm_b, *d_ffn_norm_b;
+    finch_linear wq, wk, wv, wo;       /* q (H*D, C), k/v (KVH*D, C), o (C, H*D) */
+    finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F); no gate [plain_ffn]: its
+                                          w.data is NULL */
     const finch_block_module *attn_module, *ffn_module; /* NULL: none */
 } finch_layer;
 
@@ -117,23 +128,27 @@ struct finch_model {
     finch_gguf *gguf;  /* the mapped GGUF file; NULL for a Hugging Face folder */
     finch_st **shards; /* a Hugging Face folder's mapped safetensors files */
     int n_shards;
-    finch_hf_config *hf;      /* its config.json; NULL for a GGUF file */
-    void *owned_rows;         /* Q/K weights permuted to GGUF row order (HF, rotate-half) */
-    void *owned_nf4;          /* projections quantized to NF4 by finch_model_load_in_4bit */
-    finch_model_config cfg;   /* hyperparameters */
-    finch_tokenizer *tok;     /* NULL when the file has none */
-    finch_weight tok_embd;    /* (V, C) */
-    const float *output_norm; /* (C) */
-    float *d_output_norm;     /* its gradient when it trains, else NULL */
-    float *d_tok_embd;        /* (V, C) gradient when the embeddings train (tok_embd is
-                                 then f32), else NULL */
-    finch_linear output;      /* (V, C); a view of tok_embd when tied */
-    finch_layer *layers;      /* n_layer blocks */
-    float *owned_f32;         /* norm weights converted from f16/bf16, if any, and
-                                 biases (f32, q/k permuted) */
-    const finch_backend *be;  /* the backend every op goes through */
-    const finch_arch *arch;   /* its family's row */
-    finch_virtual virt;       /* set while a prompt or prefix method is attached */
+    finch_hf_config *hf;        /* its config.json; NULL for a GGUF file */
+    void *owned_rows;           /* Q/K weights permuted to GGUF row order (HF, rotate-half) */
+    void *owned_nf4;            /* projections quantized to NF4 by finch_model_load_in_4bit */
+    finch_model_config cfg;     /* hyperparameters */
+    finch_tokenizer *tok;       /* NULL when the file has none */
+    finch_weight tok_embd;      /* (V, C) */
+    const float *output_norm;   /* (C) */
+    float *d_output_norm;       /* its gradient when it trains, else NULL */
+    const float *output_norm_b; /* (C) the final LayerNorm's bias [layer_norm], else NULL */
+    float *d_output_norm_b;
+    finch_weight pos_embd;   /* (n_ctx_train, C) learned positions [learned_pos]; data NULL else */
+    float *d_pos_embd;       /* their gradient when they train (pos_embd then f32) */
+    float *d_tok_embd;       /* (V, C) gradient when the embeddings train (tok_embd is
+                                then f32), else NULL */
+    finch_linear output;     /* (V, C); a view of tok_embd when tied */
+    finch_layer *layers;     /* n_layer blocks */
+    float *owned_f32;        /* norm weights converted from f16/bf16, if any, and
+                                biases (f32, q/k permuted) */
+    const finch_backend *be; /* the backend every op goes through */
+    const finch_arch *arch;  /* its family's row */
+    finch_virtual virt;      /* set while a prompt or prefix method is attached */
 };
 
 /* Block l's RoPE base and sliding window (0: attends to every earlier position). */
@@ -145,6 +160,25 @@ static inline float finch_layer_theta(const finch_model *m, int l) {
 static inline int64_t finch_layer_window(const finch_model *m, int l) {
     const finch_arch *a = m->arch;
     return a->swa_pattern && l % a->swa_pattern < a->swa_pattern - 1 ? m->cfg.sliding_window : 0;
+}
+
+/* y (T, C) = the family's norm of x (T, C): RMSNorm * w, or LayerNorm * w + b [layer_norm];
+ * stats (T, 2) when not NULL receives what backward needs (RMSNorm uses the first T). */
+static inline void finch_norm_forward(const finch_model *m, float *y, float *stats, const float *x,
+                                      const float *w, const float *b, int64_t T) {
+    if (m->arch->layer_norm)
+        m->be->layernorm_forward(y, stats, x, w, b, T, m->cfg.n_embd, m->cfg.rms_eps);
+    else
+        m->be->rmsnorm_forward(y, stats, x, w, T, m->cfg.n_embd, m->cfg.rms_eps);
+}
+/* Its backward: dx (T, C) =, dw and db += when not NULL. */
+static inline void finch_norm_backward(const finch_model *m, float *dx, float *dw, float *db,
+                                       const float *dy, const float *stats, const float *x,
+                                       const float *w, int64_t T) {
+    if (m->arch->layer_norm)
+        m->be->layernorm_backward(dx, dw, db, dy, stats, x, w, T, m->cfg.n_embd);
+    else
+        m->be->rmsnorm_backward(dx, dw, dy, stats, x, w, T, m->cfg.n_embd);
 }
 
 /* Fills m (zeroed, m->path set) from the Hugging Face folder m->path: config.json,

@@ -4,17 +4,20 @@
  * architecture table (arch.c; what a row switches on is marked [field]):
  *
  *   forward, per layer l                         kept for backward
- *     xn1 = rmsnorm(x_l) * attn_norm             x_l, xn1, rstd1
+ *     xn1 = norm(x_l) (attn_norm)                x_l, xn1, rstd1 (the norm's stats)
  *     q, k, v = linears(xn1)                     (qp, kp before their norms)
  *     q, k = rmsnorm per head [qk_norm]          rstdq, rstdk
  *     rope(q), rope(k) (the block's base)        q, k (rotated), v
  *     ao = attention(q, k, v | seg, window)      att (B, H, T, 2): row stats, ao
  *     xm = x_l + o(ao)  (+ rmsnorm(o(ao)) [post_norms])  xm (op, rstdo)
- *     xn2 = rmsnorm(xm) * ffn_norm               xn2, rstd2
+ *     xn2 = norm(xm) (ffn_norm)                  xn2, rstd2
  *     h = act(gate(xn2)) * up(xn2)               gate, up, h   (act: silu or gelu [act])
+ *       (h = gelu(up(xn2)) [plain_ffn])          up, h
  *     x_{l+1} = xm + down(h)  (+ rmsnorm(down(h)) [post_norms])  (fp, rstdf2)
- *   logits = head(rmsnorm(x_L) * output_norm)    x_L, xnf, rstdf
- * x_0 is the embeddings, times sqrt(C) [embed_scale].
+ *   logits = head(norm(x_L) (output_norm))       x_L, xnf, rstdf
+ * x_0 is the embeddings, times sqrt(C) [embed_scale], plus the learned position embeddings
+ * [learned_pos] (no RoPE then). norm is RMSNorm * w, or LayerNorm * w + b [layer_norm]
+ * (its stats: rstd, or (mean, rstd) per row).
  *
  * Virtual tokens (model.h): prompt tuning's K rows stand before each row's tokens (rows of
  * K + T, the virtual ones without targets, positions 0..K-1 and the real ones from K);
@@ -112,7 +115,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         size_t n;
     } per_layer[] = {{&a->x, N * C},
                      {&a->xn1, N * C},
-                     {&a->rstd1, N},
+                     {&a->rstd1, 2 * N},
                      {&a->q, N * HD},
                      {&a->k, N * KD},
                      {&a->v, N * KD},
@@ -120,8 +123,8 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
                      {&a->ao, N * HD},
                      {&a->xm, N * C},
                      {&a->xn2, N * C},
-                     {&a->rstd2, N},
-                     {&a->gate, N * F},
+                     {&a->rstd2, 2 * N},
+                     {&a->gate, m->arch->plain_ffn ? 0 : N * F},
                      {&a->up, N * F},
                      {&a->h, N * F},
                      {&a->qp, qkn ? N * HD : 0},
@@ -136,11 +139,11 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         float **p;
         size_t n;
     } single[] = {
-        {&a->xnf, N * C},  {&a->rstdf, N},   {&a->logits, (N < HEAD_ROWS ? N : HEAD_ROWS) * V},
-        {&a->dx, N * C},   {&a->dt, N * C},  {&a->dxn, N * C},
-        {&a->dao, N * HD}, {&a->dq, N * HD}, {&a->dk, N * KD},
-        {&a->dv, N * KD},  {&a->dh, N * F},  {&a->dup, N * F},
-        {&a->xf, N * C},   {&a->xg, N * C},  {&a->ds, ATT},
+        {&a->xnf, N * C},  {&a->rstdf, 2 * N}, {&a->logits, (N < HEAD_ROWS ? N : HEAD_ROWS) * V},
+        {&a->dx, N * C},   {&a->dt, N * C},    {&a->dxn, N * C},
+        {&a->dao, N * HD}, {&a->dq, N * HD},   {&a->dk, N * KD},
+        {&a->dv, N * KD},  {&a->dh, N * F},    {&a->dup, N * F},
+        {&a->xf, N * C},   {&a->xg, N * C},    {&a->ds, ATT},
         {&a->dad, N * C}};
     const size_t n_pl = sizeof per_layer / sizeof per_layer[0],
                  n_s = sizeof single / sizeof single[0];
@@ -284,7 +287,7 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
     const finch_layer *ly = &m->layers[l];
     const float theta = finch_layer_theta(m, l);
     float *x = a->x[l];
-    be->rmsnorm_forward(a->xn1[l], a->rstd1[l], x, ly->attn_norm, N, C, eps);
+    finch_norm_forward(m, a->xn1[l], a->rstd1[l], x, ly->attn_norm, ly->attn_norm_b, N);
     finch_linear_forward_train(arch->qk_norm ? a->qp[l] : a->q[l], a->xn1[l], &ly->wq, N, &ctx);
     finch_linear_forward_train(arch->qk_norm ? a->kp[l] : a->k[l], a->xn1[l], &ly->wk, N, &ctx);
     finch_linear_forward_train(a->v[l], a->xn1[l], &ly->wv, N, &ctx);
@@ -292,8 +295,10 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
         be->rmsnorm_forward(a->q[l], a->rstdq[l], a->qp[l], ly->q_norm, N * H, D, eps);
         be->rmsnorm_forward(a->k[l], a->rstdk[l], a->kp[l], ly->k_norm, N * KVH, D, eps);
     }
-    be->rope_forward(a->q[l], a->pos, N, H, D, theta);
-    be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
+    if (!arch->learned_pos) {
+        be->rope_forward(a->q[l], a->pos, N, H, D, theta);
+        be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
+    }
     const finch_attn_prefix pre = prefix_of(m, l, P);
     be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg,
                                 P ? &pre : NULL, B, T, H, KVH, D, finch_layer_window(m, l), &a->ws);
@@ -301,13 +306,18 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
     if (arch->post_norms)
         be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);
     join(ly->attn_module, a->xm[l], x, N, C, &ctx);
-    be->rmsnorm_forward(a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, N, C, eps);
-    finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
-    finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
-    if (gelu)
-        be->geglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
-    else
-        be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+    finch_norm_forward(m, a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, ly->ffn_norm_b, N);
+    if (arch->plain_ffn) {
+        finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
+        be->gelu_forward(a->h[l], a->up[l], N * F);
+    } else {
+        finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
+        finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
+        if (gelu)
+            be->geglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+        else
+            be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
+    }
     float *next = l + 1 < L ? a->x[l + 1] : a->xf;
     finch_linear_forward_train(arch->post_norms ? a->fp[l] : next, a->h[l], &ly->w_down, N, &ctx);
     if (arch->post_norms)
@@ -322,7 +332,6 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     const finch_backend *be = m->be;
     const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd;
     const int L = c->n_layer;
-    const float eps = c->rms_eps;
     const finch_arch *arch = m->arch;
     a->ctx = (finch_linear_ctx){
         .be = be, .ws = &a->ws, .training = training, .dropout_seed = dropout_seed};
@@ -354,8 +363,12 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     if (arch->embed_scale) be->scale(a->x[0], N * C, sqrtf((float)C));
     for (int64_t b = 0; b < B && K; b++)
         memcpy(a->x[0] + b * T * C, vt->embd, (size_t)(K * C) * sizeof(float));
+    if (arch->learned_pos) { /* every row, virtual ones too, gets its position's embedding */
+        be->embed(a->dt, a->pos, N, &m->pos_embd);
+        be->add(a->x[0], a->dt, N * C);
+    }
     for (int l = 0; l < L; l++) block_forward(m, a, l, seg, &ctx);
-    be->rmsnorm_forward(a->xnf, a->rstdf, a->xf, m->output_norm, N, C, eps);
+    finch_norm_forward(m, a->xnf, a->rstdf, a->xf, m->output_norm, m->output_norm_b, N);
     int64_t Nt = 0;
     for (int64_t i = 0; i < N; i++)
         if (targets[i] >= 0) {
@@ -449,7 +462,8 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
     for (int64_t k = 0; k < Nt; k++)
         memcpy(a->dxn + (int64_t)a->rows[k] * C, a->dt + k * C, (size_t)C * sizeof(float));
     /* xnf = rmsnorm(x_L) */
-    be->rmsnorm_backward(a->dx, m->d_output_norm, a->dxn, a->rstdf, a->xf, m->output_norm, N, C);
+    finch_norm_backward(m, a->dx, m->d_output_norm, m->d_output_norm_b, a->dxn, a->rstdf, a->xf,
+                        m->output_norm, N);
     for (int l = L - 1; l >= 0; l--) {
         const finch_layer *ly = &m->layers[l];
         const float theta = finch_layer_theta(m, l);
@@ -465,18 +479,24 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         finch_linear_backward(a->dh, df, a->h[l], &ly->w_down, N, &ctx);
         if (ly->ffn_module && ly->ffn_module->place == FINCH_MODULE_PARALLEL)
             be->add(a->dx, a->dad, N * C);
-        /* h = act(gate) * up */
-        if (gelu)
-            be->geglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
-        else
-            be->swiglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
-        /* gate = linear(xn2), up = linear(xn2): dxn2 sums both */
-        finch_linear_backward(a->dxn, a->dh, a->xn2[l], &ly->w_gate, N, &ctx);
-        finch_linear_backward(a->dt, a->dup, a->xn2[l], &ly->w_up, N, &ctx);
-        be->add(a->dxn, a->dt, N * C);
-        /* xn2 = rmsnorm(xm): dxm = dx + norm's gradient */
-        be->rmsnorm_backward(a->dt, ly->d_ffn_norm, a->dxn, a->rstd2[l], a->xm[l], ly->ffn_norm, N,
-                             C);
+        if (arch->plain_ffn) {
+            /* h = gelu(up), up = linear(xn2) */
+            be->gelu_backward(a->dup, a->dh, a->up[l], N * F);
+            finch_linear_backward(a->dxn, a->dup, a->xn2[l], &ly->w_up, N, &ctx);
+        } else {
+            /* h = act(gate) * up */
+            if (gelu)
+                be->geglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
+            else
+                be->swiglu_backward(a->dh, a->dup, a->dh, a->gate[l], a->up[l], N * F);
+            /* gate = linear(xn2), up = linear(xn2): dxn2 sums both */
+            finch_linear_backward(a->dxn, a->dh, a->xn2[l], &ly->w_gate, N, &ctx);
+            finch_linear_backward(a->dt, a->dup, a->xn2[l], &ly->w_up, N, &ctx);
+            be->add(a->dxn, a->dt, N * C);
+        }
+        /* xn2 = norm(xm): dxm = dx + norm's gradient */
+        finch_norm_backward(m, a->dt, ly->d_ffn_norm, ly->d_ffn_norm_b, a->dxn, a->rstd2[l],
+                            a->xm[l], ly->ffn_norm, N);
         be->add(a->dx, a->dt, N * C);
         /* xm = x_l + o(ao) (or + rmsnorm(o(ao)) * post_attn_norm): dx_l gets dxm (already in
          * dx), dao from o */
@@ -495,8 +515,10 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
                                a->v[l], seg, P ? &pre : NULL, B, T, H, KVH, D,
                                finch_layer_window(m, l), &a->ws);
         /* rope(q), rope(k) */
-        be->rope_backward(a->dq, a->pos, N, H, D, theta);
-        be->rope_backward(a->dk, a->pos, N, KVH, D, theta);
+        if (!arch->learned_pos) {
+            be->rope_backward(a->dq, a->pos, N, H, D, theta);
+            be->rope_backward(a->dk, a->pos, N, KVH, D, theta);
+        }
         /* q, k = per-head rmsnorm of the projections' outputs */
         if (arch->qk_norm) {
             be->rmsnorm_backward(a->dq, ly->d_q_norm, a->dq, a->rstdq[l], a->qp[l], ly->q_norm,
@@ -510,12 +532,13 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         be->add(a->dxn, a->dt, N * C);
         finch_linear_backward(a->dt, a->dv, a->xn1[l], &ly->wv, N, &ctx);
         be->add(a->dxn, a->dt, N * C);
-        /* xn1 = rmsnorm(x_l): dx_l = dxm + norm's gradient */
-        be->rmsnorm_backward(a->dt, ly->d_attn_norm, a->dxn, a->rstd1[l], a->x[l], ly->attn_norm, N,
-                             C);
+        /* xn1 = norm(x_l): dx_l = dxm + norm's gradient */
+        finch_norm_backward(m, a->dt, ly->d_attn_norm, ly->d_attn_norm_b, a->dxn, a->rstd1[l],
+                            a->x[l], ly->attn_norm, N);
         be->add(a->dx, a->dt, N * C);
     }
-    /* x_0 = the virtual rows, then embed(ids) (* sqrt(C)) */
+    /* x_0 = the virtual rows, then embed(ids) (* sqrt(C)), + pos_embd[pos] */
+    if (m->d_pos_embd) be->embed_backward(m->d_pos_embd, a->dx, a->pos, N, C);
     if (vt->backward) vt->backward(vt->self);
     for (int64_t b = 0; b < B && K; b++) {
         float *dv = a->dx + b * T * C;

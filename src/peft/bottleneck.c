@@ -17,8 +17,9 @@
  * Saved as `adapters` saves one (save_adapter): adapter_config.json {"config": the
  * BnConfig fields, "hidden_size", "model_class", "model_type", "name", "version"} and
  * adapter.safetensors with keys model.layers.{l}.{attention|output}_adapters.adapters.
- * {name}.adapter_down.0.{weight,bias} and .adapter_up.{weight,bias}; --layers is its
- * leave_out (the blocks without adapters).
+ * {name}.adapter_down.0.{weight,bias} and .adapter_up.{weight,bias} (GPT-2:
+ * transformer.h.{l}..., model_class GPT2LMHeadModel; its integration places the modules
+ * alike, without layer norms); --layers is its leave_out (the blocks without adapters).
  */
 #include "peft/method.h"
 
@@ -172,12 +173,14 @@ static finch_status bn_validate(const finch_peft *p, const finch_model *m, finch
     return FINCH_OK;
 }
 
-static finch_status add_param(finch_peft *p, const bn_site *s, const char *part, int n_dims,
-                              int64_t d0, int64_t d1, bool decay, float **data, float **grad,
-                              finch_err *err) {
+static finch_status add_param(finch_peft *p, const finch_model *m, const bn_site *s,
+                              const char *part, int n_dims, int64_t d0, int64_t d1, bool decay,
+                              float **data, float **grad, finch_err *err) {
     const bn_config *c = p->cfg;
     char name[200];
-    snprintf(name, sizeof name, "model.layers.%d.%s_adapters.adapters.%s.%s", s->layer,
+    /* the block's module path in transformers: GPT-2's blocks are transformer.h.{l} */
+    snprintf(name, sizeof name, "%s.%d.%s_adapters.adapters.%s.%s",
+             m->arch->fused_qkv ? "transformer.h" : "model.layers", s->layer,
              s->attn ? "attention" : "output", c->name, part);
     const int64_t shape[2] = {d0, d1};
     return finch_params_add(&p->params, name, n_dims, shape, 0, decay, data, grad, err);
@@ -205,12 +208,13 @@ static finch_status bn_create(finch_peft *p, const finch_model *m, finch_err *er
                                           .forward = bn_forward,
                                           .backward = bn_backward};
             finch_status e;
-            if ((e = add_param(p, s, "adapter_down.0.weight", 2, w, C, true, &s->wd, &s->dwd,
+            if ((e = add_param(p, m, s, "adapter_down.0.weight", 2, w, C, true, &s->wd, &s->dwd,
                                err)) ||
-                (e = add_param(p, s, "adapter_down.0.bias", 1, w, 0, false, &s->bd, &s->dbd,
+                (e = add_param(p, m, s, "adapter_down.0.bias", 1, w, 0, false, &s->bd, &s->dbd,
                                err)) ||
-                (e = add_param(p, s, "adapter_up.weight", 2, C, w, true, &s->wu, &s->dwu, err)) ||
-                (e = add_param(p, s, "adapter_up.bias", 1, C, 0, false, &s->bu, &s->dbu, err)))
+                (e = add_param(p, m, s, "adapter_up.weight", 2, C, w, true, &s->wu, &s->dwu,
+                               err)) ||
+                (e = add_param(p, m, s, "adapter_up.bias", 1, C, 0, false, &s->bu, &s->dbu, err)))
                 return e;
         }
     return FINCH_OK;
@@ -327,7 +331,8 @@ static json_t *bn_config_json(const finch_peft *p, const finch_model *m) {
     json_t *j = json_object();
     json_object_set_new(j, "config", k);
     json_object_set_new(j, "hidden_size", json_integer(m->cfg.n_embd));
-    json_object_set_new(j, "model_class", json_string("LlamaForCausalLM"));
+    json_object_set_new(j, "model_class",
+                        json_string(m->arch->fused_qkv ? "GPT2LMHeadModel" : "LlamaForCausalLM"));
     json_object_set_new(j, "model_name", json_string(m->cfg.name));
     json_object_set_new(j, "model_type", json_string(m->arch->name));
     json_object_set_new(j, "name", json_string(c->name));

@@ -132,7 +132,8 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
     be->matmul_backward_input(s->xd, s->g, &lin->w, T, ctx->ws);
     be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, s->xd, s->in);
     finch_dropout d = finch_dropout_make(
-        ctx->dropout_seed, (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1, s->dropout);
+        ctx->dropout_seed, (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target - s->part + 1,
+        s->dropout);
     be->dropout_backward(dx, s->xd, T * s->in, &d);
 }
 
@@ -221,8 +222,7 @@ static finch_status dora_attach(finch_peft *p, finch_model *m, float weight, int
 /* W' = m (W + w s B A) / ||W + w s B A||, row r. */
 static bool dora_merge_row(const finch_peft *p, const finch_model *m, const char *gguf_name,
                            int64_t r, float *row, int64_t cols, float weight) {
-    (void)m;
-    const finch_lora_site *s = finch_lora_site_of(p, gguf_name);
+    const finch_lora_site *s = finch_lora_site_of(p, m, gguf_name, &r);
     if (!s || !row) return s != NULL;
     FINCH_ASSERT(cols == s->in && r < s->out);
     finch_lora_merge_delta(s, r, row, weight);

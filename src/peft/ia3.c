@@ -29,6 +29,7 @@ static const finch_method_option ia3_options[] = {
 typedef struct {
     int layer;
     finch_target target;
+    int part;      /* GPT-2's c_attn: 1, 2 for k, v, whose vector is a view of q's */
     bool ff;       /* input scaled */
     int64_t n;     /* the vector's length: in (ff) or out */
     float *l, *dl; /* in the registry */
@@ -114,26 +115,24 @@ static finch_status ia3_check_file(const json_t *j, const char *path, finch_err 
                                  "%s: \"%s\" is set; finch does not support it", path,
                                  must_be_empty[i]);
     }
-    json_t *f = json_object_get(j, "fan_in_fan_out");
-    if (f && json_is_true(f))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "%s: \"fan_in_fan_out\" is true; LLaMA "
-                             "projections are not stored that way",
-                             path);
     return FINCH_OK;
 }
 
 static void ia3_write_config(const finch_peft *p, const finch_model *m, json_t *j) {
-    (void)m;
     (void)p;
     json_object_set_new(j, "exclude_modules", json_null());
-    json_object_set_new(j, "fan_in_fan_out", json_false());
+    /* PEFT sets it for GPT-2's Conv1D modules; the vectors are the same either way */
+    json_object_set_new(j, "fan_in_fan_out", json_boolean(m->arch->fused_qkv));
     json_object_set_new(j, "init_ia3_weights", json_true());
     json_object_set_new(j, "modules_to_save", json_null());
 }
 
 static finch_status ia3_create(finch_peft *p, const finch_model *m, finch_err *err) {
     const ia3_config *c = p->cfg;
+    uint32_t targets = c->targets, ff = c->ff;
+    finch_status e = finch_targets_check(m, &targets, err);
+    if (e) return e;
+    if (ff && (e = finch_targets_check(m, &ff, err))) return e;
     ia3 *st = finch_calloc(1, sizeof *st, "(IA)^3", err);
     if (!st) return FINCH_E_NOMEM;
     p->state = st;
@@ -142,18 +141,26 @@ static finch_status ia3_create(finch_peft *p, const finch_model *m, finch_err *e
     if (!st->sites) return FINCH_E_NOMEM;
     for (int ly = 0; ly < m->cfg.n_layer; ly++)
         for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
-            if (!(c->targets >> t & 1) || !finch_peft_layer(p, ly)) continue;
+            if (!(targets >> t & 1) || !finch_peft_layer(p, ly)) continue;
             const finch_linear *lin = finch_model_target((finch_model *)m, ly, (finch_target)t);
+            int64_t rows;
+            const int part = finch_target_part(m, (finch_target)t, &rows);
             ia3_site *s = &st->sites[st->n_sites++];
-            *s = (ia3_site){.layer = ly, .target = (finch_target)t, .ff = c->ff >> t & 1};
+            *s =
+                (ia3_site){.layer = ly, .target = (finch_target)t, .part = part, .ff = ff >> t & 1};
             s->n = s->ff ? lin->w.cols : lin->w.rows;
             char key[160], name[200];
-            finch_target_key(key, sizeof key, ly, (finch_target)t, false);
+            finch_target_key(key, sizeof key, m, ly, (finch_target)t, false);
             snprintf(name, sizeof name, "%s.ia3_l", key);
-            int64_t shape[2] = {s->ff ? 1 : s->n, s->ff ? s->n : 1};
+            if (part) { /* k, v of a fused module: its input's vector, or their rows of it */
+                e = finch_params_add_view(&p->params, name, s->ff ? 0 : part * s->n, &s->l, &s->dl,
+                                          err);
+                if (e) return e;
+                continue;
+            }
+            int64_t shape[2] = {s->ff ? 1 : rows, s->ff ? s->n : 1};
             int heads = s->ff ? 0 : finch_target_heads(m, (finch_target)t);
-            finch_status e =
-                finch_params_add(&p->params, name, 2, shape, heads, true, &s->l, &s->dl, err);
+            e = finch_params_add(&p->params, name, 2, shape, heads, true, &s->l, &s->dl, err);
             if (e) return e;
         }
     return FINCH_OK;
@@ -216,13 +223,16 @@ static finch_status ia3_attach(finch_peft *p, finch_model *m, float weight, int6
  * row's columns by l. */
 static bool ia3_merge_row(const finch_peft *p, const finch_model *m, const char *gguf_name,
                           int64_t r, float *row, int64_t cols, float weight) {
-    (void)m;
     const ia3 *st = p->state;
     for (int i = 0; i < st->n_sites; i++) {
         const ia3_site *s = &st->sites[i];
+        /* a fused module's q site has the whole vector (k's and v's are views of it) */
+        const bool fused = m->arch->fused_qkv && s->target <= FINCH_TARGET_V;
+        if (s->part) continue;
+        const char *stem = fused ? "attn_qkv" : finch_target_gguf_name(s->target);
         char w[96], b[96];
-        snprintf(w, sizeof w, "blk.%d.%s.weight", s->layer, finch_target_gguf_name(s->target));
-        snprintf(b, sizeof b, "blk.%d.%s.bias", s->layer, finch_target_gguf_name(s->target));
+        snprintf(w, sizeof w, "blk.%d.%s.weight", s->layer, stem);
+        snprintf(b, sizeof b, "blk.%d.%s.bias", s->layer, stem);
         bool is_w = !strcmp(gguf_name, w), is_b = !s->ff && !strcmp(gguf_name, b);
         if (!is_w && !is_b) continue;
         if (!row) return true;

@@ -38,37 +38,52 @@ finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_ma
     finch_lora *l = finch_calloc(1, sizeof *l, "LoRA", err);
     if (!l) return FINCH_E_NOMEM;
     p->state = l;
-    int n_t = __builtin_popcount(c->targets);
+    uint32_t targets = c->targets;
+    finch_status st = finch_targets_check(m, &targets, err);
+    if (st) return st;
+    int n_t = __builtin_popcount(targets);
     l->sites =
         finch_calloc((size_t)m->cfg.n_layer * (size_t)n_t, sizeof *l->sites, "LoRA sites", err);
     if (!l->sites) return FINCH_E_NOMEM;
     const float scale = c->rslora ? c->alpha / sqrtf((float)c->r) : c->alpha / (float)c->r;
     for (int ly = 0; ly < m->cfg.n_layer; ly++)
         for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
-            if (!(c->targets >> t & 1) || !finch_peft_layer(p, ly)) continue;
+            if (!(targets >> t & 1) || !finch_peft_layer(p, ly)) continue;
             const finch_linear *lin = finch_model_target((finch_model *)m, ly, (finch_target)t);
+            int64_t rows;
+            const int part = finch_target_part(m, (finch_target)t, &rows);
             finch_lora_site *s = &l->sites[l->n_sites++];
             *s = (finch_lora_site){.layer = ly,
                                    .target = (finch_target)t,
+                                   .part = part,
                                    .in = lin->w.cols,
                                    .out = lin->w.rows,
                                    .r = c->r,
                                    .scale = scale,
                                    .dropout = c->dropout};
-            char key[160], name[200];
-            finch_target_key(key, sizeof key, ly, (finch_target)t, false);
-            int64_t sa[2] = {c->r, s->in}, sb[2] = {s->out, c->r};
+            char key[160], name[200], name_b[200], name_m[200];
+            finch_target_key(key, sizeof key, m, ly, (finch_target)t, false);
+            int64_t sa[2] = {c->r, s->in}, sb[2] = {rows, c->r};
             int heads = finch_target_heads(m, (finch_target)t);
-            finch_status st;
             snprintf(name, sizeof name, "%s.lora_A.weight", key);
+            snprintf(name_b, sizeof name_b, "%s.lora_B.weight", key);
+            snprintf(name_m, sizeof name_m, "%s.lora_magnitude_vector", key);
+            if (part) { /* k or v of a fused module: views of q's tensors */
+                const int64_t row0 = (int64_t)part * s->out;
+                if ((st = finch_params_add_view(&p->params, name, 0, &s->A, &s->dA, err)) ||
+                    (st = finch_params_add_view(&p->params, name_b, row0 * c->r, &s->B, &s->dB,
+                                                err)) ||
+                    (with_magnitude && (st = finch_params_add_view(&p->params, name_m, row0,
+                                                                   &s->mag, &s->dmag, err))))
+                    return st;
+                continue;
+            }
             if ((st = finch_params_add(&p->params, name, 2, sa, 0, true, &s->A, &s->dA, err)))
                 return st;
-            snprintf(name, sizeof name, "%s.lora_B.weight", key);
-            if ((st = finch_params_add(&p->params, name, 2, sb, heads, true, &s->B, &s->dB, err)))
+            if ((st = finch_params_add(&p->params, name_b, 2, sb, heads, true, &s->B, &s->dB, err)))
                 return st;
             if (!with_magnitude) continue;
-            snprintf(name, sizeof name, "%s.lora_magnitude_vector", key);
-            if ((st = finch_params_add(&p->params, name, 1, &s->out, heads, true, &s->mag, &s->dmag,
+            if ((st = finch_params_add(&p->params, name_m, 1, &rows, heads, true, &s->mag, &s->dmag,
                                        err)))
                 return st;
         }
@@ -80,6 +95,7 @@ void finch_lora_init(finch_peft *p, const finch_model *m, finch_rng *rng) {
     finch_lora *l = p->state;
     for (int i = 0; i < l->n_sites; i++) {
         finch_lora_site *s = &l->sites[i];
+        if (s->part) continue; /* A is q's */
         float bound = 1.0f / sqrtf((float)s->in);
         for (int64_t k = 0; k < (int64_t)s->r * s->in; k++)
             s->A[k] = (2.0f * finch_rng_float(rng) - 1.0f) * bound;
@@ -149,13 +165,18 @@ void finch_lora_detach(finch_peft *p, finch_model *m) {
                             &l->sites[i]);
 }
 
-finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name) {
+finch_lora_site *finch_lora_site_of(const finch_peft *p, const finch_model *m,
+                                    const char *gguf_name, int64_t *r) {
     const finch_lora *l = p->state;
     for (int i = 0; i < l->n_sites; i++) {
+        finch_lora_site *s = &l->sites[i];
+        const bool fused = m->arch->fused_qkv && s->target <= FINCH_TARGET_V;
         char name[96];
-        snprintf(name, sizeof name, "blk.%d.%s.weight", l->sites[i].layer,
-                 finch_target_gguf_name(l->sites[i].target));
-        if (!strcmp(name, gguf_name)) return &l->sites[i];
+        snprintf(name, sizeof name, "blk.%d.%s.weight", s->layer,
+                 fused ? "attn_qkv" : finch_target_gguf_name(s->target));
+        if (strcmp(name, gguf_name) || (fused && *r / s->out != s->part)) continue;
+        if (fused) *r -= s->part * s->out;
+        return s;
     }
     return NULL;
 }
@@ -167,8 +188,10 @@ static bool drops(const finch_lora_site *s, const finch_linear_ctx *ctx) {
 }
 
 static finch_dropout mask_of(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    /* the parts of a fused module share its input and so its mask, as in PEFT */
     return finch_dropout_make(ctx->dropout_seed,
-                              (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target + 1, s->dropout);
+                              (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target - s->part + 1,
+                              s->dropout);
 }
 
 const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
@@ -252,7 +275,9 @@ static bool lora_claims(const json_t *j) {
 /* Fields PEFT allows that finch does not implement: present with a non-default value is
  * FINCH_E_UNSUPPORTED rather than an adapter that silently computes something else. */
 finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err *err) {
-    static const char *const must_be_false[] = {"lora_bias", "use_qalora", "fan_in_fan_out"};
+    /* fan_in_fan_out says how the base layer stores its weight (GPT-2's Conv1D); lora_A and
+     * lora_B have the same layout and meaning either way, so it is accepted as it is */
+    static const char *const must_be_false[] = {"lora_bias", "use_qalora"};
     static const char *const must_be_empty[] = {"rank_pattern",
                                                 "alpha_pattern",
                                                 "modules_to_save",
@@ -294,7 +319,6 @@ finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err 
 }
 
 void finch_lora_write_config(const finch_peft *p, const finch_model *m, json_t *j) {
-    (void)m;
     (void)p;
     /* LoraConfig's fields as PEFT writes them (FORMATS.md 2.1a); those finch does not set
      * keep PEFT's defaults, which finch's adapters match */
@@ -303,7 +327,8 @@ void finch_lora_write_config(const finch_peft *p, const finch_model *m, json_t *
     json_object_set_new(j, "corda_config", json_null());
     json_object_set_new(j, "eva_config", json_null());
     json_object_set_new(j, "exclude_modules", json_null());
-    json_object_set_new(j, "fan_in_fan_out", json_false());
+    /* true for GPT-2's Conv1D modules, as PEFT sets it */
+    json_object_set_new(j, "fan_in_fan_out", json_boolean(m->arch->fused_qkv));
     json_object_set_new(j, "init_lora_weights", json_true());
     json_object_set_new(j, "layer_replication", json_null());
     json_object_set_new(j, "layers_pattern", json_null());
@@ -328,8 +353,7 @@ static finch_status lora_attach(finch_peft *p, finch_model *m, float weight, int
 /* W' = W + w s B A, row r: sum_j B[r][j] A[j][:]. */
 static bool lora_merge_row(const finch_peft *p, const finch_model *m, const char *gguf_name,
                            int64_t r, float *row, int64_t cols, float weight) {
-    (void)m;
-    const finch_lora_site *s = finch_lora_site_of(p, gguf_name);
+    const finch_lora_site *s = finch_lora_site_of(p, m, gguf_name, &r);
     if (!s || !row) return s != NULL;
     FINCH_ASSERT(cols == s->in && r < s->out);
     finch_lora_merge_delta(s, r, row, weight);
@@ -349,7 +373,8 @@ void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, flo
  * alpha * sqrt(r): llama.cpp scales by alpha / r), tensors blk.{L}.{stem}.weight.lora_a
  * ne [in, r] and .lora_b ne [r, out] in F32. llama.cpp's llama arch keeps q/k rows in
  * GGUF order, as finch does; qwen2 uses rotate-half RoPE on rows in Hugging Face order, so
- * there B of q and k goes out un-permuted. */
+ * there B of q and k goes out un-permuted. GPT-2's attn_qkv is one adapter: q's site holds
+ * lora_b's 3 C rows (k's and v's are views of it) and the shared lora_a. */
 static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, const char *path,
                                    finch_err *err) {
     const finch_lora_config *c = p->cfg;
@@ -374,7 +399,11 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
     }
     for (int i = 0; i < l->n_sites; i++) {
         const finch_lora_site *s = &l->sites[i];
-        int64_t ne_a[2] = {s->in, s->r}, ne_b[2] = {s->r, s->out};
+        /* a fused module (GPT-2's attn_qkv) is one adapter: q's site holds all its B rows */
+        const bool fused = m->arch->fused_qkv && s->target <= FINCH_TARGET_V;
+        if (s->part) continue;
+        const char *stem = fused ? "attn_qkv" : finch_target_gguf_name(s->target);
+        int64_t ne_a[2] = {s->in, s->r}, ne_b[2] = {s->r, fused ? 3 * s->out : s->out};
         const float *B = s->B;
         int heads = hf_rows ? finch_target_heads(m, s->target) : 0;
         if (heads) {
@@ -385,11 +414,9 @@ static finch_status lora_save_gguf(const finch_peft *p, const finch_model *m, co
             finch_rows_permute(tmp[i], s->B, s->out, s->r, heads, true);
             B = tmp[i];
         }
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer,
-                 finch_target_gguf_name(s->target));
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", s->layer, stem);
         if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_a, s->A, err))) goto done;
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer,
-                 finch_target_gguf_name(s->target));
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", s->layer, stem);
         if ((st = finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, 2, ne_b, B, err))) goto done;
     }
     st = finch_gguf_writer_save(w, path, err);

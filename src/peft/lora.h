@@ -25,6 +25,8 @@ typedef struct {
 typedef struct {
     int layer;
     finch_target target;
+    int part;        /* GPT-2's c_attn: 0 for q (A, B registered, B of 3 out rows), 1 k,
+                        2 v (A shared, B, magnitudes row blocks: finch_target_part) */
     int64_t in, out; /* the base weight's columns and rows */
     int r;
     float scale;    /* alpha / r or alpha / sqrt(r) */
@@ -74,8 +76,11 @@ void finch_lora_detach(finch_peft *p, finch_model *m);
 /* adapter_config.json: LoraConfig's fields finch refuses when set, and those it writes. */
 finch_status finch_lora_check_file(const json_t *j, const char *path, finch_err *err);
 void finch_lora_write_config(const finch_peft *p, const finch_model *m, json_t *j);
-/* The site of a GGUF weight name ("blk.3.attn_q.weight"), or NULL. */
-finch_lora_site *finch_lora_site_of(const finch_peft *p, const char *gguf_name);
+/* The site of row *r of a GGUF weight name ("blk.3.attn_q.weight"), or NULL; for a fused
+ * module (GPT-2's "blk.3.attn_qkv.weight") the part holding the row, *r becoming the row
+ * within it. */
+finch_lora_site *finch_lora_site_of(const finch_peft *p, const finch_model *m,
+                                    const char *gguf_name, int64_t *r);
 
 /* row (in) += weight s (B A)[r]: merging row r of the site's base weight. */
 void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, float weight);

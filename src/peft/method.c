@@ -429,19 +429,19 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* A target mask as PEFT writes target_modules: a sorted list of names. */
-static json_t *json_targets(uint32_t mask) {
+/* A target mask as PEFT writes target_modules for model m: a sorted list of names. */
+static json_t *json_targets(const finch_model *m, uint32_t mask) {
     const char *names[FINCH_TARGET_COUNT];
     int n = 0;
-    for (int t = 0; t < FINCH_TARGET_COUNT; t++)
-        if (mask >> t & 1) names[n++] = finch_target_peft_name((finch_target)t);
+    if (m && finch_targets_check(m, &mask, NULL) != FINCH_OK) mask = 0;
+    finch_targets_json(m, mask, names, &n);
     qsort(names, (size_t)n, sizeof *names, cmp_str);
     json_t *a = json_array();
     for (int i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
     return a;
 }
 
-static json_t *option_json(const finch_method_option *o, const void *cfg) {
+static json_t *option_json(const finch_method_option *o, const void *cfg, const finch_model *m) {
     const void *at = (const char *)cfg + o->offset;
     switch (o->type) {
     case FINCH_OPT_INT:
@@ -458,7 +458,7 @@ static json_t *option_json(const finch_method_option *o, const void *cfg) {
     case FINCH_OPT_STRING:
         return *(const char *)at ? json_string(at) : json_null();
     case FINCH_OPT_TARGETS:
-        return json_targets(*(const uint32_t *)at);
+        return json_targets(m, *(const uint32_t *)at);
     case FINCH_OPT_CHOICE: {
         const char *c = o->choices;
         for (int k = *(const int *)at; k > 0 && *c; k--) c += strcspn(c, ",") + 1;
@@ -479,7 +479,7 @@ static json_t *make_config(const finch_peft *p, const finch_model *m) {
     json_object_set_new(j, "task_type", json_string("CAUSAL_LM"));
     for (int k = 0; k < me->n_opts; k++)
         if (me->opts[k].peft_key)
-            json_object_set_new(j, me->opts[k].peft_key, option_json(&me->opts[k], p->cfg));
+            json_object_set_new(j, me->opts[k].peft_key, option_json(&me->opts[k], p->cfg, m));
     if (!me->layerless) {
         json_t *layers = json_null();
         if (!p->all_layers) {
@@ -564,17 +564,17 @@ static finch_status option_from_json(finch_peft *p, const finch_method_option *o
         json_t *e;
         json_array_foreach(v, i, e) {
             const char *s = json_is_string(e) ? json_string_value(e) : NULL;
-            int found = -1;
-            for (int t = 0; s && t < FINCH_TARGET_COUNT && found < 0; t++)
-                if (!strcmp(s, finch_target_peft_name((finch_target)t))) found = t;
             if (!s) return finch_err_set(err, FINCH_E_FORMAT, "%s[%zu] is not a string", where, i);
-            if (found < 0)
+            uint32_t bits = strlen(s) < 64 ? finch_target_lookup(s, strlen(s)) : 0;
+            /* only full names here, as PEFT writes them */
+            if (bits && strlen(s) <= 4 && strcmp(s, "c_fc") != 0) bits = 0;
+            if (!bits)
                 return finch_err_set(err, FINCH_E_FORMAT,
-                                     "%s: target module '%.100s' is not a LLaMA projection "
-                                     "finch knows (q_proj, k_proj, v_proj, o_proj, gate_proj, "
-                                     "up_proj, down_proj)",
+                                     "%s: target module '%.100s' is not a projection finch "
+                                     "knows (q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                                     "up_proj, down_proj; GPT-2: c_attn, c_proj, c_fc)",
                                      where, s);
-            *mask |= 1u << found;
+            *mask |= bits;
         }
         return FINCH_OK;
     }

@@ -113,9 +113,34 @@ static inline bool finch_peft_layer(const finch_peft *p, int l) {
  * count for q and k, else 0 (params.h). */
 int finch_target_heads(const finch_model *m, finch_target t);
 
-/* The key of a projection in PEFT files, "base_model.model.model.layers.{l}.{self_attn|mlp}
- * .{name}", or with model_key as a Hugging Face model names it, "model.layers.{l}...". */
-void finch_target_key(char *buf, size_t n, int l, finch_target t, bool model_key);
+/* The key of a projection of m in PEFT files, "base_model.model.model.layers.{l}.{self_attn|
+ * mlp}.{name}", or with model_key as a Hugging Face model names it, "model.layers.{l}...";
+ * GPT-2: "transformer.h.{l}.attn.c_attn" (q, k and v alike), ".attn.c_proj", ".mlp.c_fc",
+ * ".mlp.c_proj" (targets.c). */
+void finch_target_key(char *buf, size_t n, const finch_model *m, int l, finch_target t,
+                      bool model_key);
+
+/* The targets a name selects (a short name, a PEFT name, or a GPT-2 module name, which may
+ * select several), the name being name[0..n); 0 when unknown. */
+uint32_t finch_target_lookup(const char *name, size_t n);
+
+/* Fits a target mask to the model: on a family with fused q/k/v any of q, k, v selects the
+ * fused module (all three); projections the family lacks (GPT-2's gate) are dropped;
+ * FINCH_E_USAGE when nothing is left. */
+finch_status finch_targets_check(const finch_model *m, uint32_t *mask, finch_err *err);
+
+/* Whether the model has the projection t (GPT-2 has no gate). */
+bool finch_target_present(const finch_model *m, finch_target t);
+
+/* Which part of its file module target t is: 0 for the module itself or the first part (q
+ * of a fused q/k/v), 1 and 2 for k and v of a fused one, whose rows are then the module's
+ * rows t * (its linear's rows) on; *rows receives the module's rows (3x the linear's for a
+ * fused one). */
+int finch_target_part(const finch_model *m, finch_target t, int64_t *rows);
+
+/* The names target_modules lists for mask on model m (NULL: LLaMA's names), into names
+ * (FINCH_TARGET_COUNT entries), *n of them, unsorted. */
+void finch_targets_json(const finch_model *m, uint32_t mask, const char **names, int *n);
 
 /* Prompt learning (prompt.c, prefix.c): PEFT's PromptLearningConfig fields for virtual
  * tokens of token_dim values over heads heads; the virtual tokens v put on the model

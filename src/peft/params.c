@@ -38,6 +38,22 @@ finch_status finch_params_add(finch_params *r, const char *name, int n_dims, con
     return FINCH_OK;
 }
 
+finch_status finch_params_add_view(finch_params *r, const char *name, int64_t off,
+                                   float **data_slot, float **grad_slot, finch_err *err) {
+    const finch_param *t = finch_params_find(r, name);
+    FINCH_ASSERT(t && off >= 0 && off < t->n);
+    if (r->n_views == r->cap_views) {
+        int cap = r->cap_views ? 2 * r->cap_views : 32;
+        finch_param_view *v = finch_mem_realloc(r->views, (size_t)cap * sizeof *v);
+        if (!v) return finch_err_set(err, FINCH_E_NOMEM, "out of memory registering parameters");
+        r->views = v;
+        r->cap_views = cap;
+    }
+    r->views[r->n_views++] = (finch_param_view){
+        .param = (int)(t - r->p), .off = off, .data_slot = data_slot, .grad_slot = grad_slot};
+    return FINCH_OK;
+}
+
 finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err) {
     size_t bytes;
     if (!finch_size_mul((size_t)r->total, sizeof(float), &bytes))
@@ -52,11 +68,18 @@ finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err
         if (p->data_slot) *p->data_slot = r->data + p->off;
         if (p->grad_slot) *p->grad_slot = r->grad ? r->grad + p->off : NULL;
     }
+    for (int i = 0; i < r->n_views; i++) {
+        const finch_param_view *v = &r->views[i];
+        const int64_t at = r->p[v->param].off + v->off;
+        if (v->data_slot) *v->data_slot = r->data + at;
+        if (v->grad_slot) *v->grad_slot = r->grad ? r->grad + at : NULL;
+    }
     return FINCH_OK;
 }
 
 void finch_params_release(finch_params *r) {
     free(r->p);
+    free(r->views);
     free(r->data);
     free(r->grad);
     *r = (finch_params){0};
@@ -94,6 +117,10 @@ void finch_params_set_kv_block(finch_params *r, const char *name, int64_t kv_blo
 }
 
 void finch_param_convert(const finch_param *p, float *dst, const float *src, bool to_hf) {
+    if (!p->permute_heads) { /* nothing permuted (a family without RoPE) */
+        memcpy(dst, src, (size_t)p->n * sizeof *dst);
+        return;
+    }
     if (!p->kv_block) {
         finch_rows_permute(dst, src, p->shape[0], p->shape[1], p->permute_heads, to_hf);
         return;

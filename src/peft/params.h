@@ -32,9 +32,20 @@ typedef struct {
     float **grad_slot; /* the same in the gradient arena (NULL when there is none) */
 } finch_param;
 
+/* A second pair of pointers into a registered tensor, off elements in: a site that uses a
+ * slice of a tensor another site registered (GPT-2's c_attn: q, k and v are row blocks of
+ * one adapter tensor). */
+typedef struct {
+    int param;
+    int64_t off;
+    float **data_slot, **grad_slot;
+} finch_param_view;
+
 typedef struct {
     finch_param *p;
     int n, cap;
+    finch_param_view *views;
+    int n_views, cap_views;
     float *data; /* total elements */
     float *grad; /* total elements, or NULL */
     int64_t total;
@@ -45,6 +56,12 @@ typedef struct {
 finch_status finch_params_add(finch_params *r, const char *name, int n_dims, const int64_t *shape,
                               int permute_heads, bool decay, float **data_slot, float **grad_slot,
                               finch_err *err);
+
+/* Registers a view: when the arena is allocated, data_slot and grad_slot (either may be
+ * NULL) receive the place off elements into the tensor name, which must be registered
+ * already and hold more than off elements. */
+finch_status finch_params_add_view(finch_params *r, const char *name, int64_t off,
+                                   float **data_slot, float **grad_slot, finch_err *err);
 
 /* Marks the tensor name (registered with permute_heads = heads) as a prefix table of
  * key/value pairs of kv_block values each. */

@@ -100,12 +100,13 @@ static finch_status prefix_create(finch_peft *p, const finch_model *m, finch_err
     st->P = c->n_virtual;
     st->KD = KD;
     st->W = W;
-    st->kv_heads = m->cfg.n_head_kv;
+    /* keys are permuted to Hugging Face's order in the file, except without RoPE (GPT-2) */
+    st->kv_heads = m->arch->learned_pos ? 0 : m->cfg.n_head_kv;
     st->be = m->be;
     if (!c->projection) {
-        finch_status e = finch_params_add(&p->params, "prompt_embeddings", 2, shape,
-                                          m->cfg.n_head_kv, true, &st->kv, &st->dkv, err);
-        if (!e) finch_params_set_kv_block(&p->params, "prompt_embeddings", KD);
+        finch_status e = finch_params_add(&p->params, "prompt_embeddings", 2, shape, st->kv_heads,
+                                          true, &st->kv, &st->dkv, err);
+        if (!e && st->kv_heads) finch_params_set_kv_block(&p->params, "prompt_embeddings", KD);
         return e;
     }
     const int64_t H = c->hidden ? c->hidden : KD;
@@ -142,7 +143,7 @@ static finch_status prefix_create(finch_peft *p, const finch_model *m, finch_err
                                     .shape = {st->P, W},
                                     .n = st->P * W,
                                     .permute_heads = st->kv_heads,
-                                    .kv_block = KD};
+                                    .kv_block = st->kv_heads ? KD : 0};
     snprintf(st->table_param.name, sizeof st->table_param.name, "prompt_embeddings");
     st->table =
         (finch_params){.p = &st->table_param, .n = 1, .cap = 1, .data = st->kv, .total = st->P * W};

@@ -20,7 +20,11 @@ typedef enum {
     W_NORM_FFN,
     W_NORM_POST_FFN, /* [post_norms] */
     W_NORM_OUT,
-    W_HEAD
+    W_HEAD,
+    W_NORM_ATTN_B, /* LayerNorm biases [layer_norm] */
+    W_NORM_FFN_B,
+    W_NORM_OUT_B,
+    W_POS /* learned position embeddings [learned_pos] */
 } wkind;
 
 typedef struct {
@@ -44,39 +48,49 @@ typedef struct {
  * Face files and in GGUF. Families with post norms call the FFN's norm
  * pre_feedforward_layernorm there, and the attention output's post_attention_layernorm. */
 static const struct {
-    const char *hf, *hf_post, *gguf;
-} names[] = {
-    [W_EMBD] = {"model.embed_tokens.weight", NULL, "token_embd.weight"},
-    [W_NORM_ATTN] = {"model.layers.%d.input_layernorm.weight", NULL, "blk.%d.attn_norm.weight"},
+    const char *hf, *hf_post, *gguf, *gpt2;
+} names[W_POS + 1] = {
+    [W_EMBD] = {"model.embed_tokens.weight", NULL, "token_embd.weight", "transformer.wte.weight"},
+    [W_NORM_ATTN] = {"model.layers.%d.input_layernorm.weight", NULL, "blk.%d.attn_norm.weight",
+                     "transformer.h.%d.ln_1.weight"},
     [W_NORM_Q] = {"model.layers.%d.self_attn.q_norm.weight", NULL, "blk.%d.attn_q_norm.weight"},
     [W_NORM_K] = {"model.layers.%d.self_attn.k_norm.weight", NULL, "blk.%d.attn_k_norm.weight"},
     [W_NORM_POST_ATTN] = {"model.layers.%d.post_attention_layernorm.weight", NULL,
                           "blk.%d.post_attention_norm.weight"},
     [W_NORM_FFN] = {"model.layers.%d.post_attention_layernorm.weight",
-                    "model.layers.%d.pre_feedforward_layernorm.weight", "blk.%d.ffn_norm.weight"},
+                    "model.layers.%d.pre_feedforward_layernorm.weight", "blk.%d.ffn_norm.weight",
+                    "transformer.h.%d.ln_2.weight"},
     [W_NORM_POST_FFN] = {"model.layers.%d.post_feedforward_layernorm.weight", NULL,
                          "blk.%d.post_ffw_norm.weight"},
-    [W_NORM_OUT] = {"model.norm.weight", NULL, "output_norm.weight"},
-    [W_HEAD] = {"lm_head.weight", NULL, "output.weight"},
+    [W_NORM_OUT] = {"model.norm.weight", NULL, "output_norm.weight", "transformer.ln_f.weight"},
+    [W_HEAD] = {"lm_head.weight", NULL, "output.weight", "lm_head.weight"},
+    [W_NORM_ATTN_B] = {NULL, NULL, "blk.%d.attn_norm.bias", "transformer.h.%d.ln_1.bias"},
+    [W_NORM_FFN_B] = {NULL, NULL, "blk.%d.ffn_norm.bias", "transformer.h.%d.ln_2.bias"},
+    [W_NORM_OUT_B] = {NULL, NULL, "output_norm.bias", "transformer.ln_f.bias"},
+    [W_POS] = {NULL, NULL, "position_embd.weight", "transformer.wpe.weight"},
 };
 
 /* The Hugging Face key of a site. */
 static void hf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
     if (s->kind == W_LINEAR || s->kind == W_BIAS) {
         char key[160];
-        finch_target_key(key, sizeof key, s->layer, s->target, true);
+        finch_target_key(key, sizeof key, m, s->layer, s->target, true);
         snprintf(buf, n, "%s.%s", key, s->kind == W_BIAS ? "bias" : "weight");
         return;
     }
-    const char *f =
-        m->arch->post_norms && names[s->kind].hf_post ? names[s->kind].hf_post : names[s->kind].hf;
+    const char *f = m->arch->layer_norm                             ? names[s->kind].gpt2
+                    : m->arch->post_norms && names[s->kind].hf_post ? names[s->kind].hf_post
+                                                                    : names[s->kind].hf;
     snprintf(buf, n, f, s->layer);
 }
 
-/* The GGUF name of a site. */
-static void gguf_name(char *buf, size_t n, const wsite *s) {
+/* The GGUF name of a site; a fused module's (GPT-2's attn_qkv) is its q site's. */
+static void gguf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
     if (s->kind == W_LINEAR || s->kind == W_BIAS) {
-        snprintf(buf, n, "blk.%d.%s.%s", s->layer, finch_target_gguf_name(s->target),
+        const bool fused = m->arch->fused_qkv && s->target <= FINCH_TARGET_V;
+        snprintf(buf, n, "blk.%d.%s%s.%s", s->layer,
+                 fused ? "attn_qkv" : finch_target_gguf_name(s->target),
+                 fused && s->target != FINCH_TARGET_Q ? "(part)" : "",
                  s->kind == W_BIAS ? "bias" : "weight");
         return;
     }
@@ -92,8 +106,13 @@ static finch_status add_site(finch_peft *p, wstate *st, const finch_model *m, wk
     char name[200];
     hf_name(name, sizeof name, s, m);
     int heads = kind == W_LINEAR || kind == W_BIAS ? finch_target_heads(m, t) : 0;
-    bool decay = kind == W_LINEAR || kind == W_EMBD || kind == W_HEAD; /* not norms, biases */
-    int64_t shape[2] = {rows, cols};
+    /* not norms, biases */
+    bool decay = kind == W_LINEAR || kind == W_EMBD || kind == W_HEAD || kind == W_POS;
+    int64_t module_rows = rows;
+    const int part = kind == W_LINEAR || kind == W_BIAS ? finch_target_part(m, t, &module_rows) : 0;
+    if (part) /* k, v of a fused module: row blocks of q's tensor */
+        return finch_params_add_view(&p->params, name, part * rows * cols, &s->data, &s->grad, err);
+    int64_t shape[2] = {module_rows, cols};
     return finch_params_add(&p->params, name, cols > 1 || kind == W_LINEAR ? 2 : 1, shape, heads,
                             decay, &s->data, &s->grad, err);
 }
@@ -104,16 +123,19 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
     wstate *st = finch_calloc(1, sizeof *st, "trainable weights", err);
     if (!st) return FINCH_E_NOMEM;
     p->state = st;
-    st->sites = finch_calloc((size_t)mc->n_layer * 16 + 4, sizeof *st->sites, "weight sites", err);
+    st->sites = finch_calloc((size_t)mc->n_layer * 20 + 8, sizeof *st->sites, "weight sites", err);
     if (!st->sites) return FINCH_E_NOMEM;
     finch_status e = FINCH_OK;
     /* a tied head is the embedding table: training either trains that one matrix */
     if (c->embeddings || (c->head && mc->tied_output))
         e = add_site(p, st, m, W_EMBD, -1, 0, mc->n_vocab, mc->n_embd, err);
+    if (!e && c->embeddings && m->arch->learned_pos)
+        e = add_site(p, st, m, W_POS, -1, 0, m->pos_embd.rows, mc->n_embd, err);
     for (int l = 0; l < mc->n_layer && !e; l++) {
         if (!finch_peft_layer(p, l)) continue;
         const finch_arch *a = m->arch;
         e = add_site(p, st, m, W_NORM_ATTN, l, 0, mc->n_embd, 1, err);
+        if (!e && a->layer_norm) e = add_site(p, st, m, W_NORM_ATTN_B, l, 0, mc->n_embd, 1, err);
         if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_Q, l, 0, mc->head_dim, 1, err);
         if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_K, l, 0, mc->head_dim, 1, err);
         for (int t = 0; t < FINCH_TARGET_COUNT && !e; t++) {
@@ -122,6 +144,9 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
                 e = add_site(p, st, m, W_NORM_POST_ATTN, l, 0, mc->n_embd, 1, err);
             if (!e && t == FINCH_TARGET_GATE)
                 e = add_site(p, st, m, W_NORM_FFN, l, 0, mc->n_embd, 1, err);
+            if (!e && t == FINCH_TARGET_GATE && a->layer_norm)
+                e = add_site(p, st, m, W_NORM_FFN_B, l, 0, mc->n_embd, 1, err);
+            if (!lin->w.data) continue; /* a projection the family lacks (GPT-2's gate) */
             if (!e)
                 e = add_site(p, st, m, W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols, err);
             if (!e && lin->bias)
@@ -130,6 +155,8 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
         if (!e && a->post_norms) e = add_site(p, st, m, W_NORM_POST_FFN, l, 0, mc->n_embd, 1, err);
     }
     if (!e && c->head) e = add_site(p, st, m, W_NORM_OUT, -1, 0, mc->n_embd, 1, err);
+    if (!e && c->head && m->arch->layer_norm)
+        e = add_site(p, st, m, W_NORM_OUT_B, -1, 0, mc->n_embd, 1, err);
     if (!e && c->head && !mc->tied_output)
         e = add_site(p, st, m, W_HEAD, -1, 0, mc->n_vocab, mc->n_embd, err);
     return e;
@@ -140,6 +167,8 @@ static finch_weight *site_weight(finch_model *m, const wsite *s) {
     switch (s->kind) {
     case W_EMBD:
         return &m->tok_embd;
+    case W_POS:
+        return &m->pos_embd;
     case W_HEAD:
         return &m->output.w;
     case W_LINEAR:
@@ -166,6 +195,12 @@ static const float **site_vector(finch_model *m, const wsite *s) {
         return &ly->post_ffn_norm;
     case W_NORM_OUT:
         return &m->output_norm;
+    case W_NORM_ATTN_B:
+        return &ly->attn_norm_b;
+    case W_NORM_FFN_B:
+        return &ly->ffn_norm_b;
+    case W_NORM_OUT_B:
+        return &m->output_norm_b;
     case W_BIAS:
         return &finch_model_target(m, s->layer, s->target)->bias;
     default:
@@ -179,6 +214,14 @@ static float **site_grad(finch_model *m, const wsite *s) {
     switch (s->kind) {
     case W_EMBD:
         return &m->d_tok_embd;
+    case W_POS:
+        return &m->d_pos_embd;
+    case W_NORM_ATTN_B:
+        return &ly->d_attn_norm_b;
+    case W_NORM_FFN_B:
+        return &ly->d_ffn_norm_b;
+    case W_NORM_OUT_B:
+        return &m->d_output_norm_b;
     case W_HEAD:
         return &m->output.dw;
     case W_LINEAR:
@@ -206,8 +249,12 @@ static float **site_grad(finch_model *m, const wsite *s) {
 /* dst (rows * cols) = the model's current tensor of a site in f32, dequantized. */
 static void site_to_f32(finch_model *m, const wsite *s, float *dst) {
     const finch_weight *w = site_weight(m, s);
+    /* s->rows: all of a fused module's rows when asked (GPT-2's q, k, v views lie one after
+     * another) */
+    finch_weight whole = w ? *w : (finch_weight){0};
+    whole.rows = s->rows;
     if (w)
-        finch_weight_rows_f32(w, 0, w->rows, dst);
+        finch_weight_rows_f32(&whole, 0, s->rows, dst);
     else
         memcpy(dst, *site_vector(m, s), (size_t)s->rows * sizeof(float));
 }
@@ -303,15 +350,27 @@ static int site_heads(const finch_model *m, const wsite *s) {
     return s->kind == W_NORM_Q || s->kind == W_NORM_K ? 1 : 0;
 }
 
-/* Whether a site is a norm weight (Gemma's files differ in what they hold: arch norm_one). */
+/* Whether a site is an RMSNorm weight (Gemma's files differ in what they hold: arch
+ * norm_one). */
 static bool site_is_norm(const wsite *s) {
-    return s->kind != W_LINEAR && s->kind != W_BIAS && s->kind != W_EMBD && s->kind != W_HEAD;
+    switch (s->kind) {
+    case W_NORM_ATTN:
+    case W_NORM_Q:
+    case W_NORM_K:
+    case W_NORM_POST_ATTN:
+    case W_NORM_FFN:
+    case W_NORM_POST_FFN:
+    case W_NORM_OUT:
+        return true;
+    default:
+        return false;
+    }
 }
 
-static const wsite *site_by_gguf_name(const wstate *st, const char *name) {
+static const wsite *site_by_gguf_name(const wstate *st, const finch_model *m, const char *name) {
     for (int i = 0; i < st->n_sites; i++) {
         char g[96];
-        gguf_name(g, sizeof g, &st->sites[i]);
+        gguf_name(g, sizeof g, &st->sites[i], m);
         if (!strcmp(g, name)) return &st->sites[i];
     }
     return NULL;
@@ -343,11 +402,16 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
     const bool hf_rows = m->arch->neox_rows; /* the family keeps HF q/k rows in GGUF */
     for (int64_t i = 0; i < n_t && !e; i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
-        const wsite *s = site_by_gguf_name(st, t->name);
-        if (!s) {
+        const wsite *found = site_by_gguf_name(st, m, t->name);
+        if (!found) {
             e = finch_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, err);
             continue;
         }
+        /* the file's tensor: a fused module's q site holds all of its rows */
+        wsite whole = *found;
+        whole.rows = t->n_dims == 2 ? t->ne[1] : t->ne[0];
+        FINCH_ASSERT(whole.rows * whole.cols == t->ne[0] * t->ne[1]);
+        const wsite *s = &whole;
         const float *src = s->data;
         int heads = site_heads(m, s);
         if (hf_rows && heads) {
@@ -387,14 +451,42 @@ done:
     return e;
 }
 
+/* config.json for transformers' GPT2LMHeadModel. */
+static json_t *gpt2_config(const finch_model *m) {
+    const finch_model_config *c = &m->cfg;
+    json_t *j = json_object(), *arch = json_array();
+    json_array_append_new(arch, json_string("GPT2LMHeadModel"));
+    json_object_set_new(j, "architectures", arch);
+    json_object_set_new(j, "model_type", json_string("gpt2"));
+    json_object_set_new(j, "n_embd", json_integer(c->n_embd));
+    json_object_set_new(j, "n_inner", json_integer(c->n_ff));
+    json_object_set_new(j, "n_layer", json_integer(c->n_layer));
+    json_object_set_new(j, "n_head", json_integer(c->n_head));
+    json_object_set_new(j, "n_positions", json_integer(c->n_ctx_train));
+    json_object_set_new(j, "n_ctx", json_integer(c->n_ctx_train));
+    json_object_set_new(j, "vocab_size", json_integer(c->n_vocab));
+    json_object_set_new(j, "layer_norm_epsilon", json_real(c->rms_eps));
+    json_object_set_new(j, "activation_function", json_string("gelu_new"));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tied_output));
+    json_object_set_new(j, "torch_dtype", json_string("float32"));
+    return j;
+}
+
 /* config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM for a qwen2 base,
- * Gemma3ForCausalLM, model_type gemma3_text, for a gemma3 one: transformers 4.50 or later,
- * its fields as Google's gemma-3-270m config.json names them). */
+ * GPT2LMHeadModel for gpt2, Gemma3ForCausalLM, model_type gemma3_text, for a gemma3 one:
+ * transformers 4.50 or later, its fields as Google's gemma-3-270m config.json names them). */
 static finch_status save_hf_config(const finch_model *m, const char *path, finch_err *err) {
     const finch_model_config *c = &m->cfg;
     const finch_arch *a = m->arch;
     bool qwen2 = !strcmp(c->arch, "qwen2"), gemma3 = !strcmp(c->arch, "gemma3");
     finch_json_begin(); /* the writing sees a failed allocation of the building */
+    if (m->arch->fused_qkv) {
+        json_t *g = gpt2_config(m);
+        finch_status e = finch_json_write_file(g, path, err);
+        json_decref(g);
+        finch_json_end();
+        return e;
+    }
     json_t *j = json_object(), *arch = json_array();
     json_array_append_new(arch, json_string(qwen2    ? "Qwen2ForCausalLM"
                                             : gemma3 ? "Gemma3ForCausalLM"
@@ -459,7 +551,41 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     finch_status e =
         !all || !bufs || !w ? finch_err_set(err, FINCH_E_NOMEM, "out of memory") : FINCH_OK;
     if (!e) e = finch_st_writer_set_meta(w, "format", "pt", err);
-    if (!e) {
+    const bool gpt2 = m->arch->fused_qkv;
+    if (!e && gpt2) {
+        /* GPT-2: c_attn is the q site with all 3 C rows; every Conv1D is written [in, out] */
+        const int64_t C = mc->n_embd, F = mc->n_ff;
+        all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = C};
+        all[n++] = (wsite){.kind = W_POS, .rows = m->pos_embd.rows, .cols = C};
+        for (int l = 0; l < mc->n_layer; l++) {
+            const struct {
+                wkind k;
+                finch_target t;
+                int64_t rows, cols;
+            } b[] = {{W_NORM_ATTN, 0, C, 1},
+                     {W_NORM_ATTN_B, 0, C, 1},
+                     {W_LINEAR, FINCH_TARGET_Q, 3 * C, C},
+                     {W_BIAS, FINCH_TARGET_Q, 3 * C, 1},
+                     {W_LINEAR, FINCH_TARGET_O, C, C},
+                     {W_BIAS, FINCH_TARGET_O, C, 1},
+                     {W_NORM_FFN, 0, C, 1},
+                     {W_NORM_FFN_B, 0, C, 1},
+                     {W_LINEAR, FINCH_TARGET_UP, F, C},
+                     {W_BIAS, FINCH_TARGET_UP, F, 1},
+                     {W_LINEAR, FINCH_TARGET_DOWN, C, F},
+                     {W_BIAS, FINCH_TARGET_DOWN, C, 1}};
+            for (size_t k = 0; k < sizeof b / sizeof b[0]; k++)
+                all[n++] = (wsite){.kind = b[k].k,
+                                   .layer = l,
+                                   .target = b[k].t,
+                                   .rows = b[k].rows,
+                                   .cols = b[k].cols};
+        }
+        all[n++] = (wsite){.kind = W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
+        all[n++] = (wsite){.kind = W_NORM_OUT_B, .rows = mc->n_embd, .cols = 1};
+        if (!mc->tied_output)
+            all[n++] = (wsite){.kind = W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
+    } else if (!e) {
         all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = mc->n_embd};
         const finch_arch *a = m->arch;
         for (int l = 0; l < mc->n_layer; l++) {
@@ -498,8 +624,8 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
         wsite *s = &all[i];
         char name[200], g[96];
         hf_name(name, sizeof name, s, m);
-        gguf_name(g, sizeof g, s);
-        const wsite *trained = site_by_gguf_name(st, g);
+        gguf_name(g, sizeof g, s, m);
+        const wsite *trained = site_by_gguf_name(st, m, g);
         size_t count = (size_t)(s->rows * s->cols);
         int heads = site_heads(m, s);
         const bool less_one = m->arch->norm_one && site_is_norm(s);
@@ -534,6 +660,20 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             src = bufs[i];
         }
         int64_t shape[2] = {s->rows, s->cols};
+        if (gpt2 && s->kind == W_LINEAR) { /* Conv1D: [in, out] */
+            float *t = finch_mem_alloc(count * sizeof(float) + 1);
+            if (!t) {
+                e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
+                break;
+            }
+            for (int64_t r = 0; r < s->rows; r++)
+                for (int64_t c = 0; c < s->cols; c++) t[c * s->rows + r] = src[r * s->cols + c];
+            free(bufs[i]);
+            bufs[i] = t;
+            src = t;
+            shape[0] = s->cols;
+            shape[1] = s->rows;
+        }
         e = finch_st_writer_add(w, name, FINCH_ST_F32, s->cols > 1 || s->kind == W_LINEAR ? 2 : 1,
                                 shape, src, err);
     }

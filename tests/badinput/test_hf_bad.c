@@ -170,8 +170,11 @@ static void test_absurd_values(void **state) {
 
 static void test_unsupported_features(void **state) {
     (void)state;
+    config_case("tiny_llama", "model_type", "\"falcon\"", FINCH_E_UNSUPPORTED,
+                "'falcon' is not supported");
+    /* gpt2 is a family: a LLaMA config calling itself one names the mismatch */
     config_case("tiny_llama", "model_type", "\"gpt2\"", FINCH_E_UNSUPPORTED,
-                "'gpt2' is not supported");
+                "'LlamaForCausalLM' is not supported for model_type 'gpt2'");
     config_case("tiny_llama", "architectures", "[\"LlamaForSequenceClassification\"]",
                 FINCH_E_UNSUPPORTED, "'LlamaForSequenceClassification' is not supported");
     config_case("tiny_llama", "hidden_act", "\"gelu\"", FINCH_E_UNSUPPORTED,

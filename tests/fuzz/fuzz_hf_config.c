@@ -2,7 +2,7 @@
  * fuzz_hf_config.c: libFuzzer target for a Hugging Face folder's JSON files. The input is
  * config.json, then (after a NUL byte) model.safetensors.index.json. A config that reads
  * must describe a model finch can lay out (positive sizes, heads dividing the width, an
- * even head size, ids inside the vocabulary); an index that reads must be sorted with
+ * even head size but for GPT-2, ids inside the vocabulary); an index that reads must be sorted with
  * plain shard names and find every tensor it lists. A failure must name the file.
  *
  * Built as fuzz_hf_config with -fsanitize=fuzzer when FINCH_FUZZ is on, and always as
@@ -18,7 +18,10 @@ static void check_config(const finch_hf_config *c) {
         c->num_attention_heads <= 0 || c->num_key_value_heads <= 0 || c->head_dim <= 0 ||
         c->vocab_size <= 0 || c->context <= 0 || c->context > c->max_position_embeddings)
         abort();
-    if (c->num_attention_heads % c->num_key_value_heads || c->head_dim % 2) abort();
+    /* an even head size for RoPE; GPT-2 has none */
+    if (c->num_attention_heads % c->num_key_value_heads ||
+        (c->head_dim % 2 && strcmp(c->model_type, "gpt2")))
+        abort();
     if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 1)) abort();
     if (c->bos_token_id >= c->vocab_size || c->eos_token_id >= c->vocab_size) abort();
     if (!memchr(c->model_type, 0, sizeof c->model_type) ||

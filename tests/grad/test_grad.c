@@ -737,6 +737,125 @@ static void test_geglu_backward(void **state) {
     }
 }
 
+/* ---- layernorm (GPT-2) ------------------------------------------------------------------ */
+
+typedef struct {
+    int64_t T, C;
+    double eps;
+    const double *x, *w, *b, *P;
+} ln_ctx;
+
+static double ln_loss(const void *p) {
+    const ln_ctx *c = p;
+    double L = 0;
+    for (int64_t t = 0; t < c->T; t++) {
+        const double *x = c->x + t * c->C;
+        double mu = 0, var = 0;
+        for (int64_t i = 0; i < c->C; i++) mu += x[i] / (double)c->C;
+        for (int64_t i = 0; i < c->C; i++) var += (x[i] - mu) * (x[i] - mu) / (double)c->C;
+        double rs = 1.0 / sqrt(var + c->eps);
+        for (int64_t i = 0; i < c->C; i++)
+            L += c->P[t * c->C + i] * ((x[i] - mu) * rs * c->w[i] + c->b[i]);
+    }
+    return L;
+}
+
+static void test_layernorm_backward(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 24);
+    /* C = 1 is left out: its output is b whatever x is (x - mu = 0) */
+    const int64_t shapes[][2] = {{1, 2}, {3, 7}, {9, 64}, {5, 67}, {33, 130}};
+    const float eps = 1e-5f;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t T = shapes[s][0], C = shapes[s][1];
+        char what[64];
+        float *x = rand_vec(&r, T * C, 1.0f), *w = rand_vec(&r, C, 1.0f), *b = rand_vec(&r, C, 1.0f);
+        float *dy = rand_vec(&r, T * C, 1.0f), *y = zeros(T * C), *yr = zeros(T * C);
+        float *st = zeros(2 * T), *str = zeros(2 * T);
+        float *dw0 = rand_vec(&r, C, 1.0f), *dw = copy_vec(dw0, C), *dwr = copy_vec(dw0, C);
+        float *db = copy_vec(dw0, C), *dbr = copy_vec(dw0, C);
+        float *dx = zeros(T * C), *dxr = zeros(T * C), *g = zeros(C);
+        be->layernorm_forward(y, st, x, w, b, T, C, eps);
+        finch_ref_layernorm_forward(yr, str, x, w, b, T, C, eps);
+        snprintf(what, sizeof what, "layernorm y T=%lld C=%lld", (long long)T, (long long)C);
+        check_close(what, y, yr, T * C);
+        check_close(what, st, str, 2 * T);
+        be->layernorm_backward(dx, dw, db, dy, st, x, w, T, C);
+        finch_ref_layernorm_backward(dxr, dwr, dbr, dy, st, x, w, T, C);
+        double *xd = to_double(x, T * C), *wd = to_double(w, C), *bd = to_double(b, C);
+        double *Pd = to_double(dy, T * C);
+        ln_ctx c = {T, C, eps, xd, wd, bd, Pd};
+        snprintf(what, sizeof what, "layernorm dx T=%lld C=%lld", (long long)T, (long long)C);
+        check_fd(what, xd, T * C, dx, ln_loss, &c, &r);
+        check_fd(what, xd, T * C, dxr, ln_loss, &c, &r);
+        check_close(what, dx, dxr, T * C);
+        snprintf(what, sizeof what, "layernorm dw T=%lld C=%lld", (long long)T, (long long)C);
+        for (int64_t i = 0; i < C; i++) g[i] = dw[i] - dw0[i];
+        check_fd(what, wd, C, g, ln_loss, &c, &r);
+        for (int64_t i = 0; i < C; i++) g[i] = dwr[i] - dw0[i];
+        check_fd(what, wd, C, g, ln_loss, &c, &r);
+        check_close(what, dw, dwr, C);
+        snprintf(what, sizeof what, "layernorm db T=%lld C=%lld", (long long)T, (long long)C);
+        for (int64_t i = 0; i < C; i++) g[i] = db[i] - dw0[i];
+        check_fd(what, bd, C, g, ln_loss, &c, &r);
+        for (int64_t i = 0; i < C; i++) g[i] = dbr[i] - dw0[i];
+        check_fd(what, bd, C, g, ln_loss, &c, &r);
+        check_close(what, db, dbr, C);
+        /* dx may alias dy; without dw, db only dx is computed */
+        float *dd = copy_vec(dy, T * C);
+        be->layernorm_backward(dd, NULL, NULL, dd, st, x, w, T, C);
+        assert_memory_equal(dd, dx, (size_t)(T * C) * sizeof(float));
+        free(dd), free(xd), free(wd), free(bd), free(Pd), free(x), free(w), free(b), free(dy);
+        free(y), free(yr), free(st), free(str), free(dw0), free(dw), free(dwr), free(db);
+        free(dbr), free(dx), free(dxr), free(g);
+    }
+}
+
+/* GELU (tanh form), GPT-2's MLP activation. */
+typedef struct {
+    int64_t n;
+    const double *x, *P;
+} gelu_ctx;
+
+static double gelu_loss(const void *p) {
+    const gelu_ctx *c = p;
+    double L = 0;
+    for (int64_t i = 0; i < c->n; i++) {
+        double g = c->x[i];
+        L += c->P[i] * 0.5 * g *
+             (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (g + 0.044715 * g * g * g)));
+    }
+    return L;
+}
+
+static void test_gelu_backward(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 25);
+    const int64_t ns[] = {1, 7, 20001};
+    for (size_t s = 0; s < sizeof ns / sizeof ns[0]; s++) {
+        int64_t n = ns[s];
+        float *x = rand_vec(&r, n, 3.0f), *dy = rand_vec(&r, n, 1.0f);
+        float *y = zeros(n), *yr = zeros(n), *dx = zeros(n), *dxr = zeros(n);
+        be->gelu_forward(y, x, n);
+        finch_ref_gelu_forward(yr, x, n);
+        check_close("gelu y", y, yr, n);
+        be->gelu_backward(dx, dy, x, n);
+        finch_ref_gelu_backward(dxr, dy, x, n);
+        double *xd = to_double(x, n), *Pd = to_double(dy, n);
+        gelu_ctx c = {n, xd, Pd};
+        check_fd("gelu dx", xd, n, dx, gelu_loss, &c, &r);
+        check_fd("gelu dx ref", xd, n, dxr, gelu_loss, &c, &r);
+        check_close("gelu dx", dx, dxr, n);
+        /* dx may alias dy */
+        float *dd = copy_vec(dy, n);
+        be->gelu_backward(dd, dd, x, n);
+        assert_memory_equal(dd, dx, (size_t)n * sizeof(float));
+        free(dd), free(xd), free(Pd), free(x), free(dy), free(y), free(yr), free(dx), free(dxr);
+    }
+}
+
 /* ---- softmax + cross-entropy ---------------------------------------------------------- */
 
 typedef struct {
@@ -840,7 +959,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_backward_input), cmocka_unit_test(test_matmul_backward_weight),
         cmocka_unit_test(test_embed_backward),        cmocka_unit_test(test_rmsnorm_backward),
         cmocka_unit_test(test_rope_backward),         cmocka_unit_test(test_attention_backward),
-        cmocka_unit_test(test_swiglu_backward), cmocka_unit_test(test_geglu_backward),       cmocka_unit_test(test_softmax_xent),
+        cmocka_unit_test(test_swiglu_backward), cmocka_unit_test(test_geglu_backward), cmocka_unit_test(test_layernorm_backward), cmocka_unit_test(test_gelu_backward),       cmocka_unit_test(test_softmax_xent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

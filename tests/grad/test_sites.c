@@ -5,7 +5,8 @@
  * and input scales, BitFit's added biases, freezing's and full fine-tuning's weights,
  * norms and embeddings, prompt tuning's rows, prefix tuning's keys and values (and its
  * projection), and the three bottleneck adapter layouts; on the tiny LLaMA, a tiny
- * Gemma 3 (also on packed rows longer than its sliding window) and a tiny Qwen2 GGUF. One thread: thousands of tiny steps, no OpenMP pool to
+ * Gemma 3 (also on packed rows longer than its sliding window), a tiny Qwen2 and a tiny GPT-2
+ * GGUF. One thread: thousands of tiny steps, no OpenMP pool to
  * spin against another test's.
  * (DoRA's A and B are not here: PEFT detaches the row norm, so their gradient is by design
  * not the derivative of the loss; tests/train/test_methods.c checks them against PEFT.)
@@ -27,8 +28,8 @@
 #include "peft/method.h"
 #include "test_util.h" /* test_backend */
 
-#define H 1e-3
 #define TOL 2e-2
+static double H = 1e-3; /* the finite-difference step (all_methods_on may set another) */
 #define SAMPLES 24
 
 static finch_model *model;
@@ -161,14 +162,16 @@ static void test_sites(void **state) {
     all_methods();
 }
 
-/* Every method on the model at path instead of the tiny LLaMA. */
-static void all_methods_on(const char *path) {
+/* Every method on the model at path instead of the tiny LLaMA, with step h. */
+static void all_methods_on(const char *path, double h) {
     finch_model *llama = model;
     finch_train_acts *llama_acts = acts;
     finch_err err;
     if (finch_model_load(path, &model, &err)) fail_msg("%s", err.msg);
     assert_int_equal(finch_train_acts_new(model, B, T, &acts, &err), FINCH_OK);
+    H = h;
     all_methods();
+    H = 1e-3;
     finch_train_acts_free(acts);
     finch_model_free(model);
     model = llama;
@@ -180,7 +183,7 @@ static void all_methods_on(const char *path) {
  * permuted at load. */
 static void test_sites_gemma3(void **state) {
     (void)state;
-    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf");
+    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf", 1e-3);
 }
 
 /* Rows of T tokens with targets but at the first 3 and the last position of each row. */
@@ -209,7 +212,7 @@ static void test_sites_gemma3_long(void **state) {
         if (i < T && t == 21) tg[i] = -1; /* no target across examples */
     }
     seg = seg_long;
-    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf");
+    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf", 1e-3);
     seg = NULL;
     make_rows(10);
 }
@@ -218,7 +221,18 @@ static void test_sites_gemma3_long(void **state) {
  * the q/k rows and biases permuted at load, a tied head. */
 static void test_sites_qwen2(void **state) {
     (void)state;
-    all_methods_on(FINCH_FIXTURES "/model/tiny_qwen2.gguf");
+    all_methods_on(FINCH_FIXTURES "/model/tiny_qwen2.gguf", 1e-3);
+}
+
+/* And on a tiny GPT-2 GGUF (tests/reference/make_gpt2_fixtures.py): LayerNorms with
+ * biases, learned positions, the fused attn_qkv split into q, k, v (whose adapter tensors
+ * are one c_attn tensor seen by three linears), a plain GELU MLP, biases everywhere. Its
+ * loss is near 6 (400 tokens) and prefix tuning's gradients are small (mean 0.004): with
+ * h = 1e-3 the loss's f32 rounding puts ~1e-4 of noise on a difference, at the tolerance
+ * (a sample fails by 9e-5 there), so the step is 4e-3 (noise ~3e-5; every method passes). */
+static void test_sites_gpt2(void **state) {
+    (void)state;
+    all_methods_on(FINCH_FIXTURES "/model/tiny_gpt2.gguf", 4e-3);
 }
 
 static int setup(void **state) {
@@ -242,6 +256,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_sites),
                                        cmocka_unit_test(test_sites_gemma3),
                                        cmocka_unit_test(test_sites_gemma3_long),
-                                       cmocka_unit_test(test_sites_qwen2)};
+                                       cmocka_unit_test(test_sites_qwen2),
+                                       cmocka_unit_test(test_sites_gpt2)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -89,7 +89,10 @@ int main(int argc, char **argv) {
         n_attached++;
     }
 
-    int32_t n_vocab = finch_tokenizer_n_vocab(finch_model_tokenizer(m));
+    /* the model's vocabulary: a folder finch wrote may have no tokenizer */
+    finch_model_config cfg;
+    finch_model_config_get(m, &cfg);
+    int32_t n_vocab = cfg.n_vocab;
     int32_t *ids = malloc(sizeof *ids * MAX_IDS);
     float *logits = NULL;
     char part[4096];

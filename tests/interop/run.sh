@@ -68,9 +68,11 @@ skip() {
 check peft "$VENV_PY" check_peft.py --data "$ROOT/datasets/wordnet/train.jsonl"
 check adapters "$CACHE/venv-adapters/bin/python" check_adapters.py \
   --data "$ROOT/datasets/wordnet/train.jsonl"
+check gpt2-adapters "$CACHE/venv-adapters/bin/python" check_gpt2_adapters.py
 if [ -n "$LLAMA_PY" ]; then
   check llamacpp "$LLAMA_PY" check_llamacpp.py --data "$ROOT/datasets/wordnet/train.jsonl"
   check families "$LLAMA_PY" check_families.py
+  check gpt2 "$VENV_PY" check_gpt2.py
 else
   echo "== llamacpp"
   echo "-- llamacpp: FAIL (no Python with llama-cpp-python; run scripts/interop-env.sh)"

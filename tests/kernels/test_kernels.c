@@ -343,6 +343,41 @@ static void test_attention(void **state) {
     finch_workspace_free(&ws);
 }
 
+/* GPT-2's LayerNorm and GELU against the reference (f32 against double: 1e-6 relative),
+ * and LayerNorm's passes give the same bits on 1 and 2 threads (wide enough for several
+ * column blocks and tokens per thread). */
+static void test_layernorm_gelu(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 31);
+    const int64_t T = 37, C = 200;
+    float *x = rand_vec(&r, T * C, 2.0f), *w = rand_vec(&r, C, 1.0f), *b = rand_vec(&r, C, 1.0f);
+    float *dy = rand_vec(&r, T * C, 1.0f);
+    float *y = malloc(T * C * sizeof(float)), *yr = malloc(T * C * sizeof(float));
+    float st[2 * 37], str[2 * 37];
+    be->layernorm_forward(y, st, x, w, b, T, C, 1e-5f);
+    finch_ref_layernorm_forward(yr, str, x, w, b, T, C, 1e-5f);
+    /* y = (x - mu) r w + b adds terms of size ~1 to 4 whose f32 rounding stays in y when
+     * they cancel: the floor is their scale, not y's */
+    assert_close(y, yr, T * C, 1e-6, 4.0, "layernorm y");
+    float *dx[2], *dw[2], *db[2];
+    for (int k = 0; k < 2; k++) {
+        finch_threads_set(k + 1);
+        dx[k] = calloc((size_t)(T * C), sizeof(float));
+        dw[k] = calloc((size_t)C, sizeof(float));
+        db[k] = calloc((size_t)C, sizeof(float));
+        be->layernorm_backward(dx[k], dw[k], db[k], dy, st, x, w, T, C);
+    }
+    assert_memory_equal(dx[0], dx[1], (size_t)(T * C) * sizeof(float));
+    assert_memory_equal(dw[0], dw[1], (size_t)C * sizeof(float));
+    assert_memory_equal(db[0], db[1], (size_t)C * sizeof(float));
+    be->gelu_forward(y, x, T * C);
+    finch_ref_gelu_forward(yr, x, T * C);
+    assert_close(y, yr, T * C, 1e-6, 1e-3, "gelu");
+    for (int k = 0; k < 2; k++) free(dx[k]), free(dw[k]), free(db[k]);
+    free(x), free(w), free(b), free(dy), free(y), free(yr);
+}
+
 static void test_geglu(void **state) {
     (void)state;
     finch_rng r;
@@ -477,7 +512,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_geglu), cmocka_unit_test(test_site_ops),
+        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_geglu), cmocka_unit_test(test_layernorm_gelu), cmocka_unit_test(test_site_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,4 +33,8 @@ const finch_backend finch_backend_cpu = {
     .attention_backward = finch_cpu_attention_backward,
     .swiglu_backward = finch_cpu_swiglu_backward,
     .softmax_xent = finch_cpu_softmax_xent,
+    .layernorm_forward = finch_cpu_layernorm_forward,
+    .layernorm_backward = finch_cpu_layernorm_backward,
+    .gelu_forward = finch_cpu_gelu_forward,
+    .gelu_backward = finch_cpu_gelu_backward,
 };

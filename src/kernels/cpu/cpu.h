@@ -55,6 +55,10 @@
 #define finch_cpu_attention_backward FINCH_ISA_NAME(finch_cpu_attention_backward)
 #define finch_cpu_swiglu_backward FINCH_ISA_NAME(finch_cpu_swiglu_backward)
 #define finch_cpu_softmax_xent FINCH_ISA_NAME(finch_cpu_softmax_xent)
+#define finch_cpu_layernorm_forward FINCH_ISA_NAME(finch_cpu_layernorm_forward)
+#define finch_cpu_layernorm_backward FINCH_ISA_NAME(finch_cpu_layernorm_backward)
+#define finch_cpu_gelu_forward FINCH_ISA_NAME(finch_cpu_gelu_forward)
+#define finch_cpu_gelu_backward FINCH_ISA_NAME(finch_cpu_gelu_backward)
 #endif
 
 /* Rows of a matmul tile plus its staging rows (matmul.c): the workspace holds this many
@@ -117,6 +121,13 @@ void finch_cpu_scale(float *x, int64_t n, float a);
 void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                               const float *up, int64_t n);
+void finch_cpu_layernorm_forward(float *y, float *stats, const float *x, const float *w,
+                                 const float *b, int64_t T, int64_t C, float eps);
+void finch_cpu_layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                                  const float *stats, const float *x, const float *w, int64_t T,
+                                  int64_t C);
+void finch_cpu_gelu_forward(float *y, const float *x, int64_t n);
+void finch_cpu_gelu_backward(float *dx, const float *dy, const float *x, int64_t n);
 void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, int64_t n);
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);

@@ -96,3 +96,69 @@ void finch_cpu_embed_backward(float *demb, const float *dx, const int32_t *ids, 
         for (int64_t c = 0; c < C; c++) row[c] += g[c];
     }
 }
+
+/* LayerNorm (GPT-2): y = (x - mu) r w + b, mu = mean(x), r = 1 / sqrt(mean((x - mu)^2) +
+ * eps), the biased variance as torch.nn.LayerNorm computes it. Sums in double. */
+void finch_cpu_layernorm_forward(float *y, float *stats, const float *x, const float *w,
+                                 const float *b, int64_t T, int64_t C, float eps) {
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C;
+        float *yt = y + t * C;
+        double s = 0, ss = 0;
+        for (int64_t c = 0; c < C; c++) s += xt[c];
+        const double mu = s / (double)C;
+        for (int64_t c = 0; c < C; c++) ss += (xt[c] - mu) * (xt[c] - mu);
+        const float m = (float)mu, r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+        if (stats) {
+            stats[2 * t] = m;
+            stats[2 * t + 1] = r;
+        }
+        for (int64_t c = 0; c < C; c++) yt[c] = (xt[c] - m) * r * w[c] + b[c];
+    }
+}
+
+/* With xh = (x - mu) r and g = dy w:
+ *   dx = r (g - mean(g) - xh mean(g xh)),   dw += sum_t dy xh,   db += sum_t dy.
+ * dw, db by blocks of columns (a fixed order over tokens), dx by token. */
+void finch_cpu_layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                                  const float *stats, const float *x, const float *w, int64_t T,
+                                  int64_t C) {
+    enum { CB = 64 };
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t cb = 0; cb < (dw || db ? C : 0); cb += CB) {
+            int64_t n = C - cb < CB ? C - cb : CB;
+            float aw[CB] = {0}, ab[CB] = {0};
+            for (int64_t t = 0; t < T; t++) {
+                const float *dyt = dy + t * C + cb, *xt = x + t * C + cb;
+                const float m = stats[2 * t], r = stats[2 * t + 1];
+                for (int64_t c = 0; c < n; c++) {
+                    aw[c] += dyt[c] * ((xt[c] - m) * r);
+                    ab[c] += dyt[c];
+                }
+            }
+            for (int64_t c = 0; c < n; c++) {
+                if (dw) dw[cb + c] += aw[c];
+                if (db) db[cb + c] += ab[c];
+            }
+        }
+        /* the barrier above: dw, db have read dy before dx (which may alias it) is written */
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) {
+            const float *xt = x + t * C, *dyt = dy + t * C;
+            float *dxt = dx + t * C;
+            const float m = stats[2 * t], r = stats[2 * t + 1];
+            double sg = 0, sgx = 0;
+            for (int64_t c = 0; c < C; c++) {
+                double g = (double)dyt[c] * w[c];
+                sg += g;
+                sgx += g * ((xt[c] - m) * r);
+            }
+            const float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
+            for (int64_t c = 0; c < C; c++)
+                dxt[c] = r * (dyt[c] * w[c] - mg - (xt[c] - m) * r * mgx);
+        }
+    }
+}

@@ -61,3 +61,21 @@ void finch_cpu_geglu_backward(float *dgate, float *dup, const float *dh, const f
         dgate[i] = d * up[i] * dgelu;
     }
 }
+
+/* GPT-2's MLP activation, the same tanh form and formulas as geglu without the up factor. */
+void finch_cpu_gelu_forward(float *y, const float *x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    for (int64_t i = 0; i < n; i++) {
+        float g = x[i], s = 1.0f / (1.0f + expf(-2.0f * GELU_C * (g + GELU_A * g * g * g)));
+        y[i] = g * s;
+    }
+}
+
+void finch_cpu_gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    for (int64_t i = 0; i < n; i++) {
+        float g = x[i];
+        float s = 1.0f / (1.0f + expf(-2.0f * GELU_C * (g + GELU_A * g * g * g)));
+        dx[i] = dy[i] * (s + 2.0f * g * s * (1.0f - s) * GELU_C * (1.0f + 3.0f * GELU_A * g * g));
+    }
+}

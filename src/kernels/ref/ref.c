@@ -357,3 +357,60 @@ void finch_ref_geglu_backward(float *dgate, float *dup, const float *dh, const f
         dgate[i] = (float)(d * up[i] * dgelu);
     }
 }
+
+/* y = (x - mu) r w + b, r = (mean((x - mu)^2) + eps)^(-1/2); stats (T, 2) = mu, r. */
+void finch_ref_layernorm_forward(float *y, float *stats, const float *x, const float *w,
+                                 const float *b, int64_t T, int64_t C, float eps) {
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C;
+        double mu = 0, var = 0;
+        for (int64_t c = 0; c < C; c++) mu += xt[c];
+        mu /= (double)C;
+        for (int64_t c = 0; c < C; c++) var += (xt[c] - mu) * (xt[c] - mu);
+        double r = 1.0 / sqrt(var / (double)C + (double)eps);
+        if (stats) {
+            stats[2 * t] = (float)mu;
+            stats[2 * t + 1] = (float)r;
+        }
+        for (int64_t c = 0; c < C; c++) y[t * C + c] = (float)((xt[c] - mu) * r * w[c] + b[c]);
+    }
+}
+
+/* xh = (x - mu) r, g = dy w: dx = r (g - mean(g) - xh mean(g xh)), dw += dy xh, db += dy. */
+void finch_ref_layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                                  const float *stats, const float *x, const float *w, int64_t T,
+                                  int64_t C) {
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C, *dyt = dy + t * C;
+        const double mu = stats[2 * t], r = stats[2 * t + 1];
+        double sg = 0, sgx = 0;
+        for (int64_t c = 0; c < C; c++) {
+            sg += (double)dyt[c] * w[c];
+            sgx += (double)dyt[c] * w[c] * (xt[c] - mu) * r;
+        }
+        for (int64_t c = 0; c < C; c++) {
+            double xh = (xt[c] - mu) * r, g = dyt[c];
+            if (dw) dw[c] = (float)(dw[c] + g * xh);
+            if (db) db[c] = (float)(db[c] + g);
+            dx[t * C + c] = (float)(r * (g * w[c] - sg / (double)C - xh * sgx / (double)C));
+        }
+    }
+}
+
+/* gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). */
+void finch_ref_gelu_forward(float *y, const float *x, int64_t n) {
+    const double c = sqrt(2.0 / 3.14159265358979323846);
+    for (int64_t i = 0; i < n; i++) {
+        double g = x[i];
+        y[i] = (float)(0.5 * g * (1.0 + tanh(c * (g + 0.044715 * g * g * g))));
+    }
+}
+
+void finch_ref_gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
+    const double c = sqrt(2.0 / 3.14159265358979323846);
+    for (int64_t i = 0; i < n; i++) {
+        double g = x[i], th = tanh(c * (g + 0.044715 * g * g * g));
+        dx[i] = (float)(dy[i] * (0.5 * (1.0 + th) +
+                                 0.5 * g * (1.0 - th * th) * c * (1.0 + 3 * 0.044715 * g * g)));
+    }
+}

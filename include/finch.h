@@ -75,9 +75,9 @@ FINCH_API void finch_log_set(finch_log_fn fn, void *user);
 
 /* Writes into buf (n bytes) which compiled kernels this machine runs, which the build has,
  * and the core type OpenBLAS chose (the few products it still does), e.g.
- * "cpu-avx512vnni (built: generic avx2 avx512 avx512vnni); OpenBLAS core Cooperlake". The environment
- * variable FINCH_CPU picks a set by name; FINCH_E_USAGE when it names one that is unknown
- * or that this CPU lacks. */
+ * "cpu-avx512vnni (built: generic avx2 avx512 avx512vnni); OpenBLAS core Cooperlake". The
+ * environment variable FINCH_CPU picks a set by name; FINCH_E_USAGE when it names one that is
+ * unknown or that this CPU lacks. */
 FINCH_API finch_status finch_kernels_describe(char *buf, size_t n, finch_err *err);
 
 /* ---------------------------------------------------------------------------------- */

@@ -317,9 +317,9 @@ typedef struct {
                     sliding window when one is active and smaller (attention
                     within the window is plain causal attention) */
     float rms_norm_eps;
-    float rope_theta;               /* 10000 when absent */
-    bool tie_word_embeddings;       /* false when absent */
-    bool qkv_bias;                  /* q/k/v projections carry biases (qwen2) */
+    float rope_theta;         /* 10000 when absent */
+    bool tie_word_embeddings; /* false when absent */
+    bool qkv_bias;            /* q/k/v projections carry biases (qwen2) */
     bool bnb_nf4; /* quantization_config: bitsandbytes 4-bit NF4 (projections as Linear4bit) */
     int bos_token_id, eos_token_id; /* -1 when absent or null; the first of a list */
     char torch_dtype[16];           /* torch_dtype (or transformers v5's dtype), "" when absent */

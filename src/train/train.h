@@ -74,8 +74,8 @@ finch_status finch_metrics_open(const char *out_dir, int64_t resume_step, finch_
 
 /* Appends one line, fmt's JSON object, formatted in buf (cap bytes, enough for every line
  * the caller writes: a longer one is a bug) with one write. Numbers that are not finite
- * (a validation set whose loss is NaN) are written as null, which JSON allows. A closed f (no path: not rank
- * 0) logs nothing. */
+ * (a validation set whose loss is NaN) are written as null, which JSON allows. A closed f (no path:
+ * not rank 0) logs nothing. */
 finch_status finch_metrics_line(finch_append_file *f, char *buf, size_t cap, finch_err *err,
                                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 

@@ -86,19 +86,24 @@ static cpu_info cpu_read(void) {
 }
 
 /* x86-64-v3: AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE, with the OS saving the ymm state */
-static bool has_avx2(void) {
-    cpu_info c = cpu_read();
+static bool v3(cpu_info c) {
     unsigned l1 = FMA | MOVBE | POPCNT | OSXSAVE | AVX | F16C, l7 = BMI1 | AVX2 | BMI2;
     return (c.l1c & l1) == l1 && (c.l7b & l7) == l7 && (c.e1c & LZCNT) && (c.xcr0 & 0x6) == 0x6;
 }
-/* x86-64-v4: AVX-512 F, CD, BW, DQ, VL, with the OS saving opmask and zmm state */
-static bool has_avx512(void) {
-    cpu_info c = cpu_read();
+/* x86-64-v4: v3 and AVX-512 F, CD, BW, DQ, VL, with the OS saving opmask and zmm state */
+static bool v4(cpu_info c) {
     unsigned l7 = AVX512F | AVX512DQ | AVX512CD | AVX512BW | AVX512VL;
-    return has_avx2() && (c.l7b & l7) == l7 && (c.xcr0 & 0xe6) == 0xe6;
+    return v3(c) && (c.l7b & l7) == l7 && (c.xcr0 & 0xe6) == 0xe6;
+}
+static bool has_avx2(void) {
+    return v3(cpu_read());
+}
+static bool has_avx512(void) {
+    return v4(cpu_read());
 }
 static bool has_avx512vnni(void) {
-    return has_avx512() && (cpu_read().l7c & AVX512VNNI);
+    cpu_info c = cpu_read();
+    return v4(c) && (c.l7c & AVX512VNNI);
 }
 #endif
 

@@ -258,6 +258,12 @@ static finch_status bind_nf4(loader *L, const char *name, const finch_st_tensor 
     return FINCH_OK;
 }
 
+/* Bytes of finch NF4 blocks for a tensor of packed NF4 codes (36 per 32 bytes of codes),
+ * with room for a partial block. */
+static size_t nf4_size(const finch_st_tensor *t) {
+    return t->nbytes / 32 * 36 + 36;
+}
+
 /* Binds a 2-D weight (rows, cols) as a view into the mapping. */
 static finch_status bind_weight(loader *L, const char *name, int64_t rows, int64_t cols,
                                 finch_weight *out) {
@@ -617,7 +623,7 @@ finch_status finch_model_load_hf(finch_model *m, finch_err *err) {
             int s;
             const finch_st_tensor *t = find(&L, n, &s);
             /* within the mapped files: cannot overflow; packed NF4 codes grow by 36 / 32 */
-            if (t) rows_bytes += t->dtype == FINCH_ST_U8 ? t->nbytes / 32 * 36 + 36 : t->nbytes;
+            if (t) rows_bytes += t->dtype == FINCH_ST_U8 ? nf4_size(t) : t->nbytes;
         }
     }
     /* NF4 blocks of a bitsandbytes checkpoint: 36 bytes per 32 bytes of packed codes */
@@ -625,7 +631,7 @@ finch_status finch_model_load_hf(finch_model *m, finch_err *err) {
     for (int k = 0; m->hf->bnb_nf4 && k < m->n_shards; k++)
         for (int64_t i = 0; i < finch_st_n_tensors(m->shards[k]); i++) {
             const finch_st_tensor *t = finch_st_tensor_at(m->shards[k], i);
-            if (t->dtype == FINCH_ST_U8 && t->n_dims == 2) nf4_bytes += t->nbytes / 32 * 36 + 36;
+            if (t->dtype == FINCH_ST_U8 && t->n_dims == 2) nf4_bytes += nf4_size(t);
         }
     m->owned_rows = finch_aalloc(rows_bytes ? rows_bytes : 1, "Q/K weights", err);
     m->owned_nf4 = nf4_bytes ? finch_aalloc(nf4_bytes, "NF4 weights", err) : NULL;

@@ -66,4 +66,30 @@ static inline void check_train_loss(finch_model *m, const int32_t *ids, int n, c
     free(pos);
 }
 
+/* A model test's fixture state: the manifest at path in *manifest, the temporary directory
+ * tmp (a mkdtemp template, made) and tmp/train.jsonl with 8 prompt/completion lines.
+ * 0, or -1 with the reason on stderr. */
+static inline int model_fixture_setup(const char *path, json_t **manifest, char *tmp) {
+    json_error_t e;
+    *manifest = json_load_file(path, 0, &e);
+    if (!*manifest) fprintf(stderr, "%s: line %d: %s\n", path, e.line, e.text);
+    if (!*manifest || !mkdtemp(tmp)) return -1;
+    char data[400];
+    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
+    FILE *f = fopen(data, "w");
+    if (!f) return -1;
+    for (int k = 0; k < 8; k++)
+        fprintf(f, "{\"prompt\": \"the cat %d is\", \"completion\": \" singing and %d\"}\n", k,
+                7 * k);
+    return fclose(f) ? -1 : 0;
+}
+
+/* Undoes model_fixture_setup. */
+static inline int model_fixture_teardown(json_t *manifest, const char *tmp) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    json_decref(manifest);
+    return system(cmd) ? -1 : 0;
+}
+
 #endif /* FINCH_TEST_MODEL_UTIL_H */

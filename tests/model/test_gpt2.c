@@ -606,26 +606,12 @@ static void test_bad_input(void **state) {
 
 static int setup(void **state) {
     (void)state;
-    json_error_t e;
-    manifest = json_load_file(DIR "tiny_gpt2.json", 0, &e);
-    if (!manifest) fprintf(stderr, "tiny_gpt2.json: line %d: %s\n", e.line, e.text);
-    if (!manifest || !mkdtemp(tmp)) return -1;
-    char data[400];
-    snprintf(data, sizeof data, "%s/train.jsonl", tmp);
-    FILE *f = fopen(data, "w");
-    if (!f) return -1;
-    for (int k = 0; k < 8; k++)
-        fprintf(f, "{\"prompt\": \"the cat %d is\", \"completion\": \" singing and %d\"}\n", k,
-                7 * k);
-    return fclose(f) ? -1 : 0;
+    return model_fixture_setup(DIR "tiny_gpt2.json", &manifest, tmp);
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    json_decref(manifest);
-    return system(cmd) ? -1 : 0;
+    return model_fixture_teardown(manifest, tmp);
 }
 
 int main(void) {

@@ -186,21 +186,23 @@ void cli_help_line(FILE *f, int width, const char *left, const char *help);
  * the error (with what to do for a missing default model) and returns NULL. */
 finch_model *cli_load_model(const char *path);
 
-/* QLoRA's loading flags, named as transformers' BitsAndBytesConfig names them:
- * --load-in-4bit, --bnb-4bit-use-double-quant true|false (default true, as QLoRA),
- * --bnb-4bit-quant-type nf4 (fp4 is refused: not implemented). */
+/* The model's loading flags: QLoRA's, named as transformers' BitsAndBytesConfig names
+ * them: --load-in-4bit, --bnb-4bit-use-double-quant true|false (default true, as QLoRA),
+ * --bnb-4bit-quant-type nf4 (fp4 is refused: not implemented); and --device cpu|cuda,
+ * where the model computes (cuda is refused with its reason: finch_device_check). */
 typedef struct {
     bool load_in_4bit;
     bool double_quant;
     const char *quant_type;
+    const char *device;
 } cli_quant;
 #define CLI_QUANT_DEFAULTS                                                                         \
-    { false, true, "nf4" }
+    { false, true, "nf4", "cpu" }
 /* Their rows, for a CLI_GROUP over a cli_quant field. */
 extern const cli_flag cli_quant_flags[];
 
-/* cli_load_model, then the 4-bit quantization when q asks for it; NULL (error printed) on
- * failure. */
+/* The device check, cli_load_model, then the 4-bit quantization when q asks for it; NULL
+ * (error printed) on failure. */
 finch_model *cli_load_model_quant(const char *path, const cli_quant *q);
 
 /* Adapters given as --adapter DIR[:WEIGHT] (weight 1 when absent), at most 8. */

@@ -96,13 +96,20 @@ const cli_flag cli_quant_flags[] = {
              "quantize the NF4 blocks' scales too (default true, as QLoRA)"),
     CLI_CUSTOM("--bnb-4bit-quant-type", "nf4", 0, quant_type_parse, quant_type,
                "the 4-bit type: nf4 (the default; fp4 is not implemented)"),
+    CLI_ENUM("--device", "cpu|cuda", device,
+             "where the model computes: cpu (the default); cuda is not wired\ninto the model yet "
+             "and says why"),
     CLI_END};
 #undef CLI_DST
 
 finch_model *cli_load_model_quant(const char *path, const cli_quant *q) {
+    finch_err err;
+    if (finch_device_check(q->device, &err)) {
+        fprintf(stderr, "finch: error: --device %s: %s\n", q->device, err.msg);
+        return NULL;
+    }
     finch_model *m = cli_load_model(path);
     if (!m || !q->load_in_4bit) return m;
-    finch_err err;
     if (finch_model_load_in_4bit(m, q->quant_type, q->double_quant, &err)) {
         cli_fail(&err);
         finch_model_free(m);

@@ -85,9 +85,36 @@ typedef struct {
     int64_t n, stride;
 } finch_attn_prefix;
 
+/* The scalars of one AdamW step over a range (optim/adamw.c forms them from the config,
+ * the learning rate and the step number in torch's way: doubles rounded to float). */
+typedef struct {
+    float decay;         /* 1 - lr * weight_decay, or 1 for a range without decay */
+    float b1, one_b1;    /* beta1 and 1 - beta1 */
+    float b2, one_b2;    /* beta2 and 1 - beta2 */
+    float bc2_sqrt;      /* sqrt(1 - beta2^t) */
+    float eps;           /* epsilon */
+    float neg_step_size; /* -lr / (1 - beta1^t) */
+} finch_adamw_scalars;
+
+/* Optional abilities of ops a backend has, asked through finch_backend_supports. */
+typedef enum {
+    FINCH_FEATURE_WEIGHT_TYPE = 0, /* arg: a finch_dtype that matmul, matmul_backward_input
+                                      and embed read */
+    FINCH_FEATURE_ATTN_PREFIX = 1, /* attention_forward_train / _backward take pre != NULL */
+    FINCH_FEATURE_BF16 = 2,        /* the matmuls honour ws->bf16 (mixed precision) */
+    FINCH_FEATURE_COUNT
+} finch_feature;
+
 /* The op table. Every member is a pure function of its arguments; outputs never alias
  * inputs unless stated. All ops run on finch_threads_get() threads and give the same bits
- * for the same thread count. */
+ * for the same thread count.
+ *
+ * Pointers handed to the ops live where the backend computes: host memory for the CPU
+ * backend, device memory for a device backend (device true), there from alloc and filled
+ * by copy_in; a finch_weight's data too. Host-side arguments stay on the host: the
+ * finch_weight and finch_attn_prefix structs themselves, finch_dropout, the workspace
+ * struct (a device backend reads only its flags) and every scalar. A member left NULL is an
+ * op the backend does not have; the CPU backend fills every member. */
 typedef struct {
     const char *name;
 
@@ -253,7 +280,62 @@ typedef struct {
 
     /* dx (n) = dy (n) gelu'(x). dx may alias dy. */
     void (*gelu_backward)(float *dx, const float *dy, const float *x, int64_t n);
+
+    /* One AdamW step over n elements, in torch's order of float operations (optim/adamw.c,
+     * which gives the same bits on the host):
+     *   p = p * decay;  m = m * b1 + one_b1 * g;  v = v * b2 + one_b2 * g * g;
+     *   p = p + neg_step_size * m / (sqrt(v) / bc2_sqrt + eps).
+     * p, m, v (n) updated in place; g (n) read. */
+    void (*adamw_step)(float *p, float *m, float *v, const float *g, int64_t n,
+                       const finch_adamw_scalars *s);
+
+    /* ---- the device part: the memory the ops' pointers live in ---- */
+
+    /* Whether the ops read and write device memory (false: host memory). */
+    bool device;
+
+    /* Whether the backend's ops offer feature f (arg as finch_feature says); NULL: every
+     * feature. Ask through finch_backend_supports. */
+    bool (*supports)(finch_feature f, int arg);
+
+    /* bytes of the backend's memory, 64-byte aligned (256 on a device), or NULL with
+     * FINCH_E_NOMEM and a message naming what in err. Release with free (NULL-safe). */
+    void *(*alloc)(size_t bytes, const char *what, finch_err *err);
+    void (*free)(void *p);
+
+    /* bytes from host memory src into the backend's dst (copy_in), or from the backend's
+     * src into host memory dst (copy_out). Both return when the copy is complete and the
+     * ops issued before it have finished; a device error they meet is FINCH_E_IO. */
+    finch_status (*copy_in)(void *dst, const void *src, size_t bytes, finch_err *err);
+    finch_status (*copy_out)(void *dst, const void *src, size_t bytes, finch_err *err);
+
+    /* Waits until every op issued has finished; reports a device error one of them met
+     * (FINCH_E_IO). Trivial on the CPU, whose ops return finished. */
+    finch_status (*sync)(finch_err *err);
 } finch_backend;
+
+/* Whether be offers feature f for arg (finch_feature). */
+static inline bool finch_backend_supports(const finch_backend *be, finch_feature f, int arg) {
+    return !be->supports || be->supports(f, arg);
+}
+
+/* The CPU backend's device part and AdamW (kernels/host.c), the same in every instruction
+ * set's table: finch_aalloc/finch_afree, memcpy, nothing to wait for, and the AdamW loop. */
+void *finch_host_alloc(size_t bytes, const char *what, finch_err *err);
+void finch_host_free(void *p);
+finch_status finch_host_copy(void *dst, const void *src, size_t bytes, finch_err *err);
+finch_status finch_host_sync(finch_err *err);
+void finch_host_adamw_step(float *p, float *m, float *v, const float *g, int64_t n,
+                           const finch_adamw_scalars *s);
+
+/* The CUDA backend (kernels/cuda/, in a build with FINCH_HAVE_CUDA): the first CUDA device,
+ * one cuBLAS handle and a scratch buffer that grows to the largest dequantized tile, made
+ * on the first call and kept for the life of the process. Its ops are issued on one
+ * stream from one host thread at a time and return before they finish (sync, copy_out
+ * wait). It has the training ops (kernels/cuda/cuda.cu lists which members are NULL) and
+ * no attention prefix. NULL with FINCH_E_UNSUPPORTED and a message when finch was built
+ * without CUDA, when no CUDA device is present or the driver cannot be used. */
+const finch_backend *finch_cuda_backend(finch_err *err);
 
 /* The CPU backend for this machine (kernels/cpu_select.c): the widest instruction set
  * compiled in that the CPU and OS support, or the one the environment variable FINCH_CPU

@@ -73,6 +73,12 @@ static void test_usage_errors(void **state) {
            "--bnb-4bit-quant-type fp4: not implemented");
     EXPECT("train -m " TINY " --data x.jsonl --out o --bnb-4bit-quant-type fp4", NULL, 2,
            "--bnb-4bit-quant-type fp4: not implemented");
+    /* --device: cuda is refused with its reason (no CUDA in the build, no device, or not
+     * wired into the model yet), whichever applies on this machine */
+    EXPECT("generate -m " TINY " -p hi --device tpu", NULL, 2, "--device tpu");
+    EXPECT("generate -m " TINY " -p hi --device cuda", NULL, 1, "finch: error: --device cuda: ");
+    EXPECT("eval -m " TINY " --data x.jsonl --device cuda", NULL, 1, "--device cuda: ");
+    EXPECT("generate -m " TINY " -p hi -n 1 --device cpu", NULL, 0, "");
     /* the tiny model's FFN is 96 wide: its down projection's rows are not whole NF4 blocks */
     EXPECT("generate -m " TINY " -p hi --load-in-4bit", NULL, 1,
            "blk.0.ffn_down.weight: rows of 96 are not whole NF4 blocks of 64");

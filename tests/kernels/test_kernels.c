@@ -20,6 +20,7 @@
 
 #include "core/quant.h"
 #include "kernels/kernels.h"
+#include "optim/optim.h" /* finch_adamw_step: the backend's AdamW against it */
 #include "test_util.h" /* test_backend, test_require_isa */
 
 static const finch_backend *be; /* the backend under test (test_backend) */
@@ -502,6 +503,55 @@ static void test_dropout_statistics(void **state) {
     free(ones), free(a), free(b), free(c);
 }
 
+/* The table's AdamW gives optim/adamw.c's bits (three steps, with and without decay), and
+ * the device part of a host backend is host memory. */
+static void test_adamw_and_device_part(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 41);
+    const int64_t n = 40003;
+    float *p = rand_vec(&r, n, 1.0f), *m = rand_vec(&r, n, 0.1f), *v = rand_vec(&r, n, 0.1f),
+          *g = rand_vec(&r, n, 1.0f);
+    for (int64_t i = 0; i < n; i++) v[i] *= v[i];
+    float *p2 = malloc(sizeof(float) * n), *m2 = malloc(sizeof(float) * n),
+          *v2 = malloc(sizeof(float) * n);
+    memcpy(p2, p, sizeof(float) * n), memcpy(m2, m, sizeof(float) * n);
+    memcpy(v2, v, sizeof(float) * n);
+    finch_adamw_config cfg = finch_adamw_config_default();
+    const double lr = 2e-3;
+    for (int64_t t = 1; t <= 3; t++) {
+        bool decay = t != 2;
+        finch_adamw_range range = {.begin = 0, .count = (size_t)n, .decay = decay};
+        finch_adamw_step(p2, m2, v2, g, (size_t)n, &range, 1, &cfg, lr, t);
+        finch_adamw_scalars s = {
+            .decay = decay ? (float)(1.0 - lr * cfg.weight_decay) : 1.0f,
+            .b1 = (float)cfg.beta1,
+            .one_b1 = (float)(1.0 - cfg.beta1),
+            .b2 = (float)cfg.beta2,
+            .one_b2 = (float)(1.0 - cfg.beta2),
+            .bc2_sqrt = (float)sqrt(1.0 - pow(cfg.beta2, (double)t)),
+            .eps = (float)cfg.eps,
+            .neg_step_size = (float)(-(lr / (1.0 - pow(cfg.beta1, (double)t)))),
+        };
+        be->adamw_step(p, m, v, g, n, &s);
+    }
+    assert_memory_equal(p, p2, sizeof(float) * n);
+    assert_memory_equal(m, m2, sizeof(float) * n);
+    assert_memory_equal(v, v2, sizeof(float) * n);
+    finch_err err = {0};
+    assert_false(be->device);
+    assert_true(finch_backend_supports(be, FINCH_FEATURE_WEIGHT_TYPE, FINCH_DTYPE_NF4));
+    float *d = be->alloc(sizeof(float) * n, "a test buffer", &err);
+    assert_non_null(d);
+    assert_int_equal(be->copy_in(d, p, sizeof(float) * n, &err), FINCH_OK);
+    assert_int_equal(be->copy_out(p2, d, sizeof(float) * n, &err), FINCH_OK);
+    assert_int_equal(be->sync(&err), FINCH_OK);
+    assert_memory_equal(p, p2, sizeof(float) * n);
+    be->free(d);
+    be->free(NULL);
+    free(p), free(m), free(v), free(g), free(p2), free(m2), free(v2);
+}
+
 int main(void) {
     be = test_backend();
     finch_threads_set(2);
@@ -513,6 +563,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_swiglu), cmocka_unit_test(test_geglu), cmocka_unit_test(test_layernorm_gelu), cmocka_unit_test(test_site_ops),
+        cmocka_unit_test(test_adamw_and_device_part),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

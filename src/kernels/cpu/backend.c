@@ -1,6 +1,7 @@
 /*
  * backend.c: the CPU backend's op table, one per instruction set the files are compiled
- * for (finch_backend_cpu_<set>, named "cpu-<set>").
+ * for (finch_backend_cpu_<set>, named "cpu-<set>"). The device part (host memory) and
+ * AdamW are kernels/host.c's, the same for every set.
  */
 #include "kernels/cpu/cpu.h"
 
@@ -37,4 +38,12 @@ const finch_backend finch_backend_cpu = {
     .layernorm_backward = finch_cpu_layernorm_backward,
     .gelu_forward = finch_cpu_gelu_forward,
     .gelu_backward = finch_cpu_gelu_backward,
+    .adamw_step = finch_host_adamw_step,
+    .device = false,
+    .supports = NULL, /* every storage type, the prefix, bf16 */
+    .alloc = finch_host_alloc,
+    .free = finch_host_free,
+    .copy_in = finch_host_copy,
+    .copy_out = finch_host_copy,
+    .sync = finch_host_sync,
 };

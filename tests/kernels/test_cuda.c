@@ -7,18 +7,21 @@
  *
  * Tolerances, by what differs between the two:
  *   - exact (the same f32 operations in the same order): the dequantized values of every
- *     storage type (embed), AdamW, the column sums (RMSNorm's weight gradient, col_dot, the
- *     embedding gradient: one thread per column adding rows in order, as the host does),
- *     add, scale, scale_cols;
+ *     storage type (embed), AdamW, the column sums (RMSNorm's and LayerNorm's parameter
+ *     gradients, col_dot, the embedding gradient: one thread per column adding rows in
+ *     order, as the host does), add, scale, scale_cols, dropout, f16 rounding;
  *   - products (cuBLAS against finch's GEMM, both f32 sums in another order):
  *     |d| <= 8e-6 sum_k |a_k b_k| + 1e-6, twice test_kernels.c's bound of one f32 sum;
- *   - RMSNorm, RoPE: the row sums are double on both sides and the angles are the same
+ *   - RMSNorm, LayerNorm, RoPE: the row sums are double on both sides, the angles the same
  *     doubles, so only the last bit of a float may move: 2e-6 relative + 1e-6 absolute;
- *   - SwiGLU and the softmax: the device's expf is within 2 ulp of the host's, so 4e-6
+ *   - SwiGLU, GeGLU, GELU, the softmax: the device's expf is within 2 ulp of the host's, 4e-6
  *     relative + 1e-6 absolute (the loss: 1e-6 relative);
  *   - attention: an online softmax and other summation orders: 1e-4 relative + 1e-5 of the
  *     largest value (out, dq, dk, dv; the statistics 2e-5 relative).
  * Determinism: the matmul and the attention backward run twice give the same bits.
+ *
+ * FINCH_CUDA_TEST_ON_HOST=1 runs the same checks with the CPU's baseline table in the
+ * device's place (a dry run of the test itself on a machine without a GPU).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -131,13 +134,16 @@ static const finch_dtype all_types[] = {
 
 static void test_device_part(void **state) {
     (void)state;
-    assert_true(gpu->device);
     assert_false(cpu->device);
+    assert_true(finch_backend_supports(cpu, FINCH_FEATURE_ATTN_PREFIX, 0));
     for (int i = 0; i < N_TYPES; i++)
         assert_true(finch_backend_supports(gpu, FINCH_FEATURE_WEIGHT_TYPE, all_types[i]));
-    assert_false(finch_backend_supports(gpu, FINCH_FEATURE_WEIGHT_TYPE, FINCH_DTYPE_Q8_K));
-    assert_false(finch_backend_supports(gpu, FINCH_FEATURE_ATTN_PREFIX, 0));
-    assert_true(finch_backend_supports(cpu, FINCH_FEATURE_ATTN_PREFIX, 0));
+    if (gpu->device) { /* (not in the dry run on the host) */
+        assert_false(finch_backend_supports(gpu, FINCH_FEATURE_WEIGHT_TYPE, FINCH_DTYPE_Q8_K));
+        assert_false(finch_backend_supports(gpu, FINCH_FEATURE_ATTN_PREFIX, 0));
+        assert_null(gpu->matmul_q8);
+        assert_null(gpu->attention_forward_f16);
+    }
     /* a round trip of bytes, and an allocation far too large reported, not fatal */
     uint8_t h[1000];
     for (int i = 0; i < 1000; i++) h[i] = (uint8_t)(i * 7);
@@ -208,8 +214,8 @@ static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T, f
     finch_weight gw = dev_weight(&w);
     float *gx = dev_f(x, T * cols), *gdy = dev_f(dy, T * rows);
     float *gy = dev_new(sizeof(float) * T * rows), *gdx = dev_new(sizeof(float) * T * cols);
-    gpu->matmul(gy, gx, &gw, T, NULL);
-    gpu->matmul_backward_input(gdx, gdy, &gw, T, NULL);
+    gpu->matmul(gy, gx, &gw, T, &ws);
+    gpu->matmul_backward_input(gdx, gdy, &gw, T, &ws);
     float *y1 = host_f(gy, T * rows), *dx1 = host_f(gdx, T * cols);
     char what[96];
     snprintf(what, sizeof what, "matmul %s %lldx%lld T=%lld", finch_dtype_info[t].name,
@@ -219,7 +225,7 @@ static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T, f
              finch_dtype_info[t].name, (long long)rows, (long long)cols, (long long)T);
     expect_product(dx1, dx, bx, T * cols, what);
     /* the same bits again */
-    gpu->matmul(gy, gx, &gw, T, NULL);
+    gpu->matmul(gy, gx, &gw, T, &ws);
     float *y2 = host_f(gy, T * rows);
     expect_same(y2, y1, T * rows, "matmul run twice");
     finch_workspace_free(&ws);
@@ -428,6 +434,102 @@ static void test_softmax_xent(void **state) {
     gpu->free(gl), gpu->free(gdl), gpu->free(gtg);
 }
 
+static void test_geglu_gelu(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 33);
+    const int64_t n = 50021;
+    float *g = rand_vec(&r, n, 3.0f), *u = rand_vec(&r, n, 1.0f), *dh = rand_vec(&r, n, 1.0f);
+    float *h = malloc(sizeof(float) * n), *dg = malloc(sizeof(float) * n),
+          *du = malloc(sizeof(float) * n);
+    float *gg = dev_f(g, n), *gu = dev_f(u, n), *gdh = dev_f(dh, n),
+          *gh = dev_new(sizeof(float) * n), *gdg = dev_new(sizeof(float) * n),
+          *gdu = dev_new(sizeof(float) * n);
+    cpu->geglu_forward(h, g, u, n);
+    cpu->geglu_backward(dg, du, dh, g, u, n);
+    gpu->geglu_forward(gh, gg, gu, n);
+    gpu->geglu_backward(gdg, gdu, gdh, gg, gu, n);
+    float *h1 = host_f(gh, n), *dg1 = host_f(gdg, n), *du1 = host_f(gdu, n);
+    expect_close(h1, h, n, 4e-6, 0, 1e-6, "geglu_forward");
+    expect_close(dg1, dg, n, 4e-6, 0, 1e-6, "geglu_backward dgate");
+    expect_close(du1, du, n, 4e-6, 0, 1e-6, "geglu_backward dup");
+    free(h1), free(dg1);
+    cpu->gelu_forward(h, g, n);
+    cpu->gelu_backward(dg, dh, g, n);
+    gpu->gelu_forward(gh, gg, n);
+    gpu->gelu_backward(gdh, gdh, gg, n); /* dx aliasing dy */
+    h1 = host_f(gh, n), dg1 = host_f(gdh, n);
+    expect_close(h1, h, n, 4e-6, 0, 1e-6, "gelu_forward");
+    expect_close(dg1, dg, n, 4e-6, 0, 1e-6, "gelu_backward");
+    free(g), free(u), free(dh), free(h), free(dg), free(du), free(h1), free(dg1), free(du1);
+    gpu->free(gg), gpu->free(gu), gpu->free(gdh), gpu->free(gh), gpu->free(gdg), gpu->free(gdu);
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 34);
+    const int64_t T = 23, C = 771;
+    float *x = rand_vec(&r, T * C, 2.0f), *w = rand_vec(&r, C, 1.0f), *b = rand_vec(&r, C, 1.0f),
+          *dy = rand_vec(&r, T * C, 1.0f), *dw = rand_vec(&r, C, 1.0f), *db = rand_vec(&r, C, 1.0f);
+    for (int64_t i = 0; i < T * C; i++) x[i] += 3.0f; /* a mean away from 0 */
+    float *y = malloc(sizeof(float) * T * C), *st = malloc(sizeof(float) * T * 2),
+          *dx = malloc(sizeof(float) * T * C);
+    float *gx = dev_f(x, T * C), *gw = dev_f(w, C), *gb = dev_f(b, C), *gdy = dev_f(dy, T * C),
+          *gdw = dev_f(dw, C), *gdb = dev_f(db, C), *gy = dev_new(sizeof(float) * T * C),
+          *gst = dev_new(sizeof(float) * T * 2), *gdx = dev_new(sizeof(float) * T * C);
+    cpu->layernorm_forward(y, st, x, w, b, T, C, 1e-5f);
+    gpu->layernorm_forward(gy, gst, gx, gw, gb, T, C, 1e-5f);
+    float *y1 = host_f(gy, T * C), *st1 = host_f(gst, T * 2);
+    expect_close(y1, y, T * C, 2e-6, 0, 1e-6, "layernorm_forward y");
+    expect_close(st1, st, T * 2, 2e-6, 0, 0, "layernorm_forward stats");
+    gpu->copy_in(gst, st, sizeof(float) * T * 2, NULL); /* the CPU's statistics on both */
+    cpu->layernorm_backward(dx, dw, db, dy, st, x, w, T, C);
+    gpu->layernorm_backward(gdx, gdw, gdb, gdy, gst, gx, gw, T, C);
+    float *dx1 = host_f(gdx, T * C), *dw1 = host_f(gdw, C), *db1 = host_f(gdb, C);
+    expect_same(dw1, dw, C, "layernorm_backward dw");
+    expect_same(db1, db, C, "layernorm_backward db");
+    expect_close(dx1, dx, T * C, 2e-6, 2e-6, 1e-6, "layernorm_backward dx");
+    free(x), free(w), free(b), free(dy), free(dw), free(db), free(y), free(st), free(dx);
+    free(y1), free(st1), free(dx1), free(dw1), free(db1);
+    gpu->free(gx), gpu->free(gw), gpu->free(gb), gpu->free(gdy), gpu->free(gdw), gpu->free(gdb);
+    gpu->free(gy), gpu->free(gst), gpu->free(gdx);
+}
+
+/* Inference attention over a cache: T new queries after pos0 cached positions. */
+static void test_attention_cache(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 35);
+    const int64_t cases[][6] = {/* T, pos0, H, KVH, D, window */
+                                {1, 0, 9, 3, 64, 0},
+                                {1, 200, 9, 3, 64, 0},
+                                {17, 40, 4, 2, 128, 0},
+                                {5, 600, 4, 1, 256, 512},
+                                {33, 0, 2, 2, 80, 7}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int64_t T = cases[c][0], P = cases[c][1], W = cases[c][5];
+        const int H = (int)cases[c][2], KVH = (int)cases[c][3], D = (int)cases[c][4];
+        const int64_t nq = T * H * D, nkv = (P + T) * KVH * D;
+        float *q = rand_vec(&r, nq, 1.0f), *k = rand_vec(&r, nkv, 1.0f),
+              *v = rand_vec(&r, nkv, 1.0f);
+        float *out = malloc(sizeof(float) * nq);
+        finch_workspace ws = cpu_ws(D, P + T);
+        cpu->attention_forward(out, q, k, v, T, P, H, KVH, D, W, &ws);
+        float *gq = dev_f(q, nq), *gk = dev_f(k, nkv), *gv = dev_f(v, nkv),
+              *gout = dev_new(sizeof(float) * nq);
+        gpu->attention_forward(gout, gq, gk, gv, T, P, H, KVH, D, W, &ws);
+        float *o1 = host_f(gout, nq);
+        char what[96];
+        snprintf(what, sizeof what, "attention_forward T=%lld pos0=%lld H=%d KVH=%d D=%d W=%lld",
+                 (long long)T, (long long)P, H, KVH, D, (long long)W);
+        expect_close(o1, out, nq, 1e-4, 1e-5, 0, what);
+        finch_workspace_free(&ws);
+        free(q), free(k), free(v), free(out), free(o1);
+        gpu->free(gq), gpu->free(gk), gpu->free(gv), gpu->free(gout);
+    }
+}
+
 /* ---- ops expected to give the host's bits ---- */
 
 static void test_exact_ops(void **state) {
@@ -459,6 +561,28 @@ static void test_exact_ops(void **state) {
     got = host_f(ga, T * n);
     expect_same(got, a, T * n, "add, scale");
     free(got);
+    /* dropout: the same mask from the same hash; the gradient adds to what dx holds */
+    finch_dropout d = finch_dropout_make(77, 5, 0.3f);
+    cpu->dropout_forward(y, a, T * n, &d);
+    gpu->dropout_forward(gy, ga, T * n, &d);
+    got = host_f(gy, T * n);
+    expect_same(got, y, T * n, "dropout_forward");
+    free(got);
+    cpu->dropout_backward(y, b, T * n, &d);
+    gpu->dropout_backward(gy, gb, T * n, &d);
+    got = host_f(gy, T * n);
+    expect_same(got, y, T * n, "dropout_backward");
+    free(got);
+    /* f16 rounding (nearest even), large and tiny values included */
+    uint16_t *h16 = malloc(sizeof(uint16_t) * T * n), *g16 = dev_new(sizeof(uint16_t) * T * n);
+    for (int64_t i = 0; i < T * n; i += 7) a[i] *= i % 2 ? 1e5f : 1e-6f;
+    gpu->copy_in(ga, a, sizeof(float) * T * n, NULL);
+    cpu->to_f16(h16, a, T * n);
+    gpu->to_f16(g16, ga, T * n);
+    uint16_t *h16g = host_of(g16, sizeof(uint16_t) * T * n);
+    assert_memory_equal(h16g, h16, sizeof(uint16_t) * T * n);
+    free(h16), free(h16g);
+    gpu->free(g16);
     /* the embedding gradient with repeated ids */
     int32_t ids[29];
     for (int t = 0; t < T; t++) ids[t] = (int32_t)(finch_rng_u64(&r) % V);
@@ -536,9 +660,9 @@ static void check_attention(int64_t B, int64_t T, int H, int KVH, int D, int64_t
     float *gout = dev_new(sizeof(float) * nq), *gst = dev_new(sizeof(float) * ns * 2),
           *gsps = dev_new(sizeof(float) * ns), *gdq = dev_new(sizeof(float) * nq),
           *gdk = dev_new(sizeof(float) * nkv), *gdv = dev_new(sizeof(float) * nkv);
-    gpu->attention_forward_train(gout, gst, gq, gk, gv, gseg, NULL, B, T, H, KVH, D, W, NULL);
+    gpu->attention_forward_train(gout, gst, gq, gk, gv, gseg, NULL, B, T, H, KVH, D, W, &ws);
     gpu->attention_backward(gdq, gdk, gdv, gsps, gdout, gst, gq, gk, gv, gseg, NULL, B, T, H, KVH,
-                            D, W, NULL);
+                            D, W, &ws);
     char what[128];
 #define WHAT(name)                                                                                 \
     (snprintf(what, sizeof what, "attention %s B=%lld T=%lld H=%d KVH=%d D=%d W=%lld%s", name,     \
@@ -553,7 +677,7 @@ static void check_attention(int64_t B, int64_t T, int H, int KVH, int D, int64_t
     expect_close(dv1, dv, nkv, 1e-4, 1e-5, 0, WHAT("dv"));
     /* the backward again: the same bits */
     gpu->attention_backward(gdq, gdk, gdv, gsps, gdout, gst, gq, gk, gv, gseg, NULL, B, T, H, KVH,
-                            D, W, NULL);
+                            D, W, &ws);
     float *dk2 = host_f(gdk, nkv);
     expect_same(dk2, dk1, nkv, WHAT("dk run twice"));
 #undef WHAT
@@ -645,12 +769,13 @@ static void test_bench(void **state) {
         finch_workspace ws = cpu_ws(K, 1);
         c.ws = &ws;
         g.w = dev_weight(&c.w);
+        g.ws = &ws;
         g.x = dev_f(c.x, T * K);
         g.y = dev_new(sizeof(float) * T * R);
         g.dx = dev_new(sizeof(float) * T * K);
         double tc = time_ms(cpu, run_matmul, &c, 2), tg = time_ms(gpu, run_matmul, &g, 20);
         printf("bench matmul + backward_input Q4_1 %lldx%lld T=%lld: cpu %.2f ms, cuda %.3f ms "
-               "(x%.0f)\n",
+               "(%.1fx)\n",
                (long long)R, (long long)K, (long long)T, tc, tg, tc / tg);
         finch_workspace_free(&ws);
         free(data), free(c.x), free(c.y), free(c.dx);
@@ -668,10 +793,10 @@ static void test_bench(void **state) {
     }
     finch_workspace ws = cpu_ws(AD, AT);
     c.ws = &ws;
-    g.ws = NULL;
+    g.ws = &ws;
     double tc = time_ms(cpu, run_attention, &c, 2), tg = time_ms(gpu, run_attention, &g, 10);
     printf("bench attention forward + backward B=%d T=%d H=%d KVH=%d D=%d: cpu %.2f ms, cuda %.3f "
-           "ms (x%.0f)\n",
+           "ms (%.1fx)\n",
            AB, AT, AH, AKVH, AD, tc, tg, tc / tg);
     finch_workspace_free(&ws);
     for (int i = 0; i < 9; i++) free(*cp[i]), gpu->free(*gp[i]);
@@ -679,11 +804,15 @@ static void test_bench(void **state) {
 
 int main(void) {
     finch_err err = {0};
-    if (!(gpu = finch_cuda_backend(&err))) {
+    cpu = test_backend();
+    if (getenv("FINCH_CUDA_TEST_ON_HOST")) {
+        /* a dry run of this test's own code where no GPU is: the baseline CPU table plays
+         * the device against the widest one (other vector paths, the same tolerances) */
+        gpu = finch_cpu_isa_backend(0);
+    } else if (!(gpu = finch_cuda_backend(&err))) {
         printf("skipped: %s\n", err.msg);
         return 77;
     }
-    cpu = test_backend();
     finch_threads_set(2);
     printf("against %s\n", gpu->name);
     const struct CMUnitTest tests[] = {
@@ -696,6 +825,9 @@ int main(void) {
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_geglu_gelu),
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_attention_cache),
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_exact_ops),
         cmocka_unit_test(test_adamw),

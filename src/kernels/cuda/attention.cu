@@ -1,6 +1,7 @@
 /*
- * attention.cu: causal grouped-query attention for training on the device, with the
- * segments of packed rows and sliding windows of kernels/cpu/attention.c, and its
+ * attention.cu: causal grouped-query attention on the device: over a cache for inference
+ * (f32 keys and values), and for training with the segments of packed rows and sliding
+ * windows of kernels/cpu/attention.c, and its
  * statistics: stats (B, H, T, 2) = each query row's softmax maximum and 1 / sum, from
  * which the backward has every probability again, so nothing T x T is stored.
  *
@@ -108,6 +109,38 @@ __global__ void attn_fwd(float *out, float *stats, const float *q, const float *
         st[0] = m;
         st[1] = inv;
     }
+}
+
+/* Inference over a cache: query t (position pos0 + t) of head h sees keys j0 .. pos0 + t of
+ * k, v (pos0 + T rows), j0 = pos0 + t + 1 - W under a window W > 0. */
+template <int NPL>
+__global__ void attn_cache_fwd(float *out, const float *q, const float *k, const float *v,
+                               int64_t T, int64_t pos0, int H, int KVH, int D, int64_t W,
+                               float scale) {
+    const int64_t task = blockIdx.x * (int64_t)WARPS + threadIdx.x / 32;
+    if (task >= T * H) return;
+    const int64_t t = task / H, n = pos0 + t + 1;
+    const int h = (int)(task % H), g = h / (H / KVH);
+    const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
+    float qv[NPL], kv[NPL], acc[NPL];
+    load_lanes<NPL>(qv, q + t * qs + (int64_t)h * D, D);
+#pragma unroll
+    for (int i = 0; i < NPL; i++) acc[i] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t j = W > 0 && n > W ? n - W : 0; j < n; j++) {
+        load_lanes<NPL>(kv, k + j * kvs + (int64_t)g * D, D);
+        float s = dot_lanes<NPL>(qv, kv) * scale;
+        float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
+        l = l * c + p;
+        load_lanes<NPL>(kv, v + j * kvs + (int64_t)g * D, D);
+#pragma unroll
+        for (int i = 0; i < NPL; i++) acc[i] = acc[i] * c + p * kv[i];
+        m = mn;
+    }
+    float inv = 1.0f / l;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) acc[i] *= inv;
+    store_lanes<NPL>(out + t * qs + (int64_t)h * D, acc, D);
 }
 
 /* Pass 1: per query row, sp and dq. */
@@ -252,4 +285,14 @@ void finch_cuda_attention_backward(float *dq, float *dk, float *dv, float *sps, 
                       window, scale);
     FINCH_ATTN_LAUNCH(attn_bwd_kv, B * KVH * T, D, dk, dv, sps, dout, stats, q, k, v, seg, B, T, H,
                       KVH, D, window, scale);
+}
+
+void finch_cuda_attention_forward(float *out, const float *q, const float *k, const float *v,
+                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
+                                  finch_workspace *ws) {
+    (void)ws;
+    check_shapes(NULL, H, KVH, D);
+    if (T <= 0) return;
+    const float scale = 1.0f / sqrtf((float)D);
+    FINCH_ATTN_LAUNCH(attn_cache_fwd, T * H, D, out, q, k, v, T, pos0, H, KVH, D, window, scale);
 }

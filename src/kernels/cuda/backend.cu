@@ -5,9 +5,8 @@
  * built without CUDA is kernels/host.c's answer; here, no device, no usable driver, or a
  * failed allocation.
  *
- * The table holds the training ops. NULL (not on the device yet): matmul_q8 (llama.cpp
- * numerics), the inference attention over a cache and its f16 variant, to_f16, GeGLU,
- * LayerNorm, GELU (Gemma's and GPT-2's ops) and dropout.
+ * The table holds every op but llama.cpp's numerics: matmul_q8 and the attention over an
+ * f16 cache are NULL.
  */
 #include "kernels/cuda/cuda.h"
 
@@ -88,12 +87,18 @@ finch_backend make_table() {
     be.embed = finch_cuda_embed;
     be.rmsnorm_forward = finch_cuda_rmsnorm_forward;
     be.rope_forward = finch_cuda_rope_forward;
+    be.attention_forward = finch_cuda_attention_forward;
+    be.to_f16 = finch_cuda_to_f16;
     be.swiglu_forward = finch_cuda_swiglu_forward;
     be.add = finch_cuda_add;
     be.scale = finch_cuda_scale;
+    be.geglu_forward = finch_cuda_geglu_forward;
+    be.geglu_backward = finch_cuda_geglu_backward;
     be.gemm = finch_cuda_gemm;
     be.scale_cols = finch_cuda_scale_cols;
     be.col_dot = finch_cuda_col_dot;
+    be.dropout_forward = finch_cuda_dropout_forward;
+    be.dropout_backward = finch_cuda_dropout_backward;
     be.matmul_backward_input = finch_cuda_matmul_backward_input;
     be.matmul_backward_weight = finch_cuda_matmul_backward_weight;
     be.embed_backward = finch_cuda_embed_backward;
@@ -103,6 +108,10 @@ finch_backend make_table() {
     be.attention_backward = finch_cuda_attention_backward;
     be.swiglu_backward = finch_cuda_swiglu_backward;
     be.softmax_xent = finch_cuda_softmax_xent;
+    be.layernorm_forward = finch_cuda_layernorm_forward;
+    be.layernorm_backward = finch_cuda_layernorm_backward;
+    be.gelu_forward = finch_cuda_gelu_forward;
+    be.gelu_backward = finch_cuda_gelu_backward;
     be.adamw_step = finch_cuda_adamw_step;
     be.device = true;
     be.supports = supports;
@@ -123,8 +132,13 @@ void init(void) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
-        finch_err_set(&init_err, FINCH_E_UNSUPPORTED, "no CUDA device: %s",
-                      e != cudaSuccess ? cudaGetErrorString(e) : "the driver lists none");
+        /* without a GPU the runtime finds no driver, and says the driver is too old */
+        bool no_driver = e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice;
+        finch_err_set(&init_err, FINCH_E_UNSUPPORTED, "no CUDA device: %s%s",
+                      e != cudaSuccess ? cudaGetErrorString(e) : "the driver lists none",
+                      no_driver ? " (no NVIDIA GPU and driver here, or a driver older than "
+                                  "the CUDA runtime finch was built with)"
+                                : "");
         return;
     }
     finch_cuda.device = 0;

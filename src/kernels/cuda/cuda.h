@@ -7,7 +7,8 @@
  * Everything runs on the legacy default stream, so the ops, cuBLAS and cudaMemcpy are
  * ordered among themselves without events. A launch that fails to start is a bug (bad
  * shapes from our own code) and aborts like FINCH_ASSERT; an error met while a kernel runs
- * surfaces in sync or copy_out as FINCH_E_IO.
+ * (a fault: the context is lost) surfaces in the next sync or copy as FINCH_E_IO, or
+ * aborts the next launch or softmax_xent (whose loss is read back inside the op).
  */
 #ifndef FINCH_KERNELS_CUDA_H
 #define FINCH_KERNELS_CUDA_H
@@ -89,6 +90,19 @@ void finch_cuda_embed_backward(float *demb, const float *dx, const int32_t *ids,
                                int64_t C);
 double finch_cuda_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,
                                int64_t N, int64_t V, float grad_scale);
+void finch_cuda_geglu_forward(float *h, const float *gate, const float *up, int64_t n);
+void finch_cuda_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                               const float *up, int64_t n);
+void finch_cuda_gelu_forward(float *y, const float *x, int64_t n);
+void finch_cuda_gelu_backward(float *dx, const float *dy, const float *x, int64_t n);
+void finch_cuda_to_f16(uint16_t *dst, const float *src, int64_t n);
+void finch_cuda_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
+void finch_cuda_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
+void finch_cuda_layernorm_forward(float *y, float *stats, const float *x, const float *w,
+                                  const float *b, int64_t T, int64_t C, float eps);
+void finch_cuda_layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                                   const float *stats, const float *x, const float *w, int64_t T,
+                                   int64_t C);
 void finch_cuda_adamw_step(float *p, float *m, float *v, const float *g, int64_t n,
                            const finch_adamw_scalars *s);
 
@@ -97,6 +111,9 @@ void finch_cuda_attention_forward_train(float *out, float *stats, const float *q
                                         const float *v, const int32_t *seg,
                                         const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
                                         int KVH, int D, int64_t window, finch_workspace *ws);
+void finch_cuda_attention_forward(float *out, const float *q, const float *k, const float *v,
+                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
+                                  finch_workspace *ws);
 void finch_cuda_attention_backward(float *dq, float *dk, float *dv, float *sps, const float *dout,
                                    const float *stats, const float *q, const float *k,
                                    const float *v, const int32_t *seg, const finch_attn_prefix *pre,

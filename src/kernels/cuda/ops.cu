@@ -1,18 +1,21 @@
 /*
  * ops.cu: the elementwise, per-row and per-column ops on the device: RMSNorm, RoPE,
- * SwiGLU, the residual add and scalings, the sites' column ops, the embedding's gradient,
- * fused softmax + cross-entropy and AdamW.
+ * SwiGLU, GeGLU, LayerNorm and GELU (GPT-2), the residual add and scalings, the sites'
+ * column ops and dropout, the embedding's gradient, f16 rounding, fused softmax +
+ * cross-entropy and AdamW.
  *
  * Each is written in the host kernel's order of f32 operations (the build has
  * --fmad=false, as the host has -ffp-contract=off), and sums over a row accumulate in
  * double where the host's do, so the results differ from the CPU's only by the device's
  * expf (within 2 ulp of the host's), the order of a block's partial sums, and cos/sin of
  * the same double angles. Column sums (RMSNorm's weight gradient, col_dot, the embedding
- * gradient) give each column to one thread that adds the rows in order: the host's bits,
- * and no atomics, so every run gives the same bits. AdamW is the host's bit for bit.
+ * gradient, LayerNorm's) give each column to one thread that adds the rows in order: the
+ * host's bits, and no atomics, so every run gives the same bits. AdamW, dropout (the same
+ * hash) and the f16 rounding are the host's bit for bit.
  */
 #include "kernels/cuda/cuda.h"
 
+#include <cuda_fp16.h>
 #include <math.h>
 
 namespace {
@@ -217,6 +220,127 @@ __global__ void xent_rows(double *loss, float *dlogits, const float *logits, con
     }
 }
 
+/* ---- GeGLU and GELU (tanh form): gelu(g) = g s, s = 1 / (1 + e^(-2u)),
+ * u = sqrt(2/pi) (g + 0.044715 g^3), as kernels/cpu/swiglu.c ---- */
+
+#define GELU_C 0.7978845608028654f
+#define GELU_A 0.044715f
+
+__device__ __forceinline__ float gelu_s(float g) {
+    return 1.0f / (1.0f + expf(-2.0f * GELU_C * (g + GELU_A * g * g * g)));
+}
+
+__device__ __forceinline__ float gelu_d(float g, float s) {
+    return s + 2.0f * g * s * (1.0f - s) * GELU_C * (1.0f + 3.0f * GELU_A * g * g);
+}
+
+__global__ void geglu_fwd(float *h, const float *gate, const float *up, int64_t n) {
+    FOR_N(i, n) {
+        float g = gate[i];
+        h[i] = g * gelu_s(g) * up[i];
+    }
+}
+
+__global__ void geglu_bwd(float *dgate, float *dup, const float *dh, const float *gate,
+                          const float *up, int64_t n) {
+    FOR_N(i, n) {
+        float g = gate[i], d = dh[i], s = gelu_s(g);
+        dup[i] = d * g * s;
+        dgate[i] = d * up[i] * gelu_d(g, s);
+    }
+}
+
+__global__ void gelu_fwd(float *y, const float *x, int64_t n) {
+    FOR_N(i, n) {
+        float g = x[i];
+        y[i] = g * gelu_s(g);
+    }
+}
+
+__global__ void gelu_bwd(float *dx, const float *dy, const float *x, int64_t n) {
+    FOR_N(i, n) {
+        float g = x[i];
+        dx[i] = dy[i] * gelu_d(g, gelu_s(g));
+    }
+}
+
+__global__ void to_f16_k(uint16_t *dst, const float *src, int64_t n) {
+    FOR_N(i, n) dst[i] = __half_as_ushort(__float2half_rn(src[i]));
+}
+
+/* ---- dropout: element i kept when mix64(base + i) >= threshold (core.h's finch_mix64,
+ * the same constants) ---- */
+
+__device__ __forceinline__ bool kept(finch_dropout d, int64_t i) {
+    uint64_t z = d.base + (uint64_t)i;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return (z ^ (z >> 31)) >= d.threshold;
+}
+
+__global__ void dropout_fwd(float *y, const float *x, int64_t n, finch_dropout d) {
+    FOR_N(i, n) y[i] = kept(d, i) ? x[i] * d.scale : 0.0f;
+}
+
+__global__ void dropout_bwd(float *dx, const float *g, int64_t n, finch_dropout d) {
+    FOR_N(i, n) if (kept(d, i)) dx[i] = dx[i] + g[i] * d.scale;
+}
+
+/* ---- LayerNorm (GPT-2): y = (x - mu) r w + b, sums in double, as kernels/cpu/norm.c ---- */
+
+__global__ void layernorm_fwd(float *y, float *stats, const float *x, const float *w,
+                              const float *b, int64_t T, int64_t C, float eps) {
+    __shared__ double sh[32];
+    for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+        const float *xt = x + t * C;
+        double s = 0, ss = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xt[c];
+        const double mu = block_sum(s, sh) / (double)C;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += (xt[c] - mu) * (xt[c] - mu);
+        ss = block_sum(ss, sh);
+        const float m = (float)mu, r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+        if (stats && threadIdx.x == 0) stats[2 * t] = m, stats[2 * t + 1] = r;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+            y[t * C + c] = (xt[c] - m) * r * w[c] + b[c];
+    }
+}
+
+/* dw_c += sum_t dy xh, db_c += sum_t dy: column c to one thread, rows in order. */
+__global__ void layernorm_bwd_wb(float *dw, float *db, const float *dy, const float *stats,
+                                 const float *x, int64_t T, int64_t C) {
+    FOR_N(c, C) {
+        float aw = 0.0f, ab = 0.0f;
+        for (int64_t t = 0; t < T; t++) {
+            const float m = stats[2 * t], r = stats[2 * t + 1], g = dy[t * C + c];
+            aw += g * ((x[t * C + c] - m) * r);
+            ab += g;
+        }
+        if (dw) dw[c] += aw;
+        if (db) db[c] += ab;
+    }
+}
+
+/* dx = r (g - mean(g) - xh mean(g xh)), g = dy w, xh = (x - mu) r */
+__global__ void layernorm_bwd_x(float *dx, const float *dy, const float *stats, const float *x,
+                                const float *w, int64_t T, int64_t C) {
+    __shared__ double sh[32];
+    for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+        const float *xt = x + t * C, *dyt = dy + t * C;
+        const float m = stats[2 * t], r = stats[2 * t + 1];
+        double sg = 0, sgx = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+            double g = (double)dyt[c] * w[c];
+            sg += g;
+            sgx += g * ((xt[c] - m) * r);
+        }
+        sg = block_sum(sg, sh);
+        sgx = block_sum(sgx, sh);
+        const float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+            dx[t * C + c] = r * (dyt[c] * w[c] - mg - (xt[c] - m) * r * mgx);
+    }
+}
+
 void launched() {
     FINCH_CU_LAUNCHED();
 }
@@ -330,4 +454,65 @@ double finch_cuda_softmax_xent(float *dlogits, const float *logits, const int32_
     long long n = 0;
     FINCH_CU(cudaMemcpy(&n, count, sizeof n, cudaMemcpyDeviceToHost));
     return n ? total / (double)n : 0.0;
+}
+
+void finch_cuda_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+    if (n <= 0) return;
+    geglu_fwd<<<finch_cuda_blocks(n, 256), 256>>>(h, gate, up, n);
+    launched();
+}
+
+void finch_cuda_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                               const float *up, int64_t n) {
+    if (n <= 0) return;
+    geglu_bwd<<<finch_cuda_blocks(n, 256), 256>>>(dgate, dup, dh, gate, up, n);
+    launched();
+}
+
+void finch_cuda_gelu_forward(float *y, const float *x, int64_t n) {
+    if (n <= 0) return;
+    gelu_fwd<<<finch_cuda_blocks(n, 256), 256>>>(y, x, n);
+    launched();
+}
+
+void finch_cuda_gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
+    if (n <= 0) return;
+    gelu_bwd<<<finch_cuda_blocks(n, 256), 256>>>(dx, dy, x, n);
+    launched();
+}
+
+void finch_cuda_to_f16(uint16_t *dst, const float *src, int64_t n) {
+    if (n <= 0) return;
+    to_f16_k<<<finch_cuda_blocks(n, 256), 256>>>(dst, src, n);
+    launched();
+}
+
+void finch_cuda_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d) {
+    if (n <= 0) return;
+    dropout_fwd<<<finch_cuda_blocks(n, 256), 256>>>(y, x, n, *d);
+    launched();
+}
+
+void finch_cuda_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d) {
+    if (n <= 0) return;
+    dropout_bwd<<<finch_cuda_blocks(n, 256), 256>>>(dx, g, n, *d);
+    launched();
+}
+
+void finch_cuda_layernorm_forward(float *y, float *stats, const float *x, const float *w,
+                                  const float *b, int64_t T, int64_t C, float eps) {
+    if (T <= 0) return;
+    layernorm_fwd<<<row_blocks(T), ROW_THREADS>>>(y, stats, x, w, b, T, C, eps);
+    launched();
+}
+
+void finch_cuda_layernorm_backward(float *dx, float *dw, float *db, const float *dy,
+                                   const float *stats, const float *x, const float *w, int64_t T,
+                                   int64_t C) {
+    if (T <= 0) return;
+    /* the parameters' gradients first: they read dy, which dx may overwrite */
+    if (dw || db) layernorm_bwd_wb<<<finch_cuda_blocks(C, 128), 128>>>(dw, db, dy, stats, x, T, C);
+    launched();
+    layernorm_bwd_x<<<row_blocks(T), ROW_THREADS>>>(dx, dy, stats, x, w, T, C);
+    launched();
 }

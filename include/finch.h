@@ -134,8 +134,9 @@ FINCH_API void finch_model_free(finch_model *model);
 /* Whether models can compute on the named device in this build and on this machine:
  * FINCH_OK for "cpu" (where every model computes). "cuda" is FINCH_E_UNSUPPORTED with the
  * reason: finch built without CUDA, no CUDA device, or, with a device, that models do not
- * run on it yet (the CUDA backend's ops exist and are tested one by one, but the forward,
- * training and generation still compute on the CPU). Anything else is FINCH_E_USAGE. */
+ * run on it yet (the CUDA backend's ops exist, each with a test against the CPU's, but the
+ * forward, training and generation still compute on the CPU). Anything else is
+ * FINCH_E_USAGE. */
 FINCH_API finch_status finch_device_check(const char *device, finch_err *err);
 
 /* Fills *cfg with the model's hyperparameters. */

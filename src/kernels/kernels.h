@@ -106,8 +106,8 @@ typedef enum {
 } finch_feature;
 
 /* The op table. Every member is a pure function of its arguments; outputs never alias
- * inputs unless stated. All ops run on finch_threads_get() threads and give the same bits
- * for the same thread count.
+ * inputs unless stated. All CPU ops run on finch_threads_get() threads and give the same
+ * bits for the same thread count (a device's, the same bits on every run).
  *
  * Pointers handed to the ops live where the backend computes: host memory for the CPU
  * backend, device memory for a device backend (device true), there from alloc and filled
@@ -304,8 +304,9 @@ typedef struct {
     void (*free)(void *p);
 
     /* bytes from host memory src into the backend's dst (copy_in), or from the backend's
-     * src into host memory dst (copy_out). Both return when the copy is complete and the
-     * ops issued before it have finished; a device error they meet is FINCH_E_IO. */
+     * src into host memory dst (copy_out), in order with the ops issued before them.
+     * copy_in returns once src may be reused, copy_out once dst holds the bytes; a device
+     * error they meet (a fault of an earlier op too) is FINCH_E_IO. */
     finch_status (*copy_in)(void *dst, const void *src, size_t bytes, finch_err *err);
     finch_status (*copy_out)(void *dst, const void *src, size_t bytes, finch_err *err);
 
@@ -329,12 +330,13 @@ void finch_host_adamw_step(float *p, float *m, float *v, const float *g, int64_t
                            const finch_adamw_scalars *s);
 
 /* The CUDA backend (kernels/cuda/, in a build with FINCH_HAVE_CUDA): the first CUDA device,
- * one cuBLAS handle and a scratch buffer that grows to the largest dequantized tile, made
- * on the first call and kept for the life of the process. Its ops are issued on one
- * stream from one host thread at a time and return before they finish (sync, copy_out
- * wait). It has the training ops (kernels/cuda/cuda.cu lists which members are NULL) and
- * no attention prefix. NULL with FINCH_E_UNSUPPORTED and a message when finch was built
- * without CUDA, when no CUDA device is present or the driver cannot be used. */
+ * one cuBLAS handle (no TF32) and a 64 MiB scratch buffer (a matmul's dequantized band of
+ * rows), made on the first call and kept for the life of the process. Its ops are issued
+ * on the default stream from one host thread at a time and return before they finish
+ * (sync and copy_out wait); each gives the same bits on every run. It has every op but
+ * llama.cpp's numerics (matmul_q8, attention_forward_f16: NULL), and no attention prefix
+ * or bf16 products (supports). NULL with FINCH_E_UNSUPPORTED and a message when finch was
+ * built without CUDA, when no CUDA device is present or the driver cannot be used. */
 const finch_backend *finch_cuda_backend(finch_err *err);
 
 /* The CPU backend for this machine (kernels/cpu_select.c): the widest instruction set

@@ -15,8 +15,8 @@ finch_status finch_device_check(const char *device, finch_err *err) {
     const finch_backend *be = finch_cuda_backend(err);
     if (!be) return err ? err->code : FINCH_E_UNSUPPORTED;
     return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                         "models do not run on CUDA yet: the CUDA backend's ops are built and "
-                         "tested on their own (found %s), but the forward, training and "
-                         "generation still compute on the CPU; use --device cpu",
+                         "models do not run on CUDA yet: the CUDA backend's ops are built, "
+                         "each with a test against the CPU's (found %s), but the forward, "
+                         "training and generation still compute on the CPU; use --device cpu",
                          be->name);
 }

@@ -58,7 +58,7 @@ finch_status copy_out(void *dst, const void *src, size_t bytes, finch_err *err) 
     return copy(dst, src, bytes, cudaMemcpyDeviceToHost, err);
 }
 
-finch_status sync(finch_err *err) {
+finch_status dev_sync(finch_err *err) {
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess)
         return finch_err_set(err, FINCH_E_IO, "CUDA device error: %s", cudaGetErrorString(e));
@@ -119,7 +119,7 @@ finch_backend make_table() {
     be.free = dev_free;
     be.copy_in = copy_in;
     be.copy_out = copy_out;
-    be.sync = sync;
+    be.sync = dev_sync;
     return be;
 }
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs the CUDA backend's sources on the host, without a GPU or the CUDA toolkit: each .cu
+# of src/kernels/cuda/ is compiled as C++ against tests/kernels/cuda_emu/emu.h (blocks,
+# warps and shuffles emulated with threads and barriers, cuBLAS by its definition), and
+# tests/kernels/test_cuda.c's checks run against the result, every op against the CPU
+# backend with the test's own tolerances (the two largest attention shapes and the timings
+# left out: emulated warps are slow). A check of the kernels' logic (indices, windows,
+# segments, reductions, the operands handed to cuBLAS), not of the device: about 8 minutes
+# on 2 cores. Not part of CI.
+#
+#   bash scripts/cuda_emu_check.sh [BUILD_DIR]   (a configured build, default build: its
+#                                                 libfinch_kernels.a and libfinch_core.a)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD="${1:-build}"
+[ -f "$BUILD/libfinch_kernels.a" ] || cmake --build "$BUILD" --target finch_kernels -j2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# the header's declarations after emu.h, and each launch as a call of launch()
+python3 - "$ROOT" "$work" <<'PY'
+import re, sys
+root, work = sys.argv[1], sys.argv[2]
+real = open(f"{root}/src/kernels/cuda/cuda.h").read()
+body = real[real.index("/* The process's device state"):].replace("#endif /* FINCH_KERNELS_CUDA_H */", "")
+open(f"{work}/cuda_emu.h", "w").write('#include "cuda_emu/emu.h"\n' + body)
+launch = re.compile(r"([\w<>]+)<<<(.*?),\s*([^<>]*?)>>>\((.*?)\);", re.S)
+for name in ["matmul", "ops", "attention", "backend"]:
+    s = open(f"{root}/src/kernels/cuda/{name}.cu").read()
+    s = s.replace('#include "kernels/cuda/cuda.h"', '#include "cuda_emu.h"')
+    s = s.replace("#include <cuda_fp16.h>\n", "")
+    s = launch.sub(lambda m: f"launch({m[2]}, {m[3]}, [&] {{ {m[1]}({m[4]}); }});", s)
+    open(f"{work}/{name}.cpp", "w").write(s)
+PY
+sed -e 's/cmocka_unit_test(test_bench),//' \
+    -e '/check_attention(1, 300, 9, 3, 64, 0, false, &r);/d' \
+    -e '/check_attention(1, 130, 4, 4, 128, 16, false, &r);/d' \
+    tests/kernels/test_cuda.c >"$work/test_cuda_emu.c"
+
+# the emulated backend answers as finch_cuda_backend_emu, beside the library's own
+def=(-DFINCH_BUILD -Dfinch_cuda_backend=finch_cuda_backend_emu -D_POSIX_C_SOURCE=200809L)
+for name in matmul ops attention backend; do
+  g++ -std=c++20 -O1 -ffp-contract=off -pthread -w -I"$work" -Itests/kernels -Isrc -Iinclude \
+    "${def[@]}" -c "$work/$name.cpp" -o "$work/$name.o" &
+done
+wait
+gcc -std=c11 -O1 -ffp-contract=off -Isrc -Iinclude -Itests "${def[@]}" \
+  -c "$work/test_cuda_emu.c" -o "$work/test_cuda_emu.o"
+g++ -pthread -o "$work/test_cuda_emu" "$work"/*.o "$BUILD/libfinch_kernels.a" \
+  "$BUILD/libfinch_core.a" -lopenblas -lcmocka -fopenmp -lm
+echo "cuda_emu_check: running test_cuda's checks on the emulated CUDA backend"
+"$work/test_cuda_emu"

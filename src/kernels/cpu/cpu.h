@@ -34,6 +34,8 @@
 #define finch_cpu_to_f16 FINCH_ISA_NAME(finch_cpu_to_f16)
 #define finch_cpu_embed FINCH_ISA_NAME(finch_cpu_embed)
 #define finch_cpu_rmsnorm_forward FINCH_ISA_NAME(finch_cpu_rmsnorm_forward)
+#define finch_cpu_rmsnorm_llamacpp FINCH_ISA_NAME(finch_cpu_rmsnorm_llamacpp)
+#define finch_cpu_swiglu_llamacpp FINCH_ISA_NAME(finch_cpu_swiglu_llamacpp)
 #define finch_cpu_rope_forward FINCH_ISA_NAME(finch_cpu_rope_forward)
 #define finch_cpu_attention_forward FINCH_ISA_NAME(finch_cpu_attention_forward)
 #define finch_cpu_swiglu_forward FINCH_ISA_NAME(finch_cpu_swiglu_forward)
@@ -116,6 +118,9 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
                                  finch_workspace *ws);
 void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
+void finch_cpu_rmsnorm_llamacpp(float *y, const float *x, const float *w, int64_t T, int64_t C,
+                                float eps);
+void finch_cpu_swiglu_llamacpp(float *h, const float *gate, const float *up, int64_t T, int64_t F);
 void finch_cpu_add(float *y, const float *x, int64_t n);
 void finch_cpu_scale(float *x, int64_t n, float a);
 void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n);

@@ -13,6 +13,9 @@
 #include "kernels/kernels.h"
 #include "core/quant.h" /* QK */
 
+#include <math.h>
+#include <string.h>
+
 /* Without FINCH_ISA (kernels/workspace.c, kernels/cpu_select.c) only the sizes and inline
  * helpers below are meant to be used. */
 #ifdef FINCH_ISA
@@ -73,6 +76,26 @@ typedef struct {
     float s; /* d * sum(qs), rounded through fp16 */
     int8_t qs[QK];
 } finch_q8_act;
+
+/* a * b + c rounded once, as fmaf: the FMA instruction where the target has one (llamacpp
+ * numerics' fused steps in matmul_q8.c and swiglu.c), else in double without a libm call:
+ * the product is exact in double, the sum is rounded to odd (RN, then its last bit set
+ * where the TwoSum error is not zero) and then to f32, which rounds as one step would. */
+static inline float finch_fmaf(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__)
+    return fmaf(a, b, c);
+#else
+    double p = (double)a * (double)b, s = p + (double)c, bb = s - p;
+    double e = (p - (s - bb)) + ((double)c - bb);
+    uint64_t u;
+    memcpy(&u, &s, sizeof u);
+    if (e != 0 && e == e && !(u & 1)) { /* e is NaN when s is infinite */
+        u += (e > 0) == (s > 0) ? 1 : (uint64_t)-1;
+        memcpy(&s, &u, sizeof s);
+    }
+    return (float)s;
+#endif
+}
 
 /* n rounded up to 32, and the values of B (K, N) packed for the bf16 product. */
 static inline int64_t finch_bf16_pad(int64_t n) {

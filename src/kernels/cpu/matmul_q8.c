@@ -239,7 +239,7 @@ static void lanes_fma(float *acc, const int *q, const int8_t *x, float d) {
     for (int l = 0; l < 8; l++) {
         int sum = 0;
         for (int j = 4 * l; j < 4 * l + 4; j++) sum += q[j] * x[j];
-        acc[l] = fmaf(d, (float)sum, acc[l]);
+        acc[l] = finch_fmaf(d, (float)sum, acc[l]);
     }
 }
 

@@ -88,6 +88,8 @@ GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
 if [ -n "$LLAMA_PY" ] && [ -f "$GEMMA3" ]; then
   check gemma3-lora "$LLAMA_PY" check_gemma3.py --model "$GEMMA3" \
     --data "$ROOT/datasets/wordnet/train.jsonl"
+  check gemma3-lora-f32 "$LLAMA_PY" check_gemma3_exact.py --model "$GEMMA3" \
+    --data "$ROOT/datasets/wordnet/train.jsonl"
 else
   skip gemma3-lora "needs llama-cpp-python and Gemma 3 270M (scripts/setup.sh --with-gemma3)"
 fi

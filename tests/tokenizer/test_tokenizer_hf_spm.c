@@ -6,7 +6,11 @@
  * false), a T5-style Unigram (Metaspace, byte fallback) and the same without byte
  * fallback (unknown characters give one fused unknown token), and the ids the library gives on
  * 1,077 varied lines: finch must give the same ids on every line,
- * and decode them back to the line wherever the library does. Broken files (bad scores, no
+ * and decode them back to the line wherever the library does. Two Unigram files with the
+ * Precompiled normalizer (made by tests/reference/make_spm_precompiled_fixtures.py from a
+ * SentencePiece model with NFKC-style rules, converted by transformers' T5Converter: T5's
+ * Sequence[Precompiled, Strip, Replace " {2,}"] and ALBERT's Replace to one space) are
+ * checked the same way on 1,049 lines of NFKC-affected text. Broken files (bad scores, no
  * unknown token, an unknown model type, malformed Metaspace) must be refused with a
  * message naming the field.
  */

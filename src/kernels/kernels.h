@@ -159,6 +159,18 @@ typedef struct {
     /* dst (n) = src rounded to IEEE half (nearest even). */
     void (*to_f16)(uint16_t *dst, const float *src, int64_t n);
 
+    /* rmsnorm_forward as llama.cpp computes it (ggml's rms_norm, then its mul by w): the
+     * squares rounded to f32 and summed in double in column order, their mean rounded to
+     * f32, scale = 1 / sqrtf(mean + eps) in f32, y = (x * scale) * w. y may alias x. */
+    void (*rmsnorm_llamacpp)(float *y, const float *x, const float *w, int64_t T, int64_t C,
+                             float eps);
+
+    /* swiglu_forward as llama.cpp's AVX-512 build computes it, row by row of F: in each
+     * row the first F - F % 16 elements take silu from ggml's exp approximation
+     * (expf_ggml in cpu/swiglu.c), the rest from libm's expf, each as g / (1 + e^-g) * up. h may
+     * alias gate. */
+    void (*swiglu_llamacpp)(float *h, const float *gate, const float *up, int64_t T, int64_t F);
+
     /* h (n) = silu(gate) * up, elementwise. h may alias gate. */
     void (*swiglu_forward)(float *h, const float *gate, const float *up, int64_t n);
 
@@ -334,8 +346,9 @@ void finch_host_adamw_step(float *p, float *m, float *v, const float *g, int64_t
  * rows), made on the first call and kept for the life of the process. Its ops are issued
  * on the default stream from one host thread at a time and return before they finish
  * (sync and copy_out wait); each gives the same bits on every run. It has every op but
- * llama.cpp's numerics (matmul_q8, attention_forward_f16: NULL), and no attention prefix
- * or bf16 products (supports). NULL with FINCH_E_UNSUPPORTED and a message when finch was
+ * llama.cpp's numerics (matmul_q8, attention_forward_f16, rmsnorm_llamacpp,
+ * swiglu_llamacpp: NULL), and no attention prefix or bf16 products (supports). NULL with
+ * FINCH_E_UNSUPPORTED and a message when finch was
  * built without CUDA, when no CUDA device is present or the driver cannot be used. */
 const finch_backend *finch_cuda_backend(finch_err *err);
 

@@ -143,6 +143,8 @@ static void test_device_part(void **state) {
         assert_false(finch_backend_supports(gpu, FINCH_FEATURE_ATTN_PREFIX, 0));
         assert_null(gpu->matmul_q8);
         assert_null(gpu->attention_forward_f16);
+        assert_null(gpu->rmsnorm_llamacpp);
+        assert_null(gpu->swiglu_llamacpp);
     }
     /* a round trip of bytes, and an allocation far too large reported, not fatal */
     uint8_t h[1000];

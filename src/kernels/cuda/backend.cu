@@ -5,8 +5,8 @@
  * built without CUDA is kernels/host.c's answer; here, no device, no usable driver, or a
  * failed allocation.
  *
- * The table holds every op but llama.cpp's numerics: matmul_q8 and the attention over an
- * f16 cache are NULL.
+ * The table holds every op but llama.cpp's numerics: matmul_q8, the attention over an f16
+ * cache, rmsnorm_llamacpp and swiglu_llamacpp are NULL.
  */
 #include "kernels/cuda/cuda.h"
 

@@ -382,7 +382,7 @@ static void fit_affine(const float *x, int n, const uint8_t *q, float *s, float 
         bb = 0;
         ss = sqq > 0 ? sxq / sqq : 0;
     }
-    if (ss < 0) { /* no positive slope fits: the constant offset alone (clamped to <= 0) */
+    if (ss < 0 || sqq == 0) { /* no slope fits: the constant offset alone (clamped to <= 0) */
         ss = 0;
         bb = fmin(sx / n, 0.0);
     }

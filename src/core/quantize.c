@@ -340,7 +340,8 @@ void finch_nf4_double_quant(finch_block_nf4 *blocks, int64_t nb, uint8_t *q8, fl
 static inline int nearest_int(float v) {
     if (!(v > -1048576.0f)) return v <= -1048576.0f ? -1048576 : 0;
     if (v > 1048576.0f) return 1048576;
-    return (int)floorf(v + 0.5f);
+    /* halves away from zero, by truncation (floorf is a libm call at the baseline ISA) */
+    return v >= 0.0f ? (int)(v + 0.5f) : -(int)(0.5f - v);
 }
 
 static inline int clampi(int v, int lo, int hi) {

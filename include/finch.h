@@ -537,7 +537,8 @@ typedef struct {
     int force;        /* 1: replace an existing output file (never the input itself) */
     /* called once per tensor, in file order, before anything is written (may be NULL) */
     void (*on_tensor)(const finch_quantize_tensor *t, void *user);
-    finch_progress_fn progress; /* elements written so far of the total (may be NULL) */
+    finch_progress_fn progress; /* elements written so far of the total: (0, total) once the
+                                   plan is made, then as tensors are written (may be NULL) */
     void *user;                 /* passed to both */
 } finch_quantize_options;
 

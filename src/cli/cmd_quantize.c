@@ -67,9 +67,25 @@ static void on_tensor(const finch_quantize_tensor *t, void *user) {
     if (k < 64) s->elems_by_type[k] += t->n_elems;
 }
 
+/* Before the first tensor is written: what the plan says that the user should know. */
+static void warn_plan(const state *s) {
+    if (s->n_requant)
+        fprintf(stderr,
+                "finch quantize: warning: %d tensors are stored quantized (%s) and are "
+                "quantized again, which is lossy: quantize from an f32, f16 or bf16 file when "
+                "you have one\n",
+                s->n_requant, s->requant_from);
+    if (s->n_fallback)
+        fprintf(stderr,
+                "finch quantize: %d tensors have rows that are not whole blocks of their "
+                "type and take llama.cpp's fallback type\n",
+                s->n_fallback);
+}
+
 static void on_progress(int64_t done, int64_t total, void *user) {
     state *s = user;
     if (!s->bar_started) {
+        warn_plan(s);
         cli_progress_begin(&s->bar, "quantize", total);
         s->bar_started = true;
     }
@@ -94,17 +110,7 @@ int cmd_quantize(int argc, char **argv) {
     finch_status st = finch_quantize(a.in, a.out, &o, &err);
     if (s.bar_started) cli_progress_end(&s.bar);
     if (st) return cli_fail(&err);
-    if (s.n_requant)
-        fprintf(stderr,
-                "finch quantize: warning: %d tensors were stored quantized (%s) and are "
-                "quantized again, which is lossy: quantize from an f32, f16 or bf16 file when "
-                "you have one\n",
-                s.n_requant, s.requant_from);
-    if (s.n_fallback)
-        fprintf(stderr,
-                "finch quantize: %d tensors have rows that are not whole blocks of their "
-                "type and took llama.cpp's fallback type\n",
-                s.n_fallback);
+    if (!s.bar_started) warn_plan(&s); /* no tensor data: no progress was reported */
     fprintf(stderr, "finch quantize: wrote %s (%s):", a.out, a.type);
     for (int k = 0; k < s.n_types; k++)
         fprintf(stderr, "%s %s %.1f%%", k ? "," : "", s.type_names[k],

@@ -439,6 +439,7 @@ finch_status finch_quantize(const char *in_path, const char *out_path,
         j.total += n;
         st = finch_gguf_add_tensor_fill(w, t->name, to, t->n_dims, t->ne, fill_tensor, &tj[i], err);
     }
+    if (!st && opt->progress) opt->progress(0, j.total, opt->user); /* the plan is made */
     if (!st) st = finch_gguf_writer_save(w, out_path, err);
 done:
     finch_gguf_writer_free(w);

@@ -331,7 +331,10 @@ void finch_nf4_double_quant(finch_block_nf4 *blocks, int64_t nb, uint8_t *q8, fl
  * super-block then stores those scales as 6-bit (Q4_K/Q5_K) or 8-bit (Q6_K) multiples of
  * one fp16 super-scale; each sub-block tries its nearest stored code and the neighbours on
  * either side (codes of scale and min both, for Q4_K/Q5_K), re-rounding its weights for
- * each, and keeps the pair with the least error.
+ * each, and keeps the pair with the least error. The plain scales (from the sub-block's
+ * extremes) are coded the same way and win where they are better, so no block is worse
+ * than the extremes' quantizer in the same format. The errors of candidates come from the
+ * least-squares sums (one pass over the weights per candidate).
  */
 
 #define KQ_STEPS 24 /* candidate scales per sub-block, spread over +-1.2 code steps */
@@ -364,24 +367,27 @@ static double affine_err(const float *x, int n, const uint8_t *q, float s, float
 }
 
 /* Least squares for x ~ s*q + b over fixed codes, with b <= 0 and s >= 0 imposed:
- * [n Sq; Sq Sqq] [b; s] = [Sx; Sxq]. */
-static void fit_affine(const float *x, int n, const uint8_t *q, float *s, float *b) {
-    double sq = 0, sqq = 0, sx = 0, sxq = 0;
+ * [n Sq; Sq Sqq] [b; s] = [Sx; Sxq]. Returns the squared error of the (f32) result from the
+ * same sums, sum (s q + b - x)^2 = Sxx + s^2 Sqq + n b^2 + 2 s b Sq - 2 s Sxq - 2 b Sx, so
+ * the search needs no third pass over the weights (sxx = Sxx, given). */
+static double fit_affine(const float *x, int n, const uint8_t *q, double sxx, float *s, float *b) {
+    int64_t sq = 0, sqq = 0;
+    double sx = 0, sxq = 0;
     for (int i = 0; i < n; i++) {
         sq += q[i];
-        sqq += (double)q[i] * q[i];
+        sqq += (int64_t)q[i] * q[i];
         sx += x[i];
         sxq += (double)x[i] * q[i];
     }
-    const double det = n * sqq - sq * sq;
+    const double det = (double)n * (double)sqq - (double)sq * (double)sq;
     double ss = 0, bb = 0;
     if (det > 0) {
-        ss = (n * sxq - sq * sx) / det;
-        bb = (sqq * sx - sq * sxq) / det;
+        ss = ((double)n * sxq - (double)sq * sx) / det;
+        bb = ((double)sqq * sx - (double)sq * sxq) / det;
     }
     if (det <= 0 || bb > 0) { /* offset pinned at 0: s = Sxq / Sqq */
         bb = 0;
-        ss = sqq > 0 ? sxq / sqq : 0;
+        ss = sqq > 0 ? sxq / (double)sqq : 0;
     }
     if (ss < 0 || sqq == 0) { /* no slope fits: the constant offset alone (clamped to <= 0) */
         ss = 0;
@@ -389,6 +395,16 @@ static void fit_affine(const float *x, int n, const uint8_t *q, float *s, float 
     }
     *s = (float)ss;
     *b = (float)bb;
+    const double S = *s, B = *b;
+    const double e =
+        sxx + S * S * (double)sqq + n * B * B + 2 * S * B * (double)sq - 2 * S * sxq - 2 * B * sx;
+    return e > 0 ? e : 0;
+}
+
+static double sum_sq(const float *x, int n) {
+    double e = 0;
+    for (int i = 0; i < n; i++) e += (double)x[i] * x[i];
+    return e;
 }
 
 /* The searched (s, b) of one sub-block for codes 0..nmax. */
@@ -402,6 +418,7 @@ static void search_affine(const float *x, int n, int nmax, float *s_out, float *
     *b_out = lo;
     if (!(hi > lo)) return; /* all zero (or not finite) */
     uint8_t q[QK], bq[QK];
+    const double sxx = sum_sq(x, n);
     /* the plain min/max fit is the first candidate */
     float bs = (hi - lo) / (float)nmax, bb = lo;
     round_affine(x, n, nmax, bs, bb, bq);
@@ -411,8 +428,7 @@ static void search_affine(const float *x, int n, int nmax, float *s_out, float *
         if (steps <= 0.5f) continue;
         float s = (hi - lo) / steps, b = lo;
         round_affine(x, n, nmax, s, b, q);
-        fit_affine(x, n, q, &s, &b);
-        const double e = affine_err(x, n, q, s, b);
+        const double e = fit_affine(x, n, q, sxx, &s, &b);
         if (e < best) {
             best = e;
             bs = s;
@@ -424,8 +440,7 @@ static void search_affine(const float *x, int n, int nmax, float *s_out, float *
     for (int it = 0; it < 8 && bs > 0.0f; it++) {
         float s, b;
         round_affine(x, n, nmax, bs, bb, q);
-        fit_affine(x, n, q, &s, &b);
-        const double e = affine_err(x, n, q, s, b);
+        const double e = fit_affine(x, n, q, sxx, &s, &b);
         if (!(e < best)) break;
         best = e;
         bs = s;
@@ -449,23 +464,28 @@ static int code6(float v, float d) {
     return d > 0.0f ? clampi(nearest_int(v / d), 0, 63) : 0;
 }
 
-/* One super-block of Q4_K (nmax 15) or Q5_K (nmax 31): d, dmin, the packed 6-bit scales and
- * mins, and the 256 codes in q. */
-static void kquant_affine(const float *x, int nmax, uint16_t *d16, uint16_t *dmin16,
-                          uint8_t scales[12], uint8_t q[QK_K]) {
+/* The coded form of sub-block scales s and mins mn (8 each): d = max s / 63 and
+ * dmin = max mn / 63 as fp16, then per sub-block the nearest 6-bit codes and their
+ * neighbours, each with its weights re-rounded, the pair with the least error kept.
+ * Returns the super-block's squared error. */
+typedef struct {
+    uint16_t d16, dmin16;
+    uint8_t sc[QK_K / 32], m[QK_K / 32], q[QK_K];
+} affine_code;
+
+static double code_affine(const float *x, int nmax, const float *s, const float *mn,
+                          affine_code *out) {
     enum { SUB = 32, NSUB = QK_K / 32 };
-    float s[NSUB], mn[NSUB], smax = 0.0f, mmax = 0.0f;
+    float smax = 0.0f, mmax = 0.0f;
     for (int j = 0; j < NSUB; j++) {
-        float b;
-        search_affine(x + SUB * j, SUB, nmax, &s[j], &b);
-        mn[j] = -b;
         smax = fmaxf(smax, s[j]);
         mmax = fmaxf(mmax, mn[j]);
     }
-    *d16 = finch_f32_to_f16(smax / 63.0f);
-    *dmin16 = finch_f32_to_f16(mmax / 63.0f);
-    const float d = finch_f16_to_f32(*d16), dmin = finch_f16_to_f32(*dmin16);
-    uint8_t sc[NSUB], m[NSUB], tq[SUB];
+    out->d16 = finch_f32_to_f16(smax / 63.0f);
+    out->dmin16 = finch_f32_to_f16(mmax / 63.0f);
+    const float d = finch_f16_to_f32(out->d16), dmin = finch_f16_to_f32(out->dmin16);
+    uint8_t tq[SUB];
+    double total = 0.0;
     for (int j = 0; j < NSUB; j++) {
         const float *xj = x + SUB * j;
         const int c0 = code6(s[j], d), m0 = code6(mn[j], dmin);
@@ -477,12 +497,42 @@ static void kquant_affine(const float *x, int nmax, uint16_t *d16, uint16_t *dmi
                 const double e = coded_affine(xj, SUB, nmax, d, dmin, c, mm, tq);
                 if (best < 0 || e < best) {
                     best = e;
-                    sc[j] = (uint8_t)c;
-                    m[j] = (uint8_t)mm;
-                    memcpy(q + SUB * j, tq, SUB);
+                    out->sc[j] = (uint8_t)c;
+                    out->m[j] = (uint8_t)mm;
+                    memcpy(out->q + SUB * j, tq, SUB);
                 }
             }
+        total += best;
     }
+    return total;
+}
+
+/* One super-block of Q4_K (nmax 15) or Q5_K (nmax 31): d, dmin, the packed 6-bit scales and
+ * mins, and the 256 codes in q. The searched scales are coded, and so are the plain ones
+ * (max - min over nmax, min 0 or below): the better coding is kept, so a block is never
+ * worse than the extremes' quantizer in the same format. */
+static void kquant_affine(const float *x, int nmax, uint16_t *d16, uint16_t *dmin16,
+                          uint8_t scales[12], uint8_t q[QK_K]) {
+    enum { SUB = 32, NSUB = QK_K / 32 };
+    float s[NSUB], mn[NSUB], ps[NSUB], pm[NSUB];
+    for (int j = 0; j < NSUB; j++) {
+        float b, lo = 0.0f, hi = 0.0f;
+        search_affine(x + SUB * j, SUB, nmax, &s[j], &b);
+        mn[j] = -b;
+        for (int i = 0; i < SUB; i++) {
+            lo = fminf(lo, x[SUB * j + i]);
+            hi = fmaxf(hi, x[SUB * j + i]);
+        }
+        ps[j] = (hi - lo) / (float)nmax;
+        pm[j] = -lo;
+    }
+    affine_code a, p;
+    const double ea = code_affine(x, nmax, s, mn, &a), ep = code_affine(x, nmax, ps, pm, &p);
+    const affine_code *c = ep < ea ? &p : &a;
+    const uint8_t *sc = c->sc, *m = c->m;
+    *d16 = c->d16;
+    *dmin16 = c->dmin16;
+    memcpy(q, c->q, QK_K);
     /* pack: j < 4 in the low 6 bits of bytes j (scale) and j+4 (min); j >= 4 as nibbles of
      * byte j+4 with their top 2 bits in the high bits of bytes j-4 and j */
     for (int j = 0; j < 4; j++) {
@@ -538,14 +588,18 @@ static double sym_err(const float *x, int n, const int8_t *q, float s) {
     return e;
 }
 
-/* s = Sxq / Sqq, the least-squares scale for fixed codes. */
-static float fit_sym(const float *x, int n, const int8_t *q) {
-    double sxq = 0, sqq = 0;
+/* s = Sxq / Sqq, the least-squares scale for fixed codes; returns the squared error of the
+ * (f32) result from the sums, Sxx - 2 s Sxq + s^2 Sqq (sxx = Sxx, given). */
+static double fit_sym(const float *x, int n, const int8_t *q, double sxx, float *s) {
+    double sxq = 0;
+    int64_t sqq = 0;
     for (int i = 0; i < n; i++) {
         sxq += (double)x[i] * q[i];
-        sqq += (double)q[i] * q[i];
+        sqq += (int64_t)q[i] * q[i];
     }
-    return sqq > 0 ? (float)(sxq / sqq) : 0.0f;
+    *s = sqq > 0 ? (float)(sxq / (double)sqq) : 0.0f;
+    const double S = *s, e = sxx - 2 * S * sxq + S * S * (double)sqq;
+    return e > 0 ? e : 0;
 }
 
 /* The searched scale of a 16-weight Q6_K sub-block: candidates put the extreme at about
@@ -556,6 +610,7 @@ static float search_sym(const float *x, int n) {
         if (fabsf(x[i]) > fabsf(ext)) ext = x[i];
     if (!(ext != 0.0f) || !isfinite(ext)) return 0.0f;
     int8_t q[QK];
+    const double sxx = sum_sq(x, n);
     float bs = -ext / 32.0f;
     round_sym(x, n, bs, q);
     double best = sym_err(x, n, q, bs);
@@ -564,8 +619,7 @@ static float search_sym(const float *x, int n) {
             const float steps = (side ? 31.0f : 32.0f) + 1.2f * (2.0f * (float)k / KQ_STEPS - 1.0f);
             float s = (side ? ext : -ext) / steps;
             round_sym(x, n, s, q);
-            s = fit_sym(x, n, q);
-            const double e = sym_err(x, n, q, s);
+            const double e = fit_sym(x, n, q, sxx, &s);
             if (e < best) {
                 best = e;
                 bs = s;
@@ -573,8 +627,8 @@ static float search_sym(const float *x, int n) {
         }
     for (int it = 0; it < 8 && bs != 0.0f; it++) {
         round_sym(x, n, bs, q);
-        const float s = fit_sym(x, n, q);
-        const double e = sym_err(x, n, q, s);
+        float s;
+        const double e = fit_sym(x, n, q, sxx, &s);
         if (!(e < best)) break;
         best = e;
         bs = s;
@@ -582,37 +636,62 @@ static float search_sym(const float *x, int n) {
     return bs;
 }
 
+/* The coded form of the 16 sub-block scales s of a Q6_K block: d = max |s| / 127 as fp16,
+ * then per sub-block the nearest int8 code and its neighbours, weights re-rounded for each,
+ * the least error kept. Returns the block's squared error. */
+static double code_sym(const float *x, const float *s, uint16_t *d16, int8_t scales[16],
+                       int8_t q[QK_K]) {
+    enum { SUB = 16, NSUB = QK_K / 16 };
+    float amax = 0.0f;
+    for (int j = 0; j < NSUB; j++) amax = fmaxf(amax, fabsf(s[j]));
+    *d16 = finch_f32_to_f16(amax / 127.0f);
+    const float d = finch_f16_to_f32(*d16);
+    int8_t tq[SUB];
+    double total = 0.0;
+    for (int j = 0; j < NSUB; j++) {
+        const float *xj = x + SUB * j;
+        const int c0 = d > 0.0f ? clampi(nearest_int(s[j] / d), -127, 127) : 0;
+        double best = -1.0;
+        for (int dc = -1; dc <= 1; dc++) {
+            const int c = c0 + dc;
+            if (c < -127 || c > 127) continue;
+            round_sym(xj, SUB, d * (float)c, tq);
+            const double e = sym_err(xj, SUB, tq, d * (float)c);
+            if (best < 0 || e < best) {
+                best = e;
+                scales[j] = (int8_t)c;
+                memcpy(q + SUB * j, tq, SUB);
+            }
+        }
+        total += best;
+    }
+    return total;
+}
+
 /* Q6_K: 16 sub-blocks of 16 with int8 scales times an fp16 d (stored last); codes q+32 in
- * 0..63, their low 4 bits in ql and top 2 bits in qh, two halves of 128 weights. */
+ * 0..63, their low 4 bits in ql and top 2 bits in qh, two halves of 128 weights. The
+ * searched scales are coded, and so are the plain ones (max |x| / 32): the better coding is
+ * kept. */
 void finch_quantize_q6_k(void *dst, const float *src, int64_t n) {
     FINCH_ASSERT(n >= 0 && n % QK_K == 0);
     enum { SUB = 16, NSUB = QK_K / 16 };
     finch_block_q6_k *y = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
         const float *x = src + b * QK_K;
-        float s[NSUB], amax = 0.0f;
+        float s[NSUB], ps[NSUB];
         for (int j = 0; j < NSUB; j++) {
             s[j] = search_sym(x + SUB * j, SUB);
-            amax = fmaxf(amax, fabsf(s[j]));
+            float am = 0.0f;
+            for (int i = 0; i < SUB; i++) am = fmaxf(am, fabsf(x[SUB * j + i]));
+            ps[j] = am / 32.0f;
         }
-        y[b].d = finch_f32_to_f16(amax / 127.0f);
-        const float d = finch_f16_to_f32(y[b].d);
-        int8_t q[QK_K], tq[SUB];
-        for (int j = 0; j < NSUB; j++) {
-            const float *xj = x + SUB * j;
-            const int c0 = d > 0.0f ? clampi(nearest_int(s[j] / d), -127, 127) : 0;
-            double best = -1.0;
-            for (int dc = -1; dc <= 1; dc++) {
-                const int c = c0 + dc;
-                if (c < -127 || c > 127) continue;
-                round_sym(xj, SUB, d * (float)c, tq);
-                const double e = sym_err(xj, SUB, tq, d * (float)c);
-                if (best < 0 || e < best) {
-                    best = e;
-                    y[b].scales[j] = (int8_t)c;
-                    memcpy(q + SUB * j, tq, SUB);
-                }
-            }
+        int8_t q[QK_K], pq[QK_K], psc[NSUB];
+        uint16_t pd;
+        const double e = code_sym(x, s, &y[b].d, y[b].scales, q);
+        if (code_sym(x, ps, &pd, psc, pq) < e) {
+            y[b].d = pd;
+            memcpy(y[b].scales, psc, sizeof psc);
+            memcpy(q, pq, sizeof q);
         }
         for (int h = 0; h < 2; h++)
             for (int l = 0; l < 32; l++) {

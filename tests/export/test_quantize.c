@@ -1,7 +1,7 @@
 /*
  * test_quantize.c: finch_quantize end to end.
  *
- *   - A random f32 LLaMA whose rows are whole 256-blocks (hidden 256, FFN 512, 8 layers,
+ *   - A random f32 LLaMA whose rows are whole 256-blocks (hidden 256, FFN 256, 8 layers,
  *     the tiny fixture's tokenizer), written here, is quantized to every type: each output
  *     loads in finch, its logits stay within a per-type tolerance of the f32 model's, and
  *     every tensor has the type llama-quantize's rules give for this shape (written out
@@ -38,7 +38,7 @@
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
 
-enum { C = 256, F = 512, H = 4, KVH = 2, D = 64, V = 97, L = 8 };
+enum { C = 256, F = 256, H = 4, KVH = 2, D = 64, V = 97, L = 8 };
 
 static char dir[] = "/tmp/finch_quantize_XXXXXX";
 static char model256[300], tied256[300];
@@ -63,10 +63,14 @@ static void write_model(const char *path, bool tied) {
     static const struct {
         const char *key;
         uint32_t v;
-    } shape[] = {{"llama.embedding_length", C},        {"llama.feed_forward_length", F},
-                 {"llama.block_count", L},             {"llama.attention.head_count", H},
-                 {"llama.attention.head_count_kv", KVH}, {"llama.rope.dimension_count", D},
-                 {"llama.attention.key_length", D},    {"llama.attention.value_length", D}};
+    } shape[] = {{"llama.embedding_length", C},
+                 {"llama.feed_forward_length", F},
+                 {"llama.block_count", L},
+                 {"llama.attention.head_count", H},
+                 {"llama.attention.head_count_kv", KVH},
+                 {"llama.rope.dimension_count", D},
+                 {"llama.attention.key_length", D},
+                 {"llama.attention.value_length", D}};
     for (int64_t i = 0; i < finch_gguf_n_kv(g); i++) {
         const finch_gguf_kv *kv = finch_gguf_kv_at(g, i);
         bool replaced = false;
@@ -87,7 +91,7 @@ static void write_model(const char *path, bool tied) {
         int64_t n = (int64_t)(n0) * ((n1) ? (n1) : 1);                                             \
         float *v = malloc((size_t)n * sizeof *v);                                                  \
         assert_non_null(v);                                                                        \
-        for (int64_t k = 0; k < n; k++) v[k] = (sd) > 0 ? (sd) * randn(&seed) : 1.0f;            \
+        for (int64_t k = 0; k < n; k++) v[k] = (sd) > 0 ? (sd)*randn(&seed) : 1.0f;                \
         bufs[nb++] = v;                                                                            \
         assert_int_equal(                                                                          \
             finch_gguf_add_tensor(w, name, FINCH_DTYPE_F32, (n1) ? 2 : 1, ne, v, &err), FINCH_OK); \
@@ -198,8 +202,8 @@ static void check_types(const char *path, const char *t, bool tied) {
     static const struct {
         const char *t;
         uint32_t ft;
-    } ftypes[] = {{"f32", 0},     {"f16", 1},     {"bf16", 32},    {"q8_0", 7},     {"q4_0", 2},
-                  {"q4_1", 3},    {"q5_0", 8},    {"q5_1", 9},     {"q4_k_s", 14}, {"q4_k_m", 15},
+    } ftypes[] = {{"f32", 0},     {"f16", 1},     {"bf16", 32}, {"q8_0", 7},    {"q4_0", 2},
+                  {"q4_1", 3},    {"q5_0", 8},    {"q5_1", 9},  {"q4_k_s", 14}, {"q4_k_m", 15},
                   {"q5_k_s", 16}, {"q5_k_m", 17}, {"q6_k", 18}};
     for (size_t k = 0; k < sizeof ftypes / sizeof ftypes[0]; k++)
         if (!strcmp(ftypes[k].t, t)) assert_int_equal(ft, ftypes[k].ft);
@@ -221,9 +225,9 @@ static void test_types_logits_and_rules(void **state) {
     static const struct {
         const char *t;
         double tol;
-    } cases[] = {{"f32", 0.0},    {"f16", 1e-3},    {"bf16", 8e-3},   {"q8_0", 0.03},
-                 {"q6_k", 0.08},  {"q5_k_m", 0.15}, {"q5_k_s", 0.16}, {"q5_1", 0.19},
-                 {"q5_0", 0.19},  {"q4_k_m", 0.28}, {"q4_k_s", 0.3},  {"q4_1", 0.32},
+    } cases[] = {{"f32", 0.0},   {"f16", 1e-3},    {"bf16", 8e-3},   {"q8_0", 0.03},
+                 {"q6_k", 0.08}, {"q5_k_m", 0.15}, {"q5_k_s", 0.16}, {"q5_1", 0.19},
+                 {"q5_0", 0.19}, {"q4_k_m", 0.28}, {"q4_k_s", 0.3},  {"q4_1", 0.32},
                  {"q4_0", 0.4}};
     enum { N_CASES = sizeof cases / sizeof cases[0] };
     double rel_of[N_CASES];
@@ -237,12 +241,14 @@ static void test_types_logits_and_rules(void **state) {
     snprintf(out, sizeof out, "%s/q.gguf", dir);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         finch_err err;
-        for (int tied = 0; tied < 2; tied++) {
-            if (quantize(tied ? tied256 : model256, out, cases[c].t, 1, &err))
-                fail_msg("%s", err.msg);
-            check_types(out, cases[c].t, tied);
+        /* the tied model where the head's rule differs: a plain quantized type, q8_0, a mix */
+        const char *t = cases[c].t;
+        if (!strcmp(t, "q4_0") || !strcmp(t, "q8_0") || !strcmp(t, "q4_k_m") || !strcmp(t, "f16")) {
+            if (quantize(tied256, out, t, 1, &err)) fail_msg("%s", err.msg);
+            check_types(out, t, true);
         }
-        assert_int_equal(quantize(model256, out, cases[c].t, 1, &err), FINCH_OK);
+        if (quantize(model256, out, t, 1, &err)) fail_msg("%s", err.msg);
+        check_types(out, t, false);
         logits_of(out, ids, N, got);
         double d = 0;
         for (int i = 0; i < N * V; i++) d += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
@@ -277,9 +283,11 @@ static void test_fallbacks(void **state) {
         assert_int_equal(quantize(TINY, out, cases[c].t, 1, &err), FINCH_OK);
         finch_gguf *g;
         assert_int_equal(finch_gguf_open(out, &g, &err), FINCH_OK);
-        const char *q = finch_dtype_info[finch_gguf_find_tensor(g, "blk.1.attn_q.weight")->type].name;
+        const char *q =
+            finch_dtype_info[finch_gguf_find_tensor(g, "blk.1.attn_q.weight")->type].name;
         const char *o = finch_dtype_info[finch_gguf_find_tensor(g, "output.weight")->type].name;
-        const char *v = finch_dtype_info[finch_gguf_find_tensor(g, "blk.1.attn_v.weight")->type].name;
+        const char *v =
+            finch_dtype_info[finch_gguf_find_tensor(g, "blk.1.attn_v.weight")->type].name;
         printf("  %s on rows of 64: attn_q %s, output %s, blk.1.attn_v %s\n", cases[c].t, q, o, v);
         assert_string_equal(q, cases[c].weights);
         assert_string_equal(o, cases[c].output);
@@ -308,8 +316,9 @@ static void test_bytes_copy_and_dequant(void **state) {
     assert_int_equal(finch_gguf_open(back, &f, &err), FINCH_OK);
     assert_int_equal(finch_gguf_n_tensors(a), finch_gguf_n_tensors(src));
     for (int64_t i = 0; i < finch_gguf_n_tensors(src); i++) {
-        const finch_gguf_tensor *ts = finch_gguf_tensor_at(src, i), *ta = finch_gguf_tensor_at(a, i),
-                                *tb = finch_gguf_tensor_at(b, i), *tf = finch_gguf_tensor_at(f, i);
+        const finch_gguf_tensor *ts = finch_gguf_tensor_at(src, i),
+                                *ta = finch_gguf_tensor_at(a, i), *tb = finch_gguf_tensor_at(b, i),
+                                *tf = finch_gguf_tensor_at(f, i);
         assert_string_equal(ts->name, ta->name);
         assert_int_equal(ta->nbytes, tb->nbytes);
         assert_memory_equal(ta->data, tb->data, ta->nbytes);
@@ -339,8 +348,8 @@ static void test_bytes_copy_and_dequant(void **state) {
     unlink(back);
 }
 
-static void refused(const char *in, const char *out, const char *type, int force,
-                    finch_status code, const char *fragment) {
+static void refused(const char *in, const char *out, const char *type, int force, finch_status code,
+                    const char *fragment) {
     finch_err err = {0};
     finch_status st = quantize(in, out, type, force, &err);
     printf("  %s -> %s (%s): %s\n", in, out, type, err.msg);

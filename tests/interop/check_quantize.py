@@ -170,14 +170,21 @@ def run_family(args, label, model, types, generate, dithered=False):
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], lambda ap: ap.add_argument(
-        "--gemma3", default=None, help="Gemma 3 270M GGUF (optional second family)"))
+    def extra(ap):
+        ap.add_argument("--gemma3", default=None, help="Gemma 3 270M GGUF (optional)")
+        ap.add_argument("--parts", default="smollm2,dithered,gemma3",
+                        help="which runs, comma-separated (default all)")
+    args = common.parse_args(__doc__.splitlines()[0], extra)
+    parts = args.parts.split(",")
     cl.N_PREDICT = N_PREDICT
     cl.N_ASSERT = N_PREDICT
-    ok = run_family(args, "smollm2", args.model, list(TYPES), GENERATE)
-    ok &= run_family(args, "smollm2-dithered", args.model, ["q4_k_m", "q4_k_s", "q5_k_m", "q6_k"],
-                     ["q4_k_m"], dithered=True)
-    if args.gemma3 and os.path.exists(args.gemma3):
+    ok = True
+    if "smollm2" in parts:
+        ok &= run_family(args, "smollm2", args.model, list(TYPES), GENERATE)
+    if "dithered" in parts:
+        ok &= run_family(args, "smollm2-dithered", args.model,
+                         ["q4_k_m", "q4_k_s", "q5_k_m", "q6_k"], ["q4_k_m"], dithered=True)
+    if "gemma3" in parts and args.gemma3 and os.path.exists(args.gemma3):
         ok &= run_family(args, "gemma3", args.gemma3, ["q4_k_m", "q6_k", "q8_0"], [])
     print("quantize vs llama.cpp: %s" % ("PASS" if ok else "FAIL"))
     return 0 if ok else 1

@@ -402,6 +402,21 @@ static void test_refusals(void **state) {
     fputs("this is not a model\n", fp);
     fclose(fp);
     refused(text, out, "q8_0", 0, FINCH_E_FORMAT, "text.gguf");
+    /* a weight stored in a type finch cannot read (f64) */
+    char f64[400];
+    snprintf(f64, sizeof f64, "%s/f64.gguf", dir);
+    finch_gguf_writer *w = finch_gguf_writer_new(&err);
+    assert_non_null(w);
+    static double vals[64];
+    const int64_t ne[2] = {32, 2};
+    assert_int_equal(finch_gguf_set_str(w, "general.architecture", "llama", &err), FINCH_OK);
+    assert_int_equal(
+        finch_gguf_add_tensor(w, "blk.0.attn_q.weight", FINCH_DTYPE_F64, 2, ne, vals, &err),
+        FINCH_OK);
+    assert_int_equal(finch_gguf_writer_save(w, f64, &err), FINCH_OK);
+    finch_gguf_writer_free(w);
+    refused(f64, out, "q8_0", 0, FINCH_E_UNSUPPORTED, "f64.gguf: tensor 'blk.0.attn_q.weight'");
+    unlink(f64);
     struct stat st;
     assert_int_equal(stat(out, &st), -1); /* nothing written by any refusal */
     unlink(trunc);

@@ -15,7 +15,10 @@ typedef struct {
 
 #define CLI_DST args_t
 static const cli_flag flag_table[] = {
-    CLI_POSITIONAL(NULL, "IN", in, "the model to read: a GGUF file (any stored type finch reads)"),
+    CLI_POSITIONAL(NULL, "IN", in,
+                   "the model to read: a GGUF file (f32, f16, bf16, or quantized: then\n"
+                   "dequantized first and quantized again, which is lossy; a warning says\n"
+                   "so). Hugging Face folders are not read yet"),
     CLI_POSITIONAL(NULL, "OUT", out,
                    "the GGUF to write (atomically); never the input itself, and an existing\n"
                    "file only with --force"),

@@ -518,6 +518,12 @@ FINCH_API finch_status finch_merge(const finch_model *model, finch_adapter *cons
                                    const float *weights, int n_adapters, const char *type_name,
                                    const char *path, finch_err *err);
 
+/* As finch_merge, but every matrix of the model (the embeddings and an untied output head
+ * too, touched by an adapter or not) is written in type_name: with "f32" and an adapter
+ * of weight 0, the base dequantized whole, for comparing engines without quantization. */
+FINCH_API finch_status finch_merge_all(const finch_model *model, finch_adapter *const *adapters,
+                                       const float *weights, int n_adapters, const char *type_name,
+                                       const char *path, finch_err *err);
 /* One tensor of a quantization plan, as finch_quantize decides it (see on_tensor). */
 typedef struct {
     const char *name; /* the tensor's GGUF name */

@@ -7,6 +7,7 @@
 
 typedef struct {
     const char *model, *out, *type;
+    bool all_tensors;
     cli_adapters adapters;
 } args_t;
 
@@ -20,13 +21,16 @@ static const cli_flag flag_table[] = {
     CLI_ENUM("--type", "f16|f32|bf16|q8_0|q4_0|q4_1|q5_0|q5_1", type,
              "storage of merged projections (default f16); other tensors keep\n"
              "their types"),
+    CLI_SWITCH("--all-tensors", all_tensors,
+               "write every matrix in --type, the embeddings too (with --type f32\n"
+               "and --adapter DIR:0: the base dequantized whole)"),
     CLI_END};
 #undef CLI_DST
 
 static const cli_command command = {
     .name = "merge",
     .usage = "usage: finch merge [-m MODEL] --adapter DIR[:W] [--adapter ...] -o OUT.gguf "
-             "[--type T]\n",
+             "[--type T] [--all-tensors]\n",
     .flags = flag_table};
 
 int cmd_merge(int argc, char **argv) {
@@ -49,7 +53,8 @@ int cmd_merge(int argc, char **argv) {
                     "which is lossy: the merged model computes close to, not exactly, the "
                     "base with its adapters (f32 or f16 keep them)\n",
                     a.type);
-        if (finch_merge(m, a.adapters.loaded, a.adapters.weight, a.adapters.n, a.type, a.out, &err))
+        if ((a.all_tensors ? finch_merge_all : finch_merge)(m, a.adapters.loaded, a.adapters.weight,
+                                                            a.adapters.n, a.type, a.out, &err))
             rc = cli_fail(&err);
         else
             fprintf(stderr, "finch merge: wrote %s\n", a.out);

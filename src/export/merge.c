@@ -69,7 +69,7 @@ static finch_status add_new_tensors(finch_gguf_writer *w, const finch_gguf *g,
 
 finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
                               const float *weights, int n_adapters, finch_dtype out_type,
-                              const char *path, finch_err *err) {
+                              bool all_weights, const char *path, finch_err *err) {
     if (!m->gguf)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "%s: merging writes a GGUF from a GGUF base model; this one was "
@@ -95,8 +95,8 @@ finch_status finch_merge_save(const finch_model *m, finch_peft *const *adapters,
     bool quantized = false;
     for (int64_t i = 0; i < n_t && !st; i++) {
         const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
-        /* does an adapter touch this tensor? */
-        bool touched = false;
+        /* does an adapter touch this tensor (or is every matrix rewritten)? */
+        bool touched = all_weights && t->n_dims == 2 && t->type != out_type;
         for (int a = 0; a < n_adapters && t->n_dims <= 2 && !touched; a++)
             touched = finch_peft_merge_row(adapters[a], m, t->name, 0, NULL, t->ne[0], 1.0f);
         if (!touched) {
@@ -161,8 +161,9 @@ done:
     return st;
 }
 
-finch_status finch_merge(const finch_model *m, finch_adapter *const *adapters, const float *weights,
-                         int n_adapters, const char *type_name, const char *path, finch_err *err) {
+static finch_status merge(const finch_model *m, finch_adapter *const *adapters,
+                          const float *weights, int n_adapters, const char *type_name,
+                          bool all_weights, const char *path, finch_err *err) {
     if (n_adapters < 1 || n_adapters > 16)
         return finch_err_set(err, FINCH_E_USAGE, "merge: give 1 to 16 adapters (got %d)",
                              n_adapters);
@@ -182,5 +183,16 @@ finch_status finch_merge(const finch_model *m, finch_adapter *const *adapters, c
             return finch_err_set(err, FINCH_E_UNSUPPORTED, "merge: %s adapters have no exact merge",
                                  finch_peft_method(pefts[a]));
     }
-    return finch_merge_save(m, pefts, weights, n_adapters, type, path, err);
+    return finch_merge_save(m, pefts, weights, n_adapters, type, all_weights, path, err);
+}
+
+finch_status finch_merge(const finch_model *m, finch_adapter *const *adapters, const float *weights,
+                         int n_adapters, const char *type_name, const char *path, finch_err *err) {
+    return merge(m, adapters, weights, n_adapters, type_name, false, path, err);
+}
+
+finch_status finch_merge_all(const finch_model *m, finch_adapter *const *adapters,
+                             const float *weights, int n_adapters, const char *type_name,
+                             const char *path, finch_err *err) {
+    return merge(m, adapters, weights, n_adapters, type_name, true, path, err);
 }

@@ -132,6 +132,18 @@ typedef struct {
     /* dst (n) = src rounded to IEEE half (nearest even). */
     void (*to_f16)(uint16_t *dst, const float *src, int64_t n);
 
+    /* rmsnorm_forward as llama.cpp computes it (ggml's rms_norm, then its mul by w): the
+     * squares rounded to f32 and summed in double in column order, their mean rounded to
+     * f32, scale = 1 / sqrtf(mean + eps) in f32, y = (x * scale) * w. y may alias x. */
+    void (*rmsnorm_llamacpp)(float *y, const float *x, const float *w, int64_t T, int64_t C,
+                             float eps);
+
+    /* swiglu_forward as llama.cpp's AVX-512 build computes it, row by row of F: in each
+     * row the first F - F % 16 elements take silu from ggml's exp approximation
+     * (expf_ggml in cpu/swiglu.c), the rest from libm's expf, each as g / (1 + e^-g) * up. h may
+     * alias gate. */
+    void (*swiglu_llamacpp)(float *h, const float *gate, const float *up, int64_t T, int64_t F);
+
     /* h (n) = silu(gate) * up, elementwise. h may alias gate. */
     void (*swiglu_forward)(float *h, const float *gate, const float *up, int64_t n);
 

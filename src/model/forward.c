@@ -105,6 +105,24 @@ static void join(const finch_block_module *b, float *x, float *h, int64_t T, int
     if (b && b->place == FINCH_MODULE_AFTER_ADD) b->forward(b, x, x, T, ctx);
 }
 
+/* y (rows, C) = RMSNorm of x with weight w, with llama.cpp's rounding in its numerics. */
+static void rms_rows(const finch_kv_session *s, const finch_backend *be, float *y, const float *x,
+                     const float *w, int64_t rows, int64_t C, float eps) {
+    if (s->numerics == FINCH_NUMERICS_LLAMACPP)
+        be->rmsnorm_llamacpp(y, x, w, rows, C, eps);
+    else
+        be->rmsnorm_forward(y, NULL, x, w, rows, C, eps);
+}
+
+/* The block's norm (finch_norm_forward): RMSNorm through rms_rows, LayerNorm as it is. */
+static void norm_rows(const finch_model *m, const finch_kv_session *s, float *y, const float *x,
+                      const float *w, const float *b, int64_t T) {
+    if (m->arch->layer_norm)
+        finch_norm_forward(m, y, NULL, x, w, b, T);
+    else
+        rms_rows(s, m->be, y, x, w, T, m->cfg.n_embd, m->cfg.rms_eps);
+}
+
 /* T rows from ids, or from embd (T, C) as they are; the logits of the last n_out rows
  * (0, 1 or T). */
 static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_t *ids,
@@ -138,13 +156,13 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         const float theta = finch_layer_theta(m, l);
         const int64_t window = finch_layer_window(m, l);
         /* attention */
-        finch_norm_forward(m, s->xn, NULL, s->x, ly->attn_norm, ly->attn_norm_b, T);
+        norm_rows(m, s, s->xn, s->x, ly->attn_norm, ly->attn_norm_b, T);
         finch_linear_forward(mm, s->q, s->xn, &ly->wq, T, be, ws);
         finch_linear_forward(mm, s->kk, s->xn, &ly->wk, T, be, ws);
         finch_linear_forward(mm, s->vv, s->xn, &ly->wv, T, be, ws);
         if (a->qk_norm) {
-            be->rmsnorm_forward(s->q, NULL, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
-            be->rmsnorm_forward(s->kk, NULL, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
+            rms_rows(s, be, s->q, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
+            rms_rows(s, be, s->kk, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
         }
         if (!a->learned_pos) {
             be->rope_forward(s->q, s->pos_ids, T, H, D, theta);
@@ -162,11 +180,10 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             be->attention_forward(s->att, s->q, kc, vc, T, pos0, H, KVH, D, window, ws);
         }
         finch_linear_forward(mm, s->xn, s->att, &ly->wo, T, be, ws);
-        if (a->post_norms)
-            be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_attn_norm, T, C, c->rms_eps);
+        if (a->post_norms) rms_rows(s, be, s->xn, s->xn, ly->post_attn_norm, T, C, c->rms_eps);
         join(ly->attn_module, s->x, s->xn, T, C, &ctx);
         /* feed-forward */
-        finch_norm_forward(m, s->xn, NULL, s->x, ly->ffn_norm, ly->ffn_norm_b, T);
+        norm_rows(m, s, s->xn, s->x, ly->ffn_norm, ly->ffn_norm_b, T);
         if (a->plain_ffn) {
             finch_linear_forward(mm, s->gate, s->xn, &ly->w_up, T, be, ws);
             be->gelu_forward(s->gate, s->gate, (int64_t)T * F);
@@ -175,12 +192,13 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
             if (a->act == FINCH_ACT_GELU_TANH)
                 be->geglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+            else if (llamacpp)
+                be->swiglu_llamacpp(s->gate, s->gate, s->up, T, F);
             else
                 be->swiglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
         }
         finch_linear_forward(mm, s->xn, s->gate, &ly->w_down, T, be, ws);
-        if (a->post_norms)
-            be->rmsnorm_forward(s->xn, NULL, s->xn, ly->post_ffn_norm, T, C, c->rms_eps);
+        if (a->post_norms) rms_rows(s, be, s->xn, s->xn, ly->post_ffn_norm, T, C, c->rms_eps);
         join(ly->ffn_module, s->x, s->xn, T, C, &ctx);
     }
     s->pos += T;
@@ -188,7 +206,7 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
     /* head: only the rows whose logits are wanted */
     if (!n_out) return;
     const float *xl = s->x + (size_t)(T - n_out) * C;
-    finch_norm_forward(m, s->xn, NULL, xl, m->output_norm, m->output_norm_b, n_out);
+    norm_rows(m, s, s->xn, xl, m->output_norm, m->output_norm_b, n_out);
     finch_linear_forward(mm, s->logits, s->xn, &m->output, n_out, be, ws);
 }
 

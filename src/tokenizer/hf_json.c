@@ -8,9 +8,14 @@
  *
  * SentencePiece style reads:
  *   normalizer      null, or the legacy Sequence[Prepend("▁"), Replace(" ", "▁")]; then
- *   pre_tokenizer   must be null. Otherwise pre_tokenizer is Metaspace: replacement "▁" (no
- *                   other), prepend_scheme always/first/never (or the older
- *                   add_prefix_space), split.
+ *                   pre_tokenizer must be null. Otherwise pre_tokenizer is Metaspace:
+ *                   replacement "▁" (no other), prepend_scheme always/first/never (or the
+ *                   older add_prefix_space), split; and the normalizer is null or a
+ *                   Sequence of Precompiled (precompiled.c: the charsmap is checked whole),
+ *                   Strip (strip_left, strip_right: Unicode White_Space), Replace of a
+ *                   String, Replace of the Regex " {2,}" (no other regex): what
+ *                   transformers writes for T5, ALBERT, XLNet and other SentencePiece
+ *                   conversions. hf_spm.c runs the steps in order on each text run.
  *   model           BPE: vocab, merges, unk_token, fuse_unk, byte_fallback (a character that
  *                   is not a token becomes its <0xXX> tokens); dropout, continuing_subword_
  *                   prefix and end_of_word_suffix refused. Unigram: vocab as [piece, score]
@@ -903,13 +908,44 @@ static bool is_spm_style(const json_t *root, const char *model_type) {
             has_type(json_object_get(root, "normalizer"), "normalizers", "Prepend"));
 }
 
-/* The legacy normalizer Sequence[Prepend("▁"), Replace(" ", "▁")]: sets *prepend and
- * *replace for the steps seen; any other step is refused. */
+/* What spm_normalizer_step collects: the legacy Prepend and Replace(" ", "▁") seen, and
+ * every step but Prepend in tok->norm. */
+typedef struct {
+    finch_tokenizer *tok;
+    bool prepend, replace;
+} spm_norm_ctx;
+
+/* Adds a step to tok->norm; from and to are copied. */
+static finch_status add_norm(finch_tokenizer *tok, const char *path, const char *field,
+                             spm_norm step, const char *from, size_t from_len, const char *to,
+                             size_t to_len, finch_err *err) {
+    if (tok->n_norm == SPM_MAX_NORM)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field '%s': more than %d normalizer steps", path, field,
+                             SPM_MAX_NORM);
+    step.from = from ? finch_alloc(from_len + 1, "normalizer", err) : NULL;
+    step.to = to ? finch_alloc(to_len + 1, "normalizer", err) : NULL;
+    if ((from && !step.from) || (to && !step.to)) {
+        free(step.from);
+        free(step.to);
+        return FINCH_E_NOMEM;
+    }
+    if (from) memcpy(step.from, from, from_len + 1);
+    if (to) memcpy(step.to, to, to_len + 1);
+    step.from_len = from_len;
+    step.to_len = to_len;
+    tok->norm[tok->n_norm++] = step;
+    return FINCH_OK;
+}
+
+/* A normalizer step of a SentencePiece-style file: the legacy Prepend("▁") (noted only),
+ * Replace of a String or of the Regex " {2,}", Strip, Precompiled (its charsmap loaded);
+ * any other step is refused. */
 static finch_status spm_normalizer_step(void *ctx, const char *path, const json_t *n,
                                         const char *type, const char *field, const char *sub0,
                                         int depth, finch_err *err) {
     (void)depth;
-    bool *seen = ctx; /* Prepend, Replace */
+    spm_norm_ctx *c = ctx;
     const char *s;
     char sub[96];
     snprintf(sub, sizeof sub, "%s", sub0);
@@ -922,36 +958,78 @@ static finch_status spm_normalizer_step(void *ctx, const char *path, const json_
                                  "%s: field '%s' is '%s': finch prepends only the space marker "
                                  "U+2581",
                                  path, sub, s ? s : "(missing)");
-        seen[0] = true;
+        c->prepend = true;
         return FINCH_OK;
     }
     if (type && strcmp(type, "Replace") == 0) {
-        json_t *pat = json_object_get(json_object_get(n, "pattern"), "String");
+        json_t *pat = json_object_get(n, "pattern"), *str = json_object_get(pat, "String");
+        json_t *re = json_object_get(pat, "Regex");
         snprintf(sub, sizeof sub, "%s.content", field);
         if ((st = get_str(path, n, "content", sub, &s, err))) return st;
-        if (!json_is_string(pat) || strcmp(json_string_value(pat), " ") != 0 || !s ||
-            strcmp(s, MARK) != 0)
+        if (!s) return bad_type(path, sub, NULL, "a string", err);
+        size_t to_len = json_string_length(json_object_get(n, "content"));
+        if (json_is_string(str) && json_string_length(str) > 0) {
+            c->replace |= strcmp(json_string_value(str), " ") == 0 && strcmp(s, MARK) == 0;
+            return add_norm(c->tok, path, field, (spm_norm){.kind = NORM_REPLACE},
+                            json_string_value(str), json_string_length(str), s, to_len, err);
+        }
+        if (json_is_string(re) && strcmp(json_string_value(re), " {2,}") == 0)
+            return add_norm(c->tok, path, field, (spm_norm){.kind = NORM_SPACES}, NULL, 0, s,
+                            to_len, err);
+        snprintf(sub, sizeof sub, "%s.pattern", field);
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: field '%s': finch implements Replace of a non-empty String, "
+                             "or of the Regex \" {2,}\" only",
+                             path, sub);
+    }
+    if (type && strcmp(type, "Strip") == 0) {
+        spm_norm step = {.kind = NORM_STRIP};
+        snprintf(sub, sizeof sub, "%s.strip_left", field);
+        if ((st = get_bool(path, n, "strip_left", sub, false, &step.left, err))) return st;
+        snprintf(sub, sizeof sub, "%s.strip_right", field);
+        if ((st = get_bool(path, n, "strip_right", sub, false, &step.right, err))) return st;
+        return add_norm(c->tok, path, field, step, NULL, 0, NULL, 0, err);
+    }
+    if (type && strcmp(type, "Precompiled") == 0) {
+        json_t *map = json_object_get(n, "precompiled_charsmap");
+        snprintf(sub, sizeof sub, "%s.precompiled_charsmap", field);
+        if (!json_is_string(map)) return bad_type(path, sub, map, "a base64 string", err);
+        if (c->tok->charsmap.n_units)
             return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                                 "%s: field '%s': finch implements only Replace of the String "
-                                 "' ' by U+2581",
+                                 "%s: field '%s': a second Precompiled step: finch "
+                                 "implements one",
                                  path, field);
-        seen[1] = true;
-        return FINCH_OK;
+        if ((st = finch_charsmap_load(&c->tok->charsmap, json_string_value(map),
+                                      json_string_length(map), path, sub, err)))
+            return st;
+        if (!c->tok->grapheme) {
+            int code;
+            PCRE2_SIZE at;
+            c->tok->grapheme = pcre2_compile((PCRE2_SPTR) "\\X", PCRE2_ZERO_TERMINATED,
+                                             PCRE2_UTF | PCRE2_UCP, &code, &at, NULL);
+            if (!c->tok->grapheme)
+                return finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
+        }
+        return add_norm(c->tok, path, field, (spm_norm){.kind = NORM_PRECOMPILED}, NULL, 0, NULL, 0,
+                        err);
     }
     return finch_err_set(err, FINCH_E_UNSUPPORTED,
                          "%s: field '%s' is '%s': a SentencePiece-style file may have only "
-                         "Prepend and Replace normalizers (and Sequence of them)",
+                         "Precompiled, Strip, Replace and Prepend normalizers (and Sequence of "
+                         "them)",
                          path, sub, type ? type : "(missing)");
 }
 
-static finch_status spm_normalizer(const char *path, const json_t *n, bool *prepend, bool *replace,
-                                   finch_err *err) {
-    bool seen[2] = {false, false};
+/* Walks the normalizer: *prepend and *replace say whether the legacy Prepend("▁") and
+ * Replace(" ", "▁") are there; the other steps go to tok->norm. */
+static finch_status spm_normalizer(finch_tokenizer *tok, const char *path, const json_t *n,
+                                   bool *prepend, bool *replace, finch_err *err) {
+    spm_norm_ctx c = {tok, false, false};
     finch_status st = FINCH_OK;
     if (n && !json_is_null(n))
-        st = walk_steps(path, n, "normalizer", "normalizers", 0, spm_normalizer_step, seen, err);
-    *prepend = seen[0];
-    *replace = seen[1];
+        st = walk_steps(path, n, "normalizer", "normalizers", 0, spm_normalizer_step, &c, err);
+    *prepend = c.prepend;
+    *replace = c.replace;
     return st;
 }
 
@@ -1158,18 +1236,26 @@ static finch_status load_spm(finch_tokenizer *tok, const char *path, const json_
                              finch_err *err) {
     finch_status st;
     bool prepend = false, replace = false;
-    if ((st = spm_normalizer(path, json_object_get(root, "normalizer"), &prepend, &replace, err)))
+    if ((st = spm_normalizer(tok, path, json_object_get(root, "normalizer"), &prepend, &replace,
+                             err)))
         return st;
     json_t *pre = json_object_get(root, "pre_tokenizer");
     bool meta = pre && !json_is_null(pre);
     if (meta && (st = parse_metaspace(tok, path, pre, err))) return st;
-    if (meta ? prepend || replace : !(prepend && replace))
+    /* the legacy form is exactly Prepend and Replace(" ", "▁"), which mark_run does */
+    bool legacy = prepend && replace && tok->n_norm == 1;
+    if (meta ? prepend : !legacy)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "%s: field '%s': a SentencePiece-style file needs either the "
                              "Metaspace pre_tokenizer or the normalizer Sequence[Prepend(U+2581), "
                              "Replace(' ', U+2581)], not both",
                              path, meta ? "normalizer" : "pre_tokenizer");
-    if (!meta) tok->spm_prepend = SPM_PREPEND_NORMALIZER;
+    if (!meta) {
+        tok->spm_prepend = SPM_PREPEND_NORMALIZER;
+        free(tok->norm[0].from);
+        free(tok->norm[0].to);
+        tok->n_norm = 0;
+    }
     if (!(tok->pre_name = finch_mem_strdup(meta ? "Metaspace" : "Prepend+Replace")))
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
     if ((st = get_bool(path, model, "byte_fallback", "model.byte_fallback", false,

@@ -5,6 +5,9 @@
  * type "Unigram": T5, ALBERT) of the vocabulary-type table.
  *
  * Encoding, for each run of text between special tokens (special.c):
+ *   0. the normalizer steps of tok->norm, in order: Precompiled (precompiled.c), Strip of
+ *      White_Space, Replace of a String, Replace of runs of two or more spaces; a run that
+ *      becomes empty gives no tokens;
  *   1. the space marker: with the legacy normalizer Sequence[Prepend("▁"), Replace(" ",
  *      "▁")] (SPM_PREPEND_NORMALIZER) a "▁" goes before every non-empty run and every space
  *      becomes "▁"; with the Metaspace pre-tokenizer every space becomes "▁" and a "▁" goes
@@ -35,7 +38,9 @@
  * Facts: tokenizers 0.20 (models/bpe/word.rs, models/bpe/model.rs merge_word,
  * models/unigram/model.rs encode_optimized and tokenize, pre_tokenizers/metaspace.rs).
  * tests/tokenizer/test_tokenizer_hf_spm.c checks the ids against the library's on 1,077
- * lines for each of three files (BPE with Prepend + Replace, BPE with Metaspace, Unigram).
+ * lines for each of four files (BPE with Prepend + Replace, BPE with Metaspace, Unigram
+ * with and without byte fallback), and on 1,049 lines for two Unigram files with a
+ * Precompiled normalizer (T5's and ALBERT's normalizer sequences).
  */
 #include "internal.h"
 
@@ -88,6 +93,8 @@ typedef struct {
     int32_t *seg; /* Unigram: segment starts, from the end back */
     size_t seg_cap;
     finch_tok_queue q;
+    tok_buf norm[2];      /* the run through the normalizer steps, one buffer each turn */
+    pcre2_match_data *md; /* for tok->grapheme */
 } scratch;
 
 /* Pushes the <0xXX> tokens of s[0..n) when all exist; false (nothing pushed) otherwise.
@@ -227,6 +234,73 @@ static bool unigram_word(const finch_tokenizer *tok, scratch *sc, const char *w,
 
 /* ---- the run ------------------------------------------------------------------------ */
 
+/* Unicode White_Space, what the library's Strip removes (Rust's char::is_whitespace). */
+static bool is_white_space(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+           c == 0x205f || c == 0x3000;
+}
+
+/* Appends s[0..n) to o with one step that is not Precompiled. */
+static bool norm_step(const spm_norm *st, const char *s, size_t n, tok_buf *o) {
+    if (st->kind == NORM_STRIP) {
+        size_t start = 0, end = 0, used;
+        bool lead = true; /* still in the leading white space */
+        for (size_t at = 0; at < n; at += used) {
+            uint32_t c = finch_utf8_get_lenient(s + at, n - at, &used);
+            if (is_white_space(c)) {
+                if (lead && st->left) start = at + used;
+                continue;
+            }
+            lead = false;
+            end = at + used;
+        }
+        if (lead) end = start;
+        if (!st->right) end = n;
+        return tok_buf_put(o, s + start, end - start);
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < n;) {
+        size_t k = 0; /* bytes of a match at i */
+        if (st->kind == NORM_REPLACE) {
+            if (n - i >= st->from_len && memcmp(s + i, st->from, st->from_len) == 0)
+                k = st->from_len;
+        } else {
+            while (i + k < n && s[i + k] == ' ') k++;
+            if (k < 2) k = 0;
+        }
+        if (!k) {
+            i++;
+            continue;
+        }
+        if (!tok_buf_put(o, s + at, i - at) || !tok_buf_put(o, st->to, st->to_len)) return false;
+        i += k;
+        at = i;
+    }
+    return tok_buf_put(o, s + at, n - at);
+}
+
+/* Runs the normalizer steps over text[0..len): *out (in sc->norm) and *out_len get the
+ * result, text itself when there are no steps. False when memory runs out. */
+static bool normalize_run(const finch_tokenizer *tok, scratch *sc, const char *text, size_t len,
+                          const char **out, size_t *out_len) {
+    *out = text;
+    *out_len = len;
+    for (int i = 0; i < tok->n_norm; i++) {
+        tok_buf *o = &sc->norm[i & 1];
+        o->n = 0;
+        const spm_norm *st = &tok->norm[i];
+        bool ok =
+            st->kind == NORM_PRECOMPILED
+                ? finch_charsmap_normalize(&tok->charsmap, tok->grapheme, sc->md, *out, *out_len, o)
+                : norm_step(st, *out, *out_len, o);
+        if (!ok) return false;
+        *out = o->n ? o->p : "";
+        *out_len = o->n;
+    }
+    return true;
+}
+
 /* Writes the run with its space markers to sc->text (step 1); returns its length, or
  * SIZE_MAX when memory runs out. */
 static size_t mark_run(const finch_tokenizer *tok, scratch *sc, const char *text, size_t len,
@@ -249,20 +323,28 @@ static finch_status hf_spm_encode(const finch_tokenizer *tok, const char *text,
     scratch sc = {0};
     finch_status st = FINCH_OK;
     bool unigram = tok->uni_scores != NULL;
+    if (tok->grapheme && !(sc.md = pcre2_match_data_create_from_pattern(tok->grapheme, NULL)))
+        return finch_err_set(err, FINCH_E_NOMEM, "out of memory tokenizing");
     for (size_t f = 0; f < n_frags && !st; f++) {
         const tok_frag *fr = &frags[f];
         if (fr->id >= 0) {
             if (!tok_ids_push(out, fr->id)) st = FINCH_E_NOMEM;
             continue;
         }
-        if (fr->len == 0) continue;
-        if (fr->len > HF_SPM_MAX_RUN) {
-            st = finch_err_set(err, FINCH_E_RANGE,
-                               "a text run of %zu bytes between special tokens: at most %zu",
-                               fr->len, HF_SPM_MAX_RUN);
+        const char *run;
+        size_t run_len;
+        if (!normalize_run(tok, &sc, text + fr->start, fr->len, &run, &run_len)) {
+            st = FINCH_E_NOMEM;
             break;
         }
-        size_t n = mark_run(tok, &sc, text + fr->start, fr->len, fr->start == 0);
+        if (run_len == 0) continue;
+        if (run_len > HF_SPM_MAX_RUN) {
+            st = finch_err_set(err, FINCH_E_RANGE,
+                               "a text run of %zu bytes between special tokens: at most %zu",
+                               run_len, HF_SPM_MAX_RUN);
+            break;
+        }
+        size_t n = mark_run(tok, &sc, run, run_len, fr->start == 0);
         if (n == SIZE_MAX) {
             st = FINCH_E_NOMEM;
             break;
@@ -284,6 +366,9 @@ static finch_status hf_spm_encode(const finch_tokenizer *tok, const char *text,
     free(sc.best);
     free(sc.seg);
     free(sc.q.v);
+    free(sc.norm[0].p);
+    free(sc.norm[1].p);
+    pcre2_match_data_free(sc.md);
     if (st == FINCH_E_NOMEM) return finch_err_set(err, st, "out of memory tokenizing");
     return st;
 }

@@ -21,6 +21,8 @@
  *   pretok.c         the pre-tokenizer regex lists (PCRE2) and the llama.cpp-compatible
  *                    view of invalid UTF-8
  *   nfc.c            Unicode NFC (the tokenizer.json NFC normalizer)
+ *   precompiled.c    the tokenizer.json Precompiled normalizer (SentencePiece's compiled
+ *                    charsmap)
  *   chat_template.c  chat template families
  *
  * Calls between the files go one way, down this list: the loaders (vocab.c, hf_json.c)
@@ -28,7 +30,8 @@
  * calls special.c and, through tok->model, the row's file; bpe.c and spm.c call lookup.c
  * (and bpe.c pretok.c), never each other; hf_spm.c calls lookup.c and spm.c's piece
  * function; special.c calls lookup.c; lookup.c calls none of
- * them. pretok.c and nfc.c call none of these (nfc.c only pretok.c's UTF-8 helpers). The
+ * them. pretok.c, nfc.c and precompiled.c call none of these (nfc.c and precompiled.c only
+ * pretok.c's UTF-8 helpers). The
  * sections below take them lowest first.
  *
  * The object is immutable once finch_tokenizer_from_gguf returns, which is what makes
@@ -42,6 +45,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdlib.h> /* realloc in tok_ids_push */
+#include <string.h> /* memcpy in tok_buf_put */
 
 /* Where a tokenizer.json SentencePiece-style tokenizer puts the U+2581 space marker in
  * front of a text run (hf_spm.c): never, the run at the start of the text, every run that
@@ -113,6 +117,49 @@ static inline bool tok_ids_push(tok_ids *a, int32_t id) {
     a->v[a->n++] = id;
     return true;
 }
+
+/* A growable byte buffer: what a normalizer appends to. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} tok_buf;
+
+/* Appends s[0..n); false when memory runs out (the buffer is left as it was). */
+static inline bool tok_buf_put(tok_buf *b, const char *s, size_t n) {
+    if (n > SIZE_MAX / 2 - b->n) return false;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->n + n) cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) return false;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return true;
+}
+
+/* The rules of a tokenizer.json Precompiled normalizer (precompiled.c). */
+typedef struct {
+    uint32_t *units; /* (n_units) the darts-clone double array */
+    size_t n_units;
+    char *strings; /* the replacement strings, NUL-ended, plus one NUL at strings_len */
+    size_t strings_len;
+} finch_charsmap;
+
+/* One normalizer step of a SentencePiece-style tokenizer.json, run in order on each text
+ * run before the space marker (hf_spm.c). */
+enum { NORM_PRECOMPILED, NORM_STRIP, NORM_REPLACE, NORM_SPACES };
+#define SPM_MAX_NORM 8
+typedef struct {
+    int kind;         /* NORM_*: tok->charsmap; Strip; Replace of a String; Replace of the
+                       * Regex " {2,}" (runs of two or more spaces) */
+    bool left, right; /* NORM_STRIP: strip White_Space at the start, at the end */
+    char *from, *to;  /* NORM_REPLACE: the pattern (from) and, with NORM_SPACES too, what
+                       * replaces it (to) */
+    size_t from_len, to_len;
+} spm_norm;
 
 /* A run of the input: raw text (id -1) or one special token. */
 typedef struct {
@@ -192,7 +239,11 @@ struct finch_tokenizer {
                                 * NULL for other types */
     double uni_unk_score;      /* Unigram: the score of an unknown character */
     size_t max_piece_len;      /* Unigram: the longest piece, in bytes */
-    uint8_t *strip;            /* (V) STRIP_* bits of special tokens, or NULL when none has any */
+    spm_norm norm[SPM_MAX_NORM]; /* SentencePiece style: normalizer steps, in order */
+    int n_norm;
+    finch_charsmap charsmap; /* the Precompiled step's rules (n_units 0: none) */
+    pcre2_code *grapheme;    /* \X, for the Precompiled step; NULL without one */
+    uint8_t *strip;          /* (V) STRIP_* bits of special tokens, or NULL when none has any */
 
     char *pre_name;      /* tokenizer.ggml.pre as written ("default" when absent) */
     char *chat_template; /* tokenizer.chat_template, or NULL */
@@ -335,11 +386,30 @@ int finch_utf8_put(uint32_t c, char *out);
  * returns 0xFFFD for an invalid byte and values up to 0x1FFFFF otherwise. */
 uint32_t finch_utf8_get_lenient(const char *s, size_t len, size_t *used);
 
+/* Length of the strictly valid UTF-8 prefix of s[0..len) (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF). */
+size_t finch_utf8_valid_prefix(const uint8_t *s, size_t len);
+
 /* ---- nfc.c -------------------------------------------------------------------------- */
 
 /* Puts text in Unicode NFC as the tokenizers library does. *out is NULL when the text is
  * already normalized (nothing is copied); otherwise a malloc'd buffer (free it) of
  * *out_len bytes. Invalid UTF-8 bytes are kept as they are. */
 finch_status finch_nfc(const char *text, size_t len, char **out, size_t *out_len, finch_err *err);
+
+/* ---- precompiled.c ------------------------------------------------------------------ */
+
+/* Reads a precompiled_charsmap (b64[0..len), base64) into *cm and checks every trie unit a
+ * lookup can reach. A malformed one is FINCH_E_FORMAT naming path and field; *cm is
+ * written only on success (free it with finch_charsmap_free). */
+finch_status finch_charsmap_load(finch_charsmap *cm, const char *b64, size_t len, const char *path,
+                                 const char *field, finch_err *err);
+void finch_charsmap_free(finch_charsmap *cm);
+
+/* Appends text[0..len) normalized by cm, as the tokenizers library's Precompiled does it, to
+ * *o. grapheme is the compiled \X (UTF mode) and md match data for it (one per thread).
+ * False when memory runs out. */
+bool finch_charsmap_normalize(const finch_charsmap *cm, const pcre2_code *grapheme,
+                              pcre2_match_data *md, const char *text, size_t len, tok_buf *o);
 
 #endif /* FINCH_TOKENIZER_INTERNAL_H */

@@ -227,9 +227,7 @@ uint32_t finch_utf8_get_lenient(const char *str, size_t len, size_t *used) {
     return 0xfffd;
 }
 
-/* Length of the strictly valid UTF-8 prefix of s (RFC 3629: no overlong forms, no
- * surrogates, nothing above U+10FFFF). */
-static size_t utf8_valid_prefix(const uint8_t *s, size_t len) {
+size_t finch_utf8_valid_prefix(const uint8_t *s, size_t len) {
     size_t i = 0;
     while (i < len) {
         /* eight ASCII bytes at a time: the common case */
@@ -272,7 +270,7 @@ finch_status finch_pretok_normalize(const char *text, size_t len, const char **s
                                     const char **bytes, size_t *out_len, char **owned,
                                     finch_err *err) {
     *owned = NULL;
-    if (utf8_valid_prefix((const uint8_t *)text, len) == len) {
+    if (finch_utf8_valid_prefix((const uint8_t *)text, len) == len) {
         *subject = *bytes = text;
         *out_len = len;
         return FINCH_OK;

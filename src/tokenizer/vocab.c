@@ -433,6 +433,12 @@ void finch_tokenizer_free(finch_tokenizer *tok) {
     free(tok->merges);
     free(tok->scores);
     free(tok->uni_scores);
+    for (int i = 0; i < tok->n_norm; i++) {
+        free(tok->norm[i].from);
+        free(tok->norm[i].to);
+    }
+    finch_charsmap_free(&tok->charsmap);
+    pcre2_code_free(tok->grapheme);
     free(tok->specials);
     free(tok->strip);
     free(tok->pre_name);

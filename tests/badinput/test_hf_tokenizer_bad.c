@@ -311,6 +311,150 @@ static void test_config(void **state) {
         expect_fail(cases[i].cfg, cases[i].st, cases[i].fragment, cases[i].cfg);
 }
 
+/* ---- Precompiled normalizer ------------------------------------------------------- */
+
+/* A SentencePiece-style Unigram file whose normalizer is Sequence[Precompiled(map)]. */
+#define SPM_MODEL                                                                              \
+    "{\"type\": \"Unigram\", \"unk_id\": 0, \"vocab\": [[\"<unk>\", 0.0], [\"\xe2\x96\x81\", "  \
+    "-1.0], [\"b\", -2.0], [\"a\", -3.0]]}"
+#define SPM_META "{\"type\": \"Metaspace\", \"replacement\": \"\xe2\x96\x81\", \"prepend_scheme\": \"always\", \"split\": true}"
+
+/* A darts-clone charsmap (as its raw bytes) mapping "a" to "b": 512 units, the root's
+ * children at 256 ^ byte, the node of "a" at 0x161 with its leaf at 256 (string offset
+ * 0), strings "b\0". Units are little-endian u32 after the u32 trie size. */
+enum { CM_UNITS = 512 };
+typedef struct {
+    uint32_t unit[CM_UNITS];
+    char strings[8];
+    size_t strings_len;
+    uint32_t trie_size;
+} charsmap;
+
+static void charsmap_good(charsmap *m) {
+    memset(m, 0, sizeof *m);
+    m->trie_size = 4 * CM_UNITS;
+    m->unit[0] = 256u << 10;                          /* root: children at 256 ^ c */
+    m->unit[256 ^ 'a'] = 0x61u << 10 | 1u << 8 | 'a'; /* label 'a', has a leaf at 0x161 ^ 0x61 */
+    m->unit[256] = 0x80000000u | 0;                   /* the leaf: string offset 0 */
+    memcpy(m->strings, "b", 2);
+    m->strings_len = 2;
+}
+
+/* Writes the tokenizer file around m, base64-encoded. */
+static void write_charsmap(const charsmap *m) {
+    size_t n = 4 + 4 * CM_UNITS + m->strings_len;
+    uint8_t *raw = malloc(n);
+    char *b64 = malloc(4 * (n / 3 + 1) + 1), *json = malloc(4 * n + 512);
+    assert_true(raw && b64 && json);
+    for (int k = 0; k < 4; k++) raw[k] = (uint8_t)(m->trie_size >> (8 * k));
+    for (size_t i = 0; i < CM_UNITS; i++)
+        for (int k = 0; k < 4; k++) raw[4 + 4 * i + k] = (uint8_t)(m->unit[i] >> (8 * k));
+    memcpy(raw + 4 + 4 * CM_UNITS, m->strings, m->strings_len);
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16 | (i + 1 < n ? (uint32_t)raw[i + 1] << 8 : 0) |
+                     (i + 2 < n ? raw[i + 2] : 0);
+        b64[o++] = abc[v >> 18 & 63];
+        b64[o++] = abc[v >> 12 & 63];
+        b64[o++] = i + 1 < n ? abc[v >> 6 & 63] : '=';
+        b64[o++] = i + 2 < n ? abc[v & 63] : '=';
+    }
+    b64[o] = 0;
+    snprintf(json, 4 * n + 512,
+             ", \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": "
+             "\"Precompiled\", \"precompiled_charsmap\": \"%s\"}]}, \"decoder\": %s",
+             b64, SPM_META);
+    write_tokenizer(SPM_MODEL, SPM_META, json);
+    free(raw);
+    free(b64);
+    free(json);
+}
+
+static void test_precompiled(void **state) {
+    (void)state;
+    charsmap m;
+    charsmap_good(&m);
+    write_charsmap(&m);
+    finch_tokenizer *tok;
+    finch_err err;
+    if (finch_tokenizer_from_hf_json(g_json, NULL, &tok, &err)) fail_msg("%s", err.msg);
+    int32_t *ids;
+    int64_t n;
+    assert_int_equal(finch_tokenize(tok, "a", 1, 0, &ids, &n, &err), FINCH_OK);
+    assert_int_equal(n, 2); /* "a" normalized to "b": "▁" "b" */
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[1], 2);
+    free(ids);
+    finch_tokenizer_free(tok);
+
+    static const char *const field = "'normalizer.normalizers[0].precompiled_charsmap'";
+    char want[160];
+    snprintf(want, sizeof want, "%s: trie size", field);
+    m.trie_size = 0;
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, want, "trie size 0");
+    m.trie_size = 6;
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "trie size 6", "trie size not a multiple of 4");
+    m.trie_size = 4 * CM_UNITS + 4;
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "trie size 2052", "trie size past the end");
+
+    charsmap_good(&m);
+    m.unit[0] = 4096u << 10; /* the root's children far outside the array */
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "outside the 512 units", "root offset out of range");
+    charsmap_good(&m);
+    m.unit[256 ^ 'a'] = 0x7000u << 10 | 1u << 8 | 'a'; /* its leaf outside the array */
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "trie leaf", "leaf out of range");
+    charsmap_good(&m);
+    m.unit[256] = 0x80000000u | 100; /* a string offset past the strings */
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "string offset 100", "string offset out of range");
+    charsmap_good(&m);
+    memcpy(m.strings, "\xc3\xa9", 3); /* "é": offset 1 is inside the character */
+    m.strings_len = 3;
+    m.unit[256] = 0x80000000u | 1;
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "not a character start", "string offset mid-character");
+    charsmap_good(&m);
+    memcpy(m.strings, "\xff", 2);
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "not UTF-8", "strings not UTF-8");
+    /* every child of the root leads back to the root's children: cycles */
+    charsmap_good(&m);
+    for (uint32_t c = 1; c < 256; c++) m.unit[256 ^ c] = c << 10 | c;
+    write_charsmap(&m);
+    expect_fail(NULL, FINCH_E_FORMAT, "more nodes than", "cyclic trie");
+
+    static const struct {
+        const char *map, *fragment;
+    } text_cases[] = {
+        {"\"AB$=\"", "character 2 (0x24) is not base64"},
+        {"\"ABC\"", "not a multiple of 4"},
+        {"\"AAA=\"", "too short"},
+        {"3", "'normalizer.normalizers[0].precompiled_charsmap' is a number"},
+    };
+    for (size_t i = 0; i < sizeof text_cases / sizeof text_cases[0]; i++) {
+        char extra[512];
+        snprintf(extra, sizeof extra,
+                 ", \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": "
+                 "\"Precompiled\", \"precompiled_charsmap\": %s}]}, \"decoder\": %s",
+                 text_cases[i].map, SPM_META);
+        write_tokenizer(SPM_MODEL, SPM_META, extra);
+        expect_fail(NULL, FINCH_E_FORMAT, text_cases[i].fragment, text_cases[i].map);
+    }
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             ", \"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"Regex\": \"\\\\s+\"}, "
+             "\"content\": \" \"}, \"decoder\": %s",
+             SPM_META);
+    write_tokenizer(SPM_MODEL, SPM_META, extra);
+    expect_fail(NULL, FINCH_E_UNSUPPORTED, "'normalizer.pattern'", "a Replace regex");
+}
+
 static int setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/finch-hftok-XXXXXX");
@@ -333,7 +477,7 @@ int main(void) {
         cmocka_unit_test(test_valid_base),    cmocka_unit_test(test_json_syntax),
         cmocka_unit_test(test_missing_file),  cmocka_unit_test(test_model),
         cmocka_unit_test(test_pre_tokenizer), cmocka_unit_test(test_other_sections),
-        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_config),        cmocka_unit_test(test_precompiled),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

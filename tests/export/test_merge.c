@@ -199,6 +199,68 @@ static void test_merge_quantized(void **state) {
     finch_model_free(m);
 }
 
+/* finch_merge_all: every matrix in the type, the embeddings too (finch_merge leaves them as
+ * they are). With weight 0 and q8_0, each 2-D tensor is the reference quantization of the
+ * base's rows, the 1-D ones the base's bytes, and the logits those of the base with its
+ * matrices rounded: close to the base's (q8_0's error), not equal to finch_merge's. */
+static void test_merge_all(void **state) {
+    (void)state;
+    finch_model *m, *merged;
+    finch_adapter *a;
+    finch_err err;
+    assert_int_equal(finch_model_load(TINY, &m, &err), FINCH_OK);
+    assert_int_equal(finch_adapter_load(m, adapter_dir, &a, &err), FINCH_OK);
+    char path[400];
+    snprintf(path, sizeof path, "%s/merged-all.gguf", dir);
+    const float zero = 0.0f;
+    assert_int_equal(finch_merge_all(m, &a, &zero, 1, "q8_0", path, &err), FINCH_OK);
+    finch_gguf *gq, *gb;
+    assert_int_equal(finch_gguf_open(path, &gq, &err), FINCH_OK);
+    assert_int_equal(finch_gguf_open(TINY, &gb, &err), FINCH_OK);
+    int n_matrices = 0;
+    bool embd = false;
+    for (int64_t i = 0; i < finch_gguf_n_tensors(gb); i++) {
+        const finch_gguf_tensor *tb = finch_gguf_tensor_at(gb, i);
+        const finch_gguf_tensor *tq = finch_gguf_find_tensor(gq, tb->name);
+        assert_non_null(tq);
+        if (tb->n_dims == 1) {
+            assert_int_equal(tq->type, tb->type);
+            assert_memory_equal(tq->data, tb->data, tb->nbytes);
+            continue;
+        }
+        assert_int_equal(tb->type, FINCH_DTYPE_F32); /* the tiny model is f32 */
+        if (tq->type != FINCH_DTYPE_Q8_0) fail_msg("%s is not q8_0", tb->name);
+        const int64_t cols = tb->ne[0], rows = tb->ne[1];
+        uint8_t *want = malloc(tq->nbytes);
+        const size_t rb = tq->nbytes / (size_t)rows;
+        for (int64_t r = 0; r < rows; r++)
+            finch_dtype_info[FINCH_DTYPE_Q8_0].quant(want + (size_t)r * rb,
+                                                     (const float *)tb->data + r * cols, cols);
+        if (memcmp(want, tq->data, tq->nbytes))
+            fail_msg("%s is not the reference quantization of the base", tb->name);
+        free(want);
+        n_matrices++;
+        embd |= strcmp(tb->name, "token_embd.weight") == 0;
+    }
+    assert_true(embd);
+    assert_true(n_matrices > 7);
+    finch_gguf_close(gq);
+    finch_gguf_close(gb);
+    const int32_t ids[] = {5, 17, 33, 42, 8, 90, 61, 3};
+    enum { n = 8, V = 97 };
+    static float base[n * V], got[n * V];
+    logits_of(m, ids, n, base);
+    assert_int_equal(finch_model_load(path, &merged, &err), FINCH_OK);
+    logits_of(merged, ids, n, got);
+    double worst = 0;
+    for (int i = 0; i < n * V; i++) worst = fmax(worst, fabs(got[i] - base[i]));
+    fprintf(stderr, "merge_all q8_0, weight 0: max |logit - base| %.3g\n", worst);
+    assert_true(worst > 0 && worst < 0.25); /* q8_0's bound in test_merge_quantized */
+    finch_model_free(merged);
+    finch_adapter_free(a);
+    finch_model_free(m);
+}
+
 static int setup(void **state) {
     (void)state;
     if (!mkdtemp(dir)) return -1;
@@ -234,6 +296,7 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_merge_matches_adapter),
-                                       cmocka_unit_test(test_merge_quantized)};
+                                       cmocka_unit_test(test_merge_quantized),
+                                       cmocka_unit_test(test_merge_all)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -13,11 +13,17 @@ model.safetensors (the safetensors format parsed here, no finch code).
 
 On the tiny Gemma 3 (tests/fixtures/model/tiny_gemma3.gguf, window 16), `finch train
 --method full` for a few steps writes model.gguf and the folder; the numpy logits of the
-folder equal finch's logits of model.gguf within TOL on two sequences (one of 24 tokens,
-past the window), and differ from the base's by much more.
+folder equal finch's logits of model.gguf within TOL on three sequences (of 24 and 40
+tokens past the window), and differ from the base's by much more.
+
+With --transformers (an interpreter with transformers >= 4.50 and torch), the folder is
+also loaded by transformers' own Gemma3ForCausalLM (eager attention, float64) and its
+logits compared with finch's within TOL: what tests/interop/run.sh runs when
+FINCH_GEMMA3_TF_PYTHON names such an interpreter. transformers 4.53.3 with torch 2.5.1 gave
+a max |diff| of 2.8e-6 (24 tokens), 2.6e-6 (40 tokens), argmax equal everywhere.
 
   python check_gemma3_hf.py --finch build/finch --logits .../finch_interop_logits \
-      --model ANY --work DIR
+      --model ANY --work DIR [--transformers]
 """
 import json
 import os
@@ -32,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "..", "fixtures", "model", "tiny_gemma3.gguf")
 SEQS = [[5, 17, 33, 42, 8, 90, 61, 3],
         [7, 3, 91, 60, 60, 12, 35, 81, 2, 49, 18, 94, 27, 66, 5, 40, 11, 73, 58, 30, 1, 85,
-         22, 47]]
+         22, 47],
+        [int(t) for t in np.random.default_rng(11).integers(0, 97, 40)]]
 TOL = 1e-5
 
 
@@ -112,8 +119,24 @@ def forward(cfg, w, ids):
     return x @ head.T
 
 
+def transformers_logits(folder, seqs):
+    """transformers' Gemma3ForCausalLM on the folder, in float64 with eager attention."""
+    import torch
+    import transformers
+    from transformers import Gemma3ForCausalLM
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    print("  transformers %s, torch %s" % (transformers.__version__, torch.__version__))
+    m = Gemma3ForCausalLM.from_pretrained(folder, torch_dtype=torch.float32,
+                                          attn_implementation="eager").double().eval()
+    with torch.no_grad():
+        return [m(torch.tensor([s])).logits[0].numpy() for s in seqs]
+
+
 def main():
-    args = common.parse_args(__doc__.splitlines()[0])
+    args = common.parse_args(__doc__.splitlines()[0], lambda ap: ap.add_argument(
+        "--transformers", action="store_true",
+        help="also compare with transformers' Gemma3ForCausalLM (needs transformers >= 4.50)"))
     data = os.path.join(args.work, "train.jsonl")
     with open(data, "w") as f:
         for k in range(8):
@@ -138,6 +161,16 @@ def main():
               "argmax %s; vs the base %.3g: %s" % (len(s), d, TOL, "equal" if same else "DIFFERS",
                                                   moved, "ok" if good else "FAIL"))
         ok &= good
+    if args.transformers:
+        ref = transformers_logits(out, SEQS)
+        for s, t, r in zip(SEQS, tuned, ref):
+            d = float(np.abs(r - t).max())
+            same = bool((r.argmax(-1) == t.argmax(-1)).all())
+            print("  %d tokens: transformers' Gemma3ForCausalLM on the folder vs finch's "
+                  "model.gguf %.3g (allowed %g), argmax %s: %s"
+                  % (len(s), d, TOL, "equal" if same else "DIFFERS",
+                     "ok" if d < TOL and same else "FAIL"))
+            ok &= d < TOL and same
     return 0 if ok else 1
 
 

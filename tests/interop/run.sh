@@ -81,9 +81,15 @@ else
 fi
 check hf-folder "$VENV_PY" check_hf_folder.py --hf-dir "$HF_DIR"
 check gemma3-hf-folder "$VENV_PY" check_gemma3_hf.py
+# transformers >= 4.50 (Gemma3ForCausalLM) with torch: the interpreter that has them
+if [ -n "${FINCH_GEMMA3_TF_PYTHON:-}" ]; then
+  check gemma3-hf-transformers "$FINCH_GEMMA3_TF_PYTHON" check_gemma3_hf.py --transformers
+fi
 GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
 if [ -n "$LLAMA_PY" ] && [ -f "$GEMMA3" ]; then
   check gemma3-lora "$LLAMA_PY" check_gemma3.py --model "$GEMMA3" \
+    --data "$ROOT/datasets/wordnet/train.jsonl"
+  check gemma3-lora-f32 "$LLAMA_PY" check_gemma3_exact.py --model "$GEMMA3" \
     --data "$ROOT/datasets/wordnet/train.jsonl"
 else
   skip gemma3-lora "needs llama-cpp-python and Gemma 3 270M (scripts/setup.sh --with-gemma3)"

@@ -7,6 +7,9 @@
  *
  * Tolerance as in test_kernels.c: 4e-6 * sum |a_k b_k| (+1e-6) per element, f32
  * accumulation of up to 1100 terms.
+ *
+ * Also finch_fmaf (cpu.h), the fused multiply-add of the llamacpp numerics, which this copy
+ * compiles either to the instruction or to its emulation in double: libm's fmaf's bits.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -86,11 +89,29 @@ static void test_gemm_rows_independent(void **state) {
     free(C1);
 }
 
+/* finch_fmaf equals fmaf bit for bit on random operands of any exponent, on integer
+ * multipliers like matmul_q8's lane sums, and where c nearly cancels a b. */
+static void test_fmaf(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 3);
+    for (int i = 0; i < 3000000; i++) {
+        float a = ldexpf(randn(&r), (int)(finch_rng_u64(&r) % 60) - 30);
+        float b = i % 2 ? (float)((int)(finch_rng_u64(&r) % 131072) - 65536) : randn(&r);
+        float c = i % 3 ? ldexpf(randn(&r), (int)(finch_rng_u64(&r) % 60) - 30)
+                        : -a * b * (1.0f + (float)(finch_rng_u64(&r) % 16) * 0x1p-23f);
+        float want = fmaf(a, b, c), got = finch_fmaf(a, b, c);
+        if (memcmp(&want, &got, sizeof want))
+            fail_msg("finch_fmaf(%a, %a, %a) = %a, fmaf %a", a, b, c, got, want);
+    }
+}
+
 int main(void) {
     test_require_isa(FINCH_ISA_STR(FINCH_ISA));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_shapes),
         cmocka_unit_test(test_gemm_rows_independent),
+        cmocka_unit_test(test_fmaf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -402,6 +402,120 @@ static void test_swiglu(void **state) {
     free(u);
 }
 
+/* llama.cpp's SwiGLU (swiglu_llamacpp): gate, up and llama.cpp's output for 16 elements of
+ * SmolLM2's feed-forward layers, read from llama-cpp-python (AVX-512 build) by its eval
+ * callback (tests/reference/dump_llamacpp_tensors.py); at each of them libm's expf gives
+ * other bits. A row of 16 takes all from ggml's exp approximation; in a row of 20 the
+ * last 4 use libm's expf. Every instruction set gives the same bits. */
+static void test_swiglu_llamacpp(void **state) {
+    (void)state;
+    static const float ref[16][3] = {
+        {-0x1.04ec44p-1, 0x1.145f3p-2, -0x1.a6d978p-5},
+        {0x1.72cc5p-3, 0x1.336498p-2, 0x1.e56ef4p-6},
+        {0x1.93048p-3, 0x1.5252eep-1, 0x1.246da8p-4},
+        {0x1.aa60eep-1, 0x1.4e31d2p-1, 0x1.83ed74p-2},
+        {-0x1.18507p-2, -0x1.1a81ap-2, 0x1.0b42bep-5},
+        {-0x1.331258p-2, 0x1.6302p-6, -0x1.6a752p-9},
+        {-0x1.91f252p-2, 0x1.8e7d1p-3, -0x1.f86ceep-6},
+        {-0x1.8259d8p-1, -0x1.0820bcp-3, 0x1.fdf224p-6},
+        {-0x1.61dadp-4, -0x1.688da2p-2, 0x1.dcdbeap-7},
+        {-0x1.00be6cp-3, 0x1.baf91p-3, -0x1.a07314p-7},
+        {-0x1.60d824p-3, -0x1.e02ecp-4, 0x1.2e7b36p-7},
+        {-0x1.b88ae8p-2, 0x1.0b3eap-3, -0x1.6a76d6p-6},
+        {0x1.82be48p+1, -0x1.2f9facp-1, -0x1.b56016p+0},
+        {-0x1.9770aep+1, 0x1.934bc4p-2, -0x1.98cd3cp-5},
+        {-0x1.78da3p+1, -0x1.468e14p+0, 0x1.80aca4p-3},
+        {-0x1.4d0644p+1, 0x1.acd44p-3, -0x1.340cbep-5},
+    };
+    float g[2 * 20], u[2 * 20], h[2 * 20];
+    for (int i = 0; i < 16; i++) {
+        g[i] = ref[i][0];
+        u[i] = ref[i][1];
+    }
+    be->swiglu_llamacpp(h, g, u, 1, 16);
+    for (int i = 0; i < 16; i++)
+        if (memcmp(&h[i], &ref[i][2], sizeof(float)))
+            fail_msg("swiglu_llamacpp(%a, %a) = %a, llama.cpp %a", ref[i][0], ref[i][1], h[i],
+                     ref[i][2]);
+    /* two rows of 20: per row, 16 as above and 4 with libm's expf */
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 20; i++) {
+            g[t * 20 + i] = ref[(i + t) % 16][0];
+            u[t * 20 + i] = ref[(i + t) % 16][1];
+        }
+    be->swiglu_llamacpp(h, g, u, 2, 20);
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 20; i++) {
+            float gi = g[t * 20 + i], want = gi / (1.0f + expf(-gi)) * u[t * 20 + i];
+            if (i < 16) want = ref[(i + t) % 16][2];
+            if (memcmp(&h[t * 20 + i], &want, sizeof(float)))
+                fail_msg("swiglu_llamacpp row %d element %d = %a, want %a", t, i, h[t * 20 + i], want);
+        }
+}
+
+/* llama.cpp's RMSNorm (rmsnorm_llamacpp) is RMSNorm to f32 rounding, y may alias x, and the
+ * llamacpp ops (with matmul_q8) give the bits of the generic set on every instruction set. */
+static void test_llamacpp_ops_bits(void **state) {
+    (void)state;
+    const finch_backend *gen = finch_cpu_isa_backend(0);
+    finch_rng r;
+    finch_rng_seed(&r, 11);
+    const int64_t T = 6, C = 576, F = 1536 + 7;
+    float *x = rand_vec(&r, T * C, 3.0f), *w = rand_vec(&r, C, 1.0f);
+    float *y = malloc((size_t)(T * C) * sizeof *y), *yg = malloc((size_t)(T * C) * sizeof *yg);
+    float *yr = malloc((size_t)(T * C) * sizeof *yr), rs[6];
+    be->rmsnorm_llamacpp(y, x, w, T, C, 1e-5f);
+    gen->rmsnorm_llamacpp(yg, x, w, T, C, 1e-5f);
+    finch_ref_rmsnorm_forward(yr, rs, x, w, T, C, 1e-5f);
+    assert_close(y, yr, T * C, 1e-6, 1e-3, "rmsnorm_llamacpp");
+    assert_memory_equal(y, yg, (size_t)(T * C) * sizeof *y);
+    memcpy(yg, x, (size_t)(T * C) * sizeof *x);
+    be->rmsnorm_llamacpp(yg, yg, w, T, C, 1e-5f);
+    assert_memory_equal(y, yg, (size_t)(T * C) * sizeof *y);
+
+    float *gate = rand_vec(&r, 2 * F, 6.0f), *up = rand_vec(&r, 2 * F, 1.0f);
+    float *h = malloc((size_t)(2 * F) * sizeof *h), *hg = malloc((size_t)(2 * F) * sizeof *hg);
+    float *hr = malloc((size_t)(2 * F) * sizeof *hr);
+    gate[0] = 200.0f;  /* e^-200: 0 (|n| > 192), h = g u */
+    gate[1] = -100.0f; /* e^100 overflows to infinity, h = -0 */
+    be->swiglu_llamacpp(h, gate, up, 2, F);
+    gen->swiglu_llamacpp(hg, gate, up, 2, F);
+    finch_ref_swiglu_forward(hr, gate, up, 2 * F);
+    assert_close(h, hr, 2 * F, 1e-6, 1e-3, "swiglu_llamacpp");
+    assert_memory_equal(h, hg, (size_t)(2 * F) * sizeof *h);
+
+    const finch_dtype types[] = {FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q8_0};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        for (int64_t Tq = 1; Tq <= 5; Tq += 4) { /* one row at a time, and the batched path */
+            const int64_t R = 70, K = 576;
+            finch_weight wt;
+            void *data = make_weight(&r, types[i], R, K, &wt);
+            float yq[5 * 70], yqg[5 * 70];
+            finch_workspace ws;
+            finch_err err;
+            assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
+                                                  finch_workspace_act_need(Tq, K), &err),
+                             FINCH_OK);
+            be->matmul_q8(yq, x, &wt, Tq, &ws);
+            gen->matmul_q8(yqg, x, &wt, Tq, &ws);
+            if (memcmp(yq, yqg, (size_t)(Tq * R) * sizeof *yq))
+                fail_msg("matmul_q8 %s T=%lld: not the generic set's bits",
+                         finch_dtype_info[types[i]].name, (long long)Tq);
+            finch_workspace_free(&ws);
+            free(data);
+        }
+    free(x);
+    free(w);
+    free(y);
+    free(yg);
+    free(yr);
+    free(gate);
+    free(up);
+    free(h);
+    free(hg);
+    free(hr);
+}
+
 /* The site ops: column scaling and column dot products against the double reference and
  * bit-identical for 1 and 2 threads; dropout's AVX-512 path (where built) gives the bits
  * of the scalar definition, forward and backward, and drops at the rate asked. */
@@ -512,7 +626,8 @@ int main(void) {
         cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_geglu), cmocka_unit_test(test_layernorm_gelu), cmocka_unit_test(test_site_ops),
+        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_swiglu_llamacpp),
+        cmocka_unit_test(test_llamacpp_ops_bits), cmocka_unit_test(test_geglu), cmocka_unit_test(test_layernorm_gelu), cmocka_unit_test(test_site_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

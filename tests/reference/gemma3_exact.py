@@ -66,6 +66,10 @@ class Gemma3:
         a, b = x[..., : D // 2], x[..., D // 2:]
         return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
 
+    def gelu(self, g):
+        """tanh GELU (gelu_pytorch_tanh)."""
+        return 0.5 * g * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g ** 3)))
+
     def logits(self, ids):
         w, T, C, H, KVH, D = self.w, len(ids), self.C, self.H, self.KVH, self.D
         x = w["token_embd.weight"][ids] * math.sqrt(C)
@@ -93,8 +97,7 @@ class Gemma3:
             x = x + self.rms(o, w[b + "post_attention_norm.weight"])
             h = self.rms(x, w[b + "ffn_norm.weight"])
             g = h @ w[b + "ffn_gate.weight"].T
-            g = 0.5 * g * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g ** 3)))
-            f = (g * (h @ w[b + "ffn_up.weight"].T)) @ w[b + "ffn_down.weight"].T
+            f = (self.gelu(g) * (h @ w[b + "ffn_up.weight"].T)) @ w[b + "ffn_down.weight"].T
             x = x + self.rms(f, w[b + "post_ffw_norm.weight"])
         return self.rms(x, w["output_norm.weight"]) @ w["token_embd.weight"].T
 

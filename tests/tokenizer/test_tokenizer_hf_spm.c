@@ -6,7 +6,11 @@
  * false), a T5-style Unigram (Metaspace, byte fallback) and the same without byte
  * fallback (unknown characters give one fused unknown token), and the ids the library gives on
  * 1,077 varied lines: finch must give the same ids on every line,
- * and decode them back to the line wherever the library does. Broken files (bad scores, no
+ * and decode them back to the line wherever the library does. Two Unigram files with the
+ * Precompiled normalizer (made by tests/reference/make_spm_precompiled_fixtures.py from a
+ * SentencePiece model with NFKC-style rules, converted by transformers' T5Converter: T5's
+ * Sequence[Precompiled, Strip, Replace " {2,}"] and ALBERT's Replace to one space) are
+ * checked the same way on 1,049 lines of NFKC-affected text. Broken files (bad scores, no
  * unknown token, an unknown model type, malformed Metaspace) must be refused with a
  * message naming the field.
  */
@@ -16,16 +20,16 @@
 
 #define HF_FIXTURES FINCH_FIXTURES "/tokenizer-hf/"
 
-static json_t *g_ids;
+static json_t *g_ids, *g_pre_ids; /* spm_ids.json, spm_precompiled_ids.json */
 
-static void check_against_library(const char *name) {
+static void check_ids(json_t *ids, const char *name) {
     char path[512];
     snprintf(path, sizeof path, HF_FIXTURES "%s.tokenizer.json", name);
     finch_tokenizer *tok;
     finch_err err;
     if (finch_tokenizer_from_hf_json(path, NULL, &tok, &err)) fail_msg("%s", err.msg);
-    json_t *texts = json_object_get(g_ids, "texts");
-    json_t *rows = json_object_get(json_object_get(g_ids, "tokenizers"), name);
+    json_t *texts = json_object_get(ids, "texts");
+    json_t *rows = json_object_get(json_object_get(ids, "tokenizers"), name);
     assert_non_null(rows);
     assert_int_equal(json_array_size(texts), json_array_size(rows));
     int bad = 0, same = 0, trips = 0;
@@ -62,6 +66,10 @@ static void check_against_library(const char *name) {
     assert_true(same >= 1000);
 }
 
+static void check_against_library(const char *name) {
+    check_ids(g_ids, name);
+}
+
 static void test_bpe_byte_fallback(void **state) {
     (void)state;
     check_against_library("spm_bpe");
@@ -80,6 +88,18 @@ static void test_unigram(void **state) {
 static void test_unigram_unknown(void **state) {
     (void)state;
     check_against_library("spm_unigram_unk");
+}
+
+/* T5 style: Precompiled (SentencePiece's compiled rules), Strip right, Replace " {2,}" */
+static void test_precompiled(void **state) {
+    (void)state;
+    check_ids(g_pre_ids, "spm_precompiled");
+}
+
+/* ALBERT style: Precompiled, then Replace " {2,}" by one space */
+static void test_precompiled_albert(void **state) {
+    (void)state;
+    check_ids(g_pre_ids, "spm_precompiled_albert");
 }
 
 /* The fixture file name with one edit: the first occurrence of from replaced by to. */
@@ -146,12 +166,19 @@ int main(void) {
         fprintf(stderr, "spm_ids.json:%d: %s\n", je.line, je.text);
         return 1;
     }
+    g_pre_ids = json_load_file(HF_FIXTURES "spm_precompiled_ids.json", JSON_ALLOW_NUL, &je);
+    if (!g_pre_ids) {
+        fprintf(stderr, "spm_precompiled_ids.json:%d: %s\n", je.line, je.text);
+        return 1;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bpe_byte_fallback), cmocka_unit_test(test_bpe_metaspace),
         cmocka_unit_test(test_unigram),           cmocka_unit_test(test_unigram_unknown),
+        cmocka_unit_test(test_precompiled),       cmocka_unit_test(test_precompiled_albert),
         cmocka_unit_test(test_refusals),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(g_ids);
+    json_decref(g_pre_ids);
     return rc;
 }

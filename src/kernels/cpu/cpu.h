@@ -13,6 +13,9 @@
 #include "kernels/kernels.h"
 #include "core/quant.h" /* QK */
 
+#include <math.h>
+#include <string.h>
+
 /* Without FINCH_ISA (kernels/workspace.c, kernels/cpu_select.c) only the sizes and inline
  * helpers below are meant to be used. */
 #ifdef FINCH_ISA
@@ -34,6 +37,8 @@
 #define finch_cpu_to_f16 FINCH_ISA_NAME(finch_cpu_to_f16)
 #define finch_cpu_embed FINCH_ISA_NAME(finch_cpu_embed)
 #define finch_cpu_rmsnorm_forward FINCH_ISA_NAME(finch_cpu_rmsnorm_forward)
+#define finch_cpu_rmsnorm_llamacpp FINCH_ISA_NAME(finch_cpu_rmsnorm_llamacpp)
+#define finch_cpu_swiglu_llamacpp FINCH_ISA_NAME(finch_cpu_swiglu_llamacpp)
 #define finch_cpu_rope_forward FINCH_ISA_NAME(finch_cpu_rope_forward)
 #define finch_cpu_attention_forward FINCH_ISA_NAME(finch_cpu_attention_forward)
 #define finch_cpu_swiglu_forward FINCH_ISA_NAME(finch_cpu_swiglu_forward)
@@ -71,6 +76,26 @@ typedef struct {
     float s; /* d * sum(qs), rounded through fp16 */
     int8_t qs[QK];
 } finch_q8_act;
+
+/* a * b + c rounded once, as fmaf: the FMA instruction where the target has one (llamacpp
+ * numerics' fused steps in matmul_q8.c and swiglu.c), else in double without a libm call:
+ * the product is exact in double, the sum is rounded to odd (RN, then its last bit set
+ * where the TwoSum error is not zero) and then to f32, which rounds as one step would. */
+static inline float finch_fmaf(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__)
+    return fmaf(a, b, c);
+#else
+    double p = (double)a * (double)b, s = p + (double)c, bb = s - p;
+    double e = (p - (s - bb)) + ((double)c - bb);
+    uint64_t u;
+    memcpy(&u, &s, sizeof u);
+    if (e != 0 && e == e && !(u & 1)) { /* e is NaN when s is infinite */
+        u += (e > 0) == (s > 0) ? 1 : (uint64_t)-1;
+        memcpy(&s, &u, sizeof s);
+    }
+    return (float)s;
+#endif
+}
 
 /* n rounded up to 32, and the values of B (K, N) packed for the bf16 product. */
 static inline int64_t finch_bf16_pad(int64_t n) {
@@ -116,6 +141,9 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
                                  finch_workspace *ws);
 void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n);
+void finch_cpu_rmsnorm_llamacpp(float *y, const float *x, const float *w, int64_t T, int64_t C,
+                                float eps);
+void finch_cpu_swiglu_llamacpp(float *h, const float *gate, const float *up, int64_t T, int64_t F);
 void finch_cpu_add(float *y, const float *x, int64_t n);
 void finch_cpu_scale(float *x, int64_t n, float a);
 void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n);

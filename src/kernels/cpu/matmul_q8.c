@@ -9,10 +9,12 @@
  *   Q5_0 x Q8_0, Q5_1 x Q8_1: as Q4_0, Q4_1 with 5-bit q_w
  *   Q8_0 x Q8_0:  sum_b  d_w d_x  sum_j q_w q_x
  *
- * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP): it reproduces llama.cpp's logits up
- * to float summation order; integer dot products are cheaper than expanding blocks to f32 when the
- * weights are in cache. Other storage types use the exact matmul. Training never uses it (its
- * gradients need the exact product).
+ * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP). For Q4_0, Q4_1 and Q8_0 the sums
+ * run in the order of ggml's x86 AVX2 code (which its AVX-512 builds run too): 8 lanes, each
+ * adding d_w d_x times 4 products per block by a fused multiply-add, reduced at the end; on every
+ * instruction set, so the bits are llama.cpp's. Q5_0 and Q5_1 sum block after block. Integer dot
+ * products are cheaper than expanding blocks to f32 when the weights are in cache. Other storage
+ * types use the exact matmul. Training never uses it (its gradients need the exact product).
  *
  * The quantized rows of x live in the workspace's shared buffer (finch_workspace.act).
  */
@@ -223,37 +225,62 @@ static void vdot4_unpacked(const unpacked4 *u, const act_block *x, int64_t nb, f
 }
 #define HAVE_VDOT4 1
 #else
+/* Without AVX2, the arithmetic of the kernels above lane by lane, so that every instruction
+ * set gives the same bits: lane l of 8 holds the integer sum of a block's products 4l ..
+ * 4l+3 (maddubs + madd), adds d_w d_x times it by a fused multiply-add, block after block,
+ * and the lanes are reduced in hsum_ps's order. */
+static float hsum8(const float *a) {
+    float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+/* w (32 values, q_j as ints) . x's block into acc: the lane sums, scaled by d. */
+static void lanes_fma(float *acc, const int *q, const int8_t *x, float d) {
+    for (int l = 0; l < 8; l++) {
+        int sum = 0;
+        for (int j = 4 * l; j < 4 * l + 4; j++) sum += q[j] * x[j];
+        acc[l] = finch_fmaf(d, (float)sum, acc[l]);
+    }
+}
+
+/* 32 4-bit values of a block (j low nibble, j+16 high), minus off. */
+static void nibbles(int *q, const uint8_t *qs, int off) {
+    for (int j = 0; j < QK / 2; j++) {
+        q[j] = (qs[j] & 15) - off;
+        q[j + QK / 2] = (qs[j] >> 4) - off;
+    }
+}
+
 static float vdot_q4_0(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q4_0 *w = row;
-    float s = 0;
+    float acc[8] = {0};
+    int q[QK];
     for (int64_t b = 0; b < nb; b++) {
-        int acc = 0;
-        for (int j = 0; j < QK / 2; j++)
-            acc += ((w[b].qs[j] & 15) - 8) * x[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + 16];
-        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc;
+        nibbles(q, w[b].qs, 8);
+        lanes_fma(acc, q, x[b].qs, finch_f16_to_f32(w[b].d) * x[b].d);
     }
-    return s;
+    return hsum8(acc);
 }
 static float vdot_q4_1(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q4_1 *w = row;
-    float s = 0;
+    float acc[8] = {0}, summs = 0;
+    int q[QK];
     for (int64_t b = 0; b < nb; b++) {
-        int acc = 0;
-        for (int j = 0; j < QK / 2; j++)
-            acc += (w[b].qs[j] & 15) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + 16];
-        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc + finch_f16_to_f32(w[b].m) * x[b].s;
+        nibbles(q, w[b].qs, 0);
+        lanes_fma(acc, q, x[b].qs, finch_f16_to_f32(w[b].d) * x[b].d);
+        summs += finch_f16_to_f32(w[b].m) * x[b].s;
     }
-    return s;
+    return hsum8(acc) + summs;
 }
 static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q8_0 *w = row;
-    float s = 0;
+    float acc[8] = {0};
+    int q[QK];
     for (int64_t b = 0; b < nb; b++) {
-        int acc = 0;
-        for (int j = 0; j < QK; j++) acc += w[b].qs[j] * x[b].qs[j];
-        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc;
+        for (int j = 0; j < QK; j++) q[j] = w[b].qs[j];
+        lanes_fma(acc, q, x[b].qs, finch_f16_to_f32(w[b].d) * x[b].d);
     }
-    return s;
+    return hsum8(acc);
 }
 #endif
 

@@ -45,6 +45,27 @@ void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const floa
     }
 }
 
+/* llama.cpp's RMSNorm, for the llamacpp numerics: its rounding steps differ from the exact
+ * form above (each square rounded to f32 before the double sum, the mean rounded to f32,
+ * the reciprocal square root in f32), and at 8-bit activations one ulp of difference in
+ * the scale can flip a code. The sum runs in column order, as ggml's scalar loop. */
+void finch_cpu_rmsnorm_llamacpp(float *y, const float *x, const float *w, int64_t T, int64_t C,
+                                float eps) {
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C;
+        float *yt = y + t * C;
+        double ss = 0;
+        for (int64_t c = 0; c < C; c++) {
+            float sq = xt[c] * xt[c];
+            ss += (double)sq;
+        }
+        float mean = (float)(ss / (double)C);
+        float scale = 1.0f / sqrtf(mean + eps);
+        for (int64_t c = 0; c < C; c++) yt[c] = xt[c] * scale * w[c];
+    }
+}
+
 /* With r = rstd[t] (dr/dx_i = -r^3 x_i / C):
  *   dx_i = r w_i dy_i - r^3 / C x_i sum_j dy_j w_j x_j,   dw_i += sum_t dy_i x_i r.
  * dx is split by token; dw by blocks of columns, each summing over tokens in a fixed

@@ -524,6 +524,7 @@ FINCH_API finch_status finch_merge(const finch_model *model, finch_adapter *cons
 FINCH_API finch_status finch_merge_all(const finch_model *model, finch_adapter *const *adapters,
                                        const float *weights, int n_adapters, const char *type_name,
                                        const char *path, finch_err *err);
+
 /* One tensor of a quantization plan, as finch_quantize decides it (see on_tensor). */
 typedef struct {
     const char *name; /* the tensor's GGUF name */

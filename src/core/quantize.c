@@ -636,25 +636,22 @@ static float search_sym(const float *x, int n) {
     return bs;
 }
 
-/* The coded form of the 16 sub-block scales s of a Q6_K block: d = max |s| / 127 as fp16,
- * then per sub-block the nearest int8 code and its neighbours, weights re-rounded for each,
- * the least error kept. Returns the block's squared error. */
-static double code_sym(const float *x, const float *s, uint16_t *d16, int8_t scales[16],
+/* The coded form of the 16 sub-block scales s of a Q6_K block with super-scale d (fp16,
+ * either sign): per sub-block the nearest int8 code (-128..127) and its neighbours, weights
+ * re-rounded for each, the least error kept. Returns the block's squared error. */
+static double code_sym(const float *x, const float *s, uint16_t d16, int8_t scales[16],
                        int8_t q[QK_K]) {
     enum { SUB = 16, NSUB = QK_K / 16 };
-    float amax = 0.0f;
-    for (int j = 0; j < NSUB; j++) amax = fmaxf(amax, fabsf(s[j]));
-    *d16 = finch_f32_to_f16(amax / 127.0f);
-    const float d = finch_f16_to_f32(*d16);
+    const float d = finch_f16_to_f32(d16);
     int8_t tq[SUB];
     double total = 0.0;
     for (int j = 0; j < NSUB; j++) {
         const float *xj = x + SUB * j;
-        const int c0 = d > 0.0f ? clampi(nearest_int(s[j] / d), -127, 127) : 0;
+        const int c0 = d != 0.0f && isfinite(d) ? clampi(nearest_int(s[j] / d), -128, 127) : 0;
         double best = -1.0;
         for (int dc = -1; dc <= 1; dc++) {
             const int c = c0 + dc;
-            if (c < -127 || c > 127) continue;
+            if (c < -128 || c > 127) continue;
             round_sym(xj, SUB, d * (float)c, tq);
             const double e = sym_err(xj, SUB, tq, d * (float)c);
             if (best < 0 || e < best) {
@@ -668,10 +665,22 @@ static double code_sym(const float *x, const float *s, uint16_t *d16, int8_t sca
     return total;
 }
 
+/* The super-scales worth coding s with: max |s| / 127 (codes -127..127), and the one that
+ * puts the scale of largest magnitude at -128 (d = -that / 128, so d's sign may be
+ * negative), which is how llama.cpp codes them: a Q6_K block's own scales come back
+ * exactly. */
+static void sym_supers(const float *s, uint16_t d16[2]) {
+    float ext = 0.0f;
+    for (int j = 0; j < QK_K / 16; j++)
+        if (fabsf(s[j]) > fabsf(ext)) ext = s[j];
+    d16[0] = finch_f32_to_f16(fabsf(ext) / 127.0f);
+    d16[1] = finch_f32_to_f16(-ext / 128.0f);
+}
+
 /* Q6_K: 16 sub-blocks of 16 with int8 scales times an fp16 d (stored last); codes q+32 in
  * 0..63, their low 4 bits in ql and top 2 bits in qh, two halves of 128 weights. The
- * searched scales are coded, and so are the plain ones (max |x| / 32): the better coding is
- * kept. */
+ * searched scales are coded, and so are the plain ones (max |x| / 32), each against two
+ * super-scales (sym_supers): the best coding is kept. */
 void finch_quantize_q6_k(void *dst, const float *src, int64_t n) {
     FINCH_ASSERT(n >= 0 && n % QK_K == 0);
     enum { SUB = 16, NSUB = QK_K / 16 };
@@ -685,13 +694,22 @@ void finch_quantize_q6_k(void *dst, const float *src, int64_t n) {
             for (int i = 0; i < SUB; i++) am = fmaxf(am, fabsf(x[SUB * j + i]));
             ps[j] = am / 32.0f;
         }
-        int8_t q[QK_K], pq[QK_K], psc[NSUB];
-        uint16_t pd;
-        const double e = code_sym(x, s, &y[b].d, y[b].scales, q);
-        if (code_sym(x, ps, &pd, psc, pq) < e) {
-            y[b].d = pd;
-            memcpy(y[b].scales, psc, sizeof psc);
-            memcpy(q, pq, sizeof q);
+        /* every pair of scales (searched, plain) and super-scale; the least error wins */
+        int8_t q[QK_K], tq[QK_K], tsc[NSUB];
+        double best = -1.0;
+        for (int k = 0; k < 2; k++) {
+            const float *sk = k ? ps : s;
+            uint16_t d16[2];
+            sym_supers(sk, d16);
+            for (int v = 0; v < 2; v++) {
+                const double e = code_sym(x, sk, d16[v], tsc, tq);
+                if (best < 0 || e < best) {
+                    best = e;
+                    y[b].d = d16[v];
+                    memcpy(y[b].scales, tsc, sizeof tsc);
+                    memcpy(q, tq, sizeof q);
+                }
+            }
         }
         for (int h = 0; h < 2; h++)
             for (int l = 0; l < 32; l++) {

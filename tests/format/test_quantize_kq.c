@@ -11,7 +11,8 @@
  *     below a naive quantizer's in the same block format (sub-block scale from the extremes,
  *     min from the minimum, the 6- or 8-bit scale codes and the codes rounded to nearest),
  *     summed over each row and on random rows by a stated margin; every block's fp16 scales
- *     are finite and non-negative and Q6_K's int8 scales stay in -127..127; rows that the
+ *     are finite (Q4_K/Q5_K's non-negative); a Q6_K block's own values are quantized back to
+ *     within the fp16 rounding of d (its int8 scales, -128 included, recovered); rows that the
  *     format can represent exactly (all zero, constant) come back exactly.
  */
 #include <math.h>
@@ -130,9 +131,7 @@ static double kquant_err(finch_dtype t, const float *x) {
     tr->dequant(y, blk, ROWLEN);
     if (t == FINCH_DTYPE_Q6_K) {
         const finch_block_q6_k *b = (const finch_block_q6_k *)blk;
-        const float d = finch_f16_to_f32(b->d);
-        assert_true(isfinite(d) && d >= 0);
-        for (int j = 0; j < 16; j++) assert_true(b->scales[j] >= -127);
+        assert_true(isfinite(finch_f16_to_f32(b->d))); /* either sign: scales go to -128 */
     } else { /* Q4_K and Q5_K share the head: d, dmin */
         const finch_block_q4_k *b = (const finch_block_q4_k *)blk;
         const float d = finch_f16_to_f32(b->d), dmin = finch_f16_to_f32(b->dmin);
@@ -247,6 +246,33 @@ static void test_kquant_exact_rows(void **state) {
     }
 }
 
+/* Quantizing a K-quant's own output again adds little: its grid is found again, but the
+ * super-scale is chosen afresh, so codes may shift. Measured on these rows: q4_k 8.8%,
+ * q5_k 20%, q6_k 8% of the first pass's error; asserted at 30%. (On Gemma 3's Q6_K tensors,
+ * made by llama.cpp, finch's Q6_K gives the same values back exactly: tests/interop.) */
+static void test_kquant_requantize(void **state) {
+    (void)state;
+    enum { ROWS = 64 };
+    static float x[ROWS * ROWLEN], y[ROWS * ROWLEN], z[ROWS * ROWLEN];
+    static uint8_t q[ROWS * 210];
+    random_rows(x, ROWS, 777);
+    for (size_t k = 0; k < 3; k++) {
+        const finch_dtype_traits *tr = &finch_dtype_info[KTYPES[k]];
+        tr->quant(q, x, ROWS * ROWLEN);
+        tr->dequant(y, q, ROWS * ROWLEN);
+        tr->quant(q, y, ROWS * ROWLEN);
+        tr->dequant(z, q, ROWS * ROWLEN);
+        double e1 = 0, e2 = 0;
+        for (int i = 0; i < ROWS * ROWLEN; i++) {
+            e1 += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
+            e2 += ((double)z[i] - y[i]) * ((double)z[i] - y[i]);
+        }
+        printf("  %s: requantizing its own output adds %.3g%% of the first error (RMS %.3g)\n",
+               tr->name, 100 * sqrt(e2 / e1), sqrt(e2 / (ROWS * ROWLEN)));
+        assert_true(e2 <= 0.3 * 0.3 * e1);
+    }
+}
+
 /* NaN and infinity give some valid block (no undefined conversion; UBSan checks). */
 static void test_kquant_nonfinite(void **state) {
     (void)state;
@@ -265,6 +291,7 @@ int main(void) {
         cmocka_unit_test(test_kquant_edge_rows),
         cmocka_unit_test(test_kquant_beats_naive),
         cmocka_unit_test(test_kquant_exact_rows),
+        cmocka_unit_test(test_kquant_requantize),
         cmocka_unit_test(test_kquant_nonfinite),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

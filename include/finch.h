@@ -533,6 +533,44 @@ FINCH_API finch_status finch_merge_all(const finch_model *model, finch_adapter *
                                        const float *weights, int n_adapters, const char *type_name,
                                        const char *path, finch_err *err);
 
+/* One tensor of a quantization plan, as finch_quantize decides it (see on_tensor). */
+typedef struct {
+    const char *name; /* the tensor's GGUF name */
+    const char *from; /* its stored type ("f32", "q4_1", ...) */
+    const char *to;   /* the type written ("q4_k", "q6_k", "f32", ...) */
+    int64_t n_elems;  /* its element count */
+    int index, count; /* its place in the file and the number of tensors */
+    int requantized;  /* 1: stored quantized and written in another type, which is lossy */
+    int fallback;     /* 1: its rows are not whole blocks of the chosen type, so it took
+                         llama.cpp's fallback type (q4_k -> q5_0, q5_k -> q5_1,
+                         q6_k -> q8_0, else f16) */
+} finch_quantize_tensor;
+
+typedef struct {
+    const char *type; /* f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, or a K-quant mix:
+                         q4_k_s, q4_k_m (q4_k), q5_k_s, q5_k_m (q5_k), q6_k */
+    int force;        /* 1: replace an existing output file (never the input itself) */
+    /* called once per tensor, in file order, before anything is written (may be NULL) */
+    void (*on_tensor)(const finch_quantize_tensor *t, void *user);
+    finch_progress_fn progress; /* elements written so far of the total: (0, total) once the
+                                   plan is made, then as tensors are written (may be NULL) */
+    void *user;                 /* passed to both */
+} finch_quantize_options;
+
+/* Writes the GGUF model at in_path to out_path (atomically) with its weights in another
+ * storage type, choosing each tensor's type as llama.cpp's llama-quantize does for the same
+ * type name: vectors, norms and other tensors it never quantizes keep their type; the
+ * output layer (or tied token embeddings) goes to q6_k (q8_0 where rows are not whole
+ * 256-blocks); the _m mixes give attn_v and ffn_down q6_k in the layers llama.cpp picks,
+ * the _s mixes q5_k in the first ones; rows that are not whole blocks fall back as llama.cpp
+ * falls back. Tensors are dequantized to f32 row by row and quantized again, one tensor at a
+ * time, over finch_threads_get() threads; a tensor already in its chosen type is copied.
+ * Every metadata pair is copied; general.file_type and general.quantization_version are
+ * set. Refuses an out_path that is the input file (the same inode), and an existing one
+ * unless force. Errors name the file. */
+FINCH_API finch_status finch_quantize(const char *in_path, const char *out_path,
+                                      const finch_quantize_options *opt, finch_err *err);
+
 /* ---------------------------------------------------------------------------------- */
 /* Training                                                                             */
 /* ---------------------------------------------------------------------------------- */

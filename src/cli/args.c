@@ -228,12 +228,19 @@ static bool is_choice(const char *choices, const char *v) {
 
 /* ---- reading one argument -------------------------------------------------------------- */
 
+/* A command may have several positional rows (finch quantize IN OUT): each argument fills
+ * the first one not given yet; once all are, the last (which then reports a second value). */
 static finch_status positional(parser *p, const char *a, item *it) {
+    int last = -1;
     for (int r = 0; r < p->n_rows; r++)
         if (p->rows[r].f->positional) {
-            *it = (item){r, p->rows[r].f->arg, (int)strlen(p->rows[r].f->arg), a, true};
-            return FINCH_OK;
+            last = r;
+            if (!p->count[r]) break;
         }
+    if (last >= 0) {
+        *it = (item){last, p->rows[last].f->arg, (int)strlen(p->rows[last].f->arg), a, true};
+        return FINCH_OK;
+    }
     return fail(p, FINCH_E_USAGE, "unexpected argument '%s' (see finch %s --help)", a,
                 p->cmd->name);
 }

@@ -279,6 +279,7 @@ int cmd_score(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 /* mkdir -p dir: 0, or -1 with errno set and the folder that could not be made in failed
  * (n bytes; may be NULL). */

@@ -23,6 +23,8 @@ static const struct {
     {"generate", cmd_generate, "generate text from a prompt (streams tokens)"},
     {"train", cmd_train, "fine-tune a model on a JSONL dataset (LoRA or another method)"},
     {"merge", cmd_merge, "merge adapters into the base weights, write a GGUF model"},
+    {"quantize", cmd_quantize,
+     "write a GGUF model in another type: q8_0, q4_k_m, q6_k, ... (as llama-quantize)"},
     {"export", cmd_export, "write an adapter as a GGUF LoRA adapter for llama.cpp"},
     {"eval", cmd_eval, "measure a model on a dataset (--task loss: loss and perplexity)"},
     {"score", cmd_score, "ROUGE, BLEU, exact match, F1 of predictions against references"},

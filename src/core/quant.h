@@ -172,5 +172,11 @@ void finch_quantize_q5_0(void *dst, const float *src, int64_t n);
 void finch_quantize_q5_1(void *dst, const float *src, int64_t n);
 void finch_quantize_q8_0(void *dst, const float *src, int64_t n);
 void finch_quantize_nf4(void *dst, const float *src, int64_t n);
+/* K-quants (n a multiple of 256): finch's own search for the sub-block scales (and mins)
+ * that minimise the squared error after dequantization; not byte-identical to llama.cpp's
+ * quantizers, which search differently, but read by every K-quant reader. */
+void finch_quantize_q4_k(void *dst, const float *src, int64_t n);
+void finch_quantize_q5_k(void *dst, const float *src, int64_t n);
+void finch_quantize_q6_k(void *dst, const float *src, int64_t n);
 
 #endif /* FINCH_QUANT_H */

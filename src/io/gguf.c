@@ -863,7 +863,9 @@ typedef struct {
     finch_dtype type;
     int n_dims;
     int64_t ne[FINCH_GGUF_MAX_DIMS];
-    const void *data; /* borrowed */
+    const void *data; /* borrowed; NULL when fill makes the bytes at save time */
+    finch_gguf_fill_fn fill;
+    void *fill_user;
     size_t nbytes;
 } writer_tensor;
 
@@ -1092,9 +1094,9 @@ finch_status finch_gguf_set_kv(finch_gguf_writer *w, const finch_gguf_kv *kv, fi
     return add_kv(w, kv->key, kv->type, &b, err);
 }
 
-finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch_dtype type,
-                                   int n_dims, const int64_t *ne, const void *data,
-                                   finch_err *err) {
+static finch_status add_tensor(finch_gguf_writer *w, const char *name, finch_dtype type, int n_dims,
+                               const int64_t *ne, const void *data, finch_gguf_fill_fn fill,
+                               void *fill_user, finch_err *err) {
     FINCH_ASSERT(w && name && ne);
     size_t n = strlen(name);
     if (n == 0 || n > FINCH_GGUF_MAX_NAME)
@@ -1111,7 +1113,8 @@ finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch
     if (!tr)
         return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s': unknown type %d", name,
                              (int)type);
-    writer_tensor t = {.type = type, .n_dims = n_dims, .data = data};
+    writer_tensor t = {
+        .type = type, .n_dims = n_dims, .data = data, .fill = fill, .fill_user = fill_user};
     int64_t n_elems = 1;
     for (int k = 0; k < FINCH_GGUF_MAX_DIMS; k++) {
         t.ne[k] = k < n_dims ? ne[k] : 1;
@@ -1132,7 +1135,7 @@ finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch
         !finch_size_mul(t.nbytes, (size_t)t.ne[3], &t.nbytes))
         return finch_err_set(err, FINCH_E_USAGE, "gguf writer: tensor '%s': byte size overflows",
                              name);
-    FINCH_ASSERT(data || t.nbytes == 0);
+    FINCH_ASSERT(data || fill || t.nbytes == 0);
 
     void *items = w->tensors;
     finch_status st = grow(&items, w->n_tensors, &w->cap_tensors, sizeof *w->tensors,
@@ -1147,6 +1150,19 @@ finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch
     *slot = (uint64_t)w->n_tensors + 1;
     w->n_tensors++;
     return FINCH_OK;
+}
+
+finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch_dtype type,
+                                   int n_dims, const int64_t *ne, const void *data,
+                                   finch_err *err) {
+    return add_tensor(w, name, type, n_dims, ne, data, NULL, NULL, err);
+}
+
+finch_status finch_gguf_add_tensor_fill(finch_gguf_writer *w, const char *name, finch_dtype type,
+                                        int n_dims, const int64_t *ne, finch_gguf_fill_fn fill,
+                                        void *user, finch_err *err) {
+    FINCH_ASSERT(fill);
+    return add_tensor(w, name, type, n_dims, ne, NULL, fill, user, err);
 }
 
 static size_t padding(size_t n, uint32_t alignment) {
@@ -1215,7 +1231,16 @@ static finch_status write_document(FILE *f, void *user, finch_err *err) {
     if (w->n_tensors > 0) PUT(write_zeros(f, padding(written, w->alignment), path, err), 0);
     for (int64_t i = 0; i < w->n_tensors; i++) {
         const writer_tensor *t = &w->tensors[i];
-        PUT(finch_fwrite(f, t->data, t->nbytes, path, err), 0);
+        if (t->fill && t->nbytes) { /* made now, written, and freed before the next */
+            void *buf = finch_alloc(t->nbytes, "gguf tensor data", err);
+            if (!buf) return FINCH_E_NOMEM;
+            st = t->fill(buf, t->nbytes, t->fill_user, err);
+            if (!st) st = finch_fwrite(f, buf, t->nbytes, path, err);
+            free(buf);
+            if (st) return st;
+        } else {
+            PUT(finch_fwrite(f, t->data, t->nbytes, path, err), 0);
+        }
         PUT(write_zeros(f, padding(t->nbytes, w->alignment), path, err), 0);
     }
 #undef PUT

@@ -171,6 +171,16 @@ finch_status finch_gguf_set_kvs_from(finch_gguf_writer *w, const finch_gguf *g, 
 finch_status finch_gguf_add_tensor(finch_gguf_writer *w, const char *name, finch_dtype type,
                                    int n_dims, const int64_t *ne, const void *data, finch_err *err);
 
+/* Makes a tensor's bytes at save time: writes exactly nbytes into buf (the writer's, freed
+ * once written). FINCH_OK, or an error (err filled) that stops the save. */
+typedef finch_status (*finch_gguf_fill_fn)(void *buf, size_t nbytes, void *user, finch_err *err);
+/* As finch_gguf_add_tensor, but the data is made by fill while finch_gguf_writer_save
+ * writes the file, tensor after tensor in the order added, so a writer holds one tensor's
+ * bytes at a time. user is passed to fill and must stay valid until the save returns. */
+finch_status finch_gguf_add_tensor_fill(finch_gguf_writer *w, const char *name, finch_dtype type,
+                                        int n_dims, const int64_t *ne, finch_gguf_fill_fn fill,
+                                        void *user, finch_err *err);
+
 /* Writes the document atomically (finch_file_commit): tensors in the order added, data
  * offsets contiguous with 32-byte alignment, padding after the last tensor. */
 finch_status finch_gguf_writer_save(const finch_gguf_writer *w, const char *path, finch_err *err);

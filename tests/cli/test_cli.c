@@ -101,7 +101,8 @@ static void test_usage_errors(void **state) {
     EXPECT("--help", NULL, 0, "--json-out FILE writes it to FILE");
     /* every command's --help comes from its table, ends with a newline, lists -h */
     const char *cmds[] = {"info",  "generate", "tokenize", "score",  "eval",
-                          "train", "merge",    "export",   "report", "compare-methods"};
+                          "train", "merge",    "export",   "report", "compare-methods",
+                          "quantize"};
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
         char args[128];
         snprintf(args, sizeof args, "%s --help", cmds[i]);
@@ -543,6 +544,46 @@ static void test_compare_methods(void **state) {
     EXPECT(args, NULL, 1, "| prompt | failed: ");
 }
 
+/* finch quantize: its usage errors, bad inputs, the refusals that protect files, the
+ * requantization warning, and an output finch generates from. */
+static void test_quantize_cli(void **state) {
+    (void)state;
+    char args[2048], half[512], q[512], q8[512];
+    snprintf(half, sizeof half, "%s/half.gguf", tmpdir);
+    snprintf(q, sizeof q, "%s/q.gguf", tmpdir);
+    snprintf(q8, sizeof q8, "%s/q8.gguf", tmpdir);
+#define QEXPECT(code, fragment, ...)                                                               \
+    do {                                                                                           \
+        snprintf(args, sizeof args, __VA_ARGS__);                                                  \
+        EXPECT(args, NULL, code, fragment);                                                        \
+    } while (0)
+    EXPECT("quantize", NULL, 2, "no input: finch quantize IN OUT --type T");
+    EXPECT("quantize " TINY, NULL, 2, "no output");
+    QEXPECT(2, "no type: give --type", "quantize %s %s", TINY, q);
+    QEXPECT(2, "--type q3_k_m: must be q8_0", "quantize %s %s --type q3_k_m", TINY, q);
+    EXPECT("quantize " TINY " q.gguf r.gguf --type q8_0", NULL, 2,
+           "more than one OUT given ('q.gguf' and 'r.gguf')");
+    QEXPECT(1, "/nonexistent/in.gguf: cannot read the input",
+            "quantize /nonexistent/in.gguf %s --type q8_0", q);
+    EXPECT("quantize " TINY " " TINY " --type q8_0 --force", NULL, 2, "is the input file itself");
+    QEXPECT(1, "is a folder", "quantize %s %s --type q8_0", tmpdir, q);
+    snprintf(args, sizeof args, "head -c 150000 %s > %s", TINY, half);
+    assert_int_equal(system(args), 0);
+    QEXPECT(1, "half.gguf: offset", "quantize %s %s --type q4_k_m", half, q);
+    QEXPECT(0, "(q4_k_m)", "quantize %s %s --type q4_k_m", TINY, q);
+    QEXPECT(2, "q.gguf: already exists; give --force to replace it",
+            "quantize %s %s --type q4_k_m", TINY, q);
+    QEXPECT(0, "output.weight", "quantize %s %s --type q6_k --force -v -t 2", TINY, q);
+    assert_non_null(strstr(out, "f32 -> q8_0"));
+    QEXPECT(0, "(q4_0)", "quantize %s %s --type q4_0 --force", TINY, q);
+    QEXPECT(0, "quantized again, which is lossy", "quantize %s %s --type q8_0", q, q8);
+    QEXPECT(0, "", "generate -m %s -p hi -n 3", q8);
+#undef QEXPECT
+    unlink(half);
+    unlink(q);
+    unlink(q8);
+}
+
 static int setup(void **state) {
     (void)state;
     return mkdtemp(tmpdir) ? 0 : -1;
@@ -559,6 +600,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_bad_models),
+        cmocka_unit_test(test_quantize_cli),
         cmocka_unit_test(test_info_tiny),
         cmocka_unit_test(test_info_qwen2_mistral),
         cmocka_unit_test(test_real_model),

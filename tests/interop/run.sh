@@ -73,6 +73,7 @@ if [ -n "$LLAMA_PY" ]; then
   check llamacpp "$LLAMA_PY" check_llamacpp.py --data "$ROOT/datasets/wordnet/train.jsonl"
   check families "$LLAMA_PY" check_families.py
   check gpt2 "$VENV_PY" check_gpt2.py
+  check quantize "$LLAMA_PY" check_quantize.py --gemma3 "$CACHE/gemma-3-270m-q4_k_m.gguf"
 else
   echo "== llamacpp"
   echo "-- llamacpp: FAIL (no Python with llama-cpp-python; run scripts/interop-env.sh)"

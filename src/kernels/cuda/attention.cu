@@ -56,6 +56,33 @@ template <int NPL> __device__ __forceinline__ void store_lanes(float *p, const f
         if (lane + 32 * i < D) p[lane + 32 * i] = src[i];
 }
 
+/* One query (its lanes qv) over keys j0 .. j1 - 1 of kb, vb (rows kvs apart) by online
+ * softmax: acc receives this lane's part of the output, *m the scores' maximum and the
+ * return value 1 / (the sum of the exponentials). */
+template <int NPL>
+__device__ __forceinline__ float attend_keys(float *acc, float *m, const float *qv, const float *kb,
+                                             const float *vb, int64_t kvs, int64_t j0, int64_t j1,
+                                             int D, float scale) {
+    float kv[NPL], mx = -INFINITY, l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) acc[i] = 0.0f;
+    for (int64_t j = j0; j < j1; j++) {
+        load_lanes<NPL>(kv, kb + j * kvs, D);
+        float s = dot_lanes<NPL>(qv, kv) * scale;
+        float mn = fmaxf(mx, s), c = expf(mx - mn), p = expf(s - mn);
+        l = l * c + p;
+        load_lanes<NPL>(kv, vb + j * kvs, D);
+#pragma unroll
+        for (int i = 0; i < NPL; i++) acc[i] = acc[i] * c + p * kv[i];
+        mx = mn;
+    }
+    float inv = 1.0f / l;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) acc[i] *= inv;
+    *m = mx;
+    return inv;
+}
+
 /* start[b T + t] = the first token of the segment holding token t of row b (0 without
  * segments): a thread per token, scanning back while seg repeats. */
 __global__ void seg_starts(int32_t *start, const int32_t *seg, int64_t B, int64_t T) {
@@ -84,25 +111,11 @@ __global__ void attn_fwd(float *out, float *stats, const float *q, const float *
     const int64_t b = task / ((int64_t)H * T), t = task % T;
     const int h = (int)(task / T % H), g = h / (H / KVH);
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
-    float qv[NPL], kv[NPL], acc[NPL];
+    float qv[NPL], acc[NPL], m;
     load_lanes<NPL>(qv, q + (b * T + t) * qs + (int64_t)h * D, D);
-#pragma unroll
-    for (int i = 0; i < NPL; i++) acc[i] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
     const float *kb = k + b * T * kvs + (int64_t)g * D, *vb = v + b * T * kvs + (int64_t)g * D;
-    for (int64_t j = first_key(start[b * T + t], t, W); j <= t; j++) {
-        load_lanes<NPL>(kv, kb + j * kvs, D);
-        float s = dot_lanes<NPL>(qv, kv) * scale;
-        float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
-        l = l * c + p;
-        load_lanes<NPL>(kv, vb + j * kvs, D);
-#pragma unroll
-        for (int i = 0; i < NPL; i++) acc[i] = acc[i] * c + p * kv[i];
-        m = mn;
-    }
-    float inv = 1.0f / l;
-#pragma unroll
-    for (int i = 0; i < NPL; i++) acc[i] *= inv;
+    const float inv = attend_keys<NPL>(acc, &m, qv, kb, vb, kvs,
+                                       first_key(start[b * T + t], t, W), t + 1, D, scale);
     store_lanes<NPL>(out + (b * T + t) * qs + (int64_t)h * D, acc, D);
     if (threadIdx.x % 32 == 0) {
         float *st = stats + ((b * H + h) * T + t) * 2;
@@ -122,24 +135,10 @@ __global__ void attn_cache_fwd(float *out, const float *q, const float *k, const
     const int64_t t = task / H, n = pos0 + t + 1;
     const int h = (int)(task % H), g = h / (H / KVH);
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D;
-    float qv[NPL], kv[NPL], acc[NPL];
+    float qv[NPL], acc[NPL], m;
     load_lanes<NPL>(qv, q + t * qs + (int64_t)h * D, D);
-#pragma unroll
-    for (int i = 0; i < NPL; i++) acc[i] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
-    for (int64_t j = W > 0 && n > W ? n - W : 0; j < n; j++) {
-        load_lanes<NPL>(kv, k + j * kvs + (int64_t)g * D, D);
-        float s = dot_lanes<NPL>(qv, kv) * scale;
-        float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
-        l = l * c + p;
-        load_lanes<NPL>(kv, v + j * kvs + (int64_t)g * D, D);
-#pragma unroll
-        for (int i = 0; i < NPL; i++) acc[i] = acc[i] * c + p * kv[i];
-        m = mn;
-    }
-    float inv = 1.0f / l;
-#pragma unroll
-    for (int i = 0; i < NPL; i++) acc[i] *= inv;
+    attend_keys<NPL>(acc, &m, qv, k + (int64_t)g * D, v + (int64_t)g * D, kvs,
+                     W > 0 && n > W ? n - W : 0, n, D, scale);
     store_lanes<NPL>(out + t * qs + (int64_t)h * D, acc, D);
 }
 

@@ -1,6 +1,7 @@
 /*
- * cmd_quantize.c: `finch quantize IN OUT --type T`: a GGUF model written again in another
- * storage type, each tensor's type chosen as llama-quantize chooses it (finch_quantize).
+ * cmd_quantize.c: `finch quantize IN OUT --type T`: a GGUF model (or a Hugging Face folder)
+ * written as GGUF in another storage type, each tensor's type chosen as llama-quantize
+ * chooses it (finch_quantize).
  */
 #include "cli.h"
 
@@ -18,7 +19,8 @@ static const cli_flag flag_table[] = {
     CLI_POSITIONAL(NULL, "IN", in,
                    "the model to read: a GGUF file (f32, f16, bf16, or quantized: then\n"
                    "dequantized first and quantized again, which is lossy; a warning says\n"
-                   "so). Hugging Face folders are not read yet"),
+                   "so), or a Hugging Face folder (config.json, safetensors, tokenizer.json:\n"
+                   "written as llama.cpp's convert_hf_to_gguf.py would, then quantized)"),
     CLI_POSITIONAL(NULL, "OUT", out,
                    "the GGUF to write (atomically); never the input itself, and an existing\n"
                    "file only with --force"),
@@ -38,7 +40,7 @@ static const cli_flag flag_table[] = {
 
 static const cli_command command = {
     .name = "quantize",
-    .usage = "usage: finch quantize IN.gguf OUT.gguf --type T [--force] [-v] [-t N]\n",
+    .usage = "usage: finch quantize IN.gguf|FOLDER OUT.gguf --type T [--force] [-v] [-t N]\n",
     .flags = flag_table};
 
 typedef struct {

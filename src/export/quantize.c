@@ -31,10 +31,13 @@
  * mapped input and quantized, rows spread over the threads, then the input's pages are
  * dropped. So memory holds one output tensor and one f32 row per thread.
  */
+#define _DEFAULT_SOURCE /* realpath */
 #include "export/export.h"
+#include "model/model.h" /* finch_model_gguf_tensors, finch_model_gguf_kvs */
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -90,7 +93,7 @@ static category category_of(const char *name) {
 }
 
 /* llama.cpp's tensor_allows_quantization, for the names of the families it lists. */
-static bool allows_quantization(const finch_gguf_tensor *t) {
+static bool allows_quantization(const finch_gguf_src *t) {
     if (t->n_dims < 2) return false;
     const char *name = t->name;
     const size_t n = strlen(name);
@@ -151,7 +154,7 @@ static bool use_more_bits(int i, int n) {
 
 /* llama_tensor_get_type_impl for finch's types: t's type before the fallback. i_v and
  * i_down are its ranks among the attn_v-like and ffn_down tensors. */
-static finch_dtype mix_type(const rules *r, const finch_gguf_tensor *t, finch_dtype nt, int i_v,
+static finch_dtype mix_type(const rules *r, const finch_gguf_src *t, finch_dtype nt, int i_v,
                             int i_down) {
     const category cat = category_of(t->name);
     const mix_kind mix = r->mix;
@@ -209,12 +212,12 @@ typedef struct job job;
 
 typedef struct {
     job *j;
-    const finch_gguf_tensor *t;
+    const finch_gguf_src *t;
     finch_dtype to;
 } tensor_job;
 
 struct job {
-    const finch_gguf *g;
+    const finch_gguf *g; /* the input GGUF, or NULL for a folder's model */
     const finch_quantize_options *o;
     int64_t done, total; /* elements */
 };
@@ -225,17 +228,14 @@ enum { CHUNK_ELEMS = 1 << 20 }; /* rows per progress report: about a million ele
 static finch_status fill_tensor(void *buf, size_t nbytes, void *user, finch_err *err) {
     tensor_job *tj = user;
     job *j = tj->j;
-    const finch_gguf_tensor *t = tj->t;
+    const finch_gguf_src *t = tj->t;
     int64_t n = 1;
     for (int k = 0; k < 4; k++) n *= t->ne[k];
-    if (tj->to == t->type) {
-        FINCH_ASSERT(nbytes == t->nbytes);
+    if (tj->to == t->type && !t->qk_head_dim) {
         memcpy(buf, t->data, nbytes);
     } else if (n > 0) {
         const int64_t cols = t->ne[0], rows = n / cols;
-        const size_t rb_in = t->nbytes / (size_t)rows, rb_out = nbytes / (size_t)rows;
-        const finch_dequant_fn deq = finch_dtype_info[t->type].dequant;
-        const finch_quant_fn q = finch_dtype_info[tj->to].quant;
+        const size_t rb_out = nbytes / (size_t)rows;
         const int64_t step = cols >= CHUNK_ELEMS ? 1 : CHUNK_ELEMS / cols;
         int failed = 0;
         for (int64_t r0 = 0; r0 < rows && !failed; r0 += step) {
@@ -248,11 +248,10 @@ static finch_status fill_tensor(void *buf, size_t nbytes, void *user, finch_err 
                     failed = 1;
                 }
 #pragma omp for schedule(dynamic, 4)
-                for (int64_t r = r0; r < r1; r++) {
-                    if (!row) continue;
-                    deq(row, t->data + (size_t)r * rb_in, cols);
-                    q((uint8_t *)buf + (size_t)r * rb_out, row, cols);
-                }
+                for (int64_t r = r0; r < r1; r++)
+                    if (row)
+                        finch_gguf_src_convert(t, r, r + 1, tj->to, (uint8_t *)buf + r * rb_out,
+                                               row);
                 free(row);
             }
             if (j->o && j->o->progress) j->o->progress(j->done + r1 * cols, j->total, j->o->user);
@@ -260,7 +259,7 @@ static finch_status fill_tensor(void *buf, size_t nbytes, void *user, finch_err 
         if (failed)
             return finch_err_set(err, FINCH_E_NOMEM, "out of memory quantizing %s", t->name);
     }
-    finch_gguf_evict_range(j->g, t->data, t->nbytes);
+    if (j->g && n > 0) finch_gguf_evict_range(j->g, t->data, t->row_bytes * (size_t)(n / t->ne[0]));
     j->done += n;
     if (j->o && j->o->progress) j->o->progress(j->done, j->total, j->o->user);
     return FINCH_OK;
@@ -276,17 +275,31 @@ static int find_qtype(const char *name) {
     return -1;
 }
 
-/* Refuses an output that is the input (same device and inode) or, without force, any
- * existing file; a directory is never replaced. */
-static finch_status check_paths(const char *in, const char *out, bool force, finch_err *err) {
+/* Refuses an output that is the input (same device and inode) or lies inside the input
+ * folder, or, without force, any existing file; a directory is never replaced. *folder is
+ * whether the input is a folder. */
+static finch_status check_paths(const char *in, const char *out, bool force, bool *folder,
+                                finch_err *err) {
     struct stat si, so;
     if (stat(in, &si) != 0)
         return finch_err_set(err, FINCH_E_IO, "%s: cannot read the input: %s", in, strerror(errno));
-    if (S_ISDIR(si.st_mode))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "%s: is a folder; finch quantize reads a GGUF file (a Hugging Face "
-                             "folder is not supported yet)",
-                             in);
+    *folder = S_ISDIR(si.st_mode);
+    if (*folder) {
+        /* the output's folder, resolved, must not be the input folder or under it */
+        char dir[4096], rin[PATH_MAX], rdir[PATH_MAX];
+        const char *slash = strrchr(out, '/');
+        if ((size_t)snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out) : 1,
+                             slash ? (slash == out ? "/" : out) : ".") >= sizeof dir)
+            return finch_err_set(err, FINCH_E_USAGE, "%s: path too long", out);
+        if (realpath(in, rin) && realpath(dir, rdir)) {
+            size_t n = strlen(rin);
+            if (!strncmp(rdir, rin, n) && (rdir[n] == 0 || rdir[n] == '/'))
+                return finch_err_set(err, FINCH_E_USAGE,
+                                     "%s: lies inside the input folder %s; write the GGUF "
+                                     "elsewhere (a model folder is read, never written)",
+                                     out, in);
+        }
+    }
     if (stat(out, &so) != 0) return FINCH_OK; /* a new file */
     if (so.st_dev == si.st_dev && so.st_ino == si.st_ino)
         return finch_err_set(err, FINCH_E_USAGE,
@@ -324,32 +337,93 @@ static finch_status copy_metadata(finch_gguf_writer *w, const finch_gguf *g, uin
     return st;
 }
 
-/* The rules' facts about g's model. */
-static finch_status model_rules(const finch_gguf *g, int qt, rules *r, finch_err *err) {
+/* The rules' facts about a model: its architecture, block and expert counts (0: count the
+ * blocks of the tensor names), and its tensors. */
+static void model_rules(const char *arch, int n_layer, int n_expert, const finch_gguf_src *src,
+                        int64_t n_src, int qt, rules *r) {
     *r = (rules){.mix = qtypes[qt].mix, .base = qtypes[qt].base, .tied = true};
-    finch_str arch = {0};
-    finch_status st = finch_gguf_get_str(g, "general.architecture", false, &arch, err);
-    if (st) return st;
-    char key[160];
-    uint32_t v = 0;
-    r->falcon = arch.len == 6 && !memcmp(arch.ptr, "falcon", 6);
+    r->falcon = !strcmp(arch, "falcon");
     int max_layer = -1;
-    for (int64_t i = 0; i < finch_gguf_n_tensors(g); i++) {
-        const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
-        const category c = category_of(t->name);
+    for (int64_t i = 0; i < n_src; i++) {
+        const category c = category_of(src[i].name);
         if (c == CAT_OUTPUT) r->tied = false;
         if (c == CAT_ATTN_V) r->n_attn_v++;
-        if (layer_of(t->name) > max_layer) max_layer = layer_of(t->name);
+        if (layer_of(src[i].name) > max_layer) max_layer = layer_of(src[i].name);
     }
-    r->n_layer = max_layer + 1;
-    if (arch.len && arch.len < 100) {
-        snprintf(key, sizeof key, "%.*s.block_count", (int)arch.len, arch.ptr);
-        if ((st = finch_gguf_get_u32(g, key, false, &v, err))) return st;
-        if (v) r->n_layer = (int)v;
-        v = 0;
-        snprintf(key, sizeof key, "%.*s.expert_count", (int)arch.len, arch.ptr);
-        if ((st = finch_gguf_get_u32(g, key, false, &v, err))) return st;
-        r->n_expert = (int)v;
+    r->n_layer = n_layer ? n_layer : max_layer + 1;
+    r->n_expert = n_expert;
+}
+
+/* A GGUF input: its tensors as sources (rows in place), its rules' facts. */
+static finch_status gguf_sources(const finch_gguf *g, const char *in_path, int qt, rules *r,
+                                 finch_gguf_src **out, int64_t *n_out, finch_err *err) {
+    uint32_t n_split = 0, n_layer = 0, n_expert = 0;
+    finch_str arch = {0};
+    finch_status st = finch_gguf_get_u32(g, "split.count", false, &n_split, err);
+    if (st) return st;
+    if (n_split > 1)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: one part of a model split over %u files; merge the parts "
+                             "first (llama-gguf-split --merge)",
+                             in_path, n_split);
+    if ((st = finch_gguf_get_str(g, "general.architecture", false, &arch, err))) return st;
+    char a[100] = "", key[160];
+    if (arch.len < sizeof a) memcpy(a, arch.ptr, arch.len);
+    if (a[0]) {
+        snprintf(key, sizeof key, "%s.block_count", a);
+        if ((st = finch_gguf_get_u32(g, key, false, &n_layer, err))) return st;
+        snprintf(key, sizeof key, "%s.expert_count", a);
+        if ((st = finch_gguf_get_u32(g, key, false, &n_expert, err))) return st;
+    }
+    const int64_t n = finch_gguf_n_tensors(g);
+    finch_gguf_src *src = finch_mem_calloc((size_t)n + 1, sizeof *src);
+    if (!src) return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
+        finch_gguf_src *s = &src[i];
+        snprintf(s->name, sizeof s->name, "%s", t->name);
+        s->type = t->type;
+        s->n_dims = t->n_dims;
+        memcpy(s->ne, t->ne, sizeof s->ne);
+        const int64_t rows = t->ne[0] ? t->ne[1] * t->ne[2] * t->ne[3] : 0;
+        s->row_bytes = rows ? t->nbytes / (size_t)rows : 0;
+        s->data = t->data;
+    }
+    model_rules(a, (int)n_layer, (int)n_expert, src, n, qt, r);
+    *out = src;
+    *n_out = n;
+    return FINCH_OK;
+}
+
+/* A Hugging Face folder's input: the model finch loads from it, whose tensors and metadata
+ * are what llama.cpp's converter would write (model/gguf_out.c). */
+static finch_status folder_model(const char *in_path, finch_model **m, finch_err *err) {
+    char path[4096];
+    struct stat sb;
+    if ((size_t)snprintf(path, sizeof path, "%s/tokenizer_config.json", in_path) >= sizeof path)
+        return finch_err_set(err, FINCH_E_USAGE, "%s: path too long", in_path);
+    snprintf(path, sizeof path, "%s/config.json", in_path);
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return finch_err_set(err, FINCH_E_USAGE,
+                             "%s: is a folder without config.json; finch quantize reads a GGUF "
+                             "file or a Hugging Face model folder",
+                             in_path);
+    snprintf(path, sizeof path, "%s/tokenizer.json", in_path);
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: the folder has no tokenizer.json, and a GGUF needs the "
+                             "tokenizer (llama.cpp cannot run a model without one); add the "
+                             "model's tokenizer.json and tokenizer_config.json",
+                             in_path);
+    finch_status st = finch_model_load(in_path, m, err);
+    if (st) return st;
+    if ((*m)->hf && (*m)->hf->bnb_nf4) {
+        finch_model_free(*m);
+        *m = NULL;
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s: a bitsandbytes 4-bit checkpoint: its NF4 weights have no GGUF "
+                             "type; quantize from the f32, f16 or bf16 model it was made from",
+                             in_path);
     }
     return FINCH_OK;
 }
@@ -363,36 +437,41 @@ finch_status finch_quantize(const char *in_path, const char *out_path,
                              "quantize: --type %s: use f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
                              "q5_1, q4_k_s, q4_k_m (q4_k), q5_k_s, q5_k_m (q5_k) or q6_k",
                              opt->type ? opt->type : "(none)");
-    finch_status st = check_paths(in_path, out_path, opt->force != 0, err);
+    bool folder = false;
+    finch_status st = check_paths(in_path, out_path, opt->force != 0, &folder, err);
     if (st) return st;
     finch_gguf *g = NULL;
-    if ((st = finch_gguf_open(in_path, &g, err))) return st;
+    finch_model *m = NULL;
     finch_gguf_writer *w = NULL;
-    const int64_t n_t = finch_gguf_n_tensors(g);
-    tensor_job *tj = finch_mem_calloc((size_t)n_t + 1, sizeof *tj);
-    job j = {.g = g, .o = opt};
-    uint32_t n_split = 0;
+    finch_gguf_src *src = NULL;
+    int64_t n_t = 0;
+    tensor_job *tj = NULL;
+    job j = {.o = opt};
     rules r;
-    if (!tj) {
+    if (folder) {
+        if ((st = folder_model(in_path, &m, err)) ||
+            (st = finch_model_gguf_tensors(m, &src, &n_t, err)))
+            goto done;
+        model_rules(m->cfg.arch, m->cfg.n_layer, 0, src, n_t, qt, &r);
+    } else {
+        if ((st = finch_gguf_open(in_path, &g, err)) ||
+            (st = gguf_sources(g, in_path, qt, &r, &src, &n_t, err)))
+            goto done;
+    }
+    j.g = g;
+    if (!(tj = finch_mem_calloc((size_t)n_t + 1, sizeof *tj))) {
         st = finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         goto done;
     }
-    if ((st = finch_gguf_get_u32(g, "split.count", false, &n_split, err))) goto done;
-    if (n_split > 1) {
-        st = finch_err_set(err, FINCH_E_UNSUPPORTED,
-                           "%s: one part of a model split over %u files; merge the parts first "
-                           "(llama-gguf-split --merge)",
-                           in_path, n_split);
-        goto done;
-    }
-    if ((st = model_rules(g, qt, &r, err))) goto done;
     if (!(w = finch_gguf_writer_new(err))) {
         st = FINCH_E_NOMEM;
         goto done;
     }
-    if ((st = copy_metadata(w, g, qtypes[qt].ftype, err))) goto done;
+    st = folder ? finch_model_gguf_kvs(m, qtypes[qt].ftype, w, err)
+                : copy_metadata(w, g, qtypes[qt].ftype, err);
+    if (st) goto done;
     for (int64_t i = 0; i < n_t && !st; i++) {
-        const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
+        const finch_gguf_src *t = &src[i];
         finch_dtype to = t->type;
         bool fell = false;
         if (allows_quantization(t)) {
@@ -402,7 +481,7 @@ finch_status finch_quantize(const char *in_path, const char *out_path,
                 const category c = category_of(t->name);
                 int i_v = 0, i_down = 0;
                 for (int64_t k = 0; k < n_t; k++) {
-                    const finch_gguf_tensor *u = finch_gguf_tensor_at(g, k);
+                    const finch_gguf_src *u = &src[k];
                     if (k == i || !before(u->name, t->name)) continue;
                     const category cu = category_of(u->name);
                     i_v += c == CAT_ATTN_V && cu == CAT_ATTN_V;
@@ -444,6 +523,11 @@ finch_status finch_quantize(const char *in_path, const char *out_path,
 done:
     finch_gguf_writer_free(w);
     free(tj);
+    if (folder)
+        finch_gguf_src_list_free(src, n_t);
+    else
+        free(src);
+    finch_model_free(m);
     finch_gguf_close(g);
     return st;
 }

@@ -347,12 +347,10 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
                                &ly->post_attn_norm)) ||
              (st = bind_vector(L, NAME("post_ffw_norm.weight"), C, &owned, &ly->post_ffn_norm))))
             return st;
-        static const char *const stems[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-                                            "ffn_gate", "ffn_up", "ffn_down"};
         for (int t = 0; t < FINCH_LAYER_LINEARS && !st; t++) {
             finch_linear *lin = finch_layer_linear(ly, t);
             char b[FINCH_GGUF_MAX_NAME + 1];
-            snprintf(b, sizeof b, "blk.%d.%s.bias", l, stems[t]);
+            snprintf(b, sizeof b, "blk.%d.%s.bias", l, finch_linear_gguf_stem(t));
             st = bind_bias(L, b, lin->w.rows, &lin->bias);
         }
         if (st) return st;

@@ -17,9 +17,6 @@
 
 #include <stdlib.h>
 
-static const char *const stems[FINCH_LAYER_LINEARS] = {
-    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-
 static bool is_float_type(finch_dtype t) {
     return t == FINCH_DTYPE_F32 || t == FINCH_DTYPE_F16 || t == FINCH_DTYPE_BF16;
 }
@@ -63,13 +60,15 @@ finch_status finch_model_load_in_4bit(finch_model *m, const char *quant_type, in
                                      "%s: --load-in-4bit quantizes an f32, f16 or bf16 base, and "
                                      "blk.%d.%s.weight is %s already: load it without "
                                      "--load-in-4bit",
-                                     m->path, l, stems[i], finch_dtype_info[w->type].name);
+                                     m->path, l, finch_linear_gguf_stem(i),
+                                     finch_dtype_info[w->type].name);
             size_t rb;
             if (!finch_dtype_row_bytes(FINCH_DTYPE_NF4, w->cols, &rb))
                 return finch_err_set(err, FINCH_E_UNSUPPORTED,
                                      "%s: blk.%d.%s.weight: rows of %lld are not whole NF4 "
                                      "blocks of %d",
-                                     m->path, l, stems[i], (long long)w->cols, QK_NF4);
+                                     m->path, l, finch_linear_gguf_stem(i), (long long)w->cols,
+                                     QK_NF4);
             total += rb * (size_t)w->rows;
         }
     if (!total) return FINCH_OK;

@@ -219,6 +219,87 @@ void finch_kv_session_release(finch_kv_session *s);
 void finch_model_forward(const finch_model *m, finch_kv_session *s, const int32_t *ids, int T,
                          bool all_logits);
 
+/* ---- the model's tensors by name (gguf_out.c) ------------------------------------------ */
+
+/* The kinds of tensor a model holds: what a name table row, a trainable-weight site
+ * (peft/weights.c) and the GGUF writer below speak of. */
+typedef enum {
+    FINCH_W_EMBD,
+    FINCH_W_NORM_ATTN,
+    FINCH_W_LINEAR,
+    FINCH_W_BIAS,
+    FINCH_W_NORM_Q,         /* per-head q norm [qk_norm] */
+    FINCH_W_NORM_K,         /* per-head k norm [qk_norm] */
+    FINCH_W_NORM_POST_ATTN, /* [post_norms] */
+    FINCH_W_NORM_FFN,
+    FINCH_W_NORM_POST_FFN, /* [post_norms] */
+    FINCH_W_NORM_OUT,
+    FINCH_W_HEAD,
+    FINCH_W_NORM_ATTN_B, /* LayerNorm biases [layer_norm] */
+    FINCH_W_NORM_FFN_B,
+    FINCH_W_NORM_OUT_B,
+    FINCH_W_POS /* learned position embeddings [learned_pos] */
+} finch_wkind;
+#define FINCH_W_KIND_COUNT (FINCH_W_POS + 1) /* not in the enum: switches name every kind */
+
+/* The names of a kind's tensor (NULL for the linears and their biases, named by
+ * finch_linear_gguf_stem): printf formats taking the block number (or nothing), in
+ * Hugging Face files (hf; hf_post for families with post norms, which call the FFN's norm
+ * pre_feedforward_layernorm; gpt2 for GPT-2's transformer.* keys) and in GGUF. */
+typedef struct {
+    const char *hf, *hf_post, *gguf, *gpt2;
+} finch_tensor_names;
+extern const finch_tensor_names finch_tensor_name_table[FINCH_W_KIND_COUNT];
+
+/* The GGUF stem of block linear i (finch_layer_linear's order): "attn_q", ..., "ffn_down". */
+const char *finch_linear_gguf_stem(int i);
+
+/* One tensor of the model as llama.cpp's converter writes it: its GGUF name and shape, and
+ * where its rows are. Row r (ne[0] elements, in storage type type) of the GGUF tensor is at
+ * data + r' * row_bytes, r' = r, or finch_qk_row(r, qk_head_dim) when qk_head_dim > 0 (q/k
+ * rows in finch's order written in the family's rotate-half GGUF order). */
+typedef struct {
+    char name[FINCH_GGUF_MAX_NAME + 1];
+    finch_dtype type;
+    int n_dims;
+    int64_t ne[4]; /* ne[0] fastest; missing dims 1 */
+    size_t row_bytes;
+    const uint8_t *data;
+    int qk_head_dim;
+    float *owned; /* a permuted vector's copy, owned by the list */
+} finch_gguf_src;
+
+/* GGUF row r of s (see finch_gguf_src). */
+static inline const uint8_t *finch_gguf_src_row(const finch_gguf_src *s, int64_t r) {
+    return s->data +
+           (size_t)(s->qk_head_dim > 0 ? finch_qk_row(r, s->qk_head_dim) : r) * s->row_bytes;
+}
+
+/* Writes rows [r0, r1) of s into dst (rows of type to, consecutive): copied when to is
+ * s->type, else each row dequantized into row (ne[0] floats of scratch) and quantized.
+ * to must have a quantizer and s->type a dequantizer unless they are equal. */
+void finch_gguf_src_convert(const finch_gguf_src *s, int64_t r0, int64_t r1, finch_dtype to,
+                            void *dst, float *row);
+
+/* The model's tensors as llama.cpp's converter writes them for its family (FORMATS.md 3.2):
+ * GGUF names, q/k rows (and biases, q/k norms) back in the family's GGUF order, GPT-2's q, k
+ * and v as the one attn_qkv they are views of, no output.weight when the head is tied
+ * (GPT-2: always a copy, as the converter writes it). Each entry points at the model's
+ * current tensors (attached trainable copies included), which must outlive the list.
+ * *out is the caller's (finch_gguf_src_list_free). */
+finch_status finch_model_gguf_tensors(const finch_model *m, finch_gguf_src **out, int64_t *n,
+                                      finch_err *err);
+void finch_gguf_src_list_free(finch_gguf_src *list, int64_t n);
+
+/* Writes the metadata llama.cpp needs to run m (FORMATS.md 3.1, 5.1): general.architecture,
+ * general.type, general.name, the family's hyperparameter keys as convert_hf_to_gguf.py
+ * writes them, general.file_type = ftype, general.quantization_version, and the tokenizer
+ * (finch_tokenizer_gguf_kvs; special ids config.json names fill those tokenizer_config.json
+ * leaves out). A model without a tokenizer, or whose tokenizer has no GGUF form, is
+ * FINCH_E_UNSUPPORTED with a message saying why. */
+finch_status finch_model_gguf_kvs(const finch_model *m, uint32_t ftype, finch_gguf_writer *w,
+                                  finch_err *err);
+
 /* ---- training -------------------------------------------------------------------------- */
 
 /* The linears of block l in a fixed order (q, k, v, o, gate, up, down): the projections

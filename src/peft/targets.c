@@ -14,8 +14,6 @@
 
 static const char *const peft_names[FINCH_TARGET_COUNT] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-static const char *const gguf_names[FINCH_TARGET_COUNT] = {
-    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
 static const char *const short_names[FINCH_TARGET_COUNT] = {"q",    "k",  "v",   "o",
                                                             "gate", "up", "down"};
 enum { QKV = 1u << FINCH_TARGET_Q | 1u << FINCH_TARGET_K | 1u << FINCH_TARGET_V };
@@ -34,7 +32,7 @@ const char *finch_target_peft_name(finch_target t) {
     return peft_names[t];
 }
 const char *finch_target_gguf_name(finch_target t) {
-    return gguf_names[t];
+    return finch_linear_gguf_stem((int)t); /* the targets are the block's linears, in order */
 }
 
 uint32_t finch_target_lookup(const char *name, size_t n) {

@@ -9,23 +9,7 @@
 
 #include "io/io.h" /* GGUF and safetensors writers */
 
-typedef enum {
-    W_EMBD,
-    W_NORM_ATTN,
-    W_LINEAR,
-    W_BIAS,
-    W_NORM_Q,         /* per-head q norm [qk_norm] */
-    W_NORM_K,         /* per-head k norm [qk_norm] */
-    W_NORM_POST_ATTN, /* [post_norms] */
-    W_NORM_FFN,
-    W_NORM_POST_FFN, /* [post_norms] */
-    W_NORM_OUT,
-    W_HEAD,
-    W_NORM_ATTN_B, /* LayerNorm biases [layer_norm] */
-    W_NORM_FFN_B,
-    W_NORM_OUT_B,
-    W_POS /* learned position embeddings [learned_pos] */
-} wkind;
+typedef finch_wkind wkind;
 
 typedef struct {
     wkind kind;
@@ -44,57 +28,34 @@ typedef struct {
 
 /* ---- names ------------------------------------------------------------------------------ */
 
-/* The names of a site's tensor: printf formats taking the block (or nothing), in Hugging
- * Face files and in GGUF. Families with post norms call the FFN's norm
- * pre_feedforward_layernorm there, and the attention output's post_attention_layernorm. */
-static const struct {
-    const char *hf, *hf_post, *gguf, *gpt2;
-} names[W_POS + 1] = {
-    [W_EMBD] = {"model.embed_tokens.weight", NULL, "token_embd.weight", "transformer.wte.weight"},
-    [W_NORM_ATTN] = {"model.layers.%d.input_layernorm.weight", NULL, "blk.%d.attn_norm.weight",
-                     "transformer.h.%d.ln_1.weight"},
-    [W_NORM_Q] = {"model.layers.%d.self_attn.q_norm.weight", NULL, "blk.%d.attn_q_norm.weight"},
-    [W_NORM_K] = {"model.layers.%d.self_attn.k_norm.weight", NULL, "blk.%d.attn_k_norm.weight"},
-    [W_NORM_POST_ATTN] = {"model.layers.%d.post_attention_layernorm.weight", NULL,
-                          "blk.%d.post_attention_norm.weight"},
-    [W_NORM_FFN] = {"model.layers.%d.post_attention_layernorm.weight",
-                    "model.layers.%d.pre_feedforward_layernorm.weight", "blk.%d.ffn_norm.weight",
-                    "transformer.h.%d.ln_2.weight"},
-    [W_NORM_POST_FFN] = {"model.layers.%d.post_feedforward_layernorm.weight", NULL,
-                         "blk.%d.post_ffw_norm.weight"},
-    [W_NORM_OUT] = {"model.norm.weight", NULL, "output_norm.weight", "transformer.ln_f.weight"},
-    [W_HEAD] = {"lm_head.weight", NULL, "output.weight", "lm_head.weight"},
-    [W_NORM_ATTN_B] = {NULL, NULL, "blk.%d.attn_norm.bias", "transformer.h.%d.ln_1.bias"},
-    [W_NORM_FFN_B] = {NULL, NULL, "blk.%d.ffn_norm.bias", "transformer.h.%d.ln_2.bias"},
-    [W_NORM_OUT_B] = {NULL, NULL, "output_norm.bias", "transformer.ln_f.bias"},
-    [W_POS] = {NULL, NULL, "position_embd.weight", "transformer.wpe.weight"},
-};
+/* The names of a site's tensor: model.h's table (finch_tensor_name_table). */
 
 /* The Hugging Face key of a site. */
 static void hf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
-    if (s->kind == W_LINEAR || s->kind == W_BIAS) {
+    if (s->kind == FINCH_W_LINEAR || s->kind == FINCH_W_BIAS) {
         char key[160];
         finch_target_key(key, sizeof key, m, s->layer, s->target, true);
-        snprintf(buf, n, "%s.%s", key, s->kind == W_BIAS ? "bias" : "weight");
+        snprintf(buf, n, "%s.%s", key, s->kind == FINCH_W_BIAS ? "bias" : "weight");
         return;
     }
-    const char *f = m->arch->layer_norm                             ? names[s->kind].gpt2
-                    : m->arch->post_norms && names[s->kind].hf_post ? names[s->kind].hf_post
-                                                                    : names[s->kind].hf;
+    const char *f = m->arch->layer_norm ? finch_tensor_name_table[s->kind].gpt2
+                    : m->arch->post_norms && finch_tensor_name_table[s->kind].hf_post
+                        ? finch_tensor_name_table[s->kind].hf_post
+                        : finch_tensor_name_table[s->kind].hf;
     snprintf(buf, n, f, s->layer);
 }
 
 /* The GGUF name of a site; a fused module's (GPT-2's attn_qkv) is its q site's. */
 static void gguf_name(char *buf, size_t n, const wsite *s, const finch_model *m) {
-    if (s->kind == W_LINEAR || s->kind == W_BIAS) {
+    if (s->kind == FINCH_W_LINEAR || s->kind == FINCH_W_BIAS) {
         const bool fused = m->arch->fused_qkv && s->target <= FINCH_TARGET_V;
         snprintf(buf, n, "blk.%d.%s%s.%s", s->layer,
                  fused ? "attn_qkv" : finch_target_gguf_name(s->target),
                  fused && s->target != FINCH_TARGET_Q ? "(part)" : "",
-                 s->kind == W_BIAS ? "bias" : "weight");
+                 s->kind == FINCH_W_BIAS ? "bias" : "weight");
         return;
     }
-    snprintf(buf, n, names[s->kind].gguf, s->layer);
+    snprintf(buf, n, finch_tensor_name_table[s->kind].gguf, s->layer);
 }
 
 /* ---- create, init ----------------------------------------------------------------------- */
@@ -105,16 +66,18 @@ static finch_status add_site(finch_peft *p, wstate *st, const finch_model *m, wk
     *s = (wsite){.kind = kind, .layer = layer, .target = t, .rows = rows, .cols = cols};
     char name[200];
     hf_name(name, sizeof name, s, m);
-    int heads = kind == W_LINEAR || kind == W_BIAS ? finch_target_heads(m, t) : 0;
+    int heads = kind == FINCH_W_LINEAR || kind == FINCH_W_BIAS ? finch_target_heads(m, t) : 0;
     /* not norms, biases */
-    bool decay = kind == W_LINEAR || kind == W_EMBD || kind == W_HEAD || kind == W_POS;
+    bool decay = kind == FINCH_W_LINEAR || kind == FINCH_W_EMBD || kind == FINCH_W_HEAD ||
+                 kind == FINCH_W_POS;
     int64_t module_rows = rows;
-    const int part = kind == W_LINEAR || kind == W_BIAS ? finch_target_part(m, t, &module_rows) : 0;
+    const int part =
+        kind == FINCH_W_LINEAR || kind == FINCH_W_BIAS ? finch_target_part(m, t, &module_rows) : 0;
     if (part) /* k, v of a fused module: row blocks of q's tensor */
         return finch_params_add_view(&p->params, name, part * rows * cols, &s->data, &s->grad, err);
     int64_t shape[2] = {module_rows, cols};
-    return finch_params_add(&p->params, name, cols > 1 || kind == W_LINEAR ? 2 : 1, shape, heads,
-                            decay, &s->data, &s->grad, err);
+    return finch_params_add(&p->params, name, cols > 1 || kind == FINCH_W_LINEAR ? 2 : 1, shape,
+                            heads, decay, &s->data, &s->grad, err);
 }
 
 finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err *err) {
@@ -128,50 +91,53 @@ finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err
     finch_status e = FINCH_OK;
     /* a tied head is the embedding table: training either trains that one matrix */
     if (c->embeddings || (c->head && mc->tied_output))
-        e = add_site(p, st, m, W_EMBD, -1, 0, mc->n_vocab, mc->n_embd, err);
+        e = add_site(p, st, m, FINCH_W_EMBD, -1, 0, mc->n_vocab, mc->n_embd, err);
     if (!e && c->embeddings && m->arch->learned_pos)
-        e = add_site(p, st, m, W_POS, -1, 0, m->pos_embd.rows, mc->n_embd, err);
+        e = add_site(p, st, m, FINCH_W_POS, -1, 0, m->pos_embd.rows, mc->n_embd, err);
     for (int l = 0; l < mc->n_layer && !e; l++) {
         if (!finch_peft_layer(p, l)) continue;
         const finch_arch *a = m->arch;
-        e = add_site(p, st, m, W_NORM_ATTN, l, 0, mc->n_embd, 1, err);
-        if (!e && a->layer_norm) e = add_site(p, st, m, W_NORM_ATTN_B, l, 0, mc->n_embd, 1, err);
-        if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_Q, l, 0, mc->head_dim, 1, err);
-        if (!e && a->qk_norm) e = add_site(p, st, m, W_NORM_K, l, 0, mc->head_dim, 1, err);
+        e = add_site(p, st, m, FINCH_W_NORM_ATTN, l, 0, mc->n_embd, 1, err);
+        if (!e && a->layer_norm)
+            e = add_site(p, st, m, FINCH_W_NORM_ATTN_B, l, 0, mc->n_embd, 1, err);
+        if (!e && a->qk_norm) e = add_site(p, st, m, FINCH_W_NORM_Q, l, 0, mc->head_dim, 1, err);
+        if (!e && a->qk_norm) e = add_site(p, st, m, FINCH_W_NORM_K, l, 0, mc->head_dim, 1, err);
         for (int t = 0; t < FINCH_TARGET_COUNT && !e; t++) {
             const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
             if (t == FINCH_TARGET_GATE && a->post_norms)
-                e = add_site(p, st, m, W_NORM_POST_ATTN, l, 0, mc->n_embd, 1, err);
+                e = add_site(p, st, m, FINCH_W_NORM_POST_ATTN, l, 0, mc->n_embd, 1, err);
             if (!e && t == FINCH_TARGET_GATE)
-                e = add_site(p, st, m, W_NORM_FFN, l, 0, mc->n_embd, 1, err);
+                e = add_site(p, st, m, FINCH_W_NORM_FFN, l, 0, mc->n_embd, 1, err);
             if (!e && t == FINCH_TARGET_GATE && a->layer_norm)
-                e = add_site(p, st, m, W_NORM_FFN_B, l, 0, mc->n_embd, 1, err);
+                e = add_site(p, st, m, FINCH_W_NORM_FFN_B, l, 0, mc->n_embd, 1, err);
             if (!lin->w.data) continue; /* a projection the family lacks (GPT-2's gate) */
             if (!e)
-                e = add_site(p, st, m, W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols, err);
+                e = add_site(p, st, m, FINCH_W_LINEAR, l, (finch_target)t, lin->w.rows, lin->w.cols,
+                             err);
             if (!e && lin->bias)
-                e = add_site(p, st, m, W_BIAS, l, (finch_target)t, lin->w.rows, 1, err);
+                e = add_site(p, st, m, FINCH_W_BIAS, l, (finch_target)t, lin->w.rows, 1, err);
         }
-        if (!e && a->post_norms) e = add_site(p, st, m, W_NORM_POST_FFN, l, 0, mc->n_embd, 1, err);
+        if (!e && a->post_norms)
+            e = add_site(p, st, m, FINCH_W_NORM_POST_FFN, l, 0, mc->n_embd, 1, err);
     }
-    if (!e && c->head) e = add_site(p, st, m, W_NORM_OUT, -1, 0, mc->n_embd, 1, err);
+    if (!e && c->head) e = add_site(p, st, m, FINCH_W_NORM_OUT, -1, 0, mc->n_embd, 1, err);
     if (!e && c->head && m->arch->layer_norm)
-        e = add_site(p, st, m, W_NORM_OUT_B, -1, 0, mc->n_embd, 1, err);
+        e = add_site(p, st, m, FINCH_W_NORM_OUT_B, -1, 0, mc->n_embd, 1, err);
     if (!e && c->head && !mc->tied_output)
-        e = add_site(p, st, m, W_HEAD, -1, 0, mc->n_vocab, mc->n_embd, err);
+        e = add_site(p, st, m, FINCH_W_HEAD, -1, 0, mc->n_vocab, mc->n_embd, err);
     return e;
 }
 
 /* The model's current tensor of a site: a weight view or a vector. */
 static finch_weight *site_weight(finch_model *m, const wsite *s) {
     switch (s->kind) {
-    case W_EMBD:
+    case FINCH_W_EMBD:
         return &m->tok_embd;
-    case W_POS:
+    case FINCH_W_POS:
         return &m->pos_embd;
-    case W_HEAD:
+    case FINCH_W_HEAD:
         return &m->output.w;
-    case W_LINEAR:
+    case FINCH_W_LINEAR:
         return &finch_model_target(m, s->layer, s->target)->w;
     default:
         return NULL;
@@ -181,27 +147,27 @@ static finch_weight *site_weight(finch_model *m, const wsite *s) {
 static const float **site_vector(finch_model *m, const wsite *s) {
     finch_layer *ly = s->layer >= 0 ? &m->layers[s->layer] : NULL;
     switch (s->kind) {
-    case W_NORM_ATTN:
+    case FINCH_W_NORM_ATTN:
         return &ly->attn_norm;
-    case W_NORM_Q:
+    case FINCH_W_NORM_Q:
         return &ly->q_norm;
-    case W_NORM_K:
+    case FINCH_W_NORM_K:
         return &ly->k_norm;
-    case W_NORM_POST_ATTN:
+    case FINCH_W_NORM_POST_ATTN:
         return &ly->post_attn_norm;
-    case W_NORM_FFN:
+    case FINCH_W_NORM_FFN:
         return &ly->ffn_norm;
-    case W_NORM_POST_FFN:
+    case FINCH_W_NORM_POST_FFN:
         return &ly->post_ffn_norm;
-    case W_NORM_OUT:
+    case FINCH_W_NORM_OUT:
         return &m->output_norm;
-    case W_NORM_ATTN_B:
+    case FINCH_W_NORM_ATTN_B:
         return &ly->attn_norm_b;
-    case W_NORM_FFN_B:
+    case FINCH_W_NORM_FFN_B:
         return &ly->ffn_norm_b;
-    case W_NORM_OUT_B:
+    case FINCH_W_NORM_OUT_B:
         return &m->output_norm_b;
-    case W_BIAS:
+    case FINCH_W_BIAS:
         return &finch_model_target(m, s->layer, s->target)->bias;
     default:
         return NULL;
@@ -212,35 +178,35 @@ static const float **site_vector(finch_model *m, const wsite *s) {
 static float **site_grad(finch_model *m, const wsite *s) {
     finch_layer *ly = s->layer >= 0 ? &m->layers[s->layer] : NULL;
     switch (s->kind) {
-    case W_EMBD:
+    case FINCH_W_EMBD:
         return &m->d_tok_embd;
-    case W_POS:
+    case FINCH_W_POS:
         return &m->d_pos_embd;
-    case W_NORM_ATTN_B:
+    case FINCH_W_NORM_ATTN_B:
         return &ly->d_attn_norm_b;
-    case W_NORM_FFN_B:
+    case FINCH_W_NORM_FFN_B:
         return &ly->d_ffn_norm_b;
-    case W_NORM_OUT_B:
+    case FINCH_W_NORM_OUT_B:
         return &m->d_output_norm_b;
-    case W_HEAD:
+    case FINCH_W_HEAD:
         return &m->output.dw;
-    case W_LINEAR:
+    case FINCH_W_LINEAR:
         return &finch_model_target(m, s->layer, s->target)->dw;
-    case W_BIAS:
+    case FINCH_W_BIAS:
         return &finch_model_target(m, s->layer, s->target)->dbias;
-    case W_NORM_ATTN:
+    case FINCH_W_NORM_ATTN:
         return &ly->d_attn_norm;
-    case W_NORM_Q:
+    case FINCH_W_NORM_Q:
         return &ly->d_q_norm;
-    case W_NORM_K:
+    case FINCH_W_NORM_K:
         return &ly->d_k_norm;
-    case W_NORM_POST_ATTN:
+    case FINCH_W_NORM_POST_ATTN:
         return &ly->d_post_attn_norm;
-    case W_NORM_FFN:
+    case FINCH_W_NORM_FFN:
         return &ly->d_ffn_norm;
-    case W_NORM_POST_FFN:
+    case FINCH_W_NORM_POST_FFN:
         return &ly->d_post_ffn_norm;
-    case W_NORM_OUT:
+    case FINCH_W_NORM_OUT:
         return &m->d_output_norm;
     }
     return NULL;
@@ -307,7 +273,7 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
         }
         *site_grad(m, s) = s->grad;
         /* a tied head is the embedding table, trained through both */
-        if (s->kind == W_EMBD && m->cfg.tied_output) {
+        if (s->kind == FINCH_W_EMBD && m->cfg.tied_output) {
             m->output.w = m->tok_embd;
             m->output.dw = s->grad;
         }
@@ -316,8 +282,8 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
      * read again until detach, so they need not stay in memory */
     int64_t n_mat = 0;
     for (int i = 0; i < st->n_sites; i++)
-        n_mat += st->sites[i].kind == W_LINEAR || st->sites[i].kind == W_EMBD ||
-                 st->sites[i].kind == W_HEAD;
+        n_mat += st->sites[i].kind == FINCH_W_LINEAR || st->sites[i].kind == FINCH_W_EMBD ||
+                 st->sites[i].kind == FINCH_W_HEAD;
     if (n_mat == (int64_t)m->cfg.n_layer * FINCH_TARGET_COUNT + 1 + !m->cfg.tied_output)
         finch_gguf_evict(m->gguf);
     return FINCH_OK;
@@ -333,7 +299,7 @@ void finch_weights_detach(finch_peft *p, finch_model *m) {
         else
             *site_vector(m, s) = s->saved_v;
         *site_grad(m, s) = NULL;
-        if (s->kind == W_EMBD && m->cfg.tied_output) {
+        if (s->kind == FINCH_W_EMBD && m->cfg.tied_output) {
             m->output.w = m->tok_embd;
             m->output.dw = NULL;
         }
@@ -346,21 +312,22 @@ void finch_weights_detach(finch_peft *p, finch_model *m) {
  * order in files: finch_rows_permute), 0 for the others. A per-head q/k norm is one head's
  * D rows. */
 static int site_heads(const finch_model *m, const wsite *s) {
-    if (s->kind == W_LINEAR || s->kind == W_BIAS) return finch_target_heads(m, s->target);
-    return s->kind == W_NORM_Q || s->kind == W_NORM_K ? 1 : 0;
+    if (s->kind == FINCH_W_LINEAR || s->kind == FINCH_W_BIAS)
+        return finch_target_heads(m, s->target);
+    return s->kind == FINCH_W_NORM_Q || s->kind == FINCH_W_NORM_K ? 1 : 0;
 }
 
 /* Whether a site is an RMSNorm weight (Gemma's files differ in what they hold: arch
  * norm_one). */
 static bool site_is_norm(const wsite *s) {
     switch (s->kind) {
-    case W_NORM_ATTN:
-    case W_NORM_Q:
-    case W_NORM_K:
-    case W_NORM_POST_ATTN:
-    case W_NORM_FFN:
-    case W_NORM_POST_FFN:
-    case W_NORM_OUT:
+    case FINCH_W_NORM_ATTN:
+    case FINCH_W_NORM_Q:
+    case FINCH_W_NORM_K:
+    case FINCH_W_NORM_POST_ATTN:
+    case FINCH_W_NORM_FFN:
+    case FINCH_W_NORM_POST_FFN:
+    case FINCH_W_NORM_OUT:
         return true;
     default:
         return false;
@@ -376,6 +343,68 @@ static const wsite *site_by_gguf_name(const wstate *st, const finch_model *m, co
     return NULL;
 }
 
+/* The writer's callback for save_gguf_model: a tensor's rows in the type chosen. */
+typedef struct {
+    const finch_gguf_src *s;
+    finch_dtype to;
+} fill_job;
+
+static finch_status fill_rows(void *buf, size_t nbytes, void *user, finch_err *err) {
+    (void)nbytes;
+    const fill_job *j = user;
+    float *row = finch_mem_alloc((size_t)j->s->ne[0] * sizeof *row + 1);
+    if (!row) return finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", j->s->name);
+    finch_gguf_src_convert(j->s, 0, j->s->ne[1] * j->s->ne[2] * j->s->ne[3], j->to, buf, row);
+    free(row);
+    return FINCH_OK;
+}
+
+/* A Hugging Face base has no GGUF to copy: the model as llama.cpp's converter would write
+ * it (model/gguf_out.c, as `finch quantize FOLDER` writes it), the trained matrices (the
+ * attached copies are the model's tensors) in the save type where their rows are whole
+ * blocks of it, every other tensor in its stored type. A base whose tokenizer has no GGUF
+ * form (or that has none) gets no model.gguf, with a warning: the folder is the result. */
+static finch_status save_gguf_model(const finch_peft *p, const finch_model *m, finch_dtype out,
+                                    uint32_t ftype, const char *path, finch_err *err) {
+    const wstate *st = p->state;
+    finch_gguf_src *src = NULL;
+    int64_t n = 0;
+    finch_gguf_writer *w = NULL;
+    fill_job *jobs = NULL;
+    finch_status e = finch_model_gguf_tensors(m, &src, &n, err);
+    if (e) return e;
+    if (!(w = finch_gguf_writer_new(err))) {
+        e = FINCH_E_NOMEM;
+        goto done;
+    }
+    if (!(jobs = finch_mem_calloc((size_t)n + 1, sizeof *jobs))) {
+        e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", path);
+        goto done;
+    }
+    if ((e = finch_model_gguf_kvs(m, ftype, w, err))) {
+        if (e == FINCH_E_UNSUPPORTED) { /* no tokenizer llama.cpp could run: the folder only */
+            finch_log(FINCH_LOG_WARN, "%s not written: %s", path, err->msg);
+            e = FINCH_OK;
+        }
+        goto done;
+    }
+    for (int64_t i = 0; i < n && !e; i++) {
+        size_t rb;
+        jobs[i] = (fill_job){&src[i], src[i].type};
+        if (src[i].n_dims == 2 && site_by_gguf_name(st, m, src[i].name) &&
+            finch_dtype_row_bytes(out, src[i].ne[0], &rb))
+            jobs[i].to = out;
+        e = finch_gguf_add_tensor_fill(w, src[i].name, jobs[i].to, src[i].n_dims, src[i].ne,
+                                       fill_rows, &jobs[i], err);
+    }
+    if (!e) e = finch_gguf_writer_save(w, path, err);
+done:
+    free(jobs);
+    finch_gguf_writer_free(w);
+    finch_gguf_src_list_free(src, n);
+    return e;
+}
+
 /* The base GGUF with the trained tensors replaced: 2-D ones quantized to the save type
  * where their rows are whole blocks of it, vectors in f32. */
 static finch_status save_gguf(const finch_peft *p, const finch_model *m, const char *path,
@@ -387,6 +416,7 @@ static finch_status save_gguf(const finch_peft *p, const finch_model *m, const c
     static const uint32_t ftypes[] = {0, 1, 32, 7, 2, 3}; /* general.file_type, llama ftype */
     const finch_dtype out = types[c->save_type];
     const finch_gguf *g = m->gguf;
+    if (!g) return save_gguf_model(p, m, out, ftypes[c->save_type], path, err);
     finch_gguf_writer *w = finch_gguf_writer_new(err);
     if (!w) return FINCH_E_NOMEM;
     finch_status e = FINCH_OK;
@@ -555,25 +585,25 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
     if (!e && gpt2) {
         /* GPT-2: c_attn is the q site with all 3 C rows; every Conv1D is written [in, out] */
         const int64_t C = mc->n_embd, F = mc->n_ff;
-        all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = C};
-        all[n++] = (wsite){.kind = W_POS, .rows = m->pos_embd.rows, .cols = C};
+        all[n++] = (wsite){.kind = FINCH_W_EMBD, .rows = mc->n_vocab, .cols = C};
+        all[n++] = (wsite){.kind = FINCH_W_POS, .rows = m->pos_embd.rows, .cols = C};
         for (int l = 0; l < mc->n_layer; l++) {
             const struct {
                 wkind k;
                 finch_target t;
                 int64_t rows, cols;
-            } b[] = {{W_NORM_ATTN, 0, C, 1},
-                     {W_NORM_ATTN_B, 0, C, 1},
-                     {W_LINEAR, FINCH_TARGET_Q, 3 * C, C},
-                     {W_BIAS, FINCH_TARGET_Q, 3 * C, 1},
-                     {W_LINEAR, FINCH_TARGET_O, C, C},
-                     {W_BIAS, FINCH_TARGET_O, C, 1},
-                     {W_NORM_FFN, 0, C, 1},
-                     {W_NORM_FFN_B, 0, C, 1},
-                     {W_LINEAR, FINCH_TARGET_UP, F, C},
-                     {W_BIAS, FINCH_TARGET_UP, F, 1},
-                     {W_LINEAR, FINCH_TARGET_DOWN, C, F},
-                     {W_BIAS, FINCH_TARGET_DOWN, C, 1}};
+            } b[] = {{FINCH_W_NORM_ATTN, 0, C, 1},
+                     {FINCH_W_NORM_ATTN_B, 0, C, 1},
+                     {FINCH_W_LINEAR, FINCH_TARGET_Q, 3 * C, C},
+                     {FINCH_W_BIAS, FINCH_TARGET_Q, 3 * C, 1},
+                     {FINCH_W_LINEAR, FINCH_TARGET_O, C, C},
+                     {FINCH_W_BIAS, FINCH_TARGET_O, C, 1},
+                     {FINCH_W_NORM_FFN, 0, C, 1},
+                     {FINCH_W_NORM_FFN_B, 0, C, 1},
+                     {FINCH_W_LINEAR, FINCH_TARGET_UP, F, C},
+                     {FINCH_W_BIAS, FINCH_TARGET_UP, F, 1},
+                     {FINCH_W_LINEAR, FINCH_TARGET_DOWN, C, F},
+                     {FINCH_W_BIAS, FINCH_TARGET_DOWN, C, 1}};
             for (size_t k = 0; k < sizeof b / sizeof b[0]; k++)
                 all[n++] = (wsite){.kind = b[k].k,
                                    .layer = l,
@@ -581,44 +611,47 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
                                    .rows = b[k].rows,
                                    .cols = b[k].cols};
         }
-        all[n++] = (wsite){.kind = W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
-        all[n++] = (wsite){.kind = W_NORM_OUT_B, .rows = mc->n_embd, .cols = 1};
+        all[n++] = (wsite){.kind = FINCH_W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
+        all[n++] = (wsite){.kind = FINCH_W_NORM_OUT_B, .rows = mc->n_embd, .cols = 1};
         if (!mc->tied_output)
-            all[n++] = (wsite){.kind = W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
+            all[n++] = (wsite){.kind = FINCH_W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
     } else if (!e) {
-        all[n++] = (wsite){.kind = W_EMBD, .rows = mc->n_vocab, .cols = mc->n_embd};
+        all[n++] = (wsite){.kind = FINCH_W_EMBD, .rows = mc->n_vocab, .cols = mc->n_embd};
         const finch_arch *a = m->arch;
         for (int l = 0; l < mc->n_layer; l++) {
-            all[n++] = (wsite){.kind = W_NORM_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
-            all[n++] = (wsite){.kind = W_NORM_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
+            all[n++] =
+                (wsite){.kind = FINCH_W_NORM_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
+            all[n++] = (wsite){.kind = FINCH_W_NORM_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
             if (a->qk_norm) {
-                all[n++] = (wsite){.kind = W_NORM_Q, .layer = l, .rows = mc->head_dim, .cols = 1};
-                all[n++] = (wsite){.kind = W_NORM_K, .layer = l, .rows = mc->head_dim, .cols = 1};
+                all[n++] =
+                    (wsite){.kind = FINCH_W_NORM_Q, .layer = l, .rows = mc->head_dim, .cols = 1};
+                all[n++] =
+                    (wsite){.kind = FINCH_W_NORM_K, .layer = l, .rows = mc->head_dim, .cols = 1};
             }
             if (a->post_norms) {
-                all[n++] =
-                    (wsite){.kind = W_NORM_POST_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
-                all[n++] =
-                    (wsite){.kind = W_NORM_POST_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
+                all[n++] = (wsite){
+                    .kind = FINCH_W_NORM_POST_ATTN, .layer = l, .rows = mc->n_embd, .cols = 1};
+                all[n++] = (wsite){
+                    .kind = FINCH_W_NORM_POST_FFN, .layer = l, .rows = mc->n_embd, .cols = 1};
             }
             for (int t = 0; t < FINCH_TARGET_COUNT; t++) {
                 const finch_linear *lin = finch_model_target((finch_model *)m, l, (finch_target)t);
-                all[n++] = (wsite){.kind = W_LINEAR,
+                all[n++] = (wsite){.kind = FINCH_W_LINEAR,
                                    .layer = l,
                                    .target = (finch_target)t,
                                    .rows = lin->w.rows,
                                    .cols = lin->w.cols};
                 if (lin->bias)
-                    all[n++] = (wsite){.kind = W_BIAS,
+                    all[n++] = (wsite){.kind = FINCH_W_BIAS,
                                        .layer = l,
                                        .target = (finch_target)t,
                                        .rows = lin->w.rows,
                                        .cols = 1};
             }
         }
-        all[n++] = (wsite){.kind = W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
+        all[n++] = (wsite){.kind = FINCH_W_NORM_OUT, .rows = mc->n_embd, .cols = 1};
         if (!mc->tied_output)
-            all[n++] = (wsite){.kind = W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
+            all[n++] = (wsite){.kind = FINCH_W_HEAD, .rows = mc->n_vocab, .cols = mc->n_embd};
     }
     for (int i = 0; i < n && !e; i++) {
         wsite *s = &all[i];
@@ -660,7 +693,7 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             src = bufs[i];
         }
         int64_t shape[2] = {s->rows, s->cols};
-        if (gpt2 && s->kind == W_LINEAR) { /* Conv1D: [in, out] */
+        if (gpt2 && s->kind == FINCH_W_LINEAR) { /* Conv1D: [in, out] */
             float *t = finch_mem_alloc(count * sizeof(float) + 1);
             if (!t) {
                 e = finch_err_set(err, FINCH_E_NOMEM, "out of memory writing %s", name);
@@ -674,8 +707,8 @@ static finch_status save_hf_weights(const finch_peft *p, const finch_model *m, c
             shape[0] = s->cols;
             shape[1] = s->rows;
         }
-        e = finch_st_writer_add(w, name, FINCH_ST_F32, s->cols > 1 || s->kind == W_LINEAR ? 2 : 1,
-                                shape, src, err);
+        e = finch_st_writer_add(w, name, FINCH_ST_F32,
+                                s->cols > 1 || s->kind == FINCH_W_LINEAR ? 2 : 1, shape, src, err);
     }
     if (!e) e = finch_st_writer_save(w, path, err);
     for (int i = 0; bufs && i < n; i++) free(bufs[i]);
@@ -692,10 +725,8 @@ finch_status finch_weights_save(const finch_peft *p, const finch_model *m, const
         return finch_err_set(err, FINCH_E_USAGE, "output folder '%.200s...': path too long", dir);
     finch_status e = finch_mkdir_p(dir, err);
     if (e) return e;
-    if (m->gguf) {
-        snprintf(path, sizeof path, "%s/model.gguf", dir);
-        if ((e = save_gguf(p, m, path, err))) return e;
-    }
+    snprintf(path, sizeof path, "%s/model.gguf", dir);
+    if ((e = save_gguf(p, m, path, err))) return e;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if ((e = save_hf_weights(p, m, path, err))) return e;
     snprintf(path, sizeof path, "%s/config.json", dir);

@@ -7,7 +7,9 @@
  * Everything not chosen stays frozen in its stored type.
  *
  * The result is a model: model.gguf (a GGUF base with the trained tensors replaced, in
- * --save-type) and a Hugging Face folder (config.json + model.safetensors) beside it.
+ * --save-type; from a Hugging Face base, the GGUF llama.cpp's converter would write of the
+ * tuned model, model/gguf_out.c) and a Hugging Face folder (config.json +
+ * model.safetensors) beside it.
  */
 #ifndef FINCH_WEIGHTS_H
 #define FINCH_WEIGHTS_H
@@ -32,7 +34,8 @@ finch_status finch_weights_attach(finch_peft *p, finch_model *m, float weight, i
                                   finch_err *err);
 void finch_weights_detach(finch_peft *p, finch_model *m);
 void finch_weights_free_state(finch_peft *p);
-/* Writes dir/model.gguf (from a GGUF base), dir/model.safetensors and dir/config.json, and
+/* Writes dir/model.gguf (from a Hugging Face base only when its tokenizer has a GGUF form:
+ * a warning says why not), dir/model.safetensors and dir/config.json, and
  * dir/finch_method.json (the method and its options, for resuming and reading back). */
 finch_status finch_weights_save(const finch_peft *p, const finch_model *m, const char *dir,
                                 finch_err *err);

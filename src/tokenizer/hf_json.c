@@ -94,7 +94,53 @@ typedef struct {
     bool byte_level;   /* a ByteLevel step was seen */
     bool prefix_space; /* its add_prefix_space */
     char desc[96];     /* the steps, for finch info ("Digits+ByteLevel") */
+    /* the steps again, for pre_known: 'd' Digits (individual), 'D' Digits, 'B' ByteLevel
+     * with its regex, 'b' without, 'S' Split by a regex (pattern: as the file has it,
+     * borrowed from the document), 's' Split by a string */
+    struct {
+        char kind;
+        const char *pattern;
+    } steps[PRETOK_MAX_REGEX + 1];
+    int n_steps;
 } hf_ctx;
+
+/* Records a pre-tokenizer step for pre_known. */
+static void note_step(hf_ctx *c, char kind, const char *pattern) {
+    if (c->n_steps == PRETOK_MAX_REGEX + 1) {
+        c->steps[0].kind = '?'; /* too many steps to be any named list */
+        return;
+    }
+    c->steps[c->n_steps].kind = kind;
+    c->steps[c->n_steps++].pattern = pattern;
+}
+
+/* llama.cpp's tokenizer.ggml.pre whose regex list is what the file's pre-tokenizer steps
+ * run (FORMATS.md 5.3), or NULL. The Split regexes are those transformers writes for
+ * Llama 3 and Qwen2 (case-insensitive contractions, which llama.cpp spells out). */
+static const char *pre_known(const hf_ctx *c) {
+    static const char RE_LLAMA3[] =
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+        "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    static const char RE_QWEN2[] =
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+        "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    static const struct {
+        const char *kinds, *split, *name;
+    } known[] = {{"dB", NULL, "smollm"},
+                 {"B", NULL, "gpt-2"},
+                 {"Sb", RE_LLAMA3, "llama-bpe"},
+                 {"Sb", RE_QWEN2, "qwen2"}};
+    if (c->prefix_space) return NULL; /* llama.cpp adds no space before a gpt2 text */
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        if (strlen(known[i].kinds) != (size_t)c->n_steps) continue;
+        bool same = true;
+        for (int k = 0; k < c->n_steps && same; k++)
+            same = c->steps[k].kind == known[i].kinds[k] &&
+                   (c->steps[k].kind != 'S' || !strcmp(c->steps[k].pattern, known[i].split));
+        if (same) return known[i].name;
+    }
+    return NULL;
+}
 
 static const char *jtype_name(const json_t *v) {
     switch (json_typeof(v)) {
@@ -300,6 +346,7 @@ static finch_status parse_pre(hf_ctx *c, const json_t *o, const char *field, int
         c->byte_level = true;
         c->prefix_space = prefix;
         describe(c, "ByteLevel");
+        note_step(c, use_regex ? 'B' : 'b', NULL);
         return use_regex ? push_regex(c, translate_regex(RE_BYTELEVEL), field) : FINCH_OK;
     }
     if (strcmp(type, "Digits") == 0) {
@@ -309,6 +356,7 @@ static finch_status parse_pre(hf_ctx *c, const json_t *o, const char *field, int
             return st;
         /* the library's char::is_numeric is Nd, Nl and No: \p{N} */
         describe(c, "Digits");
+        note_step(c, single ? 'd' : 'D', NULL);
         return push_regex(c, finch_mem_strdup(single ? "\\p{N}" : "\\p{N}+"), field);
     }
     if (strcmp(type, "Split") == 0) {
@@ -344,6 +392,7 @@ static finch_status parse_pre(hf_ctx *c, const json_t *o, const char *field, int
                                  "bytes, more than the 65536 finch accepts",
                                  c->path, sub, plen);
         describe(c, "Split");
+        note_step(c, rx ? 'S' : 's', json_string_value(rx ? rx : str));
         return push_regex(
             c, rx ? translate_regex(json_string_value(rx)) : quote_regex(json_string_value(str)),
             field);
@@ -1418,6 +1467,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
         return FINCH_E_NOMEM;
     }
     tok->model = &finch_tok_bpe;
+    tok->hf_json = true;
     for (int r = 0; r < SP_COUNT; r++) tok->special[r] = -1;
 
     json_t *model = json_object_get(root, "model");
@@ -1459,6 +1509,7 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
             goto fail;
         }
         tok->hf_prefix_space = c.prefix_space;
+        tok->gguf_pre = pre_known(&c);
         if (!(tok->pre_name = finch_mem_strdup(c.desc))) {
             st = finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
             goto fail;

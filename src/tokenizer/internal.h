@@ -245,8 +245,12 @@ struct finch_tokenizer {
     pcre2_code *grapheme;    /* \X, for the Precompiled step; NULL without one */
     uint8_t *strip;          /* (V) STRIP_* bits of special tokens, or NULL when none has any */
 
-    char *pre_name;      /* tokenizer.ggml.pre as written ("default" when absent) */
-    char *chat_template; /* tokenizer.chat_template, or NULL */
+    char *pre_name;       /* tokenizer.ggml.pre as written ("default" when absent); for a
+                           * tokenizer.json, its pre-tokenizer steps ("Digits+ByteLevel") */
+    bool hf_json;         /* read from a tokenizer.json (hf_json.c) */
+    const char *gguf_pre; /* hf_json: the tokenizer.ggml.pre whose regexes are the file's
+                           * pre-tokenizer's (a static string), NULL when none is */
+    char *chat_template;  /* tokenizer.chat_template, or NULL */
 };
 
 /* ---- lookup.c ----------------------------------------------------------------------- */

@@ -48,6 +48,18 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
                                           const char *tokenizer_config_json_path,
                                           finch_tokenizer **out, finch_err *err);
 
+/* Writes tok as GGUF tokenizer metadata (FORMATS.md 5.1), as llama.cpp's
+ * convert_hf_to_gguf.py writes it from the same files: tokenizer.ggml.model and .pre, the
+ * tokens padded to n_vocab with unused "[PAD<id>]" ones, token_type, merges (byte-level BPE)
+ * or scores (SentencePiece), the bos/eos/unknown/padding ids (where tok has none, the
+ * config_ids fallbacks, in that order, -1 for none), add_bos_token (add_eos_token when
+ * true) and chat_template. A byte-level BPE tokenizer.json whose pre-tokenizer is none of
+ * llama.cpp's named ones, and a SentencePiece-style tokenizer.json (whose piece scores
+ * live in tokenizer.model), are FINCH_E_UNSUPPORTED, saying so. */
+finch_status finch_tokenizer_gguf_kvs(const finch_tokenizer *tok, int32_t n_vocab,
+                                      const int32_t config_ids[4], finch_gguf_writer *w,
+                                      finch_err *err);
+
 /* Special token ids, -1 when the model has none. */
 int32_t finch_tokenizer_bos(const finch_tokenizer *tok);
 int32_t finch_tokenizer_eos(const finch_tokenizer *tok);

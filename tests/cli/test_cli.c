@@ -566,7 +566,7 @@ static void test_quantize_cli(void **state) {
     QEXPECT(1, "/nonexistent/in.gguf: cannot read the input",
             "quantize /nonexistent/in.gguf %s --type q8_0", q);
     EXPECT("quantize " TINY " " TINY " --type q8_0 --force", NULL, 2, "is the input file itself");
-    QEXPECT(1, "is a folder", "quantize %s %s --type q8_0", tmpdir, q);
+    QEXPECT(2, "lies inside the input folder", "quantize %s %s --type q8_0", tmpdir, q);
     snprintf(args, sizeof args, "head -c 150000 %s > %s", TINY, half);
     assert_int_equal(system(args), 0);
     QEXPECT(1, "half.gguf: offset", "quantize %s %s --type q4_k_m", half, q);

@@ -387,7 +387,8 @@ static void test_refusals(void **state) {
     /* unknown type, missing input, a folder */
     refused(model256, out, "q3_k_m", 0, FINCH_E_USAGE, "--type q3_k_m");
     refused(missing, out, "q8_0", 0, FINCH_E_IO, "missing.gguf");
-    refused(dir, out, "q8_0", 0, FINCH_E_UNSUPPORTED, "is a folder");
+    refused(dir, out, "q8_0", 0, FINCH_E_USAGE, "inside the input folder");
+    refused(dir, missing, "q8_0", 0, FINCH_E_USAGE, "inside the input folder");
     /* truncated inside the tensor data, and not a GGUF */
     uint8_t *all = read_file(model256, &n);
     assert_non_null(all);

@@ -80,6 +80,9 @@ else
   failed=$((failed + 1))
 fi
 check hf-folder "$VENV_PY" check_hf_folder.py --hf-dir "$HF_DIR"
+if [ -n "$LLAMA_PY" ]; then
+  check quantize-hf "$LLAMA_PY" check_quantize_hf.py --hf-dir "$HF_DIR"
+fi
 check gemma3-hf-folder "$VENV_PY" check_gemma3_hf.py
 # transformers >= 4.50 (Gemma3ForCausalLM) with torch: the interpreter that has them
 if [ -n "${FINCH_GEMMA3_TF_PYTHON:-}" ]; then

@@ -4,12 +4,12 @@
  * folder: config.json, the shard index, safetensors headers), training it (LoRA, two steps,
  * a validation set, a checkpoint per step), evaluating it (loss, and generation) and
  * merging an adapter into it (and full fine-tuning, the GGUF LoRA export and the run
- * report), every N from 1 to the number of allocations the operation
- * makes is tried: each must return FINCH_E_NOMEM with an "out of memory" message, leave no
- * temporary file, and (in the sanitizer build, through LeakSanitizer at exit) leak
- * nothing and crash nowhere. jansson's own allocations are hooked too (through
- * finch_json_begin's allocator), so every JSON parse and every JSON file written is swept;
- * PCRE2's are not.
+ * report, and finch quantize of a Hugging Face folder), every N from 1 to the number of
+ * allocations the operation makes is tried: each must return FINCH_E_NOMEM with an "out of
+ * memory" message, leave no temporary file, and (in the sanitizer build, through
+ * LeakSanitizer at exit) leak nothing and crash nowhere. jansson's own allocations are
+ * hooked too (through finch_json_begin's allocator), so every JSON parse and every JSON file
+ * written is swept; PCRE2's are not.
  * Every N is tried: all the sweeps together take a few seconds (under ASan too).
  */
 #define _XOPEN_SOURCE 700 /* nftw */
@@ -121,6 +121,15 @@ static finch_status op_merge(finch_err *err) {
     return st;
 }
 
+/* finch quantize from a Hugging Face folder: the model loaded, its GGUF metadata and
+ * tokenizer written (model/gguf_out.c, tokenizer/gguf_kv.c), the tensors streamed */
+static finch_status op_quantize_hf(finch_err *err) {
+    char out[400];
+    snprintf(out, sizeof out, "%s/folder-q8_0.gguf", dir);
+    finch_quantize_options o = {.type = "q8_0", .force = 1};
+    return finch_quantize(FINCH_FIXTURES "/model/tiny_gpt2", out, &o, err);
+}
+
 /* Runs op with the N-th allocation failing for every N up to its allocation count; fails the test on any N that succeeds, gives
  * another status, gives no message or leaves a temporary file. */
 static void sweep(const char *name, op_fn op) {
@@ -193,6 +202,7 @@ static void test_merge_export_report(void **state) {
     sweep("merge", op_merge);
     sweep("export gguf", op_export_gguf);
     sweep("report", op_report);
+    sweep("quantize a folder", op_quantize_hf);
 }
 
 static int setup(void **state) {

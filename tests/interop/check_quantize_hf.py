@@ -16,9 +16,10 @@ from the folder, and:
     tokenizer.json (asserted), and the counts of lines whose ids differ from llama.cpp's on
     the default GGUF are printed;
   - llama.cpp's logits on the prompts against finch's on the folder (exact numerics):
-    within F32_TOL for f32, printed for the quantized types; and llama.cpp's logits and
-    greedy text on the written file equal (exactly) its own on finch's quantization of the
-    default GGUF (whose tensor types, bytes and generation check_quantize.py compares with
+    within F32_TOL for f32, printed for the quantized types; the greedy text of
+    `finch generate` on the folder equals llama.cpp's on the f32 file; and llama.cpp's
+    logits and greedy text on each written file equal (exactly) its own on finch's
+    quantization of the default GGUF (whose tensor types, bytes and generation check_quantize.py compares with
     llama-quantize's and finch's).
 
   python check_quantize_hf.py --finch build/finch --logits .../finch_interop_logits \
@@ -163,6 +164,15 @@ def main():
             print("  greedy %r: %r, %s" % (p, a_text, "the same from the default GGUF's file: ok"
                                            if a_text == b_text else "otherwise: FAIL %r" % b_text))
             ok &= a_text == b_text
+            # finch on the folder (BOS added: the folder's tokenizer_config.json asks for it)
+            f_text = common.run([args.finch, "generate", "-m", args.hf_dir, "-p", p, "-n",
+                                 str(cl.N_PREDICT)])
+            same_text = f_text.rstrip("\n") == a_text.rstrip("\n")
+            print("    finch generate on the folder: %r: %s" % (
+                f_text, "equal" if same_text else "differs (%s)" % (
+                    "FAIL" if t == "f32" else "not asserted: another storage type")))
+            if t == "f32":
+                ok &= same_text
         os.remove(out)
         os.remove(ref)
     print("quantize from a folder vs llama.cpp: %s" % ("PASS" if ok else "FAIL"))

@@ -240,6 +240,15 @@ finch_status finch_model_gguf_kvs(const finch_model *m, uint32_t ftype, finch_gg
                              "%s: the model has no tokenizer (a Hugging Face folder needs "
                              "tokenizer.json), and llama.cpp cannot run a GGUF without one",
                              m->path);
+    /* GGUF has no per-block layout: llama.cpp (and finch's GGUF loader) slide in blocks
+     * l % pattern < pattern - 1 */
+    for (int l = 0; a->swa_pattern && l < c->n_layer; l++)
+        if (m->layers[l].sliding != (l % a->swa_pattern < a->swa_pattern - 1))
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "%s: block %d %s the sliding window, but a %s GGUF slides in "
+                                 "blocks l with l %% %d < %d only (llama.cpp's fixed layout)",
+                                 m->path, l, m->layers[l].sliding ? "uses" : "does not use",
+                                 c->arch, a->swa_pattern, a->swa_pattern - 1);
     char key[128];
     finch_status st = FINCH_OK;
 #define U32(k, v)                                                                                  \

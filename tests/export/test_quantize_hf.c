@@ -16,7 +16,8 @@
  *     gives the tuned folder's logits.
  *   - Refusals: a folder without tokenizer.json, without config.json, with an unknown
  *     model_type, with a pre-tokenizer llama.cpp has no name for, with a SentencePiece-style
- *     tokenizer.json; an output inside the folder.
+ *     tokenizer.json, a Gemma 3 folder whose sliding blocks are not llama.cpp's layout; an
+ *     output inside the folder.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -442,6 +443,10 @@ static void test_refusals(void **state) {
                 "[\"\\u2581 a\"]}}\n");
     fclose(fp);
     refused(f, out, FINCH_E_UNSUPPORTED, "SentencePiece-style");
+    /* a Gemma 3 folder whose sliding blocks (layer_types: sliding, full, sliding) are not
+     * llama.cpp's fixed layout of 5 sliding to 1 global */
+    copy_folder(FINCH_FIXTURES "/hf_gemma3/tiny_gemma3_f32", "gemma3", "smollm", f, sizeof f);
+    refused(f, out, FINCH_E_UNSUPPORTED, "block 1 does not use the sliding window");
     /* the output inside the folder, directly or below */
     copy_folder(HF "/tiny_llama", "inside", "smollm", f, sizeof f);
     snprintf(out, sizeof out, "%s/model.gguf", f);

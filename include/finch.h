@@ -566,8 +566,8 @@ typedef struct {
  * falls back. Tensors are dequantized to f32 row by row and quantized again, one tensor at a
  * time, over finch_threads_get() threads; a tensor already in its chosen type is copied.
  * Every metadata pair is copied; general.file_type and general.quantization_version are
- * set. in_path may be a Hugging Face folder finch loads (llama, mistral, qwen2, gpt2, with
- * tokenizer.json): the GGUF is then what llama.cpp's convert_hf_to_gguf.py would write of
+ * set. in_path may be a Hugging Face folder finch loads (llama, mistral, qwen2, gpt2,
+ * gemma3_text, with a byte-level BPE tokenizer.json): the GGUF is then what llama.cpp's convert_hf_to_gguf.py would write of
  * it (the family's metadata, the tokenizer, GGUF names and row order) with the same type
  * rules. Refuses an out_path that is the input file (the same inode) or lies inside the
  * input folder, and an existing one unless force. Errors name the file. */

@@ -275,7 +275,40 @@ static void mm(float *C, int64_t ldc, const float *A, int64_t ars, int64_t acs, 
 /* kt (D, BK) = the n (<= BK) rows src + j * stride of D values, transposed, with zero
  * columns from n to BK: a tile of keys (or values) laid out for mm's B. */
 static void pack_t(float *kt, const float *src, int64_t stride, int n, int D) {
-    for (int j = 0; j < n; j++)
+    int j = 0;
+#ifdef HAVE_AVX2
+    /* 8 keys by 8 features at a time: an 8 x 8 transpose in registers */
+    for (; j + 8 <= n; j += 8) {
+        int d = 0;
+        for (; d + 8 <= D; d += 8) {
+            const float *s0 = src + j * stride + d;
+            __m256 r0 = _mm256_loadu_ps(s0), r1 = _mm256_loadu_ps(s0 + stride),
+                   r2 = _mm256_loadu_ps(s0 + 2 * stride), r3 = _mm256_loadu_ps(s0 + 3 * stride),
+                   r4 = _mm256_loadu_ps(s0 + 4 * stride), r5 = _mm256_loadu_ps(s0 + 5 * stride),
+                   r6 = _mm256_loadu_ps(s0 + 6 * stride), r7 = _mm256_loadu_ps(s0 + 7 * stride);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                   t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+                   t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                   t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                   u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                   u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                   u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *o = kt + d * BK + j;
+            _mm256_storeu_ps(o, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(o + BK, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(o + 2 * BK, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(o + 3 * BK, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(o + 4 * BK, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(o + 5 * BK, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(o + 6 * BK, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(o + 7 * BK, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (; d < D; d++)
+            for (int u = 0; u < 8; u++) kt[d * BK + j + u] = src[(j + u) * stride + d];
+    }
+#endif
+    for (; j < n; j++)
         for (int d = 0; d < D; d++) kt[d * BK + j] = src[j * stride + d];
     for (int d = 0; d < D; d++)
         for (int j = n; j < BK; j++) kt[d * BK + j] = 0;
@@ -306,6 +339,38 @@ static inline float exp_run(float *p, int64_t n, float mx) {
 #endif
     for (; j < n; j++) sum += (p[j] = exp1(p[j] - mx));
     return sum;
+}
+
+/* p[j] *= f for j < n (8 lanes, then the tail: the same product either way). */
+static inline void scale_by(float *p, int64_t n, float f) {
+    int64_t j = 0;
+#ifdef HAVE_AVX2
+    __m256 ff = _mm256_set1_ps(f);
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), ff));
+#endif
+    for (; j < n; j++) p[j] *= f;
+}
+
+/* p[j] *= f for j < n; returns the largest result. */
+static inline float scale_max(float *p, int64_t n, float f) {
+    int64_t j = 0;
+    float mx = -INFINITY;
+#ifdef HAVE_AVX2
+    __m256 ff = _mm256_set1_ps(f), m = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= n; j += 8) {
+        __m256 x = _mm256_mul_ps(_mm256_loadu_ps(p + j), ff);
+        _mm256_storeu_ps(p + j, x);
+        m = _mm256_max_ps(m, x);
+    }
+    float l[8];
+    _mm256_storeu_ps(l, m);
+    for (int u = 0; u < 8; u++) mx = l[u] > mx ? l[u] : mx;
+#endif
+    for (; j < n; j++) {
+        p[j] *= f;
+        mx = p[j] > mx ? p[j] : mx;
+    }
+    return mx;
 }
 
 /* The first index of the segment holding t in a row's seg (NULL: the whole row). */
@@ -405,19 +470,13 @@ static void fwd_tile(float *o, float *m, float *l, const float *q, int64_t qs, c
             memset(si, 0, (size_t)nk * sizeof(float));
             continue;
         }
-        float mx = -INFINITY;
-        for (int j = ja; j <= jb; j++) {
-            si[j] *= scale;
-            if (si[j] > mx) mx = si[j];
-        }
-        float mn = m[i] > mx ? m[i] : mx;
+        float mx = scale_max(si + ja, jb + 1 - ja, scale), mn = m[i] > mx ? m[i] : mx;
         float sum = exp_run(si + ja, jb + 1 - ja, mn);
         memset(si, 0, (size_t)ja * sizeof(float));
         memset(si + jb + 1, 0, (size_t)(nk - 1 - jb) * sizeof(float));
         if (m[i] != mn) {
             float alpha = m[i] == -INFINITY ? 0 : exp1(m[i] - mn);
-            float *oi = o + i * qs;
-            for (int d = 0; d < D; d++) oi[d] *= alpha;
+            scale_by(o + i * qs, D, alpha);
             l[i] *= alpha;
             m[i] = mn;
         }
@@ -483,8 +542,8 @@ void finch_cpu_attention_forward_train(float *out, float *stats, const float *q,
         }
         float *st = stats + ((b * H + h) * T + t0) * 2;
         for (int i = 0; i < n; i++) {
-            float inv = 1.0f / l[i], *oi = ob + i * qs;
-            for (int d = 0; d < D; d++) oi[d] *= inv;
+            float inv = 1.0f / l[i];
+            scale_by(ob + i * qs, D, inv);
             st[2 * i] = m[i];
             st[2 * i + 1] = inv;
         }
@@ -492,15 +551,18 @@ void finch_cpu_attention_forward_train(float *out, float *stats, const float *q,
 }
 
 /* Backward's view of one key tile [c, c + nk) of ks for nr queries (q and dout at their
- * first row, rows qs apart; st their statistics, 2 apart): kt and vt packed, then
+ * first row, rows qs apart; st their statistics, 2 apart): kt and vt packed (unless the
+ * caller's tiles hold them already, pack false), then
  *   p  (nr, BK) = P = e^(q . k / sqrt(D) - max) / sum, 0 where a query does not see a key,
  *   dp (nr, BK) = dP = dout . v.
  * The scores are mm's (the forward's bits) and the exponentials exp_run's. */
 static void bwd_tile(float *p, float *dp, const float *q, const float *dout, int64_t qs,
                      const float *st, int nr, const int64_t *a, const int64_t *b, const keys *ks,
-                     int64_t c, int nk, int D, float scale, float *kt, float *vt) {
-    pack_t(kt, ks->k + c * ks->stride, ks->stride, nk, D);
-    pack_t(vt, ks->v + c * ks->stride, ks->stride, nk, D);
+                     int64_t c, int nk, int D, float scale, float *kt, float *vt, bool pack) {
+    if (pack) {
+        pack_t(kt, ks->k + c * ks->stride, ks->stride, nk, D);
+        pack_t(vt, ks->v + c * ks->stride, ks->stride, nk, D);
+    }
     const int nc = (nk + 15) & ~15;
     mm(p, BK, q, qs, 1, kt, BK, nr, nc, D, false);
     mm(dp, BK, dout, qs, 1, vt, BK, nr, nc, D, false);
@@ -511,9 +573,9 @@ static void bwd_tile(float *p, float *dp, const float *q, const float *dout, int
             memset(pi, 0, (size_t)nk * sizeof(float));
             continue;
         }
-        for (int j = ja; j <= jb; j++) pi[j] *= scale;
+        scale_by(pi + ja, jb + 1 - ja, scale);
         exp_run(pi + ja, jb + 1 - ja, st[2 * i]);
-        for (int j = ja; j <= jb; j++) pi[j] *= st[2 * i + 1];
+        scale_by(pi + ja, jb + 1 - ja, st[2 * i + 1]);
         memset(pi, 0, (size_t)ja * sizeof(float));
         memset(pi + jb + 1, 0, (size_t)(nk - 1 - jb) * sizeof(float));
     }
@@ -521,18 +583,29 @@ static void bwd_tile(float *p, float *dp, const float *q, const float *dout, int
 
 /* dp becomes dS = P (dP - sp) / sqrt(D) for the tile's nr queries (sp: theirs). */
 static void tile_ds(float *dp, const float *p, const float *sp, int nr, int nk, float scale) {
-    for (int i = 0; i < nr; i++)
-        for (int j = 0; j < nk; j++)
-            dp[i * BK + j] = p[i * BK + j] * (dp[i * BK + j] - sp[i]) * scale;
+    for (int i = 0; i < nr; i++) {
+        float *d = dp + i * BK;
+        const float *pi = p + i * BK;
+        int j = 0;
+#ifdef HAVE_AVX2
+        __m256 s = _mm256_set1_ps(sp[i]), f = _mm256_set1_ps(scale);
+        for (; j + 8 <= nk; j += 8)
+            _mm256_storeu_ps(d + j,
+                             _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(pi + j),
+                                                         _mm256_sub_ps(_mm256_loadu_ps(d + j), s)),
+                                           f));
+#endif
+        for (; j < nk; j++) d[j] = pi[j] * (d[j] - sp[i]) * scale;
+    }
 }
 
-/* The gradients of one block of nk keys (packed in the task's tiles first) from nr queries
+/* The gradients of one block of nk keys (packed into kt, vt when pack) from nr queries
  * seeing them as [a[i], b[i]]: dv (nk rows, stride ldk) += P^T dout, dk += dS^T q. */
 static void key_tile_grads(float *dk, float *dv, int64_t ldk, const float *q, const float *dout,
                            int64_t qs, const float *st, const float *sp, int nr, const int64_t *a,
                            const int64_t *b, const keys *ks, int64_t c, int nk, int D, float scale,
-                           float *kt, float *vt, float *p, float *dp) {
-    bwd_tile(p, dp, q, dout, qs, st, nr, a, b, ks, c, nk, D, scale, kt, vt);
+                           float *kt, float *vt, float *p, float *dp, bool pack) {
+    bwd_tile(p, dp, q, dout, qs, st, nr, a, b, ks, c, nk, D, scale, kt, vt, pack);
     tile_ds(dp, p, sp, nr, nk, scale);
     mm(dv, ldk, p, 1, BK, dout, qs, nk, D, nr, true);
     mm(dk, ldk, dp, 1, BK, q, qs, nk, D, nr, true);
@@ -594,7 +667,7 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                         if (w == 1 && !rows_seeing(&r0, &r1, &ks[w], n, c, nk)) continue;
                         int nr = r1 - r0;
                         bwd_tile(p, dp, qb + r0 * qs, db + r0 * qs, qs, st + 2 * r0, nr,
-                                 ks[w].a + r0, ks[w].b + r0, &ks[w], c, nk, D, scale, kt, vt);
+                                 ks[w].a + r0, ks[w].b + r0, &ks[w], c, nk, D, scale, kt, vt, true);
                         if (sweep == 0) {
                             for (int i = 0; i < nr; i++) {
                                 double acc = 0;
@@ -622,6 +695,7 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                 int nk = (int)(j0 + BK < P ? BK : P - j0), g = (int)(pt / pblk);
                 const keys kp = {
                     pre->k + (int64_t)g * D, pre->v + (int64_t)g * D, pre->stride, 0, P, pl, ph};
+                bool packed = false; /* kt and vt hold the block */
                 float *dkp = pre->dk + j0 * pre->stride + (int64_t)g * D,
                       *dvp = pre->dv + j0 * pre->stride + (int64_t)g * D;
                 for (int64_t b = 0; b < B; b++)
@@ -638,7 +712,8 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                             key_tile_grads(dkp, dvp, pre->stride, q + o0, dout + o0, qs,
                                            stats + ((b * H + h) * T + c) * 2,
                                            sps + (b * H + h) * T + c, n, pl, ph, &kp, j0, nk, D,
-                                           scale, kt, vt, p, dp);
+                                           scale, kt, vt, p, dp, !packed);
+                            packed = true;
                         }
                     }
                 continue;
@@ -664,6 +739,7 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
             int64_t jl = j0 + nk - 1, e = seg_end(sg, jl, T);
             if (window > 0 && e > jl + window) e = jl + window;
             const int64_t s00 = seg_start(sg, j0);
+            bool packed = false; /* kt and vt hold the block */
             for (int h = g * group; h < (g + 1) * group; h++) {
                 int64_t s0 = s00;
                 for (int64_t c = j0; c < e; c += BQ) {
@@ -674,7 +750,8 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                     key_tile_grads(dkb, dvb, kvs, q + o0, dout + o0, qs,
                                    stats + ((b * H + h) * T + c + r0) * 2,
                                    sps + (b * H + h) * T + c + r0, r1 - r0, lo + r0, hi + r0, &kr,
-                                   j0, nk, D, scale, kt, vt, p, dp);
+                                   j0, nk, D, scale, kt, vt, p, dp, !packed);
+                    packed = true;
                 }
             }
         }

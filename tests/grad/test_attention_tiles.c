@@ -1,7 +1,7 @@
 /*
  * test_attention_tiles.c: the tiled training attention (kernels/cpu/attention.c) against
  * the float64 reference (kernels/ref/) at shapes larger than test_grad's finite
- * differences reach: T = 300 over several blocks of 32 queries and tiles of 32 keys, a
+ * differences reach: T = 300 over several blocks of 64 queries and tiles of 32 keys, a
  * segment split inside a block, heads of 64 and 256, GQA 3:1 and 4:1, windows of 0 and 128,
  * a prefix; and the edges: T = 1, T not a multiple of the tiles, segments of one token, a
  * prefix longer than a key tile, a window longer than a block. Each case checks the output,
@@ -165,9 +165,10 @@ static void test_edges(void **state) {
         {1, 1, 4, 1, 256, 128, 2, 0}, /* one token after a prefix */
         {2, 70, 2, 2, 20, 0, 3, 2},   /* segments of one token, D not a multiple of 8 */
         {2, 70, 6, 2, 20, 5, 3, 2},   /* the same in a window */
-        {2, 45, 3, 1, 9, 33, 40, 3},  /* a prefix over two key tiles, window over a block */
+        {2, 45, 3, 1, 9, 33, 40, 3},  /* a prefix over two key tiles, window over a tile */
+        {2, 150, 3, 1, 9, 70, 2, 3},  /* a window over a block of queries */
         {1, 97, 4, 4, 16, 0, 33, 3},  /* no GQA, runs of up to 40 tokens */
-        {1, 161, 6, 3, 64, 31, 0, 0}, /* T one past a multiple of 32, window below a tile */
+        {1, 161, 6, 3, 64, 31, 0, 0}, /* T past a multiple of 32 and 64, window below a tile */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&r, &cases[i]);
 }

@@ -117,7 +117,8 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
 #ifdef HAVE_AVX2
 /* e^x exactly as exp8 computes a lane (the same operations, one at a time). */
 static inline float exp_lane(float x) {
-    x = fmaxf(fminf(x, 88.3762626647949f), -88.3762626647949f);
+    x = x < 88.3762626647949f ? x : 88.3762626647949f; /* _mm256_min_ps, then max_ps */
+    x = x > -88.3762626647949f ? x : -88.3762626647949f;
     float fx = floorf(fmaf(x, 1.44269504088896341f, 0.5f));
     x = fmaf(-fx, 0.693359375f, x);
     x = fmaf(-fx, -2.12194440e-4f, x);
@@ -194,6 +195,36 @@ typedef __m256 vf;
 static void mm(float *C, int64_t ldc, const float *A, int64_t ars, int64_t acs, const float *B,
                int64_t ldb, int m, int n, int kk, bool acc) {
     int i = 0;
+#if defined(VW) && VW == 16
+    /* 8 rows by 2 vectors (16 of the 32 registers accumulate), when those cover n */
+    for (; i + 8 <= m && n % (2 * VW) == 0; i += 8) {
+        const float *a = A + i * ars;
+        float *c = C + i * ldc;
+        for (int j = 0; j < n; j += 2 * VW) {
+            vf c0[8], c1[8];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                c0[r] = acc ? VLOAD(c + r * ldc + j) : VZERO();
+                c1[r] = acc ? VLOAD(c + r * ldc + j + VW) : VZERO();
+            }
+            const float *ak = a, *bk = B + j;
+            for (int k = 0; k < kk; k++, ak += acs, bk += ldb) {
+                vf b0 = VLOAD(bk), b1 = VLOAD(bk + VW);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    vf x = VSET1(ak[r * ars]);
+                    c0[r] = VFMA(x, b0, c0[r]);
+                    c1[r] = VFMA(x, b1, c1[r]);
+                }
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                VSTORE(c + r * ldc + j, c0[r]);
+                VSTORE(c + r * ldc + j + VW, c1[r]);
+            }
+        }
+    }
+#endif
 #ifdef VW
     for (; i + 4 <= m; i += 4) {
         const float *a = A + i * ars;

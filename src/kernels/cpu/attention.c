@@ -189,9 +189,9 @@ typedef __m256 vf;
 /* C (m, n) = A (m, kk) . B (kk, n), or += with acc. A[i, k] is at A[i * ars + k * acs], so
  * A may be a row-major block or the transpose of one; B and C are row-major with row
  * strides ldb and ldc. Every element of C is one chain of multiply-adds (madd) over k in
- * order from 0 or from its old value, whichever block of registers computes it: 4 rows by
- * 2 vectors of VW lanes, 4 rows by one vector, then single rows and single columns. So an
- * entry has the same bits in any tile, and at any thread count. */
+ * order from 0 or from its old value, whichever block of registers computes it: 8 rows by
+ * 2 vectors of VW lanes (AVX-512), 4 rows by 2 vectors, 4 rows by one, then single rows and
+ * single columns. So an entry has the same bits in any tile, and at any thread count. */
 static void mm(float *C, int64_t ldc, const float *A, int64_t ars, int64_t acs, const float *B,
                int64_t ldb, int m, int n, int kk, bool acc) {
     int i = 0;
@@ -456,7 +456,7 @@ static float *tiles_of(finch_workspace *ws, int D) {
     return ws->buf + (size_t)tid * ws->per_thread;
 }
 
-/* One key source of a query block: the keys src + j * stride (values vsrc likewise) for
+/* One key source of a query block: the keys k + j * stride (values v + j * stride) for
  * j in [c0, c1); query i of the block sees [a[i], b[i]] of them. */
 typedef struct {
     const float *k, *v;

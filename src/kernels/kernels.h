@@ -171,6 +171,15 @@ typedef struct {
      * alias gate. */
     void (*swiglu_llamacpp)(float *h, const float *gate, const float *up, int64_t T, int64_t F);
 
+    /* gelu_forward as llama.cpp's CPU build computes it: x rounded to f16 indexes ggml's
+     * f16 table of gelu values (each entry f16(gelu(h)) in f32 with one fused multiply-add,
+     * as ggml is compiled); x <= -10 gives 0, x >= 10 gives x. y may alias x. */
+    void (*gelu_llamacpp)(float *y, const float *x, int64_t n);
+
+    /* geglu_forward as llama.cpp computes it (ggml_vec_geglu_f32): gelu_llamacpp(gate) * up
+     * in f32; gate >= 10 gives gate * up. h may alias gate. */
+    void (*geglu_llamacpp)(float *h, const float *gate, const float *up, int64_t n);
+
     /* h (n) = silu(gate) * up, elementwise. h may alias gate. */
     void (*swiglu_forward)(float *h, const float *gate, const float *up, int64_t n);
 

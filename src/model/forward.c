@@ -186,11 +186,16 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         norm_rows(m, s, s->xn, s->x, ly->ffn_norm, ly->ffn_norm_b, T);
         if (a->plain_ffn) {
             finch_linear_forward(mm, s->gate, s->xn, &ly->w_up, T, be, ws);
-            be->gelu_forward(s->gate, s->gate, (int64_t)T * F);
+            if (llamacpp)
+                be->gelu_llamacpp(s->gate, s->gate, (int64_t)T * F);
+            else
+                be->gelu_forward(s->gate, s->gate, (int64_t)T * F);
         } else {
             finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
             finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
-            if (a->act == FINCH_ACT_GELU_TANH)
+            if (a->act == FINCH_ACT_GELU_TANH && llamacpp)
+                be->geglu_llamacpp(s->gate, s->gate, s->up, (int64_t)T * F);
+            else if (a->act == FINCH_ACT_GELU_TANH)
                 be->geglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
             else if (llamacpp)
                 be->swiglu_llamacpp(s->gate, s->gate, s->up, T, F);

@@ -39,6 +39,8 @@
 #define finch_cpu_rmsnorm_forward FINCH_ISA_NAME(finch_cpu_rmsnorm_forward)
 #define finch_cpu_rmsnorm_llamacpp FINCH_ISA_NAME(finch_cpu_rmsnorm_llamacpp)
 #define finch_cpu_swiglu_llamacpp FINCH_ISA_NAME(finch_cpu_swiglu_llamacpp)
+#define finch_cpu_gelu_llamacpp FINCH_ISA_NAME(finch_cpu_gelu_llamacpp)
+#define finch_cpu_geglu_llamacpp FINCH_ISA_NAME(finch_cpu_geglu_llamacpp)
 #define finch_cpu_rope_forward FINCH_ISA_NAME(finch_cpu_rope_forward)
 #define finch_cpu_attention_forward FINCH_ISA_NAME(finch_cpu_attention_forward)
 #define finch_cpu_swiglu_forward FINCH_ISA_NAME(finch_cpu_swiglu_forward)
@@ -144,6 +146,8 @@ void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int6
 void finch_cpu_rmsnorm_llamacpp(float *y, const float *x, const float *w, int64_t T, int64_t C,
                                 float eps);
 void finch_cpu_swiglu_llamacpp(float *h, const float *gate, const float *up, int64_t T, int64_t F);
+void finch_cpu_gelu_llamacpp(float *y, const float *x, int64_t n);
+void finch_cpu_geglu_llamacpp(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_add(float *y, const float *x, int64_t n);
 void finch_cpu_scale(float *x, int64_t n, float a);
 void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n);

@@ -149,12 +149,23 @@ typedef struct {
                               int64_t pos0, int H, int KVH, int D, int64_t window,
                               finch_workspace *ws);
 
-    /* attention_forward over an f16 cache, with llama.cpp's rounding: queries and the
-     * softmax probabilities are rounded to f16 before their dot products, which
-     * accumulate in f32. k, v are (pos0+T, KVH*D) IEEE half floats. */
+    /* attention_forward over an f16 cache as llama.cpp computes it without flash attention
+     * (AVX-512 build): queries and the softmax probabilities rounded to f16, the scores
+     * multiplied by scale (1 / sqrt(D), or 1 where the caller scaled q before, as llama.cpp's
+     * Gemma 3 graph does), the products summed in ggml's order (tinyBLAS's 16 lanes for
+     * T >= 2, ggml_vec_dot_f16's 4 x 16 for T = 1), the exponentials ggml's. With neox,
+     * each head of q and k holds rotate-half pairs side by side (a NEOX model's rows as
+     * finch loads them) and K q runs over llama.cpp's order (element i, then i + D/2 ...
+     * as the first half, then the second). k, v are (pos0+T, KVH*D) IEEE half floats. */
     void (*attention_forward_f16)(float *out, const float *q, const uint16_t *k, const uint16_t *v,
-                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
-                                  finch_workspace *ws);
+                                  int64_t T, int64_t pos0, int H, int KVH, int D, float scale,
+                                  bool neox, int64_t window, finch_workspace *ws);
+
+    /* rope_forward as llama.cpp computes it: theta_i = pos theta^(-2/D)^i by repeated f32
+     * multiplication from pos (powf for the ratio), cosf and sinf in f32, and each pair
+     * rotated with one fused multiply-add per output (a' = fma(a, c, -(b s)),
+     * b' = fma(a, s, b c), as ggml's compiler contracts it). */
+    void (*rope_llamacpp)(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
 
     /* dst (n) = src rounded to IEEE half (nearest even). */
     void (*to_f16)(uint16_t *dst, const float *src, int64_t n);

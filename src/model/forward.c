@@ -164,7 +164,10 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             rms_rows(s, be, s->q, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
             rms_rows(s, be, s->kk, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
         }
-        if (!a->learned_pos) {
+        if (!a->learned_pos && llamacpp) {
+            be->rope_llamacpp(s->q, s->pos_ids, T, H, D, theta);
+            be->rope_llamacpp(s->kk, s->pos_ids, T, KVH, D, theta);
+        } else if (!a->learned_pos) {
             be->rope_forward(s->q, s->pos_ids, T, H, D, theta);
             be->rope_forward(s->kk, s->pos_ids, T, KVH, D, theta);
         }
@@ -172,7 +175,15 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
             be->to_f16(kc + pos0 * KD, s->kk, T * KD);
             be->to_f16(vc + pos0 * KD, s->vv, T * KD);
-            be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, window, ws);
+            /* llama.cpp's Gemma 3 graph scales the queries (f32, before their f16
+             * rounding); its llama graph scales the scores */
+            float kq_scale = 1.0f / sqrtf((float)D);
+            if (a->scale_q) {
+                be->scale(s->q, (int64_t)T * H * D, kq_scale);
+                kq_scale = 1.0f;
+            }
+            be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, kq_scale,
+                                      a->neox_rows, window, ws);
         } else {
             float *kc = (float *)s->k + layer_off, *vc = (float *)s->v + layer_off;
             memcpy(kc + pos0 * KD, s->kk, (size_t)(T * KD) * sizeof(float));

@@ -133,6 +133,24 @@ static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
     }
     return hsum_ps(acc);
 }
+/* Q5_0 x Q8_0 as ggml's AVX2 code and llamafile's tinyBLAS sum it (llama.cpp's x86 builds
+ * run one or the other, in the same order): as Q4_0 with 5-bit values less 16. */
+static float vdot_q5_0(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q5_0 *w = row;
+    __m256 acc = _mm256_setzero_ps();
+    int8_t q[QK];
+    for (int64_t b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        for (int j = 0; j < QK; j++) q[j] = (int8_t)(q5_at(w[b].qs, qh, j) - 16);
+        __m256i wq = _mm256_loadu_si256((const __m256i *)q);
+        __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
+        acc = _mm256_fmadd_ps(d, dot_i8_i8(wq, y), acc);
+    }
+    return hsum_ps(acc);
+}
+
 /* Four rows at once: the same per-row arithmetic in the same order (so the same bits as
  * the one-row kernels), with four independent accumulation chains to hide latency. */
 static void vdot4_q4_0(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
@@ -298,8 +316,6 @@ static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
     }
     return lanes_sum8(acc);
 }
-#endif
-
 /* Q5_0 x Q8_0 as ggml's AVX2 code and llamafile's tinyBLAS (which llama.cpp's x86 builds run
  * for it) sum it: like Q4_0, 8 lanes of 4 products each, d_w d_x times a lane's integer sum
  * added by a fused multiply-add block after block, the lanes reduced at the end. */
@@ -320,6 +336,8 @@ static float vdot_q5_0(const void *row, const act_block *x, int64_t nb) {
     return lanes_sum8(acc);
 }
 
+#endif
+
 static float vdot_q5_1(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q5_1 *w = row;
     float s = 0;
@@ -336,8 +354,11 @@ static float vdot_q5_1(const void *row, const act_block *x, int64_t nb) {
 /* K-quants: x is quantized to Q8_K (256 values per block, one f32 scale, the sums of each
  * 16 values in bsums) as ggml's quantize_row_q8_K does: max = the first value of largest
  * magnitude, iscale = -127 / max, q = min(127, round-half-even(iscale x)), d = 1 / iscale
- * (so max itself becomes -127 and d is negative when max is positive). */
-static void quantize_act_row_k(finch_block_q8_k *y, const float *x, int64_t n) {
+ * (so max itself becomes -127 and d is negative when max is positive). ggml's
+ * quantize_mat_q8_K_4x8, which quantizes the rows its repacked products take four at a
+ * time (four_rows), takes max positive when any value equals +|max|: the two differ only
+ * when both +|max| and -|max| occur. */
+static void quantize_act_row_k(finch_block_q8_k *y, const float *x, int64_t n, bool four_rows) {
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float max = 0, amax = 0;
         for (int j = 0; j < QK_K; j++)
@@ -346,6 +367,9 @@ static void quantize_act_row_k(finch_block_q8_k *y, const float *x, int64_t n) {
             memset(&y[b], 0, sizeof y[b]);
             continue;
         }
+        if (four_rows)
+            for (int j = 0; j < QK_K; j++)
+                if (x[j] == amax) max = amax;
         const float iscale = -127.0f / max;
         for (int j = 0; j < QK_K; j++) {
             int q = (int)nearbyintf(iscale * x[j]);
@@ -372,23 +396,29 @@ static inline void q4_k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
 }
 
 /* Q4_K x Q8_K as llama.cpp runs it on an AVX2 CPU: there it repacks Q4_K weights whose row
- * count is a multiple of 8 into q4_K_8x8 and multiplies with ggml_gemv/gemm_q4_K_8x8_q8_K,
- * whose per-row arithmetic is, per super-block b, two exact integers
+ * count is a multiple of 8 into q4_K_8x8 and multiplies with ggml_gemv_q4_K_8x8_q8_K (one
+ * token) and ggml_gemm_q4_K_8x8_q8_K (four tokens at a time, the first T - T mod 4 of a
+ * batch). Per row, over the 64-value chunks c (sub-blocks 2c and 2c+1) of super-block b,
+ * with exact integers
  *
- *   isum_b = sum_j sc_j sum_{i in sub-block j} q_i x_i     imin_b = sum_j m_j bsum32_j
+ *   isum_c = sc_2c sum_{i in 2c} q_i x_i + sc_2c+1 sum_{i in 2c+1} q_i x_i
+ *   imin_c = m_2c bsum32_2c + m_2c+1 bsum32_2c+1
  *
- * each added to its own f32 accumulator by a fused multiply-add,
+ * gemv adds isum_b = sum_c isum_c and imin_b to two f32 accumulators once per super-block,
  *
- *   acc = fma(isum_b, d_w d_x, acc)    acc_min = fma(imin_b, dmin_w d_x, acc_min)
+ *   acc = fma(isum_b, d_w d_x, acc)    acc_min = fma(imin_b, dmin_w d_x, acc_min),
  *
- * and the result acc - acc_min. (Rows not repacked take ggml_vec_dot_q4_K_q8_K's order in
- * llama.cpp; finch uses this one for them too.) */
-static float kdot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
+ * gemm adds each chunk's isum_c and imin_c the same way; the result is acc - acc_min. (Rows
+ * not repacked take ggml_vec_dot_q4_K_q8_K's order in llama.cpp; finch uses these for them
+ * too.) */
+static float dot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb, bool per_chunk) {
     const finch_block_q4_k *w = row;
     float acc = 0, acc_min = 0;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *qs = w[b].qs;
         const int8_t *q8 = x[b].qs;
+        const float d = finch_f16_to_f32(w[b].d) * x[b].d;
+        const float dmin = finch_f16_to_f32(w[b].dmin) * x[b].d;
         int32_t isum = 0, imin = 0;
         for (int c = 0; c < 4; c++, qs += 32, q8 += 64) {
             int lo = 0, hi = 0, sc0, m0, sc1, m1;
@@ -401,11 +431,26 @@ static float kdot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
             isum += sc0 * lo + sc1 * hi;
             imin += m0 * (x[b].bsums[4 * c] + x[b].bsums[4 * c + 1]) +
                     m1 * (x[b].bsums[4 * c + 2] + x[b].bsums[4 * c + 3]);
+            if (per_chunk) {
+                acc = finch_fmaf((float)isum, d, acc);
+                acc_min = finch_fmaf((float)imin, dmin, acc_min);
+                isum = imin = 0;
+            }
         }
-        acc = finch_fmaf((float)isum, finch_f16_to_f32(w[b].d) * x[b].d, acc);
-        acc_min = finch_fmaf((float)imin, finch_f16_to_f32(w[b].dmin) * x[b].d, acc_min);
+        if (!per_chunk) {
+            acc = finch_fmaf((float)isum, d, acc);
+            acc_min = finch_fmaf((float)imin, dmin, acc_min);
+        }
     }
     return acc - acc_min;
+}
+
+static float kdot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
+    return dot_q4_k(row, x, nb, false);
+}
+
+static float kdot4_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
+    return dot_q4_k(row, x, nb, true);
 }
 
 /* Q6_K x Q8_K as ggml_vec_dot_q6_K_q8_K's AVX2 code (which its AVX-512 builds run) sums it:
@@ -443,26 +488,32 @@ static float kdot_q6_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
 
 typedef float (*kdot_fn)(const void *row, const finch_block_q8_k *x, int64_t nb);
 
-static const kdot_fn kdot_table[FINCH_DTYPE_COUNT] = {
-    [FINCH_DTYPE_Q4_K] = kdot_q4_k,
-    [FINCH_DTYPE_Q6_K] = kdot_q6_k,
+/* Per K-quant type: the product of one token, and where llama.cpp takes tokens four at a
+ * time (repacked weights) the product of those (NULL: one for every token). */
+static const struct {
+    kdot_fn one, four;
+} kdot_table[FINCH_DTYPE_COUNT] = {
+    [FINCH_DTYPE_Q4_K] = {kdot_q4_k, kdot4_q4_k},
+    [FINCH_DTYPE_Q6_K] = {kdot_q6_k, NULL},
 };
 
 /* y (T, R) for a K-quant weight: rows of x quantized to Q8_K in the shared buffer, then
  * each thread a band of whole weight rows against every token. */
 static void matmul_k(float *y, const float *x, const finch_weight *w, int64_t T,
-                     finch_workspace *ws, kdot_fn dot) {
+                     finch_workspace *ws) {
     const int64_t R = w->rows, K = w->cols, nb = K / QK_K;
+    kdot_fn one = kdot_table[w->type].one, four = kdot_table[w->type].four;
+    const int64_t T4 = four ? T - T % 4 : 0; /* tokens llama.cpp takes four at a time */
     FINCH_ASSERT(K % QK_K == 0);
     FINCH_ASSERT(ws && ws->act_bytes >= (size_t)T * (size_t)nb * sizeof(finch_block_q8_k));
     finch_block_q8_k *xq = ws->act;
 #pragma omp parallel for schedule(static) if (T > 1)
-    for (int64_t t = 0; t < T; t++) quantize_act_row_k(xq + t * nb, x + t * K, K);
+    for (int64_t t = 0; t < T; t++) quantize_act_row_k(xq + t * nb, x + t * K, K, t < T4);
     const uint8_t *W = w->data;
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < R; r++)
         for (int64_t t = 0; t < T; t++)
-            y[t * R + r] = dot(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
+            y[t * R + r] = (t < T4 ? four : one)(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
 }
 
 typedef float (*vdot_fn)(const void *row, const act_block *x, int64_t nb);
@@ -486,8 +537,8 @@ static const vdot_fn vdot_table[FINCH_DTYPE_COUNT] = {
 
 void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
-    if (kdot_table[w->type]) {
-        matmul_k(y, x, w, T, ws, kdot_table[w->type]);
+    if (kdot_table[w->type].one) {
+        matmul_k(y, x, w, T, ws);
         return;
     }
     vdot_fn dot = vdot_table[w->type];

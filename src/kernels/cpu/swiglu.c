@@ -14,29 +14,6 @@ void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int6
     }
 }
 
-/* e^x as ggml computes it in its vectorised SiLU on AVX-512 (ggml_v_expf, after Arm's
- * optimized-routines expf): n = x log2(e) rounded to an integer by adding and subtracting
- * 1.5 * 2^23, r = x - n ln2 with ln2 in two parts, e^r by a degree-5 polynomial in r
- * evaluated with fused multiply-adds (Estrin's scheme, the constant 1 added in the first
- * fma), then scaled by 2^n (exactly, but for a subnormal result rounded once); |n| > 192
- * gives 0 or infinity. finch_fmaf and ldexpf are correctly rounded wherever they run, so
- * every instruction set gets the same bits. ggml's AVX2 and SSE builds add the 1 after the
- * polynomial instead (k + k p(r), k = 2^n), which rounds differently: finch follows the
- * AVX-512 build, the one its fixtures were made with. */
-static inline float expf_ggml(float x) {
-    const float shift = 0x1.8p23f;
-    float z = finch_fmaf(x, 0x1.715476p+0f, shift);
-    float n = z - shift;
-    float r = finch_fmaf(-n, 0x1.7f7d1cp-20f, finch_fmaf(-n, 0x1.62e4p-1f, x));
-    float r2 = r * r;
-    float hi = finch_fmaf(finch_fmaf(0x1.0e4020p-7f, r, 0x1.573e2ep-5f), r2,
-                          finch_fmaf(0x1.555e66p-3f, r, 0x1.fffdb6p-2f));
-    float p = finch_fmaf(hi, r2, finch_fmaf(0x1.ffffecp-1f, r, 1.0f));
-    if (n != n) return n;
-    if (fabsf(n) > 192.0f) return n > 0 ? INFINITY : 0.0f;
-    return ldexpf(p, (int)n);
-}
-
 /* llama.cpp's SwiGLU on an AVX-512 build (ggml_vec_swiglu_f32 per row): 16 lanes at a
  * time with expf_ggml, the row's last F % 16 elements with libm's expf. */
 void finch_cpu_swiglu_llamacpp(float *h, const float *gate, const float *up, int64_t T, int64_t F) {
@@ -45,7 +22,7 @@ void finch_cpu_swiglu_llamacpp(float *h, const float *gate, const float *up, int
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < F; i++) {
             const int64_t k = t * F + i;
-            float g = gate[k], e = i < n_vec ? expf_ggml(0.0f - g) : expf(-g);
+            float g = gate[k], e = i < n_vec ? finch_expf_ggml(0.0f - g) : expf(-g);
             h[k] = g / (1.0f + e) * up[k];
         }
 }

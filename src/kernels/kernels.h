@@ -161,6 +161,12 @@ typedef struct {
                                   int64_t T, int64_t pos0, int H, int KVH, int D, float scale,
                                   bool neox, int64_t window, finch_workspace *ws);
 
+    /* layernorm_forward as llama.cpp computes it (ggml_norm, then its mul by w and add of b;
+     * AVX-512 build): the mean from a double sum, the variance from f32 squares summed in
+     * runs of 16 and in double, each step rounded as ggml rounds it. y may alias x. */
+    void (*layernorm_llamacpp)(float *y, const float *x, const float *w, const float *b, int64_t T,
+                               int64_t C, float eps);
+
     /* rope_forward as llama.cpp computes it: theta_i = pos theta^(-2/D)^i by repeated f32
      * multiplication from pos (powf for the ratio), cosf and sinf in f32, and each pair
      * rotated with one fused multiply-add per output (a' = fma(a, c, -(b s)),

@@ -114,10 +114,13 @@ static void rms_rows(const finch_kv_session *s, const finch_backend *be, float *
         be->rmsnorm_forward(y, NULL, x, w, rows, C, eps);
 }
 
-/* The block's norm (finch_norm_forward): RMSNorm through rms_rows, LayerNorm as it is. */
+/* The block's norm (finch_norm_forward): RMSNorm through rms_rows, LayerNorm with
+ * llama.cpp's rounding in its numerics. */
 static void norm_rows(const finch_model *m, const finch_kv_session *s, float *y, const float *x,
                       const float *w, const float *b, int64_t T) {
-    if (m->arch->layer_norm)
+    if (m->arch->layer_norm && s->numerics == FINCH_NUMERICS_LLAMACPP)
+        m->be->layernorm_llamacpp(y, x, w, b, T, m->cfg.n_embd, m->cfg.rms_eps);
+    else if (m->arch->layer_norm)
         finch_norm_forward(m, y, NULL, x, w, b, T);
     else
         rms_rows(s, m->be, y, x, w, T, m->cfg.n_embd, m->cfg.rms_eps);

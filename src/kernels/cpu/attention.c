@@ -537,38 +537,6 @@ void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = f2h(src[i]);
 }
 
-/* 16 lanes summed as GCC's _mm512_reduce_add_ps does: the upper 8 onto the lower 8, then
- * 4 onto 4, then lanes 0 + 2 and 1 + 3, then those two. */
-static inline float reduce16(const float *a) {
-    float b[8], c[4];
-    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
-    for (int i = 0; i < 4; i++) c[i] = b[i] + b[i + 4];
-    return (c[0] + c[2]) + (c[1] + c[3]);
-}
-
-/* sum_i a_i b_i in the order of llama.cpp's f16 products. With several tokens and n a
- * multiple of 16, llamafile's tinyBLAS: lane i mod 16 adds a_i b_i by a fused multiply-add,
- * then reduce16. Otherwise ggml_vec_dot_f16: over the first n - n mod 64 values four
- * vectors of 16 lanes take the runs of 16 in turn (value i in vector (i / 16) mod 4), the
- * vectors are added 0 + 2, 1 + 3, then those two, then reduce16; the rest are added one by
- * one in double, each product rounded to f32 first. A run may end early where the rest
- * would be zero products (masked or unused cache cells): those change no sum. */
-static float dot_f16_order(const float *a, const float *b, int64_t n, int64_t n_full,
-                           bool one_token) {
-    float acc[4][16] = {{0}};
-    const bool tiny = !one_token && n_full % 16 == 0;
-    const int64_t nv = tiny ? n : n_full - n_full % 64, nacc = tiny ? 1 : 4;
-    for (int64_t i = 0; i < (n < nv ? n : nv); i++) {
-        float *l = &acc[(i / 16) % nacc][i % 16];
-        *l = finch_fmaf(a[i], b[i], *l);
-    }
-    if (!tiny)
-        for (int l = 0; l < 16; l++) acc[0][l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    double sum = reduce16(acc[0]);
-    for (int64_t i = nv; i < n; i++) sum += (double)(a[i] * b[i]);
-    return (float)sum;
-}
-
 /* llama.cpp without flash attention: K q with q rounded to f16 (the queries as the caller
  * scaled them), the scores times scale, masked, exponentiated by ggml's e^x (AVX-512,
  * finch_expf_ggml) in runs of 16 cells from cell 0 whose reduce16 sums add up in double,
@@ -603,7 +571,7 @@ void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t 
         for (int64_t j = j0; j < n_kv; j++) {
             const uint16_t *kj = k + j * kv_stride + (int64_t)g * D;
             for (int d = 0; d < D; d++) kv[d] = h2f(kj[AT(d)]);
-            float s = dot_f16_order(kv, qh, D, D, one) * scale;
+            float s = finch_dot_ggml(kv, qh, D, D, one) * scale;
             att[j] = s;
             if (s > mx) mx = s;
         }
@@ -611,13 +579,13 @@ void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t 
         for (int64_t j = 0; j < n_pad; j++)
             att[j] = j >= j0 && j < n_kv ? finch_expf_ggml(att[j] - mx) : 0.0f;
         double sum = 0;
-        for (int64_t j = 0; j < n_pad; j += 16) sum += (double)reduce16(att + j);
+        for (int64_t j = 0; j < n_pad; j += 16) sum += (double)finch_reduce16(att + j);
         float inv = (float)(1.0 / sum);
         for (int64_t j = 0; j < n_kv; j++) att[j] = h2f(f2h(att[j] * inv));
         float *ot = out + (t * H + h) * D;
         for (int d = 0; d < D; d++) {
             for (int64_t j = 0; j < n_kv; j++) vt[j] = h2f(v[j * kv_stride + (int64_t)g * D + d]);
-            ot[d] = dot_f16_order(vt, att, n_kv, n_cells, one);
+            ot[d] = finch_dot_ggml(vt, att, n_kv, n_cells, one);
         }
 #undef AT
     }

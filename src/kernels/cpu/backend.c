@@ -19,6 +19,7 @@ const finch_backend finch_backend_cpu = {
     .swiglu_llamacpp = finch_cpu_swiglu_llamacpp,
     .gelu_llamacpp = finch_cpu_gelu_llamacpp,
     .rope_llamacpp = finch_cpu_rope_llamacpp,
+    .layernorm_llamacpp = finch_cpu_layernorm_llamacpp,
     .geglu_llamacpp = finch_cpu_geglu_llamacpp,
     .swiglu_forward = finch_cpu_swiglu_forward,
     .add = finch_cpu_add,

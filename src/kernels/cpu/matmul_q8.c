@@ -535,8 +535,44 @@ static const vdot_fn vdot_table[FINCH_DTYPE_COUNT] = {
     [FINCH_DTYPE_Q5_1] = vdot_q5_1, [FINCH_DTYPE_Q8_0] = vdot_q8_0,
 };
 
+/* f32 and f16 weights as llama.cpp multiplies them: f32 activations meet f32 weights, f16
+ * weights meet activations rounded to f16 (ggml's vec_dot_type), every product in the order
+ * of finch_dot_ggml: llamafile's tinyBLAS for two tokens or more when K is a multiple of 16,
+ * ggml_vec_dot_f32 / _f16 otherwise. */
+static void matmul_float(float *y, const float *x, const finch_weight *w, int64_t T,
+                         finch_workspace *ws) {
+    const int64_t R = w->rows, K = w->cols;
+    const bool f16 = w->type == FINCH_DTYPE_F16, one = T < 2;
+    FINCH_ASSERT(ws && ws->per_thread >= 2 * (size_t)K);
+#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
+    for (int64_t r = 0; r < R; r++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *wr = ws->buf + (size_t)tid * ws->per_thread, *xr = wr + K;
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+        if (f16)
+            for (int64_t k = 0; k < K; k++) wr[k] = finch_f16_to_f32(((const uint16_t *)row)[k]);
+        else
+            memcpy(wr, row, (size_t)K * sizeof(float));
+        for (int64_t t = 0; t < T; t++) {
+            const float *xt = x + t * K;
+            if (f16) {
+                for (int64_t k = 0; k < K; k++) xr[k] = finch_f16_to_f32(finch_f32_to_f16(xt[k]));
+                xt = xr;
+            }
+            y[t * R + r] = finch_dot_ggml(wr, xt, K, K, one);
+        }
+    }
+}
+
 void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
+    if (w->type == FINCH_DTYPE_F32 || w->type == FINCH_DTYPE_F16) {
+        matmul_float(y, x, w, T, ws);
+        return;
+    }
     if (kdot_table[w->type].one) {
         matmul_k(y, x, w, T, ws);
         return;

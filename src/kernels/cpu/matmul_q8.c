@@ -9,12 +9,15 @@
  *   Q5_0 x Q8_0, Q5_1 x Q8_1: as Q4_0, Q4_1 with 5-bit q_w
  *   Q8_0 x Q8_0:  sum_b  d_w d_x  sum_j q_w q_x
  *
- * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP). For Q4_0, Q4_1 and Q8_0 the sums
- * run in the order of ggml's x86 AVX2 code (which its AVX-512 builds run too): 8 lanes, each
- * adding d_w d_x times 4 products per block by a fused multiply-add, reduced at the end; on every
- * instruction set, so the bits are llama.cpp's. Q5_0 and Q5_1 sum block after block. Integer dot
- * products are cheaper than expanding blocks to f32 when the weights are in cache. Other storage
- * types use the exact matmul. Training never uses it (its gradients need the exact product).
+ * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP). For Q4_0, Q4_1, Q5_0 and Q8_0
+ * the sums run in the order of ggml's x86 AVX2 code (which its AVX-512 builds run too, and
+ * llamafile's tinyBLAS matches): 8 lanes, each adding d_w d_x times 4 products per block by a
+ * fused multiply-add, reduced at the end; on every instruction set, so the bits are
+ * llama.cpp's. Q5_1 sums block after block. K-quants (Q4_K, Q6_K) meet x quantized to Q8_K
+ * (blocks of 256) in the orders described at their kernels; f32 and f16 weights go through
+ * finch_dot_ggml's order (cpu.h). Integer dot products are cheaper than expanding blocks to
+ * f32 when the weights are in cache. Other storage types use the exact matmul. Training never
+ * uses it (its gradients need the exact product).
  *
  * The quantized rows of x live in the workspace's shared buffer (finch_workspace.act).
  */

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""finch vs PyTorch LoRA (or full fine-tuning) speed and peak memory on SmolLM2-135M's shape.
+"""finch vs PyTorch LoRA (or full fine-tuning) speed and peak memory on a real model's shape.
 
 With --bf16 both sides train in mixed precision: finch with --bf16 (the base's products
 with bf16 operands on AMX, f32 sums, f32 parameters and optimizer state), the peer under
@@ -22,7 +22,10 @@ several rounds it starts, one after the other and never at the same time,
   - PyTorch: this script in worker mode: a plain PyTorch LLaMA of exactly SmolLM2-135M's
              shape (30 layers, hidden 576, 9 query / 3 KV heads of 64, FFN 1536 SwiGLU,
              vocab 49152, tied embeddings, RMSNorm eps 1e-5, rotate-half RoPE theta 1e5,
-             causal GQA attention) with LoRA wrappers as PEFT builds them (r 16, alpha 32,
+             causal GQA attention; or, for a gemma3 model such as Gemma 3 270M, its shape:
+             18 layers, hidden 640, 4 query / 1 KV heads of 256, FFN 2048 GeGLU, vocab
+             262144, q/k norms, post norms, embeddings x sqrt(640), sliding windows of
+             512 in five of every six blocks) with LoRA wrappers as PEFT builds them (r 16, alpha 32,
              dropout 0.05 on the LoRA input, A Kaiming-uniform, B zero, on q,k,v,o,gate,
              up,down; everything else frozen), random float32 base weights, AdamW over the
              LoRA parameters, cross-entropy loss on the next token;
@@ -58,9 +61,16 @@ DEFAULT_MODEL = os.path.join(os.environ.get("FINCH_CACHE", os.path.expanduser("~
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 WARMUP = 2
 
-# SmolLM2-135M
-N_LAYER, DIM, N_HEAD, N_KV, HEAD_DIM, FFN, VOCAB = 30, 576, 9, 3, 64, 1536, 49152
-EPS, THETA = 1e-5, 100000.0
+# The peer's shape per family, as the model files say (the GGUF's general.architecture
+# picks one): SmolLM2-135M (llama) and Gemma 3 270M (gemma3: q/k norms, post-attention and
+# post-FFN norms, RMSNorm weights as 1 + w, GeGLU, embeddings scaled by sqrt(hidden), five
+# sliding-window blocks of 512 keys (RoPE base 1e4) to one global block (base 1e6)).
+SHAPES = {
+    "llama": dict(n_layer=30, dim=576, n_head=9, n_kv=3, head_dim=64, ffn=1536, vocab=49152,
+                  eps=1e-5, theta=100000.0),
+    "gemma3": dict(n_layer=18, dim=640, n_head=4, n_kv=1, head_dim=256, ffn=2048, vocab=262144,
+                   eps=1e-6, theta=1000000.0, theta_local=10000.0, window=512, period=6),
+}
 LORA_R, LORA_ALPHA, LORA_DROPOUT, LR = 16, 32.0, 0.05, 1e-4
 
 
@@ -84,6 +94,10 @@ def peer_worker(args):
     rss_import = peak_rss_mb()
 
     full = args.method == "full"
+    S = SHAPES[args.family]
+    gemma = args.family == "gemma3"
+    N_LAYER, DIM, N_HEAD, N_KV = S["n_layer"], S["dim"], S["n_head"], S["n_kv"]
+    HEAD_DIM, FFN, VOCAB, EPS = S["head_dim"], S["ffn"], S["vocab"], S["eps"]
 
     class LoraLinear(nn.Module):
         """PEFT's lora.Linear: base(x) + lora_B(lora_A(dropout(x))) * alpha / r."""
@@ -107,12 +121,16 @@ def peer_worker(args):
         return nn.Linear(n_in, n_out, bias=False) if full else LoraLinear(n_in, n_out)
 
     class RMSNorm(nn.Module):
+        """LLaMA's x / rms(x) * w; Gemma's x / rms(x) * (1 + w), w starting at 0."""
+
         def __init__(self, dim):
             super().__init__()
-            self.weight = nn.Parameter(torch.ones(dim), requires_grad=full)
+            self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim),
+                                       requires_grad=full)
 
         def forward(self, x):
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * self.weight
+            w = 1.0 + self.weight if gemma else self.weight
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * w
 
     def rotate_half(x):
         x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
@@ -121,6 +139,10 @@ def peer_worker(args):
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
+            if gemma:
+                self.q_norm, self.k_norm = RMSNorm(HEAD_DIM), RMSNorm(HEAD_DIM)
+                self.pre_feedforward_layernorm = RMSNorm(DIM)
+                self.post_feedforward_layernorm = RMSNorm(DIM)
             self.input_layernorm = RMSNorm(DIM)
             self.q_proj = Proj(DIM, N_HEAD * HEAD_DIM)
             self.k_proj = Proj(DIM, N_KV * HEAD_DIM)
@@ -137,13 +159,21 @@ def peer_worker(args):
             q = self.q_proj(h).view(b, t, N_HEAD, HEAD_DIM).transpose(1, 2)
             k = self.k_proj(h).view(b, t, N_KV, HEAD_DIM).transpose(1, 2)
             v = self.v_proj(h).view(b, t, N_KV, HEAD_DIM).transpose(1, 2)
+            if gemma:
+                q, k = self.q_norm(q), self.k_norm(k)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             k = k.repeat_interleave(N_HEAD // N_KV, dim=1)  # HF repeat_kv
             v = v.repeat_interleave(N_HEAD // N_KV, dim=1)
             s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(HEAD_DIM) + mask
             a = torch.matmul(F.softmax(s, dim=-1), v)
-            x = x + self.o_proj(a.transpose(1, 2).reshape(b, t, N_HEAD * HEAD_DIM))
+            o = self.o_proj(a.transpose(1, 2).reshape(b, t, N_HEAD * HEAD_DIM))
+            if gemma:  # post norms around each sublayer, GeGLU
+                x = x + self.post_attention_layernorm(o)
+                h = self.pre_feedforward_layernorm(x)
+                f = F.gelu(self.gate_proj(h), approximate="tanh") * self.up_proj(h)
+                return x + self.post_feedforward_layernorm(self.down_proj(f))
+            x = x + o
             h = self.post_attention_layernorm(x)
             return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
@@ -157,13 +187,23 @@ def peer_worker(args):
 
         def forward(self, ids, labels):
             b, t = ids.shape
-            inv = 1.0 / (THETA ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM))
-            ang = torch.outer(torch.arange(t, dtype=torch.float32), inv)
-            ang = torch.cat((ang, ang), dim=-1)
-            cos, sin = ang.cos(), ang.sin()
-            mask = torch.full((t, t), float("-inf")).triu(1)
+
+            def rope(theta):
+                inv = 1.0 / (theta ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM))
+                ang = torch.outer(torch.arange(t, dtype=torch.float32), inv)
+                ang = torch.cat((ang, ang), dim=-1)
+                return ang.cos(), ang.sin()
+
+            causal = torch.full((t, t), float("-inf")).triu(1)
+            glob = (rope(S["theta"]), causal)
+            if gemma:  # a sliding block sees its last `window` keys
+                far = torch.full((t, t), float("-inf")).tril(-S["window"])
+                local = (rope(S["theta_local"]), causal + far)
             x = self.embed_tokens(ids)
-            for layer in self.layers:
+            if gemma:
+                x = x * math.sqrt(DIM)
+            for i, layer in enumerate(self.layers):
+                (cos, sin), mask = (local if gemma and (i + 1) % S["period"] else glob)
                 if args.gradient_checkpointing:
                     x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask,
                                                           use_reentrant=False)
@@ -175,7 +215,7 @@ def peer_worker(args):
     model = Llama()
     with torch.no_grad():  # random base, the scale of a trained model's weights
         for name, p in model.named_parameters():
-            if ("lora_" not in name and "layernorm" not in name and "norm." not in name):
+            if "lora_" not in name and "norm" not in name:
                 p.normal_(0.0, 0.02)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -209,6 +249,22 @@ def peer_worker(args):
 
 
 # ---------------------------------------------------------------- driver
+
+def gguf_architecture(path):
+    """general.architecture of a GGUF file (the first of its keys, as writers put it)."""
+    import struct
+    with open(path, "rb") as f:
+        magic, _version, _n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+        if magic != b"GGUF" or n_kv == 0:
+            raise SystemExit(f"{path}: not a GGUF file")
+        (n,) = struct.unpack("<Q", f.read(8))
+        key = f.read(n).decode()
+        (vtype,) = struct.unpack("<I", f.read(4))
+        if key != "general.architecture" or vtype != 8:
+            raise SystemExit(f"{path}: general.architecture is not its first key; pass --family")
+        (n,) = struct.unpack("<Q", f.read(8))
+        return f.read(n).decode()
+
 
 def run_json(cmd, env):
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -281,6 +337,8 @@ def main():
                     help="mixed precision on both sides (finch --bf16, torch.autocast bf16)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="both sides recompute each block in backward")
+    ap.add_argument("--family", choices=sorted(SHAPES),
+                    help="the peer's shape (default: the model file's general.architecture)")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker-probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -293,6 +351,10 @@ def main():
     if args.worker_probe:
         sgemm_probe()
         return
+    if args.family is None:
+        args.family = gguf_architecture(args.model)
+        if args.family not in SHAPES:
+            raise SystemExit(f"{args.model}: no peer shape for architecture {args.family}")
     if args.steps <= WARMUP:
         raise SystemExit(f"--steps must be above {WARMUP} (the warm-up steps)")
     if not args.peer_only and not os.access(args.bench, os.X_OK):
@@ -327,7 +389,8 @@ def main():
                 else:
                     cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer",
                            "--batch", str(b), "--seq", str(t), "--steps", str(args.steps),
-                           "--threads", str(args.threads), "--method", args.method]
+                           "--threads", str(args.threads), "--method", args.method,
+                           "--family", args.family]
                     cmd += ["--bf16"] if args.bf16 else []
                     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
                     env = peer_env
@@ -348,8 +411,9 @@ def main():
           f"{args.threads} threads; median of {args.rounds} process(es) per engine and config, "
           f"each the median of {args.steps - WARMUP} steps after {WARMUP} warm-up; "
           f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"finch: {os.path.basename(args.model)} (trains over the Q4_1 base); PyTorch peer: "
-          f"random float32 base, OMP_WAIT_POLICY=PASSIVE, set_num_threads({args.threads})")
+    print(f"finch: {os.path.basename(args.model)} (trains over its quantized base); PyTorch peer: "
+          f"{args.family} shape, random float32 base, OMP_WAIT_POLICY=PASSIVE, "
+          f"set_num_threads({args.threads})")
     # The peer's matmuls are OpenBLAS's, and OPENBLAS_CORETYPE picks their kernels (an
     # AVX2 core type on an AVX-512 CPU halves them): the peer runs with the fastest found.
     print(f"peer OPENBLAS_CORETYPE={coretype} (fastest SGEMM of those probed)")

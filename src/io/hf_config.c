@@ -1,7 +1,8 @@
 /*
  * hf_config.c: the JSON files of a Hugging Face model folder: config.json (the LLaMA-family
- * hyperparameters, FORMATS.md 2.4, and GPT-2's, read_gpt2) and model.safetensors.index.json (the
- * weight_map of a sharded checkpoint).
+ * hyperparameters, FORMATS.md 2.4, GPT-2's, read_gpt2, and Gemma 3's text model, read_gemma3,
+ * from transformers' Gemma3TextConfig) and model.safetensors.index.json (the weight_map of a
+ * sharded checkpoint).
  *
  * config.json is read strictly: every field finch uses is type-checked and range-checked,
  * and every field that would change the computation in a way finch does not implement is
@@ -11,7 +12,8 @@
  *
  * Sliding windows (mistral's sliding_window, qwen2's use_sliding_window): attention
  * restricted to the last W positions equals plain causal attention while a sequence is
- * at most W long, so finch accepts them and caps the model's usable context at W.
+ * at most W long, so finch accepts them and caps the model's usable context at W. Gemma 3
+ * runs its windows (layer_types says which blocks slide), so its context is not capped.
  */
 #include "io/io.h"
 
@@ -246,6 +248,162 @@ static finch_status read_gpt2(reader *R, finch_hf_config *c) {
     return get_str(R, dt_field, false, c->torch_dtype, sizeof c->torch_dtype);
 }
 
+/* The "architectures" field, when present: its first entry must be want. */
+static finch_status check_architecture(reader *R, finch_hf_config *c, const char *want) {
+    const json_t *archs = get(R, "architectures");
+    if (!archs) return FINCH_OK;
+    if (!json_is_array(archs) || json_array_size(archs) == 0 ||
+        !json_is_string(json_array_get(archs, 0)))
+        return bad(R, "architectures", "must be a non-empty list of strings");
+    const char *a = json_string_value(json_array_get(archs, 0));
+    if (strcmp(a, want) != 0)
+        return finch_err_set(R->err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'architectures': '%.60s' is not supported for "
+                             "model_type '%s' (finch runs %s)",
+                             R->path, a, c->model_type, want);
+    snprintf(c->architecture, sizeof c->architecture, "%s", a);
+    return FINCH_OK;
+}
+
+/* A soft-capping field: finch has none, so only absent or null is accepted. */
+static finch_status check_no_softcap(reader *R, const char *field) {
+    const json_t *v = get(R, field);
+    if (!v) return FINCH_OK;
+    if (!json_is_number(v)) return bad(R, field, "must be a number or null");
+    char what[96];
+    snprintf(what, sizeof what, "%g (finch has no logit soft-capping; only null)",
+             json_number_value(v));
+    return unsupported(R, field, what);
+}
+
+/* Which blocks slide: layer_types, one "sliding_attention" or "full_attention" per block,
+ * or else the older sliding_window_pattern p (transformers' default 6), under which block
+ * l slides unless (l + 1) % p == 0. */
+static finch_status read_layer_types(reader *R, finch_hf_config *c) {
+    const int n = c->num_hidden_layers;
+    const json_t *types = get(R, "layer_types");
+    if (types) {
+        if (!json_is_array(types)) return bad(R, "layer_types", "must be a list of strings");
+        if (json_array_size(types) != (size_t)n)
+            return bad(R, "layer_types", "has %zu entries but num_hidden_layers is %d",
+                       json_array_size(types), n);
+        for (int l = 0; l < n; l++) {
+            const json_t *t = json_array_get(types, (size_t)l);
+            const char *s = json_is_string(t) ? json_string_value(t) : NULL;
+            if (s && !strcmp(s, "sliding_attention"))
+                c->layer_sliding[l] = true;
+            else if (!s || strcmp(s, "full_attention") != 0)
+                return bad(R, "layer_types",
+                           "entry %d is %s%.40s%s; expected \"sliding_attention\" or "
+                           "\"full_attention\"",
+                           l, s ? "'" : "not a string", s ? s : "", s ? "'" : "");
+        }
+        return FINCH_OK;
+    }
+    int p = 6;
+    finch_status st = get_int(R, "sliding_window_pattern", false, 1, MAX_LAYERS, &p);
+    if (st) return st;
+    for (int l = 0; l < n; l++) c->layer_sliding[l] = (l + 1) % p != 0;
+    return FINCH_OK;
+}
+
+/* transformers v5's rope_parameters for Gemma 3: one object per layer kind, each plain
+ * RoPE with its own rope_theta; or one object for both (check_rope). */
+static finch_status read_gemma3_rope(reader *R, finch_hf_config *c) {
+    const json_t *v = get(R, "rope_parameters");
+    if (!json_is_object(v) || !json_object_get(v, "full_attention"))
+        return check_rope(R, "rope_parameters", &c->rope_theta);
+    static const char *const kinds[2] = {"full_attention", "sliding_attention"};
+    float *theta[2] = {&c->rope_theta, &c->rope_local_base_freq};
+    for (int k = 0; k < 2; k++) {
+        const json_t *o = json_object_get(v, kinds[k]);
+        if (!o) continue;
+        char where[600];
+        snprintf(where, sizeof where, "%.500s: rope_parameters", R->path);
+        reader sub = {where, v, R->err};
+        finch_status st = check_rope(&sub, kinds[k], theta[k]);
+        if (st) return st;
+    }
+    return FINCH_OK;
+}
+
+/* Gemma 3's text model (transformers' Gemma3TextConfig, model_type gemma3_text,
+ * Gemma3ForCausalLM): fields absent from the file take Gemma3TextConfig's defaults
+ * (save_pretrained leaves out a value equal to PretrainedConfig's, tie_word_embeddings
+ * true for one), except the five sizes, which every saved config holds. The score scale
+ * query_pre_attn_scalar^-0.5 must be head_dim's, as finch's attention computes; logit
+ * soft-capping, rope scaling, attention biases and bidirectional attention are refused by
+ * name. hidden_act is not read: Gemma3TextConfig reads hidden_activation. */
+static finch_status read_gemma3(reader *R, finch_hf_config *c) {
+    finch_status st;
+    if ((st = check_architecture(R, c, "Gemma3ForCausalLM"))) return st;
+    if (get(R, "quantization_config"))
+        return unsupported(R, "quantization_config", "a quantized gemma3_text checkpoint");
+    if ((st = get_int(R, "hidden_size", true, 1, MAX_EMBD, &c->hidden_size)) ||
+        (st = get_int(R, "intermediate_size", true, 1, MAX_FF, &c->intermediate_size)) ||
+        (st = get_int(R, "num_hidden_layers", true, 1, MAX_LAYERS, &c->num_hidden_layers)) ||
+        (st = get_int(R, "num_attention_heads", true, 1, MAX_HEADS, &c->num_attention_heads)) ||
+        (st = get_int(R, "vocab_size", true, 1, MAX_VOCAB, &c->vocab_size)))
+        return st;
+    c->num_key_value_heads = 4;
+    c->head_dim = 256;
+    c->max_position_embeddings = 131072;
+    if ((st = get_int(R, "num_key_value_heads", false, 1, MAX_HEADS, &c->num_key_value_heads)) ||
+        (st = get_int(R, "head_dim", false, 2, MAX_EMBD, &c->head_dim)) ||
+        (st =
+             get_int(R, "max_position_embeddings", false, 1, MAX_CTX, &c->max_position_embeddings)))
+        return st;
+    const int H = c->num_attention_heads;
+    if (H % c->num_key_value_heads)
+        return bad(R, "num_key_value_heads", "is %d, which does not divide num_attention_heads %d",
+                   c->num_key_value_heads, H);
+    if (c->head_dim % 2) return bad(R, "head_dim", "is %d; RoPE needs it even", c->head_dim);
+    float scalar = 256.0f;
+    if ((st = get_num(R, "query_pre_attn_scalar", false, 0, 1e9, &scalar))) return st;
+    if (scalar != (float)c->head_dim) {
+        char what[128];
+        snprintf(what, sizeof what,
+                 "%g (scores scaled by its inverse square root; finch scales by head_dim %d's)",
+                 scalar, c->head_dim);
+        return unsupported(R, "query_pre_attn_scalar", what);
+    }
+    c->rms_norm_eps = 1e-6f;
+    c->rope_theta = 1e6f;
+    c->rope_local_base_freq = 1e4f;
+    c->sliding_window = 4096;
+    if ((st = get_num(R, "rms_norm_eps", false, 0, 1, &c->rms_norm_eps)) ||
+        (st = get_num(R, "rope_theta", false, 1, 1e12, &c->rope_theta)) ||
+        (st = get_num(R, "rope_local_base_freq", false, 1, 1e12, &c->rope_local_base_freq)) ||
+        (st = check_rope(R, "rope_scaling", &c->rope_theta)) || (st = read_gemma3_rope(R, c)) ||
+        (st = get_int(R, "sliding_window", false, 1, MAX_CTX, &c->sliding_window)) ||
+        (st = read_layer_types(R, c)))
+        return st;
+    char act[32] = "gelu_pytorch_tanh";
+    if ((st = get_str(R, "hidden_activation", false, act, sizeof act))) return st;
+    if (strcmp(act, "gelu_pytorch_tanh") != 0 && strcmp(act, "gelu_new") != 0) {
+        char what[96];
+        snprintf(what, sizeof what, "activation '%.31s' (finch implements tanh GELU)", act);
+        return unsupported(R, "hidden_activation", what);
+    }
+    if ((st = check_no_softcap(R, "final_logit_softcapping")) ||
+        (st = check_no_softcap(R, "attn_logit_softcapping")))
+        return st;
+    bool flag = false;
+    if ((st = get_bool(R, "attention_bias", &flag))) return st;
+    if (flag) return unsupported(R, "attention_bias", "true (biases on q/k/v/o projections)");
+    if ((st = get_bool(R, "use_bidirectional_attention", &flag))) return st;
+    if (flag) return unsupported(R, "use_bidirectional_attention", "true (finch is causal)");
+    c->tie_word_embeddings = true;
+    if ((st = get_bool(R, "tie_word_embeddings", &c->tie_word_embeddings))) return st;
+    /* every block but the sliding ones sees all positions */
+    c->context = c->max_position_embeddings;
+    if ((st = get_token(R, "bos_token_id", c->vocab_size, &c->bos_token_id)) ||
+        (st = get_token(R, "eos_token_id", c->vocab_size, &c->eos_token_id)))
+        return st;
+    const char *dt_field = get(R, "torch_dtype") ? "torch_dtype" : "dtype";
+    return get_str(R, dt_field, false, c->torch_dtype, sizeof c->torch_dtype);
+}
+
 static finch_status read_config(reader *R, finch_hf_config *c) {
     finch_status st;
     if (!json_is_object(R->root))
@@ -253,12 +411,20 @@ static finch_status read_config(reader *R, finch_hf_config *c) {
     if ((st = get_str(R, "model_type", true, c->model_type, sizeof c->model_type))) return st;
     const char *mt = c->model_type;
     if (!strcmp(mt, "gpt2")) return read_gpt2(R, c);
+    if (!strcmp(mt, "gemma3_text")) return read_gemma3(R, c);
+    if (!strcmp(mt, "gemma3"))
+        return finch_err_set(R->err, FINCH_E_UNSUPPORTED,
+                             "%s: field 'model_type': 'gemma3' is the multimodal "
+                             "Gemma3ForConditionalGeneration (a vision tower and a text_config); "
+                             "finch loads text-only Gemma 3 folders, model_type 'gemma3_text' "
+                             "(Gemma3ForCausalLM)",
+                             R->path);
     const bool llama = !strcmp(mt, "llama"), mistral = !strcmp(mt, "mistral"),
                qwen2 = !strcmp(mt, "qwen2");
     if (!llama && !mistral && !qwen2)
         return finch_err_set(R->err, FINCH_E_UNSUPPORTED,
                              "%s: field 'model_type': '%s' is not supported (finch runs llama, "
-                             "mistral, qwen2 and gpt2)",
+                             "mistral, qwen2, gpt2 and gemma3_text)",
                              R->path, mt);
     const json_t *archs = get(R, "architectures");
     if (archs) {

@@ -311,9 +311,13 @@ finch_status finch_st_writer_save(const finch_st_writer *w, const char *path, fi
  * the two JSON files of a folder; model/load_hf.c binds the tensors.
  */
 
-/* What finch takes from a LLaMA-family config.json (llama, SmolLM, mistral, qwen2). */
+/* The most blocks a config.json may declare. */
+#define FINCH_HF_MAX_LAYERS 1024
+
+/* What finch takes from a config.json: the LLaMA family (llama, SmolLM, mistral, qwen2),
+ * gpt2, and gemma3_text. */
 typedef struct {
-    char model_type[16];   /* "llama", "mistral" or "qwen2" */
+    char model_type[16];   /* "llama", "mistral", "qwen2", "gpt2" or "gemma3_text" */
     char architecture[64]; /* architectures[0], or "" when absent */
     int hidden_size;       /* C */
     int intermediate_size; /* F */
@@ -333,6 +337,10 @@ typedef struct {
     bool bnb_nf4; /* quantization_config: bitsandbytes 4-bit NF4 (projections as Linear4bit) */
     int bos_token_id, eos_token_id; /* -1 when absent or null; the first of a list */
     char torch_dtype[16];           /* torch_dtype (or transformers v5's dtype), "" when absent */
+    /* gemma3_text (read_gemma3 in hf_config.c); zero for the other families */
+    int sliding_window;                      /* positions a sliding-window block attends to */
+    float rope_local_base_freq;              /* the RoPE base of the sliding-window blocks */
+    bool layer_sliding[FINCH_HF_MAX_LAYERS]; /* per block: layer_types' "sliding_attention" */
 } finch_hf_config;
 
 /* Reads and validates a config.json. Missing required fields, wrong JSON types and absurd

@@ -266,7 +266,7 @@ typedef struct {
      * only keys at positions above p - window (sliding-window attention, positions counted
      * from the segment's prefix); 0: all. stats (B, H, T, 2) receives each query row's
      * softmax maximum and 1 / sum, from which backward has the probabilities again (nothing
-     * T x T is kept). ws: 2 (pre->n + T) floats a thread. */
+     * T x T is kept). ws: as finch_workspace_need sizes it for D. */
     void (*attention_forward_train)(float *out, float *stats, const float *q, const float *k,
                                     const float *v, const int32_t *seg,
                                     const finch_attn_prefix *pre, int64_t B, int64_t T, int H,

@@ -12,7 +12,11 @@ size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
     /* training attention's two rows of scores; attention over an f16 cache's query, key,
      * scores and a column of V (attention_forward_f16) */
     size_t att = 3 * ((size_t)n_ctx + 16) + 2 * (size_t)max_cols;
+    /* training attention's tiles, for heads up to max_cols wide and at least 256 (a caller
+     * that sizes for attention alone may pass max_cols 1) */
+    size_t tiles = finch_cpu_attention_need(max_cols > 256 ? max_cols : 256);
     size_t need = tile > att ? tile : att;
+    need = need > tiles ? need : tiles;
     return (need + 15) & ~(size_t)15;
 }
 

@@ -62,9 +62,11 @@ void finch_model_describe(const finch_model *m, line_fn print, void *user) {
             c->rope_theta, a->swa_rope_base);
     else
         out(print, user, "rope theta:      %g", c->rope_theta);
+    int n_sliding = 0;
+    for (int l = 0; l < c->n_layer; l++) n_sliding += m->layers[l].sliding;
     if (a->swa_pattern)
-        out(print, user, "attention:       sliding window of %d in %d of every %d blocks",
-            c->sliding_window, a->swa_pattern - 1, a->swa_pattern);
+        out(print, user, "attention:       sliding window of %d in %d of the %d blocks",
+            c->sliding_window, n_sliding, c->n_layer);
     if (a->layer_norm)
         out(print, user,
             "block:           LayerNorm with bias, fused q/k/v (split), GELU (tanh) "

@@ -323,6 +323,7 @@ static finch_status bind_tensors(loader *L, finch_model *m) {
     for (int l = 0; l < c->n_layer; l++) {
         finch_layer *ly = &m->layers[l];
         char n[FINCH_GGUF_MAX_NAME + 1];
+        ly->sliding = L->arch->swa_pattern && l % L->arch->swa_pattern < L->arch->swa_pattern - 1;
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", l, s), n)
         if (L->arch->fused_qkv) {
             if ((st = bind_gpt2_block(L, m, l, &owned))) return st;

@@ -1,6 +1,8 @@
 /*
  * load_hf.c: builds a finch_model from a Hugging Face LLaMA-family folder (llama, SmolLM,
- * mistral, qwen2) or a GPT-2 folder (bind_gpt2: Conv1D weights transposed at load): config.json
+ * mistral, qwen2), a Gemma 3 text folder (gemma3_text: norms stored as w, multiplied as 1 + w,
+ * so 1 is added at load, as the GGUF holds them; q/k norms permuted with the q/k rows; four
+ * norms a block) or a GPT-2 folder (bind_gpt2: Conv1D weights transposed at load): config.json
  * (io/hf_config.c), the weights in model.safetensors or in the shards named by
  * model.safetensors.index.json (io/safetensors.c, mapped and validated), and tokenizer.json when
  * the folder has one.
@@ -321,6 +323,25 @@ static finch_status bind_vector(loader *L, const char *name, int64_t n, bool per
     return FINCH_OK;
 }
 
+/* Binds a norm weight (n) as bind_vector does, but always into the owned slot when the
+ * family multiplies by 1 + w (Gemma 3): Hugging Face stores w, finch (and GGUF) 1 + w,
+ * computed in f32 as transformers' Gemma3RMSNorm does. per_head: a q/k norm (n = D),
+ * permuted like a head's rows. */
+static finch_status bind_norm(loader *L, const char *name, int64_t n, bool per_head,
+                              const float **out) {
+    if (!L->m->arch->norm_one) return bind_vector(L, name, n, per_head, out);
+    const finch_st_tensor *t;
+    finch_status st = lookup(L, name, 1, n, 0, &t);
+    if (st) return st;
+    float *dst = L->owned, *w = L->owned + n; /* w: scratch just past the slot */
+    L->owned += n;
+    finch_dtype_info[t->type].dequant(w, t->data, n);
+    for (int64_t r = 0; r < n; r++)
+        dst[r] = 1.0f + w[per_head ? finch_qk_hf_row(r, L->m->cfg.head_dim) : r];
+    *out = dst;
+    return FINCH_OK;
+}
+
 /* Binds a GPT-2 Conv1D weight, stored [in = cols, out = rows], transposed into owned memory
  * as the (rows, cols) matrix every other weight is. */
 static finch_status bind_conv1d(loader *L, const char *name, int64_t rows, int64_t cols,
@@ -409,7 +430,7 @@ static finch_status bind_tensors(loader *L) {
     const int64_t HD = (int64_t)c->n_head * c->head_dim, KD = (int64_t)c->n_head_kv * c->head_dim;
     finch_status st;
     if ((st = bind_weight(L, "model.embed_tokens.weight", V, C, &m->tok_embd)) ||
-        (st = bind_vector(L, "model.norm.weight", C, false, &m->output_norm)))
+        (st = bind_norm(L, "model.norm.weight", C, false, &m->output_norm)))
         return st;
     if (c->tied_output) {
         m->output.w = m->tok_embd;
@@ -417,13 +438,18 @@ static finch_status bind_tensors(loader *L) {
         return st;
     }
     const bool bias = m->hf->qkv_bias;
+    /* Gemma 3: post_attention_layernorm normalizes the attention's output; the FFN's input
+     * norm is pre_feedforward_layernorm */
+    const bool post = m->arch->post_norms;
+    const char *ffn_norm =
+        post ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight";
     for (int l = 0; l < c->n_layer; l++) {
         finch_layer *ly = &m->layers[l];
         char n[96];
+        ly->sliding = m->arch->swa_pattern && m->hf->layer_sliding[l];
 #define NAME(s) (snprintf(n, sizeof n, "model.layers.%d.%s", l, s), n)
-        if ((st = bind_vector(L, NAME("input_layernorm.weight"), C, false, &ly->attn_norm)) ||
-            (st = bind_vector(L, NAME("post_attention_layernorm.weight"), C, false,
-                              &ly->ffn_norm)) ||
+        if ((st = bind_norm(L, NAME("input_layernorm.weight"), C, false, &ly->attn_norm)) ||
+            (st = bind_norm(L, NAME(ffn_norm), C, false, &ly->ffn_norm)) ||
             (st = bind_qk(L, NAME("self_attn.q_proj.weight"), HD, C, &ly->wq.w)) ||
             (st = bind_qk(L, NAME("self_attn.k_proj.weight"), KD, C, &ly->wk.w)) ||
             (st = bind_weight(L, NAME("self_attn.v_proj.weight"), KD, C, &ly->wv.w)) ||
@@ -435,6 +461,16 @@ static finch_status bind_tensors(loader *L) {
         if (bias && ((st = bind_vector(L, NAME("self_attn.q_proj.bias"), HD, true, &ly->wq.bias)) ||
                      (st = bind_vector(L, NAME("self_attn.k_proj.bias"), KD, true, &ly->wk.bias)) ||
                      (st = bind_vector(L, NAME("self_attn.v_proj.bias"), KD, false, &ly->wv.bias))))
+            return st;
+        const int64_t D = c->head_dim;
+        if (m->arch->qk_norm &&
+            ((st = bind_norm(L, NAME("self_attn.q_norm.weight"), D, true, &ly->q_norm)) ||
+             (st = bind_norm(L, NAME("self_attn.k_norm.weight"), D, true, &ly->k_norm))))
+            return st;
+        if (post && ((st = bind_norm(L, NAME("post_attention_layernorm.weight"), C, false,
+                                     &ly->post_attn_norm)) ||
+                     (st = bind_norm(L, NAME("post_feedforward_layernorm.weight"), C, false,
+                                     &ly->post_ffn_norm))))
             return st;
 #undef NAME
     }
@@ -531,9 +567,10 @@ static void fill_config(finch_model *m) {
     finch_model_config *c = &m->cfg;
     /* the GGUF architecture llama.cpp would give it: mistral is llama there */
     snprintf(c->arch, sizeof c->arch, "%s",
-             !strcmp(h->model_type, "qwen2")  ? "qwen2"
-             : !strcmp(h->model_type, "gpt2") ? "gpt2"
-                                              : "llama");
+             !strcmp(h->model_type, "qwen2")         ? "qwen2"
+             : !strcmp(h->model_type, "gpt2")        ? "gpt2"
+             : !strcmp(h->model_type, "gemma3_text") ? "gemma3"
+                                                     : "llama");
     m->arch = finch_arch_find(c->arch);
     size_t end = strlen(m->path);
     while (end > 1 && m->path[end - 1] == '/') end--; /* trailing slashes */
@@ -553,6 +590,7 @@ static void fill_config(finch_model *m) {
     c->rope_theta = h->rope_theta;
     c->rms_eps = h->rms_norm_eps;
     c->tied_output = h->tie_word_embeddings;
+    c->sliding_window = m->arch->swa_pattern ? h->sliding_window : 0;
 }
 
 static finch_status load_tokenizer(finch_model *m, finch_err *err) {
@@ -586,6 +624,13 @@ finch_status finch_model_load_hf(finch_model *m, finch_err *err) {
     if ((st = finch_hf_config_load(path, m->hf, err))) return st;
     fill_config(m);
     const finch_model_config *c = &m->cfg;
+    if (m->arch->swa_pattern && m->hf->rope_local_base_freq != m->arch->swa_rope_base) {
+        st = finch_err_set(err, FINCH_E_UNSUPPORTED,
+                           "%s: field 'rope_local_base_freq': %g is not supported (finch's %s "
+                           "sliding-window blocks use RoPE base %g)",
+                           path, m->hf->rope_local_base_freq, c->arch, m->arch->swa_rope_base);
+        goto done;
+    }
     if ((st = open_shards(&L))) goto done;
 
     /* Owned memory is sized from the tensors the files hold, not from config.json, so an

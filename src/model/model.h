@@ -47,7 +47,8 @@ typedef struct {
                             the scores: where llamacpp numerics round q to f16 */
     bool post_norms;     /* RMSNorm on the attention and FFN outputs before the residual adds */
     bool embed_scale;    /* embeddings scaled by sqrt(n_embd) */
-    int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window */
+    int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window (GGUF;
+                            a Hugging Face folder's config.json says which blocks do) */
     float swa_rope_base; /* the RoPE base of those blocks */
     bool norm_one;       /* norms multiply by the file's weight, Hugging Face's 1 + w */
     bool layer_norm;     /* LayerNorm with bias for every norm (eps: cfg.rms_eps), not RMSNorm */
@@ -102,6 +103,8 @@ typedef struct {
     finch_linear w_gate, w_up, w_down; /* gate/up (F, C), down (C, F); no gate [plain_ffn]: its
                                           w.data is NULL */
     const finch_block_module *attn_module, *ffn_module; /* NULL: none */
+    bool sliding; /* attends within cfg.sliding_window, RoPE base arch->swa_rope_base: from the
+                     family's swa_pattern (GGUF) or config.json's layer_types */
 } finch_layer;
 
 /* Virtual tokens a method puts before every sequence at positions 0..n-1, the real tokens
@@ -155,13 +158,10 @@ struct finch_model {
 
 /* Block l's RoPE base and sliding window (0: attends to every earlier position). */
 static inline float finch_layer_theta(const finch_model *m, int l) {
-    const finch_arch *a = m->arch;
-    return a->swa_pattern && l % a->swa_pattern < a->swa_pattern - 1 ? a->swa_rope_base
-                                                                     : m->cfg.rope_theta;
+    return m->layers[l].sliding ? m->arch->swa_rope_base : m->cfg.rope_theta;
 }
 static inline int64_t finch_layer_window(const finch_model *m, int l) {
-    const finch_arch *a = m->arch;
-    return a->swa_pattern && l % a->swa_pattern < a->swa_pattern - 1 ? m->cfg.sliding_window : 0;
+    return m->layers[l].sliding ? m->cfg.sliding_window : 0;
 }
 
 /* y (T, C) = the family's norm of x (T, C): RMSNorm * w, or LayerNorm * w + b [layer_norm];

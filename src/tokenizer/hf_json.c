@@ -3,12 +3,15 @@
  * tokens and chat template of tokenizer_config.json.
  *
  * Two kinds of file. SentencePiece style (hf_spm.c encodes): model type "Unigram", or "BPE"
- * with the Metaspace pre-tokenizer or a Prepend normalizer. Byte-level BPE: every other
- * "BPE" file, read as below.
+ * with the Metaspace pre-tokenizer, a Prepend normalizer or a Replace normalizer. Byte-level BPE:
+ * every other "BPE" file, read as below.
  *
  * SentencePiece style reads:
  *   normalizer      null, or the legacy Sequence[Prepend("▁"), Replace(" ", "▁")]; then
- *                   pre_tokenizer must be null. Otherwise pre_tokenizer is Metaspace:
+ *                   pre_tokenizer must be null. Or Gemma's Replace(" ", "▁") alone, with a
+ *                   null pre_tokenizer or Split(" ", MergedWithPrevious), which finds no
+ *                   space left to split at: no marker is prepended and each run between
+ *                   special tokens is one word. Otherwise pre_tokenizer is Metaspace:
  *                   replacement "▁" (no other), prepend_scheme always/first/never (or the
  *                   older add_prefix_space), split; and the normalizer is null or a
  *                   Sequence of Precompiled (precompiled.c: the charsmap is checked whole),
@@ -900,12 +903,26 @@ static bool has_type(const json_t *n, const char *key, const char *type) {
 }
 
 /* Whether the file describes a SentencePiece-style tokenizer: a Unigram model, or BPE with
- * the Metaspace pre-tokenizer or the Prepend normalizer. */
+ * the Metaspace pre-tokenizer, the Prepend normalizer or a Replace normalizer (Gemma's
+ * Replace(" ", "▁") alone; a byte-level file has no Replace normalizer). */
 static bool is_spm_style(const json_t *root, const char *model_type) {
     if (model_type && strcmp(model_type, "Unigram") == 0) return true;
+    const json_t *norm = json_object_get(root, "normalizer");
     return model_type && strcmp(model_type, "BPE") == 0 &&
            (has_type(json_object_get(root, "pre_tokenizer"), "pretokenizers", "Metaspace") ||
-            has_type(json_object_get(root, "normalizer"), "normalizers", "Prepend"));
+            has_type(norm, "normalizers", "Prepend") || has_type(norm, "normalizers", "Replace"));
+}
+
+/* Gemma's pre-tokenizer: null, or Split on the String " " (MergedWithPrevious, not
+ * inverted), which finds nothing once the normalizer has replaced every space. */
+static bool is_space_split(const json_t *pre) {
+    if (!pre || json_is_null(pre)) return true;
+    const json_t *pat = json_object_get(pre, "pattern");
+    const char *type = json_string_value(json_object_get(pre, "type")),
+               *str = json_string_value(json_object_get(pat, "String")),
+               *beh = json_string_value(json_object_get(pre, "behavior"));
+    return type && !strcmp(type, "Split") && str && !strcmp(str, " ") && beh &&
+           !strcmp(beh, "MergedWithPrevious") && !json_is_true(json_object_get(pre, "invert"));
 }
 
 /* What spm_normalizer_step collects: the legacy Prepend and Replace(" ", "▁") seen, and
@@ -1240,23 +1257,31 @@ static finch_status load_spm(finch_tokenizer *tok, const char *path, const json_
                              err)))
         return st;
     json_t *pre = json_object_get(root, "pre_tokenizer");
-    bool meta = pre && !json_is_null(pre);
+    /* Gemma's form: the normalizer is exactly Replace(" ", "▁"), nothing is prepended and
+     * the pre-tokenizer splits nothing; the run is one word */
+    bool gemma = !prepend && replace && tok->n_norm == 1 && is_space_split(pre);
+    bool meta = pre && !json_is_null(pre) && !gemma;
     if (meta && (st = parse_metaspace(tok, path, pre, err))) return st;
     /* the legacy form is exactly Prepend and Replace(" ", "▁"), which mark_run does */
     bool legacy = prepend && replace && tok->n_norm == 1;
-    if (meta ? prepend : !legacy)
+    if (gemma) {
+        tok->spm_prepend = SPM_PREPEND_NEVER;
+        tok->spm_split = false;
+    } else if (meta ? prepend : !legacy)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
                              "%s: field '%s': a SentencePiece-style file needs either the "
                              "Metaspace pre_tokenizer or the normalizer Sequence[Prepend(U+2581), "
                              "Replace(' ', U+2581)], not both",
                              path, meta ? "normalizer" : "pre_tokenizer");
-    if (!meta) {
+    if (!meta && !gemma) {
         tok->spm_prepend = SPM_PREPEND_NORMALIZER;
         free(tok->norm[0].from);
         free(tok->norm[0].to);
         tok->n_norm = 0;
     }
-    if (!(tok->pre_name = finch_mem_strdup(meta ? "Metaspace" : "Prepend+Replace")))
+    if (!(tok->pre_name = finch_mem_strdup(meta    ? "Metaspace"
+                                           : gemma ? "Replace"
+                                                   : "Prepend+Replace")))
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory reading %s", path);
     if ((st = get_bool(path, model, "byte_fallback", "model.byte_fallback", false,
                        &tok->byte_fallback, err)) ||

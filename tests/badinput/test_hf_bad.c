@@ -4,7 +4,9 @@
  * temporary directory, changes one thing (a config.json field, the index, a shard) and
  * asserts the status, that the message names the file, and a fragment saying what is
  * wrong. A few accepted variants (rope_scaling "default", a mistral sliding window, eos
- * as a list) check the decisions documented in io/hf_config.c.
+ * as a list) check the decisions documented in io/hf_config.c. Gemma 3 text folders
+ * (tests/fixtures/hf_gemma3/) get their own table: layer_types, soft-capping, the score
+ * scale, the multimodal model_type, layer counts the weights do not have.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -47,7 +49,8 @@ static void write_text(const char *path, const char *text) {
 static json_t *folder(const char *model, char *dir, size_t cap) {
     snprintf(dir, cap, "%s/case%d", root, n_case++);
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '" FIX "%s'/*.safetensors* '%s'/", dir, model, dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '" FIX "%s'/*.safetensors* '%s'/", dir, model,
+             dir);
     assert_int_equal(system(cmd), 0);
     char path[512];
     snprintf(path, sizeof path, FIX "%s/config.json", model);
@@ -69,8 +72,7 @@ static void expect(const char *dir, finch_status code, const char *file, const c
     finch_err err = {0};
     finch_status st = finch_model_load(dir, &m, &err);
     printf("  %s\n", st ? err.msg : "(loaded)");
-    if (st != code)
-        fail_msg("%s: status %d, want %d (%s)", dir, st, code, st ? err.msg : "loaded");
+    if (st != code) fail_msg("%s: status %d, want %d (%s)", dir, st, code, st ? err.msg : "loaded");
     if (!code) {
         finch_model_free(m);
         return;
@@ -126,9 +128,9 @@ static void test_rope_scaling(void **state) {
 
 static void test_missing_and_mistyped_fields(void **state) {
     (void)state;
-    const char *required[] = {"model_type", "hidden_size", "intermediate_size",
-                              "num_hidden_layers", "num_attention_heads", "vocab_size",
-                              "rms_norm_eps", "max_position_embeddings"};
+    const char *required[] = {
+        "model_type",          "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "vocab_size",  "rms_norm_eps",      "max_position_embeddings"};
     for (size_t i = 0; i < sizeof required / sizeof *required; i++) {
         char frag[96];
         snprintf(frag, sizeof frag, "field '%s' is missing", required[i]);
@@ -177,8 +179,7 @@ static void test_unsupported_features(void **state) {
                 "'LlamaForCausalLM' is not supported for model_type 'gpt2'");
     config_case("tiny_llama", "architectures", "[\"LlamaForSequenceClassification\"]",
                 FINCH_E_UNSUPPORTED, "'LlamaForSequenceClassification' is not supported");
-    config_case("tiny_llama", "hidden_act", "\"gelu\"", FINCH_E_UNSUPPORTED,
-                "activation 'gelu'");
+    config_case("tiny_llama", "hidden_act", "\"gelu\"", FINCH_E_UNSUPPORTED, "activation 'gelu'");
     config_case("tiny_llama", "attention_bias", "true", FINCH_E_UNSUPPORTED,
                 "field 'attention_bias': true");
     config_case("tiny_llama", "mlp_bias", "true", FINCH_E_UNSUPPORTED, "field 'mlp_bias': true");
@@ -218,19 +219,21 @@ static void test_sliding_window(void **state) {
 
 static void test_shapes_and_tensors(void **state) {
     (void)state;
-    config_case_in("model-00001-of-00003.safetensors", "tiny_llama", "intermediate_size", "128", FINCH_E_FORMAT,
-                "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [96, 64], expected "
-                "[128, 64] (from config.json)");
-    config_case_in("model-00001-of-00003.safetensors", "tiny_llama", "vocab_size", "98", FINCH_E_FORMAT,
-                "tensor 'model.embed_tokens.weight' has shape [97, 64], expected [98, 64]");
-    config_case_in("model.safetensors.index.json", "tiny_llama", "num_hidden_layers", "3", FINCH_E_FORMAT,
-                "missing tensor 'model.layers.2.input_layernorm.weight'");
+    config_case_in("model-00001-of-00003.safetensors", "tiny_llama", "intermediate_size", "128",
+                   FINCH_E_FORMAT,
+                   "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [96, 64], expected "
+                   "[128, 64] (from config.json)");
+    config_case_in("model-00001-of-00003.safetensors", "tiny_llama", "vocab_size", "98",
+                   FINCH_E_FORMAT,
+                   "tensor 'model.embed_tokens.weight' has shape [97, 64], expected [98, 64]");
+    config_case_in("model.safetensors.index.json", "tiny_llama", "num_hidden_layers", "3",
+                   FINCH_E_FORMAT, "missing tensor 'model.layers.2.input_layernorm.weight'");
     config_case_in(".safetensors", "tiny_llama", "num_hidden_layers", "1", FINCH_E_FORMAT,
-                "unexpected tensor 'model.layers.1.");
+                   "unexpected tensor 'model.layers.1.");
     config_case_in(".safetensors", "tiny_llama", "tie_word_embeddings", "true", FINCH_E_FORMAT,
-                "unexpected tensor 'lm_head.weight'");
-    config_case_in("model.safetensors", "tiny_llama_tied", "tie_word_embeddings", "false", FINCH_E_FORMAT,
-                "missing tensor 'lm_head.weight'");
+                   "unexpected tensor 'lm_head.weight'");
+    config_case_in("model.safetensors", "tiny_llama_tied", "tie_word_embeddings", "false",
+                   FINCH_E_FORMAT, "missing tensor 'lm_head.weight'");
     /* qwen2 weights read as llama: its biases are not expected */
     config_case("tiny_qwen2", "model_type", "\"llama\"", FINCH_E_UNSUPPORTED,
                 "'Qwen2ForCausalLM' is not supported for model_type 'llama'");
@@ -239,7 +242,8 @@ static void test_shapes_and_tensors(void **state) {
     json_object_set_new(cfg, "model_type", json_string("llama"));
     json_object_del(cfg, "architectures");
     save_config(dir, cfg);
-    expect(dir, FINCH_E_FORMAT, "model.safetensors", "unexpected tensor 'model.layers.0.self_attn.");
+    expect(dir, FINCH_E_FORMAT, "model.safetensors",
+           "unexpected tensor 'model.layers.0.self_attn.");
 }
 
 static void test_shards_and_index(void **state) {
@@ -259,11 +263,12 @@ static void test_shards_and_index(void **state) {
     json_t *ix = json_load_file(path, 0, &e);
     assert_non_null(ix);
     json_t *map = json_object_get(ix, "weight_map");
-    json_object_set_new(map, "model.norm.weight",
-                        json_string(strcmp(json_string_value(json_object_get(map, "model.norm.weight")),
-                                           "model-00001-of-00003.safetensors")
-                                        ? "model-00001-of-00003.safetensors"
-                                        : "model-00002-of-00003.safetensors"));
+    json_object_set_new(
+        map, "model.norm.weight",
+        json_string(strcmp(json_string_value(json_object_get(map, "model.norm.weight")),
+                           "model-00001-of-00003.safetensors")
+                        ? "model-00001-of-00003.safetensors"
+                        : "model-00002-of-00003.safetensors"));
     assert_int_equal(json_dump_file(ix, path, 0), 0);
     expect(dir, FINCH_E_FORMAT, "model.safetensors.index.json",
            "weight_map puts tensor 'model.norm.weight' in");
@@ -307,7 +312,8 @@ static void test_shards_and_index(void **state) {
     assert_int_equal(truncate(path, 1000), 0);
     expect(dir, FINCH_E_FORMAT, "model.safetensors", "offset");
     copy_file(FIX "tiny_llama_tied/model.safetensors", path);
-    expect(dir, FINCH_E_FORMAT, "model.safetensors", "missing tensor 'model.layers.0.self_attn.q_proj.bias'");
+    expect(dir, FINCH_E_FORMAT, "model.safetensors",
+           "missing tensor 'model.layers.0.self_attn.q_proj.bias'");
 }
 
 /* Every proper prefix of a good config.json and index file is refused as invalid JSON. */
@@ -341,6 +347,118 @@ static void test_truncated_json(void **state) {
     }
 }
 
+/* Gemma 3 text folders (tests/fixtures/hf_gemma3/, saved by transformers): what finch
+ * cannot compute is refused by name, and so is a config.json that does not describe the
+ * weights. */
+#define G3 "../hf_gemma3/tiny_gemma3_f32"
+#define G3_BF16 "../hf_gemma3/tiny_gemma3_bf16"
+
+/* folder G3 with two fields set (JSON text; NULL: removed) */
+static void gemma3_case2(const char *model, const char *file, const char *f1, const char *v1,
+                         const char *f2, const char *v2, finch_status code, const char *fragment) {
+    char dir[512];
+    json_t *cfg = folder(model, dir, sizeof dir);
+    const char *fs[2] = {f1, f2}, *vs[2] = {v1, v2};
+    for (int i = 0; i < 2; i++) {
+        if (!vs[i]) {
+            json_object_del(cfg, fs[i]);
+            continue;
+        }
+        json_error_t e;
+        json_t *v = json_loads(vs[i], JSON_DECODE_ANY, &e);
+        assert_non_null(v);
+        json_object_set_new(cfg, fs[i], v);
+    }
+    save_config(dir, cfg);
+    expect(dir, code, file, fragment);
+}
+
+static void test_gemma3_text(void **state) {
+    (void)state;
+    const char *required[] = {"hidden_size", "intermediate_size", "num_hidden_layers",
+                              "num_attention_heads", "vocab_size"};
+    for (size_t i = 0; i < sizeof required / sizeof *required; i++) {
+        char frag[96];
+        snprintf(frag, sizeof frag, "field '%s' is missing", required[i]);
+        config_case(G3, required[i], NULL, FINCH_E_FORMAT, frag);
+    }
+    /* the multimodal model and other heads */
+    config_case(G3, "model_type", "\"gemma3\"", FINCH_E_UNSUPPORTED,
+                "'gemma3' is the multimodal Gemma3ForConditionalGeneration");
+    config_case(G3, "architectures", "[\"Gemma3ForSequenceClassification\"]", FINCH_E_UNSUPPORTED,
+                "'Gemma3ForSequenceClassification' is not supported for model_type "
+                "'gemma3_text'");
+    /* layer_types */
+    config_case(G3, "layer_types", "[\"sliding_attention\", \"full_attention\", \"chunked\"]",
+                FINCH_E_FORMAT, "field 'layer_types' entry 2 is 'chunked'; expected");
+    config_case(G3, "layer_types", "[\"sliding_attention\", 1, \"full_attention\"]", FINCH_E_FORMAT,
+                "field 'layer_types' entry 1 is not a string");
+    config_case(G3, "layer_types", "[\"sliding_attention\", \"full_attention\"]", FINCH_E_FORMAT,
+                "field 'layer_types' has 2 entries but num_hidden_layers is 3");
+    config_case(G3, "layer_types", "\"sliding_attention\"", FINCH_E_FORMAT,
+                "field 'layer_types' must be a list of strings");
+    config_case(G3, "num_hidden_layers", "4", FINCH_E_FORMAT,
+                "field 'layer_types' has 3 entries but num_hidden_layers is 4");
+    gemma3_case2(G3, "config.json", "layer_types", NULL, "sliding_window_pattern", "0",
+                 FINCH_E_FORMAT, "field 'sliding_window_pattern' is 0, must be in 1..");
+    /* a layer count the weights do not have */
+    gemma3_case2(G3, "model.safetensors", "layer_types", NULL, "num_hidden_layers", "4",
+                 FINCH_E_FORMAT, "missing tensor 'model.layers.3.input_layernorm.weight'");
+    gemma3_case2(G3_BF16, "model.safetensors.index.json", "num_hidden_layers", "4",
+                 "sliding_window_pattern", "2", FINCH_E_FORMAT,
+                 "missing tensor 'model.layers.3.input_layernorm.weight' (not in weight_map)");
+    gemma3_case2(G3, "model.safetensors", "layer_types", NULL, "num_hidden_layers", "2",
+                 FINCH_E_FORMAT, "unexpected tensor 'model.layers.2.");
+    /* shapes and the head */
+    config_case_in("model.safetensors", G3, "intermediate_size", "64", FINCH_E_FORMAT,
+                   "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [32, 32], expected "
+                   "[64, 32] (from config.json)");
+    config_case_in("model.safetensors", G3, "tie_word_embeddings", "false", FINCH_E_FORMAT,
+                   "missing tensor 'lm_head.weight'");
+    /* absent, tie_word_embeddings is Gemma3TextConfig's default, true */
+    config_case_in(".safetensors", G3_BF16, "tie_word_embeddings", NULL, FINCH_E_FORMAT,
+                   "unexpected tensor 'lm_head.weight'");
+    gemma3_case2(G3, "model.safetensors", "num_attention_heads", "4", "num_key_value_heads", "2",
+                 FINCH_E_FORMAT,
+                 "tensor 'model.layers.0.self_attn.q_proj.weight' has shape [32, 32], expected "
+                 "[64, 32]");
+    /* what finch does not compute */
+    config_case(G3, "query_pre_attn_scalar", "256", FINCH_E_UNSUPPORTED,
+                "field 'query_pre_attn_scalar': 256 (scores scaled by its inverse square root; "
+                "finch scales by head_dim 16's)");
+    config_case(G3, "final_logit_softcapping", "30.0", FINCH_E_UNSUPPORTED,
+                "field 'final_logit_softcapping': 30 (finch has no logit soft-capping");
+    config_case(G3, "attn_logit_softcapping", "50", FINCH_E_UNSUPPORTED,
+                "field 'attn_logit_softcapping': 50");
+    config_case(G3, "attn_logit_softcapping", "\"50\"", FINCH_E_FORMAT,
+                "field 'attn_logit_softcapping' must be a number or null");
+    config_case(G3, "rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 8.0}",
+                FINCH_E_UNSUPPORTED, "rope_scaling type 'linear' is not supported");
+    config_case(G3, "rope_parameters",
+                "{\"full_attention\": {\"rope_type\": \"default\", \"rope_theta\": 1e6}, "
+                "\"sliding_attention\": {\"rope_type\": \"linear\", \"factor\": 2}}",
+                FINCH_E_UNSUPPORTED, "rope_parameters: field 'sliding_attention'");
+    config_case(G3, "rope_local_base_freq", "20000", FINCH_E_UNSUPPORTED,
+                "field 'rope_local_base_freq': 20000 is not supported");
+    config_case(G3, "hidden_activation", "\"gelu\"", FINCH_E_UNSUPPORTED,
+                "field 'hidden_activation': activation 'gelu'");
+    config_case(G3, "attention_bias", "true", FINCH_E_UNSUPPORTED, "field 'attention_bias': true");
+    config_case(G3, "use_bidirectional_attention", "true", FINCH_E_UNSUPPORTED,
+                "field 'use_bidirectional_attention': true");
+    config_case(G3, "quantization_config", "{\"quant_method\": \"bitsandbytes\"}",
+                FINCH_E_UNSUPPORTED, "a quantized gemma3_text checkpoint");
+    config_case(G3, "sliding_window", "0", FINCH_E_FORMAT, "field 'sliding_window' is 0");
+    config_case(G3, "head_dim", "\"16\"", FINCH_E_FORMAT, "field 'head_dim' must be an integer");
+    /* accepted: the other tanh GELU name, transformers v5's rope_parameters per layer kind,
+     * hidden_act (Gemma3TextConfig reads hidden_activation) */
+    config_case(G3, "hidden_activation", "\"gelu_new\"", FINCH_OK, NULL);
+    config_case(G3, "rope_parameters",
+                "{\"full_attention\": {\"rope_type\": \"default\", \"rope_theta\": 1e6}, "
+                "\"sliding_attention\": {\"rope_type\": \"default\", \"rope_theta\": 1e4}}",
+                FINCH_OK, NULL);
+    config_case(G3, "hidden_act", "\"gelu_pytorch_tanh\"", FINCH_OK, NULL);
+}
+
 static int setup(void **state) {
     (void)state;
     snprintf(root, sizeof root, "/tmp/finch_hf_bad_XXXXXX");
@@ -356,14 +474,11 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rope_scaling),
-        cmocka_unit_test(test_missing_and_mistyped_fields),
-        cmocka_unit_test(test_absurd_values),
-        cmocka_unit_test(test_unsupported_features),
-        cmocka_unit_test(test_sliding_window),
-        cmocka_unit_test(test_shapes_and_tensors),
-        cmocka_unit_test(test_shards_and_index),
-        cmocka_unit_test(test_truncated_json),
+        cmocka_unit_test(test_rope_scaling),     cmocka_unit_test(test_missing_and_mistyped_fields),
+        cmocka_unit_test(test_absurd_values),    cmocka_unit_test(test_unsupported_features),
+        cmocka_unit_test(test_sliding_window),   cmocka_unit_test(test_shapes_and_tensors),
+        cmocka_unit_test(test_shards_and_index), cmocka_unit_test(test_truncated_json),
+        cmocka_unit_test(test_gemma3_text),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -23,6 +23,10 @@ static void check_config(const finch_hf_config *c) {
         (c->head_dim % 2 && strcmp(c->model_type, "gpt2")))
         abort();
     if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 1)) abort();
+    /* Gemma 3: a window and a local RoPE base */
+    if (!strcmp(c->model_type, "gemma3_text") &&
+        (c->sliding_window <= 0 || !(c->rope_local_base_freq > 1)))
+        abort();
     if (c->bos_token_id >= c->vocab_size || c->eos_token_id >= c->vocab_size) abort();
     if (!memchr(c->model_type, 0, sizeof c->model_type) ||
         !memchr(c->architecture, 0, sizeof c->architecture) ||

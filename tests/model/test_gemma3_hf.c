@@ -8,7 +8,12 @@
  *    which transformers stores as w where GGUF holds 1 + w; nothing else;
  *  - config.json describes it for transformers' gemma3_text (4.50 or later): window,
  *    pattern, layer types, both RoPE bases, head_dim as the score scale, GeGLU, no
- *    soft-capping.
+ *    soft-capping;
+ *  - the folder loads back (model/load_hf.c) and gives the tuned model's logits, and every
+ *    method trains on it as on model.gguf (the same loss and gradients);
+ * and the tiny gemma3_text folders transformers itself saved (f32 tied, one file; bf16
+ * untied, three shards, sliding_window_pattern instead of layer_types; made by
+ * tests/reference/make_gemma3_hf_fixtures.py) give transformers' float64 logits.
  * tests/interop/check_gemma3_hf.py runs an independent numpy forward of the folder (the
  * installed transformers, 4.46, predates Gemma 3) against finch's logits.
  */
@@ -23,13 +28,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "finch.h"
 #include "io/io.h"
+#include "model/model.h" /* finch_model_train_step */
 #include "peft/method.h"
+#include "model_util.h" /* seq_ids, run_in, check_train_loss */
 
 static char dir[] = "/tmp/finch_gemma3_hf_XXXXXX";
 static finch_model *model;
-static const int32_t ids[] = {5, 17, 33, 42, 8, 90, 61, 3, 7, 3, 91, 60, 60, 12, 35, 81, 2, 49, 18,
-                              94, 27, 66, 5, 40};
+static const int32_t ids[] = {5,  17, 33, 42, 8, 90, 61, 3,  7,  3,  91, 60,
+                              60, 12, 35, 81, 2, 49, 18, 94, 27, 66, 5,  40};
 enum { N = sizeof ids / sizeof ids[0] };
 
 static float *logits_of(finch_model *m) {
@@ -109,7 +117,8 @@ static void test_full_outputs(void **state) {
         moved = fmax(moved, fabs(base[i] - tuned[i]));
     }
     printf("  model.gguf against the tuned model in memory: %.3g (tuning moved the logits by "
-           "%.3g)\n", d, moved);
+           "%.3g)\n",
+           d, moved);
     assert_true(d < 1e-5 && moved > 0.1);
 
     /* the folder's tensors against model.gguf's */
@@ -170,9 +179,156 @@ static void test_full_outputs(void **state) {
         assert_string_equal(json_string_value(json_array_get(types, (size_t)l)),
                             l == 5 ? "full_attention" : "sliding_attention");
     json_decref(c);
+
+    /* the folder loads as a gemma3_text model (norms plus 1, q/k rows and norms back to
+     * finch's order) and gives the tuned logits: (1 + w) - 1 + 1 is exact in f32 for
+     * 1 + w >= 0.5, so the only tolerance is for a norm below that */
+    finch_model *m3;
+    if (finch_model_load(dir, &m3, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(m3->cfg.arch, "gemma3");
+    assert_int_equal(m3->cfg.sliding_window, 16);
+    for (int l = 0; l < 6; l++) assert_int_equal(m3->layers[l].sliding, l != 5);
+    float *folder = logits_of(m3);
+    finch_model_free(m3);
+    d = 0;
+    for (int64_t i = 0; i < (int64_t)N * model->cfg.n_vocab; i++)
+        d = fmax(d, fabs(folder[i] - tuned[i]));
+    printf("  the folder loaded back against the tuned model in memory: %.3g\n", d);
+    assert_true(d < 1e-6);
+    free(folder);
     free(tuned);
     free(base);
     free(saved);
+}
+
+/* Every method trains on the folder full fine-tuning wrote as on its model.gguf (the same
+ * tuned model): the same loss and the same gradients of every trainable tensor, bit for
+ * bit (the same f32 weights in the same order), from one forward and backward over a
+ * 24-token row that runs past the window of 16. */
+static void test_methods_train_on_folder(void **state) {
+    (void)state;
+    static const char *const methods[] = {"lora",   "dora",   "ia3",    "adapter", "prompt",
+                                          "prefix", "bitfit", "freeze", "full"};
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.gguf", dir);
+    finch_err err;
+    finch_model *ms[2];
+    if (finch_model_load(path, &ms[0], &err) || finch_model_load(dir, &ms[1], &err))
+        fail_msg("%s", err.msg);
+    int32_t tgt[N], pos[N];
+    for (int t = 0; t < N; t++) tgt[t] = t + 1 < N ? ids[t + 1] : -1, pos[t] = t;
+    for (size_t k = 0; k < sizeof methods / sizeof methods[0]; k++) {
+        finch_peft *p[2] = {NULL, NULL};
+        double loss[2] = {0, 0};
+        for (int i = 0; i < 2; i++) {
+            finch_rng rng;
+            finch_rng_seed(&rng, 3);
+            if (finch_peft_new(ms[i], methods[k], NULL, 0, &rng, true, &p[i], &err))
+                fail_msg("%s on %s: %s", methods[k], i ? "the folder" : "model.gguf", err.msg);
+            /* methods that start at the identity (LoRA's B = 0) get every parameter moved */
+            finch_rng_seed(&rng, 4);
+            for (int64_t j = 0; j < p[i]->params.total; j++)
+                p[i]->params.data[j] += 0.02f * (finch_rng_float(&rng) - 0.5f);
+            if (finch_peft_attach(p[i], ms[i], 1.0f, N, &err)) fail_msg("%s", err.msg);
+            finch_train_acts *a;
+            if (finch_train_acts_new(ms[i], 1, N, &a, &err)) fail_msg("%s", err.msg);
+            loss[i] = finch_model_train_step(ms[i], a, ids, tgt, pos, NULL, 0, 1, true);
+            finch_train_acts_free(a);
+        }
+        assert_int_equal(p[0]->params.total, p[1]->params.total);
+        double dg = 0, gmax = 0;
+        for (int64_t j = 0; j < p[0]->params.total; j++) {
+            dg = fmax(dg, fabs(p[0]->params.grad[j] - p[1]->params.grad[j]));
+            gmax = fmax(gmax, fabs(p[0]->params.grad[j]));
+        }
+        printf("  %-8s loss %.7f (GGUF) %.7f (folder); %lld parameters, gradients up to %.3g "
+               "differ by %.3g\n",
+               methods[k], loss[0], loss[1], (long long)p[0]->params.total, gmax, dg);
+        assert_true(loss[0] == loss[1] && dg == 0 && gmax > 0);
+        for (int i = 0; i < 2; i++) {
+            finch_peft_detach(p[i], ms[i]);
+            finch_peft_free(p[i]);
+        }
+    }
+    finch_model_free(ms[0]);
+    finch_model_free(ms[1]);
+}
+
+/* ---- folders written by transformers (tests/reference/make_gemma3_hf_fixtures.py) ---- */
+
+#define TF_DIR FINCH_FIXTURES "/hf_gemma3/"
+
+static double *read_f64(const char *name, size_t n) {
+    char path[1024];
+    snprintf(path, sizeof path, TF_DIR "%s", name);
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot open fixture %s", path);
+    double *v = malloc(n * sizeof *v);
+    assert_non_null(v);
+    if (fread(v, sizeof *v, n, f) != n) fail_msg("fixture %s is shorter than %zu doubles", path, n);
+    fclose(f);
+    return v;
+}
+
+/* Each folder's logits equal transformers' float64 ones within 1e-5 (logits up to ~2.2; f32
+ * rounding through three blocks), fed in two chunks so that the KV cache is crossed; its
+ * blocks slide as layer_types (or sliding_window_pattern) says; the training forward gives
+ * the reference logits' cross-entropy. */
+static void test_transformers_folders(void **state) {
+    (void)state;
+    json_error_t je;
+    json_t *man = json_load_file(TF_DIR "manifest.json", 0, &je);
+    if (!man) fail_msg("manifest.json: line %d: %s", je.line, je.text);
+    size_t i, j;
+    json_t *e, *seq;
+    json_array_foreach(json_object_get(man, "models"), i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        char path[512];
+        snprintf(path, sizeof path, TF_DIR "%s", name);
+        finch_model *m;
+        finch_err err;
+        if (finch_model_load(path, &m, &err)) fail_msg("%s", err.msg);
+        const int V = m->cfg.n_vocab;
+        assert_string_equal(m->cfg.arch, "gemma3");
+        assert_int_equal(V, 96);
+        assert_int_equal(m->cfg.sliding_window, 4);
+        assert_int_equal(m->cfg.tied_output, json_is_true(json_object_get(e, "tied")));
+        json_t *types = json_object_get(e, "layer_types");
+        assert_int_equal(json_array_size(types), m->cfg.n_layer);
+        for (int l = 0; l < m->cfg.n_layer; l++)
+            assert_int_equal(
+                m->layers[l].sliding,
+                !strcmp(json_string_value(json_array_get(types, (size_t)l)), "sliding_attention"));
+        json_array_foreach(json_object_get(e, "sequences"), j, seq) {
+            int n;
+            int32_t *sids = seq_ids(seq, &n);
+            double *ref =
+                read_f64(json_string_value(json_object_get(seq, "logits")), (size_t)n * V);
+            float *got = run_in(m, sids, n, V, FINCH_NUMERICS_EXACT);
+            double worst = 0;
+            size_t at = 0;
+            for (size_t k = 0; k < (size_t)n * V; k++)
+                if (fabs(got[k] - ref[k]) > worst) worst = fabs(got[k] - ref[k]), at = k;
+            printf("  %s %s: max |finch - transformers float64| = %.3g (logits up to %.2f)\n", name,
+                   json_string_value(json_object_get(seq, "tag")), worst,
+                   json_real_value(json_object_get(seq, "max_abs")));
+            if (worst > 1e-5)
+                fail_msg("%s: logit [%zu, %zu] = %.7g, transformers %.7g", name, at / V, at % V,
+                         got[at], ref[at]);
+            if (j == 2) {
+                float *reff = malloc((size_t)n * V * sizeof *reff);
+                assert_non_null(reff);
+                for (size_t k = 0; k < (size_t)n * V; k++) reff[k] = (float)ref[k];
+                check_train_loss(m, sids, n, reff, name, 1e-5);
+                free(reff);
+            }
+            free(got);
+            free(ref);
+            free(sids);
+        }
+        finch_model_free(m);
+    }
+    json_decref(man);
 }
 
 static int setup(void **state) {
@@ -191,6 +347,8 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_full_outputs)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_full_outputs),
+                                       cmocka_unit_test(test_methods_train_on_folder),
+                                       cmocka_unit_test(test_transformers_folders)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -10,6 +10,11 @@ library gives on >= 1,000 varied lines and whether decode(encode(line)) == line.
                ByteFallback, Fuse, Strip(" ", 1, 0)]; <unk> <s> </s>, <0x00>..<0xFF>.
   spm_bpe_meta the same model as transformers >= 4.41 converts Llama and Mistral: no
                normalizer, pre-tokenizer Metaspace (prepend_scheme "first", split false).
+  spm_bpe_gemma (with --gemma: from the committed spm_bpe.tokenizer.json and the texts of
+               spm_ids.json, into spm_gemma_ids.json) the same model as Gemma 3's
+               tokenizer.json has it: normalizer Replace(" ", "▁") alone, pre-tokenizer
+               Split(" ", MergedWithPrevious), decoder Sequence[Replace("▁", " "),
+               ByteFallback, Fuse].
   spm_unigram_unk  the Unigram below without byte_fallback: characters no piece covers give
                the unknown token, adjacent ones fused.
   spm_unigram  T5/ALBERT style: Unigram with byte_fallback and unk_id, pre-tokenizer
@@ -115,6 +120,20 @@ def metaspace_variant(tok):
     return Tokenizer.from_str(json.dumps(j, ensure_ascii=False))
 
 
+def gemma_variant(tok):
+    """The same model as Gemma 3's tokenizer.json has it: normalizer Replace(" ", "▁") alone
+    (no marker prepended), pre-tokenizer Split(" ", MergedWithPrevious), which finds no space
+    left, decoder Sequence[Replace("▁", " "), ByteFallback, Fuse] (nothing stripped)."""
+    j = json.loads(tok.to_str())
+    j["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    j["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "},
+                          "behavior": "MergedWithPrevious", "invert": False}
+    j["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    return Tokenizer.from_str(json.dumps(j, ensure_ascii=False))
+
+
 def without_byte_fallback(tok):
     j = json.loads(tok.to_str())
     j["model"]["byte_fallback"] = False
@@ -164,5 +183,23 @@ def main():
         json.dump(result, f, ensure_ascii=False, separators=(",", ":"))
 
 
+def gemma_main():
+    bpe = Tokenizer.from_file(os.path.join(OUT, "spm_bpe.tokenizer.json"))
+    with open(os.path.join(OUT, "spm_ids.json"), encoding="utf-8") as f:
+        texts = json.load(f)["texts"]
+    t = gemma_variant(bpe)
+    t.save(os.path.join(OUT, "spm_bpe_gemma.tokenizer.json"))
+    rows = []
+    for s in texts:
+        ids = t.encode(s, add_special_tokens=False).ids
+        rows.append({"ids": ids, "round_trip": t.decode(ids, skip_special_tokens=False) == s})
+    print("spm_bpe_gemma:", sum(r["round_trip"] for r in rows), "of", len(rows), "round-trip")
+    result = {"meta": {"tokenizers": tokenizers.__version__, "from": "spm_bpe.tokenizer.json"},
+              "texts": texts, "tokenizers": {"spm_bpe_gemma": rows}}
+    with open(os.path.join(OUT, "spm_gemma_ids.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, ensure_ascii=False, separators=(",", ":"))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    gemma_main() if sys.argv[1:] == ["--gemma"] else main()

@@ -4,7 +4,8 @@
  * tests/reference/make_spm_json_fixtures.py) holds a Llama-2 style BPE with byte fallback
  * (Prepend + Replace normalizer), the same model with Metaspace (prepend_scheme first, split
  * false), a T5-style Unigram (Metaspace, byte fallback) and the same without byte
- * fallback (unknown characters give one fused unknown token), and the ids the library gives on
+ * fallback (unknown characters give one fused unknown token), the BPE as Gemma 3's
+ * tokenizer.json is laid out (Replace normalizer alone), and the ids the library gives on
  * 1,077 varied lines: finch must give the same ids on every line,
  * and decode them back to the line wherever the library does. Two Unigram files with the
  * Precompiled normalizer (made by tests/reference/make_spm_precompiled_fixtures.py from a
@@ -88,6 +89,17 @@ static void test_unigram(void **state) {
 static void test_unigram_unknown(void **state) {
     (void)state;
     check_against_library("spm_unigram_unk");
+}
+
+/* Gemma 3 style: Replace(" ", "▁") alone, Split(" ") that splits nothing, nothing prepended
+ * or stripped (spm_gemma_ids.json: the spm_bpe model so configured, on the same lines) */
+static void test_bpe_gemma(void **state) {
+    (void)state;
+    json_error_t je;
+    json_t *ids = json_load_file(HF_FIXTURES "spm_gemma_ids.json", JSON_ALLOW_NUL, &je);
+    if (!ids) fail_msg("spm_gemma_ids.json:%d: %s", je.line, je.text);
+    check_ids(ids, "spm_bpe_gemma");
+    json_decref(ids);
 }
 
 /* T5 style: Precompiled (SentencePiece's compiled rules), Strip right, Replace " {2,}" */
@@ -175,7 +187,7 @@ int main(void) {
         cmocka_unit_test(test_bpe_byte_fallback), cmocka_unit_test(test_bpe_metaspace),
         cmocka_unit_test(test_unigram),           cmocka_unit_test(test_unigram_unknown),
         cmocka_unit_test(test_precompiled),       cmocka_unit_test(test_precompiled_albert),
-        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_refusals),          cmocka_unit_test(test_bpe_gemma),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(g_ids);

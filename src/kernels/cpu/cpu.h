@@ -74,6 +74,15 @@
  * rows of the widest weight per thread. */
 enum { FINCH_CPU_TILE_ROWS = 64, FINCH_CPU_STAGE_ROWS = 16 };
 
+/* Training attention's tiles (attention.c): blocks of BQ query rows against tiles of BK keys;
+ * a thread's workspace holds a tile of keys and one of values transposed (D, BK each) and
+ * the probabilities and their gradients (BQ, BK each). */
+enum { FINCH_CPU_ATT_BQ = 64, FINCH_CPU_ATT_BK = 32 };
+static inline size_t finch_cpu_attention_need(int64_t D) {
+    return 2 * (size_t)FINCH_CPU_ATT_BK * (size_t)D +
+           2 * (size_t)FINCH_CPU_ATT_BQ * FINCH_CPU_ATT_BK;
+}
+
 /* matmul_q8's quantized activation block: Q8_0 plus s = d * sum(q) (Q8_1 when s is used). */
 typedef struct {
     float d; /* scale, already rounded through fp16 as llama.cpp stores it */

@@ -149,12 +149,29 @@ typedef struct {
                               int64_t pos0, int H, int KVH, int D, int64_t window,
                               finch_workspace *ws);
 
-    /* attention_forward over an f16 cache, with llama.cpp's rounding: queries and the
-     * softmax probabilities are rounded to f16 before their dot products, which
-     * accumulate in f32. k, v are (pos0+T, KVH*D) IEEE half floats. */
+    /* attention_forward over an f16 cache as llama.cpp computes it without flash attention
+     * (AVX-512 build): queries and the softmax probabilities rounded to f16, the scores
+     * multiplied by scale (1 / sqrt(D), or 1 where the caller scaled q before, as llama.cpp's
+     * Gemma 3 graph does), the products summed in ggml's order (tinyBLAS's 16 lanes for
+     * T >= 2, ggml_vec_dot_f16's 4 x 16 for T = 1), the exponentials ggml's. With neox,
+     * each head of q and k holds rotate-half pairs side by side (a NEOX model's rows as
+     * finch loads them) and K q runs over llama.cpp's order (element i, then i + D/2 ...
+     * as the first half, then the second). k, v are (pos0+T, KVH*D) IEEE half floats. */
     void (*attention_forward_f16)(float *out, const float *q, const uint16_t *k, const uint16_t *v,
-                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
-                                  finch_workspace *ws);
+                                  int64_t T, int64_t pos0, int H, int KVH, int D, float scale,
+                                  bool neox, int64_t window, finch_workspace *ws);
+
+    /* layernorm_forward as llama.cpp computes it (ggml_norm, then its mul by w and add of b;
+     * AVX-512 build): the mean from a double sum, the variance from f32 squares summed in
+     * runs of 16 and in double, each step rounded as ggml rounds it. y may alias x. */
+    void (*layernorm_llamacpp)(float *y, const float *x, const float *w, const float *b, int64_t T,
+                               int64_t C, float eps);
+
+    /* rope_forward as llama.cpp computes it: theta_i = pos theta^(-2/D)^i by repeated f32
+     * multiplication from pos (powf for the ratio), cosf and sinf in f32, and each pair
+     * rotated with one fused multiply-add per output (a' = fma(a, c, -(b s)),
+     * b' = fma(a, s, b c), as ggml's compiler contracts it). */
+    void (*rope_llamacpp)(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
 
     /* dst (n) = src rounded to IEEE half (nearest even). */
     void (*to_f16)(uint16_t *dst, const float *src, int64_t n);
@@ -170,6 +187,15 @@ typedef struct {
      * (expf_ggml in cpu/swiglu.c), the rest from libm's expf, each as g / (1 + e^-g) * up. h may
      * alias gate. */
     void (*swiglu_llamacpp)(float *h, const float *gate, const float *up, int64_t T, int64_t F);
+
+    /* gelu_forward as llama.cpp's CPU build computes it: x rounded to f16 indexes ggml's
+     * f16 table of gelu values (each entry f16(gelu(h)) in f32 with one fused multiply-add,
+     * as ggml is compiled); x <= -10 gives 0, x >= 10 gives x. y may alias x. */
+    void (*gelu_llamacpp)(float *y, const float *x, int64_t n);
+
+    /* geglu_forward as llama.cpp computes it (ggml_vec_geglu_f32): gelu_llamacpp(gate) * up
+     * in f32; gate >= 10 gives gate * up. h may alias gate. */
+    void (*geglu_llamacpp)(float *h, const float *gate, const float *up, int64_t n);
 
     /* h (n) = silu(gate) * up, elementwise. h may alias gate. */
     void (*swiglu_forward)(float *h, const float *gate, const float *up, int64_t n);

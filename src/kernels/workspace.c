@@ -9,8 +9,9 @@
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
     size_t tile = (size_t)(FINCH_CPU_TILE_ROWS + FINCH_CPU_STAGE_ROWS) *
                   (size_t)max_cols; /* a tile + staging rows */
-    /* inference attention: scores + one f16-rounded query */
-    size_t att = 2 * (size_t)n_ctx + (size_t)max_cols;
+    /* training attention's two rows of scores; attention over an f16 cache's query, key,
+     * scores and a column of V (attention_forward_f16) */
+    size_t att = 3 * ((size_t)n_ctx + 16) + 2 * (size_t)max_cols;
     /* training attention's tiles, for heads up to max_cols wide and at least 256 (a caller
      * that sizes for attention alone may pass max_cols 1) */
     size_t tiles = finch_cpu_attention_need(max_cols > 256 ? max_cols : 256);

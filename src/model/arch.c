@@ -31,6 +31,7 @@ static const finch_arch table[] = {
      .act = FINCH_ACT_GELU_TANH,
      .neox_rows = true,
      .qk_norm = true,
+     .scale_q = true,
      .post_norms = true,
      .embed_scale = true,
      .swa_pattern = 6,

@@ -114,10 +114,13 @@ static void rms_rows(const finch_kv_session *s, const finch_backend *be, float *
         be->rmsnorm_forward(y, NULL, x, w, rows, C, eps);
 }
 
-/* The block's norm (finch_norm_forward): RMSNorm through rms_rows, LayerNorm as it is. */
+/* The block's norm (finch_norm_forward): RMSNorm through rms_rows, LayerNorm with
+ * llama.cpp's rounding in its numerics. */
 static void norm_rows(const finch_model *m, const finch_kv_session *s, float *y, const float *x,
                       const float *w, const float *b, int64_t T) {
-    if (m->arch->layer_norm)
+    if (m->arch->layer_norm && s->numerics == FINCH_NUMERICS_LLAMACPP)
+        m->be->layernorm_llamacpp(y, x, w, b, T, m->cfg.n_embd, m->cfg.rms_eps);
+    else if (m->arch->layer_norm)
         finch_norm_forward(m, y, NULL, x, w, b, T);
     else
         rms_rows(s, m->be, y, x, w, T, m->cfg.n_embd, m->cfg.rms_eps);
@@ -164,7 +167,10 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             rms_rows(s, be, s->q, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
             rms_rows(s, be, s->kk, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
         }
-        if (!a->learned_pos) {
+        if (!a->learned_pos && llamacpp) {
+            be->rope_llamacpp(s->q, s->pos_ids, T, H, D, theta);
+            be->rope_llamacpp(s->kk, s->pos_ids, T, KVH, D, theta);
+        } else if (!a->learned_pos) {
             be->rope_forward(s->q, s->pos_ids, T, H, D, theta);
             be->rope_forward(s->kk, s->pos_ids, T, KVH, D, theta);
         }
@@ -172,7 +178,15 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
             be->to_f16(kc + pos0 * KD, s->kk, T * KD);
             be->to_f16(vc + pos0 * KD, s->vv, T * KD);
-            be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, window, ws);
+            /* llama.cpp's Gemma 3 graph scales the queries (f32, before their f16
+             * rounding); its llama graph scales the scores */
+            float kq_scale = 1.0f / sqrtf((float)D);
+            if (a->scale_q) {
+                be->scale(s->q, (int64_t)T * H * D, kq_scale);
+                kq_scale = 1.0f;
+            }
+            be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, kq_scale,
+                                      a->neox_rows, window, ws);
         } else {
             float *kc = (float *)s->k + layer_off, *vc = (float *)s->v + layer_off;
             memcpy(kc + pos0 * KD, s->kk, (size_t)(T * KD) * sizeof(float));
@@ -186,11 +200,16 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         norm_rows(m, s, s->xn, s->x, ly->ffn_norm, ly->ffn_norm_b, T);
         if (a->plain_ffn) {
             finch_linear_forward(mm, s->gate, s->xn, &ly->w_up, T, be, ws);
-            be->gelu_forward(s->gate, s->gate, (int64_t)T * F);
+            if (llamacpp)
+                be->gelu_llamacpp(s->gate, s->gate, (int64_t)T * F);
+            else
+                be->gelu_forward(s->gate, s->gate, (int64_t)T * F);
         } else {
             finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
             finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
-            if (a->act == FINCH_ACT_GELU_TANH)
+            if (a->act == FINCH_ACT_GELU_TANH && llamacpp)
+                be->geglu_llamacpp(s->gate, s->gate, s->up, (int64_t)T * F);
+            else if (a->act == FINCH_ACT_GELU_TANH)
                 be->geglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
             else if (llamacpp)
                 be->swiglu_llamacpp(s->gate, s->gate, s->up, T, F);

@@ -43,6 +43,8 @@ typedef struct {
     finch_act act;       /* the gated FFN's activation */
     bool neox_rows;      /* the GGUF keeps q/k rows in rotate-half order: permuted at load */
     bool qk_norm;        /* RMSNorm over each head of q and k before RoPE */
+    bool scale_q;        /* llama.cpp scales q by 1/sqrt(D) before attention (gemma3), not
+                            the scores: where llamacpp numerics round q to f16 */
     bool post_norms;     /* RMSNorm on the attention and FFN outputs before the residual adds */
     bool embed_scale;    /* embeddings scaled by sqrt(n_embd) */
     int swa_pattern;     /* n > 0: blocks l with l % n < n - 1 use the sliding window (GGUF;

@@ -21,22 +21,23 @@
 #include "core/quant.h"
 #include "kernels/kernels.h"
 #include "optim/optim.h" /* finch_adamw_step: the backend's AdamW against it */
-#include "test_util.h" /* test_backend, test_require_isa */
+#include "test_util.h"   /* test_backend, test_require_isa */
 
 static const finch_backend *be; /* the backend under test (test_backend) */
-
 
 /* max over elements of |y - ref| / (4e-6 * bound + 1e-6), where bound = sum |w||x|. */
 static void check_matmul(finch_dtype t, int64_t rows, int64_t cols, int64_t T, finch_rng *r) {
     finch_weight w;
     void *data = make_weight(r, t, rows, cols, &w);
     float *x = rand_vec(r, T * cols, 1.0f);
-    float *y = malloc((size_t)(T * rows) * sizeof *y), *yr = malloc((size_t)(T * rows) * sizeof *yr);
+    float *y = malloc((size_t)(T * rows) * sizeof *y),
+          *yr = malloc((size_t)(T * rows) * sizeof *yr);
     float *wf = malloc((size_t)cols * sizeof *wf);
     finch_workspace ws;
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2,
-                                          finch_workspace_act_need(T, cols), &err), FINCH_OK);
+                                          finch_workspace_act_need(T, cols), &err),
+                     FINCH_OK);
     be->matmul(y, x, &w, T, &ws);
     finch_ref_matmul(yr, x, &w, T);
     for (int64_t i = 0; i < rows; i++) {
@@ -90,13 +91,15 @@ static void test_matmul_nf4(void **state) {
     finch_weight w;
     const int64_t R = 70, K = 128;
     void *data = make_weight(&r, FINCH_DTYPE_NF4, R, K, &w);
-    float *eye = calloc((size_t)(K * K), sizeof(float)), *y = malloc((size_t)(K * R) * sizeof(float));
+    float *eye = calloc((size_t)(K * K), sizeof(float)),
+          *y = malloc((size_t)(K * R) * sizeof(float));
     float *y2 = malloc((size_t)(K * R) * sizeof(float)), *wf = malloc((size_t)K * sizeof(float));
     for (int64_t k = 0; k < K; k++) eye[k * K + k] = 1.0f;
     finch_workspace ws;
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
-                                          finch_workspace_act_need(K, K), &err), FINCH_OK);
+                                          finch_workspace_act_need(K, K), &err),
+                     FINCH_OK);
     be->matmul(y, eye, &w, K, &ws);
     for (int64_t i = 0; i < R; i++) {
         finch_dequant_nf4(wf, (const uint8_t *)data + i * w.row_bytes, K);
@@ -146,14 +149,16 @@ static void check_matmul_q8(finch_dtype t, int64_t rows, int64_t cols, int64_t T
     void *data = make_weight(r, t, rows, cols, &w);
     float *x = rand_vec(r, T * cols, 1.0f), *xhat = malloc((size_t)(T * cols) * sizeof(float));
     float *s_abs = malloc((size_t)(T * cols / 32) * sizeof(float));
-    float *y = malloc((size_t)(T * rows) * sizeof *y), *yr = malloc((size_t)(T * rows) * sizeof *yr);
+    float *y = malloc((size_t)(T * rows) * sizeof *y),
+          *yr = malloc((size_t)(T * rows) * sizeof *yr);
     float *wf = malloc((size_t)cols * sizeof *wf);
     finch_workspace ws;
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(cols, 1), 2,
                                           finch_workspace_act_need(T, cols), &err),
                      FINCH_OK);
-    for (int64_t k = 0; k < T; k++) quantize_act_spec(xhat + k * cols, s_abs + k * cols / 32, x + k * cols, cols);
+    for (int64_t k = 0; k < T; k++)
+        quantize_act_spec(xhat + k * cols, s_abs + k * cols / 32, x + k * cols, cols);
     be->matmul_q8(y, x, &w, T, &ws);
     finch_ref_matmul(yr, xhat, &w, T);
     for (int64_t i = 0; i < rows; i++) {
@@ -214,7 +219,8 @@ static void test_matmul_q8_batch_invariant(void **state) {
         finch_workspace ws;
         finch_err err;
         assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
-                                              finch_workspace_act_need(T, K), &err), FINCH_OK);
+                                              finch_workspace_act_need(T, K), &err),
+                         FINCH_OK);
         be->matmul_q8(yb, x, &w, T, &ws);
         for (int64_t t = 0; t < T; t++) {
             be->matmul_q8(y1, x + t * K, &w, 1, &ws);
@@ -450,8 +456,147 @@ static void test_swiglu_llamacpp(void **state) {
             float gi = g[t * 20 + i], want = gi / (1.0f + expf(-gi)) * u[t * 20 + i];
             if (i < 16) want = ref[(i + t) % 16][2];
             if (memcmp(&h[t * 20 + i], &want, sizeof(float)))
-                fail_msg("swiglu_llamacpp row %d element %d = %a, want %a", t, i, h[t * 20 + i], want);
+                fail_msg("swiglu_llamacpp row %d element %d = %a, want %a", t, i, h[t * 20 + i],
+                         want);
         }
+}
+
+/* matmul_q8 on K-quant weights (Q4_K, Q6_K) against ggml's formula written plainly: each
+ * row of x quantized to Q8_K (per 256 values: max = the first value of largest magnitude,
+ * q = min(127, round-half-even(-127 x / max)), d = 1 / (-127 / max)), then the dot product of
+ * the dequantized weights with d q in double. The kernel sums exact integer products and
+ * rounds only where it scales and accumulates blocks: within 1e-5 of the sum of |w x|. The
+ * Q6_K products of a token are the same alone or in a batch. */
+static void quantize_k_spec(float *xhat, const float *x, int64_t n) {
+    for (int64_t b = 0; b < n / 256; b++, x += 256, xhat += 256) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < 256; j++)
+            if (fabsf(x[j]) > amax) amax = fabsf(x[j]), max = x[j];
+        float iscale = amax ? -127.0f / max : 0.0f, d = amax ? 1 / iscale : 0.0f;
+        for (int j = 0; j < 256; j++) {
+            float q = nearbyintf(iscale * x[j]);
+            xhat[j] = d * (q < 127 ? q : 127);
+        }
+    }
+}
+
+static void test_matmul_q8_kquants(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 12);
+    const finch_dtype types[] = {FINCH_DTYPE_Q4_K, FINCH_DTYPE_Q6_K};
+    const int64_t shapes[][3] = {{3, 256, 1}, {9, 512, 5}, {16, 768, 8}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            const int64_t R = shapes[k][0], K = shapes[k][1], T = shapes[k][2];
+            finch_weight w;
+            void *data = make_weight(&r, types[i], R, K, &w);
+            float *x = rand_vec(&r, T * K, 2.0f), *xhat = malloc((size_t)(T * K) * sizeof *xhat);
+            float *y = malloc((size_t)(T * R) * sizeof *y), *wf = malloc((size_t)K * sizeof *wf);
+            float y1[16];
+            finch_workspace ws;
+            finch_err err;
+            assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2,
+                                                  finch_workspace_act_need(T, K), &err),
+                             FINCH_OK);
+            for (int64_t t = 0; t < T; t++) quantize_k_spec(xhat + t * K, x + t * K, K);
+            be->matmul_q8(y, x, &w, T, &ws);
+            for (int64_t o = 0; o < R; o++) {
+                finch_dtype_info[types[i]].dequant(wf, (const uint8_t *)data + o * w.row_bytes, K);
+                for (int64_t t = 0; t < T; t++) {
+                    double ref = 0, mag = 0;
+                    for (int64_t j = 0; j < K; j++) {
+                        ref += (double)wf[j] * xhat[t * K + j];
+                        mag += fabs((double)wf[j] * xhat[t * K + j]);
+                    }
+                    if (fabs(y[t * R + o] - ref) > 1e-5 * mag + 1e-6)
+                        fail_msg("matmul_q8 %s %lldx%lld T=%lld: y[%lld,%lld] = %.9g, ggml's "
+                                 "formula %.9g",
+                                 finch_dtype_info[types[i]].name, (long long)R, (long long)K,
+                                 (long long)T, (long long)t, (long long)o, y[t * R + o], ref);
+                }
+            }
+            if (types[i] == FINCH_DTYPE_Q6_K)
+                for (int64_t t = 0; t < T; t++) {
+                    be->matmul_q8(y1, x + t * K, &w, 1, &ws);
+                    assert_memory_equal(y1, y + t * R, (size_t)R * sizeof *y1);
+                }
+            finch_workspace_free(&ws);
+            free(x);
+            free(xhat);
+            free(y);
+            free(wf);
+            free(data);
+        }
+}
+
+/* ggml's GELU as llama.cpp's CPU build runs it, from tests/fixtures/model/ggml_gelu.json
+ * (tests/reference/make_gelu_llamacpp_fixture.py ran ggml's own gelu and geglu ops): on all
+ * 65,536 f16 inputs gelu_llamacpp's outputs hash to ggml's, on every instruction set; on the
+ * extra inputs (beyond the table's +-10, between f16 values) gelu_llamacpp and
+ * geglu_llamacpp give ggml's bits. */
+static char *fixture_text(const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model/%s", FINCH_FIXTURES, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("%s: cannot open", path);
+    static char text[1 << 14];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    return text;
+}
+
+/* The hex floats of the JSON array after "key": up to max of them. */
+static int fixture_floats(const char *text, const char *key, float *v, int max) {
+    const char *p = strstr(text, key);
+    assert_non_null(p);
+    p = strchr(p, '[');
+    int n = 0;
+    while (p && *p != ']' && n < max) {
+        p = strchr(p, '"');
+        if (!p) break;
+        v[n++] = strtof(p + 1, NULL);
+        p = strchr(p + 1, '"') + 1;
+        while (*p == ' ' || *p == ',' || *p == '\n') p++;
+    }
+    return n;
+}
+
+static void test_gelu_llamacpp(void **state) {
+    (void)state;
+    const char *text = fixture_text("ggml_gelu.json");
+    const char *h = strstr(text, "\"gelu_f16_hash\": \"");
+    assert_non_null(h);
+    unsigned long long want = strtoull(h + strlen("\"gelu_f16_hash\": \""), NULL, 16);
+    float *x = malloc(65536 * sizeof *x), *y = malloc(65536 * sizeof *y);
+    for (int i = 0; i < 65536; i++) x[i] = finch_f16_to_f32((uint16_t)i);
+    for (int isa = -1; isa < finch_cpu_isa_count(); isa++) {
+        if (isa >= 0 && !finch_cpu_isa_supported(isa)) continue;
+        const finch_backend *b = isa < 0 ? be : finch_cpu_isa_backend(isa);
+        b->gelu_llamacpp(y, x, 65536);
+        for (int i = 0; i < 65536; i++)
+            if (y[i] != y[i]) y[i] = NAN; /* NaN payloads are not compared */
+        uint64_t got = 0xcbf29ce484222325ull;
+        const unsigned char *bytes = (const unsigned char *)y;
+        for (size_t i = 0; i < 65536 * sizeof(float); i++)
+            got = (got ^ bytes[i]) * 0x100000001b3ull;
+        if (got != want)
+            fail_msg("gelu_llamacpp (%s) over every f16 input: hash %016llx, ggml's %016llx",
+                     b->name, (unsigned long long)got, want);
+    }
+    float ex[32], eg[32], eh[32], up[32], g[32], gh[32];
+    int n = fixture_floats(text, "\"extra_x\"", ex, 32);
+    assert_int_equal(fixture_floats(text, "\"extra_gelu\"", eg, 32), n);
+    assert_int_equal(fixture_floats(text, "\"extra_geglu\"", eh, 32), n);
+    for (int i = 0; i < n; i++) up[i] = 1.5f;
+    be->gelu_llamacpp(g, ex, n);
+    be->geglu_llamacpp(gh, ex, up, n);
+    for (int i = 0; i < n; i++)
+        if (memcmp(&g[i], &eg[i], 4) || memcmp(&gh[i], &eh[i], 4))
+            fail_msg("x = %a: gelu %a, geglu %a; ggml %a, %a", ex[i], g[i], gh[i], eg[i], eh[i]);
+    free(x);
+    free(y);
 }
 
 /* llama.cpp's RMSNorm (rmsnorm_llamacpp) is RMSNorm to f32 rounding, y may alias x, and the
@@ -485,10 +630,11 @@ static void test_llamacpp_ops_bits(void **state) {
     assert_close(h, hr, 2 * F, 1e-6, 1e-3, "swiglu_llamacpp");
     assert_memory_equal(h, hg, (size_t)(2 * F) * sizeof *h);
 
-    const finch_dtype types[] = {FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q8_0};
+    const finch_dtype types[] = {FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q5_0,
+                                 FINCH_DTYPE_Q8_0, FINCH_DTYPE_Q4_K, FINCH_DTYPE_Q6_K};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         for (int64_t Tq = 1; Tq <= 5; Tq += 4) { /* one row at a time, and the batched path */
-            const int64_t R = 70, K = 576;
+            const int64_t R = 70, K = 512;
             finch_weight wt;
             void *data = make_weight(&r, types[i], R, K, &wt);
             float yq[5 * 70], yqg[5 * 70];
@@ -525,8 +671,10 @@ static void test_site_ops(void **state) {
     finch_rng r;
     finch_rng_seed(&r, 11);
     const int64_t T = 37, n = 203;
-    float *x = rand_vec(&r, T * n, 1.0f), *b = rand_vec(&r, T * n, 1.0f), *s = rand_vec(&r, n, 2.0f);
-    float *y = malloc(sizeof(float) * (size_t)(T * n)), *yr = malloc(sizeof(float) * (size_t)(T * n));
+    float *x = rand_vec(&r, T * n, 1.0f), *b = rand_vec(&r, T * n, 1.0f),
+          *s = rand_vec(&r, n, 2.0f);
+    float *y = malloc(sizeof(float) * (size_t)(T * n)),
+          *yr = malloc(sizeof(float) * (size_t)(T * n));
     be->scale_cols(y, x, s, T, n);
     finch_ref_scale_cols(yr, x, s, T, n);
     assert_memory_equal(y, yr, sizeof(float) * (size_t)(T * n)); /* one product each: exact */
@@ -545,7 +693,8 @@ static void test_site_ops(void **state) {
     assert_close(u, dr, n, 4e-6, (double)T, "col_dot (sums)");
 
     const int64_t N = 100003; /* not a multiple of 16: the tail lanes */
-    float *in = rand_vec(&r, N, 1.0f), *o1 = malloc(sizeof(float) * N), *o2 = malloc(sizeof(float) * N);
+    float *in = rand_vec(&r, N, 1.0f), *o1 = malloc(sizeof(float) * N),
+          *o2 = malloc(sizeof(float) * N);
     float *g1 = calloc(N, sizeof(float)), *g2 = calloc(N, sizeof(float));
     for (int k = 0; k < 3; k++) {
         float p = (float[]){0.05f, 0.5f, 0.9f}[k];
@@ -583,7 +732,8 @@ static void test_dropout_statistics(void **state) {
         const double p = (double[]){0.05, 0.1, 0.3, 0.5}[k];
         int64_t dropped = 0, both_stream = 0, both_seed = 0;
         for (int j = 0; j < PAIRS; j++) {
-            const uint64_t seed = 0x9e3779b97f4a7c15ull * (uint64_t)(j + 1), stream = 3 + (uint64_t)j;
+            const uint64_t seed = 0x9e3779b97f4a7c15ull * (uint64_t)(j + 1),
+                           stream = 3 + (uint64_t)j;
             finch_dropout d = finch_dropout_make(seed, stream, (float)p);
             finch_dropout ds = finch_dropout_make(seed, stream + 1, (float)p);
             finch_dropout dn = finch_dropout_make(seed + 1, stream, (float)p);
@@ -671,13 +821,23 @@ int main(void) {
     finch_threads_set(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dropout_statistics),
-        cmocka_unit_test(test_matmul_all_types), cmocka_unit_test(test_matmul_kquants),
+        cmocka_unit_test(test_matmul_all_types),
+        cmocka_unit_test(test_matmul_kquants),
         cmocka_unit_test(test_matmul_nf4),
-        cmocka_unit_test(test_matmul_thread_invariant), cmocka_unit_test(test_matmul_q8),
-        cmocka_unit_test(test_matmul_q8_batch_invariant), cmocka_unit_test(test_rmsnorm),
-        cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu), cmocka_unit_test(test_swiglu_llamacpp),
-        cmocka_unit_test(test_llamacpp_ops_bits), cmocka_unit_test(test_geglu), cmocka_unit_test(test_layernorm_gelu), cmocka_unit_test(test_site_ops),
+        cmocka_unit_test(test_matmul_thread_invariant),
+        cmocka_unit_test(test_matmul_q8),
+        cmocka_unit_test(test_matmul_q8_batch_invariant),
+        cmocka_unit_test(test_gelu_llamacpp),
+        cmocka_unit_test(test_matmul_q8_kquants),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_swiglu_llamacpp),
+        cmocka_unit_test(test_llamacpp_ops_bits),
+        cmocka_unit_test(test_geglu),
+        cmocka_unit_test(test_layernorm_gelu),
+        cmocka_unit_test(test_site_ops),
         cmocka_unit_test(test_adamw_and_device_part),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -89,6 +89,50 @@ static int argmax(const float *row, int V) {
     return best;
 }
 
+/* llamacpp numerics on the GGUF against llama.cpp with its defaults (f16 KV cache, no flash
+ * attention; tiny_gpt2_llamacpp.f32 from tests/reference/make_gpt2_llamacpp_fixture.py),
+ * each sequence one batch as there: every logit has llama.cpp's bits (LayerNorm, the f32
+ * products, the attention and the GELU table in ggml's order and rounding; measured 0
+ * differences), so within 1e-5 whatever the instruction set. */
+static void test_llamacpp_numerics(void **state) {
+    (void)state;
+    const int V = (int)num(manifest, "n_vocab");
+    FILE *f = fopen(DIR "tiny_gpt2_llamacpp.f32", "rb");
+    if (!f) fail_msg("cannot open fixture tiny_gpt2_llamacpp.f32");
+    float *ref = malloc(64 * 400 * sizeof *ref);
+    size_t n_ref = fread(ref, sizeof *ref, 64 * 400, f), off = 0, i;
+    fclose(f);
+    finch_model *m = load("tiny_gpt2.gguf");
+    json_t *seq;
+    json_array_foreach(json_object_get(manifest, "sequences"), i, seq) {
+        int n;
+        int32_t *ids = seq_ids(seq, &n);
+        assert_true(off + (size_t)n * V <= n_ref);
+        float *got = malloc((size_t)n * V * sizeof *got);
+        finch_session *s;
+        finch_err err;
+        if (finch_session_new(m, n, FINCH_NUMERICS_LLAMACPP, &s, &err)) fail_msg("%s", err.msg);
+        if (finch_session_decode(s, ids, n, got, NULL, &err)) fail_msg("%s", err.msg);
+        size_t at, same = 0;
+        double d = max_diff(got, ref + off, (size_t)n * V, &at);
+        for (size_t k = 0; k < (size_t)n * V; k++) same += !memcmp(&got[k], &ref[off + k], 4);
+        printf(
+            "  llamacpp numerics %s: |finch - llama.cpp| %.3g, %zu of %zu logits bit-identical\n",
+            json_string_value(json_object_get(seq, "tag")), d, same, (size_t)n * V);
+        if (d > 1e-5)
+            fail_msg("logit [%zu, %zu] = %.9g, llama.cpp %.9g", at / V, at % V, got[at],
+                     ref[off + at]);
+        assert_int_equal(same, (size_t)n * V);
+        off += (size_t)n * V;
+        finch_session_free(s);
+        free(got);
+        free(ids);
+    }
+    assert_int_equal(off, n_ref);
+    finch_model_free(m);
+    free(ref);
+}
+
 static void collect(const char *line, void *user) {
     strncat((char *)user, line, 4000 - strlen((char *)user) - 2);
     strcat((char *)user, "\n");
@@ -617,10 +661,15 @@ static int teardown(void **state) {
 int main(void) {
     finch_threads_set(1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config),         cmocka_unit_test(test_logits),
-        cmocka_unit_test(test_tokenizer),      cmocka_unit_test(test_lora_learns),
-        cmocka_unit_test(test_peft_adapters),  cmocka_unit_test(test_bitfit_biases),
-        cmocka_unit_test(test_original_names), cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_logits),
+        cmocka_unit_test(test_llamacpp_numerics),
+        cmocka_unit_test(test_tokenizer),
+        cmocka_unit_test(test_lora_learns),
+        cmocka_unit_test(test_peft_adapters),
+        cmocka_unit_test(test_bitfit_biases),
+        cmocka_unit_test(test_original_names),
+        cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_merge),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -47,7 +47,7 @@ class GgmlTensor(ctypes.Structure):
                 ("padding", ctypes.c_char * 8)]
 
 
-def dump(model_path, tokens, n_threads):
+def dump(model_path, tokens, n_threads, flash_attn=-1):
     saved, nodes = {}, []
 
     def on_node(ptr, ask, user_data):
@@ -77,6 +77,7 @@ def dump(model_path, tokens, n_threads):
     cp.n_ctx = 512
     cp.n_threads = cp.n_threads_batch = n_threads
     cp.cb_eval = callback
+    cp.flash_attn_type = flash_attn  # -1 auto (on for the CPU), 0 off, 1 on
     ctx = llama_cpp.llama_init_from_model(model, cp)
     ids = (llama_cpp.llama_token * len(tokens))(*tokens)
     rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ids, len(tokens)))
@@ -94,9 +95,12 @@ def main():
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--tokens", type=int, nargs="+", required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flash-attn", choices=["auto", "off", "on"], default="auto",
+                    help="llama.cpp's flash attention (llama_cpp.Llama's default is off)")
     ap.add_argument("--out", required=True, help="the .npz to write")
     args = ap.parse_args()
-    saved, nodes = dump(args.model, args.tokens, args.threads)
+    saved, nodes = dump(args.model, args.tokens, args.threads,
+                        {"auto": -1, "off": 0, "on": 1}[args.flash_attn])
     np.savez(args.out, **saved)
     with open(args.out + ".nodes.txt", "w") as f:
         for name, op, ne, keep in nodes:

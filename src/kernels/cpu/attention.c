@@ -796,51 +796,56 @@ void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = f2h(src[i]);
 }
 
-/* llama.cpp (no flash attention) computes K q with q rounded to f16, the softmax in f32
- * with the 1/sqrt(D) scale applied to the scores, and V p with p rounded to f16. The sums
- * run sequentially: with 8-bit activations downstream, any change of rounding moves the
- * logits at the scale of the quantization noise, and this order measurably tracks
- * llama.cpp's greedy path furthest (64 tokens on the plain test prompt, against 5 with
- * 8-lane sums); tests/integration/test_smollm2.c holds it to that. */
+/* llama.cpp without flash attention: K q with q rounded to f16 (the queries as the caller
+ * scaled them), the scores times scale, masked, exponentiated by ggml's e^x (AVX-512,
+ * finch_expf_ggml) in runs of 16 cells from cell 0 whose reduce16 sums add up in double,
+ * each probability times (float)(1 / sum) and rounded to f16, then V p, each output as
+ * dot_f16_order over the cells. The cache's cells are the positions (no ring), so a cell's
+ * lane is its position's. */
 void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
                                      const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
-                                     int D, int64_t window, finch_workspace *ws) {
+                                     int D, float scale, bool neox, int64_t window,
+                                     finch_workspace *ws) {
     const int group = H / KVH;
-    const int64_t kv_stride = (int64_t)KVH * D;
-    const float scale = 1.0f / sqrtf((float)D);
-    FINCH_ASSERT(ws && ws->per_thread >= (size_t)(pos0 + T) + (size_t)D);
+    const int64_t kv_stride = (int64_t)KVH * D, n_all = pos0 + T;
+    const bool one = T == 1;
+    /* llama.cpp's cells in a product over the cache: the used ones padded to 256 */
+    const int64_t n_cells = (n_all + 255) / 256 * 256;
+    FINCH_ASSERT(ws && ws->per_thread >= 2 * (size_t)(n_all + 16) + 2 * (size_t)D);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ws->n_threads) if (T * H > 1)
     for (int64_t th = 0; th < T * H; th++) {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *qh = ws->buf + (size_t)tid * ws->per_thread, *att = qh + D;
+        float *qh = ws->buf + (size_t)tid * ws->per_thread, *kv = qh + D;
+        float *att = kv + D, *vt = att + (n_all + 16);
         int64_t t = th / H;
         int h = (int)(th % H), g = h / group;
         int64_t n_kv = pos0 + t + 1, j0 = window > 0 && n_kv > window ? n_kv - window : 0;
-        for (int d = 0; d < D; d++) qh[d] = h2f(f2h(q[(t * H + h) * D + d]));
+        /* element e of llama.cpp's order is finch's element at[e] */
+#define AT(e) (neox ? ((e) < D / 2 ? 2 * (e) : 2 * ((e)-D / 2) + 1) : (e))
+        for (int d = 0; d < D; d++) qh[d] = h2f(f2h(q[(t * H + h) * D + AT(d)]));
         float mx = -INFINITY;
         for (int64_t j = j0; j < n_kv; j++) {
             const uint16_t *kj = k + j * kv_stride + (int64_t)g * D;
-            float s = 0;
-            for (int d = 0; d < D; d++) s += qh[d] * h2f(kj[d]);
-            s *= scale;
+            for (int d = 0; d < D; d++) kv[d] = h2f(kj[AT(d)]);
+            float s = finch_dot_ggml(kv, qh, D, D, one) * scale;
             att[j] = s;
             if (s > mx) mx = s;
         }
+        const int64_t n_pad = (n_kv + 15) / 16 * 16;
+        for (int64_t j = 0; j < n_pad; j++)
+            att[j] = j >= j0 && j < n_kv ? finch_expf_ggml(att[j] - mx) : 0.0f;
         double sum = 0;
-        for (int64_t j = j0; j < n_kv; j++) {
-            att[j] = expf(att[j] - mx);
-            sum += att[j];
-        }
+        for (int64_t j = 0; j < n_pad; j += 16) sum += (double)finch_reduce16(att + j);
         float inv = (float)(1.0 / sum);
-        for (int64_t j = j0; j < n_kv; j++) att[j] = h2f(f2h(att[j] * inv));
+        for (int64_t j = 0; j < n_kv; j++) att[j] = h2f(f2h(att[j] * inv));
         float *ot = out + (t * H + h) * D;
-        for (int d = 0; d < D; d++) ot[d] = 0;
-        for (int64_t j = j0; j < n_kv; j++) {
-            const uint16_t *vj = v + j * kv_stride + (int64_t)g * D;
-            for (int d = 0; d < D; d++) ot[d] += att[j] * h2f(vj[d]);
+        for (int d = 0; d < D; d++) {
+            for (int64_t j = 0; j < n_kv; j++) vt[j] = h2f(v[j * kv_stride + (int64_t)g * D + d]);
+            ot[d] = finch_dot_ggml(vt, att, n_kv, n_cells, one);
         }
+#undef AT
     }
 }

@@ -39,6 +39,10 @@
 #define finch_cpu_rmsnorm_forward FINCH_ISA_NAME(finch_cpu_rmsnorm_forward)
 #define finch_cpu_rmsnorm_llamacpp FINCH_ISA_NAME(finch_cpu_rmsnorm_llamacpp)
 #define finch_cpu_swiglu_llamacpp FINCH_ISA_NAME(finch_cpu_swiglu_llamacpp)
+#define finch_cpu_gelu_llamacpp FINCH_ISA_NAME(finch_cpu_gelu_llamacpp)
+#define finch_cpu_rope_llamacpp FINCH_ISA_NAME(finch_cpu_rope_llamacpp)
+#define finch_cpu_layernorm_llamacpp FINCH_ISA_NAME(finch_cpu_layernorm_llamacpp)
+#define finch_cpu_geglu_llamacpp FINCH_ISA_NAME(finch_cpu_geglu_llamacpp)
 #define finch_cpu_rope_forward FINCH_ISA_NAME(finch_cpu_rope_forward)
 #define finch_cpu_attention_forward FINCH_ISA_NAME(finch_cpu_attention_forward)
 #define finch_cpu_swiglu_forward FINCH_ISA_NAME(finch_cpu_swiglu_forward)
@@ -106,6 +110,62 @@ static inline float finch_fmaf(float a, float b, float c) {
 #endif
 }
 
+/* e^x as ggml computes it in its vectorised SiLU and soft max on AVX-512 (ggml_v_expf, after Arm's
+ * optimized-routines expf): n = x log2(e) rounded to an integer by adding and subtracting
+ * 1.5 * 2^23, r = x - n ln2 with ln2 in two parts, e^r by a degree-5 polynomial in r
+ * evaluated with fused multiply-adds (Estrin's scheme, the constant 1 added in the first
+ * fma), then scaled by 2^n (exactly, but for a subnormal result rounded once); |n| > 192
+ * gives 0 or infinity. finch_fmaf and ldexpf are correctly rounded wherever they run, so
+ * every instruction set gets the same bits. ggml's AVX2 and SSE builds add the 1 after the
+ * polynomial instead (k + k p(r), k = 2^n), which rounds differently: finch follows the
+ * AVX-512 build, the one its fixtures were made with. */
+static inline float finch_expf_ggml(float x) {
+    const float shift = 0x1.8p23f;
+    float z = finch_fmaf(x, 0x1.715476p+0f, shift);
+    float n = z - shift;
+    float r = finch_fmaf(-n, 0x1.7f7d1cp-20f, finch_fmaf(-n, 0x1.62e4p-1f, x));
+    float r2 = r * r;
+    float hi = finch_fmaf(finch_fmaf(0x1.0e4020p-7f, r, 0x1.573e2ep-5f), r2,
+                          finch_fmaf(0x1.555e66p-3f, r, 0x1.fffdb6p-2f));
+    float p = finch_fmaf(hi, r2, finch_fmaf(0x1.ffffecp-1f, r, 1.0f));
+    if (n != n) return n;
+    if (fabsf(n) > 192.0f) return n > 0 ? INFINITY : 0.0f;
+    return ldexpf(p, (int)n);
+}
+
+/* 16 lanes summed as GCC's _mm512_reduce_add_ps does: the upper 8 onto the lower 8, then
+ * 4 onto 4, then lanes 0 + 2 and 1 + 3, then those two. */
+static inline float finch_reduce16(const float *a) {
+    float b[8], c[4];
+    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++) c[i] = b[i] + b[i + 4];
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+/* sum_i a_i b_i in the order of llama.cpp's f16 and f32 products (ggml_vec_dot_f16,
+ * ggml_vec_dot_f32 and tinyBLAS share it). With several tokens and n_full (the
+ * length ggml sees) a multiple of 16, llamafile's tinyBLAS: lane i mod 16 adds a_i b_i by a fused
+ * multiply-add, then reduce16. Otherwise ggml_vec_dot_f16: over the first n - n mod 64 values four
+ * vectors of 16 lanes take the runs of 16 in turn (value i in vector (i / 16) mod 4), the
+ * vectors are added 0 + 2, 1 + 3, then those two, then reduce16; the rest are added one by
+ * one in double, each product rounded to f32 first. A run may end early where the rest
+ * would be zero products (masked or unused cache cells): those change no sum. */
+static inline float finch_dot_ggml(const float *a, const float *b, int64_t n, int64_t n_full,
+                                   bool one_token) {
+    float acc[4][16] = {{0}};
+    const bool tiny = !one_token && n_full % 16 == 0;
+    const int64_t nv = tiny ? n : n_full - n_full % 64, nacc = tiny ? 1 : 4;
+    for (int64_t i = 0; i < (n < nv ? n : nv); i++) {
+        float *l = &acc[(i / 16) % nacc][i % 16];
+        *l = finch_fmaf(a[i], b[i], *l);
+    }
+    if (!tiny)
+        for (int l = 0; l < 16; l++) acc[0][l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    double sum = finch_reduce16(acc[0]);
+    for (int64_t i = nv; i < n; i++) sum += (double)(a[i] * b[i]);
+    return (float)sum;
+}
+
 /* n rounded up to 32, and the values of B (K, N) packed for the bf16 product. */
 static inline int64_t finch_bf16_pad(int64_t n) {
     return (n + 31) & ~(int64_t)31;
@@ -140,7 +200,11 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
                          finch_workspace *ws);
 void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
                                      const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
-                                     int D, int64_t window, finch_workspace *ws);
+                                     int D, float scale, bool neox, int64_t window,
+                                     finch_workspace *ws);
+void finch_cpu_rope_llamacpp(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta);
+void finch_cpu_layernorm_llamacpp(float *y, const float *x, const float *w, const float *b,
+                                  int64_t T, int64_t C, float eps);
 void finch_cpu_to_f16(uint16_t *dst, const float *src, int64_t n);
 void finch_cpu_embed(float *x, const int32_t *ids, int64_t T, const finch_weight *emb);
 void finch_cpu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int64_t T,
@@ -153,6 +217,8 @@ void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int6
 void finch_cpu_rmsnorm_llamacpp(float *y, const float *x, const float *w, int64_t T, int64_t C,
                                 float eps);
 void finch_cpu_swiglu_llamacpp(float *h, const float *gate, const float *up, int64_t T, int64_t F);
+void finch_cpu_gelu_llamacpp(float *y, const float *x, int64_t n);
+void finch_cpu_geglu_llamacpp(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_add(float *y, const float *x, int64_t n);
 void finch_cpu_scale(float *x, int64_t n, float a);
 void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n);

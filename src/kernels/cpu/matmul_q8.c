@@ -9,12 +9,15 @@
  *   Q5_0 x Q8_0, Q5_1 x Q8_1: as Q4_0, Q4_1 with 5-bit q_w
  *   Q8_0 x Q8_0:  sum_b  d_w d_x  sum_j q_w q_x
  *
- * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP). For Q4_0, Q4_1 and Q8_0 the sums
- * run in the order of ggml's x86 AVX2 code (which its AVX-512 builds run too): 8 lanes, each
- * adding d_w d_x times 4 products per block by a fused multiply-add, reduced at the end; on every
- * instruction set, so the bits are llama.cpp's. Q5_0 and Q5_1 sum block after block. Integer dot
- * products are cheaper than expanding blocks to f32 when the weights are in cache. Other storage
- * types use the exact matmul. Training never uses it (its gradients need the exact product).
+ * This is the llamacpp numerics mode (FINCH_NUMERICS_LLAMACPP). For Q4_0, Q4_1, Q5_0 and Q8_0
+ * the sums run in the order of ggml's x86 AVX2 code (which its AVX-512 builds run too, and
+ * llamafile's tinyBLAS matches): 8 lanes, each adding d_w d_x times 4 products per block by a
+ * fused multiply-add, reduced at the end; on every instruction set, so the bits are
+ * llama.cpp's. Q5_1 sums block after block. K-quants (Q4_K, Q6_K) meet x quantized to Q8_K
+ * (blocks of 256) in the orders described at their kernels; f32 and f16 weights go through
+ * finch_dot_ggml's order (cpu.h). Integer dot products are cheaper than expanding blocks to
+ * f32 when the weights are in cache. Other storage types use the exact matmul. Training never
+ * uses it (its gradients need the exact product).
  *
  * The quantized rows of x live in the workspace's shared buffer (finch_workspace.act).
  */
@@ -33,6 +36,12 @@ typedef finch_q8_act act_block;
 
 enum { ROW_CHUNK = 16 };
 
+/* The 5-bit value j (0 .. 31) of a Q5_0 / Q5_1 block: low nibble, bit j of qh above it. */
+static inline int q5_at(const uint8_t *qs, uint32_t qh, int j) {
+    int lo = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
+    return lo | (int)(((qh >> j) & 1) << 4);
+}
+
 /* llama.cpp's x86 quantize_row_q8_0/q8_1: scale 127 / max|x|, round half to even. */
 static void quantize_act_row(act_block *y, const float *x, int64_t n) {
     for (int64_t b = 0; b < n / QK; b++, x += QK) {
@@ -48,6 +57,13 @@ static void quantize_act_row(act_block *y, const float *x, int64_t n) {
         y[b].d = finch_f16_to_f32(finch_f32_to_f16(d));
         y[b].s = finch_f16_to_f32(finch_f32_to_f16(d * (float)sum));
     }
+}
+
+/* The sum of 8 lanes in the order of ggml's hsum_float_8 (and hsum_ps below): the upper
+ * half added to the lower, then lanes 0 + 2 and 1 + 3, then those two. */
+static inline float lanes_sum8(const float *a) {
+    float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s2) + (s1 + s3);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -120,6 +136,24 @@ static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
     }
     return hsum_ps(acc);
 }
+/* Q5_0 x Q8_0 as ggml's AVX2 code and llamafile's tinyBLAS sum it (llama.cpp's x86 builds
+ * run one or the other, in the same order): as Q4_0 with 5-bit values less 16. */
+static float vdot_q5_0(const void *row, const act_block *x, int64_t nb) {
+    const finch_block_q5_0 *w = row;
+    __m256 acc = _mm256_setzero_ps();
+    int8_t q[QK];
+    for (int64_t b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        for (int j = 0; j < QK; j++) q[j] = (int8_t)(q5_at(w[b].qs, qh, j) - 16);
+        __m256i wq = _mm256_loadu_si256((const __m256i *)q);
+        __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
+        acc = _mm256_fmadd_ps(d, dot_i8_i8(wq, y), acc);
+    }
+    return hsum_ps(acc);
+}
+
 /* Four rows at once: the same per-row arithmetic in the same order (so the same bits as
  * the one-row kernels), with four independent accumulation chains to hide latency. */
 static void vdot4_q4_0(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
@@ -172,7 +206,8 @@ static void vdot4_q8_0(const uint8_t *row, size_t rb, const act_block *x, int64_
  * every token's activations. Per (row, token) the arithmetic and its order are those of
  * vdot4_*, so results do not depend on T. */
 typedef struct {
-    int8_t *q;    /* (4, K) unpacked weights: q - 8 (Q4_0), q (Q4_1, unsigned), q (Q8_0) */
+    int8_t *q;    /* (4, K) unpacked weights: q - 8 (Q4_0), q (Q4_1, unsigned), q (Q8_0),
+                   q - 16 (Q5_0) */
     float *d, *m; /* (4, nb) block scales and mins (m only for Q4_1) */
     bool is_signed;
     bool has_min;
@@ -186,6 +221,12 @@ static void unpack4(finch_dtype t, const uint8_t *row, size_t rb, int64_t nb, un
             if (t == FINCH_DTYPE_Q8_0) {
                 const finch_block_q8_0 *w = (const finch_block_q8_0 *)blk + b;
                 memcpy(q, w->qs, QK);
+                u->d[r * nb + b] = finch_f16_to_f32(w->d);
+            } else if (t == FINCH_DTYPE_Q5_0) {
+                const finch_block_q5_0 *w = (const finch_block_q5_0 *)blk + b;
+                uint32_t qh;
+                memcpy(&qh, w->qh, 4);
+                for (int j = 0; j < QK; j++) q[j] = (int8_t)(q5_at(w->qs, qh, j) - 16);
                 u->d[r * nb + b] = finch_f16_to_f32(w->d);
             } else {
                 /* Q4_0 and Q4_1 share the nibble layout; Q4_0 is offset by 8 */
@@ -229,10 +270,6 @@ static void vdot4_unpacked(const unpacked4 *u, const act_block *x, int64_t nb, f
  * set gives the same bits: lane l of 8 holds the integer sum of a block's products 4l ..
  * 4l+3 (maddubs + madd), adds d_w d_x times it by a fused multiply-add, block after block,
  * and the lanes are reduced in hsum_ps's order. */
-static float hsum8(const float *a) {
-    float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
-    return (s0 + s2) + (s1 + s3);
-}
 
 /* w (32 values, q_j as ints) . x's block into acc: the lane sums, scaled by d. */
 static void lanes_fma(float *acc, const int *q, const int8_t *x, float d) {
@@ -259,7 +296,7 @@ static float vdot_q4_0(const void *row, const act_block *x, int64_t nb) {
         nibbles(q, w[b].qs, 8);
         lanes_fma(acc, q, x[b].qs, finch_f16_to_f32(w[b].d) * x[b].d);
     }
-    return hsum8(acc);
+    return lanes_sum8(acc);
 }
 static float vdot_q4_1(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q4_1 *w = row;
@@ -270,7 +307,7 @@ static float vdot_q4_1(const void *row, const act_block *x, int64_t nb) {
         lanes_fma(acc, q, x[b].qs, finch_f16_to_f32(w[b].d) * x[b].d);
         summs += finch_f16_to_f32(w[b].m) * x[b].s;
     }
-    return hsum8(acc) + summs;
+    return lanes_sum8(acc) + summs;
 }
 static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q8_0 *w = row;
@@ -280,28 +317,29 @@ static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
         for (int j = 0; j < QK; j++) q[j] = w[b].qs[j];
         lanes_fma(acc, q, x[b].qs, finch_f16_to_f32(w[b].d) * x[b].d);
     }
-    return hsum8(acc);
+    return lanes_sum8(acc);
 }
-#endif
-
-/* Q5_0 / Q5_1: scalar integer code (no model finch ships uses them on a hot path). */
-static inline int q5_at(const uint8_t *qs, uint32_t qh, int j) {
-    int lo = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
-    return lo | (int)(((qh >> j) & 1) << 4);
-}
-
+/* Q5_0 x Q8_0 as ggml's AVX2 code and llamafile's tinyBLAS (which llama.cpp's x86 builds run
+ * for it) sum it: like Q4_0, 8 lanes of 4 products each, d_w d_x times a lane's integer sum
+ * added by a fused multiply-add block after block, the lanes reduced at the end. */
 static float vdot_q5_0(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q5_0 *w = row;
-    float s = 0;
+    float acc[8] = {0};
     for (int64_t b = 0; b < nb; b++) {
         uint32_t qh;
         memcpy(&qh, w[b].qh, 4);
-        int acc = 0;
-        for (int j = 0; j < QK; j++) acc += (q5_at(w[b].qs, qh, j) - 16) * x[b].qs[j];
-        s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc;
+        const float d = finch_f16_to_f32(w[b].d) * x[b].d;
+        for (int l = 0; l < 8; l++) {
+            int sum = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                sum += (q5_at(w[b].qs, qh, j) - 16) * x[b].qs[j];
+            acc[l] = finch_fmaf(d, (float)sum, acc[l]);
+        }
     }
-    return s;
+    return lanes_sum8(acc);
 }
+
+#endif
 
 static float vdot_q5_1(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q5_1 *w = row;
@@ -314,6 +352,171 @@ static float vdot_q5_1(const void *row, const act_block *x, int64_t nb) {
         s += finch_f16_to_f32(w[b].d) * x[b].d * (float)acc + finch_f16_to_f32(w[b].m) * x[b].s;
     }
     return s;
+}
+
+/* K-quants: x is quantized to Q8_K (256 values per block, one f32 scale, the sums of each
+ * 16 values in bsums) as ggml's quantize_row_q8_K does: max = the first value of largest
+ * magnitude, iscale = -127 / max, q = min(127, round-half-even(iscale x)), d = 1 / iscale
+ * (so max itself becomes -127 and d is negative when max is positive). ggml's
+ * quantize_mat_q8_K_4x8, which quantizes the rows its repacked products take four at a
+ * time (four_rows), takes max positive when any value equals +|max|: the two differ only
+ * when both +|max| and -|max| occur. */
+static void quantize_act_row_k(finch_block_q8_k *y, const float *x, int64_t n, bool four_rows) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) > amax) amax = fabsf(x[j]), max = x[j];
+        if (amax == 0) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        if (four_rows)
+            for (int j = 0; j < QK_K; j++)
+                if (x[j] == amax) max = amax;
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            int q = (int)nearbyintf(iscale * x[j]);
+            y[b].qs[j] = (int8_t)(q < 127 ? q : 127);
+        }
+        for (int g = 0; g < QK_K / 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += y[b].qs[16 * g + j];
+            y[b].bsums[g] = (int16_t)sum;
+        }
+        y[b].d = 1 / iscale;
+    }
+}
+
+/* The 6-bit scale and min of sub-block j (0 .. 7) of a Q4_K block. */
+static inline void q4_k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Q4_K x Q8_K as llama.cpp runs it on an AVX2 CPU: there it repacks Q4_K weights whose row
+ * count is a multiple of 8 into q4_K_8x8 and multiplies with ggml_gemv_q4_K_8x8_q8_K (one
+ * token) and ggml_gemm_q4_K_8x8_q8_K (four tokens at a time, the first T - T mod 4 of a
+ * batch). Per row, over the 64-value chunks c (sub-blocks 2c and 2c+1) of super-block b,
+ * with exact integers
+ *
+ *   isum_c = sc_2c sum_{i in 2c} q_i x_i + sc_2c+1 sum_{i in 2c+1} q_i x_i
+ *   imin_c = m_2c bsum32_2c + m_2c+1 bsum32_2c+1
+ *
+ * gemv adds isum_b = sum_c isum_c and imin_b to two f32 accumulators once per super-block,
+ *
+ *   acc = fma(isum_b, d_w d_x, acc)    acc_min = fma(imin_b, dmin_w d_x, acc_min),
+ *
+ * gemm adds each chunk's isum_c and imin_c the same way; the result is acc - acc_min. (Rows
+ * not repacked take ggml_vec_dot_q4_K_q8_K's order in llama.cpp; finch uses these for them
+ * too.) */
+static float dot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb, bool per_chunk) {
+    const finch_block_q4_k *w = row;
+    float acc = 0, acc_min = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *qs = w[b].qs;
+        const int8_t *q8 = x[b].qs;
+        const float d = finch_f16_to_f32(w[b].d) * x[b].d;
+        const float dmin = finch_f16_to_f32(w[b].dmin) * x[b].d;
+        int32_t isum = 0, imin = 0;
+        for (int c = 0; c < 4; c++, qs += 32, q8 += 64) {
+            int lo = 0, hi = 0, sc0, m0, sc1, m1;
+            for (int l = 0; l < 32; l++) {
+                lo += (qs[l] & 15) * q8[l];
+                hi += (qs[l] >> 4) * q8[l + 32];
+            }
+            q4_k_scale_min(w[b].scales, 2 * c, &sc0, &m0);
+            q4_k_scale_min(w[b].scales, 2 * c + 1, &sc1, &m1);
+            isum += sc0 * lo + sc1 * hi;
+            imin += m0 * (x[b].bsums[4 * c] + x[b].bsums[4 * c + 1]) +
+                    m1 * (x[b].bsums[4 * c + 2] + x[b].bsums[4 * c + 3]);
+            if (per_chunk) {
+                acc = finch_fmaf((float)isum, d, acc);
+                acc_min = finch_fmaf((float)imin, dmin, acc_min);
+                isum = imin = 0;
+            }
+        }
+        if (!per_chunk) {
+            acc = finch_fmaf((float)isum, d, acc);
+            acc_min = finch_fmaf((float)imin, dmin, acc_min);
+        }
+    }
+    return acc - acc_min;
+}
+
+static float kdot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
+    return dot_q4_k(row, x, nb, false);
+}
+
+static float kdot4_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
+    return dot_q4_k(row, x, nb, true);
+}
+
+/* Q6_K x Q8_K as ggml_vec_dot_q6_K_q8_K's AVX2 code (which its AVX-512 builds run) sums it:
+ * 8 integer lanes per super-block; value i (6-bit q_i, 0 .. 63, scale sc_{i/16}) goes to lane
+ * (i mod 32) / 4, and lane l takes away 32 (sc_2l bsum_2l + sc_2l+1 bsum_2l+1) for the
+ * values' offset of 32 (16-value sums, a different grouping). Each lane is added to its own
+ * f32 accumulator by a fused multiply-add with d = d_x d_w, the lanes summed at the end. */
+static float kdot_q6_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
+    const finch_block_q6_k *w = row;
+    float acc[8] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t lane[8] = {0};
+        for (int n = 0; n < 2; n++) {
+            const uint8_t *ql = w[b].ql + 64 * n, *qh = w[b].qh + 32 * n;
+            const int8_t *q8 = x[b].qs + 128 * n, *sc = w[b].scales + 8 * n;
+            for (int l = 0; l < 32; l++) {
+                int u0 = (ql[l] & 15) | ((qh[l] & 3) << 4);
+                int u1 = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
+                int u2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                int u3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                int s = l / 16;
+                lane[l / 4] += sc[s] * u0 * q8[l] + sc[s + 2] * u1 * q8[l + 32] +
+                               sc[s + 4] * u2 * q8[l + 64] + sc[s + 6] * u3 * q8[l + 96];
+            }
+        }
+        const int8_t *sc = w[b].scales;
+        const float d = x[b].d * finch_f16_to_f32(w[b].d);
+        for (int l = 0; l < 8; l++) {
+            lane[l] -= 32 * (sc[2 * l] * x[b].bsums[2 * l] + sc[2 * l + 1] * x[b].bsums[2 * l + 1]);
+            acc[l] = finch_fmaf(d, (float)lane[l], acc[l]);
+        }
+    }
+    return lanes_sum8(acc);
+}
+
+typedef float (*kdot_fn)(const void *row, const finch_block_q8_k *x, int64_t nb);
+
+/* Per K-quant type: the product of one token, and where llama.cpp takes tokens four at a
+ * time (repacked weights) the product of those (NULL: one for every token). */
+static const struct {
+    kdot_fn one, four;
+} kdot_table[FINCH_DTYPE_COUNT] = {
+    [FINCH_DTYPE_Q4_K] = {kdot_q4_k, kdot4_q4_k},
+    [FINCH_DTYPE_Q6_K] = {kdot_q6_k, NULL},
+};
+
+/* y (T, R) for a K-quant weight: rows of x quantized to Q8_K in the shared buffer, then
+ * each thread a band of whole weight rows against every token. */
+static void matmul_k(float *y, const float *x, const finch_weight *w, int64_t T,
+                     finch_workspace *ws) {
+    const int64_t R = w->rows, K = w->cols, nb = K / QK_K;
+    kdot_fn one = kdot_table[w->type].one, four = kdot_table[w->type].four;
+    const int64_t T4 = four ? T - T % 4 : 0; /* tokens llama.cpp takes four at a time */
+    FINCH_ASSERT(K % QK_K == 0);
+    FINCH_ASSERT(ws && ws->act_bytes >= (size_t)T * (size_t)nb * sizeof(finch_block_q8_k));
+    finch_block_q8_k *xq = ws->act;
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; t++) quantize_act_row_k(xq + t * nb, x + t * K, K, t < T4);
+    const uint8_t *W = w->data;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = 0; t < T; t++)
+            y[t * R + r] = (t < T4 ? four : one)(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
 }
 
 typedef float (*vdot_fn)(const void *row, const act_block *x, int64_t nb);
@@ -335,8 +538,48 @@ static const vdot_fn vdot_table[FINCH_DTYPE_COUNT] = {
     [FINCH_DTYPE_Q5_1] = vdot_q5_1, [FINCH_DTYPE_Q8_0] = vdot_q8_0,
 };
 
+/* f32 and f16 weights as llama.cpp multiplies them: f32 activations meet f32 weights, f16
+ * weights meet activations rounded to f16 (ggml's vec_dot_type), every product in the order
+ * of finch_dot_ggml: llamafile's tinyBLAS for two tokens or more when K is a multiple of 16,
+ * ggml_vec_dot_f32 / _f16 otherwise. */
+static void matmul_float(float *y, const float *x, const finch_weight *w, int64_t T,
+                         finch_workspace *ws) {
+    const int64_t R = w->rows, K = w->cols;
+    const bool f16 = w->type == FINCH_DTYPE_F16, one = T < 2;
+    FINCH_ASSERT(ws && ws->per_thread >= 2 * (size_t)K);
+#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
+    for (int64_t r = 0; r < R; r++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *wr = ws->buf + (size_t)tid * ws->per_thread, *xr = wr + K;
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+        if (f16)
+            for (int64_t k = 0; k < K; k++) wr[k] = finch_f16_to_f32(((const uint16_t *)row)[k]);
+        else
+            memcpy(wr, row, (size_t)K * sizeof(float));
+        for (int64_t t = 0; t < T; t++) {
+            const float *xt = x + t * K;
+            if (f16) {
+                for (int64_t k = 0; k < K; k++) xr[k] = finch_f16_to_f32(finch_f32_to_f16(xt[k]));
+                xt = xr;
+            }
+            y[t * R + r] = finch_dot_ggml(wr, xt, K, K, one);
+        }
+    }
+}
+
 void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
+    if (w->type == FINCH_DTYPE_F32 || w->type == FINCH_DTYPE_F16) {
+        matmul_float(y, x, w, T, ws);
+        return;
+    }
+    if (kdot_table[w->type].one) {
+        matmul_k(y, x, w, T, ws);
+        return;
+    }
     vdot_fn dot = vdot_table[w->type];
     if (!dot) {
         finch_cpu_matmul(y, x, w, T, ws);
@@ -351,7 +594,8 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
     const uint8_t *W = w->data;
     const int64_t n_chunks = (R + ROW_CHUNK - 1) / ROW_CHUNK;
 #ifdef HAVE_VDOT4
-    if (dot4 && T >= 4) {
+    const bool unpackable = dot4 || w->type == FINCH_DTYPE_Q5_0;
+    if (unpackable && T >= 4) {
         FINCH_ASSERT(ws->per_thread * sizeof(float) >=
                      4 * (size_t)K + 8 * (size_t)nb * sizeof(float));
         const int64_t n_groups = R / 4;

@@ -139,6 +139,39 @@ void finch_cpu_layernorm_forward(float *y, float *stats, const float *x, const f
     }
 }
 
+/* LayerNorm as llama.cpp computes it (ggml_norm on an AVX-512 build, then its mul by w and
+ * add of b): mu = (float)(sum x in double) / C in f32; d = x - mu; the squares d d rounded
+ * to f32 and summed per run of 16 as finch_reduce16, the runs and the rest (one by one) in
+ * double, var = (float)(sum / C); r = 1 / sqrtf(var + eps); y = ((d r) w) + b, each step
+ * rounded. y may alias x. */
+void finch_cpu_layernorm_llamacpp(float *y, const float *x, const float *w, const float *b,
+                                  int64_t T, int64_t C, float eps) {
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C;
+        float *yt = y + t * C;
+        double s = 0;
+        for (int64_t c = 0; c < C; c++) s += (double)xt[c];
+        const float mu = (float)s / (float)C;
+        double ss = 0;
+        int64_t c = 0;
+        for (; c + 15 < C; c += 16) {
+            float sq[16];
+            for (int l = 0; l < 16; l++) {
+                const float d = xt[c + l] - mu;
+                sq[l] = d * d;
+            }
+            ss += (double)finch_reduce16(sq);
+        }
+        for (; c < C; c++) {
+            const float d = xt[c] - mu;
+            ss += (double)(d * d);
+        }
+        const float var = (float)(ss / (double)C), r = 1.0f / sqrtf(var + eps);
+        for (c = 0; c < C; c++) yt[c] = (xt[c] - mu) * r * w[c] + b[c];
+    }
+}
+
 /* With xh = (x - mu) r and g = dy w:
  *   dx = r (g - mean(g) - xh mean(g xh)),   dw += sum_t dy xh,   db += sum_t dy.
  * dw, db by blocks of columns (a fixed order over tokens), dx by token. */

@@ -51,3 +51,24 @@ void finch_cpu_rope_backward(float *dx, const int32_t *pos, int64_t T, int nh, i
         }
     }
 }
+
+/* llama.cpp's RoPE (ggml_rope_cache_init and rotate_pairs): the angle of pair i starts at
+ * pos and is multiplied by theta^(-2/D) (powf) once per pair, in f32; finch's adjacent
+ * pairs are the pairs of llama.cpp's NORM and NEOX modes alike. The products fuse as ggml's
+ * compiler fuses them (checked against llama.cpp's rope output). */
+void finch_cpu_rope_llamacpp(float *x, const int32_t *pos, int64_t T, int nh, int D, float theta) {
+    const float ratio = powf(theta, -2.0f / (float)D);
+#pragma omp parallel for schedule(static) if (T > 4)
+    for (int64_t t = 0; t < T; t++) {
+        float ang = (float)pos[t];
+        for (int i = 0; i < D / 2; i++, ang *= ratio) {
+            const float c = cosf(ang), s = sinf(ang);
+            for (int h = 0; h < nh; h++) {
+                float *p = x + (t * nh + h) * D + 2 * i;
+                const float a = p[0], b = p[1];
+                p[0] = finch_fmaf(a, c, -(b * s));
+                p[1] = finch_fmaf(a, s, b * c);
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@
  * failed allocation.
  *
  * The table holds every op but llama.cpp's numerics: matmul_q8, the attention over an f16
- * cache, rmsnorm_llamacpp and swiglu_llamacpp are NULL.
+ * cache, rmsnorm_llamacpp, swiglu_llamacpp and the other _llamacpp ops are NULL.
  */
 #include "kernels/cuda/cuda.h"
 

@@ -567,10 +567,10 @@ typedef struct {
  * time, over finch_threads_get() threads; a tensor already in its chosen type is copied.
  * Every metadata pair is copied; general.file_type and general.quantization_version are
  * set. in_path may be a Hugging Face folder finch loads (llama, mistral, qwen2, gpt2,
- * gemma3_text, with a byte-level BPE tokenizer.json): the GGUF is then what llama.cpp's convert_hf_to_gguf.py would write of
- * it (the family's metadata, the tokenizer, GGUF names and row order) with the same type
- * rules. Refuses an out_path that is the input file (the same inode) or lies inside the
- * input folder, and an existing one unless force. Errors name the file. */
+ * gemma3_text, with a byte-level BPE tokenizer.json): the GGUF is then what llama.cpp's
+ * convert_hf_to_gguf.py would write of it (the family's metadata, the tokenizer, GGUF names and row
+ * order) with the same type rules. Refuses an out_path that is the input file (the same inode) or
+ * lies inside the input folder, and an existing one unless force. Errors name the file. */
 FINCH_API finch_status finch_quantize(const char *in_path, const char *out_path,
                                       const finch_quantize_options *opt, finch_err *err);
 

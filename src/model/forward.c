@@ -137,6 +137,13 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
     finch_workspace *ws = &s->ws;
     const bool llamacpp = s->numerics == FINCH_NUMERICS_LLAMACPP;
     const finch_matmul_fn mm = llamacpp ? be->matmul_q8 : be->matmul;
+    /* the elementwise ops of the session's numerics, chosen once */
+    void (*const rope)(float *, const int32_t *, int64_t, int, int, float) =
+        llamacpp ? be->rope_llamacpp : be->rope_forward;
+    void (*const gelu)(float *, const float *, int64_t) =
+        llamacpp ? be->gelu_llamacpp : be->gelu_forward;
+    void (*const geglu)(float *, const float *, const float *, int64_t) =
+        llamacpp ? be->geglu_llamacpp : be->geglu_forward;
     const finch_linear_ctx ctx = {.be = be, .ws = ws};
     FINCH_ASSERT(T >= 1 && T <= s->n_batch && pos0 + T <= s->n_ctx);
 
@@ -167,12 +174,9 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             rms_rows(s, be, s->q, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
             rms_rows(s, be, s->kk, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
         }
-        if (!a->learned_pos && llamacpp) {
-            be->rope_llamacpp(s->q, s->pos_ids, T, H, D, theta);
-            be->rope_llamacpp(s->kk, s->pos_ids, T, KVH, D, theta);
-        } else if (!a->learned_pos) {
-            be->rope_forward(s->q, s->pos_ids, T, H, D, theta);
-            be->rope_forward(s->kk, s->pos_ids, T, KVH, D, theta);
+        if (!a->learned_pos) {
+            rope(s->q, s->pos_ids, T, H, D, theta);
+            rope(s->kk, s->pos_ids, T, KVH, D, theta);
         }
         if (llamacpp) {
             uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
@@ -200,17 +204,12 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         norm_rows(m, s, s->xn, s->x, ly->ffn_norm, ly->ffn_norm_b, T);
         if (a->plain_ffn) {
             finch_linear_forward(mm, s->gate, s->xn, &ly->w_up, T, be, ws);
-            if (llamacpp)
-                be->gelu_llamacpp(s->gate, s->gate, (int64_t)T * F);
-            else
-                be->gelu_forward(s->gate, s->gate, (int64_t)T * F);
+            gelu(s->gate, s->gate, (int64_t)T * F);
         } else {
             finch_linear_forward(mm, s->gate, s->xn, &ly->w_gate, T, be, ws);
             finch_linear_forward(mm, s->up, s->xn, &ly->w_up, T, be, ws);
-            if (a->act == FINCH_ACT_GELU_TANH && llamacpp)
-                be->geglu_llamacpp(s->gate, s->gate, s->up, (int64_t)T * F);
-            else if (a->act == FINCH_ACT_GELU_TANH)
-                be->geglu_forward(s->gate, s->gate, s->up, (int64_t)T * F);
+            if (a->act == FINCH_ACT_GELU_TANH)
+                geglu(s->gate, s->gate, s->up, (int64_t)T * F);
             else if (llamacpp)
                 be->swiglu_llamacpp(s->gate, s->gate, s->up, T, F);
             else

@@ -261,10 +261,10 @@ void finch_cpu_attention_forward_train(float *out, float *att, const float *q, c
                                        const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
                                        int KVH, int D, int64_t window, finch_workspace *ws);
 void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, const float *dout,
-                                  const float *att, const float *q, const float *k, const float *v,
-                                  const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
-                                  int64_t T, int H, int KVH, int D, int64_t window,
-                                  finch_workspace *ws);
+                                  const float *out, const float *att, const float *q,
+                                  const float *k, const float *v, const int32_t *seg,
+                                  const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
+                                  int KVH, int D, int64_t window, finch_workspace *ws);
 void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n);
 double finch_cpu_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,

@@ -4,7 +4,8 @@
  * fine-tuning (Qwen2: a tied head, q/k/v biases; GPT-2's fused q/k/v views, LayerNorm
  * biases and learned positions; Gemma 3's q/k and post norms, 6 blocks), freezing (the
  * second block and the head; both blocks),
- * LoRA with dropout, DoRA and prefix tuning (tensors updated only when backward ends) give
+ * LoRA with dropout, DoRA, prefix tuning (tensors updated only when backward ends), and
+ * LoRA and full fine-tuning under DPO give
  * checkpoints whose parameters, AdamW moments and run position are the same bytes, the
  * same result file and the same losses (grad_norm, summed tensor by tensor, within
  * 1e-6); the gradient arena of full fine-tuning is smaller than the parameters; a fused
@@ -27,7 +28,8 @@
 #include "test_util.h" /* same_bytes, read_text_in, strip_speed, write_colours */
 
 static char dir[] = "/tmp/finch_fused_XXXXXX";
-static char data[300];
+static char data[300], pairs[300];
+static bool dpo; /* the runs train DPO on pairs */
 
 /* The log's "gradients held" line of the last run: held and all. */
 static long long held = -1, held_of = -1;
@@ -43,7 +45,8 @@ static void on_log(finch_log_level level, const char *msg, void *user) {
 
 static finch_train_options opts(const char *out, const char *method, bool fused) {
     finch_train_options o = finch_train_defaults();
-    o.data.path = data;
+    o.data.path = dpo ? pairs : data;
+    o.objective = dpo ? "dpo" : NULL;
     o.data.max_seq_len = 32;
     o.out_dir = out;
     o.method = method;
@@ -142,6 +145,10 @@ static void test_methods_bit_identical(void **state) {
     same_run(llama, "llama", "dora", lora, 2, "adapter_model.safetensors", true);
     const finch_option prefix[] = {{"num-virtual-tokens", "3"}};
     same_run(llama, "llama", "prefix", prefix, 1, "adapter_model.safetensors", false);
+    dpo = true; /* DPO's backward with per-row gradient scales */
+    same_run(llama, "dpo", "lora", lora, 2, "adapter_model.safetensors", true);
+    same_run(llama, "dpo", "full", NULL, 0, "model.safetensors", true);
+    dpo = false;
 }
 
 static int64_t last_step, stop_at = -1;
@@ -225,6 +232,13 @@ static int setup(void **state) {
     if (!mkdtemp(dir)) return -1;
     snprintf(data, sizeof data, "%s/data.jsonl", dir);
     if (write_colours(data, 1)) return -1;
+    snprintf(pairs, sizeof pairs, "%s/pairs.jsonl", dir);
+    FILE *f = fopen(pairs, "w");
+    if (!f) return -1;
+    for (int i = 0; i < 6; i++)
+        fprintf(f, "{\"prompt\": \"%s\", \"chosen\": \"%s\", \"rejected\": \"%s\"}\n",
+                colour_pairs[i][0], colour_pairs[i][1], colour_pairs[(i + 1) % 6][1]);
+    if (fclose(f)) return -1;
     finch_threads_set(2);
     finch_log_set(on_log, NULL);
     return 0;

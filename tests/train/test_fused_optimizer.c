@@ -2,7 +2,8 @@
  * test_fused_optimizer.c: AdamW fused into backward (--fused-optimizer) against the step
  * after backward, both without clipping and with one micro-batch a step: 4 steps of full
  * fine-tuning (Qwen2: a tied head, q/k/v biases; GPT-2's fused q/k/v views, LayerNorm
- * biases and learned positions; Gemma 3's q/k and post norms, 6 blocks), freezing (the
+ * biases and learned positions; Gemma 3's q/k and post norms, 6 blocks, also with gradient
+ * checkpointing), freezing (the
  * second block and the head; both blocks),
  * LoRA with dropout, DoRA, prefix tuning (tensors updated only when backward ends), and
  * LoRA and full fine-tuning under DPO give
@@ -29,7 +30,8 @@
 
 static char dir[] = "/tmp/finch_fused_XXXXXX";
 static char data[300], pairs[300];
-static bool dpo; /* the runs train DPO on pairs */
+static bool dpo;  /* the runs train DPO on pairs */
+static bool ckpt; /* with gradient checkpointing (blocks recomputed in backward) */
 
 /* The log's "gradients held" line of the last run: held and all. */
 static long long held = -1, held_of = -1;
@@ -47,6 +49,7 @@ static finch_train_options opts(const char *out, const char *method, bool fused)
     finch_train_options o = finch_train_defaults();
     o.data.path = dpo ? pairs : data;
     o.objective = dpo ? "dpo" : NULL;
+    o.gradient_checkpointing = ckpt;
     o.data.max_seq_len = 32;
     o.out_dir = out;
     o.method = method;
@@ -131,6 +134,10 @@ static void test_full_bit_identical(void **state) {
              true);
     same_run(FINCH_FIXTURES "/model/tiny_gemma3.gguf", "gemma3", "full", NULL, 0,
              "model.safetensors", true);
+    ckpt = true; /* block l recomputed before its backward, block l + 1 updated already */
+    same_run(FINCH_FIXTURES "/model/tiny_gemma3.gguf", "gemma3_ckpt", "full", NULL, 0,
+             "model.safetensors", true);
+    ckpt = false;
 }
 
 static void test_methods_bit_identical(void **state) {

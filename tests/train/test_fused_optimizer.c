@@ -1,17 +1,16 @@
 /*
  * test_fused_optimizer.c: AdamW fused into backward (--fused-optimizer) against the step
- * after backward, both without clipping and with one micro-batch a step: 4 steps of full
+ * after backward, both without clipping and with one micro-batch a step. 4 steps of full
  * fine-tuning (Qwen2: a tied head, q/k/v biases; GPT-2's fused q/k/v views, LayerNorm
  * biases and learned positions; Gemma 3's q/k and post norms, 6 blocks, also with gradient
- * checkpointing), freezing (the
- * second block and the head; both blocks),
- * LoRA with dropout, DoRA, prefix tuning (tensors updated only when backward ends), and
- * LoRA and full fine-tuning under DPO give
- * checkpoints whose parameters, AdamW moments and run position are the same bytes, the
- * same result file and the same losses (grad_norm, summed tensor by tensor, within
- * 1e-6); the gradient arena of full fine-tuning is smaller than the parameters; a fused
- * run interrupted and resumed, or resumed from an unfused run's checkpoint, ends in the
- * same bytes; clipping, accumulation and several ranks are refused with their message.
+ * checkpointing), freezing (the second block and the head; both blocks), LoRA with dropout,
+ * DoRA, prefix tuning (tensors updated only when backward ends), and LoRA and full
+ * fine-tuning under DPO give checkpoints whose parameters, AdamW moments and run position
+ * are the same bytes, the same result file and the same losses (grad_norm, summed tensor
+ * by tensor, within 1e-6); the gradient arena is smaller than the parameters wherever a
+ * method places tensors in two blocks or more; a fused run interrupted and resumed, or
+ * resumed from an unfused run's checkpoint, ends in the same bytes; clipping, accumulation
+ * and several ranks are refused with their message.
  */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -23,8 +23,10 @@
  * PyTorch peer of the same shape and prints the ratios.
  *
  * Usage: bench_train -m MODEL [-b BATCH] [-T SEQ] [-n STEPS] [-t THREADS] [--out DIR]
- *                    [--method NAME] [--option NAME=VALUE ...]
- *   defaults: -b 4 -T 128 -n 8 -t 2; --out keeps the run directory (adapter, metrics)
+ *                    [--method NAME] [--option NAME=VALUE ...] [--max-grad-norm G]
+ *                    [--fused-optimizer]
+ *   defaults: -b 4 -T 128 -n 8 -t 2, clipping at 1 (finch train's default; the PyTorch
+ *   peers do not clip: --max-grad-norm 0 matches them); --out keeps the run directory (adapter, metrics)
  *   there instead of a temporary one that is removed at the end. --method trains another
  *   method of the table with its default options, or those --option gives; for lora and
  *   dora without --option the options are r 16, alpha 32, dropout 0.05, all linear layers.
@@ -58,7 +60,8 @@ static const char k_text[] =
 typedef struct {
     const char *model;
     const char *out;
-    int batch, seq, steps, threads, bf16, ckpt, nf4;
+    int batch, seq, steps, threads, bf16, ckpt, nf4, fused;
+    double max_grad_norm;
     const char *method;
     char *opts[16]; /* NAME=VALUE */
     int n_opts;
@@ -106,6 +109,9 @@ static void usage(const char *prog) {
             "  --method NAME (default lora), --option NAME=VALUE (repeatable) its options\n"
             "  --bf16 the base's products in bf16 (finch train --bf16)\n"
             "  --gradient-checkpointing recompute each block in backward\n"
+            "  --max-grad-norm G clip the gradients' global norm (default 1, 0 = off)\n"
+            "  --fused-optimizer AdamW fused into backward (finch train\n"
+            "    --fused-optimizer; needs --max-grad-norm 0)\n"
             "  --load-in-4bit quantize the base's projections to NF4 with double\n"
             "    quantization while loading (QLoRA; finch train --load-in-4bit)\n",
             prog, WARMUP_STEPS);
@@ -121,7 +127,8 @@ static int parse_int(const char *s, int lo, int *out) {
 }
 
 static int parse_args(int argc, char **argv, bench_args *a) {
-    *a = (bench_args){.batch = 4, .seq = 128, .steps = 8, .threads = 2, .method = "lora"};
+    *a = (bench_args){
+        .batch = 4, .seq = 128, .steps = 8, .threads = 2, .method = "lora", .max_grad_norm = 1.0};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) return -1;
@@ -131,6 +138,10 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         }
         if (!strcmp(f, "--gradient-checkpointing")) {
             a->ckpt = 1;
+            continue;
+        }
+        if (!strcmp(f, "--fused-optimizer")) {
+            a->fused = 1;
             continue;
         }
         if (!strcmp(f, "--load-in-4bit")) {
@@ -151,6 +162,12 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         else if (!strcmp(f, "-T")) bad = parse_int(v, 2, &a->seq);
         else if (!strcmp(f, "-n")) bad = parse_int(v, WARMUP_STEPS + 1, &a->steps);
         else if (!strcmp(f, "-t")) bad = parse_int(v, 1, &a->threads);
+        else if (!strcmp(f, "--max-grad-norm")) {
+            char *end;
+            errno = 0;
+            a->max_grad_norm = strtod(v, &end);
+            bad = errno || end == v || *end || !(a->max_grad_norm >= 0 && a->max_grad_norm <= 1e9);
+        }
         else {
             fprintf(stderr, "bench_train: unknown flag %s\n", f);
             return -1;
@@ -281,6 +298,8 @@ int main(int argc, char **argv) {
     o.method = a.method;
     o.bf16 = a.bf16;
     o.gradient_checkpointing = a.ckpt;
+    o.max_grad_norm = a.max_grad_norm;
+    o.fused_optimizer = a.fused;
     if (!a.n_opts && (!strcmp(a.method, "lora") || !strcmp(a.method, "dora"))) {
         finch_train_set_option(&o, "lora-r", "16", NULL);
         finch_train_set_option(&o, "lora-alpha", "32", NULL);
@@ -325,11 +344,11 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"method\": \"%s\", \"tok_s\": %.3f, \"peak_rss_mb\": %.1f, \"batch\": %d, \"seq\": %d, "
-           "\"steps\": %d, \"threads\": %d, \"lib_tok_s\": %.3f, \"loss_first\": %.5f, "
+           "\"steps\": %d, \"threads\": %d, \"max_grad_norm\": %g, \"fused\": %d, \"lib_tok_s\": %.3f, \"loss_first\": %.5f, "
            "\"loss_last\": %.5f, \"n_trainable\": %lld, \"n_total\": %lld, \"ranks\": %d, "
            "\"runs\": [",
            a.method, median(st.tok_s + WARMUP_STEPS, st.n - WARMUP_STEPS), (double)ru.ru_maxrss / 1024.0,
-           a.batch, a.seq, a.steps, a.threads, st.lib_tok_s, st.loss_first, st.loss_last,
+           a.batch, a.seq, a.steps, a.threads, a.max_grad_norm, a.fused, st.lib_tok_s, st.loss_first, st.loss_last,
            (long long)st.n_trainable, (long long)st.n_total, ranks);
     for (int i = WARMUP_STEPS; i < st.n; i++)
         printf("%s%.3f", i > WARMUP_STEPS ? ", " : "", st.tok_s[i]);

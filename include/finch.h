@@ -689,6 +689,13 @@ typedef struct {
     int simulate_ranks;              /* in one process, compute what this many data-parallel ranks
                                         would: each micro-batch is that many slices of batch_size
                                         rows, their gradients summed in rank order (0 or 1: off) */
+    int fused_optimizer;             /* AdamW updates each tensor as soon as backward has
+                                        completed its gradient, whose memory then serves the
+                                        next block's: the gradients of one block instead of
+                                        all, the same parameters bit for bit (grad_norm in the
+                                        metrics summed tensor by tensor: its last digits may
+                                        differ). Needs max_grad_norm 0, grad_accum 1 and one
+                                        rank (0: the step after backward) */
 } finch_train_options;
 
 FINCH_API finch_train_options finch_train_defaults(void);

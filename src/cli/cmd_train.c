@@ -202,6 +202,11 @@ static const cli_flag flag_table[] = {
               "AdamW's decoupled weight decay (default 0)"),
     CLI_FLOAT("--max-grad-norm", "G", 0, 1e9, o.max_grad_norm,
               "clip the gradients' global norm (default 1, 0 = off)"),
+    CLI_SWITCH("--fused-optimizer", o.fused_optimizer,
+               "AdamW updates each tensor as soon as backward completes its\n"
+               "gradient, so one block's gradients are held instead of all\n"
+               "(and the embeddings'); the same parameters bit for bit; needs\n"
+               "--max-grad-norm 0, --grad-accum 1 and one rank"),
     CLI_INT("--seed", "S", 0, LONG_MAX, o.seed,
             "data order, dropout, the method's initialisation (default 42)"),
     CLI_TEXT("run:"),
@@ -346,6 +351,7 @@ static void save_run_json(const settings *s, const finch_model *m, time_t now,
     S("lr_scheduler", o->lr_scheduler ? o->lr_scheduler : "linear");
     F("weight_decay", o->weight_decay);
     F("max_grad_norm", o->max_grad_norm);
+    B("fused_optimizer", o->fused_optimizer);
     I("seed", o->seed);
     I("save_steps", o->save_steps);
     I("save_total_limit", o->save_total_limit);

@@ -354,4 +354,12 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
  * accumulate (+=) as in finch_model_train_step. */
 void finch_model_train_backward(const finch_model *m, finch_train_acts *a, const float *row_scale);
 
+/* Has every backward pass with a call fn(user, l) once block l's backward is done (its
+ * tensors' gradients have received all this pass adds to them; l from the last block down
+ * to 0), then fn(user, -1) when the pass has ended (the embeddings', the head's and the
+ * final norm's gradients too). What fn may change: the trainable values of block l and its
+ * gradients (backward reads neither again in this pass); at -1, anything. fn NULL: no
+ * calls. For an optimizer step fused into backward (train/loop.c). */
+void finch_train_acts_on_grads(finch_train_acts *a, void (*fn)(void *user, int block), void *user);
+
 #endif /* FINCH_MODEL_H */

@@ -78,7 +78,14 @@ struct finch_train_acts {
     bool ckpt;    /* gradient checkpointing: one layer's buffers, recomputed in backward */
     float *arena;
     finch_workspace ws;
+    void (*on_grads)(void *user, int block); /* finch_train_acts_on_grads */
+    void *on_grads_user;
 };
+
+void finch_train_acts_on_grads(finch_train_acts *a, void (*fn)(void *user, int block), void *user) {
+    a->on_grads = fn;
+    a->on_grads_user = user;
+}
 
 finch_status finch_train_acts_new(const finch_model *m, int B, int T, finch_train_acts **out,
                                   finch_err *err) {
@@ -536,6 +543,8 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         finch_norm_backward(m, a->dt, ly->d_attn_norm, ly->d_attn_norm_b, a->dxn, a->rstd1[l],
                             a->x[l], ly->attn_norm, N);
         be->add(a->dx, a->dt, N * C);
+        /* block l's gradients are whole: a fused optimizer step may use them now */
+        if (a->on_grads) a->on_grads(a->on_grads_user, l);
     }
     /* x_0 = the virtual rows, then embed(ids) (* sqrt(C)), + pos_embd[pos] */
     if (m->d_pos_embd) be->embed_backward(m->d_pos_embd, a->dx, a->pos, N, C);
@@ -549,4 +558,5 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         if (arch->embed_scale) be->scale(a->dx, N * C, sqrtf((float)C));
         be->embed_backward(m->d_tok_embd, a->dx, ids, N, C);
     }
+    if (a->on_grads) a->on_grads(a->on_grads_user, -1);
 }

@@ -16,6 +16,10 @@
 enum { NORM_CHUNKS = 64 };
 
 double finch_grad_norm(const float *g, size_t n) {
+    return sqrt(finch_grad_sumsq(g, n));
+}
+
+double finch_grad_sumsq(const float *g, size_t n) {
     FINCH_ASSERT(g || n == 0);
     double part[NORM_CHUNKS];
     size_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
@@ -30,7 +34,7 @@ double finch_grad_norm(const float *g, size_t n) {
     }
     double total = 0;
     for (int c = 0; c < NORM_CHUNKS; c++) total += part[c];
-    return sqrt(total);
+    return total;
 }
 
 double finch_grad_clip(float *g, size_t n, double max_norm) {

@@ -97,6 +97,11 @@ double finch_lr_at(const finch_lr_schedule *s, int64_t step);
  * not depend on the thread count. inf or nan when an element is not finite. */
 double finch_grad_norm(const float *g, size_t n);
 
+/* The sum of the squares of g (n), in double, summed as finch_grad_norm sums them
+ * (finch_grad_norm is its square root): the per-tensor part of a global norm that an
+ * optimizer step fused into backward adds up tensor by tensor. */
+double finch_grad_sumsq(const float *g, size_t n);
+
 /* Global norm clipping as torch.nn.utils.clip_grad_norm_: computes the norm of g (n); if
  * it is finite and max_norm / (norm + 1e-6) < 1, multiplies g by that coefficient.
  * Returns the norm before clipping. A non-finite norm leaves g unchanged and is returned

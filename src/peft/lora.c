@@ -82,10 +82,14 @@ finch_status finch_lora_create(finch_peft *p, const finch_model *m, bool with_ma
                 return st;
             if ((st = finch_params_add(&p->params, name_b, 2, sb, heads, true, &s->B, &s->dB, err)))
                 return st;
+            /* block ly's backward completes their gradients (the fused optimizer, params.h) */
+            finch_params_set_block(&p->params, name, ly);
+            finch_params_set_block(&p->params, name_b, ly);
             if (!with_magnitude) continue;
             if ((st = finch_params_add(&p->params, name_m, 1, &rows, heads, true, &s->mag, &s->dmag,
                                        err)))
                 return st;
+            finch_params_set_block(&p->params, name_m, ly);
         }
     return FINCH_OK;
 }

@@ -31,6 +31,8 @@ finch_status finch_params_add(finch_params *r, const char *name, int n_dims, con
                        .n = n,
                        .permute_heads = permute_heads,
                        .decay = decay,
+                       .block = FINCH_PARAM_LAST,
+                       .goff = r->total,
                        .data_slot = data_slot,
                        .grad_slot = grad_slot};
     snprintf(p->name, sizeof p->name, "%s", name);
@@ -54,26 +56,73 @@ finch_status finch_params_add_view(finch_params *r, const char *name, int64_t of
     return FINCH_OK;
 }
 
+void finch_params_set_block(finch_params *r, const char *name, int block) {
+    finch_param *p = finch_params_find(r, name);
+    FINCH_ASSERT(p && block >= 0 && !r->grad);
+    p->block = block;
+}
+
+/* Points every gradient slot and view at its tensor's place in r->grad (NULL: none). */
+static void point_grads(finch_params *r) {
+    for (int i = 0; i < r->n; i++) {
+        finch_param *p = &r->p[i];
+        if (p->grad_slot) *p->grad_slot = r->grad ? r->grad + p->goff : NULL;
+    }
+    for (int i = 0; i < r->n_views; i++) {
+        const finch_param_view *v = &r->views[i];
+        if (v->grad_slot) *v->grad_slot = r->grad ? r->grad + r->p[v->param].goff + v->off : NULL;
+    }
+}
+
 finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err) {
     size_t bytes;
     if (!finch_size_mul((size_t)r->total, sizeof(float), &bytes))
         return finch_err_set(err, FINCH_E_RANGE, "%lld parameters overflow", (long long)r->total);
     r->data = finch_calloc((size_t)r->total + 1, sizeof(float), "trainable parameters", err);
     if (!r->data) return FINCH_E_NOMEM;
-    if (with_grads &&
-        !(r->grad = finch_calloc((size_t)r->total + 1, sizeof(float), "parameter gradients", err)))
-        return FINCH_E_NOMEM;
     for (int i = 0; i < r->n; i++) {
         finch_param *p = &r->p[i];
         if (p->data_slot) *p->data_slot = r->data + p->off;
-        if (p->grad_slot) *p->grad_slot = r->grad ? r->grad + p->off : NULL;
     }
     for (int i = 0; i < r->n_views; i++) {
         const finch_param_view *v = &r->views[i];
-        const int64_t at = r->p[v->param].off + v->off;
-        if (v->data_slot) *v->data_slot = r->data + at;
-        if (v->grad_slot) *v->grad_slot = r->grad ? r->grad + at : NULL;
+        if (v->data_slot) *v->data_slot = r->data + r->p[v->param].off + v->off;
     }
+    if (with_grads) return finch_params_alloc_grads(r, false, err);
+    point_grads(r);
+    return FINCH_OK;
+}
+
+finch_status finch_params_alloc_grads(finch_params *r, bool per_block, finch_err *err) {
+    FINCH_ASSERT(r->data && !r->grad);
+    int64_t last = 0, region = 0; /* the FINCH_PARAM_LAST tensors; the largest block */
+    int max_block = -1;
+    for (int i = 0; i < r->n; i++) {
+        finch_param *p = &r->p[i];
+        if (!per_block) {
+            p->goff = p->off;
+        } else if (p->block == FINCH_PARAM_LAST) {
+            p->goff = last;
+            last += p->n;
+        }
+        max_block = p->block > max_block ? p->block : max_block;
+    }
+    if (per_block)
+        for (int b = 0; b <= max_block; b++) {
+            int64_t at = 0;
+            for (int i = 0; i < r->n; i++)
+                if (r->p[i].block == b) {
+                    r->p[i].goff = last + at; /* last is final now */
+                    at += r->p[i].n;
+                }
+            region = at > region ? at : region;
+        }
+    r->grad_total = per_block ? last + region : r->total;
+    r->grad_per_block = per_block;
+    if (!(r->grad =
+              finch_calloc((size_t)r->grad_total + 1, sizeof(float), "parameter gradients", err)))
+        return FINCH_E_NOMEM;
+    point_grads(r);
     return FINCH_OK;
 }
 

@@ -5,6 +5,15 @@
  * clipping, accumulation, checkpoints and the parameter report work on the two flat
  * arrays and never see a method's own structures.
  *
+ * Gradient layouts (finch_params_alloc_grads): whole, a gradient arena parallel to the
+ * parameters (what clipping, accumulation and the allreduce need); or per block, for an
+ * optimizer step fused into backward (train/loop.c), where each tensor is updated as soon
+ * as backward has completed its gradient: a tensor says which block's backward completes
+ * it (finch_params_set_block; the model's backward runs the blocks from the last to the
+ * first), every block's tensors share one region of the arena as large as the largest
+ * block's, and the tensors whose gradient is complete only when backward ends (the
+ * default: embeddings, a tied head, the final norm, prompt tables) keep their own place.
+ *
  * Row order: finch keeps q and k rows in GGUF order (model.h). A tensor whose first
  * dimension runs over the rows of q or k (LoRA's B, a DoRA magnitude, a bias, a whole
  * weight) says so with permute_heads, and file I/O converts those rows to Hugging Face
@@ -19,6 +28,9 @@
 
 #define FINCH_PARAM_MAX_NAME 191
 
+/* finch_param.block of a tensor whose gradient is complete only when backward ends. */
+#define FINCH_PARAM_LAST (-1)
+
 typedef struct {
     char name[FINCH_PARAM_MAX_NAME + 1];
     int n_dims;        /* 1 or 2 */
@@ -28,6 +40,9 @@ typedef struct {
     int64_t kv_block;  /* > 0: each row is pairs of kv_block keys (permute_heads heads) and
                           kv_block values, and the keys are what is permuted */
     bool decay;        /* AdamW's weight decay applies (not to biases and norm weights) */
+    int block;         /* the block whose backward completes the gradient, or
+                          FINCH_PARAM_LAST: only the end of backward does */
+    int64_t goff;      /* elements: where its gradient lies in the gradient arena */
     float **data_slot; /* set to the tensor's place in the arena when allocated */
     float **grad_slot; /* the same in the gradient arena (NULL when there is none) */
 } finch_param;
@@ -47,8 +62,10 @@ typedef struct {
     finch_param_view *views;
     int n_views, cap_views;
     float *data; /* total elements */
-    float *grad; /* total elements, or NULL */
+    float *grad; /* grad_total elements, or NULL */
     int64_t total;
+    int64_t grad_total;  /* the gradient arena's elements: total, or less per block */
+    bool grad_per_block; /* the gradient arena is laid out per block */
 } finch_params;
 
 /* Registers a tensor of n_dims (1 or 2) with shape; data_slot and grad_slot (either may be
@@ -67,8 +84,21 @@ finch_status finch_params_add_view(finch_params *r, const char *name, int64_t of
  * key/value pairs of kv_block values each. */
 void finch_params_set_kv_block(finch_params *r, const char *name, int64_t kv_block);
 
-/* Allocates the arena (zeroed) and, with_grads, the gradient arena; fills every slot. */
+/* Says that the backward of block `block` (>= 0) completes the gradient of the tensor name
+ * (registered): nothing outside that block's backward adds to it. */
+void finch_params_set_block(finch_params *r, const char *name, int block);
+
+/* Allocates the arena (zeroed) and, with_grads, the whole gradient arena; fills every
+ * slot. */
 finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err);
+
+/* Allocates the gradient arena (zeroed; after finch_params_alloc without grads) and points
+ * every gradient slot and view into it: whole (per_block false), parallel to the
+ * parameters; or per block: the FINCH_PARAM_LAST tensors first, in registration order,
+ * then one region that every block's tensors share (each block's in registration order
+ * from its start), so that a block's gradients must be used and set back to zero before
+ * the next block's backward adds to them. */
+finch_status finch_params_alloc_grads(finch_params *r, bool per_block, finch_err *err);
 void finch_params_release(finch_params *r);
 
 /* The tensor registered under name, or NULL. */

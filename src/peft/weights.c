@@ -76,8 +76,11 @@ static finch_status add_site(finch_peft *p, wstate *st, const finch_model *m, wk
     if (part) /* k, v of a fused module: row blocks of q's tensor */
         return finch_params_add_view(&p->params, name, part * rows * cols, &s->data, &s->grad, err);
     int64_t shape[2] = {module_rows, cols};
-    return finch_params_add(&p->params, name, cols > 1 || kind == FINCH_W_LINEAR ? 2 : 1, shape,
-                            heads, decay, &s->data, &s->grad, err);
+    finch_status e = finch_params_add(&p->params, name, cols > 1 || kind == FINCH_W_LINEAR ? 2 : 1,
+                                      shape, heads, decay, &s->data, &s->grad, err);
+    /* a block's tensors have their whole gradient once that block's backward is done */
+    if (!e && layer >= 0) finch_params_set_block(&p->params, name, layer);
+    return e;
 }
 
 finch_status finch_weights_create(finch_peft *p, const finch_model *m, finch_err *err) {

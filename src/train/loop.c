@@ -15,6 +15,18 @@
  * the same bits for the same thread count. A run resumed from a checkpoint therefore
  * continues exactly as the uninterrupted one.
  *
+ * The optimizer step: after a step's backward, clipping and AdamW over the registry's flat
+ * arrays; or, with fused_optimizer, fused into backward: the model calls fused_update when
+ * a block's backward has completed its tensors' gradients (model.h
+ * finch_train_acts_on_grads), which applies AdamW to each of them (finch_adamw_step over
+ * one tensor: the per-element arithmetic of the whole-arena call, so the same bits) and
+ * zeroes its gradient, whose place in the per-block gradient arena (params.h) the next
+ * block's backward then uses. That needs gradients that are final when backward leaves a
+ * block: no clipping (the global norm is known only at the end), one micro-batch per step
+ * and one rank (the sum over micro-batches or ranks comes after backward). The step's
+ * gradient norm is then the root of the tensors' sums of squares added in the order of
+ * the updates: the same value up to the last bits of a double.
+ *
  * Data parallelism (dist/): with N ranks (MPI processes, or simulate_ranks lanes in one
  * process) every micro-batch is N x batch_size rows, each rank computing its slice; the
  * functions under "data parallelism" below are the only ones that talk to other ranks
@@ -115,6 +127,18 @@ static finch_status check_options(const finch_model *m, const finch_train_option
             (long long)o->save_steps, (long long)o->eval_steps);
     if (o->simulate_ranks < 0 || o->simulate_ranks > 4096)
         BAD("--simulate-ranks %d: must be from 1 to 4096", o->simulate_ranks);
+    if (o->fused_optimizer && o->max_grad_norm > 0)
+        BAD("--fused-optimizer updates each tensor as soon as backward completes its gradient, "
+            "before the global norm is known: give --max-grad-norm 0 (clipping off; now %g)",
+            o->max_grad_norm);
+    if (o->fused_optimizer && o->grad_accum > 1)
+        BAD("--fused-optimizer updates each tensor during its backward, so a step is one "
+            "micro-batch: give --grad-accum 1 (now %d), or a larger --batch-size",
+            o->grad_accum);
+    if (o->fused_optimizer && (o->simulate_ranks > 1 || finch_dist_size() > 1))
+        BAD("--fused-optimizer: with %d data-parallel ranks the gradients are summed across "
+            "ranks after backward: train without --fused-optimizer",
+            finch_dist_size() > 1 ? finch_dist_size() : o->simulate_ranks);
     if (o->simulate_ranks > 1 && finch_dist_size() > 1)
         BAD("--simulate-ranks %d under mpirun -np %d: give one or the other", o->simulate_ranks,
             finch_dist_size());
@@ -246,6 +270,16 @@ finch_status finch_train_set_option(finch_train_options *o, const char *name, co
 /* Bytes of a task's name (its file's base name, cut at a character boundary), with the NUL. */
 enum { TASK_NAME = 48 };
 
+/* fused_optimizer: a step's AdamW settings, learning rate and number; the sum of the squares
+ * of the gradients used so far, whether one was not finite (nothing is updated after it),
+ * whether backward's last call came. */
+typedef struct {
+    finch_adamw_config ac;
+    double lr, sumsq;
+    int64_t t;
+    bool bad, done;
+} fused_step;
+
 /* Everything one run holds. */
 typedef struct {
     const finch_train_options *o;
@@ -290,6 +324,7 @@ typedef struct {
     double *lane_loss;
     finch_dpo_stats *lane_dstats;
     bool stop;            /* some rank was asked to stop (with several processes) */
+    fused_step fused;     /* fused_optimizer: the current step's */
     bool stopped_early;   /* early stopping ended the run */
     char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
                            */
@@ -605,6 +640,29 @@ static finch_status resume_tasks(run *r, finch_err *err) {
     return FINCH_OK;
 }
 
+/* fused_optimizer: backward has completed the gradients of block's tensors (block -1: of the
+ * rest; model.h): AdamW on each, as finch_adamw_step over the whole arena would update it,
+ * and the gradient of a block's tensor zeroed for the next block's backward. */
+static void fused_update(void *user, int block) {
+    run *r = user;
+    const finch_params *par = r->par;
+    for (int i = 0; i < par->n; i++) {
+        const finch_param *p = &par->p[i];
+        if (p->block != block) continue;
+        float *g = par->grad + p->goff;
+        const double sq = finch_grad_sumsq(g, (size_t)p->n);
+        r->fused.sumsq += sq;
+        r->fused.bad = r->fused.bad || !isfinite(sq);
+        if (!r->fused.bad) {
+            const finch_adamw_range all = {0, (size_t)p->n, p->decay};
+            finch_adamw_step(par->data + p->off, r->mom + p->off, r->vel + p->off, g, (size_t)p->n,
+                             &all, 1, &r->fused.ac, r->fused.lr, r->fused.t);
+        }
+        if (block != FINCH_PARAM_LAST) finch_grad_zero(g, (size_t)p->n);
+    }
+    if (block == FINCH_PARAM_LAST) r->fused.done = true;
+}
+
 /* AdamW's ranges: runs of parameters with the same weight-decay flag. */
 static finch_status decay_ranges(run *r, finch_err *err) {
     r->ranges = finch_calloc((size_t)r->par->n + 1, sizeof *r->ranges, "optimizer ranges", err);
@@ -626,9 +684,11 @@ static finch_status prepare_method(run *r, finch_err *err) {
     finch_rng rng;
     finch_rng_seed(&rng, o->seed);
     finch_status st = finch_peft_new(r->m, o->method, o->method_options, o->n_method_options, &rng,
-                                     true, &r->peft, err);
+                                     false, &r->peft, err);
     if (st) return st;
     r->par = finch_peft_params(r->peft);
+    /* the gradients: all of them, or with the fused step what is in use at once */
+    if ((st = finch_params_alloc_grads(r->par, o->fused_optimizer != 0, err))) return st;
     /* the ranks agree before the first collective (DPO's reference pass sums over them) */
     if ((st = check_ranks(r, err))) return st;
     /* DPO's reference is the model before the method attaches */
@@ -670,6 +730,7 @@ static finch_status prepare_method(run *r, finch_err *err) {
         (r->o->bf16 && (st = finch_train_acts_bf16(r->acts, r->m, err))) ||
         (st = finch_batch_init(&r->batch, r->B * r->ranks, r->T, err)))
         return st;
+    if (o->fused_optimizer) finch_train_acts_on_grads(r->acts, fused_update, r);
     size_t n_stash;
     if (r->lanes > 1 &&
         (!finch_size_mul((size_t)r->par->total, (size_t)r->lanes, &n_stash) ||
@@ -761,11 +822,12 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
     const int64_t BT = (int64_t)r->B * r->T;
     float *grad = r->par->grad;
     *tokens = 0;
+    /* fused_optimizer: the gradient arena holds less than the parameters (no stash then) */
+    finch_grad_zero(grad, (size_t)r->par->grad_total);
     for (int l = 0; l < r->lanes; l++) {
         r->lane_loss[l] = 0;
         r->lane_dstats[l] = (finch_dpo_stats){0};
     }
-    finch_grad_zero(grad, n);
     if (r->stash) finch_grad_zero(r->stash, (size_t)r->lanes * n);
     finch_batch lb = r->batch; /* DPO: one lane's B rows of the global micro-batch's buffers */
     lb.B = r->B;
@@ -977,23 +1039,34 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
     for (int64_t step = r->pos.step + 1; step <= r->total && !r->stopped_early; step++) {
         double t0 = now_s();
         int64_t tokens;
+        const double lr = finch_lr_at(&r->sched, step - 1);
+        r->fused = (fused_step){.ac = ac, .lr = lr, .t = step};
         double loss = accumulate(r, step, &tokens);
         finch_status st = reduce_step(r, step, &loss, should_stop, user, err);
         if (st) return st;
         float *g = r->par->grad;
-        double norm = o->max_grad_norm > 0 ? finch_grad_clip(g, (size_t)n_train, o->max_grad_norm)
-                                           : finch_grad_norm(g, (size_t)n_train);
+        double norm;
+        if (o->fused_optimizer) {
+            /* a step whose batch had no target ran no backward: its zero gradients still
+             * make an AdamW step, as after backward */
+            for (int l = r->m->cfg.n_layer - 1; l >= -1 && !r->fused.done; l--) fused_update(r, l);
+            norm = r->fused.bad ? NAN : sqrt(r->fused.sumsq);
+        } else {
+            norm = o->max_grad_norm > 0 ? finch_grad_clip(g, (size_t)n_train, o->max_grad_norm)
+                                        : finch_grad_norm(g, (size_t)n_train);
+        }
         if (!isfinite(loss) || !isfinite(norm))
-            /* nothing of this step is applied or saved: the last checkpoint stays as it was */
+            /* nothing of this step is saved (nor applied, but by a fused step to the tensors
+             * before the first non-finite gradient): the last checkpoint stays as it was */
             return finch_err_set(
                 err, FINCH_E_RANGE,
                 "step %lld: the loss is %g and the gradient norm %g (not finite): "
                 "stopping without saving; the last good state is %s (resume from it "
                 "with a lower --learning-rate or the method's scale)",
                 (long long)step, loss, norm, r->last_good);
-        double lr = finch_lr_at(&r->sched, step - 1);
-        finch_adamw_step(r->par->data, r->mom, r->vel, g, (size_t)n_train, r->ranges, r->n_ranges,
-                         &ac, lr, step);
+        if (!o->fused_optimizer)
+            finch_adamw_step(r->par->data, r->mom, r->vel, g, (size_t)n_train, r->ranges,
+                             r->n_ranges, &ac, lr, step);
         r->pos.step = step;
         double dt = now_s() - t0, rate = (double)tokens / (dt > 0 ? dt : 1e-9);
         smooth = isnan(smooth) ? loss : 0.9 * smooth + 0.1 * loss;
@@ -1113,6 +1186,18 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
                   r.dpo        ? " (DPO: chosen and rejected rows)"
                   : o->packing ? " (packed)"
                                : "");
+        const double grad_mb = (double)r.par->grad_total * sizeof(float) / 1e6;
+        if (o->fused_optimizer)
+            finch_log(FINCH_LOG_INFO,
+                      "optimizer: AdamW fused into backward (--fused-optimizer): each tensor "
+                      "updated once its gradient is complete; gradients held: %lld of %lld "
+                      "(%.1f MB)",
+                      (long long)r.par->grad_total, (long long)n_train, grad_mb);
+        else
+            finch_log(FINCH_LOG_INFO,
+                      "optimizer: AdamW after backward (%s); gradients held: all %lld (%.1f MB)",
+                      o->max_grad_norm > 0 ? "clipped" : "not clipped", (long long)n_train,
+                      grad_mb);
         if (r.n_tasks > 1)
             finch_log(FINCH_LOG_INFO,
                       "a mixture of %d training files: each of an epoch's %lld slots draws a "

@@ -330,6 +330,12 @@ static void test_train_flags(void **state) {
         {"--method adapter --adapter-nonlinearity tanh", "--adapter-nonlinearity tanh"},
         {"--method adapter --adapter-name a/b", "--adapter-name 'a/b'"},
         {"--method adapter --layers 3", "layer 3 is out of range"},
+        /* the optimizer step fused into backward */
+        {"--fused-optimizer", "give --max-grad-norm 0 (clipping off; now 1)"},
+        {"--fused-optimizer --max-grad-norm 0 --grad-accum 4", "give --grad-accum 1 (now 4)"},
+        {"--fused-optimizer --max-grad-norm 0 --simulate-ranks 2",
+         "--fused-optimizer: with 2 data-parallel ranks"},
+        {"--fused-optimizer 1", "unexpected argument '1'"},
         /* early stopping and the best checkpoint */
         {"--early-stopping-patience 2", "give --eval-steps N and validation data"},
         {"--early-stopping-patience 0", "--early-stopping-patience 0: must be an integer >= 1"},

@@ -3,13 +3,13 @@
  * N-th allocation finch makes; for loading the tiny model (its GGUF, and a Hugging Face
  * folder: config.json, the shard index, safetensors headers), training it (LoRA, two steps,
  * a validation set, a checkpoint per step), evaluating it (loss, and generation) and
- * merging an adapter into it (and full fine-tuning, the GGUF LoRA export and the run
- * report, and finch quantize of a Hugging Face folder), every N from 1 to the number of
- * allocations the operation makes is tried: each must return FINCH_E_NOMEM with an "out of
- * memory" message, leave no temporary file, and (in the sanitizer build, through
- * LeakSanitizer at exit) leak nothing and crash nowhere. jansson's own allocations are
- * hooked too (through finch_json_begin's allocator), so every JSON parse and every JSON file
- * written is swept; PCRE2's are not.
+ * merging an adapter into it (and full fine-tuning, also with AdamW fused into backward,
+ * the GGUF LoRA export and the run report, and finch quantize of a Hugging Face folder),
+ * every N from 1 to the number of allocations the operation makes is tried: each must
+ * return FINCH_E_NOMEM with an "out of memory" message, leave no temporary file, and (in
+ * the sanitizer build, through LeakSanitizer at exit) leak nothing and crash nowhere.
+ * jansson's own allocations are hooked too (through finch_json_begin's allocator), so every
+ * JSON parse and every JSON file written is swept; PCRE2's are not.
  * Every N is tried: all the sweeps together take a few seconds (under ASan too).
  */
 #define _XOPEN_SOURCE 700 /* nftw */
@@ -76,6 +76,18 @@ static finch_status op_train_full(finch_err *err) {
     o.method = "full";
     o.max_steps = 1;
     o.learning_rate = 1e-3;
+    return finch_train(model, &o, NULL, NULL, NULL, err);
+}
+
+/* full fine-tuning with AdamW fused into backward: the per-block gradient arena */
+static finch_status op_train_fused(finch_err *err) {
+    rm_tree(out_dir);
+    finch_train_options o = train_opts(out_dir);
+    o.method = "full";
+    o.max_steps = 1;
+    o.learning_rate = 1e-3;
+    o.max_grad_norm = 0;
+    o.fused_optimizer = 1;
     return finch_train(model, &o, NULL, NULL, NULL, err);
 }
 
@@ -186,6 +198,7 @@ static void test_train(void **state) {
     logits(before);
     sweep("train", op_train);
     sweep("train full", op_train_full);
+    sweep("train full fused", op_train_fused);
     /* no failed run left a method attached or a weight changed */
     logits(after);
     assert_memory_equal(before, after, sizeof before);

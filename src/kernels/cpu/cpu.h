@@ -36,6 +36,7 @@
 #define finch_cpu_gemm_bf16 FINCH_ISA_NAME(finch_cpu_gemm_bf16)
 #define finch_bf16_amx FINCH_ISA_NAME(finch_bf16_amx)
 #define finch_cpu_matmul_q8 FINCH_ISA_NAME(finch_cpu_matmul_q8)
+#define finch_cpu_quantize_q8_k FINCH_ISA_NAME(finch_cpu_quantize_q8_k)
 #define finch_cpu_attention_forward_f16 FINCH_ISA_NAME(finch_cpu_attention_forward_f16)
 #define finch_cpu_to_f16 FINCH_ISA_NAME(finch_cpu_to_f16)
 #define finch_cpu_embed FINCH_ISA_NAME(finch_cpu_embed)
@@ -208,6 +209,9 @@ void finch_cpu_gemm_bf16(int64_t M, int64_t N, int64_t K, const uint16_t *A, int
 bool finch_bf16_amx(void);
 void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws);
+/* x (n values, a multiple of QK_K) as n / QK_K Q8_K blocks, quantized as matmul_q8 quantizes
+ * a token for K-quant weights; four_rows: the rule of tokens taken four at a time. */
+void finch_cpu_quantize_q8_k(finch_block_q8_k *y, const float *x, int64_t n, bool four_rows);
 void finch_cpu_attention_forward_f16(float *out, const float *q, const uint16_t *k,
                                      const uint16_t *v, int64_t T, int64_t pos0, int H, int KVH,
                                      int D, float scale, bool neox, int64_t window,

@@ -361,7 +361,60 @@ static float vdot_q5_1(const void *row, const act_block *x, int64_t nb) {
  * quantize_mat_q8_K_4x8, which quantizes the rows its repacked products take four at a
  * time (four_rows), takes max positive when any value equals +|max|: the two differ only
  * when both +|max| and -|max| occur. */
-static void quantize_act_row_k(finch_block_q8_k *y, const float *x, int64_t n, bool four_rows) {
+#if defined(__AVX2__) && defined(__FMA__)
+/* The same values 8 at a time: max|x| by vector max (a NaN is skipped, as the scalar
+ * comparison skips it), then the first position holding it; the products iscale x are the
+ * scalar ones and cvtps rounds them in the current mode, as nearbyintf does. */
+void finch_cpu_quantize_q8_k(finch_block_q8_k *y, const float *x, int64_t n, bool four_rows) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 vmax = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 8) /* max_ps returns its second operand on a NaN */
+            vmax = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), vmax);
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float amax = _mm_cvtss_f32(m);
+        if (amax == 0) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        const __m256 va = _mm256_set1_ps(amax);
+        float max = 0;
+        bool plus = false; /* +amax occurs */
+        for (int j = 0; j < QK_K; j += 8) {
+            __m256 v = _mm256_loadu_ps(x + j);
+            int at = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), va, _CMP_EQ_OQ));
+            if (at && max == 0) max = x[j + __builtin_ctz((unsigned)at)];
+            plus |= _mm256_movemask_ps(_mm256_cmp_ps(v, va, _CMP_EQ_OQ)) != 0;
+            if (max != 0 && !four_rows) break;
+        }
+        if (four_rows && plus) max = amax;
+        const float iscale = -127.0f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i lim = _mm256_set1_epi32(127), bias = _mm256_set1_epi8(-128);
+        for (int j = 0; j < QK_K; j += 32) {
+            __m256i q[4];
+            for (int k = 0; k < 4; k++)
+                q[k] = _mm256_min_epi32(
+                    _mm256_cvtps_epi32(_mm256_mul_ps(vs, _mm256_loadu_ps(x + j + 8 * k))), lim);
+            /* the packs interleave 4-value groups across the 128-bit lanes: put them back */
+            __m256i p =
+                _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(y[b].qs + j), p);
+            /* the two 16-value sums: bytes offset by 128 to unsigned, summed 8 at a time */
+            __m256i s = _mm256_sad_epu8(_mm256_xor_si256(p, bias), _mm256_setzero_si256());
+            y[b].bsums[j / 16] =
+                (int16_t)(_mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) - 16 * 128);
+            y[b].bsums[j / 16 + 1] =
+                (int16_t)(_mm256_extract_epi64(s, 2) + _mm256_extract_epi64(s, 3) - 16 * 128);
+        }
+        y[b].d = 1 / iscale;
+    }
+}
+#else
+void finch_cpu_quantize_q8_k(finch_block_q8_k *y, const float *x, int64_t n, bool four_rows) {
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float max = 0, amax = 0;
         for (int j = 0; j < QK_K; j++)
@@ -386,17 +439,12 @@ static void quantize_act_row_k(finch_block_q8_k *y, const float *x, int64_t n, b
         y[b].d = 1 / iscale;
     }
 }
+#endif
 
-/* The 6-bit scale and min of sub-block j (0 .. 7) of a Q4_K block. */
-static inline void q4_k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
-}
+/* A K-quant product: nr rows (1 .. 4) from row, row_bytes apart, each with one token's x
+ * (nb blocks) into y[0 .. nr-1]. Each row's value is the same whichever nr it comes with. */
+typedef void (*kdot_fn)(const uint8_t *row, size_t row_bytes, int nr, const finch_block_q8_k *x,
+                        int64_t nb, float *y);
 
 /* Q4_K x Q8_K as llama.cpp runs it on an AVX2 CPU: there it repacks Q4_K weights whose row
  * count is a multiple of 8 into q4_K_8x8 and multiplies with ggml_gemv_q4_K_8x8_q8_K (one
@@ -413,8 +461,97 @@ static inline void q4_k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
  *
  * gemm adds each chunk's isum_c and imin_c the same way; the result is acc - acc_min. (Rows
  * not repacked take ggml_vec_dot_q4_K_q8_K's order in llama.cpp; finch uses these for them
- * too.) */
-static float dot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb, bool per_chunk) {
+ * too.) The vector code below computes the same integers (their order does not matter) and
+ * does the same f32 steps in the same order. */
+#if defined(__AVX2__) && defined(__FMA__)
+/* The 16-bit pair (2i, 2i+1) of each 128-bit lane, for shuffle_epi8 to broadcast value i
+ * of 8 int16 in both lanes. */
+#define PICK16(i) _mm_set1_epi16((short)(0x0100 + 0x0202 * (i)))
+
+/* [sum v0, sum v1, sum v2, sum v3] of four vectors of 8 int32 */
+static inline __m128i hsum4_i32(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* The 6-bit scales (bytes 0 .. 7) and mins (8 .. 15) of a Q4_K block's 8 sub-blocks from its
+ * 12 packed bytes a | b | c: sub-blocks 0-3 take the low 6 bits of a (scales) and b (mins),
+ * 4-7 a nibble of c with the top 2 bits of a or b above it. */
+static inline __m128i q4_k_scales_mins(const uint8_t *s) {
+    uint32_t a, b, c;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + 4, 4);
+    memcpy(&c, s + 8, 4);
+    const uint32_t lo6 = 0x3f3f3f3f, lo4 = 0x0f0f0f0f, lo2 = 0x03030303;
+    return _mm_setr_epi32((int)(a & lo6), (int)((c & lo4) | ((a >> 6) & lo2) << 4), (int)(b & lo6),
+                          (int)(((c >> 4) & lo4) | ((b >> 6) & lo2) << 4));
+}
+
+/* isum_c and imin_c (c = 0 .. 3) of one super-block. */
+static inline void q4_k_isums(const finch_block_q4_k *w, const finch_block_q8_k *x, int32_t *isum,
+                              int32_t *imin) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m128i sm = q4_k_scales_mins(w->scales);
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    __m256i v[4];
+    for (int c = 0; c < 4; c++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * c));
+        __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4),
+                                          _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c)));
+        __m256i hi =
+            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                                 _mm256_loadu_si256((const __m256i *)(x->qs + 64 * c + 32)));
+        __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_broadcastsi128_si256(PICK16(2 * c)));
+        __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_broadcastsi128_si256(PICK16(2 * c + 1)));
+        v[c] = _mm256_add_epi32(_mm256_madd_epi16(lo, s0), _mm256_madd_epi16(hi, s1));
+    }
+    _mm_storeu_si128((__m128i *)isum, hsum4_i32(v[0], v[1], v[2], v[3]));
+    /* lane k of pm: m_k (bsum_2k + bsum_2k+1); imin_c = lanes 2c + 2c+1 */
+    __m128i mn = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+    __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));
+    __m256i pm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x->bsums), mins);
+    pm = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pm, pm), _MM_SHUFFLE(3, 1, 2, 0));
+    _mm_storeu_si128((__m128i *)imin, _mm256_castsi256_si128(pm));
+}
+
+/* nr rows, super-block after super-block: the token's block is read from memory once for
+ * all of them, and the rows' f32 chains are independent. */
+static void dot_q4_k(const uint8_t *row, size_t rb, int nr, const finch_block_q8_k *x, int64_t nb,
+                     bool per_chunk, float *y) {
+    float acc[4] = {0, 0, 0, 0}, acc_min[4] = {0, 0, 0, 0};
+    for (int64_t b = 0; b < nb; b++)
+        for (int r = 0; r < nr; r++) {
+            const finch_block_q4_k *w = (const finch_block_q4_k *)(row + r * rb) + b;
+            const float d = finch_f16_to_f32(w->d) * x[b].d;
+            const float dmin = finch_f16_to_f32(w->dmin) * x[b].d;
+            int32_t isum[4], imin[4];
+            q4_k_isums(w, x + b, isum, imin);
+            if (per_chunk) {
+                for (int c = 0; c < 4; c++) {
+                    acc[r] = finch_fmaf((float)isum[c], d, acc[r]);
+                    acc_min[r] = finch_fmaf((float)imin[c], dmin, acc_min[r]);
+                }
+            } else {
+                acc[r] = finch_fmaf((float)(isum[0] + isum[1] + isum[2] + isum[3]), d, acc[r]);
+                acc_min[r] =
+                    finch_fmaf((float)(imin[0] + imin[1] + imin[2] + imin[3]), dmin, acc_min[r]);
+            }
+        }
+    for (int r = 0; r < nr; r++) y[r] = acc[r] - acc_min[r];
+}
+#else
+/* The 6-bit scale and min of sub-block j (0 .. 7) of a Q4_K block. */
+static inline void q4_k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+static float dot_q4_k_row(const void *row, const finch_block_q8_k *x, int64_t nb, bool per_chunk) {
     const finch_block_q4_k *w = row;
     float acc = 0, acc_min = 0;
     for (int64_t b = 0; b < nb; b++) {
@@ -448,12 +585,20 @@ static float dot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb, bo
     return acc - acc_min;
 }
 
-static float kdot_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
-    return dot_q4_k(row, x, nb, false);
+static void dot_q4_k(const uint8_t *row, size_t rb, int nr, const finch_block_q8_k *x, int64_t nb,
+                     bool per_chunk, float *y) {
+    for (int r = 0; r < nr; r++) y[r] = dot_q4_k_row(row + r * rb, x, nb, per_chunk);
+}
+#endif
+
+static void kdot_q4_k(const uint8_t *row, size_t rb, int nr, const finch_block_q8_k *x, int64_t nb,
+                      float *y) {
+    dot_q4_k(row, rb, nr, x, nb, false, y);
 }
 
-static float kdot4_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
-    return dot_q4_k(row, x, nb, true);
+static void kdot4_q4_k(const uint8_t *row, size_t rb, int nr, const finch_block_q8_k *x, int64_t nb,
+                       float *y) {
+    dot_q4_k(row, rb, nr, x, nb, true, y);
 }
 
 /* Q6_K x Q8_K as ggml_vec_dot_q6_K_q8_K's AVX2 code (which its AVX-512 builds run) sums it:
@@ -461,7 +606,60 @@ static float kdot4_q4_k(const void *row, const finch_block_q8_k *x, int64_t nb) 
  * (i mod 32) / 4, and lane l takes away 32 (sc_2l bsum_2l + sc_2l+1 bsum_2l+1) for the
  * values' offset of 32 (16-value sums, a different grouping). Each lane is added to its own
  * f32 accumulator by a fused multiply-add with d = d_x d_w, the lanes summed at the end. */
-static float kdot_q6_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
+#if defined(__AVX2__) && defined(__FMA__)
+/* The 8 integer lanes of one super-block: maddubs + madd put the products of values
+ * 4l .. 4l+3 of every 32 into int32 lane l, each 32 with its two 16-value scales (low and
+ * high 128-bit half). */
+static inline __m256i q6_k_lanes(const finch_block_q6_k *w, const finch_block_q8_k *x) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+    __m256i lanes = _mm256_setzero_si256();
+    for (int n = 0; n < 2; n++) {
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * n));
+        const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * n + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * n));
+        /* values 32k + l of this half: a nibble of ql, bits 2k, 2k+1 of qh[l] above it */
+        const __m256i u[4] = {
+            _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                            _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2)),
+            _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                            _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                            _mm256_and_si256(qh, m2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)),
+        };
+        /* this half's 8 scales as int16 in both 128-bit lanes */
+        const __m256i sc = _mm256_broadcastsi128_si256(
+            _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(w->scales + 8 * n))));
+        for (int k = 0; k < 4; k++) {
+            __m256i p = _mm256_maddubs_epi16(
+                u[k], _mm256_loadu_si256((const __m256i *)(x->qs + 128 * n + 32 * k)));
+            __m256i s = _mm256_shuffle_epi8(sc, _mm256_set_m128i(PICK16(2 * k + 1), PICK16(2 * k)));
+            lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p, s));
+        }
+    }
+    /* lane l of the madd: sc_2l bsum_2l + sc_2l+1 bsum_2l+1 */
+    __m256i corr =
+        _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x->bsums),
+                          _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales)));
+    return _mm256_sub_epi32(lanes, _mm256_slli_epi32(corr, 5));
+}
+
+static void kdot_q6_k(const uint8_t *row, size_t rb, int nr, const finch_block_q8_k *x, int64_t nb,
+                      float *y) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++)
+        for (int r = 0; r < nr; r++) {
+            const finch_block_q6_k *w = (const finch_block_q6_k *)(row + r * rb) + b;
+            const __m256 d = _mm256_set1_ps(x[b].d * finch_f16_to_f32(w->d));
+            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q6_k_lanes(w, x + b)), acc[r]);
+        }
+    for (int r = 0; r < nr; r++) y[r] = hsum_ps(acc[r]);
+}
+#undef PICK16
+#else
+static float dot_q6_k_row(const void *row, const finch_block_q8_k *x, int64_t nb) {
     const finch_block_q6_k *w = row;
     float acc[8] = {0};
     for (int64_t b = 0; b < nb; b++) {
@@ -489,7 +687,11 @@ static float kdot_q6_k(const void *row, const finch_block_q8_k *x, int64_t nb) {
     return lanes_sum8(acc);
 }
 
-typedef float (*kdot_fn)(const void *row, const finch_block_q8_k *x, int64_t nb);
+static void kdot_q6_k(const uint8_t *row, size_t rb, int nr, const finch_block_q8_k *x, int64_t nb,
+                      float *y) {
+    for (int r = 0; r < nr; r++) y[r] = dot_q6_k_row(row + r * rb, x, nb);
+}
+#endif
 
 /* Per K-quant type: the product of one token, and where llama.cpp takes tokens four at a
  * time (repacked weights) the product of those (NULL: one for every token). */
@@ -500,8 +702,11 @@ static const struct {
     [FINCH_DTYPE_Q6_K] = {kdot_q6_k, NULL},
 };
 
-/* y (T, R) for a K-quant weight: rows of x quantized to Q8_K in the shared buffer, then
- * each thread a band of whole weight rows against every token. */
+/* y (T, R) for a K-quant weight: rows of x quantized to Q8_K in the shared buffer, then each
+ * thread takes groups of KROWS weight rows (a few KiB, kept in cache) against every token, so
+ * a token's activations are read once per group rather than once per row. */
+enum { KROWS = 4 };
+
 static void matmul_k(float *y, const float *x, const finch_weight *w, int64_t T,
                      finch_workspace *ws) {
     const int64_t R = w->rows, K = w->cols, nb = K / QK_K;
@@ -511,12 +716,20 @@ static void matmul_k(float *y, const float *x, const finch_weight *w, int64_t T,
     FINCH_ASSERT(ws && ws->act_bytes >= (size_t)T * (size_t)nb * sizeof(finch_block_q8_k));
     finch_block_q8_k *xq = ws->act;
 #pragma omp parallel for schedule(static) if (T > 1)
-    for (int64_t t = 0; t < T; t++) quantize_act_row_k(xq + t * nb, x + t * K, K, t < T4);
+    for (int64_t t = 0; t < T; t++) finch_cpu_quantize_q8_k(xq + t * nb, x + t * K, K, t < T4);
     const uint8_t *W = w->data;
+    const int64_t n_groups = (R + KROWS - 1) / KROWS;
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t t = 0; t < T; t++)
-            y[t * R + r] = (t < T4 ? four : one)(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
+    for (int64_t g = 0; g < n_groups; g++) {
+        const int64_t r0 = g * KROWS;
+        const int nr = R - r0 < KROWS ? (int)(R - r0) : KROWS;
+        float yr[KROWS];
+        for (int64_t t = 0; t < T; t++) {
+            (t < T4 ? four : one)(W + (size_t)r0 * w->row_bytes, w->row_bytes, nr, xq + t * nb, nb,
+                                  yr);
+            for (int k = 0; k < nr; k++) y[t * R + r0 + k] = yr[k];
+        }
+    }
 }
 
 typedef float (*vdot_fn)(const void *row, const act_block *x, int64_t nb);

@@ -25,13 +25,15 @@
  *   - with the folder's tokenizer.model (spm_model.c), its pieces' scores and types, as the
  *     converter takes them: the pieces must spell tokenizer.json's tokens (an added token
  *     may differ: tokenizer.json's text wins), tokenizer.json's added tokens become control
- *     (special) or user-defined tokens of score -1000 (an unknown piece stays unknown), ids
- *     past the pieces must be added tokens;
+ *     (special) or user-defined tokens of score -1000 (the unknown piece too, as the
+ *     converter's added_tokens_decoder pass makes it), ids past the pieces must be added
+ *     tokens;
  *   - without it, derived from tokenizer.json (said in the log): a BPE token scores -r for
  *     the best rank r of the merges that make it, so llama.cpp joins pairs in the order the
  *     merges list ranks them, as the tokenizers library does; a token no merge makes (the
  *     characters, the bytes) scores below every merge, -(merges + 1); added tokens -1000.
- *     Tokens spelled <0xXX> are byte tokens, the unknown token unknown.
+ *     Tokens spelled <0xXX> are byte tokens, the unknown token (when it is no added token)
+ *     unknown.
  * A Unigram tokenizer.json (T5) is refused: llama.cpp's "llama" tokenizer joins its pieces
  * greedily where the library finds the best segmentation (their ids agreed on 303 of the
  * 1,077 lines of tests/fixtures/tokenizer-hf's Unigram file).
@@ -169,7 +171,7 @@ static finch_status scores_from_model(const finch_tokenizer *tok, const char *mo
             goto done;
         }
         scores[i] = added ? -1000.0f : sp.score[i];
-        if (!added || sp.type[i] == 2) types[i] = sp.type[i];
+        if (!added) types[i] = sp.type[i];
     }
     finch_log(FINCH_LOG_INFO, "%s: SentencePiece scores and token types of %d pieces", model_path,
               (int)sp.n);
@@ -225,7 +227,7 @@ static finch_status hf_spm_vocab(const finch_tokenizer *tok, const char *model_p
     for (int32_t i = 0; i < tok->n_vocab; i++)
         if (!is_added(tok, i) && spelled_byte(tok, i)) types[i] = 6;
     const int32_t unk = tok->special[SP_UNK];
-    if (unk >= 0 && unk < tok->n_vocab) types[unk] = 2;
+    if (unk >= 0 && unk < tok->n_vocab && !is_added(tok, unk)) types[unk] = 2;
     return model_path ? scores_from_model(tok, model_path, scores, types, err)
                       : scores_derived(tok, scores, err);
 }

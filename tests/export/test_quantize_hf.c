@@ -14,7 +14,8 @@
  *     makes it), with the same metadata keys.
  *   - A LLaMA folder with a SentencePiece tokenizer (tokenizer.model and tokenizer.json,
  *     tests/fixtures/hf_spm) becomes a "llama" vocabulary with scores, with and without
- *     tokenizer.model: the folder's f32 logits bit for bit and its ids.
+ *     tokenizer.model: the folder's f32 logits bit for bit and its ids; full fine-tuning
+ *     over it writes model.gguf (it did not while such a tokenizer had no GGUF form).
  *   - Full fine-tuning of the GPT-2 folder writes model.gguf through the same writer: it
  *     gives the tuned folder's logits.
  *   - Refusals: a folder without tokenizer.json, without config.json, with an unknown
@@ -368,6 +369,31 @@ static void test_sentencepiece(void **state) {
     const int32_t ids[] = {1, 5, 9, 17, 300, 40, 2, 11, 600, 7, 60, 13};
     const int n = sizeof ids / sizeof ids[0];
     float *want = logits(src, ids, n);
+    /* full fine-tuning over the folder writes model.gguf through the same writer */
+    char data[450], tuned[450];
+    snprintf(data, sizeof data, "%s/spm_train.jsonl", dir);
+    FILE *fp = fopen(data, "w");
+    assert_non_null(fp);
+    for (int k = 0; k < 4; k++)
+        fprintf(fp, "{\"prompt\": \"the model %d is\", \"completion\": \" a value %d\"}\n", k,
+                3 * k);
+    fclose(fp);
+    snprintf(tuned, sizeof tuned, "%s/spm_full", dir);
+    finch_train_options o = finch_train_defaults();
+    o.data.path = data;
+    o.data.max_seq_len = 32;
+    o.out_dir = tuned;
+    o.method = "full";
+    o.learning_rate = 1e-3;
+    o.batch_size = 2;
+    o.max_steps = 1;
+    finch_err terr;
+    if (finch_train(src, &o, NULL, NULL, NULL, &terr)) fail_msg("%s", terr.msg);
+    snprintf(out, sizeof out, "%s/model.gguf", tuned);
+    finch_model *tm = load(out);
+    same_ids_but(src, tm, false);
+    finch_model_free(tm);
+    printf("  full fine-tuning of %s: model.gguf has the folder's ids\n", f);
     for (int k = 0; k < 2; k++) {
         if (k) {
             snprintf(cmd, sizeof cmd, "rm '%s/tokenizer.model'", f);

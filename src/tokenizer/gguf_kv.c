@@ -228,6 +228,22 @@ static finch_status hf_spm_vocab(const finch_tokenizer *tok, const char *model_p
         if (!is_added(tok, i) && spelled_byte(tok, i)) types[i] = 6;
     const int32_t unk = tok->special[SP_UNK];
     if (unk >= 0 && unk < tok->n_vocab && !is_added(tok, unk)) types[unk] = 2;
+    /* Metaspace split encodes each word alone, llama.cpp the whole run */
+    int64_t inner = 0;
+    for (int32_t i = 0; tok->spm_split && i < tok->n_vocab; i++) {
+        const char *t = tok->text_blob + tok->text_off[i];
+        const uint32_t len = tok->text_len[i];
+        for (uint32_t k = 1; !is_added(tok, i) && k + 3 <= len; k++)
+            if (!memcmp(t + k, "\xe2\x96\x81", 3)) {
+                inner++;
+                break;
+            }
+    }
+    if (inner)
+        finch_log(FINCH_LOG_WARN,
+                  "tokenizer.json: the Metaspace pre-tokenizer splits words at U+2581, which "
+                  "llama.cpp does not; %lld tokens hold one inside and may appear in its ids",
+                  (long long)inner);
     return model_path ? scores_from_model(tok, model_path, scores, types, err)
                       : scores_derived(tok, scores, err);
 }

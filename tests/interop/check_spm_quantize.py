@@ -2,7 +2,8 @@
 
 FOLDER is a Hugging Face Gemma 3 folder whose weights finch wrote (`finch train --method
 full --lr 1e-12 --max-steps 1 --out FOLDER` over the GGUF) and whose tokenizer files
-tests/reference/gguf_spm_to_hf_tokenizer.py made from the GGUF's vocabulary. For each of
+tests/reference/gguf_spm_to_hf_tokenizer.py made from the GGUF's vocabulary (with
+tokenizer.model); without --folder the script makes one in WORK/folder that way. For each of
 "with tokenizer.model" (the pieces' scores) and "without" (scores derived from the merges)
 finch writes a q8_0 GGUF from the folder, and:
 
@@ -10,11 +11,13 @@ finch writes a q8_0 GGUF from the folder, and:
     with tokenizer.model; the types that differ, and the scores without, are printed);
   - `finch tokenize` gives every string of the bundled datasets (datasets/*/*.jsonl: each
     prompt, completion, chosen, rejected) the same ids from it as from the original GGUF
-    (asserted, and the count printed);
+    (asserted, and the count printed), and every text line of
+    tests/fixtures/tokenizer/gemma3_ids.jsonl (varied scripts, whitespace, special tokens)
+    the ids llama.cpp gave on the original GGUF;
   - when llama-cpp-python imports, llama.cpp loads it (vocab only) and tokenizes the same
     strings to the same ids as it does with the original GGUF (asserted).
 
-  python check_spm_quantize.py --finch build/finch --model GEMMA.gguf --folder FOLDER \
+  python check_spm_quantize.py --finch build/finch --model GEMMA.gguf [--folder FOLDER] \
       --work DIR
 """
 import argparse
@@ -41,13 +44,26 @@ def dataset_strings():
     return out
 
 
-def finch_ids(finch, model, texts, work):
+def llamacpp_lines():
+    """The lines of tests/fixtures/tokenizer/gemma3_ids.jsonl: text, flags and the ids
+    llama.cpp gave on Gemma 3 270M's GGUF (hex-only lines, not valid UTF-8, left out)."""
+    out = []
+    with open(os.path.join(ROOT, "tests", "fixtures", "tokenizer", "gemma3_ids.jsonl"),
+              encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            if "text" in d:
+                out.append((d["text"], bool(d.get("special")), bool(d.get("add")), d["ids"]))
+    return out
+
+
+def finch_ids(finch, model, texts, work, flags=()):
     src = os.path.join(work, "texts.jsonl")
     with open(src, "w", encoding="utf-8") as f:
         for t in texts:
             f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
-    r = subprocess.run([finch, "tokenize", "-m", model, "--jsonl", src], capture_output=True,
-                       text=True, check=True)
+    r = subprocess.run([finch, "tokenize", "-m", model, "--jsonl", src, *flags],
+                       capture_output=True, text=True, check=True)
     rows = [json.loads(l)["ids"] for l in r.stdout.splitlines() if l.strip()]
     assert len(rows) == len(texts), (len(rows), len(texts))
     return rows
@@ -80,14 +96,36 @@ def llama_ids(model, texts):
     return [llm.tokenize(t.encode("utf-8"), add_bos=True, special=False) for t in texts]
 
 
+def make_folder(finch, model, work):
+    folder = os.path.join(work, "folder")
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run([finch, "train", "-m", model, "--data",
+                    os.path.join(ROOT, "datasets", "quotes", "general.jsonl"), "--out", folder,
+                    "--method", "full", "--lr", "1e-12", "--max-steps", "1", "--batch-size", "1",
+                    "--max-seq-len", "64"], check=True)
+    for name in ("model.gguf", "checkpoint-1"):
+        p = os.path.join(folder, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        elif os.path.exists(p):
+            os.remove(p)
+    subprocess.run([sys.executable, os.path.join(ROOT, "tests", "reference",
+                                                 "gguf_spm_to_hf_tokenizer.py"),
+                    model, folder, "--model"], check=True)
+    return folder
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--finch", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--folder", required=True)
+    ap.add_argument("--folder")
     ap.add_argument("--work", required=True)
+    ap.add_argument("--logits")  # run.sh passes it to every check; unused
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
+    if not a.folder:
+        a.folder = make_folder(a.finch, a.model, a.work)
     texts = dataset_strings()
     print(f"{len(texts)} dataset strings")
     want = finch_ids(a.finch, a.model, texts, a.work)
@@ -148,6 +186,20 @@ def main():
         same = sum(x == y for x, y in zip(want, ids))
         print(f"  finch tokenize: {same} of {len(texts)} strings give the original GGUF's ids")
         ok &= same == len(texts)
+        ref = llamacpp_lines()
+        same = 0
+        for special in (False, True):
+            for add in (False, True):
+                group = [r for r in ref if r[1] == special and r[2] == add]
+                if not group:
+                    continue
+                flags = (["--parse-special"] if special else []) + ([] if add else
+                                                                    ["--no-add-special"])
+                ids = finch_ids(a.finch, out, [r[0] for r in group], a.work, flags)
+                same += sum(x == r[3] for x, r in zip(ids, group))
+        print(f"  finch tokenize: {same} of {len(ref)} lines of gemma3_ids.jsonl give the ids "
+              f"llama.cpp gave on the original GGUF")
+        ok &= same == len(ref)
         if have_llama:
             ids = llama_ids(out, texts)
             same = sum(x == y for x, y in zip(want_llama, ids))

@@ -40,12 +40,16 @@
  * The text must reach llama.cpp's tokenizer as it reaches the library's: normalizers other
  * than the U+2581 marker (Precompiled, Strip, ...) are refused, as is a vocabulary with
  * no token for some byte (llama.cpp's byte fallback would fail on it).
- * add_space_prefix is whether the file puts a marker in front of the text.
+ * add_space_prefix is whether the file puts a marker in front of the text. Two differences
+ * remain, and are documented rather than refused: llama.cpp (as SentencePiece itself) puts
+ * the marker in front of a text that starts with a space, where Metaspace's
+ * prepend_scheme "first" does not; and Metaspace's split encodes each word alone, so a
+ * token with a marker inside (counted in a warning) is one llama.cpp may produce and the
+ * library never does.
  */
 #include "internal.h"
 
 #include <ctype.h> /* isxdigit */
-#include <math.h>  /* isnan */
 #include <stdio.h>
 
 /* tokenizer.ggml.token_type of an attribute set (0: undefined). */

@@ -21,7 +21,7 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/
     libcmocka-dev:arm64
 fi
 cmake -S . -B "$build" -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
-  -DCMAKE_BUILD_TYPE=Release -DFINCH_WITH_MPI=OFF -DFINCH_WERROR=ON >/dev/null
+  -DCMAKE_BUILD_TYPE=Release -DFINCH_WITH_MPI=OFF -DFINCH_CUDA=OFF -DFINCH_WERROR=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"
 file "$build/finch"
 OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build" -j"$(nproc)" --timeout 3000 --output-on-failure \

@@ -214,27 +214,16 @@ void finch_dequant_q3_k(float *dst, const void *src, int64_t n) {
     }
 }
 
-/* 6-bit scale and min of sub-block j from the 12 packed bytes (FORMATS.md 2.5). */
-static inline void k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
 void finch_dequant_q4_k(float *dst, const void *src, int64_t n) {
     const finch_block_q4_k *b = src;
     for (int64_t i = 0; i < n / QK_K; i++) {
         float d = H2F(b[i].d), dmin = H2F(b[i].dmin);
         const uint8_t *q = b[i].qs;
         for (int c = 0; c < 4; c++, q += 32) {
-            uint8_t sc, m;
-            k_scale_min(2 * c, b[i].scales, &sc, &m);
+            int sc, m;
+            finch_k_scale_min(2 * c, b[i].scales, &sc, &m);
             float d1 = d * sc, m1 = dmin * m;
-            k_scale_min(2 * c + 1, b[i].scales, &sc, &m);
+            finch_k_scale_min(2 * c + 1, b[i].scales, &sc, &m);
             float d2 = d * sc, m2 = dmin * m;
             for (int l = 0; l < 32; l++) *dst++ = d1 * (float)(q[l] & 0x0f) - m1;
             for (int l = 0; l < 32; l++) *dst++ = d2 * (float)(q[l] >> 4) - m2;
@@ -248,10 +237,10 @@ void finch_dequant_q5_k(float *dst, const void *src, int64_t n) {
         float d = H2F(b[i].d), dmin = H2F(b[i].dmin);
         const uint8_t *q = b[i].qs, *qh = b[i].qh;
         for (int c = 0; c < 4; c++, q += 32) {
-            uint8_t sc, m;
-            k_scale_min(2 * c, b[i].scales, &sc, &m);
+            int sc, m;
+            finch_k_scale_min(2 * c, b[i].scales, &sc, &m);
             float d1 = d * sc, m1 = dmin * m;
-            k_scale_min(2 * c + 1, b[i].scales, &sc, &m);
+            finch_k_scale_min(2 * c + 1, b[i].scales, &sc, &m);
             float d2 = d * sc, m2 = dmin * m;
             uint8_t u1 = (uint8_t)(1u << (2 * c)), u2 = (uint8_t)(2u << (2 * c));
             for (int l = 0; l < 32; l++)

@@ -78,6 +78,18 @@ typedef struct {
 } finch_block_q4_k;
 _Static_assert(sizeof(finch_block_q4_k) == 144, "q4_k block");
 
+/* The 6-bit scale and min of sub-block j (0 .. 7) of a Q4_K / Q5_K block's 12 packed
+ * scale bytes (FORMATS.md 2.5). */
+static inline void finch_k_scale_min(int j, const uint8_t *s, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
 /* Q5_K: 176 bytes. | d | dmin | scales[12] | qh[32] | qs[128] | */
 typedef struct {
     uint16_t d, dmin;

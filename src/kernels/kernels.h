@@ -273,14 +273,15 @@ typedef struct {
                                     int KVH, int D, int64_t window, finch_workspace *ws);
 
     /* dq (B*T, H*D), dk, dv (B*T, KVH*D) = the gradients of attention_forward_train given
-     * dout (B*T, H*D), the stats it saved, its inputs and the same seg, pre and window; dk and dv
+     * dout (B*T, H*D), its output out, the stats it saved, its inputs and the same seg, pre
+     * and window; dk and dv
      * sum over the query heads of each group; the prefix's gradients, summed over every
      * row and query, are added to pre->dk, pre->dv when those are set. sps (B, H, T) is
      * scratch. ws as for the forward. */
     void (*attention_backward)(float *dq, float *dk, float *dv, float *sps, const float *dout,
-                               const float *stats, const float *q, const float *k, const float *v,
-                               const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
-                               int64_t T, int H, int KVH, int D, int64_t window,
+                               const float *out, const float *stats, const float *q, const float *k,
+                               const float *v, const int32_t *seg, const finch_attn_prefix *pre,
+                               int64_t B, int64_t T, int H, int KVH, int D, int64_t window,
                                finch_workspace *ws);
 
     /* dgate (n), dup (n) = the gradients of swiglu_forward given dh (n), gate, up.

@@ -511,8 +511,8 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
             be->add(a->dx, a->dad, N * C);
         /* ao = attention(q, k, v) */
         const finch_attn_prefix pre = prefix_of(m, l, P);
-        be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->att[l], a->q[l], a->k[l],
-                               a->v[l], seg, P ? &pre : NULL, B, T, H, KVH, D,
+        be->attention_backward(a->dq, a->dk, a->dv, a->ds, a->dao, a->ao[l], a->att[l], a->q[l],
+                               a->k[l], a->v[l], seg, P ? &pre : NULL, B, T, H, KVH, D,
                                finch_layer_window(m, l), &a->ws);
         /* rope(q), rope(k) */
         if (!arch->learned_pos) {

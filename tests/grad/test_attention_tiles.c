@@ -86,8 +86,8 @@ static void run(float *out, float *dq, float *dk, float *dv, float *dpre, const 
     float *st = zeros(B * c->H * T * 2), *sps = zeros(B * c->H * T);
     be->attention_forward_train(out, st, q, k, v, seg, c->np ? &pa : NULL, B, T, c->H, c->KVH, c->D,
                                 c->W, &ws);
-    be->attention_backward(dq, dk, dv, sps, dout, st, q, k, v, seg, c->np ? &pa : NULL, B, T, c->H,
-                           c->KVH, c->D, c->W, &ws);
+    be->attention_backward(dq, dk, dv, sps, dout, out, st, q, k, v, seg, c->np ? &pa : NULL, B, T,
+                           c->H, c->KVH, c->D, c->W, &ws);
     free(st);
     free(sps);
     finch_workspace_free(&ws);

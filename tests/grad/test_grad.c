@@ -109,7 +109,6 @@ static void check_close(const char *what, const float *a, const float *b, int64_
 
 /* ---- matmul --------------------------------------------------------------------------- */
 
-
 typedef struct {
     int64_t T, R, K;
     const double *x, *w, *P; /* x (T, K), w (R, K), P (T, R) */
@@ -464,12 +463,13 @@ static double att_loss(const void *p) {
                 int g = h / (c->H / c->KVH);
                 double mx = -INFINITY, sum = 0;
                 const int64_t n = c->np + t + 1;
-#define SEES(j) ((j) < c->np ? att_sees_prefix(c, b, t, j) : att_sees(c, b, t, (j) - c->np))
+#define SEES(j) ((j) < c->np ? att_sees_prefix(c, b, t, j) : att_sees(c, b, t, (j)-c->np))
                 for (int64_t j = 0; j < n; j++) {
                     if (!SEES(j)) continue;
                     double d = 0;
                     for (int e = 0; e < c->D; e++)
-                        d += c->q[(b * T + t) * qs + h * c->D + e] * att_key(c, b, j, false)[g * c->D + e];
+                        d += c->q[(b * T + t) * qs + h * c->D + e] *
+                             att_key(c, b, j, false)[g * c->D + e];
                     s[j] = d / sqrt((double)c->D);
                     mx = s[j] > mx ? s[j] : mx;
                 }
@@ -509,7 +509,7 @@ static void test_attention_backward(void **state) {
     finch_rng r;
     finch_rng_seed(&r, 16);
     /* B, T, H, KVH, D */
-    const int shapes[][5] = {{1, 1, 1, 1, 1},  {2, 5, 4, 2, 3},    {3, 7, 6, 2, 8},
+    const int shapes[][5] = {{1, 1, 1, 1, 1},  {2, 5, 4, 2, 3},   {3, 7, 6, 2, 8},
                              {1, 17, 3, 3, 5}, {2, 33, 9, 3, 12}, {1, 40, 2, 1, 9}};
     /* a sliding window per shape: 1 (each token alone), shorter than segments and the
      * prefix, longer than a block of 16 query rows */
@@ -561,8 +561,8 @@ static void test_attention_backward(void **state) {
                                                 v + o * KVH * D, t1 - t0, 0, H, KVH, D, W);
                 }
             if (!np) check_close(what, out, outc, nq);
-            be->attention_backward(dq, dk, dv, ds, dout, att, q, k, v, seg, pp, B, T, H, KVH, D, W,
-                                   &ws);
+            be->attention_backward(dq, dk, dv, ds, dout, out, att, q, k, v, seg, pp, B, T, H, KVH,
+                                   D, W, &ws);
             finch_ref_attention_backward(dqr, dkr, dvr, dout, attr, q, k, v, seg, ppr, B, T, H, KVH,
                                          D, W);
             float *dpre_raw = zeros(np * 2 * kvs + 1);
@@ -594,15 +594,17 @@ static void test_attention_backward(void **state) {
              * same bits as two */
             finch_workspace ws1;
             finch_err err;
-            assert_int_equal(finch_workspace_init(&ws1, finch_workspace_need(1, T + np), 1, 0, &err), FINCH_OK);
-            float *o1 = zeros(nq), *a1 = zeros(nst), *q1 = zeros(nq), *k1 = zeros(nkv), *v1 = zeros(nkv);
+            assert_int_equal(
+                finch_workspace_init(&ws1, finch_workspace_need(1, T + np), 1, 0, &err), FINCH_OK);
+            float *o1 = zeros(nq), *a1 = zeros(nst), *q1 = zeros(nq), *k1 = zeros(nkv),
+                  *v1 = zeros(nkv);
             float *p1 = zeros(np * 2 * kvs + 1);
             memcpy(p1, dpre0, (size_t)(np * 2 * kvs) * sizeof(float));
             finch_attn_prefix pa1 = {pre, pre + kvs, p1, p1 + kvs, np, 2 * kvs};
             be->attention_forward_train(o1, a1, q, k, v, seg, np ? &pa1 : NULL, B, T, H, KVH, D, W,
                                         &ws1);
-            be->attention_backward(q1, k1, v1, ds, dout, a1, q, k, v, seg, np ? &pa1 : NULL, B, T,
-                                   H, KVH, D, W, &ws1);
+            be->attention_backward(q1, k1, v1, ds, dout, o1, a1, q, k, v, seg, np ? &pa1 : NULL, B,
+                                   T, H, KVH, D, W, &ws1);
             /* the prefix's sums run in a fixed order too */
             assert_memory_equal(p1, dpre_raw, (size_t)(np * 2 * kvs) * sizeof(float));
             free(p1);
@@ -709,7 +711,9 @@ static double geglu_loss(const void *p) {
     double L = 0;
     for (int64_t i = 0; i < c->n; i++) {
         double g = c->gate[i];
-        L += c->P[i] * 0.5 * g * (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (g + 0.044715 * g * g * g))) * c->up[i];
+        L += c->P[i] * 0.5 * g *
+             (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (g + 0.044715 * g * g * g))) *
+             c->up[i];
     }
     return L;
 }
@@ -721,7 +725,8 @@ static void test_geglu_backward(void **state) {
     const int64_t ns[] = {1, 7, 20001};
     for (size_t s = 0; s < sizeof ns / sizeof ns[0]; s++) {
         int64_t n = ns[s];
-        float *gate = rand_vec(&r, n, 3.0f), *up = rand_vec(&r, n, 1.0f), *dh = rand_vec(&r, n, 1.0f);
+        float *gate = rand_vec(&r, n, 3.0f), *up = rand_vec(&r, n, 1.0f),
+              *dh = rand_vec(&r, n, 1.0f);
         float *dg = zeros(n), *du = zeros(n), *dgr = zeros(n), *dur = zeros(n);
         be->geglu_backward(dg, du, dh, gate, up, n);
         finch_ref_geglu_backward(dgr, dur, dh, gate, up, n);
@@ -770,7 +775,8 @@ static void test_layernorm_backward(void **state) {
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int64_t T = shapes[s][0], C = shapes[s][1];
         char what[64];
-        float *x = rand_vec(&r, T * C, 1.0f), *w = rand_vec(&r, C, 1.0f), *b = rand_vec(&r, C, 1.0f);
+        float *x = rand_vec(&r, T * C, 1.0f), *w = rand_vec(&r, C, 1.0f),
+              *b = rand_vec(&r, C, 1.0f);
         float *dy = rand_vec(&r, T * C, 1.0f), *y = zeros(T * C), *yr = zeros(T * C);
         float *st = zeros(2 * T), *str = zeros(2 * T);
         float *dw0 = rand_vec(&r, C, 1.0f), *dw = copy_vec(dw0, C), *dwr = copy_vec(dw0, C);
@@ -959,7 +965,9 @@ int main(void) {
         cmocka_unit_test(test_matmul_backward_input), cmocka_unit_test(test_matmul_backward_weight),
         cmocka_unit_test(test_embed_backward),        cmocka_unit_test(test_rmsnorm_backward),
         cmocka_unit_test(test_rope_backward),         cmocka_unit_test(test_attention_backward),
-        cmocka_unit_test(test_swiglu_backward), cmocka_unit_test(test_geglu_backward), cmocka_unit_test(test_layernorm_backward), cmocka_unit_test(test_gelu_backward),       cmocka_unit_test(test_softmax_xent),
+        cmocka_unit_test(test_swiglu_backward),       cmocka_unit_test(test_geglu_backward),
+        cmocka_unit_test(test_layernorm_backward),    cmocka_unit_test(test_gelu_backward),
+        cmocka_unit_test(test_softmax_xent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -658,15 +658,16 @@ static void check_attention(int64_t B, int64_t T, int H, int KVH, int D, int64_t
           *dk = malloc(sizeof(float) * nkv), *dv = malloc(sizeof(float) * nkv);
     finch_workspace ws = cpu_ws(D, T);
     cpu->attention_forward_train(out, st, q, k, v, seg, NULL, B, T, H, KVH, D, W, &ws);
-    cpu->attention_backward(dq, dk, dv, sps, dout, st, q, k, v, seg, NULL, B, T, H, KVH, D, W, &ws);
+    cpu->attention_backward(dq, dk, dv, sps, dout, out, st, q, k, v, seg, NULL, B, T, H, KVH, D, W,
+                            &ws);
     float *gq = dev_f(q, nq), *gk = dev_f(k, nkv), *gv = dev_f(v, nkv), *gdout = dev_f(dout, nq);
     int32_t *gseg = seg ? dev_of(seg, sizeof(int32_t) * B * T) : NULL;
     float *gout = dev_new(sizeof(float) * nq), *gst = dev_new(sizeof(float) * ns * 2),
           *gsps = dev_new(sizeof(float) * ns), *gdq = dev_new(sizeof(float) * nq),
           *gdk = dev_new(sizeof(float) * nkv), *gdv = dev_new(sizeof(float) * nkv);
     gpu->attention_forward_train(gout, gst, gq, gk, gv, gseg, NULL, B, T, H, KVH, D, W, &ws);
-    gpu->attention_backward(gdq, gdk, gdv, gsps, gdout, gst, gq, gk, gv, gseg, NULL, B, T, H, KVH,
-                            D, W, &ws);
+    gpu->attention_backward(gdq, gdk, gdv, gsps, gdout, gout, gst, gq, gk, gv, gseg, NULL, B, T, H,
+                            KVH, D, W, &ws);
     char what[128];
 #define WHAT(name)                                                                                 \
     (snprintf(what, sizeof what, "attention %s B=%lld T=%lld H=%d KVH=%d D=%d W=%lld%s", name,     \
@@ -680,8 +681,8 @@ static void check_attention(int64_t B, int64_t T, int H, int KVH, int D, int64_t
     expect_close(dk1, dk, nkv, 1e-4, 1e-5, 0, WHAT("dk"));
     expect_close(dv1, dv, nkv, 1e-4, 1e-5, 0, WHAT("dv"));
     /* the backward again: the same bits */
-    gpu->attention_backward(gdq, gdk, gdv, gsps, gdout, gst, gq, gk, gv, gseg, NULL, B, T, H, KVH,
-                            D, W, &ws);
+    gpu->attention_backward(gdq, gdk, gdv, gsps, gdout, gout, gst, gq, gk, gv, gseg, NULL, B, T, H,
+                            KVH, D, W, &ws);
     float *dk2 = host_f(gdk, nkv);
     expect_same(dk2, dk1, nkv, WHAT("dk run twice"));
 #undef WHAT
@@ -750,8 +751,8 @@ static void run_attention(const finch_backend *b, void *p) {
     at_args *a = p;
     b->attention_forward_train(a->out, a->st, a->q, a->k, a->v, NULL, NULL, AB, AT, AH, AKVH, AD, 0,
                                a->ws);
-    b->attention_backward(a->dq, a->dk, a->dv, a->sps, a->out, a->st, a->q, a->k, a->v, NULL, NULL,
-                          AB, AT, AH, AKVH, AD, 0, a->ws);
+    b->attention_backward(a->dq, a->dk, a->dv, a->sps, a->out, a->out, a->st, a->q, a->k, a->v,
+                          NULL, NULL, AB, AT, AH, AKVH, AD, 0, a->ws);
 }
 
 static void test_bench(void **state) {

@@ -238,10 +238,51 @@ static void test_matmul_kquants(void **state) {
     finch_rng_seed(&r, 2);
     const finch_dtype types[] = {FINCH_DTYPE_Q2_K, FINCH_DTYPE_Q3_K, FINCH_DTYPE_Q4_K,
                                  FINCH_DTYPE_Q5_K, FINCH_DTYPE_Q6_K};
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        check_matmul(types[i], 3, 256, 1, &r);
-        check_matmul(types[i], 67, 512, 5, &r);
+    const int64_t shapes[][2] = {{3, 256}, {67, 512}, {17, 768}};
+    const int64_t Ts[] = {1, 2, 3, 5};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++)
+                check_matmul(types[i], shapes[s][0], shapes[s][1], Ts[k], &r);
+}
+
+/* The tiles of the many-token path hold exactly core/quant.c's dequantized values (the
+ * vectorised row dequantizers do the same f32 operations): an identity activation reads
+ * them out. */
+static void test_matmul_tile_values(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 6);
+    const finch_dtype types[] = {FINCH_DTYPE_F16,  FINCH_DTYPE_BF16, FINCH_DTYPE_Q4_0,
+                                 FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q5_0, FINCH_DTYPE_Q5_1,
+                                 FINCH_DTYPE_Q8_0, FINCH_DTYPE_Q2_K, FINCH_DTYPE_Q3_K,
+                                 FINCH_DTYPE_Q4_K, FINCH_DTYPE_Q5_K, FINCH_DTYPE_Q6_K};
+    const int64_t R = 70, K = 512;
+    float *eye = calloc((size_t)(K * K), sizeof(float)),
+          *y = malloc((size_t)(K * R) * sizeof(float));
+    float *wf = malloc((size_t)K * sizeof(float));
+    for (int64_t k = 0; k < K; k++) eye[k * K + k] = 1.0f;
+    finch_workspace ws;
+    finch_err err;
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2, 0, &err), FINCH_OK);
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        finch_weight w;
+        void *data = make_weight(&r, types[t], R, K, &w);
+        be->matmul(y, eye, &w, K, &ws);
+        for (int64_t i = 0; i < R; i++) {
+            finch_dtype_info[types[t]].dequant(wf, (const uint8_t *)data + i * w.row_bytes, K);
+            for (int64_t k = 0; k < K; k++)
+                if (y[k * R + i] != wf[k]) /* (a zero's sign does not survive the product) */
+                    fail_msg("%s tile: row %lld col %lld = %.9g, dequantized %.9g",
+                             finch_dtype_info[types[t]].name, (long long)i, (long long)k,
+                             y[k * R + i], wf[k]);
+        }
+        free(data);
     }
+    finch_workspace_free(&ws);
+    free(eye);
+    free(y);
+    free(wf);
 }
 
 /* The same bits whatever the thread count (reductions have a fixed order). */
@@ -823,6 +864,7 @@ int main(void) {
         cmocka_unit_test(test_dropout_statistics),
         cmocka_unit_test(test_matmul_all_types),
         cmocka_unit_test(test_matmul_kquants),
+        cmocka_unit_test(test_matmul_tile_values),
         cmocka_unit_test(test_matmul_nf4),
         cmocka_unit_test(test_matmul_thread_invariant),
         cmocka_unit_test(test_matmul_q8),

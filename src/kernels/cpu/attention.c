@@ -645,21 +645,22 @@ static void key_tile_grads(float *dk, float *dv, int64_t ldk, const float *q, co
 /* With P a row of probabilities and S = q k^T / sqrt(D) its scores:
  *   dv_j += P_j dout,  dP_j = dout . v_j,  dS_j = P_j (dP_j - sum_i P_i dP_i),
  *   dq = sum_j dS_j k_j / sqrt(D),  dk_j += dS_j q / sqrt(D).
+ * Since sum_j P_j dP_j = dout . sum_j P_j v_j = dout . out, each query's sp is one dot
+ * product with the forward's output (flash attention 2's D), not a sweep over its keys.
  * Two passes, so that every output has one owner and each sum runs in a fixed order
  * whatever the thread count (no float atomics), the same tiles as the forward's:
- *   1. per (row, query head, block of BQ queries): over the key tiles the block sees,
- *      P and dP again and sp = sum_j P_j dP_j (in double, into sps (B, H, T)); then over the
- *      tiles again, dS and dq += dS k;
+ *   1. per (row, query head, block of BQ queries): sp = dout . out (into sps (B, H, T));
+ *      then over the key tiles the block sees, P, dP and dS again and dq += dS k;
  *   2. per (row, KV head, block of BK keys): dk += dS^T q and dv += P^T dout over the
  *      group's query heads, then the tiles of BQ queries that see the block, P, dP and dS
  *      again; and per (KV head, block of prefix keys): the same summed over every row, head
  *      of the group and query tile, in that order.
  * Nothing T x T is stored: each pass recomputes its tiles' products. */
 void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, const float *dout,
-                                  const float *stats, const float *q, const float *k,
-                                  const float *v, const int32_t *seg, const finch_attn_prefix *pre,
-                                  int64_t B, int64_t T, int H, int KVH, int D, int64_t window,
-                                  finch_workspace *ws) {
+                                  const float *out, const float *stats, const float *q,
+                                  const float *k, const float *v, const int32_t *seg,
+                                  const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
+                                  int KVH, int D, int64_t window, finch_workspace *ws) {
     const int group = H / KVH;
     const int64_t qs = (int64_t)H * D, kvs = (int64_t)KVH * D, nblk = (T + BQ - 1) / BQ,
                   kblk = (T + BK - 1) / BK;
@@ -679,7 +680,8 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
             int64_t lo[BQ], hi[BQ], pl[BQ], ph[BQ], s0 = seg_start(sg, t0);
             query_ranges(lo, hi, pl, ph, &s0, sg, t0, n, P, window);
             const int64_t o0 = (b * T + t0) * qs + (int64_t)h * D;
-            const float *qb = q + o0, *db = dout + o0, *st = stats + ((b * H + h) * T + t0) * 2;
+            const float *qb = q + o0, *db = dout + o0, *ob = out + o0,
+                        *st = stats + ((b * H + h) * T + t0) * 2;
             float *dqb = dq + o0, *spb = sps + (b * H + h) * T + t0;
             int64_t pmin = P;
             for (int i = 0; i < n; i++) pmin = pl[i] < pmin ? pl[i] : pmin;
@@ -688,33 +690,26 @@ void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *sps, c
                                  pl, ph},
                                 {k + b * T * kvs + (int64_t)g * D, v + b * T * kvs + (int64_t)g * D,
                                  kvs, lo[0], t0 + n, lo, hi}};
-            double sp[BQ] = {0};
             float spf[BQ];
-            for (int i = 0; i < n; i++) memset(dqb + i * qs, 0, (size_t)D * sizeof(float));
-            for (int sweep = 0; sweep < 2; sweep++) {
-                for (int w = 0; w < 2; w++)
-                    for (int64_t c = ks[w].c0; c < ks[w].c1; c += BK) {
-                        int nk = (int)(ks[w].c1 - c < BK ? ks[w].c1 - c : BK), r0 = 0, r1 = n;
-                        if (w == 1 && !rows_seeing(&r0, &r1, &ks[w], n, c, nk)) continue;
-                        int nr = r1 - r0;
-                        bwd_tile(p, dp, qb + r0 * qs, db + r0 * qs, qs, st + 2 * r0, nr,
-                                 ks[w].a + r0, ks[w].b + r0, &ks[w], c, nk, D, scale, kt, vt, true);
-                        if (sweep == 0) {
-                            for (int i = 0; i < nr; i++) {
-                                double acc = 0;
-                                for (int j = 0; j < nk; j++)
-                                    acc += (double)p[i * BK + j] * dp[i * BK + j];
-                                sp[r0 + i] += acc;
-                            }
-                            continue;
-                        }
-                        tile_ds(dp, p, spf + r0, nr, nk, scale);
-                        mm(dqb + r0 * qs, qs, dp, BK, 1, ks[w].k + c * ks[w].stride, ks[w].stride,
-                           nr, D, nk, true);
-                    }
-                if (sweep == 0)
-                    for (int i = 0; i < n; i++) spb[i] = spf[i] = (float)sp[i];
+            for (int i = 0; i < n; i++) {
+                /* one chain of madd over d, as mm sums each dP: with one key (out = v) sp
+                 * equals that dP bit for bit and dS is exactly 0 */
+                float acc = 0;
+                for (int d = 0; d < D; d++) acc = madd(db[i * qs + d], ob[i * qs + d], acc);
+                spb[i] = spf[i] = acc;
+                memset(dqb + i * qs, 0, (size_t)D * sizeof(float));
             }
+            for (int w = 0; w < 2; w++)
+                for (int64_t c = ks[w].c0; c < ks[w].c1; c += BK) {
+                    int nk = (int)(ks[w].c1 - c < BK ? ks[w].c1 - c : BK), r0 = 0, r1 = n;
+                    if (w == 1 && !rows_seeing(&r0, &r1, &ks[w], n, c, nk)) continue;
+                    int nr = r1 - r0;
+                    bwd_tile(p, dp, qb + r0 * qs, db + r0 * qs, qs, st + 2 * r0, nr, ks[w].a + r0,
+                             ks[w].b + r0, &ks[w], c, nk, D, scale, kt, vt, true);
+                    tile_ds(dp, p, spf + r0, nr, nk, scale);
+                    mm(dqb + r0 * qs, qs, dp, BK, 1, ks[w].k + c * ks[w].stride, ks[w].stride, nr,
+                       D, nk, true);
+                }
         }
         /* the implicit barrier: sps is complete */
 #pragma omp for schedule(dynamic, 1)

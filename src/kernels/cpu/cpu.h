@@ -26,6 +26,9 @@
 #define FINCH_ISA_STR(x) FINCH_ISA_STR2(x)
 #define finch_backend_cpu FINCH_ISA_NAME(finch_backend_cpu)
 #define finch_cpu_matmul FINCH_ISA_NAME(finch_cpu_matmul)
+#define finch_cpu_row_dot FINCH_ISA_NAME(finch_cpu_row_dot)
+#define finch_cpu_row_dot_blocks FINCH_ISA_NAME(finch_cpu_row_dot_blocks)
+#define finch_cpu_row_dequant FINCH_ISA_NAME(finch_cpu_row_dequant)
 #define finch_cpu_sgemm_nn FINCH_ISA_NAME(finch_cpu_sgemm_nn)
 #define finch_bf16_pack_a FINCH_ISA_NAME(finch_bf16_pack_a)
 #define finch_bf16_pack_b_nn FINCH_ISA_NAME(finch_bf16_pack_b_nn)
@@ -176,6 +179,13 @@ static inline size_t finch_bf16_b_size(int64_t K, int64_t N) {
 
 void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
                       finch_workspace *ws);
+/* Stored rows (quant_rows.c): row_dot, the fused dot of one row of n values of type t with
+ * an f32 vector (NULL where the type has none; row_dot_blocks then expands a block at a
+ * time); row_dequant, a dequantizer whose values are core/quant.c's bit for bit. */
+typedef float (*finch_cpu_dot_fn)(const void *row, const float *x, int64_t n);
+finch_cpu_dot_fn finch_cpu_row_dot(finch_dtype t);
+float finch_cpu_row_dot_blocks(finch_dtype t, const void *row, const float *x, int64_t n);
+finch_dequant_fn finch_cpu_row_dequant(finch_dtype t);
 /* C (M, N) = A (M, K) . B (K, N), or += when accumulate; row-major with row strides lda,
  * ldb, ldc; single-threaded, the same bits every run (gemm.c). */
 void finch_cpu_sgemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
@@ -251,10 +261,10 @@ void finch_cpu_attention_forward_train(float *out, float *att, const float *q, c
                                        const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
                                        int KVH, int D, int64_t window, finch_workspace *ws);
 void finch_cpu_attention_backward(float *dq, float *dk, float *dv, float *ds, const float *dout,
-                                  const float *att, const float *q, const float *k, const float *v,
-                                  const int32_t *seg, const finch_attn_prefix *pre, int64_t B,
-                                  int64_t T, int H, int KVH, int D, int64_t window,
-                                  finch_workspace *ws);
+                                  const float *out, const float *att, const float *q,
+                                  const float *k, const float *v, const int32_t *seg,
+                                  const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
+                                  int KVH, int D, int64_t window, finch_workspace *ws);
 void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n);
 double finch_cpu_softmax_xent(float *dlogits, const float *logits, const int32_t *targets,

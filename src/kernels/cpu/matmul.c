@@ -3,23 +3,18 @@
  *
  * Two paths, chosen by T:
  *  - few tokens (generation): a fused dot product per (row, token) that expands each
- *    quantized block in registers and multiplies it with x in f32; W is read once per
- *    call, rows are split across threads;
+ *    quantized block in registers and multiplies it with x in f32 (quant_rows.c); W is
+ *    read once per call, rows are split across threads;
  *  - many tokens (prompt, training): each thread dequantizes a tile of TILE_ROWS rows
- *    into its workspace slice and multiplies it with all of x through the single-threaded
- *    finch_cpu_sgemm_nn (gemm.c), so the base never exists in f32 beyond one tile per
- *    thread.
- * Each output element is computed by one thread in a fixed order, so results do not
- * depend on the thread count.
+ *    (quant_rows.c's row dequantizers) into its workspace slice and multiplies it with all of x
+ * through the single-threaded finch_cpu_sgemm_nn (gemm.c), so the base never exists in f32 beyond
+ * one tile per thread. Each output element is computed by one thread in a fixed order, so results
+ * do not depend on the thread count.
  *
  * Block layouts: core/quant.h (FORMATS.md 2).
  */
 #include "kernels/cpu/cpu.h"
-#include "core/quant.h" /* block structs, finch_dtype_info dequantizers */
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -28,225 +23,15 @@
  * column-interleaved (each store run fills one cache line of the tile) */
 enum { TILE_ROWS = FINCH_CPU_TILE_ROWS, GEMV_MAX_T = 3, GROUP = FINCH_CPU_STAGE_ROWS };
 
-/* ---- fused dot products: one stored row with one f32 vector ------------------------ */
-
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static float dot_f32(const void *row, const float *x, int64_t n) {
-    const float *w = row;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-    }
-    float s = hsum(_mm256_add_ps(a0, a1));
-    for (; i < n; i++) s += w[i] * x[i];
-    return s;
-}
-
-static float dot_f16(const void *row, const float *x, int64_t n) {
-    const uint16_t *w = row;
-    __m256 a = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 wf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
-        a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
-    }
-    float s = hsum(a);
-    for (; i < n; i++) s += finch_f16_to_f32(w[i]) * x[i];
-    return s;
-}
-
-static float dot_bf16(const void *row, const float *x, int64_t n) {
-    const uint16_t *w = row;
-    __m256 a = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i)));
-        __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-        a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
-    }
-    float s = hsum(a);
-    for (; i < n; i++) s += finch_bf16_to_f32(w[i]) * x[i];
-    return s;
-}
-
-/* 8 unsigned bytes -> 8 floats */
-static inline __m256 u8x8_ps(__m128i b) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
-}
-static inline __m256 i8x8_ps(__m128i b) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-}
-
-/* sum over the block of q_j * x_j, q from 16 packed nibble bytes (weight j low nibble of
- * byte j, weight j+16 high nibble); also returns sum of x over the block in *xs. */
-static inline __m256 nib_dot(const uint8_t *qs, const float *x, __m256 *xs) {
-    __m128i b = _mm_loadu_si128((const __m128i *)qs);
-    __m128i m = _mm_set1_epi8(0x0f);
-    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-    __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
-    __m256 x2 = _mm256_loadu_ps(x + 16), x3 = _mm256_loadu_ps(x + 24);
-    __m256 acc = _mm256_mul_ps(u8x8_ps(lo), x0);
-    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(lo, 8)), x1, acc);
-    acc = _mm256_fmadd_ps(u8x8_ps(hi), x2, acc);
-    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(hi, 8)), x3, acc);
-    *xs = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-    return acc;
-}
-
-static float dot_q4_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q4_0 *b = row;
-    __m256 total = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m256 xs, qx = nib_dot(b[i].qs, x, &xs);
-        /* sum (q - 8) x d = d (sum q x - 8 sum x) */
-        __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), xs, qx);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), v, total);
-    }
-    return hsum(total);
-}
-
-static float dot_q4_1(const void *row, const float *x, int64_t n) {
-    const finch_block_q4_1 *b = row;
-    __m256 total = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m256 xs, qx = nib_dot(b[i].qs, x, &xs);
-        /* sum (q d + m) x = d sum q x + m sum x */
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, total);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, total);
-    }
-    return hsum(total);
-}
-
-static float dot_q8_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q8_0 *b = row;
-    __m256 total = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m128i q0 = _mm_loadu_si128((const __m128i *)b[i].qs);
-        __m128i q1 = _mm_loadu_si128((const __m128i *)(b[i].qs + 16));
-        __m256 acc = _mm256_mul_ps(i8x8_ps(q0), _mm256_loadu_ps(x));
-        acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q0, 8)), _mm256_loadu_ps(x + 8), acc);
-        acc = _mm256_fmadd_ps(i8x8_ps(q1), _mm256_loadu_ps(x + 16), acc);
-        acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), acc);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), acc, total);
-    }
-    return hsum(total);
-}
-#else
-static float dot_f32(const void *row, const float *x, int64_t n) {
-    const float *w = row;
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += w[i] * x[i];
-    return s;
-}
-#define dot_f16 NULL
-#define dot_bf16 NULL
-#define dot_q4_0 NULL
-#define dot_q4_1 NULL
-#define dot_q8_0 NULL
-#endif
-
-/* ---- NF4: the 16-entry code table lives in one AVX-512 register ----------------------- */
-
-#if defined(__AVX512F__)
-/* Element k of each 16-lane half of a block's 32 packed bytes, as code indices: byte j holds
- * element 2j (high nibble) and 2j+1 (low), so lanes interleave the bytes' high and low
- * nibbles: {hi0, lo0, hi1, lo1, ...}. */
-static inline void nf4_codes16(const uint8_t *qs, __m512i *c0, __m512i *c1) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
-    const __m512i hi = _mm512_srli_epi32(v, 4), lo = _mm512_and_si512(v, _mm512_set1_epi32(15));
-    const __m512i i0 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i i1 =
-        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    *c0 = _mm512_permutex2var_epi32(hi, i0, lo);
-    *c1 = _mm512_permutex2var_epi32(hi, i1, lo);
-}
-
-/* The rows' values code[q] * d: the same single f32 product as finch_dequant_nf4, so the
- * tiles hold exactly the reference's values. */
-static void dequant_nf4(float *dst, const void *src, int64_t n) {
-    const finch_block_nf4 *b = src;
-    const __m512 lut = _mm512_loadu_ps(finch_nf4_code);
-    for (int64_t i = 0; i < n / QK_NF4; i++, dst += QK_NF4) {
-        const __m512 d = _mm512_set1_ps(b[i].d);
-        for (int h = 0; h < 2; h++) {
-            __m512i c0, c1;
-            nf4_codes16(b[i].qs + 16 * h, &c0, &c1);
-            _mm512_storeu_ps(dst + 32 * h, _mm512_mul_ps(_mm512_permutexvar_ps(c0, lut), d));
-            _mm512_storeu_ps(dst + 32 * h + 16, _mm512_mul_ps(_mm512_permutexvar_ps(c1, lut), d));
-        }
-    }
-}
-
-/* sum over blocks of d * sum_j code[q_j] x_j */
-static float dot_nf4(const void *row, const float *x, int64_t n) {
-    const finch_block_nf4 *b = row;
-    const __m512 lut = _mm512_loadu_ps(finch_nf4_code);
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n / QK_NF4; i++, x += QK_NF4) {
-        __m512i c[4];
-        nf4_codes16(b[i].qs, &c[0], &c[1]);
-        nf4_codes16(b[i].qs + 16, &c[2], &c[3]);
-        __m512 acc = _mm512_mul_ps(_mm512_permutexvar_ps(c[0], lut), _mm512_loadu_ps(x));
-        for (int k = 1; k < 4; k++)
-            acc =
-                _mm512_fmadd_ps(_mm512_permutexvar_ps(c[k], lut), _mm512_loadu_ps(x + 16 * k), acc);
-        total = _mm512_fmadd_ps(_mm512_set1_ps(b[i].d), acc, total);
-    }
-    return _mm512_reduce_add_ps(total);
-}
-#else
-#define dequant_nf4 NULL
-#define dot_nf4 NULL
-#endif
-
-typedef float (*dot_fn)(const void *row, const float *x, int64_t n);
-
-/* Types without a fused dot use dot_generic: dequantize one block, then dot in f32. */
-static const dot_fn dot_table[FINCH_DTYPE_COUNT] = {
-    [FINCH_DTYPE_F32] = dot_f32,   [FINCH_DTYPE_F16] = dot_f16,   [FINCH_DTYPE_BF16] = dot_bf16,
-    [FINCH_DTYPE_Q4_0] = dot_q4_0, [FINCH_DTYPE_Q4_1] = dot_q4_1, [FINCH_DTYPE_Q8_0] = dot_q8_0,
-    [FINCH_DTYPE_NF4] = dot_nf4,
-};
-
-/* Vectorised row dequantizers for the tiles, bit-identical to the scalar ones in core/
- * (which every other type uses). */
-static const finch_dequant_fn tile_dequant_table[FINCH_DTYPE_COUNT] = {
-    [FINCH_DTYPE_NF4] = dequant_nf4,
-};
-
-static finch_dequant_fn tile_dequant(finch_dtype t) {
-    return tile_dequant_table[t] ? tile_dequant_table[t] : finch_dtype_info[t].dequant;
-}
-
-static float dot_generic(const finch_dtype_traits *tr, const void *row, const float *x, int64_t n) {
-    float blk[QK_K];
-    const uint8_t *p = row;
-    float s = 0;
-    for (int64_t i = 0; i < n; i += tr->block_elems, p += tr->block_bytes) {
-        tr->dequant(blk, p, tr->block_elems);
-        s += dot_f32(blk, x + i, tr->block_elems);
-    }
-    return s;
-}
-
 static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t T) {
-    const finch_dtype_traits *tr = &finch_dtype_info[w->type];
-    dot_fn dot = dot_table[w->type];
+    const finch_cpu_dot_fn dot = finch_cpu_row_dot(w->type);
     const int64_t R = w->rows, K = w->cols;
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < R; r++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
         for (int64_t t = 0; t < T; t++)
-            y[t * R + r] = dot ? dot(row, x + t * K, K) : dot_generic(tr, row, x + t * K, K);
+            y[t * R + r] =
+                dot ? dot(row, x + t * K, K) : finch_cpu_row_dot_blocks(w->type, row, x + t * K, K);
     }
 }
 
@@ -262,7 +47,7 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
  * holding its row, so results do not depend on the thread count. */
 static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
-    const finch_dequant_fn dequant = tile_dequant(w->type);
+    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, n16 = (R + 15) / 16;
     FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
     const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + GROUP) * K);
@@ -311,7 +96,7 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
  * rows in its slice. */
 static void matmul_tiled_bf16(float *y, const float *x, const finch_weight *w, int64_t T,
                               finch_workspace *ws) {
-    const finch_dequant_fn dequant = tile_dequant(w->type);
+    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, Kp = finch_bf16_pad(K), n16 = (R + 15) / 16;
     FINCH_ASSERT(ws->a16_elems >= (size_t)(finch_bf16_pad(T) * Kp));
     FINCH_ASSERT(ws->per_thread * sizeof(float) >=
@@ -374,7 +159,7 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
 static void backward_input_bf16(float *dx, const float *dy, const finch_weight *w, int64_t T,
                                 finch_workspace *ws) {
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
-    const finch_dequant_fn dequant = tile_dequant(w->type);
+    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems, Rp = finch_bf16_pad(R);
     FINCH_ASSERT(ws->a16_elems >= (size_t)(finch_bf16_pad(T) * Rp));
     finch_bf16_pack_a(ws->a16, dy, T, R, R, false);
@@ -419,7 +204,7 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
         return;
     }
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
-    const finch_dequant_fn dequant = tile_dequant(w->type);
+    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems;
     FINCH_ASSERT(tr->dequant && ws && ws->per_thread >= (size_t)(TILE_ROWS * K));
 #pragma omp parallel num_threads(ws->n_threads)

@@ -271,11 +271,13 @@ void finch_cuda_attention_forward_train(float *out, float *stats, const float *q
 }
 
 void finch_cuda_attention_backward(float *dq, float *dk, float *dv, float *sps, const float *dout,
+                                   const float *out,
                                    const float *stats, const float *q, const float *k,
                                    const float *v, const int32_t *seg, const finch_attn_prefix *pre,
                                    int64_t B, int64_t T, int H, int KVH, int D, int64_t window,
                                    finch_workspace *ws) {
     (void)ws;
+    (void)out; /* attn_bwd_q sums P dP over the keys itself */
     check_shapes(pre, H, KVH, D);
     if (B <= 0 || T <= 0) return;
     const float scale = 1.0f / sqrtf((float)D);

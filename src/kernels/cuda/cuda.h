@@ -115,9 +115,9 @@ void finch_cuda_attention_forward(float *out, const float *q, const float *k, co
                                   int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
                                   finch_workspace *ws);
 void finch_cuda_attention_backward(float *dq, float *dk, float *dv, float *sps, const float *dout,
-                                   const float *stats, const float *q, const float *k,
-                                   const float *v, const int32_t *seg, const finch_attn_prefix *pre,
-                                   int64_t B, int64_t T, int H, int KVH, int D, int64_t window,
-                                   finch_workspace *ws);
+                                   const float *out, const float *stats, const float *q,
+                                   const float *k, const float *v, const int32_t *seg,
+                                   const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
+                                   int KVH, int D, int64_t window, finch_workspace *ws);
 
 #endif /* FINCH_KERNELS_CUDA_H */

@@ -19,8 +19,9 @@ static const cli_flag flag_table[] = {
     CLI_POSITIONAL(NULL, "IN", in,
                    "the model to read: a GGUF file (f32, f16, bf16, or quantized: then\n"
                    "dequantized first and quantized again, which is lossy; a warning says\n"
-                   "so), or a Hugging Face folder (config.json, safetensors, tokenizer.json:\n"
-                   "written as llama.cpp's convert_hf_to_gguf.py would, then quantized)"),
+                   "so), or a Hugging Face folder (config.json, safetensors, tokenizer.json,\n"
+                   "tokenizer.model for SentencePiece scores when there: written as\n"
+                   "llama.cpp's convert_hf_to_gguf.py would, then quantized)"),
     CLI_POSITIONAL(NULL, "OUT", out,
                    "the GGUF to write (atomically); never the input itself, and an existing\n"
                    "file only with --force"),

@@ -27,6 +27,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h> /* stat: is tokenizer.model there */
 
 const finch_tensor_names finch_tensor_name_table[FINCH_W_KIND_COUNT] = {
     [FINCH_W_EMBD] = {"model.embed_tokens.weight", NULL, "token_embd.weight",
@@ -284,9 +285,15 @@ finch_status finch_model_gguf_kvs(const finch_model *m, uint32_t ftype, finch_gg
 #undef U32
 #undef F32
     if ((st = finch_gguf_set_u32(w, "general.file_type", ftype, err))) return st;
+    /* a folder's tokenizer.model holds the SentencePiece scores a tokenizer.json lacks */
+    char spm[4096];
+    struct stat sb;
+    const bool has_spm =
+        m->hf && (size_t)snprintf(spm, sizeof spm, "%s/tokenizer.model", m->path) < sizeof spm &&
+        stat(spm, &sb) == 0 && S_ISREG(sb.st_mode);
     int32_t ids[4];
     if ((st = config_ids(m, ids, err)) ||
-        (st = finch_tokenizer_gguf_kvs(m->tok, c->n_vocab, ids, w, err))) {
+        (st = finch_tokenizer_gguf_kvs(m->tok, c->n_vocab, ids, has_spm ? spm : NULL, w, err))) {
         finch_err_prefix(err, "%s", m->path);
         return st;
     }

@@ -24,6 +24,10 @@
  *   precompiled.c    the tokenizer.json Precompiled normalizer (SentencePiece's compiled
  *                    charsmap)
  *   chat_template.c  chat template families
+ *   gguf_kv.c        a tokenizer written back as GGUF tokenizer metadata
+ *   spm_model.c      a SentencePiece tokenizer.model (protobuf) read for its pieces' scores
+ *                    and types, which gguf_kv.c writes for a SentencePiece-style
+ *                    tokenizer.json; it calls none of the others but lookup.c's growth helper
  *
  * Calls between the files go one way, down this list: the loaders (vocab.c, hf_json.c)
  * pick a type row (bpe.c, spm.c or hf_spm.c) and call special.c and lookup.c; tokenize.c

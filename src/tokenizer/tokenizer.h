@@ -48,17 +48,45 @@ finch_status finch_tokenizer_from_hf_json(const char *tokenizer_json_path,
                                           const char *tokenizer_config_json_path,
                                           finch_tokenizer **out, finch_err *err);
 
+/* The pieces of a SentencePiece model file (tokenizer.model, a protobuf ModelProto;
+ * spm_model.c): piece i's text is blob + off[i] (NUL-terminated, off[i + 1] - off[i] - 1
+ * bytes), its score and its type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+ * 6 byte: the numbers GGUF's token_type uses). */
+typedef struct {
+    int32_t n;             /* pieces */
+    char *blob;            /* their texts, back to back */
+    size_t *off;           /* (n + 1) */
+    float *score;          /* (n) */
+    int32_t *type;         /* (n) */
+    int model_type;        /* trainer_spec.model_type: 1 Unigram, 2 BPE, 3 word, 4 char, 0 unset */
+    bool add_dummy_prefix; /* normalizer_spec.add_dummy_prefix (default true) */
+} finch_spm_model;
+
+/* Reads the ModelProto in data[0..size); path names it in messages. Truncated or malformed
+ * input (wire types, lengths past the end, over-long varints, empty pieces, scores that are
+ * not finite, types outside 1..6, no pieces) is FINCH_E_FORMAT naming path and the byte
+ * offset. On failure *out holds nothing to free. */
+finch_status finch_spm_model_parse(const uint8_t *data, size_t size, const char *path,
+                                   finch_spm_model *out, finch_err *err);
+/* The same for the file at path (FINCH_E_IO when it cannot be read). */
+finch_status finch_spm_model_load(const char *path, finch_spm_model *out, finch_err *err);
+void finch_spm_model_free(finch_spm_model *m); /* NULL-safe; leaves *m empty */
+
 /* Writes tok as GGUF tokenizer metadata (FORMATS.md 5.1), as llama.cpp's
  * convert_hf_to_gguf.py writes it from the same files: tokenizer.ggml.model and .pre, the
  * tokens padded to n_vocab with unused "[PAD<id>]" ones, token_type, merges (byte-level BPE)
  * or scores (SentencePiece), the bos/eos/unknown/padding ids (where tok has none, the
  * config_ids fallbacks, in that order, -1 for none), add_bos_token (add_eos_token when
- * true) and chat_template. A byte-level BPE tokenizer.json whose pre-tokenizer is none of
- * llama.cpp's named ones, and a SentencePiece-style tokenizer.json (whose piece scores
- * live in tokenizer.model), are FINCH_E_UNSUPPORTED, saying so. */
+ * true), add_space_prefix (SentencePiece) and chat_template. A SentencePiece-style
+ * tokenizer.json becomes "llama" with the scores and types of spm_model_path (the folder's
+ * tokenizer.model; FINCH_E_FORMAT when it is malformed or spells other tokens), or with
+ * NULL, scores derived from the file (gguf_kv.c says how; the log says so). A byte-level
+ * BPE tokenizer.json whose pre-tokenizer is none of llama.cpp's named ones, and a
+ * SentencePiece-style one llama.cpp's tokenizer cannot follow (a normalizer besides the
+ * space marker, a byte without a fallback token), are FINCH_E_UNSUPPORTED, saying so. */
 finch_status finch_tokenizer_gguf_kvs(const finch_tokenizer *tok, int32_t n_vocab,
-                                      const int32_t config_ids[4], finch_gguf_writer *w,
-                                      finch_err *err);
+                                      const int32_t config_ids[4], const char *spm_model_path,
+                                      finch_gguf_writer *w, finch_err *err);
 
 /* Special token ids, -1 when the model has none. */
 int32_t finch_tokenizer_bos(const finch_tokenizer *tok);

@@ -12,12 +12,16 @@
  *     byte-identical to tiny_llama.gguf's (the GGUF the folder was made from, q/k rows
  *     back in GGUF order), the f32 GPT-2's to tiny_gpt2.gguf's (made as the converter
  *     makes it), with the same metadata keys.
+ *   - A LLaMA folder with a SentencePiece tokenizer (tokenizer.model and tokenizer.json,
+ *     tests/fixtures/hf_spm) becomes a "llama" vocabulary with scores, with and without
+ *     tokenizer.model: the folder's f32 logits bit for bit and its ids; full fine-tuning
+ *     over it writes model.gguf (it did not while such a tokenizer had no GGUF form).
  *   - Full fine-tuning of the GPT-2 folder writes model.gguf through the same writer: it
  *     gives the tuned folder's logits.
  *   - Refusals: a folder without tokenizer.json, without config.json, with an unknown
  *     model_type, with a pre-tokenizer llama.cpp has no name for, with a SentencePiece-style
- *     tokenizer.json, a Gemma 3 folder whose sliding blocks are not llama.cpp's layout; an
- *     output inside the folder.
+ *     tokenizer.json without byte tokens, a Gemma 3 folder whose sliding blocks are not llama.cpp's
+ * layout; an output inside the folder.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -158,9 +162,11 @@ static float *logits(const finch_model *m, const int32_t *ids, int n) {
     return out;
 }
 
-/* Every test text has the same ids from both models' tokenizers. */
-static void same_ids(const finch_model *a, const finch_model *b) {
+/* Every test text has the same ids from both models' tokenizers (but a text that starts
+ * with a space where lead_space is false). */
+static void same_ids_but(const finch_model *a, const finch_model *b, bool lead_space) {
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        if (!lead_space && texts[i][0] == ' ') continue;
         int32_t *x, *y;
         int64_t nx, ny;
         finch_err err;
@@ -176,6 +182,10 @@ static void same_ids(const finch_model *a, const finch_model *b) {
         free(x);
         free(y);
     }
+}
+
+static void same_ids(const finch_model *a, const finch_model *b) {
+    same_ids_but(a, b, true);
 }
 
 static void has_key(const finch_gguf *g, const char *arch, const char *key) {
@@ -345,6 +355,85 @@ static void test_families(void **state) {
     finch_gguf_close(g);
 }
 
+/* A LLaMA folder with a SentencePiece tokenizer.model and the tokenizer.json transformers
+ * converts from it (tests/fixtures/hf_spm): the GGUF is a "llama" vocabulary with scores,
+ * gives the folder's logits bit for bit at f32 and its ids on every text; without
+ * tokenizer.model (scores derived from the merges) the same. */
+static void test_sentencepiece(void **state) {
+    (void)state;
+    char f[400], out[500], cmd[600];
+    copy_folder(FINCH_FIXTURES "/hf_spm/tiny_llama_spm", "tiny_llama_spm", NULL, f, sizeof f);
+    finch_model *src = load(f);
+    finch_model_config c;
+    finch_model_config_get(src, &c);
+    const int32_t ids[] = {1, 5, 9, 17, 300, 40, 2, 11, 600, 7, 60, 13};
+    const int n = sizeof ids / sizeof ids[0];
+    float *want = logits(src, ids, n);
+    /* full fine-tuning over the folder writes model.gguf through the same writer */
+    char data[450], tuned[450];
+    snprintf(data, sizeof data, "%s/spm_train.jsonl", dir);
+    FILE *fp = fopen(data, "w");
+    assert_non_null(fp);
+    for (int k = 0; k < 4; k++)
+        fprintf(fp, "{\"prompt\": \"the model %d is\", \"completion\": \" a value %d\"}\n", k,
+                3 * k);
+    fclose(fp);
+    snprintf(tuned, sizeof tuned, "%s/spm_full", dir);
+    finch_train_options o = finch_train_defaults();
+    o.data.path = data;
+    o.data.max_seq_len = 32;
+    o.out_dir = tuned;
+    o.method = "full";
+    o.learning_rate = 1e-3;
+    o.batch_size = 2;
+    o.max_steps = 1;
+    finch_err terr;
+    if (finch_train(src, &o, NULL, NULL, NULL, &terr)) fail_msg("%s", terr.msg);
+    snprintf(out, sizeof out, "%s/model.gguf", tuned);
+    finch_model *tm = load(out);
+    same_ids_but(src, tm, false);
+    finch_model_free(tm);
+    printf("  full fine-tuning of %s: model.gguf has the folder's ids\n", f);
+    for (int k = 0; k < 2; k++) {
+        if (k) {
+            snprintf(cmd, sizeof cmd, "rm '%s/tokenizer.model'", f);
+            assert_int_equal(system(cmd), 0);
+        }
+        snprintf(out, sizeof out, "%s/spm-%d.gguf", dir, k);
+        finch_err err;
+        if (quantize(f, out, "f32", &err)) fail_msg("%s", err.msg);
+        finch_model *m = load(out);
+        float *got = logits(m, ids, n);
+        assert_true(max_diff(got, want, (size_t)n * c.n_vocab) == 0);
+        /* a text that starts with a space: the folder's Metaspace (prepend_scheme "first")
+         * adds no marker, llama.cpp (as SentencePiece itself) adds one; the tokenizer tests
+         * check those against SentencePiece's ids */
+        same_ids_but(src, m, false);
+        printf("  %s (%s tokenizer.model) -> f32: the folder's logits and ids\n", f,
+               k ? "without" : "with");
+        free(got);
+        finch_model_free(m);
+        finch_gguf *g;
+        if (finch_gguf_open(out, &g, &err)) fail_msg("%s", err.msg);
+        finch_str s;
+        assert_int_equal(finch_gguf_get_str(g, "tokenizer.ggml.model", true, &s, &err), FINCH_OK);
+        assert_true(s.len == 5 && !memcmp(s.ptr, "llama", 5));
+        const finch_gguf_kv *sc = finch_gguf_find_kv(g, "tokenizer.ggml.scores");
+        assert_non_null(sc);
+        assert_int_equal(sc->arr_n, c.n_vocab);
+        assert_null(finch_gguf_find_kv(g, "tokenizer.ggml.merges"));
+        bool prefix = false;
+        assert_int_equal(
+            finch_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", true, &prefix, &err),
+            FINCH_OK);
+        assert_true(prefix);
+        finch_gguf_close(g);
+        unlink(out);
+    }
+    free(want);
+    finch_model_free(src);
+}
+
 static double first_loss, last_loss;
 
 static void on_progress(const finch_train_progress *p, void *user) {
@@ -428,7 +517,8 @@ static void test_refusals(void **state) {
     /* a pre-tokenizer llama.cpp has no name for */
     copy_folder(HF "/tiny_llama", "odd_pre", "odd", f, sizeof f);
     refused(f, out, FINCH_E_UNSUPPORTED, "pre-tokenizer");
-    /* a SentencePiece-style tokenizer.json (Metaspace, BPE pieces) */
+    /* a SentencePiece-style tokenizer.json (Metaspace, BPE pieces) without byte tokens:
+     * llama.cpp's byte fallback would fail on any character it lacks */
     copy_folder(HF "/tiny_llama", "spm", NULL, f, sizeof f);
     snprintf(cmd, sizeof cmd, "%s/tokenizer.json", f);
     FILE *fp = fopen(cmd, "w");
@@ -472,6 +562,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_families),
+        cmocka_unit_test(test_sentencepiece),
         cmocka_unit_test(test_full_fine_tuning),
         cmocka_unit_test(test_refusals),
     };

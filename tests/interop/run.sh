@@ -97,6 +97,13 @@ if [ -n "$LLAMA_PY" ] && [ -f "$GEMMA3" ]; then
 else
   skip gemma3-lora "needs llama-cpp-python and Gemma 3 270M (scripts/setup.sh --with-gemma3)"
 fi
+if [ -f "$GEMMA3" ]; then
+  # a Gemma 3 folder with a SentencePiece tokenizer (made from the GGUF) through
+  # `finch quantize`: the original's ids, and llama.cpp's when the venv has it
+  check gemma3-spm-quantize "$VENV_PY" check_spm_quantize.py --model "$GEMMA3"
+else
+  skip gemma3-spm-quantize "needs Gemma 3 270M (scripts/setup.sh --with-gemma3)"
+fi
 if [ -f "$ROOT/tests/interop/check_tokenizer.py" ]; then
   echo "== tokenizer"
   start=$SECONDS

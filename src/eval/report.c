@@ -262,13 +262,15 @@ static finch_status find_evals(report *r, finch_err *err) {
 
 /* ---- formatting --------------------------------------------------------------------- */
 
+/* s comes from the run's files (a start time, a finish time): any double, so hours are
+ * formatted as a double, never converted to int. */
 static void fmt_duration(char *buf, size_t n, double s) {
-    if (s < 60)
+    if (!isfinite(s) || s < 60)
         snprintf(buf, n, "%.0fs", s);
     else if (s < 3600)
         snprintf(buf, n, "%dm %02ds", (int)s / 60, (int)s % 60);
     else
-        snprintf(buf, n, "%dh %02dm", (int)(s / 3600), (int)s % 3600 / 60);
+        snprintf(buf, n, "%.0fh %02dm", floor(s / 3600), (int)fmod(s, 3600) / 60);
 }
 
 /* A JSON value as table text: strings as they are, lists of scalars joined by ", ". */

@@ -69,28 +69,9 @@ static float dot_bf16(const void *row, const float *x, int64_t n) {
     return s;
 }
 
-/* 8 unsigned bytes -> 8 floats */
-static inline __m256 u8x8_ps(__m128i b) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
-}
+/* 8 signed bytes -> 8 floats */
 static inline __m256 i8x8_ps(__m128i b) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-}
-
-/* sum over the block of q_j * x_j, q from 16 packed nibble bytes (weight j low nibble of
- * byte j, weight j+16 high nibble); also returns sum of x over the block in *xs. */
-static inline __m256 nib_dot(const uint8_t *qs, const float *x, __m256 *xs) {
-    __m128i b = _mm_loadu_si128((const __m128i *)qs);
-    __m128i m = _mm_set1_epi8(0x0f);
-    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
-    __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
-    __m256 x2 = _mm256_loadu_ps(x + 16), x3 = _mm256_loadu_ps(x + 24);
-    __m256 acc = _mm256_mul_ps(u8x8_ps(lo), x0);
-    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(lo, 8)), x1, acc);
-    acc = _mm256_fmadd_ps(u8x8_ps(hi), x2, acc);
-    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(hi, 8)), x3, acc);
-    *xs = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-    return acc;
 }
 
 /* 16 signed bytes (element j at byte j) times x[0 .. 15], as 8 lanes */
@@ -215,6 +196,27 @@ static float dot_q8_0(const void *row, const float *x, int64_t n) {
     return _mm512_reduce_add_ps(_mm512_add_ps(tot[0], tot[1]));
 }
 #else
+/* 8 unsigned bytes -> 8 floats */
+static inline __m256 u8x8_ps(__m128i b) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+}
+
+/* sum over the block of q_j * x_j, q from 16 packed nibble bytes (weight j low nibble of
+ * byte j, weight j+16 high nibble); also returns sum of x over the block in *xs. */
+static inline __m256 nib_dot(const uint8_t *qs, const float *x, __m256 *xs) {
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+    __m256 x2 = _mm256_loadu_ps(x + 16), x3 = _mm256_loadu_ps(x + 24);
+    __m256 acc = _mm256_mul_ps(u8x8_ps(lo), x0);
+    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(lo, 8)), x1, acc);
+    acc = _mm256_fmadd_ps(u8x8_ps(hi), x2, acc);
+    acc = _mm256_fmadd_ps(u8x8_ps(_mm_srli_si128(hi, 8)), x3, acc);
+    *xs = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
+    return acc;
+}
+
 static float dot_q4_0(const void *row, const float *x, int64_t n) {
     const finch_block_q4_0 *b = row;
     __m256 total = _mm256_setzero_ps();

@@ -19,12 +19,6 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define HAVE_AVX2 1
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 #endif
 
 /* a . b over D elements (8 lanes, then a fixed horizontal sum). */
@@ -35,7 +29,7 @@ static inline float dot_f32(const float *a, const float *b, int D) {
     __m256 acc = _mm256_setzero_ps();
     for (; d + 8 <= D; d += 8)
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
-    s = hsum8(acc);
+    s = finch_cpu_hsum8(acc);
 #endif
     for (; d < D; d++) s += a[d] * b[d];
     return s;
@@ -366,7 +360,7 @@ static inline float exp_run(float *p, int64_t n, float mx) {
         _mm256_storeu_ps(p + j, e);
         acc = _mm256_add_ps(acc, e);
     }
-    sum = hsum8(acc);
+    sum = finch_cpu_hsum8(acc);
 #endif
     for (; j < n; j++) sum += (p[j] = exp1(p[j] - mx));
     return sum;

@@ -74,6 +74,25 @@
 #define finch_cpu_gelu_backward FINCH_ISA_NAME(finch_cpu_gelu_backward)
 #endif
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+/* The sum of 8 lanes: the upper half added to the lower, then lanes 0 + 2 and 1 + 3, then
+ * those two (ggml's hsum_float_8 order). */
+static inline float finch_cpu_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 16 packed bytes -> 32 values 0 .. 15: element j the low nibble of byte j, element j + 16
+ * its high nibble (the Q4_0 .. Q5_1 layout). */
+static inline __m256i finch_cpu_nibbles32(const uint8_t *qs) {
+    __m128i b = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+}
+#endif
+
 /* Rows of a matmul tile plus its staging rows (matmul.c): the workspace holds this many
  * rows of the widest weight per thread. */
 enum { FINCH_CPU_TILE_ROWS = 64, FINCH_CPU_STAGE_ROWS = 16 };

@@ -59,7 +59,7 @@ static void quantize_act_row(act_block *y, const float *x, int64_t n) {
     }
 }
 
-/* The sum of 8 lanes in the order of ggml's hsum_float_8 (and hsum_ps below): the upper
+/* The sum of 8 lanes in the order of ggml's hsum_float_8 (and finch_cpu_hsum8): the upper
  * half added to the lower, then lanes 0 + 2 and 1 + 3, then those two. */
 static inline float lanes_sum8(const float *a) {
     float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
@@ -67,20 +67,6 @@ static inline float lanes_sum8(const float *a) {
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* 32 unsigned 4-bit values from 16 packed bytes (weight j low nibble, j+16 high). */
-static inline __m256i unpack_nibbles(const uint8_t *qs) {
-    __m128i b = _mm_loadu_si128((const __m128i *)qs);
-    __m128i m = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
-}
-
 /* sum of a_j * b_j as 8 int32 lanes, a unsigned, b signed. The products of our operands
  * (|a| <= 128, |b| <= 127) never saturate maddubs' 16-bit pairs, so the VNNI instruction
  * gives the same integers in one step. */
@@ -104,12 +90,12 @@ static float vdot_q4_0(const void *row, const act_block *x, int64_t nb) {
     const finch_block_q4_0 *w = row;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i q = _mm256_sub_epi8(unpack_nibbles(w[b].qs), _mm256_set1_epi8(8));
+        __m256i q = _mm256_sub_epi8(finch_cpu_nibbles32(w[b].qs), _mm256_set1_epi8(8));
         __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
         __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
         acc = _mm256_fmadd_ps(d, dot_i8_i8(q, y), acc);
     }
-    return hsum_ps(acc);
+    return finch_cpu_hsum8(acc);
 }
 
 static float vdot_q4_1(const void *row, const act_block *x, int64_t nb) {
@@ -119,10 +105,10 @@ static float vdot_q4_1(const void *row, const act_block *x, int64_t nb) {
     for (int64_t b = 0; b < nb; b++) {
         __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
         __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
-        acc = _mm256_fmadd_ps(d, dot_u8_i8(unpack_nibbles(w[b].qs), y), acc);
+        acc = _mm256_fmadd_ps(d, dot_u8_i8(finch_cpu_nibbles32(w[b].qs), y), acc);
         summs += finch_f16_to_f32(w[b].m) * x[b].s;
     }
-    return hsum_ps(acc) + summs;
+    return finch_cpu_hsum8(acc) + summs;
 }
 
 static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
@@ -134,7 +120,7 @@ static float vdot_q8_0(const void *row, const act_block *x, int64_t nb) {
         __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
         acc = _mm256_fmadd_ps(d, dot_i8_i8(q, y), acc);
     }
-    return hsum_ps(acc);
+    return finch_cpu_hsum8(acc);
 }
 /* Q5_0 x Q8_0 as ggml's AVX2 code and llamafile's tinyBLAS sum it (llama.cpp's x86 builds
  * run one or the other, in the same order): as Q4_0 with 5-bit values less 16. */
@@ -151,7 +137,7 @@ static float vdot_q5_0(const void *row, const act_block *x, int64_t nb) {
         __m256 d = _mm256_set1_ps(finch_f16_to_f32(w[b].d) * x[b].d);
         acc = _mm256_fmadd_ps(d, dot_i8_i8(wq, y), acc);
     }
-    return hsum_ps(acc);
+    return finch_cpu_hsum8(acc);
 }
 
 /* Four rows at once: the same per-row arithmetic in the same order (so the same bits as
@@ -163,12 +149,12 @@ static void vdot4_q4_0(const uint8_t *row, size_t rb, const act_block *x, int64_
         __m256i yq = _mm256_loadu_si256((const __m256i *)x[b].qs);
         for (int r = 0; r < 4; r++) {
             const finch_block_q4_0 *w = (const finch_block_q4_0 *)(row + r * rb) + b;
-            __m256i q = _mm256_sub_epi8(unpack_nibbles(w->qs), _mm256_set1_epi8(8));
+            __m256i q = _mm256_sub_epi8(finch_cpu_nibbles32(w->qs), _mm256_set1_epi8(8));
             __m256 d = _mm256_set1_ps(finch_f16_to_f32(w->d) * x[b].d);
             acc[r] = _mm256_fmadd_ps(d, dot_i8_i8(q, yq), acc[r]);
         }
     }
-    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]);
+    for (int r = 0; r < 4; r++) y[r] = finch_cpu_hsum8(acc[r]);
 }
 
 static void vdot4_q4_1(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
@@ -180,11 +166,11 @@ static void vdot4_q4_1(const uint8_t *row, size_t rb, const act_block *x, int64_
         for (int r = 0; r < 4; r++) {
             const finch_block_q4_1 *w = (const finch_block_q4_1 *)(row + r * rb) + b;
             __m256 d = _mm256_set1_ps(finch_f16_to_f32(w->d) * x[b].d);
-            acc[r] = _mm256_fmadd_ps(d, dot_u8_i8(unpack_nibbles(w->qs), yq), acc[r]);
+            acc[r] = _mm256_fmadd_ps(d, dot_u8_i8(finch_cpu_nibbles32(w->qs), yq), acc[r]);
             summs[r] += finch_f16_to_f32(w->m) * x[b].s;
         }
     }
-    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]) + summs[r];
+    for (int r = 0; r < 4; r++) y[r] = finch_cpu_hsum8(acc[r]) + summs[r];
 }
 
 static void vdot4_q8_0(const uint8_t *row, size_t rb, const act_block *x, int64_t nb, float *y) {
@@ -199,7 +185,7 @@ static void vdot4_q8_0(const uint8_t *row, size_t rb, const act_block *x, int64_
             acc[r] = _mm256_fmadd_ps(d, dot_i8_i8(q, yq), acc[r]);
         }
     }
-    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]);
+    for (int r = 0; r < 4; r++) y[r] = finch_cpu_hsum8(acc[r]);
 }
 
 /* Many tokens: four rows are unpacked once into 8-bit values and f32 scales, then meet
@@ -262,14 +248,14 @@ static void vdot4_unpacked(const unpacked4 *u, const act_block *x, int64_t nb, f
             if (u->has_min) summs[r] += u->m[r * nb + b] * x[b].s;
         }
     }
-    for (int r = 0; r < 4; r++) y[r] = hsum_ps(acc[r]) + summs[r];
+    for (int r = 0; r < 4; r++) y[r] = finch_cpu_hsum8(acc[r]) + summs[r];
 }
 #define HAVE_VDOT4 1
 #else
 /* Without AVX2, the arithmetic of the kernels above lane by lane, so that every instruction
  * set gives the same bits: lane l of 8 holds the integer sum of a block's products 4l ..
  * 4l+3 (maddubs + madd), adds d_w d_x times it by a fused multiply-add, block after block,
- * and the lanes are reduced in hsum_ps's order. */
+ * and the lanes are reduced in finch_cpu_hsum8's order. */
 
 /* w (32 values, q_j as ints) . x's block into acc: the lane sums, scaled by d. */
 static void lanes_fma(float *acc, const int *q, const int8_t *x, float d) {
@@ -540,16 +526,6 @@ static void dot_q4_k(const uint8_t *row, size_t rb, int nr, const finch_block_q8
     for (int r = 0; r < nr; r++) y[r] = acc[r] - acc_min[r];
 }
 #else
-/* The 6-bit scale and min of sub-block j (0 .. 7) of a Q4_K block. */
-static inline void q4_k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
-}
 
 static float dot_q4_k_row(const void *row, const finch_block_q8_k *x, int64_t nb, bool per_chunk) {
     const finch_block_q4_k *w = row;
@@ -566,8 +542,8 @@ static float dot_q4_k_row(const void *row, const finch_block_q8_k *x, int64_t nb
                 lo += (qs[l] & 15) * q8[l];
                 hi += (qs[l] >> 4) * q8[l + 32];
             }
-            q4_k_scale_min(w[b].scales, 2 * c, &sc0, &m0);
-            q4_k_scale_min(w[b].scales, 2 * c + 1, &sc1, &m1);
+            finch_k_scale_min(2 * c, w[b].scales, &sc0, &m0);
+            finch_k_scale_min(2 * c + 1, w[b].scales, &sc1, &m1);
             isum += sc0 * lo + sc1 * hi;
             imin += m0 * (x[b].bsums[4 * c] + x[b].bsums[4 * c + 1]) +
                     m1 * (x[b].bsums[4 * c + 2] + x[b].bsums[4 * c + 3]);
@@ -655,7 +631,7 @@ static void kdot_q6_k(const uint8_t *row, size_t rb, int nr, const finch_block_q
             const __m256 d = _mm256_set1_ps(x[b].d * finch_f16_to_f32(w->d));
             acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q6_k_lanes(w, x + b)), acc[r]);
         }
-    for (int r = 0; r < nr; r++) y[r] = hsum_ps(acc[r]);
+    for (int r = 0; r < nr; r++) y[r] = finch_cpu_hsum8(acc[r]);
 }
 #undef PICK16
 #else

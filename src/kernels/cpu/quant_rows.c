@@ -22,13 +22,6 @@
 /* ---- fused dot products: one stored row with one f32 vector ------------------------ */
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 static float dot_f32(const void *row, const float *x, int64_t n) {
     const float *w = row;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -37,7 +30,7 @@ static float dot_f32(const void *row, const float *x, int64_t n) {
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
     }
-    float s = hsum(_mm256_add_ps(a0, a1));
+    float s = finch_cpu_hsum8(_mm256_add_ps(a0, a1));
     for (; i < n; i++) s += w[i] * x[i];
     return s;
 }
@@ -50,7 +43,7 @@ static float dot_f16(const void *row, const float *x, int64_t n) {
         __m256 wf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
         a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
     }
-    float s = hsum(a);
+    float s = finch_cpu_hsum8(a);
     for (; i < n; i++) s += finch_f16_to_f32(w[i]) * x[i];
     return s;
 }
@@ -64,7 +57,7 @@ static float dot_bf16(const void *row, const float *x, int64_t n) {
         __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
         a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
     }
-    float s = hsum(a);
+    float s = finch_cpu_hsum8(a);
     for (; i < n; i++) s += finch_bf16_to_f32(w[i]) * x[i];
     return s;
 }
@@ -93,13 +86,6 @@ static inline __m256 i8x32_dot_sum(__m256i q, const float *x, __m256 *xs) {
     return i8x32_dot(q, x);
 }
 
-/* 16 packed bytes -> 32 values 0 .. 15: element j the low nibble of byte j, element j + 16
- * its high nibble (Q4_0 .. Q5_1) */
-static inline __m256i nibbles32(const uint8_t *qs) {
-    __m128i b = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
-}
-
 /* byte j = v where bit j of the 32-bit mask is set, else 0 */
 static inline __m256i bits32(uint32_t mask, char v) {
     const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
@@ -120,7 +106,7 @@ static inline __m256i bytes_with(__m256i h, uint8_t m, char v) {
 static inline __m256i q5_values(const uint8_t *qs, const uint8_t *qh) {
     uint32_t h;
     memcpy(&h, qh, sizeof h);
-    return _mm256_or_si256(nibbles32(qs), bits32(h, 16));
+    return _mm256_or_si256(finch_cpu_nibbles32(qs), bits32(h, 16));
 }
 
 /* Blocks of 32: 16 lanes where the set has AVX-512, else 8. */
@@ -226,7 +212,7 @@ static float dot_q4_0(const void *row, const float *x, int64_t n) {
         __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), xs, qx);
         total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), v, total);
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 static float dot_q4_1(const void *row, const float *x, int64_t n) {
@@ -238,7 +224,7 @@ static float dot_q4_1(const void *row, const float *x, int64_t n) {
         total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, total);
         total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, total);
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 static float dot_q8_0(const void *row, const float *x, int64_t n) {
@@ -253,7 +239,7 @@ static float dot_q8_0(const void *row, const float *x, int64_t n) {
         acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), acc);
         total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), acc, total);
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 static float dot_q5_0(const void *row, const float *x, int64_t n) {
@@ -263,7 +249,7 @@ static float dot_q5_0(const void *row, const float *x, int64_t n) {
         __m256i q = _mm256_sub_epi8(q5_values(b[i].qs, b[i].qh), _mm256_set1_epi8(16));
         total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), i8x32_dot(q, x), total);
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 #endif
@@ -276,7 +262,7 @@ static float dot_q5_1(const void *row, const float *x, int64_t n) {
         total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, total);
         total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, total);
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 /* Q4_K and Q5_K: per 64-value chunk c, sub-blocks 2c (low nibbles) and 2c + 1 (high),
@@ -306,7 +292,7 @@ static float dot_q4_k(const void *row, const float *x, int64_t n) {
             total = k_sub_pair(total, lo, hi, x, b[i].scales, c, d, dmin);
         }
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 static float dot_q5_k(const void *row, const float *x, int64_t n) {
@@ -324,7 +310,7 @@ static float dot_q5_k(const void *row, const float *x, int64_t n) {
             total = k_sub_pair(total, lo, hi, x, b[i].scales, c, d, dmin);
         }
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 /* Q6_K, per half of 128 values: four runs of 32 (6-bit values: 4 bits from ql, 2 from qh),
@@ -360,7 +346,7 @@ static float dot_q6_k(const void *row, const float *x, int64_t n) {
             }
         }
     }
-    return hsum(total);
+    return finch_cpu_hsum8(total);
 }
 
 /* ---- tile dequantizers: core/quant.c's f32 operations, 8 elements at a time ----------- */
@@ -387,14 +373,14 @@ static inline void store_affine(float *dst, __m256i q, __m256 d, __m256 m) {
 static void dequant_q4_0(float *dst, const void *src, int64_t n) {
     const finch_block_q4_0 *b = src;
     for (int64_t i = 0; i < n / QK; i++, dst += QK)
-        store_scaled(dst, _mm256_sub_epi8(nibbles32(b[i].qs), _mm256_set1_epi8(8)),
+        store_scaled(dst, _mm256_sub_epi8(finch_cpu_nibbles32(b[i].qs), _mm256_set1_epi8(8)),
                      _mm256_set1_ps(finch_f16_to_f32(b[i].d)));
 }
 
 static void dequant_q4_1(float *dst, const void *src, int64_t n) {
     const finch_block_q4_1 *b = src;
     for (int64_t i = 0; i < n / QK; i++, dst += QK)
-        store_affine(dst, nibbles32(b[i].qs), _mm256_set1_ps(finch_f16_to_f32(b[i].d)),
+        store_affine(dst, finch_cpu_nibbles32(b[i].qs), _mm256_set1_ps(finch_f16_to_f32(b[i].d)),
                      _mm256_set1_ps(finch_f16_to_f32(b[i].m)));
 }
 

@@ -7,8 +7,8 @@
 #include <string.h>
 
 size_t finch_workspace_need(int64_t max_cols, int64_t n_ctx) {
-    size_t tile = (size_t)(FINCH_CPU_TILE_ROWS + FINCH_CPU_STAGE_ROWS) *
-                  (size_t)max_cols; /* a tile + staging rows */
+    size_t tile = (size_t)(FINCH_CPU_TILE_ROWS + FINCH_CPU_TILE_PAD + FINCH_CPU_STAGE_ROWS) *
+                  (size_t)max_cols; /* a padded tile + staging rows */
     /* training attention's two rows of scores; attention over an f16 cache's query, key,
      * scores and a column of V (attention_forward_f16) */
     size_t att = 3 * ((size_t)n_ctx + 16) + 2 * (size_t)max_cols;

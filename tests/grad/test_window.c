@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "peft/method.h"
+#include "test_util.h" /* test_backend */
 
 /* the log-probabilities compared: every VSTEP-th vocabulary entry at every position (5
  * of 97; one training forward of T x T tokens each: minutes under the sanitizers) */
@@ -38,7 +39,8 @@ static int32_t ids[T];
 static void infer_logp(double *out, const int32_t *tok, int n) {
     finch_kv_session s;
     finch_err err;
-    assert_int_equal(finch_kv_session_init(&s, model, 64, 64, FINCH_NUMERICS_EXACT, &err), FINCH_OK);
+    assert_int_equal(finch_kv_session_init(&s, model, 64, 64, FINCH_NUMERICS_EXACT, &err),
+                     FINCH_OK);
     finch_model_forward(model, &s, tok, n, true);
     for (int t = 0; t < n; t++) {
         const float *l = s.logits + (size_t)t * V;
@@ -221,6 +223,7 @@ static int teardown(void **state) {
 }
 
 int main(void) {
+    test_backend(); /* skips when FINCH_CPU names a set this CPU lacks */
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_against_inference),
                                        cmocka_unit_test(test_prefix),
                                        cmocka_unit_test(test_bit_identical)};

@@ -24,8 +24,8 @@
 #include "kernels/cpu/cpu.h"
 #include "test_util.h" /* test_backend, test_require_isa */
 
-static void check(int64_t M, int64_t N, int64_t K, bool acc, finch_rng *r) {
-    const int64_t lda = K + 3, ldb = N + 5, ldc = N + 2;
+static void check_ldb(int64_t M, int64_t N, int64_t K, int64_t ldb, bool acc, finch_rng *r) {
+    const int64_t lda = K + 3, ldc = N + 2;
     float *A = rand_vec(r, M * lda, 1.0f), *B = rand_vec(r, (K ? K : 1) * ldb, 1.0f);
     float *C = rand_vec(r, M * ldc, 1.0f), *C0 = malloc((size_t)(M * ldc) * sizeof *C0);
     for (int64_t i = 0; i < M * ldc; i++) C0[i] = C[i];
@@ -40,8 +40,8 @@ static void check(int64_t M, int64_t N, int64_t K, bool acc, finch_rng *r) {
             double e = fabs(C[i * ldc + j] - s);
             if (e > 4e-6 * bound + 1e-6)
                 fail_msg("sgemm %lldx%lldx%lld acc=%d: C[%lld,%lld] = %.9g, reference %.9g",
-                         (long long)M, (long long)N, (long long)K, acc, (long long)i,
-                         (long long)j, C[i * ldc + j], s);
+                         (long long)M, (long long)N, (long long)K, acc, (long long)i, (long long)j,
+                         C[i * ldc + j], s);
         }
         for (int64_t j = N; j < ldc; j++)
             if (C[i * ldc + j] != C0[i * ldc + j])
@@ -54,6 +54,10 @@ static void check(int64_t M, int64_t N, int64_t K, bool acc, finch_rng *r) {
     free(C0);
 }
 
+static void check(int64_t M, int64_t N, int64_t K, bool acc, finch_rng *r) {
+    check_ldb(M, N, K, N + 5, acc, r);
+}
+
 static void test_gemm_shapes(void **state) {
     (void)state;
     finch_rng r;
@@ -64,9 +68,14 @@ static void test_gemm_shapes(void **state) {
         for (size_t b = 0; b < sizeof Ns / sizeof *Ns; b++)
             for (size_t c = 0; c < sizeof Ks / sizeof *Ks; c++)
                 for (int acc = 0; acc < 2; acc++) check(Ms[a], Ns[b], Ks[c], acc, &r);
-    /* K across the 1024 block, with and without accumulation */
+    /* K across k blocks (256 wide in vector extensions, 1024 in AVX-512), with and without
+     * accumulation */
     check(9, 40, 1100, false, &r);
     check(9, 40, 1100, true, &r);
+    /* many rows of A (several row bands) over B with rows a multiple of 64 floats apart
+     * (its panels copied), K across k blocks */
+    check_ldb(400, 40, 300, 64, false, &r);
+    check_ldb(400, 70, 600, 128, true, &r);
 }
 
 /* The same inputs give the same bits, whatever the row blocking: the rows of a product
@@ -75,18 +84,23 @@ static void test_gemm_rows_independent(void **state) {
     (void)state;
     finch_rng r;
     finch_rng_seed(&r, 11);
-    const int64_t M = 21, N = 45, K = 300;
-    float *A = rand_vec(&r, M * K, 1.0f), *B = rand_vec(&r, K * N, 1.0f);
-    float *C = malloc((size_t)(M * N) * sizeof *C), *C1 = malloc((size_t)N * sizeof *C1);
-    finch_cpu_sgemm_nn(M, N, K, A, K, B, N, C, N, false);
-    for (int64_t i = 0; i < M; i++) {
-        finch_cpu_sgemm_nn(1, N, K, A + i * K, K, B, N, C1, N, false);
-        for (int64_t j = 0; j < N; j++) assert_true(C1[j] == C[i * N + j]);
+    /* 21 rows read B in place; 400 rows span row bands, and with B's rows 64 floats apart
+     * its panels are copied */
+    const int64_t Ms[] = {21, 400}, N = 45, K = 300, ldbs[] = {45, 64};
+    for (int c = 0; c < 2; c++) {
+        const int64_t M = Ms[c], ldb = ldbs[c];
+        float *A = rand_vec(&r, M * K, 1.0f), *B = rand_vec(&r, K * ldb, 1.0f);
+        float *C = malloc((size_t)(M * N) * sizeof *C), *C1 = malloc((size_t)N * sizeof *C1);
+        finch_cpu_sgemm_nn(M, N, K, A, K, B, ldb, C, N, false);
+        for (int64_t i = 0; i < M; i++) {
+            finch_cpu_sgemm_nn(1, N, K, A + i * K, K, B, ldb, C1, N, false);
+            for (int64_t j = 0; j < N; j++) assert_true(C1[j] == C[i * N + j]);
+        }
+        free(A);
+        free(B);
+        free(C);
+        free(C1);
     }
-    free(A);
-    free(B);
-    free(C);
-    free(C1);
 }
 
 /* finch_fmaf equals fmaf bit for bit on random operands of any exponent, on integer

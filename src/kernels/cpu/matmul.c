@@ -21,7 +21,13 @@
 
 /* GROUP rows of a tile are expanded into staging rows together, then written out
  * column-interleaved (each store run fills one cache line of the tile) */
-enum { TILE_ROWS = FINCH_CPU_TILE_ROWS, GEMV_MAX_T = 3, GROUP = FINCH_CPU_STAGE_ROWS };
+enum {
+    TILE_ROWS = FINCH_CPU_TILE_ROWS,
+    TILE_PAD = FINCH_CPU_TILE_PAD,
+    GEMV_MAX_T = 3,
+    GROUP = FINCH_CPU_STAGE_ROWS,
+    COL_BLOCK = 128 /* dx columns per pass of backward_input */
+};
 
 static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t T) {
     const finch_cpu_dot_fn dot = finch_cpu_row_dot(w->type);
@@ -50,7 +56,8 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
     const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, n16 = (R + 15) / 16;
     FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
-    const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + GROUP) * K);
+    const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + TILE_PAD + GROUP) * K);
+    const int64_t pad = grouped ? TILE_PAD : 0;
 #pragma omp parallel num_threads(ws->n_threads)
     {
         int tid = 0, nth = 1;
@@ -58,11 +65,11 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
         tid = omp_get_thread_num();
         nth = omp_get_num_threads();
 #endif
-        float *wt = ws->buf + (size_t)tid * ws->per_thread, *stage = wt + TILE_ROWS * K;
+        float *wt = ws->buf + (size_t)tid * ws->per_thread, *stage = wt + (TILE_ROWS + pad) * K;
         int64_t end = n16 * (tid + 1) / nth * 16;
         if (end > R) end = R;
         for (int64_t r0 = n16 * tid / nth * 16; r0 < end; r0 += TILE_ROWS) {
-            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, r = 0;
+            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, r = 0, ld = nr + pad;
             for (; grouped && r + GROUP <= nr; r += GROUP) {
                 const float *src[GROUP];
                 for (int g = 0; g < GROUP; g++) {
@@ -75,7 +82,7 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
                     }
                 }
                 for (int64_t k = 0; k < K; k++)
-                    for (int g = 0; g < GROUP; g++) wt[k * nr + r + g] = src[g][k];
+                    for (int g = 0; g < GROUP; g++) wt[k * ld + r + g] = src[g][k];
             }
             for (; r < nr; r++) { /* the rows past the last whole group, one at a time */
                 const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes;
@@ -84,9 +91,9 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
                     dequant(stage, row, K);
                     src = stage;
                 }
-                for (int64_t k = 0; k < K; k++) wt[k * nr + r] = src[k];
+                for (int64_t k = 0; k < K; k++) wt[k * ld + r] = src[k];
             }
-            finch_cpu_sgemm_nn(T, nr, K, x, K, wt, nr, y + r0, R, false);
+            finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
         }
     }
 }
@@ -147,12 +154,15 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
 
 /* dx (T, K) = dy (T, R) . W. The sum runs over rows of W, so splitting rows across threads
  * would make them add into the same dx; the threads split the columns instead, in whole
- * blocks of the storage type, so each owns a band of dx. A thread walks down W in chunks
- * of as many rows as its workspace slice holds for its band, dequantizes the chunk's band
- * (blocks are self-contained, so a row can be expanded from any block on) and adds
- * dy[:, chunk] . chunk into its band with one finch_cpu_sgemm_nn. Each dx element is
- * summed by one thread in a fixed order, and W is dequantized once per call. An f32 W is
- * read in place: one product per band. */
+ * blocks of the storage type, so each owns a band of dx. A thread takes its band
+ * COL_BLOCK columns at a time (that slice of dx stays in L2 while it is summed; a whole
+ * band of 1536 columns over 512 tokens is 3 MB and went to memory once per chunk), walks
+ * down W in chunks of as many rows as its workspace slice holds for one column block,
+ * dequantizes the chunk's columns (blocks are self-contained, so a row can be expanded
+ * from any block on) and adds dy[:, chunk] . chunk into dx with one finch_cpu_sgemm_nn.
+ * Each dx element is summed by one thread in an order that depends on neither the thread
+ * count nor the band, and W is dequantized once per call. An f32 W is read in place: one
+ * product per band. */
 /* matmul_backward_input with bf16 products: dy rounded once into ws->a16; each thread
  * packs the rows of its band chunk by chunk (a multiple of 32 rows, through f32) into a
  * bf16 panel after the staging rows in its slice. */
@@ -221,14 +231,21 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
                                (int64_t)(w->row_bytes / sizeof(float)), dx + c0, K, false);
         } else if (cw > 0) {
             float *wt = ws->buf + (size_t)tid * ws->per_thread;
-            const int64_t chunk = (int64_t)(ws->per_thread / (size_t)cw); /* >= TILE_ROWS */
-            const size_t off = (size_t)b0 * tr->block_bytes;
-            for (int64_t r0 = 0; r0 < R; r0 += chunk) {
-                int64_t nr = R - r0 < chunk ? R - r0 : chunk;
-                for (int64_t r = 0; r < nr; r++)
-                    dequant(wt + r * cw,
-                            (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off, cw);
-                finch_cpu_sgemm_nn(T, cw, nr, dy + r0, R, wt, cw, dx + c0, K, r0 > 0);
+            /* column blocks of at least COL_BLOCK floats and one storage block */
+            const int64_t cb = tr->block_elems > COL_BLOCK ? tr->block_elems : COL_BLOCK;
+            const int64_t chunk = (int64_t)(ws->per_thread / (size_t)(cb + TILE_PAD));
+            for (int64_t j0 = 0; j0 < cw; j0 += cb) {
+                const int64_t n = cw - j0 < cb ? cw - j0 : cb;
+                const int64_t ld = n + TILE_PAD; /* an odd number of cache lines: see TILE_PAD */
+                const size_t off = (size_t)(b0 + j0 / tr->block_elems) * tr->block_bytes;
+                for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+                    int64_t nr = R - r0 < chunk ? R - r0 : chunk;
+                    for (int64_t r = 0; r < nr; r++)
+                        dequant(wt + r * ld,
+                                (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off,
+                                n);
+                    finch_cpu_sgemm_nn(T, n, nr, dy + r0, R, wt, ld, dx + c0 + j0, K, r0 > 0);
+                }
             }
         }
     }

@@ -205,31 +205,33 @@ static inline __m256 nib_dot(const uint8_t *qs, const float *x, __m256 *xs) {
 
 static float dot_q4_0(const void *row, const float *x, int64_t n) {
     const finch_block_q4_0 *b = row;
-    __m256 total = _mm256_setzero_ps();
+    __m256 tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
         __m256 xs, qx = nib_dot(b[i].qs, x, &xs);
         /* sum (q - 8) x d = d (sum q x - 8 sum x) */
         __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), xs, qx);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), v, total);
+        tot[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), v, tot[i & 1]);
     }
-    return finch_cpu_hsum8(total);
+    return finch_cpu_hsum8(_mm256_add_ps(tot[0], tot[1]));
 }
 
 static float dot_q4_1(const void *row, const float *x, int64_t n) {
     const finch_block_q4_1 *b = row;
-    __m256 total = _mm256_setzero_ps();
+    /* the scales' and the offsets' products in separate running totals: one chain of
+     * two dependent multiply-adds per block was the loop's bound */
+    __m256 td = _mm256_setzero_ps(), tm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
         __m256 xs, qx = nib_dot(b[i].qs, x, &xs);
         /* sum (q d + m) x = d sum q x + m sum x */
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, total);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, total);
+        td = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, td);
+        tm = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, tm);
     }
-    return finch_cpu_hsum8(total);
+    return finch_cpu_hsum8(_mm256_add_ps(td, tm));
 }
 
 static float dot_q8_0(const void *row, const float *x, int64_t n) {
     const finch_block_q8_0 *b = row;
-    __m256 total = _mm256_setzero_ps();
+    __m256 tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
         __m128i q0 = _mm_loadu_si128((const __m128i *)b[i].qs);
         __m128i q1 = _mm_loadu_si128((const __m128i *)(b[i].qs + 16));
@@ -237,32 +239,33 @@ static float dot_q8_0(const void *row, const float *x, int64_t n) {
         acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q0, 8)), _mm256_loadu_ps(x + 8), acc);
         acc = _mm256_fmadd_ps(i8x8_ps(q1), _mm256_loadu_ps(x + 16), acc);
         acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), acc);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), acc, total);
+        tot[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), acc, tot[i & 1]);
     }
-    return finch_cpu_hsum8(total);
+    return finch_cpu_hsum8(_mm256_add_ps(tot[0], tot[1]));
 }
 
 static float dot_q5_0(const void *row, const float *x, int64_t n) {
     const finch_block_q5_0 *b = row;
-    __m256 total = _mm256_setzero_ps();
+    __m256 tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
         __m256i q = _mm256_sub_epi8(q5_values(b[i].qs, b[i].qh), _mm256_set1_epi8(16));
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), i8x32_dot(q, x), total);
+        tot[i & 1] =
+            _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), i8x32_dot(q, x), tot[i & 1]);
     }
-    return finch_cpu_hsum8(total);
+    return finch_cpu_hsum8(_mm256_add_ps(tot[0], tot[1]));
 }
 
 #endif
 
 static float dot_q5_1(const void *row, const float *x, int64_t n) {
     const finch_block_q5_1 *b = row;
-    __m256 total = _mm256_setzero_ps();
+    __m256 td = _mm256_setzero_ps(), tm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
         __m256 xs, qx = i8x32_dot_sum(q5_values(b[i].qs, b[i].qh), x, &xs);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, total);
-        total = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, total);
+        td = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), qx, td);
+        tm = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].m)), xs, tm);
     }
-    return finch_cpu_hsum8(total);
+    return finch_cpu_hsum8(_mm256_add_ps(td, tm));
 }
 
 /* Q4_K and Q5_K: per 64-value chunk c, sub-blocks 2c (low nibbles) and 2c + 1 (high),

@@ -92,9 +92,15 @@ if have_llamacpp "${FINCH_LLAMACPP_PYTHON:-}" || have_llamacpp "$(command -v pyt
 else
   echo "interop-env: building $LLAMACPP into $VENV (about 10 minutes)"
   # ggml's AMX kernels die with SIGILL on virtual CPUs that report AMX without its tile
-  # state: a native build turns them on, so name the x86 features instead, without AMX
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
--DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+  # state: a native build turns them on, so name the x86 features this CPU reports instead,
+  # without AMX. finch's llamacpp numerics follow ggml's AVX-512 build: on a CPU without
+  # AVX-512 the bit-for-bit checks of tests/interop will not hold, the rest will.
+  on() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+  grep -qw avx512f /proc/cpuinfo ||
+    echo "interop-env: this CPU lacks AVX-512: llama.cpp is built for AVX2, so finch's llamacpp numerics will not match it bit for bit"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=$(on avx) -DGGML_AVX2=$(on avx2) -DGGML_FMA=$(on fma) \
+-DGGML_F16C=$(on f16c) -DGGML_AVX512=$(on avx512f) -DGGML_AVX512_VBMI=$(on avx512_vbmi) \
+-DGGML_AVX512_VNNI=$(on avx512_vnni) -DGGML_AVX512_BF16=$(on avx512_bf16) \
 -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
     "$PY" -m pip install --quiet --disable-pip-version-check --no-cache-dir "$LLAMACPP"
 fi

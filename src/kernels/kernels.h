@@ -75,6 +75,11 @@ typedef struct {
 /* The mask of probability p (in [0, 1)) for one step seed and one stream (a site). */
 finch_dropout finch_dropout_make(uint64_t seed, uint64_t stream, float p);
 
+/* 64-bit words of one row of n elements' mask bits (dropout_bits). */
+static inline int64_t finch_mask_words(int64_t n) {
+    return (n + 63) / 64;
+}
+
 /* Keys and values that every query of training attention sees before its own row's
  * (prefix tuning): n of them, row p of each at k + p * stride and v + p * stride (KVH*D
  * values, keys already rotated or never rotated); their gradients are added (+=) to dk,
@@ -228,6 +233,27 @@ typedef struct {
 
     /* dx (n) += g (n) through the same mask. */
     void (*dropout_backward)(float *dx, const float *g, int64_t n, const finch_dropout *d);
+
+    /* DoRA's output (peft/dora.c) in one pass: zl (T, n) += lora, then y += lora + s[j] zl,
+     * elementwise (s per column), each sum rounded in that order. */
+    void (*dora_combine)(float *y, float *zl, const float *lora, const float *s, int64_t T,
+                         int64_t n);
+
+    /* The elements mask d drops among T rows of n, as bits: bit j % 64 of word
+     * t * finch_mask_words(n) + j / 64 is set when element t * n + j is dropped. */
+    void (*dropout_bits)(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
+
+    /* y (T, w->rows) += alpha (x (T, w->cols) at the elements bits selects, 0 elsewhere) . W^T,
+     * the products summed only over those elements: with the bits of a sparse dropout mask,
+     * what turns x W^T into the product with the dropped-out input. W is dequantized tile by
+     * tile, as matmul does; ws sized as for matmul. */
+    void (*matmul_masked)(float *y, const float *x, const uint64_t *bits, float alpha,
+                          const finch_weight *w, int64_t T, finch_workspace *ws);
+
+    /* dx (T, w->cols) += alpha (dy (T, w->rows) . W) at the elements bits selects; the others
+     * are untouched. ws sized as for matmul. */
+    void (*matmul_backward_masked)(float *dx, const float *dy, const uint64_t *bits, float alpha,
+                                   const finch_weight *w, int64_t T, finch_workspace *ws);
 
     /* ---- training: backward ops, each the gradient of the forward of the same name.
      * Parameter gradients accumulate (+=); activation gradients are written (=). ---- */
@@ -426,6 +452,13 @@ void finch_ref_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_ref_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_ref_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
+void finch_ref_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
+void finch_ref_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
+                             const finch_weight *w, int64_t T);
+void finch_ref_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
+                            int64_t n);
+void finch_ref_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,
+                                      const finch_weight *w, int64_t T);
 void finch_ref_layernorm_forward(float *y, float *stats, const float *x, const float *w,
                                  const float *b, int64_t T, int64_t C, float eps);
 void finch_ref_layernorm_backward(float *dx, float *dw, float *db, const float *dy,

@@ -12,7 +12,21 @@
  *
  * Backward, from g = dL/dy:  dm += sum_t g * zl / norm;  the low-rank path gets mns * g;
  * without dropout the base product's gradient is mns * g, with dropout it is g and the
- * input gets (mns - 1) * g W through the mask as well.
+ * input gets (mns - 1) * g W through the mask as well. (The gradient backward returns is
+ * the base product's: DoRA trains no bias and is the only method at its linears.)
+ *
+ * Dropout without two more products with W: with keep mask k, c = 1 / (1 - p) and
+ * x_drop = x (1 - k) the dropped elements alone (a few percent of them),
+ *
+ *   xd W^T = c (z - x_drop W^T)
+ *   dx     = g W + c k (h W) + lora's part,   h = (mns - 1) g
+ *          = (g + c h) W  -  c (1 - k) (h W)  + lora's part
+ *
+ * so the forward takes z as without dropout and subtracts c times the masked product over
+ * the dropped elements (matmul_masked), and backward hands the base product g + c h, one
+ * product with W for both, then corrects the dropped elements alone
+ * (matmul_backward_masked). Both masked products cost about p of a dense one; above
+ * FUSED_MAX_DROPOUT, or on a backend without them, the two dense products run instead.
  *
  * The row norms: ||W + s B A||^2 = ||W||^2 + 2 s B (A W^T) + s^2 B (A A^T) B^T per row,
  * with ||W||^2 of the frozen base computed once and A W^T one product of r rows, so the
@@ -71,8 +85,25 @@ static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw,
     if (Gd != G) free(Gd);
 }
 
+/* Above this dropout the masked products would cost more than the dense ones. */
+#define FUSED_MAX_DROPOUT 0.4f
+
 static bool dropping(const finch_lora_site *s, const finch_linear_ctx *ctx) {
     return ctx->training && s->dropout > 0;
+}
+
+/* Whether dropout goes through the masked products (the header). */
+static bool fused(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    const finch_backend *be = ctx->be;
+    return s->dropout <= FUSED_MAX_DROPOUT && s->mask && be->dropout_bits && be->matmul_masked &&
+           be->matmul_backward_masked;
+}
+
+/* The site's dropout mask this step: LoRA's (lora.c), which a fused module's parts share. */
+static finch_dropout mask_of(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    return finch_dropout_make(ctx->dropout_seed,
+                              (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target - s->part + 1,
+                              s->dropout);
 }
 
 static void dora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
@@ -85,16 +116,26 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
     const float *xd = finch_lora_input(s, x, T, ctx);
     const int64_t n = T * s->out;
     /* zl = xd W^T with dropout, else z = y - b */
-    if (dropping(s, ctx)) {
+    if (dropping(s, ctx) && !fused(s, ctx)) {
         be->matmul(s->zl, xd, &lin->w, T, ctx->ws);
     } else {
         memcpy(s->zl, y, (size_t)n * sizeof *y);
         if (s->negb)
             for (int64_t t = 0; t < T; t++) be->add(s->zl + t * s->out, s->negb, s->out);
     }
+    if (dropping(s, ctx) && fused(s, ctx)) { /* zl = c z - c x_drop W^T */
+        finch_dropout d = mask_of(s, ctx);
+        be->dropout_bits(s->mask, T, s->in, &d);
+        be->scale(s->zl, n, d.scale);
+        be->matmul_masked(s->zl, x, s->mask, -d.scale, &lin->w, T, ctx->ws);
+    }
     /* g = lora; zl += lora; y += lora + (mns - 1) zl */
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
     be->gemm(false, true, T, s->out, s->r, sw, s->u, s->r, s->B, s->r, 0.0f, s->g, s->out);
+    if (be->dora_combine) {
+        be->dora_combine(y, s->zl, s->g, s->mns1, T, s->out);
+        return;
+    }
     be->add(s->zl, s->g, n);
     be->add(y, s->g, n);
     be->scale_cols(s->g, s->zl, s->mns1, T, s->out);
@@ -115,9 +156,18 @@ static const float *dora_backward(const finch_attachment *a, const float *g, con
     be->scale_cols(s->g, g, s->mns, T, s->out);
     const float *xd = finch_lora_input(s, x, T, ctx);
     finch_lora_backward_params(s, s->g, a->weight * s->scale, xd, T, ctx);
-    if (!dropping(s, ctx)) return s->g;          /* y = b + mns (z + lora): dz = mns g */
-    be->scale_cols(s->g, g, s->mns1, T, s->out); /* for backward_input: (mns - 1) g */
-    return g;
+    if (!dropping(s, ctx)) return s->g; /* y = b + mns (z + lora): dz = mns g */
+    if (!fused(s, ctx)) {
+        be->scale_cols(s->g, g, s->mns1, T, s->out); /* for backward_input: (mns - 1) g */
+        return g;
+    }
+    /* h = (mns - 1) g into zl (read for the last time above) for backward_input; the base
+     * product gets g + c h */
+    const float c = mask_of(s, ctx).scale;
+    be->scale_cols(s->zl, g, s->mns1, T, s->out);
+    for (int64_t j = 0; j < s->out; j++) s->tmpv[j] = 1.0f + c * s->mns1[j];
+    be->scale_cols(s->g, g, s->tmpv, T, s->out);
+    return s->g;
 }
 
 static void dora_backward_input(const finch_attachment *a, float *dx, const float *x, int64_t T,
@@ -128,12 +178,16 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
         finch_lora_backward_dx(s, dx, x, T, ctx);
         return;
     }
+    finch_dropout d = mask_of(s, ctx);
+    if (fused(s, ctx)) { /* dx -= c (h W) at the dropped elements (forward's bits), then du A
+                            through the mask */
+        be->matmul_backward_masked(dx, s->zl, s->mask, -d.scale, &lin->w, T, ctx->ws);
+        finch_lora_backward_dx(s, dx, x, T, ctx);
+        return;
+    }
     /* through the mask: dxd = (mns - 1) g W + du A */
     be->matmul_backward_input(s->xd, s->g, &lin->w, T, ctx->ws);
     be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, s->xd, s->in);
-    finch_dropout d = finch_dropout_make(
-        ctx->dropout_seed, (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target - s->part + 1,
-        s->dropout);
     be->dropout_backward(dx, s->xd, T * s->in, &d);
 }
 

@@ -111,6 +111,7 @@ void finch_lora_free_state(finch_peft *p) {
     if (!l) return;
     free(l->sites);
     free(l->scratch);
+    free(l->mask);
     free(l->norms);
     free(l->vecs);
     free(l);
@@ -138,6 +139,16 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
     if (!scratch) return FINCH_E_NOMEM;
     free(l->scratch);
     l->scratch = scratch;
+    /* DoRA's dropout mask bits are kept from forward to backward, one per site */
+    size_t words = 0;
+    for (int i = 0; dora && i < l->n_sites; i++)
+        if (l->sites[i].dropout > 0)
+            words += (size_t)max_tokens * (size_t)finch_mask_words(l->sites[i].in);
+    free(l->mask);
+    l->mask = NULL;
+    if (words && !(l->mask = finch_alloc(words * sizeof *l->mask, "DoRA dropout masks", err)))
+        return FINCH_E_NOMEM;
+    uint64_t *mask = l->mask;
     float *u = scratch, *du = u + max_tokens * max_r, *next = du + max_tokens * max_r;
     float *xd = drops ? next : NULL;
     next += drops ? max_tokens * max_in : 0;
@@ -150,6 +161,8 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
         s->du = du;
         s->xd = s->dropout > 0 ? xd : NULL;
         s->g = g;
+        s->mask = dora && s->dropout > 0 ? mask : NULL;
+        mask += s->mask ? max_tokens * finch_mask_words(s->in) : 0;
         s->zl = dora ? next : NULL;
         next += dora ? max_tokens * s->out : 0;
         finch_status st =

@@ -46,12 +46,15 @@ typedef struct {
     float *P;          /* (r, out) A W^T, for the norms */
     float *zl;         /* (max_tokens, out): the renormalised rows' input, kept for backward */
     float *g;          /* (max_tokens, out): DoRA's gradient buffer (shared) */
+    uint64_t *mask;    /* DoRA with dropout: (max_tokens) rows of bits of the dropped inputs,
+                          kept for backward */
 } finch_lora_site;
 
 typedef struct {
     int n_sites;
     finch_lora_site *sites;
     float *scratch; /* the sites' u, du, xd (and DoRA's zl, g) */
+    uint64_t *mask; /* DoRA's sites' dropped-input bits */
     double *norms;  /* DoRA's wnorm2 of every site */
     float *vecs;    /* DoRA's per-row vectors and P of every site */
 } finch_lora;

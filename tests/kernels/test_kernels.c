@@ -755,7 +755,123 @@ static void test_site_ops(void **state) {
         for (int64_t i = 0; i < N; i++)
             if (o1[i] != 0.0f) assert_true(o1[i] == in[i] * (1.0f / (1.0f - p)));
     }
+    /* DoRA's combine: the same sums in the same order as the reference, so the same bits */
+    float *z1 = rand_vec(&r, T * n, 1.0f), *zr = malloc(sizeof(float) * (size_t)(T * n));
+    float *y1 = rand_vec(&r, T * n, 1.0f), *lo = rand_vec(&r, T * n, 1.0f);
+    memcpy(zr, z1, sizeof(float) * (size_t)(T * n));
+    memcpy(yr, y1, sizeof(float) * (size_t)(T * n));
+    be->dora_combine(y1, z1, lo, s, T, n);
+    finch_ref_dora_combine(yr, zr, lo, s, T, n);
+    assert_memory_equal(z1, zr, sizeof(float) * (size_t)(T * n));
+    assert_memory_equal(y1, yr, sizeof(float) * (size_t)(T * n));
+    assert_true(z1[5] != y1[5]);
+    free(z1), free(zr), free(y1), free(lo);
     free(x), free(b), free(s), free(y), free(yr), free(in), free(o1), free(o2), free(g1), free(g2);
+}
+
+/* DoRA's dropout corrections: the dropped elements' bits, the product over them alone and
+ * the input gradient at them, against the reference, for storage types with blocks of 32,
+ * 256 and 1 element, row counts across tiles and column counts across words and column
+ * blocks; the same bits with one thread and two. */
+static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p, finch_rng *r) {
+    finch_weight w;
+    void *data = make_weight(r, t, R, K, &w);
+    const int64_t nw = finch_mask_words(K);
+    float *x = rand_vec(r, T * K, 1.0f), *dy = rand_vec(r, T * R, 1.0f),
+          *dx0 = rand_vec(r, T * K, 1.0f);
+    float *ones = malloc(sizeof(float) * (size_t)(T * K)), *kept = malloc(sizeof(float) * (size_t)(T * K));
+    for (int64_t i = 0; i < T * K; i++) ones[i] = 1.0f;
+    uint64_t *bits = malloc(sizeof(uint64_t) * (size_t)(T * nw)), *bitsr = malloc(sizeof(uint64_t) * (size_t)(T * nw));
+    float *y1 = malloc(sizeof(float) * (size_t)(T * R)), *y2 = malloc(sizeof(float) * (size_t)(T * R)),
+          *yr = malloc(sizeof(float) * (size_t)(T * R));
+    float *d1 = malloc(sizeof(float) * (size_t)(T * K)), *d2 = malloc(sizeof(float) * (size_t)(T * K)),
+          *dr = malloc(sizeof(float) * (size_t)(T * K));
+    float *wf = malloc(sizeof(float) * (size_t)(R * K));
+    for (int64_t i = 0; i < R; i++)
+        finch_dtype_info[t].dequant(wf + i * K, (const uint8_t *)data + i * w.row_bytes, K);
+    finch_workspace ws;
+    finch_err err;
+    assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2, 0, &err), FINCH_OK);
+    finch_dropout d = finch_dropout_make(99, (uint64_t)(R + K), p);
+
+    be->dropout_bits(bits, T, K, &d);
+    finch_ref_dropout_bits(bitsr, T, K, &d);
+    assert_memory_equal(bits, bitsr, sizeof(uint64_t) * (size_t)(T * nw));
+    be->dropout_forward(kept, ones, T * K, &d); /* the bits are what dropout zeroes */
+    for (int64_t tt = 0; tt < T; tt++)
+        for (int64_t k = 0; k < K; k++)
+            assert_int_equal((int)(bits[tt * nw + k / 64] >> (k % 64) & 1), kept[tt * K + k] == 0.0f);
+    for (int64_t i = 0; i < T * nw; i++) /* and nothing past a row's end */
+        if (K % 64 && i % nw == nw - 1) assert_int_equal(bits[i] >> (K % 64), 0);
+
+    char what[96];
+    snprintf(what, sizeof what, "%s %lldx%lld T=%lld p=%.2f", finch_dtype_info[t].name,
+             (long long)R, (long long)K, (long long)T, (double)p);
+    const float alpha = -1.25f; /* y and dx start random: both ops add */
+    float *y0 = rand_vec(r, T * R, 1.0f);
+    memcpy(y1, y0, sizeof(float) * (size_t)(T * R));
+    memcpy(y2, y0, sizeof(float) * (size_t)(T * R));
+    memcpy(yr, y0, sizeof(float) * (size_t)(T * R));
+    finch_threads_set(1);
+    be->matmul_masked(y1, x, bits, alpha, &w, T, &ws);
+    finch_threads_set(2);
+    be->matmul_masked(y2, x, bits, alpha, &w, T, &ws);
+    assert_memory_equal(y1, y2, sizeof(float) * (size_t)(T * R));
+    finch_ref_matmul_masked(yr, x, bits, alpha, &w, T);
+    for (int64_t tt = 0; tt < T; tt++)
+        for (int64_t i = 0; i < R; i++) {
+            double bound = 0;
+            for (int64_t k = 0; k < K; k++)
+                if (bits[tt * nw + k / 64] >> (k % 64) & 1) bound += fabs((double)wf[i * K + k] * x[tt * K + k]);
+            bound = fabs((double)y0[tt * R + i]) + fabs((double)alpha) * bound;
+            if (fabs((double)y2[tt * R + i] - yr[tt * R + i]) > 4e-6 * bound + 1e-6)
+                fail_msg("matmul_masked %s: y[%lld,%lld] = %.9g, reference %.9g", what,
+                         (long long)tt, (long long)i, y2[tt * R + i], yr[tt * R + i]);
+        }
+
+    memcpy(d1, dx0, sizeof(float) * (size_t)(T * K));
+    memcpy(d2, dx0, sizeof(float) * (size_t)(T * K));
+    memcpy(dr, dx0, sizeof(float) * (size_t)(T * K));
+    finch_threads_set(1);
+    be->matmul_backward_masked(d1, dy, bits, alpha, &w, T, &ws);
+    finch_threads_set(2);
+    be->matmul_backward_masked(d2, dy, bits, alpha, &w, T, &ws);
+    assert_memory_equal(d1, d2, sizeof(float) * (size_t)(T * K));
+    finch_ref_matmul_backward_masked(dr, dy, bits, alpha, &w, T);
+    for (int64_t tt = 0; tt < T; tt++)
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t i = tt * K + k;
+            if (!(bits[tt * nw + k / 64] >> (k % 64) & 1)) { /* untouched */
+                assert_true(d2[i] == dx0[i]);
+                continue;
+            }
+            double bound = fabs((double)dx0[i]);
+            for (int64_t j = 0; j < R; j++) bound += fabs((double)alpha * dy[tt * R + j] * wf[j * K + k]);
+            if (fabs((double)d2[i] - dr[i]) > 4e-6 * bound + 1e-6)
+                fail_msg("matmul_backward_masked %s: dx[%lld,%lld] = %.9g, reference %.9g", what,
+                         (long long)tt, (long long)k, d2[i], dr[i]);
+        }
+    finch_workspace_free(&ws);
+    free(data), free(x), free(dy), free(dx0), free(ones), free(kept), free(bits), free(bitsr), free(y0);
+    free(y1), free(y2), free(yr), free(d1), free(d2), free(dr), free(wf);
+}
+
+static void test_matmul_masked(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 21);
+    const struct {
+        finch_dtype t;
+        int64_t R, K;
+    } cases[] = {{FINCH_DTYPE_Q4_1, 1, 32},   {FINCH_DTYPE_Q4_1, 130, 96}, {FINCH_DTYPE_Q4_0, 70, 576},
+                 {FINCH_DTYPE_Q8_0, 65, 160}, {FINCH_DTYPE_F32, 33, 200},  {FINCH_DTYPE_F16, 17, 130},
+                 {FINCH_DTYPE_Q4_K, 40, 512}};
+    const int64_t Ts[] = {1, 7, 33};
+    const float ps[] = {0.05f, 0.5f};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++)
+            for (size_t q = 0; q < sizeof ps / sizeof ps[0]; q++)
+                check_masked(cases[c].t, cases[c].R, cases[c].K, Ts[k], ps[q], &r);
 }
 
 /* Dropout's masks as the methods draw them (one per step seed and site stream): the rate
@@ -880,6 +996,7 @@ int main(void) {
         cmocka_unit_test(test_geglu),
         cmocka_unit_test(test_layernorm_gelu),
         cmocka_unit_test(test_site_ops),
+        cmocka_unit_test(test_matmul_masked),
         cmocka_unit_test(test_adamw_and_device_part),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -56,8 +56,12 @@
 #define finch_cpu_geglu_backward FINCH_ISA_NAME(finch_cpu_geglu_backward)
 #define finch_cpu_scale_cols FINCH_ISA_NAME(finch_cpu_scale_cols)
 #define finch_cpu_col_dot FINCH_ISA_NAME(finch_cpu_col_dot)
+#define finch_cpu_dora_combine FINCH_ISA_NAME(finch_cpu_dora_combine)
 #define finch_cpu_dropout_forward FINCH_ISA_NAME(finch_cpu_dropout_forward)
 #define finch_cpu_dropout_backward FINCH_ISA_NAME(finch_cpu_dropout_backward)
+#define finch_cpu_dropout_bits FINCH_ISA_NAME(finch_cpu_dropout_bits)
+#define finch_cpu_matmul_masked FINCH_ISA_NAME(finch_cpu_matmul_masked)
+#define finch_cpu_matmul_backward_masked FINCH_ISA_NAME(finch_cpu_matmul_backward_masked)
 #define finch_cpu_gemm FINCH_ISA_NAME(finch_cpu_gemm)
 #define finch_cpu_matmul_backward_input FINCH_ISA_NAME(finch_cpu_matmul_backward_input)
 #define finch_cpu_matmul_backward_weight FINCH_ISA_NAME(finch_cpu_matmul_backward_weight)
@@ -272,6 +276,13 @@ void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n);
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
+void finch_cpu_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
+void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
+                             const finch_weight *w, int64_t T, finch_workspace *ws);
+void finch_cpu_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
+                            int64_t n);
+void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,
+                                      const finch_weight *w, int64_t T, finch_workspace *ws);
 void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_weight *w, int64_t T,

@@ -26,7 +26,8 @@ enum {
     TILE_PAD = FINCH_CPU_TILE_PAD,
     GEMV_MAX_T = 3,
     GROUP = FINCH_CPU_STAGE_ROWS,
-    COL_BLOCK = 128 /* dx columns per pass of backward_input */
+    COL_BLOCK = 128, /* dx columns per pass of backward_input */
+    MASK_CHUNK = 256 /* rows of W per pass of matmul_backward_masked (128 KB transposed) */
 };
 
 static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t T) {
@@ -51,10 +52,47 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
  * one cache line of the tile (a single staging row, one row at a time, when the workspace
  * is sized for no more). An element's sum does not depend on the band or tile
  * holding its row, so results do not depend on the thread count. */
+/* Rows r0 .. r0 + nr of W expanded into the tile wt, transposed: wt[k * ld + r] is W[r0 + r][k].
+ * Rows go GROUP at a time through staging rows at stage when grouped (the workspace holds
+ * GROUP of them), else one at a time through one. */
+static void build_tile(float *wt, float *stage, const finch_weight *w, finch_dequant_fn dequant,
+                       int64_t r0, int64_t nr, int64_t ld, bool grouped) {
+    const int64_t K = w->cols;
+    int64_t r = 0;
+    for (; grouped && r + GROUP <= nr; r += GROUP) {
+        const float *src[GROUP];
+        for (int g = 0; g < GROUP; g++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r + g) * w->row_bytes;
+            src[g] = (const float *)row;
+            if (w->type != FINCH_DTYPE_F32) {
+                dequant(stage + g * K, row, K);
+                src[g] = stage + g * K;
+            }
+        }
+        for (int64_t k = 0; k < K; k++)
+            for (int g = 0; g < GROUP; g++) wt[k * ld + r + g] = src[g][k];
+    }
+    for (; r < nr; r++) { /* the rows past the last whole group, one at a time */
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes;
+        const float *src = (const float *)row;
+        if (w->type != FINCH_DTYPE_F32) {
+            dequant(stage, row, K);
+            src = stage;
+        }
+        for (int64_t k = 0; k < K; k++) wt[k * ld + r] = src[k];
+    }
+}
+
+/* The first row of thread tid's band of nth: equal bands, in multiples of 16 rows. */
+static int64_t band_start(int64_t R, int tid, int nth) {
+    const int64_t r = (R + 15) / 16 * tid / nth * 16;
+    return r < R ? r : R;
+}
+
 static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_t T,
                          finch_workspace *ws) {
     const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
-    const int64_t R = w->rows, K = w->cols, n16 = (R + 15) / 16;
+    const int64_t R = w->rows, K = w->cols;
     FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
     const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + TILE_PAD + GROUP) * K);
     const int64_t pad = grouped ? TILE_PAD : 0;
@@ -66,33 +104,10 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
         nth = omp_get_num_threads();
 #endif
         float *wt = ws->buf + (size_t)tid * ws->per_thread, *stage = wt + (TILE_ROWS + pad) * K;
-        int64_t end = n16 * (tid + 1) / nth * 16;
-        if (end > R) end = R;
-        for (int64_t r0 = n16 * tid / nth * 16; r0 < end; r0 += TILE_ROWS) {
-            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, r = 0, ld = nr + pad;
-            for (; grouped && r + GROUP <= nr; r += GROUP) {
-                const float *src[GROUP];
-                for (int g = 0; g < GROUP; g++) {
-                    const uint8_t *row =
-                        (const uint8_t *)w->data + (size_t)(r0 + r + g) * w->row_bytes;
-                    src[g] = (const float *)row;
-                    if (w->type != FINCH_DTYPE_F32) {
-                        dequant(stage + g * K, row, K);
-                        src[g] = stage + g * K;
-                    }
-                }
-                for (int64_t k = 0; k < K; k++)
-                    for (int g = 0; g < GROUP; g++) wt[k * ld + r + g] = src[g][k];
-            }
-            for (; r < nr; r++) { /* the rows past the last whole group, one at a time */
-                const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes;
-                const float *src = (const float *)row;
-                if (w->type != FINCH_DTYPE_F32) {
-                    dequant(stage, row, K);
-                    src = stage;
-                }
-                for (int64_t k = 0; k < K; k++) wt[k * ld + r] = src[k];
-            }
+        const int64_t end = band_start(R, tid + 1, nth);
+        for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
+            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
+            build_tile(wt, stage, w, dequant, r0, nr, ld, grouped);
             finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
         }
     }
@@ -104,7 +119,7 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
 static void matmul_tiled_bf16(float *y, const float *x, const finch_weight *w, int64_t T,
                               finch_workspace *ws) {
     const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
-    const int64_t R = w->rows, K = w->cols, Kp = finch_bf16_pad(K), n16 = (R + 15) / 16;
+    const int64_t R = w->rows, K = w->cols, Kp = finch_bf16_pad(K);
     FINCH_ASSERT(ws->a16_elems >= (size_t)(finch_bf16_pad(T) * Kp));
     FINCH_ASSERT(ws->per_thread * sizeof(float) >=
                  (size_t)(GROUP * K) * sizeof(float) + finch_bf16_b_size(K, TILE_ROWS) * 2);
@@ -118,9 +133,8 @@ static void matmul_tiled_bf16(float *y, const float *x, const finch_weight *w, i
 #endif
         float *stage = ws->buf + (size_t)tid * ws->per_thread;
         uint16_t *panel = (uint16_t *)(stage + GROUP * K);
-        int64_t end = n16 * (tid + 1) / nth * 16;
-        if (end > R) end = R;
-        for (int64_t r0 = n16 * tid / nth * 16; r0 < end; r0 += TILE_ROWS) {
+        const int64_t end = band_start(R, tid + 1, nth);
+        for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
             int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS;
             for (int64_t g0 = 0; g0 < nr; g0 += GROUP) {
                 int64_t ng = nr - g0 < GROUP ? nr - g0 : GROUP;
@@ -287,6 +301,170 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
             }
             finch_cpu_sgemm_nn(nr, cols, kt, at, kt, x + t0 * cols, cols, dw + r0 * cols, cols,
                                true);
+        }
+    }
+}
+
+/* ---- products over the elements a bitmask selects (DoRA's dropout corrections) ---- */
+
+/* Eight floats as one value: an AVX register, two SSE or NEON ones. The masked products
+ * below use no fused multiply-add, so their bits are the same on every instruction set. */
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC warns that a v8 returned without AVX would pass differently between objects; these
+ * helpers are static and inlined, so no v8 crosses a call */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store8(float *p, v8 v) {
+    memcpy(p, &v, sizeof v);
+}
+
+/* sum_i a[i] b[i] in 32 running sums (element i in sum i % 32: four vectors, so the adds do
+ * not wait on each other; a last partial run of 32 is zero-padded), added pairwise at the end. */
+static inline float dot8(const float *a, const float *b, int64_t n) {
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 += load8(a + i) * load8(b + i);
+        a1 += load8(a + i + 8) * load8(b + i + 8);
+        a2 += load8(a + i + 16) * load8(b + i + 16);
+        a3 += load8(a + i + 24) * load8(b + i + 24);
+    }
+    if (i < n) {
+        float ta[32] = {0}, tb[32] = {0};
+        memcpy(ta, a + i, (size_t)(n - i) * sizeof *ta);
+        memcpy(tb, b + i, (size_t)(n - i) * sizeof *tb);
+        a0 += load8(ta) * load8(tb);
+        a1 += load8(ta + 8) * load8(tb + 8);
+        a2 += load8(ta + 16) * load8(tb + 16);
+        a3 += load8(ta + 24) * load8(tb + 24);
+    }
+    const v8 s = (a0 + a2) + (a1 + a3);
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+/* yt (nr) += alpha * the sum over the elements k that row bits bt selects of
+ * xt[k] * wt[k * ld ..], summed in increasing k: a whole tile's 64 sums in registers, a
+ * narrower tile's (a band's last) in cache. */
+static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t nw, const float *wt,
+                       int64_t ld, int64_t nr, float alpha) {
+    v8 acc[TILE_ROWS / 8] = {{0}};
+    const v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
+    if (nr == TILE_ROWS) {
+        for (int64_t i = 0; i < nw; i++)
+            for (uint64_t b = bt[i]; b; b &= b - 1) {
+                const int64_t k = i * 64 + __builtin_ctzll(b);
+                const float a = xt[k], *wk = wt + k * ld;
+                const v8 av = {a, a, a, a, a, a, a, a};
+#pragma GCC unroll 8
+                for (int j = 0; j < TILE_ROWS / 8; j++) acc[j] += av * load8(wk + 8 * j);
+            }
+#pragma GCC unroll 8
+        for (int j = 0; j < TILE_ROWS / 8; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
+        return;
+    }
+    float tail[8] = {0}; /* rows past the last multiple of 8 */
+    const int64_t nv = nr / 8;
+    for (int64_t i = 0; i < nw; i++)
+        for (uint64_t b = bt[i]; b; b &= b - 1) {
+            const int64_t k = i * 64 + __builtin_ctzll(b);
+            const float a = xt[k], *wk = wt + k * ld;
+            const v8 av = {a, a, a, a, a, a, a, a};
+            for (int64_t j = 0; j < nv; j++) acc[j] += av * load8(wk + 8 * j);
+            for (int64_t r = nv * 8; r < nr; r++) tail[r - nv * 8] += a * wk[r];
+        }
+    for (int64_t j = 0; j < nv; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
+    for (int64_t r = nv * 8; r < nr; r++) yt[r] += alpha * tail[r - nv * 8];
+}
+
+/* Bands of rows and transposed tiles as matmul_tiled; for each token the tile's rows of the
+ * selected elements k are summed (one contiguous run of nr floats each), k in increasing
+ * order, and alpha times the sums added into y[t, r0 ..]. An element's sum does not depend on its
+ * tile, so neither on the threads. */
+void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
+                             const finch_weight *w, int64_t T, finch_workspace *ws) {
+    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
+    const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
+    FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
+    const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + TILE_PAD + GROUP) * K);
+    const int64_t pad = grouped ? TILE_PAD : 0;
+#pragma omp parallel num_threads(ws->n_threads)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        float *wt = ws->buf + (size_t)tid * ws->per_thread, *stage = wt + (TILE_ROWS + pad) * K;
+        const int64_t end = band_start(R, tid + 1, nth);
+        for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
+            const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
+            build_tile(wt, stage, w, dequant, r0, nr, ld, grouped);
+            for (int64_t t = 0; t < T; t++)
+                masked_row(y + t * R + r0, x + t * K, bits + t * nw, nw, wt, ld, nr, alpha);
+        }
+    }
+}
+
+/* Column bands in whole storage blocks, one per thread, as matmul_backward_input; each band
+ * COL_BLOCK columns at a time, down W in chunks of rows expanded into a transposed tile
+ * (column k's rows contiguous), so a selected element's part of a chunk is one dot product
+ * with dy's run of the chunk's rows; chunks add into dx in row order. The chunk size depends
+ * on the workspace alone, so results do not depend on the thread count. */
+void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,
+                                      const finch_weight *w, int64_t T, finch_workspace *ws) {
+    const finch_dtype_traits *tr = &finch_dtype_info[w->type];
+    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
+    const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems, nw = finch_mask_words(K);
+    const int64_t cb = tr->block_elems > COL_BLOCK ? tr->block_elems : COL_BLOCK;
+    const int64_t cmax = cb < K ? cb : K; /* the widest column block */
+    int64_t chunk = (int64_t)(ws->per_thread / (size_t)cmax) - TILE_PAD - 1;
+    if (chunk > MASK_CHUNK) chunk = MASK_CHUNK;
+    FINCH_ASSERT(tr->dequant && ws && chunk >= 1);
+#pragma omp parallel num_threads(ws->n_threads)
+    {
+        int tid = 0, nth = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
+        const int64_t c0 = b0 * tr->block_elems, cw = (b1 - b0) * tr->block_elems;
+        float *stage = ws->buf + (size_t)tid * ws->per_thread, *wt = stage + cmax;
+        for (int64_t j0 = c0; j0 < c0 + cw; j0 += cb) {
+            const int64_t n = c0 + cw - j0 < cb ? c0 + cw - j0 : cb;
+            const size_t off = (size_t)(j0 / tr->block_elems) * tr->block_bytes;
+            for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+                const int64_t nr = R - r0 < chunk ? R - r0 : chunk, ld = nr + TILE_PAD;
+                for (int64_t r = 0; r < nr; r++) {
+                    const uint8_t *row =
+                        (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off;
+                    const float *src = (const float *)row;
+                    if (w->type != FINCH_DTYPE_F32) {
+                        dequant(stage, row, n);
+                        src = stage;
+                    }
+                    for (int64_t k = 0; k < n; k++) wt[k * ld + r] = src[k];
+                }
+                for (int64_t t = 0; t < T; t++) {
+                    const uint64_t *bt = bits + t * nw;
+                    const float *g = dy + t * R + r0;
+                    for (int64_t i = j0 / 64; i * 64 < j0 + n; i++) {
+                        uint64_t b = bt[i];
+                        if (i * 64 < j0) b &= ~0ull << (j0 - i * 64);
+                        if (i * 64 + 64 > j0 + n) b &= ~(~0ull << (j0 + n - i * 64));
+                        for (; b; b &= b - 1) {
+                            const int64_t k = i * 64 + __builtin_ctzll(b);
+                            dx[t * K + k] += alpha * dot8(g, wt + (k - j0) * ld, nr);
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 /*
  * sites.c: the elementwise and per-column ops of the methods' sites: a vector scaling
  * the columns of activations ((IA)^3, DoRA), column sums of products (their gradients,
- * bias gradients), and dropout by a hashed keep mask (LoRA's input).
+ * bias gradients), and dropout by a hashed keep mask (LoRA's input), also as bits of the
+ * dropped elements (DoRA's masked products).
  *
  * Column sums give each thread whole columns and add rows in order, so the result is
  * bit-identical for any thread count. The dropout mask of element i is a function of
@@ -18,6 +19,19 @@ void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, i
 #pragma omp parallel for schedule(static) if (T * n > 65536)
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < n; j++) y[t * n + j] = x[t * n + j] * s[j];
+}
+
+void finch_cpu_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
+                            int64_t n) {
+#pragma omp parallel for schedule(static) if (T * n > 65536)
+    for (int64_t t = 0; t < T; t++) {
+        float *yt = y + t * n, *zt = zl + t * n;
+        const float *lt = lora + t * n;
+        for (int64_t j = 0; j < n; j++) {
+            zt[j] = zt[j] + lt[j];
+            yt[j] = (yt[j] + lt[j]) + s[j] * zt[j];
+        }
+    }
 }
 
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n) {
@@ -39,10 +53,44 @@ void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int
     }
 }
 
-#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
 /* Whether dropout keeps element i. */
 static inline bool kept(const finch_dropout *d, int64_t i) {
     return finch_mix64(d->base + (uint64_t)i) >= d->threshold;
+}
+
+#if defined(__AVX2__) && !(defined(__AVX512F__) && defined(__AVX512DQ__))
+#include <immintrin.h>
+#define DROPOUT_AVX2 1
+/* The low 64 bits of a * c in each lane, from 32-bit products (AVX2 has no 64-bit one). */
+static inline __m256i mul64(__m256i a, uint64_t c) {
+    const __m256i lo = _mm256_set1_epi64x((long long)(c & 0xffffffffu));
+    const __m256i hi = _mm256_set1_epi64x((long long)(c >> 32));
+    const __m256i cross =
+        _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), lo), _mm256_mul_epu32(a, hi));
+    return _mm256_add_epi64(_mm256_mul_epu32(a, lo), _mm256_slli_epi64(cross, 32));
+}
+
+/* finch_mix64 of base + i .. base + i + 3 against the threshold: bit l set when element
+ * i + l is dropped. */
+static inline unsigned dropped4(const finch_dropout *d, int64_t i) {
+    const long long sign = (long long)0x8000000000000000ull;
+    __m256i z = _mm256_add_epi64(_mm256_set1_epi64x((long long)(d->base + (uint64_t)i)),
+                                 _mm256_setr_epi64x(0, 1, 2, 3));
+    z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), 0xbf58476d1ce4e5b9ull);
+    z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), 0x94d049bb133111ebull);
+    z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+    /* unsigned z < threshold, as a signed compare with both sign bits flipped */
+    const __m256i below = _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)d->threshold ^ sign),
+                                             _mm256_xor_si256(z, _mm256_set1_epi64x(sign)));
+    return (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(below));
+}
+
+/* All ones in the lanes of elements i .. i + 7 that dropout keeps. */
+static inline __m256 kept_lanes(const finch_dropout *d, int64_t i) {
+    const unsigned m = dropped4(d, i) | dropped4(d, i + 4) << 4;
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)m), sel),
+                                                  _mm256_setzero_si256()));
 }
 #endif
 
@@ -91,13 +139,55 @@ void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finc
 }
 #else
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d) {
+#ifdef DROPOUT_AVX2
+    const __m256 scale = _mm256_set1_ps(d->scale);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n / 8 * 8; i += 8)
+        _mm256_storeu_ps(
+            y + i, _mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), scale), kept_lanes(d, i)));
+    for (int64_t i = n / 8 * 8; i < n; i++) y[i] = kept(d, i) ? x[i] * d->scale : 0.0f;
+#else
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) y[i] = kept(d, i) ? x[i] * d->scale : 0.0f;
+#endif
 }
 
 void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d) {
+#ifdef DROPOUT_AVX2
+    const __m256 scale = _mm256_set1_ps(d->scale);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n / 8 * 8; i += 8) {
+        const __m256 old = _mm256_loadu_ps(dx + i);
+        const __m256 sum = _mm256_add_ps(old, _mm256_mul_ps(_mm256_loadu_ps(g + i), scale));
+        _mm256_storeu_ps(dx + i, _mm256_blendv_ps(old, sum, kept_lanes(d, i)));
+    }
+    for (int64_t i = n / 8 * 8; i < n; i++)
+        if (kept(d, i)) dx[i] += g[i] * d->scale;
+#else
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
         if (kept(d, i)) dx[i] += g[i] * d->scale;
+#endif
 }
 #endif
+
+/* A row's mask bits one word (64 elements) at a time; rows split across threads. */
+void finch_cpu_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d) {
+    const int64_t nw = finch_mask_words(n);
+#pragma omp parallel for schedule(static) if (T * n > 65536)
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t w = 0; w < nw; w++) {
+            const int64_t j0 = w * 64, j1 = n - j0 < 64 ? n : j0 + 64;
+            const uint64_t base = d->base + (uint64_t)(t * n);
+            uint64_t word = 0;
+            int64_t j = j0;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+            for (; j + 8 <= j1; j += 8) word |= (uint64_t)(uint8_t)~kept8(d, t * n + j) << (j - j0);
+#elif defined(DROPOUT_AVX2)
+            for (; j + 4 <= j1; j += 4) word |= (uint64_t)dropped4(d, t * n + j) << (j - j0);
+#endif
+            for (; j < j1; j++)
+                word |= (uint64_t)(finch_mix64(base + (uint64_t)j) < d->threshold) << (j - j0);
+            bits[t * nw + w] = word;
+        }
+}

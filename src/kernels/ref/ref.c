@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 void finch_ref_matmul(float *y, const float *x, const finch_weight *w, int64_t T) {
     const finch_dtype_traits *tr = &finch_dtype_info[w->type];
@@ -335,6 +336,56 @@ void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finc
         if (ref_kept(d, i)) dx[i] += g[i] * d->scale;
 }
 
+void finch_ref_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d) {
+    const int64_t nw = finch_mask_words(n);
+    memset(bits, 0, (size_t)(T * nw) * sizeof *bits);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < n; j++)
+            if (!ref_kept(d, t * n + j)) bits[t * nw + j / 64] |= 1ull << (j % 64);
+}
+
+static bool ref_bit(const uint64_t *bits, int64_t nw, int64_t t, int64_t j) {
+    return bits[t * nw + j / 64] >> (j % 64) & 1;
+}
+
+void finch_ref_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
+                             const finch_weight *w, int64_t T) {
+    const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
+    float *row = malloc((size_t)K * sizeof(float));
+    FINCH_ASSERT(row);
+    for (int64_t r = 0; r < R; r++) {
+        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)r * w->row_bytes,
+                                          K);
+        for (int64_t t = 0; t < T; t++) {
+            double acc = 0;
+            for (int64_t c = 0; c < K; c++)
+                if (ref_bit(bits, nw, t, c)) acc += (double)x[t * K + c] * row[c];
+            y[t * R + r] = (float)(y[t * R + r] + alpha * acc);
+        }
+    }
+    free(row);
+}
+
+void finch_ref_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,
+                                      const finch_weight *w, int64_t T) {
+    const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
+    float *row = malloc((size_t)K * sizeof(float));
+    double *acc = calloc((size_t)(T * K), sizeof(double));
+    FINCH_ASSERT(row && acc);
+    for (int64_t r = 0; r < R; r++) {
+        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)r * w->row_bytes,
+                                          K);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t c = 0; c < K; c++) acc[t * K + c] += (double)dy[t * R + r] * row[c];
+    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < K; c++)
+            if (ref_bit(bits, nw, t, c))
+                dx[t * K + c] = (float)(dx[t * K + c] + alpha * acc[t * K + c]);
+    free(acc);
+    free(row);
+}
+
 /* gelu(g) = g Phi~(g), the tanh form: 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3). */
 void finch_ref_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
     const double c = sqrt(2.0 / 3.14159265358979323846);
@@ -413,4 +464,14 @@ void finch_ref_gelu_backward(float *dx, const float *dy, const float *x, int64_t
         dx[i] = (float)(dy[i] * (0.5 * (1.0 + th) +
                                  0.5 * g * (1.0 - th * th) * c * (1.0 + 3 * 0.044715 * g * g)));
     }
+}
+
+void finch_ref_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
+                            int64_t n) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t i = t * n + j;
+            zl[i] = zl[i] + lora[i];
+            y[i] = (y[i] + lora[i]) + s[j] * zl[i];
+        }
 }

@@ -139,10 +139,10 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
     if (!scratch) return FINCH_E_NOMEM;
     free(l->scratch);
     l->scratch = scratch;
-    /* DoRA's dropout mask bits are kept from forward to backward, one per site */
+    /* DoRA's dropout mask bits are kept from forward to backward, one per training site */
     size_t words = 0;
     for (int i = 0; dora && i < l->n_sites; i++)
-        if (l->sites[i].dropout > 0)
+        if (l->sites[i].dropout > 0 && l->sites[i].dA)
             words += (size_t)max_tokens * (size_t)finch_mask_words(l->sites[i].in);
     free(l->mask);
     l->mask = NULL;
@@ -161,7 +161,7 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
         s->du = du;
         s->xd = s->dropout > 0 ? xd : NULL;
         s->g = g;
-        s->mask = dora && s->dropout > 0 ? mask : NULL;
+        s->mask = dora && s->dropout > 0 && s->dA ? mask : NULL;
         mask += s->mask ? max_tokens * finch_mask_words(s->in) : 0;
         s->zl = dora ? next : NULL;
         next += dora ? max_tokens * s->out : 0;

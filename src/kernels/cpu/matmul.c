@@ -42,16 +42,6 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
     }
 }
 
-/* Each thread takes an equal band of rows (in multiples of 16, so the kernel's column
- * panels stay full) and walks it in tiles of TILE_ROWS: equal bands rather than whole tiles
- * per thread keep both busy when R is not a multiple of n_threads * TILE_ROWS (R 576 is
- * 9 tiles, R 192 is 3). The tile is stored transposed, (K, nr): column r holds row r0 + r
- * of W, so the product y[:, r0 : r0 + nr] = x . tile reads the tile's rows contiguously
- * (finch_cpu_sgemm_nn). Rows are expanded GROUP at a time into K-float staging rows, in
- * cache, then written into their columns a k at a time, so each run of GROUP stores fills
- * one cache line of the tile (a single staging row, one row at a time, when the workspace
- * is sized for no more). An element's sum does not depend on the band or tile
- * holding its row, so results do not depend on the thread count. */
 /* Rows r0 .. r0 + nr of W expanded into the tile wt, transposed: wt[k * ld + r] is W[r0 + r][k].
  * Rows go GROUP at a time through staging rows at stage when grouped (the workspace holds
  * GROUP of them), else one at a time through one. */
@@ -89,10 +79,97 @@ static int64_t band_start(int64_t R, int tid, int nth) {
     return r < R ? r : R;
 }
 
-static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_t T,
-                         finch_workspace *ws) {
+/* Eight floats as one value: an AVX register, two SSE or NEON ones. The masked products
+ * below use no fused multiply-add, so their bits are the same on every instruction set. */
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC warns that a v8 returned without AVX would pass differently between objects; these
+ * helpers are static and inlined, so no v8 crosses a call */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store8(float *p, v8 v) {
+    memcpy(p, &v, sizeof v);
+}
+
+/* sum_i a[i] b[i] in 32 running sums (element i in sum i % 32: four vectors, so the adds do
+ * not wait on each other; a last partial run of 32 is zero-padded), added pairwise at the end. */
+static inline float dot8(const float *a, const float *b, int64_t n) {
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 += load8(a + i) * load8(b + i);
+        a1 += load8(a + i + 8) * load8(b + i + 8);
+        a2 += load8(a + i + 16) * load8(b + i + 16);
+        a3 += load8(a + i + 24) * load8(b + i + 24);
+    }
+    if (i < n) {
+        float ta[32] = {0}, tb[32] = {0};
+        memcpy(ta, a + i, (size_t)(n - i) * sizeof *ta);
+        memcpy(tb, b + i, (size_t)(n - i) * sizeof *tb);
+        a0 += load8(ta) * load8(tb);
+        a1 += load8(ta + 8) * load8(tb + 8);
+        a2 += load8(ta + 16) * load8(tb + 16);
+        a3 += load8(ta + 24) * load8(tb + 24);
+    }
+    const v8 s = (a0 + a2) + (a1 + a3);
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+/* yt (nr) += alpha * the sum over the elements k that row bits bt selects of
+ * xt[k] * wt[k * ld ..], summed in increasing k: a whole tile's 64 sums in registers, a
+ * narrower tile's (a band's last) in cache. */
+static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t nw, const float *wt,
+                       int64_t ld, int64_t nr, float alpha) {
+    v8 acc[TILE_ROWS / 8] = {{0}};
+    const v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
+    if (nr == TILE_ROWS) {
+        for (int64_t i = 0; i < nw; i++)
+            for (uint64_t b = bt[i]; b; b &= b - 1) {
+                const int64_t k = i * 64 + __builtin_ctzll(b);
+                const float a = xt[k], *wk = wt + k * ld;
+                const v8 av = {a, a, a, a, a, a, a, a};
+#pragma GCC unroll 8
+                for (int j = 0; j < TILE_ROWS / 8; j++) acc[j] += av * load8(wk + 8 * j);
+            }
+#pragma GCC unroll 8
+        for (int j = 0; j < TILE_ROWS / 8; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
+        return;
+    }
+    float tail[8] = {0}; /* rows past the last multiple of 8 */
+    const int64_t nv = nr / 8;
+    for (int64_t i = 0; i < nw; i++)
+        for (uint64_t b = bt[i]; b; b &= b - 1) {
+            const int64_t k = i * 64 + __builtin_ctzll(b);
+            const float a = xt[k], *wk = wt + k * ld;
+            const v8 av = {a, a, a, a, a, a, a, a};
+            for (int64_t j = 0; j < nv; j++) acc[j] += av * load8(wk + 8 * j);
+            for (int64_t r = nv * 8; r < nr; r++) tail[r - nv * 8] += a * wk[r];
+        }
+    for (int64_t j = 0; j < nv; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
+    for (int64_t r = nv * 8; r < nr; r++) yt[r] += alpha * tail[r - nv * 8];
+}
+
+/* Each thread takes an equal band of rows (in multiples of 16, so the kernel's column
+ * panels stay full) and walks it in tiles of TILE_ROWS: equal bands rather than whole tiles
+ * per thread keep both busy when R is not a multiple of n_threads * TILE_ROWS (R 576 is
+ * 9 tiles, R 192 is 3). The tile is stored transposed, (K, nr): column r holds row r0 + r
+ * of W, so the product y[:, r0 : r0 + nr] = x . tile reads the tile's rows contiguously
+ * (finch_cpu_sgemm_nn). Rows are expanded GROUP at a time into K-float staging rows, in
+ * cache, then written into their columns a k at a time, so each run of GROUP stores fills
+ * one cache line of the tile (a single staging row, one row at a time, when the workspace
+ * is sized for no more). An element's sum does not depend on the band or tile
+ * holding its row, so results do not depend on the thread count.
+ * With bits NULL, y = x . W^T (matmul); else y += alpha times the product with the elements
+ * of x that bits selects (matmul_masked, masked_row). */
+static void over_tiles(float *y, const float *x, const uint64_t *bits, float alpha,
+                       const finch_weight *w, int64_t T, finch_workspace *ws) {
     const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
-    const int64_t R = w->rows, K = w->cols;
+    const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
     FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
     const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + TILE_PAD + GROUP) * K);
     const int64_t pad = grouped ? TILE_PAD : 0;
@@ -106,14 +183,18 @@ static void matmul_tiled(float *y, const float *x, const finch_weight *w, int64_
         float *wt = ws->buf + (size_t)tid * ws->per_thread, *stage = wt + (TILE_ROWS + pad) * K;
         const int64_t end = band_start(R, tid + 1, nth);
         for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
-            int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
+            const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
             build_tile(wt, stage, w, dequant, r0, nr, ld, grouped);
-            finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
+            if (!bits)
+                finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
+            else
+                for (int64_t t = 0; t < T; t++)
+                    masked_row(y + t * R + r0, x + t * K, bits + t * nw, nw, wt, ld, nr, alpha);
         }
     }
 }
 
-/* matmul_tiled with bf16 products: x rounded once into ws->a16, then each thread packs
+/* over_tiles with bf16 products: x rounded once into ws->a16, then each thread packs
  * its tiles of W (GROUP rows at a time through f32) into bf16 panels after the staging
  * rows in its slice. */
 static void matmul_tiled_bf16(float *y, const float *x, const finch_weight *w, int64_t T,
@@ -163,7 +244,7 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
     else if (ws->bf16)
         matmul_tiled_bf16(y, x, w, T, ws);
     else
-        matmul_tiled(y, x, w, T, ws);
+        over_tiles(y, x, NULL, 1.0f, w, T, ws);
 }
 
 /* dx (T, K) = dy (T, R) . W. The sum runs over rows of W, so splitting rows across threads
@@ -307,108 +388,13 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
 
 /* ---- products over the elements a bitmask selects (DoRA's dropout corrections) ---- */
 
-/* Eight floats as one value: an AVX register, two SSE or NEON ones. The masked products
- * below use no fused multiply-add, so their bits are the same on every instruction set. */
-typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
-#if defined(__GNUC__) && !defined(__clang__)
-/* GCC warns that a v8 returned without AVX would pass differently between objects; these
- * helpers are static and inlined, so no v8 crosses a call */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline void store8(float *p, v8 v) {
-    memcpy(p, &v, sizeof v);
-}
-
-/* sum_i a[i] b[i] in 32 running sums (element i in sum i % 32: four vectors, so the adds do
- * not wait on each other; a last partial run of 32 is zero-padded), added pairwise at the end. */
-static inline float dot8(const float *a, const float *b, int64_t n) {
-    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 += load8(a + i) * load8(b + i);
-        a1 += load8(a + i + 8) * load8(b + i + 8);
-        a2 += load8(a + i + 16) * load8(b + i + 16);
-        a3 += load8(a + i + 24) * load8(b + i + 24);
-    }
-    if (i < n) {
-        float ta[32] = {0}, tb[32] = {0};
-        memcpy(ta, a + i, (size_t)(n - i) * sizeof *ta);
-        memcpy(tb, b + i, (size_t)(n - i) * sizeof *tb);
-        a0 += load8(ta) * load8(tb);
-        a1 += load8(ta + 8) * load8(tb + 8);
-        a2 += load8(ta + 16) * load8(tb + 16);
-        a3 += load8(ta + 24) * load8(tb + 24);
-    }
-    const v8 s = (a0 + a2) + (a1 + a3);
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
-/* yt (nr) += alpha * the sum over the elements k that row bits bt selects of
- * xt[k] * wt[k * ld ..], summed in increasing k: a whole tile's 64 sums in registers, a
- * narrower tile's (a band's last) in cache. */
-static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t nw, const float *wt,
-                       int64_t ld, int64_t nr, float alpha) {
-    v8 acc[TILE_ROWS / 8] = {{0}};
-    const v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
-    if (nr == TILE_ROWS) {
-        for (int64_t i = 0; i < nw; i++)
-            for (uint64_t b = bt[i]; b; b &= b - 1) {
-                const int64_t k = i * 64 + __builtin_ctzll(b);
-                const float a = xt[k], *wk = wt + k * ld;
-                const v8 av = {a, a, a, a, a, a, a, a};
-#pragma GCC unroll 8
-                for (int j = 0; j < TILE_ROWS / 8; j++) acc[j] += av * load8(wk + 8 * j);
-            }
-#pragma GCC unroll 8
-        for (int j = 0; j < TILE_ROWS / 8; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
-        return;
-    }
-    float tail[8] = {0}; /* rows past the last multiple of 8 */
-    const int64_t nv = nr / 8;
-    for (int64_t i = 0; i < nw; i++)
-        for (uint64_t b = bt[i]; b; b &= b - 1) {
-            const int64_t k = i * 64 + __builtin_ctzll(b);
-            const float a = xt[k], *wk = wt + k * ld;
-            const v8 av = {a, a, a, a, a, a, a, a};
-            for (int64_t j = 0; j < nv; j++) acc[j] += av * load8(wk + 8 * j);
-            for (int64_t r = nv * 8; r < nr; r++) tail[r - nv * 8] += a * wk[r];
-        }
-    for (int64_t j = 0; j < nv; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
-    for (int64_t r = nv * 8; r < nr; r++) yt[r] += alpha * tail[r - nv * 8];
-}
-
-/* Bands of rows and transposed tiles as matmul_tiled; for each token the tile's rows of the
- * selected elements k are summed (one contiguous run of nr floats each), k in increasing
- * order, and alpha times the sums added into y[t, r0 ..]. An element's sum does not depend on its
- * tile, so neither on the threads. */
+/* Bands of rows and transposed tiles as matmul's (over_tiles); for each token the tile's rows
+ * of the selected elements k are summed (one contiguous run of nr floats each), k in
+ * increasing order, and alpha times the sums added into y[t, r0 ..]. An element's sum does
+ * not depend on its tile, so neither on the threads. */
 void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
                              const finch_weight *w, int64_t T, finch_workspace *ws) {
-    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
-    const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
-    FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
-    const bool grouped = ws->per_thread >= (size_t)((TILE_ROWS + TILE_PAD + GROUP) * K);
-    const int64_t pad = grouped ? TILE_PAD : 0;
-#pragma omp parallel num_threads(ws->n_threads)
-    {
-        int tid = 0, nth = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nth = omp_get_num_threads();
-#endif
-        float *wt = ws->buf + (size_t)tid * ws->per_thread, *stage = wt + (TILE_ROWS + pad) * K;
-        const int64_t end = band_start(R, tid + 1, nth);
-        for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
-            const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
-            build_tile(wt, stage, w, dequant, r0, nr, ld, grouped);
-            for (int64_t t = 0; t < T; t++)
-                masked_row(y + t * R + r0, x + t * K, bits + t * nw, nw, wt, ld, nr, alpha);
-        }
-    }
+    over_tiles(y, x, bits, alpha, w, T, ws);
 }
 
 /* Column bands in whole storage blocks, one per thread, as matmul_backward_input; each band

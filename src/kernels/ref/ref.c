@@ -368,22 +368,14 @@ void finch_ref_matmul_masked(float *y, const float *x, const uint64_t *bits, flo
 
 void finch_ref_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,
                                       const finch_weight *w, int64_t T) {
-    const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
-    float *row = malloc((size_t)K * sizeof(float));
-    double *acc = calloc((size_t)(T * K), sizeof(double));
-    FINCH_ASSERT(row && acc);
-    for (int64_t r = 0; r < R; r++) {
-        finch_dtype_info[w->type].dequant(row, (const uint8_t *)w->data + (size_t)r * w->row_bytes,
-                                          K);
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t c = 0; c < K; c++) acc[t * K + c] += (double)dy[t * R + r] * row[c];
-    }
+    const int64_t K = w->cols, nw = finch_mask_words(K);
+    float *full = malloc((size_t)(T * K) * sizeof(float));
+    FINCH_ASSERT(full);
+    finch_ref_matmul_backward_input(full, dy, w, T);
     for (int64_t t = 0; t < T; t++)
         for (int64_t c = 0; c < K; c++)
-            if (ref_bit(bits, nw, t, c))
-                dx[t * K + c] = (float)(dx[t * K + c] + alpha * acc[t * K + c]);
-    free(acc);
-    free(row);
+            if (ref_bit(bits, nw, t, c)) dx[t * K + c] += alpha * full[t * K + c];
+    free(full);
 }
 
 /* gelu(g) = g Phi~(g), the tanh form: 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3). */

@@ -82,8 +82,8 @@ static int64_t band_start(int64_t R, int tid, int nth) {
 /* Eight floats as one value: an AVX register, two SSE or NEON ones. The masked products
  * below use no fused multiply-add, so their bits are the same on every instruction set. */
 typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
-#if defined(__GNUC__) && !defined(__clang__)
-/* GCC warns that a v8 returned without AVX would pass differently between objects; these
+#if defined(__GNUC__)
+/* GCC and clang warn that a v8 returned without AVX would pass differently between objects; these
  * helpers are static and inlined, so no v8 crosses a call */
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif

@@ -53,10 +53,12 @@ void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int
     }
 }
 
+#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
 /* Whether dropout keeps element i. */
 static inline bool kept(const finch_dropout *d, int64_t i) {
     return finch_mix64(d->base + (uint64_t)i) >= d->threshold;
 }
+#endif
 
 #if defined(__AVX2__) && !(defined(__AVX512F__) && defined(__AVX512DQ__))
 #include <immintrin.h>

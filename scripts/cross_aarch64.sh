@@ -6,9 +6,10 @@
 #   every core)
 # The tests left out need the real models (minutes natively, hours under qemu), run the
 # CLI as a subprocess (no binfmt handler here), run the fuzz corpora (covered natively), or
-# are too heavy for emulation (test_grad, test_sites and test_window: over 10, 45 and 30
-# minutes under qemu; the K-quant scale searches of test_quantize_model and _hf: over 30
-# minutes each; all run natively for every instruction set).
+# are too heavy for emulation (test_grad, test_sites, test_window, test_attention_tiles:
+# 10 to 45 minutes or more each under qemu; the K-quant scale searches of
+# test_quantize_model and _hf: over 30 minutes each; all run natively for every
+# instruction set).
 # OpenBLAS's thread pool never finishes starting under qemu-user, so it runs on one thread
 # (as finch calls it inside its own parallel regions anyway).
 set -euo pipefail
@@ -28,4 +29,4 @@ cmake -S . -B "$build" -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
 cmake --build "$build" -j"$jobs"
 file "$build/finch"
 OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build" -j"$jobs" --timeout 3000 --output-on-failure \
-  -E 'test_grad|test_sites|test_window|quantize_model|quantize_hf|smollm2|gemma3|tokenizer_ref|cli|score_cli|data_parallel|soak|fuzz_|eval_loss|labels|lora_train|train_loop|mixture|early_stopping|packing|methods|dpo|bf16|checkpointing|fault_alloc|fault_disk|hf_model|qwen2|merge'
+  -E 'test_grad|test_sites|test_window|attention_tiles|quantize_model|quantize_hf|smollm2|gemma3|tokenizer_ref|cli|score_cli|data_parallel|soak|fuzz_|eval_loss|labels|lora_train|train_loop|mixture|early_stopping|packing|methods|dpo|bf16|checkpointing|fault_alloc|fault_disk|hf_model|qwen2|merge'

@@ -99,13 +99,6 @@ static bool fused(const finch_lora_site *s, const finch_linear_ctx *ctx) {
            be->matmul_backward_masked;
 }
 
-/* The site's dropout mask this step: LoRA's (lora.c), which a fused module's parts share. */
-static finch_dropout mask_of(const finch_lora_site *s, const finch_linear_ctx *ctx) {
-    return finch_dropout_make(ctx->dropout_seed,
-                              (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target - s->part + 1,
-                              s->dropout);
-}
-
 static void dora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
                          const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
@@ -124,7 +117,7 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
             for (int64_t t = 0; t < T; t++) be->add(s->zl + t * s->out, s->negb, s->out);
     }
     if (dropping(s, ctx) && fused(s, ctx)) { /* zl = c z - c x_drop W^T */
-        finch_dropout d = mask_of(s, ctx);
+        finch_dropout d = finch_lora_mask(s, ctx);
         be->dropout_bits(s->mask, T, s->in, &d);
         be->scale(s->zl, n, d.scale);
         be->matmul_masked(s->zl, x, s->mask, -d.scale, &lin->w, T, ctx->ws);
@@ -163,7 +156,7 @@ static const float *dora_backward(const finch_attachment *a, const float *g, con
     }
     /* h = (mns - 1) g into zl (read for the last time above) for backward_input; the base
      * product gets g + c h */
-    const float c = mask_of(s, ctx).scale;
+    const float c = finch_lora_mask(s, ctx).scale;
     be->scale_cols(s->zl, g, s->mns1, T, s->out);
     for (int64_t j = 0; j < s->out; j++) s->tmpv[j] = 1.0f + c * s->mns1[j];
     be->scale_cols(s->g, g, s->tmpv, T, s->out);
@@ -178,7 +171,7 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
         finch_lora_backward_dx(s, dx, x, T, ctx);
         return;
     }
-    finch_dropout d = mask_of(s, ctx);
+    finch_dropout d = finch_lora_mask(s, ctx);
     if (fused(s, ctx)) { /* dx -= c (h W) at the dropped elements (forward's bits), then du A
                             through the mask */
         be->matmul_backward_masked(dx, s->zl, s->mask, -d.scale, &lin->w, T, ctx->ws);

@@ -204,7 +204,7 @@ static bool drops(const finch_lora_site *s, const finch_linear_ctx *ctx) {
     return ctx->training && s->dropout > 0;
 }
 
-static finch_dropout mask_of(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+finch_dropout finch_lora_mask(const finch_lora_site *s, const finch_linear_ctx *ctx) {
     /* the parts of a fused module share its input and so its mask, as in PEFT */
     return finch_dropout_make(ctx->dropout_seed,
                               (uint64_t)s->layer * FINCH_TARGET_COUNT + s->target - s->part + 1,
@@ -214,7 +214,7 @@ static finch_dropout mask_of(const finch_lora_site *s, const finch_linear_ctx *c
 const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
                               const finch_linear_ctx *ctx) {
     if (!drops(s, ctx)) return x;
-    finch_dropout d = mask_of(s, ctx);
+    finch_dropout d = finch_lora_mask(s, ctx);
     ctx->be->dropout_forward(s->xd, x, T * s->in, &d);
     return s->xd;
 }
@@ -242,7 +242,7 @@ void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x,
     /* through dropout: the same mask and scale (xd's buffer is free again) */
     float *dxd = s->xd;
     be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 0.0f, dxd, s->in);
-    finch_dropout d = mask_of(s, ctx);
+    finch_dropout d = finch_lora_mask(s, ctx);
     be->dropout_backward(dx, dxd, T * s->in, &d);
 }
 

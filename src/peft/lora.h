@@ -95,6 +95,8 @@ void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, flo
  *             weight * scale and any per-row factor), du = gs B, dB += gs^T u,
  *             dA += du^T xd;
  *   input gradient: dx += (du A) through the dropout mask. */
+/* The site's dropout mask this step (a fused module's parts share it, as in PEFT). */
+finch_dropout finch_lora_mask(const finch_lora_site *s, const finch_linear_ctx *ctx);
 const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
                               const finch_linear_ctx *ctx);
 void finch_lora_backward_params(const finch_lora_site *s, const float *gs, float alpha,

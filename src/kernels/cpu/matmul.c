@@ -247,6 +247,15 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
         over_tiles(y, x, NULL, 1.0f, w, T, ws);
 }
 
+/* Thread tid's band of nth of the nb storage blocks of a row: its first column c0 and its
+ * width cw (whole blocks, so each band dequantizes on its own). */
+static void col_band(const finch_dtype_traits *tr, int64_t nb, int tid, int nth, int64_t *c0,
+                     int64_t *cw) {
+    const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
+    *c0 = b0 * tr->block_elems;
+    *cw = (b1 - b0) * tr->block_elems;
+}
+
 /* dx (T, K) = dy (T, R) . W. The sum runs over rows of W, so splitting rows across threads
  * would make them add into the same dx; the threads split the columns instead, in whole
  * blocks of the storage type, so each owns a band of dx. A thread takes its band
@@ -275,8 +284,8 @@ static void backward_input_bf16(float *dx, const float *dy, const finch_weight *
         tid = omp_get_thread_num();
         nth = omp_get_num_threads();
 #endif
-        const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
-        const int64_t c0 = b0 * tr->block_elems, cw = (b1 - b0) * tr->block_elems;
+        int64_t c0, cw;
+        col_band(tr, nb, tid, nth, &c0, &cw);
         /* per row of a chunk: cw floats staged, pad(cw) bf16 packed */
         const int64_t per_row = cw * 4 + finch_bf16_pad(cw) * 2;
         int64_t chunk = cw > 0 ? (int64_t)(ws->per_thread * sizeof(float)) / per_row / 32 * 32 : 0;
@@ -284,7 +293,7 @@ static void backward_input_bf16(float *dx, const float *dy, const finch_weight *
         FINCH_ASSERT(cw == 0 || chunk >= 32);
         float *stage = ws->buf + (size_t)tid * ws->per_thread;
         uint16_t *panel = (uint16_t *)(stage + chunk * cw);
-        const size_t off = (size_t)b0 * tr->block_bytes;
+        const size_t off = (size_t)(c0 / tr->block_elems) * tr->block_bytes;
         for (int64_t r0 = 0; cw > 0 && r0 < R; r0 += chunk) {
             int64_t nr = R - r0 < chunk ? R - r0 : chunk;
             for (int64_t r = 0; r < nr; r++) {
@@ -319,8 +328,8 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
         tid = omp_get_thread_num();
         nth = omp_get_num_threads();
 #endif
-        const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
-        const int64_t c0 = b0 * tr->block_elems, cw = (b1 - b0) * tr->block_elems;
+        int64_t c0, cw;
+        col_band(tr, nb, tid, nth, &c0, &cw);
         if (cw > 0 && w->type == FINCH_DTYPE_F32) {
             finch_cpu_sgemm_nn(T, cw, R, dy, R, (const float *)w->data + c0,
                                (int64_t)(w->row_bytes / sizeof(float)), dx + c0, K, false);
@@ -332,7 +341,7 @@ void finch_cpu_matmul_backward_input(float *dx, const float *dy, const finch_wei
             for (int64_t j0 = 0; j0 < cw; j0 += cb) {
                 const int64_t n = cw - j0 < cb ? cw - j0 : cb;
                 const int64_t ld = n + TILE_PAD; /* an odd number of cache lines: see TILE_PAD */
-                const size_t off = (size_t)(b0 + j0 / tr->block_elems) * tr->block_bytes;
+                const size_t off = (size_t)((c0 + j0) / tr->block_elems) * tr->block_bytes;
                 for (int64_t r0 = 0; r0 < R; r0 += chunk) {
                     int64_t nr = R - r0 < chunk ? R - r0 : chunk;
                     for (int64_t r = 0; r < nr; r++)
@@ -419,8 +428,8 @@ void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t
         tid = omp_get_thread_num();
         nth = omp_get_num_threads();
 #endif
-        const int64_t b0 = nb * tid / nth, b1 = nb * (tid + 1) / nth;
-        const int64_t c0 = b0 * tr->block_elems, cw = (b1 - b0) * tr->block_elems;
+        int64_t c0, cw;
+        col_band(tr, nb, tid, nth, &c0, &cw);
         float *stage = ws->buf + (size_t)tid * ws->per_thread, *wt = stage + cmax;
         for (int64_t j0 = c0; j0 < c0 + cw; j0 += cb) {
             const int64_t n = c0 + cw - j0 < cb ? c0 + cw - j0 : cb;

@@ -105,6 +105,17 @@ static inline __m256i finch_cpu_nibbles32(const uint8_t *qs) {
  * at 512 x 64 x 576); 16 more floats make the stride an odd number of lines. */
 enum { FINCH_CPU_TILE_ROWS = 64, FINCH_CPU_TILE_PAD = 16, FINCH_CPU_STAGE_ROWS = 16 };
 
+/* Generation reads every weight once per token, from memory: one stored row's dot product is
+ * too short for the hardware prefetcher to run ahead of it, so the row loops ask for the
+ * bytes FINCH_CPU_PREFETCH_AHEAD past each row while they work on it (a weight's rows are
+ * contiguous). Xeon with AVX-512, one thread, Q4_1 rows of 576 over 90 MB: 7.4 ns a block
+ * without, 3.2 with; 1 KB ahead gave 3.6, 2-16 KB all about 3.2. */
+enum { FINCH_CPU_PREFETCH_AHEAD = 4096 };
+static inline void finch_cpu_prefetch_row(const uint8_t *row, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch(row + FINCH_CPU_PREFETCH_AHEAD + o, 0, 3);
+}
+
 /* Training attention's tiles (attention.c): blocks of BQ query rows against tiles of BK keys;
  * a thread's workspace holds a tile of keys and one of values transposed (D, BK each) and
  * the probabilities and their gradients (BQ, BK each). */

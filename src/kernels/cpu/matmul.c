@@ -36,6 +36,7 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < R; r++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+        finch_cpu_prefetch_row(row, w->row_bytes);
         for (int64_t t = 0; t < T; t++)
             y[t * R + r] =
                 dot ? dot(row, x + t * K, K) : finch_cpu_row_dot_blocks(w->type, row, x + t * K, K);

@@ -700,6 +700,7 @@ static void matmul_k(float *y, const float *x, const finch_weight *w, int64_t T,
         const int64_t r0 = g * KROWS;
         const int nr = R - r0 < KROWS ? (int)(R - r0) : KROWS;
         float yr[KROWS];
+        finch_cpu_prefetch_row(W + (size_t)r0 * w->row_bytes, (size_t)nr * w->row_bytes);
         for (int64_t t = 0; t < T; t++) {
             (t < T4 ? four : one)(W + (size_t)r0 * w->row_bytes, w->row_bytes, nr, xq + t * nb, nb,
                                   yr);
@@ -816,10 +817,14 @@ void finch_cpu_matmul_q8(float *y, const float *x, const finch_weight *w, int64_
             int64_t r = c * ROW_CHUNK;
             float y4[4];
             for (; dot4 && r + 4 <= r1; r += 4) {
+                if (t == 0) finch_cpu_prefetch_row(W + (size_t)r * w->row_bytes, 4 * w->row_bytes);
                 dot4(W + (size_t)r * w->row_bytes, w->row_bytes, xq + t * nb, nb, y4);
                 for (int k = 0; k < 4; k++) y[t * R + r + k] = y4[k];
             }
-            for (; r < r1; r++) y[t * R + r] = dot(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
+            for (; r < r1; r++) {
+                if (t == 0) finch_cpu_prefetch_row(W + (size_t)r * w->row_bytes, w->row_bytes);
+                y[t * R + r] = dot(W + (size_t)r * w->row_bytes, xq + t * nb, nb);
+            }
         }
     }
 }

@@ -71,9 +71,24 @@ static inline void axpy_f32(float *o, float p, const float *v, int D) {
     for (; d < D; d++) o[d] += p * v[d];
 }
 
+/* From this many new tokens on, attention_forward runs the tiled kernels below: one query
+ * at a time, each key costs a 64-wide dot product and its horizontal sum, a scalar expf and
+ * an axpy (Xeon, SmolLM2 pp512: 27 % of prompt processing's time). */
+enum { TILED_MIN_T = 8 };
+
 void finch_cpu_attention_forward(float *out, const float *q, const float *k, const float *v,
                                  int64_t T, int64_t pos0, int H, int KVH, int D, int64_t window,
                                  finch_workspace *ws) {
+    if (T >= TILED_MIN_T && ws && ws->per_thread >= finch_cpu_attention_need(D)) {
+        /* many queries (a prompt): training's tiled forward, the cached positions as the
+         * prefix every new query sees (the window counts from the query's position in
+         * both, so the keys seen are the same) */
+        const int64_t kvs = (int64_t)KVH * D;
+        const finch_attn_prefix pre = {.k = k, .v = v, .n = pos0, .stride = kvs};
+        finch_cpu_attention_forward_train(out, NULL, q, k + pos0 * kvs, v + pos0 * kvs, NULL,
+                                          pos0 ? &pre : NULL, 1, T, H, KVH, D, window, ws);
+        return;
+    }
     const int group = H / KVH;
     const int64_t kv_stride = (int64_t)KVH * D;
     const float scale = 1.0f / sqrtf((float)D);
@@ -514,7 +529,7 @@ static void fwd_tile(float *o, float *m, float *l, const float *q, int64_t qs, c
  * most keys first (dynamic scheduling then balances the causal triangle). The prefix's
  * tiles come first, then the row's keys from the lowest any query of the block sees. Each
  * query's maximum and 1 / sum go to stats (B, H, T, 2): backward has its probabilities
- * again from them, so memory stays linear in T. */
+ * again from them, so memory stays linear in T. Inference passes stats NULL. */
 void finch_cpu_attention_forward_train(float *out, float *stats, const float *q, const float *k,
                                        const float *v, const int32_t *seg,
                                        const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
@@ -565,12 +580,14 @@ void finch_cpu_attention_forward_train(float *out, float *stats, const float *q,
             if (rows_seeing(&r0, &r1, &kr, n, c, nk))
                 fwd_tile(ob, m, l, qb, qs, &kr, c, nk, r0, r1, D, scale, kt, s);
         }
-        float *st = stats + ((b * H + h) * T + t0) * 2;
+        float *st = stats ? stats + ((b * H + h) * T + t0) * 2 : NULL;
         for (int i = 0; i < n; i++) {
             float inv = 1.0f / l[i];
             scale_by(ob + i * qs, D, inv);
-            st[2 * i] = m[i];
-            st[2 * i + 1] = inv;
+            if (st) {
+                st[2 * i] = m[i];
+                st[2 * i + 1] = inv;
+            }
         }
     }
 }

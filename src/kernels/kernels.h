@@ -391,8 +391,6 @@ void *finch_host_alloc(size_t bytes, const char *what, finch_err *err);
 void finch_host_free(void *p);
 finch_status finch_host_copy(void *dst, const void *src, size_t bytes, finch_err *err);
 finch_status finch_host_sync(finch_err *err);
-void finch_host_adamw_step(float *p, float *m, float *v, const float *g, int64_t n,
-                           const finch_adamw_scalars *s);
 
 /* The CUDA backend (kernels/cuda/, in a build with FINCH_HAVE_CUDA): the first CUDA device,
  * one cuBLAS handle (no TF32) and a 64 MiB scratch buffer (a matmul's dequantized band of

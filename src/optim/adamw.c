@@ -11,8 +11,9 @@
  *   v = v * b2 + ((float)(1-b2) * g) * g           exp_avg_sq.mul_(beta2).addcmul_(g, g)
  *   denom = sqrt(v) / (float)sqrt(1 - b2^t) + eps
  *   p = p + ((float)(-lr / (1 - b1^t)) * m) / denom  param.addcdiv_(m, denom, -step_size)
- * Python scalars are doubles that torch rounds to float before the float32 loop; the
- * build has -ffp-contract=off, so no fused multiply-adds appear.
+ * Python scalars are doubles that torch rounds to float before the float32 loop
+ * (finch_adamw_scalars_at); the loop is the CPU backend's adamw_step (kernels/cpu/adamw.c:
+ * these operations lane by lane, no fused multiply-adds).
  */
 #include "optim.h"
 
@@ -22,22 +23,21 @@ finch_adamw_config finch_adamw_config_default(void) {
     return (finch_adamw_config){.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
 }
 
-/* One range; every element is independent, so any split across threads is exact. */
-static void step_range(float *p, float *m, float *v, const float *g, size_t count, float decay,
-                       float b1, float one_b1, float b2, float one_b2, float bc2_sqrt, float eps,
-                       float neg_step_size) {
-    int64_t N = (int64_t)count;
-#pragma omp parallel for schedule(static) num_threads(finch_threads_get()) if (N > 32768)
-    for (int64_t i = 0; i < N; i++) {
-        float gi = g[i];
-        float pi = p[i] * decay;
-        float mi = m[i] * b1 + one_b1 * gi;
-        float vi = v[i] * b2 + one_b2 * gi * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = pi + neg_step_size * mi / denom;
-        m[i] = mi;
-        v[i] = vi;
-    }
+finch_adamw_scalars finch_adamw_scalars_at(const finch_adamw_config *cfg, double lr, int64_t t,
+                                           bool decay) {
+    /* torch: bias_correction1 = 1 - beta1 ** step, in Python doubles. */
+    double bc1 = 1.0 - pow(cfg->beta1, (double)t);
+    double bc2 = 1.0 - pow(cfg->beta2, (double)t);
+    return (finch_adamw_scalars){
+        .decay = decay ? (float)(1.0 - lr * cfg->weight_decay) : 1.0f,
+        .b1 = (float)cfg->beta1,
+        .one_b1 = (float)(1.0 - cfg->beta1),
+        .b2 = (float)cfg->beta2,
+        .one_b2 = (float)(1.0 - cfg->beta2),
+        .bc2_sqrt = (float)sqrt(bc2),
+        .eps = (float)cfg->eps,
+        .neg_step_size = (float)(-(lr / bc1)),
+    };
 }
 
 void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
@@ -55,18 +55,13 @@ void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
                          a->count == 0 || b->count == 0);
         }
     }
-    /* torch: bias_correction1 = 1 - beta1 ** step, in Python doubles. */
-    double bc1 = 1.0 - pow(cfg->beta1, (double)t);
-    double bc2 = 1.0 - pow(cfg->beta2, (double)t);
-    float b1 = (float)cfg->beta1, one_b1 = (float)(1.0 - cfg->beta1);
-    float b2 = (float)cfg->beta2, one_b2 = (float)(1.0 - cfg->beta2);
-    float bc2_sqrt = (float)sqrt(bc2);
-    float eps = (float)cfg->eps;
-    float neg_step_size = (float)(-(lr / bc1));
-    float decay_on = (float)(1.0 - lr * cfg->weight_decay);
+    /* the arrays are host memory: the CPU backend's loop (vectorized, same bits) */
+    finch_err e;
+    const finch_backend *be = finch_cpu_backend(&e);
+    if (!be) be = finch_cpu_isa_backend(0); /* FINCH_CPU names no set here: the baseline */
     for (int r = 0; r < n_ranges; r++) {
+        const finch_adamw_scalars s = finch_adamw_scalars_at(cfg, lr, t, ranges[r].decay);
         size_t o = ranges[r].begin;
-        step_range(p + o, m + o, v + o, g + o, ranges[r].count, ranges[r].decay ? decay_on : 1.0f,
-                   b1, one_b1, b2, one_b2, bc2_sqrt, eps, neg_step_size);
+        be->adamw_step(p + o, m + o, v + o, g + o, (int64_t)ranges[r].count, &s);
     }
 }

@@ -16,7 +16,8 @@
 #ifndef FINCH_OPTIM_H
 #define FINCH_OPTIM_H
 
-#include "core/core.h" /* finch_status, finch_err */
+#include "core/core.h"       /* finch_status, finch_err */
+#include "kernels/kernels.h" /* finch_adamw_scalars, finch_cpu_backend */
 
 #include <stdint.h>
 #include <stdio.h>
@@ -53,6 +54,11 @@ typedef struct {
 void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
                       const finch_adamw_range *ranges, int n_ranges, const finch_adamw_config *cfg,
                       double lr, int64_t t);
+
+/* The float scalars of step t at learning rate lr for a range with or without decay, formed
+ * in double and rounded as torch does (the backend's adamw_step takes them). */
+finch_adamw_scalars finch_adamw_scalars_at(const finch_adamw_config *cfg, double lr, int64_t t,
+                                           bool decay);
 
 /* ---- learning-rate schedules -------------------------------------------------------- */
 

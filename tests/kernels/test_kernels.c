@@ -792,9 +792,10 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
     float *wf = malloc(sizeof(float) * (size_t)(R * K));
     for (int64_t i = 0; i < R; i++)
         finch_dtype_info[t].dequant(wf + i * K, (const uint8_t *)data + i * w.row_bytes, K);
-    finch_workspace ws;
+    finch_workspace ws, ws1; /* the ops run on the workspace's thread count */
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2, 0, &err), FINCH_OK);
+    assert_int_equal(finch_workspace_init(&ws1, finch_workspace_need(K, 1), 1, 0, &err), FINCH_OK);
     finch_dropout d = finch_dropout_make(99, (uint64_t)(R + K), p);
 
     be->dropout_bits(bits, T, K, &d);
@@ -816,7 +817,7 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
     memcpy(y2, y0, sizeof(float) * (size_t)(T * R));
     memcpy(yr, y0, sizeof(float) * (size_t)(T * R));
     finch_threads_set(1);
-    be->matmul_masked(y1, x, bits, alpha, &w, T, &ws);
+    be->matmul_masked(y1, x, bits, alpha, &w, T, &ws1);
     finch_threads_set(2);
     be->matmul_masked(y2, x, bits, alpha, &w, T, &ws);
     assert_memory_equal(y1, y2, sizeof(float) * (size_t)(T * R));
@@ -836,7 +837,7 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
     memcpy(d2, dx0, sizeof(float) * (size_t)(T * K));
     memcpy(dr, dx0, sizeof(float) * (size_t)(T * K));
     finch_threads_set(1);
-    be->matmul_backward_masked(d1, dy, bits, alpha, &w, T, &ws);
+    be->matmul_backward_masked(d1, dy, bits, alpha, &w, T, &ws1);
     finch_threads_set(2);
     be->matmul_backward_masked(d2, dy, bits, alpha, &w, T, &ws);
     assert_memory_equal(d1, d2, sizeof(float) * (size_t)(T * K));
@@ -855,6 +856,7 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
                          (long long)tt, (long long)k, d2[i], dr[i]);
         }
     finch_workspace_free(&ws);
+    finch_workspace_free(&ws1);
     free(data), free(x), free(dy), free(dx0), free(ones), free(kept), free(bits), free(bitsr), free(y0);
     free(y1), free(y2), free(yr), free(d1), free(d2), free(dr), free(wf);
 }
@@ -868,7 +870,8 @@ static void test_matmul_masked(void **state) {
         int64_t R, K;
     } cases[] = {{FINCH_DTYPE_Q4_1, 1, 32},   {FINCH_DTYPE_Q4_1, 130, 96}, {FINCH_DTYPE_Q4_0, 70, 576},
                  {FINCH_DTYPE_Q8_0, 65, 160}, {FINCH_DTYPE_F32, 33, 200},  {FINCH_DTYPE_F16, 17, 130},
-                 {FINCH_DTYPE_Q4_K, 40, 512}};
+                 {FINCH_DTYPE_Q4_K, 40, 512}, {FINCH_DTYPE_Q8_0, 576, 64}};
+    /* R 576: at 2 threads rows 256 .. 287 end a band in a narrower tile, at 1 in a whole one */
     const int64_t Ts[] = {1, 7, 33};
     const float ps[] = {0.05f, 0.5f};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)

@@ -27,7 +27,7 @@ enum {
     GEMV_MAX_T = 3,
     GROUP = FINCH_CPU_STAGE_ROWS,
     COL_BLOCK = 128, /* dx columns per pass of backward_input */
-    MASK_CHUNK = 256 /* rows of W per pass of matmul_backward_masked (128 KB transposed) */
+    MASK_CHUNK = 512 /* rows of W per pass of matmul_backward_masked (264 KB transposed) */
 };
 
 static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t T) {
@@ -80,8 +80,10 @@ static int64_t band_start(int64_t R, int tid, int nth) {
     return r < R ? r : R;
 }
 
-/* Eight floats as one value: an AVX register, two SSE or NEON ones. The masked products
- * below use no fused multiply-add, so their bits are the same on every instruction set. */
+/* The masked products (DoRA's dropout) below: with AVX-512, 16 lanes and fused
+ * multiply-adds (the products of one dropped element then take a quarter of the
+ * instructions: Xeon, DoRA on SmolLM2, 12 % of a step before); elsewhere eight floats as
+ * one value (an AVX register, two SSE or NEON ones) without fused multiply-adds. */
 typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
 #if defined(__GNUC__)
 /* GCC and clang warn that a v8 returned without AVX would pass differently between objects; these
@@ -97,9 +99,32 @@ static inline void store8(float *p, v8 v) {
     memcpy(p, &v, sizeof v);
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define MASKED_AVX512 1
+/* sum_i a[i] b[i] in 64 running sums (element i in sum i % 64: four vectors of fused
+ * multiply-adds; a last partial run is masked), added pairwise at the end. */
+static inline float dot_masked(const float *a, const float *b, int64_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), a3);
+    }
+    __m512 *acc[4] = {&a0, &a1, &a2, &a3};
+    for (int q = 0; i < n; i += 16, q++) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        *acc[q] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i),
+                                  *acc[q]);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3)));
+}
+#else
 /* sum_i a[i] b[i] in 32 running sums (element i in sum i % 32: four vectors, so the adds do
  * not wait on each other; a last partial run of 32 is zero-padded), added pairwise at the end. */
-static inline float dot8(const float *a, const float *b, int64_t n) {
+static inline float dot_masked(const float *a, const float *b, int64_t n) {
     v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -120,12 +145,52 @@ static inline float dot8(const float *a, const float *b, int64_t n) {
     const v8 s = (a0 + a2) + (a1 + a3);
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
+#endif
 
 /* yt (nr) += alpha * the sum over the elements k that row bits bt selects of
  * xt[k] * wt[k * ld ..], summed in increasing k: a whole tile's 64 sums in registers, a
  * narrower tile's (a band's last) in cache. */
 static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t nw, const float *wt,
                        int64_t ld, int64_t nr, float alpha) {
+#ifdef MASKED_AVX512
+    if (nr == TILE_ROWS) {
+        __m512 acc[TILE_ROWS / 16];
+        for (int j = 0; j < TILE_ROWS / 16; j++) acc[j] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < nw; i++)
+            for (uint64_t b = bt[i]; b; b &= b - 1) {
+                const int64_t k = i * 64 + __builtin_ctzll(b);
+                const __m512 av = _mm512_set1_ps(xt[k]);
+                const float *wk = wt + k * ld;
+                for (int j = 0; j < TILE_ROWS / 16; j++)
+                    acc[j] = _mm512_fmadd_ps(av, _mm512_loadu_ps(wk + 16 * j), acc[j]);
+            }
+        const __m512 al = _mm512_set1_ps(alpha);
+        for (int j = 0; j < TILE_ROWS / 16; j++)
+            _mm512_storeu_ps(yt + 16 * j, _mm512_fmadd_ps(al, acc[j], _mm512_loadu_ps(yt + 16 * j)));
+        return;
+    }
+    /* a narrower tile (a band's last; where bands end depends on the thread count): the same
+     * arithmetic per row, the last vector masked */
+    const int nv = (int)((nr + 15) / 16);
+    __m512 acc[TILE_ROWS / 16];
+    __mmask16 lm[TILE_ROWS / 16];
+    for (int j = 0; j < nv; j++) {
+        acc[j] = _mm512_setzero_ps();
+        lm[j] = nr - 16 * j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - 16 * j)) - 1);
+    }
+    for (int64_t i = 0; i < nw; i++)
+        for (uint64_t b = bt[i]; b; b &= b - 1) {
+            const int64_t k = i * 64 + __builtin_ctzll(b);
+            const __m512 av = _mm512_set1_ps(xt[k]);
+            const float *wk = wt + k * ld;
+            for (int j = 0; j < nv; j++)
+                acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(lm[j], wk + 16 * j), acc[j]);
+        }
+    const __m512 al = _mm512_set1_ps(alpha);
+    for (int j = 0; j < nv; j++)
+        _mm512_mask_storeu_ps(yt + 16 * j, lm[j],
+                              _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
+#else
     v8 acc[TILE_ROWS / 8] = {{0}};
     const v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
     if (nr == TILE_ROWS) {
@@ -153,6 +218,7 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
         }
     for (int64_t j = 0; j < nv; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
     for (int64_t r = nv * 8; r < nr; r++) yt[r] += alpha * tail[r - nv * 8];
+#endif
 }
 
 /* Each thread takes an equal band of rows (in multiples of 16, so the kernel's column
@@ -456,7 +522,7 @@ void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t
                         if (i * 64 + 64 > j0 + n) b &= ~(~0ull << (j0 + n - i * 64));
                         for (; b; b &= b - 1) {
                             const int64_t k = i * 64 + __builtin_ctzll(b);
-                            dx[t * K + k] += alpha * dot8(g, wt + (k - j0) * ld, nr);
+                            dx[t * K + k] += alpha * dot_masked(g, wt + (k - j0) * ld, nr);
                         }
                     }
                 }

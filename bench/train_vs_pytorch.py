@@ -40,7 +40,9 @@ torch.set_num_threads(THREADS) set explicitly and OMP_WAIT_POLICY=PASSIVE in its
 environment (as installed, PyTorch otherwise spins idle OpenMP threads beside OpenBLAS's
 pool and runs 2-2.7x slower here); OMP_NUM_THREADS = THREADS. Attention is written out
 (matmul, mask, softmax, matmul) because Debian's torch 1.13 has no
-scaled_dot_product_attention. The peer's base is float32 while finch trains over the
+scaled_dot_product_attention. Both clip the gradient norm at 1 before AdamW (finch's
+default and the Trainer's; the peer did not clip before 2026-12-07, which favoured it in
+full fine-tuning by a pass over every gradient). The peer's base is float32 while finch trains over the
 4-bit Q4_1 base: the arithmetic differs, the shapes and the trainable set do not.
 
 Usage (from the repository root, after building bench_train):
@@ -233,6 +235,8 @@ def peer_worker(args):
               else contextlib.nullcontext()):
             loss = model(ids, ids)
         loss.backward()
+        # finch clips at 1 by default, as Hugging Face's Trainer does (max_grad_norm 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)

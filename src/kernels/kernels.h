@@ -99,6 +99,7 @@ typedef struct {
     float bc2_sqrt;      /* sqrt(1 - beta2^t) */
     float eps;           /* epsilon */
     float neg_step_size; /* -lr / (1 - beta1^t) */
+    float grad_scale;    /* g is multiplied by it first: gradient clipping's coefficient, or 1 */
 } finch_adamw_scalars;
 
 /* Optional abilities of ops a backend has, asked through finch_backend_supports. */
@@ -346,8 +347,9 @@ typedef struct {
     /* dx (n) = dy (n) gelu'(x). dx may alias dy. */
     void (*gelu_backward)(float *dx, const float *dy, const float *x, int64_t n);
 
-    /* One AdamW step over n elements, in torch's order of float operations (optim/adamw.c,
-     * which gives the same bits on the host):
+    /* One AdamW step over n elements, in torch's order of float operations (optim/adamw.c):
+     *   g = g * grad_scale (clipping, as torch's in-place scaling before the step: the same
+     *   product; g itself is left as it was);
      *   p = p * decay;  m = m * b1 + one_b1 * g;  v = v * b2 + one_b2 * g * g;
      *   p = p + neg_step_size * m / (sqrt(v) / bc2_sqrt + eps).
      * p, m, v (n) updated in place; g (n) read. */

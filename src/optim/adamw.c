@@ -37,12 +37,20 @@ finch_adamw_scalars finch_adamw_scalars_at(const finch_adamw_config *cfg, double
         .bc2_sqrt = (float)sqrt(bc2),
         .eps = (float)cfg->eps,
         .neg_step_size = (float)(-(lr / bc1)),
+        .grad_scale = 1.0f,
     };
 }
 
 void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
                       const finch_adamw_range *ranges, int n_ranges, const finch_adamw_config *cfg,
                       double lr, int64_t t) {
+    finch_adamw_step_scaled(p, m, v, g, n, ranges, n_ranges, cfg, lr, t, 1.0f);
+}
+
+void finch_adamw_step_scaled(float *p, float *m, float *v, const float *g, size_t n,
+                             const finch_adamw_range *ranges, int n_ranges,
+                             const finch_adamw_config *cfg, double lr, int64_t t,
+                             float grad_scale) {
     FINCH_ASSERT(p && m && v && g && cfg && t >= 1 && n_ranges >= 0);
     FINCH_ASSERT(n_ranges == 0 || ranges);
     FINCH_ASSERT(cfg->beta1 >= 0 && cfg->beta1 < 1 && cfg->beta2 >= 0 && cfg->beta2 < 1);
@@ -60,7 +68,8 @@ void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
     const finch_backend *be = finch_cpu_backend(&e);
     if (!be) be = finch_cpu_isa_backend(0); /* FINCH_CPU names no set here: the baseline */
     for (int r = 0; r < n_ranges; r++) {
-        const finch_adamw_scalars s = finch_adamw_scalars_at(cfg, lr, t, ranges[r].decay);
+        finch_adamw_scalars s = finch_adamw_scalars_at(cfg, lr, t, ranges[r].decay);
+        s.grad_scale = grad_scale;
         size_t o = ranges[r].begin;
         be->adamw_step(p + o, m + o, v + o, g + o, (int64_t)ranges[r].count, &s);
     }

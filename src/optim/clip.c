@@ -45,12 +45,18 @@ double finch_grad_sumsq(const float *g, size_t n) {
     return total;
 }
 
+float finch_grad_clip_coef(double norm, double max_norm) {
+    FINCH_ASSERT(max_norm > 0);
+    if (!isfinite(norm)) return 1.0f;
+    double coef = max_norm / (norm + 1e-6);
+    return coef < 1.0 ? (float)coef : 1.0f;
+}
+
 double finch_grad_clip(float *g, size_t n, double max_norm) {
     FINCH_ASSERT(max_norm > 0);
     double norm = finch_grad_norm(g, n);
-    if (!isfinite(norm)) return norm;
-    double coef = max_norm / (norm + 1e-6);
-    if (coef < 1.0) finch_grad_scale(g, n, (float)coef);
+    float coef = finch_grad_clip_coef(norm, max_norm);
+    if (coef != 1.0f) finch_grad_scale(g, n, coef);
     return norm;
 }
 

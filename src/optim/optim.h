@@ -55,6 +55,13 @@ void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
                       const finch_adamw_range *ranges, int n_ranges, const finch_adamw_config *cfg,
                       double lr, int64_t t);
 
+/* The same step with every gradient multiplied by grad_scale first (finch_grad_clip_coef:
+ * the bits of clipping g in place before finch_adamw_step; g is left unscaled). */
+void finch_adamw_step_scaled(float *p, float *m, float *v, const float *g, size_t n,
+                             const finch_adamw_range *ranges, int n_ranges,
+                             const finch_adamw_config *cfg, double lr, int64_t t,
+                             float grad_scale);
+
 /* The float scalars of step t at learning rate lr for a range with or without decay, formed
  * in double and rounded as torch does (the backend's adamw_step takes them). */
 finch_adamw_scalars finch_adamw_scalars_at(const finch_adamw_config *cfg, double lr, int64_t t,
@@ -113,6 +120,10 @@ double finch_grad_sumsq(const float *g, size_t n);
  * Returns the norm before clipping. A non-finite norm leaves g unchanged and is returned
  * for the caller to act on. max_norm > 0 (asserted). */
 double finch_grad_clip(float *g, size_t n, double max_norm);
+
+/* The factor finch_grad_clip multiplies g by, given its norm: (float)(max_norm / (norm +
+ * 1e-6)) when the norm is finite and that is below 1, else 1. max_norm > 0 (asserted). */
+float finch_grad_clip_coef(double norm, double max_norm);
 
 /* Sets g (n) to zero, before the first micro-batch of a step. */
 void finch_grad_zero(float *g, size_t n);

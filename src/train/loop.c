@@ -1046,14 +1046,15 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         if (st) return st;
         float *g = r->par->grad;
         double norm;
+        float clip = 1.0f; /* applied by the AdamW step, which reads every gradient anyway */
         if (o->fused_optimizer) {
             /* a step whose batch had no target ran no backward: its zero gradients still
              * make an AdamW step, as after backward */
             for (int l = r->m->cfg.n_layer - 1; l >= -1 && !r->fused.done; l--) fused_update(r, l);
             norm = r->fused.bad ? NAN : sqrt(r->fused.sumsq);
         } else {
-            norm = o->max_grad_norm > 0 ? finch_grad_clip(g, (size_t)n_train, o->max_grad_norm)
-                                        : finch_grad_norm(g, (size_t)n_train);
+            norm = finch_grad_norm(g, (size_t)n_train);
+            if (o->max_grad_norm > 0) clip = finch_grad_clip_coef(norm, o->max_grad_norm);
         }
         if (!isfinite(loss) || !isfinite(norm))
             /* nothing of this step is saved (nor applied, but by a fused step to the tensors
@@ -1065,8 +1066,8 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
                 "with a lower --learning-rate or the method's scale)",
                 (long long)step, loss, norm, r->last_good);
         if (!o->fused_optimizer)
-            finch_adamw_step(r->par->data, r->mom, r->vel, g, (size_t)n_train, r->ranges,
-                             r->n_ranges, &ac, lr, step);
+            finch_adamw_step_scaled(r->par->data, r->mom, r->vel, g, (size_t)n_train, r->ranges,
+                                    r->n_ranges, &ac, lr, step, clip);
         r->pos.step = step;
         double dt = now_s() - t0, rate = (double)tokens / (dt > 0 ? dt : 1e-9);
         smooth = isnan(smooth) ? loss : 0.9 * smooth + 0.1 * loss;

@@ -623,6 +623,7 @@ static void test_adamw(void **state) {
             .bc2_sqrt = (float)sqrt(1.0 - pow(b2, step)),
             .eps = 1e-8f,
             .neg_step_size = (float)(-(lr / (1.0 - pow(b1, step)))),
+            .grad_scale = step == 3 ? 0.5f : 1.0f,
         };
         cpu->adamw_step(p, m, v, g, n, &s);
         gpu->adamw_step(gp, gm, gv, gg, n, &s);

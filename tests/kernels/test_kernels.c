@@ -931,7 +931,7 @@ static void test_dropout_statistics(void **state) {
 }
 
 /* The table's AdamW gives the bits of torch's float operations one element at a time (three
- * steps, with and without decay; n leaves a tail past the vector lanes), and the device part
+ * steps, with and without decay, one with clipping's scale; n leaves a tail past the vector lanes), and the device part
  * of a host backend is host memory. */
 static void test_adamw_and_device_part(void **state) {
     (void)state;
@@ -950,10 +950,12 @@ static void test_adamw_and_device_part(void **state) {
     for (int64_t t = 1; t <= 3; t++) {
         bool decay = t != 2;
         finch_adamw_scalars s = finch_adamw_scalars_at(&cfg, lr, t, decay);
+        s.grad_scale = t == 3 ? 0.75f : 1.0f; /* clipping's coefficient */
         for (int64_t i = 0; i < n; i++) {
-            volatile float pi = p2[i] * s.decay; /* volatile: each operation rounded alone */
-            volatile float mi = m2[i] * s.b1 + s.one_b1 * g[i];
-            volatile float vi = v2[i] * s.b2 + s.one_b2 * g[i] * g[i];
+            volatile float gi = g[i] * s.grad_scale; /* volatile: each operation rounded alone */
+            volatile float pi = p2[i] * s.decay;
+            volatile float mi = m2[i] * s.b1 + s.one_b1 * gi;
+            volatile float vi = v2[i] * s.b2 + s.one_b2 * gi * gi;
             volatile float denom = sqrtf(vi) / s.bc2_sqrt + s.eps;
             p2[i] = pi + s.neg_step_size * mi / denom;
             m2[i] = mi;

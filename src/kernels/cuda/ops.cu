@@ -161,7 +161,7 @@ __global__ void embed_bwd(float *demb, const float *dx, const int32_t *ids, int6
 __global__ void adamw(float *p, float *m, float *v, const float *g, int64_t n,
                       finch_adamw_scalars s) {
     FOR_N(i, n) {
-        float gi = g[i];
+        float gi = g[i] * s.grad_scale;
         float pi = p[i] * s.decay;
         float mi = m[i] * s.b1 + s.one_b1 * gi;
         float vi = v[i] * s.b2 + s.one_b2 * gi * gi;

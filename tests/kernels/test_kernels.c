@@ -68,7 +68,7 @@ static void test_matmul_all_types(void **state) {
                                  FINCH_DTYPE_Q4_0, FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q5_0,
                                  FINCH_DTYPE_Q5_1, FINCH_DTYPE_Q8_0};
     const int64_t shapes[][2] = {{1, 32}, {7, 64}, {65, 96}, {130, 160}};
-    const int64_t Ts[] = {1, 2, 3, 4, 17};
+    const int64_t Ts[] = {1, 2, 3, 4, 16, 17}; /* gemv, few-token rows, tiles */
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++)

@@ -25,6 +25,7 @@ enum {
     TILE_ROWS = FINCH_CPU_TILE_ROWS,
     TILE_PAD = FINCH_CPU_TILE_PAD,
     GEMV_MAX_T = 3,
+    ROWS_MAX_T = 16,
     GROUP = FINCH_CPU_STAGE_ROWS,
     COL_BLOCK = 128, /* dx columns per pass of backward_input */
     MASK_CHUNK = 512 /* rows of W per pass of matmul_backward_masked (264 KB transposed) */
@@ -303,11 +304,40 @@ static void matmul_tiled_bf16(float *y, const float *x, const finch_weight *w, i
     }
 }
 
+/* A few tokens (up to ROWS_MAX_T; DoRA's A W^T has r of them): each row of W dequantized
+ * once into the thread's workspace, then its dot product with every token. Building a
+ * transposed tile costs more than a tile's products at so few tokens (Xeon, DoRA on
+ * SmolLM2: the tiles of A W^T took 2 % of a step). */
+static void matmul_rows(float *y, const float *x, const finch_weight *w, int64_t T,
+                        finch_workspace *ws) {
+    const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
+    const finch_cpu_dot_fn dot = finch_cpu_row_dot(FINCH_DTYPE_F32);
+    const int64_t R = w->rows, K = w->cols;
+    FINCH_ASSERT(dot && ws->per_thread >= (size_t)K);
+#pragma omp parallel for schedule(static) num_threads(ws->n_threads)
+    for (int64_t r = 0; r < R; r++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+        const float *wr = (const float *)row;
+        if (w->type != FINCH_DTYPE_F32) {
+            float *buf = ws->buf + (size_t)tid * ws->per_thread;
+            dequant(buf, row, K);
+            wr = buf;
+        }
+        for (int64_t t = 0; t < T; t++) y[t * R + r] = dot(wr, x + t * K, K);
+    }
+}
+
 void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T,
                       finch_workspace *ws) {
     FINCH_ASSERT(finch_dtype_info[w->type].dequant);
     if (T <= GEMV_MAX_T || !ws)
         matmul_gemv(y, x, w, T);
+    else if (T <= ROWS_MAX_T && !ws->bf16)
+        matmul_rows(y, x, w, T, ws);
     else if (ws->bf16)
         matmul_tiled_bf16(y, x, w, T, ws);
     else

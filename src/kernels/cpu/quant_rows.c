@@ -22,6 +22,23 @@
 /* ---- fused dot products: one stored row with one f32 vector ------------------------ */
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#if defined(__AVX512F__)
+/* 16 lanes in two running sums, the tail masked */
+static float dot_f32(const void *row, const float *x, int64_t n) {
+    const float *w = row;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, x + i), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+#else
 static float dot_f32(const void *row, const float *x, int64_t n) {
     const float *w = row;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -34,6 +51,7 @@ static float dot_f32(const void *row, const float *x, int64_t n) {
     for (; i < n; i++) s += w[i] * x[i];
     return s;
 }
+#endif
 
 static float dot_f16(const void *row, const float *x, int64_t n) {
     const uint16_t *w = row;

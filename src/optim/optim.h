@@ -59,8 +59,7 @@ void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
  * the bits of clipping g in place before finch_adamw_step; g is left unscaled). */
 void finch_adamw_step_scaled(float *p, float *m, float *v, const float *g, size_t n,
                              const finch_adamw_range *ranges, int n_ranges,
-                             const finch_adamw_config *cfg, double lr, int64_t t,
-                             float grad_scale);
+                             const finch_adamw_config *cfg, double lr, int64_t t, float grad_scale);
 
 /* The float scalars of step t at learning rate lr for a range with or without decay, formed
  * in double and rounded as torch does (the backend's adamw_step takes them). */

@@ -167,7 +167,8 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
             }
         const __m512 al = _mm512_set1_ps(alpha);
         for (int j = 0; j < TILE_ROWS / 16; j++)
-            _mm512_storeu_ps(yt + 16 * j, _mm512_fmadd_ps(al, acc[j], _mm512_loadu_ps(yt + 16 * j)));
+            _mm512_storeu_ps(yt + 16 * j,
+                             _mm512_fmadd_ps(al, acc[j], _mm512_loadu_ps(yt + 16 * j)));
         return;
     }
     /* a narrower tile (a band's last; where bands end depends on the thread count): the same
@@ -189,8 +190,9 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
         }
     const __m512 al = _mm512_set1_ps(alpha);
     for (int j = 0; j < nv; j++)
-        _mm512_mask_storeu_ps(yt + 16 * j, lm[j],
-                              _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
+        _mm512_mask_storeu_ps(
+            yt + 16 * j, lm[j],
+            _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
 #else
     v8 acc[TILE_ROWS / 8] = {{0}};
     const v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};

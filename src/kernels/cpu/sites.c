@@ -59,7 +59,8 @@ void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int
                 if (b) {
                     const float *bt = b + t * n + cb;
 #pragma GCC unroll 8
-                    for (int j = 0; j < CB / 8; j++) acc[j] += load8(at + 8 * j) * load8(bt + 8 * j);
+                    for (int j = 0; j < CB / 8; j++)
+                        acc[j] += load8(at + 8 * j) * load8(bt + 8 * j);
                 } else {
 #pragma GCC unroll 8
                     for (int j = 0; j < CB / 8; j++) acc[j] += load8(at + 8 * j);

@@ -20,6 +20,27 @@ double finch_grad_norm(const float *g, size_t n) {
     return sqrt(finch_grad_sumsq(g, n));
 }
 
+/* g[lo .. hi) squared and summed in LANES running sums (one chain of dependent adds was the
+ * bound: 10 % of a full fine-tuning step), added in lane order at the end. The lanes are
+ * independent, so the compiler's vector code for each instruction set (cloned below, picked
+ * at load time) sums exactly as the scalar loop does. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+static double
+chunk_sumsq(const float *g, size_t lo, size_t hi) {
+    double s[LANES] = {0};
+    size_t i = lo;
+    for (; i + LANES <= hi; i += LANES)
+        for (int l = 0; l < LANES; l++) s[l] += (double)g[i + l] * (double)g[i + l];
+    for (; i < hi; i++) s[0] += (double)g[i] * (double)g[i];
+    double sum = 0;
+    for (int l = 0; l < LANES; l++) sum += s[l];
+    return sum;
+}
+
 double finch_grad_sumsq(const float *g, size_t n) {
     FINCH_ASSERT(g || n == 0);
     double part[NORM_CHUNKS];
@@ -29,16 +50,7 @@ double finch_grad_sumsq(const float *g, size_t n) {
         size_t lo = (size_t)c * chunk, hi = lo + chunk;
         if (lo > n) lo = n;
         if (hi > n) hi = n;
-        /* LANES running sums (one chain of dependent adds was the bound: 10 % of a full
-         * fine-tuning step), added in lane order at the end */
-        double s[LANES] = {0};
-        size_t i = lo;
-        for (; i + LANES <= hi; i += LANES)
-            for (int l = 0; l < LANES; l++) s[l] += (double)g[i + l] * (double)g[i + l];
-        for (; i < hi; i++) s[0] += (double)g[i] * (double)g[i];
-        double sum = 0;
-        for (int l = 0; l < LANES; l++) sum += s[l];
-        part[c] = sum;
+        part[c] = chunk_sumsq(g, lo, hi);
     }
     double total = 0;
     for (int c = 0; c < NORM_CHUNKS; c++) total += part[c];

@@ -24,13 +24,12 @@ double finch_grad_norm(const float *g, size_t n) {
  * bound: 10 % of a full fine-tuning step), added in lane order at the end. The lanes are
  * independent, so the compiler's vector code for each instruction set (cloned below, picked
  * at load time) sums exactly as the scalar loop does. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-__attribute__((target_clones("avx512f", "avx2", "default")))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
 #endif
-#endif
-static double
-chunk_sumsq(const float *g, size_t lo, size_t hi) {
+VECTOR_CLONES static double chunk_sumsq(const float *g, size_t lo, size_t hi) {
     double s[LANES] = {0};
     size_t i = lo;
     for (; i + LANES <= hi; i += LANES)

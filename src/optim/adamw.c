@@ -41,6 +41,20 @@ finch_adamw_scalars finch_adamw_scalars_at(const finch_adamw_config *cfg, double
     };
 }
 
+/* The arrays are host memory: the CPU backend's loop (vectorized, the same bits on every
+ * instruction set), looked up once. */
+static const finch_backend *host_backend(void) {
+    static const finch_backend *be;
+    const finch_backend *b = __atomic_load_n(&be, __ATOMIC_ACQUIRE);
+    if (!b) {
+        finch_err e;
+        b = finch_cpu_backend(&e);
+        if (!b) b = finch_cpu_isa_backend(0); /* FINCH_CPU names no set here: the baseline */
+        __atomic_store_n(&be, b, __ATOMIC_RELEASE);
+    }
+    return b;
+}
+
 void finch_adamw_step(float *p, float *m, float *v, const float *g, size_t n,
                       const finch_adamw_range *ranges, int n_ranges, const finch_adamw_config *cfg,
                       double lr, int64_t t) {
@@ -63,10 +77,7 @@ void finch_adamw_step_scaled(float *p, float *m, float *v, const float *g, size_
                          a->count == 0 || b->count == 0);
         }
     }
-    /* the arrays are host memory: the CPU backend's loop (vectorized, same bits) */
-    finch_err e;
-    const finch_backend *be = finch_cpu_backend(&e);
-    if (!be) be = finch_cpu_isa_backend(0); /* FINCH_CPU names no set here: the baseline */
+    const finch_backend *be = host_backend();
     for (int r = 0; r < n_ranges; r++) {
         finch_adamw_scalars s = finch_adamw_scalars_at(cfg, lr, t, ranges[r].decay);
         s.grad_scale = grad_scale;

@@ -106,6 +106,22 @@ static inline __m256i finch_cpu_nibbles32(const uint8_t *qs) {
  * at 512 x 64 x 576); 16 more floats make the stride an odd number of lines. */
 enum { FINCH_CPU_TILE_ROWS = 64, FINCH_CPU_TILE_PAD = 16, FINCH_CPU_STAGE_ROWS = 16 };
 
+/* Eight floats as one value (an AVX register, two SSE or NEON ones) for the kernels written
+ * on vector extensions. GCC and clang warn that such a value returned without AVX would pass
+ * differently between objects; the helpers are static and inlined, so none crosses a call. */
+typedef float finch_v8 __attribute__((vector_size(8 * sizeof(float))));
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+static inline finch_v8 finch_load8(const float *p) {
+    finch_v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void finch_store8(float *p, finch_v8 v) {
+    memcpy(p, &v, sizeof v);
+}
+
 /* Generation reads every weight once per token, from memory: one stored row's dot product is
  * too short for the hardware prefetcher to run ahead of it, so the row loops ask for the
  * bytes FINCH_CPU_PREFETCH_AHEAD past each row while they work on it (a weight's rows are

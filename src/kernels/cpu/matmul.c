@@ -83,23 +83,8 @@ static int64_t band_start(int64_t R, int tid, int nth) {
 
 /* The masked products (DoRA's dropout) below: with AVX-512, 16 lanes and fused
  * multiply-adds (the products of one dropped element then take a quarter of the
- * instructions: Xeon, DoRA on SmolLM2, 12 % of a step before); elsewhere eight floats as
- * one value (an AVX register, two SSE or NEON ones) without fused multiply-adds. */
-typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
-#if defined(__GNUC__)
-/* GCC and clang warn that a v8 returned without AVX would pass differently between objects; these
- * helpers are static and inlined, so no v8 crosses a call */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline void store8(float *p, v8 v) {
-    memcpy(p, &v, sizeof v);
-}
-
+ * instructions: Xeon, DoRA on SmolLM2, 12 % of a step before); elsewhere finch_v8 values
+ * without fused multiply-adds. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define MASKED_AVX512 1
@@ -126,53 +111,35 @@ static inline float dot_masked(const float *a, const float *b, int64_t n) {
 /* sum_i a[i] b[i] in 32 running sums (element i in sum i % 32: four vectors, so the adds do
  * not wait on each other; a last partial run of 32 is zero-padded), added pairwise at the end. */
 static inline float dot_masked(const float *a, const float *b, int64_t n) {
-    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    finch_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        a0 += load8(a + i) * load8(b + i);
-        a1 += load8(a + i + 8) * load8(b + i + 8);
-        a2 += load8(a + i + 16) * load8(b + i + 16);
-        a3 += load8(a + i + 24) * load8(b + i + 24);
+        a0 += finch_load8(a + i) * finch_load8(b + i);
+        a1 += finch_load8(a + i + 8) * finch_load8(b + i + 8);
+        a2 += finch_load8(a + i + 16) * finch_load8(b + i + 16);
+        a3 += finch_load8(a + i + 24) * finch_load8(b + i + 24);
     }
     if (i < n) {
         float ta[32] = {0}, tb[32] = {0};
         memcpy(ta, a + i, (size_t)(n - i) * sizeof *ta);
         memcpy(tb, b + i, (size_t)(n - i) * sizeof *tb);
-        a0 += load8(ta) * load8(tb);
-        a1 += load8(ta + 8) * load8(tb + 8);
-        a2 += load8(ta + 16) * load8(tb + 16);
-        a3 += load8(ta + 24) * load8(tb + 24);
+        a0 += finch_load8(ta) * finch_load8(tb);
+        a1 += finch_load8(ta + 8) * finch_load8(tb + 8);
+        a2 += finch_load8(ta + 16) * finch_load8(tb + 16);
+        a3 += finch_load8(ta + 24) * finch_load8(tb + 24);
     }
-    const v8 s = (a0 + a2) + (a1 + a3);
+    const finch_v8 s = (a0 + a2) + (a1 + a3);
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 #endif
 
-/* yt (nr) += alpha * the sum over the elements k that row bits bt selects of
- * xt[k] * wt[k * ld ..], summed in increasing k: a whole tile's 64 sums in registers, a
- * narrower tile's (a band's last) in cache. */
-static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t nw, const float *wt,
-                       int64_t ld, int64_t nr, float alpha) {
 #ifdef MASKED_AVX512
-    if (nr == TILE_ROWS) {
-        __m512 acc[TILE_ROWS / 16];
-        for (int j = 0; j < TILE_ROWS / 16; j++) acc[j] = _mm512_setzero_ps();
-        for (int64_t i = 0; i < nw; i++)
-            for (uint64_t b = bt[i]; b; b &= b - 1) {
-                const int64_t k = i * 64 + __builtin_ctzll(b);
-                const __m512 av = _mm512_set1_ps(xt[k]);
-                const float *wk = wt + k * ld;
-                for (int j = 0; j < TILE_ROWS / 16; j++)
-                    acc[j] = _mm512_fmadd_ps(av, _mm512_loadu_ps(wk + 16 * j), acc[j]);
-            }
-        const __m512 al = _mm512_set1_ps(alpha);
-        for (int j = 0; j < TILE_ROWS / 16; j++)
-            _mm512_storeu_ps(yt + 16 * j,
-                             _mm512_fmadd_ps(al, acc[j], _mm512_loadu_ps(yt + 16 * j)));
-        return;
-    }
-    /* a narrower tile (a band's last; where bands end depends on the thread count): the same
-     * arithmetic per row, the last vector masked */
+/* masked_row in 16 lanes: every row's sum the same chain of fused multiply-adds whatever the
+ * tile's width, the last vector masked. */
+static inline __attribute__((always_inline)) void masked_row16(float *yt, const float *xt,
+                                                               const uint64_t *bt, int64_t nw,
+                                                               const float *wt, int64_t ld,
+                                                               int64_t nr, float alpha) {
     const int nv = (int)((nr + 15) / 16);
     __m512 acc[TILE_ROWS / 16];
     __mmask16 lm[TILE_ROWS / 16];
@@ -193,20 +160,34 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
         _mm512_mask_storeu_ps(
             yt + 16 * j, lm[j],
             _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
+}
+#endif
+
+/* yt (nr) += alpha * the sum over the elements k that row bits bt selects of
+ * xt[k] * wt[k * ld ..], summed in increasing k: a whole tile's 64 sums in registers, a
+ * narrower tile's (a band's last) in cache. */
+static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t nw, const float *wt,
+                       int64_t ld, int64_t nr, float alpha) {
+#ifdef MASKED_AVX512
+    if (nr == TILE_ROWS) /* the usual tile: constant bounds keep the sums in registers */
+        masked_row16(yt, xt, bt, nw, wt, ld, TILE_ROWS, alpha);
+    else /* a band's last, narrower tile (where bands end depends on the thread count) */
+        masked_row16(yt, xt, bt, nw, wt, ld, nr, alpha);
 #else
-    v8 acc[TILE_ROWS / 8] = {{0}};
-    const v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
+    finch_v8 acc[TILE_ROWS / 8] = {{0}};
+    const finch_v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
     if (nr == TILE_ROWS) {
         for (int64_t i = 0; i < nw; i++)
             for (uint64_t b = bt[i]; b; b &= b - 1) {
                 const int64_t k = i * 64 + __builtin_ctzll(b);
                 const float a = xt[k], *wk = wt + k * ld;
-                const v8 av = {a, a, a, a, a, a, a, a};
+                const finch_v8 av = {a, a, a, a, a, a, a, a};
 #pragma GCC unroll 8
-                for (int j = 0; j < TILE_ROWS / 8; j++) acc[j] += av * load8(wk + 8 * j);
+                for (int j = 0; j < TILE_ROWS / 8; j++) acc[j] += av * finch_load8(wk + 8 * j);
             }
 #pragma GCC unroll 8
-        for (int j = 0; j < TILE_ROWS / 8; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
+        for (int j = 0; j < TILE_ROWS / 8; j++)
+            finch_store8(yt + 8 * j, finch_load8(yt + 8 * j) + al * acc[j]);
         return;
     }
     float tail[8] = {0}; /* rows past the last multiple of 8 */
@@ -215,11 +196,12 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
         for (uint64_t b = bt[i]; b; b &= b - 1) {
             const int64_t k = i * 64 + __builtin_ctzll(b);
             const float a = xt[k], *wk = wt + k * ld;
-            const v8 av = {a, a, a, a, a, a, a, a};
-            for (int64_t j = 0; j < nv; j++) acc[j] += av * load8(wk + 8 * j);
+            const finch_v8 av = {a, a, a, a, a, a, a, a};
+            for (int64_t j = 0; j < nv; j++) acc[j] += av * finch_load8(wk + 8 * j);
             for (int64_t r = nv * 8; r < nr; r++) tail[r - nv * 8] += a * wk[r];
         }
-    for (int64_t j = 0; j < nv; j++) store8(yt + 8 * j, load8(yt + 8 * j) + al * acc[j]);
+    for (int64_t j = 0; j < nv; j++)
+        finch_store8(yt + 8 * j, finch_load8(yt + 8 * j) + al * acc[j]);
     for (int64_t r = nv * 8; r < nr; r++) yt[r] += alpha * tail[r - nv * 8];
 #endif
 }
@@ -338,10 +320,10 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
     FINCH_ASSERT(finch_dtype_info[w->type].dequant);
     if (T <= GEMV_MAX_T || !ws)
         matmul_gemv(y, x, w, T);
-    else if (T <= ROWS_MAX_T && !ws->bf16)
-        matmul_rows(y, x, w, T, ws);
     else if (ws->bf16)
         matmul_tiled_bf16(y, x, w, T, ws);
+    else if (T <= ROWS_MAX_T)
+        matmul_rows(y, x, w, T, ws);
     else
         over_tiles(y, x, NULL, 1.0f, w, T, ws);
 }

@@ -34,36 +34,27 @@ void finch_cpu_dora_combine(float *y, float *zl, const float *lora, const float 
     }
 }
 
-/* 64 columns' running sums as vectors, so they stay in registers across the rows (an array
- * of them lived in memory, and each row's adds waited on the last row's stores: 4 % of a
- * DoRA step on a Xeon); the same per-column sums in the same order as the scalar loop. */
-typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi" /* v8 never crosses a call: the helpers inline */
-#endif
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
+/* A block of 64 columns keeps its running sums in finch_v8 values, so they stay in registers
+ * across the rows (an array of them lived in memory, and each row's adds waited on the last
+ * row's stores: 4 % of a DoRA step on a Xeon); the same per-column sums in the same order as
+ * the scalar loop. */
 void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int64_t n) {
     enum { CB = 64 };
 #pragma omp parallel for schedule(static) if (T * n > 65536)
     for (int64_t cb = 0; cb < n; cb += CB) {
         int64_t w = n - cb < CB ? n - cb : CB;
         if (w == CB) {
-            v8 acc[CB / 8] = {{0}};
+            finch_v8 acc[CB / 8] = {{0}};
             for (int64_t t = 0; t < T; t++) {
                 const float *at = a + t * n + cb;
                 if (b) {
                     const float *bt = b + t * n + cb;
 #pragma GCC unroll 8
                     for (int j = 0; j < CB / 8; j++)
-                        acc[j] += load8(at + 8 * j) * load8(bt + 8 * j);
+                        acc[j] += finch_load8(at + 8 * j) * finch_load8(bt + 8 * j);
                 } else {
 #pragma GCC unroll 8
-                    for (int j = 0; j < CB / 8; j++) acc[j] += load8(at + 8 * j);
+                    for (int j = 0; j < CB / 8; j++) acc[j] += finch_load8(at + 8 * j);
                 }
             }
             for (int j = 0; j < CB / 8; j++)

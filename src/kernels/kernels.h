@@ -240,6 +240,11 @@ typedef struct {
     void (*dora_combine)(float *y, float *zl, const float *lora, const float *s, int64_t T,
                          int64_t n);
 
+    /* DoRA's backward (peft/dora.c) in one pass over g (T, n): dm (n) += the column sums of
+     * g * zl (as col_dot), gs = s1[j] g and, when h is not NULL, h = s2[j] g (h may alias zl). */
+    void (*dora_backward)(float *dm, float *gs, float *h, const float *g, const float *zl,
+                          const float *s1, const float *s2, int64_t T, int64_t n);
+
     /* The elements mask d drops among T rows of n, as bits: bit j % 64 of word
      * t * finch_mask_words(n) + j / 64 is set when element t * n + j is dropped. */
     void (*dropout_bits)(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
@@ -455,6 +460,8 @@ void finch_ref_dropout_backward(float *dx, const float *g, int64_t n, const finc
 void finch_ref_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
 void finch_ref_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
                              const finch_weight *w, int64_t T);
+void finch_ref_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,
+                             const float *s1, const float *s2, int64_t T, int64_t n);
 void finch_ref_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
                             int64_t n);
 void finch_ref_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,

@@ -135,31 +135,60 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
     be->add(y, s->g, n);
 }
 
+/* dm += (sum_t g zl) / norm, gs = s1 g and, when h is not NULL, h = s2 g: one pass over g
+ * where the backend has it. */
+static void scale_grads(finch_lora_site *s, float *gs, float *h, const float *g, const float *s1,
+                        const float *s2, int64_t T, const finch_backend *be) {
+    memset(s->tmpv, 0, (size_t)s->out * sizeof *s->tmpv);
+    if (be->dora_backward) {
+        be->dora_backward(s->tmpv, gs, h, g, s->zl, s1, s2, T, s->out);
+    } else {
+        be->col_dot(s->tmpv, g, s->zl, T, s->out);
+        be->scale_cols(gs, g, s1, T, s->out);
+        if (h) be->scale_cols(h, g, s2, T, s->out);
+    }
+    be->scale_cols(s->tmpv, s->tmpv, s->inv_norm, 1, s->out);
+    be->add(s->dmag, s->tmpv, s->out);
+}
+
+/* The low-rank path's gradients for the output gradient mns g, from g: mns scales B's rows
+ * (for du = mns g B) and dB's (dB = mns g^T u), so mns g itself is never formed. */
+static void backward_params_scaled(finch_lora_site *s, const float *g, float alpha, const float *xd,
+                                   int64_t T, const finch_linear_ctx *ctx) {
+    const finch_backend *be = ctx->be;
+    const int64_t r = s->r, out = s->out;
+    be->gemm(false, true, T, r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, r);
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t k = 0; k < r; k++) s->Bm[j * r + k] = s->mns[j] * s->B[j * r + k];
+    be->gemm(false, false, T, r, out, alpha, g, out, s->Bm, r, 0.0f, s->du, r);
+    be->gemm(true, false, out, r, T, 1.0f, g, out, s->u, r, 0.0f, s->P, r); /* g^T u */
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t k = 0; k < r; k++) s->dB[j * r + k] += alpha * s->mns[j] * s->P[j * r + k];
+    be->gemm(true, false, r, s->in, T, 1.0f, s->du, r, xd, s->in, 1.0f, s->dA, s->in);
+}
+
 static const float *dora_backward(const finch_attachment *a, const float *g, const float *x,
                                   int64_t T, const finch_linear *lin, const finch_linear_ctx *ctx) {
     (void)lin;
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
-    /* dm += (sum_t g zl) / norm */
-    memset(s->tmpv, 0, (size_t)s->out * sizeof *s->tmpv);
-    be->col_dot(s->tmpv, g, s->zl, T, s->out);
-    be->scale_cols(s->tmpv, s->tmpv, s->inv_norm, 1, s->out);
-    be->add(s->dmag, s->tmpv, s->out);
-    /* the low-rank path sees mns g */
-    be->scale_cols(s->g, g, s->mns, T, s->out);
     const float *xd = finch_lora_input(s, x, T, ctx);
-    finch_lora_backward_params(s, s->g, a->weight * s->scale, xd, T, ctx);
-    if (!dropping(s, ctx)) return s->g; /* y = b + mns (z + lora): dz = mns g */
-    if (!fused(s, ctx)) {
+    const float alpha = a->weight * s->scale;
+    if (!dropping(s, ctx) || !fused(s, ctx)) {
+        /* y = b + mns (z + lora): the low-rank path and, without dropout, the base product
+         * see mns g */
+        scale_grads(s, s->g, NULL, g, s->mns, NULL, T, be);
+        finch_lora_backward_params(s, s->g, alpha, xd, T, ctx);
+        if (!dropping(s, ctx)) return s->g;
         be->scale_cols(s->g, g, s->mns1, T, s->out); /* for backward_input: (mns - 1) g */
         return g;
     }
-    /* h = (mns - 1) g into zl (read for the last time above) for backward_input; the base
+    /* h = (mns - 1) g into zl (its last reader is this pass) for backward_input; the base
      * product gets g + c h */
     const float c = finch_lora_mask(s, ctx).scale;
-    be->scale_cols(s->zl, g, s->mns1, T, s->out);
-    for (int64_t j = 0; j < s->out; j++) s->tmpv[j] = 1.0f + c * s->mns1[j];
-    be->scale_cols(s->g, g, s->tmpv, T, s->out);
+    for (int64_t j = 0; j < s->out; j++) s->gscale[j] = 1.0f + c * s->mns1[j];
+    scale_grads(s, s->g, s->zl, g, s->gscale, s->mns1, T, be);
+    backward_params_scaled(s, g, alpha, xd, T, ctx);
     return s->g;
 }
 
@@ -210,7 +239,7 @@ static finch_status dora_create(finch_peft *p, const finch_model *m, finch_err *
     size_t rows = 0, vecs = 0;
     for (int i = 0; i < l->n_sites; i++) {
         rows += (size_t)l->sites[i].out;
-        vecs += (size_t)l->sites[i].out * (5 + (size_t)l->sites[i].r);
+        vecs += (size_t)l->sites[i].out * (6 + 2 * (size_t)l->sites[i].r);
     }
     l->norms = finch_alloc(rows * sizeof *l->norms + 1, "DoRA norms", err);
     l->vecs = finch_calloc(vecs + 1, sizeof *l->vecs, "DoRA vectors", err);
@@ -224,8 +253,10 @@ static finch_status dora_create(finch_peft *p, const finch_model *m, finch_err *
         nw += s->out;
         s->mns = v, s->mns1 = v + s->out, s->inv_norm = v + 2 * s->out, s->tmpv = v + 3 * s->out;
         s->negb = lin->bias ? v + 4 * s->out : NULL;
-        s->P = v + 5 * s->out;
-        v += s->out * (5 + s->r);
+        s->gscale = v + 5 * s->out;
+        s->P = v + 6 * s->out;
+        s->Bm = s->P + s->out * s->r;
+        v += s->out * (6 + 2 * s->r);
         for (int64_t j = 0; s->negb && j < s->out; j++) s->negb[j] = -lin->bias[j];
         st = base_row_norms(s, lin, err);
     }

@@ -42,8 +42,10 @@ typedef struct {
     float *mns, *mns1; /* (out) mag / ||W + s B A|| per row for this step, and that - 1 */
     float *inv_norm;   /* (out) 1 / ||W + s B A|| */
     float *tmpv;       /* (out) scratch */
+    float *gscale;     /* (out) 1 + c (mns - 1): the base product's gradient scale, dropout c */
     float *negb;       /* (out) minus the base bias, or NULL without one */
-    float *P;          /* (r, out) A W^T, for the norms */
+    float *P;          /* (r, out) A W^T, for the norms; in backward (out, r) g^T u */
+    float *Bm;         /* (out, r) B with row j scaled by mns[j] */
     float *zl;         /* (max_tokens, out): the renormalised rows' input, kept for backward */
     float *g;          /* (max_tokens, out): DoRA's gradient buffer (shared) */
     uint64_t *mask;    /* DoRA with dropout: (max_tokens) rows of bits of the dropped inputs,

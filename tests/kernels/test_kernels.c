@@ -768,6 +768,29 @@ static void test_site_ops(void **state) {
     assert_memory_equal(z1, zr, sizeof(float) * (size_t)(T * n));
     assert_memory_equal(y1, yr, sizeof(float) * (size_t)(T * n));
     assert_true(z1[5] != y1[5]);
+    /* DoRA's backward: the scalings exact, the column sums as col_dot's, for 1 and 2 threads,
+     * with h beside zl and in its place */
+    for (int alias = 0; alias < 2; alias++) {
+        float *s2 = rand_vec(&r, n, 2.0f), *zc = malloc(sizeof(float) * (size_t)(T * n));
+        float *gs1 = malloc(sizeof(float) * (size_t)(T * n)), *gsr = malloc(sizeof(float) * (size_t)(T * n));
+        float *h1 = malloc(sizeof(float) * (size_t)(T * n)), *hr = malloc(sizeof(float) * (size_t)(T * n));
+        float m1[203] = {0}, m2[203] = {0}, mr[203] = {0};
+        finch_ref_dora_backward(mr, gsr, hr, x, b, s, s2, T, n);
+        for (int th = 1; th <= 2; th++) {
+            finch_threads_set(th);
+            memcpy(zc, b, sizeof(float) * (size_t)(T * n));
+            be->dora_backward(th == 1 ? m1 : m2, gs1, alias ? zc : h1, x, zc, s, s2, T, n);
+            assert_memory_equal(gs1, gsr, sizeof(float) * (size_t)(T * n));
+            assert_memory_equal(alias ? zc : h1, hr, sizeof(float) * (size_t)(T * n));
+        }
+        assert_memory_equal(m1, m2, sizeof m1);
+        assert_close(m2, mr, n, 4e-6, (double)T, "dora_backward");
+        memset(m1, 0, sizeof m1);
+        be->dora_backward(m1, gs1, NULL, x, b, s, s2, T, n);
+        assert_memory_equal(m1, m2, sizeof m1);
+        assert_memory_equal(gs1, gsr, sizeof(float) * (size_t)(T * n));
+        free(s2), free(zc), free(gs1), free(gsr), free(h1), free(hr);
+    }
     free(z1), free(zr), free(y1), free(lo);
     free(x), free(b), free(s), free(y), free(yr), free(in), free(o1), free(o2), free(g1), free(g2);
 }

@@ -30,6 +30,7 @@ const finch_backend finch_backend_cpu = {
     .scale_cols = finch_cpu_scale_cols,
     .col_dot = finch_cpu_col_dot,
     .dora_combine = finch_cpu_dora_combine,
+    .dora_backward = finch_cpu_dora_backward,
     .dropout_forward = finch_cpu_dropout_forward,
     .dropout_backward = finch_cpu_dropout_backward,
     .dropout_bits = finch_cpu_dropout_bits,

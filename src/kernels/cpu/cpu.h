@@ -58,6 +58,7 @@
 #define finch_cpu_scale_cols FINCH_ISA_NAME(finch_cpu_scale_cols)
 #define finch_cpu_col_dot FINCH_ISA_NAME(finch_cpu_col_dot)
 #define finch_cpu_dora_combine FINCH_ISA_NAME(finch_cpu_dora_combine)
+#define finch_cpu_dora_backward FINCH_ISA_NAME(finch_cpu_dora_backward)
 #define finch_cpu_dropout_forward FINCH_ISA_NAME(finch_cpu_dropout_forward)
 #define finch_cpu_dropout_backward FINCH_ISA_NAME(finch_cpu_dropout_backward)
 #define finch_cpu_dropout_bits FINCH_ISA_NAME(finch_cpu_dropout_bits)
@@ -309,6 +310,8 @@ void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finc
 void finch_cpu_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
 void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
                              const finch_weight *w, int64_t T, finch_workspace *ws);
+void finch_cpu_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,
+                             const float *s1, const float *s2, int64_t T, int64_t n);
 void finch_cpu_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
                             int64_t n);
 void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,

@@ -44,6 +44,46 @@ static void matmul_gemv(float *y, const float *x, const finch_weight *w, int64_t
     }
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+_Static_assert(FINCH_CPU_STAGE_ROWS == 16, "transpose16 writes 16 rows");
+
+static inline __m512 unpacklo_pd(__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+static inline __m512 unpackhi_pd(__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+/* dst[c * ld + i] = src[i][k + c] for i, c < 16: a 16 x 16 block transposed in registers
+ * (pairs of rows interleaved, then pairs of pairs, then 128-bit lanes gathered). */
+static inline void transpose16(float *dst, int64_t ld, const float *const src[16], int64_t k) {
+    __m512 a[16], b[16];
+    for (int j = 0; j < 8; j++) {
+        const __m512 x = _mm512_loadu_ps(src[2 * j] + k), y = _mm512_loadu_ps(src[2 * j + 1] + k);
+        a[2 * j] = _mm512_unpacklo_ps(x, y);
+        a[2 * j + 1] = _mm512_unpackhi_ps(x, y);
+    }
+    /* b[4q + m], 128-bit lane L: rows 4q .. 4q + 3 of column 4L + m */
+    for (int q = 0; q < 4; q++) {
+        b[4 * q] = unpacklo_pd(a[4 * q], a[4 * q + 2]);
+        b[4 * q + 1] = unpackhi_pd(a[4 * q], a[4 * q + 2]);
+        b[4 * q + 2] = unpacklo_pd(a[4 * q + 1], a[4 * q + 3]);
+        b[4 * q + 3] = unpackhi_pd(a[4 * q + 1], a[4 * q + 3]);
+    }
+    for (int m = 0; m < 4; m++) {
+        const __m512 c1 = _mm512_shuffle_f32x4(b[m], b[4 + m], 0x88);
+        const __m512 c2 = _mm512_shuffle_f32x4(b[m], b[4 + m], 0xdd);
+        const __m512 d1 = _mm512_shuffle_f32x4(b[8 + m], b[12 + m], 0x88);
+        const __m512 d2 = _mm512_shuffle_f32x4(b[8 + m], b[12 + m], 0xdd);
+        _mm512_storeu_ps(dst + m * ld, _mm512_shuffle_f32x4(c1, d1, 0x88));
+        _mm512_storeu_ps(dst + (4 + m) * ld, _mm512_shuffle_f32x4(c2, d2, 0x88));
+        _mm512_storeu_ps(dst + (8 + m) * ld, _mm512_shuffle_f32x4(c1, d1, 0xdd));
+        _mm512_storeu_ps(dst + (12 + m) * ld, _mm512_shuffle_f32x4(c2, d2, 0xdd));
+    }
+}
+#endif
+
 /* Rows r0 .. r0 + nr of W expanded into the tile wt, transposed: wt[k * ld + r] is W[r0 + r][k].
  * Rows go GROUP at a time through staging rows at stage when grouped (the workspace holds
  * GROUP of them), else one at a time through one. */
@@ -61,7 +101,11 @@ static void build_tile(float *wt, float *stage, const finch_weight *w, finch_deq
                 src[g] = stage + g * K;
             }
         }
-        for (int64_t k = 0; k < K; k++)
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        for (; k + 16 <= K; k += 16) transpose16(wt + k * ld + r, ld, src, k);
+#endif
+        for (; k < K; k++)
             for (int g = 0; g < GROUP; g++) wt[k * ld + r + g] = src[g][k];
     }
     for (; r < nr; r++) { /* the rows past the last whole group, one at a time */
@@ -86,7 +130,6 @@ static int64_t band_start(int64_t R, int tid, int nth) {
  * instructions: Xeon, DoRA on SmolLM2, 12 % of a step before); elsewhere finch_v8 values
  * without fused multiply-adds. */
 #if defined(__AVX512F__)
-#include <immintrin.h>
 #define MASKED_AVX512 1
 /* sum_i a[i] b[i] in 64 running sums (element i in sum i % 64: four vectors of fused
  * multiply-adds; a last partial run is masked), added pairwise at the end. */
@@ -106,6 +149,35 @@ static inline float dot_masked(const float *a, const float *b, int64_t n) {
                                   *acc[q]);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3)));
+}
+
+/* dot_masked(a, b, n) and dot_masked(a, c, n) together, each the same sums in the same
+ * order, a read once for both. */
+static inline void dot_masked2(const float *a, const float *b, const float *c, int64_t n, float *sb,
+                               float *sc) {
+    __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0, c0 = b0, c1 = b0, c2 = b0, c3 = b0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const __m512 x0 = _mm512_loadu_ps(a + i), x1 = _mm512_loadu_ps(a + i + 16);
+        const __m512 x2 = _mm512_loadu_ps(a + i + 32), x3 = _mm512_loadu_ps(a + i + 48);
+        b0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(b + i), b0);
+        c0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(c + i), c0);
+        b1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(b + i + 16), b1);
+        c1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(c + i + 16), c1);
+        b2 = _mm512_fmadd_ps(x2, _mm512_loadu_ps(b + i + 32), b2);
+        c2 = _mm512_fmadd_ps(x2, _mm512_loadu_ps(c + i + 32), c2);
+        b3 = _mm512_fmadd_ps(x3, _mm512_loadu_ps(b + i + 48), b3);
+        c3 = _mm512_fmadd_ps(x3, _mm512_loadu_ps(c + i + 48), c3);
+    }
+    __m512 *bacc[4] = {&b0, &b1, &b2, &b3}, *cacc[4] = {&c0, &c1, &c2, &c3};
+    for (int q = 0; i < n; i += 16, q++) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(m, a + i);
+        *bacc[q] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, b + i), *bacc[q]);
+        *cacc[q] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, c + i), *cacc[q]);
+    }
+    *sb = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(b0, b2), _mm512_add_ps(b1, b3)));
+    *sc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c2), _mm512_add_ps(c1, c3)));
 }
 #else
 /* sum_i a[i] b[i] in 32 running sums (element i in sum i % 32: four vectors, so the adds do
@@ -134,29 +206,61 @@ static inline float dot_masked(const float *a, const float *b, int64_t n) {
 #endif
 
 #ifdef MASKED_AVX512
-/* masked_row in 16 lanes: every row's sum the same chain of fused multiply-adds whatever the
- * tile's width, the last vector masked. */
+/* mask words whose set bits are listed at a time: a row's (4096 elements), a column block's */
+enum { IDX_WORDS = 64, COL_WORDS = 8 };
+
+/* The positions of the set bits of the nw words bt, in increasing order, into idx (which
+ * holds 64 nw + 16), as k0 + 64 i + bit; returns how many. Without branches on the bits (a
+ * compress per 16 of them), so the loops over the list run ahead without mispredictions and
+ * their loads from the tile overlap. */
+static inline int64_t list_bits(int32_t *idx, const uint64_t *bt, int64_t nw, int64_t k0) {
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i k =
+        _mm512_add_epi32(_mm512_set1_epi32((int)k0),
+                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    int64_t n = 0;
+    for (int64_t i = 0; i < nw; i++) {
+        const uint64_t b = bt[i];
+        for (int q = 0; q < 4; q++, k = _mm512_add_epi32(k, step)) {
+            const __mmask16 m = (__mmask16)(b >> (16 * q));
+            _mm512_storeu_si512(idx + n, _mm512_maskz_compress_epi32(m, k));
+            n += __builtin_popcount(m);
+        }
+    }
+    return n;
+}
+
+/* masked_row in 16 lanes: a tile's 64 sums in four registers, every row's sum the same chain
+ * of fused multiply-adds whatever the tile's width (a narrower tile's vectors masked). */
 static inline __attribute__((always_inline)) void masked_row16(float *yt, const float *xt,
                                                                const uint64_t *bt, int64_t nw,
                                                                const float *wt, int64_t ld,
                                                                int64_t nr, float alpha) {
-    const int nv = (int)((nr + 15) / 16);
-    __m512 acc[TILE_ROWS / 16];
-    __mmask16 lm[TILE_ROWS / 16];
-    for (int j = 0; j < nv; j++) {
+    enum { NV = TILE_ROWS / 16 };
+    __m512 acc[NV];
+    __mmask16 lm[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) {
+        const int64_t left = nr - 16 * j;
         acc[j] = _mm512_setzero_ps();
-        lm[j] = nr - 16 * j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - 16 * j)) - 1);
+        lm[j] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
     }
-    for (int64_t i = 0; i < nw; i++)
-        for (uint64_t b = bt[i]; b; b &= b - 1) {
-            const int64_t k = i * 64 + __builtin_ctzll(b);
+    int32_t idx[IDX_WORDS * 64 + 16];
+    for (int64_t w0 = 0; w0 < nw; w0 += IDX_WORDS) {
+        const int64_t n =
+            list_bits(idx, bt + w0, nw - w0 < IDX_WORDS ? nw - w0 : IDX_WORDS, w0 * 64);
+        for (int64_t e = 0; e < n; e++) {
+            const int64_t k = idx[e];
             const __m512 av = _mm512_set1_ps(xt[k]);
             const float *wk = wt + k * ld;
-            for (int j = 0; j < nv; j++)
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++)
                 acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(lm[j], wk + 16 * j), acc[j]);
         }
+    }
     const __m512 al = _mm512_set1_ps(alpha);
-    for (int j = 0; j < nv; j++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++)
         _mm512_mask_storeu_ps(
             yt + 16 * j, lm[j],
             _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
@@ -169,10 +273,7 @@ static inline __attribute__((always_inline)) void masked_row16(float *yt, const 
 static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t nw, const float *wt,
                        int64_t ld, int64_t nr, float alpha) {
 #ifdef MASKED_AVX512
-    if (nr == TILE_ROWS) /* the usual tile: constant bounds keep the sums in registers */
-        masked_row16(yt, xt, bt, nw, wt, ld, TILE_ROWS, alpha);
-    else /* a band's last, narrower tile (where bands end depends on the thread count) */
-        masked_row16(yt, xt, bt, nw, wt, ld, nr, alpha);
+    masked_row16(yt, xt, bt, nw, wt, ld, nr, alpha);
 #else
     finch_v8 acc[TILE_ROWS / 8] = {{0}};
     const finch_v8 al = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
@@ -487,6 +588,45 @@ void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, flo
     over_tiles(y, x, bits, alpha, w, T, ws);
 }
 
+/* dxt[k] += alpha * dot(g, wt[(k - j0) * ld ..], nr) for the elements k in j0 .. j0 + n that
+ * the row bits bt select. */
+static void masked_cols(float *dxt, const float *g, const uint64_t *bt, int64_t j0, int64_t n,
+                        const float *wt, int64_t ld, int64_t nr, float alpha) {
+    const int64_t i0 = j0 / 64, i1 = (j0 + n + 63) / 64;
+#ifdef MASKED_AVX512
+    /* the columns' words, edges cleared, listed; then the dot products two at a time */
+    uint64_t wb[COL_WORDS];
+    int32_t idx[COL_WORDS * 64 + 16];
+    FINCH_ASSERT(i1 - i0 <= COL_WORDS);
+    for (int64_t i = i0; i < i1; i++) {
+        uint64_t b = bt[i];
+        if (i * 64 < j0) b &= ~0ull << (j0 - i * 64);
+        if (i * 64 + 64 > j0 + n) b &= ~(~0ull << (j0 + n - i * 64));
+        wb[i - i0] = b;
+    }
+    const int64_t ne = list_bits(idx, wb, i1 - i0, i0 * 64);
+    int64_t e = 0;
+    for (; e + 2 <= ne; e += 2) {
+        const int64_t k = idx[e], l = idx[e + 1];
+        float sk, sl;
+        dot_masked2(g, wt + (k - j0) * ld, wt + (l - j0) * ld, nr, &sk, &sl);
+        dxt[k] += alpha * sk;
+        dxt[l] += alpha * sl;
+    }
+    if (e < ne) dxt[idx[e]] += alpha * dot_masked(g, wt + (idx[e] - j0) * ld, nr);
+#else
+    for (int64_t i = i0; i < i1; i++) {
+        uint64_t b = bt[i];
+        if (i * 64 < j0) b &= ~0ull << (j0 - i * 64);
+        if (i * 64 + 64 > j0 + n) b &= ~(~0ull << (j0 + n - i * 64));
+        for (; b; b &= b - 1) {
+            const int64_t k = i * 64 + __builtin_ctzll(b);
+            dxt[k] += alpha * dot_masked(g, wt + (k - j0) * ld, nr);
+        }
+    }
+#endif
+}
+
 /* Column bands in whole storage blocks, one per thread, as matmul_backward_input; each band
  * COL_BLOCK columns at a time, down W in chunks of rows expanded into a transposed tile
  * (column k's rows contiguous), so a selected element's part of a chunk is one dot product
@@ -527,19 +667,9 @@ void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t
                     }
                     for (int64_t k = 0; k < n; k++) wt[k * ld + r] = src[k];
                 }
-                for (int64_t t = 0; t < T; t++) {
-                    const uint64_t *bt = bits + t * nw;
-                    const float *g = dy + t * R + r0;
-                    for (int64_t i = j0 / 64; i * 64 < j0 + n; i++) {
-                        uint64_t b = bt[i];
-                        if (i * 64 < j0) b &= ~0ull << (j0 - i * 64);
-                        if (i * 64 + 64 > j0 + n) b &= ~(~0ull << (j0 + n - i * 64));
-                        for (; b; b &= b - 1) {
-                            const int64_t k = i * 64 + __builtin_ctzll(b);
-                            dx[t * K + k] += alpha * dot_masked(g, wt + (k - j0) * ld, nr);
-                        }
-                    }
-                }
+                for (int64_t t = 0; t < T; t++)
+                    masked_cols(dx + t * K, dy + t * R + r0, bits + t * nw, j0, n, wt, ld, nr,
+                                alpha);
             }
         }
     }

@@ -75,6 +75,47 @@ void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int
     }
 }
 
+/* col_dot's column blocks, writing both scalings of g as each row of the block is read:
+ * the same sums as col_dot, one pass over g instead of three. */
+void finch_cpu_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,
+                             const float *s1, const float *s2, int64_t T, int64_t n) {
+    enum { CB = 64 };
+#pragma omp parallel for schedule(static) if (T * n > 65536)
+    for (int64_t cb = 0; cb < n; cb += CB) {
+        const int64_t w = n - cb < CB ? n - cb : CB;
+        if (w == CB) {
+            finch_v8 acc[CB / 8] = {{0}}, a[CB / 8], b[CB / 8];
+            for (int j = 0; j < CB / 8; j++) {
+                a[j] = finch_load8(s1 + cb + 8 * j);
+                b[j] = h ? finch_load8(s2 + cb + 8 * j) : a[j];
+            }
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t o = t * n + cb;
+#pragma GCC unroll 8
+                for (int j = 0; j < CB / 8; j++) {
+                    const finch_v8 gv = finch_load8(g + o + 8 * j);
+                    acc[j] += gv * finch_load8(zl + o + 8 * j);
+                    finch_store8(gs + o + 8 * j, a[j] * gv);
+                    if (h) finch_store8(h + o + 8 * j, b[j] * gv);
+                }
+            }
+            for (int j = 0; j < CB / 8; j++)
+                for (int c = 0; c < 8; c++) dm[cb + 8 * j + c] += acc[j][c];
+            continue;
+        }
+        float acc[CB] = {0};
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t c = 0; c < w; c++) {
+                const int64_t i = t * n + cb + c;
+                const float gi = g[i];
+                acc[c] += gi * zl[i];
+                gs[i] = s1[cb + c] * gi;
+                if (h) h[i] = s2[cb + c] * gi;
+            }
+        for (int64_t c = 0; c < w; c++) dm[cb + c] += acc[c];
+    }
+}
+
 #if !(defined(__AVX512F__) && defined(__AVX512DQ__))
 /* Whether dropout keeps element i. */
 static inline bool kept(const finch_dropout *d, int64_t i) {

@@ -458,6 +458,21 @@ void finch_ref_gelu_backward(float *dx, const float *dy, const float *x, int64_t
     }
 }
 
+void finch_ref_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,
+                             const float *s1, const float *s2, int64_t T, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        double acc = 0;
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t i = t * n + j;
+            const float gi = g[i];
+            acc += (double)gi * zl[i];
+            gs[i] = s1[j] * gi;
+            if (h) h[i] = s2[j] * gi;
+        }
+        dm[j] += (float)acc;
+    }
+}
+
 void finch_ref_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
                             int64_t n) {
     for (int64_t t = 0; t < T; t++)

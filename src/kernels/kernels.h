@@ -235,10 +235,11 @@ typedef struct {
     /* dx (n) += g (n) through the same mask. */
     void (*dropout_backward)(float *dx, const float *g, int64_t n, const finch_dropout *d);
 
-    /* DoRA's output (peft/dora.c) in one pass: zl (T, n) += lora, then y += lora + s[j] zl,
-     * elementwise (s per column), each sum rounded in that order. */
-    void (*dora_combine)(float *y, float *zl, const float *lora, const float *s, int64_t T,
-                         int64_t n);
+    /* DoRA's output (peft/dora.c) in one pass, its low-rank term formed there: with
+     * lora = u (T, r) . bt (r, n), zl (T, n) = c zl + lora, then y += lora + s[j] zl,
+     * elementwise (s per column), in that order. */
+    void (*dora_combine)(float *y, float *zl, const float *u, const float *bt, int64_t r, float c,
+                         const float *s, int64_t T, int64_t n);
 
     /* DoRA's backward (peft/dora.c) in one pass over g (T, n): dm (n) += the column sums of
      * g * zl (as col_dot), gs = s1[j] g and, when h is not NULL, h = s2[j] g (h may alias zl). */
@@ -462,8 +463,8 @@ void finch_ref_matmul_masked(float *y, const float *x, const uint64_t *bits, flo
                              const finch_weight *w, int64_t T);
 void finch_ref_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,
                              const float *s1, const float *s2, int64_t T, int64_t n);
-void finch_ref_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
-                            int64_t n);
+void finch_ref_dora_combine(float *y, float *zl, const float *u, const float *bt, int64_t r,
+                            float c, const float *s, int64_t T, int64_t n);
 void finch_ref_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,
                                       const finch_weight *w, int64_t T);
 void finch_ref_layernorm_forward(float *y, float *stats, const float *x, const float *w,

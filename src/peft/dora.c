@@ -22,8 +22,9 @@
  *   dx     = g W + c k (h W) + lora's part,   h = (mns - 1) g
  *          = (g + c h) W  -  c (1 - k) (h W)  + lora's part
  *
- * so the forward takes z as without dropout and subtracts c times the masked product over
- * the dropped elements (matmul_masked), and backward hands the base product g + c h, one
+ * so the forward takes z as without dropout, subtracts the masked product over the dropped
+ * elements (matmul_masked) and scales by c as the low-rank term is added (dora_combine, one
+ * pass that forms lora from xd A^T and B), and backward hands the base product g + c h, one
  * product with W for both, then corrects the dropped elements alone
  * (matmul_backward_masked). Both masked products cost about p of a dense one; above
  * FUSED_MAX_DROPOUT, or on a backend without them, the two dense products run instead.
@@ -60,13 +61,22 @@ static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw,
     be->matmul(s->P, s->A, &lin->w, r, ws); /* P (r, out) = A W^T */
     double G[64 * 64], *Gd = r <= 64 ? G : finch_mem_alloc((size_t)r * r * sizeof *Gd);
     FINCH_ASSERT(Gd);
-    for (int k = 0; k < r; k++)
-        for (int l = 0; l < r; l++) {
-            double acc = 0;
-            for (int64_t c = 0; c < s->in; c++)
-                acc += (double)s->A[k * s->in + c] * s->A[l * s->in + c];
-            Gd[k * r + l] = acc;
+    const int nth = finch_threads_get();
+    /* G = A A^T, symmetric: each pair once, in four running sums (columns c % 4) */
+#pragma omp parallel for schedule(dynamic) num_threads(nth) if (r * s->in >= 4096)
+    for (int k = 0; k < r; k++) {
+        const float *ak = s->A + (int64_t)k * s->in;
+        for (int l = k; l < r; l++) {
+            const float *al = s->A + (int64_t)l * s->in;
+            double acc[4] = {0, 0, 0, 0};
+            int64_t c = 0;
+            for (; c + 4 <= s->in; c += 4)
+                for (int q = 0; q < 4; q++) acc[q] += (double)ak[c + q] * al[c + q];
+            for (; c < s->in; c++) acc[c % 4] += (double)ak[c] * al[c];
+            Gd[k * r + l] = Gd[l * r + k] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
+    }
+#pragma omp parallel for schedule(static) num_threads(nth) if (s->out * r * r >= 65536)
     for (int64_t j = 0; j < s->out; j++) {
         const float *b = s->B + j * r;
         double cross = 0, quad = 0;
@@ -108,6 +118,7 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
     if (s->dA) row_scales(s, lin, sw, be, ctx->ws); /* training: A, B, m change every step */
     const float *xd = finch_lora_input(s, x, T, ctx);
     const int64_t n = T * s->out;
+    float c = 1.0f; /* zl's factor */
     /* zl = xd W^T with dropout, else z = y - b */
     if (dropping(s, ctx) && !fused(s, ctx)) {
         be->matmul(s->zl, xd, &lin->w, T, ctx->ws);
@@ -116,19 +127,22 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
         if (s->negb)
             for (int64_t t = 0; t < T; t++) be->add(s->zl + t * s->out, s->negb, s->out);
     }
-    if (dropping(s, ctx) && fused(s, ctx)) { /* zl = c z - c x_drop W^T */
+    if (dropping(s, ctx) && fused(s, ctx)) { /* zl = z - x_drop W^T, c scales it below */
         finch_dropout d = finch_lora_mask(s, ctx);
         be->dropout_bits(s->mask, T, s->in, &d);
-        be->scale(s->zl, n, d.scale);
-        be->matmul_masked(s->zl, x, s->mask, -d.scale, &lin->w, T, ctx->ws);
+        be->matmul_masked(s->zl, x, s->mask, -1.0f, &lin->w, T, ctx->ws);
+        c = d.scale;
     }
-    /* g = lora; zl += lora; y += lora + (mns - 1) zl */
+    /* lora = sw (xd A^T) B^T; zl = c zl + lora; y += lora + (mns - 1) zl */
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
-    be->gemm(false, true, T, s->out, s->r, sw, s->u, s->r, s->B, s->r, 0.0f, s->g, s->out);
-    if (be->dora_combine) {
-        be->dora_combine(y, s->zl, s->g, s->mns1, T, s->out);
+    if (be->dora_combine) { /* lora formed inside, from u and sw B^T (in P, free here) */
+        for (int64_t j = 0; j < s->out; j++)
+            for (int k = 0; k < s->r; k++) s->P[k * s->out + j] = sw * s->B[j * s->r + k];
+        be->dora_combine(y, s->zl, s->u, s->P, s->r, c, s->mns1, T, s->out);
         return;
     }
+    be->gemm(false, true, T, s->out, s->r, sw, s->u, s->r, s->B, s->r, 0.0f, s->g, s->out);
+    if (c != 1.0f) be->scale(s->zl, n, c);
     be->add(s->zl, s->g, n);
     be->add(y, s->g, n);
     be->scale_cols(s->g, s->zl, s->mns1, T, s->out);

@@ -758,16 +758,28 @@ static void test_site_ops(void **state) {
         for (int64_t i = 0; i < N; i++)
             if (o1[i] != 0.0f) assert_true(o1[i] == in[i] * (1.0f / (1.0f - p)));
     }
-    /* DoRA's combine: the same sums in the same order as the reference, so the same bits */
+    /* DoRA's combine, the low-rank term of rank 16 formed inside, against the double
+     * reference; the same bits for 1 and 2 threads (rows whole on one thread) */
+    const int64_t rk = 16;
     float *z1 = rand_vec(&r, T * n, 1.0f), *zr = malloc(sizeof(float) * (size_t)(T * n));
-    float *y1 = rand_vec(&r, T * n, 1.0f), *lo = rand_vec(&r, T * n, 1.0f);
+    float *y1 = rand_vec(&r, T * n, 1.0f), *uu = rand_vec(&r, T * rk, 1.0f),
+          *bt = rand_vec(&r, rk * n, 0.5f);
+    float *z2 = malloc(sizeof(float) * (size_t)(T * n)), *y2 = malloc(sizeof(float) * (size_t)(T * n));
     memcpy(zr, z1, sizeof(float) * (size_t)(T * n));
     memcpy(yr, y1, sizeof(float) * (size_t)(T * n));
-    be->dora_combine(y1, z1, lo, s, T, n);
-    finch_ref_dora_combine(yr, zr, lo, s, T, n);
-    assert_memory_equal(z1, zr, sizeof(float) * (size_t)(T * n));
-    assert_memory_equal(y1, yr, sizeof(float) * (size_t)(T * n));
-    assert_true(z1[5] != y1[5]);
+    memcpy(z2, z1, sizeof(float) * (size_t)(T * n));
+    memcpy(y2, y1, sizeof(float) * (size_t)(T * n));
+    finch_threads_set(1);
+    be->dora_combine(y1, z1, uu, bt, rk, 1.25f, s, T, n);
+    finch_threads_set(2);
+    be->dora_combine(y2, z2, uu, bt, rk, 1.25f, s, T, n);
+    finch_ref_dora_combine(yr, zr, uu, bt, rk, 1.25f, s, T, n);
+    assert_memory_equal(z1, z2, sizeof(float) * (size_t)(T * n));
+    assert_memory_equal(y1, y2, sizeof(float) * (size_t)(T * n));
+    /* f32 sums of 16 products of O(1) terms, then three more terms: floor 16 */
+    assert_close(z1, zr, T * n, 4e-6, 16.0, "dora_combine zl");
+    assert_close(y1, yr, T * n, 4e-6, 32.0, "dora_combine y");
+    free(z2), free(y2), free(uu), free(bt);
     /* DoRA's backward: the scalings exact, the column sums as col_dot's, for 1 and 2 threads,
      * with h beside zl and in its place */
     for (int alias = 0; alias < 2; alias++) {
@@ -791,7 +803,7 @@ static void test_site_ops(void **state) {
         assert_memory_equal(gs1, gsr, sizeof(float) * (size_t)(T * n));
         free(s2), free(zc), free(gs1), free(gsr), free(h1), free(hr);
     }
-    free(z1), free(zr), free(y1), free(lo);
+    free(z1), free(zr), free(y1);
     free(x), free(b), free(s), free(y), free(yr), free(in), free(o1), free(o2), free(g1), free(g2);
 }
 

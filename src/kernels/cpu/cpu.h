@@ -312,8 +312,8 @@ void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, flo
                              const finch_weight *w, int64_t T, finch_workspace *ws);
 void finch_cpu_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,
                              const float *s1, const float *s2, int64_t T, int64_t n);
-void finch_cpu_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
-                            int64_t n);
+void finch_cpu_dora_combine(float *y, float *zl, const float *u, const float *bt, int64_t r,
+                            float c, const float *s, int64_t T, int64_t n);
 void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,
                                       const finch_weight *w, int64_t T, finch_workspace *ws);
 void finch_cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,

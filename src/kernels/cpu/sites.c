@@ -21,16 +21,41 @@ void finch_cpu_scale_cols(float *y, const float *x, const float *s, int64_t T, i
         for (int64_t j = 0; j < n; j++) y[t * n + j] = x[t * n + j] * s[j];
 }
 
-void finch_cpu_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
-                            int64_t n) {
+/* Rows in blocks of TB, each block across the columns 16 at a time: a column block's r x 16
+ * floats of bt stay in L1 for the block's rows, whose y and zl are read and written once. */
+void finch_cpu_dora_combine(float *y, float *zl, const float *u, const float *bt, int64_t r,
+                            float c, const float *s, int64_t T, int64_t n) {
+    enum { TB = 8 };
+    const finch_v8 cv = {c, c, c, c, c, c, c, c};
 #pragma omp parallel for schedule(static) if (T * n > 65536)
-    for (int64_t t = 0; t < T; t++) {
-        float *yt = y + t * n, *zt = zl + t * n;
-        const float *lt = lora + t * n;
-        for (int64_t j = 0; j < n; j++) {
-            zt[j] = zt[j] + lt[j];
-            yt[j] = (yt[j] + lt[j]) + s[j] * zt[j];
-        }
+    for (int64_t t0 = 0; t0 < T; t0 += TB) {
+        const int64_t t1 = t0 + TB < T ? t0 + TB : T;
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16)
+            for (int64_t t = t0; t < t1; t++) {
+                const float *ut = u + t * r;
+                finch_v8 l0 = {0}, l1 = {0};
+                for (int64_t k = 0; k < r; k++) {
+                    const float a = ut[k];
+                    const finch_v8 av = {a, a, a, a, a, a, a, a};
+                    l0 += av * finch_load8(bt + k * n + j);
+                    l1 += av * finch_load8(bt + k * n + j + 8);
+                }
+                float *yt = y + t * n + j, *zt = zl + t * n + j;
+                const finch_v8 z0 = cv * finch_load8(zt) + l0, z1 = cv * finch_load8(zt + 8) + l1;
+                finch_store8(zt, z0);
+                finch_store8(zt + 8, z1);
+                finch_store8(yt, (finch_load8(yt) + l0) + finch_load8(s + j) * z0);
+                finch_store8(yt + 8, (finch_load8(yt + 8) + l1) + finch_load8(s + j + 8) * z1);
+            }
+        for (; j < n; j++)
+            for (int64_t t = t0; t < t1; t++) {
+                float l = 0;
+                for (int64_t k = 0; k < r; k++) l += u[t * r + k] * bt[k * n + j];
+                const float z = c * zl[t * n + j] + l;
+                zl[t * n + j] = z;
+                y[t * n + j] = (y[t * n + j] + l) + s[j] * z;
+            }
     }
 }
 

@@ -473,12 +473,15 @@ void finch_ref_dora_backward(float *dm, float *gs, float *h, const float *g, con
     }
 }
 
-void finch_ref_dora_combine(float *y, float *zl, const float *lora, const float *s, int64_t T,
-                            int64_t n) {
+void finch_ref_dora_combine(float *y, float *zl, const float *u, const float *bt, int64_t r,
+                            float c, const float *s, int64_t T, int64_t n) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < n; j++) {
             const int64_t i = t * n + j;
-            zl[i] = zl[i] + lora[i];
-            y[i] = (y[i] + lora[i]) + s[j] * zl[i];
+            double lora = 0;
+            for (int64_t k = 0; k < r; k++) lora += (double)u[t * r + k] * bt[k * n + j];
+            const double z = (double)c * zl[i] + lora;
+            zl[i] = (float)z;
+            y[i] = (float)((y[i] + lora) + s[j] * z);
         }
 }

@@ -113,11 +113,22 @@ VEC_TARGET static void pack_pair32(uint16_t *d, const float *b0, const float *b1
 
 void finch_bf16_pack_b_nn(uint16_t *dst, const float *B, int64_t K, int64_t N, int64_t ldb) {
     const int64_t Kp = finch_bf16_pad(K), Np = finch_bf16_pad(N);
-    memset(dst, 0, (size_t)Kp * (size_t)Np * sizeof *dst);
     int64_t n1 = 0;
 #if defined(__x86_64__)
     if (amx_usable()) {
         n1 = N / 32 * 32;
+        /* whole panels: only the pair rows past K are zeroed (an odd K's last pair gets its
+         * zero from pack_pair32) */
+        const int64_t kp = (K + 1) / 2;
+        for (int64_t n = 0; n < n1 && kp < Kp / 2; n += 32)
+            memset(dst + b_index(Kp, 2 * kp, n), 0, (size_t)(Kp / 2 - kp) * 64 * sizeof *dst);
+    }
+#endif
+    /* the rest, zeroed whole then filled */
+    memset(dst + (size_t)(n1 / 32) * (size_t)Kp * 32, 0,
+           (size_t)Kp * (size_t)(Np - n1) * sizeof *dst);
+#if defined(__x86_64__)
+    if (amx_usable()) {
         for (int64_t k = 0; k < K; k += 2)
             for (int64_t n = 0; n < n1; n += 32)
                 pack_pair32(dst + b_index(Kp, k, n), B + k * ldb + n,

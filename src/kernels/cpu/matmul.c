@@ -372,14 +372,14 @@ static void matmul_tiled_bf16(float *y, const float *x, const finch_weight *w, i
             int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS;
             for (int64_t g0 = 0; g0 < nr; g0 += GROUP) {
                 int64_t ng = nr - g0 < GROUP ? nr - g0 : GROUP;
-                for (int64_t g = 0; g < ng; g++) {
-                    const uint8_t *row =
-                        (const uint8_t *)w->data + (size_t)(r0 + g0 + g) * w->row_bytes;
-                    if (w->type == FINCH_DTYPE_F32)
-                        memcpy(stage + g * K, row, (size_t)K * sizeof(float));
-                    else
-                        dequant(stage + g * K, row, K);
+                const uint8_t *rows = (const uint8_t *)w->data + (size_t)(r0 + g0) * w->row_bytes;
+                if (w->type == FINCH_DTYPE_F32) { /* packed from the weight's own rows */
+                    finch_bf16_pack_b_rows(panel, Kp, g0, (const float *)rows, ng, K,
+                                           (int64_t)(w->row_bytes / sizeof(float)));
+                    continue;
                 }
+                for (int64_t g = 0; g < ng; g++)
+                    dequant(stage + g * K, rows + (size_t)g * w->row_bytes, K);
                 finch_bf16_pack_b_rows(panel, Kp, g0, stage, ng, K, K);
             }
             /* the panel's columns past nr hold an earlier tile's values: they only meet
@@ -478,15 +478,15 @@ static void backward_input_bf16(float *dx, const float *dy, const finch_weight *
         const size_t off = (size_t)(c0 / tr->block_elems) * tr->block_bytes;
         for (int64_t r0 = 0; cw > 0 && r0 < R; r0 += chunk) {
             int64_t nr = R - r0 < chunk ? R - r0 : chunk;
-            for (int64_t r = 0; r < nr; r++) {
-                const uint8_t *row =
-                    (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off;
-                if (w->type == FINCH_DTYPE_F32)
-                    memcpy(stage + r * cw, row, (size_t)cw * sizeof(float));
-                else
-                    dequant(stage + r * cw, row, cw);
+            const uint8_t *rows = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes + off;
+            if (w->type == FINCH_DTYPE_F32) { /* packed from the weight's own rows */
+                finch_bf16_pack_b_nn(panel, (const float *)rows, nr, cw,
+                                     (int64_t)(w->row_bytes / sizeof(float)));
+            } else {
+                for (int64_t r = 0; r < nr; r++)
+                    dequant(stage + r * cw, rows + (size_t)r * w->row_bytes, cw);
+                finch_bf16_pack_b_nn(panel, stage, nr, cw, cw);
             }
-            finch_bf16_pack_b_nn(panel, stage, nr, cw, cw);
             /* A's columns r0.. of the rounded dy; past nr they meet the panel's zero rows */
             finch_cpu_gemm_bf16(T, cw, nr, ws->a16 + r0, Rp, panel, dx + c0, K, r0 > 0);
         }

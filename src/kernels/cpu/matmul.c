@@ -15,6 +15,8 @@
  */
 #include "kernels/cpu/cpu.h"
 
+#include <stdlib.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -129,6 +131,15 @@ static int64_t band_start(int64_t R, int tid, int nth) {
  * multiply-adds (the products of one dropped element then take a quarter of the
  * instructions: Xeon, DoRA on SmolLM2, 12 % of a step before); elsewhere finch_v8 values
  * without fused multiply-adds. */
+/* Every token's dropped elements listed once for all tiles (rather than from the bits again
+ * for each tile, which cost as much as the products at 5 % dropout): token t's are
+ * idx[off[t] .. off[t + 1]), in increasing order, with x's values beside them in xv. */
+typedef struct elem_lists {
+    int64_t *off;
+    int32_t *idx;
+    float *xv;
+} elem_lists;
+
 #if defined(__AVX512F__)
 #define MASKED_AVX512 1
 /* sum_i a[i] b[i] in 64 running sums (element i in sum i % 64: four vectors of fused
@@ -265,6 +276,88 @@ static inline __attribute__((always_inline)) void masked_row16(float *yt, const 
             yt + 16 * j, lm[j],
             _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
 }
+
+static void lists_free(elem_lists *L) {
+    free(L->off);
+    free(L->idx);
+    L->off = NULL, L->idx = NULL, L->xv = NULL;
+}
+
+/* Lists of the T rows' set bits and (x not NULL) their x values; false (nothing held) when
+ * memory is short, and the caller reads the bits itself. */
+static bool lists_make(elem_lists *L, const float *x, const uint64_t *bits, int64_t T, int64_t K,
+                       int64_t nw) {
+    L->idx = NULL;
+    L->off = finch_mem_alloc((size_t)(T + 1) * sizeof *L->off);
+    if (!L->off) return false;
+    L->off[0] = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t n = 0;
+        for (int64_t i = 0; i < nw; i++) n += __builtin_popcountll(bits[t * nw + i]);
+        L->off[t + 1] = L->off[t] + n;
+    }
+    const size_t total = (size_t)L->off[T];
+    L->idx = finch_mem_alloc((total + 1) * (sizeof *L->idx + sizeof *L->xv));
+    if (!L->idx) {
+        lists_free(L);
+        return false;
+    }
+    L->xv = (float *)(L->idx + total + 1);
+#pragma omp parallel for schedule(static) if (T * K >= 65536)
+    for (int64_t t = 0; t < T; t++) {
+        const __m512i step = _mm512_set1_epi32(16);
+        __m512i k = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        int32_t *idx = L->idx + L->off[t];
+        float *xv = L->xv + L->off[t];
+        const float *xt = x ? x + t * K : NULL;
+        int64_t n = 0;
+        for (int64_t i = 0; i < nw; i++) {
+            const uint64_t b = bits[t * nw + i];
+            for (int q = 0; q < 4; q++, k = _mm512_add_epi32(k, step)) {
+                const __mmask16 m = (__mmask16)(b >> (16 * q));
+                /* only the selected lanes are read and written: the next token's list
+                 * follows, filled by another thread */
+                _mm512_mask_compressstoreu_epi32(idx + n, m, k);
+                if (x)
+                    _mm512_mask_compressstoreu_ps(xv + n, m,
+                                                  _mm512_maskz_loadu_ps(m, xt + 64 * i + 16 * q));
+                n += __builtin_popcount(m);
+            }
+        }
+    }
+    return true;
+}
+
+/* masked_row16 for every token from its list: y[t * R ..] (nr) += alpha * the sums. */
+static void masked_rows_listed(float *y, int64_t R, const elem_lists *L, const float *wt,
+                               int64_t ld, int64_t nr, float alpha, int64_t T) {
+    enum { NV = TILE_ROWS / 16 };
+    __mmask16 lm[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) {
+        const int64_t left = nr - 16 * j;
+        lm[j] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
+    const __m512 al = _mm512_set1_ps(alpha);
+    for (int64_t t = 0; t < T; t++) {
+        __m512 acc[NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) acc[j] = _mm512_setzero_ps();
+        for (int64_t e = L->off[t]; e < L->off[t + 1]; e++) {
+            const __m512 av = _mm512_set1_ps(L->xv[e]);
+            const float *wk = wt + (int64_t)L->idx[e] * ld;
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++)
+                acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(lm[j], wk + 16 * j), acc[j]);
+        }
+        float *yt = y + t * R;
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            _mm512_mask_storeu_ps(
+                yt + 16 * j, lm[j],
+                _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
+    }
+}
 #endif
 
 /* yt (nr) += alpha * the sum over the elements k that row bits bt selects of
@@ -319,8 +412,10 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
  * holding its row, so results do not depend on the thread count.
  * With bits NULL, y = x . W^T (matmul); else y += alpha times the product with the elements
  * of x that bits selects (matmul_masked, masked_row). */
-static void over_tiles(float *y, const float *x, const uint64_t *bits, float alpha,
-                       const finch_weight *w, int64_t T, finch_workspace *ws) {
+static void over_tiles(float *y, const float *x, const uint64_t *bits,
+                       const struct elem_lists *lists, float alpha, const finch_weight *w,
+                       int64_t T, finch_workspace *ws) {
+    (void)lists; /* read where the AVX-512 lists are built */
     const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
     FINCH_ASSERT(ws && ws->per_thread >= (size_t)((TILE_ROWS + 1) * K));
@@ -338,8 +433,11 @@ static void over_tiles(float *y, const float *x, const uint64_t *bits, float alp
         for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
             const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
             build_tile(wt, stage, w, dequant, r0, nr, ld, grouped);
-            if (!bits)
-                finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
+            if (!bits) finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
+#ifdef MASKED_AVX512
+            else if (lists)
+                masked_rows_listed(y + r0, R, lists, wt, ld, nr, alpha, T);
+#endif
             else
                 for (int64_t t = 0; t < T; t++)
                     masked_row(y + t * R + r0, x + t * K, bits + t * nw, nw, wt, ld, nr, alpha);
@@ -426,7 +524,7 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
     else if (T <= ROWS_MAX_T)
         matmul_rows(y, x, w, T, ws);
     else
-        over_tiles(y, x, NULL, 1.0f, w, T, ws);
+        over_tiles(y, x, NULL, NULL, 1.0f, w, T, ws);
 }
 
 /* Thread tid's band of nth of the nb storage blocks of a row: its first column c0 and its
@@ -585,11 +683,35 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
  * not depend on its tile, so neither on the threads. */
 void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
                              const finch_weight *w, int64_t T, finch_workspace *ws) {
-    over_tiles(y, x, bits, alpha, w, T, ws);
+#ifdef MASKED_AVX512
+    elem_lists L;
+    if (lists_make(&L, x, bits, T, w->cols, finch_mask_words(w->cols))) {
+        over_tiles(y, x, bits, &L, alpha, w, T, ws);
+        lists_free(&L);
+        return;
+    }
+#endif
+    over_tiles(y, x, bits, NULL, alpha, w, T, ws); /* the bits read per tile */
 }
 
 /* dxt[k] += alpha * dot(g, wt[(k - j0) * ld ..], nr) for the elements k in j0 .. j0 + n that
  * the row bits bt select. */
+#ifdef MASKED_AVX512
+/* dxt[k] += alpha * dot(g, wt[(k - j0) * ld ..], nr) for the ne listed k, two at a time. */
+static void masked_cols_listed(float *dxt, const float *g, const int32_t *idx, int64_t ne,
+                               int64_t j0, const float *wt, int64_t ld, int64_t nr, float alpha) {
+    int64_t e = 0;
+    for (; e + 2 <= ne; e += 2) {
+        const int64_t k = idx[e], l = idx[e + 1];
+        float sk, sl;
+        dot_masked2(g, wt + (k - j0) * ld, wt + (l - j0) * ld, nr, &sk, &sl);
+        dxt[k] += alpha * sk;
+        dxt[l] += alpha * sl;
+    }
+    if (e < ne) dxt[idx[e]] += alpha * dot_masked(g, wt + (idx[e] - j0) * ld, nr);
+}
+#endif
+
 static void masked_cols(float *dxt, const float *g, const uint64_t *bt, int64_t j0, int64_t n,
                         const float *wt, int64_t ld, int64_t nr, float alpha) {
     const int64_t i0 = j0 / 64, i1 = (j0 + n + 63) / 64;
@@ -604,16 +726,7 @@ static void masked_cols(float *dxt, const float *g, const uint64_t *bt, int64_t 
         if (i * 64 + 64 > j0 + n) b &= ~(~0ull << (j0 + n - i * 64));
         wb[i - i0] = b;
     }
-    const int64_t ne = list_bits(idx, wb, i1 - i0, i0 * 64);
-    int64_t e = 0;
-    for (; e + 2 <= ne; e += 2) {
-        const int64_t k = idx[e], l = idx[e + 1];
-        float sk, sl;
-        dot_masked2(g, wt + (k - j0) * ld, wt + (l - j0) * ld, nr, &sk, &sl);
-        dxt[k] += alpha * sk;
-        dxt[l] += alpha * sl;
-    }
-    if (e < ne) dxt[idx[e]] += alpha * dot_masked(g, wt + (idx[e] - j0) * ld, nr);
+    masked_cols_listed(dxt, g, idx, list_bits(idx, wb, i1 - i0, i0 * 64), j0, wt, ld, nr, alpha);
 #else
     for (int64_t i = i0; i < i1; i++) {
         uint64_t b = bt[i];
@@ -639,9 +752,21 @@ void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t
     const int64_t R = w->rows, K = w->cols, nb = K / tr->block_elems, nw = finch_mask_words(K);
     const int64_t cb = tr->block_elems > COL_BLOCK ? tr->block_elems : COL_BLOCK;
     const int64_t cmax = cb < K ? cb : K; /* the widest column block */
-    int64_t chunk = (int64_t)(ws->per_thread / (size_t)cmax) - TILE_PAD - 1;
+    /* GROUP staging rows where the workspace has room for them and a chunk of 64 rows */
+    const int64_t ns =
+        (int64_t)(ws->per_thread / (size_t)cmax) >= TILE_PAD + GROUP + 64 ? GROUP : 1;
+    int64_t chunk = (int64_t)(ws->per_thread / (size_t)cmax) - TILE_PAD - ns;
     if (chunk > MASK_CHUNK) chunk = MASK_CHUNK;
     FINCH_ASSERT(tr->dequant && ws && chunk >= 1);
+    /* each token's elements listed once (else read from the bits per block and chunk), and
+     * per thread where each token's run in the current column block begins and ends */
+    elem_lists L = {0};
+    int64_t *runs = NULL;
+#ifdef MASKED_AVX512
+    if (lists_make(&L, NULL, bits, T, K, nw) &&
+        !(runs = finch_mem_alloc((size_t)(2 * T * ws->n_threads) * sizeof *runs)))
+        lists_free(&L);
+#endif
 #pragma omp parallel num_threads(ws->n_threads)
     {
         int tid = 0, nth = 1;
@@ -651,26 +776,59 @@ void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t
 #endif
         int64_t c0, cw;
         col_band(tr, nb, tid, nth, &c0, &cw);
-        float *stage = ws->buf + (size_t)tid * ws->per_thread, *wt = stage + cmax;
+        float *stage = ws->buf + (size_t)tid * ws->per_thread, *wt = stage + ns * cmax;
+        int64_t *begin = runs ? runs + 2 * T * tid : NULL, *end = begin ? begin + T : NULL;
+        for (int64_t t = 0; begin && t < T; t++) {
+            int64_t e = L.off[t];
+            while (e < L.off[t + 1] && L.idx[e] < c0) e++;
+            begin[t] = e;
+        }
         for (int64_t j0 = c0; j0 < c0 + cw; j0 += cb) {
             const int64_t n = c0 + cw - j0 < cb ? c0 + cw - j0 : cb;
+            for (int64_t t = 0; begin && t < T; t++) {
+                int64_t e = begin[t];
+                while (e < L.off[t + 1] && L.idx[e] < j0 + n) e++;
+                end[t] = e;
+            }
             const size_t off = (size_t)(j0 / tr->block_elems) * tr->block_bytes;
             for (int64_t r0 = 0; r0 < R; r0 += chunk) {
                 const int64_t nr = R - r0 < chunk ? R - r0 : chunk, ld = nr + TILE_PAD;
-                for (int64_t r = 0; r < nr; r++) {
-                    const uint8_t *row =
-                        (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + off;
-                    const float *src = (const float *)row;
-                    if (w->type != FINCH_DTYPE_F32) {
-                        dequant(stage, row, n);
-                        src = stage;
+                for (int64_t r = 0; r < nr; r += ns) { /* ns rows expanded, then transposed */
+                    const int64_t ng = nr - r < ns ? nr - r : ns;
+                    const float *src[GROUP];
+                    for (int64_t g = 0; g < ng; g++) {
+                        const uint8_t *row =
+                            (const uint8_t *)w->data + (size_t)(r0 + r + g) * w->row_bytes + off;
+                        src[g] = (const float *)row;
+                        if (w->type != FINCH_DTYPE_F32) {
+                            dequant(stage + g * cmax, row, n);
+                            src[g] = stage + g * cmax;
+                        }
                     }
-                    for (int64_t k = 0; k < n; k++) wt[k * ld + r] = src[k];
+                    int64_t k = 0;
+#if defined(__AVX512F__)
+                    if (ng == GROUP)
+                        for (; k + 16 <= n; k += 16) transpose16(wt + k * ld + r, ld, src, k);
+#endif
+                    for (; k < n; k++)
+                        for (int64_t g = 0; g < ng; g++) wt[k * ld + r + g] = src[g][k];
                 }
+#ifdef MASKED_AVX512
+                if (begin) {
+                    for (int64_t t = 0; t < T; t++)
+                        masked_cols_listed(dx + t * K, dy + t * R + r0, L.idx + begin[t],
+                                           end[t] - begin[t], j0, wt, ld, nr, alpha);
+                    continue;
+                }
+#endif
                 for (int64_t t = 0; t < T; t++)
                     masked_cols(dx + t * K, dy + t * R + r0, bits + t * nw, j0, n, wt, ld, nr,
                                 alpha);
             }
+            for (int64_t t = 0; begin && t < T; t++) begin[t] = end[t];
         }
     }
+    free(runs);
+    free(L.off);
+    free(L.idx);
 }

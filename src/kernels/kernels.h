@@ -257,6 +257,12 @@ typedef struct {
     void (*matmul_masked)(float *y, const float *x, const uint64_t *bits, float alpha,
                           const finch_weight *w, int64_t T, finch_workspace *ws);
 
+    /* matmul and matmul_masked in one pass over W's tiles where it can: y (T, w->rows) =
+     * x . W^T (as matmul) and ym = y + alpha (x at the elements bits selects) . W^T (as
+     * matmul_masked). May be NULL: the two ops then run. */
+    void (*matmul_split)(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
+                         const finch_weight *w, int64_t T, finch_workspace *ws);
+
     /* dx (T, w->cols) += alpha (dy (T, w->rows) . W) at the elements bits selects; the others
      * are untouched. ws sized as for matmul. */
     void (*matmul_backward_masked)(float *dx, const float *dy, const uint64_t *bits, float alpha,

@@ -19,7 +19,11 @@ static const float *transformed_input(const float *x, const finch_linear *lin, i
 static void forward(finch_matmul_fn mm, float *y, const float *x, const finch_linear *lin,
                     int64_t T, const finch_linear_ctx *ctx) {
     const float *xi = transformed_input(x, lin, T, ctx);
-    mm(y, xi, &lin->w, T, ctx->ws);
+    bool done = false;
+    for (int i = 0; i < lin->n_att && ctx->training && !done; i++)
+        if (lin->att[i].ops->product)
+            done = lin->att[i].ops->product(&lin->att[i], y, xi, T, lin, ctx);
+    if (!done) mm(y, xi, &lin->w, T, ctx->ws);
     if (lin->bias) add_bias(ctx->be, y, lin->bias, T, lin->w.rows);
     for (int i = 0; i < lin->n_att; i++)
         if (lin->att[i].ops->forward) lin->att[i].ops->forward(&lin->att[i], y, xi, T, lin, ctx);

@@ -43,6 +43,11 @@ typedef struct {
      * in place, and accumulate the method's parameter gradients. */
     void (*input_backward)(const finch_attachment *a, float *dx, const float *x, int64_t T,
                            const finch_linear_ctx *ctx);
+    /* The base product y (T, out) = x W^T in training, computed by the method with whatever
+     * it keeps from the same pass over W (DoRA: the product with the dropped-out input);
+     * false leaves it to the backend's matmul. The first attachment that takes it does. */
+    bool (*product)(const finch_attachment *a, float *y, const float *x, int64_t T,
+                    const finch_linear *lin, const finch_linear_ctx *ctx);
     /* y (T, out) = the transform of the output so far, in place. */
     void (*forward)(const finch_attachment *a, float *y, const float *x, int64_t T,
                     const finch_linear *lin, const finch_linear_ctx *ctx);

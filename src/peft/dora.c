@@ -109,6 +109,21 @@ static bool fused(const finch_lora_site *s, const finch_linear_ctx *ctx) {
            be->matmul_backward_masked;
 }
 
+/* With dropout through the masked products, the base product and zl = z - x_drop W^T from
+ * one pass over W's tiles (matmul_split): forward then finds zl made. */
+static bool dora_product(const finch_attachment *a, float *y, const float *x, int64_t T,
+                         const finch_linear *lin, const finch_linear_ctx *ctx) {
+    finch_lora_site *s = a->state;
+    const finch_backend *be = ctx->be;
+    if (!dropping(s, ctx) || !fused(s, ctx) || !be->matmul_split) return false;
+    FINCH_ASSERT(T <= s->max_tokens);
+    finch_dropout d = finch_lora_mask(s, ctx);
+    be->dropout_bits(s->mask, T, s->in, &d);
+    be->matmul_split(y, s->zl, x, s->mask, -1.0f, &lin->w, T, ctx->ws);
+    s->zl_made = true;
+    return true;
+}
+
 static void dora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
                          const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
@@ -120,18 +135,21 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
     const int64_t n = T * s->out;
     float c = 1.0f; /* zl's factor */
     /* zl = xd W^T with dropout, else z = y - b */
-    if (dropping(s, ctx) && !fused(s, ctx)) {
+    if (s->zl_made) { /* zl = z - x_drop W^T by dora_product, c scales it below */
+        c = finch_lora_mask(s, ctx).scale;
+        s->zl_made = false;
+    } else if (dropping(s, ctx) && !fused(s, ctx)) {
         be->matmul(s->zl, xd, &lin->w, T, ctx->ws);
     } else {
         memcpy(s->zl, y, (size_t)n * sizeof *y);
         if (s->negb)
             for (int64_t t = 0; t < T; t++) be->add(s->zl + t * s->out, s->negb, s->out);
-    }
-    if (dropping(s, ctx) && fused(s, ctx)) { /* zl = z - x_drop W^T, c scales it below */
-        finch_dropout d = finch_lora_mask(s, ctx);
-        be->dropout_bits(s->mask, T, s->in, &d);
-        be->matmul_masked(s->zl, x, s->mask, -1.0f, &lin->w, T, ctx->ws);
-        c = d.scale;
+        if (dropping(s, ctx)) { /* zl = z - x_drop W^T, c scales it below */
+            finch_dropout d = finch_lora_mask(s, ctx);
+            be->dropout_bits(s->mask, T, s->in, &d);
+            be->matmul_masked(s->zl, x, s->mask, -1.0f, &lin->w, T, ctx->ws);
+            c = d.scale;
+        }
     }
     /* lora = sw (xd A^T) B^T; zl = c zl + lora; y += lora + (mns - 1) zl */
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
@@ -229,6 +247,7 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
 
 static const finch_peft_ops dora_ops = {
     .name = "dora",
+    .product = dora_product,
     .forward = dora_forward,
     .backward = dora_backward,
     .backward_input = dora_backward_input,

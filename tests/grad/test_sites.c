@@ -122,8 +122,9 @@ static void check_method_drop(const char *method, const finch_option *opts, int 
     }
 }
 
-/* DoRA with dropout through the masked products (dora.c) against the two dense products
- * they replace (the same backend without matmul_masked): the loss, and every gradient,
+/* DoRA with dropout through the masked products (dora.c), from one pass over W with the
+ * base product or after it (the same bits), against the two dense products they replace
+ * (the same backend without matmul_masked): the loss, and every gradient,
  * A and B included, which finite differences cannot check (the detached norm). The sums
  * run in other orders: equal to 1e-4 of the mean gradient; a wrong sign, scale or mask
  * misses by more than the gradient itself. */
@@ -143,6 +144,19 @@ static void check_dora_masked(void) {
     assert_non_null(g_masked);
     memcpy(g_masked, r->grad, (size_t)r->total * sizeof *g_masked);
     const finch_backend *be = model->be;
+    /* the base product and the masked one from one pass (matmul_split) or two: the same
+     * sums, but the second takes zl as (z + b) - b where a linear has a bias */
+    finch_backend two = *be;
+    two.matmul_split = NULL;
+    model->be = &two;
+    memset(r->grad, 0, (size_t)r->total * sizeof(float));
+    const double l_two = loss(true);
+    assert_true(fabs(l_two - l_masked) <= 1e-7 * fabs(l_masked));
+    double mean_m = 0;
+    for (int64_t i = 0; i < r->total; i++) mean_m += fabs(g_masked[i]) / (double)r->total;
+    for (int64_t i = 0; i < r->total; i++)
+        if (fabs((double)g_masked[i] - r->grad[i]) > 1e-5 * (fabs(g_masked[i]) + mean_m))
+            fail_msg("dora [%lld]: one pass %.9g, two %.9g", (long long)i, g_masked[i], r->grad[i]);
     finch_backend dense = *be;
     dense.matmul_masked = NULL;
     model->be = &dense;

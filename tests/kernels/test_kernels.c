@@ -867,6 +867,20 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
                 fail_msg("matmul_masked %s: y[%lld,%lld] = %.9g, reference %.9g", what,
                          (long long)tt, (long long)i, y2[tt * R + i], yr[tt * R + i]);
         }
+    /* matmul_split: y as matmul gives it and ym as matmul_masked adds to that y, bit for bit,
+     * on 1 and 2 threads */
+    float *ys = malloc(sizeof(float) * (size_t)(T * R)), *yms = malloc(sizeof(float) * (size_t)(T * R)),
+          *yd = malloc(sizeof(float) * (size_t)(T * R));
+    for (int th = 1; th <= 2; th++) {
+        finch_workspace *wsx = th == 1 ? &ws1 : &ws;
+        finch_threads_set(th);
+        be->matmul(yd, x, &w, T, wsx);
+        be->matmul_split(ys, yms, x, bits, alpha, &w, T, wsx);
+        assert_memory_equal(ys, yd, sizeof(float) * (size_t)(T * R));
+        be->matmul_masked(yd, x, bits, alpha, &w, T, wsx);
+        assert_memory_equal(yms, yd, sizeof(float) * (size_t)(T * R));
+    }
+    free(ys), free(yms), free(yd);
 
     memcpy(d1, dx0, sizeof(float) * (size_t)(T * K));
     memcpy(d2, dx0, sizeof(float) * (size_t)(T * K));

@@ -35,6 +35,7 @@ const finch_backend finch_backend_cpu = {
     .dropout_backward = finch_cpu_dropout_backward,
     .dropout_bits = finch_cpu_dropout_bits,
     .matmul_masked = finch_cpu_matmul_masked,
+    .matmul_split = finch_cpu_matmul_split,
     .matmul_backward_masked = finch_cpu_matmul_backward_masked,
     .matmul_backward_input = finch_cpu_matmul_backward_input,
     .matmul_backward_weight = finch_cpu_matmul_backward_weight,

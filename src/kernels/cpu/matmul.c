@@ -328,9 +328,10 @@ static bool lists_make(elem_lists *L, const float *x, const uint64_t *bits, int6
     return true;
 }
 
-/* masked_row16 for every token from its list: y[t * R ..] (nr) += alpha * the sums. */
-static void masked_rows_listed(float *y, int64_t R, const elem_lists *L, const float *wt,
-                               int64_t ld, int64_t nr, float alpha, int64_t T) {
+/* masked_row16 for every token from its list: y[t * R ..] (nr) = yin[t * R ..] + alpha * the
+ * sums (yin may be y). */
+static void masked_rows_listed(float *y, const float *yin, int64_t R, const elem_lists *L,
+                               const float *wt, int64_t ld, int64_t nr, float alpha, int64_t T) {
     enum { NV = TILE_ROWS / 16 };
     __mmask16 lm[NV];
 #pragma GCC unroll 4
@@ -351,11 +352,12 @@ static void masked_rows_listed(float *y, int64_t R, const elem_lists *L, const f
                 acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(lm[j], wk + 16 * j), acc[j]);
         }
         float *yt = y + t * R;
+        const float *it = yin + t * R;
 #pragma GCC unroll 4
         for (int j = 0; j < NV; j++)
             _mm512_mask_storeu_ps(
                 yt + 16 * j, lm[j],
-                _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
+                _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], it + 16 * j)));
     }
 }
 #endif
@@ -410,11 +412,12 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
  * one cache line of the tile (a single staging row, one row at a time, when the workspace
  * is sized for no more). An element's sum does not depend on the band or tile
  * holding its row, so results do not depend on the thread count.
- * With bits NULL, y = x . W^T (matmul); else y += alpha times the product with the elements
- * of x that bits selects (matmul_masked, masked_row). */
-static void over_tiles(float *y, const float *x, const uint64_t *bits,
-                       const struct elem_lists *lists, float alpha, const finch_weight *w,
-                       int64_t T, finch_workspace *ws) {
+ * With bits NULL, y = x . W^T (matmul); else with ym NULL y += alpha times the product with
+ * the elements of x that bits selects (matmul_masked, masked_row), and with ym both from the
+ * same tiles: y = x . W^T, ym = y + alpha times that product (matmul_split). */
+static void over_tiles(float *y, float *ym, const float *x, const uint64_t *bits,
+                       const elem_lists *lists, float alpha, const finch_weight *w, int64_t T,
+                       finch_workspace *ws) {
     (void)lists; /* read where the AVX-512 lists are built */
     const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
@@ -433,14 +436,19 @@ static void over_tiles(float *y, const float *x, const uint64_t *bits,
         for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
             const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
             build_tile(wt, stage, w, dequant, r0, nr, ld, grouped);
-            if (!bits) finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
+            if (!bits || ym) finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
+            if (!bits) continue;
+            float *out = ym ? ym : y; /* the masked product's sums go to out, from y */
 #ifdef MASKED_AVX512
-            else if (lists)
-                masked_rows_listed(y + r0, R, lists, wt, ld, nr, alpha, T);
+            if (lists) {
+                masked_rows_listed(out + r0, y + r0, R, lists, wt, ld, nr, alpha, T);
+                continue;
+            }
 #endif
-            else
-                for (int64_t t = 0; t < T; t++)
-                    masked_row(y + t * R + r0, x + t * K, bits + t * nw, nw, wt, ld, nr, alpha);
+            for (int64_t t = 0; t < T; t++) {
+                if (ym) memcpy(ym + t * R + r0, y + t * R + r0, (size_t)nr * sizeof *ym);
+                masked_row(out + t * R + r0, x + t * K, bits + t * nw, nw, wt, ld, nr, alpha);
+            }
         }
     }
 }
@@ -524,7 +532,7 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
     else if (T <= ROWS_MAX_T)
         matmul_rows(y, x, w, T, ws);
     else
-        over_tiles(y, x, NULL, NULL, 1.0f, w, T, ws);
+        over_tiles(y, NULL, x, NULL, NULL, 1.0f, w, T, ws);
 }
 
 /* Thread tid's band of nth of the nb storage blocks of a row: its first column c0 and its
@@ -681,17 +689,35 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
  * of the selected elements k are summed (one contiguous run of nr floats each), k in
  * increasing order, and alpha times the sums added into y[t, r0 ..]. An element's sum does
  * not depend on its tile, so neither on the threads. */
-void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
-                             const finch_weight *w, int64_t T, finch_workspace *ws) {
+/* over_tiles' masked products: with every token's elements listed once where memory allows,
+ * else the bits read per tile. */
+static void masked_tiles(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
+                         const finch_weight *w, int64_t T, finch_workspace *ws) {
 #ifdef MASKED_AVX512
     elem_lists L;
     if (lists_make(&L, x, bits, T, w->cols, finch_mask_words(w->cols))) {
-        over_tiles(y, x, bits, &L, alpha, w, T, ws);
+        over_tiles(y, ym, x, bits, &L, alpha, w, T, ws);
         lists_free(&L);
         return;
     }
 #endif
-    over_tiles(y, x, bits, NULL, alpha, w, T, ws); /* the bits read per tile */
+    over_tiles(y, ym, x, bits, NULL, alpha, w, T, ws);
+}
+
+void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
+                             const finch_weight *w, int64_t T, finch_workspace *ws) {
+    masked_tiles(y, NULL, x, bits, alpha, w, T, ws);
+}
+
+void finch_cpu_matmul_split(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
+                            const finch_weight *w, int64_t T, finch_workspace *ws) {
+    if (!ws || ws->bf16 || T <= ROWS_MAX_T) { /* matmul takes another path: the two ops */
+        finch_cpu_matmul(y, x, w, T, ws);
+        memcpy(ym, y, (size_t)(T * w->rows) * sizeof *ym);
+        finch_cpu_matmul_masked(ym, x, bits, alpha, w, T, ws);
+        return;
+    }
+    masked_tiles(y, ym, x, bits, alpha, w, T, ws);
 }
 
 /* dxt[k] += alpha * dot(g, wt[(k - j0) * ld ..], nr) for the elements k in j0 .. j0 + n that

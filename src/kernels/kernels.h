@@ -111,6 +111,18 @@ typedef enum {
     FINCH_FEATURE_COUNT
 } finch_feature;
 
+/* What matmul_split computes beside y = x W^T from the same pass over W, each part
+ * optional: ym (T, w->rows) = y + alpha (x at the elements bits selects) . W^T (bits NULL:
+ * none), and p (np, w->rows) = a (np, w->cols) . W^T (np 0: none). */
+typedef struct {
+    float *ym;
+    const uint64_t *bits;
+    float alpha;
+    float *p;
+    const float *a;
+    int64_t np;
+} finch_split;
+
 /* The op table. Every member is a pure function of its arguments; outputs never alias
  * inputs unless stated. All CPU ops run on finch_threads_get() threads and give the same
  * bits for the same thread count (a device's, the same bits on every run).
@@ -257,11 +269,11 @@ typedef struct {
     void (*matmul_masked)(float *y, const float *x, const uint64_t *bits, float alpha,
                           const finch_weight *w, int64_t T, finch_workspace *ws);
 
-    /* matmul and matmul_masked in one pass over W's tiles where it can: y (T, w->rows) =
-     * x . W^T (as matmul) and ym = y + alpha (x at the elements bits selects) . W^T (as
-     * matmul_masked). May be NULL: the two ops then run. */
-    void (*matmul_split)(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
-                         const finch_weight *w, int64_t T, finch_workspace *ws);
+    /* y (T, w->rows) = x . W^T (as matmul) and the products sp asks for (finch_split: as
+     * matmul_masked adds to y, as matmul of a), in one pass over W's tiles where it can. May
+     * be NULL: the ops then run one after another. */
+    void (*matmul_split)(float *y, const float *x, const finch_split *sp, const finch_weight *w,
+                         int64_t T, finch_workspace *ws);
 
     /* dx (T, w->cols) += alpha (dy (T, w->rows) . W) at the elements bits selects; the others
      * are untouched. ws sized as for matmul. */

@@ -58,7 +58,8 @@ static finch_status base_row_norms(finch_lora_site *s, const finch_linear *lin, 
 static void row_scales(finch_lora_site *s, const finch_linear *lin, float sw,
                        const finch_backend *be, finch_workspace *ws) {
     const int r = s->r;
-    be->matmul(s->P, s->A, &lin->w, r, ws); /* P (r, out) = A W^T */
+    if (!s->P_made) be->matmul(s->P, s->A, &lin->w, r, ws); /* P (r, out) = A W^T */
+    s->P_made = false;
     double G[64 * 64], *Gd = r <= 64 ? G : finch_mem_alloc((size_t)r * r * sizeof *Gd);
     FINCH_ASSERT(Gd);
     const int nth = finch_threads_get();
@@ -109,18 +110,29 @@ static bool fused(const finch_lora_site *s, const finch_linear_ctx *ctx) {
            be->matmul_backward_masked;
 }
 
-/* With dropout through the masked products, the base product and zl = z - x_drop W^T from
- * one pass over W's tiles (matmul_split): forward then finds zl made. */
+/* A training instance's base product, with the norms' P = A W^T and (dropout through the
+ * masked products) zl = z - x_drop W^T from the same pass over W's tiles (matmul_split):
+ * forward then finds them made. */
 static bool dora_product(const finch_attachment *a, float *y, const float *x, int64_t T,
                          const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
-    if (!dropping(s, ctx) || !fused(s, ctx) || !be->matmul_split) return false;
+    if (!s->dA || !be->matmul_split) return false;
     FINCH_ASSERT(T <= s->max_tokens);
-    finch_dropout d = finch_lora_mask(s, ctx);
-    be->dropout_bits(s->mask, T, s->in, &d);
-    be->matmul_split(y, s->zl, x, s->mask, -1.0f, &lin->w, T, ctx->ws);
-    s->zl_made = true;
+    const bool masked = dropping(s, ctx) && fused(s, ctx);
+    if (masked) {
+        finch_dropout d = finch_lora_mask(s, ctx);
+        be->dropout_bits(s->mask, T, s->in, &d);
+    }
+    const finch_split sp = {.ym = s->zl,
+                            .bits = masked ? s->mask : NULL,
+                            .alpha = -1.0f,
+                            .p = s->P,
+                            .a = s->A,
+                            .np = s->r};
+    be->matmul_split(y, x, &sp, &lin->w, T, ctx->ws);
+    s->zl_made = masked;
+    s->P_made = true;
     return true;
 }
 

@@ -48,6 +48,7 @@ typedef struct {
     float *Bm;         /* (out, r) B with row j scaled by mns[j] */
     float *zl;         /* (max_tokens, out): the renormalised rows' input, kept for backward */
     bool zl_made;      /* the product hook made zl for the forward that follows */
+    bool P_made;       /* and P */
     float *g;          /* (max_tokens, out): DoRA's gradient buffer (shared) */
     uint64_t *mask;    /* DoRA with dropout: (max_tokens) rows of bits of the dropped inputs,
                           kept for backward */

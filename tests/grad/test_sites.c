@@ -144,18 +144,19 @@ static void check_dora_masked(void) {
     assert_non_null(g_masked);
     memcpy(g_masked, r->grad, (size_t)r->total * sizeof *g_masked);
     const finch_backend *be = model->be;
-    /* the base product and the masked one from one pass (matmul_split) or two: the same
-     * sums, but the second takes zl as (z + b) - b where a linear has a bias */
+    /* the base product, the masked one and the norms' A W^T from one pass (matmul_split) or
+     * one after another: zl the same sums (but (z + b) - b where a linear has a bias), A W^T
+     * from another kernel, whose rounding mns - 1 (near 0) magnifies */
     finch_backend two = *be;
     two.matmul_split = NULL;
     model->be = &two;
     memset(r->grad, 0, (size_t)r->total * sizeof(float));
     const double l_two = loss(true);
-    assert_true(fabs(l_two - l_masked) <= 1e-7 * fabs(l_masked));
+    assert_true(fabs(l_two - l_masked) <= 1e-6 * fabs(l_masked));
     double mean_m = 0;
     for (int64_t i = 0; i < r->total; i++) mean_m += fabs(g_masked[i]) / (double)r->total;
     for (int64_t i = 0; i < r->total; i++)
-        if (fabs((double)g_masked[i] - r->grad[i]) > 1e-5 * (fabs(g_masked[i]) + mean_m))
+        if (fabs((double)g_masked[i] - r->grad[i]) > 1e-4 * (fabs(g_masked[i]) + mean_m))
             fail_msg("dora [%lld]: one pass %.9g, two %.9g", (long long)i, g_masked[i], r->grad[i]);
     finch_backend dense = *be;
     dense.matmul_masked = NULL;

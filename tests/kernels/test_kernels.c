@@ -868,19 +868,35 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
                          (long long)tt, (long long)i, y2[tt * R + i], yr[tt * R + i]);
         }
     /* matmul_split: y as matmul gives it and ym as matmul_masked adds to that y, bit for bit,
-     * on 1 and 2 threads */
+     * on 1 and 2 threads; p = a W^T for 16 rows a against the reference, with and without
+     * the masked product */
+    enum { NP = 16 };
     float *ys = malloc(sizeof(float) * (size_t)(T * R)), *yms = malloc(sizeof(float) * (size_t)(T * R)),
           *yd = malloc(sizeof(float) * (size_t)(T * R));
+    float *pa = rand_vec(r, NP * K, 1.0f), *pp = malloc(sizeof(float) * (size_t)(NP * R)),
+          *pr = malloc(sizeof(float) * (size_t)(NP * R));
+    finch_ref_matmul(pr, pa, &w, NP);
     for (int th = 1; th <= 2; th++) {
         finch_workspace *wsx = th == 1 ? &ws1 : &ws;
         finch_threads_set(th);
         be->matmul(yd, x, &w, T, wsx);
-        be->matmul_split(ys, yms, x, bits, alpha, &w, T, wsx);
-        assert_memory_equal(ys, yd, sizeof(float) * (size_t)(T * R));
+        for (int with_bits = 0; with_bits < 2; with_bits++) {
+            const finch_split sp = {.ym = yms, .bits = with_bits ? bits : NULL, .alpha = alpha,
+                                    .p = pp, .a = pa, .np = NP};
+            memset(pp, 0, sizeof(float) * (size_t)(NP * R));
+            be->matmul_split(ys, x, &sp, &w, T, wsx);
+            assert_memory_equal(ys, yd, sizeof(float) * (size_t)(T * R));
+            for (int64_t i = 0; i < NP * R; i++) {
+                double bound = 0;
+                for (int64_t k = 0; k < K; k++) bound += fabs((double)pa[(i / R) * K + k] * wf[(i % R) * K + k]);
+                if (fabs((double)pp[i] - pr[i]) > 4e-6 * bound + 1e-6)
+                    fail_msg("matmul_split %s: p[%lld] = %.9g, reference %.9g", what, (long long)i, pp[i], pr[i]);
+            }
+        }
         be->matmul_masked(yd, x, bits, alpha, &w, T, wsx);
         assert_memory_equal(yms, yd, sizeof(float) * (size_t)(T * R));
     }
-    free(ys), free(yms), free(yd);
+    free(ys), free(yms), free(yd), free(pa), free(pp), free(pr);
 
     memcpy(d1, dx0, sizeof(float) * (size_t)(T * K));
     memcpy(d2, dx0, sizeof(float) * (size_t)(T * K));

@@ -309,8 +309,8 @@ void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
-void finch_cpu_matmul_split(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
-                            const finch_weight *w, int64_t T, finch_workspace *ws);
+void finch_cpu_matmul_split(float *y, const float *x, const finch_split *sp, const finch_weight *w,
+                            int64_t T, finch_workspace *ws);
 void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
                              const finch_weight *w, int64_t T, finch_workspace *ws);
 void finch_cpu_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,

@@ -414,10 +414,11 @@ static void masked_row(float *yt, const float *xt, const uint64_t *bt, int64_t n
  * holding its row, so results do not depend on the thread count.
  * With bits NULL, y = x . W^T (matmul); else with ym NULL y += alpha times the product with
  * the elements of x that bits selects (matmul_masked, masked_row), and with ym both from the
- * same tiles: y = x . W^T, ym = y + alpha times that product (matmul_split). */
+ * same tiles: y = x . W^T, ym = y + alpha times that product (matmul_split). With np > 0,
+ * p (np, R) = a . W^T from the same tiles too. */
 static void over_tiles(float *y, float *ym, const float *x, const uint64_t *bits,
-                       const elem_lists *lists, float alpha, const finch_weight *w, int64_t T,
-                       finch_workspace *ws) {
+                       const elem_lists *lists, float alpha, const float *a, float *p, int64_t np,
+                       const finch_weight *w, int64_t T, finch_workspace *ws) {
     (void)lists; /* read where the AVX-512 lists are built */
     const finch_dequant_fn dequant = finch_cpu_row_dequant(w->type);
     const int64_t R = w->rows, K = w->cols, nw = finch_mask_words(K);
@@ -436,6 +437,7 @@ static void over_tiles(float *y, float *ym, const float *x, const uint64_t *bits
         for (int64_t r0 = band_start(R, tid, nth); r0 < end; r0 += TILE_ROWS) {
             const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS, ld = nr + pad;
             build_tile(wt, stage, w, dequant, r0, nr, ld, grouped);
+            if (np > 0) finch_cpu_sgemm_nn(np, nr, K, a, K, wt, ld, p + r0, R, false);
             if (!bits || ym) finch_cpu_sgemm_nn(T, nr, K, x, K, wt, ld, y + r0, R, false);
             if (!bits) continue;
             float *out = ym ? ym : y; /* the masked product's sums go to out, from y */
@@ -532,7 +534,7 @@ void finch_cpu_matmul(float *y, const float *x, const finch_weight *w, int64_t T
     else if (T <= ROWS_MAX_T)
         matmul_rows(y, x, w, T, ws);
     else
-        over_tiles(y, NULL, x, NULL, NULL, 1.0f, w, T, ws);
+        over_tiles(y, NULL, x, NULL, NULL, 1.0f, NULL, NULL, 0, w, T, ws);
 }
 
 /* Thread tid's band of nth of the nb storage blocks of a row: its first column c0 and its
@@ -689,39 +691,42 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
  * of the selected elements k are summed (one contiguous run of nr floats each), k in
  * increasing order, and alpha times the sums added into y[t, r0 ..]. An element's sum does
  * not depend on its tile, so neither on the threads. */
-/* over_tiles' masked products: with every token's elements listed once where memory allows,
- * else the bits read per tile. */
+/* over_tiles with masked products (bits not NULL): every token's elements listed once
+ * where memory allows, else the bits read per tile. */
 static void masked_tiles(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
-                         const finch_weight *w, int64_t T, finch_workspace *ws) {
+                         const float *a, float *p, int64_t np, const finch_weight *w, int64_t T,
+                         finch_workspace *ws) {
 #ifdef MASKED_AVX512
     elem_lists L;
-    if (lists_make(&L, x, bits, T, w->cols, finch_mask_words(w->cols))) {
-        over_tiles(y, ym, x, bits, &L, alpha, w, T, ws);
+    if (bits && lists_make(&L, x, bits, T, w->cols, finch_mask_words(w->cols))) {
+        over_tiles(y, ym, x, bits, &L, alpha, a, p, np, w, T, ws);
         lists_free(&L);
         return;
     }
 #endif
-    over_tiles(y, ym, x, bits, NULL, alpha, w, T, ws);
+    over_tiles(y, ym, x, bits, NULL, alpha, a, p, np, w, T, ws);
 }
 
 void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
                              const finch_weight *w, int64_t T, finch_workspace *ws) {
-    masked_tiles(y, NULL, x, bits, alpha, w, T, ws);
+    masked_tiles(y, NULL, x, bits, alpha, NULL, NULL, 0, w, T, ws);
 }
 
-void finch_cpu_matmul_split(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
-                            const finch_weight *w, int64_t T, finch_workspace *ws) {
-    if (!ws || ws->bf16 || T <= ROWS_MAX_T) { /* matmul takes another path: the two ops */
+void finch_cpu_matmul_split(float *y, const float *x, const finch_split *sp, const finch_weight *w,
+                            int64_t T, finch_workspace *ws) {
+    if (!ws || ws->bf16 || T <= ROWS_MAX_T) { /* matmul takes another path: the ops in turn */
         finch_cpu_matmul(y, x, w, T, ws);
-        memcpy(ym, y, (size_t)(T * w->rows) * sizeof *ym);
-        finch_cpu_matmul_masked(ym, x, bits, alpha, w, T, ws);
+        if (sp->bits) {
+            memcpy(sp->ym, y, (size_t)(T * w->rows) * sizeof *sp->ym);
+            finch_cpu_matmul_masked(sp->ym, x, sp->bits, sp->alpha, w, T, ws);
+        }
+        if (sp->np > 0) finch_cpu_matmul(sp->p, sp->a, w, sp->np, ws);
         return;
     }
-    masked_tiles(y, ym, x, bits, alpha, w, T, ws);
+    masked_tiles(y, sp->bits ? sp->ym : NULL, x, sp->bits, sp->alpha, sp->a, sp->p, sp->np, w, T,
+                 ws);
 }
 
-/* dxt[k] += alpha * dot(g, wt[(k - j0) * ld ..], nr) for the elements k in j0 .. j0 + n that
- * the row bits bt select. */
 #ifdef MASKED_AVX512
 /* dxt[k] += alpha * dot(g, wt[(k - j0) * ld ..], nr) for the ne listed k, two at a time. */
 static void masked_cols_listed(float *dxt, const float *g, const int32_t *idx, int64_t ne,
@@ -738,6 +743,8 @@ static void masked_cols_listed(float *dxt, const float *g, const int32_t *idx, i
 }
 #endif
 
+/* dxt[k] += alpha * dot(g, wt[(k - j0) * ld ..], nr) for the elements k in j0 .. j0 + n that
+ * the row bits bt select. */
 static void masked_cols(float *dxt, const float *g, const uint64_t *bt, int64_t j0, int64_t n,
                         const float *wt, int64_t ld, int64_t nr, float alpha) {
     const int64_t i0 = j0 / 64, i1 = (j0 + n + 63) / 64;

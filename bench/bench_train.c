@@ -25,8 +25,8 @@
  * Usage: bench_train -m MODEL [-b BATCH] [-T SEQ] [-n STEPS] [-t THREADS] [--out DIR]
  *                    [--method NAME] [--option NAME=VALUE ...] [--max-grad-norm G]
  *                    [--fused-optimizer]
- *   defaults: -b 4 -T 128 -n 8 -t 2, clipping at 1 (finch train's default; the PyTorch
- *   peers do not clip: --max-grad-norm 0 matches them); --out keeps the run directory (adapter, metrics)
+ *   defaults: -b 4 -T 128 -n 8 -t 2, clipping at 1 (finch train's default, and the PyTorch
+ *   peer's of train_vs_pytorch.py; --max-grad-norm 0 turns it off); --out keeps the run directory (adapter, metrics)
  *   there instead of a temporary one that is removed at the end. --method trains another
  *   method of the table with its default options, or those --option gives; for lora and
  *   dora without --option the options are r 16, alpha 32, dropout 0.05, all linear layers.

@@ -42,13 +42,17 @@ pool and runs 2-2.7x slower here); OMP_NUM_THREADS = THREADS. Attention is writt
 (matmul, mask, softmax, matmul) because Debian's torch 1.13 has no
 scaled_dot_product_attention. Both clip the gradient norm at 1 before AdamW (finch's
 default and the Trainer's; the peer did not clip before 2026-12-07, which favoured it in
-full fine-tuning by a pass over every gradient). The peer's base is float32 while finch trains over the
+full fine-tuning by a pass over every gradient). With --no-clip neither clips, and finch's
+full fine-tuning runs AdamW inside backward (--fused-optimizer, which needs no clipping:
+each tensor is updated as its gradient is complete, so no whole gradient arena is kept);
+the peer keeps its plain AdamW. The peer's base is float32 while finch trains over the
 4-bit Q4_1 base: the arithmetic differs, the shapes and the trainable set do not.
 
 Usage (from the repository root, after building bench_train):
     python3 bench/train_vs_pytorch.py [--bench ./build/bench/bench_train] [--model M]
         [--threads 2] [--configs 4x128,1x512] [--steps 8] [--rounds 1]
         [--peer-only] [--finch-only] [--json] [--method lora|full] [--bf16]
+        [--gradient-checkpointing] [--no-clip]
 """
 import argparse
 import json
@@ -236,7 +240,8 @@ def peer_worker(args):
             loss = model(ids, ids)
         loss.backward()
         # finch clips at 1 by default, as Hugging Face's Trainer does (max_grad_norm 1.0)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if not args.no_clip:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
@@ -341,6 +346,8 @@ def main():
                     help="mixed precision on both sides (finch --bf16, torch.autocast bf16)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="both sides recompute each block in backward")
+    ap.add_argument("--no-clip", action="store_true",
+                    help="neither side clips; finch's full fine-tuning uses --fused-optimizer")
     ap.add_argument("--family", choices=sorted(SHAPES),
                     help="the peer's shape (default: the model file's general.architecture)")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
@@ -389,6 +396,9 @@ def main():
                            "-n", str(args.steps), "-t", str(args.threads), "--method", args.method]
                     cmd += ["--bf16"] if args.bf16 else []
                     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+                    if args.no_clip:
+                        cmd += ["--max-grad-norm", "0"]
+                        cmd += ["--fused-optimizer"] if args.method == "full" else []
                     env = finch_env
                 else:
                     cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer",
@@ -397,6 +407,7 @@ def main():
                            "--family", args.family]
                     cmd += ["--bf16"] if args.bf16 else []
                     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+                    cmd += ["--no-clip"] if args.no_clip else []
                     env = peer_env
                 x = run_json(cmd, env)
                 res[(e, (b, t))].append(x)
@@ -411,6 +422,8 @@ def main():
             f"LoRA r {LORA_R} alpha {LORA_ALPHA:g} dropout {LORA_DROPOUT}, all linear, AdamW")
     what += ", bf16 mixed precision" if args.bf16 else ", float32"
     what += ", gradient checkpointing" if args.gradient_checkpointing else ""
+    what += (", no clipping" + (" (finch: AdamW fused into backward)" if args.method == "full"
+                                else "")) if args.no_clip else ", clipped at 1"
     print(f"{what}; "
           f"{args.threads} threads; median of {args.rounds} process(es) per engine and config, "
           f"each the median of {args.steps - WARMUP} steps after {WARMUP} warm-up; "

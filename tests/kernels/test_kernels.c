@@ -867,6 +867,15 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
                 fail_msg("matmul_masked %s: y[%lld,%lld] = %.9g, reference %.9g", what,
                          (long long)tt, (long long)i, y2[tt * R + i], yr[tt * R + i]);
         }
+    /* memory for the element lists refused (their first or second allocation): the bits are
+     * read per tile instead, the same sums */
+    for (int n = 1; n <= 2; n++) {
+        memcpy(y1, y0, sizeof(float) * (size_t)(T * R));
+        finch_fault_alloc_set(n);
+        be->matmul_masked(y1, x, bits, alpha, &w, T, &ws);
+        finch_fault_alloc_set(0);
+        assert_memory_equal(y1, y2, sizeof(float) * (size_t)(T * R));
+    }
     /* matmul_split: y as matmul gives it and ym as matmul_masked adds to that y, bit for bit,
      * on 1 and 2 threads; p = a W^T for 16 rows a against the reference, with and without
      * the masked product */
@@ -906,6 +915,13 @@ static void check_masked(finch_dtype t, int64_t R, int64_t K, int64_t T, float p
     finch_threads_set(2);
     be->matmul_backward_masked(d2, dy, bits, alpha, &w, T, &ws);
     assert_memory_equal(d1, d2, sizeof(float) * (size_t)(T * K));
+    for (int n = 1; n <= 3; n++) { /* lists or runs refused: the same sums from the bits */
+        memcpy(d1, dx0, sizeof(float) * (size_t)(T * K));
+        finch_fault_alloc_set(n);
+        be->matmul_backward_masked(d1, dy, bits, alpha, &w, T, &ws);
+        finch_fault_alloc_set(0);
+        assert_memory_equal(d1, d2, sizeof(float) * (size_t)(T * K));
+    }
     finch_ref_matmul_backward_masked(dr, dy, bits, alpha, &w, T);
     for (int64_t tt = 0; tt < T; tt++)
         for (int64_t k = 0; k < K; k++) {

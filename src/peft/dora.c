@@ -28,6 +28,8 @@
  * product with W for both, then corrects the dropped elements alone
  * (matmul_backward_masked). Both masked products cost about p of a dense one; above
  * FUSED_MAX_DROPOUT, or on a backend without them, the two dense products run instead.
+ * In training DoRA computes the base product itself (dora_product, matmul_split): y, the
+ * norms' A W^T and z - x_drop W^T come from one pass over W's tiles.
  *
  * The row norms: ||W + s B A||^2 = ||W||^2 + 2 s B (A W^T) + s^2 B (A A^T) B^T per row,
  * with ||W||^2 of the frozen base computed once and A W^T one product of r rows, so the

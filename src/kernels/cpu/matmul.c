@@ -86,38 +86,40 @@ static inline void transpose16(float *dst, int64_t ld, const float *const src[16
 }
 #endif
 
+/* Rows r0 .. r0 + ng (ng <= GROUP) of W, n columns from byte offset off of each, written
+ * transposed into columns c .. c + ng of the tile wt: wt[k * ld + c + g] = W[r0 + g][k]. f32
+ * rows are read in place, other types dequantized into stage (rows ls floats apart); a whole
+ * group is transposed 16 x 16 in registers where the set has AVX-512. */
+static void tile_columns(float *wt, int64_t ld, int64_t c, float *stage, int64_t ls,
+                         const finch_weight *w, finch_dequant_fn dequant, int64_t r0, int64_t ng,
+                         size_t off, int64_t n) {
+    const float *src[GROUP];
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + g) * w->row_bytes + off;
+        src[g] = (const float *)row;
+        if (w->type != FINCH_DTYPE_F32) {
+            dequant(stage + g * ls, row, n);
+            src[g] = stage + g * ls;
+        }
+    }
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    if (ng == GROUP)
+        for (; k + 16 <= n; k += 16) transpose16(wt + k * ld + c, ld, src, k);
+#endif
+    for (; k < n; k++)
+        for (int64_t g = 0; g < ng; g++) wt[k * ld + c + g] = src[g][k];
+}
+
 /* Rows r0 .. r0 + nr of W expanded into the tile wt, transposed: wt[k * ld + r] is W[r0 + r][k].
  * Rows go GROUP at a time through staging rows at stage when grouped (the workspace holds
  * GROUP of them), else one at a time through one. */
 static void build_tile(float *wt, float *stage, const finch_weight *w, finch_dequant_fn dequant,
                        int64_t r0, int64_t nr, int64_t ld, bool grouped) {
-    const int64_t K = w->cols;
-    int64_t r = 0;
-    for (; grouped && r + GROUP <= nr; r += GROUP) {
-        const float *src[GROUP];
-        for (int g = 0; g < GROUP; g++) {
-            const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r + g) * w->row_bytes;
-            src[g] = (const float *)row;
-            if (w->type != FINCH_DTYPE_F32) {
-                dequant(stage + g * K, row, K);
-                src[g] = stage + g * K;
-            }
-        }
-        int64_t k = 0;
-#if defined(__AVX512F__)
-        for (; k + 16 <= K; k += 16) transpose16(wt + k * ld + r, ld, src, k);
-#endif
-        for (; k < K; k++)
-            for (int g = 0; g < GROUP; g++) wt[k * ld + r + g] = src[g][k];
-    }
-    for (; r < nr; r++) { /* the rows past the last whole group, one at a time */
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes;
-        const float *src = (const float *)row;
-        if (w->type != FINCH_DTYPE_F32) {
-            dequant(stage, row, K);
-            src = stage;
-        }
-        for (int64_t k = 0; k < K; k++) wt[k * ld + r] = src[k];
+    const int64_t step = grouped ? GROUP : 1;
+    for (int64_t r = 0; r < nr; r += step) {
+        const int64_t ng = nr - r < step ? nr - r : step;
+        tile_columns(wt, ld, r, stage, w->cols, w, dequant, r0 + r, ng, 0, w->cols);
     }
 }
 
@@ -131,9 +133,8 @@ static int64_t band_start(int64_t R, int tid, int nth) {
  * multiply-adds (the products of one dropped element then take a quarter of the
  * instructions: Xeon, DoRA on SmolLM2, 12 % of a step before); elsewhere finch_v8 values
  * without fused multiply-adds. */
-/* Every token's dropped elements listed once for all tiles (rather than from the bits again
- * for each tile, which cost as much as the products at 5 % dropout): token t's are
- * idx[off[t] .. off[t + 1]), in increasing order, with x's values beside them in xv. */
+/* Token t's dropped elements are idx[off[t] .. off[t + 1]), in increasing order, with x's
+ * values beside them in xv (lists_make). */
 typedef struct elem_lists {
     int64_t *off;
     int32_t *idx;
@@ -218,13 +219,15 @@ static inline float dot_masked(const float *a, const float *b, int64_t n) {
 
 #ifdef MASKED_AVX512
 /* mask words whose set bits are listed at a time: a row's (4096 elements), a column block's */
-enum { IDX_WORDS = 64, COL_WORDS = 8 };
+enum { IDX_WORDS = 64, COL_WORDS = 8, NV = TILE_ROWS / 16 };
 
-/* The positions of the set bits of the nw words bt, in increasing order, into idx (which
- * holds 64 nw + 16), as k0 + 64 i + bit; returns how many. Without branches on the bits (a
- * compress per 16 of them), so the loops over the list run ahead without mispredictions and
- * their loads from the tile overlap. */
-static inline int64_t list_bits(int32_t *idx, const uint64_t *bt, int64_t nw, int64_t k0) {
+/* The positions of the set bits of the nw words bt, in increasing order, into idx as
+ * k0 + 64 i + bit, and with xt not NULL the values xt[64 i + bit] into xv; returns how many
+ * (idx and xv hold 64 nw + 16). Without branches on the bits (a compress per 16 of them), so
+ * the loops over the list run ahead without mispredictions and their loads from the tile
+ * overlap. */
+static inline int64_t list_bits(int32_t *idx, float *xv, const uint64_t *bt, int64_t nw, int64_t k0,
+                                const float *xt) {
     const __m512i step = _mm512_set1_epi32(16);
     __m512i k =
         _mm512_add_epi32(_mm512_set1_epi32((int)k0),
@@ -235,48 +238,71 @@ static inline int64_t list_bits(int32_t *idx, const uint64_t *bt, int64_t nw, in
         for (int q = 0; q < 4; q++, k = _mm512_add_epi32(k, step)) {
             const __mmask16 m = (__mmask16)(b >> (16 * q));
             _mm512_storeu_si512(idx + n, _mm512_maskz_compress_epi32(m, k));
+            if (xt)
+                _mm512_storeu_ps(xv + n, _mm512_maskz_compress_ps(
+                                             m, _mm512_maskz_loadu_ps(m, xt + 64 * i + 16 * q)));
             n += __builtin_popcount(m);
         }
     }
     return n;
 }
 
-/* masked_row in 16 lanes: a tile's 64 sums in four registers, every row's sum the same chain
- * of fused multiply-adds whatever the tile's width (a narrower tile's vectors masked). */
-static inline __attribute__((always_inline)) void masked_row16(float *yt, const float *xt,
-                                                               const uint64_t *bt, int64_t nw,
-                                                               const float *wt, int64_t ld,
-                                                               int64_t nr, float alpha) {
-    enum { NV = TILE_ROWS / 16 };
-    __m512 acc[NV];
-    __mmask16 lm[NV];
+/* The lanes of a tile nr rows wide, in NV vectors. */
+static inline void row_masks(__mmask16 lm[NV], int64_t nr) {
 #pragma GCC unroll 4
     for (int j = 0; j < NV; j++) {
         const int64_t left = nr - 16 * j;
-        acc[j] = _mm512_setzero_ps();
         lm[j] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
     }
-    int32_t idx[IDX_WORDS * 64 + 16];
-    for (int64_t w0 = 0; w0 < nw; w0 += IDX_WORDS) {
-        const int64_t n =
-            list_bits(idx, bt + w0, nw - w0 < IDX_WORDS ? nw - w0 : IDX_WORDS, w0 * 64);
-        for (int64_t e = 0; e < n; e++) {
-            const int64_t k = idx[e];
-            const __m512 av = _mm512_set1_ps(xt[k]);
-            const float *wk = wt + k * ld;
+}
+
+/* acc += xv[e] * the tile's row idx[e] for the n listed elements: a tile's 64 sums in four
+ * registers, each one chain of fused multiply-adds in list order whatever the tile's width
+ * (a narrower tile's vectors masked by lm). */
+static inline __attribute__((always_inline)) void masked_acc(__m512 acc[NV], const int32_t *idx,
+                                                             const float *xv, int64_t n,
+                                                             const float *wt, int64_t ld,
+                                                             const __mmask16 lm[NV]) {
+    for (int64_t e = 0; e < n; e++) {
+        const __m512 av = _mm512_set1_ps(xv[e]);
+        const float *wk = wt + (int64_t)idx[e] * ld;
 #pragma GCC unroll 4
-            for (int j = 0; j < NV; j++)
-                acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(lm[j], wk + 16 * j), acc[j]);
-        }
+        for (int j = 0; j < NV; j++)
+            acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(lm[j], wk + 16 * j), acc[j]);
     }
+}
+
+/* yt (the tile's width) = it + alpha * acc; it may be yt. */
+static inline void masked_store(float *yt, const float *it, const __m512 acc[NV], float alpha,
+                                const __mmask16 lm[NV]) {
     const __m512 al = _mm512_set1_ps(alpha);
 #pragma GCC unroll 4
     for (int j = 0; j < NV; j++)
         _mm512_mask_storeu_ps(
             yt + 16 * j, lm[j],
-            _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], yt + 16 * j)));
+            _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], it + 16 * j)));
 }
 
+/* masked_row in 16 lanes, the row's elements listed from its bits for this tile alone. */
+static void masked_row16(float *yt, const float *xt, const uint64_t *bt, int64_t nw,
+                         const float *wt, int64_t ld, int64_t nr, float alpha) {
+    __mmask16 lm[NV];
+    row_masks(lm, nr);
+    __m512 acc[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++) acc[j] = _mm512_setzero_ps();
+    int32_t idx[IDX_WORDS * 64 + 16];
+    float xv[IDX_WORDS * 64 + 16];
+    for (int64_t w0 = 0; w0 < nw; w0 += IDX_WORDS) {
+        const int64_t n = list_bits(idx, xv, bt + w0, nw - w0 < IDX_WORDS ? nw - w0 : IDX_WORDS,
+                                    w0 * 64, xt + w0 * 64);
+        masked_acc(acc, idx, xv, n, wt, ld, lm);
+    }
+    masked_store(yt, yt, acc, alpha, lm);
+}
+
+/* Every token's dropped elements listed once for all tiles (rather than from the bits again
+ * for each tile, which cost as much as the products at 5 % dropout). */
 static void lists_free(elem_lists *L) {
     free(L->off);
     free(L->idx);
@@ -305,24 +331,18 @@ static bool lists_make(elem_lists *L, const float *x, const uint64_t *bits, int6
     L->xv = (float *)(L->idx + total + 1);
 #pragma omp parallel for schedule(static) if (T * K >= 65536)
     for (int64_t t = 0; t < T; t++) {
-        const __m512i step = _mm512_set1_epi32(16);
-        __m512i k = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        int32_t *idx = L->idx + L->off[t];
-        float *xv = L->xv + L->off[t];
-        const float *xt = x ? x + t * K : NULL;
-        int64_t n = 0;
-        for (int64_t i = 0; i < nw; i++) {
-            const uint64_t b = bits[t * nw + i];
-            for (int q = 0; q < 4; q++, k = _mm512_add_epi32(k, step)) {
-                const __mmask16 m = (__mmask16)(b >> (16 * q));
-                /* only the selected lanes are read and written: the next token's list
-                 * follows, filled by another thread */
-                _mm512_mask_compressstoreu_epi32(idx + n, m, k);
-                if (x)
-                    _mm512_mask_compressstoreu_ps(xv + n, m,
-                                                  _mm512_maskz_loadu_ps(m, xt + 64 * i + 16 * q));
-                n += __builtin_popcount(m);
-            }
+        /* listed on the stack, then copied: list_bits writes past its list, where the next
+         * token's list is another thread's */
+        int32_t idx[IDX_WORDS * 64 + 16];
+        float xv[IDX_WORDS * 64 + 16];
+        int64_t at = L->off[t];
+        for (int64_t w0 = 0; w0 < nw; w0 += IDX_WORDS) {
+            const int64_t n =
+                list_bits(idx, xv, bits + t * nw + w0, nw - w0 < IDX_WORDS ? nw - w0 : IDX_WORDS,
+                          w0 * 64, x ? x + t * K + w0 * 64 : NULL);
+            memcpy(L->idx + at, idx, (size_t)n * sizeof *idx);
+            if (x) memcpy(L->xv + at, xv, (size_t)n * sizeof *xv);
+            at += n;
         }
     }
     return true;
@@ -332,32 +352,15 @@ static bool lists_make(elem_lists *L, const float *x, const uint64_t *bits, int6
  * sums (yin may be y). */
 static void masked_rows_listed(float *y, const float *yin, int64_t R, const elem_lists *L,
                                const float *wt, int64_t ld, int64_t nr, float alpha, int64_t T) {
-    enum { NV = TILE_ROWS / 16 };
     __mmask16 lm[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++) {
-        const int64_t left = nr - 16 * j;
-        lm[j] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-    }
-    const __m512 al = _mm512_set1_ps(alpha);
+    row_masks(lm, nr);
     for (int64_t t = 0; t < T; t++) {
         __m512 acc[NV];
 #pragma GCC unroll 4
         for (int j = 0; j < NV; j++) acc[j] = _mm512_setzero_ps();
-        for (int64_t e = L->off[t]; e < L->off[t + 1]; e++) {
-            const __m512 av = _mm512_set1_ps(L->xv[e]);
-            const float *wk = wt + (int64_t)L->idx[e] * ld;
-#pragma GCC unroll 4
-            for (int j = 0; j < NV; j++)
-                acc[j] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(lm[j], wk + 16 * j), acc[j]);
-        }
-        float *yt = y + t * R;
-        const float *it = yin + t * R;
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++)
-            _mm512_mask_storeu_ps(
-                yt + 16 * j, lm[j],
-                _mm512_fmadd_ps(al, acc[j], _mm512_maskz_loadu_ps(lm[j], it + 16 * j)));
+        masked_acc(acc, L->idx + L->off[t], L->xv + L->off[t], L->off[t + 1] - L->off[t], wt, ld,
+                   lm);
+        masked_store(y + t * R, yin + t * R, acc, alpha, lm);
     }
 }
 #endif
@@ -759,7 +762,8 @@ static void masked_cols(float *dxt, const float *g, const uint64_t *bt, int64_t 
         if (i * 64 + 64 > j0 + n) b &= ~(~0ull << (j0 + n - i * 64));
         wb[i - i0] = b;
     }
-    masked_cols_listed(dxt, g, idx, list_bits(idx, wb, i1 - i0, i0 * 64), j0, wt, ld, nr, alpha);
+    masked_cols_listed(dxt, g, idx, list_bits(idx, NULL, wb, i1 - i0, i0 * 64, NULL), j0, wt, ld,
+                       nr, alpha);
 #else
     for (int64_t i = i0; i < i1; i++) {
         uint64_t b = bt[i];
@@ -826,26 +830,9 @@ void finch_cpu_matmul_backward_masked(float *dx, const float *dy, const uint64_t
             const size_t off = (size_t)(j0 / tr->block_elems) * tr->block_bytes;
             for (int64_t r0 = 0; r0 < R; r0 += chunk) {
                 const int64_t nr = R - r0 < chunk ? R - r0 : chunk, ld = nr + TILE_PAD;
-                for (int64_t r = 0; r < nr; r += ns) { /* ns rows expanded, then transposed */
-                    const int64_t ng = nr - r < ns ? nr - r : ns;
-                    const float *src[GROUP];
-                    for (int64_t g = 0; g < ng; g++) {
-                        const uint8_t *row =
-                            (const uint8_t *)w->data + (size_t)(r0 + r + g) * w->row_bytes + off;
-                        src[g] = (const float *)row;
-                        if (w->type != FINCH_DTYPE_F32) {
-                            dequant(stage + g * cmax, row, n);
-                            src[g] = stage + g * cmax;
-                        }
-                    }
-                    int64_t k = 0;
-#if defined(__AVX512F__)
-                    if (ng == GROUP)
-                        for (; k + 16 <= n; k += 16) transpose16(wt + k * ld + r, ld, src, k);
-#endif
-                    for (; k < n; k++)
-                        for (int64_t g = 0; g < ng; g++) wt[k * ld + r + g] = src[g][k];
-                }
+                for (int64_t r = 0; r < nr; r += ns) /* ns rows expanded, then transposed */
+                    tile_columns(wt, ld, r, stage, cmax, w, dequant, r0 + r,
+                                 nr - r < ns ? nr - r : ns, off, n);
 #ifdef MASKED_AVX512
                 if (begin) {
                     for (int64_t t = 0; t < T; t++)

@@ -32,6 +32,12 @@
  * The head runs only on the rows that have a target (xg, gathered from xnf): the others
  * contribute neither loss nor gradient, and with completion-only loss they are most rows.
  *
+ * Recomputing (FINCH_ACTS_RECOMPUTE, what training runs) keeps one block's xn1, xn2 and h:
+ * backward recomputes each from what it kept (x_l, xm and their stats; gate and up) just
+ * before the products that read it, with the same kernels, so the same bits. Two norms
+ * and one activation per block buy a third of the memory per token (SmolLM2: 23 of 34 KB
+ * per token and block kept).
+ *
  * Gradient checkpointing (FINCH_ACTS_CHECKPOINT) keeps x_l of every block and one
  * block's worth of the rest: backward first runs block l's forward again (block_forward,
  * same inputs, masks and kernels, so the same bits), then its backward.
@@ -72,10 +78,11 @@ struct finch_train_acts {
     finch_linear_ctx ctx;             /* the last forward's dropout seed and mode */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
-    float *ds;    /* (B, H, T) attention backward's scratch */
-    float *dad;   /* (N, C) a block module's input gradient */
-    int32_t *pos; /* (N) */
-    bool ckpt;    /* gradient checkpointing: one layer's buffers, recomputed in backward */
+    float *ds;      /* (B, H, T) attention backward's scratch */
+    float *dad;     /* (N, C) a block module's input gradient */
+    int32_t *pos;   /* (N) */
+    bool ckpt;      /* gradient checkpointing: one layer's buffers, recomputed in backward */
+    bool recompute; /* xn1, xn2 and h: one layer's buffers, recomputed in backward */
     float *arena;
     finch_workspace ws;
     void (*on_grads)(void *user, int block); /* finch_train_acts_on_grads */
@@ -115,8 +122,9 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     a->K = K;
     a->P = m->virt.kv ? nv : 0;
     a->ckpt = flags & FINCH_ACTS_CHECKPOINT;
-    /* with checkpointing every layer's entry of a table but x's is the same buffer */
-    const size_t slots = a->ckpt ? 1 : L;
+    a->recompute = !a->ckpt && (flags & FINCH_ACTS_RECOMPUTE);
+    /* with checkpointing every layer's entry of a table but x's is the same buffer; with
+     * recomputing, so is every layer's entry of xn1's, xn2's and h's */
     struct {
         float ***p;
         size_t n;
@@ -157,9 +165,14 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     /* one arena: sizes (rounded to 16 floats) summed with overflow checks, then slices */
     size_t total = 0, sz;
     bool ok = true;
-    for (size_t i = 0; i < n_pl && ok; i++)
-        ok = finch_size_mul((per_layer[i].n + 15) & ~(size_t)15, i == 0 ? L : slots, &sz) &&
+    bool one[sizeof per_layer / sizeof per_layer[0]];
+    for (size_t i = 0; i < n_pl && ok; i++) {
+        float **const *t = per_layer[i].p;
+        one[i] =
+            i > 0 && (a->ckpt || (a->recompute && (t == &a->xn1 || t == &a->xn2 || t == &a->h)));
+        ok = finch_size_mul((per_layer[i].n + 15) & ~(size_t)15, one[i] ? 1 : L, &sz) &&
              finch_size_add(total, sz, &total);
+    }
     for (size_t i = 0; i < n_s && ok; i++)
         ok = finch_size_add(total, (single[i].n + 15) & ~(size_t)15, &total);
     if (!ok || !finch_size_mul(total, sizeof(float), &sz)) {
@@ -174,7 +187,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         const size_t n = (per_layer[i].n + 15) & ~(size_t)15;
         for (size_t l = 0; l < L && p; l++) {
             (*per_layer[i].p)[l] = p;
-            if (i == 0 || !a->ckpt || l + 1 == L) p += n;
+            if (!one[i] || l + 1 == L) p += n;
         }
     }
     for (size_t i = 0; i < n_s && p; i++) {
@@ -277,6 +290,17 @@ static finch_attn_prefix prefix_of(const finch_model *m, int l, int64_t P) {
                                .stride = 2 * m->cfg.n_layer * KD};
 }
 
+/* Block l's h = act(gate) * up, or act(up) [plain_ffn]. */
+static void ffn_act(const finch_model *m, finch_train_acts *a, int l) {
+    const int64_t n = (int64_t)a->B * a->T * m->cfg.n_ff;
+    if (m->arch->plain_ffn)
+        m->be->gelu_forward(a->h[l], a->up[l], n);
+    else if (m->arch->act == FINCH_ACT_GELU_TANH)
+        m->be->geglu_forward(a->h[l], a->gate[l], a->up[l], n);
+    else
+        m->be->swiglu_forward(a->h[l], a->gate[l], a->up[l], n);
+}
+
 /* Block l's forward from x[l] into x[l + 1] (xf after the last), keeping what its
  * backward needs in the layer's buffers; backward calls it again for each block under
  * checkpointing, with the same inputs, masks and kernels, so it recomputes the same bits. */
@@ -284,11 +308,10 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
                           const finch_linear_ctx *ctxp) {
     const finch_model_config *c = &m->cfg;
     const finch_backend *be = m->be;
-    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd, F = c->n_ff;
+    const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd;
     const int H = c->n_head, KVH = c->n_head_kv, D = c->head_dim, L = c->n_layer;
     const float eps = c->rms_eps;
     const finch_arch *arch = m->arch;
-    const bool gelu = arch->act == FINCH_ACT_GELU_TANH;
     const int64_t P = a->P;
     finch_linear_ctx ctx = *ctxp;
     const finch_layer *ly = &m->layers[l];
@@ -314,17 +337,9 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
         be->rmsnorm_forward(a->xm[l], a->rstdo[l], a->op[l], ly->post_attn_norm, N, C, eps);
     join(ly->attn_module, a->xm[l], x, N, C, &ctx);
     finch_norm_forward(m, a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, ly->ffn_norm_b, N);
-    if (arch->plain_ffn) {
-        finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
-        be->gelu_forward(a->h[l], a->up[l], N * F);
-    } else {
-        finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
-        finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
-        if (gelu)
-            be->geglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
-        else
-            be->swiglu_forward(a->h[l], a->gate[l], a->up[l], N * F);
-    }
+    if (!arch->plain_ffn) finch_linear_forward_train(a->gate[l], a->xn2[l], &ly->w_gate, N, &ctx);
+    finch_linear_forward_train(a->up[l], a->xn2[l], &ly->w_up, N, &ctx);
+    ffn_act(m, a, l);
     float *next = l + 1 < L ? a->x[l + 1] : a->xf;
     finch_linear_forward_train(arch->post_norms ? a->fp[l] : next, a->h[l], &ly->w_down, N, &ctx);
     if (arch->post_norms)
@@ -483,9 +498,13 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
                                  ly->post_ffn_norm, N, C);
             df = a->dt;
         }
+        if (a->recompute) ffn_act(m, a, l);
         finch_linear_backward(a->dh, df, a->h[l], &ly->w_down, N, &ctx);
         if (ly->ffn_module && ly->ffn_module->place == FINCH_MODULE_PARALLEL)
             be->add(a->dx, a->dad, N * C);
+        if (a->recompute)
+            finch_norm_forward(m, a->xn2[l], a->rstd2[l], a->xm[l], ly->ffn_norm, ly->ffn_norm_b,
+                               N);
         if (arch->plain_ffn) {
             /* h = gelu(up), up = linear(xn2) */
             be->gelu_backward(a->dup, a->dh, a->up[l], N * F);
@@ -534,6 +553,9 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
                                  N * KVH, D);
         }
         /* q, k, v = linears(xn1): dxn1 sums the three */
+        if (a->recompute)
+            finch_norm_forward(m, a->xn1[l], a->rstd1[l], a->x[l], ly->attn_norm, ly->attn_norm_b,
+                               N);
         finch_linear_backward(a->dxn, a->dq, a->xn1[l], &ly->wq, N, &ctx);
         finch_linear_backward(a->dt, a->dk, a->xn1[l], &ly->wk, N, &ctx);
         be->add(a->dxn, a->dt, N * C);

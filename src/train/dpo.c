@@ -105,7 +105,7 @@ finch_status finch_dpo_new(const finch_model *m, const finch_token_set *train,
         st = FINCH_E_NOMEM;
     finch_train_acts *a = NULL;
     finch_batch b = {0};
-    if (!st && !(st = finch_train_acts_new(m, d->B, T, &a, err)) &&
+    if (!st && !(st = finch_train_acts_create(m, d->B, T, FINCH_ACTS_RECOMPUTE, &a, err)) &&
         !(st = finch_batch_init(&b, d->B, T, err)))
         for (int s = 0; s < 2 && !st; s++) st = reference(d, m, a, &b, sets[s], d->ref[s], err);
     finch_batch_release(&b);

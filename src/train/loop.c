@@ -725,7 +725,8 @@ static finch_status prepare_method(run *r, finch_err *err) {
                              r->B, r->ranks, 1 << 20);
     /* the batch holds the global micro-batch; activations one rank's slice of it */
     if ((st = finch_train_acts_create(r->m, r->B, r->T,
-                                      r->o->gradient_checkpointing ? FINCH_ACTS_CHECKPOINT : 0,
+                                      r->o->gradient_checkpointing ? FINCH_ACTS_CHECKPOINT
+                                                                   : FINCH_ACTS_RECOMPUTE,
                                       &r->acts, err)) ||
         (r->o->bf16 && (st = finch_train_acts_bf16(r->acts, r->m, err))) ||
         (st = finch_batch_init(&r->batch, r->B * r->ranks, r->T, err)))

@@ -6,8 +6,9 @@
  * norms and embeddings, prompt tuning's rows, prefix tuning's keys and values (and its
  * projection), and the three bottleneck adapter layouts; on the tiny LLaMA, a tiny
  * Gemma 3 (also on packed rows longer than its sliding window), a tiny Qwen2 and a tiny GPT-2
- * GGUF. One thread: thousands of tiny steps, no OpenMP pool to
- * spin against another test's.
+ * GGUF. Every method's gradients are also the same bits when backward recomputes the
+ * normed inputs and the FFN activation (FINCH_ACTS_RECOMPUTE). One thread: thousands of
+ * tiny steps, no OpenMP pool to spin against another test's.
  * (DoRA's A and B are not here: PEFT detaches the row norm, so their gradient is by design
  * not the derivative of the loss; tests/train/test_methods.c checks them against PEFT.)
  *
@@ -77,6 +78,16 @@ static void check_method_drop(const char *method, const finch_option *opts, int 
     float *grad = malloc((size_t)r->total * sizeof *grad);
     assert_non_null(grad);
     memcpy(grad, r->grad, (size_t)r->total * sizeof *grad);
+    /* backward recomputing the normed inputs and the FFN activation gives the same bits */
+    finch_train_acts *kept = acts, *rc = NULL;
+    assert_int_equal(finch_train_acts_create(model, B, T, FINCH_ACTS_RECOMPUTE, &rc, &err),
+                     FINCH_OK);
+    acts = rc;
+    memset(r->grad, 0, (size_t)r->total * sizeof(float));
+    assert_true(loss(true) == l0);
+    assert_memory_equal(r->grad, grad, (size_t)r->total * sizeof *grad);
+    finch_train_acts_free(rc);
+    acts = kept;
     if (drop) {
         /* the masks are on (the loss is not inference's) and fixed (the same seed gives
          * the same loss bit for bit; another seed another loss) */
@@ -111,7 +122,9 @@ static void check_method_drop(const char *method, const finch_option *opts, int 
                      (long long)(k - r->p[i].off), grad[k], fd);
         checked++;
     }
-    printf("  %s%s: %d gradients equal to finite differences (mean |g| %.3g)\n", method,
+    printf("  %s%s: %d gradients equal to finite differences (mean |g| %.3g), all the same "
+           "bits with the activations recomputed\n",
+           method,
            drop ? " with dropout (masks fixed)" : "", checked, mean);
     free(grad);
     finch_peft_detach(p, model);

@@ -379,6 +379,13 @@ typedef struct {
      * p, m, v (n) updated in place; g (n) read. */
     void (*adamw_step)(float *p, float *m, float *v, const float *g, int64_t n,
                        const finch_adamw_scalars *s);
+    /* The same step reading g once for the fused optimizer: g zeroed after use, and the
+     * sum of its squares (before grad_scale, in double) returned. The sum runs over 64
+     * parts of g whose bounds depend on n alone, each in 16 lanes added in lane order,
+     * the parts in order: the same bits on any thread count. NULL where a backend has
+     * none (optim/adamw.c then makes the three passes). */
+    double (*adamw_step_consume)(float *p, float *m, float *v, float *g, int64_t n,
+                                 const finch_adamw_scalars *s);
 
     /* ---- the device part: the memory the ops' pointers live in ---- */
 

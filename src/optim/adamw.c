@@ -85,3 +85,15 @@ void finch_adamw_step_scaled(float *p, float *m, float *v, const float *g, size_
         be->adamw_step(p + o, m + o, v + o, g + o, (int64_t)ranges[r].count, &s);
     }
 }
+
+double finch_adamw_step_consume(float *p, float *m, float *v, float *g, size_t n, bool decay,
+                                const finch_adamw_config *cfg, double lr, int64_t t) {
+    FINCH_ASSERT(p && m && v && g && cfg && t >= 1);
+    const finch_backend *be = host_backend();
+    const finch_adamw_scalars s = finch_adamw_scalars_at(cfg, lr, t, decay);
+    if (be->adamw_step_consume) return be->adamw_step_consume(p, m, v, g, (int64_t)n, &s);
+    const double sq = finch_grad_sumsq(g, n);
+    be->adamw_step(p, m, v, g, (int64_t)n, &s);
+    finch_grad_zero(g, n);
+    return sq;
+}

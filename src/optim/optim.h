@@ -61,6 +61,12 @@ void finch_adamw_step_scaled(float *p, float *m, float *v, const float *g, size_
                              const finch_adamw_range *ranges, int n_ranges,
                              const finch_adamw_config *cfg, double lr, int64_t t, float grad_scale);
 
+/* The fused optimizer's step over one tensor of n: finch_adamw_step over all of it (with
+ * weight decay or not), g zeroed after, and the sum of g's squares returned with
+ * finch_grad_sumsq's bits. One pass over g where the backend has one. */
+double finch_adamw_step_consume(float *p, float *m, float *v, float *g, size_t n, bool decay,
+                                const finch_adamw_config *cfg, double lr, int64_t t);
+
 /* The float scalars of step t at learning rate lr for a range with or without decay, formed
  * in double and rounded as torch does (the backend's adamw_step takes them). */
 finch_adamw_scalars finch_adamw_scalars_at(const finch_adamw_config *cfg, double lr, int64_t t,

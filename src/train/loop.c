@@ -642,23 +642,20 @@ static finch_status resume_tasks(run *r, finch_err *err) {
 
 /* fused_optimizer: backward has completed the gradients of block's tensors (block -1: of the
  * rest; model.h): AdamW on each, as finch_adamw_step over the whole arena would update it,
- * and the gradient of a block's tensor zeroed for the next block's backward. */
+ * in one pass that also sums the gradient's squares and zeroes it for the next block's
+ * backward. Once a gradient is not finite the step is lost (the run stops unsaved), and the
+ * tensors after it are left alone. */
 static void fused_update(void *user, int block) {
     run *r = user;
     const finch_params *par = r->par;
-    for (int i = 0; i < par->n; i++) {
+    for (int i = 0; i < par->n && !r->fused.bad; i++) {
         const finch_param *p = &par->p[i];
         if (p->block != block) continue;
-        float *g = par->grad + p->goff;
-        const double sq = finch_grad_sumsq(g, (size_t)p->n);
+        const double sq = finch_adamw_step_consume(
+            par->data + p->off, r->mom + p->off, r->vel + p->off, par->grad + p->goff, (size_t)p->n,
+            p->decay, &r->fused.ac, r->fused.lr, r->fused.t);
         r->fused.sumsq += sq;
-        r->fused.bad = r->fused.bad || !isfinite(sq);
-        if (!r->fused.bad) {
-            const finch_adamw_range all = {0, (size_t)p->n, p->decay};
-            finch_adamw_step(par->data + p->off, r->mom + p->off, r->vel + p->off, g, (size_t)p->n,
-                             &all, 1, &r->fused.ac, r->fused.lr, r->fused.t);
-        }
-        if (block != FINCH_PARAM_LAST) finch_grad_zero(g, (size_t)p->n);
+        r->fused.bad = !isfinite(sq);
     }
     if (block == FINCH_PARAM_LAST) r->fused.done = true;
 }
@@ -1059,7 +1056,7 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         }
         if (!isfinite(loss) || !isfinite(norm))
             /* nothing of this step is saved (nor applied, but by a fused step to the tensors
-             * before the first non-finite gradient): the last checkpoint stays as it was */
+             * up to the first non-finite gradient): the last checkpoint stays as it was */
             return finch_err_set(
                 err, FINCH_E_RANGE,
                 "step %lld: the loss is %g and the gradient norm %g (not finite): "

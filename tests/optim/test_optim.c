@@ -4,7 +4,8 @@
  * clipping that triggers on some steps) replayed from the same gradients, checking the
  * pre-clip norm, the learning rate and every parameter at every step; ten more schedule
  * cases (no warmup, warmup longer than the run, a one-step run); scheduler names; clipping
- * of non-finite gradients; accumulation helpers; thread-count invariance; and the
+ * of non-finite gradients; accumulation helpers; thread-count invariance; the fused
+ * optimizer's one pass against its three; and the
  * optimizer state record: round trip, embedded in a larger stream, and every kind of bad
  * record. Fixture: tests/reference/make_optim_fixtures.py (layout in its docstring).
  */
@@ -231,6 +232,46 @@ static void test_accumulation_and_threads(void **state) {
     free(g), free(p1), free(p2), free(m1), free(v1), free(m2), free(v2);
 }
 
+/* The fused optimizer's one pass (finch_adamw_step_consume) against its three passes
+ * (finch_grad_sumsq, finch_adamw_step, finch_grad_zero): the same parameters, moments and
+ * sum of squares, bit for bit, g zeroed, on 1 and 2 threads, with and without decay; at
+ * sizes whose 64 parts end inside a vector and with a tail shorter than one. */
+static void test_consume_one_pass(void **state) {
+    (void)state;
+    const size_t sizes[] = {5, 1000, 70001, 262147};
+    finch_adamw_config cfg = finch_adamw_config_default();
+    cfg.weight_decay = 0.1;
+    finch_rng rng;
+    finch_rng_seed(&rng, 9);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+        for (int th = 1; th <= 2; th++) {
+            const size_t n = sizes[k];
+            float *b = malloc(n * 4 * 8);
+            assert_non_null(b);
+            float *p1 = b, *m1 = b + n, *v1 = b + 2 * n, *g1 = b + 3 * n;
+            float *p2 = b + 4 * n, *m2 = b + 5 * n, *v2 = b + 6 * n, *g2 = b + 7 * n;
+            for (size_t i = 0; i < n; i++) {
+                p1[i] = p2[i] = finch_rng_float(&rng) - 0.5f;
+                m1[i] = m2[i] = 0.01f * (finch_rng_float(&rng) - 0.5f);
+                v1[i] = v2[i] = 1e-4f * finch_rng_float(&rng);
+                g1[i] = g2[i] = finch_rng_float(&rng) - 0.5f;
+            }
+            finch_threads_set(th);
+            const bool decay = k % 2 == 0;
+            const finch_adamw_range all = {0, n, decay};
+            const double sq1 = finch_grad_sumsq(g1, n);
+            finch_adamw_step(p1, m1, v1, g1, n, &all, 1, &cfg, 1e-3, 3);
+            const double sq2 = finch_adamw_step_consume(p2, m2, v2, g2, n, decay, &cfg, 1e-3, 3);
+            finch_threads_set(1);
+            assert_true(sq1 == sq2 && sq1 > 0);
+            assert_memory_equal(p1, p2, n * 4);
+            assert_memory_equal(m1, m2, n * 4);
+            assert_memory_equal(v1, v2, n * 4);
+            for (size_t i = 0; i < n; i++) assert_true(g2[i] == 0.0f);
+            free(b);
+        }
+}
+
 /* A valid record of n floats in a malloc'd buffer, with m[i] = i and v[i] = 2i. */
 static uint8_t *make_record(size_t n, int64_t step, size_t *size) {
     float *m = malloc(n * 4 + 4), *v = malloc(n * 4 + 4);
@@ -364,6 +405,7 @@ int main(void) {
         cmocka_unit_test(test_lr_kind_parse),
         cmocka_unit_test(test_clip_edges),
         cmocka_unit_test(test_accumulation_and_threads),
+        cmocka_unit_test(test_consume_one_pass),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_state_bad_records),
     };

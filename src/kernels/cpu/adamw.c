@@ -5,11 +5,14 @@
  * give the scalar loop's bits. Elements are independent: any split across threads is exact.
  * Clipping's coefficient multiplies g here (grad_scale) rather than in a pass of its own:
  * the step is memory-bound (full fine-tuning of SmolLM2, 134.5 M parameters, Xeon, 2
- * threads: 15 % of a step), and that pass read and wrote every gradient once more.
+ * threads: 15 % of a step), and that pass read and wrote every gradient once more. For
+ * the same reason the fused optimizer's step (adamw_step_consume) also sums the squares
+ * of g and zeroes it while each chunk is in L1, where three passes read g from memory.
  */
 #include "kernels/cpu/cpu.h"
 
 #include <math.h>
+#include <string.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -80,4 +83,44 @@ void finch_cpu_adamw_step(float *p, float *m, float *v, const float *g, int64_t 
     for (int64_t c = 0; c < n_chunks; c++)
         step_lanes(p, m, v, g, c * CHUNK, c * CHUNK + CHUNK < nv ? c * CHUNK + CHUNK : nv, s);
     for (int64_t i = nv; i < n; i++) step1(p + i, m + i, v + i, g[i], s);
+}
+
+/* Elements [lo, hi): the step, the squares of g summed into 16 double lanes (element i
+ * into lane (i - lo) % 16, as optim/clip.c sums), g zeroed; the lanes' sum in order. */
+static double consume_part(float *p, float *m, float *v, float *g, int64_t lo, int64_t hi,
+                           const finch_adamw_scalars *s) {
+    enum { SUM_LANES = 16, CHUNK = 1024 }; /* LANES divides SUM_LANES, SUM_LANES CHUNK */
+    double sq[SUM_LANES] = {0};
+    const int64_t whole = lo + (hi - lo) / SUM_LANES * SUM_LANES;
+    int64_t i = lo;
+    for (; i < whole; i += CHUNK) {
+        const int64_t e = whole - i < CHUNK ? whole : i + CHUNK;
+        for (int64_t j = i; j < e; j += SUM_LANES)
+            for (int l = 0; l < SUM_LANES; l++) sq[l] += (double)g[j + l] * (double)g[j + l];
+        step_lanes(p, m, v, g, i, e, s);
+        memset(g + i, 0, (size_t)(e - i) * sizeof *g);
+    }
+    for (i = whole; i < hi; i++) {
+        sq[0] += (double)g[i] * (double)g[i];
+        step1(p + i, m + i, v + i, g[i], s);
+        g[i] = 0.0f;
+    }
+    double sum = 0;
+    for (int l = 0; l < SUM_LANES; l++) sum += sq[l];
+    return sum;
+}
+
+double finch_cpu_adamw_step_consume(float *p, float *m, float *v, float *g, int64_t n,
+                                    const finch_adamw_scalars *s) {
+    enum { PARTS = 64 };
+    double part[PARTS];
+    const int64_t len = (n + PARTS - 1) / PARTS;
+#pragma omp parallel for schedule(static) num_threads(finch_threads_get()) if (n > 32768)
+    for (int c = 0; c < PARTS; c++) {
+        const int64_t lo = c * len < n ? c * len : n, hi = lo + len < n ? lo + len : n;
+        part[c] = consume_part(p, m, v, g, lo, hi, s);
+    }
+    double sum = 0;
+    for (int c = 0; c < PARTS; c++) sum += part[c];
+    return sum;
 }

@@ -11,6 +11,7 @@
  * task that sums in a fixed order: the same bits at any thread count.
  */
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/vexp.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -34,30 +35,6 @@ static inline float dot_f32(const float *a, const float *b, int D) {
     for (; d < D; d++) s += a[d] * b[d];
     return s;
 }
-
-#ifdef HAVE_AVX2
-/* e^x in 8 lanes, Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-5
- * polynomial, 2^n into the exponent bits; within 2 ulp of expf over the clamped range
- * [-88.38, 88.38] (the softmax only feeds it scores minus their maximum, <= 0). */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)),
-                      _mm256_set1_ps(-88.3762626647949f));
-    __m256 fx = _mm256_floor_ps(
-        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    __m256i n =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
-}
-#endif
 
 /* o (D) += p * v (D) */
 static inline void axpy_f32(float *o, float p, const float *v, int D) {
@@ -122,28 +99,6 @@ void finch_cpu_attention_forward(float *out, const float *q, const float *k, con
             axpy_f32(ot, att[j] * inv, v + j * kv_stride + (int64_t)g * D, D);
     }
 }
-
-#ifdef HAVE_AVX2
-/* e^x exactly as exp8 computes a lane (the same operations, one at a time). */
-static inline float exp_lane(float x) {
-    x = x < 88.3762626647949f ? x : 88.3762626647949f; /* _mm256_min_ps, then max_ps */
-    x = x > -88.3762626647949f ? x : -88.3762626647949f;
-    float fx = floorf(fmaf(x, 1.44269504088896341f, 0.5f));
-    x = fmaf(-fx, 0.693359375f, x);
-    x = fmaf(-fx, -2.12194440e-4f, x);
-    float y = 1.9875691500e-4f;
-    y = fmaf(y, x, 1.3981999507e-3f);
-    y = fmaf(y, x, 8.3334519073e-3f);
-    y = fmaf(y, x, 4.1665795894e-2f);
-    y = fmaf(y, x, 1.6666665459e-1f);
-    y = fmaf(y, x, 5.0000001201e-1f);
-    y = fmaf(y, x * x, x + 1.0f);
-    int32_t n = ((int32_t)fx + 127) << 23;
-    float p;
-    memcpy(&p, &n, sizeof p);
-    return y * p;
-}
-#endif
 
 /* Training attention: B rows of T tokens, causal within each row and, with seg, within
  * each segment: token t attends to tokens j <= t of the run of equal seg values that
@@ -354,30 +309,21 @@ static void pack_t(float *kt, const float *src, int64_t stride, int n, int D) {
         for (int j = n; j < BK; j++) kt[d * BK + j] = 0;
 }
 
-/* e^x for one element, with the bits of an exp8 lane where the set has AVX2. */
-static inline float exp1(float x) {
-#ifdef HAVE_AVX2
-    return exp_lane(x);
-#else
-    return expf(x);
-#endif
-}
-
 /* p[j] = e^(p[j] - mx) for j < n; returns their sum (8 lanes summed, then the tail in
- * order). Every element has exp1's bits whether it falls in a lane or in the tail. */
+ * order). Every element has finch_exp_lane's bits whether it falls in a lane or in the tail. */
 static inline float exp_run(float *p, int64_t n, float mx) {
     int64_t j = 0;
     float sum = 0;
 #ifdef HAVE_AVX2
     __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), m));
+        __m256 e = finch_exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), m));
         _mm256_storeu_ps(p + j, e);
         acc = _mm256_add_ps(acc, e);
     }
     sum = finch_cpu_hsum8(acc);
 #endif
-    for (; j < n; j++) sum += (p[j] = exp1(p[j] - mx));
+    for (; j < n; j++) sum += (p[j] = finch_exp_lane(p[j] - mx));
     return sum;
 }
 
@@ -515,7 +461,7 @@ static void fwd_tile(float *o, float *m, float *l, const float *q, int64_t qs, c
         memset(si, 0, (size_t)ja * sizeof(float));
         memset(si + jb + 1, 0, (size_t)(nk - 1 - jb) * sizeof(float));
         if (m[i] != mn) {
-            float alpha = m[i] == -INFINITY ? 0 : exp1(m[i] - mn);
+            float alpha = m[i] == -INFINITY ? 0 : finch_exp_lane(m[i] - mn);
             scale_by(o + i * qs, D, alpha);
             l[i] *= alpha;
             m[i] = mn;

@@ -51,6 +51,7 @@ const finch_backend finch_backend_cpu = {
     .gelu_forward = finch_cpu_gelu_forward,
     .gelu_backward = finch_cpu_gelu_backward,
     .adamw_step = finch_cpu_adamw_step,
+    .adamw_step_consume = finch_cpu_adamw_step_consume,
     .device = false,
     .supports = NULL, /* every storage type, the prefix, bf16 */
     .alloc = finch_host_alloc,

@@ -52,6 +52,7 @@
 #define finch_cpu_swiglu_forward FINCH_ISA_NAME(finch_cpu_swiglu_forward)
 #define finch_cpu_add FINCH_ISA_NAME(finch_cpu_add)
 #define finch_cpu_adamw_step FINCH_ISA_NAME(finch_cpu_adamw_step)
+#define finch_cpu_adamw_step_consume FINCH_ISA_NAME(finch_cpu_adamw_step_consume)
 #define finch_cpu_scale FINCH_ISA_NAME(finch_cpu_scale)
 #define finch_cpu_geglu_forward FINCH_ISA_NAME(finch_cpu_geglu_forward)
 #define finch_cpu_geglu_backward FINCH_ISA_NAME(finch_cpu_geglu_backward)
@@ -293,6 +294,8 @@ void finch_cpu_geglu_llamacpp(float *h, const float *gate, const float *up, int6
 void finch_cpu_add(float *y, const float *x, int64_t n);
 void finch_cpu_adamw_step(float *p, float *m, float *v, const float *g, int64_t n,
                           const finch_adamw_scalars *s);
+double finch_cpu_adamw_step_consume(float *p, float *m, float *v, float *g, int64_t n,
+                                    const finch_adamw_scalars *s);
 void finch_cpu_scale(float *x, int64_t n, float a);
 void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n);
 void finch_cpu_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,

@@ -7,6 +7,7 @@
  * accumulate in double. Masked rows (target -1) add no loss and get a zero gradient.
  */
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/vexp.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -14,34 +15,6 @@
 #endif
 
 enum { MAX_PARTS = 256 };
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-
-/* e^x for 8 lanes, Cephes' expf: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two parts
- * so n ln2 is exact), e^r by a degree-7 polynomial, 2^n through the exponent bits. Error
- * about 1 ulp; inputs below -87.3 (where 2^n would leave the normal range) give 0, and a
- * NaN stays NaN, so a broken logit still makes the loss NaN. */
-static inline __m256 exp8(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.33f);
-    __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ), nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-    x = _mm256_max_ps(x, lo);
-    __m256 n = _mm256_floor_ps(
-        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_or_ps(_mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep), nan);
-}
-#endif
 
 static float row_max(const float *l, int64_t V) {
     float mx = -INFINITY;
@@ -67,7 +40,7 @@ static double row_expsum(float *e, const float *l, int64_t V, float mx) {
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     __m256 m = _mm256_set1_ps(mx);
     for (; j + 8 <= V; j += 8) {
-        __m256 x = exp8(_mm256_sub_ps(_mm256_loadu_ps(l + j), m));
+        __m256 x = finch_exp8(_mm256_sub_ps(_mm256_loadu_ps(l + j), m));
         if (e) _mm256_storeu_ps(e + j, x);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(x)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
@@ -77,7 +50,7 @@ static double row_expsum(float *e, const float *l, int64_t V, float mx) {
     sum = (t[0] + t[1]) + (t[2] + t[3]);
 #endif
     for (; j < V; j++) {
-        float x = expf(l[j] - mx);
+        float x = finch_exp_lane(l[j] - mx);
         if (e) e[j] = x;
         sum += x;
     }

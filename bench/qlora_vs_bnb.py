@@ -22,6 +22,13 @@ getrusage ru_maxrss. Seconds per step: the median over the steps after the first
     ~/.cache/finch/venv/bin/python bench/make_synthetic_gguf.py /tmp/syn1b.gguf --preset 1b
     /tmp/bnbvenv/bin/python bench/qlora_vs_bnb.py --preset 1b --model /tmp/syn1b.gguf
 
+The peer's venv (5.3 GB, torch's CUDA libraries included; nothing in CI's path):
+    python3 -m venv /tmp/bnbvenv
+    /tmp/bnbvenv/bin/pip install torch==2.5.1 bitsandbytes==0.50.2 numpy
+bitsandbytes then says it found no `kernels` package: that package fetches faster CPU
+kernels from the Hugging Face hub at run time, which a machine without internet cannot
+reach, so the peer runs bitsandbytes' own CPU path.
+
 The peer's environment: OMP_NUM_THREADS and torch.set_num_threads = THREADS,
 OMP_WAIT_POLICY=PASSIVE. PyPI's torch (which bitsandbytes needs) does its f32 GEMM in
 MKL, which picks its kernels from cpuid itself: there is no OpenBLAS core type to choose.

@@ -276,7 +276,9 @@ static void make_rows(int n) {
 /* On the tiny Gemma 3 with rows of 40 tokens, past its sliding window of 16: row 0 packs
  * two examples of 22 and 18 tokens (positions restarting, segments 1 and 2), row 1 is one
  * example of 40; every method's gradients through the windowed blocks (and prefix keys
- * that leave the window) against finite differences. */
+ * that leave the window) against finite differences. Step 2e-3: the loss over 80 tokens
+ * rounds its thousands of e^x (vexp.h, within 1.3 ulp) to a noise that, divided by a
+ * step of 1e-3, reached the tolerance on prefix tuning's smallest gradients (4e-4). */
 static void test_sites_gemma3_long(void **state) {
     (void)state;
     make_rows(40);
@@ -287,7 +289,7 @@ static void test_sites_gemma3_long(void **state) {
         if (i < T && t == 21) tg[i] = -1; /* no target across examples */
     }
     seg = seg_long;
-    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf", 1e-3);
+    all_methods_on(FINCH_FIXTURES "/model/tiny_gemma3.gguf", 2e-3);
     seg = NULL;
     make_rows(10);
 }

@@ -1,9 +1,14 @@
 /*
  * swiglu.c: the gated activations h = act(gate) * up: SwiGLU (silu(x) = x / (1 + e^-x),
- * LLaMA) and GeGLU (gelu, tanh form, Gemma); the residual add and scaling.
- * SwiGLU takes e^x from vexp.h, 16 or 8 lanes at a time (libm's expf, one element per
- * call, was most of its time); an element's bits do not depend on whether it falls in a
- * vector or the tail, so neither on the threads.
+ * LLaMA) and GeGLU (gelu, tanh form, Gemma); GPT-2's plain GELU; the residual add and
+ * scaling; and llama.cpp's forms of them for its numerics.
+ *
+ * The training activations run 16 or 8 lanes at a time with e^x from vexp.h (libm's expf,
+ * one element per call, was most of their time). Each formula is written once, for a
+ * float and for a vector of them (GCC's vector types take the scalar constants as
+ * vectors, operation by operation), and the elements past the last whole vector take
+ * finch_exp_lane: an element's bits do not depend on where it falls, so neither on the
+ * threads.
  */
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/vexp.h"
@@ -15,45 +20,137 @@
 typedef __m512 vf;
 #define VLOAD _mm512_loadu_ps
 #define VSTORE _mm512_storeu_ps
-#define VSET _mm512_set1_ps
-#define VADD _mm512_add_ps
-#define VSUB _mm512_sub_ps
-#define VMUL _mm512_mul_ps
-#define VDIV _mm512_div_ps
 #define VEXP finch_exp16
 #elif defined(FINCH_VEXP8)
 #define VL 8
 typedef __m256 vf;
 #define VLOAD _mm256_loadu_ps
 #define VSTORE _mm256_storeu_ps
-#define VSET _mm256_set1_ps
-#define VADD _mm256_add_ps
-#define VSUB _mm256_sub_ps
-#define VMUL _mm256_mul_ps
-#define VDIV _mm256_div_ps
 #define VEXP finch_exp8
 #else
 #define VL 1
 #endif
 
+/* gelu(g) = 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3), computed as g s with
+ * s = 0.5 (1 + tanh u) = 1 / (1 + e^(-2u)), which keeps its precision where tanh u is
+ * near -1; gelu'(g) = s + 2 g s (1 - s) du/dg, du/dg = sqrt(2/pi) (1 + 3 0.044715 g^2).
+ * silu(g) = g s with s = 1 / (1 + e^-g), silu'(g) = s (1 + g (1 - s)). */
+#define GELU_C 0.7978845608028654f
+#define GELU_A 0.044715f
+#define SILU_S(g, EXP) (1.0f / (1.0f + EXP(0.0f - (g))))
+#define SILU_D(g, s) ((s) * (1.0f + (g) * (1.0f - (s))))
+#define GELU_S(g, EXP) (1.0f / (1.0f + EXP(-2.0f * GELU_C * ((g) + GELU_A * (g) * (g) * (g)))))
+#define GELU_D(g, s)                                                                               \
+    ((s) + 2.0f * (g) * (s) * (1.0f - (s)) * GELU_C * (1.0f + 3.0f * GELU_A * (g) * (g)))
+
 /* Elements per task of the parallel loops: a multiple of every VL. */
 enum { RUN = 1024 };
+#define RUNS(i, n) for (int64_t i = 0; i < (n); i += RUN)
+#define RUN_END(i, n) ((i) + RUN < (n) ? (i) + RUN : (n))
+
+/* One run [i, e) of each activation: whole vectors, then one element at a time. */
+static void swiglu_run(float *h, const float *gate, const float *up, int64_t i, int64_t e) {
+#if VL > 1
+    for (; i + VL <= e; i += VL) {
+        const vf g = VLOAD(gate + i);
+        VSTORE(h + i, g / (1.0f + VEXP(0.0f - g)) * VLOAD(up + i));
+    }
+#endif
+    for (; i < e; i++) h[i] = gate[i] / (1.0f + finch_exp_lane(0.0f - gate[i])) * up[i];
+}
+
+/*   dgate = dh up silu'(gate),  dup = dh silu(gate) */
+static void swiglu_back_run(float *dgate, float *dup, const float *dh, const float *gate,
+                            const float *up, int64_t i, int64_t e) {
+#if VL > 1
+    for (; i + VL <= e; i += VL) {
+        const vf g = VLOAD(gate + i), d = VLOAD(dh + i), s = SILU_S(g, VEXP);
+        const vf u = VLOAD(up + i);
+        VSTORE(dup + i, d * g * s);
+        VSTORE(dgate + i, d * u * SILU_D(g, s));
+    }
+#endif
+    for (; i < e; i++) {
+        const float g = gate[i], d = dh[i], s = SILU_S(g, finch_exp_lane), u = up[i];
+        dup[i] = d * g * s;
+        dgate[i] = d * u * SILU_D(g, s);
+    }
+}
+
+/* h = gelu(gate) up, or y = gelu(x) without up (up NULL) */
+static void gelu_run(float *h, const float *gate, const float *up, int64_t i, int64_t e) {
+#if VL > 1
+    for (; i + VL <= e; i += VL) {
+        const vf g = VLOAD(gate + i);
+        vf y = g * GELU_S(g, VEXP);
+        if (up) y = y * VLOAD(up + i);
+        VSTORE(h + i, y);
+    }
+#endif
+    for (; i < e; i++) {
+        const float g = gate[i], y = g * GELU_S(g, finch_exp_lane);
+        h[i] = up ? y * up[i] : y;
+    }
+}
+
+/* dgate = dh up gelu'(gate) and dup = dh gelu(gate); without up (NULL) dgate = dh gelu'(gate) */
+static void gelu_back_run(float *dgate, float *dup, const float *dh, const float *gate,
+                          const float *up, int64_t i, int64_t e) {
+#if VL > 1
+    for (; i + VL <= e; i += VL) {
+        const vf g = VLOAD(gate + i), d = VLOAD(dh + i), s = GELU_S(g, VEXP);
+        if (up) {
+            const vf u = VLOAD(up + i);
+            VSTORE(dup + i, d * g * s);
+            VSTORE(dgate + i, d * u * GELU_D(g, s));
+        } else {
+            VSTORE(dgate + i, d * GELU_D(g, s));
+        }
+    }
+#endif
+    for (; i < e; i++) {
+        const float g = gate[i], d = dh[i], s = GELU_S(g, finch_exp_lane);
+        if (up) {
+            const float u = up[i];
+            dup[i] = d * g * s;
+            dgate[i] = d * u * GELU_D(g, s);
+        } else {
+            dgate[i] = d * GELU_D(g, s);
+        }
+    }
+}
 
 void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n) {
-    const int64_t runs = (n + RUN - 1) / RUN;
 #pragma omp parallel for schedule(static) if (n > 16384)
-    for (int64_t c = 0; c < runs; c++) {
-        const int64_t e = c * RUN + RUN < n ? c * RUN + RUN : n;
-        int64_t i = c * RUN;
-#if VL > 1
-        const vf one = VSET(1.0f), zero = VSET(0.0f);
-        for (; i + VL <= e; i += VL) {
-            vf g = VLOAD(gate + i);
-            VSTORE(h + i, VMUL(VDIV(g, VADD(one, VEXP(VSUB(zero, g)))), VLOAD(up + i)));
-        }
-#endif
-        for (; i < e; i++) h[i] = gate[i] / (1.0f + finch_exp_lane(0.0f - gate[i])) * up[i];
-    }
+    RUNS(i, n) swiglu_run(h, gate, up, i, RUN_END(i, n));
+}
+
+void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                               const float *up, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    RUNS(i, n) swiglu_back_run(dgate, dup, dh, gate, up, i, RUN_END(i, n));
+}
+
+void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    RUNS(i, n) gelu_run(h, gate, up, i, RUN_END(i, n));
+}
+
+void finch_cpu_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                              const float *up, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    RUNS(i, n) gelu_back_run(dgate, dup, dh, gate, up, i, RUN_END(i, n));
+}
+
+/* GPT-2's MLP activation, the same tanh form and formulas as geglu without the up factor. */
+void finch_cpu_gelu_forward(float *y, const float *x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    RUNS(i, n) gelu_run(y, x, NULL, i, RUN_END(i, n));
+}
+
+void finch_cpu_gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    RUNS(i, n) gelu_back_run(dx, NULL, dy, x, NULL, i, RUN_END(i, n));
 }
 
 /* llama.cpp's SwiGLU on an AVX-512 build (ggml_vec_swiglu_f32 per row): 16 lanes at a
@@ -69,33 +166,6 @@ void finch_cpu_swiglu_llamacpp(float *h, const float *gate, const float *up, int
         }
 }
 
-/* silu(g) = g s(g), s the logistic function, silu'(g) = s (1 + g (1 - s)):
- *   dgate = dh up silu'(gate),  dup = dh silu(gate). */
-void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
-                               const float *up, int64_t n) {
-    const int64_t runs = (n + RUN - 1) / RUN;
-#pragma omp parallel for schedule(static) if (n > 16384)
-    for (int64_t c = 0; c < runs; c++) {
-        const int64_t e = c * RUN + RUN < n ? c * RUN + RUN : n;
-        int64_t i = c * RUN;
-#if VL > 1
-        const vf one = VSET(1.0f), zero = VSET(0.0f);
-        for (; i + VL <= e; i += VL) {
-            vf g = VLOAD(gate + i), d = VLOAD(dh + i);
-            vf s = VDIV(one, VADD(one, VEXP(VSUB(zero, g))));
-            vf u = VLOAD(up + i);
-            VSTORE(dup + i, VMUL(VMUL(d, g), s));
-            VSTORE(dgate + i, VMUL(VMUL(VMUL(d, u), s), VADD(one, VMUL(g, VSUB(one, s)))));
-        }
-#endif
-        for (; i < e; i++) {
-            float g = gate[i], d = dh[i], s = 1.0f / (1.0f + finch_exp_lane(0.0f - g));
-            dup[i] = d * g * s;
-            dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
-        }
-    }
-}
-
 void finch_cpu_add(float *y, const float *x, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
@@ -104,50 +174,6 @@ void finch_cpu_add(float *y, const float *x, int64_t n) {
 void finch_cpu_scale(float *x, int64_t n, float a) {
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) x[i] *= a;
-}
-
-/* gelu(g) = 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3), computed as g s with
- * s = 0.5 (1 + tanh u) = 1 / (1 + e^(-2u)), which keeps its precision where tanh u is
- * near -1; gelu'(g) = s + 2 g s (1 - s) du/dg, du/dg = sqrt(2/pi) (1 + 3 0.044715 g^2). */
-#define GELU_C 0.7978845608028654f
-#define GELU_A 0.044715f
-
-void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    for (int64_t i = 0; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + expf(-2.0f * GELU_C * (g + GELU_A * g * g * g)));
-        h[i] = g * s * up[i];
-    }
-}
-
-void finch_cpu_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
-                              const float *up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    for (int64_t i = 0; i < n; i++) {
-        float g = gate[i], d = dh[i];
-        float s = 1.0f / (1.0f + expf(-2.0f * GELU_C * (g + GELU_A * g * g * g)));
-        float dgelu = s + 2.0f * g * s * (1.0f - s) * GELU_C * (1.0f + 3.0f * GELU_A * g * g);
-        dup[i] = d * g * s;
-        dgate[i] = d * up[i] * dgelu;
-    }
-}
-
-/* GPT-2's MLP activation, the same tanh form and formulas as geglu without the up factor. */
-void finch_cpu_gelu_forward(float *y, const float *x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    for (int64_t i = 0; i < n; i++) {
-        float g = x[i], s = 1.0f / (1.0f + expf(-2.0f * GELU_C * (g + GELU_A * g * g * g)));
-        y[i] = g * s;
-    }
-}
-
-void finch_cpu_gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    for (int64_t i = 0; i < n; i++) {
-        float g = x[i];
-        float s = 1.0f / (1.0f + expf(-2.0f * GELU_C * (g + GELU_A * g * g * g)));
-        dx[i] = dy[i] * (s + 2.0f * g * s * (1.0f - s) * GELU_C * (1.0f + 3.0f * GELU_A * g * g));
-    }
 }
 
 /* GELU as llama.cpp's CPU build computes it (ggml_vec_gelu_f32 with GGML_GELU_FP16): x is

@@ -2,9 +2,9 @@
  * vexp.h: e^x in vector lanes for the training kernels (attention's and the cross-entropy's
  * softmax, the gated activations). Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in
  * two parts, so n ln2 is exact), e^r = 1 + r + r^2 p(r) with p of degree 5, 2^n through the
- * exponent bits. About 1 ulp from expf. x below -87.33 (where 2^n would leave the normal
- * range) gives 0; x from 88.376 (127.5 ln2) on gives +inf, where float's e^x overflows
- * from 88.72; NaN stays NaN.
+ * exponent bits. Within 1.3 ulp of e^x. x below -87.33 (where 2^n would leave the normal
+ * range) gives 0; x above 88.376 (127.5 ln2) gives e^88.376, where float's e^x overflows
+ * only from 88.72; NaN stays NaN.
  *
  * finch_exp_lane computes one lane with the same operations one at a time, for the
  * elements past the last whole vector: an element's bits do not depend on where it falls,

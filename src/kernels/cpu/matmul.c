@@ -690,10 +690,6 @@ void finch_cpu_matmul_backward_weight(float *dw, const float *dy, const float *x
 
 /* ---- products over the elements a bitmask selects (DoRA's dropout corrections) ---- */
 
-/* Bands of rows and transposed tiles as matmul's (over_tiles); for each token the tile's rows
- * of the selected elements k are summed (one contiguous run of nr floats each), k in
- * increasing order, and alpha times the sums added into y[t, r0 ..]. An element's sum does
- * not depend on its tile, so neither on the threads. */
 /* over_tiles with masked products (bits not NULL): every token's elements listed once
  * where memory allows, else the bits read per tile. */
 static void masked_tiles(float *y, float *ym, const float *x, const uint64_t *bits, float alpha,
@@ -710,6 +706,10 @@ static void masked_tiles(float *y, float *ym, const float *x, const uint64_t *bi
     over_tiles(y, ym, x, bits, NULL, alpha, a, p, np, w, T, ws);
 }
 
+/* Bands of rows and transposed tiles as matmul's (over_tiles); for each token the tile's rows
+ * of the selected elements k are summed (one contiguous run of nr floats each), k in
+ * increasing order, and alpha times the sums added into y[t, r0 ..]. An element's sum does
+ * not depend on its tile, so neither on the threads. */
 void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,
                              const finch_weight *w, int64_t T, finch_workspace *ws) {
     masked_tiles(y, NULL, x, bits, alpha, NULL, NULL, 0, w, T, ws);

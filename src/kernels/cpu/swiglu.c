@@ -45,8 +45,6 @@ typedef __m256 vf;
 
 /* Elements per task of the parallel loops: a multiple of every VL. */
 enum { RUN = 1024 };
-#define RUNS(i, n) for (int64_t i = 0; i < (n); i += RUN)
-#define RUN_END(i, n) ((i) + RUN < (n) ? (i) + RUN : (n))
 
 /* One run [i, e) of each activation: whole vectors, then one element at a time. */
 static void swiglu_run(float *h, const float *gate, const float *up, int64_t i, int64_t e) {
@@ -120,37 +118,48 @@ static void gelu_back_run(float *dgate, float *dup, const float *dh, const float
     }
 }
 
-void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+/* A forward run function over n elements, RUN at a time across the threads. */
+static void forward_runs(void (*run)(float *, const float *, const float *, int64_t, int64_t),
+                         float *h, const float *gate, const float *up, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 16384)
-    RUNS(i, n) swiglu_run(h, gate, up, i, RUN_END(i, n));
+    for (int64_t i = 0; i < n; i += RUN) run(h, gate, up, i, i + RUN < n ? i + RUN : n);
+}
+
+/* The same for a backward run function. */
+static void backward_runs(void (*run)(float *, float *, const float *, const float *, const float *,
+                                      int64_t, int64_t),
+                          float *dgate, float *dup, const float *dh, const float *gate,
+                          const float *up, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    for (int64_t i = 0; i < n; i += RUN)
+        run(dgate, dup, dh, gate, up, i, i + RUN < n ? i + RUN : n);
+}
+
+void finch_cpu_swiglu_forward(float *h, const float *gate, const float *up, int64_t n) {
+    forward_runs(swiglu_run, h, gate, up, n);
 }
 
 void finch_cpu_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                                const float *up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    RUNS(i, n) swiglu_back_run(dgate, dup, dh, gate, up, i, RUN_END(i, n));
+    backward_runs(swiglu_back_run, dgate, dup, dh, gate, up, n);
 }
 
 void finch_cpu_geglu_forward(float *h, const float *gate, const float *up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    RUNS(i, n) gelu_run(h, gate, up, i, RUN_END(i, n));
+    forward_runs(gelu_run, h, gate, up, n);
 }
 
 void finch_cpu_geglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
                               const float *up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    RUNS(i, n) gelu_back_run(dgate, dup, dh, gate, up, i, RUN_END(i, n));
+    backward_runs(gelu_back_run, dgate, dup, dh, gate, up, n);
 }
 
 /* GPT-2's MLP activation, the same tanh form and formulas as geglu without the up factor. */
 void finch_cpu_gelu_forward(float *y, const float *x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    RUNS(i, n) gelu_run(y, x, NULL, i, RUN_END(i, n));
+    forward_runs(gelu_run, y, x, NULL, n);
 }
 
 void finch_cpu_gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
-    RUNS(i, n) gelu_back_run(dx, NULL, dy, x, NULL, i, RUN_END(i, n));
+    backward_runs(gelu_back_run, dx, NULL, dy, x, NULL, n);
 }
 
 /* llama.cpp's SwiGLU on an AVX-512 build (ggml_vec_swiglu_f32 per row): 16 lanes at a

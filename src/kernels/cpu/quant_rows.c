@@ -147,57 +147,80 @@ static inline void nibbles16(const uint8_t *qs, __m128i *lo, __m128i *hi) {
     *hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
 }
 
-/* Blocks of 32 with 16 lanes: each block's sum is scaled into one of two totals (even and
- * odd blocks), so consecutive blocks do not wait on each other's fused multiply-add. */
-static float dot_q4_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q4_0 *b = row;
+/* A Q5_0 block's values minus 16 as two halves of 16 signed bytes: the nibble where the
+ * block's fifth bit is set, the nibble - 16 where it is clear (bit j of qh: element j). */
+static inline void q5_0_halves(const finch_block_q5_0 *b, __m128i *lo, __m128i *hi) {
+    uint32_t h;
+    memcpy(&h, b->qh, sizeof h);
+    nibbles16(b->qs, lo, hi);
+    const __m128i sixteen = _mm_set1_epi8(16);
+    *lo = _mm_mask_sub_epi8(*lo, (__mmask16)~h, *lo, sixteen);
+    *hi = _mm_mask_sub_epi8(*hi, (__mmask16)(~h >> 16), *hi, sixteen);
+}
+
+/* One block of 32 added, scaled, into a running total. */
+static inline __m512 block_q4_0(const void *row, int64_t i, const float *x, __m512 tot) {
+    const finch_block_q4_0 *b = (const finch_block_q4_0 *)row + i;
     const __m128i off = _mm_set1_epi8(8);
-    __m512 tot[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m128i lo, hi;
-        nibbles16(b[i].qs, &lo, &hi);
-        __m512 v = blk32_dot(_mm_sub_epi8(lo, off), _mm_sub_epi8(hi, off), x);
-        tot[i & 1] = _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b[i].d)), v, tot[i & 1]);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(tot[0], tot[1]));
+    __m128i lo, hi;
+    nibbles16(b->qs, &lo, &hi);
+    __m512 v = blk32_dot(_mm_sub_epi8(lo, off), _mm_sub_epi8(hi, off), x);
+    return _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b->d)), v, tot);
 }
 
+static inline __m512 block_q4_1(const void *row, int64_t i, const float *x, __m512 tot) {
+    const finch_block_q4_1 *b = (const finch_block_q4_1 *)row + i;
+    __m128i lo, hi;
+    nibbles16(b->qs, &lo, &hi);
+    __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    __m512 qx = _mm512_fmadd_ps(i8x16_ps(hi), x1, _mm512_mul_ps(i8x16_ps(lo), x0));
+    /* sum (q d + m) x = d sum q x + m sum x */
+    __m512 t = _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b->d)), qx, tot);
+    return _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b->m)), _mm512_add_ps(x0, x1), t);
+}
+
+static inline __m512 block_q5_0(const void *row, int64_t i, const float *x, __m512 tot) {
+    const finch_block_q5_0 *b = (const finch_block_q5_0 *)row + i;
+    __m128i lo, hi;
+    q5_0_halves(b, &lo, &hi);
+    return _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b->d)), blk32_dot(lo, hi, x), tot);
+}
+
+static inline __m512 block_q8_0(const void *row, int64_t i, const float *x, __m512 tot) {
+    const finch_block_q8_0 *b = (const finch_block_q8_0 *)row + i;
+    __m512 v = blk32_dot(_mm_loadu_si128((const __m128i *)b->qs),
+                         _mm_loadu_si128((const __m128i *)(b->qs + 16)), x);
+    return _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b->d)), v, tot);
+}
+
+/* The blocks of a row alternate between two running totals, even and odd, so consecutive
+ * blocks do not wait on each other's multiply-add. The totals are named variables: as an
+ * array indexed by i & 1, GCC keeps them in memory and every block waits on a store. */
+static inline __attribute__((always_inline)) float
+two_totals(__m512 (*block)(const void *, int64_t, const float *, __m512), const void *row,
+           const float *x, int64_t n) {
+    const int64_t nb = n / QK;
+    __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        even = block(row, i, x + QK * i, even);
+        odd = block(row, i + 1, x + QK * (i + 1), odd);
+    }
+    if (i < nb) even = block(row, i, x + QK * i, even);
+    return _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
+}
+
+static float dot_q4_0(const void *row, const float *x, int64_t n) {
+    return two_totals(block_q4_0, row, x, n);
+}
 static float dot_q4_1(const void *row, const float *x, int64_t n) {
-    const finch_block_q4_1 *b = row;
-    __m512 tot[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m128i lo, hi;
-        nibbles16(b[i].qs, &lo, &hi);
-        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-        __m512 qx = _mm512_fmadd_ps(i8x16_ps(hi), x1, _mm512_mul_ps(i8x16_ps(lo), x0));
-        /* sum (q d + m) x = d sum q x + m sum x */
-        __m512 t = _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b[i].d)), qx, tot[i & 1]);
-        tot[i & 1] =
-            _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b[i].m)), _mm512_add_ps(x0, x1), t);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(tot[0], tot[1]));
+    return two_totals(block_q4_1, row, x, n);
 }
-
 static float dot_q5_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q5_0 *b = row;
-    __m512 tot[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m256i q = _mm256_sub_epi8(q5_values(b[i].qs, b[i].qh), _mm256_set1_epi8(16));
-        __m512 v = blk32_dot(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1), x);
-        tot[i & 1] = _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b[i].d)), v, tot[i & 1]);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(tot[0], tot[1]));
+    return two_totals(block_q5_0, row, x, n);
 }
-
 static float dot_q8_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q8_0 *b = row;
-    __m512 tot[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m512 v = blk32_dot(_mm_loadu_si128((const __m128i *)b[i].qs),
-                             _mm_loadu_si128((const __m128i *)(b[i].qs + 16)), x);
-        tot[i & 1] = _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b[i].d)), v, tot[i & 1]);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(tot[0], tot[1]));
+    return two_totals(block_q8_0, row, x, n);
 }
 #else
 /* 8 unsigned bytes -> 8 floats */
@@ -221,16 +244,48 @@ static inline __m256 nib_dot(const uint8_t *qs, const float *x, __m256 *xs) {
     return acc;
 }
 
-static float dot_q4_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q4_0 *b = row;
-    __m256 tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m256 xs, qx = nib_dot(b[i].qs, x, &xs);
-        /* sum (q - 8) x d = d (sum q x - 8 sum x) */
-        __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), xs, qx);
-        tot[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), v, tot[i & 1]);
+static inline __m256 block_q4_0(const void *row, int64_t i, const float *x, __m256 tot) {
+    const finch_block_q4_0 *b = (const finch_block_q4_0 *)row + i;
+    __m256 xs, qx = nib_dot(b->qs, x, &xs);
+    /* sum (q - 8) x d = d (sum q x - 8 sum x) */
+    __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), xs, qx);
+    return _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b->d)), v, tot);
+}
+
+static inline __m256 block_q8_0(const void *row, int64_t i, const float *x, __m256 tot) {
+    const finch_block_q8_0 *b = (const finch_block_q8_0 *)row + i;
+    __m128i q0 = _mm_loadu_si128((const __m128i *)b->qs);
+    __m128i q1 = _mm_loadu_si128((const __m128i *)(b->qs + 16));
+    __m256 acc = _mm256_mul_ps(i8x8_ps(q0), _mm256_loadu_ps(x));
+    acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q0, 8)), _mm256_loadu_ps(x + 8), acc);
+    acc = _mm256_fmadd_ps(i8x8_ps(q1), _mm256_loadu_ps(x + 16), acc);
+    acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), acc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b->d)), acc, tot);
+}
+
+static inline __m256 block_q5_0(const void *row, int64_t i, const float *x, __m256 tot) {
+    const finch_block_q5_0 *b = (const finch_block_q5_0 *)row + i;
+    __m256i q = _mm256_sub_epi8(q5_values(b->qs, b->qh), _mm256_set1_epi8(16));
+    return _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b->d)), i8x32_dot(q, x), tot);
+}
+
+/* two_totals of the 16-lane path, in 8 lanes */
+static inline __attribute__((always_inline)) float
+two_totals(__m256 (*block)(const void *, int64_t, const float *, __m256), const void *row,
+           const float *x, int64_t n) {
+    const int64_t nb = n / QK;
+    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        even = block(row, i, x + QK * i, even);
+        odd = block(row, i + 1, x + QK * (i + 1), odd);
     }
-    return finch_cpu_hsum8(_mm256_add_ps(tot[0], tot[1]));
+    if (i < nb) even = block(row, i, x + QK * i, even);
+    return finch_cpu_hsum8(_mm256_add_ps(even, odd));
+}
+
+static float dot_q4_0(const void *row, const float *x, int64_t n) {
+    return two_totals(block_q4_0, row, x, n);
 }
 
 static float dot_q4_1(const void *row, const float *x, int64_t n) {
@@ -248,29 +303,10 @@ static float dot_q4_1(const void *row, const float *x, int64_t n) {
 }
 
 static float dot_q8_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q8_0 *b = row;
-    __m256 tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m128i q0 = _mm_loadu_si128((const __m128i *)b[i].qs);
-        __m128i q1 = _mm_loadu_si128((const __m128i *)(b[i].qs + 16));
-        __m256 acc = _mm256_mul_ps(i8x8_ps(q0), _mm256_loadu_ps(x));
-        acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q0, 8)), _mm256_loadu_ps(x + 8), acc);
-        acc = _mm256_fmadd_ps(i8x8_ps(q1), _mm256_loadu_ps(x + 16), acc);
-        acc = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(q1, 8)), _mm256_loadu_ps(x + 24), acc);
-        tot[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), acc, tot[i & 1]);
-    }
-    return finch_cpu_hsum8(_mm256_add_ps(tot[0], tot[1]));
+    return two_totals(block_q8_0, row, x, n);
 }
-
 static float dot_q5_0(const void *row, const float *x, int64_t n) {
-    const finch_block_q5_0 *b = row;
-    __m256 tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        __m256i q = _mm256_sub_epi8(q5_values(b[i].qs, b[i].qh), _mm256_set1_epi8(16));
-        tot[i & 1] =
-            _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b[i].d)), i8x32_dot(q, x), tot[i & 1]);
-    }
-    return finch_cpu_hsum8(_mm256_add_ps(tot[0], tot[1]));
+    return two_totals(block_q5_0, row, x, n);
 }
 
 #endif
@@ -286,40 +322,79 @@ static float dot_q5_1(const void *row, const float *x, int64_t n) {
     return finch_cpu_hsum8(_mm256_add_ps(td, tm));
 }
 
+/* The K-quants' dot products in the set's widest lanes (vsum: 16 with AVX-512, else 8). */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+typedef __m512 vsum;
+#define vsum_zero _mm512_setzero_ps
+#define vsum_set1 _mm512_set1_ps
+#define vsum_add _mm512_add_ps
+#define vsum_fmadd _mm512_fmadd_ps
+#define vsum_fnmadd _mm512_fnmadd_ps
+#define vsum_total _mm512_reduce_add_ps
+/* 16 signed bytes times x[0 .. 15] */
+static inline vsum dot16(__m128i q, const float *x) {
+    return _mm512_mul_ps(i8x16_ps(q), _mm512_loadu_ps(x));
+}
+/* 32 signed bytes times x[0 .. 31], and the sum of x[0 .. 31] in *xs */
+static inline vsum dot32_sum(__m256i q, const float *x, vsum *xs) {
+    const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    *xs = _mm512_add_ps(x0, x1);
+    return _mm512_fmadd_ps(i8x16_ps(_mm256_extracti128_si256(q, 1)), x1,
+                           _mm512_mul_ps(i8x16_ps(_mm256_castsi256_si128(q)), x0));
+}
+#else
+typedef __m256 vsum;
+#define vsum_zero _mm256_setzero_ps
+#define vsum_set1 _mm256_set1_ps
+#define vsum_add _mm256_add_ps
+#define vsum_fmadd _mm256_fmadd_ps
+#define vsum_fnmadd _mm256_fnmadd_ps
+#define vsum_total finch_cpu_hsum8
+#define dot16 i8x16_dot
+#define dot32_sum i8x32_dot_sum
+#endif
+
+/* Four running totals, summed at the end: one chain of dependent multiply-adds per 64
+ * values was the K-quant loops' bound. */
+static inline float vsum_total4(const vsum t[4]) {
+    return vsum_total(vsum_add(vsum_add(t[0], t[1]), vsum_add(t[2], t[3])));
+}
+
 /* Q4_K and Q5_K: per 64-value chunk c, sub-blocks 2c (low nibbles) and 2c + 1 (high),
- * each w = d sc q - dmin m, so the sum is d sc sum(q x) - dmin m sum(x) per sub-block. */
-static inline __m256 k_sub_pair(__m256 total, __m256i lo, __m256i hi, const float *x,
-                                const uint8_t *scales, int c, float d, float dmin) {
+ * each w = d sc q - dmin m, so the sum is d sc sum(q x) - dmin m sum(x) per sub-block;
+ * the two sub-blocks' scaled sums and offsets go to totals t[0 .. 3]. */
+static inline void k_sub_pair(vsum t[4], __m256i lo, __m256i hi, const float *x,
+                              const uint8_t *scales, int c, float d, float dmin) {
     int sc0, m0, sc1, m1;
     finch_k_scale_min(2 * c, scales, &sc0, &m0);
     finch_k_scale_min(2 * c + 1, scales, &sc1, &m1);
-    __m256 xs0, xs1, p0 = i8x32_dot_sum(lo, x, &xs0), p1 = i8x32_dot_sum(hi, x + 32, &xs1);
-    total = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc0), p0, total);
-    total = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * (float)m0), xs0, total);
-    total = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc1), p1, total);
-    return _mm256_fnmadd_ps(_mm256_set1_ps(dmin * (float)m1), xs1, total);
+    vsum xs0, xs1, p0 = dot32_sum(lo, x, &xs0), p1 = dot32_sum(hi, x + 32, &xs1);
+    t[0] = vsum_fmadd(vsum_set1(d * (float)sc0), p0, t[0]);
+    t[1] = vsum_fnmadd(vsum_set1(dmin * (float)m0), xs0, t[1]);
+    t[2] = vsum_fmadd(vsum_set1(d * (float)sc1), p1, t[2]);
+    t[3] = vsum_fnmadd(vsum_set1(dmin * (float)m1), xs1, t[3]);
 }
 
 static float dot_q4_k(const void *row, const float *x, int64_t n) {
     const finch_block_q4_k *b = row;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 total = _mm256_setzero_ps();
+    vsum t[4] = {vsum_zero(), vsum_zero(), vsum_zero(), vsum_zero()};
     for (int64_t i = 0; i < n / QK_K; i++) {
         const float d = finch_f16_to_f32(b[i].d), dmin = finch_f16_to_f32(b[i].dmin);
         for (int c = 0; c < 4; c++, x += 64) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * c));
             __m256i lo = _mm256_and_si256(v, m4),
                     hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            total = k_sub_pair(total, lo, hi, x, b[i].scales, c, d, dmin);
+            k_sub_pair(t, lo, hi, x, b[i].scales, c, d, dmin);
         }
     }
-    return finch_cpu_hsum8(total);
+    return vsum_total4(t);
 }
 
 static float dot_q5_k(const void *row, const float *x, int64_t n) {
     const finch_block_q5_k *b = row;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 total = _mm256_setzero_ps();
+    vsum t[4] = {vsum_zero(), vsum_zero(), vsum_zero(), vsum_zero()};
     for (int64_t i = 0; i < n / QK_K; i++) {
         const float d = finch_f16_to_f32(b[i].d), dmin = finch_f16_to_f32(b[i].dmin);
         const __m256i h = _mm256_loadu_si256((const __m256i *)b[i].qh);
@@ -328,10 +403,10 @@ static float dot_q5_k(const void *row, const float *x, int64_t n) {
             __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m4), bytes_with(h, 1u << (2 * c), 16));
             __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
                                          bytes_with(h, 2u << (2 * c), 16));
-            total = k_sub_pair(total, lo, hi, x, b[i].scales, c, d, dmin);
+            k_sub_pair(t, lo, hi, x, b[i].scales, c, d, dmin);
         }
     }
-    return finch_cpu_hsum8(total);
+    return vsum_total4(t);
 }
 
 /* Q6_K, per half of 128 values: four runs of 32 (6-bit values: 4 bits from ql, 2 from qh),
@@ -350,24 +425,30 @@ static inline void q6_k_half(__m256i q[4], const uint8_t *ql, const uint8_t *qh)
     }
 }
 
+/* one run of 32: its two groups of 16, each under its scale, into *ta and *tb */
+static inline void q6_k_run(vsum *ta, vsum *tb, __m256i q, const float *x, float d,
+                            const int8_t *sc) {
+    *ta = vsum_fmadd(vsum_set1(d * (float)sc[0]), dot16(_mm256_castsi256_si128(q), x), *ta);
+    *tb =
+        vsum_fmadd(vsum_set1(d * (float)sc[1]), dot16(_mm256_extracti128_si256(q, 1), x + 16), *tb);
+}
+
 static float dot_q6_k(const void *row, const float *x, int64_t n) {
     const finch_block_q6_k *b = row;
-    __m256 total = _mm256_setzero_ps();
+    vsum t[4] = {vsum_zero(), vsum_zero(), vsum_zero(), vsum_zero()};
     for (int64_t i = 0; i < n / QK_K; i++) {
         const float d = finch_f16_to_f32(b[i].d);
         for (int half = 0; half < 2; half++, x += 128) {
             const int8_t *sc = b[i].scales + 8 * half;
             __m256i q[4];
             q6_k_half(q, b[i].ql + 64 * half, b[i].qh + 32 * half);
-            for (int k = 0; k < 4; k++) {
-                __m256 s0 = i8x16_dot(_mm256_castsi256_si128(q[k]), x + 32 * k);
-                __m256 s1 = i8x16_dot(_mm256_extracti128_si256(q[k], 1), x + 32 * k + 16);
-                total = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[2 * k]), s0, total);
-                total = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc[2 * k + 1]), s1, total);
+            for (int k = 0; k < 4; k += 2) { /* runs 0, 2 into t[0 .. 1], 1, 3 into t[2 .. 3] */
+                q6_k_run(&t[0], &t[1], q[k], x + 32 * k, d, sc + 2 * k);
+                q6_k_run(&t[2], &t[3], q[k + 1], x + 32 * (k + 1), d, sc + 2 * k + 2);
             }
         }
     }
-    return finch_cpu_hsum8(total);
+    return vsum_total4(t);
 }
 
 /* ---- tile dequantizers: core/quant.c's f32 operations, 8 elements at a time ----------- */

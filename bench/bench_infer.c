@@ -68,12 +68,21 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* The lowest id of the largest logit, as the library's greedy sampler and numpy's argmax
+ * (the peer's) pick it: eight running maxima, then the first id holding it. One chain of
+ * dependent compares over Gemma's 262,144 logits took 2 % of a token. */
 static int32_t argmax(const float *v, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++) {
-        if (v[i] > v[best]) best = i;
-    }
-    return best;
+    float m[8];
+    for (int k = 0; k < 8; k++) m[k] = v[0];
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) m[k] = v[i + k] > m[k] ? v[i + k] : m[k];
+    for (; i < n; i++) m[0] = v[i] > m[0] ? v[i] : m[0];
+    float mx = m[0];
+    for (int k = 1; k < 8; k++) mx = m[k] > mx ? m[k] : mx;
+    for (i = 0; i < n; i++)
+        if (v[i] == mx) return i;
+    return 0;
 }
 
 static void usage(const char *prog) {

@@ -309,13 +309,26 @@ static void pack_t(float *kt, const float *src, int64_t stride, int n, int D) {
         for (int j = n; j < BK; j++) kt[d * BK + j] = 0;
 }
 
-/* p[j] = e^(p[j] - mx) for j < n; returns their sum (8 lanes summed, then the tail in
- * order). Every element has finch_exp_lane's bits whether it falls in a lane or in the tail. */
+/* p[j] = e^(p[j] - mx) for j < n; returns their sum (16 lanes, then 8, summed, then the
+ * tail in order). Every element has finch_exp_lane's bits whether it falls in a lane or in
+ * the tail. */
 static inline float exp_run(float *p, int64_t n, float mx) {
     int64_t j = 0;
     float sum = 0;
 #ifdef HAVE_AVX2
     __m256 m = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+#if defined(__AVX512F__)
+    if (n >= 16) {
+        const __m512 m16 = _mm512_set1_ps(mx);
+        __m512 acc16 = _mm512_setzero_ps();
+        for (; j + 16 <= n; j += 16) {
+            __m512 e = finch_exp16(_mm512_sub_ps(_mm512_loadu_ps(p + j), m16));
+            _mm512_storeu_ps(p + j, e);
+            acc16 = _mm512_add_ps(acc16, e);
+        }
+        acc = _mm256_add_ps(_mm512_castps512_ps256(acc16), _mm512_extractf32x8_ps(acc16, 1));
+    }
+#endif
     for (; j + 8 <= n; j += 8) {
         __m256 e = finch_exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), m));
         _mm256_storeu_ps(p + j, e);

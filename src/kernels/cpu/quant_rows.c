@@ -127,6 +127,43 @@ static inline __m256i q5_values(const uint8_t *qs, const uint8_t *qh) {
     return _mm256_or_si256(finch_cpu_nibbles32(qs), bits32(h, 16));
 }
 
+/* Sums in the set's widest lanes: vsum is 16 floats with AVX-512, else 8. */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+typedef __m512 vsum;
+#define vsum_zero _mm512_setzero_ps
+#define vsum_set1 _mm512_set1_ps
+#define vsum_add _mm512_add_ps
+#define vsum_fmadd _mm512_fmadd_ps
+#define vsum_fnmadd _mm512_fnmadd_ps
+#define vsum_total _mm512_reduce_add_ps
+#else
+typedef __m256 vsum;
+#define vsum_zero _mm256_setzero_ps
+#define vsum_set1 _mm256_set1_ps
+#define vsum_add _mm256_add_ps
+#define vsum_fmadd _mm256_fmadd_ps
+#define vsum_fnmadd _mm256_fnmadd_ps
+#define vsum_total finch_cpu_hsum8
+#endif
+
+/* Blocks of 32 (block: one block added, scaled, into a running total) alternate between
+ * two running totals, even and odd, so consecutive blocks do not wait on each other's
+ * multiply-add. The totals are named variables: as an array indexed by i & 1, GCC keeps
+ * them in memory and every block waits on a store. */
+static inline __attribute__((always_inline)) float
+two_totals(vsum (*block)(const void *, int64_t, const float *, vsum), const void *row,
+           const float *x, int64_t n) {
+    const int64_t nb = n / QK;
+    vsum even = vsum_zero(), odd = vsum_zero();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        even = block(row, i, x + QK * i, even);
+        odd = block(row, i + 1, x + QK * (i + 1), odd);
+    }
+    if (i < nb) even = block(row, i, x + QK * i, even);
+    return vsum_total(vsum_add(even, odd));
+}
+
 /* Blocks of 32: 16 lanes where the set has AVX-512, else 8. */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 /* 16 signed bytes as 16 floats */
@@ -193,34 +230,8 @@ static inline __m512 block_q8_0(const void *row, int64_t i, const float *x, __m5
     return _mm512_fmadd_ps(_mm512_set1_ps(finch_f16_to_f32(b->d)), v, tot);
 }
 
-/* The blocks of a row alternate between two running totals, even and odd, so consecutive
- * blocks do not wait on each other's multiply-add. The totals are named variables: as an
- * array indexed by i & 1, GCC keeps them in memory and every block waits on a store. */
-static inline __attribute__((always_inline)) float
-two_totals(__m512 (*block)(const void *, int64_t, const float *, __m512), const void *row,
-           const float *x, int64_t n) {
-    const int64_t nb = n / QK;
-    __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        even = block(row, i, x + QK * i, even);
-        odd = block(row, i + 1, x + QK * (i + 1), odd);
-    }
-    if (i < nb) even = block(row, i, x + QK * i, even);
-    return _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
-}
-
-static float dot_q4_0(const void *row, const float *x, int64_t n) {
-    return two_totals(block_q4_0, row, x, n);
-}
 static float dot_q4_1(const void *row, const float *x, int64_t n) {
     return two_totals(block_q4_1, row, x, n);
-}
-static float dot_q5_0(const void *row, const float *x, int64_t n) {
-    return two_totals(block_q5_0, row, x, n);
-}
-static float dot_q8_0(const void *row, const float *x, int64_t n) {
-    return two_totals(block_q8_0, row, x, n);
 }
 #else
 /* 8 unsigned bytes -> 8 floats */
@@ -269,25 +280,6 @@ static inline __m256 block_q5_0(const void *row, int64_t i, const float *x, __m2
     return _mm256_fmadd_ps(_mm256_set1_ps(finch_f16_to_f32(b->d)), i8x32_dot(q, x), tot);
 }
 
-/* two_totals of the 16-lane path, in 8 lanes */
-static inline __attribute__((always_inline)) float
-two_totals(__m256 (*block)(const void *, int64_t, const float *, __m256), const void *row,
-           const float *x, int64_t n) {
-    const int64_t nb = n / QK;
-    __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        even = block(row, i, x + QK * i, even);
-        odd = block(row, i + 1, x + QK * (i + 1), odd);
-    }
-    if (i < nb) even = block(row, i, x + QK * i, even);
-    return finch_cpu_hsum8(_mm256_add_ps(even, odd));
-}
-
-static float dot_q4_0(const void *row, const float *x, int64_t n) {
-    return two_totals(block_q4_0, row, x, n);
-}
-
 static float dot_q4_1(const void *row, const float *x, int64_t n) {
     const finch_block_q4_1 *b = row;
     /* the scales' and the offsets' products in separate running totals: one chain of
@@ -302,14 +294,17 @@ static float dot_q4_1(const void *row, const float *x, int64_t n) {
     return finch_cpu_hsum8(_mm256_add_ps(td, tm));
 }
 
-static float dot_q8_0(const void *row, const float *x, int64_t n) {
-    return two_totals(block_q8_0, row, x, n);
+#endif
+
+static float dot_q4_0(const void *row, const float *x, int64_t n) {
+    return two_totals(block_q4_0, row, x, n);
 }
 static float dot_q5_0(const void *row, const float *x, int64_t n) {
     return two_totals(block_q5_0, row, x, n);
 }
-
-#endif
+static float dot_q8_0(const void *row, const float *x, int64_t n) {
+    return two_totals(block_q8_0, row, x, n);
+}
 
 static float dot_q5_1(const void *row, const float *x, int64_t n) {
     const finch_block_q5_1 *b = row;
@@ -322,15 +317,8 @@ static float dot_q5_1(const void *row, const float *x, int64_t n) {
     return finch_cpu_hsum8(_mm256_add_ps(td, tm));
 }
 
-/* The K-quants' dot products in the set's widest lanes (vsum: 16 with AVX-512, else 8). */
+/* The K-quants' products of 16 and 32 bytes in vsum lanes. */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-typedef __m512 vsum;
-#define vsum_zero _mm512_setzero_ps
-#define vsum_set1 _mm512_set1_ps
-#define vsum_add _mm512_add_ps
-#define vsum_fmadd _mm512_fmadd_ps
-#define vsum_fnmadd _mm512_fnmadd_ps
-#define vsum_total _mm512_reduce_add_ps
 /* 16 signed bytes times x[0 .. 15] */
 static inline vsum dot16(__m128i q, const float *x) {
     return _mm512_mul_ps(i8x16_ps(q), _mm512_loadu_ps(x));
@@ -343,13 +331,6 @@ static inline vsum dot32_sum(__m256i q, const float *x, vsum *xs) {
                            _mm512_mul_ps(i8x16_ps(_mm256_castsi256_si128(q)), x0));
 }
 #else
-typedef __m256 vsum;
-#define vsum_zero _mm256_setzero_ps
-#define vsum_set1 _mm256_set1_ps
-#define vsum_add _mm256_add_ps
-#define vsum_fmadd _mm256_fmadd_ps
-#define vsum_fnmadd _mm256_fnmadd_ps
-#define vsum_total finch_cpu_hsum8
 #define dot16 i8x16_dot
 #define dot32_sum i8x32_dot_sum
 #endif

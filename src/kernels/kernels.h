@@ -247,6 +247,17 @@ typedef struct {
     /* dx (n) += g (n) through the same mask. */
     void (*dropout_backward)(float *dx, const float *g, int64_t n, const finch_dropout *d);
 
+    /* LoRA's input side in backward (peft/lora.c), from du (T, r), A (r, in) and the input
+     * x (T, in) seen through d's mask (x itself when d is NULL): dA (r, in) += du^T xd and,
+     * when dx is not NULL, dx (T, in) += du A through the mask (a kept element gains
+     * d->scale (du A), a dropped one is unchanged), in one pass that never stores xd or
+     * du A. Each element of dA and dx is summed by one thread in an order that does not
+     * depend on the thread count. May be NULL: dropout_forward, gemm and dropout_backward
+     * then run in turn. */
+    void (*lora_down_backward)(float *dA, float *dx, const float *du, const float *x,
+                               const float *A, int64_t T, int64_t in, int64_t r,
+                               const finch_dropout *d);
+
     /* DoRA's output (peft/dora.c) in one pass, its low-rank term formed there: with
      * lora = u (T, r) . bt (r, n), zl (T, n) = c zl + lora, then y += lora + s[j] zl,
      * elementwise (s per column), in that order. */
@@ -488,6 +499,9 @@ void finch_ref_matmul_masked(float *y, const float *x, const uint64_t *bits, flo
                              const finch_weight *w, int64_t T);
 void finch_ref_dora_backward(float *dm, float *gs, float *h, const float *g, const float *zl,
                              const float *s1, const float *s2, int64_t T, int64_t n);
+void finch_ref_lora_down_backward(float *dA, float *dx, const float *du, const float *x,
+                                  const float *A, int64_t T, int64_t in, int64_t r,
+                                  const finch_dropout *d);
 void finch_ref_dora_combine(float *y, float *zl, const float *u, const float *bt, int64_t r,
                             float c, const float *s, int64_t T, int64_t n);
 void finch_ref_matmul_backward_masked(float *dx, const float *dy, const uint64_t *bits, float alpha,

@@ -61,11 +61,11 @@ void finch_linear_backward(float *dx, const float *dy, const float *x, const fin
     if (lin->dbias) be->col_dot(lin->dbias, g, NULL, T, lin->w.rows);
     if (lin->dw) be->matmul_backward_weight(lin->dw, g, xi, T, lin->w.rows, lin->w.cols, ctx->ws);
     FINCH_ASSERT(dx || !n_in);
-    if (!dx) return;
-    be->matmul_backward_input(dx, g, &lin->w, T, ctx->ws);
+    if (dx) be->matmul_backward_input(dx, g, &lin->w, T, ctx->ws);
     for (int i = 0; i < lin->n_att; i++)
         if (lin->att[i].ops->backward_input)
             lin->att[i].ops->backward_input(&lin->att[i], dx, xi, T, lin, ctx);
+    if (!dx) return;
     /* input transforms in reverse, each given its own input */
     for (int i = lin->n_att - 1, k = n_in; i >= 0; i--)
         if (lin->att[i].ops->input) {

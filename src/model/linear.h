@@ -27,6 +27,9 @@ typedef struct {
     finch_workspace *ws;
     bool training;         /* dropout active, gradients wanted */
     uint64_t dropout_seed; /* per step; forward and backward of one step use the same */
+    uint64_t pass;         /* the training forward this call belongs to, unique in the process
+                              (0: none): what a site's forward keeps is its backward's while
+                              the pass is the same */
 } finch_linear_ctx;
 
 typedef struct finch_attachment finch_attachment;
@@ -56,7 +59,9 @@ typedef struct {
      * otherwise a buffer of the method's, valid until the next call at this site). */
     const float *(*backward)(const finch_attachment *a, const float *g, const float *x, int64_t T,
                              const finch_linear *lin, const finch_linear_ctx *ctx);
-    /* dx (T, in) += the method's part of the input gradient, after backward(). */
+    /* dx (T, in) += the method's part of the input gradient, after backward(); dx is NULL
+     * when the input's gradient is not wanted (the parameter gradients left to this call are
+     * still taken). */
     void (*backward_input)(const finch_attachment *a, float *dx, const float *x, int64_t T,
                            const finch_linear *lin, const finch_linear_ctx *ctx);
 } finch_peft_ops;

@@ -355,8 +355,12 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     const int64_t B = a->B, T = a->T, N = B * T, C = c->n_embd;
     const int L = c->n_layer;
     const finch_arch *arch = m->arch;
-    a->ctx = (finch_linear_ctx){
-        .be = be, .ws = &a->ws, .training = training, .dropout_seed = dropout_seed};
+    static uint64_t passes; /* every pass of every finch_train_acts gets its own number */
+    a->ctx = (finch_linear_ctx){.be = be,
+                                .ws = &a->ws,
+                                .training = training,
+                                .dropout_seed = dropout_seed,
+                                .pass = __atomic_add_fetch(&passes, 1, __ATOMIC_RELAXED)};
     finch_linear_ctx ctx = a->ctx;
     const finch_virtual *vt = &m->virt;
     const int64_t K = a->K, P = a->P;

@@ -242,6 +242,7 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
                                 const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
+    if (!dx) return;
     if (!dropping(s, ctx)) {
         finch_lora_backward_dx(s, dx, x, T, ctx);
         return;

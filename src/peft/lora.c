@@ -120,10 +120,11 @@ void finch_lora_free_state(finch_peft *p) {
 finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_peft_ops *ops,
                                    float weight, int64_t max_tokens, bool dora, finch_err *err) {
     finch_lora *l = p->state;
-    /* u, du, the dropped-out input and DoRA's gradient buffer live only within one site's
-     * forward or backward (backward recomputes u and xd), so the sites share them; DoRA's
-     * zl is kept from forward to backward, one per site */
-    int64_t max_r = 1, max_in = 1, max_out = 1, zl = 0;
+    /* du, the dropped-out input and DoRA's gradient buffer live only within one site's
+     * forward or backward, so the sites share them; u (LoRA's backward takes it from the
+     * forward of the same pass) and DoRA's zl are kept from forward to backward, one per
+     * training site (sites that do not train share one u) */
+    int64_t max_r = 1, max_in = 1, max_out = 1, zl = 0, us = 0;
     bool drops = false;
     for (int i = 0; i < l->n_sites; i++) {
         const finch_lora_site *s = &l->sites[i];
@@ -132,9 +133,11 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
         max_out = s->out > max_out ? s->out : max_out;
         drops |= s->dropout > 0;
         zl += dora ? s->out : 0;
+        us += s->dA ? s->r : 0;
     }
-    size_t need = (size_t)max_tokens * (2 * (size_t)max_r + (drops ? (size_t)max_in : 0) +
-                                        (dora ? (size_t)max_out : 0) + (size_t)zl);
+    size_t need =
+        (size_t)max_tokens * (2 * (size_t)max_r + (size_t)us + (drops ? (size_t)max_in : 0) +
+                              (dora ? (size_t)max_out : 0) + (size_t)zl);
     float *scratch = finch_alloc(need * sizeof(float) + 1, "adapter scratch", err);
     if (!scratch) return FINCH_E_NOMEM;
     free(l->scratch);
@@ -157,7 +160,9 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
     for (int i = 0; i < l->n_sites; i++) {
         finch_lora_site *s = &l->sites[i];
         s->max_tokens = max_tokens;
-        s->u = u;
+        s->u = s->dA ? next : u;
+        next += s->dA ? max_tokens * s->r : 0;
+        s->u_pass = 0;
         s->du = du;
         s->xd = s->dropout > 0 ? xd : NULL;
         s->g = g;
@@ -248,14 +253,18 @@ void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x,
 
 /* ---- the attachment --------------------------------------------------------------------- */
 
+/* Forward keeps u for the backward of the same pass (ctx->pass). Backward takes du and dB
+ * there; with the backend's lora_down_backward, dA and dx follow in backward_input in one
+ * pass over x that regenerates the mask, else as finch_lora_backward_params and _dx do. */
 static void lora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
                          const finch_linear *lin, const finch_linear_ctx *ctx) {
     (void)lin;
-    const finch_lora_site *s = a->state;
+    finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
     FINCH_ASSERT(T <= s->max_tokens);
     const float *xd = finch_lora_input(s, x, T, ctx);
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    s->u_pass = ctx->training && s->dA ? ctx->pass : 0;
     be->gemm(false, true, T, s->out, s->r, a->weight * s->scale, s->u, s->r, s->B, s->r, 1.0f, y,
              s->out);
 }
@@ -263,16 +272,35 @@ static void lora_forward(const finch_attachment *a, float *y, const float *x, in
 static const float *lora_backward(const finch_attachment *a, const float *g, const float *x,
                                   int64_t T, const finch_linear *lin, const finch_linear_ctx *ctx) {
     (void)lin;
-    const finch_lora_site *s = a->state;
-    const float *xd = finch_lora_input(s, x, T, ctx);
-    finch_lora_backward_params(s, g, a->weight * s->scale, xd, T, ctx);
+    finch_lora_site *s = a->state;
+    const finch_backend *be = ctx->be;
+    const float alpha = a->weight * s->scale;
+    if (!be->lora_down_backward) {
+        finch_lora_backward_params(s, g, alpha, finch_lora_input(s, x, T, ctx), T, ctx);
+        return g;
+    }
+    FINCH_ASSERT(T <= s->max_tokens && s->dA);
+    if (!ctx->pass || s->u_pass != ctx->pass) { /* another forward ran since */
+        const float *xd = finch_lora_input(s, x, T, ctx);
+        be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
+        s->u_pass = ctx->pass;
+    }
+    be->gemm(false, false, T, s->r, s->out, alpha, g, s->out, s->B, s->r, 0.0f, s->du, s->r);
+    be->gemm(true, false, s->out, s->r, T, alpha, g, s->out, s->u, s->r, 1.0f, s->dB, s->r);
     return g;
 }
 
 static void lora_backward_input(const finch_attachment *a, float *dx, const float *x, int64_t T,
                                 const finch_linear *lin, const finch_linear_ctx *ctx) {
     (void)lin;
-    finch_lora_backward_dx(a->state, dx, x, T, ctx);
+    const finch_lora_site *s = a->state;
+    const finch_backend *be = ctx->be;
+    if (!be->lora_down_backward) {
+        if (dx) finch_lora_backward_dx(s, dx, x, T, ctx);
+        return;
+    }
+    const finch_dropout d = finch_lora_mask(s, ctx);
+    be->lora_down_backward(s->dA, dx, s->du, x, s->A, T, s->in, s->r, drops(s, ctx) ? &d : NULL);
 }
 
 static const finch_peft_ops lora_ops = {

@@ -29,12 +29,14 @@ typedef struct {
                         2 v (A shared, B, magnitudes row blocks: finch_target_part) */
     int64_t in, out; /* the base weight's columns and rows */
     int r;
-    float scale;    /* alpha / r or alpha / sqrt(r) */
-    float dropout;  /* the dropout probability */
-    float *A, *B;   /* (r, in), (out, r), in the registry */
-    float *dA, *dB; /* their gradients, or NULL when not training */
-    float *u, *du;  /* scratch (max_tokens, r) each: x A^T and its gradient */
-    float *xd;      /* scratch (max_tokens, in): the dropped-out input, when dropout > 0 */
+    float scale;     /* alpha / r or alpha / sqrt(r) */
+    float dropout;   /* the dropout probability */
+    float *A, *B;    /* (r, in), (out, r), in the registry */
+    float *dA, *dB;  /* their gradients, or NULL when not training */
+    float *u;        /* (max_tokens, r): xd A^T, the site's own when it trains */
+    uint64_t u_pass; /* the training pass (finch_linear_ctx) whose u that is, 0 for none */
+    float *du;       /* scratch (max_tokens, r): u's gradient */
+    float *xd;       /* scratch (max_tokens, in): the dropped-out input, when dropout > 0 */
     int64_t max_tokens;
     /* DoRA (dora.c) */
     float *mag, *dmag; /* (out) magnitudes and their gradient */

@@ -867,6 +867,56 @@ static void test_site_ops(void **state) {
     free(x), free(b), free(s), free(y), free(yr), free(in), free(o1), free(o2), free(g1), free(g2);
 }
 
+/* LoRA's input side in backward against the double reference, with and without dropout and
+ * dx, for ranks kept in registers (8, 16) and not (5, 33), row counts across the kernel's row
+ * blocks and column counts with a tail past the last band of 16; the same bits for 1 and 2
+ * threads; and, for dropout, the elements it drops unchanged in dx. */
+static void test_lora_down_backward(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 23);
+    const int64_t shapes[][3] = {{37, 203, 16}, {16, 64, 8}, {5, 35, 5}, {70, 48, 33}, {1, 16, 16}};
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++)
+        for (int drop = 0; drop < 2; drop++)
+            for (int with_dx = 0; with_dx < 2; with_dx++) {
+                const int64_t T = shapes[k][0], in = shapes[k][1], rk = shapes[k][2];
+                const size_t nx = (size_t)(T * in), na = (size_t)(rk * in);
+                float *x = rand_vec(&r, T * in, 1.0f), *A = rand_vec(&r, rk * in, 0.5f),
+                      *du = rand_vec(&r, T * rk, 1.0f), *dA0 = rand_vec(&r, rk * in, 1.0f),
+                      *dx0 = rand_vec(&r, T * in, 1.0f);
+                float *dA[3], *dx[3];
+                for (int v = 0; v < 3; v++) {
+                    dA[v] = malloc(na * sizeof(float)), dx[v] = malloc(nx * sizeof(float));
+                    memcpy(dA[v], dA0, na * sizeof(float));
+                    memcpy(dx[v], dx0, nx * sizeof(float));
+                }
+                finch_dropout d = finch_dropout_make(5 + k, 3, 0.3f);
+                const finch_dropout *dp = drop ? &d : NULL;
+                for (int th = 1; th <= 2; th++) {
+                    finch_threads_set(th);
+                    be->lora_down_backward(dA[th - 1], with_dx ? dx[th - 1] : NULL, du, x, A, T,
+                                           in, rk, dp);
+                }
+                finch_ref_lora_down_backward(dA[2], with_dx ? dx[2] : NULL, du, x, A, T, in, rk,
+                                             dp);
+                assert_memory_equal(dA[0], dA[1], na * sizeof(float));
+                assert_memory_equal(dx[0], dx[1], nx * sizeof(float));
+                /* f32 sums of T (dA) and r (dx) products of O(1) terms: floors T and r */
+                assert_close(dA[0], dA[2], rk * in, 4e-6, (double)T, "lora_down_backward dA");
+                assert_close(dx[0], dx[2], T * in, 4e-6, (double)rk, "lora_down_backward dx");
+                int64_t dropped = 0;
+                for (size_t i = 0; drop && i < nx; i++)
+                    if (finch_mix64(d.base + i) < d.threshold) {
+                        dropped++;
+                        assert_memory_equal(&dx[0][i], &dx0[i], sizeof(float));
+                    }
+                if (drop && nx > 100) assert_true(dropped > 0);
+                for (int v = 0; v < 3; v++) free(dA[v]), free(dx[v]);
+                free(x), free(A), free(du), free(dA0), free(dx0);
+            }
+    finch_threads_set(2);
+}
+
 /* DoRA's dropout corrections: the dropped elements' bits, the product over them alone and
  * the input gradient at them, against the reference, for storage types with blocks of 32,
  * 256 and 1 element, row counts across tiles and column counts across words and column
@@ -1144,6 +1194,7 @@ int main(void) {
         cmocka_unit_test(test_geglu),
         cmocka_unit_test(test_layernorm_gelu),
         cmocka_unit_test(test_site_ops),
+        cmocka_unit_test(test_lora_down_backward),
         cmocka_unit_test(test_matmul_masked),
         cmocka_unit_test(test_adamw_and_device_part),
     };

@@ -34,6 +34,7 @@ const finch_backend finch_backend_cpu = {
     .dropout_forward = finch_cpu_dropout_forward,
     .dropout_backward = finch_cpu_dropout_backward,
     .dropout_bits = finch_cpu_dropout_bits,
+    .lora_down_backward = finch_cpu_lora_down_backward,
     .matmul_masked = finch_cpu_matmul_masked,
     .matmul_split = finch_cpu_matmul_split,
     .matmul_backward_masked = finch_cpu_matmul_backward_masked,

@@ -63,6 +63,7 @@
 #define finch_cpu_dropout_forward FINCH_ISA_NAME(finch_cpu_dropout_forward)
 #define finch_cpu_dropout_backward FINCH_ISA_NAME(finch_cpu_dropout_backward)
 #define finch_cpu_dropout_bits FINCH_ISA_NAME(finch_cpu_dropout_bits)
+#define finch_cpu_lora_down_backward FINCH_ISA_NAME(finch_cpu_lora_down_backward)
 #define finch_cpu_matmul_masked FINCH_ISA_NAME(finch_cpu_matmul_masked)
 #define finch_cpu_matmul_split FINCH_ISA_NAME(finch_cpu_matmul_split)
 #define finch_cpu_matmul_backward_masked FINCH_ISA_NAME(finch_cpu_matmul_backward_masked)
@@ -314,6 +315,9 @@ void finch_cpu_col_dot(float *ds, const float *a, const float *b, int64_t T, int
 void finch_cpu_dropout_forward(float *y, const float *x, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_backward(float *dx, const float *g, int64_t n, const finch_dropout *d);
 void finch_cpu_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dropout *d);
+void finch_cpu_lora_down_backward(float *dA, float *dx, const float *du, const float *x,
+                                  const float *A, int64_t T, int64_t in, int64_t r,
+                                  const finch_dropout *d);
 void finch_cpu_matmul_split(float *y, const float *x, const finch_split *sp, const finch_weight *w,
                             int64_t T, finch_workspace *ws);
 void finch_cpu_matmul_masked(float *y, const float *x, const uint64_t *bits, float alpha,

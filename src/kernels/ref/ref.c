@@ -473,6 +473,29 @@ void finch_ref_dora_backward(float *dm, float *gs, float *h, const float *g, con
     }
 }
 
+void finch_ref_lora_down_backward(float *dA, float *dx, const float *du, const float *x,
+                                  const float *A, int64_t T, int64_t in, int64_t r,
+                                  const finch_dropout *d) {
+    for (int64_t c = 0; c < in; c++)
+        for (int64_t j = 0; j < r; j++) {
+            double acc = 0;
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t i = t * in + c;
+                const double f = !d ? 1.0 : ref_kept(d, i) ? (double)d->scale : 0.0;
+                acc += (double)du[t * r + j] * (f * x[i]);
+            }
+            dA[j * in + c] = (float)(dA[j * in + c] + acc);
+        }
+    for (int64_t t = 0; dx && t < T; t++)
+        for (int64_t c = 0; c < in; c++) {
+            const int64_t i = t * in + c;
+            if (d && !ref_kept(d, i)) continue;
+            double g = 0;
+            for (int64_t j = 0; j < r; j++) g += (double)du[t * r + j] * A[j * in + c];
+            dx[i] = (float)(dx[i] + (d ? (double)d->scale : 1.0) * g);
+        }
+}
+
 void finch_ref_dora_combine(float *y, float *zl, const float *u, const float *bt, int64_t r,
                             float c, const float *s, int64_t T, int64_t n) {
     for (int64_t t = 0; t < T; t++)

@@ -140,16 +140,43 @@ void finch_bf16_pack_b_nn(uint16_t *dst, const float *B, int64_t K, int64_t N, i
 }
 
 #if defined(__x86_64__)
+/* The 16 x 16 transpose of 32-bit elements: out[j] holds element j of every r[i]. */
+VEC_TARGET static void transpose16(__m512i out[16], const __m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) { /* t: pairs of rows interleaved within 128-bit lanes */
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* u[i + c]: rows i .. i + 3 of columns c, c + 4, ... */
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* the 128-bit lanes of columns c, c + 4, c + 8, c + 12 */
+        const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88),
+                      v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd),
+                      w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88),
+                      w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        out[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+        out[c + 8] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
+        out[c + 4] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+        out[c + 12] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
+    }
+}
+
 /* 16 rows of W from k0 (k0 + 32 <= K) into the panel columns n0.. (n0 a multiple of 16):
- * each row's 16 pairs converted at once, then transposed as 32-bit pairs. */
+ * each row's 16 pairs converted at once, then transposed as 32-bit pairs in registers. */
 VEC_TARGET static void pack_rows16(uint16_t *dst, int64_t Kp, int64_t n0, const float *W,
                                    int64_t ldw, int64_t k0) {
-    uint32_t pairs[16][16];
-    for (int r = 0; r < 16; r++) cvt32((uint16_t *)pairs[r], W + r * ldw + k0);
-    typedef uint32_t __attribute__((may_alias)) pair; /* two bf16 of the uint16_t panel */
-    pair *out = (pair *)(dst + b_index(Kp, k0, n0));
+    __m512i pairs[16], cols[16];
+    for (int r = 0; r < 16; r++)
+        pairs[r] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(W + r * ldw + k0 + 16),
+                                                _mm512_loadu_ps(W + r * ldw + k0));
+    transpose16(cols, pairs);
+    uint16_t *out = dst + b_index(Kp, k0, n0);
     for (int j = 0; j < 16; j++) /* pair row k0 / 2 + j: 32 columns of pairs, 128 bytes */
-        for (int r = 0; r < 16; r++) out[j * 32 + r] = pairs[r][j];
+        _mm512_storeu_si512(out + j * 64, cols[j]);
 }
 #endif
 

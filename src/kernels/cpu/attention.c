@@ -340,6 +340,27 @@ static inline float exp_run(float *p, int64_t n, float mx) {
     return sum;
 }
 
+/* p[j] = e^(p[j] s - mx) f for j < n in one pass: scale_by, exp_run and scale_by in turn,
+ * element by element the same operations, so the same bits. */
+static inline void prob_run(float *p, int64_t n, float s, float mx, float f) {
+    int64_t j = 0;
+#ifdef HAVE_AVX2
+#if defined(__AVX512F__)
+    const __m512 s16 = _mm512_set1_ps(s), m16 = _mm512_set1_ps(mx), f16 = _mm512_set1_ps(f);
+    for (; j + 16 <= n; j += 16) {
+        const __m512 x = _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j), s16), m16);
+        _mm512_storeu_ps(p + j, _mm512_mul_ps(finch_exp16(x), f16));
+    }
+#endif
+    const __m256 s8 = _mm256_set1_ps(s), m8 = _mm256_set1_ps(mx), f8 = _mm256_set1_ps(f);
+    for (; j + 8 <= n; j += 8) {
+        const __m256 x = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p + j), s8), m8);
+        _mm256_storeu_ps(p + j, _mm256_mul_ps(finch_exp8(x), f8));
+    }
+#endif
+    for (; j < n; j++) p[j] = finch_exp_lane(p[j] * s - mx) * f;
+}
+
 /* p[j] *= f for j < n (8 lanes, then the tail: the same product either way). */
 static inline void scale_by(float *p, int64_t n, float f) {
     int64_t j = 0;
@@ -574,9 +595,7 @@ static void bwd_tile(float *p, float *dp, const float *q, const float *dout, int
             memset(pi, 0, (size_t)nk * sizeof(float));
             continue;
         }
-        scale_by(pi + ja, jb + 1 - ja, scale);
-        exp_run(pi + ja, jb + 1 - ja, st[2 * i]);
-        scale_by(pi + ja, jb + 1 - ja, st[2 * i + 1]);
+        prob_run(pi + ja, jb + 1 - ja, scale, st[2 * i], st[2 * i + 1]);
         memset(pi, 0, (size_t)ja * sizeof(float));
         memset(pi + jb + 1, 0, (size_t)(nk - 1 - jb) * sizeof(float));
     }

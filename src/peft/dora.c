@@ -167,6 +167,7 @@ static void dora_forward(const finch_attachment *a, float *y, const float *x, in
     }
     /* lora = sw (xd A^T) B^T; zl = c zl + lora; y += lora + (mns - 1) zl */
     be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    s->u_pass = ctx->training && s->dA ? ctx->pass : 0; /* for backward (lora.h) */
     if (be->dora_combine) { /* lora formed inside, from u and sw B^T (in P, free here) */
         for (int64_t j = 0; j < s->out; j++)
             for (int k = 0; k < s->r; k++) s->P[k * s->out + j] = sw * s->B[j * s->r + k];
@@ -198,19 +199,23 @@ static void scale_grads(finch_lora_site *s, float *gs, float *h, const float *g,
 }
 
 /* The low-rank path's gradients for the output gradient mns g, from g: mns scales B's rows
- * (for du = mns g B) and dB's (dB = mns g^T u), so mns g itself is never formed. */
-static void backward_params_scaled(finch_lora_site *s, const float *g, float alpha, const float *xd,
-                                   int64_t T, const finch_linear_ctx *ctx) {
+ * (for du = mns g B) and dB's (dB = mns g^T u), so mns g itself is never formed. xd NULL:
+ * u is the forward's (or formed again from x) and backward_input takes dA (lora.h). */
+static void backward_params_scaled(finch_lora_site *s, const float *g, float alpha, const float *x,
+                                   const float *xd, int64_t T, const finch_linear_ctx *ctx) {
     const finch_backend *be = ctx->be;
     const int64_t r = s->r, out = s->out;
-    be->gemm(false, true, T, r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, r);
+    if (xd)
+        be->gemm(false, true, T, r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, r);
+    else if (!ctx->pass || s->u_pass != ctx->pass)
+        finch_lora_forward_u(s, x, T, ctx);
     for (int64_t j = 0; j < out; j++)
         for (int64_t k = 0; k < r; k++) s->Bm[j * r + k] = s->mns[j] * s->B[j * r + k];
     be->gemm(false, false, T, r, out, alpha, g, out, s->Bm, r, 0.0f, s->du, r);
     be->gemm(true, false, out, r, T, 1.0f, g, out, s->u, r, 0.0f, s->P, r); /* g^T u */
     for (int64_t j = 0; j < out; j++)
         for (int64_t k = 0; k < r; k++) s->dB[j * r + k] += alpha * s->mns[j] * s->P[j * r + k];
-    be->gemm(true, false, r, s->in, T, 1.0f, s->du, r, xd, s->in, 1.0f, s->dA, s->in);
+    if (xd) be->gemm(true, false, r, s->in, T, 1.0f, s->du, r, xd, s->in, 1.0f, s->dA, s->in);
 }
 
 static const float *dora_backward(const finch_attachment *a, const float *g, const float *x,
@@ -218,13 +223,19 @@ static const float *dora_backward(const finch_attachment *a, const float *g, con
     (void)lin;
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
-    const float *xd = finch_lora_input(s, x, T, ctx);
+    /* without dropout or with the masked products, backward_input takes dA with dx in one
+     * pass over x where the backend can (lora.h): xd is never formed */
+    const bool down = finch_lora_down_fused(ctx) && (!dropping(s, ctx) || fused(s, ctx));
+    const float *xd = down ? NULL : finch_lora_input(s, x, T, ctx);
     const float alpha = a->weight * s->scale;
     if (!dropping(s, ctx) || !fused(s, ctx)) {
         /* y = b + mns (z + lora): the low-rank path and, without dropout, the base product
          * see mns g */
         scale_grads(s, s->g, NULL, g, s->mns, NULL, T, be);
-        finch_lora_backward_params(s, s->g, alpha, xd, T, ctx);
+        if (down)
+            finch_lora_backward_up(s, s->g, alpha, x, T, ctx);
+        else
+            finch_lora_backward_params(s, s->g, alpha, xd, T, ctx);
         if (!dropping(s, ctx)) return s->g;
         be->scale_cols(s->g, g, s->mns1, T, s->out); /* for backward_input: (mns - 1) g */
         return g;
@@ -234,7 +245,7 @@ static const float *dora_backward(const finch_attachment *a, const float *g, con
     const float c = finch_lora_mask(s, ctx).scale;
     for (int64_t j = 0; j < s->out; j++) s->gscale[j] = 1.0f + c * s->mns1[j];
     scale_grads(s, s->g, s->zl, g, s->gscale, s->mns1, T, be);
-    backward_params_scaled(s, g, alpha, xd, T, ctx);
+    backward_params_scaled(s, g, alpha, x, xd, T, ctx);
     return s->g;
 }
 
@@ -242,18 +253,25 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
                                 const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
-    if (!dx) return;
+    const bool down = finch_lora_down_fused(ctx) && (!dropping(s, ctx) || fused(s, ctx));
     if (!dropping(s, ctx)) {
-        finch_lora_backward_dx(s, dx, x, T, ctx);
+        if (down)
+            finch_lora_backward_down(s, dx, x, T, ctx);
+        else if (dx)
+            finch_lora_backward_dx(s, dx, x, T, ctx);
         return;
     }
     finch_dropout d = finch_lora_mask(s, ctx);
     if (fused(s, ctx)) { /* dx -= c (h W) at the dropped elements (forward's bits), then du A
-                            through the mask */
-        be->matmul_backward_masked(dx, s->zl, s->mask, -d.scale, &lin->w, T, ctx->ws);
-        finch_lora_backward_dx(s, dx, x, T, ctx);
+                            through the mask (and dA, as dora_backward left it) */
+        if (dx) be->matmul_backward_masked(dx, s->zl, s->mask, -d.scale, &lin->w, T, ctx->ws);
+        if (down)
+            finch_lora_backward_down(s, dx, x, T, ctx);
+        else if (dx)
+            finch_lora_backward_dx(s, dx, x, T, ctx);
         return;
     }
+    if (!dx) return;
     /* through the mask: dxd = (mns - 1) g W + du A */
     be->matmul_backward_input(s->xd, s->g, &lin->w, T, ctx->ws);
     be->gemm(false, false, T, s->in, s->r, 1.0f, s->du, s->r, s->A, s->in, 1.0f, s->xd, s->in);

@@ -251,56 +251,61 @@ void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x,
     be->dropout_backward(dx, dxd, T * s->in, &d);
 }
 
+void finch_lora_forward_u(finch_lora_site *s, const float *x, int64_t T,
+                          const finch_linear_ctx *ctx) {
+    FINCH_ASSERT(T <= s->max_tokens);
+    const float *xd = finch_lora_input(s, x, T, ctx);
+    ctx->be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
+    s->u_pass = ctx->training && s->dA ? ctx->pass : 0;
+}
+
+void finch_lora_backward_up(finch_lora_site *s, const float *gs, float alpha, const float *x,
+                            int64_t T, const finch_linear_ctx *ctx) {
+    const finch_backend *be = ctx->be;
+    FINCH_ASSERT(T <= s->max_tokens && s->dA);
+    if (!ctx->pass || s->u_pass != ctx->pass) /* another forward ran since */
+        finch_lora_forward_u(s, x, T, ctx);
+    be->gemm(false, false, T, s->r, s->out, alpha, gs, s->out, s->B, s->r, 0.0f, s->du, s->r);
+    be->gemm(true, false, s->out, s->r, T, alpha, gs, s->out, s->u, s->r, 1.0f, s->dB, s->r);
+}
+
+void finch_lora_backward_down(const finch_lora_site *s, float *dx, const float *x, int64_t T,
+                              const finch_linear_ctx *ctx) {
+    const finch_dropout d = finch_lora_mask(s, ctx);
+    ctx->be->lora_down_backward(s->dA, dx, s->du, x, s->A, T, s->in, s->r,
+                                drops(s, ctx) ? &d : NULL);
+}
+
 /* ---- the attachment --------------------------------------------------------------------- */
 
-/* Forward keeps u for the backward of the same pass (ctx->pass). Backward takes du and dB
- * there; with the backend's lora_down_backward, dA and dx follow in backward_input in one
- * pass over x that regenerates the mask, else as finch_lora_backward_params and _dx do. */
 static void lora_forward(const finch_attachment *a, float *y, const float *x, int64_t T,
                          const finch_linear *lin, const finch_linear_ctx *ctx) {
     (void)lin;
     finch_lora_site *s = a->state;
-    const finch_backend *be = ctx->be;
-    FINCH_ASSERT(T <= s->max_tokens);
-    const float *xd = finch_lora_input(s, x, T, ctx);
-    be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
-    s->u_pass = ctx->training && s->dA ? ctx->pass : 0;
-    be->gemm(false, true, T, s->out, s->r, a->weight * s->scale, s->u, s->r, s->B, s->r, 1.0f, y,
-             s->out);
+    finch_lora_forward_u(s, x, T, ctx);
+    ctx->be->gemm(false, true, T, s->out, s->r, a->weight * s->scale, s->u, s->r, s->B, s->r, 1.0f,
+                  y, s->out);
 }
 
 static const float *lora_backward(const finch_attachment *a, const float *g, const float *x,
                                   int64_t T, const finch_linear *lin, const finch_linear_ctx *ctx) {
     (void)lin;
     finch_lora_site *s = a->state;
-    const finch_backend *be = ctx->be;
     const float alpha = a->weight * s->scale;
-    if (!be->lora_down_backward) {
+    if (finch_lora_down_fused(ctx))
+        finch_lora_backward_up(s, g, alpha, x, T, ctx);
+    else
         finch_lora_backward_params(s, g, alpha, finch_lora_input(s, x, T, ctx), T, ctx);
-        return g;
-    }
-    FINCH_ASSERT(T <= s->max_tokens && s->dA);
-    if (!ctx->pass || s->u_pass != ctx->pass) { /* another forward ran since */
-        const float *xd = finch_lora_input(s, x, T, ctx);
-        be->gemm(false, true, T, s->r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, s->r);
-        s->u_pass = ctx->pass;
-    }
-    be->gemm(false, false, T, s->r, s->out, alpha, g, s->out, s->B, s->r, 0.0f, s->du, s->r);
-    be->gemm(true, false, s->out, s->r, T, alpha, g, s->out, s->u, s->r, 1.0f, s->dB, s->r);
     return g;
 }
 
 static void lora_backward_input(const finch_attachment *a, float *dx, const float *x, int64_t T,
                                 const finch_linear *lin, const finch_linear_ctx *ctx) {
     (void)lin;
-    const finch_lora_site *s = a->state;
-    const finch_backend *be = ctx->be;
-    if (!be->lora_down_backward) {
-        if (dx) finch_lora_backward_dx(s, dx, x, T, ctx);
-        return;
-    }
-    const finch_dropout d = finch_lora_mask(s, ctx);
-    be->lora_down_backward(s->dA, dx, s->du, x, s->A, T, s->in, s->r, drops(s, ctx) ? &d : NULL);
+    if (finch_lora_down_fused(ctx))
+        finch_lora_backward_down(a->state, dx, x, T, ctx);
+    else if (dx)
+        finch_lora_backward_dx(a->state, dx, x, T, ctx);
 }
 
 static const finch_peft_ops lora_ops = {

@@ -96,11 +96,14 @@ void finch_lora_merge_delta(const finch_lora_site *s, int64_t r, float *row, flo
 
 /* The low-rank path at a site, in steps DoRA reuses:
  *   input:    the dropped-out input xd (x itself without dropout or outside training);
- *   u:        u = xd A^T into s->u;
+ *   u:        u = xd A^T into s->u (forward_u: kept for the backward of the same pass);
  *   backward: given gs = the gradient of the low-rank output (already multiplied by
  *             weight * scale and any per-row factor), du = gs B, dB += gs^T u,
  *             dA += du^T xd;
- *   input gradient: dx += (du A) through the dropout mask. */
+ *   input gradient: dx += (du A) through the dropout mask.
+ * Where the backend has lora_down_backward (finch_lora_down_fused), backward takes du and
+ * dB (backward_up, u the forward's when of this pass) and backward_input dA with dx in one
+ * pass over x (backward_down, dx may be NULL); else backward_params and backward_dx. */
 /* The site's dropout mask this step (a fused module's parts share it, as in PEFT). */
 finch_dropout finch_lora_mask(const finch_lora_site *s, const finch_linear_ctx *ctx);
 const float *finch_lora_input(const finch_lora_site *s, const float *x, int64_t T,
@@ -109,5 +112,14 @@ void finch_lora_backward_params(const finch_lora_site *s, const float *gs, float
                                 const float *xd, int64_t T, const finch_linear_ctx *ctx);
 void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x, int64_t T,
                             const finch_linear_ctx *ctx);
+void finch_lora_forward_u(finch_lora_site *s, const float *x, int64_t T,
+                          const finch_linear_ctx *ctx);
+static inline bool finch_lora_down_fused(const finch_linear_ctx *ctx) {
+    return ctx->be->lora_down_backward != NULL;
+}
+void finch_lora_backward_up(finch_lora_site *s, const float *gs, float alpha, const float *x,
+                            int64_t T, const finch_linear_ctx *ctx);
+void finch_lora_backward_down(const finch_lora_site *s, float *dx, const float *x, int64_t T,
+                              const finch_linear_ctx *ctx);
 
 #endif /* FINCH_LORA_H */

@@ -146,18 +146,24 @@ static void test_gradients(void **state) {
 }
 
 /* LoRA's backward takes u from the forward of the same pass: a forward of other rows by
- * another set of activations in between (as data-parallel lanes or a reference pass may
- * run) must leave the gradients bit for bit those of forward and backward alone. And a
- * backend without lora_down_backward (the ops in turn) gives the same gradients within
- * f32 rounding. With dropout, all linear layers, random A and B. */
-static void test_interleaved_forward(void **state) {
-    (void)state;
+ * another set of activations in between must leave the gradients bit for bit those of
+ * forward and backward alone (DoRA keeps more than u from its forward, its zl, so the
+ * callers never run another forward between; it is not checked for it). For both, a
+ * backend without lora_down_backward (the ops in turn) gives the same gradients within f32
+ * rounding. With dropout (0.05 takes DoRA's masked products, 0.2 its plain path) and
+ * without, all linear layers, random parameters. */
+static void check_interleaved(const char *method, const char *dropout) {
     json_t *g = json_object_get(fx, "grad");
-    finch_lora_config cfg = {.r = 4, .alpha = 8, .dropout = 0.2f,
-                             .targets = (1u << FINCH_TARGET_COUNT) - 1};
+    finch_option opts[] = {{"lora-r", "4"},
+                           {"lora-alpha", "8"},
+                           {"lora-dropout", dropout},
+                           {"target-modules", "all-linear"}};
     finch_rng rng;
     finch_rng_seed(&rng, 3);
-    finch_peft *l = lora_new(model, &cfg, &rng, true);
+    finch_peft *l = NULL;
+    finch_err e0 = {0};
+    if (finch_peft_new(model, method, opts, 4, &rng, true, &l, &e0)) fail_msg("%s", e0.msg);
+    printf("  %s, dropout %s\n", method, dropout);
     finch_params *pr = &l->params;
     for (int64_t i = 0; i < pr->total; i++) pr->data[i] = 0.1f * (2.0f * finch_rng_float(&rng) - 1);
     finch_err err;
@@ -173,7 +179,8 @@ static void test_interleaved_forward(void **state) {
     for (int b = 0; b < Bn; b++) rs[b] = -0.25f;
     const size_t bytes = (size_t)pr->grad_total * sizeof(float);
     float *alone = malloc(bytes);
-    for (int run = 0; run < 2; run++) {
+    const bool interleave = !strcmp(method, "lora");
+    for (int run = 0; run < (interleave ? 2 : 1); run++) {
         memset(pr->grad, 0, bytes);
         finch_model_train_forward(model, a, ids, tg, pos, NULL, 41, true, NULL);
         if (run) finch_model_train_forward(model, a2, ids2, tg, pos, NULL, 42, true, NULL);
@@ -198,6 +205,13 @@ static void test_interleaved_forward(void **state) {
     finch_train_acts_free(a);
     finch_train_acts_free(a2);
     finch_peft_free(l);
+}
+
+static void test_interleaved_forward(void **state) {
+    (void)state;
+    const char *const methods[] = {"lora", "dora"}, *const dropouts[] = {"0", "0.05", "0.2"};
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 3; k++) check_interleaved(methods[i], dropouts[k]);
 }
 
 static void test_training_trajectory(void **state) {

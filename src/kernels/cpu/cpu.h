@@ -126,6 +126,17 @@ static inline void finch_store8(float *p, finch_v8 v) {
     memcpy(p, &v, sizeof v);
 }
 
+/* Sixteen floats as one value (an AVX-512 register, two AVX ones), the same way. */
+typedef float finch_v16 __attribute__((vector_size(16 * sizeof(float))));
+static inline finch_v16 finch_load16(const float *p) {
+    finch_v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void finch_store16(float *p, finch_v16 v) {
+    memcpy(p, &v, sizeof v);
+}
+
 /* Generation reads every weight once per token, from memory: one stored row's dot product is
  * too short for the hardware prefetcher to run ahead of it, so the row loops ask for the
  * bytes FINCH_CPU_PREFETCH_AHEAD past each row while they work on it (a weight's rows are

@@ -295,34 +295,23 @@ void finch_cpu_dropout_bits(uint64_t *bits, int64_t T, int64_t n, const finch_dr
  * per element: what dropout_forward, gemm and dropout_backward did in three passes with xd
  * and du A stored in between. */
 
-typedef float v16 __attribute__((vector_size(16 * sizeof(float))));
 typedef int32_t v16i __attribute__((vector_size(16 * sizeof(int32_t))));
 
-static inline v16 load16(const float *p) {
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store16(float *p, v16 v) {
-    memcpy(p, &v, sizeof v);
-}
-
-static inline v16 splat16(float v) {
-    return (v16){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v};
+static inline finch_v16 splat16(float v) {
+    return (finch_v16){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v};
 }
 
 /* a * b + c in each lane, rounded once where the set has FMA. */
-static inline v16 fma16(v16 a, v16 b, v16 c) {
+static inline finch_v16 fma16(finch_v16 a, finch_v16 b, finch_v16 c) {
 #if defined(__AVX512F__)
-    return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+    return (finch_v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
 #elif defined(__FMA__)
     __m256 h[3][2];
     memcpy(h[0], &a, sizeof a), memcpy(h[1], &b, sizeof b);
     memcpy(h[2], &c, sizeof c);
     const __m256 lo = _mm256_fmadd_ps(h[0][0], h[1][0], h[2][0]),
                  hi = _mm256_fmadd_ps(h[0][1], h[1][1], h[2][1]);
-    v16 r;
+    finch_v16 r;
     memcpy(&r, &lo, sizeof lo), memcpy((char *)&r + sizeof lo, &hi, sizeof hi);
     return r;
 #else
@@ -356,47 +345,47 @@ enum { LB_ROWS = 16, LB_SUMS = 1024, LB_MAX_R = 4096 };
  * f (du[t] A) where kept. local: s copied into an array of constant size first (r <= 16),
  * which the compiler keeps in registers. */
 static inline __attribute__((always_inline)) void
-band_rows(v16 *s, float *dx, const float *du, const float *x, const float *A, int64_t t0,
-          int64_t t1, int64_t in, int64_t c, const int64_t r, const finch_dropout *d, v16 scale,
-          bool local) {
-    v16 tmp[16];
-    v16 *acc = local ? tmp : s;
+band_rows(finch_v16 *s, float *dx, const float *du, const float *x, const float *A, int64_t t0,
+          int64_t t1, int64_t in, int64_t c, const int64_t r, const finch_dropout *d,
+          finch_v16 scale, bool local) {
+    finch_v16 tmp[16];
+    finch_v16 *acc = local ? tmp : s;
     if (local)
         for (int64_t j = 0; j < r; j++) tmp[j] = s[j];
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i = t * in + c;
         const v16i keep = keep16(d, i);
-        const v16 f = (v16)((v16i)scale & keep), xv = load16(x + i) * f;
+        const finch_v16 f = (finch_v16)((v16i)scale & keep), xv = finch_load16(x + i) * f;
         const float *dut = du + t * r, *a = A + c;
         /* this band's line of x and dx in the next block of rows, into L2: rows are too far
          * apart for the hardware prefetchers to follow a band down them */
         __builtin_prefetch(x + i + LB_ROWS * in, 0, 1);
         if (dx) __builtin_prefetch(dx + i + LB_ROWS * in, 1, 1);
-        v16 p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0};
+        finch_v16 p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0};
         int64_t j = 0;
 #pragma GCC unroll 4
         for (; j + 4 <= r; j += 4) {
-            const v16 b0 = splat16(dut[j]), b1 = splat16(dut[j + 1]), b2 = splat16(dut[j + 2]),
-                      b3 = splat16(dut[j + 3]);
+            const finch_v16 b0 = splat16(dut[j]), b1 = splat16(dut[j + 1]),
+                            b2 = splat16(dut[j + 2]), b3 = splat16(dut[j + 3]);
             acc[j] = fma16(b0, xv, acc[j]);
             acc[j + 1] = fma16(b1, xv, acc[j + 1]);
             acc[j + 2] = fma16(b2, xv, acc[j + 2]);
             acc[j + 3] = fma16(b3, xv, acc[j + 3]);
-            p0 = fma16(b0, load16(a + j * in), p0);
-            p1 = fma16(b1, load16(a + (j + 1) * in), p1);
-            p2 = fma16(b2, load16(a + (j + 2) * in), p2);
-            p3 = fma16(b3, load16(a + (j + 3) * in), p3);
+            p0 = fma16(b0, finch_load16(a + j * in), p0);
+            p1 = fma16(b1, finch_load16(a + (j + 1) * in), p1);
+            p2 = fma16(b2, finch_load16(a + (j + 2) * in), p2);
+            p3 = fma16(b3, finch_load16(a + (j + 3) * in), p3);
         }
         for (; j < r; j++) { /* r mod 4 more, into the sums of j mod 4 */
-            const v16 b = splat16(dut[j]);
+            const finch_v16 b = splat16(dut[j]);
             acc[j] = fma16(b, xv, acc[j]);
-            if ((j & 3) == 0) p0 = fma16(b, load16(a + j * in), p0);
-            if ((j & 3) == 1) p1 = fma16(b, load16(a + j * in), p1);
-            if ((j & 3) == 2) p2 = fma16(b, load16(a + j * in), p2);
+            if ((j & 3) == 0) p0 = fma16(b, finch_load16(a + j * in), p0);
+            if ((j & 3) == 1) p1 = fma16(b, finch_load16(a + j * in), p1);
+            if ((j & 3) == 2) p2 = fma16(b, finch_load16(a + j * in), p2);
         }
         if (dx) {
-            const v16 g = load16(dx + i), n = fma16(f, (p0 + p1) + (p2 + p3), g);
-            store16(dx + i, (v16)(((v16i)n & keep) | ((v16i)g & ~keep)));
+            const finch_v16 g = finch_load16(dx + i), n = fma16(f, (p0 + p1) + (p2 + p3), g);
+            finch_store16(dx + i, (finch_v16)(((v16i)n & keep) | ((v16i)g & ~keep)));
         }
     }
     if (local)
@@ -409,7 +398,7 @@ void finch_cpu_lora_down_backward(float *dA, float *dx, const float *du, const f
     FINCH_ASSERT(r >= 1 && r <= LB_MAX_R);
     const int64_t units = in / 16;
     const float sc = d ? d->scale : 1.0f;
-    const v16 scale = (v16){0} + sc;
+    const finch_v16 scale = (finch_v16){0} + sc;
     /* bands per pass: a pass's r sums per column fit LB_SUMS vectors */
     const int64_t per_pass = LB_SUMS / r > 1 ? LB_SUMS / r : 1;
 #pragma omp parallel if (T * in * r > 65536)
@@ -419,7 +408,7 @@ void finch_cpu_lora_down_backward(float *dA, float *dx, const float *du, const f
         tid = omp_get_thread_num();
         nth = omp_get_num_threads();
 #endif
-        v16 sums[LB_SUMS > LB_MAX_R ? LB_SUMS : LB_MAX_R];
+        finch_v16 sums[LB_SUMS > LB_MAX_R ? LB_SUMS : LB_MAX_R];
         const int64_t u0 = units * tid / nth, u1 = units * (tid + 1) / nth;
         for (int64_t b0 = u0; b0 < u1; b0 += per_pass) {
             const int64_t nb = u1 - b0 < per_pass ? u1 - b0 : per_pass;
@@ -428,7 +417,7 @@ void finch_cpu_lora_down_backward(float *dA, float *dx, const float *du, const f
                 const int64_t t1 = t0 + LB_ROWS < T ? t0 + LB_ROWS : T;
                 for (int64_t k = 0; k < nb; k++) {
                     const int64_t c = (b0 + k) * 16;
-                    v16 *s = sums + k * r;
+                    finch_v16 *s = sums + k * r;
                     if (r == 16)
                         band_rows(s, dx, du, x, A, t0, t1, in, c, 16, d, scale, true);
                     else if (r == 8)
@@ -440,7 +429,7 @@ void finch_cpu_lora_down_backward(float *dA, float *dx, const float *du, const f
             for (int64_t k = 0; k < nb; k++)
                 for (int64_t j = 0; j < r; j++) {
                     float *a = dA + j * in + (b0 + k) * 16;
-                    store16(a, load16(a) + sums[k * r + j]);
+                    finch_store16(a, finch_load16(a) + sums[k * r + j]);
                 }
         }
         /* the columns past the last whole band, on the last thread, element by element in

@@ -112,6 +112,12 @@ static bool fused(const finch_lora_site *s, const finch_linear_ctx *ctx) {
            be->matmul_backward_masked;
 }
 
+/* Whether backward_input takes dA with dx in one pass over x (lora.h): without dropout or
+ * with the masked products, where the backend can; backward then never forms xd. */
+static bool takes_down(const finch_lora_site *s, const finch_linear_ctx *ctx) {
+    return finch_lora_down_fused(ctx) && (!dropping(s, ctx) || fused(s, ctx));
+}
+
 /* A training instance's base product, with the norms' P = A W^T and (dropout through the
  * masked products) zl = z - x_drop W^T from the same pass over W's tiles (matmul_split):
  * forward then finds them made. */
@@ -207,8 +213,8 @@ static void backward_params_scaled(finch_lora_site *s, const float *g, float alp
     const int64_t r = s->r, out = s->out;
     if (xd)
         be->gemm(false, true, T, r, s->in, 1.0f, xd, s->in, s->A, s->in, 0.0f, s->u, r);
-    else if (!ctx->pass || s->u_pass != ctx->pass)
-        finch_lora_forward_u(s, x, T, ctx);
+    else
+        finch_lora_backward_u(s, x, T, ctx);
     for (int64_t j = 0; j < out; j++)
         for (int64_t k = 0; k < r; k++) s->Bm[j * r + k] = s->mns[j] * s->B[j * r + k];
     be->gemm(false, false, T, r, out, alpha, g, out, s->Bm, r, 0.0f, s->du, r);
@@ -223,9 +229,7 @@ static const float *dora_backward(const finch_attachment *a, const float *g, con
     (void)lin;
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
-    /* without dropout or with the masked products, backward_input takes dA with dx in one
-     * pass over x where the backend can (lora.h): xd is never formed */
-    const bool down = finch_lora_down_fused(ctx) && (!dropping(s, ctx) || fused(s, ctx));
+    const bool down = takes_down(s, ctx);
     const float *xd = down ? NULL : finch_lora_input(s, x, T, ctx);
     const float alpha = a->weight * s->scale;
     if (!dropping(s, ctx) || !fused(s, ctx)) {
@@ -253,7 +257,7 @@ static void dora_backward_input(const finch_attachment *a, float *dx, const floa
                                 const finch_linear *lin, const finch_linear_ctx *ctx) {
     finch_lora_site *s = a->state;
     const finch_backend *be = ctx->be;
-    const bool down = finch_lora_down_fused(ctx) && (!dropping(s, ctx) || fused(s, ctx));
+    const bool down = takes_down(s, ctx);
     if (!dropping(s, ctx)) {
         if (down)
             finch_lora_backward_down(s, dx, x, T, ctx);

@@ -259,12 +259,17 @@ void finch_lora_forward_u(finch_lora_site *s, const float *x, int64_t T,
     s->u_pass = ctx->training && s->dA ? ctx->pass : 0;
 }
 
+void finch_lora_backward_u(finch_lora_site *s, const float *x, int64_t T,
+                           const finch_linear_ctx *ctx) {
+    if (!ctx->pass || s->u_pass != ctx->pass) /* another forward ran since */
+        finch_lora_forward_u(s, x, T, ctx);
+}
+
 void finch_lora_backward_up(finch_lora_site *s, const float *gs, float alpha, const float *x,
                             int64_t T, const finch_linear_ctx *ctx) {
     const finch_backend *be = ctx->be;
     FINCH_ASSERT(T <= s->max_tokens && s->dA);
-    if (!ctx->pass || s->u_pass != ctx->pass) /* another forward ran since */
-        finch_lora_forward_u(s, x, T, ctx);
+    finch_lora_backward_u(s, x, T, ctx);
     be->gemm(false, false, T, s->r, s->out, alpha, gs, s->out, s->B, s->r, 0.0f, s->du, s->r);
     be->gemm(true, false, s->out, s->r, T, alpha, gs, s->out, s->u, s->r, 1.0f, s->dB, s->r);
 }

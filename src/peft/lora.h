@@ -114,6 +114,9 @@ void finch_lora_backward_dx(const finch_lora_site *s, float *dx, const float *x,
                             const finch_linear_ctx *ctx);
 void finch_lora_forward_u(finch_lora_site *s, const float *x, int64_t T,
                           const finch_linear_ctx *ctx);
+/* u for backward: the forward's when it is of this pass, else formed again. */
+void finch_lora_backward_u(finch_lora_site *s, const float *x, int64_t T,
+                           const finch_linear_ctx *ctx);
 static inline bool finch_lora_down_fused(const finch_linear_ctx *ctx) {
     return ctx->be->lora_down_backward != NULL;
 }

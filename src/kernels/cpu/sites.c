@@ -433,25 +433,22 @@ void finch_cpu_lora_down_backward(float *dA, float *dx, const float *du, const f
                 }
         }
         /* the columns past the last whole band, on the last thread, element by element in
-         * the same orders */
+         * the same orders, each element's mask hashed once; the column's r sums in sums */
+        float *cs = (float *)sums;
         for (int64_t c = units * 16; tid == nth - 1 && c < in; c++) {
-            for (int64_t j = 0; j < r; j++) {
-                float s = 0;
-                for (int64_t t = 0; t < T; t++) {
-                    const int64_t i = t * in + c;
-                    const bool keep = !d || finch_mix64(d->base + (uint64_t)i) >= d->threshold;
-                    s = finch_fmaf(du[t * r + j], keep ? x[i] * sc : 0.0f, s);
-                }
-                dA[j * in + c] += s;
-            }
-            for (int64_t t = 0; dx && t < T; t++) {
+            memset(cs, 0, (size_t)r * sizeof *cs);
+            for (int64_t t = 0; t < T; t++) {
                 const int64_t i = t * in + c;
-                if (d && finch_mix64(d->base + (uint64_t)i) < d->threshold) continue;
+                const bool keep = !d || finch_mix64(d->base + (uint64_t)i) >= d->threshold;
+                const float xk = keep ? x[i] * sc : 0.0f, *dut = du + t * r;
                 float p[4] = {0};
-                for (int64_t j = 0; j < r; j++)
-                    p[j & 3] = finch_fmaf(du[t * r + j], A[j * in + c], p[j & 3]);
-                dx[i] = finch_fmaf(sc, (p[0] + p[1]) + (p[2] + p[3]), dx[i]);
+                for (int64_t j = 0; j < r; j++) {
+                    cs[j] = finch_fmaf(dut[j], xk, cs[j]);
+                    p[j & 3] = finch_fmaf(dut[j], A[j * in + c], p[j & 3]);
+                }
+                if (dx && keep) dx[i] = finch_fmaf(sc, (p[0] + p[1]) + (p[2] + p[3]), dx[i]);
             }
+            for (int64_t j = 0; j < r; j++) dA[j * in + c] += cs[j];
         }
     }
 }

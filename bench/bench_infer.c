@@ -19,10 +19,11 @@
  * given exactly the same ids.
  *
  * The session numerics default to FINCH_NUMERICS_EXACT, as finch generate does; -N llamacpp
- * times the path that reproduces llama.cpp's arithmetic (8-bit activations, f16 KV cache).
+ * times the path that reproduces llama.cpp's arithmetic (8-bit activations, f16 KV cache),
+ * -N bf16 the prompt's products in bf16 (AMX where the CPU has it).
  *
- * Usage: bench_infer -m MODEL [-t THREADS] [-p 512] [-n 128] [-r REPEATS] [-N exact|llamacpp]
- *                    [-P IDS_FILE]
+ * Usage: bench_infer -m MODEL [-t THREADS] [-p 512] [-n 128] [-r REPEATS]
+ *                    [-N exact|llamacpp|bf16] [-P IDS_FILE]
  */
 #include <errno.h>
 #include <stdio.h>
@@ -88,7 +89,7 @@ static int32_t argmax(const float *v, int n) {
 static void usage(const char *prog) {
     fprintf(stderr,
             "usage: %s -m MODEL [-t THREADS] [-p N_PROMPT] [-n N_GEN] [-r REPEATS] "
-            "[-N exact|llamacpp] [-P IDS_FILE]\n"
+            "[-N exact|llamacpp|bf16] [-P IDS_FILE]\n"
             "  -t threads (default 2), -p prompt tokens (default 512), -n generated tokens\n"
             "  (default 128), -r repeats, median reported (default 3), -N session numerics\n"
             "  (default exact), -P whitespace-separated token ids to use as the prompt\n"
@@ -123,6 +124,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         else if (!strcmp(f, "-r")) bad = parse_int(v, 1, &a->repeats);
         else if (!strcmp(f, "-N") && !strcmp(v, "llamacpp")) a->numerics = FINCH_NUMERICS_LLAMACPP;
         else if (!strcmp(f, "-N") && !strcmp(v, "exact")) a->numerics = FINCH_NUMERICS_EXACT;
+        else if (!strcmp(f, "-N") && !strcmp(v, "bf16")) a->numerics = FINCH_NUMERICS_BF16;
         else if (!strcmp(f, "-N")) bad = 1;
         else {
             fprintf(stderr, "bench_infer: unknown flag %s\n", f);
@@ -251,7 +253,9 @@ static void print_result(const bench_args *a, const double *pp, const double *tg
            "\"threads\": %d, \"repeats\": %d, \"numerics\": \"%s\"",
            median(sorted, a->repeats), median(sorted + a->repeats, a->repeats), a->n_prompt,
            a->n_gen, a->threads, a->repeats,
-           a->numerics == FINCH_NUMERICS_EXACT ? "exact" : "llamacpp");
+           a->numerics == FINCH_NUMERICS_EXACT  ? "exact"
+           : a->numerics == FINCH_NUMERICS_BF16 ? "bf16"
+                                                : "llamacpp");
     print_runs("pp_runs", pp, a->repeats);
     print_runs("tg_runs", tg, a->repeats);
     printf("}\n");

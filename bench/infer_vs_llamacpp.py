@@ -27,11 +27,13 @@ spinning OpenMP threads most of all, so benchmark on an idle machine.
 Usage (from the repository root, after building bench_infer):
     python3 bench/infer_vs_llamacpp.py [--bench ./build/bench/bench_infer] [--model M]
         [--threads 2] [--prompt 512] [--gen 128] [--rounds 3] [--repeats 3]
-        [--numerics exact|llamacpp] [--finch-env KEY=VALUE] [--llamacpp-only] [--json]
+        [--numerics exact|llamacpp|bf16] [--finch-env KEY=VALUE] [--llamacpp-only] [--json]
 
 finch's session numerics default to "exact" (dequantized weights, f32 throughout), as
 `finch generate` does; "llamacpp" times the path that reproduces llama.cpp's own arithmetic
-(8-bit quantized activations in the quantized matmuls, f16 KV cache).
+(8-bit quantized activations in the quantized matmuls, f16 KV cache); "bf16" the exact path
+with the prompt's products in bf16 (AMX where the CPU has it), as `finch generate
+--numerics bf16`.
 """
 import argparse
 import json
@@ -144,9 +146,9 @@ def main():
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per engine")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs inside each process")
-    ap.add_argument("--numerics", choices=("exact", "llamacpp"), default="exact",
+    ap.add_argument("--numerics", choices=("exact", "llamacpp", "bf16"), default="exact",
                     help="finch session numerics (default exact; llamacpp = llama.cpp's "
-                         "own arithmetic)")
+                         "own arithmetic; bf16 = the prompt's products in bf16)")
     ap.add_argument("--peer-wait-policy", choices=("ACTIVE", "PASSIVE"),
                     help="OMP_WAIT_POLICY for llama.cpp (default: unset, libgomp's default)")
     ap.add_argument("--llamacpp-only", action="store_true", help="skip finch")

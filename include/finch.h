@@ -218,6 +218,8 @@ typedef enum {
     FINCH_NUMERICS_EXACT = 0, /* weights dequantized exactly, f32 activations and KV cache */
     FINCH_NUMERICS_LLAMACPP,  /* llama.cpp's CPU arithmetic: quantized weights meet 8-bit
                                  quantized activations in integer dot products; f16 KV cache */
+    FINCH_NUMERICS_BF16,      /* exact, but the base's products over several tokens at once
+                                 (a prompt) in bf16 with f32 sums, as training's --bf16 */
 } finch_numerics;
 
 /* Creates an inference session over a model with a KV cache for n_ctx positions. The

@@ -221,7 +221,7 @@ bool cli_adapters_attach(cli_adapters *a, finch_model *m);
 void cli_adapters_release(cli_adapters *a, finch_model *m);
 
 /* The choices of --numerics, and the mode one of them names. */
-#define CLI_NUMERICS "exact|llamacpp"
+#define CLI_NUMERICS "exact|llamacpp|bf16"
 finch_numerics cli_numerics(const char *name);
 
 /* The metrics of a generation's score, as --metrics names them: rouge, bleu, em, f1. */

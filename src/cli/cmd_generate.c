@@ -44,7 +44,8 @@ static const cli_flag flag_table[] = {
                "a PEFT LoRA adapter (repeatable; W weights it, default 1)"),
     CLI_ENUM("--numerics", CLI_NUMERICS, numerics,
              "exact: dequantized weights, f32 throughout (default);\n"
-             "llamacpp: llama.cpp's arithmetic (8-bit activations, f16 KV cache)"),
+             "llamacpp: llama.cpp's arithmetic (8-bit activations, f16 KV cache);\n"
+             "bf16: exact, but the prompt's products in bf16 (as train --bf16)"),
     CLI_GROUP(cli_quant_flags, quant),
     CLI_THREADS(threads),
     CLI_END};

@@ -169,7 +169,9 @@ void cli_adapters_release(cli_adapters *a, finch_model *m) {
 }
 
 finch_numerics cli_numerics(const char *name) {
-    return !strcmp(name, "llamacpp") ? FINCH_NUMERICS_LLAMACPP : FINCH_NUMERICS_EXACT;
+    return !strcmp(name, "llamacpp") ? FINCH_NUMERICS_LLAMACPP
+           : !strcmp(name, "bf16")   ? FINCH_NUMERICS_BF16
+                                     : FINCH_NUMERICS_EXACT;
 }
 
 bool cli_metrics_parse(void *field, const char *flag, const char *value, char *msg, size_t n) {

@@ -26,10 +26,6 @@ finch_status finch_session_new(const finch_model *m, int n_ctx, finch_numerics n
     finch_session *s = finch_calloc(1, sizeof *s, "session", err);
     if (!s) return FINCH_E_NOMEM;
     s->m = m;
-    if (numerics != FINCH_NUMERICS_LLAMACPP && numerics != FINCH_NUMERICS_EXACT) {
-        free(s);
-        return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
-    }
     finch_status st = finch_kv_session_init(
         &s->kv, m, n_ctx, n_ctx < FINCH_INFER_CHUNK ? n_ctx : FINCH_INFER_CHUNK, numerics, err);
     if (st) {

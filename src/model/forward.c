@@ -32,6 +32,13 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
                                    int n_batch, finch_numerics numerics, finch_err *err) {
     const finch_model_config *c = &m->cfg;
     memset(s, 0, sizeof *s);
+    if (numerics != FINCH_NUMERICS_EXACT && numerics != FINCH_NUMERICS_LLAMACPP &&
+        numerics != FINCH_NUMERICS_BF16)
+        return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
+    if (numerics == FINCH_NUMERICS_BF16 && !finch_backend_supports(m->be, FINCH_FEATURE_BF16, 0))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "bf16 numerics: the %s backend has no bf16 products; use exact",
+                             m->be->name);
     if (n_ctx > INT32_MAX - m->virt.n)
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
     n_ctx += m->virt.n;
@@ -78,6 +85,11 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
         numerics == FINCH_NUMERICS_LLAMACPP ? finch_workspace_act_need(n_batch, max_cols) : 0;
     if (finch_workspace_init(&s->ws, finch_workspace_need(max_cols, n_ctx), finch_threads_get(),
                              act, err))
+        goto fail;
+    /* bf16: x rounded once per product, up to n_batch rows of the widest input */
+    const int64_t HDw = (int64_t)c->n_head * c->head_dim;
+    if (numerics == FINCH_NUMERICS_BF16 &&
+        finch_workspace_bf16(&s->ws, n_batch, HDw > max_cols ? HDw : max_cols, 0, err))
         goto fail;
     return FINCH_OK;
 fail:

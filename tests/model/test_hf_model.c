@@ -86,8 +86,10 @@ static void check_logits(finch_numerics numerics, double tol) {
             printf("  %s %s (%s numerics): max |finch - transformers| = %.3g (logits up to "
                    "%.2f)\n",
                    name, json_string_value(json_object_get(seq, "tag")),
-                   numerics == FINCH_NUMERICS_EXACT ? "exact" : "llamacpp", worst,
-                   json_real_value(json_object_get(seq, "max_abs")));
+                   numerics == FINCH_NUMERICS_EXACT  ? "exact"
+                   : numerics == FINCH_NUMERICS_BF16 ? "bf16"
+                                                     : "llamacpp",
+                   worst, json_real_value(json_object_get(seq, "max_abs")));
             if (worst > tol)
                 fail_msg("%s: logit [%zu, %zu] = %.7g, transformers %.7g (tolerance %g)", name,
                          at / V, at % V, got[at], ref[at], tol);
@@ -109,6 +111,39 @@ static void test_logits_match_transformers(void **state) {
 static void test_llamacpp_numerics_close(void **state) {
     (void)state;
     check_logits(FINCH_NUMERICS_LLAMACPP, 5e-3);
+}
+
+/* bf16 numerics: a prompt's products (more than 3 tokens at once: the halves of s7 and
+ * s16) round W and x to bf16 (8 significant bits) and sum in f32; the logits stay within
+ * 3e-2 of transformers' f32. Single tokens take exact numerics' products: the same bits
+ * token by token, and the prompt at once differs from exact (the bf16 products ran). */
+static void test_bf16_numerics_close(void **state) {
+    (void)state;
+    check_logits(FINCH_NUMERICS_BF16, 3e-2);
+    finch_model *m = load("hf/tiny_llama");
+    const int V = m->cfg.n_vocab, n = 16;
+    int32_t ids[16] = {5, 88, 23, 61, 2, 40, 77, 13, 96, 31, 9, 70, 44, 44, 19, 64};
+    float *one[2], *all[2];
+    const finch_numerics modes[2] = {FINCH_NUMERICS_EXACT, FINCH_NUMERICS_BF16};
+    finch_err err;
+    for (int k = 0; k < 2; k++) {
+        one[k] = malloc((size_t)n * V * sizeof(float));
+        assert_non_null(one[k]);
+        finch_session *s;
+        if (finch_session_new(m, n, modes[k], &s, &err)) fail_msg("%s", err.msg);
+        for (int t = 0; t < n; t++)
+            if (finch_session_decode(s, ids + t, 1, one[k] + (size_t)t * V, NULL, &err))
+                fail_msg("%s", err.msg);
+        finch_session_free(s);
+        all[k] = run_in(m, ids, n, V, modes[k]);
+    }
+    assert_memory_equal(one[0], one[1], (size_t)n * V * sizeof(float));
+    double diff = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++) diff = fmax(diff, fabs(all[0][i] - all[1][i]));
+    printf("  tiny_llama 16 tokens at once: max |bf16 - exact| = %.3g\n", diff);
+    assert_true(diff > 0);
+    for (int k = 0; k < 2; k++) free(one[k]), free(all[k]);
+    finch_model_free(m);
 }
 
 static void test_f32_folder_equals_its_gguf(void **state) {
@@ -196,6 +231,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_match_transformers),
         cmocka_unit_test(test_llamacpp_numerics_close),
+        cmocka_unit_test(test_bf16_numerics_close),
         cmocka_unit_test(test_f32_folder_equals_its_gguf),
         cmocka_unit_test(test_config_from_json),
         cmocka_unit_test(test_train_forward_matches),

@@ -16,6 +16,10 @@ position:
     values as the block is made, LoRA wrappers as PEFT builds them, embeddings (tied head)
     in f16 as the GGUF stores them, norms f32, torch's scaled_dot_product_attention
     (causal), torch.utils.checkpoint per block (non-reentrant).
+With --bf16 both compute in bf16 (QLoRA's own recipe, bnb_4bit_compute_dtype=bfloat16):
+finch with --bf16 (the base's products in bf16, AMX where the CPU has it), the peer with
+compute_dtype=torch.bfloat16 and its forward under torch.autocast("cpu", bfloat16); the
+LoRA parameters and AdamW stay f32 on both sides.
 Each engine runs in its own process, one after the other; peak RSS is each process's own
 getrusage ru_maxrss. Seconds per step: the median over the steps after the first.
 
@@ -69,8 +73,9 @@ def peer_worker(a):
     C, FF, L, H, HKV = p["n_embd"], p["n_ff"], p["n_layer"], p["n_head"], p["n_head_kv"]
     D = C // H
 
+    compute = torch.bfloat16 if a.bf16 else torch.float32
     def linear4bit(n_in, n_out):
-        lin = bnb.nn.Linear4bit(n_in, n_out, bias=False, compute_dtype=torch.float32,
+        lin = bnb.nn.Linear4bit(n_in, n_out, bias=False, compute_dtype=compute,
                                 compress_statistics=True, quant_type="nf4", device="meta")
         w = torch.randn(n_out, n_in) * 0.02
         lin.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=True,
@@ -161,7 +166,8 @@ def peer_worker(a):
     times, losses = [], []
     for _ in range(a.steps):
         t = time.perf_counter()
-        loss = model(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            loss = model(ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -197,6 +203,7 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps, the first untimed")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="both engines compute in bf16")
     ap.add_argument("--peer-only", action="store_true")
     ap.add_argument("--finch-only", action="store_true")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
@@ -213,16 +220,17 @@ def main():
         # bench_train times steps after its 2 warm-up steps: it needs 3 at least
         cmd = [a.bench, "-m", a.model, "--load-in-4bit", "--gradient-checkpointing",
                "-b", str(a.batch), "-T", str(a.seq), "-n", str(max(a.steps, 3)),
-               "-t", str(a.threads)]
+               "-t", str(a.threads)] + (["--bf16"] if a.bf16 else [])
         r = run_json(cmd, base)
         r["step_s"] = a.batch * a.seq / r["tok_s"]
         res["finch"] = r
     if not a.finch_only:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer", "--preset", a.preset,
                "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps),
-               "--threads", str(a.threads)]
+               "--threads", str(a.threads)] + (["--bf16"] if a.bf16 else [])
         res["peer"] = run_json(cmd, dict(base, OMP_WAIT_POLICY="PASSIVE"))
-    print(f"QLoRA {a.preset}, batch {a.batch} x {a.seq}, {a.threads} threads, checkpointing")
+    print(f"QLoRA {a.preset}, batch {a.batch} x {a.seq}, {a.threads} threads, checkpointing, "
+          f"{'bf16' if a.bf16 else 'f32'} compute")
     print(f"{'':8}{'peak RSS MB':>12}{'s/step':>10}")
     for e, r in res.items():
         print(f"{e:8}{r['peak_rss_mb']:12.0f}{r['step_s']:10.1f}")

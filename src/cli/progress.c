@@ -24,6 +24,32 @@ static void fmt_time(char *buf, size_t n, double s) {
         snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
 }
 
+/* A count (whole) or a rate for people: as it is below 10,000 (a rate with 2 decimals
+ * below 100), else with a unit: 268.1 M, 77.9 M/s. */
+static void fmt_count(char *buf, size_t n, double v, bool whole) {
+    static const char *unit[] = {"k", "M", "G", "T"};
+    if (v < 1e4) {
+        snprintf(buf, n, whole || v >= 100 ? "%.0f" : "%.2f", v);
+        return;
+    }
+    int u = 0;
+    for (v /= 1e3; v >= 1e3 && u < 3; u++) v /= 1e3;
+    snprintf(buf, n, "%.1f %s", v, unit[u]);
+}
+
+/* done, total and the rate, formatted. */
+typedef struct {
+    char done[32], total[32], rate[32];
+} counts;
+
+static counts fmt_counts(const cli_progress *p, double rate) {
+    counts c;
+    fmt_count(c.done, sizeof c.done, (double)p->done, true);
+    fmt_count(c.total, sizeof c.total, (double)p->total, true);
+    fmt_count(c.rate, sizeof c.rate, rate, false);
+    return c;
+}
+
 static void draw(cli_progress *p, double t) {
     enum { WIDTH = 24 };
     double el = t - p->t0, rate = el > 0 ? (double)p->done / el : 0;
@@ -36,8 +62,9 @@ static void draw(cli_progress *p, double t) {
         fmt_time(eta, sizeof eta, (double)(p->total - p->done) / rate);
     else
         snprintf(eta, sizeof eta, "?");
-    fprintf(stderr, "\r\033[K%s [%s] %lld/%lld  %.2f/s  %s elapsed, ETA %s", p->label, bar,
-            (long long)p->done, (long long)p->total, rate, spent, eta);
+    const counts c = fmt_counts(p, rate);
+    fprintf(stderr, "\r\033[K%s [%s] %s/%s  %s/s  %s elapsed, ETA %s", p->label, bar, c.done,
+            c.total, c.rate, spent, eta);
     fflush(stderr);
     p->last_draw = t;
 }
@@ -60,7 +87,7 @@ void cli_progress_end(cli_progress *p) {
         draw(p, t);
         fputc('\n', stderr);
     } else {
-        fprintf(stderr, "%s: %lld/%lld in %.1f s (%.2f/s)\n", p->label, (long long)p->done,
-                (long long)p->total, el, el > 0 ? (double)p->done / el : 0.0);
+        const counts c = fmt_counts(p, el > 0 ? (double)p->done / el : 0.0);
+        fprintf(stderr, "%s: %s/%s in %.1f s (%s/s)\n", p->label, c.done, c.total, el, c.rate);
     }
 }

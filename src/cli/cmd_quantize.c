@@ -118,9 +118,14 @@ int cmd_quantize(int argc, char **argv) {
     if (st) return cli_fail(&err);
     if (!s.bar_started) warn_plan(&s); /* no tensor data: no progress was reported */
     fprintf(stderr, "finch quantize: wrote %s (%s):", a.out, a.type);
-    for (int k = 0; k < s.n_types; k++)
-        fprintf(stderr, "%s %s %.1f%%", k ? "," : "", s.type_names[k],
-                100.0 * (double)s.elems_by_type[k] / (double)(s.bar.total ? s.bar.total : 1));
+    for (int k = 0; k < s.n_types; k++) {
+        const double pct =
+            100.0 * (double)s.elems_by_type[k] / (double)(s.bar.total ? s.bar.total : 1);
+        if (pct < 0.05) /* the norms: a share that would print as 0.0 % */
+            fprintf(stderr, "%s %s < 0.1%%", k ? "," : "", s.type_names[k]);
+        else
+            fprintf(stderr, "%s %s %.1f%%", k ? "," : "", s.type_names[k], pct);
+    }
     fprintf(stderr, " of the weights\n");
     return 0;
 }

@@ -60,7 +60,9 @@ static void test_usage_errors(void **state) {
     EXPECT("generate -m " TINY " -p hi --stop ''", NULL, 2, "stop text is empty");
     EXPECT("generate -m " TINY " -p hi --bogus", NULL, 2, "unknown option '--bogus'");
     EXPECT("generate -m " TINY " -p", NULL, 2, "-p needs a value");
-    EXPECT("generate -m " TINY " -p hi --numerics approx", NULL, 2, "--numerics approx");
+    EXPECT("generate -m " TINY " -p hi --numerics approx", NULL, 2,
+           "--numerics approx: must be exact, llamacpp or bf16");
+    EXPECT("generate -m " TINY " -p 'a b c d e f' -n 2 --numerics bf16", NULL, 0, "");
     EXPECT("generate -m " TINY " -p hi --load-in-4bit --bnb-4bit-quant-type fp4", NULL, 2,
            "--bnb-4bit-quant-type fp4: not implemented");
     EXPECT("generate -m " TINY " -p hi --bnb-4bit-quant-type int4", NULL, 2,
@@ -582,6 +584,9 @@ static void test_quantize_cli(void **state) {
     QEXPECT(0, "output.weight", "quantize %s %s --type q6_k --force -v -t 2", TINY, q);
     assert_non_null(strstr(out, "f32 -> q8_0"));
     QEXPECT(0, "(q4_0)", "quantize %s %s --type q4_0 --force", TINY, q);
+    /* the summary: 74,240 weights as 74.2 k, the f32 norms' share as it is */
+    assert_non_null(strstr(out, "74.2 k/74.2 k in"));
+    assert_non_null(strstr(out, "q4_0 91.2%, f32 0.4%, q8_0 8.4% of the weights"));
     QEXPECT(0, "quantized again, which is lossy", "quantize %s %s --type q8_0", q, q8);
     QEXPECT(0, "", "generate -m %s -p hi -n 3", q8);
 #undef QEXPECT

@@ -80,16 +80,14 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     }
     s->pos_ids = finch_alloc(B * sizeof(int32_t), "positions", err);
     if (!s->pos_ids) goto fail;
-    int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    const int64_t max_cols = finch_widest_input(c);
     size_t act =
         numerics == FINCH_NUMERICS_LLAMACPP ? finch_workspace_act_need(n_batch, max_cols) : 0;
     if (finch_workspace_init(&s->ws, finch_workspace_need(max_cols, n_ctx), finch_threads_get(),
                              act, err))
         goto fail;
     /* bf16: x rounded once per product, up to n_batch rows of the widest input */
-    const int64_t HDw = (int64_t)c->n_head * c->head_dim;
-    if (numerics == FINCH_NUMERICS_BF16 &&
-        finch_workspace_bf16(&s->ws, n_batch, HDw > max_cols ? HDw : max_cols, 0, err))
+    if (numerics == FINCH_NUMERICS_BF16 && finch_workspace_bf16(&s->ws, n_batch, max_cols, 0, err))
         goto fail;
     return FINCH_OK;
 fail:

@@ -156,6 +156,13 @@ struct finch_model {
     finch_virtual virt;      /* set while a prompt or prefix method is attached */
 };
 
+/* The widest input of the model's products: C, F or the attention output's H x D. */
+static inline int64_t finch_widest_input(const finch_model_config *c) {
+    const int64_t hd = (int64_t)c->n_head * c->head_dim,
+                  w = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    return hd > w ? hd : w;
+}
+
 /* Block l's RoPE base and sliding window (0: attends to every earlier position). */
 static inline float finch_layer_theta(const finch_model *m, int l) {
     return m->layers[l].sliding ? m->arch->swa_rope_base : m->cfg.rope_theta;

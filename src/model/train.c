@@ -204,7 +204,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         a->seg_in = a->tg_in ? finch_alloc(N * sizeof(int32_t), "segments", err) : NULL;
         ok_in = a->seg_in != NULL;
     }
-    int64_t max_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    const int64_t max_cols = finch_widest_input(c);
     if (!a->rows || !ok_in ||
         finch_workspace_init(&a->ws, finch_workspace_need(max_cols, T + a->P), finch_threads_get(),
                              0, err)) {
@@ -217,12 +217,9 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
 
 finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, finch_err *err) {
     const finch_model_config *c = &m->cfg;
-    int64_t dim = c->n_vocab;
-    const int64_t widths[] = {c->n_embd, c->n_ff, (int64_t)c->n_head * c->head_dim};
-    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
-        dim = widths[i] > dim ? widths[i] : dim;
-    /* the inputs of the weights full fine-tuning trains: C or F wide (the head's too) */
-    const int64_t in = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    /* operands up to the vocabulary or the widest input wide; the inputs of the weights
+     * full fine-tuning trains up to the widest input (the output projection's is H x D) */
+    const int64_t in = finch_widest_input(c), dim = c->n_vocab > in ? c->n_vocab : in;
     return finch_workspace_bf16(&a->ws, (int64_t)a->B * a->T, dim, in, err);
 }
 

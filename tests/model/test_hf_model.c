@@ -26,8 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "finch.h"
+#include "io/io.h"       /* the GGUF writer */
 #include "model/model.h" /* finch_model_train_step */
 #include "model_util.h"  /* seq_ids, run_in, check_train_loss */
 
@@ -146,6 +148,114 @@ static void test_bf16_numerics_close(void **state) {
     finch_model_free(m);
 }
 
+/* The tiny model with heads of 64 (key_length) and its projections in Q8_0: H x D = 256
+ * is wider than the hidden size (64) and the FFN (96), so the output projection has the
+ * widest input, wider than scratch sized for C or F stages a tile of. New projection values
+ * from a 64-bit LCG. */
+static void write_wide_heads(const char *path) {
+    finch_gguf *g;
+    finch_err err;
+    if (finch_gguf_open(FINCH_FIXTURES "/model/tiny_llama.gguf", &g, &err)) fail_msg("%s", err.msg);
+    finch_gguf_writer *w = finch_gguf_writer_new(&err);
+    assert_non_null(w);
+    for (int64_t i = 0; i < finch_gguf_n_kv(g); i++) {
+        const finch_gguf_kv *kv = finch_gguf_kv_at(g, i);
+        if (strcmp(kv->key, "llama.attention.key_length") &&
+            strcmp(kv->key, "llama.attention.value_length") &&
+            strcmp(kv->key, "llama.rope.dimension_count"))
+            assert_int_equal(finch_gguf_set_kv(w, kv, &err), FINCH_OK);
+    }
+    assert_int_equal(finch_gguf_set_u32(w, "llama.attention.key_length", 64, &err), FINCH_OK);
+    assert_int_equal(finch_gguf_set_u32(w, "llama.attention.value_length", 64, &err), FINCH_OK);
+    assert_int_equal(finch_gguf_set_u32(w, "llama.rope.dimension_count", 64, &err), FINCH_OK);
+    const int64_t nt = finch_gguf_n_tensors(g);
+    void **bufs = calloc((size_t)nt, sizeof *bufs);
+    assert_non_null(bufs);
+    uint64_t seed = 7;
+    for (int64_t i = 0; i < nt; i++) {
+        const finch_gguf_tensor *t = finch_gguf_tensor_at(g, i);
+        int64_t ne[2] = {t->ne[0], t->ne[1]};
+        if (strstr(t->name, "attn_q.") || strstr(t->name, "attn_k.") || strstr(t->name, "attn_v."))
+            ne[1] *= 4; /* heads of 16 become heads of 64 */
+        else if (strstr(t->name, "attn_output."))
+            ne[0] *= 4;
+        if (ne[0] != t->ne[0] || ne[1] != t->ne[1]) {
+            float *v = malloc((size_t)(ne[0] * ne[1]) * sizeof(float));
+            assert_non_null(v);
+            for (int64_t k = 0; k < ne[0] * ne[1]; k++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                v[k] = (float)((double)(seed >> 11) / 9007199254740992.0 * 0.4 - 0.2);
+            }
+            bufs[i] = v;
+        }
+        const float *src = bufs[i] ? (const float *)bufs[i] : (const float *)t->data;
+        if (t->n_dims == 2 && strstr(t->name, "blk.")) { /* projections as Q8_0 */
+            const finch_dtype_traits *q = &finch_dtype_info[FINCH_DTYPE_Q8_0];
+            void *qd = malloc((size_t)(ne[0] * ne[1] / q->block_elems * q->block_bytes));
+            assert_non_null(qd);
+            q->quant(qd, src, ne[0] * ne[1]);
+            free(bufs[i]);
+            bufs[i] = qd;
+            assert_int_equal(
+                finch_gguf_add_tensor(w, t->name, FINCH_DTYPE_Q8_0, t->n_dims, ne, qd, &err),
+                FINCH_OK);
+        } else {
+            assert_int_equal(
+                finch_gguf_add_tensor(w, t->name, FINCH_DTYPE_F32, t->n_dims, ne, src, &err),
+                FINCH_OK);
+        }
+    }
+    if (finch_gguf_writer_save(w, path, &err)) fail_msg("%s", err.msg);
+    finch_gguf_writer_free(w);
+    for (int64_t i = 0; i < nt; i++) free(bufs[i]);
+    free(bufs);
+    finch_gguf_close(g);
+}
+
+/* Heads wider than C and F: 40 tokens at once (halves of 20, past the few-token paths, so
+ * tiles of every product) give the logits of one token at a time (the row dots) to 1e-5;
+ * bf16 numerics stay within 3e-2 of them; the training forward's loss is the one of those
+ * logits. */
+static void test_heads_wider_than_ffn(void **state) {
+    (void)state;
+    char path[] = "/tmp/finch_wide_heads_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_wide_heads(path);
+    finch_model *m;
+    finch_err err;
+    if (finch_model_load(path, &m, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(m->cfg.head_dim, 64);
+    const int V = m->cfg.n_vocab, n = 40;
+    int32_t ids[40];
+    for (int t = 0; t < n; t++) ids[t] = (t * 37 + 11) % V;
+    float *one = malloc((size_t)n * V * sizeof *one);
+    assert_non_null(one);
+    finch_session *s;
+    if (finch_session_new(m, n, FINCH_NUMERICS_EXACT, &s, &err)) fail_msg("%s", err.msg);
+    for (int t = 0; t < n; t++)
+        if (finch_session_decode(s, ids + t, 1, one + (size_t)t * V, NULL, &err))
+            fail_msg("%s", err.msg);
+    finch_session_free(s);
+    float *all = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT),
+          *b16 = run_in(m, ids, n, V, FINCH_NUMERICS_BF16);
+    double d_all = 0, d_b16 = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++) {
+        d_all = fmax(d_all, fabs(all[i] - one[i]));
+        d_b16 = fmax(d_b16, fabs(b16[i] - one[i]));
+    }
+    printf("  heads of 64: max |at once - one by one| = %.3g, bf16 %.3g\n", d_all, d_b16);
+    assert_true(d_all < 1e-5);
+    assert_true(d_b16 < 3e-2);
+    check_train_loss(m, ids, n, one, "heads of 64", 1e-4);
+    free(one);
+    free(all);
+    free(b16);
+    finch_model_free(m);
+    unlink(path);
+}
+
 static void test_f32_folder_equals_its_gguf(void **state) {
     (void)state;
     finch_model *hf = load("hf/tiny_llama"), *gg = load("model/tiny_llama.gguf");
@@ -232,6 +342,7 @@ int main(void) {
         cmocka_unit_test(test_logits_match_transformers),
         cmocka_unit_test(test_llamacpp_numerics_close),
         cmocka_unit_test(test_bf16_numerics_close),
+        cmocka_unit_test(test_heads_wider_than_ffn),
         cmocka_unit_test(test_f32_folder_equals_its_gguf),
         cmocka_unit_test(test_config_from_json),
         cmocka_unit_test(test_train_forward_matches),

@@ -247,17 +247,10 @@ static void test_matmul_kquants(void **state) {
 }
 
 /* The tiles of the many-token path hold exactly core/quant.c's dequantized values (the
- * vectorised row dequantizers do the same f32 operations): an identity activation reads
- * them out. */
-static void test_matmul_tile_values(void **state) {
-    (void)state;
-    finch_rng r;
-    finch_rng_seed(&r, 6);
-    const finch_dtype types[] = {FINCH_DTYPE_F16,  FINCH_DTYPE_BF16, FINCH_DTYPE_Q4_0,
-                                 FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q5_0, FINCH_DTYPE_Q5_1,
-                                 FINCH_DTYPE_Q8_0, FINCH_DTYPE_Q2_K, FINCH_DTYPE_Q3_K,
-                                 FINCH_DTYPE_Q4_K, FINCH_DTYPE_Q5_K, FINCH_DTYPE_Q6_K};
-    const int64_t R = 70, K = 512;
+ * vectorised row dequantizers do the same f32 operations; f16 and bf16 also with a row
+ * that is not a whole number of vectors, K 515): an identity activation reads them out. */
+static void check_tile_values(const finch_dtype *types, size_t n_types, int64_t K, finch_rng *r) {
+    const int64_t R = 70;
     float *eye = calloc((size_t)(K * K), sizeof(float)),
           *y = malloc((size_t)(K * R) * sizeof(float));
     float *wf = malloc((size_t)K * sizeof(float));
@@ -265,9 +258,9 @@ static void test_matmul_tile_values(void **state) {
     finch_workspace ws;
     finch_err err;
     assert_int_equal(finch_workspace_init(&ws, finch_workspace_need(K, 1), 2, 0, &err), FINCH_OK);
-    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+    for (size_t t = 0; t < n_types; t++) {
         finch_weight w;
-        void *data = make_weight(&r, types[t], R, K, &w);
+        void *data = make_weight(r, types[t], R, K, &w);
         be->matmul(y, eye, &w, K, &ws);
         for (int64_t i = 0; i < R; i++) {
             finch_dtype_info[types[t]].dequant(wf, (const uint8_t *)data + i * w.row_bytes, K);
@@ -283,6 +276,18 @@ static void test_matmul_tile_values(void **state) {
     free(eye);
     free(y);
     free(wf);
+}
+
+static void test_matmul_tile_values(void **state) {
+    (void)state;
+    finch_rng r;
+    finch_rng_seed(&r, 6);
+    const finch_dtype types[] = {FINCH_DTYPE_F16,  FINCH_DTYPE_BF16, FINCH_DTYPE_Q4_0,
+                                 FINCH_DTYPE_Q4_1, FINCH_DTYPE_Q5_0, FINCH_DTYPE_Q5_1,
+                                 FINCH_DTYPE_Q8_0, FINCH_DTYPE_Q2_K, FINCH_DTYPE_Q3_K,
+                                 FINCH_DTYPE_Q4_K, FINCH_DTYPE_Q5_K, FINCH_DTYPE_Q6_K};
+    check_tile_values(types, sizeof types / sizeof types[0], 512, &r);
+    check_tile_values(types, 2, 515, &r);
 }
 
 /* The same bits whatever the thread count (reductions have a fixed order). */

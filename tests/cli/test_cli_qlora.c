@@ -21,6 +21,7 @@
 #include "io/io.h"
 #include "kernels/kernels.h" /* finch_weight_rows_f32 */
 #include "model/model.h"
+#include "test_gguf_edit.h"
 #include "test_util.h"
 
 #define TINY FINCH_FIXTURES "/model/tiny_llama.gguf"
@@ -34,12 +35,6 @@ static int run(const char *args) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "%s %s", FINCH_CLI, args);
     return run_capture(tmpdir, cmd, NULL, out, sizeof out);
-}
-
-/* A uniform value in [-0.2, 0.2) from a 64-bit LCG (the new FFN columns). */
-static float next_weight(uint64_t *s) {
-    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(*s >> 11) / 9007199254740992.0 * 0.4 - 0.2);
 }
 
 /* Writes the tiny model with an FFN of N_FF: gate/up gain rows, down gains columns; the
@@ -65,24 +60,20 @@ static void write_wide_model(const char *path) {
             bufs[i] = malloc((size_t)(ne[0] * ne[1]) * sizeof(float));
             for (int64_t r = 0; r < ne[1]; r++)
                 for (int64_t c = 0; c < ne[0]; c++)
-                    bufs[i][r * ne[0] + c] = r < t->ne[1] ? src[r * ne[0] + c] : next_weight(&seed);
+                    bufs[i][r * ne[0] + c] = r < t->ne[1] ? src[r * ne[0] + c] : lcg_weight(&seed);
         } else if (strstr(t->name, "ffn_down")) { /* ne (96, 64) */
             ne[0] = N_FF;
             bufs[i] = malloc((size_t)(ne[0] * ne[1]) * sizeof(float));
             for (int64_t r = 0; r < ne[1]; r++)
                 for (int64_t c = 0; c < ne[0]; c++)
                     bufs[i][r * ne[0] + c] =
-                        c < t->ne[0] ? src[r * t->ne[0] + c] : next_weight(&seed);
+                        c < t->ne[0] ? src[r * t->ne[0] + c] : lcg_weight(&seed);
         }
         assert_int_equal(finch_gguf_add_tensor(w, t->name, FINCH_DTYPE_F32, t->n_dims, ne,
                                                bufs[i] ? (const void *)bufs[i] : t->data, &err),
                          FINCH_OK);
     }
-    if (finch_gguf_writer_save(w, path, &err)) fail_msg("%s", err.msg);
-    finch_gguf_writer_free(w);
-    for (int64_t i = 0; i < nt; i++) free(bufs[i]);
-    free(bufs);
-    finch_gguf_close(g);
+    gguf_edit_save(w, path, (void **)bufs, nt, g);
 }
 
 /* Writes src with every block projection replaced by the f32 values of its NF4 blocks as
@@ -121,11 +112,7 @@ static void write_rounded_model(const char *src, const char *path, int double_qu
                          FINCH_OK);
     }
     assert_int_equal(replaced, m->cfg.n_layer * FINCH_LAYER_LINEARS);
-    if (finch_gguf_writer_save(w, path, &err)) fail_msg("%s", err.msg);
-    finch_gguf_writer_free(w);
-    for (int64_t i = 0; i < nt; i++) free(bufs[i]);
-    free(bufs);
-    finch_gguf_close(g);
+    gguf_edit_save(w, path, (void **)bufs, nt, g);
     finch_model_free(m);
 }
 

@@ -29,9 +29,9 @@
 #include <unistd.h>
 
 #include "finch.h"
-#include "io/io.h"       /* the GGUF writer */
 #include "model/model.h" /* finch_model_train_step */
-#include "model_util.h"  /* seq_ids, run_in, check_train_loss */
+#include "model_util.h"     /* seq_ids, run_in, check_train_loss */
+#include "test_gguf_edit.h" /* lcg_weight, gguf_edit_save */
 
 #define DIR FINCH_FIXTURES "/hf/"
 #define TOL 1e-5
@@ -182,10 +182,7 @@ static void write_wide_heads(const char *path) {
         if (ne[0] != t->ne[0] || ne[1] != t->ne[1]) {
             float *v = malloc((size_t)(ne[0] * ne[1]) * sizeof(float));
             assert_non_null(v);
-            for (int64_t k = 0; k < ne[0] * ne[1]; k++) {
-                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-                v[k] = (float)((double)(seed >> 11) / 9007199254740992.0 * 0.4 - 0.2);
-            }
+            for (int64_t k = 0; k < ne[0] * ne[1]; k++) v[k] = lcg_weight(&seed);
             bufs[i] = v;
         }
         const float *src = bufs[i] ? (const float *)bufs[i] : (const float *)t->data;
@@ -205,11 +202,7 @@ static void write_wide_heads(const char *path) {
                 FINCH_OK);
         }
     }
-    if (finch_gguf_writer_save(w, path, &err)) fail_msg("%s", err.msg);
-    finch_gguf_writer_free(w);
-    for (int64_t i = 0; i < nt; i++) free(bufs[i]);
-    free(bufs);
-    finch_gguf_close(g);
+    gguf_edit_save(w, path, bufs, nt, g);
 }
 
 /* Heads wider than C and F: 40 tokens at once (halves of 20, past the few-token paths, so

@@ -35,10 +35,6 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     if (numerics != FINCH_NUMERICS_EXACT && numerics != FINCH_NUMERICS_LLAMACPP &&
         numerics != FINCH_NUMERICS_BF16)
         return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
-    if (numerics == FINCH_NUMERICS_BF16 && !finch_backend_supports(m->be, FINCH_FEATURE_BF16, 0))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "bf16 numerics: the %s backend has no bf16 products; use exact",
-                             m->be->name);
     if (n_ctx > INT32_MAX - m->virt.n)
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
     n_ctx += m->virt.n;
@@ -87,7 +83,8 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
                              act, err))
         goto fail;
     /* bf16: x rounded once per product, up to n_batch rows of the widest input */
-    if (numerics == FINCH_NUMERICS_BF16 && finch_workspace_bf16(&s->ws, n_batch, max_cols, 0, err))
+    if (numerics == FINCH_NUMERICS_BF16 &&
+        finch_model_bf16_products(m, &s->ws, n_batch, max_cols, 0, err))
         goto fail;
     return FINCH_OK;
 fail:

@@ -163,6 +163,19 @@ static inline int64_t finch_widest_input(const finch_model_config *c) {
     return hd > w ? hd : w;
 }
 
+/* Turns on bf16 products in ws (finch_workspace_bf16's sizes), or says why m's backend
+ * cannot: what both train --bf16 and bf16 numerics ask for. */
+static inline finch_status finch_model_bf16_products(const finch_model *m, finch_workspace *ws,
+                                                     int64_t T, int64_t max_dim, int64_t max_in,
+                                                     finch_err *err) {
+    if (!finch_backend_supports(m->be, FINCH_FEATURE_BF16, 0))
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "bf16 products: the %s backend has none; compute in f32 (exact "
+                             "numerics, or train without --bf16)",
+                             m->be->name);
+    return finch_workspace_bf16(ws, T, max_dim, max_in, err);
+}
+
 /* Block l's RoPE base and sliding window (0: attends to every earlier position). */
 static inline float finch_layer_theta(const finch_model *m, int l) {
     return m->layers[l].sliding ? m->arch->swa_rope_base : m->cfg.rope_theta;

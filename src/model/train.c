@@ -220,7 +220,7 @@ finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, fi
     /* operands up to the vocabulary or the widest input wide; the inputs of the weights
      * full fine-tuning trains up to the widest input (the output projection's is H x D) */
     const int64_t in = finch_widest_input(c), dim = c->n_vocab > in ? c->n_vocab : in;
-    return finch_workspace_bf16(&a->ws, (int64_t)a->B * a->T, dim, in, err);
+    return finch_model_bf16_products(m, &a->ws, (int64_t)a->B * a->T, dim, in, err);
 }
 
 void finch_train_acts_free(finch_train_acts *a) {

@@ -720,10 +720,6 @@ static finch_status prepare_method(run *r, finch_err *err) {
                              "--batch-size %d x %d ranks: a global micro-batch of more than "
                              "%d rows",
                              r->B, r->ranks, 1 << 20);
-    if (r->o->bf16 && !finch_backend_supports(r->m->be, FINCH_FEATURE_BF16, 0))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "--bf16: the %s backend has no bf16 products; train without it",
-                             r->m->be->name);
     /* the batch holds the global micro-batch; activations one rank's slice of it */
     if ((st = finch_train_acts_create(r->m, r->B, r->T,
                                       r->o->gradient_checkpointing ? FINCH_ACTS_CHECKPOINT

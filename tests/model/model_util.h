@@ -36,6 +36,22 @@ static inline float *run_in(finch_model *m, const int32_t *ids, int n, int V,
     return got;
 }
 
+/* The logits (n, V) of ids fed one token at a time through one session: every product
+ * takes the few-token path. */
+static inline float *run_one_by_one(finch_model *m, const int32_t *ids, int n, int V,
+                                    finch_numerics numerics) {
+    float *got = malloc((size_t)n * V * sizeof *got);
+    assert_non_null(got);
+    finch_session *s;
+    finch_err err;
+    if (finch_session_new(m, n, numerics, &s, &err)) fail_msg("%s", err.msg);
+    for (int t = 0; t < n; t++)
+        if (finch_session_decode(s, ids + t, 1, got + (size_t)t * V, NULL, &err))
+            fail_msg("%s", err.msg);
+    finch_session_free(s);
+    return got;
+}
+
 /* The training forward (model/train.c) on ids, each token predicting the next, has the
  * mean cross-entropy of the reference logits ref (n, V) within tol. */
 static inline void check_train_loss(finch_model *m, const int32_t *ids, int n, const float *ref,

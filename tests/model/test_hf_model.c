@@ -127,16 +127,8 @@ static void test_bf16_numerics_close(void **state) {
     int32_t ids[16] = {5, 88, 23, 61, 2, 40, 77, 13, 96, 31, 9, 70, 44, 44, 19, 64};
     float *one[2], *all[2];
     const finch_numerics modes[2] = {FINCH_NUMERICS_EXACT, FINCH_NUMERICS_BF16};
-    finch_err err;
     for (int k = 0; k < 2; k++) {
-        one[k] = malloc((size_t)n * V * sizeof(float));
-        assert_non_null(one[k]);
-        finch_session *s;
-        if (finch_session_new(m, n, modes[k], &s, &err)) fail_msg("%s", err.msg);
-        for (int t = 0; t < n; t++)
-            if (finch_session_decode(s, ids + t, 1, one[k] + (size_t)t * V, NULL, &err))
-                fail_msg("%s", err.msg);
-        finch_session_free(s);
+        one[k] = run_one_by_one(m, ids, n, V, modes[k]);
         all[k] = run_in(m, ids, n, V, modes[k]);
     }
     assert_memory_equal(one[0], one[1], (size_t)n * V * sizeof(float));
@@ -223,14 +215,7 @@ static void test_heads_wider_than_ffn(void **state) {
     const int V = m->cfg.n_vocab, n = 40;
     int32_t ids[40];
     for (int t = 0; t < n; t++) ids[t] = (t * 37 + 11) % V;
-    float *one = malloc((size_t)n * V * sizeof *one);
-    assert_non_null(one);
-    finch_session *s;
-    if (finch_session_new(m, n, FINCH_NUMERICS_EXACT, &s, &err)) fail_msg("%s", err.msg);
-    for (int t = 0; t < n; t++)
-        if (finch_session_decode(s, ids + t, 1, one + (size_t)t * V, NULL, &err))
-            fail_msg("%s", err.msg);
-    finch_session_free(s);
+    float *one = run_one_by_one(m, ids, n, V, FINCH_NUMERICS_EXACT);
     float *all = run_in(m, ids, n, V, FINCH_NUMERICS_EXACT),
           *b16 = run_in(m, ids, n, V, FINCH_NUMERICS_BF16);
     double d_all = 0, d_b16 = 0;

@@ -53,14 +53,20 @@ static float dot_f32(const void *row, const float *x, int64_t n) {
 }
 #endif
 
+/* 8 f16 or bf16 values -> 8 floats (exact) */
+static inline __m256 f16x8_ps(const uint16_t *w) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
+}
+static inline __m256 bf16x8_ps(const uint16_t *w) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+
 static float dot_f16(const void *row, const float *x, int64_t n) {
     const uint16_t *w = row;
     __m256 a = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 wf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
-        a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
-    }
+    for (; i + 8 <= n; i += 8) a = _mm256_fmadd_ps(f16x8_ps(w + i), _mm256_loadu_ps(x + i), a);
     float s = finch_cpu_hsum8(a);
     for (; i < n; i++) s += finch_f16_to_f32(w[i]) * x[i];
     return s;
@@ -70,11 +76,7 @@ static float dot_bf16(const void *row, const float *x, int64_t n) {
     const uint16_t *w = row;
     __m256 a = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i)));
-        __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-        a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a);
-    }
+    for (; i + 8 <= n; i += 8) a = _mm256_fmadd_ps(bf16x8_ps(w + i), _mm256_loadu_ps(x + i), a);
     float s = finch_cpu_hsum8(a);
     for (; i < n; i++) s += finch_bf16_to_f32(w[i]) * x[i];
     return s;
@@ -86,18 +88,14 @@ static float dot_bf16(const void *row, const float *x, int64_t n) {
 static void dequant_f16(float *dst, const void *src, int64_t n) {
     const uint16_t *w = src;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, f16x8_ps(w + i));
     for (; i < n; i++) dst[i] = finch_f16_to_f32(w[i]);
 }
 
 static void dequant_bf16(float *dst, const void *src, int64_t n) {
     const uint16_t *w = src;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i)));
-        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
-    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, bf16x8_ps(w + i));
     for (; i < n; i++) dst[i] = finch_bf16_to_f32(w[i]);
 }
 

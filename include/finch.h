@@ -131,13 +131,21 @@ FINCH_API finch_status finch_model_load_in_4bit(finch_model *model, const char *
 /* Releases a model and unmaps its file; NULL is allowed. */
 FINCH_API void finch_model_free(finch_model *model);
 
-/* Whether models can compute on the named device in this build and on this machine:
- * FINCH_OK for "cpu" (where every model computes). "cuda" is FINCH_E_UNSUPPORTED with the
- * reason: finch built without CUDA, no CUDA device, or, with a device, that models do not
- * run on it yet (the CUDA backend's ops exist, each with a test against the CPU's, but the
- * forward, training and generation still compute on the CPU). Anything else is
- * FINCH_E_USAGE. */
+/* Whether the named device can be used in this build and on this machine: FINCH_OK for
+ * "cpu", and for "cuda" with a usable CUDA device; FINCH_E_UNSUPPORTED with the reason
+ * (built without CUDA, no device, no usable driver); FINCH_E_USAGE for another name. */
 FINCH_API finch_status finch_device_check(const char *device, finch_err *err);
+
+/* Puts the model on the named device: "cpu" (where it is after loading; nothing to do)
+ * or "cuda", which copies every tensor the passes read (the weights in their storage
+ * type) to the first CUDA device; finch_model_free releases the copies. On a CUDA model
+ * finch_train runs its passes on the device (methods whose operations the backend has:
+ * LoRA); generation, evaluation sessions and adapters attached for inference compute on
+ * the CPU and refuse it. FINCH_E_UNSUPPORTED with the reason when finch was built without
+ * CUDA or there is no usable device, FINCH_E_NOMEM when the device memory is short,
+ * FINCH_E_USAGE for an unknown name. Call it after finch_model_load_in_4bit. */
+FINCH_API finch_status finch_model_to_device(finch_model *model, const char *device,
+                                             finch_err *err);
 
 /* Fills *cfg with the model's hyperparameters. */
 FINCH_API void finch_model_config_get(const finch_model *model, finch_model_config *cfg);

@@ -1,6 +1,6 @@
 /*
  * host.c: the CPU backend's device part (its memory is the host's: finch_aalloc, memcpy,
- * nothing to wait for) and finch_cuda_backend's answer in a build
+ * memset, nothing to wait for) and finch_cuda_backend's answer in a build
  * without CUDA. Compiled once, for the baseline; every instruction set's table points
  * here.
  */
@@ -20,6 +20,10 @@ finch_status finch_host_copy(void *dst, const void *src, size_t bytes, finch_err
     (void)err;
     if (bytes) memcpy(dst, src, bytes);
     return FINCH_OK;
+}
+
+void finch_host_zero(void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
 }
 
 finch_status finch_host_sync(finch_err *err) {

@@ -419,6 +419,9 @@ typedef struct {
     finch_status (*copy_in)(void *dst, const void *src, size_t bytes, finch_err *err);
     finch_status (*copy_out)(void *dst, const void *src, size_t bytes, finch_err *err);
 
+    /* bytes of the backend's memory at p set to zero, in order with the ops issued. */
+    void (*zero)(void *p, size_t bytes);
+
     /* Waits until every op issued has finished; reports a device error one of them met
      * (FINCH_E_IO). Trivial on the CPU, whose ops return finished. */
     finch_status (*sync)(finch_err *err);
@@ -430,10 +433,12 @@ static inline bool finch_backend_supports(const finch_backend *be, finch_feature
 }
 
 /* The CPU backend's device part and AdamW (kernels/host.c), the same in every instruction
- * set's table: finch_aalloc/finch_afree, memcpy, nothing to wait for, and the AdamW loop. */
+ * set's table: finch_aalloc/finch_afree, memcpy, memset, nothing to wait for, and the AdamW loop.
+ */
 void *finch_host_alloc(size_t bytes, const char *what, finch_err *err);
 void finch_host_free(void *p);
 finch_status finch_host_copy(void *dst, const void *src, size_t bytes, finch_err *err);
+void finch_host_zero(void *p, size_t bytes);
 finch_status finch_host_sync(finch_err *err);
 
 /* The CUDA backend (kernels/cuda/, in a build with FINCH_HAVE_CUDA): the first CUDA device,

@@ -35,6 +35,11 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     if (numerics != FINCH_NUMERICS_EXACT && numerics != FINCH_NUMERICS_LLAMACPP &&
         numerics != FINCH_NUMERICS_BF16)
         return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
+    if (m->be->device)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "the model is on %s, where finch trains; generation and evaluation "
+                             "compute on the CPU so far: use --device cpu",
+                             m->be->name);
     if (n_ctx > INT32_MAX - m->virt.n)
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
     n_ctx += m->virt.n;

@@ -414,6 +414,7 @@ fail:
 
 void finch_model_free(finch_model *m) {
     if (!m) return;
+    finch_model_unplace(m);
     finch_tokenizer_free(m->tok);
     free(m->layers);
     free(m->owned_f32);

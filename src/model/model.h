@@ -128,6 +128,8 @@ typedef struct {
     void *self;
 } finch_virtual;
 
+typedef struct finch_placement finch_placement;
+
 struct finch_model {
     char *path;        /* what was loaded (a GGUF file or a folder), for messages */
     finch_gguf *gguf;  /* the mapped GGUF file; NULL for a Hugging Face folder */
@@ -152,9 +154,21 @@ struct finch_model {
     float *owned_f32;        /* norm weights converted from f16/bf16, if any, and
                                 biases (f32, q/k permuted) */
     const finch_backend *be; /* the backend every op goes through */
+    finch_placement *placed; /* the host views while the model is on a device (device.c) */
     const finch_arch *arch;  /* its family's row */
     finch_virtual virt;      /* set while a prompt or prefix method is attached */
 };
+
+/* Places the model on be when be is a device (else nothing): every tensor the passes read
+ * copied into be's memory once and the views pointed at the copies, m->be set to be
+ * (device.c). finch_model_unplace puts the host views and backend back and frees the
+ * copies; finch_model_free does too. */
+finch_status finch_model_place(finch_model *m, const finch_backend *be, finch_err *err);
+void finch_model_unplace(finch_model *m);
+
+/* The backend `--device` names: "cpu" (or NULL) the CPU table this machine runs, "cuda"
+ * the CUDA backend, or NULL with why not. */
+const finch_backend *finch_device_backend(const char *device, finch_err *err);
 
 /* The widest input of the model's products: C, F or the attention output's H x D. */
 static inline int64_t finch_widest_input(const finch_model_config *c) {
@@ -346,6 +360,10 @@ enum { FINCH_ACTS_CHECKPOINT = 1, FINCH_ACTS_RECOMPUTE = 2 };
 finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigned flags,
                                      finch_train_acts **out, finch_err *err);
 void finch_train_acts_free(finch_train_acts *a);
+/* On a device: the first copy of a pass's rows to it that failed (a device error), kept
+ * since passes return no status; FINCH_OK when none did. Buffers live in the memory of
+ * the model's backend when the acts are made (a placed model's: the device's). */
+finch_status finch_train_acts_status(const finch_train_acts *a, finch_err *err);
 /* The base's products of the passes with a in bf16 (--bf16; kernels.h
  * finch_workspace_bf16). */
 finch_status finch_train_acts_bf16(finch_train_acts *a, const finch_model *m, finch_err *err);

@@ -78,11 +78,18 @@ struct finch_train_acts {
     finch_linear_ctx ctx;             /* the last forward's dropout seed and mode */
     /* gradients and scratch */
     float *dx, *dt, *dxn, *dao, *dq, *dk, *dv, *dh, *dup;
-    float *ds;      /* (B, H, T) attention backward's scratch */
-    float *dad;     /* (N, C) a block module's input gradient */
-    int32_t *pos;   /* (N) */
-    bool ckpt;      /* gradient checkpointing: one layer's buffers, recomputed in backward */
-    bool recompute; /* xn1, xn2 and h: one layer's buffers, recomputed in backward */
+    float *ds;    /* (B, H, T) attention backward's scratch */
+    float *dad;   /* (N, C) a block module's input gradient */
+    int32_t *pos; /* (N) */
+    /* what the ops read of the rows: the caller's ids and segments, pos, tg and rows; on a
+     * device, copies in its memory (iarena), else the host arrays themselves */
+    const int32_t *d_ids, *d_seg, *d_pos, *d_tg, *d_rows;
+    int32_t *iarena;
+    finch_weight xnf_rows; /* xnf as an f32 table: the target rows gathered by embed */
+    const finch_backend *be;
+    finch_err dev_err; /* the first failed copy to the device (a device error) */
+    bool ckpt;         /* gradient checkpointing: one layer's buffers, recomputed in backward */
+    bool recompute;    /* xn1, xn2 and h: one layer's buffers, recomputed in backward */
     float *arena;
     finch_workspace ws;
     void (*on_grads)(void *user, int block); /* finch_train_acts_on_grads */
@@ -117,6 +124,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
     finch_train_acts *a = finch_calloc(1, sizeof *a, "training activations", err);
     if (!a) return FINCH_E_NOMEM;
     a->B = B;
+    a->be = m->be;
     a->T = T;
     a->T_in = T_in;
     a->K = K;
@@ -179,7 +187,7 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         free(a);
         return finch_err_set(err, FINCH_E_RANGE, "activations for a %d x %d batch overflow", B, T);
     }
-    a->arena = finch_aalloc(sz, "training activations", err);
+    a->arena = m->be->alloc(sz, "training activations", err);
     float *p = a->arena;
     for (size_t i = 0; i < n_pl && p; i++) {
         *per_layer[i].p = finch_calloc(L + 1, sizeof(float *), "activation table", err);
@@ -203,6 +211,11 @@ finch_status finch_train_acts_create(const finch_model *m, int B, int T, unsigne
         a->tg_in = a->ids_in ? finch_alloc(N * sizeof(int32_t), "targets", err) : NULL;
         a->seg_in = a->tg_in ? finch_alloc(N * sizeof(int32_t), "segments", err) : NULL;
         ok_in = a->seg_in != NULL;
+    }
+    if (a->rows && ok_in && m->be->device) {
+        FINCH_ASSERT(!K); /* virtual tokens stay on the host (finch_model_place) */
+        a->iarena = m->be->alloc(5 * N * sizeof(int32_t), "token rows", err);
+        ok_in = a->iarena != NULL;
     }
     const int64_t max_cols = finch_widest_input(c);
     if (!a->rows || !ok_in ||
@@ -229,7 +242,8 @@ void finch_train_acts_free(finch_train_acts *a) {
                         a->xm,    a->xn2,   a->rstd2, a->gate,  a->up, a->h,     a->qp,  a->kp,
                         a->rstdq, a->rstdk, a->op,    a->rstdo, a->fp, a->rstdf2};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) free(tables[i]);
-    finch_afree(a->arena);
+    a->be->free(a->arena);
+    a->be->free(a->iarena);
     free(a->pos);
     free(a->tg);
     free(a->rows);
@@ -241,6 +255,21 @@ void finch_train_acts_free(finch_train_acts *a) {
 }
 
 static void backward_pass(const finch_model *m, finch_train_acts *a);
+
+/* n ids from the host's src into the device's dst, which it returns; the first failure (a
+ * device error) is kept for finch_train_acts_status. */
+static const int32_t *upload(finch_train_acts *a, int32_t *dst, const int32_t *src, int64_t n) {
+    finch_err err;
+    if (a->be->copy_in(dst, src, (size_t)n * sizeof *src, &err) && !a->dev_err.code)
+        a->dev_err = err;
+    return dst;
+}
+
+finch_status finch_train_acts_status(const finch_train_acts *a, finch_err *err) {
+    if (!a->dev_err.code) return FINCH_OK;
+    if (err) *err = a->dev_err;
+    return a->dev_err.code;
+}
 static double head_pass(const finch_model *m, finch_train_acts *a, const float *row_scale,
                         double *row_logp, float grad_scale, bool backward);
 
@@ -323,8 +352,8 @@ static void block_forward(const finch_model *m, finch_train_acts *a, int l, cons
         be->rmsnorm_forward(a->k[l], a->rstdk[l], a->kp[l], ly->k_norm, N * KVH, D, eps);
     }
     if (!arch->learned_pos) {
-        be->rope_forward(a->q[l], a->pos, N, H, D, theta);
-        be->rope_forward(a->k[l], a->pos, N, KVH, D, theta);
+        be->rope_forward(a->q[l], a->d_pos, N, H, D, theta);
+        be->rope_forward(a->k[l], a->d_pos, N, KVH, D, theta);
     }
     const finch_attn_prefix pre = prefix_of(m, l, P);
     be->attention_forward_train(a->ao[l], a->att[l], a->q[l], a->k[l], a->v[l], seg,
@@ -380,28 +409,40 @@ int64_t finch_model_train_forward(const finch_model *m, finch_train_acts *a, con
     } else {
         for (int64_t i = 0; i < N; i++) a->pos[i] = pos[i] + (int32_t)P;
     }
+    const bool dev = be->device;
+    a->d_ids = dev ? upload(a, a->iarena, ids, N) : ids;
+    a->d_seg = dev && seg ? upload(a, a->iarena + N, seg, N) : seg;
+    a->d_pos = dev ? upload(a, a->iarena + 2 * N, a->pos, N) : a->pos;
 
     /* ---- forward ---- */
-    be->embed(a->x[0], ids, N, &m->tok_embd);
+    be->embed(a->x[0], a->d_ids, N, &m->tok_embd);
     if (arch->embed_scale) be->scale(a->x[0], N * C, sqrtf((float)C));
     for (int64_t b = 0; b < B && K; b++)
         memcpy(a->x[0] + b * T * C, vt->embd, (size_t)(K * C) * sizeof(float));
     if (arch->learned_pos) { /* every row, virtual ones too, gets its position's embedding */
-        be->embed(a->dt, a->pos, N, &m->pos_embd);
+        be->embed(a->dt, a->d_pos, N, &m->pos_embd);
         be->add(a->x[0], a->dt, N * C);
     }
-    for (int l = 0; l < L; l++) block_forward(m, a, l, seg, &ctx);
+    for (int l = 0; l < L; l++) block_forward(m, a, l, a->d_seg, &ctx);
     finch_norm_forward(m, a->xnf, a->rstdf, a->xf, m->output_norm, m->output_norm_b, N);
     int64_t Nt = 0;
     for (int64_t i = 0; i < N; i++)
         if (targets[i] >= 0) {
-            memcpy(a->xg + Nt * C, a->xnf + i * C, (size_t)C * sizeof(float));
             a->tg[Nt] = targets[i];
             a->rows[Nt++] = (int32_t)i;
         }
+    a->d_tg = dev ? upload(a, a->iarena + 3 * N, a->tg, Nt) : a->tg;
+    a->d_rows = dev ? upload(a, a->iarena + 4 * N, a->rows, Nt) : a->rows;
+    /* xg: the rows of xnf with a target */
+    a->xnf_rows = (finch_weight){.type = FINCH_DTYPE_F32,
+                                 .rows = N,
+                                 .cols = C,
+                                 .row_bytes = (size_t)C * sizeof(float),
+                                 .data = a->xnf};
+    be->embed(a->xg, a->d_rows, Nt, &a->xnf_rows);
     a->Nt = Nt;
-    a->ids_cur = ids;
-    a->seg_cur = seg;
+    a->ids_cur = a->d_ids;
+    a->seg_cur = a->d_seg;
     if (row_logp) {
         for (int64_t b = 0; b < B; b++) row_logp[b] = 0.0;
         head_pass(m, a, NULL, row_logp, 0.0f, false);
@@ -425,8 +466,8 @@ static double head_pass(const finch_model *m, finch_train_acts *a, const float *
         const int64_t c1 = c0 + HEAD_ROWS < Nt ? c0 + HEAD_ROWS : Nt;
         finch_linear_forward_train(a->logits, a->xg + c0 * C, &m->output, c1 - c0, &ctx);
         if (!row_scale && !row_logp)
-            loss += be->softmax_xent(backward ? a->logits : NULL, a->logits, a->tg + c0, c1 - c0, V,
-                                     grad_scale) *
+            loss += be->softmax_xent(backward ? a->logits : NULL, a->logits, a->d_tg + c0, c1 - c0,
+                                     V, grad_scale) *
                     (double)(c1 - c0);
         for (int64_t k = c0; k < c1 && (row_scale || row_logp);) {
             int64_t k0 = k, b = a->rows[k] / T;
@@ -434,12 +475,12 @@ static double head_pass(const finch_model *m, finch_train_acts *a, const float *
             float *l = a->logits + (k0 - c0) * V;
             if (row_logp)
                 row_logp[b] -=
-                    be->softmax_xent(NULL, l, a->tg + k0, k - k0, V, 0.0f) * (double)(k - k0);
+                    be->softmax_xent(NULL, l, a->d_tg + k0, k - k0, V, 0.0f) * (double)(k - k0);
             /* dlogits = -scale_b (onehot - softmax): the gradient of scale_b log p(target) */
             if (row_scale && row_scale[b] == 0.0f) /* the kernel takes 0 as 1/n */
-                memset(l, 0, (size_t)((k - k0) * V) * sizeof(float));
+                be->zero(l, (size_t)((k - k0) * V) * sizeof(float));
             else if (row_scale)
-                be->softmax_xent(l, l, a->tg + k0, k - k0, V, -row_scale[b]);
+                be->softmax_xent(l, l, a->d_tg + k0, k - k0, V, -row_scale[b]);
         }
         if (backward)
             finch_linear_backward(a->dt + c0 * C, a->logits, a->xg + c0 * C, &m->output, c1 - c0,
@@ -481,9 +522,8 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
 
     /* ---- backward (dx: the gradient of the residual stream) ---- */
     /* xg = the target rows of xnf (head_pass left dxg in dt): the other rows get none */
-    memset(a->dxn, 0, (size_t)(N * C) * sizeof(float));
-    for (int64_t k = 0; k < Nt; k++)
-        memcpy(a->dxn + (int64_t)a->rows[k] * C, a->dt + k * C, (size_t)C * sizeof(float));
+    be->zero(a->dxn, (size_t)(N * C) * sizeof(float));
+    be->embed_backward(a->dxn, a->dt, a->d_rows, Nt, C);
     /* xnf = rmsnorm(x_L) */
     finch_norm_backward(m, a->dx, m->d_output_norm, m->d_output_norm_b, a->dxn, a->rstdf, a->xf,
                         m->output_norm, N);
@@ -543,8 +583,8 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
                                finch_layer_window(m, l), &a->ws);
         /* rope(q), rope(k) */
         if (!arch->learned_pos) {
-            be->rope_backward(a->dq, a->pos, N, H, D, theta);
-            be->rope_backward(a->dk, a->pos, N, KVH, D, theta);
+            be->rope_backward(a->dq, a->d_pos, N, H, D, theta);
+            be->rope_backward(a->dk, a->d_pos, N, KVH, D, theta);
         }
         /* q, k = per-head rmsnorm of the projections' outputs */
         if (arch->qk_norm) {
@@ -570,7 +610,7 @@ static void backward_pass(const finch_model *m, finch_train_acts *a) {
         if (a->on_grads) a->on_grads(a->on_grads_user, l);
     }
     /* x_0 = the virtual rows, then embed(ids) (* sqrt(C)), + pos_embd[pos] */
-    if (m->d_pos_embd) be->embed_backward(m->d_pos_embd, a->dx, a->pos, N, C);
+    if (m->d_pos_embd) be->embed_backward(m->d_pos_embd, a->dx, a->d_pos, N, C);
     if (vt->backward) vt->backward(vt->self);
     for (int64_t b = 0; b < B && K; b++) {
         float *dv = a->dx + b * T * C;

@@ -33,6 +33,11 @@ void finch_adapter_free(finch_adapter *a) {
 finch_status finch_adapter_attach(finch_model *m, finch_adapter *a, float weight, finch_err *err) {
     if (!isfinite(weight))
         return finch_err_set(err, FINCH_E_USAGE, "adapter weight %g is not finite", weight);
+    if (m->be->device)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "the model is on %s, where finch trains; adapters are applied on "
+                             "the CPU so far: use --device cpu",
+                             m->be->name);
     return finch_peft_attach(a->peft, m, weight, FINCH_INFER_CHUNK, err);
 }
 

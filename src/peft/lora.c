@@ -110,7 +110,7 @@ void finch_lora_free_state(finch_peft *p) {
     finch_lora *l = p->state;
     if (!l) return;
     free(l->sites);
-    free(l->scratch);
+    if (l->scratch_be) l->scratch_be->free(l->scratch);
     free(l->mask);
     free(l->norms);
     free(l->vecs);
@@ -138,10 +138,12 @@ finch_status finch_lora_attach_ops(finch_peft *p, finch_model *m, const finch_pe
     size_t need =
         (size_t)max_tokens * (2 * (size_t)max_r + (size_t)us + (drops ? (size_t)max_in : 0) +
                               (dora ? (size_t)max_out : 0) + (size_t)zl);
-    float *scratch = finch_alloc(need * sizeof(float) + 1, "adapter scratch", err);
+    /* in the memory of the backend the sites' operations run on */
+    float *scratch = m->be->alloc(need * sizeof(float) + 1, "adapter scratch", err);
     if (!scratch) return FINCH_E_NOMEM;
-    free(l->scratch);
+    if (l->scratch_be) l->scratch_be->free(l->scratch);
     l->scratch = scratch;
+    l->scratch_be = m->be;
     /* DoRA's dropout mask bits are kept from forward to backward, one per training site */
     size_t words = 0;
     for (int i = 0; dora && i < l->n_sites; i++)
@@ -489,6 +491,7 @@ const finch_method finch_method_lora = {
     .n_opts = FINCH_LORA_N_OPTIONS,
     .config_size = sizeof(finch_lora_config),
     .peft_type = "LORA",
+    .device = true,
     .claims = lora_claims,
     .check_file = finch_lora_check_file,
     .write_config = finch_lora_write_config,

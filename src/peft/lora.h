@@ -59,10 +59,11 @@ typedef struct {
 typedef struct {
     int n_sites;
     finch_lora_site *sites;
-    float *scratch; /* the sites' u, du, xd (and DoRA's zl, g) */
-    uint64_t *mask; /* DoRA's sites' dropped-input bits */
-    double *norms;  /* DoRA's wnorm2 of every site */
-    float *vecs;    /* DoRA's per-row vectors and P of every site */
+    float *scratch; /* the sites' u, du, xd (and DoRA's zl, g), in scratch_be's memory */
+    const finch_backend *scratch_be; /* the model's backend when the sites attached */
+    uint64_t *mask;                  /* DoRA's sites' dropped-input bits */
+    double *norms;                   /* DoRA's wnorm2 of every site */
+    float *vecs;                     /* DoRA's per-row vectors and P of every site */
 } finch_lora;
 
 /* The LoRA option table (r, alpha, dropout, targets, rsLoRA), for LoRA and DoRA. */

@@ -388,6 +388,9 @@ const char *finch_peft_method(const finch_peft *p) {
 bool finch_peft_writes_model(const finch_peft *p) {
     return p->method->writes_model;
 }
+bool finch_peft_on_device(const finch_peft *p) {
+    return p->method->device;
+}
 bool finch_peft_can_merge(const finch_peft *p) {
     return p->method->merge_row != NULL;
 }

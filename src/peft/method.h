@@ -55,6 +55,8 @@ struct finch_method {
     const char *peft_type;    /* adapter_config.json's "peft_type" */
     bool writes_model;        /* its result is a model (full, freeze), not an adapter */
     bool layerless;           /* acts before the blocks (prompt, prefix): --layers does not apply */
+    bool device;              /* trains on a device backend: its operations go through the
+                                 backend alone, its scratch is in the backend's memory */
     const char *weights_file; /* its adapter folder's weights; NULL: adapter_model.safetensors */
     /* Whether a config of this peft_type is this method's (LORA with use_dora is DoRA's);
      * NULL: every config of the type. */

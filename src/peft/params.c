@@ -62,15 +62,18 @@ void finch_params_set_block(finch_params *r, const char *name, int block) {
     p->block = block;
 }
 
-/* Points every gradient slot and view at its tensor's place in r->grad (NULL: none). */
-static void point_grads(finch_params *r) {
+/* Points every data slot and view at its tensor's place in data, and every gradient slot
+ * and view at its place in grad (NULL: none). */
+static void point(finch_params *r, float *data, float *grad) {
     for (int i = 0; i < r->n; i++) {
         finch_param *p = &r->p[i];
-        if (p->grad_slot) *p->grad_slot = r->grad ? r->grad + p->goff : NULL;
+        if (p->data_slot) *p->data_slot = data + p->off;
+        if (p->grad_slot) *p->grad_slot = grad ? grad + p->goff : NULL;
     }
     for (int i = 0; i < r->n_views; i++) {
         const finch_param_view *v = &r->views[i];
-        if (v->grad_slot) *v->grad_slot = r->grad ? r->grad + r->p[v->param].goff + v->off : NULL;
+        if (v->data_slot) *v->data_slot = data + r->p[v->param].off + v->off;
+        if (v->grad_slot) *v->grad_slot = grad ? grad + r->p[v->param].goff + v->off : NULL;
     }
 }
 
@@ -80,16 +83,8 @@ finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err
         return finch_err_set(err, FINCH_E_RANGE, "%lld parameters overflow", (long long)r->total);
     r->data = finch_calloc((size_t)r->total + 1, sizeof(float), "trainable parameters", err);
     if (!r->data) return FINCH_E_NOMEM;
-    for (int i = 0; i < r->n; i++) {
-        finch_param *p = &r->p[i];
-        if (p->data_slot) *p->data_slot = r->data + p->off;
-    }
-    for (int i = 0; i < r->n_views; i++) {
-        const finch_param_view *v = &r->views[i];
-        if (v->data_slot) *v->data_slot = r->data + r->p[v->param].off + v->off;
-    }
     if (with_grads) return finch_params_alloc_grads(r, false, err);
-    point_grads(r);
+    point(r, r->data, NULL);
     return FINCH_OK;
 }
 
@@ -122,11 +117,54 @@ finch_status finch_params_alloc_grads(finch_params *r, bool per_block, finch_err
     if (!(r->grad =
               finch_calloc((size_t)r->grad_total + 1, sizeof(float), "parameter gradients", err)))
         return FINCH_E_NOMEM;
-    point_grads(r);
+    point(r, r->data, r->grad);
     return FINCH_OK;
 }
 
+finch_status finch_params_place(finch_params *r, const finch_backend *be, finch_err *err) {
+    FINCH_ASSERT(r->data && r->grad && !r->grad_per_block && !r->dev);
+    const size_t bytes = ((size_t)r->total + 1) * sizeof(float);
+    r->dev_data = be->alloc(bytes, "trainable parameters", err);
+    r->dev_grad = r->dev_data ? be->alloc(bytes, "parameter gradients", err) : NULL;
+    if (!r->dev_grad) {
+        be->free(r->dev_data);
+        r->dev_data = NULL;
+        return FINCH_E_NOMEM;
+    }
+    r->dev = be;
+    be->zero(r->dev_grad, bytes);
+    point(r, r->dev_data, r->dev_grad);
+    return finch_params_push(r, err);
+}
+
+finch_status finch_params_push(finch_params *r, finch_err *err) {
+    if (!r->dev) return FINCH_OK;
+    finch_status st = r->dev->copy_in(r->dev_data, r->data, (size_t)r->total * sizeof(float), err);
+    return st ? finch_err_prefix(err, "the trainable parameters to %s", r->dev->name) : FINCH_OK;
+}
+
+void finch_params_zero_grads(finch_params *r) {
+    if (r->grad) memset(r->grad, 0, (size_t)r->grad_total * sizeof(float));
+    if (r->dev) r->dev->zero(r->dev_grad, (size_t)r->total * sizeof(float));
+}
+
+finch_status finch_params_pull_grads(finch_params *r, finch_err *err) {
+    if (!r->dev) return FINCH_OK;
+    finch_status st = r->dev->copy_out(r->grad, r->dev_grad, (size_t)r->total * sizeof(float), err);
+    return st ? finch_err_prefix(err, "the gradients from %s", r->dev->name) : FINCH_OK;
+}
+
+void finch_params_unplace(finch_params *r) {
+    if (!r->dev) return;
+    point(r, r->data, r->grad);
+    r->dev->free(r->dev_data);
+    r->dev->free(r->dev_grad);
+    r->dev = NULL;
+    r->dev_data = r->dev_grad = NULL;
+}
+
 void finch_params_release(finch_params *r) {
+    finch_params_unplace(r);
     free(r->p);
     free(r->views);
     free(r->data);

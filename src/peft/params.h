@@ -25,6 +25,7 @@
 #define FINCH_PARAMS_H
 
 #include "core/core.h"
+#include "kernels/kernels.h" /* finch_backend */
 
 #define FINCH_PARAM_MAX_NAME 191
 
@@ -66,6 +67,10 @@ typedef struct {
     int64_t total;
     int64_t grad_total;  /* the gradient arena's elements: total, or less per block */
     bool grad_per_block; /* the gradient arena is laid out per block */
+    /* placed on a device (finch_params_place): copies of both arenas there, which the
+     * slots point at; data and grad stay the master copies on the host */
+    const finch_backend *dev;
+    float *dev_data, *dev_grad;
 } finch_params;
 
 /* Registers a tensor of n_dims (1 or 2) with shape; data_slot and grad_slot (either may be
@@ -100,6 +105,21 @@ finch_status finch_params_alloc(finch_params *r, bool with_grads, finch_err *err
  * the next block's backward adds to them. */
 finch_status finch_params_alloc_grads(finch_params *r, bool per_block, finch_err *err);
 void finch_params_release(finch_params *r);
+
+/* Training on a device (be->device): the parameters' master copy, the optimizer and its
+ * state, checkpoints and the allreduce stay on the host, and the passes use copies in the
+ * device's memory. finch_params_place (after a whole gradient arena is allocated) makes
+ * both copies, pushes the parameters and points every slot and view at the device's;
+ * push copies the host's parameters over (after each optimizer step); zero_grads zeroes
+ * the gradients on both sides (before a step's passes); pull_grads copies the device's
+ * gradients over the host's (after them); unplace points the slots back at the host's
+ * arenas and frees the copies (release does it too). push and pull do nothing when not
+ * placed. */
+finch_status finch_params_place(finch_params *r, const finch_backend *be, finch_err *err);
+finch_status finch_params_push(finch_params *r, finch_err *err);
+void finch_params_zero_grads(finch_params *r);
+finch_status finch_params_pull_grads(finch_params *r, finch_err *err);
+void finch_params_unplace(finch_params *r);
 
 /* The tensor registered under name, or NULL. */
 finch_param *finch_params_find(const finch_params *r, const char *name);

@@ -89,6 +89,16 @@ static finch_status check_options(const finch_model *m, const finch_train_option
             BAD("--data %s:%g: the weight must be a number > 0", s->path, s->weight);
     }
     if (!o->out_dir) BAD("no output directory: give --out DIR");
+    if (m->be->device) { /* params.h: the passes there, the optimizer on the host */
+        if (o->fused_optimizer)
+            BAD("--fused-optimizer: on %s the optimizer steps on the host after the "
+                "gradients are copied back; train without --fused-optimizer",
+                m->be->name);
+        if (o->simulate_ranks > 1)
+            BAD("--simulate-ranks: on %s, run the ranks with mpirun", m->be->name);
+        if (o->objective && !strcmp(o->objective, "dpo"))
+            BAD("--objective dpo does not run on %s yet: use --device cpu", m->be->name);
+    }
     if (o->n_method_options < 0 || o->n_method_options > FINCH_MAX_METHOD_OPTIONS)
         BAD("%d method options: at most %d", o->n_method_options, FINCH_MAX_METHOD_OPTIONS);
     if (!(o->learning_rate > 0 && o->learning_rate < 1))
@@ -686,6 +696,14 @@ static finch_status prepare_method(run *r, finch_err *err) {
     r->par = finch_peft_params(r->peft);
     /* the gradients: all of them, or with the fused step what is in use at once */
     if ((st = finch_params_alloc_grads(r->par, o->fused_optimizer != 0, err))) return st;
+    if (r->m->be->device) {
+        if (!finch_peft_on_device(r->peft))
+            return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                                 "--method %s does not train on %s yet (LoRA does): use "
+                                 "--device cpu",
+                                 finch_peft_method(r->peft), r->m->be->name);
+        if ((st = finch_params_place(r->par, r->m->be, err))) return st;
+    }
     /* the ranks agree before the first collective (DPO's reference pass sums over them) */
     if ((st = check_ranks(r, err))) return st;
     /* DPO's reference is the model before the method attaches */
@@ -753,7 +771,9 @@ static finch_status prepare_method(run *r, finch_err *err) {
     memcpy(r->pos.task_weight, r->task_weight, sizeof r->task_weight);
     snprintf(r->last_good, sizeof r->last_good, "no checkpoint (none was saved yet)");
     if (!o->resume_dir) return FINCH_OK;
-    if ((st = resume_state(r, err)) || (st = resume_tasks(r, err))) return st;
+    if ((st = resume_state(r, err)) || (st = resume_tasks(r, err)) ||
+        (st = finch_params_push(r->par, err)))
+        return st;
     if (r->pos.ranks != r->ranks)
         return finch_err_set(err, FINCH_E_USAGE,
                              "%s: the run was made by %d data-parallel ranks (global batch %lld), "
@@ -821,7 +841,7 @@ static double accumulate(run *r, int64_t step, int64_t *tokens) {
     float *grad = r->par->grad;
     *tokens = 0;
     /* fused_optimizer: the gradient arena holds less than the parameters (no stash then) */
-    finch_grad_zero(grad, (size_t)r->par->grad_total);
+    finch_params_zero_grads(r->par);
     for (int l = 0; l < r->lanes; l++) {
         r->lane_loss[l] = 0;
         r->lane_dstats[l] = (finch_dpo_stats){0};
@@ -1040,8 +1060,12 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         const double lr = finch_lr_at(&r->sched, step - 1);
         r->fused = (fused_step){.ac = ac, .lr = lr, .t = step};
         double loss = accumulate(r, step, &tokens);
-        finch_status st = reduce_step(r, step, &loss, should_stop, user, err);
-        if (st) return st;
+        finch_status st;
+        /* on a device: its gradients to the host, where the allreduce and AdamW run */
+        if ((st = finch_train_acts_status(r->acts, err)) ||
+            (st = finch_params_pull_grads(r->par, err)) ||
+            (st = reduce_step(r, step, &loss, should_stop, user, err)))
+            return st;
         float *g = r->par->grad;
         double norm;
         float clip = 1.0f; /* applied by the AdamW step, which reads every gradient anyway */
@@ -1066,6 +1090,7 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         if (!o->fused_optimizer)
             finch_adamw_step_scaled(r->par->data, r->mom, r->vel, g, (size_t)n_train, r->ranges,
                                     r->n_ranges, &ac, lr, step, clip);
+        if ((st = finch_params_push(r->par, err))) return st;
         r->pos.step = step;
         double dt = now_s() - t0, rate = (double)tokens / (dt > 0 ? dt : 1e-9);
         smooth = isnan(smooth) ? loss : 0.9 * smooth + 0.1 * loss;
@@ -1215,6 +1240,7 @@ finch_status finch_train(finch_model *m, const finch_train_options *o,
     if (r.rank == 0 && o->load_best_model_at_end && r.pos.best_ckpt_step &&
         r.pos.best_ckpt_step != r.pos.step)
         st = load_best(&r, err);
+    finch_params_unplace(r.par); /* the method's own writers read its sites */
     if (r.rank == 0 && !st) st = finch_peft_save(r.peft, m, o->out_dir, err);
 done:
     run_release(&r);

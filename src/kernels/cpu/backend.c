@@ -59,5 +59,6 @@ const finch_backend finch_backend_cpu = {
     .free = finch_host_free,
     .copy_in = finch_host_copy,
     .copy_out = finch_host_copy,
+    .zero = finch_host_zero,
     .sync = finch_host_sync,
 };

@@ -58,6 +58,10 @@ finch_status copy_out(void *dst, const void *src, size_t bytes, finch_err *err) 
     return copy(dst, src, bytes, cudaMemcpyDeviceToHost, err);
 }
 
+void dev_zero(void *p, size_t bytes) {
+    if (bytes) FINCH_CU(cudaMemset(p, 0, bytes));
+}
+
 finch_status dev_sync(finch_err *err) {
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess)
@@ -119,6 +123,7 @@ finch_backend make_table() {
     be.free = dev_free;
     be.copy_in = copy_in;
     be.copy_out = copy_out;
+    be.zero = dev_zero;
     be.sync = dev_sync;
     return be;
 }

@@ -120,6 +120,10 @@ inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) 
     return 0;
 }
 #define cudaMemcpyToSymbol(sym, src, n) (memcpy((void *)sym, src, n), 0)
+inline cudaError_t cudaMemset(void *p, int v, size_t n) {
+    memset(p, v, n);
+    return 0;
+}
 inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, int) {
     memset(p, v, n);
     return 0;

@@ -1,0 +1,208 @@
+/*
+ * test_device.c: training with the model on a device backend (model/device.c, the
+ * parameters' device copies of peft/params.c, the passes' rows copied in by
+ * model/train.c). The device here is the guarded host device (guarded_device.h): the
+ * CPU's kernels, only the ops the CUDA backend has, and memory the host cannot touch. So a
+ * run there computes what a host run with the same ops (its twin) computes, bit for bit,
+ * and any host access to device memory the wiring left in ends the test. With a CUDA device the
+ * same runs go on it too, within a stated tolerance of the CPU's.
+ */
+#define _GNU_SOURCE /* MAP_ANONYMOUS, sigaction */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "finch.h"
+#include "guarded_device.h"
+#include "model/model.h"
+#include "test_util.h" /* same_runs, write_colours, same_bytes */
+
+static char dir[] = "/tmp/finch_device_XXXXXX";
+static char data[300], val[300];
+
+/* A LoRA run of 4 steps of 2 micro-batches with dropout, evaluations and checkpoints
+ * every 2 steps, on model m into out (resumed from resume when not NULL). */
+static void lora_run(finch_model *m, const char *out, const char *resume) {
+    finch_train_options o = finch_train_defaults();
+    o.data.path = data;
+    o.data.max_seq_len = 32;
+    o.val_path = val;
+    o.out_dir = out;
+    o.resume_dir = resume;
+    o.learning_rate = 1e-2;
+    o.batch_size = 2;
+    o.grad_accum = 2;
+    o.max_steps = 4;
+    o.log_steps = 1;
+    o.eval_steps = 2;
+    o.save_steps = 2;
+    finch_err err;
+    if (finch_train_set_option(&o, "target-modules", "all-linear", &err) ||
+        finch_train_set_option(&o, "lora-dropout", "0.1", &err) ||
+        finch_train(m, &o, NULL, NULL, NULL, &err))
+        fail_msg("%s: %s", out, err.msg);
+}
+
+static finch_model *load(const char *name) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/model/%s", FINCH_FIXTURES, name);
+    finch_model *m;
+    finch_err err;
+    if (finch_model_load(path, &m, &err)) fail_msg("%s", err.msg);
+    return m;
+}
+
+/* The guard works: host code writing device memory dies, and says why. */
+static void test_guard_catches_the_host(void **state) {
+    (void)state;
+    const finch_backend *be = guarded_device();
+    assert_non_null(be);
+    pid_t pid = fork();
+    if (pid == 0) {
+        float *p = be->alloc(64, "a test buffer", NULL);
+        p[3] = 1.0f; /* the host writing device memory */
+        _exit(0);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 3);
+    /* and through the backend it is fine */
+    float one = 1.0f, back = 0.0f;
+    float *p = be->alloc(64, "a test buffer", NULL);
+    assert_int_equal(be->copy_in(p + 3, &one, sizeof one, NULL), FINCH_OK);
+    assert_int_equal(be->copy_out(&back, p + 3, sizeof back, NULL), FINCH_OK);
+    assert_true(back == 1.0f);
+    be->free(p);
+}
+
+/* Every family the fixtures have (LLaMA, tied head, Gemma 3's norms and sliding windows,
+ * GPT-2's LayerNorm, learned positions, biases and fused qkv): on the device the same
+ * metrics (losses, gradient norms, validation losses) and adapter bytes, checkpoint's
+ * too, as the host run with the same ops; a run resumed on the device from the host run's
+ * checkpoint ends with the host run's adapter. */
+static void test_lora_same_on_device(void **state) {
+    (void)state;
+    const char *models[] = {"tiny_llama.gguf", "tiny_llama_tied.gguf", "tiny_gemma3.gguf",
+                            "tiny_gpt2.gguf"};
+    for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
+        char a[400], b[400], c[400], ck[500];
+        snprintf(a, sizeof a, "%s/%s-cpu", dir, models[i]);
+        snprintf(b, sizeof b, "%s/%s-dev", dir, models[i]);
+        snprintf(c, sizeof c, "%s/%s-resumed", dir, models[i]);
+        finch_model *m = load(models[i]);
+        const finch_backend *cpu = m->be;
+        m->be = guarded_twin(); /* the CPU's kernels, but those the device lacks */
+        lora_run(m, a, NULL);
+        m->be = cpu;
+        finch_err err;
+        if (finch_model_place(m, guarded_device(), &err)) fail_msg("%s", err.msg);
+        assert_true(m->be->device);
+        lora_run(m, b, NULL);
+        snprintf(ck, sizeof ck, "%s/checkpoint-2", a);
+        lora_run(m, c, ck);
+        const char *files[] = {"adapter_model.safetensors",
+                               "checkpoint-2/adapter_model.safetensors"};
+        same_runs(a, b, files, 2);
+        char pa[500], pc[500];
+        snprintf(pa, sizeof pa, "%s/adapter_model.safetensors", a);
+        snprintf(pc, sizeof pc, "%s/adapter_model.safetensors", c);
+        assert_true(same_bytes(pa, pc));
+        finch_model_unplace(m);
+        assert_false(m->be->device);
+        finch_model_free(m);
+        printf("  %s: the device's run is the host's, resumed too\n", models[i]);
+    }
+}
+
+/* What does not run on a device says so: other methods, DPO, the fused optimizer,
+ * generation and adapters for inference. */
+static void test_refusals(void **state) {
+    (void)state;
+    finch_model *m = load("tiny_llama.gguf");
+    finch_err err;
+    if (finch_model_place(m, guarded_device(), &err)) fail_msg("%s", err.msg);
+    char out[400];
+    snprintf(out, sizeof out, "%s/refused", dir);
+    finch_train_options o = finch_train_defaults();
+    o.data.path = data;
+    o.out_dir = out;
+    o.max_steps = 1;
+    o.method = "ia3";
+    assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "--method ia3 does not train on a guarded host device"));
+    o.method = "lora";
+    o.fused_optimizer = 1;
+    o.max_grad_norm = 0;
+    assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "--fused-optimizer: on a guarded host device"));
+    finch_kv_session s;
+    assert_int_equal(finch_kv_session_init(&s, m, 64, 1, FINCH_NUMERICS_EXACT, &err),
+                     FINCH_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "generation and evaluation compute on the CPU"));
+    finch_model_free(m); /* placed: its device copies go too */
+}
+
+/* On a CUDA device, when there is one: the same run within a tolerance of the CPU's
+ * losses (cuBLAS sums in its own order; the kernels' other differences are within the
+ * per-op tolerances of test_cuda). Skipped without one. */
+static void test_lora_on_cuda(void **state) {
+    (void)state;
+    finch_err err;
+    const finch_backend *cuda = finch_cuda_backend(&err);
+    if (!cuda) {
+        printf("  skipped: %s\n", err.msg);
+        skip();
+    }
+    char a[400], b[400];
+    snprintf(a, sizeof a, "%s/cuda-cpu", dir);
+    snprintf(b, sizeof b, "%s/cuda-dev", dir);
+    finch_model *m = load("tiny_llama.gguf");
+    lora_run(m, a, NULL);
+    if (finch_model_place(m, cuda, &err)) fail_msg("%s", err.msg);
+    lora_run(m, b, NULL);
+    finch_model_free(m);
+    char *ma = read_text_in(a, "metrics.jsonl"), *mb = read_text_in(b, "metrics.jsonl");
+    int n = 0;
+    for (char *p = ma, *q = mb; (p = strstr(p, "\"loss\": ")) && (q = strstr(q, "\"loss\": "));
+         n++) {
+        double x = strtod(p + 8, &p), y = strtod(q + 8, &q);
+        printf("  loss %.6f on the CPU, %.6f on %s\n", x, y, cuda->name);
+        assert_true(fabs(x - y) <= 1e-3 * fabs(x) + 1e-5);
+    }
+    assert_int_equal(n, 4);
+    free(ma);
+    free(mb);
+}
+
+static int setup(void **state) {
+    (void)state;
+    if (!mkdtemp(dir)) return -1;
+    snprintf(data, sizeof data, "%s/data.jsonl", dir);
+    snprintf(val, sizeof val, "%s/val.jsonl", dir);
+    if (write_colours(data, 2) || write_colours(val, 1)) return -1;
+    finch_threads_set(2);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return getenv("FINCH_KEEP") ? 0 : system(cmd);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_guard_catches_the_host), cmocka_unit_test(test_lora_same_on_device),
+        cmocka_unit_test(test_refusals), cmocka_unit_test(test_lora_on_cuda)};
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -8,13 +8,28 @@
 # segments, reductions, the operands handed to cuBLAS), not of the device: about 8 minutes
 # on 2 cores. Not part of CI.
 #
+# With --train it runs tests/train/test_device.c instead, whose CUDA case then trains LoRA
+# on the tiny model on the emulated backend against the CPU's losses: the model placed,
+# the rows and parameters copied, every op of a training step on the CUDA sources. It
+# builds the library without CUDA and MPI into BUILD_DIR (default build-emu) first.
+#
 #   bash scripts/cuda_emu_check.sh [BUILD_DIR]   (a configured build, default build: its
 #                                                 libfinch_kernels.a and libfinch_core.a)
+#   bash scripts/cuda_emu_check.sh --train [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BUILD="${1:-build}"
-[ -f "$BUILD/libfinch_kernels.a" ] || cmake --build "$BUILD" --target finch_kernels -j2
+TRAIN=0
+if [ "${1:-}" = --train ]; then TRAIN=1; shift; fi
+if [ $TRAIN = 1 ]; then
+  BUILD="${1:-build-emu}"
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFINCH_CUDA=OFF -DFINCH_WITH_MPI=OFF \
+    -DFINCH_TESTS=OFF >/dev/null
+  cmake --build "$BUILD" -j2 >/dev/null
+else
+  BUILD="${1:-build}"
+  [ -f "$BUILD/libfinch_kernels.a" ] || cmake --build "$BUILD" --target finch_kernels -j2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -45,6 +60,19 @@ for name in matmul ops attention backend; do
     "${def[@]}" -c "$work/$name.cpp" -o "$work/$name.o" &
 done
 wait
+if [ $TRAIN = 1 ]; then
+  libs=()
+  for l in train peft generate eval export data dist model optim tokenizer io kernels core; do
+    libs+=("$BUILD/libfinch_$l.a")
+  done
+  gcc -std=c11 -O1 -Isrc -Iinclude -Itests -Itests/train "${def[@]}" -D_GNU_SOURCE \
+    -DFINCH_FIXTURES="\"$ROOT/tests/fixtures\"" -c tests/train/test_device.c -o "$work/test_device.o"
+  g++ -pthread -o "$work/test_device_emu" "$work"/{matmul,ops,attention,backend,test_device}.o \
+    "${libs[@]}" -ljansson -lpcre2-8 -lopenblas -lcmocka -fopenmp -lm
+  echo "cuda_emu_check: training LoRA on the emulated CUDA backend (tests/train/test_device.c)"
+  "$work/test_device_emu"
+  exit
+fi
 gcc -std=c11 -O1 -ffp-contract=off -Isrc -Iinclude -Itests "${def[@]}" \
   -c "$work/test_cuda_emu.c" -o "$work/test_cuda_emu.o"
 g++ -pthread -o "$work/test_cuda_emu" "$work"/*.o "$BUILD/libfinch_kernels.a" \

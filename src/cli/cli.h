@@ -189,8 +189,7 @@ finch_model *cli_load_model(const char *path);
 /* The model's loading flags: QLoRA's, named as transformers' BitsAndBytesConfig names
  * them: --load-in-4bit, --bnb-4bit-use-double-quant true|false (default true, as QLoRA),
  * --bnb-4bit-quant-type nf4 (fp4 is refused: not implemented); and --device cpu|cuda,
- * where the model computes (finch_model_to_device; cuda trains, and is refused with its
- * reason elsewhere). */
+ * where the model computes (finch_model_to_device). */
 typedef struct {
     bool load_in_4bit;
     bool double_quant;
@@ -202,10 +201,9 @@ typedef struct {
 /* Their rows, for a CLI_GROUP over a cli_quant field. */
 extern const cli_flag cli_quant_flags[];
 
-/* The device's backend (or why not; a device other than the CPU only for training),
- * cli_load_model, the 4-bit quantization when q asks for it, then the model onto the
- * device; NULL (error printed) on failure. */
-finch_model *cli_load_model_quant(const char *path, const cli_quant *q, bool training);
+/* The device check, cli_load_model, the 4-bit quantization when q asks for it, then the
+ * model onto the device; NULL (error printed) on failure. */
+finch_model *cli_load_model_quant(const char *path, const cli_quant *q);
 
 /* Adapters given as --adapter DIR[:WEIGHT] (weight 1 when absent), at most 8. */
 typedef struct {

@@ -516,7 +516,7 @@ int cmd_eval(int argc, char **argv) {
     make_systems(&c, &a.adapters, a.compare);
 
     cli_set_threads(a.threads);
-    finch_model *m = cli_load_model_quant(a.model, &a.quant, false);
+    finch_model *m = cli_load_model_quant(a.model, &a.quant);
     if (!m) return EXIT_FAIL;
     c.m = m;
     c.ad = &a.adapters;

@@ -75,7 +75,7 @@ int cmd_generate(int argc, char **argv) {
     cli_set_threads(a.threads);
     opt.stop = a.stops.n ? stops : NULL;
 
-    finch_model *m = cli_load_model_quant(a.model, &a.quant, false);
+    finch_model *m = cli_load_model_quant(a.model, &a.quant);
     if (!m) return EXIT_FAIL;
     finch_err err;
     char *text = NULL;

@@ -437,7 +437,7 @@ int cmd_train(int argc, char **argv) {
         s.threads = cores > 1 ? cores : 1;
     }
     cli_set_threads(s.threads);
-    finch_model *m = cli_load_model_quant(s.model, &s.quant, true);
+    finch_model *m = cli_load_model_quant(s.model, &s.quant);
     if (!m) {
         rc = EXIT_FAIL;
         goto done;

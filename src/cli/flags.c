@@ -97,22 +97,15 @@ const cli_flag cli_quant_flags[] = {
     CLI_CUSTOM("--bnb-4bit-quant-type", "nf4", 0, quant_type_parse, quant_type,
                "the 4-bit type: nf4 (the default; fp4 is not implemented)"),
     CLI_ENUM("--device", "cpu|cuda", device,
-             "where the model computes: cpu (the default) or cuda (training\nwith LoRA; "
-             "evaluation and generation run on the cpu)"),
+             "where the model computes: cpu (the default) or cuda (LoRA\nadapters; "
+             "exact numerics)"),
     CLI_END};
 #undef CLI_DST
 
-finch_model *cli_load_model_quant(const char *path, const cli_quant *q, bool training) {
+finch_model *cli_load_model_quant(const char *path, const cli_quant *q) {
     finch_err err;
     if (finch_device_check(q->device, &err)) {
         fprintf(stderr, "finch: error: --device %s: %s\n", q->device, err.msg);
-        return NULL;
-    }
-    if (!training && strcmp(q->device, "cpu")) {
-        fprintf(stderr,
-                "finch: error: --device %s: finch trains there; evaluation and generation "
-                "compute on the CPU so far: use --device cpu\n",
-                q->device);
         return NULL;
     }
     finch_model *m = cli_load_model(path);

@@ -113,9 +113,10 @@ finch_status finch_report_render(const char *run_dir, const char *const *eval_pa
 
 /* Runs ids[0..n) through the model at the session's next positions in chunks of its batch
  * size (n >= 1, capacity checked by the caller). all (n x V) receives every position's
- * logits, last (V) the last position's; either may be NULL. */
-void finch_eval_decode(const finch_model *m, finch_kv_session *kv, const int32_t *ids, int n,
-                       float *all, float *last);
+ * logits, last (V) the last position's; either may be NULL. FINCH_E_IO when a device
+ * session met a device error. */
+finch_status finch_eval_decode(const finch_model *m, finch_kv_session *kv, const int32_t *ids,
+                               int n, float *all, float *last, finch_err *err);
 
 /* log softmax(row)[id] over V logits, in double. */
 double finch_eval_logprob(const float *row, int V, int32_t id);

@@ -171,7 +171,8 @@ static finch_status generate_one(const finch_model *m, const finch_gen_options *
     g->kv.pos = 0;
     g->len = 0;
     if (g->text) g->text[0] = 0;
-    finch_eval_decode(m, &g->kv, ids, n_ids, NULL, g->logits);
+    finch_status st = finch_eval_decode(m, &g->kv, ids, n_ids, NULL, g->logits, err);
+    if (st) return st;
     finch_rng rng;
     finch_rng_seed(&rng, finch_mix64(gen->seed ^ finch_mix64((uint64_t)i + 1)));
     int room = g->n_ctx - n_ids; /* tokens that still fit in the cache */
@@ -185,7 +186,7 @@ static finch_status generate_one(const finch_model *m, const finch_gen_options *
         if (!append_piece(m->tok, tok, &g->text, &g->len, &g->cap))
             return finch_err_set(err, FINCH_E_NOMEM, "out of memory");
         if ((gen->stop && cut_at_stop(g->text, &g->len, gen->stop)) || t + 1 == max_new) break;
-        finch_eval_decode(m, &g->kv, &tok, 1, NULL, g->logits);
+        if ((st = finch_eval_decode(m, &g->kv, &tok, 1, NULL, g->logits, err))) return st;
     }
     if (!(res->outputs[i] = finch_eval_strip(g->text ? g->text : "")))
         return finch_err_set(err, FINCH_E_NOMEM, "out of memory");

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-void finch_eval_decode(const finch_model *m, finch_kv_session *kv, const int32_t *ids, int n,
-                       float *all, float *last) {
+finch_status finch_eval_decode(const finch_model *m, finch_kv_session *kv, const int32_t *ids,
+                               int n, float *all, float *last, finch_err *err) {
     const size_t V = (size_t)m->cfg.n_vocab;
     for (int done = 0; done < n;) {
         int T = n - done < kv->n_batch ? n - done : kv->n_batch;
@@ -24,6 +24,7 @@ void finch_eval_decode(const finch_model *m, finch_kv_session *kv, const int32_t
         if (done == n && last)
             memcpy(last, kv->logits + (all ? (size_t)(T - 1) * V : 0), V * sizeof(float));
     }
+    return finch_kv_session_status(kv, err);
 }
 
 double finch_eval_logprob(const float *row, int V, int32_t id) {
@@ -95,16 +96,18 @@ static void scorer_release(scorer *s) {
 }
 
 /* out[j] = log p(labels[j] | prompt); the prompt runs once, each label from its end. */
-static void score_labels(scorer *s, const int32_t *prompt, int n_prompt, const id_list *labels,
-                         int n_labels, double *out) {
+static finch_status score_labels(scorer *s, const int32_t *prompt, int n_prompt,
+                                 const id_list *labels, int n_labels, double *out,
+                                 finch_err *err) {
     const int V = s->m->cfg.n_vocab;
     s->kv.pos = 0;
-    finch_eval_decode(s->m, &s->kv, prompt, n_prompt, NULL, s->last);
-    for (int j = 0; j < n_labels; j++) {
+    finch_status st = finch_eval_decode(s->m, &s->kv, prompt, n_prompt, NULL, s->last, err);
+    for (int j = 0; j < n_labels && !st; j++) {
         const id_list *l = &labels[j];
         double lp = finch_eval_logprob(s->last, V, l->ids[0]);
         if (l->n > 1) {
-            finch_eval_decode(s->m, &s->kv, l->ids, l->n - 1, s->rows, NULL);
+            if ((st = finch_eval_decode(s->m, &s->kv, l->ids, l->n - 1, s->rows, NULL, err)))
+                break;
             for (int k = 1; k < l->n; k++)
                 lp += finch_eval_logprob(s->rows + (size_t)(k - 1) * V, V, l->ids[k]);
             s->kv.pos =
@@ -112,6 +115,7 @@ static void score_labels(scorer *s, const int32_t *prompt, int n_prompt, const i
         }
         out[j] = lp;
     }
+    return st;
 }
 
 static finch_status tokenize_label(const finch_tokenizer *tok, const char *text, id_list *out,
@@ -153,7 +157,7 @@ finch_status finch_label_logprobs(const finch_model *m, finch_numerics numerics,
                            "the prompt of %lld tokens exceeds the model's context of %d",
                            (long long)np, m->cfg.n_ctx_train);
     if (!st) st = scorer_init(&sc, m, (int)np, max_label, numerics, err);
-    if (!st) score_labels(&sc, p, (int)np, l, n_labels, out);
+    if (!st) st = score_labels(&sc, p, (int)np, l, n_labels, out, err);
     scorer_release(&sc);
     for (int j = 0; j < n_labels; j++) free(l[j].ids);
     free(l);
@@ -493,7 +497,8 @@ finch_status finch_eval_classify(const finch_model *m, const finch_data_spec *sp
     int64_t correct = 0;
     for (int64_t i = 0; !st && i < n; i++) {
         lp = res.logprob + (size_t)i * L;
-        score_labels(&sc, r.prompt[i], r.n_prompt[i], r.lab[r.moved[i]], L, lp);
+        if ((st = score_labels(&sc, r.prompt[i], r.n_prompt[i], r.lab[r.moved[i]], L, lp, err)))
+            break;
         int best = 0;
         for (int j = 1; j < L; j++)
             if (lp[j] > lp[best]) best = j;

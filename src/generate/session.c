@@ -76,7 +76,7 @@ finch_status finch_session_decode(finch_session *s, const int32_t *ids, int n_id
             memcpy(last_logits, s->kv.logits + (logits ? (size_t)(T - 1) * V : 0),
                    (size_t)V * sizeof(float));
     }
-    return FINCH_OK;
+    return finch_kv_session_status(&s->kv, err);
 }
 
 finch_gen_options finch_gen_defaults(void) {

@@ -5,10 +5,10 @@
  * host views are kept, so finch_model_unplace (and finch_model_free) can put them back.
  * A tied head shares its embedding's copy.
  *
- * What runs on a placed model is training with a method whose operations all go through
- * the backend (finch_method.device): the training loop places the method's parameters
- * too (peft/params.c). Sessions (generation, evaluation) and adapters attached for
- * inference compute on the host and refuse a placed model.
+ * On a placed model, training and sessions (generation, evaluation) run on the device with
+ * the methods whose operations all go through the backend (finch_method.device); the
+ * training loop and finch_adapter_attach place the method's parameters too
+ * (peft/params.c).
  */
 #include "model/model.h"
 

@@ -35,11 +35,11 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
     if (numerics != FINCH_NUMERICS_EXACT && numerics != FINCH_NUMERICS_LLAMACPP &&
         numerics != FINCH_NUMERICS_BF16)
         return finch_err_set(err, FINCH_E_USAGE, "unknown numerics mode %d", (int)numerics);
-    if (m->be->device)
+    const finch_backend *be = m->be;
+    if (numerics == FINCH_NUMERICS_LLAMACPP && !be->matmul_q8)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "the model is on %s, where finch trains; generation and evaluation "
-                             "compute on the CPU so far: use --device cpu",
-                             m->be->name);
+                             "llama.cpp numerics do not run on %s: use exact numerics or the CPU",
+                             be->name);
     if (n_ctx > INT32_MAX - m->virt.n)
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
     n_ctx += m->virt.n;
@@ -61,8 +61,9 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
     if (!finch_size_mul(cache, kv_elem, &cache))
         return finch_err_set(err, FINCH_E_RANGE, "KV cache for %d positions overflows", n_ctx);
-    s->k = finch_aalloc(cache, "key cache", err);
-    s->v = s->k ? finch_aalloc(cache, "value cache", err) : NULL;
+    s->be = be;
+    s->k = be->alloc(cache, "key cache", err);
+    s->v = s->k ? be->alloc(cache, "value cache", err) : NULL;
     if (!s->v) goto fail;
     struct {
         float **p;
@@ -73,14 +74,17 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
         {&s->q, B * HD, "queries"},    {&s->kk, B * KD, "keys"},
         {&s->vv, B * KD, "values"},    {&s->att, B * HD, "attention output"},
         {&s->gate, B * F, "ffn"},      {&s->up, B * F, "ffn"},
-        {&s->logits, B * V, "logits"},
+        {&s->d_logits, B * V, "logits"},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i].p = finch_aalloc(bufs[i].n * sizeof(float), bufs[i].what, err);
+        *bufs[i].p = be->alloc(bufs[i].n * sizeof(float), bufs[i].what, err);
         if (!*bufs[i].p) goto fail;
     }
-    s->pos_ids = finch_alloc(B * sizeof(int32_t), "positions", err);
+    s->logits = be->device ? finch_aalloc(B * V * sizeof(float), "logits", err) : s->d_logits;
+    s->pos_ids = s->logits ? finch_alloc(B * sizeof(int32_t), "positions", err) : NULL;
     if (!s->pos_ids) goto fail;
+    if (be->device && !(s->d_pos = be->alloc(2 * B * sizeof(int32_t), "positions", err))) goto fail;
+    s->d_ids = s->d_pos ? s->d_pos + B : NULL;
     const int64_t max_cols = finch_widest_input(c);
     size_t act =
         numerics == FINCH_NUMERICS_LLAMACPP ? finch_workspace_act_need(n_batch, max_cols) : 0;
@@ -98,13 +102,32 @@ fail:
 }
 
 void finch_kv_session_release(finch_kv_session *s) {
-    finch_afree(s->k);
-    finch_afree(s->v);
-    float *bufs[] = {s->x, s->xn, s->q, s->kk, s->vv, s->att, s->gate, s->up, s->logits};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) finch_afree(bufs[i]);
+    if (!s->be) return; /* never made, or released */
+    s->be->free(s->k);
+    s->be->free(s->v);
+    float *bufs[] = {s->x, s->xn, s->q, s->kk, s->vv, s->att, s->gate, s->up, s->d_logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) s->be->free(bufs[i]);
+    if (s->logits != s->d_logits) finch_afree(s->logits);
+    s->be->free(s->d_pos);
     free(s->pos_ids);
     finch_workspace_free(&s->ws);
     memset(s, 0, sizeof *s);
+}
+
+finch_status finch_kv_session_status(const finch_kv_session *s, finch_err *err) {
+    if (!s->dev_err.code) return FINCH_OK;
+    if (err) *err = s->dev_err;
+    return s->dev_err.code;
+}
+
+/* n ids from the host's src into the session's device buffer dst (none elsewhere: the
+ * host's own are used); the first failure is kept for finch_kv_session_status. */
+static const int32_t *to_device(finch_kv_session *s, int32_t *dst, const int32_t *src, int n) {
+    if (!s->be->device) return src;
+    finch_err err;
+    if (s->be->copy_in(dst, src, (size_t)n * sizeof *src, &err) && !s->dev_err.code)
+        s->dev_err = err;
+    return dst;
 }
 
 /* x (T, C) += h, a sublayer's output, through the block's module b at its place
@@ -161,14 +184,16 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
 
     const finch_arch *a = m->arch;
     for (int t = 0; t < T; t++) s->pos_ids[t] = (int32_t)(pos0 + t);
+    const int32_t *pos_ids = to_device(s, s->d_pos, s->pos_ids, T);
     if (embd) {
+        FINCH_ASSERT(!be->device); /* virtual tokens stay on the host (finch_model_place) */
         memcpy(s->x, embd, (size_t)T * C * sizeof(float));
     } else {
-        be->embed(s->x, ids, T, &m->tok_embd);
+        be->embed(s->x, to_device(s, s->d_ids, ids, T), T, &m->tok_embd);
         if (a->embed_scale) be->scale(s->x, (int64_t)T * C, sqrtf((float)C));
     }
     if (a->learned_pos) { /* every row, virtual ones too, gets its position's embedding */
-        be->embed(s->xn, s->pos_ids, T, &m->pos_embd);
+        be->embed(s->xn, pos_ids, T, &m->pos_embd);
         be->add(s->x, s->xn, (int64_t)T * C);
     }
 
@@ -178,17 +203,20 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
         const float theta = finch_layer_theta(m, l);
         const int64_t window = finch_layer_window(m, l);
         /* attention */
+        /* exact numerics: the new keys and values go straight into the f32 cache */
+        float *kf = (float *)s->k + layer_off, *vf = (float *)s->v + layer_off;
+        float *kn = llamacpp ? s->kk : kf + pos0 * KD, *vn = llamacpp ? s->vv : vf + pos0 * KD;
         norm_rows(m, s, s->xn, s->x, ly->attn_norm, ly->attn_norm_b, T);
         finch_linear_forward(mm, s->q, s->xn, &ly->wq, T, be, ws);
-        finch_linear_forward(mm, s->kk, s->xn, &ly->wk, T, be, ws);
-        finch_linear_forward(mm, s->vv, s->xn, &ly->wv, T, be, ws);
+        finch_linear_forward(mm, kn, s->xn, &ly->wk, T, be, ws);
+        finch_linear_forward(mm, vn, s->xn, &ly->wv, T, be, ws);
         if (a->qk_norm) {
             rms_rows(s, be, s->q, s->q, ly->q_norm, (int64_t)T * H, D, c->rms_eps);
-            rms_rows(s, be, s->kk, s->kk, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
+            rms_rows(s, be, kn, kn, ly->k_norm, (int64_t)T * KVH, D, c->rms_eps);
         }
         if (!a->learned_pos) {
-            rope(s->q, s->pos_ids, T, H, D, theta);
-            rope(s->kk, s->pos_ids, T, KVH, D, theta);
+            rope(s->q, pos_ids, T, H, D, theta);
+            rope(kn, pos_ids, T, KVH, D, theta);
         }
         if (llamacpp) {
             uint16_t *kc = (uint16_t *)s->k + layer_off, *vc = (uint16_t *)s->v + layer_off;
@@ -204,10 +232,7 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
             be->attention_forward_f16(s->att, s->q, kc, vc, T, pos0, H, KVH, D, kq_scale,
                                       a->neox_rows, window, ws);
         } else {
-            float *kc = (float *)s->k + layer_off, *vc = (float *)s->v + layer_off;
-            memcpy(kc + pos0 * KD, s->kk, (size_t)(T * KD) * sizeof(float));
-            memcpy(vc + pos0 * KD, s->vv, (size_t)(T * KD) * sizeof(float));
-            be->attention_forward(s->att, s->q, kc, vc, T, pos0, H, KVH, D, window, ws);
+            be->attention_forward(s->att, s->q, kf, vf, T, pos0, H, KVH, D, window, ws);
         }
         finch_linear_forward(mm, s->xn, s->att, &ly->wo, T, be, ws);
         if (a->post_norms) rms_rows(s, be, s->xn, s->xn, ly->post_attn_norm, T, C, c->rms_eps);
@@ -237,7 +262,12 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
     if (!n_out) return;
     const float *xl = s->x + (size_t)(T - n_out) * C;
     norm_rows(m, s, s->xn, xl, m->output_norm, m->output_norm_b, n_out);
-    finch_linear_forward(mm, s->logits, s->xn, &m->output, n_out, be, ws);
+    finch_linear_forward(mm, s->d_logits, s->xn, &m->output, n_out, be, ws);
+    finch_err err;
+    if (be->device &&
+        be->copy_out(s->logits, s->d_logits, (size_t)n_out * c->n_vocab * sizeof(float), &err) &&
+        !s->dev_err.code)
+        s->dev_err = err;
 }
 
 /* The model's virtual tokens into an empty cache: prompt rows run through the blocks,

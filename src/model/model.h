@@ -236,9 +236,16 @@ typedef struct {
     finch_numerics numerics;
     void *k, *v; /* per layer: (n_ctx, KVH*D), layer-major; f16 in llamacpp numerics */
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* (n_batch, ...) activations */
-    float *logits;                                 /* (n_batch, V) */
+    float *logits;                                 /* (n_batch, V), host memory */
     int32_t *pos_ids;                              /* (n_batch) */
     finch_workspace ws;
+    /* On a device (the model's backend when the session was made) the cache and the
+     * activations are in its memory, with the head's logits (d_logits), the positions and
+     * the ids copied in (d_pos, d_ids); elsewhere d_logits is logits and the others NULL. */
+    const finch_backend *be;
+    float *d_logits;
+    int32_t *d_pos, *d_ids;
+    finch_err dev_err; /* the first failed copy (a device error) */
 } finch_kv_session;
 
 /* Allocates a session's cache and buffers, for n_ctx positions after the model's virtual
@@ -246,6 +253,8 @@ typedef struct {
 finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, int n_ctx,
                                    int n_batch, finch_numerics numerics, finch_err *err);
 void finch_kv_session_release(finch_kv_session *s);
+/* FINCH_OK, or the device error a copy of the session's met (forwards return none). */
+finch_status finch_kv_session_status(const finch_kv_session *s, finch_err *err);
 
 /* Runs T <= n_batch tokens at positions s->pos.., appending to the cache; at pos 0 the
  * model's virtual tokens enter the cache first (a rewound session: pos = 0, or

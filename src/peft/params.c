@@ -122,17 +122,18 @@ finch_status finch_params_alloc_grads(finch_params *r, bool per_block, finch_err
 }
 
 finch_status finch_params_place(finch_params *r, const finch_backend *be, finch_err *err) {
-    FINCH_ASSERT(r->data && r->grad && !r->grad_per_block && !r->dev);
+    FINCH_ASSERT(r->data && !r->grad_per_block && !r->dev);
     const size_t bytes = ((size_t)r->total + 1) * sizeof(float);
     r->dev_data = be->alloc(bytes, "trainable parameters", err);
-    r->dev_grad = r->dev_data ? be->alloc(bytes, "parameter gradients", err) : NULL;
-    if (!r->dev_grad) {
+    r->dev_grad =
+        r->dev_data && r->grad ? be->alloc(bytes, "parameter gradients", err) : NULL;
+    if (!r->dev_data || (r->grad && !r->dev_grad)) {
         be->free(r->dev_data);
         r->dev_data = NULL;
         return FINCH_E_NOMEM;
     }
     r->dev = be;
-    be->zero(r->dev_grad, bytes);
+    if (r->grad) be->zero(r->dev_grad, bytes);
     point(r, r->dev_data, r->dev_grad);
     return finch_params_push(r, err);
 }
@@ -145,11 +146,11 @@ finch_status finch_params_push(finch_params *r, finch_err *err) {
 
 void finch_params_zero_grads(finch_params *r) {
     if (r->grad) memset(r->grad, 0, (size_t)r->grad_total * sizeof(float));
-    if (r->dev) r->dev->zero(r->dev_grad, (size_t)r->total * sizeof(float));
+    if (r->dev_grad) r->dev->zero(r->dev_grad, (size_t)r->total * sizeof(float));
 }
 
 finch_status finch_params_pull_grads(finch_params *r, finch_err *err) {
-    if (!r->dev) return FINCH_OK;
+    if (!r->dev_grad) return FINCH_OK;
     finch_status st = r->dev->copy_out(r->grad, r->dev_grad, (size_t)r->total * sizeof(float), err);
     return st ? finch_err_prefix(err, "the gradients from %s", r->dev->name) : FINCH_OK;
 }

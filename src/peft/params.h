@@ -108,8 +108,9 @@ void finch_params_release(finch_params *r);
 
 /* Training on a device (be->device): the parameters' master copy, the optimizer and its
  * state, checkpoints and the allreduce stay on the host, and the passes use copies in the
- * device's memory. finch_params_place (after a whole gradient arena is allocated) makes
- * both copies, pushes the parameters and points every slot and view at the device's;
+ * device's memory. finch_params_place (with a whole gradient arena, or none: an adapter
+ * applied for inference) makes the copies, pushes the parameters and points every slot and
+ * view at the device's;
  * push copies the host's parameters over (after each optimizer step); zero_grads zeroes
  * the gradients on both sides (before a step's passes); pull_grads copies the device's
  * gradients over the host's (after them); unplace points the slots back at the host's

@@ -75,8 +75,8 @@ static void test_usage_errors(void **state) {
            "--bnb-4bit-quant-type fp4: not implemented");
     EXPECT("train -m " TINY " --data x.jsonl --out o --bnb-4bit-quant-type fp4", NULL, 2,
            "--bnb-4bit-quant-type fp4: not implemented");
-    /* --device: cuda is refused with its reason (no CUDA in the build, no device, or not
-     * wired into the model yet), whichever applies on this machine */
+    /* --device: cuda is refused with its reason (no CUDA in the build, no device), or,
+     * with a device, by eval and generate, which compute on the CPU */
     EXPECT("generate -m " TINY " -p hi --device tpu", NULL, 2, "--device tpu");
     EXPECT("generate -m " TINY " -p hi --device cuda", NULL, 1, "finch: error: --device cuda: ");
     EXPECT("eval -m " TINY " --data x.jsonl --device cuda", NULL, 1, "--device cuda: ");

@@ -88,6 +88,11 @@ GUARD_V(rmsnorm_forward,
         (y, rstd, x, w, T, C, eps))
 GUARD_V(rope_forward, (float *x, const int32_t *pos, int64_t T, int nh, int D, float theta),
         (x, pos, T, nh, D, theta))
+GUARD_V(attention_forward,
+        (float *out, const float *q, const float *k, const float *v, int64_t T, int64_t pos0, int H,
+         int KVH, int D, int64_t window, finch_workspace *ws),
+        (out, q, k, v, T, pos0, H, KVH, D, window, ws))
+GUARD_V(to_f16, (uint16_t * dst, const float *src, int64_t n), (dst, src, n))
 GUARD_V(swiglu_forward, (float *h, const float *gate, const float *up, int64_t n), (h, gate, up, n))
 GUARD_V(geglu_forward, (float *h, const float *gate, const float *up, int64_t n), (h, gate, up, n))
 GUARD_V(geglu_backward,
@@ -179,16 +184,38 @@ static const finch_backend *guarded_device(void) {
     if (be.name) return &be;
     if (!(guard_cpu = finch_cpu_backend(&err))) return NULL;
     be = (finch_backend){.name = "a guarded host device", .device = true};
-#define OP(name) be.name = guard_##name;
-    OP(matmul)
-    OP(embed) OP(rmsnorm_forward) OP(rope_forward) OP(swiglu_forward) OP(geglu_forward)
-        OP(geglu_backward) OP(swiglu_backward) OP(add) OP(scale) OP(gemm) OP(scale_cols) OP(col_dot)
-            OP(dropout_forward) OP(dropout_backward) OP(matmul_backward_input)
-                OP(matmul_backward_weight) OP(embed_backward) OP(rmsnorm_backward) OP(rope_backward)
-                    OP(attention_forward_train) OP(attention_backward) OP(layernorm_forward)
-                        OP(layernorm_backward) OP(gelu_forward) OP(gelu_backward) OP(softmax_xent)
+#define OP(name) be.name = guard_##name
+    OP(matmul);
+    OP(embed);
+    OP(rmsnorm_forward);
+    OP(rope_forward);
+    OP(attention_forward);
+    OP(to_f16);
+    OP(swiglu_forward);
+    OP(geglu_forward);
+    OP(geglu_backward);
+    OP(swiglu_backward);
+    OP(add);
+    OP(scale);
+    OP(gemm);
+    OP(scale_cols);
+    OP(col_dot);
+    OP(dropout_forward);
+    OP(dropout_backward);
+    OP(matmul_backward_input);
+    OP(matmul_backward_weight);
+    OP(embed_backward);
+    OP(rmsnorm_backward);
+    OP(rope_backward);
+    OP(attention_forward_train);
+    OP(attention_backward);
+    OP(layernorm_forward);
+    OP(layernorm_backward);
+    OP(gelu_forward);
+    OP(gelu_backward);
+    OP(softmax_xent);
 #undef OP
-                            be.supports = guard_supports;
+    be.supports = guard_supports;
     be.alloc = guard_alloc;
     be.free = guard_free;
     be.copy_in = guard_copy;

@@ -29,8 +29,9 @@ static char dir[] = "/tmp/finch_device_XXXXXX";
 static char data[300], val[300];
 
 /* A LoRA run of 4 steps of 2 micro-batches with dropout, evaluations and checkpoints
- * every 2 steps, on model m into out (resumed from resume when not NULL). */
-static void lora_run(finch_model *m, const char *out, const char *resume) {
+ * every 2 steps, on model m into out (resumed from resume when not NULL); packed rows
+ * with gradient checkpointing when packed. */
+static void lora_run(finch_model *m, const char *out, const char *resume, bool packed) {
     finch_train_options o = finch_train_defaults();
     o.data.path = data;
     o.data.max_seq_len = 32;
@@ -44,6 +45,8 @@ static void lora_run(finch_model *m, const char *out, const char *resume) {
     o.log_steps = 1;
     o.eval_steps = 2;
     o.save_steps = 2;
+    o.packing = packed;
+    o.gradient_checkpointing = packed;
     finch_err err;
     if (finch_train_set_option(&o, "target-modules", "all-linear", &err) ||
         finch_train_set_option(&o, "lora-dropout", "0.1", &err) ||
@@ -84,31 +87,64 @@ static void test_guard_catches_the_host(void **state) {
     be->free(p);
 }
 
+/* The logits of a 12-token prompt at once, then of 3 tokens one at a time from the cache,
+ * with the adapter in dir attached: (12 + 3) x V into out. */
+static void session_logits(finch_model *m, const char *dir_, float *out) {
+    finch_adapter *ad;
+    finch_kv_session s;
+    finch_err err;
+    if (finch_adapter_load(m, dir_, &ad, &err) || finch_adapter_attach(m, ad, 1.0f, &err) ||
+        finch_kv_session_init(&s, m, 64, 16, FINCH_NUMERICS_EXACT, &err))
+        fail_msg("%s", err.msg);
+    const int V = m->cfg.n_vocab;
+    int32_t ids[15];
+    for (int i = 0; i < 15; i++) ids[i] = (int32_t)((i * 37 + 5) % V);
+    finch_model_forward(m, &s, ids, 12, true);
+    memcpy(out, s.logits, (size_t)12 * V * sizeof(float));
+    for (int i = 12; i < 15; i++) {
+        finch_model_forward(m, &s, ids + i, 1, false);
+        memcpy(out + (size_t)i * V, s.logits, (size_t)V * sizeof(float));
+    }
+    assert_int_equal(finch_kv_session_status(&s, &err), FINCH_OK);
+    finch_kv_session_release(&s);
+    finch_adapter_detach(m, ad);
+    finch_adapter_free(ad);
+}
+
 /* Every family the fixtures have (LLaMA, tied head, Gemma 3's norms and sliding windows,
  * GPT-2's LayerNorm, learned positions, biases and fused qkv): on the device the same
  * metrics (losses, gradient norms, validation losses) and adapter bytes, checkpoint's
  * too, as the host run with the same ops; a run resumed on the device from the host run's
- * checkpoint ends with the host run's adapter. */
+ * checkpoint ends with the host run's adapter; a session with that adapter attached gives
+ * the same logits on both, for a prompt and for tokens from the cache. */
 static void test_lora_same_on_device(void **state) {
     (void)state;
     const char *models[] = {"tiny_llama.gguf", "tiny_llama_tied.gguf", "tiny_gemma3.gguf",
-                            "tiny_gpt2.gguf"};
+                            "tiny_gpt2.gguf", "tiny_llama.gguf"};
     for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
+        const bool packed = i == 4; /* the segments copied in; blocks recomputed */
         char a[400], b[400], c[400], ck[500];
-        snprintf(a, sizeof a, "%s/%s-cpu", dir, models[i]);
-        snprintf(b, sizeof b, "%s/%s-dev", dir, models[i]);
-        snprintf(c, sizeof c, "%s/%s-resumed", dir, models[i]);
+        snprintf(a, sizeof a, "%s/%zu-cpu", dir, i);
+        snprintf(b, sizeof b, "%s/%zu-dev", dir, i);
+        snprintf(c, sizeof c, "%s/%zu-resumed", dir, i);
         finch_model *m = load(models[i]);
         const finch_backend *cpu = m->be;
         m->be = guarded_twin(); /* the CPU's kernels, but those the device lacks */
-        lora_run(m, a, NULL);
+        lora_run(m, a, NULL, packed);
+        const size_t V = (size_t)m->cfg.n_vocab;
+        float *la = malloc(15 * V * sizeof(float)), *lb = malloc(15 * V * sizeof(float));
+        session_logits(m, a, la);
         m->be = cpu;
         finch_err err;
         if (finch_model_place(m, guarded_device(), &err)) fail_msg("%s", err.msg);
         assert_true(m->be->device);
-        lora_run(m, b, NULL);
+        lora_run(m, b, NULL, packed);
         snprintf(ck, sizeof ck, "%s/checkpoint-2", a);
-        lora_run(m, c, ck);
+        lora_run(m, c, ck, packed);
+        session_logits(m, a, lb); /* the host run's adapter, applied on the device */
+        assert_memory_equal(la, lb, 15 * V * sizeof(float));
+        free(la);
+        free(lb);
         const char *files[] = {"adapter_model.safetensors",
                                "checkpoint-2/adapter_model.safetensors"};
         same_runs(a, b, files, 2);
@@ -119,12 +155,14 @@ static void test_lora_same_on_device(void **state) {
         finch_model_unplace(m);
         assert_false(m->be->device);
         finch_model_free(m);
-        printf("  %s: the device's run is the host's, resumed too\n", models[i]);
+        printf("  %s%s: the device's run is the host's, resumed too, and so are its "
+               "logits with the adapter\n",
+               models[i], packed ? " (packed, checkpointing)" : "");
     }
 }
 
-/* What does not run on a device says so: other methods, DPO, the fused optimizer,
- * generation and adapters for inference. */
+/* What does not run on a device says so: other methods, the fused optimizer, bf16
+ * products (the backend has none), DPO, and llama.cpp or bf16 numerics. */
 static void test_refusals(void **state) {
     (void)state;
     finch_model *m = load("tiny_llama.gguf");
@@ -144,16 +182,28 @@ static void test_refusals(void **state) {
     o.max_grad_norm = 0;
     assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
     assert_non_null(strstr(err.msg, "--fused-optimizer: on a guarded host device"));
+    o.fused_optimizer = 0;
+    o.bf16 = 1;
+    assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "bf16"));
+    o.bf16 = 0;
+    o.objective = "dpo";
+    assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_USAGE);
+    assert_non_null(strstr(err.msg, "--objective dpo does not run on a guarded host device"));
     finch_kv_session s;
-    assert_int_equal(finch_kv_session_init(&s, m, 64, 1, FINCH_NUMERICS_EXACT, &err),
+    assert_int_equal(finch_kv_session_init(&s, m, 64, 1, FINCH_NUMERICS_LLAMACPP, &err),
                      FINCH_E_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "generation and evaluation compute on the CPU"));
+    assert_non_null(strstr(err.msg, "llama.cpp numerics do not run on a guarded host device"));
+    assert_int_equal(finch_kv_session_init(&s, m, 64, 16, FINCH_NUMERICS_BF16, &err),
+                     FINCH_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "bf16"));
     finch_model_free(m); /* placed: its device copies go too */
 }
 
 /* On a CUDA device, when there is one: the same run within a tolerance of the CPU's
- * losses (cuBLAS sums in its own order; the kernels' other differences are within the
- * per-op tolerances of test_cuda). Skipped without one. */
+ * losses, and a session's logits with the CPU run's adapter within 1e-4 of the largest
+ * (cuBLAS sums in its own order; the kernels' other differences are within the per-op
+ * tolerances of test_cuda). Skipped without one. */
 static void test_lora_on_cuda(void **state) {
     (void)state;
     finch_err err;
@@ -166,10 +216,23 @@ static void test_lora_on_cuda(void **state) {
     snprintf(a, sizeof a, "%s/cuda-cpu", dir);
     snprintf(b, sizeof b, "%s/cuda-dev", dir);
     finch_model *m = load("tiny_llama.gguf");
-    lora_run(m, a, NULL);
+    const size_t V = (size_t)m->cfg.n_vocab;
+    float *la = malloc(15 * V * sizeof(float)), *lb = malloc(15 * V * sizeof(float));
+    lora_run(m, a, NULL, false);
+    session_logits(m, a, la);
     if (finch_model_place(m, cuda, &err)) fail_msg("%s", err.msg);
-    lora_run(m, b, NULL);
+    lora_run(m, b, NULL, false);
+    session_logits(m, a, lb);
     finch_model_free(m);
+    double worst = 0, top = 0;
+    for (size_t i = 0; i < 15 * V; i++) {
+        worst = fmax(worst, fabs((double)la[i] - lb[i]));
+        top = fmax(top, fabs((double)la[i]));
+    }
+    printf("  logits with the adapter: at most %.3g apart (largest %.3g)\n", worst, top);
+    assert_true(worst <= 1e-4 * top);
+    free(la);
+    free(lb);
     char *ma = read_text_in(a, "metrics.jsonl"), *mb = read_text_in(b, "metrics.jsonl");
     int n = 0;
     for (char *p = ma, *q = mb; (p = strstr(p, "\"loss\": ")) && (q = strstr(q, "\"loss\": "));

@@ -1,6 +1,7 @@
 /*
  * backend.cu: the CUDA backend's table and its device part. finch_cuda_backend makes the
- * process's context once (the first device, a cuBLAS handle in its default math mode, so
+ * process's context once (the first device, or with several processes on a machine the
+ * local MPI rank's turn of them; a cuBLAS handle in its default math mode, so
  * no TF32, and the scratch buffer) and hands out the table, or says why it cannot: finch
  * built without CUDA is kernels/host.c's answer; here, no device, no usable driver, or a
  * failed allocation.
@@ -146,12 +147,15 @@ void init(void) {
                                 : "");
         return;
     }
-    finch_cuda.device = 0;
+    /* several processes on one machine (mpirun) take its devices in turn by local rank */
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (!local) local = getenv("MPI_LOCALRANKID");
+    finch_cuda.device = local ? (int)(strtoul(local, nullptr, 10) % (unsigned long)n) : 0;
     cudaDeviceProp prop;
-    if ((e = cudaSetDevice(0)) != cudaSuccess ||
-        (e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
-        finch_err_set(&init_err, FINCH_E_UNSUPPORTED, "CUDA device 0 cannot be used: %s",
-                      cudaGetErrorString(e));
+    if ((e = cudaSetDevice(finch_cuda.device)) != cudaSuccess ||
+        (e = cudaGetDeviceProperties(&prop, finch_cuda.device)) != cudaSuccess) {
+        finch_err_set(&init_err, FINCH_E_UNSUPPORTED, "CUDA device %d cannot be used: %s",
+                      finch_cuda.device, cudaGetErrorString(e));
         return;
     }
     finch_cuda.sm_count = prop.multiProcessorCount;
@@ -169,7 +173,7 @@ void init(void) {
         return;
     }
     finch_cuda_matmul_init();
-    snprintf(name, sizeof name, "cuda (%s)", prop.name);
+    snprintf(name, sizeof name, "cuda %d (%s)", finch_cuda.device, prop.name);
     table = make_table();
 }
 

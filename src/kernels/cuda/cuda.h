@@ -26,7 +26,7 @@ extern "C" {
 
 /* The process's device state, made once by finch_cuda_backend (backend.cu). */
 struct finch_cuda_ctx {
-    int device;          /* the CUDA device ordinal (0) */
+    int device;          /* the CUDA device ordinal: the local MPI rank's turn, else 0 */
     int sm_count;        /* its multiprocessors */
     cublasHandle_t blas; /* on the default stream, CUBLAS_DEFAULT_MATH (no TF32) */
     void *scratch;       /* FINCH_CUDA_SCRATCH bytes for dequantized tiles and sums */

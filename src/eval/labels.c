@@ -97,8 +97,7 @@ static void scorer_release(scorer *s) {
 
 /* out[j] = log p(labels[j] | prompt); the prompt runs once, each label from its end. */
 static finch_status score_labels(scorer *s, const int32_t *prompt, int n_prompt,
-                                 const id_list *labels, int n_labels, double *out,
-                                 finch_err *err) {
+                                 const id_list *labels, int n_labels, double *out, finch_err *err) {
     const int V = s->m->cfg.n_vocab;
     s->kv.pos = 0;
     finch_status st = finch_eval_decode(s->m, &s->kv, prompt, n_prompt, NULL, s->last, err);
@@ -106,8 +105,7 @@ static finch_status score_labels(scorer *s, const int32_t *prompt, int n_prompt,
         const id_list *l = &labels[j];
         double lp = finch_eval_logprob(s->last, V, l->ids[0]);
         if (l->n > 1) {
-            if ((st = finch_eval_decode(s->m, &s->kv, l->ids, l->n - 1, s->rows, NULL, err)))
-                break;
+            if ((st = finch_eval_decode(s->m, &s->kv, l->ids, l->n - 1, s->rows, NULL, err))) break;
             for (int k = 1; k < l->n; k++)
                 lp += finch_eval_logprob(s->rows + (size_t)(k - 1) * V, V, l->ids[k]);
             s->kv.pos =

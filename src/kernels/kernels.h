@@ -442,11 +442,11 @@ void finch_host_zero(void *p, size_t bytes);
 finch_status finch_host_sync(finch_err *err);
 
 /* The CUDA backend (kernels/cuda/, in a build with FINCH_HAVE_CUDA): the first CUDA device
- * (under mpirun the local rank's turn of the devices), one cuBLAS handle (no TF32) and a 64 MiB scratch buffer (a matmul's dequantized band of
- * rows), made on the first call and kept for the life of the process. Its ops are issued
- * on the default stream from one host thread at a time and return before they finish
- * (sync and copy_out wait); each gives the same bits on every run. It has every op but
- * llama.cpp's numerics (matmul_q8, attention_forward_f16, rmsnorm_llamacpp,
+ * (under mpirun the local rank's turn of the devices), one cuBLAS handle (no TF32) and a 64 MiB
+ * scratch buffer (a matmul's dequantized band of rows), made on the first call and kept for the
+ * life of the process. Its ops are issued on the default stream from one host thread at a time and
+ * return before they finish (sync and copy_out wait); each gives the same bits on every run. It has
+ * every op but llama.cpp's numerics (matmul_q8, attention_forward_f16, rmsnorm_llamacpp,
  * swiglu_llamacpp: NULL), and no attention prefix or bf16 products (supports). NULL with
  * FINCH_E_UNSUPPORTED and a message when finch was
  * built without CUDA, when no CUDA device is present or the driver cannot be used. */

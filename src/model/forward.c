@@ -70,10 +70,10 @@ finch_status finch_kv_session_init(finch_kv_session *s, const finch_model *m, in
         size_t n;
         const char *what;
     } bufs[] = {
-        {&s->x, B * C, "activations"}, {&s->xn, B * C, "activations"},
-        {&s->q, B * HD, "queries"},    {&s->kk, B * KD, "keys"},
-        {&s->vv, B * KD, "values"},    {&s->att, B * HD, "attention output"},
-        {&s->gate, B * F, "ffn"},      {&s->up, B * F, "ffn"},
+        {&s->x, B * C, "activations"},   {&s->xn, B * C, "activations"},
+        {&s->q, B * HD, "queries"},      {&s->kk, B * KD, "keys"},
+        {&s->vv, B * KD, "values"},      {&s->att, B * HD, "attention output"},
+        {&s->gate, B * F, "ffn"},        {&s->up, B * F, "ffn"},
         {&s->d_logits, B * V, "logits"},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {

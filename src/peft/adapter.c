@@ -39,8 +39,7 @@ finch_status finch_adapter_attach(finch_model *m, finch_adapter *a, float weight
                              finch_peft_method(a->peft), m->be->name);
     finch_status st = finch_peft_attach(a->peft, m, weight, FINCH_INFER_CHUNK, err);
     /* on a device, its parameters go there too (params.h) */
-    if (!st && m->be->device &&
-        (st = finch_params_place(finch_peft_params(a->peft), m->be, err)))
+    if (!st && m->be->device && (st = finch_params_place(finch_peft_params(a->peft), m->be, err)))
         finch_peft_detach(a->peft, m);
     return st;
 }

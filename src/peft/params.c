@@ -125,8 +125,7 @@ finch_status finch_params_place(finch_params *r, const finch_backend *be, finch_
     FINCH_ASSERT(r->data && !r->grad_per_block && !r->dev);
     const size_t bytes = ((size_t)r->total + 1) * sizeof(float);
     r->dev_data = be->alloc(bytes, "trainable parameters", err);
-    r->dev_grad =
-        r->dev_data && r->grad ? be->alloc(bytes, "parameter gradients", err) : NULL;
+    r->dev_grad = r->dev_data && r->grad ? be->alloc(bytes, "parameter gradients", err) : NULL;
     if (!r->dev_data || (r->grad && !r->dev_grad)) {
         be->free(r->dev_data);
         r->dev_data = NULL;

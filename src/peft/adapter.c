@@ -33,12 +33,9 @@ void finch_adapter_free(finch_adapter *a) {
 finch_status finch_adapter_attach(finch_model *m, finch_adapter *a, float weight, finch_err *err) {
     if (!isfinite(weight))
         return finch_err_set(err, FINCH_E_USAGE, "adapter weight %g is not finite", weight);
-    if (m->be->device && !finch_peft_on_device(a->peft))
-        return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "a %s adapter is not applied on %s yet (LoRA is): use --device cpu",
-                             finch_peft_method(a->peft), m->be->name);
     finch_status st = finch_peft_attach(a->peft, m, weight, FINCH_INFER_CHUNK, err);
-    /* on a device, its parameters go there too (params.h) */
+    /* on a device (finch_peft_load refused the methods that do not run there), its
+     * parameters go there too (params.h) */
     if (!st && m->be->device && (st = finch_params_place(finch_peft_params(a->peft), m->be, err)))
         finch_peft_detach(a->peft, m);
     return st;

@@ -277,6 +277,12 @@ int finch_method_options_resolved(const char *method, const finch_option *given,
 /* An instance with its options at their defaults, all layers selected. */
 static finch_status instance_new(const finch_method *me, const finch_model *m, finch_peft **out,
                                  finch_err *err) {
+    /* before the method reads anything of the model: on a device the base is not host
+     * memory */
+    if (m->be->device && !me->device)
+        return finch_err_set(err, FINCH_E_UNSUPPORTED,
+                             "%s does not run on %s yet (LoRA does): use --device cpu", me->name,
+                             m->be->name);
     finch_peft *p = finch_calloc(1, sizeof *p, "method", err);
     if (!p) return FINCH_E_NOMEM;
     p->method = me;
@@ -387,9 +393,6 @@ const char *finch_peft_method(const finch_peft *p) {
 }
 bool finch_peft_writes_model(const finch_peft *p) {
     return p->method->writes_model;
-}
-bool finch_peft_on_device(const finch_peft *p) {
-    return p->method->device;
 }
 bool finch_peft_can_merge(const finch_peft *p) {
     return p->method->merge_row != NULL;

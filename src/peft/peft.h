@@ -65,8 +65,6 @@ finch_params *finch_peft_params(const finch_peft *p);
 /* Its method's name, and whether its result is a whole model rather than an adapter. */
 const char *finch_peft_method(const finch_peft *p);
 bool finch_peft_writes_model(const finch_peft *p);
-/* Whether the method trains on a device backend (finch_method.device). */
-bool finch_peft_on_device(const finch_peft *p);
 
 /* Writes the result into dir (created): for adapters adapter_config.json (the method's
  * options under PEFT's keys, sorted) and adapter_model.safetensors (every parameter under

@@ -696,14 +696,8 @@ static finch_status prepare_method(run *r, finch_err *err) {
     r->par = finch_peft_params(r->peft);
     /* the gradients: all of them, or with the fused step what is in use at once */
     if ((st = finch_params_alloc_grads(r->par, o->fused_optimizer != 0, err))) return st;
-    if (r->m->be->device) {
-        if (!finch_peft_on_device(r->peft))
-            return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                                 "--method %s does not train on %s yet (LoRA does): use "
-                                 "--device cpu",
-                                 finch_peft_method(r->peft), r->m->be->name);
-        if ((st = finch_params_place(r->par, r->m->be, err))) return st;
-    }
+    /* on a device (finch_peft_new refused the methods that do not run there) */
+    if (r->m->be->device && (st = finch_params_place(r->par, r->m->be, err))) return st;
     /* the ranks agree before the first collective (DPO's reference pass sums over them) */
     if ((st = check_ranks(r, err))) return st;
     /* DPO's reference is the model before the method attaches */

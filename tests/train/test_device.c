@@ -176,7 +176,10 @@ static void test_refusals(void **state) {
     o.max_steps = 1;
     o.method = "ia3";
     assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "--method ia3 does not train on a guarded host device"));
+    assert_non_null(strstr(err.msg, "ia3 does not run on a guarded host device"));
+    o.method = "prompt"; /* refused before its initialisation reads the embeddings */
+    assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "prompt does not run on a guarded host device"));
     o.method = "lora";
     o.fused_optimizer = 1;
     o.max_grad_norm = 0;

@@ -32,7 +32,9 @@ finch_status finch_host_sync(finch_err *err) {
 }
 
 #ifndef FINCH_HAVE_CUDA
-const finch_backend *finch_cuda_backend(finch_err *err) {
+/* weak: a CUDA backend linked in beside replaces it (scripts/cuda_emu_check.sh --nccl
+ * links the host emulation's into the CLI) */
+__attribute__((weak)) const finch_backend *finch_cuda_backend(finch_err *err) {
     finch_err_set(err, FINCH_E_UNSUPPORTED,
                   "finch was built without CUDA (no CUDA compiler was found when it was "
                   "configured, or -DFINCH_CUDA=OFF)");

@@ -425,7 +425,20 @@ typedef struct {
     /* Waits until every op issued has finished; reports a device error one of them met
      * (FINCH_E_IO). Trivial on the CPU, whose ops return finished. */
     finch_status (*sync)(finch_err *err);
+
+    /* Collectives of the devices of a job's processes among themselves (NCCL), or NULL:
+     * the host sums over MPI. Rank 0 makes an id (group_id, up to FINCH_GROUP_ID_MAX
+     * bytes), the job hands it to every rank, and each joins as rank of n (group_join,
+     * which waits for them all); group_sum then replaces x (n floats of the backend's
+     * memory) with its sum over the group, in order with the ops. FINCH_E_IO with the
+     * reason when they fail. */
+    finch_status (*group_id)(void *id, finch_err *err);
+    finch_status (*group_join)(const void *id, int rank, int n, finch_err *err);
+    finch_status (*group_sum)(float *x, int64_t n, finch_err *err);
 } finch_backend;
+
+/* Bytes of a group id (finch_backend.group_id). */
+#define FINCH_GROUP_ID_MAX 128
 
 /* Whether be offers feature f for arg (finch_feature). */
 static inline bool finch_backend_supports(const finch_backend *be, finch_feature f, int arg) {

@@ -334,6 +334,7 @@ typedef struct {
     double *lane_loss;
     finch_dpo_stats *lane_dstats;
     bool stop;            /* some rank was asked to stop (with several processes) */
+    bool device_sum;      /* the ranks' devices sum the gradients among themselves */
     fused_step fused;     /* fused_optimizer: the current step's */
     bool stopped_early;   /* early stopping ended the run */
     char last_good[4300]; /* the last good state on disk, for the message if a step goes non-finite
@@ -360,7 +361,9 @@ static finch_status reduce_step(run *r, int64_t step, double *loss, int (*should
                                 void *user, finch_err *err) {
     if (r->procs == 1) return FINCH_OK;
     double v[2] = {*loss, should_stop && should_stop(user) ? 1.0 : 0.0};
-    finch_status st = finch_dist_sum_f32(r->par->grad, (size_t)r->par->total, "the gradients", err);
+    finch_status st = r->device_sum ? FINCH_OK
+                                    : finch_dist_sum_f32(r->par->grad, (size_t)r->par->total,
+                                                         "the gradients", err);
     if (!st) st = finch_dist_sum_f64(v, 2, "the loss", err);
     if (!st && r->dpo) st = finch_dpo_stats_sum(&r->dstats, err);
     if (st) {
@@ -686,6 +689,31 @@ static finch_status decay_ranges(run *r, finch_err *err) {
 }
 
 /* The method, attached; activations, batch, optimizer state; the checkpoint resumed. */
+/* Several processes whose devices sum among themselves (finch_backend.group_sum: NCCL):
+ * rank 0 makes the group's id and sends it with its status, and every rank joins; then
+ * each step's gradients are summed there, before they come back to the host. */
+static finch_status join_device_group(run *r, finch_err *err) {
+    const finch_backend *be = r->m->be;
+    if (r->procs == 1 || !be->group_sum) return FINCH_OK;
+    struct {
+        int32_t code;
+        unsigned char id[FINCH_GROUP_ID_MAX];
+    } msg = {0};
+    if (r->rank == 0) msg.code = (int32_t)be->group_id(msg.id, err);
+    finch_status st = finch_dist_bcast(&msg, sizeof msg, "the device group's id", err);
+    if (!st && msg.code)
+        return r->rank ? finch_err_set(err, (finch_status)msg.code,
+                                       "rank 0 could not make the device group (its message says "
+                                       "why)")
+                       : (finch_status)msg.code;
+    if (st || (st = be->group_join(msg.id, r->rank, r->procs, err))) return st;
+    r->device_sum = true;
+    if (r->rank == 0)
+        finch_log(FINCH_LOG_INFO, "the %d ranks' devices sum the gradients among themselves",
+                  r->procs);
+    return FINCH_OK;
+}
+
 static finch_status prepare_method(run *r, finch_err *err) {
     const finch_train_options *o = r->o;
     finch_rng rng;
@@ -697,7 +725,9 @@ static finch_status prepare_method(run *r, finch_err *err) {
     /* the gradients: all of them, or with the fused step what is in use at once */
     if ((st = finch_params_alloc_grads(r->par, o->fused_optimizer != 0, err))) return st;
     /* on a device (finch_peft_new refused the methods that do not run there) */
-    if (r->m->be->device && (st = finch_params_place(r->par, r->m->be, err))) return st;
+    if (r->m->be->device &&
+        ((st = finch_params_place(r->par, r->m->be, err)) || (st = join_device_group(r, err))))
+        return st;
     /* the ranks agree before the first collective (DPO's reference pass sums over them) */
     if ((st = check_ranks(r, err))) return st;
     /* DPO's reference is the model before the method attaches */
@@ -1055,8 +1085,10 @@ static finch_status train_steps(run *r, void (*on_progress)(const finch_train_pr
         r->fused = (fused_step){.ac = ac, .lr = lr, .t = step};
         double loss = accumulate(r, step, &tokens);
         finch_status st;
-        /* on a device: its gradients to the host, where the allreduce and AdamW run */
+        /* on a device: its gradients to the host (summed over the ranks' devices first
+         * where they can), where the allreduce and AdamW run */
         if ((st = finch_train_acts_status(r->acts, err)) ||
+            (r->device_sum && (st = r->m->be->group_sum(r->par->dev_grad, r->par->total, err))) ||
             (st = finch_params_pull_grads(r->par, err)) ||
             (st = reduce_step(r, step, &loss, should_stop, user, err)))
             return st;

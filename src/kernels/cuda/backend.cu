@@ -125,6 +125,13 @@ finch_backend make_table() {
     be.copy_in = copy_in;
     be.copy_out = copy_out;
     be.zero = dev_zero;
+#ifdef FINCH_HAVE_NCCL
+    if (finch_cuda_nccl_load()) {
+        be.group_id = finch_cuda_group_id;
+        be.group_join = finch_cuda_group_join;
+        be.group_sum = finch_cuda_group_sum;
+    }
+#endif
     be.sync = dev_sync;
     return be;
 }

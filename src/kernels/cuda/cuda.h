@@ -120,4 +120,11 @@ void finch_cuda_attention_backward(float *dq, float *dk, float *dv, float *sps, 
                                    const finch_attn_prefix *pre, int64_t B, int64_t T, int H,
                                    int KVH, int D, int64_t window, finch_workspace *ws);
 
+/* nccl.cu, in a build with NCCL's header (FINCH_HAVE_NCCL): whether the library opened,
+ * then the collectives */
+bool finch_cuda_nccl_load(void);
+finch_status finch_cuda_group_id(void *id, finch_err *err);
+finch_status finch_cuda_group_join(const void *id, int rank, int n, finch_err *err);
+finch_status finch_cuda_group_sum(float *x, int64_t n, finch_err *err);
+
 #endif /* FINCH_KERNELS_CUDA_H */

@@ -213,5 +213,45 @@ inline float __uint_as_float(uint32_t u) {
     return f;
 }
 #define __trap() abort()
+typedef int cudaStream_t;
+
+/* ---- NCCL, for scripts/cuda_emu_check.sh --nccl: a group is MPI_COMM_WORLD, and the sum
+ * of device memory (host memory here) is MPI's, so ranks of an MPI job whose devices
+ * are emulated sum their gradients through this path ---- */
+#ifdef FINCH_NCCL_LINKED
+#include <mpi.h>
+typedef int ncclResult_t;
+typedef int ncclDataType_t;
+typedef int ncclRedOp_t;
+typedef int *ncclComm_t;
+enum { ncclSuccess = 0, ncclFloat = 7, ncclSum = 0 };
+struct ncclUniqueId {
+    char internal[128];
+};
+inline ncclResult_t ncclGetUniqueId(ncclUniqueId *u) {
+    memset(u, 7, sizeof *u);
+    return 0;
+}
+inline ncclResult_t ncclCommInitRank(ncclComm_t *c, int n, ncclUniqueId u, int rank) {
+    static int comm;
+    int size = 0, me = -1;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    if (size != n || me != rank || u.internal[0] != 7) return 1;
+    *c = &comm;
+    return 0;
+}
+inline ncclResult_t ncclCommDestroy(ncclComm_t) {
+    return 0;
+}
+inline ncclResult_t ncclAllReduce(const void *s, void *r, size_t n, ncclDataType_t t,
+                                  ncclRedOp_t op, ncclComm_t, cudaStream_t) {
+    if (s != r || t != ncclFloat || op != ncclSum) return 1;
+    return MPI_Allreduce(MPI_IN_PLACE, r, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) ? 1 : 0;
+}
+inline const char *ncclGetErrorString(ncclResult_t) {
+    return "emulated NCCL error";
+}
+#endif
 
 #endif /* FINCH_CUDA_EMU_H */

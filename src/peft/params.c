@@ -164,7 +164,11 @@ void finch_params_unplace(finch_params *r) {
 }
 
 void finch_params_release(finch_params *r) {
-    finch_params_unplace(r);
+    /* the slots' owners (a method's sites) may be gone already: only the copies go */
+    if (r->dev) {
+        r->dev->free(r->dev_data);
+        r->dev->free(r->dev_grad);
+    }
     free(r->p);
     free(r->views);
     free(r->data);

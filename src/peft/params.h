@@ -114,8 +114,8 @@ void finch_params_release(finch_params *r);
  * push copies the host's parameters over (after each optimizer step); zero_grads zeroes
  * the gradients on both sides (before a step's passes); pull_grads copies the device's
  * gradients over the host's (after them); unplace points the slots back at the host's
- * arenas and frees the copies (release does it too). push and pull do nothing when not
- * placed. */
+ * arenas and frees the copies (release frees them, leaving the slots alone). push and
+ * pull do nothing when not placed. */
 finch_status finch_params_place(finch_params *r, const finch_backend *be, finch_err *err);
 finch_status finch_params_push(finch_params *r, finch_err *err);
 void finch_params_zero_grads(finch_params *r);

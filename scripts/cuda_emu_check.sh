@@ -15,7 +15,8 @@
 # BUILD_DIR (default build-emu) first.
 #
 # With --nccl it builds the CLI on the emulated backend, with NCCL emulated by MPI (emu.h),
-# and trains the tiny model with --device cuda in one process at batch 2 and under
+# and trains the tiny model with --device cuda (no dropout: the ranks draw their own
+# masks) in one process at batch 2 and under
 # `mpirun -np 2` at batch 1 a rank, whose devices sum the gradients through the NCCL path
 # (kernels/cuda/nccl.cu, train/loop.c): the losses must agree within 1e-5. It builds the
 # library without CUDA, with MPI, into BUILD_DIR (default build-emu-mpi).
@@ -87,7 +88,8 @@ if [ $NCCL = 1 ]; then
     "$work"/{matmul,ops,attention,backend,nccl}.o "${libs[@]}" $(mpicc --showme:link) \
     -ljansson -lpcre2-8 -lopenblas -fopenmp -lm
   run=(train -m tests/fixtures/model/tiny_llama.gguf --data datasets/wordnet/train.jsonl
-       --device cuda --max-seq-len 32 --max-steps 3 --log-steps 1 --seed 1 -t 1)
+       --device cuda --max-seq-len 32 --max-steps 3 --log-steps 1 --seed 1 -t 1
+       --lora-dropout 0)
   echo "cuda_emu_check: one process on the emulated device, batch 2"
   "$work/finch" "${run[@]}" --batch-size 2 --out "$work/one" 2>&1 | tail -3
   echo "cuda_emu_check: two ranks on emulated devices summing through the NCCL path, batch 1 each"

@@ -219,6 +219,8 @@ typedef int cudaStream_t;
  * of device memory (host memory here) is MPI's, so ranks of an MPI job whose devices
  * are emulated sum their gradients through this path ---- */
 #ifdef FINCH_NCCL_LINKED
+#define OMPI_SKIP_MPICXX 1 /* the C API alone */
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 typedef int ncclResult_t;
 typedef int ncclDataType_t;

@@ -24,12 +24,14 @@
  *
  * Usage: bench_train -m MODEL [-b BATCH] [-T SEQ] [-n STEPS] [-t THREADS] [--out DIR]
  *                    [--method NAME] [--option NAME=VALUE ...] [--max-grad-norm G]
- *                    [--fused-optimizer]
+ *                    [--fused-optimizer] [--device cpu|cuda]
  *   defaults: -b 4 -T 128 -n 8 -t 2, clipping at 1 (finch train's default, and the PyTorch
  *   peer's of train_vs_pytorch.py; --max-grad-norm 0 turns it off); --out keeps the run directory (adapter, metrics)
  *   there instead of a temporary one that is removed at the end. --method trains another
  *   method of the table with its default options, or those --option gives; for lora and
  *   dora without --option the options are r 16, alpha 32, dropout 0.05, all linear layers.
+ *   --device cuda runs the passes on the GPU (the model placed there, finch_model_to_device);
+ *   its peak memory is then the host's alone.
  */
 #define _XOPEN_SOURCE 700
 #include <errno.h>
@@ -63,7 +65,8 @@ typedef struct {
     int batch, seq, steps, threads, bf16, ckpt, nf4, fused;
     double max_grad_norm;
     const char *method;
-    char *opts[16]; /* NAME=VALUE */
+    const char *device; /* cpu or cuda */
+    char *opts[16];     /* NAME=VALUE */
     int n_opts;
 } bench_args;
 
@@ -113,7 +116,8 @@ static void usage(const char *prog) {
             "  --fused-optimizer AdamW fused into backward (finch train\n"
             "    --fused-optimizer; needs --max-grad-norm 0)\n"
             "  --load-in-4bit quantize the base's projections to NF4 with double\n"
-            "    quantization while loading (QLoRA; finch train --load-in-4bit)\n",
+            "    quantization while loading (QLoRA; finch train --load-in-4bit)\n"
+            "  --device cpu|cuda where the passes run (finch train --device)\n",
             prog, WARMUP_STEPS);
 }
 
@@ -128,7 +132,8 @@ static int parse_int(const char *s, int lo, int *out) {
 
 static int parse_args(int argc, char **argv, bench_args *a) {
     *a = (bench_args){
-        .batch = 4, .seq = 128, .steps = 8, .threads = 2, .method = "lora", .max_grad_norm = 1.0};
+        .batch = 4, .seq = 128, .steps = 8, .threads = 2, .method = "lora", .device = "cpu",
+        .max_grad_norm = 1.0};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) return -1;
@@ -157,6 +162,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         if (!strcmp(f, "-m")) a->model = v;
         else if (!strcmp(f, "--out")) a->out = v;
         else if (!strcmp(f, "--method")) a->method = v;
+        else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--option") && a->n_opts < 16 && strchr(v, '=')) a->opts[a->n_opts++] = (char *)v;
         else if (!strcmp(f, "-b")) bad = parse_int(v, 1, &a->batch);
         else if (!strcmp(f, "-T")) bad = parse_int(v, 2, &a->seq);
@@ -281,7 +287,8 @@ int main(int argc, char **argv) {
     finch_model *model = NULL;
     bench_state st = {0};
     if (finch_model_load(a.model, &model, &err) ||
-        (a.nf4 && finch_model_load_in_4bit(model, "nf4", 1, &err))) {
+        (a.nf4 && finch_model_load_in_4bit(model, "nf4", 1, &err)) ||
+        finch_model_to_device(model, a.device, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         goto done;
     }

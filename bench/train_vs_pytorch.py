@@ -52,7 +52,7 @@ Usage (from the repository root, after building bench_train):
     python3 bench/train_vs_pytorch.py [--bench ./build/bench/bench_train] [--model M]
         [--threads 2] [--configs 4x128,1x512] [--steps 8] [--rounds 1]
         [--peer-only] [--finch-only] [--json] [--method lora|full] [--bf16]
-        [--gradient-checkpointing] [--no-clip]
+        [--gradient-checkpointing] [--no-clip] [--device cpu|cuda]
 """
 import argparse
 import json
@@ -195,15 +195,16 @@ def peer_worker(args):
             b, t = ids.shape
 
             def rope(theta):
-                inv = 1.0 / (theta ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM))
-                ang = torch.outer(torch.arange(t, dtype=torch.float32), inv)
+                inv = 1.0 / (theta ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32,
+                                                    device=dev) / HEAD_DIM))
+                ang = torch.outer(torch.arange(t, dtype=torch.float32, device=dev), inv)
                 ang = torch.cat((ang, ang), dim=-1)
                 return ang.cos(), ang.sin()
 
-            causal = torch.full((t, t), float("-inf")).triu(1)
+            causal = torch.full((t, t), float("-inf"), device=dev).triu(1)
             glob = (rope(S["theta"]), causal)
             if gemma:  # a sliding block sees its last `window` keys
-                far = torch.full((t, t), float("-inf")).tril(-S["window"])
+                far = torch.full((t, t), float("-inf"), device=dev).tril(-S["window"])
                 local = (rope(S["theta_local"]), causal + far)
             x = self.embed_tokens(ids)
             if gemma:
@@ -218,7 +219,8 @@ def peer_worker(args):
             logits = F.linear(self.norm(x), self.embed_tokens.weight)  # tied head
             return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
 
-    model = Llama()
+    dev = torch.device(args.device)
+    model = Llama().to(dev)
     with torch.no_grad():  # random base, the scale of a trained model's weights
         for name, p in model.named_parameters():
             if "lora_" not in name and "norm" not in name:
@@ -229,13 +231,13 @@ def peer_worker(args):
     n_total = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (args.batch, args.seq), generator=g)
+    ids = torch.randint(0, VOCAB, (args.batch, args.seq), generator=g).to(dev)
 
     times, losses = [], []
     import contextlib
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        with (torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16
+        with (torch.autocast(dev.type, dtype=torch.bfloat16) if args.bf16
               else contextlib.nullcontext()):
             loss = model(ids, ids)
         loss.backward()
@@ -244,6 +246,8 @@ def peer_worker(args):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(float(loss))
     tok = args.batch * args.seq
@@ -253,7 +257,9 @@ def peer_worker(args):
                       "threads": torch.get_num_threads(), "runs": runs,
                       "rss_after_import_mb": rss_import, "n_trainable": n_train,
                       "n_total": n_total, "loss_first": losses[0], "loss_last": losses[-1],
-                      "torch_version": torch.__version__,
+                      "torch_version": torch.__version__, "device": args.device,
+                      "gpu_peak_mb": (torch.cuda.max_memory_allocated() / 2**20
+                                      if dev.type == "cuda" else None),
                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
 
 
@@ -350,6 +356,9 @@ def main():
                     help="neither side clips; finch's full fine-tuning uses --fused-optimizer")
     ap.add_argument("--family", choices=sorted(SHAPES),
                     help="the peer's shape (default: the model file's general.architecture)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where both train: cuda puts finch's model and the peer's on the GPU "
+                         "(their peak RSS is then the host's)")
     ap.add_argument("--worker-peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker-probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -393,7 +402,8 @@ def main():
             for e in engines:
                 if e == "finch":
                     cmd = [args.bench, "-m", args.model, "-b", str(b), "-T", str(t),
-                           "-n", str(args.steps), "-t", str(args.threads), "--method", args.method]
+                           "-n", str(args.steps), "-t", str(args.threads), "--method", args.method,
+                           "--device", args.device]
                     cmd += ["--bf16"] if args.bf16 else []
                     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
                     if args.no_clip:
@@ -404,7 +414,7 @@ def main():
                     cmd = [sys.executable, os.path.abspath(__file__), "--worker-peer",
                            "--batch", str(b), "--seq", str(t), "--steps", str(args.steps),
                            "--threads", str(args.threads), "--method", args.method,
-                           "--family", args.family]
+                           "--family", args.family, "--device", args.device]
                     cmd += ["--bf16"] if args.bf16 else []
                     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
                     cmd += ["--no-clip"] if args.no_clip else []
@@ -420,6 +430,7 @@ def main():
     load = os.getloadavg()
     what = ("full fine-tuning, every weight, AdamW" if args.method == "full" else
             f"LoRA r {LORA_R} alpha {LORA_ALPHA:g} dropout {LORA_DROPOUT}, all linear, AdamW")
+    what += ", on the GPU" if args.device == "cuda" else ""
     what += ", bf16 mixed precision" if args.bf16 else ", float32"
     what += ", gradient checkpointing" if args.gradient_checkpointing else ""
     what += (", no clipping" + (" (finch: AdamW fused into backward)" if args.method == "full"

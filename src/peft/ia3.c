@@ -43,7 +43,8 @@ typedef struct {
 typedef struct {
     int n_sites;
     ia3_site *sites;
-    float *scratch;
+    float *scratch;                  /* in scratch_be's memory */
+    const finch_backend *scratch_be; /* the model's backend when the sites attached */
 } ia3;
 
 static const float *vec(const ia3_site *s) {
@@ -73,7 +74,7 @@ static void ia3_forward(const finch_attachment *a, float *y, const float *x, int
     (void)lin;
     const ia3_site *s = a->state;
     FINCH_ASSERT(T <= s->max_tokens);
-    if (s->dl) memcpy(s->keep, y, (size_t)(T * s->n) * sizeof *y); /* for dl */
+    if (s->dl) ctx->be->copy(s->keep, y, (size_t)(T * s->n) * sizeof *y); /* for dl */
     ctx->be->scale_cols(y, y, vec(s), T, s->n);
 }
 
@@ -176,7 +177,7 @@ static void ia3_free_state(finch_peft *p) {
     ia3 *st = p->state;
     if (!st) return;
     free(st->sites);
-    free(st->scratch);
+    if (st->scratch_be) st->scratch_be->free(st->scratch);
     free(st);
 }
 
@@ -193,30 +194,39 @@ static finch_status ia3_attach(finch_peft *p, finch_model *m, float weight, int6
     size_t need = 0;
     for (int i = 0; i < st->n_sites; i++)
         need += (size_t)st->sites[i].n * (2 * (size_t)max_tokens + 2);
-    float *scratch = finch_alloc(need * sizeof(float) + 1, "(IA)^3 scratch", err);
+    /* in the memory of the backend the sites' operations run on; l is the host's here (a
+     * device gets the parameters after attaching) */
+    float *scratch = m->be->alloc(need * sizeof(float) + 1, "(IA)^3 scratch", err);
     if (!scratch) return FINCH_E_NOMEM;
-    free(st->scratch);
+    if (st->scratch_be) st->scratch_be->free(st->scratch);
     st->scratch = scratch;
-    for (int i = 0; i < st->n_sites; i++) {
+    st->scratch_be = m->be;
+    finch_status e = FINCH_OK;
+    for (int i = 0; i < st->n_sites && !e; i++) {
         ia3_site *s = &st->sites[i];
         s->max_tokens = max_tokens;
         s->keep = scratch;
         s->g = s->keep + max_tokens * s->n;
         s->tmpv = s->g + max_tokens * s->n;
         s->eff = NULL;
-        if (weight != 1.0f) {
+        if (weight != 1.0f) { /* formed in host memory, then put where the ops read it */
+            float *eff = finch_alloc((size_t)s->n * sizeof *eff, "(IA)^3 vector", err);
+            if (!eff) {
+                e = FINCH_E_NOMEM;
+                break;
+            }
+            for (int64_t j = 0; j < s->n; j++) eff[j] = 1.0f + weight * (s->l[j] - 1.0f);
             s->eff = s->tmpv + s->n;
-            for (int64_t j = 0; j < s->n; j++) s->eff[j] = 1.0f + weight * (s->l[j] - 1.0f);
+            e = m->be->copy_in(s->eff, eff, (size_t)s->n * sizeof *eff, err);
+            free(eff);
         }
         scratch = s->tmpv + 2 * s->n;
-        finch_status e = finch_linear_attach(finch_model_target(m, s->layer, s->target),
-                                             s->ff ? &ia3_in_ops : &ia3_out_ops, s, weight, err);
-        if (e) {
-            ia3_detach(p, m);
-            return e;
-        }
+        if (!e)
+            e = finch_linear_attach(finch_model_target(m, s->layer, s->target),
+                                    s->ff ? &ia3_in_ops : &ia3_out_ops, s, weight, err);
     }
-    return FINCH_OK;
+    if (e) ia3_detach(p, m);
+    return e;
 }
 
 /* Output targets scale row r (and the bias) by l[r]; feed-forward targets scale every
@@ -252,6 +262,7 @@ const finch_method finch_method_ia3 = {
     .n_opts = sizeof ia3_options / sizeof ia3_options[0],
     .config_size = sizeof(ia3_config),
     .peft_type = "IA3",
+    .device = true,
     .validate = ia3_validate,
     .check_file = ia3_check_file,
     .write_config = ia3_write_config,

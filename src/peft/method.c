@@ -281,8 +281,8 @@ static finch_status instance_new(const finch_method *me, const finch_model *m, f
      * memory */
     if (m->be->device && !me->device)
         return finch_err_set(err, FINCH_E_UNSUPPORTED,
-                             "%s does not run on %s yet (LoRA does): use --device cpu", me->name,
-                             m->be->name);
+                             "%s does not run on %s yet (lora and ia3 do): use --device cpu",
+                             me->name, m->be->name);
     finch_peft *p = finch_calloc(1, sizeof *p, "method", err);
     if (!p) return FINCH_E_NOMEM;
     p->method = me;

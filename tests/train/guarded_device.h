@@ -102,6 +102,13 @@ static void guard_zero(void *p, size_t bytes) {
     guard_cpu->zero(p, bytes);
     guard_close();
 }
+static void guard_copy_within(void *dst, const void *src, size_t bytes) {
+    const void *a[] = {dst, src};
+    guard_args("copy", a, 2);
+    guard_open();
+    guard_cpu->copy(dst, src, bytes);
+    guard_close();
+}
 static bool guard_supports(finch_feature f, int arg) {
     return f == FINCH_FEATURE_WEIGHT_TYPE && finch_backend_supports(guard_cpu, f, arg);
 }
@@ -270,6 +277,7 @@ static const finch_backend *guarded_device(void) {
     be.copy_in = guard_copy_in;
     be.copy_out = guard_copy_out;
     be.zero = guard_zero;
+    be.copy = guard_copy_within;
     be.sync = guard_cpu->sync;
     return &be;
 }
@@ -289,6 +297,7 @@ static const finch_backend *guarded_twin(void) {
     be.copy_in = guard_cpu->copy_in;
     be.copy_out = guard_cpu->copy_out;
     be.zero = guard_cpu->zero;
+    be.copy = guard_cpu->copy;
     be.sync = guard_cpu->sync;
     return &be;
 }

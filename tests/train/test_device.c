@@ -28,10 +28,12 @@
 static char dir[] = "/tmp/finch_device_XXXXXX";
 static char data[300], val[300];
 
-/* A LoRA run of 4 steps of 2 micro-batches with dropout, evaluations and checkpoints
- * every 2 steps, on model m into out (resumed from resume when not NULL); packed rows
- * with gradient checkpointing when packed. */
-static void lora_run(finch_model *m, const char *out, const char *resume, bool packed) {
+/* A run of method (LoRA on every linear with dropout, or another with its defaults) of 4
+ * steps of 2 micro-batches, evaluations and checkpoints every 2 steps, on model m into out
+ * (resumed from resume when not NULL); packed rows with gradient checkpointing when
+ * packed. */
+static void method_run(finch_model *m, const char *method, const char *out, const char *resume,
+                       bool packed) {
     finch_train_options o = finch_train_defaults();
     o.data.path = data;
     o.data.max_seq_len = 32;
@@ -47,9 +49,11 @@ static void lora_run(finch_model *m, const char *out, const char *resume, bool p
     o.save_steps = 2;
     o.packing = packed;
     o.gradient_checkpointing = packed;
+    o.method = method;
     finch_err err;
-    if (finch_train_set_option(&o, "target-modules", "all-linear", &err) ||
-        finch_train_set_option(&o, "lora-dropout", "0.1", &err) ||
+    const bool lora = !strcmp(method, "lora");
+    if ((lora && (finch_train_set_option(&o, "target-modules", "all-linear", &err) ||
+                  finch_train_set_option(&o, "lora-dropout", "0.1", &err))) ||
         finch_train(m, &o, NULL, NULL, NULL, &err))
         fail_msg("%s: %s", out, err.msg);
 }
@@ -88,12 +92,12 @@ static void test_guard_catches_the_host(void **state) {
 }
 
 /* The logits of a 12-token prompt at once, then of 3 tokens one at a time from the cache,
- * with the adapter in dir attached: (12 + 3) x V into out. */
+ * with the adapter in dir attached at weight 0.5: (12 + 3) x V into out. */
 static void session_logits(finch_model *m, const char *dir_, float *out) {
     finch_adapter *ad;
     finch_kv_session s;
     finch_err err;
-    if (finch_adapter_load(m, dir_, &ad, &err) || finch_adapter_attach(m, ad, 1.0f, &err) ||
+    if (finch_adapter_load(m, dir_, &ad, &err) || finch_adapter_attach(m, ad, 0.5f, &err) ||
         finch_kv_session_init(&s, m, 64, 16, FINCH_NUMERICS_EXACT, &err))
         fail_msg("%s", err.msg);
     const int V = m->cfg.n_vocab;
@@ -111,26 +115,33 @@ static void session_logits(finch_model *m, const char *dir_, float *out) {
     finch_adapter_free(ad);
 }
 
-/* Every family the fixtures have (LLaMA, tied head, Gemma 3's norms and sliding windows,
- * GPT-2's LayerNorm, learned positions, biases and fused qkv): on the device the same
+/* LoRA on every family the fixtures have (LLaMA, tied head, Gemma 3's norms and sliding
+ * windows, GPT-2's LayerNorm, learned positions, biases and fused qkv), and (IA)^3 (GPT-2's
+ * vectors are views of one c_attn vector): on the device the same
  * metrics (losses, gradient norms, validation losses) and adapter bytes, checkpoint's
  * too, as the host run with the same ops; a run resumed on the device from the host run's
- * checkpoint ends with the host run's adapter; a session with that adapter attached gives
- * the same logits on both, for a prompt and for tokens from the cache. */
+ * checkpoint ends with the host run's adapter; a session with that adapter attached (at
+ * weight 0.5) gives the same logits on both, for a prompt and for tokens from the cache. */
 static void test_lora_same_on_device(void **state) {
     (void)state;
-    const char *models[] = {"tiny_llama.gguf", "tiny_llama_tied.gguf", "tiny_gemma3.gguf",
-                            "tiny_gpt2.gguf", "tiny_llama.gguf"};
-    for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
-        const bool packed = i == 4; /* the segments copied in; blocks recomputed */
+    const struct {
+        const char *model, *method;
+        bool packed; /* the segments copied in; blocks recomputed */
+    } runs[] = {{"tiny_llama.gguf", "lora", false},  {"tiny_llama_tied.gguf", "lora", false},
+                {"tiny_gemma3.gguf", "lora", false}, {"tiny_gpt2.gguf", "lora", false},
+                {"tiny_llama.gguf", "lora", true},   {"tiny_llama.gguf", "ia3", false},
+                {"tiny_gpt2.gguf", "ia3", false}};
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        const bool packed = runs[i].packed;
+        const char *method = runs[i].method;
         char a[400], b[400], c[400], ck[500];
         snprintf(a, sizeof a, "%s/%zu-cpu", dir, i);
         snprintf(b, sizeof b, "%s/%zu-dev", dir, i);
         snprintf(c, sizeof c, "%s/%zu-resumed", dir, i);
-        finch_model *m = load(models[i]);
+        finch_model *m = load(runs[i].model);
         const finch_backend *cpu = m->be;
         m->be = guarded_twin(); /* the CPU's kernels, but those the device lacks */
-        lora_run(m, a, NULL, packed);
+        method_run(m, method, a, NULL, packed);
         const size_t V = (size_t)m->cfg.n_vocab;
         float *la = malloc(15 * V * sizeof(float)), *lb = malloc(15 * V * sizeof(float));
         session_logits(m, a, la);
@@ -138,9 +149,9 @@ static void test_lora_same_on_device(void **state) {
         finch_err err;
         if (finch_model_place(m, guarded_device(), &err)) fail_msg("%s", err.msg);
         assert_true(m->be->device);
-        lora_run(m, b, NULL, packed);
+        method_run(m, method, b, NULL, packed);
         snprintf(ck, sizeof ck, "%s/checkpoint-2", a);
-        lora_run(m, c, ck, packed);
+        method_run(m, method, c, ck, packed);
         session_logits(m, a, lb); /* the host run's adapter, applied on the device */
         assert_memory_equal(la, lb, 15 * V * sizeof(float));
         free(la);
@@ -155,9 +166,9 @@ static void test_lora_same_on_device(void **state) {
         finch_model_unplace(m);
         assert_false(m->be->device);
         finch_model_free(m);
-        printf("  %s%s: the device's run is the host's, resumed too, and so are its "
+        printf("  %s %s%s: the device's run is the host's, resumed too, and so are its "
                "logits with the adapter\n",
-               models[i], packed ? " (packed, checkpointing)" : "");
+               runs[i].model, method, packed ? " (packed, checkpointing)" : "");
     }
 }
 
@@ -174,9 +185,9 @@ static void test_refusals(void **state) {
     o.data.path = data;
     o.out_dir = out;
     o.max_steps = 1;
-    o.method = "ia3";
+    o.method = "dora";
     assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "ia3 does not run on a guarded host device"));
+    assert_non_null(strstr(err.msg, "dora does not run on a guarded host device"));
     o.method = "prompt"; /* refused before its initialisation reads the embeddings */
     assert_int_equal(finch_train(m, &o, NULL, NULL, NULL, &err), FINCH_E_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "prompt does not run on a guarded host device"));
@@ -203,11 +214,11 @@ static void test_refusals(void **state) {
     finch_model_free(m); /* placed: its device copies go too */
 }
 
-/* On a CUDA device, when there is one: the same run within a tolerance of the CPU's
- * losses, and a session's logits with the CPU run's adapter within 1e-4 of the largest
- * (cuBLAS sums in its own order; the kernels' other differences are within the per-op
- * tolerances of test_cuda). Skipped without one. */
-static void test_lora_on_cuda(void **state) {
+/* On a CUDA device, when there is one, for LoRA and (IA)^3: the same run within a
+ * tolerance of the CPU's losses, and a session's logits with the CPU run's adapter within
+ * 1e-4 of the largest (cuBLAS sums in its own order; the kernels' other differences are
+ * within the per-op tolerances of test_cuda). Skipped without one. */
+static void test_methods_on_cuda(void **state) {
     (void)state;
     finch_err err;
     const finch_backend *cuda = finch_cuda_backend(&err);
@@ -215,38 +226,42 @@ static void test_lora_on_cuda(void **state) {
         printf("  skipped: %s\n", err.msg);
         skip();
     }
-    char a[400], b[400];
-    snprintf(a, sizeof a, "%s/cuda-cpu", dir);
-    snprintf(b, sizeof b, "%s/cuda-dev", dir);
-    finch_model *m = load("tiny_llama.gguf");
-    const size_t V = (size_t)m->cfg.n_vocab;
-    float *la = malloc(15 * V * sizeof(float)), *lb = malloc(15 * V * sizeof(float));
-    lora_run(m, a, NULL, false);
-    session_logits(m, a, la);
-    if (finch_model_place(m, cuda, &err)) fail_msg("%s", err.msg);
-    lora_run(m, b, NULL, false);
-    session_logits(m, a, lb);
-    finch_model_free(m);
-    double worst = 0, top = 0;
-    for (size_t i = 0; i < 15 * V; i++) {
-        worst = fmax(worst, fabs((double)la[i] - lb[i]));
-        top = fmax(top, fabs((double)la[i]));
+    const char *methods[] = {"lora", "ia3"};
+    for (int k = 0; k < 2; k++) {
+        char a[400], b[400];
+        snprintf(a, sizeof a, "%s/cuda-cpu-%s", dir, methods[k]);
+        snprintf(b, sizeof b, "%s/cuda-dev-%s", dir, methods[k]);
+        finch_model *m = load("tiny_llama.gguf");
+        const size_t V = (size_t)m->cfg.n_vocab;
+        float *la = malloc(15 * V * sizeof(float)), *lb = malloc(15 * V * sizeof(float));
+        method_run(m, methods[k], a, NULL, false);
+        session_logits(m, a, la);
+        if (finch_model_place(m, cuda, &err)) fail_msg("%s", err.msg);
+        method_run(m, methods[k], b, NULL, false);
+        session_logits(m, a, lb);
+        finch_model_free(m);
+        double worst = 0, top = 0;
+        for (size_t i = 0; i < 15 * V; i++) {
+            worst = fmax(worst, fabs((double)la[i] - lb[i]));
+            top = fmax(top, fabs((double)la[i]));
+        }
+        printf("  %s: logits with the adapter at most %.3g apart (largest %.3g)\n", methods[k],
+               worst, top);
+        assert_true(worst <= 1e-4 * top);
+        free(la);
+        free(lb);
+        char *ma = read_text_in(a, "metrics.jsonl"), *mb = read_text_in(b, "metrics.jsonl");
+        int n = 0;
+        for (char *p = ma, *q = mb; (p = strstr(p, "\"loss\": ")) && (q = strstr(q, "\"loss\": "));
+             n++) {
+            double x = strtod(p + 8, &p), y = strtod(q + 8, &q);
+            printf("  %s: loss %.6f on the CPU, %.6f on %s\n", methods[k], x, y, cuda->name);
+            assert_true(fabs(x - y) <= 1e-3 * fabs(x) + 1e-5);
+        }
+        assert_int_equal(n, 4);
+        free(ma);
+        free(mb);
     }
-    printf("  logits with the adapter: at most %.3g apart (largest %.3g)\n", worst, top);
-    assert_true(worst <= 1e-4 * top);
-    free(la);
-    free(lb);
-    char *ma = read_text_in(a, "metrics.jsonl"), *mb = read_text_in(b, "metrics.jsonl");
-    int n = 0;
-    for (char *p = ma, *q = mb; (p = strstr(p, "\"loss\": ")) && (q = strstr(q, "\"loss\": "));
-         n++) {
-        double x = strtod(p + 8, &p), y = strtod(q + 8, &q);
-        printf("  loss %.6f on the CPU, %.6f on %s\n", x, y, cuda->name);
-        assert_true(fabs(x - y) <= 1e-3 * fabs(x) + 1e-5);
-    }
-    assert_int_equal(n, 4);
-    free(ma);
-    free(mb);
 }
 
 static int setup(void **state) {
@@ -269,6 +284,6 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_guard_catches_the_host), cmocka_unit_test(test_lora_same_on_device),
-        cmocka_unit_test(test_refusals), cmocka_unit_test(test_lora_on_cuda)};
+        cmocka_unit_test(test_refusals), cmocka_unit_test(test_methods_on_cuda)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -60,5 +60,6 @@ const finch_backend finch_backend_cpu = {
     .copy_in = finch_host_copy,
     .copy_out = finch_host_copy,
     .zero = finch_host_zero,
+    .copy = finch_host_copy_within,
     .sync = finch_host_sync,
 };

@@ -63,6 +63,10 @@ void dev_zero(void *p, size_t bytes) {
     if (bytes) FINCH_CU(cudaMemset(p, 0, bytes));
 }
 
+void dev_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) FINCH_CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+
 finch_status dev_sync(finch_err *err) {
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess)
@@ -125,6 +129,7 @@ finch_backend make_table() {
     be.copy_in = copy_in;
     be.copy_out = copy_out;
     be.zero = dev_zero;
+    be.copy = dev_copy;
 #ifdef FINCH_HAVE_NCCL
     if (finch_cuda_nccl_load()) {
         be.group_id = finch_cuda_group_id;

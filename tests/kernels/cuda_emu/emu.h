@@ -87,7 +87,11 @@ template <typename K> void launch(unsigned grid, unsigned block, K kern) {
 #define __constant__ static
 typedef int cudaError_t;
 enum { cudaSuccess = 0, cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100 };
-enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
+enum cudaMemcpyKind {
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3
+};
 struct cudaDeviceProp {
     char name[256];
     int multiProcessorCount;

@@ -16,9 +16,9 @@
 #
 # With --nccl it builds the CLI on the emulated backend, with NCCL emulated by MPI (emu.h),
 # and trains the tiny model with --device cuda (no dropout: the ranks draw their own
-# masks) in one process at batch 2 and under
-# `mpirun -np 2` at batch 1 a rank, whose devices sum the gradients through the NCCL path
-# (kernels/cuda/nccl.cu, train/loop.c): the losses must agree within 1e-5. It builds the
+# masks) in one process at batch 2 and under `mpirun -np 2` at batch 1 a rank, whose
+# devices sum the gradients through the NCCL path (kernels/cuda/nccl.cu, train/loop.c):
+# the losses and gradient norms must agree within 1e-5. It builds the
 # library without CUDA, with MPI, into BUILD_DIR (default build-emu-mpi).
 #
 #   bash scripts/cuda_emu_check.sh [BUILD_DIR]   (a configured build, default build: its

@@ -30,4 +30,4 @@ cmake -S . -B "$build" -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
 cmake --build "$build" -j"$jobs"
 file "$build/finch"
 OPENBLAS_NUM_THREADS=1 OMP_THREAD_LIMIT=1 ctest --test-dir "$build" -j"$jobs" --timeout 3000 --output-on-failure \
-  -E 'smollm2|gemma3|tokenizer_ref|cli|score_cli|eval_loss|data_parallel|soak|fuzz_|train_loop'
+  -E 'smollm2|gemma3|tokenizer_ref|cli|score_cli|eval_loss|data_parallel|soak|fuzz_|train_loop|test_device'

@@ -7,7 +7,8 @@
 # The tests left out need the real models (minutes natively, hours under qemu), run the
 # CLI as a subprocess (no binfmt handler here), run the fuzz corpora (covered natively), or
 # train the tiny model for minutes (test_train_loop: 79 s natively, unfinished after 4.5
-# CPU-minutes under qemu); all run natively for every instruction set. The slowest left in:
+# CPU-minutes under qemu; test_device: a minute natively); all run natively for every
+# instruction set. The slowest left in:
 # test_fault_alloc about 3 minutes, test_sites 2.7.
 # Under Debian's qemu-user 7.2 here a guest thread never finishes starting (a plain
 # pthread_create and join hangs), so OpenMP is capped at one thread (OMP_THREAD_LIMIT caps

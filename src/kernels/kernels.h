@@ -439,6 +439,21 @@ typedef struct {
     finch_status (*group_sum)(float *x, int64_t n, finch_err *err);
 } finch_backend;
 
+/* A copy (be->copy_in or be->copy_out) made where no status can be returned (a pass):
+ * its failure, a device error, is kept in *first unless one is kept already, for the
+ * caller's status call (finch_kept_status). */
+static inline void finch_copy_kept(finch_status (*copy)(void *, const void *, size_t, finch_err *),
+                                   void *dst, const void *src, size_t bytes, finch_err *first) {
+    finch_err e;
+    if (copy(dst, src, bytes, &e) && !first->code) *first = e;
+}
+
+/* FINCH_OK, or the failure kept by finch_copy_kept (copied into err). */
+static inline finch_status finch_kept_status(const finch_err *first, finch_err *err) {
+    if (first->code && err) *err = *first;
+    return first->code;
+}
+
 /* Bytes of a group id (finch_backend.group_id). */
 #define FINCH_GROUP_ID_MAX 128
 

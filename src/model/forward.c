@@ -115,18 +115,14 @@ void finch_kv_session_release(finch_kv_session *s) {
 }
 
 finch_status finch_kv_session_status(const finch_kv_session *s, finch_err *err) {
-    if (!s->dev_err.code) return FINCH_OK;
-    if (err) *err = s->dev_err;
-    return s->dev_err.code;
+    return finch_kept_status(&s->dev_err, err);
 }
 
 /* n ids from the host's src into the session's device buffer dst (none elsewhere: the
  * host's own are used); the first failure is kept for finch_kv_session_status. */
 static const int32_t *to_device(finch_kv_session *s, int32_t *dst, const int32_t *src, int n) {
     if (!s->be->device) return src;
-    finch_err err;
-    if (s->be->copy_in(dst, src, (size_t)n * sizeof *src, &err) && !s->dev_err.code)
-        s->dev_err = err;
+    finch_copy_kept(s->be->copy_in, dst, src, (size_t)n * sizeof *src, &s->dev_err);
     return dst;
 }
 
@@ -263,11 +259,9 @@ static void forward_rows(const finch_model *m, finch_kv_session *s, const int32_
     const float *xl = s->x + (size_t)(T - n_out) * C;
     norm_rows(m, s, s->xn, xl, m->output_norm, m->output_norm_b, n_out);
     finch_linear_forward(mm, s->d_logits, s->xn, &m->output, n_out, be, ws);
-    finch_err err;
-    if (be->device &&
-        be->copy_out(s->logits, s->d_logits, (size_t)n_out * c->n_vocab * sizeof(float), &err) &&
-        !s->dev_err.code)
-        s->dev_err = err;
+    if (be->device)
+        finch_copy_kept(be->copy_out, s->logits, s->d_logits,
+                        (size_t)n_out * c->n_vocab * sizeof(float), &s->dev_err);
 }
 
 /* The model's virtual tokens into an empty cache: prompt rows run through the blocks,

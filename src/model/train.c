@@ -259,16 +259,12 @@ static void backward_pass(const finch_model *m, finch_train_acts *a);
 /* n ids from the host's src into the device's dst, which it returns; the first failure (a
  * device error) is kept for finch_train_acts_status. */
 static const int32_t *upload(finch_train_acts *a, int32_t *dst, const int32_t *src, int64_t n) {
-    finch_err err;
-    if (a->be->copy_in(dst, src, (size_t)n * sizeof *src, &err) && !a->dev_err.code)
-        a->dev_err = err;
+    finch_copy_kept(a->be->copy_in, dst, src, (size_t)n * sizeof *src, &a->dev_err);
     return dst;
 }
 
 finch_status finch_train_acts_status(const finch_train_acts *a, finch_err *err) {
-    if (!a->dev_err.code) return FINCH_OK;
-    if (err) *err = a->dev_err;
-    return a->dev_err.code;
+    return finch_kept_status(&a->dev_err, err);
 }
 static double head_pass(const finch_model *m, finch_train_acts *a, const float *row_scale,
                         double *row_logp, float grad_scale, bool backward);

@@ -19,37 +19,34 @@ static inline int32_t *seq_ids(json_t *seq, int *n) {
     return ids;
 }
 
-/* All logits (n, V) of ids (malloc'd), fed in two chunks through one session, so the KV
- * cache between the calls is exercised too. */
-static inline float *run_in(finch_model *m, const int32_t *ids, int n, int V,
-                            finch_numerics numerics) {
+/* All logits (n, V) of ids (malloc'd), fed through one session: the first `first` tokens,
+ * then `step` at a time. */
+static inline float *run_split(finch_model *m, const int32_t *ids, int n, int V,
+                               finch_numerics numerics, int first, int step) {
     float *got = malloc((size_t)n * V * sizeof *got);
     assert_non_null(got);
     finch_session *s;
     finch_err err;
     if (finch_session_new(m, n, numerics, &s, &err)) fail_msg("%s", err.msg);
-    int half = n / 2;
-    if (half && finch_session_decode(s, ids, half, got, NULL, &err)) fail_msg("%s", err.msg);
-    if (finch_session_decode(s, ids + half, n - half, got + (size_t)half * V, NULL, &err))
-        fail_msg("%s", err.msg);
+    for (int t = 0, k = first; t < n; t += k, k = step) {
+        if (k > n - t) k = n - t;
+        if (k && finch_session_decode(s, ids + t, k, got + (size_t)t * V, NULL, &err))
+            fail_msg("%s", err.msg);
+    }
     finch_session_free(s);
     return got;
 }
 
-/* The logits (n, V) of ids fed one token at a time through one session: every product
- * takes the few-token path. */
+/* In two chunks, so the KV cache between the calls is exercised too. */
+static inline float *run_in(finch_model *m, const int32_t *ids, int n, int V,
+                            finch_numerics numerics) {
+    return run_split(m, ids, n, V, numerics, n / 2, n - n / 2);
+}
+
+/* One token at a time: every product takes the few-token path. */
 static inline float *run_one_by_one(finch_model *m, const int32_t *ids, int n, int V,
                                     finch_numerics numerics) {
-    float *got = malloc((size_t)n * V * sizeof *got);
-    assert_non_null(got);
-    finch_session *s;
-    finch_err err;
-    if (finch_session_new(m, n, numerics, &s, &err)) fail_msg("%s", err.msg);
-    for (int t = 0; t < n; t++)
-        if (finch_session_decode(s, ids + t, 1, got + (size_t)t * V, NULL, &err))
-            fail_msg("%s", err.msg);
-    finch_session_free(s);
-    return got;
+    return run_split(m, ids, n, V, numerics, 1, 1);
 }
 
 /* The training forward (model/train.c) on ids, each token predicting the next, has the
